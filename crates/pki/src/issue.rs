@@ -1,0 +1,415 @@
+//! Issuance: the operating company's CA directory and its commands.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+use crate::{check_name, pem_to_der, role, PkiError, EKU_ADMIN_APPROVAL, EKU_VAULT_DEVICE};
+
+/// A certificate validity window.
+#[derive(Clone, Copy, Debug)]
+pub struct Validity {
+    /// First instant the certificate is valid.
+    pub not_before: OffsetDateTime,
+    /// Last instant the certificate is valid.
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// Valid from a minute ago (clock skew between hosts) for `days` days.
+    pub fn days(days: i64) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - Duration::minutes(1),
+            not_after: now + Duration::days(days),
+        }
+    }
+}
+
+/// A freshly issued key and certificate, PEM encoded. The key is zeroized on drop.
+pub struct IssuedKey {
+    /// Certificate (PEM).
+    pub cert_pem: String,
+    /// PKCS#8 private key (PEM), never printed.
+    pub key_pem: Zeroizing<String>,
+}
+
+/// The CA directory of the operating company (`custos pki ...`).
+///
+/// Layout: `root-ca.{crt,key}`, `admin-ca.*`, `device-ca.*`, `clusters/<c>/cluster-ca.*`,
+/// `admins/<name>.*`, `devices/<c>/<node>.crt`. Private keys are written 0600.
+pub struct PkiDir {
+    dir: PathBuf,
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|e| PkiError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let err = |e: std::io::Error| PkiError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    // The mode given to open() is filtered by the umask; set it explicitly.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    f.write_all(contents).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
+}
+
+fn gen_err(e: rcgen::Error) -> PkiError {
+    PkiError::Generate(e.to_string())
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("operating system random source failed");
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn dn(cn: &str, ou: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Custos");
+    dn.push(DnType::OrganizationalUnitName, ou);
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// Extended key usages a CA carries. webpki applies the EKU check to every certificate of
+/// a path, so each CA lists the purposes it may issue for ("EKU chaining"): the Admin CA can
+/// then never issue a device certificate, nor the Device CA an admin one.
+fn admin_ekus() -> Vec<ExtendedKeyUsagePurpose> {
+    vec![ExtendedKeyUsagePurpose::Other(EKU_ADMIN_APPROVAL.to_vec())]
+}
+
+fn device_ekus() -> Vec<ExtendedKeyUsagePurpose> {
+    vec![
+        ExtendedKeyUsagePurpose::Other(EKU_VAULT_DEVICE.to_vec()),
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ]
+}
+
+fn ca_params(
+    cn: &str,
+    ou: &str,
+    path_len: u8,
+    validity: Validity,
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.extended_key_usages = ekus;
+    p.distinguished_name = dn(cn, ou);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.not_before = validity.not_before;
+    p.not_after = validity.not_after;
+    p.serial_number = Some(random_serial());
+    p.use_authority_key_identifier_extension = true;
+    p
+}
+
+fn leaf_params(cn: &str, ou: &str, validity: Validity) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn, ou);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.not_before = validity.not_before;
+    p.not_after = validity.not_after;
+    p.serial_number = Some(random_serial());
+    p.use_authority_key_identifier_extension = true;
+    p
+}
+
+/// A CA loaded from disk, ready to sign.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// Issues an admin certificate signed by the Admin CA in `pki` with a chosen validity
+/// window (tests use this to make expired certificates).
+pub fn issue_admin_with_validity(
+    pki: &PkiDir,
+    name: &str,
+    validity: Validity,
+) -> Result<IssuedKey, PkiError> {
+    check_name(name)?;
+    let ca = pki.load_ca(&pki.admin_ca_base())?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+    let mut params = leaf_params(name, role::ADMIN, validity);
+    params.extended_key_usages = admin_ekus();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).map_err(gen_err)?;
+    Ok(IssuedKey {
+        cert_pem: cert.pem(),
+        key_pem: Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// Issues an admin certificate valid for one year.
+pub fn issue_admin(pki: &PkiDir, name: &str) -> Result<IssuedKey, PkiError> {
+    issue_admin_with_validity(pki, name, Validity::days(365))
+}
+
+impl PkiDir {
+    /// Opens (does not create) a CA directory.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        PkiDir { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn admin_ca_base(&self) -> PathBuf {
+        self.dir.join("admin-ca")
+    }
+    fn device_ca_base(&self) -> PathBuf {
+        self.dir.join("device-ca")
+    }
+    fn root_base(&self) -> PathBuf {
+        self.dir.join("root-ca")
+    }
+    fn cluster_ca_base(&self, cluster: &str) -> PathBuf {
+        self.dir.join("clusters").join(cluster).join("cluster-ca")
+    }
+
+    fn load_ca(&self, base: &Path) -> Result<Ca, PkiError> {
+        let cert_pem = read(&base.with_extension("crt"))?;
+        let key_pem = Zeroizing::new(read(&base.with_extension("key"))?);
+        let key = KeyPair::from_pem(&key_pem).map_err(gen_err)?;
+        let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(gen_err)?;
+        // rcgen needs a Certificate value to act as issuer; re-signing the parsed params
+        // reproduces subject, key identifier and key usages, which is all an issuer needs.
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        Ok(Ca { cert, key })
+    }
+
+    fn save(&self, base: &Path, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        write_file(&base.with_extension("key"), key_pem.as_bytes(), 0o600)?;
+        write_file(&base.with_extension("crt"), cert_pem.as_bytes(), 0o644)
+    }
+
+    fn refuse_existing(&self, base: &Path) -> Result<(), PkiError> {
+        let crt = base.with_extension("crt");
+        if crt.exists() {
+            return Err(PkiError::AlreadyExists(crt.display().to_string()));
+        }
+        Ok(())
+    }
+
+    /// `custos pki init`: creates the Root CA, Admin CA and Device CA.
+    pub fn init(&self) -> Result<(), PkiError> {
+        for base in [self.root_base(), self.admin_ca_base(), self.device_ca_base()] {
+            self.refuse_existing(&base)?;
+        }
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let root = ca_params(
+            "Custos Root CA",
+            role::ROOT,
+            2,
+            Validity::days(365 * 20),
+            Vec::new(),
+        )
+            .self_signed(&root_key)
+            .map_err(gen_err)?;
+        self.save(&self.root_base(), &root.pem(), &root_key.serialize_pem())?;
+
+        for (base, cn, ou, path_len, ekus) in [
+            (self.admin_ca_base(), "Custos Admin CA", role::ADMIN_CA, 0u8, admin_ekus()),
+            (self.device_ca_base(), "Custos Device CA", role::DEVICE_CA, 1u8, device_ekus()),
+        ] {
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+            let cert = ca_params(cn, ou, path_len, Validity::days(365 * 10), ekus)
+                .signed_by(&key, &root, &root_key)
+                .map_err(gen_err)?;
+            self.save(&base, &cert.pem(), &key.serialize_pem())?;
+        }
+        Ok(())
+    }
+
+    /// `custos pki cluster-ca <cluster>`: a Cluster CA signed by the Device CA.
+    pub fn create_cluster_ca(&self, cluster: &str) -> Result<(), PkiError> {
+        check_name(cluster)?;
+        let base = self.cluster_ca_base(cluster);
+        self.refuse_existing(&base)?;
+        let device_ca = self.load_ca(&self.device_ca_base())?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let ou = format!("{}{}", role::CLUSTER_CA_PREFIX, cluster);
+        let cert = ca_params(
+            &format!("Custos Cluster CA {cluster}"),
+            &ou,
+            0,
+            Validity::days(365 * 5),
+            device_ekus(),
+        )
+        .signed_by(&key, &device_ca.cert, &device_ca.key)
+        .map_err(gen_err)?;
+        self.save(&base, &cert.pem(), &key.serialize_pem())
+    }
+
+    /// `custos pki admin <name>`: issues and stores an admin key and certificate.
+    pub fn create_admin(&self, name: &str) -> Result<IssuedKey, PkiError> {
+        let base = self.dir.join("admins").join(name);
+        check_name(name)?;
+        self.refuse_existing(&base)?;
+        let issued = issue_admin(self, name)?;
+        self.save(&base, &issued.cert_pem, &issued.key_pem)?;
+        Ok(issued)
+    }
+
+    /// `custos pki sign-csr --cluster <c>`: turns a node's CSR into a device certificate
+    /// from that cluster's Cluster CA. Only the CSR's public key and common name (the node
+    /// name) are taken from the request; every other field is set by the CA.
+    pub fn sign_device_csr(&self, cluster: &str, csr_pem: &str) -> Result<String, PkiError> {
+        check_name(cluster)?;
+        let ca = self.load_ca(&self.cluster_ca_base(cluster))?;
+        let mut csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::Malformed {
+                what: "CSR",
+                reason: e.to_string(),
+            })?;
+        let node = match csr.params.distinguished_name.get(&DnType::CommonName) {
+            Some(rcgen::DnValue::Utf8String(s)) => s.clone(),
+            Some(rcgen::DnValue::PrintableString(p)) => p.as_str().to_string(),
+            _ => {
+                return Err(PkiError::Malformed {
+                    what: "CSR",
+                    reason: "subject has no common name (the node name)".into(),
+                })
+            }
+        };
+        check_name(&node)?;
+        let mut params = leaf_params(
+            &node,
+            &format!("{}{}", role::DEVICE_PREFIX, cluster),
+            Validity::days(365 * 2),
+        );
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        params.extended_key_usages = device_ekus();
+        params.subject_alt_names = vec![rcgen::SanType::DnsName(
+            format!("{node}.{cluster}.custos")
+                .try_into()
+                .map_err(gen_err)?,
+        )];
+        csr.params = params;
+        let cert = csr.signed_by(&ca.cert, &ca.key).map_err(gen_err)?;
+        let out = self
+            .dir
+            .join("devices")
+            .join(cluster)
+            .join(format!("{node}.crt"));
+        write_file(&out, cert.pem().as_bytes(), 0o644)?;
+        Ok(cert.pem())
+    }
+
+    /// Root CA certificate (PEM).
+    pub fn root_pem(&self) -> Result<String, PkiError> {
+        read(&self.root_base().with_extension("crt"))
+    }
+    /// Admin CA certificate (PEM).
+    pub fn admin_ca_pem(&self) -> Result<String, PkiError> {
+        read(&self.admin_ca_base().with_extension("crt"))
+    }
+    /// Device CA certificate (PEM).
+    pub fn device_ca_pem(&self) -> Result<String, PkiError> {
+        read(&self.device_ca_base().with_extension("crt"))
+    }
+    /// A cluster's Cluster CA certificate (PEM).
+    pub fn cluster_ca_pem(&self, cluster: &str) -> Result<String, PkiError> {
+        check_name(cluster)?;
+        read(&self.cluster_ca_base(cluster).with_extension("crt"))
+    }
+    /// Paths of a stored admin's certificate and key.
+    pub fn admin_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        let base = self.dir.join("admins").join(name);
+        (base.with_extension("crt"), base.with_extension("key"))
+    }
+}
+
+/// An admin's signing key with its certificate chain, as `custos approve` uses it.
+pub struct AdminSigner {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    /// Admin certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// Admin CA certificate (DER) that issued it.
+    pub admin_ca_der: Vec<u8>,
+}
+
+impl AdminSigner {
+    /// Builds a signer from PEM strings.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, admin_ca_pem: &str) -> Result<Self, PkiError> {
+        let key_der = Zeroizing::new(pem_to_der(key_pem, "admin private key")?);
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &key_der, &rng)
+            .map_err(|e| PkiError::Malformed {
+                what: "admin private key",
+                reason: e.to_string(),
+            })?;
+        Ok(AdminSigner {
+            key,
+            rng,
+            cert_der: pem_to_der(cert_pem, "admin certificate")?,
+            admin_ca_der: pem_to_der(admin_ca_pem, "Admin CA certificate")?,
+        })
+    }
+
+    /// Loads a stored admin (`custos pki admin <name>`) from a CA directory.
+    pub fn load(pki: &PkiDir, name: &str) -> Result<Self, PkiError> {
+        check_name(name)?;
+        let (crt, key) = pki.admin_files(name);
+        let key_pem = Zeroizing::new(read(&key)?);
+        Self::from_pem(&read(&crt)?, &key_pem, &pki.admin_ca_pem()?)
+    }
+
+    /// Loads an admin from explicit certificate, key and Admin CA files.
+    pub fn from_files(cert: &Path, key: &Path, admin_ca: &Path) -> Result<Self, PkiError> {
+        let key_pem = Zeroizing::new(read(key)?);
+        Self::from_pem(&read(cert)?, &key_pem, &read(admin_ca)?)
+    }
+
+    /// ECDSA P-256 / SHA-256 signature (ASN.1 DER) over `message`.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.key
+            .sign(&self.rng, message)
+            .expect("P-256 signing with a valid key cannot fail")
+            .as_ref()
+            .to_vec()
+    }
+}

@@ -1,0 +1,300 @@
+//! Chain verification with the Custos role rules on top of webpki.
+
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
+use sha2::{Digest, Sha256};
+use webpki::{EndEntityCert, KeyUsage};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::{role, PkiError, EKU_ADMIN_APPROVAL_DER, EKU_VAULT_DEVICE_DER};
+
+/// Largest certificate (DER) accepted anywhere; Custos certificates are well under 2 KiB.
+pub const MAX_CERT_LEN: usize = 8 * 1024;
+
+static ALGS: &[&dyn SignatureVerificationAlgorithm] = &[webpki::ring::ECDSA_P256_SHA256];
+
+/// SHA-256 of a certificate's DER encoding.
+pub fn cert_fingerprint(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
+}
+
+/// A certificate that has not been checked yet (marker for APIs taking raw DER).
+pub type Unverified<'a> = &'a [u8];
+
+/// The identity an admin certificate proves once its chain verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminIdentity {
+    /// Common name of the admin.
+    pub name: String,
+    /// DER of the subject name: two certificates with the same subject are the same admin.
+    pub subject: Vec<u8>,
+    /// SHA-256 of the admin certificate.
+    pub fingerprint: [u8; 32],
+}
+
+/// A device certificate with the two CA certificates above it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DeviceChain {
+    /// The device (node) certificate, DER.
+    pub device: Vec<u8>,
+    /// The Cluster CA certificate, DER.
+    pub cluster_ca: Vec<u8>,
+    /// The Device CA certificate, DER.
+    pub device_ca: Vec<u8>,
+}
+
+/// The identity a device certificate proves once its chain verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    /// Cluster the node belongs to (from its Cluster CA, cross-checked with its own subject).
+    pub cluster: String,
+    /// Node name (subject common name).
+    pub node: String,
+    /// Device key D public key, SEC1 uncompressed (65 bytes).
+    pub public_key: Vec<u8>,
+    /// SHA-256 of the device certificate.
+    pub fingerprint: [u8; 32],
+}
+
+/// A pinned Root CA certificate and the checks that hang off it.
+#[derive(Clone, Debug)]
+pub struct TrustRoot {
+    der: Vec<u8>,
+}
+
+struct Subject {
+    cn: String,
+    ou: String,
+    raw: Vec<u8>,
+    public_key: Vec<u8>,
+}
+
+fn parse(der: &[u8], what: &'static str) -> Result<Subject, PkiError> {
+    if der.len() > MAX_CERT_LEN {
+        return Err(PkiError::Malformed {
+            what,
+            reason: format!("{} bytes exceeds the {MAX_CERT_LEN}-byte limit", der.len()),
+        });
+    }
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::Malformed {
+        what,
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(PkiError::Malformed {
+            what,
+            reason: "trailing bytes after certificate".into(),
+        });
+    }
+    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
+        it.next()
+            .and_then(|a| a.as_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let subject = cert.subject();
+    let out = Subject {
+        cn: first(&mut subject.iter_common_name()),
+        ou: first(&mut subject.iter_organizational_unit()),
+        raw: subject.as_raw().to_vec(),
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+    };
+    Ok(out)
+}
+
+fn unix_time(now_unix: u64) -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_secs(now_unix))
+}
+
+fn map_webpki(what: &'static str, e: webpki::Error) -> PkiError {
+    match e {
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+            PkiError::NotValidNow {
+                what,
+                reason: format!("{e:?}"),
+            }
+        }
+        other => PkiError::ChainRejected {
+            what,
+            reason: format!("{other:?}"),
+        },
+    }
+}
+
+impl TrustRoot {
+    /// Accepts a Root CA certificate for pinning: it must parse, be self-signed and carry
+    /// the Custos root role marker.
+    pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
+        let subject = parse(der, "Root CA")?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::Malformed {
+            what: "Root CA",
+            reason: e.to_string(),
+        })?;
+        if subject.ou != role::ROOT || !cert.is_ca() {
+            return Err(PkiError::ChainRejected {
+                what: "Root CA",
+                reason: format!("not a Custos Root CA (OU {:?})", subject.ou),
+            });
+        }
+        cert.verify_signature(None)
+            .map_err(|_| PkiError::BadSignature("Root CA self-signature".into()))?;
+        Ok(TrustRoot { der: der.to_vec() })
+    }
+
+    /// The pinned certificate (DER).
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// Verifies `ee` → `intermediates` → root with webpki, then checks that the path used
+    /// exactly the given intermediates, each with the expected role marker.
+    fn verify_path(
+        &self,
+        what: &'static str,
+        ee: &[u8],
+        intermediates: &[(&[u8], &dyn Fn(&str) -> bool)],
+        eku: &'static [u8],
+        now_unix: u64,
+    ) -> Result<(), PkiError> {
+        parse(ee, what)?;
+        let anchor_der = CertificateDer::from(self.der.as_slice());
+        let anchor = webpki::anchor_from_trusted_cert(&anchor_der)
+            .map_err(|e| map_webpki("Root CA", e))?;
+        let anchors = [anchor];
+        let mut inter = Vec::with_capacity(intermediates.len());
+        for (der, role_ok) in intermediates {
+            let s = parse(der, "intermediate CA")?;
+            if !role_ok(&s.ou) {
+                return Err(PkiError::ChainRejected {
+                    what,
+                    reason: format!("intermediate {:?} has the wrong role {:?}", s.cn, s.ou),
+                });
+            }
+            inter.push(CertificateDer::from(*der));
+        }
+        let ee_der = CertificateDer::from(ee);
+        let cert = EndEntityCert::try_from(&ee_der).map_err(|e| map_webpki(what, e))?;
+        let path = cert
+            .verify_for_usage(
+                ALGS,
+                &anchors,
+                &inter,
+                unix_time(now_unix),
+                KeyUsage::required(eku),
+                None,
+                None,
+            )
+            .map_err(|e| map_webpki(what, e))?;
+        let used = path.intermediate_certificates().count();
+        if used != intermediates.len() {
+            return Err(PkiError::ChainRejected {
+                what,
+                reason: format!(
+                    "path has {used} intermediate(s), a {what} certificate needs exactly {}",
+                    intermediates.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Verifies an admin certificate (Root → Admin CA → admin, admin-approval EKU) at
+    /// `now_unix` and an ECDSA P-256 signature it made over `message`.
+    pub fn verify_admin_signature(
+        &self,
+        admin: &[u8],
+        admin_ca: &[u8],
+        now_unix: u64,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<AdminIdentity, PkiError> {
+        let is_admin_ca = |ou: &str| ou == role::ADMIN_CA;
+        self.verify_path(
+            "admin",
+            admin,
+            &[(admin_ca, &is_admin_ca)],
+            EKU_ADMIN_APPROVAL_DER,
+            now_unix,
+        )?;
+        let s = parse(admin, "admin")?;
+        if s.ou != role::ADMIN {
+            return Err(PkiError::ChainRejected {
+                what: "admin",
+                reason: format!("subject role {:?} is not an admin", s.ou),
+            });
+        }
+        let ee_der = CertificateDer::from(admin);
+        let cert = EndEntityCert::try_from(&ee_der).map_err(|e| map_webpki("admin", e))?;
+        cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, signature)
+            .map_err(|_| PkiError::BadSignature(format!("admin {:?}", s.cn)))?;
+        Ok(AdminIdentity {
+            name: s.cn,
+            subject: s.raw,
+            fingerprint: cert_fingerprint(admin),
+        })
+    }
+
+    /// Verifies a device certificate: Root → Device CA → Cluster CA → device, device EKU,
+    /// and (when given) that it belongs to `expected_cluster`.
+    pub fn verify_device(
+        &self,
+        chain: &DeviceChain,
+        expected_cluster: Option<&str>,
+        now_unix: u64,
+    ) -> Result<DeviceIdentity, PkiError> {
+        let is_cluster_ca = |ou: &str| ou.starts_with(role::CLUSTER_CA_PREFIX);
+        let is_device_ca = |ou: &str| ou == role::DEVICE_CA;
+        self.verify_path(
+            "device",
+            &chain.device,
+            &[
+                (&chain.cluster_ca, &is_cluster_ca),
+                (&chain.device_ca, &is_device_ca),
+            ],
+            EKU_VAULT_DEVICE_DER,
+            now_unix,
+        )?;
+        let ca = parse(&chain.cluster_ca, "Cluster CA")?;
+        let dev = parse(&chain.device, "device")?;
+        let ca_cluster = ca.ou.trim_start_matches(role::CLUSTER_CA_PREFIX);
+        let dev_cluster = dev.ou.strip_prefix(role::DEVICE_PREFIX).unwrap_or("");
+        if ca_cluster != dev_cluster {
+            return Err(PkiError::ChainRejected {
+                what: "device",
+                reason: format!(
+                    "device names cluster {dev_cluster:?} but was issued by the CA of {ca_cluster:?}"
+                ),
+            });
+        }
+        if let Some(expected) = expected_cluster {
+            if expected != ca_cluster {
+                return Err(PkiError::WrongCluster {
+                    expected: expected.to_string(),
+                    found: ca_cluster.to_string(),
+                });
+            }
+        }
+        Ok(DeviceIdentity {
+            cluster: ca_cluster.to_string(),
+            node: dev.cn,
+            public_key: dev.public_key,
+            fingerprint: cert_fingerprint(&chain.device),
+        })
+    }
+
+    /// Verifies a P-256 signature made by a device key over `message` (DER signature) using
+    /// an already verified device identity.
+    pub fn verify_device_signature(
+        identity: &DeviceIdentity,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), PkiError> {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &identity.public_key,
+        )
+        .verify(message, signature)
+        .map_err(|_| PkiError::BadSignature(format!("device {:?}", identity.node)))
+    }
+}
