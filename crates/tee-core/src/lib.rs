@@ -1,1 +1,545 @@
+//! Custos TEE core (patent FIG. 3, "TEE core 302"): the only code that ever sees key
+//! material.
+//!
+//! It is a pure request handler, [`TeeCore::handle_bytes`]: bytes in, signed bytes out.
+//! Randomness, time and sealed storage come through the [`platform::Platform`] interface, so
+//! the same core runs on the software backend (its own process, `custos-tee-host`) and on a
+//! real TEE. This crate depends on no networking or async runtime crate.
+//!
+//! Units, as in the patent: the key management unit ([`wallet`], [`device`]), the
+//! verification unit ([`approval`]), and secure storage (sealed records via the platform).
+#![forbid(unsafe_code)]
 
+pub mod approval;
+pub mod device;
+pub mod platform;
+pub mod protocol;
+pub mod wallet;
+
+use std::collections::BTreeMap;
+
+use bitcoin::secp256k1::{All, Secp256k1};
+use custos_pki::{cert_fingerprint, DeviceChain, DeviceIdentity, PkiError, TrustRoot};
+use zeroize::Zeroizing;
+
+use approval::{check_quorum, Action, Approval};
+use device::DeviceKey;
+use platform::{Platform, PlatformError, RecordId};
+use protocol::*;
+use wallet::{key_hex, Wallet};
+
+const REC_ROOT: &str = "root";
+const REC_DEVICE_KEY: &str = "device-key";
+const REC_DEVICE_CERT: &str = "device-cert";
+const WALLET_PREFIX: &str = "wallet/";
+const MAX_QUORUM: u8 = MAX_APPROVALS as u8;
+
+fn rec(name: &str) -> RecordId {
+    RecordId::new(name).expect("static record names are valid")
+}
+
+fn storage(e: PlatformError) -> TeeError {
+    TeeError::Storage(e.to_string())
+}
+
+/// Failure to bring the core up from its sealed state. The host reports it and refuses to
+/// serve, rather than running with part of its identity missing.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A record the core cannot run without failed to open.
+    #[error("essential sealed record {record} cannot be used: {reason}")]
+    Essential {
+        /// Record name.
+        record: String,
+        /// Why.
+        reason: String,
+    },
+    /// The platform failed.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+}
+
+fn put_field(out: &mut Vec<u8>, f: &[u8]) {
+    out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+    out.extend_from_slice(f);
+}
+
+fn take_field<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    if input.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes(input[..4].try_into().ok()?) as usize;
+    let rest = &input[4..];
+    if rest.len() < len {
+        return None;
+    }
+    let (f, tail) = rest.split_at(len);
+    *input = tail;
+    Some(f)
+}
+
+/// The TEE core state machine.
+pub struct TeeCore<P: Platform> {
+    platform: P,
+    secp: Secp256k1<All>,
+    root: Option<TrustRoot>,
+    device: Option<DeviceKey>,
+    identity: Option<(DeviceIdentity, DeviceChain)>,
+    wallets: BTreeMap<Vec<u8>, Wallet>,
+    corrupt: BTreeMap<String, String>,
+    platform_name: String,
+}
+
+impl<P: Platform> TeeCore<P> {
+    /// Opens the core over its platform, unsealing everything it holds. Corrupt wallet
+    /// records are set aside (reported by `Status`, refused on use); a corrupt root, device
+    /// key or certificate is fatal.
+    pub fn open(mut platform: P, platform_name: &str) -> Result<Self, OpenError> {
+        let mut secp = Secp256k1::new();
+        let mut seed = Zeroizing::new([0u8; 32]);
+        platform.random(&mut seed[..])?;
+        // Blinds libsecp256k1's context against side channels.
+        secp.seeded_randomize(&seed);
+
+        let essential = |p: &mut P, name: &str| -> Result<Option<Zeroizing<Vec<u8>>>, OpenError> {
+            p.unseal(&rec(name)).map_err(|e| OpenError::Essential {
+                record: name.into(),
+                reason: e.to_string(),
+            })
+        };
+        let bad = |record: &str, reason: String| OpenError::Essential {
+            record: record.into(),
+            reason,
+        };
+
+        let root = match essential(&mut platform, REC_ROOT)? {
+            Some(der) => {
+                Some(TrustRoot::from_der(&der).map_err(|e| bad(REC_ROOT, e.to_string()))?)
+            }
+            None => None,
+        };
+        let device = match essential(&mut platform, REC_DEVICE_KEY)? {
+            Some(body) => {
+                let mut input: &[u8] = &body;
+                let cluster = take_field(&mut input);
+                let node = take_field(&mut input);
+                let pkcs8 = take_field(&mut input);
+                match (cluster, node, pkcs8) {
+                    (Some(c), Some(n), Some(k)) if input.is_empty() => Some(
+                        DeviceKey::from_pkcs8(
+                            Zeroizing::new(k.to_vec()),
+                            &String::from_utf8_lossy(c),
+                            &String::from_utf8_lossy(n),
+                        )
+                        .map_err(|e| bad(REC_DEVICE_KEY, e.to_string()))?,
+                    ),
+                    _ => return Err(bad(REC_DEVICE_KEY, "malformed record".into())),
+                }
+            }
+            None => None,
+        };
+        let mut core = TeeCore {
+            platform,
+            secp,
+            root,
+            device,
+            identity: None,
+            wallets: BTreeMap::new(),
+            corrupt: BTreeMap::new(),
+            platform_name: platform_name.to_string(),
+        };
+        // The device certificate may have expired or been tampered with while the node was
+        // down: the node then keeps D but must be re-certified; it is not fatal.
+        match core.platform.unseal(&rec(REC_DEVICE_CERT)) {
+            Ok(Some(body)) => {
+                let mut input: &[u8] = &body;
+                let chain = DeviceChain {
+                    device: take_field(&mut input).unwrap_or_default().to_vec(),
+                    cluster_ca: take_field(&mut input).unwrap_or_default().to_vec(),
+                    device_ca: take_field(&mut input).unwrap_or_default().to_vec(),
+                };
+                match core.check_device_chain(&chain) {
+                    Ok(id) => core.identity = Some((id, chain)),
+                    Err(e) => {
+                        core.corrupt.insert(REC_DEVICE_CERT.into(), e.to_string());
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                core.corrupt.insert(REC_DEVICE_CERT.into(), e.to_string());
+            }
+        }
+        for id in core.platform.list(WALLET_PREFIX)? {
+            let name = id.as_str().to_string();
+            let key = hex::decode(&name[WALLET_PREFIX.len()..]).unwrap_or_default();
+            let loaded = core
+                .platform
+                .unseal(&id)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.ok_or_else(|| "record vanished".to_string()))
+                .and_then(|body| Wallet::from_record(&core.secp, &body, &key));
+            match loaded {
+                Ok(w) => {
+                    core.wallets.insert(key, w);
+                }
+                Err(reason) => {
+                    core.corrupt.insert(name, reason);
+                }
+            }
+        }
+        Ok(core)
+    }
+
+    /// The platform (for the host's own bookkeeping).
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// D's public key, once generated.
+    pub fn device_public_key(&self) -> Option<Vec<u8>> {
+        self.device.as_ref().map(|d| d.public_key())
+    }
+
+    /// Handles one encoded request and returns the encoded [`SignedResponse`].
+    pub fn handle_bytes(&mut self, request: &[u8]) -> Vec<u8> {
+        let outcome: Outcome = decode_request(request).and_then(|r| self.handle(r));
+        let body = postcard::to_allocvec(&outcome).expect("responses always serialize");
+        let signature = self
+            .device
+            .as_ref()
+            .map(|d| d.sign(&response_transcript(request, &body)));
+        postcard::to_allocvec(&SignedResponse { body, signature })
+            .expect("responses always serialize")
+    }
+
+    /// Handles one decoded request.
+    pub fn handle(&mut self, request: Request) -> Outcome {
+        match request {
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::PinRoot { root_cert } => self.pin_root(&root_cert),
+            Request::GenerateDeviceKey { cluster, node } => self.generate_device_key(cluster, node),
+            Request::InstallDeviceCert {
+                device,
+                cluster_ca,
+                device_ca,
+            } => self.install_device_cert(DeviceChain {
+                device,
+                cluster_ca,
+                device_ca,
+            }),
+            Request::CreateWallet {
+                meta,
+                quorum,
+                approvals,
+            } => self.create_wallet(&meta, quorum, &approvals),
+            Request::ImportWallet {
+                meta,
+                quorum,
+                key_id,
+                secret,
+                approvals,
+            } => self.import_wallet(&meta, quorum, &key_id, &secret, &approvals),
+            Request::ListKeys => Ok(Response::Keys(
+                self.wallets.values().map(|w| w.info.clone()).collect(),
+            )),
+            Request::GetXpub { key_id, path } => {
+                let w = self.wallet(&key_id)?;
+                let xpub = w.xpub_at(&self.secp, &path)?;
+                Ok(Response::Xpub {
+                    xpub: xpub.to_string(),
+                    public_key: xpub.public_key.serialize().to_vec(),
+                })
+            }
+            Request::Sign {
+                meta,
+                key_id,
+                path,
+                digest,
+                approvals,
+            } => self.sign(&meta, &key_id, &path, &digest, &approvals),
+            Request::AuditSign { key_id, message } => {
+                if message.len() > MAX_AUDIT_MESSAGE {
+                    return Err(TeeError::AuditMessageTooLong {
+                        len: message.len().min(u32::MAX as usize) as u32,
+                        max: MAX_AUDIT_MESSAGE as u32,
+                    });
+                }
+                let w = self.wallet(&key_id)?;
+                Ok(Response::AuditSignature(
+                    w.sign_root(&self.secp, &audit_digest(&message)),
+                ))
+            }
+            Request::Attest { challenge } => {
+                if challenge.len() > 64 {
+                    return Err(TeeError::InvalidRequest(
+                        "attestation challenge over 64 bytes".into(),
+                    ));
+                }
+                let mut user_data = challenge;
+                if let Some(d) = &self.device {
+                    user_data.extend_from_slice(&d.public_key());
+                }
+                self.platform
+                    .attest(&user_data)
+                    .map(Response::Attestation)
+                    .map_err(storage)
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            protocol_version: PROTOCOL_VERSION,
+            platform: self.platform_name.clone(),
+            root_fingerprint: self.root.as_ref().map(|r| cert_fingerprint(r.der())),
+            device: self.device.as_ref().map(|d| self.device_info(d)),
+            wallets: self.wallets.len() as u32,
+            corrupt_records: self
+                .corrupt
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    fn device_info(&self, d: &DeviceKey) -> DeviceInfo {
+        DeviceInfo {
+            cluster: d.cluster.clone(),
+            node: d.node.clone(),
+            public_key: d.public_key(),
+            cert_fingerprint: self.identity.as_ref().map(|(id, _)| id.fingerprint),
+        }
+    }
+
+    fn pin_root(&mut self, der: &[u8]) -> Outcome {
+        if self.root.is_some() {
+            return Err(TeeError::RootAlreadyPinned);
+        }
+        let root = TrustRoot::from_der(der).map_err(|e| TeeError::RootRejected(e.to_string()))?;
+        self.platform.seal(&rec(REC_ROOT), der).map_err(storage)?;
+        let fingerprint = cert_fingerprint(der);
+        self.root = Some(root);
+        Ok(Response::RootPinned { fingerprint })
+    }
+
+    fn root(&self) -> Result<&TrustRoot, TeeError> {
+        self.root
+            .as_ref()
+            .ok_or_else(|| TeeError::NotProvisioned("no Root CA pinned".into()))
+    }
+
+    fn generate_device_key(&mut self, cluster: String, node: String) -> Outcome {
+        self.root()?;
+        if self.device.is_some() {
+            return Err(TeeError::DeviceKeyExists);
+        }
+        for name in [&cluster, &node] {
+            custos_pki::check_name(name).map_err(|e| TeeError::InvalidRequest(e.to_string()))?;
+        }
+        let key = DeviceKey::generate(&mut self.platform, &cluster, &node)?;
+        let csr = key.csr()?;
+        let mut body = Zeroizing::new(Vec::new());
+        put_field(&mut body, cluster.as_bytes());
+        put_field(&mut body, node.as_bytes());
+        put_field(&mut body, key.pkcs8());
+        self.platform
+            .seal(&rec(REC_DEVICE_KEY), &body)
+            .map_err(storage)?;
+        let public_key = key.public_key();
+        self.device = Some(key);
+        Ok(Response::DeviceCsr { csr, public_key })
+    }
+
+    /// Chain check against the pinned root at platform time, for this node's D and cluster.
+    fn check_device_chain(&self, chain: &DeviceChain) -> Result<DeviceIdentity, TeeError> {
+        let device = self
+            .device
+            .as_ref()
+            .ok_or_else(|| TeeError::NotProvisioned("no device key".into()))?;
+        let now = self.platform.now_unix();
+        let id = self
+            .root()?
+            .verify_device(chain, Some(&device.cluster), now)
+            .map_err(|e| match e {
+                PkiError::WrongCluster { expected, found } => {
+                    TeeError::DeviceCertWrongCluster { expected, found }
+                }
+                other => TeeError::DeviceCertRejected(other.to_string()),
+            })?;
+        if id.public_key != device.public_key() {
+            return Err(TeeError::DeviceCertWrongKey);
+        }
+        Ok(id)
+    }
+
+    fn install_device_cert(&mut self, chain: DeviceChain) -> Outcome {
+        let id = self.check_device_chain(&chain)?;
+        let mut body = Vec::new();
+        put_field(&mut body, &chain.device);
+        put_field(&mut body, &chain.cluster_ca);
+        put_field(&mut body, &chain.device_ca);
+        self.platform
+            .seal(&rec(REC_DEVICE_CERT), &body)
+            .map_err(storage)?;
+        self.identity = Some((id, chain));
+        self.corrupt.remove(REC_DEVICE_CERT);
+        let d = self.device.as_ref().expect("checked by check_device_chain");
+        Ok(Response::DeviceCertInstalled(self.device_info(d)))
+    }
+
+    /// Cluster of this node, once fully provisioned.
+    fn cluster(&self) -> Result<String, TeeError> {
+        self.identity
+            .as_ref()
+            .map(|(id, _)| id.cluster.clone())
+            .ok_or_else(|| TeeError::NotProvisioned("no device certificate installed".into()))
+    }
+
+    fn wallet(&self, key_id: &[u8]) -> Result<&Wallet, TeeError> {
+        if let Some(w) = self.wallets.get(key_id) {
+            return Ok(w);
+        }
+        let hex = key_hex(key_id);
+        match self.corrupt.get(&format!("{WALLET_PREFIX}{hex}")) {
+            Some(reason) => Err(TeeError::KeyRecordCorrupt {
+                key: hex,
+                reason: reason.clone(),
+            }),
+            None => Err(TeeError::UnknownKey(hex)),
+        }
+    }
+
+    fn approve(
+        &self,
+        meta: &RequestMeta,
+        action: Action<'_>,
+        approvals: &[Approval],
+        required: u8,
+    ) -> Result<(), TeeError> {
+        let cluster = self.cluster()?;
+        check_quorum(
+            self.root()?,
+            &cluster,
+            self.platform.now_unix(),
+            meta,
+            &action,
+            approvals,
+            required,
+        )?;
+        Ok(())
+    }
+
+    fn check_quorum_value(quorum: u8) -> Result<(), TeeError> {
+        if quorum == 0 || quorum > MAX_QUORUM {
+            return Err(TeeError::InvalidRequest(format!(
+                "quorum {quorum} outside 1..={MAX_QUORUM}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn store_wallet(&mut self, wallet: Wallet) -> Outcome {
+        let hex = key_hex(&wallet.info.key_id);
+        if self.wallets.contains_key(&wallet.info.key_id) {
+            return Err(TeeError::KeyExists(hex));
+        }
+        let id = RecordId::new(format!("{WALLET_PREFIX}{hex}")).map_err(storage)?;
+        // Sealed first: a key is acknowledged only once it is durable.
+        self.platform
+            .seal(&id, &wallet.to_record())
+            .map_err(storage)?;
+        self.corrupt.remove(id.as_str());
+        let info = wallet.info.clone();
+        self.wallets.insert(info.key_id.clone(), wallet);
+        Ok(Response::Wallet(info))
+    }
+
+    fn create_wallet(&mut self, meta: &RequestMeta, quorum: u8, approvals: &[Approval]) -> Outcome {
+        Self::check_quorum_value(quorum)?;
+        // Whoever creates a key under an m-of-k policy must meet that policy themselves.
+        self.approve(meta, Action::CreateWallet { quorum }, approvals, quorum)?;
+        let mut seed = Zeroizing::new(vec![0u8; 32]);
+        self.platform.random(&mut seed).map_err(storage)?;
+        let wallet = Wallet::from_seed(
+            &self.secp,
+            seed,
+            quorum,
+            Origin::Generated,
+            self.platform.now_unix(),
+        )?;
+        self.store_wallet(wallet)
+    }
+
+    fn import_wallet(
+        &mut self,
+        meta: &RequestMeta,
+        quorum: u8,
+        key_id: &[u8],
+        secret: &ImportSecret,
+        approvals: &[Approval],
+    ) -> Outcome {
+        Self::check_quorum_value(quorum)?;
+        self.approve(
+            meta,
+            Action::ImportWallet { quorum, key_id },
+            approvals,
+            quorum,
+        )?;
+        let seed = match secret {
+            ImportSecret::Seed(bytes) => Zeroizing::new(bytes.0.clone()),
+            ImportSecret::Mnemonic { phrase, passphrase } => {
+                if phrase.0.len() > 1024 || passphrase.0.len() > 1024 {
+                    return Err(TeeError::ImportRejected("mnemonic too long".into()));
+                }
+                let m = bip39::Mnemonic::parse_in(bip39::Language::English, phrase.0.as_str())
+                    .map_err(|e| TeeError::ImportRejected(format!("BIP-39: {e}")))?;
+                Zeroizing::new(m.to_seed(passphrase.0.as_str()).to_vec())
+            }
+        };
+        let wallet = Wallet::from_seed(
+            &self.secp,
+            seed,
+            quorum,
+            Origin::Imported,
+            self.platform.now_unix(),
+        )?;
+        if wallet.info.key_id != key_id {
+            return Err(TeeError::ImportRejected(format!(
+                "secret yields key {}, approvals are for {}",
+                key_hex(&wallet.info.key_id),
+                key_hex(key_id)
+            )));
+        }
+        self.store_wallet(wallet)
+    }
+
+    fn sign(
+        &mut self,
+        meta: &RequestMeta,
+        key_id: &[u8],
+        path: &[u32],
+        digest: &[u8; 32],
+        approvals: &[Approval],
+    ) -> Outcome {
+        let quorum = self.wallet(key_id)?.info.quorum;
+        if path.len() > MAX_PATH_DEPTH {
+            return Err(TeeError::InvalidPath(format!(
+                "{} levels, at most {MAX_PATH_DEPTH}",
+                path.len()
+            )));
+        }
+        self.approve(
+            meta,
+            Action::Sign {
+                key_id,
+                path,
+                digest,
+            },
+            approvals,
+            quorum,
+        )?;
+        let w = self.wallet(key_id)?;
+        w.sign(&self.secp, path, digest).map(Response::Signature)
+    }
+}

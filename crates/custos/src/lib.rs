@@ -1,0 +1,6 @@
+//! The `custos` command-line tool's building blocks, shared by the binary, the demo and the
+//! integration tests: operator actions that span the PKI and the TEE process.
+#![forbid(unsafe_code)]
+
+pub mod ops;
+pub mod tee_process;

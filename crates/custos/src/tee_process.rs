@@ -1,0 +1,156 @@
+//! Starting and stopping a TEE core process (`custos tee serve`) from an orchestrator.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use custos_tee_host::TeeClient;
+
+/// Line the server prints on stdout once it accepts connections.
+pub const READY_LINE: &str = "custos-tee ready";
+
+/// How a TEE process gets its sealing key.
+#[derive(Clone, Debug)]
+pub enum KeyArg {
+    /// `--sealing-key-file`.
+    File(PathBuf),
+    /// `--passphrase-env VAR` with this value placed in VAR.
+    Passphrase(String),
+}
+
+/// A running TEE core process; killed when dropped.
+pub struct TeeProcess {
+    child: Option<Child>,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its sealed store.
+    pub store: PathBuf,
+    exe: PathBuf,
+    key: KeyArg,
+}
+
+/// Why a TEE process did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The process could not be started.
+    #[error("cannot start {exe}: {reason}")]
+    Start {
+        /// Executable.
+        exe: String,
+        /// Reason.
+        reason: String,
+    },
+    /// The process exited before becoming ready; its stderr says why.
+    #[error("TEE process exited with {status}: {stderr}")]
+    Exited {
+        /// Exit status.
+        status: String,
+        /// Its error output.
+        stderr: String,
+    },
+}
+
+impl TeeProcess {
+    /// Starts `exe tee serve` on `socket` over `store` and waits until it is ready.
+    pub fn start(exe: &Path, socket: &Path, store: &Path, key: KeyArg) -> Result<Self, SpawnError> {
+        let mut p = TeeProcess {
+            child: None,
+            socket: socket.to_path_buf(),
+            store: store.to_path_buf(),
+            exe: exe.to_path_buf(),
+            key,
+        };
+        p.restart()?;
+        Ok(p)
+    }
+
+    /// (Re)starts the process with the same arguments.
+    pub fn restart(&mut self) -> Result<(), SpawnError> {
+        self.kill();
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["tee", "serve", "--init", "--socket"])
+            .arg(&self.socket)
+            .arg("--store")
+            .arg(&self.store);
+        match &self.key {
+            KeyArg::File(f) => {
+                cmd.arg("--sealing-key-file").arg(f);
+            }
+            KeyArg::Passphrase(p) => {
+                cmd.args(["--passphrase-env", "CUSTOS_TEE_PASSPHRASE"])
+                    .env("CUSTOS_TEE_PASSPHRASE", p);
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| SpawnError::Start {
+                exe: self.exe.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = matches!(lines.next(), Some(Ok(l)) if l.trim() == READY_LINE);
+        if !ready {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut stderr);
+            }
+            // The last line is the process's own "error: ..." verdict; log lines precede it.
+            let verdict = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            return Err(SpawnError::Exited {
+                status,
+                stderr: verdict.trim().to_string(),
+            });
+        }
+        // Keep draining stdout/stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if std::env::var_os("CUSTOS_TEE_LOG").is_some() {
+                        eprintln!("[tee] {line}");
+                    }
+                }
+            });
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Connects a client.
+    pub fn client(&self) -> Result<TeeClient, custos_tee_host::ClientError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TeeClient::connect(&self.socket) {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILLs the process (as a crash would) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for TeeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

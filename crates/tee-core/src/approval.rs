@@ -1,0 +1,156 @@
+//! Verification unit (patent FIG. 3): admin approvals and quorum.
+//!
+//! An approval is an admin's ECDSA P-256 signature over the canonical encoding of the exact
+//! action (cluster, request id, expiry, and what is done with which key). The same encoder is
+//! used by the admin tooling to produce approvals, so both sides always agree byte for byte.
+
+use custos_pki::{PkiError, TrustRoot};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{ApprovalFault, RequestMeta, TeeError, MAX_APPROVALS};
+
+/// Domain separation tag of approval messages.
+pub const APPROVAL_DOMAIN: &[u8] = b"CUSTOS-APPROVAL-V1\0";
+
+/// Longest validity window an approval may ask for.
+pub const MAX_APPROVAL_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+
+/// One admin's approval, as attached to a request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Approval {
+    /// The admin certificate, DER.
+    pub admin_cert: Vec<u8>,
+    /// The Admin CA certificate that issued it, DER.
+    pub admin_ca: Vec<u8>,
+    /// ECDSA P-256 signature (DER) over [`Action::message`].
+    pub signature: Vec<u8>,
+}
+
+/// The action an approval authorizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Generate a new wallet with this quorum.
+    CreateWallet {
+        /// Quorum of the new key.
+        quorum: u8,
+    },
+    /// Import the wallet whose root public key is `key_id`.
+    ImportWallet {
+        /// Quorum of the new key.
+        quorum: u8,
+        /// Root public key of the imported seed.
+        key_id: &'a [u8],
+    },
+    /// Sign `digest` with the child of `key_id` at `path`.
+    Sign {
+        /// Root public key.
+        key_id: &'a [u8],
+        /// BIP-32 path.
+        path: &'a [u32],
+        /// 32-byte digest.
+        digest: &'a [u8; 32],
+    },
+}
+
+fn put(out: &mut Vec<u8>, field: &[u8]) {
+    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+    out.extend_from_slice(field);
+}
+
+impl Action<'_> {
+    /// Canonical bytes an admin signs: domain, action tag, then length-prefixed fields in a
+    /// fixed order. Distinct actions can never encode to the same bytes.
+    pub fn message(&self, cluster: &str, meta: &RequestMeta) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(APPROVAL_DOMAIN);
+        let tag: &[u8] = match self {
+            Action::CreateWallet { .. } => b"create-wallet",
+            Action::ImportWallet { .. } => b"import-wallet",
+            Action::Sign { .. } => b"sign",
+        };
+        put(&mut out, tag);
+        put(&mut out, cluster.as_bytes());
+        put(&mut out, &meta.request_id);
+        put(&mut out, &meta.expires_at.to_be_bytes());
+        match self {
+            Action::CreateWallet { quorum } => put(&mut out, &[*quorum]),
+            Action::ImportWallet { quorum, key_id } => {
+                put(&mut out, &[*quorum]);
+                put(&mut out, key_id);
+            }
+            Action::Sign {
+                key_id,
+                path,
+                digest,
+            } => {
+                put(&mut out, key_id);
+                let p: Vec<u8> = path.iter().flat_map(|i| i.to_be_bytes()).collect();
+                put(&mut out, &p);
+                put(&mut out, &digest[..]);
+            }
+        }
+        out
+    }
+}
+
+fn fault_of(e: &PkiError) -> ApprovalFault {
+    match e {
+        PkiError::NotValidNow { .. } => ApprovalFault::CertificateNotValidNow,
+        PkiError::BadSignature(_) => ApprovalFault::BadSignature,
+        PkiError::Malformed { .. } => ApprovalFault::Malformed,
+        _ => ApprovalFault::UntrustedCertificate,
+    }
+}
+
+/// Checks expiry, every approval, and that at least `required` distinct admins approved.
+/// Any invalid approval refuses the whole request, so a mistake is never silently outvoted.
+pub fn check_quorum(
+    root: &TrustRoot,
+    cluster: &str,
+    now: u64,
+    meta: &RequestMeta,
+    action: &Action<'_>,
+    approvals: &[Approval],
+    required: u8,
+) -> Result<Vec<String>, TeeError> {
+    if now > meta.expires_at {
+        return Err(TeeError::RequestExpired {
+            expires_at: meta.expires_at,
+            now,
+        });
+    }
+    if meta.expires_at > now.saturating_add(MAX_APPROVAL_LIFETIME_SECS) {
+        return Err(TeeError::InvalidRequest(format!(
+            "expiry {} is more than {MAX_APPROVAL_LIFETIME_SECS} s ahead",
+            meta.expires_at
+        )));
+    }
+    if approvals.is_empty() {
+        return Err(TeeError::ApprovalMissing);
+    }
+    if approvals.len() > MAX_APPROVALS {
+        return Err(TeeError::InvalidRequest(format!(
+            "{} approvals, at most {MAX_APPROVALS}",
+            approvals.len()
+        )));
+    }
+    let message = action.message(cluster, meta);
+    let mut admins: Vec<(Vec<u8>, String)> = Vec::new();
+    for (index, a) in approvals.iter().enumerate() {
+        let id = root
+            .verify_admin_signature(&a.admin_cert, &a.admin_ca, now, &message, &a.signature)
+            .map_err(|e| TeeError::ApprovalRejected {
+                index: index as u32,
+                fault: fault_of(&e),
+                detail: e.to_string(),
+            })?;
+        if !admins.iter().any(|(s, _)| *s == id.subject) {
+            admins.push((id.subject, id.name));
+        }
+    }
+    let approved = admins.len().min(u8::MAX as usize) as u8;
+    if approved < required.max(1) {
+        return Err(TeeError::QuorumNotMet { required, approved });
+    }
+    Ok(admins.into_iter().map(|(_, n)| n).collect())
+}

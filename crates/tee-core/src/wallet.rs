@@ -1,0 +1,173 @@
+//! Key management unit for B keys (BIP-32 root seeds, patent FIG. 5): sealed record format,
+//! derivation and secp256k1 signing through libsecp256k1.
+
+use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
+use bitcoin::secp256k1::{All, Message, Secp256k1};
+use bitcoin::NetworkKind;
+use zeroize::Zeroizing;
+
+use crate::protocol::{EcdsaSignature, KeyInfo, Origin, TeeError, MAX_PATH_DEPTH};
+
+const RECORD_VERSION: u8 = 1;
+
+/// A wallet held by the TEE. The seed and master private key are erased on drop.
+pub struct Wallet {
+    seed: Zeroizing<Vec<u8>>,
+    master: Xpriv,
+    /// Public facts.
+    pub info: KeyInfo,
+    /// Platform time of creation (Unix seconds).
+    pub created_at: u64,
+}
+
+impl Drop for Wallet {
+    fn drop(&mut self) {
+        self.master.private_key.non_secure_erase();
+    }
+}
+
+fn path_of(path: &[u32]) -> Result<Vec<ChildNumber>, TeeError> {
+    if path.len() > MAX_PATH_DEPTH {
+        return Err(TeeError::InvalidPath(format!(
+            "{} levels, at most {MAX_PATH_DEPTH}",
+            path.len()
+        )));
+    }
+    Ok(path.iter().map(|&i| ChildNumber::from(i)).collect())
+}
+
+/// Hex of a key id, as used in record names and messages.
+pub fn key_hex(key_id: &[u8]) -> String {
+    hex::encode(key_id)
+}
+
+impl Wallet {
+    /// Builds a wallet from a BIP-32 seed (16 to 64 bytes).
+    pub fn from_seed(
+        secp: &Secp256k1<All>,
+        seed: Zeroizing<Vec<u8>>,
+        quorum: u8,
+        origin: Origin,
+        created_at: u64,
+    ) -> Result<Self, TeeError> {
+        if !(16..=64).contains(&seed.len()) {
+            return Err(TeeError::ImportRejected(format!(
+                "seed is {} bytes, BIP-32 allows 16 to 64",
+                seed.len()
+            )));
+        }
+        let master = Xpriv::new_master(NetworkKind::Main, &seed)
+            .map_err(|e| TeeError::ImportRejected(format!("seed unusable: {e}")))?;
+        let xpub = Xpub::from_priv(secp, &master);
+        let info = KeyInfo {
+            key_id: xpub.public_key.serialize().to_vec(),
+            xpub: xpub.to_string(),
+            quorum,
+            origin,
+        };
+        Ok(Wallet {
+            seed,
+            master,
+            info,
+            created_at,
+        })
+    }
+
+    /// Sealed record body: version, quorum, origin, creation time, seed.
+    pub fn to_record(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(12 + self.seed.len()));
+        out.push(RECORD_VERSION);
+        out.push(self.info.quorum);
+        out.push(match self.info.origin {
+            Origin::Generated => 0,
+            Origin::Imported => 1,
+        });
+        out.extend_from_slice(&self.created_at.to_be_bytes());
+        out.push(self.seed.len() as u8);
+        out.extend_from_slice(&self.seed);
+        out
+    }
+
+    /// Parses a sealed record body and checks it matches the key id it is filed under.
+    pub fn from_record(
+        secp: &Secp256k1<All>,
+        record: &[u8],
+        expected_key: &[u8],
+    ) -> Result<Self, String> {
+        if record.len() < 12 || record[0] != RECORD_VERSION {
+            return Err("unknown record version or truncated record".into());
+        }
+        let quorum = record[1];
+        let origin = match record[2] {
+            0 => Origin::Generated,
+            1 => Origin::Imported,
+            o => return Err(format!("unknown origin {o}")),
+        };
+        let created_at = u64::from_be_bytes(record[3..11].try_into().expect("8 bytes"));
+        let len = record[11] as usize;
+        if record.len() != 12 + len {
+            return Err("seed length does not match record".into());
+        }
+        let seed = Zeroizing::new(record[12..].to_vec());
+        let w = Wallet::from_seed(secp, seed, quorum, origin, created_at)
+            .map_err(|e| e.to_string())?;
+        if w.info.key_id != expected_key {
+            return Err("record holds a different key than its name".into());
+        }
+        Ok(w)
+    }
+
+    /// Extended public key at `path`.
+    pub fn xpub_at(&self, secp: &Secp256k1<All>, path: &[u32]) -> Result<Xpub, TeeError> {
+        let mut child = self
+            .master
+            .derive_priv(secp, &path_of(path)?)
+            .map_err(|e| TeeError::InvalidPath(e.to_string()))?;
+        let xpub = Xpub::from_priv(secp, &child);
+        child.private_key.non_secure_erase();
+        Ok(xpub)
+    }
+
+    /// Signs `digest` with the child key at `path`: RFC 6979 nonce, low-s, recovery id.
+    pub fn sign(
+        &self,
+        secp: &Secp256k1<All>,
+        path: &[u32],
+        digest: &[u8; 32],
+    ) -> Result<EcdsaSignature, TeeError> {
+        let mut child = self
+            .master
+            .derive_priv(secp, &path_of(path)?)
+            .map_err(|e| TeeError::InvalidPath(e.to_string()))?;
+        let sig = sign_with(secp, &child.private_key, digest);
+        child.private_key.non_secure_erase();
+        Ok(sig)
+    }
+
+    /// Signs `digest` with the root key m itself (audits).
+    pub fn sign_root(&self, secp: &Secp256k1<All>, digest: &[u8; 32]) -> EcdsaSignature {
+        sign_with(secp, &self.master.private_key, digest)
+    }
+}
+
+fn sign_with(
+    secp: &Secp256k1<All>,
+    key: &bitcoin::secp256k1::SecretKey,
+    digest: &[u8; 32],
+) -> EcdsaSignature {
+    let msg = Message::from_digest(*digest);
+    let rsig = secp.sign_ecdsa_recoverable(&msg, key);
+    let (recid, compact) = rsig.serialize_compact();
+    let mut r = [0u8; 32];
+    let mut s = [0u8; 32];
+    r.copy_from_slice(&compact[..32]);
+    s.copy_from_slice(&compact[32..]);
+    EcdsaSignature {
+        r,
+        s,
+        v: recid.to_i32() as u8,
+        public_key: bitcoin::secp256k1::PublicKey::from_secret_key(secp, key)
+            .serialize()
+            .to_vec(),
+    }
+}

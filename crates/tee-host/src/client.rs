@@ -1,0 +1,119 @@
+//! The thin client the vault node server (and tooling) uses to reach the TEE core process.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use custos_tee_core::protocol::{
+    encode_request, response_transcript, Outcome, Request, Response, SignedResponse, TeeError,
+};
+
+use crate::frame::{read_frame, write_frame, FrameError, Kind, RefusalCode, MAX_RESPONSE};
+
+/// Failures seen by a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Socket failure (TEE process down, connection dropped).
+    #[error("TEE socket: {0}")]
+    Io(#[from] io::Error),
+    /// The TEE refused the frame itself.
+    #[error("TEE refused the frame ({code:?}): {message}")]
+    Refused {
+        /// Code, if known.
+        code: Option<RefusalCode>,
+        /// Message.
+        message: String,
+    },
+    /// The TEE answered something undecodable.
+    #[error("TEE protocol error: {0}")]
+    Protocol(String),
+    /// The response is not signed by the expected device key.
+    #[error("TEE response signature invalid: {0}")]
+    ResponseSignature(String),
+    /// The TEE processed the request and refused it.
+    #[error("TEE refused: {0}")]
+    Tee(#[from] TeeError),
+}
+
+/// A connection to one TEE core.
+pub struct TeeClient {
+    stream: UnixStream,
+    device_key: Option<Vec<u8>>,
+}
+
+impl TeeClient {
+    /// Connects to the TEE socket.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        Ok(TeeClient {
+            stream,
+            device_key: None,
+        })
+    }
+
+    /// From now on, require every response to be signed by this device key (SEC1).
+    pub fn expect_device_key(&mut self, public_key: Vec<u8>) {
+        self.device_key = Some(public_key);
+    }
+
+    /// Sends a request; returns the response or the TEE's typed refusal.
+    pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        Ok(self.call_bytes(&encode_request(request))??)
+    }
+
+    /// Sends raw request bytes (tests use this for malformed input).
+    pub fn call_bytes(&mut self, request: &[u8]) -> Result<Outcome, ClientError> {
+        write_frame(&mut self.stream, Kind::Request, request)?;
+        let (kind, payload) = match read_frame(&mut self.stream, MAX_RESPONSE) {
+            Ok(f) => f,
+            Err(FrameError::Io(e)) => return Err(ClientError::Io(e)),
+            Err(FrameError::Closed) => {
+                return Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "TEE closed the connection",
+                )))
+            }
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        };
+        match kind {
+            Kind::Response => {}
+            Kind::Refusal => {
+                return Err(ClientError::Refused {
+                    code: payload.first().and_then(|b| RefusalCode::from_u8(*b)),
+                    message: String::from_utf8_lossy(payload.get(1..).unwrap_or_default())
+                        .into_owned(),
+                })
+            }
+            Kind::Request => return Err(ClientError::Protocol("TEE sent a request frame".into())),
+        }
+        let signed: SignedResponse = postcard::from_bytes(&payload)
+            .map_err(|e| ClientError::Protocol(format!("undecodable response: {e}")))?;
+        if let Some(key) = &self.device_key {
+            let sig = signed
+                .signature
+                .as_ref()
+                .ok_or_else(|| ClientError::ResponseSignature("response is unsigned".into()))?;
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
+                .verify(&response_transcript(request, &signed.body), sig)
+                .map_err(|_| {
+                    ClientError::ResponseSignature("does not verify with the device key".into())
+                })?;
+        }
+        postcard::from_bytes(&signed.body)
+            .map_err(|e| ClientError::Protocol(format!("undecodable response body: {e}")))
+    }
+}
+
+/// Sends a raw frame header and payload, for tests of the frame layer.
+pub fn send_raw(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    stream.write_all(bytes)?;
+    stream.flush()
+}
+
+/// Reads one frame of any kind (tests).
+pub fn read_any(stream: &mut UnixStream) -> Result<(Kind, Vec<u8>), FrameError> {
+    read_frame(stream, MAX_RESPONSE)
+}

@@ -1,0 +1,181 @@
+//! The frame protocol on the TEE core's local socket.
+//!
+//! ```text
+//! magic "CTEE" (4) | version (1) | kind (1) | payload length u32 BE (4) | payload
+//! ```
+//! Kinds: 1 request (node server → TEE), 2 response, 3 refusal (the frame itself was bad;
+//! payload = code byte + UTF-8 message; the connection is then closed). Length limits are
+//! checked from the header, before any payload is read or allocated.
+
+use std::io::{self, Read, Write};
+
+/// Frame magic.
+pub const MAGIC: &[u8; 4] = b"CTEE";
+/// Frame format version.
+pub const VERSION: u8 = 1;
+/// Header length.
+pub const HEADER_LEN: usize = 10;
+/// Largest request payload.
+pub const MAX_REQUEST: usize = custos_tee_core::protocol::MAX_REQUEST_LEN;
+/// Largest response payload (key lists and batched transfers can be large).
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// Frame kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Request.
+    Request = 1,
+    /// Response.
+    Response = 2,
+    /// Refusal of a bad frame.
+    Refusal = 3,
+}
+
+/// Why a frame was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RefusalCode {
+    /// Magic bytes wrong.
+    BadMagic = 1,
+    /// Unknown frame version.
+    UnsupportedVersion = 2,
+    /// Unexpected frame kind.
+    BadKind = 3,
+    /// Payload over the limit.
+    TooLarge = 4,
+    /// Peer not allowed to talk to the TEE.
+    PeerRejected = 5,
+    /// Too many connections.
+    Busy = 6,
+}
+
+impl RefusalCode {
+    /// Parses a code byte.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::BadMagic,
+            2 => Self::UnsupportedVersion,
+            3 => Self::BadKind,
+            4 => Self::TooLarge,
+            5 => Self::PeerRejected,
+            6 => Self::Busy,
+            _ => return None,
+        })
+    }
+}
+
+/// A frame-level failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection cleanly between frames.
+    #[error("connection closed")]
+    Closed,
+    /// I/O failure.
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    /// The header was invalid.
+    #[error("frame refused ({code:?}): {message}")]
+    Invalid {
+        /// Code.
+        code: RefusalCode,
+        /// Detail.
+        message: String,
+    },
+}
+
+/// Writes one frame.
+pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(MAGIC);
+    header[4] = VERSION;
+    header[5] = kind as u8;
+    header[6..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    w.write_all(&header)?;
+    w.write_all(payload)?;
+    w.flush()
+}
+
+/// Reads one frame, refusing bad headers and payloads over `max` before reading them.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<(Kind, Vec<u8>), FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => {
+                return Err(FrameError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame header",
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let invalid = |code, message: String| FrameError::Invalid { code, message };
+    if &header[..4] != MAGIC {
+        return Err(invalid(RefusalCode::BadMagic, "bad magic".into()));
+    }
+    if header[4] != VERSION {
+        return Err(invalid(
+            RefusalCode::UnsupportedVersion,
+            format!("frame version {} not supported (this is {VERSION})", header[4]),
+        ));
+    }
+    let kind = match header[5] {
+        1 => Kind::Request,
+        2 => Kind::Response,
+        3 => Kind::Refusal,
+        k => return Err(invalid(RefusalCode::BadKind, format!("unknown frame kind {k}"))),
+    };
+    let len = u32::from_be_bytes(header[6..].try_into().expect("4 bytes")) as usize;
+    if len > max {
+        return Err(invalid(
+            RefusalCode::TooLarge,
+            format!("payload of {len} bytes exceeds the {max}-byte limit"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok((kind, payload))
+}
+
+/// Encodes a refusal payload.
+pub fn refusal_payload(code: RefusalCode, message: &str) -> Vec<u8> {
+    let mut p = vec![code as u8];
+    p.extend_from_slice(message.as_bytes());
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_limits() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Kind::Request, b"hello").unwrap();
+        let (k, p) = read_frame(&mut buf.as_slice(), 16).unwrap();
+        assert_eq!((k, p.as_slice()), (Kind::Request, &b"hello"[..]));
+        let err = read_frame(&mut buf.as_slice(), 4).unwrap_err();
+        assert!(matches!(err, FrameError::Invalid { code: RefusalCode::TooLarge, .. }));
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            read_frame(&mut bad.as_slice(), 16).unwrap_err(),
+            FrameError::Invalid { code: RefusalCode::BadMagic, .. }
+        ));
+        let mut bad = buf.clone();
+        bad[4] = 9;
+        assert!(matches!(
+            read_frame(&mut bad.as_slice(), 16).unwrap_err(),
+            FrameError::Invalid { code: RefusalCode::UnsupportedVersion, .. }
+        ));
+        assert!(matches!(
+            read_frame(&mut &b""[..], 16).unwrap_err(),
+            FrameError::Closed
+        ));
+    }
+}

@@ -1,0 +1,120 @@
+//! The TEE core's socket server: one thread per connection, requests serialized through the
+//! core (it is a single state machine, like an enclave's single entry point).
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use custos_tee_core::platform::Platform;
+use custos_tee_core::TeeCore;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use crate::frame::{read_frame, refusal_payload, write_frame, FrameError, Kind, RefusalCode};
+
+/// Most simultaneous connections (node server, admin tools, sync workers).
+pub const MAX_CONNECTIONS: usize = 64;
+const CONNECTION_STACK: usize = 512 * 1024;
+
+/// Binds the socket, replacing a stale socket file only if nothing answers on it, and
+/// restricts it to the owner (0600).
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("a TEE core is already serving on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Only the same user as the TEE process (the node server runs as it) or root may talk to
+/// the core; the socket's mode says the same, this holds even if the mode is loosened.
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = getsockopt(stream, PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == me || cred.uid() == 0 {
+        Ok(())
+    } else {
+        Err(format!("uid {} may not use this TEE (owner uid {me})", cred.uid()))
+    }
+}
+
+fn refuse(stream: &mut UnixStream, code: RefusalCode, message: &str) {
+    let _ = write_frame(stream, Kind::Refusal, &refusal_payload(code, message));
+}
+
+fn handle_connection<P: Platform>(mut stream: UnixStream, core: &Mutex<TeeCore<P>>) {
+    if let Err(why) = peer_allowed(&stream) {
+        tracing::warn!(%why, "refused TEE connection");
+        refuse(&mut stream, RefusalCode::PeerRejected, &why);
+        return;
+    }
+    loop {
+        match read_frame(&mut stream, crate::frame::MAX_REQUEST) {
+            Ok((Kind::Request, payload)) => {
+                let response = {
+                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                    core.handle_bytes(&payload)
+                };
+                if write_frame(&mut stream, Kind::Response, &response).is_err() {
+                    return;
+                }
+            }
+            Ok((kind, _)) => {
+                refuse(
+                    &mut stream,
+                    RefusalCode::BadKind,
+                    &format!("expected a request frame, got {kind:?}"),
+                );
+                return;
+            }
+            Err(FrameError::Invalid { code, message }) => {
+                tracing::warn!(?code, %message, "refused malformed frame");
+                refuse(&mut stream, code, &message);
+                return;
+            }
+            Err(FrameError::Closed) | Err(FrameError::Io(_)) => return,
+        }
+    }
+}
+
+/// Serves the core on `listener` until the process ends.
+pub fn serve<P: Platform + Send + 'static>(listener: UnixListener, core: TeeCore<P>) -> io::Result<()> {
+    let core = Arc::new(Mutex::new(core));
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            refuse(&mut stream, RefusalCode::Busy, "too many connections");
+            continue;
+        }
+        let core = Arc::clone(&core);
+        let active_c = Arc::clone(&active);
+        let spawned = std::thread::Builder::new()
+            .name("tee-conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                handle_connection(stream, &core);
+                active_c.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    Ok(())
+}
