@@ -1,0 +1,255 @@
+//! Shared fixture for integration tests: a PKI, admins, and real TEE core processes.
+#![allow(dead_code)]
+
+pub mod bip32_vectors;
+
+use std::path::{Path, PathBuf};
+
+use custos::ops::{approvals, new_meta, provision};
+use custos::tee_process::{KeyArg, TeeProcess};
+use custos_pki::{AdminSigner, PkiDir};
+use custos_tee_core::approval::{Action, Approval};
+use custos_tee_core::protocol::{
+    ImportSecret, KeyInfo, Request, RequestMeta, Response, SecretBytes, TeeError,
+};
+use custos_tee_host::{ClientError, TeeClient};
+
+pub const CLUSTER: &str = "dc1";
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_custos"))
+}
+
+/// A PKI with cluster `dc1` (and `dc2`) and admins alice, bob, carol.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub pki: PkiDir,
+    pub alice: AdminSigner,
+    pub bob: AdminSigner,
+    pub carol: AdminSigner,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = PkiDir::new(dir.path().join("pki"));
+        pki.init().unwrap();
+        pki.create_cluster_ca(CLUSTER).unwrap();
+        pki.create_cluster_ca("dc2").unwrap();
+        for a in ["alice", "bob", "carol"] {
+            pki.create_admin(a).unwrap();
+        }
+        Pki {
+            alice: AdminSigner::load(&pki, "alice").unwrap(),
+            bob: AdminSigner::load(&pki, "bob").unwrap(),
+            carol: AdminSigner::load(&pki, "carol").unwrap(),
+            pki,
+            dir,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Admins by name.
+    pub fn admins(&self, names: &[&str]) -> Vec<&AdminSigner> {
+        names
+            .iter()
+            .map(|n| match *n {
+                "alice" => &self.alice,
+                "bob" => &self.bob,
+                "carol" => &self.carol,
+                other => panic!("no admin {other}"),
+            })
+            .collect()
+    }
+}
+
+/// One TEE process (unprovisioned until `provision`).
+pub struct Tee {
+    pub process: TeeProcess,
+    pub client: TeeClient,
+    pub key_file: PathBuf,
+}
+
+impl Tee {
+    pub fn start(dir: &Path, name: &str) -> Self {
+        let key_file = dir.join(format!("{name}.key"));
+        if !key_file.exists() {
+            custos_tee_host::sealed::generate_key_file(&key_file).unwrap();
+        }
+        let process = TeeProcess::start(
+            &exe(),
+            &dir.join(format!("{name}.sock")),
+            &dir.join(format!("{name}-store")),
+            KeyArg::File(key_file.clone()),
+        )
+        .unwrap();
+        let client = process.client().unwrap();
+        Tee {
+            process,
+            client,
+            key_file,
+        }
+    }
+
+    pub fn provision(&mut self, pki: &PkiDir, cluster: &str, node: &str) {
+        provision(&mut self.client, pki, cluster, node).unwrap();
+    }
+
+    /// Kill -9, restart, reconnect and re-pin the device key.
+    pub fn crash_and_restart(&mut self) {
+        let dev = self.status().device.map(|d| d.public_key);
+        self.process.kill();
+        self.process.restart().unwrap();
+        self.client = self.process.client().unwrap();
+        if let Some(pk) = dev {
+            self.client.expect_device_key(pk);
+        }
+    }
+
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        self.client.call(req)
+    }
+
+    pub fn status(&mut self) -> custos_tee_core::protocol::Status {
+        match self.call(&Request::Status).unwrap() {
+            Response::Status(s) => s,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+
+    pub fn keys(&mut self) -> Vec<KeyInfo> {
+        match self.call(&Request::ListKeys).unwrap() {
+            Response::Keys(k) => k,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+}
+
+/// A PKI plus one provisioned TEE of cluster dc1.
+pub struct Fixture {
+    pub pki: Pki,
+    pub tee: Tee,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let pki = Pki::new();
+        let mut tee = Tee::start(pki.path(), "node1");
+        tee.provision(&pki.pki, CLUSTER, "node1");
+        Fixture { pki, tee }
+    }
+
+    pub fn create_wallet(&mut self, quorum: u8, signers: &[&str]) -> KeyInfo {
+        let meta = new_meta(600);
+        let approvals = approvals(&self.pki.admins(signers), CLUSTER, &meta, &Action::CreateWallet { quorum });
+        match self
+            .tee
+            .call(&Request::CreateWallet {
+                meta,
+                quorum,
+                approvals,
+            })
+            .unwrap()
+        {
+            Response::Wallet(k) => k,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+
+    pub fn import_seed(&mut self, seed: &[u8], quorum: u8) -> Result<KeyInfo, ClientError> {
+        let master =
+            bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Main, seed).unwrap();
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let key_id = bitcoin::bip32::Xpub::from_priv(&secp, &master)
+            .public_key
+            .serialize()
+            .to_vec();
+        let meta = new_meta(600);
+        let action = Action::ImportWallet {
+            quorum,
+            key_id: &key_id,
+        };
+        let approvals = approvals(&[&self.pki.alice], CLUSTER, &meta, &action);
+        self.tee
+            .call(&Request::ImportWallet {
+                meta,
+                quorum,
+                key_id,
+                secret: ImportSecret::Seed(SecretBytes(seed.to_vec())),
+                approvals,
+            })
+            .map(|r| match r {
+                Response::Wallet(k) => k,
+                r => panic!("unexpected {r:?}"),
+            })
+    }
+
+    /// Approvals by `signers` for signing `digest` at `path` with `key`.
+    pub fn sign_approvals(
+        &self,
+        meta: &RequestMeta,
+        key: &[u8],
+        path: &[u32],
+        digest: &[u8; 32],
+        signers: &[&str],
+    ) -> Vec<Approval> {
+        approvals(
+            &self.pki.admins(signers),
+            CLUSTER,
+            meta,
+            &Action::Sign {
+                key_id: key,
+                path,
+                digest,
+            },
+        )
+    }
+
+    pub fn sign(
+        &mut self,
+        key: &[u8],
+        path: &[u32],
+        digest: [u8; 32],
+        signers: &[&str],
+    ) -> Result<Response, ClientError> {
+        let meta = new_meta(600);
+        let approvals = self.sign_approvals(&meta, key, path, &digest, signers);
+        self.tee.call(&Request::Sign {
+            meta,
+            key_id: key.to_vec(),
+            path: path.to_vec(),
+            digest,
+            approvals,
+        })
+    }
+}
+
+/// Unwraps a typed TEE refusal.
+pub fn refusal(r: Result<Response, ClientError>) -> TeeError {
+    match r {
+        Err(ClientError::Tee(e)) => e,
+        other => panic!("expected a TEE refusal, got {other:?}"),
+    }
+}
+
+/// Independent verification with RustCrypto's k256 (not libsecp256k1): the signature
+/// verifies under `public_key`, is low-s, and (r, s, v) recovers `public_key`.
+pub fn verify_independently(
+    sig: &custos_tee_core::protocol::EcdsaSignature,
+    digest: &[u8; 32],
+    public_key: &[u8],
+) {
+    use k256::ecdsa::signature::hazmat::PrehashVerifier;
+    use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
+    let vk = VerifyingKey::from_sec1_bytes(public_key).unwrap();
+    let s = Signature::from_scalars(sig.r, sig.s).unwrap();
+    assert!(s.normalize_s().is_none(), "signature is not low-s");
+    vk.verify_prehash(digest, &s).expect("signature verifies");
+    let recid = RecoveryId::from_byte(sig.v).expect("v is 0..3");
+    let recovered = VerifyingKey::recover_from_prehash(digest, &s, recid).unwrap();
+    assert_eq!(recovered, vk, "public key recovered from (r, s, v) differs");
+    assert_eq!(sig.public_key, public_key, "TEE reports another signer key");
+}
