@@ -25,7 +25,8 @@ type AnyError = Box<dyn std::error::Error>;
 const CLUSTER: &str = "dc1";
 const NODES: [&str; 2] = ["dc1-node1", "dc1-node2"];
 /// BIP-39 reference mnemonic (all-zero entropy), used only by this demo.
-const DEMO_MNEMONIC: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+const DEMO_MNEMONIC: &str =
+    "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
 
 struct Steps {
     log: Vec<serde_json::Value>,
@@ -35,7 +36,8 @@ impl Steps {
     fn ok(&mut self, name: &str, detail: impl Into<String>) {
         let detail = detail.into();
         println!("  ok  {name}: {detail}");
-        self.log.push(json!({"step": name, "ok": true, "detail": detail}));
+        self.log
+            .push(json!({"step": name, "ok": true, "detail": detail}));
     }
 }
 
@@ -45,7 +47,11 @@ fn fail(what: &str) -> AnyError {
 
 /// Verifies a signature the way a relying party would, with nothing but public data:
 /// ECDSA verification, low-s, and public key recovery from (r, s, v).
-pub fn verify_signature(sig: &EcdsaSignature, digest: &[u8; 32], expected: &PublicKey) -> Result<(), AnyError> {
+pub fn verify_signature(
+    sig: &EcdsaSignature,
+    digest: &[u8; 32],
+    expected: &PublicKey,
+) -> Result<(), AnyError> {
     let secp = Secp256k1::verification_only();
     let mut compact = [0u8; 64];
     compact[..32].copy_from_slice(&sig.r);
@@ -55,7 +61,9 @@ pub fn verify_signature(sig: &EcdsaSignature, digest: &[u8; 32], expected: &Publ
     let msg = Message::from_digest(*digest);
     let recovered = secp.recover_ecdsa(&msg, &rsig)?;
     if &recovered != expected {
-        return Err(fail("recovered public key differs from the expected child key"));
+        return Err(fail(
+            "recovered public key differs from the expected child key",
+        ));
     }
     let mut plain = rsig.to_standard();
     secp.verify_ecdsa(&msg, &plain, expected)?;
@@ -107,7 +115,10 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
     }
     let alice = AdminSigner::load(&pki, "alice")?;
     let bob = AdminSigner::load(&pki, "bob")?;
-    steps.ok("pki", "Root CA, Admin CA, Device CA, Cluster CA dc1, admins alice/bob/carol");
+    steps.ok(
+        "pki",
+        "Root CA, Admin CA, Device CA, Cluster CA dc1, admins alice/bob/carol",
+    );
 
     // TEE processes, one per node, each with its own sealing key and store.
     let mut tees = Vec::new();
@@ -128,7 +139,11 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
         let info = provision(&mut c, &pki, CLUSTER, node)?;
         steps.ok(
             "provision",
-            format!("{node} (pid {}): D = {}…", tee.pid().unwrap_or(0), &hex::encode(&info.public_key)[..16]),
+            format!(
+                "{node} (pid {}): D = {}…",
+                tee.pid().unwrap_or(0),
+                &hex::encode(&info.public_key)[..16]
+            ),
         );
         clients.push(c);
     }
@@ -154,7 +169,10 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
     let secp = Secp256k1::new();
     let seed = bip39_seed(DEMO_MNEMONIC)?;
     let expected_root = bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Main, &seed)?;
-    let key_id = Xpub::from_priv(&secp, &expected_root).public_key.serialize().to_vec();
+    let key_id = Xpub::from_priv(&secp, &expected_root)
+        .public_key
+        .serialize()
+        .to_vec();
     let meta = new_meta(600);
     let action = Action::ImportWallet {
         quorum: 1,
@@ -170,15 +188,19 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
         },
         approvals: approvals(&[&alice], CLUSTER, &meta, &action),
     })?)?;
-    steps.ok("import-wallet", format!("BIP-39 mnemonic, root {}", imported.xpub));
+    steps.ok(
+        "import-wallet",
+        format!("BIP-39 mnemonic, root {}", imported.xpub),
+    );
 
     // Signing: m/44'/0'/0'/0/i.
     let mut signatures = Vec::new();
     for i in 0..3u32 {
         let path = vec![44 | 1 << 31, 1 << 31, 1 << 31, 0, i];
-        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, format!("demo tx {i}").as_bytes())
-            .as_ref()
-            .try_into()?;
+        let digest: [u8; 32] =
+            ring::digest::digest(&ring::digest::SHA256, format!("demo tx {i}").as_bytes())
+                .as_ref()
+                .try_into()?;
         let meta = new_meta(600);
         let action = Action::Sign {
             key_id: &created.key_id,
@@ -215,7 +237,10 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
             "r": hex::encode(sig.r), "s": hex::encode(sig.s), "v": sig.v,
         }));
     }
-    steps.ok("sign", "3 signatures at m/44'/0'/0'/0/i verified (recovery, low-s, xpub-derived key)");
+    steps.ok(
+        "sign",
+        "3 signatures at m/44'/0'/0'/0/i verified (recovery, low-s, xpub-derived key)",
+    );
 
     // Refusals.
     let path = vec![0u32];
@@ -236,7 +261,12 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
     let e = expect_refusal(clients[0].call(&sign_req(vec![])), "unapproved sign")?;
     steps.ok("refusal", format!("no approval: {e}"));
     let e = expect_refusal(
-        clients[0].call(&sign_req(approvals(&[&alice], CLUSTER, &meta, &sign_action))),
+        clients[0].call(&sign_req(approvals(
+            &[&alice],
+            CLUSTER,
+            &meta,
+            &sign_action,
+        ))),
         "1-of-2 sign",
     )?;
     steps.ok("refusal", format!("one admin for a 2-admin key: {e}"));
@@ -247,7 +277,12 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
         digest: &other_digest,
     };
     let e = expect_refusal(
-        clients[0].call(&sign_req(approvals(&[&alice, &bob], CLUSTER, &meta, &wrong))),
+        clients[0].call(&sign_req(approvals(
+            &[&alice, &bob],
+            CLUSTER,
+            &meta,
+            &wrong,
+        ))),
         "approval over another digest",
     )?;
     steps.ok("refusal", format!("approval over another digest: {e}"));
@@ -269,8 +304,15 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
     else {
         return Err(fail("audit"));
     };
-    verify_signature(&audit, &audit_digest(&msg), &PublicKey::from_slice(&created.key_id)?)?;
-    steps.ok("audit", "8-byte audit message signed with root key m, verified against key id");
+    verify_signature(
+        &audit,
+        &audit_digest(&msg),
+        &PublicKey::from_slice(&created.key_id)?,
+    )?;
+    steps.ok(
+        "audit",
+        "8-byte audit message signed with root key m, verified against key id",
+    );
 
     // Crash and restart: every acknowledged key is back.
     let before = list_keys(&mut clients[0])?;
@@ -282,7 +324,10 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
     if before != after {
         return Err(fail("keys after restart differ"));
     }
-    steps.ok("restart", format!("kill -9 and restart: {} key(s) restored", after.len()));
+    steps.ok(
+        "restart",
+        format!("kill -9 and restart: {} key(s) restored", after.len()),
+    );
     drop(c);
 
     // A wrong sealing key is refused at start.

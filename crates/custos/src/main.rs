@@ -13,7 +13,11 @@ use custos_tee_host::{hardening, sealed, server, SealingKeySource, SoftwarePlatf
 use secrecy::SecretBox;
 
 #[derive(Parser)]
-#[command(name = "custos", version, about = "Custos key custody (US 2020/0259646 A1)")]
+#[command(
+    name = "custos",
+    version,
+    about = "Custos key custody (US 2020/0259646 A1)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,7 +98,11 @@ enum TeeCommand {
         #[arg(long)]
         init: bool,
         /// Sealing key file (32 bytes or 64 hex characters, mode 0600).
-        #[arg(long, conflicts_with = "passphrase_env", required_unless_present = "passphrase_env")]
+        #[arg(
+            long,
+            conflicts_with = "passphrase_env",
+            required_unless_present = "passphrase_env"
+        )]
         sealing_key_file: Option<PathBuf>,
         /// Name of an environment variable holding a passphrase (Argon2id-stretched).
         #[arg(long)]
@@ -155,7 +163,10 @@ fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
     match command {
         PkiCommand::Init => {
             pki.init()?;
-            println!("created Root CA, Admin CA and Device CA in {}", pki.path().display());
+            println!(
+                "created Root CA, Admin CA and Device CA in {}",
+                pki.path().display()
+            );
         }
         PkiCommand::ClusterCa { cluster } => {
             pki.create_cluster_ca(&cluster)?;
@@ -164,7 +175,11 @@ fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
         PkiCommand::Admin { name } => {
             pki.create_admin(&name)?;
             let (crt, key) = pki.admin_files(&name);
-            println!("issued admin {name}: {} (key {})", crt.display(), key.display());
+            println!(
+                "issued admin {name}: {} (key {})",
+                crt.display(),
+                key.display()
+            );
         }
         PkiCommand::SignCsr { cluster, csr, out } => {
             let pem = std::fs::read_to_string(&csr)

@@ -102,7 +102,11 @@ impl TeeProcess {
                 let _ = e.read_to_string(&mut stderr);
             }
             // The last line is the process's own "error: ..." verdict; log lines precede it.
-            let verdict = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let verdict = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             return Err(SpawnError::Exited {
                 status,
                 stderr: verdict.trim().to_string(),

@@ -48,9 +48,7 @@ fn official_vectors_1_to_4_through_the_tee_process() {
             assert_eq!(got.to_string(), *xpub, "xpub at {path} for seed {seed_hex}");
 
             let digest: [u8; 32] = rng.gen();
-            let Response::Signature(sig) = fx
-                .sign(&info.key_id, &raw, digest, &["alice"])
-                .unwrap()
+            let Response::Signature(sig) = fx.sign(&info.key_id, &raw, digest, &["alice"]).unwrap()
             else {
                 panic!("expected a signature");
             };
@@ -88,7 +86,10 @@ fn strict_parse(s: &str) -> Result<(), String> {
 #[test]
 fn official_vector_5_invalid_keys_are_rejected() {
     for (key, why) in INVALID {
-        assert!(strict_parse(key).is_err(), "accepted invalid key ({why}): {key}");
+        assert!(
+            strict_parse(key).is_err(),
+            "accepted invalid key ({why}): {key}"
+        );
     }
     // The same parser accepts every valid vector key.
     for (_, chains) in VALID {
@@ -123,7 +124,11 @@ fn random_paths_sign_low_s_and_recover_the_derived_child() {
         };
         let steps: Vec<ChildNumber> = normal.iter().map(|&i| ChildNumber::from(i)).collect();
         let expected = base.derive_pub(&secp, &steps).unwrap();
-        assert_eq!(xpub_at(&mut fx, &wallet.key_id, &path), expected, "round {round}");
+        assert_eq!(
+            xpub_at(&mut fx, &wallet.key_id, &path),
+            expected,
+            "round {round}"
+        );
 
         let digest: [u8; 32] = rng.gen();
         let Response::Signature(sig) = fx.sign(&wallet.key_id, &path, digest, &["alice"]).unwrap()

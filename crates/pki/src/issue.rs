@@ -232,7 +232,11 @@ impl PkiDir {
 
     /// `custos pki init`: creates the Root CA, Admin CA and Device CA.
     pub fn init(&self) -> Result<(), PkiError> {
-        for base in [self.root_base(), self.admin_ca_base(), self.device_ca_base()] {
+        for base in [
+            self.root_base(),
+            self.admin_ca_base(),
+            self.device_ca_base(),
+        ] {
             self.refuse_existing(&base)?;
         }
         let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
@@ -243,13 +247,25 @@ impl PkiDir {
             Validity::days(365 * 20),
             Vec::new(),
         )
-            .self_signed(&root_key)
-            .map_err(gen_err)?;
+        .self_signed(&root_key)
+        .map_err(gen_err)?;
         self.save(&self.root_base(), &root.pem(), &root_key.serialize_pem())?;
 
         for (base, cn, ou, path_len, ekus) in [
-            (self.admin_ca_base(), "Custos Admin CA", role::ADMIN_CA, 0u8, admin_ekus()),
-            (self.device_ca_base(), "Custos Device CA", role::DEVICE_CA, 1u8, device_ekus()),
+            (
+                self.admin_ca_base(),
+                "Custos Admin CA",
+                role::ADMIN_CA,
+                0u8,
+                admin_ekus(),
+            ),
+            (
+                self.device_ca_base(),
+                "Custos Device CA",
+                role::DEVICE_CA,
+                1u8,
+                device_ekus(),
+            ),
         ] {
             let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
             let cert = ca_params(cn, ou, path_len, Validity::days(365 * 10), ekus)
@@ -296,11 +312,12 @@ impl PkiDir {
     pub fn sign_device_csr(&self, cluster: &str, csr_pem: &str) -> Result<String, PkiError> {
         check_name(cluster)?;
         let ca = self.load_ca(&self.cluster_ca_base(cluster))?;
-        let mut csr =
-            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::Malformed {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::Malformed {
                 what: "CSR",
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let node = match csr.params.distinguished_name.get(&DnType::CommonName) {
             Some(rcgen::DnValue::Utf8String(s)) => s.clone(),
             Some(rcgen::DnValue::PrintableString(p)) => p.as_str().to_string(),

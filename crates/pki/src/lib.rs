@@ -18,9 +18,7 @@
 mod issue;
 mod verify;
 
-pub use issue::{
-    issue_admin, issue_admin_with_validity, AdminSigner, IssuedKey, PkiDir, Validity,
-};
+pub use issue::{issue_admin, issue_admin_with_validity, AdminSigner, IssuedKey, PkiDir, Validity};
 pub use verify::{
     cert_fingerprint, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot, Unverified,
 };
@@ -37,9 +35,11 @@ pub const EKU_ADMIN_APPROVAL: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 1];
 pub const EKU_VAULT_DEVICE: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 2];
 
 /// DER content octets of [`EKU_ADMIN_APPROVAL`] (what webpki compares).
-pub const EKU_ADMIN_APPROVAL_DER: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x01];
+pub const EKU_ADMIN_APPROVAL_DER: &[u8] =
+    &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x01];
 /// DER content octets of [`EKU_VAULT_DEVICE`].
-pub const EKU_VAULT_DEVICE_DER: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x02];
+pub const EKU_VAULT_DEVICE_DER: &[u8] =
+    &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x02];
 
 /// Organizational-unit role markers carried in every Custos CA subject; the verifier
 /// requires the right marker at each position of a path so that, e.g., an Admin CA can

@@ -63,6 +63,9 @@ pub struct TrustRoot {
     der: Vec<u8>,
 }
 
+/// An intermediate certificate and the check its subject role marker must pass.
+type Intermediate<'a> = (&'a [u8], &'a dyn Fn(&str) -> bool);
+
 struct Subject {
     cn: String,
     ou: String,
@@ -153,14 +156,14 @@ impl TrustRoot {
         &self,
         what: &'static str,
         ee: &[u8],
-        intermediates: &[(&[u8], &dyn Fn(&str) -> bool)],
+        intermediates: &[Intermediate<'_>],
         eku: &'static [u8],
         now_unix: u64,
     ) -> Result<(), PkiError> {
         parse(ee, what)?;
         let anchor_der = CertificateDer::from(self.der.as_slice());
-        let anchor = webpki::anchor_from_trusted_cert(&anchor_der)
-            .map_err(|e| map_webpki("Root CA", e))?;
+        let anchor =
+            webpki::anchor_from_trusted_cert(&anchor_der).map_err(|e| map_webpki("Root CA", e))?;
         let anchors = [anchor];
         let mut inter = Vec::with_capacity(intermediates.len());
         for (der, role_ok) in intermediates {

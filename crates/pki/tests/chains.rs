@@ -62,11 +62,17 @@ fn private_keys_are_0600_and_init_refuses_overwrite() {
         "clusters/dc1/cluster-ca.key",
         "admins/alice.key",
     ] {
-        let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
     assert!(matches!(pki.init(), Err(PkiError::AlreadyExists(_))));
-    assert!(matches!(pki.create_cluster_ca("dc1"), Err(PkiError::AlreadyExists(_))));
+    assert!(matches!(
+        pki.create_cluster_ca("dc1"),
+        Err(PkiError::AlreadyExists(_))
+    ));
 }
 
 #[test]
@@ -76,11 +82,23 @@ fn admin_signature_verifies_and_binds_message() {
     let signer = AdminSigner::load(&pki, "alice").unwrap();
     let sig = signer.sign(b"hello");
     let id = root(&pki)
-        .verify_admin_signature(&signer.cert_der, &signer.admin_ca_der, now(), b"hello", &sig)
+        .verify_admin_signature(
+            &signer.cert_der,
+            &signer.admin_ca_der,
+            now(),
+            b"hello",
+            &sig,
+        )
         .unwrap();
     assert_eq!(id.name, "alice");
     let err = root(&pki)
-        .verify_admin_signature(&signer.cert_der, &signer.admin_ca_der, now(), b"hellO", &sig)
+        .verify_admin_signature(
+            &signer.cert_der,
+            &signer.admin_ca_der,
+            now(),
+            b"hellO",
+            &sig,
+        )
         .unwrap_err();
     assert!(matches!(err, PkiError::BadSignature(_)), "{err}");
 }
@@ -106,9 +124,12 @@ fn expired_admin_is_rejected() {
         not_after: time::OffsetDateTime::now_utc() - time::Duration::days(1),
     };
     let issued = issue_admin_with_validity(&pki, "old", past).unwrap();
-    let signer =
-        AdminSigner::from_pem(&issued.cert_pem, &issued.key_pem, &pki.admin_ca_pem().unwrap())
-            .unwrap();
+    let signer = AdminSigner::from_pem(
+        &issued.cert_pem,
+        &issued.key_pem,
+        &pki.admin_ca_pem().unwrap(),
+    )
+    .unwrap();
     let sig = signer.sign(b"m");
     let err = root(&pki)
         .verify_admin_signature(&signer.cert_der, &signer.admin_ca_der, now(), b"m", &sig)
@@ -154,7 +175,9 @@ fn device_from_foreign_pki_is_rejected() {
     let (_d1, pki) = new_pki(&["dc1"]);
     let (_d2, other) = new_pki(&["dc1"]);
     let (_k, chain) = device_chain(&other, "dc1", "node-x");
-    assert!(root(&pki).verify_device(&chain, Some("dc1"), now()).is_err());
+    assert!(root(&pki)
+        .verify_device(&chain, Some("dc1"), now())
+        .is_err());
 }
 
 #[test]

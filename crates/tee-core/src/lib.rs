@@ -113,9 +113,7 @@ impl<P: Platform> TeeCore<P> {
         };
 
         let root = match essential(&mut platform, REC_ROOT)? {
-            Some(der) => {
-                Some(TrustRoot::from_der(&der).map_err(|e| bad(REC_ROOT, e.to_string()))?)
-            }
+            Some(der) => Some(TrustRoot::from_der(&der).map_err(|e| bad(REC_ROOT, e.to_string()))?),
             None => None,
         };
         let device = match essential(&mut platform, REC_DEVICE_KEY)? {

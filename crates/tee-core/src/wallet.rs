@@ -109,8 +109,8 @@ impl Wallet {
             return Err("seed length does not match record".into());
         }
         let seed = Zeroizing::new(record[12..].to_vec());
-        let w = Wallet::from_seed(secp, seed, quorum, origin, created_at)
-            .map_err(|e| e.to_string())?;
+        let w =
+            Wallet::from_seed(secp, seed, quorum, origin, created_at).map_err(|e| e.to_string())?;
         if w.info.key_id != expected_key {
             return Err("record holds a different key than its name".into());
         }

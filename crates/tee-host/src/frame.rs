@@ -121,14 +121,22 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<(Kind, Vec<u8>), Fram
     if header[4] != VERSION {
         return Err(invalid(
             RefusalCode::UnsupportedVersion,
-            format!("frame version {} not supported (this is {VERSION})", header[4]),
+            format!(
+                "frame version {} not supported (this is {VERSION})",
+                header[4]
+            ),
         ));
     }
     let kind = match header[5] {
         1 => Kind::Request,
         2 => Kind::Response,
         3 => Kind::Refusal,
-        k => return Err(invalid(RefusalCode::BadKind, format!("unknown frame kind {k}"))),
+        k => {
+            return Err(invalid(
+                RefusalCode::BadKind,
+                format!("unknown frame kind {k}"),
+            ))
+        }
     };
     let len = u32::from_be_bytes(header[6..].try_into().expect("4 bytes")) as usize;
     if len > max {
@@ -160,18 +168,30 @@ mod tests {
         let (k, p) = read_frame(&mut buf.as_slice(), 16).unwrap();
         assert_eq!((k, p.as_slice()), (Kind::Request, &b"hello"[..]));
         let err = read_frame(&mut buf.as_slice(), 4).unwrap_err();
-        assert!(matches!(err, FrameError::Invalid { code: RefusalCode::TooLarge, .. }));
+        assert!(matches!(
+            err,
+            FrameError::Invalid {
+                code: RefusalCode::TooLarge,
+                ..
+            }
+        ));
         let mut bad = buf.clone();
         bad[0] = b'X';
         assert!(matches!(
             read_frame(&mut bad.as_slice(), 16).unwrap_err(),
-            FrameError::Invalid { code: RefusalCode::BadMagic, .. }
+            FrameError::Invalid {
+                code: RefusalCode::BadMagic,
+                ..
+            }
         ));
         let mut bad = buf.clone();
         bad[4] = 9;
         assert!(matches!(
             read_frame(&mut bad.as_slice(), 16).unwrap_err(),
-            FrameError::Invalid { code: RefusalCode::UnsupportedVersion, .. }
+            FrameError::Invalid {
+                code: RefusalCode::UnsupportedVersion,
+                ..
+            }
         ));
         assert!(matches!(
             read_frame(&mut &b""[..], 16).unwrap_err(),

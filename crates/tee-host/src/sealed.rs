@@ -210,7 +210,10 @@ impl SoftwarePlatform {
                     hex::encode(salt)
                 ),
             };
-            let text = format!("{META_MAGIC}\nstore-id={}\nkdf={kdf}\n", hex::encode(store_id));
+            let text = format!(
+                "{META_MAGIC}\nstore-id={}\nkdf={kdf}\n",
+                hex::encode(store_id)
+            );
             write_atomic(&meta_path, text.as_bytes(), 0o600).map_err(|e| io_err(&meta_path, e))?;
             (store_id, kdf)
         } else {
@@ -305,8 +308,11 @@ impl SoftwarePlatform {
                 })?;
                 let params = argon2::Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(32))
                     .expect("static Argon2 parameters are valid");
-                let argon =
-                    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+                let argon = argon2::Argon2::new(
+                    argon2::Algorithm::Argon2id,
+                    argon2::Version::V0x13,
+                    params,
+                );
                 let mut key = Zeroizing::new([0u8; 32]);
                 argon
                     .hash_password_into(pass.expose_secret().as_bytes(), &salt, &mut key[..])
@@ -405,7 +411,8 @@ impl Platform for SoftwarePlatform {
         if len > MAX_RECORD_LEN {
             return Err(corrupt("record file larger than the limit"));
         }
-        let file = fs::read(&path).map_err(|e| PlatformError::Io(format!("{}: {e}", id.as_str())))?;
+        let file =
+            fs::read(&path).map_err(|e| PlatformError::Io(format!("{}: {e}", id.as_str())))?;
         if file.len() < 4 + 8 + 24 + 16 || &file[..4] != RECORD_MAGIC {
             return Err(corrupt("not a sealed record (bad magic or truncated)"));
         }
@@ -421,7 +428,9 @@ impl Platform for SoftwarePlatform {
                     aad: &aad,
                 },
             )
-            .map_err(|_| corrupt("authentication failed (tampered, renamed, or from another store)"))?;
+            .map_err(|_| {
+                corrupt("authentication failed (tampered, renamed, or from another store)")
+            })?;
         Ok(Some(Zeroizing::new(pt)))
     }
 

@@ -43,7 +43,10 @@ fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
     if cred.uid() == me || cred.uid() == 0 {
         Ok(())
     } else {
-        Err(format!("uid {} may not use this TEE (owner uid {me})", cred.uid()))
+        Err(format!(
+            "uid {} may not use this TEE (owner uid {me})",
+            cred.uid()
+        ))
     }
 }
 
@@ -87,7 +90,10 @@ fn handle_connection<P: Platform>(mut stream: UnixStream, core: &Mutex<TeeCore<P
 }
 
 /// Serves the core on `listener` until the process ends.
-pub fn serve<P: Platform + Send + 'static>(listener: UnixListener, core: TeeCore<P>) -> io::Result<()> {
+pub fn serve<P: Platform + Send + 'static>(
+    listener: UnixListener,
+    core: TeeCore<P>,
+) -> io::Result<()> {
     let core = Arc::new(Mutex::new(core));
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {

@@ -1,8 +1,11 @@
 //! Official BIP-32 test vectors 1–5 (bitcoin/bips, bip-0032.mediawiki), test data only.
 //! Paths use `h` for hardened steps.
 
-/// (seed hex, [(path, xpub, xprv)]) for vectors 1–4.
-pub const VALID: &[(&str, &[(&str, &str, &str)])] = &[
+/// One chain of a vector: (path, xpub, xprv).
+pub type Chain = (&'static str, &'static str, &'static str);
+
+/// (seed hex, chains) for vectors 1–4.
+pub const VALID: &[(&str, &[Chain])] = &[
     (
         "000102030405060708090a0b0c0d0e0f",
         &[

@@ -71,6 +71,7 @@ pub struct Tee {
     pub process: TeeProcess,
     pub client: TeeClient,
     pub key_file: PathBuf,
+    pub device_key: Option<Vec<u8>>,
 }
 
 impl Tee {
@@ -91,20 +92,21 @@ impl Tee {
             process,
             client,
             key_file,
+            device_key: None,
         }
     }
 
     pub fn provision(&mut self, pki: &PkiDir, cluster: &str, node: &str) {
-        provision(&mut self.client, pki, cluster, node).unwrap();
+        let info = provision(&mut self.client, pki, cluster, node).unwrap();
+        self.device_key = Some(info.public_key);
     }
 
     /// Kill -9, restart, reconnect and re-pin the device key.
     pub fn crash_and_restart(&mut self) {
-        let dev = self.status().device.map(|d| d.public_key);
         self.process.kill();
         self.process.restart().unwrap();
         self.client = self.process.client().unwrap();
-        if let Some(pk) = dev {
+        if let Some(pk) = self.device_key.clone() {
             self.client.expect_device_key(pk);
         }
     }
@@ -144,7 +146,12 @@ impl Fixture {
 
     pub fn create_wallet(&mut self, quorum: u8, signers: &[&str]) -> KeyInfo {
         let meta = new_meta(600);
-        let approvals = approvals(&self.pki.admins(signers), CLUSTER, &meta, &Action::CreateWallet { quorum });
+        let approvals = approvals(
+            &self.pki.admins(signers),
+            CLUSTER,
+            &meta,
+            &Action::CreateWallet { quorum },
+        );
         match self
             .tee
             .call(&Request::CreateWallet {
@@ -160,8 +167,7 @@ impl Fixture {
     }
 
     pub fn import_seed(&mut self, seed: &[u8], quorum: u8) -> Result<KeyInfo, ClientError> {
-        let master =
-            bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Main, seed).unwrap();
+        let master = bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Main, seed).unwrap();
         let secp = bitcoin::secp256k1::Secp256k1::new();
         let key_id = bitcoin::bip32::Xpub::from_priv(&secp, &master)
             .public_key
