@@ -33,17 +33,11 @@ fn assert_serves(fx: &mut Fixture, w: &KeyInfo) {
     else {
         panic!("expected a signature");
     };
-    let Response::Xpub { public_key, .. } = fx
-        .tee
-        .call(&Request::GetXpub {
-            key_id: w.key_id.clone(),
-            path: PATH.to_vec(),
-        })
-        .unwrap()
-    else {
-        panic!("expected an xpub");
-    };
-    verify_independently(&sig, &DIGEST, &public_key);
+    verify_independently(
+        &sig,
+        &DIGEST,
+        &child_public_key(&mut fx.tee, &w.key_id, &PATH),
+    );
 }
 
 fn sign_with(
@@ -91,6 +85,39 @@ fn quorum_not_met_and_same_admin_twice() {
     assert_serves(&mut fx, &w);
 }
 
+/// Approvals of the sign request by `known` admins, then by `outsider` (index 1).
+fn with_outsider(
+    fx: &Fixture,
+    w: &KeyInfo,
+    meta: &RequestMeta,
+    known: &str,
+    outsider: &AdminSigner,
+) -> Vec<custos_tee_core::approval::Approval> {
+    let mut appr = fx.sign_approvals(meta, &w.key_id, &PATH, &DIGEST, &[known]);
+    appr.extend(approvals(
+        &[outsider],
+        CLUSTER,
+        meta,
+        &Action::Sign {
+            key_id: &w.key_id,
+            path: &PATH,
+            digest: &DIGEST,
+        },
+    ));
+    appr
+}
+
+/// Asserts the second approval was rejected for `fault`, and the TEE still serves.
+fn assert_second_rejected(fx: &mut Fixture, w: &KeyInfo, e: TeeError, fault: ApprovalFault) {
+    match &e {
+        TeeError::ApprovalRejected {
+            index: 1, fault: f, ..
+        } if *f == fault => {}
+        _ => panic!("expected approval #1 rejected for {fault:?}, got {e:?}"),
+    }
+    assert_serves(fx, w);
+}
+
 #[test]
 fn approval_by_certificate_of_another_ca() {
     let (mut fx, w) = setup();
@@ -100,30 +127,9 @@ fn approval_by_certificate_of_another_ca() {
     other.create_admin("alice").unwrap();
     let mallory = AdminSigner::load(&other, "alice").unwrap();
     let meta = new_meta(60);
-    let mut appr = fx.sign_approvals(&meta, &w.key_id, &PATH, &DIGEST, &["bob"]);
-    appr.extend(approvals(
-        &[&mallory],
-        CLUSTER,
-        &meta,
-        &Action::Sign {
-            key_id: &w.key_id,
-            path: &PATH,
-            digest: &DIGEST,
-        },
-    ));
+    let appr = with_outsider(&fx, &w, &meta, "bob", &mallory);
     let e = refusal(sign_with(&mut fx, &w, meta, appr));
-    assert!(
-        matches!(
-            e,
-            TeeError::ApprovalRejected {
-                index: 1,
-                fault: ApprovalFault::UntrustedCertificate,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    assert_serves(&mut fx, &w);
+    assert_second_rejected(&mut fx, &w, e, ApprovalFault::UntrustedCertificate);
 }
 
 #[test]
@@ -141,30 +147,9 @@ fn approval_by_expired_admin_certificate() {
     )
     .unwrap();
     let meta = new_meta(60);
-    let mut appr = fx.sign_approvals(&meta, &w.key_id, &PATH, &DIGEST, &["alice"]);
-    appr.extend(approvals(
-        &[&dave],
-        CLUSTER,
-        &meta,
-        &Action::Sign {
-            key_id: &w.key_id,
-            path: &PATH,
-            digest: &DIGEST,
-        },
-    ));
+    let appr = with_outsider(&fx, &w, &meta, "alice", &dave);
     let e = refusal(sign_with(&mut fx, &w, meta, appr));
-    assert!(
-        matches!(
-            e,
-            TeeError::ApprovalRejected {
-                index: 1,
-                fault: ApprovalFault::CertificateNotValidNow,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    assert_serves(&mut fx, &w);
+    assert_second_rejected(&mut fx, &w, e, ApprovalFault::CertificateNotValidNow);
 }
 
 #[test]

@@ -233,6 +233,20 @@ impl Fixture {
     }
 }
 
+/// The TEE's child public key of `key` at `path` (compressed).
+pub fn child_public_key(tee: &mut Tee, key: &[u8], path: &[u32]) -> Vec<u8> {
+    match tee
+        .call(&Request::GetXpub {
+            key_id: key.to_vec(),
+            path: path.to_vec(),
+        })
+        .unwrap()
+    {
+        Response::Xpub { public_key, .. } => public_key,
+        r => panic!("unexpected {r:?}"),
+    }
+}
+
 /// Unwraps a typed TEE refusal.
 pub fn refusal(r: Result<Response, ClientError>) -> TeeError {
     match r {
