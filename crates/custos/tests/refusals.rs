@@ -407,15 +407,13 @@ fn oversize_and_malformed_frames() {
 fn tampered_sealed_record_is_refused_and_others_still_work() {
     let (mut fx, w) = setup();
     let victim = fx.create_wallet(1, &["alice"]);
-    let record = fx
-        .pki
-        .path()
-        .join("node1-store/records")
-        .join(format!("wallet.{}.rec", hex::encode(&victim.key_id)));
-    let mut bytes = std::fs::read(&record).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    std::fs::write(&record, bytes).unwrap();
+    let store = fx.tee.process.store.clone();
+    let victim_rec = format!("wallet/{}", hex::encode(&victim.key_id));
+    fx.tee.process.kill();
+    tamper_record(&store, &victim_rec, |v| {
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+    });
     fx.tee.crash_and_restart();
 
     let e = refusal(fx.sign(&victim.key_id, &PATH, DIGEST, &["alice"]));
@@ -427,13 +425,10 @@ fn tampered_sealed_record_is_refused_and_others_still_work() {
         .contains("authentication failed"));
     assert_eq!(fx.tee.keys().len(), 1);
 
-    // A record from another key's file put in its place is foreign: refused too.
-    let other = fx
-        .pki
-        .path()
-        .join("node1-store/records")
-        .join(format!("wallet.{}.rec", hex::encode(&w.key_id)));
-    std::fs::copy(&other, &record).unwrap();
+    // Another key's sealed record put in its place is foreign: refused too.
+    fx.tee.process.kill();
+    let other = stored_record(&store, &format!("wallet/{}", hex::encode(&w.key_id)));
+    tamper_record(&store, &victim_rec, |v| *v = other);
     fx.tee.crash_and_restart();
     let e = refusal(fx.sign(&victim.key_id, &PATH, DIGEST, &["alice"]));
     assert!(matches!(e, TeeError::KeyRecordCorrupt { .. }), "{e:?}");

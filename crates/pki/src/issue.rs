@@ -15,7 +15,9 @@ use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
-use crate::{check_name, pem_to_der, role, PkiError, EKU_ADMIN_APPROVAL, EKU_VAULT_DEVICE};
+use crate::{
+    check_name, pem_to_der, role, PkiError, EKU_ADMIN_APPROVAL, EKU_BRIDGE, EKU_VAULT_DEVICE,
+};
 
 /// A certificate validity window.
 #[derive(Clone, Copy, Debug)]
@@ -119,6 +121,21 @@ fn device_ekus() -> Vec<ExtendedKeyUsagePurpose> {
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ]
+}
+
+fn bridge_ekus() -> Vec<ExtendedKeyUsagePurpose> {
+    vec![
+        ExtendedKeyUsagePurpose::Other(EKU_BRIDGE.to_vec()),
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ]
+}
+
+/// What the Device CA and Cluster CAs may issue for: vault devices and bridge servers.
+fn cluster_member_ekus() -> Vec<ExtendedKeyUsagePurpose> {
+    let mut ekus = device_ekus();
+    ekus.push(ExtendedKeyUsagePurpose::Other(EKU_BRIDGE.to_vec()));
+    ekus
 }
 
 fn ca_params(
@@ -264,7 +281,7 @@ impl PkiDir {
                 "Custos Device CA",
                 role::DEVICE_CA,
                 1u8,
-                device_ekus(),
+                cluster_member_ekus(),
             ),
         ] {
             let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
@@ -289,7 +306,7 @@ impl PkiDir {
             &ou,
             0,
             Validity::days(365 * 5),
-            device_ekus(),
+            cluster_member_ekus(),
         )
         .signed_by(&key, &device_ca.cert, &device_ca.key)
         .map_err(gen_err)?;
@@ -353,6 +370,33 @@ impl PkiDir {
             .join(format!("{node}.crt"));
         write_file(&out, cert.pem().as_bytes(), 0o644)?;
         Ok(cert.pem())
+    }
+
+    /// Issues (or re-issues) the certificate and key of a cluster's bridge server, signed
+    /// by the Cluster CA. The bridge has no TEE: its key lives in a 0600 file beside it.
+    pub fn issue_bridge(&self, cluster: &str) -> Result<IssuedKey, PkiError> {
+        check_name(cluster)?;
+        let ca = self.load_ca(&self.cluster_ca_base(cluster))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let mut params = leaf_params(
+            "bridge",
+            &format!("{}{}", role::BRIDGE_PREFIX, cluster),
+            Validity::days(365 * 2),
+        );
+        params.extended_key_usages = bridge_ekus();
+        params.subject_alt_names = vec![rcgen::SanType::DnsName(
+            format!("bridge.{cluster}.custos")
+                .try_into()
+                .map_err(gen_err)?,
+        )];
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).map_err(gen_err)?;
+        let issued = IssuedKey {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        };
+        let base = self.dir.join("clusters").join(cluster).join("bridge");
+        self.save(&base, &issued.cert_pem, &issued.key_pem)?;
+        Ok(issued)
     }
 
     /// Root CA certificate (PEM).

@@ -34,12 +34,17 @@ pub const EKU_ADMIN_APPROVAL: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 1];
 /// EKU OID (as components) marking a vault node device certificate (key D).
 pub const EKU_VAULT_DEVICE: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 2];
 
+/// EKU OID (as components) marking a cluster's bridge server (internal relay).
+pub const EKU_BRIDGE: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 3];
+
 /// DER content octets of [`EKU_ADMIN_APPROVAL`] (what webpki compares).
 pub const EKU_ADMIN_APPROVAL_DER: &[u8] =
     &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x01];
 /// DER content octets of [`EKU_VAULT_DEVICE`].
 pub const EKU_VAULT_DEVICE_DER: &[u8] =
     &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x02];
+/// DER content octets of [`EKU_BRIDGE`].
+pub const EKU_BRIDGE_DER: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x03];
 
 /// Organizational-unit role markers carried in every Custos CA subject; the verifier
 /// requires the right marker at each position of a path so that, e.g., an Admin CA can
@@ -57,6 +62,8 @@ pub mod role {
     pub const DEVICE_PREFIX: &str = "custos-device:";
     /// OU of an admin certificate.
     pub const ADMIN: &str = "custos-admin";
+    /// OU prefix of a bridge server certificate; the cluster name follows.
+    pub const BRIDGE_PREFIX: &str = "custos-bridge:";
 }
 
 /// Everything that can go wrong issuing or checking certificates.
@@ -175,6 +182,7 @@ mod tests {
     fn eku_der_constants_match_components() {
         assert_eq!(oid_der(&EKU_ADMIN_APPROVAL), EKU_ADMIN_APPROVAL_DER);
         assert_eq!(oid_der(&EKU_VAULT_DEVICE), EKU_VAULT_DEVICE_DER);
+        assert_eq!(oid_der(&EKU_BRIDGE), EKU_BRIDGE_DER);
     }
 
     #[test]

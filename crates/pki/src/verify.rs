@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::{role, PkiError, EKU_ADMIN_APPROVAL_DER, EKU_VAULT_DEVICE_DER};
+use crate::{role, PkiError, EKU_ADMIN_APPROVAL_DER, EKU_BRIDGE_DER, EKU_VAULT_DEVICE_DER};
 
 /// Largest certificate (DER) accepted anywhere; Custos certificates are well under 2 KiB.
 pub const MAX_CERT_LEN: usize = 8 * 1024;
@@ -61,6 +61,13 @@ pub struct DeviceIdentity {
 #[derive(Clone, Debug)]
 pub struct TrustRoot {
     der: Vec<u8>,
+}
+
+/// Kinds of cluster member certificates issued by a Cluster CA.
+#[derive(Clone, Copy)]
+enum Member {
+    Vault,
+    Bridge,
 }
 
 /// An intermediate certificate and the check its subject role marker must pass.
@@ -238,35 +245,66 @@ impl TrustRoot {
         })
     }
 
-    /// Verifies a device certificate: Root → Device CA → Cluster CA → device, device EKU,
-    /// and (when given) that it belongs to `expected_cluster`.
+    /// Verifies a vault device certificate: Root → Device CA → Cluster CA → device, device
+    /// EKU, and (when given) that it belongs to `expected_cluster`.
     pub fn verify_device(
         &self,
         chain: &DeviceChain,
         expected_cluster: Option<&str>,
         now_unix: u64,
     ) -> Result<DeviceIdentity, PkiError> {
+        self.verify_member(chain, Member::Vault, expected_cluster, now_unix)
+    }
+
+    /// Verifies a bridge server certificate (same path as a device, bridge EKU and role).
+    /// A bridge certificate never passes [`TrustRoot::verify_device`], so a bridge can
+    /// relay for a cluster but never receive its keys.
+    pub fn verify_bridge(
+        &self,
+        chain: &DeviceChain,
+        expected_cluster: Option<&str>,
+        now_unix: u64,
+    ) -> Result<DeviceIdentity, PkiError> {
+        self.verify_member(chain, Member::Bridge, expected_cluster, now_unix)
+    }
+
+    fn verify_member(
+        &self,
+        chain: &DeviceChain,
+        member: Member,
+        expected_cluster: Option<&str>,
+        now_unix: u64,
+    ) -> Result<DeviceIdentity, PkiError> {
+        let (what, eku, prefix) = match member {
+            Member::Vault => ("device", EKU_VAULT_DEVICE_DER, role::DEVICE_PREFIX),
+            Member::Bridge => ("bridge", EKU_BRIDGE_DER, role::BRIDGE_PREFIX),
+        };
         let is_cluster_ca = |ou: &str| ou.starts_with(role::CLUSTER_CA_PREFIX);
         let is_device_ca = |ou: &str| ou == role::DEVICE_CA;
         self.verify_path(
-            "device",
+            what,
             &chain.device,
             &[
                 (&chain.cluster_ca, &is_cluster_ca),
                 (&chain.device_ca, &is_device_ca),
             ],
-            EKU_VAULT_DEVICE_DER,
+            eku,
             now_unix,
         )?;
         let ca = parse(&chain.cluster_ca, "Cluster CA")?;
-        let dev = parse(&chain.device, "device")?;
+        let dev = parse(&chain.device, what)?;
         let ca_cluster = ca.ou.trim_start_matches(role::CLUSTER_CA_PREFIX);
-        let dev_cluster = dev.ou.strip_prefix(role::DEVICE_PREFIX).unwrap_or("");
+        let Some(dev_cluster) = dev.ou.strip_prefix(prefix) else {
+            return Err(PkiError::ChainRejected {
+                what,
+                reason: format!("subject role {:?} is not a {what}", dev.ou),
+            });
+        };
         if ca_cluster != dev_cluster {
             return Err(PkiError::ChainRejected {
-                what: "device",
+                what,
                 reason: format!(
-                    "device names cluster {dev_cluster:?} but was issued by the CA of {ca_cluster:?}"
+                    "{what} names cluster {dev_cluster:?} but was issued by the CA of {ca_cluster:?}"
                 ),
             });
         }

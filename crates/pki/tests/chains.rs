@@ -194,3 +194,20 @@ fn oversize_and_garbage_certificates_are_malformed() {
     let admin_ca = pem_to_der(&pki.admin_ca_pem().unwrap(), "c").unwrap();
     assert!(TrustRoot::from_der(&admin_ca).is_err());
 }
+
+#[test]
+fn bridge_certificate_is_not_a_device_and_vice_versa() {
+    let (_d, pki) = new_pki(&["dc1"]);
+    let issued = pki.issue_bridge("dc1").unwrap();
+    let chain = DeviceChain {
+        device: pem_to_der(&issued.cert_pem, "c").unwrap(),
+        cluster_ca: pem_to_der(&pki.cluster_ca_pem("dc1").unwrap(), "c").unwrap(),
+        device_ca: pem_to_der(&pki.device_ca_pem().unwrap(), "c").unwrap(),
+    };
+    let tr = root(&pki);
+    let id = tr.verify_bridge(&chain, Some("dc1"), now()).unwrap();
+    assert_eq!(id.cluster, "dc1");
+    assert!(tr.verify_device(&chain, Some("dc1"), now()).is_err());
+    let (_k, device) = device_chain(&pki, "dc1", "node-1");
+    assert!(tr.verify_bridge(&device, Some("dc1"), now()).is_err());
+}

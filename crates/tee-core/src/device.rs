@@ -64,6 +64,15 @@ impl DeviceKey {
         })
     }
 
+    /// The raw private scalar, for HPKE decapsulation of transfers addressed to D.
+    pub fn private_scalar(&self) -> Result<Zeroizing<[u8; 32]>, TeeError> {
+        use p256::pkcs8::DecodePrivateKey;
+        let sk = p256::SecretKey::from_pkcs8_der(&self.pkcs8).map_err(internal)?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&sk.to_bytes());
+        Ok(out)
+    }
+
     /// PKCS#8 encoding, for sealing only.
     pub fn pkcs8(&self) -> &[u8] {
         &self.pkcs8

@@ -14,6 +14,7 @@ pub mod approval;
 pub mod device;
 pub mod platform;
 pub mod protocol;
+pub mod sync;
 pub mod wallet;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,10 @@ pub struct TeeCore<P: Platform> {
     wallets: BTreeMap<Vec<u8>, Wallet>,
     corrupt: BTreeMap<String, String>,
     platform_name: String,
+    /// Request index within the current batch.
+    current: usize,
+    /// Wallets added in memory but not yet committed: (request index, key id).
+    uncommitted: Vec<(usize, Vec<u8>)>,
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -145,6 +150,8 @@ impl<P: Platform> TeeCore<P> {
             wallets: BTreeMap::new(),
             corrupt: BTreeMap::new(),
             platform_name: platform_name.to_string(),
+            current: 0,
+            uncommitted: Vec::new(),
         };
         // The device certificate may have expired or been tampered with while the node was
         // down: the node then keeps D but must be re-certified; it is not fatal.
@@ -201,14 +208,50 @@ impl<P: Platform> TeeCore<P> {
 
     /// Handles one encoded request and returns the encoded [`SignedResponse`].
     pub fn handle_bytes(&mut self, request: &[u8]) -> Vec<u8> {
-        let outcome: Outcome = decode_request(request).and_then(|r| self.handle(r));
-        let body = postcard::to_allocvec(&outcome).expect("responses always serialize");
-        let signature = self
-            .device
-            .as_ref()
-            .map(|d| d.sign(&response_transcript(request, &body)));
-        postcard::to_allocvec(&SignedResponse { body, signature })
-            .expect("responses always serialize")
+        self.handle_batch(&[request])
+            .pop()
+            .expect("one response per request")
+    }
+
+    /// Handles several encoded requests with one storage commit (group commit), and
+    /// returns one encoded [`SignedResponse`] per request, in order. No response is
+    /// produced before the commit, so every acknowledged key is durable; if the commit
+    /// fails, the keys of this batch are dropped from memory and their requests answered
+    /// with a storage error.
+    pub fn handle_batch(&mut self, requests: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            self.current = i;
+            outcomes.push(decode_request(request).and_then(|r| self.handle(r)));
+        }
+        if !self.uncommitted.is_empty() {
+            if let Err(e) = self.platform.commit() {
+                for (i, key) in std::mem::take(&mut self.uncommitted) {
+                    self.wallets.remove(&key);
+                    outcomes[i] = Err(storage(e.clone()));
+                }
+            }
+            self.uncommitted.clear();
+        }
+        requests
+            .iter()
+            .zip(outcomes)
+            .map(|(request, outcome)| {
+                let body = postcard::to_allocvec(&outcome).expect("responses always serialize");
+                let signature = self
+                    .device
+                    .as_ref()
+                    .map(|d| d.sign(&response_transcript(request, &body)));
+                postcard::to_allocvec(&SignedResponse { body, signature })
+                    .expect("responses always serialize")
+            })
+            .collect()
+    }
+
+    /// Seals and commits a provisioning record at once (rare, never batched).
+    fn seal_now(&mut self, name: &str, body: &[u8]) -> Result<(), TeeError> {
+        self.platform.seal(&rec(name), body).map_err(storage)?;
+        self.platform.commit().map_err(storage)
     }
 
     /// Handles one decoded request.
@@ -268,6 +311,20 @@ impl<P: Platform> TeeCore<P> {
                     w.sign_root(&self.secp, &audit_digest(&message)),
                 ))
             }
+            Request::DeviceChain => {
+                let (_, chain) = self.identity()?;
+                Ok(Response::DeviceChain(chain.clone().into()))
+            }
+            Request::SignTls { message } => {
+                if !is_tls13_certificate_verify_message(&message) {
+                    return Err(TeeError::TlsSignRefused);
+                }
+                self.identity()?;
+                let d = self.device.as_ref().expect("identity implies a device key");
+                Ok(Response::TlsSignature(d.sign(&message)))
+            }
+            Request::ExportKeys { requester, key_ids } => self.export_keys(requester, &key_ids),
+            Request::ImportKeys { transfer } => self.import_keys(&transfer),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(
@@ -315,7 +372,7 @@ impl<P: Platform> TeeCore<P> {
             return Err(TeeError::RootAlreadyPinned);
         }
         let root = TrustRoot::from_der(der).map_err(|e| TeeError::RootRejected(e.to_string()))?;
-        self.platform.seal(&rec(REC_ROOT), der).map_err(storage)?;
+        self.seal_now(REC_ROOT, der)?;
         let fingerprint = cert_fingerprint(der);
         self.root = Some(root);
         Ok(Response::RootPinned { fingerprint })
@@ -341,9 +398,7 @@ impl<P: Platform> TeeCore<P> {
         put_field(&mut body, cluster.as_bytes());
         put_field(&mut body, node.as_bytes());
         put_field(&mut body, key.pkcs8());
-        self.platform
-            .seal(&rec(REC_DEVICE_KEY), &body)
-            .map_err(storage)?;
+        self.seal_now(REC_DEVICE_KEY, &body)?;
         let public_key = key.public_key();
         self.device = Some(key);
         Ok(Response::DeviceCsr { csr, public_key })
@@ -377,21 +432,123 @@ impl<P: Platform> TeeCore<P> {
         put_field(&mut body, &chain.device);
         put_field(&mut body, &chain.cluster_ca);
         put_field(&mut body, &chain.device_ca);
-        self.platform
-            .seal(&rec(REC_DEVICE_CERT), &body)
-            .map_err(storage)?;
+        self.seal_now(REC_DEVICE_CERT, &body)?;
         self.identity = Some((id, chain));
         self.corrupt.remove(REC_DEVICE_CERT);
         let d = self.device.as_ref().expect("checked by check_device_chain");
         Ok(Response::DeviceCertInstalled(self.device_info(d)))
     }
 
-    /// Cluster of this node, once fully provisioned.
-    fn cluster(&self) -> Result<String, TeeError> {
+    /// This node's verified identity and chain, once fully provisioned.
+    fn identity(&self) -> Result<&(DeviceIdentity, DeviceChain), TeeError> {
         self.identity
             .as_ref()
-            .map(|(id, _)| id.cluster.clone())
             .ok_or_else(|| TeeError::NotProvisioned("no device certificate installed".into()))
+    }
+
+    /// Cluster of this node, once fully provisioned.
+    fn cluster(&self) -> Result<String, TeeError> {
+        self.identity().map(|(id, _)| id.cluster.clone())
+    }
+
+    fn export_keys(&mut self, requester: CertChain, key_ids: &[Vec<u8>]) -> Outcome {
+        let (own, own_chain) = self.identity()?.clone();
+        if key_ids.is_empty() || key_ids.len() > sync::MAX_TRANSFER_KEYS {
+            return Err(TeeError::InvalidRequest(format!(
+                "{} keys requested, 1..={} per transfer",
+                key_ids.len(),
+                sync::MAX_TRANSFER_KEYS
+            )));
+        }
+        let now = self.platform.now_unix();
+        let recipient = self
+            .root()?
+            .verify_device(&requester.into(), Some(&own.cluster), now)
+            .map_err(|e| TeeError::RequesterRejected(e.to_string()))?;
+        let mut records = Vec::with_capacity(key_ids.len());
+        for k in key_ids {
+            records.push(self.wallet(k)?.to_record());
+        }
+        let plaintext = sync::pack(&records);
+        drop(records);
+        let context = sync::transfer_context(
+            &own.cluster,
+            &own.fingerprint,
+            &recipient.fingerprint,
+            key_ids,
+        );
+        let (enc, ciphertext) = sync::seal(
+            &mut self.platform,
+            &recipient.public_key,
+            &context,
+            &plaintext,
+        )?;
+        let d = self.device.as_ref().expect("identity implies a device key");
+        let signature = d.sign(&sync::transfer_transcript(&context, &enc, &ciphertext));
+        Ok(Response::KeyTransfer(KeyTransfer {
+            cluster: own.cluster,
+            sender: own_chain.into(),
+            recipient_fingerprint: recipient.fingerprint,
+            key_ids: key_ids.to_vec(),
+            enc,
+            ciphertext,
+            signature,
+        }))
+    }
+
+    fn import_keys(&mut self, t: &KeyTransfer) -> Outcome {
+        let reject = |m: String| TeeError::TransferRejected(m);
+        let (own, _) = self.identity()?.clone();
+        if t.cluster != own.cluster {
+            return Err(reject(format!("transfer is for cluster {:?}", t.cluster)));
+        }
+        if t.recipient_fingerprint != own.fingerprint {
+            return Err(reject("transfer is addressed to another node".into()));
+        }
+        if t.key_ids.is_empty() || t.key_ids.len() > sync::MAX_TRANSFER_KEYS {
+            return Err(reject(format!("{} keys in one transfer", t.key_ids.len())));
+        }
+        let now = self.platform.now_unix();
+        let sender = self
+            .root()?
+            .verify_device(&t.sender.clone().into(), Some(&own.cluster), now)
+            .map_err(|e| reject(format!("sender certificate: {e}")))?;
+        let context = sync::transfer_context(
+            &own.cluster,
+            &sender.fingerprint,
+            &own.fingerprint,
+            &t.key_ids,
+        );
+        TrustRoot::verify_device_signature(
+            &sender,
+            &sync::transfer_transcript(&context, &t.enc, &t.ciphertext),
+            &t.signature,
+        )
+        .map_err(|e| reject(e.to_string()))?;
+        let d = self.device.as_ref().expect("identity implies a device key");
+        let plaintext = Zeroizing::new(sync::open(&d.private_scalar()?[..], t, &context)?);
+        let records = sync::unpack(&plaintext, t.key_ids.len())?;
+        // Every record is checked before any is stored: a transfer lands whole or not at all.
+        let mut fresh = Vec::new();
+        let mut already_held = 0u32;
+        for (record, key_id) in records.into_iter().zip(&t.key_ids) {
+            if self.wallets.contains_key(key_id) {
+                already_held += 1;
+                continue;
+            }
+            let w = Wallet::from_record(&self.secp, record, key_id)
+                .map_err(|e| reject(format!("record {}: {e}", key_hex(key_id))))?;
+            fresh.push(w);
+        }
+        let mut imported = Vec::with_capacity(fresh.len());
+        for w in fresh {
+            imported.push(w.info.key_id.clone());
+            self.store_wallet(w)?;
+        }
+        Ok(Response::KeysImported {
+            imported,
+            already_held,
+        })
     }
 
     fn wallet(&self, key_id: &[u8]) -> Result<&Wallet, TeeError> {
@@ -443,12 +600,13 @@ impl<P: Platform> TeeCore<P> {
             return Err(TeeError::KeyExists(hex));
         }
         let id = RecordId::new(format!("{WALLET_PREFIX}{hex}")).map_err(storage)?;
-        // Sealed first: a key is acknowledged only once it is durable.
+        // Pending until the batch commits; no response leaves before that.
         self.platform
             .seal(&id, &wallet.to_record())
             .map_err(storage)?;
         self.corrupt.remove(id.as_str());
         let info = wallet.info.clone();
+        self.uncommitted.push((self.current, info.key_id.clone()));
         self.wallets.insert(info.key_id.clone(), wallet);
         Ok(Response::Wallet(info))
     }

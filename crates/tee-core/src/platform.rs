@@ -49,7 +49,7 @@ pub struct Attestation {
 }
 
 /// Failures of the platform. A corrupt record is reported, never silently skipped.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlatformError {
     /// A record name outside the allowed alphabet or length.
     #[error("invalid record id {0:?}")]
@@ -82,8 +82,14 @@ pub trait Platform {
     /// certificate validity and approval expiry.
     fn now_unix(&self) -> u64;
 
-    /// Seals `plaintext` under record `id`, durably and atomically (all or nothing).
+    /// Seals `plaintext` under record `id`. The write is pending until [`Platform::commit`]
+    /// and visible to `unseal`/`list` meanwhile.
     fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError>;
+
+    /// Makes every pending write durable, atomically (all or nothing). On failure every
+    /// pending write is discarded. Batching many writes per commit is what lets a TEE
+    /// acknowledge thousands of keys per second with one storage flush (group commit).
+    fn commit(&mut self) -> Result<(), PlatformError>;
 
     /// Unseals record `id`; `Ok(None)` if it does not exist.
     fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError>;
@@ -91,7 +97,7 @@ pub trait Platform {
     /// Lists the records whose name starts with `prefix`.
     fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError>;
 
-    /// Deletes record `id` (no error if absent).
+    /// Deletes record `id` (no error if absent); pending until commit like `seal`.
     fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError>;
 
     /// Produces an attestation document over `user_data`.

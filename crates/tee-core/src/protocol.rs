@@ -151,6 +151,76 @@ pub enum Request {
         /// Caller's challenge (at most 64 bytes).
         challenge: Vec<u8>,
     },
+    /// The installed device certificate chain (for TLS and sync requests).
+    DeviceChain,
+    /// Signs a TLS 1.3 CertificateVerify message with D (mutual TLS with the device
+    /// certificate); any other message is refused.
+    SignTls {
+        /// The exact message rustls asks to sign.
+        message: Vec<u8>,
+    },
+    /// Seals the given wallets to a requesting node of the same cluster.
+    ExportKeys {
+        /// The requester's certificate chain.
+        requester: CertChain,
+        /// Wallets wanted (at most `MAX_TRANSFER_KEYS`).
+        key_ids: Vec<KeyId>,
+    },
+    /// Opens and stores a transfer addressed to this node.
+    ImportKeys {
+        /// The transfer.
+        transfer: KeyTransfer,
+    },
+}
+
+/// A cluster member's certificate chain (DER): device, Cluster CA, Device CA.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CertChain {
+    /// Device certificate.
+    pub device: Vec<u8>,
+    /// Cluster CA certificate.
+    pub cluster_ca: Vec<u8>,
+    /// Device CA certificate.
+    pub device_ca: Vec<u8>,
+}
+
+impl From<CertChain> for custos_pki::DeviceChain {
+    fn from(c: CertChain) -> Self {
+        custos_pki::DeviceChain {
+            device: c.device,
+            cluster_ca: c.cluster_ca,
+            device_ca: c.device_ca,
+        }
+    }
+}
+
+impl From<custos_pki::DeviceChain> for CertChain {
+    fn from(c: custos_pki::DeviceChain) -> Self {
+        CertChain {
+            device: c.device,
+            cluster_ca: c.cluster_ca,
+            device_ca: c.device_ca,
+        }
+    }
+}
+
+/// A batch of wallets sealed by one node's TEE to another node's device key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyTransfer {
+    /// Cluster of both nodes.
+    pub cluster: String,
+    /// Sender's certificate chain.
+    pub sender: CertChain,
+    /// SHA-256 of the recipient's device certificate.
+    pub recipient_fingerprint: [u8; 32],
+    /// Wallets carried, in order.
+    pub key_ids: Vec<KeyId>,
+    /// HPKE encapsulated key.
+    pub enc: Vec<u8>,
+    /// HPKE ciphertext of the wallet records.
+    pub ciphertext: Vec<u8>,
+    /// Sender's D signature (DER) over the transfer transcript.
+    pub signature: Vec<u8>,
 }
 
 /// Where a wallet came from.
@@ -254,6 +324,19 @@ pub enum Response {
     AuditSignature(EcdsaSignature),
     /// Attestation.
     Attestation(crate::platform::Attestation),
+    /// The device certificate chain.
+    DeviceChain(CertChain),
+    /// A TLS CertificateVerify signature (DER).
+    TlsSignature(Vec<u8>),
+    /// Sealed wallets for another node.
+    KeyTransfer(KeyTransfer),
+    /// Result of an import.
+    KeysImported {
+        /// Wallets newly stored.
+        imported: Vec<KeyId>,
+        /// Wallets of the transfer this node already held.
+        already_held: u32,
+    },
 }
 
 /// Why an approval was not accepted.
@@ -358,6 +441,15 @@ pub enum TeeError {
     /// A BIP-32 path that cannot be used.
     #[error("invalid BIP-32 path: {0}")]
     InvalidPath(String),
+    /// A key transfer (export or import) was refused.
+    #[error("key transfer rejected: {0}")]
+    TransferRejected(String),
+    /// The requester's certificate does not entitle it to this cluster's keys.
+    #[error("requester certificate rejected: {0}")]
+    RequesterRejected(String),
+    /// Only TLS 1.3 CertificateVerify messages are signed for TLS.
+    #[error("refused to sign: not a TLS 1.3 CertificateVerify message")]
+    TlsSignRefused,
     /// The sealed storage failed; nothing was changed.
     #[error("sealed storage failure: {0}")]
     Storage(String),
@@ -425,4 +517,24 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, TeeError> {
         )));
     }
     Ok(req)
+}
+
+/// True if `msg` is exactly a TLS 1.3 CertificateVerify signing input (RFC 8446 §4.4.3):
+/// 64 spaces, the server or client context string, a zero byte, and a 32- or 48-byte
+/// transcript hash. The TEE signs nothing else for TLS, so the TLS signing service cannot
+/// be used to forge response, transfer or approval signatures (all domain-separated).
+pub fn is_tls13_certificate_verify_message(msg: &[u8]) -> bool {
+    const SERVER: &[u8] = b"TLS 1.3, server CertificateVerify";
+    const CLIENT: &[u8] = b"TLS 1.3, client CertificateVerify";
+    if msg.len() < 64 || msg[..64].iter().any(|&b| b != 0x20) {
+        return false;
+    }
+    let rest = &msg[64..];
+    let Some(after) = rest
+        .strip_prefix(SERVER)
+        .or_else(|| rest.strip_prefix(CLIENT))
+    else {
+        return false;
+    };
+    matches!(after.split_first(), Some((0, hash)) if hash.len() == 32 || hash.len() == 48)
 }

@@ -5,13 +5,15 @@
 //!
 //! Layout of a store directory:
 //! * `store.meta` — plaintext: format, random store id, how the sealing key is derived;
-//! * `records/<name>.rec` — one AEAD-sealed record per file (`/` in names becomes `.`).
+//! * `sealed.redb` — an embedded ACID store (redb) mapping record names to sealed records.
 //!
-//! A record file is `"CSR1" | version u64 | nonce (24) | XChaCha20-Poly1305 ciphertext`, with
+//! A sealed record is `"CSR1" | version u64 | nonce (24) | XChaCha20-Poly1305 ciphertext`, with
 //! associated data binding the store id, the record name and the version, so a record copied
-//! from another store, renamed, or edited fails to open. Writes are crash-safe: temporary
-//! file, fsync, rename, fsync of the directory.
+//! from another store, moved under another name, or edited fails to open. Writes are pending
+//! until `commit`, which writes them all in one durable redb transaction (copy-on-write
+//! pages, fsync before the commit is acknowledged): crash-safe, and one flush per batch.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -32,6 +34,8 @@ const AAD_DOMAIN: &[u8] = b"CUSTOS-SEALED-RECORD-V1\0";
 const CANARY: &str = "canary";
 const CANARY_BODY: &[u8] = b"custos sealed store canary";
 const COUNTER: &str = "counter";
+const DB_FILE: &str = "sealed.redb";
+const RECORDS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("records");
 /// Largest sealed record accepted from disk.
 pub const MAX_RECORD_LEN: u64 = 64 * 1024 * 1024;
 
@@ -175,14 +179,17 @@ pub fn generate_key_file(path: &Path) -> Result<(), StoreError> {
 /// The software platform over a sealed store directory.
 pub struct SoftwarePlatform {
     dir: PathBuf,
+    db: redb::Database,
     store_id: [u8; 16],
     cipher: XChaCha20Poly1305,
     rng: SystemRandom,
     counter: u64,
+    /// Sealed writes not yet committed (`None` = delete).
+    pending: BTreeMap<String, Option<Vec<u8>>>,
 }
 
-fn record_file_name(id: &RecordId) -> String {
-    format!("{}.rec", id.as_str().replace('/', "."))
+fn db_err(e: impl std::fmt::Display) -> PlatformError {
+    PlatformError::Io(format!("sealed store: {e}"))
 }
 
 impl SoftwarePlatform {
@@ -195,7 +202,7 @@ impl SoftwarePlatform {
             return Err(StoreError::Missing(dir.display().to_string()));
         }
         let (store_id, kdf) = if fresh {
-            fs::create_dir_all(dir.join("records")).map_err(|e| io_err(dir, e))?;
+            fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .map_err(|e| io_err(dir, e))?;
             let mut store_id = [0u8; 16];
@@ -220,17 +227,25 @@ impl SoftwarePlatform {
             Self::read_meta(&meta_path)?
         };
         let key = Self::derive_key(dir, source, &kdf)?;
+        let db_path = dir.join(DB_FILE);
+        let db = redb::Database::create(&db_path).map_err(|e| StoreError::Io {
+            path: db_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let mut platform = SoftwarePlatform {
             dir: dir.to_path_buf(),
+            db,
             store_id,
             cipher: XChaCha20Poly1305::new((&*key).into()),
             rng,
             counter: 0,
+            pending: BTreeMap::new(),
         };
         let canary = RecordId::new(CANARY).expect("valid");
         if fresh {
             platform
                 .seal(&canary, CANARY_BODY)
+                .and_then(|_| platform.commit())
                 .map_err(|e| io_err(dir, std::io::Error::other(e.to_string())))?;
         }
         match platform.unseal(&canary) {
@@ -325,8 +340,19 @@ impl SoftwarePlatform {
         }
     }
 
-    fn record_path(&self, id: &RecordId) -> PathBuf {
-        self.dir.join("records").join(record_file_name(id))
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn read_committed(&self, name: &str) -> Result<Option<Vec<u8>>, PlatformError> {
+        let rtx = self.db.begin_read().map_err(db_err)?;
+        let table = match rtx.open_table(RECORDS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(table.get(name).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
     fn aad(&self, id: &RecordId, version: u64) -> Vec<u8> {
@@ -364,13 +390,13 @@ impl SoftwarePlatform {
                 },
             )
             .map_err(|_| PlatformError::Io("AEAD encryption failed".into()))?;
-        let mut file = Vec::with_capacity(4 + 8 + 24 + ct.len());
-        file.extend_from_slice(RECORD_MAGIC);
-        file.extend_from_slice(&version.to_be_bytes());
-        file.extend_from_slice(&nonce);
-        file.extend_from_slice(&ct);
-        write_atomic(&self.record_path(id), &file, 0o600)
-            .map_err(|e| PlatformError::Io(format!("{}: {e}", id.as_str())))
+        let mut sealed = Vec::with_capacity(4 + 8 + 24 + ct.len());
+        sealed.extend_from_slice(RECORD_MAGIC);
+        sealed.extend_from_slice(&version.to_be_bytes());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&ct);
+        self.pending.insert(id.as_str().to_string(), Some(sealed));
+        Ok(())
     }
 }
 
@@ -397,72 +423,101 @@ impl Platform for SoftwarePlatform {
         self.seal_with_version(id, plaintext, version)
     }
 
+    fn commit(&mut self) -> Result<(), PlatformError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let write = || -> Result<(), PlatformError> {
+            let wtx = self.db.begin_write().map_err(db_err)?;
+            {
+                let mut table = wtx.open_table(RECORDS).map_err(db_err)?;
+                for (name, value) in &pending {
+                    match value {
+                        Some(v) => {
+                            table.insert(name.as_str(), v.as_slice()).map_err(db_err)?;
+                        }
+                        None => {
+                            table.remove(name.as_str()).map_err(db_err)?;
+                        }
+                    }
+                }
+            }
+            wtx.commit().map_err(db_err)
+        };
+        // On failure the pending writes are gone (taken above): nothing half-written stays.
+        write()
+    }
+
     fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
-        let path = self.record_path(id);
         let corrupt = |reason: &str| PlatformError::RecordCorrupt {
             id: id.as_str().to_string(),
             reason: reason.to_string(),
         };
-        let len = match fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(PlatformError::Io(format!("{}: {e}", id.as_str()))),
+        let sealed = match self.pending.get(id.as_str()) {
+            Some(Some(v)) => v.clone(),
+            Some(None) => return Ok(None),
+            None => match self.read_committed(id.as_str())? {
+                Some(v) => v,
+                None => return Ok(None),
+            },
         };
-        if len > MAX_RECORD_LEN {
-            return Err(corrupt("record file larger than the limit"));
+        if sealed.len() as u64 > MAX_RECORD_LEN {
+            return Err(corrupt("record larger than the limit"));
         }
-        let file =
-            fs::read(&path).map_err(|e| PlatformError::Io(format!("{}: {e}", id.as_str())))?;
-        if file.len() < 4 + 8 + 24 + 16 || &file[..4] != RECORD_MAGIC {
+        if sealed.len() < 4 + 8 + 24 + 16 || &sealed[..4] != RECORD_MAGIC {
             return Err(corrupt("not a sealed record (bad magic or truncated)"));
         }
-        let version = u64::from_be_bytes(file[4..12].try_into().expect("8 bytes"));
-        let nonce = XNonce::from_slice(&file[12..36]);
+        let version = u64::from_be_bytes(sealed[4..12].try_into().expect("8 bytes"));
+        let nonce = XNonce::from_slice(&sealed[12..36]);
         let aad = self.aad(id, version);
         let pt = self
             .cipher
             .decrypt(
                 nonce,
                 Payload {
-                    msg: &file[36..],
+                    msg: &sealed[36..],
                     aad: &aad,
                 },
             )
             .map_err(|_| {
-                corrupt("authentication failed (tampered, renamed, or from another store)")
+                corrupt("authentication failed (tampered, moved, or from another store)")
             })?;
         Ok(Some(Zeroizing::new(pt)))
     }
 
     fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
-        let dir = self.dir.join("records");
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| PlatformError::Io(e.to_string()))? {
-            let entry = entry.map_err(|e| PlatformError::Io(e.to_string()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".rec") else {
-                continue;
-            };
-            if stem.starts_with('.') {
-                continue;
+        let mut names = std::collections::BTreeSet::new();
+        let rtx = self.db.begin_read().map_err(db_err)?;
+        match rtx.open_table(RECORDS) {
+            Ok(table) => {
+                for item in table.range(prefix..).map_err(db_err)? {
+                    let (k, _) = item.map_err(db_err)?;
+                    let name = k.value();
+                    if !name.starts_with(prefix) {
+                        break;
+                    }
+                    names.insert(name.to_string());
+                }
             }
-            let Ok(id) = RecordId::new(stem.replace('.', "/")) else {
-                continue;
-            };
-            if id.as_str().starts_with(prefix) {
-                out.push(id);
-            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(db_err(e)),
         }
-        out.sort();
-        Ok(out)
+        for (name, value) in self.pending.range(prefix.to_string()..) {
+            if !name.starts_with(prefix) {
+                break;
+            }
+            match value {
+                Some(_) => names.insert(name.clone()),
+                None => names.remove(name),
+            };
+        }
+        names.into_iter().map(RecordId::new).collect()
     }
 
     fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
-        match fs::remove_file(self.record_path(id)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(PlatformError::Io(e.to_string())),
-        }
+        self.pending.insert(id.as_str().to_string(), None);
+        Ok(())
     }
 
     fn attest(&mut self, user_data: &[u8]) -> Result<Attestation, PlatformError> {

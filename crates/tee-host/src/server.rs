@@ -1,12 +1,15 @@
-//! The TEE core's socket server: one thread per connection, requests serialized through the
-//! core (it is a single state machine, like an enclave's single entry point).
+//! The TEE core's socket server: one thread per connection; requests are serialized through
+//! a single core thread (the core is one state machine, like an enclave's single entry
+//! point), which takes every request waiting at that moment as one batch with one storage
+//! commit (group commit) — the way databases turn many small durable writes into one flush.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
 
 use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
@@ -17,6 +20,31 @@ use crate::frame::{read_frame, refusal_payload, write_frame, FrameError, Kind, R
 /// Most simultaneous connections (node server, admin tools, sync workers).
 pub const MAX_CONNECTIONS: usize = 64;
 const CONNECTION_STACK: usize = 512 * 1024;
+/// Most requests handled under one storage commit.
+pub const MAX_BATCH: usize = 256;
+
+/// A request for the core thread and where to send its response.
+type Job = (Vec<u8>, SyncSender<Vec<u8>>);
+
+/// The core thread: drains whatever is queued (up to [`MAX_BATCH`]), handles it with one
+/// commit, answers each. Ends when every connection sender is gone.
+fn run_core<P: Platform>(mut core: TeeCore<P>, jobs: Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let requests: Vec<&[u8]> = batch.iter().map(|(r, _)| r.as_slice()).collect();
+        let responses = core.handle_batch(&requests);
+        for ((_, reply), response) in batch.into_iter().zip(responses) {
+            // A connection that went away no longer needs its answer.
+            let _ = reply.send(response);
+        }
+    }
+}
 
 /// Binds the socket, replacing a stale socket file only if nothing answers on it, and
 /// restricts it to the owner (0600).
@@ -54,7 +82,7 @@ fn refuse(stream: &mut UnixStream, code: RefusalCode, message: &str) {
     let _ = write_frame(stream, Kind::Refusal, &refusal_payload(code, message));
 }
 
-fn handle_connection<P: Platform>(mut stream: UnixStream, core: &Mutex<TeeCore<P>>) {
+fn handle_connection(mut stream: UnixStream, core: &SyncSender<Job>) {
     if let Err(why) = peer_allowed(&stream) {
         tracing::warn!(%why, "refused TEE connection");
         refuse(&mut stream, RefusalCode::PeerRejected, &why);
@@ -63,9 +91,12 @@ fn handle_connection<P: Platform>(mut stream: UnixStream, core: &Mutex<TeeCore<P
     loop {
         match read_frame(&mut stream, crate::frame::MAX_REQUEST) {
             Ok((Kind::Request, payload)) => {
-                let response = {
-                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-                    core.handle_bytes(&payload)
+                let (reply, answer) = mpsc::sync_channel(1);
+                if core.send((payload, reply)).is_err() {
+                    return;
+                }
+                let Ok(response) = answer.recv() else {
+                    return;
                 };
                 if write_frame(&mut stream, Kind::Response, &response).is_err() {
                     return;
@@ -94,7 +125,10 @@ pub fn serve<P: Platform + Send + 'static>(
     listener: UnixListener,
     core: TeeCore<P>,
 ) -> io::Result<()> {
-    let core = Arc::new(Mutex::new(core));
+    let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_BATCH * 4);
+    std::thread::Builder::new()
+        .name("tee-core".into())
+        .spawn(move || run_core(core, queue))?;
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let mut stream = match stream {
@@ -109,7 +143,7 @@ pub fn serve<P: Platform + Send + 'static>(
             refuse(&mut stream, RefusalCode::Busy, "too many connections");
             continue;
         }
-        let core = Arc::clone(&core);
+        let core = jobs.clone();
         let active_c = Arc::clone(&active);
         let spawned = std::thread::Builder::new()
             .name("tee-conn".into())

@@ -247,6 +247,42 @@ pub fn child_public_key(tee: &mut Tee, key: &[u8], path: &[u32]) -> Vec<u8> {
     }
 }
 
+const RECORDS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("records");
+
+/// Rewrites the stored (sealed) bytes of record `name` in a stopped TEE's store, the way
+/// an attacker with disk access could, without going through the TEE.
+pub fn tamper_record(store: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) {
+    use redb::ReadableTable;
+    let db = redb::Database::create(store.join("sealed.redb")).unwrap();
+    let wtx = db.begin_write().unwrap();
+    {
+        let mut t = wtx.open_table(RECORDS).unwrap();
+        let mut v = t
+            .get(name)
+            .unwrap()
+            .expect("record exists")
+            .value()
+            .to_vec();
+        f(&mut v);
+        t.insert(name, v.as_slice()).unwrap();
+    }
+    wtx.commit().unwrap();
+}
+
+/// The stored (sealed) bytes of record `name` in a stopped TEE's store.
+pub fn stored_record(store: &Path, name: &str) -> Vec<u8> {
+    let db = redb::Database::create(store.join("sealed.redb")).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let t = rtx.open_table(RECORDS).unwrap();
+    let v = t
+        .get(name)
+        .unwrap()
+        .expect("record exists")
+        .value()
+        .to_vec();
+    v
+}
+
 /// Unwraps a typed TEE refusal.
 pub fn refusal(r: Result<Response, ClientError>) -> TeeError {
     match r {

@@ -1,0 +1,165 @@
+//! Key sync between nodes of a cluster (patent [0068], DESIGN flow 3).
+//!
+//! The holder's TEE checks the requester's device certificate (same cluster, valid chain to
+//! the pinned Root), seals a batch of wallet records to the requester's certified D public
+//! key with HPKE (RFC 9180: DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305), and
+//! signs the transfer with its own D over the transfer context. The requester's TEE checks
+//! the sender's certificate and signature, that the transfer is addressed to its own
+//! certificate, then opens it and stores every key. Relays see only ciphertext.
+
+use hpke::aead::ChaCha20Poly1305;
+use hpke::kdf::HkdfSha256;
+use hpke::kem::DhP256HkdfSha256;
+use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
+use sha2::{Digest, Sha256};
+
+use crate::platform::Platform;
+use crate::protocol::{KeyTransfer, TeeError};
+
+/// Domain tag of transfer contexts.
+pub const TRANSFER_DOMAIN: &[u8] = b"CUSTOS-KEY-TRANSFER-V1\0";
+/// Most keys in one transfer (keeps an import request under the frame limit).
+pub const MAX_TRANSFER_KEYS: usize = 20_000;
+
+type Kem = DhP256HkdfSha256;
+
+fn put(out: &mut Vec<u8>, field: &[u8]) {
+    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+    out.extend_from_slice(field);
+}
+
+/// The context both the HPKE `info` and the sender's signature bind: cluster, sender and
+/// recipient certificate fingerprints, and the exact key ids carried.
+pub fn transfer_context(
+    cluster: &str,
+    sender_fingerprint: &[u8; 32],
+    recipient_fingerprint: &[u8; 32],
+    key_ids: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + key_ids.len() * 37);
+    out.extend_from_slice(TRANSFER_DOMAIN);
+    put(&mut out, cluster.as_bytes());
+    put(&mut out, sender_fingerprint);
+    put(&mut out, recipient_fingerprint);
+    out.extend_from_slice(&(key_ids.len() as u32).to_be_bytes());
+    for k in key_ids {
+        put(&mut out, k);
+    }
+    out
+}
+
+/// What the sender's D signs: the context and digests of the HPKE output.
+pub fn transfer_transcript(context: &[u8], enc: &[u8], ciphertext: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(context.len() + 64);
+    t.extend_from_slice(context);
+    t.extend_from_slice(&Sha256::digest(enc));
+    t.extend_from_slice(&Sha256::digest(ciphertext));
+    t
+}
+
+/// Adapts the platform's random source to the `rand_core` interface HPKE expects.
+struct PlatformRng<'a>(&'a mut dyn Platform);
+
+impl rand_core::RngCore for PlatformRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0
+            .random(dest)
+            .expect("platform random source failed during HPKE encapsulation");
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for PlatformRng<'_> {}
+
+/// HPKE-seals `plaintext` to the recipient's SEC1 P-256 public key; returns (enc, ct).
+pub fn seal(
+    platform: &mut dyn Platform,
+    recipient_public_key: &[u8],
+    info: &[u8],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), TeeError> {
+    let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient_public_key)
+        .map_err(|e| TeeError::TransferRejected(format!("recipient key: {e}")))?;
+    let mut rng = PlatformRng(platform);
+    let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
+        &OpModeS::Base,
+        &pk,
+        info,
+        plaintext,
+        &[],
+        &mut rng,
+    )
+    .map_err(|e| TeeError::TransferRejected(format!("HPKE seal: {e}")))?;
+    Ok((enc.to_bytes().to_vec(), ct))
+}
+
+/// Opens an HPKE ciphertext with the recipient's raw P-256 private scalar.
+pub fn open(
+    private_scalar: &[u8],
+    transfer: &KeyTransfer,
+    info: &[u8],
+) -> Result<Vec<u8>, TeeError> {
+    let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(private_scalar)
+        .map_err(|e| TeeError::TransferRejected(format!("own key: {e}")))?;
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&transfer.enc)
+        .map_err(|e| TeeError::TransferRejected(format!("encapsulated key: {e}")))?;
+    hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
+        &OpModeR::Base,
+        &sk,
+        &enc,
+        info,
+        &transfer.ciphertext,
+        &[],
+    )
+    .map_err(|_| {
+        TeeError::TransferRejected("HPKE open failed: not for this node or altered".into())
+    })
+}
+
+/// Concatenates length-prefixed records (the transfer plaintext).
+pub fn pack(records: &[zeroize::Zeroizing<Vec<u8>>]) -> zeroize::Zeroizing<Vec<u8>> {
+    let total: usize = records.iter().map(|r| r.len() + 4).sum();
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(total));
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// Splits a transfer plaintext back into records; exactly `expected` of them.
+pub fn unpack(plaintext: &[u8], expected: usize) -> Result<Vec<&[u8]>, TeeError> {
+    let mut out = Vec::with_capacity(expected);
+    let mut rest = plaintext;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(TeeError::TransferRejected("truncated record".into()));
+        }
+        let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if rest.len() < 4 + len || out.len() >= expected {
+            return Err(TeeError::TransferRejected("malformed record list".into()));
+        }
+        out.push(&rest[4..4 + len]);
+        rest = &rest[4 + len..];
+    }
+    if out.len() != expected {
+        return Err(TeeError::TransferRejected(format!(
+            "{} records for {expected} key ids",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
