@@ -65,6 +65,13 @@ impl TeeClient {
 
     /// Sends raw request bytes (tests use this for malformed input).
     pub fn call_bytes(&mut self, request: &[u8]) -> Result<Outcome, ClientError> {
+        let payload = self.call_raw(request)?;
+        decode_outcome(&payload)
+    }
+
+    /// Sends raw request bytes and returns the encoded [`SignedResponse`] as received, after
+    /// checking its signature when a device key is pinned (relays forward it unchanged).
+    pub fn call_raw(&mut self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
         write_frame(&mut self.stream, Kind::Request, request)?;
         let (kind, payload) = match read_frame(&mut self.stream, MAX_RESPONSE) {
             Ok(f) => f,
@@ -88,22 +95,36 @@ impl TeeClient {
             }
             Kind::Request => return Err(ClientError::Protocol("TEE sent a request frame".into())),
         }
-        let signed: SignedResponse = postcard::from_bytes(&payload)
-            .map_err(|e| ClientError::Protocol(format!("undecodable response: {e}")))?;
         if let Some(key) = &self.device_key {
-            let sig = signed
-                .signature
-                .as_ref()
-                .ok_or_else(|| ClientError::ResponseSignature("response is unsigned".into()))?;
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
-                .verify(&response_transcript(request, &signed.body), sig)
-                .map_err(|_| {
-                    ClientError::ResponseSignature("does not verify with the device key".into())
-                })?;
+            verify_signed_response(key, request, &payload)?;
         }
-        postcard::from_bytes(&signed.body)
-            .map_err(|e| ClientError::Protocol(format!("undecodable response body: {e}")))
+        Ok(payload)
     }
+}
+
+/// Checks that an encoded [`SignedResponse`] to `request` is signed by device key `key`.
+pub fn verify_signed_response(
+    key: &[u8],
+    request: &[u8],
+    payload: &[u8],
+) -> Result<(), ClientError> {
+    let signed: SignedResponse = postcard::from_bytes(payload)
+        .map_err(|e| ClientError::Protocol(format!("undecodable response: {e}")))?;
+    let sig = signed
+        .signature
+        .as_ref()
+        .ok_or_else(|| ClientError::ResponseSignature("response is unsigned".into()))?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
+        .verify(&response_transcript(request, &signed.body), sig)
+        .map_err(|_| ClientError::ResponseSignature("does not verify with the device key".into()))
+}
+
+/// Decodes an encoded [`SignedResponse`] into the TEE's outcome (no signature check).
+pub fn decode_outcome(payload: &[u8]) -> Result<Outcome, ClientError> {
+    let signed: SignedResponse = postcard::from_bytes(payload)
+        .map_err(|e| ClientError::Protocol(format!("undecodable response: {e}")))?;
+    postcard::from_bytes(&signed.body)
+        .map_err(|e| ClientError::Protocol(format!("undecodable response body: {e}")))
 }
 
 /// Sends a raw frame header and payload, for tests of the frame layer.

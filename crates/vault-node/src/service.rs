@@ -1,0 +1,324 @@
+//! The VaultNode gRPC service and the node server's main loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_net::{client_config, connect_lazy, peer_info, serve_tls, server_config, TlsIdentity};
+use custos_pki::{pem_to_der, DeviceChain, TrustRoot};
+use custos_proto::cluster::bridge_client::BridgeClient;
+use custos_proto::cluster::vault_node_server::{VaultNode, VaultNodeServer};
+use custos_proto::cluster::{
+    ExportReply, ExportRequest, HealthReply, HealthRequest, RegisterRequest, SyncNowReply,
+    SyncNowRequest, TeeCall, TeeReply,
+};
+use custos_tee_core::protocol::{decode_request, Request, Response};
+use tokio::sync::Notify;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use crate::sync::Syncer;
+use crate::{NodeConfig, NodeError, TeePool, MAX_MESSAGE};
+
+/// Who is calling, after the application-level certificate check.
+enum Caller {
+    Bridge,
+    Peer(DeviceChain),
+}
+
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn tee_status(e: custos_tee_host::ClientError) -> Status {
+    match e {
+        custos_tee_host::ClientError::Tee(t) => Status::failed_precondition(t.to_string()),
+        other => Status::unavailable(format!("TEE core unavailable: {other}")),
+    }
+}
+
+struct NodeService {
+    cluster: String,
+    root: TrustRoot,
+    tee: TeePool,
+    syncer: Arc<Syncer>,
+}
+
+impl NodeService {
+    /// The bridge of this cluster, or a vault node of this cluster; anyone else is refused
+    /// with the reason (and the refusal logged).
+    fn caller<T>(&self, req: &GrpcRequest<T>) -> Result<Caller, Status> {
+        let peer = peer_info(req).ok_or_else(|| Status::unauthenticated("no TLS peer"))?;
+        let chain = peer.device_chain().ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "peer presented {} certificate(s), a cluster member presents 3",
+                peer.certs.len()
+            ))
+        })?;
+        let now = now_unix();
+        if self
+            .root
+            .verify_bridge(&chain, Some(&self.cluster), now)
+            .is_ok()
+        {
+            return Ok(Caller::Bridge);
+        }
+        match self.root.verify_device(&chain, Some(&self.cluster), now) {
+            Ok(_) => Ok(Caller::Peer(chain)),
+            Err(e) => {
+                tracing::warn!(peer = %peer.remote_addr, reason = %e, "refused caller");
+                Err(Status::permission_denied(format!("refused: {e}")))
+            }
+        }
+    }
+
+    fn bridge_only<T>(&self, req: &GrpcRequest<T>) -> Result<(), Status> {
+        match self.caller(req)? {
+            Caller::Bridge => Ok(()),
+            Caller::Peer(_) => Err(Status::permission_denied(
+                "only the cluster's bridge may call this",
+            )),
+        }
+    }
+}
+
+/// Requests the bridge may relay to the TEE. Provisioning, TLS signing and key transfers
+/// never come through the bridge.
+fn relayable(r: &Request) -> bool {
+    matches!(
+        r,
+        Request::Status
+            | Request::ListKeys
+            | Request::GetXpub { .. }
+            | Request::CreateWallet { .. }
+            | Request::ImportWallet { .. }
+            | Request::Sign { .. }
+            | Request::AuditSign { .. }
+            | Request::Attest { .. }
+    )
+}
+
+#[tonic::async_trait]
+impl VaultNode for NodeService {
+    async fn execute(&self, req: GrpcRequest<TeeCall>) -> Result<GrpcResponse<TeeReply>, Status> {
+        self.bridge_only(&req)?;
+        let call = req.into_inner();
+        let decoded =
+            decode_request(&call.request).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !relayable(&decoded) {
+            return Err(Status::permission_denied(
+                "this TEE operation is not relayed from the bridge",
+            ));
+        }
+        let response = self.tee.call_raw(call.request).await.map_err(tee_status)?;
+        Ok(GrpcResponse::new(TeeReply {
+            response,
+            node: self.syncer.node.clone(),
+        }))
+    }
+
+    async fn health(
+        &self,
+        req: GrpcRequest<HealthRequest>,
+    ) -> Result<GrpcResponse<HealthReply>, Status> {
+        self.bridge_only(&req)?;
+        let Response::Status(s) = self.tee.call(Request::Status).await.map_err(tee_status)? else {
+            return Err(Status::internal("unexpected TEE status response"));
+        };
+        Ok(GrpcResponse::new(HealthReply {
+            node: self.syncer.node.clone(),
+            wallets: s.wallets as u64,
+            corrupt_records: s
+                .corrupt_records
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect(),
+        }))
+    }
+
+    async fn sync_now(
+        &self,
+        req: GrpcRequest<SyncNowRequest>,
+    ) -> Result<GrpcResponse<SyncNowReply>, Status> {
+        self.bridge_only(&req)?;
+        let (imported, missing) = self
+            .syncer
+            .sync_once()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(GrpcResponse::new(SyncNowReply {
+            imported: imported as u64,
+            missing: missing as u64,
+        }))
+    }
+
+    async fn export_keys(
+        &self,
+        req: GrpcRequest<ExportRequest>,
+    ) -> Result<GrpcResponse<ExportReply>, Status> {
+        let Caller::Peer(chain) = self.caller(&req)? else {
+            return Err(Status::permission_denied(
+                "keys are exported to vault nodes only",
+            ));
+        };
+        let key_ids = req.into_inner().key_ids;
+        // The TEE checks the requester's chain itself; the chain passed is the one the peer
+        // proved possession of in the TLS handshake.
+        let resp = self
+            .tee
+            .call(Request::ExportKeys {
+                requester: chain.into(),
+                key_ids,
+            })
+            .await
+            .map_err(tee_status)?;
+        let Response::KeyTransfer(t) = resp else {
+            return Err(Status::internal("unexpected TEE response to ExportKeys"));
+        };
+        Ok(GrpcResponse::new(ExportReply {
+            transfer: postcard::to_allocvec(&t).expect("transfers serialize"),
+        }))
+    }
+}
+
+/// Runs a vault node server until the process ends.
+pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
+    let socket = config.tee_socket.clone();
+    let conns = config.tee_connections;
+    let (tee, _device_key) = tokio::task::spawn_blocking(move || TeePool::connect(&socket, conns))
+        .await
+        .map_err(|e| NodeError::Serve(e.to_string()))??;
+    let Response::DeviceChain(chain) = tee.call(Request::DeviceChain).await? else {
+        return Err(NodeError::NotProvisioned("no device chain".into()));
+    };
+    let root_pem = std::fs::read_to_string(&config.root_ca).map_err(|e| {
+        NodeError::Config(crate::ConfigError::Read {
+            path: config.root_ca.display().to_string(),
+            reason: e.to_string(),
+        })
+    })?;
+    let root_der = pem_to_der(&root_pem, "Root CA certificate")?;
+    let root = TrustRoot::from_der(&root_der)?;
+    let me = root.verify_device(&chain.clone().into(), Some(&config.cluster), now_unix())?;
+    if me.node != config.node {
+        return Err(NodeError::NotProvisioned(format!(
+            "TEE is certified as node {:?}, configuration says {:?}",
+            me.node, config.node
+        )));
+    }
+
+    // The TLS key is D inside the TEE: the handshake signature is made by the TEE, which
+    // signs nothing but TLS 1.3 CertificateVerify inputs.
+    let signer_pool = tee.clone();
+    let identity = TlsIdentity::from_remote_signer(
+        vec![
+            chain.device.clone(),
+            chain.cluster_ca.clone(),
+            chain.device_ca.clone(),
+        ],
+        Arc::new(move |msg: &[u8]| {
+            match signer_pool.call_blocking(&Request::SignTls {
+                message: msg.to_vec(),
+            }) {
+                Ok(Response::TlsSignature(sig)) => Ok(sig),
+                Ok(_) => Err("unexpected TEE response".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+    )?;
+    let server_cfg = server_config(&identity, &root_der)?;
+    let client_cfg = client_config(&identity, &root_der)?;
+    let bridge_channel = connect_lazy(
+        config.bridge,
+        &format!("bridge.{}.custos", config.cluster),
+        client_cfg.clone(),
+    )?;
+    let bridge = BridgeClient::new(bridge_channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+
+    let trigger = Arc::new(Notify::new());
+    let syncer = Arc::new(Syncer::new(
+        config.node.clone(),
+        config.cluster.clone(),
+        tee.clone(),
+        bridge.clone(),
+        client_cfg,
+    ));
+    let service = NodeService {
+        cluster: config.cluster.clone(),
+        root,
+        tee: tee.clone(),
+        syncer: syncer.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| NodeError::Serve(format!("bind {}: {e}", config.listen)))?;
+    let local: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| NodeError::Serve(e.to_string()))?;
+    let incoming = serve_tls(listener, server_cfg).await;
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                VaultNodeServer::new(service)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .serve_with_incoming(incoming),
+    );
+    tracing::info!(node = %config.node, listen = %local, "vault node server listening");
+
+    // Join (or rejoin) the cluster: register, then catch up on every key created meanwhile.
+    let endpoint = local.to_string();
+    let registrar = {
+        let syncer = syncer.clone();
+        let mut bridge = bridge.clone();
+        let node = config.node.clone();
+        async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let held = syncer.held_keys().await.unwrap_or_default();
+                let req = RegisterRequest {
+                    node: node.clone(),
+                    endpoint: endpoint.clone(),
+                    held,
+                };
+                match bridge.register(req).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bridge registration failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    };
+    registrar.await;
+    println!("custos-node ready {} {}", config.node, local);
+    let interval = Duration::from_secs(config.sync_interval_secs.max(1));
+    let periodic = {
+        let syncer = syncer.clone();
+        let trigger = trigger.clone();
+        async move {
+            loop {
+                if let Err(e) = syncer.sync_once().await {
+                    tracing::warn!(error = %e, "sync round failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = trigger.notified() => {}
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = server => r
+            .map_err(|e| NodeError::Serve(e.to_string()))?
+            .map_err(|e| NodeError::Serve(e.to_string())),
+        _ = periodic => Ok(()),
+    }
+}

@@ -1,0 +1,112 @@
+//! A small pool of connections to the node's TEE core process.
+//!
+//! The TEE client is blocking (plain Unix socket); calls run on Tokio's blocking pool.
+//! Several connections let concurrent requests reach the TEE together, where they share one
+//! storage commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use custos_tee_core::protocol::{encode_request, Request, Response};
+use custos_tee_host::{ClientError, TeeClient};
+
+/// Connections to one TEE core, all pinned to its device key.
+#[derive(Clone)]
+pub struct TeePool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    socket: PathBuf,
+    device_key: Vec<u8>,
+    idle: Mutex<Vec<TeeClient>>,
+    max_idle: usize,
+}
+
+impl TeePool {
+    /// Connects and learns the device key from the TEE's status; every later response must
+    /// be signed by that key.
+    pub fn connect(socket: &Path, max_idle: usize) -> Result<(Self, Vec<u8>), ClientError> {
+        let mut first = TeeClient::connect(socket)?;
+        let Response::Status(status) = first.call(&Request::Status)? else {
+            return Err(ClientError::Protocol("unexpected status response".into()));
+        };
+        let device_key = status
+            .device
+            .map(|d| d.public_key)
+            .ok_or_else(|| ClientError::Protocol("TEE has no device key yet".into()))?;
+        first.expect_device_key(device_key.clone());
+        let pool = TeePool {
+            inner: Arc::new(Inner {
+                socket: socket.to_path_buf(),
+                device_key: device_key.clone(),
+                idle: Mutex::new(vec![first]),
+                max_idle,
+            }),
+        };
+        Ok((pool, device_key))
+    }
+
+    fn checkout(&self) -> Result<TeeClient, ClientError> {
+        if let Some(c) = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+        {
+            return Ok(c);
+        }
+        let mut c = TeeClient::connect(&self.inner.socket)?;
+        c.expect_device_key(self.inner.device_key.clone());
+        Ok(c)
+    }
+
+    fn checkin(&self, c: TeeClient) {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.inner.max_idle {
+            idle.push(c);
+        }
+    }
+
+    /// Sends encoded request bytes; returns the TEE's signed response bytes (checked against
+    /// the device key). A connection that failed is dropped, not reused.
+    pub fn call_raw_blocking(&self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut c = self.checkout()?;
+        let out = c.call_raw(request)?;
+        self.checkin(c);
+        Ok(out)
+    }
+
+    /// Sends a request; returns the response or the TEE's typed refusal (blocking).
+    pub fn call_blocking(&self, request: &Request) -> Result<Response, ClientError> {
+        let mut c = self.checkout()?;
+        let out = c.call(request)?;
+        self.checkin(c);
+        Ok(out)
+    }
+
+    /// Async wrapper over [`TeePool::call_raw_blocking`].
+    pub async fn call_raw(&self, request: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || pool.call_raw_blocking(&request))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("TEE call task: {e}")))?
+    }
+
+    /// Async wrapper over [`TeePool::call_blocking`].
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let bytes = encode_request(&request);
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = pool.checkout()?;
+            let out = c.call_bytes(&bytes);
+            if out.is_ok() {
+                pool.checkin(c);
+            }
+            Ok::<_, ClientError>(out??)
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(format!("TEE call task: {e}")))?
+    }
+}
