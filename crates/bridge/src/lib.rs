@@ -1,1 +1,40 @@
-//! Placeholder while the bridge is written.
+//! The bridge server (patent FIG. 2, the internal relay of a cluster).
+//!
+//! A gRPC server over mutual TLS that manages the cluster's vault nodes: registry and
+//! health checks, the cluster key list with the nodes holding each key, routing of each
+//! request to a healthy node holding the key with failover to the next one, and a
+//! hash-chained history of every request and result in the metadata DB ([0029]). If the
+//! history cannot be written the request is refused (fail closed).
+#![forbid(unsafe_code)]
+// tonic::Status is the idiomatic error of gRPC handlers; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
+mod config;
+mod routing;
+mod service;
+
+pub use config::{BridgeConfig, ConfigError};
+pub use service::run;
+
+/// Largest gRPC message accepted or sent (key lists of a large cluster).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Failures that stop a bridge server.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS / network setup failed.
+    #[error(transparent)]
+    Net(#[from] custos_net::NetError),
+    /// PKI material is unusable.
+    #[error(transparent)]
+    Pki(#[from] custos_pki::PkiError),
+    /// The metadata DB is unusable.
+    #[error(transparent)]
+    Metadata(#[from] custos_metadata::MetadataError),
+    /// Serving failed.
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}

@@ -94,7 +94,7 @@ impl Syncer {
         let list = self
             .bridge
             .clone()
-            .key_list(KeyListRequest {})
+            .key_list(KeyListRequest { missing_only: true })
             .await
             .map_err(|e| SyncError::Bridge(e.message().to_string()))?
             .into_inner();

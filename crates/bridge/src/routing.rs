@@ -1,0 +1,132 @@
+//! What a TEE request is, for routing and for the history.
+
+use custos_tee_core::protocol::{Request, TeeError};
+
+/// Facts about a request that the bridge logs and routes by.
+pub struct Described {
+    /// History kind.
+    pub kind: &'static str,
+    /// Key the request uses, if any.
+    pub key_id: Option<Vec<u8>>,
+    /// BIP-32 path (display form), if any.
+    pub path: Option<String>,
+    /// Request id (hex), if any.
+    pub request_id: Option<String>,
+    /// Names of the admins whose approvals are attached.
+    pub approvers: Vec<String>,
+    /// Whether any node may serve it (a new key) rather than only the key's holders.
+    pub any_node: bool,
+}
+
+fn admin_name(cert: &[u8]) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(cert)
+        .ok()
+        .and_then(|(_, c)| {
+            c.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok().map(str::to_string))
+        })
+        .unwrap_or_else(|| "<unparsable certificate>".into())
+        .replace(',', "_")
+}
+
+/// Display form of a BIP-32 path: `m/44'/0'/0'/0/1`.
+pub fn path_string(path: &[u32]) -> String {
+    let mut s = String::from("m");
+    for &i in path {
+        if i & (1 << 31) != 0 {
+            s.push_str(&format!("/{}'", i & !(1 << 31)));
+        } else {
+            s.push_str(&format!("/{i}"));
+        }
+    }
+    s
+}
+
+/// Describes a request the bridge may route; `None` for operations that never come
+/// through the bridge (provisioning, TLS signing, key transfers).
+pub fn describe(r: &Request) -> Option<Described> {
+    let d = |kind, key_id: Option<&Vec<u8>>, any_node| Described {
+        kind,
+        key_id: key_id.cloned(),
+        path: None,
+        request_id: None,
+        approvers: Vec::new(),
+        any_node,
+    };
+    Some(match r {
+        Request::Status => d("status", None, true),
+        Request::ListKeys => d("list-keys", None, true),
+        Request::Attest { .. } => d("attest", None, true),
+        Request::GetXpub { key_id, path } => Described {
+            path: Some(path_string(path)),
+            ..d("get-xpub", Some(key_id), false)
+        },
+        Request::AuditSign { key_id, .. } => d("audit", Some(key_id), false),
+        Request::CreateWallet {
+            meta, approvals, ..
+        } => Described {
+            request_id: Some(hex::encode(meta.request_id)),
+            approvers: approvals.iter().map(|a| admin_name(&a.admin_cert)).collect(),
+            ..d("create-wallet", None, true)
+        },
+        Request::ImportWallet {
+            meta,
+            key_id,
+            approvals,
+            ..
+        } => Described {
+            request_id: Some(hex::encode(meta.request_id)),
+            approvers: approvals.iter().map(|a| admin_name(&a.admin_cert)).collect(),
+            ..d("import-wallet", Some(key_id), true)
+        },
+        Request::Sign {
+            meta,
+            key_id,
+            path,
+            approvals,
+            ..
+        } => Described {
+            request_id: Some(hex::encode(meta.request_id)),
+            path: Some(path_string(path)),
+            approvers: approvals.iter().map(|a| admin_name(&a.admin_cert)).collect(),
+            ..d("sign", Some(key_id), false)
+        },
+        _ => return None,
+    })
+}
+
+/// Stable code of a TEE refusal for the history (its variant name).
+pub fn error_code(e: &TeeError) -> String {
+    let dbg = format!("{e:?}");
+    dbg.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("Error")
+        .to_string()
+}
+
+/// Refusals that mean "this node lacks the key": another holder may serve it.
+pub fn node_lacks_key(e: &TeeError) -> bool {
+    matches!(e, TeeError::UnknownKey(_) | TeeError::KeyRecordCorrupt { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_codes() {
+        assert_eq!(path_string(&[44 | 1 << 31, 0, 7]), "m/44'/0/7");
+        assert_eq!(path_string(&[]), "m");
+        assert_eq!(error_code(&TeeError::ApprovalMissing), "ApprovalMissing");
+        assert_eq!(
+            error_code(&TeeError::QuorumNotMet {
+                required: 2,
+                approved: 1
+            }),
+            "QuorumNotMet"
+        );
+    }
+}

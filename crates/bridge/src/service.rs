@@ -1,0 +1,664 @@
+//! The Bridge gRPC service, node registry, health checks and routing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use custos_metadata::{KeyRecord, MetadataDb, NewEntry};
+use custos_net::{client_config, connect_lazy, peer_info, serve_tls, server_config, TlsIdentity};
+use custos_pki::{pem_to_der, DeviceIdentity, TrustRoot};
+use custos_proto::cluster::bridge_server::{Bridge, BridgeServer};
+use custos_proto::cluster::vault_node_client::VaultNodeClient;
+use custos_proto::cluster::{
+    Ack, ClusterStatus, HealthRequest, KeyEntry, KeyListReply, KeyListRequest, NodeEndpoint,
+    NodeStatus, RegisterReply, RegisterRequest, StatusRequest, SyncNowRequest, SyncReport,
+    TeeCall, TeeReply,
+};
+use custos_tee_core::protocol::{decode_request, encode_request, Origin, Request, Response};
+use custos_tee_host::client::{decode_outcome, verify_signed_response};
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use crate::routing::{describe, error_code, node_lacks_key, Described};
+use crate::{BridgeConfig, BridgeError, ConfigError, MAX_MESSAGE};
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct NodeEntry {
+    endpoint: String,
+    client: VaultNodeClient<Channel>,
+    device_key: Vec<u8>,
+    healthy: bool,
+    held: HashSet<Vec<u8>>,
+    served: u64,
+    failures: u64,
+}
+
+struct State {
+    cluster: String,
+    root: TrustRoot,
+    db: MetadataDb,
+    client_cfg: Arc<rustls::ClientConfig>,
+    nodes: RwLock<BTreeMap<String, NodeEntry>>,
+    keys: RwLock<BTreeMap<Vec<u8>, String>>,
+    pending_keys: std::sync::Mutex<Vec<KeyRecord>>,
+    rr: AtomicUsize,
+    sync_trigger: Notify,
+    call_timeout: Duration,
+}
+
+/// Who called the bridge, after the application-level certificate check.
+enum Caller {
+    /// A vault node of this cluster.
+    Node(DeviceIdentity),
+    /// The cluster's relay side (bridge-role certificate): the link endpoint.
+    Link(DeviceIdentity),
+}
+
+#[derive(Clone)]
+struct BridgeService {
+    state: Arc<State>,
+}
+
+impl BridgeService {
+    /// Checks the caller's certificate chain; a refusal is written to the history.
+    async fn caller<T>(&self, req: &GrpcRequest<T>, what: &str) -> Result<Caller, Status> {
+        let st = &self.state;
+        let Some(peer) = peer_info(req) else {
+            return Err(Status::unauthenticated("no TLS peer"));
+        };
+        let refused = match peer.device_chain() {
+            None => format!(
+                "presented {} certificate(s), a cluster member presents 3",
+                peer.certs.len()
+            ),
+            Some(chain) => {
+                let now = now_unix();
+                match st.root.verify_device(&chain, Some(&st.cluster), now) {
+                    Ok(id) => return Ok(Caller::Node(id)),
+                    Err(device_err) => {
+                        match st.root.verify_bridge(&chain, Some(&st.cluster), now) {
+                            Ok(id) => return Ok(Caller::Link(id)),
+                            Err(_) => device_err.to_string(),
+                        }
+                    }
+                }
+            }
+        };
+        tracing::warn!(peer = %peer.remote_addr, %refused, what, "refused caller");
+        let _ = st
+            .db
+            .append(NewEntry {
+                kind: "refusal".into(),
+                actor: peer.remote_addr.to_string(),
+                outcome: "PermissionDenied".into(),
+                detail: format!("{what}: {refused}"),
+                ..Default::default()
+            })
+            .await;
+        Err(Status::permission_denied(format!("refused: {refused}")))
+    }
+
+    async fn node_caller<T>(&self, req: &GrpcRequest<T>, what: &str) -> Result<DeviceIdentity, Status> {
+        match self.caller(req, what).await? {
+            Caller::Node(id) => Ok(id),
+            Caller::Link(_) => Err(Status::permission_denied("only vault nodes may call this")),
+        }
+    }
+
+    async fn log(&self, entry: NewEntry) -> Result<(), Status> {
+        self.state.db.append(entry).await.map(|_| ()).map_err(|e| {
+            Status::unavailable(format!("history cannot be written, request refused: {e}"))
+        })
+    }
+
+    /// Nodes to try for a request, best first: healthy holders (rotated), then unhealthy
+    /// holders (their health may be stale), or any node for requests making a new key.
+    fn candidates(&self, d: &Described, pinned: &str) -> Vec<String> {
+        let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
+        if !pinned.is_empty() {
+            return nodes.contains_key(pinned).then(|| vec![pinned.to_string()]).unwrap_or_default();
+        }
+        let eligible = |n: &NodeEntry| match (&d.key_id, d.any_node) {
+            (Some(k), false) => n.held.contains(k),
+            _ => true,
+        };
+        let mut healthy: Vec<String> = Vec::new();
+        let mut rest: Vec<String> = Vec::new();
+        for (name, n) in nodes.iter() {
+            if eligible(n) {
+                if n.healthy { healthy.push(name.clone()) } else { rest.push(name.clone()) }
+            }
+        }
+        if healthy.is_empty() && rest.is_empty() {
+            // The bridge may not know every holder yet: let any node answer authoritatively.
+            healthy = nodes.iter().filter(|(_, n)| n.healthy).map(|(k, _)| k.clone()).collect();
+        }
+        if !healthy.is_empty() {
+            let start = self.state.rr.fetch_add(1, Ordering::Relaxed) % healthy.len();
+            healthy.rotate_left(start);
+        }
+        healthy.extend(rest);
+        healthy
+    }
+
+    fn node_client(&self, name: &str) -> Option<(VaultNodeClient<Channel>, Vec<u8>)> {
+        let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes.get(name).map(|n| (n.client.clone(), n.device_key.clone()))
+    }
+
+    fn mark(&self, name: &str, ok: bool) {
+        let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = nodes.get_mut(name) {
+            if ok {
+                n.served += 1;
+                n.healthy = true;
+            } else {
+                n.failures += 1;
+                n.healthy = false;
+            }
+        }
+    }
+
+    fn record_new_key(&self, node: &str, info: &custos_tee_core::protocol::KeyInfo) {
+        let st = &self.state;
+        st.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.key_id.clone(), info.xpub.clone());
+        if let Some(n) = st.nodes.write().unwrap_or_else(|p| p.into_inner()).get_mut(node) {
+            n.held.insert(info.key_id.clone());
+        }
+        st.pending_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(KeyRecord {
+                key_id: hex::encode(&info.key_id),
+                xpub: info.xpub.clone(),
+                quorum: info.quorum as i64,
+                origin: match info.origin {
+                    Origin::Generated => "generated".into(),
+                    Origin::Imported => "imported".into(),
+                },
+                created_at_ms: now_ms(),
+                created_on: node.to_string(),
+            });
+        st.sync_trigger.notify_one();
+    }
+
+    /// Routes one TEE request with failover; logs it before and after (fail closed).
+    async fn route(&self, actor: String, call: TeeCall) -> Result<TeeReply, Status> {
+        let request = decode_request(&call.request)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let d = describe(&request)
+            .ok_or_else(|| Status::invalid_argument("this TEE operation is not routed by the bridge"))?;
+        let entry = |node: Option<String>, outcome: String, detail: String, us: i64| NewEntry {
+            kind: d.kind.into(),
+            request_id: d.request_id.clone(),
+            actor: actor.clone(),
+            key_id: d.key_id.as_ref().map(hex::encode),
+            path: d.path.clone(),
+            approvers: d.approvers.clone(),
+            node,
+            outcome,
+            detail,
+            duration_us: us,
+        };
+        self.log(entry(None, "received".into(), String::new(), 0)).await?;
+        let t0 = Instant::now();
+        let mut tried = Vec::new();
+        for node in self.candidates(&d, &call.node) {
+            let Some((mut client, device_key)) = self.node_client(&node) else {
+                continue;
+            };
+            tried.push(node.clone());
+            let fwd = TeeCall {
+                request: call.request.clone(),
+                node: String::new(),
+            };
+            let reply = tokio::time::timeout(self.state.call_timeout, client.execute(fwd)).await;
+            let reply = match reply {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => {
+                    tracing::warn!(%node, status = %status.message(), "node failed; failing over");
+                    self.mark(&node, false);
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(%node, "node timed out; failing over");
+                    self.mark(&node, false);
+                    continue;
+                }
+            };
+            // The answer must come from that node's TEE (its D), untouched by the relay.
+            if let Err(e) = verify_signed_response(&device_key, &call.request, &reply.response) {
+                tracing::error!(%node, error = %e, "response not signed by the node's TEE");
+                self.mark(&node, false);
+                continue;
+            }
+            let outcome = decode_outcome(&reply.response)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let us = t0.elapsed().as_micros() as i64;
+            let (code, detail) = match &outcome {
+                Ok(resp) => {
+                    if let Response::Wallet(info) = resp {
+                        self.record_new_key(&node, info);
+                    }
+                    ("ok".to_string(), String::new())
+                }
+                Err(e) if node_lacks_key(e) && call.node.is_empty() => {
+                    // This holder lost the key: try the next one and let sync repair it.
+                    if let Some(k) = &d.key_id {
+                        if let Some(n) = self.state.nodes.write().unwrap_or_else(|p| p.into_inner()).get_mut(&node) {
+                            n.held.remove(k);
+                        }
+                    }
+                    self.state.sync_trigger.notify_one();
+                    continue;
+                }
+                Err(e) => (error_code(e), e.to_string()),
+            };
+            self.mark(&node, true);
+            self.log(entry(Some(node.clone()), code, detail, us)).await?;
+            return Ok(TeeReply {
+                response: reply.response,
+                node,
+            });
+        }
+        let us = t0.elapsed().as_micros() as i64;
+        let detail = format!("no node could serve; tried {tried:?}");
+        self.log(entry(None, "Unavailable".into(), detail.clone(), us)).await?;
+        Err(Status::unavailable(detail))
+    }
+}
+
+#[tonic::async_trait]
+impl Bridge for BridgeService {
+    async fn register(
+        &self,
+        req: GrpcRequest<RegisterRequest>,
+    ) -> Result<GrpcResponse<RegisterReply>, Status> {
+        let id = self.node_caller(&req, "register").await?;
+        let r = req.into_inner();
+        if r.node != id.node {
+            return Err(Status::permission_denied(format!(
+                "certificate is for node {:?}, not {:?}",
+                id.node, r.node
+            )));
+        }
+        let addr: SocketAddr = r
+            .endpoint
+            .parse()
+            .map_err(|_| Status::invalid_argument("endpoint must be host:port"))?;
+        let channel = connect_lazy(
+            addr,
+            &format!("{}.{}.custos", id.node, self.state.cluster),
+            self.state.client_cfg.clone(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let client = VaultNodeClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let held: HashSet<Vec<u8>> = r.held.into_iter().collect();
+        let held_count = held.len();
+        self.state
+            .nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id.node.clone(),
+                NodeEntry {
+                    endpoint: r.endpoint.clone(),
+                    client,
+                    device_key: id.public_key.clone(),
+                    healthy: true,
+                    held,
+                    served: 0,
+                    failures: 0,
+                },
+            );
+        self.log(NewEntry {
+            kind: "register".into(),
+            actor: id.node.clone(),
+            node: Some(id.node.clone()),
+            outcome: "ok".into(),
+            detail: format!("endpoint {}, holds {held_count} key(s)", r.endpoint),
+            ..Default::default()
+        })
+        .await?;
+        // Keys this node holds that the list lacks (e.g. created while the bridge was down)
+        // join the list, with their public facts read from the node's TEE.
+        let this = self.clone();
+        let node = id.node.clone();
+        tokio::spawn(async move { this.learn_keys(&node).await });
+        self.state.sync_trigger.notify_one();
+        Ok(GrpcResponse::new(RegisterReply {
+            cluster: self.state.cluster.clone(),
+        }))
+    }
+
+    async fn key_list(
+        &self,
+        req: GrpcRequest<KeyListRequest>,
+    ) -> Result<GrpcResponse<KeyListReply>, Status> {
+        let id = self.node_caller(&req, "key-list").await?;
+        let missing_only = req.get_ref().missing_only;
+        let st = &self.state;
+        let nodes = st.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let keys = st.keys.read().unwrap_or_else(|p| p.into_inner());
+        let mine = nodes.get(&id.node).map(|n| &n.held);
+        let entries = keys
+            .iter()
+            .filter(|(k, _)| !(missing_only && mine.is_some_and(|h| h.contains(*k))))
+            .map(|(k, xpub)| KeyEntry {
+                key_id: k.clone(),
+                xpub: xpub.clone(),
+                holders: nodes
+                    .iter()
+                    .filter(|(_, n)| n.held.contains(k))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            })
+            .collect();
+        let endpoints = nodes
+            .iter()
+            .map(|(name, n)| NodeEndpoint {
+                node: name.clone(),
+                endpoint: n.endpoint.clone(),
+                healthy: n.healthy,
+            })
+            .collect();
+        Ok(GrpcResponse::new(KeyListReply {
+            keys: entries,
+            nodes: endpoints,
+        }))
+    }
+
+    async fn report_sync(&self, req: GrpcRequest<SyncReport>) -> Result<GrpcResponse<Ack>, Status> {
+        let id = self.node_caller(&req, "report-sync").await?;
+        let r = req.into_inner();
+        let count = r.imported.len();
+        {
+            let keys = self.state.keys.read().unwrap_or_else(|p| p.into_inner());
+            let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = nodes.get_mut(&id.node) {
+                // Only keys of the list count; a node cannot claim arbitrary ids.
+                n.held.extend(r.imported.into_iter().filter(|k| keys.contains_key(k)));
+            }
+        }
+        self.log(NewEntry {
+            kind: "sync".into(),
+            actor: id.node.clone(),
+            node: Some(id.node.clone()),
+            outcome: "ok".into(),
+            detail: format!("imported {count} key(s), {} still missing", r.missing),
+            ..Default::default()
+        })
+        .await?;
+        Ok(GrpcResponse::new(Ack {}))
+    }
+
+    async fn submit(&self, req: GrpcRequest<TeeCall>) -> Result<GrpcResponse<TeeReply>, Status> {
+        let actor = match self.caller(&req, "submit").await? {
+            Caller::Link(id) => format!("link:{}", id.node),
+            Caller::Node(id) => {
+                return Err(Status::permission_denied(format!(
+                    "vault node {} may not submit requests",
+                    id.node
+                )))
+            }
+        };
+        self.route(actor, req.into_inner()).await.map(GrpcResponse::new)
+    }
+
+    async fn status(
+        &self,
+        req: GrpcRequest<StatusRequest>,
+    ) -> Result<GrpcResponse<ClusterStatus>, Status> {
+        self.caller(&req, "status").await?;
+        let st = &self.state;
+        let nodes = st.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let keys = st.keys.read().unwrap_or_else(|p| p.into_inner()).len();
+        Ok(GrpcResponse::new(ClusterStatus {
+            cluster: st.cluster.clone(),
+            keys: keys as u64,
+            nodes: nodes
+                .iter()
+                .map(|(name, n)| NodeStatus {
+                    node: name.clone(),
+                    endpoint: n.endpoint.clone(),
+                    healthy: n.healthy,
+                    keys_held: n.held.len() as u64,
+                    served: n.served,
+                    failures: n.failures,
+                })
+                .collect(),
+        }))
+    }
+}
+
+impl BridgeService {
+    async fn learn_keys(&self, node: &str) {
+        let Some((mut client, device_key)) = self.node_client(node) else {
+            return;
+        };
+        let request = encode_request(&Request::ListKeys);
+        let Ok(Ok(reply)) = tokio::time::timeout(
+            self.state.call_timeout * 4,
+            client.execute(TeeCall {
+                request: request.clone(),
+                node: String::new(),
+            }),
+        )
+        .await
+        else {
+            return;
+        };
+        let reply = reply.into_inner();
+        if verify_signed_response(&device_key, &request, &reply.response).is_err() {
+            return;
+        }
+        if let Ok(Ok(Response::Keys(infos))) = decode_outcome(&reply.response) {
+            let known: HashSet<Vec<u8>> = self
+                .state
+                .keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for info in infos.iter().filter(|i| !known.contains(&i.key_id)) {
+                self.record_new_key(node, info);
+            }
+        }
+    }
+
+    async fn health_round(&self) {
+        let names: Vec<String> = {
+            let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
+            nodes.keys().cloned().collect()
+        };
+        for name in names {
+            let Some((mut client, _)) = self.node_client(&name) else {
+                continue;
+            };
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(1), client.health(HealthRequest {})).await,
+                Ok(Ok(_))
+            );
+            let changed = {
+                let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
+                match nodes.get_mut(&name) {
+                    Some(n) if n.healthy != ok => {
+                        n.healthy = ok;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if changed {
+                let _ = self
+                    .state
+                    .db
+                    .append(NewEntry {
+                        kind: "node-health".into(),
+                        actor: "bridge".into(),
+                        node: Some(name.clone()),
+                        outcome: if ok { "healthy" } else { "unhealthy" }.into(),
+                        ..Default::default()
+                    })
+                    .await;
+                if ok {
+                    self.state.sync_trigger.notify_one();
+                }
+            }
+        }
+    }
+
+    /// After keys were created, asks every other healthy node to sync now (coalesced).
+    async fn sync_pusher(&self) {
+        loop {
+            self.state.sync_trigger.notified().await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let targets: Vec<(String, VaultNodeClient<Channel>)> = {
+                let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
+                let keys = self.state.keys.read().unwrap_or_else(|p| p.into_inner());
+                nodes
+                    .iter()
+                    .filter(|(_, n)| n.healthy && n.held.len() < keys.len())
+                    .map(|(k, n)| (k.clone(), n.client.clone()))
+                    .collect()
+            };
+            let mut tasks = Vec::new();
+            for (name, mut c) in targets {
+                tasks.push(tokio::spawn(async move {
+                    let r = tokio::time::timeout(Duration::from_secs(60), c.sync_now(SyncNowRequest {})).await;
+                    if !matches!(r, Ok(Ok(_))) {
+                        tracing::warn!(node = %name, "sync request failed");
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+
+    async fn key_flusher(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let batch: Vec<KeyRecord> =
+                std::mem::take(&mut *self.state.pending_keys.lock().unwrap_or_else(|p| p.into_inner()));
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.state.db.upsert_keys(&batch).await {
+                tracing::error!(error = %e, "key list not persisted; will retry");
+                self.state
+                    .pending_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(batch);
+            }
+        }
+    }
+}
+
+fn read_pem(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Runs a bridge server until the process ends.
+pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
+    let root_der = pem_to_der(&read_pem(&config.root_ca)?, "Root CA certificate")?;
+    let root = TrustRoot::from_der(&root_der)?;
+    let chain = vec![
+        pem_to_der(&read_pem(&config.cert)?, "bridge certificate")?,
+        pem_to_der(&read_pem(&config.cluster_ca)?, "Cluster CA certificate")?,
+        pem_to_der(&read_pem(&config.device_ca)?, "Device CA certificate")?,
+    ];
+    root.verify_bridge(
+        &custos_pki::DeviceChain {
+            device: chain[0].clone(),
+            cluster_ca: chain[1].clone(),
+            device_ca: chain[2].clone(),
+        },
+        Some(&config.cluster),
+        now_unix(),
+    )?;
+    let key_pem = zeroize::Zeroizing::new(read_pem(&config.key)?);
+    let key_der = zeroize::Zeroizing::new(pem_to_der(&key_pem, "bridge private key")?);
+    let identity = TlsIdentity::from_local_key(chain, &key_der)?;
+    let server_cfg = server_config(&identity, &root_der)?;
+    let client_cfg = client_config(&identity, &root_der)?;
+    let db = MetadataDb::connect(&config.db_url).await?;
+    let keys = db
+        .keys()
+        .await?
+        .into_iter()
+        .filter_map(|k| hex::decode(&k.key_id).ok().map(|id| (id, k.xpub)))
+        .collect();
+    let state = Arc::new(State {
+        cluster: config.cluster.clone(),
+        root,
+        db,
+        client_cfg,
+        nodes: RwLock::new(BTreeMap::new()),
+        keys: RwLock::new(keys),
+        pending_keys: std::sync::Mutex::new(Vec::new()),
+        rr: AtomicUsize::new(0),
+        sync_trigger: Notify::new(),
+        call_timeout: Duration::from_millis(config.call_timeout_ms.max(100)),
+    });
+    let service = BridgeService { state };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| BridgeError::Serve(format!("bind {}: {e}", config.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| BridgeError::Serve(e.to_string()))?;
+    let incoming = serve_tls(listener, server_cfg).await;
+    {
+        let s = service.clone();
+        let every = Duration::from_millis(config.health_interval_ms.max(50));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                s.health_round().await;
+            }
+        });
+        let s = service.clone();
+        tokio::spawn(async move { s.sync_pusher().await });
+        let s = service.clone();
+        tokio::spawn(async move { s.key_flusher().await });
+    }
+    tracing::info!(cluster = %config.cluster, listen = %local, "bridge server listening");
+    println!("custos-bridge ready {} {}", config.cluster, local);
+    tonic::transport::Server::builder()
+        .add_service(
+            BridgeServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(|e| BridgeError::Serve(e.to_string()))
+}
