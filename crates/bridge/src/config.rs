@@ -104,6 +104,9 @@ impl BridgeConfig {
 
     /// Writes the configuration as TOML.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, toml::to_string_pretty(self).expect("config serializes"))
+        std::fs::write(
+            path,
+            toml::to_string_pretty(self).expect("config serializes"),
+        )
     }
 }

@@ -69,7 +69,10 @@ pub fn describe(r: &Request) -> Option<Described> {
             meta, approvals, ..
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
-            approvers: approvals.iter().map(|a| admin_name(&a.admin_cert)).collect(),
+            approvers: approvals
+                .iter()
+                .map(|a| admin_name(&a.admin_cert))
+                .collect(),
             ..d("create-wallet", None, true)
         },
         Request::ImportWallet {
@@ -79,7 +82,10 @@ pub fn describe(r: &Request) -> Option<Described> {
             ..
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
-            approvers: approvals.iter().map(|a| admin_name(&a.admin_cert)).collect(),
+            approvers: approvals
+                .iter()
+                .map(|a| admin_name(&a.admin_cert))
+                .collect(),
             ..d("import-wallet", Some(key_id), true)
         },
         Request::Sign {
@@ -91,7 +97,10 @@ pub fn describe(r: &Request) -> Option<Described> {
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
             path: Some(path_string(path)),
-            approvers: approvals.iter().map(|a| admin_name(&a.admin_cert)).collect(),
+            approvers: approvals
+                .iter()
+                .map(|a| admin_name(&a.admin_cert))
+                .collect(),
             ..d("sign", Some(key_id), false)
         },
         _ => return None,
@@ -109,7 +118,10 @@ pub fn error_code(e: &TeeError) -> String {
 
 /// Refusals that mean "this node lacks the key": another holder may serve it.
 pub fn node_lacks_key(e: &TeeError) -> bool {
-    matches!(e, TeeError::UnknownKey(_) | TeeError::KeyRecordCorrupt { .. })
+    matches!(
+        e,
+        TeeError::UnknownKey(_) | TeeError::KeyRecordCorrupt { .. }
+    )
 }
 
 #[cfg(test)]

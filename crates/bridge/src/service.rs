@@ -13,8 +13,8 @@ use custos_proto::cluster::bridge_server::{Bridge, BridgeServer};
 use custos_proto::cluster::vault_node_client::VaultNodeClient;
 use custos_proto::cluster::{
     Ack, ClusterStatus, HealthRequest, KeyEntry, KeyListReply, KeyListRequest, NodeEndpoint,
-    NodeStatus, RegisterReply, RegisterRequest, StatusRequest, SyncNowRequest, SyncReport,
-    TeeCall, TeeReply,
+    NodeStatus, RegisterReply, RegisterRequest, StatusRequest, SyncNowRequest, SyncReport, TeeCall,
+    TeeReply,
 };
 use custos_tee_core::protocol::{decode_request, encode_request, Origin, Request, Response};
 use custos_tee_host::client::{decode_outcome, verify_signed_response};
@@ -114,7 +114,11 @@ impl BridgeService {
         Err(Status::permission_denied(format!("refused: {refused}")))
     }
 
-    async fn node_caller<T>(&self, req: &GrpcRequest<T>, what: &str) -> Result<DeviceIdentity, Status> {
+    async fn node_caller<T>(
+        &self,
+        req: &GrpcRequest<T>,
+        what: &str,
+    ) -> Result<DeviceIdentity, Status> {
         match self.caller(req, what).await? {
             Caller::Node(id) => Ok(id),
             Caller::Link(_) => Err(Status::permission_denied("only vault nodes may call this")),
@@ -132,7 +136,11 @@ impl BridgeService {
     fn candidates(&self, d: &Described, pinned: &str) -> Vec<String> {
         let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
         if !pinned.is_empty() {
-            return nodes.contains_key(pinned).then(|| vec![pinned.to_string()]).unwrap_or_default();
+            return if nodes.contains_key(pinned) {
+                vec![pinned.to_string()]
+            } else {
+                Vec::new()
+            };
         }
         let eligible = |n: &NodeEntry| match (&d.key_id, d.any_node) {
             (Some(k), false) => n.held.contains(k),
@@ -142,12 +150,20 @@ impl BridgeService {
         let mut rest: Vec<String> = Vec::new();
         for (name, n) in nodes.iter() {
             if eligible(n) {
-                if n.healthy { healthy.push(name.clone()) } else { rest.push(name.clone()) }
+                if n.healthy {
+                    healthy.push(name.clone())
+                } else {
+                    rest.push(name.clone())
+                }
             }
         }
         if healthy.is_empty() && rest.is_empty() {
             // The bridge may not know every holder yet: let any node answer authoritatively.
-            healthy = nodes.iter().filter(|(_, n)| n.healthy).map(|(k, _)| k.clone()).collect();
+            healthy = nodes
+                .iter()
+                .filter(|(_, n)| n.healthy)
+                .map(|(k, _)| k.clone())
+                .collect();
         }
         if !healthy.is_empty() {
             let start = self.state.rr.fetch_add(1, Ordering::Relaxed) % healthy.len();
@@ -159,7 +175,9 @@ impl BridgeService {
 
     fn node_client(&self, name: &str) -> Option<(VaultNodeClient<Channel>, Vec<u8>)> {
         let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
-        nodes.get(name).map(|n| (n.client.clone(), n.device_key.clone()))
+        nodes
+            .get(name)
+            .map(|n| (n.client.clone(), n.device_key.clone()))
     }
 
     fn mark(&self, name: &str, ok: bool) {
@@ -181,7 +199,12 @@ impl BridgeService {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(info.key_id.clone(), info.xpub.clone());
-        if let Some(n) = st.nodes.write().unwrap_or_else(|p| p.into_inner()).get_mut(node) {
+        if let Some(n) = st
+            .nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(node)
+        {
             n.held.insert(info.key_id.clone());
         }
         st.pending_keys
@@ -203,10 +226,11 @@ impl BridgeService {
 
     /// Routes one TEE request with failover; logs it before and after (fail closed).
     async fn route(&self, actor: String, call: TeeCall) -> Result<TeeReply, Status> {
-        let request = decode_request(&call.request)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let d = describe(&request)
-            .ok_or_else(|| Status::invalid_argument("this TEE operation is not routed by the bridge"))?;
+        let request =
+            decode_request(&call.request).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let d = describe(&request).ok_or_else(|| {
+            Status::invalid_argument("this TEE operation is not routed by the bridge")
+        })?;
         let entry = |node: Option<String>, outcome: String, detail: String, us: i64| NewEntry {
             kind: d.kind.into(),
             request_id: d.request_id.clone(),
@@ -219,7 +243,8 @@ impl BridgeService {
             detail,
             duration_us: us,
         };
-        self.log(entry(None, "received".into(), String::new(), 0)).await?;
+        self.log(entry(None, "received".into(), String::new(), 0))
+            .await?;
         let t0 = Instant::now();
         let mut tried = Vec::new();
         for node in self.candidates(&d, &call.node) {
@@ -251,8 +276,8 @@ impl BridgeService {
                 self.mark(&node, false);
                 continue;
             }
-            let outcome = decode_outcome(&reply.response)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let outcome =
+                decode_outcome(&reply.response).map_err(|e| Status::internal(e.to_string()))?;
             let us = t0.elapsed().as_micros() as i64;
             let (code, detail) = match &outcome {
                 Ok(resp) => {
@@ -264,7 +289,13 @@ impl BridgeService {
                 Err(e) if node_lacks_key(e) && call.node.is_empty() => {
                     // This holder lost the key: try the next one and let sync repair it.
                     if let Some(k) = &d.key_id {
-                        if let Some(n) = self.state.nodes.write().unwrap_or_else(|p| p.into_inner()).get_mut(&node) {
+                        if let Some(n) = self
+                            .state
+                            .nodes
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_mut(&node)
+                        {
                             n.held.remove(k);
                         }
                     }
@@ -274,7 +305,8 @@ impl BridgeService {
                 Err(e) => (error_code(e), e.to_string()),
             };
             self.mark(&node, true);
-            self.log(entry(Some(node.clone()), code, detail, us)).await?;
+            self.log(entry(Some(node.clone()), code, detail, us))
+                .await?;
             return Ok(TeeReply {
                 response: reply.response,
                 node,
@@ -282,7 +314,8 @@ impl BridgeService {
         }
         let us = t0.elapsed().as_micros() as i64;
         let detail = format!("no node could serve; tried {tried:?}");
-        self.log(entry(None, "Unavailable".into(), detail.clone(), us)).await?;
+        self.log(entry(None, "Unavailable".into(), detail.clone(), us))
+            .await?;
         Err(Status::unavailable(detail))
     }
 }
@@ -398,7 +431,8 @@ impl Bridge for BridgeService {
             let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = nodes.get_mut(&id.node) {
                 // Only keys of the list count; a node cannot claim arbitrary ids.
-                n.held.extend(r.imported.into_iter().filter(|k| keys.contains_key(k)));
+                n.held
+                    .extend(r.imported.into_iter().filter(|k| keys.contains_key(k)));
             }
         }
         self.log(NewEntry {
@@ -423,7 +457,9 @@ impl Bridge for BridgeService {
                 )))
             }
         };
-        self.route(actor, req.into_inner()).await.map(GrpcResponse::new)
+        self.route(actor, req.into_inner())
+            .await
+            .map(GrpcResponse::new)
     }
 
     async fn status(
@@ -547,7 +583,11 @@ impl BridgeService {
             let mut tasks = Vec::new();
             for (name, mut c) in targets {
                 tasks.push(tokio::spawn(async move {
-                    let r = tokio::time::timeout(Duration::from_secs(60), c.sync_now(SyncNowRequest {})).await;
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        c.sync_now(SyncNowRequest {}),
+                    )
+                    .await;
                     if !matches!(r, Ok(Ok(_))) {
                         tracing::warn!(node = %name, "sync request failed");
                     }
@@ -562,8 +602,13 @@ impl BridgeService {
     async fn key_flusher(&self) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let batch: Vec<KeyRecord> =
-                std::mem::take(&mut *self.state.pending_keys.lock().unwrap_or_else(|p| p.into_inner()));
+            let batch: Vec<KeyRecord> = std::mem::take(
+                &mut *self
+                    .state
+                    .pending_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             if batch.is_empty() {
                 continue;
             }

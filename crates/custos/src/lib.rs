@@ -2,5 +2,6 @@
 //! integration tests: operator actions that span the PKI and the TEE process.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod ops;
 pub mod tee_process;

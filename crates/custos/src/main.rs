@@ -38,6 +38,26 @@ enum Command {
         #[command(subcommand)]
         command: TeeCommand,
     },
+    /// Vault node server (relays for its TEE core, keeps the node in sync).
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Bridge server of a cluster (internal relay).
+    Bridge {
+        #[command(subcommand)]
+        command: BridgeCommand,
+    },
+    /// Development cluster on loopback.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Metadata DB tools.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Local walk-through on loopback: PKI, TEE processes, provisioning, wallets, approvals,
     /// signing, refusals, crash and restart. Exits 0 only if every step verified.
     Demo {
@@ -47,6 +67,56 @@ enum Command {
         /// Machine-readable report.
         #[arg(long, default_value = "custos-demo-report.json")]
         report: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run a vault node server.
+    Run {
+        /// TOML configuration (fields overridable by CUSTOS_NODE_<FIELD>).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BridgeCommand {
+    /// Run a bridge server.
+    Run {
+        /// TOML configuration (fields overridable by CUSTOS_BRIDGE_<FIELD>).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start a bridge, N TEE processes and N node servers on loopback, PKI and provisioning
+    /// done, and keep them running until interrupted.
+    Up {
+        /// Number of vault nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Cluster name.
+        #[arg(long, default_value = "dc1")]
+        name: String,
+        /// Working directory (PKI, stores, sockets, configs, SQLite DB).
+        #[arg(long, default_value = "custos-cluster")]
+        dir: PathBuf,
+        /// Metadata DB URL (default: SQLite file in the directory).
+        #[arg(long)]
+        db_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Check the history hash chain; exits non-zero if an entry was edited or deleted.
+    Verify {
+        /// Metadata DB URL (`sqlite://file` or `postgres://...`).
+        #[arg(long)]
+        url: String,
     },
 }
 
@@ -156,7 +226,88 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Pki { dir, command } => run_pki(PkiDir::new(dir), command),
         Command::Tee { command } => run_tee(command),
         Command::Demo { dir, report } => demo::run(dir, &report),
+        Command::Node {
+            command: NodeCommand::Run { config },
+        } => {
+            let cfg = custos_vault_node::NodeConfig::load(&config)?;
+            runtime()?.block_on(custos_vault_node::run(cfg))?;
+            Ok(())
+        }
+        Command::Bridge {
+            command: BridgeCommand::Run { config },
+        } => {
+            let cfg = custos_bridge::BridgeConfig::load(&config)?;
+            runtime()?.block_on(custos_bridge::run(cfg))?;
+            Ok(())
+        }
+        Command::Cluster {
+            command:
+                ClusterCommand::Up {
+                    nodes,
+                    name,
+                    dir,
+                    db_url,
+                },
+        } => cluster_up(nodes, &name, &dir, db_url),
+        Command::Db {
+            command: DbCommand::Verify { url },
+        } => {
+            let report = runtime()?.block_on(async {
+                let db = custos_metadata::MetadataDb::connect(&url).await?;
+                db.verify().await
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.is_ok() {
+                Ok(())
+            } else {
+                Err("history chain is broken".into())
+            }
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AnyError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn cluster_up(
+    nodes: usize,
+    name: &str,
+    dir: &std::path::Path,
+    db_url: Option<String>,
+) -> Result<(), AnyError> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let pki = PkiDir::new(dir.join("pki"));
+    if pki.root_pem().is_err() {
+        pki.init()?;
+    }
+    let opts = custos::cluster::ClusterOptions {
+        name: name.to_string(),
+        nodes,
+        db_url,
+        sync_interval_secs: 10,
+    };
+    let cluster = custos::cluster::Cluster::start(&std::env::current_exe()?, &pki, &dir, &opts)?;
+    println!(
+        "cluster {name} up: bridge {}, metadata {}",
+        cluster.bridge_addr,
+        custos_metadata::redact_url(&cluster.db_url)
+    );
+    for n in &cluster.nodes {
+        println!(
+            "  {}: node server {}, TEE socket {}",
+            n.name,
+            n.addr.map(|a| a.to_string()).unwrap_or_default(),
+            n.tee.socket.display()
+        );
+    }
+    println!("press Ctrl-C to stop");
+    runtime()?.block_on(tokio::signal::ctrl_c())?;
+    drop(cluster);
+    Ok(())
 }
 
 fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {

@@ -51,6 +51,57 @@ pub enum SpawnError {
     },
 }
 
+/// Spawns `cmd` with piped output and waits for its first stdout line, which must start
+/// with `ready_prefix`; returns the child and that line. Output is drained afterwards so
+/// the child never blocks on a full pipe (set `CUSTOS_CHILD_LOG` to see its stderr).
+pub fn spawn_ready(mut cmd: Command, ready_prefix: &str) -> Result<(Child, String), SpawnError> {
+    let exe = format!("{:?}", cmd.get_program());
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| SpawnError::Start {
+            exe: exe.clone(),
+            reason: e.to_string(),
+        })?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = match lines.next() {
+        Some(Ok(l)) if l.trim().starts_with(ready_prefix) => l.trim().to_string(),
+        _ => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut stderr);
+            }
+            // The last line is the process's own "error: ..." verdict; log lines precede it.
+            let verdict = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(SpawnError::Exited {
+                status,
+                stderr: verdict.trim().to_string(),
+            });
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    if let Some(err) = child.stderr.take() {
+        let tag = exe;
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var_os("CUSTOS_CHILD_LOG").is_some() {
+                    eprintln!("[{tag}] {line}");
+                }
+            }
+        });
+    }
+    Ok((child, first))
+}
+
 impl TeeProcess {
     /// Starts `exe tee serve` on `socket` over `store` and waits until it is ready.
     pub fn start(exe: &Path, socket: &Path, store: &Path, key: KeyArg) -> Result<Self, SpawnError> {
@@ -82,47 +133,7 @@ impl TeeProcess {
                     .env("CUSTOS_TEE_PASSPHRASE", p);
             }
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| SpawnError::Start {
-                exe: self.exe.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = matches!(lines.next(), Some(Ok(l)) if l.trim() == READY_LINE);
-        if !ready {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut stderr);
-            }
-            // The last line is the process's own "error: ..." verdict; log lines precede it.
-            let verdict = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            return Err(SpawnError::Exited {
-                status,
-                stderr: verdict.trim().to_string(),
-            });
-        }
-        // Keep draining stdout/stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        if let Some(err) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    if std::env::var_os("CUSTOS_TEE_LOG").is_some() {
-                        eprintln!("[tee] {line}");
-                    }
-                }
-            });
-        }
+        let (child, _) = spawn_ready(cmd, READY_LINE)?;
         self.child = Some(child);
         Ok(())
     }

@@ -1,0 +1,304 @@
+//! A whole cluster on loopback as real processes: a bridge server, and per node a TEE core
+//! process and a vault node server (`custos cluster up`, the tests and the demo use it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use custos_bridge::BridgeConfig;
+use custos_net::{client_config, connect, TlsIdentity};
+use custos_pki::{pem_to_der, PkiDir};
+use custos_proto::cluster::bridge_client::BridgeClient;
+use custos_vault_node::NodeConfig;
+use tonic::transport::Channel;
+
+use crate::ops::provision;
+use crate::tee_process::{spawn_ready, KeyArg, SpawnError, TeeProcess};
+
+/// How to build a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Cluster name.
+    pub name: String,
+    /// Number of vault nodes.
+    pub nodes: usize,
+    /// Metadata DB URL; default SQLite in the cluster directory.
+    pub db_url: Option<String>,
+    /// Seconds between periodic sync rounds of each node.
+    pub sync_interval_secs: u64,
+}
+
+/// Failures bringing a cluster up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A process did not start.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// PKI step failed.
+    #[error(transparent)]
+    Pki(#[from] custos_pki::PkiError),
+    /// Provisioning failed.
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Net(#[from] custos_net::NetError),
+    /// File or other I/O failure.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn io(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Io(e.to_string())
+}
+
+/// One vault node: its TEE process and its node server process.
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// The TEE core process.
+    pub tee: TeeProcess,
+    server: Option<Child>,
+    config_path: PathBuf,
+    /// Address the node server listens on (changes on restart).
+    pub addr: Option<SocketAddr>,
+}
+
+/// A running cluster; every process is killed when it is dropped.
+pub struct Cluster {
+    /// Cluster name.
+    pub name: String,
+    /// Working directory.
+    pub dir: PathBuf,
+    /// Metadata DB URL of the bridge.
+    pub db_url: String,
+    /// Bridge address.
+    pub bridge_addr: SocketAddr,
+    bridge: Option<Child>,
+    bridge_config: PathBuf,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    exe: PathBuf,
+    pki: PathBuf,
+}
+
+fn parse_ready_addr(line: &str) -> Result<SocketAddr, ClusterError> {
+    line.rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| io(format!("unexpected ready line {line:?}")))
+}
+
+impl Cluster {
+    /// Brings up a cluster under `dir` with the CA directory `pki` (initialized): Cluster CA
+    /// and bridge certificate, the bridge, then each node's TEE (provisioned) and server.
+    pub fn start(
+        exe: &Path,
+        pki: &PkiDir,
+        dir: &Path,
+        opts: &ClusterOptions,
+    ) -> Result<Self, ClusterError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        if pki.cluster_ca_pem(&opts.name).is_err() {
+            pki.create_cluster_ca(&opts.name)?;
+        }
+        pki.issue_bridge(&opts.name)?;
+        let cdir = pki.path().join("clusters").join(&opts.name);
+        let db_url = opts
+            .db_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("metadata.db").display()));
+        let bridge_cfg = BridgeConfig {
+            cluster: opts.name.clone(),
+            listen: "127.0.0.1:0".parse().expect("valid"),
+            cert: cdir.join("bridge.crt"),
+            key: cdir.join("bridge.key"),
+            cluster_ca: cdir.join("cluster-ca.crt"),
+            device_ca: pki.path().join("device-ca.crt"),
+            root_ca: pki.path().join("root-ca.crt"),
+            db_url: db_url.clone(),
+            health_interval_ms: 300,
+            call_timeout_ms: 3000,
+        };
+        let bridge_config = dir.join("bridge.toml");
+        bridge_cfg.save(&bridge_config).map_err(io)?;
+        let mut cluster = Cluster {
+            name: opts.name.clone(),
+            dir: dir.to_path_buf(),
+            db_url,
+            bridge_addr: "127.0.0.1:0".parse().expect("valid"),
+            bridge: None,
+            bridge_config,
+            nodes: Vec::new(),
+            exe: exe.to_path_buf(),
+            pki: pki.path().to_path_buf(),
+        };
+        cluster.start_bridge()?;
+        for i in 1..=opts.nodes {
+            let name = format!("{}-node{i}", opts.name);
+            cluster.add_node(pki, &name, opts.sync_interval_secs)?;
+        }
+        Ok(cluster)
+    }
+
+    fn start_bridge(&mut self) -> Result<(), ClusterError> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["bridge", "run", "--config"])
+            .arg(&self.bridge_config);
+        let (child, line) = spawn_ready(cmd, "custos-bridge ready")?;
+        self.bridge_addr = parse_ready_addr(&line)?;
+        self.bridge = Some(child);
+        Ok(())
+    }
+
+    /// Adds and starts a node of this cluster (TEE provisioned by `pki`).
+    pub fn add_node(
+        &mut self,
+        pki: &PkiDir,
+        name: &str,
+        sync_interval_secs: u64,
+    ) -> Result<(), ClusterError> {
+        let key = self.dir.join(format!("{name}.sealing-key"));
+        if !key.exists() {
+            custos_tee_host::sealed::generate_key_file(&key).map_err(io)?;
+        }
+        let tee = TeeProcess::start(
+            &self.exe,
+            &self.dir.join(format!("{name}.sock")),
+            &self.dir.join(format!("{name}-store")),
+            KeyArg::File(key),
+        )?;
+        let mut client = tee.client().map_err(io)?;
+        provision(&mut client, pki, &self.name, name)?;
+        let config_path = self.dir.join(format!("{name}.toml"));
+        NodeConfig {
+            node: name.to_string(),
+            cluster: self.name.clone(),
+            listen: "127.0.0.1:0".parse().expect("valid"),
+            bridge: self.bridge_addr,
+            tee_socket: tee.socket.clone(),
+            root_ca: pki.path().join("root-ca.crt"),
+            sync_interval_secs,
+            tee_connections: 8,
+        }
+        .save(&config_path)
+        .map_err(io)?;
+        self.nodes.push(Node {
+            name: name.to_string(),
+            tee,
+            server: None,
+            config_path,
+            addr: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.start_node_server(i)
+    }
+
+    /// Starts node `i`'s server (its TEE must be running).
+    pub fn start_node_server(&mut self, i: usize) -> Result<(), ClusterError> {
+        let node = &mut self.nodes[i];
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["node", "run", "--config"]).arg(&node.config_path);
+        let (child, line) = spawn_ready(cmd, "custos-node ready")?;
+        node.addr = Some(parse_ready_addr(&line)?);
+        node.server = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs node `i`'s server process.
+    pub fn kill_node_server(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILLs node `i`'s TEE process.
+    pub fn kill_tee(&mut self, i: usize) {
+        self.nodes[i].tee.kill();
+    }
+
+    /// Restarts node `i`: its TEE if it is down, and its server if it is down.
+    pub fn restart_node(&mut self, i: usize) -> Result<(), ClusterError> {
+        if self.nodes[i].tee.pid().is_none() {
+            self.nodes[i].tee.restart()?;
+        }
+        if self.nodes[i].server.is_none() {
+            self.start_node_server(i)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the bridge.
+    pub fn kill_bridge(&mut self) {
+        if let Some(mut c) = self.bridge.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A gRPC client of the bridge on the link side (bridge-role certificate).
+    pub async fn link_client(&self) -> Result<BridgeClient<Channel>, ClusterError> {
+        let cdir = self.pki.join("clusters").join(&self.name);
+        let read = |p: PathBuf| std::fs::read_to_string(p).map_err(io);
+        let chain = vec![
+            pem_to_der(&read(cdir.join("bridge.crt"))?, "bridge certificate")?,
+            pem_to_der(&read(cdir.join("cluster-ca.crt"))?, "Cluster CA")?,
+            pem_to_der(&read(self.pki.join("device-ca.crt"))?, "Device CA")?,
+        ];
+        let key =
+            zeroize::Zeroizing::new(pem_to_der(&read(cdir.join("bridge.key"))?, "bridge key")?);
+        let root = pem_to_der(&read(self.pki.join("root-ca.crt"))?, "Root CA")?;
+        let identity = TlsIdentity::from_local_key(chain, &key)?;
+        let channel = connect(
+            self.bridge_addr,
+            &format!("bridge.{}.custos", self.name),
+            client_config(&identity, &root)?,
+        )
+        .await?;
+        Ok(BridgeClient::new(channel)
+            .max_decoding_message_size(custos_bridge::MAX_MESSAGE)
+            .max_encoding_message_size(custos_bridge::MAX_MESSAGE))
+    }
+
+    /// Waits (bounded) until every running node's TEE holds at least `keys` wallets.
+    pub fn wait_synced(&self, keys: usize, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut counts = Vec::new();
+            for n in &self.nodes {
+                if n.tee.pid().is_none() {
+                    continue;
+                }
+                let count = n
+                    .tee
+                    .client()
+                    .ok()
+                    .and_then(|mut c| c.call(&custos_tee_core::protocol::Request::Status).ok())
+                    .and_then(|r| match r {
+                        custos_tee_core::protocol::Response::Status(s) => Some(s.wallets as usize),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                counts.push((n.name.clone(), count));
+            }
+            if counts.iter().all(|(_, c)| *c >= keys) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io(format!("nodes not synced to {keys} keys: {counts:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node_server(i);
+        }
+        self.kill_bridge();
+    }
+}

