@@ -230,3 +230,155 @@ fn sqlite_failover_under_load_and_resync_after_restart() {
 fn postgres_failover_under_load_and_resync_after_restart() {
     failover_and_resync(Some(pg_url()));
 }
+
+/// A TLS client identity with a local key: a device certificate of `cluster` issued by
+/// `pki`, or (cluster None) a self-signed certificate from no CA at all.
+fn outsider_identity(pki: &Pki, cluster: Option<&str>) -> custos_net::TlsIdentity {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["intruder.dc1.custos".into()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "intruder");
+    let chain = match cluster {
+        Some(c) => {
+            let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+            let cert = pki.pki.sign_device_csr(c, &csr).unwrap();
+            vec![
+                custos_pki::pem_to_der(&cert, "c").unwrap(),
+                custos_pki::pem_to_der(&pki.pki.cluster_ca_pem(c).unwrap(), "c").unwrap(),
+                custos_pki::pem_to_der(&pki.pki.device_ca_pem().unwrap(), "c").unwrap(),
+            ]
+        }
+        None => vec![params.self_signed(&key).unwrap().der().to_vec()],
+    };
+    custos_net::TlsIdentity::from_local_key(chain, &key.serialize_der()).unwrap()
+}
+
+#[test]
+fn foreign_nodes_receive_nothing_and_refusals_are_logged() {
+    use custos_proto::cluster::vault_node_client::VaultNodeClient;
+    use custos_proto::cluster::{ExportRequest, KeyListRequest, RegisterRequest};
+
+    let pki = Pki::new();
+    let cluster = start(&pki, "x", 1, None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut link = cluster.link_client().await.unwrap();
+        let (key, _) = create(&pki, &mut link).await;
+        let root = custos_pki::pem_to_der(&pki.pki.root_pem().unwrap(), "root").unwrap();
+        for (label, cluster_of) in [("other cluster", Some("dc2")), ("no CA", None)] {
+            let cfg =
+                custos_net::client_config(&outsider_identity(&pki, cluster_of), &root).unwrap();
+            let ch = custos_net::connect(cluster.bridge_addr, "bridge.dc1.custos", cfg.clone())
+                .await
+                .unwrap();
+            let mut bridge = BridgeClient::new(ch);
+            let e = bridge
+                .register(RegisterRequest {
+                    node: "intruder".into(),
+                    endpoint: "127.0.0.1:9".into(),
+                    held: vec![],
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{label}: {e:?}");
+            let e = bridge
+                .key_list(KeyListRequest {
+                    missing_only: false,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{label}: {e:?}");
+            // Asking a vault node directly for the key is refused too.
+            let node_addr = cluster.nodes[0].addr.unwrap();
+            let ch = custos_net::connect(node_addr, "dc1-node1.dc1.custos", cfg)
+                .await
+                .unwrap();
+            let e = VaultNodeClient::new(ch)
+                .export_keys(ExportRequest {
+                    key_ids: vec![key.key_id.clone()],
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{label}: {e:?}");
+        }
+        // Both refusals at the bridge are in the history, with the reason.
+        let db = custos_metadata::MetadataDb::connect(&cluster.db_url)
+            .await
+            .unwrap();
+        let refusals: Vec<_> = db
+            .history(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "refusal")
+            .collect();
+        assert!(refusals.len() >= 4, "{refusals:?}");
+        assert!(
+            refusals
+                .iter()
+                .any(|e| e.detail.contains("register") && e.detail.contains("dc2")),
+            "{refusals:?}"
+        );
+        assert!(
+            refusals
+                .iter()
+                .any(|e| e.detail.contains("register") && e.detail.contains("1 certificate")),
+            "{refusals:?}"
+        );
+    });
+}
+
+fn db_verify(url: &str) -> (bool, String) {
+    let out = std::process::Command::new(exe())
+        .args(["db", "verify", "--url", url])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn db_verify_detects_edits_and_deletions(db_url: Option<String>) {
+    let pki = Pki::new();
+    let mut cluster = start(&pki, "v", 1, db_url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut link = cluster.link_client().await.unwrap();
+        for _ in 0..3 {
+            create(&pki, &mut link).await;
+        }
+    });
+    cluster.kill_bridge();
+    let url = cluster.db_url.clone();
+    let (ok, out) = db_verify(&url);
+    assert!(ok, "{out}");
+    let exec = |sql: &'static str| {
+        rt.block_on(async {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        })
+    };
+    exec("UPDATE history SET detail = 'nothing to see' WHERE seq = 3");
+    let (ok, out) = db_verify(&url);
+    assert!(!ok && out.contains("edited"), "{out}");
+    exec("UPDATE history SET detail = '' WHERE seq = 3");
+    let (ok, out) = db_verify(&url);
+    assert!(ok, "restoring the row restores the chain: {out}");
+    exec("DELETE FROM history WHERE seq = 4");
+    let (ok, out) = db_verify(&url);
+    assert!(!ok && out.contains("deleted"), "{out}");
+}
+
+#[test]
+fn sqlite_db_verify_detects_edited_and_deleted_rows() {
+    db_verify_detects_edits_and_deletions(None);
+}
+
+#[test]
+fn postgres_db_verify_detects_edited_and_deleted_rows() {
+    db_verify_detects_edits_and_deletions(Some(pg_url()));
+}

@@ -52,10 +52,12 @@ impl NodeService {
     fn caller<T>(&self, req: &GrpcRequest<T>) -> Result<Caller, Status> {
         let peer = peer_info(req).ok_or_else(|| Status::unauthenticated("no TLS peer"))?;
         let chain = peer.device_chain().ok_or_else(|| {
-            Status::unauthenticated(format!(
+            let reason = format!(
                 "peer presented {} certificate(s), a cluster member presents 3",
                 peer.certs.len()
-            ))
+            );
+            tracing::warn!(peer = %peer.remote_addr, %reason, "refused caller");
+            Status::permission_denied(format!("refused: {reason}"))
         })?;
         let now = now_unix();
         if self
