@@ -45,6 +45,9 @@ struct NodeEntry {
     device_key: Vec<u8>,
     healthy: bool,
     held: HashSet<Vec<u8>>,
+    /// Keys of the list this node is not known to hold: what its next sync must fetch.
+    /// Kept beside `held` so a sync round costs O(missing), not O(all keys).
+    missing: HashSet<Vec<u8>>,
     served: u64,
     failures: u64,
 }
@@ -199,13 +202,18 @@ impl BridgeService {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(info.key_id.clone(), info.xpub.clone());
-        if let Some(n) = st
+        for (name, n) in st
             .nodes
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .get_mut(node)
+            .iter_mut()
         {
-            n.held.insert(info.key_id.clone());
+            if name == node {
+                n.held.insert(info.key_id.clone());
+                n.missing.remove(&info.key_id);
+            } else if !n.held.contains(&info.key_id) {
+                n.missing.insert(info.key_id.clone());
+            }
         }
         st.pending_keys
             .lock()
@@ -297,6 +305,7 @@ impl BridgeService {
                             .get_mut(&node)
                         {
                             n.held.remove(k);
+                            n.missing.insert(k.clone());
                         }
                     }
                     self.state.sync_trigger.notify_one();
@@ -349,6 +358,15 @@ impl Bridge for BridgeService {
             .max_encoding_message_size(MAX_MESSAGE);
         let held: HashSet<Vec<u8>> = r.held.into_iter().collect();
         let held_count = held.len();
+        let missing: HashSet<Vec<u8>> = self
+            .state
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|k| !held.contains(*k))
+            .cloned()
+            .collect();
         self.state
             .nodes
             .write()
@@ -361,6 +379,7 @@ impl Bridge for BridgeService {
                     device_key: id.public_key.clone(),
                     healthy: true,
                     held,
+                    missing,
                     served: 0,
                     failures: 0,
                 },
@@ -392,22 +411,35 @@ impl Bridge for BridgeService {
         let id = self.node_caller(&req, "key-list").await?;
         let missing_only = req.get_ref().missing_only;
         let st = &self.state;
-        let nodes = st.nodes.read().unwrap_or_else(|p| p.into_inner());
+        // Lock order everywhere: keys, then nodes.
         let keys = st.keys.read().unwrap_or_else(|p| p.into_inner());
-        let mine = nodes.get(&id.node).map(|n| &n.held);
-        let entries = keys
-            .iter()
-            .filter(|(k, _)| !(missing_only && mine.is_some_and(|h| h.contains(*k))))
-            .map(|(k, xpub)| KeyEntry {
-                key_id: k.clone(),
-                xpub: xpub.clone(),
-                holders: nodes
-                    .iter()
-                    .filter(|(_, n)| n.held.contains(k))
-                    .map(|(name, _)| name.clone())
-                    .collect(),
-            })
-            .collect();
+        let nodes = st.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let holders = |k: &Vec<u8>| -> Vec<String> {
+            nodes
+                .iter()
+                .filter(|(_, n)| n.held.contains(k))
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let entries: Vec<KeyEntry> = match (missing_only, nodes.get(&id.node)) {
+            (true, Some(me)) => me
+                .missing
+                .iter()
+                .map(|k| KeyEntry {
+                    key_id: k.clone(),
+                    xpub: keys.get(k).cloned().unwrap_or_default(),
+                    holders: holders(k),
+                })
+                .collect(),
+            _ => keys
+                .iter()
+                .map(|(k, xpub)| KeyEntry {
+                    key_id: k.clone(),
+                    xpub: xpub.clone(),
+                    holders: holders(k),
+                })
+                .collect(),
+        };
         let endpoints = nodes
             .iter()
             .map(|(name, n)| NodeEndpoint {
@@ -431,8 +463,10 @@ impl Bridge for BridgeService {
             let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = nodes.get_mut(&id.node) {
                 // Only keys of the list count; a node cannot claim arbitrary ids.
-                n.held
-                    .extend(r.imported.into_iter().filter(|k| keys.contains_key(k)));
+                for k in r.imported.into_iter().filter(|k| keys.contains_key(k)) {
+                    n.missing.remove(&k);
+                    n.held.insert(k);
+                }
             }
         }
         self.log(NewEntry {
@@ -468,8 +502,8 @@ impl Bridge for BridgeService {
     ) -> Result<GrpcResponse<ClusterStatus>, Status> {
         self.caller(&req, "status").await?;
         let st = &self.state;
-        let nodes = st.nodes.read().unwrap_or_else(|p| p.into_inner());
         let keys = st.keys.read().unwrap_or_else(|p| p.into_inner()).len();
+        let nodes = st.nodes.read().unwrap_or_else(|p| p.into_inner());
         Ok(GrpcResponse::new(ClusterStatus {
             cluster: st.cluster.clone(),
             keys: keys as u64,
@@ -573,10 +607,9 @@ impl BridgeService {
             tokio::time::sleep(Duration::from_millis(30)).await;
             let targets: Vec<(String, VaultNodeClient<Channel>)> = {
                 let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
-                let keys = self.state.keys.read().unwrap_or_else(|p| p.into_inner());
                 nodes
                     .iter()
-                    .filter(|(_, n)| n.healthy && n.held.len() < keys.len())
+                    .filter(|(_, n)| n.healthy && !n.missing.is_empty())
                     .map(|(k, n)| (k.clone(), n.client.clone()))
                     .collect()
             };

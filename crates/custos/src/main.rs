@@ -1,6 +1,7 @@
 //! `custos`: the Custos command-line tool.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod demo;
 
 use std::path::PathBuf;
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Benchmarks (not tests): figures with the limit measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Local walk-through on loopback: PKI, TEE processes, provisioning, wallets, approvals,
     /// signing, refusals, crash and restart. Exits 0 only if every step verified.
     Demo {
@@ -107,6 +113,22 @@ enum ClusterCommand {
         /// Metadata DB URL (default: SQLite file in the directory).
         #[arg(long)]
         db_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Wallet creation rate of a cluster and time to sync every key to a fresh node.
+    Cluster {
+        /// Wallets to create (and then sync).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Concurrent requests.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Working directory (default: temporary).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -226,6 +248,14 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Pki { dir, command } => run_pki(PkiDir::new(dir), command),
         Command::Tee { command } => run_tee(command),
         Command::Demo { dir, report } => demo::run(dir, &report),
+        Command::Bench {
+            command:
+                BenchCommand::Cluster {
+                    keys,
+                    concurrency,
+                    dir,
+                },
+        } => bench::run(keys, concurrency, dir.as_deref()),
         Command::Node {
             command: NodeCommand::Run { config },
         } => {

@@ -21,6 +21,7 @@ mod verify;
 pub use issue::{issue_admin, issue_admin_with_validity, AdminSigner, IssuedKey, PkiDir, Validity};
 pub use verify::{
     cert_fingerprint, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot, Unverified,
+    VerifiedAdmin,
 };
 
 /// Private enterprise arc used for Custos extended key usages.

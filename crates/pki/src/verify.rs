@@ -33,6 +33,47 @@ pub struct AdminIdentity {
     pub fingerprint: [u8; 32],
 }
 
+/// An admin certificate whose chain to the pinned Root verified.
+#[derive(Clone, Debug)]
+pub struct VerifiedAdmin {
+    /// Who it is.
+    pub identity: AdminIdentity,
+    public_key: Vec<u8>,
+    not_before: u64,
+    not_after: u64,
+}
+
+impl VerifiedAdmin {
+    /// Whether the admin certificate and its Admin CA are both within their validity
+    /// periods at `now_unix`.
+    pub fn valid_at(&self, now_unix: u64) -> bool {
+        self.not_before <= now_unix && now_unix <= self.not_after
+    }
+
+    /// Verifies an ECDSA P-256 / SHA-256 signature (DER) by this admin over `message`.
+    pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> Result<(), PkiError> {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &self.public_key,
+        )
+        .verify(message, signature)
+        .map_err(|_| PkiError::BadSignature(format!("admin {:?}", self.identity.name)))
+    }
+}
+
+/// (notBefore, notAfter) of a certificate, Unix seconds.
+fn validity(der: &[u8]) -> Result<(u64, u64), PkiError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::Malformed {
+        what: "certificate",
+        reason: e.to_string(),
+    })?;
+    let v = cert.validity();
+    Ok((
+        v.not_before.timestamp().max(0) as u64,
+        v.not_after.timestamp().max(0) as u64,
+    ))
+}
+
 /// A device certificate with the two CA certificates above it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct DeviceChain {
@@ -219,6 +260,19 @@ impl TrustRoot {
         message: &[u8],
         signature: &[u8],
     ) -> Result<AdminIdentity, PkiError> {
+        let verified = self.verify_admin(admin, admin_ca, now_unix)?;
+        verified.verify_signature(message, signature)?;
+        Ok(verified.identity)
+    }
+
+    /// Verifies an admin certificate chain at `now_unix`. The result can be kept (a TEE
+    /// caches it) and reused while [`VerifiedAdmin::valid_at`] holds.
+    pub fn verify_admin(
+        &self,
+        admin: &[u8],
+        admin_ca: &[u8],
+        now_unix: u64,
+    ) -> Result<VerifiedAdmin, PkiError> {
         let is_admin_ca = |ou: &str| ou == role::ADMIN_CA;
         self.verify_path(
             "admin",
@@ -234,14 +288,21 @@ impl TrustRoot {
                 reason: format!("subject role {:?} is not an admin", s.ou),
             });
         }
-        let ee_der = CertificateDer::from(admin);
-        let cert = EndEntityCert::try_from(&ee_der).map_err(|e| map_webpki("admin", e))?;
-        cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, signature)
-            .map_err(|_| PkiError::BadSignature(format!("admin {:?}", s.cn)))?;
-        Ok(AdminIdentity {
-            name: s.cn,
-            subject: s.raw,
-            fingerprint: cert_fingerprint(admin),
+        let (not_before, not_after) = [admin, admin_ca]
+            .iter()
+            .map(|der| validity(der))
+            .try_fold((0u64, u64::MAX), |(nb, na), v| {
+                v.map(|(b, a)| (nb.max(b), na.min(a)))
+            })?;
+        Ok(VerifiedAdmin {
+            identity: AdminIdentity {
+                name: s.cn,
+                subject: s.raw,
+                fingerprint: cert_fingerprint(admin),
+            },
+            public_key: s.public_key,
+            not_before,
+            not_after,
         })
     }
 

@@ -4,8 +4,11 @@
 //! action (cluster, request id, expiry, and what is done with which key). The same encoder is
 //! used by the admin tooling to produce approvals, so both sides always agree byte for byte.
 
-use custos_pki::{PkiError, TrustRoot};
+use std::collections::HashMap;
+
+use custos_pki::{PkiError, TrustRoot, VerifiedAdmin};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::protocol::{ApprovalFault, RequestMeta, TeeError, MAX_APPROVALS};
 
@@ -102,9 +105,52 @@ fn fault_of(e: &PkiError) -> ApprovalFault {
     }
 }
 
+/// Admin certificate chains already verified, so that each approval costs one signature
+/// check rather than a chain walk. Entries are re-checked against their validity window on
+/// every use; the pinned Root never changes, so nothing else can invalidate them.
+#[derive(Default)]
+pub struct AdminCache {
+    verified: HashMap<[u8; 32], VerifiedAdmin>,
+}
+
+impl AdminCache {
+    /// Most cached chains; the cache is emptied when full (admins are few).
+    pub const CAPACITY: usize = 4096;
+
+    fn verify(
+        &mut self,
+        root: &TrustRoot,
+        a: &Approval,
+        now: u64,
+    ) -> Result<&VerifiedAdmin, PkiError> {
+        let mut h = Sha256::new();
+        h.update((a.admin_cert.len() as u32).to_be_bytes());
+        h.update(&a.admin_cert);
+        h.update(&a.admin_ca);
+        let key: [u8; 32] = h.finalize().into();
+        if !self.verified.contains_key(&key) {
+            let v = root.verify_admin(&a.admin_cert, &a.admin_ca, now)?;
+            if self.verified.len() >= Self::CAPACITY {
+                self.verified.clear();
+            }
+            self.verified.insert(key, v);
+        }
+        let v = &self.verified[&key];
+        if !v.valid_at(now) {
+            return Err(PkiError::NotValidNow {
+                what: "admin",
+                reason: format!("not valid at {now}"),
+            });
+        }
+        Ok(v)
+    }
+}
+
 /// Checks expiry, every approval, and that at least `required` distinct admins approved.
 /// Any invalid approval refuses the whole request, so a mistake is never silently outvoted.
+#[allow(clippy::too_many_arguments)]
 pub fn check_quorum(
+    cache: &mut AdminCache,
     root: &TrustRoot,
     cluster: &str,
     now: u64,
@@ -137,8 +183,12 @@ pub fn check_quorum(
     let message = action.message(cluster, meta);
     let mut admins: Vec<(Vec<u8>, String)> = Vec::new();
     for (index, a) in approvals.iter().enumerate() {
-        let id = root
-            .verify_admin_signature(&a.admin_cert, &a.admin_ca, now, &message, &a.signature)
+        let id = cache
+            .verify(root, a, now)
+            .and_then(|v| {
+                v.verify_signature(&message, &a.signature)
+                    .map(|_| v.identity.clone())
+            })
             .map_err(|e| TeeError::ApprovalRejected {
                 index: index as u32,
                 fault: fault_of(&e),

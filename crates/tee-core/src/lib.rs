@@ -23,7 +23,7 @@ use bitcoin::secp256k1::{All, Secp256k1};
 use custos_pki::{cert_fingerprint, DeviceChain, DeviceIdentity, PkiError, TrustRoot};
 use zeroize::Zeroizing;
 
-use approval::{check_quorum, Action, Approval};
+use approval::{check_quorum, Action, AdminCache, Approval};
 use device::DeviceKey;
 use platform::{Platform, PlatformError, RecordId};
 use protocol::*;
@@ -91,6 +91,8 @@ pub struct TeeCore<P: Platform> {
     platform_name: String,
     /// Request index within the current batch.
     current: usize,
+    /// Verified admin certificate chains.
+    admins: AdminCache,
     /// Wallets added in memory but not yet committed: (request index, key id).
     uncommitted: Vec<(usize, Vec<u8>)>,
 }
@@ -151,6 +153,7 @@ impl<P: Platform> TeeCore<P> {
             corrupt: BTreeMap::new(),
             platform_name: platform_name.to_string(),
             current: 0,
+            admins: AdminCache::default(),
             uncommitted: Vec::new(),
         };
         // The device certificate may have expired or been tampered with while the node was
@@ -566,15 +569,20 @@ impl<P: Platform> TeeCore<P> {
     }
 
     fn approve(
-        &self,
+        &mut self,
         meta: &RequestMeta,
         action: Action<'_>,
         approvals: &[Approval],
         required: u8,
     ) -> Result<(), TeeError> {
         let cluster = self.cluster()?;
+        let root = self
+            .root
+            .as_ref()
+            .ok_or_else(|| TeeError::NotProvisioned("no Root CA pinned".into()))?;
         check_quorum(
-            self.root()?,
+            &mut self.admins,
+            root,
             &cluster,
             self.platform.now_unix(),
             meta,

@@ -1,6 +1,6 @@
 //! Key sync rounds (patent [0068]): key list from the bridge, missing keys from a peer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -98,7 +98,6 @@ impl Syncer {
             .await
             .map_err(|e| SyncError::Bridge(e.message().to_string()))?
             .into_inner();
-        let held: HashSet<Vec<u8>> = self.held_keys().await?.into_iter().collect();
         let endpoints: BTreeMap<String, String> = list
             .nodes
             .iter()
@@ -108,10 +107,9 @@ impl Syncer {
         // Group what is missing by a holder, rotating among holders to spread the load.
         let mut wanted: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         let mut unreachable = 0usize;
+        // The bridge lists what this node is not known to hold; a key the TEE holds anyway
+        // (stale list) is skipped by the TEE's import, so the TEE's full list is not needed.
         for (i, entry) in list.keys.iter().enumerate() {
-            if held.contains(&entry.key_id) {
-                continue;
-            }
             let holders: Vec<&String> = entry
                 .holders
                 .iter()

@@ -1,0 +1,233 @@
+//! `custos bench cluster`: measures, on this machine, a cluster's wallet creation rate and
+//! the time to sync every key to a fresh node, each beside the limit of the TEE process
+//! alone measured in the same run (direct socket calls, no bridge, no network, no history).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custos::cluster::{Cluster, ClusterOptions};
+use custos::ops::{approvals, new_meta, provision};
+use custos::tee_process::{KeyArg, TeeProcess};
+use custos_pki::{AdminSigner, PkiDir};
+use custos_proto::cluster::TeeCall;
+use custos_tee_core::approval::Action;
+use custos_tee_core::protocol::{encode_request, CertChain, Request, Response};
+use custos_tee_core::sync::MAX_TRANSFER_KEYS;
+use custos_tee_host::TeeClient;
+
+type AnyError = Box<dyn std::error::Error>;
+
+const CLUSTER: &str = "bench";
+
+fn create_requests(admin: &AdminSigner, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            let meta = new_meta(3600);
+            let action = Action::CreateWallet { quorum: 1 };
+            encode_request(&Request::CreateWallet {
+                meta: meta.clone(),
+                quorum: 1,
+                approvals: approvals(&[admin], CLUSTER, &meta, &action),
+            })
+        })
+        .collect()
+}
+
+/// Creates wallets straight on one TEE process with `threads` connections: the limit.
+fn tee_alone_rate(
+    tee: &TeeProcess,
+    requests: Vec<Vec<u8>>,
+    threads: usize,
+) -> Result<f64, AnyError> {
+    let n = requests.len();
+    let queue = Arc::new(std::sync::Mutex::new(requests));
+    let done = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..threads {
+        let mut c = tee.client()?;
+        let queue = queue.clone();
+        let done = done.clone();
+        handles.push(std::thread::spawn(move || loop {
+            let Some(req) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                return;
+            };
+            if let Ok(Ok(Response::Wallet(_))) = c.call_bytes(&req) {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let ok = done.load(Ordering::Relaxed);
+    if ok != n {
+        return Err(format!("TEE alone created {ok} of {n} wallets").into());
+    }
+    Ok(n as f64 / secs)
+}
+
+fn chain_of(c: &mut TeeClient) -> Result<CertChain, AnyError> {
+    match c.call(&Request::DeviceChain)? {
+        Response::DeviceChain(ch) => Ok(ch),
+        _ => Err("no device chain".into()),
+    }
+}
+
+fn key_ids(c: &mut TeeClient) -> Result<Vec<Vec<u8>>, AnyError> {
+    match c.call(&Request::ListKeys)? {
+        Response::Keys(k) => Ok(k.into_iter().map(|k| k.key_id).collect()),
+        _ => Err("no key list".into()),
+    }
+}
+
+/// Moves every key of `from` to the fresh TEE `to` directly: the limit of a sync.
+fn tee_alone_sync(from: &TeeProcess, to: &TeeProcess) -> Result<(Duration, usize), AnyError> {
+    let mut src = from.client()?;
+    let mut dst = to.client()?;
+    let ids = key_ids(&mut src)?;
+    let requester = chain_of(&mut dst)?;
+    let t0 = Instant::now();
+    let mut imported = 0;
+    for chunk in ids.chunks(MAX_TRANSFER_KEYS) {
+        let Response::KeyTransfer(t) = src.call(&Request::ExportKeys {
+            requester: requester.clone(),
+            key_ids: chunk.to_vec(),
+        })?
+        else {
+            return Err("no transfer".into());
+        };
+        let Response::KeysImported { imported: got, .. } =
+            dst.call(&Request::ImportKeys { transfer: t })?
+        else {
+            return Err("no import".into());
+        };
+        imported += got.len();
+    }
+    Ok((t0.elapsed(), imported))
+}
+
+/// Runs the cluster benchmark and prints the figures.
+pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), AnyError> {
+    let tmp = tempfile::Builder::new().prefix("custos-bench-").tempdir()?;
+    let dir = dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let pki = PkiDir::new(dir.join("pki"));
+    pki.init()?;
+    pki.create_cluster_ca(CLUSTER)?;
+    pki.create_admin("bench-admin")?;
+    let admin = AdminSigner::load(&pki, "bench-admin")?;
+    println!("preparing {keys} approved creation requests...");
+    let cluster_requests = create_requests(&admin, keys);
+    let limit_n = keys.min(20_000);
+    let limit_requests = create_requests(&admin, limit_n);
+
+    // The limit: one TEE process alone, same machine, same concurrency.
+    let key = dir.join("limit.sealing-key");
+    custos_tee_host::sealed::generate_key_file(&key)?;
+    let limit_tee = TeeProcess::start(
+        &exe,
+        &dir.join("limit.sock"),
+        &dir.join("limit-store"),
+        KeyArg::File(key),
+    )?;
+    provision(&mut limit_tee.client()?, &pki, CLUSTER, "limit")?;
+    let limit_rate = tee_alone_rate(&limit_tee, limit_requests, concurrency)?;
+
+    // The cluster: two nodes serving, bridge routing and logging every request.
+    let mut cluster = Cluster::start(
+        &exe,
+        &pki,
+        &dir.join("cluster"),
+        &ClusterOptions {
+            name: CLUSTER.into(),
+            nodes: 2,
+            db_url: None,
+            sync_interval_secs: 3600,
+        },
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let created = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    rt.block_on(async {
+        let link = cluster.link_client().await?;
+        let queue = Arc::new(tokio::sync::Mutex::new(cluster_requests));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let mut link = link.clone();
+            let queue = queue.clone();
+            let created = created.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Some(request) = queue.lock().await.pop() else {
+                        return;
+                    };
+                    let r = link
+                        .submit(TeeCall {
+                            request,
+                            node: String::new(),
+                        })
+                        .await;
+                    if r.is_ok() {
+                        created.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok::<_, AnyError>(())
+    })?;
+    let create_secs = t0.elapsed().as_secs_f64();
+    let n_created = created.load(Ordering::Relaxed);
+    let cluster_rate = n_created as f64 / create_secs;
+    cluster.wait_synced(n_created, Duration::from_secs(600))?;
+
+    // Sync to a fresh node: join a third node and time until it holds every key.
+    let t1 = Instant::now();
+    cluster.add_node(&pki, "bench-node3", 3600)?;
+    cluster.wait_synced(n_created, Duration::from_secs(600))?;
+    let sync_secs = t1.elapsed().as_secs_f64();
+
+    // The limit of a sync: the same keys moved TEE to TEE over the sockets alone.
+    let key = dir.join("fresh.sealing-key");
+    custos_tee_host::sealed::generate_key_file(&key)?;
+    let fresh = TeeProcess::start(
+        &exe,
+        &dir.join("fresh.sock"),
+        &dir.join("fresh-store"),
+        KeyArg::File(key),
+    )?;
+    provision(&mut fresh.client()?, &pki, CLUSTER, "fresh")?;
+    let (direct, moved) = tee_alone_sync(&cluster.nodes[0].tee, &fresh)?;
+
+    println!();
+    println!("wallet creation ({n_created} wallets, {concurrency} concurrent requests, 2-node cluster, SQLite history):");
+    println!("  cluster (link -> bridge -> node server -> TEE, history, sync): {cluster_rate:.0} wallets/s");
+    println!("  one TEE process alone ({limit_n} wallets, same concurrency):     {limit_rate:.0} wallets/s");
+    println!(
+        "  ratio cluster / TEE alone: {:.2}   goal: >= 2000 wallets/s per cluster",
+        cluster_rate / limit_rate
+    );
+    println!("sync of {n_created} root seeds to a fresh node:");
+    println!("  join -> every key held (bridge key list, peer export, import):  {sync_secs:.2} s");
+    println!(
+        "  TEE to TEE over sockets alone ({moved} keys):                     {:.2} s",
+        direct.as_secs_f64()
+    );
+    println!(
+        "  ratio: {:.2}   goal: <= 10 s",
+        sync_secs / direct.as_secs_f64()
+    );
+    drop(cluster);
+    Ok(())
+}
