@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use custos_metadata::{KeyRecord, MetadataDb, NewEntry};
-use custos_net::{client_config, connect_lazy, peer_info, serve_tls, server_config, TlsIdentity};
+use custos_net::{
+    client_config, connect_lazy, peer_info, serve_tls, server_config, PeerCache, TlsIdentity,
+};
 use custos_pki::{pem_to_der, DeviceIdentity, TrustRoot};
 use custos_proto::cluster::bridge_server::{Bridge, BridgeServer};
 use custos_proto::cluster::vault_node_client::VaultNodeClient;
@@ -63,9 +65,11 @@ struct State {
     rr: AtomicUsize,
     sync_trigger: Notify,
     call_timeout: Duration,
+    callers: PeerCache<Caller>,
 }
 
 /// Who called the bridge, after the application-level certificate check.
+#[derive(Clone)]
 enum Caller {
     /// A vault node of this cluster.
     Node(DeviceIdentity),
@@ -85,23 +89,28 @@ impl BridgeService {
         let Some(peer) = peer_info(req) else {
             return Err(Status::unauthenticated("no TLS peer"));
         };
-        let refused = match peer.device_chain() {
-            None => format!(
-                "presented {} certificate(s), a cluster member presents 3",
-                peer.certs.len()
-            ),
-            Some(chain) => {
-                let now = now_unix();
-                match st.root.verify_device(&chain, Some(&st.cluster), now) {
-                    Ok(id) => return Ok(Caller::Node(id)),
-                    Err(device_err) => {
-                        match st.root.verify_bridge(&chain, Some(&st.cluster), now) {
-                            Ok(id) => return Ok(Caller::Link(id)),
-                            Err(_) => device_err.to_string(),
-                        }
+        let verdict = st
+            .callers
+            .get_or_verify(peer, || match peer.device_chain() {
+                None => Err(format!(
+                    "presented {} certificate(s), a cluster member presents 3",
+                    peer.certs.len()
+                )),
+                Some(chain) => {
+                    let now = now_unix();
+                    match st.root.verify_device(&chain, Some(&st.cluster), now) {
+                        Ok(id) => Ok(Caller::Node(id)),
+                        Err(device_err) => st
+                            .root
+                            .verify_bridge(&chain, Some(&st.cluster), now)
+                            .map(Caller::Link)
+                            .map_err(|_| device_err.to_string()),
                     }
                 }
-            }
+            });
+        let refused = match verdict {
+            Ok(c) => return Ok(c),
+            Err(r) => r,
         };
         tracing::warn!(peer = %peer.remote_addr, %refused, what, "refused caller");
         let _ = st
@@ -704,6 +713,7 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         pending_keys: std::sync::Mutex::new(Vec::new()),
         rr: AtomicUsize::new(0),
         sync_trigger: Notify::new(),
+        callers: PeerCache::new(Duration::from_secs(60)),
         call_timeout: Duration::from_millis(config.call_timeout_ms.max(100)),
     });
     let service = BridgeService { state };

@@ -60,7 +60,7 @@ pub use identity::{
     TLS13_SERVER_CONTEXT,
 };
 pub use server::{
-    peer_info, serve_tls, serve_tls_with, PeerInfo, ServeOptions, TlsConn, TlsIncoming,
+    peer_info, serve_tls, serve_tls_with, PeerCache, PeerInfo, ServeOptions, TlsConn, TlsIncoming,
 };
 
 /// Largest certificate (DER) this crate accepts from a peer or in an identity. Custos

@@ -295,3 +295,55 @@ async fn accept_loop(
     }
     tracing::debug!(listener = ?local, "TLS accept loop stopped");
 }
+
+/// Remembers, for a short while, which presented chains the application already accepted,
+/// so that a long-lived gRPC connection costs one chain verification per `ttl` rather than
+/// one per request (chain checks are several P-256 verifications). Only acceptances are
+/// cached: every refusal is decided, and logged, afresh.
+pub struct PeerCache<T> {
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (T, std::time::Instant)>>,
+}
+
+impl<T: Clone> PeerCache<T> {
+    /// Most remembered chains; the cache is emptied when full.
+    pub const CAPACITY: usize = 1024;
+
+    /// A cache whose entries are trusted for `ttl`.
+    pub fn new(ttl: std::time::Duration) -> Self {
+        PeerCache {
+            ttl,
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The cached verdict for `peer`'s chain, or `verify`'s, cached if it accepted.
+    pub fn get_or_verify<E>(
+        &self,
+        peer: &PeerInfo,
+        verify: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        use ring::digest::{Context, SHA256};
+        let mut ctx = Context::new(&SHA256);
+        for c in &peer.certs {
+            ctx.update(&(c.len() as u32).to_be_bytes());
+            ctx.update(c);
+        }
+        let key: [u8; 32] = ctx.finish().as_ref().try_into().expect("32 bytes");
+        {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((v, at)) = entries.get(&key) {
+                if at.elapsed() < self.ttl {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let v = verify()?;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key, (v.clone(), std::time::Instant::now()));
+        Ok(v)
+    }
+}

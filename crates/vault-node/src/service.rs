@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_net::{client_config, connect_lazy, peer_info, serve_tls, server_config, TlsIdentity};
+use custos_net::{
+    client_config, connect_lazy, peer_info, serve_tls, server_config, PeerCache, TlsIdentity,
+};
 use custos_pki::{pem_to_der, DeviceChain, TrustRoot};
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::vault_node_server::{VaultNode, VaultNodeServer};
@@ -20,6 +22,7 @@ use crate::sync::Syncer;
 use crate::{NodeConfig, NodeError, TeePool, MAX_MESSAGE};
 
 /// Who is calling, after the application-level certificate check.
+#[derive(Clone)]
 enum Caller {
     Bridge,
     Peer(DeviceChain),
@@ -44,6 +47,7 @@ struct NodeService {
     root: TrustRoot,
     tee: TeePool,
     syncer: Arc<Syncer>,
+    callers: PeerCache<Caller>,
 }
 
 impl NodeService {
@@ -51,29 +55,30 @@ impl NodeService {
     /// with the reason (and the refusal logged).
     fn caller<T>(&self, req: &GrpcRequest<T>) -> Result<Caller, Status> {
         let peer = peer_info(req).ok_or_else(|| Status::unauthenticated("no TLS peer"))?;
-        let chain = peer.device_chain().ok_or_else(|| {
-            let reason = format!(
-                "peer presented {} certificate(s), a cluster member presents 3",
-                peer.certs.len()
-            );
-            tracing::warn!(peer = %peer.remote_addr, %reason, "refused caller");
-            Status::permission_denied(format!("refused: {reason}"))
-        })?;
-        let now = now_unix();
-        if self
-            .root
-            .verify_bridge(&chain, Some(&self.cluster), now)
-            .is_ok()
-        {
-            return Ok(Caller::Bridge);
-        }
-        match self.root.verify_device(&chain, Some(&self.cluster), now) {
-            Ok(_) => Ok(Caller::Peer(chain)),
-            Err(e) => {
-                tracing::warn!(peer = %peer.remote_addr, reason = %e, "refused caller");
-                Err(Status::permission_denied(format!("refused: {e}")))
+        self.callers.get_or_verify(peer, || {
+            let refuse = |reason: String| {
+                tracing::warn!(peer = %peer.remote_addr, %reason, "refused caller");
+                Status::permission_denied(format!("refused: {reason}"))
+            };
+            let chain = peer.device_chain().ok_or_else(|| {
+                refuse(format!(
+                    "peer presented {} certificate(s), a cluster member presents 3",
+                    peer.certs.len()
+                ))
+            })?;
+            let now = now_unix();
+            if self
+                .root
+                .verify_bridge(&chain, Some(&self.cluster), now)
+                .is_ok()
+            {
+                return Ok(Caller::Bridge);
             }
-        }
+            match self.root.verify_device(&chain, Some(&self.cluster), now) {
+                Ok(_) => Ok(Caller::Peer(chain)),
+                Err(e) => Err(refuse(e.to_string())),
+            }
+        })
     }
 
     fn bridge_only<T>(&self, req: &GrpcRequest<T>) -> Result<(), Status> {
@@ -254,6 +259,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         root,
         tee: tee.clone(),
         syncer: syncer.clone(),
+        callers: PeerCache::new(Duration::from_secs(60)),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
