@@ -330,7 +330,8 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
     );
     drop(c);
 
-    // A wrong sealing key is refused at start.
+    // A wrong sealing key is refused at start (the store is free: its TEE is stopped).
+    tees[0].kill();
     let wrong_key = dir.join("wrong.sealing-key");
     custos_tee_host::sealed::generate_key_file(&wrong_key)?;
     match TeeProcess::start(
@@ -339,7 +340,10 @@ pub fn run(dir: Option<PathBuf>, report: &Path) -> Result<(), AnyError> {
         &tees[0].store,
         KeyArg::File(wrong_key),
     ) {
-        Err(e) => steps.ok("refusal", format!("wrong sealing key: {e}")),
+        Err(e) if e.to_string().contains("wrong sealing key") => {
+            steps.ok("refusal", format!("wrong sealing key: {e}"))
+        }
+        Err(e) => return Err(fail(&format!("wrong sealing key: unexpected failure {e}"))),
         Ok(_) => return Err(fail("TEE started with a wrong sealing key")),
     }
 
