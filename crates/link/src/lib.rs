@@ -1,0 +1,1 @@
+//! Placeholder: the link crate is being written.
