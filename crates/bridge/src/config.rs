@@ -30,6 +30,14 @@ pub struct BridgeConfig {
     /// Timeout of one call to a node, in milliseconds.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: u64,
+    /// Seconds between scheduled key audits (0 disables the schedule; on-demand audits
+    /// still run).
+    #[serde(default = "default_audit_interval")]
+    pub audit_interval_secs: u64,
+}
+
+fn default_audit_interval() -> u64 {
+    3600
 }
 
 fn default_health() -> u64 {
@@ -86,6 +94,7 @@ impl BridgeConfig {
             "db_url",
             "health_interval_ms",
             "call_timeout_ms",
+            "audit_interval_secs",
         ] {
             if let Ok(v) = std::env::var(format!("CUSTOS_BRIDGE_{}", field.to_uppercase())) {
                 let value = v

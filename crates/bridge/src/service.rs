@@ -14,9 +14,9 @@ use custos_pki::{pem_to_der, DeviceIdentity, TrustRoot};
 use custos_proto::cluster::bridge_server::{Bridge, BridgeServer};
 use custos_proto::cluster::vault_node_client::VaultNodeClient;
 use custos_proto::cluster::{
-    Ack, ClusterStatus, HealthRequest, KeyEntry, KeyListReply, KeyListRequest, NodeEndpoint,
-    NodeStatus, RegisterReply, RegisterRequest, StatusRequest, SyncNowRequest, SyncReport, TeeCall,
-    TeeReply,
+    Ack, AuditReport, AuditRequest, ClusterStatus, HealthRequest, KeyEntry, KeyListReply,
+    KeyListRequest, NodeAudit, NodeEndpoint, NodeStatus, RegisterReply, RegisterRequest,
+    StatusRequest, SyncNowRequest, SyncReport, TeeCall, TeeReply,
 };
 use custos_tee_core::protocol::{decode_request, encode_request, Origin, Request, Response};
 use custos_tee_host::client::{decode_outcome, verify_signed_response};
@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
+use crate::audit::{audit_signature_valid, fresh_message, summary};
 use crate::routing::{describe, error_code, node_lacks_key, Described};
 use crate::{BridgeConfig, BridgeError, ConfigError, MAX_MESSAGE};
 
@@ -66,6 +67,9 @@ struct State {
     sync_trigger: Notify,
     call_timeout: Duration,
     callers: PeerCache<Caller>,
+    last_audit: tokio::sync::Mutex<Option<AuditReport>>,
+    /// One audit at a time.
+    audit_running: tokio::sync::Mutex<()>,
 }
 
 /// Who called the bridge, after the application-level certificate check.
@@ -340,6 +344,28 @@ impl BridgeService {
 
 #[tonic::async_trait]
 impl Bridge for BridgeService {
+    async fn audit(
+        &self,
+        req: GrpcRequest<AuditRequest>,
+    ) -> Result<GrpcResponse<AuditReport>, Status> {
+        self.link_caller(&req, "audit").await?;
+        Ok(GrpcResponse::new(self.audit_round().await?))
+    }
+
+    async fn last_audit(
+        &self,
+        req: GrpcRequest<AuditRequest>,
+    ) -> Result<GrpcResponse<AuditReport>, Status> {
+        self.link_caller(&req, "last-audit").await?;
+        self.state
+            .last_audit
+            .lock()
+            .await
+            .clone()
+            .map(GrpcResponse::new)
+            .ok_or_else(|| Status::not_found("no audit has run yet"))
+    }
+
     async fn register(
         &self,
         req: GrpcRequest<RegisterRequest>,
@@ -532,6 +558,124 @@ impl Bridge for BridgeService {
 }
 
 impl BridgeService {
+    async fn link_caller<T>(&self, req: &GrpcRequest<T>, what: &str) -> Result<(), Status> {
+        match self.caller(req, what).await? {
+            Caller::Link(_) => Ok(()),
+            Caller::Node(id) => Err(Status::permission_denied(format!(
+                "vault node {} may not call {what}",
+                id.node
+            ))),
+        }
+    }
+
+    /// Audits every key of the list on every registered node; flags missing and wrong
+    /// answers, repairs missing keys through sync, and writes one history line per node.
+    async fn audit_round(&self) -> Result<AuditReport, Status> {
+        let _one = self.state.audit_running.lock().await;
+        let started = now_ms();
+        let keys: Vec<Vec<u8>> = self
+            .state
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let nodes: Vec<String> = self
+            .state
+            .nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut report = AuditReport {
+            started_at_ms: started as u64,
+            finished_at_ms: 0,
+            keys: keys.len() as u64,
+            nodes: Vec::new(),
+        };
+        for node in nodes {
+            let n = self.audit_node(&node, &keys).await;
+            let outcome = if !n.error.is_empty() {
+                "unreachable"
+            } else if n.missing.is_empty() && n.wrong.is_empty() {
+                "ok"
+            } else {
+                "flagged"
+            };
+            if !n.missing.is_empty() {
+                let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(e) = nodes.get_mut(&node) {
+                    for k in &n.missing {
+                        e.held.remove(k);
+                        e.missing.insert(k.clone());
+                    }
+                }
+                self.state.sync_trigger.notify_one();
+            }
+            self.log(NewEntry {
+                kind: "audit".into(),
+                actor: "bridge".into(),
+                node: Some(node.clone()),
+                outcome: outcome.into(),
+                detail: summary(&n),
+                ..Default::default()
+            })
+            .await?;
+            report.nodes.push(n);
+        }
+        report.finished_at_ms = now_ms() as u64;
+        *self.state.last_audit.lock().await = Some(report.clone());
+        Ok(report)
+    }
+
+    async fn audit_node(&self, node: &str, keys: &[Vec<u8>]) -> NodeAudit {
+        let mut out = NodeAudit {
+            node: node.to_string(),
+            ..Default::default()
+        };
+        let Some((mut client, device_key)) = self.node_client(node) else {
+            out.error = "not registered".into();
+            return out;
+        };
+        for key in keys {
+            let message = fresh_message();
+            let request = encode_request(&Request::AuditSign {
+                key_id: key.clone(),
+                message: message.clone(),
+            });
+            let call = TeeCall {
+                request: request.clone(),
+                node: String::new(),
+            };
+            let reply =
+                match tokio::time::timeout(self.state.call_timeout, client.execute(call)).await {
+                    Ok(Ok(r)) => r.into_inner(),
+                    Ok(Err(e)) => {
+                        out.error = format!("node failed: {}", e.message());
+                        return out;
+                    }
+                    Err(_) => {
+                        out.error = "node timed out".into();
+                        return out;
+                    }
+                };
+            out.checked += 1;
+            let genuine = verify_signed_response(&device_key, &request, &reply.response).is_ok();
+            match decode_outcome(&reply.response) {
+                Ok(Ok(Response::AuditSignature(sig)))
+                    if genuine && audit_signature_valid(key, &message, &sig) =>
+                {
+                    out.ok += 1
+                }
+                Ok(Err(e)) if node_lacks_key(&e) => out.missing.push(key.clone()),
+                _ => out.wrong.push(key.clone()),
+            }
+        }
+        out
+    }
+
     async fn learn_keys(&self, node: &str) {
         let Some((mut client, device_key)) = self.node_client(node) else {
             return;
@@ -714,6 +858,8 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         rr: AtomicUsize::new(0),
         sync_trigger: Notify::new(),
         callers: PeerCache::new(Duration::from_secs(60)),
+        last_audit: tokio::sync::Mutex::new(None),
+        audit_running: tokio::sync::Mutex::new(()),
         call_timeout: Duration::from_millis(config.call_timeout_ms.max(100)),
     });
     let service = BridgeService { state };
@@ -737,6 +883,18 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         tokio::spawn(async move { s.sync_pusher().await });
         let s = service.clone();
         tokio::spawn(async move { s.key_flusher().await });
+        if config.audit_interval_secs > 0 {
+            let s = service.clone();
+            let every = Duration::from_secs(config.audit_interval_secs);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = s.audit_round().await {
+                        tracing::error!(error = %e.message(), "scheduled audit failed");
+                    }
+                }
+            });
+        }
     }
     tracing::info!(cluster = %config.cluster, listen = %local, "bridge server listening");
     println!("custos-bridge ready {} {}", config.cluster, local);

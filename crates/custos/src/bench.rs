@@ -152,6 +152,7 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
             nodes: 2,
             db_url: None,
             sync_interval_secs: 3600,
+            audit_interval_secs: 0,
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,8 @@ pub struct ClusterOptions {
     pub db_url: Option<String>,
     /// Seconds between periodic sync rounds of each node.
     pub sync_interval_secs: u64,
+    /// Seconds between scheduled audits by the bridge (0: on demand only).
+    pub audit_interval_secs: u64,
 }
 
 /// Failures bringing a cluster up.
@@ -120,6 +122,7 @@ impl Cluster {
             db_url: db_url.clone(),
             health_interval_ms: 300,
             call_timeout_ms: 3000,
+            audit_interval_secs: opts.audit_interval_secs,
         };
         let bridge_config = dir.join("bridge.toml");
         bridge_cfg.save(&bridge_config).map_err(io)?;

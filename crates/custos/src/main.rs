@@ -319,6 +319,7 @@ fn cluster_up(
         nodes,
         db_url,
         sync_interval_secs: 10,
+        audit_interval_secs: 3600,
     };
     let cluster = custos::cluster::Cluster::start(&std::env::current_exe()?, &pki, &dir, &opts)?;
     println!(

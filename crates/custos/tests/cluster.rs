@@ -44,6 +44,7 @@ fn start(pki: &Pki, name: &str, nodes: usize, db_url: Option<String>) -> Cluster
             nodes,
             db_url,
             sync_interval_secs: 2,
+            audit_interval_secs: 0,
         },
     )
     .unwrap()
@@ -381,4 +382,76 @@ fn sqlite_db_verify_detects_edited_and_deleted_rows() {
 #[test]
 fn postgres_db_verify_detects_edited_and_deleted_rows() {
     db_verify_detects_edits_and_deletions(Some(pg_url()));
+}
+
+#[test]
+fn audit_finds_a_removed_key_and_sync_repairs_it() {
+    use custos_proto::cluster::AuditRequest;
+    let pki = Pki::new();
+    let mut cluster = start(&pki, "a", 2, None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut link = rt.block_on(cluster.link_client()).unwrap();
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(rt.block_on(create(&pki, &mut link)).0);
+    }
+    cluster.wait_synced(3, Duration::from_secs(60)).unwrap();
+    let clean = rt
+        .block_on(link.audit(AuditRequest {}))
+        .unwrap()
+        .into_inner();
+    assert_eq!(clean.keys, 3);
+    assert!(
+        clean.nodes.iter().all(|n| n.ok == 3 && n.error.is_empty()),
+        "{clean:?}"
+    );
+
+    // Remove one key from node 2's sealed store behind the cluster's back; its node server
+    // stays up, so the bridge still believes node 2 holds the key.
+    let victim = &keys[1].key_id;
+    cluster.kill_tee(1);
+    remove_record(
+        &cluster.nodes[1].tee.store,
+        &format!("wallet/{}", hex::encode(victim)),
+    );
+    cluster.restart_node(1).unwrap();
+
+    let report = rt
+        .block_on(link.audit(AuditRequest {}))
+        .unwrap()
+        .into_inner();
+    let n2 = report.nodes.iter().find(|n| n.node == "dc1-node2").unwrap();
+    assert_eq!(n2.missing, vec![victim.clone()], "{report:?}");
+    assert_eq!(n2.ok, 2);
+    let n1 = report.nodes.iter().find(|n| n.node == "dc1-node1").unwrap();
+    assert_eq!(n1.ok, 3, "{report:?}");
+
+    // The flag triggered a sync: node 2 holds the key again, and a new audit is clean.
+    cluster.wait_synced(3, Duration::from_secs(60)).unwrap();
+    let after = rt
+        .block_on(link.audit(AuditRequest {}))
+        .unwrap()
+        .into_inner();
+    assert!(
+        after
+            .nodes
+            .iter()
+            .all(|n| n.ok == 3 && n.missing.is_empty()),
+        "{after:?}"
+    );
+    let last = rt
+        .block_on(link.last_audit(AuditRequest {}))
+        .unwrap()
+        .into_inner();
+    assert_eq!(last, after);
+    // Audits are in the history.
+    let audits = rt.block_on(async {
+        let db = custos_metadata::MetadataDb::connect(&cluster.db_url)
+            .await
+            .unwrap();
+        db.history(0, 10_000).await.unwrap()
+    });
+    assert!(audits
+        .iter()
+        .any(|e| e.kind == "audit" && e.outcome == "flagged" && e.detail.contains("1 missing")));
 }

@@ -17,6 +17,9 @@ pub enum ClientError {
     /// Socket failure (TEE process down, connection dropped).
     #[error("TEE socket: {0}")]
     Io(#[from] io::Error),
+    /// The request could not be sent at all (the TEE never saw it): safe to retry.
+    #[error("TEE socket, request not sent: {0}")]
+    NotSent(io::Error),
     /// The TEE refused the frame itself.
     #[error("TEE refused the frame ({code:?}): {message}")]
     Refused {
@@ -72,7 +75,7 @@ impl TeeClient {
     /// Sends raw request bytes and returns the encoded [`SignedResponse`] as received, after
     /// checking its signature when a device key is pinned (relays forward it unchanged).
     pub fn call_raw(&mut self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
-        write_frame(&mut self.stream, Kind::Request, request)?;
+        write_frame(&mut self.stream, Kind::Request, request).map_err(ClientError::NotSent)?;
         let (kind, payload) = match read_frame(&mut self.stream, MAX_RESPONSE) {
             Ok(f) => f,
             Err(FrameError::Io(e)) => return Err(ClientError::Io(e)),

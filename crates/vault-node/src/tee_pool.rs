@@ -73,17 +73,33 @@ impl TeePool {
     /// the device key). A connection that failed is dropped, not reused.
     pub fn call_raw_blocking(&self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
         let mut c = self.checkout()?;
-        let out = c.call_raw(request)?;
+        let out = match c.call_raw(request) {
+            // An idle connection to a TEE process that has since restarted: the request
+            // never left, so one fresh connection may carry it without risk of running twice.
+            Err(ClientError::NotSent(_)) => {
+                self.drain();
+                c = self.checkout()?;
+                c.call_raw(request)?
+            }
+            other => other?,
+        };
         self.checkin(c);
         Ok(out)
     }
 
+    /// Drops every idle connection (after one proved stale, the others are too).
+    fn drain(&self) {
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Sends a request; returns the response or the TEE's typed refusal (blocking).
     pub fn call_blocking(&self, request: &Request) -> Result<Response, ClientError> {
-        let mut c = self.checkout()?;
-        let out = c.call(request)?;
-        self.checkin(c);
-        Ok(out)
+        let raw = self.call_raw_blocking(&encode_request(request))?;
+        Ok(custos_tee_host::client::decode_outcome(&raw)??)
     }
 
     /// Async wrapper over [`TeePool::call_raw_blocking`].
@@ -96,17 +112,9 @@ impl TeePool {
 
     /// Async wrapper over [`TeePool::call_blocking`].
     pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
-        let bytes = encode_request(&request);
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = pool.checkout()?;
-            let out = c.call_bytes(&bytes);
-            if out.is_ok() {
-                pool.checkin(c);
-            }
-            Ok::<_, ClientError>(out??)
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(format!("TEE call task: {e}")))?
+        tokio::task::spawn_blocking(move || pool.call_blocking(&request))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("TEE call task: {e}")))?
     }
 }

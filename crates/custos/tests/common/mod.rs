@@ -269,6 +269,17 @@ pub fn tamper_record(store: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) {
     wtx.commit().unwrap();
 }
 
+/// Deletes record `name` from a stopped TEE's store, as an attacker or a disk fault could.
+pub fn remove_record(store: &Path, name: &str) {
+    let db = redb::Database::create(store.join("sealed.redb")).unwrap();
+    let wtx = db.begin_write().unwrap();
+    {
+        let mut t = wtx.open_table(RECORDS).unwrap();
+        assert!(t.remove(name).unwrap().is_some(), "record {name} exists");
+    }
+    wtx.commit().unwrap();
+}
+
 /// The stored (sealed) bytes of record `name` in a stopped TEE's store.
 pub fn stored_record(store: &Path, name: &str) -> Vec<u8> {
     let db = redb::Database::create(store.join("sealed.redb")).unwrap();
