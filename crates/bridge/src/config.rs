@@ -48,6 +48,13 @@ fn default_call_timeout() -> u64 {
     5000
 }
 
+/// Fields whose environment override is a number.
+const NUMERIC: &[&str] = &[
+    "health_interval_ms",
+    "call_timeout_ms",
+    "audit_interval_secs",
+];
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -97,10 +104,11 @@ impl BridgeConfig {
             "audit_interval_secs",
         ] {
             if let Ok(v) = std::env::var(format!("CUSTOS_BRIDGE_{}", field.to_uppercase())) {
-                let value = v
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .unwrap_or(toml::Value::String(v));
+                let numeric = NUMERIC.contains(&field);
+                let value = match v.parse::<i64>() {
+                    Ok(n) if numeric => toml::Value::Integer(n),
+                    _ => toml::Value::String(v),
+                };
                 table.insert(field.to_string(), value);
             }
         }

@@ -75,19 +75,6 @@ pub fn describe(r: &Request) -> Option<Described> {
                 .collect(),
             ..d("create-wallet", None, true)
         },
-        Request::ImportWallet {
-            meta,
-            key_id,
-            approvals,
-            ..
-        } => Described {
-            request_id: Some(hex::encode(meta.request_id)),
-            approvers: approvals
-                .iter()
-                .map(|a| admin_name(&a.admin_cert))
-                .collect(),
-            ..d("import-wallet", Some(key_id), true)
-        },
         Request::Sign {
             meta,
             key_id,

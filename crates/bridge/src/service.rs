@@ -285,6 +285,23 @@ impl BridgeService {
                     self.mark(&node, false);
                     continue;
                 }
+                Err(_) if d.kind == "create-wallet" => {
+                    // The node may have created the wallet: another node must not create a
+                    // second one. The caller retries with the same request id, which the TEE
+                    // refuses if it was executed (and the node's key reaches the list when
+                    // it re-registers).
+                    self.mark(&node, false);
+                    let us = t0.elapsed().as_micros() as i64;
+                    let detail = format!("node {node} timed out; outcome unknown");
+                    self.log(entry(
+                        Some(node),
+                        "OutcomeUnknown".into(),
+                        detail.clone(),
+                        us,
+                    ))
+                    .await?;
+                    return Err(Status::deadline_exceeded(detail));
+                }
                 Err(_) => {
                     tracing::warn!(%node, "node timed out; failing over");
                     self.mark(&node, false);

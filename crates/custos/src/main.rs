@@ -389,6 +389,12 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             sealing_key_file,
             passphrase_env,
         } => {
+            // A panic anywhere leaves no half-alive TEE holding its socket: the process ends
+            // and its supervisor (node server, operator) sees it and restarts it.
+            std::panic::set_hook(Box::new(|info| {
+                eprintln!("error: TEE core panicked: {info}");
+                std::process::exit(70);
+            }));
             let report = hardening::harden_process()?;
             if let Some(why) = &report.memory_not_locked {
                 tracing::warn!(%why, "TEE memory is not locked");

@@ -487,3 +487,28 @@ fn quorum_zero_and_creation_quorum_are_enforced() {
     assert_eq!(fx.tee.keys().len(), 1);
     assert_serves(&mut fx, &w);
 }
+
+#[test]
+fn a_create_approval_creates_one_wallet_even_after_a_restart() {
+    let (mut fx, w) = setup();
+    let meta = new_meta(600);
+    let appr = approvals(
+        &fx.pki.admins(&["alice"]),
+        CLUSTER,
+        &meta,
+        &Action::CreateWallet { quorum: 1 },
+    );
+    let req = Request::CreateWallet {
+        meta,
+        quorum: 1,
+        approvals: appr,
+    };
+    assert!(matches!(fx.tee.call(&req).unwrap(), Response::Wallet(_)));
+    let e = refusal(fx.tee.call(&req));
+    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+    fx.tee.crash_and_restart();
+    let e = refusal(fx.tee.call(&req));
+    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+    assert_eq!(fx.tee.keys().len(), 2);
+    assert_serves(&mut fx, &w);
+}

@@ -148,6 +148,17 @@ fn altered_or_misaddressed_transfers_are_refused_and_nothing_is_stored() {
         "{e:?}"
     );
     assert!(node3.keys().is_empty());
+    // A key listed twice is refused on export.
+    let e = export(
+        &mut fx.tee,
+        chain_of(&mut node2),
+        vec![w1.key_id.clone(), w1.key_id.clone()],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, TeeError::InvalidRequest(ref m) if m.contains("twice")),
+        "{e:?}"
+    );
     // The genuine transfer still works afterwards.
     assert_eq!(import(&mut node2, good).unwrap(), (2, 0));
 }

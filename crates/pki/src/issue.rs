@@ -346,6 +346,12 @@ impl PkiDir {
             }
         };
         check_name(&node)?;
+        if node == "bridge" {
+            // `bridge.<cluster>.custos` is the bridge server's TLS name.
+            return Err(PkiError::InvalidName(
+                "bridge (reserved for the bridge server)".into(),
+            ));
+        }
         let mut params = leaf_params(
             &node,
             &format!("{}{}", role::DEVICE_PREFIX, cluster),

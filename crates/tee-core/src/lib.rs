@@ -33,6 +33,7 @@ const REC_ROOT: &str = "root";
 const REC_DEVICE_KEY: &str = "device-key";
 const REC_DEVICE_CERT: &str = "device-cert";
 const WALLET_PREFIX: &str = "wallet/";
+const CONSUMED_PREFIX: &str = "consumed/";
 const MAX_QUORUM: u8 = MAX_APPROVALS as u8;
 
 fn rec(name: &str) -> RecordId {
@@ -79,6 +80,18 @@ fn take_field<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(f)
 }
 
+/// Refuses a key list that names a key twice (a transfer must land whole or not at all).
+fn reject_duplicates(key_ids: &[Vec<u8>]) -> Result<(), TeeError> {
+    let mut seen = std::collections::HashSet::with_capacity(key_ids.len());
+    match key_ids.iter().find(|k| !seen.insert(k.as_slice())) {
+        Some(k) => Err(TeeError::InvalidRequest(format!(
+            "key {} listed twice",
+            key_hex(k)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The TEE core state machine.
 pub struct TeeCore<P: Platform> {
     platform: P,
@@ -95,6 +108,13 @@ pub struct TeeCore<P: Platform> {
     admins: AdminCache,
     /// Wallets added in memory but not yet committed: (request index, key id).
     uncommitted: Vec<(usize, Vec<u8>)>,
+    /// Requests of the current batch whose writes a failed commit discarded.
+    failed: Vec<(usize, PlatformError)>,
+    /// Create-wallet request ids already used, with their expiry: an approval creates one
+    /// wallet, never more (sealed, so this survives restarts).
+    consumed: BTreeMap<[u8; 16], u64>,
+    /// Request ids consumed in this batch (request index, id), dropped if the commit fails.
+    pending_consumed: Vec<(usize, [u8; 16])>,
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -155,6 +175,9 @@ impl<P: Platform> TeeCore<P> {
             current: 0,
             admins: AdminCache::default(),
             uncommitted: Vec::new(),
+            failed: Vec::new(),
+            consumed: BTreeMap::new(),
+            pending_consumed: Vec::new(),
         };
         // The device certificate may have expired or been tampered with while the node was
         // down: the node then keeps D but must be re-certified; it is not fatal.
@@ -178,6 +201,27 @@ impl<P: Platform> TeeCore<P> {
                 core.corrupt.insert(REC_DEVICE_CERT.into(), e.to_string());
             }
         }
+        // Consumed request ids: keep the live ones, forget the expired (their approvals are
+        // void anyway).
+        let now = core.platform.now_unix();
+        for id in core.platform.list(CONSUMED_PREFIX)? {
+            let expiry = core
+                .platform
+                .unseal(&id)
+                .ok()
+                .flatten()
+                .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes));
+            let rid = hex::decode(&id.as_str()[CONSUMED_PREFIX.len()..])
+                .ok()
+                .and_then(|v| <[u8; 16]>::try_from(v).ok());
+            match (rid, expiry) {
+                (Some(rid), Some(exp)) if exp >= now => {
+                    core.consumed.insert(rid, exp);
+                }
+                _ => core.platform.remove(&id)?,
+            }
+        }
+        core.platform.commit()?;
         for id in core.platform.list(WALLET_PREFIX)? {
             let name = id.as_str().to_string();
             let key = hex::decode(&name[WALLET_PREFIX.len()..]).unwrap_or_default();
@@ -227,14 +271,9 @@ impl<P: Platform> TeeCore<P> {
             self.current = i;
             outcomes.push(decode_request(request).and_then(|r| self.handle(r)));
         }
-        if !self.uncommitted.is_empty() {
-            if let Err(e) = self.platform.commit() {
-                for (i, key) in std::mem::take(&mut self.uncommitted) {
-                    self.wallets.remove(&key);
-                    outcomes[i] = Err(storage(e.clone()));
-                }
-            }
-            self.uncommitted.clear();
+        let _ = self.commit_pending();
+        for (i, e) in std::mem::take(&mut self.failed) {
+            outcomes[i] = Err(storage(e));
         }
         requests
             .iter()
@@ -251,10 +290,36 @@ impl<P: Platform> TeeCore<P> {
             .collect()
     }
 
-    /// Seals and commits a provisioning record at once (rare, never batched).
+    /// Commits every pending write. On failure the platform has discarded them all, so
+    /// the wallets of this batch leave memory too and their requests are marked failed:
+    /// nothing is acknowledged that is not durable.
+    fn commit_pending(&mut self) -> Result<(), PlatformError> {
+        let result = self.platform.commit();
+        let pending = std::mem::take(&mut self.uncommitted);
+        if let Err(e) = &result {
+            for (i, key) in pending {
+                self.wallets.remove(&key);
+                self.failed.push((i, e.clone()));
+            }
+            for (i, rid) in std::mem::take(&mut self.pending_consumed) {
+                self.consumed.remove(&rid);
+                self.failed.push((i, e.clone()));
+            }
+        } else {
+            self.pending_consumed.clear();
+            for (_, key) in &pending {
+                self.corrupt
+                    .remove(&format!("{WALLET_PREFIX}{}", key_hex(key)));
+            }
+        }
+        result
+    }
+
+    /// Seals and commits a provisioning record at once (rare); anything pending from the
+    /// batch commits with it.
     fn seal_now(&mut self, name: &str, body: &[u8]) -> Result<(), TeeError> {
         self.platform.seal(&rec(name), body).map_err(storage)?;
-        self.platform.commit().map_err(storage)
+        self.commit_pending().map_err(storage)
     }
 
     /// Handles one decoded request.
@@ -463,6 +528,7 @@ impl<P: Platform> TeeCore<P> {
                 sync::MAX_TRANSFER_KEYS
             )));
         }
+        reject_duplicates(key_ids)?;
         let now = self.platform.now_unix();
         let recipient = self
             .root()?
@@ -511,6 +577,7 @@ impl<P: Platform> TeeCore<P> {
         if t.key_ids.is_empty() || t.key_ids.len() > sync::MAX_TRANSFER_KEYS {
             return Err(reject(format!("{} keys in one transfer", t.key_ids.len())));
         }
+        reject_duplicates(&t.key_ids)?;
         let now = self.platform.now_unix();
         let sender = self
             .root()?
@@ -612,7 +679,6 @@ impl<P: Platform> TeeCore<P> {
         self.platform
             .seal(&id, &wallet.to_record())
             .map_err(storage)?;
-        self.corrupt.remove(id.as_str());
         let info = wallet.info.clone();
         self.uncommitted.push((self.current, info.key_id.clone()));
         self.wallets.insert(info.key_id.clone(), wallet);
@@ -623,6 +689,16 @@ impl<P: Platform> TeeCore<P> {
         Self::check_quorum_value(quorum)?;
         // Whoever creates a key under an m-of-k policy must meet that policy themselves.
         self.approve(meta, Action::CreateWallet { quorum }, approvals, quorum)?;
+        if self.consumed.contains_key(&meta.request_id) {
+            return Err(TeeError::RequestReplayed(hex::encode(meta.request_id)));
+        }
+        let rid = RecordId::new(format!("{CONSUMED_PREFIX}{}", hex::encode(meta.request_id)))
+            .map_err(storage)?;
+        self.platform
+            .seal(&rid, &meta.expires_at.to_be_bytes())
+            .map_err(storage)?;
+        self.consumed.insert(meta.request_id, meta.expires_at);
+        self.pending_consumed.push((self.current, meta.request_id));
         let mut seed = Zeroizing::new(vec![0u8; 32]);
         self.platform.random(&mut seed).map_err(storage)?;
         let wallet = Wallet::from_seed(

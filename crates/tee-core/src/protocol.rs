@@ -413,6 +413,9 @@ pub enum TeeError {
         /// Platform time.
         now: u64,
     },
+    /// This create request id was already used: one approval creates one wallet.
+    #[error("request {0} was already executed; a new request needs new approvals")]
+    RequestReplayed(String),
     /// No such wallet.
     #[error("unknown key {0}")]
     UnknownKey(String),
@@ -450,7 +453,7 @@ pub enum TeeError {
     /// Only TLS 1.3 CertificateVerify messages are signed for TLS.
     #[error("refused to sign: not a TLS 1.3 CertificateVerify message")]
     TlsSignRefused,
-    /// The sealed storage failed; nothing was changed.
+    /// The sealed storage failed; this request's writes were discarded.
     #[error("sealed storage failure: {0}")]
     Storage(String),
 }

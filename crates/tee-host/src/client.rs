@@ -75,6 +75,16 @@ impl TeeClient {
     /// Sends raw request bytes and returns the encoded [`SignedResponse`] as received, after
     /// checking its signature when a device key is pinned (relays forward it unchanged).
     pub fn call_raw(&mut self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+        if request.len() > crate::frame::MAX_REQUEST {
+            return Err(ClientError::Refused {
+                code: Some(RefusalCode::TooLarge),
+                message: format!(
+                    "request of {} bytes exceeds the {}-byte limit",
+                    request.len(),
+                    crate::frame::MAX_REQUEST
+                ),
+            });
+        }
         write_frame(&mut self.stream, Kind::Request, request).map_err(ClientError::NotSent)?;
         let (kind, payload) = match read_frame(&mut self.stream, MAX_RESPONSE) {
             Ok(f) => f,

@@ -37,6 +37,9 @@ fn default_tee_connections() -> usize {
     8
 }
 
+/// Fields whose environment override is a number.
+const NUMERIC: &[&str] = &["sync_interval_secs", "tee_connections"];
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -82,10 +85,11 @@ impl NodeConfig {
             "tee_connections",
         ] {
             if let Ok(v) = std::env::var(format!("CUSTOS_NODE_{}", field.to_uppercase())) {
-                let value = v
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .unwrap_or(toml::Value::String(v));
+                let numeric = NUMERIC.contains(&field);
+                let value = match v.parse::<i64>() {
+                    Ok(n) if numeric => toml::Value::Integer(n),
+                    _ => toml::Value::String(v),
+                };
                 table.insert(field.to_string(), value);
             }
         }

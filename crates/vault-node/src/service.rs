@@ -92,7 +92,8 @@ impl NodeService {
 }
 
 /// Requests the bridge may relay to the TEE. Provisioning, TLS signing and key transfers
-/// never come through the bridge.
+/// never come through the bridge, nor wallet imports: their secret would cross the relay
+/// in plaintext (imports are done at the node's own TEE socket until they travel sealed).
 fn relayable(r: &Request) -> bool {
     matches!(
         r,
@@ -100,7 +101,6 @@ fn relayable(r: &Request) -> bool {
             | Request::ListKeys
             | Request::GetXpub { .. }
             | Request::CreateWallet { .. }
-            | Request::ImportWallet { .. }
             | Request::Sign { .. }
             | Request::AuditSign { .. }
             | Request::Attest { .. }

@@ -170,7 +170,9 @@ impl Syncer {
         let transfer: KeyTransfer = postcard::from_bytes(&reply.transfer)
             .map_err(|e| SyncError::Tee(format!("undecodable transfer: {e}")))?;
         match self.tee.call(Request::ImportKeys { transfer }).await {
-            Ok(Response::KeysImported { imported, .. }) => Ok(imported),
+            // Newly imported or already held, the TEE now holds the whole chunk: report it
+            // all, so a lost report cannot leave the bridge believing a key is missing.
+            Ok(Response::KeysImported { .. }) => Ok(keys.to_vec()),
             Ok(_) => Err(SyncError::Tee("unexpected ImportKeys response".into())),
             Err(e) => Err(SyncError::Tee(e.to_string())),
         }
