@@ -86,7 +86,7 @@ async fn raw_session(
 async fn grpc_round_trip_with_local_keys_and_app_level_verification() {
     let pki = Pki::new(&["dc1"]);
     let node = pki.device("dc1", "node1");
-    let bridge = pki.device("dc1", "bridge");
+    let bridge = pki.device("dc1", "client1");
     let svc = WhoAmI::new(pki.trust_root(), "dc1");
     let addr = start_server(&node.local_identity(), &pki.root_der, svc.clone()).await;
 
@@ -101,7 +101,7 @@ async fn grpc_round_trip_with_local_keys_and_app_level_verification() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(reply, format!("bridge.dc1 via 127.0.0.1 asked call {i}"));
+        assert_eq!(reply, format!("client1.dc1 via 127.0.0.1 asked call {i}"));
     }
     assert!(svc.refusals.lock().unwrap().is_empty());
 }
@@ -207,7 +207,7 @@ async fn remote_signers_receive_only_certificate_verify_messages() {
 async fn failing_remote_signers_fail_the_handshake_but_not_the_server() {
     let pki = Pki::new(&["dc1"]);
     let node = pki.device("dc1", "node1");
-    let bridge = pki.device("dc1", "bridge");
+    let bridge = pki.device("dc1", "client1");
     let other = pki.device("dc1", "node3");
     let addr = start_server(
         &node.local_identity(),
@@ -295,7 +295,7 @@ async fn client_of_another_pki_or_expecting_another_name_cannot_verify_the_serve
     )
     .await;
 
-    let stranger = foreign.device("dc1", "bridge");
+    let stranger = foreign.device("dc1", "client1");
     let config = client_config(&stranger.local_identity(), &foreign.root_der).unwrap();
     let err = timeout(GUARD, connect(addr, "node1.dc1.custos", config))
         .await
@@ -308,7 +308,7 @@ async fn client_of_another_pki_or_expecting_another_name_cannot_verify_the_serve
     // and rejects the Device CA's signature under it.
     assert!(reason.contains("invalid peer certificate"), "{reason}");
 
-    let bridge = pki.device("dc1", "bridge");
+    let bridge = pki.device("dc1", "client1");
     let config = client_config(&bridge.local_identity(), &pki.root_der).unwrap();
     let err = timeout(GUARD, connect(addr, "node2.dc1.custos", config.clone()))
         .await
@@ -370,7 +370,7 @@ async fn client_without_certificate_is_refused_and_the_stream_goes_on() {
 async fn a_stalled_handshake_does_not_block_other_clients() {
     let pki = Pki::new(&["dc1"]);
     let node = pki.device("dc1", "node1");
-    let bridge = pki.device("dc1", "bridge");
+    let bridge = pki.device("dc1", "client1");
     let addr = start_server(
         &node.local_identity(),
         &pki.root_der,
@@ -397,7 +397,7 @@ async fn a_stalled_handshake_does_not_block_other_clients() {
 async fn lazy_channel_to_a_down_node_fails_and_the_caller_fails_over() {
     let pki = Pki::new(&["dc1"]);
     let node = pki.device("dc1", "node1");
-    let bridge = pki.device("dc1", "bridge");
+    let bridge = pki.device("dc1", "client1");
     let addr = start_server(
         &node.local_identity(),
         &pki.root_der,
@@ -436,7 +436,7 @@ async fn lazy_channel_to_a_down_node_fails_and_the_caller_fails_over() {
     );
     assert_eq!(
         answered,
-        Some((1, "bridge.dc1 via 127.0.0.1 asked x".to_string()))
+        Some((1, "client1.dc1 via 127.0.0.1 asked x".to_string()))
     );
 }
 

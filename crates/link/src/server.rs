@@ -1,0 +1,261 @@
+//! The internal side: verifies request envelopes and runs each request id exactly once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::envelope::{Envelope, EnvelopeKind, Failure, RequestId};
+use crate::error::{FailureCode, LinkError};
+use crate::keys::LinkKeys;
+
+/// request id → postcard([`StoredReply`]).
+const REPLIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("link_replies");
+
+type BoxedHandler = Box<
+    dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> + Send + Sync,
+>;
+
+#[derive(Serialize, Deserialize)]
+struct StoredReply {
+    /// SHA-256 of the request payload the reply answers, to tell a retry from a reuse.
+    payload_hash: [u8; 32],
+    /// The signed response (or failure) envelope, replayed verbatim to retries.
+    response: Vec<u8>,
+}
+
+struct Inner {
+    cluster: String,
+    keys: LinkKeys,
+    handler: BoxedHandler,
+    db: Database,
+    in_flight: Mutex<HashMap<RequestId, Arc<tokio::sync::Mutex<()>>>>,
+    sequence: AtomicU64,
+}
+
+/// The internal relay's end of the link. Cheap to clone; clones share the dedup store.
+///
+/// Exactly-once: a request id's result is committed to the redb store before it is
+/// returned, so a retry (even after a restart) gets the stored envelope and the handler is
+/// not called again. The window that remains is a crash after the handler finished but
+/// before the commit; the handler's own effects (e.g. the bridge's history) must cover it.
+#[derive(Clone)]
+pub struct LinkServer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LinkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkServer")
+            .field("cluster", &self.inner.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a request id's in-flight entry however the critical section ends.
+struct InFlightGuard<'a> {
+    map: &'a Mutex<HashMap<RequestId, Arc<tokio::sync::Mutex<()>>>>,
+    id: RequestId,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        // Waiters that already cloned the Arc still serialize on it and then find the
+        // committed reply; newcomers find the reply in the store without needing the lock.
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(&self.id);
+        }
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> LinkError {
+    LinkError::Store(e.to_string())
+}
+
+impl LinkServer {
+    /// Opens (or creates) the dedup store at `dedup_path` and builds a server for
+    /// `cluster`, answering with `keys` and running `handler` on each new request payload.
+    pub fn open<F, Fut>(
+        dedup_path: impl AsRef<Path>,
+        cluster: impl Into<String>,
+        keys: LinkKeys,
+        handler: F,
+    ) -> Result<Self, LinkError>
+    where
+        F: Fn(Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+    {
+        let db = Database::create(dedup_path.as_ref()).map_err(store_err)?;
+        // Create the table up front so readers never meet TableDoesNotExist.
+        let txn = db.begin_write().map_err(store_err)?;
+        txn.open_table(REPLIES).map_err(store_err)?;
+        txn.commit().map_err(store_err)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cluster: cluster.into(),
+                keys,
+                handler: Box::new(move |p| Box::pin(handler(p))),
+                db,
+                in_flight: Mutex::new(HashMap::new()),
+                sequence: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The cluster this server serves.
+    pub fn cluster(&self) -> &str {
+        &self.inner.cluster
+    }
+
+    /// Handles one encoded request envelope and returns the encoded, signed response
+    /// envelope (a Response, or a Failure for a handler error or a reused request id).
+    ///
+    /// Returns `Err` without running anything for input that is not an authentic request
+    /// for this cluster; the transport decides how to report it ([`Self::refusal_reply`]).
+    pub async fn handle_request(&self, request: &[u8]) -> Result<Vec<u8>, LinkError> {
+        let env = Envelope::open(request, self.inner.keys.peer_public(), &self.inner.cluster)?;
+        if env.kind != EnvelopeKind::Request {
+            return Err(LinkError::Malformed(format!(
+                "expected a Request envelope, got {:?}",
+                env.kind
+            )));
+        }
+        let inner = Arc::clone(&self.inner);
+        // A task of its own: if the transport drops this future (client gone, timeout),
+        // the handler still runs to completion and its result is committed for the retry.
+        tokio::spawn(async move { inner.execute_once(env).await })
+            .await
+            .map_err(|e| LinkError::Internal(format!("request task failed: {e}")))?
+    }
+
+    /// A signed Failure envelope telling the sender why `request` was refused, if the
+    /// request is structurally an envelope (its id is needed to address the answer).
+    pub fn refusal_reply(&self, request: &[u8], error: &LinkError) -> Option<Vec<u8>> {
+        let env = Envelope::decode(request).ok()?;
+        self.inner
+            .seal_failure(env.request_id, error.failure_code(), error.to_string())
+            .ok()
+    }
+}
+
+impl Inner {
+    fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn seal_failure(
+        &self,
+        id: RequestId,
+        code: FailureCode,
+        message: String,
+    ) -> Result<Vec<u8>, LinkError> {
+        let payload = postcard::to_allocvec(&Failure { code, message })
+            .map_err(|e| LinkError::Internal(e.to_string()))?;
+        Envelope::seal(
+            &self.keys,
+            &self.cluster,
+            id,
+            EnvelopeKind::Failure,
+            self.next_sequence(),
+            payload,
+        )?
+        .encode()
+    }
+
+    fn lookup(&self, id: &RequestId) -> Result<Option<StoredReply>, LinkError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(REPLIES).map_err(store_err)?;
+        match table.get(id.as_slice()).map_err(store_err)? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|e| LinkError::Store(format!("corrupt dedup record: {e}"))),
+        }
+    }
+
+    fn commit(&self, id: &RequestId, reply: &StoredReply) -> Result<(), LinkError> {
+        let bytes = postcard::to_allocvec(reply).map_err(|e| LinkError::Internal(e.to_string()))?;
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut table = txn.open_table(REPLIES).map_err(store_err)?;
+            table
+                .insert(id.as_slice(), bytes.as_slice())
+                .map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)
+    }
+
+    async fn execute_once(self: Arc<Self>, env: Envelope) -> Result<Vec<u8>, LinkError> {
+        let id = env.request_id;
+        let payload_hash: [u8; 32] = Sha256::digest(&env.payload).into();
+        let lock = {
+            let mut map = self
+                .in_flight
+                .lock()
+                .map_err(|_| LinkError::Internal("in-flight map poisoned".into()))?;
+            Arc::clone(map.entry(id).or_default())
+        };
+        let _held = lock.lock().await;
+        let _guard = InFlightGuard {
+            map: &self.in_flight,
+            id,
+        };
+
+        let this = Arc::clone(&self);
+        let stored = tokio::task::spawn_blocking(move || this.lookup(&id))
+            .await
+            .map_err(|e| LinkError::Internal(e.to_string()))??;
+        if let Some(stored) = stored {
+            if stored.payload_hash == payload_hash {
+                tracing::info!(request_id = %hex::encode(id), "link: replaying stored reply");
+                return Ok(stored.response);
+            }
+            tracing::warn!(request_id = %hex::encode(id), "link: request id reused with a different payload");
+            return self.seal_failure(
+                id,
+                FailureCode::RequestIdReused,
+                "request id already used with a different payload".into(),
+            );
+        }
+
+        let response = match (self.handler)(env.payload).await {
+            Ok(result) => match Envelope::seal(
+                &self.keys,
+                &self.cluster,
+                id,
+                EnvelopeKind::Response,
+                self.next_sequence(),
+                result,
+            )
+            .and_then(|env| env.encode())
+            {
+                Ok(bytes) => bytes,
+                // The handler already ran: its unsendable result must still become the
+                // stored final answer, or a retry would run the request again.
+                Err(e) => self.seal_failure(
+                    id,
+                    FailureCode::HandlerFailed,
+                    format!("handler result cannot be sent: {e}"),
+                )?,
+            },
+            // A handler failure is a final answer: storing it keeps a retry from running
+            // the request a second time.
+            Err(message) => self.seal_failure(id, FailureCode::HandlerFailed, message)?,
+        };
+        let reply = StoredReply {
+            payload_hash,
+            response,
+        };
+        let this = Arc::clone(&self);
+        let reply = tokio::task::spawn_blocking(move || this.commit(&id, &reply).map(|()| reply))
+            .await
+            .map_err(|e| LinkError::Internal(e.to_string()))??;
+        Ok(reply.response)
+    }
+}

@@ -1,0 +1,156 @@
+//! Stream transport: length-prefixed frames over TCP (standing in for a serial line).
+//!
+//! Frame = u32 big-endian length + that many bytes of encoded envelope. One exchange at a
+//! time per connection: the link is a narrow, on-demand channel, and strict alternation
+//! means a response can be matched to its request without multiplexing state.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::client::ClientTransport;
+use crate::envelope::{RequestId, MAX_ENVELOPE};
+use crate::error::LinkError;
+use crate::server::LinkServer;
+
+/// Largest frame body accepted: one maximal envelope.
+pub const MAX_FRAME: usize = MAX_ENVELOPE;
+
+/// Bound on receiving the rest of a frame once its header arrived, so a stalled or
+/// malicious peer cannot pin a connection task with a half-sent frame.
+const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads one frame. `Ok(None)` on a clean end of stream before a header. The announced
+/// length is checked against `limit` before any buffer is allocated.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, LinkError> {
+    let mut header = [0u8; 4];
+    let mut filled = 0;
+    while filled < header.len() {
+        let n = reader.read(&mut header[filled..]).await?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(None);
+            }
+            return Err(LinkError::Malformed(
+                "stream ended inside a frame header".into(),
+            ));
+        }
+        filled += n;
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > limit {
+        return Err(LinkError::Oversize {
+            what: "frame",
+            size: len as u64,
+            limit: limit as u64,
+        });
+    }
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut body))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    Ok(Some(body))
+}
+
+/// Writes one frame (refusing bodies over [`MAX_FRAME`], which the peer would refuse too).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    body: &[u8],
+) -> Result<(), LinkError> {
+    if body.len() > MAX_FRAME {
+        return Err(LinkError::Oversize {
+            what: "frame",
+            size: body.len() as u64,
+            limit: MAX_FRAME as u64,
+        });
+    }
+    writer.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    writer.write_all(body).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Client side of the stream transport. Keeps one connection and reconnects after any
+/// failure; exchanges are serialized on it.
+#[derive(Debug)]
+pub struct TcpTransport {
+    addr: SocketAddr,
+    conn: tokio::sync::Mutex<Option<TcpStream>>,
+}
+
+impl TcpTransport {
+    /// A transport to the internal relay's link listener at `addr`. Connects lazily.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl ClientTransport for TcpTransport {
+    async fn exchange(
+        &self,
+        _request_id: RequestId,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, LinkError> {
+        let mut slot = self.conn.lock().await;
+        // Taken out for the exchange: if this future is dropped midway (timeout), the
+        // connection, possibly carrying a late answer, is dropped with it and the next
+        // attempt starts clean instead of reading a stale response.
+        let mut stream = match slot.take() {
+            Some(s) => s,
+            None => {
+                let s = TcpStream::connect(self.addr).await?;
+                s.set_nodelay(true)?;
+                s
+            }
+        };
+        write_frame(&mut stream, &request).await?;
+        let answer = read_frame(&mut stream, MAX_FRAME).await?.ok_or_else(|| {
+            LinkError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "link peer closed the connection without answering",
+            ))
+        })?;
+        *slot = Some(stream);
+        Ok(answer)
+    }
+}
+
+/// Serves the link on `listener` until the task is dropped or accepting fails.
+pub async fn serve_tcp(listener: TcpListener, server: LinkServer) -> Result<(), LinkError> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let server = server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, &server).await {
+                tracing::warn!(%peer, error = %e, "link: connection closed on error");
+            }
+        });
+    }
+}
+
+/// Serves one connection: frames in, answers out, strictly alternating.
+pub async fn serve_connection(mut stream: TcpStream, server: &LinkServer) -> Result<(), LinkError> {
+    // A frame that breaks the limit ends the connection: after an unread body the stream
+    // is out of sync and nothing further on it can be trusted.
+    while let Some(frame) = read_frame(&mut stream, MAX_FRAME).await? {
+        match server.handle_request(&frame).await {
+            Ok(answer) => write_frame(&mut stream, &answer).await?,
+            Err(e) => {
+                tracing::warn!(error = %e, "link: request refused");
+                match server.refusal_reply(&frame, &e) {
+                    Some(answer) => write_frame(&mut stream, &answer).await?,
+                    None => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
