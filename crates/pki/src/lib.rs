@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod issue;
+pub mod tls;
 mod verify;
 
 pub use issue::{issue_admin, issue_admin_with_validity, AdminSigner, IssuedKey, PkiDir, Validity};

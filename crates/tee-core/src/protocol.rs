@@ -522,22 +522,4 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, TeeError> {
     Ok(req)
 }
 
-/// True if `msg` is exactly a TLS 1.3 CertificateVerify signing input (RFC 8446 §4.4.3):
-/// 64 spaces, the server or client context string, a zero byte, and a 32- or 48-byte
-/// transcript hash. The TEE signs nothing else for TLS, so the TLS signing service cannot
-/// be used to forge response, transfer or approval signatures (all domain-separated).
-pub fn is_tls13_certificate_verify_message(msg: &[u8]) -> bool {
-    const SERVER: &[u8] = b"TLS 1.3, server CertificateVerify";
-    const CLIENT: &[u8] = b"TLS 1.3, client CertificateVerify";
-    if msg.len() < 64 || msg[..64].iter().any(|&b| b != 0x20) {
-        return false;
-    }
-    let rest = &msg[64..];
-    let Some(after) = rest
-        .strip_prefix(SERVER)
-        .or_else(|| rest.strip_prefix(CLIENT))
-    else {
-        return false;
-    };
-    matches!(after.split_first(), Some((0, hash)) if hash.len() == 32 || hash.len() == 48)
-}
+pub use custos_pki::tls::is_tls13_certificate_verify_message;
