@@ -19,7 +19,7 @@ use custos_proto::cluster::{
     StatusRequest, SyncNowRequest, SyncReport, TeeCall, TeeReply,
 };
 use custos_tee_core::protocol::{decode_request, encode_request, Origin, Request, Response};
-use custos_tee_host::client::{decode_outcome, verify_signed_response};
+use custos_tee_host::client::verify_signed_response;
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
@@ -309,13 +309,15 @@ impl BridgeService {
                 }
             };
             // The answer must come from that node's TEE (its D), untouched by the relay.
-            if let Err(e) = verify_signed_response(&device_key, &call.request, &reply.response) {
-                tracing::error!(%node, error = %e, "response not signed by the node's TEE");
-                self.mark(&node, false);
-                continue;
-            }
-            let outcome =
-                decode_outcome(&reply.response).map_err(|e| Status::internal(e.to_string()))?;
+            let outcome = match verify_signed_response(&device_key, &call.request, &reply.response)
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(%node, error = %e, "response not signed by the node's TEE");
+                    self.mark(&node, false);
+                    continue;
+                }
+            };
             let us = t0.elapsed().as_micros() as i64;
             let (code, detail) = match &outcome {
                 Ok(resp) => {
@@ -679,10 +681,9 @@ impl BridgeService {
                     }
                 };
             out.checked += 1;
-            let genuine = verify_signed_response(&device_key, &request, &reply.response).is_ok();
-            match decode_outcome(&reply.response) {
+            match verify_signed_response(&device_key, &request, &reply.response) {
                 Ok(Ok(Response::AuditSignature(sig)))
-                    if genuine && audit_signature_valid(key, &message, &sig) =>
+                    if audit_signature_valid(key, &message, &sig) =>
                 {
                     out.ok += 1
                 }
@@ -710,10 +711,9 @@ impl BridgeService {
             return;
         };
         let reply = reply.into_inner();
-        if verify_signed_response(&device_key, &request, &reply.response).is_err() {
-            return;
-        }
-        if let Ok(Ok(Response::Keys(infos))) = decode_outcome(&reply.response) {
+        if let Ok(Ok(Response::Keys(infos))) =
+            verify_signed_response(&device_key, &request, &reply.response)
+        {
             let known: HashSet<Vec<u8>> = self
                 .state
                 .keys

@@ -68,13 +68,25 @@ impl TeeClient {
 
     /// Sends raw request bytes (tests use this for malformed input).
     pub fn call_bytes(&mut self, request: &[u8]) -> Result<Outcome, ClientError> {
-        let payload = self.call_raw(request)?;
-        decode_outcome(&payload)
+        let payload = self.exchange(request)?;
+        match &self.device_key {
+            Some(key) => verify_signed_response(key, request, &payload),
+            None => decode_outcome(&payload),
+        }
     }
 
     /// Sends raw request bytes and returns the encoded [`SignedResponse`] as received, after
     /// checking its signature when a device key is pinned (relays forward it unchanged).
     pub fn call_raw(&mut self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let payload = self.exchange(request)?;
+        if let Some(key) = &self.device_key {
+            let _outcome = verify_signed_response(key, request, &payload)?;
+        }
+        Ok(payload)
+    }
+
+    /// One frame out, one frame back: the encoded [`SignedResponse`], unchecked.
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
         if request.len() > crate::frame::MAX_REQUEST {
             return Err(ClientError::Refused {
                 code: Some(RefusalCode::TooLarge),
@@ -108,34 +120,41 @@ impl TeeClient {
             }
             Kind::Request => return Err(ClientError::Protocol("TEE sent a request frame".into())),
         }
-        if let Some(key) = &self.device_key {
-            verify_signed_response(key, request, &payload)?;
-        }
         Ok(payload)
     }
 }
 
 /// Checks that an encoded [`SignedResponse`] to `request` is signed by device key `key`.
+/// and returns the TEE's outcome it carries (decoded once, for relays on the hot path).
 pub fn verify_signed_response(
     key: &[u8],
     request: &[u8],
     payload: &[u8],
-) -> Result<(), ClientError> {
-    let signed: SignedResponse = postcard::from_bytes(payload)
-        .map_err(|e| ClientError::Protocol(format!("undecodable response: {e}")))?;
+) -> Result<Outcome, ClientError> {
+    let signed = decode_signed(payload)?;
     let sig = signed
         .signature
         .as_ref()
         .ok_or_else(|| ClientError::ResponseSignature("response is unsigned".into()))?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
         .verify(&response_transcript(request, &signed.body), sig)
-        .map_err(|_| ClientError::ResponseSignature("does not verify with the device key".into()))
+        .map_err(|_| {
+            ClientError::ResponseSignature("does not verify with the device key".into())
+        })?;
+    decode_body(&signed)
 }
 
 /// Decodes an encoded [`SignedResponse`] into the TEE's outcome (no signature check).
 pub fn decode_outcome(payload: &[u8]) -> Result<Outcome, ClientError> {
-    let signed: SignedResponse = postcard::from_bytes(payload)
-        .map_err(|e| ClientError::Protocol(format!("undecodable response: {e}")))?;
+    decode_body(&decode_signed(payload)?)
+}
+
+fn decode_signed(payload: &[u8]) -> Result<SignedResponse, ClientError> {
+    postcard::from_bytes(payload)
+        .map_err(|e| ClientError::Protocol(format!("undecodable response: {e}")))
+}
+
+fn decode_body(signed: &SignedResponse) -> Result<Outcome, ClientError> {
     postcard::from_bytes(&signed.body)
         .map_err(|e| ClientError::Protocol(format!("undecodable response body: {e}")))
 }
