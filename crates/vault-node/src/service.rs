@@ -104,6 +104,7 @@ fn relayable(r: &Request) -> bool {
             | Request::Sign { .. }
             | Request::AuditSign { .. }
             | Request::Attest { .. }
+            | Request::DeviceChain
     )
 }
 

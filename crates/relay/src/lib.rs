@@ -1,0 +1,2 @@
+//! Custos external relay (patent FIG. 1).
+#![forbid(unsafe_code)]
