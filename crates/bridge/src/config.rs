@@ -34,6 +34,9 @@ pub struct BridgeConfig {
     /// still run).
     #[serde(default = "default_audit_interval")]
     pub audit_interval_secs: u64,
+    /// The link to the external relay (absent: no link endpoint, gRPC only).
+    #[serde(default)]
+    pub link: Option<crate::link::LinkConfig>,
 }
 
 fn default_audit_interval() -> u64 {

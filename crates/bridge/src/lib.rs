@@ -11,10 +11,12 @@
 
 mod audit;
 mod config;
+mod link;
 mod routing;
 mod service;
 
 pub use config::{BridgeConfig, ConfigError};
+pub use link::LinkConfig;
 pub use service::run;
 
 /// Largest gRPC message accepted or sent (key lists of a large cluster).

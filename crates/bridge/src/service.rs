@@ -82,7 +82,7 @@ enum Caller {
 }
 
 #[derive(Clone)]
-struct BridgeService {
+pub(crate) struct BridgeService {
     state: Arc<State>,
 }
 
@@ -246,7 +246,7 @@ impl BridgeService {
     }
 
     /// Routes one TEE request with failover; logs it before and after (fail closed).
-    async fn route(&self, actor: String, call: TeeCall) -> Result<TeeReply, Status> {
+    pub(crate) async fn route(&self, actor: String, call: TeeCall) -> Result<TeeReply, Status> {
         let request =
             decode_request(&call.request).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let d = describe(&request).ok_or_else(|| {
@@ -376,13 +376,7 @@ impl Bridge for BridgeService {
         req: GrpcRequest<AuditRequest>,
     ) -> Result<GrpcResponse<AuditReport>, Status> {
         self.link_caller(&req, "last-audit").await?;
-        self.state
-            .last_audit
-            .lock()
-            .await
-            .clone()
-            .map(GrpcResponse::new)
-            .ok_or_else(|| Status::not_found("no audit has run yet"))
+        self.last_audit_report().await.map(GrpcResponse::new)
     }
 
     async fn register(
@@ -555,10 +549,27 @@ impl Bridge for BridgeService {
         req: GrpcRequest<StatusRequest>,
     ) -> Result<GrpcResponse<ClusterStatus>, Status> {
         self.caller(&req, "status").await?;
+        Ok(GrpcResponse::new(self.cluster_status()))
+    }
+}
+
+impl BridgeService {
+    /// The last audit report, if an audit has run since start-up.
+    pub(crate) async fn last_audit_report(&self) -> Result<AuditReport, Status> {
+        self.state
+            .last_audit
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| Status::not_found("no audit has run yet"))
+    }
+
+    /// The cluster's nodes and key count as the registry sees them now.
+    pub(crate) fn cluster_status(&self) -> ClusterStatus {
         let st = &self.state;
         let keys = st.keys.read().unwrap_or_else(|p| p.into_inner()).len();
         let nodes = st.nodes.read().unwrap_or_else(|p| p.into_inner());
-        Ok(GrpcResponse::new(ClusterStatus {
+        ClusterStatus {
             cluster: st.cluster.clone(),
             keys: keys as u64,
             nodes: nodes
@@ -572,7 +583,7 @@ impl Bridge for BridgeService {
                     failures: n.failures,
                 })
                 .collect(),
-        }))
+        }
     }
 }
 
@@ -589,7 +600,7 @@ impl BridgeService {
 
     /// Audits every key of the list on every registered node; flags missing and wrong
     /// answers, repairs missing keys through sync, and writes one history line per node.
-    async fn audit_round(&self) -> Result<AuditReport, Status> {
+    pub(crate) async fn audit_round(&self) -> Result<AuditReport, Status> {
         let _one = self.state.audit_running.lock().await;
         let started = now_ms();
         let keys: Vec<Vec<u8>> = self
@@ -854,6 +865,7 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
     )?;
     let key_pem = zeroize::Zeroizing::new(read_pem(&config.key)?);
     let key_der = zeroize::Zeroizing::new(pem_to_der(&key_pem, "bridge private key")?);
+    let cas = (chain[1].clone(), chain[2].clone());
     let identity = TlsIdentity::from_local_key(chain, &key_der)?;
     let server_cfg = server_config(&identity, &root_der)?;
     let client_cfg = client_config(&identity, &root_der)?;
@@ -913,8 +925,27 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
             });
         }
     }
+    let link_addr = match &config.link {
+        Some(link) => {
+            crate::link::start(
+                link,
+                &config.cluster,
+                &service.state.root,
+                (&cas.0, &cas.1),
+                &key_der,
+                service.clone(),
+                now_unix(),
+            )
+            .await?
+        }
+        None => None,
+    };
     tracing::info!(cluster = %config.cluster, listen = %local, "bridge server listening");
-    println!("custos-bridge ready {} {}", config.cluster, local);
+    // The gRPC address stays the last word: launchers parse it from there.
+    match link_addr {
+        Some(l) => println!("custos-bridge ready {} link={l} {local}", config.cluster),
+        None => println!("custos-bridge ready {} {}", config.cluster, local),
+    }
     tonic::transport::Server::builder()
         .add_service(
             BridgeServer::new(service)

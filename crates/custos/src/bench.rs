@@ -153,6 +153,7 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
             db_url: None,
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
+            link: None,
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use custos_bridge::BridgeConfig;
+use custos_bridge::{BridgeConfig, LinkConfig};
 use custos_net::{client_config, connect, TlsIdentity};
-use custos_pki::{pem_to_der, PkiDir};
+use custos_pki::{pem_to_der, PkiDir, Service};
 use custos_proto::cluster::bridge_client::BridgeClient;
+use custos_relay::{RelayConfig, TransportConfig};
 use custos_vault_node::NodeConfig;
 use tonic::transport::Channel;
 
@@ -29,6 +30,26 @@ pub struct ClusterOptions {
     pub sync_interval_secs: u64,
     /// Seconds between scheduled audits by the bridge (0: on demand only).
     pub audit_interval_secs: u64,
+    /// The link between the external relay and the bridge (none: no relay is started).
+    pub link: Option<LinkTransport>,
+}
+
+/// Which link transport a cluster's external relay and bridge use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkTransport {
+    /// Length-prefixed frames over TCP (a serial line stands behind it on a real site).
+    Tcp,
+    /// Envelope files in two spool directories (a removable medium).
+    Spool,
+}
+
+/// A cluster's external relay as the cloud server reaches it.
+#[derive(Clone, Debug)]
+pub struct RelayEndpoint {
+    /// Address of the relay's `ExternalRelay` service.
+    pub addr: SocketAddr,
+    /// Bearer token the relay accepts (generated for this deployment).
+    pub token: String,
 }
 
 /// Failures bringing a cluster up.
@@ -81,6 +102,10 @@ pub struct Cluster {
     bridge_config: PathBuf,
     /// The nodes.
     pub nodes: Vec<Node>,
+    /// The external relay, if the cluster has a link.
+    pub relay: Option<RelayEndpoint>,
+    relay_child: Option<Child>,
+    relay_config: PathBuf,
     exe: PathBuf,
     pki: PathBuf,
 }
@@ -107,6 +132,14 @@ impl Cluster {
         }
         pki.issue_bridge(&opts.name)?;
         let cdir = pki.path().join("clusters").join(&opts.name);
+        let relay_config = dir.join("relay.toml");
+        let (link, relay) = match opts.link {
+            Some(transport) => {
+                let (link, relay) = link_configs(pki, &opts.name, dir, transport, &relay_config)?;
+                (Some(link), Some(relay))
+            }
+            None => (None, None),
+        };
         let db_url = opts
             .db_url
             .clone()
@@ -123,6 +156,7 @@ impl Cluster {
             health_interval_ms: 300,
             call_timeout_ms: 3000,
             audit_interval_secs: opts.audit_interval_secs,
+            link,
         };
         let bridge_config = dir.join("bridge.toml");
         bridge_cfg.save(&bridge_config).map_err(io)?;
@@ -134,10 +168,16 @@ impl Cluster {
             bridge: None,
             bridge_config,
             nodes: Vec::new(),
+            relay,
+            relay_child: None,
+            relay_config,
             exe: exe.to_path_buf(),
             pki: pki.path().to_path_buf(),
         };
         cluster.start_bridge()?;
+        if cluster.relay.is_some() {
+            cluster.start_relay()?;
+        }
         for i in 1..=opts.nodes {
             let name = format!("{}-node{i}", opts.name);
             cluster.add_node(pki, &name, opts.sync_interval_secs)?;
@@ -152,6 +192,36 @@ impl Cluster {
         let (child, line) = spawn_ready(cmd, "custos-bridge ready")?;
         self.bridge_addr = parse_ready_addr(&line)?;
         self.bridge = Some(child);
+        Ok(())
+    }
+
+    /// Starts the external relay (configured at [`Cluster::start`]).
+    pub fn start_relay(&mut self) -> Result<(), ClusterError> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["relay", "run", "--config"])
+            .arg(&self.relay_config);
+        let (child, line) = spawn_ready(cmd, "custos-relay ready")?;
+        let addr = parse_ready_addr(&line)?;
+        if let Some(r) = self.relay.as_mut() {
+            r.addr = addr;
+        }
+        self.relay_child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the external relay.
+    pub fn kill_relay(&mut self) {
+        if let Some(mut c) = self.relay_child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts the bridge (after [`Cluster::kill_bridge`]) on its configured ports.
+    pub fn restart_bridge(&mut self) -> Result<(), ClusterError> {
+        if self.bridge.is_none() {
+            self.start_bridge()?;
+        }
         Ok(())
     }
 
@@ -302,6 +372,99 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill_node_server(i);
         }
+        self.kill_relay();
         self.kill_bridge();
     }
+}
+
+/// A loopback port free right now (the bridge's link listener keeps it across restarts,
+/// so the relay's configuration stays valid).
+fn free_port() -> Result<SocketAddr, ClusterError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    l.local_addr().map_err(io)
+}
+
+/// Issues the relay certificate and writes the relay's configuration; returns the bridge's
+/// side of the link and the relay endpoint (address filled in when it starts).
+fn link_configs(
+    pki: &PkiDir,
+    cluster: &str,
+    dir: &Path,
+    transport: LinkTransport,
+    relay_config: &Path,
+) -> Result<(LinkConfig, RelayEndpoint), ClusterError> {
+    pki.issue_service(cluster, Service::Relay)?;
+    let (relay_cert, relay_key) = pki.service_files(cluster, Service::Relay);
+    let (bridge_cert, _) = pki.service_files(cluster, Service::Bridge);
+    let cdir = pki.path().join("clusters").join(cluster);
+    let to_bridge = dir.join("link-spool").join("to-bridge");
+    let to_relay = dir.join("link-spool").join("to-relay");
+    let (link, relay_transport) = match transport {
+        LinkTransport::Tcp => {
+            let addr = free_port()?;
+            (
+                LinkConfig {
+                    relay_cert: relay_cert.clone(),
+                    dedup_db: dir.join("link-dedup.redb"),
+                    tcp: Some(addr),
+                    spool_inbound: None,
+                    spool_outbound: None,
+                    spool_poll_ms: 20,
+                },
+                TransportConfig::Tcp { address: addr },
+            )
+        }
+        LinkTransport::Spool => (
+            LinkConfig {
+                relay_cert: relay_cert.clone(),
+                dedup_db: dir.join("link-dedup.redb"),
+                tcp: None,
+                spool_inbound: Some(to_bridge.clone()),
+                spool_outbound: Some(to_relay.clone()),
+                spool_poll_ms: 5,
+            },
+            TransportConfig::Spool {
+                outbound: to_bridge,
+                inbound: to_relay,
+                poll_ms: 5,
+            },
+        ),
+    };
+    let token = random_token()?;
+    RelayConfig {
+        cluster: cluster.to_string(),
+        listen: "127.0.0.1:0".parse().expect("valid"),
+        cert: relay_cert,
+        key: relay_key,
+        cluster_ca: cdir.join("cluster-ca.crt"),
+        device_ca: pki.path().join("device-ca.crt"),
+        root_ca: pki.path().join("root-ca.crt"),
+        bridge_cert,
+        token_sha256: hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            token.as_bytes(),
+        )),
+        transport: relay_transport,
+        attempt_timeout_ms: 10_000,
+        max_attempts: 3,
+    }
+    .save(relay_config)
+    .map_err(io)?;
+    Ok((
+        link,
+        RelayEndpoint {
+            addr: "127.0.0.1:0".parse().expect("valid"),
+            token,
+        },
+    ))
+}
+
+/// A fresh random bearer token (hex of 32 random bytes).
+pub fn random_token() -> Result<String, ClusterError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| io("random source failed"))?;
+    Ok(hex::encode(bytes))
 }

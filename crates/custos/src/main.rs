@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: BridgeCommand,
     },
+    /// External relay of a cluster (Internet side of the link).
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
+    },
     /// Development cluster on loopback.
     Cluster {
         #[command(subcommand)]
@@ -91,6 +96,16 @@ enum BridgeCommand {
     /// Run a bridge server.
     Run {
         /// TOML configuration (fields overridable by CUSTOS_BRIDGE_<FIELD>).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Run an external relay.
+    Run {
+        /// TOML configuration.
         #[arg(long)]
         config: PathBuf,
     },
@@ -270,6 +285,13 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             runtime()?.block_on(custos_bridge::run(cfg))?;
             Ok(())
         }
+        Command::Relay {
+            command: RelayCommand::Run { config },
+        } => {
+            let cfg = custos_relay::RelayConfig::load(&config)?;
+            runtime()?.block_on(custos_relay::run(cfg))?;
+            Ok(())
+        }
         Command::Cluster {
             command:
                 ClusterCommand::Up {
@@ -320,6 +342,7 @@ fn cluster_up(
         db_url,
         sync_interval_secs: 10,
         audit_interval_secs: 3600,
+        link: None,
     };
     let cluster = custos::cluster::Cluster::start(&std::env::current_exe()?, &pki, &dir, &opts)?;
     println!(

@@ -45,6 +45,7 @@ fn start(pki: &Pki, name: &str, nodes: usize, db_url: Option<String>) -> Cluster
             db_url,
             sync_interval_secs: 2,
             audit_interval_secs: 0,
+            link: None,
         },
     )
     .unwrap()

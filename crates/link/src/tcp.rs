@@ -80,15 +80,20 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 #[derive(Debug)]
 pub struct TcpTransport {
     addr: SocketAddr,
-    conn: tokio::sync::Mutex<Option<TcpStream>>,
+    /// Idle connections. Each exchange uses one connection alone (a frame and its answer),
+    /// so concurrent exchanges open more; at most [`MAX_IDLE`] are kept for reuse.
+    idle: std::sync::Mutex<Vec<TcpStream>>,
 }
+
+/// Idle connections kept per transport.
+const MAX_IDLE: usize = 64;
 
 impl TcpTransport {
     /// A transport to the internal relay's link listener at `addr`. Connects lazily.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
-            conn: tokio::sync::Mutex::new(None),
+            idle: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -99,11 +104,11 @@ impl ClientTransport for TcpTransport {
         _request_id: RequestId,
         request: Vec<u8>,
     ) -> Result<Vec<u8>, LinkError> {
-        let mut slot = self.conn.lock().await;
         // Taken out for the exchange: if this future is dropped midway (timeout), the
         // connection, possibly carrying a late answer, is dropped with it and the next
         // attempt starts clean instead of reading a stale response.
-        let mut stream = match slot.take() {
+        let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut stream = match reused {
             Some(s) => s,
             None => {
                 let s = TcpStream::connect(self.addr).await?;
@@ -111,16 +116,31 @@ impl ClientTransport for TcpTransport {
                 s
             }
         };
-        write_frame(&mut stream, &request).await?;
-        let answer = read_frame(&mut stream, MAX_FRAME).await?.ok_or_else(|| {
-            LinkError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "link peer closed the connection without answering",
-            ))
-        })?;
-        *slot = Some(stream);
+        let answer = match one_exchange(&mut stream, &request).await {
+            Ok(a) => a,
+            Err(e) => {
+                // The peer may have restarted: every idle connection is as stale as this
+                // one. The link client's retry (same request id) opens a fresh one.
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                return Err(e);
+            }
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(stream);
+        }
         Ok(answer)
     }
+}
+
+async fn one_exchange(stream: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>, LinkError> {
+    write_frame(stream, request).await?;
+    read_frame(stream, MAX_FRAME).await?.ok_or_else(|| {
+        LinkError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "link peer closed the connection without answering",
+        ))
+    })
 }
 
 /// Serves the link on `listener` until the task is dropped or accepting fails.

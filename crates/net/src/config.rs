@@ -48,17 +48,34 @@ pub fn server_config(
         algorithms: provider.signature_verification_algorithms,
         hints: vec![root_subject],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
+    Ok(finish_server_config(config))
+}
+
+/// A TLS 1.3 server that asks no client certificate: for a service whose callers are
+/// outside the cluster PKI and authenticate at the application layer (the external relay,
+/// called by the cloud server with a bearer token).
+pub fn server_config_without_client_auth(
+    identity: &TlsIdentity,
+) -> Result<Arc<ServerConfig>, NetError> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
+    Ok(finish_server_config(config))
+}
+
+fn finish_server_config(mut config: ServerConfig) -> Arc<ServerConfig> {
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     // No resumption: every connection must present its chain and sign a fresh
     // CertificateVerify, so the application always sees a proven chain, and connections
     // are long-lived gRPC channels anyway.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// The client side: TLS 1.3 only, presents `identity`'s chain, and accepts a server only if
@@ -67,6 +84,20 @@ pub fn server_config(
 /// requested name is exactly that device's `<node>.<cluster>.custos`.
 pub fn client_config(
     identity: &TlsIdentity,
+    root_ca_der: &[u8],
+) -> Result<Arc<ClientConfig>, NetError> {
+    client_config_with(Some(identity), root_ca_der)
+}
+
+/// Like [`client_config`] but without a client certificate: for a caller outside the
+/// cluster PKI (the cloud server calling an external relay), which authenticates at the
+/// application layer with a bearer token instead. The server is checked exactly as there.
+pub fn client_config_without_identity(root_ca_der: &[u8]) -> Result<Arc<ClientConfig>, NetError> {
+    client_config_with(None, root_ca_der)
+}
+
+fn client_config_with(
+    identity: Option<&TlsIdentity>,
     root_ca_der: &[u8],
 ) -> Result<Arc<ClientConfig>, NetError> {
     let (root, _) = load_root(root_ca_der)?;
@@ -79,11 +110,15 @@ pub fn client_config(
         .build()
         .map_err(|e| NetError::InvalidRootCa(e.to_string()))?;
     let verifier = CustosServerVerifier { webpki, root };
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key()))),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
@@ -224,14 +259,16 @@ impl ServerCertVerifier for CustosServerVerifier {
             cluster_ca: cluster_ca.to_vec(),
             device_ca: device_ca.to_vec(),
         };
-        // A server is either a vault node (device role) or the cluster's bridge (bridge
-        // role); the application decides which role it expects to talk to by the name.
+        // A server is a vault node (device role), the cluster's bridge or its external
+        // relay; the application decides which one it expects to talk to by the name.
+        let now = now.as_secs();
         let id = self
             .root
-            .verify_device(&chain, None, now.as_secs())
+            .verify_device(&chain, None, now)
             .or_else(|device_err| {
                 self.root
-                    .verify_bridge(&chain, None, now.as_secs())
+                    .verify_bridge(&chain, None, now)
+                    .or_else(|_| self.root.verify_relay(&chain, None, now))
                     .map_err(|_| device_err)
             })
             .map_err(|e| other_cert_error(e.to_string()))?;

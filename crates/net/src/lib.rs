@@ -54,7 +54,9 @@ mod identity;
 mod server;
 
 pub use client::{connect, connect_lazy, TlsConnector};
-pub use config::{client_config, server_config};
+pub use config::{
+    client_config, client_config_without_identity, server_config, server_config_without_client_auth,
+};
 pub use identity::{
     is_tls13_certificate_verify_message, RemoteSignFn, TlsIdentity, TLS13_CLIENT_CONTEXT,
     TLS13_SERVER_CONTEXT,

@@ -16,7 +16,8 @@ use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 use crate::{
-    check_name, pem_to_der, role, PkiError, EKU_ADMIN_APPROVAL, EKU_BRIDGE, EKU_VAULT_DEVICE,
+    check_name, pem_to_der, role, PkiError, EKU_ADMIN_APPROVAL, EKU_BRIDGE, EKU_RELAY,
+    EKU_VAULT_DEVICE,
 };
 
 /// A certificate validity window.
@@ -123,19 +124,59 @@ fn device_ekus() -> Vec<ExtendedKeyUsagePurpose> {
     ]
 }
 
-fn bridge_ekus() -> Vec<ExtendedKeyUsagePurpose> {
+fn service_ekus(eku: &[u64]) -> Vec<ExtendedKeyUsagePurpose> {
     vec![
-        ExtendedKeyUsagePurpose::Other(EKU_BRIDGE.to_vec()),
+        ExtendedKeyUsagePurpose::Other(eku.to_vec()),
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ]
 }
 
-/// What the Device CA and Cluster CAs may issue for: vault devices and bridge servers.
+/// What the Device CA and Cluster CAs may issue for: vault devices, bridge servers and
+/// external relays.
 fn cluster_member_ekus() -> Vec<ExtendedKeyUsagePurpose> {
     let mut ekus = device_ekus();
     ekus.push(ExtendedKeyUsagePurpose::Other(EKU_BRIDGE.to_vec()));
+    ekus.push(ExtendedKeyUsagePurpose::Other(EKU_RELAY.to_vec()));
     ekus
+}
+
+/// The cluster services without a TEE that hold a certificate of the Cluster CA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// The bridge server (internal relay).
+    Bridge,
+    /// The external relay (Internet side of the link).
+    Relay,
+}
+
+impl Service {
+    /// Certificate common name, file name and reserved node name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Bridge => "bridge",
+            Service::Relay => "relay",
+        }
+    }
+
+    fn role_prefix(self) -> &'static str {
+        match self {
+            Service::Bridge => role::BRIDGE_PREFIX,
+            Service::Relay => role::RELAY_PREFIX,
+        }
+    }
+
+    fn eku(self) -> &'static [u64] {
+        match self {
+            Service::Bridge => &EKU_BRIDGE,
+            Service::Relay => &EKU_RELAY,
+        }
+    }
+
+    /// TLS server name of the service of `cluster` (`<name>.<cluster>.custos`).
+    pub fn server_name(self, cluster: &str) -> String {
+        format!("{}.{cluster}.custos", self.name())
+    }
 }
 
 fn ca_params(
@@ -346,11 +387,14 @@ impl PkiDir {
             }
         };
         check_name(&node)?;
-        if node == "bridge" {
-            // `bridge.<cluster>.custos` is the bridge server's TLS name.
-            return Err(PkiError::InvalidName(
-                "bridge (reserved for the bridge server)".into(),
-            ));
+        if [Service::Bridge, Service::Relay]
+            .iter()
+            .any(|s| s.name() == node)
+        {
+            // `<service>.<cluster>.custos` is the TLS name of that cluster service.
+            return Err(PkiError::InvalidName(format!(
+                "{node} (reserved for the cluster's {node} service)"
+            )));
         }
         let mut params = leaf_params(
             &node,
@@ -381,28 +425,45 @@ impl PkiDir {
     /// Issues (or re-issues) the certificate and key of a cluster's bridge server, signed
     /// by the Cluster CA. The bridge has no TEE: its key lives in a 0600 file beside it.
     pub fn issue_bridge(&self, cluster: &str) -> Result<IssuedKey, PkiError> {
+        self.issue_service(cluster, Service::Bridge)
+    }
+
+    /// Issues (or re-issues) a cluster service certificate and key, signed by the Cluster
+    /// CA, to `clusters/<cluster>/<service>.{crt,key}` (key 0600).
+    pub fn issue_service(&self, cluster: &str, service: Service) -> Result<IssuedKey, PkiError> {
         check_name(cluster)?;
         let ca = self.load_ca(&self.cluster_ca_base(cluster))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
         let mut params = leaf_params(
-            "bridge",
-            &format!("{}{}", role::BRIDGE_PREFIX, cluster),
+            service.name(),
+            &format!("{}{}", service.role_prefix(), cluster),
             Validity::days(365 * 2),
         );
-        params.extended_key_usages = bridge_ekus();
+        params.extended_key_usages = service_ekus(service.eku());
         params.subject_alt_names = vec![rcgen::SanType::DnsName(
-            format!("bridge.{cluster}.custos")
-                .try_into()
-                .map_err(gen_err)?,
+            service.server_name(cluster).try_into().map_err(gen_err)?,
         )];
         let cert = params.signed_by(&key, &ca.cert, &ca.key).map_err(gen_err)?;
         let issued = IssuedKey {
             cert_pem: cert.pem(),
             key_pem: Zeroizing::new(key.serialize_pem()),
         };
-        let base = self.dir.join("clusters").join(cluster).join("bridge");
-        self.save(&base, &issued.cert_pem, &issued.key_pem)?;
+        self.save(
+            &self.service_base(cluster, service),
+            &issued.cert_pem,
+            &issued.key_pem,
+        )?;
         Ok(issued)
+    }
+
+    /// Paths of a cluster service's certificate and key.
+    pub fn service_files(&self, cluster: &str, service: Service) -> (PathBuf, PathBuf) {
+        let base = self.service_base(cluster, service);
+        (base.with_extension("crt"), base.with_extension("key"))
+    }
+
+    fn service_base(&self, cluster: &str, service: Service) -> PathBuf {
+        self.dir.join("clusters").join(cluster).join(service.name())
     }
 
     /// Root CA certificate (PEM).

@@ -19,7 +19,9 @@ mod issue;
 pub mod tls;
 mod verify;
 
-pub use issue::{issue_admin, issue_admin_with_validity, AdminSigner, IssuedKey, PkiDir, Validity};
+pub use issue::{
+    issue_admin, issue_admin_with_validity, AdminSigner, IssuedKey, PkiDir, Service, Validity,
+};
 pub use verify::{
     cert_fingerprint, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot, Unverified,
     VerifiedAdmin,
@@ -39,6 +41,9 @@ pub const EKU_VAULT_DEVICE: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 2];
 /// EKU OID (as components) marking a cluster's bridge server (internal relay).
 pub const EKU_BRIDGE: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 3];
 
+/// EKU OID (as components) marking a cluster's external relay (Internet side of the link).
+pub const EKU_RELAY: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 4];
+
 /// DER content octets of [`EKU_ADMIN_APPROVAL`] (what webpki compares).
 pub const EKU_ADMIN_APPROVAL_DER: &[u8] =
     &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x01];
@@ -47,6 +52,8 @@ pub const EKU_VAULT_DEVICE_DER: &[u8] =
     &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x02];
 /// DER content octets of [`EKU_BRIDGE`].
 pub const EKU_BRIDGE_DER: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x03];
+/// DER content octets of [`EKU_RELAY`].
+pub const EKU_RELAY_DER: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x04];
 
 /// Organizational-unit role markers carried in every Custos CA subject; the verifier
 /// requires the right marker at each position of a path so that, e.g., an Admin CA can
@@ -66,6 +73,8 @@ pub mod role {
     pub const ADMIN: &str = "custos-admin";
     /// OU prefix of a bridge server certificate; the cluster name follows.
     pub const BRIDGE_PREFIX: &str = "custos-bridge:";
+    /// OU prefix of an external relay certificate; the cluster name follows.
+    pub const RELAY_PREFIX: &str = "custos-relay:";
 }
 
 /// Everything that can go wrong issuing or checking certificates.
@@ -185,6 +194,7 @@ mod tests {
         assert_eq!(oid_der(&EKU_ADMIN_APPROVAL), EKU_ADMIN_APPROVAL_DER);
         assert_eq!(oid_der(&EKU_VAULT_DEVICE), EKU_VAULT_DEVICE_DER);
         assert_eq!(oid_der(&EKU_BRIDGE), EKU_BRIDGE_DER);
+        assert_eq!(oid_der(&EKU_RELAY), EKU_RELAY_DER);
     }
 
     #[test]

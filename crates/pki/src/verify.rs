@@ -7,7 +7,9 @@ use sha2::{Digest, Sha256};
 use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::{role, PkiError, EKU_ADMIN_APPROVAL_DER, EKU_BRIDGE_DER, EKU_VAULT_DEVICE_DER};
+use crate::{
+    role, PkiError, EKU_ADMIN_APPROVAL_DER, EKU_BRIDGE_DER, EKU_RELAY_DER, EKU_VAULT_DEVICE_DER,
+};
 
 /// Largest certificate (DER) accepted anywhere; Custos certificates are well under 2 KiB.
 pub const MAX_CERT_LEN: usize = 8 * 1024;
@@ -109,6 +111,7 @@ pub struct TrustRoot {
 enum Member {
     Vault,
     Bridge,
+    Relay,
 }
 
 /// An intermediate certificate and the check its subject role marker must pass.
@@ -329,6 +332,17 @@ impl TrustRoot {
         self.verify_member(chain, Member::Bridge, expected_cluster, now_unix)
     }
 
+    /// Verifies an external relay certificate (same path as a device, relay EKU and role):
+    /// what the bridge pins as the other end of the link, and the cloud server checks.
+    pub fn verify_relay(
+        &self,
+        chain: &DeviceChain,
+        expected_cluster: Option<&str>,
+        now_unix: u64,
+    ) -> Result<DeviceIdentity, PkiError> {
+        self.verify_member(chain, Member::Relay, expected_cluster, now_unix)
+    }
+
     fn verify_member(
         &self,
         chain: &DeviceChain,
@@ -339,6 +353,7 @@ impl TrustRoot {
         let (what, eku, prefix) = match member {
             Member::Vault => ("device", EKU_VAULT_DEVICE_DER, role::DEVICE_PREFIX),
             Member::Bridge => ("bridge", EKU_BRIDGE_DER, role::BRIDGE_PREFIX),
+            Member::Relay => ("external relay", EKU_RELAY_DER, role::RELAY_PREFIX),
         };
         let is_cluster_ca = |ou: &str| ou.starts_with(role::CLUSTER_CA_PREFIX);
         let is_device_ca = |ou: &str| ou == role::DEVICE_CA;

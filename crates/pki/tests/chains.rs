@@ -1,8 +1,8 @@
 //! PKI issuance and the Custos chain rules, end to end on real certificates.
 
 use custos_pki::{
-    issue_admin_with_validity, pem_to_der, AdminSigner, DeviceChain, PkiDir, PkiError, TrustRoot,
-    Validity,
+    issue_admin_with_validity, pem_to_der, AdminSigner, DeviceChain, PkiDir, PkiError, Service,
+    TrustRoot, Validity,
 };
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 use std::os::unix::fs::PermissionsExt;
@@ -210,4 +210,44 @@ fn bridge_certificate_is_not_a_device_and_vice_versa() {
     assert!(tr.verify_device(&chain, Some("dc1"), now()).is_err());
     let (_k, device) = device_chain(&pki, "dc1", "node-1");
     assert!(tr.verify_bridge(&device, Some("dc1"), now()).is_err());
+}
+
+#[test]
+fn relay_certificate_has_its_own_role() {
+    let (_d, pki) = new_pki(&["dc1", "dc2"]);
+    let chain_of = |service| {
+        let issued = pki.issue_service("dc1", service).unwrap();
+        DeviceChain {
+            device: pem_to_der(&issued.cert_pem, "c").unwrap(),
+            cluster_ca: pem_to_der(&pki.cluster_ca_pem("dc1").unwrap(), "c").unwrap(),
+            device_ca: pem_to_der(&pki.device_ca_pem().unwrap(), "c").unwrap(),
+        }
+    };
+    let relay = chain_of(Service::Relay);
+    let bridge = chain_of(Service::Bridge);
+    let tr = root(&pki);
+    let id = tr.verify_relay(&relay, Some("dc1"), now()).unwrap();
+    assert_eq!((id.cluster.as_str(), id.node.as_str()), ("dc1", "relay"));
+    assert!(matches!(
+        tr.verify_relay(&relay, Some("dc2"), now()),
+        Err(PkiError::WrongCluster { .. })
+    ));
+    // A relay can never pose as a bridge or a vault node, nor a bridge as a relay.
+    assert!(tr.verify_bridge(&relay, Some("dc1"), now()).is_err());
+    assert!(tr.verify_device(&relay, Some("dc1"), now()).is_err());
+    assert!(tr.verify_relay(&bridge, Some("dc1"), now()).is_err());
+    let (_k, device) = device_chain(&pki, "dc1", "node-1");
+    assert!(tr.verify_relay(&device, Some("dc1"), now()).is_err());
+    // Nor can a node take the relay's name.
+    let (_k, csr) = csr("relay");
+    assert!(matches!(
+        pki.sign_device_csr("dc1", &csr),
+        Err(PkiError::InvalidName(_))
+    ));
+    let (cert, key) = pki.service_files("dc1", Service::Relay);
+    assert!(cert.exists() && key.exists());
+    assert_eq!(
+        std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }

@@ -12,6 +12,7 @@
 
 pub mod approval;
 pub mod device;
+pub mod import;
 pub mod platform;
 pub mod protocol;
 pub mod sync;
@@ -349,6 +350,13 @@ impl<P: Platform> TeeCore<P> {
                 secret,
                 approvals,
             } => self.import_wallet(&meta, quorum, &key_id, &secret, &approvals),
+            Request::ImportWalletSealed {
+                meta,
+                quorum,
+                key_id,
+                sealed,
+                approvals,
+            } => self.import_wallet_sealed(&meta, quorum, &key_id, &sealed, &approvals),
             Request::ListKeys => Ok(Response::Keys(
                 self.wallets.values().map(|w| w.info.clone()).collect(),
             )),
@@ -596,7 +604,7 @@ impl<P: Platform> TeeCore<P> {
         )
         .map_err(|e| reject(e.to_string()))?;
         let d = self.device.as_ref().expect("identity implies a device key");
-        let plaintext = Zeroizing::new(sync::open(&d.private_scalar()?[..], t, &context)?);
+        let plaintext = sync::open(&d.private_scalar()?[..], t, &context)?;
         let records = sync::unpack(&plaintext, t.key_ids.len())?;
         // Every record is checked before any is stored: a transfer lands whole or not at all.
         let mut fresh = Vec::new();
@@ -719,27 +727,54 @@ impl<P: Platform> TeeCore<P> {
         secret: &ImportSecret,
         approvals: &[Approval],
     ) -> Outcome {
+        self.approve_import(meta, quorum, key_id, approvals)?;
+        self.store_import(quorum, key_id, secret)
+    }
+
+    /// As [`Self::import_wallet`], with the secret sealed to this node. Approvals are checked
+    /// before anything is decrypted, so an unapproved caller gets no answer about the
+    /// ciphertext. The context uses this node's certified cluster and node names, so a
+    /// ciphertext made for another node, or for other approved terms, does not open.
+    fn import_wallet_sealed(
+        &mut self,
+        meta: &RequestMeta,
+        quorum: u8,
+        key_id: &[u8],
+        sealed: &import::SealedImport,
+        approvals: &[Approval],
+    ) -> Outcome {
+        self.approve_import(meta, quorum, key_id, approvals)?;
+        let (own, _) = self.identity()?;
+        let context = import::import_context(&own.cluster, &own.node, meta, quorum, key_id);
+        let d = self.device.as_ref().expect("identity implies a device key");
+        let secret = import::open_import(&d.private_scalar()?[..], &context, sealed)?;
+        self.store_import(quorum, key_id, &secret)
+    }
+
+    /// The admin check of both import kinds: `quorum` distinct admins approved importing
+    /// `key_id` with that quorum. (No request id is consumed: an import cannot repeat, the
+    /// key then exists.)
+    fn approve_import(
+        &mut self,
+        meta: &RequestMeta,
+        quorum: u8,
+        key_id: &[u8],
+        approvals: &[Approval],
+    ) -> Result<(), TeeError> {
         Self::check_quorum_value(quorum)?;
         self.approve(
             meta,
             Action::ImportWallet { quorum, key_id },
             approvals,
             quorum,
-        )?;
-        let seed = match secret {
-            ImportSecret::Seed(bytes) => Zeroizing::new(bytes.0.clone()),
-            ImportSecret::Mnemonic { phrase, passphrase } => {
-                if phrase.0.len() > 1024 || passphrase.0.len() > 1024 {
-                    return Err(TeeError::ImportRejected("mnemonic too long".into()));
-                }
-                let m = bip39::Mnemonic::parse_in(bip39::Language::English, phrase.0.as_str())
-                    .map_err(|e| TeeError::ImportRejected(format!("BIP-39: {e}")))?;
-                Zeroizing::new(m.to_seed(passphrase.0.as_str()).to_vec())
-            }
-        };
+        )
+    }
+
+    /// Builds the wallet from an approved secret and stores it if it is the approved key.
+    fn store_import(&mut self, quorum: u8, key_id: &[u8], secret: &ImportSecret) -> Outcome {
         let wallet = Wallet::from_seed(
             &self.secp,
-            seed,
+            wallet::import_seed(secret)?,
             quorum,
             Origin::Imported,
             self.platform.now_unix(),

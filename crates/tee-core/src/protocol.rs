@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::approval::Approval;
+use crate::import::SealedImport;
 
 /// Version of the message schema; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -170,6 +171,21 @@ pub enum Request {
     ImportKeys {
         /// The transfer.
         transfer: KeyTransfer,
+    },
+    /// Imports an existing seed sealed to this node's device key D
+    /// ([`crate::import::seal_import`]): handled as [`Request::ImportWallet`] once opened,
+    /// and safe to relay since only ciphertext travels.
+    ImportWalletSealed {
+        /// Request id and expiry (bound into the ciphertext's context).
+        meta: RequestMeta,
+        /// Quorum for the key (bound into the ciphertext's context).
+        quorum: u8,
+        /// Root public key the admins approved importing (bound into the context).
+        key_id: KeyId,
+        /// The secret, HPKE-sealed to this node.
+        sealed: SealedImport,
+        /// Admin approvals, of [`crate::approval::Action::ImportWallet`].
+        approvals: Vec<Approval>,
     },
 }
 
@@ -456,6 +472,10 @@ pub enum TeeError {
     /// The sealed storage failed; this request's writes were discarded.
     #[error("sealed storage failure: {0}")]
     Storage(String),
+    /// A sealed import does not open here: sealed to another node, for another request
+    /// context, altered, or oversized.
+    #[error("sealed import rejected: {0}")]
+    SealedImportRejected(String),
 }
 
 /// The body of a response: success or typed refusal.

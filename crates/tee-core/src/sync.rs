@@ -12,6 +12,7 @@ use hpke::kdf::HkdfSha256;
 use hpke::kem::DhP256HkdfSha256;
 use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::platform::Platform;
 use crate::protocol::{KeyTransfer, TeeError};
@@ -84,55 +85,93 @@ impl rand_core::RngCore for PlatformRng<'_> {
 
 impl rand_core::CryptoRng for PlatformRng<'_> {}
 
-/// HPKE-seals `plaintext` to the recipient's SEC1 P-256 public key; returns (enc, ct).
+/// HPKE-seals `plaintext` to the recipient's SEC1 P-256 public key with the TEE's own
+/// random source; returns (enc, ct).
 pub fn seal(
     platform: &mut dyn Platform,
     recipient_public_key: &[u8],
     info: &[u8],
     plaintext: &[u8],
 ) -> Result<(Vec<u8>, Vec<u8>), TeeError> {
+    seal_with(
+        &mut PlatformRng(platform),
+        recipient_public_key,
+        info,
+        plaintext,
+        TeeError::TransferRejected,
+    )
+}
+
+/// Opens a key transfer's HPKE ciphertext with the recipient's raw P-256 private scalar.
+pub fn open(
+    private_scalar: &[u8],
+    transfer: &KeyTransfer,
+    info: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, TeeError> {
+    open_with(
+        private_scalar,
+        &transfer.enc,
+        &transfer.ciphertext,
+        info,
+        TeeError::TransferRejected,
+    )
+}
+
+/// The HPKE seal shared by key transfers and sealed imports (base mode, `info` = the
+/// caller's context, empty AAD). The random source is the caller's: the TEE's platform
+/// inside, the OS outside (a cloud server sealing an import). Failures are reported through
+/// `reject`, so each protocol keeps its own typed refusal.
+pub fn seal_with<R: rand_core::RngCore + rand_core::CryptoRng>(
+    rng: &mut R,
+    recipient_public_key: &[u8],
+    info: &[u8],
+    plaintext: &[u8],
+    reject: fn(String) -> TeeError,
+) -> Result<(Vec<u8>, Vec<u8>), TeeError> {
     let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient_public_key)
-        .map_err(|e| TeeError::TransferRejected(format!("recipient key: {e}")))?;
-    let mut rng = PlatformRng(platform);
+        .map_err(|e| reject(format!("recipient key: {e}")))?;
     let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
         &OpModeS::Base,
         &pk,
         info,
         plaintext,
         &[],
-        &mut rng,
+        rng,
     )
-    .map_err(|e| TeeError::TransferRejected(format!("HPKE seal: {e}")))?;
+    .map_err(|e| reject(format!("HPKE seal: {e}")))?;
     Ok((enc.to_bytes().to_vec(), ct))
 }
 
-/// Opens an HPKE ciphertext with the recipient's raw P-256 private scalar.
-pub fn open(
+/// The HPKE open matching [`seal_with`]. The plaintext is secret (wallet seeds), so it is
+/// returned in a buffer erased on drop. Any failure, whatever its cause, is reported the
+/// same way through `reject`: the caller learns only that the ciphertext is not for it.
+pub fn open_with(
     private_scalar: &[u8],
-    transfer: &KeyTransfer,
+    enc: &[u8],
+    ciphertext: &[u8],
     info: &[u8],
-) -> Result<Vec<u8>, TeeError> {
+    reject: fn(String) -> TeeError,
+) -> Result<Zeroizing<Vec<u8>>, TeeError> {
     let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(private_scalar)
-        .map_err(|e| TeeError::TransferRejected(format!("own key: {e}")))?;
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&transfer.enc)
-        .map_err(|e| TeeError::TransferRejected(format!("encapsulated key: {e}")))?;
+        .map_err(|e| reject(format!("own key: {e}")))?;
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+        .map_err(|e| reject(format!("encapsulated key: {e}")))?;
     hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
         &OpModeR::Base,
         &sk,
         &enc,
         info,
-        &transfer.ciphertext,
+        ciphertext,
         &[],
     )
-    .map_err(|_| {
-        TeeError::TransferRejected("HPKE open failed: not for this node or altered".into())
-    })
+    .map(Zeroizing::new)
+    .map_err(|_| reject("HPKE open failed: not for this node or altered".into()))
 }
 
 /// Concatenates length-prefixed records (the transfer plaintext).
-pub fn pack(records: &[zeroize::Zeroizing<Vec<u8>>]) -> zeroize::Zeroizing<Vec<u8>> {
+pub fn pack(records: &[Zeroizing<Vec<u8>>]) -> Zeroizing<Vec<u8>> {
     let total: usize = records.iter().map(|r| r.len() + 4).sum();
-    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(total));
+    let mut out = Zeroizing::new(Vec::with_capacity(total));
     for r in records {
         out.extend_from_slice(&(r.len() as u32).to_be_bytes());
         out.extend_from_slice(r);

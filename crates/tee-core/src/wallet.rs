@@ -6,7 +6,7 @@ use bitcoin::secp256k1::{All, Message, Secp256k1};
 use bitcoin::NetworkKind;
 use zeroize::Zeroizing;
 
-use crate::protocol::{EcdsaSignature, KeyInfo, Origin, TeeError, MAX_PATH_DEPTH};
+use crate::protocol::{EcdsaSignature, ImportSecret, KeyInfo, Origin, TeeError, MAX_PATH_DEPTH};
 
 const RECORD_VERSION: u8 = 1;
 
@@ -39,6 +39,26 @@ fn path_of(path: &[u32]) -> Result<Vec<ChildNumber>, TeeError> {
 /// Hex of a key id, as used in record names and messages.
 pub fn key_hex(key_id: &[u8]) -> String {
     hex::encode(key_id)
+}
+
+/// Longest mnemonic or passphrase accepted (bytes); BIP-39 phrases are far shorter, the
+/// bound only stops a huge input from being hashed.
+pub const MAX_MNEMONIC_LEN: usize = 1024;
+
+/// The BIP-32 seed an import brings: the raw seed as given, or the BIP-39 seed of an English
+/// mnemonic and its passphrase. The seed's length is checked by [`Wallet::from_seed`].
+pub fn import_seed(secret: &ImportSecret) -> Result<Zeroizing<Vec<u8>>, TeeError> {
+    match secret {
+        ImportSecret::Seed(bytes) => Ok(Zeroizing::new(bytes.0.clone())),
+        ImportSecret::Mnemonic { phrase, passphrase } => {
+            if phrase.0.len() > MAX_MNEMONIC_LEN || passphrase.0.len() > MAX_MNEMONIC_LEN {
+                return Err(TeeError::ImportRejected("mnemonic too long".into()));
+            }
+            let m = bip39::Mnemonic::parse_in(bip39::Language::English, phrase.0.as_str())
+                .map_err(|e| TeeError::ImportRejected(format!("BIP-39: {e}")))?;
+            Ok(Zeroizing::new(m.to_seed(passphrase.0.as_str()).to_vec()))
+        }
+    }
 }
 
 impl Wallet {

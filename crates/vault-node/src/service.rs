@@ -92,8 +92,10 @@ impl NodeService {
 }
 
 /// Requests the bridge may relay to the TEE. Provisioning, TLS signing and key transfers
-/// never come through the bridge, nor wallet imports: their secret would cross the relay
-/// in plaintext (imports are done at the node's own TEE socket until they travel sealed).
+/// never come through the bridge, nor plaintext wallet imports: their secret would cross
+/// every relay in clear (they are done at the node's own TEE socket). Sealed imports are
+/// relayed: the secret is HPKE-sealed to this node's device key and bound to the approved
+/// request, so relays only see ciphertext that no other TEE can open.
 fn relayable(r: &Request) -> bool {
     matches!(
         r,
@@ -101,6 +103,7 @@ fn relayable(r: &Request) -> bool {
             | Request::ListKeys
             | Request::GetXpub { .. }
             | Request::CreateWallet { .. }
+            | Request::ImportWalletSealed { .. }
             | Request::Sign { .. }
             | Request::AuditSign { .. }
             | Request::Attest { .. }
@@ -329,5 +332,37 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             .map_err(|e| NodeError::Serve(e.to_string()))?
             .map_err(|e| NodeError::Serve(e.to_string())),
         _ = periodic => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relayable;
+    use custos_tee_core::import::SealedImport;
+    use custos_tee_core::protocol::{ImportSecret, Request, RequestMeta, SecretBytes};
+
+    #[test]
+    fn sealed_imports_are_relayed_plaintext_imports_are_not() {
+        let meta = RequestMeta {
+            request_id: [1; 16],
+            expires_at: 0,
+        };
+        assert!(relayable(&Request::ImportWalletSealed {
+            meta: meta.clone(),
+            quorum: 1,
+            key_id: vec![2; 33],
+            sealed: SealedImport {
+                enc: vec![4; 65],
+                ciphertext: vec![0; 64],
+            },
+            approvals: Vec::new(),
+        }));
+        assert!(!relayable(&Request::ImportWallet {
+            meta,
+            quorum: 1,
+            key_id: vec![2; 33],
+            secret: ImportSecret::Seed(SecretBytes(vec![0; 32])),
+            approvals: Vec::new(),
+        }));
     }
 }

@@ -1,0 +1,103 @@
+//! External relay configuration (TOML).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::RelayError;
+
+/// The link transport to the bridge.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransportConfig {
+    /// Stream transport: the bridge's link listener (a serial line in a physical site).
+    Tcp {
+        /// Bridge link address.
+        address: SocketAddr,
+    },
+    /// Spool transport: request and answer files in two directories (removable medium).
+    Spool {
+        /// Directory this relay writes requests to (the bridge's inbound).
+        outbound: PathBuf,
+        /// Directory this relay reads answers from (the bridge's outbound).
+        inbound: PathBuf,
+        /// Milliseconds between scans for an answer.
+        #[serde(default = "default_poll")]
+        poll_ms: u64,
+    },
+}
+
+fn default_poll() -> u64 {
+    20
+}
+
+/// Configuration of one cluster's external relay.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Cluster name.
+    pub cluster: String,
+    /// Address the cloud server reaches this relay on.
+    pub listen: SocketAddr,
+    /// Relay certificate (PEM, `PkiDir::issue_service(cluster, Relay)`).
+    pub cert: PathBuf,
+    /// Relay private key (PEM, 0600): TLS and link signing.
+    pub key: PathBuf,
+    /// The cluster's Cluster CA certificate (PEM).
+    pub cluster_ca: PathBuf,
+    /// The Device CA certificate (PEM).
+    pub device_ca: PathBuf,
+    /// The Root CA certificate (PEM).
+    pub root_ca: PathBuf,
+    /// The bridge's certificate (PEM): its key is the pinned other end of the link.
+    pub bridge_cert: PathBuf,
+    /// Hex SHA-256 of the bearer token the cloud server presents.
+    pub token_sha256: String,
+    /// Link transport.
+    pub transport: TransportConfig,
+    /// Bound on one link attempt, in milliseconds.
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_ms: u64,
+    /// Attempts per request (each with the same request id).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_attempt_timeout() -> u64 {
+    30_000
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+impl RelayConfig {
+    /// Loads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Self, RelayError> {
+        let invalid = |reason: String| {
+            RelayError::Config(format!(
+                "invalid configuration {}: {reason}",
+                path.display()
+            ))
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RelayError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let cfg: RelayConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        custos_pki::check_name(&cfg.cluster).map_err(|e| invalid(e.to_string()))?;
+        let hash =
+            hex::decode(&cfg.token_sha256).map_err(|e| invalid(format!("token_sha256: {e}")))?;
+        if hash.len() != 32 {
+            return Err(invalid("token_sha256 must be 32 bytes of hex".into()));
+        }
+        Ok(cfg)
+    }
+
+    /// Writes the configuration as TOML.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            toml::to_string_pretty(self).expect("config serializes"),
+        )
+    }
+}

@@ -1,0 +1,231 @@
+//! The `ExternalRelay` gRPC service and the process around it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_link::{
+    ClientConfig, ClientTransport, LinkClient, LinkError, LinkKeys, SpoolDirs, SpoolTransport,
+    TcpTransport, MAX_PAYLOAD,
+};
+use custos_net::{
+    client_config_without_identity, connect_lazy, serve_tls, server_config_without_client_auth,
+    TlsIdentity,
+};
+use custos_pki::{pem_to_der, DeviceChain, Service, TrustRoot};
+use custos_proto::cluster::external_relay_server::{ExternalRelay, ExternalRelayServer};
+use custos_proto::cluster::{RelayAnswer, RelayCall};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::{RelayConfig, TransportConfig, MAX_MESSAGE};
+
+/// gRPC metadata key of the cloud server's bearer token (`Bearer <token>`).
+pub const RELAY_TOKEN_HEADER: &str = "authorization";
+
+/// Failures of the external relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Unusable configuration or file.
+    #[error("{0}")]
+    Config(String),
+    /// A certificate did not verify.
+    #[error(transparent)]
+    Pki(#[from] custos_pki::PkiError),
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Net(#[from] custos_net::NetError),
+    /// The link could not be set up.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// Serving failed.
+    #[error("relay server: {0}")]
+    Serve(String),
+}
+
+struct RelayService<T> {
+    client: Arc<LinkClient<T>>,
+    token_sha256: [u8; 32],
+}
+
+impl<T> RelayService<T> {
+    fn authorize<M>(&self, req: &Request<M>) -> Result<(), Status> {
+        let token = req
+            .metadata()
+            .get(RELAY_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("bearer token required"))?;
+        // Comparing digests, not tokens: the timing of a mismatch says nothing useful
+        // about the token.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if digest != self.token_sha256 {
+            return Err(Status::unauthenticated("bearer token not accepted"));
+        }
+        Ok(())
+    }
+}
+
+/// How a link failure is reported to the cloud server.
+fn status_of(e: LinkError) -> Status {
+    let message = e.to_string();
+    match e {
+        LinkError::Timeout | LinkError::Io(_) => Status::unavailable(message),
+        LinkError::RequestIdReused => Status::already_exists(message),
+        LinkError::Oversize { .. } => Status::resource_exhausted(message),
+        LinkError::Refused { .. } | LinkError::Handler(_) => Status::failed_precondition(message),
+        // An answer that is not authentic, or addressed to another request: the link or
+        // the bridge is not who it should be.
+        LinkError::BadSignature
+        | LinkError::WrongCluster { .. }
+        | LinkError::Malformed(_)
+        | LinkError::UnsupportedVersion(_)
+        | LinkError::UnexpectedResponse(_) => Status::data_loss(message),
+        _ => Status::internal(message),
+    }
+}
+
+#[tonic::async_trait]
+impl<T: ClientTransport + 'static> ExternalRelay for RelayService<T> {
+    async fn forward(&self, req: Request<RelayCall>) -> Result<Response<RelayAnswer>, Status> {
+        self.authorize(&req)?;
+        let call = req.into_inner();
+        let request_id: [u8; 16] = call.request_id.as_slice().try_into().map_err(|_| {
+            Status::invalid_argument(format!(
+                "request_id must be 16 bytes, got {}",
+                call.request_id.len()
+            ))
+        })?;
+        if call.payload.len() > MAX_PAYLOAD {
+            return Err(Status::resource_exhausted(format!(
+                "payload of {} bytes exceeds {MAX_PAYLOAD}",
+                call.payload.len()
+            )));
+        }
+        let payload = self
+            .client
+            .request_with_id(request_id, call.payload)
+            .await
+            .map_err(|e| {
+                tracing::warn!(request_id = %hex::encode(request_id), error = %e, "link request failed");
+                status_of(e)
+            })?;
+        Ok(Response::new(RelayAnswer { payload }))
+    }
+}
+
+fn read(path: &std::path::Path, what: &str) -> Result<String, RelayError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| RelayError::Config(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// A lazy channel to `cluster`'s external relay at `endpoint`, accepting only a server
+/// that proves the relay certificate of that cluster under `trust_root`.
+pub fn connect_relay(
+    endpoint: SocketAddr,
+    trust_root: &TrustRoot,
+    cluster: &str,
+) -> Result<Channel, RelayError> {
+    let config = client_config_without_identity(trust_root.der())?;
+    Ok(connect_lazy(
+        endpoint,
+        &Service::Relay.server_name(cluster),
+        config,
+    )?)
+}
+
+/// Runs the relay until the process ends; prints `custos-relay ready <cluster> <addr>`
+/// once it serves.
+pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
+    let root_der = pem_to_der(&read(&config.root_ca, "Root CA")?, "Root CA certificate")?;
+    let root = TrustRoot::from_der(&root_der)?;
+    let cluster_ca = pem_to_der(&read(&config.cluster_ca, "Cluster CA")?, "Cluster CA")?;
+    let device_ca = pem_to_der(&read(&config.device_ca, "Device CA")?, "Device CA")?;
+    let chain_of = |device: Vec<u8>| DeviceChain {
+        device,
+        cluster_ca: cluster_ca.clone(),
+        device_ca: device_ca.clone(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let own_cert = pem_to_der(
+        &read(&config.cert, "relay certificate")?,
+        "relay certificate",
+    )?;
+    root.verify_relay(&chain_of(own_cert.clone()), Some(&config.cluster), now)?;
+    let bridge_cert = pem_to_der(&read(&config.bridge_cert, "bridge certificate")?, "bridge")?;
+    let bridge = root.verify_bridge(&chain_of(bridge_cert), Some(&config.cluster), now)?;
+    let key_pem = zeroize::Zeroizing::new(read(&config.key, "relay key")?);
+    let key_der = zeroize::Zeroizing::new(pem_to_der(&key_pem, "relay private key")?);
+    let keys = LinkKeys::from_pkcs8(&key_der, bridge.public_key.clone())?;
+    let identity = TlsIdentity::from_local_key(
+        vec![own_cert, cluster_ca.clone(), device_ca.clone()],
+        &key_der,
+    )?;
+    let tls = server_config_without_client_auth(&identity)?;
+    let mut token_sha256 = [0u8; 32];
+    hex::decode_to_slice(&config.token_sha256, &mut token_sha256)
+        .map_err(|e| RelayError::Config(format!("token_sha256: {e}")))?;
+    let link_config = ClientConfig {
+        attempt_timeout: Duration::from_millis(config.attempt_timeout_ms.max(10)),
+        max_attempts: config.max_attempts.max(1),
+        ..ClientConfig::new(config.cluster.clone())
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| RelayError::Serve(format!("bind {}: {e}", config.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| RelayError::Serve(e.to_string()))?;
+    let incoming = serve_tls(listener, tls).await;
+    let ready = |what: &str| {
+        tracing::info!(cluster = %config.cluster, listen = %local, transport = what, "external relay serving");
+        println!("custos-relay ready {} {local}", config.cluster);
+    };
+    match &config.transport {
+        TransportConfig::Tcp { address } => {
+            let client = LinkClient::new(TcpTransport::new(*address), keys, link_config);
+            ready("tcp");
+            serve(client, token_sha256, incoming).await
+        }
+        TransportConfig::Spool {
+            outbound,
+            inbound,
+            poll_ms,
+        } => {
+            let transport = SpoolTransport::new(
+                SpoolDirs {
+                    outbound: outbound.clone(),
+                    inbound: inbound.clone(),
+                },
+                Duration::from_millis((*poll_ms).max(1)),
+            )?;
+            let client = LinkClient::new(transport, keys, link_config);
+            ready("spool");
+            serve(client, token_sha256, incoming).await
+        }
+    }
+}
+
+async fn serve<T: ClientTransport + 'static>(
+    client: LinkClient<T>,
+    token_sha256: [u8; 32],
+    incoming: custos_net::TlsIncoming,
+) -> Result<(), RelayError> {
+    let service = RelayService {
+        client: Arc::new(client),
+        token_sha256,
+    };
+    tonic::transport::Server::builder()
+        .add_service(
+            ExternalRelayServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(|e| RelayError::Serve(e.to_string()))
+}

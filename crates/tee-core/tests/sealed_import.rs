@@ -1,0 +1,433 @@
+//! Sealed wallet import: a secret HPKE-sealed to one node's device key D is imported by that
+//! node's TEE core only, for exactly the approved request, and never shows in clear.
+//!
+//! The cores run in-process over an in-memory platform, provisioned by a real PKI (Root,
+//! Device and Cluster CAs, admins) as the operator tooling does it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
+use custos_tee_core::approval::{Action, Approval};
+use custos_tee_core::import::{import_context, import_key_id, seal_import, SealedImport};
+use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
+use custos_tee_core::protocol::{
+    encode_request, ImportSecret, KeyInfo, Origin, Outcome, Request, RequestMeta, Response,
+    SecretBytes, SecretString, SignedResponse, TeeError,
+};
+use custos_tee_core::TeeCore;
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+const CLUSTER: &str = "dc1";
+/// BIP-39 test vector (Trezor): the all-`abandon` phrase with passphrase "TREZOR".
+const PHRASE: &str =
+    "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+const PASSPHRASE: &str = "TREZOR";
+
+/// Sealed storage in memory: pending writes become visible to `commit` only.
+#[derive(Default)]
+struct MemPlatform {
+    committed: BTreeMap<String, Vec<u8>>,
+    staged: BTreeMap<String, Vec<u8>>,
+    counter: u64,
+}
+
+impl Platform for MemPlatform {
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
+        rand::rngs::OsRng.fill_bytes(buf);
+        Ok(())
+    }
+    fn now_unix(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+    fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {
+        self.staged.insert(id.as_str().into(), plaintext.to_vec());
+        Ok(())
+    }
+    fn commit(&mut self) -> Result<(), PlatformError> {
+        self.committed = self.staged.clone();
+        Ok(())
+    }
+    fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
+        Ok(self.staged.get(id.as_str()).cloned().map(Zeroizing::new))
+    }
+    fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
+        self.staged
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .map(|k| RecordId::new(k.clone()))
+            .collect()
+    }
+    fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
+        self.staged.remove(id.as_str());
+        Ok(())
+    }
+    fn attest(&mut self, _: &[u8]) -> Result<Attestation, PlatformError> {
+        Err(PlatformError::Unsupported("attestation"))
+    }
+    fn counter_increment(&mut self) -> Result<u64, PlatformError> {
+        self.counter += 1;
+        Ok(self.counter)
+    }
+}
+
+/// A PKI in a temporary directory (removed on drop) with cluster dc1 and three admins.
+struct Pki {
+    dir: PathBuf,
+    pki: PkiDir,
+    admins: Vec<AdminSigner>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "custos-tee-core-sealed-import-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pki = PkiDir::new(dir.join("pki"));
+        pki.init().unwrap();
+        pki.create_cluster_ca(CLUSTER).unwrap();
+        let admins = ["alice", "bob", "carol"]
+            .iter()
+            .map(|a| {
+                pki.create_admin(a).unwrap();
+                AdminSigner::load(&pki, a).unwrap()
+            })
+            .collect();
+        Pki { dir, pki, admins }
+    }
+
+    /// A core of cluster dc1 with Root pinned, D generated and its certificate installed;
+    /// returns it with D's public key.
+    fn node(&self, node: &str) -> (TeeCore<MemPlatform>, Vec<u8>) {
+        let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
+        let root_cert = pem_to_der(&self.pki.root_pem().unwrap(), "root").unwrap();
+        call(&mut core, &Request::PinRoot { root_cert }).unwrap();
+        let Response::DeviceCsr { csr, public_key } = call(
+            &mut core,
+            &Request::GenerateDeviceKey {
+                cluster: CLUSTER.into(),
+                node: node.into(),
+            },
+        )
+        .unwrap() else {
+            panic!("expected a CSR");
+        };
+        let cert = self
+            .pki
+            .sign_device_csr(CLUSTER, &der_to_pem(&csr, "CERTIFICATE REQUEST"))
+            .unwrap();
+        call(
+            &mut core,
+            &Request::InstallDeviceCert {
+                device: pem_to_der(&cert, "device").unwrap(),
+                cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(CLUSTER).unwrap(), "c").unwrap(),
+                device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
+            },
+        )
+        .unwrap();
+        (core, public_key)
+    }
+
+    /// Approvals by the first `n` admins of importing `key_id` with `quorum`.
+    fn approvals(&self, n: usize, meta: &RequestMeta, quorum: u8, key_id: &[u8]) -> Vec<Approval> {
+        let message = Action::ImportWallet { quorum, key_id }.message(CLUSTER, meta);
+        self.admins[..n]
+            .iter()
+            .map(|s| Approval {
+                admin_cert: s.cert_der.clone(),
+                admin_ca: s.admin_ca_der.clone(),
+                signature: s.sign(&message),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One request through the byte interface (as the host serves it), outcome decoded.
+fn call(core: &mut TeeCore<MemPlatform>, req: &Request) -> Outcome {
+    let signed: SignedResponse =
+        postcard::from_bytes(&core.handle_bytes(&encode_request(req))).unwrap();
+    postcard::from_bytes(&signed.body).unwrap()
+}
+
+fn meta() -> RequestMeta {
+    let mut request_id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut request_id);
+    RequestMeta {
+        request_id,
+        expires_at: MemPlatform::default().now_unix() + 600,
+    }
+}
+
+fn mnemonic() -> ImportSecret {
+    ImportSecret::Mnemonic {
+        phrase: SecretString(PHRASE.into()),
+        passphrase: SecretString(PASSPHRASE.into()),
+    }
+}
+
+fn keys(core: &mut TeeCore<MemPlatform>) -> Vec<KeyInfo> {
+    match call(core, &Request::ListKeys).unwrap() {
+        Response::Keys(k) => k,
+        r => panic!("unexpected {r:?}"),
+    }
+}
+
+/// A sealed-import request for node1 with `approvers` approvals of exactly its terms.
+struct Sealed {
+    meta: RequestMeta,
+    quorum: u8,
+    key_id: Vec<u8>,
+    sealed: SealedImport,
+}
+
+impl Sealed {
+    fn new(device_key: &[u8], node: &str, quorum: u8, secret: &ImportSecret) -> Self {
+        let meta = meta();
+        let key_id = import_key_id(secret).unwrap();
+        let sealed =
+            seal_import(device_key, CLUSTER, node, &meta, quorum, &key_id, secret).unwrap();
+        Sealed {
+            meta,
+            quorum,
+            key_id,
+            sealed,
+        }
+    }
+
+    fn request(&self, pki: &Pki, approvers: usize) -> Request {
+        Request::ImportWalletSealed {
+            meta: self.meta.clone(),
+            quorum: self.quorum,
+            key_id: self.key_id.clone(),
+            sealed: self.sealed.clone(),
+            approvals: pki.approvals(approvers, &self.meta, self.quorum, &self.key_id),
+        }
+    }
+}
+
+fn sealed_refusal(e: Outcome) -> String {
+    match e {
+        Err(TeeError::SealedImportRejected(m)) => m,
+        other => panic!("expected SealedImportRejected, got {other:?}"),
+    }
+}
+
+#[test]
+fn sealed_import_yields_the_key_of_the_secret_as_a_plain_import_does() {
+    let pki = Pki::new();
+    let (mut node1, d1) = pki.node("node1");
+    let (mut node2, _) = pki.node("node2");
+    let secret = mnemonic();
+    let s = Sealed::new(&d1, "node1", 2, &secret);
+
+    let Response::Wallet(sealed_info) = call(&mut node1, &s.request(&pki, 2)).unwrap() else {
+        panic!("expected a wallet");
+    };
+    assert_eq!(sealed_info.key_id, s.key_id);
+    assert_eq!(sealed_info.key_id, import_key_id(&secret).unwrap());
+    assert_eq!(
+        (sealed_info.quorum, sealed_info.origin),
+        (2, Origin::Imported)
+    );
+    assert_eq!(keys(&mut node1), vec![sealed_info.clone()]);
+
+    // The same secret in clear at another node's own socket gives the same wallet.
+    let meta = meta();
+    let plain = Request::ImportWallet {
+        approvals: pki.approvals(2, &meta, 2, &s.key_id),
+        meta,
+        quorum: 2,
+        key_id: s.key_id.clone(),
+        secret,
+    };
+    let Response::Wallet(plain_info) = call(&mut node2, &plain).unwrap() else {
+        panic!("expected a wallet");
+    };
+    assert_eq!(plain_info, sealed_info);
+
+    // Replaying the sealed request imports nothing twice.
+    let e = call(&mut node1, &s.request(&pki, 2)).unwrap_err();
+    assert!(matches!(e, TeeError::KeyExists(_)), "{e:?}");
+
+    // A raw seed travels the same way.
+    let seed = ImportSecret::Seed(SecretBytes((0u8..64).collect()));
+    let s = Sealed::new(&d1, "node1", 1, &seed);
+    let Response::Wallet(info) = call(&mut node1, &s.request(&pki, 1)).unwrap() else {
+        panic!("expected a wallet");
+    };
+    assert_eq!(info.key_id, import_key_id(&seed).unwrap());
+}
+
+#[test]
+fn a_secret_sealed_for_another_node_does_not_open() {
+    let pki = Pki::new();
+    let (mut node1, d1) = pki.node("node1");
+    let (_node2, d2) = pki.node("node2");
+    // To node2's D (under node1's name, so only the key differs).
+    let s = Sealed::new(&d2, "node1", 1, &mnemonic());
+    sealed_refusal(call(&mut node1, &s.request(&pki, 1)));
+    // To node1's D but for node2's name.
+    let s = Sealed::new(&d1, "node2", 1, &mnemonic());
+    sealed_refusal(call(&mut node1, &s.request(&pki, 1)));
+    assert!(keys(&mut node1).is_empty());
+}
+
+#[test]
+fn a_changed_context_does_not_open_even_with_valid_approvals() {
+    let pki = Pki::new();
+    let (mut node1, d1) = pki.node("node1");
+    let other_key = import_key_id(&ImportSecret::Seed(SecretBytes(vec![5; 32]))).unwrap();
+    let s = Sealed::new(&d1, "node1", 1, &mnemonic());
+    let mut changes: Vec<(&str, Sealed)> = Vec::new();
+    let mut c = Sealed::new(&d1, "node1", 1, &mnemonic());
+    c.meta.request_id = meta().request_id;
+    changes.push(("request id", c));
+    let mut c = Sealed::new(&d1, "node1", 1, &mnemonic());
+    c.meta.expires_at -= 1;
+    changes.push(("expiry", c));
+    let mut c = Sealed::new(&d1, "node1", 1, &mnemonic());
+    c.quorum = 2;
+    changes.push(("quorum", c));
+    let mut c = Sealed::new(&d1, "node1", 1, &mnemonic());
+    c.key_id = other_key;
+    changes.push(("key id", c));
+    for (what, c) in changes {
+        // The approvals are valid for the changed terms: only the ciphertext refuses.
+        let m = sealed_refusal(call(&mut node1, &c.request(&pki, 2)));
+        assert!(m.contains("HPKE open failed"), "{what}: {m}");
+    }
+    assert!(keys(&mut node1).is_empty());
+    // The unchanged request still imports.
+    assert!(call(&mut node1, &s.request(&pki, 1)).is_ok());
+}
+
+#[test]
+fn a_tampered_ciphertext_is_refused() {
+    let pki = Pki::new();
+    let (mut node1, d1) = pki.node("node1");
+    let s = Sealed::new(&d1, "node1", 1, &mnemonic());
+    let mut variants: Vec<(&str, SealedImport)> = Vec::new();
+    let mut t = s.sealed.clone();
+    t.ciphertext[0] ^= 1;
+    variants.push(("ciphertext", t));
+    let mut t = s.sealed.clone();
+    t.ciphertext.pop();
+    variants.push(("truncated", t));
+    let mut t = s.sealed.clone();
+    t.enc[20] ^= 1;
+    variants.push(("encapsulated key", t));
+    let mut t = s.sealed.clone();
+    t.enc.truncate(33);
+    variants.push(("short encapsulated key", t));
+    let mut t = s.sealed.clone();
+    t.ciphertext.resize(5000, 0);
+    variants.push(("oversized", t));
+    for (what, sealed) in variants {
+        let req = Request::ImportWalletSealed {
+            meta: s.meta.clone(),
+            quorum: s.quorum,
+            key_id: s.key_id.clone(),
+            sealed,
+            approvals: pki.approvals(1, &s.meta, s.quorum, &s.key_id),
+        };
+        let m = sealed_refusal(call(&mut node1, &req));
+        assert!(!m.is_empty(), "{what}");
+    }
+    assert!(keys(&mut node1).is_empty());
+}
+
+#[test]
+fn a_secret_that_is_not_the_approved_key_is_refused() {
+    let pki = Pki::new();
+    let (mut node1, d1) = pki.node("node1");
+    // seal_import refuses this at the sender...
+    let secret = mnemonic();
+    let other_key = import_key_id(&ImportSecret::Seed(SecretBytes(vec![5; 32]))).unwrap();
+    let meta = meta();
+    let e = seal_import(&d1, CLUSTER, "node1", &meta, 1, &other_key, &secret).unwrap_err();
+    assert!(matches!(e, TeeError::ImportRejected(_)), "{e:?}");
+    // ...so a careless or hostile sealer builds it by hand: the context names other_key,
+    // the plaintext is another secret. The TEE opens it and still refuses.
+    let context = import_context(CLUSTER, "node1", &meta, 1, &other_key);
+    let plaintext = Zeroizing::new(postcard::to_allocvec(&secret).unwrap());
+    let (enc, ciphertext) = custos_tee_core::sync::seal_with(
+        &mut rand::rngs::OsRng,
+        &d1,
+        &context,
+        &plaintext,
+        TeeError::SealedImportRejected,
+    )
+    .unwrap();
+    let req = Request::ImportWalletSealed {
+        approvals: pki.approvals(1, &meta, 1, &other_key),
+        meta,
+        quorum: 1,
+        key_id: other_key,
+        sealed: SealedImport { enc, ciphertext },
+    };
+    let e = call(&mut node1, &req).unwrap_err();
+    assert!(
+        matches!(e, TeeError::ImportRejected(ref m) if m.contains("approvals are for")),
+        "{e:?}"
+    );
+    assert!(keys(&mut node1).is_empty());
+}
+
+#[test]
+fn without_enough_approvals_nothing_is_imported() {
+    let pki = Pki::new();
+    let (mut node1, d1) = pki.node("node1");
+    let s = Sealed::new(&d1, "node1", 2, &mnemonic());
+    let e = call(&mut node1, &s.request(&pki, 1)).unwrap_err();
+    assert_eq!(
+        e,
+        TeeError::QuorumNotMet {
+            required: 2,
+            approved: 1
+        }
+    );
+    let e = call(&mut node1, &s.request(&pki, 0)).unwrap_err();
+    assert_eq!(e, TeeError::ApprovalMissing);
+    // Approvals of another import (another key id) do not count.
+    let mut req = s.request(&pki, 2);
+    let Request::ImportWalletSealed { approvals, .. } = &mut req else {
+        unreachable!()
+    };
+    *approvals = pki.approvals(2, &s.meta, s.quorum, &[2; 33]);
+    let e = call(&mut node1, &req).unwrap_err();
+    assert!(
+        matches!(e, TeeError::ApprovalRejected { index: 0, .. }),
+        "{e:?}"
+    );
+    assert!(keys(&mut node1).is_empty());
+}
+
+#[test]
+fn debug_of_a_sealed_import_never_shows_the_secret() {
+    let pki = Pki::new();
+    let (_node1, d1) = pki.node("node1");
+    let s = Sealed::new(&d1, "node1", 1, &mnemonic());
+    let text = format!("{:?} {:#?}", s.request(&pki, 1), s.request(&pki, 1));
+    assert!(text.contains("ImportWalletSealed"));
+    for secret_part in ["abandon", "about", PASSPHRASE] {
+        assert!(!text.contains(secret_part), "{secret_part} printed");
+    }
+    // Nor the encoded secret bytes.
+    let encoded = postcard::to_allocvec(&mnemonic()).unwrap();
+    assert!(!text.contains(&format!("{:?}", &encoded[..16])));
+}
