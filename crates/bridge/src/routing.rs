@@ -60,6 +60,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         Request::Status => d("status", None, true),
         Request::ListKeys => d("list-keys", None, true),
         Request::Attest { .. } => d("attest", None, true),
+        Request::DeviceChain => d("device-chain", None, true),
         Request::GetXpub { key_id, path } => Described {
             path: Some(path_string(path)),
             ..d("get-xpub", Some(key_id), false)
@@ -89,6 +90,20 @@ pub fn describe(r: &Request) -> Option<Described> {
                 .map(|a| admin_name(&a.admin_cert))
                 .collect(),
             ..d("sign", Some(key_id), false)
+        },
+        // Sealed to one node's device key: the caller pins that node (no failover).
+        Request::ImportWalletSealed {
+            meta,
+            key_id,
+            approvals,
+            ..
+        } => Described {
+            request_id: Some(hex::encode(meta.request_id)),
+            approvers: approvals
+                .iter()
+                .map(|a| admin_name(&a.admin_cert))
+                .collect(),
+            ..d("import-wallet", Some(key_id), true)
         },
         _ => return None,
     })

@@ -1,2 +1,42 @@
 //! Custos cloud server (patent FIG. 1): the REST API on the Internet side.
+//!
+//! API clients create wallets and signing requests; admins approve them with signatures
+//! over the exact request (checked here early, and by the TEE in the end); at quorum the
+//! request goes through the cluster's external relay, the link and the bridge to a vault
+//! node's TEE core, and the answer comes back signed by that node's device key D, which is
+//! verified here against the node's certificate chain before anything is acted on.
+//!
+//! * [`config`]: the TOML configuration, API token generation;
+//! * [`db`]: wallets, requests and their lifecycle events (SQLite or PostgreSQL);
+//! * [`gateway`]: the way to a cluster (gRPC to its external relay, or a test double);
+//! * [`cluster`]: retries and verification of cluster answers;
+//! * [`service`]: the request lifecycle;
+//! * [`http`]: REST routes and the generated OpenAPI document;
+//! * [`server`]: [`run`] and TLS serving;
+//! * [`client`]: the typed client ([`client::CloudClient`]);
+//! * [`cli`]: `custos approve`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod approval;
+pub mod cli;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod path;
+pub mod server;
+pub mod service;
+
+use std::sync::Arc;
+
+pub use config::{generate_api_token, token_hash, CloudConfig};
+pub use server::{run, run_with, serve, RunError};
+pub use service::Cloud;
+
+/// Source of the current time, Unix milliseconds (injectable for tests).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;

@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod deployment;
 pub mod ops;
 pub mod tee_process;

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_e2e;
 mod demo;
 
 use std::path::PathBuf;
@@ -54,6 +55,39 @@ enum Command {
         #[command(subcommand)]
         command: RelayCommand,
     },
+    /// Cloud server (Internet-facing REST API, patent FIG. 1).
+    Cloud {
+        #[command(subcommand)]
+        command: CloudCommand,
+    },
+    /// Review and approve a pending cloud request as an admin (lists them without
+    /// --request). The approval message is recomputed locally, never taken from the server.
+    Approve {
+        /// Cloud server base URL.
+        #[arg(long, env = "CUSTOS_API_URL")]
+        api: String,
+        /// API token.
+        #[arg(long, env = "CUSTOS_API_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Root certificate (PEM) to trust for an HTTPS API.
+        #[arg(long)]
+        api_root_ca: Option<PathBuf>,
+        /// PKI directory with admins/<name>.{crt,key} and admin-ca.crt.
+        #[arg(long, env = "CUSTOS_PKI_DIR", default_value = "custos-pki")]
+        pki: PathBuf,
+        /// Admin name.
+        #[arg(long)]
+        admin: String,
+        /// Request id to approve.
+        #[arg(long, conflicts_with = "list")]
+        request: Option<String>,
+        /// List pending requests (the default without --request).
+        #[arg(long)]
+        list: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Development cluster on loopback.
     Cluster {
         #[command(subcommand)]
@@ -69,8 +103,9 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Local walk-through on loopback: PKI, TEE processes, provisioning, wallets, approvals,
-    /// signing, refusals, crash and restart. Exits 0 only if every step verified.
+    /// The local deployment on loopback: PKI, two clusters of three nodes (node server and
+    /// TEE process each), bridges, external relays and links, the cloud server; then every
+    /// flow through the REST API. Exits 0 only if every step verified.
     Demo {
         /// Working directory (default: a new temporary directory).
         #[arg(long)]
@@ -78,6 +113,9 @@ enum Command {
         /// Machine-readable report.
         #[arg(long, default_value = "custos-demo-report.json")]
         report: PathBuf,
+        /// Leave the deployment running afterwards (until Ctrl-C) and print how to reach it.
+        #[arg(long)]
+        keep_running: bool,
     },
 }
 
@@ -98,6 +136,22 @@ enum BridgeCommand {
         /// TOML configuration (fields overridable by CUSTOS_BRIDGE_<FIELD>).
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CloudCommand {
+    /// Run the cloud server; prints `custos cloud listening on <url>` once it serves.
+    Run {
+        /// TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Generate an API token; prints it once with the configuration entry of its hash.
+    Token {
+        /// Name recorded on the requests made with it.
+        #[arg(long, default_value = "api")]
+        name: String,
     },
 }
 
@@ -141,6 +195,22 @@ enum BenchCommand {
         /// Concurrent requests.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Working directory (default: temporary).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// End-to-end BIP-32 signing through the full path (REST to TEE and back): peak
+    /// throughput and p50/p99 at half the peak, beside raw libsecp256k1 on one core.
+    E2e {
+        /// Signatures at peak load.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        /// Concurrent REST callers at peak.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Vault nodes in the cluster.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
         /// Working directory (default: temporary).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -262,7 +332,20 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     match cli.command {
         Command::Pki { dir, command } => run_pki(PkiDir::new(dir), command),
         Command::Tee { command } => run_tee(command),
-        Command::Demo { dir, report } => demo::run(dir, &report),
+        Command::Demo {
+            dir,
+            report,
+            keep_running,
+        } => demo::run(dir, &report, keep_running),
+        Command::Bench {
+            command:
+                BenchCommand::E2e {
+                    requests,
+                    concurrency,
+                    nodes,
+                    dir,
+                },
+        } => bench_e2e::run(requests, concurrency, nodes, dir.as_deref()),
         Command::Bench {
             command:
                 BenchCommand::Cluster {
@@ -283,6 +366,56 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         } => {
             let cfg = custos_bridge::BridgeConfig::load(&config)?;
             runtime()?.block_on(custos_bridge::run(cfg))?;
+            Ok(())
+        }
+        Command::Cloud {
+            command: CloudCommand::Run { config },
+        } => {
+            let cfg = custos_cloud::CloudConfig::load(&config)?;
+            let scheme = if cfg.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            runtime()?.block_on(custos_cloud::run(cfg, move |addr| {
+                use std::io::Write;
+                println!("custos cloud listening on {scheme}://{addr}");
+                let _ = std::io::stdout().flush();
+            }))?;
+            Ok(())
+        }
+        Command::Cloud {
+            command: CloudCommand::Token { name },
+        } => {
+            let (token, hash) = custos_cloud::generate_api_token();
+            println!("token: {}", token.as_str());
+            println!("[[api_tokens]]\nname = {name:?}\nsha256 = \"{hash}\"");
+            Ok(())
+        }
+        Command::Approve {
+            api,
+            token,
+            api_root_ca,
+            pki,
+            admin,
+            request,
+            list,
+            yes,
+        } => {
+            let args = custos_cloud::cli::ApproveArgs {
+                api,
+                token,
+                api_root_ca,
+                pki,
+                admin,
+                request: if list { None } else { request },
+                yes,
+            };
+            runtime()?.block_on(custos_cloud::cli::approve(
+                &args,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout(),
+            ))?;
             Ok(())
         }
         Command::Relay {

@@ -1,0 +1,103 @@
+//! The approval message of a request, computed from its fields with the TEE core's own
+//! encoder ([`Action::message`]): the server shows it, approvers recompute it (never
+//! trusting the server's bytes), and the TEE checks the same bytes.
+
+use custos_pki::{pem_to_der, AdminSigner};
+use custos_tee_core::approval::Action;
+use custos_tee_core::protocol::RequestMeta;
+
+use crate::api::{ApprovalBody, RequestKind, RequestView};
+use crate::path::parse_path;
+
+/// Parses 16 bytes of hex (a request id).
+pub fn parse_request_id(s: &str) -> Result<[u8; 16], String> {
+    parse_hex_array(s, "request id")
+}
+
+/// Parses 32 bytes of hex (a digest).
+pub fn parse_digest(s: &str) -> Result<[u8; 32], String> {
+    parse_hex_array(s, "digest")
+}
+
+/// Parses a root id: 33 bytes of hex, a compressed public key prefix (02/03).
+pub fn parse_root_id(s: &str) -> Result<Vec<u8>, String> {
+    let b: [u8; 33] = parse_hex_array(s, "root id")?;
+    if b[0] != 2 && b[0] != 3 {
+        return Err("root id is not a compressed public key".into());
+    }
+    Ok(b.to_vec())
+}
+
+fn parse_hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
+    if s.len() != 2 * N {
+        return Err(format!("{what} must be {} hex characters", 2 * N));
+    }
+    let v = hex::decode(s).map_err(|_| format!("{what} is not hex"))?;
+    v.try_into()
+        .map_err(|_| format!("{what} has the wrong length"))
+}
+
+/// The exact bytes an admin signs to approve `view`, recomputed from its fields.
+pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
+    let meta = RequestMeta {
+        request_id: parse_request_id(&view.id)?,
+        expires_at: view.expires_at,
+    };
+    let key_id = || -> Result<Vec<u8>, String> {
+        parse_root_id(view.root_id.as_deref().ok_or("request has no root id")?)
+    };
+    Ok(match view.kind {
+        RequestKind::CreateWallet => Action::CreateWallet {
+            quorum: view.quorum,
+        }
+        .message(&view.cluster, &meta),
+        RequestKind::ImportWallet => Action::ImportWallet {
+            quorum: view.quorum,
+            key_id: &key_id()?,
+        }
+        .message(&view.cluster, &meta),
+        RequestKind::Sign => {
+            let path = parse_path(view.path.as_deref().ok_or("request has no path")?)
+                .map_err(|e| e.to_string())?;
+            let digest = parse_digest(view.digest.as_deref().ok_or("request has no digest")?)?;
+            Action::Sign {
+                key_id: &key_id()?,
+                path: &path,
+                digest: &digest,
+            }
+            .message(&view.cluster, &meta)
+        }
+    })
+}
+
+/// An approval of `message` by `signer`, in the API's form.
+pub fn sign_approval(signer: &AdminSigner, message: &[u8]) -> ApprovalBody {
+    ApprovalBody {
+        admin_cert_pem: custos_pki::der_to_pem(&signer.cert_der, "CERTIFICATE"),
+        admin_ca_pem: custos_pki::der_to_pem(&signer.admin_ca_der, "CERTIFICATE"),
+        signature_hex: hex::encode(signer.sign(message)),
+    }
+}
+
+/// An approval's parts, decoded: admin certificate, Admin CA certificate, signature (DER).
+pub(crate) struct DecodedApproval {
+    pub cert: Vec<u8>,
+    pub ca: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Decodes an approval's certificates and signature (size-limited by the body limit).
+pub(crate) fn decode_approval(a: &ApprovalBody) -> Result<DecodedApproval, String> {
+    let cert = pem_to_der(&a.admin_cert_pem, "admin certificate").map_err(|e| e.to_string())?;
+    let ca = pem_to_der(&a.admin_ca_pem, "Admin CA certificate").map_err(|e| e.to_string())?;
+    // An ECDSA P-256 DER signature is at most 72 bytes.
+    if a.signature_hex.len() > 2 * 80 {
+        return Err("signature is too long".into());
+    }
+    let sig = hex::decode(&a.signature_hex).map_err(|_| "signature is not hex".to_string())?;
+    Ok(DecodedApproval {
+        cert,
+        ca,
+        signature: sig,
+    })
+}

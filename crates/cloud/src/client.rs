@@ -1,0 +1,317 @@
+//! A typed client of the REST API (used by `custos approve`, the demo, tests and
+//! benchmarks). It shares the wire types of [`crate::api`] with the server.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::api::*;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an API error.
+    #[error("{status}: {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// Message.
+        message: String,
+        /// Request concerned, if the server named one.
+        request_id: Option<String>,
+    },
+    /// The server could not be reached, or the connection failed.
+    #[error("cannot reach the cloud server: {0}")]
+    Transport(String),
+    /// The answer was not what the API describes.
+    #[error("unexpected answer from the cloud server: {0}")]
+    Decode(String),
+    /// The client could not be built (bad URL or root certificate).
+    #[error("client setup: {0}")]
+    Setup(String),
+}
+
+impl ClientError {
+    /// The API error code, if the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A client bound to one server and API token.
+#[derive(Clone)]
+pub struct CloudClient {
+    base: String,
+    token: Zeroizing<String>,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for CloudClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloudClient")
+            .field("base", &self.base)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Request ids and root ids go into URL paths: only hex (or a cluster name) is sent, so
+/// nothing needs escaping; anything else is refused before it leaves.
+fn segment(s: &str) -> Result<&str, ClientError> {
+    if !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        Ok(s)
+    } else {
+        Err(ClientError::Setup(format!(
+            "{s:?} cannot be a path segment"
+        )))
+    }
+}
+
+impl CloudClient {
+    /// A client of `base_url` (`http://host:port` or `https://...`) using the system's
+    /// nothing: HTTPS needs [`CloudClient::with_root_pem`].
+    pub fn new(base_url: &str, token: &str) -> Result<Self, ClientError> {
+        Self::build(base_url, token, None)
+    }
+
+    /// A client that trusts exactly the given root certificate (PEM) for HTTPS.
+    pub fn with_root_pem(base_url: &str, token: &str, root_pem: &str) -> Result<Self, ClientError> {
+        Self::build(base_url, token, Some(root_pem))
+    }
+
+    fn build(base_url: &str, token: &str, root_pem: Option<&str>) -> Result<Self, ClientError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Setup(format!(
+                "{base_url:?} is not an http(s) URL"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_secs(10))
+            // Signing waits for the cluster; a generous bound still ends a hung call.
+            .timeout(Duration::from_secs(300));
+        if let Some(pem) = root_pem {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| ClientError::Setup(format!("root certificate: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(CloudClient {
+            base,
+            token: Zeroizing::new(token.to_string()),
+            http,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.as_str());
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        Err(match serde_json::from_slice::<ApiErrorBody>(&bytes) {
+            Ok(e) => ClientError::Api {
+                status: status.as_u16(),
+                code: e.error.code,
+                message: e.error.message,
+                request_id: e.error.request_id,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: status_code_name(status),
+                message: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+                request_id: None,
+            },
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        self.call::<(), T>(Method::GET, path, query, None).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call(Method::POST, path, &[], Some(body)).await
+    }
+
+    /// `POST /v1/wallets`.
+    pub async fn create_wallet(&self, body: &CreateWalletBody) -> Result<RequestView, ClientError> {
+        self.post("/v1/wallets", body).await
+    }
+
+    /// `POST /v1/wallets/import`.
+    pub async fn import_wallet(&self, body: &ImportWalletBody) -> Result<RequestView, ClientError> {
+        self.post("/v1/wallets/import", body).await
+    }
+
+    /// `GET /v1/wallets`.
+    pub async fn wallets(&self) -> Result<WalletList, ClientError> {
+        self.get("/v1/wallets", &[]).await
+    }
+
+    /// `GET /v1/wallets/{root_id}`.
+    pub async fn wallet(&self, root_id: &str) -> Result<WalletView, ClientError> {
+        self.get(&format!("/v1/wallets/{}", segment(root_id)?), &[])
+            .await
+    }
+
+    /// `GET /v1/wallets/{root_id}/derive`.
+    pub async fn derive(
+        &self,
+        root_id: &str,
+        query: &DeriveQuery,
+    ) -> Result<DeriveView, ClientError> {
+        let mut q = Vec::new();
+        if let Some(p) = &query.path {
+            q.push(("path", p.clone()));
+        }
+        if let Some(s) = query.start {
+            q.push(("start", s.to_string()));
+        }
+        if let Some(c) = query.count {
+            q.push(("count", c.to_string()));
+        }
+        self.get(&format!("/v1/wallets/{}/derive", segment(root_id)?), &q)
+            .await
+    }
+
+    /// `POST /v1/sign-requests`.
+    pub async fn sign(&self, body: &SignRequestBody) -> Result<RequestView, ClientError> {
+        self.post("/v1/sign-requests", body).await
+    }
+
+    /// `GET /v1/requests/{id}`.
+    pub async fn request(&self, id: &str) -> Result<RequestView, ClientError> {
+        self.get(&format!("/v1/requests/{}", segment(id)?), &[])
+            .await
+    }
+
+    /// `GET /v1/requests`.
+    pub async fn requests(&self, query: &RequestQuery) -> Result<RequestList, ClientError> {
+        let mut q = Vec::new();
+        if let Some(s) = query.status {
+            q.push(("status", s.as_str().to_string()));
+        }
+        if let Some(k) = query.kind {
+            q.push(("kind", k.as_str().to_string()));
+        }
+        if let Some(l) = query.limit {
+            q.push(("limit", l.to_string()));
+        }
+        self.get("/v1/requests", &q).await
+    }
+
+    /// `POST /v1/requests/{id}/approvals`.
+    pub async fn approve(
+        &self,
+        id: &str,
+        approval: &ApprovalBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!("/v1/requests/{}/approvals", segment(id)?),
+            approval,
+        )
+        .await
+    }
+
+    /// `POST /v1/requests/{id}/retry`.
+    pub async fn retry(&self, id: &str) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!("/v1/requests/{}/retry", segment(id)?),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /v1/clusters`.
+    pub async fn clusters(&self) -> Result<ClusterList, ClientError> {
+        self.get("/v1/clusters", &[]).await
+    }
+
+    /// `GET /v1/clusters/{name}`.
+    pub async fn cluster(&self, name: &str) -> Result<ClusterStatusView, ClientError> {
+        self.get(&format!("/v1/clusters/{}", segment(name)?), &[])
+            .await
+    }
+
+    /// `POST /v1/clusters/{name}/audits`.
+    pub async fn run_audit(&self, name: &str) -> Result<AuditReportView, ClientError> {
+        self.post(
+            &format!("/v1/clusters/{}/audits", segment(name)?),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /v1/clusters/{name}/audits/latest`.
+    pub async fn latest_audit(&self, name: &str) -> Result<AuditReportView, ClientError> {
+        self.get(
+            &format!("/v1/clusters/{}/audits/latest", segment(name)?),
+            &[],
+        )
+        .await
+    }
+
+    /// `GET /openapi.json`.
+    pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/openapi.json", &[]).await
+    }
+}
+
+fn status_code_name(s: StatusCode) -> String {
+    s.canonical_reason()
+        .unwrap_or("http_error")
+        .to_ascii_lowercase()
+        .replace(' ', "_")
+}

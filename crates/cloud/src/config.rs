@@ -1,0 +1,345 @@
+//! The cloud server's configuration file (TOML).
+//!
+//! ```toml
+//! listen = "127.0.0.1:8443"
+//! trust_root = "custos-pki/root-ca.crt"      # relative paths are relative to this file
+//! # db_url = "postgres://custos@db:5432/cloud" # default: SQLite file cloud.db beside this file
+//! request_ttl_secs = 3600
+//! network = "bitcoin"                          # addresses of the derive endpoint
+//! # tls_cert = "cloud.crt"                     # HTTPS when both are set
+//! # tls_key = "cloud.key"
+//!
+//! [[api_tokens]]
+//! name = "ops"
+//! sha256 = "<hex SHA-256 of the token>"        # the token itself is never stored
+//!
+//! [[clusters]]
+//! name = "dc1"
+//! relay = "127.0.0.1:7443"
+//! relay_token = "<bearer token of dc1's external relay>"
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use custos_tee_core::approval::MAX_APPROVAL_LIFETIME_SECS;
+
+/// Default approval window of a new request.
+pub const DEFAULT_REQUEST_TTL_SECS: u64 = 3600;
+/// Default time allowed for one relay call (a TEE request crossing the link and back).
+pub const DEFAULT_FORWARD_TIMEOUT_SECS: u64 = 60;
+/// Default number of tries of one relay call on transport failures.
+pub const DEFAULT_SUBMIT_ATTEMPTS: u32 = 3;
+/// Largest configuration file read.
+const MAX_CONFIG_LEN: u64 = 1024 * 1024;
+
+/// Problems with the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TOML did not parse or names unknown fields.
+    #[error("invalid configuration {path}: {reason}")]
+    Parse {
+        /// File.
+        path: String,
+        /// Parser message.
+        reason: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A bearer token of a cluster's external relay: never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RelayToken(Zeroizing<String>);
+
+impl RelayToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> Self {
+        RelayToken(Zeroizing::new(token.into()))
+    }
+
+    /// The token, for the `authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RelayToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RelayToken([redacted])")
+    }
+}
+
+/// An API client allowed to call the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenConfig {
+    /// Who holds the token (recorded on the requests it creates).
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
+}
+
+/// A cluster and its external relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster name (as in its Cluster CA).
+    pub name: String,
+    /// The external relay's gRPC address.
+    pub relay: SocketAddr,
+    /// Bearer token the relay expects.
+    pub relay_token: RelayToken,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Address the REST API listens on.
+    pub listen: SocketAddr,
+    /// `sqlite://<path>?mode=rwc` or `postgres://...`; default: SQLite `cloud.db` beside the
+    /// configuration file (set by [`CloudConfig::load`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_url: Option<String>,
+    /// The Root CA certificate (PEM) every admin and device chain must lead to.
+    pub trust_root: PathBuf,
+    /// Default approval window of new requests (at most 7 days).
+    #[serde(default = "default_ttl")]
+    pub request_ttl_secs: u64,
+    /// Bitcoin network of derived addresses.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Time allowed for one relay call.
+    #[serde(default = "default_forward_timeout")]
+    pub forward_timeout_secs: u64,
+    /// Tries of one relay call on transport failures (same request id each time).
+    #[serde(default = "default_attempts")]
+    pub submit_attempts: u32,
+    /// Server certificate chain (PEM) for HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM) for HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Clients allowed to call the API.
+    #[serde(default)]
+    pub api_tokens: Vec<ApiTokenConfig>,
+    /// Clusters reachable through their external relays.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+fn default_ttl() -> u64 {
+    DEFAULT_REQUEST_TTL_SECS
+}
+fn default_network() -> String {
+    "bitcoin".into()
+}
+fn default_forward_timeout() -> u64 {
+    DEFAULT_FORWARD_TIMEOUT_SECS
+}
+fn default_attempts() -> u32 {
+    DEFAULT_SUBMIT_ATTEMPTS
+}
+
+impl CloudConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(listen: SocketAddr, trust_root: PathBuf) -> Self {
+        CloudConfig {
+            listen,
+            db_url: None,
+            trust_root,
+            request_ttl_secs: DEFAULT_REQUEST_TTL_SECS,
+            network: default_network(),
+            forward_timeout_secs: DEFAULT_FORWARD_TIMEOUT_SECS,
+            submit_attempts: DEFAULT_SUBMIT_ATTEMPTS,
+            tls_cert: None,
+            tls_key: None,
+            api_tokens: Vec::new(),
+            clusters: Vec::new(),
+        }
+    }
+
+    /// Reads, resolves relative paths against the file's directory, fills the default
+    /// database URL, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |reason: String| ConfigError::Read {
+            path: path.display().to_string(),
+            reason,
+        };
+        let len = std::fs::metadata(path)
+            .map_err(|e| read_err(e.to_string()))?
+            .len();
+        if len > MAX_CONFIG_LEN {
+            return Err(read_err(format!("{len} bytes, at most {MAX_CONFIG_LEN}")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
+        let mut config: CloudConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        config.resolve(dir)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `dir` and fills the default database URL.
+    pub fn resolve(&mut self, dir: &Path) -> Result<(), ConfigError> {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        abs(&mut self.trust_root);
+        if let Some(p) = &mut self.tls_cert {
+            abs(p);
+        }
+        if let Some(p) = &mut self.tls_key {
+            abs(p);
+        }
+        if self.db_url.is_none() {
+            let url = custos_metadata::sqlite_url(&dir.join("cloud.db"))
+                .map_err(|e| ConfigError::Invalid(format!("database path: {e}")))?;
+            self.db_url = Some(url);
+        }
+        Ok(())
+    }
+
+    /// Checks ranges, names, hashes and duplicates.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.request_ttl_secs == 0 || self.request_ttl_secs > MAX_APPROVAL_LIFETIME_SECS {
+            return bad(format!(
+                "request_ttl_secs must be 1..={MAX_APPROVAL_LIFETIME_SECS}"
+            ));
+        }
+        if self.forward_timeout_secs == 0 || self.forward_timeout_secs > 3600 {
+            return bad("forward_timeout_secs must be 1..=3600".into());
+        }
+        if self.submit_attempts == 0 || self.submit_attempts > 20 {
+            return bad("submit_attempts must be 1..=20".into());
+        }
+        crate::path::parse_network(&self.network)
+            .map_err(|e| ConfigError::Invalid(format!("network: {e}")))?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together".into());
+        }
+        let mut names = HashSet::new();
+        let mut hashes = HashSet::new();
+        for t in &self.api_tokens {
+            if t.name.is_empty() || t.name.len() > 64 || t.name.chars().any(char::is_control) {
+                return bad(format!("api token name {:?}", t.name));
+            }
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "api token {:?}: sha256 must be 64 hex characters",
+                    t.name
+                ));
+            }
+            if !names.insert(t.name.as_str()) || !hashes.insert(t.sha256.to_ascii_lowercase()) {
+                return bad(format!("api token {:?} listed twice", t.name));
+            }
+        }
+        let mut clusters = HashSet::new();
+        for c in &self.clusters {
+            custos_pki::check_name(&c.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if !clusters.insert(c.name.as_str()) {
+                return bad(format!("cluster {:?} listed twice", c.name));
+            }
+            if c.relay_token.expose().is_empty()
+                || c.relay_token
+                    .expose()
+                    .bytes()
+                    .any(|b| !b.is_ascii_graphic())
+            {
+                return bad(format!(
+                    "cluster {:?}: relay_token must be printable ASCII without spaces",
+                    c.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML (contains the relay tokens: write it 0600).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("configuration always serializes")
+    }
+}
+
+/// Lower-case hex SHA-256 of an API token, as the configuration lists it.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh random API token (64 hex characters, 32 random bytes) and its configuration
+/// hash. The token is shown once to its holder; only the hash is configured.
+pub fn generate_api_token() -> (Zeroizing<String>, String) {
+    let mut raw = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(&mut raw[..]);
+    let token = Zeroizing::new(hex::encode(&raw[..]));
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_defaults_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, hash) = generate_api_token();
+        assert_eq!(token.len(), 64);
+        assert_eq!(token_hash(&token), hash);
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ntrust_root = \"root.crt\"\n\
+             [[api_tokens]]\nname = \"ops\"\nsha256 = \"{hash}\"\n\
+             [[clusters]]\nname = \"dc1\"\nrelay = \"127.0.0.1:1\"\nrelay_token = \"secret-token\"\n"
+        );
+        let path = dir.path().join("cloud.toml");
+        std::fs::write(&path, &text).unwrap();
+        let c = CloudConfig::load(&path).unwrap();
+        assert_eq!(c.request_ttl_secs, DEFAULT_REQUEST_TTL_SECS);
+        assert_eq!(c.trust_root, dir.path().join("root.crt"));
+        assert!(c.db_url.as_deref().unwrap().starts_with("sqlite://"));
+        assert!(!format!("{c:?}").contains("secret-token"));
+        // Round trip through TOML keeps the token (the file is the only place it lives).
+        let again: CloudConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+
+        std::fs::write(&path, format!("{text}bogus = 1\n")).unwrap();
+        assert!(matches!(
+            CloudConfig::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        let mut bad = c.clone();
+        bad.request_ttl_secs = MAX_APPROVAL_LIFETIME_SECS + 1;
+        assert!(bad.validate().is_err());
+        let mut bad = c.clone();
+        bad.api_tokens[0].sha256 = "abc".into();
+        assert!(bad.validate().is_err());
+        let mut bad = c;
+        bad.network = "dogecoin".into();
+        assert!(bad.validate().is_err());
+    }
+}

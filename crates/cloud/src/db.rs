@@ -1,0 +1,521 @@
+//! Persistence of wallets, requests and their lifecycle events, on SQLite or PostgreSQL
+//! through `sqlx::Any` (one code path, portable SQL: BIGINT/TEXT, `$n` placeholders).
+//!
+//! Every state change of a request is one transaction: the row is updated with a
+//! compare-and-swap on its `version`, and one event row is written with `seq = version`.
+//! Two cloud server processes on one database therefore never both act on a request: the
+//! loser of a race sees [`StoreError::Conflict`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+use crate::api::{RequestKind, RequestStatus};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const POOL_SIZE: u32 = 8;
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+/// Longest event detail stored.
+pub const MAX_DETAIL: usize = 2048;
+
+/// Database failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no supported engine.
+    #[error("unsupported database URL {0}: use sqlite://<path>?mode=rwc or postgres://...")]
+    UnsupportedUrl(String),
+    /// Connecting or configuring failed.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// URL with secrets hidden.
+        url: String,
+        /// Driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A row with this key exists already.
+    #[error("{0} already exists")]
+    Duplicate(String),
+    /// The row changed since it was read (another writer acted on it).
+    #[error("request {0} was changed concurrently")]
+    Conflict(String),
+    /// A stored value is not what this crate writes.
+    #[error("database content is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// An approval as stored (JSON in `requests.approvals`): enough to rebuild the TEE's
+/// [`custos_tee_core::approval::Approval`] byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredApproval {
+    /// Admin common name.
+    pub admin: String,
+    /// SHA-256 of the admin certificate, hex.
+    pub fingerprint: String,
+    /// DER of the admin's subject name, hex (the TEE's notion of "same admin").
+    pub subject: String,
+    /// Admin certificate DER, hex.
+    pub cert: String,
+    /// Admin CA certificate DER, hex.
+    pub ca: String,
+    /// Signature DER, hex.
+    pub signature: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// A request row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRow {
+    /// 16 bytes, hex.
+    pub id: String,
+    /// Kind.
+    pub kind: RequestKind,
+    /// Cluster.
+    pub cluster: String,
+    /// Wallet, hex.
+    pub root_id: Option<String>,
+    /// Canonical path text.
+    pub path: Option<String>,
+    /// Digest, hex.
+    pub digest: Option<String>,
+    /// Approvals required.
+    pub quorum: u8,
+    /// State.
+    pub status: RequestStatus,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Unix ms.
+    pub updated_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Approvals so far.
+    pub approvals: Vec<StoredApproval>,
+    /// Import: node the secret is sealed to.
+    pub target_node: Option<String>,
+    /// Import: the sealed secret, hex.
+    pub sealed: Option<String>,
+    /// Result JSON.
+    pub result: Option<String>,
+    /// Refusal/failure code.
+    pub error_code: Option<String>,
+    /// Refusal/failure message.
+    pub error_message: Option<String>,
+    /// Submissions so far.
+    pub attempts: u32,
+    /// API token name.
+    pub created_by: String,
+    /// Compare-and-swap version (= seq of the latest event).
+    pub version: i64,
+}
+
+/// A wallet row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalletRow {
+    /// Root public key, hex.
+    pub root_id: String,
+    /// Cluster.
+    pub cluster: String,
+    /// Root xpub.
+    pub xpub: String,
+    /// Quorum.
+    pub quorum: u8,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Request id.
+    pub created_by_request: String,
+}
+
+/// An event row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRow {
+    /// Position in the request's log (1 = created).
+    pub seq: i64,
+    /// Unix ms.
+    pub at: u64,
+    /// What happened.
+    pub event: String,
+    /// Details.
+    pub detail: String,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+const REQUEST_COLUMNS: &str = "id, kind, cluster, root_id, path, digest, quorum, status, \
+     created_at, updated_at, expires_at, approvals, target_node, sealed, result, error_code, \
+     error_message, attempts, created_by, version";
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let status: String = row.try_get("status")?;
+    let approvals: String = row.try_get("approvals")?;
+    let quorum: i64 = row.try_get("quorum")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    Ok(RequestRow {
+        id: row.try_get("id")?,
+        kind: RequestKind::parse(&kind).ok_or_else(|| corrupt(format!("kind {kind:?}")))?,
+        cluster: row.try_get("cluster")?,
+        root_id: row.try_get("root_id")?,
+        path: row.try_get("path")?,
+        digest: row.try_get("digest")?,
+        quorum: u8::try_from(quorum).map_err(|_| corrupt(format!("quorum {quorum}")))?,
+        status: RequestStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("status {status:?}")))?,
+        created_at: u(row.try_get("created_at")?),
+        updated_at: u(row.try_get("updated_at")?),
+        expires_at: u(row.try_get("expires_at")?),
+        approvals: serde_json::from_str(&approvals)
+            .map_err(|e| corrupt(format!("approvals: {e}")))?,
+        target_node: row.try_get("target_node")?,
+        sealed: row.try_get("sealed")?,
+        result: row.try_get("result")?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        created_by: row.try_get("created_by")?,
+        version: row.try_get("version")?,
+    })
+}
+
+fn wallet_from_row(row: &AnyRow) -> Result<WalletRow, StoreError> {
+    let quorum: i64 = row.try_get("quorum")?;
+    Ok(WalletRow {
+        root_id: row.try_get("root_id")?,
+        cluster: row.try_get("cluster")?,
+        xpub: row.try_get("xpub")?,
+        quorum: u8::try_from(quorum).map_err(|_| corrupt(format!("quorum {quorum}")))?,
+        created_at: u(row.try_get("created_at")?),
+        created_by_request: row.try_get("created_by_request")?,
+    })
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_DETAIL {
+        let mut cut = MAX_DETAIL;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn approvals_json(a: &[StoredApproval]) -> String {
+    serde_json::to_string(a).expect("approvals always serialize")
+}
+
+async fn insert_event(
+    tx: &mut AnyConnection,
+    request_id: &str,
+    seq: i64,
+    at: u64,
+    event: &str,
+    detail: String,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO request_events (request_id, seq, at, event, detail) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(request_id)
+    .bind(seq)
+    .bind(i(at))
+    .bind(event)
+    .bind(truncate(detail))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_wallet(tx: &mut AnyConnection, w: &WalletRow) -> Result<(), StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO wallets (root_id, cluster, xpub, quorum, created_at, created_by_request) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(w.root_id.as_str())
+    .bind(w.cluster.as_str())
+    .bind(w.xpub.as_str())
+    .bind(i64::from(w.quorum))
+    .bind(i(w.created_at))
+    .bind(w.created_by_request.as_str())
+    .execute(&mut *tx)
+    .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => {
+            Err(StoreError::Duplicate(format!("wallet {}", w.root_id)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Store {
+    /// Opens the database and applies pending migrations. SQLite files are switched to WAL
+    /// mode (readers never wait for the writer).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let shown = custos_metadata::redact_url(url);
+        let scheme = url
+            .split_once(':')
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        let sqlite = match scheme.as_str() {
+            "sqlite" => true,
+            "postgres" | "postgresql" => false,
+            _ => return Err(StoreError::UnsupportedUrl(shown)),
+        };
+        let connect_err = |source| StoreError::Connect {
+            url: shown.clone(),
+            source,
+        };
+        if sqlite {
+            // WAL needs an exclusive lock that the busy timeout does not wait for, so it is
+            // set once on a lone connection before the pool opens several.
+            let mut conn = AnyConnection::connect(url).await.map_err(connect_err)?;
+            let _: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(connect_err)?;
+            conn.close().await.map_err(connect_err)?;
+        }
+        let mut options = AnyPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(30));
+        if sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute(&*format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await.map_err(connect_err)?;
+        MIGRATOR.run(&pool).await?;
+        tracing::info!(url = %shown, "cloud DB open");
+        Ok(Store { pool })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Inserts a new request with its `created` event (version 1).
+    pub async fn insert_request(&self, r: &RequestRow, detail: String) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+        );
+        let res = sqlx::query(&sql)
+            .bind(r.id.as_str())
+            .bind(r.kind.as_str())
+            .bind(r.cluster.as_str())
+            .bind(r.root_id.clone())
+            .bind(r.path.clone())
+            .bind(r.digest.clone())
+            .bind(i64::from(r.quorum))
+            .bind(r.status.as_str())
+            .bind(i(r.created_at))
+            .bind(i(r.updated_at))
+            .bind(i(r.expires_at))
+            .bind(approvals_json(&r.approvals))
+            .bind(r.target_node.clone())
+            .bind(r.sealed.clone())
+            .bind(r.result.clone())
+            .bind(r.error_code.clone())
+            .bind(r.error_message.clone())
+            .bind(i64::from(r.attempts))
+            .bind(r.created_by.as_str())
+            .bind(1i64)
+            .execute(&mut *tx)
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Duplicate(format!("request {}", r.id)))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        insert_event(&mut tx, &r.id, 1, r.created_at, "created", detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes the mutable fields of `r` if the stored version is still `r.version`, with
+    /// one event and, optionally, a wallet row, all in one transaction. Returns the row as
+    /// stored (version bumped).
+    pub async fn update_request(
+        &self,
+        r: &RequestRow,
+        event: &str,
+        detail: String,
+        wallet: Option<&WalletRow>,
+    ) -> Result<RequestRow, StoreError> {
+        let mut next = r.clone();
+        next.version = r.version + 1;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE requests SET status = $1, updated_at = $2, approvals = $3, \
+             target_node = $4, sealed = $5, result = $6, error_code = $7, error_message = $8, \
+             attempts = $9, root_id = $10, version = $11 WHERE id = $12 AND version = $13",
+        )
+        .bind(next.status.as_str())
+        .bind(i(next.updated_at))
+        .bind(approvals_json(&next.approvals))
+        .bind(next.target_node.clone())
+        .bind(next.sealed.clone())
+        .bind(next.result.clone())
+        .bind(next.error_code.clone())
+        .bind(next.error_message.clone())
+        .bind(i64::from(next.attempts))
+        .bind(next.root_id.clone())
+        .bind(next.version)
+        .bind(next.id.as_str())
+        .bind(r.version)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(r.id.clone()));
+        }
+        insert_event(
+            &mut tx,
+            &next.id,
+            next.version,
+            next.updated_at,
+            event,
+            detail,
+        )
+        .await?;
+        if let Some(w) = wallet {
+            insert_wallet(&mut tx, w).await?;
+        }
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    /// One request.
+    pub async fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(request_from_row).transpose()
+    }
+
+    /// Requests, newest first, optionally filtered.
+    pub async fn requests(
+        &self,
+        status: Option<RequestStatus>,
+        kind: Option<RequestKind>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        // Unused filters compare a column with itself, so one statement serves all cases.
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests \
+             WHERE ($1 = '' OR status = $1) AND ($2 = '' OR kind = $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(status.map(|s| s.as_str()).unwrap_or(""))
+            .bind(kind.map(|k| k.as_str()).unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(request_from_row).collect()
+    }
+
+    /// Ids of requests in `status` whose `expires_at` is before `before_secs` (or all of
+    /// them when `before_secs` is `None`).
+    pub async fn request_ids_with_status(
+        &self,
+        status: RequestStatus,
+        before_secs: Option<u64>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM requests WHERE status = $1 AND expires_at < $2 ORDER BY created_at",
+        )
+        .bind(status.as_str())
+        .bind(before_secs.map(i).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// A request's events, oldest first.
+    pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, event, detail FROM request_events WHERE request_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRow {
+                    seq: r.try_get("seq")?,
+                    at: u(r.try_get("at")?),
+                    event: r.try_get("event")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One wallet.
+    pub async fn wallet(&self, root_id: &str) -> Result<Option<WalletRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT root_id, cluster, xpub, quorum, created_at, created_by_request \
+             FROM wallets WHERE root_id = $1",
+        )
+        .bind(root_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(wallet_from_row).transpose()
+    }
+
+    /// Every wallet, oldest first.
+    pub async fn wallets(&self) -> Result<Vec<WalletRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT root_id, cluster, xpub, quorum, created_at, created_by_request \
+             FROM wallets ORDER BY created_at, root_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(wallet_from_row).collect()
+    }
+}

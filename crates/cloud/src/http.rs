@@ -1,0 +1,548 @@
+//! The REST API (axum) and its OpenAPI 3.1 description, generated from the same handler
+//! annotations that register the routes (utoipa-axum), so the two cannot drift.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{async_trait, Extension, Json, Router};
+use serde::de::DeserializeOwned;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{OpenApi as OpenApiDoc, SecurityRequirement};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::*;
+use crate::error::{ApiError, API_ERROR_CODES, REQUEST_ERROR_CODES};
+use crate::service::{Cloud, RequestOutcome};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The API token name of the caller, set by the authentication layer.
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
+
+/// A JSON body whose rejections are API errors (`malformed_json`, `body_too_large`,
+/// `unsupported_media_type`).
+pub struct ApiJson<T>(pub T);
+
+#[async_trait]
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(r) => Err(json_rejection(r)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match &r {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            "body_too_large",
+            format!("bodies are limited to {MAX_BODY} bytes"),
+        ),
+        // serde's message names the field and position, never echoes values at length.
+        _ => ApiError::new("malformed_json", r.body_text()),
+    }
+}
+
+/// A query string whose rejections are `invalid_query` errors.
+pub struct ApiQuery<T>(pub T);
+
+#[async_trait]
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(q) => Ok(ApiQuery(q.0)),
+            Err(r) => Err(query_rejection(r)),
+        }
+    }
+}
+
+fn query_rejection(r: QueryRejection) -> ApiError {
+    ApiError::new("invalid_query", r.body_text())
+}
+
+type Shared = State<Arc<Cloud>>;
+
+fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
+    let status = if o.submitted {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (status, Json(o.view))
+}
+
+/// Create a wallet: records a `create_wallet` request. 202 while it waits for approvals;
+/// 200 if the inline approvals reached quorum and it was executed in this call.
+#[utoipa::path(
+    post, path = "/v1/wallets", tag = "wallets",
+    request_body = CreateWalletBody,
+    responses(
+        (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
+        (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_cluster", body = ApiErrorBody),
+        (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable (the request is recorded as failed; retry it)", body = ApiErrorBody),
+    )
+)]
+async fn create_wallet(
+    State(cloud): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<CreateWalletBody>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    Ok(created(cloud.create_wallet(&caller.0, body).await?))
+}
+
+/// List the wallets recorded by this server.
+#[utoipa::path(
+    get, path = "/v1/wallets", tag = "wallets",
+    responses(
+        (status = 200, body = WalletList),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+    )
+)]
+async fn list_wallets(State(cloud): Shared) -> Result<Json<WalletList>, ApiError> {
+    Ok(Json(cloud.wallets().await?))
+}
+
+/// Import a wallet from a BIP-39 mnemonic or a raw seed. The secret is sealed (HPKE) to a
+/// healthy node's certified device key before anything is stored; it is never logged.
+#[utoipa::path(
+    post, path = "/v1/wallets/import", tag = "wallets",
+    request_body = ImportWalletBody,
+    responses(
+        (status = 200, description = "Submitted in this call", body = RequestView),
+        (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_secret, invalid_quorum, invalid_expiry, invalid_request_id", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_cluster", body = ApiErrorBody),
+        (status = 409, description = "wallet_exists, request_exists, duplicate_approval", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn import_wallet(
+    State(cloud): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<ImportWalletBody>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    Ok(created(cloud.import_wallet(&caller.0, body).await?))
+}
+
+/// One wallet.
+#[utoipa::path(
+    get, path = "/v1/wallets/{root_id}", tag = "wallets",
+    params(("root_id" = String, Path, description = "Hex of the 33-byte root public key")),
+    responses(
+        (status = 200, body = WalletView),
+        (status = 400, description = "invalid_root_id", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_wallet", body = ApiErrorBody),
+    )
+)]
+async fn get_wallet(
+    State(cloud): Shared,
+    Path(root_id): Path<String>,
+) -> Result<Json<WalletView>, ApiError> {
+    Ok(Json(cloud.wallet(&root_id).await?))
+}
+
+/// Public derivation from the wallet's recorded xpub (non-hardened steps only; no TEE
+/// involved): xpub, public key and P2WPKH address at `path`, optionally a list of
+/// children `start..start+count`.
+#[utoipa::path(
+    get, path = "/v1/wallets/{root_id}/derive", tag = "wallets",
+    params(("root_id" = String, Path, description = "Hex of the 33-byte root public key"), DeriveQuery),
+    responses(
+        (status = 200, body = DeriveView),
+        (status = 400, description = "invalid_root_id, invalid_path, hardened_path, invalid_range, invalid_query", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_wallet", body = ApiErrorBody),
+    )
+)]
+async fn derive(
+    State(cloud): Shared,
+    Path(root_id): Path<String>,
+    ApiQuery(q): ApiQuery<DeriveQuery>,
+) -> Result<Json<DeriveView>, ApiError> {
+    Ok(Json(cloud.derive(&root_id, &q).await?))
+}
+
+/// Ask for a signature: records a `sign` request. With quorum in the inline approvals it
+/// is signed in this same call (200, the request completed or refused).
+#[utoipa::path(
+    post, path = "/v1/sign-requests", tag = "requests",
+    request_body = SignRequestBody,
+    responses(
+        (status = 200, description = "Submitted in this call", body = RequestView),
+        (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_root_id, invalid_path, invalid_digest, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_wallet, unknown_cluster", body = ApiErrorBody),
+        (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
+    )
+)]
+async fn create_sign_request(
+    State(cloud): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<SignRequestBody>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    Ok(created(cloud.sign(&caller.0, body).await?))
+}
+
+/// List requests, newest first.
+#[utoipa::path(
+    get, path = "/v1/requests", tag = "requests",
+    params(RequestQuery),
+    responses(
+        (status = 200, body = RequestList),
+        (status = 400, description = "invalid_query", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+    )
+)]
+async fn list_requests(
+    State(cloud): Shared,
+    ApiQuery(q): ApiQuery<RequestQuery>,
+) -> Result<Json<RequestList>, ApiError> {
+    Ok(Json(cloud.requests(&q).await?))
+}
+
+/// One request with its approval message, result or error, and lifecycle events.
+#[utoipa::path(
+    get, path = "/v1/requests/{id}", tag = "requests",
+    params(("id" = String, Path, description = "Request id, 32 hex characters")),
+    responses(
+        (status = 200, body = RequestView),
+        (status = 400, description = "invalid_request_id", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_request", body = ApiErrorBody),
+    )
+)]
+async fn get_request(
+    State(cloud): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    Ok(Json(cloud.request(&id).await?))
+}
+
+/// Add an admin approval. The certificate must chain to the trust root through the Admin
+/// CA and the signature cover the request's approval message; distinct admins count. At
+/// quorum the request is submitted and the answer awaited.
+#[utoipa::path(
+    post, path = "/v1/requests/{id}/approvals", tag = "requests",
+    params(("id" = String, Path, description = "Request id, 32 hex characters")),
+    request_body = ApprovalBody,
+    responses(
+        (status = 200, description = "Approval recorded (and the request submitted if it reached quorum)", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_request_id", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_request", body = ApiErrorBody),
+        (status = 409, description = "duplicate_approval, not_pending, request_expired, conflict", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
+    )
+)]
+async fn add_approval(
+    State(cloud): Shared,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ApprovalBody>,
+) -> Result<Json<RequestView>, ApiError> {
+    Ok(Json(cloud.approve(&id, body).await?.view))
+}
+
+/// Resubmit a failed request with the same id (the link executes an id at most once and
+/// returns the first answer).
+#[utoipa::path(
+    post, path = "/v1/requests/{id}/retry", tag = "requests",
+    params(("id" = String, Path, description = "Request id, 32 hex characters")),
+    responses(
+        (status = 200, body = RequestView),
+        (status = 400, description = "invalid_request_id", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_request", body = ApiErrorBody),
+        (status = 409, description = "not_pending", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn retry_request(
+    State(cloud): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    Ok(Json(cloud.retry(&id).await?.view))
+}
+
+/// Configured clusters and whether their relays answer.
+#[utoipa::path(
+    get, path = "/v1/clusters", tag = "clusters",
+    responses(
+        (status = 200, body = ClusterList),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+    )
+)]
+async fn list_clusters(State(cloud): Shared) -> Json<ClusterList> {
+    Json(cloud.cluster_list().await)
+}
+
+/// The bridge's status of a cluster: nodes, health, keys held, requests served.
+#[utoipa::path(
+    get, path = "/v1/clusters/{name}", tag = "clusters",
+    params(("name" = String, Path, description = "Cluster name")),
+    responses(
+        (status = 200, body = ClusterStatusView),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_cluster", body = ApiErrorBody),
+        (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn get_cluster(
+    State(cloud): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<ClusterStatusView>, ApiError> {
+    Ok(Json(cloud.cluster_status(&name).await?))
+}
+
+/// Run a key audit of the cluster now (patent \[0086\]) and return its report.
+#[utoipa::path(
+    post, path = "/v1/clusters/{name}/audits", tag = "clusters",
+    params(("name" = String, Path, description = "Cluster name")),
+    responses(
+        (status = 200, body = AuditReportView),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_cluster", body = ApiErrorBody),
+        (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn run_audit(
+    State(cloud): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<AuditReportView>, ApiError> {
+    Ok(Json(cloud.audit(&name, false).await?))
+}
+
+/// The cluster's most recent audit report.
+#[utoipa::path(
+    get, path = "/v1/clusters/{name}/audits/latest", tag = "clusters",
+    params(("name" = String, Path, description = "Cluster name")),
+    responses(
+        (status = 200, body = AuditReportView),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_cluster", body = ApiErrorBody),
+        (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn latest_audit(
+    State(cloud): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<AuditReportView>, ApiError> {
+    Ok(Json(cloud.audit(&name, true).await?))
+}
+
+/// This OpenAPI document (no authentication).
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json"))
+)]
+async fn openapi_json() -> Response {
+    openapi_response()
+}
+
+/// This OpenAPI document at its well-known location (no authentication).
+#[utoipa::path(
+    get, path = "/.well-known/openapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json"))
+)]
+async fn openapi_well_known() -> Response {
+    openapi_response()
+}
+
+fn openapi_response() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        openapi_text(),
+    )
+        .into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Custos cloud API",
+        description = "Key custody (US 2020/0259646 A1): wallets, admin-approved signing requests, clusters.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(ApiErrorBody, ApiErrorDetail)),
+    modifiers(&Security, &ErrorCodes),
+    tags(
+        (name = "wallets", description = "Wallets (BIP-32 root keys held by a cluster's TEEs)"),
+        (name = "requests", description = "Requests, their admin approvals and lifecycle"),
+        (name = "clusters", description = "Clusters, their status and key audits"),
+        (name = "meta", description = "This description"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut OpenApiDoc) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API token of the server's configuration"))
+                    .build(),
+            ),
+        );
+        // Every route needs the token unless it says otherwise (the OpenAPI document).
+        doc.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+struct ErrorCodes;
+
+impl Modify for ErrorCodes {
+    fn modify(&self, doc: &mut OpenApiDoc) {
+        let mut text = doc.info.description.clone().unwrap_or_default();
+        text.push_str(
+            "\n\nErrors are `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`.\n\n\
+             | code | HTTP | meaning |\n|---|---|---|\n",
+        );
+        for (code, status, meaning) in API_ERROR_CODES {
+            text.push_str(&format!("| `{code}` | {status} | {meaning} |\n"));
+        }
+        text.push_str(
+            "\nA request that was refused or failed carries `error.code`, one of the above or:\n\n",
+        );
+        for (code, meaning) in REQUEST_ERROR_CODES {
+            text.push_str(&format!("* `{code}`: {meaning}\n"));
+        }
+        doc.info.description = Some(text);
+    }
+}
+
+/// Routes with their documentation; `protected` routes need a token.
+fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
+    let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_wallet, list_wallets))
+        .routes(routes!(import_wallet))
+        .routes(routes!(get_wallet))
+        .routes(routes!(derive))
+        .routes(routes!(create_sign_request))
+        .routes(routes!(list_requests))
+        .routes(routes!(get_request))
+        .routes(routes!(add_approval))
+        .routes(routes!(retry_request))
+        .routes(routes!(list_clusters))
+        .routes(routes!(get_cluster))
+        .routes(routes!(run_audit))
+        .routes(routes!(latest_audit));
+    let public = OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(openapi_well_known));
+    (protected, public)
+}
+
+/// The OpenAPI 3.1 description of every route.
+pub fn openapi() -> OpenApiDoc {
+    let (protected, public) = documented();
+    protected.merge(public).into_openapi()
+}
+
+/// [`openapi`] as JSON, built once.
+pub fn openapi_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        openapi()
+            .to_pretty_json()
+            .expect("OpenAPI document serializes")
+    })
+}
+
+async fn authenticate(State(cloud): Shared, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token.and_then(|t| cloud.authenticate(t)) {
+        Some(name) => {
+            let name = name.to_string();
+            req.extensions_mut().insert(Caller(name));
+            next.run(req).await
+        }
+        None => {
+            let mut r =
+                ApiError::new("unauthorized", "a valid bearer token is required").into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new("not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new("method_not_allowed", "this route does not take this method")
+}
+
+/// The whole HTTP application: authenticated `/v1` routes, the public OpenAPI document,
+/// JSON 404/405 answers and the body limit.
+pub fn router(cloud: Arc<Cloud>) -> Router {
+    let (protected, public) = documented();
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(cloud.clone(), authenticate));
+    let (router, _doc) = protected.merge(public).split_for_parts();
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(cloud)
+}

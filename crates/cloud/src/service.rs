@@ -1,0 +1,1544 @@
+//! The cloud server's logic, independent of HTTP: requests, approvals, submission through
+//! the relays, verification of answers, wallets and derivation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bitcoin::bip32::Xpub;
+use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
+use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
+use bitcoin::Network;
+use custos_pki::{TrustRoot, VerifiedAdmin};
+use custos_proto::cluster::{AuditReport, ClusterStatus};
+use custos_tee_core::approval::{Approval, MAX_APPROVAL_LIFETIME_SECS};
+use custos_tee_core::import::{import_key_id, seal_import, SealedImport};
+use custos_tee_core::protocol::{
+    encode_request, EcdsaSignature, ImportSecret, KeyInfo, Request, RequestMeta, Response,
+    SecretBytes, SecretString, TeeError, MAX_APPROVALS,
+};
+use rand::seq::SliceRandom;
+use sha2::{Digest, Sha256};
+use std::str::FromStr;
+use zeroize::Zeroizing;
+
+use crate::api::*;
+use crate::approval::{
+    approval_message, decode_approval, parse_digest, parse_request_id, parse_root_id,
+};
+use crate::cluster::{random_id, snake, CallError, Clusters, TeeAnswer};
+use crate::config::{CloudConfig, ClusterConfig};
+use crate::db::{RequestRow, Store, StoreError, StoredApproval, WalletRow};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::path::{
+    derive_xpub, format_path, has_hardened, p2wpkh_address, parse_network, parse_path, PathError,
+};
+use crate::Clock;
+
+/// Most quorum a wallet can have (the TEE's limit).
+pub const MAX_QUORUM: u8 = MAX_APPROVALS as u8;
+/// Most children one derive call lists.
+pub const MAX_DERIVE_COUNT: u32 = 1000;
+/// Most requests one list call returns.
+pub const MAX_LIST: u32 = 500;
+/// Compare-and-swap retries when approvals race.
+const CAS_RETRIES: usize = 8;
+
+/// Failures opening the service.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The trust root could not be read or is not a Custos Root CA.
+    #[error("trust root {path}: {reason}")]
+    TrustRoot {
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a creation or approval call produced.
+#[derive(Debug)]
+pub struct RequestOutcome {
+    /// The request as it now stands.
+    pub view: RequestView,
+    /// Whether it was submitted to its cluster during this call.
+    pub submitted: bool,
+}
+
+/// A request about to be recorded.
+struct Draft {
+    kind: RequestKind,
+    cluster: String,
+    root_id: Option<String>,
+    path: Option<String>,
+    digest: Option<String>,
+    quorum: u8,
+    id: [u8; 16],
+    expires_at: u64,
+    approvals: Vec<ApprovalBody>,
+    target_node: Option<String>,
+    sealed: Option<String>,
+}
+
+/// The cloud server's state.
+pub struct Cloud {
+    store: Store,
+    clusters: Clusters,
+    cluster_config: Vec<ClusterConfig>,
+    trust_root: TrustRoot,
+    tokens: Vec<(String, [u8; 32])>,
+    ttl_secs: u64,
+    network: Network,
+    clock: Clock,
+    secp: Secp256k1<All>,
+    admins: Mutex<HashMap<[u8; 32], VerifiedAdmin>>,
+}
+
+fn now_ms_system() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The system clock (Unix milliseconds).
+pub fn system_clock() -> Clock {
+    Arc::new(now_ms_system)
+}
+
+/// `tee_` + snake_case of the TEE error's variant name (stable across messages).
+pub fn tee_code(e: &TeeError) -> String {
+    // The serde name of the variant is the enum's own spelling, so new variants get codes
+    // without this function knowing them.
+    let name = match serde_json::to_value(e) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Object(m)) => m.keys().next().cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    format!("tee_{}", snake(&name))
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Cloud {
+    /// Opens the database (migrating it) and sets up cluster access through `gateway`.
+    pub async fn open(
+        config: &CloudConfig,
+        gateway: Arc<dyn Gateway>,
+    ) -> Result<Arc<Self>, OpenError> {
+        Self::open_with_clock(config, gateway, system_clock()).await
+    }
+
+    /// [`Cloud::open`] with a chosen clock (tests move time forward to expire requests).
+    pub async fn open_with_clock(
+        config: &CloudConfig,
+        gateway: Arc<dyn Gateway>,
+        clock: Clock,
+    ) -> Result<Arc<Self>, OpenError> {
+        config.validate()?;
+        let trust_root = load_trust_root(&config.trust_root)?;
+        let url = config.db_url.as_deref().ok_or_else(|| {
+            crate::config::ConfigError::Invalid("db_url is not set (use CloudConfig::load)".into())
+        })?;
+        let store = Store::connect(url).await?;
+        let tokens = config
+            .api_tokens
+            .iter()
+            .filter_map(|t| {
+                let h: [u8; 32] = hex::decode(&t.sha256).ok()?.try_into().ok()?;
+                Some((t.name.clone(), h))
+            })
+            .collect();
+        let mut secp = Secp256k1::new();
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed[..]);
+        // Blinds libsecp256k1's context against side channels.
+        secp.seeded_randomize(&seed);
+        Ok(Arc::new(Cloud {
+            store,
+            clusters: Clusters::new(
+                gateway,
+                trust_root.clone(),
+                config.submit_attempts,
+                clock.clone(),
+            ),
+            cluster_config: config.clusters.clone(),
+            trust_root,
+            tokens,
+            ttl_secs: config.request_ttl_secs,
+            network: parse_network(&config.network).map_err(crate::config::ConfigError::Invalid)?,
+            clock,
+            secp,
+            admins: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The database handle.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+
+    /// The name of the API token `token`, if it is configured.
+    pub fn authenticate(&self, token: &str) -> Option<&str> {
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Every entry is compared, so the time taken does not tell which one matched.
+        let mut found = None;
+        for (name, expected) in &self.tokens {
+            if constant_time_eq(&h, expected) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+
+    fn cluster_config(&self, name: &str) -> Result<&ClusterConfig, ApiError> {
+        self.cluster_config
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                ApiError::new(
+                    "unknown_cluster",
+                    format!("no cluster {name:?} is configured"),
+                )
+            })
+    }
+
+    // ----- requests -------------------------------------------------------------------
+
+    fn request_id_and_expiry(
+        &self,
+        request_id: Option<&str>,
+        expires_at: Option<u64>,
+    ) -> Result<([u8; 16], u64), ApiError> {
+        let id = match request_id {
+            Some(s) => parse_request_id(s).map_err(|m| ApiError::new("invalid_request_id", m))?,
+            None => random_id(),
+        };
+        let now = self.now_secs();
+        let expires_at = expires_at.unwrap_or(now + self.ttl_secs);
+        if expires_at <= now || expires_at > now + MAX_APPROVAL_LIFETIME_SECS {
+            return Err(ApiError::new(
+                "invalid_expiry",
+                format!(
+                    "expires_at must be after now ({now}) and at most {MAX_APPROVAL_LIFETIME_SECS} s ahead"
+                ),
+            ));
+        }
+        Ok((id, expires_at))
+    }
+
+    fn check_quorum(quorum: u8) -> Result<(), ApiError> {
+        if quorum == 0 || quorum > MAX_QUORUM {
+            return Err(ApiError::new(
+                "invalid_quorum",
+                format!("quorum {quorum} outside 1..={MAX_QUORUM}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/wallets`.
+    pub async fn create_wallet(
+        &self,
+        caller: &str,
+        body: CreateWalletBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        self.cluster_config(&body.cluster)?;
+        Self::check_quorum(body.quorum)?;
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        self.create(
+            caller,
+            Draft {
+                kind: RequestKind::CreateWallet,
+                cluster: body.cluster,
+                root_id: None,
+                path: None,
+                digest: None,
+                quorum: body.quorum,
+                id,
+                expires_at,
+                approvals: body.approvals,
+                target_node: None,
+                sealed: None,
+            },
+        )
+        .await
+    }
+
+    /// `POST /v1/wallets/import`: the secret is sealed to one healthy node's certified
+    /// device key right here and then dropped (zeroized); only ciphertext is stored.
+    pub async fn import_wallet(
+        &self,
+        caller: &str,
+        body: ImportWalletBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        self.cluster_config(&body.cluster)?;
+        Self::check_quorum(body.quorum)?;
+        let secret = import_secret(&body)?;
+        let key_id = import_key_id(&secret).map_err(|e| match e {
+            // The TEE core's messages about a rejected secret never contain the secret.
+            TeeError::ImportRejected(m) => ApiError::new("invalid_secret", m),
+            other => ApiError::new("invalid_secret", other.to_string()),
+        })?;
+        let root_id = hex::encode(&key_id);
+        if self.store.wallet(&root_id).await?.is_some() {
+            return Err(ApiError::new(
+                "wallet_exists",
+                format!("wallet {root_id} is already known"),
+            ));
+        }
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        let status = self
+            .clusters
+            .status(&body.cluster, true)
+            .await
+            .map_err(call_api_error)?;
+        let mut healthy: Vec<&str> = status
+            .nodes
+            .iter()
+            .filter(|n| n.healthy)
+            .map(|n| n.node.as_str())
+            .collect();
+        healthy.shuffle(&mut rand::thread_rng());
+        let Some(node) = healthy.first().map(|s| s.to_string()) else {
+            return Err(ApiError::new(
+                "cluster_unavailable",
+                format!(
+                    "cluster {} has no healthy node to import into",
+                    body.cluster
+                ),
+            ));
+        };
+        let device_key = self
+            .clusters
+            .device_key(&body.cluster, &node, false)
+            .await
+            .map_err(call_api_error)?;
+        let meta = RequestMeta {
+            request_id: id,
+            expires_at,
+        };
+        let sealed = seal_import(
+            &device_key,
+            &body.cluster,
+            &node,
+            &meta,
+            body.quorum,
+            &key_id,
+            &secret,
+        )
+        .map_err(|e| match e {
+            TeeError::ImportRejected(m) => ApiError::new("invalid_secret", m),
+            // The certified device key is not a usable P-256 key: nothing the caller can fix.
+            other => ApiError::internal("sealing the import", &other),
+        })?;
+        drop(secret);
+        let sealed = hex::encode(postcard::to_allocvec(&sealed).expect("sealed imports serialize"));
+        self.create(
+            caller,
+            Draft {
+                kind: RequestKind::ImportWallet,
+                cluster: body.cluster,
+                root_id: Some(root_id),
+                path: None,
+                digest: None,
+                quorum: body.quorum,
+                id,
+                expires_at,
+                approvals: body.approvals,
+                target_node: Some(node),
+                sealed: Some(sealed),
+            },
+        )
+        .await
+    }
+
+    /// `POST /v1/sign-requests`.
+    pub async fn sign(
+        &self,
+        caller: &str,
+        body: SignRequestBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        parse_root_id(&body.root_id).map_err(|m| ApiError::new("invalid_root_id", m))?;
+        let path =
+            parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
+        let digest = parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?;
+        let wallet = self.wallet_row(&body.root_id.to_ascii_lowercase()).await?;
+        self.cluster_config(&wallet.cluster)?;
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        self.create(
+            caller,
+            Draft {
+                kind: RequestKind::Sign,
+                cluster: wallet.cluster,
+                root_id: Some(wallet.root_id),
+                path: Some(format_path(&path)),
+                digest: Some(hex::encode(digest)),
+                quorum: wallet.quorum,
+                id,
+                expires_at,
+                approvals: body.approvals,
+                target_node: None,
+                sealed: None,
+            },
+        )
+        .await
+    }
+
+    async fn create(&self, caller: &str, d: Draft) -> Result<RequestOutcome, ApiError> {
+        if d.approvals.len() > MAX_APPROVALS {
+            return Err(ApiError::new(
+                "too_many_approvals",
+                format!("{} approvals, at most {MAX_APPROVALS}", d.approvals.len()),
+            ));
+        }
+        let now = self.now_ms();
+        let mut row = RequestRow {
+            id: hex::encode(d.id),
+            kind: d.kind,
+            cluster: d.cluster,
+            root_id: d.root_id,
+            path: d.path,
+            digest: d.digest,
+            quorum: d.quorum,
+            status: RequestStatus::PendingApproval,
+            created_at: now,
+            updated_at: now,
+            expires_at: d.expires_at,
+            approvals: Vec::new(),
+            target_node: d.target_node,
+            sealed: d.sealed,
+            result: None,
+            error_code: None,
+            error_message: None,
+            attempts: 0,
+            created_by: caller.to_string(),
+            version: 1,
+        };
+        let message = self.message_of(&row)?;
+        for a in &d.approvals {
+            let stored = self.verify_approval(a, &message)?;
+            if row.approvals.iter().any(|x| x.subject == stored.subject) {
+                return Err(ApiError::new(
+                    "duplicate_approval",
+                    format!("admin {:?} approved twice", stored.admin),
+                ));
+            }
+            row.approvals.push(stored);
+        }
+        let admins: Vec<&str> = row.approvals.iter().map(|a| a.admin.as_str()).collect();
+        let detail = format!(
+            "{} on {} by {caller}; quorum {}; approvals: [{}]",
+            row.kind.as_str(),
+            row.cluster,
+            row.quorum,
+            admins.join(", ")
+        );
+        self.store
+            .insert_request(&row, detail)
+            .await
+            .map_err(|e| match e {
+                StoreError::Duplicate(_) => ApiError::new(
+                    "request_exists",
+                    format!("request {} already exists", row.id),
+                ),
+                other => other.into(),
+            })?;
+        tracing::info!(
+            request_id = %row.id,
+            kind = row.kind.as_str(),
+            cluster = %row.cluster,
+            caller,
+            approvals = row.approvals.len(),
+            quorum = row.quorum,
+            "request created"
+        );
+        if row.approvals.len() >= usize::from(row.quorum) {
+            let row = self.submit(row).await?;
+            return self.outcome(row, true).await;
+        }
+        self.outcome(row, false).await
+    }
+
+    async fn outcome(&self, row: RequestRow, submitted: bool) -> Result<RequestOutcome, ApiError> {
+        let view = self.view(&row, true).await?;
+        if submitted && view.status == RequestStatus::Failed {
+            if let Some(e) = &view.error {
+                // The caller asked for an answer now; the request stays retryable.
+                let code = match e.code.as_str() {
+                    "cluster_unavailable" => "cluster_unavailable",
+                    "relay_rejected" => "relay_rejected",
+                    "unverified_response" => "unverified_response",
+                    _ => "",
+                };
+                if !code.is_empty() {
+                    return Err(
+                        ApiError::new(code, format!("request {}: {}", view.id, e.message))
+                            .with_request(&view.id),
+                    );
+                }
+            }
+        }
+        Ok(RequestOutcome { view, submitted })
+    }
+
+    fn message_of(&self, row: &RequestRow) -> Result<Vec<u8>, ApiError> {
+        approval_message(&base_view(row)).map_err(|m| ApiError::internal("approval message", &m))
+    }
+
+    /// Verifies an approval's chain (cached) and signature over `message`.
+    fn verify_approval(
+        &self,
+        a: &ApprovalBody,
+        message: &[u8],
+    ) -> Result<StoredApproval, ApiError> {
+        let invalid = |m: String| ApiError::new("approval_invalid", m);
+        let crate::approval::DecodedApproval {
+            cert,
+            ca,
+            signature: sig,
+        } = decode_approval(a).map_err(invalid)?;
+        let now = self.now_secs();
+        let mut h = Sha256::new();
+        h.update((cert.len() as u32).to_be_bytes());
+        h.update(&cert);
+        h.update(&ca);
+        let key: [u8; 32] = h.finalize().into();
+        let cached = self
+            .admins
+            .lock()
+            .expect("admin cache lock")
+            .get(&key)
+            .cloned();
+        let admin = match cached {
+            Some(v) => v,
+            None => {
+                let v = self
+                    .trust_root
+                    .verify_admin(&cert, &ca, now)
+                    .map_err(|e| invalid(e.to_string()))?;
+                let mut cache = self.admins.lock().expect("admin cache lock");
+                if cache.len() >= 4096 {
+                    cache.clear();
+                }
+                cache.insert(key, v.clone());
+                v
+            }
+        };
+        if !admin.valid_at(now) {
+            return Err(invalid(format!(
+                "certificate of admin {:?} is not valid now",
+                admin.identity.name
+            )));
+        }
+        admin.verify_signature(message, &sig).map_err(|_| {
+            invalid(format!(
+                "signature of admin {:?} does not cover this request's approval message",
+                admin.identity.name
+            ))
+        })?;
+        Ok(StoredApproval {
+            admin: admin.identity.name.clone(),
+            fingerprint: hex::encode(admin.identity.fingerprint),
+            subject: hex::encode(&admin.identity.subject),
+            cert: hex::encode(&cert),
+            ca: hex::encode(&ca),
+            signature: hex::encode(&sig),
+            at_ms: self.now_ms(),
+        })
+    }
+
+    async fn request_row(&self, id: &str) -> Result<RequestRow, ApiError> {
+        parse_request_id(id).map_err(|m| ApiError::new("invalid_request_id", m))?;
+        let id = id.to_ascii_lowercase();
+        let row = self
+            .store
+            .request(&id)
+            .await?
+            .ok_or_else(|| ApiError::new("unknown_request", format!("no request {id}")))?;
+        self.expire_if_due(row).await
+    }
+
+    /// Marks a pending request whose window has passed as expired.
+    async fn expire_if_due(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
+        if row.status != RequestStatus::PendingApproval || self.now_secs() <= row.expires_at {
+            return Ok(row);
+        }
+        let mut next = row.clone();
+        next.status = RequestStatus::Expired;
+        next.updated_at = self.now_ms();
+        let detail = format!(
+            "{} of {} approvals at expiry {}",
+            row.approvals.len(),
+            row.quorum,
+            row.expires_at
+        );
+        match self
+            .store
+            .update_request(&next, "expired", detail, None)
+            .await
+        {
+            Ok(r) => {
+                tracing::info!(request_id = %r.id, "request expired");
+                Ok(r)
+            }
+            // Someone else moved it on; report what is stored now.
+            Err(StoreError::Conflict(_)) => {
+                self.store.request(&row.id).await?.ok_or_else(|| {
+                    ApiError::new("unknown_request", format!("no request {}", row.id))
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Expires every pending request past its window; returns how many.
+    pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
+        let ids = self
+            .store
+            .request_ids_with_status(RequestStatus::PendingApproval, Some(self.now_secs()))
+            .await?;
+        let mut n = 0;
+        for id in ids {
+            if let Some(row) = self.store.request(&id).await? {
+                match self.expire_if_due(row).await {
+                    Ok(r) if r.status == RequestStatus::Expired => n += 1,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(request_id = %id, error = %e.message, "expiry failed"),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// `GET /v1/requests/{id}`.
+    pub async fn request(&self, id: &str) -> Result<RequestView, ApiError> {
+        let row = self.request_row(id).await?;
+        self.view(&row, true).await
+    }
+
+    /// `GET /v1/requests`.
+    pub async fn requests(&self, q: &RequestQuery) -> Result<RequestList, ApiError> {
+        let limit = q.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_LIST {
+            return Err(ApiError::new(
+                "invalid_query",
+                format!("limit must be 1..={MAX_LIST}"),
+            ));
+        }
+        let rows = self.store.requests(q.status, q.kind, limit).await?;
+        let mut requests = Vec::with_capacity(rows.len());
+        for r in &rows {
+            requests.push(self.view(r, false).await?);
+        }
+        Ok(RequestList { requests })
+    }
+
+    /// `POST /v1/requests/{id}/approvals`: verifies and records one approval; at quorum,
+    /// submits and waits for the cluster's verified answer.
+    pub async fn approve(&self, id: &str, body: ApprovalBody) -> Result<RequestOutcome, ApiError> {
+        let mut row = self.request_row(id).await?;
+        for _ in 0..CAS_RETRIES {
+            match row.status {
+                RequestStatus::PendingApproval => {}
+                RequestStatus::Expired => {
+                    return Err(ApiError::new(
+                        "request_expired",
+                        format!("request {} expired at {}", row.id, row.expires_at),
+                    ))
+                }
+                s => {
+                    return Err(ApiError::new(
+                        "not_pending",
+                        format!("request {} is {}", row.id, s.as_str()),
+                    ))
+                }
+            }
+            let message = self.message_of(&row)?;
+            let approval = self.verify_approval(&body, &message)?;
+            if row.approvals.iter().any(|a| a.subject == approval.subject) {
+                return Err(ApiError::new(
+                    "duplicate_approval",
+                    format!(
+                        "admin {:?} already approved request {}",
+                        approval.admin, row.id
+                    ),
+                ));
+            }
+            let mut next = row.clone();
+            let detail = format!("{} ({})", approval.admin, approval.fingerprint);
+            next.approvals.push(approval);
+            next.updated_at = self.now_ms();
+            match self
+                .store
+                .update_request(&next, "approved", detail, None)
+                .await
+            {
+                Ok(stored) => {
+                    tracing::info!(
+                        request_id = %stored.id,
+                        approvals = stored.approvals.len(),
+                        quorum = stored.quorum,
+                        "approval recorded"
+                    );
+                    if stored.approvals.len() >= usize::from(stored.quorum) {
+                        let done = self.submit(stored).await?;
+                        return self.outcome(done, true).await;
+                    }
+                    return self.outcome(stored, false).await;
+                }
+                Err(StoreError::Conflict(_)) => row = self.request_row(id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::new(
+            "conflict",
+            format!("request {id} keeps changing; retry"),
+        ))
+    }
+
+    /// `POST /v1/requests/{id}/retry`: resubmits a failed request with the same id.
+    pub async fn retry(&self, id: &str) -> Result<RequestOutcome, ApiError> {
+        let row = self.request_row(id).await?;
+        if row.status != RequestStatus::Failed {
+            return Err(ApiError::new(
+                "not_pending",
+                format!(
+                    "request {} is {}, only failed requests are retried",
+                    row.id,
+                    row.status.as_str()
+                ),
+            ));
+        }
+        let done = self.submit(row).await?;
+        self.outcome(done, true).await
+    }
+
+    /// Moves a request to `submitting` (compare-and-swap, so only one caller submits) and
+    /// executes it.
+    async fn submit(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
+        let mut next = row.clone();
+        next.status = RequestStatus::Submitting;
+        next.attempts += 1;
+        next.updated_at = self.now_ms();
+        next.error_code = None;
+        next.error_message = None;
+        let event = if row.status == RequestStatus::Submitting {
+            "resubmitting"
+        } else {
+            "submitting"
+        };
+        let detail = format!("attempt {}", next.attempts);
+        let stored = match self.store.update_request(&next, event, detail, None).await {
+            Ok(s) => s,
+            Err(StoreError::Conflict(_)) => {
+                return Err(ApiError::new(
+                    "not_pending",
+                    format!("request {} is being submitted by another call", row.id),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(request_id = %stored.id, attempt = stored.attempts, cluster = %stored.cluster, "submitting");
+        Ok(self.execute(stored).await?)
+    }
+
+    /// Resubmits every request left in `submitting` (crash recovery), with its own id: the
+    /// link returns the first answer if the request was executed before the crash.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let ids = self
+            .store
+            .request_ids_with_status(RequestStatus::Submitting, None)
+            .await?;
+        let n = ids.len();
+        for id in ids {
+            if let Some(row) = self.store.request(&id).await? {
+                if row.status == RequestStatus::Submitting {
+                    tracing::info!(request_id = %id, "resubmitting after restart");
+                    if let Err(e) = self.submit(row).await {
+                        tracing::warn!(request_id = %id, error = %e.message, "recovery failed");
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn tee_request(&self, row: &RequestRow) -> Result<Vec<u8>, String> {
+        let meta = RequestMeta {
+            request_id: parse_request_id(&row.id)?,
+            expires_at: row.expires_at,
+        };
+        let approvals = row
+            .approvals
+            .iter()
+            .map(|a| {
+                Ok(Approval {
+                    admin_cert: hex::decode(&a.cert).map_err(|e| e.to_string())?,
+                    admin_ca: hex::decode(&a.ca).map_err(|e| e.to_string())?,
+                    signature: hex::decode(&a.signature).map_err(|e| e.to_string())?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let key_id = || parse_root_id(row.root_id.as_deref().unwrap_or_default());
+        let request = match row.kind {
+            RequestKind::CreateWallet => Request::CreateWallet {
+                meta,
+                quorum: row.quorum,
+                approvals,
+            },
+            RequestKind::ImportWallet => {
+                let sealed = hex::decode(row.sealed.as_deref().unwrap_or_default())
+                    .map_err(|e| e.to_string())?;
+                let sealed: SealedImport =
+                    postcard::from_bytes(&sealed).map_err(|e| e.to_string())?;
+                Request::ImportWalletSealed {
+                    meta,
+                    quorum: row.quorum,
+                    key_id: key_id()?,
+                    sealed,
+                    approvals,
+                }
+            }
+            RequestKind::Sign => Request::Sign {
+                meta,
+                key_id: key_id()?,
+                path: parse_path(row.path.as_deref().unwrap_or_default())
+                    .map_err(|e| e.to_string())?,
+                digest: parse_digest(row.digest.as_deref().unwrap_or_default())?,
+                approvals,
+            },
+        };
+        Ok(encode_request(&request))
+    }
+
+    /// Sends a `submitting` request and records its verified outcome.
+    async fn execute(&self, row: RequestRow) -> Result<RequestRow, StoreError> {
+        let request = match self.tee_request(&row) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .finish(
+                        row,
+                        Err((
+                            "bad_request_row".into(),
+                            format!("stored request unusable: {e}"),
+                        )),
+                        true,
+                    )
+                    .await
+            }
+        };
+        let id = parse_request_id(&row.id).map_err(StoreError::Corrupt)?;
+        let answer = self
+            .clusters
+            .tee_call(&row.cluster, id, &request, row.target_node.as_deref())
+            .await;
+        // Sign results are checked against the wallet's recorded xpub.
+        let xpub = match (row.kind, &row.root_id) {
+            (RequestKind::Sign, Some(root_id)) => self.store.wallet(root_id).await?.map(|w| w.xpub),
+            _ => None,
+        };
+        let verdict = self.judge(&row, xpub.as_deref(), answer);
+        self.finish(row, verdict.result, verdict.final_).await
+    }
+
+    fn judge(
+        &self,
+        row: &RequestRow,
+        wallet_xpub: Option<&str>,
+        answer: Result<TeeAnswer, CallError>,
+    ) -> Verdict {
+        let fail = |code: &str, m: String| Verdict {
+            result: Err((code.to_string(), m)),
+            final_: false,
+        };
+        match answer {
+            Ok(TeeAnswer {
+                node,
+                outcome: Ok(response),
+            }) => match (row.kind, response) {
+                (RequestKind::Sign, Response::Signature(sig)) => {
+                    match self.check_signature(row, wallet_xpub, &sig) {
+                        Ok(result) => Verdict::ok(node, result, None),
+                        Err(m) => fail("bad_signature", m),
+                    }
+                }
+                (RequestKind::CreateWallet | RequestKind::ImportWallet, Response::Wallet(info)) => {
+                    match self.check_wallet(row, &info) {
+                        Ok((result, wallet)) => Verdict::ok(node, result, Some(wallet)),
+                        Err(m) => fail("bad_result", m),
+                    }
+                }
+                (_, other) => fail(
+                    "relay_protocol",
+                    format!("unexpected TEE response {}", response_name(&other)),
+                ),
+            },
+            Ok(TeeAnswer {
+                node,
+                outcome: Err(e),
+            }) => Verdict {
+                result: Err((tee_code(&e), format!("node {node}: {e}"))),
+                final_: true,
+            },
+            Err(e @ CallError::Refused { .. }) => Verdict {
+                result: Err((e.code(), e.to_string())),
+                final_: true,
+            },
+            Err(e) => fail(&e.code(), e.to_string()),
+        }
+    }
+
+    fn check_signature(
+        &self,
+        row: &RequestRow,
+        wallet_xpub: Option<&str>,
+        sig: &EcdsaSignature,
+    ) -> Result<RequestResult, String> {
+        let digest = parse_digest(row.digest.as_deref().unwrap_or_default())?;
+        let path =
+            parse_path(row.path.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+        verify_sign_result(&self.secp, &digest, &path, wallet_xpub, sig)
+            .map(RequestResult::Signature)
+    }
+
+    fn check_wallet(
+        &self,
+        row: &RequestRow,
+        info: &KeyInfo,
+    ) -> Result<(RequestResult, WalletRow), String> {
+        let xpub = Xpub::from_str(&info.xpub).map_err(|e| format!("xpub: {e}"))?;
+        if xpub.public_key.serialize().as_slice() != info.key_id.as_slice() {
+            return Err("xpub's public key is not the wallet's key id".into());
+        }
+        if xpub.depth != 0 {
+            return Err("xpub is not a root key".into());
+        }
+        if info.quorum != row.quorum {
+            return Err(format!(
+                "wallet quorum {} instead of {}",
+                info.quorum, row.quorum
+            ));
+        }
+        let root_id = hex::encode(&info.key_id);
+        if let Some(expected) = &row.root_id {
+            if *expected != root_id {
+                return Err(format!("wallet {root_id} instead of {expected}"));
+            }
+        }
+        let wallet = WalletRow {
+            root_id: root_id.clone(),
+            cluster: row.cluster.clone(),
+            xpub: info.xpub.clone(),
+            quorum: info.quorum,
+            created_at: self.now_ms(),
+            created_by_request: row.id.clone(),
+        };
+        Ok((
+            RequestResult::Wallet(WalletResult {
+                root_id,
+                xpub: info.xpub.clone(),
+            }),
+            wallet,
+        ))
+    }
+
+    async fn finish(
+        &self,
+        row: RequestRow,
+        result: Result<(String, RequestResult, Option<WalletRow>), (String, String)>,
+        final_: bool,
+    ) -> Result<RequestRow, StoreError> {
+        let mut next = row.clone();
+        next.updated_at = self.now_ms();
+        let (event, detail, wallet) = match result {
+            Ok((node, result, wallet)) => {
+                next.status = RequestStatus::Completed;
+                next.result = Some(serde_json::to_string(&result).expect("results serialize"));
+                if let Some(w) = &wallet {
+                    next.root_id = Some(w.root_id.clone());
+                }
+                ("completed", format!("served by {node}"), wallet)
+            }
+            Err((code, message)) => {
+                next.status = if final_ {
+                    RequestStatus::Refused
+                } else {
+                    RequestStatus::Failed
+                };
+                let detail = format!("{code}: {message}");
+                next.error_code = Some(code);
+                next.error_message = Some(message);
+                (next.status.as_str(), detail, None)
+            }
+        };
+        let stored = match self
+            .store
+            .update_request(&next, event, detail.clone(), wallet.as_ref())
+            .await
+        {
+            // The same wallet recorded by an earlier request (e.g. one seed imported into
+            // two clusters): the request still completed.
+            Err(StoreError::Duplicate(w)) => {
+                tracing::warn!(request_id = %row.id, "{w} was already recorded");
+                self.store
+                    .update_request(&next, event, detail, None)
+                    .await?
+            }
+            other => other?,
+        };
+        match stored.status {
+            RequestStatus::Completed => {
+                tracing::info!(request_id = %stored.id, kind = stored.kind.as_str(), "request completed")
+            }
+            s => tracing::warn!(
+                request_id = %stored.id,
+                status = s.as_str(),
+                code = stored.error_code.as_deref().unwrap_or_default(),
+                "request did not complete"
+            ),
+        }
+        Ok(stored)
+    }
+
+    async fn view(&self, row: &RequestRow, with_events: bool) -> Result<RequestView, ApiError> {
+        let mut view = base_view(row);
+        view.approval_message = hex::encode(self.message_of(row)?);
+        if with_events {
+            view.events = self
+                .store
+                .events(&row.id)
+                .await?
+                .into_iter()
+                .map(|e| EventView {
+                    at_ms: e.at,
+                    event: e.event,
+                    detail: e.detail,
+                })
+                .collect();
+        }
+        Ok(view)
+    }
+
+    // ----- wallets ----------------------------------------------------------------------
+
+    async fn wallet_row(&self, root_id: &str) -> Result<WalletRow, ApiError> {
+        parse_root_id(root_id).map_err(|m| ApiError::new("invalid_root_id", m))?;
+        self.store
+            .wallet(&root_id.to_ascii_lowercase())
+            .await?
+            .ok_or_else(|| ApiError::new("unknown_wallet", format!("no wallet {root_id}")))
+    }
+
+    /// `GET /v1/wallets`.
+    pub async fn wallets(&self) -> Result<WalletList, ApiError> {
+        Ok(WalletList {
+            wallets: self
+                .store
+                .wallets()
+                .await?
+                .iter()
+                .map(wallet_view)
+                .collect(),
+        })
+    }
+
+    /// `GET /v1/wallets/{root_id}`.
+    pub async fn wallet(&self, root_id: &str) -> Result<WalletView, ApiError> {
+        Ok(wallet_view(&self.wallet_row(root_id).await?))
+    }
+
+    /// `GET /v1/wallets/{root_id}/derive`: public derivation from the recorded xpub.
+    pub async fn derive(&self, root_id: &str, q: &DeriveQuery) -> Result<DeriveView, ApiError> {
+        let path_text = q.path.as_deref().unwrap_or("m");
+        let path = parse_path(path_text).map_err(|e| match e {
+            PathError::Invalid(m) => ApiError::new("invalid_path", m),
+            PathError::Hardened(m) => ApiError::new("hardened_path", m),
+        })?;
+        if has_hardened(&path) {
+            return Err(ApiError::new(
+                "hardened_path",
+                format!(
+                    "{} has a hardened step; only public derivation is offered",
+                    format_path(&path)
+                ),
+            ));
+        }
+        let range = match (q.start, q.count) {
+            (_, None) => None,
+            (start, Some(count)) => {
+                let start = start.unwrap_or(0);
+                if count == 0
+                    || count > MAX_DERIVE_COUNT
+                    || u64::from(start) + u64::from(count) > 1 << 31
+                {
+                    return Err(ApiError::new(
+                        "invalid_range",
+                        format!(
+                            "count must be 1..={MAX_DERIVE_COUNT} and start+count at most 2^31"
+                        ),
+                    ));
+                }
+                Some((start, count))
+            }
+        };
+        if q.start.is_some() && q.count.is_none() {
+            return Err(ApiError::new("invalid_range", "start needs count"));
+        }
+        let wallet = self.wallet_row(root_id).await?;
+        let root =
+            Xpub::from_str(&wallet.xpub).map_err(|e| ApiError::internal("stored xpub", &e))?;
+        let derived = derive_xpub(&self.secp, &root, &path)
+            .map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
+        let addresses = match range {
+            None => None,
+            Some((start, count)) => {
+                let mut out = Vec::with_capacity(count as usize);
+                for index in start..start + count {
+                    let child = derive_xpub(&self.secp, &derived, &[index])
+                        .map_err(|e| ApiError::new("invalid_range", e.to_string()))?;
+                    let mut full = path.clone();
+                    full.push(index);
+                    out.push(DerivedAddress {
+                        index,
+                        path: format_path(&full),
+                        public_key: hex::encode(child.public_key.serialize()),
+                        address: p2wpkh_address(&child.public_key, self.network),
+                    });
+                }
+                Some(out)
+            }
+        };
+        Ok(DeriveView {
+            root_id: wallet.root_id,
+            path: format_path(&path),
+            xpub: derived.to_string(),
+            public_key: hex::encode(derived.public_key.serialize()),
+            address: p2wpkh_address(&derived.public_key, self.network),
+            network: self.network.to_string(),
+            addresses,
+        })
+    }
+
+    // ----- clusters ---------------------------------------------------------------------
+
+    /// `GET /v1/clusters`: every configured cluster with a quick reachability probe.
+    pub async fn cluster_list(&self) -> ClusterList {
+        let probes = self.cluster_config.iter().map(|c| async move {
+            let probe = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                self.clusters.status(&c.name, false),
+            )
+            .await
+            .unwrap_or_else(|_| Err(CallError::Unavailable("status probe timed out".into())));
+            match probe {
+                Ok(s) => ClusterView {
+                    name: c.name.clone(),
+                    relay: c.relay.to_string(),
+                    reachable: true,
+                    nodes: Some(s.nodes.len() as u32),
+                    healthy_nodes: Some(s.nodes.iter().filter(|n| n.healthy).count() as u32),
+                    keys: Some(s.keys),
+                    error: None,
+                },
+                Err(e) => ClusterView {
+                    name: c.name.clone(),
+                    relay: c.relay.to_string(),
+                    reachable: false,
+                    nodes: None,
+                    healthy_nodes: None,
+                    keys: None,
+                    error: Some(e.to_string()),
+                },
+            }
+        });
+        ClusterList {
+            clusters: futures::future::join_all(probes).await,
+        }
+    }
+
+    /// `GET /v1/clusters/{name}`.
+    pub async fn cluster_status(&self, name: &str) -> Result<ClusterStatusView, ApiError> {
+        self.cluster_config(name)?;
+        let s = self
+            .clusters
+            .status(name, true)
+            .await
+            .map_err(call_api_error)?;
+        Ok(status_view(s))
+    }
+
+    /// `POST /v1/clusters/{name}/audits` (`latest` false) and
+    /// `GET /v1/clusters/{name}/audits/latest` (`latest` true).
+    pub async fn audit(&self, name: &str, latest: bool) -> Result<AuditReportView, ApiError> {
+        self.cluster_config(name)?;
+        let report = self
+            .clusters
+            .audit(name, latest)
+            .await
+            .map_err(call_api_error)?;
+        tracing::info!(
+            cluster = name,
+            latest,
+            nodes = report.nodes.len(),
+            "audit report relayed"
+        );
+        Ok(audit_view(report))
+    }
+}
+
+/// Verifies a signature from the TEE: (r,s) over the digest with the returned key, the
+/// recovery id, low-s, and (for non-hardened paths) that the key is the xpub-derived
+/// child at the request's path.
+pub fn verify_sign_result(
+    secp: &Secp256k1<All>,
+    digest: &[u8; 32],
+    path: &[u32],
+    wallet_xpub: Option<&str>,
+    sig: &EcdsaSignature,
+) -> Result<SignResult, String> {
+    let public_key =
+        PublicKey::from_slice(&sig.public_key).map_err(|e| format!("public key: {e}"))?;
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&sig.r);
+    compact[32..].copy_from_slice(&sig.s);
+    let signature = Signature::from_compact(&compact).map_err(|e| format!("signature: {e}"))?;
+    let mut normalized = signature;
+    normalized.normalize_s();
+    if normalized != signature {
+        return Err("signature is not low-s".into());
+    }
+    let msg = Message::from_digest(*digest);
+    secp.verify_ecdsa(&msg, &signature, &public_key)
+        .map_err(|_| "signature does not verify with the returned public key".to_string())?;
+    let recid = RecoveryId::from_i32(i32::from(sig.v)).map_err(|e| format!("recovery id: {e}"))?;
+    let recovered = RecoverableSignature::from_compact(&compact, recid)
+        .and_then(|r| secp.recover_ecdsa(&msg, &r))
+        .map_err(|e| format!("recovery: {e}"))?;
+    if recovered != public_key {
+        return Err("recovery id does not recover the signing key".into());
+    }
+    if !has_hardened(path) {
+        // Sign requests are only accepted for recorded wallets, whose xpub was checked
+        // against the key id when the wallet was recorded.
+        let root = Xpub::from_str(wallet_xpub.ok_or("the wallet's xpub is not recorded")?)
+            .map_err(|e| format!("recorded xpub: {e}"))?;
+        let child = derive_xpub(secp, &root, path).map_err(|e| e.to_string())?;
+        if child.public_key != public_key {
+            return Err(format!(
+                "signed with {}, but the wallet's key at {} is {}",
+                hex::encode(sig.public_key.as_slice()),
+                format_path(path),
+                hex::encode(child.public_key.serialize())
+            ));
+        }
+    }
+    Ok(SignResult {
+        r: hex::encode(sig.r),
+        s: hex::encode(sig.s),
+        v: sig.v,
+        public_key: hex::encode(&sig.public_key),
+        signature_der: hex::encode(signature.serialize_der()),
+    })
+}
+
+struct Verdict {
+    result: Result<(String, RequestResult, Option<WalletRow>), (String, String)>,
+    final_: bool,
+}
+
+impl Verdict {
+    fn ok(node: String, result: RequestResult, wallet: Option<WalletRow>) -> Self {
+        Verdict {
+            result: Ok((node, result, wallet)),
+            final_: true,
+        }
+    }
+}
+
+fn response_name(r: &Response) -> String {
+    match serde_json::to_value(r) {
+        Ok(serde_json::Value::Object(m)) => m.keys().next().cloned().unwrap_or_default(),
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
+    }
+}
+
+pub(crate) fn load_trust_root(path: &std::path::Path) -> Result<TrustRoot, OpenError> {
+    let err = |reason: String| OpenError::TrustRoot {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let der =
+        custos_pki::pem_to_der(&pem, "Root CA certificate").map_err(|e| err(e.to_string()))?;
+    TrustRoot::from_der(&der).map_err(|e| err(e.to_string()))
+}
+
+/// The secret of an import body, checked for shape (exactly one of mnemonic and seed).
+fn import_secret(body: &ImportWalletBody) -> Result<ImportSecret, ApiError> {
+    let bad = |m: &str| ApiError::new("invalid_secret", m.to_string());
+    match (&body.mnemonic, &body.seed_hex) {
+        (Some(m), None) => {
+            let passphrase = body.passphrase.as_ref().map(|p| p.expose()).unwrap_or("");
+            if m.expose().len() > 1024 || passphrase.len() > 1024 {
+                return Err(bad("mnemonic and passphrase are at most 1024 bytes each"));
+            }
+            Ok(ImportSecret::Mnemonic {
+                phrase: SecretString(m.expose().to_string()),
+                passphrase: SecretString(passphrase.to_string()),
+            })
+        }
+        (None, Some(seed)) => {
+            if body.passphrase.is_some() {
+                return Err(bad("passphrase goes with a mnemonic, not a seed"));
+            }
+            let s = seed.expose();
+            if s.len() < 32 || s.len() > 128 || s.len() % 2 != 0 {
+                return Err(bad("seed_hex must be 16 to 64 bytes of hex"));
+            }
+            let bytes = Zeroizing::new(hex::decode(s).map_err(|_| bad("seed_hex is not hex"))?);
+            Ok(ImportSecret::Seed(SecretBytes(bytes.to_vec())))
+        }
+        _ => Err(bad("give exactly one of mnemonic and seed_hex")),
+    }
+}
+
+/// An API error for a cluster call made on the caller's behalf.
+fn call_api_error(e: CallError) -> ApiError {
+    match e {
+        CallError::UnknownCluster(c) => {
+            ApiError::new("unknown_cluster", format!("no cluster {c:?}"))
+        }
+        CallError::Unavailable(m) => ApiError::new("cluster_unavailable", m),
+        CallError::Rejected(m) => ApiError::new("relay_rejected", m),
+        CallError::Refused { code, message } => {
+            ApiError::new("bridge_refused", format!("{code}: {message}"))
+        }
+        CallError::Unverified(m) | CallError::Protocol(m) => {
+            ApiError::new("unverified_response", m)
+        }
+    }
+}
+
+fn wallet_view(w: &WalletRow) -> WalletView {
+    WalletView {
+        root_id: w.root_id.clone(),
+        cluster: w.cluster.clone(),
+        xpub: w.xpub.clone(),
+        quorum: w.quorum,
+        created_at_ms: w.created_at,
+        created_by_request: w.created_by_request.clone(),
+    }
+}
+
+fn summary(row: &RequestRow) -> String {
+    let wallet = row.root_id.as_deref().unwrap_or("?");
+    match row.kind {
+        RequestKind::CreateWallet => format!(
+            "create a new wallet on cluster {} with quorum {}",
+            row.cluster, row.quorum
+        ),
+        RequestKind::ImportWallet => format!(
+            "import wallet {wallet} into cluster {} (sealed to node {}) with quorum {}",
+            row.cluster,
+            row.target_node.as_deref().unwrap_or("?"),
+            row.quorum
+        ),
+        RequestKind::Sign => format!(
+            "sign digest {} with wallet {wallet} at path {} on cluster {} (quorum {})",
+            row.digest.as_deref().unwrap_or("?"),
+            row.path.as_deref().unwrap_or("?"),
+            row.cluster,
+            row.quorum
+        ),
+    }
+}
+
+/// The view of a row without events and approval message.
+fn base_view(row: &RequestRow) -> RequestView {
+    RequestView {
+        id: row.id.clone(),
+        kind: row.kind,
+        cluster: row.cluster.clone(),
+        status: row.status,
+        // A create request has no wallet until it completed; the approval message of a
+        // create does not depend on it.
+        root_id: row.root_id.clone(),
+        path: row.path.clone(),
+        digest: row.digest.clone(),
+        quorum: row.quorum,
+        approvals: row
+            .approvals
+            .iter()
+            .map(|a| ApprovalView {
+                admin: a.admin.clone(),
+                fingerprint: a.fingerprint.clone(),
+                approved_at_ms: a.at_ms,
+            })
+            .collect(),
+        expires_at: row.expires_at,
+        created_at_ms: row.created_at,
+        updated_at_ms: row.updated_at,
+        created_by: row.created_by.clone(),
+        target_node: row.target_node.clone(),
+        attempts: row.attempts,
+        approval_message: String::new(),
+        summary: summary(row),
+        result: row
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        error: row.error_code.as_ref().map(|code| RequestError {
+            code: code.clone(),
+            message: row.error_message.clone().unwrap_or_default(),
+        }),
+        events: Vec::new(),
+    }
+}
+
+fn status_view(s: ClusterStatus) -> ClusterStatusView {
+    ClusterStatusView {
+        healthy: s.nodes.iter().filter(|n| n.healthy).count() as u32,
+        cluster: s.cluster,
+        keys: s.keys,
+        nodes: s
+            .nodes
+            .into_iter()
+            .map(|n| NodeStatusView {
+                node: n.node,
+                endpoint: n.endpoint,
+                healthy: n.healthy,
+                keys_held: n.keys_held,
+                served: n.served,
+                failures: n.failures,
+            })
+            .collect(),
+    }
+}
+
+fn audit_view(a: AuditReport) -> AuditReportView {
+    AuditReportView {
+        started_at_ms: a.started_at_ms,
+        finished_at_ms: a.finished_at_ms,
+        keys: a.keys,
+        nodes: a
+            .nodes
+            .into_iter()
+            .map(|n| NodeAuditView {
+                node: n.node,
+                checked: n.checked,
+                ok: n.ok,
+                missing: n.missing.iter().map(hex::encode).collect(),
+                wrong: n.wrong.iter().map(hex::encode).collect(),
+                error: (!n.error.is_empty()).then_some(n.error),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::bip32::{ChildNumber, Xpriv};
+    use bitcoin::NetworkKind;
+
+    fn sign(
+        secp: &Secp256k1<All>,
+        key: &bitcoin::secp256k1::SecretKey,
+        digest: &[u8; 32],
+    ) -> EcdsaSignature {
+        let rs = secp.sign_ecdsa_recoverable(&Message::from_digest(*digest), key);
+        let (recid, compact) = rs.serialize_compact();
+        EcdsaSignature {
+            r: compact[..32].try_into().unwrap(),
+            s: compact[32..].try_into().unwrap(),
+            v: recid.to_i32() as u8,
+            public_key: PublicKey::from_secret_key(secp, key).serialize().to_vec(),
+        }
+    }
+
+    #[test]
+    fn sign_results_are_verified_against_the_wallet() {
+        let secp = Secp256k1::new();
+        let master = Xpriv::new_master(NetworkKind::Main, &[7u8; 32]).unwrap();
+        let xpub = Xpub::from_priv(&secp, &master).to_string();
+        let path = [0u32, 7];
+        let steps: Vec<ChildNumber> = path.iter().map(|&i| ChildNumber::from(i)).collect();
+        let child = master.derive_priv(&secp, &steps).unwrap();
+        let digest = [9u8; 32];
+        let good = sign(&secp, &child.private_key, &digest);
+        let r = verify_sign_result(&secp, &digest, &path, Some(&xpub), &good).unwrap();
+        assert_eq!(r.public_key, hex::encode(&good.public_key));
+
+        // A valid signature by the wrong key (the root instead of the child).
+        let wrong_key = sign(&secp, &master.private_key, &digest);
+        let e = verify_sign_result(&secp, &digest, &path, Some(&xpub), &wrong_key).unwrap_err();
+        assert!(e.contains("wallet's key"), "{e}");
+        // Over another digest.
+        let e = verify_sign_result(&secp, &[8u8; 32], &path, Some(&xpub), &good).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
+        // Wrong recovery id.
+        let mut bad_v = good.clone();
+        bad_v.v ^= 1;
+        assert!(verify_sign_result(&secp, &digest, &path, Some(&xpub), &bad_v).is_err());
+        // High s.
+        let mut high = good.clone();
+        let n = bitcoin::secp256k1::constants::CURVE_ORDER;
+        let mut s = [0u8; 32];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(n[i]) - i16::from(good.s[i]) - borrow;
+            s[i] = d.rem_euclid(256) as u8;
+            borrow = i16::from(d < 0);
+        }
+        high.s = s;
+        let e = verify_sign_result(&secp, &digest, &path, Some(&xpub), &high).unwrap_err();
+        assert!(e.contains("low-s"), "{e}");
+        // Hardened paths cannot be checked against the xpub, the signature still is.
+        let hardened = [1u32 << 31];
+        assert!(verify_sign_result(&secp, &digest, &hardened, Some(&xpub), &wrong_key).is_ok());
+        assert!(verify_sign_result(&secp, &[8u8; 32], &hardened, Some(&xpub), &wrong_key).is_err());
+    }
+
+    #[test]
+    fn tee_error_codes() {
+        assert_eq!(
+            tee_code(&TeeError::ApprovalRejected {
+                index: 0,
+                fault: custos_tee_core::protocol::ApprovalFault::BadSignature,
+                detail: String::new()
+            }),
+            "tee_approval_rejected"
+        );
+        assert_eq!(
+            tee_code(&TeeError::RootAlreadyPinned),
+            "tee_root_already_pinned"
+        );
+        assert_eq!(
+            tee_code(&TeeError::UnknownKey("x".into())),
+            "tee_unknown_key"
+        );
+    }
+}

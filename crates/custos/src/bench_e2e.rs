@@ -1,0 +1,235 @@
+//! `custos bench e2e`: end-to-end BIP-32 signing through the full patent path (REST → cloud
+//! server → external relay → link → bridge → vault node → TEE core process and back, every
+//! answer verified on the way), beside raw libsecp256k1 signing on one core measured in the
+//! same run: peak throughput as a ratio of that limit, and p50/p99 latency at half the peak.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
+use custos::cluster::LinkTransport;
+use custos::deployment::{approve, Deployment, DeploymentOptions};
+use custos_cloud::api::{CreateWalletBody, RequestResult, RequestStatus, SignRequestBody};
+use custos_cloud::approval::sign_approval;
+use custos_cloud::client::CloudClient;
+use custos_pki::AdminSigner;
+
+type AnyError = Box<dyn std::error::Error>;
+
+/// Raw single-core libsecp256k1 ECDSA signing rate (signatures per second) over `n` digests.
+fn raw_sign_rate(n: usize) -> f64 {
+    let secp = Secp256k1::signing_only();
+    let key = SecretKey::from_slice(&[0x17; 32]).expect("valid key");
+    let t0 = Instant::now();
+    let mut acc = 0u8;
+    for i in 0..n {
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let sig = secp.sign_ecdsa(&Message::from_digest(d), &key);
+        acc ^= sig.serialize_compact()[0];
+    }
+    std::hint::black_box(acc);
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Pre-approved sign bodies (request id and expiry chosen here so the approval can be
+/// signed before the timed part).
+fn bodies(
+    admin: &AdminSigner,
+    cluster: &str,
+    root_id: &str,
+    n: usize,
+) -> Result<Vec<SignRequestBody>, AnyError> {
+    let now = custos::ops::now_unix();
+    let key_id = hex::decode(root_id)?;
+    (0..n)
+        .map(|i| {
+            let request_id: [u8; 16] = rand::random();
+            let digest: [u8; 32] = rand::random();
+            let path = vec![0u32, (i % 1000) as u32];
+            let meta = custos_tee_core::protocol::RequestMeta {
+                request_id,
+                expires_at: now + 3600,
+            };
+            let message = custos_tee_core::approval::Action::Sign {
+                key_id: &key_id,
+                path: &path,
+                digest: &digest,
+            }
+            .message(cluster, &meta);
+            Ok(SignRequestBody {
+                root_id: root_id.to_string(),
+                path: format!("m/0/{}", i % 1000),
+                digest: hex::encode(digest),
+                request_id: Some(hex::encode(request_id)),
+                expires_at: Some(meta.expires_at),
+                approvals: vec![sign_approval(admin, &message)],
+            })
+        })
+        .collect()
+}
+
+async fn sign_one(client: &CloudClient, body: &SignRequestBody) -> Result<Duration, AnyError> {
+    let t0 = Instant::now();
+    let view = client.sign(body).await?;
+    let took = t0.elapsed();
+    match (&view.status, &view.result) {
+        (RequestStatus::Completed, Some(RequestResult::Signature(_))) => Ok(took),
+        _ => Err(format!(
+            "request {} ended {:?}: {:?}",
+            view.id, view.status, view.error
+        )
+        .into()),
+    }
+}
+
+/// Closed loop with `concurrency` callers: signatures per second.
+async fn peak(
+    client: &CloudClient,
+    work: Vec<SignRequestBody>,
+    concurrency: usize,
+) -> Result<f64, AnyError> {
+    let n = work.len();
+    let queue = Arc::new(tokio::sync::Mutex::new(work));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let queue = queue.clone();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(body) = queue.lock().await.pop() else {
+                    return Ok::<(), String>(());
+                };
+                sign_one(&client, &body).await.map_err(|e| e.to_string())?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Open loop at `rate` requests per second: latencies of every request.
+async fn paced(
+    client: &CloudClient,
+    work: Vec<SignRequestBody>,
+    rate: f64,
+) -> Result<Vec<Duration>, AnyError> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, body) in work.into_iter().enumerate() {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            sign_one(&client, &body).await.map_err(|e| e.to_string())
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.push(t.await??);
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the benchmark with `requests` signatures at peak (`concurrency` callers) and at half
+/// the peak rate, on a 1-cluster deployment of `nodes` nodes under `dir` (or a temp dir).
+pub fn run(
+    requests: usize,
+    concurrency: usize,
+    nodes: usize,
+    dir: Option<&Path>,
+) -> Result<(), AnyError> {
+    let tmp;
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("custos-bench-e2e-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let exe = std::env::current_exe()?;
+    println!("end-to-end signing benchmark: {requests} requests, {concurrency} callers, 1 cluster of {nodes} nodes");
+    let dep = Deployment::start(
+        &exe,
+        &dir,
+        &DeploymentOptions {
+            clusters: vec![("bench".into(), LinkTransport::Tcp)],
+            nodes,
+            admins: vec!["alice".into()],
+            sync_interval_secs: 3600,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )?;
+    let alice = dep.admin("alice")?;
+    let client = dep.client()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let root_id = rt.block_on(async {
+        let view = client
+            .create_wallet(&CreateWalletBody {
+                cluster: "bench".into(),
+                quorum: 1,
+                request_id: None,
+                expires_at: None,
+                approvals: Vec::new(),
+            })
+            .await?;
+        let view = approve(&client, &alice, &view.id).await?;
+        match view.result {
+            Some(RequestResult::Wallet(w)) => Ok::<_, AnyError>(w.root_id),
+            _ => Err(format!("wallet not created: {:?}", view.error).into()),
+        }
+    })?;
+    // Let the wallet reach every node so that any node may serve.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let raw = raw_sign_rate(20_000);
+    println!("raw libsecp256k1, one core: {raw:.0} signatures/s");
+
+    let warm = bodies(&alice, "bench", &root_id, 200.min(requests))?;
+    rt.block_on(peak(&client, warm, concurrency))?;
+    let work = bodies(&alice, "bench", &root_id, requests)?;
+    let peak_rate = rt.block_on(peak(&client, work, concurrency))?;
+    let ratio = peak_rate / raw;
+    println!("end to end at peak: {peak_rate:.0} signatures/s  ratio {ratio:.3} (goal >= 0.25)");
+    let half = peak_rate / 2.0;
+    let n_half = ((half * 5.0) as usize).clamp(100, requests.max(100));
+    let work = bodies(&alice, "bench", &root_id, n_half)?;
+    let lat = rt.block_on(paced(&client, work, half))?;
+    let (p50, p99) = (pct(&lat, 0.50), pct(&lat, 0.99));
+    println!(
+        "end to end at half peak ({half:.0}/s, {n_half} requests): p50 {:.2} ms, p99 {:.2} ms (goal p99 <= 10 ms)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    let json = serde_json::json!({
+        "raw_sign_per_s": raw,
+        "e2e_peak_sign_per_s": peak_rate,
+        "ratio": ratio,
+        "half_peak_rate": half,
+        "p50_ms": p50.as_secs_f64() * 1e3,
+        "p99_ms": p99.as_secs_f64() * 1e3,
+        "requests": requests,
+        "concurrency": concurrency,
+        "nodes": nodes,
+    });
+    println!("{json}");
+    drop(dep);
+    Ok(())
+}

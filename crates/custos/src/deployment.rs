@@ -1,0 +1,208 @@
+//! A whole Custos deployment on loopback as real processes (patent FIG. 1): the PKI, several
+//! clusters (bridge, node servers, TEE processes), one external relay per cluster linked to
+//! its bridge by a real link transport, and the cloud server with its REST API. The demo,
+//! the end-to-end tests and the end-to-end benchmark use it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use custos_cloud::api::RequestView;
+use custos_cloud::client::CloudClient;
+use custos_cloud::config::{ApiTokenConfig, ClusterConfig, RelayToken};
+use custos_cloud::CloudConfig;
+use custos_pki::{AdminSigner, PkiDir};
+
+use crate::cluster::{Cluster, ClusterError, ClusterOptions, LinkTransport};
+use crate::tee_process::spawn_ready;
+
+/// What to deploy.
+#[derive(Clone, Debug)]
+pub struct DeploymentOptions {
+    /// Clusters: name and link transport between its external relay and bridge.
+    pub clusters: Vec<(String, LinkTransport)>,
+    /// Vault nodes per cluster.
+    pub nodes: usize,
+    /// Admins to certify (their keys stay in the PKI directory).
+    pub admins: Vec<String>,
+    /// Seconds between periodic sync rounds of each node.
+    pub sync_interval_secs: u64,
+    /// Seconds between scheduled audits of each bridge (0: on demand only).
+    pub audit_interval_secs: u64,
+    /// Cloud server database URL (default: SQLite in the deployment directory).
+    pub cloud_db_url: Option<String>,
+}
+
+/// A running deployment; every process is killed when it is dropped.
+pub struct Deployment {
+    /// Working directory.
+    pub dir: PathBuf,
+    /// The operating company's CA directory.
+    pub pki: PkiDir,
+    /// The clusters.
+    pub clusters: Vec<Cluster>,
+    /// Base URL of the cloud server's REST API.
+    pub api_url: String,
+    /// API token of the deployment's client (generated; never written in clear to disk).
+    pub api_token: String,
+    cloud: Option<Child>,
+    cloud_config: PathBuf,
+    exe: PathBuf,
+}
+
+fn io(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Io(e.to_string())
+}
+
+impl Deployment {
+    /// Creates the PKI under `dir/pki`, the clusters with their relays, and the cloud server.
+    pub fn start(exe: &Path, dir: &Path, opts: &DeploymentOptions) -> Result<Self, ClusterError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let pki = PkiDir::new(dir.join("pki"));
+        if !pki.path().join("root-ca.crt").exists() {
+            pki.init()?;
+        }
+        for admin in &opts.admins {
+            if !pki.admin_files(admin).0.exists() {
+                pki.create_admin(admin)?;
+            }
+        }
+        let mut clusters = Vec::new();
+        for (name, transport) in &opts.clusters {
+            clusters.push(Cluster::start(
+                exe,
+                &pki,
+                &dir.join(name),
+                &ClusterOptions {
+                    name: name.clone(),
+                    nodes: opts.nodes,
+                    db_url: None,
+                    sync_interval_secs: opts.sync_interval_secs,
+                    audit_interval_secs: opts.audit_interval_secs,
+                    link: Some(*transport),
+                },
+            )?);
+        }
+        let (token, token_sha256) = custos_cloud::generate_api_token();
+        let mut config = CloudConfig::new(
+            "127.0.0.1:0".parse().expect("valid"),
+            pki.path().join("root-ca.crt"),
+        );
+        config.db_url =
+            Some(opts.cloud_db_url.clone().unwrap_or_else(|| {
+                format!("sqlite://{}?mode=rwc", dir.join("cloud.db").display())
+            }));
+        config.api_tokens.push(ApiTokenConfig {
+            name: "operator".into(),
+            sha256: token_sha256,
+        });
+        for c in &clusters {
+            let relay = c
+                .relay
+                .as_ref()
+                .ok_or_else(|| io(format!("cluster {} has no relay", c.name)))?;
+            config.clusters.push(ClusterConfig {
+                name: c.name.clone(),
+                relay: relay.addr,
+                relay_token: RelayToken::new(relay.token.clone()),
+            });
+        }
+        let cloud_config = dir.join("cloud.toml");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // The relay tokens are in this file: owner-only from creation, like a key file.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&cloud_config)
+                .map_err(io)?;
+            f.write_all(toml::to_string_pretty(&config).map_err(io)?.as_bytes())
+                .map_err(io)?;
+        }
+        let mut deployment = Deployment {
+            dir: dir.to_path_buf(),
+            pki,
+            clusters,
+            api_url: String::new(),
+            api_token: token.to_string(),
+            cloud: None,
+            cloud_config,
+            exe: exe.to_path_buf(),
+        };
+        deployment.start_cloud()?;
+        Ok(deployment)
+    }
+
+    /// Starts the cloud server process (after [`Deployment::kill_cloud`]).
+    pub fn start_cloud(&mut self) -> Result<(), ClusterError> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["cloud", "run", "--config"])
+            .arg(&self.cloud_config);
+        let (child, line) = spawn_ready(cmd, "custos cloud listening on")?;
+        self.api_url = line
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http"))
+            .ok_or_else(|| io(format!("unexpected ready line {line:?}")))?
+            .to_string();
+        self.cloud = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the cloud server.
+    pub fn kill_cloud(&mut self) {
+        if let Some(mut c) = self.cloud.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A REST client with the deployment's API token.
+    pub fn client(&self) -> Result<CloudClient, ClusterError> {
+        CloudClient::new(&self.api_url, &self.api_token).map_err(io)
+    }
+
+    /// An admin's signing key and certificate chain.
+    pub fn admin(&self, name: &str) -> Result<AdminSigner, ClusterError> {
+        Ok(AdminSigner::load(&self.pki, name)?)
+    }
+
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// The cluster named `name`, mutable (to kill and restart its processes).
+    pub fn cluster_mut(&mut self, name: &str) -> Option<&mut Cluster> {
+        self.clusters.iter_mut().find(|c| c.name == name)
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.kill_cloud();
+    }
+}
+
+/// Approves request `id` as `signer`, the way `custos approve` does: fetches the request,
+/// recomputes the approval message from its fields (never trusting the server's bytes),
+/// refuses if the server's differs, signs and posts the approval. Returns the new state.
+pub async fn approve(
+    client: &CloudClient,
+    signer: &AdminSigner,
+    id: &str,
+) -> Result<RequestView, ClusterError> {
+    let view = client.request(id).await.map_err(io)?;
+    let message = custos_cloud::approval::approval_message(&view).map_err(io)?;
+    if hex::encode(&message) != view.approval_message {
+        return Err(io(format!(
+            "request {id}: the server's approval message differs from the request's fields"
+        )));
+    }
+    client
+        .approve(id, &custos_cloud::approval::sign_approval(signer, &message))
+        .await
+        .map_err(io)
+}
