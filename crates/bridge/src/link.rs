@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use custos_link::{serve_tcp, LinkKeys, LinkServer, SpoolDirs, SpoolServer};
+use custos_link::{serve_tcp, LinkKeys, LinkServer, Reply, SpoolDirs, SpoolServer};
 use custos_pki::{pem_to_der, DeviceChain, TrustRoot};
 use custos_proto::cluster::link_reply::Result as Answer;
 use custos_proto::cluster::link_request::Op;
@@ -68,8 +68,10 @@ fn refusal(status: Status) -> LinkRefusal {
 }
 
 impl BridgeService {
-    /// Answers one link payload. Never fails: every refusal is an in-band answer.
-    pub(crate) async fn link_dispatch(&self, payload: Vec<u8>) -> Vec<u8> {
+    /// Answers one link payload. Never fails: every refusal is an in-band answer. "No node
+    /// could serve" is transient (not stored), so that a retry of the same request id is
+    /// served once a node is back; every other answer is final for its request id.
+    pub(crate) async fn link_dispatch(&self, payload: Vec<u8>) -> Reply {
         let answer = match LinkRequest::decode(payload.as_slice()) {
             Err(e) => Answer::Refused(LinkRefusal {
                 code: "malformed_request".into(),
@@ -92,10 +94,16 @@ impl BridgeService {
                 result.unwrap_or_else(|s| Answer::Refused(refusal(s)))
             }
         };
-        LinkReply {
+        let transient = matches!(&answer, Answer::Refused(r) if r.code == "unavailable");
+        let bytes = LinkReply {
             result: Some(answer),
         }
-        .encode_to_vec()
+        .encode_to_vec();
+        if transient {
+            Reply::Transient(bytes)
+        } else {
+            Reply::Final(bytes)
+        }
     }
 }
 
@@ -120,7 +128,7 @@ pub(crate) async fn start(
     let relay_id = root.verify_relay(&relay, Some(cluster), now_unix)?;
     let link_err = |e: custos_link::LinkError| BridgeError::Serve(format!("link: {e}"));
     let keys = LinkKeys::from_pkcs8(own_pkcs8, relay_id.public_key.clone()).map_err(link_err)?;
-    let server = LinkServer::open(&config.dedup_db, cluster, keys, move |payload| {
+    let server = LinkServer::open_with_replies(&config.dedup_db, cluster, keys, move |payload| {
         let service = service.clone();
         async move { Ok::<_, String>(service.link_dispatch(payload).await) }
     })

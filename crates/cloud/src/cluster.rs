@@ -38,7 +38,8 @@ pub enum CallError {
     /// The relay refused the cloud server's call.
     #[error("relay rejected the call: {0}")]
     Rejected(String),
-    /// The bridge refused the operation (final).
+    /// The bridge refused the operation (final, except "unavailable": see
+    /// [`CallError::is_transient_refusal`]).
     #[error("bridge refused ({code}): {message}")]
     Refused {
         /// Bridge's code.
@@ -55,6 +56,12 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// A bridge refusal that says nothing was executed and that the bridge did not store
+    /// as the request id's answer (no node could serve right now): retrying is safe.
+    pub fn is_transient_refusal(&self) -> bool {
+        matches!(self, CallError::Refused { code, .. } if code == "unavailable")
+    }
+
     /// The stable code recorded on a request that ended with this error.
     pub fn code(&self) -> String {
         match self {

@@ -307,8 +307,11 @@ impl Store {
                 .map_err(connect_err)?;
             conn.close().await.map_err(connect_err)?;
         }
+        // SQLite has one writer: with several connections, concurrent write transactions
+        // meet SQLITE_BUSY and wait in SQLite's busy handler, which sleeps in steps of up
+        // to 100 ms. One connection queues them in the pool instead, without sleeping.
         let mut options = AnyPoolOptions::new()
-            .max_connections(POOL_SIZE)
+            .max_connections(if sqlite { 1 } else { POOL_SIZE })
             .acquire_timeout(Duration::from_secs(30));
         if sqlite {
             options = options.after_connect(|conn, _| {

@@ -167,7 +167,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(acceptor) = tls else {
+        // Small JSON answers: without TCP_NODELAY a response can wait for the client's
+        // delayed ACK.
         return axum::serve(listener, app)
+            .tcp_nodelay(true)
             .with_graceful_shutdown(shutdown)
             .await;
     };
@@ -186,6 +189,7 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();

@@ -902,6 +902,11 @@ impl Cloud {
                 result: Err((tee_code(&e), format!("node {node}: {e}"))),
                 final_: true,
             },
+            // "No node could serve now": the bridge did not store this answer, so a retry
+            // of the same id is served once a node is back.
+            Err(e @ CallError::Refused { .. }) if e.is_transient_refusal() => {
+                fail(&e.code(), e.to_string())
+            }
             Err(e @ CallError::Refused { .. }) => Verdict {
                 result: Err((e.code(), e.to_string())),
                 final_: true,

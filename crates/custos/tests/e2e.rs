@@ -295,3 +295,36 @@ fn audit_through_the_cloud_finds_a_removed_key_and_sync_repairs_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn no_node_available_fails_retryably_and_the_same_request_is_served_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dep = deploy(tmp.path(), LinkTransport::Tcp, 1);
+    let alice = dep.admin("alice").unwrap();
+    let client = dep.client().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (root_id, xpub) = rt.block_on(create_wallet(&client, &[&alice]));
+    dep.clusters[0].kill_node_server(0);
+    let digest = [0x77u8; 32];
+    let view = rt.block_on(async {
+        let view = sign_request(&client, &root_id, "m/1/2", digest).await;
+        approve(&client, &alice, &view.id).await.unwrap()
+    });
+    assert_eq!(view.status, RequestStatus::Failed, "{view:?}");
+    assert_eq!(
+        view.error.as_ref().map(|e| e.code.as_str()),
+        Some("bridge_unavailable")
+    );
+    dep.clusters[0].restart_node(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let v = rt.block_on(client.retry(&view.id)).unwrap();
+        if v.status == RequestStatus::Completed || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    assert_eq!(done.id, view.id, "served under the same request id");
+    verify_against_xpub(&signature(&done), &digest, &xpub, "m/1/2");
+}

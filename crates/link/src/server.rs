@@ -19,8 +19,19 @@ use crate::keys::LinkKeys;
 const REPLIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("link_replies");
 
 type BoxedHandler = Box<
-    dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> + Send + Sync,
+    dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Reply, String>> + Send>> + Send + Sync,
 >;
+
+/// A handler's answer, and whether it is the request id's final answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Committed to the exactly-once store before it is sent: every retry of the request id
+    /// gets it back and the handler never runs again for that id.
+    Final(Vec<u8>),
+    /// Sent but not stored, so a retry runs the handler again. Only for answers that say
+    /// nothing was executed (e.g. "no node available right now").
+    Transient(Vec<u8>),
+}
 
 #[derive(Serialize, Deserialize)]
 struct StoredReply {
@@ -90,6 +101,24 @@ impl LinkServer {
     where
         F: Fn(Vec<u8>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        Self::open_with_replies(dedup_path, cluster, keys, move |p| {
+            let handler = Arc::clone(&handler);
+            async move { handler(p).await.map(Reply::Final) }
+        })
+    }
+
+    /// Like [`LinkServer::open`], with a handler that may mark an answer [`Reply::Transient`].
+    pub fn open_with_replies<F, Fut>(
+        dedup_path: impl AsRef<Path>,
+        cluster: impl Into<String>,
+        keys: LinkKeys,
+        handler: F,
+    ) -> Result<Self, LinkError>
+    where
+        F: Fn(Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, String>> + Send + 'static,
     {
         let db = Database::create(dedup_path.as_ref()).map_err(store_err)?;
         // Create the table up front so readers never meet TableDoesNotExist.
@@ -224,7 +253,12 @@ impl Inner {
             );
         }
 
-        let response = match (self.handler)(env.payload).await {
+        let (result, durable) = match (self.handler)(env.payload).await {
+            Ok(Reply::Final(r)) => (Ok(r), true),
+            Ok(Reply::Transient(r)) => (Ok(r), false),
+            Err(m) => (Err(m), true),
+        };
+        let response = match result {
             Ok(result) => match Envelope::seal(
                 &self.keys,
                 &self.cluster,
@@ -248,6 +282,10 @@ impl Inner {
             // the request a second time.
             Err(message) => self.seal_failure(id, FailureCode::HandlerFailed, message)?,
         };
+        if !durable {
+            tracing::debug!(request_id = %hex::encode(id), "link: transient answer, not stored");
+            return Ok(response);
+        }
         let reply = StoredReply {
             payload_hash,
             response,

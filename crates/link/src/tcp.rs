@@ -69,8 +69,12 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
             limit: MAX_FRAME as u64,
         });
     }
-    writer.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    writer.write_all(body).await?;
+    // One write: a separate 4-byte header would sit in Nagle's buffer until the peer's
+    // delayed ACK (tens of milliseconds per exchange).
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    writer.write_all(&frame).await?;
     writer.flush().await?;
     Ok(())
 }
@@ -147,6 +151,8 @@ async fn one_exchange(stream: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>,
 pub async fn serve_tcp(listener: TcpListener, server: LinkServer) -> Result<(), LinkError> {
     loop {
         let (stream, peer) = listener.accept().await?;
+        // Request/answer frames are small and latency-bound.
+        let _ = stream.set_nodelay(true);
         let server = server.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_connection(stream, &server).await {

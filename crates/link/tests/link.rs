@@ -627,3 +627,53 @@ async fn client_retries_transport_failures_with_the_same_id() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn transient_answers_are_not_stored_and_a_retry_runs_again() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = Pair::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        // The first call finds nobody to serve (transient); later ones are final.
+        let server = LinkServer::open_with_replies(
+            dir.path().join("dedup.redb"),
+            CLUSTER,
+            pair.internal(),
+            move |payload: Vec<u8>| {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Ok::<_, String>(if n == 0 {
+                        custos_link::Reply::Transient(b"busy".to_vec())
+                    } else {
+                        custos_link::Reply::Final([b"done:".as_slice(), &payload].concat())
+                    })
+                }
+            },
+        )
+        .unwrap();
+        let (addr, task) = start_tcp(server).await;
+        let client = LinkClient::new(TcpTransport::new(addr), pair.external(), config(CLUSTER));
+        let id = client.new_request_id().unwrap();
+        assert_eq!(
+            client.request_with_id(id, b"x".to_vec()).await.unwrap(),
+            b"busy"
+        );
+        assert_eq!(
+            client.request_with_id(id, b"x".to_vec()).await.unwrap(),
+            b"done:x"
+        );
+        assert_eq!(
+            client.request_with_id(id, b"x".to_vec()).await.unwrap(),
+            b"done:x"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the final answer is replayed"
+        );
+        task.abort();
+    })
+    .await
+    .unwrap();
+}
