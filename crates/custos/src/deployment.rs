@@ -195,12 +195,7 @@ pub async fn approve(
     id: &str,
 ) -> Result<RequestView, ClusterError> {
     let view = client.request(id).await.map_err(io)?;
-    let message = custos_cloud::approval::approval_message(&view).map_err(io)?;
-    if hex::encode(&message) != view.approval_message {
-        return Err(io(format!(
-            "request {id}: the server's approval message differs from the request's fields"
-        )));
-    }
+    let message = custos_cloud::cli::checked_message(&view, id).map_err(io)?;
     client
         .approve(id, &custos_cloud::approval::sign_approval(signer, &message))
         .await
