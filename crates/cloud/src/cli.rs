@@ -91,7 +91,7 @@ pub fn checked_message(view: &RequestView, requested_id: &str) -> Result<Vec<u8>
 /// What the admin is about to approve, field by field.
 pub fn describe(view: &RequestView) -> String {
     let mut s = String::new();
-    let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<11}{v}\n"));
+    let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<12}{v}\n"));
     line(&mut s, "request", &view.id);
     line(
         &mut s,
