@@ -85,6 +85,8 @@ struct Draft {
     approvals: Vec<ApprovalBody>,
     target_node: Option<String>,
     sealed: Option<String>,
+    /// The wallet's recorded xpub when the caller already read it (sign requests).
+    wallet_xpub: Option<String>,
 }
 
 /// The cloud server's state.
@@ -278,6 +280,7 @@ impl Cloud {
                 approvals: body.approvals,
                 target_node: None,
                 sealed: None,
+                wallet_xpub: None,
             },
         )
         .await
@@ -367,6 +370,7 @@ impl Cloud {
                 approvals: body.approvals,
                 target_node: Some(node),
                 sealed: Some(sealed),
+                wallet_xpub: None,
             },
         )
         .await
@@ -400,6 +404,7 @@ impl Cloud {
                 approvals: body.approvals,
                 target_node: None,
                 sealed: None,
+                wallet_xpub: Some(wallet.xpub),
             },
         )
         .await
@@ -454,8 +459,17 @@ impl Cloud {
             row.quorum,
             admins.join(", ")
         );
+        let ready = row.approvals.len() >= usize::from(row.quorum);
+        let mut events = vec![("created", detail)];
+        if ready {
+            // Quorum on arrival: stored as submitting in the same transaction.
+            row.status = RequestStatus::Submitting;
+            row.attempts = 1;
+            row.version = 2;
+            events.push(("submitting", "attempt 1".to_string()));
+        }
         self.store
-            .insert_request(&row, detail)
+            .insert_request_with_events(&row, events)
             .await
             .map_err(|e| match e {
                 StoreError::Duplicate(_) => ApiError::new(
@@ -473,8 +487,9 @@ impl Cloud {
             quorum = row.quorum,
             "request created"
         );
-        if row.approvals.len() >= usize::from(row.quorum) {
-            let row = self.submit(row).await?;
+        if ready {
+            tracing::info!(request_id = %row.id, attempt = 1, cluster = %row.cluster, "submitting");
+            let row = self.execute(row, d.wallet_xpub).await?;
             return self.outcome(row, true).await;
         }
         self.outcome(row, false).await
@@ -760,7 +775,7 @@ impl Cloud {
             Err(e) => return Err(e.into()),
         };
         tracing::info!(request_id = %stored.id, attempt = stored.attempts, cluster = %stored.cluster, "submitting");
-        Ok(self.execute(stored).await?)
+        Ok(self.execute(stored, None).await?)
     }
 
     /// Resubmits every request left in `submitting` (crash recovery), with its own id: the
@@ -832,8 +847,13 @@ impl Cloud {
         Ok(encode_request(&request))
     }
 
-    /// Sends a `submitting` request and records its verified outcome.
-    async fn execute(&self, row: RequestRow) -> Result<RequestRow, StoreError> {
+    /// Sends a `submitting` request and records its verified outcome. `wallet_xpub` is the
+    /// wallet's recorded xpub when the caller already holds it; otherwise it is read here.
+    async fn execute(
+        &self,
+        row: RequestRow,
+        wallet_xpub: Option<String>,
+    ) -> Result<RequestRow, StoreError> {
         let request = match self.tee_request(&row) {
             Ok(r) => r,
             Err(e) => {
@@ -855,8 +875,11 @@ impl Cloud {
             .tee_call(&row.cluster, id, &request, row.target_node.as_deref())
             .await;
         // Sign results are checked against the wallet's recorded xpub.
-        let xpub = match (row.kind, &row.root_id) {
-            (RequestKind::Sign, Some(root_id)) => self.store.wallet(root_id).await?.map(|w| w.xpub),
+        let xpub = match (row.kind, &row.root_id, wallet_xpub) {
+            (RequestKind::Sign, _, Some(xpub)) => Some(xpub),
+            (RequestKind::Sign, Some(root_id), None) => {
+                self.store.wallet(root_id).await?.map(|w| w.xpub)
+            }
             _ => None,
         };
         let verdict = self.judge(&row, xpub.as_deref(), answer);

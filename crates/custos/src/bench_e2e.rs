@@ -137,6 +137,62 @@ async fn paced(
     Ok(lat)
 }
 
+/// CPU time (user + system, clock ticks) of every descendant process of this one, grouped
+/// by the role in its command line, so a run shows where each request's CPU goes.
+fn descendants_cpu() -> std::collections::BTreeMap<String, u64> {
+    let mut parent = std::collections::HashMap::new();
+    let mut info = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" that closes the command name: state ppid ... utime(12) stime(13).
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(ppid), Some(ut), Some(st)) = (
+            f.get(1).and_then(|v| v.parse::<u32>().ok()),
+            f.get(11).and_then(|v| v.parse::<u64>().ok()),
+            f.get(12).and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let role = match args.iter().position(|a| a == "run" || a == "serve") {
+            Some(i) if i > 0 => args[i - 1].clone(),
+            _ => args.get(1).cloned().unwrap_or_default(),
+        };
+        parent.insert(pid, ppid);
+        info.push((pid, role, ut + st));
+    }
+    let me = std::process::id();
+    let mut out = std::collections::BTreeMap::new();
+    for (pid, role, ticks) in info {
+        let mut p = pid;
+        let mut hops = 0;
+        while let Some(&pp) = parent.get(&p) {
+            if pp == me {
+                *out.entry(role.clone()).or_insert(0) += ticks;
+                break;
+            }
+            p = pp;
+            hops += 1;
+            if hops > 8 {
+                break;
+            }
+        }
+    }
+    out
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -205,9 +261,23 @@ pub fn run(
     let warm = bodies(&alice, "bench", &root_id, 200.min(requests))?;
     rt.block_on(peak(&client, warm, concurrency))?;
     let work = bodies(&alice, "bench", &root_id, requests)?;
+    let cpu_before = descendants_cpu();
     let peak_rate = rt.block_on(peak(&client, work, concurrency))?;
+    let cpu_after = descendants_cpu();
     let ratio = peak_rate / raw;
     println!("end to end at peak: {peak_rate:.0} signatures/s  ratio {ratio:.3} (goal >= 0.25)");
+    // /proc reports CPU time in USER_HZ ticks, 100 per second on Linux.
+    let tick_us = 1e6 / 100.0;
+    let mut cpu_per_request = serde_json::Map::new();
+    for (role, after) in &cpu_after {
+        let used = after.saturating_sub(cpu_before.get(role).copied().unwrap_or(0));
+        let us = used as f64 * tick_us / requests as f64;
+        cpu_per_request.insert(role.clone(), serde_json::json!(us.round()));
+    }
+    println!(
+        "CPU per request by process (µs): {}",
+        serde_json::Value::Object(cpu_per_request.clone())
+    );
     let half = peak_rate / 2.0;
     let n_half = ((half * 5.0) as usize).clamp(100, requests.max(100));
     let work = bodies(&alice, "bench", &root_id, n_half)?;
@@ -228,6 +298,7 @@ pub fn run(
         "requests": requests,
         "concurrency": concurrency,
         "nodes": nodes,
+        "cpu_us_per_request": cpu_per_request,
     });
     println!("{json}");
     drop(dep);

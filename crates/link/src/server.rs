@@ -45,9 +45,60 @@ struct Inner {
     cluster: String,
     keys: LinkKeys,
     handler: BoxedHandler,
-    db: Database,
+    db: Arc<Database>,
+    /// `None` only while dropping, so the commit thread can be joined.
+    committer: Option<std::sync::mpsc::Sender<PendingCommit>>,
+    commit_thread: Option<std::thread::JoinHandle<()>>,
     in_flight: Mutex<HashMap<RequestId, Arc<tokio::sync::Mutex<()>>>>,
     sequence: AtomicU64,
+}
+
+/// A reply waiting for the group commit, and who to tell when it is durable.
+struct PendingCommit {
+    id: RequestId,
+    reply: StoredReply,
+    done: tokio::sync::oneshot::Sender<Result<StoredReply, LinkError>>,
+}
+
+/// Most replies committed in one redb transaction.
+const MAX_GROUP_COMMIT: usize = 256;
+
+/// Group commit: one thread writes every reply queued while the previous transaction was
+/// being made durable in one transaction, so concurrent requests share one fsync instead of
+/// paying one each. Every waiter is answered only after its reply is durable.
+fn run_committer(db: Arc<Database>, rx: std::sync::mpsc::Receiver<PendingCommit>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP_COMMIT {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let written = commit_batch(&db, &batch);
+        for p in batch {
+            let answer = match &written {
+                Ok(()) => Ok(p.reply),
+                Err(e) => Err(LinkError::Store(e.clone())),
+            };
+            // A waiter that went away still had its reply committed for its retry.
+            let _ = p.done.send(answer);
+        }
+    }
+}
+
+fn commit_batch(db: &Database, batch: &[PendingCommit]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(REPLIES).map_err(|e| e.to_string())?;
+        for p in batch {
+            let bytes = postcard::to_allocvec(&p.reply).map_err(|e| e.to_string())?;
+            table
+                .insert(p.id.as_slice(), bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
 }
 
 /// The internal relay's end of the link. Cheap to clone; clones share the dedup store.
@@ -66,6 +117,17 @@ impl std::fmt::Debug for LinkServer {
         f.debug_struct("LinkServer")
             .field("cluster", &self.inner.cluster)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the commit thread after its last batch; joining it releases
+        // the store so that it can be reopened at once (redb allows one opener).
+        self.committer = None;
+        if let Some(t) = self.commit_thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -125,12 +187,21 @@ impl LinkServer {
         let txn = db.begin_write().map_err(store_err)?;
         txn.open_table(REPLIES).map_err(store_err)?;
         txn.commit().map_err(store_err)?;
+        let db = Arc::new(db);
+        let (committer, rx) = std::sync::mpsc::channel();
+        let for_thread = Arc::clone(&db);
+        let commit_thread = std::thread::Builder::new()
+            .name("link-commit".into())
+            .spawn(move || run_committer(for_thread, rx))
+            .map_err(|e| LinkError::Internal(format!("commit thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cluster: cluster.into(),
                 keys,
                 handler: Box::new(move |p| Box::pin(handler(p))),
                 db,
+                committer: Some(committer),
+                commit_thread: Some(commit_thread),
                 in_flight: Mutex::new(HashMap::new()),
                 sequence: AtomicU64::new(0),
             }),
@@ -208,18 +279,6 @@ impl Inner {
         }
     }
 
-    fn commit(&self, id: &RequestId, reply: &StoredReply) -> Result<(), LinkError> {
-        let bytes = postcard::to_allocvec(reply).map_err(|e| LinkError::Internal(e.to_string()))?;
-        let txn = self.db.begin_write().map_err(store_err)?;
-        {
-            let mut table = txn.open_table(REPLIES).map_err(store_err)?;
-            table
-                .insert(id.as_slice(), bytes.as_slice())
-                .map_err(store_err)?;
-        }
-        txn.commit().map_err(store_err)
-    }
-
     async fn execute_once(self: Arc<Self>, env: Envelope) -> Result<Vec<u8>, LinkError> {
         let id = env.request_id;
         let payload_hash: [u8; 32] = Sha256::digest(&env.payload).into();
@@ -290,10 +349,15 @@ impl Inner {
             payload_hash,
             response,
         };
-        let this = Arc::clone(&self);
-        let reply = tokio::task::spawn_blocking(move || this.commit(&id, &reply).map(|()| reply))
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.committer
+            .as_ref()
+            .ok_or_else(|| LinkError::Internal("commit thread stopped".into()))?
+            .send(PendingCommit { id, reply, done })
+            .map_err(|_| LinkError::Internal("commit thread stopped".into()))?;
+        let reply = committed
             .await
-            .map_err(|e| LinkError::Internal(e.to_string()))??;
+            .map_err(|_| LinkError::Internal("commit thread stopped".into()))??;
         Ok(reply.response)
     }
 }
