@@ -1,0 +1,156 @@
+//! `SessionHost`: sessions on a worker thread, bounded, with deadlines. Uses keygen sessions
+//! (milliseconds); a host-driven signing is in tests/sign.rs.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use common::*;
+use custos_threshold::{MsgType, Output, SessionError, SessionHost, SessionKind, Step};
+
+fn keygen(i: u16) -> SessionKind {
+    SessionKind::Keygen {
+        my_index: i,
+        n: 3,
+        t: 2,
+        hd: true,
+    }
+}
+
+fn later() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+#[test]
+fn host_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<SessionHost>();
+}
+
+#[test]
+fn keygen_through_three_hosts() {
+    let hosts: Vec<SessionHost> = (0..3).map(|_| SessionHost::new(8).unwrap()).collect();
+    let id = [1u8; 32];
+    let e = eid();
+    let mut queue = VecDeque::new();
+    for i in 0..3u16 {
+        queue.extend(envelopes(
+            i,
+            3,
+            hosts[usize::from(i)]
+                .start(id, keygen(i), e, later())
+                .unwrap(),
+        ));
+    }
+    // a wrong sender position is refused without harming the session
+    let first = queue[0].clone();
+    assert!(matches!(
+        hosts[usize::from(first.to)].feed(id, first.to, first.declared, &first.bytes),
+        Err(SessionError::InvalidParameters(_))
+    ));
+    assert_eq!(hosts[usize::from(first.to)].len().unwrap(), 1);
+    let mut keys = vec![];
+    while let Some(env) = queue.pop_front() {
+        match hosts[usize::from(env.to)]
+            .feed(id, env.from, env.declared, &env.bytes)
+            .unwrap()
+        {
+            Step::Continue(out) => queue.extend(envelopes(env.to, 3, out)),
+            Step::Duplicate => panic!("duplicate"),
+            Step::Done {
+                output: Output::Incomplete(s),
+                outgoing,
+            } => {
+                assert!(outgoing.is_empty());
+                keys.push(s.public_key());
+            }
+            Step::Done { output, .. } => panic!("unexpected {output:?}"),
+        }
+    }
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|k| *k == keys[0]));
+    for h in &hosts {
+        assert!(h.is_empty().unwrap());
+        // ids are not reused
+        assert_eq!(
+            h.start(id, keygen(0), eid(), later()).unwrap_err(),
+            SessionError::SessionExists
+        );
+    }
+}
+
+#[test]
+fn bound_duplicate_ids_abort_and_unknown() {
+    let host = SessionHost::new(2).unwrap();
+    host.start([1; 32], keygen(0), eid(), later()).unwrap();
+    assert_eq!(
+        host.start([1; 32], keygen(0), eid(), later()).unwrap_err(),
+        SessionError::SessionExists
+    );
+    host.start([2; 32], keygen(1), eid(), later()).unwrap();
+    assert_eq!(
+        host.start([3; 32], keygen(2), eid(), later()).unwrap_err(),
+        SessionError::TooManySessions { limit: 2 }
+    );
+    assert_eq!(host.len().unwrap(), 2);
+    assert!(host.abort([1; 32]).unwrap());
+    assert!(!host.abort([1; 32]).unwrap());
+    assert_eq!(
+        host.feed([1; 32], 1, MsgType::Broadcast, b"{}")
+            .unwrap_err(),
+        SessionError::AlreadyAborted
+    );
+    assert_eq!(
+        host.feed([9; 32], 1, MsgType::Broadcast, b"{}")
+            .unwrap_err(),
+        SessionError::UnknownSession
+    );
+    // a bad message ends the session
+    assert!(matches!(
+        host.feed([2; 32], 0, MsgType::Broadcast, b"not json"),
+        Err(SessionError::BadMessage { from: 0, .. })
+    ));
+    assert!(host.is_empty().unwrap());
+    // a start with invalid parameters leaves the id usable
+    let bad = SessionKind::Keygen {
+        my_index: 5,
+        n: 3,
+        t: 2,
+        hd: true,
+    };
+    assert!(matches!(
+        host.start([4; 32], bad, eid(), later()),
+        Err(SessionError::InvalidParameters(_))
+    ));
+    host.start([4; 32], keygen(0), eid(), later()).unwrap();
+    assert!(matches!(
+        host.start([5; 32], keygen(0), eid(), Instant::now()),
+        Err(SessionError::InvalidParameters(_))
+    ));
+}
+
+#[test]
+fn sessions_expire() {
+    let host = SessionHost::new(4).unwrap();
+    host.start(
+        [1; 32],
+        keygen(0),
+        eid(),
+        Instant::now() + Duration::from_millis(100),
+    )
+    .unwrap();
+    host.start([2; 32], keygen(0), eid(), later()).unwrap();
+    assert_eq!(host.len().unwrap(), 2);
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(host.len().unwrap(), 1);
+    assert_eq!(
+        host.feed([1; 32], 1, MsgType::Broadcast, b"{}")
+            .unwrap_err(),
+        SessionError::Expired
+    );
+    assert_eq!(
+        host.start([1; 32], keygen(0), eid(), later()).unwrap_err(),
+        SessionError::SessionExists
+    );
+}

@@ -1,0 +1,1 @@
+pub mod ring_pedersen_parameters;
