@@ -33,6 +33,83 @@ fn raw_sign_rate(n: usize) -> f64 {
     n as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// Mean time (µs) of `f` over `n` runs, on this thread.
+fn mean_us(n: usize, mut f: impl FnMut(usize)) -> f64 {
+    let t0 = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    t0.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+/// The cryptography one quorum-1 sign request cannot skip on its way (each trust boundary
+/// checks what it receives), timed on one core with the fastest implementations in the
+/// build (ring for P-256, libsecp256k1 for secp256k1):
+/// * 6 P-256 verifications: the admin approval (cloud and TEE), the request envelope
+///   (bridge), the TEE's signed response (bridge and cloud), the reply envelope (relay);
+/// * 3 P-256 signatures: request envelope (relay), TEE response (TEE), reply envelope (bridge);
+/// * the secp256k1 signature (TEE) and its verification (cloud);
+/// * a two-step BIP-32 derivation, private in the TEE and public in the cloud.
+///
+/// Returns the µs per request and the parts.
+fn crypto_floor_us() -> (f64, serde_json::Value) {
+    use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
+    use ring::signature::{EcdsaKeyPair, KeyPair, UnparsedPublicKey};
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("P-256 key");
+    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("P-256 key");
+    let public = UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        key.public_key().as_ref().to_vec(),
+    );
+    let msg = [0x5au8; 200];
+    let sig = key.sign(&rng, &msg).expect("P-256 sign");
+    let n = 2000;
+    let p256_sign = mean_us(n, |_| {
+        std::hint::black_box(key.sign(&rng, &msg).expect("P-256 sign"));
+    });
+    let p256_verify = mean_us(n, |_| {
+        public.verify(&msg, sig.as_ref()).expect("P-256 verify");
+    });
+    let secp = Secp256k1::new();
+    let root = Xpriv::new_master(bitcoin::Network::Bitcoin, &[7u8; 32]).expect("seed");
+    let xpub = Xpub::from_priv(&secp, &root);
+    let path = [
+        ChildNumber::from_normal_idx(0).expect("index"),
+        ChildNumber::from_normal_idx(5).expect("index"),
+    ];
+    let derive_priv = mean_us(n, |_| {
+        std::hint::black_box(root.derive_priv(&secp, &path).expect("derive"));
+    });
+    let derive_pub = mean_us(n, |_| {
+        std::hint::black_box(xpub.derive_pub(&secp, &path).expect("derive"));
+    });
+    let child = root.derive_priv(&secp, &path).expect("derive");
+    let child_pub = child.private_key.public_key(&secp);
+    let digest = Message::from_digest([0x33; 32]);
+    let ecdsa = secp.sign_ecdsa(&digest, &child.private_key);
+    let secp_sign = mean_us(n, |_| {
+        std::hint::black_box(secp.sign_ecdsa(&digest, &child.private_key));
+    });
+    let secp_verify = mean_us(n, |_| {
+        secp.verify_ecdsa(&digest, &ecdsa, &child_pub)
+            .expect("secp verify");
+    });
+    let total =
+        6.0 * p256_verify + 3.0 * p256_sign + secp_sign + secp_verify + derive_priv + derive_pub;
+    let parts = serde_json::json!({
+        "p256_verify_us": p256_verify,
+        "p256_sign_us": p256_sign,
+        "secp256k1_sign_us": secp_sign,
+        "secp256k1_verify_us": secp_verify,
+        "bip32_derive_priv_2_steps_us": derive_priv,
+        "bip32_derive_pub_2_steps_us": derive_pub,
+        "per_request_us": total,
+    });
+    (total, parts)
+}
+
 /// Pre-approved sign bodies (request id and expiry chosen here so the approval can be
 /// signed before the timed part).
 fn bodies(
@@ -257,6 +334,15 @@ pub fn run(
 
     let raw = raw_sign_rate(20_000);
     println!("raw libsecp256k1, one core: {raw:.0} signatures/s");
+    let (floor_us, floor_parts) = crypto_floor_us();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Even with free networking, storage and scheduling, every core doing only this
+    // mandatory cryptography cannot exceed this rate.
+    let floor_rate = cores * 1e6 / floor_us;
+    println!(
+        "mandatory cryptography per request: {floor_us:.0} µs on one core → at most {floor_rate:.0} signatures/s on {cores} cores, ratio ceiling {:.3}",
+        floor_rate / raw
+    );
 
     let warm = bodies(&alice, "bench", &root_id, 200.min(requests))?;
     rt.block_on(peak(&client, warm, concurrency))?;
@@ -299,6 +385,9 @@ pub fn run(
         "concurrency": concurrency,
         "nodes": nodes,
         "cpu_us_per_request": cpu_per_request,
+        "crypto_floor": floor_parts,
+        "crypto_ceiling_ratio": floor_rate / raw,
+        "cores": cores,
     });
     println!("{json}");
     drop(dep);
