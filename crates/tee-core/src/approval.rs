@@ -15,6 +15,9 @@ use crate::protocol::{ApprovalFault, RequestMeta, TeeError, MAX_APPROVALS};
 /// Domain separation tag of approval messages.
 pub const APPROVAL_DOMAIN: &[u8] = b"CUSTOS-APPROVAL-V1\0";
 
+/// The "cluster" of approval messages for actions that span clusters.
+pub const THRESHOLD_SCOPE: &str = "*threshold*";
+
 /// Longest validity window an approval may ask for.
 pub const MAX_APPROVAL_LIFETIME_SECS: u64 = 7 * 24 * 3600;
 
@@ -44,6 +47,26 @@ pub enum Action<'a> {
         /// Root public key of the imported seed.
         key_id: &'a [u8],
     },
+    /// Import share `share_index` of the dealt threshold key `key_id`.
+    ImportThresholdKey {
+        /// Quorum of the key.
+        quorum: u8,
+        /// Joint public key.
+        key_id: &'a [u8],
+        /// Share index.
+        share_index: u16,
+    },
+    /// Sign `digest` with the child at `path` of the threshold key `key_id`, by any t of its
+    /// clusters (the cloud server picks them; every attempt needs all of them to agree).
+    /// The action spans clusters: its message is made with [`THRESHOLD_SCOPE`] as cluster.
+    ThresholdSign {
+        /// Joint public key.
+        key_id: &'a [u8],
+        /// BIP-32 path (non-hardened).
+        path: &'a [u32],
+        /// 32-byte digest.
+        digest: &'a [u8; 32],
+    },
     /// Sign `digest` with the child of `key_id` at `path`.
     Sign {
         /// Root public key.
@@ -70,6 +93,8 @@ impl Action<'_> {
             Action::CreateWallet { .. } => b"create-wallet",
             Action::ImportWallet { .. } => b"import-wallet",
             Action::Sign { .. } => b"sign",
+            Action::ImportThresholdKey { .. } => b"import-threshold-key",
+            Action::ThresholdSign { .. } => b"threshold-sign",
         };
         put(&mut out, tag);
         put(&mut out, cluster.as_bytes());
@@ -81,7 +106,21 @@ impl Action<'_> {
                 put(&mut out, &[*quorum]);
                 put(&mut out, key_id);
             }
+            Action::ImportThresholdKey {
+                quorum,
+                key_id,
+                share_index,
+            } => {
+                put(&mut out, &[*quorum]);
+                put(&mut out, key_id);
+                put(&mut out, &share_index.to_be_bytes());
+            }
             Action::Sign {
+                key_id,
+                path,
+                digest,
+            }
+            | Action::ThresholdSign {
                 key_id,
                 path,
                 digest,

@@ -401,6 +401,13 @@ impl<P: Platform> TeeCore<P> {
             }
             Request::ExportKeys { requester, key_ids } => self.export_keys(requester, &key_ids),
             Request::ImportKeys { transfer } => self.import_keys(&transfer),
+            Request::ImportThresholdBundle { .. }
+            | Request::ListThresholdKeys
+            | Request::ThresholdStart { .. }
+            | Request::ThresholdFeed { .. }
+            | Request::ThresholdAbort { .. } => Err(TeeError::ThresholdRejected(
+                "threshold requests are not implemented yet".into(),
+            )),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

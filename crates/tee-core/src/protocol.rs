@@ -187,6 +187,155 @@ pub enum Request {
         /// Admin approvals, of [`crate::approval::Action::ImportWallet`].
         approvals: Vec<Approval>,
     },
+    /// Imports a dealer bundle (this cluster's threshold share T_i with its Paillier
+    /// material P), sealed to this node and signed by the operating company's dealer
+    /// (patent [0070]-[0072]).
+    ImportThresholdBundle {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// The bundle.
+        bundle: ThresholdBundle,
+        /// Admin approvals, of [`crate::approval::Action::ImportThresholdKey`].
+        approvals: Vec<Approval>,
+    },
+    /// Lists the threshold shares held.
+    ListThresholdKeys,
+    /// Opens a threshold signing session in this TEE and returns its first messages
+    /// (phase getAB). Every participating TEE receives the same request.
+    ThresholdStart {
+        /// Request id (with `attempt`, the session id) and expiry.
+        meta: RequestMeta,
+        /// Attempt number under the same approvals (a retry with other clusters), from 0 up
+        /// to [`MAX_THRESHOLD_ATTEMPTS`]` - 1`; each (request id, attempt) runs once.
+        attempt: u8,
+        /// What to sign and with whom.
+        params: ThresholdSignParams,
+        /// Admin approvals, of [`crate::approval::Action::ThresholdSign`].
+        approvals: Vec<Approval>,
+    },
+    /// Delivers relayed messages of a running session; returns this TEE's next messages,
+    /// or the signature once the session is done.
+    ThresholdFeed {
+        /// The session.
+        session: SessionRef,
+        /// Messages from other participants, in any order.
+        messages: Vec<ThresholdMessage>,
+    },
+    /// Aborts a session (another participant failed or the cloud server gave up).
+    ThresholdAbort {
+        /// The session.
+        session: SessionRef,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Most attempts one approved threshold request may make.
+pub const MAX_THRESHOLD_ATTEMPTS: u8 = 8;
+/// Most messages in one [`Request::ThresholdFeed`].
+pub const MAX_THRESHOLD_MESSAGES: usize = 64;
+/// Largest payload of one [`ThresholdMessage`] (aux-info rounds are about 220 KB).
+pub const MAX_THRESHOLD_PAYLOAD: usize = 1024 * 1024;
+
+/// A threshold session: the approved request and the attempt under it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionRef {
+    /// Request id of the approved request.
+    pub request_id: [u8; 16],
+    /// Attempt number.
+    pub attempt: u8,
+}
+
+/// Public facts about a threshold key, as every share holder knows them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThresholdKeyInfo {
+    /// Joint public key (compressed, 33 bytes): the key's id.
+    pub key_id: KeyId,
+    /// BIP-32 chain code when HD derivation is enabled (required for signing with a path;
+    /// presignatures are refused for such keys).
+    pub chain_code: Option<[u8; 32]>,
+    /// Signers needed (t).
+    pub threshold: u16,
+    /// Cluster holding each share, by share index (n entries).
+    pub clusters: Vec<String>,
+    /// Distinct admins required to use the key.
+    pub quorum: u8,
+    /// How the key came to be.
+    pub origin: ThresholdOrigin,
+    /// Index of the share this node holds.
+    pub share_index: u16,
+}
+
+/// How a threshold key was created.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ThresholdOrigin {
+    /// Dealt by the operating company's dealer program.
+    Dealer,
+    /// Generated jointly by the clusters (no dealer ever held the key).
+    Dkg,
+}
+
+/// One cluster's share of a dealt threshold key, sealed to a node and signed by the dealer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThresholdBundle {
+    /// Public facts of the key; `share_index` is the share sealed inside.
+    pub key: ThresholdKeyInfo,
+    /// SHA-256 of the recipient node's device certificate.
+    pub recipient_fingerprint: [u8; 32],
+    /// The dealer's certificate (DER), issued by the Admin CA with the dealer role.
+    pub dealer_cert: Vec<u8>,
+    /// The Admin CA certificate (DER).
+    pub dealer_ca: Vec<u8>,
+    /// HPKE encapsulated key.
+    pub enc: Vec<u8>,
+    /// HPKE ciphertext of the share (T_i and P).
+    pub ciphertext: Vec<u8>,
+    /// The dealer's ECDSA P-256 signature (DER) over the bundle transcript.
+    pub signature: Vec<u8>,
+}
+
+/// One participant of a threshold signing session.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThresholdSigner {
+    /// Share index the participant holds.
+    pub share_index: u16,
+    /// Certificate chain of the node that runs the session for that cluster.
+    pub chain: CertChain,
+}
+
+/// What a threshold session signs, and who takes part (in signing order).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThresholdSignParams {
+    /// Joint public key.
+    pub key_id: KeyId,
+    /// Non-hardened BIP-32 path of the child key.
+    pub path: Vec<u32>,
+    /// Digest to sign.
+    pub digest: [u8; 32],
+    /// Participants, in signing order (exactly t, distinct share indexes).
+    pub signers: Vec<ThresholdSigner>,
+}
+
+/// A protocol message between the TEEs of a session, relayed by the cloud server.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThresholdMessage {
+    /// Session.
+    pub session: SessionRef,
+    /// Sender's position in the signer list.
+    pub sender: u16,
+    /// Recipient's position, or `None` for a broadcast.
+    pub recipient: Option<u16>,
+    /// Patent phase (getAB, getAB_and_R, getR, getSig).
+    pub phase: String,
+    /// Protocol round.
+    pub round: u16,
+    /// HPKE encapsulated key (point-to-point messages; empty for broadcasts).
+    pub enc: Vec<u8>,
+    /// The message: plaintext for a broadcast, HPKE ciphertext sealed to the recipient's D
+    /// key for a point-to-point message.
+    pub payload: Vec<u8>,
+    /// Sender's D signature (DER) over the message transcript.
+    pub signature: Vec<u8>,
 }
 
 /// A cluster member's certificate chain (DER): device, Cluster CA, Device CA.
@@ -353,6 +502,23 @@ pub enum Response {
         /// Wallets of the transfer this node already held.
         already_held: u32,
     },
+    /// A threshold share was imported.
+    ThresholdKey(ThresholdKeyInfo),
+    /// Threshold shares held.
+    ThresholdKeys(Vec<ThresholdKeyInfo>),
+    /// A session advanced: messages to relay, and the signature once done.
+    ThresholdRound {
+        /// The session.
+        session: SessionRef,
+        /// Patent phase the session is in now.
+        phase: String,
+        /// Messages for the other participants.
+        outgoing: Vec<ThresholdMessage>,
+        /// The signature (for the child key of the approved path), when the session is done.
+        signature: Option<EcdsaSignature>,
+    },
+    /// A session was aborted (or was not running).
+    ThresholdAborted(SessionRef),
 }
 
 /// Why an approval was not accepted.
@@ -476,6 +642,24 @@ pub enum TeeError {
     /// context, altered, or oversized.
     #[error("sealed import rejected: {0}")]
     SealedImportRejected(String),
+    /// A dealer bundle or threshold request was refused.
+    #[error("threshold request rejected: {0}")]
+    ThresholdRejected(String),
+    /// No such session (never started here, finished, aborted or expired).
+    #[error("unknown threshold session {0}")]
+    UnknownSession(String),
+    /// The session was aborted; `blamed` names the clusters at fault when known.
+    #[error("threshold session {session} aborted in {phase}: {detail} (blamed: {blamed:?})")]
+    ThresholdAborted {
+        /// Session (hex request id / attempt).
+        session: String,
+        /// Clusters at fault, if identified.
+        blamed: Vec<String>,
+        /// Phase reached.
+        phase: String,
+        /// What happened.
+        detail: String,
+    },
 }
 
 /// The body of a response: success or typed refusal.
