@@ -105,6 +105,51 @@ pub fn describe(r: &Request) -> Option<Described> {
                 .collect(),
             ..d("import-wallet", Some(key_id), true)
         },
+        // Threshold requests name their node: a bundle is sealed to it, and a session's
+        // participants (with their certificates) are fixed before it starts.
+        Request::ImportThresholdBundle {
+            meta,
+            bundle,
+            approvals,
+        } => Described {
+            request_id: Some(hex::encode(meta.request_id)),
+            approvers: approvals
+                .iter()
+                .map(|a| admin_name(&a.admin_cert))
+                .collect(),
+            ..d("import-threshold-key", Some(&bundle.key.key_id), true)
+        },
+        Request::ListThresholdKeys => d("list-threshold-keys", None, true),
+        Request::ThresholdStart {
+            meta,
+            attempt,
+            params,
+            approvals,
+        } => Described {
+            request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
+            path: Some(path_string(&params.path)),
+            approvers: approvals
+                .iter()
+                .map(|a| admin_name(&a.admin_cert))
+                .collect(),
+            ..d("threshold-start", Some(&params.key_id), true)
+        },
+        Request::ThresholdFeed { session, .. } => Described {
+            request_id: Some(format!(
+                "{}/{}",
+                hex::encode(session.request_id),
+                session.attempt
+            )),
+            ..d("threshold-round", None, true)
+        },
+        Request::ThresholdAbort { session, .. } => Described {
+            request_id: Some(format!(
+                "{}/{}",
+                hex::encode(session.request_id),
+                session.attempt
+            )),
+            ..d("threshold-abort", None, true)
+        },
         _ => return None,
     })
 }

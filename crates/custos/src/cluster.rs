@@ -154,7 +154,8 @@ impl Cluster {
             root_ca: pki.path().join("root-ca.crt"),
             db_url: db_url.clone(),
             health_interval_ms: 300,
-            call_timeout_ms: 3000,
+            // Threshold rounds compute for a second or more per call on a busy machine.
+            call_timeout_ms: 15_000,
             audit_interval_secs: opts.audit_interval_secs,
             link,
         };
@@ -445,7 +446,7 @@ fn link_configs(
             token.as_bytes(),
         )),
         transport: relay_transport,
-        attempt_timeout_ms: 10_000,
+        attempt_timeout_ms: 20_000,
         max_attempts: 3,
     }
     .save(relay_config)

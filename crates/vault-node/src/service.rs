@@ -95,7 +95,9 @@ impl NodeService {
 /// never come through the bridge, nor plaintext wallet imports: their secret would cross
 /// every relay in clear (they are done at the node's own TEE socket). Sealed imports are
 /// relayed: the secret is HPKE-sealed to this node's device key and bound to the approved
-/// request, so relays only see ciphertext that no other TEE can open.
+/// request, so relays only see ciphertext that no other TEE can open. Threshold bundles are
+/// sealed the same way, and threshold session messages are signed by each sender's D key
+/// with their point-to-point content sealed to the receiving node.
 fn relayable(r: &Request) -> bool {
     matches!(
         r,
@@ -108,6 +110,11 @@ fn relayable(r: &Request) -> bool {
             | Request::AuditSign { .. }
             | Request::Attest { .. }
             | Request::DeviceChain
+            | Request::ImportThresholdBundle { .. }
+            | Request::ListThresholdKeys
+            | Request::ThresholdStart { .. }
+            | Request::ThresholdFeed { .. }
+            | Request::ThresholdAbort { .. }
     )
 }
 
