@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod dealer;
 pub mod deployment;
 pub mod ops;
 pub mod tee_process;

@@ -98,6 +98,11 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// The operating company's dealer program for threshold keys (patent [0070]).
+    Dealer {
+        #[command(subcommand)]
+        command: DealerCommand,
+    },
     /// Benchmarks (not tests): figures with the limit measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -228,6 +233,47 @@ enum DbCommand {
 }
 
 #[derive(Subcommand)]
+enum DealerCommand {
+    /// Generate Paillier safe primes ahead of time (minutes per party; one thread each).
+    Primes {
+        /// Number of parties (clusters) to generate for.
+        #[arg(long)]
+        parties: u16,
+        /// Output file (JSON, mode 0600, never overwritten). Secret: keep it with the dealer.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Deal a t-of-n key: one bundle per cluster, sealed to the named node and signed.
+    Deal {
+        /// CA directory (Root and Admin CA certificates, the dealer's key and certificate).
+        #[arg(long, env = "CUSTOS_PKI_DIR", default_value = "custos-pki")]
+        pki: PathBuf,
+        /// Dealer name (`custos pki dealer <name>`).
+        #[arg(long)]
+        dealer: String,
+        /// Signers needed (t).
+        #[arg(long)]
+        threshold: u16,
+        /// Distinct admins needed to use the key and to import each share.
+        #[arg(long, default_value_t = 1)]
+        quorum: u8,
+        /// `<cluster>=<chain.pem>`, once per cluster in share order: the certificate chain
+        /// (device, Cluster CA, Device CA; PEM) of the node that imports the cluster's share.
+        #[arg(long = "recipient", required = true)]
+        recipients: Vec<String>,
+        /// Pregenerated primes (`custos dealer primes`); generated now if absent.
+        #[arg(long)]
+        primes: Option<PathBuf>,
+        /// Deal a key without BIP-32 derivation (needed for the presignature pool).
+        #[arg(long)]
+        no_hd: bool,
+        /// Output directory for the bundles.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PkiCommand {
     /// Create the Root CA, Admin CA and Device CA.
     Init,
@@ -239,6 +285,11 @@ enum PkiCommand {
     /// Issue an admin key and certificate (from the Admin CA).
     Admin {
         /// Admin name.
+        name: String,
+    },
+    /// Issue the threshold-key dealer's key and certificate (from the Admin CA, dealer role).
+    Dealer {
+        /// Dealer name.
         name: String,
     },
     /// Turn a node's CSR (PEM) into a device certificate from the cluster's Cluster CA.
@@ -328,6 +379,61 @@ fn main() -> ExitCode {
 
 type AnyError = Box<dyn std::error::Error>;
 
+/// `custos dealer deal`.
+#[allow(clippy::too_many_arguments)]
+fn run_dealer(
+    pki: &PkiDir,
+    dealer: &str,
+    threshold: u16,
+    quorum: u8,
+    recipients: &[String],
+    primes: Option<PathBuf>,
+    hd: bool,
+    out: &std::path::Path,
+) -> Result<(), AnyError> {
+    use custos::dealer::{deal_bundles, write_bundles, DealOptions, PrimeSource};
+    let signer = custos_pki::DealerSigner::load(pki, dealer)?;
+    let root = custos_pki::TrustRoot::from_der(&custos_pki::pem_to_der(
+        &pki.root_pem()?,
+        "Root CA certificate",
+    )?)?;
+    let recipients = recipients
+        .iter()
+        .map(|r| {
+            let (cluster, file) = r
+                .split_once('=')
+                .ok_or_else(|| format!("--recipient {r:?}: expected <cluster>=<chain.pem>"))?;
+            Ok((
+                cluster.to_string(),
+                custos::dealer::read_chain(std::path::Path::new(file))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, AnyError>>()?;
+    let dealt = deal_bundles(
+        &signer,
+        &root,
+        &DealOptions {
+            threshold,
+            quorum,
+            hd,
+            recipients,
+            primes: primes.map_or(PrimeSource::Generate, PrimeSource::File),
+        },
+        true,
+    )?;
+    let paths = write_bundles(out, &dealt)?;
+    println!(
+        "dealt {threshold}-of-{} key {} ({}):",
+        dealt.key.clusters.len(),
+        hex::encode(&dealt.key.key_id),
+        if hd { "HD" } else { "no HD" }
+    );
+    for p in paths {
+        println!("  {}", p.display());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), AnyError> {
     match cli.command {
         Command::Pki { dir, command } => run_pki(PkiDir::new(dir), command),
@@ -337,6 +443,35 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             report,
             keep_running,
         } => demo::run(dir, &report, keep_running),
+        Command::Dealer {
+            command: DealerCommand::Primes { parties, out },
+        } => {
+            custos::dealer::generate_primes_file(parties, &out, true)?;
+            println!("primes for {parties} parties written to {}", out.display());
+            Ok(())
+        }
+        Command::Dealer {
+            command:
+                DealerCommand::Deal {
+                    pki,
+                    dealer,
+                    threshold,
+                    quorum,
+                    recipients,
+                    primes,
+                    no_hd,
+                    out,
+                },
+        } => run_dealer(
+            &PkiDir::new(pki),
+            &dealer,
+            threshold,
+            quorum,
+            &recipients,
+            primes,
+            !no_hd,
+            &out,
+        ),
         Command::Bench {
             command:
                 BenchCommand::E2e {
@@ -509,6 +644,15 @@ fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
         PkiCommand::ClusterCa { cluster } => {
             pki.create_cluster_ca(&cluster)?;
             println!("created Cluster CA for {cluster}");
+        }
+        PkiCommand::Dealer { name } => {
+            pki.create_dealer(&name)?;
+            let (crt, key) = pki.dealer_files(&name);
+            println!(
+                "issued dealer {name}: {} (key {})",
+                crt.display(),
+                key.display()
+            );
         }
         PkiCommand::Admin { name } => {
             pki.create_admin(&name)?;

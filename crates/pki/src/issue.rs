@@ -16,8 +16,8 @@ use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 use crate::{
-    check_name, pem_to_der, role, PkiError, EKU_ADMIN_APPROVAL, EKU_BRIDGE, EKU_RELAY,
-    EKU_VAULT_DEVICE,
+    check_name, pem_to_der, role, PkiError, TrustRoot, EKU_ADMIN_APPROVAL, EKU_BRIDGE, EKU_DEALER,
+    EKU_RELAY, EKU_VAULT_DEVICE,
 };
 
 /// A certificate validity window.
@@ -51,7 +51,8 @@ pub struct IssuedKey {
 /// The CA directory of the operating company (`custos pki ...`).
 ///
 /// Layout: `root-ca.{crt,key}`, `admin-ca.*`, `device-ca.*`, `clusters/<c>/cluster-ca.*`,
-/// `admins/<name>.*`, `devices/<c>/<node>.crt`. Private keys are written 0600.
+/// `admins/<name>.*`, `dealers/<name>.*`, `devices/<c>/<node>.crt`. Private keys are written
+/// 0600.
 pub struct PkiDir {
     dir: PathBuf,
 }
@@ -114,6 +115,18 @@ fn dn(cn: &str, ou: &str) -> DistinguishedName {
 /// then never issue a device certificate, nor the Device CA an admin one.
 fn admin_ekus() -> Vec<ExtendedKeyUsagePurpose> {
     vec![ExtendedKeyUsagePurpose::Other(EKU_ADMIN_APPROVAL.to_vec())]
+}
+
+fn dealer_ekus() -> Vec<ExtendedKeyUsagePurpose> {
+    vec![ExtendedKeyUsagePurpose::Other(EKU_DEALER.to_vec())]
+}
+
+/// What the Admin CA may issue for: admins and the threshold-key dealer. Each leaf carries
+/// exactly one of the two, so neither role can act as the other.
+fn admin_ca_ekus() -> Vec<ExtendedKeyUsagePurpose> {
+    let mut ekus = admin_ekus();
+    ekus.extend(dealer_ekus());
+    ekus
 }
 
 fn device_ekus() -> Vec<ExtendedKeyUsagePurpose> {
@@ -240,6 +253,51 @@ pub fn issue_admin(pki: &PkiDir, name: &str) -> Result<IssuedKey, PkiError> {
     issue_admin_with_validity(pki, name, Validity::days(365))
 }
 
+/// Issues a threshold-key dealer certificate signed by the Admin CA in `pki` with a chosen
+/// validity window: OU [`role::DEALER`], dealer EKU only (so it never passes as an admin).
+///
+/// The result is checked against the Root before it is returned: an Admin CA made before the
+/// dealer role existed does not list the dealer EKU, and webpki applies EKUs to every
+/// certificate of a path, so its dealer certificates could never verify. Such a PKI is refused
+/// with [`PkiError::ChainRejected`] instead of handing out a useless certificate.
+pub fn issue_dealer_with_validity(
+    pki: &PkiDir,
+    name: &str,
+    validity: Validity,
+) -> Result<IssuedKey, PkiError> {
+    check_name(name)?;
+    let ca = pki.load_ca(&pki.admin_ca_base())?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+    let mut params = leaf_params(name, role::DEALER, validity);
+    params.extended_key_usages = dealer_ekus();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).map_err(gen_err)?;
+    let root = TrustRoot::from_der(&pem_to_der(&pki.root_pem()?, "Root CA certificate")?)?;
+    let admin_ca = pem_to_der(&pki.admin_ca_pem()?, "Admin CA certificate")?;
+    let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    match root.verify_dealer(cert.der(), &admin_ca, now) {
+        // A window chosen outside "now" (tests make expired certificates) is not the issue.
+        Ok(_) | Err(PkiError::NotValidNow { .. }) => {}
+        Err(e) => {
+            return Err(PkiError::ChainRejected {
+                what: "dealer",
+                reason: format!(
+                    "the Admin CA of this PKI cannot issue dealer certificates (it predates \
+                     the dealer role; re-create the PKI): {e}"
+                ),
+            })
+        }
+    }
+    Ok(IssuedKey {
+        cert_pem: cert.pem(),
+        key_pem: Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// Issues a threshold-key dealer certificate valid for one year.
+pub fn issue_dealer(pki: &PkiDir, name: &str) -> Result<IssuedKey, PkiError> {
+    issue_dealer_with_validity(pki, name, Validity::days(365))
+}
+
 impl PkiDir {
     /// Opens (does not create) a CA directory.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -315,7 +373,7 @@ impl PkiDir {
                 "Custos Admin CA",
                 role::ADMIN_CA,
                 0u8,
-                admin_ekus(),
+                admin_ca_ekus(),
             ),
             (
                 self.device_ca_base(),
@@ -362,6 +420,27 @@ impl PkiDir {
         let issued = issue_admin(self, name)?;
         self.save(&base, &issued.cert_pem, &issued.key_pem)?;
         Ok(issued)
+    }
+
+    /// `custos pki dealer <name>`: issues and stores the key and certificate of a threshold-key
+    /// dealer (the operating company's dealer program) under `dealers/<name>.{crt,key}`.
+    pub fn create_dealer(&self, name: &str) -> Result<IssuedKey, PkiError> {
+        check_name(name)?;
+        let base = self.dealer_base(name);
+        self.refuse_existing(&base)?;
+        let issued = issue_dealer(self, name)?;
+        self.save(&base, &issued.cert_pem, &issued.key_pem)?;
+        Ok(issued)
+    }
+
+    fn dealer_base(&self, name: &str) -> PathBuf {
+        self.dir.join("dealers").join(name)
+    }
+
+    /// Paths of a stored dealer's certificate and key.
+    pub fn dealer_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        let base = self.dealer_base(name);
+        (base.with_extension("crt"), base.with_extension("key"))
     }
 
     /// `custos pki sign-csr --cluster <c>`: turns a node's CSR into a device certificate
@@ -500,16 +579,24 @@ pub struct AdminSigner {
     pub admin_ca_der: Vec<u8>,
 }
 
+/// Parses a PKCS#8 P-256 private key (PEM).
+fn p256_key(key_pem: &str, what: &'static str) -> Result<(EcdsaKeyPair, SystemRandom), PkiError> {
+    let key_der = Zeroizing::new(pem_to_der(key_pem, what)?);
+    let rng = SystemRandom::new();
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &key_der, &rng).map_err(|e| {
+            PkiError::Malformed {
+                what,
+                reason: e.to_string(),
+            }
+        })?;
+    Ok((key, rng))
+}
+
 impl AdminSigner {
     /// Builds a signer from PEM strings.
     pub fn from_pem(cert_pem: &str, key_pem: &str, admin_ca_pem: &str) -> Result<Self, PkiError> {
-        let key_der = Zeroizing::new(pem_to_der(key_pem, "admin private key")?);
-        let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &key_der, &rng)
-            .map_err(|e| PkiError::Malformed {
-                what: "admin private key",
-                reason: e.to_string(),
-            })?;
+        let (key, rng) = p256_key(key_pem, "admin private key")?;
         Ok(AdminSigner {
             key,
             rng,
@@ -539,5 +626,58 @@ impl AdminSigner {
             .expect("P-256 signing with a valid key cannot fail")
             .as_ref()
             .to_vec()
+    }
+}
+
+/// The threshold-key dealer's signing key with its certificate chain, as the dealer program
+/// uses it to sign share bundles. Its certificate passes [`TrustRoot::verify_dealer`] only.
+pub struct DealerSigner {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    /// Dealer certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// Admin CA certificate (DER) that issued it.
+    pub admin_ca_der: Vec<u8>,
+}
+
+impl DealerSigner {
+    /// Builds a signer from PEM strings.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, admin_ca_pem: &str) -> Result<Self, PkiError> {
+        let (key, rng) = p256_key(key_pem, "dealer private key")?;
+        Ok(DealerSigner {
+            key,
+            rng,
+            cert_der: pem_to_der(cert_pem, "dealer certificate")?,
+            admin_ca_der: pem_to_der(admin_ca_pem, "Admin CA certificate")?,
+        })
+    }
+
+    /// Loads a stored dealer (`custos pki dealer <name>`) from a CA directory.
+    pub fn load(pki: &PkiDir, name: &str) -> Result<Self, PkiError> {
+        check_name(name)?;
+        let (crt, key) = pki.dealer_files(name);
+        let key_pem = Zeroizing::new(read(&key)?);
+        Self::from_pem(&read(&crt)?, &key_pem, &pki.admin_ca_pem()?)
+    }
+
+    /// Loads a dealer from explicit certificate, key and Admin CA files.
+    pub fn from_files(cert: &Path, key: &Path, admin_ca: &Path) -> Result<Self, PkiError> {
+        let key_pem = Zeroizing::new(read(key)?);
+        Self::from_pem(&read(cert)?, &key_pem, &read(admin_ca)?)
+    }
+
+    /// ECDSA P-256 / SHA-256 signature (ASN.1 DER) over `message`.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.key
+            .sign(&self.rng, message)
+            .expect("P-256 signing with a valid key cannot fail")
+            .as_ref()
+            .to_vec()
+    }
+}
+
+impl std::fmt::Debug for DealerSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DealerSigner").finish_non_exhaustive()
     }
 }

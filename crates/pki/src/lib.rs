@@ -4,7 +4,8 @@
 //! Hierarchy, all ECDSA P-256 / SHA-256 X.509:
 //!
 //! ```text
-//! Root CA ─┬─ Admin CA ── admin certificates         (approve requests that use a key)
+//! Root CA ─┬─ Admin CA ─┬─ admin certificates        (approve requests that use a key)
+//!          │            └─ dealer certificates       (sign threshold-key bundles)
 //!          └─ Device CA ── Cluster CA (one per cluster) ── device certificates (key D)
 //! ```
 //!
@@ -20,11 +21,12 @@ pub mod tls;
 mod verify;
 
 pub use issue::{
-    issue_admin, issue_admin_with_validity, AdminSigner, IssuedKey, PkiDir, Service, Validity,
+    issue_admin, issue_admin_with_validity, issue_dealer, issue_dealer_with_validity, AdminSigner,
+    DealerSigner, IssuedKey, PkiDir, Service, Validity,
 };
 pub use verify::{
-    cert_fingerprint, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot, Unverified,
-    VerifiedAdmin,
+    cert_fingerprint, validity_window, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot,
+    Unverified, VerifiedAdmin, VerifiedDealer,
 };
 
 /// Private enterprise arc used for Custos extended key usages.
@@ -44,6 +46,11 @@ pub const EKU_BRIDGE: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 3];
 /// EKU OID (as components) marking a cluster's external relay (Internet side of the link).
 pub const EKU_RELAY: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 4];
 
+/// EKU OID (as components) marking the operating company's threshold-key dealer: it signs the
+/// bundles that carry each cluster's key share (patent [0070]-[0072]). Issued by the Admin CA,
+/// but never valid as an admin approval (and an admin certificate is never valid as a dealer).
+pub const EKU_DEALER: [u64; 9] = [1, 3, 6, 1, 4, 1, 59999, 1, 5];
+
 /// DER content octets of [`EKU_ADMIN_APPROVAL`] (what webpki compares).
 pub const EKU_ADMIN_APPROVAL_DER: &[u8] =
     &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x01];
@@ -54,6 +61,8 @@ pub const EKU_VAULT_DEVICE_DER: &[u8] =
 pub const EKU_BRIDGE_DER: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x03];
 /// DER content octets of [`EKU_RELAY`].
 pub const EKU_RELAY_DER: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x04];
+/// DER content octets of [`EKU_DEALER`].
+pub const EKU_DEALER_DER: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xd4, 0x5f, 0x01, 0x05];
 
 /// Organizational-unit role markers carried in every Custos CA subject; the verifier
 /// requires the right marker at each position of a path so that, e.g., an Admin CA can
@@ -71,6 +80,8 @@ pub mod role {
     pub const DEVICE_PREFIX: &str = "custos-device:";
     /// OU of an admin certificate.
     pub const ADMIN: &str = "custos-admin";
+    /// OU of a threshold-key dealer certificate (issued by the Admin CA).
+    pub const DEALER: &str = "custos-dealer";
     /// OU prefix of a bridge server certificate; the cluster name follows.
     pub const BRIDGE_PREFIX: &str = "custos-bridge:";
     /// OU prefix of an external relay certificate; the cluster name follows.
@@ -195,6 +206,7 @@ mod tests {
         assert_eq!(oid_der(&EKU_VAULT_DEVICE), EKU_VAULT_DEVICE_DER);
         assert_eq!(oid_der(&EKU_BRIDGE), EKU_BRIDGE_DER);
         assert_eq!(oid_der(&EKU_RELAY), EKU_RELAY_DER);
+        assert_eq!(oid_der(&EKU_DEALER), EKU_DEALER_DER);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::{
-    role, PkiError, EKU_ADMIN_APPROVAL_DER, EKU_BRIDGE_DER, EKU_RELAY_DER, EKU_VAULT_DEVICE_DER,
+    role, PkiError, EKU_ADMIN_APPROVAL_DER, EKU_BRIDGE_DER, EKU_DEALER_DER, EKU_RELAY_DER,
+    EKU_VAULT_DEVICE_DER,
 };
 
 /// Largest certificate (DER) accepted anywhere; Custos certificates are well under 2 KiB.
@@ -61,6 +62,46 @@ impl VerifiedAdmin {
         .verify(message, signature)
         .map_err(|_| PkiError::BadSignature(format!("admin {:?}", self.identity.name)))
     }
+}
+
+/// A dealer certificate whose chain to the pinned Root verified (Root → Admin CA → dealer,
+/// dealer EKU, dealer role). The identity fields mean what they mean for an admin.
+#[derive(Clone, Debug)]
+pub struct VerifiedDealer {
+    /// Who it is (common name, subject, certificate fingerprint).
+    pub identity: AdminIdentity,
+    public_key: Vec<u8>,
+    not_before: u64,
+    not_after: u64,
+}
+
+impl VerifiedDealer {
+    /// Whether the dealer certificate and its Admin CA are both within their validity
+    /// periods at `now_unix`.
+    pub fn valid_at(&self, now_unix: u64) -> bool {
+        self.not_before <= now_unix && now_unix <= self.not_after
+    }
+
+    /// Verifies an ECDSA P-256 / SHA-256 signature (DER) by this dealer over `message`.
+    pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> Result<(), PkiError> {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &self.public_key,
+        )
+        .verify(message, signature)
+        .map_err(|_| PkiError::BadSignature(format!("dealer {:?}", self.identity.name)))
+    }
+}
+
+/// The window in which every certificate of `certs` is valid: (latest notBefore, earliest
+/// notAfter), Unix seconds. A verifier that caches a verified chain re-checks it with this.
+pub fn validity_window(certs: &[&[u8]]) -> Result<(u64, u64), PkiError> {
+    certs
+        .iter()
+        .map(|der| validity(der))
+        .try_fold((0u64, u64::MAX), |(nb, na), v| {
+            v.map(|(b, a)| (nb.max(b), na.min(a)))
+        })
 }
 
 /// (notBefore, notAfter) of a certificate, Unix seconds.
@@ -269,44 +310,86 @@ impl TrustRoot {
     }
 
     /// Verifies an admin certificate chain at `now_unix`. The result can be kept (a TEE
-    /// caches it) and reused while [`VerifiedAdmin::valid_at`] holds.
+    /// caches it) and reused while [`VerifiedAdmin::valid_at`] holds. A dealer certificate
+    /// (same Admin CA, dealer EKU and role) is refused.
     pub fn verify_admin(
         &self,
         admin: &[u8],
         admin_ca: &[u8],
         now_unix: u64,
     ) -> Result<VerifiedAdmin, PkiError> {
-        let is_admin_ca = |ou: &str| ou == role::ADMIN_CA;
-        self.verify_path(
+        let (identity, public_key, not_before, not_after) = self.verify_admin_ca_leaf(
             "admin",
             admin,
-            &[(admin_ca, &is_admin_ca)],
+            admin_ca,
             EKU_ADMIN_APPROVAL_DER,
+            role::ADMIN,
             now_unix,
         )?;
-        let s = parse(admin, "admin")?;
-        if s.ou != role::ADMIN {
-            return Err(PkiError::ChainRejected {
-                what: "admin",
-                reason: format!("subject role {:?} is not an admin", s.ou),
-            });
-        }
-        let (not_before, not_after) = [admin, admin_ca]
-            .iter()
-            .map(|der| validity(der))
-            .try_fold((0u64, u64::MAX), |(nb, na), v| {
-                v.map(|(b, a)| (nb.max(b), na.min(a)))
-            })?;
         Ok(VerifiedAdmin {
-            identity: AdminIdentity {
-                name: s.cn,
-                subject: s.raw,
-                fingerprint: cert_fingerprint(admin),
-            },
-            public_key: s.public_key,
+            identity,
+            public_key,
             not_before,
             not_after,
         })
+    }
+
+    /// Verifies a threshold-key dealer certificate chain (Root → Admin CA → dealer, dealer
+    /// EKU, OU [`role::DEALER`]) at `now_unix`. An admin certificate is refused, as a dealer
+    /// certificate is by [`TrustRoot::verify_admin`]: neither role can act as the other.
+    pub fn verify_dealer(
+        &self,
+        dealer: &[u8],
+        admin_ca: &[u8],
+        now_unix: u64,
+    ) -> Result<VerifiedDealer, PkiError> {
+        let (identity, public_key, not_before, not_after) = self.verify_admin_ca_leaf(
+            "dealer",
+            dealer,
+            admin_ca,
+            EKU_DEALER_DER,
+            role::DEALER,
+            now_unix,
+        )?;
+        Ok(VerifiedDealer {
+            identity,
+            public_key,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// A leaf of the Admin CA with EKU `eku` and subject role `ou`: identity, public key and
+    /// the validity window of leaf and CA together.
+    fn verify_admin_ca_leaf(
+        &self,
+        what: &'static str,
+        leaf: &[u8],
+        admin_ca: &[u8],
+        eku: &'static [u8],
+        ou: &str,
+        now_unix: u64,
+    ) -> Result<(AdminIdentity, Vec<u8>, u64, u64), PkiError> {
+        let is_admin_ca = |ou: &str| ou == role::ADMIN_CA;
+        self.verify_path(what, leaf, &[(admin_ca, &is_admin_ca)], eku, now_unix)?;
+        let s = parse(leaf, what)?;
+        if s.ou != ou {
+            return Err(PkiError::ChainRejected {
+                what,
+                reason: format!("subject role {:?} is not the {what} role", s.ou),
+            });
+        }
+        let (not_before, not_after) = validity_window(&[leaf, admin_ca])?;
+        Ok((
+            AdminIdentity {
+                name: s.cn,
+                subject: s.raw,
+                fingerprint: cert_fingerprint(leaf),
+            },
+            s.public_key,
+            not_before,
+            not_after,
+        ))
     }
 
     /// Verifies a vault device certificate: Root → Device CA → Cluster CA → device, device

@@ -6,8 +6,12 @@
 //! the same core runs on the software backend (its own process, `custos-tee-host`) and on a
 //! real TEE. This crate depends on no networking or async runtime crate.
 //!
-//! Units, as in the patent: the key management unit ([`wallet`], [`device`]), the
-//! verification unit ([`approval`]), and secure storage (sealed records via the platform).
+//! Units, as in the patent: the key management unit ([`wallet`], [`device`], [`threshold`]),
+//! the verification unit ([`approval`]), and secure storage (sealed records via the platform).
+//!
+//! Threshold signing sessions run on a worker thread the core owns
+//! ([`custos_threshold::SessionHost`]): the protocol's state machines cannot move between
+//! threads, and the core is moved into its host's serving thread.
 #![forbid(unsafe_code)]
 
 pub mod approval;
@@ -16,6 +20,7 @@ pub mod import;
 pub mod platform;
 pub mod protocol;
 pub mod sync;
+pub mod threshold;
 pub mod wallet;
 
 use std::collections::BTreeMap;
@@ -28,6 +33,8 @@ use approval::{check_quorum, Action, AdminCache, Approval};
 use device::DeviceKey;
 use platform::{Platform, PlatformError, RecordId};
 use protocol::*;
+use threshold::engine::{parse_session_record, ThresholdState};
+use threshold::HeldKey;
 use wallet::{key_hex, Wallet};
 
 const REC_ROOT: &str = "root";
@@ -36,6 +43,9 @@ const REC_DEVICE_CERT: &str = "device-cert";
 const WALLET_PREFIX: &str = "wallet/";
 const CONSUMED_PREFIX: &str = "consumed/";
 const MAX_QUORUM: u8 = MAX_APPROVALS as u8;
+/// Largest plaintext of one key transfer: the import request that carries it must stay under
+/// [`MAX_REQUEST_LEN`] (a threshold share is about 14 KB, a wallet record under 100 bytes).
+const MAX_TRANSFER_PLAINTEXT: usize = 3 * 1024 * 1024;
 
 fn rec(name: &str) -> RecordId {
     RecordId::new(name).expect("static record names are valid")
@@ -60,6 +70,9 @@ pub enum OpenError {
     /// The platform failed.
     #[error(transparent)]
     Platform(#[from] PlatformError),
+    /// The threshold session worker thread could not be started.
+    #[error("cannot start the threshold session thread: {0}")]
+    SessionThread(String),
 }
 
 fn put_field(out: &mut Vec<u8>, f: &[u8]) {
@@ -116,6 +129,8 @@ pub struct TeeCore<P: Platform> {
     consumed: BTreeMap<[u8; 16], u64>,
     /// Request ids consumed in this batch (request index, id), dropped if the commit fails.
     pending_consumed: Vec<(usize, [u8; 16])>,
+    /// Threshold shares, started sessions and the session worker.
+    threshold: ThresholdState,
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -179,6 +194,8 @@ impl<P: Platform> TeeCore<P> {
             failed: Vec::new(),
             consumed: BTreeMap::new(),
             pending_consumed: Vec::new(),
+            threshold: ThresholdState::new()
+                .map_err(|e| OpenError::SessionThread(e.to_string()))?,
         };
         // The device certificate may have expired or been tampered with while the node was
         // down: the node then keeps D but must be re-certified; it is not fatal.
@@ -222,6 +239,21 @@ impl<P: Platform> TeeCore<P> {
                 _ => core.platform.remove(&id)?,
             }
         }
+        // Threshold sessions started: likewise.
+        for id in core.platform.list(threshold::SESSION_PREFIX)? {
+            let expiry = core
+                .platform
+                .unseal(&id)
+                .ok()
+                .flatten()
+                .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes));
+            match (parse_session_record(id.as_str()), expiry) {
+                (Some(session), Some(exp)) if exp >= now => {
+                    core.threshold.used_sessions.insert(session, exp);
+                }
+                _ => core.platform.remove(&id)?,
+            }
+        }
         core.platform.commit()?;
         for id in core.platform.list(WALLET_PREFIX)? {
             let name = id.as_str().to_string();
@@ -235,6 +267,24 @@ impl<P: Platform> TeeCore<P> {
             match loaded {
                 Ok(w) => {
                     core.wallets.insert(key, w);
+                }
+                Err(reason) => {
+                    core.corrupt.insert(name, reason);
+                }
+            }
+        }
+        for id in core.platform.list(threshold::SHARE_PREFIX)? {
+            let name = id.as_str().to_string();
+            let key = hex::decode(&name[threshold::SHARE_PREFIX.len()..]).unwrap_or_default();
+            let loaded = core
+                .platform
+                .unseal(&id)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.ok_or_else(|| "record vanished".to_string()))
+                .and_then(|body| HeldKey::from_record(&body, &key));
+            match loaded {
+                Ok(k) => {
+                    core.threshold.keys.insert(key, k);
                 }
                 Err(reason) => {
                     core.corrupt.insert(name, reason);
@@ -297,9 +347,14 @@ impl<P: Platform> TeeCore<P> {
     fn commit_pending(&mut self) -> Result<(), PlatformError> {
         let result = self.platform.commit();
         let pending = std::mem::take(&mut self.uncommitted);
+        let pending_shares = std::mem::take(&mut self.threshold.uncommitted);
         if let Err(e) = &result {
             for (i, key) in pending {
                 self.wallets.remove(&key);
+                self.failed.push((i, e.clone()));
+            }
+            for (i, key) in pending_shares {
+                self.threshold.keys.remove(&key);
                 self.failed.push((i, e.clone()));
             }
             for (i, rid) in std::mem::take(&mut self.pending_consumed) {
@@ -311,6 +366,10 @@ impl<P: Platform> TeeCore<P> {
             for (_, key) in &pending {
                 self.corrupt
                     .remove(&format!("{WALLET_PREFIX}{}", key_hex(key)));
+            }
+            for (_, key) in &pending_shares {
+                self.corrupt
+                    .remove(&format!("{}{}", threshold::SHARE_PREFIX, key_hex(key)));
             }
         }
         result
@@ -401,13 +460,20 @@ impl<P: Platform> TeeCore<P> {
             }
             Request::ExportKeys { requester, key_ids } => self.export_keys(requester, &key_ids),
             Request::ImportKeys { transfer } => self.import_keys(&transfer),
-            Request::ImportThresholdBundle { .. }
-            | Request::ListThresholdKeys
-            | Request::ThresholdStart { .. }
-            | Request::ThresholdFeed { .. }
-            | Request::ThresholdAbort { .. } => Err(TeeError::ThresholdRejected(
-                "threshold requests are not implemented yet".into(),
-            )),
+            Request::ImportThresholdBundle {
+                meta,
+                bundle,
+                approvals,
+            } => self.import_threshold_bundle(&meta, &bundle, &approvals),
+            Request::ListThresholdKeys => self.list_threshold_keys(),
+            Request::ThresholdStart {
+                meta,
+                attempt,
+                params,
+                approvals,
+            } => self.threshold_start(&meta, attempt, &params, &approvals),
+            Request::ThresholdFeed { session, messages } => self.threshold_feed(session, &messages),
+            Request::ThresholdAbort { session, reason: _ } => self.threshold_abort(session),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(
@@ -550,8 +616,17 @@ impl<P: Platform> TeeCore<P> {
             .verify_device(&requester.into(), Some(&own.cluster), now)
             .map_err(|e| TeeError::RequesterRejected(e.to_string()))?;
         let mut records = Vec::with_capacity(key_ids.len());
+        let mut total = 0usize;
         for k in key_ids {
-            records.push(self.wallet(k)?.to_record());
+            let record = self.transfer_record(k)?;
+            total += record.len() + 4;
+            if total > MAX_TRANSFER_PLAINTEXT {
+                return Err(TeeError::InvalidRequest(format!(
+                    "the keys requested exceed {MAX_TRANSFER_PLAINTEXT} bytes in one transfer; \
+                     ask for fewer"
+                )));
+            }
+            records.push(record);
         }
         let plaintext = sync::pack(&records);
         drop(records);
@@ -615,8 +690,28 @@ impl<P: Platform> TeeCore<P> {
         let records = sync::unpack(&plaintext, t.key_ids.len())?;
         // Every record is checked before any is stored: a transfer lands whole or not at all.
         let mut fresh = Vec::new();
+        let mut fresh_shares = Vec::new();
         let mut already_held = 0u32;
         for (record, key_id) in records.into_iter().zip(&t.key_ids) {
+            if HeldKey::is_record(record) {
+                if self.threshold.keys.contains_key(key_id) {
+                    already_held += 1;
+                    continue;
+                }
+                let k = HeldKey::from_record(record, key_id)
+                    .map_err(|e| reject(format!("record {}: {e}", key_hex(key_id))))?;
+                // A cluster syncs its own share only.
+                let holder = &k.info.clusters[usize::from(k.info.share_index)];
+                if *holder != own.cluster {
+                    return Err(reject(format!(
+                        "record {}: share {} belongs to cluster {holder:?}",
+                        key_hex(key_id),
+                        k.info.share_index
+                    )));
+                }
+                fresh_shares.push(k);
+                continue;
+            }
             if self.wallets.contains_key(key_id) {
                 already_held += 1;
                 continue;
@@ -625,15 +720,31 @@ impl<P: Platform> TeeCore<P> {
                 .map_err(|e| reject(format!("record {}: {e}", key_hex(key_id))))?;
             fresh.push(w);
         }
-        let mut imported = Vec::with_capacity(fresh.len());
+        let mut imported = Vec::with_capacity(fresh.len() + fresh_shares.len());
         for w in fresh {
             imported.push(w.info.key_id.clone());
             self.store_wallet(w)?;
+        }
+        for k in fresh_shares {
+            imported.push(k.info.key_id.clone());
+            self.store_threshold_key(k)?;
         }
         Ok(Response::KeysImported {
             imported,
             already_held,
         })
+    }
+
+    /// The transfer record of a held key: a wallet's, or else a threshold share's.
+    fn transfer_record(&self, key_id: &[u8]) -> Result<Zeroizing<Vec<u8>>, TeeError> {
+        if let Some(w) = self.wallets.get(key_id) {
+            return Ok(w.to_record());
+        }
+        match self.threshold_key(key_id) {
+            Ok(k) => Ok(k.to_record()),
+            Err(TeeError::UnknownKey(_)) => self.wallet(key_id).map(|w| w.to_record()),
+            Err(e) => Err(e),
+        }
     }
 
     fn wallet(&self, key_id: &[u8]) -> Result<&Wallet, TeeError> {
@@ -650,6 +761,7 @@ impl<P: Platform> TeeCore<P> {
         }
     }
 
+    /// Checks `required` distinct admins approved `action` for this node's cluster.
     fn approve(
         &mut self,
         meta: &RequestMeta,
@@ -658,6 +770,20 @@ impl<P: Platform> TeeCore<P> {
         required: u8,
     ) -> Result<(), TeeError> {
         let cluster = self.cluster()?;
+        self.approve_in(&cluster, meta, action, approvals, required)
+    }
+
+    /// As [`Self::approve`], for approval messages made with `cluster` as scope (e.g.
+    /// [`approval::THRESHOLD_SCOPE`] for actions that span clusters).
+    fn approve_in(
+        &mut self,
+        cluster: &str,
+        meta: &RequestMeta,
+        action: Action<'_>,
+        approvals: &[Approval],
+        required: u8,
+    ) -> Result<(), TeeError> {
+        self.cluster()?;
         let root = self
             .root
             .as_ref()
@@ -665,7 +791,7 @@ impl<P: Platform> TeeCore<P> {
         check_quorum(
             &mut self.admins,
             root,
-            &cluster,
+            cluster,
             self.platform.now_unix(),
             meta,
             &action,
@@ -700,10 +826,9 @@ impl<P: Platform> TeeCore<P> {
         Ok(Response::Wallet(info))
     }
 
-    fn create_wallet(&mut self, meta: &RequestMeta, quorum: u8, approvals: &[Approval]) -> Outcome {
-        Self::check_quorum_value(quorum)?;
-        // Whoever creates a key under an m-of-k policy must meet that policy themselves.
-        self.approve(meta, Action::CreateWallet { quorum }, approvals, quorum)?;
+    /// Marks a request id as used (pending until the batch commits): an approval of a
+    /// one-off action works once. Refuses an id already used.
+    fn consume_request(&mut self, meta: &RequestMeta) -> Result<(), TeeError> {
         if self.consumed.contains_key(&meta.request_id) {
             return Err(TeeError::RequestReplayed(hex::encode(meta.request_id)));
         }
@@ -714,6 +839,14 @@ impl<P: Platform> TeeCore<P> {
             .map_err(storage)?;
         self.consumed.insert(meta.request_id, meta.expires_at);
         self.pending_consumed.push((self.current, meta.request_id));
+        Ok(())
+    }
+
+    fn create_wallet(&mut self, meta: &RequestMeta, quorum: u8, approvals: &[Approval]) -> Outcome {
+        Self::check_quorum_value(quorum)?;
+        // Whoever creates a key under an m-of-k policy must meet that policy themselves.
+        self.approve(meta, Action::CreateWallet { quorum }, approvals, quorum)?;
+        self.consume_request(meta)?;
         let mut seed = Zeroizing::new(vec![0u8; 32]);
         self.platform.random(&mut seed).map_err(storage)?;
         let wallet = Wallet::from_seed(

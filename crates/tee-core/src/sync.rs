@@ -6,6 +6,9 @@
 //! signs the transfer with its own D over the transfer context. The requester's TEE checks
 //! the sender's certificate and signature, that the transfer is addressed to its own
 //! certificate, then opens it and stores every key. Relays see only ciphertext.
+//!
+//! A transfer carries wallets (B keys) and threshold shares (T with P, patent [0073]-[0074])
+//! alike: each record says what it is ([`crate::threshold::HeldKey::is_record`]).
 
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
@@ -99,6 +102,24 @@ pub fn seal(
         info,
         plaintext,
         TeeError::TransferRejected,
+    )
+}
+
+/// HPKE-seals `plaintext` to a recipient with the TEE's own random source, reporting failures
+/// through `reject` (threshold messages use their own refusal).
+pub(crate) fn seal_in_tee(
+    platform: &mut dyn Platform,
+    recipient_public_key: &[u8],
+    info: &[u8],
+    plaintext: &[u8],
+    reject: fn(String) -> TeeError,
+) -> Result<(Vec<u8>, Vec<u8>), TeeError> {
+    seal_with(
+        &mut PlatformRng(platform),
+        recipient_public_key,
+        info,
+        plaintext,
+        reject,
     )
 }
 

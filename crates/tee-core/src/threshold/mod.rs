@@ -1,0 +1,218 @@
+//! Threshold ECDSA keys T (one share per cluster) with their Paillier material P (patent
+//! [0070]-[0085], DESIGN flows 6 and 7).
+//!
+//! * [`bundle`]: the dealer's sealed, signed delivery of one cluster's share to one node
+//!   (used outside the TEE by the dealer program to seal, inside to open).
+//! * [`wire`]: what binds a signing session together: the execution id every participant
+//!   derives from the approved request, and the contexts and transcripts of the protocol
+//!   messages (each signed by its sender's D key, point-to-point content HPKE-sealed to the
+//!   receiving node).
+//! * `engine` (private): the TEE core's handling of [`Request::ImportThresholdBundle`],
+//!   [`Request::ListThresholdKeys`] and the session requests, over a
+//!   [`custos_threshold::SessionHost`] owned by the core (the protocol state machines are
+//!   `!Send` and live on its worker thread).
+//!
+//! Held shares are sealed records `tshare/<key id hex>` ([`HeldKey::to_record`]); the same
+//! record travels inside key transfers between the nodes of a cluster (patent [0073]-[0074]),
+//! next to wallet records, which it cannot be mistaken for (its first byte,
+//! [`THRESHOLD_RECORD_TAG`], is never a wallet record version).
+//!
+//! [`Request::ImportThresholdBundle`]: crate::protocol::Request::ImportThresholdBundle
+//! [`Request::ListThresholdKeys`]: crate::protocol::Request::ListThresholdKeys
+
+pub mod bundle;
+pub(crate) mod engine;
+pub mod wire;
+
+use std::fmt;
+
+use custos_threshold::ThresholdShare;
+use zeroize::Zeroizing;
+
+use crate::protocol::{ThresholdKeyInfo, ThresholdOrigin, MAX_APPROVALS};
+use crate::wallet::key_hex;
+
+/// Record name prefix of held threshold shares.
+pub const SHARE_PREFIX: &str = "tshare/";
+/// Record name prefix of threshold sessions already started (request id, attempt).
+pub const SESSION_PREFIX: &str = "tsession/";
+/// First byte of a threshold share record (a wallet record starts with its version, 1).
+pub const THRESHOLD_RECORD_TAG: u8 = b'T';
+/// Version of the threshold share record.
+const RECORD_VERSION: u8 = 1;
+/// Most parties (clusters) of a threshold key.
+pub const MAX_THRESHOLD_PARTIES: usize = 64;
+
+fn put(out: &mut Vec<u8>, field: &[u8]) {
+    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+    out.extend_from_slice(field);
+}
+
+fn take<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    if input.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes(input[..4].try_into().ok()?) as usize;
+    let rest = &input[4..];
+    if rest.len() < len {
+        return None;
+    }
+    let (f, tail) = rest.split_at(len);
+    *input = tail;
+    Some(f)
+}
+
+/// Checks the public facts of a threshold key for consistency: a 33-byte compressed
+/// secp256k1 key id, 2 ≤ t ≤ n ≤ [`MAX_THRESHOLD_PARTIES`], one distinct, well-formed cluster
+/// name per share, a share index below n and a quorum of 1 to [`MAX_APPROVALS`].
+pub fn check_key_info(key: &ThresholdKeyInfo) -> Result<(), String> {
+    if key.key_id.len() != 33 || bitcoin::secp256k1::PublicKey::from_slice(&key.key_id).is_err() {
+        return Err("key id is not a compressed secp256k1 public key".into());
+    }
+    let n = key.clusters.len();
+    if !(2..=MAX_THRESHOLD_PARTIES).contains(&n) {
+        return Err(format!(
+            "{n} clusters, a threshold key has 2 to {MAX_THRESHOLD_PARTIES}"
+        ));
+    }
+    if key.threshold < 2 || usize::from(key.threshold) > n {
+        return Err(format!(
+            "threshold {} outside 2..={n} (the number of clusters)",
+            key.threshold
+        ));
+    }
+    for (i, c) in key.clusters.iter().enumerate() {
+        custos_pki::check_name(c).map_err(|e| format!("cluster of share {i}: {e}"))?;
+        if key.clusters[..i].contains(c) {
+            return Err(format!("cluster {c:?} holds two shares"));
+        }
+    }
+    if usize::from(key.share_index) >= n {
+        return Err(format!("share index {} outside 0..{n}", key.share_index));
+    }
+    if key.quorum == 0 || usize::from(key.quorum) > MAX_APPROVALS {
+        return Err(format!("quorum {} outside 1..={MAX_APPROVALS}", key.quorum));
+    }
+    Ok(())
+}
+
+/// Checks that `share` is the share `key` describes: joint public key, chain code, threshold,
+/// number of parties and index.
+pub fn check_share(key: &ThresholdKeyInfo, share: &ThresholdShare) -> Result<(), String> {
+    if share.public_key()[..] != key.key_id[..] {
+        return Err(format!(
+            "share is of key {}, not {}",
+            hex::encode(share.public_key()),
+            key_hex(&key.key_id)
+        ));
+    }
+    if share.chain_code() != key.chain_code {
+        return Err("share's chain code differs from the key's".into());
+    }
+    if share.threshold() != key.threshold {
+        return Err(format!(
+            "share has threshold {}, the key {}",
+            share.threshold(),
+            key.threshold
+        ));
+    }
+    if usize::from(share.n()) != key.clusters.len() {
+        return Err(format!(
+            "share is one of {}, the key names {} clusters",
+            share.n(),
+            key.clusters.len()
+        ));
+    }
+    if share.index() != key.share_index {
+        return Err(format!(
+            "share has index {}, expected {}",
+            share.index(),
+            key.share_index
+        ));
+    }
+    Ok(())
+}
+
+/// The public facts of a dealt key as seen by the holder of `share`: joint key, chain code,
+/// threshold and index from the share, `clusters[i]` holding share i, `quorum` admins to use
+/// it. Checked with [`check_key_info`] and [`check_share`].
+pub fn key_info(
+    share: &ThresholdShare,
+    clusters: &[String],
+    quorum: u8,
+    origin: ThresholdOrigin,
+) -> Result<ThresholdKeyInfo, String> {
+    let info = ThresholdKeyInfo {
+        key_id: share.public_key().to_vec(),
+        chain_code: share.chain_code(),
+        threshold: share.threshold(),
+        clusters: clusters.to_vec(),
+        quorum,
+        origin,
+        share_index: share.index(),
+    };
+    check_key_info(&info)?;
+    check_share(&info, share)?;
+    Ok(info)
+}
+
+/// A threshold share held by this node, with its public facts.
+pub struct HeldKey {
+    /// Public facts (`share_index` is this node's).
+    pub info: ThresholdKeyInfo,
+    /// The share T_i with its aux info P.
+    pub share: ThresholdShare,
+}
+
+impl fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldKey")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeldKey {
+    /// Sealed record body (and key-transfer record): tag, version, the key info (postcard)
+    /// and the share (JSON), length-prefixed. Erased on drop.
+    pub fn to_record(&self) -> Zeroizing<Vec<u8>> {
+        let info = postcard::to_allocvec(&self.info).expect("key info always serializes");
+        let share = self.share.to_sealed_bytes();
+        let mut out = Zeroizing::new(Vec::with_capacity(10 + info.len() + share.len()));
+        out.push(THRESHOLD_RECORD_TAG);
+        out.push(RECORD_VERSION);
+        put(&mut out, &info);
+        put(&mut out, &share);
+        out
+    }
+
+    /// Whether a record (sealed or in a transfer) is a threshold share record.
+    pub fn is_record(record: &[u8]) -> bool {
+        record.first() == Some(&THRESHOLD_RECORD_TAG)
+    }
+
+    /// Parses and validates a record and checks it holds the key it is filed under.
+    pub fn from_record(record: &[u8], expected_key: &[u8]) -> Result<Self, String> {
+        if record.len() < 2 || record[0] != THRESHOLD_RECORD_TAG || record[1] != RECORD_VERSION {
+            return Err("not a threshold share record of a known version".into());
+        }
+        let mut input = &record[2..];
+        let (Some(info), Some(share)) = (take(&mut input), take(&mut input)) else {
+            return Err("truncated threshold share record".into());
+        };
+        if !input.is_empty() {
+            return Err("trailing bytes after threshold share record".into());
+        }
+        let info: ThresholdKeyInfo = match postcard::take_from_bytes(info) {
+            Ok((info, [])) => info,
+            _ => return Err("undecodable key info".into()),
+        };
+        check_key_info(&info)?;
+        let share = ThresholdShare::from_bytes(share).map_err(|e| e.to_string())?;
+        check_share(&info, &share)?;
+        if info.key_id != expected_key {
+            return Err("record holds a different key than its name".into());
+        }
+        Ok(HeldKey { info, share })
+    }
+}

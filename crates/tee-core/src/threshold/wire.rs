@@ -1,0 +1,194 @@
+//! What ties the messages of a threshold signing session together.
+//!
+//! * The **execution id** ([`execution_id`]) every participating TEE derives itself from the
+//!   approved request and the signer list: a participant given other parameters computes
+//!   another id, and then neither its signatures nor its proofs verify at the others, so the
+//!   cloud server cannot splice sessions together or swap a signer.
+//! * Every [`ThresholdMessage`] is signed by its sender's D key over [`message_transcript`]
+//!   (domain, execution id, session, sender, recipient, phase, round, HPKE `enc`, payload).
+//! * Point-to-point payloads are HPKE-sealed (same suite as key sync) to the receiving node's
+//!   certified D key with [`p2p_context`] as `info`, so relays see only ciphertext, and a
+//!   ciphertext cannot be moved to another session, round, sender or recipient.
+
+use sha2::{Digest, Sha256};
+
+use super::put;
+use crate::protocol::{SessionRef, ThresholdMessage};
+
+/// Domain tag of execution ids.
+pub const EID_DOMAIN: &[u8] = b"custos/tecdsa/v1";
+/// Domain tag of message transcripts (what a sender's D signs).
+pub const MESSAGE_DOMAIN: &[u8] = b"CUSTOS-TECDSA-MESSAGE-V1\0";
+/// Domain tag of point-to-point HPKE contexts.
+pub const P2P_DOMAIN: &[u8] = b"CUSTOS-TECDSA-P2P-V1\0";
+
+fn put_session(out: &mut Vec<u8>, session: &SessionRef) {
+    put(out, &session.request_id);
+    put(out, &[session.attempt]);
+}
+
+fn put_recipient(out: &mut Vec<u8>, recipient: Option<u16>) {
+    match recipient {
+        None => put(out, &[]),
+        Some(j) => put(out, &j.to_be_bytes()),
+    }
+}
+
+/// `SHA-256("custos/tecdsa/v1" ‖ request id ‖ attempt ‖ key id ‖ signer share indexes in
+/// signing order ‖ each signer's device certificate fingerprint ‖ digest ‖ path)`, every
+/// field length-prefixed. `signers` holds (share index, device certificate fingerprint) in
+/// signing order.
+pub fn execution_id(
+    session: &SessionRef,
+    key_id: &[u8],
+    signers: &[(u16, [u8; 32])],
+    digest: &[u8; 32],
+    path: &[u32],
+) -> [u8; 32] {
+    let mut out = Vec::with_capacity(128 + signers.len() * 40 + path.len() * 4);
+    put(&mut out, EID_DOMAIN);
+    put_session(&mut out, session);
+    put(&mut out, key_id);
+    let indexes: Vec<u8> = signers.iter().flat_map(|(i, _)| i.to_be_bytes()).collect();
+    put(&mut out, &indexes);
+    let fingerprints: Vec<u8> = signers.iter().flat_map(|(_, f)| *f).collect();
+    put(&mut out, &fingerprints);
+    put(&mut out, digest);
+    let p: Vec<u8> = path.iter().flat_map(|i| i.to_be_bytes()).collect();
+    put(&mut out, &p);
+    Sha256::digest(&out).into()
+}
+
+/// The HPKE `info` of a point-to-point payload from position `sender` to `recipient`.
+pub fn p2p_context(
+    eid: &[u8; 32],
+    session: &SessionRef,
+    sender: u16,
+    recipient: u16,
+    phase: &str,
+    round: u16,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(P2P_DOMAIN.len() + 96 + phase.len());
+    out.extend_from_slice(P2P_DOMAIN);
+    put(&mut out, eid);
+    put_session(&mut out, session);
+    put(&mut out, &sender.to_be_bytes());
+    put(&mut out, &recipient.to_be_bytes());
+    put(&mut out, phase.as_bytes());
+    put(&mut out, &round.to_be_bytes());
+    out
+}
+
+/// What the sender's D key signs for a message: every field but the signature, under the
+/// session's execution id.
+pub fn message_transcript(eid: &[u8; 32], m: &ThresholdMessage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        MESSAGE_DOMAIN.len() + 128 + m.phase.len() + m.enc.len() + m.payload.len(),
+    );
+    out.extend_from_slice(MESSAGE_DOMAIN);
+    put(&mut out, eid);
+    put_session(&mut out, &m.session);
+    put(&mut out, &m.sender.to_be_bytes());
+    put_recipient(&mut out, m.recipient);
+    put(&mut out, m.phase.as_bytes());
+    put(&mut out, &m.round.to_be_bytes());
+    put(&mut out, &m.enc);
+    put(&mut out, &m.payload);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> SessionRef {
+        SessionRef {
+            request_id: [5; 16],
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn execution_ids_differ_in_every_field() {
+        let s = session();
+        let signers = [(0u16, [1u8; 32]), (2, [2; 32])];
+        let base = execution_id(&s, &[2; 33], &signers, &[9; 32], &[0, 1]);
+        let mut other_attempt = s;
+        other_attempt.attempt = 1;
+        let mut other_id = s;
+        other_id.request_id[3] ^= 1;
+        for variant in [
+            execution_id(&other_attempt, &[2; 33], &signers, &[9; 32], &[0, 1]),
+            execution_id(&other_id, &[2; 33], &signers, &[9; 32], &[0, 1]),
+            execution_id(&s, &[3; 33], &signers, &[9; 32], &[0, 1]),
+            execution_id(&s, &[2; 33], &[signers[1], signers[0]], &[9; 32], &[0, 1]),
+            execution_id(
+                &s,
+                &[2; 33],
+                &[(0, [1; 32]), (1, [2; 32])],
+                &[9; 32],
+                &[0, 1],
+            ),
+            execution_id(
+                &s,
+                &[2; 33],
+                &[(0, [1; 32]), (2, [3; 32])],
+                &[9; 32],
+                &[0, 1],
+            ),
+            execution_id(&s, &[2; 33], &signers, &[8; 32], &[0, 1]),
+            execution_id(&s, &[2; 33], &signers, &[9; 32], &[0, 2]),
+            execution_id(&s, &[2; 33], &signers, &[9; 32], &[0, 1, 0]),
+        ] {
+            assert_ne!(variant, base);
+        }
+    }
+
+    #[test]
+    fn transcripts_and_contexts_bind_every_field() {
+        let m = ThresholdMessage {
+            session: session(),
+            sender: 0,
+            recipient: Some(1),
+            phase: "getAB".into(),
+            round: 1,
+            enc: vec![4; 65],
+            payload: vec![7; 40],
+            signature: vec![],
+        };
+        let eid = [3u8; 32];
+        let base = message_transcript(&eid, &m);
+        let mut variants = vec![message_transcript(&[4; 32], &m)];
+        let edits: &[fn(&mut ThresholdMessage)] = &[
+            |m| m.session.attempt = 1,
+            |m| m.sender = 1,
+            |m| m.recipient = None,
+            |m| m.recipient = Some(0),
+            |m| m.phase = "getR".into(),
+            |m| m.round = 2,
+            |m| m.enc.clear(),
+            |m| m.payload[39] ^= 1,
+        ];
+        for edit in edits {
+            let mut v = m.clone();
+            edit(&mut v);
+            variants.push(message_transcript(&eid, &v));
+        }
+        // The signature itself is not part of what is signed.
+        let mut signed = m.clone();
+        signed.signature = vec![1, 2, 3];
+        assert_eq!(message_transcript(&eid, &signed), base);
+        for v in variants {
+            assert_ne!(v, base);
+        }
+        let ctx = p2p_context(&eid, &m.session, 0, 1, "getAB", 1);
+        for v in [
+            p2p_context(&[0; 32], &m.session, 0, 1, "getAB", 1),
+            p2p_context(&eid, &session(), 1, 0, "getAB", 1),
+            p2p_context(&eid, &m.session, 0, 1, "getAB_and_R", 1),
+            p2p_context(&eid, &m.session, 0, 1, "getAB", 2),
+        ] {
+            assert_ne!(v, ctx);
+        }
+    }
+}

@@ -1,0 +1,888 @@
+//! Threshold keys in the TEE core: dealer bundles sealed to one node and imported under admin
+//! approval, cluster sync of a share, and signing sessions relayed between TEE cores as the
+//! cloud server would, with the refusals of tampered, misaddressed and replayed traffic.
+//!
+//! Three clusters (dc1, dc2, dc3) hold the shares of a dealt 2-of-3 HD key; dc1 has a second
+//! node, dc4 holds no share. The cores run in-process over an in-memory platform and are
+//! provisioned by a real PKI. The key is dealt from the TEST-ONLY fixture primes
+//! (`custos-threshold` feature `test-fixtures`, dev-dependency only).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint, Xpub};
+use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
+use custos_pki::{
+    der_to_pem, pem_to_der, AdminSigner, DealerSigner, DeviceIdentity, PkiDir, TrustRoot,
+};
+use custos_tee_core::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
+use custos_tee_core::protocol::{
+    encode_request, CertChain, EcdsaSignature, Outcome, Request, RequestMeta, Response, SessionRef,
+    SignedResponse, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin,
+    ThresholdSignParams, ThresholdSigner,
+};
+use custos_tee_core::threshold::bundle::{bundle_context, bundle_transcript, seal_bundle};
+use custos_tee_core::threshold::key_info;
+use custos_tee_core::TeeCore;
+use custos_threshold::{deal, fixtures, ThresholdShare};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+const QUORUM: u8 = 2;
+const PATH: [u32; 3] = [0, 1, 7];
+
+/// Sealed storage in memory: pending writes become durable on `commit` only.
+#[derive(Default)]
+struct MemPlatform {
+    committed: BTreeMap<String, Vec<u8>>,
+    staged: BTreeMap<String, Vec<u8>>,
+    counter: u64,
+}
+
+impl MemPlatform {
+    /// What survives a crash: the committed records only.
+    fn after_restart(&self) -> Self {
+        MemPlatform {
+            committed: self.committed.clone(),
+            staged: self.committed.clone(),
+            counter: self.counter,
+        }
+    }
+}
+
+impl Platform for MemPlatform {
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
+        rand::rngs::OsRng.fill_bytes(buf);
+        Ok(())
+    }
+    fn now_unix(&self) -> u64 {
+        now()
+    }
+    fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {
+        self.staged.insert(id.as_str().into(), plaintext.to_vec());
+        Ok(())
+    }
+    fn commit(&mut self) -> Result<(), PlatformError> {
+        self.committed = self.staged.clone();
+        Ok(())
+    }
+    fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
+        Ok(self.staged.get(id.as_str()).cloned().map(Zeroizing::new))
+    }
+    fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
+        self.staged
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .map(|k| RecordId::new(k.clone()))
+            .collect()
+    }
+    fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
+        self.staged.remove(id.as_str());
+        Ok(())
+    }
+    fn attest(&mut self, _: &[u8]) -> Result<Attestation, PlatformError> {
+        Err(PlatformError::Unsupported("attestation"))
+    }
+    fn counter_increment(&mut self) -> Result<u64, PlatformError> {
+        self.counter += 1;
+        Ok(self.counter)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The dealt 2-of-3 HD key, dealt once per test binary (fixture primes: ~0.1 s).
+fn shares() -> &'static [ThresholdShare] {
+    static SHARES: OnceLock<Vec<ThresholdShare>> = OnceLock::new();
+    SHARES.get_or_init(|| {
+        let primes = fixtures::test_primes();
+        deal(2, 3, true, Some(primes[..3].to_vec()), &mut |_| {}).expect("deal")
+    })
+}
+
+/// One provisioned TEE core with its certificate chain.
+struct Node {
+    core: TeeCore<MemPlatform>,
+    chain: CertChain,
+    identity: DeviceIdentity,
+}
+
+impl Node {
+    fn call(&mut self, req: &Request) -> Outcome {
+        call(&mut self.core, req)
+    }
+}
+
+/// One request through the byte interface (as the host serves it), outcome decoded.
+fn call(core: &mut TeeCore<MemPlatform>, req: &Request) -> Outcome {
+    let signed: SignedResponse =
+        postcard::from_bytes(&core.handle_bytes(&encode_request(req))).unwrap();
+    postcard::from_bytes(&signed.body).unwrap()
+}
+
+/// A PKI in a temporary directory (removed on drop): clusters dc1..dc4, two admins and the
+/// dealer.
+struct Pki {
+    dir: PathBuf,
+    pki: PkiDir,
+    admins: Vec<AdminSigner>,
+    dealer: DealerSigner,
+    root: TrustRoot,
+}
+
+impl Pki {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "custos-tee-core-threshold-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pki = PkiDir::new(dir.join("pki"));
+        pki.init().unwrap();
+        for c in CLUSTERS.iter().chain(&["dc4"]) {
+            pki.create_cluster_ca(c).unwrap();
+        }
+        let admins = ["alice", "bob"]
+            .iter()
+            .map(|a| {
+                pki.create_admin(a).unwrap();
+                AdminSigner::load(&pki, a).unwrap()
+            })
+            .collect();
+        pki.create_dealer("dealer").unwrap();
+        let dealer = DealerSigner::load(&pki, "dealer").unwrap();
+        let root =
+            TrustRoot::from_der(&pem_to_der(&pki.root_pem().unwrap(), "root").unwrap()).unwrap();
+        Pki {
+            dir,
+            pki,
+            admins,
+            dealer,
+            root,
+        }
+    }
+
+    /// A core of `cluster` with Root pinned, D generated and its certificate installed.
+    fn node(&self, cluster: &str, name: &str) -> Node {
+        let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
+        let root_cert = pem_to_der(&self.pki.root_pem().unwrap(), "root").unwrap();
+        call(&mut core, &Request::PinRoot { root_cert }).unwrap();
+        let Response::DeviceCsr { csr, .. } = call(
+            &mut core,
+            &Request::GenerateDeviceKey {
+                cluster: cluster.into(),
+                node: name.into(),
+            },
+        )
+        .unwrap() else {
+            panic!("expected a CSR");
+        };
+        let cert = self
+            .pki
+            .sign_device_csr(cluster, &der_to_pem(&csr, "CERTIFICATE REQUEST"))
+            .unwrap();
+        let chain = CertChain {
+            device: pem_to_der(&cert, "device").unwrap(),
+            cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
+            device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
+        };
+        call(
+            &mut core,
+            &Request::InstallDeviceCert {
+                device: chain.device.clone(),
+                cluster_ca: chain.cluster_ca.clone(),
+                device_ca: chain.device_ca.clone(),
+            },
+        )
+        .unwrap();
+        // What the dealer program does before sealing: verify the node's chain itself.
+        let identity = self
+            .root
+            .verify_device(&chain.clone().into(), Some(cluster), now())
+            .unwrap();
+        Node {
+            core,
+            chain,
+            identity,
+        }
+    }
+
+    /// Approvals by the first `n` admins of `action` in `scope`.
+    fn approvals(
+        &self,
+        n: usize,
+        action: &Action<'_>,
+        scope: &str,
+        meta: &RequestMeta,
+    ) -> Vec<Approval> {
+        let message = action.message(scope, meta);
+        self.admins[..n]
+            .iter()
+            .map(|s| Approval {
+                admin_cert: s.cert_der.clone(),
+                admin_ca: s.admin_ca_der.clone(),
+                signature: s.sign(&message),
+            })
+            .collect()
+    }
+
+    /// The dealer's bundle of share `i` for `node`.
+    fn bundle(&self, i: usize, node: &Node) -> ThresholdBundle {
+        let clusters: Vec<String> = CLUSTERS.iter().map(|c| c.to_string()).collect();
+        let info = key_info(&shares()[i], &clusters, QUORUM, ThresholdOrigin::Dealer).unwrap();
+        seal_bundle(&shares()[i], info, &node.identity, &self.dealer).unwrap()
+    }
+
+    /// The import request of `bundle` with `approvers` approvals of exactly its terms.
+    fn import(&self, bundle: &ThresholdBundle, approvers: usize) -> Request {
+        let meta = meta();
+        let cluster = &bundle.key.clusters[usize::from(bundle.key.share_index)];
+        let action = Action::ImportThresholdKey {
+            quorum: bundle.key.quorum,
+            key_id: &bundle.key.key_id,
+            share_index: bundle.key.share_index,
+        };
+        Request::ImportThresholdBundle {
+            approvals: self.approvals(approvers, &action, cluster, &meta),
+            meta,
+            bundle: bundle.clone(),
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn meta() -> RequestMeta {
+    let mut request_id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut request_id);
+    RequestMeta {
+        request_id,
+        expires_at: now() + 600,
+    }
+}
+
+fn key_id() -> Vec<u8> {
+    shares()[0].public_key().to_vec()
+}
+
+fn rejected(o: Outcome) -> String {
+    match o {
+        Err(TeeError::ThresholdRejected(m)) => m,
+        other => panic!("expected ThresholdRejected, got {other:?}"),
+    }
+}
+
+/// Imports share i of the key into `node` with a quorum of approvals.
+fn import_share(pki: &Pki, i: usize, node: &mut Node) -> ThresholdKeyInfo {
+    let req = pki.import(&pki.bundle(i, node), 2);
+    match node.call(&req).unwrap() {
+        Response::ThresholdKey(info) => info,
+        r => panic!("unexpected {r:?}"),
+    }
+}
+
+/// An approved signing request: `meta`, params with `signers` (share index, node chain) in
+/// order, and a quorum of approvals in the threshold scope.
+struct SignRequest {
+    meta: RequestMeta,
+    params: ThresholdSignParams,
+    approvals: Vec<Approval>,
+}
+
+impl SignRequest {
+    fn new(pki: &Pki, signers: &[(u16, &Node)], digest: [u8; 32], approvers: usize) -> Self {
+        let meta = meta();
+        let params = ThresholdSignParams {
+            key_id: key_id(),
+            path: PATH.to_vec(),
+            digest,
+            signers: signers
+                .iter()
+                .map(|(i, n)| ThresholdSigner {
+                    share_index: *i,
+                    chain: n.chain.clone(),
+                })
+                .collect(),
+        };
+        let action = Action::ThresholdSign {
+            key_id: &params.key_id,
+            path: &params.path,
+            digest: &params.digest,
+        };
+        let approvals = pki.approvals(approvers, &action, THRESHOLD_SCOPE, &meta);
+        SignRequest {
+            meta,
+            params,
+            approvals,
+        }
+    }
+
+    fn start(&self, attempt: u8) -> Request {
+        Request::ThresholdStart {
+            meta: self.meta.clone(),
+            attempt,
+            params: self.params.clone(),
+            approvals: self.approvals.clone(),
+        }
+    }
+
+    fn session(&self, attempt: u8) -> SessionRef {
+        SessionRef {
+            request_id: self.meta.request_id,
+            attempt,
+        }
+    }
+}
+
+/// Starts a session at a node; returns its first messages.
+fn start(node: &mut Node, req: &Request) -> Vec<ThresholdMessage> {
+    match node.call(req) {
+        Ok(Response::ThresholdRound {
+            phase,
+            outgoing,
+            signature: None,
+            ..
+        }) => {
+            assert_eq!(phase, "getAB");
+            outgoing
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn feed(node: &mut Node, session: SessionRef, messages: Vec<ThresholdMessage>) -> Outcome {
+    node.call(&Request::ThresholdFeed { session, messages })
+}
+
+/// Relays the messages of one session between its participants (`nodes[p]` at position p,
+/// `first[p]` its start messages) until every one outputs a signature, as the cloud server
+/// does: broadcasts to every other participant, p2p to its recipient, each node's pending
+/// messages in one feed. With `duplicate`, every batch is delivered twice over.
+fn relay(
+    nodes: &mut [&mut Node],
+    session: SessionRef,
+    first: Vec<Vec<ThresholdMessage>>,
+    duplicate: bool,
+) -> (Vec<EcdsaSignature>, BTreeSet<String>) {
+    let t = nodes.len();
+    let mut inbox: Vec<Vec<ThresholdMessage>> = vec![Vec::new(); t];
+    let mut phases = BTreeSet::new();
+    let mut route = |inbox: &mut Vec<Vec<ThresholdMessage>>, msgs: Vec<ThresholdMessage>| {
+        for m in msgs {
+            assert_eq!(m.session, session);
+            phases.insert(m.phase.clone());
+            match m.recipient {
+                None => {
+                    for (p, b) in inbox.iter_mut().enumerate() {
+                        if p != usize::from(m.sender) {
+                            b.push(m.clone());
+                        }
+                    }
+                }
+                Some(j) => inbox[usize::from(j)].push(m),
+            }
+        }
+    };
+    for out in first {
+        route(&mut inbox, out);
+    }
+    let mut sigs: Vec<Option<EcdsaSignature>> = vec![None; t];
+    loop {
+        let mut progressed = false;
+        for p in 0..t {
+            if inbox[p].is_empty() {
+                continue;
+            }
+            progressed = true;
+            let mut batch = std::mem::take(&mut inbox[p]);
+            if duplicate {
+                batch.extend(batch.clone());
+            }
+            match feed(nodes[p], session, batch) {
+                Ok(Response::ThresholdRound {
+                    outgoing,
+                    signature,
+                    ..
+                }) => {
+                    route(&mut inbox, outgoing);
+                    if let Some(s) = signature {
+                        assert!(sigs[p].is_none(), "two signatures from position {p}");
+                        sigs[p] = Some(s);
+                    }
+                }
+                other => panic!("position {p}: unexpected {other:?}"),
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    let sigs: Vec<EcdsaSignature> = sigs
+        .into_iter()
+        .enumerate()
+        .map(|(p, s)| s.unwrap_or_else(|| panic!("position {p} produced no signature")))
+        .collect();
+    (sigs, phases)
+}
+
+/// The child key at PATH, derived with the `bitcoin` crate from the joint xpub alone.
+fn child_key() -> PublicKey {
+    let root = PublicKey::from_slice(&key_id()).unwrap();
+    let xpub = Xpub {
+        network: bitcoin::NetworkKind::Main,
+        depth: 0,
+        parent_fingerprint: Fingerprint::default(),
+        child_number: ChildNumber::Normal { index: 0 },
+        public_key: root,
+        chain_code: ChainCode::from(shares()[0].chain_code().unwrap()),
+    };
+    let path: Vec<ChildNumber> = PATH.iter().map(|&i| ChildNumber::from(i)).collect();
+    xpub.derive_pub(&Secp256k1::new(), &path)
+        .unwrap()
+        .public_key
+}
+
+/// libsecp256k1 verification against the independently derived child: valid, low-s, and `v`
+/// recovers the key.
+fn verify_independently(sig: &EcdsaSignature, digest: &[u8; 32]) {
+    let secp = Secp256k1::new();
+    let child = child_key();
+    assert_eq!(sig.public_key, child.serialize().to_vec());
+    let mut rs = [0u8; 64];
+    rs[..32].copy_from_slice(&sig.r);
+    rs[32..].copy_from_slice(&sig.s);
+    let msg = Message::from_digest(*digest);
+    let plain = ecdsa::Signature::from_compact(&rs).unwrap();
+    let mut low = plain;
+    low.normalize_s();
+    assert_eq!(low, plain, "high-s signature");
+    secp.verify_ecdsa(&msg, &plain, &child).unwrap();
+    let rec = ecdsa::RecoverableSignature::from_compact(
+        &rs,
+        ecdsa::RecoveryId::from_i32(i32::from(sig.v)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(secp.recover_ecdsa(&msg, &rec).unwrap(), child);
+}
+
+fn digest(label: &str) -> [u8; 32] {
+    Sha256::digest(format!("custos threshold test {label}")).into()
+}
+
+#[test]
+fn bundles_import_only_where_sealed_signed_by_the_dealer_and_approved() {
+    let t0 = Instant::now();
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "node-a");
+    let mut b = pki.node("dc1", "node-b");
+    let mut c = pki.node("dc2", "node-c");
+
+    let good = pki.bundle(0, &a);
+
+    // A bad dealer signature.
+    let mut bad_sig = good.clone();
+    let last = bad_sig.signature.len() - 1;
+    bad_sig.signature[last] ^= 1;
+    let m = rejected(a.call(&pki.import(&bad_sig, 2)));
+    assert!(m.contains("dealer signature"), "{m}");
+
+    // An admin certificate in the dealer's place, signing the very same transcript.
+    let admin = &pki.admins[0];
+    let mut by_admin = good.clone();
+    by_admin.dealer_cert = admin.cert_der.clone();
+    by_admin.dealer_ca = admin.admin_ca_der.clone();
+    let ctx = bundle_context("dc1", &a.identity.fingerprint, &good.key);
+    by_admin.signature = admin.sign(&bundle_transcript(&ctx, &good.enc, &good.ciphertext));
+    let m = rejected(a.call(&pki.import(&by_admin, 2)));
+    assert!(m.contains("dealer certificate"), "{m}");
+
+    // Sealed to another node of the same cluster: refused by address, and re-addressed it
+    // no longer carries the dealer's signature.
+    let for_b = pki.bundle(0, &b);
+    let m = rejected(a.call(&pki.import(&for_b, 2)));
+    assert!(m.contains("another node"), "{m}");
+    let mut readdressed = for_b.clone();
+    readdressed.recipient_fingerprint = a.identity.fingerprint;
+    let m = rejected(a.call(&pki.import(&readdressed, 2)));
+    assert!(m.contains("dealer signature"), "{m}");
+
+    // A share of another cluster.
+    let m = rejected(c.call(&pki.import(&good, 2)));
+    assert!(m.contains("belongs to cluster \"dc1\""), "{m}");
+
+    // Altered public facts (the quorum) break the dealer's signature.
+    let mut lower_quorum = good.clone();
+    lower_quorum.key.quorum = 1;
+    let m = rejected(a.call(&pki.import(&lower_quorum, 1)));
+    assert!(m.contains("dealer signature"), "{m}");
+
+    // Without a quorum of admins, or with approvals of another share index.
+    let e = a.call(&pki.import(&good, 1)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TeeError::QuorumNotMet {
+                required: 2,
+                approved: 1
+            }
+        ),
+        "{e:?}"
+    );
+    let Request::ImportThresholdBundle {
+        meta, approvals: _, ..
+    } = pki.import(&good, 2)
+    else {
+        unreachable!()
+    };
+    let wrong = Action::ImportThresholdKey {
+        quorum: QUORUM,
+        key_id: &good.key.key_id,
+        share_index: 1,
+    };
+    let e = a
+        .call(&Request::ImportThresholdBundle {
+            approvals: pki.approvals(2, &wrong, "dc1", &meta),
+            meta,
+            bundle: good.clone(),
+        })
+        .unwrap_err();
+    assert!(matches!(e, TeeError::ApprovalRejected { .. }), "{e:?}");
+
+    // Nothing was stored by any refusal.
+    assert_eq!(
+        a.call(&Request::ListThresholdKeys).unwrap(),
+        Response::ThresholdKeys(vec![])
+    );
+
+    // The genuine bundle imports once; the same request again is a replay, a new one finds
+    // the key held.
+    let req = pki.import(&good, 2);
+    let Response::ThresholdKey(info) = a.call(&req).unwrap() else {
+        panic!("expected a threshold key");
+    };
+    assert_eq!(info.key_id, key_id());
+    assert_eq!(info.share_index, 0);
+    assert_eq!(info.chain_code, shares()[0].chain_code());
+    assert_eq!((info.threshold, info.quorum), (2, QUORUM));
+    assert_eq!(
+        a.call(&Request::ListThresholdKeys).unwrap(),
+        Response::ThresholdKeys(vec![info.clone()])
+    );
+    let e = a.call(&req).unwrap_err();
+    assert!(matches!(e, TeeError::KeyExists(_)), "{e:?}");
+    let e = a.call(&pki.import(&good, 2)).unwrap_err();
+    assert!(matches!(e, TeeError::KeyExists(_)), "{e:?}");
+
+    // The share survives a restart (sealed, committed) ...
+    let mut reopened = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    assert_eq!(
+        call(&mut reopened, &Request::ListThresholdKeys).unwrap(),
+        Response::ThresholdKeys(vec![info.clone()])
+    );
+    drop(reopened);
+
+    // ... and travels to the other node of its cluster through key sync, not elsewhere.
+    let Response::KeyTransfer(transfer) = a
+        .call(&Request::ExportKeys {
+            requester: b.chain.clone(),
+            key_ids: vec![key_id()],
+        })
+        .unwrap()
+    else {
+        panic!("expected a transfer");
+    };
+    assert!(
+        transfer.ciphertext.len() > 10_000,
+        "share and aux info travel"
+    );
+    let e = a
+        .call(&Request::ExportKeys {
+            requester: c.chain.clone(),
+            key_ids: vec![key_id()],
+        })
+        .unwrap_err();
+    assert!(matches!(e, TeeError::RequesterRejected(_)), "{e:?}");
+    assert_eq!(
+        b.call(&Request::ImportKeys {
+            transfer: transfer.clone()
+        })
+        .unwrap(),
+        Response::KeysImported {
+            imported: vec![key_id()],
+            already_held: 0
+        }
+    );
+    assert_eq!(
+        b.call(&Request::ListThresholdKeys).unwrap(),
+        Response::ThresholdKeys(vec![info])
+    );
+    assert_eq!(
+        b.call(&Request::ImportKeys { transfer }).unwrap(),
+        Response::KeysImported {
+            imported: vec![],
+            already_held: 1
+        }
+    );
+    eprintln!(
+        "bundle import and refusals: {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn two_signer_pairs_sign_and_the_signatures_verify_independently() {
+    let t0 = Instant::now();
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "node-a");
+    let mut b = pki.node("dc1", "node-b");
+    let mut n1 = pki.node("dc2", "node-1");
+    let mut n2 = pki.node("dc3", "node-2");
+    import_share(&pki, 0, &mut a);
+    import_share(&pki, 1, &mut n1);
+    import_share(&pki, 2, &mut n2);
+    // dc1's second node gets share 0 by sync only, and signs with it.
+    let Response::KeyTransfer(transfer) = a
+        .call(&Request::ExportKeys {
+            requester: b.chain.clone(),
+            key_ids: vec![key_id()],
+        })
+        .unwrap()
+    else {
+        panic!("expected a transfer");
+    };
+    b.call(&Request::ImportKeys { transfer }).unwrap();
+    eprintln!("setup: {:.2} s", t0.elapsed().as_secs_f64());
+
+    let all_phases: BTreeSet<String> = ["getAB", "getAB_and_R", "getR", "getSig"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+
+    // Shares {0, 1}: the synced node of dc1 and dc2, every batch delivered twice.
+    let t = Instant::now();
+    let d = digest("pair 0 1");
+    let req = SignRequest::new(&pki, &[(0, &b), (1, &n1)], d, 2);
+    let first = vec![start(&mut b, &req.start(0)), start(&mut n1, &req.start(0))];
+    let (sigs, phases) = relay(&mut [&mut b, &mut n1], req.session(0), first, true);
+    assert_eq!(sigs[0], sigs[1]);
+    verify_independently(&sigs[0], &d);
+    assert_eq!(phases, all_phases);
+    eprintln!("signers {{0, 1}}: {:.2} s", t.elapsed().as_secs_f64());
+
+    // The finished session is gone, and its start cannot run again.
+    let e = feed(&mut b, req.session(0), vec![]).unwrap_err();
+    assert!(matches!(e, TeeError::UnknownSession(_)), "{e:?}");
+    let e = b.call(&req.start(0)).unwrap_err();
+    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+
+    // Shares {1, 2} in the order (2, 1): dc3 and dc2.
+    let t = Instant::now();
+    let d = digest("pair 2 1");
+    let req = SignRequest::new(&pki, &[(2, &n2), (1, &n1)], d, 2);
+    let first = vec![start(&mut n2, &req.start(3)), start(&mut n1, &req.start(3))];
+    let (sigs, _) = relay(&mut [&mut n2, &mut n1], req.session(3), first, false);
+    assert_eq!(sigs[0], sigs[1]);
+    verify_independently(&sigs[0], &d);
+    eprintln!("signers {{2, 1}}: {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!("total: {:.2} s", t0.elapsed().as_secs_f64());
+}
+
+/// The first message of `msgs` that is a broadcast (`p2p` false) or a p2p message.
+fn pick(msgs: &[ThresholdMessage], p2p: bool) -> ThresholdMessage {
+    msgs.iter()
+        .find(|m| m.recipient.is_some() == p2p)
+        .cloned()
+        .expect("a message of that kind")
+}
+
+fn aborted(o: Outcome) -> (Vec<String>, String, String) {
+    match o {
+        Err(TeeError::ThresholdAborted {
+            blamed,
+            phase,
+            detail,
+            ..
+        }) => (blamed, phase, detail),
+        other => panic!("expected ThresholdAborted, got {other:?}"),
+    }
+}
+
+#[test]
+fn sessions_refuse_unapproved_replayed_foreign_and_tampered_traffic() {
+    let t0 = Instant::now();
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "node-a");
+    let mut b = pki.node("dc1", "node-b");
+    let mut n1 = pki.node("dc2", "node-1");
+    let x = pki.node("dc4", "node-x");
+    import_share(&pki, 0, &mut a);
+    import_share(&pki, 1, &mut n1);
+    let Response::KeyTransfer(transfer) = a
+        .call(&Request::ExportKeys {
+            requester: b.chain.clone(),
+            key_ids: vec![key_id()],
+        })
+        .unwrap()
+    else {
+        panic!("expected a transfer");
+    };
+    b.call(&Request::ImportKeys { transfer }).unwrap();
+    let d = digest("refusals");
+
+    // Parameters and approvals are checked before anything starts.
+    let unapproved = SignRequest::new(&pki, &[(0, &a), (1, &n1)], d, 1);
+    let e = a.call(&unapproved.start(0)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TeeError::QuorumNotMet {
+                required: 2,
+                approved: 1
+            }
+        ),
+        "{e:?}"
+    );
+    let mut req = SignRequest::new(&pki, &[(0, &a), (1, &n1)], d, 2);
+    // Approvals made for one cluster do not authorize a threshold signing.
+    let action = Action::ThresholdSign {
+        key_id: &req.params.key_id,
+        path: &req.params.path,
+        digest: &req.params.digest,
+    };
+    let scoped = pki.approvals(2, &action, "dc1", &req.meta);
+    let e = a
+        .call(&Request::ThresholdStart {
+            meta: req.meta.clone(),
+            attempt: 0,
+            params: req.params.clone(),
+            approvals: scoped,
+        })
+        .unwrap_err();
+    assert!(matches!(e, TeeError::ApprovalRejected { .. }), "{e:?}");
+    let wrong_node = SignRequest::new(&pki, &[(0, &b), (1, &n1)], d, 2);
+    let m = rejected(a.call(&wrong_node.start(0)));
+    assert!(m.contains("another node"), "{m}");
+    let outsider = SignRequest::new(&pki, &[(0, &a), (1, &x)], d, 2);
+    let m = rejected(a.call(&outsider.start(0)));
+    assert!(m.contains("dc4"), "{m}");
+    let alone = SignRequest::new(&pki, &[(0, &a)], d, 2);
+    let m = rejected(a.call(&alone.start(0)));
+    assert!(m.contains("exactly 2"), "{m}");
+    let e = a.call(&req.start(8)).unwrap_err();
+    assert!(matches!(e, TeeError::InvalidRequest(_)), "{e:?}");
+    let mut hardened = SignRequest::new(&pki, &[(0, &a), (1, &n1)], d, 2);
+    hardened.params.path = vec![0x8000_0000];
+    let e = a.call(&hardened.start(0)).unwrap_err();
+    assert!(matches!(e, TeeError::InvalidPath(_)), "{e:?}");
+
+    // Attempt 0 and 1 of one approved request, at both signers.
+    let a0 = start(&mut a, &req.start(0));
+    let n0 = start(&mut n1, &req.start(0));
+    let a1 = start(&mut a, &req.start(1));
+    start(&mut n1, &req.start(1));
+    assert!(!a0.is_empty() && !n0.is_empty());
+
+    // A replayed start is refused, also after a restart of the TEE.
+    let e = a.call(&req.start(0)).unwrap_err();
+    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+    let mut reopened = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    let e = call(&mut reopened, &req.start(1)).unwrap_err();
+    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+    drop(reopened);
+
+    // A message of another session is refused without harming this one, which then accepts
+    // its own messages.
+    let m = rejected(feed(&mut n1, req.session(0), vec![pick(&a1, false)]));
+    assert!(m.contains("belongs to session"), "{m}");
+    let mut misaddressed = pick(&a0, true);
+    misaddressed.recipient = Some(0);
+    let m = rejected(feed(&mut n1, req.session(0), vec![misaddressed]));
+    assert!(m.contains("addressed to position"), "{m}");
+    match feed(&mut n1, req.session(0), a0.clone()).unwrap() {
+        Response::ThresholdRound {
+            signature: None, ..
+        } => {}
+        r => panic!("unexpected {r:?}"),
+    }
+    // The other session's message relabelled as this session's does not carry a signature
+    // valid for it: the session aborts naming the claimed sender's cluster.
+    let mut relabelled = pick(&a1, false);
+    relabelled.session = req.session(0);
+    let (blamed, phase, detail) = aborted(feed(&mut n1, req.session(0), vec![relabelled]));
+    assert_eq!(blamed, vec!["dc1".to_string()]);
+    assert_eq!(phase, "getAB");
+    assert!(detail.contains("signature"), "{detail}");
+    let e = feed(&mut n1, req.session(0), a0.clone()).unwrap_err();
+    assert!(matches!(e, TeeError::UnknownSession(_)), "{e:?}");
+
+    // Attempt 1: a flipped payload byte of a sealed p2p message.
+    let mut flipped = pick(&a1, true);
+    let mid = flipped.payload.len() / 2;
+    flipped.payload[mid] ^= 1;
+    let (blamed, _, _) = aborted(feed(&mut n1, req.session(1), vec![flipped]));
+    assert_eq!(blamed, vec!["dc1".to_string()]);
+
+    // Attempt 2: a broadcast with a flipped byte.
+    let a2 = start(&mut a, &req.start(2));
+    start(&mut n1, &req.start(2));
+    let mut flipped = pick(&a2, false);
+    flipped.payload[10] ^= 1;
+    let (blamed, _, _) = aborted(feed(&mut n1, req.session(2), vec![flipped]));
+    assert_eq!(blamed, vec!["dc1".to_string()]);
+
+    // Attempt 3: messages signed by a node that is not a participant (dc1's other node,
+    // which holds the same share, run by a cloud server that swapped nodes behind the
+    // signers' backs) do not pass as position 0's.
+    start(&mut a, &req.start(3));
+    start(&mut n1, &req.start(3));
+    let mut swapped = SignRequest::new(&pki, &[(0, &b), (1, &n1)], d, 2);
+    swapped.meta = req.meta.clone();
+    swapped.approvals = req.approvals.clone();
+    let from_b = start(&mut b, &swapped.start(3));
+    let (blamed, _, detail) = aborted(feed(&mut n1, req.session(3), vec![pick(&from_b, false)]));
+    assert_eq!(blamed, vec!["dc1".to_string()]);
+    assert!(detail.contains("signature"), "{detail}");
+
+    // An aborted session is gone; ThresholdAbort answers for any session.
+    let e = feed(&mut n1, req.session(3), vec![]).unwrap_err();
+    assert!(matches!(e, TeeError::UnknownSession(_)), "{e:?}");
+    assert_eq!(
+        a.call(&Request::ThresholdAbort {
+            session: req.session(3),
+            reason: "peer aborted".into()
+        })
+        .unwrap(),
+        Response::ThresholdAborted(req.session(3))
+    );
+    let e = feed(&mut a, req.session(3), vec![]).unwrap_err();
+    assert!(matches!(e, TeeError::UnknownSession(_)), "{e:?}");
+    req.meta.request_id[0] ^= 1;
+    let e = feed(&mut a, req.session(0), vec![]).unwrap_err();
+    assert!(matches!(e, TeeError::UnknownSession(_)), "{e:?}");
+    eprintln!("session refusals: {:.2} s", t0.elapsed().as_secs_f64());
+}
+
+/// The host moves the core into its serving thread: the session worker must not make it
+/// `!Send`.
+#[test]
+fn the_core_stays_send() {
+    fn must_be_send<T: Send>() {}
+    must_be_send::<TeeCore<MemPlatform>>();
+}
