@@ -17,6 +17,11 @@ pub enum RequestKind {
     ImportWallet,
     /// Sign a 32-byte digest with a wallet's child key.
     Sign,
+    /// Import one cluster's share of a dealt threshold key (a dealer bundle sealed to one
+    /// node).
+    ImportThresholdKey,
+    /// Sign a 32-byte digest with the child key of a threshold key, by t of its clusters.
+    ThresholdSign,
 }
 
 impl RequestKind {
@@ -26,14 +31,28 @@ impl RequestKind {
             RequestKind::CreateWallet => "create_wallet",
             RequestKind::ImportWallet => "import_wallet",
             RequestKind::Sign => "sign",
+            RequestKind::ImportThresholdKey => "import_threshold_key",
+            RequestKind::ThresholdSign => "threshold_sign",
         }
+    }
+
+    /// Every kind.
+    pub const ALL: [RequestKind; 5] = [
+        Self::CreateWallet,
+        Self::ImportWallet,
+        Self::Sign,
+        Self::ImportThresholdKey,
+        Self::ThresholdSign,
+    ];
+
+    /// Whether the request concerns a threshold key.
+    pub fn is_threshold(self) -> bool {
+        matches!(self, Self::ImportThresholdKey | Self::ThresholdSign)
     }
 
     /// Parses [`RequestKind::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::CreateWallet, Self::ImportWallet, Self::Sign]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -215,6 +234,119 @@ pub struct SignRequestBody {
     pub approvals: Vec<ApprovalBody>,
 }
 
+/// `POST /v1/threshold/keys/import`: one cluster's share of a dealt threshold key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportThresholdKeyBody {
+    /// Hex of the dealer bundle (postcard encoding of the TEE protocol's
+    /// `ThresholdBundle`, at most 256 KiB), as the dealer program wrote it. It is sealed to
+    /// one node's device key; the cloud server finds that node by the bundle's recipient
+    /// fingerprint and only relays it.
+    pub bundle_hex: String,
+    /// See [`CreateWalletBody::request_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// See [`CreateWalletBody::expires_at`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// See [`CreateWalletBody::approvals`]. Admins sign the import of share `share_index`
+    /// of the key (approval message made with the share's cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalBody>,
+}
+
+/// `POST /v1/threshold/sign`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdSignBody {
+    /// Threshold key (hex of the 33-byte joint public key).
+    pub key_id: String,
+    /// Non-hardened BIP-32 path below the joint key, e.g. `m/0/1` (`m` for the key
+    /// itself; keys without chain code only sign with `m`).
+    pub path: String,
+    /// The 32-byte digest to sign, hex.
+    pub digest: String,
+    /// Clusters to sign with, in order of preference: at least t of the key's clusters;
+    /// the first t reachable ones take part. Default: the clusters holding an imported
+    /// share, healthy ones first. Recorded as the request's `target_node`, comma-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<String>>,
+    /// See [`CreateWalletBody::request_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// See [`CreateWalletBody::expires_at`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// See [`CreateWalletBody::approvals`]; the approval message is made with the cluster
+    /// `*threshold*` (the action spans clusters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalBody>,
+}
+
+/// Where one share of a threshold key was imported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdShareView {
+    /// Share index.
+    pub share_index: u16,
+    /// Cluster holding it.
+    pub cluster: String,
+    /// Node whose TEE imported it (the cluster's other nodes sync it).
+    pub node: String,
+    /// Unix milliseconds.
+    pub imported_at_ms: u64,
+    /// The import request.
+    pub request_id: String,
+}
+
+/// A threshold key known to the cloud server (recorded by its first share import).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdKeyView {
+    /// Hex of the 33-byte compressed joint public key.
+    pub key_id: String,
+    /// Extended public key of the joint key (depth 0) when HD derivation is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xpub: Option<String>,
+    /// Signers needed (t).
+    pub threshold: u16,
+    /// Cluster holding each share, by share index (n entries).
+    pub clusters: Vec<String>,
+    /// Distinct admins required to use it.
+    pub quorum: u8,
+    /// `dealer` or `dkg`.
+    pub origin: String,
+    /// Shares whose import completed through this server.
+    pub shares: Vec<ThresholdShareView>,
+    /// Share indexes not (yet) imported through this server.
+    pub missing_shares: Vec<u16>,
+    /// When it was recorded (Unix milliseconds).
+    pub created_at_ms: u64,
+    /// The import request that recorded it.
+    pub created_by_request: String,
+}
+
+/// `GET /v1/threshold/keys`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdKeyList {
+    /// Oldest first.
+    pub keys: Vec<ThresholdKeyView>,
+}
+
+/// A threshold share imported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdShareResult {
+    /// Joint public key, hex.
+    pub key_id: String,
+    /// Share index imported.
+    pub share_index: u16,
+    /// Cluster holding it.
+    pub cluster: String,
+    /// Node whose TEE imported it.
+    pub node: String,
+    /// Extended public key of the joint key, when HD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xpub: Option<String>,
+}
+
 /// A wallet known to the cloud server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WalletView {
@@ -323,6 +455,9 @@ pub struct SignResult {
     pub public_key: String,
     /// The signature DER-encoded, hex.
     pub signature_der: String,
+    /// Threshold signing: the clusters that signed, in signing order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<String>>,
 }
 
 /// A wallet created or imported.
@@ -338,10 +473,12 @@ pub struct WalletResult {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum RequestResult {
-    /// Of a `sign` request.
+    /// Of a `sign` or `threshold_sign` request.
     Signature(SignResult),
     /// Of a `create_wallet` or `import_wallet` request.
     Wallet(WalletResult),
+    /// Of an `import_threshold_key` request.
+    ThresholdShare(ThresholdShareResult),
 }
 
 /// Why a request was refused or failed.
@@ -360,13 +497,16 @@ pub struct RequestView {
     pub id: String,
     /// What it asks.
     pub kind: RequestKind,
-    /// Target cluster.
+    /// Target cluster (`*threshold*` for threshold signing, which spans clusters).
     pub cluster: String,
     /// Lifecycle state.
     pub status: RequestStatus,
-    /// Wallet (sign, import; create once completed).
+    /// Wallet (sign, import; create once completed), or threshold key (threshold kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_id: Option<String>,
+    /// Threshold import: index of the share imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_index: Option<u16>,
     /// BIP-32 path (sign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -385,7 +525,8 @@ pub struct RequestView {
     pub updated_at_ms: u64,
     /// API token name that created it.
     pub created_by: String,
-    /// Import: the node the secret is sealed to.
+    /// Import: the node the secret (or threshold bundle) is sealed to. Threshold signing:
+    /// the clusters the caller named, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_node: Option<String>,
     /// Submissions so far.

@@ -3,7 +3,7 @@
 //! trusting the server's bytes), and the TEE checks the same bytes.
 
 use custos_pki::{pem_to_der, AdminSigner};
-use custos_tee_core::approval::Action;
+use custos_tee_core::approval::{Action, THRESHOLD_SCOPE};
 use custos_tee_core::protocol::RequestMeta;
 
 use crate::api::{ApprovalBody, RequestKind, RequestView};
@@ -21,9 +21,21 @@ pub fn parse_digest(s: &str) -> Result<[u8; 32], String> {
 
 /// Parses a root id: 33 bytes of hex, a compressed public key prefix (02/03).
 pub fn parse_root_id(s: &str) -> Result<Vec<u8>, String> {
-    let b: [u8; 33] = parse_hex_array(s, "root id")?;
+    parse_compressed(s, "root id")
+}
+
+/// Parses a threshold key id: 33 bytes of hex, a compressed secp256k1 point.
+pub fn parse_key_id(s: &str) -> Result<Vec<u8>, String> {
+    let b = parse_compressed(s, "key id")?;
+    bitcoin::secp256k1::PublicKey::from_slice(&b)
+        .map_err(|_| "key id is not a point of secp256k1".to_string())?;
+    Ok(b)
+}
+
+fn parse_compressed(s: &str, what: &str) -> Result<Vec<u8>, String> {
+    let b: [u8; 33] = parse_hex_array(s, what)?;
     if b[0] != 2 && b[0] != 3 {
-        return Err("root id is not a compressed public key".into());
+        return Err(format!("{what} is not a compressed public key"));
     }
     Ok(b.to_vec())
 }
@@ -66,6 +78,29 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
                 digest: &digest,
             }
             .message(&view.cluster, &meta)
+        }
+        RequestKind::ImportThresholdKey => Action::ImportThresholdKey {
+            quorum: view.quorum,
+            key_id: &key_id()?,
+            share_index: view.share_index.ok_or("request has no share index")?,
+        }
+        .message(&view.cluster, &meta),
+        RequestKind::ThresholdSign => {
+            if view.cluster != THRESHOLD_SCOPE {
+                return Err(format!(
+                    "a threshold sign request spans clusters ({THRESHOLD_SCOPE}), not {:?}",
+                    view.cluster
+                ));
+            }
+            let path = parse_path(view.path.as_deref().ok_or("request has no path")?)
+                .map_err(|e| e.to_string())?;
+            let digest = parse_digest(view.digest.as_deref().ok_or("request has no digest")?)?;
+            Action::ThresholdSign {
+                key_id: &key_id()?,
+                path: &path,
+                digest: &digest,
+            }
+            .message(THRESHOLD_SCOPE, &meta)
         }
     })
 }

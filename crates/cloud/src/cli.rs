@@ -91,7 +91,7 @@ pub fn checked_message(view: &RequestView, requested_id: &str) -> Result<Vec<u8>
 /// What the admin is about to approve, field by field.
 pub fn describe(view: &RequestView) -> String {
     let mut s = String::new();
-    let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<12}{v}\n"));
+    let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<14}{v}\n"));
     line(&mut s, "request", &view.id);
     line(
         &mut s,
@@ -100,11 +100,29 @@ pub fn describe(view: &RequestView) -> String {
             RequestKind::CreateWallet => "create a new wallet",
             RequestKind::ImportWallet => "import a wallet",
             RequestKind::Sign => "sign a digest",
+            RequestKind::ImportThresholdKey => "import a share of a threshold key",
+            RequestKind::ThresholdSign => "sign a digest with a threshold key",
         },
     );
-    line(&mut s, "cluster", &view.cluster);
+    if view.kind == RequestKind::ThresholdSign {
+        line(
+            &mut s,
+            "cluster",
+            &format!("{} (any t of the key's clusters)", view.cluster),
+        );
+    } else {
+        line(&mut s, "cluster", &view.cluster);
+    }
     if let Some(w) = &view.root_id {
-        line(&mut s, "wallet", w);
+        let label = if view.kind.is_threshold() {
+            "threshold key"
+        } else {
+            "wallet"
+        };
+        line(&mut s, label, w);
+    }
+    if let Some(i) = view.share_index {
+        line(&mut s, "share", &i.to_string());
     }
     if let Some(p) = &view.path {
         line(&mut s, "path", p);
@@ -113,7 +131,14 @@ pub fn describe(view: &RequestView) -> String {
         line(&mut s, "digest", d);
     }
     if let Some(n) = &view.target_node {
-        line(&mut s, "sealed to", n);
+        // Threshold signing keeps the caller's preferred clusters there; they are not
+        // part of what is approved.
+        let label = if view.kind == RequestKind::ThresholdSign {
+            "preferred"
+        } else {
+            "sealed to"
+        };
+        line(&mut s, label, n);
     }
     line(&mut s, "quorum", &view.quorum.to_string());
     let approvers: Vec<&str> = view.approvals.iter().map(|a| a.admin.as_str()).collect();
@@ -158,7 +183,7 @@ pub async fn approve(
         for r in &list.requests {
             writeln!(
                 out,
-                "{}  {:<13} {:<8} {}/{} approvals  expires {}",
+                "{}  {:<20} {:<11} {}/{} approvals  expires {}",
                 r.id,
                 r.kind.as_str(),
                 r.cluster,
@@ -186,10 +211,15 @@ pub async fn approve(
         args.admin,
         describe(&view)
     )?;
-    writeln!(out, "  signing    {} bytes, SHA-256 {}", message.len(), {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&message))
-    })?;
+    writeln!(
+        out,
+        "  signing       {} bytes, SHA-256 {}",
+        message.len(),
+        {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&message))
+        }
+    )?;
     if !args.yes {
         write!(out, "Approve? Type 'yes' to sign: ")?;
         out.flush()?;

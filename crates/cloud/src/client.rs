@@ -231,6 +231,33 @@ impl CloudClient {
         self.post("/v1/sign-requests", body).await
     }
 
+    /// `POST /v1/threshold/keys/import`.
+    pub async fn import_threshold_key(
+        &self,
+        body: &ImportThresholdKeyBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post("/v1/threshold/keys/import", body).await
+    }
+
+    /// `GET /v1/threshold/keys`.
+    pub async fn threshold_keys(&self) -> Result<ThresholdKeyList, ClientError> {
+        self.get("/v1/threshold/keys", &[]).await
+    }
+
+    /// `GET /v1/threshold/keys/{key_id}`.
+    pub async fn threshold_key(&self, key_id: &str) -> Result<ThresholdKeyView, ClientError> {
+        self.get(&format!("/v1/threshold/keys/{}", segment(key_id)?), &[])
+            .await
+    }
+
+    /// `POST /v1/threshold/sign`.
+    pub async fn threshold_sign(
+        &self,
+        body: &ThresholdSignBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post("/v1/threshold/sign", body).await
+    }
+
     /// `GET /v1/requests/{id}`.
     pub async fn request(&self, id: &str) -> Result<RequestView, ClientError> {
         self.get(&format!("/v1/requests/{}", segment(id)?), &[])

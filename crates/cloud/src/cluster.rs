@@ -11,7 +11,7 @@ use custos_proto::cluster::link_request::Op;
 use custos_proto::cluster::{
     AuditReport, AuditRequest, ClusterStatus, LinkReply, LinkRequest, StatusRequest, TeeCall,
 };
-use custos_tee_core::protocol::{encode_request, Outcome, Request, Response};
+use custos_tee_core::protocol::{encode_request, CertChain, Outcome, Request, Response};
 use custos_tee_host::client::{decode_outcome, verify_signed_response};
 use custos_tee_host::ClientError;
 use rand::RngCore;
@@ -120,7 +120,17 @@ pub struct TeeAnswer {
 
 struct DeviceKey {
     public_key: Vec<u8>,
+    chain: CertChain,
     verified_at_ms: u64,
+}
+
+/// A node's device certificate chain, verified.
+#[derive(Clone, Debug)]
+pub struct VerifiedDevice {
+    /// Certified device key D (SEC1 uncompressed).
+    pub public_key: Vec<u8>,
+    /// The chain: device, Cluster CA, Device CA certificates.
+    pub chain: CertChain,
 }
 
 /// Access to every cluster through one [`Gateway`].
@@ -287,13 +297,32 @@ impl Clusters {
         node: &str,
         refresh: bool,
     ) -> Result<Vec<u8>, CallError> {
+        Ok(self.device(cluster, node, refresh).await?.public_key)
+    }
+
+    /// The verified device certificate chain of `node` (cached like [`Clusters::device_key`]),
+    /// e.g. to name a threshold session's participants.
+    pub async fn device_chain(&self, cluster: &str, node: &str) -> Result<CertChain, CallError> {
+        Ok(self.device(cluster, node, false).await?.chain)
+    }
+
+    /// The verified device identity of `node`, from the cache unless `refresh`.
+    pub async fn device(
+        &self,
+        cluster: &str,
+        node: &str,
+        refresh: bool,
+    ) -> Result<VerifiedDevice, CallError> {
         let now_ms = (self.clock)();
         let key = (cluster.to_string(), node.to_string());
         if !refresh {
             let cache = self.devices.lock().expect("device cache lock");
             if let Some(d) = cache.get(&key) {
                 if now_ms.saturating_sub(d.verified_at_ms) < DEVICE_KEY_TTL_MS {
-                    return Ok(d.public_key.clone());
+                    return Ok(VerifiedDevice {
+                        public_key: d.public_key.clone(),
+                        chain: d.chain.clone(),
+                    });
                 }
             }
         }
@@ -319,7 +348,7 @@ impl Clusters {
         };
         let identity = self
             .trust_root
-            .verify_device(&chain.into(), Some(cluster), now_ms / 1000)
+            .verify_device(&chain.clone().into(), Some(cluster), now_ms / 1000)
             .map_err(|e| CallError::Unverified(format!("device chain of {node}: {e}")))?;
         if identity.node != served {
             return Err(CallError::Unverified(format!(
@@ -334,10 +363,14 @@ impl Clusters {
             key,
             DeviceKey {
                 public_key: identity.public_key.clone(),
+                chain: chain.clone(),
                 verified_at_ms: now_ms,
             },
         );
-        Ok(identity.public_key)
+        Ok(VerifiedDevice {
+            public_key: identity.public_key,
+            chain,
+        })
     }
 
     /// Submits an encoded TEE request (to `node` only, or routed by the bridge) under

@@ -1,5 +1,6 @@
-//! Persistence of wallets, requests and their lifecycle events, on SQLite or PostgreSQL
-//! through `sqlx::Any` (one code path, portable SQL: BIGINT/TEXT, `$n` placeholders).
+//! Persistence of wallets, threshold keys (and where their shares were imported), requests
+//! and their lifecycle events, on SQLite or PostgreSQL through `sqlx::Any` (one code path,
+//! portable SQL: BIGINT/TEXT, `$n` placeholders).
 //!
 //! Every state change of a request is one transaction: the row is updated with a
 //! compare-and-swap on its `version`, and one event row is written with `seq = version`.
@@ -51,6 +52,9 @@ pub enum StoreError {
     /// A stored value is not what this crate writes.
     #[error("database content is corrupt: {0}")]
     Corrupt(String),
+    /// A threshold share disagrees with the threshold key already recorded.
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
 /// An approval as stored (JSON in `requests.approvals`): enough to rebuild the TEE's
@@ -116,6 +120,8 @@ pub struct RequestRow {
     pub created_by: String,
     /// Compare-and-swap version (= seq of the latest event).
     pub version: i64,
+    /// Threshold import: index of the share imported.
+    pub share_index: Option<u16>,
 }
 
 /// A wallet row.
@@ -133,6 +139,91 @@ pub struct WalletRow {
     pub created_at: u64,
     /// Request id.
     pub created_by_request: String,
+}
+
+/// A threshold key row: the public facts every share holder agrees on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThresholdKeyRow {
+    /// Joint public key (compressed), hex.
+    pub key_id: String,
+    /// Signers needed (t).
+    pub threshold: u16,
+    /// Cluster of each share, by share index (n entries).
+    pub clusters: Vec<String>,
+    /// Distinct admins required to use it.
+    pub quorum: u8,
+    /// BIP-32 chain code, hex, when HD derivation is enabled.
+    pub chain_code: Option<String>,
+    /// `dealer` or `dkg`.
+    pub origin: String,
+    /// Unix ms.
+    pub created_at: u64,
+    /// The import request that recorded it first.
+    pub created_by_request: String,
+}
+
+impl ThresholdKeyRow {
+    /// What differs between two records of the same key, if anything (creation time and
+    /// request aside).
+    pub fn disagreement(&self, other: &ThresholdKeyRow) -> Option<String> {
+        let mut diffs = Vec::new();
+        if self.threshold != other.threshold {
+            diffs.push(format!(
+                "threshold {} vs {}",
+                self.threshold, other.threshold
+            ));
+        }
+        if self.clusters != other.clusters {
+            diffs.push(format!(
+                "clusters {:?} vs {:?}",
+                self.clusters, other.clusters
+            ));
+        }
+        if self.quorum != other.quorum {
+            diffs.push(format!("quorum {} vs {}", self.quorum, other.quorum));
+        }
+        if self.chain_code != other.chain_code {
+            diffs.push("chain code".to_string());
+        }
+        if self.origin != other.origin {
+            diffs.push(format!("origin {} vs {}", self.origin, other.origin));
+        }
+        (!diffs.is_empty()).then(|| {
+            format!(
+                "threshold key {} is recorded with other facts: {}",
+                self.key_id,
+                diffs.join(", ")
+            )
+        })
+    }
+}
+
+/// Where a share of a threshold key was imported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThresholdShareRow {
+    /// Joint public key, hex.
+    pub key_id: String,
+    /// Share index.
+    pub share_index: u16,
+    /// Cluster holding the share.
+    pub cluster: String,
+    /// Node whose TEE imported it.
+    pub node: String,
+    /// Unix ms.
+    pub imported_at: u64,
+    /// The import request.
+    pub request_id: String,
+}
+
+/// What a completing request records besides its own row, in the same transaction.
+#[derive(Clone, Copy, Debug)]
+pub enum Record<'a> {
+    /// Nothing.
+    Nothing,
+    /// A new wallet.
+    Wallet(&'a WalletRow),
+    /// An imported threshold share (and its key, if first).
+    ThresholdShare(&'a ThresholdKeyRow, &'a ThresholdShareRow),
 }
 
 /// An event row.
@@ -156,7 +247,7 @@ pub struct Store {
 
 const REQUEST_COLUMNS: &str = "id, kind, cluster, root_id, path, digest, quorum, status, \
      created_at, updated_at, expires_at, approvals, target_node, sealed, result, error_code, \
-     error_message, attempts, created_by, version";
+     error_message, attempts, created_by, version, share_index";
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -199,6 +290,10 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         created_by: row.try_get("created_by")?,
         version: row.try_get("version")?,
+        share_index: row
+            .try_get::<Option<i64>, _>("share_index")?
+            .map(|v| u16::try_from(v).map_err(|_| corrupt(format!("share index {v}"))))
+            .transpose()?,
     })
 }
 
@@ -212,6 +307,89 @@ fn wallet_from_row(row: &AnyRow) -> Result<WalletRow, StoreError> {
         created_at: u(row.try_get("created_at")?),
         created_by_request: row.try_get("created_by_request")?,
     })
+}
+
+const THRESHOLD_KEY_COLUMNS: &str =
+    "key_id, threshold, clusters, quorum, chain_code, origin, created_at, created_by_request";
+
+fn threshold_key_from_row(row: &AnyRow) -> Result<ThresholdKeyRow, StoreError> {
+    let threshold: i64 = row.try_get("threshold")?;
+    let quorum: i64 = row.try_get("quorum")?;
+    let clusters: String = row.try_get("clusters")?;
+    Ok(ThresholdKeyRow {
+        key_id: row.try_get("key_id")?,
+        threshold: u16::try_from(threshold)
+            .map_err(|_| corrupt(format!("threshold {threshold}")))?,
+        clusters: serde_json::from_str(&clusters)
+            .map_err(|e| corrupt(format!("threshold clusters: {e}")))?,
+        quorum: u8::try_from(quorum).map_err(|_| corrupt(format!("quorum {quorum}")))?,
+        chain_code: row.try_get("chain_code")?,
+        origin: row.try_get("origin")?,
+        created_at: u(row.try_get("created_at")?),
+        created_by_request: row.try_get("created_by_request")?,
+    })
+}
+
+fn threshold_share_from_row(row: &AnyRow) -> Result<ThresholdShareRow, StoreError> {
+    let index: i64 = row.try_get("share_index")?;
+    Ok(ThresholdShareRow {
+        key_id: row.try_get("key_id")?,
+        share_index: u16::try_from(index).map_err(|_| corrupt(format!("share index {index}")))?,
+        cluster: row.try_get("cluster")?,
+        node: row.try_get("node")?,
+        imported_at: u(row.try_get("imported_at")?),
+        request_id: row.try_get("request_id")?,
+    })
+}
+
+/// Records a threshold share: the key row if it is the first share (else the recorded key
+/// must agree), and the share row (a re-import of the same share moves it to the new node).
+async fn insert_threshold_share(
+    tx: &mut AnyConnection,
+    key: &ThresholdKeyRow,
+    share: &ThresholdShareRow,
+) -> Result<(), StoreError> {
+    let clusters = serde_json::to_string(&key.clusters).expect("names always serialize");
+    sqlx::query(&format!(
+        "INSERT INTO threshold_keys ({THRESHOLD_KEY_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key_id) DO NOTHING"
+    ))
+    .bind(key.key_id.as_str())
+    .bind(i64::from(key.threshold))
+    .bind(clusters)
+    .bind(i64::from(key.quorum))
+    .bind(key.chain_code.clone())
+    .bind(key.origin.as_str())
+    .bind(i(key.created_at))
+    .bind(key.created_by_request.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let stored = sqlx::query(&format!(
+        "SELECT {THRESHOLD_KEY_COLUMNS} FROM threshold_keys WHERE key_id = $1"
+    ))
+    .bind(key.key_id.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let stored = threshold_key_from_row(&stored)?;
+    if let Some(why) = stored.disagreement(key) {
+        return Err(StoreError::Inconsistent(why));
+    }
+    sqlx::query(
+        "INSERT INTO threshold_shares \
+         (key_id, share_index, cluster, node, imported_at, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_id, share_index) DO UPDATE SET \
+         cluster = excluded.cluster, node = excluded.node, \
+         imported_at = excluded.imported_at, request_id = excluded.request_id",
+    )
+    .bind(share.key_id.as_str())
+    .bind(i64::from(share.share_index))
+    .bind(share.cluster.as_str())
+    .bind(share.node.as_str())
+    .bind(i(share.imported_at))
+    .bind(share.request_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 fn truncate(mut s: String) -> String {
@@ -359,7 +537,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         );
         let res = sqlx::query(&sql)
             .bind(r.id.as_str())
@@ -382,6 +560,7 @@ impl Store {
             .bind(i64::from(r.attempts))
             .bind(r.created_by.as_str())
             .bind(r.version)
+            .bind(r.share_index.map(i64::from))
             .execute(&mut *tx)
             .await;
         match res {
@@ -407,6 +586,24 @@ impl Store {
         event: &str,
         detail: String,
         wallet: Option<&WalletRow>,
+    ) -> Result<RequestRow, StoreError> {
+        let record = match wallet {
+            Some(w) => Record::Wallet(w),
+            None => Record::Nothing,
+        };
+        self.update_request_recording(r, event, detail, record)
+            .await
+    }
+
+    /// [`Store::update_request`] recording a wallet or a threshold share in the same
+    /// transaction. A threshold share that disagrees with the recorded key fails with
+    /// [`StoreError::Inconsistent`] and changes nothing.
+    pub async fn update_request_recording(
+        &self,
+        r: &RequestRow,
+        event: &str,
+        detail: String,
+        record: Record<'_>,
     ) -> Result<RequestRow, StoreError> {
         let mut next = r.clone();
         next.version = r.version + 1;
@@ -443,8 +640,12 @@ impl Store {
             detail,
         )
         .await?;
-        if let Some(w) = wallet {
-            insert_wallet(&mut tx, w).await?;
+        match record {
+            Record::Nothing => {}
+            Record::Wallet(w) => insert_wallet(&mut tx, w).await?,
+            Record::ThresholdShare(key, share) => {
+                insert_threshold_share(&mut tx, key, share).await?
+            }
         }
         tx.commit().await?;
         Ok(next)
@@ -542,5 +743,42 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(wallet_from_row).collect()
+    }
+
+    /// One threshold key.
+    pub async fn threshold_key(&self, key_id: &str) -> Result<Option<ThresholdKeyRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {THRESHOLD_KEY_COLUMNS} FROM threshold_keys WHERE key_id = $1"
+        ))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(threshold_key_from_row).transpose()
+    }
+
+    /// Every threshold key, oldest first.
+    pub async fn threshold_keys(&self) -> Result<Vec<ThresholdKeyRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {THRESHOLD_KEY_COLUMNS} FROM threshold_keys ORDER BY created_at, key_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(threshold_key_from_row).collect()
+    }
+
+    /// The recorded shares of a threshold key (of every key when `key_id` is `None`), by
+    /// key and share index.
+    pub async fn threshold_shares(
+        &self,
+        key_id: Option<&str>,
+    ) -> Result<Vec<ThresholdShareRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, share_index, cluster, node, imported_at, request_id \
+             FROM threshold_shares WHERE ($1 = '' OR key_id = $1) ORDER BY key_id, share_index",
+        )
+        .bind(key_id.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(threshold_share_from_row).collect()
     }
 }

@@ -23,7 +23,11 @@ pub const API_ERROR_CODES: &[(&str, u16, &str)] = &[
         415,
         "body is not application/json",
     ),
-    ("body_too_large", 413, "body over the 64 KiB limit"),
+    (
+        "body_too_large",
+        413,
+        "body over the limit (64 KiB; 576 KiB for threshold key imports)",
+    ),
     (
         "invalid_query",
         400,
@@ -63,6 +67,32 @@ pub const API_ERROR_CODES: &[(&str, u16, &str)] = &[
         "import needs exactly one valid mnemonic or seed",
     ),
     ("too_many_approvals", 400, "more than 16 approvals"),
+    (
+        "invalid_bundle",
+        400,
+        "threshold bundle is not hex of a consistent dealer bundle of at most 256 KiB",
+    ),
+    (
+        "invalid_key_id",
+        400,
+        "threshold key id is not 33 bytes of hex of a compressed point",
+    ),
+    (
+        "invalid_clusters",
+        400,
+        "cluster list has duplicates, clusters without a share of the key, or fewer than t",
+    ),
+    ("unknown_threshold_key", 404, "no such threshold key"),
+    (
+        "bundle_recipient_unknown",
+        422,
+        "no node of the share's cluster has the device certificate the bundle is sealed to",
+    ),
+    (
+        "threshold_key_mismatch",
+        409,
+        "the bundle's key facts differ from the recorded threshold key",
+    ),
     ("unknown_wallet", 404, "no such wallet"),
     ("unknown_request", 404, "no such request"),
     ("unknown_cluster", 404, "no such cluster configured"),
@@ -130,6 +160,24 @@ pub const REQUEST_ERROR_CODES: &[(&str, &str)] = &[
         "unknown_cluster",
         "the request's cluster is no longer configured",
     ),
+    (
+        "threshold_aborted",
+        "a threshold session was aborted: a participant was unreachable, stalled, timed out \
+         or misbehaved; the message names the cluster(s) and the phase (getAB, getAB_and_R, \
+         getR, getSig). Retrying makes a new attempt",
+    ),
+    (
+        "threshold_attempts_exhausted",
+        "every attempt an approved threshold request may make was used",
+    ),
+    (
+        "threshold_key_mismatch",
+        "the imported share's key facts differ from the recorded threshold key",
+    ),
+    (
+        "unknown_threshold_key",
+        "the threshold key is not recorded (any more)",
+    ),
 ];
 
 /// An API error.
@@ -184,6 +232,7 @@ impl From<StoreError> for ApiError {
             StoreError::Duplicate(what) => {
                 ApiError::new("request_exists", format!("{what} already exists"))
             }
+            StoreError::Inconsistent(why) => ApiError::new("threshold_key_mismatch", why),
             other => ApiError::internal("database", &other),
         }
     }

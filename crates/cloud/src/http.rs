@@ -23,6 +23,9 @@ use crate::service::{Cloud, RequestOutcome};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest body of a threshold key import (a dealer bundle of up to
+/// [`crate::service::MAX_BUNDLE`] bytes as hex, with approvals).
+pub const MAX_IMPORT_BODY: usize = 2 * crate::service::MAX_BUNDLE + MAX_BODY;
 
 /// The API token name of the caller, set by the authentication layer.
 #[derive(Clone, Debug)]
@@ -56,7 +59,10 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         ),
         _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             "body_too_large",
-            format!("bodies are limited to {MAX_BODY} bytes"),
+            format!(
+                "bodies are limited to {MAX_BODY} bytes ({MAX_IMPORT_BODY} for threshold key \
+                 imports)"
+            ),
         ),
         // serde's message names the field and position, never echoes values at length.
         _ => ApiError::new("malformed_json", r.body_text()),
@@ -220,6 +226,94 @@ async fn create_sign_request(
     ApiJson(body): ApiJson<SignRequestBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
     Ok(created(cloud.sign(&caller.0, body).await?))
+}
+
+/// Import one cluster's share of a dealt threshold key: records an `import_threshold_key`
+/// request for the node whose device certificate the dealer sealed the bundle to (found by
+/// the bundle's recipient fingerprint). Admins approve the import of share `share_index`
+/// of the key (approval message made with the share's cluster). Bodies up to 576 KiB.
+#[utoipa::path(
+    post, path = "/v1/threshold/keys/import", tag = "threshold",
+    request_body = ImportThresholdKeyBody,
+    responses(
+        (status = 200, description = "Submitted in this call", body = RequestView),
+        (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_bundle, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_cluster (the share's cluster is not configured)", body = ApiErrorBody),
+        (status = 409, description = "threshold_key_mismatch, request_exists, duplicate_approval", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid, bundle_recipient_unknown", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn import_threshold_key(
+    State(cloud): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<ImportThresholdKeyBody>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    Ok(created(cloud.import_threshold_key(&caller.0, body).await?))
+}
+
+/// Threshold keys recorded by this server, with their xpub and where each share was
+/// imported.
+#[utoipa::path(
+    get, path = "/v1/threshold/keys", tag = "threshold",
+    responses(
+        (status = 200, body = ThresholdKeyList),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+    )
+)]
+async fn list_threshold_keys(State(cloud): Shared) -> Result<Json<ThresholdKeyList>, ApiError> {
+    Ok(Json(cloud.threshold_keys().await?))
+}
+
+/// One threshold key.
+#[utoipa::path(
+    get, path = "/v1/threshold/keys/{key_id}", tag = "threshold",
+    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key")),
+    responses(
+        (status = 200, body = ThresholdKeyView),
+        (status = 400, description = "invalid_key_id", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_threshold_key", body = ApiErrorBody),
+    )
+)]
+async fn get_threshold_key(
+    State(cloud): Shared,
+    Path(key_id): Path<String>,
+) -> Result<Json<ThresholdKeyView>, ApiError> {
+    Ok(Json(cloud.threshold_key(&key_id).await?))
+}
+
+/// Ask for a threshold signature: records a `threshold_sign` request (cluster
+/// `*threshold*`). At quorum the server picks t clusters (the named ones, or healthy
+/// holders of a share), runs the signing session between their TEEs (phases getAB,
+/// getAB_and_R, getR, getSig), relaying every message, and verifies the signature against
+/// the key's child at `path`. A failed session (`threshold_aborted` or a `tee_*` code
+/// naming the cluster and phase) is retried with `POST /v1/requests/{id}/retry`.
+#[utoipa::path(
+    post, path = "/v1/threshold/sign", tag = "threshold",
+    request_body = ThresholdSignBody,
+    responses(
+        (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
+        (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_key_id, invalid_path, hardened_path, invalid_digest, invalid_clusters, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_threshold_key, unknown_cluster", body = ApiErrorBody),
+        (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable: fewer than t clusters can take part (recorded as failed; retry it)", body = ApiErrorBody),
+    )
+)]
+async fn create_threshold_sign(
+    State(cloud): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<ThresholdSignBody>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    Ok(created(cloud.threshold_sign(&caller.0, body).await?))
 }
 
 /// List requests, newest first.
@@ -407,7 +501,7 @@ fn openapi_response() -> Response {
 #[openapi(
     info(
         title = "Custos cloud API",
-        description = "Key custody (US 2020/0259646 A1): wallets, admin-approved signing requests, clusters.",
+        description = "Key custody (US 2020/0259646 A1): wallets, admin-approved signing requests, clusters, threshold keys signed across clusters.",
         license(name = "Apache-2.0")
     ),
     components(schemas(ApiErrorBody, ApiErrorDetail)),
@@ -416,6 +510,7 @@ fn openapi_response() -> Response {
         (name = "wallets", description = "Wallets (BIP-32 root keys held by a cluster's TEEs)"),
         (name = "requests", description = "Requests, their admin approvals and lifecycle"),
         (name = "clusters", description = "Clusters, their status and key audits"),
+        (name = "threshold", description = "Threshold keys (t-of-n over clusters): share imports and signing sessions"),
         (name = "meta", description = "This description"),
     )
 )]
@@ -480,7 +575,17 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
         .routes(routes!(list_clusters))
         .routes(routes!(get_cluster))
         .routes(routes!(run_audit))
-        .routes(routes!(latest_audit));
+        .routes(routes!(latest_audit))
+        .routes(routes!(list_threshold_keys))
+        .routes(routes!(get_threshold_key))
+        .routes(routes!(create_threshold_sign))
+        .merge(
+            // Dealer bundles are larger than other bodies; the route's own limit is applied
+            // after (and overrides) the router-wide one.
+            OpenApiRouter::new()
+                .routes(routes!(import_threshold_key))
+                .layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),
+        );
     let public = OpenApiRouter::new()
         .routes(routes!(openapi_json))
         .routes(routes!(openapi_well_known));

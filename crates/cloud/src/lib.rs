@@ -5,12 +5,15 @@
 //! request goes through the cluster's external relay, the link and the bridge to a vault
 //! node's TEE core, and the answer comes back signed by that node's device key D, which is
 //! verified here against the node's certificate chain before anything is acted on.
+//! Threshold keys span clusters: the server picks t of them and relays the signing
+//! protocol's messages between their TEEs (patent FIG. 12–15), which it cannot read.
 //!
 //! * [`config`]: the TOML configuration, API token generation;
 //! * [`db`]: wallets, requests and their lifecycle events (SQLite or PostgreSQL);
 //! * [`gateway`]: the way to a cluster (gRPC to its external relay, or a test double);
 //! * [`cluster`]: retries and verification of cluster answers;
-//! * [`service`]: the request lifecycle;
+//! * [`service`]: the request lifecycle, threshold keys and the signing sessions run
+//!   across clusters (the cloud server relays their protocol messages);
 //! * [`http`]: REST routes and the generated OpenAPI document;
 //! * [`server`]: [`run`] and TLS serving;
 //! * [`client`]: the typed client ([`client::CloudClient`]);

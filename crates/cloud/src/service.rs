@@ -27,13 +27,23 @@ use crate::approval::{
 };
 use crate::cluster::{random_id, snake, CallError, Clusters, TeeAnswer};
 use crate::config::{CloudConfig, ClusterConfig};
-use crate::db::{RequestRow, Store, StoreError, StoredApproval, WalletRow};
+use crate::db::{
+    Record, RequestRow, Store, StoreError, StoredApproval, ThresholdKeyRow, ThresholdShareRow,
+    WalletRow,
+};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::path::{
     derive_xpub, format_path, has_hardened, p2wpkh_address, parse_network, parse_path, PathError,
 };
 use crate::Clock;
+
+mod threshold;
+
+pub use threshold::{
+    check_threshold_key_info, decode_bundle, threshold_xpub, MAX_BUNDLE, MAX_THRESHOLD_CLUSTERS,
+    MAX_THRESHOLD_EXCHANGES, THRESHOLD_SESSION_TIMEOUT,
+};
 
 /// Most quorum a wallet can have (the TEE's limit).
 pub const MAX_QUORUM: u8 = MAX_APPROVALS as u8;
@@ -87,6 +97,8 @@ struct Draft {
     sealed: Option<String>,
     /// The wallet's recorded xpub when the caller already read it (sign requests).
     wallet_xpub: Option<String>,
+    /// Threshold import: the share imported.
+    share_index: Option<u16>,
 }
 
 /// The cloud server's state.
@@ -101,6 +113,9 @@ pub struct Cloud {
     clock: Clock,
     secp: Secp256k1<All>,
     admins: Mutex<HashMap<[u8; 32], VerifiedAdmin>>,
+    /// Clusters blamed by the last failed attempt of a threshold request (request id →
+    /// clusters), avoided by its next attempt when the caller named none.
+    threshold_blamed: Mutex<HashMap<String, Vec<String>>>,
 }
 
 fn now_ms_system() -> u64 {
@@ -181,6 +196,7 @@ impl Cloud {
             clock,
             secp,
             admins: Mutex::new(HashMap::new()),
+            threshold_blamed: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -281,6 +297,7 @@ impl Cloud {
                 target_node: None,
                 sealed: None,
                 wallet_xpub: None,
+                share_index: None,
             },
         )
         .await
@@ -371,6 +388,7 @@ impl Cloud {
                 target_node: Some(node),
                 sealed: Some(sealed),
                 wallet_xpub: None,
+                share_index: None,
             },
         )
         .await
@@ -405,6 +423,7 @@ impl Cloud {
                 target_node: None,
                 sealed: None,
                 wallet_xpub: Some(wallet.xpub),
+                share_index: None,
             },
         )
         .await
@@ -439,6 +458,7 @@ impl Cloud {
             attempts: 0,
             created_by: caller.to_string(),
             version: 1,
+            share_index: d.share_index,
         };
         let message = self.message_of(&row)?;
         for a in &d.approvals {
@@ -804,17 +824,7 @@ impl Cloud {
             request_id: parse_request_id(&row.id)?,
             expires_at: row.expires_at,
         };
-        let approvals = row
-            .approvals
-            .iter()
-            .map(|a| {
-                Ok(Approval {
-                    admin_cert: hex::decode(&a.cert).map_err(|e| e.to_string())?,
-                    admin_ca: hex::decode(&a.ca).map_err(|e| e.to_string())?,
-                    signature: hex::decode(&a.signature).map_err(|e| e.to_string())?,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let approvals = tee_approvals(row)?;
         let key_id = || parse_root_id(row.root_id.as_deref().unwrap_or_default());
         let request = match row.kind {
             RequestKind::CreateWallet => Request::CreateWallet {
@@ -843,6 +853,14 @@ impl Cloud {
                 digest: parse_digest(row.digest.as_deref().unwrap_or_default())?,
                 approvals,
             },
+            RequestKind::ImportThresholdKey => Request::ImportThresholdBundle {
+                meta,
+                bundle: threshold::decode_bundle(row.sealed.as_deref().unwrap_or_default())?,
+                approvals,
+            },
+            RequestKind::ThresholdSign => {
+                return Err("threshold sign requests run as sessions".into());
+            }
         };
         Ok(encode_request(&request))
     }
@@ -854,6 +872,9 @@ impl Cloud {
         row: RequestRow,
         wallet_xpub: Option<String>,
     ) -> Result<RequestRow, StoreError> {
+        if row.kind == RequestKind::ThresholdSign {
+            return self.execute_threshold(row).await;
+        }
         let request = match self.tee_request(&row) {
             Ok(r) => r,
             Err(e) => {
@@ -903,13 +924,21 @@ impl Cloud {
             }) => match (row.kind, response) {
                 (RequestKind::Sign, Response::Signature(sig)) => {
                     match self.check_signature(row, wallet_xpub, &sig) {
-                        Ok(result) => Verdict::ok(node, result, None),
+                        Ok(result) => Verdict::ok(node, result, Recorded::Nothing),
                         Err(m) => fail("bad_signature", m),
                     }
                 }
                 (RequestKind::CreateWallet | RequestKind::ImportWallet, Response::Wallet(info)) => {
                     match self.check_wallet(row, &info) {
-                        Ok((result, wallet)) => Verdict::ok(node, result, Some(wallet)),
+                        Ok((result, wallet)) => Verdict::ok(node, result, Recorded::Wallet(wallet)),
+                        Err(m) => fail("bad_result", m),
+                    }
+                }
+                (RequestKind::ImportThresholdKey, Response::ThresholdKey(info)) => {
+                    match self.check_threshold_share(row, &node, &info) {
+                        Ok((result, key, share)) => {
+                            Verdict::ok(node, result, Recorded::ThresholdShare(key, share))
+                        }
                         Err(m) => fail("bad_result", m),
                     }
                 }
@@ -995,19 +1024,19 @@ impl Cloud {
     async fn finish(
         &self,
         row: RequestRow,
-        result: Result<(String, RequestResult, Option<WalletRow>), (String, String)>,
+        result: Result<(String, RequestResult, Recorded), (String, String)>,
         final_: bool,
     ) -> Result<RequestRow, StoreError> {
         let mut next = row.clone();
         next.updated_at = self.now_ms();
-        let (event, detail, wallet) = match result {
-            Ok((node, result, wallet)) => {
+        let (event, detail, recorded) = match result {
+            Ok((node, result, recorded)) => {
                 next.status = RequestStatus::Completed;
                 next.result = Some(serde_json::to_string(&result).expect("results serialize"));
-                if let Some(w) = &wallet {
+                if let Recorded::Wallet(w) = &recorded {
                     next.root_id = Some(w.root_id.clone());
                 }
-                ("completed", format!("served by {node}"), wallet)
+                ("completed", format!("served by {node}"), recorded)
             }
             Err((code, message)) => {
                 next.status = if final_ {
@@ -1018,12 +1047,17 @@ impl Cloud {
                 let detail = format!("{code}: {message}");
                 next.error_code = Some(code);
                 next.error_message = Some(message);
-                (next.status.as_str(), detail, None)
+                (next.status.as_str(), detail, Recorded::Nothing)
             }
+        };
+        let record = match &recorded {
+            Recorded::Nothing => Record::Nothing,
+            Recorded::Wallet(w) => Record::Wallet(w),
+            Recorded::ThresholdShare(k, s) => Record::ThresholdShare(k, s),
         };
         let stored = match self
             .store
-            .update_request(&next, event, detail.clone(), wallet.as_ref())
+            .update_request_recording(&next, event, detail.clone(), record)
             .await
         {
             // The same wallet recorded by an earlier request (e.g. one seed imported into
@@ -1032,6 +1066,24 @@ impl Cloud {
                 tracing::warn!(request_id = %row.id, "{w} was already recorded");
                 self.store
                     .update_request(&next, event, detail, None)
+                    .await?
+            }
+            // The TEE imported a share whose key facts differ from those recorded by the
+            // key's earlier imports: nothing is recorded, the request is refused.
+            Err(StoreError::Inconsistent(why)) => {
+                tracing::error!(request_id = %row.id, "{why}");
+                let mut refused = row.clone();
+                refused.updated_at = next.updated_at;
+                refused.status = RequestStatus::Refused;
+                refused.error_code = Some("threshold_key_mismatch".into());
+                refused.error_message = Some(why.clone());
+                self.store
+                    .update_request(
+                        &refused,
+                        "refused",
+                        format!("threshold_key_mismatch: {why}"),
+                        None,
+                    )
                     .await?
             }
             other => other?,
@@ -1288,21 +1340,43 @@ pub fn verify_sign_result(
         v: sig.v,
         public_key: hex::encode(&sig.public_key),
         signature_der: hex::encode(signature.serialize_der()),
+        clusters: None,
     })
 }
 
+/// What a completed request records besides itself.
+enum Recorded {
+    Nothing,
+    Wallet(WalletRow),
+    ThresholdShare(ThresholdKeyRow, ThresholdShareRow),
+}
+
 struct Verdict {
-    result: Result<(String, RequestResult, Option<WalletRow>), (String, String)>,
+    result: Result<(String, RequestResult, Recorded), (String, String)>,
     final_: bool,
 }
 
 impl Verdict {
-    fn ok(node: String, result: RequestResult, wallet: Option<WalletRow>) -> Self {
+    fn ok(node: String, result: RequestResult, recorded: Recorded) -> Self {
         Verdict {
-            result: Ok((node, result, wallet)),
+            result: Ok((node, result, recorded)),
             final_: true,
         }
     }
+}
+
+/// The approvals of a request as the TEE takes them.
+fn tee_approvals(row: &RequestRow) -> Result<Vec<Approval>, String> {
+    row.approvals
+        .iter()
+        .map(|a| {
+            Ok(Approval {
+                admin_cert: hex::decode(&a.cert).map_err(|e| e.to_string())?,
+                admin_ca: hex::decode(&a.ca).map_err(|e| e.to_string())?,
+                signature: hex::decode(&a.signature).map_err(|e| e.to_string())?,
+            })
+        })
+        .collect()
 }
 
 fn response_name(r: &Response) -> String {
@@ -1401,6 +1475,26 @@ fn summary(row: &RequestRow) -> String {
             row.cluster,
             row.quorum
         ),
+        RequestKind::ImportThresholdKey => format!(
+            "import share {} of threshold key {wallet} into cluster {} (sealed to node {}) \
+             with quorum {}",
+            row.share_index
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "?".into()),
+            row.cluster,
+            row.target_node.as_deref().unwrap_or("?"),
+            row.quorum
+        ),
+        RequestKind::ThresholdSign => format!(
+            "sign digest {} with threshold key {wallet} at path {} by {} (quorum {})",
+            row.digest.as_deref().unwrap_or("?"),
+            row.path.as_deref().unwrap_or("?"),
+            match &row.target_node {
+                Some(c) => format!("clusters {c}"),
+                None => "any t of its clusters".to_string(),
+            },
+            row.quorum
+        ),
     }
 }
 
@@ -1414,6 +1508,7 @@ fn base_view(row: &RequestRow) -> RequestView {
         // A create request has no wallet until it completed; the approval message of a
         // create does not depend on it.
         root_id: row.root_id.clone(),
+        share_index: row.share_index,
         path: row.path.clone(),
         digest: row.digest.clone(),
         quorum: row.quorum,

@@ -131,6 +131,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/clusters/{name}"),
     ("post", "/v1/clusters/{name}/audits"),
     ("get", "/v1/clusters/{name}/audits/latest"),
+    ("post", "/v1/threshold/keys/import"),
+    ("get", "/v1/threshold/keys"),
+    ("get", "/v1/threshold/keys/{key_id}"),
+    ("post", "/v1/threshold/sign"),
     ("get", "/openapi.json"),
     ("get", "/.well-known/openapi.json"),
 ];
@@ -176,6 +180,7 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         let url = s.url(
             &path
                 .replace("{root_id}", &"02".repeat(33))
+                .replace("{key_id}", &"03".repeat(33))
                 .replace("{id}", &"00".repeat(16))
                 .replace("{name}", "dc1"),
         );

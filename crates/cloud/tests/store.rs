@@ -4,7 +4,10 @@
 mod common;
 
 use custos_cloud::api::{RequestKind, RequestStatus};
-use custos_cloud::db::{RequestRow, Store, StoreError, StoredApproval, WalletRow};
+use custos_cloud::db::{
+    Record, RequestRow, Store, StoreError, StoredApproval, ThresholdKeyRow, ThresholdShareRow,
+    WalletRow,
+};
 
 use common::*;
 
@@ -30,6 +33,7 @@ fn row(id: u8, kind: RequestKind, created_at: u64) -> RequestRow {
         attempts: 0,
         created_by: "tester".into(),
         version: 1,
+        share_index: None,
     }
 }
 
@@ -201,4 +205,185 @@ async fn unsupported_urls_are_refused() {
         Store::connect("mysql://x@localhost/db").await,
         Err(StoreError::UnsupportedUrl(_))
     ));
+}
+
+fn threshold_key(key: u8, threshold: u16, request: &str) -> ThresholdKeyRow {
+    ThresholdKeyRow {
+        key_id: format!("03{}", hex::encode([key; 32])),
+        threshold,
+        clusters: vec!["dc1".into(), "dc2".into(), "dc3".into()],
+        quorum: 2,
+        chain_code: Some("cc".repeat(32)),
+        origin: "dealer".into(),
+        created_at: 40,
+        created_by_request: request.into(),
+    }
+}
+
+fn share(key: &ThresholdKeyRow, index: u16, node: &str, request: &str) -> ThresholdShareRow {
+    ThresholdShareRow {
+        key_id: key.key_id.clone(),
+        share_index: index,
+        cluster: key.clusters[usize::from(index)].clone(),
+        node: node.into(),
+        imported_at: 50 + u64::from(index),
+        request_id: request.into(),
+    }
+}
+
+#[tokio::test]
+async fn threshold_keys_and_shares_on_every_database() {
+    for db in databases("threshold_keys_and_shares_on_every_database").await {
+        let engine = db.engine;
+        let store = Store::connect(&db.url).await.unwrap();
+
+        // The new kinds and the share index round-trip.
+        let mut import = row(1, RequestKind::ImportThresholdKey, 10);
+        import.share_index = Some(2);
+        import.path = None;
+        import.digest = None;
+        import.sealed = Some("ab".repeat(1000));
+        import.target_node = Some("node1".into());
+        store
+            .insert_request(&import, "created".into())
+            .await
+            .unwrap();
+        assert_eq!(store.request(&import.id).await.unwrap().unwrap(), import);
+        let mut sign = row(2, RequestKind::ThresholdSign, 11);
+        sign.cluster = "*threshold*".into();
+        sign.target_node = Some("dc3,dc1".into());
+        store.insert_request(&sign, "created".into()).await.unwrap();
+        assert_eq!(store.request(&sign.id).await.unwrap().unwrap(), sign);
+        assert_eq!(
+            store
+                .requests(None, Some(RequestKind::ThresholdSign), 10)
+                .await
+                .unwrap(),
+            vec![sign.clone()],
+            "{engine}"
+        );
+
+        // Completing an import records the key with its first share, in one transaction.
+        let key = threshold_key(9, 2, &import.id);
+        let mut done = import.clone();
+        done.status = RequestStatus::Completed;
+        let s2 = share(&key, 2, "node1", &import.id);
+        let done = store
+            .update_request_recording(
+                &done,
+                "completed",
+                "".into(),
+                Record::ThresholdShare(&key, &s2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.threshold_key(&key.key_id).await.unwrap().unwrap(),
+            key
+        );
+        assert_eq!(
+            store.threshold_shares(Some(&key.key_id)).await.unwrap(),
+            vec![s2.clone()]
+        );
+
+        // Later shares must agree with the recorded key; one that does not changes nothing.
+        let other = row(3, RequestKind::ImportThresholdKey, 12);
+        store
+            .insert_request(&other, "created".into())
+            .await
+            .unwrap();
+        let mut o = other.clone();
+        o.status = RequestStatus::Completed;
+        let mut wrong = threshold_key(9, 3, &other.id);
+        wrong.created_at = 99;
+        let s0 = share(&wrong, 0, "node2", &other.id);
+        let e = store
+            .update_request_recording(
+                &o,
+                "completed",
+                "".into(),
+                Record::ThresholdShare(&wrong, &s0),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Inconsistent(m) if m.contains("threshold 2 vs 3")),
+            "{engine}: {e}"
+        );
+        assert_eq!(
+            store.request(&other.id).await.unwrap().unwrap(),
+            other,
+            "{engine}"
+        );
+        assert_eq!(store.events(&other.id).await.unwrap().len(), 1, "{engine}");
+        assert_eq!(
+            store.threshold_shares(None).await.unwrap().len(),
+            1,
+            "{engine}"
+        );
+        // The same facts (another request, another time) are accepted.
+        let agreeing = threshold_key(9, 2, &other.id);
+        let s0 = share(&agreeing, 0, "node2", &other.id);
+        store
+            .update_request_recording(
+                &o,
+                "completed",
+                "".into(),
+                Record::ThresholdShare(&agreeing, &s0),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.threshold_key(&key.key_id).await.unwrap().unwrap(),
+            key,
+            "{engine}: the first import's record stays"
+        );
+        // A re-import of a share moves it to the new node.
+        let mut again = done.clone();
+        again.updated_at = 60;
+        let moved = share(&key, 2, "node3", &import.id);
+        store
+            .update_request_recording(
+                &again,
+                "note",
+                "".into(),
+                Record::ThresholdShare(&key, &moved),
+            )
+            .await
+            .unwrap();
+        let shares = store.threshold_shares(Some(&key.key_id)).await.unwrap();
+        assert_eq!(shares, vec![s0.clone(), moved.clone()], "{engine}");
+
+        // Listing.
+        let second = ThresholdKeyRow {
+            clusters: vec!["dc1".into(), "dc2".into()],
+            chain_code: None,
+            origin: "dkg".into(),
+            created_at: 45,
+            ..threshold_key(8, 2, &sign.id)
+        };
+        let mut s = sign.clone();
+        s.updated_at = 70;
+        store
+            .update_request_recording(
+                &s,
+                "note",
+                "".into(),
+                Record::ThresholdShare(&second, &share(&second, 1, "node1", &sign.id)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.threshold_keys().await.unwrap(),
+            vec![key.clone(), second.clone()]
+        );
+        assert_eq!(store.threshold_shares(None).await.unwrap().len(), 3);
+        assert!(store
+            .threshold_key(&"02".repeat(33))
+            .await
+            .unwrap()
+            .is_none());
+        store.close().await;
+        db.cleanup().await;
+    }
 }

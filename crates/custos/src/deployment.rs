@@ -174,6 +174,69 @@ impl Deployment {
         self.clusters.iter().find(|c| c.name == name)
     }
 
+    /// The certificate chain of node `i` of `cluster`, read at the node's own TEE socket
+    /// (as an operator in that data center would export it for the dealer).
+    pub fn node_chain(
+        &self,
+        cluster: &str,
+        i: usize,
+    ) -> Result<custos_tee_core::protocol::CertChain, ClusterError> {
+        let c = self
+            .cluster(cluster)
+            .ok_or_else(|| io(format!("no cluster {cluster}")))?;
+        let node = c
+            .nodes
+            .get(i)
+            .ok_or_else(|| io(format!("cluster {cluster} has no node {i}")))?;
+        let mut client = node.tee.client().map_err(io)?;
+        match client
+            .call(&custos_tee_core::protocol::Request::DeviceChain)
+            .map_err(io)?
+        {
+            custos_tee_core::protocol::Response::DeviceChain(chain) => Ok(chain),
+            _ => Err(io("DeviceChain answered with another kind")),
+        }
+    }
+
+    /// Runs the dealer program for a `threshold`-of-n key over `clusters` (share i to the
+    /// first node of cluster i), as dealer `dealer` (issued here if new), and returns the
+    /// sealed bundles. `primes` as for `custos dealer deal --primes`.
+    pub fn deal_threshold(
+        &self,
+        dealer: &str,
+        threshold: u16,
+        clusters: &[&str],
+        quorum: u8,
+        hd: bool,
+        primes: crate::dealer::PrimeSource,
+    ) -> Result<crate::dealer::Dealt, ClusterError> {
+        if !self.pki.dealer_files(dealer).0.exists() {
+            self.pki.create_dealer(dealer)?;
+        }
+        let signer = custos_pki::DealerSigner::load(&self.pki, dealer)?;
+        let root = custos_pki::TrustRoot::from_der(&custos_pki::pem_to_der(
+            &self.pki.root_pem()?,
+            "Root CA certificate",
+        )?)?;
+        let recipients = clusters
+            .iter()
+            .map(|c| Ok((c.to_string(), self.node_chain(c, 0)?)))
+            .collect::<Result<Vec<_>, ClusterError>>()?;
+        crate::dealer::deal_bundles(
+            &signer,
+            &root,
+            &crate::dealer::DealOptions {
+                threshold,
+                quorum,
+                hd,
+                recipients,
+                primes,
+            },
+            false,
+        )
+        .map_err(io)
+    }
+
     /// The cluster named `name`, mutable (to kill and restart its processes).
     pub fn cluster_mut(&mut self, name: &str) -> Option<&mut Cluster> {
         self.clusters.iter_mut().find(|c| c.name == name)
@@ -184,6 +247,32 @@ impl Drop for Deployment {
     fn drop(&mut self) {
         self.kill_cloud();
     }
+}
+
+/// Imports every dealt bundle through the REST API and has `admins` approve each import;
+/// returns the final state of each import request.
+pub async fn import_threshold(
+    client: &CloudClient,
+    dealt: &crate::dealer::Dealt,
+    admins: &[&AdminSigner],
+) -> Result<Vec<RequestView>, ClusterError> {
+    let mut out = Vec::new();
+    for bundle in &dealt.bundles {
+        let mut view = client
+            .import_threshold_key(&custos_cloud::api::ImportThresholdKeyBody {
+                bundle_hex: hex::encode(postcard::to_allocvec(bundle).map_err(io)?),
+                request_id: None,
+                expires_at: None,
+                approvals: Vec::new(),
+            })
+            .await
+            .map_err(io)?;
+        for a in admins {
+            view = approve(client, a, &view.id).await?;
+        }
+        out.push(view);
+    }
+    Ok(out)
 }
 
 /// Approves request `id` as `signer`, the way `custos approve` does: fetches the request,

@@ -3,6 +3,11 @@
 //! (exactly-once per request id, routing, status, audits, failure injection), databases on
 //! SQLite and PostgreSQL, and the cloud server on 127.0.0.1.
 //!
+//! A gateway can also be built of *scripted* TEEs ([`FakeGateway::scripted`]): nodes with a
+//! real device key certified by the cluster's CA, whose answers come from a test-provided
+//! [`Script`] and are signed with that key like a TEE's, so the cloud server verifies them
+//! as it verifies real ones (used to play the TEE side of threshold sessions).
+//!
 //! PostgreSQL: `CUSTOS_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
 //! Unreachable → the PostgreSQL variants print SKIPPED, unless
 //! `CUSTOS_TEST_REQUIRE_POSTGRES=1`, which makes it a failure. Each test gets a schema of
@@ -31,7 +36,8 @@ use custos_proto::cluster::{
 };
 use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
 use custos_tee_core::protocol::{
-    decode_request, encode_request, Request, Response, SignedResponse,
+    decode_request, encode_request, response_transcript, CertChain, Outcome, Request, Response,
+    SignedResponse, TeeError,
 };
 use custos_tee_core::TeeCore;
 use prost::Message;
@@ -109,6 +115,7 @@ impl Pki {
         pki.init().unwrap();
         pki.create_cluster_ca("dc1").unwrap();
         pki.create_cluster_ca("dc2").unwrap();
+        pki.create_cluster_ca("dc3").unwrap();
         let admins = ADMINS
             .iter()
             .map(|a| {
@@ -159,9 +166,76 @@ impl Pki {
         core
     }
 
+    /// A device identity of `node` in `cluster` outside any TEE: a P-256 key made here with
+    /// a device certificate from the cluster's CA (for scripted TEEs).
+    pub fn scripted_tee(&self, cluster: &str, node: &str) -> ScriptedTee {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, node);
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let cert = self.pki.sign_device_csr(cluster, &csr).unwrap();
+        let chain = CertChain {
+            device: pem_to_der(&cert, "device").unwrap(),
+            cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
+            device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
+        };
+        let key_pem = Zeroizing::new(key.serialize_pem());
+        ScriptedTee {
+            signer: AdminSigner::from_pem(&cert, &key_pem, &cert).unwrap(),
+            chain,
+        }
+    }
+
     /// Approval of `message` by admin `i`.
     pub fn approve(&self, i: usize, message: &[u8]) -> ApprovalBody {
         sign_approval(&self.admins[i], message)
+    }
+}
+
+// ----- scripted TEEs -----------------------------------------------------------------------
+
+/// What a scripted TEE answers: given its cluster, node name, own device chain and the
+/// decoded request (anything but `DeviceChain`, which it answers itself).
+pub type Script = Arc<dyn Fn(&str, &str, &CertChain, Request) -> Outcome + Send + Sync>;
+
+/// A TEE stand-in with a certified device key: it signs whatever its script answers.
+pub struct ScriptedTee {
+    signer: AdminSigner,
+    pub chain: CertChain,
+}
+
+impl ScriptedTee {
+    /// SHA-256 of its device certificate.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(&self.chain.device).into()
+    }
+
+    fn handle(
+        &self,
+        cluster: &str,
+        node: &str,
+        request: &[u8],
+        script: Option<&Script>,
+    ) -> Vec<u8> {
+        let outcome: Outcome = match decode_request(request) {
+            Err(e) => Err(e),
+            Ok(Request::DeviceChain) => Ok(Response::DeviceChain(self.chain.clone())),
+            Ok(r) => match script {
+                Some(s) => s(cluster, node, &self.chain, r),
+                None => Err(TeeError::InvalidRequest("no script".into())),
+            },
+        };
+        let body = postcard::to_allocvec(&outcome).unwrap();
+        let signature = self.signer.sign(&response_transcript(request, &body));
+        postcard::to_allocvec(&SignedResponse {
+            body,
+            signature: Some(signature),
+        })
+        .unwrap()
     }
 }
 
@@ -172,6 +246,8 @@ pub struct FakeNode {
     pub healthy: AtomicBool,
     pub core: Mutex<TeeCore<MemPlatform>>,
     pub served: AtomicU32,
+    /// Answers instead of `core` when set.
+    pub scripted: Option<ScriptedTee>,
 }
 
 pub struct FakeCluster {
@@ -207,6 +283,11 @@ pub struct FakeGateway {
     pub down: AtomicBool,
     /// Responses to TEE calls get a corrupted D signature (a malicious relay).
     pub tamper: AtomicBool,
+    /// The script of scripted nodes.
+    script: Option<Script>,
+    /// Calls of these (cluster, op) fail before reaching the cluster (e.g. `("dc2",
+    /// "submit:ThresholdFeed")`).
+    pub fail_ops: Mutex<Vec<(String, String)>>,
 }
 
 fn request_kind(r: &Request) -> String {
@@ -232,6 +313,7 @@ impl FakeGateway {
                             name: node,
                             healthy: AtomicBool::new(true),
                             served: AtomicU32::new(0),
+                            scripted: None,
                         }
                     })
                     .collect();
@@ -252,7 +334,67 @@ impl FakeGateway {
             lose_next: AtomicU32::new(0),
             down: AtomicBool::new(false),
             tamper: AtomicBool::new(false),
+            script: None,
+            fail_ops: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Clusters `(name, node count)` of scripted TEEs answering with `script`.
+    pub fn scripted(pki: &Pki, clusters: &[(&str, usize)], script: Script) -> Arc<Self> {
+        let clusters = clusters
+            .iter()
+            .map(|(name, n)| {
+                let nodes = (1..=*n)
+                    .map(|i| {
+                        let node = format!("node{i}");
+                        FakeNode {
+                            core: Mutex::new(
+                                TeeCore::open(MemPlatform::default(), "memory").unwrap(),
+                            ),
+                            scripted: Some(pki.scripted_tee(name, &node)),
+                            name: node,
+                            healthy: AtomicBool::new(true),
+                            served: AtomicU32::new(0),
+                        }
+                    })
+                    .collect();
+                (
+                    name.to_string(),
+                    FakeCluster {
+                        name: name.to_string(),
+                        nodes,
+                    },
+                )
+            })
+            .collect();
+        Arc::new(FakeGateway {
+            clusters,
+            done: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Vec::new()),
+            fail_next: AtomicU32::new(0),
+            lose_next: AtomicU32::new(0),
+            down: AtomicBool::new(false),
+            tamper: AtomicBool::new(false),
+            script: Some(script),
+            fail_ops: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The scripted TEE of `cluster`/`node`.
+    pub fn scripted_tee(&self, cluster: &str, node: &str) -> &ScriptedTee {
+        self.node(cluster, node)
+            .scripted
+            .as_ref()
+            .expect("a scripted node")
+    }
+
+    /// A node.
+    pub fn node(&self, cluster: &str, node: &str) -> &FakeNode {
+        self.clusters[cluster]
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .expect("a node of the gateway")
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -335,7 +477,12 @@ impl FakeGateway {
                 let Some(node) = node else {
                     return Self::refused("no_healthy_node", "no node can serve this request");
                 };
-                let mut response = node.core.lock().unwrap().handle_bytes(&call.request);
+                let mut response = match &node.scripted {
+                    Some(tee) => {
+                        tee.handle(&c.name, &node.name, &call.request, self.script.as_ref())
+                    }
+                    None => node.core.lock().unwrap().handle_bytes(&call.request),
+                };
                 node.served.fetch_add(1, Ordering::SeqCst);
                 if self.tamper.load(Ordering::SeqCst) {
                     let mut signed: SignedResponse = postcard::from_bytes(&response).unwrap();
@@ -412,7 +559,13 @@ impl Gateway for FakeGateway {
     ) -> BoxFuture<'a, Result<LinkReply, GatewayError>> {
         Box::pin(async move {
             let op = Self::op_name(&request);
-            if self.down.load(Ordering::SeqCst) || Self::take(&self.fail_next) {
+            let failing = self
+                .fail_ops
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(c, o)| c == cluster && *o == op);
+            if failing || self.down.load(Ordering::SeqCst) || Self::take(&self.fail_next) {
                 self.record(cluster, request_id, op, false);
                 return Err(GatewayError::Unavailable("relay down (test)".into()));
             }

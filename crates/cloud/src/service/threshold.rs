@@ -1,0 +1,1415 @@
+//! Threshold keys (patent FIG. 5, 12–15; \[0069\]–\[0085\]): imports of dealer bundles, and
+//! signing sessions orchestrated across t clusters.
+//!
+//! The cloud server chooses the participants and relays the protocol's messages between
+//! their TEEs, nothing more: point-to-point payloads are sealed to the receiving node and
+//! every message is signed by its sender's device key D, so messages are routed here
+//! unread and unaltered. Every TEE answer is verified against the serving node's certified
+//! D key ([`Clusters::tee_call`]), and the final signature independently with libsecp256k1
+//! against the child of the joint key at the approved path.
+//!
+//! A session runs as exchanges: every participant with pending messages gets one
+//! `ThresholdFeed` (all participants concurrently), and the messages it returns are routed
+//! to their recipients for the next exchange, until every participant returned the
+//! signature. Any failure — a refusal, an abort naming a culprit, an unreachable cluster, a
+//! stall, the time limit — aborts the session in the other participants and leaves the
+//! request `failed` (a retry makes the next attempt, possibly with other clusters) or, when
+//! no retry can help (approvals), `refused`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint};
+use bitcoin::NetworkKind;
+use custos_tee_core::approval::THRESHOLD_SCOPE;
+use custos_tee_core::protocol::{
+    CertChain, SessionRef, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin,
+    ThresholdSignParams, ThresholdSigner, MAX_THRESHOLD_ATTEMPTS, MAX_THRESHOLD_MESSAGES,
+};
+
+use super::*;
+use crate::approval::parse_key_id;
+
+/// Largest dealer bundle accepted (decoded bytes; its hex is twice as long).
+pub const MAX_BUNDLE: usize = 256 * 1024;
+/// Most clusters (shares) a threshold key may span (the TEE core's limit).
+pub const MAX_THRESHOLD_CLUSTERS: usize = custos_tee_core::threshold::MAX_THRESHOLD_PARTIES;
+/// Most message exchanges one signing session may take (cggmp24 signing needs about five).
+pub const MAX_THRESHOLD_EXCHANGES: u32 = 32;
+/// Longest a signing session may run, from its start to the last signature.
+pub const THRESHOLD_SESSION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for cluster status probes when choosing participants.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for the (best-effort) aborts sent after a failure.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of messages in one `ThresholdFeed` (the TEE takes requests of up to 4 MiB).
+const FEED_MAX_BYTES: usize = 3 * 1024 * 1024;
+/// Longest abort reason sent to a TEE.
+const MAX_ABORT_REASON: usize = 512;
+
+/// The patent's phases, in protocol order (for logs and "how far it got").
+const PHASES: [&str; 4] = ["getAB", "getAB_and_R", "getR", "getSig"];
+
+/// Decodes and checks a dealer bundle from hex (the TEE checks the dealer's signature and
+/// opens the share; this checks what the cloud server relies on).
+pub fn decode_bundle(text: &str) -> Result<ThresholdBundle, String> {
+    if text.len() > 2 * MAX_BUNDLE {
+        return Err(format!(
+            "bundle is {} hex characters, at most {} ({MAX_BUNDLE} bytes)",
+            text.len(),
+            2 * MAX_BUNDLE
+        ));
+    }
+    let bytes = hex::decode(text).map_err(|_| "bundle_hex is not hex".to_string())?;
+    let (bundle, rest) = postcard::take_from_bytes::<ThresholdBundle>(&bytes)
+        .map_err(|e| format!("not a dealer bundle: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes after the bundle", rest.len()));
+    }
+    check_threshold_key_info(&bundle.key)?;
+    Ok(bundle)
+}
+
+/// Checks the public facts of a threshold share with the TEE core's own rules: a
+/// compressed point as key id, 2 ≤ t ≤ n ≤ [`MAX_THRESHOLD_CLUSTERS`], distinct valid
+/// cluster names, the share index among the n, a usable quorum.
+pub fn check_threshold_key_info(k: &ThresholdKeyInfo) -> Result<(), String> {
+    custos_tee_core::threshold::check_key_info(k)
+}
+
+/// The extended public key (depth 0, mainnet version bytes like the TEE's wallets) of a
+/// threshold key with HD derivation.
+pub fn threshold_xpub(key_id: &[u8], chain_code: &[u8; 32]) -> Result<Xpub, String> {
+    Ok(Xpub {
+        network: NetworkKind::Main,
+        depth: 0,
+        parent_fingerprint: Fingerprint::from([0u8; 4]),
+        child_number: ChildNumber::Normal { index: 0 },
+        public_key: PublicKey::from_slice(key_id).map_err(|e| format!("key id: {e}"))?,
+        chain_code: ChainCode::from(*chain_code),
+    })
+}
+
+fn origin_name(o: ThresholdOrigin) -> &'static str {
+    match o {
+        ThresholdOrigin::Dealer => "dealer",
+        ThresholdOrigin::Dkg => "dkg",
+    }
+}
+
+fn key_row(k: &ThresholdKeyInfo, now_ms: u64, request: &str) -> ThresholdKeyRow {
+    ThresholdKeyRow {
+        key_id: hex::encode(&k.key_id),
+        threshold: k.threshold,
+        clusters: k.clusters.clone(),
+        quorum: k.quorum,
+        chain_code: k.chain_code.map(hex::encode),
+        origin: origin_name(k.origin).to_string(),
+        created_at: now_ms,
+        created_by_request: request.to_string(),
+    }
+}
+
+fn chain_code_of(key: &ThresholdKeyRow) -> Result<Option<[u8; 32]>, String> {
+    key.chain_code
+        .as_deref()
+        .map(|c| parse_digest(c).map_err(|_| "recorded chain code is not 32 bytes of hex".into()))
+        .transpose()
+}
+
+/// The recorded key's xpub, when it has a chain code.
+fn key_xpub(key: &ThresholdKeyRow) -> Result<Option<Xpub>, String> {
+    let key_id = hex::decode(&key.key_id).map_err(|e| e.to_string())?;
+    chain_code_of(key)?
+        .map(|c| threshold_xpub(&key_id, &c))
+        .transpose()
+}
+
+fn threshold_key_view(key: &ThresholdKeyRow, shares: &[ThresholdShareRow]) -> ThresholdKeyView {
+    let xpub = key_xpub(key).ok().flatten().map(|x| x.to_string());
+    let mine: Vec<&ThresholdShareRow> = shares.iter().filter(|s| s.key_id == key.key_id).collect();
+    ThresholdKeyView {
+        key_id: key.key_id.clone(),
+        xpub,
+        threshold: key.threshold,
+        clusters: key.clusters.clone(),
+        quorum: key.quorum,
+        origin: key.origin.clone(),
+        shares: mine
+            .iter()
+            .map(|s| ThresholdShareView {
+                share_index: s.share_index,
+                cluster: s.cluster.clone(),
+                node: s.node.clone(),
+                imported_at_ms: s.imported_at,
+                request_id: s.request_id.clone(),
+            })
+            .collect(),
+        missing_shares: (0..key.clusters.len() as u16)
+            .filter(|i| !mine.iter().any(|s| s.share_index == *i))
+            .collect(),
+        created_at_ms: key.created_at,
+        created_by_request: key.created_by_request.clone(),
+    }
+}
+
+/// Link request id of a participant's `ThresholdStart`: the same for every send of one
+/// attempt to one cluster, so that the link's exactly-once store answers a resend with the
+/// first answer instead of opening the session twice.
+pub(crate) fn start_link_id(request_id: &[u8; 16], attempt: u8, cluster: &str) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"custos-threshold-start");
+    h.update(request_id);
+    h.update([attempt]);
+    h.update(cluster.as_bytes());
+    let d = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    id
+}
+
+/// Refusals no retry can fix: the approvals themselves are wrong or void.
+fn final_refusal(e: &TeeError) -> bool {
+    matches!(
+        e,
+        TeeError::ApprovalMissing
+            | TeeError::ApprovalRejected { .. }
+            | TeeError::QuorumNotMet { .. }
+            | TeeError::RequestExpired { .. }
+            | TeeError::InvalidPath(_)
+    )
+}
+
+fn names(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn phase_rank(p: &str) -> usize {
+    PHASES.iter().position(|x| *x == p).unwrap_or(0)
+}
+
+/// One participant of a session.
+#[derive(Clone, Debug)]
+struct Participant {
+    cluster: String,
+    node: String,
+    share_index: u16,
+    chain: CertChain,
+}
+
+/// Why a session (or choosing its participants) ended without a signature.
+#[derive(Debug)]
+struct Abort {
+    code: String,
+    message: String,
+    /// Clusters at fault (or that could not take part), when known.
+    blamed: Vec<String>,
+    /// No retry can help.
+    final_: bool,
+}
+
+impl Abort {
+    fn new(code: &str, message: String, blamed: Vec<String>) -> Self {
+        Abort {
+            code: code.to_string(),
+            message,
+            blamed,
+            final_: false,
+        }
+    }
+
+    /// Several participants failed in the same exchange: one abort naming all of them,
+    /// with the first TEE's code if a TEE refused.
+    fn merge(mut aborts: Vec<Abort>) -> Option<Abort> {
+        if aborts.len() <= 1 {
+            return aborts.pop();
+        }
+        let code = aborts
+            .iter()
+            .find(|a| a.code.starts_with("tee_"))
+            .unwrap_or(&aborts[0])
+            .code
+            .clone();
+        let mut blamed: Vec<String> = Vec::new();
+        for b in aborts.iter().flat_map(|a| a.blamed.iter()) {
+            if !blamed.contains(b) {
+                blamed.push(b.clone());
+            }
+        }
+        Some(Abort {
+            code,
+            message: aborts
+                .iter()
+                .map(|a| a.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            blamed,
+            final_: aborts.iter().any(|a| a.final_),
+        })
+    }
+}
+
+/// A running session as the cloud server sees it.
+struct Session<'a> {
+    session: SessionRef,
+    participants: &'a [Participant],
+    /// Phase each participant last reported.
+    phase: Vec<String>,
+    /// Signature each participant returned, once done.
+    signature: Vec<Option<EcdsaSignature>>,
+    /// Messages waiting for each participant.
+    pending: Vec<Vec<ThresholdMessage>>,
+    /// Participants whose TEE already ended the session (refused or aborted it).
+    ended: Vec<bool>,
+    /// Participants being called right now.
+    in_flight: Vec<usize>,
+    exchanges: u32,
+}
+
+impl<'a> Session<'a> {
+    fn new(session: SessionRef, participants: &'a [Participant]) -> Self {
+        let n = participants.len();
+        Session {
+            session,
+            participants,
+            phase: vec![PHASES[0].to_string(); n],
+            signature: vec![None; n],
+            pending: vec![Vec::new(); n],
+            ended: vec![false; n],
+            in_flight: Vec::new(),
+            exchanges: 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.signature.iter().all(Option::is_some)
+    }
+
+    /// The furthest phase any participant reported.
+    fn phase(&self) -> String {
+        self.phase
+            .iter()
+            .max_by_key(|p| phase_rank(p))
+            .cloned()
+            .unwrap_or_else(|| PHASES[0].to_string())
+    }
+
+    fn clusters(&self, positions: impl IntoIterator<Item = usize>) -> Vec<String> {
+        positions
+            .into_iter()
+            .map(|i| self.participants[i].cluster.clone())
+            .collect()
+    }
+
+    fn unfinished(&self) -> Vec<usize> {
+        (0..self.participants.len())
+            .filter(|&i| self.signature[i].is_none())
+            .collect()
+    }
+
+    fn stalled(&self, why: &str) -> Abort {
+        let waiting = self.clusters(self.unfinished());
+        Abort::new(
+            "threshold_aborted",
+            format!(
+                "session {} stalled in {} ({why}); not finished: {}",
+                session_text(&self.session),
+                self.phase(),
+                names(&waiting)
+            ),
+            waiting,
+        )
+    }
+
+    fn timed_out(&self) -> Abort {
+        let waiting = if self.in_flight.is_empty() {
+            self.clusters(self.unfinished())
+        } else {
+            self.clusters(self.in_flight.iter().copied())
+        };
+        Abort::new(
+            "threshold_aborted",
+            format!(
+                "session {} timed out after {} s in {}, waiting for {}",
+                session_text(&self.session),
+                THRESHOLD_SESSION_TIMEOUT.as_secs(),
+                self.phase(),
+                names(&waiting)
+            ),
+            waiting,
+        )
+    }
+
+    /// Takes one participant's answer: its messages are routed to their recipients, its
+    /// signature kept; a refusal or a malformed answer is an abort naming it.
+    fn absorb(&mut self, pos: usize, answer: Result<TeeAnswer, CallError>) -> Result<(), Abort> {
+        let p = &self.participants[pos];
+        let at = self.phase[pos].clone();
+        let bad = |what: String| {
+            Abort::new(
+                "threshold_aborted",
+                format!(
+                    "cluster {} (node {}) misbehaved in {at}: {what}",
+                    p.cluster, p.node
+                ),
+                vec![p.cluster.clone()],
+            )
+        };
+        let response = match answer {
+            Err(e) => {
+                return Err(Abort::new(
+                    "threshold_aborted",
+                    format!(
+                        "cluster {} (node {}) failed in {at}: {e}",
+                        p.cluster, p.node
+                    ),
+                    vec![p.cluster.clone()],
+                ))
+            }
+            Ok(TeeAnswer {
+                outcome: Err(e), ..
+            }) => {
+                self.ended[pos] = true;
+                return Err(match e {
+                    TeeError::ThresholdAborted {
+                        ref session,
+                        ref blamed,
+                        ref phase,
+                        ref detail,
+                    } => {
+                        let blamed = if blamed.is_empty() {
+                            vec![p.cluster.clone()]
+                        } else {
+                            blamed.clone()
+                        };
+                        Abort::new(
+                            &tee_code(&e),
+                            format!(
+                                "cluster {} aborted session {session} in {phase}: {detail} \
+                                 (blamed: {})",
+                                p.cluster,
+                                names(&blamed)
+                            ),
+                            blamed,
+                        )
+                    }
+                    e => Abort {
+                        final_: final_refusal(&e),
+                        ..Abort::new(
+                            &tee_code(&e),
+                            format!(
+                                "cluster {} (node {}) refused in {at}: {e}",
+                                p.cluster, p.node
+                            ),
+                            vec![p.cluster.clone()],
+                        )
+                    },
+                });
+            }
+            Ok(TeeAnswer { outcome: Ok(r), .. }) => r,
+        };
+        let Response::ThresholdRound {
+            session,
+            phase,
+            outgoing,
+            signature,
+        } = response
+        else {
+            return Err(bad(format!(
+                "answered {} instead of a session round",
+                response_name(&response)
+            )));
+        };
+        if session != self.session {
+            return Err(bad(format!(
+                "answered for session {}",
+                session_text(&session)
+            )));
+        }
+        let n = self.participants.len();
+        for m in &outgoing {
+            if m.session != self.session {
+                return Err(bad(format!(
+                    "sent a message of session {}",
+                    session_text(&m.session)
+                )));
+            }
+            if usize::from(m.sender) != pos {
+                return Err(bad(format!(
+                    "sent a message as participant {} (it is {pos})",
+                    m.sender
+                )));
+            }
+            if let Some(r) = m.recipient {
+                if usize::from(r) >= n || usize::from(r) == pos {
+                    return Err(bad(format!("sent a message to participant {r}")));
+                }
+            }
+        }
+        // Shown in logs and errors only; a TEE names its phase in a few characters.
+        self.phase[pos] = phase.chars().take(32).collect();
+        for m in outgoing {
+            match m.recipient {
+                Some(r) => self.pending[usize::from(r)].push(m),
+                None => {
+                    for q in (0..n).filter(|&q| q != pos) {
+                        self.pending[q].push(m.clone());
+                    }
+                }
+            }
+        }
+        if let Some(sig) = signature {
+            self.signature[pos] = Some(sig);
+        }
+        Ok(())
+    }
+
+    fn absorb_all(
+        &mut self,
+        answers: Vec<(usize, Result<TeeAnswer, CallError>)>,
+    ) -> Result<(), Abort> {
+        let mut aborts = Vec::new();
+        for (pos, a) in answers {
+            if let Err(e) = self.absorb(pos, a) {
+                aborts.push(e);
+            }
+        }
+        match Abort::merge(aborts) {
+            Some(a) => Err(a),
+            None => Ok(()),
+        }
+    }
+
+    /// The pending messages of `pos` in feeds within the TEE's limits.
+    fn take_batches(&mut self, pos: usize) -> Vec<Vec<ThresholdMessage>> {
+        let mut batches = Vec::new();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for m in std::mem::take(&mut self.pending[pos]) {
+            let size = m.payload.len() + m.enc.len() + m.signature.len() + m.phase.len() + 64;
+            if !batch.is_empty()
+                && (batch.len() >= MAX_THRESHOLD_MESSAGES || bytes + size > FEED_MAX_BYTES)
+            {
+                batches.push(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(m);
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        batches
+    }
+}
+
+fn session_text(s: &SessionRef) -> String {
+    format!("{}/{}", hex::encode(s.request_id), s.attempt)
+}
+
+impl Cloud {
+    /// `POST /v1/threshold/keys/import`: records an `import_threshold_key` request for the
+    /// node the bundle is sealed to.
+    pub async fn import_threshold_key(
+        &self,
+        caller: &str,
+        body: ImportThresholdKeyBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        let bundle =
+            decode_bundle(&body.bundle_hex).map_err(|m| ApiError::new("invalid_bundle", m))?;
+        let key = &bundle.key;
+        let cluster = key.clusters[usize::from(key.share_index)].clone();
+        self.cluster_config(&cluster)?;
+        let key_id = hex::encode(&key.key_id);
+        if let Some(recorded) = self.store.threshold_key(&key_id).await? {
+            if let Some(why) = recorded.disagreement(&key_row(key, 0, "")) {
+                return Err(ApiError::new("threshold_key_mismatch", why));
+            }
+        }
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        let node = self
+            .bundle_recipient(&cluster, &bundle.recipient_fingerprint)
+            .await?;
+        let sealed = hex::encode(postcard::to_allocvec(&bundle).expect("bundles serialize"));
+        self.create(
+            caller,
+            Draft {
+                kind: RequestKind::ImportThresholdKey,
+                cluster,
+                root_id: Some(key_id),
+                path: None,
+                digest: None,
+                quorum: key.quorum,
+                id,
+                expires_at,
+                approvals: body.approvals,
+                target_node: Some(node),
+                sealed: Some(sealed),
+                wallet_xpub: None,
+                share_index: Some(key.share_index),
+            },
+        )
+        .await
+    }
+
+    /// The node of `cluster` whose device certificate has SHA-256 `fingerprint`.
+    async fn bundle_recipient(
+        &self,
+        cluster: &str,
+        fingerprint: &[u8; 32],
+    ) -> Result<String, ApiError> {
+        let status = self
+            .clusters
+            .status(cluster, true)
+            .await
+            .map_err(call_api_error)?;
+        let checks = status.nodes.iter().map(|n| async move {
+            let chain = self.clusters.device_chain(cluster, &n.node).await;
+            (n.node.clone(), chain)
+        });
+        let mut unreachable = Vec::new();
+        for (node, chain) in futures::future::join_all(checks).await {
+            match chain {
+                Ok(c) => {
+                    let fp: [u8; 32] = Sha256::digest(&c.device).into();
+                    if &fp == fingerprint {
+                        return Ok(node);
+                    }
+                }
+                Err(e) => unreachable.push(format!("{node}: {e}")),
+            }
+        }
+        let what = format!(
+            "no node of cluster {cluster} has the device certificate the bundle is sealed to \
+             (SHA-256 {})",
+            hex::encode(fingerprint)
+        );
+        if unreachable.is_empty() {
+            Err(ApiError::new("bundle_recipient_unknown", what))
+        } else {
+            Err(ApiError::new(
+                "cluster_unavailable",
+                format!("{what}; unreachable: {}", unreachable.join("; ")),
+            ))
+        }
+    }
+
+    /// Checks the TEE's answer to an import against the bundle and builds what is recorded.
+    pub(super) fn check_threshold_share(
+        &self,
+        row: &RequestRow,
+        node: &str,
+        info: &ThresholdKeyInfo,
+    ) -> Result<(RequestResult, ThresholdKeyRow, ThresholdShareRow), String> {
+        let bundle = decode_bundle(row.sealed.as_deref().unwrap_or_default())?;
+        if *info != bundle.key {
+            return Err(format!(
+                "the TEE imported {info:?}, the bundle carries {:?}",
+                bundle.key
+            ));
+        }
+        if row.target_node.as_deref() != Some(node) {
+            return Err(format!(
+                "imported by node {node}, the bundle is sealed to {:?}",
+                row.target_node
+            ));
+        }
+        let now = self.now_ms();
+        let key = key_row(info, now, &row.id);
+        let share = ThresholdShareRow {
+            key_id: key.key_id.clone(),
+            share_index: info.share_index,
+            cluster: row.cluster.clone(),
+            node: node.to_string(),
+            imported_at: now,
+            request_id: row.id.clone(),
+        };
+        let result = RequestResult::ThresholdShare(ThresholdShareResult {
+            key_id: key.key_id.clone(),
+            share_index: info.share_index,
+            cluster: row.cluster.clone(),
+            node: node.to_string(),
+            xpub: key_xpub(&key)?.map(|x| x.to_string()),
+        });
+        Ok((result, key, share))
+    }
+
+    /// `GET /v1/threshold/keys`.
+    pub async fn threshold_keys(&self) -> Result<ThresholdKeyList, ApiError> {
+        let keys = self.store.threshold_keys().await?;
+        let shares = self.store.threshold_shares(None).await?;
+        Ok(ThresholdKeyList {
+            keys: keys
+                .iter()
+                .map(|k| threshold_key_view(k, &shares))
+                .collect(),
+        })
+    }
+
+    async fn threshold_key_row(&self, key_id: &str) -> Result<ThresholdKeyRow, ApiError> {
+        parse_key_id(key_id).map_err(|m| ApiError::new("invalid_key_id", m))?;
+        self.store
+            .threshold_key(&key_id.to_ascii_lowercase())
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    "unknown_threshold_key",
+                    format!("no threshold key {key_id}"),
+                )
+            })
+    }
+
+    /// `GET /v1/threshold/keys/{key_id}`.
+    pub async fn threshold_key(&self, key_id: &str) -> Result<ThresholdKeyView, ApiError> {
+        let key = self.threshold_key_row(key_id).await?;
+        let shares = self.store.threshold_shares(Some(&key.key_id)).await?;
+        Ok(threshold_key_view(&key, &shares))
+    }
+
+    /// `POST /v1/threshold/sign`: records a `threshold_sign` request (cluster
+    /// `*threshold*`); the clusters the caller named are kept in `target_node`.
+    pub async fn threshold_sign(
+        &self,
+        caller: &str,
+        body: ThresholdSignBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        parse_key_id(&body.key_id).map_err(|m| ApiError::new("invalid_key_id", m))?;
+        let path =
+            parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
+        if has_hardened(&path) {
+            return Err(ApiError::new(
+                "hardened_path",
+                format!(
+                    "{}: threshold keys derive non-hardened children only",
+                    format_path(&path)
+                ),
+            ));
+        }
+        let digest = parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?;
+        if let Some(list) = &body.clusters {
+            if list.is_empty() || list.len() > MAX_THRESHOLD_CLUSTERS {
+                return Err(ApiError::new(
+                    "invalid_clusters",
+                    format!("name 1 to {MAX_THRESHOLD_CLUSTERS} clusters"),
+                ));
+            }
+            for c in list {
+                self.cluster_config(c)?;
+            }
+        }
+        let key = self.threshold_key_row(&body.key_id).await?;
+        if key.chain_code.is_none() && !path.is_empty() {
+            return Err(ApiError::new(
+                "invalid_path",
+                format!(
+                    "threshold key {} has no chain code (no HD derivation): only path m",
+                    key.key_id
+                ),
+            ));
+        }
+        let clusters = match &body.clusters {
+            None => None,
+            Some(list) => {
+                let mut seen = HashSet::new();
+                for c in list {
+                    if !seen.insert(c.as_str()) {
+                        return Err(ApiError::new(
+                            "invalid_clusters",
+                            format!("cluster {c} named twice"),
+                        ));
+                    }
+                    if !key.clusters.contains(c) {
+                        return Err(ApiError::new(
+                            "invalid_clusters",
+                            format!(
+                                "cluster {c} holds no share of threshold key {} (its clusters: {})",
+                                key.key_id,
+                                key.clusters.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                if list.len() < usize::from(key.threshold) {
+                    return Err(ApiError::new(
+                        "invalid_clusters",
+                        format!(
+                            "{} clusters named, threshold key {} needs {}",
+                            list.len(),
+                            key.key_id,
+                            key.threshold
+                        ),
+                    ));
+                }
+                Some(list.join(","))
+            }
+        };
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        self.create(
+            caller,
+            Draft {
+                kind: RequestKind::ThresholdSign,
+                cluster: THRESHOLD_SCOPE.to_string(),
+                root_id: Some(key.key_id),
+                path: Some(format_path(&path)),
+                digest: Some(hex::encode(digest)),
+                quorum: key.quorum,
+                id,
+                expires_at,
+                approvals: body.approvals,
+                target_node: clusters,
+                sealed: None,
+                wallet_xpub: None,
+                share_index: None,
+            },
+        )
+        .await
+    }
+
+    /// Runs a `submitting` threshold sign request as one session attempt and records the
+    /// outcome.
+    pub(super) async fn execute_threshold(
+        &self,
+        row: RequestRow,
+    ) -> Result<RequestRow, StoreError> {
+        let attempt = row.attempts.saturating_sub(1);
+        if attempt >= u32::from(MAX_THRESHOLD_ATTEMPTS) {
+            return self
+                .finish(
+                    row,
+                    Err((
+                        "threshold_attempts_exhausted".into(),
+                        format!(
+                            "all {MAX_THRESHOLD_ATTEMPTS} attempts of this approved request were \
+                             used; a new request needs new approvals"
+                        ),
+                    )),
+                    true,
+                )
+                .await;
+        }
+        let attempt = attempt as u8;
+        let key_id = row.root_id.clone().unwrap_or_default();
+        let Some(key) = self.store.threshold_key(&key_id).await? else {
+            return self
+                .finish(
+                    row,
+                    Err((
+                        "unknown_threshold_key".into(),
+                        format!("threshold key {key_id} is not recorded"),
+                    )),
+                    true,
+                )
+                .await;
+        };
+        let (request_id, path, digest, approvals) = match (
+            parse_request_id(&row.id),
+            parse_path(row.path.as_deref().unwrap_or_default()).map_err(|e| e.to_string()),
+            parse_digest(row.digest.as_deref().unwrap_or_default()),
+            tee_approvals(&row),
+        ) {
+            (Ok(i), Ok(p), Ok(d), Ok(a)) => (i, p, d, a),
+            (i, p, d, a) => {
+                let why = [i.err(), p.err(), d.err(), a.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return self
+                    .finish(
+                        row,
+                        Err((
+                            "bad_request_row".into(),
+                            format!("stored request unusable: {why}"),
+                        )),
+                        true,
+                    )
+                    .await;
+            }
+        };
+        let participants = match self.threshold_participants(&row, &key).await? {
+            Ok(p) => p,
+            Err(a) => return self.threshold_failed(row, attempt, a).await,
+        };
+        let session = SessionRef {
+            request_id,
+            attempt,
+        };
+        let described: Vec<String> = participants
+            .iter()
+            .map(|p| format!("{}/{} (share {})", p.cluster, p.node, p.share_index))
+            .collect();
+        let mut next = row.clone();
+        next.updated_at = self.now_ms();
+        let row = self
+            .store
+            .update_request(
+                &next,
+                "session",
+                format!("attempt {attempt}: {}", described.join(", ")),
+                None,
+            )
+            .await?;
+        tracing::info!(
+            request_id = %row.id,
+            attempt,
+            key = %key.key_id,
+            participants = %described.join(", "),
+            "threshold session starting"
+        );
+        let start = encode_request(&Request::ThresholdStart {
+            meta: RequestMeta {
+                request_id,
+                expires_at: row.expires_at,
+            },
+            attempt,
+            params: ThresholdSignParams {
+                key_id: hex::decode(&key.key_id).unwrap_or_default(),
+                path: path.clone(),
+                digest,
+                signers: participants
+                    .iter()
+                    .map(|p| ThresholdSigner {
+                        share_index: p.share_index,
+                        chain: p.chain.clone(),
+                    })
+                    .collect(),
+            },
+            approvals,
+        });
+        let began = Instant::now();
+        let mut st = Session::new(session, &participants);
+        let run = tokio::time::timeout(
+            THRESHOLD_SESSION_TIMEOUT,
+            self.run_session(&row.id, &start, &mut st),
+        )
+        .await;
+        let outcome = match run {
+            Ok(r) => r,
+            Err(_) => Err(st.timed_out()),
+        };
+        if let Err(abort) = outcome {
+            self.abort_session(&st, &abort.message).await;
+            return self.threshold_failed(row, attempt, abort).await;
+        }
+        tracing::info!(
+            request_id = %row.id,
+            attempt,
+            exchanges = st.exchanges,
+            ms = began.elapsed().as_millis() as u64,
+            "threshold session signed"
+        );
+        let clusters: Vec<String> = participants.iter().map(|p| p.cluster.clone()).collect();
+        let verdict = self.check_threshold_signature(&key, &path, &digest, &st);
+        match verdict {
+            Ok(mut result) => {
+                result.clusters = Some(clusters);
+                self.threshold_blamed
+                    .lock()
+                    .expect("blame lock")
+                    .remove(&row.id);
+                let by = format!(
+                    "{} (attempt {attempt}, {} exchanges)",
+                    described.join(", "),
+                    st.exchanges
+                );
+                self.finish(
+                    row,
+                    Ok((by, RequestResult::Signature(result), Recorded::Nothing)),
+                    true,
+                )
+                .await
+            }
+            Err(m) => {
+                self.threshold_failed(row, attempt, Abort::new("bad_signature", m, Vec::new()))
+                    .await
+            }
+        }
+    }
+
+    /// All participants' signatures agree and verify for the key's child at `path`.
+    fn check_threshold_signature(
+        &self,
+        key: &ThresholdKeyRow,
+        path: &[u32],
+        digest: &[u8; 32],
+        st: &Session<'_>,
+    ) -> Result<SignResult, String> {
+        let sigs: Vec<&EcdsaSignature> = st.signature.iter().flatten().collect();
+        let first = *sigs.first().ok_or("no signature")?;
+        if let Some(i) = st.signature.iter().position(|s| s.as_ref() != Some(first)) {
+            return Err(format!(
+                "participants disagree: {} and {} returned different signatures",
+                st.participants[0].cluster, st.participants[i].cluster
+            ));
+        }
+        // Without a chain code only the key itself signs (path m, checked at creation);
+        // a zero chain code then stands in, derivation along an empty path being the
+        // identity.
+        let key_id = hex::decode(&key.key_id).map_err(|e| e.to_string())?;
+        let chain_code = chain_code_of(key)?;
+        if chain_code.is_none() && !path.is_empty() {
+            return Err("a key without chain code signed with a path".into());
+        }
+        let xpub = threshold_xpub(&key_id, &chain_code.unwrap_or([0u8; 32]))?.to_string();
+        verify_sign_result(&self.secp, digest, path, Some(&xpub), first)
+    }
+
+    /// Records a failed attempt (retryable unless `final_`) and remembers whom it blamed.
+    async fn threshold_failed(
+        &self,
+        row: RequestRow,
+        attempt: u8,
+        abort: Abort,
+    ) -> Result<RequestRow, StoreError> {
+        tracing::warn!(
+            request_id = %row.id,
+            attempt,
+            code = %abort.code,
+            blamed = %names(&abort.blamed),
+            "threshold attempt failed: {}",
+            abort.message
+        );
+        if !abort.blamed.is_empty() {
+            let mut blamed = self.threshold_blamed.lock().expect("blame lock");
+            if blamed.len() >= 10_000 {
+                blamed.clear();
+            }
+            blamed.insert(row.id.clone(), abort.blamed.clone());
+        }
+        let message = format!("attempt {attempt}: {}", abort.message);
+        self.finish(row, Err((abort.code, message)), abort.final_)
+            .await
+    }
+
+    /// Chooses the t participants: the named clusters in order, or else the clusters
+    /// with an imported share, healthy first (and those blamed by the previous attempt
+    /// last); each runs on the node that imported the share, or on any healthy node of
+    /// its cluster when that one is not healthy.
+    async fn threshold_participants(
+        &self,
+        row: &RequestRow,
+        key: &ThresholdKeyRow,
+    ) -> Result<Result<Vec<Participant>, Abort>, StoreError> {
+        let t = usize::from(key.threshold);
+        let shares = self.store.threshold_shares(Some(&key.key_id)).await?;
+        let named: Option<Vec<String>> = row.target_node.as_deref().map(|s| {
+            s.split(',')
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        });
+        let candidates: Vec<String> = match &named {
+            Some(list) => list.clone(),
+            None => {
+                let mut v: Vec<String> = Vec::new();
+                for s in &shares {
+                    if !v.contains(&s.cluster) {
+                        v.push(s.cluster.clone());
+                    }
+                }
+                v
+            }
+        };
+        if candidates.len() < t {
+            return Ok(Err(Abort::new(
+                "cluster_unavailable",
+                format!(
+                    "threshold key {} needs {t} clusters; shares are recorded as imported on \
+                     {} only ({})",
+                    key.key_id,
+                    candidates.len(),
+                    names(&candidates)
+                ),
+                Vec::new(),
+            )));
+        }
+        let mut indexed = Vec::with_capacity(candidates.len());
+        for c in &candidates {
+            match key.clusters.iter().position(|k| k == c) {
+                Some(i) => indexed.push((c.clone(), i as u16)),
+                None => {
+                    return Ok(Err(Abort {
+                        final_: true,
+                        ..Abort::new(
+                            "invalid_clusters",
+                            format!("cluster {c} holds no share of threshold key {}", key.key_id),
+                            Vec::new(),
+                        )
+                    }))
+                }
+            }
+        }
+        let probes = futures::future::join_all(indexed.iter().map(|(c, _)| async move {
+            tokio::time::timeout(STATUS_TIMEOUT, self.clusters.status(c, false))
+                .await
+                .unwrap_or_else(|_| Err(CallError::Unavailable("status probe timed out".into())))
+        }))
+        .await;
+        let blamed_before = self
+            .threshold_blamed
+            .lock()
+            .expect("blame lock")
+            .get(&row.id)
+            .cloned()
+            .unwrap_or_default();
+        // (cluster, share index, node, whether that node imported the share)
+        let mut usable: Vec<(String, u16, String, bool)> = Vec::new();
+        let mut unusable: Vec<String> = Vec::new();
+        let mut unusable_clusters: Vec<String> = Vec::new();
+        for ((cluster, index), probe) in indexed.into_iter().zip(probes) {
+            let status = match probe {
+                Ok(s) => s,
+                Err(e) => {
+                    unusable.push(format!("{cluster}: {e}"));
+                    unusable_clusters.push(cluster);
+                    continue;
+                }
+            };
+            let healthy: Vec<&str> = status
+                .nodes
+                .iter()
+                .filter(|n| n.healthy)
+                .map(|n| n.node.as_str())
+                .collect();
+            let recorded = shares
+                .iter()
+                .find(|s| s.share_index == index)
+                .map(|s| s.node.as_str());
+            let node = match recorded {
+                Some(n) if healthy.contains(&n) => Some((n.to_string(), true)),
+                _ => healthy.first().map(|n| (n.to_string(), false)),
+            };
+            match node {
+                Some((node, imported_here)) => usable.push((cluster, index, node, imported_here)),
+                None => {
+                    unusable.push(format!("{cluster}: no healthy node"));
+                    unusable_clusters.push(cluster);
+                }
+            }
+        }
+        if named.is_none() {
+            // Stable: share index order among equals.
+            usable.sort_by_key(|(c, _, _, imported_here)| {
+                (blamed_before.contains(c), !imported_here)
+            });
+        }
+        if usable.len() < t {
+            return Ok(Err(Abort::new(
+                "cluster_unavailable",
+                format!(
+                    "threshold key {} needs {t} clusters, {} of {} can take part now \
+                     (unavailable: {})",
+                    key.key_id,
+                    usable.len(),
+                    names(&candidates),
+                    unusable.join("; ")
+                ),
+                unusable_clusters,
+            )));
+        }
+        usable.truncate(t);
+        if named.is_none() {
+            usable.sort_by_key(|(_, index, _, _)| *index);
+        }
+        let chains = futures::future::join_all(
+            usable
+                .iter()
+                .map(|(c, _, node, _)| self.clusters.device_chain(c, node)),
+        )
+        .await;
+        let mut participants = Vec::with_capacity(t);
+        for ((cluster, share_index, node, _), chain) in usable.into_iter().zip(chains) {
+            match chain {
+                Ok(chain) => participants.push(Participant {
+                    cluster,
+                    node,
+                    share_index,
+                    chain,
+                }),
+                Err(e) => {
+                    return Ok(Err(Abort::new(
+                        &e.code(),
+                        format!("device chain of {cluster}/{node}: {e}"),
+                        vec![cluster],
+                    )))
+                }
+            }
+        }
+        Ok(Ok(participants))
+    }
+
+    /// Starts the session in every participant, then relays messages exchange by exchange
+    /// until every participant returned the signature.
+    async fn run_session(
+        &self,
+        request_id: &str,
+        start: &[u8],
+        st: &mut Session<'_>,
+    ) -> Result<(), Abort> {
+        let participants = st.participants;
+        let session = st.session;
+        st.in_flight = (0..participants.len()).collect();
+        let starts = participants.iter().map(|p| {
+            let link_id = start_link_id(&session.request_id, session.attempt, &p.cluster);
+            self.clusters
+                .tee_call(&p.cluster, link_id, start, Some(&p.node))
+        });
+        let answers = futures::future::join_all(starts).await;
+        st.in_flight.clear();
+        st.absorb_all(answers.into_iter().enumerate().collect())?;
+        loop {
+            if st.done() {
+                return Ok(());
+            }
+            if st.exchanges >= MAX_THRESHOLD_EXCHANGES {
+                return Err(st.stalled(&format!(
+                    "no signature after {MAX_THRESHOLD_EXCHANGES} exchanges"
+                )));
+            }
+            let targets: Vec<usize> = (0..participants.len())
+                .filter(|&q| st.signature[q].is_none() && !st.pending[q].is_empty())
+                .collect();
+            if targets.is_empty() {
+                return Err(st.stalled("no message to relay"));
+            }
+            st.exchanges += 1;
+            let mut phases: Vec<&str> = Vec::new();
+            let mut count = 0;
+            for &q in &targets {
+                for m in &st.pending[q] {
+                    count += 1;
+                    if !phases.contains(&m.phase.as_str()) {
+                        phases.push(m.phase.as_str());
+                    }
+                }
+            }
+            tracing::info!(
+                request_id,
+                attempt = session.attempt,
+                exchange = st.exchanges,
+                phase = %phases.join("/"),
+                messages = count,
+                to = %names(&st.clusters(targets.iter().copied())),
+                "threshold exchange"
+            );
+            let feeds: Vec<(usize, Vec<Vec<ThresholdMessage>>)> =
+                targets.iter().map(|&q| (q, st.take_batches(q))).collect();
+            st.in_flight = targets;
+            let calls = feeds.into_iter().map(|(q, batches)| async move {
+                let p = &participants[q];
+                let mut answers = Vec::new();
+                for messages in batches {
+                    let request = encode_request(&Request::ThresholdFeed { session, messages });
+                    let a = self
+                        .clusters
+                        .tee_call(&p.cluster, random_id(), &request, Some(&p.node))
+                        .await;
+                    // A refusal, or the signature (the TEE dropped the session): the rest of
+                    // the messages would find no session.
+                    let stop = !matches!(
+                        &a,
+                        Ok(TeeAnswer {
+                            outcome: Ok(Response::ThresholdRound {
+                                signature: None,
+                                ..
+                            }),
+                            ..
+                        })
+                    );
+                    answers.push((q, a));
+                    if stop {
+                        break;
+                    }
+                }
+                answers
+            });
+            let answers: Vec<(usize, Result<TeeAnswer, CallError>)> =
+                futures::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            st.in_flight.clear();
+            st.absorb_all(answers)?;
+        }
+    }
+
+    /// Best effort: tells every participant whose TEE may still hold the session to drop
+    /// it.
+    async fn abort_session(&self, st: &Session<'_>, why: &str) {
+        let reason: String = why.chars().take(MAX_ABORT_REASON).collect();
+        let request = encode_request(&Request::ThresholdAbort {
+            session: st.session,
+            reason,
+        });
+        let calls = st
+            .participants
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !st.ended[*i])
+            .map(|(_, p)| {
+                let request = &request;
+                async move {
+                    let r = tokio::time::timeout(
+                        ABORT_TIMEOUT,
+                        self.clusters
+                            .tee_call(&p.cluster, random_id(), request, Some(&p.node)),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(TeeAnswer {
+                            outcome: Ok(Response::ThresholdAborted(_)),
+                            ..
+                        })) => tracing::info!(
+                            cluster = %p.cluster,
+                            node = %p.node,
+                            session = %session_text(&st.session),
+                            "threshold session aborted"
+                        ),
+                        Ok(Ok(a)) => tracing::info!(
+                            cluster = %p.cluster,
+                            node = %p.node,
+                            answer = ?a.outcome.map(|r| response_name(&r)),
+                            "threshold abort answered"
+                        ),
+                        Ok(Err(e)) => tracing::warn!(
+                            cluster = %p.cluster,
+                            node = %p.node,
+                            error = %e,
+                            "threshold abort not delivered"
+                        ),
+                        Err(_) => tracing::warn!(
+                            cluster = %p.cluster,
+                            node = %p.node,
+                            "threshold abort timed out"
+                        ),
+                    }
+                }
+            });
+        futures::future::join_all(calls).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_tee_core::protocol::ThresholdOrigin;
+
+    fn info() -> ThresholdKeyInfo {
+        let secp = Secp256k1::new();
+        let sk = bitcoin::secp256k1::SecretKey::from_slice(&[7u8; 32]).unwrap();
+        ThresholdKeyInfo {
+            key_id: PublicKey::from_secret_key(&secp, &sk).serialize().to_vec(),
+            chain_code: Some([1u8; 32]),
+            threshold: 2,
+            clusters: vec!["dc1".into(), "dc2".into(), "dc3".into()],
+            quorum: 1,
+            origin: ThresholdOrigin::Dealer,
+            share_index: 1,
+        }
+    }
+
+    fn bundle(key: ThresholdKeyInfo) -> ThresholdBundle {
+        ThresholdBundle {
+            key,
+            recipient_fingerprint: [3u8; 32],
+            dealer_cert: vec![1],
+            dealer_ca: vec![2],
+            enc: vec![3],
+            ciphertext: vec![4; 10],
+            signature: vec![5],
+        }
+    }
+
+    #[test]
+    fn bundles_are_decoded_and_checked() {
+        let b = bundle(info());
+        let text = hex::encode(postcard::to_allocvec(&b).unwrap());
+        assert_eq!(decode_bundle(&text).unwrap(), b);
+        assert!(decode_bundle("zz").is_err());
+        assert!(decode_bundle(&format!("{text}00"))
+            .unwrap_err()
+            .contains("trailing"));
+        assert!(decode_bundle(&"00".repeat(MAX_BUNDLE + 1)).is_err());
+        let bad = [
+            ThresholdKeyInfo {
+                share_index: 3,
+                ..info()
+            },
+            ThresholdKeyInfo {
+                threshold: 4,
+                ..info()
+            },
+            ThresholdKeyInfo {
+                threshold: 0,
+                ..info()
+            },
+            ThresholdKeyInfo {
+                // x = 0 is on no point of secp256k1.
+                key_id: [&[2u8][..], &[0u8; 32]].concat(),
+                ..info()
+            },
+            ThresholdKeyInfo {
+                key_id: vec![4; 65],
+                ..info()
+            },
+            ThresholdKeyInfo {
+                clusters: vec!["dc1".into(), "dc1".into(), "dc3".into()],
+                ..info()
+            },
+            ThresholdKeyInfo {
+                clusters: vec!["dc1".into(), "bad,name".into(), "dc3".into()],
+                ..info()
+            },
+            ThresholdKeyInfo {
+                quorum: 0,
+                ..info()
+            },
+        ];
+        for k in bad {
+            let text = hex::encode(postcard::to_allocvec(&bundle(k.clone())).unwrap());
+            assert!(decode_bundle(&text).is_err(), "{k:?} accepted");
+        }
+    }
+
+    #[test]
+    fn start_link_ids_are_per_attempt_and_cluster() {
+        let id = [9u8; 16];
+        assert_eq!(start_link_id(&id, 0, "dc1"), start_link_id(&id, 0, "dc1"));
+        assert_ne!(start_link_id(&id, 0, "dc1"), start_link_id(&id, 1, "dc1"));
+        assert_ne!(start_link_id(&id, 0, "dc1"), start_link_id(&id, 0, "dc2"));
+        assert_ne!(start_link_id(&id, 0, "dc1"), id);
+    }
+
+    #[test]
+    fn threshold_xpub_is_the_root_of_the_joint_key() {
+        let k = info();
+        let x = threshold_xpub(&k.key_id, &k.chain_code.unwrap()).unwrap();
+        assert_eq!(x.depth, 0);
+        assert!(x.to_string().starts_with("xpub"));
+        assert_eq!(x.public_key.serialize().to_vec(), k.key_id);
+        let again = Xpub::from_str(&x.to_string()).unwrap();
+        assert_eq!(again, x);
+    }
+
+    #[test]
+    fn merged_aborts_name_every_cluster_and_keep_the_tee_code() {
+        let a = Abort::new("threshold_aborted", "dc1 down".into(), vec!["dc1".into()]);
+        let b = Abort::new(
+            "tee_threshold_rejected",
+            "dc2 refused".into(),
+            vec!["dc2".into()],
+        );
+        let m = Abort::merge(vec![a, b]).unwrap();
+        assert_eq!(m.code, "tee_threshold_rejected");
+        assert_eq!(m.blamed, ["dc1", "dc2"]);
+        assert!(m.message.contains("dc1 down") && m.message.contains("dc2 refused"));
+        assert!(Abort::merge(Vec::new()).is_none());
+    }
+}

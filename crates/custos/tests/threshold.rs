@@ -1,0 +1,161 @@
+//! Threshold ECDSA end to end through real processes (patent FIG. 12-15, 17): the dealer
+//! program seals one share per cluster, each cluster's first node imports it under an admin
+//! approval, and the cloud server runs 2-of-3 signing sessions between the clusters' TEEs
+//! through each cluster's external relay, link and bridge.
+//!
+//! Paillier primes come from the committed TEST-ONLY fixture of the threshold crate (Blum
+//! primes, not safe primes): production dealing always generates real safe primes.
+
+mod common;
+
+use std::str::FromStr;
+
+use bitcoin::bip32::{DerivationPath, Xpub};
+use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
+use common::exe;
+use custos::cluster::LinkTransport;
+use custos::dealer::PrimeSource;
+use custos::deployment::{approve, import_threshold, Deployment, DeploymentOptions};
+use custos_cloud::api::{RequestResult, RequestStatus, RequestView, ThresholdSignBody};
+use custos_cloud::client::CloudClient;
+use custos_pki::AdminSigner;
+
+const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+
+fn test_primes() -> PrimeSource {
+    PrimeSource::File(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json"),
+    )
+}
+
+async fn threshold_sign(
+    client: &CloudClient,
+    alice: &AdminSigner,
+    key_id: &str,
+    path: &str,
+    digest: [u8; 32],
+    clusters: Option<Vec<String>>,
+) -> RequestView {
+    let view = client
+        .threshold_sign(&ThresholdSignBody {
+            key_id: key_id.into(),
+            path: path.into(),
+            digest: hex::encode(digest),
+            clusters,
+            request_id: None,
+            expires_at: None,
+            approvals: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(view.status, RequestStatus::PendingApproval, "{view:?}");
+    approve(client, alice, &view.id).await.unwrap()
+}
+
+/// Checks a completed threshold signature with libsecp256k1 against the child of the key's
+/// xpub at `path`: valid, low-s, and `v` recovers that key.
+fn check_signature(view: &RequestView, xpub: &Xpub, path: &str, digest: [u8; 32]) -> Vec<String> {
+    assert_eq!(view.status, RequestStatus::Completed, "{view:?}");
+    let Some(RequestResult::Signature(sig)) = &view.result else {
+        panic!("no signature: {view:?}");
+    };
+    let secp = Secp256k1::new();
+    let child = xpub
+        .derive_pub(&secp, &DerivationPath::from_str(path).unwrap())
+        .unwrap()
+        .public_key;
+    assert_eq!(hex::encode(child.serialize()), sig.public_key);
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&hex::decode(&sig.r).unwrap());
+    compact[32..].copy_from_slice(&hex::decode(&sig.s).unwrap());
+    let plain = ecdsa::Signature::from_compact(&compact).unwrap();
+    let mut normalized = plain;
+    normalized.normalize_s();
+    assert_eq!(plain, normalized, "signature is not low-s");
+    let msg = Message::from_digest(digest);
+    secp.verify_ecdsa(&msg, &plain, &child).unwrap();
+    let rec = ecdsa::RecoverableSignature::from_compact(
+        &compact,
+        ecdsa::RecoveryId::from_i32(i32::from(sig.v)).unwrap(),
+    )
+    .unwrap();
+    let recovered: PublicKey = secp.recover_ecdsa(&msg, &rec).unwrap();
+    assert_eq!(recovered, child, "v does not recover the child key");
+    sig.clusters.clone().unwrap_or_default()
+}
+
+#[test]
+fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dep = Deployment::start(
+        &exe(),
+        tmp.path(),
+        &DeploymentOptions {
+            clusters: CLUSTERS
+                .iter()
+                .map(|c| (c.to_string(), LinkTransport::Tcp))
+                .collect(),
+            nodes: 1,
+            admins: vec!["alice".into()],
+            sync_interval_secs: 3600,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )
+    .unwrap();
+    let alice = dep.admin("alice").unwrap();
+    let client = dep.client().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let dealt = dep
+        .deal_threshold("acme", 2, &CLUSTERS, 1, true, test_primes())
+        .unwrap();
+    let key_id = hex::encode(&dealt.key.key_id);
+    let imports = rt
+        .block_on(import_threshold(&client, &dealt, &[&alice]))
+        .unwrap();
+    for v in &imports {
+        assert_eq!(v.status, RequestStatus::Completed, "{v:?}");
+    }
+    let key = rt.block_on(client.threshold_key(&key_id)).unwrap();
+    assert_eq!(key.threshold, 2);
+    assert!(key.missing_shares.is_empty(), "{key:?}");
+    let xpub = Xpub::from_str(key.xpub.as_deref().expect("HD key has an xpub")).unwrap();
+    assert_eq!(xpub.public_key.serialize().to_vec(), dealt.key.key_id);
+
+    // Every pair of clusters signs, in either order.
+    for (i, pair) in [["dc1", "dc2"], ["dc3", "dc2"], ["dc1", "dc3"]]
+        .iter()
+        .enumerate()
+    {
+        let digest: [u8; 32] = rand::random();
+        let path = format!("m/0/{i}");
+        let view = rt.block_on(threshold_sign(
+            &client,
+            &alice,
+            &key_id,
+            &path,
+            digest,
+            Some(pair.iter().map(|c| c.to_string()).collect()),
+        ));
+        let used = check_signature(&view, &xpub, &path, digest);
+        let mut used_sorted = used.clone();
+        used_sorted.sort();
+        let mut want: Vec<String> = pair.iter().map(|c| c.to_string()).collect();
+        want.sort();
+        assert_eq!(used_sorted, want, "{view:?}");
+    }
+
+    // dc2 unreachable (its external relay is down): the cloud server picks the other two.
+    dep.cluster_mut("dc2").unwrap().kill_relay();
+    let digest: [u8; 32] = rand::random();
+    let view = rt.block_on(threshold_sign(
+        &client, &alice, &key_id, "m/7/1", digest, None,
+    ));
+    let used = check_signature(&view, &xpub, "m/7/1", digest);
+    assert!(!used.contains(&"dc2".to_string()), "{used:?}");
+}
