@@ -1,11 +1,12 @@
 //! `custos demo`: the whole patent path on one machine, on loopback, as real processes.
 //!
-//! It creates the operating company's PKI, two clusters of three vault nodes (each node a
+//! It creates the operating company's PKI, three clusters of three vault nodes (each node a
 //! node server plus a separate TEE core process), their bridges, one external relay per
 //! cluster linked to its bridge by a real link transport (TCP frames for `dc1`, spool
 //! files for `dc2`), and the cloud server; then it runs every flow through the REST API:
 //! provisioning, wallet creation and import, sync, admin approvals under quorum, signing
-//! through the full path, an audit, and a node killed while requests are still served.
+//! through the full path, an audit, a 2-of-3 threshold key dealt over the three clusters and
+//! used by pairs of them, and a node killed while requests are still served.
 //! Every signature is checked with nothing but public data. It exits 0 only if every step
 //! verified, and writes a machine-readable JSON report.
 
@@ -17,10 +18,11 @@ use bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use bitcoin::secp256k1::{Message, PublicKey, Secp256k1};
 use custos::cluster::LinkTransport;
-use custos::deployment::{approve, Deployment, DeploymentOptions};
+use custos::dealer::PrimeSource;
+use custos::deployment::{approve, import_threshold, Deployment, DeploymentOptions};
 use custos_cloud::api::{
     CreateWalletBody, DeriveQuery, ImportWalletBody, RequestResult, RequestStatus, RequestView,
-    SecretText, SignRequestBody, SignResult,
+    SecretText, SignRequestBody, SignResult, ThresholdSignBody,
 };
 use custos_cloud::client::CloudClient;
 use custos_pki::AdminSigner;
@@ -156,7 +158,31 @@ struct Signed {
 }
 
 /// Runs the walk-through; with `keep_running` the deployment stays up afterwards.
-pub fn run(dir: Option<PathBuf>, report: &Path, keep_running: bool) -> Result<(), AnyError> {
+/// The committed TEST-ONLY Paillier primes of the threshold crate (Blum primes, not safe
+/// primes), used by the demo so that it does not spend minutes generating safe primes.
+fn demo_primes(real_primes: bool) -> (PrimeSource, &'static str) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json");
+    if !real_primes && fixture.exists() {
+        (
+            PrimeSource::File(fixture),
+            "TEST-ONLY committed Blum primes (demo only; production: `custos dealer primes`)",
+        )
+    } else {
+        (
+            PrimeSource::Generate,
+            "real safe primes generated now (minutes)",
+        )
+    }
+}
+
+/// Runs the demo; see the module documentation.
+pub fn run(
+    dir: Option<PathBuf>,
+    report: &Path,
+    keep_running: bool,
+    real_primes: bool,
+) -> Result<(), AnyError> {
     let tmp;
     let dir = match dir {
         Some(d) => {
@@ -179,6 +205,7 @@ pub fn run(dir: Option<PathBuf>, report: &Path, keep_running: bool) -> Result<()
             clusters: vec![
                 ("dc1".into(), LinkTransport::Tcp),
                 ("dc2".into(), LinkTransport::Spool),
+                ("dc3".into(), LinkTransport::Tcp),
             ],
             nodes: 3,
             admins: vec!["alice".into(), "bob".into(), "carol".into()],
@@ -190,9 +217,9 @@ pub fn run(dir: Option<PathBuf>, report: &Path, keep_running: bool) -> Result<()
     steps.ok(
         "deployment",
         format!(
-            "PKI (Root, Admin CA, Device CA, Cluster CAs dc1/dc2, admins alice/bob/carol), \
-             2 clusters x 3 nodes (node server + TEE process each), bridges, external relays \
-             (dc1: TCP link, dc2: spool-directory link), cloud server at {} in {:.1} s",
+            "PKI (Root, Admin CA, Device CA, Cluster CAs dc1/dc2/dc3, admins alice/bob/carol), \
+             3 clusters x 3 nodes (node server + TEE process each), bridges, external relays \
+             (dc1, dc3: TCP link, dc2: spool-directory link), cloud server at {} in {:.1} s",
             dep.api_url,
             t0.elapsed().as_secs_f64()
         ),
@@ -210,7 +237,7 @@ pub fn run(dir: Option<PathBuf>, report: &Path, keep_running: bool) -> Result<()
 
     rt.block_on(async {
         // Provisioning: every node of every cluster registered, healthy, certified.
-        for c in ["dc1", "dc2"] {
+        for c in ["dc1", "dc2", "dc3"] {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let st = client.cluster(c).await?;
@@ -422,6 +449,87 @@ pub fn run(dir: Option<PathBuf>, report: &Path, keep_running: bool) -> Result<()
         Ok::<(), AnyError>(())
     })?;
 
+    // Threshold ECDSA across clusters (patent FIG. 12-15, 17): the dealer program deals a
+    // 2-of-3 HD key, one share per cluster sealed to its first node; each import is
+    // approved; then pairs of clusters sign through the cloud server, which only relays
+    // D-signed messages whose point-to-point content is sealed to the receiving node.
+    let (primes, primes_note) = demo_primes(real_primes);
+    let t_deal = Instant::now();
+    let dealt = dep.deal_threshold("acme", 2, &["dc1", "dc2", "dc3"], 2, true, primes)?;
+    let threshold_key = hex::encode(&dealt.key.key_id);
+    steps.ok(
+        "threshold-deal",
+        format!(
+            "dealer acme: 2-of-3 HD key {}… in {:.1} s with {primes_note}; bundles sealed to \
+             dc1-node1, dc2-node1, dc3-node1 and signed by the dealer certificate",
+            &threshold_key[..16],
+            t_deal.elapsed().as_secs_f64()
+        ),
+    );
+    let mut threshold_sigs = Vec::new();
+    let threshold_xpub = rt.block_on(async {
+        let imports = import_threshold(&client, &dealt, &[&alice, &bob]).await?;
+        for v in &imports {
+            status_is(v, RequestStatus::Completed, "threshold share import")?;
+        }
+        let key = client.threshold_key(&threshold_key).await?;
+        if !key.missing_shares.is_empty() {
+            return Err(fail("threshold shares missing after import"));
+        }
+        let xpub = key
+            .xpub
+            .clone()
+            .ok_or_else(|| fail("threshold key has no xpub"))?;
+        steps.ok(
+            "threshold-import",
+            "each cluster's share imported by its first node's TEE (dealer signature, sealing \
+             and alice+bob's approvals checked there)",
+        );
+        for (i, pair) in [Some(["dc1", "dc2"]), Some(["dc2", "dc3"]), None]
+            .into_iter()
+            .enumerate()
+        {
+            let digest: [u8; 32] = rand::random();
+            let path = format!("m/0/{i}");
+            let t = Instant::now();
+            let view = client
+                .threshold_sign(&ThresholdSignBody {
+                    key_id: threshold_key.clone(),
+                    path: path.clone(),
+                    digest: hex::encode(digest),
+                    clusters: pair.map(|p| p.iter().map(|c| c.to_string()).collect()),
+                    request_id: None,
+                    expires_at: None,
+                    approvals: Vec::new(),
+                })
+                .await?;
+            let view = approve_all(&client, view, &[&alice, &bob]).await?;
+            status_is(&view, RequestStatus::Completed, "threshold signing")?;
+            let sig = signature_of(&view)?;
+            verify_signature(
+                &sig,
+                &digest,
+                &public_child(&xpub, &DerivationPath::from_str(&path)?)?,
+            )?;
+            let used = sig.clusters.clone().unwrap_or_default();
+            steps.ok(
+                "threshold-sign",
+                format!(
+                    "{} signed {path} in {:.1} s (getAB, getAB_and_R, getR, getSig relayed by \
+                     the cloud server); verified against the xpub's child",
+                    used.join(" + "),
+                    t.elapsed().as_secs_f64()
+                ),
+            );
+            threshold_sigs.push(json!({
+                "clusters": used, "path": path, "digest": hex::encode(digest),
+                "child_public_key": sig.public_key, "r": sig.r, "s": sig.s, "v": sig.v,
+                "request_id": view.id, "verified": true,
+            }));
+        }
+        Ok::<String, AnyError>(xpub)
+    })?;
+
     // A node killed (server and TEE): the cluster still serves.
     {
         let c = dep.cluster_mut("dc1").ok_or_else(|| fail("no dc1"))?;
@@ -471,7 +579,17 @@ pub fn run(dir: Option<PathBuf>, report: &Path, keep_running: bool) -> Result<()
         "clusters": [
             {"name": "dc1", "nodes": 3, "link": "tcp"},
             {"name": "dc2", "nodes": 3, "link": "spool"},
+            {"name": "dc3", "nodes": 3, "link": "tcp"},
         ],
+        "threshold": {
+            "key_id": threshold_key,
+            "xpub": threshold_xpub,
+            "threshold": 2,
+            "clusters": ["dc1", "dc2", "dc3"],
+            "origin": "dealer",
+            "primes": primes_note,
+            "signatures": threshold_sigs,
+        },
         "wallets": wallets.iter().map(|w| json!({
             "cluster": w.cluster, "root_id": w.root_id, "root_xpub": w.xpub,
             "quorum": w.quorum, "origin": w.origin,

@@ -108,7 +108,7 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// The local deployment on loopback: PKI, two clusters of three nodes (node server and
+    /// The local deployment on loopback: PKI, three clusters of three nodes (node server and
     /// TEE process each), bridges, external relays and links, the cloud server; then every
     /// flow through the REST API. Exits 0 only if every step verified.
     Demo {
@@ -121,6 +121,10 @@ enum Command {
         /// Leave the deployment running afterwards (until Ctrl-C) and print how to reach it.
         #[arg(long)]
         keep_running: bool,
+        /// Generate real Paillier safe primes for the threshold key (minutes) instead of the
+        /// committed TEST-ONLY ones.
+        #[arg(long)]
+        real_primes: bool,
     },
 }
 
@@ -442,7 +446,8 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             dir,
             report,
             keep_running,
-        } => demo::run(dir, &report, keep_running),
+            real_primes,
+        } => demo::run(dir, &report, keep_running, real_primes),
         Command::Dealer {
             command: DealerCommand::Primes { parties, out },
         } => {
