@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_e2e;
+mod bench_threshold;
 mod demo;
 
 use std::path::PathBuf;
@@ -220,6 +221,16 @@ enum BenchCommand {
         /// Vault nodes in the cluster.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
+        /// Working directory (default: temporary).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// End-to-end 2-of-3 threshold signing across three clusters, beside the same library
+    /// with both parties in one thread.
+    Threshold {
+        /// Signings to time each way.
+        #[arg(long, default_value_t = 10)]
+        signings: usize,
         /// Working directory (default: temporary).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -486,6 +497,9 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                     dir,
                 },
         } => bench_e2e::run(requests, concurrency, nodes, dir.as_deref()),
+        Command::Bench {
+            command: BenchCommand::Threshold { signings, dir },
+        } => bench_threshold::run(signings, dir.as_deref()),
         Command::Bench {
             command:
                 BenchCommand::Cluster {

@@ -1,0 +1,209 @@
+//! `custos bench threshold`: end-to-end 2-of-3 threshold signing (REST → cloud server →
+//! each participating cluster's relay, link, bridge, node and TEE process, every protocol
+//! message D-signed and relayed by the cloud server) beside the same library signing with
+//! both parties in one process on one thread, measured in the same run.
+//!
+//! The key's Paillier primes are the committed TEST-ONLY fixture: signing cost depends on
+//! the modulus size (the same 1536-bit primes as production), not on how the primes were
+//! found, so the figures hold for production keys.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use custos_cloud::api::{RequestResult, RequestStatus, ThresholdSignBody};
+use custos_cloud::approval::sign_approval;
+use custos_tee_core::approval::{Action, THRESHOLD_SCOPE};
+use custos_tee_core::protocol::RequestMeta;
+use custos_threshold::{MsgType, Outgoing, Output, Primes, Session, SessionKind, Step};
+
+use custos::cluster::LinkTransport;
+use custos::dealer::{read_primes, PrimeSource};
+use custos::deployment::{import_threshold, Deployment, DeploymentOptions};
+
+type AnyError = Box<dyn std::error::Error>;
+
+const PATH: [u32; 2] = [0, 7];
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json")
+}
+
+/// One 2-party signing with both sessions driven on this thread; returns its duration.
+fn sign_in_one_thread(
+    shares: &[custos_threshold::ThresholdShare],
+    digest: [u8; 32],
+) -> Result<Duration, AnyError> {
+    let t0 = Instant::now();
+    let eid: [u8; 32] = rand::random();
+    let pair = [0u16, 1];
+    let mut sessions: Vec<Option<Session>> = Vec::new();
+    let mut queue: VecDeque<(u16, u16, MsgType, Vec<u8>)> = VecDeque::new();
+    let push = |queue: &mut VecDeque<_>, from: u16, out: Vec<Outgoing>| {
+        for o in out {
+            let (to, ty) = match o.to {
+                Some(to) => (to, MsgType::P2P),
+                None => (1 - from, MsgType::Broadcast),
+            };
+            queue.push_back((from, to, ty, o.bytes.to_vec()));
+        }
+    };
+    for pos in 0..2u16 {
+        let (s, out) = Session::new(
+            SessionKind::Sign {
+                share: shares[usize::from(pair[usize::from(pos)])].clone(),
+                parties: pair.to_vec(),
+                my_position: pos,
+                path: Some(PATH.to_vec()),
+                digest,
+            },
+            eid,
+        )?;
+        push(&mut queue, pos, out);
+        sessions.push(Some(s));
+    }
+    let mut done = 0;
+    while let Some((from, to, ty, bytes)) = queue.pop_front() {
+        let Some(s) = sessions[usize::from(to)].as_mut() else {
+            continue;
+        };
+        match s.feed(from, ty, &bytes)? {
+            Step::Continue(out) => push(&mut queue, to, out),
+            Step::Duplicate => {}
+            Step::Done { output, outgoing } => {
+                push(&mut queue, to, outgoing);
+                if !matches!(output, Output::Signature(_)) {
+                    return Err("signing produced no signature".into());
+                }
+                sessions[usize::from(to)] = None;
+                done += 1;
+            }
+        }
+    }
+    if done != 2 {
+        return Err("in-process signing stalled".into());
+    }
+    Ok(t0.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Runs `signings` end-to-end signings (pairs of clusters in turn) and as many in-process.
+pub fn run(signings: usize, dir: Option<&Path>) -> Result<(), AnyError> {
+    let signings = signings.clamp(1, 100);
+    let primes: Vec<Primes> = read_primes(&fixture())?;
+    println!("threshold signing benchmark: 2-of-3 HD key, {signings} signings each way");
+
+    // The library alone: both parties on this thread, same key size and path.
+    let shares = custos_threshold::deal(2, 3, true, Some(primes[..3].to_vec()), &mut |_| {})?;
+    sign_in_one_thread(&shares, rand::random())?; // warm-up
+    let mut local = Vec::new();
+    for _ in 0..signings {
+        local.push(sign_in_one_thread(&shares, rand::random())?);
+    }
+    let local = median(local);
+    println!(
+        "cggmp24, both parties in one thread: median {:.0} ms",
+        local.as_secs_f64() * 1e3
+    );
+
+    let tmp;
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("custos-bench-threshold-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let clusters = ["dc1", "dc2", "dc3"];
+    let dep = Deployment::start(
+        &std::env::current_exe()?,
+        &dir,
+        &DeploymentOptions {
+            clusters: clusters
+                .iter()
+                .map(|c| (c.to_string(), LinkTransport::Tcp))
+                .collect(),
+            nodes: 1,
+            admins: vec!["alice".into()],
+            sync_interval_secs: 3600,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )?;
+    let alice = dep.admin("alice")?;
+    let client = dep.client()?;
+    let dealt = dep.deal_threshold("bench", 2, &clusters, 1, true, PrimeSource::File(fixture()))?;
+    let key_id = hex::encode(&dealt.key.key_id);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let e2e = rt.block_on(async {
+        for v in import_threshold(&client, &dealt, &[&alice]).await? {
+            if v.status != RequestStatus::Completed {
+                return Err(format!("import failed: {:?}", v.error).into());
+            }
+        }
+        let pairs = [["dc1", "dc2"], ["dc2", "dc3"], ["dc1", "dc3"]];
+        let mut times = Vec::new();
+        for i in 0..=signings {
+            let digest: [u8; 32] = rand::random();
+            let request_id: [u8; 16] = rand::random();
+            let meta = RequestMeta {
+                request_id,
+                expires_at: custos::ops::now_unix() + 600,
+            };
+            let message = Action::ThresholdSign {
+                key_id: &dealt.key.key_id,
+                path: &PATH,
+                digest: &digest,
+            }
+            .message(THRESHOLD_SCOPE, &meta);
+            let pair = pairs[i % pairs.len()];
+            let t0 = Instant::now();
+            let view = client
+                .threshold_sign(&ThresholdSignBody {
+                    key_id: key_id.clone(),
+                    path: "m/0/7".into(),
+                    digest: hex::encode(digest),
+                    clusters: Some(pair.iter().map(|c| c.to_string()).collect()),
+                    request_id: Some(hex::encode(request_id)),
+                    expires_at: Some(meta.expires_at),
+                    approvals: vec![sign_approval(&alice, &message)],
+                })
+                .await?;
+            let took = t0.elapsed();
+            if !matches!(view.result, Some(RequestResult::Signature(_))) {
+                return Err(format!("signing failed: {:?}", view.error).into());
+            }
+            // The first signing warms the connections and caches.
+            if i > 0 {
+                times.push(took);
+            }
+        }
+        Ok::<_, AnyError>(median(times))
+    })?;
+    let ratio = e2e.as_secs_f64() / local.as_secs_f64();
+    println!(
+        "end to end, two clusters' TEE processes through the cloud server: median {:.0} ms",
+        e2e.as_secs_f64() * 1e3
+    );
+    println!("ratio end-to-end / one-thread: {ratio:.2} (goal <= 0.6)");
+    println!(
+        "{}",
+        serde_json::json!({
+            "signings": signings,
+            "one_thread_median_ms": local.as_secs_f64() * 1e3,
+            "e2e_median_ms": e2e.as_secs_f64() * 1e3,
+            "ratio": ratio,
+            "presignature_online": "not measured: the presignature pool is not built yet",
+        })
+    );
+    Ok(())
+}
