@@ -18,7 +18,9 @@ use custos_proto::cluster::{
     KeyListRequest, NodeAudit, NodeEndpoint, NodeStatus, RegisterReply, RegisterRequest,
     StatusRequest, SyncNowRequest, SyncReport, TeeCall, TeeReply,
 };
-use custos_tee_core::protocol::{decode_request, encode_request, Origin, Request, Response};
+use custos_tee_core::protocol::{
+    decode_request, encode_request, Origin, Request, Response, ThresholdOrigin,
+};
 use custos_tee_host::client::verify_signed_response;
 use tokio::sync::Notify;
 use tonic::transport::Channel;
@@ -62,6 +64,9 @@ struct State {
     client_cfg: Arc<rustls::ClientConfig>,
     nodes: RwLock<BTreeMap<String, NodeEntry>>,
     keys: RwLock<BTreeMap<Vec<u8>, String>>,
+    /// Keys of the list that are threshold shares (T and P): synced like wallets, never
+    /// audited with a root-key signature (they have no single signing key).
+    threshold: RwLock<HashSet<Vec<u8>>>,
     pending_keys: std::sync::Mutex<Vec<KeyRecord>>,
     rr: AtomicUsize,
     sync_trigger: Notify,
@@ -210,11 +215,44 @@ impl BridgeService {
     }
 
     fn record_new_key(&self, node: &str, info: &custos_tee_core::protocol::KeyInfo) {
+        let origin = match info.origin {
+            Origin::Generated => "generated",
+            Origin::Imported => "imported",
+        };
+        self.record_key(node, &info.key_id, &info.xpub, info.quorum, origin);
+    }
+
+    /// A threshold share a node now holds joins the key list, so that the cluster's other
+    /// nodes fetch it by sync like a wallet ([0073]-[0074]).
+    fn record_threshold_share(
+        &self,
+        node: &str,
+        info: &custos_tee_core::protocol::ThresholdKeyInfo,
+    ) {
+        self.state
+            .threshold
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.key_id.clone());
+        let origin = match info.origin {
+            ThresholdOrigin::Dealer => "threshold-dealer",
+            ThresholdOrigin::Dkg => "threshold-dkg",
+        };
+        let description = format!(
+            "threshold {}-of-{} share {}",
+            info.threshold,
+            info.clusters.len(),
+            info.share_index
+        );
+        self.record_key(node, &info.key_id, &description, info.quorum, origin);
+    }
+
+    fn record_key(&self, node: &str, key_id: &[u8], xpub: &str, quorum: u8, origin: &str) {
         let st = &self.state;
         st.keys
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(info.key_id.clone(), info.xpub.clone());
+            .insert(key_id.to_vec(), xpub.to_string());
         for (name, n) in st
             .nodes
             .write()
@@ -222,23 +260,20 @@ impl BridgeService {
             .iter_mut()
         {
             if name == node {
-                n.held.insert(info.key_id.clone());
-                n.missing.remove(&info.key_id);
-            } else if !n.held.contains(&info.key_id) {
-                n.missing.insert(info.key_id.clone());
+                n.held.insert(key_id.to_vec());
+                n.missing.remove(key_id);
+            } else if !n.held.contains(key_id) {
+                n.missing.insert(key_id.to_vec());
             }
         }
         st.pending_keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(KeyRecord {
-                key_id: hex::encode(&info.key_id),
-                xpub: info.xpub.clone(),
-                quorum: info.quorum as i64,
-                origin: match info.origin {
-                    Origin::Generated => "generated".into(),
-                    Origin::Imported => "imported".into(),
-                },
+                key_id: hex::encode(key_id),
+                xpub: xpub.to_string(),
+                quorum: quorum as i64,
+                origin: origin.to_string(),
                 created_at_ms: now_ms(),
                 created_on: node.to_string(),
             });
@@ -321,8 +356,10 @@ impl BridgeService {
             let us = t0.elapsed().as_micros() as i64;
             let (code, detail) = match &outcome {
                 Ok(resp) => {
-                    if let Response::Wallet(info) = resp {
-                        self.record_new_key(&node, info);
+                    match resp {
+                        Response::Wallet(info) => self.record_new_key(&node, info),
+                        Response::ThresholdKey(info) => self.record_threshold_share(&node, info),
+                        _ => {}
                     }
                     ("ok".to_string(), String::new())
                 }
@@ -603,14 +640,21 @@ impl BridgeService {
     pub(crate) async fn audit_round(&self) -> Result<AuditReport, Status> {
         let _one = self.state.audit_running.lock().await;
         let started = now_ms();
-        let keys: Vec<Vec<u8>> = self
-            .state
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let keys: Vec<Vec<u8>> = {
+            let threshold = self
+                .state
+                .threshold
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            self.state
+                .keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .filter(|k| !threshold.contains(*k))
+                .cloned()
+                .collect()
+        };
         let nodes: Vec<String> = self
             .state
             .nodes
@@ -735,6 +779,33 @@ impl BridgeService {
                 .collect();
             for info in infos.iter().filter(|i| !known.contains(&i.key_id)) {
                 self.record_new_key(node, info);
+            }
+        }
+        let request = encode_request(&Request::ListThresholdKeys);
+        let Ok(Ok(reply)) = tokio::time::timeout(
+            self.state.call_timeout * 4,
+            client.execute(TeeCall {
+                request: request.clone(),
+                node: String::new(),
+            }),
+        )
+        .await
+        else {
+            return;
+        };
+        if let Ok(Ok(Response::ThresholdKeys(infos))) =
+            verify_signed_response(&device_key, &request, &reply.into_inner().response)
+        {
+            let known = self
+                .state
+                .keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect::<HashSet<_>>();
+            for info in infos.iter().filter(|i| !known.contains(&i.key_id)) {
+                self.record_threshold_share(node, info);
             }
         }
     }
@@ -870,9 +941,13 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
     let server_cfg = server_config(&identity, &root_der)?;
     let client_cfg = client_config(&identity, &root_der)?;
     let db = MetadataDb::connect(&config.db_url).await?;
-    let keys = db
-        .keys()
-        .await?
+    let records = db.keys().await?;
+    let threshold = records
+        .iter()
+        .filter(|k| k.origin.starts_with("threshold"))
+        .filter_map(|k| hex::decode(&k.key_id).ok())
+        .collect();
+    let keys = records
         .into_iter()
         .filter_map(|k| hex::decode(&k.key_id).ok().map(|id| (id, k.xpub)))
         .collect();
@@ -883,6 +958,7 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         client_cfg,
         nodes: RwLock::new(BTreeMap::new()),
         keys: RwLock::new(keys),
+        threshold: RwLock::new(threshold),
         pending_keys: std::sync::Mutex::new(Vec::new()),
         rr: AtomicUsize::new(0),
         sync_trigger: Notify::new(),

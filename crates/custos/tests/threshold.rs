@@ -96,9 +96,9 @@ fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
                 .iter()
                 .map(|c| (c.to_string(), LinkTransport::Tcp))
                 .collect(),
-            nodes: 1,
+            nodes: 2,
             admins: vec!["alice".into()],
-            sync_interval_secs: 3600,
+            sync_interval_secs: 1,
             audit_interval_secs: 0,
             cloud_db_url: None,
         },
@@ -149,6 +149,47 @@ fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
         want.sort();
         assert_eq!(used_sorted, want, "{view:?}");
     }
+
+    // The cluster syncs its share ([0073]-[0074]): dc1's second node gets it from the first,
+    // and signs for dc1 once the first node (server and TEE) is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut tee = dep.cluster("dc1").unwrap().nodes[1].tee.client().unwrap();
+        match tee
+            .call(&custos_tee_core::protocol::Request::ListThresholdKeys)
+            .unwrap()
+        {
+            custos_tee_core::protocol::Response::ThresholdKeys(k)
+                if k.iter().any(|k| hex::encode(&k.key_id) == key_id) =>
+            {
+                assert_eq!(k[0].share_index, 0);
+                break;
+            }
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dc1-node2 never received dc1's share"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    {
+        let dc1 = dep.cluster_mut("dc1").unwrap();
+        dc1.kill_node_server(0);
+        dc1.kill_tee(0);
+    }
+    // Let the bridge see the node down.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let digest: [u8; 32] = rand::random();
+    let view = rt.block_on(threshold_sign(
+        &client,
+        &alice,
+        &key_id,
+        "m/3",
+        digest,
+        Some(vec!["dc1".into(), "dc3".into()]),
+    ));
+    check_signature(&view, &xpub, "m/3", digest);
 
     // dc2 unreachable (its external relay is down): the cloud server picks the other two.
     dep.cluster_mut("dc2").unwrap().kill_relay();

@@ -58,13 +58,23 @@ impl Syncer {
         }
     }
 
-    /// Key ids the local TEE holds.
+    /// Key ids the local TEE holds: wallets and threshold shares (both synced alike).
     pub async fn held_keys(&self) -> Result<Vec<Vec<u8>>, SyncError> {
-        match self.tee.call(Request::ListKeys).await {
-            Ok(Response::Keys(k)) => Ok(k.into_iter().map(|k| k.key_id).collect()),
-            Ok(_) => Err(SyncError::Tee("unexpected ListKeys response".into())),
-            Err(e) => Err(SyncError::Tee(e.to_string())),
+        let mut held = match self.tee.call(Request::ListKeys).await {
+            Ok(Response::Keys(k)) => k.into_iter().map(|k| k.key_id).collect::<Vec<_>>(),
+            Ok(_) => return Err(SyncError::Tee("unexpected ListKeys response".into())),
+            Err(e) => return Err(SyncError::Tee(e.to_string())),
+        };
+        match self.tee.call(Request::ListThresholdKeys).await {
+            Ok(Response::ThresholdKeys(k)) => held.extend(k.into_iter().map(|k| k.key_id)),
+            Ok(_) => {
+                return Err(SyncError::Tee(
+                    "unexpected ListThresholdKeys response".into(),
+                ))
+            }
+            Err(e) => return Err(SyncError::Tee(e.to_string())),
         }
+        Ok(held)
     }
 
     async fn peer(&self, node: &str, endpoint: &str) -> Option<VaultNodeClient<Channel>> {
