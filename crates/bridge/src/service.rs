@@ -749,12 +749,12 @@ impl BridgeService {
         out
     }
 
-    async fn learn_keys(&self, node: &str) {
-        let Some((mut client, device_key)) = self.node_client(node) else {
-            return;
-        };
-        let request = encode_request(&Request::ListKeys);
-        let Ok(Ok(reply)) = tokio::time::timeout(
+    /// One verified answer of `node`'s TEE to a list request, or `None` (unreachable, slow,
+    /// refused or not signed by that node's D key).
+    async fn node_answer(&self, node: &str, request: &Request) -> Option<Response> {
+        let (mut client, device_key) = self.node_client(node)?;
+        let request = encode_request(request);
+        let reply = tokio::time::timeout(
             self.state.call_timeout * 4,
             client.execute(TeeCall {
                 request: request.clone(),
@@ -762,48 +762,35 @@ impl BridgeService {
             }),
         )
         .await
-        else {
-            return;
-        };
-        let reply = reply.into_inner();
-        if let Ok(Ok(Response::Keys(infos))) =
-            verify_signed_response(&device_key, &request, &reply.response)
-        {
-            let known: HashSet<Vec<u8>> = self
-                .state
-                .keys
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .cloned()
-                .collect();
+        .ok()?
+        .ok()?
+        .into_inner();
+        verify_signed_response(&device_key, &request, &reply.response)
+            .ok()?
+            .ok()
+    }
+
+    fn known_keys(&self) -> HashSet<Vec<u8>> {
+        self.state
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    async fn learn_keys(&self, node: &str) {
+        if let Some(Response::Keys(infos)) = self.node_answer(node, &Request::ListKeys).await {
+            let known = self.known_keys();
             for info in infos.iter().filter(|i| !known.contains(&i.key_id)) {
                 self.record_new_key(node, info);
             }
         }
-        let request = encode_request(&Request::ListThresholdKeys);
-        let Ok(Ok(reply)) = tokio::time::timeout(
-            self.state.call_timeout * 4,
-            client.execute(TeeCall {
-                request: request.clone(),
-                node: String::new(),
-            }),
-        )
-        .await
-        else {
-            return;
-        };
-        if let Ok(Ok(Response::ThresholdKeys(infos))) =
-            verify_signed_response(&device_key, &request, &reply.into_inner().response)
+        if let Some(Response::ThresholdKeys(infos)) =
+            self.node_answer(node, &Request::ListThresholdKeys).await
         {
-            let known = self
-                .state
-                .keys
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .cloned()
-                .collect::<HashSet<_>>();
+            let known = self.known_keys();
             for info in infos.iter().filter(|i| !known.contains(&i.key_id)) {
                 self.record_threshold_share(node, info);
             }
