@@ -134,6 +134,19 @@ pub fn describe(r: &Request) -> Option<Described> {
                 .collect(),
             ..d("threshold-start", Some(&params.key_id), true)
         },
+        Request::ThresholdKeygenStart {
+            meta,
+            attempt,
+            approvals,
+            ..
+        } => Described {
+            request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
+            approvers: approvals
+                .iter()
+                .map(|a| admin_name(&a.admin_cert))
+                .collect(),
+            ..d("threshold-keygen-start", None, true)
+        },
         Request::ThresholdFeed { session, .. } => Described {
             request_id: Some(format!(
                 "{}/{}",
@@ -174,6 +187,30 @@ pub fn node_lacks_key(e: &TeeError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keygen_starts_are_described() {
+        use custos_tee_core::protocol::{RequestMeta, ThresholdKeygenParams};
+        let r = Request::ThresholdKeygenStart {
+            meta: RequestMeta {
+                request_id: [0xab; 16],
+                expires_at: 1,
+            },
+            attempt: 2,
+            params: ThresholdKeygenParams {
+                threshold: 2,
+                hd: true,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                quorum: 1,
+                participants: Vec::new(),
+            },
+            approvals: Vec::new(),
+        };
+        let d = describe(&r).unwrap();
+        assert_eq!(d.kind, "threshold-keygen-start");
+        assert_eq!(d.request_id.unwrap(), format!("{}/2", "ab".repeat(16)));
+        assert!(d.any_node && d.key_id.is_none());
+    }
 
     #[test]
     fn paths_and_codes() {

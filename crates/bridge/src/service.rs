@@ -358,7 +358,10 @@ impl BridgeService {
                 Ok(resp) => {
                     match resp {
                         Response::Wallet(info) => self.record_new_key(&node, info),
-                        Response::ThresholdKey(info) => self.record_threshold_share(&node, info),
+                        Response::ThresholdKey(info)
+                        | Response::ThresholdKeygenRound {
+                            key: Some(info), ..
+                        } => self.record_threshold_share(&node, info),
                         _ => {}
                     }
                     ("ok".to_string(), String::new())

@@ -22,6 +22,8 @@ pub enum RequestKind {
     ImportThresholdKey,
     /// Sign a 32-byte digest with the child key of a threshold key, by t of its clusters.
     ThresholdSign,
+    /// Create a threshold key by distributed key generation between its clusters' TEEs.
+    CreateThresholdKey,
 }
 
 impl RequestKind {
@@ -33,21 +35,26 @@ impl RequestKind {
             RequestKind::Sign => "sign",
             RequestKind::ImportThresholdKey => "import_threshold_key",
             RequestKind::ThresholdSign => "threshold_sign",
+            RequestKind::CreateThresholdKey => "create_threshold_key",
         }
     }
 
     /// Every kind.
-    pub const ALL: [RequestKind; 5] = [
+    pub const ALL: [RequestKind; 6] = [
         Self::CreateWallet,
         Self::ImportWallet,
         Self::Sign,
         Self::ImportThresholdKey,
         Self::ThresholdSign,
+        Self::CreateThresholdKey,
     ];
 
     /// Whether the request concerns a threshold key.
     pub fn is_threshold(self) -> bool {
-        matches!(self, Self::ImportThresholdKey | Self::ThresholdSign)
+        matches!(
+            self,
+            Self::ImportThresholdKey | Self::ThresholdSign | Self::CreateThresholdKey
+        )
     }
 
     /// Parses [`RequestKind::as_str`].
@@ -283,22 +290,60 @@ pub struct ThresholdSignBody {
     pub approvals: Vec<ApprovalBody>,
 }
 
-/// Where one share of a threshold key was imported.
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// `POST /v1/threshold/keys`: a new t-of-n threshold key made by distributed key generation
+/// between the TEEs of its n clusters (no dealer, and no single TEE, ever holds the key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateThresholdKeyBody {
+    /// The n clusters, in share order: cluster i holds share i (2 to 64, distinct,
+    /// configured).
+    pub clusters: Vec<String>,
+    /// Signers the key needs (t, 2 ≤ t ≤ n).
+    pub threshold: u16,
+    /// Distinct admins required to create and to use the key (1..=16).
+    pub quorum: u8,
+    /// BIP-32 derivation of non-hardened children (a chain code); default true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub hd: bool,
+    /// See [`CreateWalletBody::request_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// See [`CreateWalletBody::expires_at`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// See [`CreateWalletBody::approvals`]; the approval message is made with the cluster
+    /// `*threshold*` (the action spans clusters) and covers t, n's clusters in order, HD and
+    /// the quorum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalBody>,
+}
+
+/// Where one share of a threshold key was imported (or made, by distributed key
+/// generation).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ThresholdShareView {
     /// Share index.
     pub share_index: u16,
     /// Cluster holding it.
     pub cluster: String,
-    /// Node whose TEE imported it (the cluster's other nodes sync it).
+    /// Node whose TEE imported (or made) it (the cluster's other nodes sync it).
     pub node: String,
     /// Unix milliseconds.
     pub imported_at_ms: u64,
-    /// The import request.
+    /// The import request (or the key's creation request).
     pub request_id: String,
 }
 
-/// A threshold key known to the cloud server (recorded by its first share import).
+/// A threshold key known to the cloud server (recorded by its first share import, or by the
+/// distributed key generation that made it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ThresholdKeyView {
     /// Hex of the 33-byte compressed joint public key.
@@ -314,13 +359,13 @@ pub struct ThresholdKeyView {
     pub quorum: u8,
     /// `dealer` or `dkg`.
     pub origin: String,
-    /// Shares whose import completed through this server.
+    /// Shares whose import completed through this server (or that its key generation made).
     pub shares: Vec<ThresholdShareView>,
     /// Share indexes not (yet) imported through this server.
     pub missing_shares: Vec<u16>,
     /// When it was recorded (Unix milliseconds).
     pub created_at_ms: u64,
-    /// The import request that recorded it.
+    /// The request that recorded it (a share import or the key's creation).
     pub created_by_request: String,
 }
 
@@ -345,6 +390,38 @@ pub struct ThresholdShareResult {
     /// Extended public key of the joint key, when HD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xpub: Option<String>,
+}
+
+/// A threshold key made by distributed key generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdKeyResult {
+    /// Joint public key (compressed), hex: the key's id.
+    pub key_id: String,
+    /// Extended public key of the joint key (depth 0), when HD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xpub: Option<String>,
+    /// Signers needed (t).
+    pub threshold: u16,
+    /// Cluster holding each share, by share index.
+    pub clusters: Vec<String>,
+    /// Distinct admins required to use it.
+    pub quorum: u8,
+    /// `dkg`.
+    pub origin: String,
+    /// Where each share is held: cluster and the node whose TEE made it (the cluster's
+    /// other nodes sync it).
+    pub shares: Vec<ThresholdKeyShare>,
+}
+
+/// One share of a key made by distributed key generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdKeyShare {
+    /// Share index.
+    pub share_index: u16,
+    /// Cluster holding it.
+    pub cluster: String,
+    /// Node whose TEE made and holds it.
+    pub node: String,
 }
 
 /// A wallet known to the cloud server.
@@ -479,6 +556,8 @@ pub enum RequestResult {
     Wallet(WalletResult),
     /// Of an `import_threshold_key` request.
     ThresholdShare(ThresholdShareResult),
+    /// Of a `create_threshold_key` request.
+    ThresholdKey(ThresholdKeyResult),
 }
 
 /// Why a request was refused or failed.
@@ -497,16 +576,27 @@ pub struct RequestView {
     pub id: String,
     /// What it asks.
     pub kind: RequestKind,
-    /// Target cluster (`*threshold*` for threshold signing, which spans clusters).
+    /// Target cluster (`*threshold*` for threshold signing and key creation, which span
+    /// clusters).
     pub cluster: String,
     /// Lifecycle state.
     pub status: RequestStatus,
-    /// Wallet (sign, import; create once completed), or threshold key (threshold kinds).
+    /// Wallet (sign, import; create once completed), or threshold key (threshold kinds;
+    /// key creation once completed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_id: Option<String>,
     /// Threshold import: index of the share imported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_index: Option<u16>,
+    /// Threshold key creation: signers the new key needs (t).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u16>,
+    /// Threshold key creation: whether the key gets a chain code (HD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hd: Option<bool>,
+    /// Threshold key creation: the cluster of each share, by share index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<String>>,
     /// BIP-32 path (sign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,

@@ -102,6 +102,23 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
             }
             .message(THRESHOLD_SCOPE, &meta)
         }
+        RequestKind::CreateThresholdKey => {
+            if view.cluster != THRESHOLD_SCOPE {
+                return Err(format!(
+                    "a threshold key creation spans clusters ({THRESHOLD_SCOPE}), not {:?}",
+                    view.cluster
+                ));
+            }
+            Action::CreateThresholdKey {
+                quorum: view.quorum,
+                threshold: view.threshold.ok_or("request has no threshold")?,
+                hd: view
+                    .hd
+                    .ok_or("request does not say whether the key is HD")?,
+                clusters: view.clusters.as_deref().ok_or("request has no clusters")?,
+            }
+            .message(THRESHOLD_SCOPE, &meta)
+        }
     })
 }
 

@@ -102,6 +102,9 @@ pub fn describe(view: &RequestView) -> String {
             RequestKind::Sign => "sign a digest",
             RequestKind::ImportThresholdKey => "import a share of a threshold key",
             RequestKind::ThresholdSign => "sign a digest with a threshold key",
+            RequestKind::CreateThresholdKey => {
+                "create a threshold key by distributed key generation"
+            }
         },
     );
     if view.kind == RequestKind::ThresholdSign {
@@ -109,6 +112,12 @@ pub fn describe(view: &RequestView) -> String {
             &mut s,
             "cluster",
             &format!("{} (any t of the key's clusters)", view.cluster),
+        );
+    } else if view.kind == RequestKind::CreateThresholdKey {
+        line(
+            &mut s,
+            "cluster",
+            &format!("{} (every cluster of the key)", view.cluster),
         );
     } else {
         line(&mut s, "cluster", &view.cluster);
@@ -123,6 +132,30 @@ pub fn describe(view: &RequestView) -> String {
     }
     if let Some(i) = view.share_index {
         line(&mut s, "share", &i.to_string());
+    }
+    if let (Some(t), Some(clusters)) = (view.threshold, &view.clusters) {
+        line(
+            &mut s,
+            "threshold",
+            &format!("{t} of {} (any {t} clusters sign)", clusters.len()),
+        );
+        let shares: Vec<String> = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{i}: {c}"))
+            .collect();
+        line(&mut s, "shares", &shares.join(", "));
+    }
+    if let Some(hd) = view.hd {
+        line(
+            &mut s,
+            "hd",
+            if hd {
+                "yes (non-hardened child keys)"
+            } else {
+                "no (root key only)"
+            },
+        );
     }
     if let Some(p) = &view.path {
         line(&mut s, "path", p);

@@ -239,6 +239,14 @@ impl CloudClient {
         self.post("/v1/threshold/keys/import", body).await
     }
 
+    /// `POST /v1/threshold/keys`.
+    pub async fn create_threshold_key(
+        &self,
+        body: &CreateThresholdKeyBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post("/v1/threshold/keys", body).await
+    }
+
     /// `GET /v1/threshold/keys`.
     pub async fn threshold_keys(&self) -> Result<ThresholdKeyList, ClientError> {
         self.get("/v1/threshold/keys", &[]).await

@@ -122,6 +122,12 @@ pub struct RequestRow {
     pub version: i64,
     /// Threshold import: index of the share imported.
     pub share_index: Option<u16>,
+    /// Threshold key creation: signers the new key needs (t).
+    pub threshold: Option<u16>,
+    /// Threshold key creation: whether the key gets a chain code.
+    pub hd: Option<bool>,
+    /// Threshold key creation: the cluster of each share, by share index.
+    pub clusters: Option<Vec<String>>,
 }
 
 /// A wallet row.
@@ -224,6 +230,8 @@ pub enum Record<'a> {
     Wallet(&'a WalletRow),
     /// An imported threshold share (and its key, if first).
     ThresholdShare(&'a ThresholdKeyRow, &'a ThresholdShareRow),
+    /// A threshold key made by distributed key generation, with every share.
+    ThresholdKey(&'a ThresholdKeyRow, &'a [ThresholdShareRow]),
 }
 
 /// An event row.
@@ -247,7 +255,7 @@ pub struct Store {
 
 const REQUEST_COLUMNS: &str = "id, kind, cluster, root_id, path, digest, quorum, status, \
      created_at, updated_at, expires_at, approvals, target_node, sealed, result, error_code, \
-     error_message, attempts, created_by, version, share_index";
+     error_message, attempts, created_by, version, share_index, threshold, hd, clusters";
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -293,6 +301,22 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
         share_index: row
             .try_get::<Option<i64>, _>("share_index")?
             .map(|v| u16::try_from(v).map_err(|_| corrupt(format!("share index {v}"))))
+            .transpose()?,
+        threshold: row
+            .try_get::<Option<i64>, _>("threshold")?
+            .map(|v| u16::try_from(v).map_err(|_| corrupt(format!("threshold {v}"))))
+            .transpose()?,
+        hd: row
+            .try_get::<Option<i64>, _>("hd")?
+            .map(|v| match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                v => Err(corrupt(format!("hd {v}"))),
+            })
+            .transpose()?,
+        clusters: row
+            .try_get::<Option<String>, _>("clusters")?
+            .map(|c| serde_json::from_str(&c).map_err(|e| corrupt(format!("clusters: {e}"))))
             .transpose()?,
     })
 }
@@ -389,6 +413,29 @@ async fn insert_threshold_share(
     .bind(share.request_id.as_str())
     .execute(&mut *tx)
     .await?;
+    Ok(())
+}
+
+/// Records a new threshold key with all its shares; a key already recorded is refused
+/// ([`StoreError::Inconsistent`]: a key generation never makes a known key).
+async fn insert_threshold_key(
+    tx: &mut AnyConnection,
+    key: &ThresholdKeyRow,
+    shares: &[ThresholdShareRow],
+) -> Result<(), StoreError> {
+    let known = sqlx::query("SELECT key_id FROM threshold_keys WHERE key_id = $1")
+        .bind(key.key_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if known.is_some() {
+        return Err(StoreError::Inconsistent(format!(
+            "threshold key {} is already recorded",
+            key.key_id
+        )));
+    }
+    for share in shares {
+        insert_threshold_share(tx, key, share).await?;
+    }
     Ok(())
 }
 
@@ -537,7 +584,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+             $22, $23, $24)"
         );
         let res = sqlx::query(&sql)
             .bind(r.id.as_str())
@@ -561,6 +609,13 @@ impl Store {
             .bind(r.created_by.as_str())
             .bind(r.version)
             .bind(r.share_index.map(i64::from))
+            .bind(r.threshold.map(i64::from))
+            .bind(r.hd.map(i64::from))
+            .bind(
+                r.clusters
+                    .as_ref()
+                    .map(|c| serde_json::to_string(c).expect("names always serialize")),
+            )
             .execute(&mut *tx)
             .await;
         match res {
@@ -646,6 +701,7 @@ impl Store {
             Record::ThresholdShare(key, share) => {
                 insert_threshold_share(&mut tx, key, share).await?
             }
+            Record::ThresholdKey(key, shares) => insert_threshold_key(&mut tx, key, shares).await?,
         }
         tx.commit().await?;
         Ok(next)

@@ -80,7 +80,13 @@ pub const API_ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "invalid_clusters",
         400,
-        "cluster list has duplicates, clusters without a share of the key, or fewer than t",
+        "cluster list has duplicates, clusters without a share of the key, or fewer than t \
+         (a new key: 2 to 64 distinct clusters)",
+    ),
+    (
+        "invalid_threshold",
+        400,
+        "threshold outside 2..=n (the number of clusters)",
     ),
     ("unknown_threshold_key", 404, "no such threshold key"),
     (
@@ -164,7 +170,7 @@ pub const REQUEST_ERROR_CODES: &[(&str, &str)] = &[
         "threshold_aborted",
         "a threshold session was aborted: a participant was unreachable, stalled, timed out \
          or misbehaved; the message names the cluster(s) and the phase (getAB, getAB_and_R, \
-         getR, getSig). Retrying makes a new attempt",
+         getR, getSig; keygen, auxInfo for a key generation). Retrying makes a new attempt",
     ),
     (
         "threshold_attempts_exhausted",
@@ -172,7 +178,8 @@ pub const REQUEST_ERROR_CODES: &[(&str, &str)] = &[
     ),
     (
         "threshold_key_mismatch",
-        "the imported share's key facts differ from the recorded threshold key",
+        "the imported share's key facts differ from the recorded threshold key, or the TEEs \
+         of a key generation reported different keys",
     ),
     (
         "unknown_threshold_key",

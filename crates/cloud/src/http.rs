@@ -256,8 +256,42 @@ async fn import_threshold_key(
     Ok(created(cloud.import_threshold_key(&caller.0, body).await?))
 }
 
+/// Create a threshold key by distributed key generation: records a `create_threshold_key`
+/// request (cluster `*threshold*`) for a t-of-n key over the named clusters, cluster i
+/// holding share i. Admins approve exactly these terms (t, the clusters in order, HD, the
+/// quorum, which is also the key's quorum for use). At quorum the server runs the key
+/// generation between one healthy node's TEE of every cluster — keygen, then aux-info
+/// (each TEE's Paillier key) — relaying every message (signed by its sender's device key,
+/// point-to-point content sealed to the receiving node), and records the key once every TEE
+/// reported the same one; the result carries the key id and xpub. No dealer and no single
+/// TEE ever holds the key. Aux-info generation takes tens of seconds (the call returns when
+/// it is done); a failed attempt (`threshold_aborted`, `cluster_unavailable`, or a `tee_*`
+/// code such as `tee_primes_not_ready`) is retried with `POST /v1/requests/{id}/retry`.
+#[utoipa::path(
+    post, path = "/v1/threshold/keys", tag = "threshold",
+    request_body = CreateThresholdKeyBody,
+    responses(
+        (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
+        (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_clusters (fewer than 2, more than 64, or one named twice), invalid_threshold, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_cluster", body = ApiErrorBody),
+        (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable: a cluster cannot take part (recorded as failed; retry it)", body = ApiErrorBody),
+    )
+)]
+async fn create_threshold_key(
+    State(cloud): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<CreateThresholdKeyBody>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    Ok(created(cloud.create_threshold_key(&caller.0, body).await?))
+}
+
 /// Threshold keys recorded by this server, with their xpub and where each share was
-/// imported.
+/// imported (or made).
 #[utoipa::path(
     get, path = "/v1/threshold/keys", tag = "threshold",
     responses(
@@ -510,7 +544,7 @@ fn openapi_response() -> Response {
         (name = "wallets", description = "Wallets (BIP-32 root keys held by a cluster's TEEs)"),
         (name = "requests", description = "Requests, their admin approvals and lifecycle"),
         (name = "clusters", description = "Clusters, their status and key audits"),
-        (name = "threshold", description = "Threshold keys (t-of-n over clusters): share imports and signing sessions"),
+        (name = "threshold", description = "Threshold keys (t-of-n over clusters): distributed key generation, share imports and signing sessions"),
         (name = "meta", description = "This description"),
     )
 )]
@@ -576,7 +610,7 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
         .routes(routes!(get_cluster))
         .routes(routes!(run_audit))
         .routes(routes!(latest_audit))
-        .routes(routes!(list_threshold_keys))
+        .routes(routes!(create_threshold_key, list_threshold_keys))
         .routes(routes!(get_threshold_key))
         .routes(routes!(create_threshold_sign))
         .merge(

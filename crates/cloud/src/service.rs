@@ -41,8 +41,9 @@ use crate::Clock;
 mod threshold;
 
 pub use threshold::{
-    check_threshold_key_info, decode_bundle, threshold_xpub, MAX_BUNDLE, MAX_THRESHOLD_CLUSTERS,
-    MAX_THRESHOLD_EXCHANGES, THRESHOLD_SESSION_TIMEOUT,
+    check_threshold_key_info, decode_bundle, threshold_xpub, MAX_BUNDLE, MAX_KEYGEN_EXCHANGES,
+    MAX_THRESHOLD_CLUSTERS, MAX_THRESHOLD_EXCHANGES, THRESHOLD_KEYGEN_TIMEOUT,
+    THRESHOLD_SESSION_TIMEOUT,
 };
 
 /// Most quorum a wallet can have (the TEE's limit).
@@ -99,6 +100,15 @@ struct Draft {
     wallet_xpub: Option<String>,
     /// Threshold import: the share imported.
     share_index: Option<u16>,
+    /// Threshold key creation: the new key's terms.
+    terms: Option<KeyTerms>,
+}
+
+/// The terms of a threshold key to create (part of the approval message).
+struct KeyTerms {
+    threshold: u16,
+    hd: bool,
+    clusters: Vec<String>,
 }
 
 /// The cloud server's state.
@@ -298,6 +308,7 @@ impl Cloud {
                 sealed: None,
                 wallet_xpub: None,
                 share_index: None,
+                terms: None,
             },
         )
         .await
@@ -389,6 +400,7 @@ impl Cloud {
                 sealed: Some(sealed),
                 wallet_xpub: None,
                 share_index: None,
+                terms: None,
             },
         )
         .await
@@ -424,6 +436,7 @@ impl Cloud {
                 sealed: None,
                 wallet_xpub: Some(wallet.xpub),
                 share_index: None,
+                terms: None,
             },
         )
         .await
@@ -459,6 +472,9 @@ impl Cloud {
             created_by: caller.to_string(),
             version: 1,
             share_index: d.share_index,
+            threshold: d.terms.as_ref().map(|t| t.threshold),
+            hd: d.terms.as_ref().map(|t| t.hd),
+            clusters: d.terms.map(|t| t.clusters),
         };
         let message = self.message_of(&row)?;
         for a in &d.approvals {
@@ -858,8 +874,8 @@ impl Cloud {
                 bundle: threshold::decode_bundle(row.sealed.as_deref().unwrap_or_default())?,
                 approvals,
             },
-            RequestKind::ThresholdSign => {
-                return Err("threshold sign requests run as sessions".into());
+            RequestKind::ThresholdSign | RequestKind::CreateThresholdKey => {
+                return Err("threshold requests run as sessions".into());
             }
         };
         Ok(encode_request(&request))
@@ -872,8 +888,10 @@ impl Cloud {
         row: RequestRow,
         wallet_xpub: Option<String>,
     ) -> Result<RequestRow, StoreError> {
-        if row.kind == RequestKind::ThresholdSign {
-            return self.execute_threshold(row).await;
+        match row.kind {
+            RequestKind::ThresholdSign => return self.execute_threshold(row).await,
+            RequestKind::CreateThresholdKey => return self.execute_keygen(row).await,
+            _ => {}
         }
         let request = match self.tee_request(&row) {
             Ok(r) => r,
@@ -1033,8 +1051,10 @@ impl Cloud {
             Ok((node, result, recorded)) => {
                 next.status = RequestStatus::Completed;
                 next.result = Some(serde_json::to_string(&result).expect("results serialize"));
-                if let Recorded::Wallet(w) = &recorded {
-                    next.root_id = Some(w.root_id.clone());
+                match &recorded {
+                    Recorded::Wallet(w) => next.root_id = Some(w.root_id.clone()),
+                    Recorded::ThresholdKey(k, _) => next.root_id = Some(k.key_id.clone()),
+                    _ => {}
                 }
                 ("completed", format!("served by {node}"), recorded)
             }
@@ -1054,6 +1074,7 @@ impl Cloud {
             Recorded::Nothing => Record::Nothing,
             Recorded::Wallet(w) => Record::Wallet(w),
             Recorded::ThresholdShare(k, s) => Record::ThresholdShare(k, s),
+            Recorded::ThresholdKey(k, s) => Record::ThresholdKey(k, s),
         };
         let stored = match self
             .store
@@ -1069,7 +1090,8 @@ impl Cloud {
                     .await?
             }
             // The TEE imported a share whose key facts differ from those recorded by the
-            // key's earlier imports: nothing is recorded, the request is refused.
+            // key's earlier imports (or a key generation made a key already recorded):
+            // nothing is recorded, the request is refused.
             Err(StoreError::Inconsistent(why)) => {
                 tracing::error!(request_id = %row.id, "{why}");
                 let mut refused = row.clone();
@@ -1349,6 +1371,7 @@ enum Recorded {
     Nothing,
     Wallet(WalletRow),
     ThresholdShare(ThresholdKeyRow, ThresholdShareRow),
+    ThresholdKey(ThresholdKeyRow, Vec<ThresholdShareRow>),
 }
 
 struct Verdict {
@@ -1495,6 +1518,24 @@ fn summary(row: &RequestRow) -> String {
             },
             row.quorum
         ),
+        RequestKind::CreateThresholdKey => {
+            let clusters = row.clusters.clone().unwrap_or_default();
+            format!(
+                "create a {}-of-{} threshold key{} by distributed key generation between \
+                 clusters {} (share i to the i-th) with quorum {}",
+                row.threshold
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                clusters.len(),
+                match row.hd {
+                    Some(true) => " with HD derivation",
+                    Some(false) => " without HD derivation",
+                    None => "",
+                },
+                clusters.join(", "),
+                row.quorum
+            )
+        }
     }
 }
 
@@ -1509,6 +1550,9 @@ fn base_view(row: &RequestRow) -> RequestView {
         // create does not depend on it.
         root_id: row.root_id.clone(),
         share_index: row.share_index,
+        threshold: row.threshold,
+        hd: row.hd,
+        clusters: row.clusters.clone(),
         path: row.path.clone(),
         digest: row.digest.clone(),
         quorum: row.quorum,

@@ -132,6 +132,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/clusters/{name}/audits"),
     ("get", "/v1/clusters/{name}/audits/latest"),
     ("post", "/v1/threshold/keys/import"),
+    ("post", "/v1/threshold/keys"),
     ("get", "/v1/threshold/keys"),
     ("get", "/v1/threshold/keys/{key_id}"),
     ("post", "/v1/threshold/sign"),

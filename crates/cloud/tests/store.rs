@@ -34,6 +34,9 @@ fn row(id: u8, kind: RequestKind, created_at: u64) -> RequestRow {
         created_by: "tester".into(),
         version: 1,
         share_index: None,
+        threshold: None,
+        hd: None,
+        clusters: None,
     }
 }
 
@@ -383,6 +386,88 @@ async fn threshold_keys_and_shares_on_every_database() {
             .await
             .unwrap()
             .is_none());
+        store.close().await;
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn key_creations_record_the_key_with_every_share_on_every_database() {
+    for db in databases("key_creations_record_the_key_with_every_share").await {
+        let engine = db.engine;
+        let store = Store::connect(&db.url).await.unwrap();
+
+        // The terms of a key creation round-trip.
+        let mut create = row(4, RequestKind::CreateThresholdKey, 10);
+        create.cluster = "*threshold*".into();
+        create.path = None;
+        create.digest = None;
+        create.threshold = Some(2);
+        create.hd = Some(false);
+        create.clusters = Some(vec!["dc1".into(), "dc2".into(), "dc3".into()]);
+        store
+            .insert_request(&create, "created".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.request(&create.id).await.unwrap().unwrap(),
+            create,
+            "{engine}"
+        );
+
+        // Completion records the key and all its shares in one transaction.
+        let key = ThresholdKeyRow {
+            origin: "dkg".into(),
+            ..threshold_key(7, 2, &create.id)
+        };
+        let shares: Vec<ThresholdShareRow> = (0..3u16)
+            .map(|i| share(&key, i, &format!("node{i}"), &create.id))
+            .collect();
+        let mut done = create.clone();
+        done.status = RequestStatus::Completed;
+        done.root_id = Some(key.key_id.clone());
+        let done = store
+            .update_request_recording(
+                &done,
+                "completed",
+                "".into(),
+                Record::ThresholdKey(&key, &shares),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.request(&create.id).await.unwrap().unwrap(), done);
+        assert_eq!(
+            store.threshold_key(&key.key_id).await.unwrap().unwrap(),
+            key
+        );
+        assert_eq!(
+            store.threshold_shares(Some(&key.key_id)).await.unwrap(),
+            shares,
+            "{engine}"
+        );
+
+        // A key generation never makes a key already recorded: nothing changes.
+        let again = row(5, RequestKind::CreateThresholdKey, 11);
+        store
+            .insert_request(&again, "created".into())
+            .await
+            .unwrap();
+        let mut a = again.clone();
+        a.status = RequestStatus::Completed;
+        let e = store
+            .update_request_recording(
+                &a,
+                "completed",
+                "".into(),
+                Record::ThresholdKey(&key, &shares),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Inconsistent(m) if m.contains("already recorded")),
+            "{engine}: {e}"
+        );
+        assert_eq!(store.request(&again.id).await.unwrap().unwrap(), again);
         store.close().await;
         db.cleanup().await;
     }

@@ -241,6 +241,88 @@ impl Deployment {
     pub fn cluster_mut(&mut self, name: &str) -> Option<&mut Cluster> {
         self.clusters.iter_mut().find(|c| c.name == name)
     }
+
+    /// Gives node `i` of `cluster` pregenerated Paillier primes for distributed key
+    /// generation: writes `sets_json` (a JSON array of primes sets, as `custos dealer primes`
+    /// writes it) to `<cluster dir>/<node>.primes.json` (0600) and restarts the node's TEE
+    /// process naming it in `CUSTOS_TEE_PRIMES_FILE`; the TEE seals the sets and empties the
+    /// file before it serves. Returns the file once the TEE answers again. (Without primes a
+    /// TEE generates real safe primes itself, which takes minutes.)
+    pub fn provide_tee_primes(
+        &mut self,
+        cluster: &str,
+        i: usize,
+        sets_json: &[u8],
+    ) -> Result<PathBuf, ClusterError> {
+        let c = self
+            .cluster_mut(cluster)
+            .ok_or_else(|| io(format!("no cluster {cluster}")))?;
+        let dir = c.dir.clone();
+        let node = c
+            .nodes
+            .get_mut(i)
+            .ok_or_else(|| io(format!("cluster {cluster} has no node {i}")))?;
+        let file = dir.join(format!("{}.primes.json", node.name));
+        custos_tee_host::sealed::write_atomic(&file, sets_json, 0o600).map_err(io)?;
+        node.tee.restart_with_primes(&file)?;
+        let mut client = node.tee.client().map_err(io)?;
+        client
+            .call(&custos_tee_core::protocol::Request::Status)
+            .map_err(io)?;
+        Ok(file)
+    }
+}
+
+/// Waits (bounded) until the cloud server sees every node of `clusters` healthy (after a
+/// restart, the bridges' health checks catch up within a second).
+pub async fn wait_healthy(
+    client: &CloudClient,
+    clusters: &[&str],
+    timeout: std::time::Duration,
+) -> Result<(), ClusterError> {
+    let deadline = std::time::Instant::now() + timeout;
+    for c in clusters {
+        loop {
+            match client.cluster(c).await {
+                Ok(s) if !s.nodes.is_empty() && s.nodes.iter().all(|n| n.healthy) => break,
+                other if std::time::Instant::now() > deadline => {
+                    return Err(io(format!("cluster {c} not healthy: {other:?}")))
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks for a `threshold`-of-n key over `clusters` (share i to cluster i) by distributed key
+/// generation through the REST API, and has `admins` approve it the way `custos approve`
+/// does; returns the request's final state (completed with the key id and xpub, when the
+/// TEEs made the key).
+pub async fn create_threshold_key(
+    client: &CloudClient,
+    clusters: &[&str],
+    threshold: u16,
+    quorum: u8,
+    hd: bool,
+    admins: &[&AdminSigner],
+) -> Result<RequestView, ClusterError> {
+    let mut view = client
+        .create_threshold_key(&custos_cloud::api::CreateThresholdKeyBody {
+            clusters: clusters.iter().map(|c| c.to_string()).collect(),
+            threshold,
+            quorum,
+            hd,
+            request_id: None,
+            expires_at: None,
+            approvals: Vec::new(),
+        })
+        .await
+        .map_err(io)?;
+    for a in admins {
+        view = approve(client, a, &view.id).await?;
+    }
+    Ok(view)
 }
 
 impl Drop for Deployment {

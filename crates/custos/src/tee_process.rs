@@ -28,6 +28,8 @@ pub struct TeeProcess {
     pub store: PathBuf,
     exe: PathBuf,
     key: KeyArg,
+    /// Pregenerated primes file given to the process (see [`TeeProcess::restart_with_primes`]).
+    primes_file: Option<PathBuf>,
 }
 
 /// Why a TEE process did not come up.
@@ -111,6 +113,7 @@ impl TeeProcess {
             store: store.to_path_buf(),
             exe: exe.to_path_buf(),
             key,
+            primes_file: None,
         };
         p.restart()?;
         Ok(p)
@@ -124,6 +127,11 @@ impl TeeProcess {
             .arg(&self.socket)
             .arg("--store")
             .arg(&self.store);
+        // Only an explicitly given primes file, never one inherited from this process.
+        match &self.primes_file {
+            Some(f) => cmd.env(custos_tee_host::primes::PRIMES_FILE_ENV, f),
+            None => cmd.env_remove(custos_tee_host::primes::PRIMES_FILE_ENV),
+        };
         match &self.key {
             KeyArg::File(f) => {
                 cmd.arg("--sealing-key-file").arg(f);
@@ -136,6 +144,16 @@ impl TeeProcess {
         let (child, _) = spawn_ready(cmd, READY_LINE)?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Restarts the process with `CUSTOS_TEE_PRIMES_FILE` naming `file`: a JSON array of
+    /// pregenerated Paillier primes sets (as `custos dealer primes` writes it, mode 0600),
+    /// which the TEE seals into its store for distributed key generation before it serves,
+    /// emptying the file ([`custos_tee_host::primes`]). Later restarts keep the variable;
+    /// the emptied file adds nothing.
+    pub fn restart_with_primes(&mut self, file: &Path) -> Result<(), SpawnError> {
+        self.primes_file = Some(file.to_path_buf());
+        self.restart()
     }
 
     /// Connects a client.

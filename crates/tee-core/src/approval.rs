@@ -67,6 +67,20 @@ pub enum Action<'a> {
         /// 32-byte digest.
         digest: &'a [u8; 32],
     },
+    /// Create a `threshold`-of-n key by distributed key generation between `clusters`
+    /// (cluster i holds share i), with this quorum for its use. Every participating TEE
+    /// checks it. Spans clusters like [`Action::ThresholdSign`]: its message is made with
+    /// [`THRESHOLD_SCOPE`] as cluster.
+    CreateThresholdKey {
+        /// Quorum of the new key.
+        quorum: u8,
+        /// Signers the key needs (t).
+        threshold: u16,
+        /// Whether the key has a chain code (HD derivation).
+        hd: bool,
+        /// Cluster of each share, by share index.
+        clusters: &'a [String],
+    },
     /// Sign `digest` with the child of `key_id` at `path`.
     Sign {
         /// Root public key.
@@ -95,6 +109,7 @@ impl Action<'_> {
             Action::Sign { .. } => b"sign",
             Action::ImportThresholdKey { .. } => b"import-threshold-key",
             Action::ThresholdSign { .. } => b"threshold-sign",
+            Action::CreateThresholdKey { .. } => b"create-threshold-key",
         };
         put(&mut out, tag);
         put(&mut out, cluster.as_bytes());
@@ -114,6 +129,20 @@ impl Action<'_> {
                 put(&mut out, &[*quorum]);
                 put(&mut out, key_id);
                 put(&mut out, &share_index.to_be_bytes());
+            }
+            Action::CreateThresholdKey {
+                quorum,
+                threshold,
+                hd,
+                clusters,
+            } => {
+                put(&mut out, &[*quorum]);
+                put(&mut out, &threshold.to_be_bytes());
+                put(&mut out, &[u8::from(*hd)]);
+                put(&mut out, &(clusters.len() as u32).to_be_bytes());
+                for c in *clusters {
+                    put(&mut out, c.as_bytes());
+                }
             }
             Action::Sign {
                 key_id,
@@ -242,4 +271,48 @@ pub fn check_quorum(
         return Err(TeeError::QuorumNotMet { required, approved });
     }
     Ok(admins.into_iter().map(|(_, n)| n).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_creation_messages_bind_every_term() {
+        let meta = RequestMeta {
+            request_id: [7; 16],
+            expires_at: 1000,
+        };
+        let three: Vec<String> = ["dc1", "dc2", "dc3"].map(String::from).to_vec();
+        let message = |quorum, threshold, hd, clusters: &[String]| {
+            Action::CreateThresholdKey {
+                quorum,
+                threshold,
+                hd,
+                clusters,
+            }
+            .message(THRESHOLD_SCOPE, &meta)
+        };
+        let base = message(2, 2, true, &three);
+        let swapped: Vec<String> = ["dc2", "dc1", "dc3"].map(String::from).to_vec();
+        let joined: Vec<String> = ["dc1", "dc2dc3"].map(String::from).to_vec();
+        for other in [
+            message(1, 2, true, &three),
+            message(2, 3, true, &three),
+            message(2, 2, false, &three),
+            message(2, 2, true, &swapped),
+            message(2, 2, true, &joined),
+            message(2, 2, true, &three[..2]),
+            Action::CreateWallet { quorum: 2 }.message(THRESHOLD_SCOPE, &meta),
+            Action::CreateThresholdKey {
+                quorum: 2,
+                threshold: 2,
+                hd: true,
+                clusters: &three,
+            }
+            .message("dc1", &meta),
+        ] {
+            assert_ne!(other, base);
+        }
+    }
 }

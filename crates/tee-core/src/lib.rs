@@ -9,9 +9,10 @@
 //! Units, as in the patent: the key management unit ([`wallet`], [`device`], [`threshold`]),
 //! the verification unit ([`approval`]), and secure storage (sealed records via the platform).
 //!
-//! Threshold signing sessions run on a worker thread the core owns
-//! ([`custos_threshold::SessionHost`]): the protocol's state machines cannot move between
-//! threads, and the core is moved into its host's serving thread.
+//! Threshold sessions run on worker threads the core owns ([`custos_threshold::SessionHost`]):
+//! the protocol's state machines cannot move between threads, and the core is moved into its
+//! host's serving thread. Distributed key generation has a worker of its own (its aux-info
+//! steps compute for seconds), and safe primes are generated on another when needed.
 #![forbid(unsafe_code)]
 
 pub mod approval;
@@ -299,6 +300,14 @@ impl<P: Platform> TeeCore<P> {
         &self.platform
     }
 
+    /// Whether this TEE may generate the safe primes of its Paillier key itself, in the
+    /// background, when a distributed key generation finds no pregenerated set left (the
+    /// default; see [`threshold::primes`]). Off, such a start is refused until the host
+    /// provides sets.
+    pub fn set_prime_generation(&mut self, allowed: bool) {
+        self.threshold.generate_primes = allowed;
+    }
+
     /// D's public key, once generated.
     pub fn device_public_key(&self) -> Option<Vec<u8>> {
         self.device.as_ref().map(|d| d.public_key())
@@ -472,6 +481,12 @@ impl<P: Platform> TeeCore<P> {
                 params,
                 approvals,
             } => self.threshold_start(&meta, attempt, &params, &approvals),
+            Request::ThresholdKeygenStart {
+                meta,
+                attempt,
+                params,
+                approvals,
+            } => self.threshold_keygen_start(&meta, attempt, &params, &approvals),
             Request::ThresholdFeed { session, messages } => self.threshold_feed(session, &messages),
             Request::ThresholdAbort { session, reason: _ } => self.threshold_abort(session),
             Request::Attest { challenge } => {

@@ -214,7 +214,8 @@ pub enum Request {
         approvals: Vec<Approval>,
     },
     /// Delivers relayed messages of a running session; returns this TEE's next messages,
-    /// or the signature once the session is done.
+    /// and the signature (or the new key) once the session is done. A distributed key
+    /// generation also takes an empty feed, to collect what the TEE computed since.
     ThresholdFeed {
         /// The session.
         session: SessionRef,
@@ -228,6 +229,38 @@ pub enum Request {
         /// Why, for the log.
         reason: String,
     },
+    /// Opens a distributed key generation session in this TEE (one per cluster of the new
+    /// key; every participant receives the same request) and returns its first messages
+    /// (phase `keygen`). The session runs threshold key generation, then aux-info
+    /// generation (phase `auxInfo`, this TEE's Paillier key), and stores this cluster's share
+    /// of the new key; its rounds use [`Request::ThresholdFeed`] and [`Request::ThresholdAbort`],
+    /// and are answered with [`Response::ThresholdKeygenRound`].
+    ThresholdKeygenStart {
+        /// Request id (with `attempt`, the session id) and expiry.
+        meta: RequestMeta,
+        /// Attempt number under the same approvals (see [`Request::ThresholdStart`]).
+        attempt: u8,
+        /// The key to make and who makes it.
+        params: ThresholdKeygenParams,
+        /// Admin approvals, of [`crate::approval::Action::CreateThresholdKey`].
+        approvals: Vec<Approval>,
+    },
+}
+
+/// What a distributed key generation makes, and who takes part.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThresholdKeygenParams {
+    /// Signers the new key needs (t, 2 ≤ t ≤ n).
+    pub threshold: u16,
+    /// Whether the key gets a chain code (BIP-32 derivation of non-hardened children).
+    pub hd: bool,
+    /// Cluster holding each share, by share index (n entries, distinct).
+    pub clusters: Vec<String>,
+    /// Distinct admins required to use the new key (and to create it).
+    pub quorum: u8,
+    /// The node running the session for each cluster, in share-index order: entry i has
+    /// `share_index` i and the certificate chain of a node of `clusters[i]`.
+    pub participants: Vec<ThresholdSigner>,
 }
 
 /// Most attempts one approved threshold request may make.
@@ -294,7 +327,7 @@ pub struct ThresholdBundle {
     pub signature: Vec<u8>,
 }
 
-/// One participant of a threshold signing session.
+/// One participant of a threshold session (signing or distributed key generation).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ThresholdSigner {
     /// Share index the participant holds.
@@ -325,7 +358,8 @@ pub struct ThresholdMessage {
     pub sender: u16,
     /// Recipient's position, or `None` for a broadcast.
     pub recipient: Option<u16>,
-    /// Patent phase (getAB, getAB_and_R, getR, getSig).
+    /// Phase: the patent's getAB, getAB_and_R, getR, getSig for signing; keygen and
+    /// auxInfo for distributed key generation.
     pub phase: String,
     /// Protocol round.
     pub round: u16,
@@ -519,6 +553,23 @@ pub enum Response {
     },
     /// A session was aborted (or was not running).
     ThresholdAborted(SessionRef),
+    /// A distributed key generation advanced: messages to relay, and this cluster's new key
+    /// once its share is stored.
+    ThresholdKeygenRound {
+        /// The session.
+        session: SessionRef,
+        /// Phase the session is in now (`keygen`, `auxInfo`).
+        phase: String,
+        /// Messages for the other participants.
+        outgoing: Vec<ThresholdMessage>,
+        /// The TEE is still computing on messages already delivered (aux-info steps take
+        /// seconds): call again with [`Request::ThresholdFeed`], with no messages if none are
+        /// waiting, to collect what it produces.
+        computing: bool,
+        /// The new key's public facts (`share_index` is this cluster's), once the share is
+        /// sealed and stored; `origin` is [`ThresholdOrigin::Dkg`].
+        key: Option<ThresholdKeyInfo>,
+    },
 }
 
 /// Why an approval was not accepted.
@@ -660,6 +711,10 @@ pub enum TeeError {
         /// What happened.
         detail: String,
     },
+    /// No Paillier primes are ready for a distributed key generation in this TEE. Nothing
+    /// was started or consumed; retry later (safe-prime generation takes minutes).
+    #[error("no Paillier primes ready: {0}")]
+    PrimesNotReady(String),
 }
 
 /// The body of a response: success or typed refusal.

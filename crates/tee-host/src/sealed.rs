@@ -95,6 +95,14 @@ pub enum StoreError {
     /// No store exists and creation was not requested.
     #[error("no sealed store at {0}; pass --init to create one")]
     Missing(String),
+    /// The pregenerated primes file (`CUSTOS_TEE_PRIMES_FILE`) cannot be used.
+    #[error("primes file {path}: {reason}")]
+    Primes {
+        /// Path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
@@ -193,8 +201,16 @@ fn db_err(e: impl std::fmt::Display) -> PlatformError {
 }
 
 impl SoftwarePlatform {
-    /// Opens the store at `dir`, creating it when `create` is set and none exists.
+    /// Opens the store at `dir`, creating it when `create` is set and none exists. If the
+    /// environment variable [`crate::primes::PRIMES_FILE_ENV`] names a primes file, its sets
+    /// are sealed into the store and the file emptied ([`crate::primes`]).
     pub fn open(dir: &Path, source: &SealingKeySource, create: bool) -> Result<Self, StoreError> {
+        let mut platform = Self::open_store(dir, source, create)?;
+        crate::primes::import_primes_from_env(&mut platform)?;
+        Ok(platform)
+    }
+
+    fn open_store(dir: &Path, source: &SealingKeySource, create: bool) -> Result<Self, StoreError> {
         let meta_path = dir.join(META_FILE);
         let rng = SystemRandom::new();
         let fresh = !meta_path.exists();

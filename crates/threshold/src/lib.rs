@@ -38,7 +38,7 @@ mod util;
 pub use dealer::{deal, DealerProgress};
 pub use error::{SessionError, ThresholdError};
 pub use phase::{inspect, MsgInfo, MsgType, Phase, ProtocolKind};
-pub use pool::{SessionHost, SessionId, DEFAULT_MAX_SESSIONS};
+pub use pool::{Pending, SessionHost, SessionId, DEFAULT_MAX_SESSIONS};
 pub use presign::{combine, issue_partial, PartialSig, PresignaturePublic, StoredPresignature};
 pub use primes::Primes;
 pub use session::{Outgoing, Output, Session, SessionKind, Step};

@@ -10,12 +10,20 @@
 //! them answer [`SessionError::Expired`]). A session that finishes or aborts is dropped at once.
 //! Session ids are never accepted twice while the host remembers them (the last
 //! [`REMEMBERED_CLOSED`] closed ids); durable "session id used" records are the caller's job.
+//!
+//! **Deferred calls.** [`start_deferred`](SessionHost::start_deferred),
+//! [`feed_deferred`](SessionHost::feed_deferred) and [`abort_deferred`](SessionHost::abort_deferred)
+//! queue the command and return at once; the answer is collected later from the [`Pending`]
+//! handle, with a bounded wait. Commands still run one at a time in the order they were queued,
+//! so a caller may queue several feeds of one session back to back. This is for protocols whose
+//! single steps compute for many seconds (aux-info generation), so that the caller's thread (the
+//! TEE core's request loop) never blocks for that long.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::phase::MsgType;
 use crate::session::{Outgoing, Session, SessionKind, Step};
@@ -131,6 +139,55 @@ impl SessionHost {
         self.call(|reply| Command::Abort { id, reply })
     }
 
+    /// Queues a command and returns the handle of its answer without waiting.
+    fn defer<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Pending<T> {
+        let (reply, answer) = mpsc::channel();
+        if let Some(tx) = self.tx.as_ref() {
+            // If the worker is gone, `answer` reports it (its sender was dropped).
+            let _ = tx.send(make(reply));
+        }
+        Pending { answer }
+    }
+
+    /// [`start`](Self::start) without waiting: the first messages arrive through the handle.
+    pub fn start_deferred(
+        &self,
+        id: SessionId,
+        kind: SessionKind,
+        eid: [u8; 32],
+        deadline: Instant,
+    ) -> Pending<Vec<Outgoing>> {
+        self.defer(|reply| Command::Start {
+            id,
+            kind: Box::new(kind),
+            eid,
+            deadline,
+            reply,
+        })
+    }
+
+    /// [`feed`](Self::feed) without waiting: the step arrives through the handle.
+    pub fn feed_deferred(
+        &self,
+        id: SessionId,
+        from: u16,
+        declared: MsgType,
+        bytes: &[u8],
+    ) -> Pending<Step> {
+        self.defer(|reply| Command::Feed {
+            id,
+            from,
+            declared,
+            bytes: bytes.to_vec(),
+            reply,
+        })
+    }
+
+    /// [`abort`](Self::abort) without waiting (after the commands queued before it).
+    pub fn abort_deferred(&self, id: SessionId) {
+        drop(self.defer(|reply| Command::Abort { id, reply }));
+    }
+
     /// Number of open sessions (after dropping expired ones).
     pub fn len(&self) -> Result<usize, SessionError> {
         self.call(|reply| Command::Len { reply })
@@ -139,6 +196,31 @@ impl SessionHost {
     /// Whether no session is open.
     pub fn is_empty(&self) -> Result<bool, SessionError> {
         self.len().map(|n| n == 0)
+    }
+}
+
+/// The answer to a deferred call ([`SessionHost::start_deferred`],
+/// [`SessionHost::feed_deferred`]), collected with [`Pending::wait`]. Dropping it discards the
+/// answer; the command still runs.
+pub struct Pending<T> {
+    answer: mpsc::Receiver<Result<T, SessionError>>,
+}
+
+impl<T> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl<T> Pending<T> {
+    /// Waits at most `timeout` for the answer: `None` while the worker is still on it (or on
+    /// commands queued before it); [`SessionError::HostStopped`] if the worker is gone.
+    pub fn wait(&self, timeout: Duration) -> Option<Result<T, SessionError>> {
+        match self.answer.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Err(SessionError::HostStopped)),
+        }
     }
 }
 

@@ -15,6 +15,9 @@ use zeroize::Zeroizing;
 use crate::util::{from_json_bounded, to_json_zeroizing};
 use crate::{ThresholdError, L, MAX_SHARE_BYTES};
 
+/// Largest primes file [`Primes::list_from_bytes`] reads (a set is about 1.7 KB of JSON).
+pub const MAX_PRIMES_FILE_BYTES: usize = 1024 * 1024;
+
 /// Four pregenerated primes of one party (secret: they become its Paillier secret key).
 ///
 /// Serializes as the library's `PregeneratedPrimes<SecurityLevel128>`; deserializing checks the
@@ -37,6 +40,12 @@ impl Primes {
     /// Decodes primes written by [`to_sealed_bytes`](Self::to_sealed_bytes) (size-checked).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ThresholdError> {
         from_json_bounded(bytes, MAX_SHARE_BYTES, "primes")
+    }
+
+    /// Decodes a primes file: a JSON array of sets, as `custos dealer primes` writes it (at
+    /// most [`MAX_PRIMES_FILE_BYTES`]; every set's prime sizes are checked).
+    pub fn list_from_bytes(bytes: &[u8]) -> Result<Vec<Self>, ThresholdError> {
+        from_json_bounded(bytes, MAX_PRIMES_FILE_BYTES, "primes file")
     }
 }
 

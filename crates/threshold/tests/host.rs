@@ -154,3 +154,85 @@ fn sessions_expire() {
         SessionError::SessionExists
     );
 }
+
+/// Deferred calls queue in order and are collected later: a keygen relayed entirely through
+/// deferred feeds (several queued back to back before any answer is read), and an aux-info
+/// start (over a second of work) that is not ready at once and can be aborted meanwhile.
+#[test]
+fn deferred_calls_run_in_order_and_are_collected_later() {
+    let hosts: Vec<SessionHost> = (0..3).map(|_| SessionHost::new(8).unwrap()).collect();
+    let id = [7u8; 32];
+    let e = eid();
+    let mut queue = VecDeque::new();
+    let starts: Vec<_> = (0..3u16)
+        .map(|i| hosts[usize::from(i)].start_deferred(id, keygen(i), e, later()))
+        .collect();
+    for (i, p) in starts.into_iter().enumerate() {
+        let out = p.wait(Duration::from_secs(30)).unwrap().unwrap();
+        queue.extend(envelopes(i as u16, 3, out));
+    }
+    let mut keys = vec![];
+    while !queue.is_empty() {
+        // Queue every message in flight before collecting any answer.
+        let pending: Vec<_> = queue
+            .drain(..)
+            .map(|env| {
+                let to = env.to;
+                (
+                    to,
+                    hosts[usize::from(to)].feed_deferred(id, env.from, env.declared, &env.bytes),
+                )
+            })
+            .collect();
+        for (to, p) in pending {
+            match p.wait(Duration::from_secs(30)).unwrap().unwrap() {
+                Step::Continue(out) => queue.extend(envelopes(to, 3, out)),
+                Step::Duplicate => panic!("duplicate"),
+                Step::Done {
+                    output: Output::Incomplete(s),
+                    ..
+                } => keys.push(s.public_key()),
+                Step::Done { output, .. } => panic!("unexpected {output:?}"),
+            }
+        }
+    }
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|k| *k == keys[0]));
+
+    let host = &hosts[0];
+    let aux = SessionKind::AuxInfo {
+        my_index: 0,
+        n: 3,
+        primes: custos_threshold::fixtures::test_primes().remove(0),
+    };
+    let started = host.start_deferred([8; 32], aux, eid(), later());
+    assert!(
+        started.wait(Duration::ZERO).is_none(),
+        "aux info is not instant"
+    );
+    host.abort_deferred([8; 32]);
+    // The start completes first, then the abort, in queue order.
+    assert!(!started
+        .wait(Duration::from_secs(60))
+        .unwrap()
+        .unwrap()
+        .is_empty());
+    assert!(host.is_empty().unwrap());
+    drop(hosts);
+}
+
+#[test]
+fn primes_files_are_lists_of_checked_sets() {
+    let sets = custos_threshold::fixtures::test_primes();
+    let json = serde_json::to_vec(&sets).unwrap();
+    let back = custos_threshold::Primes::list_from_bytes(&json).unwrap();
+    assert_eq!(back.len(), sets.len());
+    assert!(custos_threshold::Primes::list_from_bytes(b"[{}]").is_err());
+    assert!(custos_threshold::Primes::list_from_bytes(b"nope").is_err());
+    assert_eq!(
+        custos_threshold::Primes::list_from_bytes(b"[]")
+            .unwrap()
+            .len(),
+        0
+    );
+}

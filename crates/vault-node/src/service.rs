@@ -96,8 +96,9 @@ impl NodeService {
 /// every relay in clear (they are done at the node's own TEE socket). Sealed imports are
 /// relayed: the secret is HPKE-sealed to this node's device key and bound to the approved
 /// request, so relays only see ciphertext that no other TEE can open. Threshold bundles are
-/// sealed the same way, and threshold session messages are signed by each sender's D key
-/// with their point-to-point content sealed to the receiving node.
+/// sealed the same way, and threshold session messages (signing and distributed key
+/// generation) are signed by each sender's D key with their point-to-point content sealed to
+/// the receiving node.
 fn relayable(r: &Request) -> bool {
     matches!(
         r,
@@ -113,6 +114,7 @@ fn relayable(r: &Request) -> bool {
             | Request::ImportThresholdBundle { .. }
             | Request::ListThresholdKeys
             | Request::ThresholdStart { .. }
+            | Request::ThresholdKeygenStart { .. }
             | Request::ThresholdFeed { .. }
             | Request::ThresholdAbort { .. }
     )
@@ -361,6 +363,18 @@ mod tests {
             sealed: SealedImport {
                 enc: vec![4; 65],
                 ciphertext: vec![0; 64],
+            },
+            approvals: Vec::new(),
+        }));
+        assert!(relayable(&Request::ThresholdKeygenStart {
+            meta: meta.clone(),
+            attempt: 0,
+            params: custos_tee_core::protocol::ThresholdKeygenParams {
+                threshold: 2,
+                hd: true,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                quorum: 1,
+                participants: Vec::new(),
             },
             approvals: Vec::new(),
         }));

@@ -1,5 +1,6 @@
-//! Threshold keys (patent FIG. 5, 12–15; \[0069\]–\[0085\]): imports of dealer bundles, and
-//! signing sessions orchestrated across t clusters.
+//! Threshold keys (patent FIG. 5, 12–15; \[0069\]–\[0085\]): imports of dealer bundles,
+//! keys made by distributed key generation across all n clusters, and signing sessions
+//! orchestrated across t clusters.
 //!
 //! The cloud server chooses the participants and relays the protocol's messages between
 //! their TEEs, nothing more: point-to-point payloads are sealed to the receiving node and
@@ -10,11 +11,14 @@
 //!
 //! A session runs as exchanges: every participant with pending messages gets one
 //! `ThresholdFeed` (all participants concurrently), and the messages it returns are routed
-//! to their recipients for the next exchange, until every participant returned the
-//! signature. Any failure — a refusal, an abort naming a culprit, an unreachable cluster, a
-//! stall, the time limit — aborts the session in the other participants and leaves the
-//! request `failed` (a retry makes the next attempt, possibly with other clusters) or, when
-//! no retry can help (approvals), `refused`.
+//! to their recipients for the next exchange, until every participant returned its output
+//! (the signature, or its share of the new key). The same loop runs both kinds ([`Run`]).
+//! A key generation's aux-info steps compute for seconds: its TEEs answer `computing` and
+//! are polled with empty feeds until their messages are ready, so no call waits long. Any
+//! failure — a refusal, an abort naming a culprit, an unreachable cluster, a stall, the
+//! time limit — aborts the session in the other participants and leaves the request
+//! `failed` (a retry makes the next attempt, possibly with other clusters) or, when no
+//! retry can help (approvals), `refused`.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -23,8 +27,9 @@ use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint};
 use bitcoin::NetworkKind;
 use custos_tee_core::approval::THRESHOLD_SCOPE;
 use custos_tee_core::protocol::{
-    CertChain, SessionRef, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin,
-    ThresholdSignParams, ThresholdSigner, MAX_THRESHOLD_ATTEMPTS, MAX_THRESHOLD_MESSAGES,
+    CertChain, SessionRef, ThresholdBundle, ThresholdKeyInfo, ThresholdKeygenParams,
+    ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
+    MAX_THRESHOLD_ATTEMPTS, MAX_THRESHOLD_MESSAGES,
 };
 
 use super::*;
@@ -38,6 +43,15 @@ pub const MAX_THRESHOLD_CLUSTERS: usize = custos_tee_core::threshold::MAX_THRESH
 pub const MAX_THRESHOLD_EXCHANGES: u32 = 32;
 /// Longest a signing session may run, from its start to the last signature.
 pub const THRESHOLD_SESSION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most message exchanges one key generation may take (keygen and aux-info need about
+/// ten; the empty feeds that collect computed messages are not counted, the time limit
+/// bounds them).
+pub const MAX_KEYGEN_EXCHANGES: u32 = 64;
+/// Longest a key generation may run (the TEEs' own session limit): aux-info generation
+/// takes tens of seconds for three clusters and grows with n.
+pub const THRESHOLD_KEYGEN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Pause before an exchange of empty feeds only (every participant still computing).
+const POLL_PAUSE: Duration = Duration::from_millis(20);
 /// Time allowed for cluster status probes when choosing participants.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for the (best-effort) aborts sent after a failure.
@@ -49,6 +63,118 @@ const MAX_ABORT_REASON: usize = 512;
 
 /// The patent's phases, in protocol order (for logs and "how far it got").
 const PHASES: [&str; 4] = ["getAB", "getAB_and_R", "getR", "getSig"];
+/// The phases of a key generation, in protocol order.
+const KEYGEN_PHASES: [&str; 2] = ["keygen", "auxInfo"];
+
+/// What a session makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    /// A signature, by t clusters.
+    Sign,
+    /// A new key, by all n clusters.
+    Keygen,
+}
+
+impl Run {
+    fn phases(self) -> &'static [&'static str] {
+        match self {
+            Run::Sign => &PHASES,
+            Run::Keygen => &KEYGEN_PHASES,
+        }
+    }
+
+    fn timeout(self) -> Duration {
+        match self {
+            Run::Sign => THRESHOLD_SESSION_TIMEOUT,
+            Run::Keygen => THRESHOLD_KEYGEN_TIMEOUT,
+        }
+    }
+
+    fn max_exchanges(self) -> u32 {
+        match self {
+            Run::Sign => MAX_THRESHOLD_EXCHANGES,
+            Run::Keygen => MAX_KEYGEN_EXCHANGES,
+        }
+    }
+
+    fn output(self) -> &'static str {
+        match self {
+            Run::Sign => "signature",
+            Run::Keygen => "key",
+        }
+    }
+}
+
+/// What a participant returned at the end of a session.
+#[derive(Clone, Debug, PartialEq)]
+enum Output {
+    Signature(EcdsaSignature),
+    Key(ThresholdKeyInfo),
+}
+
+/// One answer of a participant, whatever the session makes.
+struct Round {
+    session: SessionRef,
+    phase: String,
+    outgoing: Vec<ThresholdMessage>,
+    computing: bool,
+    output: Option<Output>,
+}
+
+impl Round {
+    /// The round answer of a session of kind `run`, or the name of what came instead.
+    fn of(run: Run, r: Response) -> Result<Round, String> {
+        match (run, r) {
+            (
+                Run::Sign,
+                Response::ThresholdRound {
+                    session,
+                    phase,
+                    outgoing,
+                    signature,
+                },
+            ) => Ok(Round {
+                session,
+                phase,
+                outgoing,
+                computing: false,
+                output: signature.map(Output::Signature),
+            }),
+            (
+                Run::Keygen,
+                Response::ThresholdKeygenRound {
+                    session,
+                    phase,
+                    outgoing,
+                    computing,
+                    key,
+                },
+            ) => Ok(Round {
+                session,
+                phase,
+                outgoing,
+                computing,
+                output: key.map(Output::Key),
+            }),
+            (_, r) => Err(response_name(&r)),
+        }
+    }
+}
+
+/// Whether an answer leaves the session open at the participant (a round without output),
+/// so that more of its messages may be fed.
+fn still_open(a: &Result<TeeAnswer, CallError>) -> bool {
+    matches!(
+        a,
+        Ok(TeeAnswer {
+            outcome: Ok(Response::ThresholdRound {
+                signature: None,
+                ..
+            } | Response::ThresholdKeygenRound { key: None, .. }),
+            ..
+        })
+    )
+}
 
 /// Decodes and checks a dealer bundle from hex (the TEE checks the dealer's signature and
 /// opens the share; this checks what the cloud server relies on).
@@ -188,8 +314,8 @@ fn names(v: &[String]) -> String {
     }
 }
 
-fn phase_rank(p: &str) -> usize {
-    PHASES.iter().position(|x| *x == p).unwrap_or(0)
+fn phase_rank(run: Run, p: &str) -> usize {
+    run.phases().iter().position(|x| *x == p).unwrap_or(0)
 }
 
 /// One participant of a session.
@@ -255,47 +381,56 @@ impl Abort {
 
 /// A running session as the cloud server sees it.
 struct Session<'a> {
+    run: Run,
     session: SessionRef,
     participants: &'a [Participant],
     /// Phase each participant last reported.
     phase: Vec<String>,
-    /// Signature each participant returned, once done.
-    signature: Vec<Option<EcdsaSignature>>,
+    /// Output each participant returned, once done.
+    output: Vec<Option<Output>>,
     /// Messages waiting for each participant.
     pending: Vec<Vec<ThresholdMessage>>,
+    /// Participants still computing on messages already delivered (to be polled).
+    computing: Vec<bool>,
     /// Participants whose TEE already ended the session (refused or aborted it).
     ended: Vec<bool>,
     /// Participants being called right now.
     in_flight: Vec<usize>,
+    /// Exchanges that delivered messages.
     exchanges: u32,
+    /// Exchanges of empty feeds only (collecting computed messages).
+    polls: u32,
 }
 
 impl<'a> Session<'a> {
-    fn new(session: SessionRef, participants: &'a [Participant]) -> Self {
+    fn new(run: Run, session: SessionRef, participants: &'a [Participant]) -> Self {
         let n = participants.len();
         Session {
+            run,
             session,
             participants,
-            phase: vec![PHASES[0].to_string(); n],
-            signature: vec![None; n],
+            phase: vec![run.phases()[0].to_string(); n],
+            output: vec![None; n],
             pending: vec![Vec::new(); n],
+            computing: vec![false; n],
             ended: vec![false; n],
             in_flight: Vec::new(),
             exchanges: 0,
+            polls: 0,
         }
     }
 
     fn done(&self) -> bool {
-        self.signature.iter().all(Option::is_some)
+        self.output.iter().all(Option::is_some)
     }
 
     /// The furthest phase any participant reported.
     fn phase(&self) -> String {
         self.phase
             .iter()
-            .max_by_key(|p| phase_rank(p))
+            .max_by_key(|p| phase_rank(self.run, p))
             .cloned()
-            .unwrap_or_else(|| PHASES[0].to_string())
+            .unwrap_or_else(|| self.run.phases()[0].to_string())
     }
 
     fn clusters(&self, positions: impl IntoIterator<Item = usize>) -> Vec<String> {
@@ -307,7 +442,7 @@ impl<'a> Session<'a> {
 
     fn unfinished(&self) -> Vec<usize> {
         (0..self.participants.len())
-            .filter(|&i| self.signature[i].is_none())
+            .filter(|&i| self.output[i].is_none())
             .collect()
     }
 
@@ -336,7 +471,7 @@ impl<'a> Session<'a> {
             format!(
                 "session {} timed out after {} s in {}, waiting for {}",
                 session_text(&self.session),
-                THRESHOLD_SESSION_TIMEOUT.as_secs(),
+                self.run.timeout().as_secs(),
                 self.phase(),
                 names(&waiting)
             ),
@@ -345,7 +480,7 @@ impl<'a> Session<'a> {
     }
 
     /// Takes one participant's answer: its messages are routed to their recipients, its
-    /// signature kept; a refusal or a malformed answer is an abort naming it.
+    /// output kept; a refusal or a malformed answer is an abort naming it.
     fn absorb(&mut self, pos: usize, answer: Result<TeeAnswer, CallError>) -> Result<(), Abort> {
         let p = &self.participants[pos];
         let at = self.phase[pos].clone();
@@ -412,18 +547,20 @@ impl<'a> Session<'a> {
             }
             Ok(TeeAnswer { outcome: Ok(r), .. }) => r,
         };
-        let Response::ThresholdRound {
+        let Round {
             session,
             phase,
             outgoing,
-            signature,
-        } = response
-        else {
+            computing,
+            output,
+        } = Round::of(self.run, response)
+            .map_err(|r| bad(format!("answered {r} instead of a session round")))?;
+        if computing && output.is_some() {
             return Err(bad(format!(
-                "answered {} instead of a session round",
-                response_name(&response)
+                "returned its {} while still computing",
+                self.run.output()
             )));
-        };
+        }
         if session != self.session {
             return Err(bad(format!(
                 "answered for session {}",
@@ -462,8 +599,9 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        if let Some(sig) = signature {
-            self.signature[pos] = Some(sig);
+        self.computing[pos] = computing;
+        if let Some(o) = output {
+            self.output[pos] = Some(o);
         }
         Ok(())
     }
@@ -552,6 +690,7 @@ impl Cloud {
                 sealed: Some(sealed),
                 wallet_xpub: None,
                 share_index: Some(key.share_index),
+                terms: None,
             },
         )
         .await
@@ -766,6 +905,7 @@ impl Cloud {
                 sealed: None,
                 wallet_xpub: None,
                 share_index: None,
+                terms: None,
             },
         )
         .await
@@ -883,7 +1023,7 @@ impl Cloud {
             approvals,
         });
         let began = Instant::now();
-        let mut st = Session::new(session, &participants);
+        let mut st = Session::new(Run::Sign, session, &participants);
         let run = tokio::time::timeout(
             THRESHOLD_SESSION_TIMEOUT,
             self.run_session(&row.id, &start, &mut st),
@@ -940,9 +1080,16 @@ impl Cloud {
         digest: &[u8; 32],
         st: &Session<'_>,
     ) -> Result<SignResult, String> {
-        let sigs: Vec<&EcdsaSignature> = st.signature.iter().flatten().collect();
+        let sigs: Vec<&EcdsaSignature> = st
+            .output
+            .iter()
+            .map(|o| match o {
+                Some(Output::Signature(s)) => Ok(s),
+                _ => Err("a participant returned no signature".to_string()),
+            })
+            .collect::<Result<_, _>>()?;
         let first = *sigs.first().ok_or("no signature")?;
-        if let Some(i) = st.signature.iter().position(|s| s.as_ref() != Some(first)) {
+        if let Some(i) = sigs.iter().position(|s| *s != first) {
             return Err(format!(
                 "participants disagree: {} and {} returned different signatures",
                 st.participants[0].cluster, st.participants[i].cluster
@@ -1145,7 +1292,8 @@ impl Cloud {
     }
 
     /// Starts the session in every participant, then relays messages exchange by exchange
-    /// until every participant returned the signature.
+    /// (polling participants that are still computing with empty feeds) until every
+    /// participant returned its output.
     async fn run_session(
         &self,
         request_id: &str,
@@ -1154,6 +1302,7 @@ impl Cloud {
     ) -> Result<(), Abort> {
         let participants = st.participants;
         let session = st.session;
+        let run = st.run;
         st.in_flight = (0..participants.len()).collect();
         let starts = participants.iter().map(|p| {
             let link_id = start_link_id(&session.request_id, session.attempt, &p.cluster);
@@ -1167,18 +1316,14 @@ impl Cloud {
             if st.done() {
                 return Ok(());
             }
-            if st.exchanges >= MAX_THRESHOLD_EXCHANGES {
-                return Err(st.stalled(&format!(
-                    "no signature after {MAX_THRESHOLD_EXCHANGES} exchanges"
-                )));
-            }
             let targets: Vec<usize> = (0..participants.len())
-                .filter(|&q| st.signature[q].is_none() && !st.pending[q].is_empty())
+                .filter(|&q| {
+                    st.output[q].is_none() && (!st.pending[q].is_empty() || st.computing[q])
+                })
                 .collect();
             if targets.is_empty() {
                 return Err(st.stalled("no message to relay"));
             }
-            st.exchanges += 1;
             let mut phases: Vec<&str> = Vec::new();
             let mut count = 0;
             for &q in &targets {
@@ -1189,20 +1334,45 @@ impl Cloud {
                     }
                 }
             }
-            tracing::info!(
-                request_id,
-                attempt = session.attempt,
-                exchange = st.exchanges,
-                phase = %phases.join("/"),
-                messages = count,
-                to = %names(&st.clusters(targets.iter().copied())),
-                "threshold exchange"
-            );
+            if count == 0 {
+                // Everyone is still computing: collect what they produce.
+                st.polls += 1;
+                tokio::time::sleep(POLL_PAUSE).await;
+                tracing::debug!(
+                    request_id,
+                    attempt = session.attempt,
+                    poll = st.polls,
+                    to = %names(&st.clusters(targets.iter().copied())),
+                    "threshold poll"
+                );
+            } else {
+                if st.exchanges >= run.max_exchanges() {
+                    return Err(st.stalled(&format!(
+                        "no {} after {} exchanges",
+                        run.output(),
+                        run.max_exchanges()
+                    )));
+                }
+                st.exchanges += 1;
+                tracing::info!(
+                    request_id,
+                    attempt = session.attempt,
+                    exchange = st.exchanges,
+                    phase = %phases.join("/"),
+                    messages = count,
+                    to = %names(&st.clusters(targets.iter().copied())),
+                    "threshold exchange"
+                );
+            }
             let feeds: Vec<(usize, Vec<Vec<ThresholdMessage>>)> =
                 targets.iter().map(|&q| (q, st.take_batches(q))).collect();
             st.in_flight = targets;
-            let calls = feeds.into_iter().map(|(q, batches)| async move {
+            let calls = feeds.into_iter().map(|(q, mut batches)| async move {
                 let p = &participants[q];
+                if batches.is_empty() {
+                    // A participant still computing: an empty feed collects its output.
+                    batches.push(Vec::new());
+                }
                 let mut answers = Vec::new();
                 for messages in batches {
                     let request = encode_request(&Request::ThresholdFeed { session, messages });
@@ -1210,18 +1380,9 @@ impl Cloud {
                         .clusters
                         .tee_call(&p.cluster, random_id(), &request, Some(&p.node))
                         .await;
-                    // A refusal, or the signature (the TEE dropped the session): the rest of
-                    // the messages would find no session.
-                    let stop = !matches!(
-                        &a,
-                        Ok(TeeAnswer {
-                            outcome: Ok(Response::ThresholdRound {
-                                signature: None,
-                                ..
-                            }),
-                            ..
-                        })
-                    );
+                    // A refusal, or the output (the TEE dropped the session): the rest of the
+                    // messages would find no session.
+                    let stop = !still_open(&a);
                     answers.push((q, a));
                     if stop {
                         break;
@@ -1238,6 +1399,379 @@ impl Cloud {
             st.in_flight.clear();
             st.absorb_all(answers)?;
         }
+    }
+
+    /// `POST /v1/threshold/keys`: records a `create_threshold_key` request (cluster
+    /// `*threshold*`) for a `threshold`-of-n key over `clusters` (share i to cluster i).
+    pub async fn create_threshold_key(
+        &self,
+        caller: &str,
+        body: CreateThresholdKeyBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        let n = body.clusters.len();
+        if !(2..=MAX_THRESHOLD_CLUSTERS).contains(&n) {
+            return Err(ApiError::new(
+                "invalid_clusters",
+                format!("{n} clusters named; a threshold key spans 2 to {MAX_THRESHOLD_CLUSTERS}"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for c in &body.clusters {
+            if !seen.insert(c.as_str()) {
+                return Err(ApiError::new(
+                    "invalid_clusters",
+                    format!("cluster {c} named twice: each cluster holds one share"),
+                ));
+            }
+        }
+        for c in &body.clusters {
+            self.cluster_config(c)?;
+        }
+        if body.threshold < 2 || usize::from(body.threshold) > n {
+            return Err(ApiError::new(
+                "invalid_threshold",
+                format!(
+                    "threshold {} outside 2..={n} (the number of clusters)",
+                    body.threshold
+                ),
+            ));
+        }
+        Self::check_quorum(body.quorum)?;
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        self.create(
+            caller,
+            Draft {
+                kind: RequestKind::CreateThresholdKey,
+                cluster: THRESHOLD_SCOPE.to_string(),
+                root_id: None,
+                path: None,
+                digest: None,
+                quorum: body.quorum,
+                id,
+                expires_at,
+                approvals: body.approvals,
+                target_node: None,
+                sealed: None,
+                wallet_xpub: None,
+                share_index: None,
+                terms: Some(KeyTerms {
+                    threshold: body.threshold,
+                    hd: body.hd,
+                    clusters: body.clusters,
+                }),
+            },
+        )
+        .await
+    }
+
+    /// Runs a `submitting` key creation as one distributed key generation attempt across
+    /// all its clusters and records the key.
+    pub(super) async fn execute_keygen(&self, row: RequestRow) -> Result<RequestRow, StoreError> {
+        let attempt = row.attempts.saturating_sub(1);
+        if attempt >= u32::from(MAX_THRESHOLD_ATTEMPTS) {
+            return self
+                .finish(
+                    row,
+                    Err((
+                        "threshold_attempts_exhausted".into(),
+                        format!(
+                            "all {MAX_THRESHOLD_ATTEMPTS} attempts of this approved request were \
+                             used; a new request needs new approvals"
+                        ),
+                    )),
+                    true,
+                )
+                .await;
+        }
+        let attempt = attempt as u8;
+        let terms = match (row.threshold, row.hd, row.clusters.clone()) {
+            (Some(threshold), Some(hd), Some(clusters)) => Ok((threshold, hd, clusters)),
+            _ => Err("the key's terms are missing".to_string()),
+        };
+        let (request_id, (threshold, hd, clusters), approvals) =
+            match (parse_request_id(&row.id), terms, tee_approvals(&row)) {
+                (Ok(i), Ok(t), Ok(a)) => (i, t, a),
+                (i, t, a) => {
+                    let why = [i.err(), t.err(), a.err()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    return self
+                        .finish(
+                            row,
+                            Err((
+                                "bad_request_row".into(),
+                                format!("stored request unusable: {why}"),
+                            )),
+                            true,
+                        )
+                        .await;
+                }
+            };
+        let participants = match self.keygen_participants(&clusters).await {
+            Ok(p) => p,
+            Err(a) => return self.threshold_failed(row, attempt, a).await,
+        };
+        let session = SessionRef {
+            request_id,
+            attempt,
+        };
+        let described: Vec<String> = participants
+            .iter()
+            .map(|p| format!("{}/{} (share {})", p.cluster, p.node, p.share_index))
+            .collect();
+        let mut next = row.clone();
+        next.updated_at = self.now_ms();
+        let row = self
+            .store
+            .update_request(
+                &next,
+                "session",
+                format!("attempt {attempt}: {}", described.join(", ")),
+                None,
+            )
+            .await?;
+        tracing::info!(
+            request_id = %row.id,
+            attempt,
+            threshold,
+            participants = %described.join(", "),
+            "key generation starting"
+        );
+        let start = encode_request(&Request::ThresholdKeygenStart {
+            meta: RequestMeta {
+                request_id,
+                expires_at: row.expires_at,
+            },
+            attempt,
+            params: ThresholdKeygenParams {
+                threshold,
+                hd,
+                clusters: clusters.clone(),
+                quorum: row.quorum,
+                participants: participants
+                    .iter()
+                    .map(|p| ThresholdSigner {
+                        share_index: p.share_index,
+                        chain: p.chain.clone(),
+                    })
+                    .collect(),
+            },
+            approvals,
+        });
+        let began = Instant::now();
+        let mut st = Session::new(Run::Keygen, session, &participants);
+        let run = tokio::time::timeout(
+            THRESHOLD_KEYGEN_TIMEOUT,
+            self.run_session(&row.id, &start, &mut st),
+        )
+        .await;
+        let outcome = match run {
+            Ok(r) => r,
+            Err(_) => Err(st.timed_out()),
+        };
+        if let Err(abort) = outcome {
+            self.abort_session(&st, &abort.message).await;
+            return self.threshold_failed(row, attempt, abort).await;
+        }
+        tracing::info!(
+            request_id = %row.id,
+            attempt,
+            exchanges = st.exchanges,
+            polls = st.polls,
+            ms = began.elapsed().as_millis() as u64,
+            "key generation finished"
+        );
+        match self.check_keygen(&row, threshold, hd, &clusters, &st) {
+            Ok((result, key, shares)) => {
+                self.threshold_blamed
+                    .lock()
+                    .expect("blame lock")
+                    .remove(&row.id);
+                let by = format!(
+                    "{} (attempt {attempt}, {} exchanges, {} polls)",
+                    described.join(", "),
+                    st.exchanges,
+                    st.polls
+                );
+                self.finish(
+                    row,
+                    Ok((
+                        by,
+                        RequestResult::ThresholdKey(result),
+                        Recorded::ThresholdKey(key, shares),
+                    )),
+                    true,
+                )
+                .await
+            }
+            // The TEEs stored shares of different keys (or of other terms): nothing is
+            // recorded, and no retry under these approvals can run (each TEE consumed them).
+            Err(m) => {
+                self.finish(row, Err(("threshold_key_mismatch".into(), m)), true)
+                    .await
+            }
+        }
+    }
+
+    /// Every participant reported the same key (all but the share index), its own share,
+    /// made of the approved terms; returns the result and what is recorded.
+    fn check_keygen(
+        &self,
+        row: &RequestRow,
+        threshold: u16,
+        hd: bool,
+        clusters: &[String],
+        st: &Session<'_>,
+    ) -> Result<(ThresholdKeyResult, ThresholdKeyRow, Vec<ThresholdShareRow>), String> {
+        let mut infos = Vec::with_capacity(st.participants.len());
+        for (p, o) in st.participants.iter().zip(&st.output) {
+            let Some(Output::Key(info)) = o else {
+                return Err(format!("cluster {} returned no key", p.cluster));
+            };
+            check_threshold_key_info(info)
+                .map_err(|e| format!("cluster {} reported an unusable key: {e}", p.cluster))?;
+            if info.share_index != p.share_index {
+                return Err(format!(
+                    "cluster {} holds share {}, it was to make share {}",
+                    p.cluster, info.share_index, p.share_index
+                ));
+            }
+            infos.push(info);
+        }
+        let first = *infos.first().ok_or("no participant")?;
+        let terms = |k: &ThresholdKeyInfo| ThresholdKeyInfo {
+            share_index: 0,
+            ..k.clone()
+        };
+        for (p, info) in st.participants.iter().zip(&infos).skip(1) {
+            if terms(info) != terms(first) {
+                return Err(format!(
+                    "participants disagree on the key: cluster {} made {} and cluster {} made \
+                     {}",
+                    st.participants[0].cluster,
+                    hex::encode(&first.key_id),
+                    p.cluster,
+                    hex::encode(&info.key_id)
+                ));
+            }
+        }
+        if first.threshold != threshold
+            || first.clusters != clusters
+            || first.quorum != row.quorum
+            || first.chain_code.is_some() != hd
+            || first.origin != ThresholdOrigin::Dkg
+        {
+            return Err(format!(
+                "the key made is not the approved one: {}-of-{:?}, quorum {}, HD {}, {:?}",
+                first.threshold,
+                first.clusters,
+                first.quorum,
+                first.chain_code.is_some(),
+                first.origin
+            ));
+        }
+        let now = self.now_ms();
+        let key = key_row(first, now, &row.id);
+        let shares: Vec<ThresholdShareRow> = st
+            .participants
+            .iter()
+            .map(|p| ThresholdShareRow {
+                key_id: key.key_id.clone(),
+                share_index: p.share_index,
+                cluster: p.cluster.clone(),
+                node: p.node.clone(),
+                imported_at: now,
+                request_id: row.id.clone(),
+            })
+            .collect();
+        let result = ThresholdKeyResult {
+            key_id: key.key_id.clone(),
+            xpub: key_xpub(&key)?.map(|x| x.to_string()),
+            threshold: key.threshold,
+            clusters: key.clusters.clone(),
+            quorum: key.quorum,
+            origin: key.origin.clone(),
+            shares: shares
+                .iter()
+                .map(|s| ThresholdKeyShare {
+                    share_index: s.share_index,
+                    cluster: s.cluster.clone(),
+                    node: s.node.clone(),
+                })
+                .collect(),
+        };
+        Ok((result, key, shares))
+    }
+
+    /// One participant per cluster, in share order: a healthy node of each (its device
+    /// chain fetched and verified). Every cluster must take part.
+    async fn keygen_participants(&self, clusters: &[String]) -> Result<Vec<Participant>, Abort> {
+        let probes = futures::future::join_all(clusters.iter().map(|c| async move {
+            tokio::time::timeout(STATUS_TIMEOUT, self.clusters.status(c, false))
+                .await
+                .unwrap_or_else(|_| Err(CallError::Unavailable("status probe timed out".into())))
+        }))
+        .await;
+        let mut chosen: Vec<(String, u16, String)> = Vec::with_capacity(clusters.len());
+        let mut unusable: Vec<String> = Vec::new();
+        let mut unusable_clusters: Vec<String> = Vec::new();
+        for (i, (cluster, probe)) in clusters.iter().zip(probes).enumerate() {
+            let node = match probe {
+                Ok(status) => status
+                    .nodes
+                    .iter()
+                    .find(|n| n.healthy)
+                    .map(|n| n.node.clone())
+                    .ok_or_else(|| "no healthy node".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match node {
+                Ok(node) => chosen.push((cluster.clone(), i as u16, node)),
+                Err(why) => {
+                    unusable.push(format!("{cluster}: {why}"));
+                    unusable_clusters.push(cluster.clone());
+                }
+            }
+        }
+        if !unusable.is_empty() {
+            return Err(Abort::new(
+                "cluster_unavailable",
+                format!(
+                    "a key generation needs every one of its {} clusters; unavailable: {}",
+                    clusters.len(),
+                    unusable.join("; ")
+                ),
+                unusable_clusters,
+            ));
+        }
+        let chains = futures::future::join_all(
+            chosen
+                .iter()
+                .map(|(c, _, node)| self.clusters.device_chain(c, node)),
+        )
+        .await;
+        let mut participants = Vec::with_capacity(chosen.len());
+        for ((cluster, share_index, node), chain) in chosen.into_iter().zip(chains) {
+            match chain {
+                Ok(chain) => participants.push(Participant {
+                    cluster,
+                    node,
+                    share_index,
+                    chain,
+                }),
+                Err(e) => {
+                    return Err(Abort::new(
+                        &e.code(),
+                        format!("device chain of {cluster}/{node}: {e}"),
+                        vec![cluster],
+                    ))
+                }
+            }
+        }
+        Ok(participants)
     }
 
     /// Best effort: tells every participant whose TEE may still hold the session to drop

@@ -1,9 +1,11 @@
-//! The TEE core's threshold requests: bundle import, key list, and signing sessions.
+//! The TEE core's threshold requests: bundle import, key list, and signing sessions
+//! (distributed key generation sessions: `super::dkg`, over the same envelopes).
 //!
-//! Sessions run on the core's [`SessionHost`] worker thread (the protocol state machines are
-//! `!Send`); the core keeps, per [`SessionRef`], everything needed to check and produce
-//! envelopes: the execution id, the signers' verified device identities, this node's
-//! position, the expected child key and digest, and a deadline.
+//! Sessions run on the core's [`SessionHost`] worker threads (the protocol state machines
+//! are `!Send`); the core keeps, per [`SessionRef`], everything needed to check and produce
+//! envelopes: the execution id, the participants' verified device identities, this node's
+//! position, a deadline, and what the session works on (for signing, the expected child key
+//! and digest).
 //!
 //! Nothing of a running session is persisted but the fact that it was started (sealed
 //! record `tsession/<request id>-<attempt>`, committed before the first message leaves), so a
@@ -23,6 +25,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::bundle::{bundle_context, bundle_transcript, open_bundle};
+use super::dkg::Dkg;
+use super::primes::PrimePool;
 use super::wire::{execution_id, message_transcript, p2p_context};
 use super::{check_key_info, check_share, HeldKey, SESSION_PREFIX, SHARE_PREFIX};
 use crate::approval::{Action, Approval, THRESHOLD_SCOPE};
@@ -50,23 +54,34 @@ struct CachedDevice {
 }
 
 /// One participant of a live session (index = its position).
-struct Signer {
-    share_index: u16,
-    identity: DeviceIdentity,
+pub(super) struct Signer {
+    pub(super) share_index: u16,
+    pub(super) identity: DeviceIdentity,
 }
 
 /// What the core keeps about a running session.
-struct Live {
-    /// Session id in the host (the execution id).
-    host_id: [u8; 32],
-    eid: [u8; 32],
-    my_position: u16,
-    signers: Vec<Signer>,
-    /// The child public key the signature must verify under.
-    child_key: [u8; 33],
-    digest: [u8; 32],
-    phase: Phase,
-    deadline: Instant,
+pub(super) struct Live {
+    /// The execution id the session's envelopes are signed and sealed under.
+    pub(super) eid: [u8; 32],
+    pub(super) my_position: u16,
+    pub(super) signers: Vec<Signer>,
+    pub(super) phase: Phase,
+    pub(super) deadline: Instant,
+    pub(super) work: Work,
+}
+
+/// What a live session works on.
+pub(super) enum Work {
+    /// Signing, on the signing host.
+    Sign {
+        /// Session id in the host (the execution id).
+        host_id: [u8; 32],
+        /// The child public key the signature must verify under.
+        child_key: [u8; 33],
+        digest: [u8; 32],
+    },
+    /// Distributed key generation, on the key generation host.
+    Keygen(Box<Dkg>),
 }
 
 /// The core's threshold state.
@@ -78,8 +93,16 @@ pub(crate) struct ThresholdState {
     /// Sessions already started, with the expiry of their approvals.
     pub(crate) used_sessions: BTreeMap<SessionRef, u64>,
     host: SessionHost,
-    live: HashMap<SessionRef, Live>,
+    /// Key generation sessions, on a worker thread of their own (started at first use): their
+    /// aux-info steps compute for seconds, which must delay neither signing sessions nor the
+    /// core's request loop.
+    pub(super) dkg_host: Option<SessionHost>,
+    pub(super) live: HashMap<SessionRef, Live>,
     signer_cache: HashMap<[u8; 32], CachedDevice>,
+    /// Safe primes generated inside the TEE.
+    pub(super) primes: PrimePool,
+    /// Whether this TEE may generate primes itself when no pregenerated set is left.
+    pub(crate) generate_primes: bool,
 }
 
 impl ThresholdState {
@@ -90,8 +113,11 @@ impl ThresholdState {
             uncommitted: Vec::new(),
             used_sessions: BTreeMap::new(),
             host: SessionHost::new(MAX_LIVE_SESSIONS)?,
+            dkg_host: None,
             live: HashMap::new(),
             signer_cache: HashMap::new(),
+            primes: PrimePool::default(),
+            generate_primes: true,
         })
     }
 }
@@ -122,14 +148,14 @@ pub(crate) fn parse_session_record(name: &str) -> Option<SessionRef> {
 }
 
 /// Why a received message ends the session.
-enum Fault {
+pub(super) enum Fault {
     /// The sender (a position) is at fault.
     Blame(u16, String),
     /// The engine refused or failed.
     Session(SessionError),
 }
 
-fn reject(m: impl Into<String>) -> TeeError {
+pub(super) fn reject(m: impl Into<String>) -> TeeError {
     TeeError::ThresholdRejected(m.into())
 }
 
@@ -250,7 +276,7 @@ impl<P: Platform> TeeCore<P> {
 
     /// Verifies a signer's chain as a vault device of `cluster` (cached by chain digest,
     /// validity re-checked on every use).
-    fn verify_signer(
+    pub(super) fn verify_signer(
         &mut self,
         chain: &CertChain,
         cluster: &str,
@@ -288,10 +314,32 @@ impl<P: Platform> TeeCore<P> {
         Ok(identity)
     }
 
-    /// Drops sessions past their deadline (the host drops its side itself).
-    fn purge_expired_sessions(&mut self) {
+    /// Drops sessions past their deadline (the hosts drop their side themselves).
+    pub(super) fn purge_expired_sessions(&mut self) {
         let now = Instant::now();
-        self.threshold.live.retain(|_, l| l.deadline > now);
+        let expired: Vec<SessionRef> = self
+            .threshold
+            .live
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in expired {
+            if let Some(live) = self.threshold.live.remove(&s) {
+                self.release(live);
+            }
+        }
+    }
+
+    /// Ends what a session holds in its host; a key generation also returns a primes set
+    /// that aux-info generation has not used yet.
+    pub(super) fn release(&mut self, live: Live) {
+        match live.work {
+            Work::Sign { host_id, .. } => {
+                let _ = self.threshold.host.abort(host_id);
+            }
+            Work::Keygen(dkg) => self.release_dkg(*dkg),
+        }
     }
 
     /// [`Request::ThresholdStart`].
@@ -456,19 +504,21 @@ impl<P: Platform> TeeCore<P> {
             .start(eid, kind, eid, deadline)
             .map_err(|e| reject(format!("the session did not start: {e}")))?;
         let live = Live {
-            host_id: eid,
             eid,
             my_position: my_position as u16,
             signers,
-            child_key,
-            digest: params.digest,
             phase: Phase::GetAb,
             deadline,
+            work: Work::Sign {
+                host_id: eid,
+                child_key,
+                digest: params.digest,
+            },
         };
         let outgoing = match self.emit(&session, &live, out) {
             Ok(o) => o,
             Err(e) => {
-                let _ = self.threshold.host.abort(live.host_id);
+                self.release(live);
                 return Err(e);
             }
         };
@@ -483,7 +533,7 @@ impl<P: Platform> TeeCore<P> {
 
     /// Wraps the engine's outgoing messages into signed envelopes, sealing p2p content to
     /// the recipient's D key.
-    fn emit(
+    pub(super) fn emit(
         &mut self,
         session: &SessionRef,
         live: &Live,
@@ -532,14 +582,14 @@ impl<P: Platform> TeeCore<P> {
     }
 
     /// Checks one received message (signature, envelope against content, p2p opening) and
-    /// feeds it to the engine.
-    fn accept_message(
+    /// returns its phase, its declared type and the protocol message it carries.
+    pub(super) fn open_message(
         &mut self,
         session: &SessionRef,
         live: &Live,
         own_scalar: &[u8],
         m: &ThresholdMessage,
-    ) -> Result<Step, Fault> {
+    ) -> Result<(Phase, MsgType, Zeroizing<Vec<u8>>), Fault> {
         let sender = &live.signers[usize::from(m.sender)];
         TrustRoot::verify_device_signature(
             &sender.identity,
@@ -556,12 +606,21 @@ impl<P: Platform> TeeCore<P> {
                 ),
             )
         })?;
-        let Some(phase) = Phase::parse(&m.phase) else {
-            return Err(Fault::Blame(
-                m.sender,
-                format!("unknown phase {:?}", m.phase),
-            ));
+        let protocol = match (&live.work, Phase::parse(&m.phase)) {
+            (
+                Work::Sign { .. },
+                Some(p @ (Phase::GetAb | Phase::GetAbAndR | Phase::GetR | Phase::GetSig)),
+            ) => (p, ProtocolKind::Sign),
+            (Work::Keygen(_), Some(p @ Phase::Keygen)) => (p, ProtocolKind::Keygen),
+            (Work::Keygen(_), Some(p @ Phase::AuxInfo)) => (p, ProtocolKind::AuxInfo),
+            _ => {
+                return Err(Fault::Blame(
+                    m.sender,
+                    format!("phase {:?} is not part of this session", m.phase),
+                ))
+            }
         };
+        let (phase, protocol) = protocol;
         let declared = match (m.recipient, m.enc.is_empty()) {
             (None, true) => MsgType::Broadcast,
             (Some(_), false) => MsgType::P2P,
@@ -596,7 +655,7 @@ impl<P: Platform> TeeCore<P> {
                 .map_err(|e| Fault::Blame(m.sender, e.to_string()))?
             }
         };
-        let info = custos_threshold::inspect(ProtocolKind::Sign, &bytes)
+        let info = custos_threshold::inspect(protocol, &bytes)
             .map_err(|e| Fault::Blame(m.sender, e.to_string()))?;
         if info.phase != phase || info.round != m.round || info.msg_type != declared {
             return Err(Fault::Blame(
@@ -607,22 +666,44 @@ impl<P: Platform> TeeCore<P> {
                 ),
             ));
         }
-        self.threshold
-            .host
-            .feed(live.host_id, m.sender, declared, &bytes)
-            .map_err(Fault::Session)
+        Ok((phase, declared, bytes))
+    }
+
+    /// Ends a live session because of `fault` and names the clusters at fault.
+    pub(super) fn abort_for(&mut self, session: &SessionRef, live: Live, fault: Fault) -> TeeError {
+        let (blamed, phase, detail) = match fault {
+            Fault::Blame(p, d) => (vec![p], live.phase, d),
+            Fault::Session(SessionError::BadMessage { from, reason }) => {
+                (vec![from], live.phase, reason)
+            }
+            Fault::Session(SessionError::Aborted {
+                blamed,
+                phase,
+                detail,
+            }) => (blamed, phase, detail),
+            Fault::Session(
+                SessionError::Expired
+                | SessionError::UnknownSession
+                | SessionError::Finished
+                | SessionError::AlreadyAborted,
+            ) => {
+                self.release(live);
+                return TeeError::UnknownSession(session_name(session));
+            }
+            Fault::Session(e) => (vec![], live.phase, e.to_string()),
+        };
+        self.abort_live(session, live, &blamed, phase, detail)
     }
 
     /// Ends a live session and names the clusters at fault.
-    fn abort_live(
+    pub(super) fn abort_live(
         &mut self,
         session: &SessionRef,
-        live: &Live,
+        live: Live,
         blamed: &[u16],
         phase: Phase,
         detail: String,
     ) -> TeeError {
-        let _ = self.threshold.host.abort(live.host_id);
         let mut clusters: Vec<String> = Vec::new();
         for &p in blamed {
             if let Some(s) = live.signers.get(usize::from(p)) {
@@ -631,6 +712,7 @@ impl<P: Platform> TeeCore<P> {
                 }
             }
         }
+        self.release(live);
         TeeError::ThresholdAborted {
             session: session_name(session),
             blamed: clusters,
@@ -647,7 +729,8 @@ impl<P: Platform> TeeCore<P> {
     /// session goes on. Then each message in turn: a bad signature, an envelope that does not
     /// match the content, a p2p payload that does not open, or the engine's refusal aborts
     /// the session ([`TeeError::ThresholdAborted`], naming the sender's cluster or those
-    /// the protocol blamed). Identical repeats are ignored.
+    /// the protocol blamed). Identical repeats are ignored. A key generation's messages are
+    /// checked the same way and then queued on its own worker (`super::dkg`).
     pub(crate) fn threshold_feed(
         &mut self,
         session: SessionRef,
@@ -703,32 +786,27 @@ impl<P: Platform> TeeCore<P> {
             }
             None => unreachable!("identity implies a device key"),
         };
+        if matches!(live.work, Work::Keygen(_)) {
+            return self.dkg_feed(session, live, &own_scalar[..], messages);
+        }
         let mut live = live;
         let mut outgoing = Vec::new();
         for m in messages {
-            let step = match self.accept_message(&session, &live, &own_scalar[..], m) {
+            let host_id = match &live.work {
+                Work::Sign { host_id, .. } => *host_id,
+                Work::Keygen(_) => unreachable!("key generations are fed above"),
+            };
+            let step = self
+                .open_message(&session, &live, &own_scalar[..], m)
+                .and_then(|(_, declared, bytes)| {
+                    self.threshold
+                        .host
+                        .feed(host_id, m.sender, declared, &bytes)
+                        .map_err(Fault::Session)
+                });
+            let step = match step {
                 Ok(step) => step,
-                Err(fault) => {
-                    let (blamed, phase, detail) = match fault {
-                        Fault::Blame(p, d) => (vec![p], live.phase, d),
-                        Fault::Session(SessionError::BadMessage { from, reason }) => {
-                            (vec![from], live.phase, reason)
-                        }
-                        Fault::Session(SessionError::Aborted {
-                            blamed,
-                            phase,
-                            detail,
-                        }) => (blamed, phase, detail),
-                        Fault::Session(
-                            SessionError::Expired
-                            | SessionError::UnknownSession
-                            | SessionError::Finished
-                            | SessionError::AlreadyAborted,
-                        ) => return Err(TeeError::UnknownSession(session_name(&session))),
-                        Fault::Session(e) => (vec![], live.phase, e.to_string()),
-                    };
-                    return Err(self.abort_live(&session, &live, &blamed, phase, detail));
-                }
+                Err(fault) => return Err(self.abort_for(&session, live, fault)),
             };
             match step {
                 Step::Duplicate => {}
@@ -740,13 +818,7 @@ impl<P: Platform> TeeCore<P> {
                         Ok(msgs) => outgoing.extend(msgs),
                         Err(e) => {
                             let phase = live.phase;
-                            return Err(self.abort_live(
-                                &session,
-                                &live,
-                                &[],
-                                phase,
-                                e.to_string(),
-                            ));
+                            return Err(self.abort_live(&session, live, &[], phase, e.to_string()));
                         }
                     }
                 }
@@ -762,7 +834,7 @@ impl<P: Platform> TeeCore<P> {
                     let signature = match result {
                         Ok(s) => s,
                         Err(d) => {
-                            return Err(self.abort_live(&session, &live, &[], Phase::GetSig, d))
+                            return Err(self.abort_live(&session, live, &[], Phase::GetSig, d))
                         }
                     };
                     // The engine already dropped the session.
@@ -793,15 +865,21 @@ impl<P: Platform> TeeCore<P> {
         live: &Live,
         sig: &custos_threshold::Signature,
     ) -> Result<EcdsaSignature, String> {
-        if sig.public_key != live.child_key {
+        let Work::Sign {
+            child_key, digest, ..
+        } = &live.work
+        else {
+            return Err("not a signing session".into());
+        };
+        if sig.public_key != *child_key {
             return Err(format!(
                 "signature is under key {}, the approved child key is {}",
                 hex::encode(sig.public_key),
-                hex::encode(live.child_key)
+                hex::encode(child_key)
             ));
         }
-        let pk = PublicKey::from_slice(&live.child_key).map_err(|e| e.to_string())?;
-        let msg = Message::from_digest(live.digest);
+        let pk = PublicKey::from_slice(child_key).map_err(|e| e.to_string())?;
+        let msg = Message::from_digest(*digest);
         let compact = sig.to_compact();
         let plain = SecpSignature::from_compact(&compact).map_err(|e| e.to_string())?;
         let mut normalized = plain;
@@ -823,14 +901,14 @@ impl<P: Platform> TeeCore<P> {
             r: sig.r,
             s: sig.s,
             v: sig.v,
-            public_key: live.child_key.to_vec(),
+            public_key: child_key.to_vec(),
         })
     }
 
     /// [`Request::ThresholdAbort`]: drops the session if it runs.
     pub(crate) fn threshold_abort(&mut self, session: SessionRef) -> Outcome {
         if let Some(live) = self.threshold.live.remove(&session) {
-            let _ = self.threshold.host.abort(live.host_id);
+            self.release(live);
         }
         Ok(Response::ThresholdAborted(session))
     }

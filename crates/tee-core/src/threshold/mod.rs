@@ -7,10 +7,15 @@
 //!   derives from the approved request, and the contexts and transcripts of the protocol
 //!   messages (each signed by its sender's D key, point-to-point content HPKE-sealed to the
 //!   receiving node).
+//! * [`primes`]: the Paillier primes a distributed key generation consumes (pregenerated
+//!   sets sealed in the store, or safe primes generated in the background inside the TEE).
 //! * `engine` (private): the TEE core's handling of [`Request::ImportThresholdBundle`],
-//!   [`Request::ListThresholdKeys`] and the session requests, over a
-//!   [`custos_threshold::SessionHost`] owned by the core (the protocol state machines are
-//!   `!Send` and live on its worker thread).
+//!   [`Request::ListThresholdKeys`] and the session requests, over
+//!   [`custos_threshold::SessionHost`]s owned by the core (the protocol state machines are
+//!   `!Send` and live on their worker threads): signing sessions on one, distributed key
+//!   generations ([`Request::ThresholdKeygenStart`]) on another, whose multi-second aux-info
+//!   steps run while the core goes on serving (the cloud server collects their output with
+//!   empty feeds).
 //!
 //! Held shares are sealed records `tshare/<key id hex>` ([`HeldKey::to_record`]); the same
 //! record travels inside key transfers between the nodes of a cluster (patent [0073]-[0074]),
@@ -19,9 +24,12 @@
 //!
 //! [`Request::ImportThresholdBundle`]: crate::protocol::Request::ImportThresholdBundle
 //! [`Request::ListThresholdKeys`]: crate::protocol::Request::ListThresholdKeys
+//! [`Request::ThresholdKeygenStart`]: crate::protocol::Request::ThresholdKeygenStart
 
 pub mod bundle;
+pub(crate) mod dkg;
 pub(crate) mod engine;
+pub mod primes;
 pub mod wire;
 
 use std::fmt;
@@ -69,29 +77,37 @@ pub fn check_key_info(key: &ThresholdKeyInfo) -> Result<(), String> {
     if key.key_id.len() != 33 || bitcoin::secp256k1::PublicKey::from_slice(&key.key_id).is_err() {
         return Err("key id is not a compressed secp256k1 public key".into());
     }
+    check_key_facts(key.threshold, &key.clusters, key.quorum)?;
     let n = key.clusters.len();
+    if usize::from(key.share_index) >= n {
+        return Err(format!("share index {} outside 0..{n}", key.share_index));
+    }
+    Ok(())
+}
+
+/// Checks the facts of a threshold key that exist before the key does (what a distributed
+/// key generation is asked to make): 2 ≤ t ≤ n ≤ [`MAX_THRESHOLD_PARTIES`], one distinct,
+/// well-formed cluster name per share, a quorum of 1 to [`MAX_APPROVALS`].
+pub fn check_key_facts(threshold: u16, clusters: &[String], quorum: u8) -> Result<(), String> {
+    let n = clusters.len();
     if !(2..=MAX_THRESHOLD_PARTIES).contains(&n) {
         return Err(format!(
             "{n} clusters, a threshold key has 2 to {MAX_THRESHOLD_PARTIES}"
         ));
     }
-    if key.threshold < 2 || usize::from(key.threshold) > n {
+    if threshold < 2 || usize::from(threshold) > n {
         return Err(format!(
-            "threshold {} outside 2..={n} (the number of clusters)",
-            key.threshold
+            "threshold {threshold} outside 2..={n} (the number of clusters)"
         ));
     }
-    for (i, c) in key.clusters.iter().enumerate() {
+    for (i, c) in clusters.iter().enumerate() {
         custos_pki::check_name(c).map_err(|e| format!("cluster of share {i}: {e}"))?;
-        if key.clusters[..i].contains(c) {
+        if clusters[..i].contains(c) {
             return Err(format!("cluster {c:?} holds two shares"));
         }
     }
-    if usize::from(key.share_index) >= n {
-        return Err(format!("share index {} outside 0..{n}", key.share_index));
-    }
-    if key.quorum == 0 || usize::from(key.quorum) > MAX_APPROVALS {
-        return Err(format!("quorum {} outside 1..={MAX_APPROVALS}", key.quorum));
+    if quorum == 0 || usize::from(quorum) > MAX_APPROVALS {
+        return Err(format!("quorum {quorum} outside 1..={MAX_APPROVALS}"));
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! What ties the messages of a threshold signing session together.
+//! What ties the messages of a threshold session (signing, distributed key generation)
+//! together.
 //!
 //! * The **execution id** ([`execution_id`]) every participating TEE derives itself from the
 //!   approved request and the signer list: a participant given other parameters computes
@@ -56,6 +57,61 @@ pub fn execution_id(
     put(&mut out, digest);
     let p: Vec<u8> = path.iter().flat_map(|i| i.to_be_bytes()).collect();
     put(&mut out, &p);
+    Sha256::digest(&out).into()
+}
+
+/// Domain tag of distributed key generation execution ids.
+pub const DKG_EID_DOMAIN: &[u8] = b"custos/tdkg/v1";
+
+/// What a distributed key generation id stands for: the envelopes of the session's messages,
+/// or one of its two protocol executions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DkgStage {
+    /// The id under which every message of the session is signed and sealed.
+    Envelope,
+    /// Threshold key generation.
+    Keygen,
+    /// Aux-info generation.
+    AuxInfo,
+}
+
+impl DkgStage {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            DkgStage::Envelope => b"envelope",
+            DkgStage::Keygen => b"keygen",
+            DkgStage::AuxInfo => b"aux-info",
+        }
+    }
+}
+
+/// `SHA-256("custos/tdkg/v1" ‖ stage ‖ request id ‖ attempt ‖ t ‖ hd ‖ quorum ‖ clusters ‖
+/// each participant's device certificate fingerprint in share-index order)`, every field
+/// length-prefixed: each participating TEE derives the ids of a key generation itself from
+/// the approved request, one per [`DkgStage`], so a participant given other terms or other
+/// participants fails every proof and signature check.
+pub fn dkg_execution_id(
+    stage: DkgStage,
+    session: &SessionRef,
+    threshold: u16,
+    hd: bool,
+    quorum: u8,
+    clusters: &[String],
+    fingerprints: &[[u8; 32]],
+) -> [u8; 32] {
+    let mut out = Vec::with_capacity(128 + clusters.len() * 16 + fingerprints.len() * 32);
+    put(&mut out, DKG_EID_DOMAIN);
+    put(&mut out, stage.tag());
+    put_session(&mut out, session);
+    put(&mut out, &threshold.to_be_bytes());
+    put(&mut out, &[u8::from(hd)]);
+    put(&mut out, &[quorum]);
+    put(&mut out, &(clusters.len() as u32).to_be_bytes());
+    for c in clusters {
+        put(&mut out, c.as_bytes());
+    }
+    let f: Vec<u8> = fingerprints.iter().flatten().copied().collect();
+    put(&mut out, &f);
     Sha256::digest(&out).into()
 }
 
@@ -141,6 +197,50 @@ mod tests {
             execution_id(&s, &[2; 33], &signers, &[9; 32], &[0, 1, 0]),
         ] {
             assert_ne!(variant, base);
+        }
+    }
+
+    #[test]
+    fn dkg_execution_ids_differ_in_every_field_and_stage() {
+        let s = session();
+        let clusters: Vec<String> = ["dc1", "dc2", "dc3"].map(String::from).to_vec();
+        let fps = [[1u8; 32], [2; 32], [3; 32]];
+        let id = |stage, s: &SessionRef, t, hd, q, c: &[String], f: &[[u8; 32]]| {
+            dkg_execution_id(stage, s, t, hd, q, c, f)
+        };
+        let base = id(DkgStage::Keygen, &s, 2, true, 1, &clusters, &fps);
+        let mut other_attempt = s;
+        other_attempt.attempt = 1;
+        let swapped: Vec<String> = ["dc2", "dc1", "dc3"].map(String::from).to_vec();
+        let joined: Vec<String> = ["dc1dc2", "dc3"].map(String::from).to_vec();
+        for v in [
+            id(DkgStage::Envelope, &s, 2, true, 1, &clusters, &fps),
+            id(DkgStage::AuxInfo, &s, 2, true, 1, &clusters, &fps),
+            id(
+                DkgStage::Keygen,
+                &other_attempt,
+                2,
+                true,
+                1,
+                &clusters,
+                &fps,
+            ),
+            id(DkgStage::Keygen, &s, 3, true, 1, &clusters, &fps),
+            id(DkgStage::Keygen, &s, 2, false, 1, &clusters, &fps),
+            id(DkgStage::Keygen, &s, 2, true, 2, &clusters, &fps),
+            id(DkgStage::Keygen, &s, 2, true, 1, &swapped, &fps),
+            id(DkgStage::Keygen, &s, 2, true, 1, &joined, &fps),
+            id(
+                DkgStage::Keygen,
+                &s,
+                2,
+                true,
+                1,
+                &clusters,
+                &[fps[1], fps[0], fps[2]],
+            ),
+        ] {
+            assert_ne!(v, base);
         }
     }
 

@@ -1,0 +1,718 @@
+//! Threshold keys made by distributed key generation, through the REST API: the request and
+//! its approval message, the cloud server's orchestration across every cluster of the key
+//! (with the empty feeds that collect what a TEE is still computing), the key recorded only
+//! when every TEE reported the same one, failures and retries, and input validation.
+//!
+//! The TEE side is played by scripted TEEs (certified device keys, answers signed like a
+//! TEE's) running a stand-in of the protocol: a `keygen` round and an `auxInfo` round, each
+//! participant broadcasting one message and sending one point-to-point message to every
+//! other per round, checking everything it receives; before its `auxInfo` messages it
+//! reports `computing` for two calls; at the end each reports the key with its own share
+//! index. The real protocol through real TEEs is tested end to end in crates/custos
+//! (tests/dkg.rs).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use custos_cloud::api::*;
+use custos_cloud::client::ClientError;
+use custos_tee_core::approval::{Action, THRESHOLD_SCOPE};
+use custos_tee_core::protocol::{
+    CertChain, Outcome, Request, RequestMeta, Response, SessionRef, TeeError, ThresholdKeyInfo,
+    ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin,
+};
+use serde_json::Value;
+
+use common::*;
+
+const PHASES: [&str; 2] = ["keygen", "auxInfo"];
+const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+/// Empty feeds a scripted TEE answers `computing` before its aux-info messages.
+const COMPUTE_POLLS: u32 = 2;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn code(e: ClientError) -> String {
+    match e {
+        ClientError::Api { code, .. } => code,
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+// ----- the TEE side, scripted ------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Misbehave {
+    /// Refuses `ThresholdKeygenStart` with this error.
+    RefuseStart(TeeError),
+    /// Reports a different key at the end.
+    OtherKey,
+}
+
+struct SimSession {
+    pos: u16,
+    n: u16,
+    round: u16,
+    got: usize,
+    /// Calls left answering `computing` before the aux-info messages.
+    computing: u32,
+    params: ThresholdKeygenParams,
+}
+
+struct Sim {
+    behaviour: Mutex<HashMap<String, Misbehave>>,
+    sessions: Mutex<HashMap<(String, SessionRef), SimSession>>,
+    /// (cluster, "start" | "feed" | "poll" | "abort", session)
+    log: Mutex<Vec<(String, &'static str, SessionRef)>>,
+}
+
+fn payload(session: &SessionRef, round: u16, sender: u16, recipient: Option<u16>) -> Vec<u8> {
+    format!(
+        "{}/{} {} from {sender} to {recipient:?}",
+        hex::encode(session.request_id),
+        session.attempt,
+        PHASES[usize::from(round) - 1]
+    )
+    .into_bytes()
+}
+
+fn round_messages(session: SessionRef, pos: u16, n: u16, round: u16) -> Vec<ThresholdMessage> {
+    let message = |recipient: Option<u16>| ThresholdMessage {
+        session,
+        sender: pos,
+        recipient,
+        phase: PHASES[usize::from(round) - 1].into(),
+        round,
+        enc: if recipient.is_some() {
+            vec![7; 32]
+        } else {
+            vec![]
+        },
+        // Aux-info messages are large (about 220 KB each in the real protocol).
+        payload: [
+            payload(&session, round, pos, recipient),
+            vec![0; if round == 2 { 200_000 } else { 0 }],
+        ]
+        .concat(),
+        signature: vec![1; 70],
+    };
+    let mut out = vec![message(None)];
+    out.extend((0..n).filter(|&q| q != pos).map(|q| message(Some(q))));
+    out
+}
+
+/// The joint key every honest participant computes (from the session, so each test's key
+/// is new).
+fn joint_key(session: &SessionRef, salt: u8) -> (Vec<u8>, [u8; 32]) {
+    let mut sk = [salt; 32];
+    sk[..16].copy_from_slice(&session.request_id);
+    let sk = SecretKey::from_slice(&sk).unwrap();
+    let pk = PublicKey::from_secret_key(&Secp256k1::new(), &sk);
+    (pk.serialize().to_vec(), [salt ^ 0x55; 32])
+}
+
+impl Sim {
+    fn new() -> Arc<Sim> {
+        Arc::new(Sim {
+            behaviour: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn script(self: &Arc<Self>) -> Script {
+        let sim = self.clone();
+        Arc::new(move |cluster, _node, chain, request| sim.handle(cluster, chain, request))
+    }
+
+    fn misbehave(&self, cluster: &str, m: Misbehave) {
+        self.behaviour.lock().unwrap().insert(cluster.into(), m);
+    }
+
+    fn behave(&self) {
+        self.behaviour.lock().unwrap().clear();
+    }
+
+    fn logged(&self, what: &str) -> Vec<(String, SessionRef)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, w, _)| *w == what)
+            .map(|(c, _, s)| (c.clone(), *s))
+            .collect()
+    }
+
+    fn log(&self, cluster: &str, what: &'static str, session: SessionRef) {
+        self.log
+            .lock()
+            .unwrap()
+            .push((cluster.into(), what, session));
+    }
+
+    fn round(
+        session: SessionRef,
+        round: u16,
+        outgoing: Vec<ThresholdMessage>,
+        computing: bool,
+        key: Option<ThresholdKeyInfo>,
+    ) -> Outcome {
+        Ok(Response::ThresholdKeygenRound {
+            session,
+            phase: PHASES[usize::from(round) - 1].into(),
+            outgoing,
+            computing,
+            key,
+        })
+    }
+
+    fn handle(&self, cluster: &str, chain: &CertChain, request: Request) -> Outcome {
+        let behaviour = self.behaviour.lock().unwrap().get(cluster).cloned();
+        match request {
+            Request::ThresholdKeygenStart {
+                meta,
+                attempt,
+                params,
+                ..
+            } => {
+                let session = SessionRef {
+                    request_id: meta.request_id,
+                    attempt,
+                };
+                self.log(cluster, "start", session);
+                if let Some(Misbehave::RefuseStart(e)) = behaviour {
+                    return Err(e);
+                }
+                let Some(pos) = params
+                    .participants
+                    .iter()
+                    .position(|p| p.chain.device == chain.device)
+                else {
+                    return Err(TeeError::ThresholdRejected("not a participant".into()));
+                };
+                assert_eq!(params.participants[pos].share_index, pos as u16);
+                assert_eq!(params.clusters[pos], cluster, "share of the wrong cluster");
+                let n = params.participants.len() as u16;
+                self.sessions.lock().unwrap().insert(
+                    (cluster.to_string(), session),
+                    SimSession {
+                        pos: pos as u16,
+                        n,
+                        round: 1,
+                        got: 0,
+                        computing: 0,
+                        params,
+                    },
+                );
+                Self::round(
+                    session,
+                    1,
+                    round_messages(session, pos as u16, n, 1),
+                    false,
+                    None,
+                )
+            }
+            Request::ThresholdFeed { session, messages } => {
+                self.log(
+                    cluster,
+                    if messages.is_empty() { "poll" } else { "feed" },
+                    session,
+                );
+                let mut sessions = self.sessions.lock().unwrap();
+                let key = (cluster.to_string(), session);
+                let Some(st) = sessions.get_mut(&key) else {
+                    return Err(TeeError::UnknownSession(hex::encode(session.request_id)));
+                };
+                for m in &messages {
+                    let intact = m.session == session
+                        && m.round == st.round
+                        && m.sender != st.pos
+                        && m.recipient.is_none_or(|r| r == st.pos)
+                        && m.phase == PHASES[usize::from(st.round) - 1]
+                        && m.payload.starts_with(&payload(
+                            &session,
+                            m.round,
+                            m.sender,
+                            m.recipient,
+                        ));
+                    assert!(intact, "{cluster} got {m:?} in round {}", st.round);
+                    st.got += 1;
+                }
+                if st.computing > 0 {
+                    assert!(messages.is_empty(), "a feed while computing");
+                    st.computing -= 1;
+                    if st.computing > 0 {
+                        return Self::round(session, 2, vec![], true, None);
+                    }
+                    return Self::round(
+                        session,
+                        2,
+                        round_messages(session, st.pos, st.n, 2),
+                        false,
+                        None,
+                    );
+                }
+                if st.got < 2 * usize::from(st.n - 1) {
+                    return Self::round(session, st.round, vec![], false, None);
+                }
+                if st.round == 1 {
+                    // Keygen done: aux-info's first step computes for a while.
+                    st.round = 2;
+                    st.got = 0;
+                    st.computing = COMPUTE_POLLS;
+                    return Self::round(session, 2, vec![], true, None);
+                }
+                let salt = if matches!(behaviour, Some(Misbehave::OtherKey)) {
+                    2
+                } else {
+                    1
+                };
+                let (key_id, chain_code) = joint_key(&session, salt);
+                let info = ThresholdKeyInfo {
+                    key_id,
+                    chain_code: st.params.hd.then_some(chain_code),
+                    threshold: st.params.threshold,
+                    clusters: st.params.clusters.clone(),
+                    quorum: st.params.quorum,
+                    origin: ThresholdOrigin::Dkg,
+                    share_index: st.pos,
+                };
+                sessions.remove(&key);
+                Self::round(session, 2, vec![], false, Some(info))
+            }
+            Request::ThresholdAbort { session, .. } => {
+                self.log(cluster, "abort", session);
+                self.sessions
+                    .lock()
+                    .unwrap()
+                    .remove(&(cluster.to_string(), session));
+                Ok(Response::ThresholdAborted(session))
+            }
+            other => Err(TeeError::InvalidRequest(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+// ----- the cloud side -----------------------------------------------------------------------
+
+struct Setup {
+    s: TestServer,
+    sim: Arc<Sim>,
+}
+
+/// Clusters dc1 (two nodes), dc2 and dc3 of scripted TEEs.
+async fn setup(db: TestDb) -> Setup {
+    let pki = Pki::new();
+    let sim = Sim::new();
+    let gateway = FakeGateway::scripted(&pki, &[("dc1", 2), ("dc2", 1), ("dc3", 1)], sim.script());
+    let s = TestServer::start_with(pki, gateway, db).await;
+    Setup { s, sim }
+}
+
+fn body(clusters: &[&str], threshold: u16, quorum: u8) -> CreateThresholdKeyBody {
+    CreateThresholdKeyBody {
+        clusters: clusters.iter().map(|c| c.to_string()).collect(),
+        threshold,
+        quorum,
+        hd: true,
+        request_id: None,
+        expires_at: None,
+        approvals: vec![],
+    }
+}
+
+/// Approves `view` by admins `admins` (each recomputing the message from the fields).
+async fn approve(s: &TestServer, view: &RequestView, admins: &[usize]) -> RequestView {
+    let message = message_of(view);
+    let mut last = view.clone();
+    for &i in admins {
+        last = s
+            .client
+            .approve(&view.id, &s.pki.approve(i, &message))
+            .await
+            .unwrap();
+    }
+    last
+}
+
+fn session_of(view: &RequestView, attempt: u8) -> SessionRef {
+    SessionRef {
+        request_id: hex::decode(&view.id).unwrap().try_into().unwrap(),
+        attempt,
+    }
+}
+
+fn clusters_of(log: Vec<(String, SessionRef)>, session: SessionRef) -> Vec<String> {
+    let mut v: Vec<String> = log
+        .into_iter()
+        .filter(|(_, s)| *s == session)
+        .map(|(c, _)| c)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[tokio::test]
+async fn every_cluster_makes_the_key_and_it_is_recorded_once_all_agree() {
+    for db in databases("every_cluster_makes_the_key").await {
+        let Setup { s, sim } = setup(db).await;
+        let c = &s.client;
+        let view = c
+            .create_threshold_key(&body(&CLUSTERS, 2, 2))
+            .await
+            .unwrap();
+        assert_eq!(view.status, RequestStatus::PendingApproval, "{view:?}");
+        assert_eq!(view.kind, RequestKind::CreateThresholdKey);
+        assert_eq!(view.cluster, THRESHOLD_SCOPE);
+        assert_eq!(
+            (view.threshold, view.hd, view.clusters.clone()),
+            (
+                Some(2),
+                Some(true),
+                Some(CLUSTERS.iter().map(|c| c.to_string()).collect())
+            )
+        );
+        assert!(
+            view.summary.contains("2-of-3") && view.summary.contains("dc1, dc2, dc3"),
+            "{}",
+            view.summary
+        );
+        // The approval message is the TEE's own encoding of exactly these terms.
+        let meta = RequestMeta {
+            request_id: hex::decode(&view.id).unwrap().try_into().unwrap(),
+            expires_at: view.expires_at,
+        };
+        let clusters = view.clusters.clone().unwrap();
+        let expected = Action::CreateThresholdKey {
+            quorum: 2,
+            threshold: 2,
+            hd: true,
+            clusters: &clusters,
+        }
+        .message(THRESHOLD_SCOPE, &meta);
+        assert_eq!(view.approval_message, hex::encode(&expected));
+
+        let pending = approve(&s, &view, &[0]).await;
+        assert_eq!(pending.status, RequestStatus::PendingApproval);
+        assert!(sim.logged("start").is_empty(), "nothing before quorum");
+        let done = approve(&s, &view, &[1]).await;
+        assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+        let Some(RequestResult::ThresholdKey(key)) = &done.result else {
+            panic!("no key: {done:?}");
+        };
+        let session = session_of(&done, 0);
+        let (key_id, chain_code) = joint_key(&session, 1);
+        assert_eq!(key.key_id, hex::encode(&key_id));
+        assert_eq!(done.root_id.as_deref(), Some(key.key_id.as_str()));
+        assert_eq!(
+            (key.threshold, key.quorum, key.origin.as_str()),
+            (2, 2, "dkg")
+        );
+        let xpub = custos_cloud::service::threshold_xpub(&key_id, &chain_code).unwrap();
+        assert_eq!(key.xpub.as_deref(), Some(xpub.to_string().as_str()));
+        assert_eq!(
+            key.shares
+                .iter()
+                .map(|s| (s.share_index, s.cluster.as_str(), s.node.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                (0, "dc1", "node1"),
+                (1, "dc2", "node1"),
+                (2, "dc3", "node1")
+            ]
+        );
+        // Every cluster took part, and those computing were polled with empty feeds.
+        assert_eq!(clusters_of(sim.logged("start"), session), CLUSTERS);
+        assert_eq!(
+            sim.logged("poll").len(),
+            3 * COMPUTE_POLLS as usize,
+            "{:?}",
+            sim.logged("poll")
+        );
+        assert!(sim.logged("abort").is_empty());
+        assert!(done.events.iter().any(|e| e.event == "session"));
+
+        let recorded = c.threshold_key(&key.key_id).await.unwrap();
+        assert_eq!(recorded.origin, "dkg");
+        assert_eq!(recorded.xpub, key.xpub);
+        assert!(recorded.missing_shares.is_empty(), "{recorded:?}");
+        assert_eq!(recorded.shares.len(), 3);
+        assert_eq!(recorded.created_by_request, done.id);
+        assert_eq!(
+            c.threshold_keys().await.unwrap().keys.len(),
+            1,
+            "one key recorded"
+        );
+        // A key without HD derivation has no xpub; approvals may come with the request.
+        let mut plain = body(&["dc2", "dc3"], 2, 1);
+        plain.hd = false;
+        let id: [u8; 16] = rand::random();
+        let meta = RequestMeta {
+            request_id: id,
+            expires_at: now() + 600,
+        };
+        let clusters = plain.clusters.clone();
+        let message = Action::CreateThresholdKey {
+            quorum: 1,
+            threshold: 2,
+            hd: false,
+            clusters: &clusters,
+        }
+        .message(THRESHOLD_SCOPE, &meta);
+        plain.request_id = Some(hex::encode(id));
+        plain.expires_at = Some(meta.expires_at);
+        plain.approvals = vec![s.pki.approve(2, &message)];
+        let done = c.create_threshold_key(&plain).await.unwrap();
+        assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+        let Some(RequestResult::ThresholdKey(key)) = &done.result else {
+            panic!("no key: {done:?}");
+        };
+        assert_eq!(key.xpub, None);
+        assert_eq!(key.clusters, ["dc2", "dc3"]);
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn failures_name_the_cluster_and_a_retry_makes_the_key() {
+    let Setup { s, sim } = setup(TestDb::sqlite()).await;
+    let c = &s.client;
+
+    // dc2 has no primes ready: the attempt fails (retryable), the others are told to abort.
+    sim.misbehave(
+        "dc2",
+        Misbehave::RefuseStart(TeeError::PrimesNotReady(
+            "this TEE started generating safe primes".into(),
+        )),
+    );
+    let view = c
+        .create_threshold_key(&body(&CLUSTERS, 2, 1))
+        .await
+        .unwrap();
+    let failed = approve(&s, &view, &[0]).await;
+    assert_eq!(failed.status, RequestStatus::Failed, "{failed:?}");
+    let e = failed.error.clone().unwrap();
+    assert_eq!(e.code, "tee_primes_not_ready");
+    assert!(e.message.contains("dc2"), "{}", e.message);
+    let first = session_of(&view, 0);
+    assert_eq!(clusters_of(sim.logged("abort"), first), ["dc1", "dc3"]);
+    sim.behave();
+    let done = c.retry(&view.id).await.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    assert_eq!(done.attempts, 2);
+    assert_eq!(
+        clusters_of(sim.logged("start"), session_of(&view, 1)),
+        CLUSTERS
+    );
+
+    // A cluster without a healthy node: nothing starts anywhere.
+    s.gateway
+        .node("dc3", "node1")
+        .healthy
+        .store(false, Ordering::SeqCst);
+    let view = c
+        .create_threshold_key(&body(&CLUSTERS, 3, 1))
+        .await
+        .unwrap();
+    let starts = sim.logged("start").len();
+    let failed = s
+        .client
+        .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
+        .await;
+    assert_eq!(code(failed.unwrap_err()), "cluster_unavailable");
+    let stored = c.request(&view.id).await.unwrap();
+    assert_eq!(stored.status, RequestStatus::Failed);
+    assert!(
+        stored
+            .error
+            .unwrap()
+            .message
+            .contains("dc3: no healthy node"),
+        "names the cluster"
+    );
+    assert_eq!(sim.logged("start").len(), starts);
+    s.gateway
+        .node("dc3", "node1")
+        .healthy
+        .store(true, Ordering::SeqCst);
+    let done = c.retry(&view.id).await.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+
+    // Participants reporting different keys: refused, nothing recorded.
+    sim.misbehave("dc3", Misbehave::OtherKey);
+    let keys_before = c.threshold_keys().await.unwrap().keys.len();
+    let view = c
+        .create_threshold_key(&body(&CLUSTERS, 2, 1))
+        .await
+        .unwrap();
+    let refused = approve(&s, &view, &[0]).await;
+    assert_eq!(refused.status, RequestStatus::Refused, "{refused:?}");
+    let e = refused.error.unwrap();
+    assert_eq!(e.code, "threshold_key_mismatch");
+    assert!(e.message.contains("dc3"), "{}", e.message);
+    assert_eq!(c.threshold_keys().await.unwrap().keys.len(), keys_before);
+    assert_eq!(code(c.retry(&view.id).await.unwrap_err()), "not_pending");
+    s.stop().await;
+}
+
+async fn post(s: &TestServer, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let r = s
+        .raw()
+        .post(s.url(path))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn key_creation_refuses_bad_input_with_stable_codes() {
+    let Setup { s, sim } = setup(TestDb::sqlite()).await;
+    let c = &s.client;
+    for bad in [
+        "{\"clusters\":",
+        "{}",
+        "[1]",
+        "{\"clusters\":[\"dc1\",\"dc2\"],\"threshold\":2}",
+        "{\"clusters\":[\"dc1\",\"dc2\"],\"threshold\":2,\"quorum\":1,\"colour\":1}",
+        "{\"clusters\":[\"dc1\",\"dc2\"],\"threshold\":-2,\"quorum\":1}",
+        "{\"clusters\":\"dc1,dc2\",\"threshold\":2,\"quorum\":1}",
+    ] {
+        let (status, v) = post(&s, "/v1/threshold/keys", bad).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str().unwrap_or("")),
+            (400, "malformed_json"),
+            "{bad}"
+        );
+    }
+    let r = s
+        .raw()
+        .post(s.url("/v1/threshold/keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // `hd` defaults to true.
+    let (status, v) = post(
+        &s,
+        "/v1/threshold/keys",
+        "{\"clusters\":[\"dc1\",\"dc2\"],\"threshold\":2,\"quorum\":1}",
+    )
+    .await;
+    assert_eq!((status, v["hd"].as_bool()), (202, Some(true)), "{v}");
+
+    let many: Vec<String> = (0..65).map(|i| format!("dc{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    for (b, expected) in [
+        (body(&["dc1", "dc9"], 2, 1), "unknown_cluster"),
+        (body(&["dc1", "dc2", "dc3"], 4, 1), "invalid_threshold"),
+        (body(&["dc1", "dc2", "dc3"], 1, 1), "invalid_threshold"),
+        (body(&["dc1", "dc2", "dc3"], 0, 1), "invalid_threshold"),
+        (body(&["dc1", "dc2", "dc1"], 2, 1), "invalid_clusters"),
+        (body(&["dc1"], 2, 1), "invalid_clusters"),
+        (body(&[], 2, 1), "invalid_clusters"),
+        (body(&many, 2, 1), "invalid_clusters"),
+        (body(&["dc1", "dc2"], 2, 0), "invalid_quorum"),
+        (body(&["dc1", "dc2"], 2, 17), "invalid_quorum"),
+    ] {
+        assert_eq!(
+            code(c.create_threshold_key(&b).await.unwrap_err()),
+            expected,
+            "{b:?}"
+        );
+    }
+    let mut b = body(&CLUSTERS, 2, 1);
+    b.request_id = Some("zz".into());
+    assert_eq!(
+        code(c.create_threshold_key(&b).await.unwrap_err()),
+        "invalid_request_id"
+    );
+    let mut b = body(&CLUSTERS, 2, 1);
+    b.expires_at = Some(1);
+    assert_eq!(
+        code(c.create_threshold_key(&b).await.unwrap_err()),
+        "invalid_expiry"
+    );
+    // An approval of other terms (here: t = 3) does not count for these.
+    let mut b = body(&CLUSTERS, 2, 1);
+    let id: [u8; 16] = rand::random();
+    let meta = RequestMeta {
+        request_id: id,
+        expires_at: now() + 600,
+    };
+    let clusters = b.clusters.clone();
+    let other_terms = Action::CreateThresholdKey {
+        quorum: 1,
+        threshold: 3,
+        hd: true,
+        clusters: &clusters,
+    }
+    .message(THRESHOLD_SCOPE, &meta);
+    b.request_id = Some(hex::encode(id));
+    b.expires_at = Some(meta.expires_at);
+    b.approvals = vec![s.pki.approve(0, &other_terms)];
+    assert_eq!(
+        code(c.create_threshold_key(&b).await.unwrap_err()),
+        "approval_invalid"
+    );
+    assert!(sim.logged("start").is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn approve_command_shows_the_terms_of_a_key_creation() {
+    use custos_cloud::cli::{approve, describe, ApproveArgs};
+    let Setup { s, sim: _ } = setup(TestDb::sqlite()).await;
+    let mut b = body(&["dc3", "dc1", "dc2"], 2, 2);
+    b.hd = false;
+    let view = s.client.create_threshold_key(&b).await.unwrap();
+    let shown = describe(&view);
+    assert!(
+        shown.contains("create a threshold key by distributed key generation")
+            && shown.contains(THRESHOLD_SCOPE)
+            && shown.contains("2 of 3")
+            && shown.contains("0: dc3, 1: dc1, 2: dc2")
+            && shown.contains("no (root key only)")
+            && shown.contains("quorum        2"),
+        "{shown}"
+    );
+    let mut args = ApproveArgs {
+        api: s.url(""),
+        token: s.token.clone(),
+        api_root_ca: None,
+        pki: s.pki.pki.path().to_path_buf(),
+        admin: "alice".into(),
+        request: None,
+        yes: true,
+    };
+    let mut out = Vec::new();
+    approve(&args, &mut &b""[..], &mut out).await.unwrap();
+    assert!(String::from_utf8_lossy(&out).contains("create_threshold_key"));
+    args.request = Some(view.id.clone());
+    let after = approve(&args, &mut &b""[..], &mut Vec::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.status, RequestStatus::PendingApproval);
+    args.admin = "bob".into();
+    let done = approve(&args, &mut &b""[..], &mut Vec::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    s.stop().await;
+}

@@ -1,0 +1,719 @@
+//! Distributed key generation in the TEE core: the second way to create a threshold key,
+//! where no dealer and no single TEE ever holds the whole key.
+//!
+//! Every cluster of the new key runs one session ([`Request::ThresholdKeygenStart`], the
+//! same request everywhere), relayed by the cloud server like a signing session: every
+//! message is signed by its sender's D key, point-to-point content (keygen's secret shares,
+//! aux-info's proofs) is HPKE-sealed to the receiving node. The session runs two protocol
+//! executions in turn:
+//!
+//! 1. **keygen** (phase `keygen`): cggmp24 threshold key generation; this TEE ends with its
+//!    secret share of the joint key, which every party computes itself. Milliseconds.
+//! 2. **aux-info** (phase `auxInfo`): this TEE's Paillier key and ring-Pedersen parameters
+//!    from a set of primes ([`super::primes`]), proven to the others. Seconds per step: a
+//!    step of about 9 s of one core for n = 3 at SecurityLevel128.
+//!
+//! Then the two halves make the share T_i with P, which is sealed (origin
+//! [`ThresholdOrigin::Dkg`]) and answered as the key's public facts. The request id is
+//! consumed with it: one approval makes at most one key, whatever the attempts.
+//!
+//! Ids: the envelope id and the two execution ids are derived inside the TEE from the
+//! approved request and the participants' certificates ([`dkg_execution_id`]).
+//!
+//! Computation runs on a worker thread of its own, and the core never waits for it longer
+//! than [`DKG_COLLECT_WAIT`] per request: each delivered message is queued there and the
+//! answer reports `computing` while steps are outstanding; the cloud server then calls again
+//! with an empty [`Request::ThresholdFeed`] to collect the messages produced. So no request
+//! through the bridge takes seconds, and this TEE keeps serving other requests meanwhile.
+//! Aux-info messages that arrive before this TEE has finished keygen (possible since its
+//! last keygen step may still be queued) are verified and held until aux-info starts.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use custos_pki::DeviceChain;
+use custos_threshold::{
+    IncompleteShare, MsgType, Outgoing, Output, Pending, Phase, Primes, SessionError, SessionHost,
+    SessionKind, Step, ThresholdShare,
+};
+use zeroize::Zeroizing;
+
+use super::engine::{
+    reject, session_name, session_record, Fault, Live, Signer, Work, MAX_LIVE_SESSIONS,
+    SESSION_TIMEOUT,
+};
+use super::primes::PRIMES_PREFIX;
+use super::wire::{dkg_execution_id, DkgStage};
+use super::{check_key_facts, key_info, HeldKey, MAX_THRESHOLD_PARTIES};
+use crate::approval::{Action, Approval, THRESHOLD_SCOPE};
+use crate::platform::{Platform, RecordId};
+use crate::protocol::*;
+use crate::{storage, TeeCore};
+
+/// Most key generations open at once in one TEE.
+pub const MAX_DKG_SESSIONS: usize = 4;
+/// Longest the core waits, in one request, for a key generation's computation; what is not
+/// ready by then is collected by a later feed.
+pub const DKG_COLLECT_WAIT: Duration = Duration::from_millis(250);
+/// Most aux-info messages held that arrived before this TEE finished keygen.
+const MAX_EARLY_MESSAGES: usize = 4 * MAX_THRESHOLD_PARTIES;
+/// Most bytes of messages in one answer; the rest waits for the next call. An aux-info step
+/// sends a message of about 220 KB to every other participant, so with many clusters one
+/// step's messages would outgrow the link's payload limit (8 MiB) in a single answer.
+pub const MAX_DKG_ANSWER_BYTES: usize = 3 * 1024 * 1024;
+
+/// The protocol execution a key generation is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Keygen,
+    AuxInfo,
+}
+
+impl Stage {
+    fn of(phase: Phase) -> Self {
+        if phase == Phase::AuxInfo {
+            Stage::AuxInfo
+        } else {
+            Stage::Keygen
+        }
+    }
+}
+
+/// Work queued on the key generation host, answered in order.
+enum Job {
+    Start(Stage, Pending<Vec<Outgoing>>),
+    Feed(Stage, Pending<Step>),
+}
+
+impl Job {
+    fn stage(&self) -> Stage {
+        match self {
+            Job::Start(s, _) | Job::Feed(s, _) => *s,
+        }
+    }
+
+    fn wait(&self, timeout: Duration) -> Option<Result<Step, SessionError>> {
+        match self {
+            Job::Start(_, p) => p.wait(timeout).map(|r| r.map(Step::Continue)),
+            Job::Feed(_, p) => p.wait(timeout),
+        }
+    }
+}
+
+/// Where a session's primes came from (and go back to if aux-info never used them).
+enum PrimesFrom {
+    /// A pregenerated set sealed under this record (removed when the session started).
+    Sealed(RecordId),
+    /// The TEE's own background generation.
+    Pool,
+}
+
+/// What the core keeps about a running key generation.
+pub(super) struct Dkg {
+    meta: RequestMeta,
+    threshold: u16,
+    hd: bool,
+    quorum: u8,
+    clusters: Vec<String>,
+    /// Host session ids (the execution ids) of the two stages.
+    keygen_id: [u8; 32],
+    aux_id: [u8; 32],
+    stage: Stage,
+    /// The primes, until aux-info starts with them.
+    primes: Option<(Primes, PrimesFrom)>,
+    /// The primes came from the pool: make the next set once this one is used.
+    from_pool: bool,
+    /// Keygen's output, until aux-info's completes it.
+    core: Option<IncompleteShare>,
+    queue: VecDeque<Job>,
+    /// Verified aux-info messages that came before keygen finished here.
+    early: Vec<(u16, MsgType, Zeroizing<Vec<u8>>)>,
+    /// Messages made but not yet answered (beyond [`MAX_DKG_ANSWER_BYTES`]).
+    outbox: VecDeque<ThresholdMessage>,
+    /// Aux-info's output, held until the outbox is empty.
+    aux: Option<custos_threshold::AuxInfo>,
+}
+
+impl Dkg {
+    fn host_id(&self, stage: Stage) -> [u8; 32] {
+        match stage {
+            Stage::Keygen => self.keygen_id,
+            Stage::AuxInfo => self.aux_id,
+        }
+    }
+}
+
+/// The first messages of `outbox` up to [`MAX_DKG_ANSWER_BYTES`] (at least one).
+fn take_answer(outbox: &mut VecDeque<ThresholdMessage>) -> Vec<ThresholdMessage> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while let Some(m) = outbox.front() {
+        let size = m.payload.len() + m.enc.len() + m.signature.len() + m.phase.len() + 64;
+        if !out.is_empty() && bytes + size > MAX_DKG_ANSWER_BYTES {
+            break;
+        }
+        bytes += size;
+        out.extend(outbox.pop_front());
+    }
+    out
+}
+
+fn dkg_of(live: &mut Live) -> &mut Dkg {
+    match &mut live.work {
+        Work::Keygen(d) => d,
+        Work::Sign { .. } => unreachable!("only key generation sessions come here"),
+    }
+}
+
+impl<P: Platform> TeeCore<P> {
+    /// The key generation host, started at first use.
+    fn dkg_host(&mut self) -> Result<&SessionHost, TeeError> {
+        if self.threshold.dkg_host.is_none() {
+            let host = SessionHost::new(2 * MAX_DKG_SESSIONS)
+                .map_err(|e| reject(format!("cannot start the key generation thread: {e}")))?;
+            self.threshold.dkg_host = Some(host);
+        }
+        Ok(self.threshold.dkg_host.as_ref().expect("set above"))
+    }
+
+    /// A primes set for a new session: a sealed pregenerated one first (its record stays
+    /// until the session start commits), else the pool's. Without either, starts the pool
+    /// (if allowed) and refuses with [`TeeError::PrimesNotReady`].
+    fn find_primes(&mut self) -> Result<(Primes, PrimesFrom), TeeError> {
+        for id in self.platform.list(PRIMES_PREFIX).map_err(storage)? {
+            if self.corrupt.contains_key(id.as_str()) {
+                continue;
+            }
+            let loaded = self
+                .platform
+                .unseal(&id)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.ok_or_else(|| "record vanished".to_string()))
+                .and_then(|body| Primes::from_bytes(&body).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(p) => return Ok((p, PrimesFrom::Sealed(id))),
+                Err(reason) => {
+                    self.corrupt.insert(id.as_str().to_string(), reason);
+                }
+            }
+        }
+        if let Some(p) = self.threshold.primes.take() {
+            return Ok((p, PrimesFrom::Pool));
+        }
+        if !self.threshold.generate_primes {
+            return Err(TeeError::PrimesNotReady(
+                "no pregenerated primes set is left in this TEE, and it does not generate its \
+                 own"
+                .into(),
+            ));
+        }
+        let already = self.threshold.primes.generating();
+        if !self.threshold.primes.refill() {
+            return Err(TeeError::PrimesNotReady(
+                "the primes generation thread cannot start".into(),
+            ));
+        }
+        Err(TeeError::PrimesNotReady(format!(
+            "this TEE {} generating safe primes for its Paillier key (one to three minutes); \
+             retry then",
+            if already { "is" } else { "started" }
+        )))
+    }
+
+    /// [`Request::ThresholdKeygenStart`]: checks the key's terms, that this node is the
+    /// participant of its own cluster, the admins' approval of exactly these terms (with the
+    /// new key's quorum), every participant's certificate as a device of its cluster, that
+    /// the session and the request were not used, and that a primes set is ready. Then the
+    /// session is marked started (and the primes set consumed) durably, keygen starts, and
+    /// its first messages are answered.
+    pub(crate) fn threshold_keygen_start(
+        &mut self,
+        meta: &RequestMeta,
+        attempt: u8,
+        params: &ThresholdKeygenParams,
+        approvals: &[Approval],
+    ) -> Outcome {
+        let (own, own_chain) = self.identity()?.clone();
+        if attempt >= MAX_THRESHOLD_ATTEMPTS {
+            return Err(TeeError::InvalidRequest(format!(
+                "attempt {attempt}, at most {MAX_THRESHOLD_ATTEMPTS} attempts"
+            )));
+        }
+        check_key_facts(params.threshold, &params.clusters, params.quorum).map_err(reject)?;
+        let n = params.clusters.len();
+        if params.participants.len() != n {
+            return Err(reject(format!(
+                "{} participants for {n} clusters",
+                params.participants.len()
+            )));
+        }
+        if let Some((i, p)) = params
+            .participants
+            .iter()
+            .enumerate()
+            .find(|(i, p)| usize::from(p.share_index) != *i)
+        {
+            return Err(reject(format!(
+                "participant {i} names share {}: participants come in share-index order",
+                p.share_index
+            )));
+        }
+        let my_index = params
+            .participants
+            .iter()
+            .position(|p| DeviceChain::from(p.chain.clone()) == own_chain)
+            .ok_or_else(|| reject("this node is not among the participants"))?;
+        if params.clusters[my_index] != own.cluster {
+            return Err(reject(format!(
+                "participant {my_index} (this node) is to hold the share of cluster {:?}, this \
+                 node is in {:?}",
+                params.clusters[my_index], own.cluster
+            )));
+        }
+        self.approve_in(
+            THRESHOLD_SCOPE,
+            meta,
+            Action::CreateThresholdKey {
+                quorum: params.quorum,
+                threshold: params.threshold,
+                hd: params.hd,
+                clusters: &params.clusters,
+            },
+            approvals,
+            params.quorum,
+        )?;
+        let now = self.platform.now_unix();
+        let mut signers = Vec::with_capacity(n);
+        for (i, p) in params.participants.iter().enumerate() {
+            let cluster = &params.clusters[i];
+            let identity = self
+                .verify_signer(&p.chain, cluster, now)
+                .map_err(|e| reject(format!("participant {i} (cluster {cluster}): {e}")))?;
+            signers.push(Signer {
+                share_index: i as u16,
+                identity,
+            });
+        }
+        let session = SessionRef {
+            request_id: meta.request_id,
+            attempt,
+        };
+        if self.threshold.used_sessions.contains_key(&session) {
+            return Err(TeeError::RequestReplayed(session_name(&session)));
+        }
+        // A key was already made here under these approvals.
+        if self.consumed.contains_key(&meta.request_id) {
+            return Err(TeeError::RequestReplayed(hex::encode(meta.request_id)));
+        }
+        self.purge_expired_sessions();
+        if self.threshold.live.len() >= MAX_LIVE_SESSIONS {
+            return Err(reject(format!(
+                "{MAX_LIVE_SESSIONS} sessions are open, retry later"
+            )));
+        }
+        let running = self
+            .threshold
+            .live
+            .values()
+            .filter(|l| matches!(l.work, Work::Keygen(_)))
+            .count();
+        if running >= MAX_DKG_SESSIONS {
+            return Err(reject(format!(
+                "{MAX_DKG_SESSIONS} key generations are running, retry later"
+            )));
+        }
+        let remaining = meta.expires_at.saturating_sub(now);
+        if remaining == 0 {
+            return Err(TeeError::RequestExpired {
+                expires_at: meta.expires_at,
+                now,
+            });
+        }
+        let deadline = Instant::now() + SESSION_TIMEOUT.min(Duration::from_secs(remaining));
+        let fingerprints: Vec<[u8; 32]> = signers.iter().map(|s| s.identity.fingerprint).collect();
+        let id = |stage| {
+            dkg_execution_id(
+                stage,
+                &session,
+                params.threshold,
+                params.hd,
+                params.quorum,
+                &params.clusters,
+                &fingerprints,
+            )
+        };
+        let (eid, keygen_id, aux_id) = (
+            id(DkgStage::Envelope),
+            id(DkgStage::Keygen),
+            id(DkgStage::AuxInfo),
+        );
+        let (primes, from) = self.find_primes()?;
+        if let Err(e) = self.dkg_host() {
+            self.give_back_primes(primes, from);
+            return Err(e);
+        }
+
+        // Durable before anything of the session exists: a replay is refused even after a
+        // crash, and the primes set can never serve a second session.
+        let record = session_record(&session).map_err(storage)?;
+        let marked = self
+            .platform
+            .seal(&record, &meta.expires_at.to_be_bytes())
+            .and_then(|_| match &from {
+                PrimesFrom::Sealed(id) => self.platform.remove(id),
+                PrimesFrom::Pool => Ok(()),
+            });
+        if let Err(e) = marked {
+            self.give_back_primes(primes, from);
+            return Err(storage(e));
+        }
+        self.threshold
+            .used_sessions
+            .insert(session, meta.expires_at);
+        if let Err(e) = self.commit_pending() {
+            // The platform discarded the writes: a sealed set is still in the store.
+            self.threshold.used_sessions.remove(&session);
+            if matches!(from, PrimesFrom::Pool) {
+                self.give_back_primes(primes, from);
+            }
+            return Err(storage(e));
+        }
+
+        let kind = SessionKind::Keygen {
+            my_index: my_index as u16,
+            n: n as u16,
+            t: params.threshold,
+            hd: params.hd,
+        };
+        let live = Live {
+            eid,
+            my_position: my_index as u16,
+            signers,
+            phase: Phase::Keygen,
+            deadline,
+            work: Work::Keygen(Box::new(Dkg {
+                meta: meta.clone(),
+                threshold: params.threshold,
+                hd: params.hd,
+                quorum: params.quorum,
+                clusters: params.clusters.clone(),
+                keygen_id,
+                aux_id,
+                stage: Stage::Keygen,
+                from_pool: matches!(from, PrimesFrom::Pool),
+                primes: Some((primes, from)),
+                core: None,
+                queue: VecDeque::new(),
+                early: Vec::new(),
+                outbox: VecDeque::new(),
+                aux: None,
+            })),
+        };
+        let started = self
+            .dkg_host()
+            .and_then(|h| {
+                h.start(keygen_id, kind, keygen_id, deadline)
+                    .map_err(|e| reject(format!("the key generation did not start: {e}")))
+            })
+            .and_then(|out| self.emit(&session, &live, out));
+        let outgoing = match started {
+            Ok(o) => o,
+            Err(e) => {
+                self.release(live);
+                return Err(e);
+            }
+        };
+        self.threshold.live.insert(session, live);
+        Ok(Response::ThresholdKeygenRound {
+            session,
+            phase: Phase::Keygen.as_str().into(),
+            outgoing,
+            computing: false,
+            key: None,
+        })
+    }
+
+    /// Puts a primes set no session used back where it came from (a sealed record is
+    /// written again, pending until the batch commits).
+    fn give_back_primes(&mut self, primes: Primes, from: PrimesFrom) {
+        match from {
+            PrimesFrom::Sealed(id) => {
+                let _ = self.platform.seal(&id, &primes.to_sealed_bytes());
+            }
+            PrimesFrom::Pool => self.threshold.primes.give_back(primes),
+        }
+    }
+
+    /// Ends a key generation's sessions in its host and returns unused primes.
+    pub(super) fn release_dkg(&mut self, dkg: Dkg) {
+        if let Some(host) = &self.threshold.dkg_host {
+            host.abort_deferred(dkg.keygen_id);
+            host.abort_deferred(dkg.aux_id);
+        }
+        if let Some((primes, from)) = dkg.primes {
+            self.give_back_primes(primes, from);
+        }
+    }
+
+    /// [`Request::ThresholdFeed`] of a key generation (the envelope checks of
+    /// `threshold_feed` passed): each message is verified and queued on the host (or held, if
+    /// aux-info has not started here yet), then what the host finishes within
+    /// [`DKG_COLLECT_WAIT`] is collected.
+    pub(super) fn dkg_feed(
+        &mut self,
+        session: SessionRef,
+        mut live: Live,
+        own_scalar: &[u8],
+        messages: &[ThresholdMessage],
+    ) -> Outcome {
+        for m in messages {
+            let (phase, declared, bytes) = match self.open_message(&session, &live, own_scalar, m) {
+                Ok(opened) => opened,
+                Err(fault) => return Err(self.abort_for(&session, live, fault)),
+            };
+            let stage = Stage::of(phase);
+            let dkg = dkg_of(&mut live);
+            match (stage, dkg.stage) {
+                // Keygen (or everything) is over here: a relayed repeat.
+                (Stage::Keygen, Stage::AuxInfo) => {}
+                (Stage::AuxInfo, _) if dkg.aux.is_some() => {}
+                (Stage::AuxInfo, Stage::Keygen) => {
+                    if dkg
+                        .early
+                        .iter()
+                        .any(|(f, _, b)| *f == m.sender && b[..] == bytes[..])
+                    {
+                        continue;
+                    }
+                    if dkg.early.len() >= MAX_EARLY_MESSAGES {
+                        let phase = live.phase;
+                        return Err(self.abort_live(
+                            &session,
+                            live,
+                            &[m.sender],
+                            phase,
+                            format!(
+                                "more than {MAX_EARLY_MESSAGES} aux-info messages before key \
+                                 generation finished"
+                            ),
+                        ));
+                    }
+                    dkg.early.push((m.sender, declared, bytes));
+                }
+                (stage, _) => {
+                    let host = self
+                        .threshold
+                        .dkg_host
+                        .as_ref()
+                        .expect("a live key generation has its host");
+                    let pending =
+                        host.feed_deferred(dkg.host_id(stage), m.sender, declared, &bytes);
+                    dkg.queue.push_back(Job::Feed(stage, pending));
+                }
+            }
+        }
+        self.dkg_collect(session, live)
+    }
+
+    /// Collects the host's answers in order, for at most [`DKG_COLLECT_WAIT`]: messages are
+    /// wrapped into envelopes, keygen's output starts aux-info, aux-info's output finishes
+    /// the key. At most [`MAX_DKG_ANSWER_BYTES`] of messages are answered; the rest wait
+    /// for the next call (and the key for the last of them).
+    fn dkg_collect(&mut self, session: SessionRef, mut live: Live) -> Outcome {
+        let wait_until = Instant::now() + DKG_COLLECT_WAIT;
+        loop {
+            let dkg = dkg_of(&mut live);
+            let Some(job) = dkg.queue.front() else {
+                break;
+            };
+            let Some(result) = job.wait(wait_until.saturating_duration_since(Instant::now()))
+            else {
+                break;
+            };
+            let stage = job.stage();
+            dkg.queue.pop_front();
+            if stage != dkg.stage || dkg.aux.is_some() {
+                // An answer about a finished stage (a repeat fed meanwhile).
+                continue;
+            }
+            let step = match result {
+                Ok(step) => step,
+                Err(e) => return Err(self.abort_for(&session, live, Fault::Session(e))),
+            };
+            let (out, output) = match step {
+                Step::Duplicate => continue,
+                Step::Continue(out) => (out, None),
+                Step::Done { output, outgoing } => (outgoing, Some(output)),
+            };
+            match self.emit(&session, &live, out) {
+                Ok(msgs) => dkg_of(&mut live).outbox.extend(msgs),
+                Err(e) => {
+                    let phase = live.phase;
+                    return Err(self.abort_live(&session, live, &[], phase, e.to_string()));
+                }
+            }
+            match (stage, output) {
+                (_, None) => {}
+                (Stage::Keygen, Some(Output::Incomplete(core))) => {
+                    if let Err(detail) = self.begin_aux_info(&mut live, core) {
+                        return Err(self.abort_live(&session, live, &[], Phase::Keygen, detail));
+                    }
+                }
+                (Stage::AuxInfo, Some(Output::Aux(aux))) => {
+                    dkg_of(&mut live).aux = Some(aux);
+                }
+                (_, Some(other)) => {
+                    let phase = live.phase;
+                    let detail = format!("the session produced {other:?}");
+                    return Err(self.abort_live(&session, live, &[], phase, detail));
+                }
+            }
+        }
+        let dkg = dkg_of(&mut live);
+        let outgoing = take_answer(&mut dkg.outbox);
+        if dkg.outbox.is_empty() {
+            if let Some(aux) = dkg.aux.take() {
+                return self.finish_dkg(session, live, aux, outgoing);
+            }
+        }
+        let computing = !dkg.queue.is_empty() || !dkg.outbox.is_empty() || dkg.aux.is_some();
+        let phase = live.phase.as_str().into();
+        self.threshold.live.insert(session, live);
+        Ok(Response::ThresholdKeygenRound {
+            session,
+            phase,
+            outgoing,
+            computing,
+            key: None,
+        })
+    }
+
+    /// Keygen finished here: checks its output against the approved terms, starts aux-info
+    /// with the session's primes, and queues the aux-info messages that came early.
+    fn begin_aux_info(&mut self, live: &mut Live, core: IncompleteShare) -> Result<(), String> {
+        let (my_position, deadline) = (live.my_position, live.deadline);
+        let dkg = dkg_of(live);
+        let n = dkg.clusters.len();
+        if core.index() != my_position
+            || usize::from(core.n()) != n
+            || core.threshold() != dkg.threshold
+            || core.is_hd() != dkg.hd
+        {
+            return Err(format!(
+                "keygen made share {} of a {}-of-{} key (HD: {}), not share {my_position} of \
+                 the approved {}-of-{n} (HD: {})",
+                core.index(),
+                core.threshold(),
+                core.n(),
+                core.is_hd(),
+                dkg.threshold,
+                dkg.hd
+            ));
+        }
+        let Some((primes, _)) = dkg.primes.take() else {
+            return Err("the session's primes are gone".into());
+        };
+        let host = self
+            .threshold
+            .dkg_host
+            .as_ref()
+            .expect("a live key generation has its host");
+        let kind = SessionKind::AuxInfo {
+            my_index: my_position,
+            n: n as u16,
+            primes,
+        };
+        let pending = host.start_deferred(dkg.aux_id, kind, dkg.aux_id, deadline);
+        dkg.queue.push_back(Job::Start(Stage::AuxInfo, pending));
+        for (from, declared, bytes) in dkg.early.drain(..) {
+            let pending = host.feed_deferred(dkg.aux_id, from, declared, &bytes);
+            dkg.queue.push_back(Job::Feed(Stage::AuxInfo, pending));
+        }
+        dkg.core = Some(core);
+        dkg.stage = Stage::AuxInfo;
+        live.phase = Phase::AuxInfo;
+        Ok(())
+    }
+
+    /// Aux-info finished here: joins the two halves into the share, checks it against the
+    /// approved terms, consumes the request id and stores the share (both pending until the
+    /// batch commits, before the answer leaves).
+    fn finish_dkg(
+        &mut self,
+        session: SessionRef,
+        mut live: Live,
+        aux: custos_threshold::AuxInfo,
+        outgoing: Vec<ThresholdMessage>,
+    ) -> Outcome {
+        let dkg = dkg_of(&mut live);
+        let made = dkg
+            .core
+            .take()
+            .ok_or_else(|| "keygen's output is gone".to_string())
+            .and_then(|core| ThresholdShare::from_parts(core, aux).map_err(|e| e.to_string()))
+            .and_then(|share| {
+                if share.is_hd() != dkg.hd {
+                    return Err("the share's HD setting differs from the approved one".into());
+                }
+                let info = key_info(&share, &dkg.clusters, dkg.quorum, ThresholdOrigin::Dkg)?;
+                Ok(HeldKey { info, share })
+            });
+        let (meta, from_pool) = (dkg.meta.clone(), dkg.from_pool);
+        let held = match made {
+            Ok(h) => h,
+            Err(detail) => {
+                return Err(self.abort_live(&session, live, &[], Phase::AuxInfo, detail));
+            }
+        };
+        // The host already dropped both sessions; nothing of the session stays.
+        self.release(live);
+        self.consume_request(&meta)?;
+        let info = self.store_threshold_key(held)?;
+        if from_pool && self.threshold.generate_primes {
+            // Keep one set ready for the next key generation.
+            self.threshold.primes.refill();
+        }
+        Ok(Response::ThresholdKeygenRound {
+            session,
+            phase: Phase::AuxInfo.as_str().into(),
+            outgoing,
+            computing: false,
+            key: Some(info),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize) -> ThresholdMessage {
+        ThresholdMessage {
+            session: SessionRef {
+                request_id: [1; 16],
+                attempt: 0,
+            },
+            sender: 0,
+            recipient: Some(1),
+            phase: "auxInfo".into(),
+            round: 2,
+            enc: vec![0; 65],
+            payload: vec![0; len],
+            signature: vec![0; 70],
+        }
+    }
+
+    #[test]
+    fn answers_are_cut_at_the_byte_budget_in_order() {
+        let mib = 1024 * 1024;
+        let mut outbox: VecDeque<ThresholdMessage> =
+            [mib, mib, mib, 10, 4 * mib].map(message).into();
+        let sizes =
+            |v: Vec<ThresholdMessage>| v.iter().map(|m| m.payload.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(take_answer(&mut outbox)), [mib, mib]);
+        assert_eq!(sizes(take_answer(&mut outbox)), [mib, 10]);
+        // A message over the budget still goes, alone.
+        assert_eq!(sizes(take_answer(&mut outbox)), [4 * mib]);
+        assert!(take_answer(&mut outbox).is_empty());
+    }
+}

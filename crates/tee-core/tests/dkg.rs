@@ -1,0 +1,644 @@
+//! Distributed key generation in the TEE core: three cores (clusters dc1, dc2, dc3) make a
+//! 2-of-3 HD key through relayed keygen and aux-info, each ending with its own share; two of
+//! them then sign with it. Refusals: wrong approvals, a node that is not a participant, a
+//! participant certified for another cluster, replays, no primes; a tampered message aborts
+//! naming its sender's cluster; an aborted session gives its unused primes back.
+//!
+//! The cores run in-process over an in-memory platform, provisioned by a real PKI. Their
+//! Paillier primes are the TEST-ONLY fixture of `custos-threshold` (feature `test-fixtures`,
+//! dev-dependency only), sealed into each store as a host does with a primes file.
+//! Aux-info generation costs about 12 s of one core per party; the three run in parallel.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bitcoin::bip32::{ChainCode, ChildNumber, DerivationPath, Fingerprint, Xpub};
+use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
+use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
+use custos_tee_core::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
+use custos_tee_core::protocol::{
+    encode_request, CertChain, Outcome, Request, RequestMeta, Response, SessionRef, SignedResponse,
+    TeeError, ThresholdKeyInfo, ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin,
+    ThresholdSignParams, ThresholdSigner,
+};
+use custos_tee_core::threshold::primes::{seal_primes_file, PRIMES_PREFIX};
+use custos_tee_core::TeeCore;
+use custos_threshold::fixtures;
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+
+/// Sealed storage in memory: pending writes become durable on `commit` only.
+#[derive(Default)]
+struct MemPlatform {
+    committed: BTreeMap<String, Vec<u8>>,
+    staged: BTreeMap<String, Vec<u8>>,
+}
+
+impl MemPlatform {
+    fn committed_primes(&self) -> usize {
+        self.committed
+            .keys()
+            .filter(|k| k.starts_with(PRIMES_PREFIX))
+            .count()
+    }
+}
+
+impl Platform for MemPlatform {
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
+        rand::rngs::OsRng.fill_bytes(buf);
+        Ok(())
+    }
+    fn now_unix(&self) -> u64 {
+        now()
+    }
+    fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {
+        self.staged.insert(id.as_str().into(), plaintext.to_vec());
+        Ok(())
+    }
+    fn commit(&mut self) -> Result<(), PlatformError> {
+        self.committed = self.staged.clone();
+        Ok(())
+    }
+    fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
+        Ok(self.staged.get(id.as_str()).cloned().map(Zeroizing::new))
+    }
+    fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
+        self.staged
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .map(|k| RecordId::new(k.clone()))
+            .collect()
+    }
+    fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
+        self.staged.remove(id.as_str());
+        Ok(())
+    }
+    fn attest(&mut self, _: &[u8]) -> Result<Attestation, PlatformError> {
+        Err(PlatformError::Unsupported("attestation"))
+    }
+    fn counter_increment(&mut self) -> Result<u64, PlatformError> {
+        Ok(1)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Node {
+    core: TeeCore<MemPlatform>,
+    chain: CertChain,
+}
+
+impl Node {
+    fn call(&mut self, req: &Request) -> Outcome {
+        let signed: SignedResponse =
+            postcard::from_bytes(&self.core.handle_bytes(&encode_request(req))).unwrap();
+        postcard::from_bytes(&signed.body).unwrap()
+    }
+
+    fn primes_left(&self) -> usize {
+        self.core.platform().committed_primes()
+    }
+}
+
+/// A PKI in a temporary directory (removed on drop): clusters dc1..dc4 and two admins.
+struct Pki {
+    dir: PathBuf,
+    pki: PkiDir,
+    admins: Vec<AdminSigner>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "custos-tee-core-dkg-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pki = PkiDir::new(dir.join("pki"));
+        pki.init().unwrap();
+        for c in CLUSTERS.iter().chain(&["dc4"]) {
+            pki.create_cluster_ca(c).unwrap();
+        }
+        let admins = ["alice", "bob"]
+            .iter()
+            .map(|a| {
+                pki.create_admin(a).unwrap();
+                AdminSigner::load(&pki, a).unwrap()
+            })
+            .collect();
+        Pki { dir, pki, admins }
+    }
+
+    /// A provisioned core of `cluster` holding `primes` pregenerated primes sets (fixture
+    /// sets starting at `first`, sealed as a host seals a primes file).
+    fn node(&self, cluster: &str, name: &str, first: usize, primes: usize) -> Node {
+        let mut platform = MemPlatform::default();
+        let sets = &fixtures::test_primes()[first..first + primes];
+        // A primes file is a JSON array of sets.
+        let parts: Vec<String> = sets
+            .iter()
+            .map(|p| String::from_utf8(p.to_sealed_bytes().to_vec()).unwrap())
+            .collect();
+        let file = format!("[{}]", parts.join(","));
+        assert_eq!(
+            seal_primes_file(&mut platform, file.as_bytes()).unwrap(),
+            primes
+        );
+        let core = TeeCore::open(platform, "memory").unwrap();
+        let mut node = Node {
+            core,
+            chain: CertChain::default(),
+        };
+        let root_cert = pem_to_der(&self.pki.root_pem().unwrap(), "root").unwrap();
+        node.call(&Request::PinRoot { root_cert }).unwrap();
+        let Response::DeviceCsr { csr, .. } = node
+            .call(&Request::GenerateDeviceKey {
+                cluster: cluster.into(),
+                node: name.into(),
+            })
+            .unwrap()
+        else {
+            panic!("expected a CSR");
+        };
+        let cert = self
+            .pki
+            .sign_device_csr(cluster, &der_to_pem(&csr, "CERTIFICATE REQUEST"))
+            .unwrap();
+        node.chain = CertChain {
+            device: pem_to_der(&cert, "device").unwrap(),
+            cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
+            device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
+        };
+        node.call(&Request::InstallDeviceCert {
+            device: node.chain.device.clone(),
+            cluster_ca: node.chain.cluster_ca.clone(),
+            device_ca: node.chain.device_ca.clone(),
+        })
+        .unwrap();
+        node
+    }
+
+    fn approvals(&self, n: usize, action: &Action<'_>, meta: &RequestMeta) -> Vec<Approval> {
+        let message = action.message(THRESHOLD_SCOPE, meta);
+        self.admins[..n]
+            .iter()
+            .map(|s| Approval {
+                admin_cert: s.cert_der.clone(),
+                admin_ca: s.admin_ca_der.clone(),
+                signature: s.sign(&message),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn meta() -> RequestMeta {
+    let mut request_id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut request_id);
+    RequestMeta {
+        request_id,
+        expires_at: now() + 600,
+    }
+}
+
+/// An approved key generation: 2-of-n HD over `clusters`, quorum 2, run by `nodes` (one per
+/// cluster, in share order).
+struct KeygenRequest {
+    meta: RequestMeta,
+    params: ThresholdKeygenParams,
+    approvals: Vec<Approval>,
+}
+
+impl KeygenRequest {
+    fn new(pki: &Pki, nodes: &[&Node]) -> Self {
+        let meta = meta();
+        let params = ThresholdKeygenParams {
+            threshold: 2,
+            hd: true,
+            clusters: CLUSTERS[..nodes.len()]
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            quorum: 2,
+            participants: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ThresholdSigner {
+                    share_index: i as u16,
+                    chain: n.chain.clone(),
+                })
+                .collect(),
+        };
+        let approvals = pki.approvals(2, &action(&params), &meta);
+        KeygenRequest {
+            meta,
+            params,
+            approvals,
+        }
+    }
+
+    fn start(&self, attempt: u8) -> Request {
+        Request::ThresholdKeygenStart {
+            meta: self.meta.clone(),
+            attempt,
+            params: self.params.clone(),
+            approvals: self.approvals.clone(),
+        }
+    }
+
+    fn session(&self, attempt: u8) -> SessionRef {
+        SessionRef {
+            request_id: self.meta.request_id,
+            attempt,
+        }
+    }
+}
+
+fn action(p: &ThresholdKeygenParams) -> Action<'_> {
+    Action::CreateThresholdKey {
+        quorum: p.quorum,
+        threshold: p.threshold,
+        hd: p.hd,
+        clusters: &p.clusters,
+    }
+}
+
+/// The answer to a key generation start or feed: (phase, outgoing, computing, key).
+fn round(
+    o: Outcome,
+) -> (
+    String,
+    Vec<ThresholdMessage>,
+    bool,
+    Option<ThresholdKeyInfo>,
+) {
+    match o {
+        Ok(Response::ThresholdKeygenRound {
+            phase,
+            outgoing,
+            computing,
+            key,
+            ..
+        }) => (phase, outgoing, computing, key),
+        other => panic!("expected a key generation round, got {other:?}"),
+    }
+}
+
+fn route(inbox: &mut [Vec<ThresholdMessage>], msgs: Vec<ThresholdMessage>) {
+    for m in msgs {
+        match m.recipient {
+            None => {
+                for (p, b) in inbox.iter_mut().enumerate() {
+                    if p != usize::from(m.sender) {
+                        b.push(m.clone());
+                    }
+                }
+            }
+            Some(j) => inbox[usize::from(j)].push(m),
+        }
+    }
+}
+
+/// Relays a key generation as the cloud server does: every participant with messages
+/// waiting, or still computing, gets a feed (an empty one to collect), until each reported
+/// the key. With `duplicate`, every feed carries its messages twice (relays may repeat).
+/// Returns the keys and the phases seen in order.
+fn relay(
+    nodes: &mut [&mut Node],
+    session: SessionRef,
+    first: Vec<Vec<ThresholdMessage>>,
+    duplicate: bool,
+) -> (Vec<ThresholdKeyInfo>, Vec<String>) {
+    let n = nodes.len();
+    let mut inbox: Vec<Vec<ThresholdMessage>> = vec![Vec::new(); n];
+    for out in first {
+        route(&mut inbox, out);
+    }
+    let mut computing = vec![false; n];
+    let mut keys: Vec<Option<ThresholdKeyInfo>> = vec![None; n];
+    let mut phases: Vec<String> = Vec::new();
+    let began = Instant::now();
+    while keys.iter().any(Option::is_none) {
+        assert!(
+            began.elapsed() < Duration::from_secs(300),
+            "key generation stalled"
+        );
+        let mut any = false;
+        for p in 0..n {
+            if keys[p].is_some() || (inbox[p].is_empty() && !computing[p]) {
+                continue;
+            }
+            any = true;
+            let mut messages = std::mem::take(&mut inbox[p]);
+            if duplicate {
+                messages.extend(messages.clone());
+            }
+            let (phase, out, busy, key) =
+                round(nodes[p].call(&Request::ThresholdFeed { session, messages }));
+            if phases.last() != Some(&phase) {
+                phases.push(phase);
+            }
+            computing[p] = busy;
+            keys[p] = key;
+            route(&mut inbox, out);
+        }
+        assert!(any, "nothing to relay and nobody computing");
+    }
+    (keys.into_iter().map(Option::unwrap).collect(), phases)
+}
+
+fn rejected(o: Outcome) -> String {
+    match o {
+        Err(TeeError::ThresholdRejected(m)) => m,
+        other => panic!("expected ThresholdRejected, got {other:?}"),
+    }
+}
+
+#[test]
+fn three_tees_make_a_key_none_of_them_holds_whole_and_two_sign_with_it() {
+    let pki = Pki::new();
+    let mut nodes: Vec<Node> = CLUSTERS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| pki.node(c, &format!("{c}-node1"), i, 1))
+        .collect();
+    let req = {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        KeygenRequest::new(&pki, &refs)
+    };
+
+    // Refusals first (nothing is consumed by them).
+    let mut wrong = req.start(0);
+    if let Request::ThresholdKeygenStart { params, .. } = &mut wrong {
+        params.threshold = 3; // the admins approved 2
+    }
+    assert!(matches!(
+        nodes[0].call(&wrong),
+        Err(TeeError::ApprovalRejected { .. })
+    ));
+    let mut one = req.start(0);
+    if let Request::ThresholdKeygenStart { approvals, .. } = &mut one {
+        approvals.truncate(1);
+    }
+    assert!(matches!(
+        nodes[0].call(&one),
+        Err(TeeError::QuorumNotMet {
+            required: 2,
+            approved: 1
+        })
+    ));
+    assert_eq!(nodes.iter().map(Node::primes_left).sum::<usize>(), 3);
+
+    let began = Instant::now();
+    let mut first = Vec::new();
+    for node in nodes.iter_mut() {
+        let (phase, out, computing, key) = round(node.call(&req.start(0)));
+        assert_eq!((phase.as_str(), computing, key), ("keygen", false, None));
+        first.push(out);
+        // The primes set is consumed with the durable start.
+        assert_eq!(node.primes_left(), 0);
+    }
+    // A start cannot run twice.
+    assert!(matches!(
+        nodes[0].call(&req.start(0)),
+        Err(TeeError::RequestReplayed(_))
+    ));
+    let session = req.session(0);
+    let (keys, phases) = {
+        let mut refs: Vec<&mut Node> = nodes.iter_mut().collect();
+        relay(&mut refs, session, first, true)
+    };
+    eprintln!(
+        "DKG of 3 in-process TEEs [{:.1} s]",
+        began.elapsed().as_secs_f64()
+    );
+    assert_eq!(phases.first().map(String::as_str), Some("keygen"));
+    assert_eq!(phases.last().map(String::as_str), Some("auxInfo"));
+    // Every participant computed the same key and holds its own share of it.
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(k.share_index, i as u16);
+        assert_eq!(k.origin, ThresholdOrigin::Dkg);
+        assert_eq!(
+            ThresholdKeyInfo {
+                share_index: 0,
+                ..k.clone()
+            },
+            ThresholdKeyInfo {
+                share_index: 0,
+                ..keys[0].clone()
+            }
+        );
+        let Response::ThresholdKeys(held) = nodes[i].call(&Request::ListThresholdKeys).unwrap()
+        else {
+            panic!("expected the key list");
+        };
+        assert_eq!(held, vec![k.clone()]);
+    }
+    let key = keys[0].clone();
+    assert_eq!(key.threshold, 2);
+    assert_eq!(key.quorum, 2);
+    // One approval makes one key: no further attempt runs under it.
+    assert!(matches!(
+        nodes[1].call(&req.start(1)),
+        Err(TeeError::RequestReplayed(_))
+    ));
+
+    // dc3 and dc1 sign with their shares: the signature verifies with libsecp256k1 under
+    // the child of the key's xpub.
+    let digest = [0x5a; 32];
+    let path = vec![3u32, 9];
+    let sign_meta = meta();
+    let params = ThresholdSignParams {
+        key_id: key.key_id.clone(),
+        path: path.clone(),
+        digest,
+        signers: [2usize, 0]
+            .iter()
+            .map(|&i| ThresholdSigner {
+                share_index: i as u16,
+                chain: nodes[i].chain.clone(),
+            })
+            .collect(),
+    };
+    let sign_approvals = pki.approvals(
+        2,
+        &Action::ThresholdSign {
+            key_id: &params.key_id,
+            path: &params.path,
+            digest: &params.digest,
+        },
+        &sign_meta,
+    );
+    let sign_start = Request::ThresholdStart {
+        meta: sign_meta.clone(),
+        attempt: 0,
+        params,
+        approvals: sign_approvals,
+    };
+    let signers = [2usize, 0];
+    let mut inbox: Vec<Vec<ThresholdMessage>> = vec![Vec::new(); 2];
+    for &i in &signers {
+        match nodes[i].call(&sign_start) {
+            Ok(Response::ThresholdRound { outgoing, .. }) => route(&mut inbox, outgoing),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let sign_session = SessionRef {
+        request_id: sign_meta.request_id,
+        attempt: 0,
+    };
+    let mut sig = None;
+    while sig.is_none() {
+        for (pos, &i) in signers.iter().enumerate() {
+            if inbox[pos].is_empty() {
+                continue;
+            }
+            let messages = std::mem::take(&mut inbox[pos]);
+            match nodes[i].call(&Request::ThresholdFeed {
+                session: sign_session,
+                messages,
+            }) {
+                Ok(Response::ThresholdRound {
+                    outgoing,
+                    signature,
+                    ..
+                }) => {
+                    route(&mut inbox, outgoing);
+                    if signature.is_some() {
+                        sig = signature;
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let sig = sig.unwrap();
+    let secp = Secp256k1::new();
+    let xpub = Xpub {
+        network: bitcoin::NetworkKind::Main,
+        depth: 0,
+        parent_fingerprint: Fingerprint::default(),
+        child_number: ChildNumber::Normal { index: 0 },
+        public_key: PublicKey::from_slice(&key.key_id).unwrap(),
+        chain_code: ChainCode::from(key.chain_code.unwrap()),
+    };
+    let child = xpub
+        .derive_pub(
+            &secp,
+            &DerivationPath::from(
+                path.iter()
+                    .map(|&i| ChildNumber::Normal { index: i })
+                    .collect::<Vec<_>>(),
+            ),
+        )
+        .unwrap()
+        .public_key;
+    assert_eq!(sig.public_key, child.serialize().to_vec());
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&sig.r);
+    compact[32..].copy_from_slice(&sig.s);
+    secp.verify_ecdsa(
+        &Message::from_digest(digest),
+        &ecdsa::Signature::from_compact(&compact).unwrap(),
+        &child,
+    )
+    .unwrap();
+}
+
+#[test]
+fn refusals_tampering_and_primes_handling() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 1);
+    let b = pki.node("dc2", "dc2-node1", 1, 1);
+    let outsider = pki.node("dc1", "dc1-node2", 2, 1);
+    let foreign = pki.node("dc4", "dc4-node1", 3, 1);
+    let req = KeygenRequest::new(&pki, &[&a, &b]);
+
+    // A node that is not a participant refuses; so does one told another node's cluster.
+    let mut not_me = outsider;
+    assert!(rejected(not_me.call(&req.start(0))).contains("not among the participants"));
+    let swapped = KeygenRequest::new(&pki, &[&b, &a]);
+    assert!(rejected(a.call(&swapped.start(0))).contains("cluster"));
+    // A participant whose certificate is of another cluster than its share's.
+    let mixed = KeygenRequest::new(&pki, &[&a, &foreign]);
+    assert!(rejected(a.call(&mixed.start(0))).contains("participant 1 (cluster dc2)"));
+    // Participants out of share order.
+    let mut disordered = req.start(0);
+    if let Request::ThresholdKeygenStart { params, .. } = &mut disordered {
+        params.participants[1].share_index = 0;
+    }
+    assert!(rejected(a.call(&disordered)).contains("share-index order"));
+    assert_eq!(a.primes_left(), 1);
+
+    // A tampered keygen message aborts the session and names its sender's cluster.
+    let (_, out_a, _, _) = round(a.call(&req.start(0)));
+    assert_eq!(a.primes_left(), 0);
+    let mut b = b;
+    let (_, mut out_b, _, _) = round(b.call(&req.start(0)));
+    let m = out_b
+        .iter_mut()
+        .find(|m| m.recipient.is_none())
+        .expect("keygen starts with a broadcast");
+    let last = m.payload.len() - 2;
+    m.payload[last] ^= 1;
+    match a.call(&Request::ThresholdFeed {
+        session: req.session(0),
+        messages: out_b,
+    }) {
+        Err(TeeError::ThresholdAborted { blamed, phase, .. }) => {
+            assert_eq!(blamed, vec!["dc2".to_string()]);
+            assert_eq!(phase, "keygen");
+        }
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    // The set aux-info never used is back in the store, and serves the next attempt.
+    assert_eq!(a.primes_left(), 1);
+    let (phase, _, _, _) = round(a.call(&req.start(1)));
+    assert_eq!(phase, "keygen");
+    assert_eq!(a.primes_left(), 0);
+    // An explicit abort gives it back too.
+    assert!(matches!(
+        a.call(&Request::ThresholdAbort {
+            session: req.session(1),
+            reason: "test".into()
+        }),
+        Ok(Response::ThresholdAborted(_))
+    ));
+    assert_eq!(a.primes_left(), 1);
+    assert!(matches!(
+        b.call(&Request::ThresholdFeed {
+            session: req.session(0),
+            messages: out_a
+        }),
+        Ok(Response::ThresholdKeygenRound { .. })
+    ));
+
+    // Without primes, and not allowed to generate its own, a TEE refuses before consuming
+    // anything; the same attempt is still usable.
+    let mut empty = pki.node("dc1", "dc1-node3", 0, 0);
+    empty.core.set_prime_generation(false);
+    let req2 = KeygenRequest::new(&pki, &[&empty, &b]);
+    for _ in 0..2 {
+        match empty.call(&req2.start(0)) {
+            Err(TeeError::PrimesNotReady(m)) => assert!(m.contains("no pregenerated"), "{m}"),
+            other => panic!("expected PrimesNotReady, got {other:?}"),
+        }
+    }
+}
