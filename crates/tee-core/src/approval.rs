@@ -92,10 +92,7 @@ pub enum Action<'a> {
     },
 }
 
-fn put(out: &mut Vec<u8>, field: &[u8]) {
-    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
-    out.extend_from_slice(field);
-}
+use crate::put_field as put;
 
 impl Action<'_> {
     /// Canonical bytes an admin signs: domain, action tag, then length-prefixed fields in a

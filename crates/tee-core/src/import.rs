@@ -38,10 +38,7 @@ pub struct SealedImport {
     pub ciphertext: Vec<u8>,
 }
 
-fn put(out: &mut Vec<u8>, field: &[u8]) {
-    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
-    out.extend_from_slice(field);
-}
+use crate::put_field as put;
 
 /// Context (the HPKE `info`) binding the ciphertext to cluster, node, request id, expiry,
 /// quorum and key id.

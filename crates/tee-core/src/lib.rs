@@ -76,12 +76,15 @@ pub enum OpenError {
     SessionThread(String),
 }
 
-fn put_field(out: &mut Vec<u8>, f: &[u8]) {
+/// Appends a length-prefixed (u32, big-endian) field: the one encoding of every transcript,
+/// context and record in the core, so distinct field lists never encode alike.
+pub(crate) fn put_field(out: &mut Vec<u8>, f: &[u8]) {
     out.extend_from_slice(&(f.len() as u32).to_be_bytes());
     out.extend_from_slice(f);
 }
 
-fn take_field<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+/// Reads one field written by [`put_field`], or `None` if the input is cut short.
+pub(crate) fn take_field<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
     if input.len() < 4 {
         return None;
     }

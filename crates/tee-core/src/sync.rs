@@ -27,10 +27,7 @@ pub const MAX_TRANSFER_KEYS: usize = 20_000;
 
 type Kem = DhP256HkdfSha256;
 
-fn put(out: &mut Vec<u8>, field: &[u8]) {
-    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
-    out.extend_from_slice(field);
-}
+use crate::put_field as put;
 
 /// The context both the HPKE `info` and the sender's signature bind: cluster, sender and
 /// recipient certificate fingerprints, and the exact key ids carried.

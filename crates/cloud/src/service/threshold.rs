@@ -1024,17 +1024,10 @@ impl Cloud {
         });
         let began = Instant::now();
         let mut st = Session::new(Run::Sign, session, &participants);
-        let run = tokio::time::timeout(
-            THRESHOLD_SESSION_TIMEOUT,
-            self.run_session(&row.id, &start, &mut st),
-        )
-        .await;
-        let outcome = match run {
-            Ok(r) => r,
-            Err(_) => Err(st.timed_out()),
-        };
-        if let Err(abort) = outcome {
-            self.abort_session(&st, &abort.message).await;
+        if let Err(abort) = self
+            .drive_session(&row.id, &start, &mut st, THRESHOLD_SESSION_TIMEOUT)
+            .await
+        {
             return self.threshold_failed(row, attempt, abort).await;
         }
         tracing::info!(
@@ -1294,6 +1287,26 @@ impl Cloud {
     /// Starts the session in every participant, then relays messages exchange by exchange
     /// (polling participants that are still computing with empty feeds) until every
     /// participant returned its output.
+    /// Runs a started session to its end within `limit`; on failure (including the time
+    /// limit) tells every participant to abort before the caller records the failure.
+    async fn drive_session(
+        &self,
+        request_id: &str,
+        start: &[u8],
+        st: &mut Session<'_>,
+        limit: Duration,
+    ) -> Result<(), Abort> {
+        let outcome =
+            match tokio::time::timeout(limit, self.run_session(request_id, start, st)).await {
+                Ok(r) => r,
+                Err(_) => Err(st.timed_out()),
+            };
+        if let Err(abort) = &outcome {
+            self.abort_session(st, &abort.message).await;
+        }
+        outcome
+    }
+
     async fn run_session(
         &self,
         request_id: &str,
@@ -1563,17 +1576,10 @@ impl Cloud {
         });
         let began = Instant::now();
         let mut st = Session::new(Run::Keygen, session, &participants);
-        let run = tokio::time::timeout(
-            THRESHOLD_KEYGEN_TIMEOUT,
-            self.run_session(&row.id, &start, &mut st),
-        )
-        .await;
-        let outcome = match run {
-            Ok(r) => r,
-            Err(_) => Err(st.timed_out()),
-        };
-        if let Err(abort) = outcome {
-            self.abort_session(&st, &abort.message).await;
+        if let Err(abort) = self
+            .drive_session(&row.id, &start, &mut st, THRESHOLD_KEYGEN_TIMEOUT)
+            .await
+        {
             return self.threshold_failed(row, attempt, abort).await;
         }
         tracing::info!(

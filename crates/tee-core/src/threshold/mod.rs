@@ -51,24 +51,7 @@ const RECORD_VERSION: u8 = 1;
 /// Most parties (clusters) of a threshold key.
 pub const MAX_THRESHOLD_PARTIES: usize = 64;
 
-fn put(out: &mut Vec<u8>, field: &[u8]) {
-    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
-    out.extend_from_slice(field);
-}
-
-fn take<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
-    if input.len() < 4 {
-        return None;
-    }
-    let len = u32::from_be_bytes(input[..4].try_into().ok()?) as usize;
-    let rest = &input[4..];
-    if rest.len() < len {
-        return None;
-    }
-    let (f, tail) = rest.split_at(len);
-    *input = tail;
-    Some(f)
-}
+use crate::{put_field as put, take_field as take};
 
 /// Checks the public facts of a threshold key for consistency: a 33-byte compressed
 /// secp256k1 key id, 2 ≤ t ≤ n ≤ [`MAX_THRESHOLD_PARTIES`], one distinct, well-formed cluster
