@@ -134,6 +134,18 @@ pub fn describe(r: &Request) -> Option<Described> {
                 .collect(),
             ..d("threshold-start", Some(&params.key_id), true)
         },
+        // Pinned to the node the cloud server chose (like every session request).
+        Request::ThresholdAuditStart {
+            session, key_id, ..
+        } => Described {
+            request_id: Some(format!(
+                "{}/{}",
+                hex::encode(session.request_id),
+                session.attempt
+            )),
+            path: Some(path_string(&[])),
+            ..d("threshold-audit", Some(key_id), true)
+        },
         Request::ThresholdKeygenStart {
             meta,
             attempt,

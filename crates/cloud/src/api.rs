@@ -754,6 +754,61 @@ pub struct AuditReportView {
     pub nodes: Vec<NodeAuditView>,
 }
 
+/// One session of a threshold key audit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdAuditSessionView {
+    /// Clusters that took part, in signing order.
+    pub clusters: Vec<String>,
+    /// The random audit message signed (8 bytes, hex).
+    pub message_hex: String,
+    /// r, 32 bytes hex, when the session returned a signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<String>,
+    /// s, 32 bytes hex (low-s), when the session returned a signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s: Option<String>,
+    /// Recovery id, when the session returned a signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<u8>,
+    /// The signature verified against the key's root public key over
+    /// `audit_digest(message)`.
+    pub verified: bool,
+    /// Why the session failed (`code: message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Clusters the failure was blamed on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blamed: Vec<String>,
+}
+
+/// One cluster's result in a threshold key audit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdAuditClusterView {
+    /// Cluster name.
+    pub cluster: String,
+    /// At least one session the cluster took part in produced a verified signature.
+    pub ok: bool,
+    /// Why not, when not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A threshold key audit (patent \[0086\]): audit signing sessions covering every cluster
+/// holding a share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdAuditReport {
+    /// Hex of the joint public key.
+    pub key_id: String,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+    /// Unix milliseconds.
+    pub finished_at_ms: u64,
+    /// Every session run.
+    pub sessions: Vec<ThresholdAuditSessionView>,
+    /// Every cluster holding a share, by share index.
+    pub clusters: Vec<ThresholdAuditClusterView>,
+}
+
 /// The error document of every failed API call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiErrorBody {

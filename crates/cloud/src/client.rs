@@ -258,6 +258,27 @@ impl CloudClient {
             .await
     }
 
+    /// `POST /v1/threshold/keys/{key_id}/audit`.
+    pub async fn threshold_audit(&self, key_id: &str) -> Result<ThresholdAuditReport, ClientError> {
+        self.post(
+            &format!("/v1/threshold/keys/{}/audit", segment(key_id)?),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /v1/threshold/keys/{key_id}/audit`.
+    pub async fn latest_threshold_audit(
+        &self,
+        key_id: &str,
+    ) -> Result<ThresholdAuditReport, ClientError> {
+        self.get(
+            &format!("/v1/threshold/keys/{}/audit", segment(key_id)?),
+            &[],
+        )
+        .await
+    }
+
     /// `POST /v1/threshold/sign`.
     pub async fn threshold_sign(
         &self,

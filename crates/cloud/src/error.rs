@@ -90,6 +90,11 @@ pub const API_ERROR_CODES: &[(&str, u16, &str)] = &[
     ),
     ("unknown_threshold_key", 404, "no such threshold key"),
     (
+        "no_threshold_audit",
+        404,
+        "no audit of the threshold key was run since the server started",
+    ),
+    (
         "bundle_recipient_unknown",
         422,
         "no node of the share's cluster has the device certificate the bundle is sealed to",

@@ -126,6 +126,8 @@ pub struct Cloud {
     /// Clusters blamed by the last failed attempt of a threshold request (request id →
     /// clusters), avoided by its next attempt when the caller named none.
     threshold_blamed: Mutex<HashMap<String, Vec<String>>>,
+    /// Latest threshold audit report per key id (in memory only: lost on restart).
+    threshold_audits: Mutex<HashMap<String, ThresholdAuditReport>>,
 }
 
 fn now_ms_system() -> u64 {
@@ -207,6 +209,7 @@ impl Cloud {
             secp,
             admins: Mutex::new(HashMap::new()),
             threshold_blamed: Mutex::new(HashMap::new()),
+            threshold_audits: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -135,6 +135,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/threshold/keys"),
     ("get", "/v1/threshold/keys"),
     ("get", "/v1/threshold/keys/{key_id}"),
+    ("post", "/v1/threshold/keys/{key_id}/audit"),
+    ("get", "/v1/threshold/keys/{key_id}/audit"),
     ("post", "/v1/threshold/sign"),
     ("get", "/openapi.json"),
     ("get", "/.well-known/openapi.json"),

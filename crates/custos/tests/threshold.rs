@@ -150,6 +150,40 @@ fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
         assert_eq!(used_sorted, want, "{view:?}");
     }
 
+    // Audit ([0086]): without approvals, sessions covering every cluster each sign a random
+    // 8-byte message's audit digest with the root key.
+    let report = rt.block_on(client.threshold_audit(&key_id)).unwrap();
+    assert_eq!(report.key_id, key_id);
+    assert_eq!(report.sessions.len(), 2, "{report:?}");
+    eprintln!(
+        "threshold audit: {} ms",
+        report.finished_at_ms - report.started_at_ms
+    );
+    for c in &report.clusters {
+        assert!(c.ok, "{report:?}");
+    }
+    let mut clusters: Vec<&str> = report.clusters.iter().map(|c| c.cluster.as_str()).collect();
+    clusters.sort();
+    assert_eq!(clusters, CLUSTERS);
+    let secp = Secp256k1::new();
+    for sess in &report.sessions {
+        assert!(sess.verified && sess.error.is_none(), "{report:?}");
+        let message = hex::decode(&sess.message_hex).unwrap();
+        assert_eq!(message.len(), custos_tee_core::protocol::MAX_AUDIT_MESSAGE);
+        let mut compact = [0u8; 64];
+        compact[..32].copy_from_slice(&hex::decode(sess.r.as_ref().unwrap()).unwrap());
+        compact[32..].copy_from_slice(&hex::decode(sess.s.as_ref().unwrap()).unwrap());
+        let msg = Message::from_digest(custos_tee_core::protocol::audit_digest(&message));
+        secp.verify_ecdsa(
+            &msg,
+            &ecdsa::Signature::from_compact(&compact).unwrap(),
+            &xpub.public_key,
+        )
+        .unwrap();
+    }
+    let latest = rt.block_on(client.latest_threshold_audit(&key_id)).unwrap();
+    assert_eq!(latest, report);
+
     // The cluster syncs its share ([0073]-[0074]): dc1's second node gets it from the first,
     // and signs for dc1 once the first node (server and TEE) is gone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

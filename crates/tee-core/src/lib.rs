@@ -490,6 +490,12 @@ impl<P: Platform> TeeCore<P> {
                 params,
                 approvals,
             } => self.threshold_keygen_start(&meta, attempt, &params, &approvals),
+            Request::ThresholdAuditStart {
+                session,
+                key_id,
+                message,
+                signers,
+            } => self.threshold_audit_start(session, &key_id, &message, &signers),
             Request::ThresholdFeed { session, messages } => self.threshold_feed(session, &messages),
             Request::ThresholdAbort { session, reason: _ } => self.threshold_abort(session),
             Request::Attest { challenge } => {

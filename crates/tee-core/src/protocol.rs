@@ -245,6 +245,23 @@ pub enum Request {
         /// Admin approvals, of [`crate::approval::Action::CreateThresholdKey`].
         approvals: Vec<Approval>,
     },
+    /// Opens a threshold audit session (patent [0086]): like [`Request::ThresholdStart`], but
+    /// the session signs `audit_digest(message)` with the root of the threshold key (empty
+    /// path) and nothing else, so it needs no admin approvals (the domain-separated digest
+    /// can never be a transaction digest). The session is recorded as used before any
+    /// message leaves, its execution id is derived under its own domain tag, and its rounds
+    /// use [`Request::ThresholdFeed`] and [`Request::ThresholdAbort`] and are answered with
+    /// [`Response::ThresholdRound`].
+    ThresholdAuditStart {
+        /// The session (each one runs once).
+        session: SessionRef,
+        /// Joint public key.
+        key_id: KeyId,
+        /// At most [`MAX_AUDIT_MESSAGE`] bytes.
+        message: Vec<u8>,
+        /// Participants, in signing order (exactly t, distinct share indexes).
+        signers: Vec<ThresholdSigner>,
+    },
 }
 
 /// What a distributed key generation makes, and who takes part.

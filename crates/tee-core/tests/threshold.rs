@@ -886,3 +886,60 @@ fn the_core_stays_send() {
     fn must_be_send<T: Send>() {}
     must_be_send::<TeeCore<MemPlatform>>();
 }
+
+#[test]
+fn audit_sessions_sign_the_audit_digest_with_the_root_key_without_approvals() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "node-a");
+    let mut n1 = pki.node("dc2", "node-1");
+    import_share(&pki, 0, &mut a);
+    import_share(&pki, 1, &mut n1);
+    let session = SessionRef {
+        request_id: meta().request_id,
+        attempt: 0,
+    };
+    let audit = |message: &[u8]| Request::ThresholdAuditStart {
+        session,
+        key_id: key_id(),
+        message: message.to_vec(),
+        signers: [(0u16, &a), (1, &n1)]
+            .iter()
+            .map(|(i, n)| ThresholdSigner {
+                share_index: *i,
+                chain: n.chain.clone(),
+            })
+            .collect(),
+    };
+    let too_long = audit(&[7u8; 9]);
+    let req = audit(b"audit-01");
+    let e = a.call(&too_long).unwrap_err();
+    assert!(
+        matches!(e, TeeError::AuditMessageTooLong { len: 9, max: 8 }),
+        "{e:?}"
+    );
+
+    let first = vec![start(&mut a, &req), start(&mut n1, &req)];
+    let (sigs, _) = relay(&mut [&mut a, &mut n1], session, first, false);
+    assert_eq!(sigs[0], sigs[1]);
+    // The root key (not the child at any path) over the domain-separated audit digest.
+    let root = PublicKey::from_slice(&key_id()).unwrap();
+    assert_eq!(sigs[0].public_key, root.serialize().to_vec());
+    let mut rs = [0u8; 64];
+    rs[..32].copy_from_slice(&sigs[0].r);
+    rs[32..].copy_from_slice(&sigs[0].s);
+    let plain = ecdsa::Signature::from_compact(&rs).unwrap();
+    let mut low = plain;
+    low.normalize_s();
+    assert_eq!(low, plain, "high-s signature");
+    Secp256k1::new()
+        .verify_ecdsa(
+            &Message::from_digest(custos_tee_core::protocol::audit_digest(b"audit-01")),
+            &plain,
+            &root,
+        )
+        .unwrap();
+
+    // Each audit session runs once.
+    let e = a.call(&req).unwrap_err();
+    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+}

@@ -115,6 +115,7 @@ fn relayable(r: &Request) -> bool {
             | Request::ListThresholdKeys
             | Request::ThresholdStart { .. }
             | Request::ThresholdKeygenStart { .. }
+            | Request::ThresholdAuditStart { .. }
             | Request::ThresholdFeed { .. }
             | Request::ThresholdAbort { .. }
     )

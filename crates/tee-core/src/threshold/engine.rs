@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use super::bundle::{bundle_context, bundle_transcript, open_bundle};
 use super::dkg::Dkg;
 use super::primes::PrimePool;
-use super::wire::{execution_id, message_transcript, p2p_context};
+use super::wire::{audit_execution_id, execution_id, message_transcript, p2p_context};
 use super::{check_key_info, check_share, HeldKey, SESSION_PREFIX, SHARE_PREFIX};
 use crate::approval::{Action, Approval, THRESHOLD_SCOPE};
 use crate::platform::{Platform, PlatformError, RecordId};
@@ -68,6 +68,18 @@ pub(super) struct Live {
     pub(super) phase: Phase,
     pub(super) deadline: Instant,
     pub(super) work: Work,
+}
+
+/// Who allows a signing session.
+#[derive(Clone, Copy)]
+enum SignPolicy<'a> {
+    /// Admin approvals of the request (any digest, any non-hardened path).
+    Approved {
+        meta: &'a RequestMeta,
+        approvals: &'a [Approval],
+    },
+    /// An audit (patent [0086]): the root key over an audit digest, no approvals.
+    Audit,
 }
 
 /// What a live session works on.
@@ -350,15 +362,64 @@ impl<P: Platform> TeeCore<P> {
         params: &ThresholdSignParams,
         approvals: &[Approval],
     ) -> Outcome {
+        self.start_sign_session(
+            SessionRef {
+                request_id: meta.request_id,
+                attempt,
+            },
+            &params.key_id,
+            &params.path,
+            &params.digest,
+            &params.signers,
+            SignPolicy::Approved { meta, approvals },
+        )
+    }
+
+    /// [`Request::ThresholdAuditStart`]: a session over `audit_digest(message)` with the
+    /// root of the key, without approvals.
+    pub(crate) fn threshold_audit_start(
+        &mut self,
+        session: SessionRef,
+        key_id: &[u8],
+        message: &[u8],
+        signers: &[ThresholdSigner],
+    ) -> Outcome {
+        if message.len() > MAX_AUDIT_MESSAGE {
+            return Err(TeeError::AuditMessageTooLong {
+                len: message.len().min(u32::MAX as usize) as u32,
+                max: MAX_AUDIT_MESSAGE as u32,
+            });
+        }
+        self.start_sign_session(
+            session,
+            key_id,
+            &[],
+            &audit_digest(message),
+            signers,
+            SignPolicy::Audit,
+        )
+    }
+
+    /// Opens a signing session (approved signing or audit, per `policy`) and returns its
+    /// first messages.
+    fn start_sign_session(
+        &mut self,
+        session: SessionRef,
+        key_id: &[u8],
+        path: &[u32],
+        digest: &[u8; 32],
+        signer_list: &[ThresholdSigner],
+        policy: SignPolicy<'_>,
+    ) -> Outcome {
         let (_, own_chain) = self.identity()?.clone();
+        let attempt = session.attempt;
         if attempt >= MAX_THRESHOLD_ATTEMPTS {
             return Err(TeeError::InvalidRequest(format!(
                 "attempt {attempt}, at most {} attempts",
                 MAX_THRESHOLD_ATTEMPTS
             )));
         }
-        let info = self.threshold_key(&params.key_id)?.info.clone();
-        let path = &params.path;
+        let info = self.threshold_key(key_id)?.info.clone();
         if path.len() > MAX_PATH_DEPTH {
             return Err(TeeError::InvalidPath(format!(
                 "{} levels, at most {MAX_PATH_DEPTH}",
@@ -376,29 +437,28 @@ impl<P: Platform> TeeCore<P> {
             ));
         }
         let n = info.clusters.len();
-        if params.signers.len() != usize::from(info.threshold) {
+        if signer_list.len() != usize::from(info.threshold) {
             return Err(reject(format!(
                 "{} signers, the key needs exactly {}",
-                params.signers.len(),
+                signer_list.len(),
                 info.threshold
             )));
         }
-        for (pos, s) in params.signers.iter().enumerate() {
+        for (pos, s) in signer_list.iter().enumerate() {
             if usize::from(s.share_index) >= n {
                 return Err(reject(format!(
                     "signer {pos}: share index {} outside 0..{n}",
                     s.share_index
                 )));
             }
-            if params.signers[..pos]
+            if signer_list[..pos]
                 .iter()
                 .any(|o| o.share_index == s.share_index)
             {
                 return Err(reject(format!("share {} signs twice", s.share_index)));
             }
         }
-        let my_position = params
-            .signers
+        let my_position = signer_list
             .iter()
             .position(|s| s.share_index == info.share_index)
             .ok_or_else(|| {
@@ -407,25 +467,33 @@ impl<P: Platform> TeeCore<P> {
                     info.share_index
                 ))
             })?;
-        if DeviceChain::from(params.signers[my_position].chain.clone()) != own_chain {
+        if DeviceChain::from(signer_list[my_position].chain.clone()) != own_chain {
             return Err(reject(format!(
                 "signer {my_position} (this node's share) names another node's certificate"
             )));
         }
-        self.approve_in(
-            THRESHOLD_SCOPE,
-            meta,
-            Action::ThresholdSign {
-                key_id: &params.key_id,
-                path,
-                digest: &params.digest,
-            },
-            approvals,
-            info.quorum,
-        )?;
         let now = self.platform.now_unix();
-        let mut signers = Vec::with_capacity(params.signers.len());
-        for (pos, s) in params.signers.iter().enumerate() {
+        let expires_at = match policy {
+            SignPolicy::Approved { meta, approvals } => {
+                self.approve_in(
+                    THRESHOLD_SCOPE,
+                    meta,
+                    Action::ThresholdSign {
+                        key_id,
+                        path,
+                        digest,
+                    },
+                    approvals,
+                    info.quorum,
+                )?;
+                meta.expires_at
+            }
+            // No approvals: the digest is domain-separated (never a transaction digest) and
+            // the path empty. The record of the session outlives the session itself.
+            SignPolicy::Audit => now.saturating_add(SESSION_TIMEOUT.as_secs()),
+        };
+        let mut signers = Vec::with_capacity(signer_list.len());
+        for (pos, s) in signer_list.iter().enumerate() {
             let cluster = info.clusters[usize::from(s.share_index)].clone();
             let identity = self.verify_signer(&s.chain, &cluster, now).map_err(|e| {
                 reject(format!(
@@ -438,10 +506,6 @@ impl<P: Platform> TeeCore<P> {
                 identity,
             });
         }
-        let session = SessionRef {
-            request_id: meta.request_id,
-            attempt,
-        };
         if self.threshold.used_sessions.contains_key(&session) {
             return Err(TeeError::RequestReplayed(session_name(&session)));
         }
@@ -451,26 +515,22 @@ impl<P: Platform> TeeCore<P> {
                 "{MAX_LIVE_SESSIONS} sessions are open, retry later"
             )));
         }
-        let remaining = meta.expires_at.saturating_sub(now);
+        let remaining = expires_at.saturating_sub(now);
         if remaining == 0 {
-            return Err(TeeError::RequestExpired {
-                expires_at: meta.expires_at,
-                now,
-            });
+            return Err(TeeError::RequestExpired { expires_at, now });
         }
         let deadline = Instant::now() + SESSION_TIMEOUT.min(Duration::from_secs(remaining));
         let fingerprints: Vec<(u16, [u8; 32])> = signers
             .iter()
             .map(|s| (s.share_index, s.identity.fingerprint))
             .collect();
-        let eid = execution_id(
-            &session,
-            &params.key_id,
-            &fingerprints,
-            &params.digest,
-            path,
-        );
-        let held = self.threshold_key(&params.key_id)?;
+        let eid = match policy {
+            SignPolicy::Approved { .. } => {
+                execution_id(&session, key_id, &fingerprints, digest, path)
+            }
+            SignPolicy::Audit => audit_execution_id(&session, key_id, &fingerprints, digest),
+        };
+        let held = self.threshold_key(key_id)?;
         let child_key = held
             .share
             .derive_child_public_key(path)
@@ -481,11 +541,9 @@ impl<P: Platform> TeeCore<P> {
         // crash. The commit also makes this batch's earlier writes durable (group commit).
         let record = session_record(&session).map_err(storage)?;
         self.platform
-            .seal(&record, &meta.expires_at.to_be_bytes())
+            .seal(&record, &expires_at.to_be_bytes())
             .map_err(storage)?;
-        self.threshold
-            .used_sessions
-            .insert(session, meta.expires_at);
+        self.threshold.used_sessions.insert(session, expires_at);
         if let Err(e) = self.commit_pending() {
             self.threshold.used_sessions.remove(&session);
             return Err(storage(e));
@@ -495,8 +553,8 @@ impl<P: Platform> TeeCore<P> {
             share,
             parties: signers.iter().map(|s| s.share_index).collect(),
             my_position: my_position as u16,
-            path: Some(path.clone()),
-            digest: params.digest,
+            path: Some(path.to_vec()),
+            digest: *digest,
         };
         let out = self
             .threshold
@@ -512,7 +570,7 @@ impl<P: Platform> TeeCore<P> {
             work: Work::Sign {
                 host_id: eid,
                 child_key,
-                digest: params.digest,
+                digest: *digest,
             },
         };
         let outgoing = match self.emit(&session, &live, out) {

@@ -18,6 +18,9 @@ use crate::protocol::{SessionRef, ThresholdMessage};
 
 /// Domain tag of execution ids.
 pub const EID_DOMAIN: &[u8] = b"custos/tecdsa/v1";
+/// Domain tag of audit session execution ids ([`audit_execution_id`]): an audit session's
+/// envelopes can never be taken for those of a signing session, nor the other way round.
+pub const AUDIT_EID_DOMAIN: &[u8] = b"custos/tecdsa-audit/v1";
 /// Domain tag of message transcripts (what a sender's D signs).
 pub const MESSAGE_DOMAIN: &[u8] = b"CUSTOS-TECDSA-MESSAGE-V1\0";
 /// Domain tag of point-to-point HPKE contexts.
@@ -46,8 +49,30 @@ pub fn execution_id(
     digest: &[u8; 32],
     path: &[u32],
 ) -> [u8; 32] {
+    execution_id_in(EID_DOMAIN, session, key_id, signers, digest, path)
+}
+
+/// [`execution_id`] of an audit session (patent [0086]): the same fields under
+/// [`AUDIT_EID_DOMAIN`], the digest being `audit_digest(message)` and the path empty.
+pub fn audit_execution_id(
+    session: &SessionRef,
+    key_id: &[u8],
+    signers: &[(u16, [u8; 32])],
+    digest: &[u8; 32],
+) -> [u8; 32] {
+    execution_id_in(AUDIT_EID_DOMAIN, session, key_id, signers, digest, &[])
+}
+
+fn execution_id_in(
+    domain: &[u8],
+    session: &SessionRef,
+    key_id: &[u8],
+    signers: &[(u16, [u8; 32])],
+    digest: &[u8; 32],
+    path: &[u32],
+) -> [u8; 32] {
     let mut out = Vec::with_capacity(128 + signers.len() * 40 + path.len() * 4);
-    put(&mut out, EID_DOMAIN);
+    put(&mut out, domain);
     put_session(&mut out, session);
     put(&mut out, key_id);
     let indexes: Vec<u8> = signers.iter().flat_map(|(i, _)| i.to_be_bytes()).collect();
@@ -198,6 +223,10 @@ mod tests {
         ] {
             assert_ne!(variant, base);
         }
+        assert_ne!(
+            audit_execution_id(&s, &[2; 33], &signers, &[9; 32]),
+            execution_id(&s, &[2; 33], &signers, &[9; 32], &[])
+        );
     }
 
     #[test]
