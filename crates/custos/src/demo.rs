@@ -467,6 +467,7 @@ pub fn run(
         ),
     );
     let mut threshold_sigs = Vec::new();
+    let mut threshold_audit = None;
     let threshold_xpub = rt.block_on(async {
         let imports = import_threshold(&client, &dealt, &[&alice, &bob]).await?;
         for v in &imports {
@@ -527,6 +528,28 @@ pub fn run(
                 "request_id": view.id, "verified": true,
             }));
         }
+        // Threshold audit ([0086]): every share-holding cluster signs a fresh 8-byte
+        // message's audit digest with the joint root key, in groups of t.
+        let audit = client.threshold_audit(&threshold_key).await?;
+        let bad: Vec<_> = audit.clusters.iter().filter(|c| !c.ok).collect();
+        if !bad.is_empty() || audit.sessions.iter().any(|s| !s.verified) {
+            return Err(fail(&format!("threshold audit flagged: {audit:?}")));
+        }
+        steps.ok(
+            "threshold-audit",
+            format!(
+                "{} session(s) over {}: each signed a fresh 8-byte audit message with the joint \
+                 root key; all verified",
+                audit.sessions.len(),
+                audit
+                    .clusters
+                    .iter()
+                    .map(|c| c.cluster.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        threshold_audit = Some(serde_json::to_value(&audit)?);
         Ok::<String, AnyError>(xpub)
     })?;
 
@@ -589,6 +612,7 @@ pub fn run(
             "origin": "dealer",
             "primes": primes_note,
             "signatures": threshold_sigs,
+            "audit": threshold_audit,
         },
         "wallets": wallets.iter().map(|w| json!({
             "cluster": w.cluster, "root_id": w.root_id, "root_xpub": w.xpub,
