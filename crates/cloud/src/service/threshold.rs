@@ -981,26 +981,12 @@ impl Cloud {
             request_id,
             attempt,
         };
-        let described: Vec<String> = participants
-            .iter()
-            .map(|p| format!("{}/{} (share {})", p.cluster, p.node, p.share_index))
-            .collect();
-        let mut next = row.clone();
-        next.updated_at = self.now_ms();
-        let row = self
-            .store
-            .update_request(
-                &next,
-                "session",
-                format!("attempt {attempt}: {}", described.join(", ")),
-                None,
-            )
-            .await?;
+        let (row, described) = self.record_session(&row, attempt, &participants).await?;
         tracing::info!(
             request_id = %row.id,
             attempt,
             key = %key.key_id,
-            participants = %described.join(", "),
+            participants = %described,
             "threshold session starting"
         );
         let start = encode_request(&Request::ThresholdStart {
@@ -1049,8 +1035,7 @@ impl Cloud {
                     .remove(&row.id);
                 let by = format!(
                     "{} (attempt {attempt}, {} exchanges)",
-                    described.join(", "),
-                    st.exchanges
+                    described, st.exchanges
                 );
                 self.finish(
                     row,
@@ -1299,6 +1284,33 @@ impl Cloud {
     /// Starts the session in every participant, then relays messages exchange by exchange
     /// (polling participants that are still computing with empty feeds) until every
     /// participant returned its output.
+    /// Records a session's participants as the request's `session` event; returns the stored
+    /// row and the participants as text for the log.
+    async fn record_session(
+        &self,
+        row: &RequestRow,
+        attempt: u8,
+        participants: &[Participant],
+    ) -> Result<(RequestRow, String), StoreError> {
+        let described = participants
+            .iter()
+            .map(|p| format!("{}/{} (share {})", p.cluster, p.node, p.share_index))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut next = row.clone();
+        next.updated_at = self.now_ms();
+        let row = self
+            .store
+            .update_request(
+                &next,
+                "session",
+                format!("attempt {attempt}: {described}"),
+                None,
+            )
+            .await?;
+        Ok((row, described))
+    }
+
     /// Runs a started session to its end within `limit`; on failure (including the time
     /// limit) tells every participant to abort before the caller records the failure.
     async fn drive_session(
@@ -1710,26 +1722,12 @@ impl Cloud {
             request_id,
             attempt,
         };
-        let described: Vec<String> = participants
-            .iter()
-            .map(|p| format!("{}/{} (share {})", p.cluster, p.node, p.share_index))
-            .collect();
-        let mut next = row.clone();
-        next.updated_at = self.now_ms();
-        let row = self
-            .store
-            .update_request(
-                &next,
-                "session",
-                format!("attempt {attempt}: {}", described.join(", ")),
-                None,
-            )
-            .await?;
+        let (row, described) = self.record_session(&row, attempt, &participants).await?;
         tracing::info!(
             request_id = %row.id,
             attempt,
             threshold,
-            participants = %described.join(", "),
+            participants = %described,
             "key generation starting"
         );
         let start = encode_request(&Request::ThresholdKeygenStart {
@@ -1777,9 +1775,7 @@ impl Cloud {
                     .remove(&row.id);
                 let by = format!(
                     "{} (attempt {attempt}, {} exchanges, {} polls)",
-                    described.join(", "),
-                    st.exchanges,
-                    st.polls
+                    described, st.exchanges, st.polls
                 );
                 self.finish(
                     row,
