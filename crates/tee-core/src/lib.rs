@@ -31,6 +31,7 @@ use custos_pki::{cert_fingerprint, DeviceChain, DeviceIdentity, PkiError, TrustR
 use zeroize::Zeroizing;
 
 use approval::{check_quorum, Action, AdminCache, Approval};
+use custos_threshold::StoredPresignature;
 use device::DeviceKey;
 use platform::{Platform, PlatformError, RecordId};
 use protocol::*;
@@ -295,6 +296,29 @@ impl<P: Platform> TeeCore<P> {
                 }
             }
         }
+        for id in core.platform.list(threshold::PRESIGN_PREFIX)? {
+            let name = id.as_str().to_string();
+            let loaded = threshold::presign::parse_presign_record(&name)
+                .ok_or_else(|| "unparsable record name".to_string())
+                .and_then(|pid| {
+                    let body = core
+                        .platform
+                        .unseal(&id)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| "record vanished".to_string())?;
+                    StoredPresignature::from_bytes(&body)
+                        .map(|p| (pid, p))
+                        .map_err(|e| e.to_string())
+                });
+            match loaded {
+                Ok((pid, p)) => {
+                    core.threshold.presigs.insert(pid, p);
+                }
+                Err(reason) => {
+                    core.corrupt.insert(name, reason);
+                }
+            }
+        }
         Ok(core)
     }
 
@@ -498,6 +522,18 @@ impl<P: Platform> TeeCore<P> {
             } => self.threshold_audit_start(session, &key_id, &message, &signers),
             Request::ThresholdFeed { session, messages } => self.threshold_feed(session, &messages),
             Request::ThresholdAbort { session, reason: _ } => self.threshold_abort(session),
+            Request::ThresholdPresignStart {
+                session,
+                key_id,
+                signers,
+            } => self.threshold_presign_start(session, &key_id, &signers),
+            Request::ThresholdPresignSign {
+                meta,
+                attempt,
+                params,
+                approvals,
+            } => self.threshold_presign_sign(&meta, attempt, &params, &approvals),
+            Request::ListPresignatures { key_id } => self.list_presignatures(&key_id),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

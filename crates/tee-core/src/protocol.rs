@@ -262,6 +262,67 @@ pub enum Request {
         /// Participants, in signing order (exactly t, distinct share indexes).
         signers: Vec<ThresholdSigner>,
     },
+    /// Opens a presignature session for a threshold key without chain code (presignatures
+    /// and HD derivation never mix, RUSTSEC-2025-0127). It signs nothing, so it needs no
+    /// approvals; its rounds (phase `presign`) use [`Request::ThresholdFeed`] and
+    /// [`Request::ThresholdAbort`] and are answered with [`Response::ThresholdPresignRound`].
+    /// The finished presignature is sealed and committed before the last answer leaves; it
+    /// is never copied to another node.
+    ThresholdPresignStart {
+        /// The session (each one runs once); its execution id names the presignature.
+        session: SessionRef,
+        /// Joint public key.
+        key_id: KeyId,
+        /// Participants, in signing order (exactly t, distinct share indexes).
+        signers: Vec<ThresholdSigner>,
+    },
+    /// Online signing with a stored presignature: the TEE hashes the full `message` itself
+    /// (SHA-256), checks the approvals of [`crate::approval::Action::ThresholdSign`] for that
+    /// digest (empty path), deletes the presignature and commits the deletion, and only then
+    /// returns its partial signature ([`Response::ThresholdPartial`]). A presignature is used
+    /// at most once, whatever happens after the commit.
+    ThresholdPresignSign {
+        /// Request id (with `attempt`, recorded as used) and expiry.
+        meta: RequestMeta,
+        /// Attempt number under the same approvals.
+        attempt: u8,
+        /// The presignature and what to sign.
+        params: PresignSignParams,
+        /// Admin approvals, of [`crate::approval::Action::ThresholdSign`].
+        approvals: Vec<Approval>,
+    },
+    /// Lists the presignatures this TEE holds for a threshold key.
+    ListPresignatures {
+        /// Joint public key.
+        key_id: KeyId,
+    },
+}
+
+/// What an online signing uses and signs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresignSignParams {
+    /// Joint public key (no chain code).
+    pub key_id: KeyId,
+    /// The presignature (its execution id).
+    pub presignature: [u8; 32],
+    /// The full message, at most [`MAX_PRESIGN_MESSAGE`] bytes; the TEE signs SHA-256 of it.
+    pub message: Vec<u8>,
+}
+
+/// Longest message signed with a presignature.
+pub const MAX_PRESIGN_MESSAGE: usize = 64 * 1024;
+/// Most presignatures a TEE holds (and generates at once) for one key.
+pub const MAX_PRESIGNATURES_PER_KEY: usize = 256;
+
+/// A presignature this TEE finished and stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresignatureInfo {
+    /// Its id (the session's execution id, the same at every signer).
+    pub id: [u8; 32],
+    /// Joint public key.
+    pub key_id: KeyId,
+    /// Share indexes of its signers, in signing order.
+    pub signers: Vec<u16>,
 }
 
 /// What a distributed key generation makes, and who takes part.
@@ -587,6 +648,33 @@ pub enum Response {
         /// sealed and stored; `origin` is [`ThresholdOrigin::Dkg`].
         key: Option<ThresholdKeyInfo>,
     },
+    /// A presignature session advanced: messages to relay, and the presignature once it is
+    /// sealed and committed.
+    ThresholdPresignRound {
+        /// The session.
+        session: SessionRef,
+        /// Phase the session is in now (`presign`).
+        phase: String,
+        /// Messages for the other participants.
+        outgoing: Vec<ThresholdMessage>,
+        /// The stored presignature, when the session is done.
+        presignature: Option<PresignatureInfo>,
+    },
+    /// This signer's partial signature (patent phase getSig) from a presignature that is
+    /// now deleted durably.
+    ThresholdPartial {
+        /// The presignature used.
+        presignature: [u8; 32],
+        /// This signer's position among the presignature's signers.
+        position: u16,
+        /// σ, big-endian.
+        sigma: [u8; 32],
+        /// The presignature's public data (JSON, `custos_threshold::PresignaturePublic`),
+        /// which the combiner checks every partial against.
+        public: Vec<u8>,
+    },
+    /// Presignatures held for a key.
+    Presignatures(Vec<PresignatureInfo>),
 }
 
 /// Why an approval was not accepted.
@@ -732,6 +820,10 @@ pub enum TeeError {
     /// was started or consumed; retry later (safe-prime generation takes minutes).
     #[error("no Paillier primes ready: {0}")]
     PrimesNotReady(String),
+    /// This TEE holds no such presignature: never made here, or already used (each is used
+    /// once, and deleted before its partial signature leaves).
+    #[error("no presignature {0} here (never made here, or already used)")]
+    UnknownPresignature(String),
 }
 
 /// The body of a response: success or typed refusal.

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -21,14 +21,14 @@ use custos_pki::{
 use custos_tee_core::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
 use custos_tee_core::protocol::{
-    encode_request, CertChain, EcdsaSignature, Outcome, Request, RequestMeta, Response, SessionRef,
-    SignedResponse, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin,
-    ThresholdSignParams, ThresholdSigner,
+    encode_request, CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta,
+    Response, SessionRef, SignedResponse, TeeError, ThresholdBundle, ThresholdKeyInfo,
+    ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
 };
 use custos_tee_core::threshold::bundle::{bundle_context, bundle_transcript, seal_bundle};
 use custos_tee_core::threshold::key_info;
 use custos_tee_core::TeeCore;
-use custos_threshold::{deal, fixtures, ThresholdShare};
+use custos_threshold::{combine, deal, fixtures, PartialSig, PresignaturePublic, ThresholdShare};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -43,6 +43,9 @@ struct MemPlatform {
     committed: BTreeMap<String, Vec<u8>>,
     staged: BTreeMap<String, Vec<u8>>,
     counter: u64,
+    /// When set, the next commit is made durable and then the "process" dies (a panic
+    /// unwinds out of the core before any response exists).
+    crash_after_commit: AtomicBool,
 }
 
 impl MemPlatform {
@@ -52,6 +55,7 @@ impl MemPlatform {
             committed: self.committed.clone(),
             staged: self.committed.clone(),
             counter: self.counter,
+            crash_after_commit: AtomicBool::new(false),
         }
     }
 }
@@ -70,6 +74,9 @@ impl Platform for MemPlatform {
     }
     fn commit(&mut self) -> Result<(), PlatformError> {
         self.committed = self.staged.clone();
+        if self.crash_after_commit.load(Ordering::SeqCst) {
+            panic!("simulated crash right after a durable commit");
+        }
         Ok(())
     }
     fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
@@ -241,9 +248,14 @@ impl Pki {
 
     /// The dealer's bundle of share `i` for `node`.
     fn bundle(&self, i: usize, node: &Node) -> ThresholdBundle {
+        self.bundle_of(&shares()[i], node)
+    }
+
+    /// The dealer's bundle of `share` for `node`.
+    fn bundle_of(&self, share: &ThresholdShare, node: &Node) -> ThresholdBundle {
         let clusters: Vec<String> = CLUSTERS.iter().map(|c| c.to_string()).collect();
-        let info = key_info(&shares()[i], &clusters, QUORUM, ThresholdOrigin::Dealer).unwrap();
-        seal_bundle(&shares()[i], info, &node.identity, &self.dealer).unwrap()
+        let info = key_info(share, &clusters, QUORUM, ThresholdOrigin::Dealer).unwrap();
+        seal_bundle(share, info, &node.identity, &self.dealer).unwrap()
     }
 
     /// The import request of `bundle` with `approvers` approvals of exactly its terms.
@@ -381,6 +393,45 @@ fn relay(
     first: Vec<Vec<ThresholdMessage>>,
     duplicate: bool,
 ) -> (Vec<EcdsaSignature>, BTreeSet<String>) {
+    let (outputs, phases) = relay_outputs(nodes, session, first, duplicate);
+    let sigs = outputs
+        .into_iter()
+        .map(|o| match o {
+            Response::ThresholdRound {
+                signature: Some(s), ..
+            } => s,
+            other => panic!("expected a signature, got {other:?}"),
+        })
+        .collect();
+    (sigs, phases)
+}
+
+/// What a participant answered: its next messages, and its answer if the session is done
+/// there.
+fn round_of(r: Response) -> (Vec<ThresholdMessage>, Option<Response>) {
+    let (outgoing, done) = match &r {
+        Response::ThresholdRound {
+            outgoing,
+            signature,
+            ..
+        } => (outgoing.clone(), signature.is_some()),
+        Response::ThresholdPresignRound {
+            outgoing,
+            presignature,
+            ..
+        } => (outgoing.clone(), presignature.is_some()),
+        other => panic!("unexpected {other:?}"),
+    };
+    (outgoing, done.then_some(r))
+}
+
+/// [`relay`] for any session kind: returns each participant's final answer.
+fn relay_outputs(
+    nodes: &mut [&mut Node],
+    session: SessionRef,
+    first: Vec<Vec<ThresholdMessage>>,
+    duplicate: bool,
+) -> (Vec<Response>, BTreeSet<String>) {
     let t = nodes.len();
     let mut inbox: Vec<Vec<ThresholdMessage>> = vec![Vec::new(); t];
     let mut phases = BTreeSet::new();
@@ -403,7 +454,7 @@ fn relay(
     for out in first {
         route(&mut inbox, out);
     }
-    let mut sigs: Vec<Option<EcdsaSignature>> = vec![None; t];
+    let mut outputs: Vec<Option<Response>> = vec![None; t];
     loop {
         let mut progressed = false;
         for p in 0..t {
@@ -415,31 +466,25 @@ fn relay(
             if duplicate {
                 batch.extend(batch.clone());
             }
-            match feed(nodes[p], session, batch) {
-                Ok(Response::ThresholdRound {
-                    outgoing,
-                    signature,
-                    ..
-                }) => {
-                    route(&mut inbox, outgoing);
-                    if let Some(s) = signature {
-                        assert!(sigs[p].is_none(), "two signatures from position {p}");
-                        sigs[p] = Some(s);
-                    }
-                }
-                other => panic!("position {p}: unexpected {other:?}"),
+            let answer = feed(nodes[p], session, batch)
+                .unwrap_or_else(|e| panic!("position {p}: unexpected {e:?}"));
+            let (outgoing, done) = round_of(answer);
+            route(&mut inbox, outgoing);
+            if let Some(d) = done {
+                assert!(outputs[p].is_none(), "two outputs from position {p}");
+                outputs[p] = Some(d);
             }
         }
         if !progressed {
             break;
         }
     }
-    let sigs: Vec<EcdsaSignature> = sigs
+    let outputs = outputs
         .into_iter()
         .enumerate()
-        .map(|(p, s)| s.unwrap_or_else(|| panic!("position {p} produced no signature")))
+        .map(|(p, s)| s.unwrap_or_else(|| panic!("position {p} produced no output")))
         .collect();
-    (sigs, phases)
+    (outputs, phases)
 }
 
 /// The child key at PATH, derived with the `bitcoin` crate from the joint xpub alone.
@@ -942,4 +987,233 @@ fn audit_sessions_sign_the_audit_digest_with_the_root_key_without_approvals() {
     // Each audit session runs once.
     let e = a.call(&req).unwrap_err();
     assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+}
+
+/// The dealt 2-of-3 key without chain code (presignatures are for such keys only).
+fn plain_shares() -> &'static [ThresholdShare] {
+    static SHARES: OnceLock<Vec<ThresholdShare>> = OnceLock::new();
+    SHARES.get_or_init(|| {
+        let primes = fixtures::test_primes();
+        deal(2, 3, false, Some(primes[..3].to_vec()), &mut |_| {}).expect("deal")
+    })
+}
+
+/// Runs one presignature session between `nodes` (share index, node) and returns the id
+/// every participant stored.
+fn presign(nodes: &mut [(u16, &mut Node)], key: &[u8]) -> [u8; 32] {
+    let session = SessionRef {
+        request_id: meta().request_id,
+        attempt: 0,
+    };
+    let signers: Vec<ThresholdSigner> = nodes
+        .iter()
+        .map(|(i, n)| ThresholdSigner {
+            share_index: *i,
+            chain: n.chain.clone(),
+        })
+        .collect();
+    let req = Request::ThresholdPresignStart {
+        session,
+        key_id: key.to_vec(),
+        signers: signers.clone(),
+    };
+    let first: Vec<Vec<ThresholdMessage>> = nodes
+        .iter_mut()
+        .map(|(_, n)| match n.call(&req) {
+            Ok(Response::ThresholdPresignRound {
+                phase,
+                outgoing,
+                presignature: None,
+                ..
+            }) => {
+                assert_eq!(phase, "presign");
+                outgoing
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let mut refs: Vec<&mut Node> = nodes.iter_mut().map(|(_, n)| &mut **n).collect();
+    let (outputs, phases) = relay_outputs(&mut refs, session, first, false);
+    assert_eq!(phases, BTreeSet::from(["presign".to_string()]));
+    let ids: Vec<[u8; 32]> = outputs
+        .into_iter()
+        .map(|o| match o {
+            Response::ThresholdPresignRound {
+                presignature: Some(p),
+                ..
+            } => {
+                assert_eq!(p.key_id, key);
+                assert_eq!(
+                    p.signers,
+                    signers.iter().map(|s| s.share_index).collect::<Vec<_>>()
+                );
+                p.id
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "participants disagree on the id"
+    );
+    ids[0]
+}
+
+/// An approved online signing of `message` with presignature `id`.
+fn presign_sign(pki: &Pki, key: &[u8], id: [u8; 32], message: &[u8]) -> (RequestMeta, Request) {
+    let meta = meta();
+    let digest: [u8; 32] = Sha256::digest(message).into();
+    let action = Action::ThresholdSign {
+        key_id: key,
+        path: &[],
+        digest: &digest,
+    };
+    let approvals = pki.approvals(2, &action, THRESHOLD_SCOPE, &meta);
+    let req = Request::ThresholdPresignSign {
+        meta: meta.clone(),
+        attempt: 0,
+        params: PresignSignParams {
+            key_id: key.to_vec(),
+            presignature: id,
+            message: message.to_vec(),
+        },
+        approvals,
+    };
+    (meta, req)
+}
+
+fn with_attempt(req: &Request, n: u8) -> Request {
+    match req.clone() {
+        Request::ThresholdPresignSign {
+            meta,
+            params,
+            approvals,
+            ..
+        } => Request::ThresholdPresignSign {
+            meta,
+            attempt: n,
+            params,
+            approvals,
+        },
+        other => other,
+    }
+}
+
+fn partial(o: Outcome) -> (PartialSig, PresignaturePublic) {
+    match o {
+        Ok(Response::ThresholdPartial {
+            position,
+            sigma,
+            public,
+            ..
+        }) => (
+            PartialSig { position, sigma },
+            PresignaturePublic::from_bytes(&public).unwrap(),
+        ),
+        other => panic!("expected a partial signature, got {other:?}"),
+    }
+}
+
+fn held(node: &mut Node, key: &[u8]) -> Vec<[u8; 32]> {
+    match node.call(&Request::ListPresignatures {
+        key_id: key.to_vec(),
+    }) {
+        Ok(Response::Presignatures(list)) => list.into_iter().map(|p| p.id).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn presignatures_sign_full_messages_once_even_across_a_crash() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "node-a");
+    let mut n1 = pki.node("dc2", "node-1");
+    let key = plain_shares()[0].public_key().to_vec();
+    for (i, node) in [(0usize, &mut a), (1, &mut n1)] {
+        let req = pki.import(&pki.bundle_of(&plain_shares()[i], node), 2);
+        node.call(&req).unwrap();
+    }
+    // An HD key never gets presignatures (RUSTSEC-2025-0127).
+    import_share(&pki, 0, &mut a);
+    let e = rejected(a.call(&Request::ThresholdPresignStart {
+        session: SessionRef {
+            request_id: meta().request_id,
+            attempt: 0,
+        },
+        key_id: key_id(),
+        signers: vec![],
+    }));
+    assert!(e.contains("RUSTSEC-2025-0127"), "{e}");
+
+    let id = presign(&mut [(0, &mut a), (1, &mut n1)], &key);
+    assert_eq!(held(&mut a, &key), vec![id]);
+    assert_eq!(held(&mut n1, &key), vec![id]);
+
+    // Online signing: each TEE hashes the full message; the combined signature verifies
+    // under the joint key with libsecp256k1.
+    let message = b"custos presignature test: pay 0.1 BTC to bc1q...";
+    let (_, req) = presign_sign(&pki, &key, id, message);
+    let (pa, public) = partial(a.call(&req));
+    let (pb, public_b) = partial(n1.call(&req));
+    assert_eq!(public, public_b);
+    let mut partials = [pa, pb];
+    partials.sort_by_key(|p| p.position);
+    let sig = combine(&partials, &public, message).unwrap();
+    let pk = PublicKey::from_slice(&key).unwrap();
+    let digest: [u8; 32] = Sha256::digest(message).into();
+    let plain = ecdsa::Signature::from_compact(&sig.to_compact()).unwrap();
+    let mut low = plain;
+    low.normalize_s();
+    assert_eq!(low, plain, "high-s signature");
+    Secp256k1::new()
+        .verify_ecdsa(&Message::from_digest(digest), &plain, &pk)
+        .unwrap();
+    // A bad partial is named by position.
+    let mut bad = partials;
+    bad[1].sigma[31] ^= 1;
+    assert!(matches!(
+        combine(&bad, &public, message),
+        Err(custos_threshold::ThresholdError::BadPartial { position: 1 })
+    ));
+
+    // Used once: the same attempt is a replay, any other use finds no presignature.
+    assert!(held(&mut a, &key).is_empty());
+    let e = a.call(&req).unwrap_err();
+    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+    let e = a.call(&with_attempt(&req, 1)).unwrap_err();
+    assert!(matches!(e, TeeError::UnknownPresignature(_)), "{e:?}");
+    let (_, other) = presign_sign(&pki, &key, id, b"another message");
+    let e = a.call(&other).unwrap_err();
+    assert!(matches!(e, TeeError::UnknownPresignature(_)), "{e:?}");
+    // Approvals cover the digest of the full message the TEE hashed itself.
+    let (_, mut forged) = presign_sign(&pki, &key, id, message);
+    if let Request::ThresholdPresignSign { params, .. } = &mut forged {
+        params.message = b"a message nobody approved".to_vec();
+    }
+    assert!(matches!(
+        n1.call(&forged).unwrap_err(),
+        TeeError::ApprovalRejected { .. } | TeeError::QuorumNotMet { .. }
+    ));
+
+    // A crash right after the consumption is durable, before the partial exists: the
+    // presignature is gone after the restart, whatever is asked.
+    let id2 = presign(&mut [(0, &mut a), (1, &mut n1)], &key);
+    let (_, req2) = presign_sign(&pki, &key, id2, message);
+    n1.core
+        .platform()
+        .crash_after_commit
+        .store(true, Ordering::SeqCst);
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| n1.call(&req2)));
+    assert!(crashed.is_err(), "the simulated crash did not happen");
+    n1.core = TeeCore::open(n1.core.platform().after_restart(), "memory").unwrap();
+    assert!(held(&mut n1, &key).is_empty());
+    let e = n1.call(&req2).unwrap_err();
+    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+    for attempt in 1..3 {
+        let e = n1.call(&with_attempt(&req2, attempt)).unwrap_err();
+        assert!(matches!(e, TeeError::UnknownPresignature(_)), "{e:?}");
+    }
+    // The other signer's copy survives its own restart, until used.
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    assert_eq!(held(&mut a, &key), vec![id2]);
 }

@@ -98,6 +98,16 @@ impl PresignaturePublic {
         }
     }
 
+    /// Serializes it (public data, for the combiner).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("presignature public data serializes")
+    }
+
+    /// Decodes and checks public data from [`PresignaturePublic::to_bytes`] (size-limited).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ThresholdError> {
+        from_json_bounded(bytes, MAX_SHARE_BYTES, "presignature public data")
+    }
+
     /// The (non-HD) joint public key the presignature signs for (compressed SEC1).
     pub fn public_key(&self) -> [u8; 33] {
         nz_point_bytes(&self.public_key)

@@ -161,7 +161,9 @@ fn take_answer(outbox: &mut VecDeque<ThresholdMessage>) -> Vec<ThresholdMessage>
 fn dkg_of(live: &mut Live) -> &mut Dkg {
     match &mut live.work {
         Work::Keygen(d) => d,
-        Work::Sign { .. } => unreachable!("only key generation sessions come here"),
+        Work::Sign { .. } | Work::Presign { .. } => {
+            unreachable!("only key generation sessions come here")
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use bitcoin::secp256k1::{Message, PublicKey};
 use custos_pki::{validity_window, DeviceChain, DeviceIdentity, TrustRoot};
 use custos_threshold::{
     MsgType, Outgoing, Output, Phase, ProtocolKind, SessionError, SessionHost, SessionKind, Step,
+    StoredPresignature,
 };
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -94,6 +95,13 @@ pub(super) enum Work {
     },
     /// Distributed key generation, on the key generation host.
     Keygen(Box<Dkg>),
+    /// Presignature generation, on the signing host.
+    Presign {
+        /// Session id in the host (the execution id, also the presignature's id).
+        host_id: [u8; 32],
+        /// The key (without chain code).
+        key_id: Vec<u8>,
+    },
 }
 
 /// The core's threshold state.
@@ -104,7 +112,7 @@ pub(crate) struct ThresholdState {
     pub(crate) uncommitted: Vec<(usize, Vec<u8>)>,
     /// Sessions already started, with the expiry of their approvals.
     pub(crate) used_sessions: BTreeMap<SessionRef, u64>,
-    host: SessionHost,
+    pub(super) host: SessionHost,
     /// Key generation sessions, on a worker thread of their own (started at first use): their
     /// aux-info steps compute for seconds, which must delay neither signing sessions nor the
     /// core's request loop.
@@ -113,6 +121,8 @@ pub(crate) struct ThresholdState {
     signer_cache: HashMap<[u8; 32], CachedDevice>,
     /// Safe primes generated inside the TEE.
     pub(super) primes: PrimePool,
+    /// Presignatures held, by id (each used once, see `super::presign`).
+    pub(crate) presigs: BTreeMap<[u8; 32], StoredPresignature>,
     /// Whether this TEE may generate primes itself when no pregenerated set is left.
     pub(crate) generate_primes: bool,
 }
@@ -129,6 +139,7 @@ impl ThresholdState {
             live: HashMap::new(),
             signer_cache: HashMap::new(),
             primes: PrimePool::default(),
+            presigs: BTreeMap::new(),
             generate_primes: true,
         })
     }
@@ -347,7 +358,7 @@ impl<P: Platform> TeeCore<P> {
     /// that aux-info generation has not used yet.
     pub(super) fn release(&mut self, live: Live) {
         match live.work {
-            Work::Sign { host_id, .. } => {
+            Work::Sign { host_id, .. } | Work::Presign { host_id, .. } => {
                 let _ = self.threshold.host.abort(host_id);
             }
             Work::Keygen(dkg) => self.release_dkg(*dkg),
@@ -400,42 +411,17 @@ impl<P: Platform> TeeCore<P> {
         )
     }
 
-    /// Opens a signing session (approved signing or audit, per `policy`) and returns its
-    /// first messages.
-    fn start_sign_session(
+    /// Checks a session's signer list against the key (exactly t distinct shares, this
+    /// node's share among them under this node's own certificate) and verifies every
+    /// signer's chain as a device of the cluster holding its share. Returns this node's
+    /// position and the signers.
+    pub(super) fn session_signers(
         &mut self,
-        session: SessionRef,
-        key_id: &[u8],
-        path: &[u32],
-        digest: &[u8; 32],
+        info: &ThresholdKeyInfo,
         signer_list: &[ThresholdSigner],
-        policy: SignPolicy<'_>,
-    ) -> Outcome {
+        now: u64,
+    ) -> Result<(usize, Vec<Signer>), TeeError> {
         let (_, own_chain) = self.identity()?.clone();
-        let attempt = session.attempt;
-        if attempt >= MAX_THRESHOLD_ATTEMPTS {
-            return Err(TeeError::InvalidRequest(format!(
-                "attempt {attempt}, at most {} attempts",
-                MAX_THRESHOLD_ATTEMPTS
-            )));
-        }
-        let info = self.threshold_key(key_id)?.info.clone();
-        if path.len() > MAX_PATH_DEPTH {
-            return Err(TeeError::InvalidPath(format!(
-                "{} levels, at most {MAX_PATH_DEPTH}",
-                path.len()
-            )));
-        }
-        if let Some(i) = path.iter().find(|&&i| i >= 0x8000_0000) {
-            return Err(TeeError::InvalidPath(format!(
-                "hardened index {i:#010x}: a threshold key derives non-hardened children only"
-            )));
-        }
-        if !path.is_empty() && info.chain_code.is_none() {
-            return Err(TeeError::InvalidPath(
-                "the key has no chain code: only the root key signs".into(),
-            ));
-        }
         let n = info.clusters.len();
         if signer_list.len() != usize::from(info.threshold) {
             return Err(reject(format!(
@@ -472,6 +458,79 @@ impl<P: Platform> TeeCore<P> {
                 "signer {my_position} (this node's share) names another node's certificate"
             )));
         }
+        let mut signers = Vec::with_capacity(signer_list.len());
+        for (pos, s) in signer_list.iter().enumerate() {
+            let cluster = info.clusters[usize::from(s.share_index)].clone();
+            let identity = self.verify_signer(&s.chain, &cluster, now).map_err(|e| {
+                reject(format!(
+                    "signer {pos} (share {}, cluster {cluster}): {e}",
+                    s.share_index
+                ))
+            })?;
+            signers.push(Signer {
+                share_index: s.share_index,
+                identity,
+            });
+        }
+        Ok((my_position, signers))
+    }
+
+    /// Records a session as started, durably, before anything of it exists: a replay is
+    /// refused even after a crash. The commit also makes this batch's earlier writes
+    /// durable (group commit).
+    pub(super) fn record_session_start(
+        &mut self,
+        session: &SessionRef,
+        expires_at: u64,
+    ) -> Result<(), TeeError> {
+        let record = session_record(session).map_err(storage)?;
+        self.platform
+            .seal(&record, &expires_at.to_be_bytes())
+            .map_err(storage)?;
+        self.threshold.used_sessions.insert(*session, expires_at);
+        if let Err(e) = self.commit_pending() {
+            self.threshold.used_sessions.remove(session);
+            return Err(storage(e));
+        }
+        Ok(())
+    }
+
+    /// Opens a signing session (approved signing or audit, per `policy`) and returns its
+    /// first messages.
+    fn start_sign_session(
+        &mut self,
+        session: SessionRef,
+        key_id: &[u8],
+        path: &[u32],
+        digest: &[u8; 32],
+        signer_list: &[ThresholdSigner],
+        policy: SignPolicy<'_>,
+    ) -> Outcome {
+        self.identity()?;
+        let attempt = session.attempt;
+        if attempt >= MAX_THRESHOLD_ATTEMPTS {
+            return Err(TeeError::InvalidRequest(format!(
+                "attempt {attempt}, at most {} attempts",
+                MAX_THRESHOLD_ATTEMPTS
+            )));
+        }
+        let info = self.threshold_key(key_id)?.info.clone();
+        if path.len() > MAX_PATH_DEPTH {
+            return Err(TeeError::InvalidPath(format!(
+                "{} levels, at most {MAX_PATH_DEPTH}",
+                path.len()
+            )));
+        }
+        if let Some(i) = path.iter().find(|&&i| i >= 0x8000_0000) {
+            return Err(TeeError::InvalidPath(format!(
+                "hardened index {i:#010x}: a threshold key derives non-hardened children only"
+            )));
+        }
+        if !path.is_empty() && info.chain_code.is_none() {
+            return Err(TeeError::InvalidPath(
+                "the key has no chain code: only the root key signs".into(),
+            ));
+        }
         let now = self.platform.now_unix();
         let expires_at = match policy {
             SignPolicy::Approved { meta, approvals } => {
@@ -492,20 +551,7 @@ impl<P: Platform> TeeCore<P> {
             // the path empty. The record of the session outlives the session itself.
             SignPolicy::Audit => now.saturating_add(SESSION_TIMEOUT.as_secs()),
         };
-        let mut signers = Vec::with_capacity(signer_list.len());
-        for (pos, s) in signer_list.iter().enumerate() {
-            let cluster = info.clusters[usize::from(s.share_index)].clone();
-            let identity = self.verify_signer(&s.chain, &cluster, now).map_err(|e| {
-                reject(format!(
-                    "signer {pos} (share {}, cluster {cluster}): {e}",
-                    s.share_index
-                ))
-            })?;
-            signers.push(Signer {
-                share_index: s.share_index,
-                identity,
-            });
-        }
+        let (my_position, signers) = self.session_signers(&info, signer_list, now)?;
         if self.threshold.used_sessions.contains_key(&session) {
             return Err(TeeError::RequestReplayed(session_name(&session)));
         }
@@ -537,17 +583,7 @@ impl<P: Platform> TeeCore<P> {
             .map_err(|e| TeeError::InvalidPath(e.to_string()))?;
         let share = held.share.clone();
 
-        // Durable before anything of the session exists: a replay is refused even after a
-        // crash. The commit also makes this batch's earlier writes durable (group commit).
-        let record = session_record(&session).map_err(storage)?;
-        self.platform
-            .seal(&record, &expires_at.to_be_bytes())
-            .map_err(storage)?;
-        self.threshold.used_sessions.insert(session, expires_at);
-        if let Err(e) = self.commit_pending() {
-            self.threshold.used_sessions.remove(&session);
-            return Err(storage(e));
-        }
+        self.record_session_start(&session, expires_at)?;
 
         let kind = SessionKind::Sign {
             share,
@@ -669,6 +705,7 @@ impl<P: Platform> TeeCore<P> {
                 Work::Sign { .. },
                 Some(p @ (Phase::GetAb | Phase::GetAbAndR | Phase::GetR | Phase::GetSig)),
             ) => (p, ProtocolKind::Sign),
+            (Work::Presign { .. }, Some(p @ Phase::Presign)) => (p, ProtocolKind::Presign),
             (Work::Keygen(_), Some(p @ Phase::Keygen)) => (p, ProtocolKind::Keygen),
             (Work::Keygen(_), Some(p @ Phase::AuxInfo)) => (p, ProtocolKind::AuxInfo),
             _ => {
@@ -851,7 +888,7 @@ impl<P: Platform> TeeCore<P> {
         let mut outgoing = Vec::new();
         for m in messages {
             let host_id = match &live.work {
-                Work::Sign { host_id, .. } => *host_id,
+                Work::Sign { host_id, .. } | Work::Presign { host_id, .. } => *host_id,
                 Work::Keygen(_) => unreachable!("key generations are fed above"),
             };
             let step = self
@@ -884,35 +921,71 @@ impl<P: Platform> TeeCore<P> {
                     output,
                     outgoing: last,
                 } => {
-                    live.phase = Phase::GetSig;
-                    let result = match output {
-                        Output::Signature(sig) => self.check_signature(&live, &sig),
-                        other => Err(format!("the session produced {other:?}")),
-                    };
-                    let signature = match result {
-                        Ok(s) => s,
-                        Err(d) => {
-                            return Err(self.abort_live(&session, live, &[], Phase::GetSig, d))
+                    // The engine already dropped the session.
+                    return match output {
+                        Output::Presignature(p) => {
+                            let stored = match self.store_presignature(&live, p) {
+                                Ok(info) => info,
+                                Err(d) => {
+                                    let phase = live.phase;
+                                    return Err(self.abort_live(&session, live, &[], phase, d));
+                                }
+                            };
+                            outgoing.extend(self.emit(&session, &live, last)?);
+                            Ok(Response::ThresholdPresignRound {
+                                session,
+                                phase: Phase::Presign.as_str().into(),
+                                outgoing,
+                                presignature: Some(stored),
+                            })
+                        }
+                        output => {
+                            live.phase = Phase::GetSig;
+                            let result = match output {
+                                Output::Signature(sig) => self.check_signature(&live, &sig),
+                                other => Err(format!("the session produced {other:?}")),
+                            };
+                            let signature = match result {
+                                Ok(s) => s,
+                                Err(d) => {
+                                    return Err(self.abort_live(
+                                        &session,
+                                        live,
+                                        &[],
+                                        Phase::GetSig,
+                                        d,
+                                    ))
+                                }
+                            };
+                            outgoing.extend(self.emit(&session, &live, last)?);
+                            Ok(Response::ThresholdRound {
+                                session,
+                                phase: Phase::GetSig.as_str().into(),
+                                outgoing,
+                                signature: Some(signature),
+                            })
                         }
                     };
-                    // The engine already dropped the session.
-                    outgoing.extend(self.emit(&session, &live, last)?);
-                    return Ok(Response::ThresholdRound {
-                        session,
-                        phase: Phase::GetSig.as_str().into(),
-                        outgoing,
-                        signature: Some(signature),
-                    });
                 }
             }
         }
         let phase = live.phase.as_str().into();
+        let presign = matches!(live.work, Work::Presign { .. });
         self.threshold.live.insert(session, live);
-        Ok(Response::ThresholdRound {
-            session,
-            phase,
-            outgoing,
-            signature: None,
+        Ok(if presign {
+            Response::ThresholdPresignRound {
+                session,
+                phase,
+                outgoing,
+                presignature: None,
+            }
+        } else {
+            Response::ThresholdRound {
+                session,
+                phase,
+                outgoing,
+                signature: None,
+            }
         })
     }
 

@@ -29,6 +29,7 @@
 pub mod bundle;
 pub(crate) mod dkg;
 pub(crate) mod engine;
+pub(crate) mod presign;
 pub mod primes;
 pub mod wire;
 
@@ -44,6 +45,8 @@ use crate::wallet::key_hex;
 pub const SHARE_PREFIX: &str = "tshare/";
 /// Record name prefix of threshold sessions already started (request id, attempt).
 pub const SESSION_PREFIX: &str = "tsession/";
+/// Record name prefix of stored presignatures (never transferred to another node).
+pub const PRESIGN_PREFIX: &str = "tpresig/";
 /// First byte of a threshold share record (a wallet record starts with its version, 1).
 pub const THRESHOLD_RECORD_TAG: u8 = b'T';
 /// Version of the threshold share record.

@@ -21,6 +21,8 @@ pub const EID_DOMAIN: &[u8] = b"custos/tecdsa/v1";
 /// Domain tag of audit session execution ids ([`audit_execution_id`]): an audit session's
 /// envelopes can never be taken for those of a signing session, nor the other way round.
 pub const AUDIT_EID_DOMAIN: &[u8] = b"custos/tecdsa-audit/v1";
+/// Domain tag of presignature session execution ids ([`presign_execution_id`]).
+pub const PRESIGN_EID_DOMAIN: &[u8] = b"custos/tecdsa-presign/v1";
 /// Domain tag of message transcripts (what a sender's D signs).
 pub const MESSAGE_DOMAIN: &[u8] = b"CUSTOS-TECDSA-MESSAGE-V1\0";
 /// Domain tag of point-to-point HPKE contexts.
@@ -61,6 +63,24 @@ pub fn audit_execution_id(
     digest: &[u8; 32],
 ) -> [u8; 32] {
     execution_id_in(AUDIT_EID_DOMAIN, session, key_id, signers, digest, &[])
+}
+
+/// [`execution_id`] of a presignature session: the same fields under
+/// [`PRESIGN_EID_DOMAIN`], no digest (none is known yet) and an empty path (presignatures are
+/// for keys without chain code). It is also the presignature's id.
+pub fn presign_execution_id(
+    session: &SessionRef,
+    key_id: &[u8],
+    signers: &[(u16, [u8; 32])],
+) -> [u8; 32] {
+    execution_id_in(
+        PRESIGN_EID_DOMAIN,
+        session,
+        key_id,
+        signers,
+        &[0u8; 32],
+        &[],
+    )
 }
 
 fn execution_id_in(

@@ -1,0 +1,276 @@
+//! Presignatures: generated ahead of time by t TEEs for a threshold key without chain code,
+//! held sealed in each TEE, and used once each for an online signature of a full message.
+//!
+//! A presignature used twice reveals the signer's key share, so its use is ordered:
+//! the TEE checks the approvals, then removes the sealed record and records the attempt as
+//! used and **commits** both, and only then computes the partial signature. A crash after the
+//! commit loses the presignature (the caller takes another one); a crash before it leaves
+//! nothing issued. Presignature records (`tpresig/<id hex>`) are never part of a
+//! key transfer between the nodes of a cluster, so no second node ever holds a copy.
+//!
+//! Security rules of the library (RUSTSEC-2025-0127): no presignature for a key with HD
+//! derivation, and the TEE always hashes the full message itself.
+
+use std::time::{Duration, Instant};
+
+use custos_threshold::{issue_partial, Phase, SessionKind, StoredPresignature};
+use sha2::{Digest, Sha256};
+
+use super::engine::{
+    reject, session_name, session_record, Live, Work, MAX_LIVE_SESSIONS, SESSION_TIMEOUT,
+};
+use super::wire::presign_execution_id;
+use super::PRESIGN_PREFIX;
+use crate::approval::{Action, Approval, THRESHOLD_SCOPE};
+use crate::platform::{Platform, PlatformError, RecordId};
+use crate::protocol::*;
+use crate::wallet::key_hex;
+use crate::{storage, TeeCore};
+
+/// Record name of a stored presignature (its key is inside the record).
+pub(crate) fn presign_record(id: &[u8; 32]) -> Result<RecordId, PlatformError> {
+    RecordId::new(format!("{PRESIGN_PREFIX}{}", hex::encode(id)))
+}
+
+/// Parses [`presign_record`] names back.
+pub(crate) fn parse_presign_record(name: &str) -> Option<[u8; 32]> {
+    let id = name.strip_prefix(PRESIGN_PREFIX)?;
+    <[u8; 32]>::try_from(hex::decode(id).ok()?).ok()
+}
+
+fn info_of(id: &[u8; 32], p: &StoredPresignature) -> PresignatureInfo {
+    PresignatureInfo {
+        id: *id,
+        key_id: p.public().public_key().to_vec(),
+        signers: p.public().parties().to_vec(),
+    }
+}
+
+impl<P: Platform> TeeCore<P> {
+    /// The threshold key a presignature request names, which must have no chain code.
+    fn presign_key(&self, key_id: &[u8]) -> Result<ThresholdKeyInfo, TeeError> {
+        let info = self.threshold_key(key_id)?.info.clone();
+        if info.chain_code.is_some() {
+            return Err(reject(format!(
+                "threshold key {} derives HD children: presignatures are only made and used \
+                 for keys without chain code (RUSTSEC-2025-0127)",
+                key_hex(key_id)
+            )));
+        }
+        Ok(info)
+    }
+
+    /// Presignatures held for `key_id`, plus those being made.
+    fn presignatures_of(&self, key_id: &[u8]) -> usize {
+        let held = self
+            .threshold
+            .presigs
+            .values()
+            .filter(|p| p.public().public_key()[..] == *key_id)
+            .count();
+        let making = self
+            .threshold
+            .live
+            .values()
+            .filter(|l| matches!(&l.work, Work::Presign { key_id: k, .. } if k[..] == *key_id))
+            .count();
+        held + making
+    }
+
+    /// [`Request::ThresholdPresignStart`].
+    pub(crate) fn threshold_presign_start(
+        &mut self,
+        session: SessionRef,
+        key_id: &[u8],
+        signer_list: &[ThresholdSigner],
+    ) -> Outcome {
+        self.identity()?;
+        let info = self.presign_key(key_id)?;
+        let now = self.platform.now_unix();
+        let (my_position, signers) = self.session_signers(&info, signer_list, now)?;
+        if self.threshold.used_sessions.contains_key(&session) {
+            return Err(TeeError::RequestReplayed(session_name(&session)));
+        }
+        self.purge_expired_sessions();
+        if self.presignatures_of(key_id) >= MAX_PRESIGNATURES_PER_KEY {
+            return Err(reject(format!(
+                "{MAX_PRESIGNATURES_PER_KEY} presignatures of key {} are held or being made",
+                key_hex(key_id)
+            )));
+        }
+        if self.threshold.live.len() >= MAX_LIVE_SESSIONS {
+            return Err(reject(format!(
+                "{MAX_LIVE_SESSIONS} sessions are open, retry later"
+            )));
+        }
+        let fingerprints: Vec<(u16, [u8; 32])> = signers
+            .iter()
+            .map(|s| (s.share_index, s.identity.fingerprint))
+            .collect();
+        let eid = presign_execution_id(&session, key_id, &fingerprints);
+        let share = self.threshold_key(key_id)?.share.clone();
+        // The record of the session outlives the session itself.
+        self.record_session_start(&session, now.saturating_add(SESSION_TIMEOUT.as_secs()))?;
+        let deadline = Instant::now() + SESSION_TIMEOUT.min(Duration::from_secs(600));
+        let kind = SessionKind::Presign {
+            share,
+            parties: signers.iter().map(|s| s.share_index).collect(),
+            my_position: my_position as u16,
+        };
+        let out = self
+            .threshold
+            .host
+            .start(eid, kind, eid, deadline)
+            .map_err(|e| reject(format!("the session did not start: {e}")))?;
+        let live = Live {
+            eid,
+            my_position: my_position as u16,
+            signers,
+            phase: Phase::Presign,
+            deadline,
+            work: Work::Presign {
+                host_id: eid,
+                key_id: key_id.to_vec(),
+            },
+        };
+        let outgoing = match self.emit(&session, &live, out) {
+            Ok(o) => o,
+            Err(e) => {
+                self.release(live);
+                return Err(e);
+            }
+        };
+        self.threshold.live.insert(session, live);
+        Ok(Response::ThresholdPresignRound {
+            session,
+            phase: Phase::Presign.as_str().into(),
+            outgoing,
+            presignature: None,
+        })
+    }
+
+    /// Seals and commits a finished presignature before the session's last answer leaves.
+    pub(super) fn store_presignature(
+        &mut self,
+        live: &Live,
+        presig: StoredPresignature,
+    ) -> Result<PresignatureInfo, String> {
+        let Work::Presign { key_id, .. } = &live.work else {
+            return Err("not a presignature session".into());
+        };
+        if presig.public().public_key()[..] != key_id[..] {
+            return Err("the presignature is for another key".into());
+        }
+        let expected: Vec<u16> = live.signers.iter().map(|s| s.share_index).collect();
+        if presig.public().parties() != expected.as_slice()
+            || presig.my_position() != live.my_position
+        {
+            return Err("the presignature's signers are not the session's".into());
+        }
+        let id = live.eid;
+        let record = presign_record(&id).map_err(|e| e.to_string())?;
+        self.platform
+            .seal(&record, &presig.to_sealed_bytes())
+            .map_err(|e| e.to_string())?;
+        self.commit_pending()
+            .map_err(|e| format!("storing the presignature: {e}"))?;
+        let info = info_of(&id, &presig);
+        self.threshold.presigs.insert(id, presig);
+        Ok(info)
+    }
+
+    /// [`Request::ListPresignatures`].
+    pub(crate) fn list_presignatures(&self, key_id: &[u8]) -> Outcome {
+        self.identity()?;
+        self.threshold_key(key_id)?;
+        Ok(Response::Presignatures(
+            self.threshold
+                .presigs
+                .iter()
+                .filter(|(_, p)| p.public().public_key()[..] == *key_id)
+                .map(|(id, p)| info_of(id, p))
+                .collect(),
+        ))
+    }
+
+    /// [`Request::ThresholdPresignSign`]: see its documentation for the order of the steps.
+    pub(crate) fn threshold_presign_sign(
+        &mut self,
+        meta: &RequestMeta,
+        attempt: u8,
+        params: &PresignSignParams,
+        approvals: &[Approval],
+    ) -> Outcome {
+        self.identity()?;
+        if params.message.len() > MAX_PRESIGN_MESSAGE {
+            return Err(TeeError::InvalidRequest(format!(
+                "message of {} bytes, at most {MAX_PRESIGN_MESSAGE}",
+                params.message.len()
+            )));
+        }
+        if attempt >= MAX_THRESHOLD_ATTEMPTS {
+            return Err(TeeError::InvalidRequest(format!(
+                "attempt {attempt}, at most {MAX_THRESHOLD_ATTEMPTS} attempts"
+            )));
+        }
+        let info = self.presign_key(&params.key_id)?;
+        // The full message is hashed here: a digest from outside is never signed with a
+        // presignature.
+        let digest: [u8; 32] = Sha256::digest(&params.message).into();
+        self.approve_in(
+            THRESHOLD_SCOPE,
+            meta,
+            Action::ThresholdSign {
+                key_id: &params.key_id,
+                path: &[],
+                digest: &digest,
+            },
+            approvals,
+            info.quorum,
+        )?;
+        let session = SessionRef {
+            request_id: meta.request_id,
+            attempt,
+        };
+        if self.threshold.used_sessions.contains_key(&session) {
+            return Err(TeeError::RequestReplayed(session_name(&session)));
+        }
+        let id = params.presignature;
+        let presig = match self.threshold.presigs.remove(&id) {
+            Some(p) if p.public().public_key()[..] == params.key_id[..] => p,
+            other => {
+                if let Some(p) = other {
+                    self.threshold.presigs.insert(id, p);
+                }
+                return Err(TeeError::UnknownPresignature(hex::encode(id)));
+            }
+        };
+
+        // Consumed durably before the partial signature exists.
+        let consumed = session_record(&session)
+            .and_then(|r| self.platform.seal(&r, &meta.expires_at.to_be_bytes()))
+            .and_then(|_| presign_record(&id))
+            .and_then(|r| self.platform.remove(&r));
+        let committed = consumed.and_then(|_| {
+            self.threshold
+                .used_sessions
+                .insert(session, meta.expires_at);
+            self.commit_pending()
+        });
+        if let Err(e) = committed {
+            // The platform discarded the writes: the presignature is still stored and was
+            // never used.
+            self.threshold.used_sessions.remove(&session);
+            self.threshold.presigs.insert(id, presig);
+            return Err(storage(e));
+        }
+        let public = presig.public().to_bytes();
+        let partial = issue_partial(presig, &params.message);
+        Ok(Response::ThresholdPartial {
+            presignature: id,
+            position: partial.position,
+            sigma: partial.sigma,
+            public,
+        })
+    }
+}
