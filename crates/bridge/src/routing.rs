@@ -146,6 +146,33 @@ pub fn describe(r: &Request) -> Option<Described> {
             path: Some(path_string(&[])),
             ..d("threshold-audit", Some(key_id), true)
         },
+        // Presignatures live in one node only: every presignature request is pinned.
+        Request::ThresholdPresignStart {
+            session, key_id, ..
+        } => Described {
+            request_id: Some(format!(
+                "{}/{}",
+                hex::encode(session.request_id),
+                session.attempt
+            )),
+            path: Some(path_string(&[])),
+            ..d("threshold-presign", Some(key_id), true)
+        },
+        Request::ThresholdPresignSign {
+            meta,
+            attempt,
+            params,
+            approvals,
+        } => Described {
+            request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
+            path: Some(path_string(&[])),
+            approvers: approvals
+                .iter()
+                .map(|a| admin_name(&a.admin_cert))
+                .collect(),
+            ..d("threshold-presign-sign", Some(&params.key_id), true)
+        },
+        Request::ListPresignatures { key_id } => d("list-presignatures", Some(key_id), true),
         Request::ThresholdKeygenStart {
             meta,
             attempt,

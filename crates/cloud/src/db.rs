@@ -128,6 +128,8 @@ pub struct RequestRow {
     pub hd: Option<bool>,
     /// Threshold key creation: the cluster of each share, by share index.
     pub clusters: Option<Vec<String>>,
+    /// Threshold signing of a full message (hex; `digest` is its SHA-256).
+    pub message: Option<String>,
 }
 
 /// A wallet row.
@@ -221,6 +223,44 @@ pub struct ThresholdShareRow {
     pub request_id: String,
 }
 
+/// A presignature of a threshold key, held by its signers' TEEs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PresignatureRow {
+    /// Its id, hex.
+    pub id: String,
+    /// Joint public key, hex.
+    pub key_id: String,
+    /// Who holds it, in signing order.
+    pub signers: Vec<PresignatureSigner>,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Whether it was taken (by `taken_by`).
+    pub taken_by: Option<String>,
+}
+
+/// One holder of a presignature.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PresignatureSigner {
+    /// Cluster.
+    pub cluster: String,
+    /// The node whose TEE holds it (presignatures never move between nodes).
+    pub node: String,
+    /// Share index.
+    pub share_index: u16,
+}
+
+fn presignature_from_row(row: &AnyRow) -> Result<PresignatureRow, StoreError> {
+    let signers: String = row.try_get("signers")?;
+    Ok(PresignatureRow {
+        id: row.try_get("id")?,
+        key_id: row.try_get("key_id")?,
+        signers: serde_json::from_str(&signers)
+            .map_err(|e| corrupt(format!("presignature signers: {e}")))?,
+        created_at: u(row.try_get("created_at")?),
+        taken_by: row.try_get("taken_by")?,
+    })
+}
+
 /// What a completing request records besides its own row, in the same transaction.
 #[derive(Clone, Copy, Debug)]
 pub enum Record<'a> {
@@ -255,7 +295,7 @@ pub struct Store {
 
 const REQUEST_COLUMNS: &str = "id, kind, cluster, root_id, path, digest, quorum, status, \
      created_at, updated_at, expires_at, approvals, target_node, sealed, result, error_code, \
-     error_message, attempts, created_by, version, share_index, threshold, hd, clusters";
+     error_message, attempts, created_by, version, share_index, threshold, hd, clusters, message";
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -318,6 +358,7 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
             .try_get::<Option<String>, _>("clusters")?
             .map(|c| serde_json::from_str(&c).map_err(|e| corrupt(format!("clusters: {e}"))))
             .transpose()?,
+        message: row.try_get("message")?,
     })
 }
 
@@ -585,7 +626,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23, $24)"
+             $22, $23, $24, $25)"
         );
         let res = sqlx::query(&sql)
             .bind(r.id.as_str())
@@ -616,6 +657,7 @@ impl Store {
                     .as_ref()
                     .map(|c| serde_json::to_string(c).expect("names always serialize")),
             )
+            .bind(r.message.clone())
             .execute(&mut *tx)
             .await;
         match res {
@@ -836,5 +878,61 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(threshold_share_from_row).collect()
+    }
+
+    /// Records a presignature as ready.
+    pub async fn insert_presignature(&self, p: &PresignatureRow) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO threshold_presignatures (id, key_id, signers, status, created_at) \
+             VALUES ($1, $2, $3, 'ready', $4)",
+        )
+        .bind(p.id.as_str())
+        .bind(p.key_id.as_str())
+        .bind(serde_json::to_string(&p.signers).expect("signers always serialize"))
+        .bind(i(p.created_at))
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Duplicate(format!("presignature {}", p.id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The ready presignatures of a key, oldest first.
+    pub async fn ready_presignatures(
+        &self,
+        key_id: &str,
+    ) -> Result<Vec<PresignatureRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, key_id, signers, created_at, taken_by FROM threshold_presignatures \
+             WHERE key_id = $1 AND status = 'ready' ORDER BY created_at, id",
+        )
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(presignature_from_row).collect()
+    }
+
+    /// Takes a ready presignature for `request` (compare-and-swap on its status): `false`
+    /// if another request took it first. Once taken it is never handed out again.
+    pub async fn take_presignature(
+        &self,
+        id: &str,
+        request: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE threshold_presignatures SET status = 'taken', taken_at = $1, taken_by = $2 \
+             WHERE id = $3 AND status = 'ready'",
+        )
+        .bind(i(now_ms))
+        .bind(request)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

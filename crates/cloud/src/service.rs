@@ -102,6 +102,8 @@ struct Draft {
     share_index: Option<u16>,
     /// Threshold key creation: the new key's terms.
     terms: Option<KeyTerms>,
+    /// Threshold signing of a full message (hex).
+    message: Option<String>,
 }
 
 /// The terms of a threshold key to create (part of the approval message).
@@ -312,6 +314,7 @@ impl Cloud {
                 wallet_xpub: None,
                 share_index: None,
                 terms: None,
+                message: None,
             },
         )
         .await
@@ -404,6 +407,7 @@ impl Cloud {
                 wallet_xpub: None,
                 share_index: None,
                 terms: None,
+                message: None,
             },
         )
         .await
@@ -440,6 +444,7 @@ impl Cloud {
                 wallet_xpub: Some(wallet.xpub),
                 share_index: None,
                 terms: None,
+                message: None,
             },
         )
         .await
@@ -478,6 +483,7 @@ impl Cloud {
             threshold: d.terms.as_ref().map(|t| t.threshold),
             hd: d.terms.as_ref().map(|t| t.hd),
             clusters: d.terms.map(|t| t.clusters),
+            message: d.message,
         };
         let message = self.message_of(&row)?;
         for a in &d.approvals {

@@ -5,8 +5,8 @@ mod common;
 
 use custos_cloud::api::{RequestKind, RequestStatus};
 use custos_cloud::db::{
-    Record, RequestRow, Store, StoreError, StoredApproval, ThresholdKeyRow, ThresholdShareRow,
-    WalletRow,
+    PresignatureRow, PresignatureSigner, Record, RequestRow, Store, StoreError, StoredApproval,
+    ThresholdKeyRow, ThresholdShareRow, WalletRow,
 };
 
 use common::*;
@@ -37,6 +37,7 @@ fn row(id: u8, kind: RequestKind, created_at: u64) -> RequestRow {
         threshold: None,
         hd: None,
         clusters: None,
+        message: Some(hex::encode(b"the full message")),
     }
 }
 
@@ -470,5 +471,58 @@ async fn key_creations_record_the_key_with_every_share_on_every_database() {
         assert_eq!(store.request(&again.id).await.unwrap().unwrap(), again);
         store.close().await;
         db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn presignatures_are_handed_out_once_on_every_database() {
+    for db in databases("presignatures_are_handed_out_once").await {
+        let engine = db.engine;
+        let store = Store::connect(&db.url).await.unwrap();
+        let key = format!("02{}", "cd".repeat(32));
+        let presig = |n: u8, at: u64| PresignatureRow {
+            id: hex::encode([n; 32]),
+            key_id: key.clone(),
+            signers: vec![
+                PresignatureSigner {
+                    cluster: "dc1".into(),
+                    node: "node1".into(),
+                    share_index: 0,
+                },
+                PresignatureSigner {
+                    cluster: "dc3".into(),
+                    node: "node2".into(),
+                    share_index: 2,
+                },
+            ],
+            created_at: at,
+            taken_by: None,
+        };
+        store.insert_presignature(&presig(2, 20)).await.unwrap();
+        store.insert_presignature(&presig(1, 10)).await.unwrap();
+        assert!(matches!(
+            store.insert_presignature(&presig(1, 30)).await,
+            Err(StoreError::Duplicate(_))
+        ));
+        // Oldest first.
+        let ready = store.ready_presignatures(&key).await.unwrap();
+        assert_eq!(ready, vec![presig(1, 10), presig(2, 20)], "{engine}");
+        assert!(store.ready_presignatures("02ff").await.unwrap().is_empty());
+
+        // Taken once: the second taker loses, and it is no longer ready.
+        assert!(store
+            .take_presignature(&ready[0].id, "req-a", 40)
+            .await
+            .unwrap());
+        assert!(!store
+            .take_presignature(&ready[0].id, "req-b", 41)
+            .await
+            .unwrap());
+        assert_eq!(
+            store.ready_presignatures(&key).await.unwrap(),
+            vec![presig(2, 20)],
+            "{engine}"
+        );
+        assert!(!store.take_presignature("00", "req-c", 42).await.unwrap());
     }
 }

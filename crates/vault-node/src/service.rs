@@ -118,6 +118,9 @@ fn relayable(r: &Request) -> bool {
             | Request::ThresholdAuditStart { .. }
             | Request::ThresholdFeed { .. }
             | Request::ThresholdAbort { .. }
+            | Request::ThresholdPresignStart { .. }
+            | Request::ThresholdPresignSign { .. }
+            | Request::ListPresignatures { .. }
     )
 }
 

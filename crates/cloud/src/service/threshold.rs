@@ -692,6 +692,7 @@ impl Cloud {
                 wallet_xpub: None,
                 share_index: Some(key.share_index),
                 terms: None,
+                message: None,
             },
         )
         .await
@@ -907,6 +908,7 @@ impl Cloud {
                 wallet_xpub: None,
                 share_index: None,
                 terms: None,
+                message: None,
             },
         )
         .await
@@ -1664,6 +1666,7 @@ impl Cloud {
                     hd: body.hd,
                     clusters: body.clusters,
                 }),
+                message: None,
             },
         )
         .await
