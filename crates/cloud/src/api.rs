@@ -271,8 +271,16 @@ pub struct ThresholdSignBody {
     /// Non-hardened BIP-32 path below the joint key, e.g. `m/0/1` (`m` for the key
     /// itself; keys without chain code only sign with `m`).
     pub path: String,
-    /// The 32-byte digest to sign, hex.
+    /// The 32-byte digest to sign, hex. May be left out when `message` is given (it is
+    /// then SHA-256 of the message; if given, it must be that).
+    #[serde(default)]
     pub digest: String,
+    /// The full message to sign, hex (at most 64 KiB), for a key without chain code
+    /// (path `m`): the digest is SHA-256 of it, and the request is served from a
+    /// presignature when one is ready (online signing: one short exchange with each of its
+    /// t clusters, whose TEEs hash the message themselves), else by the interactive protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// Clusters to sign with, in order of preference: at least t of the key's clusters;
     /// the first t reachable ones take part. Default: the clusters holding an imported
     /// share, healthy ones first. Recorded as the request's `target_node`, comma-separated.
@@ -535,6 +543,48 @@ pub struct SignResult {
     /// Threshold signing: the clusters that signed, in signing order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clusters: Option<Vec<String>>,
+    /// Threshold signing from a presignature: its id, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presignature: Option<String>,
+}
+
+/// `POST /v1/threshold/keys/{key_id}/presignatures`: make presignatures ahead of time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MakePresignaturesBody {
+    /// How many (1 to 64); each is one session between t clusters.
+    pub count: u32,
+    /// The t clusters to make them with (default: the healthiest share holders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<String>>,
+}
+
+/// A presignature, held inside its t signers' TEEs (never anywhere else).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PresignatureView {
+    /// Its id (the session's execution id), hex.
+    pub id: String,
+    /// The clusters holding it, in signing order.
+    pub clusters: Vec<String>,
+    /// The node of each cluster whose TEE holds it.
+    pub nodes: Vec<String>,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+}
+
+/// The ready presignatures of a threshold key; after making some, also what was made and
+/// what failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PresignaturePool {
+    /// Threshold key, hex.
+    pub key_id: String,
+    /// Ready presignatures, oldest (next used) first.
+    pub ready: Vec<PresignatureView>,
+    /// Made by this call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub made: Vec<PresignatureView>,
+    /// Sessions of this call that failed, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
 }
 
 /// A wallet created or imported.
@@ -603,6 +653,9 @@ pub struct RequestView {
     /// Digest, hex (sign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Threshold signing of a full message: the message, hex (`digest` is its SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// Distinct admin approvals required.
     pub quorum: u8,
     /// Approvals so far (distinct admins).

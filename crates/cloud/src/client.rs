@@ -279,6 +279,28 @@ impl CloudClient {
         .await
     }
 
+    /// `POST /v1/threshold/keys/{key_id}/presignatures`.
+    pub async fn make_presignatures(
+        &self,
+        key_id: &str,
+        body: &MakePresignaturesBody,
+    ) -> Result<PresignaturePool, ClientError> {
+        self.post(
+            &format!("/v1/threshold/keys/{}/presignatures", segment(key_id)?),
+            body,
+        )
+        .await
+    }
+
+    /// `GET /v1/threshold/keys/{key_id}/presignatures`.
+    pub async fn presignatures(&self, key_id: &str) -> Result<PresignaturePool, ClientError> {
+        self.get(
+            &format!("/v1/threshold/keys/{}/presignatures", segment(key_id)?),
+            &[],
+        )
+        .await
+    }
+
     /// `POST /v1/threshold/sign`.
     pub async fn threshold_sign(
         &self,

@@ -88,6 +88,17 @@ pub const API_ERROR_CODES: &[(&str, u16, &str)] = &[
         400,
         "threshold outside 2..=n (the number of clusters)",
     ),
+    (
+        "invalid_message",
+        400,
+        "message is not hex of at most 64 KiB, or the digest given is not its SHA-256",
+    ),
+    ("invalid_count", 400, "presignature count outside 1..=64"),
+    (
+        "hd_threshold_key",
+        409,
+        "presignatures are only made for threshold keys without chain code",
+    ),
     ("unknown_threshold_key", 404, "no such threshold key"),
     (
         "no_threshold_audit",

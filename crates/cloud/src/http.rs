@@ -364,11 +364,56 @@ async fn latest_threshold_audit(
     Ok(Json(cloud.latest_threshold_audit(&key_id).await?))
 }
 
+/// Make presignatures of a threshold key without chain code ahead of time: runs `count`
+/// presignature sessions, each between t clusters (the named ones or the healthiest share
+/// holders), whose TEEs each seal their part; each is recorded as ready once every TEE
+/// stored it. Needs no approvals: a presignature signs nothing until an approved
+/// `threshold_sign` request with the full `message` uses it (once).
+#[utoipa::path(
+    post, path = "/v1/threshold/keys/{key_id}/presignatures", tag = "threshold",
+    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key")),
+    request_body = MakePresignaturesBody,
+    responses(
+        (status = 200, body = PresignaturePool),
+        (status = 400, description = "malformed_json, invalid_key_id, invalid_count, invalid_clusters", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_threshold_key", body = ApiErrorBody),
+        (status = 409, description = "hd_threshold_key", body = ApiErrorBody),
+    )
+)]
+async fn make_presignatures(
+    State(cloud): Shared,
+    Path(key_id): Path<String>,
+    ApiJson(body): ApiJson<MakePresignaturesBody>,
+) -> Result<Json<PresignaturePool>, ApiError> {
+    Ok(Json(cloud.make_presignatures(&key_id, body).await?))
+}
+
+/// The ready presignatures of a threshold key, next used first.
+#[utoipa::path(
+    get, path = "/v1/threshold/keys/{key_id}/presignatures", tag = "threshold",
+    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key")),
+    responses(
+        (status = 200, body = PresignaturePool),
+        (status = 400, description = "invalid_key_id", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_threshold_key", body = ApiErrorBody),
+    )
+)]
+async fn list_presignatures(
+    State(cloud): Shared,
+    Path(key_id): Path<String>,
+) -> Result<Json<PresignaturePool>, ApiError> {
+    Ok(Json(cloud.presignatures(&key_id).await?))
+}
+
 /// Ask for a threshold signature: records a `threshold_sign` request (cluster
 /// `*threshold*`). At quorum the server picks t clusters (the named ones, or healthy
 /// holders of a share), runs the signing session between their TEEs (phases getAB,
 /// getAB_and_R, getR, getSig), relaying every message, and verifies the signature against
-/// the key's child at `path`. A failed session (`threshold_aborted` or a `tee_*` code
+/// the key's child at `path`. With the full `message` (key without chain code, path `m`) a
+/// ready presignature is used when there is one: only getSig runs, each TEE hashing the
+/// message itself (the result names the `presignature`). A failed session (`threshold_aborted` or a `tee_*` code
 /// naming the cluster and phase) is retried with `POST /v1/requests/{id}/retry`.
 #[utoipa::path(
     post, path = "/v1/threshold/sign", tag = "threshold",
@@ -376,7 +421,7 @@ async fn latest_threshold_audit(
     responses(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_key_id, invalid_path, hardened_path, invalid_digest, invalid_clusters, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_key_id, invalid_path, hardened_path, invalid_digest, invalid_message, invalid_clusters, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_threshold_key, unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
@@ -656,6 +701,7 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
         .routes(routes!(create_threshold_key, list_threshold_keys))
         .routes(routes!(get_threshold_key))
         .routes(routes!(run_threshold_audit, latest_threshold_audit))
+        .routes(routes!(make_presignatures, list_presignatures))
         .routes(routes!(create_threshold_sign))
         .merge(
             // Dealer bundles are larger than other bodies; the route's own limit is applied

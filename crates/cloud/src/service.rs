@@ -1372,6 +1372,7 @@ pub fn verify_sign_result(
         public_key: hex::encode(&sig.public_key),
         signature_der: hex::encode(signature.serialize_der()),
         clusters: None,
+        presignature: None,
     })
 }
 
@@ -1564,6 +1565,7 @@ fn base_view(row: &RequestRow) -> RequestView {
         clusters: row.clusters.clone(),
         path: row.path.clone(),
         digest: row.digest.clone(),
+        message: row.message.clone(),
         quorum: row.quorum,
         approvals: row
             .approvals

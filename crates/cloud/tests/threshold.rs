@@ -430,6 +430,7 @@ fn sign_body(key_id: &str, path: &str, digest: [u8; 32]) -> ThresholdSignBody {
         key_id: key_id.into(),
         path: path.into(),
         digest: hex::encode(digest),
+        message: None,
         clusters: None,
         request_id: None,
         expires_at: None,

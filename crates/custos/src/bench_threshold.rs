@@ -172,6 +172,7 @@ pub fn run(signings: usize, dir: Option<&Path>) -> Result<(), AnyError> {
                     key_id: key_id.clone(),
                     path: "m/0/7".into(),
                     digest: hex::encode(digest),
+                    message: None,
                     clusters: Some(pair.iter().map(|c| c.to_string()).collect()),
                     request_id: Some(hex::encode(request_id)),
                     expires_at: Some(meta.expires_at),

@@ -498,6 +498,7 @@ pub fn run(
                     key_id: threshold_key.clone(),
                     path: path.clone(),
                     digest: hex::encode(digest),
+                    message: None,
                     clusters: pair.map(|p| p.iter().map(|c| c.to_string()).collect()),
                     request_id: None,
                     expires_at: None,

@@ -155,6 +155,7 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
             key_id: made.key_id.clone(),
             path: path.into(),
             digest: hex::encode(digest),
+            message: None,
             clusters: Some(vec!["dc3".into(), "dc1".into()]),
             request_id: None,
             expires_at: None,

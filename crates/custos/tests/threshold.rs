@@ -42,6 +42,7 @@ async fn threshold_sign(
             key_id: key_id.into(),
             path: path.into(),
             digest: hex::encode(digest),
+            message: None,
             clusters,
             request_id: None,
             expires_at: None,

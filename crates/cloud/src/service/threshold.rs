@@ -28,12 +28,14 @@ use bitcoin::NetworkKind;
 use custos_tee_core::approval::THRESHOLD_SCOPE;
 use custos_tee_core::protocol::{audit_digest, MAX_AUDIT_MESSAGE};
 use custos_tee_core::protocol::{
-    CertChain, SessionRef, ThresholdBundle, ThresholdKeyInfo, ThresholdKeygenParams,
-    ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
-    MAX_THRESHOLD_ATTEMPTS, MAX_THRESHOLD_MESSAGES,
+    CertChain, PresignSignParams, PresignatureInfo, SessionRef, ThresholdBundle, ThresholdKeyInfo,
+    ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
+    MAX_PRESIGN_MESSAGE, MAX_THRESHOLD_ATTEMPTS, MAX_THRESHOLD_MESSAGES,
 };
 
 use super::*;
+
+mod presign;
 use crate::approval::parse_key_id;
 
 /// Largest dealer bundle accepted (decoded bytes; its hex is twice as long).
@@ -66,6 +68,9 @@ const MAX_ABORT_REASON: usize = 512;
 const PHASES: [&str; 4] = ["getAB", "getAB_and_R", "getR", "getSig"];
 /// The phases of a key generation, in protocol order.
 const KEYGEN_PHASES: [&str; 2] = ["keygen", "auxInfo"];
+/// The phase of a presignature session (getAB, getAB_and_R and getR ahead of the message;
+/// getSig is the online step).
+const PRESIGN_PHASES: [&str; 1] = ["presign"];
 
 /// What a session makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +79,8 @@ enum Run {
     Sign,
     /// A new key, by all n clusters.
     Keygen,
+    /// A presignature, by t clusters.
+    Presign,
 }
 
 impl Run {
@@ -81,19 +88,20 @@ impl Run {
         match self {
             Run::Sign => &PHASES,
             Run::Keygen => &KEYGEN_PHASES,
+            Run::Presign => &PRESIGN_PHASES,
         }
     }
 
     fn timeout(self) -> Duration {
         match self {
-            Run::Sign => THRESHOLD_SESSION_TIMEOUT,
+            Run::Sign | Run::Presign => THRESHOLD_SESSION_TIMEOUT,
             Run::Keygen => THRESHOLD_KEYGEN_TIMEOUT,
         }
     }
 
     fn max_exchanges(self) -> u32 {
         match self {
-            Run::Sign => MAX_THRESHOLD_EXCHANGES,
+            Run::Sign | Run::Presign => MAX_THRESHOLD_EXCHANGES,
             Run::Keygen => MAX_KEYGEN_EXCHANGES,
         }
     }
@@ -102,6 +110,7 @@ impl Run {
         match self {
             Run::Sign => "signature",
             Run::Keygen => "key",
+            Run::Presign => "presignature",
         }
     }
 }
@@ -111,6 +120,7 @@ impl Run {
 enum Output {
     Signature(EcdsaSignature),
     Key(ThresholdKeyInfo),
+    Presignature(PresignatureInfo),
 }
 
 /// One answer of a participant, whatever the session makes.
@@ -157,6 +167,21 @@ impl Round {
                 computing,
                 output: key.map(Output::Key),
             }),
+            (
+                Run::Presign,
+                Response::ThresholdPresignRound {
+                    session,
+                    phase,
+                    outgoing,
+                    presignature,
+                },
+            ) => Ok(Round {
+                session,
+                phase,
+                outgoing,
+                computing: false,
+                output: presignature.map(Output::Presignature),
+            }),
             (_, r) => Err(response_name(&r)),
         }
     }
@@ -171,7 +196,11 @@ fn still_open(a: &Result<TeeAnswer, CallError>) -> bool {
             outcome: Ok(Response::ThresholdRound {
                 signature: None,
                 ..
-            } | Response::ThresholdKeygenRound { key: None, .. }),
+            } | Response::ThresholdKeygenRound { key: None, .. }
+                | Response::ThresholdPresignRound {
+                    presignature: None,
+                    ..
+                }),
             ..
         })
     )
@@ -646,6 +675,26 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Verifies a threshold signature for the key's child at `path` (low-s, `v`, the child
+/// derived from the recorded key).
+fn verify_threshold_result(
+    secp: &Secp256k1<All>,
+    key: &ThresholdKeyRow,
+    path: &[u32],
+    digest: &[u8; 32],
+    sig: &EcdsaSignature,
+) -> Result<SignResult, String> {
+    // Without a chain code only the key itself signs (path m, checked at creation); a zero
+    // chain code then stands in, derivation along an empty path being the identity.
+    let key_id = hex::decode(&key.key_id).map_err(|e| e.to_string())?;
+    let chain_code = chain_code_of(key)?;
+    if chain_code.is_none() && !path.is_empty() {
+        return Err("a key without chain code signed with a path".into());
+    }
+    let xpub = threshold_xpub(&key_id, &chain_code.unwrap_or([0u8; 32]))?.to_string();
+    verify_sign_result(secp, digest, path, Some(&xpub), sig)
+}
+
 fn session_text(s: &SessionRef) -> String {
     format!("{}/{}", hex::encode(s.request_id), s.attempt)
 }
@@ -831,7 +880,36 @@ impl Cloud {
                 ),
             ));
         }
-        let digest = parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?;
+        let message = match &body.message {
+            None => None,
+            Some(m) => {
+                let bytes = hex::decode(m)
+                    .map_err(|e| ApiError::new("invalid_message", format!("message: {e}")))?;
+                if bytes.len() > MAX_PRESIGN_MESSAGE {
+                    return Err(ApiError::new(
+                        "invalid_message",
+                        format!(
+                            "message of {} bytes, at most {MAX_PRESIGN_MESSAGE}",
+                            bytes.len()
+                        ),
+                    ));
+                }
+                Some(bytes)
+            }
+        };
+        let digest = match &message {
+            Some(m) => {
+                let d: [u8; 32] = Sha256::digest(m).into();
+                if !body.digest.is_empty() && !body.digest.eq_ignore_ascii_case(&hex::encode(d)) {
+                    return Err(ApiError::new(
+                        "invalid_message",
+                        "the digest given is not SHA-256 of the message",
+                    ));
+                }
+                d
+            }
+            None => parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?,
+        };
         if let Some(list) = &body.clusters {
             if list.is_empty() || list.len() > MAX_THRESHOLD_CLUSTERS {
                 return Err(ApiError::new(
@@ -908,7 +986,7 @@ impl Cloud {
                 wallet_xpub: None,
                 share_index: None,
                 terms: None,
-                message: None,
+                message: message.map(hex::encode),
             },
         )
         .await
@@ -975,6 +1053,30 @@ impl Cloud {
                     .await;
             }
         };
+        // A full message for a key without chain code: from a presignature when one is ready.
+        let message = row.message.as_deref().map(hex::decode);
+        if let (Some(Ok(message)), None, true) = (&message, &key.chain_code, path.is_empty()) {
+            match self
+                .sign_presigned(&row, &key, attempt, message, &digest, approvals.clone())
+                .await?
+            {
+                presign::Online::NoneReady => {}
+                presign::Online::Signed(result, by) => {
+                    self.threshold_blamed
+                        .lock()
+                        .expect("blame lock")
+                        .remove(&row.id);
+                    return self
+                        .finish(
+                            row,
+                            Ok((by, RequestResult::Signature(result), Recorded::Nothing)),
+                            true,
+                        )
+                        .await;
+                }
+                presign::Online::Failed(a) => return self.threshold_failed(row, attempt, a).await,
+            }
+        }
         let participants = match self.threshold_participants(&row, &key).await? {
             Ok(p) => p,
             Err(a) => return self.threshold_failed(row, attempt, a).await,
@@ -1076,16 +1178,7 @@ impl Cloud {
                 st.participants[0].cluster, st.participants[i].cluster
             ));
         }
-        // Without a chain code only the key itself signs (path m, checked at creation);
-        // a zero chain code then stands in, derivation along an empty path being the
-        // identity.
-        let key_id = hex::decode(&key.key_id).map_err(|e| e.to_string())?;
-        let chain_code = chain_code_of(key)?;
-        if chain_code.is_none() && !path.is_empty() {
-            return Err("a key without chain code signed with a path".into());
-        }
-        let xpub = threshold_xpub(&key_id, &chain_code.unwrap_or([0u8; 32]))?.to_string();
-        verify_sign_result(&self.secp, digest, path, Some(&xpub), first)
+        verify_threshold_result(&self.secp, key, path, digest, first)
     }
 
     /// Records a failed attempt (retryable unless `final_`) and remembers whom it blamed.
