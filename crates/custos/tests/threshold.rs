@@ -235,3 +235,184 @@ fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
     let used = check_signature(&view, &xpub, "m/7/1", digest);
     assert!(!used.contains(&"dc2".to_string()), "{used:?}");
 }
+
+/// The presignatures `node` of `cluster` holds for `key_id` (asked at its TEE socket).
+fn tee_presignatures(dep: &Deployment, cluster: &str, node: usize, key_id: &[u8]) -> Vec<String> {
+    let mut tee = dep.cluster(cluster).unwrap().nodes[node]
+        .tee
+        .client()
+        .unwrap();
+    match tee
+        .call(&custos_tee_core::protocol::Request::ListPresignatures {
+            key_id: key_id.to_vec(),
+        })
+        .unwrap()
+    {
+        custos_tee_core::protocol::Response::Presignatures(list) => {
+            list.iter().map(|p| hex::encode(p.id)).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A `threshold_sign` request of a full message (path m), approved by alice.
+async fn sign_message(
+    client: &CloudClient,
+    alice: &AdminSigner,
+    key_id: &str,
+    message: &[u8],
+) -> RequestView {
+    let view = client
+        .threshold_sign(&ThresholdSignBody {
+            key_id: key_id.into(),
+            path: "m".into(),
+            digest: String::new(),
+            message: Some(hex::encode(message)),
+            clusters: None,
+            request_id: None,
+            expires_at: None,
+            approvals: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(view.status, RequestStatus::PendingApproval, "{view:?}");
+    approve(client, alice, &view.id).await.unwrap()
+}
+
+#[test]
+fn presignatures_sign_full_messages_once_through_the_cloud_server() {
+    use bitcoin::hashes::{sha256, Hash};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dep = Deployment::start(
+        &exe(),
+        tmp.path(),
+        &DeploymentOptions {
+            clusters: CLUSTERS
+                .iter()
+                .map(|c| (c.to_string(), LinkTransport::Tcp))
+                .collect(),
+            nodes: 1,
+            admins: vec!["alice".into()],
+            sync_interval_secs: 1,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )
+    .unwrap();
+    let alice = dep.admin("alice").unwrap();
+    let client = dep.client().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A key without chain code (presignatures never serve HD derivation).
+    let dealt = dep
+        .deal_threshold("plain", 2, &CLUSTERS, 1, false, test_primes())
+        .unwrap();
+    let key_bytes = dealt.key.key_id.clone();
+    let key_id = hex::encode(&key_bytes);
+    for v in rt
+        .block_on(import_threshold(&client, &dealt, &[&alice]))
+        .unwrap()
+    {
+        assert_eq!(v.status, RequestStatus::Completed, "{v:?}");
+    }
+
+    // Made ahead of time: two by dc1+dc2, one by dc3+dc2.
+    let body = |n: u32, c: [&str; 2]| custos_cloud::api::MakePresignaturesBody {
+        count: n,
+        clusters: Some(c.iter().map(|c| c.to_string()).collect()),
+    };
+    let t = std::time::Instant::now();
+    let pool = rt
+        .block_on(client.make_presignatures(&key_id, &body(2, ["dc1", "dc2"])))
+        .unwrap();
+    eprintln!("2 presignatures: {} ms", t.elapsed().as_millis());
+    assert_eq!(pool.made.len(), 2, "{pool:?}");
+    assert!(pool.failed.is_empty(), "{pool:?}");
+    let pool = rt
+        .block_on(client.make_presignatures(&key_id, &body(1, ["dc3", "dc2"])))
+        .unwrap();
+    assert_eq!(pool.ready.len(), 3, "{pool:?}");
+    let first = pool.ready[0].id.clone();
+    let last = pool.ready[2].id.clone();
+    assert_eq!(pool.ready[2].clusters, ["dc3", "dc2"]);
+    assert!(tee_presignatures(&dep, "dc1", 0, &key_bytes).contains(&first));
+    assert!(tee_presignatures(&dep, "dc2", 0, &key_bytes).contains(&last));
+    assert!(!tee_presignatures(&dep, "dc1", 0, &key_bytes).contains(&last));
+
+    // Online signing of a full message: the oldest presignature, one exchange.
+    let pk = PublicKey::from_slice(&key_bytes).unwrap();
+    let check = |view: &RequestView, message: &[u8]| -> (String, Vec<String>) {
+        assert_eq!(view.status, RequestStatus::Completed, "{view:?}");
+        let Some(RequestResult::Signature(sig)) = &view.result else {
+            panic!("no signature: {view:?}");
+        };
+        assert_eq!(sig.public_key, key_id);
+        let mut compact = [0u8; 64];
+        compact[..32].copy_from_slice(&hex::decode(&sig.r).unwrap());
+        compact[32..].copy_from_slice(&hex::decode(&sig.s).unwrap());
+        let plain = ecdsa::Signature::from_compact(&compact).unwrap();
+        let mut normalized = plain;
+        normalized.normalize_s();
+        assert_eq!(plain, normalized, "signature is not low-s");
+        let digest = sha256::Hash::hash(message).to_byte_array();
+        Secp256k1::new()
+            .verify_ecdsa(&Message::from_digest(digest), &plain, &pk)
+            .unwrap();
+        (
+            sig.presignature
+                .clone()
+                .expect("signed from a presignature"),
+            sig.clusters.clone().unwrap_or_default(),
+        )
+    };
+    let message = b"custos e2e: pay 0.25 BTC to bc1qexample";
+    let view = rt.block_on(sign_message(&client, &alice, &key_id, message));
+    let (used, clusters) = check(&view, message);
+    assert_eq!(used, first);
+    assert_eq!(clusters, ["dc1", "dc2"]);
+    let ready = rt.block_on(client.presignatures(&key_id)).unwrap().ready;
+    assert_eq!(ready.len(), 2);
+    assert!(ready.iter().all(|p| p.id != first));
+    // Gone from both TEEs, also after dc1's TEE is killed and restarted (sealed storage);
+    // the unused ones survive the restart.
+    for c in ["dc1", "dc2"] {
+        assert!(!tee_presignatures(&dep, c, 0, &key_bytes).contains(&first));
+    }
+    {
+        let dc1 = dep.cluster_mut("dc1").unwrap();
+        dc1.kill_tee(0);
+        dc1.restart_node(0).unwrap();
+    }
+    let after = tee_presignatures(&dep, "dc1", 0, &key_bytes);
+    assert!(!after.contains(&first), "{after:?}");
+    assert!(after.contains(&ready[0].id), "{after:?}");
+
+    // dc1's TEE down: the presignature it holds is lost with a failure naming dc1; the
+    // retry avoids dc1 and uses dc3+dc2's.
+    dep.cluster_mut("dc1").unwrap().kill_tee(0);
+    let message = b"custos e2e: second payment";
+    let view = rt.block_on(sign_message(&client, &alice, &key_id, message));
+    assert_eq!(view.status, RequestStatus::Failed, "{view:?}");
+    let error = view.error.clone().unwrap();
+    assert!(error.message.contains("dc1"), "{error:?}");
+    let view = rt.block_on(client.retry(&view.id)).unwrap();
+    let (used, clusters) = check(&view, message);
+    assert_eq!(used, last);
+    assert_eq!(clusters, ["dc3", "dc2"]);
+    assert!(rt
+        .block_on(client.presignatures(&key_id))
+        .unwrap()
+        .ready
+        .is_empty());
+
+    // None ready: the same request kind runs the interactive protocol (dc2+dc3).
+    let message = b"custos e2e: third payment";
+    let view = rt.block_on(sign_message(&client, &alice, &key_id, message));
+    assert_eq!(view.status, RequestStatus::Completed, "{view:?}");
+    let Some(RequestResult::Signature(sig)) = &view.result else {
+        panic!("no signature: {view:?}");
+    };
+    assert!(sig.presignature.is_none());
+}
