@@ -15,14 +15,15 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
+use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use bitcoin::secp256k1::{Message, PublicKey, Secp256k1};
 use custos::cluster::LinkTransport;
 use custos::dealer::PrimeSource;
 use custos::deployment::{approve, import_threshold, Deployment, DeploymentOptions};
 use custos_cloud::api::{
-    CreateWalletBody, DeriveQuery, ImportWalletBody, RequestResult, RequestStatus, RequestView,
-    SecretText, SignRequestBody, SignResult, ThresholdSignBody,
+    CreateWalletBody, DeriveQuery, ImportWalletBody, MakePresignaturesBody, RequestResult,
+    RequestStatus, RequestView, SecretText, SignRequestBody, SignResult, ThresholdSignBody,
 };
 use custos_cloud::client::CloudClient;
 use custos_pki::AdminSigner;
@@ -554,6 +555,94 @@ pub fn run(
         Ok::<String, AnyError>(xpub)
     })?;
 
+    // Presignatures (online getSig): a 2-of-3 key without chain code (presignatures never
+    // serve HD derivation); pairs of clusters make presignatures ahead of time, each held
+    // only inside their TEEs; a full message is then signed in one short exchange, each TEE
+    // hashing the message itself and deleting its presignature durably before answering.
+    let (primes, _) = demo_primes(real_primes);
+    let plain = dep.deal_threshold("acme", 2, &["dc1", "dc2", "dc3"], 2, false, primes)?;
+    let plain_key = hex::encode(&plain.key.key_id);
+    let mut online_sigs = Vec::new();
+    let presign_report = rt.block_on(async {
+        for v in import_threshold(&client, &plain, &[&alice, &bob]).await? {
+            status_is(&v, RequestStatus::Completed, "threshold share import")?;
+        }
+        let t = Instant::now();
+        let pool = client
+            .make_presignatures(
+                &plain_key,
+                &MakePresignaturesBody {
+                    count: 3,
+                    clusters: None,
+                },
+            )
+            .await?;
+        if pool.made.len() != 3 || !pool.failed.is_empty() {
+            return Err(fail(&format!("presignatures not made: {pool:?}")));
+        }
+        steps.ok(
+            "threshold-presign",
+            format!(
+                "2-of-3 key {}… without chain code dealt and imported; 3 presignatures made by \
+                 {} in {:.1} s, each sealed inside both TEEs",
+                &plain_key[..16],
+                pool.made[0].clusters.join(" + "),
+                t.elapsed().as_secs_f64()
+            ),
+        );
+        let key = PublicKey::from_slice(&plain.key.key_id)?;
+        for i in 0..2 {
+            let message = format!("custos demo: pay invoice {i} of 0.0{i}5 BTC to bc1qdemo");
+            let digest = sha256::Hash::hash(message.as_bytes()).to_byte_array();
+            let t = Instant::now();
+            let view = client
+                .threshold_sign(&ThresholdSignBody {
+                    key_id: plain_key.clone(),
+                    path: "m".into(),
+                    digest: String::new(),
+                    message: Some(hex::encode(message.as_bytes())),
+                    clusters: None,
+                    request_id: None,
+                    expires_at: None,
+                    approvals: Vec::new(),
+                })
+                .await?;
+            let view = approve_all(&client, view, &[&alice, &bob]).await?;
+            status_is(&view, RequestStatus::Completed, "online threshold signing")?;
+            let sig = signature_of(&view)?;
+            verify_signature(&sig, &digest, &key)?;
+            let presignature = sig
+                .presignature
+                .clone()
+                .ok_or_else(|| fail("online signing used no presignature"))?;
+            steps.ok(
+                "threshold-online",
+                format!(
+                    "{:?} signed by {} from presignature {}… in {:.0} ms (request, alice's \
+                     and bob's approvals, getSig only); verified against the joint key",
+                    message,
+                    sig.clusters.clone().unwrap_or_default().join(" + "),
+                    &presignature[..16],
+                    t.elapsed().as_secs_f64() * 1e3
+                ),
+            );
+            online_sigs.push(json!({
+                "message": message, "digest": hex::encode(digest),
+                "presignature": presignature, "clusters": sig.clusters,
+                "r": sig.r, "s": sig.s, "v": sig.v, "request_id": view.id, "verified": true,
+            }));
+        }
+        let left = client.presignatures(&plain_key).await?;
+        Ok::<_, AnyError>(json!({
+            "key_id": plain_key,
+            "threshold": 2,
+            "clusters": ["dc1", "dc2", "dc3"],
+            "presignatures_made": pool.made,
+            "presignatures_left": left.ready.len(),
+            "online_signatures": online_sigs,
+        }))
+    })?;
+
     // A node killed (server and TEE): the cluster still serves.
     {
         let c = dep.cluster_mut("dc1").ok_or_else(|| fail("no dc1"))?;
@@ -614,6 +703,7 @@ pub fn run(
             "primes": primes_note,
             "signatures": threshold_sigs,
             "audit": threshold_audit,
+            "presignatures": presign_report,
         },
         "wallets": wallets.iter().map(|w| json!({
             "cluster": w.cluster, "root_id": w.root_id, "root_xpub": w.xpub,

@@ -350,6 +350,13 @@ enum TeeCommand {
         /// Name of an environment variable holding a passphrase (Argon2id-stretched).
         #[arg(long)]
         passphrase_env: Option<String>,
+        /// Pregenerated Paillier primes for distributed key generation (`custos dealer
+        /// primes --parties N --out FILE`, mode 0600): sealed into the store at start-up,
+        /// then the file is emptied. Same as the environment variable
+        /// `CUSTOS_TEE_PRIMES_FILE`. Without either, the TEE generates safe primes itself
+        /// in the background when a key generation needs them.
+        #[arg(long)]
+        primes_file: Option<PathBuf>,
     },
     /// Provision a node's TEE: pin Root, generate D, CSR, certificate, install.
     Provision {
@@ -707,6 +714,7 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             init,
             sealing_key_file,
             passphrase_env,
+            primes_file,
         } => {
             // A panic anywhere leaves no half-alive TEE holding its socket: the process ends
             // and its supervisor (node server, operator) sees it and restarts it.
@@ -729,7 +737,11 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
                 }
                 (None, None) => unreachable!("clap requires one sealing key source"),
             };
-            let platform = SoftwarePlatform::open(&store, &source, init)?;
+            let mut platform = SoftwarePlatform::open(&store, &source, init)?;
+            if let Some(file) = &primes_file {
+                let sets = custos_tee_host::primes::import_primes_file(&mut platform, file)?;
+                tracing::info!(sets, file = %file.display(), "Paillier primes sealed");
+            }
             let core = TeeCore::open(platform, "software")?;
             let listener = server::bind(&socket)?;
             tracing::info!(socket = %socket.display(), store = %store.display(), "TEE core serving");
