@@ -138,6 +138,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/threshold/keys/{key_id}/audit"),
     ("get", "/v1/threshold/keys/{key_id}/audit"),
     ("post", "/v1/threshold/sign"),
+    ("post", "/v1/threshold/keys/{key_id}/presignatures"),
+    ("get", "/v1/threshold/keys/{key_id}/presignatures"),
     ("get", "/openapi.json"),
     ("get", "/.well-known/openapi.json"),
 ];

@@ -108,6 +108,11 @@ impl<P: Platform> TeeCore<P> {
             .map(|s| (s.share_index, s.identity.fingerprint))
             .collect();
         let eid = presign_execution_id(&session, key_id, &fingerprints);
+        // A start replayed after its session record expired must not make a second
+        // presignature under the id of one still held.
+        if self.threshold.presigs.contains_key(&eid) {
+            return Err(TeeError::RequestReplayed(session_name(&session)));
+        }
         let share = self.threshold_key(key_id)?.share.clone();
         // The record of the session outlives the session itself.
         self.record_session_start(&session, now.saturating_add(SESSION_TIMEOUT.as_secs()))?;
