@@ -130,6 +130,9 @@ pub struct Cloud {
     threshold_blamed: Mutex<HashMap<String, Vec<String>>>,
     /// Latest threshold audit report per key id (in memory only: lost on restart).
     threshold_audits: Mutex<HashMap<String, ThresholdAuditReport>>,
+    /// When this server opened its store: crash recovery resumes only requests last
+    /// changed before, never one this server is executing right now.
+    started_at_ms: u64,
 }
 
 fn now_ms_system() -> u64 {
@@ -194,6 +197,7 @@ impl Cloud {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed[..]);
         // Blinds libsecp256k1's context against side channels.
         secp.seeded_randomize(&seed);
+        let started_at_ms = clock();
         Ok(Arc::new(Cloud {
             store,
             clusters: Clusters::new(
@@ -212,6 +216,7 @@ impl Cloud {
             admins: Mutex::new(HashMap::new()),
             threshold_blamed: Mutex::new(HashMap::new()),
             threshold_audits: Mutex::new(HashMap::new()),
+            started_at_ms,
         }))
     }
 
@@ -823,17 +828,20 @@ impl Cloud {
         Ok(self.execute(stored, None).await?)
     }
 
-    /// Resubmits every request left in `submitting` (crash recovery), with its own id: the
-    /// link returns the first answer if the request was executed before the crash.
+    /// Resubmits every request left in `submitting` by an earlier run (crash recovery),
+    /// with its own id: the link returns the first answer if the request was executed
+    /// before the crash. Requests this server changed since it started are its own, being
+    /// executed (recovery runs while the server already serves); they are left alone.
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let ids = self
             .store
             .request_ids_with_status(RequestStatus::Submitting, None)
             .await?;
-        let n = ids.len();
+        let mut n = 0;
         for id in ids {
             if let Some(row) = self.store.request(&id).await? {
-                if row.status == RequestStatus::Submitting {
+                if row.status == RequestStatus::Submitting && row.updated_at < self.started_at_ms {
+                    n += 1;
                     tracing::info!(request_id = %id, "resubmitting after restart");
                     if let Err(e) = self.submit(row).await {
                         tracing::warn!(request_id = %id, error = %e.message, "recovery failed");
