@@ -43,8 +43,10 @@ struct MemPlatform {
     committed: BTreeMap<String, Vec<u8>>,
     staged: BTreeMap<String, Vec<u8>>,
     counter: u64,
-    /// When set, the next commit is made durable and then the "process" dies (a panic
-    /// unwinds out of the core before any response exists).
+    /// Where committed records are written (so another process can open them).
+    persist_to: Option<PathBuf>,
+    /// When set, every commit is made durable (written to `persist_to`) and then the
+    /// process aborts: killed before any response exists.
     crash_after_commit: AtomicBool,
 }
 
@@ -55,7 +57,26 @@ impl MemPlatform {
             committed: self.committed.clone(),
             staged: self.committed.clone(),
             counter: self.counter,
+            persist_to: None,
             crash_after_commit: AtomicBool::new(false),
+        }
+    }
+
+    /// Writes the committed records to `path`.
+    fn save(&self, path: &std::path::Path) {
+        let bytes = postcard::to_allocvec(&(&self.committed, self.counter)).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// What [`MemPlatform::save`] wrote, as after a restart.
+    fn load(path: &std::path::Path) -> Self {
+        let (committed, counter): (BTreeMap<String, Vec<u8>>, u64) =
+            postcard::from_bytes(&std::fs::read(path).unwrap()).unwrap();
+        MemPlatform {
+            staged: committed.clone(),
+            committed,
+            counter,
+            ..MemPlatform::default()
         }
     }
 }
@@ -74,8 +95,11 @@ impl Platform for MemPlatform {
     }
     fn commit(&mut self) -> Result<(), PlatformError> {
         self.committed = self.staged.clone();
+        if let Some(path) = &self.persist_to {
+            self.save(path);
+        }
         if self.crash_after_commit.load(Ordering::SeqCst) {
-            panic!("simulated crash right after a durable commit");
+            std::process::abort();
         }
         Ok(())
     }
@@ -1195,17 +1219,38 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
         TeeError::ApprovalRejected { .. } | TeeError::QuorumNotMet { .. }
     ));
 
-    // A crash right after the consumption is durable, before the partial exists: the
-    // presignature is gone after the restart, whatever is asked.
+    // The TEE process is killed right after the consumption is durable, before the partial
+    // exists (a child process of this test runs the core over n1's records and aborts in
+    // the commit): the presignature is gone after the restart, whatever is asked.
     let id2 = presign(&mut [(0, &mut a), (1, &mut n1)], &key);
     let (_, req2) = presign_sign(&pki, &key, id2, message);
-    n1.core
-        .platform()
-        .crash_after_commit
-        .store(true, Ordering::SeqCst);
-    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| n1.call(&req2)));
-    assert!(crashed.is_err(), "the simulated crash did not happen");
-    n1.core = TeeCore::open(n1.core.platform().after_restart(), "memory").unwrap();
+    let state = pki.dir.join("n1.records");
+    let request = pki.dir.join("n1.request");
+    n1.core.platform().save(&state);
+    std::fs::write(&request, encode_request(&req2)).unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "presignature_child_killed_after_commit",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_STATE, &state)
+        .env(CHILD_REQUEST, &request)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        child.status.signal(),
+        Some(6),
+        "the child was not killed in the commit: {child:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&child.stdout).contains(ANSWERED),
+        "the killed TEE answered"
+    );
+    n1.core = TeeCore::open(MemPlatform::load(&state), "memory").unwrap();
     assert!(held(&mut n1, &key).is_empty());
     let e = n1.call(&req2).unwrap_err();
     assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
@@ -1216,4 +1261,33 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
     // The other signer's copy survives its own restart, until used.
     a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
     assert_eq!(held(&mut a, &key), vec![id2]);
+}
+
+/// Environment of [`presignature_child_killed_after_commit`]: the records file and the
+/// request file.
+const CHILD_STATE: &str = "CUSTOS_TEST_CHILD_STATE";
+const CHILD_REQUEST: &str = "CUSTOS_TEST_CHILD_REQUEST";
+/// What the child prints if the core ever answers.
+const ANSWERED: &str = "CHILD-TEE-ANSWERED";
+
+/// The TEE process of `presignatures_sign_full_messages_once_even_across_a_crash`: opens the
+/// core over the records it was given, handles the request and is killed (abort) in the
+/// first commit, right after it is durable.
+#[test]
+#[ignore = "child process of presignatures_sign_full_messages_once_even_across_a_crash"]
+fn presignature_child_killed_after_commit() {
+    let (Some(state), Some(request)) = (
+        std::env::var_os(CHILD_STATE),
+        std::env::var_os(CHILD_REQUEST),
+    ) else {
+        panic!("run by its parent test only");
+    };
+    let mut platform = MemPlatform::load(std::path::Path::new(&state));
+    platform.persist_to = Some(PathBuf::from(&state));
+    let mut core = TeeCore::open(platform, "memory").unwrap();
+    core.platform()
+        .crash_after_commit
+        .store(true, Ordering::SeqCst);
+    let answer = core.handle_bytes(&std::fs::read(&request).unwrap());
+    println!("{ANSWERED}: {} bytes", answer.len());
 }
