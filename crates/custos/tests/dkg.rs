@@ -16,15 +16,10 @@ use std::time::{Duration, Instant};
 
 use bitcoin::bip32::{DerivationPath, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
-use common::exe;
-use custos::cluster::LinkTransport;
-use custos::deployment::{
-    approve, create_threshold_key, wait_healthy, Deployment, DeploymentOptions,
-};
+use common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
+use custos::deployment::{approve, create_threshold_key, wait_healthy};
 use custos_cloud::api::{RequestKind, RequestResult, RequestStatus, ThresholdSignBody};
 use custos_tee_core::protocol::{Request, Response, ThresholdKeyInfo, ThresholdOrigin};
-
-const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 
 /// The TEST-ONLY fixture, one set per element.
 fn fixture_sets() -> Vec<serde_json::Value> {
@@ -41,22 +36,7 @@ fn fixture_sets() -> Vec<serde_json::Value> {
 fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
     let began = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let mut dep = Deployment::start(
-        &exe(),
-        tmp.path(),
-        &DeploymentOptions {
-            clusters: CLUSTERS
-                .iter()
-                .map(|c| (c.to_string(), LinkTransport::Tcp))
-                .collect(),
-            nodes: 1,
-            admins: vec!["alice".into()],
-            sync_interval_secs: 3600,
-            audit_interval_secs: 0,
-            cloud_db_url: None,
-        },
-    )
-    .unwrap();
+    let mut dep = three_clusters(tmp.path(), 1, 3600);
     let sets = fixture_sets();
     let mut primes_files = Vec::new();
     for (i, c) in CLUSTERS.iter().enumerate() {

@@ -12,15 +12,12 @@ use std::str::FromStr;
 
 use bitcoin::bip32::{DerivationPath, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
-use common::exe;
-use custos::cluster::LinkTransport;
+use common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use custos::dealer::PrimeSource;
-use custos::deployment::{approve, import_threshold, Deployment, DeploymentOptions};
+use custos::deployment::{approve, import_threshold, Deployment};
 use custos_cloud::api::{RequestResult, RequestStatus, RequestView, ThresholdSignBody};
 use custos_cloud::client::CloudClient;
 use custos_pki::AdminSigner;
-
-const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 
 fn test_primes() -> PrimeSource {
     PrimeSource::File(
@@ -89,22 +86,7 @@ fn check_signature(view: &RequestView, xpub: &Xpub, path: &str, digest: [u8; 32]
 #[test]
 fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut dep = Deployment::start(
-        &exe(),
-        tmp.path(),
-        &DeploymentOptions {
-            clusters: CLUSTERS
-                .iter()
-                .map(|c| (c.to_string(), LinkTransport::Tcp))
-                .collect(),
-            nodes: 2,
-            admins: vec!["alice".into()],
-            sync_interval_secs: 1,
-            audit_interval_secs: 0,
-            cloud_db_url: None,
-        },
-    )
-    .unwrap();
+    let mut dep = three_clusters(tmp.path(), 2, 1);
     let alice = dep.admin("alice").unwrap();
     let client = dep.client().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -283,22 +265,7 @@ async fn sign_message(
 fn presignatures_sign_full_messages_once_through_the_cloud_server() {
     use bitcoin::hashes::{sha256, Hash};
     let tmp = tempfile::tempdir().unwrap();
-    let mut dep = Deployment::start(
-        &exe(),
-        tmp.path(),
-        &DeploymentOptions {
-            clusters: CLUSTERS
-                .iter()
-                .map(|c| (c.to_string(), LinkTransport::Tcp))
-                .collect(),
-            nodes: 1,
-            admins: vec!["alice".into()],
-            sync_interval_secs: 1,
-            audit_interval_secs: 0,
-            cloud_db_url: None,
-        },
-    )
-    .unwrap();
+    let mut dep = three_clusters(tmp.path(), 1, 1);
     let alice = dep.admin("alice").unwrap();
     let client = dep.client().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1217,20 +1217,27 @@ impl Cloud {
         row: &RequestRow,
         key: &ThresholdKeyRow,
     ) -> Result<Result<Vec<Participant>, Abort>, StoreError> {
+        let (named, blamed_before) = self.cluster_preferences(row);
+        self.choose_participants(key, named, &blamed_before).await
+    }
+
+    /// The clusters a threshold request named (kept in `target_node`), and those its
+    /// previous attempt blamed.
+    fn cluster_preferences(&self, row: &RequestRow) -> (Option<Vec<String>>, Vec<String>) {
         let named: Option<Vec<String>> = row.target_node.as_deref().map(|s| {
             s.split(',')
                 .filter(|c| !c.is_empty())
                 .map(String::from)
                 .collect()
         });
-        let blamed_before = self
+        let blamed = self
             .threshold_blamed
             .lock()
             .expect("blame lock")
             .get(&row.id)
             .cloned()
             .unwrap_or_default();
-        self.choose_participants(key, named, &blamed_before).await
+        (named, blamed)
     }
 
     /// [`Cloud::threshold_participants`] for the `named` clusters (in this order) or else

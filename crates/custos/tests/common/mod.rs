@@ -5,6 +5,8 @@ pub mod bip32_vectors;
 
 use std::path::{Path, PathBuf};
 
+use custos::cluster::LinkTransport;
+use custos::deployment::{Deployment, DeploymentOptions};
 use custos::ops::{approvals, new_meta, provision};
 use custos::tee_process::{KeyArg, TeeProcess};
 use custos_pki::{AdminSigner, PkiDir};
@@ -18,6 +20,30 @@ pub const CLUSTER: &str = "dc1";
 
 pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_custos"))
+}
+
+/// The threshold tests' clusters.
+pub const THRESHOLD_CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+
+/// A deployment of [`THRESHOLD_CLUSTERS`] (TCP links) with `nodes` nodes each and admin
+/// alice, in `dir`.
+pub fn three_clusters(dir: &Path, nodes: usize, sync_interval_secs: u64) -> Deployment {
+    Deployment::start(
+        &exe(),
+        dir,
+        &DeploymentOptions {
+            clusters: THRESHOLD_CLUSTERS
+                .iter()
+                .map(|c| (c.to_string(), LinkTransport::Tcp))
+                .collect(),
+            nodes,
+            admins: vec!["alice".into()],
+            sync_interval_secs,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )
+    .unwrap()
 }
 
 /// A PKI with cluster `dc1` (and `dc2`) and admins alice, bob, carol.

@@ -609,20 +609,33 @@ impl<P: Platform> TeeCore<P> {
                 digest: *digest,
             },
         };
-        let outgoing = match self.emit(&session, &live, out) {
-            Ok(o) => o,
-            Err(e) => {
-                self.release(live);
-                return Err(e);
-            }
-        };
-        self.threshold.live.insert(session, live);
+        let outgoing = self.go_live(session, live, out)?;
         Ok(Response::ThresholdRound {
             session,
             phase: Phase::GetAb.as_str().into(),
             outgoing,
             signature: None,
         })
+    }
+
+    /// Wraps a started session's first messages and keeps it live (or ends it if they
+    /// cannot be wrapped).
+    pub(super) fn go_live(
+        &mut self,
+        session: SessionRef,
+        live: Live,
+        out: Vec<Outgoing>,
+    ) -> Result<Vec<ThresholdMessage>, TeeError> {
+        match self.emit(&session, &live, out) {
+            Ok(outgoing) => {
+                self.threshold.live.insert(session, live);
+                Ok(outgoing)
+            }
+            Err(e) => {
+                self.release(live);
+                Err(e)
+            }
+        }
     }
 
     /// Wraps the engine's outgoing messages into signed envelopes, sealing p2p content to

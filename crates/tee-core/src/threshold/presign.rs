@@ -138,14 +138,7 @@ impl<P: Platform> TeeCore<P> {
                 key_id: key_id.to_vec(),
             },
         };
-        let outgoing = match self.emit(&session, &live, out) {
-            Ok(o) => o,
-            Err(e) => {
-                self.release(live);
-                return Err(e);
-            }
-        };
-        self.threshold.live.insert(session, live);
+        let outgoing = self.go_live(session, live, out)?;
         Ok(Response::ThresholdPresignRound {
             session,
             phase: Phase::Presign.as_str().into(),

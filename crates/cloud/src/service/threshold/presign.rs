@@ -233,19 +233,7 @@ impl Cloud {
         digest: &[u8; 32],
         approvals: Vec<Approval>,
     ) -> Result<Online, StoreError> {
-        let named: Option<Vec<String>> = row.target_node.as_deref().map(|s| {
-            s.split(',')
-                .filter(|c| !c.is_empty())
-                .map(String::from)
-                .collect()
-        });
-        let blamed = self
-            .threshold_blamed
-            .lock()
-            .expect("blame lock")
-            .get(&row.id)
-            .cloned()
-            .unwrap_or_default();
+        let (named, blamed) = self.cluster_preferences(row);
         let mut taken = None;
         for p in self.store.ready_presignatures(&key.key_id).await? {
             let fits = p.signers.iter().all(|s| {
