@@ -54,6 +54,6 @@ pub use envelope::{
 };
 pub use error::{FailureCode, LinkError};
 pub use keys::{LinkKeys, PUBLIC_KEY_LEN};
-pub use server::{LinkServer, Reply};
+pub use server::{LinkServer, Reply, REPLY_RETENTION};
 pub use spool::{SpoolDirs, SpoolServer, SpoolTransport};
 pub use tcp::{serve_tcp, TcpTransport, MAX_FRAME};

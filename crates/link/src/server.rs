@@ -6,8 +6,9 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -17,6 +18,74 @@ use crate::keys::LinkKeys;
 
 /// request id → postcard([`StoredReply`]).
 const REPLIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("link_replies");
+/// (Unix ms the reply was stored, big-endian ++ request id) → (): replies in the order they
+/// may be pruned.
+const REPLY_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("link_reply_times");
+
+/// How long a stored reply is replayed to retries of its request id: longer than any request
+/// may stay approved (7 days), so within its approvals' validity a request id never runs
+/// twice; a later retry runs the handler again, whose TEE refuses the expired approvals.
+pub const REPLY_RETENTION: Duration = Duration::from_secs(8 * 24 * 3600);
+/// How often the commit thread prunes replies past [`REPLY_RETENTION`].
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Most replies removed in one pruning transaction.
+const MAX_PRUNE_BATCH: usize = 10_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn time_key(at_ms: u64, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + id.len());
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// Removes every reply stored before `cutoff_ms` (in batches); returns how many.
+fn prune_before(db: &Database, cutoff_ms: u64) -> Result<usize, String> {
+    let mut removed = 0;
+    loop {
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        let n = {
+            let mut times = txn.open_table(REPLY_TIMES).map_err(|e| e.to_string())?;
+            let mut replies = txn.open_table(REPLIES).map_err(|e| e.to_string())?;
+            let end = cutoff_ms.to_be_bytes();
+            let old: Vec<Vec<u8>> = times
+                .range::<&[u8]>(..&end[..])
+                .map_err(|e| e.to_string())?
+                .take(MAX_PRUNE_BATCH)
+                .map(|r| r.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            for k in &old {
+                times.remove(k.as_slice()).map_err(|e| e.to_string())?;
+                replies.remove(&k[8..]).map_err(|e| e.to_string())?;
+            }
+            old.len()
+        };
+        txn.commit().map_err(|e| e.to_string())?;
+        removed += n;
+        if n < MAX_PRUNE_BATCH {
+            return Ok(removed);
+        }
+    }
+}
+
+/// Prunes replies past [`REPLY_RETENTION`], logging the outcome.
+fn prune_expired(db: &Database) {
+    match prune_before(
+        db,
+        now_ms().saturating_sub(REPLY_RETENTION.as_millis() as u64),
+    ) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(replies = n, "link: pruned replies past their retention"),
+        Err(e) => tracing::warn!(error = %e, "link: pruning stored replies failed"),
+    }
+}
 
 type BoxedHandler = Box<
     dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Reply, String>> + Send>> + Send + Sync,
@@ -67,7 +136,19 @@ const MAX_GROUP_COMMIT: usize = 256;
 /// being made durable in one transaction, so concurrent requests share one fsync instead of
 /// paying one each. Every waiter is answered only after its reply is durable.
 fn run_committer(db: Arc<Database>, rx: std::sync::mpsc::Receiver<PendingCommit>) {
-    while let Ok(first) = rx.recv() {
+    // The thread that writes is also the one that prunes (between batches).
+    prune_expired(&db);
+    let mut pruned_at = std::time::Instant::now();
+    loop {
+        if pruned_at.elapsed() >= PRUNE_EVERY {
+            prune_expired(&db);
+            pruned_at = std::time::Instant::now();
+        }
+        let first = match rx.recv_timeout(PRUNE_EVERY) {
+            Ok(p) => p,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP_COMMIT {
             match rx.try_recv() {
@@ -91,10 +172,15 @@ fn commit_batch(db: &Database, batch: &[PendingCommit]) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(REPLIES).map_err(|e| e.to_string())?;
+        let mut times = txn.open_table(REPLY_TIMES).map_err(|e| e.to_string())?;
+        let at = now_ms();
         for p in batch {
             let bytes = postcard::to_allocvec(&p.reply).map_err(|e| e.to_string())?;
             table
                 .insert(p.id.as_slice(), bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            times
+                .insert(time_key(at, &p.id).as_slice(), ())
                 .map_err(|e| e.to_string())?;
         }
     }
@@ -183,9 +269,22 @@ impl LinkServer {
         Fut: Future<Output = Result<Reply, String>> + Send + 'static,
     {
         let db = Database::create(dedup_path.as_ref()).map_err(store_err)?;
-        // Create the table up front so readers never meet TableDoesNotExist.
+        // Create the tables up front so readers never meet TableDoesNotExist. Replies
+        // stored before their times were recorded are timed from now.
         let txn = db.begin_write().map_err(store_err)?;
-        txn.open_table(REPLIES).map_err(store_err)?;
+        {
+            let replies = txn.open_table(REPLIES).map_err(store_err)?;
+            let mut times = txn.open_table(REPLY_TIMES).map_err(store_err)?;
+            if times.is_empty().map_err(store_err)? {
+                let at = now_ms();
+                for r in replies.iter().map_err(store_err)? {
+                    let (id, _) = r.map_err(store_err)?;
+                    times
+                        .insert(time_key(at, id.value()).as_slice(), ())
+                        .map_err(store_err)?;
+                }
+            }
+        }
         txn.commit().map_err(store_err)?;
         let db = Arc::new(db);
         let (committer, rx) = std::sync::mpsc::channel();
@@ -206,6 +305,13 @@ impl LinkServer {
                 sequence: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Removes the replies stored before `unix_ms` (the commit thread does this by itself
+    /// for replies past [`REPLY_RETENTION`]); returns how many. A retry of a removed
+    /// request id runs the handler again.
+    pub fn prune_replies_before(&self, unix_ms: u64) -> Result<usize, LinkError> {
+        prune_before(&self.inner.db, unix_ms).map_err(LinkError::Store)
     }
 
     /// The cluster this server serves.

@@ -677,3 +677,34 @@ async fn transient_answers_are_not_stored_and_a_retry_runs_again() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn stored_replies_are_pruned_after_their_retention() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = Pair::new();
+        let (server, calls) = counting_server(&dir.path().join("dedup.redb"), pair.internal());
+        let request = request_bytes(&pair.external(), CLUSTER, [9; 16], b"pay");
+        let first = server.handle_request(&request).await.unwrap();
+        assert_eq!(server.handle_request(&request).await.unwrap(), first);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Nothing stored before the epoch; the retention keeps it for days.
+        assert_eq!(server.prune_replies_before(0).unwrap(), 0);
+        assert!(custos_link::REPLY_RETENTION >= Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(server.handle_request(&request).await.unwrap(), first);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Pruned: a retry runs the handler again.
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + 60_000;
+        assert_eq!(server.prune_replies_before(later).unwrap(), 1);
+        assert_eq!(server.prune_replies_before(later).unwrap(), 0);
+        let again = open_answer(&pair, &server.handle_request(&request).await.unwrap());
+        assert_eq!(again.payload, b"ok:pay");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    })
+    .await
+    .unwrap();
+}
