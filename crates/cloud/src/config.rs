@@ -145,6 +145,12 @@ pub struct CloudConfig {
     /// Clusters reachable through their external relays.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Presignatures kept ready for each threshold key without chain code: the server
+    /// refills the pool in the background, a few sessions at a time, with the healthiest
+    /// share holders (0: presignatures are made on request only,
+    /// `POST /v1/threshold/keys/{key_id}/presignatures`). At most 256.
+    #[serde(default)]
+    pub presignature_pool: u32,
 }
 
 fn default_ttl() -> u64 {
@@ -175,6 +181,7 @@ impl CloudConfig {
             tls_key: None,
             api_tokens: Vec::new(),
             clusters: Vec::new(),
+            presignature_pool: 0,
         }
     }
 
@@ -237,6 +244,10 @@ impl CloudConfig {
         }
         if self.submit_attempts == 0 || self.submit_attempts > 20 {
             return bad("submit_attempts must be 1..=20".into());
+        }
+        let most = custos_tee_core::protocol::MAX_PRESIGNATURES_PER_KEY;
+        if self.presignature_pool as usize > most {
+            return bad(format!("presignature_pool must be 0..={most}"));
         }
         crate::path::parse_network(&self.network)
             .map_err(|e| ConfigError::Invalid(format!("network: {e}")))?;
@@ -338,6 +349,12 @@ mod tests {
         let mut bad = c.clone();
         bad.api_tokens[0].sha256 = "abc".into();
         assert!(bad.validate().is_err());
+        assert_eq!(c.presignature_pool, 0);
+        let mut pool = c.clone();
+        pool.presignature_pool = 256;
+        assert!(pool.validate().is_ok());
+        pool.presignature_pool = 257;
+        assert!(pool.validate().is_err());
         let mut bad = c;
         bad.network = "dogecoin".into();
         assert!(bad.validate().is_err());

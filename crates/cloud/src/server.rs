@@ -24,6 +24,8 @@ use crate::service::{Cloud, OpenError};
 
 /// How often pending requests past their window are marked expired.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Pause between presignature pool refills.
+const REFILL_EVERY: Duration = Duration::from_secs(2);
 /// Time allowed for a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time in-flight requests get to finish at shutdown.
@@ -87,12 +89,27 @@ pub async fn run_with(
         source,
     })?;
     let background = tokio::spawn(background(cloud.clone()));
+    let refiller = tokio::spawn(refill(cloud.clone()));
     tracing::info!(%addr, tls = tls.is_some(), clusters = config.clusters.len(), "cloud server listening");
     ready(addr);
     let result = serve(listener, router(cloud.clone()), tls, shutdown).await;
     background.abort();
+    refiller.abort();
     cloud.store().close().await;
     result.map_err(|source| RunError::Io { addr, source })
+}
+
+/// Keeps the presignature pools topped up (when configured), one refill at a time.
+async fn refill(cloud: Arc<Cloud>) {
+    let mut tick = tokio::time::interval(REFILL_EVERY);
+    loop {
+        tick.tick().await;
+        match cloud.refill_presignatures().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(presignatures = n, "presignature pools refilled"),
+            Err(e) => tracing::warn!(error = %e, "presignature refill failed"),
+        }
+    }
 }
 
 /// Crash recovery once, then the expiry sweep forever.

@@ -133,6 +133,8 @@ pub struct Cloud {
     /// When this server opened its store: crash recovery resumes only requests last
     /// changed before, never one this server is executing right now.
     started_at_ms: u64,
+    /// Presignatures to keep ready per key without chain code (0: on request only).
+    presignature_pool: u32,
 }
 
 fn now_ms_system() -> u64 {
@@ -217,6 +219,7 @@ impl Cloud {
             threshold_blamed: Mutex::new(HashMap::new()),
             threshold_audits: Mutex::new(HashMap::new()),
             started_at_ms,
+            presignature_pool: config.presignature_pool,
         }))
     }
 

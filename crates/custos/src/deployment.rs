@@ -151,6 +151,25 @@ impl Deployment {
         Ok(())
     }
 
+    /// Changes the cloud server's configuration with `change` and restarts it (the API URL
+    /// changes: make a new client).
+    pub fn reconfigure_cloud(
+        &mut self,
+        change: impl FnOnce(&mut CloudConfig),
+    ) -> Result<(), ClusterError> {
+        let text = std::fs::read_to_string(&self.cloud_config).map_err(io)?;
+        let mut config: CloudConfig = toml::from_str(&text).map_err(io)?;
+        change(&mut config);
+        custos_tee_host::sealed::write_atomic(
+            &self.cloud_config,
+            toml::to_string_pretty(&config).map_err(io)?.as_bytes(),
+            0o600,
+        )
+        .map_err(io)?;
+        self.kill_cloud();
+        self.start_cloud()
+    }
+
     /// SIGKILLs the cloud server.
     pub fn kill_cloud(&mut self) {
         if let Some(mut c) = self.cloud.take() {

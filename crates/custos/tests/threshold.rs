@@ -382,4 +382,35 @@ fn presignatures_sign_full_messages_once_through_the_cloud_server() {
         panic!("no signature: {view:?}");
     };
     assert!(sig.presignature.is_none());
+
+    // A configured pool is kept full in the background (by the clusters that are up), and
+    // refilled after a use.
+    dep.reconfigure_cloud(|c| c.presignature_pool = 2).unwrap();
+    let client = dep.client().unwrap();
+    let wait_ready = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let pool = rt.block_on(client.presignatures(&key_id)).unwrap();
+            if pool.ready.len() >= n {
+                assert_eq!(pool.ready.len(), n, "{pool:?}");
+                return pool;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pool not refilled: {pool:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let pool = wait_ready(2);
+    assert!(pool
+        .ready
+        .iter()
+        .all(|p| !p.clusters.contains(&"dc1".to_string())));
+    let message = b"custos e2e: fourth payment";
+    let view = rt.block_on(sign_message(&client, &alice, &key_id, message));
+    let (used, _) = check(&view, message);
+    assert_eq!(used, pool.ready[0].id);
+    let pool = wait_ready(2);
+    assert!(pool.ready.iter().all(|p| p.id != used));
 }

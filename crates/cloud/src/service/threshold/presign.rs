@@ -19,6 +19,8 @@ use crate::db::{PresignatureRow, PresignatureSigner};
 pub const MAX_PRESIGNATURES_PER_CALL: u32 = 64;
 /// Longest the t partial signatures of an online signing may take.
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most presignature sessions one background refill runs per key.
+const REFILL_BATCH: usize = 4;
 
 fn view(p: &PresignatureRow) -> PresignatureView {
     PresignatureView {
@@ -123,6 +125,39 @@ impl Cloud {
             made,
             failed,
         })
+    }
+
+    /// Tops up the presignature pool of every threshold key without chain code to the
+    /// configured size (`presignature_pool`), at most a few sessions per key per call, and
+    /// stops on a key's first failure (its clusters may be down; the next call retries).
+    /// Returns how many presignatures were made.
+    pub async fn refill_presignatures(&self) -> Result<usize, StoreError> {
+        let target = self.presignature_pool as usize;
+        if target == 0 {
+            return Ok(0);
+        }
+        let mut made = 0;
+        for key in self.store.threshold_keys().await? {
+            if key.chain_code.is_some() {
+                continue;
+            }
+            let ready = self.store.ready_presignatures(&key.key_id).await?.len();
+            for _ in 0..target.saturating_sub(ready).min(REFILL_BATCH) {
+                match self.presign_session(&key, None).await? {
+                    Ok(_) => made += 1,
+                    Err(a) => {
+                        tracing::warn!(
+                            key = %key.key_id,
+                            code = %a.code,
+                            "presignature refill stopped: {}",
+                            a.message
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(made)
     }
 
     /// One presignature session between t clusters; records the presignature once every
