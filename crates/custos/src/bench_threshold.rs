@@ -110,13 +110,9 @@ fn approved(
         digest: &digest,
     }
     .message(THRESHOLD_SCOPE, &meta);
-    let path_text = std::iter::once("m".to_string())
-        .chain(path.iter().map(|i| i.to_string()))
-        .collect::<Vec<_>>()
-        .join("/");
     ThresholdSignBody {
         key_id: hex::encode(key_id),
-        path: path_text,
+        path: custos_cloud::path::format_path(path),
         digest: hex::encode(digest),
         message: message.map(hex::encode),
         clusters,

@@ -348,6 +348,17 @@ fn phase_rank(run: Run, p: &str) -> usize {
     run.phases().iter().position(|x| *x == p).unwrap_or(0)
 }
 
+/// The participants as a TEE request names them, in session order.
+fn signers_of(participants: &[Participant]) -> Vec<ThresholdSigner> {
+    participants
+        .iter()
+        .map(|p| ThresholdSigner {
+            share_index: p.share_index,
+            chain: p.chain.clone(),
+        })
+        .collect()
+}
+
 /// One participant of a session.
 #[derive(Clone, Debug)]
 struct Participant {
@@ -1103,13 +1114,7 @@ impl Cloud {
                 key_id: hex::decode(&key.key_id).unwrap_or_default(),
                 path: path.clone(),
                 digest,
-                signers: participants
-                    .iter()
-                    .map(|p| ThresholdSigner {
-                        share_index: p.share_index,
-                        chain: p.chain.clone(),
-                    })
-                    .collect(),
+                signers: signers_of(&participants),
             },
             approvals,
         });
@@ -1680,13 +1685,7 @@ impl Cloud {
             session,
             key_id: hex::decode(&key.key_id).unwrap_or_default(),
             message: message.to_vec(),
-            signers: participants
-                .iter()
-                .map(|p| ThresholdSigner {
-                    share_index: p.share_index,
-                    chain: p.chain.clone(),
-                })
-                .collect(),
+            signers: signers_of(&participants),
         });
         let mut st = Session::new(Run::Sign, session, &participants);
         if let Err(a) = self
@@ -1844,13 +1843,7 @@ impl Cloud {
                 hd,
                 clusters: clusters.clone(),
                 quorum: row.quorum,
-                participants: participants
-                    .iter()
-                    .map(|p| ThresholdSigner {
-                        share_index: p.share_index,
-                        chain: p.chain.clone(),
-                    })
-                    .collect(),
+                participants: signers_of(&participants),
             },
             approvals,
         });

@@ -188,13 +188,7 @@ impl Cloud {
         let start = encode_request(&Request::ThresholdPresignStart {
             session,
             key_id: hex::decode(&key.key_id).unwrap_or_default(),
-            signers: participants
-                .iter()
-                .map(|p| ThresholdSigner {
-                    share_index: p.share_index,
-                    chain: p.chain.clone(),
-                })
-                .collect(),
+            signers: signers_of(&participants),
         });
         let mut st = Session::new(Run::Presign, session, &participants);
         if let Err(a) = self
