@@ -9,7 +9,10 @@
 //! dev-dependency only), sealed into each store as a host does with a primes file.
 //! Aux-info generation costs about 12 s of one core per party; the three run in parallel.
 
-use std::collections::BTreeMap;
+mod common;
+
+use common::{now, MemPlatform};
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +21,6 @@ use bitcoin::bip32::{ChainCode, ChildNumber, DerivationPath, Fingerprint, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
 use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
 use custos_tee_core::approval::{Action, Approval, THRESHOLD_SCOPE};
-use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
 use custos_tee_core::protocol::{
     encode_request, CertChain, Outcome, Request, RequestMeta, Response, SessionRef, SignedResponse,
     TeeError, ThresholdKeyInfo, ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin,
@@ -28,16 +30,8 @@ use custos_tee_core::threshold::primes::{seal_primes_file, PRIMES_PREFIX};
 use custos_tee_core::TeeCore;
 use custos_threshold::fixtures;
 use rand::RngCore;
-use zeroize::Zeroizing;
 
 const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
-
-/// Sealed storage in memory: pending writes become durable on `commit` only.
-#[derive(Default)]
-struct MemPlatform {
-    committed: BTreeMap<String, Vec<u8>>,
-    staged: BTreeMap<String, Vec<u8>>,
-}
 
 impl MemPlatform {
     fn committed_primes(&self) -> usize {
@@ -46,51 +40,6 @@ impl MemPlatform {
             .filter(|k| k.starts_with(PRIMES_PREFIX))
             .count()
     }
-}
-
-impl Platform for MemPlatform {
-    fn random(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
-        rand::rngs::OsRng.fill_bytes(buf);
-        Ok(())
-    }
-    fn now_unix(&self) -> u64 {
-        now()
-    }
-    fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {
-        self.staged.insert(id.as_str().into(), plaintext.to_vec());
-        Ok(())
-    }
-    fn commit(&mut self) -> Result<(), PlatformError> {
-        self.committed = self.staged.clone();
-        Ok(())
-    }
-    fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
-        Ok(self.staged.get(id.as_str()).cloned().map(Zeroizing::new))
-    }
-    fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
-        self.staged
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .map(|k| RecordId::new(k.clone()))
-            .collect()
-    }
-    fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
-        self.staged.remove(id.as_str());
-        Ok(())
-    }
-    fn attest(&mut self, _: &[u8]) -> Result<Attestation, PlatformError> {
-        Err(PlatformError::Unsupported("attestation"))
-    }
-    fn counter_increment(&mut self) -> Result<u64, PlatformError> {
-        Ok(1)
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 struct Node {

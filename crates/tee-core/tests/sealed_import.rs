@@ -4,14 +4,17 @@
 //! The cores run in-process over an in-memory platform, provisioned by a real PKI (Root,
 //! Device and Cluster CAs, admins) as the operator tooling does it.
 
-use std::collections::BTreeMap;
+mod common;
+
+use common::MemPlatform;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
 use custos_tee_core::approval::{Action, Approval};
 use custos_tee_core::import::{import_context, import_key_id, seal_import, SealedImport};
-use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
+use custos_tee_core::platform::Platform;
 use custos_tee_core::protocol::{
     encode_request, ImportSecret, KeyInfo, Origin, Outcome, Request, RequestMeta, Response,
     SecretBytes, SecretString, SignedResponse, TeeError,
@@ -25,56 +28,6 @@ const CLUSTER: &str = "dc1";
 const PHRASE: &str =
     "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
 const PASSPHRASE: &str = "TREZOR";
-
-/// Sealed storage in memory: pending writes become visible to `commit` only.
-#[derive(Default)]
-struct MemPlatform {
-    committed: BTreeMap<String, Vec<u8>>,
-    staged: BTreeMap<String, Vec<u8>>,
-    counter: u64,
-}
-
-impl Platform for MemPlatform {
-    fn random(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
-        rand::rngs::OsRng.fill_bytes(buf);
-        Ok(())
-    }
-    fn now_unix(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-    fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {
-        self.staged.insert(id.as_str().into(), plaintext.to_vec());
-        Ok(())
-    }
-    fn commit(&mut self) -> Result<(), PlatformError> {
-        self.committed = self.staged.clone();
-        Ok(())
-    }
-    fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
-        Ok(self.staged.get(id.as_str()).cloned().map(Zeroizing::new))
-    }
-    fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
-        self.staged
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .map(|k| RecordId::new(k.clone()))
-            .collect()
-    }
-    fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
-        self.staged.remove(id.as_str());
-        Ok(())
-    }
-    fn attest(&mut self, _: &[u8]) -> Result<Attestation, PlatformError> {
-        Err(PlatformError::Unsupported("attestation"))
-    }
-    fn counter_increment(&mut self) -> Result<u64, PlatformError> {
-        self.counter += 1;
-        Ok(self.counter)
-    }
-}
 
 /// A PKI in a temporary directory (removed on drop) with cluster dc1 and three admins.
 struct Pki {

@@ -7,9 +7,13 @@
 //! provisioned by a real PKI. The key is dealt from the TEST-ONLY fixture primes
 //! (`custos-threshold` feature `test-fixtures`, dev-dependency only).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use common::{now, MemPlatform};
+
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -19,7 +23,6 @@ use custos_pki::{
     der_to_pem, pem_to_der, AdminSigner, DealerSigner, DeviceIdentity, PkiDir, TrustRoot,
 };
 use custos_tee_core::approval::{Action, Approval, THRESHOLD_SCOPE};
-use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
 use custos_tee_core::protocol::{
     encode_request, CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta,
     Response, SessionRef, SignedResponse, TeeError, ThresholdBundle, ThresholdKeyInfo,
@@ -31,107 +34,10 @@ use custos_tee_core::TeeCore;
 use custos_threshold::{combine, deal, fixtures, PartialSig, PresignaturePublic, ThresholdShare};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 const QUORUM: u8 = 2;
 const PATH: [u32; 3] = [0, 1, 7];
-
-/// Sealed storage in memory: pending writes become durable on `commit` only.
-#[derive(Default)]
-struct MemPlatform {
-    committed: BTreeMap<String, Vec<u8>>,
-    staged: BTreeMap<String, Vec<u8>>,
-    counter: u64,
-    /// Where committed records are written (so another process can open them).
-    persist_to: Option<PathBuf>,
-    /// When set, every commit is made durable (written to `persist_to`) and then the
-    /// process aborts: killed before any response exists.
-    crash_after_commit: AtomicBool,
-}
-
-impl MemPlatform {
-    /// What survives a crash: the committed records only.
-    fn after_restart(&self) -> Self {
-        MemPlatform {
-            committed: self.committed.clone(),
-            staged: self.committed.clone(),
-            counter: self.counter,
-            persist_to: None,
-            crash_after_commit: AtomicBool::new(false),
-        }
-    }
-
-    /// Writes the committed records to `path`.
-    fn save(&self, path: &std::path::Path) {
-        let bytes = postcard::to_allocvec(&(&self.committed, self.counter)).unwrap();
-        std::fs::write(path, bytes).unwrap();
-    }
-
-    /// What [`MemPlatform::save`] wrote, as after a restart.
-    fn load(path: &std::path::Path) -> Self {
-        let (committed, counter): (BTreeMap<String, Vec<u8>>, u64) =
-            postcard::from_bytes(&std::fs::read(path).unwrap()).unwrap();
-        MemPlatform {
-            staged: committed.clone(),
-            committed,
-            counter,
-            ..MemPlatform::default()
-        }
-    }
-}
-
-impl Platform for MemPlatform {
-    fn random(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
-        rand::rngs::OsRng.fill_bytes(buf);
-        Ok(())
-    }
-    fn now_unix(&self) -> u64 {
-        now()
-    }
-    fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {
-        self.staged.insert(id.as_str().into(), plaintext.to_vec());
-        Ok(())
-    }
-    fn commit(&mut self) -> Result<(), PlatformError> {
-        self.committed = self.staged.clone();
-        if let Some(path) = &self.persist_to {
-            self.save(path);
-        }
-        if self.crash_after_commit.load(Ordering::SeqCst) {
-            std::process::abort();
-        }
-        Ok(())
-    }
-    fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
-        Ok(self.staged.get(id.as_str()).cloned().map(Zeroizing::new))
-    }
-    fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
-        self.staged
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .map(|k| RecordId::new(k.clone()))
-            .collect()
-    }
-    fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
-        self.staged.remove(id.as_str());
-        Ok(())
-    }
-    fn attest(&mut self, _: &[u8]) -> Result<Attestation, PlatformError> {
-        Err(PlatformError::Unsupported("attestation"))
-    }
-    fn counter_increment(&mut self) -> Result<u64, PlatformError> {
-        self.counter += 1;
-        Ok(self.counter)
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// The dealt 2-of-3 HD key, dealt once per test binary (fixture primes: ~0.1 s).
 fn shares() -> &'static [ThresholdShare] {
