@@ -6,7 +6,7 @@
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use bitcoin::secp256k1::{Message, PublicKey, Secp256k1};
 use custos_proto::cluster::NodeAudit;
-use custos_tee_core::protocol::{audit_digest, EcdsaSignature, MAX_AUDIT_MESSAGE};
+use custos_wire::protocol::{audit_digest, EcdsaSignature, MAX_AUDIT_MESSAGE};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// A fresh audit message: 8 random bytes (never a transaction digest; the TEE also hashes

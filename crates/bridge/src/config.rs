@@ -1,12 +1,16 @@
-//! Bridge configuration: a TOML file, each field overridable by `CUSTOS_BRIDGE_<FIELD>`.
+//! Bridge configuration: a TOML file loaded by [`custos_config`], each field overridable by
+//! `CUSTOS_BRIDGE_<FIELD>`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use custos_config::ConfigError;
+
 /// Configuration of a cluster's bridge server.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
     /// Cluster name.
     pub cluster: String,
@@ -51,82 +55,44 @@ fn default_call_timeout() -> u64 {
     5000
 }
 
-/// Fields whose environment override is a number.
-const NUMERIC: &[&str] = &[
-    "health_interval_ms",
-    "call_timeout_ms",
-    "audit_interval_secs",
-];
+impl custos_config::Component for BridgeConfig {
+    const COMPONENT: &'static str = "bridge";
+    const INTEGER_FIELDS: &'static [&'static str] = &[
+        "health_interval_ms",
+        "call_timeout_ms",
+        "audit_interval_secs",
+    ];
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Unreadable file.
-    #[error("cannot read {path}: {reason}")]
-    Read {
-        /// Path.
-        path: String,
-        /// Reason.
-        reason: String,
-    },
-    /// Invalid TOML or field.
-    #[error("invalid configuration {path}: {reason}")]
-    Invalid {
-        /// Path.
-        path: String,
-        /// Reason.
-        reason: String,
-    },
+    fn paths(&mut self) -> Vec<&mut PathBuf> {
+        let mut paths = vec![
+            &mut self.cert,
+            &mut self.key,
+            &mut self.cluster_ca,
+            &mut self.device_ca,
+            &mut self.root_ca,
+        ];
+        if let Some(link) = &mut self.link {
+            paths.extend([&mut link.relay_cert, &mut link.dedup_db]);
+            paths.extend(link.spool_inbound.as_mut());
+            paths.extend(link.spool_outbound.as_mut());
+        }
+        paths
+    }
+
+    fn check(&mut self, _dir: &Path) -> Result<(), String> {
+        custos_pki::check_name(&self.cluster).map_err(|e| e.to_string())
+    }
 }
 
 impl BridgeConfig {
-    /// Loads a TOML file and applies `CUSTOS_BRIDGE_*` environment overrides.
+    /// Loads a TOML file ([`custos_config::load`]: `CUSTOS_BRIDGE_<FIELD>` overrides, paths
+    /// relative to the file's folder).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
-        for field in [
-            "cluster",
-            "listen",
-            "cert",
-            "key",
-            "cluster_ca",
-            "device_ca",
-            "root_ca",
-            "db_url",
-            "health_interval_ms",
-            "call_timeout_ms",
-            "audit_interval_secs",
-        ] {
-            if let Ok(v) = std::env::var(format!("CUSTOS_BRIDGE_{}", field.to_uppercase())) {
-                let numeric = NUMERIC.contains(&field);
-                let value = match v.parse::<i64>() {
-                    Ok(n) if numeric => toml::Value::Integer(n),
-                    _ => toml::Value::String(v),
-                };
-                table.insert(field.to_string(), value);
-            }
-        }
-        let cfg: BridgeConfig = table
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
-        custos_pki::check_name(&cfg.cluster).map_err(|e| invalid(e.to_string()))?;
-        Ok(cfg)
+        custos_config::load(path)
     }
 
     /// Writes the configuration as TOML.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(
-            path,
-            toml::to_string_pretty(self).expect("config serializes"),
-        )
+        custos_config::save(self, path)
     }
 }

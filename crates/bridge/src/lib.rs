@@ -15,7 +15,7 @@ mod link;
 mod routing;
 mod service;
 
-pub use config::{BridgeConfig, ConfigError};
+pub use config::BridgeConfig;
 pub use link::LinkConfig;
 pub use service::run;
 
@@ -27,7 +27,7 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub enum BridgeError {
     /// Configuration problem.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] custos_config::ConfigError),
     /// TLS / network setup failed.
     #[error(transparent)]
     Net(#[from] custos_net::NetError),

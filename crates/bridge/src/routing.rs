@@ -1,6 +1,6 @@
 //! What a TEE request is, for routing and for the history.
 
-use custos_tee_core::protocol::{Request, TeeError};
+use custos_wire::protocol::{RelayClass, Request, TeeError};
 
 /// Facts about a request that the bridge logs and routes by.
 pub struct Described {
@@ -45,8 +45,9 @@ pub fn path_string(path: &[u32]) -> String {
     s
 }
 
-/// Describes a request the bridge may route; `None` for operations that never come
-/// through the bridge (provisioning, TLS signing, key transfers).
+/// Describes a request the bridge may route; `None` for the requests that stay on the node
+/// ([`custos_wire::protocol::RelayClass::NodeOnly`]: provisioning, TLS signing, key
+/// transfers, plaintext imports).
 pub fn describe(r: &Request) -> Option<Described> {
     let d = |kind, key_id: Option<&Vec<u8>>, any_node| Described {
         kind,
@@ -56,6 +57,9 @@ pub fn describe(r: &Request) -> Option<Described> {
         approvers: Vec::new(),
         any_node,
     };
+    if r.relay_class() == RelayClass::NodeOnly {
+        return None;
+    }
     Some(match r {
         Request::Status => d("status", None, true),
         Request::ListKeys => d("list-keys", None, true),
@@ -202,17 +206,14 @@ pub fn describe(r: &Request) -> Option<Described> {
             )),
             ..d("threshold-abort", None, true)
         },
-        _ => return None,
+        Request::PinRoot { .. }
+        | Request::GenerateDeviceKey { .. }
+        | Request::InstallDeviceCert { .. }
+        | Request::ImportWallet { .. }
+        | Request::SignTls { .. }
+        | Request::ExportKeys { .. }
+        | Request::ImportKeys { .. } => return None,
     })
-}
-
-/// Stable code of a TEE refusal for the history (its variant name).
-pub fn error_code(e: &TeeError) -> String {
-    let dbg = format!("{e:?}");
-    dbg.split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("Error")
-        .to_string()
 }
 
 /// Refusals that mean "this node lacks the key": another holder may serve it.
@@ -229,7 +230,7 @@ mod tests {
 
     #[test]
     fn keygen_starts_are_described() {
-        use custos_tee_core::protocol::{RequestMeta, ThresholdKeygenParams};
+        use custos_wire::protocol::{RequestMeta, ThresholdKeygenParams};
         let r = Request::ThresholdKeygenStart {
             meta: RequestMeta {
                 request_id: [0xab; 16],
@@ -252,16 +253,8 @@ mod tests {
     }
 
     #[test]
-    fn paths_and_codes() {
+    fn paths() {
         assert_eq!(path_string(&[44 | 1 << 31, 0, 7]), "m/44'/0/7");
         assert_eq!(path_string(&[]), "m");
-        assert_eq!(error_code(&TeeError::ApprovalMissing), "ApprovalMissing");
-        assert_eq!(
-            error_code(&TeeError::QuorumNotMet {
-                required: 2,
-                approved: 1
-            }),
-            "QuorumNotMet"
-        );
     }
 }

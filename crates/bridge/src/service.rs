@@ -18,17 +18,18 @@ use custos_proto::cluster::{
     KeyListRequest, NodeAudit, NodeEndpoint, NodeStatus, RegisterReply, RegisterRequest,
     StatusRequest, SyncNowRequest, SyncReport, TeeCall, TeeReply,
 };
-use custos_tee_core::protocol::{
+use custos_wire::client::verify_signed_response;
+use custos_wire::protocol::{
     decode_request, encode_request, Origin, Request, Response, ThresholdOrigin,
 };
-use custos_tee_host::client::verify_signed_response;
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use crate::audit::{audit_signature_valid, fresh_message, summary};
-use crate::routing::{describe, error_code, node_lacks_key, Described};
-use crate::{BridgeConfig, BridgeError, ConfigError, MAX_MESSAGE};
+use crate::routing::{describe, node_lacks_key, Described};
+use crate::{BridgeConfig, BridgeError, MAX_MESSAGE};
+use custos_config::ConfigError;
 
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -127,7 +128,7 @@ impl BridgeService {
             .append(NewEntry {
                 kind: "refusal".into(),
                 actor: peer.remote_addr.to_string(),
-                outcome: "PermissionDenied".into(),
+                outcome: "permission_denied".into(),
                 detail: format!("{what}: {refused}"),
                 ..Default::default()
             })
@@ -214,7 +215,7 @@ impl BridgeService {
         }
     }
 
-    fn record_new_key(&self, node: &str, info: &custos_tee_core::protocol::KeyInfo) {
+    fn record_new_key(&self, node: &str, info: &custos_wire::protocol::KeyInfo) {
         let origin = match info.origin {
             Origin::Generated => "generated",
             Origin::Imported => "imported",
@@ -224,11 +225,7 @@ impl BridgeService {
 
     /// A threshold share a node now holds joins the key list, so that the cluster's other
     /// nodes fetch it by sync like a wallet ([0073]-[0074]).
-    fn record_threshold_share(
-        &self,
-        node: &str,
-        info: &custos_tee_core::protocol::ThresholdKeyInfo,
-    ) {
+    fn record_threshold_share(&self, node: &str, info: &custos_wire::protocol::ThresholdKeyInfo) {
         self.state
             .threshold
             .write()
@@ -330,7 +327,7 @@ impl BridgeService {
                     let detail = format!("node {node} timed out; outcome unknown");
                     self.log(entry(
                         Some(node),
-                        "OutcomeUnknown".into(),
+                        "outcome_unknown".into(),
                         detail.clone(),
                         us,
                     ))
@@ -383,7 +380,7 @@ impl BridgeService {
                     self.state.sync_trigger.notify_one();
                     continue;
                 }
-                Err(e) => (error_code(e), e.to_string()),
+                Err(e) => (e.code().to_string(), e.to_string()),
             };
             self.mark(&node, true);
             self.log(entry(Some(node.clone()), code, detail, us))
@@ -395,7 +392,7 @@ impl BridgeService {
         }
         let us = t0.elapsed().as_micros() as i64;
         let detail = format!("no node could serve; tried {tried:?}");
-        self.log(entry(None, "Unavailable".into(), detail.clone(), us))
+        self.log(entry(None, "unavailable".into(), detail.clone(), us))
             .await?;
         Err(Status::unavailable(detail))
     }

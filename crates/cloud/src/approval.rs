@@ -3,8 +3,8 @@
 //! trusting the server's bytes), and the TEE checks the same bytes.
 
 use custos_pki::{pem_to_der, AdminSigner};
-use custos_tee_core::approval::{Action, THRESHOLD_SCOPE};
-use custos_tee_core::protocol::RequestMeta;
+use custos_wire::approval::{Action, THRESHOLD_SCOPE};
+use custos_wire::protocol::RequestMeta;
 
 use crate::api::{ApprovalBody, RequestKind, RequestView};
 use crate::path::parse_path;

@@ -11,9 +11,9 @@ use custos_proto::cluster::link_request::Op;
 use custos_proto::cluster::{
     AuditReport, AuditRequest, ClusterStatus, LinkReply, LinkRequest, StatusRequest, TeeCall,
 };
-use custos_tee_core::protocol::{encode_request, CertChain, Outcome, Request, Response};
-use custos_tee_host::client::{decode_outcome, verify_signed_response};
-use custos_tee_host::ClientError;
+use custos_wire::client::ClientError;
+use custos_wire::client::{decode_outcome, verify_signed_response};
+use custos_wire::protocol::{encode_request, CertChain, Outcome, Request, Response};
 use rand::RngCore;
 
 use crate::gateway::{Gateway, GatewayError};

@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use custos_tee_core::approval::MAX_APPROVAL_LIFETIME_SECS;
+use custos_config::ConfigError;
+use custos_wire::approval::MAX_APPROVAL_LIFETIME_SECS;
 
 /// Default approval window of a new request.
 pub const DEFAULT_REQUEST_TTL_SECS: u64 = 3600;
@@ -37,33 +38,6 @@ pub const DEFAULT_REQUEST_TTL_SECS: u64 = 3600;
 pub const DEFAULT_FORWARD_TIMEOUT_SECS: u64 = 60;
 /// Default number of tries of one relay call on transport failures.
 pub const DEFAULT_SUBMIT_ATTEMPTS: u32 = 3;
-/// Largest configuration file read.
-const MAX_CONFIG_LEN: u64 = 1024 * 1024;
-
-/// Problems with the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {reason}")]
-    Read {
-        /// File.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// The TOML did not parse or names unknown fields.
-    #[error("invalid configuration {path}: {reason}")]
-    Parse {
-        /// File.
-        path: String,
-        /// Parser message.
-        reason: String,
-    },
-    /// A value is out of range or inconsistent.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
-
 /// A bearer token of a cluster's external relay: never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -185,55 +159,36 @@ impl CloudConfig {
         }
     }
 
-    /// Reads, resolves relative paths against the file's directory, fills the default
-    /// database URL, and validates.
+    /// Reads the file ([`custos_config::load`]: `CUSTOS_CLOUD_<FIELD>` overrides, paths
+    /// relative to the file's folder), fills the default database URL, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let read_err = |reason: String| ConfigError::Read {
-            path: path.display().to_string(),
-            reason,
-        };
-        let len = std::fs::metadata(path)
-            .map_err(|e| read_err(e.to_string()))?
-            .len();
-        if len > MAX_CONFIG_LEN {
-            return Err(read_err(format!("{len} bytes, at most {MAX_CONFIG_LEN}")));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
-        let mut config: CloudConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        config.resolve(dir)?;
-        config.validate()?;
-        Ok(config)
+        custos_config::load(path)
     }
 
-    /// Makes relative paths relative to `dir` and fills the default database URL.
-    pub fn resolve(&mut self, dir: &Path) -> Result<(), ConfigError> {
-        let abs = |p: &mut PathBuf| {
+    /// Makes relative paths relative to `dir` and fills the default database URL (for a
+    /// configuration built in code rather than loaded).
+    pub fn resolve(&mut self, dir: &Path) -> Result<(), String> {
+        use custos_config::Component;
+        for p in self.paths() {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
-        };
-        abs(&mut self.trust_root);
-        if let Some(p) = &mut self.tls_cert {
-            abs(p);
         }
-        if let Some(p) = &mut self.tls_key {
-            abs(p);
-        }
+        self.fill_db_url(dir)
+    }
+
+    fn fill_db_url(&mut self, dir: &Path) -> Result<(), String> {
         if self.db_url.is_none() {
             let url = custos_metadata::sqlite_url(&dir.join("cloud.db"))
-                .map_err(|e| ConfigError::Invalid(format!("database path: {e}")))?;
+                .map_err(|e| format!("database path: {e}"))?;
             self.db_url = Some(url);
         }
         Ok(())
     }
 
     /// Checks ranges, names, hashes and duplicates.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |m: String| Err(m);
         if self.request_ttl_secs == 0 || self.request_ttl_secs > MAX_APPROVAL_LIFETIME_SECS {
             return bad(format!(
                 "request_ttl_secs must be 1..={MAX_APPROVAL_LIFETIME_SECS}"
@@ -245,12 +200,11 @@ impl CloudConfig {
         if self.submit_attempts == 0 || self.submit_attempts > 20 {
             return bad("submit_attempts must be 1..=20".into());
         }
-        let most = custos_tee_core::protocol::MAX_PRESIGNATURES_PER_KEY;
+        let most = custos_wire::protocol::MAX_PRESIGNATURES_PER_KEY;
         if self.presignature_pool as usize > most {
             return bad(format!("presignature_pool must be 0..={most}"));
         }
-        crate::path::parse_network(&self.network)
-            .map_err(|e| ConfigError::Invalid(format!("network: {e}")))?;
+        crate::path::parse_network(&self.network).map_err(|e| format!("network: {e}"))?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together".into());
         }
@@ -272,7 +226,7 @@ impl CloudConfig {
         }
         let mut clusters = HashSet::new();
         for c in &self.clusters {
-            custos_pki::check_name(&c.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            custos_pki::check_name(&c.name).map_err(|e| e.to_string())?;
             if !clusters.insert(c.name.as_str()) {
                 return bad(format!("cluster {:?} listed twice", c.name));
             }
@@ -294,6 +248,28 @@ impl CloudConfig {
     /// The configuration as TOML (contains the relay tokens: write it 0600).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("configuration always serializes")
+    }
+}
+
+impl custos_config::Component for CloudConfig {
+    const COMPONENT: &'static str = "cloud";
+    const INTEGER_FIELDS: &'static [&'static str] = &[
+        "request_ttl_secs",
+        "forward_timeout_secs",
+        "submit_attempts",
+        "presignature_pool",
+    ];
+
+    fn paths(&mut self) -> Vec<&mut PathBuf> {
+        let mut paths = vec![&mut self.trust_root];
+        paths.extend(self.tls_cert.as_mut());
+        paths.extend(self.tls_key.as_mut());
+        paths
+    }
+
+    fn check(&mut self, dir: &Path) -> Result<(), String> {
+        self.fill_db_url(dir)?;
+        self.validate()
     }
 }
 
@@ -341,7 +317,7 @@ mod tests {
         std::fs::write(&path, format!("{text}bogus = 1\n")).unwrap();
         assert!(matches!(
             CloudConfig::load(&path),
-            Err(ConfigError::Parse { .. })
+            Err(ConfigError::Invalid { .. })
         ));
         let mut bad = c.clone();
         bad.request_ttl_secs = MAX_APPROVAL_LIFETIME_SECS + 1;

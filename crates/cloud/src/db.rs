@@ -58,7 +58,7 @@ pub enum StoreError {
 }
 
 /// An approval as stored (JSON in `requests.approvals`): enough to rebuild the TEE's
-/// [`custos_tee_core::approval::Approval`] byte for byte.
+/// [`custos_wire::approval::Approval`] byte for byte.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredApproval {
     /// Admin common name.

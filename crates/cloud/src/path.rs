@@ -6,7 +6,7 @@ use std::str::FromStr;
 use bitcoin::bip32::{ChildNumber, Xpub};
 use bitcoin::secp256k1::{Secp256k1, Verification};
 use bitcoin::{Address, CompressedPublicKey, Network};
-use custos_tee_core::protocol::MAX_PATH_DEPTH;
+use custos_wire::protocol::MAX_PATH_DEPTH;
 
 /// Longest path text accepted (32 levels of ten digits and a marker fit well within).
 pub const MAX_PATH_TEXT: usize = 512;

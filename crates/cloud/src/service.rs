@@ -10,9 +10,9 @@ use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use bitcoin::Network;
 use custos_pki::{TrustRoot, VerifiedAdmin};
 use custos_proto::cluster::{AuditReport, ClusterStatus};
-use custos_tee_core::approval::{Approval, MAX_APPROVAL_LIFETIME_SECS};
-use custos_tee_core::import::{import_key_id, seal_import, SealedImport};
-use custos_tee_core::protocol::{
+use custos_wire::approval::{Approval, MAX_APPROVAL_LIFETIME_SECS};
+use custos_wire::import::{import_key_id, seal_import, SealedImport};
+use custos_wire::protocol::{
     encode_request, EcdsaSignature, ImportSecret, KeyInfo, Request, RequestMeta, Response,
     SecretBytes, SecretString, TeeError, MAX_APPROVALS,
 };
@@ -25,7 +25,7 @@ use crate::api::*;
 use crate::approval::{
     approval_message, decode_approval, parse_digest, parse_request_id, parse_root_id,
 };
-use crate::cluster::{random_id, snake, CallError, Clusters, TeeAnswer};
+use crate::cluster::{random_id, CallError, Clusters, TeeAnswer};
 use crate::config::{CloudConfig, ClusterConfig};
 use crate::db::{
     Record, RequestRow, Store, StoreError, StoredApproval, ThresholdKeyRow, ThresholdShareRow,
@@ -67,8 +67,8 @@ pub enum OpenError {
         reason: String,
     },
     /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -149,16 +149,9 @@ pub fn system_clock() -> Clock {
     Arc::new(now_ms_system)
 }
 
-/// `tee_` + snake_case of the TEE error's variant name (stable across messages).
+/// `tee_` + the TEE refusal's stable code ([`TeeError::code`]).
 pub fn tee_code(e: &TeeError) -> String {
-    // The serde name of the variant is the enum's own spelling, so new variants get codes
-    // without this function knowing them.
-    let name = match serde_json::to_value(e) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(serde_json::Value::Object(m)) => m.keys().next().cloned().unwrap_or_default(),
-        _ => String::new(),
-    };
-    format!("tee_{}", snake(&name))
+    format!("tee_{}", e.code())
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -180,11 +173,12 @@ impl Cloud {
         gateway: Arc<dyn Gateway>,
         clock: Clock,
     ) -> Result<Arc<Self>, OpenError> {
-        config.validate()?;
+        config.validate().map_err(OpenError::Config)?;
         let trust_root = load_trust_root(&config.trust_root)?;
-        let url = config.db_url.as_deref().ok_or_else(|| {
-            crate::config::ConfigError::Invalid("db_url is not set (use CloudConfig::load)".into())
-        })?;
+        let url = config
+            .db_url
+            .as_deref()
+            .ok_or_else(|| OpenError::Config("db_url is not set (use CloudConfig::load)".into()))?;
         let store = Store::connect(url).await?;
         let tokens = config
             .api_tokens
@@ -212,7 +206,7 @@ impl Cloud {
             trust_root,
             tokens,
             ttl_secs: config.request_ttl_secs,
-            network: parse_network(&config.network).map_err(crate::config::ConfigError::Invalid)?,
+            network: parse_network(&config.network).map_err(OpenError::Config)?,
             clock,
             secp,
             admins: Mutex::new(HashMap::new()),
@@ -1716,7 +1710,7 @@ mod tests {
         assert_eq!(
             tee_code(&TeeError::ApprovalRejected {
                 index: 0,
-                fault: custos_tee_core::protocol::ApprovalFault::BadSignature,
+                fault: custos_wire::protocol::ApprovalFault::BadSignature,
                 detail: String::new()
             }),
             "tee_approval_rejected"

@@ -11,8 +11,8 @@ use bitcoin::secp256k1::{ecdsa::Signature, Message, PublicKey, Secp256k1};
 use custos_cloud::api::*;
 use custos_cloud::client::ClientError;
 use custos_cloud::config::RelayToken;
-use custos_tee_core::approval::Action;
-use custos_tee_core::protocol::RequestMeta;
+use custos_wire::approval::Action;
+use custos_wire::protocol::RequestMeta;
 use serde_json::{json, Value};
 
 use common::*;

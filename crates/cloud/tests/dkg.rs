@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use custos_cloud::api::*;
 use custos_cloud::client::ClientError;
-use custos_tee_core::approval::{Action, THRESHOLD_SCOPE};
-use custos_tee_core::protocol::{
+use custos_wire::approval::{Action, THRESHOLD_SCOPE};
+use custos_wire::protocol::{
     CertChain, Outcome, Request, RequestMeta, Response, SessionRef, TeeError, ThresholdKeyInfo,
     ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin,
 };

@@ -21,8 +21,8 @@ use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use bitcoin::NetworkKind;
 use custos_cloud::api::*;
 use custos_cloud::client::ClientError;
-use custos_tee_core::approval::{Action, THRESHOLD_SCOPE};
-use custos_tee_core::protocol::{
+use custos_wire::approval::{Action, THRESHOLD_SCOPE};
+use custos_wire::protocol::{
     CertChain, EcdsaSignature, Outcome, Request, RequestMeta, Response, SessionRef, TeeError,
     ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin, ThresholdSignParams,
 };

@@ -12,10 +12,10 @@ use custos::ops::{approvals, new_meta, provision};
 use custos::tee_process::{KeyArg, TeeProcess};
 use custos_pki::{AdminSigner, PkiDir};
 use custos_proto::cluster::TeeCall;
-use custos_tee_core::approval::Action;
-use custos_tee_core::protocol::{encode_request, CertChain, Request, Response};
-use custos_tee_core::sync::MAX_TRANSFER_KEYS;
-use custos_tee_host::TeeClient;
+use custos_wire::approval::Action;
+use custos_wire::client::TeeClient;
+use custos_wire::protocol::MAX_TRANSFER_KEYS;
+use custos_wire::protocol::{encode_request, CertChain, Request, Response};
 
 type AnyError = Box<dyn std::error::Error>;
 

@@ -125,11 +125,11 @@ fn bodies(
             let request_id: [u8; 16] = rand::random();
             let digest: [u8; 32] = rand::random();
             let path = vec![0u32, (i % 1000) as u32];
-            let meta = custos_tee_core::protocol::RequestMeta {
+            let meta = custos_wire::protocol::RequestMeta {
                 request_id,
                 expires_at: now + 3600,
             };
-            let message = custos_tee_core::approval::Action::Sign {
+            let message = custos_wire::approval::Action::Sign {
                 key_id: &key_id,
                 path: &path,
                 digest: &digest,

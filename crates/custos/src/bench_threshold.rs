@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use bitcoin::hashes::{sha256, Hash};
 use custos_cloud::api::{MakePresignaturesBody, RequestResult, RequestStatus, ThresholdSignBody};
 use custos_cloud::approval::sign_approval;
-use custos_tee_core::approval::{Action, THRESHOLD_SCOPE};
-use custos_tee_core::protocol::RequestMeta;
 use custos_threshold::{MsgType, Outgoing, Output, Primes, Session, SessionKind, Step};
+use custos_wire::approval::{Action, THRESHOLD_SCOPE};
+use custos_wire::protocol::RequestMeta;
 
 use custos::cluster::LinkTransport;
 use custos::dealer::{read_primes, PrimeSource};

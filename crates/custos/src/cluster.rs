@@ -127,6 +127,10 @@ impl Cluster {
         opts: &ClusterOptions,
     ) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(dir).map_err(io)?;
+        // Every configuration written below names absolute paths (a relative one would be
+        // read against its configuration file's folder).
+        let dir = &std::fs::canonicalize(dir).map_err(io)?;
+        let pki = &PkiDir::new(std::fs::canonicalize(pki.path()).map_err(io)?);
         if pki.cluster_ca_pem(&opts.name).is_err() {
             pki.create_cluster_ca(&opts.name)?;
         }
@@ -252,7 +256,7 @@ impl Cluster {
             listen: "127.0.0.1:0".parse().expect("valid"),
             bridge: self.bridge_addr,
             tee_socket: tee.socket.clone(),
-            root_ca: pki.path().join("root-ca.crt"),
+            root_ca: self.pki.join("root-ca.crt"),
             sync_interval_secs,
             tee_connections: 8,
         }
@@ -349,9 +353,9 @@ impl Cluster {
                     .tee
                     .client()
                     .ok()
-                    .and_then(|mut c| c.call(&custos_tee_core::protocol::Request::Status).ok())
+                    .and_then(|mut c| c.call(&custos_wire::protocol::Request::Status).ok())
                     .and_then(|r| match r {
-                        custos_tee_core::protocol::Response::Status(s) => Some(s.wallets as usize),
+                        custos_wire::protocol::Response::Status(s) => Some(s.wallets as usize),
                         _ => None,
                     })
                     .unwrap_or(0);

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use custos_pki::{DealerSigner, DeviceChain, TrustRoot};
-use custos_tee_core::protocol::{CertChain, ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin};
 use custos_tee_core::threshold::bundle::seal_bundle;
 use custos_tee_core::threshold::key_info;
 use custos_threshold::{deal, DealerProgress, Primes};
+use custos_wire::protocol::{CertChain, ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use zeroize::Zeroizing;
 

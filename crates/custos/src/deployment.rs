@@ -57,6 +57,9 @@ impl Deployment {
     /// Creates the PKI under `dir/pki`, the clusters with their relays, and the cloud server.
     pub fn start(exe: &Path, dir: &Path, opts: &DeploymentOptions) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(dir).map_err(io)?;
+        // Every configuration written below names absolute paths, whatever the caller's
+        // working directory.
+        let dir = &std::fs::canonicalize(dir).map_err(io)?;
         let pki = PkiDir::new(dir.join("pki"));
         if !pki.path().join("root-ca.crt").exists() {
             pki.init()?;
@@ -199,7 +202,7 @@ impl Deployment {
         &self,
         cluster: &str,
         i: usize,
-    ) -> Result<custos_tee_core::protocol::CertChain, ClusterError> {
+    ) -> Result<custos_wire::protocol::CertChain, ClusterError> {
         let c = self
             .cluster(cluster)
             .ok_or_else(|| io(format!("no cluster {cluster}")))?;
@@ -209,10 +212,10 @@ impl Deployment {
             .ok_or_else(|| io(format!("cluster {cluster} has no node {i}")))?;
         let mut client = node.tee.client().map_err(io)?;
         match client
-            .call(&custos_tee_core::protocol::Request::DeviceChain)
+            .call(&custos_wire::protocol::Request::DeviceChain)
             .map_err(io)?
         {
-            custos_tee_core::protocol::Response::DeviceChain(chain) => Ok(chain),
+            custos_wire::protocol::Response::DeviceChain(chain) => Ok(chain),
             _ => Err(io("DeviceChain answered with another kind")),
         }
     }
@@ -286,7 +289,7 @@ impl Deployment {
         node.tee.restart_with_primes(&file)?;
         let mut client = node.tee.client().map_err(io)?;
         client
-            .call(&custos_tee_core::protocol::Request::Status)
+            .call(&custos_wire::protocol::Request::Status)
             .map_err(io)?;
         Ok(file)
     }

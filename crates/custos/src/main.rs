@@ -754,7 +754,7 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             cluster,
             node,
         } => {
-            let mut client = custos_tee_host::TeeClient::connect(&socket)?;
+            let mut client = custos_wire::client::TeeClient::connect(&socket)?;
             let info = custos::ops::provision(&mut client, &PkiDir::new(pki), &cluster, &node)?;
             println!(
                 "provisioned {}/{}: device key {}",
@@ -764,8 +764,8 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             );
         }
         TeeCommand::Status { socket } => {
-            let mut client = custos_tee_host::TeeClient::connect(&socket)?;
-            let status = client.call(&custos_tee_core::protocol::Request::Status)?;
+            let mut client = custos_wire::client::TeeClient::connect(&socket)?;
+            let status = client.call(&custos_wire::protocol::Request::Status)?;
             println!("{status:#?}");
         }
     }

@@ -1,9 +1,9 @@
 //! Operator actions that span the PKI and a TEE core: provisioning and approvals.
 
 use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir, PkiError};
-use custos_tee_core::approval::{Action, Approval};
-use custos_tee_core::protocol::{DeviceInfo, Request, RequestMeta, Response};
-use custos_tee_host::{ClientError, TeeClient};
+use custos_wire::approval::{Action, Approval};
+use custos_wire::client::{ClientError, TeeClient};
+use custos_wire::protocol::{DeviceInfo, Request, RequestMeta, Response};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Failures of an operator action.

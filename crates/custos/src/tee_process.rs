@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use custos_tee_host::TeeClient;
+use custos_wire::client::TeeClient;
 
 /// Line the server prints on stdout once it accepts connections.
 pub const READY_LINE: &str = "custos-tee ready";
@@ -157,7 +157,7 @@ impl TeeProcess {
     }
 
     /// Connects a client.
-    pub fn client(&self) -> Result<TeeClient, custos_tee_host::ClientError> {
+    pub fn client(&self) -> Result<TeeClient, custos_wire::client::ClientError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match TeeClient::connect(&self.socket) {

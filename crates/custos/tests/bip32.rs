@@ -8,7 +8,7 @@ use std::str::FromStr;
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use common::bip32_vectors::{parse_path, INVALID, VALID};
 use common::*;
-use custos_tee_core::protocol::{Request, Response};
+use custos_wire::protocol::{Request, Response};
 use rand::{Rng, SeedableRng};
 
 fn xpub_at(fx: &mut Fixture, key: &[u8], path: &[u32]) -> Xpub {

@@ -12,8 +12,8 @@ use custos::cluster::{Cluster, ClusterOptions};
 use custos::ops::{approvals, new_meta};
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::{StatusRequest, TeeCall};
-use custos_tee_core::approval::Action;
-use custos_tee_core::protocol::{encode_request, KeyInfo, Outcome, Request, Response};
+use custos_wire::approval::Action;
+use custos_wire::protocol::{encode_request, KeyInfo, Outcome, Request, Response};
 use tonic::transport::Channel;
 
 /// A PostgreSQL URL with a fresh schema of its own, so concurrent runs never collide.
@@ -64,7 +64,7 @@ async fn submit(
         .await?
         .into_inner();
     Ok((
-        custos_tee_host::client::decode_outcome(&reply.response).unwrap(),
+        custos_wire::client::decode_outcome(&reply.response).unwrap(),
         reply.node,
     ))
 }

@@ -21,7 +21,7 @@ use custos_cloud::api::{
 };
 use custos_cloud::client::CloudClient;
 use custos_pki::AdminSigner;
-use custos_tee_core::protocol::EcdsaSignature;
+use custos_wire::protocol::EcdsaSignature;
 
 fn deploy(dir: &std::path::Path, transport: LinkTransport, nodes: usize) -> Deployment {
     Deployment::start(

@@ -15,8 +15,8 @@ use custos_proto::cluster::external_relay_client::ExternalRelayClient;
 use custos_proto::cluster::link_reply::Result as Answer;
 use custos_proto::cluster::link_request::Op;
 use custos_proto::cluster::{LinkReply, LinkRequest, RelayCall, StatusRequest, TeeCall};
-use custos_tee_core::approval::Action;
-use custos_tee_core::protocol::{encode_request, Request, Response, TeeError};
+use custos_wire::approval::Action;
+use custos_wire::protocol::{encode_request, Request, Response, TeeError};
 use prost::Message;
 use tonic::transport::Channel;
 
@@ -64,7 +64,7 @@ impl Relay {
         &mut self,
         id: [u8; 16],
         req: &Request,
-    ) -> (Vec<u8>, custos_tee_core::protocol::Outcome) {
+    ) -> (Vec<u8>, custos_wire::protocol::Outcome) {
         match self
             .forward(
                 id,
@@ -77,7 +77,7 @@ impl Relay {
             .result
         {
             Some(Answer::Submitted(reply)) => {
-                let outcome = custos_tee_host::client::decode_outcome(&reply.response).unwrap();
+                let outcome = custos_wire::client::decode_outcome(&reply.response).unwrap();
                 (reply.response, outcome)
             }
             other => panic!("expected a TEE reply, got {other:?}"),

@@ -9,12 +9,15 @@ use std::os::unix::net::UnixStream;
 use common::*;
 use custos::ops::{approvals, new_meta, now_unix};
 use custos_pki::{issue_admin_with_validity, pem_to_der, AdminSigner, PkiDir, Validity};
-use custos_tee_core::approval::Action;
-use custos_tee_core::protocol::{
-    encode_request, ApprovalFault, KeyInfo, Request, RequestMeta, Response, TeeError,
+use custos_wire::approval::Action;
+use custos_wire::client::ClientError;
+use custos_wire::frame::{
+    read_frame, Kind, RefusalCode, HEADER_LEN, MAGIC, MAX_REQUEST, MAX_RESPONSE,
 };
-use custos_tee_host::frame::{Kind, RefusalCode, HEADER_LEN, MAGIC, MAX_REQUEST, VERSION};
-use custos_tee_host::ClientError;
+use custos_wire::protocol::{
+    encode_request, ApprovalFault, KeyInfo, Request, RequestMeta, Response, TeeError,
+    PROTOCOL_VERSION,
+};
 
 const PATH: [u32; 3] = [44 | 1 << 31, 0, 7];
 const DIGEST: [u8; 32] = [0x42; 32];
@@ -44,7 +47,7 @@ fn sign_with(
     fx: &mut Fixture,
     w: &KeyInfo,
     meta: RequestMeta,
-    approvals: Vec<custos_tee_core::approval::Approval>,
+    approvals: Vec<custos_wire::approval::Approval>,
 ) -> Result<Response, ClientError> {
     fx.tee.call(&Request::Sign {
         meta,
@@ -92,7 +95,7 @@ fn with_outsider(
     meta: &RequestMeta,
     known: &str,
     outsider: &AdminSigner,
-) -> Vec<custos_tee_core::approval::Approval> {
+) -> Vec<custos_wire::approval::Approval> {
     let mut appr = fx.sign_approvals(meta, &w.key_id, &PATH, &DIGEST, &[known]);
     appr.extend(approvals(
         &[outsider],
@@ -328,7 +331,7 @@ fn audit_message_of_9_bytes() {
     };
     verify_independently(
         &sig,
-        &custos_tee_core::protocol::audit_digest(&[1; 8]),
+        &custos_wire::protocol::audit_digest(&[1; 8]),
         &w.key_id,
     );
     assert_serves(&mut fx, &w);
@@ -350,7 +353,7 @@ fn unknown_key_and_bad_path() {
 fn header(kind: u8, len: u32) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(MAGIC);
-    h.push(VERSION);
+    h.push(PROTOCOL_VERSION);
     h.push(kind);
     h.extend_from_slice(&len.to_be_bytes());
     h
@@ -359,7 +362,7 @@ fn header(kind: u8, len: u32) -> Vec<u8> {
 fn raw_exchange(fx: &Fixture, bytes: &[u8]) -> (Kind, Vec<u8>) {
     let mut s = UnixStream::connect(&fx.tee.process.socket).unwrap();
     s.write_all(bytes).unwrap();
-    custos_tee_host::client::read_any(&mut s).unwrap()
+    read_frame(&mut s, MAX_RESPONSE).unwrap()
 }
 
 #[test]
@@ -372,21 +375,45 @@ fn oversize_and_malformed_frames() {
     let mut bad = header(1, 0);
     bad[..4].copy_from_slice(b"HTTP");
     assert_eq!(raw_exchange(&fx, &bad).1[0], RefusalCode::BadMagic as u8);
-    let mut bad = header(1, 0);
-    bad[4] = 99;
-    assert_eq!(
-        raw_exchange(&fx, &bad).1[0],
-        RefusalCode::UnsupportedVersion as u8
-    );
+    for other in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 99] {
+        let mut bad = header(1, 0);
+        bad[4] = other;
+        let (kind, p) = raw_exchange(&fx, &bad);
+        assert_eq!(
+            (kind, p[0]),
+            (Kind::Refusal, RefusalCode::UnsupportedVersion as u8)
+        );
+        let message = String::from_utf8_lossy(&p[1..]).into_owned();
+        assert!(
+            message.contains(&format!("protocol version {other} not supported")),
+            "{message}"
+        );
+    }
     assert_eq!(
         raw_exchange(&fx, &header(7, 0)).1[0],
         RefusalCode::BadKind as u8
     );
     // A well-framed but undecodable request, and one with trailing bytes: typed refusals.
-    let outcome = fx.tee.client.call_bytes(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+    let outcome = fx
+        .tee
+        .client
+        .call_bytes(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
     assert!(
         matches!(outcome, Err(TeeError::InvalidRequest(_))),
         "{outcome:?}"
+    );
+    // A request encoded for another protocol version, in a good frame: refused by name,
+    // before anything of it is decoded.
+    let mut old = encode_request(&Request::Status);
+    old[0] = PROTOCOL_VERSION - 1;
+    let outcome = fx.tee.client.call_bytes(&old).unwrap();
+    assert_eq!(
+        outcome,
+        Err(TeeError::UnsupportedProtocol {
+            found: PROTOCOL_VERSION - 1,
+            supported: PROTOCOL_VERSION
+        })
     );
     let mut req = encode_request(&Request::Status);
     req.push(0);

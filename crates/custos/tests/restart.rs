@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::*;
 use custos::tee_process::{KeyArg, SpawnError, TeeProcess};
-use custos_tee_core::protocol::{Request, Response};
+use custos_wire::protocol::{Request, Response};
 
 #[test]
 fn kill_9_and_restart_restores_every_acknowledged_key() {

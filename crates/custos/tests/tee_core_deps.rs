@@ -1,12 +1,13 @@
-//! The TEE core crate must not depend on networking or async runtime crates.
+//! Dependency rules: the TEE core links no networking or async runtime crate, and the
+//! components outside the TEE speak to it through the wire contract (`custos-wire`) only.
 
-#[test]
-fn tee_core_has_no_network_or_async_dependency() {
+/// `cargo tree` of one package's normal (non-dev) dependencies, one crate per line.
+fn tree(package: &str) -> String {
     let out = std::process::Command::new(env!("CARGO"))
         .args([
             "tree",
             "-p",
-            "custos-tee-core",
+            package,
             "-e",
             "normal",
             "--prefix",
@@ -23,9 +24,40 @@ fn tee_core_has_no_network_or_async_dependency() {
     );
     let tree = String::from_utf8(out.stdout).unwrap();
     assert!(
-        tree.contains("custos-tee-core"),
+        tree.lines().next().is_some_and(|l| l.starts_with(package)),
         "unexpected cargo tree output: {tree}"
     );
+    tree
+}
+
+#[test]
+fn components_outside_the_tee_link_neither_the_tee_core_nor_the_protocol_engine() {
+    // The cloud server still links cggmp24 to combine presignature partials (custos-threshold);
+    // every other component links neither.
+    for (package, banned) in [
+        ("custos-vault-node", &["custos-tee-core ", "cggmp24 "][..]),
+        ("custos-bridge", &["custos-tee-core ", "cggmp24 "]),
+        ("custos-relay", &["custos-tee-core ", "cggmp24 "]),
+        ("custos-cloud", &["custos-tee-core "]),
+        ("custos-wire", &["custos-tee-core ", "cggmp24 "]),
+    ] {
+        let tree = tree(package);
+        for b in banned {
+            let hit = tree.lines().find(|l| l.starts_with(b));
+            assert!(hit.is_none(), "{package} depends on {b}: {hit:?}");
+        }
+        if package != "custos-relay" {
+            assert!(
+                tree.lines().any(|l| l.starts_with("custos-wire ")),
+                "{package} does not use the wire contract"
+            );
+        }
+    }
+}
+
+#[test]
+fn tee_core_has_no_network_or_async_dependency() {
+    let tree = tree("custos-tee-core");
     for banned in [
         "tokio",
         "hyper",

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use custos_tee_core::protocol::{CertChain, KeyTransfer, Request, Response, TeeError};
+use custos_wire::protocol::{CertChain, KeyTransfer, Request, Response, TeeError};
 
 fn chain_of(tee: &mut Tee) -> CertChain {
     match tee.call(&Request::DeviceChain).unwrap() {

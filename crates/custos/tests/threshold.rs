@@ -152,11 +152,11 @@ fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
     for sess in &report.sessions {
         assert!(sess.verified && sess.error.is_none(), "{report:?}");
         let message = hex::decode(&sess.message_hex).unwrap();
-        assert_eq!(message.len(), custos_tee_core::protocol::MAX_AUDIT_MESSAGE);
+        assert_eq!(message.len(), custos_wire::protocol::MAX_AUDIT_MESSAGE);
         let mut compact = [0u8; 64];
         compact[..32].copy_from_slice(&hex::decode(sess.r.as_ref().unwrap()).unwrap());
         compact[32..].copy_from_slice(&hex::decode(sess.s.as_ref().unwrap()).unwrap());
-        let msg = Message::from_digest(custos_tee_core::protocol::audit_digest(&message));
+        let msg = Message::from_digest(custos_wire::protocol::audit_digest(&message));
         secp.verify_ecdsa(
             &msg,
             &ecdsa::Signature::from_compact(&compact).unwrap(),
@@ -173,10 +173,10 @@ fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
     loop {
         let mut tee = dep.cluster("dc1").unwrap().nodes[1].tee.client().unwrap();
         match tee
-            .call(&custos_tee_core::protocol::Request::ListThresholdKeys)
+            .call(&custos_wire::protocol::Request::ListThresholdKeys)
             .unwrap()
         {
-            custos_tee_core::protocol::Response::ThresholdKeys(k)
+            custos_wire::protocol::Response::ThresholdKeys(k)
                 if k.iter().any(|k| hex::encode(&k.key_id) == key_id) =>
             {
                 assert_eq!(k[0].share_index, 0);
@@ -225,12 +225,12 @@ fn tee_presignatures(dep: &Deployment, cluster: &str, node: usize, key_id: &[u8]
         .client()
         .unwrap();
     match tee
-        .call(&custos_tee_core::protocol::Request::ListPresignatures {
+        .call(&custos_wire::protocol::Request::ListPresignatures {
             key_id: key_id.to_vec(),
         })
         .unwrap()
     {
-        custos_tee_core::protocol::Response::Presignatures(list) => {
+        custos_wire::protocol::Response::Presignatures(list) => {
             list.iter().map(|p| hex::encode(p.id)).collect()
         }
         other => panic!("unexpected {other:?}"),

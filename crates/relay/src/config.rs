@@ -1,4 +1,4 @@
-//! External relay configuration (TOML).
+//! External relay configuration: a TOML file loaded by [`custos_config`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,32 +72,47 @@ fn default_attempts() -> u32 {
     3
 }
 
-impl RelayConfig {
-    /// Loads and checks a TOML file.
-    pub fn load(path: &Path) -> Result<Self, RelayError> {
-        let invalid = |reason: String| {
-            RelayError::Config(format!(
-                "invalid configuration {}: {reason}",
-                path.display()
-            ))
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| RelayError::Config(format!("cannot read {}: {e}", path.display())))?;
-        let cfg: RelayConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        custos_pki::check_name(&cfg.cluster).map_err(|e| invalid(e.to_string()))?;
-        let hash =
-            hex::decode(&cfg.token_sha256).map_err(|e| invalid(format!("token_sha256: {e}")))?;
-        if hash.len() != 32 {
-            return Err(invalid("token_sha256 must be 32 bytes of hex".into()));
+impl custos_config::Component for RelayConfig {
+    const COMPONENT: &'static str = "relay";
+    const INTEGER_FIELDS: &'static [&'static str] = &["attempt_timeout_ms", "max_attempts"];
+
+    fn paths(&mut self) -> Vec<&mut PathBuf> {
+        let mut paths = vec![
+            &mut self.cert,
+            &mut self.key,
+            &mut self.cluster_ca,
+            &mut self.device_ca,
+            &mut self.root_ca,
+            &mut self.bridge_cert,
+        ];
+        if let TransportConfig::Spool {
+            outbound, inbound, ..
+        } = &mut self.transport
+        {
+            paths.extend([outbound, inbound]);
         }
-        Ok(cfg)
+        paths
+    }
+
+    fn check(&mut self, _dir: &Path) -> Result<(), String> {
+        custos_pki::check_name(&self.cluster).map_err(|e| e.to_string())?;
+        let hash = hex::decode(&self.token_sha256).map_err(|e| format!("token_sha256: {e}"))?;
+        if hash.len() != 32 {
+            return Err("token_sha256 must be 32 bytes of hex".into());
+        }
+        Ok(())
+    }
+}
+
+impl RelayConfig {
+    /// Loads and checks a TOML file ([`custos_config::load`]: `CUSTOS_RELAY_<FIELD>`
+    /// overrides, paths relative to the file's folder).
+    pub fn load(path: &Path) -> Result<Self, RelayError> {
+        custos_config::load(path).map_err(|e| RelayError::Config(e.to_string()))
     }
 
     /// Writes the configuration as TOML.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(
-            path,
-            toml::to_string_pretty(self).expect("config serializes"),
-        )
+        custos_config::save(self, path)
     }
 }

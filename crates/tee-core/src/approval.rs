@@ -1,165 +1,17 @@
 //! Verification unit (patent FIG. 3): admin approvals and quorum.
 //!
 //! An approval is an admin's ECDSA P-256 signature over the canonical encoding of the exact
-//! action (cluster, request id, expiry, and what is done with which key). The same encoder is
-//! used by the admin tooling to produce approvals, so both sides always agree byte for byte.
+//! action ([`custos_wire::approval::Action::message`], the same encoder the admin tooling
+//! signs with). This unit checks each approval's certificate chain and signature and counts
+//! distinct admins against the key's quorum.
 
 use std::collections::HashMap;
 
 use custos_pki::{PkiError, TrustRoot, VerifiedAdmin};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::protocol::{ApprovalFault, RequestMeta, TeeError, MAX_APPROVALS};
-
-/// Domain separation tag of approval messages.
-pub const APPROVAL_DOMAIN: &[u8] = b"CUSTOS-APPROVAL-V1\0";
-
-/// The "cluster" of approval messages for actions that span clusters.
-pub const THRESHOLD_SCOPE: &str = "*threshold*";
-
-/// Longest validity window an approval may ask for.
-pub const MAX_APPROVAL_LIFETIME_SECS: u64 = 7 * 24 * 3600;
-
-/// One admin's approval, as attached to a request.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Approval {
-    /// The admin certificate, DER.
-    pub admin_cert: Vec<u8>,
-    /// The Admin CA certificate that issued it, DER.
-    pub admin_ca: Vec<u8>,
-    /// ECDSA P-256 signature (DER) over [`Action::message`].
-    pub signature: Vec<u8>,
-}
-
-/// The action an approval authorizes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action<'a> {
-    /// Generate a new wallet with this quorum.
-    CreateWallet {
-        /// Quorum of the new key.
-        quorum: u8,
-    },
-    /// Import the wallet whose root public key is `key_id`.
-    ImportWallet {
-        /// Quorum of the new key.
-        quorum: u8,
-        /// Root public key of the imported seed.
-        key_id: &'a [u8],
-    },
-    /// Import share `share_index` of the dealt threshold key `key_id`.
-    ImportThresholdKey {
-        /// Quorum of the key.
-        quorum: u8,
-        /// Joint public key.
-        key_id: &'a [u8],
-        /// Share index.
-        share_index: u16,
-    },
-    /// Sign `digest` with the child at `path` of the threshold key `key_id`, by any t of its
-    /// clusters (the cloud server picks them; every attempt needs all of them to agree).
-    /// The action spans clusters: its message is made with [`THRESHOLD_SCOPE`] as cluster.
-    ThresholdSign {
-        /// Joint public key.
-        key_id: &'a [u8],
-        /// BIP-32 path (non-hardened).
-        path: &'a [u32],
-        /// 32-byte digest.
-        digest: &'a [u8; 32],
-    },
-    /// Create a `threshold`-of-n key by distributed key generation between `clusters`
-    /// (cluster i holds share i), with this quorum for its use. Every participating TEE
-    /// checks it. Spans clusters like [`Action::ThresholdSign`]: its message is made with
-    /// [`THRESHOLD_SCOPE`] as cluster.
-    CreateThresholdKey {
-        /// Quorum of the new key.
-        quorum: u8,
-        /// Signers the key needs (t).
-        threshold: u16,
-        /// Whether the key has a chain code (HD derivation).
-        hd: bool,
-        /// Cluster of each share, by share index.
-        clusters: &'a [String],
-    },
-    /// Sign `digest` with the child of `key_id` at `path`.
-    Sign {
-        /// Root public key.
-        key_id: &'a [u8],
-        /// BIP-32 path.
-        path: &'a [u32],
-        /// 32-byte digest.
-        digest: &'a [u8; 32],
-    },
-}
-
-use crate::put_field as put;
-
-impl Action<'_> {
-    /// Canonical bytes an admin signs: domain, action tag, then length-prefixed fields in a
-    /// fixed order. Distinct actions can never encode to the same bytes.
-    pub fn message(&self, cluster: &str, meta: &RequestMeta) -> Vec<u8> {
-        let mut out = Vec::with_capacity(160);
-        out.extend_from_slice(APPROVAL_DOMAIN);
-        let tag: &[u8] = match self {
-            Action::CreateWallet { .. } => b"create-wallet",
-            Action::ImportWallet { .. } => b"import-wallet",
-            Action::Sign { .. } => b"sign",
-            Action::ImportThresholdKey { .. } => b"import-threshold-key",
-            Action::ThresholdSign { .. } => b"threshold-sign",
-            Action::CreateThresholdKey { .. } => b"create-threshold-key",
-        };
-        put(&mut out, tag);
-        put(&mut out, cluster.as_bytes());
-        put(&mut out, &meta.request_id);
-        put(&mut out, &meta.expires_at.to_be_bytes());
-        match self {
-            Action::CreateWallet { quorum } => put(&mut out, &[*quorum]),
-            Action::ImportWallet { quorum, key_id } => {
-                put(&mut out, &[*quorum]);
-                put(&mut out, key_id);
-            }
-            Action::ImportThresholdKey {
-                quorum,
-                key_id,
-                share_index,
-            } => {
-                put(&mut out, &[*quorum]);
-                put(&mut out, key_id);
-                put(&mut out, &share_index.to_be_bytes());
-            }
-            Action::CreateThresholdKey {
-                quorum,
-                threshold,
-                hd,
-                clusters,
-            } => {
-                put(&mut out, &[*quorum]);
-                put(&mut out, &threshold.to_be_bytes());
-                put(&mut out, &[u8::from(*hd)]);
-                put(&mut out, &(clusters.len() as u32).to_be_bytes());
-                for c in *clusters {
-                    put(&mut out, c.as_bytes());
-                }
-            }
-            Action::Sign {
-                key_id,
-                path,
-                digest,
-            }
-            | Action::ThresholdSign {
-                key_id,
-                path,
-                digest,
-            } => {
-                put(&mut out, key_id);
-                let p: Vec<u8> = path.iter().flat_map(|i| i.to_be_bytes()).collect();
-                put(&mut out, &p);
-                put(&mut out, &digest[..]);
-            }
-        }
-        out
-    }
-}
+use custos_wire::approval::{Action, Approval, MAX_APPROVAL_LIFETIME_SECS};
+use custos_wire::protocol::{ApprovalFault, RequestMeta, TeeError, MAX_APPROVALS};
 
 fn fault_of(e: &PkiError) -> ApprovalFault {
     match e {
@@ -268,48 +120,4 @@ pub fn check_quorum(
         return Err(TeeError::QuorumNotMet { required, approved });
     }
     Ok(admins.into_iter().map(|(_, n)| n).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_creation_messages_bind_every_term() {
-        let meta = RequestMeta {
-            request_id: [7; 16],
-            expires_at: 1000,
-        };
-        let three: Vec<String> = ["dc1", "dc2", "dc3"].map(String::from).to_vec();
-        let message = |quorum, threshold, hd, clusters: &[String]| {
-            Action::CreateThresholdKey {
-                quorum,
-                threshold,
-                hd,
-                clusters,
-            }
-            .message(THRESHOLD_SCOPE, &meta)
-        };
-        let base = message(2, 2, true, &three);
-        let swapped: Vec<String> = ["dc2", "dc1", "dc3"].map(String::from).to_vec();
-        let joined: Vec<String> = ["dc1", "dc2dc3"].map(String::from).to_vec();
-        for other in [
-            message(1, 2, true, &three),
-            message(2, 3, true, &three),
-            message(2, 2, false, &three),
-            message(2, 2, true, &swapped),
-            message(2, 2, true, &joined),
-            message(2, 2, true, &three[..2]),
-            Action::CreateWallet { quorum: 2 }.message(THRESHOLD_SCOPE, &meta),
-            Action::CreateThresholdKey {
-                quorum: 2,
-                threshold: 2,
-                hd: true,
-                clusters: &three,
-            }
-            .message("dc1", &meta),
-        ] {
-            assert_ne!(other, base);
-        }
-    }
 }

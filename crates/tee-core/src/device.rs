@@ -8,7 +8,7 @@ use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING
 use zeroize::Zeroizing;
 
 use crate::platform::{Platform, PlatformError};
-use crate::protocol::TeeError;
+use custos_wire::protocol::TeeError;
 
 /// D with the identity it was generated for.
 pub struct DeviceKey {

@@ -17,9 +17,7 @@
 
 pub mod approval;
 pub mod device;
-pub mod import;
 pub mod platform;
-pub mod protocol;
 pub mod sync;
 pub mod threshold;
 pub mod wallet;
@@ -30,11 +28,14 @@ use bitcoin::secp256k1::{All, Secp256k1};
 use custos_pki::{cert_fingerprint, DeviceChain, DeviceIdentity, PkiError, TrustRoot};
 use zeroize::Zeroizing;
 
-use approval::{check_quorum, Action, AdminCache, Approval};
+use approval::{check_quorum, AdminCache};
 use custos_threshold::StoredPresignature;
+use custos_wire::approval::{Action, Approval};
+use custos_wire::field::{put, take};
+use custos_wire::import;
+use custos_wire::protocol::*;
 use device::DeviceKey;
 use platform::{Platform, PlatformError, RecordId};
-use protocol::*;
 use threshold::engine::{parse_session_record, ThresholdState};
 use threshold::HeldKey;
 use wallet::{key_hex, Wallet};
@@ -75,28 +76,6 @@ pub enum OpenError {
     /// The threshold session worker thread could not be started.
     #[error("cannot start the threshold session thread: {0}")]
     SessionThread(String),
-}
-
-/// Appends a length-prefixed (u32, big-endian) field: the one encoding of every transcript,
-/// context and record in the core, so distinct field lists never encode alike.
-pub(crate) fn put_field(out: &mut Vec<u8>, f: &[u8]) {
-    out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-    out.extend_from_slice(f);
-}
-
-/// Reads one field written by [`put_field`], or `None` if the input is cut short.
-pub(crate) fn take_field<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
-    if input.len() < 4 {
-        return None;
-    }
-    let len = u32::from_be_bytes(input[..4].try_into().ok()?) as usize;
-    let rest = &input[4..];
-    if rest.len() < len {
-        return None;
-    }
-    let (f, tail) = rest.split_at(len);
-    *input = tail;
-    Some(f)
 }
 
 /// Refuses a key list that names a key twice (a transfer must land whole or not at all).
@@ -167,9 +146,9 @@ impl<P: Platform> TeeCore<P> {
         let device = match essential(&mut platform, REC_DEVICE_KEY)? {
             Some(body) => {
                 let mut input: &[u8] = &body;
-                let cluster = take_field(&mut input);
-                let node = take_field(&mut input);
-                let pkcs8 = take_field(&mut input);
+                let cluster = take(&mut input);
+                let node = take(&mut input);
+                let pkcs8 = take(&mut input);
                 match (cluster, node, pkcs8) {
                     (Some(c), Some(n), Some(k)) if input.is_empty() => Some(
                         DeviceKey::from_pkcs8(
@@ -208,9 +187,9 @@ impl<P: Platform> TeeCore<P> {
             Ok(Some(body)) => {
                 let mut input: &[u8] = &body;
                 let chain = DeviceChain {
-                    device: take_field(&mut input).unwrap_or_default().to_vec(),
-                    cluster_ca: take_field(&mut input).unwrap_or_default().to_vec(),
-                    device_ca: take_field(&mut input).unwrap_or_default().to_vec(),
+                    device: take(&mut input).unwrap_or_default().to_vec(),
+                    cluster_ca: take(&mut input).unwrap_or_default().to_vec(),
+                    device_ca: take(&mut input).unwrap_or_default().to_vec(),
                 };
                 match core.check_device_chain(&chain) {
                     Ok(id) => core.identity = Some((id, chain)),
@@ -554,7 +533,7 @@ impl<P: Platform> TeeCore<P> {
 
     fn status(&self) -> Status {
         Status {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: PROTOCOL_VERSION.into(),
             platform: self.platform_name.clone(),
             root_fingerprint: self.root.as_ref().map(|r| cert_fingerprint(r.der())),
             device: self.device.as_ref().map(|d| self.device_info(d)),
@@ -604,9 +583,9 @@ impl<P: Platform> TeeCore<P> {
         let key = DeviceKey::generate(&mut self.platform, &cluster, &node)?;
         let csr = key.csr()?;
         let mut body = Zeroizing::new(Vec::new());
-        put_field(&mut body, cluster.as_bytes());
-        put_field(&mut body, node.as_bytes());
-        put_field(&mut body, key.pkcs8());
+        put(&mut body, cluster.as_bytes());
+        put(&mut body, node.as_bytes());
+        put(&mut body, key.pkcs8());
         self.seal_now(REC_DEVICE_KEY, &body)?;
         let public_key = key.public_key();
         self.device = Some(key);
@@ -638,9 +617,9 @@ impl<P: Platform> TeeCore<P> {
     fn install_device_cert(&mut self, chain: DeviceChain) -> Outcome {
         let id = self.check_device_chain(&chain)?;
         let mut body = Vec::new();
-        put_field(&mut body, &chain.device);
-        put_field(&mut body, &chain.cluster_ca);
-        put_field(&mut body, &chain.device_ca);
+        put(&mut body, &chain.device);
+        put(&mut body, &chain.cluster_ca);
+        put(&mut body, &chain.device_ca);
         self.seal_now(REC_DEVICE_CERT, &body)?;
         self.identity = Some((id, chain));
         self.corrupt.remove(REC_DEVICE_CERT);
@@ -662,11 +641,11 @@ impl<P: Platform> TeeCore<P> {
 
     fn export_keys(&mut self, requester: CertChain, key_ids: &[Vec<u8>]) -> Outcome {
         let (own, own_chain) = self.identity()?.clone();
-        if key_ids.is_empty() || key_ids.len() > sync::MAX_TRANSFER_KEYS {
+        if key_ids.is_empty() || key_ids.len() > MAX_TRANSFER_KEYS {
             return Err(TeeError::InvalidRequest(format!(
                 "{} keys requested, 1..={} per transfer",
                 key_ids.len(),
-                sync::MAX_TRANSFER_KEYS
+                MAX_TRANSFER_KEYS
             )));
         }
         reject_duplicates(key_ids)?;
@@ -724,7 +703,7 @@ impl<P: Platform> TeeCore<P> {
         if t.recipient_fingerprint != own.fingerprint {
             return Err(reject("transfer is addressed to another node".into()));
         }
-        if t.key_ids.is_empty() || t.key_ids.len() > sync::MAX_TRANSFER_KEYS {
+        if t.key_ids.is_empty() || t.key_ids.len() > MAX_TRANSFER_KEYS {
             return Err(reject(format!("{} keys in one transfer", t.key_ids.len())));
         }
         reject_duplicates(&t.key_ids)?;
@@ -974,7 +953,7 @@ impl<P: Platform> TeeCore<P> {
     fn store_import(&mut self, quorum: u8, key_id: &[u8], secret: &ImportSecret) -> Outcome {
         let wallet = Wallet::from_seed(
             &self.secp,
-            wallet::import_seed(secret)?,
+            import::import_seed(secret)?,
             quorum,
             Origin::Imported,
             self.platform.now_unix(),

@@ -5,6 +5,7 @@
 //! Nitro Enclaves (NSM random/attestation, KMS-bound sealing), SGX via Gramine (encrypted
 //! files sealed to MRENCLAVE), OP-TEE (GlobalPlatform trusted storage) or a confidential VM.
 
+use custos_wire::protocol::Attestation;
 use zeroize::Zeroizing;
 
 /// Name of a sealed record, e.g. `root`, `device-key`, `wallet/<hex>`.
@@ -37,15 +38,6 @@ impl RecordId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// An attestation document binding `user_data` to the platform's identity.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Attestation {
-    /// Which backend produced it (`software`, `nitro`, `sgx-dcap`, ...).
-    pub platform: String,
-    /// Backend-specific document (a COSE_Sign1 for Nitro, a quote for SGX, ...).
-    pub document: Vec<u8>,
 }
 
 /// Failures of the platform. A corrupt record is reported, never silently skipped.

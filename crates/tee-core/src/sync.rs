@@ -10,24 +10,16 @@
 //! A transfer carries wallets (B keys) and threshold shares (T with P, patent [0073]-[0074])
 //! alike: each record says what it is ([`crate::threshold::HeldKey::is_record`]).
 
-use hpke::aead::ChaCha20Poly1305;
-use hpke::kdf::HkdfSha256;
-use hpke::kem::DhP256HkdfSha256;
-use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::platform::Platform;
-use crate::protocol::{KeyTransfer, TeeError};
+use custos_wire::protocol::{KeyTransfer, TeeError};
 
 /// Domain tag of transfer contexts.
 pub const TRANSFER_DOMAIN: &[u8] = b"CUSTOS-KEY-TRANSFER-V1\0";
-/// Most keys in one transfer (keeps an import request under the frame limit).
-pub const MAX_TRANSFER_KEYS: usize = 20_000;
-
-type Kem = DhP256HkdfSha256;
-
-use crate::put_field as put;
+use custos_wire::field::put;
+use custos_wire::seal::{open_with, seal_with};
 
 /// The context both the HPKE `info` and the sender's signature bind: cluster, sender and
 /// recipient certificate fingerprints, and the exact key ids carried.
@@ -133,57 +125,6 @@ pub fn open(
         info,
         TeeError::TransferRejected,
     )
-}
-
-/// The HPKE seal shared by key transfers and sealed imports (base mode, `info` = the
-/// caller's context, empty AAD). The random source is the caller's: the TEE's platform
-/// inside, the OS outside (a cloud server sealing an import). Failures are reported through
-/// `reject`, so each protocol keeps its own typed refusal.
-pub fn seal_with<R: rand_core::RngCore + rand_core::CryptoRng>(
-    rng: &mut R,
-    recipient_public_key: &[u8],
-    info: &[u8],
-    plaintext: &[u8],
-    reject: fn(String) -> TeeError,
-) -> Result<(Vec<u8>, Vec<u8>), TeeError> {
-    let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient_public_key)
-        .map_err(|e| reject(format!("recipient key: {e}")))?;
-    let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
-        &OpModeS::Base,
-        &pk,
-        info,
-        plaintext,
-        &[],
-        rng,
-    )
-    .map_err(|e| reject(format!("HPKE seal: {e}")))?;
-    Ok((enc.to_bytes().to_vec(), ct))
-}
-
-/// The HPKE open matching [`seal_with`]. The plaintext is secret (wallet seeds), so it is
-/// returned in a buffer erased on drop. Any failure, whatever its cause, is reported the
-/// same way through `reject`: the caller learns only that the ciphertext is not for it.
-pub fn open_with(
-    private_scalar: &[u8],
-    enc: &[u8],
-    ciphertext: &[u8],
-    info: &[u8],
-    reject: fn(String) -> TeeError,
-) -> Result<Zeroizing<Vec<u8>>, TeeError> {
-    let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(private_scalar)
-        .map_err(|e| reject(format!("own key: {e}")))?;
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
-        .map_err(|e| reject(format!("encapsulated key: {e}")))?;
-    hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
-        &OpModeR::Base,
-        &sk,
-        &enc,
-        info,
-        ciphertext,
-        &[],
-    )
-    .map(Zeroizing::new)
-    .map_err(|_| reject("HPKE open failed: not for this node or altered".into()))
 }
 
 /// Concatenates length-prefixed records (the transfer plaintext).

@@ -3,10 +3,10 @@
 
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use bitcoin::secp256k1::{All, Message, Secp256k1};
-use bitcoin::NetworkKind;
 use zeroize::Zeroizing;
 
-use crate::protocol::{EcdsaSignature, ImportSecret, KeyInfo, Origin, TeeError, MAX_PATH_DEPTH};
+use custos_wire::import::master_key;
+use custos_wire::protocol::{EcdsaSignature, KeyInfo, Origin, TeeError, MAX_PATH_DEPTH};
 
 const RECORD_VERSION: u8 = 1;
 
@@ -41,26 +41,6 @@ pub fn key_hex(key_id: &[u8]) -> String {
     hex::encode(key_id)
 }
 
-/// Longest mnemonic or passphrase accepted (bytes); BIP-39 phrases are far shorter, the
-/// bound only stops a huge input from being hashed.
-pub const MAX_MNEMONIC_LEN: usize = 1024;
-
-/// The BIP-32 seed an import brings: the raw seed as given, or the BIP-39 seed of an English
-/// mnemonic and its passphrase. The seed's length is checked by [`Wallet::from_seed`].
-pub fn import_seed(secret: &ImportSecret) -> Result<Zeroizing<Vec<u8>>, TeeError> {
-    match secret {
-        ImportSecret::Seed(bytes) => Ok(Zeroizing::new(bytes.0.clone())),
-        ImportSecret::Mnemonic { phrase, passphrase } => {
-            if phrase.0.len() > MAX_MNEMONIC_LEN || passphrase.0.len() > MAX_MNEMONIC_LEN {
-                return Err(TeeError::ImportRejected("mnemonic too long".into()));
-            }
-            let m = bip39::Mnemonic::parse_in(bip39::Language::English, phrase.0.as_str())
-                .map_err(|e| TeeError::ImportRejected(format!("BIP-39: {e}")))?;
-            Ok(Zeroizing::new(m.to_seed(passphrase.0.as_str()).to_vec()))
-        }
-    }
-}
-
 impl Wallet {
     /// Builds a wallet from a BIP-32 seed (16 to 64 bytes).
     pub fn from_seed(
@@ -70,14 +50,7 @@ impl Wallet {
         origin: Origin,
         created_at: u64,
     ) -> Result<Self, TeeError> {
-        if !(16..=64).contains(&seed.len()) {
-            return Err(TeeError::ImportRejected(format!(
-                "seed is {} bytes, BIP-32 allows 16 to 64",
-                seed.len()
-            )));
-        }
-        let master = Xpriv::new_master(NetworkKind::Main, &seed)
-            .map_err(|e| TeeError::ImportRejected(format!("seed unusable: {e}")))?;
+        let master = master_key(&seed)?;
         let xpub = Xpub::from_priv(secp, &master);
         let info = KeyInfo {
             key_id: xpub.public_key.serialize().to_vec(),

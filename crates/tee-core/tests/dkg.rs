@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 use bitcoin::bip32::{ChainCode, ChildNumber, DerivationPath, Fingerprint, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
 use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
-use custos_tee_core::approval::{Action, Approval, THRESHOLD_SCOPE};
-use custos_tee_core::protocol::{
+use custos_tee_core::threshold::primes::{seal_primes_file, PRIMES_PREFIX};
+use custos_tee_core::TeeCore;
+use custos_threshold::fixtures;
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::protocol::{
     encode_request, CertChain, Outcome, Request, RequestMeta, Response, SessionRef, SignedResponse,
     TeeError, ThresholdKeyInfo, ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin,
     ThresholdSignParams, ThresholdSigner,
 };
-use custos_tee_core::threshold::primes::{seal_primes_file, PRIMES_PREFIX};
-use custos_tee_core::TeeCore;
-use custos_threshold::fixtures;
 use rand::RngCore;
 
 const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];

@@ -12,14 +12,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
-use custos_tee_core::approval::{Action, Approval};
-use custos_tee_core::import::{import_context, import_key_id, seal_import, SealedImport};
 use custos_tee_core::platform::Platform;
-use custos_tee_core::protocol::{
+use custos_tee_core::TeeCore;
+use custos_wire::approval::{Action, Approval};
+use custos_wire::import::{import_context, import_key_id, seal_import, SealedImport};
+use custos_wire::protocol::{
     encode_request, ImportSecret, KeyInfo, Origin, Outcome, Request, RequestMeta, Response,
     SecretBytes, SecretString, SignedResponse, TeeError,
 };
-use custos_tee_core::TeeCore;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -318,7 +318,7 @@ fn a_secret_that_is_not_the_approved_key_is_refused() {
     // the plaintext is another secret. The TEE opens it and still refuses.
     let context = import_context(CLUSTER, "node1", &meta, 1, &other_key);
     let plaintext = Zeroizing::new(postcard::to_allocvec(&secret).unwrap());
-    let (enc, ciphertext) = custos_tee_core::sync::seal_with(
+    let (enc, ciphertext) = custos_wire::seal::seal_with(
         &mut rand::rngs::OsRng,
         &d1,
         &context,

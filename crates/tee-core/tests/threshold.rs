@@ -22,16 +22,17 @@ use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
 use custos_pki::{
     der_to_pem, pem_to_der, AdminSigner, DealerSigner, DeviceIdentity, PkiDir, TrustRoot,
 };
-use custos_tee_core::approval::{Action, Approval, THRESHOLD_SCOPE};
-use custos_tee_core::protocol::{
+use custos_tee_core::threshold::bundle::seal_bundle;
+use custos_tee_core::threshold::key_info;
+use custos_tee_core::TeeCore;
+use custos_threshold::{combine, deal, fixtures, PartialSig, PresignaturePublic, ThresholdShare};
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::protocol::{
     encode_request, CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta,
     Response, SessionRef, SignedResponse, TeeError, ThresholdBundle, ThresholdKeyInfo,
     ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
 };
-use custos_tee_core::threshold::bundle::{bundle_context, bundle_transcript, seal_bundle};
-use custos_tee_core::threshold::key_info;
-use custos_tee_core::TeeCore;
-use custos_threshold::{combine, deal, fixtures, PartialSig, PresignaturePublic, ThresholdShare};
+use custos_wire::threshold::{bundle_context, bundle_transcript};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -908,7 +909,7 @@ fn audit_sessions_sign_the_audit_digest_with_the_root_key_without_approvals() {
     assert_eq!(low, plain, "high-s signature");
     Secp256k1::new()
         .verify_ecdsa(
-            &Message::from_digest(custos_tee_core::protocol::audit_digest(b"audit-01")),
+            &Message::from_digest(custos_wire::protocol::audit_digest(b"audit-01")),
             &plain,
             &root,
         )

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
+use custos_tee_core::platform::{Platform, PlatformError, RecordId};
+use custos_wire::protocol::Attestation;
 use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::{Digest, Sha256};

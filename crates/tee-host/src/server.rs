@@ -15,7 +15,7 @@ use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use crate::frame::{read_frame, refusal_payload, write_frame, FrameError, Kind, RefusalCode};
+use custos_wire::frame::{read_frame, refusal_payload, write_frame, FrameError, Kind, RefusalCode};
 
 /// Most simultaneous connections (node server, admin tools, sync workers).
 pub const MAX_CONNECTIONS: usize = 64;
@@ -89,7 +89,7 @@ fn handle_connection(mut stream: UnixStream, core: &SyncSender<Job>) {
         return;
     }
     loop {
-        match read_frame(&mut stream, crate::frame::MAX_REQUEST) {
+        match read_frame(&mut stream, custos_wire::frame::MAX_REQUEST) {
             Ok((Kind::Request, payload)) => {
                 let (reply, answer) = mpsc::sync_channel(1);
                 if core.send((payload, reply)).is_err() {

@@ -1,13 +1,16 @@
-//! Node server configuration: a TOML file, each field overridable by an environment
-//! variable `CUSTOS_NODE_<FIELD>` (upper case), as deployments commonly inject settings.
+//! Node server configuration: a TOML file loaded by [`custos_config`], each field
+//! overridable by `CUSTOS_NODE_<FIELD>`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use custos_config::ConfigError;
+
 /// Configuration of one vault node server.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Node name (must equal the device certificate's common name).
     pub node: String,
@@ -37,89 +40,34 @@ fn default_tee_connections() -> usize {
     8
 }
 
-/// Fields whose environment override is a number.
-const NUMERIC: &[&str] = &["sync_interval_secs", "tee_connections"];
+impl custos_config::Component for NodeConfig {
+    const COMPONENT: &'static str = "node";
+    const INTEGER_FIELDS: &'static [&'static str] = &["sync_interval_secs", "tee_connections"];
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Unreadable file.
-    #[error("cannot read {path}: {reason}")]
-    Read {
-        /// Path.
-        path: String,
-        /// Reason.
-        reason: String,
-    },
-    /// Invalid TOML or field.
-    #[error("invalid configuration {path}: {reason}")]
-    Invalid {
-        /// Path or variable.
-        path: String,
-        /// Reason.
-        reason: String,
-    },
+    fn paths(&mut self) -> Vec<&mut PathBuf> {
+        vec![&mut self.tee_socket, &mut self.root_ca]
+    }
+
+    fn check(&mut self, _dir: &Path) -> Result<(), String> {
+        custos_pki::check_name(&self.node)
+            .and_then(|_| custos_pki::check_name(&self.cluster))
+            .map_err(|e| e.to_string())?;
+        if self.tee_connections == 0 || self.tee_connections > 64 {
+            return Err("tee_connections must be 1..=64".into());
+        }
+        Ok(())
+    }
 }
 
 impl NodeConfig {
-    /// Loads a TOML file and applies `CUSTOS_NODE_*` environment overrides.
+    /// Loads a TOML file ([`custos_config::load`]: `CUSTOS_NODE_<FIELD>` overrides, paths
+    /// relative to the file's folder).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-        for field in [
-            "node",
-            "cluster",
-            "listen",
-            "bridge",
-            "tee_socket",
-            "root_ca",
-            "sync_interval_secs",
-            "tee_connections",
-        ] {
-            if let Ok(v) = std::env::var(format!("CUSTOS_NODE_{}", field.to_uppercase())) {
-                let numeric = NUMERIC.contains(&field);
-                let value = match v.parse::<i64>() {
-                    Ok(n) if numeric => toml::Value::Integer(n),
-                    _ => toml::Value::String(v),
-                };
-                table.insert(field.to_string(), value);
-            }
-        }
-        let cfg: NodeConfig =
-            table
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-        custos_pki::check_name(&cfg.node)
-            .and_then(|_| custos_pki::check_name(&cfg.cluster))
-            .map_err(|e| ConfigError::Invalid {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        if cfg.tee_connections == 0 || cfg.tee_connections > 64 {
-            return Err(ConfigError::Invalid {
-                path: path.display().to_string(),
-                reason: "tee_connections must be 1..=64".into(),
-            });
-        }
-        Ok(cfg)
+        custos_config::load(path)
     }
 
     /// Writes the configuration as TOML (used by `custos cluster up`).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(
-            path,
-            toml::to_string_pretty(self).expect("config serializes"),
-        )
+        custos_config::save(self, path)
     }
 }

@@ -15,7 +15,7 @@ mod service;
 mod sync;
 mod tee_pool;
 
-pub use config::{ConfigError, NodeConfig};
+pub use config::NodeConfig;
 pub use service::run;
 pub use tee_pool::TeePool;
 
@@ -27,10 +27,10 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub enum NodeError {
     /// Configuration problem.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] custos_config::ConfigError),
     /// The TEE core is unreachable or refused.
     #[error("TEE core: {0}")]
-    Tee(#[from] custos_tee_host::ClientError),
+    Tee(#[from] custos_wire::client::ClientError),
     /// The TEE is not provisioned yet.
     #[error("TEE core is not provisioned: {0}")]
     NotProvisioned(String),

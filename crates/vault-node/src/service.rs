@@ -14,7 +14,7 @@ use custos_proto::cluster::{
     ExportReply, ExportRequest, HealthReply, HealthRequest, RegisterRequest, SyncNowReply,
     SyncNowRequest, TeeCall, TeeReply,
 };
-use custos_tee_core::protocol::{decode_request, Request, Response};
+use custos_wire::protocol::{decode_request, RelayClass, Request, Response};
 use tokio::sync::Notify;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
@@ -35,9 +35,9 @@ pub(crate) fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn tee_status(e: custos_tee_host::ClientError) -> Status {
+pub(crate) fn tee_status(e: custos_wire::client::ClientError) -> Status {
     match e {
-        custos_tee_host::ClientError::Tee(t) => Status::failed_precondition(t.to_string()),
+        custos_wire::client::ClientError::Tee(t) => Status::failed_precondition(t.to_string()),
         other => Status::unavailable(format!("TEE core unavailable: {other}")),
     }
 }
@@ -91,39 +91,6 @@ impl NodeService {
     }
 }
 
-/// Requests the bridge may relay to the TEE. Provisioning, TLS signing and key transfers
-/// never come through the bridge, nor plaintext wallet imports: their secret would cross
-/// every relay in clear (they are done at the node's own TEE socket). Sealed imports are
-/// relayed: the secret is HPKE-sealed to this node's device key and bound to the approved
-/// request, so relays only see ciphertext that no other TEE can open. Threshold bundles are
-/// sealed the same way, and threshold session messages (signing and distributed key
-/// generation) are signed by each sender's D key with their point-to-point content sealed to
-/// the receiving node.
-fn relayable(r: &Request) -> bool {
-    matches!(
-        r,
-        Request::Status
-            | Request::ListKeys
-            | Request::GetXpub { .. }
-            | Request::CreateWallet { .. }
-            | Request::ImportWalletSealed { .. }
-            | Request::Sign { .. }
-            | Request::AuditSign { .. }
-            | Request::Attest { .. }
-            | Request::DeviceChain
-            | Request::ImportThresholdBundle { .. }
-            | Request::ListThresholdKeys
-            | Request::ThresholdStart { .. }
-            | Request::ThresholdKeygenStart { .. }
-            | Request::ThresholdAuditStart { .. }
-            | Request::ThresholdFeed { .. }
-            | Request::ThresholdAbort { .. }
-            | Request::ThresholdPresignStart { .. }
-            | Request::ThresholdPresignSign { .. }
-            | Request::ListPresignatures { .. }
-    )
-}
-
 #[tonic::async_trait]
 impl VaultNode for NodeService {
     async fn execute(&self, req: GrpcRequest<TeeCall>) -> Result<GrpcResponse<TeeReply>, Status> {
@@ -131,7 +98,7 @@ impl VaultNode for NodeService {
         let call = req.into_inner();
         let decoded =
             decode_request(&call.request).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !relayable(&decoded) {
+        if decoded.relay_class() != RelayClass::Relayed {
             return Err(Status::permission_denied(
                 "this TEE operation is not relayed from the bridge",
             ));
@@ -218,7 +185,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         return Err(NodeError::NotProvisioned("no device chain".into()));
     };
     let root_pem = std::fs::read_to_string(&config.root_ca).map_err(|e| {
-        NodeError::Config(crate::ConfigError::Read {
+        NodeError::Config(custos_config::ConfigError::Read {
             path: config.root_ca.display().to_string(),
             reason: e.to_string(),
         })
@@ -345,49 +312,5 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             .map_err(|e| NodeError::Serve(e.to_string()))?
             .map_err(|e| NodeError::Serve(e.to_string())),
         _ = periodic => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::relayable;
-    use custos_tee_core::import::SealedImport;
-    use custos_tee_core::protocol::{ImportSecret, Request, RequestMeta, SecretBytes};
-
-    #[test]
-    fn sealed_imports_are_relayed_plaintext_imports_are_not() {
-        let meta = RequestMeta {
-            request_id: [1; 16],
-            expires_at: 0,
-        };
-        assert!(relayable(&Request::ImportWalletSealed {
-            meta: meta.clone(),
-            quorum: 1,
-            key_id: vec![2; 33],
-            sealed: SealedImport {
-                enc: vec![4; 65],
-                ciphertext: vec![0; 64],
-            },
-            approvals: Vec::new(),
-        }));
-        assert!(relayable(&Request::ThresholdKeygenStart {
-            meta: meta.clone(),
-            attempt: 0,
-            params: custos_tee_core::protocol::ThresholdKeygenParams {
-                threshold: 2,
-                hd: true,
-                clusters: vec!["dc1".into(), "dc2".into()],
-                quorum: 1,
-                participants: Vec::new(),
-            },
-            approvals: Vec::new(),
-        }));
-        assert!(!relayable(&Request::ImportWallet {
-            meta,
-            quorum: 1,
-            key_id: vec![2; 33],
-            secret: ImportSecret::Seed(SecretBytes(vec![0; 32])),
-            approvals: Vec::new(),
-        }));
     }
 }

@@ -8,8 +8,8 @@ use custos_net::connect_lazy;
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::vault_node_client::VaultNodeClient;
 use custos_proto::cluster::{ExportRequest, KeyListRequest, SyncReport};
-use custos_tee_core::protocol::{KeyTransfer, Request, Response};
-use custos_tee_core::sync::MAX_TRANSFER_KEYS;
+use custos_wire::protocol::MAX_TRANSFER_KEYS;
+use custos_wire::protocol::{KeyTransfer, Request, Response};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 

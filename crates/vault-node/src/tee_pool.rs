@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use custos_tee_core::protocol::{encode_request, Request, Response};
-use custos_tee_host::{ClientError, TeeClient};
+use custos_wire::client::{ClientError, TeeClient};
+use custos_wire::protocol::{encode_request, Request, Response};
 
 /// Connections to one TEE core, all pinned to its device key.
 #[derive(Clone)]
@@ -99,7 +99,7 @@ impl TeePool {
     /// Sends a request; returns the response or the TEE's typed refusal (blocking).
     pub fn call_blocking(&self, request: &Request) -> Result<Response, ClientError> {
         let raw = self.call_raw_blocking(&encode_request(request))?;
-        Ok(custos_tee_host::client::decode_outcome(&raw)??)
+        Ok(custos_wire::client::decode_outcome(&raw)??)
     }
 
     /// Async wrapper over [`TeePool::call_raw_blocking`].

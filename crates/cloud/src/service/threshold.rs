@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint};
 use bitcoin::NetworkKind;
-use custos_tee_core::approval::THRESHOLD_SCOPE;
-use custos_tee_core::protocol::{audit_digest, MAX_AUDIT_MESSAGE};
-use custos_tee_core::protocol::{
+use custos_wire::approval::THRESHOLD_SCOPE;
+use custos_wire::protocol::{audit_digest, MAX_AUDIT_MESSAGE};
+use custos_wire::protocol::{
     CertChain, PresignSignParams, PresignatureInfo, SessionRef, ThresholdBundle, ThresholdKeyInfo,
     ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
     MAX_PRESIGN_MESSAGE, MAX_THRESHOLD_ATTEMPTS, MAX_THRESHOLD_MESSAGES,
@@ -41,7 +41,7 @@ use crate::approval::parse_key_id;
 /// Largest dealer bundle accepted (decoded bytes; its hex is twice as long).
 pub const MAX_BUNDLE: usize = 256 * 1024;
 /// Most clusters (shares) a threshold key may span (the TEE core's limit).
-pub const MAX_THRESHOLD_CLUSTERS: usize = custos_tee_core::threshold::MAX_THRESHOLD_PARTIES;
+pub const MAX_THRESHOLD_CLUSTERS: usize = custos_wire::threshold::MAX_THRESHOLD_PARTIES;
 /// Most message exchanges one signing session may take (cggmp24 signing needs about five).
 pub const MAX_THRESHOLD_EXCHANGES: u32 = 32;
 /// Longest a signing session may run, from its start to the last signature.
@@ -230,7 +230,7 @@ pub fn decode_bundle(text: &str) -> Result<ThresholdBundle, String> {
 /// compressed point as key id, 2 ≤ t ≤ n ≤ [`MAX_THRESHOLD_CLUSTERS`], distinct valid
 /// cluster names, the share index among the n, a usable quorum.
 pub fn check_threshold_key_info(k: &ThresholdKeyInfo) -> Result<(), String> {
-    custos_tee_core::threshold::check_key_info(k)
+    custos_wire::threshold::check_key_info(k)
 }
 
 /// The extended public key (depth 0, mainnet version bytes like the TEE's wallets) of a
@@ -2122,7 +2122,7 @@ fn audit_groups(n: usize, t: usize) -> Vec<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custos_tee_core::protocol::ThresholdOrigin;
+    use custos_wire::protocol::ThresholdOrigin;
 
     fn info() -> ThresholdKeyInfo {
         let secp = Secp256k1::new();

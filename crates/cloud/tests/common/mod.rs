@@ -34,12 +34,13 @@ use custos_proto::cluster::{
     AuditReport, ClusterStatus, LinkRefusal, LinkReply, LinkRequest, NodeAudit, NodeStatus,
     TeeReply,
 };
-use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
-use custos_tee_core::protocol::{
+use custos_tee_core::platform::{Platform, PlatformError, RecordId};
+use custos_tee_core::TeeCore;
+use custos_wire::protocol::Attestation;
+use custos_wire::protocol::{
     decode_request, encode_request, response_transcript, CertChain, Outcome, Request, Response,
     SignedResponse, TeeError,
 };
-use custos_tee_core::TeeCore;
 use prost::Message;
 use rand::RngCore;
 use sqlx::{AnyConnection, Connection, Executor};
@@ -136,7 +137,7 @@ impl Pki {
         let call = |core: &mut TeeCore<MemPlatform>, r: &Request| -> Response {
             let signed: SignedResponse =
                 postcard::from_bytes(&core.handle_bytes(&encode_request(r))).unwrap();
-            let outcome: Result<Response, custos_tee_core::protocol::TeeError> =
+            let outcome: Result<Response, custos_wire::protocol::TeeError> =
                 postcard::from_bytes(&signed.body).unwrap();
             outcome.unwrap()
         };

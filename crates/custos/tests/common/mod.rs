@@ -10,11 +10,11 @@ use custos::deployment::{Deployment, DeploymentOptions};
 use custos::ops::{approvals, new_meta, provision};
 use custos::tee_process::{KeyArg, TeeProcess};
 use custos_pki::{AdminSigner, PkiDir};
-use custos_tee_core::approval::{Action, Approval};
-use custos_tee_core::protocol::{
+use custos_wire::approval::{Action, Approval};
+use custos_wire::client::{ClientError, TeeClient};
+use custos_wire::protocol::{
     ImportSecret, KeyInfo, Request, RequestMeta, Response, SecretBytes, TeeError,
 };
-use custos_tee_host::{ClientError, TeeClient};
 
 pub const CLUSTER: &str = "dc1";
 
@@ -141,7 +141,7 @@ impl Tee {
         self.client.call(req)
     }
 
-    pub fn status(&mut self) -> custos_tee_core::protocol::Status {
+    pub fn status(&mut self) -> custos_wire::protocol::Status {
         match self.call(&Request::Status).unwrap() {
             Response::Status(s) => s,
             r => panic!("unexpected {r:?}"),
@@ -331,7 +331,7 @@ pub fn refusal(r: Result<Response, ClientError>) -> TeeError {
 /// Independent verification with RustCrypto's k256 (not libsecp256k1): the signature
 /// verifies under `public_key`, is low-s, and (r, s, v) recovers `public_key`.
 pub fn verify_independently(
-    sig: &custos_tee_core::protocol::EcdsaSignature,
+    sig: &custos_wire::protocol::EcdsaSignature,
     digest: &[u8; 32],
     public_key: &[u8],
 ) {

@@ -2,120 +2,33 @@
 //! the certified D key of one node of that cluster and signed by the operating company's
 //! dealer (patent [0070]-[0072], DESIGN flow 6).
 //!
-//! The dealer program calls [`seal_bundle`] outside any TEE (OS randomness); the node's TEE
-//! opens the bundle on [`Request::ImportThresholdBundle`](crate::protocol::Request) after
-//! checking the dealer's certificate (dealer role under the pinned Root's Admin CA) and
-//! signature, that the bundle is addressed to its own certificate and cluster, and the admin
-//! approvals. The HPKE `info` is [`bundle_context`]: the share opens only in that node's TEE
-//! and only under exactly the public facts the dealer signed.
+//! The context, transcript and sealing are [`custos_wire::threshold`]'s; here the share is
+//! checked against its key facts before sealing (the dealer), and opened inside the TEE.
 
 use custos_pki::{DealerSigner, DeviceIdentity};
 use custos_threshold::ThresholdShare;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{check_key_info, check_share, put};
-use crate::protocol::{TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin};
-use crate::sync;
+use super::check_share;
+use custos_wire::protocol::{TeeError, ThresholdBundle, ThresholdKeyInfo};
+use custos_wire::seal::open_with;
 
-/// Domain tag of bundle contexts (the HPKE `info`).
-pub const BUNDLE_DOMAIN: &[u8] = b"CUSTOS-THRESHOLD-BUNDLE-V1\0";
-/// Domain tag of what the dealer signs.
-pub const BUNDLE_SIGNATURE_DOMAIN: &[u8] = b"CUSTOS-THRESHOLD-BUNDLE-SIGNATURE-V1\0";
 /// Largest bundle ciphertext accepted: a share of the largest accepted size plus the AEAD tag.
 pub const MAX_BUNDLE_CIPHERTEXT: usize = custos_threshold::MAX_SHARE_BYTES + 16;
 
-/// Context binding a bundle to the recipient's cluster and certificate and to every public
-/// fact of the key (key id, chain code, threshold, clusters, quorum, origin, share index).
-/// Length-prefixed fields after [`BUNDLE_DOMAIN`].
-pub fn bundle_context(
-    cluster: &str,
-    recipient_fingerprint: &[u8; 32],
-    key: &ThresholdKeyInfo,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + key.clusters.len() * 16);
-    out.extend_from_slice(BUNDLE_DOMAIN);
-    put(&mut out, cluster.as_bytes());
-    put(&mut out, recipient_fingerprint);
-    put(&mut out, &key.key_id);
-    match &key.chain_code {
-        None => put(&mut out, &[]),
-        Some(c) => put(&mut out, c),
-    }
-    put(&mut out, &key.threshold.to_be_bytes());
-    out.extend_from_slice(&(key.clusters.len() as u32).to_be_bytes());
-    for c in &key.clusters {
-        put(&mut out, c.as_bytes());
-    }
-    put(&mut out, &[key.quorum]);
-    put(
-        &mut out,
-        match key.origin {
-            ThresholdOrigin::Dealer => b"dealer",
-            ThresholdOrigin::Dkg => b"dkg",
-        },
-    );
-    put(&mut out, &key.share_index.to_be_bytes());
-    out
-}
-
-/// What the dealer signs: domain, the context (all public fields) and the HPKE output.
-pub fn bundle_transcript(context: &[u8], enc: &[u8], ciphertext: &[u8]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(BUNDLE_SIGNATURE_DOMAIN.len() + context.len() + 72);
-    t.extend_from_slice(BUNDLE_SIGNATURE_DOMAIN);
-    put(&mut t, context);
-    put(&mut t, &Sha256::digest(enc));
-    put(&mut t, &Sha256::digest(ciphertext));
-    t
-}
-
-/// Seals `share` for the node `recipient` and signs the bundle as `dealer`.
-///
-/// `recipient` must come from verifying the node's certificate chain against the Root
-/// (`TrustRoot::verify_device(chain, Some(&key.clusters[key.share_index]), now)`): this
-/// function trusts its cluster, fingerprint and D public key. It checks that `key` is
-/// consistent, describes `share` (public key, chain code, threshold, n, index) and names the
-/// recipient's cluster for this share, so a dealer mistake is caught before the bundle
-/// travels. Uses OS randomness; refusals are [`TeeError::ThresholdRejected`].
+/// Seals `share` for the node `recipient` and signs the bundle as `dealer`
+/// ([`custos_wire::threshold::seal_bundle`]), after checking that `key` describes `share`
+/// (public key, chain code, threshold, n, index), so a dealer mistake is caught before the
+/// bundle travels.
 pub fn seal_bundle(
     share: &ThresholdShare,
     key: ThresholdKeyInfo,
     recipient: &DeviceIdentity,
     dealer: &DealerSigner,
 ) -> Result<ThresholdBundle, TeeError> {
-    check_key_info(&key).map_err(TeeError::ThresholdRejected)?;
     check_share(&key, share).map_err(TeeError::ThresholdRejected)?;
-    if key.origin != ThresholdOrigin::Dealer {
-        return Err(TeeError::ThresholdRejected(
-            "a dealer bundle carries a dealt key (origin Dealer)".into(),
-        ));
-    }
-    let cluster = &key.clusters[usize::from(key.share_index)];
-    if *cluster != recipient.cluster {
-        return Err(TeeError::ThresholdRejected(format!(
-            "share {} belongs to cluster {cluster:?}, the recipient is in {:?}",
-            key.share_index, recipient.cluster
-        )));
-    }
-    let context = bundle_context(cluster, &recipient.fingerprint, &key);
     let plaintext: Zeroizing<Vec<u8>> = share.to_sealed_bytes();
-    let (enc, ciphertext) = sync::seal_with(
-        &mut rand_core::OsRng,
-        &recipient.public_key,
-        &context,
-        &plaintext,
-        TeeError::ThresholdRejected,
-    )?;
-    let signature = dealer.sign(&bundle_transcript(&context, &enc, &ciphertext));
-    Ok(ThresholdBundle {
-        key,
-        recipient_fingerprint: recipient.fingerprint,
-        dealer_cert: dealer.cert_der.clone(),
-        dealer_ca: dealer.admin_ca_der.clone(),
-        enc,
-        ciphertext,
-        signature,
-    })
+    custos_wire::threshold::seal_bundle(&plaintext, key, recipient, dealer)
 }
 
 /// Opens a bundle's ciphertext with D's private scalar under `context` and decodes the share.
@@ -131,7 +44,7 @@ pub(crate) fn open_bundle(
             bundle.ciphertext.len()
         )));
     }
-    let plaintext = sync::open_with(
+    let plaintext = open_with(
         private_scalar,
         &bundle.enc,
         &bundle.ciphertext,
@@ -145,6 +58,7 @@ pub(crate) fn open_bundle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use custos_wire::protocol::ThresholdOrigin;
 
     fn info() -> ThresholdKeyInfo {
         ThresholdKeyInfo {
@@ -156,38 +70,6 @@ mod tests {
             origin: ThresholdOrigin::Dealer,
             share_index: 1,
         }
-    }
-
-    #[test]
-    fn contexts_differ_in_every_field() {
-        let k = info();
-        let base = bundle_context("dc2", &[7; 32], &k);
-        let edits: &[fn(&mut ThresholdKeyInfo)] = &[
-            |k| k.key_id[5] ^= 1,
-            |k| k.chain_code = None,
-            |k| k.chain_code = Some([2; 32]),
-            |k| k.threshold = 3,
-            |k| k.clusters.swap(0, 2),
-            |k| k.clusters.push("dc4".into()),
-            |k| k.quorum = 2,
-            |k| k.origin = ThresholdOrigin::Dkg,
-            |k| k.share_index = 2,
-        ];
-        let mut variants = vec![
-            bundle_context("dc3", &[7; 32], &k),
-            bundle_context("dc2", &[8; 32], &k),
-        ];
-        for edit in edits {
-            let mut v = k.clone();
-            edit(&mut v);
-            variants.push(bundle_context("dc2", &[7; 32], &v));
-        }
-        for v in variants {
-            assert_ne!(v, base);
-        }
-        let t = bundle_transcript(&base, b"enc", b"ct");
-        assert_ne!(t, bundle_transcript(&base, b"enc", b"cu"));
-        assert_ne!(t, bundle_transcript(&base, b"enb", b"ct"));
     }
 
     #[test]

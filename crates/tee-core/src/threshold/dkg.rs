@@ -45,10 +45,10 @@ use super::engine::{
 use super::primes::PRIMES_PREFIX;
 use super::wire::{dkg_execution_id, DkgStage};
 use super::{check_key_facts, key_info, HeldKey, MAX_THRESHOLD_PARTIES};
-use crate::approval::{Action, Approval, THRESHOLD_SCOPE};
 use crate::platform::{Platform, RecordId};
-use crate::protocol::*;
 use crate::{storage, TeeCore};
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::protocol::*;
 
 /// Most key generations open at once in one TEE.
 pub const MAX_DKG_SESSIONS: usize = 4;

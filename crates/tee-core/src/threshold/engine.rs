@@ -25,16 +25,17 @@ use custos_threshold::{
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::bundle::{bundle_context, bundle_transcript, open_bundle};
+use super::bundle::open_bundle;
 use super::dkg::Dkg;
 use super::primes::PrimePool;
 use super::wire::{audit_execution_id, execution_id, message_transcript, p2p_context};
 use super::{check_key_info, check_share, HeldKey, SESSION_PREFIX, SHARE_PREFIX};
-use crate::approval::{Action, Approval, THRESHOLD_SCOPE};
 use crate::platform::{Platform, PlatformError, RecordId};
-use crate::protocol::*;
 use crate::wallet::key_hex;
 use crate::{storage, sync, TeeCore};
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::protocol::*;
+use custos_wire::threshold::{bundle_context, bundle_transcript};
 
 /// Longest a session may run (the approvals' expiry may cut it shorter).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -753,7 +754,7 @@ impl<P: Platform> TeeCore<P> {
                     &m.phase,
                     m.round,
                 );
-                sync::open_with(
+                custos_wire::seal::open_with(
                     own_scalar,
                     &m.enc,
                     &m.payload,

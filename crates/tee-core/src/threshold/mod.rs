@@ -2,7 +2,7 @@
 //! [0070]-[0085], DESIGN flows 6 and 7).
 //!
 //! * [`bundle`]: the dealer's sealed, signed delivery of one cluster's share to one node
-//!   (used outside the TEE by the dealer program to seal, inside to open).
+//!   (sealed by the dealer program, opened inside the TEE; format in [`custos_wire::threshold`]).
 //! * [`wire`]: what binds a signing session together: the execution id every participant
 //!   derives from the approved request, and the contexts and transcripts of the protocol
 //!   messages (each signed by its sender's D key, point-to-point content HPKE-sealed to the
@@ -22,9 +22,9 @@
 //! next to wallet records, which it cannot be mistaken for (its first byte,
 //! [`THRESHOLD_RECORD_TAG`], is never a wallet record version).
 //!
-//! [`Request::ImportThresholdBundle`]: crate::protocol::Request::ImportThresholdBundle
-//! [`Request::ListThresholdKeys`]: crate::protocol::Request::ListThresholdKeys
-//! [`Request::ThresholdKeygenStart`]: crate::protocol::Request::ThresholdKeygenStart
+//! [`Request::ImportThresholdBundle`]: custos_wire::protocol::Request::ImportThresholdBundle
+//! [`Request::ListThresholdKeys`]: custos_wire::protocol::Request::ListThresholdKeys
+//! [`Request::ThresholdKeygenStart`]: custos_wire::protocol::Request::ThresholdKeygenStart
 
 pub mod bundle;
 pub(crate) mod dkg;
@@ -38,8 +38,9 @@ use std::fmt;
 use custos_threshold::ThresholdShare;
 use zeroize::Zeroizing;
 
-use crate::protocol::{ThresholdKeyInfo, ThresholdOrigin, MAX_APPROVALS};
 use crate::wallet::key_hex;
+use custos_wire::protocol::{ThresholdKeyInfo, ThresholdOrigin};
+use custos_wire::threshold::{check_key_facts, check_key_info, MAX_THRESHOLD_PARTIES};
 
 /// Record name prefix of held threshold shares.
 pub const SHARE_PREFIX: &str = "tshare/";
@@ -51,52 +52,8 @@ pub const PRESIGN_PREFIX: &str = "tpresig/";
 pub const THRESHOLD_RECORD_TAG: u8 = b'T';
 /// Version of the threshold share record.
 const RECORD_VERSION: u8 = 1;
-/// Most parties (clusters) of a threshold key.
-pub const MAX_THRESHOLD_PARTIES: usize = 64;
 
-use crate::{put_field as put, take_field as take};
-
-/// Checks the public facts of a threshold key for consistency: a 33-byte compressed
-/// secp256k1 key id, 2 ≤ t ≤ n ≤ [`MAX_THRESHOLD_PARTIES`], one distinct, well-formed cluster
-/// name per share, a share index below n and a quorum of 1 to [`MAX_APPROVALS`].
-pub fn check_key_info(key: &ThresholdKeyInfo) -> Result<(), String> {
-    if key.key_id.len() != 33 || bitcoin::secp256k1::PublicKey::from_slice(&key.key_id).is_err() {
-        return Err("key id is not a compressed secp256k1 public key".into());
-    }
-    check_key_facts(key.threshold, &key.clusters, key.quorum)?;
-    let n = key.clusters.len();
-    if usize::from(key.share_index) >= n {
-        return Err(format!("share index {} outside 0..{n}", key.share_index));
-    }
-    Ok(())
-}
-
-/// Checks the facts of a threshold key that exist before the key does (what a distributed
-/// key generation is asked to make): 2 ≤ t ≤ n ≤ [`MAX_THRESHOLD_PARTIES`], one distinct,
-/// well-formed cluster name per share, a quorum of 1 to [`MAX_APPROVALS`].
-pub fn check_key_facts(threshold: u16, clusters: &[String], quorum: u8) -> Result<(), String> {
-    let n = clusters.len();
-    if !(2..=MAX_THRESHOLD_PARTIES).contains(&n) {
-        return Err(format!(
-            "{n} clusters, a threshold key has 2 to {MAX_THRESHOLD_PARTIES}"
-        ));
-    }
-    if threshold < 2 || usize::from(threshold) > n {
-        return Err(format!(
-            "threshold {threshold} outside 2..={n} (the number of clusters)"
-        ));
-    }
-    for (i, c) in clusters.iter().enumerate() {
-        custos_pki::check_name(c).map_err(|e| format!("cluster of share {i}: {e}"))?;
-        if clusters[..i].contains(c) {
-            return Err(format!("cluster {c:?} holds two shares"));
-        }
-    }
-    if quorum == 0 || usize::from(quorum) > MAX_APPROVALS {
-        return Err(format!("quorum {quorum} outside 1..={MAX_APPROVALS}"));
-    }
-    Ok(())
-}
+use custos_wire::field::{put, take};
 
 /// Checks that `share` is the share `key` describes: joint public key, chain code, threshold,
 /// number of parties and index.

@@ -21,11 +21,11 @@ use super::engine::{
 };
 use super::wire::presign_execution_id;
 use super::PRESIGN_PREFIX;
-use crate::approval::{Action, Approval, THRESHOLD_SCOPE};
 use crate::platform::{Platform, PlatformError, RecordId};
-use crate::protocol::*;
 use crate::wallet::key_hex;
 use crate::{storage, TeeCore};
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::protocol::*;
 
 /// Record name of a stored presignature (its key is inside the record).
 pub(crate) fn presign_record(id: &[u8; 32]) -> Result<RecordId, PlatformError> {

@@ -16,7 +16,7 @@
 //! * **The background pool** ([`PrimePool`]): otherwise the TEE generates safe primes itself,
 //!   on a thread of its own, so no one outside ever sees them. Generation starts when a key
 //!   generation finds no set ready (that start is refused with
-//!   [`TeeError::PrimesNotReady`](crate::protocol::TeeError::PrimesNotReady), and the cloud
+//!   [`TeeError::PrimesNotReady`](custos_wire::protocol::TeeError::PrimesNotReady), and the cloud
 //!   server's caller retries a few minutes later), and once a generated set was used, the
 //!   pool makes the next one, so one set stays ready. A ready set lives in memory only: a
 //!   restart loses it (and at most one generation of work).

@@ -14,7 +14,7 @@
 use sha2::{Digest, Sha256};
 
 use super::put;
-use crate::protocol::{SessionRef, ThresholdMessage};
+use custos_wire::protocol::{SessionRef, ThresholdMessage};
 
 /// Domain tag of execution ids.
 pub const EID_DOMAIN: &[u8] = b"custos/tecdsa/v1";

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
+use custos_tee_core::platform::{Platform, PlatformError, RecordId};
+use custos_wire::protocol::Attestation;
 use rand::RngCore;
 use zeroize::Zeroizing;
 

@@ -9,8 +9,8 @@
 //! A presignature whose use failed is lost (it was taken, and some TEE may have consumed its
 //! copy); the request's next attempt takes another one or runs the interactive protocol.
 
-use custos_tee_core::protocol::MAX_PRESIGNATURES_PER_KEY;
 use custos_threshold::{combine, PartialSig, PresignaturePublic, ThresholdError};
+use custos_wire::protocol::MAX_PRESIGNATURES_PER_KEY;
 
 use super::*;
 use crate::db::{PresignatureRow, PresignatureSigner};

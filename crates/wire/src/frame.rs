@@ -3,20 +3,22 @@
 //! ```text
 //! magic "CTEE" (4) | version (1) | kind (1) | payload length u32 BE (4) | payload
 //! ```
+//! The version is the wire protocol's ([`PROTOCOL_VERSION`]): a peer of another version is
+//! refused with [`RefusalCode::UnsupportedVersion`] before anything of its payload is read.
 //! Kinds: 1 request (node server → TEE), 2 response, 3 refusal (the frame itself was bad;
 //! payload = code byte + UTF-8 message; the connection is then closed). Length limits are
 //! checked from the header, before any payload is read or allocated.
 
 use std::io::{self, Read, Write};
 
+use crate::protocol::{MAX_REQUEST_LEN, PROTOCOL_VERSION};
+
 /// Frame magic.
 pub const MAGIC: &[u8; 4] = b"CTEE";
-/// Frame format version.
-pub const VERSION: u8 = 1;
 /// Header length.
 pub const HEADER_LEN: usize = 10;
 /// Largest request payload.
-pub const MAX_REQUEST: usize = custos_tee_core::protocol::MAX_REQUEST_LEN;
+pub const MAX_REQUEST: usize = MAX_REQUEST_LEN;
 /// Largest response payload (key lists and batched transfers can be large).
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
@@ -88,7 +90,7 @@ pub enum FrameError {
 pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
     let mut header = [0u8; HEADER_LEN];
     header[..4].copy_from_slice(MAGIC);
-    header[4] = VERSION;
+    header[4] = PROTOCOL_VERSION;
     header[5] = kind as u8;
     header[6..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
     w.write_all(&header)?;
@@ -118,11 +120,11 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<(Kind, Vec<u8>), Fram
     if &header[..4] != MAGIC {
         return Err(invalid(RefusalCode::BadMagic, "bad magic".into()));
     }
-    if header[4] != VERSION {
+    if header[4] != PROTOCOL_VERSION {
         return Err(invalid(
             RefusalCode::UnsupportedVersion,
             format!(
-                "frame version {} not supported (this is {VERSION})",
+                "protocol version {} not supported (this side speaks {PROTOCOL_VERSION})",
                 header[4]
             ),
         ));

@@ -3,22 +3,24 @@
 //! A plaintext [`Request::ImportWallet`](crate::protocol::Request::ImportWallet) is only
 //! accepted at the node's own TEE socket, because every relay on the way would see the seed.
 //! Instead the cloud server seals the [`ImportSecret`] to the certified D public key of one
-//! node (same HPKE suite as key sync, [`crate::sync`]), and sends
+//! node (the HPKE suite of [`crate::seal`], as key sync), and sends
 //! [`Request::ImportWalletSealed`](crate::protocol::Request::ImportWalletSealed): external
 //! relay, link, bridge and node server only carry ciphertext. The HPKE `info` is
 //! [`import_context`], so the ciphertext opens only in that node's TEE and only for the exact
 //! request (cluster, node, request id, expiry, quorum, key id) the admins approved.
 //!
-//! This module is also used outside the TEE (the cloud server calls [`seal_import`]); it is
-//! pure computation, with OS randomness for the encapsulation.
+//! The cloud server seals with [`seal_import`] (OS randomness for the encapsulation); the TEE
+//! opens with [`open_import`] and derives the wallet's master key with [`master_key`], the
+//! same derivation [`import_key_id`] uses, so approvals name the key id the TEE computes.
 
+use bitcoin::bip32::{Xpriv, Xpub};
 use bitcoin::secp256k1::Secp256k1;
+use bitcoin::NetworkKind;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::protocol::{ImportSecret, KeyId, Origin, RequestMeta, TeeError};
-use crate::sync;
-use crate::wallet::{import_seed, key_hex, Wallet};
+use crate::protocol::{ImportSecret, KeyId, RequestMeta, TeeError};
+use crate::seal::{open_with, seal_with};
 
 /// Domain tag of import contexts (distinct from key transfers, so that neither kind of
 /// ciphertext can be passed off as the other).
@@ -38,7 +40,7 @@ pub struct SealedImport {
     pub ciphertext: Vec<u8>,
 }
 
-use crate::put_field as put;
+use crate::field::put;
 
 /// Context (the HPKE `info`) binding the ciphertext to cluster, node, request id, expiry,
 /// quorum and key id.
@@ -65,21 +67,49 @@ pub fn import_context(
     out
 }
 
+/// Longest mnemonic or passphrase accepted (bytes); BIP-39 phrases are far shorter, the
+/// bound only stops a huge input from being hashed.
+pub const MAX_MNEMONIC_LEN: usize = 1024;
+
+/// The BIP-32 seed an import brings: the raw seed as given, or the BIP-39 seed of an English
+/// mnemonic and its passphrase. The seed's length is checked by [`master_key`].
+pub fn import_seed(secret: &ImportSecret) -> Result<Zeroizing<Vec<u8>>, TeeError> {
+    match secret {
+        ImportSecret::Seed(bytes) => Ok(Zeroizing::new(bytes.0.clone())),
+        ImportSecret::Mnemonic { phrase, passphrase } => {
+            if phrase.0.len() > MAX_MNEMONIC_LEN || passphrase.0.len() > MAX_MNEMONIC_LEN {
+                return Err(TeeError::ImportRejected("mnemonic too long".into()));
+            }
+            let m = bip39::Mnemonic::parse_in(bip39::Language::English, phrase.0.as_str())
+                .map_err(|e| TeeError::ImportRejected(format!("BIP-39: {e}")))?;
+            Ok(Zeroizing::new(m.to_seed(passphrase.0.as_str()).to_vec()))
+        }
+    }
+}
+
+/// The BIP-32 master key of a seed of 16 to 64 bytes; anything else is refused with
+/// [`TeeError::ImportRejected`].
+pub fn master_key(seed: &[u8]) -> Result<Xpriv, TeeError> {
+    if !(16..=64).contains(&seed.len()) {
+        return Err(TeeError::ImportRejected(format!(
+            "seed is {} bytes, BIP-32 allows 16 to 64",
+            seed.len()
+        )));
+    }
+    Xpriv::new_master(NetworkKind::Main, seed)
+        .map_err(|e| TeeError::ImportRejected(format!("seed unusable: {e}")))
+}
+
 /// Root key id (33-byte compressed root public key m) of a secret (mnemonic -> BIP-39 seed
 /// with passphrase; raw seed 16..=64 bytes). Validates the secret; typed error.
 ///
-/// Derives exactly as the TEE does on import, so the approvals can be made for the key id the
-/// TEE will compute. An invalid secret is refused with [`TeeError::ImportRejected`].
+/// Derives exactly as the TEE does on import ([`import_seed`], [`master_key`]), so the
+/// approvals can be made for the key id the TEE will compute. An invalid secret is refused
+/// with [`TeeError::ImportRejected`].
 pub fn import_key_id(secret: &ImportSecret) -> Result<KeyId, TeeError> {
-    // Quorum and time are irrelevant to the key id; the wallet is dropped (and erased) here.
-    let wallet = Wallet::from_seed(
-        &Secp256k1::new(),
-        import_seed(secret)?,
-        1,
-        Origin::Imported,
-        0,
-    )?;
-    Ok(wallet.info.key_id.clone())
+    let master = master_key(&import_seed(secret)?)?;
+    let xpub = Xpub::from_priv(&Secp256k1::signing_only(), &master);
+    Ok(xpub.public_key.serialize().to_vec())
 }
 
 /// Seals `secret` to `device_public_key` (SEC1 uncompressed P-256, as in the device
@@ -104,13 +134,13 @@ pub fn seal_import(
     if actual != key_id {
         return Err(TeeError::ImportRejected(format!(
             "secret yields key {}, not {}",
-            key_hex(&actual),
-            key_hex(key_id)
+            hex::encode(&actual),
+            hex::encode(key_id)
         )));
     }
     let plaintext = encode_secret(secret)?;
     let context = import_context(cluster, node, meta, quorum, key_id);
-    let (enc, ciphertext) = sync::seal_with(
+    let (enc, ciphertext) = seal_with(
         &mut rand_core::OsRng,
         device_public_key,
         &context,
@@ -139,7 +169,7 @@ fn encode_secret(secret: &ImportSecret) -> Result<Zeroizing<Vec<u8>>, TeeError> 
 /// Oversized, undecryptable (other node, other context, altered) and undecodable ciphertexts
 /// are all refused with [`TeeError::SealedImportRejected`]. The secret is not validated
 /// here: the import path does that as for a plaintext import.
-pub(crate) fn open_import(
+pub fn open_import(
     private_scalar: &[u8],
     context: &[u8],
     sealed: &SealedImport,
@@ -150,7 +180,7 @@ pub(crate) fn open_import(
             sealed.ciphertext.len()
         )));
     }
-    let plaintext = sync::open_with(
+    let plaintext = open_with(
         private_scalar,
         &sealed.enc,
         &sealed.ciphertext,

@@ -1,6 +1,10 @@
 //! Messages between the vault node server (REE) and the TEE core, and their encoding.
 //!
-//! Encoding is `postcard` (compact, deterministic, no self-describing overhead). Every
+//! Encoding is `postcard` (compact, deterministic, no self-describing overhead); an encoded
+//! request starts with [`PROTOCOL_VERSION`], and the same byte is the version of every frame on
+//! the TEE socket, so a peer of another version is refused by name
+//! ([`TeeError::UnsupportedProtocol`], [`crate::frame::RefusalCode::UnsupportedVersion`]) rather
+//! than misread. Golden vectors (`tests/golden.rs`) pin the encoding of every variant. Every
 //! response travels inside a [`SignedResponse`] signed with the device key D once it exists.
 
 use std::fmt;
@@ -11,8 +15,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::approval::Approval;
 use crate::import::SealedImport;
 
-/// Version of the message schema; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the message schema; bumped on any incompatible change (a reordered, removed or
+/// changed variant or field). Version 2: requests carry it as their first byte.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest encoded request the core accepts.
 pub const MAX_REQUEST_LEN: usize = 4 * 1024 * 1024;
 /// Most approvals one request may carry.
@@ -21,6 +26,8 @@ pub const MAX_APPROVALS: usize = 16;
 pub const MAX_PATH_DEPTH: usize = 32;
 /// Longest audit message (patent [0086]: short enough never to be a transaction digest).
 pub const MAX_AUDIT_MESSAGE: usize = 8;
+/// Most keys in one key transfer (keeps an import request under the frame limit).
+pub const MAX_TRANSFER_KEYS: usize = 20_000;
 
 /// 33-byte compressed secp256k1 public key of a wallet's root key m: the wallet's id.
 pub type KeyId = Vec<u8>;
@@ -298,6 +305,53 @@ pub enum Request {
     },
 }
 
+/// Who may send a request to a TEE core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayClass {
+    /// May come from outside the node, through the bridge: what travels is public, sealed to
+    /// this node (HPKE to its certified D key), or bound to admin approvals the TEE checks.
+    Relayed,
+    /// Only at the node's own TEE socket: provisioning, TLS signing, key transfers between
+    /// nodes (the node server drives them itself) and plaintext wallet imports (their secret
+    /// would cross every relay in clear).
+    NodeOnly,
+}
+
+impl Request {
+    /// Whether the bridge may relay this request to a node's TEE. The one list the vault node
+    /// server enforces and the bridge routes by, so the two can never drift apart.
+    pub fn relay_class(&self) -> RelayClass {
+        match self {
+            Request::Status
+            | Request::ListKeys
+            | Request::GetXpub { .. }
+            | Request::CreateWallet { .. }
+            | Request::ImportWalletSealed { .. }
+            | Request::Sign { .. }
+            | Request::AuditSign { .. }
+            | Request::Attest { .. }
+            | Request::DeviceChain
+            | Request::ImportThresholdBundle { .. }
+            | Request::ListThresholdKeys
+            | Request::ThresholdStart { .. }
+            | Request::ThresholdKeygenStart { .. }
+            | Request::ThresholdAuditStart { .. }
+            | Request::ThresholdFeed { .. }
+            | Request::ThresholdAbort { .. }
+            | Request::ThresholdPresignStart { .. }
+            | Request::ThresholdPresignSign { .. }
+            | Request::ListPresignatures { .. } => RelayClass::Relayed,
+            Request::PinRoot { .. }
+            | Request::GenerateDeviceKey { .. }
+            | Request::InstallDeviceCert { .. }
+            | Request::ImportWallet { .. }
+            | Request::SignTls { .. }
+            | Request::ExportKeys { .. }
+            | Request::ImportKeys { .. } => RelayClass::NodeOnly,
+        }
+    }
+}
+
 /// What an online signing uses and signs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PresignSignParams {
@@ -552,6 +606,15 @@ pub struct Status {
     pub corrupt_records: Vec<(String, String)>,
 }
 
+/// An attestation document binding `user_data` to the platform's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// Which backend produced it (`software`, `nitro`, `sgx-dcap`, ...).
+    pub platform: String,
+    /// Backend-specific document (a COSE_Sign1 for Nitro, a quote for SGX, ...).
+    pub document: Vec<u8>,
+}
+
 /// A secp256k1 ECDSA signature with recovery id.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EcdsaSignature {
@@ -600,7 +663,7 @@ pub enum Response {
     /// An audit signature over `audit_digest(message)` with the root key m.
     AuditSignature(EcdsaSignature),
     /// Attestation.
-    Attestation(crate::platform::Attestation),
+    Attestation(Attestation),
     /// The device certificate chain.
     DeviceChain(CertChain),
     /// A TLS CertificateVerify signature (DER).
@@ -824,6 +887,53 @@ pub enum TeeError {
     /// once, and deleted before its partial signature leaves).
     #[error("no presignature {0} here (never made here, or already used)")]
     UnknownPresignature(String),
+    /// The request was encoded for another version of this protocol.
+    #[error("request of protocol version {found}, this TEE speaks version {supported}")]
+    UnsupportedProtocol {
+        /// Version the request carries.
+        found: u8,
+        /// Version this side speaks.
+        supported: u8,
+    },
+}
+
+impl TeeError {
+    /// Stable snake_case code of the refusal (its kind, independent of the message): what the
+    /// history records and, prefixed with `tee_`, what the REST API reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TeeError::InvalidRequest(_) => "invalid_request",
+            TeeError::NotProvisioned(_) => "not_provisioned",
+            TeeError::RootAlreadyPinned => "root_already_pinned",
+            TeeError::RootRejected(_) => "root_rejected",
+            TeeError::DeviceKeyExists => "device_key_exists",
+            TeeError::DeviceCertRejected(_) => "device_cert_rejected",
+            TeeError::DeviceCertWrongCluster { .. } => "device_cert_wrong_cluster",
+            TeeError::DeviceCertWrongKey => "device_cert_wrong_key",
+            TeeError::ApprovalMissing => "approval_missing",
+            TeeError::ApprovalRejected { .. } => "approval_rejected",
+            TeeError::QuorumNotMet { .. } => "quorum_not_met",
+            TeeError::RequestExpired { .. } => "request_expired",
+            TeeError::RequestReplayed(_) => "request_replayed",
+            TeeError::UnknownKey(_) => "unknown_key",
+            TeeError::KeyExists(_) => "key_exists",
+            TeeError::KeyRecordCorrupt { .. } => "key_record_corrupt",
+            TeeError::ImportRejected(_) => "import_rejected",
+            TeeError::AuditMessageTooLong { .. } => "audit_message_too_long",
+            TeeError::InvalidPath(_) => "invalid_path",
+            TeeError::TransferRejected(_) => "transfer_rejected",
+            TeeError::RequesterRejected(_) => "requester_rejected",
+            TeeError::TlsSignRefused => "tls_sign_refused",
+            TeeError::Storage(_) => "storage",
+            TeeError::SealedImportRejected(_) => "sealed_import_rejected",
+            TeeError::ThresholdRejected(_) => "threshold_rejected",
+            TeeError::UnknownSession(_) => "unknown_session",
+            TeeError::ThresholdAborted { .. } => "threshold_aborted",
+            TeeError::PrimesNotReady(_) => "primes_not_ready",
+            TeeError::UnknownPresignature(_) => "unknown_presignature",
+            TeeError::UnsupportedProtocol { .. } => "unsupported_protocol",
+        }
+    }
 }
 
 /// The body of a response: success or typed refusal.
@@ -866,12 +976,15 @@ pub fn audit_digest(message: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Encodes a request.
+/// Encodes a request: [`PROTOCOL_VERSION`], then the `postcard` encoding of `req`.
 pub fn encode_request(req: &Request) -> Vec<u8> {
-    postcard::to_allocvec(req).expect("requests always serialize")
+    let mut out = vec![PROTOCOL_VERSION];
+    postcard::to_io(req, &mut out).expect("requests always serialize");
+    out
 }
 
-/// Decodes a request, enforcing the size limit and that nothing trails it.
+/// Decodes a request, enforcing the size limit, the protocol version and that nothing trails
+/// it.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, TeeError> {
     if bytes.len() > MAX_REQUEST_LEN {
         return Err(TeeError::InvalidRequest(format!(
@@ -879,7 +992,16 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, TeeError> {
             bytes.len()
         )));
     }
-    let (req, rest) = postcard::take_from_bytes::<Request>(bytes)
+    let Some((&version, body)) = bytes.split_first() else {
+        return Err(TeeError::InvalidRequest("empty request".into()));
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(TeeError::UnsupportedProtocol {
+            found: version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    let (req, rest) = postcard::take_from_bytes::<Request>(body)
         .map_err(|e| TeeError::InvalidRequest(format!("undecodable request: {e}")))?;
     if !rest.is_empty() {
         return Err(TeeError::InvalidRequest(format!(
@@ -891,3 +1013,112 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, TeeError> {
 }
 
 pub use custos_pki::tls::is_tls13_certificate_verify_message;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::SealedImport;
+
+    fn relayable(r: &Request) -> bool {
+        r.relay_class() == RelayClass::Relayed
+    }
+
+    #[test]
+    fn sealed_imports_are_relayed_plaintext_imports_are_not() {
+        let meta = RequestMeta {
+            request_id: [1; 16],
+            expires_at: 0,
+        };
+        assert!(relayable(&Request::ImportWalletSealed {
+            meta: meta.clone(),
+            quorum: 1,
+            key_id: vec![2; 33],
+            sealed: SealedImport {
+                enc: vec![4; 65],
+                ciphertext: vec![0; 64],
+            },
+            approvals: Vec::new(),
+        }));
+        assert!(relayable(&Request::ThresholdKeygenStart {
+            meta: meta.clone(),
+            attempt: 0,
+            params: ThresholdKeygenParams {
+                threshold: 2,
+                hd: true,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                quorum: 1,
+                participants: Vec::new(),
+            },
+            approvals: Vec::new(),
+        }));
+        assert!(!relayable(&Request::ImportWallet {
+            meta,
+            quorum: 1,
+            key_id: vec![2; 33],
+            secret: ImportSecret::Seed(SecretBytes(vec![0; 32])),
+            approvals: Vec::new(),
+        }));
+    }
+
+    #[test]
+    fn provisioning_tls_and_transfers_stay_on_the_node() {
+        for r in [
+            Request::PinRoot { root_cert: vec![] },
+            Request::SignTls { message: vec![] },
+            Request::ExportKeys {
+                requester: CertChain::default(),
+                key_ids: vec![],
+            },
+        ] {
+            assert_eq!(r.relay_class(), RelayClass::NodeOnly, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn error_codes_are_stable_snake_case() {
+        let samples = [
+            TeeError::InvalidRequest(String::new()),
+            TeeError::ApprovalMissing,
+            TeeError::QuorumNotMet {
+                required: 2,
+                approved: 1,
+            },
+            TeeError::UnknownKey(String::new()),
+            TeeError::UnsupportedProtocol {
+                found: 1,
+                supported: PROTOCOL_VERSION,
+            },
+        ];
+        let codes: Vec<&str> = samples.iter().map(TeeError::code).collect();
+        assert_eq!(
+            codes,
+            [
+                "invalid_request",
+                "approval_missing",
+                "quorum_not_met",
+                "unknown_key",
+                "unsupported_protocol"
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_carry_the_protocol_version_first() {
+        let bytes = encode_request(&Request::Status);
+        assert_eq!(bytes[0], PROTOCOL_VERSION);
+        assert_eq!(decode_request(&bytes), Ok(Request::Status));
+        assert!(matches!(
+            decode_request(&[]),
+            Err(TeeError::InvalidRequest(_))
+        ));
+        let mut other = bytes.clone();
+        other[0] = PROTOCOL_VERSION + 1;
+        assert_eq!(
+            decode_request(&other),
+            Err(TeeError::UnsupportedProtocol {
+                found: PROTOCOL_VERSION + 1,
+                supported: PROTOCOL_VERSION
+            })
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use custos_tee_core::protocol::{
+use crate::protocol::{
     encode_request, response_transcript, Outcome, Request, Response, SignedResponse, TeeError,
 };
 
@@ -157,16 +157,4 @@ fn decode_signed(payload: &[u8]) -> Result<SignedResponse, ClientError> {
 fn decode_body(signed: &SignedResponse) -> Result<Outcome, ClientError> {
     postcard::from_bytes(&signed.body)
         .map_err(|e| ClientError::Protocol(format!("undecodable response body: {e}")))
-}
-
-/// Sends a raw frame header and payload, for tests of the frame layer.
-pub fn send_raw(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    stream.write_all(bytes)?;
-    stream.flush()
-}
-
-/// Reads one frame of any kind (tests).
-pub fn read_any(stream: &mut UnixStream) -> Result<(Kind, Vec<u8>), FrameError> {
-    read_frame(stream, MAX_RESPONSE)
 }

@@ -1,0 +1,203 @@
+//! Admin approvals: what is attached to a request, and the exact bytes an admin signs.
+//!
+//! An approval is an admin's ECDSA P-256 signature over the canonical encoding of the exact
+//! action (cluster, request id, expiry, and what is done with which key). The TEE core's
+//! verification unit checks approvals against this encoder, and the admin tooling and the
+//! cloud server produce them with it, so every side agrees byte for byte.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::RequestMeta;
+
+/// Domain separation tag of approval messages.
+pub const APPROVAL_DOMAIN: &[u8] = b"CUSTOS-APPROVAL-V1\0";
+
+/// The "cluster" of approval messages for actions that span clusters.
+pub const THRESHOLD_SCOPE: &str = "*threshold*";
+
+/// Longest validity window an approval may ask for.
+pub const MAX_APPROVAL_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+
+/// One admin's approval, as attached to a request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Approval {
+    /// The admin certificate, DER.
+    pub admin_cert: Vec<u8>,
+    /// The Admin CA certificate that issued it, DER.
+    pub admin_ca: Vec<u8>,
+    /// ECDSA P-256 signature (DER) over [`Action::message`].
+    pub signature: Vec<u8>,
+}
+
+/// The action an approval authorizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Generate a new wallet with this quorum.
+    CreateWallet {
+        /// Quorum of the new key.
+        quorum: u8,
+    },
+    /// Import the wallet whose root public key is `key_id`.
+    ImportWallet {
+        /// Quorum of the new key.
+        quorum: u8,
+        /// Root public key of the imported seed.
+        key_id: &'a [u8],
+    },
+    /// Import share `share_index` of the dealt threshold key `key_id`.
+    ImportThresholdKey {
+        /// Quorum of the key.
+        quorum: u8,
+        /// Joint public key.
+        key_id: &'a [u8],
+        /// Share index.
+        share_index: u16,
+    },
+    /// Sign `digest` with the child at `path` of the threshold key `key_id`, by any t of its
+    /// clusters (the cloud server picks them; every attempt needs all of them to agree).
+    /// The action spans clusters: its message is made with [`THRESHOLD_SCOPE`] as cluster.
+    ThresholdSign {
+        /// Joint public key.
+        key_id: &'a [u8],
+        /// BIP-32 path (non-hardened).
+        path: &'a [u32],
+        /// 32-byte digest.
+        digest: &'a [u8; 32],
+    },
+    /// Create a `threshold`-of-n key by distributed key generation between `clusters`
+    /// (cluster i holds share i), with this quorum for its use. Every participating TEE
+    /// checks it. Spans clusters like [`Action::ThresholdSign`]: its message is made with
+    /// [`THRESHOLD_SCOPE`] as cluster.
+    CreateThresholdKey {
+        /// Quorum of the new key.
+        quorum: u8,
+        /// Signers the key needs (t).
+        threshold: u16,
+        /// Whether the key has a chain code (HD derivation).
+        hd: bool,
+        /// Cluster of each share, by share index.
+        clusters: &'a [String],
+    },
+    /// Sign `digest` with the child of `key_id` at `path`.
+    Sign {
+        /// Root public key.
+        key_id: &'a [u8],
+        /// BIP-32 path.
+        path: &'a [u32],
+        /// 32-byte digest.
+        digest: &'a [u8; 32],
+    },
+}
+
+use crate::field::put;
+
+impl Action<'_> {
+    /// Canonical bytes an admin signs: domain, action tag, then length-prefixed fields in a
+    /// fixed order. Distinct actions can never encode to the same bytes.
+    pub fn message(&self, cluster: &str, meta: &RequestMeta) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(APPROVAL_DOMAIN);
+        let tag: &[u8] = match self {
+            Action::CreateWallet { .. } => b"create-wallet",
+            Action::ImportWallet { .. } => b"import-wallet",
+            Action::Sign { .. } => b"sign",
+            Action::ImportThresholdKey { .. } => b"import-threshold-key",
+            Action::ThresholdSign { .. } => b"threshold-sign",
+            Action::CreateThresholdKey { .. } => b"create-threshold-key",
+        };
+        put(&mut out, tag);
+        put(&mut out, cluster.as_bytes());
+        put(&mut out, &meta.request_id);
+        put(&mut out, &meta.expires_at.to_be_bytes());
+        match self {
+            Action::CreateWallet { quorum } => put(&mut out, &[*quorum]),
+            Action::ImportWallet { quorum, key_id } => {
+                put(&mut out, &[*quorum]);
+                put(&mut out, key_id);
+            }
+            Action::ImportThresholdKey {
+                quorum,
+                key_id,
+                share_index,
+            } => {
+                put(&mut out, &[*quorum]);
+                put(&mut out, key_id);
+                put(&mut out, &share_index.to_be_bytes());
+            }
+            Action::CreateThresholdKey {
+                quorum,
+                threshold,
+                hd,
+                clusters,
+            } => {
+                put(&mut out, &[*quorum]);
+                put(&mut out, &threshold.to_be_bytes());
+                put(&mut out, &[u8::from(*hd)]);
+                put(&mut out, &(clusters.len() as u32).to_be_bytes());
+                for c in *clusters {
+                    put(&mut out, c.as_bytes());
+                }
+            }
+            Action::Sign {
+                key_id,
+                path,
+                digest,
+            }
+            | Action::ThresholdSign {
+                key_id,
+                path,
+                digest,
+            } => {
+                put(&mut out, key_id);
+                let p: Vec<u8> = path.iter().flat_map(|i| i.to_be_bytes()).collect();
+                put(&mut out, &p);
+                put(&mut out, &digest[..]);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_creation_messages_bind_every_term() {
+        let meta = RequestMeta {
+            request_id: [7; 16],
+            expires_at: 1000,
+        };
+        let three: Vec<String> = ["dc1", "dc2", "dc3"].map(String::from).to_vec();
+        let message = |quorum, threshold, hd, clusters: &[String]| {
+            Action::CreateThresholdKey {
+                quorum,
+                threshold,
+                hd,
+                clusters,
+            }
+            .message(THRESHOLD_SCOPE, &meta)
+        };
+        let base = message(2, 2, true, &three);
+        let swapped: Vec<String> = ["dc2", "dc1", "dc3"].map(String::from).to_vec();
+        let joined: Vec<String> = ["dc1", "dc2dc3"].map(String::from).to_vec();
+        for other in [
+            message(1, 2, true, &three),
+            message(2, 3, true, &three),
+            message(2, 2, false, &three),
+            message(2, 2, true, &swapped),
+            message(2, 2, true, &joined),
+            message(2, 2, true, &three[..2]),
+            Action::CreateWallet { quorum: 2 }.message(THRESHOLD_SCOPE, &meta),
+            Action::CreateThresholdKey {
+                quorum: 2,
+                threshold: 2,
+                hd: true,
+                clusters: &three,
+            }
+            .message("dc1", &meta),
+        ] {
+            assert_ne!(other, base);
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Golden vectors of the wire encoding: one sample of every request, response and refusal
+//! kind, and of every approval message, with its exact bytes (`tests/golden/wire.txt`).
+//!
+//! A reordered variant, a changed field or a new encoding fails here; if the change is
+//! meant, bump `PROTOCOL_VERSION` and rewrite the file with `CUSTOS_BLESS_GOLDEN=1 cargo test
+//! -p custos-wire --test golden`. A variant without a sample fails too (the samples' variant
+//! indexes must be exactly 0..n and index n must be unknown to the decoder).
+
+use std::collections::BTreeMap;
+
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::import::SealedImport;
+use custos_wire::protocol::*;
+use serde::Serialize;
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wire.txt");
+
+fn meta() -> RequestMeta {
+    RequestMeta {
+        request_id: [0x11; 16],
+        expires_at: 1_800_000_000,
+    }
+}
+
+fn approval() -> Approval {
+    Approval {
+        admin_cert: vec![0xa1; 3],
+        admin_ca: vec![0xa2; 2],
+        signature: vec![0xa3; 4],
+    }
+}
+
+fn chain() -> CertChain {
+    CertChain {
+        device: vec![0xd1; 2],
+        cluster_ca: vec![0xd2],
+        device_ca: vec![0xd3],
+    }
+}
+
+fn session() -> SessionRef {
+    SessionRef {
+        request_id: [0x22; 16],
+        attempt: 1,
+    }
+}
+
+fn signer(i: u16) -> ThresholdSigner {
+    ThresholdSigner {
+        share_index: i,
+        chain: chain(),
+    }
+}
+
+fn key_info() -> ThresholdKeyInfo {
+    ThresholdKeyInfo {
+        key_id: vec![0x02; 33],
+        chain_code: Some([0x33; 32]),
+        threshold: 2,
+        clusters: vec!["dc1".into(), "dc2".into(), "dc3".into()],
+        quorum: 2,
+        origin: ThresholdOrigin::Dealer,
+        share_index: 1,
+    }
+}
+
+fn message() -> ThresholdMessage {
+    ThresholdMessage {
+        session: session(),
+        sender: 0,
+        recipient: Some(1),
+        phase: "getAB".into(),
+        round: 1,
+        enc: vec![0x44; 2],
+        payload: vec![0x45; 3],
+        signature: vec![0x46; 2],
+    }
+}
+
+fn wallet() -> KeyInfo {
+    KeyInfo {
+        key_id: vec![0x03; 33],
+        xpub: "xpub-sample".into(),
+        quorum: 1,
+        origin: Origin::Generated,
+    }
+}
+
+fn signature() -> EcdsaSignature {
+    EcdsaSignature {
+        r: [0x55; 32],
+        s: [0x56; 32],
+        v: 1,
+        public_key: vec![0x02; 33],
+    }
+}
+
+fn transfer() -> KeyTransfer {
+    KeyTransfer {
+        cluster: "dc1".into(),
+        sender: chain(),
+        recipient_fingerprint: [0x66; 32],
+        key_ids: vec![vec![0x03; 33]],
+        enc: vec![0x67; 2],
+        ciphertext: vec![0x68; 3],
+        signature: vec![0x69; 2],
+    }
+}
+
+fn device() -> DeviceInfo {
+    DeviceInfo {
+        cluster: "dc1".into(),
+        node: "node1".into(),
+        public_key: vec![0x04; 65],
+        cert_fingerprint: Some([0x77; 32]),
+    }
+}
+
+fn presignature() -> PresignatureInfo {
+    PresignatureInfo {
+        id: [0x88; 32],
+        key_id: vec![0x02; 33],
+        signers: vec![0, 2],
+    }
+}
+
+fn requests() -> Vec<Request> {
+    vec![
+        Request::Status,
+        Request::PinRoot {
+            root_cert: vec![0x30, 0x82],
+        },
+        Request::GenerateDeviceKey {
+            cluster: "dc1".into(),
+            node: "node1".into(),
+        },
+        Request::InstallDeviceCert {
+            device: vec![1],
+            cluster_ca: vec![2],
+            device_ca: vec![3],
+        },
+        Request::CreateWallet {
+            meta: meta(),
+            quorum: 2,
+            approvals: vec![approval()],
+        },
+        Request::ImportWallet {
+            meta: meta(),
+            quorum: 1,
+            key_id: vec![0x03; 33],
+            secret: ImportSecret::Mnemonic {
+                phrase: SecretString("abandon".into()),
+                passphrase: SecretString(String::new()),
+            },
+            approvals: vec![approval()],
+        },
+        Request::ListKeys,
+        Request::GetXpub {
+            key_id: vec![0x03; 33],
+            path: vec![0x8000_002c, 0],
+        },
+        Request::Sign {
+            meta: meta(),
+            key_id: vec![0x03; 33],
+            path: vec![0x8000_002c, 7],
+            digest: [0x99; 32],
+            approvals: vec![approval(), approval()],
+        },
+        Request::AuditSign {
+            key_id: vec![0x03; 33],
+            message: vec![1, 2, 3, 4, 5, 6, 7, 8],
+        },
+        Request::Attest {
+            challenge: vec![0xc0; 4],
+        },
+        Request::DeviceChain,
+        Request::SignTls {
+            message: vec![0x20; 3],
+        },
+        Request::ExportKeys {
+            requester: chain(),
+            key_ids: vec![vec![0x03; 33]],
+        },
+        Request::ImportKeys {
+            transfer: transfer(),
+        },
+        Request::ImportWalletSealed {
+            meta: meta(),
+            quorum: 1,
+            key_id: vec![0x03; 33],
+            sealed: SealedImport {
+                enc: vec![0x04; 3],
+                ciphertext: vec![0x05; 4],
+            },
+            approvals: vec![approval()],
+        },
+        Request::ImportThresholdBundle {
+            meta: meta(),
+            bundle: ThresholdBundle {
+                key: key_info(),
+                recipient_fingerprint: [0x12; 32],
+                dealer_cert: vec![0x13],
+                dealer_ca: vec![0x14],
+                enc: vec![0x15; 2],
+                ciphertext: vec![0x16; 2],
+                signature: vec![0x17; 2],
+            },
+            approvals: vec![approval()],
+        },
+        Request::ListThresholdKeys,
+        Request::ThresholdStart {
+            meta: meta(),
+            attempt: 0,
+            params: ThresholdSignParams {
+                key_id: vec![0x02; 33],
+                path: vec![0, 1],
+                digest: [0x99; 32],
+                signers: vec![signer(0), signer(2)],
+            },
+            approvals: vec![approval()],
+        },
+        Request::ThresholdFeed {
+            session: session(),
+            messages: vec![message()],
+        },
+        Request::ThresholdAbort {
+            session: session(),
+            reason: "peer failed".into(),
+        },
+        Request::ThresholdKeygenStart {
+            meta: meta(),
+            attempt: 0,
+            params: ThresholdKeygenParams {
+                threshold: 2,
+                hd: true,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                quorum: 1,
+                participants: vec![signer(0), signer(1)],
+            },
+            approvals: vec![approval()],
+        },
+        Request::ThresholdAuditStart {
+            session: session(),
+            key_id: vec![0x02; 33],
+            message: vec![9; 8],
+            signers: vec![signer(0), signer(1)],
+        },
+        Request::ThresholdPresignStart {
+            session: session(),
+            key_id: vec![0x02; 33],
+            signers: vec![signer(1), signer(2)],
+        },
+        Request::ThresholdPresignSign {
+            meta: meta(),
+            attempt: 1,
+            params: PresignSignParams {
+                key_id: vec![0x02; 33],
+                presignature: [0x88; 32],
+                message: b"pay 1 BTC".to_vec(),
+            },
+            approvals: vec![approval()],
+        },
+        Request::ListPresignatures {
+            key_id: vec![0x02; 33],
+        },
+    ]
+}
+
+fn responses() -> Vec<Response> {
+    vec![
+        Response::Status(Status {
+            protocol_version: PROTOCOL_VERSION.into(),
+            platform: "software".into(),
+            root_fingerprint: Some([0x01; 32]),
+            device: Some(device()),
+            wallets: 3,
+            corrupt_records: vec![("wallet/00".into(), "tag".into())],
+        }),
+        Response::RootPinned {
+            fingerprint: [0x01; 32],
+        },
+        Response::DeviceCsr {
+            csr: vec![0x30; 3],
+            public_key: vec![0x04; 65],
+        },
+        Response::DeviceCertInstalled(device()),
+        Response::Wallet(wallet()),
+        Response::Keys(vec![wallet()]),
+        Response::Xpub {
+            xpub: "xpub-child".into(),
+            public_key: vec![0x02; 33],
+        },
+        Response::Signature(signature()),
+        Response::AuditSignature(signature()),
+        Response::Attestation(Attestation {
+            platform: "software".into(),
+            document: vec![0xad; 4],
+        }),
+        Response::DeviceChain(chain()),
+        Response::TlsSignature(vec![0x30, 0x44]),
+        Response::KeyTransfer(transfer()),
+        Response::KeysImported {
+            imported: vec![vec![0x03; 33]],
+            already_held: 2,
+        },
+        Response::ThresholdKey(key_info()),
+        Response::ThresholdKeys(vec![key_info()]),
+        Response::ThresholdRound {
+            session: session(),
+            phase: "getSig".into(),
+            outgoing: vec![message()],
+            signature: Some(signature()),
+        },
+        Response::ThresholdAborted(session()),
+        Response::ThresholdKeygenRound {
+            session: session(),
+            phase: "auxInfo".into(),
+            outgoing: vec![],
+            computing: true,
+            key: Some(ThresholdKeyInfo {
+                origin: ThresholdOrigin::Dkg,
+                chain_code: None,
+                ..key_info()
+            }),
+        },
+        Response::ThresholdPresignRound {
+            session: session(),
+            phase: "presign".into(),
+            outgoing: vec![message()],
+            presignature: Some(presignature()),
+        },
+        Response::ThresholdPartial {
+            presignature: [0x88; 32],
+            position: 1,
+            sigma: [0x89; 32],
+            public: b"{}".to_vec(),
+        },
+        Response::Presignatures(vec![presignature()]),
+    ]
+}
+
+fn errors() -> Vec<TeeError> {
+    let s = || "detail".to_string();
+    vec![
+        TeeError::InvalidRequest(s()),
+        TeeError::NotProvisioned(s()),
+        TeeError::RootAlreadyPinned,
+        TeeError::RootRejected(s()),
+        TeeError::DeviceKeyExists,
+        TeeError::DeviceCertRejected(s()),
+        TeeError::DeviceCertWrongCluster {
+            expected: "dc1".into(),
+            found: "dc2".into(),
+        },
+        TeeError::DeviceCertWrongKey,
+        TeeError::ApprovalMissing,
+        TeeError::ApprovalRejected {
+            index: 1,
+            fault: ApprovalFault::BadSignature,
+            detail: s(),
+        },
+        TeeError::QuorumNotMet {
+            required: 2,
+            approved: 1,
+        },
+        TeeError::RequestExpired {
+            expires_at: 10,
+            now: 11,
+        },
+        TeeError::RequestReplayed(s()),
+        TeeError::UnknownKey(s()),
+        TeeError::KeyExists(s()),
+        TeeError::KeyRecordCorrupt {
+            key: "03".into(),
+            reason: s(),
+        },
+        TeeError::ImportRejected(s()),
+        TeeError::AuditMessageTooLong { len: 9, max: 8 },
+        TeeError::InvalidPath(s()),
+        TeeError::TransferRejected(s()),
+        TeeError::RequesterRejected(s()),
+        TeeError::TlsSignRefused,
+        TeeError::Storage(s()),
+        TeeError::SealedImportRejected(s()),
+        TeeError::ThresholdRejected(s()),
+        TeeError::UnknownSession(s()),
+        TeeError::ThresholdAborted {
+            session: "22/1".into(),
+            blamed: vec!["dc2".into()],
+            phase: "getR".into(),
+            detail: s(),
+        },
+        TeeError::PrimesNotReady(s()),
+        TeeError::UnknownPresignature(s()),
+        TeeError::UnsupportedProtocol {
+            found: 1,
+            supported: PROTOCOL_VERSION,
+        },
+    ]
+}
+
+fn approval_messages() -> Vec<(&'static str, Vec<u8>)> {
+    let m = meta();
+    let clusters: Vec<String> = vec!["dc1".into(), "dc2".into(), "dc3".into()];
+    let digest = [0x99; 32];
+    vec![
+        (
+            "create-wallet",
+            Action::CreateWallet { quorum: 2 }.message("dc1", &m),
+        ),
+        (
+            "import-wallet",
+            Action::ImportWallet {
+                quorum: 1,
+                key_id: &[0x03; 33],
+            }
+            .message("dc1", &m),
+        ),
+        (
+            "import-threshold-key",
+            Action::ImportThresholdKey {
+                quorum: 2,
+                key_id: &[0x02; 33],
+                share_index: 1,
+            }
+            .message("dc2", &m),
+        ),
+        (
+            "threshold-sign",
+            Action::ThresholdSign {
+                key_id: &[0x02; 33],
+                path: &[0, 1],
+                digest: &digest,
+            }
+            .message(THRESHOLD_SCOPE, &m),
+        ),
+        (
+            "create-threshold-key",
+            Action::CreateThresholdKey {
+                quorum: 2,
+                threshold: 2,
+                hd: true,
+                clusters: &clusters,
+            }
+            .message(THRESHOLD_SCOPE, &m),
+        ),
+        (
+            "sign",
+            Action::Sign {
+                key_id: &[0x03; 33],
+                path: &[0x8000_002c, 7],
+                digest: &digest,
+            }
+            .message("dc1", &m),
+        ),
+        ("audit-digest", audit_digest(b"12345678").to_vec()),
+        (
+            "response-transcript",
+            response_transcript(&encode_request(&Request::Status), b"body"),
+        ),
+    ]
+}
+
+/// serde's name of an enum value's variant (its external tag).
+fn variant<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v).expect("serializes") {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Object(m) => m.keys().next().cloned().expect("tagged"),
+        other => panic!("not an enum value: {other}"),
+    }
+}
+
+/// Checks that `encoded` (each without any version prefix) start with the variant indexes
+/// 0..n in order, and that index n is not a variant `T` knows.
+fn assert_complete<T: serde::de::DeserializeOwned>(what: &str, encoded: &[Vec<u8>]) {
+    for (i, e) in encoded.iter().enumerate() {
+        assert_eq!(
+            usize::from(e[0]),
+            i,
+            "{what} sample {i} is variant {}: samples must follow the enum's order",
+            e[0]
+        );
+    }
+    let n = u8::try_from(encoded.len()).expect("fewer than 128 variants");
+    match postcard::from_bytes::<T>(&[n]) {
+        Err(postcard::Error::DeserializeUnexpectedEnd) | Ok(_) => {
+            panic!("{what} has a variant {n} without a golden sample: add one and bless the file")
+        }
+        Err(_) => {}
+    }
+}
+
+fn current() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let reqs: Vec<Vec<u8>> = requests().iter().map(encode_request).collect();
+    for (r, bytes) in requests().iter().zip(&reqs) {
+        assert_eq!(decode_request(bytes).as_ref(), Ok(r), "round trip");
+        out.insert(format!("request {}", variant(r)), hex::encode(bytes));
+    }
+    let bodies: Vec<Vec<u8>> = reqs.iter().map(|b| b[1..].to_vec()).collect();
+    assert_complete::<Request>("Request", &bodies);
+
+    let resp: Vec<Vec<u8>> = responses()
+        .iter()
+        .map(|r| postcard::to_allocvec(r).unwrap())
+        .collect();
+    assert_complete::<Response>("Response", &resp);
+    for (r, bytes) in responses().iter().zip(&resp) {
+        let ok: Outcome = Ok(r.clone());
+        let body = postcard::to_allocvec(&ok).unwrap();
+        assert_eq!(postcard::from_bytes::<Outcome>(&body).unwrap(), ok);
+        assert_eq!(
+            body[1..],
+            bytes[..],
+            "Ok(response) is the response after tag 0"
+        );
+        out.insert(format!("response {}", variant(r)), hex::encode(&body));
+    }
+
+    let errs: Vec<Vec<u8>> = errors()
+        .iter()
+        .map(|e| postcard::to_allocvec(e).unwrap())
+        .collect();
+    assert_complete::<TeeError>("TeeError", &errs);
+    let mut codes = std::collections::BTreeSet::new();
+    for e in errors() {
+        let body = postcard::to_allocvec(&Outcome::Err(e.clone())).unwrap();
+        assert!(codes.insert(e.code()), "code {} used twice", e.code());
+        out.insert(
+            format!("refusal {} {}", variant(&e), e.code()),
+            hex::encode(&body),
+        );
+    }
+
+    let signed = SignedResponse {
+        body: vec![0, 1],
+        signature: Some(vec![0x30, 0x45]),
+    };
+    out.insert(
+        "signed-response sample".into(),
+        hex::encode(postcard::to_allocvec(&signed).unwrap()),
+    );
+    for (name, bytes) in approval_messages() {
+        out.insert(format!("message {name}"), hex::encode(bytes));
+    }
+    out
+}
+
+#[test]
+fn the_encoding_matches_the_golden_vectors() {
+    let now = current();
+    let text: String = now.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+    if std::env::var_os("CUSTOS_BLESS_GOLDEN").is_some() {
+        std::fs::write(GOLDEN, &text).unwrap();
+        return;
+    }
+    let golden = std::fs::read_to_string(GOLDEN).expect("golden file present");
+    let mut want = BTreeMap::new();
+    for line in golden.lines() {
+        let (k, v) = line.rsplit_once(' ').expect("name and hex");
+        want.insert(k.to_string(), v.to_string());
+    }
+    for (k, v) in &want {
+        match now.get(k) {
+            None => panic!("{k}: in the golden file, no longer produced"),
+            Some(got) => assert_eq!(got, v, "{k}: encoding changed"),
+        }
+    }
+    for k in now.keys() {
+        assert!(want.contains_key(k), "{k}: not in the golden file");
+    }
+}
