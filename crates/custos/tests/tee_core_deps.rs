@@ -32,21 +32,21 @@ fn tree(package: &str) -> String {
 
 #[test]
 fn components_outside_the_tee_link_neither_the_tee_core_nor_the_protocol_engine() {
-    // The cloud server still links cggmp24 to combine presignature partials (custos-threshold);
-    // every other component links neither.
+    // The cloud server combines presignature partials with custos-threshold-public alone.
     for (package, banned) in [
         ("custos-vault-node", &["custos-tee-core ", "cggmp24 "][..]),
         ("custos-bridge", &["custos-tee-core ", "cggmp24 "]),
         ("custos-relay", &["custos-tee-core ", "cggmp24 "]),
-        ("custos-cloud", &["custos-tee-core "]),
+        ("custos-cloud", &["custos-tee-core ", "cggmp24 ", "custos-threshold "]),
         ("custos-wire", &["custos-tee-core ", "cggmp24 "]),
+        ("custos-threshold-public", &["cggmp24 "]),
     ] {
         let tree = tree(package);
         for b in banned {
             let hit = tree.lines().find(|l| l.starts_with(b));
             assert!(hit.is_none(), "{package} depends on {b}: {hit:?}");
         }
-        if package != "custos-relay" {
+        if !matches!(package, "custos-relay" | "custos-threshold-public") {
             assert!(
                 tree.lines().any(|l| l.starts_with("custos-wire ")),
                 "{package} does not use the wire contract"

@@ -1104,7 +1104,7 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
     bad[1].sigma[31] ^= 1;
     assert!(matches!(
         combine(&bad, &public, message),
-        Err(custos_threshold::ThresholdError::BadPartial { position: 1 })
+        Err(custos_threshold::PublicError::BadPartial { position: 1 })
     ));
 
     // Used once: the same attempt is a replay, any other use finds no presignature.

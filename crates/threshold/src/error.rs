@@ -56,6 +56,19 @@ pub enum ThresholdError {
     Dealer(String),
 }
 
+impl From<custos_threshold_public::PublicError> for ThresholdError {
+    fn from(e: custos_threshold_public::PublicError) -> Self {
+        use custos_threshold_public::PublicError as P;
+        match e {
+            P::TooLarge { len, limit } => ThresholdError::TooLarge { len, limit },
+            P::Decode { what, reason } => ThresholdError::Decode { what, reason },
+            P::BadPartial { position } => ThresholdError::BadPartial { position },
+            P::InvalidSignature(m) => ThresholdError::InvalidSignature(m),
+            other => ThresholdError::InvalidParameters(other.to_string()),
+        }
+    }
+}
+
 /// Errors of protocol sessions ([`Session`](crate::Session), [`SessionHost`](crate::SessionHost)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

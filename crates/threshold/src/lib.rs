@@ -12,7 +12,8 @@
 //! * [`dealer`]: the trusted dealer (the operating company) that creates all shares of a key.
 //! * [`session`]: one protocol execution ([`Session`]): signing, presigning, DKG, aux info.
 //! * [`pool`]: [`SessionHost`], a worker thread that owns sessions and is `Send + Sync`.
-//! * [`presign`]: stored presignatures, partial signatures and their combination.
+//! * [`presign`]: stored presignatures and the partial signatures they issue; the public side
+//!   (public data, [`combine`], [`Signature`]) is `custos-threshold-public`, re-exported here.
 //! * [`phase`]: the patent's phase names for protocol messages and message classification.
 //!
 //! Curve and security level are fixed: secp256k1, [`SecurityLevel128`](cggmp24::security_level::SecurityLevel128).
@@ -35,15 +36,17 @@ pub mod share;
 mod signature;
 mod util;
 
+pub use custos_threshold_public::{
+    combine, PartialSig, PresignaturePublic, PublicError, Signature,
+};
 pub use dealer::{deal, DealerProgress};
 pub use error::{SessionError, ThresholdError};
 pub use phase::{inspect, MsgInfo, MsgType, Phase, ProtocolKind};
 pub use pool::{Pending, SessionHost, SessionId, DEFAULT_MAX_SESSIONS};
-pub use presign::{combine, issue_partial, PartialSig, PresignaturePublic, StoredPresignature};
+pub use presign::{issue_partial, StoredPresignature};
 pub use primes::Primes;
 pub use session::{Outgoing, Output, Session, SessionKind, Step};
 pub use share::{AuxInfo, IncompleteShare, ThresholdShare};
-pub use signature::Signature;
 
 /// The curve of every Custos threshold key.
 pub(crate) type E = cggmp24::supported_curves::Secp256k1;

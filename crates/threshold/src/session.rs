@@ -43,12 +43,13 @@ use zeroize::Zeroizing;
 use crate::blame::parse_blame;
 use crate::dealer::error_chain;
 use crate::phase::{decode, AuxMsg, KeygenMsg, MsgType, Phase, ProtocolKind, SignMsg, WireMsg};
-use crate::presign::{PresignaturePublic, StoredPresignature};
+use crate::presign::{presignature_public, StoredPresignature};
 use crate::primes::Primes;
 use crate::share::{child_point, AuxInfo, IncompleteShare, ThresholdShare};
-use crate::signature::{finish, Signature};
+use crate::signature::finish;
 use crate::util::{check_path, to_json_zeroizing};
 use crate::{SessionError, ThresholdError, E, L};
+use custos_threshold_public::Signature;
 
 /// What a session runs, with everything it needs.
 pub enum SessionKind {
@@ -704,7 +705,7 @@ impl Feed<SignMsg> for Machine {
                 parties,
                 my_position,
             } => drive(sm, kind, incoming, |(presig, data)| {
-                let public = PresignaturePublic::new(*public_key, parties.clone(), &data);
+                let public = presignature_public(*public_key, parties.clone(), &data)?;
                 Ok(Output::Presignature(StoredPresignature::new(
                     public,
                     *my_position,

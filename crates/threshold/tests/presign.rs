@@ -9,7 +9,7 @@ use std::time::Instant;
 use bitcoin::secp256k1::PublicKey;
 use common::*;
 use custos_threshold::{
-    combine, issue_partial, Output, PartialSig, Session, SessionError, SessionKind,
+    combine, issue_partial, Output, PartialSig, PublicError, Session, SessionError, SessionKind,
     StoredPresignature, ThresholdError,
 };
 use sha2::{Digest, Sha256};
@@ -97,21 +97,21 @@ fn presign_issue_partials_combine_verify() {
     bad[1].sigma[31] ^= 1;
     assert_eq!(
         combine(&bad, &public, message),
-        Err(ThresholdError::BadPartial { position: 1 })
+        Err(PublicError::BadPartial { position: 1 })
     );
     // partials for another message do not combine for this one
     assert_eq!(
         combine(&partials, &public, b"another message"),
-        Err(ThresholdError::BadPartial { position: 0 })
+        Err(PublicError::BadPartial { position: 0 })
     );
     // order and count are checked
     let swapped = [partials[1], partials[0]];
     assert!(matches!(
         combine(&swapped, &public, message),
-        Err(ThresholdError::InvalidParameters(_))
+        Err(PublicError::InvalidParameters(_))
     ));
     assert!(matches!(
         combine(&partials[..1], &public, message),
-        Err(ThresholdError::InvalidParameters(_))
+        Err(PublicError::InvalidParameters(_))
     ));
 }

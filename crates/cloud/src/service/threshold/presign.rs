@@ -9,7 +9,7 @@
 //! A presignature whose use failed is lost (it was taken, and some TEE may have consumed its
 //! copy); the request's next attempt takes another one or runs the interactive protocol.
 
-use custos_threshold::{combine, PartialSig, PresignaturePublic, ThresholdError};
+use custos_threshold_public::{combine, PartialSig, PresignaturePublic, PublicError};
 use custos_wire::protocol::MAX_PRESIGNATURES_PER_KEY;
 
 use super::*;
@@ -464,7 +464,7 @@ impl Cloud {
             ));
         }
         let sig = combine(&partials, &public, message).map_err(|e| match e {
-            ThresholdError::BadPartial { position } => Abort::new(
+            PublicError::BadPartial { position } => Abort::new(
                 "threshold_aborted",
                 format!(
                     "cluster {}'s partial signature does not match its presignature commitments",
