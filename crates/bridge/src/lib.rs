@@ -5,7 +5,6 @@
 //! request to a healthy node holding the key with failover to the next one, and a
 //! hash-chained history of every request and result in the metadata DB ([0029]). If the
 //! history cannot be written the request is refused (fail closed).
-#![forbid(unsafe_code)]
 // tonic::Status is the idiomatic error of gRPC handlers; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 

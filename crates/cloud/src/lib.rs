@@ -18,7 +18,6 @@
 //! * [`server`]: [`run`] and TLS serving;
 //! * [`client`]: the typed client ([`client::CloudClient`]);
 //! * [`cli`]: `custos approve`.
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;

@@ -13,8 +13,6 @@
 //!   the working directory of whoever started the process;
 //! * the component's own checks ([`Component::check`]) run last, so a loaded configuration is
 //!   always a usable one.
-#![forbid(unsafe_code)]
-#![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,4 @@
 //! `custos`: the Custos command-line tool.
-#![forbid(unsafe_code)]
 
 mod bench;
 mod bench_e2e;

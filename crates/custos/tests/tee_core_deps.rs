@@ -37,7 +37,10 @@ fn components_outside_the_tee_link_neither_the_tee_core_nor_the_protocol_engine(
         ("custos-vault-node", &["custos-tee-core ", "cggmp24 "][..]),
         ("custos-bridge", &["custos-tee-core ", "cggmp24 "]),
         ("custos-relay", &["custos-tee-core ", "cggmp24 "]),
-        ("custos-cloud", &["custos-tee-core ", "cggmp24 ", "custos-threshold "]),
+        (
+            "custos-cloud",
+            &["custos-tee-core ", "cggmp24 ", "custos-threshold "],
+        ),
         ("custos-wire", &["custos-tee-core ", "cggmp24 "]),
         ("custos-threshold-public", &["cggmp24 "]),
     ] {

@@ -45,8 +45,6 @@
 //! # Ok(())
 //! # }
 //! ```
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 mod client;
 mod config;

@@ -1,6 +1,5 @@
 //! Generated gRPC types and services of the Custos cluster protocol
 //! (`proto/custos/cluster/v1/cluster.proto`).
-#![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::all)]
 
 /// `custos.cluster.v1`.

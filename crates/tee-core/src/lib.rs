@@ -13,7 +13,6 @@
 //! the protocol's state machines cannot move between threads, and the core is moved into its
 //! host's serving thread. Distributed key generation has a worker of its own (its aux-info
 //! steps compute for seconds), and safe primes are generated on another when needed.
-#![forbid(unsafe_code)]
 
 pub mod approval;
 pub mod device;

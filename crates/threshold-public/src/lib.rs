@@ -9,8 +9,6 @@
 //! The checks are those of `cggmp24`'s `PartialSignature::combine` (0.7.0-alpha.3), over the
 //! same curve arithmetic (`generic-ec`): each partial σⱼ must satisfy σⱼ·Γ = m·Δ̃ⱼ + r·S̃ⱼ, the
 //! signature is (r, Σσⱼ) with low s, and it is verified with libsecp256k1 before it is returned.
-#![forbid(unsafe_code)]
-#![deny(missing_docs)]
 
 mod presign;
 mod signature;

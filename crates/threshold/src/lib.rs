@@ -21,8 +21,6 @@
 //!
 //! Secrets: key shares, aux info (Paillier primes), primes and presignatures serialize into
 //! [`zeroize::Zeroizing`] buffers, and none of their `Debug` implementations prints secret data.
-#![forbid(unsafe_code)]
-#![deny(missing_docs)]
 
 mod blame;
 pub mod dealer;
