@@ -89,6 +89,25 @@ fn reject_duplicates(key_ids: &[Vec<u8>]) -> Result<(), TeeError> {
     }
 }
 
+/// One in-memory change of a batch, undone if the batch's commit fails.
+enum Undo {
+    /// A wallet was added.
+    Wallet(Vec<u8>),
+    /// A threshold share was added.
+    Share(Vec<u8>),
+    /// A request id was consumed.
+    Consumed([u8; 16]),
+}
+
+/// What [`TeeCore::open`] does with a sealed record that does not load.
+#[derive(Clone, Copy)]
+enum OnBadRecord {
+    /// Remove it (an index entry: expired, or rebuilt from nothing).
+    Remove,
+    /// Keep it untouched and report it (a key: never used, never silently dropped).
+    SetAside,
+}
+
 /// The TEE core state machine.
 pub struct TeeCore<P: Platform> {
     platform: P,
@@ -103,15 +122,14 @@ pub struct TeeCore<P: Platform> {
     current: usize,
     /// Verified admin certificate chains.
     admins: AdminCache,
-    /// Wallets added in memory but not yet committed: (request index, key id).
-    uncommitted: Vec<(usize, Vec<u8>)>,
+    /// What the current batch changed in memory before its commit, with the request that
+    /// did it: undone if the commit fails, so memory never holds what storage lost.
+    journal: Vec<(usize, Undo)>,
     /// Requests of the current batch whose writes a failed commit discarded.
     failed: Vec<(usize, PlatformError)>,
     /// Create-wallet request ids already used, with their expiry: an approval creates one
     /// wallet, never more (sealed, so this survives restarts).
     consumed: BTreeMap<[u8; 16], u64>,
-    /// Request ids consumed in this batch (request index, id), dropped if the commit fails.
-    pending_consumed: Vec<(usize, [u8; 16])>,
     /// Threshold shares, started sessions and the session worker.
     threshold: ThresholdState,
 }
@@ -173,10 +191,9 @@ impl<P: Platform> TeeCore<P> {
             platform_name: platform_name.to_string(),
             current: 0,
             admins: AdminCache::default(),
-            uncommitted: Vec::new(),
+            journal: Vec::new(),
             failed: Vec::new(),
             consumed: BTreeMap::new(),
-            pending_consumed: Vec::new(),
             threshold: ThresholdState::new()
                 .map_err(|e| OpenError::SessionThread(e.to_string()))?,
         };
@@ -202,102 +219,97 @@ impl<P: Platform> TeeCore<P> {
                 core.corrupt.insert(REC_DEVICE_CERT.into(), e.to_string());
             }
         }
-        // Consumed request ids: keep the live ones, forget the expired (their approvals are
-        // void anyway).
+        // Consumed request ids and started threshold sessions: keep the live ones, forget the
+        // expired (their approvals are void anyway) and the unreadable.
         let now = core.platform.now_unix();
-        for id in core.platform.list(CONSUMED_PREFIX)? {
-            let expiry = core
-                .platform
-                .unseal(&id)
-                .ok()
-                .flatten()
-                .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes));
-            let rid = hex::decode(&id.as_str()[CONSUMED_PREFIX.len()..])
-                .ok()
-                .and_then(|v| <[u8; 16]>::try_from(v).ok());
-            match (rid, expiry) {
-                (Some(rid), Some(exp)) if exp >= now => {
-                    core.consumed.insert(rid, exp);
-                }
-                _ => core.platform.remove(&id)?,
+        let live_until = |body: &[u8]| -> Result<u64, String> {
+            let exp = body
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| "malformed expiry".to_string())?;
+            if exp >= now {
+                Ok(exp)
+            } else {
+                Err("expired".into())
             }
-        }
-        // Threshold sessions started: likewise.
-        for id in core.platform.list(threshold::SESSION_PREFIX)? {
-            let expiry = core
-                .platform
-                .unseal(&id)
+        };
+        core.load_records(CONSUMED_PREFIX, OnBadRecord::Remove, |core, name, body| {
+            let rid = hex::decode(&name[CONSUMED_PREFIX.len()..])
                 .ok()
-                .flatten()
-                .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes));
-            match (parse_session_record(id.as_str()), expiry) {
-                (Some(session), Some(exp)) if exp >= now => {
-                    core.threshold.used_sessions.insert(session, exp);
-                }
-                _ => core.platform.remove(&id)?,
-            }
-        }
+                .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                .ok_or("unparsable record name")?;
+            core.consumed.insert(rid, live_until(body)?);
+            Ok(())
+        })?;
+        core.load_records(
+            threshold::SESSION_PREFIX,
+            OnBadRecord::Remove,
+            |core, name, body| {
+                let session = parse_session_record(name).ok_or("unparsable record name")?;
+                core.threshold
+                    .used_sessions
+                    .insert(session, live_until(body)?);
+                Ok(())
+            },
+        )?;
         core.platform.commit()?;
-        for id in core.platform.list(WALLET_PREFIX)? {
-            let name = id.as_str().to_string();
+        // Keys and presignatures: one that does not open is set aside, reported and never used.
+        core.load_records(WALLET_PREFIX, OnBadRecord::SetAside, |core, name, body| {
             let key = hex::decode(&name[WALLET_PREFIX.len()..]).unwrap_or_default();
-            let loaded = core
-                .platform
-                .unseal(&id)
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.ok_or_else(|| "record vanished".to_string()))
-                .and_then(|body| Wallet::from_record(&core.secp, &body, &key));
-            match loaded {
-                Ok(w) => {
-                    core.wallets.insert(key, w);
-                }
-                Err(reason) => {
-                    core.corrupt.insert(name, reason);
-                }
-            }
-        }
-        for id in core.platform.list(threshold::SHARE_PREFIX)? {
-            let name = id.as_str().to_string();
-            let key = hex::decode(&name[threshold::SHARE_PREFIX.len()..]).unwrap_or_default();
-            let loaded = core
-                .platform
-                .unseal(&id)
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.ok_or_else(|| "record vanished".to_string()))
-                .and_then(|body| HeldKey::from_record(&body, &key));
-            match loaded {
-                Ok(k) => {
-                    core.threshold.keys.insert(key, k);
-                }
-                Err(reason) => {
-                    core.corrupt.insert(name, reason);
-                }
-            }
-        }
-        for id in core.platform.list(threshold::PRESIGN_PREFIX)? {
-            let name = id.as_str().to_string();
-            let loaded = threshold::presign::parse_presign_record(&name)
-                .ok_or_else(|| "unparsable record name".to_string())
-                .and_then(|pid| {
-                    let body = core
-                        .platform
-                        .unseal(&id)
-                        .map_err(|e| e.to_string())?
-                        .ok_or_else(|| "record vanished".to_string())?;
-                    StoredPresignature::from_bytes(&body)
-                        .map(|p| (pid, p))
-                        .map_err(|e| e.to_string())
-                });
-            match loaded {
-                Ok((pid, p)) => {
-                    core.threshold.presigs.insert(pid, p);
-                }
-                Err(reason) => {
-                    core.corrupt.insert(name, reason);
-                }
-            }
-        }
+            let w = Wallet::from_record(&core.secp, body, &key)?;
+            core.wallets.insert(key, w);
+            Ok(())
+        })?;
+        core.load_records(
+            threshold::SHARE_PREFIX,
+            OnBadRecord::SetAside,
+            |core, name, body| {
+                let key = hex::decode(&name[threshold::SHARE_PREFIX.len()..]).unwrap_or_default();
+                let k = HeldKey::from_record(body, &key)?;
+                core.threshold.keys.insert(key, k);
+                Ok(())
+            },
+        )?;
+        core.load_records(
+            threshold::PRESIGN_PREFIX,
+            OnBadRecord::SetAside,
+            |core, name, body| {
+                let pid = threshold::presign::parse_presign_record(name)
+                    .ok_or("unparsable record name")?;
+                let p = StoredPresignature::from_bytes(body).map_err(|e| e.to_string())?;
+                core.threshold.presigs.insert(pid, p);
+                Ok(())
+            },
+        )?;
         Ok(core)
+    }
+
+    /// Unseals every record under `prefix` and hands its name and body to `load`. A record that
+    /// does not open or does not load is removed (indexes that can be rebuilt or have
+    /// expired) or set aside in `corrupt` (keys: reported by `Status`, refused on use).
+    fn load_records(
+        &mut self,
+        prefix: &str,
+        on_bad: OnBadRecord,
+        mut load: impl FnMut(&mut Self, &str, &[u8]) -> Result<(), String>,
+    ) -> Result<(), PlatformError> {
+        for id in self.platform.list(prefix)? {
+            let loaded = self
+                .platform
+                .unseal(&id)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.ok_or_else(|| "record vanished".to_string()))
+                .and_then(|body| load(self, id.as_str(), &body));
+            if let Err(reason) = loaded {
+                match on_bad {
+                    OnBadRecord::Remove => self.platform.remove(&id)?,
+                    OnBadRecord::SetAside => {
+                        self.corrupt.insert(id.as_str().to_string(), reason);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The platform (for the host's own bookkeeping).
@@ -360,30 +372,32 @@ impl<P: Platform> TeeCore<P> {
     /// nothing is acknowledged that is not durable.
     fn commit_pending(&mut self) -> Result<(), PlatformError> {
         let result = self.platform.commit();
-        let pending = std::mem::take(&mut self.uncommitted);
-        let pending_shares = std::mem::take(&mut self.threshold.uncommitted);
-        if let Err(e) = &result {
-            for (i, key) in pending {
-                self.wallets.remove(&key);
-                self.failed.push((i, e.clone()));
-            }
-            for (i, key) in pending_shares {
-                self.threshold.keys.remove(&key);
-                self.failed.push((i, e.clone()));
-            }
-            for (i, rid) in std::mem::take(&mut self.pending_consumed) {
-                self.consumed.remove(&rid);
-                self.failed.push((i, e.clone()));
-            }
-        } else {
-            self.pending_consumed.clear();
-            for (_, key) in &pending {
-                self.corrupt
-                    .remove(&format!("{WALLET_PREFIX}{}", key_hex(key)));
-            }
-            for (_, key) in &pending_shares {
-                self.corrupt
-                    .remove(&format!("{}{}", threshold::SHARE_PREFIX, key_hex(key)));
+        for (i, change) in std::mem::take(&mut self.journal) {
+            match (&result, change) {
+                (Err(e), change) => {
+                    match change {
+                        Undo::Wallet(key) => {
+                            self.wallets.remove(&key);
+                        }
+                        Undo::Share(key) => {
+                            self.threshold.keys.remove(&key);
+                        }
+                        Undo::Consumed(rid) => {
+                            self.consumed.remove(&rid);
+                        }
+                    }
+                    self.failed.push((i, e.clone()));
+                }
+                // A key stored again under a name once reported corrupt replaces it.
+                (Ok(()), Undo::Wallet(key)) => {
+                    self.corrupt
+                        .remove(&format!("{WALLET_PREFIX}{}", key_hex(&key)));
+                }
+                (Ok(()), Undo::Share(key)) => {
+                    self.corrupt
+                        .remove(&format!("{}{}", threshold::SHARE_PREFIX, key_hex(&key)));
+                }
+                (Ok(()), Undo::Consumed(_)) => {}
             }
         }
         result
@@ -396,8 +410,9 @@ impl<P: Platform> TeeCore<P> {
         self.commit_pending().map_err(storage)
     }
 
-    /// Handles one decoded request.
-    pub fn handle(&mut self, request: Request) -> Outcome {
+    /// Handles one decoded request (its writes are committed, and its answer signed, by
+    /// [`TeeCore::handle_batch`]).
+    fn handle(&mut self, request: Request) -> Outcome {
         match request {
             Request::Status => Ok(Response::Status(self.status())),
             Request::PinRoot { root_cert } => self.pin_root(&root_cert),
@@ -859,7 +874,8 @@ impl<P: Platform> TeeCore<P> {
             .seal(&id, &wallet.to_record())
             .map_err(storage)?;
         let info = wallet.info.clone();
-        self.uncommitted.push((self.current, info.key_id.clone()));
+        self.journal
+            .push((self.current, Undo::Wallet(info.key_id.clone())));
         self.wallets.insert(info.key_id.clone(), wallet);
         Ok(Response::Wallet(info))
     }
@@ -876,7 +892,8 @@ impl<P: Platform> TeeCore<P> {
             .seal(&rid, &meta.expires_at.to_be_bytes())
             .map_err(storage)?;
         self.consumed.insert(meta.request_id, meta.expires_at);
-        self.pending_consumed.push((self.current, meta.request_id));
+        self.journal
+            .push((self.current, Undo::Consumed(meta.request_id)));
         Ok(())
     }
 

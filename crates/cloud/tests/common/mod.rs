@@ -462,7 +462,7 @@ impl FakeGateway {
                         Some(k) => {
                             let mut core = n.core.lock().unwrap();
                             matches!(
-                                core.handle(Request::ListKeys),
+                                call_core(&mut core, &Request::ListKeys),
                                 Ok(Response::Keys(keys)) if keys.iter().any(|i| &i.key_id == k)
                             )
                         }
@@ -505,7 +505,8 @@ impl FakeGateway {
                     .nodes
                     .iter()
                     .map(|n| {
-                        let held = match n.core.lock().unwrap().handle(Request::ListKeys) {
+                        let held = match call_core(&mut n.core.lock().unwrap(), &Request::ListKeys)
+                        {
                             Ok(Response::Keys(k)) => k.len() as u64,
                             _ => 0,
                         };
@@ -794,4 +795,11 @@ pub fn message_of(view: &custos_cloud::api::RequestView) -> Vec<u8> {
     let m = custos_cloud::approval::approval_message(view).unwrap();
     assert_eq!(hex::encode(&m), view.approval_message);
     m
+}
+
+/// One request to an in-memory TEE core, through its byte interface (committed, signed) like
+/// a real TEE process; the outcome is decoded without checking the signature.
+pub fn call_core<P: Platform>(core: &mut TeeCore<P>, request: &Request) -> Outcome {
+    let signed = core.handle_bytes(&custos_wire::protocol::encode_request(request));
+    custos_wire::client::decode_outcome(&signed).expect("the core answers a signed response")
 }

@@ -109,8 +109,6 @@ pub(super) enum Work {
 pub(crate) struct ThresholdState {
     /// Shares held, by key id.
     pub(crate) keys: BTreeMap<Vec<u8>, HeldKey>,
-    /// Shares added in memory but not yet committed: (request index, key id).
-    pub(crate) uncommitted: Vec<(usize, Vec<u8>)>,
     /// Sessions already started, with the expiry of their approvals.
     pub(crate) used_sessions: BTreeMap<SessionRef, u64>,
     pub(super) host: SessionHost,
@@ -133,7 +131,6 @@ impl ThresholdState {
     pub(crate) fn new() -> std::io::Result<Self> {
         Ok(ThresholdState {
             keys: BTreeMap::new(),
-            uncommitted: Vec::new(),
             used_sessions: BTreeMap::new(),
             host: SessionHost::new(MAX_LIVE_SESSIONS)?,
             dkg_host: None,
@@ -225,9 +222,8 @@ impl<P: Platform> TeeCore<P> {
             .seal(&id, &held.to_record())
             .map_err(storage)?;
         let info = held.info.clone();
-        self.threshold
-            .uncommitted
-            .push((self.current, info.key_id.clone()));
+        self.journal
+            .push((self.current, crate::Undo::Share(info.key_id.clone())));
         self.threshold.keys.insert(info.key_id.clone(), held);
         Ok(info)
     }
