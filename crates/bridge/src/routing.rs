@@ -1,6 +1,6 @@
 //! What a TEE request is, for routing and for the history.
 
-use custos_wire::protocol::{RelayClass, Request, TeeError};
+use custos_wire::protocol::{format_path, RelayClass, Request, TeeError};
 
 /// Facts about a request that the bridge logs and routes by.
 pub struct Described {
@@ -32,19 +32,6 @@ fn admin_name(cert: &[u8]) -> String {
         .replace(',', "_")
 }
 
-/// Display form of a BIP-32 path: `m/44'/0'/0'/0/1`.
-pub fn path_string(path: &[u32]) -> String {
-    let mut s = String::from("m");
-    for &i in path {
-        if i & (1 << 31) != 0 {
-            s.push_str(&format!("/{}'", i & !(1 << 31)));
-        } else {
-            s.push_str(&format!("/{i}"));
-        }
-    }
-    s
-}
-
 /// Describes a request the bridge may route; `None` for the requests that stay on the node
 /// ([`custos_wire::protocol::RelayClass::NodeOnly`]: provisioning, TLS signing, key
 /// transfers, plaintext imports).
@@ -66,7 +53,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         Request::Attest { .. } => d("attest", None, true),
         Request::DeviceChain => d("device-chain", None, true),
         Request::GetXpub { key_id, path } => Described {
-            path: Some(path_string(path)),
+            path: Some(format_path(path)),
             ..d("get-xpub", Some(key_id), false)
         },
         Request::AuditSign { key_id, .. } => d("audit", Some(key_id), false),
@@ -88,7 +75,7 @@ pub fn describe(r: &Request) -> Option<Described> {
             ..
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
-            path: Some(path_string(path)),
+            path: Some(format_path(path)),
             approvers: approvals
                 .iter()
                 .map(|a| admin_name(&a.admin_cert))
@@ -131,7 +118,7 @@ pub fn describe(r: &Request) -> Option<Described> {
             approvals,
         } => Described {
             request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
-            path: Some(path_string(&params.path)),
+            path: Some(format_path(&params.path)),
             approvers: approvals
                 .iter()
                 .map(|a| admin_name(&a.admin_cert))
@@ -147,7 +134,7 @@ pub fn describe(r: &Request) -> Option<Described> {
                 hex::encode(session.request_id),
                 session.attempt
             )),
-            path: Some(path_string(&[])),
+            path: Some(format_path(&[])),
             ..d("threshold-audit", Some(key_id), true)
         },
         // Presignatures live in one node only: every presignature request is pinned.
@@ -159,7 +146,7 @@ pub fn describe(r: &Request) -> Option<Described> {
                 hex::encode(session.request_id),
                 session.attempt
             )),
-            path: Some(path_string(&[])),
+            path: Some(format_path(&[])),
             ..d("threshold-presign", Some(key_id), true)
         },
         Request::ThresholdPresignSign {
@@ -169,7 +156,7 @@ pub fn describe(r: &Request) -> Option<Described> {
             approvals,
         } => Described {
             request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
-            path: Some(path_string(&[])),
+            path: Some(format_path(&[])),
             approvers: approvals
                 .iter()
                 .map(|a| admin_name(&a.admin_cert))
@@ -250,11 +237,5 @@ mod tests {
         assert_eq!(d.kind, "threshold-keygen-start");
         assert_eq!(d.request_id.unwrap(), format!("{}/2", "ab".repeat(16)));
         assert!(d.any_node && d.key_id.is_none());
-    }
-
-    #[test]
-    fn paths() {
-        assert_eq!(path_string(&[44 | 1 << 31, 0, 7]), "m/44'/0/7");
-        assert_eq!(path_string(&[]), "m");
     }
 }

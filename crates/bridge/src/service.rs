@@ -31,18 +31,10 @@ use crate::routing::{describe, node_lacks_key, Described};
 use crate::{BridgeConfig, BridgeError, MAX_MESSAGE};
 use custos_config::ConfigError;
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use custos_pki::clock::now_unix;
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    i64::try_from(custos_pki::clock::now_unix_ms()).unwrap_or(i64::MAX)
 }
 
 struct NodeEntry {

@@ -51,10 +51,7 @@ pub enum ApproveError {
 }
 
 fn expiry_text(expires_at: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = custos_pki::clock::now_unix();
     if expires_at <= now {
         format!("{expires_at} (Unix time; already passed)")
     } else {

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use bitcoin::bip32::{ChildNumber, Xpub};
 use bitcoin::secp256k1::{Secp256k1, Verification};
 use bitcoin::{Address, CompressedPublicKey, Network};
-use custos_wire::protocol::MAX_PATH_DEPTH;
+use custos_wire::protocol::{HARDENED, MAX_PATH_DEPTH};
 
 /// Longest path text accepted (32 levels of ten digits and a marker fit well within).
 pub const MAX_PATH_TEXT: usize = 512;
@@ -21,8 +21,6 @@ pub enum PathError {
     #[error("hardened step {0} cannot be derived from an xpub")]
     Hardened(String),
 }
-
-const HARDENED: u32 = 1 << 31;
 
 /// Parses `m`, `m/0/7`, `m/44'/0h/0H/1` into raw indices (hardened ones have bit 31 set).
 pub fn parse_path(text: &str) -> Result<Vec<u32>, PathError> {
@@ -64,19 +62,6 @@ pub fn parse_path(text: &str) -> Result<Vec<u32>, PathError> {
     Ok(out)
 }
 
-/// The canonical text of a path (`'` for hardened steps).
-pub fn format_path(path: &[u32]) -> String {
-    let mut s = String::from("m");
-    for &i in path {
-        if i & HARDENED != 0 {
-            s.push_str(&format!("/{}'", i & !HARDENED));
-        } else {
-            s.push_str(&format!("/{i}"));
-        }
-    }
-    s
-}
-
 /// Whether any step is hardened.
 pub fn has_hardened(path: &[u32]) -> bool {
     path.iter().any(|i| i & HARDENED != 0)
@@ -109,6 +94,7 @@ pub fn parse_network(name: &str) -> Result<Network, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use custos_wire::protocol::format_path;
 
     #[test]
     fn parse_and_format() {

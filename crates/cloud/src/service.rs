@@ -8,7 +8,7 @@ use bitcoin::bip32::Xpub;
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use bitcoin::Network;
-use custos_pki::{TrustRoot, VerifiedAdmin};
+use custos_pki::{AdminCache, TrustRoot};
 use custos_proto::cluster::{AuditReport, ClusterStatus};
 use custos_wire::approval::{Approval, MAX_APPROVAL_LIFETIME_SECS};
 use custos_wire::import::{import_key_id, seal_import, SealedImport};
@@ -34,7 +34,7 @@ use crate::db::{
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::path::{
-    derive_xpub, format_path, has_hardened, p2wpkh_address, parse_network, parse_path, PathError,
+    derive_xpub, has_hardened, p2wpkh_address, parse_network, parse_path, PathError,
 };
 use crate::Clock;
 
@@ -46,8 +46,7 @@ pub use threshold::{
     THRESHOLD_SESSION_TIMEOUT,
 };
 
-/// Most quorum a wallet can have (the TEE's limit).
-pub const MAX_QUORUM: u8 = MAX_APPROVALS as u8;
+use custos_wire::protocol::{format_path, MAX_QUORUM};
 /// Most children one derive call lists.
 pub const MAX_DERIVE_COUNT: u32 = 1000;
 /// Most requests one list call returns.
@@ -124,7 +123,7 @@ pub struct Cloud {
     network: Network,
     clock: Clock,
     secp: Secp256k1<All>,
-    admins: Mutex<HashMap<[u8; 32], VerifiedAdmin>>,
+    admins: Mutex<AdminCache>,
     /// Clusters blamed by the last failed attempt of a threshold request (request id →
     /// clusters), avoided by its next attempt when the caller named none.
     threshold_blamed: Mutex<HashMap<String, Vec<String>>>,
@@ -137,16 +136,9 @@ pub struct Cloud {
     presignature_pool: u32,
 }
 
-fn now_ms_system() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The system clock (Unix milliseconds).
 pub fn system_clock() -> Clock {
-    Arc::new(now_ms_system)
+    Arc::new(custos_pki::clock::now_unix_ms)
 }
 
 /// `tee_` + the TEE refusal's stable code ([`TeeError::code`]).
@@ -209,7 +201,7 @@ impl Cloud {
             network: parse_network(&config.network).map_err(OpenError::Config)?,
             clock,
             secp,
-            admins: Mutex::new(HashMap::new()),
+            admins: Mutex::new(AdminCache::default()),
             threshold_blamed: Mutex::new(HashMap::new()),
             threshold_audits: Mutex::new(HashMap::new()),
             started_at_ms,
@@ -581,38 +573,13 @@ impl Cloud {
             signature: sig,
         } = decode_approval(a).map_err(invalid)?;
         let now = self.now_secs();
-        let mut h = Sha256::new();
-        h.update((cert.len() as u32).to_be_bytes());
-        h.update(&cert);
-        h.update(&ca);
-        let key: [u8; 32] = h.finalize().into();
-        let cached = self
+        let admin = self
             .admins
             .lock()
             .expect("admin cache lock")
-            .get(&key)
-            .cloned();
-        let admin = match cached {
-            Some(v) => v,
-            None => {
-                let v = self
-                    .trust_root
-                    .verify_admin(&cert, &ca, now)
-                    .map_err(|e| invalid(e.to_string()))?;
-                let mut cache = self.admins.lock().expect("admin cache lock");
-                if cache.len() >= 4096 {
-                    cache.clear();
-                }
-                cache.insert(key, v.clone());
-                v
-            }
-        };
-        if !admin.valid_at(now) {
-            return Err(invalid(format!(
-                "certificate of admin {:?} is not valid now",
-                admin.identity.name
-            )));
-        }
+            .verify(&self.trust_root, &cert, &ca, now)
+            .cloned()
+            .map_err(|e| invalid(e.to_string()))?;
         admin.verify_signature(message, &sig).map_err(|_| {
             invalid(format!(
                 "signature of admin {:?} does not cover this request's approval message",

@@ -118,7 +118,7 @@ fn bodies(
     root_id: &str,
     n: usize,
 ) -> Result<Vec<SignRequestBody>, AnyError> {
-    let now = custos::ops::now_unix();
+    let now = custos_pki::clock::now_unix();
     let key_id = hex::decode(root_id)?;
     (0..n)
         .map(|i| {

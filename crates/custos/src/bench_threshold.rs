@@ -102,7 +102,7 @@ fn approved(
     let request_id: [u8; 16] = rand::random();
     let meta = RequestMeta {
         request_id,
-        expires_at: custos::ops::now_unix() + 600,
+        expires_at: custos_pki::clock::now_unix() + 600,
     };
     let approval = Action::ThresholdSign {
         key_id,
@@ -112,7 +112,7 @@ fn approved(
     .message(THRESHOLD_SCOPE, &meta);
     ThresholdSignBody {
         key_id: hex::encode(key_id),
-        path: custos_cloud::path::format_path(path),
+        path: custos_wire::protocol::format_path(path),
         digest: hex::encode(digest),
         message: message.map(hex::encode),
         clusters,

@@ -261,7 +261,7 @@ pub fn deal_bundles(
     if opts.quorum == 0 {
         return Err(DealerError::Invalid("quorum must be at least 1".into()));
     }
-    let now = crate::ops::now_unix();
+    let now = custos_pki::clock::now_unix();
     let clusters: Vec<String> = opts.recipients.iter().map(|(c, _)| c.clone()).collect();
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = clusters.iter().find(|c| !seen.insert(c.as_str())) {

@@ -20,13 +20,7 @@ pub enum OpsError {
     Unexpected(&'static str),
 }
 
-/// Current Unix time.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use custos_pki::clock::now_unix;
 
 /// A fresh request id with an expiry `ttl_secs` from now.
 pub fn new_meta(ttl_secs: u64) -> RequestMeta {

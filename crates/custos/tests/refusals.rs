@@ -7,7 +7,8 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 
 use common::*;
-use custos::ops::{approvals, new_meta, now_unix};
+use custos::ops::{approvals, new_meta};
+use custos_pki::clock::now_unix;
 use custos_pki::{issue_admin_with_validity, pem_to_der, AdminSigner, PkiDir, Validity};
 use custos_wire::approval::Action;
 use custos_wire::client::ClientError;

@@ -88,7 +88,8 @@ pub struct Envelope {
     pub signature: Vec<u8>,
 }
 
-fn now_ms() -> u64 {
+/// The system clock in Unix milliseconds (0 before the epoch).
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -31,12 +31,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Most replies removed in one pruning transaction.
 const MAX_PRUNE_BATCH: usize = 10_000;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::envelope::now_ms;
 
 fn time_key(at_ms: u64, id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + id.len());

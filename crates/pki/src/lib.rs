@@ -15,10 +15,13 @@
 //! roles: the exact chain depth of each kind of certificate, the role marker of every CA on
 //! the path, and the cluster a device belongs to.
 
+mod admin_cache;
+pub mod clock;
 mod issue;
 pub mod tls;
 mod verify;
 
+pub use admin_cache::AdminCache;
 pub use issue::{
     issue_admin, issue_admin_with_validity, issue_dealer, issue_dealer_with_validity, AdminSigner,
     DealerSigner, IssuedKey, PkiDir, Service, Validity,

@@ -147,10 +147,7 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
         cluster_ca: cluster_ca.clone(),
         device_ca: device_ca.clone(),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = custos_pki::clock::now_unix();
     let own_cert = pem_to_der(
         &read(&config.cert, "relay certificate")?,
         "relay certificate",

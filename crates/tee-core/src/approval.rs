@@ -5,10 +5,7 @@
 //! signs with). This unit checks each approval's certificate chain and signature and counts
 //! distinct admins against the key's quorum.
 
-use std::collections::HashMap;
-
-use custos_pki::{PkiError, TrustRoot, VerifiedAdmin};
-use sha2::{Digest, Sha256};
+use custos_pki::{AdminCache, PkiError, TrustRoot};
 
 use custos_wire::approval::{Action, Approval, MAX_APPROVAL_LIFETIME_SECS};
 use custos_wire::protocol::{ApprovalFault, RequestMeta, TeeError, MAX_APPROVALS};
@@ -19,47 +16,6 @@ fn fault_of(e: &PkiError) -> ApprovalFault {
         PkiError::BadSignature(_) => ApprovalFault::BadSignature,
         PkiError::Malformed { .. } => ApprovalFault::Malformed,
         _ => ApprovalFault::UntrustedCertificate,
-    }
-}
-
-/// Admin certificate chains already verified, so that each approval costs one signature
-/// check rather than a chain walk. Entries are re-checked against their validity window on
-/// every use; the pinned Root never changes, so nothing else can invalidate them.
-#[derive(Default)]
-pub struct AdminCache {
-    verified: HashMap<[u8; 32], VerifiedAdmin>,
-}
-
-impl AdminCache {
-    /// Most cached chains; the cache is emptied when full (admins are few).
-    pub const CAPACITY: usize = 4096;
-
-    fn verify(
-        &mut self,
-        root: &TrustRoot,
-        a: &Approval,
-        now: u64,
-    ) -> Result<&VerifiedAdmin, PkiError> {
-        let mut h = Sha256::new();
-        h.update((a.admin_cert.len() as u32).to_be_bytes());
-        h.update(&a.admin_cert);
-        h.update(&a.admin_ca);
-        let key: [u8; 32] = h.finalize().into();
-        if !self.verified.contains_key(&key) {
-            let v = root.verify_admin(&a.admin_cert, &a.admin_ca, now)?;
-            if self.verified.len() >= Self::CAPACITY {
-                self.verified.clear();
-            }
-            self.verified.insert(key, v);
-        }
-        let v = &self.verified[&key];
-        if !v.valid_at(now) {
-            return Err(PkiError::NotValidNow {
-                what: "admin",
-                reason: format!("not valid at {now}"),
-            });
-        }
-        Ok(v)
     }
 }
 
@@ -101,7 +57,7 @@ pub fn check_quorum(
     let mut admins: Vec<(Vec<u8>, String)> = Vec::new();
     for (index, a) in approvals.iter().enumerate() {
         let id = cache
-            .verify(root, a, now)
+            .verify(root, &a.admin_cert, &a.admin_ca, now)
             .and_then(|v| {
                 v.verify_signature(&message, &a.signature)
                     .map(|_| v.identity.clone())

@@ -27,7 +27,8 @@ use bitcoin::secp256k1::{All, Secp256k1};
 use custos_pki::{cert_fingerprint, DeviceChain, DeviceIdentity, PkiError, TrustRoot};
 use zeroize::Zeroizing;
 
-use approval::{check_quorum, AdminCache};
+use approval::check_quorum;
+use custos_pki::AdminCache;
 use custos_threshold::StoredPresignature;
 use custos_wire::approval::{Action, Approval};
 use custos_wire::field::{put, take};
@@ -44,7 +45,6 @@ const REC_DEVICE_KEY: &str = "device-key";
 const REC_DEVICE_CERT: &str = "device-cert";
 const WALLET_PREFIX: &str = "wallet/";
 const CONSUMED_PREFIX: &str = "consumed/";
-const MAX_QUORUM: u8 = MAX_APPROVALS as u8;
 /// Largest plaintext of one key transfer: the import request that carries it must stay under
 /// [`MAX_REQUEST_LEN`] (a threshold share is about 14 KB, a wallet record under 100 bytes).
 const MAX_TRANSFER_PLAINTEXT: usize = 3 * 1024 * 1024;

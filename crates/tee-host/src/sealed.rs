@@ -425,10 +425,7 @@ impl Platform for SoftwarePlatform {
     }
 
     fn now_unix(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        custos_pki::clock::now_unix()
     }
 
     fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {

@@ -28,12 +28,7 @@ enum Caller {
     Peer(DeviceChain),
 }
 
-pub(crate) fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use custos_pki::clock::now_unix;
 
 pub(crate) fn tee_status(e: custos_wire::client::ClientError) -> Status {
     match e {

@@ -24,6 +24,10 @@ pub const MAX_REQUEST_LEN: usize = 4 * 1024 * 1024;
 pub const MAX_APPROVALS: usize = 16;
 /// Deepest BIP-32 path accepted.
 pub const MAX_PATH_DEPTH: usize = 32;
+/// Largest quorum of a key: distinct admins, each with one approval on the request.
+pub const MAX_QUORUM: u8 = MAX_APPROVALS as u8;
+/// Bit 31 of a BIP-32 index: a hardened step.
+pub const HARDENED: u32 = 1 << 31;
 /// Longest audit message (patent [0086]: short enough never to be a transaction digest).
 pub const MAX_AUDIT_MESSAGE: usize = 8;
 /// Most keys in one key transfer (keeps an import request under the frame limit).
@@ -974,6 +978,20 @@ pub fn audit_digest(message: &[u8]) -> [u8; 32] {
     h.update([message.len() as u8]);
     h.update(message);
     h.finalize().into()
+}
+
+/// The canonical text of a BIP-32 path: `m/44'/0'/0'/0/1` (`'` for hardened steps), as logs,
+/// the history and the REST API show it.
+pub fn format_path(path: &[u32]) -> String {
+    let mut s = String::from("m");
+    for &i in path {
+        if i & HARDENED != 0 {
+            s.push_str(&format!("/{}'", i & !HARDENED));
+        } else {
+            s.push_str(&format!("/{i}"));
+        }
+    }
+    s
 }
 
 /// Encodes a request: [`PROTOCOL_VERSION`], then the `postcard` encoding of `req`.

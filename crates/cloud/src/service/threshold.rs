@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint};
 use bitcoin::NetworkKind;
 use custos_wire::approval::THRESHOLD_SCOPE;
-use custos_wire::protocol::{audit_digest, MAX_AUDIT_MESSAGE};
+use custos_wire::protocol::{audit_digest, format_path, MAX_AUDIT_MESSAGE};
 use custos_wire::protocol::{
     CertChain, PresignSignParams, PresignatureInfo, SessionRef, ThresholdBundle, ThresholdKeyInfo,
     ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
