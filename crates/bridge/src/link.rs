@@ -14,6 +14,7 @@ use custos_pki::{pem_to_der, DeviceChain, TrustRoot};
 use custos_proto::cluster::link_reply::Result as Answer;
 use custos_proto::cluster::link_request::Op;
 use custos_proto::cluster::{LinkRefusal, LinkReply, LinkRequest};
+use custos_proto::RefusalCode;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
@@ -52,19 +53,16 @@ fn default_spool_poll() -> u64 {
 /// Stable code of a refusal, from the gRPC status the shared bridge logic returns.
 fn refusal(status: Status) -> LinkRefusal {
     let code = match status.code() {
-        Code::InvalidArgument => "invalid_request",
-        Code::NotFound => "not_found",
-        Code::PermissionDenied => "permission_denied",
-        Code::Unavailable => "unavailable",
-        Code::DeadlineExceeded => "outcome_unknown",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::ResourceExhausted => "resource_exhausted",
-        _ => "internal",
+        Code::InvalidArgument => RefusalCode::InvalidRequest,
+        Code::NotFound => RefusalCode::NotFound,
+        Code::PermissionDenied => RefusalCode::PermissionDenied,
+        Code::Unavailable => RefusalCode::Unavailable,
+        Code::DeadlineExceeded => RefusalCode::OutcomeUnknown,
+        Code::FailedPrecondition => RefusalCode::FailedPrecondition,
+        Code::ResourceExhausted => RefusalCode::ResourceExhausted,
+        _ => RefusalCode::Internal,
     };
-    LinkRefusal {
-        code: code.into(),
-        message: status.message().to_string(),
-    }
+    LinkRefusal::new(code, status.message())
 }
 
 impl BridgeService {
@@ -73,14 +71,14 @@ impl BridgeService {
     /// served once a node is back; every other answer is final for its request id.
     pub(crate) async fn link_dispatch(&self, payload: Vec<u8>) -> Reply {
         let answer = match LinkRequest::decode(payload.as_slice()) {
-            Err(e) => Answer::Refused(LinkRefusal {
-                code: "malformed_request".into(),
-                message: format!("undecodable link request: {e}"),
-            }),
-            Ok(LinkRequest { op: None }) => Answer::Refused(LinkRefusal {
-                code: "malformed_request".into(),
-                message: "link request names no operation".into(),
-            }),
+            Err(e) => Answer::Refused(LinkRefusal::new(
+                RefusalCode::MalformedRequest,
+                format!("undecodable link request: {e}"),
+            )),
+            Ok(LinkRequest { op: None }) => Answer::Refused(LinkRefusal::new(
+                RefusalCode::MalformedRequest,
+                "link request names no operation",
+            )),
             Ok(LinkRequest { op: Some(op) }) => {
                 let result = match op {
                     Op::Submit(call) => self
@@ -94,7 +92,7 @@ impl BridgeService {
                 result.unwrap_or_else(|s| Answer::Refused(refusal(s)))
             }
         };
-        let transient = matches!(&answer, Answer::Refused(r) if r.code == "unavailable");
+        let transient = matches!(&answer, Answer::Refused(r) if r.refusal_code().may_retry());
         let bytes = LinkReply {
             result: Some(answer),
         }

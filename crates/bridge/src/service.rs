@@ -41,6 +41,8 @@ struct NodeEntry {
     endpoint: String,
     client: VaultNodeClient<Channel>,
     device_key: Vec<u8>,
+    /// The chain the node presented when it registered (its `device_key` is the chain's).
+    chain: custos_proto::cluster::DeviceChain,
     healthy: bool,
     held: HashSet<Vec<u8>>,
     /// Keys of the list this node is not known to hold: what its next sync must fetch.
@@ -192,6 +194,11 @@ impl BridgeService {
         nodes
             .get(name)
             .map(|n| (n.client.clone(), n.device_key.clone()))
+    }
+
+    fn node_chain(&self, name: &str) -> Option<custos_proto::cluster::DeviceChain> {
+        let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes.get(name).map(|n| n.chain.clone())
     }
 
     fn mark(&self, name: &str, ok: bool) {
@@ -377,15 +384,19 @@ impl BridgeService {
             self.mark(&node, true);
             self.log(entry(Some(node.clone()), code, detail, us))
                 .await?;
+            // Every answer carries the node's chain (not part of the request, so the
+            // exactly-once store compares the same bytes whatever the caller knows).
+            let chain = self.node_chain(&node);
             return Ok(TeeReply {
                 response: reply.response,
                 node,
+                chain,
             });
         }
         let us = t0.elapsed().as_micros() as i64;
         let detail = format!("no node could serve; tried {tried:?}");
-        self.log(entry(None, "unavailable".into(), detail.clone(), us))
-            .await?;
+        let code = custos_proto::RefusalCode::Unavailable.as_str().to_string();
+        self.log(entry(None, code, detail.clone(), us)).await?;
         Err(Status::unavailable(detail))
     }
 }
@@ -413,6 +424,15 @@ impl Bridge for BridgeService {
         req: GrpcRequest<RegisterRequest>,
     ) -> Result<GrpcResponse<RegisterReply>, Status> {
         let id = self.node_caller(&req, "register").await?;
+        // The chain `node_caller` verified, kept to hand to callers that ask for it.
+        let chain = peer_info(&req)
+            .and_then(|p| p.device_chain())
+            .map(|c| custos_proto::cluster::DeviceChain {
+                device: c.device,
+                cluster_ca: c.cluster_ca,
+                device_ca: c.device_ca,
+            })
+            .ok_or_else(|| Status::permission_denied("no device chain"))?;
         let r = req.into_inner();
         if r.node != id.node {
             return Err(Status::permission_denied(format!(
@@ -454,6 +474,7 @@ impl Bridge for BridgeService {
                     endpoint: r.endpoint.clone(),
                     client,
                     device_key: id.public_key.clone(),
+                    chain,
                     healthy: true,
                     held,
                     missing,
@@ -713,7 +734,7 @@ impl BridgeService {
             });
             let call = TeeCall {
                 request: request.clone(),
-                node: String::new(),
+                ..Default::default()
             };
             let reply =
                 match tokio::time::timeout(self.state.call_timeout, client.execute(call)).await {
@@ -750,7 +771,7 @@ impl BridgeService {
             self.state.call_timeout * 4,
             client.execute(TeeCall {
                 request: request.clone(),
-                node: String::new(),
+                ..Default::default()
             }),
         )
         .await

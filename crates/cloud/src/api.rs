@@ -283,7 +283,7 @@ pub struct ThresholdSignBody {
     pub message: Option<String>,
     /// Clusters to sign with, in order of preference: at least t of the key's clusters;
     /// the first t reachable ones take part. Default: the clusters holding an imported
-    /// share, healthy ones first. Recorded as the request's `target_node`, comma-separated.
+    /// share, healthy ones first. Shown in the request view's `target_node`, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clusters: Option<Vec<String>>,
     /// See [`CreateWalletBody::request_id`].

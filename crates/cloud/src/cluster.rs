@@ -11,7 +11,7 @@ use custos_proto::cluster::link_request::Op;
 use custos_proto::cluster::{
     AuditReport, AuditRequest, ClusterStatus, LinkReply, LinkRequest, StatusRequest, TeeCall,
 };
-use custos_wire::client::ClientError;
+use custos_proto::RefusalCode;
 use custos_wire::client::{decode_outcome, verify_signed_response};
 use custos_wire::protocol::{encode_request, CertChain, Outcome, Request, Response};
 use rand::RngCore;
@@ -38,12 +38,11 @@ pub enum CallError {
     /// The relay refused the cloud server's call.
     #[error("relay rejected the call: {0}")]
     Rejected(String),
-    /// The bridge refused the operation (final, except "unavailable": see
-    /// [`CallError::is_transient_refusal`]).
-    #[error("bridge refused ({code}): {message}")]
+    /// The bridge refused the operation (final unless its code may be retried).
+    #[error("bridge refused ({}): {message}", code.as_str())]
     Refused {
         /// Bridge's code.
-        code: String,
+        code: RefusalCode,
         /// Bridge's message.
         message: String,
     },
@@ -56,10 +55,14 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// A bridge refusal that says nothing was executed and that the bridge did not store
-    /// as the request id's answer (no node could serve right now): retrying is safe.
-    pub fn is_transient_refusal(&self) -> bool {
-        matches!(self, CallError::Refused { code, .. } if code == "unavailable")
+    /// Whether the same request id may be sent again: every failure to get a usable
+    /// answer, except a bridge refusal that the bridge stored as the request id's final
+    /// answer (all but "no node could serve now", [`RefusalCode::may_retry`]).
+    pub fn may_retry(&self) -> bool {
+        match self {
+            CallError::Refused { code, .. } => code.may_retry(),
+            _ => true,
+        }
     }
 
     /// The stable code recorded on a request that ended with this error.
@@ -68,7 +71,7 @@ impl CallError {
             CallError::UnknownCluster(_) => "unknown_cluster".into(),
             CallError::Unavailable(_) => "cluster_unavailable".into(),
             CallError::Rejected(_) => "relay_rejected".into(),
-            CallError::Refused { code, .. } => format!("bridge_{}", snake(code)),
+            CallError::Refused { code, .. } => format!("bridge_{}", snake(code.as_str())),
             CallError::Unverified(_) => "unverified_response".into(),
             CallError::Protocol(_) => "relay_protocol".into(),
         }
@@ -189,7 +192,7 @@ impl Clusters {
                     result: Some(LinkResult::Refused(r)),
                 }) => {
                     return Err(CallError::Refused {
-                        code: r.code,
+                        code: r.refusal_code(),
                         message: r.message,
                     })
                 }
@@ -247,13 +250,15 @@ impl Clusters {
         }
     }
 
+    /// Sends an encoded TEE request; the serving node, its signed response and (when the
+    /// bridge attached it) that node's device chain, not yet verified.
     async fn submit_raw(
         &self,
         cluster: &str,
         request_id: [u8; 16],
         request: &[u8],
         node: Option<&str>,
-    ) -> Result<(String, Vec<u8>), CallError> {
+    ) -> Result<(String, Vec<u8>, Option<CertChain>), CallError> {
         let op = Op::Submit(TeeCall {
             request: request.to_vec(),
             node: node.unwrap_or_default().to_string(),
@@ -285,7 +290,12 @@ impl Clusters {
                 )));
             }
         }
-        Ok((reply.node, reply.response))
+        let chain = reply.chain.map(|c| CertChain {
+            device: c.device,
+            cluster_ca: c.cluster_ca,
+            device_ca: c.device_ca,
+        });
+        Ok((reply.node, reply.response, chain))
     }
 
     /// The certified device key D of `node`, from the cache or by fetching its chain
@@ -306,6 +316,57 @@ impl Clusters {
         Ok(self.device(cluster, node, false).await?.chain)
     }
 
+    /// The verified device identity of `node` from the cache, if it is fresh.
+    fn cached(&self, cluster: &str, node: &str) -> Option<VerifiedDevice> {
+        let now_ms = (self.clock)();
+        let cache = self.devices.lock().expect("device cache lock");
+        let d = cache.get(&(cluster.to_string(), node.to_string()))?;
+        (now_ms.saturating_sub(d.verified_at_ms) < DEVICE_KEY_TTL_MS).then(|| VerifiedDevice {
+            public_key: d.public_key.clone(),
+            chain: d.chain.clone(),
+        })
+    }
+
+    /// Verifies a device chain that came through the (untrusted) relay for `served`:
+    /// chain to the trust root, this cluster, the certificate's node name equal to the
+    /// node that answered. Nothing is cached: the caller first checks that the response
+    /// the chain came with is signed by its key, then [`Clusters::remember`]s it.
+    fn verify_chain(
+        &self,
+        cluster: &str,
+        served: &str,
+        chain: CertChain,
+    ) -> Result<VerifiedDevice, CallError> {
+        let now_s = (self.clock)() / 1000;
+        let identity = self
+            .trust_root
+            .verify_device(&chain.clone().into(), Some(cluster), now_s)
+            .map_err(|e| CallError::Unverified(format!("device chain of {served}: {e}")))?;
+        if identity.node != served {
+            return Err(CallError::Unverified(format!(
+                "device certificate names {:?}, the answer came from {served:?}",
+                identity.node
+            )));
+        }
+        Ok(VerifiedDevice {
+            public_key: identity.public_key,
+            chain,
+        })
+    }
+
+    /// Caches a device whose chain verified and whose key signed a response just now.
+    fn remember(&self, cluster: &str, node: &str, device: &VerifiedDevice) {
+        tracing::info!(cluster, node, "device certificate verified");
+        self.devices.lock().expect("device cache lock").insert(
+            (cluster.to_string(), node.to_string()),
+            DeviceKey {
+                public_key: device.public_key.clone(),
+                chain: device.chain.clone(),
+                verified_at_ms: (self.clock)(),
+            },
+        );
+    }
+
     /// The verified device identity of `node`, from the cache unless `refresh`.
     pub async fn device(
         &self,
@@ -313,21 +374,13 @@ impl Clusters {
         node: &str,
         refresh: bool,
     ) -> Result<VerifiedDevice, CallError> {
-        let now_ms = (self.clock)();
-        let key = (cluster.to_string(), node.to_string());
         if !refresh {
-            let cache = self.devices.lock().expect("device cache lock");
-            if let Some(d) = cache.get(&key) {
-                if now_ms.saturating_sub(d.verified_at_ms) < DEVICE_KEY_TTL_MS {
-                    return Ok(VerifiedDevice {
-                        public_key: d.public_key.clone(),
-                        chain: d.chain.clone(),
-                    });
-                }
+            if let Some(d) = self.cached(cluster, node) {
+                return Ok(d);
             }
         }
         let request = encode_request(&Request::DeviceChain);
-        let (served, response) = self
+        let (served, response, _) = self
             .submit_raw(cluster, random_id(), &request, Some(node))
             .await?;
         // The chain comes in a response signed by the very key it certifies: read it
@@ -346,36 +399,17 @@ impl Clusters {
             }
             Err(e) => return Err(CallError::Protocol(e.to_string())),
         };
-        let identity = self
-            .trust_root
-            .verify_device(&chain.clone().into(), Some(cluster), now_ms / 1000)
-            .map_err(|e| CallError::Unverified(format!("device chain of {node}: {e}")))?;
-        if identity.node != served {
-            return Err(CallError::Unverified(format!(
-                "device certificate names {:?}, the answer came from {served:?}",
-                identity.node
-            )));
-        }
-        let _chain_outcome = verify_signed_response(&identity.public_key, &request, &response)
+        let device = self.verify_chain(cluster, &served, chain)?;
+        let _chain_outcome = verify_signed_response(&device.public_key, &request, &response)
             .map_err(|e| CallError::Unverified(format!("device chain response of {node}: {e}")))?;
-        tracing::info!(cluster, node, fingerprint = %hex::encode(identity.fingerprint), "device certificate verified");
-        self.devices.lock().expect("device cache lock").insert(
-            key,
-            DeviceKey {
-                public_key: identity.public_key.clone(),
-                chain: chain.clone(),
-                verified_at_ms: now_ms,
-            },
-        );
-        Ok(VerifiedDevice {
-            public_key: identity.public_key,
-            chain,
-        })
+        self.remember(cluster, &served, &device);
+        Ok(device)
     }
 
     /// Submits an encoded TEE request (to `node` only, or routed by the bridge) under
     /// `request_id`, and returns the outcome once its signature verified with the serving
-    /// node's certified device key.
+    /// node's certified device key: the cached one, else the one of the chain the bridge
+    /// attached to the reply (no second round trip), else one fetched anew.
     pub async fn tee_call(
         &self,
         cluster: &str,
@@ -383,26 +417,31 @@ impl Clusters {
         request: &[u8],
         node: Option<&str>,
     ) -> Result<TeeAnswer, CallError> {
-        let (served, response) = self.submit_raw(cluster, request_id, request, node).await?;
-        let mut refreshed = false;
-        loop {
-            let key = self.device_key(cluster, &served, refreshed).await?;
-            match verify_signed_response(&key, request, &response) {
-                Ok(outcome) => {
-                    return Ok(TeeAnswer {
-                        node: served,
-                        outcome,
-                    })
-                }
-                // The node may have been re-certified with a new key since it was cached.
-                Err(ClientError::ResponseSignature(_)) if !refreshed => refreshed = true,
-                Err(e) => {
-                    return Err(CallError::Unverified(format!(
-                        "response of node {served}: {e}"
-                    )))
+        let (served, response, carried) =
+            self.submit_raw(cluster, request_id, request, node).await?;
+        let answer = |outcome| TeeAnswer {
+            node: served.clone(),
+            outcome,
+        };
+        if let Some(d) = self.cached(cluster, &served) {
+            // A failure may mean the node was re-certified since it was cached: try anew.
+            if let Ok(outcome) = verify_signed_response(&d.public_key, request, &response) {
+                return Ok(answer(outcome));
+            }
+        } else if let Some(chain) = carried {
+            // An invalid attached chain is no verdict on the response: fetch the chain.
+            if let Ok(device) = self.verify_chain(cluster, &served, chain) {
+                if let Ok(outcome) = verify_signed_response(&device.public_key, request, &response)
+                {
+                    self.remember(cluster, &served, &device);
+                    return Ok(answer(outcome));
                 }
             }
         }
+        let key = self.device_key(cluster, &served, true).await?;
+        verify_signed_response(&key, request, &response)
+            .map(answer)
+            .map_err(|e| CallError::Unverified(format!("response of node {served}: {e}")))
     }
 }
 

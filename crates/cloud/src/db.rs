@@ -14,6 +14,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use crate::api::{RequestKind, RequestStatus};
+use crate::terms::Terms;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -77,23 +78,18 @@ pub struct StoredApproval {
     pub at_ms: u64,
 }
 
-/// A request row.
+/// A request row: its lifecycle fields and its [`Terms`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestRow {
     /// 16 bytes, hex.
     pub id: String,
-    /// Kind.
-    pub kind: RequestKind,
-    /// Cluster.
+    /// Cluster, or [`custos_wire::approval::THRESHOLD_SCOPE`] for requests spanning
+    /// clusters: the scope its approvals are made for.
     pub cluster: String,
-    /// Wallet, hex.
-    pub root_id: Option<String>,
-    /// Canonical path text.
-    pub path: Option<String>,
-    /// Digest, hex.
-    pub digest: Option<String>,
     /// Approvals required.
     pub quorum: u8,
+    /// What it asks for.
+    pub terms: Terms,
     /// State.
     pub status: RequestStatus,
     /// Unix ms.
@@ -104,10 +100,6 @@ pub struct RequestRow {
     pub expires_at: u64,
     /// Approvals so far.
     pub approvals: Vec<StoredApproval>,
-    /// Import: node the secret is sealed to.
-    pub target_node: Option<String>,
-    /// Import: the sealed secret, hex.
-    pub sealed: Option<String>,
     /// Result JSON.
     pub result: Option<String>,
     /// Refusal/failure code.
@@ -120,16 +112,13 @@ pub struct RequestRow {
     pub created_by: String,
     /// Compare-and-swap version (= seq of the latest event).
     pub version: i64,
-    /// Threshold import: index of the share imported.
-    pub share_index: Option<u16>,
-    /// Threshold key creation: signers the new key needs (t).
-    pub threshold: Option<u16>,
-    /// Threshold key creation: whether the key gets a chain code.
-    pub hd: Option<bool>,
-    /// Threshold key creation: the cluster of each share, by share index.
-    pub clusters: Option<Vec<String>>,
-    /// Threshold signing of a full message (hex; `digest` is its SHA-256).
-    pub message: Option<String>,
+}
+
+impl RequestRow {
+    /// The kind its terms define.
+    pub fn kind(&self) -> RequestKind {
+        self.terms.kind()
+    }
 }
 
 /// A wallet row.
@@ -293,9 +282,8 @@ pub struct Store {
     pool: AnyPool,
 }
 
-const REQUEST_COLUMNS: &str = "id, kind, cluster, root_id, path, digest, quorum, status, \
-     created_at, updated_at, expires_at, approvals, target_node, sealed, result, error_code, \
-     error_message, attempts, created_by, version, share_index, threshold, hd, clusters, message";
+const REQUEST_COLUMNS: &str = "id, kind, cluster, quorum, status, created_at, updated_at, \
+     expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms";
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -310,19 +298,29 @@ fn corrupt(what: impl Into<String>) -> StoreError {
 }
 
 fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
+    let id: String = row.try_get("id")?;
+    crate::approval::parse_request_id(&id).map_err(|e| corrupt(format!("request id: {e}")))?;
     let kind: String = row.try_get("kind")?;
+    let cluster: String = row.try_get("cluster")?;
     let status: String = row.try_get("status")?;
     let approvals: String = row.try_get("approvals")?;
     let quorum: i64 = row.try_get("quorum")?;
     let attempts: i64 = row.try_get("attempts")?;
+    let quorum = u8::try_from(quorum).map_err(|_| corrupt(format!("quorum {quorum}")))?;
+    let terms: Option<String> = row.try_get("terms")?;
+    let terms = Terms::from_json(terms.as_deref().unwrap_or_default(), &cluster, quorum)
+        .map_err(|e| corrupt(format!("request {id}: terms: {e}")))?;
+    if terms.kind().as_str() != kind {
+        return Err(corrupt(format!(
+            "request {id}: kind {kind:?} with terms of {}",
+            terms.kind().as_str()
+        )));
+    }
     Ok(RequestRow {
-        id: row.try_get("id")?,
-        kind: RequestKind::parse(&kind).ok_or_else(|| corrupt(format!("kind {kind:?}")))?,
-        cluster: row.try_get("cluster")?,
-        root_id: row.try_get("root_id")?,
-        path: row.try_get("path")?,
-        digest: row.try_get("digest")?,
-        quorum: u8::try_from(quorum).map_err(|_| corrupt(format!("quorum {quorum}")))?,
+        id,
+        cluster,
+        quorum,
+        terms,
         status: RequestStatus::parse(&status)
             .ok_or_else(|| corrupt(format!("status {status:?}")))?,
         created_at: u(row.try_get("created_at")?),
@@ -330,35 +328,12 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
         expires_at: u(row.try_get("expires_at")?),
         approvals: serde_json::from_str(&approvals)
             .map_err(|e| corrupt(format!("approvals: {e}")))?,
-        target_node: row.try_get("target_node")?,
-        sealed: row.try_get("sealed")?,
         result: row.try_get("result")?,
         error_code: row.try_get("error_code")?,
         error_message: row.try_get("error_message")?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         created_by: row.try_get("created_by")?,
         version: row.try_get("version")?,
-        share_index: row
-            .try_get::<Option<i64>, _>("share_index")?
-            .map(|v| u16::try_from(v).map_err(|_| corrupt(format!("share index {v}"))))
-            .transpose()?,
-        threshold: row
-            .try_get::<Option<i64>, _>("threshold")?
-            .map(|v| u16::try_from(v).map_err(|_| corrupt(format!("threshold {v}"))))
-            .transpose()?,
-        hd: row
-            .try_get::<Option<i64>, _>("hd")?
-            .map(|v| match v {
-                0 => Ok(false),
-                1 => Ok(true),
-                v => Err(corrupt(format!("hd {v}"))),
-            })
-            .transpose()?,
-        clusters: row
-            .try_get::<Option<String>, _>("clusters")?
-            .map(|c| serde_json::from_str(&c).map_err(|e| corrupt(format!("clusters: {e}"))))
-            .transpose()?,
-        message: row.try_get("message")?,
     })
 }
 
@@ -591,6 +566,16 @@ impl Store {
         }
         let pool = options.connect(url).await.map_err(connect_err)?;
         MIGRATOR.run(&pool).await?;
+        let unmoved: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE terms IS NULL")
+            .fetch_one(&pool)
+            .await?;
+        if unmoved > 0 {
+            tracing::error!(
+                rows = unmoved,
+                "requests without terms (their schema 4 columns were incomplete): they are \
+                 listed nowhere and refused when named"
+            );
+        }
         tracing::info!(url = %shown, "cloud DB open");
         Ok(Store { pool })
     }
@@ -625,39 +610,25 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23, $24, $25)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         );
         let res = sqlx::query(&sql)
             .bind(r.id.as_str())
-            .bind(r.kind.as_str())
+            .bind(r.kind().as_str())
             .bind(r.cluster.as_str())
-            .bind(r.root_id.clone())
-            .bind(r.path.clone())
-            .bind(r.digest.clone())
             .bind(i64::from(r.quorum))
             .bind(r.status.as_str())
             .bind(i(r.created_at))
             .bind(i(r.updated_at))
             .bind(i(r.expires_at))
             .bind(approvals_json(&r.approvals))
-            .bind(r.target_node.clone())
-            .bind(r.sealed.clone())
             .bind(r.result.clone())
             .bind(r.error_code.clone())
             .bind(r.error_message.clone())
             .bind(i64::from(r.attempts))
             .bind(r.created_by.as_str())
             .bind(r.version)
-            .bind(r.share_index.map(i64::from))
-            .bind(r.threshold.map(i64::from))
-            .bind(r.hd.map(i64::from))
-            .bind(
-                r.clusters
-                    .as_ref()
-                    .map(|c| serde_json::to_string(c).expect("names always serialize")),
-            )
-            .bind(r.message.clone())
+            .bind(r.terms.to_json())
             .execute(&mut *tx)
             .await;
         match res {
@@ -706,20 +677,17 @@ impl Store {
         next.version = r.version + 1;
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE requests SET status = $1, updated_at = $2, approvals = $3, \
-             target_node = $4, sealed = $5, result = $6, error_code = $7, error_message = $8, \
-             attempts = $9, root_id = $10, version = $11 WHERE id = $12 AND version = $13",
+            "UPDATE requests SET status = $1, updated_at = $2, approvals = $3, result = $4, \
+             error_code = $5, error_message = $6, attempts = $7, version = $8 \
+             WHERE id = $9 AND version = $10",
         )
         .bind(next.status.as_str())
         .bind(i(next.updated_at))
         .bind(approvals_json(&next.approvals))
-        .bind(next.target_node.clone())
-        .bind(next.sealed.clone())
         .bind(next.result.clone())
         .bind(next.error_code.clone())
         .bind(next.error_message.clone())
         .bind(i64::from(next.attempts))
-        .bind(next.root_id.clone())
         .bind(next.version)
         .bind(next.id.as_str())
         .bind(r.version)
@@ -778,7 +746,16 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(request_from_row).collect()
+        // One unreadable row (e.g. one a migration could not move) is named in the log and
+        // left alone; it does not hide every other request.
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                request_from_row(r)
+                    .map_err(|e| tracing::error!(error = %e, "request row skipped"))
+                    .ok()
+            })
+            .collect())
     }
 
     /// Ids of requests in `status` whose `expires_at` is before `before_secs` (or all of

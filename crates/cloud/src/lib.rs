@@ -9,6 +9,7 @@
 //! protocol's messages between their TEEs (patent FIG. 12–15), which it cannot read.
 //!
 //! * [`config`]: the TOML configuration, API token generation;
+//! * [`terms`]: what each kind of request asks for, typed (one variant per kind);
 //! * [`db`]: wallets, requests and their lifecycle events (SQLite or PostgreSQL);
 //! * [`gateway`]: the way to a cluster (gRPC to its external relay, or a test double);
 //! * [`cluster`]: retries and verification of cluster answers;
@@ -33,6 +34,7 @@ pub mod http;
 pub mod path;
 pub mod server;
 pub mod service;
+pub mod terms;
 
 use std::sync::Arc;
 

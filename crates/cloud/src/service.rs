@@ -11,7 +11,7 @@ use bitcoin::Network;
 use custos_pki::{AdminCache, TrustRoot};
 use custos_proto::cluster::{AuditReport, ClusterStatus};
 use custos_wire::approval::{Approval, MAX_APPROVAL_LIFETIME_SECS};
-use custos_wire::import::{import_key_id, seal_import, SealedImport};
+use custos_wire::import::{import_key_id, seal_import};
 use custos_wire::protocol::{
     encode_request, EcdsaSignature, ImportSecret, KeyInfo, Request, RequestMeta, Response,
     SecretBytes, SecretString, TeeError, MAX_APPROVALS,
@@ -22,9 +22,7 @@ use std::str::FromStr;
 use zeroize::Zeroizing;
 
 use crate::api::*;
-use crate::approval::{
-    approval_message, decode_approval, parse_digest, parse_request_id, parse_root_id,
-};
+use crate::approval::{decode_approval, parse_digest, parse_request_id, parse_root_id};
 use crate::cluster::{random_id, CallError, Clusters, TeeAnswer};
 use crate::config::{CloudConfig, ClusterConfig};
 use crate::db::{
@@ -36,6 +34,7 @@ use crate::gateway::Gateway;
 use crate::path::{
     derive_xpub, has_hardened, p2wpkh_address, parse_network, parse_path, PathError,
 };
+use crate::terms::{KeyId, Terms};
 use crate::Clock;
 
 mod threshold;
@@ -84,32 +83,14 @@ pub struct RequestOutcome {
 
 /// A request about to be recorded.
 struct Draft {
-    kind: RequestKind,
     cluster: String,
-    root_id: Option<String>,
-    path: Option<String>,
-    digest: Option<String>,
     quorum: u8,
+    terms: Terms,
     id: [u8; 16],
     expires_at: u64,
     approvals: Vec<ApprovalBody>,
-    target_node: Option<String>,
-    sealed: Option<String>,
     /// The wallet's recorded xpub when the caller already read it (sign requests).
     wallet_xpub: Option<String>,
-    /// Threshold import: the share imported.
-    share_index: Option<u16>,
-    /// Threshold key creation: the new key's terms.
-    terms: Option<KeyTerms>,
-    /// Threshold signing of a full message (hex).
-    message: Option<String>,
-}
-
-/// The terms of a threshold key to create (part of the approval message).
-struct KeyTerms {
-    threshold: u16,
-    hd: bool,
-    clusters: Vec<String>,
 }
 
 /// The cloud server's state.
@@ -294,21 +275,13 @@ impl Cloud {
         self.create(
             caller,
             Draft {
-                kind: RequestKind::CreateWallet,
                 cluster: body.cluster,
-                root_id: None,
-                path: None,
-                digest: None,
                 quorum: body.quorum,
+                terms: Terms::CreateWallet,
                 id,
                 expires_at,
                 approvals: body.approvals,
-                target_node: None,
-                sealed: None,
                 wallet_xpub: None,
-                share_index: None,
-                terms: None,
-                message: None,
             },
         )
         .await
@@ -383,25 +356,24 @@ impl Cloud {
             other => ApiError::internal("sealing the import", &other),
         })?;
         drop(secret);
-        let sealed = hex::encode(postcard::to_allocvec(&sealed).expect("sealed imports serialize"));
+        let root_id: KeyId = key_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| ApiError::new("invalid_secret", "the seed's key id is not 33 bytes"))?;
         self.create(
             caller,
             Draft {
-                kind: RequestKind::ImportWallet,
                 cluster: body.cluster,
-                root_id: Some(root_id),
-                path: None,
-                digest: None,
                 quorum: body.quorum,
+                terms: Terms::ImportWallet {
+                    root_id,
+                    node,
+                    sealed,
+                },
                 id,
                 expires_at,
                 approvals: body.approvals,
-                target_node: Some(node),
-                sealed: Some(sealed),
                 wallet_xpub: None,
-                share_index: None,
-                terms: None,
-                message: None,
             },
         )
         .await
@@ -413,7 +385,10 @@ impl Cloud {
         caller: &str,
         body: SignRequestBody,
     ) -> Result<RequestOutcome, ApiError> {
-        parse_root_id(&body.root_id).map_err(|m| ApiError::new("invalid_root_id", m))?;
+        let root_id: KeyId = parse_root_id(&body.root_id)
+            .map_err(|m| ApiError::new("invalid_root_id", m))?
+            .try_into()
+            .expect("root ids are 33 bytes");
         let path =
             parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
         let digest = parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?;
@@ -424,21 +399,17 @@ impl Cloud {
         self.create(
             caller,
             Draft {
-                kind: RequestKind::Sign,
                 cluster: wallet.cluster,
-                root_id: Some(wallet.root_id),
-                path: Some(format_path(&path)),
-                digest: Some(hex::encode(digest)),
                 quorum: wallet.quorum,
+                terms: Terms::Sign {
+                    root_id,
+                    path,
+                    digest,
+                },
                 id,
                 expires_at,
                 approvals: body.approvals,
-                target_node: None,
-                sealed: None,
                 wallet_xpub: Some(wallet.xpub),
-                share_index: None,
-                terms: None,
-                message: None,
             },
         )
         .await
@@ -454,32 +425,22 @@ impl Cloud {
         let now = self.now_ms();
         let mut row = RequestRow {
             id: hex::encode(d.id),
-            kind: d.kind,
             cluster: d.cluster,
-            root_id: d.root_id,
-            path: d.path,
-            digest: d.digest,
             quorum: d.quorum,
+            terms: d.terms,
             status: RequestStatus::PendingApproval,
             created_at: now,
             updated_at: now,
             expires_at: d.expires_at,
             approvals: Vec::new(),
-            target_node: d.target_node,
-            sealed: d.sealed,
             result: None,
             error_code: None,
             error_message: None,
             attempts: 0,
             created_by: caller.to_string(),
             version: 1,
-            share_index: d.share_index,
-            threshold: d.terms.as_ref().map(|t| t.threshold),
-            hd: d.terms.as_ref().map(|t| t.hd),
-            clusters: d.terms.map(|t| t.clusters),
-            message: d.message,
         };
-        let message = self.message_of(&row)?;
+        let message = message_of(&row);
         for a in &d.approvals {
             let stored = self.verify_approval(a, &message)?;
             if row.approvals.iter().any(|x| x.subject == stored.subject) {
@@ -493,7 +454,7 @@ impl Cloud {
         let admins: Vec<&str> = row.approvals.iter().map(|a| a.admin.as_str()).collect();
         let detail = format!(
             "{} on {} by {caller}; quorum {}; approvals: [{}]",
-            row.kind.as_str(),
+            row.kind().as_str(),
             row.cluster,
             row.quorum,
             admins.join(", ")
@@ -519,7 +480,7 @@ impl Cloud {
             })?;
         tracing::info!(
             request_id = %row.id,
-            kind = row.kind.as_str(),
+            kind = row.kind().as_str(),
             cluster = %row.cluster,
             caller,
             approvals = row.approvals.len(),
@@ -554,10 +515,6 @@ impl Cloud {
             }
         }
         Ok(RequestOutcome { view, submitted })
-    }
-
-    fn message_of(&self, row: &RequestRow) -> Result<Vec<u8>, ApiError> {
-        approval_message(&base_view(row)).map_err(|m| ApiError::internal("approval message", &m))
     }
 
     /// Verifies an approval's chain (cached) and signature over `message`.
@@ -641,6 +598,17 @@ impl Cloud {
         }
     }
 
+    /// A request for a background sweep; one that cannot be read is logged and skipped so
+    /// that it does not stop the sweep.
+    async fn readable(&self, id: &str) -> Option<RequestRow> {
+        self.store
+            .request(id)
+            .await
+            .map_err(|e| tracing::error!(request_id = %id, error = %e, "request skipped"))
+            .ok()
+            .flatten()
+    }
+
     /// Expires every pending request past its window; returns how many.
     pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
         let ids = self
@@ -649,7 +617,7 @@ impl Cloud {
             .await?;
         let mut n = 0;
         for id in ids {
-            if let Some(row) = self.store.request(&id).await? {
+            if let Some(row) = self.readable(&id).await {
                 match self.expire_if_due(row).await {
                     Ok(r) if r.status == RequestStatus::Expired => n += 1,
                     Ok(_) => {}
@@ -703,7 +671,7 @@ impl Cloud {
                     ))
                 }
             }
-            let message = self.message_of(&row)?;
+            let message = message_of(&row);
             let approval = self.verify_approval(&body, &message)?;
             if row.approvals.iter().any(|a| a.subject == approval.subject) {
                 return Err(ApiError::new(
@@ -803,7 +771,7 @@ impl Cloud {
             .await?;
         let mut n = 0;
         for id in ids {
-            if let Some(row) = self.store.request(&id).await? {
+            if let Some(row) = self.readable(&id).await {
                 if row.status == RequestStatus::Submitting && row.updated_at < self.started_at_ms {
                     n += 1;
                     tracing::info!(request_id = %id, "resubmitting after restart");
@@ -816,52 +784,6 @@ impl Cloud {
         Ok(n)
     }
 
-    fn tee_request(&self, row: &RequestRow) -> Result<Vec<u8>, String> {
-        let meta = RequestMeta {
-            request_id: parse_request_id(&row.id)?,
-            expires_at: row.expires_at,
-        };
-        let approvals = tee_approvals(row)?;
-        let key_id = || parse_root_id(row.root_id.as_deref().unwrap_or_default());
-        let request = match row.kind {
-            RequestKind::CreateWallet => Request::CreateWallet {
-                meta,
-                quorum: row.quorum,
-                approvals,
-            },
-            RequestKind::ImportWallet => {
-                let sealed = hex::decode(row.sealed.as_deref().unwrap_or_default())
-                    .map_err(|e| e.to_string())?;
-                let sealed: SealedImport =
-                    postcard::from_bytes(&sealed).map_err(|e| e.to_string())?;
-                Request::ImportWalletSealed {
-                    meta,
-                    quorum: row.quorum,
-                    key_id: key_id()?,
-                    sealed,
-                    approvals,
-                }
-            }
-            RequestKind::Sign => Request::Sign {
-                meta,
-                key_id: key_id()?,
-                path: parse_path(row.path.as_deref().unwrap_or_default())
-                    .map_err(|e| e.to_string())?,
-                digest: parse_digest(row.digest.as_deref().unwrap_or_default())?,
-                approvals,
-            },
-            RequestKind::ImportThresholdKey => Request::ImportThresholdBundle {
-                meta,
-                bundle: threshold::decode_bundle(row.sealed.as_deref().unwrap_or_default())?,
-                approvals,
-            },
-            RequestKind::ThresholdSign | RequestKind::CreateThresholdKey => {
-                return Err("threshold requests run as sessions".into());
-            }
-        };
-        Ok(encode_request(&request))
-    }
-
     /// Sends a `submitting` request and records its verified outcome. `wallet_xpub` is the
     /// wallet's recorded xpub when the caller already holds it; otherwise it is read here.
     async fn execute(
@@ -869,41 +791,36 @@ impl Cloud {
         row: RequestRow,
         wallet_xpub: Option<String>,
     ) -> Result<RequestRow, StoreError> {
-        match row.kind {
+        match row.kind() {
             RequestKind::ThresholdSign => return self.execute_threshold(row).await,
             RequestKind::CreateThresholdKey => return self.execute_keygen(row).await,
             _ => {}
         }
-        let request = match self.tee_request(&row) {
+        let request = match tee_request(&row) {
             Ok(r) => r,
             Err(e) => {
-                return self
-                    .finish(
-                        row,
-                        Err((
-                            "bad_request_row".into(),
-                            format!("stored request unusable: {e}"),
-                        )),
-                        true,
-                    )
-                    .await
+                let failure =
+                    Failure::new("bad_request_row", format!("stored request unusable: {e}"));
+                return self.finish(row, Verdict::Refused(failure)).await;
             }
         };
         let id = parse_request_id(&row.id).map_err(StoreError::Corrupt)?;
         let answer = self
             .clusters
-            .tee_call(&row.cluster, id, &request, row.target_node.as_deref())
+            .tee_call(&row.cluster, id, &request, row.terms.pinned_node())
             .await;
         // Sign results are checked against the wallet's recorded xpub.
-        let xpub = match (row.kind, &row.root_id, wallet_xpub) {
-            (RequestKind::Sign, _, Some(xpub)) => Some(xpub),
-            (RequestKind::Sign, Some(root_id), None) => {
-                self.store.wallet(root_id).await?.map(|w| w.xpub)
-            }
+        let xpub = match (&row.terms, wallet_xpub) {
+            (Terms::Sign { .. }, Some(xpub)) => Some(xpub),
+            (Terms::Sign { root_id, .. }, None) => self
+                .store
+                .wallet(&hex::encode(root_id))
+                .await?
+                .map(|w| w.xpub),
             _ => None,
         };
         let verdict = self.judge(&row, xpub.as_deref(), answer);
-        self.finish(row, verdict.result, verdict.final_).await
+        self.finish(row, verdict).await
     }
 
     fn judge(
@@ -912,71 +829,56 @@ impl Cloud {
         wallet_xpub: Option<&str>,
         answer: Result<TeeAnswer, CallError>,
     ) -> Verdict {
-        let fail = |code: &str, m: String| Verdict {
-            result: Err((code.to_string(), m)),
-            final_: false,
-        };
-        match answer {
+        let fail = |code: &str, m: String| Verdict::Failed(Failure::new(code, m));
+        let (node, response) = match answer {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(response),
-            }) => match (row.kind, response) {
-                (RequestKind::Sign, Response::Signature(sig)) => {
-                    match self.check_signature(row, wallet_xpub, &sig) {
-                        Ok(result) => Verdict::ok(node, result, Recorded::Nothing),
-                        Err(m) => fail("bad_signature", m),
-                    }
-                }
-                (RequestKind::CreateWallet | RequestKind::ImportWallet, Response::Wallet(info)) => {
-                    match self.check_wallet(row, &info) {
-                        Ok((result, wallet)) => Verdict::ok(node, result, Recorded::Wallet(wallet)),
-                        Err(m) => fail("bad_result", m),
-                    }
-                }
-                (RequestKind::ImportThresholdKey, Response::ThresholdKey(info)) => {
-                    match self.check_threshold_share(row, &node, &info) {
-                        Ok((result, key, share)) => {
-                            Verdict::ok(node, result, Recorded::ThresholdShare(key, share))
-                        }
-                        Err(m) => fail("bad_result", m),
-                    }
-                }
-                (_, other) => fail(
-                    "relay_protocol",
-                    format!("unexpected TEE response {}", response_name(&other)),
-                ),
-            },
+            }) => (node, response),
             Ok(TeeAnswer {
                 node,
                 outcome: Err(e),
-            }) => Verdict {
-                result: Err((tee_code(&e), format!("node {node}: {e}"))),
-                final_: true,
-            },
-            // "No node could serve now": the bridge did not store this answer, so a retry
-            // of the same id is served once a node is back.
-            Err(e @ CallError::Refused { .. }) if e.is_transient_refusal() => {
-                fail(&e.code(), e.to_string())
+            }) => return Verdict::Refused(Failure::new(tee_code(&e), format!("node {node}: {e}"))),
+            // Whether nothing was executed and a retry of the same id may be served (e.g.
+            // "no node could serve now", which the bridge did not store as the answer).
+            Err(e) => return Verdict::ended(Failure::new(e.code(), e.to_string()), e.may_retry()),
+        };
+        match (&row.terms, response) {
+            (Terms::Sign { path, digest, .. }, Response::Signature(sig)) => {
+                match verify_sign_result(&self.secp, digest, path, wallet_xpub, &sig) {
+                    Ok(result) => Verdict::completed(
+                        node,
+                        RequestResult::Signature(result),
+                        Recorded::Nothing,
+                    ),
+                    Err(m) => fail("bad_signature", m),
+                }
             }
-            Err(e @ CallError::Refused { .. }) => Verdict {
-                result: Err((e.code(), e.to_string())),
-                final_: true,
+            (Terms::CreateWallet | Terms::ImportWallet { .. }, Response::Wallet(info)) => {
+                match self.check_wallet(row, &info) {
+                    Ok((result, wallet)) => {
+                        Verdict::completed(node, result, Recorded::Wallet(wallet))
+                    }
+                    Err(m) => fail("bad_result", m),
+                }
+            }
+            (
+                Terms::ImportThresholdKey {
+                    node: sealed_to,
+                    bundle,
+                },
+                Response::ThresholdKey(info),
+            ) => match self.check_threshold_share(row, sealed_to, bundle, &node, &info) {
+                Ok((result, key, share)) => {
+                    Verdict::completed(node, result, Recorded::ThresholdShare(key, share))
+                }
+                Err(m) => fail("bad_result", m),
             },
-            Err(e) => fail(&e.code(), e.to_string()),
+            (_, other) => fail(
+                "relay_protocol",
+                format!("unexpected TEE response {}", response_name(&other)),
+            ),
         }
-    }
-
-    fn check_signature(
-        &self,
-        row: &RequestRow,
-        wallet_xpub: Option<&str>,
-        sig: &EcdsaSignature,
-    ) -> Result<RequestResult, String> {
-        let digest = parse_digest(row.digest.as_deref().unwrap_or_default())?;
-        let path =
-            parse_path(row.path.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
-        verify_sign_result(&self.secp, &digest, &path, wallet_xpub, sig)
-            .map(RequestResult::Signature)
     }
 
     fn check_wallet(
@@ -998,9 +900,12 @@ impl Cloud {
             ));
         }
         let root_id = hex::encode(&info.key_id);
-        if let Some(expected) = &row.root_id {
-            if *expected != root_id {
-                return Err(format!("wallet {root_id} instead of {expected}"));
+        if let Some(expected) = row.terms.key_id() {
+            if expected != info.key_id.as_slice() {
+                return Err(format!(
+                    "wallet {root_id} instead of {}",
+                    hex::encode(expected)
+                ));
             }
         }
         let wallet = WalletRow {
@@ -1020,36 +925,23 @@ impl Cloud {
         ))
     }
 
-    async fn finish(
-        &self,
-        row: RequestRow,
-        result: Result<(String, RequestResult, Recorded), (String, String)>,
-        final_: bool,
-    ) -> Result<RequestRow, StoreError> {
+    /// Records how a submission ended (one transaction with what it records).
+    async fn finish(&self, row: RequestRow, verdict: Verdict) -> Result<RequestRow, StoreError> {
         let mut next = row.clone();
         next.updated_at = self.now_ms();
-        let (event, detail, recorded) = match result {
-            Ok((node, result, recorded)) => {
+        let (event, detail, recorded) = match verdict {
+            Verdict::Completed(c) => {
+                let Completion {
+                    node,
+                    result,
+                    recorded,
+                } = *c;
                 next.status = RequestStatus::Completed;
                 next.result = Some(serde_json::to_string(&result).expect("results serialize"));
-                match &recorded {
-                    Recorded::Wallet(w) => next.root_id = Some(w.root_id.clone()),
-                    Recorded::ThresholdKey(k, _) => next.root_id = Some(k.key_id.clone()),
-                    _ => {}
-                }
                 ("completed", format!("served by {node}"), recorded)
             }
-            Err((code, message)) => {
-                next.status = if final_ {
-                    RequestStatus::Refused
-                } else {
-                    RequestStatus::Failed
-                };
-                let detail = format!("{code}: {message}");
-                next.error_code = Some(code);
-                next.error_message = Some(message);
-                (next.status.as_str(), detail, Recorded::Nothing)
-            }
+            Verdict::Failed(f) => f.record(&mut next, RequestStatus::Failed),
+            Verdict::Refused(f) => f.record(&mut next, RequestStatus::Refused),
         };
         let record = match &recorded {
             Recorded::Nothing => Record::Nothing,
@@ -1093,7 +985,7 @@ impl Cloud {
         };
         match stored.status {
             RequestStatus::Completed => {
-                tracing::info!(request_id = %stored.id, kind = stored.kind.as_str(), "request completed")
+                tracing::info!(request_id = %stored.id, kind = stored.kind().as_str(), "request completed")
             }
             s => tracing::warn!(
                 request_id = %stored.id,
@@ -1107,7 +999,7 @@ impl Cloud {
 
     async fn view(&self, row: &RequestRow, with_events: bool) -> Result<RequestView, ApiError> {
         let mut view = base_view(row);
-        view.approval_message = hex::encode(self.message_of(row)?);
+        view.approval_message = hex::encode(message_of(row));
         if with_events {
             view.events = self
                 .store
@@ -1349,25 +1241,99 @@ pub fn verify_sign_result(
 }
 
 /// What a completed request records besides itself.
-enum Recorded {
+pub(crate) enum Recorded {
     Nothing,
     Wallet(WalletRow),
     ThresholdShare(ThresholdKeyRow, ThresholdShareRow),
     ThresholdKey(ThresholdKeyRow, Vec<ThresholdShareRow>),
 }
 
-struct Verdict {
-    result: Result<(String, RequestResult, Recorded), (String, String)>,
-    final_: bool,
+/// How one submission of a request ended, as [`Cloud::finish`] records it.
+pub(crate) enum Verdict {
+    /// Done, its answer verified: `completed`.
+    Completed(Box<Completion>),
+    /// Not done, and another submission with the same id may succeed: `failed`.
+    Failed(Failure),
+    /// Final: `refused` (a retry cannot help; a new request needs new approvals).
+    Refused(Failure),
+}
+
+/// A completed request's verified result, with what it records besides itself.
+pub(crate) struct Completion {
+    /// The node (or, for threshold requests, the clusters) that served it.
+    node: String,
+    result: RequestResult,
+    recorded: Recorded,
 }
 
 impl Verdict {
-    fn ok(node: String, result: RequestResult, recorded: Recorded) -> Self {
-        Verdict {
-            result: Ok((node, result, recorded)),
-            final_: true,
+    fn completed(node: String, result: RequestResult, recorded: Recorded) -> Self {
+        Verdict::Completed(Box::new(Completion {
+            node,
+            result,
+            recorded,
+        }))
+    }
+
+    /// [`Verdict::Failed`] when `may_retry`, else [`Verdict::Refused`].
+    pub(crate) fn ended(failure: Failure, may_retry: bool) -> Self {
+        if may_retry {
+            Verdict::Failed(failure)
+        } else {
+            Verdict::Refused(failure)
         }
     }
+}
+
+/// Why a submission did not complete: a stable code and a message for humans.
+pub(crate) struct Failure {
+    code: String,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Failure {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Writes the failure into `row` with `status`; the event's name and detail.
+    fn record(
+        self,
+        row: &mut RequestRow,
+        status: RequestStatus,
+    ) -> (&'static str, String, Recorded) {
+        row.status = status;
+        let detail = format!("{}: {}", self.code, self.message);
+        row.error_code = Some(self.code);
+        row.error_message = Some(self.message);
+        (status.as_str(), detail, Recorded::Nothing)
+    }
+}
+
+/// The TEE request of a non-threshold request, encoded.
+fn tee_request(row: &RequestRow) -> Result<Vec<u8>, String> {
+    let meta = RequestMeta {
+        request_id: parse_request_id(&row.id)?,
+        expires_at: row.expires_at,
+    };
+    let request = row
+        .terms
+        .tee_request(meta, row.quorum, tee_approvals(row)?)
+        .ok_or("threshold requests run as sessions")?;
+    Ok(encode_request(&request))
+}
+
+/// The exact bytes an admin signs to approve `row`.
+fn message_of(row: &RequestRow) -> Vec<u8> {
+    let meta = RequestMeta {
+        // Ids are written by this server as 16 bytes of hex and checked when read back.
+        request_id: parse_request_id(&row.id).unwrap_or_default(),
+        expires_at: row.expires_at,
+    };
+    row.terms.approval_message(&row.cluster, row.quorum, &meta)
 }
 
 /// The approvals of a request as the TEE takes them.
@@ -1441,7 +1407,7 @@ fn call_api_error(e: CallError) -> ApiError {
         CallError::Unavailable(m) => ApiError::new("cluster_unavailable", m),
         CallError::Rejected(m) => ApiError::new("relay_rejected", m),
         CallError::Refused { code, message } => {
-            ApiError::new("bridge_refused", format!("{code}: {message}"))
+            ApiError::new("bridge_refused", format!("{}: {message}", code.as_str()))
         }
         CallError::Unverified(m) | CallError::Protocol(m) => {
             ApiError::new("unverified_response", m)
@@ -1460,84 +1426,21 @@ fn wallet_view(w: &WalletRow) -> WalletView {
     }
 }
 
-fn summary(row: &RequestRow) -> String {
-    let wallet = row.root_id.as_deref().unwrap_or("?");
-    match row.kind {
-        RequestKind::CreateWallet => format!(
-            "create a new wallet on cluster {} with quorum {}",
-            row.cluster, row.quorum
-        ),
-        RequestKind::ImportWallet => format!(
-            "import wallet {wallet} into cluster {} (sealed to node {}) with quorum {}",
-            row.cluster,
-            row.target_node.as_deref().unwrap_or("?"),
-            row.quorum
-        ),
-        RequestKind::Sign => format!(
-            "sign digest {} with wallet {wallet} at path {} on cluster {} (quorum {})",
-            row.digest.as_deref().unwrap_or("?"),
-            row.path.as_deref().unwrap_or("?"),
-            row.cluster,
-            row.quorum
-        ),
-        RequestKind::ImportThresholdKey => format!(
-            "import share {} of threshold key {wallet} into cluster {} (sealed to node {}) \
-             with quorum {}",
-            row.share_index
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "?".into()),
-            row.cluster,
-            row.target_node.as_deref().unwrap_or("?"),
-            row.quorum
-        ),
-        RequestKind::ThresholdSign => format!(
-            "sign digest {} with threshold key {wallet} at path {} by {} (quorum {})",
-            row.digest.as_deref().unwrap_or("?"),
-            row.path.as_deref().unwrap_or("?"),
-            match &row.target_node {
-                Some(c) => format!("clusters {c}"),
-                None => "any t of its clusters".to_string(),
-            },
-            row.quorum
-        ),
-        RequestKind::CreateThresholdKey => {
-            let clusters = row.clusters.clone().unwrap_or_default();
-            format!(
-                "create a {}-of-{} threshold key{} by distributed key generation between \
-                 clusters {} (share i to the i-th) with quorum {}",
-                row.threshold
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                clusters.len(),
-                match row.hd {
-                    Some(true) => " with HD derivation",
-                    Some(false) => " without HD derivation",
-                    None => "",
-                },
-                clusters.join(", "),
-                row.quorum
-            )
-        }
-    }
-}
-
 /// The view of a row without events and approval message.
 fn base_view(row: &RequestRow) -> RequestView {
-    RequestView {
+    let mut view = RequestView {
         id: row.id.clone(),
-        kind: row.kind,
+        kind: row.kind(),
         cluster: row.cluster.clone(),
         status: row.status,
-        // A create request has no wallet until it completed; the approval message of a
-        // create does not depend on it.
-        root_id: row.root_id.clone(),
-        share_index: row.share_index,
-        threshold: row.threshold,
-        hd: row.hd,
-        clusters: row.clusters.clone(),
-        path: row.path.clone(),
-        digest: row.digest.clone(),
-        message: row.message.clone(),
+        root_id: None,
+        share_index: None,
+        threshold: None,
+        hd: None,
+        clusters: None,
+        path: None,
+        digest: None,
+        message: None,
         quorum: row.quorum,
         approvals: row
             .approvals
@@ -1552,10 +1455,10 @@ fn base_view(row: &RequestRow) -> RequestView {
         created_at_ms: row.created_at,
         updated_at_ms: row.updated_at,
         created_by: row.created_by.clone(),
-        target_node: row.target_node.clone(),
+        target_node: None,
         attempts: row.attempts,
         approval_message: String::new(),
-        summary: summary(row),
+        summary: row.terms.summary(&row.cluster, row.quorum),
         result: row
             .result
             .as_deref()
@@ -1565,7 +1468,18 @@ fn base_view(row: &RequestRow) -> RequestView {
             message: row.error_message.clone().unwrap_or_default(),
         }),
         events: Vec::new(),
+    };
+    row.terms.fill_view(&mut view);
+    // A creation has no wallet or key until it completed (its approval message does not
+    // depend on one); then it is the result's.
+    if view.root_id.is_none() {
+        view.root_id = match &view.result {
+            Some(RequestResult::Wallet(w)) => Some(w.root_id.clone()),
+            Some(RequestResult::ThresholdKey(k)) => Some(k.key_id.clone()),
+            _ => None,
+        };
     }
+    view
 }
 
 fn status_view(s: ClusterStatus) -> ClusterStatusView {
@@ -1613,6 +1527,110 @@ mod tests {
     use super::*;
     use bitcoin::bip32::{ChildNumber, Xpriv};
     use bitcoin::NetworkKind;
+    use custos_wire::approval::THRESHOLD_SCOPE;
+    use custos_wire::protocol::HARDENED;
+
+    /// A row of `terms` in its scope, completed with `result` when given.
+    fn row_of(terms: Terms, result: Option<&str>) -> RequestRow {
+        let cluster = match terms.kind() {
+            RequestKind::ThresholdSign | RequestKind::CreateThresholdKey => THRESHOLD_SCOPE,
+            _ => "dc1",
+        };
+        RequestRow {
+            id: "ab".repeat(16),
+            cluster: cluster.into(),
+            quorum: 2,
+            terms,
+            status: RequestStatus::PendingApproval,
+            created_at: 1,
+            updated_at: 1,
+            expires_at: 1000,
+            approvals: vec![],
+            result: result.map(String::from),
+            error_code: None,
+            error_message: None,
+            attempts: 0,
+            created_by: "tester".into(),
+            version: 1,
+        }
+    }
+
+    /// Approvers recompute the approval message from the view (never trusting the
+    /// server's bytes); the server makes it from the terms. Both agree for every kind.
+    #[test]
+    fn the_view_gives_approvers_the_message_the_server_checks() {
+        let g = PublicKey::from_secret_key(
+            &Secp256k1::new(),
+            &bitcoin::secp256k1::SecretKey::from_slice(&[1; 32]).unwrap(),
+        )
+        .serialize();
+        let bundle = custos_wire::protocol::ThresholdBundle {
+            key: custos_wire::protocol::ThresholdKeyInfo {
+                key_id: g.to_vec(),
+                chain_code: None,
+                threshold: 2,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                quorum: 2,
+                origin: custos_wire::protocol::ThresholdOrigin::Dealer,
+                share_index: 0,
+            },
+            recipient_fingerprint: [0; 32],
+            dealer_cert: vec![],
+            dealer_ca: vec![],
+            enc: vec![],
+            ciphertext: vec![],
+            signature: vec![],
+        };
+        let all = [
+            Terms::CreateWallet,
+            Terms::ImportWallet {
+                root_id: g,
+                node: "node1".into(),
+                sealed: custos_wire::import::SealedImport {
+                    enc: vec![1],
+                    ciphertext: vec![2],
+                },
+            },
+            Terms::Sign {
+                root_id: g,
+                path: vec![HARDENED | 44, 0, 7],
+                digest: [3; 32],
+            },
+            Terms::ImportThresholdKey {
+                node: "node1".into(),
+                bundle,
+            },
+            Terms::ThresholdSign {
+                key_id: g,
+                path: vec![],
+                digest: Sha256::digest(b"m").into(),
+                message: Some(b"m".to_vec()),
+                clusters: Some(vec!["dc2".into(), "dc1".into()]),
+            },
+            Terms::CreateThresholdKey {
+                threshold: 2,
+                hd: true,
+                clusters: vec!["dc1".into(), "dc2".into()],
+            },
+        ];
+        for terms in all {
+            let kind = terms.kind();
+            let row = row_of(terms, None);
+            row.terms.check(&row.cluster, row.quorum).unwrap();
+            let view = base_view(&row);
+            assert_eq!(
+                crate::approval::approval_message(&view).unwrap(),
+                message_of(&row),
+                "{kind:?}"
+            );
+        }
+        // A completed creation shows the wallet it made, from its result.
+        let done = row_of(
+            Terms::CreateWallet,
+            Some(&format!(r#"{{"root_id":"{}","xpub":"x"}}"#, hex::encode(g))),
+        );
+        assert_eq!(base_view(&done).root_id, Some(hex::encode(g)));
+    }
 
     fn sign(
         secp: &Secp256k1<All>,

@@ -886,6 +886,76 @@ async fn tampered_cluster_answers_are_never_accepted() {
     s.stop().await;
 }
 
+/// A wallet creation approved at once by alice (quorum 1) on `cluster`: its outcome.
+async fn create_approved(
+    s: &TestServer,
+    cluster: &str,
+) -> Result<RequestView, custos_cloud::client::ClientError> {
+    let view = s
+        .client
+        .create_wallet(&CreateWalletBody {
+            cluster: cluster.into(),
+            quorum: 1,
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        })
+        .await
+        .unwrap();
+    s.client
+        .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
+        .await
+}
+
+#[tokio::test]
+async fn the_serving_nodes_chain_comes_with_its_reply() {
+    let s = TestServer::start().await;
+    let w = create_approved(&s, "dc2").await.unwrap();
+    assert_eq!(w.status, RequestStatus::Completed);
+    // A fresh server verified the node's key from the chain carried with the reply: no
+    // second round trip for the chain.
+    let ops: Vec<String> = s.gateway.calls().into_iter().map(|c| c.op).collect();
+    assert!(ops.iter().any(|o| o == "submit:CreateWallet"), "{ops:?}");
+    assert!(!ops.iter().any(|o| o == "submit:DeviceChain"), "{ops:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_rogue_chain_with_the_reply_is_never_used() {
+    let s = TestServer::start().await;
+    let fetches = |s: &TestServer| {
+        s.gateway
+            .calls()
+            .iter()
+            .filter(|c| c.op == "submit:DeviceChain")
+            .count()
+    };
+    // The relay attaches another cluster's node chain to dc2's answers: it does not verify
+    // for dc2, so the server fetches node1's own chain (signed by its key) and uses that.
+    let other_cluster = s.gateway.clusters["dc1"].nodes[0].chain();
+    *s.gateway.rogue_chain.lock().unwrap() = Some(other_cluster);
+    let first = create_approved(&s, "dc2").await.unwrap();
+    assert_eq!(first.status, RequestStatus::Completed);
+    assert_eq!(fetches(&s), 1);
+    // The key cached is node1's own: the next answer verifies without another fetch.
+    let second = create_approved(&s, "dc2").await.unwrap();
+    assert_eq!(second.status, RequestStatus::Completed);
+    assert_eq!(fetches(&s), 1);
+    // The chain of the cluster's other node, attached to node1's answer: the same.
+    let dc1 = &s.gateway.clusters["dc1"].nodes;
+    dc1[1].healthy.store(false, Ordering::SeqCst);
+    *s.gateway.rogue_chain.lock().unwrap() = Some(dc1[1].chain());
+    let third = create_approved(&s, "dc1").await.unwrap();
+    assert_eq!(third.status, RequestStatus::Completed);
+    assert_eq!(fetches(&s), 2);
+    // A forged answer is refused whichever chain comes with it.
+    s.gateway.tamper.store(true, Ordering::SeqCst);
+    let e = create_approved(&s, "dc1").await.unwrap_err();
+    assert_eq!(code(e), "unverified_response");
+    assert_eq!(s.client.wallets().await.unwrap().wallets.len(), 3);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn import_seals_the_secret_and_matches_bip32_vector_2() {
     let db = TestDb::sqlite();

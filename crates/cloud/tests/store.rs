@@ -10,34 +10,92 @@ use custos_cloud::db::{
 };
 
 use common::*;
+use custos_cloud::terms::Terms;
+use custos_wire::import::SealedImport;
+use custos_wire::protocol::{ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin};
+use sha2::{Digest, Sha256};
+
+/// Terms of every kind, as the service builds them.
+fn terms(kind: RequestKind) -> Terms {
+    match kind {
+        RequestKind::CreateWallet => Terms::CreateWallet,
+        RequestKind::ImportWallet => Terms::ImportWallet {
+            root_id: [3; 33],
+            node: "node1".into(),
+            sealed: SealedImport {
+                enc: vec![1; 65],
+                ciphertext: vec![2; 100],
+            },
+        },
+        RequestKind::Sign => Terms::Sign {
+            root_id: [2; 33],
+            path: vec![0, 1],
+            digest: [0xab; 32],
+        },
+        RequestKind::ImportThresholdKey => Terms::ImportThresholdKey {
+            node: "node1".into(),
+            bundle: ThresholdBundle {
+                key: ThresholdKeyInfo {
+                    key_id: generator().to_vec(),
+                    chain_code: None,
+                    threshold: 2,
+                    clusters: vec!["dc1".into(), "dc2".into(), "dc3".into()],
+                    quorum: 2,
+                    origin: ThresholdOrigin::Dealer,
+                    share_index: 0,
+                },
+                recipient_fingerprint: [4; 32],
+                dealer_cert: vec![5; 300],
+                dealer_ca: vec![6; 300],
+                enc: vec![7; 65],
+                ciphertext: vec![8; 1000],
+                signature: vec![9; 70],
+            },
+        },
+        RequestKind::ThresholdSign => Terms::ThresholdSign {
+            key_id: generator(),
+            path: vec![],
+            digest: Sha256::digest(b"the full message").into(),
+            message: Some(b"the full message".to_vec()),
+            clusters: Some(vec!["dc3".into(), "dc1".into()]),
+        },
+        RequestKind::CreateThresholdKey => Terms::CreateThresholdKey {
+            threshold: 2,
+            hd: false,
+            clusters: vec!["dc1".into(), "dc2".into(), "dc3".into()],
+        },
+    }
+}
+
+/// The generator of secp256k1, compressed: a valid key id.
+fn generator() -> [u8; 33] {
+    hex::decode("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
 
 fn row(id: u8, kind: RequestKind, created_at: u64) -> RequestRow {
+    let terms = terms(kind);
     RequestRow {
         id: hex::encode([id; 16]),
-        kind,
-        cluster: "dc1".into(),
-        root_id: None,
-        path: Some("m/0/1".into()),
-        digest: Some("ab".repeat(32)),
+        cluster: match kind {
+            RequestKind::ThresholdSign | RequestKind::CreateThresholdKey => "*threshold*".into(),
+            _ => "dc1".into(),
+        },
         quorum: 2,
+        terms,
         status: RequestStatus::PendingApproval,
         created_at,
         updated_at: created_at,
         expires_at: 1_000 + u64::from(id),
         approvals: vec![],
-        target_node: None,
-        sealed: None,
         result: None,
         error_code: None,
         error_message: None,
         attempts: 0,
         created_by: "tester".into(),
         version: 1,
-        share_index: None,
-        threshold: None,
-        hd: None,
-        clusters: None,
-        message: Some(hex::encode(b"the full message")),
     }
 }
 
@@ -241,21 +299,14 @@ async fn threshold_keys_and_shares_on_every_database() {
         let engine = db.engine;
         let store = Store::connect(&db.url).await.unwrap();
 
-        // The new kinds and the share index round-trip.
-        let mut import = row(1, RequestKind::ImportThresholdKey, 10);
-        import.share_index = Some(2);
-        import.path = None;
-        import.digest = None;
-        import.sealed = Some("ab".repeat(1000));
-        import.target_node = Some("node1".into());
+        // The threshold kinds' terms round-trip.
+        let import = row(1, RequestKind::ImportThresholdKey, 10);
         store
             .insert_request(&import, "created".into())
             .await
             .unwrap();
         assert_eq!(store.request(&import.id).await.unwrap().unwrap(), import);
-        let mut sign = row(2, RequestKind::ThresholdSign, 11);
-        sign.cluster = "*threshold*".into();
-        sign.target_node = Some("dc3,dc1".into());
+        let sign = row(2, RequestKind::ThresholdSign, 11);
         store.insert_request(&sign, "created".into()).await.unwrap();
         assert_eq!(store.request(&sign.id).await.unwrap().unwrap(), sign);
         assert_eq!(
@@ -399,13 +450,7 @@ async fn key_creations_record_the_key_with_every_share_on_every_database() {
         let store = Store::connect(&db.url).await.unwrap();
 
         // The terms of a key creation round-trip.
-        let mut create = row(4, RequestKind::CreateThresholdKey, 10);
-        create.cluster = "*threshold*".into();
-        create.path = None;
-        create.digest = None;
-        create.threshold = Some(2);
-        create.hd = Some(false);
-        create.clusters = Some(vec!["dc1".into(), "dc2".into(), "dc3".into()]);
+        let create = row(4, RequestKind::CreateThresholdKey, 10);
         store
             .insert_request(&create, "created".into())
             .await
@@ -426,7 +471,6 @@ async fn key_creations_record_the_key_with_every_share_on_every_database() {
             .collect();
         let mut done = create.clone();
         done.status = RequestStatus::Completed;
-        done.root_id = Some(key.key_id.clone());
         let done = store
             .update_request_recording(
                 &done,
@@ -524,5 +568,197 @@ async fn presignatures_are_handed_out_once_on_every_database() {
             "{engine}"
         );
         assert!(!store.take_presignature("00", "req-c", 42).await.unwrap());
+    }
+}
+
+/// A database of schema version 4 (before `terms`) with one request of every kind, in
+/// the columns of that schema; opening it with this build moves each into its terms.
+#[tokio::test]
+async fn requests_of_schema_4_are_moved_into_typed_terms_on_every_database() {
+    for db in databases("requests_of_schema_4_are_moved_into_typed_terms").await {
+        let engine = db.engine;
+        // Schema version 4: the first four migrations of this crate, as shipped.
+        let old = tempfile::tempdir().unwrap();
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for entry in std::fs::read_dir(&shipped).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if name.as_str() < "0005" {
+                std::fs::copy(&path, old.path().join(name)).unwrap();
+            }
+        }
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+        let v4 = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+        assert_eq!(v4.iter().count(), 4);
+        v4.run(&pool).await.unwrap();
+
+        fn postcard_hex<T: serde::Serialize>(v: &T) -> String {
+            hex::encode(postcard::to_allocvec(v).unwrap())
+        }
+        let bundle = match terms(RequestKind::ImportThresholdKey) {
+            Terms::ImportThresholdKey { bundle, .. } => bundle,
+            _ => unreachable!(),
+        };
+        let sealed = match terms(RequestKind::ImportWallet) {
+            Terms::ImportWallet { sealed, .. } => sealed,
+            _ => unreachable!(),
+        };
+        let g = hex::encode(generator());
+        let created_result = format!(r#"{{"root_id":"{}","xpub":"x"}}"#, "02".repeat(33));
+        let rows = [
+            OldRow {
+                root_id: Some("02".repeat(33)),
+                result: Some(created_result.clone()),
+                ..OldRow::new(1, "create_wallet", "dc1")
+            },
+            OldRow {
+                root_id: Some("03".repeat(33)),
+                target_node: Some("node1"),
+                sealed: Some(postcard_hex(&sealed)),
+                ..OldRow::new(2, "import_wallet", "dc1")
+            },
+            OldRow {
+                root_id: Some("02".repeat(33)),
+                path: Some("m/0/1"),
+                digest: Some("ab".repeat(32)),
+                ..OldRow::new(3, "sign", "dc1")
+            },
+            OldRow {
+                root_id: Some(g.clone()),
+                target_node: Some("node1"),
+                sealed: Some(postcard_hex(&bundle)),
+                share_index: Some(0),
+                ..OldRow::new(4, "import_threshold_key", "dc1")
+            },
+            OldRow {
+                root_id: Some(g.clone()),
+                path: Some("m"),
+                digest: Some(hex::encode(Sha256::digest(b"the full message"))),
+                target_node: Some("dc3,dc1"),
+                message: Some(hex::encode(b"the full message")),
+                ..OldRow::new(5, "threshold_sign", "*threshold*")
+            },
+            OldRow {
+                root_id: Some(g.clone()),
+                path: Some("m"),
+                digest: Some("cd".repeat(32)),
+                ..OldRow::new(6, "threshold_sign", "*threshold*")
+            },
+            OldRow {
+                threshold: Some(2),
+                hd: Some(0),
+                clusters: Some(r#"["dc1","dc2","dc3"]"#),
+                ..OldRow::new(7, "create_threshold_key", "*threshold*")
+            },
+        ];
+        for r in &rows {
+            sqlx::query(
+                "INSERT INTO requests (id, kind, cluster, root_id, path, digest, quorum, status, \
+                 created_at, updated_at, expires_at, approvals, target_node, sealed, result, \
+                 error_code, error_message, attempts, created_by, version, share_index, \
+                 threshold, hd, clusters, message) VALUES ($1, $2, $3, $4, $5, $6, 2, \
+                 'pending_approval', 10, 10, 1000, '[]', $7, $8, $9, NULL, NULL, 0, 'tester', \
+                 1, $10, $11, $12, $13, $14)",
+            )
+            .bind(hex::encode([r.id; 16]))
+            .bind(r.kind)
+            .bind(r.cluster)
+            .bind(r.root_id.clone())
+            .bind(r.path)
+            .bind(r.digest.clone())
+            .bind(r.target_node)
+            .bind(r.sealed.clone())
+            .bind(r.result.clone())
+            .bind(r.share_index)
+            .bind(r.threshold)
+            .bind(r.hd)
+            .bind(r.clusters)
+            .bind(r.message.clone())
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        // This build migrates to schema 5.
+        let store = Store::connect(&db.url).await.unwrap();
+        let unnamed = Terms::ThresholdSign {
+            key_id: generator(),
+            path: vec![],
+            digest: [0xcd; 32],
+            message: None,
+            clusters: None,
+        };
+        let expected = [
+            (1, terms(RequestKind::CreateWallet)),
+            (2, terms(RequestKind::ImportWallet)),
+            (3, terms(RequestKind::Sign)),
+            (4, terms(RequestKind::ImportThresholdKey)),
+            (5, terms(RequestKind::ThresholdSign)),
+            (6, unnamed),
+            (7, terms(RequestKind::CreateThresholdKey)),
+        ];
+        for (id, want) in expected {
+            let got = store
+                .request(&hex::encode([id; 16]))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{engine}: request {id} lost"));
+            assert_eq!(got.terms, want, "{engine}: request {id}");
+            assert_eq!(got.quorum, 2);
+        }
+        let created = store
+            .request(&hex::encode([1u8; 16]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(created.result.as_deref(), Some(created_result.as_str()));
+        // The old columns are gone: nothing can read or write a second copy of the terms.
+        let gone = sqlx::query("SELECT target_node FROM requests")
+            .fetch_all(&sqlx::AnyPool::connect(&db.url).await.unwrap())
+            .await;
+        assert!(gone.is_err(), "{engine}: target_node still exists");
+        store.close().await;
+        db.cleanup().await;
+    }
+}
+
+/// A request row in the columns of schema version 4.
+struct OldRow {
+    id: u8,
+    kind: &'static str,
+    cluster: &'static str,
+    root_id: Option<String>,
+    path: Option<&'static str>,
+    digest: Option<String>,
+    target_node: Option<&'static str>,
+    sealed: Option<String>,
+    share_index: Option<i64>,
+    threshold: Option<i64>,
+    hd: Option<i64>,
+    clusters: Option<&'static str>,
+    message: Option<String>,
+    result: Option<String>,
+}
+
+impl OldRow {
+    fn new(id: u8, kind: &'static str, cluster: &'static str) -> Self {
+        OldRow {
+            id,
+            kind,
+            cluster,
+            root_id: None,
+            path: None,
+            digest: None,
+            target_node: None,
+            sealed: None,
+            share_index: None,
+            threshold: None,
+            hd: None,
+            clusters: None,
+            message: None,
+            result: None,
+        }
     }
 }

@@ -177,7 +177,7 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
                     let r = link
                         .submit(TeeCall {
                             request,
-                            node: String::new(),
+                            ..Default::default()
                         })
                         .await;
                     if r.is_ok() {

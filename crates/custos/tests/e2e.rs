@@ -208,7 +208,8 @@ fn a_digest_changed_after_approval_is_refused_by_the_tee() {
             .await
             .unwrap();
         let swapped = hex::encode([0x66u8; 32]);
-        let n = sqlx::query("UPDATE requests SET digest = ? WHERE id = ?")
+        let n = sqlx::query("UPDATE requests SET terms = REPLACE(terms, ?, ?) WHERE id = ?")
+            .bind(hex::encode([0x01u8; 32]))
             .bind(&swapped)
             .bind(&view.id)
             .execute(&pool)

@@ -70,7 +70,7 @@ impl Relay {
                 id,
                 Op::Submit(TeeCall {
                     request: encode_request(req),
-                    node: String::new(),
+                    ..Default::default()
                 }),
             )
             .await

@@ -102,6 +102,7 @@ impl VaultNode for NodeService {
         Ok(GrpcResponse::new(TeeReply {
             response,
             node: self.syncer.node.clone(),
+            chain: None,
         }))
     }
 

@@ -706,6 +706,22 @@ fn verify_threshold_result(
     verify_sign_result(secp, digest, path, Some(&xpub), sig)
 }
 
+/// The attempt a `submitting` threshold request is at (its first is 0), or why it ends
+/// (refused) when every attempt its approvals allow was used.
+fn attempt_of(row: &RequestRow) -> Result<u8, Failure> {
+    let attempt = row.attempts.saturating_sub(1);
+    if attempt >= u32::from(MAX_THRESHOLD_ATTEMPTS) {
+        return Err(Failure::new(
+            "threshold_attempts_exhausted",
+            format!(
+                "all {MAX_THRESHOLD_ATTEMPTS} attempts of this approved request were used; a new \
+                 request needs new approvals"
+            ),
+        ));
+    }
+    Ok(attempt as u8)
+}
+
 fn session_text(s: &SessionRef) -> String {
     format!("{}/{}", hex::encode(s.request_id), s.attempt)
 }
@@ -734,25 +750,17 @@ impl Cloud {
         let node = self
             .bundle_recipient(&cluster, &bundle.recipient_fingerprint)
             .await?;
-        let sealed = hex::encode(postcard::to_allocvec(&bundle).expect("bundles serialize"));
+        let quorum = key.quorum;
         self.create(
             caller,
             Draft {
-                kind: RequestKind::ImportThresholdKey,
                 cluster,
-                root_id: Some(key_id),
-                path: None,
-                digest: None,
-                quorum: key.quorum,
+                quorum,
+                terms: Terms::ImportThresholdKey { node, bundle },
                 id,
                 expires_at,
                 approvals: body.approvals,
-                target_node: Some(node),
-                sealed: Some(sealed),
                 wallet_xpub: None,
-                share_index: Some(key.share_index),
-                terms: None,
-                message: None,
             },
         )
         .await
@@ -804,20 +812,20 @@ impl Cloud {
     pub(super) fn check_threshold_share(
         &self,
         row: &RequestRow,
+        sealed_to: &str,
+        bundle: &ThresholdBundle,
         node: &str,
         info: &ThresholdKeyInfo,
     ) -> Result<(RequestResult, ThresholdKeyRow, ThresholdShareRow), String> {
-        let bundle = decode_bundle(row.sealed.as_deref().unwrap_or_default())?;
         if *info != bundle.key {
             return Err(format!(
                 "the TEE imported {info:?}, the bundle carries {:?}",
                 bundle.key
             ));
         }
-        if row.target_node.as_deref() != Some(node) {
+        if sealed_to != node {
             return Err(format!(
-                "imported by node {node}, the bundle is sealed to {:?}",
-                row.target_node
+                "imported by node {node}, the bundle is sealed to {sealed_to}"
             ));
         }
         let now = self.now_ms();
@@ -873,13 +881,16 @@ impl Cloud {
     }
 
     /// `POST /v1/threshold/sign`: records a `threshold_sign` request (cluster
-    /// `*threshold*`); the clusters the caller named are kept in `target_node`.
+    /// `*threshold*`); the clusters the caller named are part of its terms.
     pub async fn threshold_sign(
         &self,
         caller: &str,
         body: ThresholdSignBody,
     ) -> Result<RequestOutcome, ApiError> {
-        parse_key_id(&body.key_id).map_err(|m| ApiError::new("invalid_key_id", m))?;
+        let key_id: KeyId = parse_key_id(&body.key_id)
+            .map_err(|m| ApiError::new("invalid_key_id", m))?
+            .try_into()
+            .expect("key ids are 33 bytes");
         let path =
             parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
         if has_hardened(&path) {
@@ -975,7 +986,7 @@ impl Cloud {
                         ),
                     ));
                 }
-                Some(list.join(","))
+                Some(list.clone())
             }
         };
         let (id, expires_at) =
@@ -983,21 +994,19 @@ impl Cloud {
         self.create(
             caller,
             Draft {
-                kind: RequestKind::ThresholdSign,
                 cluster: THRESHOLD_SCOPE.to_string(),
-                root_id: Some(key.key_id),
-                path: Some(format_path(&path)),
-                digest: Some(hex::encode(digest)),
                 quorum: key.quorum,
+                terms: Terms::ThresholdSign {
+                    key_id,
+                    path,
+                    digest,
+                    message,
+                    clusters,
+                },
                 id,
                 expires_at,
                 approvals: body.approvals,
-                target_node: clusters,
-                sealed: None,
                 wallet_xpub: None,
-                share_index: None,
-                terms: None,
-                message: message.map(hex::encode),
             },
         )
         .await
@@ -1009,64 +1018,42 @@ impl Cloud {
         &self,
         row: RequestRow,
     ) -> Result<RequestRow, StoreError> {
-        let attempt = row.attempts.saturating_sub(1);
-        if attempt >= u32::from(MAX_THRESHOLD_ATTEMPTS) {
-            return self
-                .finish(
-                    row,
-                    Err((
-                        "threshold_attempts_exhausted".into(),
-                        format!(
-                            "all {MAX_THRESHOLD_ATTEMPTS} attempts of this approved request were \
-                             used; a new request needs new approvals"
-                        ),
-                    )),
-                    true,
-                )
-                .await;
-        }
-        let attempt = attempt as u8;
-        let key_id = row.root_id.clone().unwrap_or_default();
-        let Some(key) = self.store.threshold_key(&key_id).await? else {
-            return self
-                .finish(
-                    row,
-                    Err((
-                        "unknown_threshold_key".into(),
-                        format!("threshold key {key_id} is not recorded"),
-                    )),
-                    true,
-                )
-                .await;
+        let attempt = match attempt_of(&row) {
+            Ok(a) => a,
+            Err(f) => return self.finish(row, Verdict::Refused(f)).await,
         };
-        let (request_id, path, digest, approvals) = match (
-            parse_request_id(&row.id),
-            parse_path(row.path.as_deref().unwrap_or_default()).map_err(|e| e.to_string()),
-            parse_digest(row.digest.as_deref().unwrap_or_default()),
-            tee_approvals(&row),
-        ) {
-            (Ok(i), Ok(p), Ok(d), Ok(a)) => (i, p, d, a),
-            (i, p, d, a) => {
-                let why = [i.err(), p.err(), d.err(), a.err()]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return self
-                    .finish(
-                        row,
-                        Err((
-                            "bad_request_row".into(),
-                            format!("stored request unusable: {why}"),
-                        )),
-                        true,
-                    )
-                    .await;
+        let Terms::ThresholdSign {
+            key_id,
+            path,
+            digest,
+            message,
+            ..
+        } = row.terms.clone()
+        else {
+            let v = Verdict::Refused(Failure::new("bad_request_row", "not a threshold signing"));
+            return self.finish(row, v).await;
+        };
+        let key_id = hex::encode(key_id);
+        let Some(key) = self.store.threshold_key(&key_id).await? else {
+            let v = Verdict::Refused(Failure::new(
+                "unknown_threshold_key",
+                format!("threshold key {key_id} is not recorded"),
+            ));
+            return self.finish(row, v).await;
+        };
+        let (request_id, approvals) = match (parse_request_id(&row.id), tee_approvals(&row)) {
+            (Ok(i), Ok(a)) => (i, a),
+            (i, a) => {
+                let why = [i.err(), a.err()].into_iter().flatten().collect::<Vec<_>>();
+                let v = Verdict::Refused(Failure::new(
+                    "bad_request_row",
+                    format!("stored request unusable: {}", why.join("; ")),
+                ));
+                return self.finish(row, v).await;
             }
         };
         // A full message for a key without chain code: from a presignature when one is ready.
-        let message = row.message.as_deref().map(hex::decode);
-        if let (Some(Ok(message)), None, true) = (&message, &key.chain_code, path.is_empty()) {
+        if let (Some(message), None, true) = (&message, &key.chain_code, path.is_empty()) {
             match self
                 .sign_presigned(&row, &key, attempt, message, &digest, approvals.clone())
                 .await?
@@ -1077,13 +1064,9 @@ impl Cloud {
                         .lock()
                         .expect("blame lock")
                         .remove(&row.id);
-                    return self
-                        .finish(
-                            row,
-                            Ok((by, RequestResult::Signature(result), Recorded::Nothing)),
-                            true,
-                        )
-                        .await;
+                    let v =
+                        Verdict::completed(by, RequestResult::Signature(result), Recorded::Nothing);
+                    return self.finish(row, v).await;
                 }
                 presign::Online::Failed(a) => return self.threshold_failed(row, attempt, a).await,
             }
@@ -1146,12 +1129,8 @@ impl Cloud {
                     "{} (attempt {attempt}, {} exchanges)",
                     described, st.exchanges
                 );
-                self.finish(
-                    row,
-                    Ok((by, RequestResult::Signature(result), Recorded::Nothing)),
-                    true,
-                )
-                .await
+                let v = Verdict::completed(by, RequestResult::Signature(result), Recorded::Nothing);
+                self.finish(row, v).await
             }
             Err(m) => {
                 self.threshold_failed(row, attempt, Abort::new("bad_signature", m, Vec::new()))
@@ -1209,7 +1188,8 @@ impl Cloud {
             blamed.insert(row.id.clone(), abort.blamed.clone());
         }
         let message = format!("attempt {attempt}: {}", abort.message);
-        self.finish(row, Err((abort.code, message)), abort.final_)
+        let failure = Failure::new(abort.code, message);
+        self.finish(row, Verdict::ended(failure, !abort.final_))
             .await
     }
 
@@ -1226,15 +1206,12 @@ impl Cloud {
         self.choose_participants(key, named, &blamed_before).await
     }
 
-    /// The clusters a threshold request named (kept in `target_node`), and those its
-    /// previous attempt blamed.
+    /// The clusters a threshold request named, and those its previous attempt blamed.
     fn cluster_preferences(&self, row: &RequestRow) -> (Option<Vec<String>>, Vec<String>) {
-        let named: Option<Vec<String>> = row.target_node.as_deref().map(|s| {
-            s.split(',')
-                .filter(|c| !c.is_empty())
-                .map(String::from)
-                .collect()
-        });
+        let named = match &row.terms {
+            Terms::ThresholdSign { clusters, .. } => clusters.clone(),
+            _ => None,
+        };
         let blamed = self
             .threshold_blamed
             .lock()
@@ -1747,25 +1724,17 @@ impl Cloud {
         self.create(
             caller,
             Draft {
-                kind: RequestKind::CreateThresholdKey,
                 cluster: THRESHOLD_SCOPE.to_string(),
-                root_id: None,
-                path: None,
-                digest: None,
                 quorum: body.quorum,
-                id,
-                expires_at,
-                approvals: body.approvals,
-                target_node: None,
-                sealed: None,
-                wallet_xpub: None,
-                share_index: None,
-                terms: Some(KeyTerms {
+                terms: Terms::CreateThresholdKey {
                     threshold: body.threshold,
                     hd: body.hd,
                     clusters: body.clusters,
-                }),
-                message: None,
+                },
+                id,
+                expires_at,
+                approvals: body.approvals,
+                wallet_xpub: None,
             },
         )
         .await
@@ -1774,26 +1743,17 @@ impl Cloud {
     /// Runs a `submitting` key creation as one distributed key generation attempt across
     /// all its clusters and records the key.
     pub(super) async fn execute_keygen(&self, row: RequestRow) -> Result<RequestRow, StoreError> {
-        let attempt = row.attempts.saturating_sub(1);
-        if attempt >= u32::from(MAX_THRESHOLD_ATTEMPTS) {
-            return self
-                .finish(
-                    row,
-                    Err((
-                        "threshold_attempts_exhausted".into(),
-                        format!(
-                            "all {MAX_THRESHOLD_ATTEMPTS} attempts of this approved request were \
-                             used; a new request needs new approvals"
-                        ),
-                    )),
-                    true,
-                )
-                .await;
-        }
-        let attempt = attempt as u8;
-        let terms = match (row.threshold, row.hd, row.clusters.clone()) {
-            (Some(threshold), Some(hd), Some(clusters)) => Ok((threshold, hd, clusters)),
-            _ => Err("the key's terms are missing".to_string()),
+        let attempt = match attempt_of(&row) {
+            Ok(a) => a,
+            Err(f) => return self.finish(row, Verdict::Refused(f)).await,
+        };
+        let terms = match row.terms.clone() {
+            Terms::CreateThresholdKey {
+                threshold,
+                hd,
+                clusters,
+            } => Ok((threshold, hd, clusters)),
+            _ => Err("not a threshold key creation".to_string()),
         };
         let (request_id, (threshold, hd, clusters), approvals) =
             match (parse_request_id(&row.id), terms, tee_approvals(&row)) {
@@ -1802,18 +1762,12 @@ impl Cloud {
                     let why = [i.err(), t.err(), a.err()]
                         .into_iter()
                         .flatten()
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    return self
-                        .finish(
-                            row,
-                            Err((
-                                "bad_request_row".into(),
-                                format!("stored request unusable: {why}"),
-                            )),
-                            true,
-                        )
-                        .await;
+                        .collect::<Vec<_>>();
+                    let v = Verdict::Refused(Failure::new(
+                        "bad_request_row",
+                        format!("stored request unusable: {}", why.join("; ")),
+                    ));
+                    return self.finish(row, v).await;
                 }
             };
         let participants = match self.keygen_participants(&clusters).await {
@@ -1873,22 +1827,18 @@ impl Cloud {
                     "{} (attempt {attempt}, {} exchanges, {} polls)",
                     described, st.exchanges, st.polls
                 );
-                self.finish(
-                    row,
-                    Ok((
-                        by,
-                        RequestResult::ThresholdKey(result),
-                        Recorded::ThresholdKey(key, shares),
-                    )),
-                    true,
-                )
-                .await
+                let v = Verdict::completed(
+                    by,
+                    RequestResult::ThresholdKey(result),
+                    Recorded::ThresholdKey(key, shares),
+                );
+                self.finish(row, v).await
             }
             // The TEEs stored shares of different keys (or of other terms): nothing is
             // recorded, and no retry under these approvals can run (each TEE consumed them).
             Err(m) => {
-                self.finish(row, Err(("threshold_key_mismatch".into(), m)), true)
-                    .await
+                let v = Verdict::Refused(Failure::new("threshold_key_mismatch", m));
+                self.finish(row, v).await
             }
         }
     }

@@ -31,8 +31,8 @@ use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
 use custos_proto::cluster::link_reply::Result as LinkResult;
 use custos_proto::cluster::link_request::Op;
 use custos_proto::cluster::{
-    AuditReport, ClusterStatus, LinkRefusal, LinkReply, LinkRequest, NodeAudit, NodeStatus,
-    TeeReply,
+    AuditReport, ClusterStatus, DeviceChain, LinkRefusal, LinkReply, LinkRequest, NodeAudit,
+    NodeStatus, TeeReply,
 };
 use custos_tee_core::platform::{Platform, PlatformError, RecordId};
 use custos_tee_core::TeeCore;
@@ -251,6 +251,19 @@ pub struct FakeNode {
     pub scripted: Option<ScriptedTee>,
 }
 
+impl FakeNode {
+    /// Its device certificate chain, as the bridge hands it out.
+    pub fn chain(&self) -> CertChain {
+        match &self.scripted {
+            Some(tee) => tee.chain.clone(),
+            None => match call_core(&mut self.core.lock().unwrap(), &Request::DeviceChain) {
+                Ok(Response::DeviceChain(c)) => c,
+                other => panic!("no device chain: {other:?}"),
+            },
+        }
+    }
+}
+
 pub struct FakeCluster {
     pub name: String,
     pub nodes: Vec<FakeNode>,
@@ -284,6 +297,9 @@ pub struct FakeGateway {
     pub down: AtomicBool,
     /// Responses to TEE calls get a corrupted D signature (a malicious relay).
     pub tamper: AtomicBool,
+    /// Replies carry this device chain instead of the serving node's (a malicious relay or
+    /// bridge).
+    pub rogue_chain: Mutex<Option<CertChain>>,
     /// The script of scripted nodes.
     script: Option<Script>,
     /// Calls of these (cluster, op) fail before reaching the cluster (e.g. `("dc2",
@@ -335,6 +351,7 @@ impl FakeGateway {
             lose_next: AtomicU32::new(0),
             down: AtomicBool::new(false),
             tamper: AtomicBool::new(false),
+            rogue_chain: Mutex::new(None),
             script: None,
             fail_ops: Mutex::new(Vec::new()),
         })
@@ -376,6 +393,7 @@ impl FakeGateway {
             lose_next: AtomicU32::new(0),
             down: AtomicBool::new(false),
             tamper: AtomicBool::new(false),
+            rogue_chain: Mutex::new(None),
             script: Some(script),
             fail_ops: Mutex::new(Vec::new()),
         })
@@ -493,10 +511,23 @@ impl FakeGateway {
                     }
                     response = postcard::to_allocvec(&signed).unwrap();
                 }
+                // Like the bridge: every answer carries the serving node's chain.
+                let chain = self
+                    .rogue_chain
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_else(|| node.chain());
+                let chain = Some(DeviceChain {
+                    device: chain.device,
+                    cluster_ca: chain.cluster_ca,
+                    device_ca: chain.device_ca,
+                });
                 LinkReply {
                     result: Some(LinkResult::Submitted(TeeReply {
                         response,
                         node: node.name.clone(),
+                        chain,
                     })),
                 }
             }

@@ -1,0 +1,503 @@
+//! What a request asks for: one [`Terms`] variant per request kind, holding parsed, typed
+//! values. The REST handler builds it once; the approval message, the TEE request, the
+//! summary and the API view's fields all come from it, and it is stored as one JSON column
+//! (`requests.terms`, format below) that is checked again when read back.
+//!
+//! Stored format (JSON object, `kind` names the variant; byte strings are lower-case hex,
+//! paths are BIP-32 text such as `m/44'/0'/0'/0/1`, cluster and node names plain strings):
+//!
+//! | kind | fields |
+//! |---|---|
+//! | `create_wallet` | — |
+//! | `import_wallet` | `root_id` (33 bytes), `node`, `sealed` (postcard of the sealed seed) |
+//! | `sign` | `root_id` (33 bytes), `path`, `digest` (32 bytes) |
+//! | `import_threshold_key` | `node`, `bundle` (postcard of the dealer bundle) |
+//! | `threshold_sign` | `key_id` (33 bytes), `path`, `digest` (32 bytes), `message` (bytes or null), `clusters` (names or null) |
+//! | `create_threshold_key` | `threshold`, `hd`, `clusters` (names, share i to the i-th) |
+
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::import::SealedImport;
+use custos_wire::protocol::{format_path, Request, RequestMeta, ThresholdBundle};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::api::{RequestKind, RequestView};
+use crate::path::parse_path;
+
+/// A compressed secp256k1 public key: a wallet's root id or a threshold key's id.
+pub type KeyId = [u8; 33];
+
+/// The terms of one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Terms {
+    /// Generate a new wallet inside a TEE of the request's cluster.
+    CreateWallet,
+    /// Import a seed, sealed to one node's certified device key.
+    ImportWallet {
+        /// The seed's root public key.
+        #[serde(with = "hex_bytes")]
+        root_id: KeyId,
+        /// The node the seed is sealed to (the call is pinned to it).
+        node: String,
+        /// The sealed seed.
+        #[serde(with = "postcard_hex")]
+        sealed: SealedImport,
+    },
+    /// Sign a digest with a wallet's child key.
+    Sign {
+        /// The wallet.
+        #[serde(with = "hex_bytes")]
+        root_id: KeyId,
+        /// BIP-32 path of the child.
+        #[serde(with = "path_text")]
+        path: Vec<u32>,
+        /// The digest signed.
+        #[serde(with = "hex_bytes")]
+        digest: [u8; 32],
+    },
+    /// Import one share of a dealt threshold key; the bundle names the key, the share and
+    /// its cluster.
+    ImportThresholdKey {
+        /// The node the bundle is sealed to (the call is pinned to it).
+        node: String,
+        /// The dealer's bundle.
+        #[serde(with = "postcard_hex")]
+        bundle: ThresholdBundle,
+    },
+    /// Sign with a threshold key's child, by t of its clusters.
+    ThresholdSign {
+        /// The threshold key.
+        #[serde(with = "hex_bytes")]
+        key_id: KeyId,
+        /// BIP-32 path of the child (non-hardened).
+        #[serde(with = "path_text")]
+        path: Vec<u32>,
+        /// The digest signed (SHA-256 of `message` when there is one).
+        #[serde(with = "hex_bytes")]
+        digest: [u8; 32],
+        /// The full message, for a key without chain code (signed from a presignature).
+        #[serde(with = "hex_opt")]
+        message: Option<Vec<u8>>,
+        /// The clusters the caller named, in order (else the server chooses).
+        clusters: Option<Vec<String>>,
+    },
+    /// Create a threshold key by distributed key generation.
+    CreateThresholdKey {
+        /// Signers the key needs (t).
+        threshold: u16,
+        /// Whether the key gets a chain code.
+        hd: bool,
+        /// Cluster of each share, by share index.
+        clusters: Vec<String>,
+    },
+}
+
+impl Terms {
+    /// The request kind these terms define.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Terms::CreateWallet => RequestKind::CreateWallet,
+            Terms::ImportWallet { .. } => RequestKind::ImportWallet,
+            Terms::Sign { .. } => RequestKind::Sign,
+            Terms::ImportThresholdKey { .. } => RequestKind::ImportThresholdKey,
+            Terms::ThresholdSign { .. } => RequestKind::ThresholdSign,
+            Terms::CreateThresholdKey { .. } => RequestKind::CreateThresholdKey,
+        }
+    }
+
+    /// The wallet or threshold key the request names (none for the creations).
+    pub fn key_id(&self) -> Option<&[u8]> {
+        match self {
+            Terms::ImportWallet { root_id, .. } | Terms::Sign { root_id, .. } => Some(root_id),
+            Terms::ThresholdSign { key_id, .. } => Some(key_id),
+            Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
+            Terms::CreateWallet | Terms::CreateThresholdKey { .. } => None,
+        }
+    }
+
+    /// The node the request's TEE call is pinned to (imports: the one sealed to).
+    pub fn pinned_node(&self) -> Option<&str> {
+        match self {
+            Terms::ImportWallet { node, .. } | Terms::ImportThresholdKey { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// What the admins approve, in the TEE's own encoding.
+    pub fn action(&self, quorum: u8) -> Action<'_> {
+        match self {
+            Terms::CreateWallet => Action::CreateWallet { quorum },
+            Terms::ImportWallet { root_id, .. } => Action::ImportWallet {
+                quorum,
+                key_id: root_id,
+            },
+            Terms::Sign {
+                root_id,
+                path,
+                digest,
+            } => Action::Sign {
+                key_id: root_id,
+                path,
+                digest,
+            },
+            Terms::ImportThresholdKey { bundle, .. } => Action::ImportThresholdKey {
+                quorum,
+                key_id: &bundle.key.key_id,
+                share_index: bundle.key.share_index,
+            },
+            Terms::ThresholdSign {
+                key_id,
+                path,
+                digest,
+                ..
+            } => Action::ThresholdSign {
+                key_id,
+                path,
+                digest,
+            },
+            Terms::CreateThresholdKey {
+                threshold,
+                hd,
+                clusters,
+            } => Action::CreateThresholdKey {
+                quorum,
+                threshold: *threshold,
+                hd: *hd,
+                clusters,
+            },
+        }
+    }
+
+    /// The TEE request that executes these terms (`None` for the threshold kinds, which
+    /// run as sessions across clusters).
+    pub fn tee_request(
+        &self,
+        meta: RequestMeta,
+        quorum: u8,
+        approvals: Vec<Approval>,
+    ) -> Option<Request> {
+        Some(match self {
+            Terms::CreateWallet => Request::CreateWallet {
+                meta,
+                quorum,
+                approvals,
+            },
+            Terms::ImportWallet {
+                root_id, sealed, ..
+            } => Request::ImportWalletSealed {
+                meta,
+                quorum,
+                key_id: root_id.to_vec(),
+                sealed: sealed.clone(),
+                approvals,
+            },
+            Terms::Sign {
+                root_id,
+                path,
+                digest,
+            } => Request::Sign {
+                meta,
+                key_id: root_id.to_vec(),
+                path: path.clone(),
+                digest: *digest,
+                approvals,
+            },
+            Terms::ImportThresholdKey { bundle, .. } => Request::ImportThresholdBundle {
+                meta,
+                bundle: bundle.clone(),
+                approvals,
+            },
+            Terms::ThresholdSign { .. } | Terms::CreateThresholdKey { .. } => return None,
+        })
+    }
+
+    /// The exact bytes an admin signs to approve these terms in `cluster`.
+    pub fn approval_message(&self, cluster: &str, quorum: u8, meta: &RequestMeta) -> Vec<u8> {
+        self.action(quorum).message(cluster, meta)
+    }
+
+    /// Checks what serde cannot, for a request in scope `cluster` with `quorum`: key ids
+    /// are compressed keys (threshold keys: points of secp256k1), names are names, the
+    /// scope fits the kind, a full message hashes to the digest, a dealer bundle's facts
+    /// hold and name this cluster, a key creation's facts hold. Run on every row read back.
+    pub fn check(&self, cluster: &str, quorum: u8) -> Result<(), String> {
+        if let Some(id) = self.key_id() {
+            if id.len() != 33 || (id[0] != 2 && id[0] != 3) {
+                return Err("key id is not a compressed public key".into());
+            }
+        }
+        let spans = matches!(
+            self,
+            Terms::ThresholdSign { .. } | Terms::CreateThresholdKey { .. }
+        );
+        if spans != (cluster == THRESHOLD_SCOPE) {
+            return Err(format!(
+                "a {} request in scope {cluster:?}",
+                self.kind().as_str()
+            ));
+        }
+        let name = |n: &str| custos_pki::check_name(n).map_err(|e| e.to_string());
+        match self {
+            Terms::CreateWallet | Terms::Sign { .. } => Ok(()),
+            Terms::ImportWallet { node, .. } => name(node),
+            Terms::ImportThresholdKey { node, bundle } => {
+                name(node)?;
+                custos_wire::threshold::check_key_info(&bundle.key)?;
+                let holder = &bundle.key.clusters[usize::from(bundle.key.share_index)];
+                if holder != cluster {
+                    return Err(format!(
+                        "share {} belongs to cluster {holder}, not {cluster}",
+                        bundle.key.share_index
+                    ));
+                }
+                Ok(())
+            }
+            Terms::ThresholdSign {
+                key_id,
+                digest,
+                message,
+                clusters,
+                ..
+            } => {
+                bitcoin::secp256k1::PublicKey::from_slice(key_id)
+                    .map_err(|_| "key id is not a point of secp256k1".to_string())?;
+                if let Some(m) = message {
+                    let hashed: [u8; 32] = Sha256::digest(m).into();
+                    if hashed != *digest {
+                        return Err("the digest is not SHA-256 of the message".into());
+                    }
+                }
+                clusters.iter().flatten().try_for_each(|c| name(c))
+            }
+            Terms::CreateThresholdKey {
+                threshold,
+                clusters,
+                ..
+            } => custos_wire::threshold::check_key_facts(*threshold, clusters, quorum),
+        }
+    }
+
+    /// One line for humans.
+    pub fn summary(&self, cluster: &str, quorum: u8) -> String {
+        let id = self.key_id().map(hex::encode).unwrap_or_default();
+        match self {
+            Terms::CreateWallet => {
+                format!("create a new wallet on cluster {cluster} with quorum {quorum}")
+            }
+            Terms::ImportWallet { node, .. } => format!(
+                "import wallet {id} into cluster {cluster} (sealed to node {node}) with quorum \
+                 {quorum}"
+            ),
+            Terms::Sign { path, digest, .. } => format!(
+                "sign digest {} with wallet {id} at path {} on cluster {cluster} (quorum \
+                 {quorum})",
+                hex::encode(digest),
+                format_path(path)
+            ),
+            Terms::ImportThresholdKey { node, bundle } => format!(
+                "import share {} of threshold key {id} into cluster {cluster} (sealed to node \
+                 {node}) with quorum {quorum}",
+                bundle.key.share_index
+            ),
+            Terms::ThresholdSign {
+                path,
+                digest,
+                clusters,
+                ..
+            } => format!(
+                "sign digest {} with threshold key {id} at path {} by {} (quorum {quorum})",
+                hex::encode(digest),
+                format_path(path),
+                match clusters {
+                    Some(c) => format!("clusters {}", c.join(",")),
+                    None => "any t of its clusters".to_string(),
+                }
+            ),
+            Terms::CreateThresholdKey {
+                threshold,
+                hd,
+                clusters,
+            } => format!(
+                "create a {threshold}-of-{} threshold key {} HD derivation by distributed key \
+                 generation between clusters {} (share i to the i-th) with quorum {quorum}",
+                clusters.len(),
+                if *hd { "with" } else { "without" },
+                clusters.join(", ")
+            ),
+        }
+    }
+
+    /// Fills the API view's fields that describe the terms.
+    pub fn fill_view(&self, view: &mut RequestView) {
+        view.root_id = self.key_id().map(hex::encode);
+        match self {
+            Terms::CreateWallet => {}
+            Terms::ImportWallet { node, .. } => view.target_node = Some(node.clone()),
+            Terms::Sign { path, digest, .. } => {
+                view.path = Some(format_path(path));
+                view.digest = Some(hex::encode(digest));
+            }
+            Terms::ImportThresholdKey { node, bundle } => {
+                view.target_node = Some(node.clone());
+                view.share_index = Some(bundle.key.share_index);
+            }
+            Terms::ThresholdSign {
+                path,
+                digest,
+                message,
+                clusters,
+                ..
+            } => {
+                view.path = Some(format_path(path));
+                view.digest = Some(hex::encode(digest));
+                view.message = message.as_ref().map(hex::encode);
+                view.target_node = clusters.as_ref().map(|c| c.join(","));
+            }
+            Terms::CreateThresholdKey {
+                threshold,
+                hd,
+                clusters,
+            } => {
+                view.threshold = Some(*threshold);
+                view.hd = Some(*hd);
+                view.clusters = Some(clusters.clone());
+            }
+        }
+    }
+
+    /// The stored form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("terms always serialize")
+    }
+
+    /// Reads the stored form back and checks it ([`Terms::check`]).
+    pub fn from_json(text: &str, cluster: &str, quorum: u8) -> Result<Terms, String> {
+        let terms: Terms = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        terms.check(cluster, quorum)?;
+        Ok(terms)
+    }
+}
+
+/// Byte strings as lower-case hex.
+mod hex_bytes {
+    use super::*;
+
+    pub fn serialize<S: Serializer, T: AsRef<[u8]>>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<Vec<u8>>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = hex::decode(&text).map_err(serde::de::Error::custom)?;
+        let n = bytes.len();
+        T::try_from(bytes).map_err(|_| serde::de::Error::custom(format!("{n} bytes: wrong length")))
+    }
+}
+
+/// Optional byte strings as lower-case hex or null.
+mod hex_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| hex::decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// BIP-32 paths as text (`m/0/1'`).
+mod path_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_path(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        parse_path(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Wire structures as hex of their postcard encoding (the TEE's own format), at most
+/// [`crate::service::MAX_BUNDLE`] bytes and without trailing bytes.
+mod postcard_hex {
+    use super::*;
+    use serde::de::DeserializeOwned;
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = postcard::to_allocvec(v).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() > 2 * crate::service::MAX_BUNDLE {
+            return Err(serde::de::Error::custom("sealed value too long"));
+        }
+        let bytes = hex::decode(&text).map_err(serde::de::Error::custom)?;
+        let (v, rest) = postcard::take_from_bytes(&bytes).map_err(serde::de::Error::custom)?;
+        if !rest.is_empty() {
+            return Err(serde::de::Error::custom("trailing bytes"));
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_form_round_trips_and_is_checked() {
+        let sign = Terms::Sign {
+            root_id: [2; 33],
+            path: vec![0x8000_002c, 1],
+            digest: [7; 32],
+        };
+        let text = sign.to_json();
+        assert_eq!(
+            text,
+            format!(
+                "{{\"kind\":\"sign\",\"root_id\":\"{}\",\"path\":\"m/44'/1\",\"digest\":\"{}\"}}",
+                "02".repeat(33),
+                "07".repeat(32)
+            )
+        );
+        assert_eq!(Terms::from_json(&text, "dc1", 2).unwrap(), sign);
+        // A sign request does not span clusters.
+        assert!(Terms::from_json(&text, THRESHOLD_SCOPE, 2).is_err());
+        // Not a compressed key; unknown field; short digest.
+        for bad in [
+            text.replace(&"02".repeat(33), &"04".repeat(33)),
+            text.replace("}", ",\"extra\":1}"),
+            text.replace(&"07".repeat(32), "0707"),
+        ] {
+            assert!(Terms::from_json(&bad, "dc1", 2).is_err(), "{bad}");
+        }
+        let keygen = Terms::CreateThresholdKey {
+            threshold: 2,
+            hd: true,
+            clusters: vec!["dc1".into(), "dc2".into(), "dc3".into()],
+        };
+        assert_eq!(
+            Terms::from_json(&keygen.to_json(), THRESHOLD_SCOPE, 2).unwrap(),
+            keygen
+        );
+        assert_eq!(
+            Terms::from_json("{\"kind\":\"create_wallet\"}", "dc1", 2).unwrap(),
+            Terms::CreateWallet
+        );
+    }
+}
