@@ -2,8 +2,9 @@
 //! and their lifecycle events, on SQLite or PostgreSQL through `sqlx::Any` (one code path,
 //! portable SQL: BIGINT/TEXT, `$n` placeholders).
 //!
-//! Every state change of a request is one transaction: the row is updated with a
-//! compare-and-swap on its `version`, and one event row is written with `seq = version`.
+//! Every state change of a request is one statement: the row, with its lifecycle log, is
+//! updated with a compare-and-swap on its `version`, the new event having `seq = version`
+//! (a change that also records a wallet or a threshold key is one transaction with it).
 //! Two cloud server processes on one database therefore never both act on a request: the
 //! loser of a race sees [`StoreError::Conflict`].
 
@@ -112,6 +113,8 @@ pub struct RequestRow {
     pub created_by: String,
     /// Compare-and-swap version (= seq of the latest event).
     pub version: i64,
+    /// Lifecycle log, oldest first (`seq` 1 = created); written with every change.
+    pub events: Vec<EventRow>,
 }
 
 impl RequestRow {
@@ -263,8 +266,9 @@ pub enum Record<'a> {
     ThresholdKey(&'a ThresholdKeyRow, &'a [ThresholdShareRow]),
 }
 
-/// An event row.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One entry of a request's lifecycle log (stored with the request, JSON in
+/// `requests.events`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRow {
     /// Position in the request's log (1 = created).
     pub seq: i64,
@@ -283,7 +287,8 @@ pub struct Store {
 }
 
 const REQUEST_COLUMNS: &str = "id, kind, cluster, quorum, status, created_at, updated_at, \
-     expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms";
+     expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms, \
+     events";
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -308,6 +313,9 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
     let attempts: i64 = row.try_get("attempts")?;
     let quorum = u8::try_from(quorum).map_err(|_| corrupt(format!("quorum {quorum}")))?;
     let terms: Option<String> = row.try_get("terms")?;
+    let events: Option<String> = row.try_get("events")?;
+    let events: Vec<EventRow> = serde_json::from_str(events.as_deref().unwrap_or_default())
+        .map_err(|e| corrupt(format!("request {id}: events: {e}")))?;
     let terms = Terms::from_json(terms.as_deref().unwrap_or_default(), &cluster, quorum)
         .map_err(|e| corrupt(format!("request {id}: terms: {e}")))?;
     if terms.kind().as_str() != kind {
@@ -334,6 +342,7 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         created_by: row.try_get("created_by")?,
         version: row.try_get("version")?,
+        events,
     })
 }
 
@@ -471,30 +480,12 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-fn approvals_json(a: &[StoredApproval]) -> String {
-    serde_json::to_string(a).expect("approvals always serialize")
+fn events_json(e: &[EventRow]) -> String {
+    serde_json::to_string(e).expect("events always serialize")
 }
 
-async fn insert_event(
-    tx: &mut AnyConnection,
-    request_id: &str,
-    seq: i64,
-    at: u64,
-    event: &str,
-    detail: String,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO request_events (request_id, seq, at, event, detail) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(request_id)
-    .bind(seq)
-    .bind(i(at))
-    .bind(event)
-    .bind(truncate(detail))
-    .execute(tx)
-    .await?;
-    Ok(())
+fn approvals_json(a: &[StoredApproval]) -> String {
+    serde_json::to_string(a).expect("approvals always serialize")
 }
 
 async fn insert_wallet(tx: &mut AnyConnection, w: &WalletRow) -> Result<(), StoreError> {
@@ -517,6 +508,46 @@ async fn insert_wallet(tx: &mut AnyConnection, w: &WalletRow) -> Result<(), Stor
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Moves the lifecycle logs of requests written before schema version 6 from
+/// `request_events` into their rows, one transaction per request. Idempotent: servers
+/// starting together, or a crash half-way, leave no log half-moved or moved twice.
+async fn move_events(pool: &AnyPool) -> Result<usize, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM requests WHERE events IS NULL")
+        .fetch_all(pool)
+        .await?;
+    for id in &ids {
+        let mut tx = pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT seq, at, event, detail FROM request_events WHERE request_id = $1 ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let log = rows
+            .iter()
+            .map(|r| {
+                Ok(EventRow {
+                    seq: r.try_get("seq")?,
+                    at: u(r.try_get("at")?),
+                    event: r.try_get("event")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        sqlx::query("UPDATE requests SET events = $1 WHERE id = $2 AND events IS NULL")
+            .bind(events_json(&log))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM request_events WHERE request_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(ids.len())
 }
 
 impl Store {
@@ -566,6 +597,10 @@ impl Store {
         }
         let pool = options.connect(url).await.map_err(connect_err)?;
         MIGRATOR.run(&pool).await?;
+        let moved = move_events(&pool).await?;
+        if moved > 0 {
+            tracing::info!(requests = moved, "lifecycle logs moved into their requests");
+        }
         let unmoved: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE terms IS NULL")
             .fetch_one(&pool)
             .await?;
@@ -585,18 +620,24 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Inserts a new request with its `created` event (version 1).
-    pub async fn insert_request(&self, r: &RequestRow, detail: String) -> Result<(), StoreError> {
+    /// Inserts a new request with its `created` event (version 1); `r.events` becomes
+    /// what was stored.
+    pub async fn insert_request(
+        &self,
+        r: &mut RequestRow,
+        detail: String,
+    ) -> Result<(), StoreError> {
         self.insert_request_with_events(r, vec![("created", detail)])
             .await
     }
 
-    /// Inserts a new request with its first events (numbered 1, 2, …) in one transaction;
-    /// `r.version` must be the number of events. A request that arrives with its quorum is
-    /// stored as `submitting` at once, saving a second transaction on the hot path.
+    /// Inserts a new request with its first events (numbered 1, 2, …) in one statement;
+    /// `r.version` must be the number of events, and `r.events` becomes what was stored.
+    /// A request that arrives with its quorum is stored as `submitting` at once, saving a
+    /// second write on the hot path.
     pub async fn insert_request_with_events(
         &self,
-        r: &RequestRow,
+        r: &mut RequestRow,
         events: Vec<(&str, String)>,
     ) -> Result<(), StoreError> {
         if events.is_empty() || r.version != events.len() as i64 {
@@ -607,10 +648,18 @@ impl Store {
                 events.len()
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let log: Vec<EventRow> = (1i64..)
+            .zip(events)
+            .map(|(seq, (event, detail))| EventRow {
+                seq,
+                at: r.created_at,
+                event: event.to_string(),
+                detail: truncate(detail),
+            })
+            .collect();
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         );
         let res = sqlx::query(&sql)
             .bind(r.id.as_str())
@@ -629,20 +678,19 @@ impl Store {
             .bind(r.created_by.as_str())
             .bind(r.version)
             .bind(r.terms.to_json())
-            .execute(&mut *tx)
+            .bind(events_json(&log))
+            .execute(&self.pool)
             .await;
         match res {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Duplicate(format!("request {}", r.id)))
+            Ok(_) => {
+                r.events = log;
+                Ok(())
             }
-            Err(e) => return Err(e.into()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Duplicate(format!("request {}", r.id)))
+            }
+            Err(e) => Err(e.into()),
         }
-        for (seq, (event, detail)) in (1i64..).zip(events) {
-            insert_event(&mut tx, &r.id, seq, r.created_at, event, detail).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Writes the mutable fields of `r` if the stored version is still `r.version`, with
@@ -675,11 +723,16 @@ impl Store {
     ) -> Result<RequestRow, StoreError> {
         let mut next = r.clone();
         next.version = r.version + 1;
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
+        next.events.push(EventRow {
+            seq: next.version,
+            at: next.updated_at,
+            event: event.to_string(),
+            detail: truncate(detail),
+        });
+        let update = sqlx::query(
             "UPDATE requests SET status = $1, updated_at = $2, approvals = $3, result = $4, \
-             error_code = $5, error_message = $6, attempts = $7, version = $8 \
-             WHERE id = $9 AND version = $10",
+             error_code = $5, error_message = $6, attempts = $7, version = $8, events = $9 \
+             WHERE id = $10 AND version = $11",
         )
         .bind(next.status.as_str())
         .bind(i(next.updated_at))
@@ -689,22 +742,21 @@ impl Store {
         .bind(next.error_message.clone())
         .bind(i64::from(next.attempts))
         .bind(next.version)
+        .bind(events_json(&next.events))
         .bind(next.id.as_str())
-        .bind(r.version)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
+        .bind(r.version);
+        // A change alone is one statement (atomic by itself); one that records a wallet or
+        // threshold key besides is one transaction with it.
+        if matches!(record, Record::Nothing) {
+            if update.execute(&self.pool).await?.rows_affected() != 1 {
+                return Err(StoreError::Conflict(r.id.clone()));
+            }
+            return Ok(next);
+        }
+        let mut tx = self.pool.begin().await?;
+        if update.execute(&mut *tx).await?.rows_affected() != 1 {
             return Err(StoreError::Conflict(r.id.clone()));
         }
-        insert_event(
-            &mut tx,
-            &next.id,
-            next.version,
-            next.updated_at,
-            event,
-            detail,
-        )
-        .await?;
         match record {
             Record::Nothing => {}
             Record::Wallet(w) => insert_wallet(&mut tx, w).await?,
@@ -777,24 +829,13 @@ impl Store {
             .collect()
     }
 
-    /// A request's events, oldest first.
+    /// A request's events, oldest first (empty if there is no such request).
     pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, event, detail FROM request_events WHERE request_id = $1 ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EventRow {
-                    seq: r.try_get("seq")?,
-                    at: u(r.try_get("at")?),
-                    event: r.try_get("event")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        Ok(self
+            .request(id)
+            .await?
+            .map(|r| r.events)
+            .unwrap_or_default())
     }
 
     /// One wallet.

@@ -115,7 +115,13 @@ pub struct Cloud {
     started_at_ms: u64,
     /// Presignatures to keep ready per key without chain code (0: on request only).
     presignature_pool: u32,
+    /// Wallets read from the store (rows are written once and never change, so a cached
+    /// row stays true; absence is never cached). Saves a read per sign request.
+    wallets: Mutex<HashMap<String, WalletRow>>,
 }
+
+/// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
+const WALLET_CACHE: usize = 100_000;
 
 /// The system clock (Unix milliseconds).
 pub fn system_clock() -> Clock {
@@ -187,6 +193,7 @@ impl Cloud {
             threshold_audits: Mutex::new(HashMap::new()),
             started_at_ms,
             presignature_pool: config.presignature_pool,
+            wallets: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -439,6 +446,7 @@ impl Cloud {
             attempts: 0,
             created_by: caller.to_string(),
             version: 1,
+            events: Vec::new(),
         };
         let message = message_of(&row);
         for a in &d.approvals {
@@ -469,7 +477,7 @@ impl Cloud {
             events.push(("submitting", "attempt 1".to_string()));
         }
         self.store
-            .insert_request_with_events(&row, events)
+            .insert_request_with_events(&mut row, events)
             .await
             .map_err(|e| match e {
                 StoreError::Duplicate(_) => ApiError::new(
@@ -813,8 +821,7 @@ impl Cloud {
         let xpub = match (&row.terms, wallet_xpub) {
             (Terms::Sign { .. }, Some(xpub)) => Some(xpub),
             (Terms::Sign { root_id, .. }, None) => self
-                .store
-                .wallet(&hex::encode(root_id))
+                .recorded_wallet(&hex::encode(root_id))
                 .await?
                 .map(|w| w.xpub),
             _ => None,
@@ -1001,15 +1008,14 @@ impl Cloud {
         let mut view = base_view(row);
         view.approval_message = hex::encode(message_of(row));
         if with_events {
-            view.events = self
-                .store
-                .events(&row.id)
-                .await?
-                .into_iter()
+            // The log is part of the row: no second read.
+            view.events = row
+                .events
+                .iter()
                 .map(|e| EventView {
                     at_ms: e.at,
-                    event: e.event,
-                    detail: e.detail,
+                    event: e.event.clone(),
+                    detail: e.detail.clone(),
                 })
                 .collect();
         }
@@ -1020,10 +1026,25 @@ impl Cloud {
 
     async fn wallet_row(&self, root_id: &str) -> Result<WalletRow, ApiError> {
         parse_root_id(root_id).map_err(|m| ApiError::new("invalid_root_id", m))?;
-        self.store
-            .wallet(&root_id.to_ascii_lowercase())
+        self.recorded_wallet(&root_id.to_ascii_lowercase())
             .await?
             .ok_or_else(|| ApiError::new("unknown_wallet", format!("no wallet {root_id}")))
+    }
+
+    /// The recorded wallet `root_id` (lower-case hex), from memory or the store.
+    async fn recorded_wallet(&self, root_id: &str) -> Result<Option<WalletRow>, StoreError> {
+        if let Some(w) = self.wallets.lock().expect("wallet cache lock").get(root_id) {
+            return Ok(Some(w.clone()));
+        }
+        let found = self.store.wallet(root_id).await?;
+        if let Some(w) = &found {
+            let mut cache = self.wallets.lock().expect("wallet cache lock");
+            if cache.len() >= WALLET_CACHE {
+                cache.clear();
+            }
+            cache.insert(w.root_id.clone(), w.clone());
+        }
+        Ok(found)
     }
 
     /// `GET /v1/wallets`.
@@ -1552,6 +1573,7 @@ mod tests {
             attempts: 0,
             created_by: "tester".into(),
             version: 1,
+            events: vec![],
         }
     }
 

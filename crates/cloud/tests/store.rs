@@ -96,6 +96,7 @@ fn row(id: u8, kind: RequestKind, created_at: u64) -> RequestRow {
         attempts: 0,
         created_by: "tester".into(),
         version: 1,
+        events: vec![],
     }
 }
 
@@ -118,11 +119,14 @@ async fn store_round_trips_and_guards_every_change() {
         // Opening twice (a restart) finds the schema in place.
         let store2 = Store::connect(&db.url).await.unwrap();
 
-        let a = row(1, RequestKind::Sign, 10);
-        store.insert_request(&a, "created a".into()).await.unwrap();
+        let mut a = row(1, RequestKind::Sign, 10);
+        store
+            .insert_request(&mut a, "created a".into())
+            .await
+            .unwrap();
         assert!(
             matches!(
-                store.insert_request(&a, "again".into()).await,
+                store.insert_request(&mut a, "again".into()).await,
                 Err(StoreError::Duplicate(_))
             ),
             "{engine}"
@@ -165,9 +169,9 @@ async fn store_round_trips_and_guards_every_change() {
         c.status = RequestStatus::Completed;
         c.result = Some("{\"root_id\":\"x\",\"xpub\":\"y\"}".into());
         let w = wallet(7, &a.id);
-        let other = row(2, RequestKind::CreateWallet, 20);
+        let mut other = row(2, RequestKind::CreateWallet, 20);
         store
-            .insert_request(&other, "created".into())
+            .insert_request(&mut other, "created".into())
             .await
             .unwrap();
         let mut o = other.clone();
@@ -220,7 +224,7 @@ async fn store_round_trips_and_guards_every_change() {
 
         // Listing: newest first, filters, limit.
         store
-            .insert_request(&row(3, RequestKind::Sign, 30), "".into())
+            .insert_request(&mut row(3, RequestKind::Sign, 30), "".into())
             .await
             .unwrap();
         let all = store.requests(None, None, 10).await.unwrap();
@@ -300,14 +304,17 @@ async fn threshold_keys_and_shares_on_every_database() {
         let store = Store::connect(&db.url).await.unwrap();
 
         // The threshold kinds' terms round-trip.
-        let import = row(1, RequestKind::ImportThresholdKey, 10);
+        let mut import = row(1, RequestKind::ImportThresholdKey, 10);
         store
-            .insert_request(&import, "created".into())
+            .insert_request(&mut import, "created".into())
             .await
             .unwrap();
         assert_eq!(store.request(&import.id).await.unwrap().unwrap(), import);
-        let sign = row(2, RequestKind::ThresholdSign, 11);
-        store.insert_request(&sign, "created".into()).await.unwrap();
+        let mut sign = row(2, RequestKind::ThresholdSign, 11);
+        store
+            .insert_request(&mut sign, "created".into())
+            .await
+            .unwrap();
         assert_eq!(store.request(&sign.id).await.unwrap().unwrap(), sign);
         assert_eq!(
             store
@@ -342,9 +349,9 @@ async fn threshold_keys_and_shares_on_every_database() {
         );
 
         // Later shares must agree with the recorded key; one that does not changes nothing.
-        let other = row(3, RequestKind::ImportThresholdKey, 12);
+        let mut other = row(3, RequestKind::ImportThresholdKey, 12);
         store
-            .insert_request(&other, "created".into())
+            .insert_request(&mut other, "created".into())
             .await
             .unwrap();
         let mut o = other.clone();
@@ -450,9 +457,9 @@ async fn key_creations_record_the_key_with_every_share_on_every_database() {
         let store = Store::connect(&db.url).await.unwrap();
 
         // The terms of a key creation round-trip.
-        let create = row(4, RequestKind::CreateThresholdKey, 10);
+        let mut create = row(4, RequestKind::CreateThresholdKey, 10);
         store
-            .insert_request(&create, "created".into())
+            .insert_request(&mut create, "created".into())
             .await
             .unwrap();
         assert_eq!(
@@ -492,9 +499,9 @@ async fn key_creations_record_the_key_with_every_share_on_every_database() {
         );
 
         // A key generation never makes a key already recorded: nothing changes.
-        let again = row(5, RequestKind::CreateThresholdKey, 11);
+        let mut again = row(5, RequestKind::CreateThresholdKey, 11);
         store
-            .insert_request(&again, "created".into())
+            .insert_request(&mut again, "created".into())
             .await
             .unwrap();
         let mut a = again.clone();
@@ -574,7 +581,7 @@ async fn presignatures_are_handed_out_once_on_every_database() {
 /// A database of schema version 4 (before `terms`) with one request of every kind, in
 /// the columns of that schema; opening it with this build moves each into its terms.
 #[tokio::test]
-async fn requests_of_schema_4_are_moved_into_typed_terms_on_every_database() {
+async fn requests_of_schema_4_are_moved_into_typed_terms_and_one_row_on_every_database() {
     for db in databases("requests_of_schema_4_are_moved_into_typed_terms").await {
         let engine = db.engine;
         // Schema version 4: the first four migrations of this crate, as shipped.
@@ -679,9 +686,22 @@ async fn requests_of_schema_4_are_moved_into_typed_terms_on_every_database() {
             .await
             .unwrap();
         }
+        // Request 1's lifecycle log as schema 4 kept it, in its own table.
+        for (seq, event) in [(1i64, "created"), (2, "approved")] {
+            sqlx::query(
+                "INSERT INTO request_events (request_id, seq, at, event, detail) \
+                 VALUES ($1, $2, 10, $3, 'before the upgrade')",
+            )
+            .bind(hex::encode([1u8; 16]))
+            .bind(seq)
+            .bind(event)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
         pool.close().await;
 
-        // This build migrates to schema 5.
+        // This build migrates to its schema.
         let store = Store::connect(&db.url).await.unwrap();
         let unnamed = Terms::ThresholdSign {
             key_id: generator(),
@@ -714,6 +734,33 @@ async fn requests_of_schema_4_are_moved_into_typed_terms_on_every_database() {
             .unwrap()
             .unwrap();
         assert_eq!(created.result.as_deref(), Some(created_result.as_str()));
+        // The log moved into the row, once: the old table is empty.
+        let moved: Vec<(i64, String)> = created
+            .events
+            .iter()
+            .map(|e| (e.seq, e.event.clone()))
+            .collect();
+        assert_eq!(
+            moved,
+            [(1, "created".to_string()), (2, "approved".to_string())],
+            "{engine}"
+        );
+        assert!(created
+            .events
+            .iter()
+            .all(|e| e.detail == "before the upgrade"));
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM request_events")
+            .fetch_one(&sqlx::AnyPool::connect(&db.url).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "{engine}");
+        let reopened = Store::connect(&db.url).await.unwrap();
+        assert_eq!(
+            reopened.events(&created.id).await.unwrap(),
+            created.events,
+            "{engine}: moved twice"
+        );
+        reopened.close().await;
         // The old columns are gone: nothing can read or write a second copy of the terms.
         let gone = sqlx::query("SELECT target_node FROM requests")
             .fetch_all(&sqlx::AnyPool::connect(&db.url).await.unwrap())

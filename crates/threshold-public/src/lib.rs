@@ -10,9 +10,11 @@
 //! same curve arithmetic (`generic-ec`): each partial σⱼ must satisfy σⱼ·Γ = m·Δ̃ⱼ + r·S̃ⱼ, the
 //! signature is (r, Σσⱼ) with low s, and it is verified with libsecp256k1 before it is returned.
 
+mod phase;
 mod presign;
 mod signature;
 
+pub use phase::Phase;
 pub use presign::{combine, PartialSig, PresignaturePublic};
 pub use signature::{verify_compact, Signature};
 

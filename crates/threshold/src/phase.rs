@@ -21,8 +21,6 @@
 //! state machine files the message under. A session layer puts phase and round in the signed
 //! envelope and checks them on receipt with [`inspect`].
 
-use std::fmt;
-
 use cggmp24::round_based::ProtocolMessage;
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::Sha256;
@@ -33,60 +31,7 @@ pub(crate) type SignMsg = cggmp24::signing::msg::Msg<E, Sha256>;
 pub(crate) type KeygenMsg = cggmp24::keygen::msg::threshold::Msg<E, L, Sha256>;
 pub(crate) type AuxMsg = cggmp24::key_refresh::msg::Msg<Sha256, L>;
 
-/// Phase of a protocol message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Phase {
-    /// Signing: Round1a, Round1b and the reliability check ("getAB").
-    GetAb,
-    /// Signing: Round2 ("getAB_and_R").
-    GetAbAndR,
-    /// Signing: Round3 ("getR").
-    GetR,
-    /// Signing: Round4 ("getSig").
-    GetSig,
-    /// Distributed key generation.
-    Keygen,
-    /// Aux-info generation.
-    AuxInfo,
-    /// Presignature generation.
-    Presign,
-}
-
-impl Phase {
-    /// The phase's name as used on the wire and in logs.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Phase::GetAb => "getAB",
-            Phase::GetAbAndR => "getAB_and_R",
-            Phase::GetR => "getR",
-            Phase::GetSig => "getSig",
-            Phase::Keygen => "keygen",
-            Phase::AuxInfo => "auxInfo",
-            Phase::Presign => "presign",
-        }
-    }
-
-    /// Parses [`as_str`](Self::as_str) output.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Phase::GetAb,
-            Phase::GetAbAndR,
-            Phase::GetR,
-            Phase::GetSig,
-            Phase::Keygen,
-            Phase::AuxInfo,
-            Phase::Presign,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use custos_threshold_public::Phase;
 
 /// Broadcast or point-to-point, as declared by a message's envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

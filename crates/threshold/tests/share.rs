@@ -211,18 +211,7 @@ fn primes_and_dealer_parameters() {
 
 #[test]
 fn phase_names() {
-    let names: Vec<&str> = [
-        Phase::GetAb,
-        Phase::GetAbAndR,
-        Phase::GetR,
-        Phase::GetSig,
-        Phase::Keygen,
-        Phase::AuxInfo,
-        Phase::Presign,
-    ]
-    .iter()
-    .map(|p| p.as_str())
-    .collect();
+    let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
     assert_eq!(
         names,
         [

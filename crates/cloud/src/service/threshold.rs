@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint};
 use bitcoin::NetworkKind;
+use custos_threshold_public::Phase;
 use custos_wire::approval::THRESHOLD_SCOPE;
 use custos_wire::protocol::{audit_digest, format_path, MAX_AUDIT_MESSAGE};
 use custos_wire::protocol::{
@@ -65,12 +66,22 @@ const FEED_MAX_BYTES: usize = 3 * 1024 * 1024;
 const MAX_ABORT_REASON: usize = 512;
 
 /// The patent's phases, in protocol order (for logs and "how far it got").
-const PHASES: [&str; 4] = ["getAB", "getAB_and_R", "getR", "getSig"];
+const PHASES: [&str; 4] = phase_names(Phase::SIGNING);
 /// The phases of a key generation, in protocol order.
-const KEYGEN_PHASES: [&str; 2] = ["keygen", "auxInfo"];
+const KEYGEN_PHASES: [&str; 2] = phase_names(Phase::KEY_GENERATION);
 /// The phase of a presignature session (getAB, getAB_and_R and getR ahead of the message;
 /// getSig is the online step).
-const PRESIGN_PHASES: [&str; 1] = ["presign"];
+const PRESIGN_PHASES: [&str; 1] = phase_names(Phase::PRESIGNING);
+
+const fn phase_names<const N: usize>(phases: [Phase; N]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = phases[i].as_str();
+        i += 1;
+    }
+    out
+}
 
 /// What a session makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
