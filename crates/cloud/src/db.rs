@@ -286,6 +286,10 @@ pub struct Store {
     pool: AnyPool,
 }
 
+/// The columns of a request row in lists: all but the lifecycle log.
+const LIST_COLUMNS: &str = "id, kind, cluster, quorum, status, created_at, updated_at, \
+     expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms";
+
 const REQUEST_COLUMNS: &str = "id, kind, cluster, quorum, status, created_at, updated_at, \
      expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms, \
      events";
@@ -313,9 +317,19 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
     let attempts: i64 = row.try_get("attempts")?;
     let quorum = u8::try_from(quorum).map_err(|_| corrupt(format!("quorum {quorum}")))?;
     let terms: Option<String> = row.try_get("terms")?;
-    let events: Option<String> = row.try_get("events")?;
-    let events: Vec<EventRow> = serde_json::from_str(events.as_deref().unwrap_or_default())
-        .map_err(|e| corrupt(format!("request {id}: events: {e}")))?;
+    // Lists read rows without their logs (`LIST_COLUMNS`).
+    let events: Vec<EventRow> = match row.try_get::<Option<String>, _>("events") {
+        Ok(Some(text)) => serde_json::from_str(&text)
+            .map_err(|e| corrupt(format!("request {id}: events: {e}")))?,
+        Ok(None) => {
+            return Err(corrupt(format!(
+                "request {id}: its lifecycle log was not moved into the row (written by a \
+                 server older than schema 6 after this one opened the database?)"
+            )))
+        }
+        Err(sqlx::Error::ColumnNotFound(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let terms = Terms::from_json(terms.as_deref().unwrap_or_default(), &cluster, quorum)
         .map_err(|e| corrupt(format!("request {id}: terms: {e}")))?;
     if terms.kind().as_str() != kind {
@@ -517,8 +531,20 @@ async fn move_events(pool: &AnyPool) -> Result<usize, StoreError> {
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM requests WHERE events IS NULL")
         .fetch_all(pool)
         .await?;
+    let mut moved = 0;
     for id in &ids {
         let mut tx = pool.begin().await?;
+        // Claim the row first with a write: SQLite then holds the write lock for the whole
+        // transaction (a read first could not be upgraded past another writer), and on
+        // PostgreSQL a second server waits on the row and then finds nothing to claim.
+        let claimed =
+            sqlx::query("UPDATE requests SET events = '[]' WHERE id = $1 AND events IS NULL")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        if claimed.rows_affected() != 1 {
+            continue;
+        }
         let rows = sqlx::query(
             "SELECT seq, at, event, detail FROM request_events WHERE request_id = $1 ORDER BY seq",
         )
@@ -536,7 +562,7 @@ async fn move_events(pool: &AnyPool) -> Result<usize, StoreError> {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        sqlx::query("UPDATE requests SET events = $1 WHERE id = $2 AND events IS NULL")
+        sqlx::query("UPDATE requests SET events = $1 WHERE id = $2")
             .bind(events_json(&log))
             .bind(id.as_str())
             .execute(&mut *tx)
@@ -546,8 +572,9 @@ async fn move_events(pool: &AnyPool) -> Result<usize, StoreError> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        moved += 1;
     }
-    Ok(ids.len())
+    Ok(moved)
 }
 
 impl Store {
@@ -694,8 +721,8 @@ impl Store {
     }
 
     /// Writes the mutable fields of `r` if the stored version is still `r.version`, with
-    /// one event and, optionally, a wallet row, all in one transaction. Returns the row as
-    /// stored (version bumped).
+    /// one event and, optionally, a wallet row: one statement, or one transaction with the
+    /// wallet. Returns the row as stored (version bumped).
     pub async fn update_request(
         &self,
         r: &RequestRow,
@@ -779,7 +806,8 @@ impl Store {
         row.as_ref().map(request_from_row).transpose()
     }
 
-    /// Requests, newest first, optionally filtered.
+    /// Requests, newest first, optionally filtered; without their lifecycle logs
+    /// (`events` empty).
     pub async fn requests(
         &self,
         status: Option<RequestStatus>,
@@ -788,7 +816,7 @@ impl Store {
     ) -> Result<Vec<RequestRow>, StoreError> {
         // Unused filters compare a column with itself, so one statement serves all cases.
         let sql = format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests \
+            "SELECT {LIST_COLUMNS} FROM requests \
              WHERE ($1 = '' OR status = $1) AND ($2 = '' OR kind = $2) \
              ORDER BY created_at DESC, id DESC LIMIT $3"
         );

@@ -470,7 +470,7 @@ impl Cloud {
         let ready = row.approvals.len() >= usize::from(row.quorum);
         let mut events = vec![("created", detail)];
         if ready {
-            // Quorum on arrival: stored as submitting in the same transaction.
+            // Quorum on arrival: stored as submitting in the same statement.
             row.status = RequestStatus::Submitting;
             row.attempts = 1;
             row.version = 2;

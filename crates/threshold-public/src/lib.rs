@@ -1,6 +1,7 @@
 //! Custos threshold ECDSA, public side (patent phase getSig of FIG. 12–15, done by whoever
 //! combines): the public data of a presignature, the partial signatures its signers issue for
-//! a message, their combination, and the verified signature.
+//! a message, their combination, and the verified signature; and the names of the patent's
+//! phases ([`Phase`]), shared by the protocol engine and the cloud server.
 //!
 //! Nothing here is secret and nothing here runs the protocol: the cloud server combines
 //! partials with this crate alone, so it links neither the TEE core nor the protocol engine
