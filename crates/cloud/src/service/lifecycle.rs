@@ -1,0 +1,535 @@
+//! A request's lifecycle, whatever its kind: creation with its approvals, approvals one by
+//! one, expiry, submission (and resubmission after a restart), the recorded outcome, and
+//! the API view.
+
+use super::*;
+
+impl Cloud {
+    pub(super) async fn create(&self, caller: &str, d: Draft) -> Result<RequestOutcome, ApiError> {
+        if d.approvals.len() > MAX_APPROVALS {
+            return Err(ApiError::new(
+                "too_many_approvals",
+                format!("{} approvals, at most {MAX_APPROVALS}", d.approvals.len()),
+            ));
+        }
+        let now = self.now_ms();
+        let mut row = RequestRow {
+            id: hex::encode(d.id),
+            cluster: d.cluster,
+            quorum: d.quorum,
+            terms: d.terms,
+            status: RequestStatus::PendingApproval,
+            created_at: now,
+            updated_at: now,
+            expires_at: d.expires_at,
+            approvals: Vec::new(),
+            result: None,
+            error_code: None,
+            error_message: None,
+            attempts: 0,
+            created_by: caller.to_string(),
+            version: 1,
+            events: Vec::new(),
+        };
+        let message = message_of(&row);
+        for a in &d.approvals {
+            let stored = self.verify_approval(a, &message)?;
+            if row.approvals.iter().any(|x| x.subject == stored.subject) {
+                return Err(ApiError::new(
+                    "duplicate_approval",
+                    format!("admin {:?} approved twice", stored.admin),
+                ));
+            }
+            row.approvals.push(stored);
+        }
+        let admins: Vec<&str> = row.approvals.iter().map(|a| a.admin.as_str()).collect();
+        let detail = format!(
+            "{} on {} by {caller}; quorum {}; approvals: [{}]",
+            row.kind().as_str(),
+            row.cluster,
+            row.quorum,
+            admins.join(", ")
+        );
+        let ready = row.approvals.len() >= usize::from(row.quorum);
+        let mut events = vec![("created", detail)];
+        if ready {
+            // Quorum on arrival: stored as submitting in the same statement.
+            row.status = RequestStatus::Submitting;
+            row.attempts = 1;
+            row.version = 2;
+            events.push(("submitting", "attempt 1".to_string()));
+        }
+        self.store
+            .insert_request_with_events(&mut row, events)
+            .await
+            .map_err(|e| match e {
+                StoreError::Duplicate(_) => ApiError::new(
+                    "request_exists",
+                    format!("request {} already exists", row.id),
+                ),
+                other => other.into(),
+            })?;
+        tracing::info!(
+            request_id = %row.id,
+            kind = row.kind().as_str(),
+            cluster = %row.cluster,
+            caller,
+            approvals = row.approvals.len(),
+            quorum = row.quorum,
+            "request created"
+        );
+        if ready {
+            tracing::info!(request_id = %row.id, attempt = 1, cluster = %row.cluster, "submitting");
+            let row = self.execute(row, d.wallet_xpub).await?;
+            return self.outcome(row, true).await;
+        }
+        self.outcome(row, false).await
+    }
+
+    pub(super) async fn outcome(
+        &self,
+        row: RequestRow,
+        submitted: bool,
+    ) -> Result<RequestOutcome, ApiError> {
+        let view = self.view(&row, true).await?;
+        if submitted && view.status == RequestStatus::Failed {
+            if let Some(e) = &view.error {
+                // The caller asked for an answer now; the request stays retryable.
+                let code = match e.code.as_str() {
+                    "cluster_unavailable" => "cluster_unavailable",
+                    "relay_rejected" => "relay_rejected",
+                    "unverified_response" => "unverified_response",
+                    _ => "",
+                };
+                if !code.is_empty() {
+                    return Err(
+                        ApiError::new(code, format!("request {}: {}", view.id, e.message))
+                            .with_request(&view.id),
+                    );
+                }
+            }
+        }
+        Ok(RequestOutcome { view, submitted })
+    }
+
+    /// Verifies an approval's chain (cached) and signature over `message`.
+    pub(super) fn verify_approval(
+        &self,
+        a: &ApprovalBody,
+        message: &[u8],
+    ) -> Result<StoredApproval, ApiError> {
+        let invalid = |m: String| ApiError::new("approval_invalid", m);
+        let crate::approval::DecodedApproval {
+            cert,
+            ca,
+            signature: sig,
+        } = decode_approval(a).map_err(invalid)?;
+        let now = self.now_secs();
+        let admin = self
+            .admins
+            .lock()
+            .expect("admin cache lock")
+            .verify(&self.trust_root, &cert, &ca, now)
+            .cloned()
+            .map_err(|e| invalid(e.to_string()))?;
+        admin.verify_signature(message, &sig).map_err(|_| {
+            invalid(format!(
+                "signature of admin {:?} does not cover this request's approval message",
+                admin.identity.name
+            ))
+        })?;
+        Ok(StoredApproval {
+            admin: admin.identity.name.clone(),
+            fingerprint: hex::encode(admin.identity.fingerprint),
+            subject: hex::encode(&admin.identity.subject),
+            cert: hex::encode(&cert),
+            ca: hex::encode(&ca),
+            signature: hex::encode(&sig),
+            at_ms: self.now_ms(),
+        })
+    }
+
+    pub(super) async fn request_row(&self, id: &str) -> Result<RequestRow, ApiError> {
+        parse_request_id(id).map_err(|m| ApiError::new("invalid_request_id", m))?;
+        let id = id.to_ascii_lowercase();
+        let row = self
+            .store
+            .request(&id)
+            .await?
+            .ok_or_else(|| ApiError::new("unknown_request", format!("no request {id}")))?;
+        self.expire_if_due(row).await
+    }
+
+    /// Marks a pending request whose window has passed as expired.
+    pub(super) async fn expire_if_due(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
+        if row.status != RequestStatus::PendingApproval || self.now_secs() <= row.expires_at {
+            return Ok(row);
+        }
+        let mut next = row.clone();
+        next.status = RequestStatus::Expired;
+        next.updated_at = self.now_ms();
+        let detail = format!(
+            "{} of {} approvals at expiry {}",
+            row.approvals.len(),
+            row.quorum,
+            row.expires_at
+        );
+        match self
+            .store
+            .update_request(&next, "expired", detail, None)
+            .await
+        {
+            Ok(r) => {
+                tracing::info!(request_id = %r.id, "request expired");
+                Ok(r)
+            }
+            // Someone else moved it on; report what is stored now.
+            Err(StoreError::Conflict(_)) => {
+                self.store.request(&row.id).await?.ok_or_else(|| {
+                    ApiError::new("unknown_request", format!("no request {}", row.id))
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A request for a background sweep; one that cannot be read is logged and skipped so
+    /// that it does not stop the sweep.
+    pub(super) async fn readable(&self, id: &str) -> Option<RequestRow> {
+        self.store
+            .request(id)
+            .await
+            .map_err(|e| tracing::error!(request_id = %id, error = %e, "request skipped"))
+            .ok()
+            .flatten()
+    }
+
+    /// Expires every pending request past its window; returns how many.
+    pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
+        let ids = self
+            .store
+            .request_ids_with_status(RequestStatus::PendingApproval, Some(self.now_secs()))
+            .await?;
+        let mut n = 0;
+        for id in ids {
+            if let Some(row) = self.readable(&id).await {
+                match self.expire_if_due(row).await {
+                    Ok(r) if r.status == RequestStatus::Expired => n += 1,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(request_id = %id, error = %e.message, "expiry failed"),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// `GET /v1/requests/{id}`.
+    pub async fn request(&self, id: &str) -> Result<RequestView, ApiError> {
+        let row = self.request_row(id).await?;
+        self.view(&row, true).await
+    }
+
+    /// `GET /v1/requests`.
+    pub async fn requests(&self, q: &RequestQuery) -> Result<RequestList, ApiError> {
+        let limit = q.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_LIST {
+            return Err(ApiError::new(
+                "invalid_query",
+                format!("limit must be 1..={MAX_LIST}"),
+            ));
+        }
+        let rows = self.store.requests(q.status, q.kind, limit).await?;
+        let mut requests = Vec::with_capacity(rows.len());
+        for r in &rows {
+            requests.push(self.view(r, false).await?);
+        }
+        Ok(RequestList { requests })
+    }
+
+    /// `POST /v1/requests/{id}/approvals`: verifies and records one approval; at quorum,
+    /// submits and waits for the cluster's verified answer.
+    pub async fn approve(&self, id: &str, body: ApprovalBody) -> Result<RequestOutcome, ApiError> {
+        let mut row = self.request_row(id).await?;
+        for _ in 0..CAS_RETRIES {
+            match row.status {
+                RequestStatus::PendingApproval => {}
+                RequestStatus::Expired => {
+                    return Err(ApiError::new(
+                        "request_expired",
+                        format!("request {} expired at {}", row.id, row.expires_at),
+                    ))
+                }
+                s => {
+                    return Err(ApiError::new(
+                        "not_pending",
+                        format!("request {} is {}", row.id, s.as_str()),
+                    ))
+                }
+            }
+            let message = message_of(&row);
+            let approval = self.verify_approval(&body, &message)?;
+            if row.approvals.iter().any(|a| a.subject == approval.subject) {
+                return Err(ApiError::new(
+                    "duplicate_approval",
+                    format!(
+                        "admin {:?} already approved request {}",
+                        approval.admin, row.id
+                    ),
+                ));
+            }
+            let mut next = row.clone();
+            let detail = format!("{} ({})", approval.admin, approval.fingerprint);
+            next.approvals.push(approval);
+            next.updated_at = self.now_ms();
+            match self
+                .store
+                .update_request(&next, "approved", detail, None)
+                .await
+            {
+                Ok(stored) => {
+                    tracing::info!(
+                        request_id = %stored.id,
+                        approvals = stored.approvals.len(),
+                        quorum = stored.quorum,
+                        "approval recorded"
+                    );
+                    if stored.approvals.len() >= usize::from(stored.quorum) {
+                        let done = self.submit(stored).await?;
+                        return self.outcome(done, true).await;
+                    }
+                    return self.outcome(stored, false).await;
+                }
+                Err(StoreError::Conflict(_)) => row = self.request_row(id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::new(
+            "conflict",
+            format!("request {id} keeps changing; retry"),
+        ))
+    }
+
+    /// `POST /v1/requests/{id}/retry`: resubmits a failed request with the same id.
+    pub async fn retry(&self, id: &str) -> Result<RequestOutcome, ApiError> {
+        let row = self.request_row(id).await?;
+        if row.status != RequestStatus::Failed {
+            return Err(ApiError::new(
+                "not_pending",
+                format!(
+                    "request {} is {}, only failed requests are retried",
+                    row.id,
+                    row.status.as_str()
+                ),
+            ));
+        }
+        let done = self.submit(row).await?;
+        self.outcome(done, true).await
+    }
+
+    /// Moves a request to `submitting` (compare-and-swap, so only one caller submits) and
+    /// executes it.
+    pub(super) async fn submit(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
+        let mut next = row.clone();
+        next.status = RequestStatus::Submitting;
+        next.attempts += 1;
+        next.updated_at = self.now_ms();
+        next.error_code = None;
+        next.error_message = None;
+        let event = if row.status == RequestStatus::Submitting {
+            "resubmitting"
+        } else {
+            "submitting"
+        };
+        let detail = format!("attempt {}", next.attempts);
+        let stored = match self.store.update_request(&next, event, detail, None).await {
+            Ok(s) => s,
+            Err(StoreError::Conflict(_)) => {
+                return Err(ApiError::new(
+                    "not_pending",
+                    format!("request {} is being submitted by another call", row.id),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(request_id = %stored.id, attempt = stored.attempts, cluster = %stored.cluster, "submitting");
+        Ok(self.execute(stored, None).await?)
+    }
+
+    /// Resubmits every request left in `submitting` by an earlier run (crash recovery),
+    /// with its own id: the link returns the first answer if the request was executed
+    /// before the crash. Requests this server changed since it started are its own, being
+    /// executed (recovery runs while the server already serves); they are left alone.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let ids = self
+            .store
+            .request_ids_with_status(RequestStatus::Submitting, None)
+            .await?;
+        let mut n = 0;
+        for id in ids {
+            if let Some(row) = self.readable(&id).await {
+                if row.status == RequestStatus::Submitting && row.updated_at < self.started_at_ms {
+                    n += 1;
+                    tracing::info!(request_id = %id, "resubmitting after restart");
+                    if let Err(e) = self.submit(row).await {
+                        tracing::warn!(request_id = %id, error = %e.message, "recovery failed");
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Records how a submission ended (one transaction with what it records).
+    pub(super) async fn finish(
+        &self,
+        row: RequestRow,
+        verdict: Verdict,
+    ) -> Result<RequestRow, StoreError> {
+        let mut next = row.clone();
+        next.updated_at = self.now_ms();
+        let (event, detail, recorded) = match verdict {
+            Verdict::Completed(c) => {
+                let Completion {
+                    node,
+                    result,
+                    recorded,
+                } = *c;
+                next.status = RequestStatus::Completed;
+                next.result = Some(serde_json::to_string(&result).expect("results serialize"));
+                ("completed", format!("served by {node}"), recorded)
+            }
+            Verdict::Failed(f) => f.record(&mut next, RequestStatus::Failed),
+            Verdict::Refused(f) => f.record(&mut next, RequestStatus::Refused),
+        };
+        let record = match &recorded {
+            Recorded::Nothing => Record::Nothing,
+            Recorded::Wallet(w) => Record::Wallet(w),
+            Recorded::ThresholdShare(k, s) => Record::ThresholdShare(k, s),
+            Recorded::ThresholdKey(k, s) => Record::ThresholdKey(k, s),
+        };
+        let stored = match self
+            .store
+            .update_request_recording(&next, event, detail.clone(), record)
+            .await
+        {
+            // The same wallet recorded by an earlier request (e.g. one seed imported into
+            // two clusters): the request still completed.
+            Err(StoreError::Duplicate(w)) => {
+                tracing::warn!(request_id = %row.id, "{w} was already recorded");
+                self.store
+                    .update_request(&next, event, detail, None)
+                    .await?
+            }
+            // The TEE imported a share whose key facts differ from those recorded by the
+            // key's earlier imports (or a key generation made a key already recorded):
+            // nothing is recorded, the request is refused.
+            Err(StoreError::Inconsistent(why)) => {
+                tracing::error!(request_id = %row.id, "{why}");
+                let mut refused = row.clone();
+                refused.updated_at = next.updated_at;
+                refused.status = RequestStatus::Refused;
+                refused.error_code = Some("threshold_key_mismatch".into());
+                refused.error_message = Some(why.clone());
+                self.store
+                    .update_request(
+                        &refused,
+                        "refused",
+                        format!("threshold_key_mismatch: {why}"),
+                        None,
+                    )
+                    .await?
+            }
+            other => other?,
+        };
+        match stored.status {
+            RequestStatus::Completed => {
+                tracing::info!(request_id = %stored.id, kind = stored.kind().as_str(), "request completed")
+            }
+            s => tracing::warn!(
+                request_id = %stored.id,
+                status = s.as_str(),
+                code = stored.error_code.as_deref().unwrap_or_default(),
+                "request did not complete"
+            ),
+        }
+        Ok(stored)
+    }
+
+    pub(super) async fn view(
+        &self,
+        row: &RequestRow,
+        with_events: bool,
+    ) -> Result<RequestView, ApiError> {
+        let mut view = base_view(row);
+        view.approval_message = hex::encode(message_of(row));
+        if with_events {
+            // The log is part of the row: no second read.
+            view.events = row
+                .events
+                .iter()
+                .map(|e| EventView {
+                    at_ms: e.at,
+                    event: e.event.clone(),
+                    detail: e.detail.clone(),
+                })
+                .collect();
+        }
+        Ok(view)
+    }
+}
+
+/// The view of a row without events and approval message.
+pub(super) fn base_view(row: &RequestRow) -> RequestView {
+    let mut view = RequestView {
+        id: row.id.clone(),
+        kind: row.kind(),
+        cluster: row.cluster.clone(),
+        status: row.status,
+        root_id: None,
+        share_index: None,
+        threshold: None,
+        hd: None,
+        clusters: None,
+        path: None,
+        digest: None,
+        message: None,
+        quorum: row.quorum,
+        approvals: row
+            .approvals
+            .iter()
+            .map(|a| ApprovalView {
+                admin: a.admin.clone(),
+                fingerprint: a.fingerprint.clone(),
+                approved_at_ms: a.at_ms,
+            })
+            .collect(),
+        expires_at: row.expires_at,
+        created_at_ms: row.created_at,
+        updated_at_ms: row.updated_at,
+        created_by: row.created_by.clone(),
+        target_node: None,
+        attempts: row.attempts,
+        approval_message: String::new(),
+        summary: row.terms.summary(&row.cluster, row.quorum),
+        result: row
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        error: row.error_code.as_ref().map(|code| RequestError {
+            code: code.clone(),
+            message: row.error_message.clone().unwrap_or_default(),
+        }),
+        events: Vec::new(),
+    };
+    row.terms.fill_view(&mut view);
+    // A creation has no wallet or key until it completed (its approval message does not
+    // depend on one); then it is the result's.
+    if view.root_id.is_none() {
+        view.root_id = match &view.result {
+            Some(RequestResult::Wallet(w)) => Some(w.root_id.clone()),
+            Some(RequestResult::ThresholdKey(k)) => Some(k.key_id.clone()),
+            _ => None,
+        };
+    }
+    view
+}

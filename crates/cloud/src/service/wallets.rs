@@ -1,0 +1,513 @@
+//! Wallets (B keys of one cluster): their creation and import requests, signing with a
+//! wallet's child key, the execution of these requests in a cluster's TEE and the
+//! verification of its answers, and the public derivation of a wallet's children.
+
+use super::*;
+
+impl Cloud {
+    /// `POST /v1/wallets`.
+    pub async fn create_wallet(
+        &self,
+        caller: &str,
+        body: CreateWalletBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        self.cluster_config(&body.cluster)?;
+        Self::check_quorum(body.quorum)?;
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        self.create(
+            caller,
+            Draft {
+                cluster: body.cluster,
+                quorum: body.quorum,
+                terms: Terms::CreateWallet,
+                id,
+                expires_at,
+                approvals: body.approvals,
+                wallet_xpub: None,
+            },
+        )
+        .await
+    }
+
+    /// `POST /v1/wallets/import`: the secret is sealed to one healthy node's certified
+    /// device key right here and then dropped (zeroized); only ciphertext is stored.
+    pub async fn import_wallet(
+        &self,
+        caller: &str,
+        body: ImportWalletBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        self.cluster_config(&body.cluster)?;
+        Self::check_quorum(body.quorum)?;
+        let secret = import_secret(&body)?;
+        let key_id = import_key_id(&secret).map_err(|e| match e {
+            // The TEE core's messages about a rejected secret never contain the secret.
+            TeeError::ImportRejected(m) => ApiError::new("invalid_secret", m),
+            other => ApiError::new("invalid_secret", other.to_string()),
+        })?;
+        let root_id = hex::encode(&key_id);
+        if self.store.wallet(&root_id).await?.is_some() {
+            return Err(ApiError::new(
+                "wallet_exists",
+                format!("wallet {root_id} is already known"),
+            ));
+        }
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        let status = self
+            .clusters
+            .status(&body.cluster, true)
+            .await
+            .map_err(call_api_error)?;
+        let mut healthy: Vec<&str> = status
+            .nodes
+            .iter()
+            .filter(|n| n.healthy)
+            .map(|n| n.node.as_str())
+            .collect();
+        healthy.shuffle(&mut rand::thread_rng());
+        let Some(node) = healthy.first().map(|s| s.to_string()) else {
+            return Err(ApiError::new(
+                "cluster_unavailable",
+                format!(
+                    "cluster {} has no healthy node to import into",
+                    body.cluster
+                ),
+            ));
+        };
+        let device_key = self
+            .clusters
+            .device_key(&body.cluster, &node, false)
+            .await
+            .map_err(call_api_error)?;
+        let meta = RequestMeta {
+            request_id: id,
+            expires_at,
+        };
+        let sealed = seal_import(
+            &device_key,
+            &body.cluster,
+            &node,
+            &meta,
+            body.quorum,
+            &key_id,
+            &secret,
+        )
+        .map_err(|e| match e {
+            TeeError::ImportRejected(m) => ApiError::new("invalid_secret", m),
+            // The certified device key is not a usable P-256 key: nothing the caller can fix.
+            other => ApiError::internal("sealing the import", &other),
+        })?;
+        drop(secret);
+        let root_id: KeyId = key_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| ApiError::new("invalid_secret", "the seed's key id is not 33 bytes"))?;
+        self.create(
+            caller,
+            Draft {
+                cluster: body.cluster,
+                quorum: body.quorum,
+                terms: Terms::ImportWallet {
+                    root_id,
+                    node,
+                    sealed,
+                },
+                id,
+                expires_at,
+                approvals: body.approvals,
+                wallet_xpub: None,
+            },
+        )
+        .await
+    }
+
+    /// `POST /v1/sign-requests`.
+    pub async fn sign(
+        &self,
+        caller: &str,
+        body: SignRequestBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        let root_id: KeyId = parse_root_id(&body.root_id)
+            .map_err(|m| ApiError::new("invalid_root_id", m))?
+            .try_into()
+            .expect("root ids are 33 bytes");
+        let path =
+            parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
+        let digest = parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?;
+        let wallet = self.wallet_row(&body.root_id.to_ascii_lowercase()).await?;
+        self.cluster_config(&wallet.cluster)?;
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        self.create(
+            caller,
+            Draft {
+                cluster: wallet.cluster,
+                quorum: wallet.quorum,
+                terms: Terms::Sign {
+                    root_id,
+                    path,
+                    digest,
+                },
+                id,
+                expires_at,
+                approvals: body.approvals,
+                wallet_xpub: Some(wallet.xpub),
+            },
+        )
+        .await
+    }
+
+    /// Sends a `submitting` request and records its verified outcome. `wallet_xpub` is the
+    /// wallet's recorded xpub when the caller already holds it; otherwise it is read here.
+    pub(super) async fn execute(
+        &self,
+        row: RequestRow,
+        wallet_xpub: Option<String>,
+    ) -> Result<RequestRow, StoreError> {
+        match row.kind() {
+            RequestKind::ThresholdSign => return self.execute_threshold(row).await,
+            RequestKind::CreateThresholdKey => return self.execute_keygen(row).await,
+            _ => {}
+        }
+        let request = match tee_request(&row) {
+            Ok(r) => r,
+            Err(e) => {
+                let failure =
+                    Failure::new("bad_request_row", format!("stored request unusable: {e}"));
+                return self.finish(row, Verdict::Refused(failure)).await;
+            }
+        };
+        let id = parse_request_id(&row.id).map_err(StoreError::Corrupt)?;
+        let answer = self
+            .clusters
+            .tee_call(&row.cluster, id, &request, row.terms.pinned_node())
+            .await;
+        // Sign results are checked against the wallet's recorded xpub.
+        let xpub = match (&row.terms, wallet_xpub) {
+            (Terms::Sign { .. }, Some(xpub)) => Some(xpub),
+            (Terms::Sign { root_id, .. }, None) => self
+                .recorded_wallet(&hex::encode(root_id))
+                .await?
+                .map(|w| w.xpub),
+            _ => None,
+        };
+        let verdict = self.judge(&row, xpub.as_deref(), answer);
+        self.finish(row, verdict).await
+    }
+
+    pub(super) fn judge(
+        &self,
+        row: &RequestRow,
+        wallet_xpub: Option<&str>,
+        answer: Result<TeeAnswer, CallError>,
+    ) -> Verdict {
+        let fail = |code: &str, m: String| Verdict::Failed(Failure::new(code, m));
+        let (node, response) = match answer {
+            Ok(TeeAnswer {
+                node,
+                outcome: Ok(response),
+            }) => (node, response),
+            Ok(TeeAnswer {
+                node,
+                outcome: Err(e),
+            }) => return Verdict::Refused(Failure::new(tee_code(&e), format!("node {node}: {e}"))),
+            // Whether nothing was executed and a retry of the same id may be served (e.g.
+            // "no node could serve now", which the bridge did not store as the answer).
+            Err(e) => return Verdict::ended(Failure::new(e.code(), e.to_string()), e.may_retry()),
+        };
+        match (&row.terms, response) {
+            (Terms::Sign { path, digest, .. }, Response::Signature(sig)) => {
+                match verify_sign_result(&self.secp, digest, path, wallet_xpub, &sig) {
+                    Ok(result) => Verdict::completed(
+                        node,
+                        RequestResult::Signature(result),
+                        Recorded::Nothing,
+                    ),
+                    Err(m) => fail("bad_signature", m),
+                }
+            }
+            (Terms::CreateWallet | Terms::ImportWallet { .. }, Response::Wallet(info)) => {
+                match self.check_wallet(row, &info) {
+                    Ok((result, wallet)) => {
+                        Verdict::completed(node, result, Recorded::Wallet(wallet))
+                    }
+                    Err(m) => fail("bad_result", m),
+                }
+            }
+            (
+                Terms::ImportThresholdKey {
+                    node: sealed_to,
+                    bundle,
+                },
+                Response::ThresholdKey(info),
+            ) => match self.check_threshold_share(row, sealed_to, bundle, &node, &info) {
+                Ok((result, key, share)) => {
+                    Verdict::completed(node, result, Recorded::ThresholdShare(key, share))
+                }
+                Err(m) => fail("bad_result", m),
+            },
+            (_, other) => fail(
+                "relay_protocol",
+                format!("unexpected TEE response {}", response_name(&other)),
+            ),
+        }
+    }
+
+    pub(super) fn check_wallet(
+        &self,
+        row: &RequestRow,
+        info: &KeyInfo,
+    ) -> Result<(RequestResult, WalletRow), String> {
+        let xpub = Xpub::from_str(&info.xpub).map_err(|e| format!("xpub: {e}"))?;
+        if xpub.public_key.serialize().as_slice() != info.key_id.as_slice() {
+            return Err("xpub's public key is not the wallet's key id".into());
+        }
+        if xpub.depth != 0 {
+            return Err("xpub is not a root key".into());
+        }
+        if info.quorum != row.quorum {
+            return Err(format!(
+                "wallet quorum {} instead of {}",
+                info.quorum, row.quorum
+            ));
+        }
+        let root_id = hex::encode(&info.key_id);
+        if let Some(expected) = row.terms.key_id() {
+            if expected != info.key_id.as_slice() {
+                return Err(format!(
+                    "wallet {root_id} instead of {}",
+                    hex::encode(expected)
+                ));
+            }
+        }
+        let wallet = WalletRow {
+            root_id: root_id.clone(),
+            cluster: row.cluster.clone(),
+            xpub: info.xpub.clone(),
+            quorum: info.quorum,
+            created_at: self.now_ms(),
+            created_by_request: row.id.clone(),
+        };
+        Ok((
+            RequestResult::Wallet(WalletResult {
+                root_id,
+                xpub: info.xpub.clone(),
+            }),
+            wallet,
+        ))
+    }
+
+    pub(super) async fn wallet_row(&self, root_id: &str) -> Result<WalletRow, ApiError> {
+        parse_root_id(root_id).map_err(|m| ApiError::new("invalid_root_id", m))?;
+        self.recorded_wallet(&root_id.to_ascii_lowercase())
+            .await?
+            .ok_or_else(|| ApiError::new("unknown_wallet", format!("no wallet {root_id}")))
+    }
+
+    /// The recorded wallet `root_id` (lower-case hex), from memory or the store.
+    pub(super) async fn recorded_wallet(
+        &self,
+        root_id: &str,
+    ) -> Result<Option<WalletRow>, StoreError> {
+        if let Some(w) = self.wallets.lock().expect("wallet cache lock").get(root_id) {
+            return Ok(Some(w.clone()));
+        }
+        let found = self.store.wallet(root_id).await?;
+        if let Some(w) = &found {
+            let mut cache = self.wallets.lock().expect("wallet cache lock");
+            if cache.len() >= WALLET_CACHE {
+                cache.clear();
+            }
+            cache.insert(w.root_id.clone(), w.clone());
+        }
+        Ok(found)
+    }
+
+    /// `GET /v1/wallets`.
+    pub async fn wallets(&self) -> Result<WalletList, ApiError> {
+        Ok(WalletList {
+            wallets: self
+                .store
+                .wallets()
+                .await?
+                .iter()
+                .map(wallet_view)
+                .collect(),
+        })
+    }
+
+    /// `GET /v1/wallets/{root_id}`.
+    pub async fn wallet(&self, root_id: &str) -> Result<WalletView, ApiError> {
+        Ok(wallet_view(&self.wallet_row(root_id).await?))
+    }
+
+    /// `GET /v1/wallets/{root_id}/derive`: public derivation from the recorded xpub.
+    pub async fn derive(&self, root_id: &str, q: &DeriveQuery) -> Result<DeriveView, ApiError> {
+        let path_text = q.path.as_deref().unwrap_or("m");
+        let path = parse_path(path_text).map_err(|e| match e {
+            PathError::Invalid(m) => ApiError::new("invalid_path", m),
+            PathError::Hardened(m) => ApiError::new("hardened_path", m),
+        })?;
+        if has_hardened(&path) {
+            return Err(ApiError::new(
+                "hardened_path",
+                format!(
+                    "{} has a hardened step; only public derivation is offered",
+                    format_path(&path)
+                ),
+            ));
+        }
+        let range = match (q.start, q.count) {
+            (_, None) => None,
+            (start, Some(count)) => {
+                let start = start.unwrap_or(0);
+                if count == 0
+                    || count > MAX_DERIVE_COUNT
+                    || u64::from(start) + u64::from(count) > 1 << 31
+                {
+                    return Err(ApiError::new(
+                        "invalid_range",
+                        format!(
+                            "count must be 1..={MAX_DERIVE_COUNT} and start+count at most 2^31"
+                        ),
+                    ));
+                }
+                Some((start, count))
+            }
+        };
+        if q.start.is_some() && q.count.is_none() {
+            return Err(ApiError::new("invalid_range", "start needs count"));
+        }
+        let wallet = self.wallet_row(root_id).await?;
+        let root =
+            Xpub::from_str(&wallet.xpub).map_err(|e| ApiError::internal("stored xpub", &e))?;
+        let derived = derive_xpub(&self.secp, &root, &path)
+            .map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
+        let addresses = match range {
+            None => None,
+            Some((start, count)) => {
+                let mut out = Vec::with_capacity(count as usize);
+                for index in start..start + count {
+                    let child = derive_xpub(&self.secp, &derived, &[index])
+                        .map_err(|e| ApiError::new("invalid_range", e.to_string()))?;
+                    let mut full = path.clone();
+                    full.push(index);
+                    out.push(DerivedAddress {
+                        index,
+                        path: format_path(&full),
+                        public_key: hex::encode(child.public_key.serialize()),
+                        address: p2wpkh_address(&child.public_key, self.network),
+                    });
+                }
+                Some(out)
+            }
+        };
+        Ok(DeriveView {
+            root_id: wallet.root_id,
+            path: format_path(&path),
+            xpub: derived.to_string(),
+            public_key: hex::encode(derived.public_key.serialize()),
+            address: p2wpkh_address(&derived.public_key, self.network),
+            network: self.network.to_string(),
+            addresses,
+        })
+    }
+}
+
+/// Verifies a signature from the TEE: (r,s) over the digest with the returned key, the
+/// recovery id, low-s, and (for non-hardened paths) that the key is the xpub-derived
+/// child at the request's path.
+pub fn verify_sign_result(
+    secp: &Secp256k1<All>,
+    digest: &[u8; 32],
+    path: &[u32],
+    wallet_xpub: Option<&str>,
+    sig: &EcdsaSignature,
+) -> Result<SignResult, String> {
+    let public_key =
+        PublicKey::from_slice(&sig.public_key).map_err(|e| format!("public key: {e}"))?;
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&sig.r);
+    compact[32..].copy_from_slice(&sig.s);
+    let signature = Signature::from_compact(&compact).map_err(|e| format!("signature: {e}"))?;
+    let mut normalized = signature;
+    normalized.normalize_s();
+    if normalized != signature {
+        return Err("signature is not low-s".into());
+    }
+    let msg = Message::from_digest(*digest);
+    secp.verify_ecdsa(&msg, &signature, &public_key)
+        .map_err(|_| "signature does not verify with the returned public key".to_string())?;
+    let recid = RecoveryId::from_i32(i32::from(sig.v)).map_err(|e| format!("recovery id: {e}"))?;
+    let recovered = RecoverableSignature::from_compact(&compact, recid)
+        .and_then(|r| secp.recover_ecdsa(&msg, &r))
+        .map_err(|e| format!("recovery: {e}"))?;
+    if recovered != public_key {
+        return Err("recovery id does not recover the signing key".into());
+    }
+    if !has_hardened(path) {
+        // Sign requests are only accepted for recorded wallets, whose xpub was checked
+        // against the key id when the wallet was recorded.
+        let root = Xpub::from_str(wallet_xpub.ok_or("the wallet's xpub is not recorded")?)
+            .map_err(|e| format!("recorded xpub: {e}"))?;
+        let child = derive_xpub(secp, &root, path).map_err(|e| e.to_string())?;
+        if child.public_key != public_key {
+            return Err(format!(
+                "signed with {}, but the wallet's key at {} is {}",
+                hex::encode(sig.public_key.as_slice()),
+                format_path(path),
+                hex::encode(child.public_key.serialize())
+            ));
+        }
+    }
+    Ok(SignResult {
+        r: hex::encode(sig.r),
+        s: hex::encode(sig.s),
+        v: sig.v,
+        public_key: hex::encode(&sig.public_key),
+        signature_der: hex::encode(signature.serialize_der()),
+        clusters: None,
+        presignature: None,
+    })
+}
+
+/// The secret of an import body, checked for shape (exactly one of mnemonic and seed).
+pub(super) fn import_secret(body: &ImportWalletBody) -> Result<ImportSecret, ApiError> {
+    let bad = |m: &str| ApiError::new("invalid_secret", m.to_string());
+    match (&body.mnemonic, &body.seed_hex) {
+        (Some(m), None) => {
+            let passphrase = body.passphrase.as_ref().map(|p| p.expose()).unwrap_or("");
+            if m.expose().len() > 1024 || passphrase.len() > 1024 {
+                return Err(bad("mnemonic and passphrase are at most 1024 bytes each"));
+            }
+            Ok(ImportSecret::Mnemonic {
+                phrase: SecretString(m.expose().to_string()),
+                passphrase: SecretString(passphrase.to_string()),
+            })
+        }
+        (None, Some(seed)) => {
+            if body.passphrase.is_some() {
+                return Err(bad("passphrase goes with a mnemonic, not a seed"));
+            }
+            let s = seed.expose();
+            if s.len() < 32 || s.len() > 128 || s.len() % 2 != 0 {
+                return Err(bad("seed_hex must be 16 to 64 bytes of hex"));
+            }
+            let bytes = Zeroizing::new(hex::decode(s).map_err(|_| bad("seed_hex is not hex"))?);
+            Ok(ImportSecret::Seed(SecretBytes(bytes.to_vec())))
+        }
+        _ => Err(bad("give exactly one of mnemonic and seed_hex")),
+    }
+}
+
+pub(super) fn wallet_view(w: &WalletRow) -> WalletView {
+    WalletView {
+        root_id: w.root_id.clone(),
+        cluster: w.cluster.clone(),
+        xpub: w.xpub.clone(),
+        quorum: w.quorum,
+        created_at_ms: w.created_at,
+        created_by_request: w.created_by_request.clone(),
+    }
+}
