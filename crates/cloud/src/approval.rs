@@ -8,6 +8,7 @@ use custos_wire::protocol::RequestMeta;
 
 use crate::api::{ApprovalBody, RequestKind, RequestView};
 use crate::path::parse_path;
+use crate::terms::KeyId;
 
 /// Parses 16 bytes of hex (a request id).
 pub fn parse_request_id(s: &str) -> Result<[u8; 16], String> {
@@ -20,24 +21,24 @@ pub fn parse_digest(s: &str) -> Result<[u8; 32], String> {
 }
 
 /// Parses a root id: 33 bytes of hex, a compressed public key prefix (02/03).
-pub fn parse_root_id(s: &str) -> Result<Vec<u8>, String> {
+pub fn parse_root_id(s: &str) -> Result<KeyId, String> {
     parse_compressed(s, "root id")
 }
 
 /// Parses a threshold key id: 33 bytes of hex, a compressed secp256k1 point.
-pub fn parse_key_id(s: &str) -> Result<Vec<u8>, String> {
+pub fn parse_key_id(s: &str) -> Result<KeyId, String> {
     let b = parse_compressed(s, "key id")?;
     bitcoin::secp256k1::PublicKey::from_slice(&b)
         .map_err(|_| "key id is not a point of secp256k1".to_string())?;
     Ok(b)
 }
 
-fn parse_compressed(s: &str, what: &str) -> Result<Vec<u8>, String> {
-    let b: [u8; 33] = parse_hex_array(s, what)?;
+fn parse_compressed(s: &str, what: &str) -> Result<KeyId, String> {
+    let b: KeyId = parse_hex_array(s, what)?;
     if b[0] != 2 && b[0] != 3 {
         return Err(format!("{what} is not a compressed public key"));
     }
-    Ok(b.to_vec())
+    Ok(b)
 }
 
 fn parse_hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
@@ -55,7 +56,7 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
         request_id: parse_request_id(&view.id)?,
         expires_at: view.expires_at,
     };
-    let key_id = || -> Result<Vec<u8>, String> {
+    let key_id = || -> Result<KeyId, String> {
         parse_root_id(view.root_id.as_deref().ok_or("request has no root id")?)
     };
     Ok(match view.kind {

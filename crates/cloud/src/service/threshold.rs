@@ -898,10 +898,7 @@ impl Cloud {
         caller: &str,
         body: ThresholdSignBody,
     ) -> Result<RequestOutcome, ApiError> {
-        let key_id: KeyId = parse_key_id(&body.key_id)
-            .map_err(|m| ApiError::new("invalid_key_id", m))?
-            .try_into()
-            .expect("key ids are 33 bytes");
+        let key_id = parse_key_id(&body.key_id).map_err(|m| ApiError::new("invalid_key_id", m))?;
         let path =
             parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
         if has_hardened(&path) {

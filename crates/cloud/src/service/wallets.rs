@@ -128,10 +128,8 @@ impl Cloud {
         caller: &str,
         body: SignRequestBody,
     ) -> Result<RequestOutcome, ApiError> {
-        let root_id: KeyId = parse_root_id(&body.root_id)
-            .map_err(|m| ApiError::new("invalid_root_id", m))?
-            .try_into()
-            .expect("root ids are 33 bytes");
+        let root_id =
+            parse_root_id(&body.root_id).map_err(|m| ApiError::new("invalid_root_id", m))?;
         let path =
             parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
         let digest = parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?;
