@@ -204,7 +204,8 @@ impl CloudConfig {
         if self.presignature_pool as usize > most {
             return bad(format!("presignature_pool must be 0..={most}"));
         }
-        crate::path::parse_network(&self.network).map_err(|e| format!("network: {e}"))?;
+        custos_cloud_api::path::parse_network(&self.network)
+            .map_err(|e| format!("network: {e}"))?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together".into());
         }

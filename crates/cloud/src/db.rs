@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
-use crate::api::{RequestKind, RequestStatus};
 use crate::terms::Terms;
+use custos_cloud_api::{RequestKind, RequestStatus};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -308,7 +308,8 @@ fn corrupt(what: impl Into<String>) -> StoreError {
 
 fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
     let id: String = row.try_get("id")?;
-    crate::approval::parse_request_id(&id).map_err(|e| corrupt(format!("request id: {e}")))?;
+    custos_cloud_api::approval::parse_request_id(&id)
+        .map_err(|e| corrupt(format!("request id: {e}")))?;
     let kind: String = row.try_get("kind")?;
     let cluster: String = row.try_get("cluster")?;
     let status: String = row.try_get("status")?;

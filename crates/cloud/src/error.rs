@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::api::{ApiErrorBody, ApiErrorDetail};
 use crate::db::StoreError;
+use custos_cloud_api::{ApiErrorBody, ApiErrorDetail};
 
 /// Every error code the API returns, with its HTTP status (also listed in the OpenAPI
 /// description). Request-level codes (a request's `error.code`) are listed in

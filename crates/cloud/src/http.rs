@@ -17,9 +17,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::*;
 use crate::error::{ApiError, API_ERROR_CODES, REQUEST_ERROR_CODES};
 use crate::service::{Cloud, RequestOutcome};
+use custos_cloud_api::*;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;

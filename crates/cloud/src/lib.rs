@@ -17,21 +17,19 @@
 //!   across clusters (the cloud server relays their protocol messages);
 //! * [`http`]: REST routes and the generated OpenAPI document;
 //! * [`server`]: [`run`] and TLS serving;
-//! * [`client`]: the typed client ([`client::CloudClient`]);
-//! * [`cli`]: `custos approve`.
+//! * [`approval`]: approvals as received, decoded before they are checked.
+//!
+//! The REST contract (request and response types, the typed client, the approval message
+//! recomputed from a view) is the crate `custos-cloud-api`, shared with every client.
 #![warn(missing_docs)]
 
-pub mod api;
 pub mod approval;
-pub mod cli;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod gateway;
 pub mod http;
-pub mod path;
 pub mod server;
 pub mod service;
 pub mod terms;

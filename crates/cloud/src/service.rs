@@ -27,8 +27,7 @@ use sha2::{Digest, Sha256};
 use std::str::FromStr;
 use zeroize::Zeroizing;
 
-use crate::api::*;
-use crate::approval::{decode_approval, parse_digest, parse_request_id, parse_root_id};
+use crate::approval::decode_approval;
 use crate::cluster::{random_id, CallError, Clusters, TeeAnswer};
 use crate::config::{CloudConfig, ClusterConfig};
 use crate::db::{
@@ -37,11 +36,13 @@ use crate::db::{
 };
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::path::{
-    derive_xpub, has_hardened, p2wpkh_address, parse_network, parse_path, PathError,
-};
 use crate::terms::{KeyId, Terms};
 use crate::Clock;
+use custos_cloud_api::approval::{parse_digest, parse_request_id, parse_root_id};
+use custos_cloud_api::path::{
+    derive_xpub, has_hardened, p2wpkh_address, parse_network, parse_path, PathError,
+};
+use custos_cloud_api::*;
 
 mod lifecycle;
 mod threshold;
@@ -631,7 +632,7 @@ mod tests {
             row.terms.check(&row.cluster, row.quorum).unwrap();
             let view = base_view(&row);
             assert_eq!(
-                crate::approval::approval_message(&view).unwrap(),
+                custos_cloud_api::approval::approval_message(&view).unwrap(),
                 message_of(&row),
                 "{kind:?}"
             );

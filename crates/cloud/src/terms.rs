@@ -21,11 +21,9 @@ use custos_wire::protocol::{format_path, Request, RequestMeta, ThresholdBundle};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use crate::api::{RequestKind, RequestView};
-use crate::path::parse_path;
-
-/// A compressed secp256k1 public key: a wallet's root id or a threshold key's id.
-pub type KeyId = [u8; 33];
+use custos_cloud_api::path::parse_path;
+pub use custos_cloud_api::KeyId;
+use custos_cloud_api::{RequestKind, RequestView};
 
 /// The terms of one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

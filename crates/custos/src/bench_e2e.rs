@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
 use custos::cluster::LinkTransport;
 use custos::deployment::{approve, Deployment, DeploymentOptions};
-use custos_cloud::api::{CreateWalletBody, RequestResult, RequestStatus, SignRequestBody};
-use custos_cloud::approval::sign_approval;
-use custos_cloud::client::CloudClient;
+use custos_cloud_api::approval::sign_approval;
+use custos_cloud_api::client::CloudClient;
+use custos_cloud_api::{CreateWalletBody, RequestResult, RequestStatus, SignRequestBody};
 use custos_pki::AdminSigner;
 
 type AnyError = Box<dyn std::error::Error>;

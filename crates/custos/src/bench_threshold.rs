@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bitcoin::hashes::{sha256, Hash};
-use custos_cloud::api::{MakePresignaturesBody, RequestResult, RequestStatus, ThresholdSignBody};
-use custos_cloud::approval::sign_approval;
+use custos_cloud_api::approval::sign_approval;
+use custos_cloud_api::{MakePresignaturesBody, RequestResult, RequestStatus, ThresholdSignBody};
 use custos_threshold::{MsgType, Outgoing, Output, Primes, Session, SessionKind, Step};
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::protocol::RequestMeta;

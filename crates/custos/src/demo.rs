@@ -23,11 +23,11 @@ use custos::dealer::{generate_primes_file, read_primes, PrimeSource};
 use custos::deployment::{
     approve, create_threshold_key, import_threshold, wait_healthy, Deployment, DeploymentOptions,
 };
-use custos_cloud::api::{
+use custos_cloud_api::client::CloudClient;
+use custos_cloud_api::{
     CreateWalletBody, DeriveQuery, ImportWalletBody, MakePresignaturesBody, RequestResult,
     RequestStatus, RequestView, SecretText, SignRequestBody, SignResult, ThresholdSignBody,
 };
-use custos_cloud::client::CloudClient;
 use custos_pki::AdminSigner;
 use serde_json::json;
 use zeroize::Zeroizing;

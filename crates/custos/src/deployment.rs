@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use custos_cloud::api::RequestView;
-use custos_cloud::client::CloudClient;
 use custos_cloud::config::{ApiTokenConfig, ClusterConfig, RelayToken};
 use custos_cloud::CloudConfig;
+use custos_cloud_api::client::CloudClient;
+use custos_cloud_api::RequestView;
 use custos_pki::{AdminSigner, PkiDir};
 
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, LinkTransport};
@@ -330,7 +330,7 @@ pub async fn create_threshold_key(
     admins: &[&AdminSigner],
 ) -> Result<RequestView, ClusterError> {
     let mut view = client
-        .create_threshold_key(&custos_cloud::api::CreateThresholdKeyBody {
+        .create_threshold_key(&custos_cloud_api::CreateThresholdKeyBody {
             clusters: clusters.iter().map(|c| c.to_string()).collect(),
             threshold,
             quorum,
@@ -363,7 +363,7 @@ pub async fn import_threshold(
     let mut out = Vec::new();
     for bundle in &dealt.bundles {
         let mut view = client
-            .import_threshold_key(&custos_cloud::api::ImportThresholdKeyBody {
+            .import_threshold_key(&custos_cloud_api::ImportThresholdKeyBody {
                 bundle_hex: hex::encode(postcard::to_allocvec(bundle).map_err(io)?),
                 request_id: None,
                 expires_at: None,
@@ -388,9 +388,12 @@ pub async fn approve(
     id: &str,
 ) -> Result<RequestView, ClusterError> {
     let view = client.request(id).await.map_err(io)?;
-    let message = custos_cloud::cli::checked_message(&view, id).map_err(io)?;
+    let message = custos_cloud_api::review::checked_message(&view, id).map_err(io)?;
     client
-        .approve(id, &custos_cloud::approval::sign_approval(signer, &message))
+        .approve(
+            id,
+            &custos_cloud_api::approval::sign_approval(signer, &message),
+        )
         .await
         .map_err(io)
 }

@@ -1,6 +1,7 @@
 //! The `custos` command-line tool's building blocks, shared by the binary, the demo and the
 //! integration tests: operator actions that span the PKI and the TEE process.
 
+pub mod approve;
 pub mod cluster;
 pub mod dealer;
 pub mod deployment;

@@ -562,7 +562,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             list,
             yes,
         } => {
-            let args = custos_cloud::cli::ApproveArgs {
+            let args = custos::approve::ApproveArgs {
                 api,
                 token,
                 api_root_ca,
@@ -571,7 +571,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 request: if list { None } else { request },
                 yes,
             };
-            runtime()?.block_on(custos_cloud::cli::approve(
+            runtime()?.block_on(custos::approve::approve(
                 &args,
                 &mut std::io::stdin().lock(),
                 &mut std::io::stdout(),

@@ -18,7 +18,7 @@ use bitcoin::bip32::{DerivationPath, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
 use common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use custos::deployment::{approve, create_threshold_key, wait_healthy};
-use custos_cloud::api::{RequestKind, RequestResult, RequestStatus, ThresholdSignBody};
+use custos_cloud_api::{RequestKind, RequestResult, RequestStatus, ThresholdSignBody};
 use custos_wire::protocol::{Request, Response, ThresholdKeyInfo, ThresholdOrigin};
 
 /// The TEST-ONLY fixture, one set per element.

@@ -15,11 +15,11 @@ use bitcoin::bip32::{DerivationPath, Xpub};
 use common::*;
 use custos::cluster::LinkTransport;
 use custos::deployment::{approve, Deployment, DeploymentOptions};
-use custos_cloud::api::{
+use custos_cloud_api::client::CloudClient;
+use custos_cloud_api::{
     CreateWalletBody, ImportWalletBody, RequestResult, RequestStatus, RequestView, SecretText,
     SignRequestBody, SignResult,
 };
-use custos_cloud::client::CloudClient;
 use custos_pki::AdminSigner;
 use custos_wire::protocol::EcdsaSignature;
 

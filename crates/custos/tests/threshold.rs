@@ -15,8 +15,8 @@ use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
 use common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use custos::dealer::PrimeSource;
 use custos::deployment::{approve, import_threshold, Deployment};
-use custos_cloud::api::{RequestResult, RequestStatus, RequestView, ThresholdSignBody};
-use custos_cloud::client::CloudClient;
+use custos_cloud_api::client::CloudClient;
+use custos_cloud_api::{RequestResult, RequestStatus, RequestView, ThresholdSignBody};
 use custos_pki::AdminSigner;
 
 fn test_primes() -> PrimeSource {
@@ -286,7 +286,7 @@ fn presignatures_sign_full_messages_once_through_the_cloud_server() {
     }
 
     // Made ahead of time: two by dc1+dc2, one by dc3+dc2.
-    let body = |n: u32, c: [&str; 2]| custos_cloud::api::MakePresignaturesBody {
+    let body = |n: u32, c: [&str; 2]| custos_cloud_api::MakePresignaturesBody {
         count: n,
         clusters: Some(c.iter().map(|c| c.to_string()).collect()),
     };

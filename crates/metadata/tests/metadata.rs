@@ -6,11 +6,12 @@ mod common;
 use std::collections::HashSet;
 use std::time::Instant;
 
-use common::{entry, key, Ctx};
+use common::{entry, key};
 use custos_metadata::{
     MetadataDb, MetadataError, NewEntry, VerifyReport, GENESIS_HASH, MAX_DETAIL_BYTES,
     MAX_FIELD_BYTES,
 };
+use custos_test_kit::{on_both_engines, Ctx, TestDb};
 use sqlx::Row;
 
 on_both_engines!(
@@ -522,7 +523,7 @@ async fn foreign_row_fails_closed(ctx: Ctx) {
 
 #[tokio::test]
 async fn sqlite_runs_in_wal_mode() {
-    let db = common::TestDb::sqlite().await;
+    let db = TestDb::sqlite();
     db.run(|ctx| async move {
         let _db = open(&ctx).await;
         let mut c = ctx.raw().await;
@@ -539,7 +540,7 @@ async fn sqlite_runs_in_wal_mode() {
 /// its own schema; check that sqlx passes it through and migrations land there.
 #[tokio::test]
 async fn postgres_schema_isolation_is_real() {
-    let Some(db) = common::TestDb::postgres("postgres_schema_isolation_is_real").await else {
+    let Some(db) = TestDb::postgres("postgres_schema_isolation_is_real").await else {
         return;
     };
     db.run(|ctx| async move {

@@ -7,9 +7,7 @@
 //! provisioned by a real PKI. The key is dealt from the TEST-ONLY fixture primes
 //! (`custos-threshold` feature `test-fixtures`, dev-dependency only).
 
-mod common;
-
-use common::{now, MemPlatform};
+use custos_test_kit::{now, MemPlatform};
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -1138,7 +1136,7 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
     let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "presignature_child_killed_after_commit",
+            "threshold::presignature_child_killed_after_commit",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

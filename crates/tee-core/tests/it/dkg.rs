@@ -9,9 +9,7 @@
 //! dev-dependency only), sealed into each store as a host does with a primes file.
 //! Aux-info generation costs about 12 s of one core per party; the three run in parallel.
 
-mod common;
-
-use common::{now, MemPlatform};
+use custos_test_kit::{now, MemPlatform};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,15 +31,6 @@ use rand::RngCore;
 
 const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 
-impl MemPlatform {
-    fn committed_primes(&self) -> usize {
-        self.committed
-            .keys()
-            .filter(|k| k.starts_with(PRIMES_PREFIX))
-            .count()
-    }
-}
-
 struct Node {
     core: TeeCore<MemPlatform>,
     chain: CertChain,
@@ -55,7 +44,12 @@ impl Node {
     }
 
     fn primes_left(&self) -> usize {
-        self.core.platform().committed_primes()
+        self.core
+            .platform()
+            .committed
+            .keys()
+            .filter(|k| k.starts_with(PRIMES_PREFIX))
+            .count()
     }
 }
 

@@ -1,41 +1,25 @@
 //! The REST API end to end on 127.0.0.1: real HTTP, the typed client, the real database,
 //! real TEE cores behind a fake relay/link/bridge.
 
-mod common;
-
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 
 use bitcoin::bip32::Xpub;
 use bitcoin::secp256k1::{ecdsa::Signature, Message, PublicKey, Secp256k1};
-use custos_cloud::api::*;
-use custos_cloud::client::ClientError;
 use custos_cloud::config::RelayToken;
+use custos_cloud_api::client::ClientError;
+use custos_cloud_api::*;
 use custos_wire::approval::Action;
 use custos_wire::protocol::RequestMeta;
 use serde_json::{json, Value};
 
-use common::*;
+use custos_test_kit::*;
 
 const VECTOR2_SEED: &str = "fffcf9f6f3f0edeae7e4e1dedbd8d5d2cfccc9c6c3c0bdbab7b4b1aeaba8a5a29f9c999693908d8a8784817e7b7875726f6c696663605d5a5754514e4b484542";
 const VECTOR2_M: &str = "xpub661MyMwAqRbcFW31YEwpkMuc5THy2PSt5bDMsktWQcFF8syAmRUapSCGu8ED9W6oDMSgv6Zz8idoc4a6mr8BDzTJY47LJhkJ8UB7WEGuduB";
 const VECTOR2_M0: &str = "xpub69H7F5d8KSRgmmdJg2KhpAK8SR3DjMwAdkxj3ZuxV27CprR9LgpeyGmXUbC6wb7ERfvrnKZjXoUmmDznezpbZb7ap6r1D3tgFxHmwMkQTPH";
 const MNEMONIC: &str =
     "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
-
-fn code(e: ClientError) -> String {
-    match e {
-        ClientError::Api { code, .. } => code,
-        other => panic!("expected an API error, got {other}"),
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A wallet on `cluster` with `quorum`, created with inline approvals (one call).
 async fn wallet(s: &TestServer, cluster: &str, quorum: u8) -> WalletView {
@@ -238,7 +222,7 @@ async fn missing_or_unknown_token_is_unauthorized() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    let bad = custos_cloud::client::CloudClient::new(&s.url(""), "wrong").unwrap();
+    let bad = custos_cloud_api::client::CloudClient::new(&s.url(""), "wrong").unwrap();
     assert_eq!(code(bad.wallets().await.unwrap_err()), "unauthorized");
     assert!(s.client.wallets().await.unwrap().wallets.is_empty());
     s.stop().await;
@@ -708,7 +692,7 @@ async fn pre_approved_sign_is_one_call_and_verified() {
             request_id: id,
             expires_at: now() + 300,
         };
-        let steps = custos_cloud::path::parse_path(path).unwrap();
+        let steps = custos_cloud_api::path::parse_path(path).unwrap();
         let key_id = hex::decode(&w.root_id).unwrap();
         let message = Action::Sign {
             key_id: &key_id,
@@ -734,8 +718,8 @@ async fn pre_approved_sign_is_one_call_and_verified() {
         let Some(RequestResult::Signature(sig)) = &view.result else {
             panic!("{view:?}")
         };
-        if !custos_cloud::path::has_hardened(&steps) {
-            let child = custos_cloud::path::derive_xpub(&secp, &root, &steps).unwrap();
+        if !custos_cloud_api::path::has_hardened(&steps) {
+            let child = custos_cloud_api::path::derive_xpub(&secp, &root, &steps).unwrap();
             assert_eq!(sig.public_key, hex::encode(child.public_key.serialize()));
         }
         // One relay call for the signature (the device chain was fetched when the wallet
@@ -890,7 +874,7 @@ async fn tampered_cluster_answers_are_never_accepted() {
 async fn create_approved(
     s: &TestServer,
     cluster: &str,
-) -> Result<RequestView, custos_cloud::client::ClientError> {
+) -> Result<RequestView, custos_cloud_api::client::ClientError> {
     let view = s
         .client
         .create_wallet(&CreateWalletBody {
@@ -1033,7 +1017,8 @@ async fn import_seals_the_secret_and_matches_bip32_vector_2() {
     assert_eq!(list.iter().map(|a| a.index).collect::<Vec<_>>(), [5, 6, 7]);
     let secp = Secp256k1::new();
     let child =
-        custos_cloud::path::derive_xpub(&secp, &Xpub::from_str(VECTOR2_M0).unwrap(), &[6]).unwrap();
+        custos_cloud_api::path::derive_xpub(&secp, &Xpub::from_str(VECTOR2_M0).unwrap(), &[6])
+            .unwrap();
     assert_eq!(
         list[1].public_key,
         hex::encode(child.public_key.serialize())
@@ -1186,81 +1171,15 @@ async fn https_with_a_custom_root() {
     ));
     let addr = ready_rx.await.unwrap();
     let url = format!("https://{addr}");
-    let client = custos_cloud::client::CloudClient::with_root_pem(&url, &token, &ca.pem()).unwrap();
+    let client =
+        custos_cloud_api::client::CloudClient::with_root_pem(&url, &token, &ca.pem()).unwrap();
     assert!(client.wallets().await.unwrap().wallets.is_empty());
     assert_eq!(client.clusters().await.unwrap().clusters.len(), 1);
-    let untrusting = custos_cloud::client::CloudClient::new(&url, &token).unwrap();
+    let untrusting = custos_cloud_api::client::CloudClient::new(&url, &token).unwrap();
     assert!(matches!(
         untrusting.wallets().await.unwrap_err(),
         ClientError::Transport(_)
     ));
     let _ = stop_tx.send(());
     task.await.unwrap().unwrap();
-}
-
-#[tokio::test]
-async fn approve_command_recomputes_confirms_and_signs() {
-    use custos_cloud::cli::{approve, checked_message, ApproveArgs, ApproveError};
-    let s = TestServer::start().await;
-    let view = s
-        .client
-        .create_wallet(&CreateWalletBody {
-            cluster: "dc1".into(),
-            quorum: 1,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
-        .await
-        .unwrap();
-    let mut args = ApproveArgs {
-        api: s.url(""),
-        token: s.token.clone(),
-        api_root_ca: None,
-        pki: s.pki.pki.path().to_path_buf(),
-        admin: "bob".into(),
-        request: None,
-        yes: false,
-    };
-    let mut out = Vec::new();
-    approve(&args, &mut &b""[..], &mut out).await.unwrap();
-    assert!(String::from_utf8_lossy(&out).contains(&view.id));
-
-    args.request = Some(view.id.clone());
-    let mut out = Vec::new();
-    let e = approve(&args, &mut &b"no\n"[..], &mut out)
-        .await
-        .unwrap_err();
-    assert!(matches!(e, ApproveError::Refused(_)));
-    let shown = String::from_utf8_lossy(&out).to_string();
-    assert!(
-        shown.contains("create a new wallet") && shown.contains("dc1"),
-        "{shown}"
-    );
-    assert_eq!(s.client.request(&view.id).await.unwrap().approvals.len(), 0);
-
-    let mut out = Vec::new();
-    let done = approve(&args, &mut &b"yes\n"[..], &mut out)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
-    assert_eq!(done.approvals[0].admin, "bob");
-    // Approving something no longer pending is refused before any signing.
-    args.yes = true;
-    let e = approve(&args, &mut &b""[..], &mut Vec::new())
-        .await
-        .unwrap_err();
-    assert!(matches!(e, ApproveError::Refused(_)));
-
-    // A server that shows one request but asks to sign other bytes is refused.
-    let mut lying = view.clone();
-    lying.approval_message = hex::encode(b"something else");
-    assert!(checked_message(&lying, &view.id).is_err());
-    assert!(checked_message(&view, &"00".repeat(16)).is_err());
-    let mut altered = view.clone();
-    altered.quorum = 2;
-    assert!(checked_message(&altered, &view.id).is_err());
-    assert!(checked_message(&view, &view.id).is_ok());
-    s.stop().await;
 }

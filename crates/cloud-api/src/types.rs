@@ -1,11 +1,13 @@
-//! The REST API's wire types, shared by the server and [`crate::client::CloudClient`] (one
-//! definition, so the two cannot disagree), with their OpenAPI schemas.
+//! The REST API's wire types with their OpenAPI schemas.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
+
+/// A compressed secp256k1 public key: a wallet's root id or a threshold key's id.
+pub type KeyId = [u8; 33];
 
 /// What a request asks a cluster to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -11,42 +11,24 @@
 //! index. The real protocol through real TEEs is tested end to end in crates/custos
 //! (tests/dkg.rs).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use custos_cloud::api::*;
-use custos_cloud::client::ClientError;
+use custos_cloud_api::*;
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::protocol::{
     CertChain, Outcome, Request, RequestMeta, Response, SessionRef, TeeError, ThresholdKeyInfo,
     ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin,
 };
-use serde_json::Value;
 
-use common::*;
+use custos_test_kit::*;
 
 const PHASES: [&str; 2] = ["keygen", "auxInfo"];
 const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 /// Empty feeds a scripted TEE answers `computing` before its aux-info messages.
 const COMPUTE_POLLS: u32 = 2;
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn code(e: ClientError) -> String {
-    match e {
-        ClientError::Api { code, .. } => code,
-        other => panic!("expected an API error, got {other}"),
-    }
-}
 
 // ----- the TEE side, scripted ------------------------------------------------------------
 
@@ -565,20 +547,6 @@ async fn failures_name_the_cluster_and_a_retry_makes_the_key() {
     s.stop().await;
 }
 
-async fn post(s: &TestServer, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let r = s
-        .raw()
-        .post(s.url(path))
-        .bearer_auth(&s.token)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn key_creation_refuses_bad_input_with_stable_codes() {
     let Setup { s, sim } = setup(TestDb::sqlite()).await;
@@ -592,7 +560,7 @@ async fn key_creation_refuses_bad_input_with_stable_codes() {
         "{\"clusters\":[\"dc1\",\"dc2\"],\"threshold\":-2,\"quorum\":1}",
         "{\"clusters\":\"dc1,dc2\",\"threshold\":2,\"quorum\":1}",
     ] {
-        let (status, v) = post(&s, "/v1/threshold/keys", bad).await;
+        let (status, v) = s.post("/v1/threshold/keys", bad).await;
         assert_eq!(
             (status, v["error"]["code"].as_str().unwrap_or("")),
             (400, "malformed_json"),
@@ -607,12 +575,12 @@ async fn key_creation_refuses_bad_input_with_stable_codes() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     // `hd` defaults to true.
-    let (status, v) = post(
-        &s,
-        "/v1/threshold/keys",
-        "{\"clusters\":[\"dc1\",\"dc2\"],\"threshold\":2,\"quorum\":1}",
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/v1/threshold/keys",
+            "{\"clusters\":[\"dc1\",\"dc2\"],\"threshold\":2,\"quorum\":1}",
+        )
+        .await;
     assert_eq!((status, v["hd"].as_bool()), (202, Some(true)), "{v}");
 
     let many: Vec<String> = (0..65).map(|i| format!("dc{i}")).collect();
@@ -675,7 +643,7 @@ async fn key_creation_refuses_bad_input_with_stable_codes() {
 
 #[tokio::test]
 async fn approve_command_shows_the_terms_of_a_key_creation() {
-    use custos_cloud::cli::{approve, describe, ApproveArgs};
+    use custos_cloud_api::review::{describe, list_pending, review_and_approve};
     let Setup { s, sim: _ } = setup(TestDb::sqlite()).await;
     let mut b = body(&["dc3", "dc1", "dc2"], 2, 2);
     b.hd = false;
@@ -690,29 +658,29 @@ async fn approve_command_shows_the_terms_of_a_key_creation() {
             && shown.contains("quorum        2"),
         "{shown}"
     );
-    let mut args = ApproveArgs {
-        api: s.url(""),
-        token: s.token.clone(),
-        api_root_ca: None,
-        pki: s.pki.pki.path().to_path_buf(),
-        admin: "alice".into(),
-        request: None,
-        yes: true,
-    };
     let mut out = Vec::new();
-    approve(&args, &mut &b""[..], &mut out).await.unwrap();
+    list_pending(&s.client, &mut out).await.unwrap();
     assert!(String::from_utf8_lossy(&out).contains("create_threshold_key"));
-    args.request = Some(view.id.clone());
-    let after = approve(&args, &mut &b""[..], &mut Vec::new())
-        .await
-        .unwrap()
-        .unwrap();
+    let approve = |admin: usize| {
+        let (client, id) = (&s.client, view.id.clone());
+        let signer = &s.pki.admins[admin];
+        async move {
+            review_and_approve(
+                client,
+                &id,
+                ADMINS[admin],
+                signer,
+                true,
+                &mut &b""[..],
+                &mut Vec::new(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let after = approve(0).await;
     assert_eq!(after.status, RequestStatus::PendingApproval);
-    args.admin = "bob".into();
-    let done = approve(&args, &mut &b""[..], &mut Vec::new())
-        .await
-        .unwrap()
-        .unwrap();
+    let done = approve(1).await;
     assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
     s.stop().await;
 }

@@ -9,8 +9,6 @@
 //! round each returns the signature of the child key (made here with libsecp256k1). The
 //! real protocol through real TEEs is tested end to end in crates/custos.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -19,8 +17,8 @@ use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use bitcoin::NetworkKind;
-use custos_cloud::api::*;
-use custos_cloud::client::ClientError;
+use custos_cloud_api::client::ClientError;
+use custos_cloud_api::*;
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::protocol::{
     CertChain, EcdsaSignature, Outcome, Request, RequestMeta, Response, SessionRef, TeeError,
@@ -29,24 +27,10 @@ use custos_wire::protocol::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use common::*;
+use custos_test_kit::*;
 
 const PHASES: [&str; 4] = ["getAB", "getAB_and_R", "getR", "getSig"];
 const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn code(e: ClientError) -> String {
-    match e {
-        ClientError::Api { code, .. } => code,
-        other => panic!("expected an API error, got {other}"),
-    }
-}
 
 // ----- the TEE side, scripted ------------------------------------------------------------
 
@@ -961,20 +945,6 @@ fn code_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
     code(r.unwrap_err())
 }
 
-async fn post(s: &TestServer, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let r = s
-        .raw()
-        .post(s.url(path))
-        .bearer_auth(&s.token)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 fn err_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<none>")
 }
@@ -991,7 +961,7 @@ async fn threshold_routes_refuse_bad_input_with_stable_codes() {
             "[1]",
             "{\"bundle_hex\":\"00\",\"colour\":1}",
         ] {
-            let (status, v) = post(&s, path, body).await;
+            let (status, v) = s.post(path, body).await;
             assert_eq!(
                 (status, err_code(&v)),
                 (400, "malformed_json"),
@@ -1016,27 +986,27 @@ async fn threshold_routes_refuse_bad_input_with_stable_codes() {
     }
     // The import route takes bodies beyond the general 64 KiB (a bundle of up to 256 KiB),
     // but not beyond its own limit.
-    let (status, v) = post(
-        &s,
-        "/v1/threshold/keys/import",
-        serde_json::to_string(&import_body("00".repeat(270 * 1024))).unwrap(),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/v1/threshold/keys/import",
+            serde_json::to_string(&import_body("00".repeat(270 * 1024))).unwrap(),
+        )
+        .await;
     assert_eq!((status, err_code(&v)), (400, "invalid_bundle"));
     assert!(v["error"]["message"].as_str().unwrap().contains("at most"));
-    let (status, v) = post(
-        &s,
-        "/v1/threshold/keys/import",
-        serde_json::to_string(&import_body("00".repeat(600 * 1024))).unwrap(),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/v1/threshold/keys/import",
+            serde_json::to_string(&import_body("00".repeat(600 * 1024))).unwrap(),
+        )
+        .await;
     assert_eq!((status, err_code(&v)), (413, "body_too_large"));
-    let (status, v) = post(
-        &s,
-        "/v1/threshold/sign",
-        format!("{{\"key_id\":\"{}\"}}", "a".repeat(70 * 1024)),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/v1/threshold/sign",
+            format!("{{\"key_id\":\"{}\"}}", "a".repeat(70 * 1024)),
+        )
+        .await;
     assert_eq!((status, err_code(&v)), (413, "body_too_large"));
 
     // Inconsistent facts, a share of an unconfigured cluster, an unknown recipient.
@@ -1130,7 +1100,7 @@ async fn threshold_routes_refuse_bad_input_with_stable_codes() {
 
 #[tokio::test]
 async fn approve_command_shows_and_signs_threshold_requests() {
-    use custos_cloud::cli::{approve, describe, ApproveArgs};
+    use custos_cloud_api::review::{describe, list_pending, review_and_approve};
     let Setup { s, sim } = setup(TestDb::sqlite()).await;
     let key_id = import_all(&s, &sim).await;
     let b = bundle_for(&s, sim.key_info(2), "node1");
@@ -1166,33 +1136,27 @@ async fn approve_command_shows_and_signs_threshold_requests() {
         "{shown}"
     );
 
-    let mut args = ApproveArgs {
-        api: s.url(""),
-        token: s.token.clone(),
-        api_root_ca: None,
-        pki: s.pki.pki.path().to_path_buf(),
-        admin: "alice".into(),
-        request: None,
-        yes: true,
-    };
     let mut out = Vec::new();
-    approve(&args, &mut &b""[..], &mut out).await.unwrap();
+    list_pending(&s.client, &mut out).await.unwrap();
     let listed = String::from_utf8_lossy(&out).to_string();
     assert!(
         listed.contains("import_threshold_key") && listed.contains("threshold_sign"),
         "{listed}"
     );
-    for (id, admins) in [
-        (&import.id, ["alice", "carol"]),
-        (&sign.id, ["bob", "carol"]),
-    ] {
-        args.request = Some(id.clone());
-        for (i, admin) in admins.iter().enumerate() {
-            args.admin = admin.to_string();
-            let done = approve(&args, &mut &b""[..], &mut Vec::new())
-                .await
-                .unwrap()
-                .unwrap();
+    for (id, admins) in [(&import.id, [0, 2]), (&sign.id, [1, 2])] {
+        for (i, admin) in admins.into_iter().enumerate() {
+            let signer = &s.pki.admins[admin];
+            let done = review_and_approve(
+                &s.client,
+                id,
+                ADMINS[admin],
+                signer,
+                true,
+                &mut &b""[..],
+                &mut Vec::new(),
+            )
+            .await
+            .unwrap();
             let expected = if i == 0 {
                 RequestStatus::PendingApproval
             } else {

@@ -1,16 +1,14 @@
 //! The cloud DB on SQLite and PostgreSQL: round trips, compare-and-swap, atomic state
 //! changes, ordering and filters.
 
-mod common;
-
-use custos_cloud::api::{RequestKind, RequestStatus};
 use custos_cloud::db::{
     PresignatureRow, PresignatureSigner, Record, RequestRow, Store, StoreError, StoredApproval,
     ThresholdKeyRow, ThresholdShareRow, WalletRow,
 };
+use custos_cloud_api::{RequestKind, RequestStatus};
 
-use common::*;
 use custos_cloud::terms::Terms;
+use custos_test_kit::*;
 use custos_wire::import::SealedImport;
 use custos_wire::protocol::{ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin};
 use sha2::{Digest, Sha256};

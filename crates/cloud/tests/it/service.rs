@@ -1,16 +1,14 @@
 //! The request lifecycle without HTTP, with a clock the test moves: expiry and crash
 //! recovery.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use custos_cloud::api::{CreateWalletBody, RequestStatus};
 use custos_cloud::gateway::Gateway;
 use custos_cloud::{generate_api_token, Clock, Cloud};
+use custos_cloud_api::{CreateWalletBody, RequestStatus};
 
-use common::*;
+use custos_test_kit::*;
 
 fn system_ms() -> u64 {
     std::time::SystemTime::now()

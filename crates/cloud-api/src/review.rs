@@ -1,51 +1,27 @@
-//! `custos approve`: an admin reviews a pending request and signs its approval.
-//!
-//! The approval message is recomputed here from the request's fields with the TEE core's
-//! encoder; the server's copy is only compared against it (a server showing one thing and
-//! asking to sign another is refused). What will be signed is printed in full, and the
-//! admin confirms it unless `--yes`.
+//! What an approver sees before signing: the request described field by field, and its
+//! approval message recomputed from those fields with the TEE's own encoder. The server's
+//! copy of the message is only compared against it: a server showing one request and asking
+//! to sign other bytes is refused.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
-use custos_pki::{AdminSigner, PkiDir};
+use custos_pki::AdminSigner;
 
-use crate::api::{RequestKind, RequestQuery, RequestStatus, RequestView};
 use crate::approval::{approval_message, sign_approval};
 use crate::client::{ClientError, CloudClient};
+use crate::{RequestKind, RequestQuery, RequestStatus, RequestView};
 
-/// Options of `custos approve`.
-#[derive(Clone, Debug)]
-pub struct ApproveArgs {
-    /// Base URL of the cloud server.
-    pub api: String,
-    /// API token.
-    pub token: String,
-    /// Root certificate (PEM) to trust for HTTPS, if not a public one.
-    pub api_root_ca: Option<PathBuf>,
-    /// PKI directory holding `admins/<admin>.{crt,key}` and `admin-ca.crt`.
-    pub pki: PathBuf,
-    /// Admin name.
-    pub admin: String,
-    /// Request to approve; `None` lists pending requests.
-    pub request: Option<String>,
-    /// Skip the confirmation prompt.
-    pub yes: bool,
-}
-
-/// Failures of `custos approve`.
+/// Why a review or an approval did not go through.
 #[derive(Debug, thiserror::Error)]
-pub enum ApproveError {
+pub enum ReviewError {
     /// The server refused or could not be reached.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The admin's key or certificate could not be loaded.
-    #[error(transparent)]
-    Pki(#[from] custos_pki::PkiError),
     /// Terminal I/O.
     #[error("terminal: {0}")]
     Io(#[from] std::io::Error),
-    /// The request cannot be approved as shown.
+    /// The request cannot be approved as shown (not pending, fields unusable, a message
+    /// other than the one recomputed, not confirmed).
     #[error("{0}")]
     Refused(String),
 }
@@ -66,17 +42,17 @@ fn expiry_text(expires_at: u64) -> String {
 
 /// Checks that `view` is the request asked for and that the server's approval message is
 /// the one recomputed from its fields; returns that message.
-pub fn checked_message(view: &RequestView, requested_id: &str) -> Result<Vec<u8>, ApproveError> {
+pub fn checked_message(view: &RequestView, requested_id: &str) -> Result<Vec<u8>, ReviewError> {
     if !view.id.eq_ignore_ascii_case(requested_id) {
-        return Err(ApproveError::Refused(format!(
+        return Err(ReviewError::Refused(format!(
             "asked for request {requested_id}, the server answered with {}",
             view.id
         )));
     }
     let message = approval_message(view)
-        .map_err(|e| ApproveError::Refused(format!("request fields are unusable: {e}")))?;
+        .map_err(|e| ReviewError::Refused(format!("request fields are unusable: {e}")))?;
     if hex::encode(&message) != view.approval_message.to_ascii_lowercase() {
-        return Err(ApproveError::Refused(
+        return Err(ReviewError::Refused(
             "the server's approval message differs from the one computed from the request's \
              fields; refusing to sign"
                 .into(),
@@ -186,59 +162,59 @@ pub fn describe(view: &RequestView) -> String {
     s
 }
 
-/// Runs `custos approve`: lists pending requests, or reviews, confirms (reading `input`),
-/// signs and posts one approval, writing to `out`.
-pub async fn approve(
-    args: &ApproveArgs,
+/// Lists the requests waiting for approval, one line each.
+pub async fn list_pending(client: &CloudClient, out: &mut dyn Write) -> Result<(), ReviewError> {
+    let list = client
+        .requests(&RequestQuery {
+            status: Some(RequestStatus::PendingApproval),
+            kind: None,
+            limit: Some(100),
+        })
+        .await?;
+    if list.requests.is_empty() {
+        writeln!(out, "no request is waiting for approval")?;
+    }
+    for r in &list.requests {
+        writeln!(
+            out,
+            "{}  {:<20} {:<11} {}/{} approvals  expires {}",
+            r.id,
+            r.kind.as_str(),
+            r.cluster,
+            r.approvals.len(),
+            r.quorum,
+            r.expires_at
+        )?;
+    }
+    Ok(())
+}
+
+/// Reviews request `id` and approves it as `admin` (whose key `signer` is): fetches it,
+/// refuses unless it waits for approval and its approval message is the one recomputed
+/// from its fields, prints what will be signed in full, asks for `yes` on `input` unless
+/// `yes` is set, then signs and posts the approval. Returns the request as it is after.
+pub async fn review_and_approve(
+    client: &CloudClient,
+    id: &str,
+    admin: &str,
+    signer: &AdminSigner,
+    yes: bool,
     input: &mut dyn BufRead,
     out: &mut dyn Write,
-) -> Result<Option<RequestView>, ApproveError> {
-    let client = match &args.api_root_ca {
-        Some(p) => {
-            CloudClient::with_root_pem(&args.api, &args.token, &std::fs::read_to_string(p)?)?
-        }
-        None => CloudClient::new(&args.api, &args.token)?,
-    };
-    let Some(id) = &args.request else {
-        let list = client
-            .requests(&RequestQuery {
-                status: Some(RequestStatus::PendingApproval),
-                kind: None,
-                limit: Some(100),
-            })
-            .await?;
-        if list.requests.is_empty() {
-            writeln!(out, "no request is waiting for approval")?;
-        }
-        for r in &list.requests {
-            writeln!(
-                out,
-                "{}  {:<20} {:<11} {}/{} approvals  expires {}",
-                r.id,
-                r.kind.as_str(),
-                r.cluster,
-                r.approvals.len(),
-                r.quorum,
-                r.expires_at
-            )?;
-        }
-        return Ok(None);
-    };
+) -> Result<RequestView, ReviewError> {
     let view = client.request(id).await?;
     if view.status != RequestStatus::PendingApproval {
-        return Err(ApproveError::Refused(format!(
+        return Err(ReviewError::Refused(format!(
             "request {} is {}, not waiting for approval",
             view.id,
             view.status.as_str()
         )));
     }
     let message = checked_message(&view, id)?;
-    // Load the key before asking, so a typo in --admin fails before the prompt.
-    let signer = AdminSigner::load(&PkiDir::new(&args.pki), &args.admin)?;
     writeln!(
         out,
         "You ({}) are asked to approve:\n{}",
-        args.admin,
+        admin,
         describe(&view)
     )?;
     writeln!(
@@ -250,16 +226,16 @@ pub async fn approve(
             hex::encode(sha2::Sha256::digest(&message))
         }
     )?;
-    if !args.yes {
+    if !yes {
         write!(out, "Approve? Type 'yes' to sign: ")?;
         out.flush()?;
         let mut answer = String::new();
         input.read_line(&mut answer)?;
         if answer.trim() != "yes" {
-            return Err(ApproveError::Refused("not approved".into()));
+            return Err(ReviewError::Refused("not approved".into()));
         }
     }
-    let approval = sign_approval(&signer, &message);
+    let approval = sign_approval(signer, &message);
     let updated = client.approve(&view.id, &approval).await?;
     writeln!(
         out,
@@ -279,5 +255,5 @@ pub async fn approve(
             serde_json::to_string(r).unwrap_or_default()
         )?;
     }
-    Ok(Some(updated))
+    Ok(updated)
 }

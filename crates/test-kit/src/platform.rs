@@ -1,5 +1,6 @@
-//! Shared by the TEE core's integration tests: sealed storage in memory.
-#![allow(dead_code)]
+//! Sealed storage in memory for TEE cores under test. Writes are staged and become durable
+//! on `commit` only, like the real platforms, so a core that answers before committing loses
+//! its writes here too and commit-ordering bugs show in every crate's tests.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

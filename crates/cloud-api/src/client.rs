@@ -1,5 +1,5 @@
 //! A typed client of the REST API (used by `custos approve`, the demo, tests and
-//! benchmarks). It shares the wire types of [`crate::api`] with the server.
+//! benchmarks). It shares the wire types of this crate with the server.
 
 use std::fmt;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::api::*;
+use crate::*;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

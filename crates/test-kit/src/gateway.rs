@@ -1,202 +1,32 @@
-//! Test harness: a real PKI in a temporary directory, clusters of real in-process TEE cores
-//! (in-memory platform) behind a fake [`Gateway`] that behaves like relay + link + bridge
-//! (exactly-once per request id, routing, status, audits, failure injection), databases on
-//! SQLite and PostgreSQL, and the cloud server on 127.0.0.1.
-//!
-//! A gateway can also be built of *scripted* TEEs ([`FakeGateway::scripted`]): nodes with a
-//! real device key certified by the cluster's CA, whose answers come from a test-provided
-//! [`Script`] and are signed with that key like a TEE's, so the cloud server verifies them
-//! as it verifies real ones (used to play the TEE side of threshold sessions).
-//!
-//! PostgreSQL: `CUSTOS_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
-//! Unreachable → the PostgreSQL variants print SKIPPED, unless
-//! `CUSTOS_TEST_REQUIRE_POSTGRES=1`, which makes it a failure. Each test gets a schema of
-//! its own, dropped afterwards.
+//! A fake [`Gateway`] that behaves like the relays, links and bridges of several clusters
+//! (exactly-once per request id, routing, status, audits, failure injection), in front of
+//! real in-memory TEE cores or *scripted* TEEs: nodes with a real device key certified by
+//! the cluster's CA, whose answers come from a test-provided [`Script`] and are signed with
+//! that key like a TEE's, so the cloud server verifies them as it verifies real ones (used to
+//! play the TEE side of threshold sessions).
 
-#![allow(dead_code)]
-
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use custos_cloud::api::ApprovalBody;
-use custos_cloud::approval::sign_approval;
-use custos_cloud::client::CloudClient;
-use custos_cloud::config::{ApiTokenConfig, ClusterConfig, RelayToken};
 use custos_cloud::gateway::{BoxFuture, Gateway, GatewayError};
-use custos_cloud::{generate_api_token, CloudConfig};
-use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
+use custos_pki::AdminSigner;
 use custos_proto::cluster::link_reply::Result as LinkResult;
 use custos_proto::cluster::link_request::Op;
 use custos_proto::cluster::{
     AuditReport, ClusterStatus, DeviceChain, LinkRefusal, LinkReply, LinkRequest, NodeAudit,
     NodeStatus, TeeReply,
 };
-use custos_tee_core::platform::{Platform, PlatformError, RecordId};
+use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
-use custos_wire::protocol::Attestation;
 use custos_wire::protocol::{
-    decode_request, encode_request, response_transcript, CertChain, Outcome, Request, Response,
-    SignedResponse, TeeError,
+    decode_request, response_transcript, CertChain, Outcome, Request, Response, SignedResponse,
+    TeeError,
 };
 use prost::Message;
-use rand::RngCore;
-use sqlx::{AnyConnection, Connection, Executor};
-use zeroize::Zeroizing;
 
-pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-// ----- in-memory TEE platform ------------------------------------------------------------
-
-/// Sealed storage in memory.
-#[derive(Default)]
-pub struct MemPlatform {
-    records: BTreeMap<String, Vec<u8>>,
-    counter: u64,
-}
-
-impl Platform for MemPlatform {
-    fn random(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
-        rand::rngs::OsRng.fill_bytes(buf);
-        Ok(())
-    }
-    fn now_unix(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-    fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {
-        self.records.insert(id.as_str().into(), plaintext.to_vec());
-        Ok(())
-    }
-    fn commit(&mut self) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
-        Ok(self.records.get(id.as_str()).cloned().map(Zeroizing::new))
-    }
-    fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
-        self.records
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .map(|k| RecordId::new(k.clone()))
-            .collect()
-    }
-    fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
-        self.records.remove(id.as_str());
-        Ok(())
-    }
-    fn attest(&mut self, _: &[u8]) -> Result<Attestation, PlatformError> {
-        Err(PlatformError::Unsupported("attestation"))
-    }
-    fn counter_increment(&mut self) -> Result<u64, PlatformError> {
-        self.counter += 1;
-        Ok(self.counter)
-    }
-}
-
-// ----- PKI ---------------------------------------------------------------------------------
-
-/// A PKI with clusters dc1 and dc2 and admins alice, bob, carol.
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-    pub pki: PkiDir,
-    pub admins: Vec<AdminSigner>,
-}
-
-pub const ADMINS: [&str; 3] = ["alice", "bob", "carol"];
-
-impl Pki {
-    pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = PkiDir::new(dir.path().join("pki"));
-        pki.init().unwrap();
-        pki.create_cluster_ca("dc1").unwrap();
-        pki.create_cluster_ca("dc2").unwrap();
-        pki.create_cluster_ca("dc3").unwrap();
-        let admins = ADMINS
-            .iter()
-            .map(|a| {
-                pki.create_admin(a).unwrap();
-                AdminSigner::load(&pki, a).unwrap()
-            })
-            .collect();
-        Pki { dir, pki, admins }
-    }
-
-    pub fn root_path(&self) -> std::path::PathBuf {
-        self.pki.path().join("root-ca.crt")
-    }
-
-    /// A provisioned TEE core of `cluster`.
-    pub fn node(&self, cluster: &str, node: &str) -> TeeCore<MemPlatform> {
-        let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
-        let call = |core: &mut TeeCore<MemPlatform>, r: &Request| -> Response {
-            let signed: SignedResponse =
-                postcard::from_bytes(&core.handle_bytes(&encode_request(r))).unwrap();
-            let outcome: Result<Response, custos_wire::protocol::TeeError> =
-                postcard::from_bytes(&signed.body).unwrap();
-            outcome.unwrap()
-        };
-        let root_cert = pem_to_der(&self.pki.root_pem().unwrap(), "root").unwrap();
-        call(&mut core, &Request::PinRoot { root_cert });
-        let Response::DeviceCsr { csr, .. } = call(
-            &mut core,
-            &Request::GenerateDeviceKey {
-                cluster: cluster.into(),
-                node: node.into(),
-            },
-        ) else {
-            panic!("expected a CSR")
-        };
-        let cert = self
-            .pki
-            .sign_device_csr(cluster, &der_to_pem(&csr, "CERTIFICATE REQUEST"))
-            .unwrap();
-        call(
-            &mut core,
-            &Request::InstallDeviceCert {
-                device: pem_to_der(&cert, "device").unwrap(),
-                cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
-                device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
-            },
-        );
-        core
-    }
-
-    /// A device identity of `node` in `cluster` outside any TEE: a P-256 key made here with
-    /// a device certificate from the cluster's CA (for scripted TEEs).
-    pub fn scripted_tee(&self, cluster: &str, node: &str) -> ScriptedTee {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, node);
-        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let cert = self.pki.sign_device_csr(cluster, &csr).unwrap();
-        let chain = CertChain {
-            device: pem_to_der(&cert, "device").unwrap(),
-            cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
-            device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
-        };
-        let key_pem = Zeroizing::new(key.serialize_pem());
-        ScriptedTee {
-            signer: AdminSigner::from_pem(&cert, &key_pem, &cert).unwrap(),
-            chain,
-        }
-    }
-
-    /// Approval of `message` by admin `i`.
-    pub fn approve(&self, i: usize, message: &[u8]) -> ApprovalBody {
-        sign_approval(&self.admins[i], message)
-    }
-}
-
-// ----- scripted TEEs -----------------------------------------------------------------------
+use crate::pki::Pki;
+use crate::platform::MemPlatform;
 
 /// What a scripted TEE answers: given its cluster, node name, own device chain and the
 /// decoded request (anything but `DeviceChain`, which it answers itself).
@@ -204,7 +34,7 @@ pub type Script = Arc<dyn Fn(&str, &str, &CertChain, Request) -> Outcome + Send 
 
 /// A TEE stand-in with a certified device key: it signs whatever its script answers.
 pub struct ScriptedTee {
-    signer: AdminSigner,
+    pub(crate) signer: AdminSigner,
     pub chain: CertChain,
 }
 
@@ -239,8 +69,6 @@ impl ScriptedTee {
         .unwrap()
     }
 }
-
-// ----- fake relay + link + bridge ------------------------------------------------------------
 
 pub struct FakeNode {
     pub name: String,
@@ -633,199 +461,6 @@ impl Gateway for FakeGateway {
             Ok(reply)
         })
     }
-}
-
-// ----- databases ------------------------------------------------------------------------------
-
-/// Where a test's database lives; dropped (schema removed) by [`TestDb::cleanup`].
-pub struct TestDb {
-    pub url: String,
-    pub engine: &'static str,
-    _dir: Option<tempfile::TempDir>,
-    pg: Option<(String, String)>,
-}
-
-impl TestDb {
-    pub fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        let url = custos_metadata::sqlite_url(&dir.path().join("cloud.db")).unwrap();
-        TestDb {
-            url,
-            engine: "sqlite",
-            _dir: Some(dir),
-            pg: None,
-        }
-    }
-
-    /// A fresh schema on the test PostgreSQL server, or `None` (skipped) if unreachable.
-    pub async fn postgres(test: &str) -> Option<TestDb> {
-        sqlx::any::install_default_drivers();
-        let base =
-            std::env::var("CUSTOS_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
-        let admin = tokio::time::timeout(Duration::from_secs(10), AnyConnection::connect(&base))
-            .await
-            .map_err(|_| "timed out".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let mut admin = match admin {
-            Ok(c) => c,
-            Err(e) => {
-                if std::env::var("CUSTOS_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-                    panic!("PostgreSQL required but unreachable at {base}: {e}");
-                }
-                eprintln!("SKIPPED {test} on PostgreSQL: unreachable: {e}");
-                return None;
-            }
-        };
-        let schema = format!(
-            "custos_cloud_t_{:08x}_{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        admin
-            .execute(&*format!("CREATE SCHEMA {schema}"))
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        Some(TestDb {
-            url,
-            engine: "postgres",
-            _dir: None,
-            pg: Some((base, schema)),
-        })
-    }
-
-    pub async fn cleanup(self) {
-        if let Some((base, schema)) = &self.pg {
-            if let Ok(mut c) = AnyConnection::connect(base).await {
-                let _ = c.execute(&*format!("DROP SCHEMA {schema} CASCADE")).await;
-                let _ = c.close().await;
-            }
-        }
-    }
-}
-
-/// Both engines (PostgreSQL only when reachable).
-pub async fn databases(test: &str) -> Vec<TestDb> {
-    let mut v = vec![TestDb::sqlite()];
-    if let Some(pg) = TestDb::postgres(test).await {
-        v.push(pg);
-    }
-    v
-}
-
-// ----- the server -------------------------------------------------------------------------
-
-pub struct TestServer {
-    pub pki: Pki,
-    pub gateway: Arc<FakeGateway>,
-    pub client: CloudClient,
-    pub token: String,
-    pub addr: SocketAddr,
-    pub config: CloudConfig,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    db: Option<TestDb>,
-}
-
-impl TestServer {
-    /// Clusters dc1 (two nodes) and dc2 (one node); SQLite.
-    pub async fn start() -> TestServer {
-        Self::start_on(TestDb::sqlite()).await
-    }
-
-    pub async fn start_on(db: TestDb) -> TestServer {
-        let pki = Pki::new();
-        let gateway = FakeGateway::new(&pki, &[("dc1", 2), ("dc2", 1)]);
-        Self::start_with(pki, gateway, db).await
-    }
-
-    pub fn config_for(pki: &Pki, db_url: &str, token_hash: &str) -> CloudConfig {
-        let mut config = CloudConfig::new("127.0.0.1:0".parse().unwrap(), pki.root_path());
-        config.db_url = Some(db_url.to_string());
-        config.api_tokens = vec![ApiTokenConfig {
-            name: "tester".into(),
-            sha256: token_hash.to_string(),
-        }];
-        config.clusters = ["dc1", "dc2", "dc3"]
-            .iter()
-            .map(|c| ClusterConfig {
-                name: c.to_string(),
-                relay: "127.0.0.1:9".parse().unwrap(),
-                relay_token: RelayToken::new("relay-token"),
-            })
-            .collect();
-        config
-    }
-
-    pub async fn start_with(pki: Pki, gateway: Arc<FakeGateway>, db: TestDb) -> TestServer {
-        let (token, hash) = generate_api_token();
-        let config = Self::config_for(&pki, &db.url, &hash);
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let gw: Arc<dyn Gateway> = gateway.clone();
-        let cfg = config.clone();
-        let task = tokio::spawn(async move {
-            custos_cloud::run_with(
-                cfg,
-                gw,
-                move |addr| {
-                    let _ = ready_tx.send(addr);
-                },
-                async move {
-                    let _ = stop_rx.await;
-                },
-            )
-            .await
-            .expect("server runs");
-        });
-        let addr = ready_rx.await.expect("server ready");
-        let client = CloudClient::new(&format!("http://{addr}"), &token).unwrap();
-        TestServer {
-            pki,
-            gateway,
-            client,
-            token: token.to_string(),
-            addr,
-            config,
-            shutdown: Some(stop_tx),
-            task: Some(task),
-            db: Some(db),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// A raw HTTP client for malformed requests.
-    pub fn raw(&self) -> reqwest::Client {
-        reqwest::Client::new()
-    }
-
-    pub async fn stop(self) {
-        self.stop_keeping_db().await.cleanup().await;
-    }
-
-    /// Stops the server and hands back its database (files still there).
-    pub async fn stop_keeping_db(mut self) -> TestDb {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
-        self.db.take().expect("database")
-    }
-}
-
-/// Hex of the approval message the server shows, after checking that it equals the
-/// message recomputed from the request's fields.
-pub fn message_of(view: &custos_cloud::api::RequestView) -> Vec<u8> {
-    let m = custos_cloud::approval::approval_message(view).unwrap();
-    assert_eq!(hex::encode(&m), view.approval_message);
-    m
 }
 
 /// One request to an in-memory TEE core, through its byte interface (committed, signed) like

@@ -4,9 +4,7 @@
 //! The cores run in-process over an in-memory platform, provisioned by a real PKI (Root,
 //! Device and Cluster CAs, admins) as the operator tooling does it.
 
-mod common;
-
-use common::MemPlatform;
+use custos_test_kit::MemPlatform;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

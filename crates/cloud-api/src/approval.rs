@@ -1,0 +1,132 @@
+//! The approval message of a request, computed from its fields with the TEE core's own
+//! encoder ([`Action::message`]): the server shows it, approvers recompute it (never
+//! trusting the server's bytes), and the TEE checks the same bytes.
+
+use custos_pki::AdminSigner;
+use custos_wire::approval::{Action, THRESHOLD_SCOPE};
+use custos_wire::protocol::RequestMeta;
+
+use crate::path::parse_path;
+use crate::{ApprovalBody, KeyId, RequestKind, RequestView};
+
+/// Parses 16 bytes of hex (a request id).
+pub fn parse_request_id(s: &str) -> Result<[u8; 16], String> {
+    parse_hex_array(s, "request id")
+}
+
+/// Parses 32 bytes of hex (a digest).
+pub fn parse_digest(s: &str) -> Result<[u8; 32], String> {
+    parse_hex_array(s, "digest")
+}
+
+/// Parses a root id: 33 bytes of hex, a compressed public key prefix (02/03).
+pub fn parse_root_id(s: &str) -> Result<KeyId, String> {
+    parse_compressed(s, "root id")
+}
+
+/// Parses a threshold key id: 33 bytes of hex, a compressed secp256k1 point.
+pub fn parse_key_id(s: &str) -> Result<KeyId, String> {
+    let b = parse_compressed(s, "key id")?;
+    bitcoin::secp256k1::PublicKey::from_slice(&b)
+        .map_err(|_| "key id is not a point of secp256k1".to_string())?;
+    Ok(b)
+}
+
+fn parse_compressed(s: &str, what: &str) -> Result<KeyId, String> {
+    let b: KeyId = parse_hex_array(s, what)?;
+    if b[0] != 2 && b[0] != 3 {
+        return Err(format!("{what} is not a compressed public key"));
+    }
+    Ok(b)
+}
+
+fn parse_hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
+    if s.len() != 2 * N {
+        return Err(format!("{what} must be {} hex characters", 2 * N));
+    }
+    let v = hex::decode(s).map_err(|_| format!("{what} is not hex"))?;
+    v.try_into()
+        .map_err(|_| format!("{what} has the wrong length"))
+}
+
+/// The exact bytes an admin signs to approve `view`, recomputed from its fields.
+pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
+    let meta = RequestMeta {
+        request_id: parse_request_id(&view.id)?,
+        expires_at: view.expires_at,
+    };
+    let key_id = || -> Result<KeyId, String> {
+        parse_root_id(view.root_id.as_deref().ok_or("request has no root id")?)
+    };
+    Ok(match view.kind {
+        RequestKind::CreateWallet => Action::CreateWallet {
+            quorum: view.quorum,
+        }
+        .message(&view.cluster, &meta),
+        RequestKind::ImportWallet => Action::ImportWallet {
+            quorum: view.quorum,
+            key_id: &key_id()?,
+        }
+        .message(&view.cluster, &meta),
+        RequestKind::Sign => {
+            let path = parse_path(view.path.as_deref().ok_or("request has no path")?)
+                .map_err(|e| e.to_string())?;
+            let digest = parse_digest(view.digest.as_deref().ok_or("request has no digest")?)?;
+            Action::Sign {
+                key_id: &key_id()?,
+                path: &path,
+                digest: &digest,
+            }
+            .message(&view.cluster, &meta)
+        }
+        RequestKind::ImportThresholdKey => Action::ImportThresholdKey {
+            quorum: view.quorum,
+            key_id: &key_id()?,
+            share_index: view.share_index.ok_or("request has no share index")?,
+        }
+        .message(&view.cluster, &meta),
+        RequestKind::ThresholdSign => {
+            if view.cluster != THRESHOLD_SCOPE {
+                return Err(format!(
+                    "a threshold sign request spans clusters ({THRESHOLD_SCOPE}), not {:?}",
+                    view.cluster
+                ));
+            }
+            let path = parse_path(view.path.as_deref().ok_or("request has no path")?)
+                .map_err(|e| e.to_string())?;
+            let digest = parse_digest(view.digest.as_deref().ok_or("request has no digest")?)?;
+            Action::ThresholdSign {
+                key_id: &key_id()?,
+                path: &path,
+                digest: &digest,
+            }
+            .message(THRESHOLD_SCOPE, &meta)
+        }
+        RequestKind::CreateThresholdKey => {
+            if view.cluster != THRESHOLD_SCOPE {
+                return Err(format!(
+                    "a threshold key creation spans clusters ({THRESHOLD_SCOPE}), not {:?}",
+                    view.cluster
+                ));
+            }
+            Action::CreateThresholdKey {
+                quorum: view.quorum,
+                threshold: view.threshold.ok_or("request has no threshold")?,
+                hd: view
+                    .hd
+                    .ok_or("request does not say whether the key is HD")?,
+                clusters: view.clusters.as_deref().ok_or("request has no clusters")?,
+            }
+            .message(THRESHOLD_SCOPE, &meta)
+        }
+    })
+}
+
+/// An approval of `message` by `signer`, in the API's form.
+pub fn sign_approval(signer: &AdminSigner, message: &[u8]) -> ApprovalBody {
+    ApprovalBody {
+        admin_cert_pem: custos_pki::der_to_pem(&signer.cert_der, "CERTIFICATE"),
+        admin_ca_pem: custos_pki::der_to_pem(&signer.admin_ca_der, "CERTIFICATE"),
+        signature_hex: hex::encode(signer.sign(message)),
+    }
+}

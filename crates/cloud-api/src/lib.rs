@@ -1,0 +1,19 @@
+//! The cloud server's REST contract, shared by the server (`custos-cloud`) and every client
+//! (one definition, so the two cannot disagree):
+//!
+//! * the request and response types with their OpenAPI schemas (re-exported at the root);
+//! * [`approval`]: the exact bytes an admin signs, recomputed from a request's view with the
+//!   TEE's own encoder (an approver never trusts the server's bytes), and the parsers of the
+//!   ids the API writes in hex;
+//! * [`path`]: BIP-32 paths as the API writes them and public derivation from an xpub;
+//! * [`review`]: what an approver checks and reads before signing;
+//! * [`client`]: a typed client of every route.
+
+pub mod approval;
+pub mod client;
+pub mod path;
+pub mod review;
+mod types;
+
+pub use client::{ClientError, CloudClient};
+pub use types::*;

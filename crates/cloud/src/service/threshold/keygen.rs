@@ -1,0 +1,259 @@
+//! Threshold keys made by distributed key generation across every cluster of the key: the
+//! request, its execution, and the check that every TEE reported the same key.
+
+use super::*;
+
+impl Cloud {
+    /// `POST /v1/threshold/keys`: records a `create_threshold_key` request (cluster
+    /// `*threshold*`) for a `threshold`-of-n key over `clusters` (share i to cluster i).
+    pub async fn create_threshold_key(
+        &self,
+        caller: &str,
+        body: CreateThresholdKeyBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        let n = body.clusters.len();
+        if !(2..=MAX_THRESHOLD_CLUSTERS).contains(&n) {
+            return Err(ApiError::new(
+                "invalid_clusters",
+                format!("{n} clusters named; a threshold key spans 2 to {MAX_THRESHOLD_CLUSTERS}"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for c in &body.clusters {
+            if !seen.insert(c.as_str()) {
+                return Err(ApiError::new(
+                    "invalid_clusters",
+                    format!("cluster {c} named twice: each cluster holds one share"),
+                ));
+            }
+        }
+        for c in &body.clusters {
+            self.cluster_config(c)?;
+        }
+        if body.threshold < 2 || usize::from(body.threshold) > n {
+            return Err(ApiError::new(
+                "invalid_threshold",
+                format!(
+                    "threshold {} outside 2..={n} (the number of clusters)",
+                    body.threshold
+                ),
+            ));
+        }
+        Self::check_quorum(body.quorum)?;
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        self.create(
+            caller,
+            Draft {
+                cluster: THRESHOLD_SCOPE.to_string(),
+                quorum: body.quorum,
+                terms: Terms::CreateThresholdKey {
+                    threshold: body.threshold,
+                    hd: body.hd,
+                    clusters: body.clusters,
+                },
+                id,
+                expires_at,
+                approvals: body.approvals,
+                wallet_xpub: None,
+            },
+        )
+        .await
+    }
+
+    /// Runs a `submitting` key creation as one distributed key generation attempt across
+    /// all its clusters and records the key.
+    pub(in crate::service) async fn execute_keygen(
+        &self,
+        row: RequestRow,
+    ) -> Result<RequestRow, StoreError> {
+        let attempt = match attempt_of(&row) {
+            Ok(a) => a,
+            Err(f) => return self.finish(row, Verdict::Refused(f)).await,
+        };
+        let terms = match row.terms.clone() {
+            Terms::CreateThresholdKey {
+                threshold,
+                hd,
+                clusters,
+            } => Ok((threshold, hd, clusters)),
+            _ => Err("not a threshold key creation".to_string()),
+        };
+        let (request_id, (threshold, hd, clusters), approvals) =
+            match (parse_request_id(&row.id), terms, tee_approvals(&row)) {
+                (Ok(i), Ok(t), Ok(a)) => (i, t, a),
+                (i, t, a) => {
+                    let why = [i.err(), t.err(), a.err()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>();
+                    let v = Verdict::Refused(Failure::new(
+                        "bad_request_row",
+                        format!("stored request unusable: {}", why.join("; ")),
+                    ));
+                    return self.finish(row, v).await;
+                }
+            };
+        let participants = match self.keygen_participants(&clusters).await {
+            Ok(p) => p,
+            Err(a) => return self.threshold_failed(row, attempt, a).await,
+        };
+        let session = SessionRef {
+            request_id,
+            attempt,
+        };
+        let (row, described) = self.record_session(&row, attempt, &participants).await?;
+        tracing::info!(
+            request_id = %row.id,
+            attempt,
+            threshold,
+            participants = %described,
+            "key generation starting"
+        );
+        let start = encode_request(&Request::ThresholdKeygenStart {
+            meta: RequestMeta {
+                request_id,
+                expires_at: row.expires_at,
+            },
+            attempt,
+            params: ThresholdKeygenParams {
+                threshold,
+                hd,
+                clusters: clusters.clone(),
+                quorum: row.quorum,
+                participants: signers_of(&participants),
+            },
+            approvals,
+        });
+        let began = Instant::now();
+        let mut st = Session::new(Run::Keygen, session, &participants);
+        if let Err(abort) = self
+            .drive_session(&row.id, &start, &mut st, THRESHOLD_KEYGEN_TIMEOUT)
+            .await
+        {
+            return self.threshold_failed(row, attempt, abort).await;
+        }
+        tracing::info!(
+            request_id = %row.id,
+            attempt,
+            exchanges = st.exchanges,
+            polls = st.polls,
+            ms = began.elapsed().as_millis() as u64,
+            "key generation finished"
+        );
+        match self.check_keygen(&row, threshold, hd, &clusters, &st) {
+            Ok((result, key, shares)) => {
+                self.threshold_blamed
+                    .lock()
+                    .expect("blame lock")
+                    .remove(&row.id);
+                let by = format!(
+                    "{} (attempt {attempt}, {} exchanges, {} polls)",
+                    described, st.exchanges, st.polls
+                );
+                let v = Verdict::completed(
+                    by,
+                    RequestResult::ThresholdKey(result),
+                    Recorded::ThresholdKey(key, shares),
+                );
+                self.finish(row, v).await
+            }
+            // The TEEs stored shares of different keys (or of other terms): nothing is
+            // recorded, and no retry under these approvals can run (each TEE consumed them).
+            Err(m) => {
+                let v = Verdict::Refused(Failure::new("threshold_key_mismatch", m));
+                self.finish(row, v).await
+            }
+        }
+    }
+
+    /// Every participant reported the same key (all but the share index), its own share,
+    /// made of the approved terms; returns the result and what is recorded.
+    pub(super) fn check_keygen(
+        &self,
+        row: &RequestRow,
+        threshold: u16,
+        hd: bool,
+        clusters: &[String],
+        st: &Session<'_>,
+    ) -> Result<(ThresholdKeyResult, ThresholdKeyRow, Vec<ThresholdShareRow>), String> {
+        let mut infos = Vec::with_capacity(st.participants.len());
+        for (p, o) in st.participants.iter().zip(&st.output) {
+            let Some(Output::Key(info)) = o else {
+                return Err(format!("cluster {} returned no key", p.cluster));
+            };
+            check_threshold_key_info(info)
+                .map_err(|e| format!("cluster {} reported an unusable key: {e}", p.cluster))?;
+            if info.share_index != p.share_index {
+                return Err(format!(
+                    "cluster {} holds share {}, it was to make share {}",
+                    p.cluster, info.share_index, p.share_index
+                ));
+            }
+            infos.push(info);
+        }
+        let first = *infos.first().ok_or("no participant")?;
+        let terms = |k: &ThresholdKeyInfo| ThresholdKeyInfo {
+            share_index: 0,
+            ..k.clone()
+        };
+        for (p, info) in st.participants.iter().zip(&infos).skip(1) {
+            if terms(info) != terms(first) {
+                return Err(format!(
+                    "participants disagree on the key: cluster {} made {} and cluster {} made \
+                     {}",
+                    st.participants[0].cluster,
+                    hex::encode(&first.key_id),
+                    p.cluster,
+                    hex::encode(&info.key_id)
+                ));
+            }
+        }
+        if first.threshold != threshold
+            || first.clusters != clusters
+            || first.quorum != row.quorum
+            || first.chain_code.is_some() != hd
+            || first.origin != ThresholdOrigin::Dkg
+        {
+            return Err(format!(
+                "the key made is not the approved one: {}-of-{:?}, quorum {}, HD {}, {:?}",
+                first.threshold,
+                first.clusters,
+                first.quorum,
+                first.chain_code.is_some(),
+                first.origin
+            ));
+        }
+        let now = self.now_ms();
+        let key = key_row(first, now, &row.id);
+        let shares: Vec<ThresholdShareRow> = st
+            .participants
+            .iter()
+            .map(|p| ThresholdShareRow {
+                key_id: key.key_id.clone(),
+                share_index: p.share_index,
+                cluster: p.cluster.clone(),
+                node: p.node.clone(),
+                imported_at: now,
+                request_id: row.id.clone(),
+            })
+            .collect();
+        let result = ThresholdKeyResult {
+            key_id: key.key_id.clone(),
+            xpub: key_xpub(&key)?.map(|x| x.to_string()),
+            threshold: key.threshold,
+            clusters: key.clusters.clone(),
+            quorum: key.quorum,
+            origin: key.origin.clone(),
+            shares: shares
+                .iter()
+                .map(|s| ThresholdKeyShare {
+                    share_index: s.share_index,
+                    cluster: s.cluster.clone(),
+                    node: s.node.clone(),
+                })
+                .collect(),
+        };
+        Ok((result, key, shares))
+    }
+}

@@ -1,0 +1,253 @@
+//! Which clusters take part: t of a key's clusters for signing (the caller's preferences
+//! first, clusters blamed by the previous attempt last, each with a healthy node holding
+//! its share), every cluster of a new key for key generation.
+
+use super::*;
+
+impl Cloud {
+    /// Chooses the t participants: the named clusters in order, or else the clusters
+    /// with an imported share, healthy first (and those blamed by the previous attempt
+    /// last); each runs on the node that imported the share, or on any healthy node of
+    /// its cluster when that one is not healthy.
+    pub(super) async fn threshold_participants(
+        &self,
+        row: &RequestRow,
+        key: &ThresholdKeyRow,
+    ) -> Result<Result<Vec<Participant>, Abort>, StoreError> {
+        let (named, blamed_before) = self.cluster_preferences(row);
+        self.choose_participants(key, named, &blamed_before).await
+    }
+
+    /// The clusters a threshold request named, and those its previous attempt blamed.
+    pub(super) fn cluster_preferences(
+        &self,
+        row: &RequestRow,
+    ) -> (Option<Vec<String>>, Vec<String>) {
+        let named = match &row.terms {
+            Terms::ThresholdSign { clusters, .. } => clusters.clone(),
+            _ => None,
+        };
+        let blamed = self
+            .threshold_blamed
+            .lock()
+            .expect("blame lock")
+            .get(&row.id)
+            .cloned()
+            .unwrap_or_default();
+        (named, blamed)
+    }
+
+    /// [`Cloud::threshold_participants`] for the `named` clusters (in this order) or else
+    /// the healthiest holders, avoiding `blamed_before`.
+    pub(super) async fn choose_participants(
+        &self,
+        key: &ThresholdKeyRow,
+        named: Option<Vec<String>>,
+        blamed_before: &[String],
+    ) -> Result<Result<Vec<Participant>, Abort>, StoreError> {
+        let t = usize::from(key.threshold);
+        let shares = self.store.threshold_shares(Some(&key.key_id)).await?;
+        let candidates: Vec<String> = match &named {
+            Some(list) => list.clone(),
+            None => {
+                let mut v: Vec<String> = Vec::new();
+                for s in &shares {
+                    if !v.contains(&s.cluster) {
+                        v.push(s.cluster.clone());
+                    }
+                }
+                v
+            }
+        };
+        if candidates.len() < t {
+            return Ok(Err(Abort::new(
+                "cluster_unavailable",
+                format!(
+                    "threshold key {} needs {t} clusters; shares are recorded as imported on \
+                     {} only ({})",
+                    key.key_id,
+                    candidates.len(),
+                    names(&candidates)
+                ),
+                Vec::new(),
+            )));
+        }
+        let mut indexed = Vec::with_capacity(candidates.len());
+        for c in &candidates {
+            match key.clusters.iter().position(|k| k == c) {
+                Some(i) => indexed.push((c.clone(), i as u16)),
+                None => {
+                    return Ok(Err(Abort {
+                        final_: true,
+                        ..Abort::new(
+                            "invalid_clusters",
+                            format!("cluster {c} holds no share of threshold key {}", key.key_id),
+                            Vec::new(),
+                        )
+                    }))
+                }
+            }
+        }
+        let probes = futures::future::join_all(indexed.iter().map(|(c, _)| async move {
+            tokio::time::timeout(STATUS_TIMEOUT, self.clusters.status(c, false))
+                .await
+                .unwrap_or_else(|_| Err(CallError::Unavailable("status probe timed out".into())))
+        }))
+        .await;
+        // (cluster, share index, node, whether that node imported the share)
+        let mut usable: Vec<(String, u16, String, bool)> = Vec::new();
+        let mut unusable: Vec<String> = Vec::new();
+        let mut unusable_clusters: Vec<String> = Vec::new();
+        for ((cluster, index), probe) in indexed.into_iter().zip(probes) {
+            let status = match probe {
+                Ok(s) => s,
+                Err(e) => {
+                    unusable.push(format!("{cluster}: {e}"));
+                    unusable_clusters.push(cluster);
+                    continue;
+                }
+            };
+            let healthy: Vec<&str> = status
+                .nodes
+                .iter()
+                .filter(|n| n.healthy)
+                .map(|n| n.node.as_str())
+                .collect();
+            let recorded = shares
+                .iter()
+                .find(|s| s.share_index == index)
+                .map(|s| s.node.as_str());
+            let node = match recorded {
+                Some(n) if healthy.contains(&n) => Some((n.to_string(), true)),
+                _ => healthy.first().map(|n| (n.to_string(), false)),
+            };
+            match node {
+                Some((node, imported_here)) => usable.push((cluster, index, node, imported_here)),
+                None => {
+                    unusable.push(format!("{cluster}: no healthy node"));
+                    unusable_clusters.push(cluster);
+                }
+            }
+        }
+        if named.is_none() {
+            // Stable: share index order among equals.
+            usable.sort_by_key(|(c, _, _, imported_here)| {
+                (blamed_before.contains(c), !imported_here)
+            });
+        }
+        if usable.len() < t {
+            return Ok(Err(Abort::new(
+                "cluster_unavailable",
+                format!(
+                    "threshold key {} needs {t} clusters, {} of {} can take part now \
+                     (unavailable: {})",
+                    key.key_id,
+                    usable.len(),
+                    names(&candidates),
+                    unusable.join("; ")
+                ),
+                unusable_clusters,
+            )));
+        }
+        usable.truncate(t);
+        if named.is_none() {
+            usable.sort_by_key(|(_, index, _, _)| *index);
+        }
+        let chains = futures::future::join_all(
+            usable
+                .iter()
+                .map(|(c, _, node, _)| self.clusters.device_chain(c, node)),
+        )
+        .await;
+        let mut participants = Vec::with_capacity(t);
+        for ((cluster, share_index, node, _), chain) in usable.into_iter().zip(chains) {
+            match chain {
+                Ok(chain) => participants.push(Participant {
+                    cluster,
+                    node,
+                    share_index,
+                    chain,
+                }),
+                Err(e) => {
+                    return Ok(Err(Abort::new(
+                        &e.code(),
+                        format!("device chain of {cluster}/{node}: {e}"),
+                        vec![cluster],
+                    )))
+                }
+            }
+        }
+        Ok(Ok(participants))
+    }
+
+    /// One participant per cluster, in share order: a healthy node of each (its device
+    /// chain fetched and verified). Every cluster must take part.
+    pub(super) async fn keygen_participants(
+        &self,
+        clusters: &[String],
+    ) -> Result<Vec<Participant>, Abort> {
+        let probes = futures::future::join_all(clusters.iter().map(|c| async move {
+            tokio::time::timeout(STATUS_TIMEOUT, self.clusters.status(c, false))
+                .await
+                .unwrap_or_else(|_| Err(CallError::Unavailable("status probe timed out".into())))
+        }))
+        .await;
+        let mut chosen: Vec<(String, u16, String)> = Vec::with_capacity(clusters.len());
+        let mut unusable: Vec<String> = Vec::new();
+        let mut unusable_clusters: Vec<String> = Vec::new();
+        for (i, (cluster, probe)) in clusters.iter().zip(probes).enumerate() {
+            let node = match probe {
+                Ok(status) => status
+                    .nodes
+                    .iter()
+                    .find(|n| n.healthy)
+                    .map(|n| n.node.clone())
+                    .ok_or_else(|| "no healthy node".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match node {
+                Ok(node) => chosen.push((cluster.clone(), i as u16, node)),
+                Err(why) => {
+                    unusable.push(format!("{cluster}: {why}"));
+                    unusable_clusters.push(cluster.clone());
+                }
+            }
+        }
+        if !unusable.is_empty() {
+            return Err(Abort::new(
+                "cluster_unavailable",
+                format!(
+                    "a key generation needs every one of its {} clusters; unavailable: {}",
+                    clusters.len(),
+                    unusable.join("; ")
+                ),
+                unusable_clusters,
+            ));
+        }
+        let chains = futures::future::join_all(
+            chosen
+                .iter()
+                .map(|(c, _, node)| self.clusters.device_chain(c, node)),
+        )
+        .await;
+        let mut participants = Vec::with_capacity(chosen.len());
+        for ((cluster, share_index, node), chain) in chosen.into_iter().zip(chains) {
+            match chain {
+                Ok(chain) => participants.push(Participant {
+                    cluster,
+                    node,
+                    share_index,
+                    chain,
+                }),
+                Err(e) => {
+                    return Err(Abort::new(
+                        &e.code(),
+                        format!("device chain of {cluster}/{node}: {e}"),
+                        vec![cluster],
+                    ))
+                }
+            }
+        }
+        Ok(participants)
+    }
+}

@@ -1,0 +1,8 @@
+//! The cloud server's integration tests, one binary (each module was a test binary of its
+//! own): set-up comes from `custos-test-kit`.
+
+mod api;
+mod dkg;
+mod service;
+mod store;
+mod threshold;

@@ -1,0 +1,74 @@
+//! `custos approve` against a real cloud server on 127.0.0.1 (real TEE cores behind the test
+//! kit's fake relay + link + bridge): the admin's key loaded from the PKI directory, the
+//! approval message recomputed and compared, the prompt, and refusals before any signing.
+
+use custos::approve::{approve, ApproveArgs, ApproveError};
+use custos_cloud_api::review::{checked_message, ReviewError};
+use custos_cloud_api::{CreateWalletBody, RequestStatus};
+use custos_test_kit::TestServer;
+
+#[tokio::test]
+async fn approve_command_recomputes_confirms_and_signs() {
+    let s = TestServer::start().await;
+    let view = s
+        .client
+        .create_wallet(&CreateWalletBody {
+            cluster: "dc1".into(),
+            quorum: 1,
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        })
+        .await
+        .unwrap();
+    let mut args = ApproveArgs {
+        api: s.url(""),
+        token: s.token.clone(),
+        api_root_ca: None,
+        pki: s.pki.pki.path().to_path_buf(),
+        admin: "bob".into(),
+        request: None,
+        yes: false,
+    };
+    let mut out = Vec::new();
+    approve(&args, &mut &b""[..], &mut out).await.unwrap();
+    assert!(String::from_utf8_lossy(&out).contains(&view.id));
+
+    args.request = Some(view.id.clone());
+    let mut out = Vec::new();
+    let e = approve(&args, &mut &b"no\n"[..], &mut out)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApproveError::Review(ReviewError::Refused(_))));
+    let shown = String::from_utf8_lossy(&out).to_string();
+    assert!(
+        shown.contains("create a new wallet") && shown.contains("dc1"),
+        "{shown}"
+    );
+    assert_eq!(s.client.request(&view.id).await.unwrap().approvals.len(), 0);
+
+    let mut out = Vec::new();
+    let done = approve(&args, &mut &b"yes\n"[..], &mut out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    assert_eq!(done.approvals[0].admin, "bob");
+    // Approving something no longer pending is refused before any signing.
+    args.yes = true;
+    let e = approve(&args, &mut &b""[..], &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApproveError::Review(ReviewError::Refused(_))));
+
+    // A server that shows one request but asks to sign other bytes is refused.
+    let mut lying = view.clone();
+    lying.approval_message = hex::encode(b"something else");
+    assert!(checked_message(&lying, &view.id).is_err());
+    assert!(checked_message(&view, &"00".repeat(16)).is_err());
+    let mut altered = view.clone();
+    altered.quorum = 2;
+    assert!(checked_message(&altered, &view.id).is_err());
+    assert!(checked_message(&view, &view.id).is_ok());
+    s.stop().await;
+}

@@ -1,0 +1,24 @@
+//! TEST-ONLY set-up shared by the tests of every crate, so that each piece exists once:
+//!
+//! * [`platform`]: sealed storage in memory that stages writes until commit;
+//! * [`pki`]: a real PKI in a temporary directory and TEE cores provisioned into it;
+//! * [`db`]: SQLite and PostgreSQL databases of their own per test;
+//! * [`gateway`]: relay + link + bridge of several clusters faked in process, in front of
+//!   real or scripted TEEs;
+//! * [`server`]: the cloud server on 127.0.0.1 with a typed client.
+//!
+//! Only ever a dev-dependency.
+
+#![allow(missing_docs)]
+
+pub mod db;
+pub mod gateway;
+pub mod pki;
+pub mod platform;
+pub mod server;
+
+pub use db::{databases, Ctx, TestDb, DEFAULT_PG_URL};
+pub use gateway::{call_core, Call, FakeCluster, FakeGateway, FakeNode, Script, ScriptedTee};
+pub use pki::{Pki, ADMINS};
+pub use platform::{now, MemPlatform};
+pub use server::{code, message_of, TestServer};

@@ -1,0 +1,156 @@
+//! The cloud server on 127.0.0.1 (an ephemeral port) in front of a [`FakeGateway`], with a
+//! typed client holding a valid API token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use custos_cloud::config::{ApiTokenConfig, ClusterConfig, RelayToken};
+use custos_cloud::gateway::Gateway;
+use custos_cloud::{generate_api_token, CloudConfig};
+use custos_cloud_api::client::{ClientError, CloudClient};
+use custos_cloud_api::RequestView;
+
+use crate::db::TestDb;
+use crate::gateway::FakeGateway;
+use crate::pki::Pki;
+
+pub struct TestServer {
+    pub pki: Pki,
+    pub gateway: Arc<FakeGateway>,
+    pub client: CloudClient,
+    pub token: String,
+    pub addr: SocketAddr,
+    pub config: CloudConfig,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    db: Option<TestDb>,
+}
+
+impl TestServer {
+    /// Clusters dc1 (two nodes) and dc2 (one node); SQLite.
+    pub async fn start() -> TestServer {
+        Self::start_on(TestDb::sqlite()).await
+    }
+
+    pub async fn start_on(db: TestDb) -> TestServer {
+        let pki = Pki::new();
+        let gateway = FakeGateway::new(&pki, &[("dc1", 2), ("dc2", 1)]);
+        Self::start_with(pki, gateway, db).await
+    }
+
+    pub fn config_for(pki: &Pki, db_url: &str, token_hash: &str) -> CloudConfig {
+        let mut config = CloudConfig::new("127.0.0.1:0".parse().unwrap(), pki.root_path());
+        config.db_url = Some(db_url.to_string());
+        config.api_tokens = vec![ApiTokenConfig {
+            name: "tester".into(),
+            sha256: token_hash.to_string(),
+        }];
+        config.clusters = ["dc1", "dc2", "dc3"]
+            .iter()
+            .map(|c| ClusterConfig {
+                name: c.to_string(),
+                relay: "127.0.0.1:9".parse().unwrap(),
+                relay_token: RelayToken::new("relay-token"),
+            })
+            .collect();
+        config
+    }
+
+    pub async fn start_with(pki: Pki, gateway: Arc<FakeGateway>, db: TestDb) -> TestServer {
+        let (token, hash) = generate_api_token();
+        let config = Self::config_for(&pki, &db.url, &hash);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let gw: Arc<dyn Gateway> = gateway.clone();
+        let cfg = config.clone();
+        let task = tokio::spawn(async move {
+            custos_cloud::run_with(
+                cfg,
+                gw,
+                move |addr| {
+                    let _ = ready_tx.send(addr);
+                },
+                async move {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await
+            .expect("server runs");
+        });
+        let addr = ready_rx.await.expect("server ready");
+        let client = CloudClient::new(&format!("http://{addr}"), &token).unwrap();
+        TestServer {
+            pki,
+            gateway,
+            client,
+            token: token.to_string(),
+            addr,
+            config,
+            shutdown: Some(stop_tx),
+            task: Some(task),
+            db: Some(db),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A raw HTTP client for malformed requests.
+    pub fn raw(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    pub async fn stop(self) {
+        self.stop_keeping_db().await.cleanup().await;
+    }
+
+    /// Stops the server and hands back its database (files still there).
+    pub async fn stop_keeping_db(mut self) -> TestDb {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        self.db.take().expect("database")
+    }
+}
+
+/// Hex of the approval message the server shows, after checking that it equals the
+/// message recomputed from the request's fields.
+pub fn message_of(view: &RequestView) -> Vec<u8> {
+    let m = custos_cloud_api::approval::approval_message(view).unwrap();
+    assert_eq!(hex::encode(&m), view.approval_message);
+    m
+}
+
+/// The API error code of a failed call (panics on any other failure).
+pub fn code(e: ClientError) -> String {
+    match e {
+        ClientError::Api { code, .. } => code,
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+impl TestServer {
+    /// POSTs `body` as JSON with the test token, bypassing the typed client (for malformed
+    /// input); the status and the JSON answer (`null` if none).
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .raw()
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
