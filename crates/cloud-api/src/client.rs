@@ -45,6 +45,11 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The API error code, typed, if the server answered with one the API defines.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code().and_then(ErrorCode::parse)
+    }
 }
 
 /// A client bound to one server and API token.

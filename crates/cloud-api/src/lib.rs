@@ -2,6 +2,7 @@
 //! (one definition, so the two cannot disagree):
 //!
 //! * the request and response types with their OpenAPI schemas (re-exported at the root);
+//! * [`ErrorCode`]: every error code the API answers with;
 //! * [`approval`]: the exact bytes an admin signs, recomputed from a request's view with the
 //!   TEE's own encoder (an approver never trusts the server's bytes), and the parsers of the
 //!   ids the API writes in hex;
@@ -11,9 +12,11 @@
 
 pub mod approval;
 pub mod client;
+mod errors;
 pub mod path;
 pub mod review;
 mod types;
 
 pub use client::{ClientError, CloudClient};
+pub use errors::{ErrorCode, REQUEST_ERROR_CODES};
 pub use types::*;

@@ -17,9 +17,13 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, API_ERROR_CODES, REQUEST_ERROR_CODES};
+use crate::error::{ApiError, ErrorCode};
+use custos_cloud_api::REQUEST_ERROR_CODES;
+
+mod errors;
 use crate::service::{Cloud, RequestOutcome};
 use custos_cloud_api::*;
+pub use errors::status_of;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -54,18 +58,18 @@ where
 fn json_rejection(r: JsonRejection) -> ApiError {
     match &r {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send Content-Type: application/json",
         ),
         _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!(
                 "bodies are limited to {MAX_BODY} bytes ({MAX_IMPORT_BODY} for threshold key \
                  imports)"
             ),
         ),
         // serde's message names the field and position, never echoes values at length.
-        _ => ApiError::new("malformed_json", r.body_text()),
+        _ => ApiError::new(ErrorCode::MalformedJson, r.body_text()),
     }
 }
 
@@ -89,7 +93,7 @@ where
 }
 
 fn query_rejection(r: QueryRejection) -> ApiError {
-    ApiError::new("invalid_query", r.body_text())
+    ApiError::new(ErrorCode::InvalidQuery, r.body_text())
 }
 
 type Shared = State<Arc<Cloud>>;
@@ -669,8 +673,12 @@ impl Modify for ErrorCodes {
             "\n\nErrors are `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`.\n\n\
              | code | HTTP | meaning |\n|---|---|---|\n",
         );
-        for (code, status, meaning) in API_ERROR_CODES {
-            text.push_str(&format!("| `{code}` | {status} | {meaning} |\n"));
+        for code in ErrorCode::ALL {
+            text.push_str(&format!(
+                "| `{code}` | {} | {} |\n",
+                status_of(code).as_u16(),
+                code.description()
+            ));
         }
         text.push_str(
             "\nA request that was refused or failed carries `error.code`, one of the above or:\n\n",
@@ -745,8 +753,8 @@ async fn authenticate(State(cloud): Shared, mut req: Request, next: Next) -> Res
             next.run(req).await
         }
         None => {
-            let mut r =
-                ApiError::new("unauthorized", "a valid bearer token is required").into_response();
+            let mut r = ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required")
+                .into_response();
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             r
@@ -755,11 +763,14 @@ async fn authenticate(State(cloud): Shared, mut req: Request, next: Next) -> Res
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new("not_found", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new("method_not_allowed", "this route does not take this method")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take this method",
+    )
 }
 
 /// The whole HTTP application: authenticated `/v1` routes, the public OpenAPI document,

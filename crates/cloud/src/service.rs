@@ -240,7 +240,7 @@ impl Cloud {
             .find(|c| c.name == name)
             .ok_or_else(|| {
                 ApiError::new(
-                    "unknown_cluster",
+                    ErrorCode::UnknownCluster,
                     format!("no cluster {name:?} is configured"),
                 )
             })
@@ -254,14 +254,16 @@ impl Cloud {
         expires_at: Option<u64>,
     ) -> Result<([u8; 16], u64), ApiError> {
         let id = match request_id {
-            Some(s) => parse_request_id(s).map_err(|m| ApiError::new("invalid_request_id", m))?,
+            Some(s) => {
+                parse_request_id(s).map_err(|m| ApiError::new(ErrorCode::InvalidRequestId, m))?
+            }
             None => random_id(),
         };
         let now = self.now_secs();
         let expires_at = expires_at.unwrap_or(now + self.ttl_secs);
         if expires_at <= now || expires_at > now + MAX_APPROVAL_LIFETIME_SECS {
             return Err(ApiError::new(
-                "invalid_expiry",
+                ErrorCode::InvalidExpiry,
                 format!(
                     "expires_at must be after now ({now}) and at most {MAX_APPROVAL_LIFETIME_SECS} s ahead"
                 ),
@@ -273,7 +275,7 @@ impl Cloud {
     fn check_quorum(quorum: u8) -> Result<(), ApiError> {
         if quorum == 0 || quorum > MAX_QUORUM {
             return Err(ApiError::new(
-                "invalid_quorum",
+                ErrorCode::InvalidQuorum,
                 format!("quorum {quorum} outside 1..={MAX_QUORUM}"),
             ));
         }
@@ -480,15 +482,16 @@ pub(crate) fn load_trust_root(path: &std::path::Path) -> Result<TrustRoot, OpenE
 fn call_api_error(e: CallError) -> ApiError {
     match e {
         CallError::UnknownCluster(c) => {
-            ApiError::new("unknown_cluster", format!("no cluster {c:?}"))
+            ApiError::new(ErrorCode::UnknownCluster, format!("no cluster {c:?}"))
         }
-        CallError::Unavailable(m) => ApiError::new("cluster_unavailable", m),
-        CallError::Rejected(m) => ApiError::new("relay_rejected", m),
-        CallError::Refused { code, message } => {
-            ApiError::new("bridge_refused", format!("{}: {message}", code.as_str()))
-        }
+        CallError::Unavailable(m) => ApiError::new(ErrorCode::ClusterUnavailable, m),
+        CallError::Rejected(m) => ApiError::new(ErrorCode::RelayRejected, m),
+        CallError::Refused { code, message } => ApiError::new(
+            ErrorCode::BridgeRefused,
+            format!("{}: {message}", code.as_str()),
+        ),
         CallError::Unverified(m) | CallError::Protocol(m) => {
-            ApiError::new("unverified_response", m)
+            ApiError::new(ErrorCode::UnverifiedResponse, m)
         }
     }
 }

@@ -21,6 +21,12 @@ pub struct Pki {
 
 pub const ADMINS: [&str; 3] = ["alice", "bob", "carol"];
 
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ impl Cloud {
     pub(super) async fn create(&self, caller: &str, d: Draft) -> Result<RequestOutcome, ApiError> {
         if d.approvals.len() > MAX_APPROVALS {
             return Err(ApiError::new(
-                "too_many_approvals",
+                ErrorCode::TooManyApprovals,
                 format!("{} approvals, at most {MAX_APPROVALS}", d.approvals.len()),
             ));
         }
@@ -36,7 +36,7 @@ impl Cloud {
             let stored = self.verify_approval(a, &message)?;
             if row.approvals.iter().any(|x| x.subject == stored.subject) {
                 return Err(ApiError::new(
-                    "duplicate_approval",
+                    ErrorCode::DuplicateApproval,
                     format!("admin {:?} approved twice", stored.admin),
                 ));
             }
@@ -64,7 +64,7 @@ impl Cloud {
             .await
             .map_err(|e| match e {
                 StoreError::Duplicate(_) => ApiError::new(
-                    "request_exists",
+                    ErrorCode::RequestExists,
                     format!("request {} already exists", row.id),
                 ),
                 other => other.into(),
@@ -95,13 +95,15 @@ impl Cloud {
         if submitted && view.status == RequestStatus::Failed {
             if let Some(e) = &view.error {
                 // The caller asked for an answer now; the request stays retryable.
-                let code = match e.code.as_str() {
-                    "cluster_unavailable" => "cluster_unavailable",
-                    "relay_rejected" => "relay_rejected",
-                    "unverified_response" => "unverified_response",
-                    _ => "",
-                };
-                if !code.is_empty() {
+                let code = ErrorCode::parse(&e.code).filter(|c| {
+                    matches!(
+                        c,
+                        ErrorCode::ClusterUnavailable
+                            | ErrorCode::RelayRejected
+                            | ErrorCode::UnverifiedResponse
+                    )
+                });
+                if let Some(code) = code {
                     return Err(
                         ApiError::new(code, format!("request {}: {}", view.id, e.message))
                             .with_request(&view.id),
@@ -118,7 +120,7 @@ impl Cloud {
         a: &ApprovalBody,
         message: &[u8],
     ) -> Result<StoredApproval, ApiError> {
-        let invalid = |m: String| ApiError::new("approval_invalid", m);
+        let invalid = |m: String| ApiError::new(ErrorCode::ApprovalInvalid, m);
         let crate::approval::DecodedApproval {
             cert,
             ca,
@@ -150,13 +152,12 @@ impl Cloud {
     }
 
     pub(super) async fn request_row(&self, id: &str) -> Result<RequestRow, ApiError> {
-        parse_request_id(id).map_err(|m| ApiError::new("invalid_request_id", m))?;
+        parse_request_id(id).map_err(|m| ApiError::new(ErrorCode::InvalidRequestId, m))?;
         let id = id.to_ascii_lowercase();
-        let row = self
-            .store
-            .request(&id)
-            .await?
-            .ok_or_else(|| ApiError::new("unknown_request", format!("no request {id}")))?;
+        let row =
+            self.store.request(&id).await?.ok_or_else(|| {
+                ApiError::new(ErrorCode::UnknownRequest, format!("no request {id}"))
+            })?;
         self.expire_if_due(row).await
     }
 
@@ -184,11 +185,9 @@ impl Cloud {
                 Ok(r)
             }
             // Someone else moved it on; report what is stored now.
-            Err(StoreError::Conflict(_)) => {
-                self.store.request(&row.id).await?.ok_or_else(|| {
-                    ApiError::new("unknown_request", format!("no request {}", row.id))
-                })
-            }
+            Err(StoreError::Conflict(_)) => self.store.request(&row.id).await?.ok_or_else(|| {
+                ApiError::new(ErrorCode::UnknownRequest, format!("no request {}", row.id))
+            }),
             Err(e) => Err(e.into()),
         }
     }
@@ -234,7 +233,7 @@ impl Cloud {
         let limit = q.limit.unwrap_or(100);
         if limit == 0 || limit > MAX_LIST {
             return Err(ApiError::new(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 format!("limit must be 1..={MAX_LIST}"),
             ));
         }
@@ -255,13 +254,13 @@ impl Cloud {
                 RequestStatus::PendingApproval => {}
                 RequestStatus::Expired => {
                     return Err(ApiError::new(
-                        "request_expired",
+                        ErrorCode::RequestExpired,
                         format!("request {} expired at {}", row.id, row.expires_at),
                     ))
                 }
                 s => {
                     return Err(ApiError::new(
-                        "not_pending",
+                        ErrorCode::NotPending,
                         format!("request {} is {}", row.id, s.as_str()),
                     ))
                 }
@@ -270,7 +269,7 @@ impl Cloud {
             let approval = self.verify_approval(&body, &message)?;
             if row.approvals.iter().any(|a| a.subject == approval.subject) {
                 return Err(ApiError::new(
-                    "duplicate_approval",
+                    ErrorCode::DuplicateApproval,
                     format!(
                         "admin {:?} already approved request {}",
                         approval.admin, row.id
@@ -304,7 +303,7 @@ impl Cloud {
             }
         }
         Err(ApiError::new(
-            "conflict",
+            ErrorCode::Conflict,
             format!("request {id} keeps changing; retry"),
         ))
     }
@@ -314,7 +313,7 @@ impl Cloud {
         let row = self.request_row(id).await?;
         if row.status != RequestStatus::Failed {
             return Err(ApiError::new(
-                "not_pending",
+                ErrorCode::NotPending,
                 format!(
                     "request {} is {}, only failed requests are retried",
                     row.id,
@@ -345,7 +344,7 @@ impl Cloud {
             Ok(s) => s,
             Err(StoreError::Conflict(_)) => {
                 return Err(ApiError::new(
-                    "not_pending",
+                    ErrorCode::NotPending,
                     format!("request {} is being submitted by another call", row.id),
                 ))
             }

@@ -42,13 +42,13 @@ impl Cloud {
         let secret = import_secret(&body)?;
         let key_id = import_key_id(&secret).map_err(|e| match e {
             // The TEE core's messages about a rejected secret never contain the secret.
-            TeeError::ImportRejected(m) => ApiError::new("invalid_secret", m),
-            other => ApiError::new("invalid_secret", other.to_string()),
+            TeeError::ImportRejected(m) => ApiError::new(ErrorCode::InvalidSecret, m),
+            other => ApiError::new(ErrorCode::InvalidSecret, other.to_string()),
         })?;
         let root_id = hex::encode(&key_id);
         if self.store.wallet(&root_id).await?.is_some() {
             return Err(ApiError::new(
-                "wallet_exists",
+                ErrorCode::WalletExists,
                 format!("wallet {root_id} is already known"),
             ));
         }
@@ -68,7 +68,7 @@ impl Cloud {
         healthy.shuffle(&mut rand::thread_rng());
         let Some(node) = healthy.first().map(|s| s.to_string()) else {
             return Err(ApiError::new(
-                "cluster_unavailable",
+                ErrorCode::ClusterUnavailable,
                 format!(
                     "cluster {} has no healthy node to import into",
                     body.cluster
@@ -94,15 +94,17 @@ impl Cloud {
             &secret,
         )
         .map_err(|e| match e {
-            TeeError::ImportRejected(m) => ApiError::new("invalid_secret", m),
+            TeeError::ImportRejected(m) => ApiError::new(ErrorCode::InvalidSecret, m),
             // The certified device key is not a usable P-256 key: nothing the caller can fix.
             other => ApiError::internal("sealing the import", &other),
         })?;
         drop(secret);
-        let root_id: KeyId = key_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| ApiError::new("invalid_secret", "the seed's key id is not 33 bytes"))?;
+        let root_id: KeyId = key_id.as_slice().try_into().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidSecret,
+                "the seed's key id is not 33 bytes",
+            )
+        })?;
         self.create(
             caller,
             Draft {
@@ -129,10 +131,11 @@ impl Cloud {
         body: SignRequestBody,
     ) -> Result<RequestOutcome, ApiError> {
         let root_id =
-            parse_root_id(&body.root_id).map_err(|m| ApiError::new("invalid_root_id", m))?;
-        let path =
-            parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
-        let digest = parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?;
+            parse_root_id(&body.root_id).map_err(|m| ApiError::new(ErrorCode::InvalidRootId, m))?;
+        let path = parse_path(&body.path)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPath, e.to_string()))?;
+        let digest =
+            parse_digest(&body.digest).map_err(|m| ApiError::new(ErrorCode::InvalidDigest, m))?;
         let wallet = self.wallet_row(&body.root_id.to_ascii_lowercase()).await?;
         self.cluster_config(&wallet.cluster)?;
         let (id, expires_at) =
@@ -297,10 +300,10 @@ impl Cloud {
     }
 
     pub(super) async fn wallet_row(&self, root_id: &str) -> Result<WalletRow, ApiError> {
-        parse_root_id(root_id).map_err(|m| ApiError::new("invalid_root_id", m))?;
+        parse_root_id(root_id).map_err(|m| ApiError::new(ErrorCode::InvalidRootId, m))?;
         self.recorded_wallet(&root_id.to_ascii_lowercase())
             .await?
-            .ok_or_else(|| ApiError::new("unknown_wallet", format!("no wallet {root_id}")))
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownWallet, format!("no wallet {root_id}")))
     }
 
     /// The recorded wallet `root_id` (lower-case hex), from memory or the store.
@@ -344,12 +347,12 @@ impl Cloud {
     pub async fn derive(&self, root_id: &str, q: &DeriveQuery) -> Result<DeriveView, ApiError> {
         let path_text = q.path.as_deref().unwrap_or("m");
         let path = parse_path(path_text).map_err(|e| match e {
-            PathError::Invalid(m) => ApiError::new("invalid_path", m),
-            PathError::Hardened(m) => ApiError::new("hardened_path", m),
+            PathError::Invalid(m) => ApiError::new(ErrorCode::InvalidPath, m),
+            PathError::Hardened(m) => ApiError::new(ErrorCode::HardenedPath, m),
         })?;
         if has_hardened(&path) {
             return Err(ApiError::new(
-                "hardened_path",
+                ErrorCode::HardenedPath,
                 format!(
                     "{} has a hardened step; only public derivation is offered",
                     format_path(&path)
@@ -365,7 +368,7 @@ impl Cloud {
                     || u64::from(start) + u64::from(count) > 1 << 31
                 {
                     return Err(ApiError::new(
-                        "invalid_range",
+                        ErrorCode::InvalidRange,
                         format!(
                             "count must be 1..={MAX_DERIVE_COUNT} and start+count at most 2^31"
                         ),
@@ -375,20 +378,20 @@ impl Cloud {
             }
         };
         if q.start.is_some() && q.count.is_none() {
-            return Err(ApiError::new("invalid_range", "start needs count"));
+            return Err(ApiError::new(ErrorCode::InvalidRange, "start needs count"));
         }
         let wallet = self.wallet_row(root_id).await?;
         let root =
             Xpub::from_str(&wallet.xpub).map_err(|e| ApiError::internal("stored xpub", &e))?;
         let derived = derive_xpub(&self.secp, &root, &path)
-            .map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPath, e.to_string()))?;
         let addresses = match range {
             None => None,
             Some((start, count)) => {
                 let mut out = Vec::with_capacity(count as usize);
                 for index in start..start + count {
                     let child = derive_xpub(&self.secp, &derived, &[index])
-                        .map_err(|e| ApiError::new("invalid_range", e.to_string()))?;
+                        .map_err(|e| ApiError::new(ErrorCode::InvalidRange, e.to_string()))?;
                     let mut full = path.clone();
                     full.push(index);
                     out.push(DerivedAddress {
@@ -472,7 +475,7 @@ pub fn verify_sign_result(
 
 /// The secret of an import body, checked for shape (exactly one of mnemonic and seed).
 pub(super) fn import_secret(body: &ImportWalletBody) -> Result<ImportSecret, ApiError> {
-    let bad = |m: &str| ApiError::new("invalid_secret", m.to_string());
+    let bad = |m: &str| ApiError::new(ErrorCode::InvalidSecret, m.to_string());
     match (&body.mnemonic, &body.seed_hex) {
         (Some(m), None) => {
             let passphrase = body.passphrase.as_ref().map(|p| p.expose()).unwrap_or("");

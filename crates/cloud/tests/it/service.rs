@@ -83,7 +83,7 @@ async fn pending_requests_expire_and_are_never_submitted() {
         .approve(&view.id, s.pki.approve(1, &message))
         .await
         .unwrap_err();
-    assert_eq!(e.code, "request_expired");
+    assert_eq!(e.code, custos_cloud_api::ErrorCode::RequestExpired);
     assert!(s.gateway.executed("CreateWallet").is_empty());
     s.db.cleanup().await;
 }
@@ -125,7 +125,7 @@ async fn crash_recovery_resubmits_with_the_same_id() {
             .approve(&view.id, s.pki.approve(0, &message))
             .await
             .unwrap_err();
-        assert_eq!(e.code, "cluster_unavailable");
+        assert_eq!(e.code, custos_cloud_api::ErrorCode::ClusterUnavailable);
         s.gateway.lose_next.store(0, Ordering::SeqCst);
         let store = s.cloud.store();
         let mut row = store.request(&view.id).await.unwrap().unwrap();

@@ -102,7 +102,7 @@ impl Cloud {
             .cloned()
             .ok_or_else(|| {
                 ApiError::new(
-                    "no_threshold_audit",
+                    ErrorCode::NoThresholdAudit,
                     format!(
                         "threshold key {} was not audited since the server started",
                         key.key_id

@@ -14,7 +14,7 @@ impl Cloud {
         let n = body.clusters.len();
         if !(2..=MAX_THRESHOLD_CLUSTERS).contains(&n) {
             return Err(ApiError::new(
-                "invalid_clusters",
+                ErrorCode::InvalidClusters,
                 format!("{n} clusters named; a threshold key spans 2 to {MAX_THRESHOLD_CLUSTERS}"),
             ));
         }
@@ -22,7 +22,7 @@ impl Cloud {
         for c in &body.clusters {
             if !seen.insert(c.as_str()) {
                 return Err(ApiError::new(
-                    "invalid_clusters",
+                    ErrorCode::InvalidClusters,
                     format!("cluster {c} named twice: each cluster holds one share"),
                 ));
             }
@@ -32,7 +32,7 @@ impl Cloud {
         }
         if body.threshold < 2 || usize::from(body.threshold) > n {
             return Err(ApiError::new(
-                "invalid_threshold",
+                ErrorCode::InvalidThreshold,
                 format!(
                     "threshold {} outside 2..={n} (the number of clusters)",
                     body.threshold

@@ -117,15 +117,15 @@ impl Cloud {
         caller: &str,
         body: ImportThresholdKeyBody,
     ) -> Result<RequestOutcome, ApiError> {
-        let bundle =
-            decode_bundle(&body.bundle_hex).map_err(|m| ApiError::new("invalid_bundle", m))?;
+        let bundle = decode_bundle(&body.bundle_hex)
+            .map_err(|m| ApiError::new(ErrorCode::InvalidBundle, m))?;
         let key = &bundle.key;
         let cluster = key.clusters[usize::from(key.share_index)].clone();
         self.cluster_config(&cluster)?;
         let key_id = hex::encode(&key.key_id);
         if let Some(recorded) = self.store.threshold_key(&key_id).await? {
             if let Some(why) = recorded.disagreement(&key_row(key, 0, "")) {
-                return Err(ApiError::new("threshold_key_mismatch", why));
+                return Err(ApiError::new(ErrorCode::ThresholdKeyMismatch, why));
             }
         }
         let (id, expires_at) =
@@ -182,10 +182,10 @@ impl Cloud {
             hex::encode(fingerprint)
         );
         if unreachable.is_empty() {
-            Err(ApiError::new("bundle_recipient_unknown", what))
+            Err(ApiError::new(ErrorCode::BundleRecipientUnknown, what))
         } else {
             Err(ApiError::new(
-                "cluster_unavailable",
+                ErrorCode::ClusterUnavailable,
                 format!("{what}; unreachable: {}", unreachable.join("; ")),
             ))
         }
@@ -247,13 +247,13 @@ impl Cloud {
         &self,
         key_id: &str,
     ) -> Result<ThresholdKeyRow, ApiError> {
-        parse_key_id(key_id).map_err(|m| ApiError::new("invalid_key_id", m))?;
+        parse_key_id(key_id).map_err(|m| ApiError::new(ErrorCode::InvalidKeyId, m))?;
         self.store
             .threshold_key(&key_id.to_ascii_lowercase())
             .await?
             .ok_or_else(|| {
                 ApiError::new(
-                    "unknown_threshold_key",
+                    ErrorCode::UnknownThresholdKey,
                     format!("no threshold key {key_id}"),
                 )
             })

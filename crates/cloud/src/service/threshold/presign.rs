@@ -47,7 +47,7 @@ impl Cloud {
         let key = self.threshold_key_row(key_id).await?;
         if key.chain_code.is_some() {
             return Err(ApiError::new(
-                "hd_threshold_key",
+                ErrorCode::HdThresholdKey,
                 format!(
                     "threshold key {} derives HD children: presignatures are only made for keys \
                      without chain code (RUSTSEC-2025-0127)",
@@ -82,7 +82,7 @@ impl Cloud {
         let key = self.presign_key_row(key_id).await?;
         if !(1..=MAX_PRESIGNATURES_PER_CALL).contains(&body.count) {
             return Err(ApiError::new(
-                "invalid_count",
+                ErrorCode::InvalidCount,
                 format!(
                     "{} presignatures, make 1 to {MAX_PRESIGNATURES_PER_CALL} at a time",
                     body.count
@@ -94,7 +94,7 @@ impl Cloud {
             for c in list {
                 if !seen.insert(c.as_str()) || !key.clusters.contains(c) {
                     return Err(ApiError::new(
-                        "invalid_clusters",
+                        ErrorCode::InvalidClusters,
                         format!(
                             "cluster {c} is named twice or holds no share of threshold key {}",
                             key.key_id

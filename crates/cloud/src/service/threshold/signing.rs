@@ -32,12 +32,13 @@ impl Cloud {
         caller: &str,
         body: ThresholdSignBody,
     ) -> Result<RequestOutcome, ApiError> {
-        let key_id = parse_key_id(&body.key_id).map_err(|m| ApiError::new("invalid_key_id", m))?;
-        let path =
-            parse_path(&body.path).map_err(|e| ApiError::new("invalid_path", e.to_string()))?;
+        let key_id =
+            parse_key_id(&body.key_id).map_err(|m| ApiError::new(ErrorCode::InvalidKeyId, m))?;
+        let path = parse_path(&body.path)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPath, e.to_string()))?;
         if has_hardened(&path) {
             return Err(ApiError::new(
-                "hardened_path",
+                ErrorCode::HardenedPath,
                 format!(
                     "{}: threshold keys derive non-hardened children only",
                     format_path(&path)
@@ -47,11 +48,12 @@ impl Cloud {
         let message = match &body.message {
             None => None,
             Some(m) => {
-                let bytes = hex::decode(m)
-                    .map_err(|e| ApiError::new("invalid_message", format!("message: {e}")))?;
+                let bytes = hex::decode(m).map_err(|e| {
+                    ApiError::new(ErrorCode::InvalidMessage, format!("message: {e}"))
+                })?;
                 if bytes.len() > MAX_PRESIGN_MESSAGE {
                     return Err(ApiError::new(
-                        "invalid_message",
+                        ErrorCode::InvalidMessage,
                         format!(
                             "message of {} bytes, at most {MAX_PRESIGN_MESSAGE}",
                             bytes.len()
@@ -66,18 +68,19 @@ impl Cloud {
                 let d: [u8; 32] = Sha256::digest(m).into();
                 if !body.digest.is_empty() && !body.digest.eq_ignore_ascii_case(&hex::encode(d)) {
                     return Err(ApiError::new(
-                        "invalid_message",
+                        ErrorCode::InvalidMessage,
                         "the digest given is not SHA-256 of the message",
                     ));
                 }
                 d
             }
-            None => parse_digest(&body.digest).map_err(|m| ApiError::new("invalid_digest", m))?,
+            None => parse_digest(&body.digest)
+                .map_err(|m| ApiError::new(ErrorCode::InvalidDigest, m))?,
         };
         if let Some(list) = &body.clusters {
             if list.is_empty() || list.len() > MAX_THRESHOLD_CLUSTERS {
                 return Err(ApiError::new(
-                    "invalid_clusters",
+                    ErrorCode::InvalidClusters,
                     format!("name 1 to {MAX_THRESHOLD_CLUSTERS} clusters"),
                 ));
             }
@@ -88,7 +91,7 @@ impl Cloud {
         let key = self.threshold_key_row(&body.key_id).await?;
         if key.chain_code.is_none() && !path.is_empty() {
             return Err(ApiError::new(
-                "invalid_path",
+                ErrorCode::InvalidPath,
                 format!(
                     "threshold key {} has no chain code (no HD derivation): only path m",
                     key.key_id
@@ -102,13 +105,13 @@ impl Cloud {
                 for c in list {
                     if !seen.insert(c.as_str()) {
                         return Err(ApiError::new(
-                            "invalid_clusters",
+                            ErrorCode::InvalidClusters,
                             format!("cluster {c} named twice"),
                         ));
                     }
                     if !key.clusters.contains(c) {
                         return Err(ApiError::new(
-                            "invalid_clusters",
+                            ErrorCode::InvalidClusters,
                             format!(
                                 "cluster {c} holds no share of threshold key {} (its clusters: {})",
                                 key.key_id,
@@ -119,7 +122,7 @@ impl Cloud {
                 }
                 if list.len() < usize::from(key.threshold) {
                     return Err(ApiError::new(
-                        "invalid_clusters",
+                        ErrorCode::InvalidClusters,
                         format!(
                             "{} clusters named, threshold key {} needs {}",
                             list.len(),

@@ -1,0 +1,325 @@
+//! The stable error codes of the API: what an error body's `error.code` can be. Clients
+//! match on [`ErrorCode`]; the HTTP status of each is the server's concern (its HTTP layer).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Every error code the API answers with (a request's own `error.code` may also carry the
+/// codes of [`REQUEST_ERROR_CODES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Missing or unknown bearer token.
+    Unauthorized,
+    /// Body is not valid JSON of the expected shape.
+    MalformedJson,
+    /// Body is not application/json.
+    UnsupportedMediaType,
+    /// Body over the limit (64 KiB; 576 KiB for threshold key imports).
+    BodyTooLarge,
+    /// Query string not understood or out of range.
+    InvalidQuery,
+    /// Digest is not 32 bytes of hex.
+    InvalidDigest,
+    /// BIP-32 path syntax, index range or depth.
+    InvalidPath,
+    /// Hardened step where only public derivation is possible.
+    HardenedPath,
+    /// Derivation range (count at most 1000, indices below 2^31).
+    InvalidRange,
+    /// Root id is not 33 bytes of hex.
+    InvalidRootId,
+    /// Request id is not 16 bytes of hex.
+    InvalidRequestId,
+    /// Quorum outside 1..=16.
+    InvalidQuorum,
+    /// Expiry in the past or more than 7 days ahead.
+    InvalidExpiry,
+    /// Import needs exactly one valid mnemonic or seed.
+    InvalidSecret,
+    /// More than 16 approvals.
+    TooManyApprovals,
+    /// Threshold bundle is not hex of a consistent dealer bundle of at most 256 KiB.
+    InvalidBundle,
+    /// Threshold key id is not 33 bytes of hex of a compressed point.
+    InvalidKeyId,
+    /// Cluster list has duplicates, clusters without a share of the key, or fewer than t (a new key: 2 to 64 distinct clusters).
+    InvalidClusters,
+    /// Threshold outside 2..=n (the number of clusters).
+    InvalidThreshold,
+    /// Message is not hex of at most 64 KiB, or the digest given is not its SHA-256.
+    InvalidMessage,
+    /// Presignature count outside 1..=64.
+    InvalidCount,
+    /// Presignatures are only made for threshold keys without chain code.
+    HdThresholdKey,
+    /// No such threshold key.
+    UnknownThresholdKey,
+    /// No audit of the threshold key was run since the server started.
+    NoThresholdAudit,
+    /// No node of the share's cluster has the device certificate the bundle is sealed to.
+    BundleRecipientUnknown,
+    /// The bundle's key facts differ from the recorded threshold key.
+    ThresholdKeyMismatch,
+    /// No such wallet.
+    UnknownWallet,
+    /// No such request.
+    UnknownRequest,
+    /// No such cluster configured.
+    UnknownCluster,
+    /// No such route.
+    NotFound,
+    /// Route does not take this method.
+    MethodNotAllowed,
+    /// Approval certificate or signature does not verify.
+    ApprovalInvalid,
+    /// This admin already approved.
+    DuplicateApproval,
+    /// Request is not in a state that allows this.
+    NotPending,
+    /// Approval window has passed.
+    RequestExpired,
+    /// A request with this id exists.
+    RequestExists,
+    /// This wallet is already known.
+    WalletExists,
+    /// Request changed concurrently; retry.
+    Conflict,
+    /// The cluster's relay could not be reached (request retryable).
+    ClusterUnavailable,
+    /// The relay refused the cloud server's call.
+    RelayRejected,
+    /// The cluster's bridge refused the operation.
+    BridgeRefused,
+    /// A cluster answer failed verification.
+    UnverifiedResponse,
+    /// Server-side failure (logged).
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in the order the API description lists them.
+    pub const ALL: [ErrorCode; 43] = [
+        ErrorCode::Unauthorized,
+        ErrorCode::MalformedJson,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::InvalidQuery,
+        ErrorCode::InvalidDigest,
+        ErrorCode::InvalidPath,
+        ErrorCode::HardenedPath,
+        ErrorCode::InvalidRange,
+        ErrorCode::InvalidRootId,
+        ErrorCode::InvalidRequestId,
+        ErrorCode::InvalidQuorum,
+        ErrorCode::InvalidExpiry,
+        ErrorCode::InvalidSecret,
+        ErrorCode::TooManyApprovals,
+        ErrorCode::InvalidBundle,
+        ErrorCode::InvalidKeyId,
+        ErrorCode::InvalidClusters,
+        ErrorCode::InvalidThreshold,
+        ErrorCode::InvalidMessage,
+        ErrorCode::InvalidCount,
+        ErrorCode::HdThresholdKey,
+        ErrorCode::UnknownThresholdKey,
+        ErrorCode::NoThresholdAudit,
+        ErrorCode::BundleRecipientUnknown,
+        ErrorCode::ThresholdKeyMismatch,
+        ErrorCode::UnknownWallet,
+        ErrorCode::UnknownRequest,
+        ErrorCode::UnknownCluster,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::ApprovalInvalid,
+        ErrorCode::DuplicateApproval,
+        ErrorCode::NotPending,
+        ErrorCode::RequestExpired,
+        ErrorCode::RequestExists,
+        ErrorCode::WalletExists,
+        ErrorCode::Conflict,
+        ErrorCode::ClusterUnavailable,
+        ErrorCode::RelayRejected,
+        ErrorCode::BridgeRefused,
+        ErrorCode::UnverifiedResponse,
+        ErrorCode::Internal,
+    ];
+
+    /// The snake_case name written in error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::InvalidDigest => "invalid_digest",
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::HardenedPath => "hardened_path",
+            ErrorCode::InvalidRange => "invalid_range",
+            ErrorCode::InvalidRootId => "invalid_root_id",
+            ErrorCode::InvalidRequestId => "invalid_request_id",
+            ErrorCode::InvalidQuorum => "invalid_quorum",
+            ErrorCode::InvalidExpiry => "invalid_expiry",
+            ErrorCode::InvalidSecret => "invalid_secret",
+            ErrorCode::TooManyApprovals => "too_many_approvals",
+            ErrorCode::InvalidBundle => "invalid_bundle",
+            ErrorCode::InvalidKeyId => "invalid_key_id",
+            ErrorCode::InvalidClusters => "invalid_clusters",
+            ErrorCode::InvalidThreshold => "invalid_threshold",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::InvalidCount => "invalid_count",
+            ErrorCode::HdThresholdKey => "hd_threshold_key",
+            ErrorCode::UnknownThresholdKey => "unknown_threshold_key",
+            ErrorCode::NoThresholdAudit => "no_threshold_audit",
+            ErrorCode::BundleRecipientUnknown => "bundle_recipient_unknown",
+            ErrorCode::ThresholdKeyMismatch => "threshold_key_mismatch",
+            ErrorCode::UnknownWallet => "unknown_wallet",
+            ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::UnknownCluster => "unknown_cluster",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::ApprovalInvalid => "approval_invalid",
+            ErrorCode::DuplicateApproval => "duplicate_approval",
+            ErrorCode::NotPending => "not_pending",
+            ErrorCode::RequestExpired => "request_expired",
+            ErrorCode::RequestExists => "request_exists",
+            ErrorCode::WalletExists => "wallet_exists",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::RelayRejected => "relay_rejected",
+            ErrorCode::BridgeRefused => "bridge_refused",
+            ErrorCode::UnverifiedResponse => "unverified_response",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// What it means, for the API description.
+    pub fn description(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "missing or unknown bearer token",
+            ErrorCode::MalformedJson => "body is not valid JSON of the expected shape",
+            ErrorCode::UnsupportedMediaType => "body is not application/json",
+            ErrorCode::BodyTooLarge => "body over the limit (64 KiB; 576 KiB for threshold key imports)",
+            ErrorCode::InvalidQuery => "query string not understood or out of range",
+            ErrorCode::InvalidDigest => "digest is not 32 bytes of hex",
+            ErrorCode::InvalidPath => "BIP-32 path syntax, index range or depth",
+            ErrorCode::HardenedPath => "hardened step where only public derivation is possible",
+            ErrorCode::InvalidRange => "derivation range (count at most 1000, indices below 2^31)",
+            ErrorCode::InvalidRootId => "root id is not 33 bytes of hex",
+            ErrorCode::InvalidRequestId => "request id is not 16 bytes of hex",
+            ErrorCode::InvalidQuorum => "quorum outside 1..=16",
+            ErrorCode::InvalidExpiry => "expiry in the past or more than 7 days ahead",
+            ErrorCode::InvalidSecret => "import needs exactly one valid mnemonic or seed",
+            ErrorCode::TooManyApprovals => "more than 16 approvals",
+            ErrorCode::InvalidBundle => "threshold bundle is not hex of a consistent dealer bundle of at most 256 KiB",
+            ErrorCode::InvalidKeyId => "threshold key id is not 33 bytes of hex of a compressed point",
+            ErrorCode::InvalidClusters => "cluster list has duplicates, clusters without a share of the key, or fewer than t (a new key: 2 to 64 distinct clusters)",
+            ErrorCode::InvalidThreshold => "threshold outside 2..=n (the number of clusters)",
+            ErrorCode::InvalidMessage => "message is not hex of at most 64 KiB, or the digest given is not its SHA-256",
+            ErrorCode::InvalidCount => "presignature count outside 1..=64",
+            ErrorCode::HdThresholdKey => "presignatures are only made for threshold keys without chain code",
+            ErrorCode::UnknownThresholdKey => "no such threshold key",
+            ErrorCode::NoThresholdAudit => "no audit of the threshold key was run since the server started",
+            ErrorCode::BundleRecipientUnknown => "no node of the share's cluster has the device certificate the bundle is sealed to",
+            ErrorCode::ThresholdKeyMismatch => "the bundle's key facts differ from the recorded threshold key",
+            ErrorCode::UnknownWallet => "no such wallet",
+            ErrorCode::UnknownRequest => "no such request",
+            ErrorCode::UnknownCluster => "no such cluster configured",
+            ErrorCode::NotFound => "no such route",
+            ErrorCode::MethodNotAllowed => "route does not take this method",
+            ErrorCode::ApprovalInvalid => "approval certificate or signature does not verify",
+            ErrorCode::DuplicateApproval => "this admin already approved",
+            ErrorCode::NotPending => "request is not in a state that allows this",
+            ErrorCode::RequestExpired => "approval window has passed",
+            ErrorCode::RequestExists => "a request with this id exists",
+            ErrorCode::WalletExists => "this wallet is already known",
+            ErrorCode::Conflict => "request changed concurrently; retry",
+            ErrorCode::ClusterUnavailable => "the cluster's relay could not be reached (request retryable)",
+            ErrorCode::RelayRejected => "the relay refused the cloud server's call",
+            ErrorCode::BridgeRefused => "the cluster's bridge refused the operation",
+            ErrorCode::UnverifiedResponse => "a cluster answer failed verification",
+            ErrorCode::Internal => "server-side failure (logged)",
+        }
+    }
+
+    /// The code named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Codes a request's `error.code` can carry besides `cluster_unavailable`,
+/// `relay_rejected` and `unverified_response`.
+pub const REQUEST_ERROR_CODES: &[(&str, &str)] = &[
+    (
+        "tee_*",
+        "the TEE refused: tee_ + snake_case of its error (e.g. tee_approval_rejected)",
+    ),
+    ("bridge_*", "the bridge refused: bridge_ + its refusal code"),
+    (
+        "bad_signature",
+        "the returned signature does not verify or is for the wrong key",
+    ),
+    (
+        "bad_result",
+        "the returned wallet does not match the request",
+    ),
+    (
+        "relay_protocol",
+        "the relay's answer was undecodable or of the wrong kind",
+    ),
+    (
+        "unknown_cluster",
+        "the request's cluster is no longer configured",
+    ),
+    (
+        "threshold_aborted",
+        "a threshold session was aborted: a participant was unreachable, stalled, timed out \
+         or misbehaved; the message names the cluster(s) and the phase (getAB, getAB_and_R, \
+         getR, getSig; keygen, auxInfo for a key generation). Retrying makes a new attempt",
+    ),
+    (
+        "threshold_attempts_exhausted",
+        "every attempt an approved threshold request may make was used",
+    ),
+    (
+        "threshold_key_mismatch",
+        "the imported share's key facts differ from the recorded threshold key, or the TEEs \
+         of a key generation reported different keys",
+    ),
+    (
+        "unknown_threshold_key",
+        "the threshold key is not recorded (any more)",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_named_as_serialized() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code} twice");
+            assert!(code
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::String(code.as_str().into())
+            );
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert!(!code.description().is_empty());
+        }
+        assert_eq!(ErrorCode::parse("tee_approval_rejected"), None);
+    }
+}
