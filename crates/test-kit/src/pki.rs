@@ -1,22 +1,28 @@
-//! A real PKI in a temporary directory (root, Device CA, Admin CA, clusters dc1–dc3, admins
-//! alice, bob, carol), TEE cores provisioned into it, and device identities for scripted
+//! A real PKI in a temporary directory (root, Device CA, Admin CA, cluster CAs, admins
+//! alice, bob, carol, a dealer), TEE cores provisioned into it, and device identities for scripted
 //! TEEs.
 
 use custos_cloud_api::approval::sign_approval;
 use custos_cloud_api::ApprovalBody;
-use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
+use custos_pki::{der_to_pem, pem_to_der, AdminSigner, DealerSigner, PkiDir, TrustRoot};
+use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
-use custos_wire::protocol::{encode_request, CertChain, Request, Response, SignedResponse};
+use custos_wire::approval::Approval;
+use custos_wire::protocol::{CertChain, Request, Response};
 use zeroize::Zeroizing;
 
-use crate::gateway::ScriptedTee;
+use crate::gateway::{call_core, ScriptedTee};
 use crate::platform::MemPlatform;
 
-/// A PKI with clusters dc1 and dc2 and admins alice, bob, carol.
+/// A PKI: root, Device CA, Admin CA, the clusters' CAs, admins alice, bob and carol, and a
+/// dealer.
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub pki: PkiDir,
     pub admins: Vec<AdminSigner>,
+    pub dealer: DealerSigner,
+    /// The root as a verifier holds it.
+    pub root: TrustRoot,
 }
 
 pub const ADMINS: [&str; 3] = ["alice", "bob", "carol"];
@@ -28,13 +34,19 @@ impl Default for Pki {
 }
 
 impl Pki {
+    /// Clusters dc1, dc2 and dc3.
     pub fn new() -> Self {
+        Self::with_clusters(&["dc1", "dc2", "dc3"])
+    }
+
+    /// A PKI with a CA for each of `clusters`.
+    pub fn with_clusters(clusters: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pki = PkiDir::new(dir.path().join("pki"));
         pki.init().unwrap();
-        pki.create_cluster_ca("dc1").unwrap();
-        pki.create_cluster_ca("dc2").unwrap();
-        pki.create_cluster_ca("dc3").unwrap();
+        for c in clusters {
+            pki.create_cluster_ca(c).unwrap();
+        }
         let admins = ADMINS
             .iter()
             .map(|a| {
@@ -42,47 +54,82 @@ impl Pki {
                 AdminSigner::load(&pki, a).unwrap()
             })
             .collect();
-        Pki { dir, pki, admins }
+        pki.create_dealer("dealer").unwrap();
+        let dealer = DealerSigner::load(&pki, "dealer").unwrap();
+        let root =
+            TrustRoot::from_der(&pem_to_der(&pki.root_pem().unwrap(), "root").unwrap()).unwrap();
+        Pki {
+            dir,
+            pki,
+            admins,
+            dealer,
+            root,
+        }
     }
 
     pub fn root_path(&self) -> std::path::PathBuf {
         self.pki.path().join("root-ca.crt")
     }
 
-    /// A provisioned TEE core of `cluster`.
+    /// A provisioned TEE core of `cluster` on an empty platform.
     pub fn node(&self, cluster: &str, node: &str) -> TeeCore<MemPlatform> {
         let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
-        let call = |core: &mut TeeCore<MemPlatform>, r: &Request| -> Response {
-            let signed: SignedResponse =
-                postcard::from_bytes(&core.handle_bytes(&encode_request(r))).unwrap();
-            let outcome: Result<Response, custos_wire::protocol::TeeError> =
-                postcard::from_bytes(&signed.body).unwrap();
-            outcome.unwrap()
-        };
+        self.provision(&mut core, cluster, node);
+        core
+    }
+
+    /// Provisions `core` as node `node` of `cluster` the way an operator does: Root pinned,
+    /// D generated in the core, its CSR signed by the cluster's CA, the certificate
+    /// installed. Returns the device chain and D's public key.
+    pub fn provision<P: Platform>(
+        &self,
+        core: &mut TeeCore<P>,
+        cluster: &str,
+        node: &str,
+    ) -> (CertChain, Vec<u8>) {
         let root_cert = pem_to_der(&self.pki.root_pem().unwrap(), "root").unwrap();
-        call(&mut core, &Request::PinRoot { root_cert });
-        let Response::DeviceCsr { csr, .. } = call(
-            &mut core,
+        call_core(core, &Request::PinRoot { root_cert }).unwrap();
+        let Response::DeviceCsr { csr, public_key } = call_core(
+            core,
             &Request::GenerateDeviceKey {
                 cluster: cluster.into(),
                 node: node.into(),
             },
-        ) else {
+        )
+        .unwrap() else {
             panic!("expected a CSR")
         };
         let cert = self
             .pki
             .sign_device_csr(cluster, &der_to_pem(&csr, "CERTIFICATE REQUEST"))
             .unwrap();
-        call(
-            &mut core,
+        let chain = CertChain {
+            device: pem_to_der(&cert, "device").unwrap(),
+            cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
+            device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
+        };
+        call_core(
+            core,
             &Request::InstallDeviceCert {
-                device: pem_to_der(&cert, "device").unwrap(),
-                cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
-                device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
+                device: chain.device.clone(),
+                cluster_ca: chain.cluster_ca.clone(),
+                device_ca: chain.device_ca.clone(),
             },
-        );
-        core
+        )
+        .unwrap();
+        (chain, public_key)
+    }
+
+    /// Approvals of `message` by the first `n` admins, as a TEE request carries them.
+    pub fn approvals(&self, n: usize, message: &[u8]) -> Vec<Approval> {
+        self.admins[..n]
+            .iter()
+            .map(|s| Approval {
+                admin_cert: s.cert_der.clone(),
+                admin_ca: s.admin_ca_der.clone(),
+                signature: s.sign(message),
+            })
+            .collect()
     }
 
     /// A device identity of `node` in `cluster` outside any TEE: a P-256 key made here with

@@ -11,13 +11,10 @@
 
 use custos_test_kit::{now, MemPlatform};
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bitcoin::bip32::{ChainCode, ChildNumber, DerivationPath, Fingerprint, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
-use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
 use custos_tee_core::threshold::primes::{seal_primes_file, PRIMES_PREFIX};
 use custos_tee_core::TeeCore;
 use custos_threshold::fixtures;
@@ -53,35 +50,20 @@ impl Node {
     }
 }
 
-/// A PKI in a temporary directory (removed on drop): clusters dc1..dc4 and two admins.
-struct Pki {
-    dir: PathBuf,
-    pki: PkiDir,
-    admins: Vec<AdminSigner>,
+/// The test kit's PKI with clusters dc1..dc4.
+struct Pki(custos_test_kit::Pki);
+
+impl std::ops::Deref for Pki {
+    type Target = custos_test_kit::Pki;
+    fn deref(&self) -> &custos_test_kit::Pki {
+        &self.0
+    }
 }
 
 impl Pki {
     fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "custos-tee-core-dkg-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pki = PkiDir::new(dir.join("pki"));
-        pki.init().unwrap();
-        for c in CLUSTERS.iter().chain(&["dc4"]) {
-            pki.create_cluster_ca(c).unwrap();
-        }
-        let admins = ["alice", "bob"]
-            .iter()
-            .map(|a| {
-                pki.create_admin(a).unwrap();
-                AdminSigner::load(&pki, a).unwrap()
-            })
-            .collect();
-        Pki { dir, pki, admins }
+        let clusters: Vec<&str> = CLUSTERS.iter().copied().chain(["dc4"]).collect();
+        Pki(custos_test_kit::Pki::with_clusters(&clusters))
     }
 
     /// A provisioned core of `cluster` holding `primes` pregenerated primes sets (fixture
@@ -99,56 +81,13 @@ impl Pki {
             seal_primes_file(&mut platform, file.as_bytes()).unwrap(),
             primes
         );
-        let core = TeeCore::open(platform, "memory").unwrap();
-        let mut node = Node {
-            core,
-            chain: CertChain::default(),
-        };
-        let root_cert = pem_to_der(&self.pki.root_pem().unwrap(), "root").unwrap();
-        node.call(&Request::PinRoot { root_cert }).unwrap();
-        let Response::DeviceCsr { csr, .. } = node
-            .call(&Request::GenerateDeviceKey {
-                cluster: cluster.into(),
-                node: name.into(),
-            })
-            .unwrap()
-        else {
-            panic!("expected a CSR");
-        };
-        let cert = self
-            .pki
-            .sign_device_csr(cluster, &der_to_pem(&csr, "CERTIFICATE REQUEST"))
-            .unwrap();
-        node.chain = CertChain {
-            device: pem_to_der(&cert, "device").unwrap(),
-            cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
-            device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
-        };
-        node.call(&Request::InstallDeviceCert {
-            device: node.chain.device.clone(),
-            cluster_ca: node.chain.cluster_ca.clone(),
-            device_ca: node.chain.device_ca.clone(),
-        })
-        .unwrap();
-        node
+        let mut core = TeeCore::open(platform, "memory").unwrap();
+        let (chain, _) = self.0.provision(&mut core, cluster, name);
+        Node { core, chain }
     }
 
     fn approvals(&self, n: usize, action: &Action<'_>, meta: &RequestMeta) -> Vec<Approval> {
-        let message = action.message(THRESHOLD_SCOPE, meta);
-        self.admins[..n]
-            .iter()
-            .map(|s| Approval {
-                admin_cert: s.cert_der.clone(),
-                admin_ca: s.admin_ca_der.clone(),
-                signature: s.sign(&message),
-            })
-            .collect()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.0.approvals(n, &action.message(THRESHOLD_SCOPE, meta))
     }
 }
 

@@ -4,19 +4,15 @@
 //! The cores run in-process over an in-memory platform, provisioned by a real PKI (Root,
 //! Device and Cluster CAs, admins) as the operator tooling does it.
 
-use custos_test_kit::MemPlatform;
+use custos_test_kit::{call_core as call, MemPlatform};
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use custos_pki::{der_to_pem, pem_to_der, AdminSigner, PkiDir};
 use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
 use custos_wire::approval::{Action, Approval};
 use custos_wire::import::{import_context, import_key_id, seal_import, SealedImport};
 use custos_wire::protocol::{
-    encode_request, ImportSecret, KeyInfo, Origin, Outcome, Request, RequestMeta, Response,
-    SecretBytes, SecretString, SignedResponse, TeeError,
+    ImportSecret, KeyInfo, Origin, Outcome, Request, RequestMeta, Response, SecretBytes,
+    SecretString, TeeError,
 };
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -27,92 +23,34 @@ const PHRASE: &str =
     "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
 const PASSPHRASE: &str = "TREZOR";
 
-/// A PKI in a temporary directory (removed on drop) with cluster dc1 and three admins.
-struct Pki {
-    dir: PathBuf,
-    pki: PkiDir,
-    admins: Vec<AdminSigner>,
+/// The test kit's PKI (cluster dc1 is the one used here).
+struct Pki(custos_test_kit::Pki);
+
+impl std::ops::Deref for Pki {
+    type Target = custos_test_kit::Pki;
+    fn deref(&self) -> &custos_test_kit::Pki {
+        &self.0
+    }
 }
 
 impl Pki {
     fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "custos-tee-core-sealed-import-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pki = PkiDir::new(dir.join("pki"));
-        pki.init().unwrap();
-        pki.create_cluster_ca(CLUSTER).unwrap();
-        let admins = ["alice", "bob", "carol"]
-            .iter()
-            .map(|a| {
-                pki.create_admin(a).unwrap();
-                AdminSigner::load(&pki, a).unwrap()
-            })
-            .collect();
-        Pki { dir, pki, admins }
+        Pki(custos_test_kit::Pki::with_clusters(&[CLUSTER]))
     }
 
     /// A core of cluster dc1 with Root pinned, D generated and its certificate installed;
     /// returns it with D's public key.
     fn node(&self, node: &str) -> (TeeCore<MemPlatform>, Vec<u8>) {
         let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
-        let root_cert = pem_to_der(&self.pki.root_pem().unwrap(), "root").unwrap();
-        call(&mut core, &Request::PinRoot { root_cert }).unwrap();
-        let Response::DeviceCsr { csr, public_key } = call(
-            &mut core,
-            &Request::GenerateDeviceKey {
-                cluster: CLUSTER.into(),
-                node: node.into(),
-            },
-        )
-        .unwrap() else {
-            panic!("expected a CSR");
-        };
-        let cert = self
-            .pki
-            .sign_device_csr(CLUSTER, &der_to_pem(&csr, "CERTIFICATE REQUEST"))
-            .unwrap();
-        call(
-            &mut core,
-            &Request::InstallDeviceCert {
-                device: pem_to_der(&cert, "device").unwrap(),
-                cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(CLUSTER).unwrap(), "c").unwrap(),
-                device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
-            },
-        )
-        .unwrap();
+        let (_, public_key) = self.0.provision(&mut core, CLUSTER, node);
         (core, public_key)
     }
 
     /// Approvals by the first `n` admins of importing `key_id` with `quorum`.
     fn approvals(&self, n: usize, meta: &RequestMeta, quorum: u8, key_id: &[u8]) -> Vec<Approval> {
         let message = Action::ImportWallet { quorum, key_id }.message(CLUSTER, meta);
-        self.admins[..n]
-            .iter()
-            .map(|s| Approval {
-                admin_cert: s.cert_der.clone(),
-                admin_ca: s.admin_ca_der.clone(),
-                signature: s.sign(&message),
-            })
-            .collect()
+        self.0.approvals(n, &message)
     }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// One request through the byte interface (as the host serves it), outcome decoded.
-fn call(core: &mut TeeCore<MemPlatform>, req: &Request) -> Outcome {
-    let signed: SignedResponse =
-        postcard::from_bytes(&core.handle_bytes(&encode_request(req))).unwrap();
-    postcard::from_bytes(&signed.body).unwrap()
 }
 
 fn meta() -> RequestMeta {

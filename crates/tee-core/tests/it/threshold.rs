@@ -7,19 +7,17 @@
 //! provisioned by a real PKI. The key is dealt from the TEST-ONLY fixture primes
 //! (`custos-threshold` feature `test-fixtures`, dev-dependency only).
 
-use custos_test_kit::{now, MemPlatform};
+use custos_test_kit::{call_core as call, now, MemPlatform};
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
-use custos_pki::{
-    der_to_pem, pem_to_der, AdminSigner, DealerSigner, DeviceIdentity, PkiDir, TrustRoot,
-};
+use custos_pki::DeviceIdentity;
 use custos_tee_core::threshold::bundle::seal_bundle;
 use custos_tee_core::threshold::key_info;
 use custos_tee_core::TeeCore;
@@ -27,8 +25,8 @@ use custos_threshold::{combine, deal, fixtures, PartialSig, PresignaturePublic, 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::protocol::{
     encode_request, CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta,
-    Response, SessionRef, SignedResponse, TeeError, ThresholdBundle, ThresholdKeyInfo,
-    ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
+    Response, SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage,
+    ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
 };
 use custos_wire::threshold::{bundle_context, bundle_transcript};
 use rand::RngCore;
@@ -60,90 +58,26 @@ impl Node {
     }
 }
 
-/// One request through the byte interface (as the host serves it), outcome decoded.
-fn call(core: &mut TeeCore<MemPlatform>, req: &Request) -> Outcome {
-    let signed: SignedResponse =
-        postcard::from_bytes(&core.handle_bytes(&encode_request(req))).unwrap();
-    postcard::from_bytes(&signed.body).unwrap()
-}
+/// The test kit's PKI with clusters dc1..dc4 (its admins and dealer).
+struct Pki(custos_test_kit::Pki);
 
-/// A PKI in a temporary directory (removed on drop): clusters dc1..dc4, two admins and the
-/// dealer.
-struct Pki {
-    dir: PathBuf,
-    pki: PkiDir,
-    admins: Vec<AdminSigner>,
-    dealer: DealerSigner,
-    root: TrustRoot,
+impl std::ops::Deref for Pki {
+    type Target = custos_test_kit::Pki;
+    fn deref(&self) -> &custos_test_kit::Pki {
+        &self.0
+    }
 }
 
 impl Pki {
     fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "custos-tee-core-threshold-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pki = PkiDir::new(dir.join("pki"));
-        pki.init().unwrap();
-        for c in CLUSTERS.iter().chain(&["dc4"]) {
-            pki.create_cluster_ca(c).unwrap();
-        }
-        let admins = ["alice", "bob"]
-            .iter()
-            .map(|a| {
-                pki.create_admin(a).unwrap();
-                AdminSigner::load(&pki, a).unwrap()
-            })
-            .collect();
-        pki.create_dealer("dealer").unwrap();
-        let dealer = DealerSigner::load(&pki, "dealer").unwrap();
-        let root =
-            TrustRoot::from_der(&pem_to_der(&pki.root_pem().unwrap(), "root").unwrap()).unwrap();
-        Pki {
-            dir,
-            pki,
-            admins,
-            dealer,
-            root,
-        }
+        let clusters: Vec<&str> = CLUSTERS.iter().copied().chain(["dc4"]).collect();
+        Pki(custos_test_kit::Pki::with_clusters(&clusters))
     }
 
     /// A core of `cluster` with Root pinned, D generated and its certificate installed.
     fn node(&self, cluster: &str, name: &str) -> Node {
         let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
-        let root_cert = pem_to_der(&self.pki.root_pem().unwrap(), "root").unwrap();
-        call(&mut core, &Request::PinRoot { root_cert }).unwrap();
-        let Response::DeviceCsr { csr, .. } = call(
-            &mut core,
-            &Request::GenerateDeviceKey {
-                cluster: cluster.into(),
-                node: name.into(),
-            },
-        )
-        .unwrap() else {
-            panic!("expected a CSR");
-        };
-        let cert = self
-            .pki
-            .sign_device_csr(cluster, &der_to_pem(&csr, "CERTIFICATE REQUEST"))
-            .unwrap();
-        let chain = CertChain {
-            device: pem_to_der(&cert, "device").unwrap(),
-            cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
-            device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
-        };
-        call(
-            &mut core,
-            &Request::InstallDeviceCert {
-                device: chain.device.clone(),
-                cluster_ca: chain.cluster_ca.clone(),
-                device_ca: chain.device_ca.clone(),
-            },
-        )
-        .unwrap();
+        let (chain, _) = self.0.provision(&mut core, cluster, name);
         // What the dealer program does before sealing: verify the node's chain itself.
         let identity = self
             .root
@@ -164,15 +98,7 @@ impl Pki {
         scope: &str,
         meta: &RequestMeta,
     ) -> Vec<Approval> {
-        let message = action.message(scope, meta);
-        self.admins[..n]
-            .iter()
-            .map(|s| Approval {
-                admin_cert: s.cert_der.clone(),
-                admin_ca: s.admin_ca_der.clone(),
-                signature: s.sign(&message),
-            })
-            .collect()
+        self.0.approvals(n, &action.message(scope, meta))
     }
 
     /// The dealer's bundle of share `i` for `node`.
@@ -201,12 +127,6 @@ impl Pki {
             meta,
             bundle: bundle.clone(),
         }
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -1129,8 +1049,8 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
     // the commit): the presignature is gone after the restart, whatever is asked.
     let id2 = presign(&mut [(0, &mut a), (1, &mut n1)], &key);
     let (_, req2) = presign_sign(&pki, &key, id2, message);
-    let state = pki.dir.join("n1.records");
-    let request = pki.dir.join("n1.request");
+    let state = pki.dir.path().join("n1.records");
+    let request = pki.dir.path().join("n1.request");
     n1.core.platform().save(&state);
     std::fs::write(&request, encode_request(&req2)).unwrap();
     let child = std::process::Command::new(std::env::current_exe().unwrap())
