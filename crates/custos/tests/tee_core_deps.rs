@@ -41,6 +41,10 @@ fn components_outside_the_tee_link_neither_the_tee_core_nor_the_protocol_engine(
             "custos-cloud",
             &["custos-tee-core ", "cggmp24 ", "custos-threshold "],
         ),
+        (
+            "custos-cloud-api",
+            &["custos-tee-core ", "cggmp24 ", "custos-threshold "],
+        ),
         ("custos-wire", &["custos-tee-core ", "cggmp24 "]),
         ("custos-threshold-public", &["cggmp24 "]),
     ] {
