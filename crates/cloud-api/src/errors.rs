@@ -322,4 +322,63 @@ mod tests {
         }
         assert_eq!(ErrorCode::parse("tee_approval_rejected"), None);
     }
+
+    /// `ALL` is written by hand: this exhaustive match stops compiling when a variant is
+    /// added, and the test fails unless `ALL` lists every variant in declaration order.
+    #[test]
+    fn all_lists_every_variant() {
+        fn position(c: ErrorCode) -> usize {
+            match c {
+                ErrorCode::Unauthorized => 0,
+                ErrorCode::MalformedJson => 1,
+                ErrorCode::UnsupportedMediaType => 2,
+                ErrorCode::BodyTooLarge => 3,
+                ErrorCode::InvalidQuery => 4,
+                ErrorCode::InvalidDigest => 5,
+                ErrorCode::InvalidPath => 6,
+                ErrorCode::HardenedPath => 7,
+                ErrorCode::InvalidRange => 8,
+                ErrorCode::InvalidRootId => 9,
+                ErrorCode::InvalidRequestId => 10,
+                ErrorCode::InvalidQuorum => 11,
+                ErrorCode::InvalidExpiry => 12,
+                ErrorCode::InvalidSecret => 13,
+                ErrorCode::TooManyApprovals => 14,
+                ErrorCode::InvalidBundle => 15,
+                ErrorCode::InvalidKeyId => 16,
+                ErrorCode::InvalidClusters => 17,
+                ErrorCode::InvalidThreshold => 18,
+                ErrorCode::InvalidMessage => 19,
+                ErrorCode::InvalidCount => 20,
+                ErrorCode::HdThresholdKey => 21,
+                ErrorCode::UnknownThresholdKey => 22,
+                ErrorCode::NoThresholdAudit => 23,
+                ErrorCode::BundleRecipientUnknown => 24,
+                ErrorCode::ThresholdKeyMismatch => 25,
+                ErrorCode::UnknownWallet => 26,
+                ErrorCode::UnknownRequest => 27,
+                ErrorCode::UnknownCluster => 28,
+                ErrorCode::NotFound => 29,
+                ErrorCode::MethodNotAllowed => 30,
+                ErrorCode::ApprovalInvalid => 31,
+                ErrorCode::DuplicateApproval => 32,
+                ErrorCode::NotPending => 33,
+                ErrorCode::RequestExpired => 34,
+                ErrorCode::RequestExists => 35,
+                ErrorCode::WalletExists => 36,
+                ErrorCode::Conflict => 37,
+                ErrorCode::ClusterUnavailable => 38,
+                ErrorCode::RelayRejected => 39,
+                ErrorCode::BridgeRefused => 40,
+                ErrorCode::UnverifiedResponse => 41,
+                ErrorCode::Internal => 42,
+            }
+        }
+        // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
+        const ARMS: usize = 43;
+        assert_eq!(ErrorCode::ALL.len(), ARMS);
+        for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(position(code), i, "{code}");
+        }
+    }
 }

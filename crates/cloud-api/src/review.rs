@@ -193,6 +193,8 @@ pub async fn list_pending(client: &CloudClient, out: &mut dyn Write) -> Result<(
 /// refuses unless it waits for approval and its approval message is the one recomputed
 /// from its fields, prints what will be signed in full, asks for `yes` on `input` unless
 /// `yes` is set, then signs and posts the approval. Returns the request as it is after.
+/// `admin` is only the name shown to the approver: it must be the name of `signer`'s
+/// certificate (the server and the TEE identify the approver by the certificate).
 pub async fn review_and_approve(
     client: &CloudClient,
     id: &str,

@@ -23,7 +23,7 @@ use custos_cloud_api::REQUEST_ERROR_CODES;
 mod errors;
 use crate::service::{Cloud, RequestOutcome};
 use custos_cloud_api::*;
-pub use errors::status_of;
+pub(crate) use errors::status_of;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
