@@ -1,0 +1,199 @@
+//! Refusals: [`TeeError`] with its stable codes, and why an approval was not accepted.
+
+use serde::{Deserialize, Serialize};
+
+/// Why an approval was not accepted.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ApprovalFault {
+    /// The certificate does not chain to the pinned Root through the Admin CA.
+    UntrustedCertificate,
+    /// The certificate is expired or not yet valid.
+    CertificateNotValidNow,
+    /// The signature does not cover this exact request.
+    BadSignature,
+    /// Unparsable certificate or signature.
+    Malformed,
+}
+
+/// A refusal: typed, and specific about what was wrong.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+pub enum TeeError {
+    /// The request could not be decoded or violates a limit.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A provisioning step is missing.
+    #[error("not provisioned: {0}")]
+    NotProvisioned(String),
+    /// The Root CA is already pinned and can never be replaced.
+    #[error("a Root CA is already pinned and cannot be replaced")]
+    RootAlreadyPinned,
+    /// The offered Root CA certificate is not acceptable.
+    #[error("root certificate rejected: {0}")]
+    RootRejected(String),
+    /// A device key D already exists.
+    #[error("the device key already exists")]
+    DeviceKeyExists,
+    /// The device certificate chain did not verify.
+    #[error("device certificate rejected: {0}")]
+    DeviceCertRejected(String),
+    /// The device certificate is for another cluster.
+    #[error("device certificate is for cluster {found:?}, this node belongs to {expected:?}")]
+    DeviceCertWrongCluster {
+        /// Cluster of this node.
+        expected: String,
+        /// Cluster of the certificate.
+        found: String,
+    },
+    /// The device certificate certifies another key than D.
+    #[error("device certificate does not carry this node's device key")]
+    DeviceCertWrongKey,
+    /// No approval was attached.
+    #[error("the request carries no admin approval")]
+    ApprovalMissing,
+    /// One approval failed.
+    #[error("approval #{index} rejected ({fault:?}): {detail}")]
+    ApprovalRejected {
+        /// Position in the request's approval list.
+        index: u32,
+        /// Category.
+        fault: ApprovalFault,
+        /// Verifier message.
+        detail: String,
+    },
+    /// Fewer distinct admins approved than the key requires.
+    #[error("quorum not met: {required} distinct admins required, {approved} approved")]
+    QuorumNotMet {
+        /// Required.
+        required: u8,
+        /// Distinct valid approvers.
+        approved: u8,
+    },
+    /// The approvals' validity window has passed.
+    #[error("request expired at {expires_at} (now {now})")]
+    RequestExpired {
+        /// Expiry.
+        expires_at: u64,
+        /// Platform time.
+        now: u64,
+    },
+    /// This create request id was already used: one approval creates one wallet.
+    #[error("request {0} was already executed; a new request needs new approvals")]
+    RequestReplayed(String),
+    /// No such wallet.
+    #[error("unknown key {0}")]
+    UnknownKey(String),
+    /// The wallet exists already.
+    #[error("key {0} already exists")]
+    KeyExists(String),
+    /// The wallet's sealed record failed to open; it is never used.
+    #[error("sealed record of key {key} is corrupt: {reason}")]
+    KeyRecordCorrupt {
+        /// Key id (hex).
+        key: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Imported secret does not match the approved key id, or is malformed.
+    #[error("import rejected: {0}")]
+    ImportRejected(String),
+    /// Audit message over the limit.
+    #[error("audit message is {len} bytes, at most {max} allowed")]
+    AuditMessageTooLong {
+        /// Length offered.
+        len: u32,
+        /// Limit.
+        max: u32,
+    },
+    /// A BIP-32 path that cannot be used.
+    #[error("invalid BIP-32 path: {0}")]
+    InvalidPath(String),
+    /// A key transfer (export or import) was refused.
+    #[error("key transfer rejected: {0}")]
+    TransferRejected(String),
+    /// The requester's certificate does not entitle it to this cluster's keys.
+    #[error("requester certificate rejected: {0}")]
+    RequesterRejected(String),
+    /// Only TLS 1.3 CertificateVerify messages are signed for TLS.
+    #[error("refused to sign: not a TLS 1.3 CertificateVerify message")]
+    TlsSignRefused,
+    /// The sealed storage failed; this request's writes were discarded.
+    #[error("sealed storage failure: {0}")]
+    Storage(String),
+    /// A sealed import does not open here: sealed to another node, for another request
+    /// context, altered, or oversized.
+    #[error("sealed import rejected: {0}")]
+    SealedImportRejected(String),
+    /// A dealer bundle or threshold request was refused.
+    #[error("threshold request rejected: {0}")]
+    ThresholdRejected(String),
+    /// No such session (never started here, finished, aborted or expired).
+    #[error("unknown threshold session {0}")]
+    UnknownSession(String),
+    /// The session was aborted; `blamed` names the clusters at fault when known.
+    #[error("threshold session {session} aborted in {phase}: {detail} (blamed: {blamed:?})")]
+    ThresholdAborted {
+        /// Session (hex request id / attempt).
+        session: String,
+        /// Clusters at fault, if identified.
+        blamed: Vec<String>,
+        /// Phase reached.
+        phase: String,
+        /// What happened.
+        detail: String,
+    },
+    /// No Paillier primes are ready for a distributed key generation in this TEE. Nothing
+    /// was started or consumed; retry later (safe-prime generation takes minutes).
+    #[error("no Paillier primes ready: {0}")]
+    PrimesNotReady(String),
+    /// This TEE holds no such presignature: never made here, or already used (each is used
+    /// once, and deleted before its partial signature leaves).
+    #[error("no presignature {0} here (never made here, or already used)")]
+    UnknownPresignature(String),
+    /// The request was encoded for another version of this protocol.
+    #[error("request of protocol version {found}, this TEE speaks version {supported}")]
+    UnsupportedProtocol {
+        /// Version the request carries.
+        found: u8,
+        /// Version this side speaks.
+        supported: u8,
+    },
+}
+
+impl TeeError {
+    /// Stable snake_case code of the refusal (its kind, independent of the message): what the
+    /// history records and, prefixed with `tee_`, what the REST API reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TeeError::InvalidRequest(_) => "invalid_request",
+            TeeError::NotProvisioned(_) => "not_provisioned",
+            TeeError::RootAlreadyPinned => "root_already_pinned",
+            TeeError::RootRejected(_) => "root_rejected",
+            TeeError::DeviceKeyExists => "device_key_exists",
+            TeeError::DeviceCertRejected(_) => "device_cert_rejected",
+            TeeError::DeviceCertWrongCluster { .. } => "device_cert_wrong_cluster",
+            TeeError::DeviceCertWrongKey => "device_cert_wrong_key",
+            TeeError::ApprovalMissing => "approval_missing",
+            TeeError::ApprovalRejected { .. } => "approval_rejected",
+            TeeError::QuorumNotMet { .. } => "quorum_not_met",
+            TeeError::RequestExpired { .. } => "request_expired",
+            TeeError::RequestReplayed(_) => "request_replayed",
+            TeeError::UnknownKey(_) => "unknown_key",
+            TeeError::KeyExists(_) => "key_exists",
+            TeeError::KeyRecordCorrupt { .. } => "key_record_corrupt",
+            TeeError::ImportRejected(_) => "import_rejected",
+            TeeError::AuditMessageTooLong { .. } => "audit_message_too_long",
+            TeeError::InvalidPath(_) => "invalid_path",
+            TeeError::TransferRejected(_) => "transfer_rejected",
+            TeeError::RequesterRejected(_) => "requester_rejected",
+            TeeError::TlsSignRefused => "tls_sign_refused",
+            TeeError::Storage(_) => "storage",
+            TeeError::SealedImportRejected(_) => "sealed_import_rejected",
+            TeeError::ThresholdRejected(_) => "threshold_rejected",
+            TeeError::UnknownSession(_) => "unknown_session",
+            TeeError::ThresholdAborted { .. } => "threshold_aborted",
+            TeeError::PrimesNotReady(_) => "primes_not_ready",
+            TeeError::UnknownPresignature(_) => "unknown_presignature",
+            TeeError::UnsupportedProtocol { .. } => "unsupported_protocol",
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The requests a TEE core answers, and which of them may be relayed from outside the node.
+
+use serde::{Deserialize, Serialize};
+
+// One module split in files: every protocol type is in scope, for the code and the doc links.
+use super::*;
+use crate::approval::Approval;
+use crate::import::SealedImport;
+
+/// A request to the TEE core.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Request {
+    /// State of the core (provisioning, keys, corrupt records).
+    Status,
+    /// Pins the Root CA certificate (DER). Once only.
+    PinRoot {
+        /// Root CA certificate, DER.
+        root_cert: Vec<u8>,
+    },
+    /// Generates the device key D inside and returns a CSR for it.
+    GenerateDeviceKey {
+        /// Cluster the node will belong to.
+        cluster: String,
+        /// Node name (CSR common name).
+        node: String,
+    },
+    /// Installs the device certificate issued for D, with its CA chain.
+    InstallDeviceCert {
+        /// Device certificate, DER.
+        device: Vec<u8>,
+        /// Cluster CA certificate, DER.
+        cluster_ca: Vec<u8>,
+        /// Device CA certificate, DER.
+        device_ca: Vec<u8>,
+    },
+    /// Generates a new BIP-32 root seed (B key).
+    CreateWallet {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// Number of distinct admins required to use (and to create) this key.
+        quorum: u8,
+        /// Admin approvals.
+        approvals: Vec<Approval>,
+    },
+    /// Imports an existing seed.
+    ImportWallet {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// Quorum for the key.
+        quorum: u8,
+        /// Root public key the admins approved importing.
+        key_id: KeyId,
+        /// The secret.
+        secret: ImportSecret,
+        /// Admin approvals.
+        approvals: Vec<Approval>,
+    },
+    /// Lists the wallets held.
+    ListKeys,
+    /// Extended public key at a path (hardened steps allowed; public data only).
+    GetXpub {
+        /// Wallet.
+        key_id: KeyId,
+        /// BIP-32 path (hardened indices have bit 31 set).
+        path: Vec<u32>,
+    },
+    /// Signs a 32-byte digest with the child key at `path`.
+    Sign {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// Wallet.
+        key_id: KeyId,
+        /// BIP-32 path.
+        path: Vec<u32>,
+        /// Digest to sign.
+        digest: [u8; 32],
+        /// Admin approvals.
+        approvals: Vec<Approval>,
+    },
+    /// Signs a short audit message with the root key m (patent [0086]).
+    AuditSign {
+        /// Wallet.
+        key_id: KeyId,
+        /// At most [`MAX_AUDIT_MESSAGE`] bytes.
+        message: Vec<u8>,
+    },
+    /// Attestation over a challenge.
+    Attest {
+        /// Caller's challenge (at most 64 bytes).
+        challenge: Vec<u8>,
+    },
+    /// The installed device certificate chain (for TLS and sync requests).
+    DeviceChain,
+    /// Signs a TLS 1.3 CertificateVerify message with D (mutual TLS with the device
+    /// certificate); any other message is refused.
+    SignTls {
+        /// The exact message rustls asks to sign.
+        message: Vec<u8>,
+    },
+    /// Seals the given wallets to a requesting node of the same cluster.
+    ExportKeys {
+        /// The requester's certificate chain.
+        requester: CertChain,
+        /// Wallets wanted (at most `MAX_TRANSFER_KEYS`).
+        key_ids: Vec<KeyId>,
+    },
+    /// Opens and stores a transfer addressed to this node.
+    ImportKeys {
+        /// The transfer.
+        transfer: KeyTransfer,
+    },
+    /// Imports an existing seed sealed to this node's device key D
+    /// ([`crate::import::seal_import`]): handled as [`Request::ImportWallet`] once opened,
+    /// and safe to relay since only ciphertext travels.
+    ImportWalletSealed {
+        /// Request id and expiry (bound into the ciphertext's context).
+        meta: RequestMeta,
+        /// Quorum for the key (bound into the ciphertext's context).
+        quorum: u8,
+        /// Root public key the admins approved importing (bound into the context).
+        key_id: KeyId,
+        /// The secret, HPKE-sealed to this node.
+        sealed: SealedImport,
+        /// Admin approvals, of [`crate::approval::Action::ImportWallet`].
+        approvals: Vec<Approval>,
+    },
+    /// Imports a dealer bundle (this cluster's threshold share T_i with its Paillier
+    /// material P), sealed to this node and signed by the operating company's dealer
+    /// (patent [0070]-[0072]).
+    ImportThresholdBundle {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// The bundle.
+        bundle: ThresholdBundle,
+        /// Admin approvals, of [`crate::approval::Action::ImportThresholdKey`].
+        approvals: Vec<Approval>,
+    },
+    /// Lists the threshold shares held.
+    ListThresholdKeys,
+    /// Opens a threshold signing session in this TEE and returns its first messages
+    /// (phase getAB). Every participating TEE receives the same request.
+    ThresholdStart {
+        /// Request id (with `attempt`, the session id) and expiry.
+        meta: RequestMeta,
+        /// Attempt number under the same approvals (a retry with other clusters), from 0 up
+        /// to [`MAX_THRESHOLD_ATTEMPTS`]` - 1`; each (request id, attempt) runs once.
+        attempt: u8,
+        /// What to sign and with whom.
+        params: ThresholdSignParams,
+        /// Admin approvals, of [`crate::approval::Action::ThresholdSign`].
+        approvals: Vec<Approval>,
+    },
+    /// Delivers relayed messages of a running session; returns this TEE's next messages,
+    /// and the signature (or the new key) once the session is done. A distributed key
+    /// generation also takes an empty feed, to collect what the TEE computed since.
+    ThresholdFeed {
+        /// The session.
+        session: SessionRef,
+        /// Messages from other participants, in any order.
+        messages: Vec<ThresholdMessage>,
+    },
+    /// Aborts a session (another participant failed or the cloud server gave up).
+    ThresholdAbort {
+        /// The session.
+        session: SessionRef,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Opens a distributed key generation session in this TEE (one per cluster of the new
+    /// key; every participant receives the same request) and returns its first messages
+    /// (phase `keygen`). The session runs threshold key generation, then aux-info
+    /// generation (phase `auxInfo`, this TEE's Paillier key), and stores this cluster's share
+    /// of the new key; its rounds use [`Request::ThresholdFeed`] and [`Request::ThresholdAbort`],
+    /// and are answered with [`Response::ThresholdKeygenRound`].
+    ThresholdKeygenStart {
+        /// Request id (with `attempt`, the session id) and expiry.
+        meta: RequestMeta,
+        /// Attempt number under the same approvals (see [`Request::ThresholdStart`]).
+        attempt: u8,
+        /// The key to make and who makes it.
+        params: ThresholdKeygenParams,
+        /// Admin approvals, of [`crate::approval::Action::CreateThresholdKey`].
+        approvals: Vec<Approval>,
+    },
+    /// Opens a threshold audit session (patent [0086]): like [`Request::ThresholdStart`], but
+    /// the session signs `audit_digest(message)` with the root of the threshold key (empty
+    /// path) and nothing else, so it needs no admin approvals (the domain-separated digest
+    /// can never be a transaction digest). The session is recorded as used before any
+    /// message leaves, its execution id is derived under its own domain tag, and its rounds
+    /// use [`Request::ThresholdFeed`] and [`Request::ThresholdAbort`] and are answered with
+    /// [`Response::ThresholdRound`].
+    ThresholdAuditStart {
+        /// The session (each one runs once).
+        session: SessionRef,
+        /// Joint public key.
+        key_id: KeyId,
+        /// At most [`MAX_AUDIT_MESSAGE`] bytes.
+        message: Vec<u8>,
+        /// Participants, in signing order (exactly t, distinct share indexes).
+        signers: Vec<ThresholdSigner>,
+    },
+    /// Opens a presignature session for a threshold key without chain code (presignatures
+    /// and HD derivation never mix, RUSTSEC-2025-0127). It signs nothing, so it needs no
+    /// approvals; its rounds (phase `presign`) use [`Request::ThresholdFeed`] and
+    /// [`Request::ThresholdAbort`] and are answered with [`Response::ThresholdPresignRound`].
+    /// The finished presignature is sealed and committed before the last answer leaves; it
+    /// is never copied to another node.
+    ThresholdPresignStart {
+        /// The session (each one runs once); its execution id names the presignature.
+        session: SessionRef,
+        /// Joint public key.
+        key_id: KeyId,
+        /// Participants, in signing order (exactly t, distinct share indexes).
+        signers: Vec<ThresholdSigner>,
+    },
+    /// Online signing with a stored presignature: the TEE hashes the full `message` itself
+    /// (SHA-256), checks the approvals of [`crate::approval::Action::ThresholdSign`] for that
+    /// digest (empty path), deletes the presignature and commits the deletion, and only then
+    /// returns its partial signature ([`Response::ThresholdPartial`]). A presignature is used
+    /// at most once, whatever happens after the commit.
+    ThresholdPresignSign {
+        /// Request id (with `attempt`, recorded as used) and expiry.
+        meta: RequestMeta,
+        /// Attempt number under the same approvals.
+        attempt: u8,
+        /// The presignature and what to sign.
+        params: PresignSignParams,
+        /// Admin approvals, of [`crate::approval::Action::ThresholdSign`].
+        approvals: Vec<Approval>,
+    },
+    /// Lists the presignatures this TEE holds for a threshold key.
+    ListPresignatures {
+        /// Joint public key.
+        key_id: KeyId,
+    },
+}
+
+/// Who may send a request to a TEE core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayClass {
+    /// May come from outside the node, through the bridge: what travels is public, sealed to
+    /// this node (HPKE to its certified D key), or bound to admin approvals the TEE checks.
+    Relayed,
+    /// Only at the node's own TEE socket: provisioning, TLS signing, key transfers between
+    /// nodes (the node server drives them itself) and plaintext wallet imports (their secret
+    /// would cross every relay in clear).
+    NodeOnly,
+}
+
+impl Request {
+    /// Whether the bridge may relay this request to a node's TEE. The one list the vault node
+    /// server enforces and the bridge routes by, so the two can never drift apart.
+    pub fn relay_class(&self) -> RelayClass {
+        match self {
+            Request::Status
+            | Request::ListKeys
+            | Request::GetXpub { .. }
+            | Request::CreateWallet { .. }
+            | Request::ImportWalletSealed { .. }
+            | Request::Sign { .. }
+            | Request::AuditSign { .. }
+            | Request::Attest { .. }
+            | Request::DeviceChain
+            | Request::ImportThresholdBundle { .. }
+            | Request::ListThresholdKeys
+            | Request::ThresholdStart { .. }
+            | Request::ThresholdKeygenStart { .. }
+            | Request::ThresholdAuditStart { .. }
+            | Request::ThresholdFeed { .. }
+            | Request::ThresholdAbort { .. }
+            | Request::ThresholdPresignStart { .. }
+            | Request::ThresholdPresignSign { .. }
+            | Request::ListPresignatures { .. } => RelayClass::Relayed,
+            Request::PinRoot { .. }
+            | Request::GenerateDeviceKey { .. }
+            | Request::InstallDeviceCert { .. }
+            | Request::ImportWallet { .. }
+            | Request::SignTls { .. }
+            | Request::ExportKeys { .. }
+            | Request::ImportKeys { .. } => RelayClass::NodeOnly,
+        }
+    }
+}

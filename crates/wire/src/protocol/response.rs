@@ -1,0 +1,170 @@
+//! The answers of a TEE core and the public facts they carry.
+
+use serde::{Deserialize, Serialize};
+
+// One module split in files: every protocol type is in scope, for the code and the doc links.
+use super::*;
+
+/// Provisioning state of the node's device identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Cluster.
+    pub cluster: String,
+    /// Node name.
+    pub node: String,
+    /// D public key, SEC1 uncompressed.
+    pub public_key: Vec<u8>,
+    /// SHA-256 of the installed device certificate, if installed.
+    pub cert_fingerprint: Option<[u8; 32]>,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// Message schema version.
+    pub protocol_version: u16,
+    /// Backend name.
+    pub platform: String,
+    /// SHA-256 of the pinned Root CA certificate.
+    pub root_fingerprint: Option<[u8; 32]>,
+    /// Device identity, once D exists.
+    pub device: Option<DeviceInfo>,
+    /// Number of wallets held.
+    pub wallets: u32,
+    /// Sealed records that failed to open: (record, reason). Never used.
+    pub corrupt_records: Vec<(String, String)>,
+}
+
+/// An attestation document binding `user_data` to the platform's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// Which backend produced it (`software`, `nitro`, `sgx-dcap`, ...).
+    pub platform: String,
+    /// Backend-specific document (a COSE_Sign1 for Nitro, a quote for SGX, ...).
+    pub document: Vec<u8>,
+}
+
+/// A secp256k1 ECDSA signature with recovery id.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EcdsaSignature {
+    /// r (big-endian).
+    pub r: [u8; 32],
+    /// s (big-endian, low-s).
+    pub s: [u8; 32],
+    /// Recovery id (0 or 1).
+    pub v: u8,
+    /// Public key that signed (compressed, 33 bytes).
+    pub public_key: Vec<u8>,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Response {
+    /// State.
+    Status(Status),
+    /// Root pinned.
+    RootPinned {
+        /// SHA-256 of the pinned certificate.
+        fingerprint: [u8; 32],
+    },
+    /// CSR for the new device key.
+    DeviceCsr {
+        /// PKCS#10 request, DER.
+        csr: Vec<u8>,
+        /// D public key, SEC1 uncompressed.
+        public_key: Vec<u8>,
+    },
+    /// Device certificate installed.
+    DeviceCertInstalled(DeviceInfo),
+    /// A wallet was created or imported.
+    Wallet(KeyInfo),
+    /// Wallet list.
+    Keys(Vec<KeyInfo>),
+    /// Extended public key at a path.
+    Xpub {
+        /// `xpub...` string.
+        xpub: String,
+        /// The child public key (compressed).
+        public_key: Vec<u8>,
+    },
+    /// A transaction signature.
+    Signature(EcdsaSignature),
+    /// An audit signature over `audit_digest(message)` with the root key m.
+    AuditSignature(EcdsaSignature),
+    /// Attestation.
+    Attestation(Attestation),
+    /// The device certificate chain.
+    DeviceChain(CertChain),
+    /// A TLS CertificateVerify signature (DER).
+    TlsSignature(Vec<u8>),
+    /// Sealed wallets for another node.
+    KeyTransfer(KeyTransfer),
+    /// Result of an import.
+    KeysImported {
+        /// Wallets newly stored.
+        imported: Vec<KeyId>,
+        /// Wallets of the transfer this node already held.
+        already_held: u32,
+    },
+    /// A threshold share was imported.
+    ThresholdKey(ThresholdKeyInfo),
+    /// Threshold shares held.
+    ThresholdKeys(Vec<ThresholdKeyInfo>),
+    /// A session advanced: messages to relay, and the signature once done.
+    ThresholdRound {
+        /// The session.
+        session: SessionRef,
+        /// Patent phase the session is in now.
+        phase: String,
+        /// Messages for the other participants.
+        outgoing: Vec<ThresholdMessage>,
+        /// The signature (for the child key of the approved path), when the session is done.
+        signature: Option<EcdsaSignature>,
+    },
+    /// A session was aborted (or was not running).
+    ThresholdAborted(SessionRef),
+    /// A distributed key generation advanced: messages to relay, and this cluster's new key
+    /// once its share is stored.
+    ThresholdKeygenRound {
+        /// The session.
+        session: SessionRef,
+        /// Phase the session is in now (`keygen`, `auxInfo`).
+        phase: String,
+        /// Messages for the other participants.
+        outgoing: Vec<ThresholdMessage>,
+        /// The TEE is still computing on messages already delivered (aux-info steps take
+        /// seconds): call again with [`Request::ThresholdFeed`], with no messages if none are
+        /// waiting, to collect what it produces.
+        computing: bool,
+        /// The new key's public facts (`share_index` is this cluster's), once the share is
+        /// sealed and stored; `origin` is [`ThresholdOrigin::Dkg`].
+        key: Option<ThresholdKeyInfo>,
+    },
+    /// A presignature session advanced: messages to relay, and the presignature once it is
+    /// sealed and committed.
+    ThresholdPresignRound {
+        /// The session.
+        session: SessionRef,
+        /// Phase the session is in now (`presign`).
+        phase: String,
+        /// Messages for the other participants.
+        outgoing: Vec<ThresholdMessage>,
+        /// The stored presignature, when the session is done.
+        presignature: Option<PresignatureInfo>,
+    },
+    /// This signer's partial signature (patent phase getSig) from a presignature that is
+    /// now deleted durably.
+    ThresholdPartial {
+        /// The presignature used.
+        presignature: [u8; 32],
+        /// This signer's position among the presignature's signers.
+        position: u16,
+        /// σ, big-endian.
+        sigma: [u8; 32],
+        /// The presignature's public data (JSON, `custos_threshold::PresignaturePublic`),
+        /// which the combiner checks every partial against.
+        public: Vec<u8>,
+    },
+    /// Presignatures held for a key.
+    Presignatures(Vec<PresignatureInfo>),
+}
