@@ -1,7 +1,6 @@
 //! Test helpers: dealing with the TEST-ONLY fixture primes, an in-process relay that moves
 //! only serialized bytes between separate `Session`s, and verification that does not use
 //! cggmp24 (the `bitcoin` crate's BIP-32 and libsecp256k1).
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 

@@ -3,12 +3,10 @@
 //! verified independently (bitcoin BIP-32 child key + libsecp256k1, low-s, v by recovery).
 //! Three signings: the only full signings of the suite besides one presignature generation.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use custos_threshold::{Output, Session, SessionHost, SessionKind, Signature, Step};
 use sha2::{Digest, Sha256};
 

@@ -1,8 +1,6 @@
 //! Key shares, primes, dealer parameters, phases: no protocol runs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use custos_threshold::{
     deal, fixtures, Phase, Primes, Session, SessionError, SessionKind, ThresholdError,
     ThresholdShare, MAX_SHARE_BYTES,

@@ -1,11 +1,9 @@
 //! Misbehaving peers: every case must abort the honest party's session naming the sender.
 //! None of these runs a full signing (they abort in round 1 or 2).
 
-mod common;
-
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use custos_threshold::{
     inspect, MsgType, Phase, ProtocolKind, Session, SessionError, SessionKind, Step, ThresholdShare,
 };

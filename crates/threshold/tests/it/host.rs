@@ -1,12 +1,10 @@
 //! `SessionHost`: sessions on a worker thread, bounded, with deadlines. Uses keygen sessions
-//! (milliseconds); a host-driven signing is in tests/sign.rs.
-
-mod common;
+//! (milliseconds); a host-driven signing is in sign.rs.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use custos_threshold::{MsgType, Output, SessionError, SessionHost, SessionKind, Step};
 
 fn keygen(i: u16) -> SessionKind {

@@ -2,12 +2,10 @@
 //! (the suite's fourth and last full protocol run), partials over the full message, combine,
 //! independent verification, and a wrong partial named by position.
 
-mod common;
-
 use std::time::Instant;
 
+use crate::common::*;
 use bitcoin::secp256k1::PublicKey;
-use common::*;
 use custos_threshold::{
     combine, issue_partial, Output, PartialSig, PublicError, Session, SessionError, SessionKind,
     StoredPresignature, ThresholdError,

@@ -1,12 +1,10 @@
 //! Distributed key generation: threshold keygen (fast) and aux-info generation (slow with
 //! SL128-sized primes, so `#[ignore]`d: about 40 s for 3 parties on 2 cores; run it with
-//! `cargo test -p custos-threshold --test dkg -- --ignored`).
-
-mod common;
+//! `cargo test -p custos-threshold --test it -- --ignored dkg::`).
 
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use custos_threshold::{
     fixtures, inspect, AuxInfo, IncompleteShare, Output, Phase, ProtocolKind, Session, SessionKind,
     Signature, ThresholdShare,
