@@ -41,7 +41,7 @@ pub enum ErrorCode {
     TooManyApprovals,
     /// Threshold bundle is not hex of a consistent dealer bundle of at most 256 KiB.
     InvalidBundle,
-    /// Threshold key id is not 33 bytes of hex of a compressed point.
+    /// Threshold key id is not 33 bytes of hex in the compressed form (02 or 03 first).
     InvalidKeyId,
     /// Cluster list has duplicates, clusters without a share of the key, or fewer than t (a new key: 2 to 64 distinct clusters).
     InvalidClusters,

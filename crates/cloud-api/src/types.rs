@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 mod clusters;
+mod schema;
 mod threshold;
 
 pub use clusters::*;
@@ -141,16 +142,31 @@ impl fmt::Debug for SecretText {
     }
 }
 
+/// Longest certificate PEM of an approval (a Custos P-256 certificate is under 1 KiB), so
+/// that [`MAX_QUORUM`](custos_wire::protocol::MAX_QUORUM) approvals fit in a request body.
+pub const MAX_APPROVAL_PEM: usize = 1536;
+
 /// One admin's approval: the admin certificate with its Admin CA, and an ECDSA P-256
 /// signature over the request's approval message (`approval_message` of the request).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalBody {
     /// Admin certificate (PEM).
+    #[schema(
+        min_length = 1,
+        max_length = 1536,
+        pattern = "^[-A-Za-z0-9+/= \\r\\n]+$"
+    )]
     pub admin_cert_pem: String,
     /// Admin CA certificate (PEM).
+    #[schema(
+        min_length = 1,
+        max_length = 1536,
+        pattern = "^[-A-Za-z0-9+/= \\r\\n]+$"
+    )]
     pub admin_ca_pem: String,
-    /// DER signature, hex.
+    /// DER signature, hex (an ECDSA P-256 signature is at most 72 bytes).
+    #[schema(pattern = "^([0-9a-fA-F]{2}){1,80}$", max_length = 160)]
     pub signature_hex: String,
 }
 
@@ -158,45 +174,56 @@ pub struct ApprovalBody {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWalletBody {
-    /// Cluster that generates and holds the wallet.
+    /// Cluster that generates and holds the wallet (a configured cluster's name).
+    #[schema(min_length = 1, max_length = 64)]
     pub cluster: String,
     /// Distinct admins required to create and to use the wallet (1..=16).
+    #[schema(minimum = 1, maximum = 16)]
     pub quorum: u8,
     /// Request id (32 hex characters); chosen by the server if absent. Needed up front
     /// only to pre-sign approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
     pub request_id: Option<String>,
     /// Unix seconds after which approvals are void (default: the server's request TTL).
+    /// Relative to the server's clock: must be after now and at most 7 days ahead, or the
+    /// request is refused with `invalid_expiry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    /// Approvals signed in advance; reaching quorum submits at once.
+    /// Approvals signed in advance (at most 16); reaching quorum submits at once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
 }
 
-/// `POST /v1/wallets/import`: exactly one of `mnemonic` and `seed_hex`. The secret is
-/// sealed at once to one node's certified device key and never stored or logged.
+/// `POST /v1/wallets/import`: exactly one of `mnemonic` and `seed_hex`, and `passphrase`
+/// only with `mnemonic` (`invalid_secret` otherwise). The secret is sealed at once to one
+/// node's certified device key and never stored or logged.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportWalletBody {
-    /// Cluster that will hold the wallet.
+    /// Cluster that will hold the wallet (a configured cluster's name).
+    #[schema(min_length = 1, max_length = 64)]
     pub cluster: String,
     /// Distinct admins required to use the wallet (1..=16).
+    #[schema(minimum = 1, maximum = 16)]
     pub quorum: u8,
-    /// BIP-39 mnemonic (English).
+    /// BIP-39 mnemonic (English words with a valid checksum; at most 1024 bytes of UTF-8),
+    /// refused with `invalid_secret` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1024)]
     pub mnemonic: Option<SecretText>,
-    /// BIP-39 passphrase (with `mnemonic` only).
+    /// BIP-39 passphrase (with `mnemonic` only; at most 1024 bytes of UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1024)]
     pub passphrase: Option<SecretText>,
     /// Raw BIP-32 seed, 16 to 64 bytes, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^([0-9a-fA-F]{2}){16,64}$", max_length = 128)]
     pub seed_hex: Option<SecretText>,
     /// See [`CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
     pub request_id: Option<String>,
     /// See [`CreateWalletBody::expires_at`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +231,7 @@ pub struct ImportWalletBody {
     /// See [`CreateWalletBody::approvals`]. Admins sign the import of the root public key
     /// the secret yields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
 }
 
@@ -232,13 +260,21 @@ impl fmt::Debug for ImportWalletBody {
 #[serde(deny_unknown_fields)]
 pub struct SignRequestBody {
     /// Wallet (hex of the 33-byte root public key).
+    #[schema(pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)]
     pub root_id: String,
-    /// BIP-32 path, e.g. `m/44'/0'/0'/0/3` (hardened steps allowed).
+    /// BIP-32 path, e.g. `m/44'/0'/0'/0/3` (hardened steps allowed; each index below
+    /// 2^31, at most 32 steps).
+    #[schema(
+        pattern = "^m(/([0-9]{1,9}|[01][0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]|214748364[0-7])['hH]?){0,32}$",
+        max_length = 512
+    )]
     pub path: String,
     /// The 32-byte digest to sign, hex.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$", max_length = 64)]
     pub digest: String,
     /// See [`CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
     pub request_id: Option<String>,
     /// See [`CreateWalletBody::expires_at`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,6 +282,7 @@ pub struct SignRequestBody {
     /// See [`CreateWalletBody::approvals`]: with quorum here, the request is signed in the
     /// same call (200).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
 }
 
@@ -410,6 +447,7 @@ pub struct RequestQuery {
     pub kind: Option<RequestKind>,
     /// At most this many (default 100, at most 500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -437,5 +475,6 @@ pub struct ApiErrorDetail {
     /// The request concerned, when one was created (e.g. `cluster_unavailable` after a
     /// request was recorded: retry it with `POST /v1/requests/{id}/retry`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
     pub request_id: Option<String>,
 }

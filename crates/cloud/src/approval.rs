@@ -1,7 +1,7 @@
 //! Approvals as the server receives them: certificates and signature decoded from the
 //! API's form before the certificate chain and the signature are checked.
 
-use custos_cloud_api::ApprovalBody;
+use custos_cloud_api::{ApprovalBody, MAX_APPROVAL_PEM};
 use custos_pki::pem_to_der;
 
 /// An approval's parts, decoded: admin certificate, Admin CA certificate, signature (DER).
@@ -11,8 +11,20 @@ pub(crate) struct DecodedApproval {
     pub signature: Vec<u8>,
 }
 
-/// Decodes an approval's certificates and signature (size-limited by the body limit).
+/// Decodes an approval's certificates and signature.
 pub(crate) fn decode_approval(a: &ApprovalBody) -> Result<DecodedApproval, String> {
+    // The API's stated limit: sixteen approvals of this size still fit in one body.
+    for (pem, what) in [
+        (&a.admin_cert_pem, "admin certificate"),
+        (&a.admin_ca_pem, "Admin CA certificate"),
+    ] {
+        if pem.len() > MAX_APPROVAL_PEM {
+            return Err(format!(
+                "{what} PEM of {} bytes, at most {MAX_APPROVAL_PEM}",
+                pem.len()
+            ));
+        }
+    }
     let cert = pem_to_der(&a.admin_cert_pem, "admin certificate").map_err(|e| e.to_string())?;
     let ca = pem_to_der(&a.admin_ca_pem, "Admin CA certificate").map_err(|e| e.to_string())?;
     // An ECDSA P-256 DER signature is at most 72 bytes.

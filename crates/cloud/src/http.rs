@@ -25,11 +25,18 @@ use crate::service::{Cloud, RequestOutcome};
 use custos_cloud_api::*;
 pub(crate) use errors::status_of;
 
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request body accepted: the largest any body schema of the OpenAPI document
+/// allows (sixteen approvals with certificates at their longest, 64 clusters named, each
+/// string at its longest in its widest JSON form) fits, checked by a test.
+pub const MAX_BODY: usize = 128 * 1024;
 /// Largest body of a threshold key import (a dealer bundle of up to
 /// [`crate::service::MAX_BUNDLE`] bytes as hex, with approvals).
 pub const MAX_IMPORT_BODY: usize = 2 * crate::service::MAX_BUNDLE + MAX_BODY;
+
+/// Largest body of a threshold signing request (a full message of up to
+/// [`custos_wire::protocol::MAX_PRESIGN_MESSAGE`] bytes as hex, with approvals).
+pub const MAX_THRESHOLD_SIGN_BODY: usize =
+    2 * custos_wire::protocol::MAX_PRESIGN_MESSAGE + MAX_BODY;
 
 /// The API token name of the caller, set by the authentication layer.
 #[derive(Clone, Debug)]
@@ -64,8 +71,8 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             ErrorCode::BodyTooLarge,
             format!(
-                "bodies are limited to {MAX_BODY} bytes ({MAX_IMPORT_BODY} for threshold key \
-                 imports)"
+                "bodies are limited to {MAX_BODY} bytes ({MAX_THRESHOLD_SIGN_BODY} for threshold \
+                 signing, {MAX_IMPORT_BODY} for threshold key imports)"
             ),
         ),
         // serde's message names the field and position, never echoes values at length.
@@ -171,7 +178,7 @@ async fn import_wallet(
 /// One wallet.
 #[utoipa::path(
     get, path = "/v1/wallets/{root_id}", tag = "wallets",
-    params(("root_id" = String, Path, description = "Hex of the 33-byte root public key")),
+    params(("root_id" = String, Path, description = "Hex of the 33-byte root public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = WalletView),
         (status = 400, description = "invalid_root_id", body = ApiErrorBody),
@@ -191,7 +198,7 @@ async fn get_wallet(
 /// children `start..start+count`.
 #[utoipa::path(
     get, path = "/v1/wallets/{root_id}/derive", tag = "wallets",
-    params(("root_id" = String, Path, description = "Hex of the 33-byte root public key"), DeriveQuery),
+    params(("root_id" = String, Path, description = "Hex of the 33-byte root public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66), DeriveQuery),
     responses(
         (status = 200, body = DeriveView),
         (status = 400, description = "invalid_root_id, invalid_path, hardened_path, invalid_range, invalid_query", body = ApiErrorBody),
@@ -310,7 +317,7 @@ async fn list_threshold_keys(State(cloud): Shared) -> Result<Json<ThresholdKeyLi
 /// One threshold key.
 #[utoipa::path(
     get, path = "/v1/threshold/keys/{key_id}", tag = "threshold",
-    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key")),
+    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = ThresholdKeyView),
         (status = 400, description = "invalid_key_id", body = ApiErrorBody),
@@ -334,7 +341,7 @@ async fn get_threshold_key(
 /// in these sessions, never a transaction digest. No request is recorded.
 #[utoipa::path(
     post, path = "/v1/threshold/keys/{key_id}/audit", tag = "threshold",
-    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key")),
+    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = ThresholdAuditReport),
         (status = 400, description = "invalid_key_id", body = ApiErrorBody),
@@ -353,7 +360,7 @@ async fn run_threshold_audit(
 /// the next audit).
 #[utoipa::path(
     get, path = "/v1/threshold/keys/{key_id}/audit", tag = "threshold",
-    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key")),
+    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = ThresholdAuditReport),
         (status = 400, description = "invalid_key_id", body = ApiErrorBody),
@@ -375,7 +382,7 @@ async fn latest_threshold_audit(
 /// `threshold_sign` request with the full `message` uses it (once).
 #[utoipa::path(
     post, path = "/v1/threshold/keys/{key_id}/presignatures", tag = "threshold",
-    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key")),
+    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     request_body = MakePresignaturesBody,
     responses(
         (status = 200, body = PresignaturePool),
@@ -396,7 +403,7 @@ async fn make_presignatures(
 /// The ready presignatures of a threshold key, next used first.
 #[utoipa::path(
     get, path = "/v1/threshold/keys/{key_id}/presignatures", tag = "threshold",
-    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key")),
+    params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = PresignaturePool),
         (status = 400, description = "invalid_key_id", body = ApiErrorBody),
@@ -462,7 +469,7 @@ async fn list_requests(
 /// One request with its approval message, result or error, and lifecycle events.
 #[utoipa::path(
     get, path = "/v1/requests/{id}", tag = "requests",
-    params(("id" = String, Path, description = "Request id, 32 hex characters")),
+    params(("id" = String, Path, description = "Request id, 32 hex characters", pattern = "^[0-9a-fA-F]{32}$", max_length = 32)),
     responses(
         (status = 200, body = RequestView),
         (status = 400, description = "invalid_request_id", body = ApiErrorBody),
@@ -482,7 +489,7 @@ async fn get_request(
 /// quorum the request is submitted and the answer awaited.
 #[utoipa::path(
     post, path = "/v1/requests/{id}/approvals", tag = "requests",
-    params(("id" = String, Path, description = "Request id, 32 hex characters")),
+    params(("id" = String, Path, description = "Request id, 32 hex characters", pattern = "^[0-9a-fA-F]{32}$", max_length = 32)),
     request_body = ApprovalBody,
     responses(
         (status = 200, description = "Approval recorded (and the request submitted if it reached quorum)", body = RequestView),
@@ -507,7 +514,7 @@ async fn add_approval(
 /// returns the first answer).
 #[utoipa::path(
     post, path = "/v1/requests/{id}/retry", tag = "requests",
-    params(("id" = String, Path, description = "Request id, 32 hex characters")),
+    params(("id" = String, Path, description = "Request id, 32 hex characters", pattern = "^[0-9a-fA-F]{32}$", max_length = 32)),
     responses(
         (status = 200, body = RequestView),
         (status = 400, description = "invalid_request_id", body = ApiErrorBody),
@@ -540,7 +547,7 @@ async fn list_clusters(State(cloud): Shared) -> Json<ClusterList> {
 /// The bridge's status of a cluster: nodes, health, keys held, requests served.
 #[utoipa::path(
     get, path = "/v1/clusters/{name}", tag = "clusters",
-    params(("name" = String, Path, description = "Cluster name")),
+    params(("name" = String, Path, description = "Cluster name", min_length = 1, max_length = 64)),
     responses(
         (status = 200, body = ClusterStatusView),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
@@ -559,7 +566,7 @@ async fn get_cluster(
 /// Run a key audit of the cluster now (patent \[0086\]) and return its report.
 #[utoipa::path(
     post, path = "/v1/clusters/{name}/audits", tag = "clusters",
-    params(("name" = String, Path, description = "Cluster name")),
+    params(("name" = String, Path, description = "Cluster name", min_length = 1, max_length = 64)),
     responses(
         (status = 200, body = AuditReportView),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
@@ -578,7 +585,7 @@ async fn run_audit(
 /// The cluster's most recent audit report.
 #[utoipa::path(
     get, path = "/v1/clusters/{name}/audits/latest", tag = "clusters",
-    params(("name" = String, Path, description = "Cluster name")),
+    params(("name" = String, Path, description = "Cluster name", min_length = 1, max_length = 64)),
     responses(
         (status = 200, body = AuditReportView),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
@@ -669,10 +676,13 @@ struct ErrorCodes;
 impl Modify for ErrorCodes {
     fn modify(&self, doc: &mut OpenApiDoc) {
         let mut text = doc.info.description.clone().unwrap_or_default();
-        text.push_str(
-            "\n\nErrors are `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`.\n\n\
+        text.push_str(&format!(
+            "\n\nRequest bodies are JSON of at most {MAX_BODY} bytes ({MAX_THRESHOLD_SIGN_BODY} \
+             for threshold signing, {MAX_IMPORT_BODY} for threshold key imports; larger ones \
+             get `body_too_large`): every body the schemas below allow fits.\n\n\
+             Errors are `{{\"error\":{{\"code\":\"...\",\"message\":\"...\"}}}}`.\n\n\
              | code | HTTP | meaning |\n|---|---|---|\n",
-        );
+        ));
         for code in ErrorCode::ALL {
             text.push_str(&format!(
                 "| `{code}` | {} | {} |\n",
@@ -710,7 +720,11 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
         .routes(routes!(get_threshold_key))
         .routes(routes!(run_threshold_audit, latest_threshold_audit))
         .routes(routes!(make_presignatures, list_presignatures))
-        .routes(routes!(create_threshold_sign))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(create_threshold_sign))
+                .layer(DefaultBodyLimit::max(MAX_THRESHOLD_SIGN_BODY)),
+        )
         .merge(
             // Dealer bundles are larger than other bodies; the route's own limit is applied
             // after (and overrides) the router-wide one.

@@ -34,12 +34,18 @@ pub struct WalletList {
 pub struct DeriveQuery {
     /// Non-hardened BIP-32 path below the root, e.g. `m/0/7` (default `m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(
+        pattern = "^m(/([0-9]{1,9}|[01][0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]|214748364[0-7])){0,32}$",
+        max_length = 512
+    )]
     pub path: Option<String>,
     /// First child index of an address list under `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(maximum = 2147483647)]
     pub start: Option<u32>,
     /// Number of children listed (at most 1000); no list without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub count: Option<u32>,
 }
 

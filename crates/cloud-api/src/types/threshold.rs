@@ -14,9 +14,11 @@ pub struct ImportThresholdKeyBody {
     /// `ThresholdBundle`, at most 256 KiB), as the dealer program wrote it. It is sealed to
     /// one node's device key; the cloud server finds that node by the bundle's recipient
     /// fingerprint and only relays it.
+    #[schema(pattern = "^([0-9a-fA-F]{2})+$", max_length = 524288)]
     pub bundle_hex: String,
     /// See [`CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
     pub request_id: Option<String>,
     /// See [`CreateWalletBody::expires_at`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -24,6 +26,7 @@ pub struct ImportThresholdKeyBody {
     /// See [`CreateWalletBody::approvals`]. Admins sign the import of share `share_index`
     /// of the key (approval message made with the share's cluster).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
 }
 
@@ -32,27 +35,36 @@ pub struct ImportThresholdKeyBody {
 #[serde(deny_unknown_fields)]
 pub struct ThresholdSignBody {
     /// Threshold key (hex of the 33-byte joint public key).
+    #[schema(pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)]
     pub key_id: String,
     /// Non-hardened BIP-32 path below the joint key, e.g. `m/0/1` (`m` for the key
     /// itself; keys without chain code only sign with `m`).
+    #[schema(
+        pattern = "^m(/([0-9]{1,9}|[01][0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]|214748364[0-7])){0,32}$",
+        max_length = 512
+    )]
     pub path: String,
     /// The 32-byte digest to sign, hex. May be left out when `message` is given (it is
     /// then SHA-256 of the message; if given, it must be that).
     #[serde(default)]
+    #[schema(pattern = "^([0-9a-fA-F]{64})?$", max_length = 64)]
     pub digest: String,
     /// The full message to sign, hex (at most 64 KiB), for a key without chain code
     /// (path `m`): the digest is SHA-256 of it, and the request is served from a
     /// presignature when one is ready (online signing: one short exchange with each of its
     /// t clusters, whose TEEs hash the message themselves), else by the interactive protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^([0-9a-fA-F]{2})*$", max_length = 131072)]
     pub message: Option<String>,
     /// Clusters to sign with, in order of preference: at least t of the key's clusters;
     /// the first t reachable ones take part. Default: the clusters holding an imported
     /// share, healthy ones first. Shown in the request view's `target_node`, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = super::schema::sign_clusters)]
     pub clusters: Option<Vec<String>>,
     /// See [`CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
     pub request_id: Option<String>,
     /// See [`CreateWalletBody::expires_at`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +72,7 @@ pub struct ThresholdSignBody {
     /// See [`CreateWalletBody::approvals`]; the approval message is made with the cluster
     /// `*threshold*` (the action spans clusters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
 }
 
@@ -78,16 +91,20 @@ fn is_true(b: &bool) -> bool {
 pub struct CreateThresholdKeyBody {
     /// The n clusters, in share order: cluster i holds share i (2 to 64, distinct,
     /// configured).
+    #[schema(schema_with = super::schema::key_clusters)]
     pub clusters: Vec<String>,
     /// Signers the key needs (t, 2 ≤ t ≤ n).
+    #[schema(minimum = 2, maximum = 64)]
     pub threshold: u16,
     /// Distinct admins required to create and to use the key (1..=16).
+    #[schema(minimum = 1, maximum = 16)]
     pub quorum: u8,
     /// BIP-32 derivation of non-hardened children (a chain code); default true.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub hd: bool,
     /// See [`CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
     pub request_id: Option<String>,
     /// See [`CreateWalletBody::expires_at`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +113,7 @@ pub struct CreateThresholdKeyBody {
     /// `*threshold*` (the action spans clusters) and covers t, n's clusters in order, HD and
     /// the quorum.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
 }
 
@@ -199,11 +217,14 @@ pub struct ThresholdKeyShare {
 
 /// `POST /v1/threshold/keys/{key_id}/presignatures`: make presignatures ahead of time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct MakePresignaturesBody {
     /// How many (1 to 64); each is one session between t clusters.
+    #[schema(minimum = 1, maximum = 64)]
     pub count: u32,
     /// The t clusters to make them with (default: the healthiest share holders).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = super::schema::presign_clusters)]
     pub clusters: Option<Vec<String>>,
 }
 

@@ -22,7 +22,7 @@ const MNEMONIC: &str =
     "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
 
 /// A wallet on `cluster` with `quorum`, created with inline approvals (one call).
-async fn wallet(s: &TestServer, cluster: &str, quorum: u8) -> WalletView {
+pub(crate) async fn wallet(s: &TestServer, cluster: &str, quorum: u8) -> WalletView {
     let id = [0x11u8; 16].map(|_| rand::random::<u8>());
     let meta = RequestMeta {
         request_id: id,
@@ -254,7 +254,10 @@ async fn malformed_bodies_are_refused_on_every_post_route() {
             (415, "unsupported_media_type"),
             "{path}"
         );
-        let huge = format!("{{\"cluster\":\"{}\"}}", "a".repeat(70 * 1024));
+        let huge = format!(
+            "{{\"cluster\":\"{}\"}}",
+            "a".repeat(custos_cloud::http::MAX_BODY)
+        );
         let (status, body) = post_raw(&s, &path, huge, "application/json").await;
         assert_eq!((status, err_code(&body)), (413, "body_too_large"), "{path}");
     }

@@ -3,6 +3,7 @@
 
 mod api;
 mod dkg;
+mod openapi;
 mod service;
 mod store;
 mod threshold;

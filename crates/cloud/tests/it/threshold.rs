@@ -1004,7 +1004,10 @@ async fn threshold_routes_refuse_bad_input_with_stable_codes() {
     let (status, v) = s
         .post(
             "/v1/threshold/sign",
-            format!("{{\"key_id\":\"{}\"}}", "a".repeat(70 * 1024)),
+            format!(
+                "{{\"key_id\":\"{}\"}}",
+                "a".repeat(custos_cloud::http::MAX_THRESHOLD_SIGN_BODY)
+            ),
         )
         .await;
     assert_eq!((status, err_code(&v)), (413, "body_too_large"));
@@ -1048,8 +1051,8 @@ async fn threshold_routes_refuse_bad_input_with_stable_codes() {
             c.threshold_sign(&sign_body(&format!("02{}", "00".repeat(32)), "m/0", d))
                 .await
         ),
-        "invalid_key_id",
-        "not a point"
+        "unknown_threshold_key",
+        "not a point: no key has this id"
     );
     assert_eq!(
         code_of(c.threshold_sign(&sign_body(&key_id, "m/0'/1", d)).await),

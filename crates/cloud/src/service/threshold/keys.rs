@@ -254,6 +254,7 @@ impl Cloud {
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::UnknownThresholdKey,
+                    // Also an id that is not a point of secp256k1: no key can have it.
                     format!("no threshold key {key_id}"),
                 )
             })
