@@ -396,11 +396,10 @@ impl Inner {
             id,
         };
 
-        let this = Arc::clone(&self);
-        let stored = tokio::task::spawn_blocking(move || this.lookup(&id))
-            .await
-            .map_err(|e| LinkError::Internal(e.to_string()))??;
-        if let Some(stored) = stored {
+        // A point read of the store (a B-tree lookup in redb's page cache; the commit
+        // thread's writes do not block readers): cheaper inline than a hand-off to the
+        // blocking pool and back.
+        if let Some(stored) = self.lookup(&id)? {
             if stored.payload_hash == payload_hash {
                 tracing::info!(request_id = %hex::encode(id), "link: replaying stored reply");
                 return Ok(stored.response);

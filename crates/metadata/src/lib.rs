@@ -311,6 +311,22 @@ fn broken(seq: i64, reason: impl Into<String>) -> VerifyReport {
     }
 }
 
+/// Per-connection SQLite settings: NORMAL is safe in WAL mode (no corruption, only the
+/// newest commits at risk on power loss) and avoids an fsync per commit.
+async fn sqlite_settings(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute(&*format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
+        .await?;
+    Ok(())
+}
+
+/// The history writer's own SQLite connection (outside the pool, with the pool's settings).
+pub(crate) async fn connect_sqlite_writer(url: &str) -> Result<AnyConnection, sqlx::Error> {
+    let mut conn = AnyConnection::connect(url).await?;
+    sqlite_settings(&mut conn).await?;
+    Ok(conn)
+}
+
 impl MetadataDb {
     /// Opens the database, applies pending migrations and starts the history writer on the
     /// current tokio runtime.
@@ -347,23 +363,15 @@ impl MetadataDb {
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(30));
         if engine == Engine::Sqlite {
-            // Per-connection settings: NORMAL is safe in WAL mode (no corruption, only the
-            // newest commits at risk on power loss) and avoids an fsync per commit.
-            options = options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    conn.execute(&*format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
-                        .await?;
-                    Ok(())
-                })
-            });
+            options = options.after_connect(|conn, _meta| Box::pin(sqlite_settings(conn)));
         }
         let pool = options.connect(url).await.map_err(connect_err)?;
         MIGRATOR.run(&pool).await?;
 
         let head = writer::load_head(&pool).await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(writer::run(pool.clone(), engine, rx, head));
+        let sink = writer::Sink::new(pool.clone(), engine, url);
+        tokio::spawn(writer::run(sink, rx, head));
         tracing::info!(url = %shown, head_seq = head.seq, "metadata DB open");
         Ok(Self { pool, tx, engine })
     }

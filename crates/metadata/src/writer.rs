@@ -6,11 +6,18 @@
 //! [`MAX_BATCH`]), chains and writes the whole group plus the new head in ONE transaction, and
 //! only then answers each caller. A caller therefore never hears "ok" for an entry that is not
 //! committed, and a failed transaction fails every entry in it.
+//!
+//! On SQLite every statement is a round trip to the connection's own worker thread (sqlx runs
+//! each SQLite connection on a thread), so the writer keeps a connection of its own and sends
+//! a whole batch (BEGIN, head compare-and-swap, inserts, COMMIT) as ONE multi-statement query:
+//! one thread hand-off per group commit instead of a pool acquire (with its ping), a BEGIN,
+//! an UPDATE, an INSERT per chunk and a COMMIT, each a hand-off there and back.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::{Any, AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{self, Body};
@@ -226,35 +233,166 @@ async fn write_batch(
         let sql = multi_insert(engine, "history", crate::ENTRY_COLUMNS, 14, chunk.len(), "");
         let mut q = sqlx::query::<Any>(&sql);
         for e in chunk {
-            q = q
-                .bind(e.seq)
-                .bind(e.at_ms)
-                .bind(e.kind.as_str())
-                .bind(e.request_id.as_deref())
-                .bind(e.actor.as_str())
-                .bind(e.key_id.as_deref())
-                .bind(e.path.as_deref())
-                .bind(e.approvers.join(","))
-                .bind(e.node.as_deref())
-                .bind(e.outcome.as_str())
-                .bind(e.detail.as_str())
-                .bind(e.duration_us)
-                .bind(e.prev_hash.as_str())
-                .bind(e.hash.as_str());
+            q = bind_entry(q, e);
         }
         q.execute(&mut *tx).await.map_err(db)?;
     }
     tx.commit().await.map_err(db)
 }
 
-/// The writer task. Ends when every [`crate::MetadataDb`] handle is dropped (the channel
-/// closes) after finishing what was queued.
-pub(crate) async fn run(
+/// Where the writer commits.
+pub(crate) struct Sink {
     pool: AnyPool,
     engine: Engine,
-    mut rx: mpsc::Receiver<AppendRequest>,
-    head: Head,
-) {
+    /// SQLite: the URL the writer's own connection is (re)opened from.
+    url: String,
+    /// SQLite: the writer's own connection, opened on first use and after a failure.
+    conn: Option<AnyConnection>,
+    /// SQLite: the batch statement per batch size, built once.
+    sql: HashMap<usize, String>,
+}
+
+impl Sink {
+    pub(crate) fn new(pool: AnyPool, engine: Engine, url: &str) -> Self {
+        Sink {
+            pool,
+            engine,
+            url: url.to_string(),
+            conn: None,
+            sql: HashMap::new(),
+        }
+    }
+
+    async fn write(&mut self, old: Head, new: Head, entries: &[Entry]) -> Result<(), BatchError> {
+        // A closed pool means the database was closed: appends fail (fail closed), also on
+        // the writer's own connection.
+        if self.pool.is_closed() {
+            if let Some(conn) = self.conn.take() {
+                let _ = conn.close().await;
+            }
+            return Err(db(sqlx::Error::PoolClosed));
+        }
+        match self.engine {
+            Engine::Postgres => write_batch(&self.pool, self.engine, old, new, entries).await,
+            Engine::Sqlite => self.write_sqlite(old, new, entries).await,
+        }
+    }
+
+    /// The whole batch in one multi-statement query on the writer's connection. The inserts
+    /// only take effect if the head compare-and-swap did (they are guarded by the new head),
+    /// and every statement returns one row per changed row, so the rows received tell
+    /// exactly what was committed: all of it, or nothing (head moved).
+    async fn write_sqlite(
+        &mut self,
+        old: Head,
+        new: Head,
+        entries: &[Entry],
+    ) -> Result<(), BatchError> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => crate::connect_sqlite_writer(&self.url).await.map_err(db)?,
+        };
+        let sql = self
+            .sql
+            .entry(entries.len())
+            .or_insert_with(|| sqlite_batch_sql(entries.len()));
+        let new_hash = hex::encode(new.hash);
+        let mut q = sqlx::query::<Any>(sql)
+            .bind(new.seq)
+            .bind(new_hash.as_str())
+            .bind(old.seq)
+            .bind(hex::encode(old.hash));
+        for chunk in entries.chunks(ROWS_PER_INSERT) {
+            for e in chunk {
+                q = bind_entry(q, e);
+            }
+            q = q.bind(new.seq).bind(new_hash.as_str());
+        }
+        match q.fetch_all(&mut conn).await {
+            Ok(rows) if rows.len() == entries.len() + 1 => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Ok(rows) if rows.is_empty() => {
+                self.conn = Some(conn);
+                Err(BatchError::HeadMoved {
+                    expected_seq: old.seq,
+                })
+            }
+            Ok(rows) => {
+                // Cannot happen (the inserts are guarded by the head just written); the
+                // writer re-reads the head from the database either way.
+                self.conn = Some(conn);
+                Err(BatchError::Corrupt(format!(
+                    "history batch of {} entries changed {} rows",
+                    entries.len(),
+                    rows.len()
+                )))
+            }
+            Err(e) => {
+                // A statement failed inside the transaction: roll it back, or drop the
+                // connection (closing it rolls back) if even that fails.
+                match conn.execute("ROLLBACK").await {
+                    Ok(_) => self.conn = Some(conn),
+                    Err(_) => {
+                        let _ = conn.close().await;
+                    }
+                }
+                Err(db(e))
+            }
+        }
+    }
+}
+
+fn bind_entry<'q>(
+    q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    e: &'q Entry,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(e.seq)
+        .bind(e.at_ms)
+        .bind(e.kind.as_str())
+        .bind(e.request_id.as_deref())
+        .bind(e.actor.as_str())
+        .bind(e.key_id.as_deref())
+        .bind(e.path.as_deref())
+        .bind(e.approvers.join(","))
+        .bind(e.node.as_deref())
+        .bind(e.outcome.as_str())
+        .bind(e.detail.as_str())
+        .bind(e.duration_us)
+        .bind(e.prev_hash.as_str())
+        .bind(e.hash.as_str())
+}
+
+/// `BEGIN IMMEDIATE; UPDATE chain_head .. RETURNING; INSERT .. RETURNING; ..; COMMIT` for a
+/// batch of `n` entries (anonymous `?` parameters, bound in statement order).
+pub(crate) fn sqlite_batch_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "BEGIN IMMEDIATE; UPDATE chain_head SET seq = ?, hash = ? \
+         WHERE id = 1 AND seq = ? AND hash = ? RETURNING seq; ",
+    );
+    let mut left = n;
+    while left > 0 {
+        let rows = left.min(ROWS_PER_INSERT);
+        left -= rows;
+        let values = multi_insert(Engine::Sqlite, "x", "y", 14, rows, "");
+        let values = values
+            .strip_prefix("INSERT INTO x (y) ")
+            .expect("multi_insert shape");
+        sql.push_str(&format!(
+            "INSERT INTO history ({}) SELECT * FROM ({values}) \
+             WHERE EXISTS (SELECT 1 FROM chain_head WHERE id = 1 AND seq = ? AND hash = ?) \
+             RETURNING seq; ",
+            crate::ENTRY_COLUMNS
+        ));
+    }
+    sql.push_str("COMMIT;");
+    sql
+}
+
+/// The writer task. Ends when every [`crate::MetadataDb`] handle is dropped (the channel
+/// closes) after finishing what was queued.
+pub(crate) async fn run(mut sink: Sink, mut rx: mpsc::Receiver<AppendRequest>, head: Head) {
     let mut head = Some(head);
     let mut batch: Vec<AppendRequest> = Vec::with_capacity(MAX_BATCH);
     // Bounded by the channel: each turn consumes at least one request, and the loop ends
@@ -262,7 +400,7 @@ pub(crate) async fn run(
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let current = match head {
             Some(h) => Ok(h),
-            None => load_head(&pool).await.map_err(|e| match e {
+            None => load_head(&sink.pool).await.map_err(|e| match e {
                 MetadataError::Read(e) => BatchError::Db(Arc::new(e)),
                 other => BatchError::Corrupt(other.to_string()),
             }),
@@ -270,7 +408,7 @@ pub(crate) async fn run(
         let result = match current {
             Ok(old) => {
                 let (entries, new) = chain_batch(old, &mut batch);
-                match write_batch(&pool, engine, old, new, &entries).await {
+                match sink.write(old, new, &entries).await {
                     Ok(()) => {
                         head = Some(new);
                         Ok(entries)
@@ -297,7 +435,7 @@ pub(crate) async fn run(
                 for req in batch.drain(..) {
                     let _ = req.reply.send(Err(e.clone().into()));
                 }
-                head = match load_head(&pool).await {
+                head = match load_head(&sink.pool).await {
                     Ok(h) => Some(h),
                     Err(e) => {
                         tracing::error!(
@@ -309,6 +447,9 @@ pub(crate) async fn run(
                 };
             }
         }
+    }
+    if let Some(conn) = sink.conn.take() {
+        let _ = conn.close().await;
     }
     tracing::debug!("metadata history writer stopped");
 }

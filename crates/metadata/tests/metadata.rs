@@ -26,6 +26,7 @@ on_both_engines!(
     field_limits,
     second_writer_is_refused_not_forked,
     foreign_row_fails_closed,
+    closed_db_refuses_appends,
 );
 
 async fn open(ctx: &Ctx) -> MetadataDb {
@@ -518,6 +519,18 @@ async fn foreign_row_fails_closed(ctx: Ctx) {
 
     ctx.tamper("DELETE FROM history WHERE seq = 4").await;
     assert_eq!(db.append(entry(9)).await.unwrap().seq, 4);
+    assert!(db.verify().await.unwrap().is_ok());
+}
+
+/// After `close`, appends fail (the request would be refused), also on SQLite where the
+/// writer commits through a connection of its own; nothing more reaches the chain.
+async fn closed_db_refuses_appends(ctx: Ctx) {
+    let db = open(&ctx).await;
+    append_n(&db, 2).await;
+    db.close().await;
+    assert!(db.append(entry(7)).await.is_err());
+    let db = open(&ctx).await;
+    assert_eq!(db.head().await.unwrap().seq, 2);
     assert!(db.verify().await.unwrap().is_ok());
 }
 
