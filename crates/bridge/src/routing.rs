@@ -1,6 +1,7 @@
 //! What a TEE request is, for routing and for the history.
 
-use custos_wire::protocol::{format_path, RelayClass, Request, TeeError};
+use custos_wire::approval::Approval;
+use custos_wire::protocol::{format_path, RelayClass, Request, SessionRef, TeeError};
 
 /// Facts about a request that the bridge logs and routes by.
 pub struct Described {
@@ -32,6 +33,19 @@ fn admin_name(cert: &[u8]) -> String {
         .replace(',', "_")
 }
 
+/// The admin names of a request's approvals.
+fn names(approvals: &[Approval]) -> Vec<String> {
+    approvals
+        .iter()
+        .map(|a| admin_name(&a.admin_cert))
+        .collect()
+}
+
+/// A threshold session's request id in the history: `<request id>/<attempt>`.
+fn session_id(session: &SessionRef) -> String {
+    format!("{}/{}", hex::encode(session.request_id), session.attempt)
+}
+
 /// Describes a request the bridge may route; `None` for the requests that stay on the node
 /// ([`custos_wire::protocol::RelayClass::NodeOnly`]: provisioning, TLS signing, key
 /// transfers, plaintext imports).
@@ -61,10 +75,7 @@ pub fn describe(r: &Request) -> Option<Described> {
             meta, approvals, ..
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
-            approvers: approvals
-                .iter()
-                .map(|a| admin_name(&a.admin_cert))
-                .collect(),
+            approvers: names(approvals),
             ..d("create-wallet", None, true)
         },
         Request::Sign {
@@ -76,10 +87,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
             path: Some(format_path(path)),
-            approvers: approvals
-                .iter()
-                .map(|a| admin_name(&a.admin_cert))
-                .collect(),
+            approvers: names(approvals),
             ..d("sign", Some(key_id), false)
         },
         // Sealed to one node's device key: the caller pins that node (no failover).
@@ -90,10 +98,7 @@ pub fn describe(r: &Request) -> Option<Described> {
             ..
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
-            approvers: approvals
-                .iter()
-                .map(|a| admin_name(&a.admin_cert))
-                .collect(),
+            approvers: names(approvals),
             ..d("import-wallet", Some(key_id), true)
         },
         // Threshold requests name their node: a bundle is sealed to it, and a session's
@@ -104,10 +109,7 @@ pub fn describe(r: &Request) -> Option<Described> {
             approvals,
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
-            approvers: approvals
-                .iter()
-                .map(|a| admin_name(&a.admin_cert))
-                .collect(),
+            approvers: names(approvals),
             ..d("import-threshold-key", Some(&bundle.key.key_id), true)
         },
         Request::ListThresholdKeys => d("list-threshold-keys", None, true),
@@ -119,21 +121,14 @@ pub fn describe(r: &Request) -> Option<Described> {
         } => Described {
             request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
             path: Some(format_path(&params.path)),
-            approvers: approvals
-                .iter()
-                .map(|a| admin_name(&a.admin_cert))
-                .collect(),
+            approvers: names(approvals),
             ..d("threshold-start", Some(&params.key_id), true)
         },
         // Pinned to the node the cloud server chose (like every session request).
         Request::ThresholdAuditStart {
             session, key_id, ..
         } => Described {
-            request_id: Some(format!(
-                "{}/{}",
-                hex::encode(session.request_id),
-                session.attempt
-            )),
+            request_id: Some(session_id(session)),
             path: Some(format_path(&[])),
             ..d("threshold-audit", Some(key_id), true)
         },
@@ -141,11 +136,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         Request::ThresholdPresignStart {
             session, key_id, ..
         } => Described {
-            request_id: Some(format!(
-                "{}/{}",
-                hex::encode(session.request_id),
-                session.attempt
-            )),
+            request_id: Some(session_id(session)),
             path: Some(format_path(&[])),
             ..d("threshold-presign", Some(key_id), true)
         },
@@ -157,10 +148,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         } => Described {
             request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
             path: Some(format_path(&[])),
-            approvers: approvals
-                .iter()
-                .map(|a| admin_name(&a.admin_cert))
-                .collect(),
+            approvers: names(approvals),
             ..d("threshold-presign-sign", Some(&params.key_id), true)
         },
         Request::ListPresignatures { key_id } => d("list-presignatures", Some(key_id), true),
@@ -171,26 +159,15 @@ pub fn describe(r: &Request) -> Option<Described> {
             ..
         } => Described {
             request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
-            approvers: approvals
-                .iter()
-                .map(|a| admin_name(&a.admin_cert))
-                .collect(),
+            approvers: names(approvals),
             ..d("threshold-keygen-start", None, true)
         },
         Request::ThresholdFeed { session, .. } => Described {
-            request_id: Some(format!(
-                "{}/{}",
-                hex::encode(session.request_id),
-                session.attempt
-            )),
+            request_id: Some(session_id(session)),
             ..d("threshold-round", None, true)
         },
         Request::ThresholdAbort { session, .. } => Described {
-            request_id: Some(format!(
-                "{}/{}",
-                hex::encode(session.request_id),
-                session.attempt
-            )),
+            request_id: Some(session_id(session)),
             ..d("threshold-abort", None, true)
         },
         Request::PinRoot { .. }

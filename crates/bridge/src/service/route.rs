@@ -1,0 +1,270 @@
+//! Routing of one TEE request: the candidate nodes, failover, the two history lines
+//! (received, then the outcome) and the key-list bookkeeping of answers that made a key.
+
+use super::*;
+
+impl BridgeService {
+    /// Nodes to try for a request, best first: healthy holders (rotated), then unhealthy
+    /// holders (their health may be stale), or any node for requests making a new key.
+    pub(super) fn candidates(&self, d: &Described, pinned: &str) -> Vec<String> {
+        let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
+        if !pinned.is_empty() {
+            return if nodes.contains_key(pinned) {
+                vec![pinned.to_string()]
+            } else {
+                Vec::new()
+            };
+        }
+        let eligible = |n: &NodeEntry| match (&d.key_id, d.any_node) {
+            (Some(k), false) => n.held.contains(k),
+            _ => true,
+        };
+        let mut healthy: Vec<String> = Vec::new();
+        let mut rest: Vec<String> = Vec::new();
+        for (name, n) in nodes.iter() {
+            if eligible(n) {
+                if n.healthy {
+                    healthy.push(name.clone())
+                } else {
+                    rest.push(name.clone())
+                }
+            }
+        }
+        if healthy.is_empty() && rest.is_empty() {
+            // The bridge may not know every holder yet: let any node answer authoritatively.
+            healthy = nodes
+                .iter()
+                .filter(|(_, n)| n.healthy)
+                .map(|(k, _)| k.clone())
+                .collect();
+        }
+        if !healthy.is_empty() {
+            let start = self.state.rr.fetch_add(1, Ordering::Relaxed) % healthy.len();
+            healthy.rotate_left(start);
+        }
+        healthy.extend(rest);
+        healthy
+    }
+
+    pub(super) fn node_client(&self, name: &str) -> Option<(VaultNodeClient<Channel>, Vec<u8>)> {
+        let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .get(name)
+            .map(|n| (n.client.clone(), n.device_key.clone()))
+    }
+
+    pub(super) fn node_chain(&self, name: &str) -> Option<custos_proto::cluster::DeviceChain> {
+        let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes.get(name).map(|n| n.chain.clone())
+    }
+
+    pub(super) fn mark(&self, name: &str, ok: bool) {
+        let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = nodes.get_mut(name) {
+            if ok {
+                n.served += 1;
+                n.healthy = true;
+            } else {
+                n.failures += 1;
+                n.healthy = false;
+            }
+        }
+    }
+
+    pub(super) fn record_new_key(&self, node: &str, info: &custos_wire::protocol::KeyInfo) {
+        let origin = match info.origin {
+            Origin::Generated => "generated",
+            Origin::Imported => "imported",
+        };
+        self.record_key(node, &info.key_id, &info.xpub, info.quorum, origin);
+    }
+
+    /// A threshold share a node now holds joins the key list, so that the cluster's other
+    /// nodes fetch it by sync like a wallet ([0073]-[0074]).
+    pub(super) fn record_threshold_share(
+        &self,
+        node: &str,
+        info: &custos_wire::protocol::ThresholdKeyInfo,
+    ) {
+        self.state
+            .threshold
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.key_id.clone());
+        let origin = match info.origin {
+            ThresholdOrigin::Dealer => "threshold-dealer",
+            ThresholdOrigin::Dkg => "threshold-dkg",
+        };
+        let description = format!(
+            "threshold {}-of-{} share {}",
+            info.threshold,
+            info.clusters.len(),
+            info.share_index
+        );
+        self.record_key(node, &info.key_id, &description, info.quorum, origin);
+    }
+
+    pub(super) fn record_key(
+        &self,
+        node: &str,
+        key_id: &[u8],
+        xpub: &str,
+        quorum: u8,
+        origin: &str,
+    ) {
+        let st = &self.state;
+        st.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id.to_vec(), xpub.to_string());
+        for (name, n) in st
+            .nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            if name == node {
+                n.held.insert(key_id.to_vec());
+                n.missing.remove(key_id);
+            } else if !n.held.contains(key_id) {
+                n.missing.insert(key_id.to_vec());
+            }
+        }
+        st.pending_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(KeyRecord {
+                key_id: hex::encode(key_id),
+                xpub: xpub.to_string(),
+                quorum: quorum as i64,
+                origin: origin.to_string(),
+                created_at_ms: now_ms(),
+                created_on: node.to_string(),
+            });
+        st.sync_trigger.notify_one();
+    }
+
+    /// Routes one TEE request with failover; logs it before and after (fail closed).
+    pub(crate) async fn route(&self, actor: String, call: TeeCall) -> Result<TeeReply, Status> {
+        let request =
+            decode_request(&call.request).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let d = describe(&request).ok_or_else(|| {
+            Status::invalid_argument("this TEE operation is not routed by the bridge")
+        })?;
+        let entry = |node: Option<String>, outcome: String, detail: String, us: i64| NewEntry {
+            kind: d.kind.into(),
+            request_id: d.request_id.clone(),
+            actor: actor.clone(),
+            key_id: d.key_id.as_ref().map(hex::encode),
+            path: d.path.clone(),
+            approvers: d.approvers.clone(),
+            node,
+            outcome,
+            detail,
+            duration_us: us,
+        };
+        self.log(entry(None, "received".into(), String::new(), 0))
+            .await?;
+        let t0 = Instant::now();
+        let mut tried = Vec::new();
+        for node in self.candidates(&d, &call.node) {
+            let Some((mut client, device_key)) = self.node_client(&node) else {
+                continue;
+            };
+            tried.push(node.clone());
+            let fwd = TeeCall {
+                request: call.request.clone(),
+                node: String::new(),
+            };
+            let reply = tokio::time::timeout(self.state.call_timeout, client.execute(fwd)).await;
+            let reply = match reply {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => {
+                    tracing::warn!(%node, status = %status.message(), "node failed; failing over");
+                    self.mark(&node, false);
+                    continue;
+                }
+                Err(_) if d.kind == "create-wallet" => {
+                    // The node may have created the wallet: another node must not create a
+                    // second one. The caller retries with the same request id, which the TEE
+                    // refuses if it was executed (and the node's key reaches the list when
+                    // it re-registers).
+                    self.mark(&node, false);
+                    let us = t0.elapsed().as_micros() as i64;
+                    let detail = format!("node {node} timed out; outcome unknown");
+                    self.log(entry(
+                        Some(node),
+                        "outcome_unknown".into(),
+                        detail.clone(),
+                        us,
+                    ))
+                    .await?;
+                    return Err(Status::deadline_exceeded(detail));
+                }
+                Err(_) => {
+                    tracing::warn!(%node, "node timed out; failing over");
+                    self.mark(&node, false);
+                    continue;
+                }
+            };
+            // The answer must come from that node's TEE (its D), untouched by the relay.
+            let outcome = match verify_signed_response(&device_key, &call.request, &reply.response)
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(%node, error = %e, "response not signed by the node's TEE");
+                    self.mark(&node, false);
+                    continue;
+                }
+            };
+            let us = t0.elapsed().as_micros() as i64;
+            let (code, detail) = match &outcome {
+                Ok(resp) => {
+                    match resp {
+                        Response::Wallet(info) => self.record_new_key(&node, info),
+                        Response::ThresholdKey(info)
+                        | Response::ThresholdKeygenRound {
+                            key: Some(info), ..
+                        } => self.record_threshold_share(&node, info),
+                        _ => {}
+                    }
+                    ("ok".to_string(), String::new())
+                }
+                Err(e) if node_lacks_key(e) && call.node.is_empty() => {
+                    // This holder lost the key: try the next one and let sync repair it.
+                    if let Some(k) = &d.key_id {
+                        if let Some(n) = self
+                            .state
+                            .nodes
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_mut(&node)
+                        {
+                            n.held.remove(k);
+                            n.missing.insert(k.clone());
+                        }
+                    }
+                    self.state.sync_trigger.notify_one();
+                    continue;
+                }
+                Err(e) => (e.code().to_string(), e.to_string()),
+            };
+            self.mark(&node, true);
+            self.log(entry(Some(node.clone()), code, detail, us))
+                .await?;
+            // Every answer carries the node's chain (not part of the request, so the
+            // exactly-once store compares the same bytes whatever the caller knows).
+            let chain = self.node_chain(&node);
+            return Ok(TeeReply {
+                response: reply.response,
+                node,
+                chain,
+            });
+        }
+        let us = t0.elapsed().as_micros() as i64;
+        let detail = format!("no node could serve; tried {tried:?}");
+        let code = custos_proto::RefusalCode::Unavailable.as_str().to_string();
+        self.log(entry(None, code, detail.clone(), us)).await?;
+        Err(Status::unavailable(detail))
+    }
+}
