@@ -6,9 +6,14 @@
 use super::*;
 
 impl Cloud {
-    /// Starts the session in every participant, then relays messages exchange by exchange
-    /// (polling participants that are still computing with empty feeds) until every
-    /// participant returned its output.
+    /// Forgets the clusters blamed in earlier attempts of a request that has now ended well.
+    pub(super) fn forget_blame(&self, request_id: &str) {
+        self.threshold_blamed
+            .lock()
+            .expect("blame lock")
+            .remove(request_id);
+    }
+
     /// Records a session's participants as the request's `session` event; returns the stored
     /// row and the participants as text for the log.
     pub(super) async fn record_session(

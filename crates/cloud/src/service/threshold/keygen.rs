@@ -67,33 +67,26 @@ impl Cloud {
         &self,
         row: RequestRow,
     ) -> Result<RequestRow, StoreError> {
-        let attempt = match attempt_of(&row) {
+        let StoredAttempt {
+            attempt,
+            request_id,
+            approvals,
+        } = match stored_attempt(&row) {
             Ok(a) => a,
-            Err(f) => return self.finish(row, Verdict::Refused(f)).await,
+            Err(v) => return self.finish(row, v).await,
         };
-        let terms = match row.terms.clone() {
-            Terms::CreateThresholdKey {
-                threshold,
-                hd,
-                clusters,
-            } => Ok((threshold, hd, clusters)),
-            _ => Err("not a threshold key creation".to_string()),
+        let Terms::CreateThresholdKey {
+            threshold,
+            hd,
+            clusters,
+        } = row.terms.clone()
+        else {
+            let v = Verdict::Refused(Failure::new(
+                "bad_request_row",
+                "stored request unusable: not a threshold key creation",
+            ));
+            return self.finish(row, v).await;
         };
-        let (request_id, (threshold, hd, clusters), approvals) =
-            match (parse_request_id(&row.id), terms, tee_approvals(&row)) {
-                (Ok(i), Ok(t), Ok(a)) => (i, t, a),
-                (i, t, a) => {
-                    let why = [i.err(), t.err(), a.err()]
-                        .into_iter()
-                        .flatten()
-                        .collect::<Vec<_>>();
-                    let v = Verdict::Refused(Failure::new(
-                        "bad_request_row",
-                        format!("stored request unusable: {}", why.join("; ")),
-                    ));
-                    return self.finish(row, v).await;
-                }
-            };
         let participants = match self.keygen_participants(&clusters).await {
             Ok(p) => p,
             Err(a) => return self.threshold_failed(row, attempt, a).await,
@@ -143,10 +136,7 @@ impl Cloud {
         );
         match self.check_keygen(&row, threshold, hd, &clusters, &st) {
             Ok((result, key, shares)) => {
-                self.threshold_blamed
-                    .lock()
-                    .expect("blame lock")
-                    .remove(&row.id);
+                self.forget_blame(&row.id);
                 let by = format!(
                     "{} (attempt {attempt}, {} exchanges, {} polls)",
                     described, st.exchanges, st.polls

@@ -555,6 +555,36 @@ impl<'a> Session<'a> {
     }
 }
 
+/// What an attempt of an approved threshold request takes from its stored row.
+pub(super) struct StoredAttempt {
+    /// The attempt number (the first is 0).
+    pub attempt: u8,
+    /// The TEE request id.
+    pub request_id: [u8; 16],
+    /// The approvals, as the TEEs take them.
+    pub approvals: Vec<Approval>,
+}
+
+/// [`StoredAttempt`] of `row`, or the verdict that ends it: every attempt used, or a
+/// stored row that cannot give its id or approvals (refused, never run half-read).
+pub(super) fn stored_attempt(row: &RequestRow) -> Result<StoredAttempt, Verdict> {
+    let attempt = attempt_of(row).map_err(Verdict::Refused)?;
+    match (parse_request_id(&row.id), tee_approvals(row)) {
+        (Ok(request_id), Ok(approvals)) => Ok(StoredAttempt {
+            attempt,
+            request_id,
+            approvals,
+        }),
+        (i, a) => {
+            let why = [i.err(), a.err()].into_iter().flatten().collect::<Vec<_>>();
+            Err(Verdict::Refused(Failure::new(
+                "bad_request_row",
+                format!("stored request unusable: {}", why.join("; ")),
+            )))
+        }
+    }
+}
+
 /// The attempt a `submitting` threshold request is at (its first is 0), or why it ends
 /// (refused) when every attempt its approvals allow was used.
 pub(super) fn attempt_of(row: &RequestRow) -> Result<u8, Failure> {

@@ -163,9 +163,13 @@ impl Cloud {
         &self,
         row: RequestRow,
     ) -> Result<RequestRow, StoreError> {
-        let attempt = match attempt_of(&row) {
+        let StoredAttempt {
+            attempt,
+            request_id,
+            approvals,
+        } = match stored_attempt(&row) {
             Ok(a) => a,
-            Err(f) => return self.finish(row, Verdict::Refused(f)).await,
+            Err(v) => return self.finish(row, v).await,
         };
         let Terms::ThresholdSign {
             key_id,
@@ -186,17 +190,6 @@ impl Cloud {
             ));
             return self.finish(row, v).await;
         };
-        let (request_id, approvals) = match (parse_request_id(&row.id), tee_approvals(&row)) {
-            (Ok(i), Ok(a)) => (i, a),
-            (i, a) => {
-                let why = [i.err(), a.err()].into_iter().flatten().collect::<Vec<_>>();
-                let v = Verdict::Refused(Failure::new(
-                    "bad_request_row",
-                    format!("stored request unusable: {}", why.join("; ")),
-                ));
-                return self.finish(row, v).await;
-            }
-        };
         // A full message for a key without chain code: from a presignature when one is ready.
         if let (Some(message), None, true) = (&message, &key.chain_code, path.is_empty()) {
             match self
@@ -205,10 +198,7 @@ impl Cloud {
             {
                 presign::Online::NoneReady => {}
                 presign::Online::Signed(result, by) => {
-                    self.threshold_blamed
-                        .lock()
-                        .expect("blame lock")
-                        .remove(&row.id);
+                    self.forget_blame(&row.id);
                     let v =
                         Verdict::completed(by, RequestResult::Signature(result), Recorded::Nothing);
                     return self.finish(row, v).await;
@@ -266,10 +256,7 @@ impl Cloud {
         match verdict {
             Ok(mut result) => {
                 result.clusters = Some(clusters);
-                self.threshold_blamed
-                    .lock()
-                    .expect("blame lock")
-                    .remove(&row.id);
+                self.forget_blame(&row.id);
                 let by = format!(
                     "{} (attempt {attempt}, {} exchanges)",
                     described, st.exchanges
