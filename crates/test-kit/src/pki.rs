@@ -71,6 +71,26 @@ impl Pki {
         self.pki.path().join("root-ca.crt")
     }
 
+    /// The temporary directory the PKI lives in (the PKI itself is its `pki` subdirectory):
+    /// room for a test's other files, removed with the PKI.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Admin `name` (one of [`ADMINS`]).
+    pub fn admin(&self, name: &str) -> &AdminSigner {
+        let i = ADMINS
+            .iter()
+            .position(|a| *a == name)
+            .unwrap_or_else(|| panic!("no admin {name}"));
+        &self.admins[i]
+    }
+
+    /// Admins by name, in the order given (a name may repeat).
+    pub fn admins_named(&self, names: &[&str]) -> Vec<&AdminSigner> {
+        names.iter().map(|n| self.admin(n)).collect()
+    }
+
     /// A provisioned TEE core of `cluster` on an empty platform.
     pub fn node(&self, cluster: &str, node: &str) -> TeeCore<MemPlatform> {
         let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();

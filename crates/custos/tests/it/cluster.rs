@@ -3,35 +3,28 @@
 //! of signing requests whole while nodes are killed, restarted nodes resync, foreign nodes
 //! receive nothing, and the history detects tampering. Runs against SQLite and PostgreSQL.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use custos::cluster::{Cluster, ClusterOptions};
 use custos::ops::{approvals, new_meta};
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::{StatusRequest, TeeCall};
+use custos_test_kit::{TestDb, DEFAULT_PG_URL};
 use custos_wire::approval::Action;
 use custos_wire::protocol::{encode_request, KeyInfo, Outcome, Request, Response};
 use tonic::transport::Channel;
 
-/// A PostgreSQL URL with a fresh schema of its own, so concurrent runs never collide.
-fn pg_url() -> String {
-    let schema = format!("custos_it_{}", rand::random::<u64>());
-    let base = "postgres://postgres@127.0.0.1:5432/test";
+/// Runs `test` with the URL of a fresh PostgreSQL schema of its own (the test kit's, so
+/// concurrent tests and runs never collide), dropped once `test` returned. Unlike the test
+/// kit's own PostgreSQL variants, an unreachable server fails these tests as it always did.
+fn on_postgres(name: &str, test: impl FnOnce(Option<String>)) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(base)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432");
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
-    format!("{base}?options=-c%20search_path%3D{schema}")
+    let db = rt
+        .block_on(TestDb::postgres(name))
+        .unwrap_or_else(|| panic!("{name} needs PostgreSQL (default {DEFAULT_PG_URL})"));
+    test(Some(db.url.clone()));
+    rt.block_on(db.cleanup());
 }
 
 fn start(pki: &Pki, name: &str, nodes: usize, db_url: Option<String>) -> Cluster {
@@ -75,7 +68,7 @@ async fn create(pki: &Pki, link: &mut BridgeClient<Channel>) -> (KeyInfo, String
         meta: meta.clone(),
         quorum: 1,
         approvals: approvals(
-            &[&pki.alice],
+            &[pki.admin("alice")],
             CLUSTER,
             &meta,
             &Action::CreateWallet { quorum: 1 },
@@ -99,7 +92,7 @@ fn sign_request(pki: &Pki, key: &[u8], path: &[u32], digest: [u8; 32]) -> Reques
         key_id: key.to_vec(),
         path: path.to_vec(),
         digest,
-        approvals: approvals(&[&pki.alice], CLUSTER, &meta, &action),
+        approvals: approvals(&[pki.admin("alice")], CLUSTER, &meta, &action),
     }
 }
 
@@ -158,7 +151,7 @@ fn sqlite_wallets_sync_to_every_node_and_sign_identically() {
 
 #[test]
 fn postgres_wallets_sync_to_every_node_and_sign_identically() {
-    sync_and_sign_identically(Some(pg_url()));
+    on_postgres("sync_and_sign_identically", sync_and_sign_identically);
 }
 
 fn failover_and_resync(db_url: Option<String>) {
@@ -230,7 +223,7 @@ fn sqlite_failover_under_load_and_resync_after_restart() {
 
 #[test]
 fn postgres_failover_under_load_and_resync_after_restart() {
-    failover_and_resync(Some(pg_url()));
+    on_postgres("failover_and_resync", failover_and_resync);
 }
 
 /// A TLS client identity with a local key: a device certificate of `cluster` issued by
@@ -382,7 +375,10 @@ fn sqlite_db_verify_detects_edited_and_deleted_rows() {
 
 #[test]
 fn postgres_db_verify_detects_edited_and_deleted_rows() {
-    db_verify_detects_edits_and_deletions(Some(pg_url()));
+    on_postgres(
+        "db_verify_detects_edits_and_deletions",
+        db_verify_detects_edits_and_deletions,
+    );
 }
 
 #[test]

@@ -1,9 +1,7 @@
 //! Key sync between TEE processes (patent [0068]): HPKE-sealed, D-signed, batched transfers,
 //! checked by both TEEs; foreign requesters and altered transfers are refused.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use custos_wire::protocol::{CertChain, KeyTransfer, Request, Response, TeeError};
 
 fn chain_of(tee: &mut Tee) -> CertChain {

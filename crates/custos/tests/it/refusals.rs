@@ -1,12 +1,10 @@
 //! Every refusal of the TEE core process is a clear, typed error, and the TEE still serves
 //! correctly afterwards.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
-use common::*;
+use crate::common::*;
 use custos::ops::{approvals, new_meta};
 use custos_pki::clock::now_unix;
 use custos_pki::{issue_admin_with_validity, pem_to_der, AdminSigner, PkiDir, Validity};
@@ -188,7 +186,12 @@ fn approval_over_another_digest_path_or_key() {
         path: &PATH,
         digest: &DIGEST,
     };
-    let appr = approvals(&fx.pki.admins(&["alice", "bob"]), "dc2", &meta, &action);
+    let appr = approvals(
+        &fx.pki.admins_named(&["alice", "bob"]),
+        "dc2",
+        &meta,
+        &action,
+    );
     let e = refusal(sign_with(&mut fx, &w, meta.clone(), appr));
     assert!(
         matches!(
@@ -482,7 +485,7 @@ fn quorum_zero_and_creation_quorum_are_enforced() {
     // Creating a 3-admin key needs 3 admins.
     let meta = new_meta(60);
     let appr = approvals(
-        &fx.pki.admins(&["alice", "bob"]),
+        &fx.pki.admins_named(&["alice", "bob"]),
         CLUSTER,
         &meta,
         &Action::CreateWallet { quorum: 3 },
@@ -501,7 +504,7 @@ fn quorum_zero_and_creation_quorum_are_enforced() {
     );
     let meta = new_meta(60);
     let appr = approvals(
-        &fx.pki.admins(&["alice"]),
+        &fx.pki.admins_named(&["alice"]),
         CLUSTER,
         &meta,
         &Action::CreateWallet { quorum: 0 },
@@ -521,7 +524,7 @@ fn a_create_approval_creates_one_wallet_even_after_a_restart() {
     let (mut fx, w) = setup();
     let meta = new_meta(600);
     let appr = approvals(
-        &fx.pki.admins(&["alice"]),
+        &fx.pki.admins_named(&["alice"]),
         CLUSTER,
         &meta,
         &Action::CreateWallet { quorum: 1 },

@@ -1,5 +1,11 @@
-//! Shared fixture for integration tests: a PKI, admins, and real TEE core processes.
-#![allow(dead_code)]
+//! What the custos tests share: real TEE core processes started from the `custos` binary
+//! ([`Tee`], [`Fixture`]), deployments of it, the sealed store of a stopped TEE process as an
+//! attacker with disk access sees it, and an independent signature check (k256).
+//!
+//! This stays here rather than in `custos-test-kit`: it runs the `custos` binary
+//! (`CARGO_BIN_EXE_custos`, set only for this crate's tests) and uses its library
+//! (`custos::tee_process`, `custos::deployment`, `custos::ops`), which the test kit must not
+//! link. What is generic comes from the test kit: the PKI ([`Pki`]) and PostgreSQL schemas.
 
 pub mod bip32_vectors;
 
@@ -9,7 +15,8 @@ use custos::cluster::LinkTransport;
 use custos::deployment::{Deployment, DeploymentOptions};
 use custos::ops::{approvals, new_meta, provision};
 use custos::tee_process::{KeyArg, TeeProcess};
-use custos_pki::{AdminSigner, PkiDir};
+use custos_pki::PkiDir;
+pub use custos_test_kit::Pki;
 use custos_wire::approval::{Action, Approval};
 use custos_wire::client::{ClientError, TeeClient};
 use custos_wire::protocol::{
@@ -44,52 +51,6 @@ pub fn three_clusters(dir: &Path, nodes: usize, sync_interval_secs: u64) -> Depl
         },
     )
     .unwrap()
-}
-
-/// A PKI with cluster `dc1` (and `dc2`) and admins alice, bob, carol.
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-    pub pki: PkiDir,
-    pub alice: AdminSigner,
-    pub bob: AdminSigner,
-    pub carol: AdminSigner,
-}
-
-impl Pki {
-    pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = PkiDir::new(dir.path().join("pki"));
-        pki.init().unwrap();
-        pki.create_cluster_ca(CLUSTER).unwrap();
-        pki.create_cluster_ca("dc2").unwrap();
-        for a in ["alice", "bob", "carol"] {
-            pki.create_admin(a).unwrap();
-        }
-        Pki {
-            alice: AdminSigner::load(&pki, "alice").unwrap(),
-            bob: AdminSigner::load(&pki, "bob").unwrap(),
-            carol: AdminSigner::load(&pki, "carol").unwrap(),
-            pki,
-            dir,
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Admins by name.
-    pub fn admins(&self, names: &[&str]) -> Vec<&AdminSigner> {
-        names
-            .iter()
-            .map(|n| match *n {
-                "alice" => &self.alice,
-                "bob" => &self.bob,
-                "carol" => &self.carol,
-                other => panic!("no admin {other}"),
-            })
-            .collect()
-    }
 }
 
 /// One TEE process (unprovisioned until `provision`).
@@ -173,7 +134,7 @@ impl Fixture {
     pub fn create_wallet(&mut self, quorum: u8, signers: &[&str]) -> KeyInfo {
         let meta = new_meta(600);
         let approvals = approvals(
-            &self.pki.admins(signers),
+            &self.pki.admins_named(signers),
             CLUSTER,
             &meta,
             &Action::CreateWallet { quorum },
@@ -204,7 +165,7 @@ impl Fixture {
             quorum,
             key_id: &key_id,
         };
-        let approvals = approvals(&[&self.pki.alice], CLUSTER, &meta, &action);
+        let approvals = approvals(&[self.pki.admin("alice")], CLUSTER, &meta, &action);
         self.tee
             .call(&Request::ImportWallet {
                 meta,
@@ -229,7 +190,7 @@ impl Fixture {
         signers: &[&str],
     ) -> Vec<Approval> {
         approvals(
-            &self.pki.admins(signers),
+            &self.pki.admins_named(signers),
             CLUSTER,
             meta,
             &Action::Sign {

@@ -1,11 +1,9 @@
 //! Crash and restart of the TEE core process: every acknowledged key comes back with the
 //! right sealing key; a wrong or badly stored key refuses to start with a clear error.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use crate::common::*;
 use custos::tee_process::{KeyArg, SpawnError, TeeProcess};
 use custos_wire::protocol::{Request, Response};
 

@@ -6,13 +6,11 @@
 //! Paillier primes come from the committed TEST-ONLY fixture of the threshold crate (Blum
 //! primes, not safe primes): production dealing always generates real safe primes.
 
-mod common;
-
 use std::str::FromStr;
 
+use crate::common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use bitcoin::bip32::{DerivationPath, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
-use common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use custos::dealer::PrimeSource;
 use custos::deployment::{approve, import_threshold, Deployment};
 use custos_cloud_api::client::CloudClient;

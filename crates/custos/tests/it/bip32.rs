@@ -1,13 +1,11 @@
 //! BIP-32 through the real TEE process: official vectors and random paths, verified with an
 //! independent implementation (RustCrypto k256).
 
-mod common;
-
 use std::str::FromStr;
 
+use crate::common::bip32_vectors::{parse_path, INVALID, VALID};
+use crate::common::*;
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
-use common::bip32_vectors::{parse_path, INVALID, VALID};
-use common::*;
 use custos_wire::protocol::{Request, Response};
 use rand::{Rng, SeedableRng};
 

@@ -6,13 +6,11 @@
 //! never reaches a TEE; a digest changed behind the approvers' backs is refused by the TEE;
 //! the audit finds a key removed from one node and sync repairs it.
 
-mod common;
-
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bitcoin::bip32::{DerivationPath, Xpub};
-use common::*;
 use custos::cluster::LinkTransport;
 use custos::deployment::{approve, Deployment, DeploymentOptions};
 use custos_cloud_api::client::CloudClient;

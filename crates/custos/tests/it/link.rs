@@ -3,11 +3,9 @@
 //! a digest changed after approval is refused by the TEE, and a caller without the token or
 //! with the wrong relay identity gets nothing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use custos::cluster::{Cluster, ClusterOptions, LinkTransport};
 use custos::ops::{approvals, new_meta};
 use custos_pki::{pem_to_der, TrustRoot};
@@ -123,7 +121,7 @@ fn flows_over(transport: LinkTransport) {
             meta: meta.clone(),
             quorum: 1,
             approvals: approvals(
-                &[&pki.alice],
+                &[pki.admin("alice")],
                 CLUSTER,
                 &meta,
                 &Action::CreateWallet { quorum: 1 },
@@ -158,7 +156,7 @@ fn flows_over(transport: LinkTransport) {
             path: &path,
             digest: &digest,
         };
-        let approved = approvals(&[&pki.alice], CLUSTER, &meta, &action);
+        let approved = approvals(&[pki.admin("alice")], CLUSTER, &meta, &action);
         let sign = Request::Sign {
             meta: meta.clone(),
             key_id: key.key_id.clone(),

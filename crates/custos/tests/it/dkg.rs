@@ -9,14 +9,12 @@
 //! Aux-info generation is the cost of this test: about 12 s of one core per TEE, in three
 //! processes at once.
 
-mod common;
-
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use bitcoin::bip32::{DerivationPath, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
-use common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use custos::deployment::{approve, create_threshold_key, wait_healthy};
 use custos_cloud_api::{RequestKind, RequestResult, RequestStatus, ThresholdSignBody};
 use custos_wire::protocol::{Request, Response, ThresholdKeyInfo, ThresholdOrigin};

@@ -1,0 +1,23 @@
+//! The `custos` crate's integration tests, one binary (each module was a test binary of its
+//! own): real processes on loopback — TEE core processes, clusters, links and deployments
+//! started from the `custos` binary (`CARGO_BIN_EXE_custos`) — and the `custos approve`
+//! command against the test kit's cloud server. Set-up that needs the `custos` binary or its
+//! library is in [`common`]; what every crate's tests share comes from `custos-test-kit`.
+//!
+//! Tests run in parallel in this one process: each works in a temporary directory of its
+//! own, on loopback ports chosen by the OS, in a PostgreSQL schema of its own, and sets no
+//! environment variable of this process.
+
+mod common;
+
+mod approve;
+mod bip32;
+mod cluster;
+mod dkg;
+mod e2e;
+mod link;
+mod refusals;
+mod restart;
+mod tee_core_deps;
+mod tee_sync;
+mod threshold;
