@@ -1,0 +1,144 @@
+//! One decoded request to the handler of its kind.
+
+use custos_pki::DeviceChain;
+use custos_wire::protocol::*;
+
+use crate::platform::Platform;
+use crate::{storage, TeeCore};
+
+impl<P: Platform> TeeCore<P> {
+    /// Handles one decoded request (its writes are committed, and its answer signed, by
+    /// [`TeeCore::handle_batch`]).
+    pub(crate) fn handle(&mut self, request: Request) -> Outcome {
+        match request {
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::PinRoot { root_cert } => self.pin_root(&root_cert),
+            Request::GenerateDeviceKey { cluster, node } => self.generate_device_key(cluster, node),
+            Request::InstallDeviceCert {
+                device,
+                cluster_ca,
+                device_ca,
+            } => self.install_device_cert(DeviceChain {
+                device,
+                cluster_ca,
+                device_ca,
+            }),
+            Request::CreateWallet {
+                meta,
+                quorum,
+                approvals,
+            } => self.create_wallet(&meta, quorum, &approvals),
+            Request::ImportWallet {
+                meta,
+                quorum,
+                key_id,
+                secret,
+                approvals,
+            } => self.import_wallet(&meta, quorum, &key_id, &secret, &approvals),
+            Request::ImportWalletSealed {
+                meta,
+                quorum,
+                key_id,
+                sealed,
+                approvals,
+            } => self.import_wallet_sealed(&meta, quorum, &key_id, &sealed, &approvals),
+            Request::ListKeys => Ok(Response::Keys(
+                self.wallets.values().map(|w| w.info.clone()).collect(),
+            )),
+            Request::GetXpub { key_id, path } => {
+                let w = self.wallet(&key_id)?;
+                let xpub = w.xpub_at(&self.secp, &path)?;
+                Ok(Response::Xpub {
+                    xpub: xpub.to_string(),
+                    public_key: xpub.public_key.serialize().to_vec(),
+                })
+            }
+            Request::Sign {
+                meta,
+                key_id,
+                path,
+                digest,
+                approvals,
+            } => self.sign(&meta, &key_id, &path, &digest, &approvals),
+            Request::AuditSign { key_id, message } => {
+                if message.len() > MAX_AUDIT_MESSAGE {
+                    return Err(TeeError::AuditMessageTooLong {
+                        len: message.len().min(u32::MAX as usize) as u32,
+                        max: MAX_AUDIT_MESSAGE as u32,
+                    });
+                }
+                let w = self.wallet(&key_id)?;
+                Ok(Response::AuditSignature(
+                    w.sign_root(&self.secp, &audit_digest(&message)),
+                ))
+            }
+            Request::DeviceChain => {
+                let (_, chain) = self.identity()?;
+                Ok(Response::DeviceChain(chain.clone().into()))
+            }
+            Request::SignTls { message } => {
+                if !is_tls13_certificate_verify_message(&message) {
+                    return Err(TeeError::TlsSignRefused);
+                }
+                self.identity()?;
+                let d = self.device.as_ref().expect("identity implies a device key");
+                Ok(Response::TlsSignature(d.sign(&message)))
+            }
+            Request::ExportKeys { requester, key_ids } => self.export_keys(requester, &key_ids),
+            Request::ImportKeys { transfer } => self.import_keys(&transfer),
+            Request::ImportThresholdBundle {
+                meta,
+                bundle,
+                approvals,
+            } => self.import_threshold_bundle(&meta, &bundle, &approvals),
+            Request::ListThresholdKeys => self.list_threshold_keys(),
+            Request::ThresholdStart {
+                meta,
+                attempt,
+                params,
+                approvals,
+            } => self.threshold_start(&meta, attempt, &params, &approvals),
+            Request::ThresholdKeygenStart {
+                meta,
+                attempt,
+                params,
+                approvals,
+            } => self.threshold_keygen_start(&meta, attempt, &params, &approvals),
+            Request::ThresholdAuditStart {
+                session,
+                key_id,
+                message,
+                signers,
+            } => self.threshold_audit_start(session, &key_id, &message, &signers),
+            Request::ThresholdFeed { session, messages } => self.threshold_feed(session, &messages),
+            Request::ThresholdAbort { session, reason: _ } => self.threshold_abort(session),
+            Request::ThresholdPresignStart {
+                session,
+                key_id,
+                signers,
+            } => self.threshold_presign_start(session, &key_id, &signers),
+            Request::ThresholdPresignSign {
+                meta,
+                attempt,
+                params,
+                approvals,
+            } => self.threshold_presign_sign(&meta, attempt, &params, &approvals),
+            Request::ListPresignatures { key_id } => self.list_presignatures(&key_id),
+            Request::Attest { challenge } => {
+                if challenge.len() > 64 {
+                    return Err(TeeError::InvalidRequest(
+                        "attestation challenge over 64 bytes".into(),
+                    ));
+                }
+                let mut user_data = challenge;
+                if let Some(d) = &self.device {
+                    user_data.extend_from_slice(&d.public_key());
+                }
+                self.platform
+                    .attest(&user_data)
+                    .map(Response::Attestation)
+                    .map_err(storage)
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Key sync between the nodes of a cluster: wallets and threshold shares sealed to a peer's
+//! certified device key, and such transfers opened and stored.
+
+use custos_pki::TrustRoot;
+use custos_wire::protocol::*;
+use zeroize::Zeroizing;
+
+use crate::platform::Platform;
+use crate::sync;
+use crate::threshold::HeldKey;
+use crate::wallet::{key_hex, Wallet};
+use crate::TeeCore;
+
+/// Largest plaintext of one key transfer: the import request that carries it must stay under
+/// [`MAX_REQUEST_LEN`] (a threshold share is about 14 KB, a wallet record under 100 bytes).
+const MAX_TRANSFER_PLAINTEXT: usize = 3 * 1024 * 1024;
+
+/// Refuses a key list that names a key twice (a transfer must land whole or not at all).
+fn reject_duplicates(key_ids: &[Vec<u8>]) -> Result<(), TeeError> {
+    let mut seen = std::collections::HashSet::with_capacity(key_ids.len());
+    match key_ids.iter().find(|k| !seen.insert(k.as_slice())) {
+        Some(k) => Err(TeeError::InvalidRequest(format!(
+            "key {} listed twice",
+            key_hex(k)
+        ))),
+        None => Ok(()),
+    }
+}
+
+impl<P: Platform> TeeCore<P> {
+    pub(crate) fn export_keys(&mut self, requester: CertChain, key_ids: &[Vec<u8>]) -> Outcome {
+        let (own, own_chain) = self.identity()?.clone();
+        if key_ids.is_empty() || key_ids.len() > MAX_TRANSFER_KEYS {
+            return Err(TeeError::InvalidRequest(format!(
+                "{} keys requested, 1..={} per transfer",
+                key_ids.len(),
+                MAX_TRANSFER_KEYS
+            )));
+        }
+        reject_duplicates(key_ids)?;
+        let now = self.platform.now_unix();
+        let recipient = self
+            .root()?
+            .verify_device(&requester.into(), Some(&own.cluster), now)
+            .map_err(|e| TeeError::RequesterRejected(e.to_string()))?;
+        let mut records = Vec::with_capacity(key_ids.len());
+        let mut total = 0usize;
+        for k in key_ids {
+            let record = self.transfer_record(k)?;
+            total += record.len() + 4;
+            if total > MAX_TRANSFER_PLAINTEXT {
+                return Err(TeeError::InvalidRequest(format!(
+                    "the keys requested exceed {MAX_TRANSFER_PLAINTEXT} bytes in one transfer; \
+                     ask for fewer"
+                )));
+            }
+            records.push(record);
+        }
+        let plaintext = sync::pack(&records);
+        drop(records);
+        let context = sync::transfer_context(
+            &own.cluster,
+            &own.fingerprint,
+            &recipient.fingerprint,
+            key_ids,
+        );
+        let (enc, ciphertext) = sync::seal(
+            &mut self.platform,
+            &recipient.public_key,
+            &context,
+            &plaintext,
+        )?;
+        let d = self.device.as_ref().expect("identity implies a device key");
+        let signature = d.sign(&sync::transfer_transcript(&context, &enc, &ciphertext));
+        Ok(Response::KeyTransfer(KeyTransfer {
+            cluster: own.cluster,
+            sender: own_chain.into(),
+            recipient_fingerprint: recipient.fingerprint,
+            key_ids: key_ids.to_vec(),
+            enc,
+            ciphertext,
+            signature,
+        }))
+    }
+
+    pub(crate) fn import_keys(&mut self, t: &KeyTransfer) -> Outcome {
+        let reject = |m: String| TeeError::TransferRejected(m);
+        let (own, _) = self.identity()?.clone();
+        if t.cluster != own.cluster {
+            return Err(reject(format!("transfer is for cluster {:?}", t.cluster)));
+        }
+        if t.recipient_fingerprint != own.fingerprint {
+            return Err(reject("transfer is addressed to another node".into()));
+        }
+        if t.key_ids.is_empty() || t.key_ids.len() > MAX_TRANSFER_KEYS {
+            return Err(reject(format!("{} keys in one transfer", t.key_ids.len())));
+        }
+        reject_duplicates(&t.key_ids)?;
+        let now = self.platform.now_unix();
+        let sender = self
+            .root()?
+            .verify_device(&t.sender.clone().into(), Some(&own.cluster), now)
+            .map_err(|e| reject(format!("sender certificate: {e}")))?;
+        let context = sync::transfer_context(
+            &own.cluster,
+            &sender.fingerprint,
+            &own.fingerprint,
+            &t.key_ids,
+        );
+        TrustRoot::verify_device_signature(
+            &sender,
+            &sync::transfer_transcript(&context, &t.enc, &t.ciphertext),
+            &t.signature,
+        )
+        .map_err(|e| reject(e.to_string()))?;
+        let d = self.device.as_ref().expect("identity implies a device key");
+        let plaintext = sync::open(&d.private_scalar()?[..], t, &context)?;
+        let records = sync::unpack(&plaintext, t.key_ids.len())?;
+        // Every record is checked before any is stored: a transfer lands whole or not at all.
+        let mut fresh = Vec::new();
+        let mut fresh_shares = Vec::new();
+        let mut already_held = 0u32;
+        for (record, key_id) in records.into_iter().zip(&t.key_ids) {
+            if HeldKey::is_record(record) {
+                if self.threshold.keys.contains_key(key_id) {
+                    already_held += 1;
+                    continue;
+                }
+                let k = HeldKey::from_record(record, key_id)
+                    .map_err(|e| reject(format!("record {}: {e}", key_hex(key_id))))?;
+                // A cluster syncs its own share only.
+                let holder = &k.info.clusters[usize::from(k.info.share_index)];
+                if *holder != own.cluster {
+                    return Err(reject(format!(
+                        "record {}: share {} belongs to cluster {holder:?}",
+                        key_hex(key_id),
+                        k.info.share_index
+                    )));
+                }
+                fresh_shares.push(k);
+                continue;
+            }
+            if self.wallets.contains_key(key_id) {
+                already_held += 1;
+                continue;
+            }
+            let w = Wallet::from_record(&self.secp, record, key_id)
+                .map_err(|e| reject(format!("record {}: {e}", key_hex(key_id))))?;
+            fresh.push(w);
+        }
+        let mut imported = Vec::with_capacity(fresh.len() + fresh_shares.len());
+        for w in fresh {
+            imported.push(w.info.key_id.clone());
+            self.store_wallet(w)?;
+        }
+        for k in fresh_shares {
+            imported.push(k.info.key_id.clone());
+            self.store_threshold_key(k)?;
+        }
+        Ok(Response::KeysImported {
+            imported,
+            already_held,
+        })
+    }
+
+    /// The transfer record of a held key: a wallet's, or else a threshold share's.
+    fn transfer_record(&self, key_id: &[u8]) -> Result<Zeroizing<Vec<u8>>, TeeError> {
+        if let Some(w) = self.wallets.get(key_id) {
+            return Ok(w.to_record());
+        }
+        match self.threshold_key(key_id) {
+            Ok(k) => Ok(k.to_record()),
+            Err(TeeError::UnknownKey(_)) => self.wallet(key_id).map(|w| w.to_record()),
+            Err(e) => Err(e),
+        }
+    }
+}

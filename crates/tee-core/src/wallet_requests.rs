@@ -1,0 +1,165 @@
+//! The wallet requests: create, import (plain or sealed to this node) and sign, each under
+//! its admin quorum.
+
+use custos_wire::approval::{Action, Approval};
+use custos_wire::import;
+use custos_wire::protocol::*;
+use zeroize::Zeroizing;
+
+use crate::platform::{Platform, RecordId};
+use crate::wallet::{key_hex, Wallet};
+use crate::{storage, TeeCore, Undo, WALLET_PREFIX};
+
+impl<P: Platform> TeeCore<P> {
+    pub(crate) fn wallet(&self, key_id: &[u8]) -> Result<&Wallet, TeeError> {
+        if let Some(w) = self.wallets.get(key_id) {
+            return Ok(w);
+        }
+        let hex = key_hex(key_id);
+        match self.corrupt.get(&format!("{WALLET_PREFIX}{hex}")) {
+            Some(reason) => Err(TeeError::KeyRecordCorrupt {
+                key: hex,
+                reason: reason.clone(),
+            }),
+            None => Err(TeeError::UnknownKey(hex)),
+        }
+    }
+
+    pub(crate) fn store_wallet(&mut self, wallet: Wallet) -> Outcome {
+        let hex = key_hex(&wallet.info.key_id);
+        if self.wallets.contains_key(&wallet.info.key_id) {
+            return Err(TeeError::KeyExists(hex));
+        }
+        let id = RecordId::new(format!("{WALLET_PREFIX}{hex}")).map_err(storage)?;
+        // Pending until the batch commits; no response leaves before that.
+        self.platform
+            .seal(&id, &wallet.to_record())
+            .map_err(storage)?;
+        let info = wallet.info.clone();
+        self.journal
+            .push((self.current, Undo::Wallet(info.key_id.clone())));
+        self.wallets.insert(info.key_id.clone(), wallet);
+        Ok(Response::Wallet(info))
+    }
+
+    pub(crate) fn create_wallet(
+        &mut self,
+        meta: &RequestMeta,
+        quorum: u8,
+        approvals: &[Approval],
+    ) -> Outcome {
+        Self::check_quorum_value(quorum)?;
+        // Whoever creates a key under an m-of-k policy must meet that policy themselves.
+        self.approve(meta, Action::CreateWallet { quorum }, approvals, quorum)?;
+        self.consume_request(meta)?;
+        let mut seed = Zeroizing::new(vec![0u8; 32]);
+        self.platform.random(&mut seed).map_err(storage)?;
+        let wallet = Wallet::from_seed(
+            &self.secp,
+            seed,
+            quorum,
+            Origin::Generated,
+            self.platform.now_unix(),
+        )?;
+        self.store_wallet(wallet)
+    }
+
+    pub(crate) fn import_wallet(
+        &mut self,
+        meta: &RequestMeta,
+        quorum: u8,
+        key_id: &[u8],
+        secret: &ImportSecret,
+        approvals: &[Approval],
+    ) -> Outcome {
+        self.approve_import(meta, quorum, key_id, approvals)?;
+        self.store_import(quorum, key_id, secret)
+    }
+
+    /// As [`Self::import_wallet`], with the secret sealed to this node. Approvals are checked
+    /// before anything is decrypted, so an unapproved caller gets no answer about the
+    /// ciphertext. The context uses this node's certified cluster and node names, so a
+    /// ciphertext made for another node, or for other approved terms, does not open.
+    pub(crate) fn import_wallet_sealed(
+        &mut self,
+        meta: &RequestMeta,
+        quorum: u8,
+        key_id: &[u8],
+        sealed: &import::SealedImport,
+        approvals: &[Approval],
+    ) -> Outcome {
+        self.approve_import(meta, quorum, key_id, approvals)?;
+        let (own, _) = self.identity()?;
+        let context = import::import_context(&own.cluster, &own.node, meta, quorum, key_id);
+        let d = self.device.as_ref().expect("identity implies a device key");
+        let secret = import::open_import(&d.private_scalar()?[..], &context, sealed)?;
+        self.store_import(quorum, key_id, &secret)
+    }
+
+    /// The admin check of both import kinds: `quorum` distinct admins approved importing
+    /// `key_id` with that quorum. (No request id is consumed: an import cannot repeat, the
+    /// key then exists.)
+    fn approve_import(
+        &mut self,
+        meta: &RequestMeta,
+        quorum: u8,
+        key_id: &[u8],
+        approvals: &[Approval],
+    ) -> Result<(), TeeError> {
+        Self::check_quorum_value(quorum)?;
+        self.approve(
+            meta,
+            Action::ImportWallet { quorum, key_id },
+            approvals,
+            quorum,
+        )
+    }
+
+    /// Builds the wallet from an approved secret and stores it if it is the approved key.
+    fn store_import(&mut self, quorum: u8, key_id: &[u8], secret: &ImportSecret) -> Outcome {
+        let wallet = Wallet::from_seed(
+            &self.secp,
+            import::import_seed(secret)?,
+            quorum,
+            Origin::Imported,
+            self.platform.now_unix(),
+        )?;
+        if wallet.info.key_id != key_id {
+            return Err(TeeError::ImportRejected(format!(
+                "secret yields key {}, approvals are for {}",
+                key_hex(&wallet.info.key_id),
+                key_hex(key_id)
+            )));
+        }
+        self.store_wallet(wallet)
+    }
+
+    pub(crate) fn sign(
+        &mut self,
+        meta: &RequestMeta,
+        key_id: &[u8],
+        path: &[u32],
+        digest: &[u8; 32],
+        approvals: &[Approval],
+    ) -> Outcome {
+        let quorum = self.wallet(key_id)?.info.quorum;
+        if path.len() > MAX_PATH_DEPTH {
+            return Err(TeeError::InvalidPath(format!(
+                "{} levels, at most {MAX_PATH_DEPTH}",
+                path.len()
+            )));
+        }
+        self.approve(
+            meta,
+            Action::Sign {
+                key_id,
+                path,
+                digest,
+            },
+            approvals,
+            quorum,
+        )?;
+        let w = self.wallet(key_id)?;
+        w.sign(&self.secp, path, digest).map(Response::Signature)
+    }
+}
