@@ -1,5 +1,8 @@
 //! What a TEE request is, for routing and for the history.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use custos_wire::approval::Approval;
 use custos_wire::protocol::{format_path, RelayClass, Request, SessionRef, TeeError};
 
@@ -33,11 +36,33 @@ fn admin_name(cert: &[u8]) -> String {
         .replace(',', "_")
 }
 
+/// Admin names already read, by certificate (DER): the name is a function of the bytes,
+/// and the same few admins approve request after request, so each certificate is parsed
+/// once instead of once per request.
+static NAMES: LazyLock<Mutex<HashMap<Vec<u8>, String>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Most certificates [`NAMES`] remembers; it is emptied when full.
+const MAX_NAMES: usize = 1024;
+
+fn cached_admin_name(cert: &[u8]) -> String {
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(name) = names.get(cert) {
+        return name.clone();
+    }
+    let name = admin_name(cert);
+    if names.len() >= MAX_NAMES {
+        names.clear();
+    }
+    names.insert(cert.to_vec(), name.clone());
+    name
+}
+
 /// The admin names of a request's approvals.
 fn names(approvals: &[Approval]) -> Vec<String> {
     approvals
         .iter()
-        .map(|a| admin_name(&a.admin_cert))
+        .map(|a| cached_admin_name(&a.admin_cert))
         .collect()
 }
 
@@ -191,6 +216,14 @@ pub fn node_lacks_key(e: &TeeError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_names_are_read_once_and_stay_exact() {
+        let garbage = vec![0x30, 0x03, 0x01, 0x02, 0x03];
+        assert_eq!(cached_admin_name(&garbage), admin_name(&garbage));
+        assert_eq!(cached_admin_name(&garbage), "<unparsable certificate>");
+        assert!(NAMES.lock().unwrap().contains_key(&garbage));
+    }
 
     #[test]
     fn keygen_starts_are_described() {
