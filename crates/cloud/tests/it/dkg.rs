@@ -9,11 +9,11 @@
 //! other per round, checking everything it receives; before its `auxInfo` messages it
 //! reports `computing` for two calls; at the end each reports the key with its own share
 //! index. The real protocol through real TEEs is tested end to end in crates/custos
-//! (tests/dkg.rs).
+//! (tests/it/dkg.rs).
 
-use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use custos_cloud_api::*;
@@ -25,8 +25,23 @@ use custos_wire::protocol::{
 
 use custos_test_kit::*;
 
-const PHASES: [&str; 2] = ["keygen", "auxInfo"];
-const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+use crate::scripted::{self, distinct_clusters_of, session_of, StandIn, Tees, CLUSTERS};
+
+/// Key generation, then aux-info generation.
+const KEYGEN: StandIn = StandIn {
+    phases: &["keygen", "auxInfo"],
+    padding: aux_info_padding,
+};
+
+/// Aux-info messages are large (about 220 KB each in the real protocol).
+fn aux_info_padding(round: u16) -> usize {
+    if round == 2 {
+        200_000
+    } else {
+        0
+    }
+}
+
 /// Empty feeds a scripted TEE answers `computing` before its aux-info messages.
 const COMPUTE_POLLS: u32 = 2;
 
@@ -50,46 +65,18 @@ struct SimSession {
     params: ThresholdKeygenParams,
 }
 
+/// The TEE side of every cluster: what every scripted TEE shares (the running sessions, a
+/// log of what each cluster was asked: "start" | "feed" | "poll" (an empty feed) | "abort").
+#[derive(Default)]
 struct Sim {
-    behaviour: Mutex<HashMap<String, Misbehave>>,
-    sessions: Mutex<HashMap<(String, SessionRef), SimSession>>,
-    /// (cluster, "start" | "feed" | "poll" | "abort", session)
-    log: Mutex<Vec<(String, &'static str, SessionRef)>>,
+    tees: Tees<Misbehave, SimSession>,
 }
 
-fn payload(session: &SessionRef, round: u16, sender: u16, recipient: Option<u16>) -> Vec<u8> {
-    format!(
-        "{}/{} {} from {sender} to {recipient:?}",
-        hex::encode(session.request_id),
-        session.attempt,
-        PHASES[usize::from(round) - 1]
-    )
-    .into_bytes()
-}
-
-fn round_messages(session: SessionRef, pos: u16, n: u16, round: u16) -> Vec<ThresholdMessage> {
-    let message = |recipient: Option<u16>| ThresholdMessage {
-        session,
-        sender: pos,
-        recipient,
-        phase: PHASES[usize::from(round) - 1].into(),
-        round,
-        enc: if recipient.is_some() {
-            vec![7; 32]
-        } else {
-            vec![]
-        },
-        // Aux-info messages are large (about 220 KB each in the real protocol).
-        payload: [
-            payload(&session, round, pos, recipient),
-            vec![0; if round == 2 { 200_000 } else { 0 }],
-        ]
-        .concat(),
-        signature: vec![1; 70],
-    };
-    let mut out = vec![message(None)];
-    out.extend((0..n).filter(|&q| q != pos).map(|q| message(Some(q))));
-    out
+impl Deref for Sim {
+    type Target = Tees<Misbehave, SimSession>;
+    fn deref(&self) -> &Self::Target {
+        &self.tees
+    }
 }
 
 /// The joint key every honest participant computes (from the session, so each test's key
@@ -104,41 +91,12 @@ fn joint_key(session: &SessionRef, salt: u8) -> (Vec<u8>, [u8; 32]) {
 
 impl Sim {
     fn new() -> Arc<Sim> {
-        Arc::new(Sim {
-            behaviour: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            log: Mutex::new(Vec::new()),
-        })
+        Arc::new(Sim::default())
     }
 
     fn script(self: &Arc<Self>) -> Script {
         let sim = self.clone();
         Arc::new(move |cluster, _node, chain, request| sim.handle(cluster, chain, request))
-    }
-
-    fn misbehave(&self, cluster: &str, m: Misbehave) {
-        self.behaviour.lock().unwrap().insert(cluster.into(), m);
-    }
-
-    fn behave(&self) {
-        self.behaviour.lock().unwrap().clear();
-    }
-
-    fn logged(&self, what: &str) -> Vec<(String, SessionRef)> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, w, _)| *w == what)
-            .map(|(c, _, s)| (c.clone(), *s))
-            .collect()
-    }
-
-    fn log(&self, cluster: &str, what: &'static str, session: SessionRef) {
-        self.log
-            .lock()
-            .unwrap()
-            .push((cluster.into(), what, session));
     }
 
     fn round(
@@ -150,7 +108,7 @@ impl Sim {
     ) -> Outcome {
         Ok(Response::ThresholdKeygenRound {
             session,
-            phase: PHASES[usize::from(round) - 1].into(),
+            phase: KEYGEN.phase(round).into(),
             outgoing,
             computing,
             key,
@@ -158,7 +116,7 @@ impl Sim {
     }
 
     fn handle(&self, cluster: &str, chain: &CertChain, request: Request) -> Outcome {
-        let behaviour = self.behaviour.lock().unwrap().get(cluster).cloned();
+        let behaviour = self.behaviour(cluster);
         match request {
             Request::ThresholdKeygenStart {
                 meta,
@@ -198,7 +156,7 @@ impl Sim {
                 Self::round(
                     session,
                     1,
-                    round_messages(session, pos as u16, n, 1),
+                    KEYGEN.messages(session, pos as u16, n, 1),
                     false,
                     None,
                 )
@@ -215,17 +173,7 @@ impl Sim {
                     return Err(TeeError::UnknownSession(hex::encode(session.request_id)));
                 };
                 for m in &messages {
-                    let intact = m.session == session
-                        && m.round == st.round
-                        && m.sender != st.pos
-                        && m.recipient.is_none_or(|r| r == st.pos)
-                        && m.phase == PHASES[usize::from(st.round) - 1]
-                        && m.payload.starts_with(&payload(
-                            &session,
-                            m.round,
-                            m.sender,
-                            m.recipient,
-                        ));
+                    let intact = KEYGEN.intact(m, session, st.round, st.pos, st.n);
                     assert!(intact, "{cluster} got {m:?} in round {}", st.round);
                     st.got += 1;
                 }
@@ -238,15 +186,15 @@ impl Sim {
                     return Self::round(
                         session,
                         2,
-                        round_messages(session, st.pos, st.n, 2),
+                        KEYGEN.messages(session, st.pos, st.n, 2),
                         false,
                         None,
                     );
                 }
-                if st.got < 2 * usize::from(st.n - 1) {
+                if st.got < StandIn::expected(st.n) {
                     return Self::round(session, st.round, vec![], false, None);
                 }
-                if st.round == 1 {
+                if st.round < KEYGEN.last_round() {
                     // Keygen done: aux-info's first step computes for a while.
                     st.round = 2;
                     st.got = 0;
@@ -293,10 +241,8 @@ struct Setup {
 
 /// Clusters dc1 (two nodes), dc2 and dc3 of scripted TEEs.
 async fn setup(db: TestDb) -> Setup {
-    let pki = Pki::new();
     let sim = Sim::new();
-    let gateway = FakeGateway::scripted(&pki, &[("dc1", 2), ("dc2", 1), ("dc3", 1)], sim.script());
-    let s = TestServer::start_with(pki, gateway, db).await;
+    let s = scripted::server(db, sim.script()).await;
     Setup { s, sim }
 }
 
@@ -324,24 +270,6 @@ async fn approve(s: &TestServer, view: &RequestView, admins: &[usize]) -> Reques
             .unwrap();
     }
     last
-}
-
-fn session_of(view: &RequestView, attempt: u8) -> SessionRef {
-    SessionRef {
-        request_id: hex::decode(&view.id).unwrap().try_into().unwrap(),
-        attempt,
-    }
-}
-
-fn clusters_of(log: Vec<(String, SessionRef)>, session: SessionRef) -> Vec<String> {
-    let mut v: Vec<String> = log
-        .into_iter()
-        .filter(|(_, s)| *s == session)
-        .map(|(c, _)| c)
-        .collect();
-    v.sort();
-    v.dedup();
-    v
 }
 
 #[tokio::test]
@@ -414,7 +342,7 @@ async fn every_cluster_makes_the_key_and_it_is_recorded_once_all_agree() {
             ]
         );
         // Every cluster took part, and those computing were polled with empty feeds.
-        assert_eq!(clusters_of(sim.logged("start"), session), CLUSTERS);
+        assert_eq!(distinct_clusters_of(sim.logged("start"), session), CLUSTERS);
         assert_eq!(
             sim.logged("poll").len(),
             3 * COMPUTE_POLLS as usize,
@@ -487,13 +415,16 @@ async fn failures_name_the_cluster_and_a_retry_makes_the_key() {
     assert_eq!(e.code, "tee_primes_not_ready");
     assert!(e.message.contains("dc2"), "{}", e.message);
     let first = session_of(&view, 0);
-    assert_eq!(clusters_of(sim.logged("abort"), first), ["dc1", "dc3"]);
+    assert_eq!(
+        distinct_clusters_of(sim.logged("abort"), first),
+        ["dc1", "dc3"]
+    );
     sim.behave();
     let done = c.retry(&view.id).await.unwrap();
     assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
     assert_eq!(done.attempts, 2);
     assert_eq!(
-        clusters_of(sim.logged("start"), session_of(&view, 1)),
+        distinct_clusters_of(sim.logged("start"), session_of(&view, 1)),
         CLUSTERS
     );
 

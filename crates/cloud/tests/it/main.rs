@@ -4,6 +4,7 @@
 mod api;
 mod dkg;
 mod openapi;
+mod scripted;
 mod service;
 mod store;
 mod threshold;

@@ -9,9 +9,9 @@
 //! round each returns the signature of the child key (made here with libsecp256k1). The
 //! real protocol through real TEEs is tested end to end in crates/custos.
 
-use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
@@ -22,15 +22,20 @@ use custos_cloud_api::*;
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::protocol::{
     CertChain, EcdsaSignature, Outcome, Request, RequestMeta, Response, SessionRef, TeeError,
-    ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin, ThresholdSignParams,
+    ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin, ThresholdSignParams,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use custos_test_kit::*;
 
-const PHASES: [&str; 4] = ["getAB", "getAB_and_R", "getR", "getSig"];
-const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+use crate::scripted::{self, clusters_of, session_of, StandIn, Tees, CLUSTERS};
+
+/// Signing: four rounds named after the patent's phases.
+const SIGNING: StandIn = StandIn {
+    phases: &["getAB", "getAB_and_R", "getR", "getSig"],
+    padding: |_| 0,
+};
 
 // ----- the TEE side, scripted ------------------------------------------------------------
 
@@ -56,51 +61,20 @@ struct SimSession {
     silent: bool,
 }
 
-/// The TEE side of every cluster: the joint key (held whole here, as a test may), the
-/// running sessions, and a log of what each cluster was asked.
+/// The TEE side of every cluster: the joint key (held whole here, as a test may), and what
+/// every scripted TEE shares (the running sessions, a log of what each cluster was asked:
+/// "start" | "feed" | "abort").
 struct Sim {
     master: Xpriv,
     secp: Secp256k1<All>,
-    behaviour: Mutex<HashMap<String, Misbehave>>,
-    sessions: Mutex<HashMap<(String, SessionRef), SimSession>>,
-    /// (cluster, "start" | "feed" | "abort", session)
-    log: Mutex<Vec<(String, &'static str, SessionRef)>>,
+    tees: Tees<Misbehave, SimSession>,
 }
 
-fn payload(session: &SessionRef, round: u16, sender: u16, recipient: Option<u16>) -> Vec<u8> {
-    format!(
-        "{}/{} round {round} from {sender} to {recipient:?}",
-        hex::encode(session.request_id),
-        session.attempt
-    )
-    .into_bytes()
-}
-
-fn mock_signature(payload: &[u8]) -> Vec<u8> {
-    Sha256::digest(payload).to_vec()
-}
-
-fn round_messages(session: SessionRef, pos: u16, n: u16, round: u16) -> Vec<ThresholdMessage> {
-    let message = |recipient: Option<u16>| {
-        let payload = payload(&session, round, pos, recipient);
-        ThresholdMessage {
-            session,
-            sender: pos,
-            recipient,
-            phase: PHASES[usize::from(round) - 1].into(),
-            round,
-            enc: if recipient.is_some() {
-                vec![7; 32]
-            } else {
-                vec![]
-            },
-            signature: mock_signature(&payload),
-            payload,
-        }
-    };
-    let mut out = vec![message(None)];
-    out.extend((0..n).filter(|&q| q != pos).map(|q| message(Some(q))));
-    out
+impl Deref for Sim {
+    type Target = Tees<Misbehave, SimSession>;
+    fn deref(&self) -> &Self::Target {
+        &self.tees
+    }
 }
 
 impl Sim {
@@ -108,33 +82,13 @@ impl Sim {
         Arc::new(Sim {
             master: Xpriv::new_master(NetworkKind::Main, &[42u8; 32]).unwrap(),
             secp: Secp256k1::new(),
-            behaviour: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            log: Mutex::new(Vec::new()),
+            tees: Tees::default(),
         })
     }
 
     fn script(self: &Arc<Self>) -> Script {
         let sim = self.clone();
         Arc::new(move |cluster, node, chain, request| sim.handle(cluster, node, chain, request))
-    }
-
-    fn misbehave(&self, cluster: &str, m: Misbehave) {
-        self.behaviour.lock().unwrap().insert(cluster.into(), m);
-    }
-
-    fn behave(&self) {
-        self.behaviour.lock().unwrap().clear();
-    }
-
-    fn logged(&self, what: &str) -> Vec<(String, SessionRef)> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, w, _)| *w == what)
-            .map(|(c, _, s)| (c.clone(), *s))
-            .collect()
     }
 
     fn key_info(&self, share_index: u16) -> ThresholdKeyInfo {
@@ -172,7 +126,7 @@ impl Sim {
     }
 
     fn handle(&self, cluster: &str, _node: &str, chain: &CertChain, request: Request) -> Outcome {
-        let behaviour = self.behaviour.lock().unwrap().get(cluster).cloned();
+        let behaviour = self.behaviour(cluster);
         match request {
             Request::ImportThresholdBundle { bundle, .. } => {
                 let fingerprint: [u8; 32] = Sha256::digest(&chain.device).into();
@@ -193,10 +147,7 @@ impl Sim {
                     request_id: meta.request_id,
                     attempt,
                 };
-                self.log
-                    .lock()
-                    .unwrap()
-                    .push((cluster.into(), "start", session));
+                self.log(cluster, "start", session);
                 if let Some(Misbehave::RefuseStart(e)) = behaviour {
                     return Err(e);
                 }
@@ -232,36 +183,25 @@ impl Sim {
                 );
                 Ok(Response::ThresholdRound {
                     session,
-                    phase: PHASES[0].into(),
+                    phase: SIGNING.phase(1).into(),
                     outgoing: if silent {
                         vec![]
                     } else {
-                        round_messages(session, pos, n, 1)
+                        SIGNING.messages(session, pos, n, 1)
                     },
                     signature: None,
                 })
             }
             Request::ThresholdFeed { session, messages } => {
-                self.log
-                    .lock()
-                    .unwrap()
-                    .push((cluster.into(), "feed", session));
+                self.log(cluster, "feed", session);
                 let mut sessions = self.sessions.lock().unwrap();
                 let key = (cluster.to_string(), session);
                 let Some(st) = sessions.get_mut(&key) else {
                     return Err(TeeError::UnknownSession(hex::encode(session.request_id)));
                 };
-                let phase = PHASES[usize::from(st.round) - 1];
+                let phase = SIGNING.phase(st.round);
                 for m in &messages {
-                    let intact = m.session == session
-                        && m.round == st.round
-                        && m.sender != st.pos
-                        && m.sender < st.n
-                        && m.recipient.is_none_or(|r| r == st.pos)
-                        && m.phase == phase
-                        && m.payload == payload(&session, m.round, m.sender, m.recipient)
-                        && m.signature == mock_signature(&m.payload);
-                    if !intact {
+                    if !SIGNING.intact(m, session, st.round, st.pos, st.n) {
                         let sender = usize::from(m.sender).min(st.params.signers.len() - 1);
                         let blamed = CLUSTERS[usize::from(st.params.signers[sender].share_index)];
                         sessions.remove(&key);
@@ -274,7 +214,7 @@ impl Sim {
                     }
                     st.got += 1;
                 }
-                if st.got < 2 * usize::from(st.n - 1) {
+                if st.got < StandIn::expected(st.n) {
                     return Ok(Response::ThresholdRound {
                         session,
                         phase: phase.into(),
@@ -293,7 +233,7 @@ impl Sim {
                         });
                     }
                 }
-                if st.round == PHASES.len() as u16 {
+                if st.round == SIGNING.last_round() {
                     let mut params = st.params.clone();
                     if matches!(behaviour, Some(Misbehave::WrongKey)) {
                         params.path.clear();
@@ -311,20 +251,17 @@ impl Sim {
                 st.got = 0;
                 Ok(Response::ThresholdRound {
                     session,
-                    phase: PHASES[usize::from(st.round) - 1].into(),
+                    phase: SIGNING.phase(st.round).into(),
                     outgoing: if st.silent {
                         vec![]
                     } else {
-                        round_messages(session, st.pos, st.n, st.round)
+                        SIGNING.messages(session, st.pos, st.n, st.round)
                     },
                     signature: None,
                 })
             }
             Request::ThresholdAbort { session, .. } => {
-                self.log
-                    .lock()
-                    .unwrap()
-                    .push((cluster.into(), "abort", session));
+                self.log(cluster, "abort", session);
                 self.sessions
                     .lock()
                     .unwrap()
@@ -345,10 +282,8 @@ struct Setup {
 
 /// Clusters dc1 (two nodes), dc2 and dc3 of scripted TEEs.
 async fn setup(db: TestDb) -> Setup {
-    let pki = Pki::new();
     let sim = Sim::new();
-    let gateway = FakeGateway::scripted(&pki, &[("dc1", 2), ("dc2", 1), ("dc3", 1)], sim.script());
-    let s = TestServer::start_with(pki, gateway, db).await;
+    let s = scripted::server(db, sim.script()).await;
     Setup { s, sim }
 }
 
@@ -477,23 +412,6 @@ fn start_link_id(request_id: &str, attempt: u8, cluster: &str) -> [u8; 16] {
     h.update([attempt]);
     h.update(cluster.as_bytes());
     h.finalize()[..16].try_into().unwrap()
-}
-
-fn session_of(view: &RequestView, attempt: u8) -> SessionRef {
-    SessionRef {
-        request_id: hex::decode(&view.id).unwrap().try_into().unwrap(),
-        attempt,
-    }
-}
-
-fn clusters_of(log: Vec<(String, SessionRef)>, session: SessionRef) -> Vec<String> {
-    let mut v: Vec<String> = log
-        .into_iter()
-        .filter(|(_, s)| *s == session)
-        .map(|(c, _)| c)
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test]
