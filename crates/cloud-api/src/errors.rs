@@ -15,7 +15,8 @@ pub enum ErrorCode {
     MalformedJson,
     /// Body is not application/json.
     UnsupportedMediaType,
-    /// Body over the limit (64 KiB; 576 KiB for threshold key imports).
+    /// Body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key
+    /// imports).
     BodyTooLarge,
     /// Query string not understood or out of range.
     InvalidQuery,
@@ -200,7 +201,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "missing or unknown bearer token",
             ErrorCode::MalformedJson => "body is not valid JSON of the expected shape",
             ErrorCode::UnsupportedMediaType => "body is not application/json",
-            ErrorCode::BodyTooLarge => "body over the limit (64 KiB; 576 KiB for threshold key imports)",
+            ErrorCode::BodyTooLarge => "body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key imports)",
             ErrorCode::InvalidQuery => "query string not understood or out of range",
             ErrorCode::InvalidDigest => "digest is not 32 bytes of hex",
             ErrorCode::InvalidPath => "BIP-32 path syntax, index range or depth",
@@ -213,7 +214,7 @@ impl ErrorCode {
             ErrorCode::InvalidSecret => "import needs exactly one valid mnemonic or seed",
             ErrorCode::TooManyApprovals => "more than 16 approvals",
             ErrorCode::InvalidBundle => "threshold bundle is not hex of a consistent dealer bundle of at most 256 KiB",
-            ErrorCode::InvalidKeyId => "threshold key id is not 33 bytes of hex of a compressed point",
+            ErrorCode::InvalidKeyId => "threshold key id is not 33 bytes of hex in the compressed form (02 or 03 first)",
             ErrorCode::InvalidClusters => "cluster list has duplicates, clusters without a share of the key, or fewer than t (a new key: 2 to 64 distinct clusters)",
             ErrorCode::InvalidThreshold => "threshold outside 2..=n (the number of clusters)",
             ErrorCode::InvalidMessage => "message is not hex of at most 64 KiB, or the digest given is not its SHA-256",

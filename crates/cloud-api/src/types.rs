@@ -143,7 +143,8 @@ impl fmt::Debug for SecretText {
 }
 
 /// Longest certificate PEM of an approval (a Custos P-256 certificate is under 1 KiB), so
-/// that [`MAX_QUORUM`](custos_wire::protocol::MAX_QUORUM) approvals fit in a request body.
+/// that [`MAX_APPROVALS`](custos_wire::protocol::MAX_APPROVALS) approvals fit in a request
+/// body.
 pub const MAX_APPROVAL_PEM: usize = 1536;
 
 /// One admin's approval: the admin certificate with its Admin CA, and an ECDSA P-256
@@ -175,7 +176,7 @@ pub struct ApprovalBody {
 #[serde(deny_unknown_fields)]
 pub struct CreateWalletBody {
     /// Cluster that generates and holds the wallet (a configured cluster's name).
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)]
     pub cluster: String,
     /// Distinct admins required to create and to use the wallet (1..=16).
     #[schema(minimum = 1, maximum = 16)]
@@ -203,7 +204,7 @@ pub struct CreateWalletBody {
 #[serde(deny_unknown_fields)]
 pub struct ImportWalletBody {
     /// Cluster that will hold the wallet (a configured cluster's name).
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)]
     pub cluster: String,
     /// Distinct admins required to use the wallet (1..=16).
     #[schema(minimum = 1, maximum = 16)]

@@ -38,3 +38,40 @@ pub(crate) fn decode_approval(a: &ApprovalBody) -> Result<DecodedApproval, Strin
         signature: sig,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(cert_pem: String) -> ApprovalBody {
+        ApprovalBody {
+            admin_cert_pem: cert_pem,
+            admin_ca_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            signature_hex: "3006020101020101".into(),
+        }
+    }
+
+    #[test]
+    fn a_certificate_pem_over_the_documented_limit_is_refused_by_name() {
+        let pem = |body_len: usize| {
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                "A".repeat(body_len)
+            )
+        };
+        let frame = pem(0).len();
+        let at_limit = pem(MAX_APPROVAL_PEM - frame);
+        assert_eq!(at_limit.len(), MAX_APPROVAL_PEM);
+        // At the limit the PEM is read (and fails only as base64 of no certificate).
+        let e = decode_approval(&approval(at_limit))
+            .err()
+            .unwrap_or_default();
+        assert!(!e.contains("at most"), "{e}");
+        let over = pem(MAX_APPROVAL_PEM - frame + 1);
+        let e = decode_approval(&approval(over)).err().expect("refused");
+        assert!(
+            e.contains("admin certificate PEM of 1537 bytes, at most 1536"),
+            "{e}"
+        );
+    }
+}

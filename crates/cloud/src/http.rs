@@ -123,6 +123,8 @@ fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
         (status = 400, description = "malformed_json, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
@@ -158,7 +160,9 @@ async fn list_wallets(State(cloud): Shared) -> Result<Json<WalletList>, ApiError
     responses(
         (status = 200, description = "Submitted in this call", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_secret, invalid_quorum, invalid_expiry, invalid_request_id", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_secret, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "wallet_exists, request_exists, duplicate_approval", body = ApiErrorBody),
@@ -223,6 +227,8 @@ async fn derive(
         (status = 200, description = "Submitted in this call", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
         (status = 400, description = "malformed_json, invalid_root_id, invalid_path, invalid_digest, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_wallet, unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
@@ -242,7 +248,7 @@ async fn create_sign_request(
 /// Import one cluster's share of a dealt threshold key: records an `import_threshold_key`
 /// request for the node whose device certificate the dealer sealed the bundle to (found by
 /// the bundle's recipient fingerprint). Admins approve the import of share `share_index`
-/// of the key (approval message made with the share's cluster). Bodies up to 576 KiB.
+/// of the key (approval message made with the share's cluster). Bodies up to 640 KiB.
 #[utoipa::path(
     post, path = "/v1/threshold/keys/import", tag = "threshold",
     request_body = ImportThresholdKeyBody,
@@ -250,6 +256,7 @@ async fn create_sign_request(
         (status = 200, description = "Submitted in this call", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
         (status = 400, description = "malformed_json, invalid_bundle, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster (the share's cluster is not configured)", body = ApiErrorBody),
         (status = 409, description = "threshold_key_mismatch, request_exists, duplicate_approval", body = ApiErrorBody),
@@ -285,6 +292,8 @@ async fn import_threshold_key(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
         (status = 400, description = "malformed_json, invalid_clusters (fewer than 2, more than 64, or one named twice), invalid_threshold, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
@@ -387,6 +396,8 @@ async fn latest_threshold_audit(
     responses(
         (status = 200, body = PresignaturePool),
         (status = 400, description = "malformed_json, invalid_key_id, invalid_count, invalid_clusters", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_threshold_key", body = ApiErrorBody),
         (status = 409, description = "hd_threshold_key", body = ApiErrorBody),
@@ -433,6 +444,8 @@ async fn list_presignatures(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
         (status = 400, description = "malformed_json, invalid_key_id, invalid_path, hardened_path, invalid_digest, invalid_message, invalid_clusters, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_threshold_key, unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
@@ -494,6 +507,8 @@ async fn get_request(
     responses(
         (status = 200, description = "Approval recorded (and the request submitted if it reached quorum)", body = RequestView),
         (status = 400, description = "malformed_json, invalid_request_id", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_request", body = ApiErrorBody),
         (status = 409, description = "duplicate_approval, not_pending, request_expired, conflict", body = ApiErrorBody),
@@ -547,7 +562,7 @@ async fn list_clusters(State(cloud): Shared) -> Json<ClusterList> {
 /// The bridge's status of a cluster: nodes, health, keys held, requests served.
 #[utoipa::path(
     get, path = "/v1/clusters/{name}", tag = "clusters",
-    params(("name" = String, Path, description = "Cluster name", min_length = 1, max_length = 64)),
+    params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
     responses(
         (status = 200, body = ClusterStatusView),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
@@ -566,7 +581,7 @@ async fn get_cluster(
 /// Run a key audit of the cluster now (patent \[0086\]) and return its report.
 #[utoipa::path(
     post, path = "/v1/clusters/{name}/audits", tag = "clusters",
-    params(("name" = String, Path, description = "Cluster name", min_length = 1, max_length = 64)),
+    params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
     responses(
         (status = 200, body = AuditReportView),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
@@ -585,7 +600,7 @@ async fn run_audit(
 /// The cluster's most recent audit report.
 #[utoipa::path(
     get, path = "/v1/clusters/{name}/audits/latest", tag = "clusters",
-    params(("name" = String, Path, description = "Cluster name", min_length = 1, max_length = 64)),
+    params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
     responses(
         (status = 200, body = AuditReportView),
         (status = 401, description = "unauthorized", body = ApiErrorBody),

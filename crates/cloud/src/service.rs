@@ -52,8 +52,8 @@ pub use wallets::verify_sign_result;
 
 pub use threshold::{
     check_threshold_key_info, decode_bundle, threshold_xpub, MAX_BUNDLE, MAX_KEYGEN_EXCHANGES,
-    MAX_THRESHOLD_CLUSTERS, MAX_THRESHOLD_EXCHANGES, THRESHOLD_KEYGEN_TIMEOUT,
-    THRESHOLD_SESSION_TIMEOUT,
+    MAX_PRESIGNATURES_PER_CALL, MAX_THRESHOLD_CLUSTERS, MAX_THRESHOLD_EXCHANGES,
+    THRESHOLD_KEYGEN_TIMEOUT, THRESHOLD_SESSION_TIMEOUT,
 };
 
 use custos_wire::protocol::{format_path, MAX_QUORUM};

@@ -4,18 +4,16 @@
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::{Array, Object};
 
-/// Longest cluster name accepted in a request (a configured cluster's name is shorter).
-pub const MAX_CLUSTER_NAME: usize = 64;
+use custos_wire::threshold::MAX_THRESHOLD_PARTIES;
 
-/// Most clusters a threshold key spans (the TEE core's limit,
-/// `custos_wire::threshold::MAX_THRESHOLD_PARTIES`).
-pub const MAX_KEY_CLUSTERS: usize = 64;
+/// A cluster's name as the PKI allows it (`custos_pki::check_name`).
+pub(crate) const CLUSTER_NAME_PATTERN: &str = "^[a-z0-9_-][a-z0-9._-]{0,47}$";
 
 fn cluster_name() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .min_length(Some(1))
-        .max_length(Some(MAX_CLUSTER_NAME))
+        .pattern(Some(CLUSTER_NAME_PATTERN))
+        .max_length(Some(48))
         .build()
 }
 
@@ -29,7 +27,7 @@ fn clusters(min: usize, nullable: bool, description: &str) -> Array {
         .schema_type(kind)
         .items(cluster_name())
         .min_items(Some(min))
-        .max_items(Some(MAX_KEY_CLUSTERS))
+        .max_items(Some(MAX_THRESHOLD_PARTIES))
         .unique_items(true)
         .description(Some(description))
         .build()
@@ -62,7 +60,8 @@ pub(crate) fn presign_clusters() -> Array {
     clusters(
         1,
         true,
-        "The t clusters to make them with, each holding a share of the key \
-         (`invalid_clusters` otherwise); default: the healthiest share holders.",
+        "The clusters to make them with, in order of preference: at least t of the key's \
+         clusters, each holding a share (`invalid_clusters` otherwise); the first t reachable \
+         ones take part. Default: the healthiest share holders.",
     )
 }

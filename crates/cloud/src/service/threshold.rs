@@ -48,6 +48,7 @@ mod signing;
 use custos_cloud_api::approval::parse_key_id;
 use keys::*;
 pub use keys::{check_threshold_key_info, decode_bundle, threshold_xpub};
+pub use presign::MAX_PRESIGNATURES_PER_CALL;
 use session::*;
 use signing::*;
 

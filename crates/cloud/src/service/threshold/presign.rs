@@ -102,6 +102,19 @@ impl Cloud {
                     ));
                 }
             }
+            // Fewer than t could never make one: refused here rather than reported as a
+            // failed session per presignature asked for.
+            if list.len() < usize::from(key.threshold) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidClusters,
+                    format!(
+                        "{} clusters named, threshold key {} needs {}",
+                        list.len(),
+                        key.key_id,
+                        key.threshold
+                    ),
+                ));
+            }
         }
         let mut made = Vec::new();
         let mut failed = Vec::new();

@@ -38,12 +38,20 @@ impl Doc {
         }
     }
 
-    /// Whether `v` is valid under `schema`, by the independent validator.
+    /// Whether `v` is valid under `schema`, by the independent validator (a schema it
+    /// cannot compile fails the test: nothing may count as broken by default).
     pub fn check(&self, schema: &Value, v: &Value) -> Result<(), String> {
         let inlined = self.inline(schema);
         let validator = jsonschema::draft202012::new(&inlined)
-            .map_err(|e| format!("schema does not compile: {e}"))?;
+            .unwrap_or_else(|e| panic!("schema does not compile ({e}): {inlined}"));
         validator.validate(v).map_err(|e| e.to_string())
+    }
+
+    /// [`Gen::valid`]'s promise, kept: `v` is valid under `schema`.
+    pub fn assert_valid(&self, schema: &Value, v: &Value) {
+        if let Err(e) = self.check(schema, v) {
+            panic!("generated {v} is not valid ({e}) under {schema}");
+        }
     }
 }
 
