@@ -9,13 +9,13 @@
 //!   receiving node).
 //! * [`primes`]: the Paillier primes a distributed key generation consumes (pregenerated
 //!   sets sealed in the store, or safe primes generated in the background inside the TEE).
-//! * `engine` (private): the TEE core's handling of [`Request::ImportThresholdBundle`],
-//!   [`Request::ListThresholdKeys`] and the session requests, over
-//!   [`custos_threshold::SessionHost`]s owned by the core (the protocol state machines are
-//!   `!Send` and live on their worker threads): signing sessions on one, distributed key
-//!   generations ([`Request::ThresholdKeygenStart`]) on another, whose multi-second aux-info
-//!   steps run while the core goes on serving (the cloud server collects their output with
-//!   empty feeds).
+//! * `engine`, `sign`, `messages` (private): the TEE core's handling of
+//!   [`Request::ImportThresholdBundle`], [`Request::ListThresholdKeys`] and the session
+//!   requests, over [`custos_threshold::SessionHost`]s owned by the core (the protocol state
+//!   machines are `!Send` and live on their worker threads): signing sessions on one,
+//!   distributed key generations ([`Request::ThresholdKeygenStart`]) on another, whose
+//!   multi-second aux-info steps run while the core goes on serving (the cloud server
+//!   collects their output with empty feeds).
 //!
 //! Held shares are sealed records `tshare/<key id hex>` ([`HeldKey::to_record`]); the same
 //! record travels inside key transfers between the nodes of a cluster (patent [0073]-[0074]),
@@ -29,8 +29,10 @@
 pub mod bundle;
 pub(crate) mod dkg;
 pub(crate) mod engine;
+mod messages;
 pub(crate) mod presign;
 pub mod primes;
+mod sign;
 pub mod wire;
 
 use std::fmt;
