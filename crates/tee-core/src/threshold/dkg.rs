@@ -31,7 +31,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use custos_pki::DeviceChain;
+use custos_pki::{DeviceChain, DeviceIdentity};
 use custos_threshold::{
     IncompleteShare, MsgType, Outgoing, Output, Pending, Phase, Primes, SessionError, SessionHost,
     SessionKind, Step, ThresholdShare,
@@ -167,6 +167,47 @@ fn dkg_of(live: &mut Live) -> &mut Dkg {
     }
 }
 
+/// Checks a key generation's terms and its participants (one per cluster, in share-index
+/// order), and finds this node among them as the participant of its own cluster.
+fn keygen_position(
+    params: &ThresholdKeygenParams,
+    own: &DeviceIdentity,
+    own_chain: &DeviceChain,
+) -> Result<usize, TeeError> {
+    check_key_facts(params.threshold, &params.clusters, params.quorum).map_err(reject)?;
+    let n = params.clusters.len();
+    if params.participants.len() != n {
+        return Err(reject(format!(
+            "{} participants for {n} clusters",
+            params.participants.len()
+        )));
+    }
+    if let Some((i, p)) = params
+        .participants
+        .iter()
+        .enumerate()
+        .find(|(i, p)| usize::from(p.share_index) != *i)
+    {
+        return Err(reject(format!(
+            "participant {i} names share {}: participants come in share-index order",
+            p.share_index
+        )));
+    }
+    let my_index = params
+        .participants
+        .iter()
+        .position(|p| DeviceChain::from(p.chain.clone()) == *own_chain)
+        .ok_or_else(|| reject("this node is not among the participants"))?;
+    if params.clusters[my_index] != own.cluster {
+        return Err(reject(format!(
+            "participant {my_index} (this node) is to hold the share of cluster {:?}, this \
+             node is in {:?}",
+            params.clusters[my_index], own.cluster
+        )));
+    }
+    Ok(my_index)
+}
+
 impl<P: Platform> TeeCore<P> {
     /// The key generation host, started at first use.
     fn dkg_host(&mut self) -> Result<&SessionHost, TeeError> {
@@ -241,37 +282,8 @@ impl<P: Platform> TeeCore<P> {
                 "attempt {attempt}, at most {MAX_THRESHOLD_ATTEMPTS} attempts"
             )));
         }
-        check_key_facts(params.threshold, &params.clusters, params.quorum).map_err(reject)?;
+        let my_index = keygen_position(params, &own, &own_chain)?;
         let n = params.clusters.len();
-        if params.participants.len() != n {
-            return Err(reject(format!(
-                "{} participants for {n} clusters",
-                params.participants.len()
-            )));
-        }
-        if let Some((i, p)) = params
-            .participants
-            .iter()
-            .enumerate()
-            .find(|(i, p)| usize::from(p.share_index) != *i)
-        {
-            return Err(reject(format!(
-                "participant {i} names share {}: participants come in share-index order",
-                p.share_index
-            )));
-        }
-        let my_index = params
-            .participants
-            .iter()
-            .position(|p| DeviceChain::from(p.chain.clone()) == own_chain)
-            .ok_or_else(|| reject("this node is not among the participants"))?;
-        if params.clusters[my_index] != own.cluster {
-            return Err(reject(format!(
-                "participant {my_index} (this node) is to hold the share of cluster {:?}, this \
-                 node is in {:?}",
-                params.clusters[my_index], own.cluster
-            )));
-        }
         self.approve_in(
             THRESHOLD_SCOPE,
             meta,
@@ -285,53 +297,12 @@ impl<P: Platform> TeeCore<P> {
             params.quorum,
         )?;
         let now = self.platform.now_unix();
-        let mut signers = Vec::with_capacity(n);
-        for (i, p) in params.participants.iter().enumerate() {
-            let cluster = &params.clusters[i];
-            let identity = self
-                .verify_signer(&p.chain, cluster, now)
-                .map_err(|e| reject(format!("participant {i} (cluster {cluster}): {e}")))?;
-            signers.push(Signer {
-                share_index: i as u16,
-                identity,
-            });
-        }
+        let signers = self.keygen_signers(params, now)?;
         let session = SessionRef {
             request_id: meta.request_id,
             attempt,
         };
-        if self.threshold.used_sessions.contains_key(&session) {
-            return Err(TeeError::RequestReplayed(session_name(&session)));
-        }
-        // A key was already made here under these approvals.
-        if self.consumed.contains_key(&meta.request_id) {
-            return Err(TeeError::RequestReplayed(hex::encode(meta.request_id)));
-        }
-        self.purge_expired_sessions();
-        if self.threshold.live.len() >= MAX_LIVE_SESSIONS {
-            return Err(reject(format!(
-                "{MAX_LIVE_SESSIONS} sessions are open, retry later"
-            )));
-        }
-        let running = self
-            .threshold
-            .live
-            .values()
-            .filter(|l| matches!(l.work, Work::Keygen(_)))
-            .count();
-        if running >= MAX_DKG_SESSIONS {
-            return Err(reject(format!(
-                "{MAX_DKG_SESSIONS} key generations are running, retry later"
-            )));
-        }
-        let remaining = meta.expires_at.saturating_sub(now);
-        if remaining == 0 {
-            return Err(TeeError::RequestExpired {
-                expires_at: meta.expires_at,
-                now,
-            });
-        }
-        let deadline = Instant::now() + SESSION_TIMEOUT.min(Duration::from_secs(remaining));
+        let deadline = self.admit_keygen(&session, meta, now)?;
         let fingerprints: Vec<[u8; 32]> = signers.iter().map(|s| s.identity.fingerprint).collect();
         let id = |stage| {
             dkg_execution_id(
@@ -354,32 +325,7 @@ impl<P: Platform> TeeCore<P> {
             self.give_back_primes(primes, from);
             return Err(e);
         }
-
-        // Durable before anything of the session exists: a replay is refused even after a
-        // crash, and the primes set can never serve a second session.
-        let record = session_record(&session).map_err(storage)?;
-        let marked = self
-            .platform
-            .seal(&record, &meta.expires_at.to_be_bytes())
-            .and_then(|_| match &from {
-                PrimesFrom::Sealed(id) => self.platform.remove(id),
-                PrimesFrom::Pool => Ok(()),
-            });
-        if let Err(e) = marked {
-            self.give_back_primes(primes, from);
-            return Err(storage(e));
-        }
-        self.threshold
-            .used_sessions
-            .insert(session, meta.expires_at);
-        if let Err(e) = self.commit_pending() {
-            // The platform discarded the writes: a sealed set is still in the store.
-            self.threshold.used_sessions.remove(&session);
-            if matches!(from, PrimesFrom::Pool) {
-                self.give_back_primes(primes, from);
-            }
-            return Err(storage(e));
-        }
+        let (primes, from) = self.record_keygen_start(&session, meta.expires_at, primes, from)?;
 
         let kind = SessionKind::Keygen {
             my_index: my_index as u16,
@@ -433,6 +379,106 @@ impl<P: Platform> TeeCore<P> {
             computing: false,
             key: None,
         })
+    }
+
+    /// Verifies every participant's certificate chain as a device of the cluster whose share
+    /// it is to hold.
+    fn keygen_signers(
+        &mut self,
+        params: &ThresholdKeygenParams,
+        now: u64,
+    ) -> Result<Vec<Signer>, TeeError> {
+        let mut signers = Vec::with_capacity(params.clusters.len());
+        for (i, p) in params.participants.iter().enumerate() {
+            let cluster = &params.clusters[i];
+            let identity = self
+                .verify_signer(&p.chain, cluster, now)
+                .map_err(|e| reject(format!("participant {i} (cluster {cluster}): {e}")))?;
+            signers.push(Signer {
+                share_index: i as u16,
+                identity,
+            });
+        }
+        Ok(signers)
+    }
+
+    /// Refuses a key generation whose session or request was already used, that finds no
+    /// room among the open sessions, or whose approvals have expired; else returns its
+    /// deadline.
+    fn admit_keygen(
+        &mut self,
+        session: &SessionRef,
+        meta: &RequestMeta,
+        now: u64,
+    ) -> Result<Instant, TeeError> {
+        if self.threshold.used_sessions.contains_key(session) {
+            return Err(TeeError::RequestReplayed(session_name(session)));
+        }
+        // A key was already made here under these approvals.
+        if self.consumed.contains_key(&meta.request_id) {
+            return Err(TeeError::RequestReplayed(hex::encode(meta.request_id)));
+        }
+        self.purge_expired_sessions();
+        if self.threshold.live.len() >= MAX_LIVE_SESSIONS {
+            return Err(reject(format!(
+                "{MAX_LIVE_SESSIONS} sessions are open, retry later"
+            )));
+        }
+        let running = self
+            .threshold
+            .live
+            .values()
+            .filter(|l| matches!(l.work, Work::Keygen(_)))
+            .count();
+        if running >= MAX_DKG_SESSIONS {
+            return Err(reject(format!(
+                "{MAX_DKG_SESSIONS} key generations are running, retry later"
+            )));
+        }
+        let remaining = meta.expires_at.saturating_sub(now);
+        if remaining == 0 {
+            return Err(TeeError::RequestExpired {
+                expires_at: meta.expires_at,
+                now,
+            });
+        }
+        Ok(Instant::now() + SESSION_TIMEOUT.min(Duration::from_secs(remaining)))
+    }
+
+    /// Marks the session started and consumes its primes set, durably, before anything of the
+    /// session exists: a replay is refused even after a crash, and the primes set can never
+    /// serve a second session. If sealing or committing fails, the set goes back where it
+    /// came from (a sealed one is still in the store); on success it is handed back for the
+    /// session.
+    fn record_keygen_start(
+        &mut self,
+        session: &SessionRef,
+        expires_at: u64,
+        primes: Primes,
+        from: PrimesFrom,
+    ) -> Result<(Primes, PrimesFrom), TeeError> {
+        let record = session_record(session).map_err(storage)?;
+        let marked = self
+            .platform
+            .seal(&record, &expires_at.to_be_bytes())
+            .and_then(|_| match &from {
+                PrimesFrom::Sealed(id) => self.platform.remove(id),
+                PrimesFrom::Pool => Ok(()),
+            });
+        if let Err(e) = marked {
+            self.give_back_primes(primes, from);
+            return Err(storage(e));
+        }
+        self.threshold.used_sessions.insert(*session, expires_at);
+        if let Err(e) = self.commit_pending() {
+            // The platform discarded the writes: a sealed set is still in the store.
+            self.threshold.used_sessions.remove(session);
+            if matches!(from, PrimesFrom::Pool) {
+                self.give_back_primes(primes, from);
+            }
+            return Err(storage(e));
+        }
+        Ok((primes, from))
     }
 
     /// Puts a primes set no session used back where it came from (a sealed record is
