@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,6 +114,9 @@ struct Inner {
     committer: Option<std::sync::mpsc::Sender<PendingCommit>>,
     commit_thread: Option<std::thread::JoinHandle<()>>,
     in_flight: Mutex<HashMap<RequestId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Requests between their exactly-once lookup and their answer: what the commit thread
+    /// may wait for.
+    executing: Arc<AtomicUsize>,
     sequence: AtomicU64,
 }
 
@@ -127,10 +130,23 @@ struct PendingCommit {
 /// Most replies committed in one redb transaction.
 const MAX_GROUP_COMMIT: usize = 256;
 
+/// Longest the commit thread waits for the replies of requests still executing before it
+/// commits the ones queued (see [`run_committer`]).
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Group commit: one thread writes every reply queued while the previous transaction was
 /// being made durable in one transaction, so concurrent requests share one fsync instead of
 /// paying one each. Every waiter is answered only after its reply is durable.
-fn run_committer(db: Arc<Database>, rx: std::sync::mpsc::Receiver<PendingCommit>) {
+///
+/// A commit costs an fsync and a write of every page it touches whatever its size, so while
+/// more requests are executing than replies are queued (`executing`), the thread waits up
+/// to [`LINGER`] for their replies to join the group. A lone request (light load) is
+/// committed at once.
+fn run_committer(
+    db: Arc<Database>,
+    rx: std::sync::mpsc::Receiver<PendingCommit>,
+    executing: Arc<AtomicUsize>,
+) {
     // The thread that writes is also the one that prunes (between batches).
     prune_expired(&db);
     let mut pruned_at = std::time::Instant::now();
@@ -148,6 +164,15 @@ fn run_committer(db: Arc<Database>, rx: std::sync::mpsc::Receiver<PendingCommit>
         while batch.len() < MAX_GROUP_COMMIT {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let deadline = std::time::Instant::now() + LINGER;
+        while batch.len() < MAX_GROUP_COMMIT && batch.len() < executing.load(Ordering::Acquire) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(p) => batch.push(p),
+                // Time is up, or every sender is gone (this batch still commits).
                 Err(_) => break,
             }
         }
@@ -228,6 +253,22 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// Counts a request as executing until it is answered, however that ends.
+struct Executing<'a>(&'a AtomicUsize);
+
+impl<'a> Executing<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Executing(count)
+    }
+}
+
+impl Drop for Executing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn store_err(e: impl std::fmt::Display) -> LinkError {
     LinkError::Store(e.to_string())
 }
@@ -284,9 +325,11 @@ impl LinkServer {
         let db = Arc::new(db);
         let (committer, rx) = std::sync::mpsc::channel();
         let for_thread = Arc::clone(&db);
+        let executing = Arc::new(AtomicUsize::new(0));
+        let for_committer = Arc::clone(&executing);
         let commit_thread = std::thread::Builder::new()
             .name("link-commit".into())
-            .spawn(move || run_committer(for_thread, rx))
+            .spawn(move || run_committer(for_thread, rx, for_committer))
             .map_err(|e| LinkError::Internal(format!("commit thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -297,6 +340,7 @@ impl LinkServer {
                 committer: Some(committer),
                 commit_thread: Some(commit_thread),
                 in_flight: Mutex::new(HashMap::new()),
+                executing,
                 sequence: AtomicU64::new(0),
             }),
         })
@@ -412,6 +456,7 @@ impl Inner {
             );
         }
 
+        let _executing = Executing::enter(&self.executing);
         let (result, durable) = match (self.handler)(env.payload).await {
             Ok(Reply::Final(r)) => (Ok(r), true),
             Ok(Reply::Transient(r)) => (Ok(r), false),
