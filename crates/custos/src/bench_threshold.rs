@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use bitcoin::hashes::{sha256, Hash};
 use custos_cloud_api::approval::sign_approval;
+use custos_cloud_api::client::CloudClient;
 use custos_cloud_api::{MakePresignaturesBody, RequestResult, RequestStatus, ThresholdSignBody};
+use custos_pki::AdminSigner;
 use custos_threshold::{MsgType, Outgoing, Output, Primes, Session, SessionKind, Step};
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::protocol::RequestMeta;
 
 use custos::cluster::LinkTransport;
-use custos::dealer::{read_primes, PrimeSource};
+use custos::dealer::{read_primes, Dealt, PrimeSource};
 use custos::deployment::{import_threshold, Deployment, DeploymentOptions};
 
 type AnyError = Box<dyn std::error::Error>;
@@ -127,20 +129,119 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Runs `signings` end-to-end signings (pairs of clusters in turn) and as many in-process.
-pub fn run(signings: usize, dir: Option<&Path>) -> Result<(), AnyError> {
-    let signings = signings.clamp(1, 100);
-    let primes: Vec<Primes> = read_primes(&fixture())?;
-    println!("threshold signing benchmark: 2-of-3 HD key, {signings} signings each way");
-
-    // The library alone: both parties on this thread, same key size and path.
+/// The library alone: both parties on this thread, same key size and path; the median of
+/// `signings` signings after a warm-up.
+fn one_thread_median(primes: &[Primes], signings: usize) -> Result<Duration, AnyError> {
     let shares = custos_threshold::deal(2, 3, true, Some(primes[..3].to_vec()), &mut |_| {})?;
     sign_in_one_thread(&shares, rand::random())?; // warm-up
     let mut local = Vec::new();
     for _ in 0..signings {
         local.push(sign_in_one_thread(&shares, rand::random())?);
     }
-    let local = median(local);
+    Ok(median(local))
+}
+
+/// Imports the dealt HD key, then times `signings` end-to-end signings by pairs of clusters
+/// in turn; the median, without the first signing.
+async fn e2e_median(
+    client: &CloudClient,
+    alice: &AdminSigner,
+    dealt: &Dealt,
+    signings: usize,
+) -> Result<Duration, AnyError> {
+    for v in import_threshold(client, dealt, &[alice]).await? {
+        if v.status != RequestStatus::Completed {
+            return Err(format!("import failed: {:?}", v.error).into());
+        }
+    }
+    let pairs = [["dc1", "dc2"], ["dc2", "dc3"], ["dc1", "dc3"]];
+    let mut times = Vec::new();
+    for i in 0..=signings {
+        let pair = pairs[i % pairs.len()];
+        let body = approved(
+            alice,
+            &dealt.key.key_id,
+            &PATH,
+            rand::random(),
+            None,
+            Some(pair.iter().map(|c| c.to_string()).collect()),
+        );
+        let t0 = Instant::now();
+        let view = client.threshold_sign(&body).await?;
+        let took = t0.elapsed();
+        if !matches!(view.result, Some(RequestResult::Signature(_))) {
+            return Err(format!("signing failed: {:?}", view.error).into());
+        }
+        // The first signing warms the connections and caches.
+        if i > 0 {
+            times.push(took);
+        }
+    }
+    Ok(median(times))
+}
+
+/// Imports the key without chain code and fills its presignature pool (dc1+dc2), then times
+/// each online signing of a full message; returns the time per presignature made and the
+/// online signings' times, without the first one.
+async fn presigned_online(
+    client: &CloudClient,
+    alice: &AdminSigner,
+    plain: &Dealt,
+    signings: usize,
+) -> Result<(Duration, Vec<Duration>), AnyError> {
+    let plain_id = hex::encode(&plain.key.key_id);
+    for v in import_threshold(client, plain, &[alice]).await? {
+        if v.status != RequestStatus::Completed {
+            return Err(format!("import failed: {:?}", v.error).into());
+        }
+    }
+    let count = signings as u32 + 1;
+    let t0 = Instant::now();
+    let pool = client
+        .make_presignatures(
+            &plain_id,
+            &MakePresignaturesBody {
+                count,
+                clusters: Some(vec!["dc1".into(), "dc2".into()]),
+            },
+        )
+        .await?;
+    if !pool.failed.is_empty() || pool.made.len() != count as usize {
+        return Err(format!("presignatures failed: {:?}", pool.failed).into());
+    }
+    let made_each = t0.elapsed() / count;
+    let mut times = Vec::new();
+    for i in 0..=signings {
+        let message = format!("custos bench: online signing {i} of a full message").repeat(4);
+        let body = approved(
+            alice,
+            &plain.key.key_id,
+            &[],
+            sha256::Hash::hash(message.as_bytes()).to_byte_array(),
+            Some(message.as_bytes()),
+            None,
+        );
+        let t0 = Instant::now();
+        let view = client.threshold_sign(&body).await?;
+        let took = t0.elapsed();
+        match &view.result {
+            Some(RequestResult::Signature(s)) if s.presignature.is_some() => {}
+            _ => return Err(format!("online signing failed: {view:?}").into()),
+        }
+        if i > 0 {
+            times.push(took);
+        }
+    }
+    Ok((made_each, times))
+}
+
+/// Runs `signings` end-to-end signings (pairs of clusters in turn) and as many in-process.
+pub fn run(signings: usize, dir: Option<&Path>) -> Result<(), AnyError> {
+    let signings = signings.clamp(1, 100);
+    let primes: Vec<Primes> = read_primes(&fixture())?;
+    println!("threshold signing benchmark: 2-of-3 HD key, {signings} signings each way");
+
+    let local = one_thread_median(&primes, signings)?;
     println!(
         "cggmp24, both parties in one thread: median {:.0} ms",
         local.as_secs_f64() * 1e3
@@ -178,37 +279,7 @@ pub fn run(signings: usize, dir: Option<&Path>) -> Result<(), AnyError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let e2e = rt.block_on(async {
-        for v in import_threshold(&client, &dealt, &[&alice]).await? {
-            if v.status != RequestStatus::Completed {
-                return Err(format!("import failed: {:?}", v.error).into());
-            }
-        }
-        let pairs = [["dc1", "dc2"], ["dc2", "dc3"], ["dc1", "dc3"]];
-        let mut times = Vec::new();
-        for i in 0..=signings {
-            let pair = pairs[i % pairs.len()];
-            let body = approved(
-                &alice,
-                &dealt.key.key_id,
-                &PATH,
-                rand::random(),
-                None,
-                Some(pair.iter().map(|c| c.to_string()).collect()),
-            );
-            let t0 = Instant::now();
-            let view = client.threshold_sign(&body).await?;
-            let took = t0.elapsed();
-            if !matches!(view.result, Some(RequestResult::Signature(_))) {
-                return Err(format!("signing failed: {:?}", view.error).into());
-            }
-            // The first signing warms the connections and caches.
-            if i > 0 {
-                times.push(took);
-            }
-        }
-        Ok::<_, AnyError>(median(times))
-    })?;
+    let e2e = rt.block_on(e2e_median(&client, &alice, &dealt, signings))?;
     let ratio = e2e.as_secs_f64() / local.as_secs_f64();
     println!(
         "end to end, two clusters' TEE processes through the cloud server: median {:.0} ms",
@@ -227,52 +298,7 @@ pub fn run(signings: usize, dir: Option<&Path>) -> Result<(), AnyError> {
         false,
         PrimeSource::File(fixture()),
     )?;
-    let plain_id = hex::encode(&plain.key.key_id);
-    let (made_each, online) = rt.block_on(async {
-        for v in import_threshold(&client, &plain, &[&alice]).await? {
-            if v.status != RequestStatus::Completed {
-                return Err(format!("import failed: {:?}", v.error).into());
-            }
-        }
-        let count = signings as u32 + 1;
-        let t0 = Instant::now();
-        let pool = client
-            .make_presignatures(
-                &plain_id,
-                &MakePresignaturesBody {
-                    count,
-                    clusters: Some(vec!["dc1".into(), "dc2".into()]),
-                },
-            )
-            .await?;
-        if !pool.failed.is_empty() || pool.made.len() != count as usize {
-            return Err(format!("presignatures failed: {:?}", pool.failed).into());
-        }
-        let made_each = t0.elapsed() / count;
-        let mut times = Vec::new();
-        for i in 0..=signings {
-            let message = format!("custos bench: online signing {i} of a full message").repeat(4);
-            let body = approved(
-                &alice,
-                &plain.key.key_id,
-                &[],
-                sha256::Hash::hash(message.as_bytes()).to_byte_array(),
-                Some(message.as_bytes()),
-                None,
-            );
-            let t0 = Instant::now();
-            let view = client.threshold_sign(&body).await?;
-            let took = t0.elapsed();
-            match &view.result {
-                Some(RequestResult::Signature(s)) if s.presignature.is_some() => {}
-                _ => return Err(format!("online signing failed: {view:?}").into()),
-            }
-            if i > 0 {
-                times.push(took);
-            }
-        }
-        Ok::<_, AnyError>((made_each, times))
-    })?;
+    let (made_each, online) = rt.block_on(presigned_online(&client, &alice, &plain, signings))?;
     let mut online = online;
     online.sort();
     let p50 = online[online.len() / 2];

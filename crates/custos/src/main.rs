@@ -465,55 +465,8 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             keep_running,
             real_primes,
         } => demo::run(dir, &report, keep_running, real_primes),
-        Command::Dealer {
-            command: DealerCommand::Primes { parties, out },
-        } => {
-            custos::dealer::generate_primes_file(parties, &out, true)?;
-            println!("primes for {parties} parties written to {}", out.display());
-            Ok(())
-        }
-        Command::Dealer {
-            command:
-                DealerCommand::Deal {
-                    pki,
-                    dealer,
-                    threshold,
-                    quorum,
-                    recipients,
-                    primes,
-                    no_hd,
-                    out,
-                },
-        } => run_dealer(
-            &PkiDir::new(pki),
-            &dealer,
-            threshold,
-            quorum,
-            &recipients,
-            primes,
-            !no_hd,
-            &out,
-        ),
-        Command::Bench {
-            command:
-                BenchCommand::E2e {
-                    requests,
-                    concurrency,
-                    nodes,
-                    dir,
-                },
-        } => bench_e2e::run(requests, concurrency, nodes, dir.as_deref()),
-        Command::Bench {
-            command: BenchCommand::Threshold { signings, dir },
-        } => bench_threshold::run(signings, dir.as_deref()),
-        Command::Bench {
-            command:
-                BenchCommand::Cluster {
-                    keys,
-                    concurrency,
-                    dir,
-                },
-        } => bench::run(keys, concurrency, dir.as_deref()),
+        Command::Dealer { command } => run_dealer_command(command),
+        Command::Bench { command } => run_bench(command),
         Command::Node {
             command: NodeCommand::Run { config },
         } => {
@@ -528,30 +481,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             runtime()?.block_on(custos_bridge::run(cfg))?;
             Ok(())
         }
-        Command::Cloud {
-            command: CloudCommand::Run { config },
-        } => {
-            let cfg = custos_cloud::CloudConfig::load(&config)?;
-            let scheme = if cfg.tls_cert.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            runtime()?.block_on(custos_cloud::run(cfg, move |addr| {
-                use std::io::Write;
-                println!("custos cloud listening on {scheme}://{addr}");
-                let _ = std::io::stdout().flush();
-            }))?;
-            Ok(())
-        }
-        Command::Cloud {
-            command: CloudCommand::Token { name },
-        } => {
-            let (token, hash) = custos_cloud::generate_api_token();
-            println!("token: {}", token.as_str());
-            println!("[[api_tokens]]\nname = {name:?}\nsha256 = \"{hash}\"");
-            Ok(())
-        }
+        Command::Cloud { command } => run_cloud(command),
         Command::Approve {
             api,
             token,
@@ -607,6 +537,80 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             } else {
                 Err("history chain is broken".into())
             }
+        }
+    }
+}
+
+/// `custos dealer ...`.
+fn run_dealer_command(command: DealerCommand) -> Result<(), AnyError> {
+    match command {
+        DealerCommand::Primes { parties, out } => {
+            custos::dealer::generate_primes_file(parties, &out, true)?;
+            println!("primes for {parties} parties written to {}", out.display());
+            Ok(())
+        }
+        DealerCommand::Deal {
+            pki,
+            dealer,
+            threshold,
+            quorum,
+            recipients,
+            primes,
+            no_hd,
+            out,
+        } => run_dealer(
+            &PkiDir::new(pki),
+            &dealer,
+            threshold,
+            quorum,
+            &recipients,
+            primes,
+            !no_hd,
+            &out,
+        ),
+    }
+}
+
+/// `custos bench ...`.
+fn run_bench(command: BenchCommand) -> Result<(), AnyError> {
+    match command {
+        BenchCommand::E2e {
+            requests,
+            concurrency,
+            nodes,
+            dir,
+        } => bench_e2e::run(requests, concurrency, nodes, dir.as_deref()),
+        BenchCommand::Threshold { signings, dir } => bench_threshold::run(signings, dir.as_deref()),
+        BenchCommand::Cluster {
+            keys,
+            concurrency,
+            dir,
+        } => bench::run(keys, concurrency, dir.as_deref()),
+    }
+}
+
+/// `custos cloud ...`.
+fn run_cloud(command: CloudCommand) -> Result<(), AnyError> {
+    match command {
+        CloudCommand::Run { config } => {
+            let cfg = custos_cloud::CloudConfig::load(&config)?;
+            let scheme = if cfg.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            runtime()?.block_on(custos_cloud::run(cfg, move |addr| {
+                use std::io::Write;
+                println!("custos cloud listening on {scheme}://{addr}");
+                let _ = std::io::stdout().flush();
+            }))?;
+            Ok(())
+        }
+        CloudCommand::Token { name } => {
+            let (token, hash) = custos_cloud::generate_api_token();
+            println!("token: {}", token.as_str());
+            println!("[[api_tokens]]\nname = {name:?}\nsha256 = \"{hash}\"");
+            Ok(())
         }
     }
 }
