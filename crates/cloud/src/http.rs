@@ -11,18 +11,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{async_trait, Extension, Json, Router};
 use serde::de::DeserializeOwned;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{OpenApi as OpenApiDoc, SecurityRequirement};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorCode};
-use custos_cloud_api::REQUEST_ERROR_CODES;
 
+mod doc;
 mod errors;
 use crate::service::{Cloud, RequestOutcome};
 use custos_cloud_api::*;
+use doc::ApiDoc;
 pub(crate) use errors::status_of;
 
 /// Largest request body accepted: the largest any body schema of the OpenAPI document
@@ -643,76 +643,6 @@ fn openapi_response() -> Response {
         openapi_text(),
     )
         .into_response()
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Custos cloud API",
-        description = "Key custody (US 2020/0259646 A1): wallets, admin-approved signing requests, clusters, threshold keys signed across clusters.",
-        license(name = "Apache-2.0")
-    ),
-    components(schemas(ApiErrorBody, ApiErrorDetail)),
-    modifiers(&Security, &ErrorCodes),
-    tags(
-        (name = "wallets", description = "Wallets (BIP-32 root keys held by a cluster's TEEs)"),
-        (name = "requests", description = "Requests, their admin approvals and lifecycle"),
-        (name = "clusters", description = "Clusters, their status and key audits"),
-        (name = "threshold", description = "Threshold keys (t-of-n over clusters): distributed key generation, share imports and signing sessions"),
-        (name = "meta", description = "This description"),
-    )
-)]
-struct ApiDoc;
-
-struct Security;
-
-impl Modify for Security {
-    fn modify(&self, doc: &mut OpenApiDoc) {
-        let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API token of the server's configuration"))
-                    .build(),
-            ),
-        );
-        // Every route needs the token unless it says otherwise (the OpenAPI document).
-        doc.security = Some(vec![SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
-    }
-}
-
-struct ErrorCodes;
-
-impl Modify for ErrorCodes {
-    fn modify(&self, doc: &mut OpenApiDoc) {
-        let mut text = doc.info.description.clone().unwrap_or_default();
-        text.push_str(&format!(
-            "\n\nRequest bodies are JSON of at most {MAX_BODY} bytes ({MAX_THRESHOLD_SIGN_BODY} \
-             for threshold signing, {MAX_IMPORT_BODY} for threshold key imports; larger ones \
-             get `body_too_large`): every body the schemas below allow fits.\n\n\
-             Errors are `{{\"error\":{{\"code\":\"...\",\"message\":\"...\"}}}}`.\n\n\
-             | code | HTTP | meaning |\n|---|---|---|\n",
-        ));
-        for code in ErrorCode::ALL {
-            text.push_str(&format!(
-                "| `{code}` | {} | {} |\n",
-                status_of(code).as_u16(),
-                code.description()
-            ));
-        }
-        text.push_str(
-            "\nA request that was refused or failed carries `error.code`, one of the above or:\n\n",
-        );
-        for (code, meaning) in REQUEST_ERROR_CODES {
-            text.push_str(&format!("* `{code}`: {meaning}\n"));
-        }
-        doc.info.description = Some(text);
-    }
 }
 
 /// Routes with their documentation; `protected` routes need a token.
