@@ -110,28 +110,7 @@ impl<P: Platform> TeeCore<P> {
             threshold: ThresholdState::new()
                 .map_err(|e| OpenError::SessionThread(e.to_string()))?,
         };
-        // The device certificate may have expired or been tampered with while the node was
-        // down: the node then keeps D but must be re-certified; it is not fatal.
-        match core.platform.unseal(&rec(REC_DEVICE_CERT)) {
-            Ok(Some(body)) => {
-                let mut input: &[u8] = &body;
-                let chain = DeviceChain {
-                    device: take(&mut input).unwrap_or_default().to_vec(),
-                    cluster_ca: take(&mut input).unwrap_or_default().to_vec(),
-                    device_ca: take(&mut input).unwrap_or_default().to_vec(),
-                };
-                match core.check_device_chain(&chain) {
-                    Ok(id) => core.identity = Some((id, chain)),
-                    Err(e) => {
-                        core.corrupt.insert(REC_DEVICE_CERT.into(), e.to_string());
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                core.corrupt.insert(REC_DEVICE_CERT.into(), e.to_string());
-            }
-        }
+        core.load_device_cert();
         // Consumed request ids and started threshold sessions: keep the live ones, forget the
         // expired (their approvals are void anyway) and the unreadable.
         let now = core.platform.now_unix();
@@ -195,6 +174,32 @@ impl<P: Platform> TeeCore<P> {
             },
         )?;
         Ok(core)
+    }
+
+    /// Installs the sealed device certificate if it still verifies. It may have expired or
+    /// been tampered with while the node was down: the node then keeps D but must be
+    /// re-certified; it is not fatal.
+    fn load_device_cert(&mut self) {
+        match self.platform.unseal(&rec(REC_DEVICE_CERT)) {
+            Ok(Some(body)) => {
+                let mut input: &[u8] = &body;
+                let chain = DeviceChain {
+                    device: take(&mut input).unwrap_or_default().to_vec(),
+                    cluster_ca: take(&mut input).unwrap_or_default().to_vec(),
+                    device_ca: take(&mut input).unwrap_or_default().to_vec(),
+                };
+                match self.check_device_chain(&chain) {
+                    Ok(id) => self.identity = Some((id, chain)),
+                    Err(e) => {
+                        self.corrupt.insert(REC_DEVICE_CERT.into(), e.to_string());
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.corrupt.insert(REC_DEVICE_CERT.into(), e.to_string());
+            }
+        }
     }
 
     /// Unseals every record under `prefix` and hands its name and body to `load`. A record that
