@@ -49,8 +49,9 @@ enum OnBadRecord {
 
 impl<P: Platform> TeeCore<P> {
     /// Opens the core over its platform, unsealing everything it holds. Corrupt wallet
-    /// records are set aside (reported by `Status`, refused on use); a corrupt root, device
-    /// key or certificate is fatal.
+    /// records are set aside (reported by `Status`, refused on use); a corrupt root or device
+    /// key is fatal; a device certificate that no longer verifies is reported and the node
+    /// must be re-certified (it keeps D).
     pub fn open(mut platform: P, platform_name: &str) -> Result<Self, OpenError> {
         let mut secp = Secp256k1::new();
         let mut seed = Zeroizing::new([0u8; 32]);
