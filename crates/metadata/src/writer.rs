@@ -248,7 +248,7 @@ pub(crate) struct Sink {
     url: String,
     /// SQLite: the writer's own connection, opened on first use and after a failure.
     conn: Option<AnyConnection>,
-    /// SQLite: the batch statement per batch size, built once.
+    /// SQLite: the batch statement per batch size up to [`ROWS_PER_INSERT`], built once.
     sql: HashMap<usize, String>,
 }
 
@@ -292,10 +292,18 @@ impl Sink {
             Some(c) => c,
             None => crate::connect_sqlite_writer(&self.url).await.map_err(db)?,
         };
-        let sql = self
-            .sql
-            .entry(entries.len())
-            .or_insert_with(|| sqlite_batch_sql(entries.len()));
+        // Small batches (the common case) reuse their statement text; a rare large one is
+        // built for the occasion, so the cache stays small.
+        let built;
+        let sql = if entries.len() <= ROWS_PER_INSERT {
+            self.sql
+                .entry(entries.len())
+                .or_insert_with(|| sqlite_batch_sql(entries.len()))
+                .as_str()
+        } else {
+            built = sqlite_batch_sql(entries.len());
+            built.as_str()
+        };
         let new_hash = hex::encode(new.hash);
         let mut q = sqlx::query::<Any>(sql)
             .bind(new.seq)
@@ -457,6 +465,21 @@ pub(crate) async fn run(mut sink: Sink, mut rx: mpsc::Receiver<AppendRequest>, h
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_batch_shape() {
+        let one = sqlite_batch_sql(1);
+        assert!(one.starts_with("BEGIN IMMEDIATE; UPDATE chain_head SET seq = ?, hash = ? "));
+        assert!(one.ends_with("RETURNING seq; COMMIT;"));
+        assert_eq!(one.matches('?').count(), 4 + 14 + 2);
+        // Past one chunk, one guarded INSERT per chunk.
+        let big = sqlite_batch_sql(ROWS_PER_INSERT + 1);
+        assert_eq!(big.matches("INSERT INTO history").count(), 2);
+        assert_eq!(
+            big.matches('?').count(),
+            4 + 14 * (ROWS_PER_INSERT + 1) + 2 * 2
+        );
+    }
 
     #[test]
     fn insert_sql_shape() {
