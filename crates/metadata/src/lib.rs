@@ -40,6 +40,7 @@ mod limits;
 mod url;
 mod writer;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,6 +262,18 @@ pub struct MetadataDb {
     pool: AnyPool,
     tx: mpsc::Sender<AppendRequest>,
     engine: Engine,
+    /// Callers that announced an append soon ([`MetadataDb::expect_appends`]).
+    expected: Arc<AtomicUsize>,
+}
+
+/// Held while its caller expects to append soon; see [`MetadataDb::expect_appends`].
+#[derive(Debug)]
+pub struct ExpectedAppends(Arc<AtomicUsize>);
+
+impl Drop for ExpectedAppends {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 // Column order is also the bind order of the writer's INSERT.
@@ -371,9 +384,15 @@ impl MetadataDb {
         let head = writer::load_head(&pool).await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let sink = writer::Sink::new(pool.clone(), engine, url);
-        tokio::spawn(writer::run(sink, rx, head));
+        let expected = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(writer::run(sink, rx, head, Arc::clone(&expected)));
         tracing::info!(url = %shown, head_seq = head.seq, "metadata DB open");
-        Ok(Self { pool, tx, engine })
+        Ok(Self {
+            pool,
+            tx,
+            engine,
+            expected,
+        })
     }
 
     /// "sqlite" or "postgres".
@@ -398,6 +417,16 @@ impl MetadataDb {
             .await
             .map_err(|_| MetadataError::WriterStopped)?;
         rx.await.map_err(|_| MetadataError::WriterStopped)?
+    }
+
+    /// Announces that the caller will append soon (a request whose lines come one after the
+    /// other, e.g. received, then its outcome), until the returned guard is dropped. While
+    /// more callers expect to append than entries are queued, the writer waits up to
+    /// a millisecond for their entries so that they share one commit. It changes nothing
+    /// else: every append is still acknowledged only once committed.
+    pub fn expect_appends(&self) -> ExpectedAppends {
+        self.expected.fetch_add(1, Ordering::AcqRel);
+        ExpectedAppends(Arc::clone(&self.expected))
     }
 
     /// Adds a key to the key list; a key already present is left as it is (first record wins).

@@ -14,6 +14,7 @@
 //! an UPDATE, an INSERT per chunk and a COMMIT, each a hand-off there and back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,6 +28,12 @@ use crate::{Entry, MetadataError, NewEntry};
 /// Most entries committed in one transaction. Large enough to amortise a commit (an fsync on
 /// PostgreSQL) over many requests, small enough that one transaction stays short.
 pub(crate) const MAX_BATCH: usize = 512;
+
+/// Longest the writer waits for the entries of callers that announced them
+/// ([`crate::MetadataDb::expect_appends`]) before it commits what is queued: a commit costs
+/// the same whatever its size (on SQLite a page write per table and index, on PostgreSQL an
+/// fsync).
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Rows per INSERT statement. 14 parameters each, so 64 rows stay far below the bind-parameter
 /// limits of both engines (SQLite 32766, PostgreSQL 65535) and the few distinct statement
@@ -398,14 +405,41 @@ pub(crate) fn sqlite_batch_sql(n: usize) -> String {
     sql
 }
 
+/// While more callers expect to append than entries are queued, adds to `batch` what
+/// arrives within [`LINGER`] (up to [`MAX_BATCH`] entries).
+async fn gather(
+    rx: &mut mpsc::Receiver<AppendRequest>,
+    batch: &mut Vec<AppendRequest>,
+    expected: &AtomicUsize,
+) {
+    if batch.len() >= expected.load(Ordering::Acquire) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while batch.len() < MAX_BATCH && batch.len() < expected.load(Ordering::Acquire) {
+        let room = MAX_BATCH - batch.len();
+        match tokio::time::timeout_at(deadline, rx.recv_many(batch, room)).await {
+            Ok(n) if n > 0 => {}
+            // Closed (the batch still commits) or the time is up.
+            _ => return,
+        }
+    }
+}
+
 /// The writer task. Ends when every [`crate::MetadataDb`] handle is dropped (the channel
 /// closes) after finishing what was queued.
-pub(crate) async fn run(mut sink: Sink, mut rx: mpsc::Receiver<AppendRequest>, head: Head) {
+pub(crate) async fn run(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    head: Head,
+    expected: Arc<AtomicUsize>,
+) {
     let mut head = Some(head);
     let mut batch: Vec<AppendRequest> = Vec::with_capacity(MAX_BATCH);
     // Bounded by the channel: each turn consumes at least one request, and the loop ends
     // when all senders are gone.
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        gather(&mut rx, &mut batch, &expected).await;
         let current = match head {
             Some(h) => Ok(h),
             None => load_head(&sink.pool).await.map_err(|e| match e {

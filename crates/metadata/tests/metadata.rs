@@ -27,6 +27,7 @@ on_both_engines!(
     second_writer_is_refused_not_forked,
     foreign_row_fails_closed,
     closed_db_refuses_appends,
+    announced_appends_never_hold_an_append_for_long,
 );
 
 async fn open(ctx: &Ctx) -> MetadataDb {
@@ -531,6 +532,23 @@ async fn closed_db_refuses_appends(ctx: Ctx) {
     assert!(db.append(entry(7)).await.is_err());
     let db = open(&ctx).await;
     assert_eq!(db.head().await.unwrap().seq, 2);
+    assert!(db.verify().await.unwrap().is_ok());
+}
+
+/// Callers that announce appends make the writer wait for them only briefly: an append
+/// whose announced companions never come is still committed (and acknowledged only then)
+/// within milliseconds, and the chain stays whole.
+async fn announced_appends_never_hold_an_append_for_long(ctx: Ctx) {
+    let db = open(&ctx).await;
+    let _a = db.expect_appends();
+    let _b = db.expect_appends();
+    let _c = db.expect_appends();
+    let t0 = Instant::now();
+    let e = db.append(entry(1)).await.unwrap();
+    assert!(t0.elapsed().as_secs() < 2, "{:?}", t0.elapsed());
+    assert_eq!(db.head().await.unwrap().seq, e.seq);
+    let (x, y) = tokio::join!(db.append(entry(2)), db.append(entry(3)));
+    assert_eq!(x.unwrap().seq + y.unwrap().seq, 2 + 3);
     assert!(db.verify().await.unwrap().is_ok());
 }
 

@@ -163,6 +163,9 @@ impl BridgeService {
             detail,
             duration_us: us,
         };
+        // Both lines of this request go to the history one after the other: the writer may
+        // hold a commit briefly for the second one to share it with other requests' lines.
+        let _expect = self.state.db.expect_appends();
         self.log(entry(None, "received".into(), String::new(), 0))
             .await?;
         let t0 = Instant::now();
