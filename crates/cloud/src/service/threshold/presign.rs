@@ -90,31 +90,7 @@ impl Cloud {
             ));
         }
         if let Some(list) = &body.clusters {
-            let mut seen = HashSet::new();
-            for c in list {
-                if !seen.insert(c.as_str()) || !key.clusters.contains(c) {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidClusters,
-                        format!(
-                            "cluster {c} is named twice or holds no share of threshold key {}",
-                            key.key_id
-                        ),
-                    ));
-                }
-            }
-            // Fewer than t could never make one: refused here rather than reported as a
-            // failed session per presignature asked for.
-            if list.len() < usize::from(key.threshold) {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidClusters,
-                    format!(
-                        "{} clusters named, threshold key {} needs {}",
-                        list.len(),
-                        key.key_id,
-                        key.threshold
-                    ),
-                ));
-            }
+            check_named_clusters(&key, list)?;
         }
         let mut made = Vec::new();
         let mut failed = Vec::new();

@@ -24,6 +24,42 @@ pub(super) fn verify_threshold_result(
     verify_sign_result(secp, digest, path, Some(&xpub), sig)
 }
 
+/// Checks clusters a caller named for a session of `key`: each named once, each holding a
+/// share, at least t of them.
+pub(super) fn check_named_clusters(key: &ThresholdKeyRow, list: &[String]) -> Result<(), ApiError> {
+    let mut seen = HashSet::new();
+    for c in list {
+        if !seen.insert(c.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidClusters,
+                format!("cluster {c} named twice"),
+            ));
+        }
+        if !key.clusters.contains(c) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidClusters,
+                format!(
+                    "cluster {c} holds no share of threshold key {} (its clusters: {})",
+                    key.key_id,
+                    key.clusters.join(", ")
+                ),
+            ));
+        }
+    }
+    if list.len() < usize::from(key.threshold) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidClusters,
+            format!(
+                "{} clusters named, threshold key {} needs {}",
+                list.len(),
+                key.key_id,
+                key.threshold
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Cloud {
     /// `POST /v1/threshold/sign`: records a `threshold_sign` request (cluster
     /// `*threshold*`); the clusters the caller named are part of its terms.
@@ -101,36 +137,7 @@ impl Cloud {
         let clusters = match &body.clusters {
             None => None,
             Some(list) => {
-                let mut seen = HashSet::new();
-                for c in list {
-                    if !seen.insert(c.as_str()) {
-                        return Err(ApiError::new(
-                            ErrorCode::InvalidClusters,
-                            format!("cluster {c} named twice"),
-                        ));
-                    }
-                    if !key.clusters.contains(c) {
-                        return Err(ApiError::new(
-                            ErrorCode::InvalidClusters,
-                            format!(
-                                "cluster {c} holds no share of threshold key {} (its clusters: {})",
-                                key.key_id,
-                                key.clusters.join(", ")
-                            ),
-                        ));
-                    }
-                }
-                if list.len() < usize::from(key.threshold) {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidClusters,
-                        format!(
-                            "{} clusters named, threshold key {} needs {}",
-                            list.len(),
-                            key.key_id,
-                            key.threshold
-                        ),
-                    ));
-                }
+                check_named_clusters(&key, list)?;
                 Some(list.clone())
             }
         };
