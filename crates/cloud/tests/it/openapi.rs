@@ -593,6 +593,19 @@ fn the_documents_limits_are_the_servers() {
             "{pattern}"
         );
     }
+    // One cluster-name rule wherever a cluster is named (written out in each attribute).
+    let cluster = prop("CreateWalletBody", "cluster");
+    let by_path = doc.0["paths"]["/v1/clusters/{name}"]["get"]["parameters"][0]["schema"].clone();
+    for other in [
+        prop("ImportWalletBody", "cluster"),
+        prop("CreateThresholdKeyBody", "clusters")["items"].clone(),
+        prop("ThresholdSignBody", "clusters")["items"].clone(),
+        prop("MakePresignaturesBody", "clusters")["items"].clone(),
+        by_path,
+    ] {
+        assert_eq!(other["pattern"], cluster["pattern"], "{other}");
+        assert_eq!(other["maxLength"], cluster["maxLength"], "{other}");
+    }
     let derive_count = param("/v1/wallets/{root_id}/derive", "count");
     assert_eq!(derive_count["maximum"], n(MAX_DERIVE_COUNT as usize));
     assert_eq!(
