@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bitcoin::bip32::Xpub;
-use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
+use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use bitcoin::Network;
 use custos_pki::{AdminCache, TrustRoot};
@@ -44,10 +44,12 @@ use custos_cloud_api::path::{
 };
 use custos_cloud_api::*;
 
+mod child_keys;
 mod lifecycle;
 mod threshold;
 mod wallets;
 
+pub use child_keys::ChildKeys;
 pub use wallets::verify_sign_result;
 
 pub use threshold::{
@@ -129,6 +131,9 @@ pub struct Cloud {
     /// Wallets read from the store (rows are written once and never change, so a cached
     /// row stays true; absence is never cached). Saves a read per sign request.
     wallets: Mutex<HashMap<String, WalletRow>>,
+    /// Parents of recently signed paths, so that checking a signature's key costs one
+    /// derivation step.
+    child_keys: ChildKeys,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -205,6 +210,7 @@ impl Cloud {
             started_at_ms,
             presignature_pool: config.presignature_pool,
             wallets: Mutex::new(HashMap::new()),
+            child_keys: ChildKeys::default(),
         }))
     }
 
@@ -673,20 +679,35 @@ mod tests {
         let child = master.derive_priv(&secp, &steps).unwrap();
         let digest = [9u8; 32];
         let good = sign(&secp, &child.private_key, &digest);
-        let r = verify_sign_result(&secp, &digest, &path, Some(&xpub), &good).unwrap();
+        let keys = ChildKeys::default();
+        let r = verify_sign_result(&secp, &keys, &digest, &path, Some(&xpub), &good).unwrap();
         assert_eq!(r.public_key, hex::encode(&good.public_key));
 
         // A valid signature by the wrong key (the root instead of the child).
         let wrong_key = sign(&secp, &master.private_key, &digest);
-        let e = verify_sign_result(&secp, &digest, &path, Some(&xpub), &wrong_key).unwrap_err();
+        let e =
+            verify_sign_result(&secp, &keys, &digest, &path, Some(&xpub), &wrong_key).unwrap_err();
         assert!(e.contains("wallet's key"), "{e}");
         // Over another digest.
-        let e = verify_sign_result(&secp, &[8u8; 32], &path, Some(&xpub), &good).unwrap_err();
+        let e =
+            verify_sign_result(&secp, &keys, &[8u8; 32], &path, Some(&xpub), &good).unwrap_err();
         assert!(e.contains("does not verify"), "{e}");
+        // A valid signature returned with another key than the one that made it.
+        let mut lie = good.clone();
+        lie.public_key = wrong_key.public_key.clone();
+        let e = verify_sign_result(&secp, &keys, &digest, &path, Some(&xpub), &lie).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
+        // The right key in its uncompressed form.
+        let mut long = good.clone();
+        long.public_key = PublicKey::from_slice(&good.public_key)
+            .unwrap()
+            .serialize_uncompressed()
+            .to_vec();
+        assert!(verify_sign_result(&secp, &keys, &digest, &path, Some(&xpub), &long).is_ok());
         // Wrong recovery id.
         let mut bad_v = good.clone();
         bad_v.v ^= 1;
-        assert!(verify_sign_result(&secp, &digest, &path, Some(&xpub), &bad_v).is_err());
+        assert!(verify_sign_result(&secp, &keys, &digest, &path, Some(&xpub), &bad_v).is_err());
         // High s.
         let mut high = good.clone();
         let n = bitcoin::secp256k1::constants::CURVE_ORDER;
@@ -698,12 +719,17 @@ mod tests {
             borrow = i16::from(d < 0);
         }
         high.s = s;
-        let e = verify_sign_result(&secp, &digest, &path, Some(&xpub), &high).unwrap_err();
+        let e = verify_sign_result(&secp, &keys, &digest, &path, Some(&xpub), &high).unwrap_err();
         assert!(e.contains("low-s"), "{e}");
         // Hardened paths cannot be checked against the xpub, the signature still is.
         let hardened = [1u32 << 31];
-        assert!(verify_sign_result(&secp, &digest, &hardened, Some(&xpub), &wrong_key).is_ok());
-        assert!(verify_sign_result(&secp, &[8u8; 32], &hardened, Some(&xpub), &wrong_key).is_err());
+        assert!(
+            verify_sign_result(&secp, &keys, &digest, &hardened, Some(&xpub), &wrong_key).is_ok()
+        );
+        assert!(
+            verify_sign_result(&secp, &keys, &[8u8; 32], &hardened, Some(&xpub), &wrong_key)
+                .is_err()
+        );
     }
 
     #[test]

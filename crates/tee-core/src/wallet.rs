@@ -1,6 +1,8 @@
 //! Key management unit for B keys (BIP-32 root seeds, patent FIG. 5): sealed record format,
 //! derivation and secp256k1 signing through libsecp256k1.
 
+use std::sync::Mutex;
+
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use bitcoin::secp256k1::{All, Message, Secp256k1};
 use zeroize::Zeroizing;
@@ -18,11 +20,17 @@ pub struct Wallet {
     pub info: KeyInfo,
     /// Platform time of creation (Unix seconds).
     pub created_at: u64,
+    /// The parent of the last signed path and its extended private key: requests of one
+    /// account differ only in the last step, so the next sign request derives one step.
+    parent: Mutex<Option<(Vec<u32>, Xpriv)>>,
 }
 
 impl Drop for Wallet {
     fn drop(&mut self) {
         self.master.private_key.non_secure_erase();
+        if let Some((_, parent)) = self.parent.get_mut().ok().and_then(|p| p.as_mut()) {
+            parent.private_key.non_secure_erase();
+        }
     }
 }
 
@@ -63,6 +71,7 @@ impl Wallet {
             master,
             info,
             created_at,
+            parent: Mutex::new(None),
         })
     }
 
@@ -128,10 +137,29 @@ impl Wallet {
         path: &[u32],
         digest: &[u8; 32],
     ) -> Result<EcdsaSignature, TeeError> {
-        let mut child = self
-            .master
-            .derive_priv(secp, &path_of(path)?)
-            .map_err(|e| TeeError::InvalidPath(e.to_string()))?;
+        let steps = path_of(path)?;
+        let Some((last, parent_steps)) = steps.split_last() else {
+            return Ok(sign_with(secp, &self.master.private_key, digest));
+        };
+        let parent_path = &path[..parent_steps.len()];
+        let mut cached = self.parent.lock().expect("wallet parent lock");
+        let mut parent = match &*cached {
+            Some((p, xpriv)) if p == parent_path => *xpriv,
+            _ => {
+                let xpriv = self
+                    .master
+                    .derive_priv(secp, &parent_steps)
+                    .map_err(|e| TeeError::InvalidPath(e.to_string()))?;
+                if let Some((_, mut old)) = cached.replace((parent_path.to_vec(), xpriv)) {
+                    old.private_key.non_secure_erase();
+                }
+                xpriv
+            }
+        };
+        drop(cached);
+        let child = parent.derive_priv(secp, &[*last]);
+        parent.private_key.non_secure_erase();
+        let mut child = child.map_err(|e| TeeError::InvalidPath(e.to_string()))?;
         let sig = sign_with(secp, &child.private_key, digest);
         child.private_key.non_secure_erase();
         Ok(sig)
@@ -162,5 +190,45 @@ fn sign_with(
         public_key: bitcoin::secp256k1::PublicKey::from_secret_key(secp, key)
             .serialize()
             .to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kept parent changes the cost of a signature, never the signature: RFC 6979
+    /// makes them deterministic, so each must equal the one made with the child derived
+    /// from the master along the whole path.
+    #[test]
+    fn signatures_with_a_kept_parent_are_those_of_the_full_derivation() {
+        let secp = Secp256k1::new();
+        let seed = Zeroizing::new(vec![9u8; 32]);
+        let w = Wallet::from_seed(&secp, seed, 1, Origin::Generated, 0).unwrap();
+        let digest = [0x42u8; 32];
+        let h = 1u32 << 31;
+        for path in [
+            vec![0, 1],
+            vec![0, 2],
+            vec![1, 2],
+            vec![0, 1],
+            vec![],
+            vec![7],
+            vec![84 | h, h, h, 0, 5],
+            vec![84 | h, h, h, 0, 6],
+            vec![84 | h, h, h, 1, 6 | h],
+        ] {
+            let steps = path_of(&path).unwrap();
+            let child = w.master.derive_priv(&secp, &steps).unwrap();
+            let want = sign_with(&secp, &child.private_key, &digest);
+            let got = w.sign(&secp, &path, &digest).unwrap();
+            assert_eq!((got.r, got.s, got.v), (want.r, want.s, want.v), "{path:?}");
+            assert_eq!(got.public_key, want.public_key, "{path:?}");
+        }
+        let too_deep = vec![0u32; MAX_PATH_DEPTH + 1];
+        assert!(matches!(
+            w.sign(&secp, &too_deep, &digest),
+            Err(TeeError::InvalidPath(_))
+        ));
     }
 }

@@ -69,6 +69,8 @@ impl Cloud {
                 ),
                 other => other.into(),
             })?;
+        // One line per created request; with its quorum on arrival it is also submitted
+        // (attempt 1), which the same line says.
         tracing::info!(
             request_id = %row.id,
             kind = row.kind().as_str(),
@@ -76,10 +78,10 @@ impl Cloud {
             caller,
             approvals = row.approvals.len(),
             quorum = row.quorum,
+            submitting = ready,
             "request created"
         );
         if ready {
-            tracing::info!(request_id = %row.id, attempt = 1, cluster = %row.cluster, "submitting");
             let row = self.execute(row, d.wallet_xpub).await?;
             return self.outcome(row, true).await;
         }

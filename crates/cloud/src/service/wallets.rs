@@ -219,7 +219,14 @@ impl Cloud {
         };
         match (&row.terms, response) {
             (Terms::Sign { path, digest, .. }, Response::Signature(sig)) => {
-                match verify_sign_result(&self.secp, digest, path, wallet_xpub, &sig) {
+                match verify_sign_result(
+                    &self.secp,
+                    &self.child_keys,
+                    digest,
+                    path,
+                    wallet_xpub,
+                    &sig,
+                ) {
                     Ok(result) => Verdict::completed(
                         node,
                         RequestResult::Signature(result),
@@ -419,46 +426,53 @@ impl Cloud {
 /// Verifies a signature from the TEE: (r,s) over the digest with the returned key, the
 /// recovery id, low-s, and (for non-hardened paths) that the key is the xpub-derived
 /// child at the request's path.
+///
+/// One public-key recovery does the work of a verification and a recovery: the key
+/// recovered from (r, s, v) over the digest solves the verification equation for the key,
+/// so (r, s) verifies under a key exactly when recovery with the right `v` yields it.
 pub fn verify_sign_result(
     secp: &Secp256k1<All>,
+    keys: &ChildKeys,
     digest: &[u8; 32],
     path: &[u32],
     wallet_xpub: Option<&str>,
     sig: &EcdsaSignature,
 ) -> Result<SignResult, String> {
-    let public_key =
-        PublicKey::from_slice(&sig.public_key).map_err(|e| format!("public key: {e}"))?;
     let mut compact = [0u8; 64];
     compact[..32].copy_from_slice(&sig.r);
     compact[32..].copy_from_slice(&sig.s);
-    let signature = Signature::from_compact(&compact).map_err(|e| format!("signature: {e}"))?;
+    let recid = RecoveryId::from_i32(i32::from(sig.v)).map_err(|e| format!("recovery id: {e}"))?;
+    let recoverable = RecoverableSignature::from_compact(&compact, recid)
+        .map_err(|e| format!("signature: {e}"))?;
+    let signature = recoverable.to_standard();
     let mut normalized = signature;
     normalized.normalize_s();
     if normalized != signature {
         return Err("signature is not low-s".into());
     }
-    let msg = Message::from_digest(*digest);
-    secp.verify_ecdsa(&msg, &signature, &public_key)
-        .map_err(|_| "signature does not verify with the returned public key".to_string())?;
-    let recid = RecoveryId::from_i32(i32::from(sig.v)).map_err(|e| format!("recovery id: {e}"))?;
-    let recovered = RecoverableSignature::from_compact(&compact, recid)
-        .and_then(|r| secp.recover_ecdsa(&msg, &r))
-        .map_err(|e| format!("recovery: {e}"))?;
-    if recovered != public_key {
-        return Err("recovery id does not recover the signing key".into());
+    let not_verified =
+        || "signature does not verify with the returned public key and recovery id".to_string();
+    let recovered = secp
+        .recover_ecdsa(&Message::from_digest(*digest), &recoverable)
+        .map_err(|_| not_verified())?;
+    if sig.public_key != recovered.serialize() {
+        let returned =
+            PublicKey::from_slice(&sig.public_key).map_err(|e| format!("public key: {e}"))?;
+        if returned != recovered {
+            return Err(not_verified());
+        }
     }
     if !has_hardened(path) {
         // Sign requests are only accepted for recorded wallets, whose xpub was checked
         // against the key id when the wallet was recorded.
-        let root = Xpub::from_str(wallet_xpub.ok_or("the wallet's xpub is not recorded")?)
-            .map_err(|e| format!("recorded xpub: {e}"))?;
-        let child = derive_xpub(secp, &root, path).map_err(|e| e.to_string())?;
-        if child.public_key != public_key {
+        let xpub = wallet_xpub.ok_or("the wallet's xpub is not recorded")?;
+        let child = keys.child_key(secp, xpub, path)?;
+        if child != recovered {
             return Err(format!(
                 "signed with {}, but the wallet's key at {} is {}",
                 hex::encode(sig.public_key.as_slice()),
                 format_path(path),
-                hex::encode(child.public_key.serialize())
+                hex::encode(child.serialize())
             ));
         }
     }

@@ -302,7 +302,7 @@ impl Cloud {
             ))
         });
         let signed = outcome.and_then(|sig| {
-            verify_threshold_result(&self.secp, key, &[], digest, &sig)
+            verify_threshold_result(&self.secp, &self.child_keys, key, &[], digest, &sig)
                 .map_err(|m| Abort::new("bad_signature", m, Vec::new()))
         });
         Ok(match signed {

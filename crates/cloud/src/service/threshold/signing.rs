@@ -8,6 +8,7 @@ use super::*;
 /// derived from the recorded key).
 pub(super) fn verify_threshold_result(
     secp: &Secp256k1<All>,
+    keys: &ChildKeys,
     key: &ThresholdKeyRow,
     path: &[u32],
     digest: &[u8; 32],
@@ -21,7 +22,7 @@ pub(super) fn verify_threshold_result(
         return Err("a key without chain code signed with a path".into());
     }
     let xpub = threshold_xpub(&key_id, &chain_code.unwrap_or([0u8; 32]))?.to_string();
-    verify_sign_result(secp, digest, path, Some(&xpub), sig)
+    verify_sign_result(secp, keys, digest, path, Some(&xpub), sig)
 }
 
 /// Checks clusters a caller named for a session of `key`: each named once, each holding a
@@ -301,7 +302,7 @@ impl Cloud {
                 st.participants[0].cluster, st.participants[i].cluster
             ));
         }
-        verify_threshold_result(&self.secp, key, path, digest, first)
+        verify_threshold_result(&self.secp, &self.child_keys, key, path, digest, first)
     }
 
     /// Records a failed attempt (retryable unless `final_`) and remembers whom it blamed.
