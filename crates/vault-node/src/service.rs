@@ -98,7 +98,7 @@ impl VaultNode for NodeService {
                 "this TEE operation is not relayed from the bridge",
             ));
         }
-        let response = self.tee.call_raw(call.request).await.map_err(tee_status)?;
+        let response = self.tee.forward(call.request).await.map_err(tee_status)?;
         Ok(GrpcResponse::new(TeeReply {
             response,
             node: self.syncer.node.clone(),
