@@ -703,7 +703,12 @@ mod tests {
             .unwrap()
             .serialize_uncompressed()
             .to_vec();
-        assert!(verify_sign_result(&secp, &keys, &digest, &path, Some(&xpub), &long).is_ok());
+        let r = verify_sign_result(&secp, &keys, &digest, &path, Some(&xpub), &long).unwrap();
+        assert_eq!(
+            r.public_key,
+            hex::encode(&good.public_key),
+            "given compressed"
+        );
         // Wrong recovery id.
         let mut bad_v = good.clone();
         bad_v.v ^= 1;

@@ -1,7 +1,7 @@
 //! Key management unit for B keys (BIP-32 root seeds, patent FIG. 5): sealed record format,
 //! derivation and secp256k1 signing through libsecp256k1.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use bitcoin::secp256k1::{All, Message, Secp256k1};
@@ -28,7 +28,11 @@ pub struct Wallet {
 impl Drop for Wallet {
     fn drop(&mut self) {
         self.master.private_key.non_secure_erase();
-        if let Some((_, parent)) = self.parent.get_mut().ok().and_then(|p| p.as_mut()) {
+        let parent = self
+            .parent
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, parent)) = parent {
             parent.private_key.non_secure_erase();
         }
     }
@@ -142,23 +146,29 @@ impl Wallet {
             return Ok(sign_with(secp, &self.master.private_key, digest));
         };
         let parent_path = &path[..parent_steps.len()];
-        let mut cached = self.parent.lock().expect("wallet parent lock");
-        let mut parent = match &*cached {
-            Some((p, xpriv)) if p == parent_path => *xpriv,
-            _ => {
-                let xpriv = self
+        // The child is derived from the parent where it is kept, so that the only copies
+        // of parent keys are the kept one and the one being replaced (both erased).
+        let mut kept = self.parent.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((p, old)) = kept.as_mut() {
+            if p != parent_path {
+                old.private_key.non_secure_erase();
+                *kept = None;
+            }
+        }
+        let (_, parent) = match &mut *kept {
+            Some(k) => k,
+            slot @ None => {
+                let mut fresh = self
                     .master
                     .derive_priv(secp, &parent_steps)
                     .map_err(|e| TeeError::InvalidPath(e.to_string()))?;
-                if let Some((_, mut old)) = cached.replace((parent_path.to_vec(), xpriv)) {
-                    old.private_key.non_secure_erase();
-                }
-                xpriv
+                let k = slot.insert((parent_path.to_vec(), fresh));
+                fresh.private_key.non_secure_erase();
+                k
             }
         };
-        drop(cached);
         let child = parent.derive_priv(secp, &[*last]);
-        parent.private_key.non_secure_erase();
+        drop(kept);
         let mut child = child.map_err(|e| TeeError::InvalidPath(e.to_string()))?;
         let sig = sign_with(secp, &child.private_key, digest);
         child.private_key.non_secure_erase();

@@ -480,7 +480,8 @@ pub fn verify_sign_result(
         r: hex::encode(sig.r),
         s: hex::encode(sig.s),
         v: sig.v,
-        public_key: hex::encode(&sig.public_key),
+        // The key as checked, in its compressed form whatever encoding the TEE used.
+        public_key: hex::encode(recovered.serialize()),
         signature_der: hex::encode(signature.serialize_der()),
         clusters: None,
         presignature: None,
