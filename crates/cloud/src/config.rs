@@ -6,7 +6,7 @@
 //! # db_url = "postgres://custos@db:5432/cloud" # default: SQLite file cloud.db beside this file
 //! request_ttl_secs = 3600
 //! network = "bitcoin"                          # addresses of the derive endpoint
-//! # tls_cert = "cloud.crt"                     # HTTPS when both are set
+//! # tls_cert = "cloud.crt"                     # HTTPS when both are set (plain HTTP: loopback only)
 //! # tls_key = "cloud.key"
 //!
 //! [[api_tokens]]
@@ -209,6 +209,14 @@ impl CloudConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together".into());
         }
+        if self.tls_cert.is_none() && !self.listen.ip().is_loopback() {
+            // API tokens, approvals and imported mnemonics would cross the network in clear.
+            return bad(format!(
+                "listen = {}: plain HTTP is served on a loopback address only; set tls_cert \
+                 and tls_key to listen on another address",
+                self.listen
+            ));
+        }
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
         for t in &self.api_tokens {
@@ -332,8 +340,30 @@ mod tests {
         assert!(pool.validate().is_ok());
         pool.presignature_pool = 257;
         assert!(pool.validate().is_err());
-        let mut bad = c;
+        let mut bad = c.clone();
         bad.network = "dogecoin".into();
         assert!(bad.validate().is_err());
+
+        // Plain HTTP on loopback only (IPv4 or IPv6); any other address needs TLS.
+        for (addr, plain_ok) in [
+            ("127.0.0.1:8443", true),
+            ("127.9.9.9:8443", true),
+            ("[::1]:8443", true),
+            ("0.0.0.0:8443", false),
+            ("[::]:8443", false),
+            ("10.1.2.3:8443", false),
+            ("[::ffff:127.0.0.1]:8443", false),
+        ] {
+            let mut open = c.clone();
+            open.listen = addr.parse().unwrap();
+            let plain = open.validate();
+            assert_eq!(plain.is_ok(), plain_ok, "{addr}: {plain:?}");
+            if let Err(e) = plain {
+                assert!(e.contains("loopback") && e.contains("tls_cert"), "{e}");
+            }
+            open.tls_cert = Some(dir.path().join("cloud.crt"));
+            open.tls_key = Some(dir.path().join("cloud.key"));
+            assert!(open.validate().is_ok(), "{addr} with TLS");
+        }
     }
 }

@@ -12,6 +12,7 @@ mod common;
 
 mod approve;
 mod bip32;
+mod cloud_listen;
 mod cluster;
 mod dkg;
 mod e2e;
