@@ -228,7 +228,8 @@ async fn paced(
 }
 
 /// CPU time (user + system, clock ticks) of every descendant process of this one, grouped
-/// by the role in its command line, so a run shows where each request's CPU goes.
+/// by the role in its command line, and of this process (`bench-client`), so a run shows
+/// where each request's CPU goes.
 fn descendants_cpu() -> std::collections::BTreeMap<String, u64> {
     let mut parent = std::collections::HashMap::new();
     let mut info = Vec::new();
@@ -266,6 +267,12 @@ fn descendants_cpu() -> std::collections::BTreeMap<String, u64> {
     let me = std::process::id();
     let mut out = std::collections::BTreeMap::new();
     for (pid, role, ticks) in info {
+        if pid == me {
+            // The load generator shares the cores with the deployment: its share is shown
+            // so that a run can tell a busy client from a slow server.
+            out.insert("bench-client".to_string(), ticks);
+            continue;
+        }
         let mut p = pid;
         let mut hops = 0;
         while let Some(&pp) = parent.get(&p) {
