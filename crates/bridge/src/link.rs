@@ -62,13 +62,18 @@ fn refusal(status: Status) -> LinkRefusal {
         Code::ResourceExhausted => RefusalCode::ResourceExhausted,
         _ => RefusalCode::Internal,
     };
-    LinkRefusal::new(code, status.message())
+    let mut refusal = LinkRefusal::new(code, status.message());
+    if let Some(node) = status.metadata().get(crate::routing::NODE_HEADER) {
+        refusal.node = node.to_str().unwrap_or_default().to_string();
+    }
+    refusal
 }
 
 impl BridgeService {
     /// Answers one link payload. Never fails: every refusal is an in-band answer. "No node
-    /// could serve" is transient (not stored), so that a retry of the same request id is
-    /// served once a node is back; every other answer is final for its request id.
+    /// could serve" and "outcome unknown" are transient (not stored), so that a retry of the
+    /// same request id is served once a node is back (the same node for the latter); every
+    /// other answer is final for its request id.
     pub(crate) async fn link_dispatch(&self, payload: Vec<u8>) -> Reply {
         let answer = match LinkRequest::decode(payload.as_slice()) {
             Err(e) => Answer::Refused(LinkRefusal::new(

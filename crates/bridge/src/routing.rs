@@ -20,7 +20,14 @@ pub struct Described {
     pub approvers: Vec<String>,
     /// Whether any node may serve it (a new key) rather than only the key's holders.
     pub any_node: bool,
+    /// Whether executing it twice would make a second key: once sent to a node, it never
+    /// fails over; an answer lost after sending makes it outcome-unknown on that node.
+    pub one_effect: bool,
 }
+
+/// gRPC metadata naming the node of an outcome-unknown refusal (see
+/// [`custos_proto::cluster::LinkRefusal::node`]).
+pub const NODE_HEADER: &str = "custos-node";
 
 fn admin_name(cert: &[u8]) -> String {
     use x509_parser::prelude::{FromDer, X509Certificate};
@@ -82,6 +89,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         request_id: None,
         approvers: Vec::new(),
         any_node,
+        one_effect: false,
     };
     if r.relay_class() == RelayClass::NodeOnly {
         return None;
@@ -101,6 +109,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
             approvers: names(approvals),
+            one_effect: true,
             ..d("create-wallet", None, true)
         },
         Request::Sign {

@@ -26,6 +26,9 @@ const DEVICE_KEY_TTL_MS: u64 = 10 * 60 * 1000;
 const RETRY_BASE: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(3);
 
+/// The code recorded on a request whose last attempt's outcome is unknown.
+pub const OUTCOME_UNKNOWN: &str = "bridge_outcome_unknown";
+
 /// Why a cluster call did not produce a usable answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -43,6 +46,15 @@ pub enum CallError {
     Refused {
         /// Bridge's code.
         code: RefusalCode,
+        /// Bridge's message.
+        message: String,
+    },
+    /// The request reached `node` but its answer was lost: it may have taken effect there.
+    /// Retried with the same id on that node only, whose TEE answers its first outcome.
+    #[error("outcome unknown on node {node}: {message}")]
+    OutcomeUnknown {
+        /// The node the request may have executed on.
+        node: String,
         /// Bridge's message.
         message: String,
     },
@@ -72,6 +84,7 @@ impl CallError {
             CallError::Unavailable(_) => "cluster_unavailable".into(),
             CallError::Rejected(_) => "relay_rejected".into(),
             CallError::Refused { code, .. } => format!("bridge_{}", snake(code.as_str())),
+            CallError::OutcomeUnknown { .. } => OUTCOME_UNKNOWN.into(),
             CallError::Unverified(_) => "unverified_response".into(),
             CallError::Protocol(_) => "relay_protocol".into(),
         }
@@ -188,6 +201,14 @@ impl Clusters {
                 .forward(cluster, request_id, request.clone())
                 .await
             {
+                Ok(LinkReply {
+                    result: Some(LinkResult::Refused(r)),
+                }) if r.refusal_code() == RefusalCode::OutcomeUnknown && !r.node.is_empty() => {
+                    return Err(CallError::OutcomeUnknown {
+                        node: r.node,
+                        message: r.message,
+                    })
+                }
                 Ok(LinkReply {
                     result: Some(LinkResult::Refused(r)),
                 }) => {

@@ -546,8 +546,8 @@ impl Store {
         });
         let update = sqlx::query(
             "UPDATE requests SET status = $1, updated_at = $2, approvals = $3, result = $4, \
-             error_code = $5, error_message = $6, attempts = $7, version = $8, events = $9 \
-             WHERE id = $10 AND version = $11",
+             error_code = $5, error_message = $6, attempts = $7, version = $8, events = $9, \
+             terms = $10 WHERE id = $11 AND version = $12",
         )
         .bind(next.status.as_str())
         .bind(i(next.updated_at))
@@ -558,6 +558,7 @@ impl Store {
         .bind(i64::from(next.attempts))
         .bind(next.version)
         .bind(events_json(&next.events))
+        .bind(next.terms.to_json())
         .bind(next.id.as_str())
         .bind(r.version);
         // A change alone is one statement (atomic by itself); one that records a wallet or

@@ -24,6 +24,8 @@ use crate::service::{Cloud, OpenError};
 
 /// How often pending requests past their window are marked expired.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often requests whose outcome is unknown are looked at (and sent again).
+const RETRY_UNKNOWN_EVERY: Duration = Duration::from_secs(2);
 /// Pause between presignature pool refills.
 const REFILL_EVERY: Duration = Duration::from_secs(2);
 /// Time allowed for a TLS handshake.
@@ -119,13 +121,20 @@ async fn background(cloud: Arc<Cloud>) {
         Ok(n) => tracing::info!(requests = n, "resubmitted requests left in submitting"),
         Err(e) => tracing::error!(error = %e, "crash recovery failed"),
     }
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut unknown = tokio::time::interval(RETRY_UNKNOWN_EVERY);
     loop {
-        tick.tick().await;
-        match cloud.sweep_expired().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(requests = n, "requests expired"),
-            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        tokio::select! {
+            _ = sweep.tick() => match cloud.sweep_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(requests = n, "requests expired"),
+                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+            },
+            _ = unknown.tick() => match cloud.retry_unknown_outcomes().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(requests = n, "requests with unknown outcomes retried"),
+                Err(e) => tracing::warn!(error = %e, "retry of unknown outcomes failed"),
+            },
         }
     }
 }

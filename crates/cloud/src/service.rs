@@ -371,6 +371,14 @@ pub(crate) enum Verdict {
     Failed(Failure),
     /// Final: `refused` (a retry cannot help; a new request needs new approvals).
     Refused(Failure),
+    /// Sent to `node`, answer lost: stays `submitting`, pinned to that node, and is sent
+    /// again with the same id until it completes or its approvals expire.
+    Unknown {
+        /// The node it may have executed on.
+        node: String,
+        /// Why.
+        failure: Failure,
+    },
 }
 
 /// A completed request's verified result, with what it records besides itself.
@@ -496,6 +504,9 @@ fn call_api_error(e: CallError) -> ApiError {
             ErrorCode::BridgeRefused,
             format!("{}: {message}", code.as_str()),
         ),
+        e @ CallError::OutcomeUnknown { .. } => {
+            ApiError::new(ErrorCode::BridgeRefused, e.to_string())
+        }
         CallError::Unverified(m) | CallError::Protocol(m) => {
             ApiError::new(ErrorCode::UnverifiedResponse, m)
         }
@@ -604,7 +615,7 @@ mod tests {
             signature: vec![],
         };
         let all = [
-            Terms::CreateWallet,
+            Terms::CreateWallet { node: None },
             Terms::ImportWallet {
                 root_id: g,
                 node: "node1".into(),
@@ -648,7 +659,7 @@ mod tests {
         }
         // A completed creation shows the wallet it made, from its result.
         let done = row_of(
-            Terms::CreateWallet,
+            Terms::CreateWallet { node: None },
             Some(&format!(r#"{{"root_id":"{}","xpub":"x"}}"#, hex::encode(g))),
         );
         assert_eq!(base_view(&done).root_id, Some(hex::encode(g)));

@@ -8,7 +8,7 @@
 //!
 //! | kind | fields |
 //! |---|---|
-//! | `create_wallet` | — |
+//! | `create_wallet` | `node` (absent, or the node an attempt's outcome became unknown on) |
 //! | `import_wallet` | `root_id` (33 bytes), `node`, `sealed` (postcard of the sealed seed) |
 //! | `sign` | `root_id` (33 bytes), `path`, `digest` (32 bytes) |
 //! | `import_threshold_key` | `node`, `bundle` (postcard of the dealer bundle) |
@@ -30,7 +30,14 @@ use custos_cloud_api::{RequestKind, RequestView};
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Terms {
     /// Generate a new wallet inside a TEE of the request's cluster.
-    CreateWallet,
+    CreateWallet {
+        /// Set once an attempt's outcome became unknown on this node (its answer was lost
+        /// after the request reached it): every later attempt goes there only, whose TEE
+        /// answers the wallet it made, so that no other node makes a second one. Not part of
+        /// what the admins approve.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
     /// Import a seed, sealed to one node's certified device key.
     ImportWallet {
         /// The seed's root public key.
@@ -95,7 +102,7 @@ impl Terms {
     /// The request kind these terms define.
     pub fn kind(&self) -> RequestKind {
         match self {
-            Terms::CreateWallet => RequestKind::CreateWallet,
+            Terms::CreateWallet { .. } => RequestKind::CreateWallet,
             Terms::ImportWallet { .. } => RequestKind::ImportWallet,
             Terms::Sign { .. } => RequestKind::Sign,
             Terms::ImportThresholdKey { .. } => RequestKind::ImportThresholdKey,
@@ -110,7 +117,7 @@ impl Terms {
             Terms::ImportWallet { root_id, .. } | Terms::Sign { root_id, .. } => Some(root_id),
             Terms::ThresholdSign { key_id, .. } => Some(key_id),
             Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
-            Terms::CreateWallet | Terms::CreateThresholdKey { .. } => None,
+            Terms::CreateWallet { .. } | Terms::CreateThresholdKey { .. } => None,
         }
     }
 
@@ -118,6 +125,7 @@ impl Terms {
     pub fn pinned_node(&self) -> Option<&str> {
         match self {
             Terms::ImportWallet { node, .. } | Terms::ImportThresholdKey { node, .. } => Some(node),
+            Terms::CreateWallet { node } => node.as_deref(),
             _ => None,
         }
     }
@@ -125,7 +133,7 @@ impl Terms {
     /// What the admins approve, in the TEE's own encoding.
     pub fn action(&self, quorum: u8) -> Action<'_> {
         match self {
-            Terms::CreateWallet => Action::CreateWallet { quorum },
+            Terms::CreateWallet { .. } => Action::CreateWallet { quorum },
             Terms::ImportWallet { root_id, .. } => Action::ImportWallet {
                 quorum,
                 key_id: root_id,
@@ -176,7 +184,7 @@ impl Terms {
         approvals: Vec<Approval>,
     ) -> Option<Request> {
         Some(match self {
-            Terms::CreateWallet => Request::CreateWallet {
+            Terms::CreateWallet { .. } => Request::CreateWallet {
                 meta,
                 quorum,
                 approvals,
@@ -237,7 +245,8 @@ impl Terms {
         }
         let name = |n: &str| custos_pki::check_name(n).map_err(|e| e.to_string());
         match self {
-            Terms::CreateWallet | Terms::Sign { .. } => Ok(()),
+            Terms::CreateWallet { node: None } | Terms::Sign { .. } => Ok(()),
+            Terms::CreateWallet { node: Some(node) } => name(node),
             Terms::ImportWallet { node, .. } => name(node),
             Terms::ImportThresholdKey { node, bundle } => {
                 name(node)?;
@@ -280,7 +289,7 @@ impl Terms {
     pub fn summary(&self, cluster: &str, quorum: u8) -> String {
         let id = self.key_id().map(hex::encode).unwrap_or_default();
         match self {
-            Terms::CreateWallet => {
+            Terms::CreateWallet { .. } => {
                 format!("create a new wallet on cluster {cluster} with quorum {quorum}")
             }
             Terms::ImportWallet { node, .. } => format!(
@@ -330,7 +339,7 @@ impl Terms {
     pub fn fill_view(&self, view: &mut RequestView) {
         view.root_id = self.key_id().map(hex::encode);
         match self {
-            Terms::CreateWallet => {}
+            Terms::CreateWallet { node } => view.target_node = node.clone(),
             Terms::ImportWallet { node, .. } => view.target_node = Some(node.clone()),
             Terms::Sign { path, digest, .. } => {
                 view.path = Some(format_path(path));
@@ -495,7 +504,15 @@ mod tests {
         );
         assert_eq!(
             Terms::from_json("{\"kind\":\"create_wallet\"}", "dc1", 2).unwrap(),
-            Terms::CreateWallet
+            Terms::CreateWallet { node: None }
         );
+        let pinned = Terms::CreateWallet {
+            node: Some("node2".into()),
+        };
+        assert_eq!(
+            Terms::from_json(&pinned.to_json(), "dc1", 2).unwrap(),
+            pinned
+        );
+        assert_eq!(pinned.pinned_node(), Some("node2"));
     }
 }

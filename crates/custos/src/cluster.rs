@@ -254,6 +254,7 @@ impl Cluster {
             node: name.to_string(),
             cluster: self.name.clone(),
             listen: "127.0.0.1:0".parse().expect("valid"),
+            advertise: None,
             bridge: self.bridge_addr,
             tee_socket: tee.socket.clone(),
             root_ca: self.pki.join("root-ca.crt"),
@@ -282,6 +283,17 @@ impl Cluster {
         node.addr = Some(parse_ready_addr(&line)?);
         node.server = Some(child);
         Ok(())
+    }
+
+    /// Restarts node `i`'s server registering `advertise` with the bridge as the address
+    /// it is reached at (for a test that puts a proxy in front of it).
+    pub fn advertise_node(&mut self, i: usize, advertise: SocketAddr) -> Result<(), ClusterError> {
+        self.kill_node_server(i);
+        let path = &self.nodes[i].config_path;
+        let mut config = NodeConfig::load(path).map_err(io)?;
+        config.advertise = Some(advertise);
+        config.save(path).map_err(io)?;
+        self.start_node_server(i)
     }
 
     /// SIGKILLs node `i`'s server process.

@@ -21,7 +21,9 @@ pub enum RefusalCode {
     PermissionDenied,
     /// No node could serve it now; nothing was executed and the answer was not stored.
     Unavailable,
-    /// A node was asked but its answer was lost: the outcome is unknown.
+    /// A node was asked but its answer was lost: the outcome is unknown. Not stored either:
+    /// the same request id is sent again to that node ([`cluster::LinkRefusal::node`]),
+    /// whose TEE answers its first outcome.
     OutcomeUnknown,
     /// The cluster's state does not allow it.
     FailedPrecondition,
@@ -68,10 +70,11 @@ impl RefusalCode {
         .unwrap_or_else(|| RefusalCode::Other(code.to_string()))
     }
 
-    /// Whether nothing was executed and the bridge did not store the refusal as the
-    /// request id's answer, so that the same request id may be sent again.
+    /// Whether the bridge did not store the refusal as the request id's answer, so that the
+    /// same request id may be sent again: nothing was executed (`Unavailable`), or the
+    /// outcome is unknown and the retry goes to the node the refusal names.
     pub fn may_retry(&self) -> bool {
-        matches!(self, RefusalCode::Unavailable)
+        matches!(self, RefusalCode::Unavailable | RefusalCode::OutcomeUnknown)
     }
 }
 
@@ -81,6 +84,7 @@ impl cluster::LinkRefusal {
         cluster::LinkRefusal {
             code: code.as_str().to_string(),
             message: message.into(),
+            node: String::new(),
         }
     }
 
@@ -95,7 +99,7 @@ mod tests {
     use super::RefusalCode;
 
     #[test]
-    fn codes_round_trip_and_only_unavailable_may_be_retried() {
+    fn codes_round_trip_and_only_unstored_refusals_may_be_retried() {
         for code in [
             "malformed_request",
             "invalid_request",
@@ -110,7 +114,11 @@ mod tests {
         ] {
             let typed = RefusalCode::parse(code);
             assert_eq!(typed.as_str(), code);
-            assert_eq!(typed.may_retry(), code == "unavailable", "{code}");
+            assert_eq!(
+                typed.may_retry(),
+                code == "unavailable" || code == "outcome_unknown",
+                "{code}"
+            );
         }
         assert_eq!(RefusalCode::parse("x"), RefusalCode::Other("x".to_string()));
     }

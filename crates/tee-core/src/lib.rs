@@ -83,9 +83,9 @@ pub struct TeeCore<P: Platform> {
     journal: Vec<(usize, Undo)>,
     /// Requests of the current batch whose writes a failed commit discarded.
     failed: Vec<(usize, PlatformError)>,
-    /// Create-wallet request ids already used, with their expiry: an approval creates one
-    /// wallet, never more (sealed, so this survives restarts).
-    consumed: BTreeMap<[u8; 16], u64>,
+    /// Request ids of one-off actions already used: an approval creates one wallet, never
+    /// more (sealed, so this survives restarts).
+    consumed: BTreeMap<[u8; 16], Consumed>,
     /// Threshold shares, started sessions and the session worker.
     threshold: ThresholdState,
 }
@@ -158,20 +158,85 @@ impl<P: Platform> TeeCore<P> {
         Ok(())
     }
 
-    /// Marks a request id as used (pending until the batch commits): an approval of a
-    /// one-off action works once. Refuses an id already used.
-    fn consume_request(&mut self, meta: &RequestMeta) -> Result<(), TeeError> {
+    /// Marks a request id as used (pending until the batch commits), with the key it made
+    /// if any: an approval of a one-off action works once. Refuses an id already used.
+    fn consume_request(&mut self, meta: &RequestMeta, made: Option<&[u8]>) -> Result<(), TeeError> {
         if self.consumed.contains_key(&meta.request_id) {
             return Err(TeeError::RequestReplayed(hex::encode(meta.request_id)));
         }
+        let consumed = Consumed {
+            expires_at: meta.expires_at,
+            made: made.map(<[u8]>::to_vec),
+        };
         let rid = RecordId::new(format!("{CONSUMED_PREFIX}{}", hex::encode(meta.request_id)))
             .map_err(storage)?;
         self.platform
-            .seal(&rid, &meta.expires_at.to_be_bytes())
+            .seal(&rid, &consumed.to_record())
             .map_err(storage)?;
-        self.consumed.insert(meta.request_id, meta.expires_at);
+        self.consumed.insert(meta.request_id, consumed);
         self.journal
             .push((self.current, Undo::Consumed(meta.request_id)));
         Ok(())
+    }
+}
+
+/// A used request id (sealed as `consumed/<id>`): until when its approvals are live, and the
+/// key its action made, so that the same request arriving again (its answer was lost on the
+/// way back) gets that first outcome instead of a second key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Consumed {
+    /// Unix seconds; the record is forgotten after this (the approvals are void).
+    pub(crate) expires_at: u64,
+    /// Key id of the wallet the request created.
+    pub(crate) made: Option<Vec<u8>>,
+}
+
+impl Consumed {
+    /// Longest key id kept (a compressed secp256k1 key is 33 bytes).
+    const MAX_MADE: usize = 64;
+
+    /// `expires_at` (8 bytes, big-endian) followed by the key id made, if any. A record
+    /// written before outcomes were kept is the expiry alone, read as "no key made".
+    fn to_record(&self) -> Vec<u8> {
+        let mut body = self.expires_at.to_be_bytes().to_vec();
+        if let Some(k) = &self.made {
+            body.extend_from_slice(k);
+        }
+        body
+    }
+
+    fn from_record(body: &[u8]) -> Result<Self, String> {
+        if body.len() < 8 || body.len() > 8 + Self::MAX_MADE {
+            return Err(format!("consumed record of {} bytes", body.len()));
+        }
+        let (exp, made) = body.split_at(8);
+        Ok(Consumed {
+            expires_at: u64::from_be_bytes(exp.try_into().expect("8 bytes")),
+            made: (!made.is_empty()).then(|| made.to_vec()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod consumed_tests {
+    use super::Consumed;
+
+    #[test]
+    fn consumed_records_round_trip_and_old_ones_read_as_nothing_made() {
+        let made = Consumed {
+            expires_at: 1_900_000_000,
+            made: Some(vec![2; 33]),
+        };
+        assert_eq!(Consumed::from_record(&made.to_record()).unwrap(), made);
+        let old = 1_900_000_000u64.to_be_bytes();
+        assert_eq!(
+            Consumed::from_record(&old).unwrap(),
+            Consumed {
+                expires_at: 1_900_000_000,
+                made: None
+            }
+        );
+        assert!(Consumed::from_record(&[0; 7]).is_err());
+        assert!(Consumed::from_record(&[0; 8 + 65]).is_err());
     }
 }

@@ -131,7 +131,9 @@ impl<P: Platform> TeeCore<P> {
                 .ok()
                 .and_then(|v| <[u8; 16]>::try_from(v).ok())
                 .ok_or("unparsable record name")?;
-            core.consumed.insert(rid, live_until(body)?);
+            let consumed = crate::Consumed::from_record(body)?;
+            live_until(&body[..8])?;
+            core.consumed.insert(rid, consumed);
             Ok(())
         })?;
         core.load_records(

@@ -51,7 +51,9 @@ impl<P: Platform> TeeCore<P> {
         Self::check_quorum_value(quorum)?;
         // Whoever creates a key under an m-of-k policy must meet that policy themselves.
         self.approve(meta, Action::CreateWallet { quorum }, approvals, quorum)?;
-        self.consume_request(meta)?;
+        if let Some(first) = self.consumed.get(&meta.request_id) {
+            return self.first_wallet(meta, quorum, first.made.clone());
+        }
         let mut seed = Zeroizing::new(vec![0u8; 32]);
         self.platform.random(&mut seed).map_err(storage)?;
         let wallet = Wallet::from_seed(
@@ -61,7 +63,21 @@ impl<P: Platform> TeeCore<P> {
             Origin::Generated,
             self.platform.now_unix(),
         )?;
+        self.consume_request(meta, Some(&wallet.info.key_id))?;
         self.store_wallet(wallet)
+    }
+
+    /// The answer to an approved create-wallet whose id was used already: the wallet it
+    /// made (its first answer was lost on the way back and the caller asks again with the
+    /// same id), never a second one.
+    fn first_wallet(&self, meta: &RequestMeta, quorum: u8, made: Option<Vec<u8>>) -> Outcome {
+        let replayed = || TeeError::RequestReplayed(hex::encode(meta.request_id));
+        let key_id = made.ok_or_else(replayed)?;
+        let wallet = self.wallet(&key_id)?;
+        if wallet.info.quorum != quorum {
+            return Err(replayed());
+        }
+        Ok(Response::Wallet(wallet.info.clone()))
     }
 
     pub(crate) fn import_wallet(

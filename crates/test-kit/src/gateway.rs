@@ -288,6 +288,7 @@ impl FakeGateway {
             result: Some(LinkResult::Refused(LinkRefusal {
                 code: code.into(),
                 message: message.into(),
+                node: String::new(),
             })),
         }
     }

@@ -18,6 +18,10 @@ pub struct NodeConfig {
     pub cluster: String,
     /// Address to serve the VaultNode gRPC service on (loopback in development).
     pub listen: SocketAddr,
+    /// Address the bridge and the peers reach this node at, when it is not `listen` (a
+    /// node behind address translation or a TCP proxy); registered with the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<SocketAddr>,
     /// Address of the cluster's bridge server.
     pub bridge: SocketAddr,
     /// Unix socket of this node's TEE core process.

@@ -260,7 +260,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     tracing::info!(node = %config.node, listen = %local, "vault node server listening");
 
     // Join (or rejoin) the cluster: register, then catch up on every key created meanwhile.
-    let endpoint = local.to_string();
+    let endpoint = config.advertise.unwrap_or(local).to_string();
     let registrar = {
         let syncer = syncer.clone();
         let mut bridge = bridge.clone();

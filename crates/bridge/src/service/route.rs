@@ -182,27 +182,42 @@ impl BridgeService {
             let reply = tokio::time::timeout(self.state.call_timeout, client.execute(fwd)).await;
             let reply = match reply {
                 Ok(Ok(r)) => r.into_inner(),
-                Ok(Err(status)) => {
-                    tracing::warn!(%node, status = %status.message(), "node failed; failing over");
-                    self.mark(&node, false);
-                    continue;
-                }
-                Err(_) if d.kind == "create-wallet" => {
-                    // The node may have created the wallet: another node must not create a
-                    // second one. The caller retries with the same request id, which the TEE
-                    // refuses if it was executed (and the node's key reaches the list when
-                    // it re-registers).
+                Ok(Err(status)) if d.one_effect && !never_sent(&status) => {
+                    // The node may have made the key: another node must not make a second
+                    // one. The caller retries the same request id on this node, whose TEE
+                    // answers the key it made (or makes it, if the request never got there).
                     self.mark(&node, false);
                     let us = t0.elapsed().as_micros() as i64;
-                    let detail = format!("node {node} timed out; outcome unknown");
+                    let detail = format!(
+                        "node {node} failed after the request was sent ({}); outcome unknown",
+                        status.message()
+                    );
                     self.log(entry(
-                        Some(node),
+                        Some(node.clone()),
                         "outcome_unknown".into(),
                         detail.clone(),
                         us,
                     ))
                     .await?;
-                    return Err(Status::deadline_exceeded(detail));
+                    return Err(outcome_unknown(&node, detail));
+                }
+                Ok(Err(status)) => {
+                    tracing::warn!(%node, status = %status.message(), "node failed; failing over");
+                    self.mark(&node, false);
+                    continue;
+                }
+                Err(_) if d.one_effect => {
+                    self.mark(&node, false);
+                    let us = t0.elapsed().as_micros() as i64;
+                    let detail = format!("node {node} timed out; outcome unknown");
+                    self.log(entry(
+                        Some(node.clone()),
+                        "outcome_unknown".into(),
+                        detail.clone(),
+                        us,
+                    ))
+                    .await?;
+                    return Err(outcome_unknown(&node, detail));
                 }
                 Err(_) => {
                     tracing::warn!(%node, "node timed out; failing over");
@@ -270,4 +285,31 @@ impl BridgeService {
         self.log(entry(None, code, detail.clone(), us)).await?;
         Err(Status::unavailable(detail))
     }
+}
+
+/// The refusal of a one-effect request whose answer was lost after it reached `node`,
+/// naming that node for the retry ([`crate::routing::NODE_HEADER`]).
+fn outcome_unknown(node: &str, detail: String) -> Status {
+    let mut status = Status::deadline_exceeded(detail);
+    if let Ok(value) = node.parse() {
+        status
+            .metadata_mut()
+            .insert(crate::routing::NODE_HEADER, value);
+    }
+    status
+}
+
+/// Whether a failed call certainly never reached the node: its connection was refused, so
+/// another node may serve even a one-effect request.
+fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// How long a request whose outcome is unknown rests before it is sent again (the node
+/// that lost its answer may be restarting).
+pub(crate) const RETRY_UNKNOWN_AFTER_MS: u64 = 1000;
+
 impl Cloud {
     pub(super) async fn create(&self, caller: &str, d: Draft) -> Result<RequestOutcome, ApiError> {
         if d.approvals.len() > MAX_APPROVALS {
@@ -380,6 +384,52 @@ impl Cloud {
         Ok(n)
     }
 
+    /// Sends again, with its own id and to the node it is pinned to, every request whose
+    /// last attempt's outcome is unknown once it has rested [`RETRY_UNKNOWN_AFTER_MS`]: that
+    /// node's TEE answers the key it made, or makes it if the request never got there. One
+    /// whose approvals expired meanwhile ends refused, naming the node (a key made there
+    /// reaches the key list when the node registers).
+    pub async fn retry_unknown_outcomes(&self) -> Result<usize, StoreError> {
+        let ids = self
+            .store
+            .request_ids_with_status(RequestStatus::Submitting, None)
+            .await?;
+        let mut n = 0;
+        for id in ids {
+            let Some(row) = self.readable(&id).await else {
+                continue;
+            };
+            if row.status != RequestStatus::Submitting
+                || row.error_code.as_deref() != Some(crate::cluster::OUTCOME_UNKNOWN)
+                || self.now_ms() < row.updated_at.saturating_add(RETRY_UNKNOWN_AFTER_MS)
+            {
+                continue;
+            }
+            n += 1;
+            let done = if row.expires_at <= self.now_secs() {
+                let node = row.terms.pinned_node().unwrap_or("?").to_string();
+                let failure = Failure::new(
+                    crate::cluster::OUTCOME_UNKNOWN,
+                    format!(
+                        "its approvals expired while its outcome on node {node} was unknown; a \
+                         key made there reaches the key list when the node registers"
+                    ),
+                );
+                self.finish(row, Verdict::Refused(failure))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                tracing::info!(request_id = %id, "resubmitting after an unknown outcome");
+                self.submit(row).await.map(|_| ()).map_err(|e| e.message)
+            };
+            if let Err(e) = done {
+                tracing::warn!(request_id = %id, error = %e, "retry after an unknown outcome failed");
+            }
+        }
+        Ok(n)
+    }
+
     /// Records how a submission ended (one transaction with what it records).
     pub(super) async fn finish(
         &self,
@@ -401,6 +451,17 @@ impl Cloud {
             }
             Verdict::Failed(f) => f.record(&mut next, RequestStatus::Failed),
             Verdict::Refused(f) => f.record(&mut next, RequestStatus::Refused),
+            Verdict::Unknown { node, failure } => {
+                // Every later attempt goes to that node: another would make a second key.
+                if let Terms::CreateWallet {
+                    node: pinned @ None,
+                } = &mut next.terms
+                {
+                    *pinned = Some(node);
+                }
+                let (_, detail, recorded) = failure.record(&mut next, RequestStatus::Submitting);
+                ("outcome_unknown", detail, recorded)
+            }
         };
         let record = match &recorded {
             Recorded::Nothing => Record::Nothing,

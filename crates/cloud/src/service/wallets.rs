@@ -20,7 +20,7 @@ impl Cloud {
             Draft {
                 cluster: body.cluster,
                 quorum: body.quorum,
-                terms: Terms::CreateWallet,
+                terms: Terms::CreateWallet { node: None },
                 id,
                 expires_at,
                 approvals: body.approvals,
@@ -213,6 +213,13 @@ impl Cloud {
                 node,
                 outcome: Err(e),
             }) => return Verdict::Refused(Failure::new(tee_code(&e), format!("node {node}: {e}"))),
+            Err(CallError::OutcomeUnknown { node, message }) => {
+                let failure = Failure::new(
+                    crate::cluster::OUTCOME_UNKNOWN,
+                    format!("outcome unknown on node {node}: {message}"),
+                );
+                return Verdict::Unknown { node, failure };
+            }
             // Whether nothing was executed and a retry of the same id may be served (e.g.
             // "no node could serve now", which the bridge did not store as the answer).
             Err(e) => return Verdict::ended(Failure::new(e.code(), e.to_string()), e.may_retry()),
@@ -235,7 +242,7 @@ impl Cloud {
                     Err(m) => fail("bad_signature", m),
                 }
             }
-            (Terms::CreateWallet | Terms::ImportWallet { .. }, Response::Wallet(info)) => {
+            (Terms::CreateWallet { .. } | Terms::ImportWallet { .. }, Response::Wallet(info)) => {
                 match self.check_wallet(row, &info) {
                     Ok((result, wallet)) => {
                         Verdict::completed(node, result, Recorded::Wallet(wallet))

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 /// Terms of every kind, as the service builds them.
 fn terms(kind: RequestKind) -> Terms {
     match kind {
-        RequestKind::CreateWallet => Terms::CreateWallet,
+        RequestKind::CreateWallet => Terms::CreateWallet { node: None },
         RequestKind::ImportWallet => Terms::ImportWallet {
             root_id: [3; 33],
             node: "node1".into(),

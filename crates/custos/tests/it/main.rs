@@ -17,6 +17,7 @@ mod cluster;
 mod dkg;
 mod e2e;
 mod link;
+mod one_effect;
 mod refusals;
 mod restart;
 mod tee_core_deps;

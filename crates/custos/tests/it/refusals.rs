@@ -519,6 +519,9 @@ fn quorum_zero_and_creation_quorum_are_enforced() {
     assert_serves(&mut fx, &w);
 }
 
+/// The same approved create-wallet sent again (its answer was lost on the way back) gets
+/// the wallet it made, before and after a restart, and never a second one; the same id
+/// approved for other terms gets nothing.
 #[test]
 fn a_create_approval_creates_one_wallet_even_after_a_restart() {
     let (mut fx, w) = setup();
@@ -530,15 +533,31 @@ fn a_create_approval_creates_one_wallet_even_after_a_restart() {
         &Action::CreateWallet { quorum: 1 },
     );
     let req = Request::CreateWallet {
-        meta,
+        meta: meta.clone(),
         quorum: 1,
         approvals: appr,
     };
-    assert!(matches!(fx.tee.call(&req).unwrap(), Response::Wallet(_)));
-    let e = refusal(fx.tee.call(&req));
-    assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
+    let Response::Wallet(first) = fx.tee.call(&req).unwrap() else {
+        panic!("no wallet")
+    };
+    let again = |fx: &mut Fixture| match fx.tee.call(&req).unwrap() {
+        Response::Wallet(info) => info,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(again(&mut fx), first);
     fx.tee.crash_and_restart();
-    let e = refusal(fx.tee.call(&req));
+    assert_eq!(again(&mut fx), first);
+    let other_terms = Request::CreateWallet {
+        meta: meta.clone(),
+        quorum: 2,
+        approvals: approvals(
+            &fx.pki.admins_named(&["alice", "bob"]),
+            CLUSTER,
+            &meta,
+            &Action::CreateWallet { quorum: 2 },
+        ),
+    };
+    let e = refusal(fx.tee.call(&other_terms));
     assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
     assert_eq!(fx.tee.keys().len(), 2);
     assert_serves(&mut fx, &w);

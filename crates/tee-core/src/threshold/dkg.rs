@@ -715,7 +715,7 @@ impl<P: Platform> TeeCore<P> {
         };
         // The host already dropped both sessions; nothing of the session stays.
         self.release(live);
-        self.consume_request(&meta)?;
+        self.consume_request(&meta, None)?;
         let info = self.store_threshold_key(held)?;
         if from_pool && self.threshold.generate_primes {
             // Keep one set ready for the next key generation.

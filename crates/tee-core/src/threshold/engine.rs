@@ -269,7 +269,7 @@ impl<P: Platform> TeeCore<P> {
             info: key.clone(),
             share,
         })?;
-        self.consume_request(meta)?;
+        self.consume_request(meta, None)?;
         Ok(Response::ThresholdKey(info))
     }
 

@@ -8,6 +8,7 @@
 //! link. What is generic comes from the test kit: the PKI ([`Pki`]) and PostgreSQL schemas.
 
 pub mod bip32_vectors;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 

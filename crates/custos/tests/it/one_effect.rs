@@ -1,0 +1,111 @@
+//! One approval, one effect (issue 12 item 5), through real processes: a create-wallet whose
+//! answer is lost between a node and the bridge (a proxy in front of each node server drops
+//! it after the TEE answered) never makes a second wallet on another node; the cloud server
+//! sends the same request id to the same node again and records the one wallet that exists.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::common::proxy::ReplyDropper;
+use crate::common::*;
+use custos::cluster::LinkTransport;
+use custos::deployment::{approve, Deployment, DeploymentOptions};
+use custos_cloud_api::{CreateWalletBody, RequestResult, RequestStatus};
+use custos_wire::protocol::{Request, Response};
+
+#[test]
+fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dep = Deployment::start(
+        &exe(),
+        tmp.path(),
+        &DeploymentOptions {
+            clusters: vec![(CLUSTER.into(), LinkTransport::Tcp)],
+            nodes: 2,
+            admins: vec!["alice".into()],
+            sync_interval_secs: 1,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )
+    .unwrap();
+    let alice = dep.admin("alice").unwrap();
+    let client = dep.client().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxies = rt.block_on(async { [ReplyDropper::start().await, ReplyDropper::start().await] });
+    let cluster = dep.cluster_mut(CLUSTER).unwrap();
+    for (i, proxy) in proxies.iter().enumerate() {
+        cluster.advertise_node(i, proxy.addr).unwrap();
+        proxy.set_upstream(cluster.nodes[i].addr.unwrap());
+    }
+    let advertised: BTreeSet<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = client.cluster(CLUSTER).await.unwrap();
+            let endpoints: BTreeSet<String> = s.nodes.iter().map(|n| n.endpoint.clone()).collect();
+            if endpoints == advertised && s.nodes.iter().all(|n| n.healthy) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes not behind their proxies: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    // Whichever node the bridge picks, its answer is lost; so would the other's be.
+    for p in &proxies {
+        p.arm();
+    }
+    let id = rt.block_on(async {
+        let view = client
+            .create_wallet(&CreateWalletBody {
+                cluster: CLUSTER.into(),
+                quorum: 1,
+                request_id: None,
+                expires_at: None,
+                approvals: Vec::new(),
+            })
+            .await
+            .unwrap();
+        approve(&client, &alice, &view.id).await.unwrap().id
+    });
+    let done = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let v = client.request(&id).await.unwrap();
+            if v.status != RequestStatus::Submitting || Instant::now() > deadline {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    // (A later reply to a peer's sync call may be lost too: that is no create-wallet.)
+    assert!(proxies.iter().map(ReplyDropper::dropped).sum::<usize>() >= 1);
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    let Some(RequestResult::Wallet(w)) = &done.result else {
+        panic!("no wallet: {done:?}")
+    };
+    assert!(
+        done.events.iter().any(|e| e.event == "outcome_unknown"),
+        "{:?}",
+        done.events
+    );
+
+    // Every TEE of the cluster, asked directly: one wallet exists, the one recorded.
+    let cluster = dep.cluster_mut(CLUSTER).unwrap();
+    let mut made = BTreeSet::new();
+    for node in &cluster.nodes {
+        let mut tee = node.tee.client().unwrap();
+        match tee.call(&Request::ListKeys).unwrap() {
+            Response::Keys(keys) => made.extend(keys.into_iter().map(|k| hex::encode(k.key_id))),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(made, BTreeSet::from([w.root_id.clone()]));
+    let wallets = rt.block_on(client.wallets()).unwrap().wallets;
+    assert_eq!(wallets.len(), 1, "{wallets:?}");
+    assert_eq!(wallets[0].root_id, w.root_id);
+}
