@@ -38,6 +38,11 @@ pub struct BridgeConfig {
     /// still run).
     #[serde(default = "default_audit_interval")]
     pub audit_interval_secs: u64,
+    /// Least seconds between two history rows summarising refused callers of one kind: the
+    /// first refusals of a kind are written within a second, later ones at most once per
+    /// this interval, and what is still counted when the bridge stops.
+    #[serde(default = "default_refusal_summary")]
+    pub refusal_summary_secs: u64,
     /// The link to the external relay (absent: no link endpoint, gRPC only).
     #[serde(default)]
     pub link: Option<crate::link::LinkConfig>,
@@ -45,6 +50,10 @@ pub struct BridgeConfig {
 
 fn default_audit_interval() -> u64 {
     3600
+}
+
+fn default_refusal_summary() -> u64 {
+    60
 }
 
 fn default_health() -> u64 {
@@ -61,6 +70,7 @@ impl custos_config::Component for BridgeConfig {
         "health_interval_ms",
         "call_timeout_ms",
         "audit_interval_secs",
+        "refusal_summary_secs",
     ];
 
     fn paths(&mut self) -> Vec<&mut PathBuf> {

@@ -4,13 +4,16 @@
 //! health checks, the cluster key list with the nodes holding each key, routing of each
 //! request to a healthy node holding the key with failover to the next one, and a
 //! hash-chained history of every request and result in the metadata DB ([0029]). If the
-//! history cannot be written the request is refused (fail closed).
+//! history cannot be written the request is refused (fail closed). Callers whose chain does
+//! not reach the pinned Root are refused in the TLS handshake; refused callers are counted
+//! and recorded as aggregated history rows, never one row per attempt.
 // tonic::Status is the idiomatic error of gRPC handlers; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
 mod audit;
 mod config;
 mod link;
+mod refusals;
 mod routing;
 mod service;
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use custos_metadata::{KeyRecord, MetadataDb, NewEntry};
 use custos_net::{
-    client_config, connect_lazy, peer_info, serve_tls, server_config, PeerCache, TlsIdentity,
+    client_config, connect_lazy, peer_info, serve_tls, server_config_anchored, PeerCache,
+    TlsIdentity, TlsRefusal,
 };
 use custos_pki::{pem_to_der, DeviceIdentity, TrustRoot};
 use custos_proto::cluster::bridge_server::{Bridge, BridgeServer};
@@ -27,6 +28,7 @@ use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use crate::audit::{audit_signature_valid, fresh_message, summary};
+use crate::refusals::{app_reason, Layer, RefusalTally};
 use crate::routing::{describe, node_lacks_key, Described};
 use crate::{BridgeConfig, BridgeError, MAX_MESSAGE};
 use custos_config::ConfigError;
@@ -71,6 +73,8 @@ struct State {
     sync_trigger: Notify,
     call_timeout: Duration,
     callers: PeerCache<Caller>,
+    /// Refused callers, counted here and written as aggregated history rows.
+    refusals: Arc<RefusalTally>,
     last_audit: tokio::sync::Mutex<Option<AuditReport>>,
     /// One audit at a time.
     audit_running: tokio::sync::Mutex<()>,
@@ -91,7 +95,8 @@ pub(crate) struct BridgeService {
 }
 
 impl BridgeService {
-    /// Checks the caller's certificate chain; a refusal is written to the history.
+    /// Checks the caller's certificate chain; a refusal is counted and reaches the history
+    /// as part of an aggregated row ([`RefusalTally`]), since a stranger can repeat it at will.
     async fn caller<T>(&self, req: &GrpcRequest<T>, what: &str) -> Result<Caller, Status> {
         let st = &self.state;
         let Some(peer) = peer_info(req) else {
@@ -100,9 +105,12 @@ impl BridgeService {
         let verdict = st
             .callers
             .get_or_verify(peer, || match peer.device_chain() {
-                None => Err(format!(
-                    "presented {} certificate(s), a cluster member presents 3",
-                    peer.certs.len()
+                None => Err((
+                    "not_a_device_chain",
+                    format!(
+                        "presented {} certificate(s), a cluster member presents 3",
+                        peer.certs.len()
+                    ),
                 )),
                 Some(chain) => {
                     let now = now_unix();
@@ -112,25 +120,22 @@ impl BridgeService {
                             .root
                             .verify_bridge(&chain, Some(&st.cluster), now)
                             .map(Caller::Link)
-                            .map_err(|_| device_err.to_string()),
+                            .map_err(|_| (app_reason(&device_err), device_err.to_string())),
                     }
                 }
             });
-        let refused = match verdict {
+        let (code, refused) = match verdict {
             Ok(c) => return Ok(c),
             Err(r) => r,
         };
-        tracing::warn!(peer = %peer.remote_addr, %refused, what, "refused caller");
-        let _ = st
-            .db
-            .append(NewEntry {
-                kind: "refusal".into(),
-                actor: peer.remote_addr.to_string(),
-                outcome: "permission_denied".into(),
-                detail: format!("{what}: {refused}"),
-                ..Default::default()
-            })
-            .await;
+        tracing::debug!(peer = %peer.remote_addr, %refused, what, "refused caller");
+        let leaf = peer.certs.first().map(|c| {
+            let d = ring::digest::digest(&ring::digest::SHA256, c);
+            <[u8; 32]>::try_from(d.as_ref()).expect("SHA-256 is 32 bytes")
+        });
+        st.refusals.record(Layer::App, code, leaf, now_ms(), || {
+            format!("{what} from {}: {refused}", peer.remote_addr)
+        });
         Err(Status::permission_denied(format!("refused: {refused}")))
     }
 
@@ -274,7 +279,9 @@ fn read_pem(path: &std::path::Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Runs a bridge server until the process ends.
+/// Runs a bridge server until the process receives SIGTERM or SIGINT; then it stops
+/// accepting, lets calls in flight finish (bounded), writes the refusals still counted to the
+/// history and returns.
 pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
     let root_der = pem_to_der(&read_pem(&config.root_ca)?, "Root CA certificate")?;
     let root = TrustRoot::from_der(&root_der)?;
@@ -296,7 +303,22 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
     let key_der = zeroize::Zeroizing::new(pem_to_der(&key_pem, "bridge private key")?);
     let cas = (chain[1].clone(), chain[2].clone());
     let identity = TlsIdentity::from_local_key(chain, &key_der)?;
-    let server_cfg = server_config(&identity, &root_der)?;
+    let refusals = Arc::new(RefusalTally::new(Duration::from_secs(
+        config.refusal_summary_secs.max(1),
+    )));
+    let observer = {
+        let refusals = refusals.clone();
+        Arc::new(move |r: TlsRefusal| {
+            refusals.record(
+                Layer::Tls,
+                r.reason.as_str(),
+                r.leaf_sha256,
+                now_ms(),
+                || format!("TLS handshake refused: {}", r.reason),
+            )
+        })
+    };
+    let server_cfg = server_config_anchored(&identity, &root_der, observer)?;
     let client_cfg = client_config(&identity, &root_der)?;
     let db = MetadataDb::connect(&config.db_url).await?;
     let records = db.keys().await?;
@@ -321,6 +343,7 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         rr: AtomicUsize::new(0),
         sync_trigger: Notify::new(),
         callers: PeerCache::new(Duration::from_secs(60)),
+        refusals,
         last_audit: tokio::sync::Mutex::new(None),
         audit_running: tokio::sync::Mutex::new(()),
         call_timeout: Duration::from_millis(config.call_timeout_ms.max(100)),
@@ -346,6 +369,8 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         tokio::spawn(async move { s.sync_pusher().await });
         let s = service.clone();
         tokio::spawn(async move { s.key_flusher().await });
+        let s = service.clone();
+        tokio::spawn(async move { s.refusal_flusher().await });
         if config.audit_interval_secs > 0 {
             let s = service.clone();
             let every = Duration::from_secs(config.audit_interval_secs);
@@ -380,13 +405,59 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         Some(l) => println!("custos-bridge ready {} link={l} {local}", config.cluster),
         None => println!("custos-bridge ready {} {}", config.cluster, local),
     }
-    tonic::transport::Server::builder()
-        .add_service(
-            BridgeServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .serve_with_incoming(incoming)
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                BridgeServer::new(service.clone())
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            }),
+    );
+    tokio::select! {
+        r = &mut server => {
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(BridgeError::Serve(e.to_string())),
+                Err(e) => Err(BridgeError::Serve(e.to_string())),
+            };
+        }
+        s = stop_signal() => s?,
+    }
+    tracing::info!(cluster = %config.cluster, "bridge stopping");
+    let _ = stop_tx.send(());
+    // Long-lived channels of nodes may not close by themselves; do not wait for ever.
+    if tokio::time::timeout(Duration::from_secs(5), &mut server)
         .await
-        .map_err(|e| BridgeError::Serve(e.to_string()))
+        .is_err()
+    {
+        server.abort();
+    }
+    let written = service
+        .state
+        .refusals
+        .flush(&service.state.db, now_ms(), true)
+        .await?;
+    tracing::info!(
+        summaries = written,
+        "bridge stopped; refusal counts written"
+    );
+    Ok(())
+}
+
+/// SIGTERM (what service managers and launchers send) or SIGINT.
+async fn stop_signal() -> Result<(), BridgeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| BridgeError::Serve(format!("cannot watch SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => {
+            r.map_err(|e| BridgeError::Serve(format!("cannot watch SIGINT: {e}")))?;
+        }
+    }
+    Ok(())
 }

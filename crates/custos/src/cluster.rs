@@ -161,6 +161,7 @@ impl Cluster {
             // Threshold rounds compute for a second or more per call on a busy machine.
             call_timeout_ms: 15_000,
             audit_interval_secs: opts.audit_interval_secs,
+            refusal_summary_secs: 60,
             link,
         };
         let bridge_config = dir.join("bridge.toml");
@@ -326,6 +327,28 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Stops the bridge the way a service manager does (SIGTERM), so that it writes what it
+    /// still holds in memory (refusal counts), and waits for it to exit: at most 30 s, then
+    /// it is killed and the timeout reported.
+    pub fn stop_bridge(&mut self) -> Result<(), ClusterError> {
+        use nix::sys::signal::{kill, Signal};
+        let Some(mut child) = self.bridge.take() else {
+            return Ok(());
+        };
+        let pid = i32::try_from(child.id()).map_err(io)?;
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).map_err(io)?;
+        // Bounded wait: 600 polls of 50 ms.
+        for _ in 0..600 {
+            if child.try_wait().map_err(io)?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(io("the bridge did not stop within 30 s of SIGTERM; killed"))
     }
 
     /// A gRPC client of the bridge on the link side (bridge-role certificate).

@@ -6,6 +6,10 @@
 //!   tail. The chain proves integrity only against someone who does not recompute the hashes;
 //!   anchor [`VerifyReport::Ok`]'s `head` somewhere the database's writer cannot change (e.g.
 //!   have it signed, or export it) for more.
+//! * **Refusal summaries**: repeated refused attempts of one kind are recorded as one row
+//!   ([`RefusalSummary`]: count, first and last seen, sample certificates), an ordinary
+//!   chained entry of kind [`REFUSAL_SUMMARY_KIND`] whose `detail` has a fixed, checked
+//!   format (see [`RefusalSummary`]'s module: refused on append, a break on verify).
 //! * **Keys**: the cluster's root keys, insert-or-ignore, bulk-loadable in one transaction.
 //!
 //! Each entry's `hash` (lower-case hex) is, with all integers big-endian:
@@ -37,6 +41,7 @@
 
 mod chain;
 mod limits;
+mod summary;
 mod url;
 mod writer;
 
@@ -51,6 +56,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use crate::chain::GENESIS_HASH;
 pub use crate::limits::{MAX_APPROVERS, MAX_DETAIL_BYTES, MAX_FIELD_BYTES};
+pub use crate::summary::{
+    RefusalSummary, MAX_SUMMARY_EXAMPLE_BYTES, MAX_SUMMARY_SAMPLES, REFUSAL_SUMMARY_KIND,
+};
 use crate::url::{engine_of, Engine};
 pub use crate::url::{redact_url, sqlite_url};
 use crate::writer::AppendRequest;
@@ -147,7 +155,7 @@ fn write_err(e: sqlx::Error) -> MetadataError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewEntry {
     /// What happened: "create-wallet", "import-wallet", "sign", "audit", "sync", "register",
-    /// "refusal", "node-health", ...
+    /// "refusal-summary" ([`RefusalSummary`]), "node-health", ...
     pub kind: String,
     /// The request's id, if it had one.
     pub request_id: Option<String>,
@@ -525,8 +533,9 @@ impl MetadataDb {
 
     /// Checks the whole history chain, reading it in pages (bounded memory), and reports the
     /// first break: a missing seq (deleted row), a row whose content no longer matches its hash
-    /// (edited), a `prev_hash` that does not link, a head that is not the last entry (tail
-    /// deleted), or rows outside the chain.
+    /// (edited), a `prev_hash` that does not link, a refusal summary whose `detail` breaks its
+    /// documented format, a head that is not the last entry (tail deleted), or rows outside
+    /// the chain.
     ///
     /// Safe while appends continue: the head is read first and only entries up to it are
     /// checked, since the writer commits rows and head together.
@@ -577,6 +586,9 @@ impl MetadataDb {
                 );
                 if e.hash != hex::encode(link) {
                     return Ok(broken(e.seq, "hash mismatch (edited)"));
+                }
+                if let Err(why) = RefusalSummary::from_entry(e) {
+                    return Ok(broken(e.seq, format!("malformed refusal summary: {why}")));
                 }
                 prev = link;
                 expected += 1;

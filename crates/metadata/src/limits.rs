@@ -104,6 +104,11 @@ pub(crate) fn check_entry(mut e: NewEntry) -> Result<NewEntry, MetadataError> {
         });
     }
     e.detail = clamp_detail(e.detail);
+    // A summary row stands for many attempts: it must say how many, exactly as documented,
+    // or it is not written at all.
+    if e.kind == crate::summary::REFUSAL_SUMMARY_KIND {
+        crate::summary::parse_detail(&e.detail)?;
+    }
     Ok(e)
 }
 

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use common::{entry, key};
 use custos_metadata::{
-    MetadataDb, MetadataError, NewEntry, VerifyReport, GENESIS_HASH, MAX_DETAIL_BYTES,
-    MAX_FIELD_BYTES,
+    MetadataDb, MetadataError, NewEntry, RefusalSummary, VerifyReport, GENESIS_HASH,
+    MAX_DETAIL_BYTES, MAX_FIELD_BYTES, REFUSAL_SUMMARY_KIND,
 };
 use custos_test_kit::{on_both_engines, Ctx, TestDb};
 use sqlx::Row;
@@ -28,6 +28,7 @@ on_both_engines!(
     foreign_row_fails_closed,
     closed_db_refuses_appends,
     announced_appends_never_hold_an_append_for_long,
+    refusal_summaries_are_chained_and_checked,
 );
 
 async fn open(ctx: &Ctx) -> MetadataDb {
@@ -605,4 +606,56 @@ async fn unsupported_url_is_refused_with_password_hidden() {
     let msg = err.to_string();
     assert!(matches!(err, MetadataError::UnsupportedUrl { .. }));
     assert!(!msg.contains("hunter2"), "{msg}");
+}
+
+/// A summary is one chained row that reads back as written; a malformed one is never
+/// written, and editing its count breaks the chain.
+async fn refusal_summaries_are_chained_and_checked(ctx: Ctx) {
+    let db = open(&ctx).await;
+    append_n(&db, 2).await;
+    let summary = RefusalSummary {
+        source: "bridge:tls".into(),
+        reason: "unknown_issuer".into(),
+        count: 10_000,
+        first_seen_ms: 1_000,
+        last_seen_ms: 2_000,
+        samples: vec![("ab".repeat(32), 9_000)],
+        example: "self-signed".into(),
+    };
+    let written = db.append(summary.to_entry().unwrap()).await.unwrap();
+    assert_eq!(written.kind, REFUSAL_SUMMARY_KIND);
+    let back = db.history(2, 10).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        RefusalSummary::from_entry(&back[0]).unwrap(),
+        Some(summary.clone())
+    );
+    assert!(db.verify().await.unwrap().is_ok());
+
+    // A summary row with a detail that is not a summary is refused before it is queued.
+    let forged = NewEntry {
+        kind: REFUSAL_SUMMARY_KIND.into(),
+        actor: "bridge:tls".into(),
+        outcome: "unknown_issuer".into(),
+        detail: "count=lots".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        db.append(forged).await,
+        Err(MetadataError::InvalidField {
+            field: "detail",
+            ..
+        })
+    ));
+
+    // Lowering the count afterwards is an edit like any other.
+    let tampered = written.detail.replace("count=10000", "count=1");
+    assert_ne!(tampered, written.detail);
+    let mut c = ctx.raw().await;
+    sqlx::query("UPDATE history SET detail = $1 WHERE seq = 3")
+        .bind(tampered.as_str())
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert_broken(db.verify().await.unwrap(), 3, "hash mismatch (edited)");
 }

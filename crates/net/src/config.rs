@@ -21,7 +21,7 @@ use crate::{provider, NetError, TlsIdentity, MAX_CERT_LEN, MAX_CHAIN_LEN};
 const ALPN_H2: &[u8] = b"h2";
 
 /// Parses and checks the pinned Root CA once, for both configs.
-fn load_root(root_ca_der: &[u8]) -> Result<(TrustRoot, DistinguishedName), NetError> {
+pub(crate) fn load_root(root_ca_der: &[u8]) -> Result<(TrustRoot, DistinguishedName), NetError> {
     let root =
         TrustRoot::from_der(root_ca_der).map_err(|e| NetError::InvalidRootCa(e.to_string()))?;
     let der = CertificateDer::from(root_ca_der);
@@ -68,7 +68,7 @@ pub fn server_config_without_client_auth(
     Ok(finish_server_config(config))
 }
 
-fn finish_server_config(mut config: ServerConfig) -> Arc<ServerConfig> {
+pub(crate) fn finish_server_config(mut config: ServerConfig) -> Arc<ServerConfig> {
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     // No resumption: every connection must present its chain and sign a fresh
     // CertificateVerify, so the application always sees a proven chain, and connections

@@ -18,6 +18,11 @@
 //!   ([`custos_pki::TrustRoot::verify_device`]) itself, so that every refusal (foreign CA,
 //!   another cluster, self-signed) is refused with a reason the application can log and
 //!   return, instead of an anonymous TLS alert.
+//! * **A server every caller of which is in the PKI anchors the chain in the handshake**
+//!   ([`server_config_anchored`], the bridge): rustls' webpki verifier refuses a chain that
+//!   does not reach the pinned Root before the application reads a byte, and tells an
+//!   observer why ([`TlsRefusal`]), so the server counts refusals instead of serving or
+//!   logging each one. The application still applies the Custos role and cluster rules.
 //! * **The client authenticates the server fully at TLS level** ([`client_config`]): webpki
 //!   against the pinned Custos Root CA for the expected name `<node>.<cluster>.custos`, plus
 //!   the Custos role rules of `verify_device`.
@@ -46,11 +51,13 @@
 //! # }
 //! ```
 
+mod anchored;
 mod client;
 mod config;
 mod identity;
 mod server;
 
+pub use anchored::{server_config_anchored, RefusalObserver, TlsRefusal, TlsRefusalReason};
 pub use client::{connect, connect_lazy, TlsConnector};
 pub use config::{
     client_config, client_config_without_identity, server_config, server_config_without_client_auth,

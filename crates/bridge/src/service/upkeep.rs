@@ -1,5 +1,6 @@
 //! The bridge's background upkeep: node health rounds, learning which keys a node holds,
-//! pushing sync work, flushing the key list to the metadata DB, and auditing one node.
+//! pushing sync work, flushing the key list and the refusal counts to the metadata DB, and
+//! auditing one node.
 
 use super::*;
 
@@ -192,6 +193,16 @@ impl BridgeService {
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(batch);
             }
+        }
+    }
+
+    /// Writes the counted refusals as aggregated history rows, at the tally's pace; a row
+    /// that cannot be written stays counted (the tally logs it).
+    pub(super) async fn refusal_flusher(&self) {
+        let tally = self.state.refusals.clone();
+        loop {
+            tokio::time::sleep(tally.tick()).await;
+            let _ = tally.flush(&self.state.db, now_ms(), false).await;
         }
     }
 }

@@ -12,6 +12,7 @@ mod common;
 
 mod approve;
 mod bip32;
+mod bridge_flood;
 mod cloud_listen;
 mod cluster;
 mod dkg;

@@ -215,9 +215,14 @@ pub async fn ask(channel: Channel, text: &str) -> Result<String, Status> {
 
 /// Starts a tonic server with the WhoAmI service over `serve_tls` on 127.0.0.1.
 pub async fn start_server(identity: &TlsIdentity, root_der: &[u8], svc: WhoAmI) -> SocketAddr {
+    start_server_with(server_config(identity, root_der).unwrap(), svc).await
+}
+
+/// [`start_server`] with a server configuration of the test's choice.
+pub async fn start_server_with(config: Arc<rustls::ServerConfig>, svc: WhoAmI) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let incoming = serve_tls(listener, server_config(identity, root_der).unwrap()).await;
+    let incoming = serve_tls(listener, config).await;
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
