@@ -8,8 +8,13 @@
 //! `x-custos-scope` extension and the 403 and 429 answers.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use sha2::{Digest, Sha256};
 use utoipa::openapi::extensions::ExtensionsBuilder;
@@ -18,6 +23,8 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::{ContentBuilder, OpenApi as OpenApiDoc, Ref, ResponseBuilder};
 
 use crate::config::ApiTokenConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::service::Cloud;
 use custos_cloud_api::Scope;
 
 /// Who called: the API token's holder, as configured.
@@ -292,6 +299,79 @@ pub fn document(doc: &mut OpenApiDoc) {
             );
         }
     }
+}
+
+/// The scope each route needs, read from this server's own OpenAPI document once.
+fn route_scopes() -> &'static RouteScopes {
+    static TABLE: OnceLock<RouteScopes> = OnceLock::new();
+    TABLE.get_or_init(|| RouteScopes::of(&crate::http::openapi()))
+}
+
+/// Token (401), then its rate limit (429 with `Retry-After`), then the scope the route
+/// needs (403): a refused call reaches no handler. The caller's [`Principal`] is handed
+/// to the handler.
+pub(crate) async fn authenticate(
+    State(cloud): State<Arc<Cloud>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let principal = match token.and_then(|t| cloud.tokens().admit(t)) {
+        Some(Ok(p)) => p.clone(),
+        Some(Err(Throttled::RetryAfter(secs))) => {
+            let mut r = ApiError::new(
+                ErrorCode::RateLimited,
+                format!("this token is over its rate limit; retry after {secs} s"),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
+        None => {
+            let mut r = ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required")
+                .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+    // HEAD is served by the GET route and needs what GET needs.
+    let method = match req.method().as_str() {
+        "HEAD" => "get",
+        m => m,
+    };
+    let needed = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| route_scopes().needed(method, m.as_str()));
+    match needed {
+        Some(scope) if principal.may(scope) => {}
+        Some(scope) => {
+            return ApiError::new(
+                ErrorCode::ScopeMissing,
+                format!(
+                    "token {:?} lacks the `{scope}` scope this route needs",
+                    principal.name
+                ),
+            )
+            .into_response()
+        }
+        // Closed by default: a route that declares no scope serves no one.
+        None => {
+            return ApiError::new(
+                ErrorCode::ScopeMissing,
+                "this route declares no scope, so no token may call it",
+            )
+            .into_response()
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
 }
 
 #[cfg(test)]

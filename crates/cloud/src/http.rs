@@ -4,12 +4,10 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
-};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{async_trait, Extension, Json, Router};
 use serde::de::DeserializeOwned;
@@ -18,7 +16,6 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::access::{RouteScopes, Throttled};
 use crate::error::{ApiError, ErrorCode};
 
 mod doc;
@@ -727,75 +724,6 @@ pub fn openapi_text() -> &'static str {
     })
 }
 
-/// The scope each route needs, read from this server's own OpenAPI document once.
-fn route_scopes() -> &'static RouteScopes {
-    static TABLE: OnceLock<RouteScopes> = OnceLock::new();
-    TABLE.get_or_init(|| RouteScopes::of(&openapi()))
-}
-
-/// Token (401), then its rate limit (429 with `Retry-After`), then the scope the route
-/// needs (403): a refused call reaches no handler. The caller's [`Principal`] is handed
-/// to the handler.
-async fn authenticate(State(cloud): Shared, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let principal = match token.and_then(|t| cloud.tokens().admit(t)) {
-        Some(Ok(p)) => p.clone(),
-        Some(Err(Throttled::RetryAfter(secs))) => {
-            let mut r = ApiError::new(
-                ErrorCode::RateLimited,
-                format!("this token is over its rate limit; retry after {secs} s"),
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return r;
-        }
-        None => {
-            let mut r = ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required")
-                .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
-    };
-    // HEAD is served by the GET route and needs what GET needs.
-    let method = match req.method().as_str() {
-        "HEAD" => "get",
-        m => m,
-    };
-    let needed = req
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|m| route_scopes().needed(method, m.as_str()));
-    match needed {
-        Some(scope) if principal.may(scope) => {}
-        Some(scope) => {
-            return ApiError::new(
-                ErrorCode::ScopeMissing,
-                format!(
-                    "token {:?} lacks the `{scope}` scope this route needs",
-                    principal.name
-                ),
-            )
-            .into_response()
-        }
-        // Closed by default: a route that declares no scope serves no one.
-        None => {
-            return ApiError::new(
-                ErrorCode::ScopeMissing,
-                "this route declares no scope, so no token may call it",
-            )
-            .into_response()
-        }
-    }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
-}
-
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
@@ -811,8 +739,10 @@ async fn method_not_allowed() -> ApiError {
 /// JSON 404/405 answers and the body limit.
 pub fn router(cloud: Arc<Cloud>) -> Router {
     let (protected, public) = documented();
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(cloud.clone(), authenticate));
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        cloud.clone(),
+        crate::access::authenticate,
+    ));
     let (router, _doc) = protected.merge(public).split_for_parts();
     router
         .fallback(not_found)
