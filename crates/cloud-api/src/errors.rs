@@ -96,11 +96,15 @@ pub enum ErrorCode {
     UnverifiedResponse,
     /// Server-side failure (logged).
     Internal,
+    /// The token lacks the scope the route needs (the message names it).
+    ScopeMissing,
+    /// The token is over its rate limit (`Retry-After` tells when to try again).
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, in the order the API description lists them.
-    pub const ALL: [ErrorCode; 43] = [
+    pub const ALL: [ErrorCode; 45] = [
         ErrorCode::Unauthorized,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -144,6 +148,8 @@ impl ErrorCode {
         ErrorCode::BridgeRefused,
         ErrorCode::UnverifiedResponse,
         ErrorCode::Internal,
+        ErrorCode::ScopeMissing,
+        ErrorCode::RateLimited,
     ];
 
     /// The snake_case name written in error bodies.
@@ -192,6 +198,8 @@ impl ErrorCode {
             ErrorCode::BridgeRefused => "bridge_refused",
             ErrorCode::UnverifiedResponse => "unverified_response",
             ErrorCode::Internal => "internal",
+            ErrorCode::ScopeMissing => "scope_missing",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -241,6 +249,8 @@ impl ErrorCode {
             ErrorCode::BridgeRefused => "the cluster's bridge refused the operation",
             ErrorCode::UnverifiedResponse => "a cluster answer failed verification",
             ErrorCode::Internal => "server-side failure (logged)",
+            ErrorCode::ScopeMissing => "the token lacks the scope the route needs (named in the message)",
+            ErrorCode::RateLimited => "the token is over its rate limit; retry after `Retry-After` seconds",
         }
     }
 
@@ -373,10 +383,12 @@ mod tests {
                 ErrorCode::BridgeRefused => 40,
                 ErrorCode::UnverifiedResponse => 41,
                 ErrorCode::Internal => 42,
+                ErrorCode::ScopeMissing => 43,
+                ErrorCode::RateLimited => 44,
             }
         }
         // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
-        const ARMS: usize = 43;
+        const ARMS: usize = 45;
         assert_eq!(ErrorCode::ALL.len(), ARMS);
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

@@ -3,6 +3,7 @@
 //!
 //! * the request and response types with their OpenAPI schemas (re-exported at the root);
 //! * [`ErrorCode`]: every error code the API answers with;
+//! * [`Scope`]: what an API token may do, one scope per route;
 //! * [`approval`]: the exact bytes an admin signs, recomputed from a request's view with the
 //!   TEE's own encoder (an approver never trusts the server's bytes), and the parsers of the
 //!   ids the API writes in hex;
@@ -15,8 +16,10 @@ pub mod client;
 mod errors;
 pub mod path;
 pub mod review;
+pub mod scope;
 mod types;
 
 pub use client::{ClientError, CloudClient};
 pub use errors::{ErrorCode, REQUEST_ERROR_CODES};
+pub use scope::Scope;
 pub use types::*;

@@ -12,12 +12,34 @@
 //! [[api_tokens]]
 //! name = "ops"
 //! sha256 = "<hex SHA-256 of the token>"        # the token itself is never stored
+//! scopes = ["read", "request"]                 # required: what the token may do
+//! tenant = "acme"                              # default "default"
+//! rate_per_sec = 20                            # default 20 calls per second
+//! burst = 40                                   # default 40 calls at once
 //!
 //! [[clusters]]
 //! name = "dc1"
 //! relay = "127.0.0.1:7443"
 //! relay_token = "<bearer token of dc1's external relay>"
 //! ```
+//!
+//! # API tokens
+//!
+//! * `scopes` has no default: a token does only what its entry lists, one or more of
+//!   `read` (every GET), `request` (create requests, resubmit failed ones), `approve` (add
+//!   admin approvals), `operate` (cluster and threshold-key audits, presignatures) and
+//!   `administer` (token, tenant and governance administration). Scopes do not imply one
+//!   another. An entry without `scopes` is refused, naming the field.
+//! * `tenant` (default `default`): the token sees and uses only the requests, wallets and
+//!   threshold keys made by requests of tokens of the same tenant; another tenant's are
+//!   unknown to it (404), never "forbidden". Rows written before tenants existed belong to
+//!   the tenant `default` (migration 0007), so a configuration without tenants sees
+//!   everything it saw before. Tenant names are 1 to 64 characters of `a-z`, `0-9`, `.`,
+//!   `_` and `-`.
+//! * `rate_per_sec` (default [`DEFAULT_RATE_PER_SEC`]) and `burst` (default
+//!   [`DEFAULT_BURST`]), each 1 to 1,000,000: a token bucket per token, refilled at
+//!   `rate_per_sec` calls per second and holding up to `burst`; a call beyond it is
+//!   answered 429 `rate_limited` with `Retry-After` (whole seconds) and does nothing.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -29,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use custos_cloud_api::Scope;
 use custos_config::ConfigError;
 use custos_wire::approval::MAX_APPROVAL_LIFETIME_SECS;
 
@@ -38,6 +61,15 @@ pub const DEFAULT_REQUEST_TTL_SECS: u64 = 3600;
 pub const DEFAULT_FORWARD_TIMEOUT_SECS: u64 = 60;
 /// Default number of tries of one relay call on transport failures.
 pub const DEFAULT_SUBMIT_ATTEMPTS: u32 = 3;
+/// Default calls per second of an API token.
+pub const DEFAULT_RATE_PER_SEC: u32 = 20;
+/// Default burst (calls at once) of an API token.
+pub const DEFAULT_BURST: u32 = 40;
+/// Highest `rate_per_sec` and `burst` of an API token.
+pub const MAX_RATE: u32 = 1_000_000;
+/// The tenant of a token that names none, and of every row written before tenants.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// A bearer token of a cluster's external relay: never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -61,7 +93,7 @@ impl fmt::Debug for RelayToken {
     }
 }
 
-/// An API client allowed to call the server.
+/// An API client allowed to call the server (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiTokenConfig {
@@ -69,6 +101,69 @@ pub struct ApiTokenConfig {
     pub name: String,
     /// Lower-case hex SHA-256 of the token.
     pub sha256: String,
+    /// The tenant whose requests, wallets and threshold keys the token sees.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// What the token may do (no default).
+    pub scopes: Vec<Scope>,
+    /// Calls per second, sustained.
+    #[serde(default = "default_rate")]
+    pub rate_per_sec: u32,
+    /// Calls at once.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+impl ApiTokenConfig {
+    /// A token of tenant [`DEFAULT_TENANT`] with `scopes` and the default rate limit.
+    pub fn new(name: impl Into<String>, sha256: impl Into<String>, scopes: &[Scope]) -> Self {
+        ApiTokenConfig {
+            name: name.into(),
+            sha256: sha256.into(),
+            tenant: DEFAULT_TENANT.into(),
+            scopes: scopes.to_vec(),
+            rate_per_sec: DEFAULT_RATE_PER_SEC,
+            burst: DEFAULT_BURST,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "api token {name:?}: sha256 must be 64 hex characters"
+            ));
+        }
+        let t = &self.tenant;
+        if t.is_empty()
+            || t.len() > 64
+            || !t.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+        {
+            return Err(format!(
+                "api token {name:?}: tenant {t:?} must be 1 to 64 characters of a-z, 0-9, '.', '_', '-'"
+            ));
+        }
+        if self.scopes.is_empty() {
+            return Err(format!(
+                "api token {name:?}: scopes is empty; list what the token may do ({})",
+                Scope::ALL.map(Scope::as_str).join(", ")
+            ));
+        }
+        let mut seen = HashSet::new();
+        if let Some(twice) = self.scopes.iter().find(|s| !seen.insert(**s)) {
+            return Err(format!("api token {name:?}: scopes lists {twice} twice"));
+        }
+        for (field, v) in [("rate_per_sec", self.rate_per_sec), ("burst", self.burst)] {
+            if v == 0 || v > MAX_RATE {
+                return Err(format!(
+                    "api token {name:?}: {field} must be 1..={MAX_RATE}, not {v}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A cluster and its external relay.
@@ -127,6 +222,15 @@ pub struct CloudConfig {
     pub presignature_pool: u32,
 }
 
+fn default_tenant() -> String {
+    DEFAULT_TENANT.into()
+}
+fn default_rate() -> u32 {
+    DEFAULT_RATE_PER_SEC
+}
+fn default_burst() -> u32 {
+    DEFAULT_BURST
+}
 fn default_ttl() -> u64 {
     DEFAULT_REQUEST_TTL_SECS
 }
@@ -223,12 +327,7 @@ impl CloudConfig {
             if t.name.is_empty() || t.name.len() > 64 || t.name.chars().any(char::is_control) {
                 return bad(format!("api token name {:?}", t.name));
             }
-            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return bad(format!(
-                    "api token {:?}: sha256 must be 64 hex characters",
-                    t.name
-                ));
-            }
+            t.validate()?;
             if !names.insert(t.name.as_str()) || !hashes.insert(t.sha256.to_ascii_lowercase()) {
                 return bad(format!("api token {:?} listed twice", t.name));
             }
@@ -309,7 +408,7 @@ mod tests {
         assert_eq!(token_hash(&token), hash);
         let text = format!(
             "listen = \"127.0.0.1:0\"\ntrust_root = \"root.crt\"\n\
-             [[api_tokens]]\nname = \"ops\"\nsha256 = \"{hash}\"\n\
+             [[api_tokens]]\nname = \"ops\"\nsha256 = \"{hash}\"\nscopes = [\"read\"]\n\
              [[clusters]]\nname = \"dc1\"\nrelay = \"127.0.0.1:1\"\nrelay_token = \"secret-token\"\n"
         );
         let path = dir.path().join("cloud.toml");
@@ -334,6 +433,58 @@ mod tests {
         let mut bad = c.clone();
         bad.api_tokens[0].sha256 = "abc".into();
         assert!(bad.validate().is_err());
+        // Token defaults: tenant `default`, the default rate limit; scopes as listed.
+        let t = &c.api_tokens[0];
+        assert_eq!(t.tenant, DEFAULT_TENANT);
+        assert_eq!(t.scopes, vec![Scope::Read]);
+        assert_eq!(
+            (t.rate_per_sec, t.burst),
+            (DEFAULT_RATE_PER_SEC, DEFAULT_BURST)
+        );
+        // Each token field is checked, and the refusal names it.
+        type Edit = fn(&mut ApiTokenConfig);
+        let edits: [(Edit, &str); 7] = [
+            (|t| t.scopes.clear(), "scopes"),
+            (|t| t.scopes = vec![Scope::Read, Scope::Read], "scopes"),
+            (|t| t.tenant = String::new(), "tenant"),
+            (|t| t.tenant = "Acme Corp".into(), "tenant"),
+            (|t| t.rate_per_sec = 0, "rate_per_sec"),
+            (|t| t.burst = 0, "burst"),
+            (|t| t.burst = MAX_RATE + 1, "burst"),
+        ];
+        for (edit, field) in edits {
+            let mut bad = c.clone();
+            edit(&mut bad.api_tokens[0]);
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        // In the file: scopes are required, unknown scopes and fields refused, by name.
+        let token = |extra: &str| {
+            format!(
+                "listen = \"127.0.0.1:0\"\ntrust_root = \"root.crt\"\n\
+                 [[api_tokens]]\nname = \"ops\"\nsha256 = \"{hash}\"\n{extra}"
+            )
+        };
+        for (extra, named) in [
+            ("", "scopes"),
+            ("scopes = [\"everything\"]\n", "everything"),
+            ("scopes = [\"read\"]\nrate = 5\n", "rate"),
+        ] {
+            std::fs::write(&path, token(extra)).unwrap();
+            let e = CloudConfig::load(&path).unwrap_err().to_string();
+            assert!(e.contains(named), "{extra:?}: {e}");
+        }
+        std::fs::write(
+            &path,
+            token("scopes = [\"read\", \"approve\"]\ntenant = \"acme\"\nrate_per_sec = 5\nburst = 7\n"),
+        )
+        .unwrap();
+        let t = CloudConfig::load(&path).unwrap().api_tokens.remove(0);
+        assert_eq!(
+            (t.tenant.as_str(), t.scopes, t.rate_per_sec, t.burst),
+            ("acme", vec![Scope::Read, Scope::Approve], 5, 7)
+        );
+        std::fs::write(&path, &text).unwrap();
         assert_eq!(c.presignature_pool, 0);
         let mut pool = c.clone();
         pool.presignature_pool = 256;

@@ -116,6 +116,8 @@ pub struct RequestRow {
     pub attempts: u32,
     /// API token name.
     pub created_by: String,
+    /// Tenant of that token: only its tokens see the request.
+    pub tenant: String,
     /// Compare-and-swap version (= seq of the latest event).
     pub version: i64,
     /// Lifecycle log, oldest first (`seq` 1 = created); written with every change.
@@ -144,6 +146,8 @@ pub struct WalletRow {
     pub created_at: u64,
     /// Request id.
     pub created_by_request: String,
+    /// Tenant of the request that made it: only its tokens see or use the wallet.
+    pub tenant: String,
 }
 
 /// What a completing request records besides its own row, in the same transaction.
@@ -181,11 +185,11 @@ pub struct Store {
 
 /// The columns of a request row in lists: all but the lifecycle log.
 const LIST_COLUMNS: &str = "id, kind, cluster, quorum, status, created_at, updated_at, \
-     expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms";
+     expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms, tenant";
 
 const REQUEST_COLUMNS: &str = "id, kind, cluster, quorum, status, created_at, updated_at, \
      expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms, \
-     events";
+     tenant, events";
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -249,6 +253,7 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
         error_message: row.try_get("error_message")?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         created_by: row.try_get("created_by")?,
+        tenant: row.try_get("tenant")?,
         version: row.try_get("version")?,
         events,
     })
@@ -263,6 +268,7 @@ fn wallet_from_row(row: &AnyRow) -> Result<WalletRow, StoreError> {
         quorum: u8::try_from(quorum).map_err(|_| corrupt(format!("quorum {quorum}")))?,
         created_at: u(row.try_get("created_at")?),
         created_by_request: row.try_get("created_by_request")?,
+        tenant: row.try_get("tenant")?,
     })
 }
 
@@ -292,8 +298,9 @@ fn approvals_json(a: &[StoredApproval]) -> String {
 
 async fn insert_wallet(tx: &mut AnyConnection, w: &WalletRow) -> Result<(), StoreError> {
     let r = sqlx::query(
-        "INSERT INTO wallets (root_id, cluster, xpub, quorum, created_at, created_by_request) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO wallets \
+         (root_id, cluster, xpub, quorum, created_at, created_by_request, tenant) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(w.root_id.as_str())
     .bind(w.cluster.as_str())
@@ -301,6 +308,7 @@ async fn insert_wallet(tx: &mut AnyConnection, w: &WalletRow) -> Result<(), Stor
     .bind(i64::from(w.quorum))
     .bind(i(w.created_at))
     .bind(w.created_by_request.as_str())
+    .bind(w.tenant.as_str())
     .execute(&mut *tx)
     .await;
     match r {
@@ -474,7 +482,7 @@ impl Store {
             .collect();
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         );
         let res = sqlx::query(&sql)
             .bind(r.id.as_str())
@@ -493,6 +501,7 @@ impl Store {
             .bind(r.created_by.as_str())
             .bind(r.version)
             .bind(r.terms.to_json())
+            .bind(r.tenant.as_str())
             .bind(events_json(&log))
             .execute(&self.pool)
             .await;
@@ -595,24 +604,38 @@ impl Store {
         row.as_ref().map(request_from_row).transpose()
     }
 
-    /// Requests, newest first, optionally filtered; without their lifecycle logs
-    /// (`events` empty).
+    /// Requests of every tenant, newest first, optionally filtered; without their
+    /// lifecycle logs (`events` empty).
     pub async fn requests(
         &self,
         status: Option<RequestStatus>,
         kind: Option<RequestKind>,
         limit: u32,
     ) -> Result<Vec<RequestRow>, StoreError> {
-        // Unused filters compare a column with itself, so one statement serves all cases.
+        self.requests_of(None, status, kind, limit).await
+    }
+
+    /// [`Store::requests`] of one tenant (`None`: every tenant).
+    pub async fn requests_of(
+        &self,
+        tenant: Option<&str>,
+        status: Option<RequestStatus>,
+        kind: Option<RequestKind>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        // Unused filters compare a column with itself, so one statement serves all cases
+        // (tenant names are never empty).
         let sql = format!(
             "SELECT {LIST_COLUMNS} FROM requests \
              WHERE ($1 = '' OR status = $1) AND ($2 = '' OR kind = $2) \
+             AND ($4 = '' OR tenant = $4) \
              ORDER BY created_at DESC, id DESC LIMIT $3"
         );
         let rows = sqlx::query(&sql)
             .bind(status.map(|s| s.as_str()).unwrap_or(""))
             .bind(kind.map(|k| k.as_str()).unwrap_or(""))
             .bind(i64::from(limit))
+            .bind(tenant.unwrap_or(""))
             .fetch_all(&self.pool)
             .await?;
         // One unreadable row (e.g. one a migration could not move) is named in the log and
@@ -658,7 +681,7 @@ impl Store {
     /// One wallet.
     pub async fn wallet(&self, root_id: &str) -> Result<Option<WalletRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT root_id, cluster, xpub, quorum, created_at, created_by_request \
+            "SELECT root_id, cluster, xpub, quorum, created_at, created_by_request, tenant \
              FROM wallets WHERE root_id = $1",
         )
         .bind(root_id)
@@ -667,12 +690,18 @@ impl Store {
         row.as_ref().map(wallet_from_row).transpose()
     }
 
-    /// Every wallet, oldest first.
+    /// Every wallet of every tenant, oldest first.
     pub async fn wallets(&self) -> Result<Vec<WalletRow>, StoreError> {
+        self.wallets_of(None).await
+    }
+
+    /// The wallets of one tenant (`None`: every tenant), oldest first.
+    pub async fn wallets_of(&self, tenant: Option<&str>) -> Result<Vec<WalletRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT root_id, cluster, xpub, quorum, created_at, created_by_request \
-             FROM wallets ORDER BY created_at, root_id",
+            "SELECT root_id, cluster, xpub, quorum, created_at, created_by_request, tenant \
+             FROM wallets WHERE ($1 = '' OR tenant = $1) ORDER BY created_at, root_id",
         )
+        .bind(tenant.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(wallet_from_row).collect()

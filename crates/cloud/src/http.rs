@@ -7,7 +7,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{async_trait, Extension, Json, Router};
 use serde::de::DeserializeOwned;
@@ -38,9 +38,7 @@ pub const MAX_IMPORT_BODY: usize = 2 * crate::service::MAX_BUNDLE + MAX_BODY;
 pub const MAX_THRESHOLD_SIGN_BODY: usize =
     2 * custos_wire::protocol::MAX_PRESIGN_MESSAGE + MAX_BODY;
 
-/// The API token name of the caller, set by the authentication layer.
-#[derive(Clone, Debug)]
-pub struct Caller(pub String);
+pub use crate::access::Principal;
 
 /// A JSON body whose rejections are API errors (`malformed_json`, `body_too_large`,
 /// `unsupported_media_type`).
@@ -117,7 +115,7 @@ fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
 /// Create a wallet: records a `create_wallet` request. 202 while it waits for approvals;
 /// 200 if the inline approvals reached quorum and it was executed in this call.
 #[utoipa::path(
-    post, path = "/v1/wallets", tag = "wallets",
+    post, path = "/v1/wallets", tag = "wallets", security(("bearer" = ["request"])),
     request_body = CreateWalletBody,
     responses(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
@@ -134,28 +132,31 @@ fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
 )]
 async fn create_wallet(
     State(cloud): Shared,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<CreateWalletBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
-    Ok(created(cloud.create_wallet(&caller.0, body).await?))
+    Ok(created(cloud.create_wallet(&caller, body).await?))
 }
 
 /// List the wallets recorded by this server.
 #[utoipa::path(
-    get, path = "/v1/wallets", tag = "wallets",
+    get, path = "/v1/wallets", tag = "wallets", security(("bearer" = ["read"])),
     responses(
         (status = 200, body = WalletList),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
     )
 )]
-async fn list_wallets(State(cloud): Shared) -> Result<Json<WalletList>, ApiError> {
-    Ok(Json(cloud.wallets().await?))
+async fn list_wallets(
+    State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
+) -> Result<Json<WalletList>, ApiError> {
+    Ok(Json(cloud.wallets(&caller.tenant).await?))
 }
 
 /// Import a wallet from a BIP-39 mnemonic or a raw seed. The secret is sealed (HPKE) to a
 /// healthy node's certified device key before anything is stored; it is never logged.
 #[utoipa::path(
-    post, path = "/v1/wallets/import", tag = "wallets",
+    post, path = "/v1/wallets/import", tag = "wallets", security(("bearer" = ["request"])),
     request_body = ImportWalletBody,
     responses(
         (status = 200, description = "Submitted in this call", body = RequestView),
@@ -173,15 +174,15 @@ async fn list_wallets(State(cloud): Shared) -> Result<Json<WalletList>, ApiError
 )]
 async fn import_wallet(
     State(cloud): Shared,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<ImportWalletBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
-    Ok(created(cloud.import_wallet(&caller.0, body).await?))
+    Ok(created(cloud.import_wallet(&caller, body).await?))
 }
 
 /// One wallet.
 #[utoipa::path(
-    get, path = "/v1/wallets/{root_id}", tag = "wallets",
+    get, path = "/v1/wallets/{root_id}", tag = "wallets", security(("bearer" = ["read"])),
     params(("root_id" = String, Path, description = "Hex of the 33-byte root public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = WalletView),
@@ -192,16 +193,17 @@ async fn import_wallet(
 )]
 async fn get_wallet(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(root_id): Path<String>,
 ) -> Result<Json<WalletView>, ApiError> {
-    Ok(Json(cloud.wallet(&root_id).await?))
+    Ok(Json(cloud.wallet(&caller.tenant, &root_id).await?))
 }
 
 /// Public derivation from the wallet's recorded xpub (non-hardened steps only; no TEE
 /// involved): xpub, public key and P2WPKH address at `path`, optionally a list of
 /// children `start..start+count`.
 #[utoipa::path(
-    get, path = "/v1/wallets/{root_id}/derive", tag = "wallets",
+    get, path = "/v1/wallets/{root_id}/derive", tag = "wallets", security(("bearer" = ["read"])),
     params(("root_id" = String, Path, description = "Hex of the 33-byte root public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66), DeriveQuery),
     responses(
         (status = 200, body = DeriveView),
@@ -212,16 +214,17 @@ async fn get_wallet(
 )]
 async fn derive(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(root_id): Path<String>,
     ApiQuery(q): ApiQuery<DeriveQuery>,
 ) -> Result<Json<DeriveView>, ApiError> {
-    Ok(Json(cloud.derive(&root_id, &q).await?))
+    Ok(Json(cloud.derive(&caller.tenant, &root_id, &q).await?))
 }
 
 /// Ask for a signature: records a `sign` request. With quorum in the inline approvals it
 /// is signed in this same call (200, the request completed or refused).
 #[utoipa::path(
-    post, path = "/v1/sign-requests", tag = "requests",
+    post, path = "/v1/sign-requests", tag = "requests", security(("bearer" = ["request"])),
     request_body = SignRequestBody,
     responses(
         (status = 200, description = "Submitted in this call", body = RequestView),
@@ -239,10 +242,10 @@ async fn derive(
 )]
 async fn create_sign_request(
     State(cloud): Shared,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<SignRequestBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
-    Ok(created(cloud.sign(&caller.0, body).await?))
+    Ok(created(cloud.sign(&caller, body).await?))
 }
 
 /// Import one cluster's share of a dealt threshold key: records an `import_threshold_key`
@@ -250,7 +253,7 @@ async fn create_sign_request(
 /// the bundle's recipient fingerprint). Admins approve the import of share `share_index`
 /// of the key (approval message made with the share's cluster). Bodies up to 640 KiB.
 #[utoipa::path(
-    post, path = "/v1/threshold/keys/import", tag = "threshold",
+    post, path = "/v1/threshold/keys/import", tag = "threshold", security(("bearer" = ["request"])),
     request_body = ImportThresholdKeyBody,
     responses(
         (status = 200, description = "Submitted in this call", body = RequestView),
@@ -268,10 +271,10 @@ async fn create_sign_request(
 )]
 async fn import_threshold_key(
     State(cloud): Shared,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<ImportThresholdKeyBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
-    Ok(created(cloud.import_threshold_key(&caller.0, body).await?))
+    Ok(created(cloud.import_threshold_key(&caller, body).await?))
 }
 
 /// Create a threshold key by distributed key generation: records a `create_threshold_key`
@@ -286,7 +289,7 @@ async fn import_threshold_key(
 /// it is done); a failed attempt (`threshold_aborted`, `cluster_unavailable`, or a `tee_*`
 /// code such as `tee_primes_not_ready`) is retried with `POST /v1/requests/{id}/retry`.
 #[utoipa::path(
-    post, path = "/v1/threshold/keys", tag = "threshold",
+    post, path = "/v1/threshold/keys", tag = "threshold", security(("bearer" = ["request"])),
     request_body = CreateThresholdKeyBody,
     responses(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
@@ -304,28 +307,31 @@ async fn import_threshold_key(
 )]
 async fn create_threshold_key(
     State(cloud): Shared,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<CreateThresholdKeyBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
-    Ok(created(cloud.create_threshold_key(&caller.0, body).await?))
+    Ok(created(cloud.create_threshold_key(&caller, body).await?))
 }
 
 /// Threshold keys recorded by this server, with their xpub and where each share was
 /// imported (or made).
 #[utoipa::path(
-    get, path = "/v1/threshold/keys", tag = "threshold",
+    get, path = "/v1/threshold/keys", tag = "threshold", security(("bearer" = ["read"])),
     responses(
         (status = 200, body = ThresholdKeyList),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
     )
 )]
-async fn list_threshold_keys(State(cloud): Shared) -> Result<Json<ThresholdKeyList>, ApiError> {
-    Ok(Json(cloud.threshold_keys().await?))
+async fn list_threshold_keys(
+    State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
+) -> Result<Json<ThresholdKeyList>, ApiError> {
+    Ok(Json(cloud.threshold_keys(&caller.tenant).await?))
 }
 
 /// One threshold key.
 #[utoipa::path(
-    get, path = "/v1/threshold/keys/{key_id}", tag = "threshold",
+    get, path = "/v1/threshold/keys/{key_id}", tag = "threshold", security(("bearer" = ["read"])),
     params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = ThresholdKeyView),
@@ -336,9 +342,10 @@ async fn list_threshold_keys(State(cloud): Shared) -> Result<Json<ThresholdKeyLi
 )]
 async fn get_threshold_key(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(key_id): Path<String>,
 ) -> Result<Json<ThresholdKeyView>, ApiError> {
-    Ok(Json(cloud.threshold_key(&key_id).await?))
+    Ok(Json(cloud.threshold_key(&caller.tenant, &key_id).await?))
 }
 
 /// Audit a threshold key now (patent \[0086\]): runs signing sessions so that every
@@ -349,7 +356,7 @@ async fn get_threshold_key(
 /// admin approvals: the TEEs sign only the domain-separated audit digest with the root key
 /// in these sessions, never a transaction digest. No request is recorded.
 #[utoipa::path(
-    post, path = "/v1/threshold/keys/{key_id}/audit", tag = "threshold",
+    post, path = "/v1/threshold/keys/{key_id}/audit", tag = "threshold", security(("bearer" = ["operate"])),
     params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = ThresholdAuditReport),
@@ -360,15 +367,16 @@ async fn get_threshold_key(
 )]
 async fn run_threshold_audit(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(key_id): Path<String>,
 ) -> Result<Json<ThresholdAuditReport>, ApiError> {
-    Ok(Json(cloud.threshold_audit(&key_id).await?))
+    Ok(Json(cloud.threshold_audit(&caller.tenant, &key_id).await?))
 }
 
 /// The latest audit report of a threshold key (kept in memory: none after a restart until
 /// the next audit).
 #[utoipa::path(
-    get, path = "/v1/threshold/keys/{key_id}/audit", tag = "threshold",
+    get, path = "/v1/threshold/keys/{key_id}/audit", tag = "threshold", security(("bearer" = ["read"])),
     params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = ThresholdAuditReport),
@@ -379,9 +387,14 @@ async fn run_threshold_audit(
 )]
 async fn latest_threshold_audit(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(key_id): Path<String>,
 ) -> Result<Json<ThresholdAuditReport>, ApiError> {
-    Ok(Json(cloud.latest_threshold_audit(&key_id).await?))
+    Ok(Json(
+        cloud
+            .latest_threshold_audit(&caller.tenant, &key_id)
+            .await?,
+    ))
 }
 
 /// Make presignatures of a threshold key without chain code ahead of time: runs `count`
@@ -390,7 +403,7 @@ async fn latest_threshold_audit(
 /// stored it. Needs no approvals: a presignature signs nothing until an approved
 /// `threshold_sign` request with the full `message` uses it (once).
 #[utoipa::path(
-    post, path = "/v1/threshold/keys/{key_id}/presignatures", tag = "threshold",
+    post, path = "/v1/threshold/keys/{key_id}/presignatures", tag = "threshold", security(("bearer" = ["operate"])),
     params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     request_body = MakePresignaturesBody,
     responses(
@@ -405,15 +418,20 @@ async fn latest_threshold_audit(
 )]
 async fn make_presignatures(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(key_id): Path<String>,
     ApiJson(body): ApiJson<MakePresignaturesBody>,
 ) -> Result<Json<PresignaturePool>, ApiError> {
-    Ok(Json(cloud.make_presignatures(&key_id, body).await?))
+    Ok(Json(
+        cloud
+            .make_presignatures(&caller.tenant, &key_id, body)
+            .await?,
+    ))
 }
 
 /// The ready presignatures of a threshold key, next used first.
 #[utoipa::path(
-    get, path = "/v1/threshold/keys/{key_id}/presignatures", tag = "threshold",
+    get, path = "/v1/threshold/keys/{key_id}/presignatures", tag = "threshold", security(("bearer" = ["read"])),
     params(("key_id" = String, Path, description = "Hex of the 33-byte joint public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)),
     responses(
         (status = 200, body = PresignaturePool),
@@ -424,9 +442,10 @@ async fn make_presignatures(
 )]
 async fn list_presignatures(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(key_id): Path<String>,
 ) -> Result<Json<PresignaturePool>, ApiError> {
-    Ok(Json(cloud.presignatures(&key_id).await?))
+    Ok(Json(cloud.presignatures(&caller.tenant, &key_id).await?))
 }
 
 /// Ask for a threshold signature: records a `threshold_sign` request (cluster
@@ -438,7 +457,7 @@ async fn list_presignatures(
 /// message itself (the result names the `presignature`). A failed session (`threshold_aborted` or a `tee_*` code
 /// naming the cluster and phase) is retried with `POST /v1/requests/{id}/retry`.
 #[utoipa::path(
-    post, path = "/v1/threshold/sign", tag = "threshold",
+    post, path = "/v1/threshold/sign", tag = "threshold", security(("bearer" = ["request"])),
     request_body = ThresholdSignBody,
     responses(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
@@ -456,15 +475,15 @@ async fn list_presignatures(
 )]
 async fn create_threshold_sign(
     State(cloud): Shared,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<ThresholdSignBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
-    Ok(created(cloud.threshold_sign(&caller.0, body).await?))
+    Ok(created(cloud.threshold_sign(&caller, body).await?))
 }
 
 /// List requests, newest first.
 #[utoipa::path(
-    get, path = "/v1/requests", tag = "requests",
+    get, path = "/v1/requests", tag = "requests", security(("bearer" = ["read"])),
     params(RequestQuery),
     responses(
         (status = 200, body = RequestList),
@@ -474,14 +493,15 @@ async fn create_threshold_sign(
 )]
 async fn list_requests(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     ApiQuery(q): ApiQuery<RequestQuery>,
 ) -> Result<Json<RequestList>, ApiError> {
-    Ok(Json(cloud.requests(&q).await?))
+    Ok(Json(cloud.requests(&caller.tenant, &q).await?))
 }
 
 /// One request with its approval message, result or error, and lifecycle events.
 #[utoipa::path(
-    get, path = "/v1/requests/{id}", tag = "requests",
+    get, path = "/v1/requests/{id}", tag = "requests", security(("bearer" = ["read"])),
     params(("id" = String, Path, description = "Request id, 32 hex characters", pattern = "^[0-9a-fA-F]{32}$", max_length = 32)),
     responses(
         (status = 200, body = RequestView),
@@ -492,16 +512,17 @@ async fn list_requests(
 )]
 async fn get_request(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
-    Ok(Json(cloud.request(&id).await?))
+    Ok(Json(cloud.request(&caller.tenant, &id).await?))
 }
 
 /// Add an admin approval. The certificate must chain to the trust root through the Admin
 /// CA and the signature cover the request's approval message; distinct admins count. At
 /// quorum the request is submitted and the answer awaited.
 #[utoipa::path(
-    post, path = "/v1/requests/{id}/approvals", tag = "requests",
+    post, path = "/v1/requests/{id}/approvals", tag = "requests", security(("bearer" = ["approve"])),
     params(("id" = String, Path, description = "Request id, 32 hex characters", pattern = "^[0-9a-fA-F]{32}$", max_length = 32)),
     request_body = ApprovalBody,
     responses(
@@ -519,16 +540,17 @@ async fn get_request(
 )]
 async fn add_approval(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ApprovalBody>,
 ) -> Result<Json<RequestView>, ApiError> {
-    Ok(Json(cloud.approve(&id, body).await?.view))
+    Ok(Json(cloud.approve(&caller.tenant, &id, body).await?.view))
 }
 
 /// Resubmit a failed request with the same id (the link executes an id at most once and
 /// returns the first answer).
 #[utoipa::path(
-    post, path = "/v1/requests/{id}/retry", tag = "requests",
+    post, path = "/v1/requests/{id}/retry", tag = "requests", security(("bearer" = ["request"])),
     params(("id" = String, Path, description = "Request id, 32 hex characters", pattern = "^[0-9a-fA-F]{32}$", max_length = 32)),
     responses(
         (status = 200, body = RequestView),
@@ -542,14 +564,15 @@ async fn add_approval(
 )]
 async fn retry_request(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
-    Ok(Json(cloud.retry(&id).await?.view))
+    Ok(Json(cloud.retry(&caller.tenant, &id).await?.view))
 }
 
 /// Configured clusters and whether their relays answer.
 #[utoipa::path(
-    get, path = "/v1/clusters", tag = "clusters",
+    get, path = "/v1/clusters", tag = "clusters", security(("bearer" = ["read"])),
     responses(
         (status = 200, body = ClusterList),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
@@ -561,7 +584,7 @@ async fn list_clusters(State(cloud): Shared) -> Json<ClusterList> {
 
 /// The bridge's status of a cluster: nodes, health, keys held, requests served.
 #[utoipa::path(
-    get, path = "/v1/clusters/{name}", tag = "clusters",
+    get, path = "/v1/clusters/{name}", tag = "clusters", security(("bearer" = ["read"])),
     params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
     responses(
         (status = 200, body = ClusterStatusView),
@@ -580,7 +603,7 @@ async fn get_cluster(
 
 /// Run a key audit of the cluster now (patent \[0086\]) and return its report.
 #[utoipa::path(
-    post, path = "/v1/clusters/{name}/audits", tag = "clusters",
+    post, path = "/v1/clusters/{name}/audits", tag = "clusters", security(("bearer" = ["operate"])),
     params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
     responses(
         (status = 200, body = AuditReportView),
@@ -599,7 +622,7 @@ async fn run_audit(
 
 /// The cluster's most recent audit report.
 #[utoipa::path(
-    get, path = "/v1/clusters/{name}/audits/latest", tag = "clusters",
+    get, path = "/v1/clusters/{name}/audits/latest", tag = "clusters", security(("bearer" = ["read"])),
     params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
     responses(
         (status = 200, body = AuditReportView),
@@ -686,7 +709,9 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
 /// The OpenAPI 3.1 description of every route.
 pub fn openapi() -> OpenApiDoc {
     let (protected, public) = documented();
-    protected.merge(public).into_openapi()
+    let mut doc = protected.merge(public).into_openapi();
+    crate::access::document(&mut doc);
+    doc
 }
 
 /// [`openapi`] as JSON, built once.
@@ -697,28 +722,6 @@ pub fn openapi_text() -> &'static str {
             .to_pretty_json()
             .expect("OpenAPI document serializes")
     })
-}
-
-async fn authenticate(State(cloud): Shared, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token.and_then(|t| cloud.authenticate(t)) {
-        Some(name) => {
-            let name = name.to_string();
-            req.extensions_mut().insert(Caller(name));
-            next.run(req).await
-        }
-        None => {
-            let mut r = ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required")
-                .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
-    }
 }
 
 async fn not_found() -> ApiError {
@@ -736,8 +739,10 @@ async fn method_not_allowed() -> ApiError {
 /// JSON 404/405 answers and the body limit.
 pub fn router(cloud: Arc<Cloud>) -> Router {
     let (protected, public) = documented();
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(cloud.clone(), authenticate));
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        cloud.clone(),
+        crate::access::authenticate,
+    ));
     let (router, _doc) = protected.merge(public).split_for_parts();
     router
         .fallback(not_found)

@@ -15,6 +15,8 @@
 //! * [`cluster`]: retries and verification of cluster answers;
 //! * [`service`]: the request lifecycle, threshold keys and the signing sessions run
 //!   across clusters (the cloud server relays their protocol messages);
+//! * [`access`]: API tokens: their tenant, scopes (one per route, from the OpenAPI
+//!   document) and rate limits;
 //! * [`http`]: REST routes and the generated OpenAPI document;
 //! * [`server`]: [`run`] and TLS serving;
 //! * [`approval`]: approvals as received, decoded before they are checked.
@@ -23,6 +25,7 @@
 //! recomputed from a view) is the crate `custos-cloud-api`, shared with every client.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod approval;
 pub mod cluster;
 pub mod config;

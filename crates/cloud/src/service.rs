@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use std::str::FromStr;
 use zeroize::Zeroizing;
 
+use crate::access::{Principal, Tokens};
 use crate::approval::decode_approval;
 use crate::cluster::{random_id, CallError, Clusters, TeeAnswer};
 use crate::config::{CloudConfig, ClusterConfig};
@@ -112,7 +113,7 @@ pub struct Cloud {
     clusters: Clusters,
     cluster_config: Vec<ClusterConfig>,
     trust_root: TrustRoot,
-    tokens: Vec<(String, [u8; 32])>,
+    tokens: Tokens,
     ttl_secs: u64,
     network: Network,
     clock: Clock,
@@ -149,10 +150,6 @@ pub fn tee_code(e: &TeeError) -> String {
     format!("tee_{}", e.code())
 }
 
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Cloud {
     /// Opens the database (migrating it) and sets up cluster access through `gateway`.
     pub async fn open(
@@ -175,14 +172,7 @@ impl Cloud {
             .as_deref()
             .ok_or_else(|| OpenError::Config("db_url is not set (use CloudConfig::load)".into()))?;
         let store = Store::connect(url).await?;
-        let tokens = config
-            .api_tokens
-            .iter()
-            .filter_map(|t| {
-                let h: [u8; 32] = hex::decode(&t.sha256).ok()?.try_into().ok()?;
-                Some((t.name.clone(), h))
-            })
-            .collect();
+        let tokens = Tokens::new(&config.api_tokens);
         let mut secp = Secp256k1::new();
         let mut seed = Zeroizing::new([0u8; 32]);
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed[..]);
@@ -227,17 +217,14 @@ impl Cloud {
         self.now_ms() / 1000
     }
 
-    /// The name of the API token `token`, if it is configured.
-    pub fn authenticate(&self, token: &str) -> Option<&str> {
-        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Every entry is compared, so the time taken does not tell which one matched.
-        let mut found = None;
-        for (name, expected) in &self.tokens {
-            if constant_time_eq(&h, expected) {
-                found = Some(name.as_str());
-            }
-        }
-        found
+    /// The holder of the API token `token`, if it is configured.
+    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+        self.tokens.principal(token)
+    }
+
+    /// The configured API tokens with their rate limits.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
     }
 
     fn cluster_config(&self, name: &str) -> Result<&ClusterConfig, ApiError> {
@@ -583,6 +570,7 @@ mod tests {
             error_message: None,
             attempts: 0,
             created_by: "tester".into(),
+            tenant: "default".into(),
             version: 1,
             events: vec![],
         }

@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use custos_cloud::config::{ApiTokenConfig, ClusterConfig, RelayToken};
+use custos_cloud::config::{ApiTokenConfig, ClusterConfig, RelayToken, MAX_RATE};
 use custos_cloud::CloudConfig;
 use custos_cloud_api::client::CloudClient;
 use custos_cloud_api::RequestView;
+use custos_cloud_api::Scope;
 use custos_pki::{AdminSigner, PkiDir};
 
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, LinkTransport};
@@ -94,10 +95,12 @@ impl Deployment {
             Some(opts.cloud_db_url.clone().unwrap_or_else(|| {
                 format!("sqlite://{}?mode=rwc", dir.join("cloud.db").display())
             }));
-        config.api_tokens.push(ApiTokenConfig {
-            name: "operator".into(),
-            sha256: token_sha256,
-        });
+        // The local deployment's one token does everything the demo and the benchmarks do
+        // (every scope) and is not throttled in practice (the benchmarks send thousands of
+        // requests per second).
+        let mut operator = ApiTokenConfig::new("operator", token_sha256, &Scope::ALL);
+        (operator.rate_per_sec, operator.burst) = (MAX_RATE, MAX_RATE);
+        config.api_tokens.push(operator);
         for c in &clusters {
             let relay = c
                 .relay

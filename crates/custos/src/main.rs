@@ -161,6 +161,13 @@ enum CloudCommand {
         /// Name recorded on the requests made with it.
         #[arg(long, default_value = "api")]
         name: String,
+        /// What the token may do, repeatable: read, request, approve, operate, administer
+        /// (default: read only).
+        #[arg(long = "scope", default_value = "read")]
+        scopes: Vec<String>,
+        /// The tenant whose requests, wallets and threshold keys the token sees.
+        #[arg(long, default_value = "default")]
+        tenant: String,
     },
 }
 
@@ -606,10 +613,28 @@ fn run_cloud(command: CloudCommand) -> Result<(), AnyError> {
             }))?;
             Ok(())
         }
-        CloudCommand::Token { name } => {
+        CloudCommand::Token {
+            name,
+            scopes,
+            tenant,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| {
+                    custos_cloud_api::Scope::parse(s)
+                        .ok_or_else(|| format!("--scope {s:?}: not a scope"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let (token, hash) = custos_cloud::generate_api_token();
+            let mut entry = custos_cloud::config::ApiTokenConfig::new(name, hash, &scopes);
+            entry.tenant = tenant;
+            let mut table = toml::value::Table::new();
+            table.insert(
+                "api_tokens".into(),
+                toml::Value::try_from(vec![entry]).map_err(|e| e.to_string())?,
+            );
             println!("token: {}", token.as_str());
-            println!("[[api_tokens]]\nname = {name:?}\nsha256 = \"{hash}\"");
+            print!("{}", toml::to_string(&table).map_err(|e| e.to_string())?);
             Ok(())
         }
     }

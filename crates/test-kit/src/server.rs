@@ -4,21 +4,42 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use custos_cloud::config::{ApiTokenConfig, ClusterConfig, RelayToken};
+use custos_cloud::config::{ApiTokenConfig, ClusterConfig, RelayToken, MAX_RATE};
 use custos_cloud::gateway::Gateway;
 use custos_cloud::{generate_api_token, CloudConfig};
 use custos_cloud_api::client::{ClientError, CloudClient};
-use custos_cloud_api::RequestView;
+use custos_cloud_api::{RequestView, Scope};
 
 use crate::db::TestDb;
 use crate::gateway::FakeGateway;
 use crate::pki::Pki;
+
+/// Tokens every test server has besides the test token: `reader` (tenant `default`, scope
+/// read only), `other` (tenant `other`, every scope), `limited` (tenant `default`, every
+/// scope, 1 request per second with a burst of 2).
+pub const GUESTS: [&str; 3] = ["reader", "other", "limited"];
+
+fn guest_token(name: &str, sha256: String) -> ApiTokenConfig {
+    let mut t = ApiTokenConfig::new(name, sha256, &Scope::ALL);
+    match name {
+        "reader" => t.scopes = vec![Scope::Read],
+        "other" => t.tenant = "other".into(),
+        "limited" => (t.rate_per_sec, t.burst) = (1, 2),
+        _ => {}
+    }
+    if name != "limited" {
+        (t.rate_per_sec, t.burst) = (MAX_RATE, MAX_RATE);
+    }
+    t
+}
 
 pub struct TestServer {
     pub pki: Pki,
     pub gateway: Arc<FakeGateway>,
     pub client: CloudClient,
     pub token: String,
+    /// Further API tokens by name (see [`GUESTS`]), for access-control tests.
+    pub guests: Vec<(String, String)>,
     pub addr: SocketAddr,
     pub config: CloudConfig,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -41,10 +62,11 @@ impl TestServer {
     pub fn config_for(pki: &Pki, db_url: &str, token_hash: &str) -> CloudConfig {
         let mut config = CloudConfig::new("127.0.0.1:0".parse().unwrap(), pki.root_path());
         config.db_url = Some(db_url.to_string());
-        config.api_tokens = vec![ApiTokenConfig {
-            name: "tester".into(),
-            sha256: token_hash.to_string(),
-        }];
+        // Every scope, tenant `default`, never throttled: tests of one thing at a time
+        // (the OpenAPI-driven test sends thousands of requests).
+        let mut tester = ApiTokenConfig::new("tester", token_hash, &Scope::ALL);
+        (tester.rate_per_sec, tester.burst) = (MAX_RATE, MAX_RATE);
+        config.api_tokens = vec![tester];
         config.clusters = ["dc1", "dc2", "dc3"]
             .iter()
             .map(|c| ClusterConfig {
@@ -58,7 +80,13 @@ impl TestServer {
 
     pub async fn start_with(pki: Pki, gateway: Arc<FakeGateway>, db: TestDb) -> TestServer {
         let (token, hash) = generate_api_token();
-        let config = Self::config_for(&pki, &db.url, &hash);
+        let mut config = Self::config_for(&pki, &db.url, &hash);
+        let mut guests = Vec::new();
+        for guest in GUESTS {
+            let (token, hash) = generate_api_token();
+            config.api_tokens.push(guest_token(guest, hash));
+            guests.push((guest.to_string(), token.to_string()));
+        }
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let gw: Arc<dyn Gateway> = gateway.clone();
@@ -84,12 +112,27 @@ impl TestServer {
             gateway,
             client,
             token: token.to_string(),
+            guests,
             addr,
             config,
             shutdown: Some(stop_tx),
             task: Some(task),
             db: Some(db),
         }
+    }
+
+    /// The token of guest `name` (one of [`GUESTS`]).
+    pub fn guest_token(&self, name: &str) -> &str {
+        self.guests
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_str())
+            .unwrap_or_else(|| panic!("no guest token {name:?}"))
+    }
+
+    /// A typed client holding guest `name`'s token.
+    pub fn client_as(&self, name: &str) -> CloudClient {
+        CloudClient::new(&format!("http://{}", self.addr), self.guest_token(name)).unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

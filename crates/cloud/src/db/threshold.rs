@@ -22,6 +22,8 @@ pub struct ThresholdKeyRow {
     pub created_at: u64,
     /// The import request that recorded it first.
     pub created_by_request: String,
+    /// Tenant of the requests that made it: only its tokens see or use the key.
+    pub tenant: String,
 }
 
 impl ThresholdKeyRow {
@@ -49,6 +51,11 @@ impl ThresholdKeyRow {
         }
         if self.origin != other.origin {
             diffs.push(format!("origin {} vs {}", self.origin, other.origin));
+        }
+        // Never named: a tenant does not learn another's name (nor, from this alone, that
+        // the key exists; importing a share needs the dealer's bundle of it).
+        if self.tenant != other.tenant {
+            diffs.push("tenant".to_string());
         }
         (!diffs.is_empty()).then(|| {
             format!(
@@ -116,7 +123,7 @@ fn presignature_from_row(row: &AnyRow) -> Result<PresignatureRow, StoreError> {
 }
 
 const THRESHOLD_KEY_COLUMNS: &str =
-    "key_id, threshold, clusters, quorum, chain_code, origin, created_at, created_by_request";
+    "key_id, threshold, clusters, quorum, chain_code, origin, created_at, created_by_request, tenant";
 
 fn threshold_key_from_row(row: &AnyRow) -> Result<ThresholdKeyRow, StoreError> {
     let threshold: i64 = row.try_get("threshold")?;
@@ -133,6 +140,7 @@ fn threshold_key_from_row(row: &AnyRow) -> Result<ThresholdKeyRow, StoreError> {
         origin: row.try_get("origin")?,
         created_at: u(row.try_get("created_at")?),
         created_by_request: row.try_get("created_by_request")?,
+        tenant: row.try_get("tenant")?,
     })
 }
 
@@ -158,7 +166,7 @@ pub(super) async fn insert_threshold_share(
     let clusters = serde_json::to_string(&key.clusters).expect("names always serialize");
     sqlx::query(&format!(
         "INSERT INTO threshold_keys ({THRESHOLD_KEY_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key_id) DO NOTHING"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key_id) DO NOTHING"
     ))
     .bind(key.key_id.as_str())
     .bind(i64::from(key.threshold))
@@ -168,6 +176,7 @@ pub(super) async fn insert_threshold_share(
     .bind(key.origin.as_str())
     .bind(i(key.created_at))
     .bind(key.created_by_request.as_str())
+    .bind(key.tenant.as_str())
     .execute(&mut *tx)
     .await?;
     let stored = sqlx::query(&format!(
@@ -233,11 +242,21 @@ impl Store {
         row.as_ref().map(threshold_key_from_row).transpose()
     }
 
-    /// Every threshold key, oldest first.
+    /// Every threshold key of every tenant, oldest first.
     pub async fn threshold_keys(&self) -> Result<Vec<ThresholdKeyRow>, StoreError> {
+        self.threshold_keys_of(None).await
+    }
+
+    /// The threshold keys of one tenant (`None`: every tenant), oldest first.
+    pub async fn threshold_keys_of(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<ThresholdKeyRow>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {THRESHOLD_KEY_COLUMNS} FROM threshold_keys ORDER BY created_at, key_id"
+            "SELECT {THRESHOLD_KEY_COLUMNS} FROM threshold_keys \
+             WHERE ($1 = '' OR tenant = $1) ORDER BY created_at, key_id"
         ))
+        .bind(tenant.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(threshold_key_from_row).collect()

@@ -39,7 +39,11 @@ impl Modify for Security {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API token of the server's configuration"))
+                    .description(Some(
+                        "An API token of the server's configuration. Each operation names \
+                         the one scope it needs in its security requirement, its \
+                         `x-custos-scope` and its text.",
+                    ))
                     .build(),
             ),
         );
@@ -60,6 +64,14 @@ impl Modify for ErrorCodes {
             "\n\nRequest bodies are JSON of at most {MAX_BODY} bytes ({MAX_THRESHOLD_SIGN_BODY} \
              for threshold signing, {MAX_IMPORT_BODY} for threshold key imports; larger ones \
              get `body_too_large`): every body the schemas below allow fits.\n\n\
+             Access: every API token holds scopes (`read`: every GET; `request`: create \
+             requests and resubmit failed ones; `approve`: add approvals; `operate`: audits \
+             and presignatures; `administer`: token, tenant and governance administration), \
+             belongs to one tenant, and has a rate limit. A token without the scope a route \
+             needs gets 403 `scope_missing`; a token over its rate limit gets 429 \
+             `rate_limited` with `Retry-After` (seconds). Requests, wallets and threshold \
+             keys belong to the tenant whose token made them (the request that made them): \
+             another tenant's are unknown (404) and listed nowhere.\n\n\
              Errors are `{{\"error\":{{\"code\":\"...\",\"message\":\"...\"}}}}`.\n\n\
              | code | HTTP | meaning |\n|---|---|---|\n",
         ));

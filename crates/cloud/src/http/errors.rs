@@ -54,6 +54,8 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::BridgeRefused => 502,
         ErrorCode::UnverifiedResponse => 502,
         ErrorCode::Internal => 500,
+        ErrorCode::ScopeMissing => 403,
+        ErrorCode::RateLimited => 429,
     };
     StatusCode::from_u16(status).expect("a valid HTTP status")
 }
@@ -78,7 +80,7 @@ mod tests {
     /// The published statuses, pinned: changing one is an API change and must show here.
     #[test]
     fn statuses_are_the_published_ones() {
-        let published: [(ErrorCode, u16); 43] = [
+        let published: [(ErrorCode, u16); 45] = [
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::MalformedJson, 400),
             (ErrorCode::UnsupportedMediaType, 415),
@@ -122,6 +124,8 @@ mod tests {
             (ErrorCode::BridgeRefused, 502),
             (ErrorCode::UnverifiedResponse, 502),
             (ErrorCode::Internal, 500),
+            (ErrorCode::ScopeMissing, 403),
+            (ErrorCode::RateLimited, 429),
         ];
         assert_eq!(published.len(), ErrorCode::ALL.len());
         for (code, status) in published {

@@ -9,7 +9,11 @@ use super::*;
 pub(crate) const RETRY_UNKNOWN_AFTER_MS: u64 = 1000;
 
 impl Cloud {
-    pub(super) async fn create(&self, caller: &str, d: Draft) -> Result<RequestOutcome, ApiError> {
+    pub(super) async fn create(
+        &self,
+        caller: &Principal,
+        d: Draft,
+    ) -> Result<RequestOutcome, ApiError> {
         if d.approvals.len() > MAX_APPROVALS {
             return Err(ApiError::new(
                 ErrorCode::TooManyApprovals,
@@ -31,7 +35,8 @@ impl Cloud {
             error_code: None,
             error_message: None,
             attempts: 0,
-            created_by: caller.to_string(),
+            created_by: caller.name.clone(),
+            tenant: caller.tenant.clone(),
             version: 1,
             events: Vec::new(),
         };
@@ -48,9 +53,11 @@ impl Cloud {
         }
         let admins: Vec<&str> = row.approvals.iter().map(|a| a.admin.as_str()).collect();
         let detail = format!(
-            "{} on {} by {caller}; quorum {}; approvals: [{}]",
+            "{} on {} by {} (tenant {}); quorum {}; approvals: [{}]",
             row.kind().as_str(),
             row.cluster,
+            caller.name,
+            caller.tenant,
             row.quorum,
             admins.join(", ")
         );
@@ -79,7 +86,8 @@ impl Cloud {
             request_id = %row.id,
             kind = row.kind().as_str(),
             cluster = %row.cluster,
-            caller,
+            caller = %caller.name,
+            tenant = %caller.tenant,
             approvals = row.approvals.len(),
             quorum = row.quorum,
             submitting = ready,
@@ -157,13 +165,17 @@ impl Cloud {
         })
     }
 
-    pub(super) async fn request_row(&self, id: &str) -> Result<RequestRow, ApiError> {
+    /// The request `id` of `tenant`: another tenant's request is unknown, exactly as one
+    /// that does not exist (its existence is not told).
+    pub(super) async fn request_row(&self, tenant: &str, id: &str) -> Result<RequestRow, ApiError> {
         parse_request_id(id).map_err(|m| ApiError::new(ErrorCode::InvalidRequestId, m))?;
         let id = id.to_ascii_lowercase();
-        let row =
-            self.store.request(&id).await?.ok_or_else(|| {
-                ApiError::new(ErrorCode::UnknownRequest, format!("no request {id}"))
-            })?;
+        let row = self
+            .store
+            .request(&id)
+            .await?
+            .filter(|r| r.tenant == tenant)
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownRequest, format!("no request {id}")))?;
         self.expire_if_due(row).await
     }
 
@@ -228,14 +240,14 @@ impl Cloud {
         Ok(n)
     }
 
-    /// `GET /v1/requests/{id}`.
-    pub async fn request(&self, id: &str) -> Result<RequestView, ApiError> {
-        let row = self.request_row(id).await?;
+    /// `GET /v1/requests/{id}` for a token of `tenant`.
+    pub async fn request(&self, tenant: &str, id: &str) -> Result<RequestView, ApiError> {
+        let row = self.request_row(tenant, id).await?;
         self.view(&row, true).await
     }
 
-    /// `GET /v1/requests`.
-    pub async fn requests(&self, q: &RequestQuery) -> Result<RequestList, ApiError> {
+    /// `GET /v1/requests`: the requests of `tenant`.
+    pub async fn requests(&self, tenant: &str, q: &RequestQuery) -> Result<RequestList, ApiError> {
         let limit = q.limit.unwrap_or(100);
         if limit == 0 || limit > MAX_LIST {
             return Err(ApiError::new(
@@ -243,7 +255,10 @@ impl Cloud {
                 format!("limit must be 1..={MAX_LIST}"),
             ));
         }
-        let rows = self.store.requests(q.status, q.kind, limit).await?;
+        let rows = self
+            .store
+            .requests_of(Some(tenant), q.status, q.kind, limit)
+            .await?;
         let mut requests = Vec::with_capacity(rows.len());
         for r in &rows {
             requests.push(self.view(r, false).await?);
@@ -253,8 +268,13 @@ impl Cloud {
 
     /// `POST /v1/requests/{id}/approvals`: verifies and records one approval; at quorum,
     /// submits and waits for the cluster's verified answer.
-    pub async fn approve(&self, id: &str, body: ApprovalBody) -> Result<RequestOutcome, ApiError> {
-        let mut row = self.request_row(id).await?;
+    pub async fn approve(
+        &self,
+        tenant: &str,
+        id: &str,
+        body: ApprovalBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        let mut row = self.request_row(tenant, id).await?;
         for _ in 0..CAS_RETRIES {
             match row.status {
                 RequestStatus::PendingApproval => {}
@@ -304,7 +324,7 @@ impl Cloud {
                     }
                     return self.outcome(stored, false).await;
                 }
-                Err(StoreError::Conflict(_)) => row = self.request_row(id).await?,
+                Err(StoreError::Conflict(_)) => row = self.request_row(tenant, id).await?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -315,8 +335,8 @@ impl Cloud {
     }
 
     /// `POST /v1/requests/{id}/retry`: resubmits a failed request with the same id.
-    pub async fn retry(&self, id: &str) -> Result<RequestOutcome, ApiError> {
-        let row = self.request_row(id).await?;
+    pub async fn retry(&self, tenant: &str, id: &str) -> Result<RequestOutcome, ApiError> {
+        let row = self.request_row(tenant, id).await?;
         if row.status != RequestStatus::Failed {
             return Err(ApiError::new(
                 ErrorCode::NotPending,

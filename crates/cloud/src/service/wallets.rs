@@ -8,7 +8,7 @@ impl Cloud {
     /// `POST /v1/wallets`.
     pub async fn create_wallet(
         &self,
-        caller: &str,
+        caller: &Principal,
         body: CreateWalletBody,
     ) -> Result<RequestOutcome, ApiError> {
         self.cluster_config(&body.cluster)?;
@@ -34,7 +34,7 @@ impl Cloud {
     /// device key right here and then dropped (zeroized); only ciphertext is stored.
     pub async fn import_wallet(
         &self,
-        caller: &str,
+        caller: &Principal,
         body: ImportWalletBody,
     ) -> Result<RequestOutcome, ApiError> {
         self.cluster_config(&body.cluster)?;
@@ -127,7 +127,7 @@ impl Cloud {
     /// `POST /v1/sign-requests`.
     pub async fn sign(
         &self,
-        caller: &str,
+        caller: &Principal,
         body: SignRequestBody,
     ) -> Result<RequestOutcome, ApiError> {
         let root_id =
@@ -136,7 +136,9 @@ impl Cloud {
             .map_err(|e| ApiError::new(ErrorCode::InvalidPath, e.to_string()))?;
         let digest =
             parse_digest(&body.digest).map_err(|m| ApiError::new(ErrorCode::InvalidDigest, m))?;
-        let wallet = self.wallet_row(&body.root_id.to_ascii_lowercase()).await?;
+        let wallet = self
+            .wallet_row(&caller.tenant, &body.root_id.to_ascii_lowercase())
+            .await?;
         self.cluster_config(&wallet.cluster)?;
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
@@ -303,6 +305,7 @@ impl Cloud {
             quorum: info.quorum,
             created_at: self.now_ms(),
             created_by_request: row.id.clone(),
+            tenant: row.tenant.clone(),
         };
         Ok((
             RequestResult::Wallet(WalletResult {
@@ -313,10 +316,17 @@ impl Cloud {
         ))
     }
 
-    pub(super) async fn wallet_row(&self, root_id: &str) -> Result<WalletRow, ApiError> {
+    /// The wallet `root_id` of `tenant`: another tenant's wallet is unknown, exactly as one
+    /// that does not exist.
+    pub(super) async fn wallet_row(
+        &self,
+        tenant: &str,
+        root_id: &str,
+    ) -> Result<WalletRow, ApiError> {
         parse_root_id(root_id).map_err(|m| ApiError::new(ErrorCode::InvalidRootId, m))?;
         self.recorded_wallet(&root_id.to_ascii_lowercase())
             .await?
+            .filter(|w| w.tenant == tenant)
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownWallet, format!("no wallet {root_id}")))
     }
 
@@ -339,12 +349,12 @@ impl Cloud {
         Ok(found)
     }
 
-    /// `GET /v1/wallets`.
-    pub async fn wallets(&self) -> Result<WalletList, ApiError> {
+    /// `GET /v1/wallets`: the wallets of `tenant`.
+    pub async fn wallets(&self, tenant: &str) -> Result<WalletList, ApiError> {
         Ok(WalletList {
             wallets: self
                 .store
-                .wallets()
+                .wallets_of(Some(tenant))
                 .await?
                 .iter()
                 .map(wallet_view)
@@ -353,12 +363,17 @@ impl Cloud {
     }
 
     /// `GET /v1/wallets/{root_id}`.
-    pub async fn wallet(&self, root_id: &str) -> Result<WalletView, ApiError> {
-        Ok(wallet_view(&self.wallet_row(root_id).await?))
+    pub async fn wallet(&self, tenant: &str, root_id: &str) -> Result<WalletView, ApiError> {
+        Ok(wallet_view(&self.wallet_row(tenant, root_id).await?))
     }
 
     /// `GET /v1/wallets/{root_id}/derive`: public derivation from the recorded xpub.
-    pub async fn derive(&self, root_id: &str, q: &DeriveQuery) -> Result<DeriveView, ApiError> {
+    pub async fn derive(
+        &self,
+        tenant: &str,
+        root_id: &str,
+        q: &DeriveQuery,
+    ) -> Result<DeriveView, ApiError> {
         let path_text = q.path.as_deref().unwrap_or("m");
         let path = parse_path(path_text).map_err(|e| match e {
             PathError::Invalid(m) => ApiError::new(ErrorCode::InvalidPath, m),
@@ -394,7 +409,7 @@ impl Cloud {
         if q.start.is_some() && q.count.is_none() {
             return Err(ApiError::new(ErrorCode::InvalidRange, "start needs count"));
         }
-        let wallet = self.wallet_row(root_id).await?;
+        let wallet = self.wallet_row(tenant, root_id).await?;
         let root =
             Xpub::from_str(&wallet.xpub).map_err(|e| ApiError::internal("stored xpub", &e))?;
         let derived = derive_xpub(&self.secp, &root, &path)

@@ -1,6 +1,7 @@
 //! The cloud server's integration tests, one binary (each module was a test binary of its
 //! own): set-up comes from `custos-test-kit`.
 
+mod access;
 mod api;
 mod dkg;
 mod openapi;

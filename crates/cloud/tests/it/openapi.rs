@@ -263,11 +263,17 @@ impl Run<'_> {
     }
 
     async fn send(&mut self, op: &Operation, call: &Call, token: bool) -> (u16, Value) {
+        let token = token.then(|| self.server.token.clone());
+        self.send_as(op, call, token.as_deref()).await
+    }
+
+    /// [`Run::send`] with a chosen bearer token (none: `None`).
+    async fn send_as(&mut self, op: &Operation, call: &Call, token: Option<&str>) -> (u16, Value) {
         let url = url_of(&self.server.url(""), op, call);
         let method = Method::from_bytes(op.method.to_ascii_uppercase().as_bytes()).unwrap();
         let mut req = self.http.request(method, url);
-        if token {
-            req = req.bearer_auth(&self.server.token);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
         }
         if let Some(b) = &call.body {
             req = req.json(b);
@@ -436,6 +442,74 @@ async fn requests_made_from_the_document_get_only_the_answers_it_names() {
             "no valid POST {route} was accepted (seed {seed}): {answers:?}"
         );
     }
+    s.stop().await;
+}
+
+/// A token holding only the `read` scope is refused with 403 `scope_missing`, naming the
+/// scope the route documents, on every route of the document that is not a GET (each with
+/// requests valid under the document, which the all-scopes token gets through), and the
+/// refusal changes nothing: no request is recorded.
+#[tokio::test]
+async fn a_read_only_token_is_refused_on_every_mutating_route() {
+    let pki = Pki::new();
+    let gateway = FakeGateway::new(&pki, &[("dc1", 2), ("dc2", 1), ("dc3", 1)]);
+    let s = TestServer::start_with(pki, gateway, TestDb::sqlite()).await;
+    let doc = Doc(serde_json::from_str(custos_cloud::http::openapi_text()).unwrap());
+    let known = known_values(&s).await;
+    let seed = rand::random();
+    let mut run = Run {
+        gen: Gen {
+            doc: &doc,
+            rng: StdRng::seed_from_u64(seed),
+            known: &known,
+        },
+        server: &s,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        seed,
+        sent: 0,
+    };
+    let before = s.client.requests(&Default::default()).await.unwrap();
+    let reader = s.guest_token("reader").to_string();
+    let mut mutating = 0;
+    for op in Operation::all(&doc.0) {
+        if op.method == "get" || op.is_public() {
+            continue;
+        }
+        mutating += 1;
+        for _ in 0..4 {
+            let call = run.valid_call(&op);
+            let (status, body) = run.send_as(&op, &call, Some(&reader)).await;
+            let what = format!("{} {} (seed {seed}) -> {status} {body}", op.method, op.path);
+            assert_eq!(status, 403, "{what}");
+            assert_eq!(body["error"]["code"], "scope_missing", "{what}");
+            let needed = op.op["security"][0]["bearer"][0]
+                .as_str()
+                .unwrap_or_else(|| panic!("{what}: the route names no scope"));
+            assert_ne!(needed, "read", "{what}: a mutating route needing only read");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(&format!("`{needed}`")), "{what}");
+            run.judge(
+                &doc,
+                &op,
+                &Call {
+                    broken: Some("read-only token".into()),
+                    ..call
+                },
+                status,
+                &body,
+            );
+        }
+    }
+    assert!(
+        mutating >= 11,
+        "only {mutating} mutating routes in the document"
+    );
+    let after = s.client.requests(&Default::default()).await.unwrap();
+    assert_eq!(
+        after.requests.len(),
+        before.requests.len(),
+        "a refused call recorded a request"
+    );
     s.stop().await;
 }
 

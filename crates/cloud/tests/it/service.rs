@@ -4,9 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use custos_cloud::access::Principal;
 use custos_cloud::gateway::Gateway;
 use custos_cloud::{generate_api_token, Clock, Cloud};
-use custos_cloud_api::{CreateWalletBody, RequestStatus};
+use custos_cloud_api::{CreateWalletBody, RequestStatus, Scope};
 
 use custos_test_kit::*;
 
@@ -44,6 +45,15 @@ async fn setup(db: TestDb) -> Setup {
     }
 }
 
+/// The test token's holder (tenant `default`, every scope).
+fn tester() -> Principal {
+    Principal {
+        name: "tester".into(),
+        tenant: "default".into(),
+        scopes: Scope::ALL.to_vec(),
+    }
+}
+
 fn create(quorum: u8) -> CreateWalletBody {
     CreateWalletBody {
         cluster: "dc1".into(),
@@ -59,13 +69,13 @@ async fn pending_requests_expire_and_are_never_submitted() {
     let s = setup(TestDb::sqlite()).await;
     let view = s
         .cloud
-        .create_wallet("tester", create(2))
+        .create_wallet(&tester(), create(2))
         .await
         .unwrap()
         .view;
     let message = message_of(&view);
     s.cloud
-        .approve(&view.id, s.pki.approve(0, &message))
+        .approve("default", &view.id, s.pki.approve(0, &message))
         .await
         .unwrap();
     assert_eq!(s.cloud.sweep_expired().await.unwrap(), 0);
@@ -75,12 +85,12 @@ async fn pending_requests_expire_and_are_never_submitted() {
         Ordering::SeqCst,
     );
     assert_eq!(s.cloud.sweep_expired().await.unwrap(), 1);
-    let r = s.cloud.request(&view.id).await.unwrap();
+    let r = s.cloud.request("default", &view.id).await.unwrap();
     assert_eq!(r.status, RequestStatus::Expired);
     assert_eq!(r.events.last().unwrap().event, "expired");
     let e = s
         .cloud
-        .approve(&view.id, s.pki.approve(1, &message))
+        .approve("default", &view.id, s.pki.approve(1, &message))
         .await
         .unwrap_err();
     assert_eq!(e.code, custos_cloud_api::ErrorCode::RequestExpired);
@@ -93,13 +103,13 @@ async fn reading_a_request_past_its_window_expires_it() {
     let s = setup(TestDb::sqlite()).await;
     let view = s
         .cloud
-        .create_wallet("tester", create(1))
+        .create_wallet(&tester(), create(1))
         .await
         .unwrap()
         .view;
     s.now.store((view.expires_at + 5) * 1000, Ordering::SeqCst);
     assert_eq!(
-        s.cloud.request(&view.id).await.unwrap().status,
+        s.cloud.request("default", &view.id).await.unwrap().status,
         RequestStatus::Expired
     );
     s.db.cleanup().await;
@@ -112,7 +122,7 @@ async fn crash_recovery_resubmits_with_the_same_id() {
         let s = setup(db).await;
         let view = s
             .cloud
-            .create_wallet("tester", create(1))
+            .create_wallet(&tester(), create(1))
             .await
             .unwrap()
             .view;
@@ -122,7 +132,7 @@ async fn crash_recovery_resubmits_with_the_same_id() {
         s.gateway.lose_next.store(100, Ordering::SeqCst);
         let e = s
             .cloud
-            .approve(&view.id, s.pki.approve(0, &message))
+            .approve("default", &view.id, s.pki.approve(0, &message))
             .await
             .unwrap_err();
         assert_eq!(e.code, custos_cloud_api::ErrorCode::ClusterUnavailable);
@@ -142,9 +152,9 @@ async fn crash_recovery_resubmits_with_the_same_id() {
         let gw: Arc<dyn Gateway> = s.gateway.clone();
         let restarted = Cloud::open(&config, gw).await.unwrap();
         assert_eq!(restarted.recover().await.unwrap(), 1);
-        let r = restarted.request(&view.id).await.unwrap();
+        let r = restarted.request("default", &view.id).await.unwrap();
         assert_eq!(r.status, RequestStatus::Completed, "{engine}: {r:?}");
-        assert_eq!(restarted.wallets().await.unwrap().wallets.len(), 1);
+        assert_eq!(restarted.wallets("default").await.unwrap().wallets.len(), 1);
         // Every submission used the request's own id, and the TEE ran it once.
         let id = hex::decode(&view.id).unwrap();
         let submits: Vec<_> = s

@@ -93,6 +93,7 @@ fn row(id: u8, kind: RequestKind, created_at: u64) -> RequestRow {
         error_message: None,
         attempts: 0,
         created_by: "tester".into(),
+        tenant: "default".into(),
         version: 1,
         events: vec![],
     }
@@ -106,6 +107,7 @@ fn wallet(root: u8, request: &str) -> WalletRow {
         quorum: 2,
         created_at: 5,
         created_by_request: request.into(),
+        tenant: "default".into(),
     }
 }
 
@@ -263,6 +265,86 @@ async fn store_round_trips_and_guards_every_change() {
     }
 }
 
+/// Lists of one tenant hold only its rows; a threshold share recorded for another tenant's
+/// key disagrees with it (and names no tenant).
+#[tokio::test]
+async fn lists_are_per_tenant_on_every_database() {
+    for db in databases("lists_are_per_tenant").await {
+        let engine = db.engine;
+        let store = Store::connect(&db.url).await.unwrap();
+        let mut mine = row(1, RequestKind::CreateWallet, 10);
+        let mut theirs = RequestRow {
+            tenant: "other".into(),
+            ..row(2, RequestKind::CreateWallet, 20)
+        };
+        store.insert_request(&mut mine, "t".into()).await.unwrap();
+        store.insert_request(&mut theirs, "t".into()).await.unwrap();
+        let ids = |rows: Vec<RequestRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store
+                .requests_of(Some("default"), None, None, 10)
+                .await
+                .unwrap()),
+            vec![mine.id.clone()],
+            "{engine}"
+        );
+        assert_eq!(
+            ids(store
+                .requests_of(Some("other"), None, None, 10)
+                .await
+                .unwrap()),
+            vec![theirs.id.clone()],
+            "{engine}"
+        );
+        assert!(store
+            .requests_of(Some("nobody"), None, None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.requests(None, None, 10).await.unwrap().len(), 2);
+        assert_eq!(
+            store.request(&theirs.id).await.unwrap().unwrap().tenant,
+            "other"
+        );
+
+        // A wallet and a key recorded by completing each tenant's request.
+        let mut done = mine.clone();
+        done.status = RequestStatus::Completed;
+        let w = wallet(1, &mine.id);
+        store
+            .update_request(&done, "completed", String::new(), Some(&w))
+            .await
+            .unwrap();
+        let mut done = theirs.clone();
+        done.status = RequestStatus::Completed;
+        let w2 = WalletRow {
+            tenant: "other".into(),
+            ..wallet(2, &theirs.id)
+        };
+        store
+            .update_request(&done, "completed", String::new(), Some(&w2))
+            .await
+            .unwrap();
+        assert_eq!(store.wallets_of(Some("default")).await.unwrap(), vec![w]);
+        assert_eq!(
+            store.wallets_of(Some("other")).await.unwrap(),
+            vec![w2.clone()]
+        );
+        assert_eq!(store.wallet(&w2.root_id).await.unwrap(), Some(w2));
+        assert_eq!(store.wallets().await.unwrap().len(), 2);
+
+        let key = threshold_key(3, 2, &mine.id);
+        let foreign = ThresholdKeyRow {
+            tenant: "tenant-b".into(),
+            ..key.clone()
+        };
+        let why = key.disagreement(&foreign).expect("tenants differ");
+        assert!(why.contains("tenant") && !why.contains("tenant-b"), "{why}");
+        store.close().await;
+        db.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn unsupported_urls_are_refused() {
     assert!(matches!(
@@ -281,6 +363,7 @@ fn threshold_key(key: u8, threshold: u16, request: &str) -> ThresholdKeyRow {
         origin: "dealer".into(),
         created_at: 40,
         created_by_request: request.into(),
+        tenant: "default".into(),
     }
 }
 
@@ -729,6 +812,8 @@ async fn requests_of_schema_4_are_moved_into_typed_terms_and_one_row_on_every_da
                 .unwrap_or_else(|| panic!("{engine}: request {id} lost"));
             assert_eq!(got.terms, want, "{engine}: request {id}");
             assert_eq!(got.quorum, 2);
+            // Rows older than tenants belong to the default tenant (migration 0007).
+            assert_eq!(got.tenant, "default", "{engine}: request {id}");
         }
         let created = store
             .request(&hex::encode([1u8; 16]))

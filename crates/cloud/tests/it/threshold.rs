@@ -1090,3 +1090,38 @@ async fn approve_command_shows_and_signs_threshold_requests() {
     verify(&sim, &done, &[0, 1], [2u8; 32]);
     s.stop().await;
 }
+
+/// A threshold key belongs to the tenant whose requests made it: another tenant's token
+/// lists none, reads it as unknown, cannot sign, audit or make presignatures with it, and
+/// the refusals record nothing.
+#[tokio::test]
+async fn another_tenant_cannot_see_or_use_a_threshold_key() {
+    let Setup { s, sim } = setup(TestDb::sqlite()).await;
+    let key_id = import_all(&s, &sim).await;
+    let other = s.client_as("other");
+    assert!(other.threshold_keys().await.unwrap().keys.is_empty());
+    let body = approved(&s, sign_body(&key_id, "m/1", [9; 32]), &[1]);
+    let presign = MakePresignaturesBody {
+        count: 1,
+        clusters: None,
+    };
+    for code in [
+        code_of(other.threshold_key(&key_id).await),
+        code_of(other.threshold_sign(&body).await),
+        code_of(other.threshold_audit(&key_id).await),
+        code_of(other.latest_threshold_audit(&key_id).await),
+        code_of(other.presignatures(&key_id).await),
+        code_of(other.make_presignatures(&key_id, &presign).await),
+    ] {
+        assert_eq!(code, "unknown_threshold_key");
+    }
+    assert!(other
+        .requests(&RequestQuery::default())
+        .await
+        .unwrap()
+        .requests
+        .is_empty());
+    // Its own tenant still has it.
+    assert_eq!(s.client.threshold_keys().await.unwrap().keys.len(), 1);
+    s.stop().await;
+}

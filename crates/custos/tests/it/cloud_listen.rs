@@ -11,7 +11,7 @@ fn config(dir: &Path, root: &Path, listen: &str) -> PathBuf {
     let (_token, hash) = custos_cloud::generate_api_token();
     let text = format!(
         "listen = \"{listen}\"\ntrust_root = \"{}\"\n\
-         [[api_tokens]]\nname = \"ops\"\nsha256 = \"{hash}\"\n",
+         [[api_tokens]]\nname = \"ops\"\nsha256 = \"{hash}\"\nscopes = [\"read\"]\n",
         root.display()
     );
     let path = dir.join(format!(

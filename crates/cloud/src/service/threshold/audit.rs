@@ -23,8 +23,12 @@ impl Cloud {
     /// `audit_digest(message)`. No admin approvals: a TEE signs only the domain-separated
     /// audit digest with the root key in such a session, which can never be a transaction
     /// digest. No request is recorded; the report is kept in memory as the key's latest.
-    pub async fn threshold_audit(&self, key_id: &str) -> Result<ThresholdAuditReport, ApiError> {
-        let key = self.threshold_key_row(key_id).await?;
+    pub async fn threshold_audit(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<ThresholdAuditReport, ApiError> {
+        let key = self.threshold_key_row(tenant, key_id).await?;
         let started_at_ms = self.now_ms();
         let groups = audit_groups(key.clusters.len(), usize::from(key.threshold));
         let runs = groups.iter().map(|g| {
@@ -92,9 +96,10 @@ impl Cloud {
     /// `GET /v1/threshold/keys/{key_id}/audit`: the latest report since the server started.
     pub async fn latest_threshold_audit(
         &self,
+        tenant: &str,
         key_id: &str,
     ) -> Result<ThresholdAuditReport, ApiError> {
-        let key = self.threshold_key_row(key_id).await?;
+        let key = self.threshold_key_row(tenant, key_id).await?;
         self.threshold_audits
             .lock()
             .expect("audit lock")

@@ -8,7 +8,7 @@ impl Cloud {
     /// `*threshold*`) for a `threshold`-of-n key over `clusters` (share i to cluster i).
     pub async fn create_threshold_key(
         &self,
-        caller: &str,
+        caller: &Principal,
         body: CreateThresholdKeyBody,
     ) -> Result<RequestOutcome, ApiError> {
         let n = body.clusters.len();
@@ -215,7 +215,7 @@ impl Cloud {
             ));
         }
         let now = self.now_ms();
-        let key = key_row(first, now, &row.id);
+        let key = key_row(first, now, &row.id, &row.tenant);
         let shares: Vec<ThresholdShareRow> = st
             .participants
             .iter()

@@ -50,7 +50,12 @@ pub(super) fn origin_name(o: ThresholdOrigin) -> &'static str {
     }
 }
 
-pub(super) fn key_row(k: &ThresholdKeyInfo, now_ms: u64, request: &str) -> ThresholdKeyRow {
+pub(super) fn key_row(
+    k: &ThresholdKeyInfo,
+    now_ms: u64,
+    request: &str,
+    tenant: &str,
+) -> ThresholdKeyRow {
     ThresholdKeyRow {
         key_id: hex::encode(&k.key_id),
         threshold: k.threshold,
@@ -60,6 +65,7 @@ pub(super) fn key_row(k: &ThresholdKeyInfo, now_ms: u64, request: &str) -> Thres
         origin: origin_name(k.origin).to_string(),
         created_at: now_ms,
         created_by_request: request.to_string(),
+        tenant: tenant.to_string(),
     }
 }
 
@@ -114,7 +120,7 @@ impl Cloud {
     /// node the bundle is sealed to.
     pub async fn import_threshold_key(
         &self,
-        caller: &str,
+        caller: &Principal,
         body: ImportThresholdKeyBody,
     ) -> Result<RequestOutcome, ApiError> {
         let bundle = decode_bundle(&body.bundle_hex)
@@ -124,7 +130,7 @@ impl Cloud {
         self.cluster_config(&cluster)?;
         let key_id = hex::encode(&key.key_id);
         if let Some(recorded) = self.store.threshold_key(&key_id).await? {
-            if let Some(why) = recorded.disagreement(&key_row(key, 0, "")) {
+            if let Some(why) = recorded.disagreement(&key_row(key, 0, "", &caller.tenant)) {
                 return Err(ApiError::new(ErrorCode::ThresholdKeyMismatch, why));
             }
         }
@@ -212,7 +218,7 @@ impl Cloud {
             ));
         }
         let now = self.now_ms();
-        let key = key_row(info, now, &row.id);
+        let key = key_row(info, now, &row.id, &row.tenant);
         let share = ThresholdShareRow {
             key_id: key.key_id.clone(),
             share_index: info.share_index,
@@ -231,9 +237,9 @@ impl Cloud {
         Ok((result, key, share))
     }
 
-    /// `GET /v1/threshold/keys`.
-    pub async fn threshold_keys(&self) -> Result<ThresholdKeyList, ApiError> {
-        let keys = self.store.threshold_keys().await?;
+    /// `GET /v1/threshold/keys`: the threshold keys of `tenant`.
+    pub async fn threshold_keys(&self, tenant: &str) -> Result<ThresholdKeyList, ApiError> {
+        let keys = self.store.threshold_keys_of(Some(tenant)).await?;
         let shares = self.store.threshold_shares(None).await?;
         Ok(ThresholdKeyList {
             keys: keys
@@ -243,14 +249,18 @@ impl Cloud {
         })
     }
 
+    /// The threshold key `key_id` of `tenant`: another tenant's key is unknown, exactly as
+    /// one that does not exist.
     pub(super) async fn threshold_key_row(
         &self,
+        tenant: &str,
         key_id: &str,
     ) -> Result<ThresholdKeyRow, ApiError> {
         parse_key_id(key_id).map_err(|m| ApiError::new(ErrorCode::InvalidKeyId, m))?;
         self.store
             .threshold_key(&key_id.to_ascii_lowercase())
             .await?
+            .filter(|k| k.tenant == tenant)
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::UnknownThresholdKey,
@@ -261,8 +271,12 @@ impl Cloud {
     }
 
     /// `GET /v1/threshold/keys/{key_id}`.
-    pub async fn threshold_key(&self, key_id: &str) -> Result<ThresholdKeyView, ApiError> {
-        let key = self.threshold_key_row(key_id).await?;
+    pub async fn threshold_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<ThresholdKeyView, ApiError> {
+        let key = self.threshold_key_row(tenant, key_id).await?;
         let shares = self.store.threshold_shares(Some(&key.key_id)).await?;
         Ok(threshold_key_view(&key, &shares))
     }

@@ -43,8 +43,12 @@ pub(super) enum Online {
 
 impl Cloud {
     /// A threshold key that presignatures may be made for (no chain code).
-    async fn presign_key_row(&self, key_id: &str) -> Result<ThresholdKeyRow, ApiError> {
-        let key = self.threshold_key_row(key_id).await?;
+    async fn presign_key_row(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<ThresholdKeyRow, ApiError> {
+        let key = self.threshold_key_row(tenant, key_id).await?;
         if key.chain_code.is_some() {
             return Err(ApiError::new(
                 ErrorCode::HdThresholdKey,
@@ -59,8 +63,12 @@ impl Cloud {
     }
 
     /// `GET /v1/threshold/keys/{key_id}/presignatures`.
-    pub async fn presignatures(&self, key_id: &str) -> Result<PresignaturePool, ApiError> {
-        let key = self.threshold_key_row(key_id).await?;
+    pub async fn presignatures(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<PresignaturePool, ApiError> {
+        let key = self.threshold_key_row(tenant, key_id).await?;
         let ready = self.store.ready_presignatures(&key.key_id).await?;
         Ok(PresignaturePool {
             key_id: key.key_id,
@@ -76,10 +84,11 @@ impl Cloud {
     /// presignature signs nothing until an approved request uses it.
     pub async fn make_presignatures(
         &self,
+        tenant: &str,
         key_id: &str,
         body: MakePresignaturesBody,
     ) -> Result<PresignaturePool, ApiError> {
-        let key = self.presign_key_row(key_id).await?;
+        let key = self.presign_key_row(tenant, key_id).await?;
         if !(1..=MAX_PRESIGNATURES_PER_CALL).contains(&body.count) {
             return Err(ApiError::new(
                 ErrorCode::InvalidCount,

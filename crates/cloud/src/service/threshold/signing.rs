@@ -66,7 +66,7 @@ impl Cloud {
     /// `*threshold*`); the clusters the caller named are part of its terms.
     pub async fn threshold_sign(
         &self,
-        caller: &str,
+        caller: &Principal,
         body: ThresholdSignBody,
     ) -> Result<RequestOutcome, ApiError> {
         let key_id =
@@ -125,7 +125,7 @@ impl Cloud {
                 self.cluster_config(c)?;
             }
         }
-        let key = self.threshold_key_row(&body.key_id).await?;
+        let key = self.threshold_key_row(&caller.tenant, &body.key_id).await?;
         if key.chain_code.is_none() && !path.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::InvalidPath,
@@ -191,7 +191,9 @@ impl Cloud {
             return self.finish(row, v).await;
         };
         let key_id = hex::encode(key_id);
-        let Some(key) = self.store.threshold_key(&key_id).await? else {
+        // Checked when the request was made; checked again as the key is used.
+        let key = self.store.threshold_key(&key_id).await?;
+        let Some(key) = key.filter(|k| k.tenant == row.tenant) else {
             let v = Verdict::Refused(Failure::new(
                 "unknown_threshold_key",
                 format!("threshold key {key_id} is not recorded"),
