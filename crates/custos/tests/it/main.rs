@@ -10,6 +10,7 @@
 
 mod common;
 
+mod admin_keys;
 mod approve;
 mod bip32;
 mod cloud_listen;
