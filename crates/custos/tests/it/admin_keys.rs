@@ -12,7 +12,10 @@ use crate::common::exe;
 
 /// Every file under `dir`, recursively (bounded depth: the deployment's folders are shallow).
 fn files_under(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    assert!(depth < 16, "folder nesting deeper than any deployment makes");
+    assert!(
+        depth < 16,
+        "folder nesting deeper than any deployment makes"
+    );
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
@@ -86,7 +89,10 @@ fn pki_folder_holds_no_admin_private_key_after_deployment_setup() {
     let admins = admin_public_keys(&d.dir);
     assert!(admins.len() >= 2, "both admins are certified");
     let in_pki = private_keys_under(d.pki.path());
-    assert!(!in_pki.is_empty(), "the CA keys are found, so the scan works");
+    assert!(
+        !in_pki.is_empty(),
+        "the CA keys are found, so the scan works"
+    );
     for (path, public) in &in_pki {
         assert!(
             !admins.contains(public),

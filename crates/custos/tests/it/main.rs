@@ -18,6 +18,7 @@ mod cluster;
 mod dkg;
 mod e2e;
 mod link;
+mod pkcs11;
 mod refusals;
 mod restart;
 mod tee_core_deps;

@@ -138,7 +138,8 @@ impl Fixture {
             CLUSTER,
             &meta,
             &Action::CreateWallet { quorum },
-        );
+        )
+        .unwrap();
         match self
             .tee
             .call(&Request::CreateWallet {
@@ -165,7 +166,7 @@ impl Fixture {
             quorum,
             key_id: &key_id,
         };
-        let approvals = approvals(&[self.pki.admin("alice")], CLUSTER, &meta, &action);
+        let approvals = approvals(&[self.pki.admin("alice")], CLUSTER, &meta, &action).unwrap();
         self.tee
             .call(&Request::ImportWallet {
                 meta,
@@ -199,6 +200,7 @@ impl Fixture {
                 digest,
             },
         )
+        .unwrap()
     }
 
     pub fn sign(
