@@ -552,3 +552,34 @@ fn a_create_approval_creates_one_wallet_even_after_a_restart() {
     assert_eq!(fx.tee.keys().len(), 2);
     assert_serves(&mut fx, &w);
 }
+
+/// Attack: bob's own key certified a second time under another name ("bobby", a genuine
+/// certificate of the same Admin CA) must not make bob two approvers. An admin is the
+/// certified key, not the subject.
+#[test]
+fn one_key_certified_under_two_names_counts_once() {
+    let (mut fx, w) = setup();
+    let bob = fx.pki.admin_folder("bob");
+    let key = std::sync::Arc::new(FileKey::load(&bob.key()).unwrap());
+    let issued = fx
+        .pki
+        .pki
+        .sign_admin_csr(&admin_csr("bobby", key.clone()).unwrap())
+        .unwrap();
+    let bobby = AdminSigner::new(key, &issued.cert_pem, &issued.admin_ca_pem).unwrap();
+    assert_eq!(
+        bobby.key_fingerprint(),
+        fx.pki.admin("bob").key_fingerprint()
+    );
+    let meta = new_meta(60);
+    let appr = with_outsider(&fx, &w, &meta, "bob", &bobby);
+    let e = refusal(sign_with(&mut fx, &w, meta, appr));
+    assert_eq!(
+        e,
+        TeeError::QuorumNotMet {
+            required: 2,
+            approved: 1
+        }
+    );
+    assert_serves(&mut fx, &w);
+}
