@@ -121,11 +121,15 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
     })
 }
 
-/// An approval of `message` by `signer`, in the API's form.
-pub fn sign_approval(signer: &AdminSigner, message: &[u8]) -> ApprovalBody {
-    ApprovalBody {
+/// An approval of `message` by `signer`, in the API's form. Fails only when the admin's key
+/// does not sign (a token removed or locked, for instance).
+pub fn sign_approval(
+    signer: &AdminSigner,
+    message: &[u8],
+) -> Result<ApprovalBody, custos_pki::PkiError> {
+    Ok(ApprovalBody {
         admin_cert_pem: custos_pki::der_to_pem(&signer.cert_der, "CERTIFICATE"),
         admin_ca_pem: custos_pki::der_to_pem(&signer.admin_ca_der, "CERTIFICATE"),
-        signature_hex: hex::encode(signer.sign(message)),
-    }
+        signature_hex: hex::encode(signer.sign(message)?),
+    })
 }

@@ -24,6 +24,9 @@ pub enum ReviewError {
     /// other than the one recomputed, not confirmed).
     #[error("{0}")]
     Refused(String),
+    /// The admin's key did not sign.
+    #[error("admin key: {0}")]
+    Key(#[from] custos_pki::PkiError),
 }
 
 fn expiry_text(expires_at: u64) -> String {
@@ -193,8 +196,8 @@ pub async fn list_pending(client: &CloudClient, out: &mut dyn Write) -> Result<(
 /// refuses unless it waits for approval and its approval message is the one recomputed
 /// from its fields, prints what will be signed in full, asks for `yes` on `input` unless
 /// `yes` is set, then signs and posts the approval. Returns the request as it is after.
-/// `admin` is only the name shown to the approver: it must be the name of `signer`'s
-/// certificate (the server and the TEE identify the approver by the certificate).
+/// `admin` is only the name shown to the approver (the server and the TEE identify the
+/// approver by the certified key, never by a name).
 pub async fn review_and_approve(
     client: &CloudClient,
     id: &str,
@@ -237,7 +240,7 @@ pub async fn review_and_approve(
             return Err(ReviewError::Refused("not approved".into()));
         }
     }
-    let approval = sign_approval(signer, &message);
+    let approval = sign_approval(signer, &message)?;
     let updated = client.approve(&view.id, &approval).await?;
     writeln!(
         out,

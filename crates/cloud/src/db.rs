@@ -72,8 +72,12 @@ pub struct StoredApproval {
     pub admin: String,
     /// SHA-256 of the admin certificate, hex.
     pub fingerprint: String,
-    /// DER of the admin's subject name, hex (the TEE's notion of "same admin").
+    /// DER of the admin's subject name, hex.
     pub subject: String,
+    /// SHA-256 of the certified public key, hex: who the admin is (the TEE's notion of "same
+    /// admin", with the subject). Empty in rows stored before admins were told apart by key.
+    #[serde(default)]
+    pub key: String,
     /// Admin certificate DER, hex.
     pub cert: String,
     /// Admin CA certificate DER, hex.
@@ -82,6 +86,14 @@ pub struct StoredApproval {
     pub signature: String,
     /// Unix milliseconds.
     pub at_ms: u64,
+}
+
+impl StoredApproval {
+    /// Whether `other` is by the same admin as this one, the way the TEE counts: the same
+    /// certified key (under any name), or the same subject.
+    pub fn same_admin(&self, other: &StoredApproval) -> bool {
+        (!self.key.is_empty() && self.key == other.key) || self.subject == other.subject
+    }
 }
 
 /// A request row: its lifecycle fields and its [`Terms`].

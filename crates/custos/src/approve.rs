@@ -1,4 +1,5 @@
-//! `custos approve`: an admin reviews a pending request and signs its approval.
+//! `custos approve`: an admin reviews a pending request and signs its approval with the
+//! admin's own key (a file made by `custos admin keygen`, or a PKCS#11 token).
 //!
 //! The approval message is recomputed here from the request's fields with the TEE core's
 //! encoder; the server's copy is only compared against it (a server showing one thing and
@@ -11,7 +12,8 @@ use std::path::PathBuf;
 use custos_cloud_api::client::{ClientError, CloudClient};
 use custos_cloud_api::review::{list_pending, review_and_approve, ReviewError};
 use custos_cloud_api::RequestView;
-use custos_pki::{AdminSigner, PkiDir};
+
+use crate::admin::{AdminKeyError, KeySource};
 
 /// Options of `custos approve`.
 #[derive(Clone, Debug)]
@@ -22,10 +24,10 @@ pub struct ApproveArgs {
     pub token: String,
     /// Root certificate (PEM) to trust for HTTPS, if not a public one.
     pub api_root_ca: Option<PathBuf>,
-    /// PKI directory holding `admins/<admin>.{crt,key}` and `admin-ca.crt`.
-    pub pki: PathBuf,
-    /// Admin name.
-    pub admin: String,
+    /// The admin's certificate chain file (admin certificate, then Admin CA).
+    pub cert: PathBuf,
+    /// The admin's key: a file or a token.
+    pub key: KeySource,
     /// Request to approve; `None` lists pending requests.
     pub request: Option<String>,
     /// Skip the confirmation prompt.
@@ -40,7 +42,7 @@ pub enum ApproveError {
     Client(#[from] ClientError),
     /// The admin's key or certificate could not be loaded.
     #[error(transparent)]
-    Pki(#[from] custos_pki::PkiError),
+    Key(#[from] AdminKeyError),
     /// The root certificate could not be read.
     #[error("API root certificate: {0}")]
     Io(#[from] std::io::Error),
@@ -66,9 +68,10 @@ pub async fn approve(
         list_pending(&client, out).await?;
         return Ok(None);
     };
-    // Load the key before anything is shown, so a typo in --admin fails before the prompt.
-    let signer = AdminSigner::load(&PkiDir::new(&args.pki), &args.admin)?;
+    // Load the key before anything is shown, so a wrong key, PIN or chain fails before the
+    // prompt.
+    let signer = args.key.signer(&args.cert)?;
     let updated =
-        review_and_approve(&client, id, &args.admin, &signer, args.yes, input, out).await?;
+        review_and_approve(&client, id, signer.name(), &signer, args.yes, input, out).await?;
     Ok(Some(updated))
 }

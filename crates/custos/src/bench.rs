@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use custos::cluster::{Cluster, ClusterOptions};
 use custos::ops::{approvals, new_meta, provision};
 use custos::tee_process::{KeyArg, TeeProcess};
-use custos_pki::{AdminSigner, PkiDir};
+use custos_pki::{AdminSigner, PkiDir, PkiError};
 use custos_proto::cluster::TeeCall;
 use custos_wire::approval::Action;
 use custos_wire::client::TeeClient;
@@ -21,16 +21,16 @@ type AnyError = Box<dyn std::error::Error>;
 
 const CLUSTER: &str = "bench";
 
-fn create_requests(admin: &AdminSigner, n: usize) -> Vec<Vec<u8>> {
+fn create_requests(admin: &AdminSigner, n: usize) -> Result<Vec<Vec<u8>>, PkiError> {
     (0..n)
         .map(|_| {
             let meta = new_meta(3600);
             let action = Action::CreateWallet { quorum: 1 };
-            encode_request(&Request::CreateWallet {
+            Ok(encode_request(&Request::CreateWallet {
                 meta: meta.clone(),
                 quorum: 1,
-                approvals: approvals(&[admin], CLUSTER, &meta, &action),
-            })
+                approvals: approvals(&[admin], CLUSTER, &meta, &action)?,
+            }))
         })
         .collect()
 }
@@ -121,12 +121,13 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
     let pki = PkiDir::new(dir.join("pki"));
     pki.init()?;
     pki.create_cluster_ca(CLUSTER)?;
-    pki.create_admin("bench-admin")?;
-    let admin = AdminSigner::load(&pki, "bench-admin")?;
+    // The admin's key lives in its own folder, beside the PKI's; the PKI sees only the CSR.
+    let admin =
+        custos_pki::AdminFolder::new(dir.join("bench-admin")).enroll("bench-admin", &pki)?;
     println!("preparing {keys} approved creation requests...");
-    let cluster_requests = create_requests(&admin, keys);
+    let cluster_requests = create_requests(&admin, keys)?;
     let limit_n = keys.min(20_000);
-    let limit_requests = create_requests(&admin, limit_n);
+    let limit_requests = create_requests(&admin, limit_n)?;
 
     // The limit: one TEE process alone, same machine, same concurrency.
     let key = dir.join("limit.sealing-key");

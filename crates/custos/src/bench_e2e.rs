@@ -154,7 +154,7 @@ fn bodies(
                 digest: hex::encode(digest),
                 request_id: Some(hex::encode(request_id)),
                 expires_at: Some(meta.expires_at),
-                approvals: vec![sign_approval(admin, &message)],
+                approvals: vec![sign_approval(admin, &message)?],
             })
         })
         .collect()

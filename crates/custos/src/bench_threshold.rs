@@ -100,7 +100,7 @@ fn approved(
     digest: [u8; 32],
     message: Option<&[u8]>,
     clusters: Option<Vec<String>>,
-) -> ThresholdSignBody {
+) -> Result<ThresholdSignBody, custos_pki::PkiError> {
     let request_id: [u8; 16] = rand::random();
     let meta = RequestMeta {
         request_id,
@@ -112,7 +112,7 @@ fn approved(
         digest: &digest,
     }
     .message(THRESHOLD_SCOPE, &meta);
-    ThresholdSignBody {
+    Ok(ThresholdSignBody {
         key_id: hex::encode(key_id),
         path: custos_wire::protocol::format_path(path),
         digest: hex::encode(digest),
@@ -120,8 +120,8 @@ fn approved(
         clusters,
         request_id: Some(hex::encode(request_id)),
         expires_at: Some(meta.expires_at),
-        approvals: vec![sign_approval(alice, &approval)],
-    }
+        approvals: vec![sign_approval(alice, &approval)?],
+    })
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -165,7 +165,7 @@ async fn e2e_median(
             rand::random(),
             None,
             Some(pair.iter().map(|c| c.to_string()).collect()),
-        );
+        )?;
         let t0 = Instant::now();
         let view = client.threshold_sign(&body).await?;
         let took = t0.elapsed();
@@ -220,7 +220,7 @@ async fn presigned_online(
             sha256::Hash::hash(message.as_bytes()).to_byte_array(),
             Some(message.as_bytes()),
             None,
-        );
+        )?;
         let t0 = Instant::now();
         let view = client.threshold_sign(&body).await?;
         let took = t0.elapsed();

@@ -340,9 +340,10 @@ pub fn run(
         );
         println!("  curl {}/openapi.json", demo.dep.api_url);
         println!(
-            "  custos approve --api {} --pki {} --admin alice --list",
+            "  custos approve --api {} --cert {} --key {} --list",
             demo.dep.api_url,
-            demo.dep.pki.path().display()
+            demo.dep.admin_folder("alice")?.chain().display(),
+            demo.dep.admin_folder("alice")?.key().display()
         );
         rt.block_on(async {
             let _ = tokio::signal::ctrl_c().await;

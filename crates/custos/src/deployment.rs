@@ -11,7 +11,7 @@ use custos_cloud::CloudConfig;
 use custos_cloud_api::client::CloudClient;
 use custos_cloud_api::RequestView;
 use custos_cloud_api::Scope;
-use custos_pki::{AdminSigner, PkiDir};
+use custos_pki::{AdminFolder, AdminSigner, PkiDir};
 
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, LinkTransport};
 use crate::tee_process::spawn_ready;
@@ -23,7 +23,8 @@ pub struct DeploymentOptions {
     pub clusters: Vec<(String, LinkTransport)>,
     /// Vault nodes per cluster.
     pub nodes: usize,
-    /// Admins to certify (their keys stay in the PKI directory).
+    /// Admins to certify. Each makes its key in its own folder (`admins/<name>/`, outside
+    /// the PKI folder) and gets its certificate from the PKI through a CSR.
     pub admins: Vec<String>,
     /// Seconds between periodic sync rounds of each node.
     pub sync_interval_secs: u64,
@@ -50,6 +51,13 @@ pub struct Deployment {
     exe: PathBuf,
 }
 
+/// Admin `name`'s own folder in deployment `dir`: `admins/<name>/`, beside (never inside) the
+/// PKI folder.
+fn admin_folder(dir: &Path, name: &str) -> Result<AdminFolder, ClusterError> {
+    custos_pki::check_name(name)?;
+    Ok(AdminFolder::new(dir.join("admins").join(name)))
+}
+
 fn io(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Io(e.to_string())
 }
@@ -66,8 +74,9 @@ impl Deployment {
             pki.init()?;
         }
         for admin in &opts.admins {
-            if !pki.admin_files(admin).0.exists() {
-                pki.create_admin(admin)?;
+            let folder = admin_folder(dir, admin)?;
+            if !folder.chain().exists() {
+                folder.enroll(admin, &pki)?;
             }
         }
         let mut clusters = Vec::new();
@@ -189,9 +198,14 @@ impl Deployment {
         CloudClient::new(&self.api_url, &self.api_token).map_err(io)
     }
 
-    /// An admin's signing key and certificate chain.
+    /// An admin's signing key and certificate chain, from the admin's own folder.
     pub fn admin(&self, name: &str) -> Result<AdminSigner, ClusterError> {
-        Ok(AdminSigner::load(&self.pki, name)?)
+        Ok(admin_folder(&self.dir, name)?.signer()?)
+    }
+
+    /// The folder of admin `name` (key file, CSR, certificate chain), outside the PKI folder.
+    pub fn admin_folder(&self, name: &str) -> Result<AdminFolder, ClusterError> {
+        admin_folder(&self.dir, name)
     }
 
     /// The cluster named `name`.
@@ -395,7 +409,7 @@ pub async fn approve(
     client
         .approve(
             id,
-            &custos_cloud_api::approval::sign_approval(signer, &message),
+            &custos_cloud_api::approval::sign_approval(signer, &message)?,
         )
         .await
         .map_err(io)

@@ -1,9 +1,11 @@
 //! The `custos` command-line tool's building blocks, shared by the binary, the demo and the
 //! integration tests: operator actions that span the PKI and the TEE process.
 
+pub mod admin;
 pub mod approve;
 pub mod cluster;
 pub mod dealer;
 pub mod deployment;
 pub mod ops;
+pub mod pkcs11;
 pub mod tee_process;

@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// An admin's own key (made on the admin's side; the PKI sees only its CSR).
+    Admin {
+        #[command(subcommand)]
+        command: custos::admin::AdminCommand,
+    },
     /// TEE core process (software backend) and its tooling.
     Tee {
         #[command(subcommand)]
@@ -72,12 +77,21 @@ enum Command {
         /// Root certificate (PEM) to trust for an HTTPS API.
         #[arg(long)]
         api_root_ca: Option<PathBuf>,
-        /// PKI directory with admins/<name>.{crt,key} and admin-ca.crt.
-        #[arg(long, env = "CUSTOS_PKI_DIR", default_value = "custos-pki")]
-        pki: PathBuf,
-        /// Admin name.
-        #[arg(long)]
-        admin: String,
+        /// The admin's certificate chain (admin certificate, then Admin CA), as
+        /// `custos pki sign-admin-csr` wrote it.
+        #[arg(long, env = "CUSTOS_ADMIN_CERT")]
+        cert: PathBuf,
+        /// The admin's key file (from `custos admin keygen`, mode 0600); or the --pkcs11-…
+        /// options for a key on a token.
+        #[arg(
+            long,
+            env = "CUSTOS_ADMIN_KEY",
+            required_unless_present = "pkcs11_module",
+            conflicts_with = "pkcs11_module"
+        )]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        token_key: custos::admin::TokenArgs,
         /// Request id to approve.
         #[arg(long, conflicts_with = "list")]
         request: Option<String>,
@@ -303,10 +317,15 @@ enum PkiCommand {
         /// Cluster name.
         cluster: String,
     },
-    /// Issue an admin key and certificate (from the Admin CA).
-    Admin {
-        /// Admin name.
-        name: String,
+    /// Issue an admin certificate (Admin CA) from the admin's CSR; writes the chain (admin
+    /// certificate, then Admin CA). The admin's private key is never read or written here.
+    SignAdminCsr {
+        /// The admin's CSR (PEM), from `custos admin keygen`.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Output chain file (PEM); stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Issue the threshold-key dealer's key and certificate (from the Admin CA, dealer role).
     Dealer {
@@ -465,6 +484,7 @@ fn run_dealer(
 fn run(cli: Cli) -> Result<(), AnyError> {
     match cli.command {
         Command::Pki { dir, command } => run_pki(PkiDir::new(dir), command),
+        Command::Admin { command } => Ok(custos::admin::run(command)?),
         Command::Tee { command } => run_tee(command),
         Command::Demo {
             dir,
@@ -493,18 +513,24 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             api,
             token,
             api_root_ca,
-            pki,
-            admin,
+            cert,
+            key,
+            token_key,
             request,
             list,
             yes,
         } => {
+            let key = match (key, token_key.options()) {
+                (_, Some(opts)) => custos::admin::KeySource::Token(opts),
+                (Some(file), None) => custos::admin::KeySource::File(file),
+                (None, None) => return Err("--key or --pkcs11-module is required".into()),
+            };
             let args = custos::approve::ApproveArgs {
                 api,
                 token,
                 api_root_ca,
-                pki,
-                admin,
+                cert,
+                key,
                 request: if list { None } else { request },
                 yes,
             };
@@ -708,14 +734,17 @@ fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
                 key.display()
             );
         }
-        PkiCommand::Admin { name } => {
-            pki.create_admin(&name)?;
-            let (crt, key) = pki.admin_files(&name);
-            println!(
-                "issued admin {name}: {} (key {})",
-                crt.display(),
-                key.display()
-            );
+        PkiCommand::SignAdminCsr { csr, out } => {
+            let pem = std::fs::read_to_string(&csr)
+                .map_err(|e| format!("cannot read CSR {}: {e}", csr.display()))?;
+            let issued = pki.sign_admin_csr(&pem)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, issued.chain_pem())?;
+                    eprintln!("issued admin {}: {}", issued.name, path.display());
+                }
+                None => print!("{}", issued.chain_pem()),
+            }
         }
         PkiCommand::SignCsr { cluster, csr, out } => {
             let pem = std::fs::read_to_string(&csr)

@@ -40,14 +40,16 @@ pub fn approvals(
     cluster: &str,
     meta: &RequestMeta,
     action: &Action<'_>,
-) -> Vec<Approval> {
+) -> Result<Vec<Approval>, PkiError> {
     let message = action.message(cluster, meta);
     signers
         .iter()
-        .map(|s| Approval {
-            admin_cert: s.cert_der.clone(),
-            admin_ca: s.admin_ca_der.clone(),
-            signature: s.sign(&message),
+        .map(|s| {
+            Ok(Approval {
+                admin_cert: s.cert_der.clone(),
+                admin_ca: s.admin_ca_der.clone(),
+                signature: s.sign(&message)?,
+            })
         })
         .collect()
 }

@@ -51,8 +51,8 @@ pub struct IssuedKey {
 /// The CA directory of the operating company (`custos pki ...`).
 ///
 /// Layout: `root-ca.{crt,key}`, `admin-ca.*`, `device-ca.*`, `clusters/<c>/cluster-ca.*`,
-/// `admins/<name>.*`, `dealers/<name>.*`, `devices/<c>/<node>.crt`. Private keys are written
-/// 0600.
+/// `admins/<name>.crt` (certificates only: admins keep their keys), `dealers/<name>.*`,
+/// `devices/<c>/<node>.crt`. Private keys are written 0600.
 pub struct PkiDir {
     dir: PathBuf,
 }
@@ -229,28 +229,47 @@ struct Ca {
     key: KeyPair,
 }
 
-/// Issues an admin certificate signed by the Admin CA in `pki` with a chosen validity
-/// window (tests use this to make expired certificates).
-pub fn issue_admin_with_validity(
+/// Issues an admin certificate from the admin's CSR, signed by the Admin CA in `pki`, with a
+/// chosen validity window (tests use this to make expired certificates). Writes nothing.
+///
+/// The CSR's signature and key type (P-256, signed with ECDSA SHA-256) are checked first
+/// ([`PkiError::CsrSignature`], [`PkiError::CsrKeyType`]); only its public key and common
+/// name (the admin's display name) are taken, every other field is set here. No private key
+/// of the admin is involved: it stays where the admin made it.
+pub fn issue_admin_from_csr_with_validity(
     pki: &PkiDir,
-    name: &str,
+    csr_pem: &str,
     validity: Validity,
-) -> Result<IssuedKey, PkiError> {
-    check_name(name)?;
+) -> Result<AdminCert, PkiError> {
+    let (name, mut csr) = crate::csr::checked_p256_csr(csr_pem, "admin CSR")?;
     let ca = pki.load_ca(&pki.admin_ca_base())?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
-    let mut params = leaf_params(name, role::ADMIN, validity);
+    let mut params = leaf_params(&name, role::ADMIN, validity);
     params.extended_key_usages = admin_ekus();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).map_err(gen_err)?;
-    Ok(IssuedKey {
+    csr.params = params;
+    let cert = csr.signed_by(&ca.cert, &ca.key).map_err(gen_err)?;
+    Ok(AdminCert {
+        name,
         cert_pem: cert.pem(),
-        key_pem: Zeroizing::new(key.serialize_pem()),
+        admin_ca_pem: pki.admin_ca_pem()?,
     })
 }
 
-/// Issues an admin certificate valid for one year.
-pub fn issue_admin(pki: &PkiDir, name: &str) -> Result<IssuedKey, PkiError> {
-    issue_admin_with_validity(pki, name, Validity::days(365))
+/// An admin certificate issued from a CSR: no private key in it.
+#[derive(Clone, Debug)]
+pub struct AdminCert {
+    /// The admin's display name (the CSR's common name).
+    pub name: String,
+    /// The admin certificate (PEM).
+    pub cert_pem: String,
+    /// The Admin CA certificate that issued it (PEM).
+    pub admin_ca_pem: String,
+}
+
+impl AdminCert {
+    /// The chain file an admin keeps: the admin certificate, then the Admin CA.
+    pub fn chain_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.admin_ca_pem)
+    }
 }
 
 /// Issues a threshold-key dealer certificate signed by the Admin CA in `pki` with a chosen
@@ -412,13 +431,17 @@ impl PkiDir {
         self.save(&base, &cert.pem(), &key.serialize_pem())
     }
 
-    /// `custos pki admin <name>`: issues and stores an admin key and certificate.
-    pub fn create_admin(&self, name: &str) -> Result<IssuedKey, PkiError> {
-        let base = self.dir.join("admins").join(name);
-        check_name(name)?;
-        self.refuse_existing(&base)?;
-        let issued = issue_admin(self, name)?;
-        self.save(&base, &issued.cert_pem, &issued.key_pem)?;
+    /// `custos pki sign-admin-csr`: issues an admin certificate valid for one year from the
+    /// admin's CSR and records it (certificate only) under `admins/<name>.crt`; an admin of
+    /// that name already recorded is refused. The admin's private key is never read or
+    /// written here.
+    pub fn sign_admin_csr(&self, csr_pem: &str) -> Result<AdminCert, PkiError> {
+        let issued = issue_admin_from_csr_with_validity(self, csr_pem, Validity::days(365))?;
+        let crt = self.admin_cert_file(&issued.name);
+        if crt.exists() {
+            return Err(PkiError::AlreadyExists(crt.display().to_string()));
+        }
+        write_file(&crt, issued.cert_pem.as_bytes(), 0o644)?;
         Ok(issued)
     }
 
@@ -562,21 +585,10 @@ impl PkiDir {
         check_name(cluster)?;
         read(&self.cluster_ca_base(cluster).with_extension("crt"))
     }
-    /// Paths of a stored admin's certificate and key.
-    pub fn admin_files(&self, name: &str) -> (PathBuf, PathBuf) {
-        let base = self.dir.join("admins").join(name);
-        (base.with_extension("crt"), base.with_extension("key"))
+    /// Where the PKI records the certificate it issued to admin `name` (never a key).
+    pub fn admin_cert_file(&self, name: &str) -> PathBuf {
+        self.dir.join("admins").join(format!("{name}.crt"))
     }
-}
-
-/// An admin's signing key with its certificate chain, as `custos approve` uses it.
-pub struct AdminSigner {
-    key: EcdsaKeyPair,
-    rng: SystemRandom,
-    /// Admin certificate (DER).
-    pub cert_der: Vec<u8>,
-    /// Admin CA certificate (DER) that issued it.
-    pub admin_ca_der: Vec<u8>,
 }
 
 /// Parses a PKCS#8 P-256 private key (PEM).
@@ -591,42 +603,6 @@ fn p256_key(key_pem: &str, what: &'static str) -> Result<(EcdsaKeyPair, SystemRa
             }
         })?;
     Ok((key, rng))
-}
-
-impl AdminSigner {
-    /// Builds a signer from PEM strings.
-    pub fn from_pem(cert_pem: &str, key_pem: &str, admin_ca_pem: &str) -> Result<Self, PkiError> {
-        let (key, rng) = p256_key(key_pem, "admin private key")?;
-        Ok(AdminSigner {
-            key,
-            rng,
-            cert_der: pem_to_der(cert_pem, "admin certificate")?,
-            admin_ca_der: pem_to_der(admin_ca_pem, "Admin CA certificate")?,
-        })
-    }
-
-    /// Loads a stored admin (`custos pki admin <name>`) from a CA directory.
-    pub fn load(pki: &PkiDir, name: &str) -> Result<Self, PkiError> {
-        check_name(name)?;
-        let (crt, key) = pki.admin_files(name);
-        let key_pem = Zeroizing::new(read(&key)?);
-        Self::from_pem(&read(&crt)?, &key_pem, &pki.admin_ca_pem()?)
-    }
-
-    /// Loads an admin from explicit certificate, key and Admin CA files.
-    pub fn from_files(cert: &Path, key: &Path, admin_ca: &Path) -> Result<Self, PkiError> {
-        let key_pem = Zeroizing::new(read(key)?);
-        Self::from_pem(&read(cert)?, &key_pem, &read(admin_ca)?)
-    }
-
-    /// ECDSA P-256 / SHA-256 signature (ASN.1 DER) over `message`.
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.key
-            .sign(&self.rng, message)
-            .expect("P-256 signing with a valid key cannot fail")
-            .as_ref()
-            .to_vec()
-    }
 }
 
 /// The threshold-key dealer's signing key with its certificate chain, as the dealer program

@@ -16,14 +16,17 @@
 //! the path, and the cluster a device belongs to.
 
 mod admin_cache;
+mod admin_key;
 pub mod clock;
+mod csr;
 mod issue;
 pub mod tls;
 mod verify;
 
 pub use admin_cache::AdminCache;
+pub use admin_key::{admin_csr, key_fingerprint, AdminFolder, AdminKey, AdminSigner, FileKey};
 pub use issue::{
-    issue_admin, issue_admin_with_validity, issue_dealer, issue_dealer_with_validity, AdminSigner,
+    issue_admin_from_csr_with_validity, issue_dealer, issue_dealer_with_validity, AdminCert,
     DealerSigner, IssuedKey, PkiDir, Service, Validity,
 };
 pub use verify::{
@@ -150,6 +153,26 @@ pub enum PkiError {
         /// Cluster named by the certificate chain.
         found: String,
     },
+    /// A key file may be read or written by group or others: it is no longer the owner's own.
+    #[error("{path} has mode {mode:o}: an admin key file must be readable by its owner only (chmod 600)")]
+    KeyFileExposed {
+        /// File path.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A certificate was joined with a key it does not certify.
+    #[error("the certificate does not certify this key (its public key differs)")]
+    KeyMismatch,
+    /// A CSR's self-signature does not verify: its sender does not prove holding the key.
+    #[error("CSR signature does not verify: {0}")]
+    CsrSignature(String),
+    /// A CSR's key or signature algorithm is not P-256 with ECDSA SHA-256.
+    #[error("CSR key type refused: {0}")]
+    CsrKeyType(String),
+    /// A signing key (file or token) failed to sign.
+    #[error("signing failed: {0}")]
+    Sign(String),
     /// A signature made with a certified key did not verify.
     #[error("signature by {0} does not verify")]
     BadSignature(String),

@@ -30,8 +30,11 @@ pub type Unverified<'a> = &'a [u8];
 pub struct AdminIdentity {
     /// Common name of the admin.
     pub name: String,
-    /// DER of the subject name: two certificates with the same subject are the same admin.
+    /// DER of the subject name (shown; never enough to tell admins apart).
     pub subject: Vec<u8>,
+    /// SHA-256 of the certified public key (SubjectPublicKeyInfo DER): who the admin is. Two
+    /// certificates of one key are one admin, whatever their subjects.
+    pub key: [u8; 32],
     /// SHA-256 of the admin certificate.
     pub fingerprint: [u8; 32],
 }
@@ -163,6 +166,7 @@ struct Subject {
     ou: String,
     raw: Vec<u8>,
     public_key: Vec<u8>,
+    spki: Vec<u8>,
 }
 
 fn parse(der: &[u8], what: &'static str) -> Result<Subject, PkiError> {
@@ -194,6 +198,7 @@ fn parse(der: &[u8], what: &'static str) -> Result<Subject, PkiError> {
         ou: first(&mut subject.iter_organizational_unit()),
         raw: subject.as_raw().to_vec(),
         public_key: cert.public_key().subject_public_key.data.to_vec(),
+        spki: cert.public_key().raw.to_vec(),
     };
     Ok(out)
 }
@@ -384,6 +389,7 @@ impl TrustRoot {
             AdminIdentity {
                 name: s.cn,
                 subject: s.raw,
+                key: crate::key_fingerprint(&s.spki),
                 fingerprint: cert_fingerprint(leaf),
             },
             s.public_key,

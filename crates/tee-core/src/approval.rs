@@ -54,7 +54,7 @@ pub fn check_quorum(
         )));
     }
     let message = action.message(cluster, meta);
-    let mut admins: Vec<(Vec<u8>, String)> = Vec::new();
+    let mut admins: Vec<custos_pki::AdminIdentity> = Vec::new();
     for (index, a) in approvals.iter().enumerate() {
         let id = cache
             .verify(root, &a.admin_cert, &a.admin_ca, now)
@@ -67,13 +67,20 @@ pub fn check_quorum(
                 fault: fault_of(&e),
                 detail: e.to_string(),
             })?;
-        if !admins.iter().any(|(s, _)| *s == id.subject) {
-            admins.push((id.subject, id.name));
+        // An admin is its certified key: a second certificate of a counted key, under any
+        // name, adds nothing. Until per-key approver groups name keys (issue 12, item 3), a
+        // new key under a counted subject adds nothing either, so one person re-certified
+        // with a new key is still one approver.
+        if !admins
+            .iter()
+            .any(|a| a.key == id.key || a.subject == id.subject)
+        {
+            admins.push(id);
         }
     }
     let approved = admins.len().min(u8::MAX as usize) as u8;
     if approved < required.max(1) {
         return Err(TeeError::QuorumNotMet { required, approved });
     }
-    Ok(admins.into_iter().map(|(_, n)| n).collect())
+    Ok(admins.into_iter().map(|a| a.name).collect())
 }

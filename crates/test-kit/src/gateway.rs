@@ -61,7 +61,10 @@ impl ScriptedTee {
             },
         };
         let body = postcard::to_allocvec(&outcome).unwrap();
-        let signature = self.signer.sign(&response_transcript(request, &body));
+        let signature = self
+            .signer
+            .sign(&response_transcript(request, &body))
+            .expect("a scripted TEE's file key signs");
         postcard::to_allocvec(&SignedResponse {
             body,
             signature: Some(signature),

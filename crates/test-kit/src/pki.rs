@@ -4,7 +4,9 @@
 
 use custos_cloud_api::approval::sign_approval;
 use custos_cloud_api::ApprovalBody;
-use custos_pki::{der_to_pem, pem_to_der, AdminSigner, DealerSigner, PkiDir, TrustRoot};
+use custos_pki::{
+    der_to_pem, pem_to_der, AdminFolder, AdminSigner, DealerSigner, PkiDir, TrustRoot,
+};
 use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
 use custos_wire::approval::Approval;
@@ -47,11 +49,14 @@ impl Pki {
         for c in clusters {
             pki.create_cluster_ca(c).unwrap();
         }
+        // Each admin makes its key in a folder of its own beside the PKI; the PKI issues
+        // from the CSR alone.
         let admins = ADMINS
             .iter()
             .map(|a| {
-                pki.create_admin(a).unwrap();
-                AdminSigner::load(&pki, a).unwrap()
+                AdminFolder::new(dir.path().join("admins").join(a))
+                    .enroll(a, &pki)
+                    .unwrap()
             })
             .collect();
         pki.create_dealer("dealer").unwrap();
@@ -75,6 +80,13 @@ impl Pki {
     /// room for a test's other files, removed with the PKI.
     pub fn path(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// The folder of admin `name` (one of [`ADMINS`]): its key file and certificate chain,
+    /// outside the PKI folder.
+    pub fn admin_folder(&self, name: &str) -> AdminFolder {
+        assert!(ADMINS.contains(&name), "no admin {name}");
+        AdminFolder::new(self.dir.path().join("admins").join(name))
     }
 
     /// Admin `name` (one of [`ADMINS`]).
@@ -147,7 +159,7 @@ impl Pki {
             .map(|s| Approval {
                 admin_cert: s.cert_der.clone(),
                 admin_ca: s.admin_ca_der.clone(),
-                signature: s.sign(message),
+                signature: s.sign(message).expect("a test admin's file key signs"),
             })
             .collect()
     }
@@ -177,6 +189,6 @@ impl Pki {
 
     /// Approval of `message` by admin `i`.
     pub fn approve(&self, i: usize, message: &[u8]) -> ApprovalBody {
-        sign_approval(&self.admins[i], message)
+        sign_approval(&self.admins[i], message).expect("a test admin's file key signs")
     }
 }

@@ -43,7 +43,7 @@ impl Cloud {
         let message = message_of(&row);
         for a in &d.approvals {
             let stored = self.verify_approval(a, &message)?;
-            if row.approvals.iter().any(|x| x.subject == stored.subject) {
+            if row.approvals.iter().any(|x| x.same_admin(&stored)) {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateApproval,
                     format!("admin {:?} approved twice", stored.admin),
@@ -158,6 +158,7 @@ impl Cloud {
             admin: admin.identity.name.clone(),
             fingerprint: hex::encode(admin.identity.fingerprint),
             subject: hex::encode(&admin.identity.subject),
+            key: hex::encode(admin.identity.key),
             cert: hex::encode(&cert),
             ca: hex::encode(&ca),
             signature: hex::encode(&sig),
@@ -293,7 +294,7 @@ impl Cloud {
             }
             let message = message_of(&row);
             let approval = self.verify_approval(&body, &message)?;
-            if row.approvals.iter().any(|a| a.subject == approval.subject) {
+            if row.approvals.iter().any(|a| a.same_admin(&approval)) {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateApproval,
                     format!(

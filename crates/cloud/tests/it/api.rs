@@ -585,6 +585,22 @@ async fn create_wallet_waits_for_distinct_approvals_then_completes() {
         ),
         "duplicate_approval"
     );
+    // alice's own key certified again under another name is still alice: an admin is the
+    // certified key, not the subject.
+    let alice_key =
+        std::sync::Arc::new(custos_pki::FileKey::load(&s.pki.admin_folder("alice").key()).unwrap());
+    let again = s
+        .pki
+        .pki
+        .sign_admin_csr(&custos_pki::admin_csr("alicia", alice_key.clone()).unwrap())
+        .unwrap();
+    let alicia =
+        custos_pki::AdminSigner::new(alice_key, &again.cert_pem, &again.admin_ca_pem).unwrap();
+    let by_alicia = custos_cloud_api::approval::sign_approval(&alicia, &message).unwrap();
+    assert_eq!(
+        code(c.approve(&view.id, &by_alicia).await.unwrap_err()),
+        "duplicate_approval"
+    );
 
     let done = c
         .approve(&view.id, &s.pki.approve(1, &message))

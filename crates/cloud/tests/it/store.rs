@@ -140,6 +140,7 @@ async fn store_round_trips_and_guards_every_change() {
             admin: "alice".into(),
             fingerprint: "00".repeat(32),
             subject: "30".into(),
+            key: "11".repeat(32),
             cert: "aa".into(),
             ca: "bb".into(),
             signature: "cc".into(),

@@ -1,7 +1,8 @@
 //! `custos approve` against a real cloud server on 127.0.0.1 (real TEE cores behind the test
-//! kit's fake relay + link + bridge): the admin's key loaded from the PKI directory, the
+//! kit's fake relay + link + bridge): the admin's key loaded from the admin's own folder, the
 //! approval message recomputed and compared, the prompt, and refusals before any signing.
 
+use custos::admin::KeySource;
 use custos::approve::{approve, ApproveArgs, ApproveError};
 use custos_cloud_api::review::{checked_message, ReviewError};
 use custos_cloud_api::{CreateWalletBody, RequestStatus};
@@ -25,8 +26,8 @@ async fn approve_command_recomputes_confirms_and_signs() {
         api: s.url(""),
         token: s.token.clone(),
         api_root_ca: None,
-        pki: s.pki.pki.path().to_path_buf(),
-        admin: "bob".into(),
+        cert: s.pki.admin_folder("bob").chain(),
+        key: KeySource::File(s.pki.admin_folder("bob").key()),
         request: None,
         yes: false,
     };
@@ -70,5 +71,53 @@ async fn approve_command_recomputes_confirms_and_signs() {
     altered.quorum = 2;
     assert!(checked_message(&altered, &view.id).is_err());
     assert!(checked_message(&view, &view.id).is_ok());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn approve_refuses_a_key_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start().await;
+    let view = s
+        .client
+        .create_wallet(&CreateWalletBody {
+            cluster: "dc1".into(),
+            quorum: 1,
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        })
+        .await
+        .unwrap();
+    let folder = s.pki.admin_folder("carol");
+    std::fs::set_permissions(folder.key(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let args = ApproveArgs {
+        api: s.url(""),
+        token: s.token.clone(),
+        api_root_ca: None,
+        cert: folder.chain(),
+        key: KeySource::File(folder.key()),
+        request: Some(view.id.clone()),
+        yes: true,
+    };
+    let e = approve(&args, &mut &b""[..], &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApproveError::Key(custos::admin::AdminKeyError::Pki(
+                custos_pki::PkiError::KeyFileExposed { mode: 0o644, .. }
+            ))
+        ),
+        "{e}"
+    );
+    assert!(s
+        .client
+        .request(&view.id)
+        .await
+        .unwrap()
+        .approvals
+        .is_empty());
     s.stop().await;
 }

@@ -73,7 +73,8 @@ async fn create(pki: &Pki, link: &mut BridgeClient<Channel>) -> (KeyInfo, String
             CLUSTER,
             &meta,
             &Action::CreateWallet { quorum: 1 },
-        ),
+        )
+        .unwrap(),
     };
     match submit(link, &req, "").await.unwrap() {
         (Ok(Response::Wallet(k)), node) => (k, node),
@@ -93,7 +94,7 @@ fn sign_request(pki: &Pki, key: &[u8], path: &[u32], digest: [u8; 32]) -> Reques
         key_id: key.to_vec(),
         path: path.to_vec(),
         digest,
-        approvals: approvals(&[pki.admin("alice")], CLUSTER, &meta, &action),
+        approvals: approvals(&[pki.admin("alice")], CLUSTER, &meta, &action).unwrap(),
     }
 }
 

@@ -88,7 +88,7 @@ fn signature(view: &RequestView) -> SignResult {
 }
 
 /// Checks `sig` over `digest` with k256 against the child of `xpub` at `path`.
-fn verify_against_xpub(sig: &SignResult, digest: &[u8; 32], xpub: &str, path: &str) {
+pub(crate) fn verify_against_xpub(sig: &SignResult, digest: &[u8; 32], xpub: &str, path: &str) {
     let secp = bitcoin::secp256k1::Secp256k1::verification_only();
     let child = Xpub::from_str(xpub)
         .unwrap()

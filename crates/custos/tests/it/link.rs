@@ -125,7 +125,8 @@ fn flows_over(transport: LinkTransport) {
                 CLUSTER,
                 &meta,
                 &Action::CreateWallet { quorum: 1 },
-            ),
+            )
+            .unwrap(),
         };
         let id: [u8; 16] = rand::random();
         let (first, outcome) = relay.tee(id, &create).await;
@@ -156,7 +157,7 @@ fn flows_over(transport: LinkTransport) {
             path: &path,
             digest: &digest,
         };
-        let approved = approvals(&[pki.admin("alice")], CLUSTER, &meta, &action);
+        let approved = approvals(&[pki.admin("alice")], CLUSTER, &meta, &action).unwrap();
         let sign = Request::Sign {
             meta: meta.clone(),
             key_id: key.key_id.clone(),

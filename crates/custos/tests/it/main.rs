@@ -10,6 +10,7 @@
 
 mod common;
 
+mod admin_keys;
 mod approve;
 mod bip32;
 mod bridge_flood;
@@ -19,6 +20,7 @@ mod dkg;
 mod e2e;
 mod link;
 mod one_effect;
+mod pkcs11;
 mod refusals;
 mod restart;
 mod tee_core_deps;

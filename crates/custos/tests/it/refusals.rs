@@ -7,7 +7,10 @@ use std::os::unix::net::UnixStream;
 use crate::common::*;
 use custos::ops::{approvals, new_meta};
 use custos_pki::clock::now_unix;
-use custos_pki::{issue_admin_with_validity, pem_to_der, AdminSigner, PkiDir, Validity};
+use custos_pki::{
+    admin_csr, issue_admin_from_csr_with_validity, pem_to_der, AdminFolder, AdminSigner, FileKey,
+    PkiDir, Validity,
+};
 use custos_wire::approval::Action;
 use custos_wire::client::ClientError;
 use custos_wire::frame::{
@@ -96,16 +99,19 @@ fn with_outsider(
     outsider: &AdminSigner,
 ) -> Vec<custos_wire::approval::Approval> {
     let mut appr = fx.sign_approvals(meta, &w.key_id, &PATH, &DIGEST, &[known]);
-    appr.extend(approvals(
-        &[outsider],
-        CLUSTER,
-        meta,
-        &Action::Sign {
-            key_id: &w.key_id,
-            path: &PATH,
-            digest: &DIGEST,
-        },
-    ));
+    appr.extend(
+        approvals(
+            &[outsider],
+            CLUSTER,
+            meta,
+            &Action::Sign {
+                key_id: &w.key_id,
+                path: &PATH,
+                digest: &DIGEST,
+            },
+        )
+        .unwrap(),
+    );
     appr
 }
 
@@ -124,10 +130,11 @@ fn assert_second_rejected(fx: &mut Fixture, w: &KeyInfo, e: TeeError, fault: App
 fn approval_by_certificate_of_another_ca() {
     let (mut fx, w) = setup();
     let other_dir = tempfile::tempdir().unwrap();
-    let other = PkiDir::new(other_dir.path());
+    let other = PkiDir::new(other_dir.path().join("pki"));
     other.init().unwrap();
-    other.create_admin("alice").unwrap();
-    let mallory = AdminSigner::load(&other, "alice").unwrap();
+    let mallory = AdminFolder::new(other_dir.path().join("mallory"))
+        .enroll("alice", &other)
+        .unwrap();
     let meta = new_meta(60);
     let appr = with_outsider(&fx, &w, &meta, "bob", &mallory);
     let e = refusal(sign_with(&mut fx, &w, meta, appr));
@@ -141,13 +148,11 @@ fn approval_by_expired_admin_certificate() {
         not_before: time::OffsetDateTime::now_utc() - time::Duration::days(30),
         not_after: time::OffsetDateTime::now_utc() - time::Duration::days(1),
     };
-    let issued = issue_admin_with_validity(&fx.pki.pki, "dave", past).unwrap();
-    let dave = AdminSigner::from_pem(
-        &issued.cert_pem,
-        &issued.key_pem,
-        &fx.pki.pki.admin_ca_pem().unwrap(),
-    )
-    .unwrap();
+    let dave_dir = tempfile::tempdir().unwrap();
+    let key = std::sync::Arc::new(FileKey::generate(&dave_dir.path().join("admin.key")).unwrap());
+    let csr = admin_csr("dave", key.clone()).unwrap();
+    let issued = issue_admin_from_csr_with_validity(&fx.pki.pki, &csr, past).unwrap();
+    let dave = AdminSigner::new(key, &issued.cert_pem, &issued.admin_ca_pem).unwrap();
     let meta = new_meta(60);
     let appr = with_outsider(&fx, &w, &meta, "alice", &dave);
     let e = refusal(sign_with(&mut fx, &w, meta, appr));
@@ -191,7 +196,8 @@ fn approval_over_another_digest_path_or_key() {
         "dc2",
         &meta,
         &action,
-    );
+    )
+    .unwrap();
     let e = refusal(sign_with(&mut fx, &w, meta.clone(), appr));
     assert!(
         matches!(
@@ -489,7 +495,8 @@ fn quorum_zero_and_creation_quorum_are_enforced() {
         CLUSTER,
         &meta,
         &Action::CreateWallet { quorum: 3 },
-    );
+    )
+    .unwrap();
     let e = refusal(fx.tee.call(&Request::CreateWallet {
         meta,
         quorum: 3,
@@ -508,7 +515,8 @@ fn quorum_zero_and_creation_quorum_are_enforced() {
         CLUSTER,
         &meta,
         &Action::CreateWallet { quorum: 0 },
-    );
+    )
+    .unwrap();
     let e = refusal(fx.tee.call(&Request::CreateWallet {
         meta,
         quorum: 0,
@@ -531,7 +539,8 @@ fn a_create_approval_creates_one_wallet_even_after_a_restart() {
         CLUSTER,
         &meta,
         &Action::CreateWallet { quorum: 1 },
-    );
+    )
+    .unwrap();
     let req = Request::CreateWallet {
         meta: meta.clone(),
         quorum: 1,
@@ -555,10 +564,42 @@ fn a_create_approval_creates_one_wallet_even_after_a_restart() {
             CLUSTER,
             &meta,
             &Action::CreateWallet { quorum: 2 },
-        ),
+        )
+        .unwrap(),
     };
     let e = refusal(fx.tee.call(&other_terms));
     assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
     assert_eq!(fx.tee.keys().len(), 2);
+    assert_serves(&mut fx, &w);
+}
+
+/// Attack: bob's own key certified a second time under another name ("bobby", a genuine
+/// certificate of the same Admin CA) must not make bob two approvers. An admin is the
+/// certified key, not the subject.
+#[test]
+fn one_key_certified_under_two_names_counts_once() {
+    let (mut fx, w) = setup();
+    let bob = fx.pki.admin_folder("bob");
+    let key = std::sync::Arc::new(FileKey::load(&bob.key()).unwrap());
+    let issued = fx
+        .pki
+        .pki
+        .sign_admin_csr(&admin_csr("bobby", key.clone()).unwrap())
+        .unwrap();
+    let bobby = AdminSigner::new(key, &issued.cert_pem, &issued.admin_ca_pem).unwrap();
+    assert_eq!(
+        bobby.key_fingerprint(),
+        fx.pki.admin("bob").key_fingerprint()
+    );
+    let meta = new_meta(60);
+    let appr = with_outsider(&fx, &w, &meta, "bob", &bobby);
+    let e = refusal(sign_with(&mut fx, &w, meta, appr));
+    assert_eq!(
+        e,
+        TeeError::QuorumNotMet {
+            required: 2,
+            approved: 1
+        }
+    );
     assert_serves(&mut fx, &w);
 }

@@ -1,9 +1,13 @@
 //! PKI issuance and the Custos chain rules, end to end on real certificates.
 
+use std::sync::Arc;
+
 use custos_pki::{
-    issue_admin_with_validity, pem_to_der, AdminSigner, DeviceChain, PkiDir, PkiError, Service,
-    TrustRoot, Validity,
+    admin_csr, issue_admin_from_csr_with_validity, pem_to_der, AdminSigner, DeviceChain, FileKey,
+    PkiDir, PkiError, Service, TrustRoot, Validity,
 };
+
+use crate::own_admin;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 use std::os::unix::fs::PermissionsExt;
 
@@ -54,13 +58,11 @@ fn root(pki: &PkiDir) -> TrustRoot {
 #[test]
 fn private_keys_are_0600_and_init_refuses_overwrite() {
     let (dir, pki) = new_pki(&["dc1"]);
-    pki.create_admin("alice").unwrap();
     for f in [
         "root-ca.key",
         "admin-ca.key",
         "device-ca.key",
         "clusters/dc1/cluster-ca.key",
-        "admins/alice.key",
     ] {
         let mode = std::fs::metadata(dir.path().join(f))
             .unwrap()
@@ -78,9 +80,8 @@ fn private_keys_are_0600_and_init_refuses_overwrite() {
 #[test]
 fn admin_signature_verifies_and_binds_message() {
     let (_d, pki) = new_pki(&[]);
-    pki.create_admin("alice").unwrap();
-    let signer = AdminSigner::load(&pki, "alice").unwrap();
-    let sig = signer.sign(b"hello");
+    let signer = own_admin(&pki, "alice");
+    let sig = signer.sign(b"hello").unwrap();
     let id = root(&pki)
         .verify_admin_signature(
             &signer.cert_der,
@@ -107,9 +108,8 @@ fn admin_signature_verifies_and_binds_message() {
 fn admin_from_foreign_pki_is_rejected() {
     let (_d1, pki) = new_pki(&[]);
     let (_d2, other) = new_pki(&[]);
-    other.create_admin("mallory").unwrap();
-    let signer = AdminSigner::load(&other, "mallory").unwrap();
-    let sig = signer.sign(b"m");
+    let signer = own_admin(&other, "mallory");
+    let sig = signer.sign(b"m").unwrap();
     let err = root(&pki)
         .verify_admin_signature(&signer.cert_der, &signer.admin_ca_der, now(), b"m", &sig)
         .unwrap_err();
@@ -119,18 +119,16 @@ fn admin_from_foreign_pki_is_rejected() {
 #[test]
 fn expired_admin_is_rejected() {
     let (_d, pki) = new_pki(&[]);
+    let admin_dir = tempfile::tempdir().unwrap();
     let past = Validity {
         not_before: time::OffsetDateTime::now_utc() - time::Duration::days(10),
         not_after: time::OffsetDateTime::now_utc() - time::Duration::days(1),
     };
-    let issued = issue_admin_with_validity(&pki, "old", past).unwrap();
-    let signer = AdminSigner::from_pem(
-        &issued.cert_pem,
-        &issued.key_pem,
-        &pki.admin_ca_pem().unwrap(),
-    )
-    .unwrap();
-    let sig = signer.sign(b"m");
+    let key = Arc::new(FileKey::generate(&admin_dir.path().join("admin.key")).unwrap());
+    let csr = admin_csr("old", key.clone()).unwrap();
+    let issued = issue_admin_from_csr_with_validity(&pki, &csr, past).unwrap();
+    let signer = AdminSigner::new(key, &issued.cert_pem, &issued.admin_ca_pem).unwrap();
+    let sig = signer.sign(b"m").unwrap();
     let err = root(&pki)
         .verify_admin_signature(&signer.cert_der, &signer.admin_ca_der, now(), b"m", &sig)
         .unwrap_err();
@@ -153,8 +151,7 @@ fn device_chain_checks_cluster_and_roles() {
     assert!(tr.verify_device(&swapped, None, now()).is_err());
 
     // An admin certificate cannot pass as a device, nor a device as an admin.
-    pki.create_admin("alice").unwrap();
-    let admin = AdminSigner::load(&pki, "alice").unwrap();
+    let admin = own_admin(&pki, "alice");
     let mut as_device = chain.clone();
     as_device.device = admin.cert_der.clone();
     assert!(tr.verify_device(&as_device, None, now()).is_err());

@@ -4,8 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 
 use custos_pki::{
-    issue_dealer_with_validity, pem_to_der, role, AdminSigner, DealerSigner, PkiDir, PkiError,
-    TrustRoot, Validity, EKU_ADMIN_APPROVAL, EKU_DEALER,
+    issue_dealer_with_validity, pem_to_der, role, DealerSigner, PkiDir, PkiError, TrustRoot,
+    Validity, EKU_ADMIN_APPROVAL, EKU_DEALER,
 };
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -92,9 +92,8 @@ fn dealer_is_issued_stored_and_verified() {
 fn admin_and_dealer_cannot_act_as_each_other() {
     let (_d, pki) = new_pki();
     pki.create_dealer("dealer").unwrap();
-    pki.create_admin("alice").unwrap();
     let dealer = DealerSigner::load(&pki, "dealer").unwrap();
-    let admin = AdminSigner::load(&pki, "alice").unwrap();
+    let admin = crate::own_admin(&pki, "alice");
     let tr = root(&pki);
 
     // A dealer approves nothing ...
@@ -185,8 +184,7 @@ fn an_admin_ca_without_the_dealer_eku_cannot_issue_dealers() {
     std::fs::write(pki.path().join("admin-ca.crt"), old_ca.pem()).unwrap();
 
     // Admins still work ...
-    pki.create_admin("alice").unwrap();
-    let admin = AdminSigner::load(&pki, "alice").unwrap();
+    let admin = crate::own_admin(&pki, "alice");
     root(&pki)
         .verify_admin(&admin.cert_der, &admin.admin_ca_der, now())
         .unwrap();

@@ -403,7 +403,9 @@ fn bundles_import_only_where_sealed_signed_by_the_dealer_and_approved() {
     by_admin.dealer_cert = admin.cert_der.clone();
     by_admin.dealer_ca = admin.admin_ca_der.clone();
     let ctx = bundle_context("dc1", &a.identity.fingerprint, &good.key);
-    by_admin.signature = admin.sign(&bundle_transcript(&ctx, &good.enc, &good.ciphertext));
+    by_admin.signature = admin
+        .sign(&bundle_transcript(&ctx, &good.enc, &good.ciphertext))
+        .unwrap();
     let m = rejected(a.call(&pki.import(&by_admin, 2)));
     assert!(m.contains("dealer certificate"), "{m}");
 

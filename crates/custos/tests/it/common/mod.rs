@@ -139,7 +139,8 @@ impl Fixture {
             CLUSTER,
             &meta,
             &Action::CreateWallet { quorum },
-        );
+        )
+        .unwrap();
         match self
             .tee
             .call(&Request::CreateWallet {
@@ -166,7 +167,7 @@ impl Fixture {
             quorum,
             key_id: &key_id,
         };
-        let approvals = approvals(&[self.pki.admin("alice")], CLUSTER, &meta, &action);
+        let approvals = approvals(&[self.pki.admin("alice")], CLUSTER, &meta, &action).unwrap();
         self.tee
             .call(&Request::ImportWallet {
                 meta,
@@ -200,6 +201,7 @@ impl Fixture {
                 digest,
             },
         )
+        .unwrap()
     }
 
     pub fn sign(
