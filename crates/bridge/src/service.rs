@@ -76,6 +76,10 @@ struct State {
     /// Refused callers, counted here and written as aggregated history rows.
     refusals: Arc<RefusalTally>,
     last_audit: tokio::sync::Mutex<Option<AuditReport>>,
+    /// Where each one-effect request was sent ([`crate::routing::Described::one_effect`]):
+    /// a later envelope with its id goes there only, whatever it asks, so that a resend
+    /// whose pin was lost with an answer never reaches a second node.
+    sent_to: route::SentTo,
     /// One audit at a time.
     audit_running: tokio::sync::Mutex<()>,
 }
@@ -346,6 +350,7 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         refusals,
         last_audit: tokio::sync::Mutex::new(None),
         audit_running: tokio::sync::Mutex::new(()),
+        sent_to: route::SentTo::default(),
         call_timeout: Duration::from_millis(config.call_timeout_ms.max(100)),
     });
     let service = BridgeService { state };

@@ -204,10 +204,17 @@ impl Clusters {
                 Ok(LinkReply {
                     result: Some(LinkResult::Refused(r)),
                 }) if r.refusal_code() == RefusalCode::OutcomeUnknown && !r.node.is_empty() => {
+                    // The name comes through the relay: a request is pinned to it, so it
+                    // must be a name a node can have.
+                    if let Err(e) = custos_pki::check_name(&r.node) {
+                        return Err(CallError::Protocol(format!(
+                            "outcome-unknown refusal names no valid node: {e}"
+                        )));
+                    }
                     return Err(CallError::OutcomeUnknown {
                         node: r.node,
                         message: r.message,
-                    })
+                    });
                 }
                 Ok(LinkReply {
                     result: Some(LinkResult::Refused(r)),

@@ -72,6 +72,14 @@ impl<P: Platform> TeeCore<P> {
     /// same id), never a second one.
     fn first_wallet(&self, meta: &RequestMeta, quorum: u8, made: Option<Vec<u8>>) -> Outcome {
         let replayed = || TeeError::RequestReplayed(hex::encode(meta.request_id));
+        // Made in this batch, not yet durable: no answer may vouch for it before the commit.
+        let pending = self
+            .journal
+            .iter()
+            .any(|(_, u)| matches!(u, Undo::Consumed(rid) if *rid == meta.request_id));
+        if pending {
+            return Err(replayed());
+        }
         let key_id = made.ok_or_else(replayed)?;
         let wallet = self.wallet(&key_id)?;
         if wallet.info.quorum != quorum {

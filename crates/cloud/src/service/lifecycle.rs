@@ -4,9 +4,21 @@
 
 use super::*;
 
-/// How long a request whose outcome is unknown rests before it is sent again (the node
-/// that lost its answer may be restarting).
+/// How long a request whose outcome is unknown rests before it is sent again after its
+/// first attempt (the node that lost its answer may be restarting); doubled after each
+/// attempt up to [`RETRY_UNKNOWN_MAX_MS`], so a node that never answers costs a few
+/// attempts an hour, not one every few seconds.
 pub(crate) const RETRY_UNKNOWN_AFTER_MS: u64 = 1000;
+/// Longest rest between two attempts of a request whose outcome is unknown.
+pub(crate) const RETRY_UNKNOWN_MAX_MS: u64 = 5 * 60 * 1000;
+
+/// Rest before the next attempt of a request that has had `attempts`.
+fn unknown_rest_ms(attempts: u32) -> u64 {
+    let doublings = attempts.saturating_sub(1).min(20);
+    RETRY_UNKNOWN_AFTER_MS
+        .saturating_mul(1u64 << doublings)
+        .min(RETRY_UNKNOWN_MAX_MS)
+}
 
 impl Cloud {
     pub(super) async fn create(
@@ -406,7 +418,7 @@ impl Cloud {
     }
 
     /// Sends again, with its own id and to the node it is pinned to, every request whose
-    /// last attempt's outcome is unknown once it has rested [`RETRY_UNKNOWN_AFTER_MS`]: that
+    /// last attempt's outcome is unknown once it has rested ([`RETRY_UNKNOWN_AFTER_MS`], doubling): that
     /// node's TEE answers the key it made, or makes it if the request never got there. One
     /// whose approvals expired meanwhile ends refused, naming the node (a key made there
     /// reaches the key list when the node registers).
@@ -422,7 +434,7 @@ impl Cloud {
             };
             if row.status != RequestStatus::Submitting
                 || row.error_code.as_deref() != Some(crate::cluster::OUTCOME_UNKNOWN)
-                || self.now_ms() < row.updated_at.saturating_add(RETRY_UNKNOWN_AFTER_MS)
+                || self.now_ms() < row.updated_at.saturating_add(unknown_rest_ms(row.attempts))
             {
                 continue;
             }
@@ -615,4 +627,19 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         };
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{unknown_rest_ms, RETRY_UNKNOWN_AFTER_MS, RETRY_UNKNOWN_MAX_MS};
+
+    #[test]
+    fn resends_after_an_unknown_outcome_back_off_to_a_cap() {
+        assert_eq!(unknown_rest_ms(0), RETRY_UNKNOWN_AFTER_MS);
+        assert_eq!(unknown_rest_ms(1), RETRY_UNKNOWN_AFTER_MS);
+        assert_eq!(unknown_rest_ms(2), 2 * RETRY_UNKNOWN_AFTER_MS);
+        assert_eq!(unknown_rest_ms(5), 16 * RETRY_UNKNOWN_AFTER_MS);
+        assert_eq!(unknown_rest_ms(30), RETRY_UNKNOWN_MAX_MS);
+        assert_eq!(unknown_rest_ms(u32::MAX), RETRY_UNKNOWN_MAX_MS);
+    }
 }

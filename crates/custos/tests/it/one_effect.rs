@@ -109,3 +109,101 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
     assert_eq!(wallets.len(), 1, "{wallets:?}");
     assert_eq!(wallets[0].root_id, w.root_id);
 }
+
+/// The bridge's side, without the cloud server: a create-wallet resent with no pin (the
+/// outcome-unknown answer naming the node was itself lost on the way back) still goes to
+/// the node it was first sent to, never to a second one.
+#[test]
+fn a_create_wallet_resent_without_its_pin_goes_to_the_same_node() {
+    use custos::cluster::{Cluster, ClusterOptions};
+    use custos::ops::{approvals, new_meta};
+    use custos_proto::cluster::TeeCall;
+    use custos_wire::approval::Action;
+    use custos_wire::protocol::encode_request;
+
+    let pki = Pki::new();
+    let mut cluster = Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join("c"),
+        &ClusterOptions {
+            name: CLUSTER.into(),
+            nodes: 2,
+            db_url: None,
+            sync_interval_secs: 3600,
+            audit_interval_secs: 0,
+            link: None,
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxies = rt.block_on(async { [ReplyDropper::start().await, ReplyDropper::start().await] });
+    for (i, proxy) in proxies.iter().enumerate() {
+        cluster.advertise_node(i, proxy.addr).unwrap();
+        proxy.set_upstream(cluster.nodes[i].addr.unwrap());
+    }
+    let mut link = rt.block_on(cluster.link_client()).unwrap();
+    let advertised: BTreeSet<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = link
+                .status(custos_proto::cluster::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let endpoints: BTreeSet<String> = s.nodes.iter().map(|n| n.endpoint.clone()).collect();
+            if endpoints == advertised && s.nodes.iter().all(|n| n.healthy) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes not behind their proxies: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    for p in &proxies {
+        p.arm();
+    }
+    let meta = new_meta(600);
+    let request = encode_request(&Request::CreateWallet {
+        meta: meta.clone(),
+        quorum: 1,
+        approvals: approvals(
+            &[pki.admin("alice")],
+            CLUSTER,
+            &meta,
+            &Action::CreateWallet { quorum: 1 },
+        )
+        .unwrap(),
+    });
+    let call = || TeeCall {
+        request: request.clone(),
+        node: String::new(),
+    };
+    let lost = rt.block_on(link.submit(call())).unwrap_err();
+    assert_eq!(lost.code(), tonic::Code::DeadlineExceeded, "{lost:?}");
+    let first = lost
+        .metadata()
+        .get("custos-node")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .expect("the refusal names the node");
+    // The resend carries no pin; the other node's answer would be lost too if it got it.
+    let reply = rt.block_on(link.submit(call())).unwrap().into_inner();
+    assert_eq!(reply.node, first, "resent to the node it was first sent to");
+    let Ok(Response::Wallet(w)) = custos_wire::client::decode_outcome(&reply.response).unwrap()
+    else {
+        panic!("no wallet")
+    };
+    assert_eq!(proxies.iter().map(ReplyDropper::dropped).sum::<usize>(), 1);
+    let mut made = BTreeSet::new();
+    for node in &cluster.nodes {
+        match node.tee.client().unwrap().call(&Request::ListKeys).unwrap() {
+            Response::Keys(keys) => made.extend(keys.into_iter().map(|k| k.key_id)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(made, BTreeSet::from([w.key_id]));
+}
