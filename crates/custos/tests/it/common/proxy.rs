@@ -66,6 +66,11 @@ impl ReplyDropper {
         self.armed.store(true, Ordering::SeqCst);
     }
 
+    /// Loses nothing more.
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+
     /// Replies lost so far.
     pub fn dropped(&self) -> usize {
         self.dropped.load(Ordering::SeqCst)
