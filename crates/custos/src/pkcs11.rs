@@ -111,6 +111,31 @@ fn call(call: &'static str) -> impl FnOnce(cryptoki::error::Error) -> TokenError
     }
 }
 
+/// The first line of a PIN file that only its owner may read or write: a PIN others can
+/// read is no longer the admin's alone (the same rule as key files).
+fn read_pin_file(path: &std::path::Path) -> Result<Zeroizing<String>, TokenError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let cannot =
+        |e: &dyn std::fmt::Display| TokenError::Pin(format!("cannot read {}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    // The opened file's own metadata: no window between the check and the read.
+    let meta = f.metadata().map_err(|e| cannot(&e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_file() || mode & 0o077 != 0 {
+        return Err(TokenError::Pin(format!(
+            "{} must be a regular file only its owner may read or write (mode {mode:o}; \
+             chmod 600)",
+            path.display()
+        )));
+    }
+    let mut text = Zeroizing::new(String::new());
+    f.read_to_string(&mut text).map_err(|e| cannot(&e))?;
+    Ok(Zeroizing::new(
+        text.lines().next().unwrap_or_default().to_string(),
+    ))
+}
+
 impl PinSource {
     fn read(&self) -> Result<AuthPin, TokenError> {
         let pin = match self {
@@ -119,12 +144,7 @@ impl PinSource {
                     "environment variable {var} is not set (or not UTF-8)"
                 ))
             })?),
-            PinSource::File(path) => {
-                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                    TokenError::Pin(format!("cannot read {}: {e}", path.display()))
-                })?);
-                Zeroizing::new(text.lines().next().unwrap_or_default().to_string())
-            }
+            PinSource::File(path) => read_pin_file(path)?,
         };
         if pin.is_empty() {
             return Err(TokenError::Pin("empty PIN".into()));
@@ -336,5 +356,29 @@ impl AdminKey for TokenKey {
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenKey").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::{read_pin_file, TokenError};
+
+    #[test]
+    fn a_pin_file_others_may_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "1234\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_pin_file(&path).unwrap_err();
+            assert!(
+                matches!(&e, TokenError::Pin(m) if m.contains("chmod 600")),
+                "{mode:o}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_pin_file(&path).unwrap().as_str(), "1234");
     }
 }
