@@ -196,7 +196,27 @@ fn a_create_wallet_resent_without_its_pin_goes_to_the_same_node() {
     for p in &proxies {
         p.disarm();
     }
-    let reply = rt.block_on(link.submit(call())).unwrap().into_inner();
+    // The cut connection may fail a resend or two more (the channel reconnects): each is
+    // outcome-unknown on the same node again, as a caller resending with backoff sees it.
+    let reply = rt.block_on(async {
+        for _ in 0..50 {
+            match link.submit(call()).await {
+                Ok(reply) => return reply.into_inner(),
+                Err(e) => {
+                    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+                    assert_eq!(
+                        e.metadata()
+                            .get("custos-node")
+                            .and_then(|v| v.to_str().ok()),
+                        Some(first.as_str()),
+                        "{e:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        panic!("the node never answered the resend");
+    });
     assert_eq!(reply.node, first, "resent to the node it was first sent to");
     let Ok(Response::Wallet(w)) = custos_wire::client::decode_outcome(&reply.response).unwrap()
     else {
