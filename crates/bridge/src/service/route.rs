@@ -188,48 +188,38 @@ impl BridgeService {
                 node: String::new(),
             };
             let reply = tokio::time::timeout(self.state.call_timeout, client.execute(fwd)).await;
+            // Why the node gave no answer, and whether the request may have reached it.
             let reply = match reply {
-                Ok(Ok(r)) => r.into_inner(),
-                Ok(Err(status)) if d.one_effect && !never_sent(&status) => {
-                    // The node may have made the key: another node must not make a second
-                    // one. The caller retries the same request id on this node, whose TEE
-                    // answers the key it made (or makes it, if the request never got there).
+                Ok(Ok(r)) => Ok(r.into_inner()),
+                Ok(Err(status)) => Err((
+                    format!("failed ({})", status.message()),
+                    !never_sent(&status),
+                )),
+                Err(_) => Err(("timed out".to_string(), true)),
+            };
+            let reply = match reply {
+                Ok(r) => r,
+                Err((why, may_have_run)) => {
                     self.mark(&node, false);
-                    let us = t0.elapsed().as_micros() as i64;
-                    let detail = format!(
-                        "node {node} failed after the request was sent ({}); outcome unknown",
-                        status.message()
-                    );
-                    self.log(entry(
-                        Some(node.clone()),
-                        "outcome_unknown".into(),
-                        detail.clone(),
-                        us,
-                    ))
-                    .await?;
-                    return Err(outcome_unknown(&node, detail));
-                }
-                Ok(Err(status)) => {
-                    tracing::warn!(%node, status = %status.message(), "node failed; failing over");
-                    self.mark(&node, false);
-                    continue;
-                }
-                Err(_) if d.one_effect => {
-                    self.mark(&node, false);
-                    let us = t0.elapsed().as_micros() as i64;
-                    let detail = format!("node {node} timed out; outcome unknown");
-                    self.log(entry(
-                        Some(node.clone()),
-                        "outcome_unknown".into(),
-                        detail.clone(),
-                        us,
-                    ))
-                    .await?;
-                    return Err(outcome_unknown(&node, detail));
-                }
-                Err(_) => {
-                    tracing::warn!(%node, "node timed out; failing over");
-                    self.mark(&node, false);
+                    if d.one_effect && may_have_run {
+                        // The node may have made the key: another node must not make a
+                        // second one. The caller retries the same request id on this node,
+                        // whose TEE answers the key it made (or makes it, if the request
+                        // never got there).
+                        let us = t0.elapsed().as_micros() as i64;
+                        let detail = format!(
+                            "node {node} {why} after the request was sent; outcome unknown"
+                        );
+                        self.log(entry(
+                            Some(node.clone()),
+                            "outcome_unknown".into(),
+                            detail.clone(),
+                            us,
+                        ))
+                        .await?;
+                        return Err(outcome_unknown(&node, detail));
+                    }
+                    tracing::warn!(%node, %why, "node gave no answer; failing over");
                     continue;
                 }
             };
