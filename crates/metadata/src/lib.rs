@@ -40,6 +40,7 @@
 //! server's `synchronous_commit`.
 
 mod chain;
+mod governance;
 mod limits;
 mod summary;
 mod url;
@@ -55,6 +56,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::chain::GENESIS_HASH;
+pub use crate::governance::{GovernanceRow, MAX_GOVERNANCE_ENTRY_BYTES, MAX_GOVERNANCE_PAGE};
 pub use crate::limits::{MAX_APPROVERS, MAX_DETAIL_BYTES, MAX_FIELD_BYTES};
 pub use crate::summary::{
     RefusalSummary, MAX_SUMMARY_EXAMPLE_BYTES, MAX_SUMMARY_SAMPLES, REFUSAL_SUMMARY_KIND,
@@ -141,6 +143,20 @@ pub enum MetadataError {
         field: &'static str,
         /// What is wrong.
         reason: &'static str,
+    },
+    /// A governance entry would leave a gap after the stored log.
+    #[error("governance log gap: the next stored version is {next}, the append starts at {got}")]
+    GovernanceGap {
+        /// The version the log needs next.
+        next: u64,
+        /// The first version offered.
+        got: u64,
+    },
+    /// A different governance entry is already stored at this version: a fork of the log.
+    #[error("governance log conflict: another entry is stored at version {version}")]
+    GovernanceConflict {
+        /// The contested version.
+        version: u64,
     },
     /// The writer task is gone: the runtime that called [`MetadataDb::connect`] shut down.
     #[error("metadata DB writer has stopped; the history cannot be written")]

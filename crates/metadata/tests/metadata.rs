@@ -29,6 +29,7 @@ on_both_engines!(
     closed_db_refuses_appends,
     announced_appends_never_hold_an_append_for_long,
     refusal_summaries_are_chained_and_checked,
+    governance_log_appends_in_order_and_refuses_forks,
 );
 
 async fn open(ctx: &Ctx) -> MetadataDb {
@@ -658,4 +659,52 @@ async fn refusal_summaries_are_chained_and_checked(ctx: Ctx) {
         .await
         .unwrap();
     assert_broken(db.verify().await.unwrap(), 3, "hash mismatch (edited)");
+}
+
+async fn governance_log_appends_in_order_and_refuses_forks(ctx: Ctx) {
+    use custos_metadata::GovernanceRow;
+    let db = open(&ctx).await;
+    let row = |version: u64, tag: u8| GovernanceRow {
+        version,
+        hash: [tag; 32],
+        entry: vec![tag; 100 + version as usize],
+    };
+    assert!(db.governance_entries(0).await.unwrap().is_empty());
+    // The first append must start at the genesis.
+    let e = db.append_governance(&[row(1, 1)]).await.unwrap_err();
+    assert!(
+        matches!(e, MetadataError::GovernanceGap { next: 0, got: 1 }),
+        "{e:?}"
+    );
+    db.append_governance(&[row(0, 0), row(1, 1)]).await.unwrap();
+    // Appending what is stored again changes nothing; extending it adds only the new row.
+    db.append_governance(&[row(1, 1), row(2, 2)]).await.unwrap();
+    // A different entry at a stored version is a fork: the whole append is refused.
+    let e = db
+        .append_governance(&[row(2, 9), row(3, 3)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, MetadataError::GovernanceConflict { version: 2 }),
+        "{e:?}"
+    );
+    let e = db.append_governance(&[row(4, 4)]).await.unwrap_err();
+    assert!(
+        matches!(e, MetadataError::GovernanceGap { next: 3, got: 4 }),
+        "{e:?}"
+    );
+    let e = db
+        .append_governance(&[row(3, 3), row(5, 5)])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MetadataError::InvalidField { .. }), "{e:?}");
+    assert_eq!(
+        db.governance_entries(0).await.unwrap(),
+        vec![row(0, 0), row(1, 1), row(2, 2)]
+    );
+    assert_eq!(db.governance_entries(2).await.unwrap(), vec![row(2, 2)]);
+    // Reopened, the log is still there.
+    db.close().await;
+    let db = open(&ctx).await;
+    assert_eq!(db.governance_entries(1).await.unwrap().len(), 2);
 }

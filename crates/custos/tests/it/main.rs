@@ -18,6 +18,7 @@ mod cloud_listen;
 mod cluster;
 mod dkg;
 mod e2e;
+mod governance;
 mod link;
 mod one_effect;
 mod pkcs11;
