@@ -9,6 +9,8 @@
 
 use custos_test_kit::{call_core as call, now, MemPlatform};
 
+use crate::crash;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -467,8 +469,8 @@ fn bundles_import_only_where_sealed_signed_by_the_dealer_and_approved() {
         Response::ThresholdKeys(vec![])
     );
 
-    // The genuine bundle imports once; the same request again is a replay, a new one finds
-    // the key held.
+    // The genuine bundle imports once; the same request again answers that import, a new
+    // one finds the key held.
     let req = pki.import(&good, 2);
     let Response::ThresholdKey(info) = a.call(&req).unwrap() else {
         panic!("expected a threshold key");
@@ -481,8 +483,7 @@ fn bundles_import_only_where_sealed_signed_by_the_dealer_and_approved() {
         a.call(&Request::ListThresholdKeys).unwrap(),
         Response::ThresholdKeys(vec![info.clone()])
     );
-    let e = a.call(&req).unwrap_err();
-    assert!(matches!(e, TeeError::KeyExists(_)), "{e:?}");
+    assert_eq!(a.call(&req), Ok(Response::ThresholdKey(info.clone())));
     let e = a.call(&pki.import(&good, 2)).unwrap_err();
     assert!(matches!(e, TeeError::KeyExists(_)), "{e:?}");
 
@@ -1117,4 +1118,69 @@ fn presignature_child_killed_after_commit() {
         .store(true, Ordering::SeqCst);
     let answer = core.handle_bytes(&std::fs::read(&request).unwrap());
     println!("{ANSWERED}: {} bytes", answer.len());
+}
+
+#[test]
+fn bundle_import_crash_after_commit_then_replay() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1");
+    let good = pki.bundle(0, &a);
+    let req = pki.import(&good, 2);
+    // The import commits and the TEE is killed before it answers.
+    a.core = crash::killed_after_commit(a.core, &req, pki.dir.path());
+    // The caller asks again with the same id: the share the first imported, not a refusal.
+    let Ok(Response::ThresholdKey(info)) = a.call(&req) else {
+        panic!("expected the imported key");
+    };
+    assert_eq!(info, good.key);
+    let held = Response::ThresholdKeys(vec![info.clone()]);
+    assert_eq!(a.call(&Request::ListThresholdKeys), Ok(held.clone()));
+    // A bundle sealed again by the dealer for the same facts is the same approved import.
+    let resealed = pki.bundle(0, &a);
+    assert_ne!(resealed.ciphertext, good.ciphertext);
+    let Request::ImportThresholdBundle {
+        meta, approvals, ..
+    } = req.clone()
+    else {
+        unreachable!()
+    };
+    let same = Request::ImportThresholdBundle {
+        meta: meta.clone(),
+        bundle: resealed,
+        approvals,
+    };
+    assert_eq!(a.call(&same), Ok(Response::ThresholdKey(info.clone())));
+
+    // Another key, or other facts of this one, under the used id: refused, naming both.
+    let clusters: Vec<String> = CLUSTERS.iter().map(|c| c.to_string()).collect();
+    let refused = |a: &mut Node, share: &ThresholdShare, quorum: u8| {
+        let key = key_info(share, &clusters, quorum, ThresholdOrigin::Dealer).unwrap();
+        let bundle = seal_bundle(share, key, &a.identity, &pki.dealer).unwrap();
+        let action = Action::ImportThresholdKey {
+            quorum,
+            key_id: &bundle.key.key_id,
+            share_index: 0,
+        };
+        match a.call(&Request::ImportThresholdBundle {
+            approvals: pki.approvals(2, &action, "dc1", &meta),
+            meta: meta.clone(),
+            bundle,
+        }) {
+            Err(TeeError::RequestReplayed(m)) => m,
+            other => panic!("expected RequestReplayed, got {other:?}"),
+        }
+    };
+    let m = refused(&mut a, &plain_shares()[0], QUORUM);
+    let other_key = hex::encode(plain_shares()[0].public_key());
+    assert!(
+        m.contains(&hex::encode(&info.key_id)) && m.contains(&other_key),
+        "{m}"
+    );
+    let m = refused(&mut a, &shares()[0], 1);
+    assert!(m.contains("quorum 2") && m.contains("quorum 1"), "{m}");
+
+    // After another restart, the same first outcome; one key held throughout.
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    assert_eq!(a.call(&req), Ok(Response::ThresholdKey(info)));
+    assert_eq!(a.call(&Request::ListThresholdKeys), Ok(held));
 }
