@@ -12,8 +12,6 @@ use custos_test_kit::{call_core as call, now, MemPlatform};
 use crate::crash;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -26,9 +24,9 @@ use custos_tee_core::TeeCore;
 use custos_threshold::{combine, deal, fixtures, PartialSig, PresignaturePublic, ThresholdShare};
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::protocol::{
-    encode_request, CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta,
-    Response, SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage,
-    ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
+    CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta, Response,
+    SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin,
+    ThresholdSignParams, ThresholdSigner,
 };
 use custos_wire::threshold::{bundle_context, bundle_transcript};
 use rand::RngCore;
@@ -1048,37 +1046,10 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
     ));
 
     // The TEE process is killed right after the consumption is durable, before the partial
-    // exists (a child process of this test runs the core over n1's records and aborts in
-    // the commit): the presignature is gone after the restart, whatever is asked.
+    // exists (`crash`): the presignature is gone after the restart, whatever is asked.
     let id2 = presign(&mut [(0, &mut a), (1, &mut n1)], &key);
     let (_, req2) = presign_sign(&pki, &key, id2, message);
-    let state = pki.dir.path().join("n1.records");
-    let request = pki.dir.path().join("n1.request");
-    n1.core.platform().save(&state);
-    std::fs::write(&request, encode_request(&req2)).unwrap();
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "threshold::presignature_child_killed_after_commit",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_STATE, &state)
-        .env(CHILD_REQUEST, &request)
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        child.status.signal(),
-        Some(6),
-        "the child was not killed in the commit: {child:?}"
-    );
-    assert!(
-        !String::from_utf8_lossy(&child.stdout).contains(ANSWERED),
-        "the killed TEE answered"
-    );
-    n1.core = TeeCore::open(MemPlatform::load(&state), "memory").unwrap();
+    n1.core = crash::killed_after_commit(n1.core, &req2, pki.dir.path());
     assert!(held(&mut n1, &key).is_empty());
     let e = n1.call(&req2).unwrap_err();
     assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
@@ -1089,35 +1060,6 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
     // The other signer's copy survives its own restart, until used.
     a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
     assert_eq!(held(&mut a, &key), vec![id2]);
-}
-
-/// Environment of [`presignature_child_killed_after_commit`]: the records file and the
-/// request file.
-const CHILD_STATE: &str = "CUSTOS_TEST_CHILD_STATE";
-const CHILD_REQUEST: &str = "CUSTOS_TEST_CHILD_REQUEST";
-/// What the child prints if the core ever answers.
-const ANSWERED: &str = "CHILD-TEE-ANSWERED";
-
-/// The TEE process of `presignatures_sign_full_messages_once_even_across_a_crash`: opens the
-/// core over the records it was given, handles the request and is killed (abort) in the
-/// first commit, right after it is durable.
-#[test]
-#[ignore = "child process of presignatures_sign_full_messages_once_even_across_a_crash"]
-fn presignature_child_killed_after_commit() {
-    let (Some(state), Some(request)) = (
-        std::env::var_os(CHILD_STATE),
-        std::env::var_os(CHILD_REQUEST),
-    ) else {
-        panic!("run by its parent test only");
-    };
-    let mut platform = MemPlatform::load(std::path::Path::new(&state));
-    platform.persist_to = Some(PathBuf::from(&state));
-    let mut core = TeeCore::open(platform, "memory").unwrap();
-    core.platform()
-        .crash_after_commit
-        .store(true, Ordering::SeqCst);
-    let answer = core.handle_bytes(&std::fs::read(&request).unwrap());
-    println!("{ANSWERED}: {} bytes", answer.len());
 }
 
 #[test]
