@@ -17,7 +17,7 @@
 
 use custos_wire::protocol::*;
 
-use super::{Dkg, Phase, Work, MAX_DKG_SESSIONS};
+use super::{Phase, Work, MAX_DKG_SESSIONS};
 use crate::platform::Platform;
 use crate::threshold::engine::{key_facts, reject, session_name};
 use crate::{replayed, TeeCore};
@@ -147,7 +147,6 @@ impl<P: Platform> TeeCore<P> {
                     session_name(session)
                 )));
             }
-            let dkg: &Dkg = dkg;
             return Ok(Some(Response::ThresholdKeygenRound {
                 session: *session,
                 phase: live.phase.as_str().into(),
