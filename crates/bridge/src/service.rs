@@ -37,6 +37,7 @@ use custos_pki::clock::now_unix;
 
 mod grpc;
 mod route;
+mod sent_to;
 mod upkeep;
 
 fn now_ms() -> i64 {
@@ -78,8 +79,9 @@ struct State {
     last_audit: tokio::sync::Mutex<Option<AuditReport>>,
     /// Where each one-effect request was sent ([`crate::routing::Described::one_effect`]):
     /// a later envelope with its id goes there only, whatever it asks, so that a resend
-    /// whose pin was lost with an answer never reaches a second node.
-    sent_to: route::SentTo,
+    /// whose pin was lost with an answer never reaches a second node (also after a restart:
+    /// kept in the metadata DB).
+    sent_to: sent_to::SentTo,
     /// One audit at a time.
     audit_running: tokio::sync::Mutex<()>,
 }
@@ -325,6 +327,7 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
     let server_cfg = server_config_anchored(&identity, &root_der, observer)?;
     let client_cfg = client_config(&identity, &root_der)?;
     let db = MetadataDb::connect(&config.db_url).await?;
+    let sent_to = sent_to::SentTo::restore(&db).await?;
     let records = db.keys().await?;
     let threshold = records
         .iter()
@@ -350,7 +353,7 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         refusals,
         last_audit: tokio::sync::Mutex::new(None),
         audit_running: tokio::sync::Mutex::new(()),
-        sent_to: route::SentTo::default(),
+        sent_to,
         call_timeout: Duration::from_millis(config.call_timeout_ms.max(100)),
     });
     let service = BridgeService { state };
@@ -376,6 +379,15 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         tokio::spawn(async move { s.key_flusher().await });
         let s = service.clone();
         tokio::spawn(async move { s.refusal_flusher().await });
+        let db = service.state.db.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(sent_to::PRUNE_EVERY).await;
+                if let Err(e) = sent_to::SentTo::prune(&db).await {
+                    tracing::warn!(error = %e, "cannot delete old sent-to records");
+                }
+            }
+        });
         if config.audit_interval_secs > 0 {
             let s = service.clone();
             let every = Duration::from_secs(config.audit_interval_secs);

@@ -11,6 +11,8 @@
 //!   chained entry of kind [`REFUSAL_SUMMARY_KIND`] whose `detail` has a fixed, checked
 //!   format (see [`RefusalSummary`]'s module: refused on append, a break on verify).
 //! * **Keys**: the cluster's root keys, insert-or-ignore, bulk-loadable in one transaction.
+//! * **Sent-to**: the node each one-effect request was last sent to ([`SentRecord`]), so a
+//!   restarted bridge routes a resend of it to that node; kept for a bounded time and count.
 //!
 //! Each entry's `hash` (lower-case hex) is, with all integers big-endian:
 //!
@@ -42,6 +44,7 @@
 mod chain;
 mod governance;
 mod limits;
+mod sent;
 mod summary;
 mod url;
 mod writer;
@@ -58,6 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use crate::chain::GENESIS_HASH;
 pub use crate::governance::{GovernanceRow, MAX_GOVERNANCE_ENTRY_BYTES, MAX_GOVERNANCE_PAGE};
 pub use crate::limits::{MAX_APPROVERS, MAX_DETAIL_BYTES, MAX_FIELD_BYTES};
+pub use crate::sent::{SentRecord, MAX_SENT_ROWS};
 pub use crate::summary::{
     RefusalSummary, MAX_SUMMARY_EXAMPLE_BYTES, MAX_SUMMARY_SAMPLES, REFUSAL_SUMMARY_KIND,
 };

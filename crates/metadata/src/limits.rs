@@ -32,7 +32,7 @@ fn check_text(field: &'static str, s: &str) -> Result<(), MetadataError> {
     Ok(())
 }
 
-fn check_required(field: &'static str, s: &str) -> Result<(), MetadataError> {
+pub(crate) fn check_required(field: &'static str, s: &str) -> Result<(), MetadataError> {
     check_text(field, s)?;
     if s.is_empty() {
         return Err(MetadataError::InvalidField {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use common::{entry, key};
 use custos_metadata::{
-    MetadataDb, MetadataError, NewEntry, RefusalSummary, VerifyReport, GENESIS_HASH,
+    MetadataDb, MetadataError, NewEntry, RefusalSummary, SentRecord, VerifyReport, GENESIS_HASH,
     MAX_DETAIL_BYTES, MAX_FIELD_BYTES, REFUSAL_SUMMARY_KIND,
 };
 use custos_test_kit::{on_both_engines, Ctx, TestDb};
@@ -30,6 +30,7 @@ on_both_engines!(
     announced_appends_never_hold_an_append_for_long,
     refusal_summaries_are_chained_and_checked,
     governance_log_appends_in_order_and_refuses_forks,
+    sent_to_survives_reopen_and_is_bounded,
 );
 
 async fn open(ctx: &Ctx) -> MetadataDb {
@@ -707,4 +708,56 @@ async fn governance_log_appends_in_order_and_refuses_forks(ctx: Ctx) {
     db.close().await;
     let db = open(&ctx).await;
     assert_eq!(db.governance_entries(1).await.unwrap().len(), 2);
+/// Where one-effect requests were sent: the last node per request survives a reopen, old
+/// rows and rows beyond the count bound are deleted, bad fields are refused.
+async fn sent_to_survives_reopen_and_is_bounded(ctx: Ctx) {
+    let sent = |id: &str, node: &str, at_ms| SentRecord {
+        request_id: id.into(),
+        node: node.into(),
+        at_ms,
+    };
+    {
+        let db = open(&ctx).await;
+        assert!(db.sent_since(0, 10).await.unwrap().is_empty());
+        db.record_sent("r1", "node1", 1_000).await.unwrap();
+        // A failover after a refused connection moves it.
+        db.record_sent("r1", "node2", 2_000).await.unwrap();
+        for (i, at) in [(2, 3_000), (3, 4_000), (4, 5_000)] {
+            db.record_sent(&format!("r{i}"), "node1", at).await.unwrap();
+        }
+        let e = db.record_sent("", "node1", 1).await.unwrap_err();
+        assert!(matches!(
+            e,
+            MetadataError::InvalidField {
+                field: "request_id",
+                ..
+            }
+        ));
+        let long = "n".repeat(MAX_FIELD_BYTES + 1);
+        let e = db.record_sent("r9", &long, 1).await.unwrap_err();
+        assert!(matches!(
+            e,
+            MetadataError::FieldTooLong { field: "node", .. }
+        ));
+        db.close().await;
+    }
+    let db = open(&ctx).await;
+    assert_eq!(
+        db.sent_since(2_000, 10).await.unwrap(),
+        vec![
+            sent("r4", "node1", 5_000),
+            sent("r3", "node1", 4_000),
+            sent("r2", "node1", 3_000),
+            sent("r1", "node2", 2_000),
+        ]
+    );
+    assert_eq!(db.sent_since(0, 1).await.unwrap().len(), 1);
+    // Older than 3 000 ms goes (r1), then all but the newest two (r2).
+    assert_eq!(db.forget_sent(3_000, 2).await.unwrap(), 2);
+    assert_eq!(
+        db.sent_since(0, 10).await.unwrap(),
+        vec![sent("r4", "node1", 5_000), sent("r3", "node1", 4_000)]
+    );
+    // Fewer rows than the bound: nothing more goes.
+    assert_eq!(db.forget_sent(0, 5).await.unwrap(), 0);
 }

@@ -178,6 +178,49 @@ impl<P: Platform> TeeCore<P> {
             .push((self.current, Undo::Consumed(meta.request_id)));
         Ok(())
     }
+
+    /// Whether `request_id` was consumed in the current batch (not durable before its commit).
+    fn consumed_pending(&self, request_id: &[u8; 16]) -> bool {
+        self.journal
+            .iter()
+            .any(|(_, u)| matches!(u, Undo::Consumed(rid) if rid == request_id))
+    }
+
+    /// The key an approved request made the first time its id was used, so that its repeat
+    /// (the first answer was lost on the way back, the caller asks again with the same id)
+    /// answers that key instead of making a second one. `None`: the id is unused. Refused
+    /// when the first execution is not durable yet (made in this batch: no answer may vouch
+    /// for a key before its commit), when the repeat was approved until another time (another
+    /// request under the same id), or when the first made no key. The caller still checks
+    /// that the key is what the repeat asks for.
+    fn first_made(&self, meta: &RequestMeta) -> Result<Option<Vec<u8>>, TeeError> {
+        let Some(first) = self.consumed.get(&meta.request_id) else {
+            return Ok(None);
+        };
+        if self.consumed_pending(&meta.request_id) {
+            return Err(replayed(meta, "its first execution is not durable yet"));
+        }
+        if first.expires_at != meta.expires_at {
+            return Err(replayed(
+                meta,
+                format!(
+                    "first approved until {}, this repeat until {}",
+                    first.expires_at, meta.expires_at
+                ),
+            ));
+        }
+        first
+            .made
+            .clone()
+            .map(Some)
+            .ok_or_else(|| TeeError::RequestReplayed(hex::encode(meta.request_id)))
+    }
+}
+
+/// [`TeeError::RequestReplayed`] naming the request id and why its repeat does not get the
+/// first outcome (its terms differ from the first's, or that outcome is not durable yet).
+fn replayed(meta: &RequestMeta, why: impl std::fmt::Display) -> TeeError {
+    TeeError::RequestReplayed(format!("{} ({why})", hex::encode(meta.request_id)))
 }
 
 /// A used request id (sealed as `consumed/<id>`): until when its approvals are live, and the

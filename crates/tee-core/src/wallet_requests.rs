@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use crate::platform::{Platform, RecordId};
 use crate::wallet::{key_hex, Wallet};
-use crate::{storage, TeeCore, Undo, WALLET_PREFIX};
+use crate::{replayed, storage, TeeCore, Undo, WALLET_PREFIX};
 
 impl<P: Platform> TeeCore<P> {
     pub(crate) fn wallet(&self, key_id: &[u8]) -> Result<&Wallet, TeeError> {
@@ -51,8 +51,8 @@ impl<P: Platform> TeeCore<P> {
         Self::check_quorum_value(quorum)?;
         // Whoever creates a key under an m-of-k policy must meet that policy themselves.
         self.approve(meta, Action::CreateWallet { quorum }, approvals, quorum)?;
-        if let Some(first) = self.consumed.get(&meta.request_id) {
-            return self.first_wallet(meta, quorum, first.made.clone());
+        if let Some(made) = self.first_made(meta)? {
+            return self.first_wallet(meta, &made, Origin::Generated, quorum, None);
         }
         let mut seed = Zeroizing::new(vec![0u8; 32]);
         self.platform.random(&mut seed).map_err(storage)?;
@@ -67,25 +67,41 @@ impl<P: Platform> TeeCore<P> {
         self.store_wallet(wallet)
     }
 
-    /// The answer to an approved create-wallet whose id was used already: the wallet it
-    /// made (its first answer was lost on the way back and the caller asks again with the
-    /// same id), never a second one.
-    fn first_wallet(&self, meta: &RequestMeta, quorum: u8, made: Option<Vec<u8>>) -> Outcome {
-        let replayed = || TeeError::RequestReplayed(hex::encode(meta.request_id));
-        // Made in this batch, not yet durable: no answer may vouch for it before the commit.
-        let pending = self
-            .journal
-            .iter()
-            .any(|(_, u)| matches!(u, Undo::Consumed(rid) if *rid == meta.request_id));
-        if pending {
-            return Err(replayed());
+    /// The answer to an approved wallet request whose id was used already: the wallet it
+    /// made, never a second one. The repeat must ask for what the first made (a wallet of
+    /// that origin and quorum, and for an import that key); anything else is another
+    /// request under a used id, refused naming the difference.
+    fn first_wallet(
+        &self,
+        meta: &RequestMeta,
+        made: &[u8],
+        origin: Origin,
+        quorum: u8,
+        key_id: Option<&[u8]>,
+    ) -> Outcome {
+        if self.threshold.keys.contains_key(made) {
+            return Err(replayed(
+                meta,
+                format!("it made threshold key {}", key_hex(made)),
+            ));
         }
-        let key_id = made.ok_or_else(replayed)?;
-        let wallet = self.wallet(&key_id)?;
-        if wallet.info.quorum != quorum {
-            return Err(replayed());
+        let info = &self.wallet(made)?.info;
+        let asked = match key_id {
+            Some(k) => format!("an import of key {} with quorum {quorum}", key_hex(k)),
+            None => format!("a new wallet with quorum {quorum}"),
+        };
+        if info.origin != origin || info.quorum != quorum || key_id.is_some_and(|k| k != made) {
+            return Err(replayed(
+                meta,
+                format!(
+                    "it made wallet {} ({:?}, quorum {}), this repeat asks for {asked}",
+                    key_hex(made),
+                    info.origin,
+                    info.quorum
+                ),
+            ));
         }
-        Ok(Response::Wallet(wallet.info.clone()))
+        Ok(Response::Wallet(info.clone()))
     }
 
     pub(crate) fn import_wallet(
@@ -97,13 +113,17 @@ impl<P: Platform> TeeCore<P> {
         approvals: &[Approval],
     ) -> Outcome {
         self.approve_import(meta, quorum, key_id, approvals)?;
-        self.store_import(quorum, key_id, secret)
+        if let Some(made) = self.first_made(meta)? {
+            return self.first_wallet(meta, &made, Origin::Imported, quorum, Some(key_id));
+        }
+        self.store_import(meta, quorum, key_id, secret)
     }
 
     /// As [`Self::import_wallet`], with the secret sealed to this node. Approvals are checked
     /// before anything is decrypted, so an unapproved caller gets no answer about the
     /// ciphertext. The context uses this node's certified cluster and node names, so a
-    /// ciphertext made for another node, or for other approved terms, does not open.
+    /// ciphertext made for another node, or for other approved terms, does not open. A
+    /// repeat of an import done here answers its wallet without opening anything.
     pub(crate) fn import_wallet_sealed(
         &mut self,
         meta: &RequestMeta,
@@ -113,16 +133,18 @@ impl<P: Platform> TeeCore<P> {
         approvals: &[Approval],
     ) -> Outcome {
         self.approve_import(meta, quorum, key_id, approvals)?;
+        if let Some(made) = self.first_made(meta)? {
+            return self.first_wallet(meta, &made, Origin::Imported, quorum, Some(key_id));
+        }
         let (own, _) = self.identity()?;
         let context = import::import_context(&own.cluster, &own.node, meta, quorum, key_id);
         let d = self.device.as_ref().expect("identity implies a device key");
         let secret = import::open_import(&d.private_scalar()?[..], &context, sealed)?;
-        self.store_import(quorum, key_id, &secret)
+        self.store_import(meta, quorum, key_id, &secret)
     }
 
     /// The admin check of both import kinds: `quorum` distinct admins approved importing
-    /// `key_id` with that quorum. (No request id is consumed: an import cannot repeat, the
-    /// key then exists.)
+    /// `key_id` with that quorum.
     fn approve_import(
         &mut self,
         meta: &RequestMeta,
@@ -139,8 +161,15 @@ impl<P: Platform> TeeCore<P> {
         )
     }
 
-    /// Builds the wallet from an approved secret and stores it if it is the approved key.
-    fn store_import(&mut self, quorum: u8, key_id: &[u8], secret: &ImportSecret) -> Outcome {
+    /// Builds the wallet from an approved secret and stores it if it is the approved key and
+    /// new here, consuming the request id with it: a repeat answers this wallet.
+    fn store_import(
+        &mut self,
+        meta: &RequestMeta,
+        quorum: u8,
+        key_id: &[u8],
+        secret: &ImportSecret,
+    ) -> Outcome {
         let wallet = Wallet::from_seed(
             &self.secp,
             import::import_seed(secret)?,
@@ -155,6 +184,12 @@ impl<P: Platform> TeeCore<P> {
                 key_hex(key_id)
             )));
         }
+        // Held already (imported under another request, or synced): this request made
+        // nothing, so its id stays unused.
+        if self.wallets.contains_key(key_id) {
+            return Err(TeeError::KeyExists(key_hex(key_id)));
+        }
+        self.consume_request(meta, Some(key_id))?;
         self.store_wallet(wallet)
     }
 

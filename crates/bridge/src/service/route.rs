@@ -181,7 +181,15 @@ impl BridgeService {
             };
             tried.push(node.clone());
             if let (Some(id), true) = (&d.request_id, d.one_effect) {
-                self.state.sent_to.insert(id, &node);
+                // Durable before the request leaves, so that a restarted bridge still sends
+                // a resend here; if it cannot be recorded, the request is not sent.
+                if let Err(e) = self.state.sent_to.remember(&self.state.db, id, &node).await {
+                    let us = t0.elapsed().as_micros() as i64;
+                    let detail = format!("cannot record that {id} goes to node {node}: {e}");
+                    let code = custos_proto::RefusalCode::Unavailable.as_str().to_string();
+                    self.log(entry(None, code, detail.clone(), us)).await?;
+                    return Err(Status::unavailable(detail));
+                }
             }
             let fwd = TeeCall {
                 request: call.request.clone(),
@@ -310,61 +318,4 @@ fn never_sent(status: &Status) -> bool {
         source = e.source();
     }
     false
-}
-
-/// Most one-effect requests [`SentTo`] remembers; beyond, the oldest half is forgotten.
-const MAX_SENT_TO: usize = 100_000;
-
-/// Request id (hex) → the node a one-effect request was sent to, in memory. A request is
-/// resent within its approvals' life (at most days); a bridge restart forgets the map (the
-/// cloud server then pins the resend to the node its outcome-unknown answer named).
-#[derive(Default)]
-pub(crate) struct SentTo(std::sync::Mutex<(u64, SentToMap)>);
-
-/// Request id (hex) → (node, insertion sequence number).
-type SentToMap = std::collections::HashMap<String, (String, u64)>;
-
-impl SentTo {
-    fn get(&self, id: &str) -> Option<String> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.1.get(id).map(|(node, _)| node.clone())
-    }
-
-    fn insert(&self, id: &str, node: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (next, entries) = &mut *map;
-        if entries.len() >= MAX_SENT_TO && !entries.contains_key(id) {
-            let cut = next.saturating_sub(MAX_SENT_TO as u64 / 2);
-            entries.retain(|_, (_, seq)| *seq >= cut);
-        }
-        *next += 1;
-        let seq = *next;
-        // The node it was last sent to: a failover after a refused connection moves it.
-        entries.insert(id.to_string(), (node.to_string(), seq));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{SentTo, MAX_SENT_TO};
-
-    #[test]
-    fn a_one_effect_request_is_remembered_at_the_node_it_was_last_sent_to() {
-        let sent = SentTo::default();
-        assert_eq!(sent.get("r1"), None);
-        sent.insert("r1", "node1");
-        sent.insert("r1", "node2");
-        assert_eq!(sent.get("r1").as_deref(), Some("node2"));
-        // Bounded: past the cap the oldest half goes, the newest stay.
-        for i in 0..MAX_SENT_TO + 10 {
-            sent.insert(&format!("x{i}"), "node1");
-        }
-        let held = sent.0.lock().unwrap().1.len();
-        assert!(held <= MAX_SENT_TO, "{held}");
-        assert_eq!(
-            sent.get(&format!("x{}", MAX_SENT_TO + 9)).as_deref(),
-            Some("node1")
-        );
-        assert_eq!(sent.get("r1"), None);
-    }
 }

@@ -15,7 +15,8 @@
 //!
 //! Then the two halves make the share T_i with P, which is sealed (origin
 //! [`ThresholdOrigin::Dkg`]) and answered as the key's public facts. The request id is
-//! consumed with it: one approval makes at most one key, whatever the attempts.
+//! consumed with it, keeping the key's id: one approval makes at most one key, whatever the
+//! attempts, and a repeated start or feed answers that key (see `repeat`).
 //!
 //! Ids: the envelope id and the two execution ids are derived inside the TEE from the
 //! approved request and the participants' certificates ([`dkg_execution_id`]).
@@ -132,9 +133,17 @@ pub(super) struct Dkg {
     outbox: VecDeque<ThresholdMessage>,
     /// Aux-info's output, held until the outbox is empty.
     aux: Option<custos_threshold::AuxInfo>,
+    /// The start's messages, answered again to a repeated start (`repeat`).
+    started: Vec<ThresholdMessage>,
 }
 
 impl Dkg {
+    /// Whether this TEE has work or messages still to give: the caller collects with empty
+    /// feeds meanwhile.
+    fn computing(&self) -> bool {
+        !self.queue.is_empty() || !self.outbox.is_empty() || self.aux.is_some()
+    }
+
     fn host_id(&self, stage: Stage) -> [u8; 32] {
         match stage {
             Stage::Keygen => self.keygen_id,
@@ -208,6 +217,8 @@ fn keygen_position(
     Ok(my_index)
 }
 
+mod repeat;
+
 impl<P: Platform> TeeCore<P> {
     /// The key generation host, started at first use.
     fn dkg_host(&mut self) -> Result<&SessionHost, TeeError> {
@@ -268,7 +279,8 @@ impl<P: Platform> TeeCore<P> {
     /// new key's quorum), every participant's certificate as a device of its cluster, that
     /// the session and the request were not used, and that a primes set is ready. Then the
     /// session is marked started (and the primes set consumed) durably, keygen starts, and
-    /// its first messages are answered.
+    /// its first messages are answered. A repeat whose request made a key here answers that
+    /// key; one whose session runs here answers its first messages again (see `repeat`).
     pub(crate) fn threshold_keygen_start(
         &mut self,
         meta: &RequestMeta,
@@ -296,13 +308,15 @@ impl<P: Platform> TeeCore<P> {
             approvals,
             params.quorum,
         )?;
-        let now = self.platform.now_unix();
-        let signers = self.keygen_signers(params, now)?;
         let session = SessionRef {
             request_id: meta.request_id,
             attempt,
         };
-        let deadline = self.admit_keygen(&session, meta, now)?;
+        if let Some(made) = self.first_made(meta)? {
+            return self.first_keygen(meta, &session, &made, params, my_index);
+        }
+        let now = self.platform.now_unix();
+        let signers = self.keygen_signers(params, now)?;
         let fingerprints: Vec<[u8; 32]> = signers.iter().map(|s| s.identity.fingerprint).collect();
         let id = |stage| {
             dkg_execution_id(
@@ -320,6 +334,10 @@ impl<P: Platform> TeeCore<P> {
             id(DkgStage::Keygen),
             id(DkgStage::AuxInfo),
         );
+        if let Some(running) = self.keygen_running(&session, &eid)? {
+            return Ok(running);
+        }
+        let deadline = self.admit_keygen(&session, meta, now)?;
         let (primes, from) = self.find_primes()?;
         if let Err(e) = self.dkg_host() {
             self.give_back_primes(primes, from);
@@ -355,6 +373,7 @@ impl<P: Platform> TeeCore<P> {
                 early: Vec::new(),
                 outbox: VecDeque::new(),
                 aux: None,
+                started: Vec::new(),
             })),
         };
         let started = self
@@ -371,6 +390,8 @@ impl<P: Platform> TeeCore<P> {
                 return Err(e);
             }
         };
+        let mut live = live;
+        dkg_of(&mut live).started = outgoing.clone();
         self.threshold.live.insert(session, live);
         Ok(Response::ThresholdKeygenRound {
             session,
@@ -402,9 +423,10 @@ impl<P: Platform> TeeCore<P> {
         Ok(signers)
     }
 
-    /// Refuses a key generation whose session or request was already used, that finds no
-    /// room among the open sessions, or whose approvals have expired; else returns its
-    /// deadline.
+    /// Refuses a key generation whose session was already started here (and is no longer
+    /// running: aborted, expired or lost in a restart; the caller starts the next attempt),
+    /// that finds no room among the open sessions, or whose approvals have expired; else
+    /// returns its deadline.
     fn admit_keygen(
         &mut self,
         session: &SessionRef,
@@ -413,10 +435,6 @@ impl<P: Platform> TeeCore<P> {
     ) -> Result<Instant, TeeError> {
         if self.threshold.used_sessions.contains_key(session) {
             return Err(TeeError::RequestReplayed(session_name(session)));
-        }
-        // A key was already made here under these approvals.
-        if self.consumed.contains_key(&meta.request_id) {
-            return Err(TeeError::RequestReplayed(hex::encode(meta.request_id)));
         }
         self.purge_expired_sessions();
         if self.threshold.live.len() >= MAX_LIVE_SESSIONS {
@@ -624,7 +642,7 @@ impl<P: Platform> TeeCore<P> {
                 return self.finish_dkg(session, live, aux, outgoing);
             }
         }
-        let computing = !dkg.queue.is_empty() || !dkg.outbox.is_empty() || dkg.aux.is_some();
+        let computing = dkg.computing();
         let phase = live.phase.as_str().into();
         self.threshold.live.insert(session, live);
         Ok(Response::ThresholdKeygenRound {
@@ -715,8 +733,9 @@ impl<P: Platform> TeeCore<P> {
         };
         // The host already dropped both sessions; nothing of the session stays.
         self.release(live);
-        self.consume_request(&meta, None)?;
+        self.consume_request(&meta, Some(&held.info.key_id))?;
         let info = self.store_threshold_key(held)?;
+        self.keep_final_answer(session, &outgoing);
         if from_pool && self.threshold.generate_primes {
             // Keep one set ready for the next key generation.
             self.threshold.primes.refill();

@@ -14,7 +14,7 @@
 //! replayed start is refused even after a restart; a session lost in a crash is retried by
 //! the cloud server under the next attempt number.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use custos_pki::{validity_window, DeviceChain, DeviceIdentity};
@@ -27,7 +27,7 @@ use super::primes::PrimePool;
 use super::{check_key_info, check_share, HeldKey, SESSION_PREFIX, SHARE_PREFIX};
 use crate::platform::{Platform, PlatformError, RecordId};
 use crate::wallet::key_hex;
-use crate::{storage, TeeCore};
+use crate::{replayed, storage, TeeCore};
 use custos_wire::approval::{Action, Approval};
 use custos_wire::protocol::*;
 use custos_wire::threshold::{bundle_context, bundle_transcript};
@@ -95,6 +95,9 @@ pub(crate) struct ThresholdState {
     /// aux-info steps compute for seconds, which must delay neither signing sessions nor the
     /// core's request loop.
     pub(super) dkg_host: Option<SessionHost>,
+    /// The last answer's messages of recently finished key generations, so that a repeat
+    /// of that answer (it was lost on the way back) carries them again (`super::dkg`).
+    pub(super) finished_keygens: VecDeque<(SessionRef, Vec<ThresholdMessage>)>,
     pub(super) live: HashMap<SessionRef, Live>,
     signer_cache: HashMap<[u8; 32], CachedDevice>,
     /// Safe primes generated inside the TEE.
@@ -113,6 +116,7 @@ impl ThresholdState {
             used_sessions: BTreeMap::new(),
             host: SessionHost::new(MAX_LIVE_SESSIONS)?,
             dkg_host: None,
+            finished_keygens: VecDeque::new(),
             live: HashMap::new(),
             signer_cache: HashMap::new(),
             primes: PrimePool::default(),
@@ -153,6 +157,21 @@ pub(super) enum Fault {
     Blame(u16, String),
     /// The engine refused or failed.
     Session(SessionError),
+}
+
+/// A threshold key's facts as named in refusals.
+pub(super) fn key_facts(k: &ThresholdKeyInfo) -> String {
+    format!(
+        "share {} of {:?} key {} ({}-of-{} over {:?}, HD: {}, quorum {})",
+        k.share_index,
+        k.origin,
+        key_hex(&k.key_id),
+        k.threshold,
+        k.clusters.len(),
+        k.clusters,
+        k.chain_code.is_some(),
+        k.quorum
+    )
 }
 
 pub(super) fn reject(m: impl Into<String>) -> TeeError {
@@ -210,8 +229,9 @@ impl<P: Platform> TeeCore<P> {
     /// [`Request::ImportThresholdBundle`]: checks in order the key facts, that the share is
     /// this node's cluster's and the bundle addressed to this node's certificate, the dealer's
     /// certificate (dealer role under the pinned Root) and signature, the admin approvals,
-    /// that the key is new and the request id unused; only then opens the share, checks it
-    /// against the signed facts, and stores it. The request id is consumed.
+    /// that the request id is unused (a repeat answers its first import, see
+    /// `first_bundle`) and the key new; only then opens the share, checks it against the
+    /// signed facts, and stores it, consuming the request id with the key it made.
     pub(crate) fn import_threshold_bundle(
         &mut self,
         meta: &RequestMeta,
@@ -256,21 +276,43 @@ impl<P: Platform> TeeCore<P> {
             approvals,
             key.quorum,
         )?;
+        if let Some(made) = self.first_made(meta)? {
+            return self.first_bundle(meta, &made, key);
+        }
         if self.threshold.keys.contains_key(&key.key_id) || self.wallets.contains_key(&key.key_id) {
             return Err(TeeError::KeyExists(key_hex(&key.key_id)));
-        }
-        if self.consumed.contains_key(&meta.request_id) {
-            return Err(TeeError::RequestReplayed(hex::encode(meta.request_id)));
         }
         let d = self.device.as_ref().expect("identity implies a device key");
         let share = open_bundle(&d.private_scalar()?[..], &context, bundle)?;
         check_share(key, &share).map_err(|e| reject(format!("bundle share: {e}")))?;
+        self.consume_request(meta, Some(&key.key_id))?;
         let info = self.store_threshold_key(HeldKey {
             info: key.clone(),
             share,
         })?;
-        self.consume_request(meta, None)?;
         Ok(Response::ThresholdKey(info))
+    }
+
+    /// The answer to an approved bundle import whose id was used already: the share it
+    /// imported, never opened again. The repeat must carry the same signed key facts (key,
+    /// share index, clusters, quorum); its ciphertext is not compared, since the approvals
+    /// and the dealer's signature cover those facts and the share they name is held.
+    fn first_bundle(&self, meta: &RequestMeta, made: &[u8], key: &ThresholdKeyInfo) -> Outcome {
+        if self.wallets.contains_key(made) {
+            return Err(replayed(meta, format!("it made wallet {}", key_hex(made))));
+        }
+        let held = &self.threshold_key(made)?.info;
+        if held != key {
+            return Err(replayed(
+                meta,
+                format!(
+                    "it imported {}, this repeat carries {}",
+                    key_facts(held),
+                    key_facts(key)
+                ),
+            ));
+        }
+        Ok(Response::ThresholdKey(held.clone()))
     }
 
     /// Verifies a signer's chain as a vault device of `cluster` (cached by chain digest,

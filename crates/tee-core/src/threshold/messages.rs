@@ -186,7 +186,8 @@ impl<P: Platform> TeeCore<P> {
     /// match the content, a p2p payload that does not open, or the engine's refusal aborts
     /// the session ([`TeeError::ThresholdAborted`], naming the sender's cluster or those
     /// the protocol blamed). Identical repeats are ignored. A key generation's messages are
-    /// checked the same way and then queued on its own worker (`super::dkg`).
+    /// checked the same way and then queued on its own worker (`super::dkg`); a feed of a
+    /// key generation that finished here answers the key it made (`super::dkg`'s repeats).
     pub(crate) fn threshold_feed(
         &mut self,
         session: SessionRef,
@@ -201,7 +202,8 @@ impl<P: Platform> TeeCore<P> {
         }
         self.purge_expired_sessions();
         let Some(live) = self.threshold.live.remove(&session) else {
-            return Err(TeeError::UnknownSession(session_name(&session)));
+            // A repeat of a finished key generation's last feed answers its key.
+            return self.finished_keygen(&session);
         };
         if let Some(p) = feed_problem(&session, &live, messages) {
             self.threshold.live.insert(session, live);

@@ -2,7 +2,9 @@
 //! 2-of-3 HD key through relayed keygen and aux-info, each ending with its own share; two of
 //! them then sign with it. Refusals: wrong approvals, a node that is not a participant, a
 //! participant certified for another cluster, replays, no primes; a tampered message aborts
-//! naming its sender's cluster; an aborted session gives its unused primes back.
+//! naming its sender's cluster; an aborted session gives its unused primes back. Repeats
+//! (lost answers, a restarted TEE) answer the running session or the key made, never a
+//! second session or key.
 //!
 //! The cores run in-process over an in-memory platform, provisioned by a real PKI. Their
 //! Paillier primes are the TEST-ONLY fixture of `custos-threshold` (feature `test-fixtures`,
@@ -297,11 +299,9 @@ fn three_tees_make_a_key_none_of_them_holds_whole_and_two_sign_with_it() {
         // The primes set is consumed with the durable start.
         assert_eq!(node.primes_left(), 0);
     }
-    // A start cannot run twice.
-    assert!(matches!(
-        nodes[0].call(&req.start(0)),
-        Err(TeeError::RequestReplayed(_))
-    ));
+    // A start cannot run twice: its repeat answers the running session's first messages.
+    let (phase, again, _, key) = round(nodes[0].call(&req.start(0)));
+    assert_eq!((phase.as_str(), &again, key), ("keygen", &first[0], None));
     let session = req.session(0);
     let (keys, phases) = {
         let mut refs: Vec<&mut Node> = nodes.iter_mut().collect();
@@ -336,11 +336,12 @@ fn three_tees_make_a_key_none_of_them_holds_whole_and_two_sign_with_it() {
     let key = keys[0].clone();
     assert_eq!(key.threshold, 2);
     assert_eq!(key.quorum, 2);
-    // One approval makes one key: no further attempt runs under it.
-    assert!(matches!(
-        nodes[1].call(&req.start(1)),
-        Err(TeeError::RequestReplayed(_))
-    ));
+    // One approval makes one key: a further attempt under it answers that key.
+    let (_, out, computing, again) = round(nodes[1].call(&req.start(1)));
+    assert_eq!(
+        (out.len(), computing, again),
+        (0, false, Some(keys[1].clone()))
+    );
 
     // dc3 and dc1 sign with their shares: the signature verifies with libsecp256k1 under
     // the child of the key's xpub.
@@ -523,4 +524,84 @@ fn refusals_tampering_and_primes_handling() {
             other => panic!("expected PrimesNotReady, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn dkg_crash_after_commit_then_replay() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 1);
+    let mut b = pki.node("dc2", "dc2-node1", 1, 1);
+    let req = KeygenRequest::new(&pki, &[&a, &b]);
+    let (_, out_a, _, _) = round(a.call(&req.start(0)));
+    // The start's answer is lost: its repeat answers the same first messages and starts no
+    // second session.
+    let (phase, again, _, key) = round(a.call(&req.start(0)));
+    assert_eq!((phase.as_str(), &again, key), ("keygen", &out_a, None));
+    // The caller gives up on attempt 0 (its abort lost): attempt 1 ends it here, with its
+    // primes set given back for attempt 1; attempt 0 cannot come back.
+    let session = req.session(1);
+    let (_, out_a, _, _) = round(a.call(&req.start(1)));
+    let (_, again, _, _) = round(a.call(&req.start(1)));
+    assert_eq!(again, out_a);
+    assert_eq!(a.primes_left(), 0);
+    let running = format!("{}/1", hex::encode(req.meta.request_id));
+    let m = rejected(a.call(&req.start(0)));
+    assert!(m.contains(&running) && m.contains("attempt 0"), "{m}");
+    let (_, out_b, _, _) = round(b.call(&req.start(1)));
+    let (keys, _) = relay(
+        &mut [&mut a, &mut b],
+        session,
+        vec![out_a, again, out_b],
+        false,
+    );
+
+    // a's last answer (with its key) is lost: the repeated feed answers that key.
+    let empty_feed = |attempt| Request::ThresholdFeed {
+        session: req.session(attempt),
+        messages: Vec::new(),
+    };
+    let (_, _, computing, key) = round(a.call(&empty_feed(1)));
+    assert_eq!((computing, key), (false, Some(keys[0].clone())));
+
+    // The TEE restarts from what it committed: a start of any attempt, and a feed of a
+    // session it ran, answer the key made; a session it never ran stays unknown.
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    for attempt in [0, 1, 2] {
+        let (phase, out, computing, key) = round(a.call(&req.start(attempt)));
+        assert_eq!(
+            (phase.as_str(), out.len(), computing, key),
+            ("auxInfo", 0, false, Some(keys[0].clone()))
+        );
+    }
+    for attempt in [0, 1] {
+        let (_, _, _, key) = round(a.call(&empty_feed(attempt)));
+        assert_eq!(key, Some(keys[0].clone()));
+    }
+    assert!(matches!(
+        a.call(&empty_feed(2)),
+        Err(TeeError::UnknownSession(_))
+    ));
+
+    // Other terms under the used id are another request: refused, naming what was made.
+    let mut other = req.params.clone();
+    other.quorum = 1;
+    let changed = Request::ThresholdKeygenStart {
+        meta: req.meta.clone(),
+        attempt: 3,
+        approvals: pki.approvals(2, &action(&other), &req.meta),
+        params: other,
+    };
+    match a.call(&changed) {
+        Err(TeeError::RequestReplayed(m)) => {
+            assert!(
+                m.contains(&hex::encode(&keys[0].key_id)) && m.contains("quorum 1"),
+                "{m}"
+            )
+        }
+        other => panic!("expected RequestReplayed, got {other:?}"),
+    }
+    // Exactly one key held, and no primes set went to a second session.
+    let held = a.call(&Request::ListThresholdKeys);
+    assert_eq!(held, Ok(Response::ThresholdKeys(vec![keys[0].clone()])));
+    assert_eq!(a.primes_left(), 0);
 }

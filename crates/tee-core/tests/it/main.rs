@@ -1,7 +1,10 @@
-//! The TEE core's integration tests, one binary: sealed imports, dealt threshold keys and
-//! their signing and presignatures, distributed key generation. Sealed storage in memory
-//! comes from `custos-test-kit` (writes staged until commit).
+//! The TEE core's integration tests, one binary: wallet creation, sealed imports, dealt
+//! threshold keys and their signing and presignatures, distributed key generation, and each
+//! way of making a key repeated after a TEE killed right after its commit (`crash`). Sealed
+//! storage in memory comes from `custos-test-kit` (writes staged until commit).
 
+mod crash;
+mod create_wallet;
 mod dkg;
 mod sealed_import;
 mod threshold;

@@ -6,6 +6,8 @@
 
 use custos_test_kit::{call_core as call, MemPlatform};
 
+use crate::crash;
+
 use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
 use custos_wire::approval::{Action, Approval};
@@ -149,9 +151,16 @@ fn sealed_import_yields_the_key_of_the_secret_as_a_plain_import_does() {
     };
     assert_eq!(plain_info, sealed_info);
 
-    // Replaying the sealed request imports nothing twice.
-    let e = call(&mut node1, &s.request(&pki, 2)).unwrap_err();
-    assert!(matches!(e, TeeError::KeyExists(_)), "{e:?}");
+    // Repeating the sealed request imports nothing twice: it answers the wallet it made. A
+    // new request for the key finds it held.
+    let again = call(&mut node1, &s.request(&pki, 2)).unwrap();
+    assert_eq!(again, Response::Wallet(sealed_info.clone()));
+    let e = call(
+        &mut node1,
+        &Sealed::new(&d1, "node1", 2, &mnemonic()).request(&pki, 2),
+    );
+    assert!(matches!(e, Err(TeeError::KeyExists(_))), "{e:?}");
+    assert_eq!(keys(&mut node1), vec![sealed_info.clone()]);
 
     // A raw seed travels the same way.
     let seed = ImportSecret::Seed(SecretBytes((0u8..64).collect()));
@@ -319,4 +328,82 @@ fn debug_of_a_sealed_import_never_shows_the_secret() {
     // Nor the encoded secret bytes.
     let encoded = postcard::to_allocvec(&mnemonic()).unwrap();
     assert!(!text.contains(&format!("{:?}", &encoded[..16])));
+}
+
+/// A plain import under `meta` with `approvers` approvals of exactly its terms.
+fn plain(pki: &Pki, meta: &RequestMeta, quorum: u8, secret: ImportSecret) -> Request {
+    let key_id = import_key_id(&secret).unwrap();
+    Request::ImportWallet {
+        approvals: pki.approvals(2, meta, quorum, &key_id),
+        meta: meta.clone(),
+        quorum,
+        key_id,
+        secret,
+    }
+}
+
+fn replay_refusal(o: Outcome) -> String {
+    match o {
+        Err(TeeError::RequestReplayed(m)) => m,
+        other => panic!("expected RequestReplayed, got {other:?}"),
+    }
+}
+
+#[test]
+fn wallet_import_crash_after_commit_then_replay() {
+    let pki = Pki::new();
+    let (node1, d1) = pki.node("node1");
+    let s = Sealed::new(&d1, "node1", 2, &mnemonic());
+    // The sealed import commits and the TEE is killed before it answers.
+    let mut node1 = crash::killed_after_commit(node1, &s.request(&pki, 2), pki.dir.path());
+    // The caller asks again with the same id: the wallet the first made, not a refusal.
+    let Response::Wallet(info) = call(&mut node1, &s.request(&pki, 2)).unwrap() else {
+        panic!("expected the wallet");
+    };
+    assert_eq!(
+        (&info.key_id, info.quorum, info.origin),
+        (&s.key_id, 2, Origin::Imported)
+    );
+    assert_eq!(keys(&mut node1), vec![info.clone()]);
+    // The same approved terms in clear are the same request: same answer, nothing opened.
+    let same = plain(&pki, &s.meta, 2, mnemonic());
+    assert_eq!(call(&mut node1, &same), Ok(Response::Wallet(info.clone())));
+
+    // Other terms under the used id are another request: refused, naming the difference.
+    let seed = ImportSecret::Seed(SecretBytes(vec![7; 32]));
+    let other_key = hex::encode(import_key_id(&seed).unwrap());
+    let m = replay_refusal(call(&mut node1, &plain(&pki, &s.meta, 2, seed)));
+    assert!(
+        m.contains(&hex::encode(&s.key_id)) && m.contains(&other_key),
+        "{m}"
+    );
+    let m = replay_refusal(call(&mut node1, &plain(&pki, &s.meta, 1, mnemonic())));
+    assert!(m.contains("quorum 1"), "{m}");
+    let mut later = s.meta.clone();
+    later.expires_at += 1;
+    let m = replay_refusal(call(&mut node1, &plain(&pki, &later, 2, mnemonic())));
+    assert!(m.contains("approved until"), "{m}");
+    let create = Request::CreateWallet {
+        approvals: pki.0.approvals(
+            2,
+            &Action::CreateWallet { quorum: 2 }.message(CLUSTER, &s.meta),
+        ),
+        meta: s.meta.clone(),
+        quorum: 2,
+    };
+    let m = replay_refusal(call(&mut node1, &create));
+    assert!(m.contains("Imported") && m.contains("a new wallet"), "{m}");
+    assert_eq!(keys(&mut node1), vec![info.clone()]);
+
+    // A plain import killed after its commit, then repeated after the restart: the same.
+    let seed = ImportSecret::Seed(SecretBytes(vec![9; 32]));
+    let req = plain(&pki, &meta(), 1, seed);
+    let mut node1 = crash::killed_after_commit(node1, &req, pki.dir.path());
+    let Ok(Response::Wallet(second)) = call(&mut node1, &req) else {
+        panic!("expected the second wallet");
+    };
+    let mut node1 = TeeCore::open(node1.platform().after_restart(), "memory").unwrap();
+    assert_eq!(call(&mut node1, &req), Ok(Response::Wallet(second.clone())));
+    assert_eq!(keys(&mut node1).len(), 2);
+    assert!(keys(&mut node1).contains(&second));
 }

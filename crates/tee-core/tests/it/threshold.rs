@@ -9,9 +9,9 @@
 
 use custos_test_kit::{call_core as call, now, MemPlatform};
 
+use crate::crash;
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -24,9 +24,9 @@ use custos_tee_core::TeeCore;
 use custos_threshold::{combine, deal, fixtures, PartialSig, PresignaturePublic, ThresholdShare};
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::protocol::{
-    encode_request, CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta,
-    Response, SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage,
-    ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
+    CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta, Response,
+    SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin,
+    ThresholdSignParams, ThresholdSigner,
 };
 use custos_wire::threshold::{bundle_context, bundle_transcript};
 use rand::RngCore;
@@ -467,8 +467,8 @@ fn bundles_import_only_where_sealed_signed_by_the_dealer_and_approved() {
         Response::ThresholdKeys(vec![])
     );
 
-    // The genuine bundle imports once; the same request again is a replay, a new one finds
-    // the key held.
+    // The genuine bundle imports once; the same request again answers that import, a new
+    // one finds the key held.
     let req = pki.import(&good, 2);
     let Response::ThresholdKey(info) = a.call(&req).unwrap() else {
         panic!("expected a threshold key");
@@ -481,8 +481,7 @@ fn bundles_import_only_where_sealed_signed_by_the_dealer_and_approved() {
         a.call(&Request::ListThresholdKeys).unwrap(),
         Response::ThresholdKeys(vec![info.clone()])
     );
-    let e = a.call(&req).unwrap_err();
-    assert!(matches!(e, TeeError::KeyExists(_)), "{e:?}");
+    assert_eq!(a.call(&req), Ok(Response::ThresholdKey(info.clone())));
     let e = a.call(&pki.import(&good, 2)).unwrap_err();
     assert!(matches!(e, TeeError::KeyExists(_)), "{e:?}");
 
@@ -1047,37 +1046,10 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
     ));
 
     // The TEE process is killed right after the consumption is durable, before the partial
-    // exists (a child process of this test runs the core over n1's records and aborts in
-    // the commit): the presignature is gone after the restart, whatever is asked.
+    // exists (`crash`): the presignature is gone after the restart, whatever is asked.
     let id2 = presign(&mut [(0, &mut a), (1, &mut n1)], &key);
     let (_, req2) = presign_sign(&pki, &key, id2, message);
-    let state = pki.dir.path().join("n1.records");
-    let request = pki.dir.path().join("n1.request");
-    n1.core.platform().save(&state);
-    std::fs::write(&request, encode_request(&req2)).unwrap();
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "threshold::presignature_child_killed_after_commit",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_STATE, &state)
-        .env(CHILD_REQUEST, &request)
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        child.status.signal(),
-        Some(6),
-        "the child was not killed in the commit: {child:?}"
-    );
-    assert!(
-        !String::from_utf8_lossy(&child.stdout).contains(ANSWERED),
-        "the killed TEE answered"
-    );
-    n1.core = TeeCore::open(MemPlatform::load(&state), "memory").unwrap();
+    n1.core = crash::killed_after_commit(n1.core, &req2, pki.dir.path());
     assert!(held(&mut n1, &key).is_empty());
     let e = n1.call(&req2).unwrap_err();
     assert!(matches!(e, TeeError::RequestReplayed(_)), "{e:?}");
@@ -1090,31 +1062,67 @@ fn presignatures_sign_full_messages_once_even_across_a_crash() {
     assert_eq!(held(&mut a, &key), vec![id2]);
 }
 
-/// Environment of [`presignature_child_killed_after_commit`]: the records file and the
-/// request file.
-const CHILD_STATE: &str = "CUSTOS_TEST_CHILD_STATE";
-const CHILD_REQUEST: &str = "CUSTOS_TEST_CHILD_REQUEST";
-/// What the child prints if the core ever answers.
-const ANSWERED: &str = "CHILD-TEE-ANSWERED";
-
-/// The TEE process of `presignatures_sign_full_messages_once_even_across_a_crash`: opens the
-/// core over the records it was given, handles the request and is killed (abort) in the
-/// first commit, right after it is durable.
 #[test]
-#[ignore = "child process of presignatures_sign_full_messages_once_even_across_a_crash"]
-fn presignature_child_killed_after_commit() {
-    let (Some(state), Some(request)) = (
-        std::env::var_os(CHILD_STATE),
-        std::env::var_os(CHILD_REQUEST),
-    ) else {
-        panic!("run by its parent test only");
+fn bundle_import_crash_after_commit_then_replay() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1");
+    let good = pki.bundle(0, &a);
+    let req = pki.import(&good, 2);
+    // The import commits and the TEE is killed before it answers.
+    a.core = crash::killed_after_commit(a.core, &req, pki.dir.path());
+    // The caller asks again with the same id: the share the first imported, not a refusal.
+    let Ok(Response::ThresholdKey(info)) = a.call(&req) else {
+        panic!("expected the imported key");
     };
-    let mut platform = MemPlatform::load(std::path::Path::new(&state));
-    platform.persist_to = Some(PathBuf::from(&state));
-    let mut core = TeeCore::open(platform, "memory").unwrap();
-    core.platform()
-        .crash_after_commit
-        .store(true, Ordering::SeqCst);
-    let answer = core.handle_bytes(&std::fs::read(&request).unwrap());
-    println!("{ANSWERED}: {} bytes", answer.len());
+    assert_eq!(info, good.key);
+    let held = Response::ThresholdKeys(vec![info.clone()]);
+    assert_eq!(a.call(&Request::ListThresholdKeys), Ok(held.clone()));
+    // A bundle sealed again by the dealer for the same facts is the same approved import.
+    let resealed = pki.bundle(0, &a);
+    assert_ne!(resealed.ciphertext, good.ciphertext);
+    let Request::ImportThresholdBundle {
+        meta, approvals, ..
+    } = req.clone()
+    else {
+        unreachable!()
+    };
+    let same = Request::ImportThresholdBundle {
+        meta: meta.clone(),
+        bundle: resealed,
+        approvals,
+    };
+    assert_eq!(a.call(&same), Ok(Response::ThresholdKey(info.clone())));
+
+    // Another key, or other facts of this one, under the used id: refused, naming both.
+    let clusters: Vec<String> = CLUSTERS.iter().map(|c| c.to_string()).collect();
+    let refused = |a: &mut Node, share: &ThresholdShare, quorum: u8| {
+        let key = key_info(share, &clusters, quorum, ThresholdOrigin::Dealer).unwrap();
+        let bundle = seal_bundle(share, key, &a.identity, &pki.dealer).unwrap();
+        let action = Action::ImportThresholdKey {
+            quorum,
+            key_id: &bundle.key.key_id,
+            share_index: 0,
+        };
+        match a.call(&Request::ImportThresholdBundle {
+            approvals: pki.approvals(2, &action, "dc1", &meta),
+            meta: meta.clone(),
+            bundle,
+        }) {
+            Err(TeeError::RequestReplayed(m)) => m,
+            other => panic!("expected RequestReplayed, got {other:?}"),
+        }
+    };
+    let m = refused(&mut a, &plain_shares()[0], QUORUM);
+    let other_key = hex::encode(plain_shares()[0].public_key());
+    assert!(
+        m.contains(&hex::encode(&info.key_id)) && m.contains(&other_key),
+        "{m}"
+    );
+    let m = refused(&mut a, &shares()[0], 1);
+    assert!(m.contains("quorum 2") && m.contains("quorum 1"), "{m}");
+
+    // After another restart, the same first outcome; one key held throughout.
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    assert_eq!(a.call(&req), Ok(Response::ThresholdKey(info)));
+    assert_eq!(a.call(&Request::ListThresholdKeys), Ok(held));
 }
