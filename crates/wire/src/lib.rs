@@ -14,6 +14,7 @@
 //! * [`seal`]: the one HPKE suite every sealed transfer uses;
 //! * [`frame`] and [`client`]: the frame protocol on the TEE core's local socket and the thin
 //!   client the vault node server uses, which checks every response's device-key signature;
+//! * [`policy`]: per-key approver groups and their canonical encoding;
 //! * [`field`]: the length-prefixed field of every transcript and context.
 
 pub mod approval;
@@ -21,6 +22,7 @@ pub mod client;
 pub mod field;
 pub mod frame;
 pub mod import;
+pub mod policy;
 pub mod protocol;
 pub mod seal;
 pub mod threshold;
