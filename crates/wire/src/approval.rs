@@ -1,4 +1,5 @@
-//! Admin approvals: what is attached to a request, and the exact bytes an admin signs.
+//! Admin approvals: what is attached to a request, the exact bytes an admin signs, and how
+//! approvals are counted ([`verify_approvals`]).
 //!
 //! An approval is an admin's ECDSA P-256 signature over the canonical encoding of the exact
 //! action (cluster, request id, expiry, and what is done with which key). The TEE core's
@@ -7,7 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::governance::GovChange;
+use crate::policy::KeyPolicy;
 use crate::protocol::RequestMeta;
+
+mod count;
+
+pub use count::{verify_approvals, ApprovalTime, Approvers};
 
 /// Domain separation tag of approval messages.
 pub const APPROVAL_DOMAIN: &[u8] = b"CUSTOS-APPROVAL-V1\0";
@@ -87,6 +94,27 @@ pub enum Action<'a> {
         /// 32-byte digest.
         digest: &'a [u8; 32],
     },
+    /// Apply `change` as entry `version` of the cluster's governance log, after the entry
+    /// whose hash is `prev`. Its tag names the kind of change (`gov-genesis`, `gov-admit`,
+    /// `gov-remove`, `gov-revoke`, `gov-set-governors`).
+    Governance {
+        /// Position in the log.
+        version: u64,
+        /// Hash of the entry before it (zero for the genesis).
+        prev: &'a [u8; 32],
+        /// The change.
+        change: &'a GovChange,
+    },
+    /// Replace the policy of `key_id`, whose current policy hashes to `prev`, by `policy`.
+    /// Scoped to the cluster, or [`THRESHOLD_SCOPE`] for threshold keys.
+    SetKeyPolicy {
+        /// The key (wallet root public key, or joint public key).
+        key_id: &'a [u8],
+        /// [`KeyPolicy::hash`] of the policy replaced.
+        prev: &'a [u8; 32],
+        /// The new policy.
+        policy: &'a KeyPolicy,
+    },
 }
 
 use crate::field::put;
@@ -104,6 +132,8 @@ impl Action<'_> {
             Action::ImportThresholdKey { .. } => b"import-threshold-key",
             Action::ThresholdSign { .. } => b"threshold-sign",
             Action::CreateThresholdKey { .. } => b"create-threshold-key",
+            Action::Governance { change, .. } => change.tag(),
+            Action::SetKeyPolicy { .. } => b"set-key-policy",
         };
         put(&mut out, tag);
         put(&mut out, cluster.as_bytes());
@@ -152,6 +182,24 @@ impl Action<'_> {
                 let p: Vec<u8> = path.iter().flat_map(|i| i.to_be_bytes()).collect();
                 put(&mut out, &p);
                 put(&mut out, &digest[..]);
+            }
+            Action::Governance {
+                version,
+                prev,
+                change,
+            } => {
+                put(&mut out, &version.to_be_bytes());
+                put(&mut out, &prev[..]);
+                out.extend_from_slice(&change.encode());
+            }
+            Action::SetKeyPolicy {
+                key_id,
+                prev,
+                policy,
+            } => {
+                put(&mut out, key_id);
+                put(&mut out, &prev[..]);
+                put(&mut out, &policy.encode());
             }
         }
         out
