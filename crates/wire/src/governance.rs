@@ -17,8 +17,10 @@ use crate::protocol::{CertChain, RequestMeta};
 
 mod error;
 mod limits;
+mod verify;
 
 pub use error::{DeviceRefusal, GovError};
+pub use verify::{verify_log, GovState, Member};
 
 /// Most members of one cluster.
 pub const MAX_MEMBERS: usize = 64;
