@@ -267,6 +267,14 @@ fn requests() -> Vec<Request> {
         Request::ListPresignatures {
             key_id: vec![0x02; 33],
         },
+        Request::ApplyGovernance {
+            cluster: "dc1".into(),
+            entries: vec![gov_entry()],
+        },
+        Request::Governance {
+            cluster: "dc1".into(),
+            since: 3,
+        },
     ]
 }
 
@@ -340,6 +348,24 @@ fn responses() -> Vec<Response> {
             public: b"{}".to_vec(),
         },
         Response::Presignatures(vec![presignature()]),
+        Response::Governance(GovView {
+            cluster: "dc1".into(),
+            genesis_id: [0xf3; 32],
+            version: 4,
+            head: [0xf4; 32],
+            governors: vec![[0xb1; 32], [0xb2; 32]],
+            quorum: 2,
+            members: vec![MemberInfo {
+                node: "node1".into(),
+                key_fingerprint: [0xe1; 32],
+                admitted_version: 0,
+                admitted_at: 1_799_999_000,
+                evidence_format: 1,
+            }],
+            revoked_admins: vec![([0xb3; 32], 2)],
+            revoked_devices: vec![([0xe3; 32], 3)],
+            entries: vec![gov_entry()],
+        }),
     ]
 }
 
@@ -462,6 +488,18 @@ fn gov_changes() -> Vec<(&'static str, GovChange)> {
             },
         ),
     ]
+}
+
+/// A genesis entry.
+fn gov_entry() -> GovEntry {
+    let (_, genesis) = gov_changes().remove(0);
+    GovEntry {
+        version: 0,
+        prev: [0; 32],
+        meta: meta(),
+        change: genesis,
+        approvals: vec![approval()],
+    }
 }
 
 fn policy() -> KeyPolicy {
@@ -640,14 +678,8 @@ fn current() -> BTreeMap<String, String> {
         out.insert(format!("message {tag}"), hex::encode(message));
     }
     // Sealed in every TEE (gov/e/*) and hashed by every verifier: pinned like the messages.
-    let (_, genesis) = gov_changes().remove(0);
-    let entry = GovEntry {
-        version: 0,
-        prev: [0; 32],
-        meta: meta(),
-        change: genesis.clone(),
-        approvals: vec![approval()],
-    };
+    let entry = gov_entry();
+    let genesis = entry.change.clone();
     out.insert(
         "governance entry".into(),
         hex::encode(postcard::to_allocvec(&entry).unwrap()),
