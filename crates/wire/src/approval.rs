@@ -209,6 +209,87 @@ impl Action<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::governance::GovChange;
+    use crate::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
+
+    #[test]
+    fn governance_and_policy_messages_bind_every_term() {
+        let meta = RequestMeta {
+            request_id: [7; 16],
+            expires_at: 1000,
+        };
+        let gov = |version, prev: &[u8; 32], change: &GovChange, cluster: &str| {
+            Action::Governance {
+                version,
+                prev,
+                change,
+            }
+            .message(cluster, &meta)
+        };
+        let set = |governors: Vec<[u8; 32]>, quorum| GovChange::SetGovernors { governors, quorum };
+        let base_change = set(vec![[1; 32], [2; 32]], 1);
+        let revoke = GovChange::Revoke {
+            admins: vec![[1; 32], [2; 32]],
+            devices: vec![],
+            reason: String::new(),
+        };
+        let base = gov(3, &[9; 32], &base_change, "dc1");
+        let mut seen = vec![base.clone()];
+        for other in [
+            gov(4, &[9; 32], &base_change, "dc1"),
+            gov(3, &[8; 32], &base_change, "dc1"),
+            gov(3, &[9; 32], &base_change, "dc2"),
+            gov(3, &[9; 32], &set(vec![[1; 32], [2; 32]], 2), "dc1"),
+            gov(3, &[9; 32], &set(vec![[1; 32]], 1), "dc1"),
+            gov(3, &[9; 32], &set(vec![[1; 32], [3; 32]], 1), "dc1"),
+            // Same fingerprints under another kind of change: the tag tells them apart.
+            gov(3, &[9; 32], &revoke, "dc1"),
+        ] {
+            assert!(!seen.contains(&other));
+            seen.push(other);
+        }
+
+        let policy = KeyPolicy {
+            version: 2,
+            group: vec![[1; 32], [2; 32]],
+            quorum: 1,
+            rules: vec![Rule {
+                tag: RULE_CLUSTER_ANCHORS,
+                body: vec![5; 32],
+            }],
+        };
+        let msg = |key_id: &[u8], prev: &[u8; 32], policy: &KeyPolicy| {
+            Action::SetKeyPolicy {
+                key_id,
+                prev,
+                policy,
+            }
+            .message("dc1", &meta)
+        };
+        let with = |f: &dyn Fn(&mut KeyPolicy)| {
+            let mut p = policy.clone();
+            f(&mut p);
+            p
+        };
+        let base = msg(&[3; 33], &[4; 32], &policy);
+        let mut seen = vec![base];
+        for other in [
+            msg(&[3; 32], &[4; 32], &policy),
+            msg(&[3; 33], &[5; 32], &policy),
+            msg(&[3; 33], &[4; 32], &with(&|p| p.version = 3)),
+            msg(&[3; 33], &[4; 32], &with(&|p| p.quorum = 2)),
+            msg(&[3; 33], &[4; 32], &with(&|p| p.group[1] = [6; 32])),
+            msg(
+                &[3; 33],
+                &[4; 32],
+                &with(&|p| p.rules[0].body = vec![6; 32]),
+            ),
+            msg(&[3; 33], &[4; 32], &with(&|p| p.rules.clear())),
+        ] {
+            assert!(!seen.contains(&other));
+            seen.push(other);
+        }
+    }
 
     #[test]
     fn key_creation_messages_bind_every_term() {
