@@ -137,12 +137,11 @@ impl GovState {
         };
         let revoked = |fp: &[u8; 32]| self.revoked_admins.contains_key(fp);
         count(root, cache, &self.cluster, e, &who, &revoked)?;
-        // Changes are made on a copy, so a refusal half-way leaves `self` as it was.
-        let mut next = self.clone();
-        next.change(root, e)?;
-        next.version = e.version;
-        next.head = entry_hash(&self.cluster, e);
-        *self = next;
+        // Every change checks all its rules before it mutates anything, so a refusal leaves
+        // `self` as it was without copying the state for each entry.
+        self.change(root, e)?;
+        self.version = e.version;
+        self.head = entry_hash(&self.cluster, e);
         Ok(())
     }
 
@@ -231,28 +230,36 @@ impl GovState {
                 max: MAX_REVOKED,
             });
         }
-        for fp in admins {
-            if self.revoked_admins.insert(*fp, version).is_some() {
-                return Err(GovError::AlreadyRevoked(*fp));
-            }
+        let already = admins
+            .iter()
+            .find(|fp| self.revoked_admins.contains_key(*fp))
+            .or_else(|| {
+                devices
+                    .iter()
+                    .find(|fp| self.revoked_devices.contains_key(*fp))
+            });
+        if let Some(fp) = already {
+            return Err(GovError::AlreadyRevoked(*fp));
         }
-        for fp in devices {
-            if self.revoked_devices.insert(*fp, version).is_some() {
-                return Err(GovError::AlreadyRevoked(*fp));
-            }
-            // A revoked member leaves in the same step; `removed` keeps removals only.
-            self.members.remove(fp);
-        }
+        // `admins` is sorted (checked with the limits), so it can be searched.
         let left = self
             .governors
             .iter()
-            .filter(|g| !self.revoked_admins.contains_key(*g))
+            .filter(|g| !self.revoked_admins.contains_key(*g) && admins.binary_search(g).is_err())
             .count();
         if left < usize::from(self.quorum) {
             return Err(GovError::GovernorsBelowQuorum {
                 left,
                 quorum: self.quorum,
             });
+        }
+        for fp in admins {
+            self.revoked_admins.insert(*fp, version);
+        }
+        for fp in devices {
+            self.revoked_devices.insert(*fp, version);
+            // A revoked member leaves in the same step; `removed` keeps removals only.
+            self.members.remove(fp);
         }
         Ok(())
     }

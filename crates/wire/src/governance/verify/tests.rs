@@ -568,6 +568,17 @@ fn removal_revocation_and_renewal() {
         fx.apply(&s, &e),
         Err(GovError::GovernorsBelowQuorum { left: 1, quorum: 2 })
     );
+    // A refused revocation changes nothing, not even the keys it named first.
+    let e = fx.next(
+        &log,
+        revoke(fx.governors(&[&fx.alice, &fx.dave]), vec![fx.nodes[0].fp()]),
+        &ab,
+    );
+    let mut unchanged = s.clone();
+    assert!(unchanged
+        .apply(&fx.pki.root, &mut AdminCache::default(), &e)
+        .is_err());
+    assert_eq!(unchanged, s);
     let e = fx.next(&log, revoke(vec![], vec![]), &ab);
     assert_eq!(fx.apply(&s, &e), Err(GovError::EmptyRevocation));
     let e = fx.next(
