@@ -186,6 +186,9 @@ pub fn describe(r: &Request) -> Option<Described> {
             ..d("threshold-presign-sign", Some(&params.key_id), true)
         },
         Request::ListPresignatures { key_id } => d("list-presignatures", Some(key_id), true),
+        // Every member applies the log; the fan-out to all of them is issue 12 step F2.
+        Request::ApplyGovernance { .. } => d("governance-apply", None, true),
+        Request::Governance { .. } => d("governance", None, true),
         Request::ThresholdKeygenStart {
             meta,
             attempt,

@@ -124,6 +124,11 @@ impl<P: Platform> TeeCore<P> {
                 approvals,
             } => self.threshold_presign_sign(&meta, attempt, &params, &approvals),
             Request::ListPresignatures { key_id } => self.list_presignatures(&key_id),
+            // Issue 12 step D1 gives the TEE its governance state; until then it is refused
+            // by name, never half-answered.
+            Request::ApplyGovernance { .. } | Request::Governance { .. } => Err(
+                TeeError::InvalidRequest("not yet: governance requests (issue 12 step D1)".into()),
+            ),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

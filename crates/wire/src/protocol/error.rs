@@ -157,6 +157,27 @@ pub enum TeeError {
         /// Version this side speaks.
         supported: u8,
     },
+    /// An approval is by an admin whose key the cluster revoked: the whole request is refused.
+    #[error("approval #{index} is by admin {admin:?} (key {}), whose key is revoked", hex::encode(.key_fingerprint))]
+    AdminRevoked {
+        /// Position in the request's approval list.
+        index: u32,
+        /// The admin's certificate name (shown; the key is what identifies it).
+        admin: String,
+        /// SHA-256 of the admin's certified public key.
+        key_fingerprint: [u8; 32],
+    },
+    /// An approval is by a valid admin outside the approver group: the whole request is
+    /// refused, so an outsider is named rather than silently counted or ignored.
+    #[error("approval #{index} is by admin {admin:?} (key {}), who is not in the approver group", hex::encode(.key_fingerprint))]
+    ApproverNotInGroup {
+        /// Position in the request's approval list.
+        index: u32,
+        /// The admin's certificate name (shown; the key is what identifies it).
+        admin: String,
+        /// SHA-256 of the admin's certified public key.
+        key_fingerprint: [u8; 32],
+    },
 }
 
 impl TeeError {
@@ -194,6 +215,8 @@ impl TeeError {
             TeeError::PrimesNotReady(_) => "primes_not_ready",
             TeeError::UnknownPresignature(_) => "unknown_presignature",
             TeeError::UnsupportedProtocol { .. } => "unsupported_protocol",
+            TeeError::AdminRevoked { .. } => "admin_revoked",
+            TeeError::ApproverNotInGroup { .. } => "approver_not_in_group",
         }
     }
 }

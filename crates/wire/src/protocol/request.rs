@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 // One module split in files: every protocol type is in scope, for the code and the doc links.
 use super::*;
 use crate::approval::Approval;
+use crate::governance::GovEntry;
 use crate::import::SealedImport;
 
 /// A request to the TEE core.
@@ -233,6 +234,24 @@ pub enum Request {
         /// Joint public key.
         key_id: KeyId,
     },
+    /// Applies entries of `cluster`'s governance log (at most
+    /// [`crate::governance::MAX_GOV_ENTRIES_PER_APPLY`]): the genesis first when the TEE has
+    /// none, entries it holds already are checked to be the same, and the rest are verified
+    /// and sealed. Answered with [`Response::Governance`]. Relayed: every entry carries its
+    /// governors' approvals, so what travels is public and self-verifying.
+    ApplyGovernance {
+        /// Cluster whose log it is.
+        cluster: String,
+        /// Consecutive entries.
+        entries: Vec<GovEntry>,
+    },
+    /// The TEE's view of `cluster`'s governance log, with the entries after version `since`.
+    Governance {
+        /// Cluster whose log is asked for.
+        cluster: String,
+        /// Version after which entries are listed.
+        since: u64,
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -270,7 +289,9 @@ impl Request {
             | Request::ThresholdAbort { .. }
             | Request::ThresholdPresignStart { .. }
             | Request::ThresholdPresignSign { .. }
-            | Request::ListPresignatures { .. } => RelayClass::Relayed,
+            | Request::ListPresignatures { .. }
+            | Request::ApplyGovernance { .. }
+            | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }
             | Request::InstallDeviceCert { .. }

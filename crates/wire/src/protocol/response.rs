@@ -167,4 +167,6 @@ pub enum Response {
     },
     /// Presignatures held for a key.
     Presignatures(Vec<PresignatureInfo>),
+    /// The TEE's view of a cluster's governance log.
+    Governance(GovView),
 }
