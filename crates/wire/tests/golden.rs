@@ -263,6 +263,7 @@ fn requests() -> Vec<Request> {
         Request::ListPresignatures {
             key_id: vec![0x02; 33],
         },
+        Request::DeviceCsr,
     ]
 }
 

@@ -3,5 +3,6 @@
 //! comes from `custos-test-kit` (writes staged until commit).
 
 mod dkg;
+mod renewal;
 mod sealed_import;
 mod threshold;
