@@ -1,0 +1,217 @@
+//! Device certificate renewal on a running cluster (issue 12, item 4), through the command
+//! line: `custos node renew-cert` gets a CSR for node1's existing D from its TEE, `custos pki
+//! sign-csr --days 90` signs it, `custos node install-cert` installs it. Once restarted,
+//! node1 presents the new certificate (another serial, the same key), the bridge shows its
+//! notAfter, and key sync works both ways between node1 and its peers.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::common::*;
+use custos::cluster::{Cluster, ClusterOptions};
+use custos::ops::{approvals, new_meta};
+use custos_net::{client_config, TlsConnector, TlsIdentity};
+use custos_pki::{pem_to_der, validity_window};
+use custos_proto::cluster::bridge_client::BridgeClient;
+use custos_proto::cluster::{StatusRequest, TeeCall};
+use custos_wire::approval::Action;
+use custos_wire::protocol::{encode_request, Request, Response};
+use tonic::transport::Channel;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+fn custos(args: &[&std::ffi::OsStr]) -> Output {
+    std::process::Command::new(exe())
+        .args(args)
+        .output()
+        .expect("custos runs")
+}
+
+fn succeeded(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The leaf certificate node `i` presents in its TLS handshake now (dialled with the
+/// cluster's bridge identity, which a node accepts).
+async fn served_certificate(cluster: &Cluster, pki: &Path, i: usize) -> Vec<u8> {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let cdir = pki.join("clusters").join(&cluster.name);
+    let chain = vec![
+        pem_to_der(&read(&cdir.join("bridge.crt")), "bridge").unwrap(),
+        pem_to_der(&read(&cdir.join("cluster-ca.crt")), "cluster CA").unwrap(),
+        pem_to_der(&read(&pki.join("device-ca.crt")), "device CA").unwrap(),
+    ];
+    let key = pem_to_der(&read(&cdir.join("bridge.key")), "bridge key").unwrap();
+    let root = pem_to_der(&read(&pki.join("root-ca.crt")), "root").unwrap();
+    let identity = TlsIdentity::from_local_key(chain, &key).unwrap();
+    let node = &cluster.nodes[i];
+    let tls = TlsConnector::new(
+        node.addr.expect("node server running"),
+        &format!("{}.{}.custos", node.name, cluster.name),
+        client_config(&identity, &root).unwrap(),
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let certs = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("server certificates");
+    certs[0].as_ref().to_vec()
+}
+
+/// (serial, subject public key info) of a certificate.
+fn serial_and_key(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    (cert.raw_serial().to_vec(), cert.public_key().raw.to_vec())
+}
+
+/// Creates a wallet on node `node` (pinned); its key id.
+async fn create_on(pki: &Pki, link: &mut BridgeClient<Channel>, node: &str) -> Vec<u8> {
+    let meta = new_meta(600);
+    let approvals = approvals(
+        &[pki.admin("alice")],
+        CLUSTER,
+        &meta,
+        &Action::CreateWallet { quorum: 1 },
+    )
+    .unwrap();
+    let reply = link
+        .submit(TeeCall {
+            request: encode_request(&Request::CreateWallet {
+                meta,
+                quorum: 1,
+                approvals,
+            }),
+            node: node.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.node, node);
+    match custos_wire::client::decode_outcome(&reply.response).unwrap() {
+        Ok(Response::Wallet(k)) => k.key_id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_renewed_certificate_keeps_the_device_key_and_sync_works_after_restart() {
+    let pki = Pki::new();
+    let mut cluster = Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join("renew"),
+        &ClusterOptions {
+            name: CLUSTER.into(),
+            nodes: 3,
+            db_url: None,
+            sync_interval_secs: 1,
+            audit_interval_secs: 0,
+            link: None,
+        },
+    )
+    .unwrap();
+    let pki_dir = std::fs::canonicalize(pki.pki.path()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut link = rt.block_on(cluster.link_client()).unwrap();
+    let node1 = cluster.nodes[0].name.clone();
+    let node2 = cluster.nodes[1].name.clone();
+    rt.block_on(create_on(&pki, &mut link, &node1));
+    cluster.wait_synced(1, Duration::from_secs(60)).unwrap();
+    let old = rt.block_on(served_certificate(&cluster, &pki_dir, 0));
+
+    let config = cluster.nodes[0].config_path().to_path_buf();
+    let csr = cluster.dir.join("node1-renewal.csr");
+    let crt = cluster.dir.join("node1-renewed.crt");
+    succeeded(
+        "renew-cert",
+        custos(&[
+            "node".as_ref(),
+            "renew-cert".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--out".as_ref(),
+            csr.as_os_str(),
+        ]),
+    );
+    let sign = |days: &str, out: &Path| {
+        custos(&[
+            "pki".as_ref(),
+            "--dir".as_ref(),
+            pki_dir.as_os_str(),
+            "sign-csr".as_ref(),
+            "--cluster".as_ref(),
+            CLUSTER.as_ref(),
+            "--csr".as_ref(),
+            csr.as_os_str(),
+            "--days".as_ref(),
+            days.as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+    };
+    // Lifetimes of no day or beyond 825 days are refused by name, and nothing is written.
+    for days in ["0", "826"] {
+        let refused = cluster.dir.join(format!("refused-{days}.crt"));
+        let out = sign(days, &refused);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--days {days} was accepted");
+        assert!(stderr.contains("choose 1 to 825 days"), "{stderr}");
+        assert!(!refused.exists());
+    }
+    succeeded("sign-csr", sign("90", &crt));
+    let renewed = pem_to_der(&std::fs::read_to_string(&crt).unwrap(), "renewed").unwrap();
+    let (nb, na) = validity_window(&[&renewed]).unwrap();
+    assert_eq!(na - nb, 90 * 86_400 + 60, "a 90-day certificate");
+
+    let said = succeeded(
+        "install-cert",
+        custos(&[
+            "node".as_ref(),
+            "install-cert".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--cert".as_ref(),
+            crt.as_os_str(),
+        ]),
+    );
+    assert!(said.contains("restart the node server"), "{said}");
+    // The running server keeps presenting the certificate it started with.
+    assert_eq!(rt.block_on(served_certificate(&cluster, &pki_dir, 0)), old);
+
+    cluster.kill_node_server(0);
+    cluster.start_node_server(0).unwrap();
+    let served = rt.block_on(served_certificate(&cluster, &pki_dir, 0));
+    assert_eq!(served, renewed, "node1 presents the renewed certificate");
+    let (old_serial, old_key) = serial_and_key(&old);
+    let (new_serial, new_key) = serial_and_key(&served);
+    assert_ne!(new_serial, old_serial);
+    assert_eq!(new_key, old_key, "the same device key D");
+
+    // The bridge took the renewed certificate at node1's new registration.
+    let status = rt
+        .block_on(link.status(StatusRequest {}))
+        .unwrap()
+        .into_inner();
+    for n in &status.nodes {
+        if n.node == node1 {
+            assert_eq!(n.cert_not_after, na);
+        } else {
+            assert!(n.cert_not_after > nb, "{}: {}", n.node, n.cert_not_after);
+        }
+    }
+
+    // Sync both ways: node1 exports a key only it holds to its peers, and fetches one that
+    // only node2 made; each side checks the other's renewed (or unchanged) certificate.
+    rt.block_on(create_on(&pki, &mut link, &node1));
+    rt.block_on(create_on(&pki, &mut link, &node2));
+    cluster.wait_synced(3, Duration::from_secs(60)).unwrap();
+}
