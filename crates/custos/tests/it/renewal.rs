@@ -215,3 +215,106 @@ fn a_renewed_certificate_keeps_the_device_key_and_sync_works_after_restart() {
     rt.block_on(create_on(&pki, &mut link, &node2));
     cluster.wait_synced(3, Duration::from_secs(60)).unwrap();
 }
+
+#[test]
+fn renewal_refuses_another_nodes_tee_a_certificate_for_another_key_and_a_bad_file() {
+    let pki = Pki::new();
+    let cluster = Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join("renew-refusals"),
+        &ClusterOptions {
+            name: CLUSTER.into(),
+            nodes: 2,
+            db_url: None,
+            sync_interval_secs: 60,
+            audit_interval_secs: 0,
+            link: None,
+        },
+    )
+    .unwrap();
+    let pki_dir = std::fs::canonicalize(pki.pki.path()).unwrap();
+    let node1_config = cluster.nodes[0].config_path().to_path_buf();
+    let node2_config = cluster.nodes[1].config_path().to_path_buf();
+
+    // node2's configuration aimed at node1's TEE: the mismatch is named, no CSR is written.
+    let csr = cluster.dir.join("wrong.csr");
+    let out = std::process::Command::new(exe())
+        .env("CUSTOS_NODE_TEE_SOCKET", &cluster.nodes[0].tee.socket)
+        .args(["node", "renew-cert", "--config"])
+        .arg(&node2_config)
+        .arg("--out")
+        .arg(&csr)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the TEE at this socket is node \"dc1-node1\"")
+            && stderr.contains("names node \"dc1-node2\""),
+        "{stderr}"
+    );
+    assert!(!csr.exists());
+
+    // node2's renewed certificate offered to node1's TEE: refused, node1 keeps its own.
+    let csr2 = cluster.dir.join("node2.csr");
+    let crt2 = cluster.dir.join("node2.crt");
+    succeeded(
+        "renew-cert",
+        custos(&[
+            "node".as_ref(),
+            "renew-cert".as_ref(),
+            "--config".as_ref(),
+            node2_config.as_os_str(),
+            "--out".as_ref(),
+            csr2.as_os_str(),
+        ]),
+    );
+    succeeded(
+        "sign-csr",
+        custos(&[
+            "pki".as_ref(),
+            "--dir".as_ref(),
+            pki_dir.as_os_str(),
+            "sign-csr".as_ref(),
+            "--cluster".as_ref(),
+            CLUSTER.as_ref(),
+            "--csr".as_ref(),
+            csr2.as_os_str(),
+            "--out".as_ref(),
+            crt2.as_os_str(),
+        ]),
+    );
+    let mut tee1 = cluster.nodes[0].tee.client().unwrap();
+    let chain_before = tee1.call(&Request::DeviceChain).unwrap();
+    let install = |cert: &Path| {
+        custos(&[
+            "node".as_ref(),
+            "install-cert".as_ref(),
+            "--config".as_ref(),
+            node1_config.as_os_str(),
+            "--cert".as_ref(),
+            cert.as_os_str(),
+        ])
+    };
+    let out = install(&crt2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("device certificate does not carry this node's device key"),
+        "{stderr}"
+    );
+    assert_eq!(tee1.call(&Request::DeviceChain).unwrap(), chain_before);
+
+    // A file of two certificates is neither a certificate nor a chain: named, not sent.
+    let two = cluster.dir.join("two.crt");
+    let pem = std::fs::read_to_string(&crt2).unwrap();
+    std::fs::write(&two, format!("{pem}{pem}")).unwrap();
+    let out = install(&two);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("two.crt") && stderr.contains("2 certificates"),
+        "{stderr}"
+    );
+}
