@@ -318,3 +318,91 @@ fn renewal_refuses_another_nodes_tee_a_certificate_for_another_key_and_a_bad_fil
         "{stderr}"
     );
 }
+
+/// A child process killed when dropped, so a failed assertion leaves nothing running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_node_warns_once_two_thirds_of_its_certificate_lifetime_passed() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let pki = Pki::new();
+    let mut cluster = Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join("renew-warn"),
+        &ClusterOptions {
+            name: CLUSTER.into(),
+            nodes: 1,
+            db_url: None,
+            sync_interval_secs: 60,
+            audit_interval_secs: 0,
+            link: None,
+        },
+    )
+    .unwrap();
+    let node1 = cluster.nodes[0].name.clone();
+    // A renewal certified for 90 days of which 70 have passed (the library path of the
+    // commands above).
+    let mut client = cluster.nodes[0].tee.client().unwrap();
+    let csr = custos::renewal::renewal_csr(&mut client, CLUSTER, &node1).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let validity = custos_pki::Validity {
+        not_before: now - time::Duration::days(70),
+        not_after: now + time::Duration::days(20),
+    };
+    let cert = pki
+        .pki
+        .sign_device_csr_with_validity(CLUSTER, &csr, validity)
+        .unwrap();
+    let file = cluster.dir.join("aged.crt");
+    std::fs::write(&file, cert).unwrap();
+    custos::renewal::install_cert(&mut client, CLUSTER, &node1, &file).unwrap();
+
+    cluster.kill_node_server(0);
+    let mut child = Command::new(exe())
+        .args(["node", "run", "--config"])
+        .arg(cluster.nodes[0].config_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _node = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let warned = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("past two thirds of its lifetime") => break line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no warning within 30 s; the node logged {seen:#?}"),
+        }
+    };
+    // 20 days left, or 19 and some hours once a second has passed.
+    assert!(
+        warned.contains("WARN")
+            && (warned.contains("days_left=20") || warned.contains("days_left=19")),
+        "{warned}"
+    );
+}
