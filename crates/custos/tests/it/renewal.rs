@@ -2,7 +2,9 @@
 //! line: `custos node renew-cert` gets a CSR for node1's existing D from its TEE, `custos pki
 //! sign-csr --days 90` signs it, `custos node install-cert` installs it. Once restarted,
 //! node1 presents the new certificate (another serial, the same key), the bridge shows its
-//! notAfter, and key sync works both ways between node1 and its peers.
+//! notAfter, and key sync works both ways between node1 and its peers. Mismatched nodes,
+//! certificates for another key and malformed files are refused by name, and a node whose
+//! certificate is past two thirds of its lifetime says so in its log.
 
 use std::path::Path;
 use std::process::Output;
