@@ -210,6 +210,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         Request::PinRoot { .. }
         | Request::GenerateDeviceKey { .. }
         | Request::InstallDeviceCert { .. }
+        | Request::DeviceCsr
         | Request::ImportWallet { .. }
         | Request::SignTls { .. }
         | Request::ExportKeys { .. }

@@ -23,6 +23,7 @@ impl<P: Platform> TeeCore<P> {
                 cluster_ca,
                 device_ca,
             }),
+            Request::DeviceCsr => self.renewal_csr(),
             Request::CreateWallet {
                 meta,
                 quorum,

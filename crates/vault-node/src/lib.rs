@@ -9,6 +9,7 @@
 // tonic::Status is the idiomatic error of gRPC handlers; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod cert_age;
 mod config;
 mod service;
 mod sync;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use custos_net::{
     client_config, connect_lazy, peer_info, serve_tls, server_config, PeerCache, TlsIdentity,
 };
-use custos_pki::{pem_to_der, DeviceChain, TrustRoot};
+use custos_pki::{pem_to_der, validity_window, DeviceChain, TrustRoot};
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::vault_node_server::{VaultNode, VaultNodeServer};
 use custos_proto::cluster::{
@@ -195,6 +195,19 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             me.node, config.node
         )));
     }
+    // The chain is read once: a renewed certificate is presented after a restart.
+    let (not_before, not_after) = validity_window(&[&chain.device])?;
+    tracing::info!(
+        node = %config.node,
+        certificate = %hex::encode(me.fingerprint),
+        not_after,
+        "device certificate"
+    );
+    let lifetime = crate::cert_age::Lifetime {
+        not_before,
+        not_after,
+    };
+    tokio::spawn(crate::cert_age::watch(config.node.clone(), lifetime));
 
     // The TLS key is D inside the TEE: the handshake signature is made by the TEE, which
     // signs nothing but TLS 1.3 CertificateVerify inputs.

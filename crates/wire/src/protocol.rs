@@ -226,6 +226,7 @@ mod tests {
     fn provisioning_tls_and_transfers_stay_on_the_node() {
         for r in [
             Request::PinRoot { root_cert: vec![] },
+            Request::DeviceCsr,
             Request::SignTls { message: vec![] },
             Request::ExportKeys {
                 requester: CertChain::default(),

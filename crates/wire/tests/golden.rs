@@ -275,6 +275,7 @@ fn requests() -> Vec<Request> {
             cluster: "dc1".into(),
             since: 3,
         },
+        Request::DeviceCsr,
     ]
 }
 

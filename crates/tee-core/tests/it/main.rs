@@ -6,5 +6,6 @@
 mod crash;
 mod create_wallet;
 mod dkg;
+mod renewal;
 mod sealed_import;
 mod threshold;

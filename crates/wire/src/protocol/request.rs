@@ -252,6 +252,12 @@ pub enum Request {
         /// Version after which entries are listed.
         since: u64,
     },
+    /// A fresh CSR for the existing device key D, to renew its certificate
+    /// ([`Response::DeviceCsr`]); the new certificate goes in with
+    /// [`Request::InstallDeviceCert`]. D never changes, so neither does the node's
+    /// membership (keyed by D's fingerprint). Refused with [`TeeError::NotProvisioned`]
+    /// while no D exists.
+    DeviceCsr,
 }
 
 /// Who may send a request to a TEE core.
@@ -295,6 +301,7 @@ impl Request {
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }
             | Request::InstallDeviceCert { .. }
+            | Request::DeviceCsr
             | Request::ImportWallet { .. }
             | Request::SignTls { .. }
             | Request::ExportKeys { .. }
