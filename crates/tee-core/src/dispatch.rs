@@ -137,6 +137,12 @@ impl<P: Platform> TeeCore<P> {
                 self.governance_view(since).map(Response::Governance)
             }
             Request::PinGenesis { genesis_id } => self.pin_genesis(genesis_id),
+            Request::CreateGroupWallet {
+                meta,
+                policy,
+                executor,
+                approvals,
+            } => self.create_group_wallet(&meta, &policy, &executor, &approvals),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

@@ -161,7 +161,8 @@ impl<P: Platform> TeeCore<P> {
                 .ok_or_else(|| TeeError::Storage(format!("governance entry {v} is missing")))?;
             entries
                 .push(postcard::from_bytes(&body).map_err(|e| TeeError::Storage(e.to_string()))?);
-            v += 1;
+            let Some(next) = v.checked_add(1) else { break };
+            v = next;
         }
         let g = self.gov.as_ref().expect("checked above");
         Ok(GovView::of(&g.state, entries))

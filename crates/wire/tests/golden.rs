@@ -279,6 +279,12 @@ fn requests() -> Vec<Request> {
         Request::PinGenesis {
             genesis_id: [0xf5; 32],
         },
+        Request::CreateGroupWallet {
+            meta: meta(),
+            policy: policy(),
+            executor: [0xe7; 32],
+            approvals: vec![approval()],
+        },
     ]
 }
 
@@ -454,6 +460,11 @@ fn errors() -> Vec<TeeError> {
         TeeError::GovernanceRejected(s()),
         TeeError::GovernanceGap { head: 4, first: 7 },
         TeeError::NotGoverned,
+        TeeError::NotExecutor {
+            executor: [0xe7; 32],
+            this_node: [0xe8; 32],
+        },
+        TeeError::PolicyRejected(s()),
     ]
 }
 
@@ -592,6 +603,14 @@ fn approval_messages() -> Vec<(&'static str, Vec<u8>)> {
                 key_id: &[0x03; 33],
                 prev: &[0x98; 32],
                 policy: &policy(),
+            }
+            .message("dc1", &m),
+        ),
+        (
+            "create-wallet-v2",
+            Action::CreateGroupWallet {
+                policy: &policy(),
+                executor: &[0xe7; 32],
             }
             .message("dc1", &m),
         ),

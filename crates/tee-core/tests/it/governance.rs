@@ -143,3 +143,204 @@ fn a_tampered_sealed_log_stops_the_core_from_opening() {
         Err(OpenError::Essential { .. })
     ));
 }
+
+fn approvals_by(pki: &Pki, names: &[&str], message: &[u8]) -> Vec<custos_wire::approval::Approval> {
+    names
+        .iter()
+        .map(|n| {
+            let s = pki.admin(n);
+            custos_wire::approval::Approval {
+                admin_cert: s.cert_der.clone(),
+                admin_ca: s.admin_ca_der.clone(),
+                signature: s.sign(message).unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn meta() -> custos_wire::protocol::RequestMeta {
+    let mut request_id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut request_id);
+    custos_wire::protocol::RequestMeta {
+        request_id,
+        expires_at: custos_test_kit::now() + 600,
+    }
+}
+
+fn group_policy(pki: &Pki, names: &[&str], quorum: u8) -> custos_wire::policy::KeyPolicy {
+    custos_wire::policy::KeyPolicy {
+        version: 1,
+        group: custos_test_kit::governance::admin_keys(pki, names),
+        quorum,
+        rules: vec![],
+    }
+}
+
+fn create_group_wallet(
+    pki: &Pki,
+    core: &mut TeeCore<MemPlatform>,
+    policy: &custos_wire::policy::KeyPolicy,
+    executor: [u8; 32],
+    signers: &[&str],
+) -> Result<custos_wire::protocol::KeyInfo, TeeError> {
+    let meta = meta();
+    let action = custos_wire::approval::Action::CreateGroupWallet {
+        policy,
+        executor: &executor,
+    };
+    let approvals = approvals_by(pki, signers, &action.message(CLUSTER, &meta));
+    match call(
+        core,
+        &Request::CreateGroupWallet {
+            meta,
+            policy: policy.clone(),
+            executor,
+            approvals,
+        },
+    ) {
+        Ok(Response::Wallet(info)) => Ok(info),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(e) => Err(e),
+    }
+}
+
+fn sign(
+    pki: &Pki,
+    core: &mut TeeCore<MemPlatform>,
+    key_id: &[u8],
+    signers: &[&str],
+) -> Result<Response, TeeError> {
+    let meta = meta();
+    let digest = [0x5a; 32];
+    let action = custos_wire::approval::Action::Sign {
+        key_id,
+        path: &[1],
+        digest: &digest,
+    };
+    let approvals = approvals_by(pki, signers, &action.message(CLUSTER, &meta));
+    call(
+        core,
+        &Request::Sign {
+            meta,
+            key_id: key_id.to_vec(),
+            path: vec![1],
+            digest,
+            approvals,
+        },
+    )
+}
+
+fn refused_outsider(r: Result<impl std::fmt::Debug, TeeError>, name: &str) {
+    match r {
+        Err(TeeError::ApproverNotInGroup { admin, .. }) if admin == name => {}
+        other => panic!("expected {name} named as outside the group, got {other:?}"),
+    }
+}
+
+/// A wallet's approver group is fixed at creation by a quorum of that group, on the node the
+/// approvals name; a valid admin outside the group counts for nothing and is named; the group
+/// travels with the key to a peer and survives a restart.
+#[test]
+fn a_group_wallet_counts_only_its_group() {
+    let pki = Pki::with_clusters(&[CLUSTER]);
+    let mut core = pki.node(CLUSTER, "node1");
+    let mut peer = pki.node(CLUSTER, "node2");
+    let me = member(&pki, &chain(&mut core)).key_fingerprint;
+    let other = member(&pki, &chain(&mut peer)).key_fingerprint;
+    let policy = group_policy(&pki, &["alice", "bob"], 2);
+
+    // The creating quorum must come from the new group, and the named node must execute.
+    refused_outsider(
+        create_group_wallet(&pki, &mut core, &policy, me, &["alice", "carol"]),
+        "carol",
+    );
+    match create_group_wallet(&pki, &mut core, &policy, other, &["alice", "bob"]) {
+        Err(TeeError::NotExecutor {
+            executor,
+            this_node,
+        }) => {
+            assert_eq!((executor, this_node), (other, me));
+        }
+        r => panic!("another node's request executed here: {r:?}"),
+    }
+    let Ok(Response::Keys(none)) = call(&mut core, &Request::ListKeys) else {
+        panic!()
+    };
+    assert!(none.is_empty(), "a refused creation stored a key");
+
+    let wallet = create_group_wallet(&pki, &mut core, &policy, me, &["alice", "bob"]).unwrap();
+    assert_eq!(wallet.quorum, 2);
+    refused_outsider(
+        sign(&pki, &mut core, &wallet.key_id, &["alice", "carol"]),
+        "carol",
+    );
+    assert!(matches!(
+        sign(&pki, &mut core, &wallet.key_id, &["bob", "alice"]),
+        Ok(Response::Signature(_))
+    ));
+
+    // Synced to a peer: the peer enforces the same group.
+    let Ok(Response::KeyTransfer(transfer)) = call(
+        &mut core,
+        &Request::ExportKeys {
+            requester: chain(&mut peer),
+            key_ids: vec![wallet.key_id.clone()],
+        },
+    ) else {
+        panic!("export refused")
+    };
+    call(&mut peer, &Request::ImportKeys { transfer }).unwrap();
+    refused_outsider(
+        sign(&pki, &mut peer, &wallet.key_id, &["carol", "alice"]),
+        "carol",
+    );
+
+    // Sealed with the key: the group survives a restart.
+    let mut reopened = reopen(&core).unwrap();
+    refused_outsider(
+        sign(&pki, &mut reopened, &wallet.key_id, &["alice", "carol"]),
+        "carol",
+    );
+    assert!(matches!(
+        sign(&pki, &mut reopened, &wallet.key_id, &["alice", "bob"]),
+        Ok(Response::Signature(_))
+    ));
+}
+
+/// Once the cluster is governed, a wallet sealed before groups existed is approved by its
+/// quorum of the cluster's governors only: an Admin-CA certificate alone no longer counts.
+#[test]
+fn a_legacy_wallet_on_a_governed_node_needs_the_governors() {
+    let pki = Pki::with_clusters(&[CLUSTER]);
+    let mut core = pki.node(CLUSTER, "node1");
+    let meta = meta();
+    let action = custos_wire::approval::Action::CreateWallet { quorum: 1 };
+    let approvals = approvals_by(&pki, &["carol"], &action.message(CLUSTER, &meta));
+    let Ok(Response::Wallet(wallet)) = call(
+        &mut core,
+        &Request::CreateWallet {
+            meta,
+            quorum: 1,
+            approvals,
+        },
+    ) else {
+        panic!("legacy create refused")
+    };
+    assert!(sign(&pki, &mut core, &wallet.key_id, &["carol"]).is_ok());
+
+    let me = member(&pki, &chain(&mut core));
+    let log = GovLog::genesis(
+        &pki,
+        CLUSTER,
+        &["alice", "bob"],
+        2,
+        vec![me],
+        &["alice", "bob"],
+    );
+    apply(&mut core, log.entries()).unwrap();
+    refused_outsider(sign(&pki, &mut core, &wallet.key_id, &["carol"]), "carol");
+    assert!(matches!(
+        sign(&pki, &mut core, &wallet.key_id, &["bob"]),
+        Ok(Response::Signature(_))
+    ));
+}

@@ -209,6 +209,17 @@ pub enum TeeError {
     /// The TEE holds no governance log yet.
     #[error("this node holds no governance log")]
     NotGoverned,
+    /// The approved request names another node as the one that executes it.
+    #[error("the request is approved for executor {}, this node is {}", hex::encode(.executor), hex::encode(.this_node))]
+    NotExecutor {
+        /// Device key fingerprint the approvals name.
+        executor: [u8; 32],
+        /// This node's device key fingerprint.
+        this_node: [u8; 32],
+    },
+    /// A key policy that is not acceptable (its group, quorum or rules).
+    #[error("key policy rejected: {0}")]
+    PolicyRejected(String),
 }
 
 impl TeeError {
@@ -253,6 +264,8 @@ impl TeeError {
             TeeError::GovernanceRejected(_) => "governance_rejected",
             TeeError::GovernanceGap { .. } => "governance_gap",
             TeeError::NotGoverned => "not_governed",
+            TeeError::NotExecutor { .. } => "not_executor",
+            TeeError::PolicyRejected(_) => "policy_rejected",
         }
     }
 }

@@ -267,6 +267,19 @@ pub enum Request {
         /// The genesis id.
         genesis_id: [u8; 32],
     },
+    /// Generates a new BIP-32 root seed whose approver group is fixed at creation
+    /// ([`crate::approval::Action::CreateGroupWallet`]): only the node named as `executor`
+    /// makes it, and only with approvals by `policy.quorum` admins of `policy.group`.
+    CreateGroupWallet {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// Approver group, quorum and rules of the new key.
+        policy: crate::policy::KeyPolicy,
+        /// SHA-256 of the executing node's certified device key.
+        executor: [u8; 32],
+        /// Admin approvals.
+        approvals: Vec<Approval>,
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -306,6 +319,7 @@ impl Request {
             | Request::ThresholdPresignSign { .. }
             | Request::ListPresignatures { .. }
             | Request::ApplyGovernance { .. }
+            | Request::CreateGroupWallet { .. }
             | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }
