@@ -11,6 +11,7 @@
 
 mod cert_age;
 mod config;
+mod members;
 mod service;
 mod sync;
 mod tee_pool;
