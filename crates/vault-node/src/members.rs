@@ -189,9 +189,10 @@ impl Members {
 
     /// Asks the TEE for its view (entries after the version held, so the answer stays small)
     /// and installs it. The pool checks the answer's signature against the certified device
-    /// key, like every TEE answer the node uses. Failures keep the view held and are logged:
-    /// a TEE that cannot be asked right now does not make the node forget its members.
-    pub async fn refresh(&self, tee: &TeePool) {
+    /// key, like every TEE answer the node uses. A refusal while ungoverned is the TEE saying
+    /// it is not governed (`Ok`); any other failure is returned and keeps the view held: a
+    /// TEE that cannot be asked right now does not make the node forget its members.
+    pub async fn refresh(&self, tee: &TeePool) -> Result<(), ClientError> {
         let _one_at_a_time = self.refreshing.lock().await;
         let since = self.view().map_or(u64::MAX, |v| v.version);
         let request = Request::Governance {
@@ -207,11 +208,23 @@ impl Members {
                     Err(e) => tracing::error!(error = %e, "TEE governance view not taken"),
                 }
             }
-            Ok(_) => tracing::warn!("unexpected TEE response to Governance"),
+            Ok(_) => {
+                return Err(ClientError::Protocol(
+                    "unexpected TEE response to Governance".into(),
+                ))
+            }
             Err(ClientError::Tee(e)) if self.view().is_none() => {
                 tracing::debug!(reason = %e, "TEE is not governed; peers checked by certificate");
             }
-            Err(e) => tracing::warn!(error = %e, "governance view not refreshed"),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// [`Members::refresh`], a failure logged: for refreshes whose caller goes on anyway.
+    pub async fn refresh_or_log(&self, tee: &TeePool) {
+        if let Err(e) = self.refresh(tee).await {
+            tracing::warn!(error = %e, "governance view not refreshed; the one held stays");
         }
     }
 }

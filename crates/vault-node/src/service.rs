@@ -125,7 +125,7 @@ impl VaultNode for NodeService {
         if matches!(decoded, Request::ApplyGovernance { .. }) {
             // Refused or not, ask the TEE what it holds now: the forwarded answer is not
             // checked here, the view the TEE signs for the node is.
-            self.members.refresh(&self.tee).await;
+            self.members.refresh_or_log(&self.tee).await;
         }
         let response = response.map_err(tee_status)?;
         Ok(GrpcResponse::new(TeeReply {
@@ -232,7 +232,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         ));
     }
     let members = Arc::new(Members::new(config.cluster.clone()));
-    members.refresh(&tee).await;
+    // Before serving: a governed node must never serve a moment on certificates alone.
+    members.refresh(&tee).await?;
     // The chain is read once: a renewed certificate is presented after a restart.
     let (not_before, not_after) = validity_window(&[&chain.device])?;
     tracing::info!(

@@ -107,7 +107,7 @@ impl Syncer {
         let _one_at_a_time = self.round.lock().await;
         // Each round also catches up the member list, in case an ApplyGovernance reached the
         // TEE by another path (or its refresh failed); it asks only for what is new.
-        self.members.refresh(&self.tee).await;
+        self.members.refresh_or_log(&self.tee).await;
         let list = self
             .bridge
             .clone()
