@@ -230,4 +230,8 @@ impl Members {
 }
 
 #[cfg(test)]
+mod fake_tee;
+#[cfg(test)]
+mod refresh_tests;
+#[cfg(test)]
 mod tests;
