@@ -11,10 +11,14 @@
 
 mod cert_age;
 mod config;
+#[cfg(test)]
+mod fake_tee;
 mod members;
 mod service;
 mod sync;
 mod tee_pool;
+#[cfg(test)]
+mod test_pki;
 
 pub use config::NodeConfig;
 pub use service::run;

@@ -230,8 +230,6 @@ impl Members {
 }
 
 #[cfg(test)]
-mod fake_tee;
-#[cfg(test)]
 mod refresh_tests;
 #[cfg(test)]
 mod tests;

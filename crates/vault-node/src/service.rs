@@ -367,3 +367,6 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         _ = periodic => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,19 +7,12 @@ use custos_pki::DeviceIdentity;
 use custos_wire::client::ClientError;
 use custos_wire::governance::DeviceRefusal;
 use custos_wire::protocol::{GovView, MemberInfo, Request, Response, TeeError};
-use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+use rcgen::KeyPair;
 
-use super::fake_tee::FakeTee;
 use super::Members;
+use crate::fake_tee::FakeTee;
+use crate::test_pki::{fp, key};
 use crate::TeePool;
-
-fn key() -> KeyPair {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap()
-}
-
-fn fp(key: &KeyPair) -> [u8; 32] {
-    custos_pki::key_fingerprint(&key.public_key_der())
-}
 
 fn id(key: &KeyPair, node: &str) -> DeviceIdentity {
     DeviceIdentity {

@@ -1,69 +1,12 @@
 //! The membership decision over real device certificates issued by a real PKI (the way
 //! `custos pki sign-csr` issues them), checked the way `caller()` checks a TLS peer.
 
-use custos_pki::{pem_to_der, DeviceChain, DeviceIdentity, PkiDir, TrustRoot};
+use custos_pki::DeviceIdentity;
 use custos_wire::governance::DeviceRefusal;
 use custos_wire::protocol::{GovView, MemberInfo};
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 
 use super::{admissible, check_member, Members, ViewRejected};
-
-/// A PKI with clusters dc1 and dc2 in a temporary directory.
-struct Pki {
-    _dir: tempfile::TempDir,
-    pki: PkiDir,
-    root: TrustRoot,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = PkiDir::new(dir.path().join("pki"));
-        pki.init().expect("pki init");
-        for c in ["dc1", "dc2"] {
-            pki.create_cluster_ca(c).expect("cluster CA");
-        }
-        let root = TrustRoot::from_der(&pem_to_der(&pki.root_pem().unwrap(), "root").unwrap())
-            .expect("root");
-        Pki {
-            _dir: dir,
-            pki,
-            root,
-        }
-    }
-
-    /// `key` certified as `node` of `cluster`, and the identity its chain proves.
-    fn identity(&self, key: &KeyPair, cluster: &str, node: &str) -> DeviceIdentity {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, node);
-        params.distinguished_name = dn;
-        let csr = params.serialize_request(key).unwrap().pem().unwrap();
-        let cert = self.pki.sign_device_csr(cluster, &csr).unwrap();
-        let chain = DeviceChain {
-            device: pem_to_der(&cert, "device").unwrap(),
-            cluster_ca: pem_to_der(&self.pki.cluster_ca_pem(cluster).unwrap(), "c").unwrap(),
-            device_ca: pem_to_der(&self.pki.device_ca_pem().unwrap(), "d").unwrap(),
-        };
-        self.root
-            .verify_device(&chain, Some(cluster), now())
-            .expect("a freshly issued chain verifies")
-    }
-}
-
-fn now() -> u64 {
-    custos_pki::clock::now_unix()
-}
-
-fn key() -> KeyPair {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap()
-}
-
-/// The key's fingerprint as rcgen encodes its SubjectPublicKeyInfo: computed independently
-/// of `device_key_fingerprint`, which the check uses on the certified SEC1 key.
-fn fp(key: &KeyPair) -> [u8; 32] {
-    custos_pki::key_fingerprint(&key.public_key_der())
-}
+use crate::test_pki::{fp, key, Pki};
 
 fn view(
     cluster: &str,
