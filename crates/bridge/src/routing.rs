@@ -211,6 +211,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         | Request::GenerateDeviceKey { .. }
         | Request::InstallDeviceCert { .. }
         | Request::DeviceCsr
+        | Request::PinGenesis { .. }
         | Request::ImportWallet { .. }
         | Request::SignTls { .. }
         | Request::ExportKeys { .. }

@@ -26,6 +26,7 @@ pub fn check_quorum(
     action: &Action<'_>,
     approvals: &[Approval],
     required: u8,
+    revoked: &dyn Fn(&[u8; 32]) -> bool,
 ) -> Result<Vec<String>, TeeError> {
     if now > meta.expires_at {
         return Err(TeeError::RequestExpired {
@@ -47,7 +48,7 @@ pub fn check_quorum(
         approvals,
         ApprovalTime::Now(now),
         &Approvers::AnyAdmin { quorum: required },
-        &|_| false,
+        revoked,
     )?;
     Ok(counted.into_iter().map(|(_, name)| name).collect())
 }

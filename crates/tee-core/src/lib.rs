@@ -28,6 +28,7 @@ pub mod wallet;
 // that every handler shares stay here.
 mod batch;
 mod dispatch;
+mod governance;
 mod open;
 mod provision;
 mod transfer;
@@ -88,6 +89,10 @@ pub struct TeeCore<P: Platform> {
     consumed: BTreeMap<[u8; 16], Consumed>,
     /// Threshold shares, started sessions and the session worker.
     threshold: ThresholdState,
+    /// The cluster's governance log (members, revocations), once adopted.
+    gov: Option<governance::Governed>,
+    /// The genesis this node was provisioned to accept.
+    gov_pin: Option<[u8; 32]>,
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -136,6 +141,12 @@ impl<P: Platform> TeeCore<P> {
             .root
             .as_ref()
             .ok_or_else(|| TeeError::NotProvisioned("no Root CA pinned".into()))?;
+        // The cluster's revocation list (empty until governed) applies to every approval.
+        let revoked = |fp: &[u8; 32]| {
+            self.gov
+                .as_ref()
+                .is_some_and(|g| g.state.revoked_admins.contains_key(fp))
+        };
         check_quorum(
             &mut self.admins,
             root,
@@ -145,6 +156,7 @@ impl<P: Platform> TeeCore<P> {
             &action,
             approvals,
             required,
+            &revoked,
         )?;
         Ok(())
     }

@@ -276,6 +276,9 @@ fn requests() -> Vec<Request> {
             since: 3,
         },
         Request::DeviceCsr,
+        Request::PinGenesis {
+            genesis_id: [0xf5; 32],
+        },
     ]
 }
 
@@ -367,6 +370,9 @@ fn responses() -> Vec<Response> {
             revoked_devices: vec![([0xe3; 32], 3)],
             entries: vec![gov_entry()],
         }),
+        Response::GenesisPinned {
+            genesis_id: [0xf5; 32],
+        },
     ]
 }
 
@@ -437,6 +443,17 @@ fn errors() -> Vec<TeeError> {
             admin: "mallory".into(),
             key_fingerprint: [0xc2; 32],
         },
+        TeeError::NotAMember {
+            node: "dc1-rogue".into(),
+            key_fingerprint: [0xc3; 32],
+        },
+        TeeError::DeviceRevoked {
+            node: "node3".into(),
+            key_fingerprint: [0xc4; 32],
+        },
+        TeeError::GovernanceRejected(s()),
+        TeeError::GovernanceGap { head: 4, first: 7 },
+        TeeError::NotGoverned,
     ]
 }
 

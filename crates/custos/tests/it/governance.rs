@@ -5,12 +5,16 @@
 //!
 //! Against the code before membership every one of these attacks succeeded: `ExportKeys`
 //! sealed the requested seeds to the rogue key, and `ImportKeys` stored a seed the rogue chose.
+//! Once the cluster's admin-approved member log is applied in the TEE, each is refused with
+//! `NotAMember`.
 
 use crate::common::*;
 use custos_pki::{DeviceChain, TrustRoot};
 use custos_tee_core::sync;
 use custos_tee_core::wallet::Wallet;
-use custos_wire::protocol::{CertChain, KeyTransfer, Origin, Request, Response, TeeError};
+use custos_test_kit::governance::{member, GovLog};
+use custos_wire::governance::{device_key_fingerprint, GovEntry};
+use custos_wire::protocol::{CertChain, GovView, KeyTransfer, Origin, Request, Response, TeeError};
 use zeroize::Zeroizing;
 
 /// The rogue: its PKCS#8 key and its genuine dc1 chain.
@@ -71,11 +75,38 @@ fn node_chain(tee: &mut Tee) -> CertChain {
     }
 }
 
+fn apply(tee: &mut Tee, entries: &[GovEntry]) -> Result<GovView, TeeError> {
+    match tee.call(&Request::ApplyGovernance {
+        cluster: CLUSTER.into(),
+        entries: entries.to_vec(),
+    }) {
+        Ok(Response::Governance(v)) => Ok(v),
+        other => Err(refusal(other)),
+    }
+}
+
+/// node1 with its cluster governed: governors alice, bob and carol (any two), node1 the one
+/// member.
+fn governed<'a>(pki: &'a Pki, tee: &mut Tee) -> GovLog<'a> {
+    let chain = node_chain(tee);
+    let log = GovLog::genesis(
+        pki,
+        CLUSTER,
+        &["alice", "bob", "carol"],
+        2,
+        vec![member(pki, &chain)],
+        &["alice", "bob"],
+    );
+    let view = apply(tee, log.entries()).unwrap();
+    assert_eq!((view.version, view.members.len()), (0, 1));
+    log
+}
+
 /// A rogue with a genuine certificate asks node1's TEE for a wallet seed.
 #[test]
-#[ignore = "issue 12 item 1 (membership, plan step D2): succeeds against the ungoverned TEE"]
 fn rogue_export_keys_gets_no_ciphertext() {
     let mut fx = Fixture::new();
+    governed(&fx.pki, &mut fx.tee);
     let wallet = fx.create_wallet(1, &["alice"]);
     let rogue = Rogue::new(&fx.pki);
     let answer = fx.tee.call(&Request::ExportKeys {
@@ -89,16 +120,19 @@ fn rogue_export_keys_gets_no_ciphertext() {
         ),
         other => {
             let e = refusal(other);
-            assert!(matches!(e, TeeError::RequesterRejected(_)), "{e:?}");
+            assert!(
+                matches!(&e, TeeError::NotAMember { node, .. } if node == "dc1-rogue"),
+                "{e:?}"
+            );
         }
     }
 }
 
 /// A rogue with a genuine certificate pushes a seed it chose into node1's TEE.
 #[test]
-#[ignore = "issue 12 item 1 (membership, plan step D2): succeeds against the ungoverned TEE"]
 fn rogue_import_keys_stores_nothing() {
     let mut fx = Fixture::new();
+    governed(&fx.pki, &mut fx.tee);
     let rogue = Rogue::new(&fx.pki);
     let root = fx.pki.root.clone();
     let sender = identity(&root, &rogue.chain);
@@ -146,6 +180,134 @@ fn rogue_import_keys_stores_nothing() {
         panic!("node1 stored {} key(s) the rogue chose", imported.len());
     }
     let e = refusal(answer);
-    assert!(matches!(e, TeeError::TransferRejected(_)), "{e:?}");
+    assert!(matches!(e, TeeError::NotAMember { .. }), "{e:?}");
     assert_eq!(fx.tee.keys(), before, "nothing may be stored");
+}
+
+fn export(from: &mut Tee, to: CertChain, key_ids: Vec<Vec<u8>>) -> Result<KeyTransfer, TeeError> {
+    match from.call(&Request::ExportKeys {
+        requester: to,
+        key_ids,
+    }) {
+        Ok(Response::KeyTransfer(t)) => Ok(t),
+        other => Err(refusal(other)),
+    }
+}
+
+/// A real TEE node joins only when a quorum of governors admits it; it then syncs, and after
+/// its removal it gets nothing new. The log survives a crash of node1's TEE.
+#[test]
+fn admitted_node_syncs_removed_node_gets_nothing_new() {
+    let mut fx = Fixture::new();
+    let wallet = fx.create_wallet(1, &["alice"]);
+    let mut log = governed(&fx.pki, &mut fx.tee);
+    let mut node2 = Tee::start(fx.pki.path(), "node2");
+    node2.provision(&fx.pki.pki, CLUSTER, "node2");
+    let chain2 = node_chain(&mut node2);
+    let ids = vec![wallet.key_id.clone()];
+
+    // Not admitted: a genuine TEE with a genuine certificate gets nothing either.
+    let e = export(&mut fx.tee, chain2.clone(), ids.clone()).unwrap_err();
+    assert!(
+        matches!(&e, TeeError::NotAMember { node, .. } if node == "node2"),
+        "{e:?}"
+    );
+    // node2 cannot adopt a log that does not name it.
+    let e = apply(&mut node2, log.entries()).unwrap_err();
+    assert!(matches!(e, TeeError::NotAMember { .. }), "{e:?}");
+
+    // One governor is not a quorum: refused, the log stays at the genesis.
+    let admit_one = log.next_entry(
+        custos_wire::governance::GovChange::Admit {
+            member: member(&fx.pki, &chain2),
+        },
+        &["carol"],
+    );
+    let e = apply(&mut fx.tee, &[admit_one]).unwrap_err();
+    assert!(matches!(e, TeeError::GovernanceRejected(_)), "{e:?}");
+
+    log.admit(member(&fx.pki, &chain2), &["bob", "carol"]);
+    assert_eq!(apply(&mut fx.tee, log.entries()).unwrap().version, 1);
+    assert_eq!(apply(&mut node2, log.entries()).unwrap().version, 1);
+    let transfer = export(&mut fx.tee, chain2.clone(), ids.clone()).unwrap();
+    match node2.call(&Request::ImportKeys { transfer }) {
+        Ok(Response::KeysImported { imported, .. }) => assert_eq!(imported, ids),
+        other => panic!("node2 did not import: {:?}", refusal(other)),
+    }
+
+    // The log is sealed: after a crash node1 still knows node2 and still refuses strangers.
+    fx.tee.crash_and_restart();
+    match fx.tee.call(&Request::Governance {
+        cluster: CLUSTER.into(),
+        since: 0,
+    }) {
+        Ok(Response::Governance(v)) => {
+            assert_eq!((v.version, v.members.len(), v.entries.len()), (1, 2, 2));
+        }
+        other => panic!("{:?}", refusal(other)),
+    }
+
+    // Removed: node2 gets nothing new from the moment node1's TEE holds the removal.
+    let fp2 = device_key_fingerprint(&identity(&fx.pki.root.clone(), &chain2).public_key).unwrap();
+    log.remove(fp2, &["alice", "carol"]);
+    assert_eq!(apply(&mut fx.tee, log.entries()).unwrap().version, 2);
+    let fresh = fx.create_wallet(1, &["alice"]);
+    let e = export(&mut fx.tee, chain2, vec![fresh.key_id]).unwrap_err();
+    assert!(
+        matches!(&e, TeeError::NotAMember { node, .. } if node == "node2"),
+        "{e:?}"
+    );
+}
+
+/// A governor whose key the cluster revoked is refused by name on every approval, and no
+/// longer counts for the log either; the other admins still sign.
+#[test]
+fn revoked_admin_is_refused_by_name() {
+    let mut fx = Fixture::new();
+    let wallet = fx.create_wallet(2, &["alice", "bob"]);
+    let mut log = governed(&fx.pki, &mut fx.tee);
+    log.revoke(&["carol"], vec![], &["alice", "bob"]);
+    apply(&mut fx.tee, log.entries()).unwrap();
+
+    let digest = [0x21; 32];
+    let e = refusal(fx.sign(&wallet.key_id, &[0], digest, &["alice", "carol"]));
+    assert!(
+        matches!(&e, TeeError::AdminRevoked { index: 1, admin, .. } if admin == "carol"),
+        "{e:?}"
+    );
+    assert!(matches!(
+        fx.sign(&wallet.key_id, &[0], digest, &["alice", "bob"]),
+        Ok(Response::Signature(_))
+    ));
+}
+
+/// A node pinned to one genesis refuses another, even one approved by real governors.
+#[test]
+fn a_pinned_node_refuses_another_genesis() {
+    let mut fx = Fixture::new();
+    let chain = node_chain(&mut fx.tee);
+    let pinned = GovLog::genesis(
+        &fx.pki,
+        CLUSTER,
+        &["alice", "bob"],
+        2,
+        vec![member(&fx.pki, &chain)],
+        &["alice", "bob"],
+    );
+    let id = custos_wire::governance::genesis_id(CLUSTER, &pinned.entries()[0].change);
+    assert!(matches!(
+        fx.tee.call(&Request::PinGenesis { genesis_id: id }),
+        Ok(Response::GenesisPinned { .. })
+    ));
+    let other = GovLog::genesis(
+        &fx.pki,
+        CLUSTER,
+        &["alice", "bob", "carol"],
+        1,
+        vec![member(&fx.pki, &chain)],
+        &["carol"],
+    );
+    let e = apply(&mut fx.tee, other.entries()).unwrap_err();
+    assert!(matches!(e, TeeError::GovernanceRejected(_)), "{e:?}");
+    assert_eq!(apply(&mut fx.tee, pinned.entries()).unwrap().version, 0);
 }

@@ -245,11 +245,13 @@ pub enum Request {
         /// Consecutive entries.
         entries: Vec<GovEntry>,
     },
-    /// The TEE's view of `cluster`'s governance log, with the entries after version `since`.
+    /// The TEE's view of `cluster`'s governance log, with its entries from version `since` on
+    /// (a page of at most [`crate::governance::MAX_GOV_ENTRIES_PER_APPLY`]; 0 for the whole
+    /// log from its genesis).
     Governance {
         /// Cluster whose log is asked for.
         cluster: String,
-        /// Version after which entries are listed.
+        /// First version whose entry is listed.
         since: u64,
     },
     /// A fresh CSR for the existing device key D, to renew its certificate
@@ -258,6 +260,13 @@ pub enum Request {
     /// membership (keyed by D's fingerprint). Refused with [`TeeError::NotProvisioned`]
     /// while no D exists.
     DeviceCsr,
+    /// Pins the id of the genesis this node will accept as its cluster's governance log
+    /// ([`crate::governance::genesis_id`]), at provisioning, once, before any log is held.
+    /// Without a pin the first valid genesis that names the node is adopted.
+    PinGenesis {
+        /// The genesis id.
+        genesis_id: [u8; 32],
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -302,6 +311,7 @@ impl Request {
             | Request::GenerateDeviceKey { .. }
             | Request::InstallDeviceCert { .. }
             | Request::DeviceCsr
+            | Request::PinGenesis { .. }
             | Request::ImportWallet { .. }
             | Request::SignTls { .. }
             | Request::ExportKeys { .. }
