@@ -194,7 +194,11 @@ impl Members {
     /// TEE that cannot be asked right now does not make the node forget its members.
     pub async fn refresh(&self, tee: &TeePool) -> Result<(), ClientError> {
         let _one_at_a_time = self.refreshing.lock().await;
-        let since = self.view().map_or(u64::MAX, |v| v.version);
+        // `since` is the first version listed: only entries not held yet (none at first, as
+        // the node keeps the view, not the log).
+        let since = self
+            .view()
+            .map_or(u64::MAX, |v| v.version.saturating_add(1));
         let request = Request::Governance {
             cluster: self.cluster.clone(),
             since,

@@ -47,7 +47,7 @@ fn view(version: u64, members: &[(&str, &KeyPair)]) -> GovView {
     }
 }
 
-/// A stand-in whose Governance answer is whatever `log` holds (`None`: "not yet" refusal),
+/// A stand-in whose Governance answer is whatever `log` holds (`None`: `NotGoverned`),
 /// recording the `since` of each ask.
 fn tee(
     device: &KeyPair,
@@ -64,7 +64,7 @@ fn tee(
                 asked.lock().unwrap().push(*since);
                 match &*log.lock().unwrap() {
                     Some(v) => Ok(Response::Governance(v.clone())),
-                    None => Err(TeeError::InvalidRequest("not yet: governance".into())),
+                    None => Err(TeeError::NotGoverned),
                 }
             }
             other => panic!("unexpected request {other:?}"),
@@ -93,7 +93,7 @@ fn a_removal_reaches_the_node_on_the_next_refresh() {
     assert!(matches!(e.refusal, DeviceRefusal::NotAMember { .. }), "{e}");
     assert!(members.admit(&id(&k1, "node1")).is_ok());
     // Nothing held: no entries wanted; then only those after the version held.
-    assert_eq!(*asked.lock().unwrap(), vec![u64::MAX, 1]);
+    assert_eq!(*asked.lock().unwrap(), vec![u64::MAX, 2]);
 }
 
 #[test]
