@@ -311,3 +311,153 @@ fn a_pinned_node_refuses_another_genesis() {
     assert!(matches!(e, TeeError::GovernanceRejected(_)), "{e:?}");
     assert_eq!(apply(&mut fx.tee, pinned.entries()).unwrap().version, 0);
 }
+
+/// node `i`'s chain and a TLS identity whose handshake its own TEE signs (what its node
+/// server presents to peers).
+fn tee_identity(socket: &std::path::Path) -> (CertChain, custos_net::TlsIdentity) {
+    use std::sync::{Arc, Mutex};
+    let mut tee = custos_wire::client::TeeClient::connect(socket).unwrap();
+    let Ok(Response::DeviceChain(chain)) = tee.call(&Request::DeviceChain) else {
+        panic!("no device chain");
+    };
+    let tee = Arc::new(Mutex::new(tee));
+    let identity = custos_net::TlsIdentity::from_remote_signer(
+        vec![
+            chain.device.clone(),
+            chain.cluster_ca.clone(),
+            chain.device_ca.clone(),
+        ],
+        Arc::new(move |message: &[u8]| {
+            match tee.lock().unwrap().call(&Request::SignTls {
+                message: message.to_vec(),
+            }) {
+                Ok(Response::TlsSignature(s)) => Ok(s),
+                other => Err(format!("{other:?}")),
+            }
+        }),
+    )
+    .unwrap();
+    (chain, identity)
+}
+
+/// Asks node `name`'s server, as the holder of `identity`, for one (unknown) key.
+async fn export_via_server(
+    (name, server): (&str, std::net::SocketAddr),
+    identity: &custos_net::TlsIdentity,
+    root_der: &[u8],
+) -> Result<(), tonic::Status> {
+    use custos_proto::cluster::vault_node_client::VaultNodeClient;
+    let cfg = custos_net::client_config(identity, root_der).unwrap();
+    let channel = custos_net::connect(server, &format!("{name}.{CLUSTER}.custos"), cfg)
+        .await
+        .unwrap();
+    VaultNodeClient::new(channel)
+        .export_keys(custos_proto::cluster::ExportRequest {
+            key_ids: vec![vec![7; 32]],
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Relays `entries` through the bridge to `node` only (so its node server sees the
+/// ApplyGovernance go by); returns the view its TEE signed.
+async fn apply_via_bridge(
+    link: &mut custos_proto::cluster::bridge_client::BridgeClient<tonic::transport::Channel>,
+    node: &str,
+    entries: &[GovEntry],
+) -> GovView {
+    let call = custos_proto::cluster::TeeCall {
+        request: custos_wire::protocol::encode_request(&Request::ApplyGovernance {
+            cluster: CLUSTER.into(),
+            entries: entries.to_vec(),
+        }),
+        node: node.into(),
+    };
+    let reply = link.submit(call).await.unwrap().into_inner();
+    match custos_wire::client::decode_outcome(&reply.response).unwrap() {
+        Ok(Response::Governance(v)) => v,
+        other => panic!("ApplyGovernance on {node}: {other:?}"),
+    }
+}
+
+/// Real processes: a governed three-node cluster removes node3. node1's node server, told by
+/// the removal relayed through the bridge, refuses node3's genuine TEE at the door (its own
+/// `not_a_member`, the TEE never asked), while node2 still gets through.
+#[test]
+fn a_removed_node_is_refused_by_the_node_server() {
+    use custos::cluster::{Cluster, ClusterOptions};
+
+    let pki = Pki::new();
+    let cluster = Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join("gov"),
+        &ClusterOptions {
+            name: CLUSTER.into(),
+            nodes: 3,
+            db_url: None,
+            sync_interval_secs: 3600,
+            audit_interval_secs: 0,
+            link: None,
+        },
+    )
+    .unwrap();
+    let root_der = custos_pki::pem_to_der(&pki.pki.root_pem().unwrap(), "root").unwrap();
+    let ids: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| tee_identity(&n.tee.socket))
+        .collect();
+    let mut log = GovLog::genesis(
+        &pki,
+        CLUSTER,
+        &["alice", "bob", "carol"],
+        2,
+        ids.iter().map(|(c, _)| member(&pki, c)).collect(),
+        &["alice", "bob"],
+    );
+    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    let server1 = (names[0], cluster.nodes[0].addr.unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut link = cluster.link_client().await.unwrap();
+        for node in &names {
+            assert_eq!(
+                apply_via_bridge(&mut link, node, log.entries())
+                    .await
+                    .version,
+                0
+            );
+        }
+        // Governed, node3 is a member: node1's server lets it through to the TEE.
+        let r = export_via_server(server1, &ids[2].1, &root_der).await;
+        assert!(
+            !matches!(&r, Err(e) if e.code() == tonic::Code::PermissionDenied),
+            "{r:?}"
+        );
+
+        let fp3 = device_key_fingerprint(&identity(&pki.root, &ids[2].0).public_key).unwrap();
+        log.remove(fp3, &["alice", "carol"]);
+        assert_eq!(
+            apply_via_bridge(&mut link, names[0], log.entries())
+                .await
+                .members
+                .len(),
+            2
+        );
+
+        // At once (the relayed ApplyGovernance refreshed the server's view): refused by name.
+        let e = export_via_server(server1, &ids[2].1, &root_der)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().starts_with("not_a_member: "), "{e:?}");
+        assert!(e.message().contains(names[2]), "{e:?}");
+        // node2 is still a member and still gets through.
+        let r = export_via_server(server1, &ids[1].1, &root_der).await;
+        assert!(
+            !matches!(&r, Err(e) if e.code() == tonic::Code::PermissionDenied),
+            "{r:?}"
+        );
+    });
+}
