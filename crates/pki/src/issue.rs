@@ -6,9 +6,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
-    PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
@@ -467,28 +466,15 @@ impl PkiDir {
     }
 
     /// `custos pki sign-csr --cluster <c>`: turns a node's CSR into a device certificate
-    /// from that cluster's Cluster CA. Only the CSR's public key and common name (the node
-    /// name) are taken from the request; every other field is set by the CA.
+    /// from that cluster's Cluster CA. The CSR is checked as an admin CSR is (size, P-256
+    /// key signed with ECDSA SHA-256, self-signature, name: [`PkiError::CsrTooLarge`],
+    /// [`PkiError::CsrKeyType`], [`PkiError::CsrSignature`], [`PkiError::InvalidName`]);
+    /// only its public key and common name (the node name) are taken, every other field is
+    /// set by the CA.
     pub fn sign_device_csr(&self, cluster: &str, csr_pem: &str) -> Result<String, PkiError> {
         check_name(cluster)?;
+        let (node, mut csr) = crate::csr::checked_p256_csr(csr_pem, "device CSR")?;
         let ca = self.load_ca(&self.cluster_ca_base(cluster))?;
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            PkiError::Malformed {
-                what: "CSR",
-                reason: e.to_string(),
-            }
-        })?;
-        let node = match csr.params.distinguished_name.get(&DnType::CommonName) {
-            Some(rcgen::DnValue::Utf8String(s)) => s.clone(),
-            Some(rcgen::DnValue::PrintableString(p)) => p.as_str().to_string(),
-            _ => {
-                return Err(PkiError::Malformed {
-                    what: "CSR",
-                    reason: "subject has no common name (the node name)".into(),
-                })
-            }
-        };
-        check_name(&node)?;
         if [Service::Bridge, Service::Relay]
             .iter()
             .any(|s| s.name() == node)
