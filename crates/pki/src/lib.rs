@@ -19,6 +19,7 @@ mod admin_cache;
 mod admin_key;
 pub mod clock;
 mod csr;
+mod dealer;
 mod issue;
 pub mod tls;
 mod verify;
@@ -26,9 +27,11 @@ mod verify;
 pub use admin_cache::AdminCache;
 pub use admin_key::{admin_csr, key_fingerprint, AdminFolder, AdminKey, AdminSigner, FileKey};
 pub use csr::MAX_CSR_PEM;
+pub use dealer::{
+    dealer_csr, issue_dealer_from_csr_with_validity, DealerCert, DealerFolder, DealerSigner,
+};
 pub use issue::{
-    issue_admin_from_csr_with_validity, issue_dealer, issue_dealer_with_validity, AdminCert,
-    DealerSigner, IssuedKey, PkiDir, Service, Validity,
+    issue_admin_from_csr_with_validity, AdminCert, IssuedKey, PkiDir, Service, Validity,
 };
 pub use verify::{
     cert_fingerprint, validity_window, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot,
