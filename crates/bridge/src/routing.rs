@@ -106,6 +106,9 @@ pub fn describe(r: &Request) -> Option<Described> {
         Request::AuditSign { key_id, .. } => d("audit", Some(key_id), false),
         Request::CreateWallet {
             meta, approvals, ..
+        }
+        | Request::CreateGroupWallet {
+            meta, approvals, ..
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
             approvers: names(approvals),
@@ -186,6 +189,9 @@ pub fn describe(r: &Request) -> Option<Described> {
             ..d("threshold-presign-sign", Some(&params.key_id), true)
         },
         Request::ListPresignatures { key_id } => d("list-presignatures", Some(key_id), true),
+        // Every member applies the log; the fan-out to all of them is issue 12 step F2.
+        Request::ApplyGovernance { .. } => d("governance-apply", None, true),
+        Request::Governance { .. } => d("governance", None, true),
         Request::ThresholdKeygenStart {
             meta,
             attempt,
@@ -207,6 +213,8 @@ pub fn describe(r: &Request) -> Option<Described> {
         Request::PinRoot { .. }
         | Request::GenerateDeviceKey { .. }
         | Request::InstallDeviceCert { .. }
+        | Request::DeviceCsr
+        | Request::PinGenesis { .. }
         | Request::ImportWallet { .. }
         | Request::SignTls { .. }
         | Request::ExportKeys { .. }

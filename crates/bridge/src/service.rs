@@ -50,6 +50,8 @@ struct NodeEntry {
     device_key: Vec<u8>,
     /// The chain the node presented when it registered (its `device_key` is the chain's).
     chain: custos_proto::cluster::DeviceChain,
+    /// notAfter of that chain's device certificate (Unix seconds), shown in `Status`.
+    cert_not_after: u64,
     healthy: bool,
     held: HashSet<Vec<u8>>,
     /// Keys of the list this node is not known to hold: what its next sync must fetch.
@@ -191,6 +193,7 @@ impl BridgeService {
                     keys_held: n.held.len() as u64,
                     served: n.served,
                     failures: n.failures,
+                    cert_not_after: n.cert_not_after,
                 })
                 .collect(),
         }

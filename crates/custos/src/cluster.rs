@@ -117,6 +117,13 @@ fn parse_ready_addr(line: &str) -> Result<SocketAddr, ClusterError> {
         .ok_or_else(|| io(format!("unexpected ready line {line:?}")))
 }
 
+impl Node {
+    /// The node server's configuration file (what `custos node ...` commands take).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+}
+
 impl Cluster {
     /// Brings up a cluster under `dir` with the CA directory `pki` (initialized): Cluster CA
     /// and bridge certificate, the bridge, then each node's TEE (provisioned) and server.

@@ -8,4 +8,5 @@ pub mod dealer;
 pub mod deployment;
 pub mod ops;
 pub mod pkcs11;
+pub mod renewal;
 pub mod tee_process;

@@ -150,6 +150,27 @@ enum NodeCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Ask the node's TEE for a CSR of its existing device key D, to renew its certificate
+    /// (then `custos pki sign-csr --days N` and `custos node install-cert`).
+    RenewCert {
+        /// The node's TOML configuration (its TEE socket, node and cluster names).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output CSR file (PEM); stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Install a renewed device certificate for the same D in the node's TEE; the node
+    /// server presents it once restarted.
+    InstallCert {
+        /// The node's TOML configuration (its TEE socket, node and cluster names).
+        #[arg(long)]
+        config: PathBuf,
+        /// The certificate (PEM): alone, as `custos pki sign-csr` writes it, or followed by
+        /// its Cluster CA and Device CA.
+        #[arg(long)]
+        cert: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -360,6 +381,9 @@ enum PkiCommand {
         /// Output certificate file (PEM); stdout if absent.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Lifetime of the certificate in days (1 to 825).
+        #[arg(long, default_value_t = custos_pki::DEVICE_CERT_DAYS)]
+        days: u32,
     },
 }
 
@@ -513,13 +537,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         } => demo::run(dir, &report, keep_running, real_primes),
         Command::Dealer { command } => run_dealer_command(command),
         Command::Bench { command } => run_bench(command),
-        Command::Node {
-            command: NodeCommand::Run { config },
-        } => {
-            let cfg = custos_vault_node::NodeConfig::load(&config)?;
-            runtime()?.block_on(custos_vault_node::run(cfg))?;
-            Ok(())
-        }
+        Command::Node { command } => run_node(command),
         Command::Bridge {
             command: BridgeCommand::Run { config },
         } => {
@@ -788,12 +806,63 @@ fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
                 None => print!("{}", issued.chain_pem()),
             }
         }
-        PkiCommand::SignCsr { cluster, csr, out } => {
-            let cert = pki.sign_device_csr(&cluster, &read_csr(&csr)?)?;
+        PkiCommand::SignCsr {
+            cluster,
+            csr,
+            out,
+            days,
+        } => {
+            // The lifetime is checked before the CSR is even read.
+            let validity = custos_pki::Validity::device_days(days)?;
+            let cert = pki.sign_device_csr_with_validity(&cluster, &read_csr(&csr)?, validity)?;
             match out {
                 Some(path) => std::fs::write(&path, cert)?,
                 None => print!("{cert}"),
             }
+        }
+    }
+    Ok(())
+}
+
+fn run_node(command: NodeCommand) -> Result<(), AnyError> {
+    use custos::renewal::{install_cert, renewal_csr};
+    match command {
+        NodeCommand::Run { config } => {
+            let cfg = custos_vault_node::NodeConfig::load(&config)?;
+            runtime()?.block_on(custos_vault_node::run(cfg))?;
+        }
+        NodeCommand::RenewCert { config, out } => {
+            let cfg = custos_vault_node::NodeConfig::load(&config)?;
+            let mut client = custos_wire::client::TeeClient::connect(&cfg.tee_socket)?;
+            let csr = renewal_csr(&mut client, &cfg.cluster, &cfg.node)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, csr)?;
+                    eprintln!(
+                        "CSR for the device key of {}/{}: {} (next: custos pki sign-csr)",
+                        cfg.cluster,
+                        cfg.node,
+                        path.display()
+                    );
+                }
+                None => print!("{csr}"),
+            }
+        }
+        NodeCommand::InstallCert { config, cert } => {
+            let cfg = custos_vault_node::NodeConfig::load(&config)?;
+            let mut client = custos_wire::client::TeeClient::connect(&cfg.tee_socket)?;
+            let done = install_cert(&mut client, &cfg.cluster, &cfg.node, &cert)?;
+            println!(
+                "installed certificate {} for {}/{}, valid until {} (Unix); restart the node \
+                 server (custos node run) to present it",
+                done.info
+                    .cert_fingerprint
+                    .map(hex::encode)
+                    .unwrap_or_default(),
+                done.info.cluster,
+                done.info.node,
+                done.not_after
+            );
         }
     }
     Ok(())

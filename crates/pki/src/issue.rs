@@ -27,7 +27,33 @@ pub struct Validity {
     pub not_after: OffsetDateTime,
 }
 
+/// Lifetime of a device certificate unless the operator chooses another
+/// (`custos pki sign-csr --days`): short, so that a lost or retired device stops being
+/// trusted on its own, and renewed with the same device key D (`custos node renew-cert`).
+pub const DEVICE_CERT_DAYS: u32 = 90;
+
+/// Longest device certificate lifetime accepted, in days (the CA/Browser Forum's old
+/// ceiling): anything longer defeats short lifetimes and is most likely a typo.
+pub const MAX_DEVICE_CERT_DAYS: u32 = 825;
+
 impl Validity {
+    /// A device certificate's window of `days` days, refused unless `days` is
+    /// 1..=[`MAX_DEVICE_CERT_DAYS`] ([`PkiError::DeviceLifetime`]).
+    pub fn device_days(days: u32) -> Result<Self, PkiError> {
+        if days == 0 || days > MAX_DEVICE_CERT_DAYS {
+            return Err(PkiError::DeviceLifetime {
+                days: i64::from(days),
+                max: MAX_DEVICE_CERT_DAYS,
+            });
+        }
+        Ok(Validity::days(i64::from(days)))
+    }
+
+    /// Whole days from `not_before` to `not_after` (negative if they are reversed).
+    fn whole_days(&self) -> i64 {
+        (self.not_after - self.not_before).whole_days()
+    }
+
     /// Valid from a minute ago (clock skew between hosts) for `days` days.
     pub fn days(days: i64) -> Self {
         let now = OffsetDateTime::now_utc();
@@ -404,12 +430,33 @@ impl PkiDir {
     }
 
     /// `custos pki sign-csr --cluster <c>`: turns a node's CSR into a device certificate
-    /// from that cluster's Cluster CA. The CSR is checked as an admin CSR is (size, P-256
-    /// key signed with ECDSA SHA-256, self-signature, name: [`PkiError::CsrTooLarge`],
-    /// [`PkiError::CsrKeyType`], [`PkiError::CsrSignature`], [`PkiError::InvalidName`]);
-    /// only its public key and common name (the node name) are taken, every other field is
-    /// set by the CA.
+    /// from that cluster's Cluster CA, valid for [`DEVICE_CERT_DAYS`] days. The CSR is checked
+    /// as an admin CSR is (size, P-256 key signed with ECDSA SHA-256, self-signature, name:
+    /// [`PkiError::CsrTooLarge`], [`PkiError::CsrKeyType`], [`PkiError::CsrSignature`],
+    /// [`PkiError::InvalidName`]); only its public key and common name (the node name) are
+    /// taken, every other field is set by the CA.
     pub fn sign_device_csr(&self, cluster: &str, csr_pem: &str) -> Result<String, PkiError> {
+        let validity = Validity::device_days(DEVICE_CERT_DAYS)?;
+        self.sign_device_csr_with_validity(cluster, csr_pem, validity)
+    }
+
+    /// [`PkiDir::sign_device_csr`] with a chosen window (`custos pki sign-csr --days`; tests
+    /// use it for certificates partly or wholly elapsed). A window that ends before it
+    /// starts or spans more than [`MAX_DEVICE_CERT_DAYS`] days is refused
+    /// ([`PkiError::DeviceLifetime`]) before the CSR is read.
+    pub fn sign_device_csr_with_validity(
+        &self,
+        cluster: &str,
+        csr_pem: &str,
+        validity: Validity,
+    ) -> Result<String, PkiError> {
+        let days = validity.whole_days();
+        if validity.not_after <= validity.not_before || days > i64::from(MAX_DEVICE_CERT_DAYS) {
+            return Err(PkiError::DeviceLifetime {
+                days,
+                max: MAX_DEVICE_CERT_DAYS,
+            });
+        }
         check_name(cluster)?;
         let (node, mut csr) = crate::csr::checked_p256_csr(csr_pem, "device CSR")?;
         let ca = self.load_ca(&self.cluster_ca_base(cluster))?;
@@ -425,7 +472,7 @@ impl PkiDir {
         let mut params = leaf_params(
             &node,
             &format!("{}{}", role::DEVICE_PREFIX, cluster),
-            Validity::days(365 * 2),
+            validity,
         );
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

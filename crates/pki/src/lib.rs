@@ -32,6 +32,7 @@ pub use dealer::{
 };
 pub use issue::{
     issue_admin_from_csr_with_validity, AdminCert, IssuedKey, PkiDir, Service, Validity,
+    DEVICE_CERT_DAYS, MAX_DEVICE_CERT_DAYS,
 };
 pub use verify::{
     cert_fingerprint, validity_window, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot,
@@ -187,6 +188,14 @@ pub enum PkiError {
     /// A signing key (file or token) failed to sign.
     #[error("signing failed: {0}")]
     Sign(String),
+    /// A device certificate lifetime outside 1..=`max` days (`custos pki sign-csr --days`).
+    #[error("device certificate lifetime of {days} day(s) refused: choose 1 to {max} days")]
+    DeviceLifetime {
+        /// Lifetime asked for, in whole days.
+        days: i64,
+        /// Longest lifetime accepted ([`MAX_DEVICE_CERT_DAYS`]).
+        max: u32,
+    },
     /// A signature made with a certified key did not verify.
     #[error("signature by {0} does not verify")]
     BadSignature(String),

@@ -5,22 +5,17 @@
 //! signs with). This unit checks each approval's certificate chain and signature and counts
 //! distinct admins against the key's quorum.
 
-use custos_pki::{AdminCache, PkiError, TrustRoot};
+use custos_pki::{AdminCache, TrustRoot};
 
-use custos_wire::approval::{Action, Approval, MAX_APPROVAL_LIFETIME_SECS};
-use custos_wire::protocol::{ApprovalFault, RequestMeta, TeeError, MAX_APPROVALS};
+use custos_wire::approval::{
+    verify_approvals, Action, Approval, ApprovalTime, Approvers, MAX_APPROVAL_LIFETIME_SECS,
+};
+use custos_wire::protocol::{RequestMeta, TeeError};
 
-fn fault_of(e: &PkiError) -> ApprovalFault {
-    match e {
-        PkiError::NotValidNow { .. } => ApprovalFault::CertificateNotValidNow,
-        PkiError::BadSignature(_) => ApprovalFault::BadSignature,
-        PkiError::Malformed { .. } => ApprovalFault::Malformed,
-        _ => ApprovalFault::UntrustedCertificate,
-    }
-}
-
-/// Checks expiry, every approval, and that at least `required` distinct admins approved.
-/// Any invalid approval refuses the whole request, so a mistake is never silently outvoted.
+/// Checks expiry, every approval, and that at least `required` distinct admins approved
+/// (any Admin-CA admin: the legacy rule until keys carry approver groups). Any invalid
+/// approval refuses the whole request, so a mistake is never silently outvoted. The counting
+/// itself is [`verify_approvals`], shared with every other verifier.
 #[allow(clippy::too_many_arguments)]
 pub fn check_quorum(
     cache: &mut AdminCache,
@@ -30,7 +25,8 @@ pub fn check_quorum(
     meta: &RequestMeta,
     action: &Action<'_>,
     approvals: &[Approval],
-    required: u8,
+    who: &Approvers<'_>,
+    revoked: &dyn Fn(&[u8; 32]) -> bool,
 ) -> Result<Vec<String>, TeeError> {
     if now > meta.expires_at {
         return Err(TeeError::RequestExpired {
@@ -44,43 +40,47 @@ pub fn check_quorum(
             meta.expires_at
         )));
     }
-    if approvals.is_empty() {
-        return Err(TeeError::ApprovalMissing);
-    }
-    if approvals.len() > MAX_APPROVALS {
-        return Err(TeeError::InvalidRequest(format!(
-            "{} approvals, at most {MAX_APPROVALS}",
-            approvals.len()
-        )));
-    }
     let message = action.message(cluster, meta);
-    let mut admins: Vec<custos_pki::AdminIdentity> = Vec::new();
-    for (index, a) in approvals.iter().enumerate() {
-        let id = cache
-            .verify(root, &a.admin_cert, &a.admin_ca, now)
-            .and_then(|v| {
-                v.verify_signature(&message, &a.signature)
-                    .map(|_| v.identity.clone())
-            })
-            .map_err(|e| TeeError::ApprovalRejected {
-                index: index as u32,
-                fault: fault_of(&e),
-                detail: e.to_string(),
-            })?;
-        // An admin is its certified key: a second certificate of a counted key, under any
-        // name, adds nothing. Until per-key approver groups name keys (issue 12, item 3), a
-        // new key under a counted subject adds nothing either, so one person re-certified
-        // with a new key is still one approver.
-        if !admins
-            .iter()
-            .any(|a| a.key == id.key || a.subject == id.subject)
-        {
-            admins.push(id);
+    let counted = verify_approvals(
+        cache,
+        root,
+        &message,
+        approvals,
+        ApprovalTime::Now(now),
+        who,
+        revoked,
+    )?;
+    Ok(counted.into_iter().map(|(_, name)| name).collect())
+}
+
+/// Whose approvals count for one request, owned (it is read from a key the core holds
+/// while the core's admin cache is borrowed to check it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Who {
+    /// `quorum` distinct admins of `group` (admin key fingerprints).
+    Group {
+        /// The group.
+        group: Vec<[u8; 32]>,
+        /// Distinct admins of it needed.
+        quorum: u8,
+    },
+    /// `quorum` distinct admins with any Admin-CA certificate (keys without a group, on an
+    /// ungoverned node).
+    AnyAdmin {
+        /// Distinct admins needed.
+        quorum: u8,
+    },
+}
+
+impl Who {
+    /// The borrowed form the counting takes.
+    pub fn approvers(&self) -> Approvers<'_> {
+        match self {
+            Who::Group { group, quorum } => Approvers::Group {
+                group,
+                quorum: *quorum,
+            },
+            Who::AnyAdmin { quorum } => Approvers::AnyAdmin { quorum: *quorum },
         }
     }
-    let approved = admins.len().min(u8::MAX as usize) as u8;
-    if approved < required.max(1) {
-        return Err(TeeError::QuorumNotMet { required, approved });
-    }
-    Ok(admins.into_iter().map(|a| a.name).collect())
 }

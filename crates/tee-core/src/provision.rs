@@ -72,6 +72,19 @@ impl<P: Platform> TeeCore<P> {
         Ok(Response::DeviceCsr { csr, public_key })
     }
 
+    /// A new CSR for the D this core already holds (certificate renewal). Nothing is
+    /// sealed: D and the installed certificate stay as they are until the renewed
+    /// certificate is installed.
+    pub(crate) fn renewal_csr(&self) -> Outcome {
+        let device = self.device.as_ref().ok_or_else(|| {
+            TeeError::NotProvisioned("no device key D to renew a certificate for".into())
+        })?;
+        Ok(Response::DeviceCsr {
+            csr: device.csr()?,
+            public_key: device.public_key(),
+        })
+    }
+
     /// Chain check against the pinned root at platform time, for this node's D and cluster.
     pub(crate) fn check_device_chain(
         &self,

@@ -388,6 +388,8 @@ impl FakeGateway {
                             keys_held: held,
                             served: u64::from(n.served.load(Ordering::SeqCst)),
                             failures: 0,
+                            // The fake bridge keeps no registration: unknown.
+                            cert_not_after: 0,
                         }
                     })
                     .collect();

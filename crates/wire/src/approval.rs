@@ -1,4 +1,5 @@
-//! Admin approvals: what is attached to a request, and the exact bytes an admin signs.
+//! Admin approvals: what is attached to a request, the exact bytes an admin signs, and how
+//! approvals are counted ([`verify_approvals`]).
 //!
 //! An approval is an admin's ECDSA P-256 signature over the canonical encoding of the exact
 //! action (cluster, request id, expiry, and what is done with which key). The TEE core's
@@ -7,7 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::governance::GovChange;
+use crate::policy::KeyPolicy;
 use crate::protocol::RequestMeta;
+
+mod count;
+
+pub use count::{verify_approvals, ApprovalTime, Approvers};
 
 /// Domain separation tag of approval messages.
 pub const APPROVAL_DOMAIN: &[u8] = b"CUSTOS-APPROVAL-V1\0";
@@ -87,6 +94,36 @@ pub enum Action<'a> {
         /// 32-byte digest.
         digest: &'a [u8; 32],
     },
+    /// Apply `change` as entry `version` of the cluster's governance log, after the entry
+    /// whose hash is `prev`. Its tag names the kind of change (`gov-genesis`, `gov-admit`,
+    /// `gov-remove`, `gov-revoke`, `gov-set-governors`).
+    Governance {
+        /// Position in the log.
+        version: u64,
+        /// Hash of the entry before it (zero for the genesis).
+        prev: &'a [u8; 32],
+        /// The change.
+        change: &'a GovChange,
+    },
+    /// Generate a new wallet whose approver group and quorum are `policy`, on the node whose
+    /// device key fingerprint is `executor` only: failover to another node can never make a
+    /// second wallet from the same approvals. The creating quorum is `policy`'s own.
+    CreateGroupWallet {
+        /// Approver group, quorum and rules of the new key.
+        policy: &'a KeyPolicy,
+        /// SHA-256 of the executing node's certified device key (its member id).
+        executor: &'a [u8; 32],
+    },
+    /// Replace the policy of `key_id`, whose current policy hashes to `prev`, by `policy`.
+    /// Scoped to the cluster, or [`THRESHOLD_SCOPE`] for threshold keys.
+    SetKeyPolicy {
+        /// The key (wallet root public key, or joint public key).
+        key_id: &'a [u8],
+        /// [`KeyPolicy::hash`] of the policy replaced.
+        prev: &'a [u8; 32],
+        /// The new policy.
+        policy: &'a KeyPolicy,
+    },
 }
 
 use crate::field::put;
@@ -104,6 +141,9 @@ impl Action<'_> {
             Action::ImportThresholdKey { .. } => b"import-threshold-key",
             Action::ThresholdSign { .. } => b"threshold-sign",
             Action::CreateThresholdKey { .. } => b"create-threshold-key",
+            Action::Governance { change, .. } => change.tag(),
+            Action::SetKeyPolicy { .. } => b"set-key-policy",
+            Action::CreateGroupWallet { .. } => b"create-wallet-v2",
         };
         put(&mut out, tag);
         put(&mut out, cluster.as_bytes());
@@ -153,6 +193,28 @@ impl Action<'_> {
                 put(&mut out, &p);
                 put(&mut out, &digest[..]);
             }
+            Action::CreateGroupWallet { policy, executor } => {
+                put(&mut out, &policy.encode());
+                put(&mut out, &executor[..]);
+            }
+            Action::Governance {
+                version,
+                prev,
+                change,
+            } => {
+                put(&mut out, &version.to_be_bytes());
+                put(&mut out, &prev[..]);
+                out.extend_from_slice(&change.encode());
+            }
+            Action::SetKeyPolicy {
+                key_id,
+                prev,
+                policy,
+            } => {
+                put(&mut out, key_id);
+                put(&mut out, &prev[..]);
+                put(&mut out, &policy.encode());
+            }
         }
         out
     }
@@ -161,6 +223,87 @@ impl Action<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::governance::GovChange;
+    use crate::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
+
+    #[test]
+    fn governance_and_policy_messages_bind_every_term() {
+        let meta = RequestMeta {
+            request_id: [7; 16],
+            expires_at: 1000,
+        };
+        let gov = |version, prev: &[u8; 32], change: &GovChange, cluster: &str| {
+            Action::Governance {
+                version,
+                prev,
+                change,
+            }
+            .message(cluster, &meta)
+        };
+        let set = |governors: Vec<[u8; 32]>, quorum| GovChange::SetGovernors { governors, quorum };
+        let base_change = set(vec![[1; 32], [2; 32]], 1);
+        let revoke = GovChange::Revoke {
+            admins: vec![[1; 32], [2; 32]],
+            devices: vec![],
+            reason: String::new(),
+        };
+        let base = gov(3, &[9; 32], &base_change, "dc1");
+        let mut seen = vec![base.clone()];
+        for other in [
+            gov(4, &[9; 32], &base_change, "dc1"),
+            gov(3, &[8; 32], &base_change, "dc1"),
+            gov(3, &[9; 32], &base_change, "dc2"),
+            gov(3, &[9; 32], &set(vec![[1; 32], [2; 32]], 2), "dc1"),
+            gov(3, &[9; 32], &set(vec![[1; 32]], 1), "dc1"),
+            gov(3, &[9; 32], &set(vec![[1; 32], [3; 32]], 1), "dc1"),
+            // Same fingerprints under another kind of change: the tag tells them apart.
+            gov(3, &[9; 32], &revoke, "dc1"),
+        ] {
+            assert!(!seen.contains(&other));
+            seen.push(other);
+        }
+
+        let policy = KeyPolicy {
+            version: 2,
+            group: vec![[1; 32], [2; 32]],
+            quorum: 1,
+            rules: vec![Rule {
+                tag: RULE_CLUSTER_ANCHORS,
+                body: vec![5; 32],
+            }],
+        };
+        let msg = |key_id: &[u8], prev: &[u8; 32], policy: &KeyPolicy| {
+            Action::SetKeyPolicy {
+                key_id,
+                prev,
+                policy,
+            }
+            .message("dc1", &meta)
+        };
+        let with = |f: &dyn Fn(&mut KeyPolicy)| {
+            let mut p = policy.clone();
+            f(&mut p);
+            p
+        };
+        let base = msg(&[3; 33], &[4; 32], &policy);
+        let mut seen = vec![base];
+        for other in [
+            msg(&[3; 32], &[4; 32], &policy),
+            msg(&[3; 33], &[5; 32], &policy),
+            msg(&[3; 33], &[4; 32], &with(&|p| p.version = 3)),
+            msg(&[3; 33], &[4; 32], &with(&|p| p.quorum = 2)),
+            msg(&[3; 33], &[4; 32], &with(&|p| p.group[1] = [6; 32])),
+            msg(
+                &[3; 33],
+                &[4; 32],
+                &with(&|p| p.rules[0].body = vec![6; 32]),
+            ),
+            msg(&[3; 33], &[4; 32], &with(&|p| p.rules.clear())),
+        ] {
+            assert!(!seen.contains(&other));
+            seen.push(other);
+        }
+    }
 
     #[test]
     fn key_creation_messages_bind_every_term() {

@@ -14,13 +14,21 @@
 //! * [`seal`]: the one HPKE suite every sealed transfer uses;
 //! * [`frame`] and [`client`]: the frame protocol on the TEE core's local socket and the thin
 //!   client the vault node server uses, which checks every response's device-key signature;
+//! * [`governance`]: the cluster governance log (members, governors, revocations) and its
+//!   one verifier;
+//! * [`policy`]: per-key approver groups and their canonical encoding;
 //! * [`field`]: the length-prefixed field of every transcript and context.
 
 pub mod approval;
 pub mod client;
 pub mod field;
 pub mod frame;
+pub mod governance;
 pub mod import;
+pub mod policy;
 pub mod protocol;
 pub mod seal;
 pub mod threshold;
+
+#[cfg(test)]
+mod test_pki;

@@ -10,6 +10,7 @@
 //! The types live in files by family, all re-exported here (paths are `protocol::Request`,
 //! `protocol::TeeError`, ...): `request.rs` and `response.rs` (the two enums), `wallets.rs`
 //! (imported secrets, wallet facts), `sync.rs` (certificate chains, key transfers),
+//! `governance.rs` (the governance view),
 //! `threshold.rs` (threshold keys, sessions and their messages), `error.rs` (refusals). This
 //! file keeps the limits, the encoding and the signed-response transcript.
 
@@ -37,6 +38,7 @@ pub const MAX_TRANSFER_KEYS: usize = 20_000;
 pub type KeyId = Vec<u8>;
 
 mod error;
+mod governance;
 mod request;
 mod response;
 mod sync;
@@ -44,6 +46,7 @@ mod threshold;
 mod wallets;
 
 pub use error::{ApprovalFault, TeeError};
+pub use governance::{GovView, MemberInfo};
 pub use request::{RelayClass, Request};
 pub use response::{Attestation, DeviceInfo, EcdsaSignature, Response, Status};
 pub use sync::{CertChain, KeyTransfer};
@@ -203,9 +206,30 @@ mod tests {
     }
 
     #[test]
+    fn governance_requests_are_relayed() {
+        // Entries carry their approvals and views are signed by D: both are public.
+        for r in [
+            Request::ApplyGovernance {
+                cluster: "dc1".into(),
+                entries: Vec::new(),
+            },
+            Request::Governance {
+                cluster: "dc1".into(),
+                since: 0,
+            },
+        ] {
+            assert!(relayable(&r), "{r:?}");
+        }
+    }
+
+    #[test]
     fn provisioning_tls_and_transfers_stay_on_the_node() {
         for r in [
             Request::PinRoot { root_cert: vec![] },
+            Request::DeviceCsr,
+            Request::PinGenesis {
+                genesis_id: [0; 32],
+            },
             Request::SignTls { message: vec![] },
             Request::ExportKeys {
                 requester: CertChain::default(),

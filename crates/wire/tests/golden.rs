@@ -9,7 +9,11 @@
 use std::collections::BTreeMap;
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::governance::{
+    entry_hash, genesis_id, Evidence, GovChange, GovEntry, MemberRecord,
+};
 use custos_wire::import::SealedImport;
+use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
 use custos_wire::protocol::*;
 use serde::Serialize;
 
@@ -263,6 +267,24 @@ fn requests() -> Vec<Request> {
         Request::ListPresignatures {
             key_id: vec![0x02; 33],
         },
+        Request::ApplyGovernance {
+            cluster: "dc1".into(),
+            entries: vec![gov_entry()],
+        },
+        Request::Governance {
+            cluster: "dc1".into(),
+            since: 3,
+        },
+        Request::DeviceCsr,
+        Request::PinGenesis {
+            genesis_id: [0xf5; 32],
+        },
+        Request::CreateGroupWallet {
+            meta: meta(),
+            policy: policy(),
+            executor: [0xe7; 32],
+            approvals: vec![approval()],
+        },
     ]
 }
 
@@ -336,6 +358,27 @@ fn responses() -> Vec<Response> {
             public: b"{}".to_vec(),
         },
         Response::Presignatures(vec![presignature()]),
+        Response::Governance(GovView {
+            cluster: "dc1".into(),
+            genesis_id: [0xf3; 32],
+            version: 4,
+            head: [0xf4; 32],
+            governors: vec![[0xb1; 32], [0xb2; 32]],
+            quorum: 2,
+            members: vec![MemberInfo {
+                node: "node1".into(),
+                key_fingerprint: [0xe1; 32],
+                admitted_version: 0,
+                admitted_at: 1_799_999_000,
+                evidence_format: 1,
+            }],
+            revoked_admins: vec![([0xb3; 32], 2)],
+            revoked_devices: vec![([0xe3; 32], 3)],
+            entries: vec![gov_entry()],
+        }),
+        Response::GenesisPinned {
+            genesis_id: [0xf5; 32],
+        },
     ]
 }
 
@@ -396,7 +439,108 @@ fn errors() -> Vec<TeeError> {
             found: 1,
             supported: PROTOCOL_VERSION,
         },
+        TeeError::AdminRevoked {
+            index: 1,
+            admin: "carol".into(),
+            key_fingerprint: [0xc1; 32],
+        },
+        TeeError::ApproverNotInGroup {
+            index: 2,
+            admin: "mallory".into(),
+            key_fingerprint: [0xc2; 32],
+        },
+        TeeError::NotAMember {
+            node: "dc1-rogue".into(),
+            key_fingerprint: [0xc3; 32],
+        },
+        TeeError::DeviceRevoked {
+            node: "node3".into(),
+            key_fingerprint: [0xc4; 32],
+        },
+        TeeError::GovernanceRejected(s()),
+        TeeError::GovernanceGap { head: 4, first: 7 },
+        TeeError::NotGoverned,
+        TeeError::NotExecutor {
+            executor: [0xe7; 32],
+            this_node: [0xe8; 32],
+        },
+        TeeError::PolicyRejected(s()),
     ]
+}
+
+fn member() -> MemberRecord {
+    MemberRecord {
+        node: "node1".into(),
+        key_fingerprint: [0xe1; 32],
+        chain: chain(),
+        evidence: Evidence {
+            format: 1,
+            document: vec![0xe2; 3],
+        },
+        admitted_at: 1_799_999_000,
+    }
+}
+
+/// One change of every kind, by its message tag.
+fn gov_changes() -> Vec<(&'static str, GovChange)> {
+    vec![
+        (
+            "gov-genesis",
+            GovChange::Genesis {
+                governors: vec![[0xb1; 32], [0xb2; 32], [0xb3; 32]],
+                quorum: 2,
+                members: vec![member()],
+                rules: Vec::new(),
+            },
+        ),
+        ("gov-admit", GovChange::Admit { member: member() }),
+        (
+            "gov-remove",
+            GovChange::Remove {
+                key_fingerprint: [0xe1; 32],
+                reason: "retired".into(),
+            },
+        ),
+        (
+            "gov-revoke",
+            GovChange::Revoke {
+                admins: vec![[0xb3; 32]],
+                devices: vec![[0xe1; 32]],
+                reason: "lost".into(),
+            },
+        ),
+        (
+            "gov-set-governors",
+            GovChange::SetGovernors {
+                governors: vec![[0xb1; 32], [0xb2; 32]],
+                quorum: 1,
+            },
+        ),
+    ]
+}
+
+/// A genesis entry.
+fn gov_entry() -> GovEntry {
+    let (_, genesis) = gov_changes().remove(0);
+    GovEntry {
+        version: 0,
+        prev: [0; 32],
+        meta: meta(),
+        change: genesis,
+        approvals: vec![approval()],
+    }
+}
+
+fn policy() -> KeyPolicy {
+    KeyPolicy {
+        version: 2,
+        group: vec![[0xb1; 32], [0xb2; 32]],
+        quorum: 2,
+        rules: vec![Rule {
+            tag: RULE_CLUSTER_ANCHORS,
+            body: [[0xf1; 32], [0xf2; 32]].concat(),
+        }],
+    }
 }
 
 fn approval_messages() -> Vec<(&'static str, Vec<u8>)> {
@@ -450,6 +594,23 @@ fn approval_messages() -> Vec<(&'static str, Vec<u8>)> {
                 key_id: &[0x03; 33],
                 path: &[0x8000_002c, 7],
                 digest: &digest,
+            }
+            .message("dc1", &m),
+        ),
+        (
+            "set-key-policy",
+            Action::SetKeyPolicy {
+                key_id: &[0x03; 33],
+                prev: &[0x98; 32],
+                policy: &policy(),
+            }
+            .message("dc1", &m),
+        ),
+        (
+            "create-wallet-v2",
+            Action::CreateGroupWallet {
+                policy: &policy(),
+                executor: &[0xe7; 32],
             }
             .message("dc1", &m),
         ),
@@ -543,6 +704,33 @@ fn current() -> BTreeMap<String, String> {
     for (name, bytes) in approval_messages() {
         out.insert(format!("message {name}"), hex::encode(bytes));
     }
+    for (tag, change) in gov_changes() {
+        assert_eq!(change.tag(), tag.as_bytes());
+        let message = Action::Governance {
+            version: 7,
+            prev: &[0x97; 32],
+            change: &change,
+        }
+        .message("dc1", &meta());
+        out.insert(format!("message {tag}"), hex::encode(message));
+    }
+    // Sealed in every TEE (gov/e/*) and hashed by every verifier: pinned like the messages.
+    let entry = gov_entry();
+    let genesis = entry.change.clone();
+    out.insert(
+        "governance entry".into(),
+        hex::encode(postcard::to_allocvec(&entry).unwrap()),
+    );
+    out.insert(
+        "governance entry-hash".into(),
+        hex::encode(entry_hash("dc1", &entry)),
+    );
+    out.insert(
+        "governance genesis-id".into(),
+        hex::encode(genesis_id("dc1", &genesis)),
+    );
+    out.insert("policy encoding".into(), hex::encode(policy().encode()));
+    out.insert("policy hash".into(), hex::encode(policy().hash()));
     out
 }
 

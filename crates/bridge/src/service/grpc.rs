@@ -35,6 +35,11 @@ impl Bridge for BridgeService {
                 device_ca: c.device_ca,
             })
             .ok_or_else(|| Status::permission_denied("no device chain"))?;
+        // A verified chain parses; if it did not, Status would show 0 (unknown) rather than
+        // the node being refused for a display field.
+        let cert_not_after = custos_pki::validity_window(&[&chain.device])
+            .map(|(_, not_after)| not_after)
+            .unwrap_or(0);
         let r = req.into_inner();
         if r.node != id.node {
             return Err(Status::permission_denied(format!(
@@ -77,6 +82,7 @@ impl Bridge for BridgeService {
                     client,
                     device_key: id.public_key.clone(),
                     chain,
+                    cert_not_after,
                     healthy: true,
                     held,
                     missing,

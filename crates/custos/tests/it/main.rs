@@ -23,6 +23,7 @@ mod link;
 mod one_effect;
 mod pkcs11;
 mod refusals;
+mod renewal;
 mod restart;
 mod tee_core_deps;
 mod tee_sync;

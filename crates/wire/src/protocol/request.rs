@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 // One module split in files: every protocol type is in scope, for the code and the doc links.
 use super::*;
 use crate::approval::Approval;
+use crate::governance::GovEntry;
 use crate::import::SealedImport;
 
 /// A request to the TEE core.
@@ -233,6 +234,52 @@ pub enum Request {
         /// Joint public key.
         key_id: KeyId,
     },
+    /// Applies entries of `cluster`'s governance log (at most
+    /// [`crate::governance::MAX_GOV_ENTRIES_PER_APPLY`]): the genesis first when the TEE has
+    /// none, entries it holds already are checked to be the same, and the rest are verified
+    /// and sealed. Answered with [`Response::Governance`]. Relayed: every entry carries its
+    /// governors' approvals, so what travels is public and self-verifying.
+    ApplyGovernance {
+        /// Cluster whose log it is.
+        cluster: String,
+        /// Consecutive entries.
+        entries: Vec<GovEntry>,
+    },
+    /// The TEE's view of `cluster`'s governance log, with its entries from version `since` on
+    /// (a page of at most [`crate::governance::MAX_GOV_ENTRIES_PER_APPLY`]; 0 for the whole
+    /// log from its genesis).
+    Governance {
+        /// Cluster whose log is asked for.
+        cluster: String,
+        /// First version whose entry is listed.
+        since: u64,
+    },
+    /// A fresh CSR for the existing device key D, to renew its certificate
+    /// ([`Response::DeviceCsr`]); the new certificate goes in with
+    /// [`Request::InstallDeviceCert`]. D never changes, so neither does the node's
+    /// membership (keyed by D's fingerprint). Refused with [`TeeError::NotProvisioned`]
+    /// while no D exists.
+    DeviceCsr,
+    /// Pins the id of the genesis this node will accept as its cluster's governance log
+    /// ([`crate::governance::genesis_id`]), at provisioning, once, before any log is held.
+    /// Without a pin the first valid genesis that names the node is adopted.
+    PinGenesis {
+        /// The genesis id.
+        genesis_id: [u8; 32],
+    },
+    /// Generates a new BIP-32 root seed whose approver group is fixed at creation
+    /// ([`crate::approval::Action::CreateGroupWallet`]): only the node named as `executor`
+    /// makes it, and only with approvals by `policy.quorum` admins of `policy.group`.
+    CreateGroupWallet {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// Approver group, quorum and rules of the new key.
+        policy: crate::policy::KeyPolicy,
+        /// SHA-256 of the executing node's certified device key.
+        executor: [u8; 32],
+        /// Admin approvals.
+        approvals: Vec<Approval>,
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -270,10 +317,15 @@ impl Request {
             | Request::ThresholdAbort { .. }
             | Request::ThresholdPresignStart { .. }
             | Request::ThresholdPresignSign { .. }
-            | Request::ListPresignatures { .. } => RelayClass::Relayed,
+            | Request::ListPresignatures { .. }
+            | Request::ApplyGovernance { .. }
+            | Request::CreateGroupWallet { .. }
+            | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }
             | Request::InstallDeviceCert { .. }
+            | Request::DeviceCsr
+            | Request::PinGenesis { .. }
             | Request::ImportWallet { .. }
             | Request::SignTls { .. }
             | Request::ExportKeys { .. }

@@ -167,4 +167,11 @@ pub enum Response {
     },
     /// Presignatures held for a key.
     Presignatures(Vec<PresignatureInfo>),
+    /// The TEE's view of a cluster's governance log.
+    Governance(GovView),
+    /// The genesis id this node now accepts ([`Request::PinGenesis`]).
+    GenesisPinned {
+        /// The pinned id.
+        genesis_id: [u8; 32],
+    },
 }

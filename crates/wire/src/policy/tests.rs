@@ -1,0 +1,208 @@
+//! Properties of the policy encoding and its checks.
+
+use super::*;
+
+fn fp(b: u8) -> [u8; 32] {
+    [b; 32]
+}
+
+fn sample() -> KeyPolicy {
+    KeyPolicy {
+        version: 3,
+        group: vec![fp(1), fp(2), fp(3)],
+        quorum: 2,
+        rules: vec![Rule {
+            tag: RULE_CLUSTER_ANCHORS,
+            body: [fp(7), fp(8)].concat(),
+        }],
+    }
+}
+
+/// Every variation of one field of `sample()`.
+fn variations() -> Vec<KeyPolicy> {
+    let base = sample();
+    let with = |f: &dyn Fn(&mut KeyPolicy)| {
+        let mut p = base.clone();
+        f(&mut p);
+        p
+    };
+    vec![
+        with(&|p| p.version = 4),
+        with(&|p| p.quorum = 3),
+        with(&|p| p.group[1] = fp(4)),
+        with(&|p| {
+            p.group.pop();
+        }),
+        with(&|p| p.group.push(fp(9))),
+        with(&|p| p.rules.clear()),
+        with(&|p| p.rules[0].body[0] ^= 1),
+        with(&|p| p.rules[0].body.truncate(32)),
+        with(&|p| p.rules[0].tag = 2),
+    ]
+}
+
+#[test]
+fn sample_validates_and_round_trips() {
+    let p = sample();
+    assert_eq!(p.validate(), Ok(()));
+    assert_eq!(KeyPolicy::decode(&p.encode()), Ok(p.clone()));
+    assert_eq!(p.cluster_anchors(), Some(vec![fp(7), fp(8)]));
+    for v in variations() {
+        assert_eq!(KeyPolicy::decode(&v.encode()), Ok(v));
+    }
+}
+
+#[test]
+fn every_field_changes_the_encoding_and_the_hash() {
+    let base = sample();
+    let mut seen = vec![base.encode()];
+    for v in variations() {
+        assert_ne!(v.hash(), base.hash(), "{v:?}");
+        assert!(!seen.contains(&v.encode()), "{v:?}");
+        seen.push(v.encode());
+    }
+}
+
+#[test]
+fn the_hash_is_domain_separated() {
+    let p = sample();
+    let plain: [u8; 32] = Sha256::digest(p.encode()).into();
+    assert_ne!(p.hash(), plain);
+}
+
+#[test]
+fn decode_refuses_every_cut_and_trailing_bytes() {
+    let bytes = sample().encode();
+    for len in 0..bytes.len() {
+        assert!(
+            matches!(
+                KeyPolicy::decode(&bytes[..len]),
+                Err(PolicyError::Malformed(_))
+            ),
+            "cut at {len}"
+        );
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        KeyPolicy::decode(&long),
+        Err(PolicyError::Malformed(_))
+    ));
+}
+
+#[test]
+fn decode_refuses_counts_over_the_limit_before_allocating() {
+    let mut out = Vec::new();
+    put(&mut out, &1u32.to_be_bytes());
+    put(&mut out, &[1]);
+    put(&mut out, &u32::MAX.to_be_bytes());
+    assert!(matches!(
+        KeyPolicy::decode(&out),
+        Err(PolicyError::Malformed(m)) if m.contains("group size")
+    ));
+}
+
+#[test]
+fn validate_names_what_is_wrong() {
+    let with = |f: &dyn Fn(&mut KeyPolicy)| {
+        let mut p = sample();
+        f(&mut p);
+        p.validate()
+    };
+    assert_eq!(with(&|p| p.group.clear()), Err(PolicyError::EmptyGroup));
+    assert_eq!(
+        with(&|p| p.group = (0..=MAX_GROUP as u8).map(fp).collect()),
+        Err(PolicyError::GroupTooLarge { len: MAX_GROUP + 1 })
+    );
+    assert_eq!(
+        with(&|p| p.group.swap(0, 1)),
+        Err(PolicyError::GroupNotSorted { index: 1 })
+    );
+    assert_eq!(
+        with(&|p| p.group[2] = fp(2)),
+        Err(PolicyError::DuplicateApprover {
+            key_fingerprint: fp(2)
+        })
+    );
+    for quorum in [0, 4] {
+        assert_eq!(
+            with(&|p| p.quorum = quorum),
+            Err(PolicyError::QuorumOutOfRange {
+                quorum,
+                group: 3,
+                max: 3
+            })
+        );
+    }
+    assert_eq!(
+        with(&|p| {
+            p.group = (0..MAX_GROUP as u8).map(fp).collect();
+            p.quorum = MAX_QUORUM + 1;
+        }),
+        Err(PolicyError::QuorumOutOfRange {
+            quorum: MAX_QUORUM + 1,
+            group: MAX_GROUP,
+            max: usize::from(MAX_QUORUM)
+        })
+    );
+    assert_eq!(
+        with(&|p| p.rules[0].tag = 999),
+        Err(PolicyError::UnknownRule { tag: 999 })
+    );
+    assert_eq!(
+        with(&|p| p.rules.push(p.rules[0].clone())),
+        Err(PolicyError::RulesNotSorted {
+            index: 1,
+            tag: RULE_CLUSTER_ANCHORS
+        })
+    );
+    for body in [
+        vec![],
+        vec![0; 31],
+        vec![0; 33],
+        vec![0; 32 * (MAX_ANCHORS + 1)],
+    ] {
+        assert!(matches!(
+            with(&|p| p.rules[0].body = body.clone()),
+            Err(PolicyError::BadRuleBody {
+                tag: RULE_CLUSTER_ANCHORS,
+                ..
+            })
+        ));
+    }
+    assert_eq!(
+        with(&|p| p.rules = vec![
+            Rule {
+                tag: 0,
+                body: vec![]
+            };
+            MAX_RULES + 1
+        ]),
+        Err(PolicyError::TooManyRules { len: MAX_RULES + 1 })
+    );
+}
+
+#[test]
+fn every_group_size_and_quorum_in_range_validates() {
+    for n in 1..=MAX_GROUP {
+        for q in 1..=n.min(usize::from(MAX_QUORUM)) {
+            let p = KeyPolicy {
+                version: 1,
+                group: (0..n as u8).map(fp).collect(),
+                quorum: q as u8,
+                rules: Vec::new(),
+            };
+            assert_eq!(p.validate(), Ok(()), "{n} {q}");
+        }
+    }
+}
+
+#[test]
+fn the_legacy_stand_in_never_validates_and_has_a_stable_hash() {
+    assert_eq!(
+        KeyPolicy::legacy(2).validate(),
+        Err(PolicyError::EmptyGroup)
+    );
+    assert_eq!(KeyPolicy::legacy(2).hash(), KeyPolicy::legacy(2).hash());
+    assert_ne!(KeyPolicy::legacy(2).hash(), KeyPolicy::legacy(3).hash());
+}
