@@ -21,7 +21,7 @@
 
 use custos_pki::DeviceIdentity;
 use custos_wire::governance::{
-    device_key_fingerprint, entry_hash, verify_log, DeviceRefusal, GovEntry, GovState,
+    device_key_fingerprint, entry_hash, verify_log, DeviceRefusal, GovEntry, GovError, GovState,
     MAX_GOV_ENTRIES_PER_APPLY,
 };
 use custos_wire::protocol::*;
@@ -46,6 +46,18 @@ fn entry_record(version: u64) -> Result<RecordId, TeeError> {
 
 fn rejected(reason: impl std::fmt::Display) -> TeeError {
     TeeError::GovernanceRejected(reason.to_string())
+}
+
+/// A refused entry: an approval by a revoked admin or by an admin outside the governors keeps
+/// its own typed refusal (naming the admin); anything else is `GovernanceRejected`.
+fn refused(version: u64, e: GovError) -> TeeError {
+    match e {
+        GovError::Approvals {
+            error: error @ (TeeError::AdminRevoked { .. } | TeeError::ApproverNotInGroup { .. }),
+            ..
+        } => error,
+        e => rejected(format!("entry {version}: {e}")),
+    }
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -75,7 +87,7 @@ impl<P: Platform> TeeCore<P> {
             None => {
                 let state =
                     GovState::genesis(&root, &mut self.admins, cluster, self.gov_pin, &entries[0])
-                        .map_err(rejected)?;
+                        .map_err(|e| refused(0, e))?;
                 fresh.push(&entries[0]);
                 let first = Governed {
                     state,
@@ -107,7 +119,7 @@ impl<P: Platform> TeeCore<P> {
             }
             next.state
                 .apply(&root, &mut self.admins, e)
-                .map_err(|r| rejected(format!("entry {}: {r}", e.version)))?;
+                .map_err(|r| refused(e.version, r))?;
             next.hashes.push(entry_hash(cluster, e));
             fresh.push(e);
         }
@@ -230,16 +242,26 @@ impl<P: Platform> TeeCore<P> {
             );
         }
         let Some(head) = unseal(self, REC_GOV_HEAD)? else {
+            // Entries without a head are a log whose head was deleted: opening as ungoverned
+            // would silently fall back to certificates alone.
+            if !self.platform.list(GOV_ENTRY_PREFIX)?.is_empty() {
+                return Err(bad(REC_GOV_HEAD, "missing while log entries exist".into()));
+            }
             return Ok(());
         };
         if head.len() != 72 {
             return Err(bad(REC_GOV_HEAD, format!("{} bytes, not 72", head.len())));
         }
         let version = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
-        let (Some(root), Some((own, _))) = (self.root.clone(), self.identity.clone()) else {
+        // The cluster comes from the sealed device key, not from a certificate valid now: a
+        // node whose certificate lapsed must still open (with its log) to be re-certified.
+        let (Some(root), Some(cluster)) = (
+            self.root.clone(),
+            self.device.as_ref().map(|d| d.cluster.clone()),
+        ) else {
             return Err(bad(
                 REC_GOV_HEAD,
-                "a governance log without a pinned root and a device certificate".into(),
+                "a governance log without a pinned root and a device key".into(),
             ));
         };
         let mut entries = Vec::new();
@@ -251,7 +273,7 @@ impl<P: Platform> TeeCore<P> {
                 postcard::from_bytes::<GovEntry>(&body).map_err(|e| bad(&name, e.to_string()))?,
             );
         }
-        let state = verify_log(&root, &own.cluster, self.gov_pin, &entries)
+        let state = verify_log(&root, &cluster, self.gov_pin, &entries)
             .map_err(|e| bad(REC_GOV_HEAD, format!("the sealed log does not verify: {e}")))?;
         if state.head[..] != head[8..40] || state.genesis_id[..] != head[40..] {
             return Err(bad(
@@ -259,10 +281,7 @@ impl<P: Platform> TeeCore<P> {
                 "the head does not match the sealed entries".into(),
             ));
         }
-        let hashes = entries
-            .iter()
-            .map(|e| entry_hash(&own.cluster, e))
-            .collect();
+        let hashes = entries.iter().map(|e| entry_hash(&cluster, e)).collect();
         self.gov = Some(Governed { state, hashes });
         Ok(())
     }

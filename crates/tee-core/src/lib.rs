@@ -160,6 +160,15 @@ impl<P: Platform> TeeCore<P> {
         who: Who,
     ) -> Result<(), TeeError> {
         self.cluster()?;
+        // Once governed, "any admin" means any of the cluster's governors: a certificate the
+        // Admin CA issued is never enough on its own (threshold keys, legacy requests).
+        let who = match (who, &self.gov) {
+            (Who::AnyAdmin { quorum }, Some(g)) => Who::Group {
+                group: g.state.governors.clone(),
+                quorum,
+            },
+            (who, _) => who,
+        };
         let root = self
             .root
             .as_ref()
@@ -185,20 +194,16 @@ impl<P: Platform> TeeCore<P> {
     }
 
     /// Whose approvals count for a wallet: its own group when it has one; a wallet sealed
-    /// before groups existed is approved by `quorum` of the cluster's governors once the
-    /// cluster is governed (a group fixed by a quorum-approved log, never "any certificate
-    /// the Admin CA issued"), and by any `quorum` admins before that.
-    fn approvers_for(&self, wallet: &Wallet) -> Who {
-        match (&wallet.policy, &self.gov) {
-            (Some(p), _) => Who::Group {
+    /// before groups existed is approved by `quorum` admins, which [`Self::approve_in_by`]
+    /// narrows to the cluster's governors once the cluster is governed (a group fixed by a
+    /// quorum-approved log, never "any certificate the Admin CA issued").
+    fn approvers_for(wallet: &Wallet) -> Who {
+        match &wallet.policy {
+            Some(p) => Who::Group {
                 group: p.group.clone(),
                 quorum: p.quorum,
             },
-            (None, Some(g)) => Who::Group {
-                group: g.state.governors.clone(),
-                quorum: wallet.info.quorum,
-            },
-            (None, None) => Who::AnyAdmin {
+            None => Who::AnyAdmin {
                 quorum: wallet.info.quorum,
             },
         }

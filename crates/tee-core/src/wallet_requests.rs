@@ -260,7 +260,7 @@ impl<P: Platform> TeeCore<P> {
         digest: &[u8; 32],
         approvals: &[Approval],
     ) -> Outcome {
-        let who = self.approvers_for(self.wallet(key_id)?);
+        let who = Self::approvers_for(self.wallet(key_id)?);
         if path.len() > MAX_PATH_DEPTH {
             return Err(TeeError::InvalidPath(format!(
                 "{} levels, at most {MAX_PATH_DEPTH}",

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use custos_pki::DeviceIdentity;
 use custos_wire::client::ClientError;
 use custos_wire::governance::{device_key_fingerprint, DeviceRefusal};
-use custos_wire::protocol::{GovView, MemberInfo, Request, Response};
+use custos_wire::protocol::{GovView, MemberInfo, Request, Response, TeeError};
 
 use crate::TeePool;
 
@@ -217,8 +217,10 @@ impl Members {
                     "unexpected TEE response to Governance".into(),
                 ))
             }
-            Err(ClientError::Tee(e)) if self.view().is_none() => {
-                tracing::debug!(reason = %e, "TEE is not governed; peers checked by certificate");
+            // Only "no log yet" means ungoverned: any other refusal (storage, another
+            // cluster's log) must not quietly fall back to certificates alone.
+            Err(ClientError::Tee(TeeError::NotGoverned)) if self.view().is_none() => {
+                tracing::debug!("TEE is not governed; peers checked by certificate");
             }
             Err(e) => return Err(e),
         }

@@ -219,20 +219,16 @@ pub fn genesis_id(cluster: &str, genesis: &GovChange) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The hash that chains entries: SHA-256 of [`ENTRY_DOMAIN`], the approval message (which
-/// covers cluster, version, prev, request id, expiry and change) and every approval
-/// (certificate, CA certificate, signature), so every verifier agrees on the exact bytes.
+/// The hash that chains entries: SHA-256 of [`ENTRY_DOMAIN`] and the approval message, which
+/// covers cluster, version, prev, request id, expiry and change. The approvals are evidence
+/// for the content, not part of it: the same approved content can travel with its approvals
+/// in another order, with more of them than the quorum, or with another valid certificate of
+/// the same key, and every verifier still agrees on one hash, so nobody who relays an entry
+/// can fork the log by re-packaging its approvals.
 pub fn entry_hash(cluster: &str, e: &GovEntry) -> [u8; 32] {
-    let mut out = e.message(cluster);
-    put(&mut out, &(e.approvals.len() as u32).to_be_bytes());
-    for a in &e.approvals {
-        put(&mut out, &a.admin_cert);
-        put(&mut out, &a.admin_ca);
-        put(&mut out, &a.signature);
-    }
     let mut h = Sha256::new();
     h.update(ENTRY_DOMAIN);
-    h.update(out);
+    h.update(e.message(cluster));
     h.finalize().into()
 }
 

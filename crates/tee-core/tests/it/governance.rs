@@ -344,3 +344,32 @@ fn a_legacy_wallet_on_a_governed_node_needs_the_governors() {
         Ok(Response::Signature(_))
     ));
 }
+
+/// The same approved entry re-packaged by whoever relays it (approvals reordered, one more
+/// than the quorum) is the same entry: a node given one packaging and a node given another
+/// both accept the next entry, so nobody on the path can fork the log that way.
+#[test]
+fn re_packaged_approvals_do_not_fork_the_log() {
+    let pki = Pki::with_clusters(&[CLUSTER]);
+    let mut a = pki.node(CLUSTER, "node1");
+    let mut b = pki.node(CLUSTER, "node2");
+    let members = vec![member(&pki, &chain(&mut a)), member(&pki, &chain(&mut b))];
+    let mut log = GovLog::genesis(
+        &pki,
+        CLUSTER,
+        &["alice", "bob", "carol"],
+        2,
+        members,
+        &["alice", "bob", "carol"],
+    );
+    let mut other = log.entries().to_vec();
+    other[0].approvals.reverse();
+    other[0].approvals.truncate(2);
+    assert_eq!(apply(&mut a, log.entries()), Ok(0));
+    assert_eq!(apply(&mut b, &other), Ok(0));
+    // Each node takes the other packaging as what it holds already.
+    assert_eq!(apply(&mut a, &other), Ok(0));
+    log.revoke(&["carol"], vec![], &["alice", "bob"]);
+    assert_eq!(apply(&mut a, &log.entries()[1..]), Ok(1));
+    assert_eq!(apply(&mut b, &log.entries()[1..]), Ok(1));
+}
