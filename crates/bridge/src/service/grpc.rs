@@ -60,6 +60,16 @@ impl Bridge for BridgeService {
         let client = VaultNodeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
+        // Checked and entered under one lock, so a change that removes this node cannot
+        // slip between the check and the entry.
+        let gov_guard = self.state.gov_apply.lock().await;
+        self.check_member(&id, &chain.device)?;
+        let governed = self
+            .state
+            .gov
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
         let held: HashSet<Vec<u8>> = r.held.into_iter().collect();
         let held_count = held.len();
         let missing: HashSet<Vec<u8>> = self
@@ -90,6 +100,7 @@ impl Bridge for BridgeService {
                     failures: 0,
                 },
             );
+        drop(gov_guard);
         self.log(NewEntry {
             kind: "register".into(),
             actor: id.node.clone(),
@@ -103,7 +114,12 @@ impl Bridge for BridgeService {
         // join the list, with their public facts read from the node's TEE.
         let this = self.clone();
         let node = id.node.clone();
-        tokio::spawn(async move { this.learn_keys(&node).await });
+        tokio::spawn(async move {
+            if governed {
+                this.push_governance(&node).await;
+            }
+            this.learn_keys(&node).await
+        });
         self.state.sync_trigger.notify_one();
         Ok(GrpcResponse::new(RegisterReply {
             cluster: self.state.cluster.clone(),
