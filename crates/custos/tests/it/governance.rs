@@ -6,6 +6,8 @@
 //! Against the code before membership every one of these attacks succeeded: `ExportKeys`
 //! sealed the requested seeds to the rogue key, and `ImportKeys` stored a seed the rogue chose.
 
+mod bridge;
+
 use crate::common::*;
 use custos_pki::{DeviceChain, TrustRoot};
 use custos_tee_core::sync;
