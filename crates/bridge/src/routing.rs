@@ -106,6 +106,9 @@ pub fn describe(r: &Request) -> Option<Described> {
         Request::AuditSign { key_id, .. } => d("audit", Some(key_id), false),
         Request::CreateWallet {
             meta, approvals, ..
+        }
+        | Request::CreateGroupWallet {
+            meta, approvals, ..
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
             approvers: names(approvals),
@@ -211,6 +214,7 @@ pub fn describe(r: &Request) -> Option<Described> {
         | Request::GenerateDeviceKey { .. }
         | Request::InstallDeviceCert { .. }
         | Request::DeviceCsr
+        | Request::PinGenesis { .. }
         | Request::ImportWallet { .. }
         | Request::SignTls { .. }
         | Request::ExportKeys { .. }

@@ -708,6 +708,8 @@ async fn governance_log_appends_in_order_and_refuses_forks(ctx: Ctx) {
     db.close().await;
     let db = open(&ctx).await;
     assert_eq!(db.governance_entries(1).await.unwrap().len(), 2);
+}
+
 /// Where one-effect requests were sent: the last node per request survives a reopen, old
 /// rows and rows beyond the count bound are deleted, bad fields are refused.
 async fn sent_to_survives_reopen_and_is_bounded(ctx: Ctx) {

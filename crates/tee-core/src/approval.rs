@@ -25,7 +25,8 @@ pub fn check_quorum(
     meta: &RequestMeta,
     action: &Action<'_>,
     approvals: &[Approval],
-    required: u8,
+    who: &Approvers<'_>,
+    revoked: &dyn Fn(&[u8; 32]) -> bool,
 ) -> Result<Vec<String>, TeeError> {
     if now > meta.expires_at {
         return Err(TeeError::RequestExpired {
@@ -46,8 +47,40 @@ pub fn check_quorum(
         &message,
         approvals,
         ApprovalTime::Now(now),
-        &Approvers::AnyAdmin { quorum: required },
-        &|_| false,
+        who,
+        revoked,
     )?;
     Ok(counted.into_iter().map(|(_, name)| name).collect())
+}
+
+/// Whose approvals count for one request, owned (it is read from a key the core holds
+/// while the core's admin cache is borrowed to check it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Who {
+    /// `quorum` distinct admins of `group` (admin key fingerprints).
+    Group {
+        /// The group.
+        group: Vec<[u8; 32]>,
+        /// Distinct admins of it needed.
+        quorum: u8,
+    },
+    /// `quorum` distinct admins with any Admin-CA certificate (keys without a group, on an
+    /// ungoverned node).
+    AnyAdmin {
+        /// Distinct admins needed.
+        quorum: u8,
+    },
+}
+
+impl Who {
+    /// The borrowed form the counting takes.
+    pub fn approvers(&self) -> Approvers<'_> {
+        match self {
+            Who::Group { group, quorum } => Approvers::Group {
+                group,
+                quorum: *quorum,
+            },
+            Who::AnyAdmin { quorum } => Approvers::AnyAdmin { quorum: *quorum },
+        }
+    }
 }

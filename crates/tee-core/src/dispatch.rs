@@ -125,11 +125,24 @@ impl<P: Platform> TeeCore<P> {
                 approvals,
             } => self.threshold_presign_sign(&meta, attempt, &params, &approvals),
             Request::ListPresignatures { key_id } => self.list_presignatures(&key_id),
-            // Issue 12 step D1 gives the TEE its governance state; until then it is refused
-            // by name, never half-answered.
-            Request::ApplyGovernance { .. } | Request::Governance { .. } => Err(
-                TeeError::InvalidRequest("not yet: governance requests (issue 12 step D1)".into()),
-            ),
+            Request::ApplyGovernance { cluster, entries } => {
+                self.apply_governance(&cluster, &entries)
+            }
+            Request::Governance { cluster, since } => {
+                if cluster != self.cluster()? {
+                    return Err(TeeError::GovernanceRejected(format!(
+                        "this node holds no log of cluster {cluster:?}"
+                    )));
+                }
+                self.governance_view(since).map(Response::Governance)
+            }
+            Request::PinGenesis { genesis_id } => self.pin_genesis(genesis_id),
+            Request::CreateGroupWallet {
+                meta,
+                policy,
+                executor,
+                approvals,
+            } => self.create_group_wallet(&meta, &policy, &executor, &approvals),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

@@ -28,6 +28,7 @@ pub mod wallet;
 // that every handler shares stay here.
 mod batch;
 mod dispatch;
+mod governance;
 mod open;
 mod provision;
 mod transfer;
@@ -40,7 +41,7 @@ use std::collections::BTreeMap;
 use bitcoin::secp256k1::{All, Secp256k1};
 use custos_pki::{DeviceChain, DeviceIdentity, TrustRoot};
 
-use approval::check_quorum;
+use approval::{check_quorum, Who};
 use batch::Undo;
 use custos_pki::AdminCache;
 use custos_wire::approval::{Action, Approval};
@@ -88,6 +89,10 @@ pub struct TeeCore<P: Platform> {
     consumed: BTreeMap<[u8; 16], Consumed>,
     /// Threshold shares, started sessions and the session worker.
     threshold: ThresholdState,
+    /// The cluster's governance log (members, revocations), once adopted.
+    gov: Option<governance::Governed>,
+    /// The genesis this node was provisioned to accept.
+    gov_pin: Option<[u8; 32]>,
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -117,8 +122,19 @@ impl<P: Platform> TeeCore<P> {
         approvals: &[Approval],
         required: u8,
     ) -> Result<(), TeeError> {
+        self.approve_by(meta, action, approvals, Who::AnyAdmin { quorum: required })
+    }
+
+    /// Checks that `who` approved `action` for this node's cluster.
+    fn approve_by(
+        &mut self,
+        meta: &RequestMeta,
+        action: Action<'_>,
+        approvals: &[Approval],
+        who: Who,
+    ) -> Result<(), TeeError> {
         let cluster = self.cluster()?;
-        self.approve_in(&cluster, meta, action, approvals, required)
+        self.approve_in_by(&cluster, meta, action, approvals, who)
     }
 
     /// As [`Self::approve`], for approval messages made with `cluster` as scope (e.g.
@@ -131,11 +147,29 @@ impl<P: Platform> TeeCore<P> {
         approvals: &[Approval],
         required: u8,
     ) -> Result<(), TeeError> {
+        let who = Who::AnyAdmin { quorum: required };
+        self.approve_in_by(cluster, meta, action, approvals, who)
+    }
+
+    fn approve_in_by(
+        &mut self,
+        cluster: &str,
+        meta: &RequestMeta,
+        action: Action<'_>,
+        approvals: &[Approval],
+        who: Who,
+    ) -> Result<(), TeeError> {
         self.cluster()?;
         let root = self
             .root
             .as_ref()
             .ok_or_else(|| TeeError::NotProvisioned("no Root CA pinned".into()))?;
+        // The cluster's revocation list (empty until governed) applies to every approval.
+        let revoked = |fp: &[u8; 32]| {
+            self.gov
+                .as_ref()
+                .is_some_and(|g| g.state.revoked_admins.contains_key(fp))
+        };
         check_quorum(
             &mut self.admins,
             root,
@@ -144,9 +178,30 @@ impl<P: Platform> TeeCore<P> {
             meta,
             &action,
             approvals,
-            required,
+            &who.approvers(),
+            &revoked,
         )?;
         Ok(())
+    }
+
+    /// Whose approvals count for a wallet: its own group when it has one; a wallet sealed
+    /// before groups existed is approved by `quorum` of the cluster's governors once the
+    /// cluster is governed (a group fixed by a quorum-approved log, never "any certificate
+    /// the Admin CA issued"), and by any `quorum` admins before that.
+    fn approvers_for(&self, wallet: &Wallet) -> Who {
+        match (&wallet.policy, &self.gov) {
+            (Some(p), _) => Who::Group {
+                group: p.group.clone(),
+                quorum: p.quorum,
+            },
+            (None, Some(g)) => Who::Group {
+                group: g.state.governors.clone(),
+                quorum: wallet.info.quorum,
+            },
+            (None, None) => Who::AnyAdmin {
+                quorum: wallet.info.quorum,
+            },
+        }
     }
 
     fn check_quorum_value(quorum: u8) -> Result<(), TeeError> {

@@ -110,8 +110,11 @@ impl<P: Platform> TeeCore<P> {
             consumed: BTreeMap::new(),
             threshold: ThresholdState::new()
                 .map_err(|e| OpenError::SessionThread(e.to_string()))?,
+            gov: None,
+            gov_pin: None,
         };
         core.load_device_cert();
+        core.load_governance()?;
         // Consumed request ids and started threshold sessions: keep the live ones, forget the
         // expired (their approvals are void anyway) and the unreadable.
         let now = core.platform.now_unix();

@@ -43,6 +43,8 @@ impl<P: Platform> TeeCore<P> {
             .root()?
             .verify_device(&requester.into(), Some(&own.cluster), now)
             .map_err(|e| TeeError::RequesterRejected(e.to_string()))?;
+        // A certificate is not membership: once governed, only a current member gets keys.
+        self.check_member(&recipient)?;
         let mut records = Vec::with_capacity(key_ids.len());
         let mut total = 0usize;
         for k in key_ids {
@@ -101,6 +103,8 @@ impl<P: Platform> TeeCore<P> {
             .root()?
             .verify_device(&t.sender.clone().into(), Some(&own.cluster), now)
             .map_err(|e| reject(format!("sender certificate: {e}")))?;
+        // Checked before anything is opened: a non-member's keys are never even decrypted.
+        self.check_member(&sender)?;
         let context = sync::transfer_context(
             &own.cluster,
             &sender.fingerprint,

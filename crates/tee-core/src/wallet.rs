@@ -8,9 +8,16 @@ use bitcoin::secp256k1::{All, Message, Secp256k1};
 use zeroize::Zeroizing;
 
 use custos_wire::import::master_key;
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::{EcdsaSignature, KeyInfo, Origin, TeeError, MAX_PATH_DEPTH};
 
-const RECORD_VERSION: u8 = 1;
+/// A wallet sealed before keys carried their approver group: `[1, quorum, origin,
+/// created_at (8), seed_len, seed]`.
+const RECORD_V1: u8 = 1;
+/// A wallet with its approver group: `[2, origin, created_at (8), policy_len (u32),
+/// KeyPolicy::encode, seed_len, seed]`. Key transfers carry the same record, so the group
+/// travels with the key.
+const RECORD_V2: u8 = 2;
 
 /// A wallet held by the TEE. The seed and master private key are erased on drop.
 pub struct Wallet {
@@ -20,6 +27,9 @@ pub struct Wallet {
     pub info: KeyInfo,
     /// Platform time of creation (Unix seconds).
     pub created_at: u64,
+    /// Who approves its use, fixed at creation (`None`: a key sealed before groups existed,
+    /// approved by any `quorum` admins, or by the cluster's governors once governed).
+    pub policy: Option<KeyPolicy>,
     /// The parent of the last signed path and its extended private key: requests of one
     /// account differ only in the last step, so the next sign request derives one step.
     parent: Mutex<Option<(Vec<u32>, Xpriv)>>,
@@ -75,20 +85,36 @@ impl Wallet {
             master,
             info,
             created_at,
+            policy: None,
             parent: Mutex::new(None),
         })
     }
 
-    /// Sealed record body: version, quorum, origin, creation time, seed.
+    /// The same wallet governed by `policy` (its quorum becomes the policy's).
+    pub fn with_policy(mut self, policy: KeyPolicy) -> Self {
+        self.info.quorum = policy.quorum;
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Sealed record body (the version-2 format when the wallet has a policy).
     pub fn to_record(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(12 + self.seed.len()));
-        out.push(RECORD_VERSION);
-        out.push(self.info.quorum);
-        out.push(match self.info.origin {
+        let policy = self.policy.as_ref().map(KeyPolicy::encode);
+        let extra = policy.as_ref().map_or(0, |p| 4 + p.len());
+        let mut out = Zeroizing::new(Vec::with_capacity(12 + extra + self.seed.len()));
+        let origin = match self.info.origin {
             Origin::Generated => 0,
             Origin::Imported => 1,
-        });
+        };
+        match &policy {
+            None => out.extend_from_slice(&[RECORD_V1, self.info.quorum, origin]),
+            Some(_) => out.extend_from_slice(&[RECORD_V2, origin]),
+        }
         out.extend_from_slice(&self.created_at.to_be_bytes());
+        if let Some(p) = &policy {
+            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            out.extend_from_slice(p);
+        }
         out.push(self.seed.len() as u8);
         out.extend_from_slice(&self.seed);
         out
@@ -100,21 +126,48 @@ impl Wallet {
         record: &[u8],
         expected_key: &[u8],
     ) -> Result<Self, String> {
-        if record.len() < 12 || record[0] != RECORD_VERSION {
-            return Err("unknown record version or truncated record".into());
+        let truncated = || "unknown record version or truncated record".to_string();
+        match record {
+            [RECORD_V1, quorum, origin, rest @ ..] => {
+                let (created, tail) = rest.split_at_checked(8).ok_or_else(truncated)?;
+                Self::finish_record(secp, *quorum, *origin, created, tail, expected_key)
+            }
+            [RECORD_V2, origin, rest @ ..] => {
+                let (created, after) = rest.split_at_checked(8).ok_or_else(truncated)?;
+                let (len, after) = after.split_at_checked(4).ok_or_else(truncated)?;
+                let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+                let (p, tail) = after.split_at_checked(len).ok_or("truncated policy")?;
+                let policy = KeyPolicy::decode(p).map_err(|e| format!("policy: {e}"))?;
+                policy.validate().map_err(|e| format!("policy: {e}"))?;
+                Self::finish_record(secp, policy.quorum, *origin, created, tail, expected_key)
+                    .map(|w| w.with_policy(policy))
+            }
+            _ => Err(truncated()),
         }
-        let quorum = record[1];
-        let origin = match record[2] {
+    }
+
+    /// The common part of both record versions: creation time (8 bytes) and `seed_len, seed`.
+    fn finish_record(
+        secp: &Secp256k1<All>,
+        quorum: u8,
+        origin: u8,
+        created: &[u8],
+        tail: &[u8],
+        expected_key: &[u8],
+    ) -> Result<Self, String> {
+        let origin = match origin {
             0 => Origin::Generated,
             1 => Origin::Imported,
             o => return Err(format!("unknown origin {o}")),
         };
-        let created_at = u64::from_be_bytes(record[3..11].try_into().expect("8 bytes"));
-        let len = record[11] as usize;
-        if record.len() != 12 + len {
+        let created_at = u64::from_be_bytes(created.try_into().expect("8 bytes"));
+        let Some((&len, seed)) = tail.split_first() else {
+            return Err("truncated record".into());
+        };
+        if seed.len() != usize::from(len) {
             return Err("seed length does not match record".into());
         }
-        let seed = Zeroizing::new(record[12..].to_vec());
+        let seed = Zeroizing::new(seed.to_vec());
         let w =
             Wallet::from_seed(secp, seed, quorum, origin, created_at).map_err(|e| e.to_string())?;
         if w.info.key_id != expected_key {

@@ -2,10 +2,13 @@
 //! its admin quorum.
 
 use custos_wire::approval::{Action, Approval};
+use custos_wire::governance::device_key_fingerprint;
 use custos_wire::import;
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::*;
 use zeroize::Zeroizing;
 
+use crate::approval::Who;
 use crate::platform::{Platform, RecordId};
 use crate::wallet::{key_hex, Wallet};
 use crate::{replayed, storage, TeeCore, Undo, WALLET_PREFIX};
@@ -63,6 +66,62 @@ impl<P: Platform> TeeCore<P> {
             Origin::Generated,
             self.platform.now_unix(),
         )?;
+        self.consume_request(meta, Some(&wallet.info.key_id))?;
+        self.store_wallet(wallet)
+    }
+
+    /// Creates a wallet whose approver group is fixed now, by a quorum of that very group,
+    /// on the one node the approvals name.
+    pub(crate) fn create_group_wallet(
+        &mut self,
+        meta: &RequestMeta,
+        policy: &KeyPolicy,
+        executor: &[u8; 32],
+        approvals: &[Approval],
+    ) -> Outcome {
+        policy
+            .validate()
+            .map_err(|e| TeeError::PolicyRejected(e.to_string()))?;
+        if usize::from(policy.quorum) > usize::from(MAX_QUORUM) {
+            return Err(TeeError::PolicyRejected(format!(
+                "quorum {} over {MAX_QUORUM}",
+                policy.quorum
+            )));
+        }
+        let (own, _) = self.identity()?;
+        let this_node = device_key_fingerprint(&own.public_key).unwrap_or([0; 32]);
+        if *executor != this_node {
+            return Err(TeeError::NotExecutor {
+                executor: *executor,
+                this_node,
+            });
+        }
+        let who = Who::Group {
+            group: policy.group.clone(),
+            quorum: policy.quorum,
+        };
+        let action = Action::CreateGroupWallet { policy, executor };
+        self.approve_by(meta, action, approvals, who)?;
+        if let Some(made) = self.first_made(meta)? {
+            let first = self.first_wallet(meta, &made, Origin::Generated, policy.quorum, None)?;
+            if self.wallet(&made)?.policy.as_ref() != Some(policy) {
+                return Err(replayed(
+                    meta,
+                    format!("it made wallet {} under another policy", key_hex(&made)),
+                ));
+            }
+            return Ok(first);
+        }
+        let mut seed = Zeroizing::new(vec![0u8; 32]);
+        self.platform.random(&mut seed).map_err(storage)?;
+        let wallet = Wallet::from_seed(
+            &self.secp,
+            seed,
+            policy.quorum,
+            Origin::Generated,
+            self.platform.now_unix(),
+        )?
+        .with_policy(policy.clone());
         self.consume_request(meta, Some(&wallet.info.key_id))?;
         self.store_wallet(wallet)
     }
@@ -201,14 +260,14 @@ impl<P: Platform> TeeCore<P> {
         digest: &[u8; 32],
         approvals: &[Approval],
     ) -> Outcome {
-        let quorum = self.wallet(key_id)?.info.quorum;
+        let who = self.approvers_for(self.wallet(key_id)?);
         if path.len() > MAX_PATH_DEPTH {
             return Err(TeeError::InvalidPath(format!(
                 "{} levels, at most {MAX_PATH_DEPTH}",
                 path.len()
             )));
         }
-        self.approve(
+        self.approve_by(
             meta,
             Action::Sign {
                 key_id,
@@ -216,7 +275,7 @@ impl<P: Platform> TeeCore<P> {
                 digest,
             },
             approvals,
-            quorum,
+            who,
         )?;
         let w = self.wallet(key_id)?;
         w.sign(&self.secp, path, digest).map(Response::Signature)

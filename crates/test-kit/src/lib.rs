@@ -2,6 +2,7 @@
 //!
 //! * [`platform`]: sealed storage in memory that stages writes until commit;
 //! * [`pki`]: a real PKI in a temporary directory and TEE cores provisioned into it;
+//! * [`governance`]: a cluster's governance log with real approvals by the test admins;
 //! * [`db`]: SQLite and PostgreSQL databases of their own per test;
 //! * [`gateway`]: relay + link + bridge of several clusters faked in process, in front of
 //!   real or scripted TEEs;
@@ -13,6 +14,7 @@
 
 pub mod db;
 pub mod gateway;
+pub mod governance;
 pub mod pki;
 pub mod platform;
 pub mod server;

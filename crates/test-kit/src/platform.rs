@@ -22,6 +22,9 @@ pub struct MemPlatform {
     /// When set, every commit is made durable (written to `persist_to`) and then the
     /// process aborts: killed before any response exists.
     pub crash_after_commit: AtomicBool,
+    /// When set, the next commit fails and discards every staged write, as a full disk or a
+    /// lost sealing device would.
+    pub fail_next_commit: AtomicBool,
 }
 
 impl MemPlatform {
@@ -33,6 +36,7 @@ impl MemPlatform {
             counter: self.counter,
             persist_to: None,
             crash_after_commit: AtomicBool::new(false),
+            fail_next_commit: AtomicBool::new(false),
         }
     }
 
@@ -68,6 +72,10 @@ impl Platform for MemPlatform {
         Ok(())
     }
     fn commit(&mut self) -> Result<(), PlatformError> {
+        if self.fail_next_commit.swap(false, Ordering::SeqCst) {
+            self.staged = self.committed.clone();
+            return Err(PlatformError::Io("injected commit failure".into()));
+        }
         self.committed = self.staged.clone();
         if let Some(path) = &self.persist_to {
             self.save(path);

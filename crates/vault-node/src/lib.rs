@@ -6,14 +6,22 @@
 //! [0068]): on start, periodically, and when the bridge says a key was created, it asks the
 //! bridge for the key list and fetches every key it lacks from a peer that holds it, as one
 //! HPKE-sealed, D-signed transfer per batch that only its own TEE can open.
+//!
+//! Once its TEE holds the cluster's governance log, the server also turns away peers that
+//! are not current members (`members`), ahead of the TEE's own check, which is the authority.
 // tonic::Status is the idiomatic error of gRPC handlers; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
 mod cert_age;
 mod config;
+#[cfg(test)]
+mod fake_tee;
+mod members;
 mod service;
 mod sync;
 mod tee_pool;
+#[cfg(test)]
+mod test_pki;
 
 pub use config::NodeConfig;
 pub use service::run;

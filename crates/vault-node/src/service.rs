@@ -7,7 +7,7 @@ use std::time::Duration;
 use custos_net::{
     client_config, connect_lazy, peer_info, serve_tls, server_config, PeerCache, TlsIdentity,
 };
-use custos_pki::{pem_to_der, validity_window, DeviceChain, TrustRoot};
+use custos_pki::{pem_to_der, validity_window, DeviceChain, DeviceIdentity, TrustRoot};
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::vault_node_server::{VaultNode, VaultNodeServer};
 use custos_proto::cluster::{
@@ -18,6 +18,7 @@ use custos_wire::protocol::{decode_request, RelayClass, Request, Response};
 use tokio::sync::Notify;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
+use crate::members::Members;
 use crate::sync::Syncer;
 use crate::{NodeConfig, NodeError, TeePool, MAX_MESSAGE};
 
@@ -25,7 +26,7 @@ use crate::{NodeConfig, NodeError, TeePool, MAX_MESSAGE};
 #[derive(Clone)]
 enum Caller {
     Bridge,
-    Peer(DeviceChain),
+    Peer(DeviceChain, DeviceIdentity),
 }
 
 use custos_pki::clock::now_unix;
@@ -43,13 +44,35 @@ struct NodeService {
     tee: TeePool,
     syncer: Arc<Syncer>,
     callers: PeerCache<Caller>,
+    members: Arc<Members>,
 }
 
 impl NodeService {
-    /// The bridge of this cluster, or a vault node of this cluster; anyone else is refused
-    /// with the reason (and the refusal logged).
+    /// The bridge of this cluster, or a vault node of this cluster that is a current member
+    /// of its governed log (any certified node while ungoverned); anyone else is refused with
+    /// the reason (and the refusal logged).
     fn caller<T>(&self, req: &GrpcRequest<T>) -> Result<Caller, Status> {
         let peer = peer_info(req).ok_or_else(|| Status::unauthenticated("no TLS peer"))?;
+        let caller = self.certified_caller(peer)?;
+        // Membership is checked on every call, outside the certificate cache, so a removal
+        // takes effect as soon as the view is refreshed rather than when the cache expires.
+        if let Caller::Peer(_, id) = &caller {
+            self.members.admit(id).map_err(|e| {
+                tracing::warn!(
+                    peer = %peer.remote_addr,
+                    node = %id.node,
+                    code = e.code(),
+                    reason = %e,
+                    "refused caller"
+                );
+                Status::permission_denied(e.to_string())
+            })?;
+        }
+        Ok(caller)
+    }
+
+    /// The caller as its certificate chain proves it, cached per chain.
+    fn certified_caller(&self, peer: &custos_net::PeerInfo) -> Result<Caller, Status> {
         self.callers.get_or_verify(peer, || {
             let refuse = |reason: String| {
                 tracing::warn!(peer = %peer.remote_addr, %reason, "refused caller");
@@ -70,7 +93,7 @@ impl NodeService {
                 return Ok(Caller::Bridge);
             }
             match self.root.verify_device(&chain, Some(&self.cluster), now) {
-                Ok(_) => Ok(Caller::Peer(chain)),
+                Ok(id) => Ok(Caller::Peer(chain, id)),
                 Err(e) => Err(refuse(e.to_string())),
             }
         })
@@ -79,7 +102,7 @@ impl NodeService {
     fn bridge_only<T>(&self, req: &GrpcRequest<T>) -> Result<(), Status> {
         match self.caller(req)? {
             Caller::Bridge => Ok(()),
-            Caller::Peer(_) => Err(Status::permission_denied(
+            Caller::Peer(..) => Err(Status::permission_denied(
                 "only the cluster's bridge may call this",
             )),
         }
@@ -98,7 +121,13 @@ impl VaultNode for NodeService {
                 "this TEE operation is not relayed from the bridge",
             ));
         }
-        let response = self.tee.forward(call.request).await.map_err(tee_status)?;
+        let response = self.tee.forward(call.request).await;
+        if matches!(decoded, Request::ApplyGovernance { .. }) {
+            // Refused or not, ask the TEE what it holds now: the forwarded answer is not
+            // checked here, the view the TEE signs for the node is.
+            self.members.refresh_or_log(&self.tee).await;
+        }
+        let response = response.map_err(tee_status)?;
         Ok(GrpcResponse::new(TeeReply {
             response,
             node: self.syncer.node.clone(),
@@ -145,7 +174,7 @@ impl VaultNode for NodeService {
         &self,
         req: GrpcRequest<ExportRequest>,
     ) -> Result<GrpcResponse<ExportReply>, Status> {
-        let Caller::Peer(chain) = self.caller(&req)? else {
+        let Caller::Peer(chain, _) = self.caller(&req)? else {
             return Err(Status::permission_denied(
                 "keys are exported to vault nodes only",
             ));
@@ -174,7 +203,7 @@ impl VaultNode for NodeService {
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let socket = config.tee_socket.clone();
     let conns = config.tee_connections;
-    let (tee, _device_key) = tokio::task::spawn_blocking(move || TeePool::connect(&socket, conns))
+    let (tee, device_key) = tokio::task::spawn_blocking(move || TeePool::connect(&socket, conns))
         .await
         .map_err(|e| NodeError::Serve(e.to_string()))??;
     let Response::DeviceChain(chain) = tee.call(Request::DeviceChain).await? else {
@@ -195,6 +224,16 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             me.node, config.node
         )));
     }
+    // The pool pins the key the TEE's status named; what the node trusts in signed answers
+    // (its governance view above all) must come from the certified key.
+    if device_key != me.public_key {
+        return Err(NodeError::NotProvisioned(
+            "TEE signs with a key other than the one its device certificate certifies".into(),
+        ));
+    }
+    let members = Arc::new(Members::new(config.cluster.clone()));
+    // Before serving: a governed node must never serve a moment on certificates alone.
+    members.refresh(&tee).await?;
     // The chain is read once: a renewed certificate is presented after a restart.
     let (not_before, not_after) = validity_window(&[&chain.device])?;
     tracing::info!(
@@ -246,6 +285,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         tee.clone(),
         bridge.clone(),
         client_cfg,
+        members.clone(),
     ));
     let service = NodeService {
         cluster: config.cluster.clone(),
@@ -253,6 +293,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         tee: tee.clone(),
         syncer: syncer.clone(),
         callers: PeerCache::new(Duration::from_secs(60)),
+        members: members.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -278,6 +319,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         let syncer = syncer.clone();
         let mut bridge = bridge.clone();
         let node = config.node.clone();
+        let members = members.clone();
         async move {
             let mut delay = Duration::from_millis(100);
             loop {
@@ -286,6 +328,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
                     node: node.clone(),
                     endpoint: endpoint.clone(),
                     held,
+                    // The bridge pushes the entries this node lacks (none: all of them).
+                    gov_version: members.view().map(|v| v.version),
                 };
                 match bridge.register(req).await {
                     Ok(_) => break,
@@ -323,3 +367,6 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         _ = periodic => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;

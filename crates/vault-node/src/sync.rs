@@ -13,6 +13,7 @@ use custos_wire::protocol::{KeyTransfer, Request, Response};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
+use crate::members::Members;
 use crate::{TeePool, MAX_MESSAGE};
 
 /// Why a sync round stopped.
@@ -36,6 +37,7 @@ pub struct Syncer {
     client_cfg: Arc<rustls::ClientConfig>,
     peers: Mutex<HashMap<String, (String, VaultNodeClient<Channel>)>>,
     round: Mutex<()>,
+    members: Arc<Members>,
 }
 
 impl Syncer {
@@ -46,6 +48,7 @@ impl Syncer {
         tee: TeePool,
         bridge: BridgeClient<Channel>,
         client_cfg: Arc<rustls::ClientConfig>,
+        members: Arc<Members>,
     ) -> Self {
         Syncer {
             node,
@@ -55,6 +58,7 @@ impl Syncer {
             client_cfg,
             peers: Mutex::new(HashMap::new()),
             round: Mutex::new(()),
+            members,
         }
     }
 
@@ -101,6 +105,9 @@ impl Syncer {
     /// One round: returns (keys imported, keys still missing).
     pub async fn sync_once(&self) -> Result<(usize, usize), SyncError> {
         let _one_at_a_time = self.round.lock().await;
+        // Each round also catches up the member list, in case an ApplyGovernance reached the
+        // TEE by another path (or its refresh failed); it asks only for what is new.
+        self.members.refresh_or_log(&self.tee).await;
         let list = self
             .bridge
             .clone()

@@ -105,6 +105,15 @@ pub enum Action<'a> {
         /// The change.
         change: &'a GovChange,
     },
+    /// Generate a new wallet whose approver group and quorum are `policy`, on the node whose
+    /// device key fingerprint is `executor` only: failover to another node can never make a
+    /// second wallet from the same approvals. The creating quorum is `policy`'s own.
+    CreateGroupWallet {
+        /// Approver group, quorum and rules of the new key.
+        policy: &'a KeyPolicy,
+        /// SHA-256 of the executing node's certified device key (its member id).
+        executor: &'a [u8; 32],
+    },
     /// Replace the policy of `key_id`, whose current policy hashes to `prev`, by `policy`.
     /// Scoped to the cluster, or [`THRESHOLD_SCOPE`] for threshold keys.
     SetKeyPolicy {
@@ -134,6 +143,7 @@ impl Action<'_> {
             Action::CreateThresholdKey { .. } => b"create-threshold-key",
             Action::Governance { change, .. } => change.tag(),
             Action::SetKeyPolicy { .. } => b"set-key-policy",
+            Action::CreateGroupWallet { .. } => b"create-wallet-v2",
         };
         put(&mut out, tag);
         put(&mut out, cluster.as_bytes());
@@ -182,6 +192,10 @@ impl Action<'_> {
                 let p: Vec<u8> = path.iter().flat_map(|i| i.to_be_bytes()).collect();
                 put(&mut out, &p);
                 put(&mut out, &digest[..]);
+            }
+            Action::CreateGroupWallet { policy, executor } => {
+                put(&mut out, &policy.encode());
+                put(&mut out, &executor[..]);
             }
             Action::Governance {
                 version,

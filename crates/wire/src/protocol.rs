@@ -227,6 +227,9 @@ mod tests {
         for r in [
             Request::PinRoot { root_cert: vec![] },
             Request::DeviceCsr,
+            Request::PinGenesis {
+                genesis_id: [0; 32],
+            },
             Request::SignTls { message: vec![] },
             Request::ExportKeys {
                 requester: CertChain::default(),

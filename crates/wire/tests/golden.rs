@@ -276,6 +276,15 @@ fn requests() -> Vec<Request> {
             since: 3,
         },
         Request::DeviceCsr,
+        Request::PinGenesis {
+            genesis_id: [0xf5; 32],
+        },
+        Request::CreateGroupWallet {
+            meta: meta(),
+            policy: policy(),
+            executor: [0xe7; 32],
+            approvals: vec![approval()],
+        },
     ]
 }
 
@@ -367,6 +376,9 @@ fn responses() -> Vec<Response> {
             revoked_devices: vec![([0xe3; 32], 3)],
             entries: vec![gov_entry()],
         }),
+        Response::GenesisPinned {
+            genesis_id: [0xf5; 32],
+        },
     ]
 }
 
@@ -437,6 +449,22 @@ fn errors() -> Vec<TeeError> {
             admin: "mallory".into(),
             key_fingerprint: [0xc2; 32],
         },
+        TeeError::NotAMember {
+            node: "dc1-rogue".into(),
+            key_fingerprint: [0xc3; 32],
+        },
+        TeeError::DeviceRevoked {
+            node: "node3".into(),
+            key_fingerprint: [0xc4; 32],
+        },
+        TeeError::GovernanceRejected(s()),
+        TeeError::GovernanceGap { head: 4, first: 7 },
+        TeeError::NotGoverned,
+        TeeError::NotExecutor {
+            executor: [0xe7; 32],
+            this_node: [0xe8; 32],
+        },
+        TeeError::PolicyRejected(s()),
     ]
 }
 
@@ -575,6 +603,14 @@ fn approval_messages() -> Vec<(&'static str, Vec<u8>)> {
                 key_id: &[0x03; 33],
                 prev: &[0x98; 32],
                 policy: &policy(),
+            }
+            .message("dc1", &m),
+        ),
+        (
+            "create-wallet-v2",
+            Action::CreateGroupWallet {
+                policy: &policy(),
+                executor: &[0xe7; 32],
             }
             .message("dc1", &m),
         ),

@@ -271,6 +271,7 @@ fn foreign_nodes_receive_nothing_and_refusals_are_logged() {
                 node: "intruder".into(),
                 endpoint: "127.0.0.1:9".into(),
                 held: vec![],
+                gov_version: None,
             };
             if cluster_of.is_some() {
                 // A chain that reaches the Root: the application refuses it, by name.

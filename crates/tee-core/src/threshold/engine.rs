@@ -331,7 +331,8 @@ impl<P: Platform> TeeCore<P> {
         let digest: [u8; 32] = h.finalize().into();
         if let Some(c) = self.threshold.signer_cache.get(&digest) {
             if c.identity.cluster == cluster && c.not_before <= now && now <= c.not_after {
-                return Ok(c.identity.clone());
+                let identity = c.identity.clone();
+                return self.member_signer(identity);
             }
         }
         let root = self.root.as_ref().ok_or("no Root CA pinned")?;
@@ -352,6 +353,16 @@ impl<P: Platform> TeeCore<P> {
                 not_after,
             },
         );
+        self.member_signer(identity)
+    }
+
+    /// A participant of this node's own cluster must also be a current member of its
+    /// governed log (checked on every use, cached certificate or not, so a removal or a
+    /// revocation takes effect at once). Other clusters' logs are not held here yet.
+    fn member_signer(&self, identity: DeviceIdentity) -> Result<DeviceIdentity, String> {
+        if self.cluster().ok().as_deref() == Some(identity.cluster.as_str()) {
+            self.check_member(&identity).map_err(|e| e.to_string())?;
+        }
         Ok(identity)
     }
 

@@ -6,6 +6,7 @@
 mod crash;
 mod create_wallet;
 mod dkg;
+mod governance;
 mod renewal;
 mod sealed_import;
 mod threshold;

@@ -178,6 +178,48 @@ pub enum TeeError {
         /// SHA-256 of the admin's certified public key.
         key_fingerprint: [u8; 32],
     },
+    /// The peer device is not a current member of this governed cluster (never admitted,
+    /// removed, or certified under another member's name): it gets nothing and gives nothing.
+    #[error("device {node:?} (key {}) is not a member of this cluster", hex::encode(.key_fingerprint))]
+    NotAMember {
+        /// Node name in its certificate.
+        node: String,
+        /// SHA-256 of its certified device key.
+        key_fingerprint: [u8; 32],
+    },
+    /// The peer device's key is on this cluster's revocation list.
+    #[error("device {node:?} (key {}) is revoked", hex::encode(.key_fingerprint))]
+    DeviceRevoked {
+        /// Node name in its certificate.
+        node: String,
+        /// SHA-256 of its certified device key.
+        key_fingerprint: [u8; 32],
+    },
+    /// A governance log entry was refused (bad approvals, fork, wrong genesis, broken rule).
+    #[error("governance entry rejected: {0}")]
+    GovernanceRejected(String),
+    /// Governance entries that do not follow the log this TEE holds: the missing ones first.
+    #[error("governance entries start at version {first}, this node holds up to {head}")]
+    GovernanceGap {
+        /// Last version held.
+        head: u64,
+        /// First version offered.
+        first: u64,
+    },
+    /// The TEE holds no governance log yet.
+    #[error("this node holds no governance log")]
+    NotGoverned,
+    /// The approved request names another node as the one that executes it.
+    #[error("the request is approved for executor {}, this node is {}", hex::encode(.executor), hex::encode(.this_node))]
+    NotExecutor {
+        /// Device key fingerprint the approvals name.
+        executor: [u8; 32],
+        /// This node's device key fingerprint.
+        this_node: [u8; 32],
+    },
+    /// A key policy that is not acceptable (its group, quorum or rules).
+    #[error("key policy rejected: {0}")]
+    PolicyRejected(String),
 }
 
 impl TeeError {
@@ -217,6 +259,13 @@ impl TeeError {
             TeeError::UnsupportedProtocol { .. } => "unsupported_protocol",
             TeeError::AdminRevoked { .. } => "admin_revoked",
             TeeError::ApproverNotInGroup { .. } => "approver_not_in_group",
+            TeeError::NotAMember { .. } => "not_a_member",
+            TeeError::DeviceRevoked { .. } => "device_revoked",
+            TeeError::GovernanceRejected(_) => "governance_rejected",
+            TeeError::GovernanceGap { .. } => "governance_gap",
+            TeeError::NotGoverned => "not_governed",
+            TeeError::NotExecutor { .. } => "not_executor",
+            TeeError::PolicyRejected(_) => "policy_rejected",
         }
     }
 }

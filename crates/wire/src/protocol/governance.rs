@@ -41,7 +41,7 @@ pub struct GovView {
     pub revoked_admins: Vec<([u8; 32], u64)>,
     /// Revoked device keys, each with the version that revoked it.
     pub revoked_devices: Vec<([u8; 32], u64)>,
-    /// The entries after the version the request named, in order.
+    /// The entries from the version the request named on, in order (a page).
     pub entries: Vec<GovEntry>,
 }
 

@@ -245,11 +245,13 @@ pub enum Request {
         /// Consecutive entries.
         entries: Vec<GovEntry>,
     },
-    /// The TEE's view of `cluster`'s governance log, with the entries after version `since`.
+    /// The TEE's view of `cluster`'s governance log, with its entries from version `since` on
+    /// (a page of at most [`crate::governance::MAX_GOV_ENTRIES_PER_APPLY`]; 0 for the whole
+    /// log from its genesis).
     Governance {
         /// Cluster whose log is asked for.
         cluster: String,
-        /// Version after which entries are listed.
+        /// First version whose entry is listed.
         since: u64,
     },
     /// A fresh CSR for the existing device key D, to renew its certificate
@@ -258,6 +260,26 @@ pub enum Request {
     /// membership (keyed by D's fingerprint). Refused with [`TeeError::NotProvisioned`]
     /// while no D exists.
     DeviceCsr,
+    /// Pins the id of the genesis this node will accept as its cluster's governance log
+    /// ([`crate::governance::genesis_id`]), at provisioning, once, before any log is held.
+    /// Without a pin the first valid genesis that names the node is adopted.
+    PinGenesis {
+        /// The genesis id.
+        genesis_id: [u8; 32],
+    },
+    /// Generates a new BIP-32 root seed whose approver group is fixed at creation
+    /// ([`crate::approval::Action::CreateGroupWallet`]): only the node named as `executor`
+    /// makes it, and only with approvals by `policy.quorum` admins of `policy.group`.
+    CreateGroupWallet {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// Approver group, quorum and rules of the new key.
+        policy: crate::policy::KeyPolicy,
+        /// SHA-256 of the executing node's certified device key.
+        executor: [u8; 32],
+        /// Admin approvals.
+        approvals: Vec<Approval>,
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -297,11 +319,13 @@ impl Request {
             | Request::ThresholdPresignSign { .. }
             | Request::ListPresignatures { .. }
             | Request::ApplyGovernance { .. }
+            | Request::CreateGroupWallet { .. }
             | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }
             | Request::InstallDeviceCert { .. }
             | Request::DeviceCsr
+            | Request::PinGenesis { .. }
             | Request::ImportWallet { .. }
             | Request::SignTls { .. }
             | Request::ExportKeys { .. }

@@ -169,4 +169,9 @@ pub enum Response {
     Presignatures(Vec<PresignatureInfo>),
     /// The TEE's view of a cluster's governance log.
     Governance(GovView),
+    /// The genesis id this node now accepts ([`Request::PinGenesis`]).
+    GenesisPinned {
+        /// The pinned id.
+        genesis_id: [u8; 32],
+    },
 }

@@ -1,0 +1,269 @@
+//! Cluster governance inside the TEE (issue 12, items 1 and 4): the cluster's member list and
+//! revocation list, as a hash-chained log of admin-approved entries that this TEE verified
+//! itself against the pinned Root ([`custos_wire::governance`]), sealed entry by entry.
+//!
+//! Once governed, the TEE hands keys only to members ([`TeeCore::check_member`] in key export,
+//! key import and threshold participation) and counts no approval of a revoked admin. The log
+//! is adopted, never trusted: the first state is a genesis approved by a quorum of the
+//! governors it names (and equal to the genesis pinned at provisioning, when one was), and
+//! each later entry must extend the head this TEE holds.
+//!
+//! Sealed records:
+//!
+//! | record | body |
+//! |---|---|
+//! | `gov/e/<version, 16 hex digits>` | postcard of the [`GovEntry`] |
+//! | `gov/head` | version (u64 BE) ‖ head hash (32) ‖ genesis id (32) |
+//! | `gov/pin` | the genesis id this node was provisioned to accept (32) |
+//!
+//! A log record that does not open or does not verify stops the TEE from opening
+//! ([`crate::OpenError::Essential`]): a TEE never runs on a partial member list.
+
+use custos_pki::DeviceIdentity;
+use custos_wire::governance::{
+    device_key_fingerprint, entry_hash, verify_log, DeviceRefusal, GovEntry, GovState,
+    MAX_GOV_ENTRIES_PER_APPLY,
+};
+use custos_wire::protocol::*;
+
+use crate::platform::{Platform, RecordId};
+use crate::{rec, storage, OpenError, TeeCore};
+
+const GOV_ENTRY_PREFIX: &str = "gov/e/";
+const REC_GOV_HEAD: &str = "gov/head";
+const REC_GOV_PIN: &str = "gov/pin";
+
+/// The verified log this TEE holds: the state it leads to and each entry's hash, by version.
+#[derive(Clone)]
+pub(crate) struct Governed {
+    pub(crate) state: GovState,
+    hashes: Vec<[u8; 32]>,
+}
+
+fn entry_record(version: u64) -> Result<RecordId, TeeError> {
+    RecordId::new(format!("{GOV_ENTRY_PREFIX}{version:016x}")).map_err(storage)
+}
+
+fn rejected(reason: impl std::fmt::Display) -> TeeError {
+    TeeError::GovernanceRejected(reason.to_string())
+}
+
+impl<P: Platform> TeeCore<P> {
+    /// Adopts or extends this cluster's governance log. Entries this TEE already holds must
+    /// be the very same (a repeated apply is harmless); the rest must extend the head. The new
+    /// state is sealed and committed before the answer, and this TEE must be a member of it:
+    /// a node never adopts a log that does not name it.
+    pub(crate) fn apply_governance(&mut self, cluster: &str, entries: &[GovEntry]) -> Outcome {
+        let (own, _) = self.identity()?.clone();
+        if cluster != own.cluster {
+            return Err(rejected(format!(
+                "the log is for cluster {cluster:?}, this node is in {:?}",
+                own.cluster
+            )));
+        }
+        if entries.is_empty() || entries.len() > MAX_GOV_ENTRIES_PER_APPLY {
+            return Err(TeeError::InvalidRequest(format!(
+                "{} governance entries, 1..={MAX_GOV_ENTRIES_PER_APPLY} per request",
+                entries.len()
+            )));
+        }
+        let root = self.root()?.clone();
+        let adopting = self.gov.is_none();
+        let mut fresh: Vec<&GovEntry> = Vec::new();
+        let (mut next, mut rest) = match &self.gov {
+            Some(g) => (g.clone(), entries),
+            None => {
+                let state =
+                    GovState::genesis(&root, &mut self.admins, cluster, self.gov_pin, &entries[0])
+                        .map_err(rejected)?;
+                fresh.push(&entries[0]);
+                let first = Governed {
+                    state,
+                    hashes: vec![entry_hash(cluster, &entries[0])],
+                };
+                (first, &entries[1..])
+            }
+        };
+        // Entries already held: the same bytes, or a fork this TEE refuses.
+        while let Some(e) = rest.first() {
+            let Some(held) = next.hashes.get(e.version as usize) else {
+                break;
+            };
+            if *held != entry_hash(cluster, e) {
+                return Err(rejected(format!(
+                    "entry {} differs from the one this node holds",
+                    e.version
+                )));
+            }
+            rest = &rest[1..];
+        }
+        for e in rest {
+            let expected = next.hashes.len() as u64;
+            if e.version != expected {
+                return Err(TeeError::GovernanceGap {
+                    head: expected - 1,
+                    first: e.version,
+                });
+            }
+            next.state
+                .apply(&root, &mut self.admins, e)
+                .map_err(|r| rejected(format!("entry {}: {r}", e.version)))?;
+            next.hashes.push(entry_hash(cluster, e));
+            fresh.push(e);
+        }
+        // A node adopts only a log that names it; a member that is later removed still
+        // follows the log (and from then on gets nothing from its peers).
+        let own_key = device_key_fingerprint(&own.public_key).unwrap_or([0; 32]);
+        if adopting && next.state.member(&own_key).is_none() {
+            return Err(TeeError::NotAMember {
+                node: own.node.clone(),
+                key_fingerprint: own_key,
+            });
+        }
+        if !fresh.is_empty() {
+            self.store_governance(&next, &fresh)?;
+        }
+        Ok(Response::Governance(self.governance_view(u64::MAX)?))
+    }
+
+    /// Seals the new entries and the head, and commits them before anything answers; on a
+    /// failed commit the state in memory stays the old one.
+    fn store_governance(&mut self, next: &Governed, fresh: &[&GovEntry]) -> Result<(), TeeError> {
+        for e in fresh {
+            let body = postcard::to_allocvec(*e).map_err(|e| TeeError::Storage(e.to_string()))?;
+            self.platform
+                .seal(&entry_record(e.version)?, &body)
+                .map_err(storage)?;
+        }
+        let mut head = next.state.version.to_be_bytes().to_vec();
+        head.extend_from_slice(&next.state.head);
+        head.extend_from_slice(&next.state.genesis_id);
+        self.platform
+            .seal(&rec(REC_GOV_HEAD), &head)
+            .map_err(storage)?;
+        self.commit_pending().map_err(storage)?;
+        self.gov = Some(next.clone());
+        Ok(())
+    }
+
+    /// The log this TEE holds, with the entries from version `since` on (at most
+    /// [`MAX_GOV_ENTRIES_PER_APPLY`], so a peer can page through it).
+    pub(crate) fn governance_view(&mut self, since: u64) -> Result<GovView, TeeError> {
+        let g = self.gov.as_ref().ok_or(TeeError::NotGoverned)?;
+        let last = g.state.version;
+        let mut entries = Vec::new();
+        let mut v = since;
+        while v <= last && entries.len() < MAX_GOV_ENTRIES_PER_APPLY {
+            let body = self
+                .platform
+                .unseal(&entry_record(v)?)
+                .map_err(storage)?
+                .ok_or_else(|| TeeError::Storage(format!("governance entry {v} is missing")))?;
+            entries
+                .push(postcard::from_bytes(&body).map_err(|e| TeeError::Storage(e.to_string()))?);
+            let Some(next) = v.checked_add(1) else { break };
+            v = next;
+        }
+        let g = self.gov.as_ref().expect("checked above");
+        Ok(GovView::of(&g.state, entries))
+    }
+
+    /// Pins the genesis this node will accept; once, before any log is held.
+    pub(crate) fn pin_genesis(&mut self, genesis_id: [u8; 32]) -> Outcome {
+        self.identity()?;
+        if self.gov_pin.is_some() || self.gov.is_some() {
+            return Err(TeeError::GovernanceRejected(
+                "a genesis is already pinned or a governance log is held".into(),
+            ));
+        }
+        self.seal_now(REC_GOV_PIN, &genesis_id)?;
+        self.gov_pin = Some(genesis_id);
+        Ok(Response::GenesisPinned { genesis_id })
+    }
+
+    /// Refuses a peer device that is not a current member of this governed cluster (removed,
+    /// revoked, never admitted, or certified under another member's name). An ungoverned TEE
+    /// keeps today's rule: the certificate chain alone.
+    pub(crate) fn check_member(&self, peer: &DeviceIdentity) -> Result<(), TeeError> {
+        let Some(g) = &self.gov else {
+            return Ok(());
+        };
+        g.state.check_device(peer).map(|_| ()).map_err(|r| match r {
+            DeviceRefusal::Revoked {
+                node,
+                key_fingerprint,
+            } => TeeError::DeviceRevoked {
+                node,
+                key_fingerprint,
+            },
+            DeviceRefusal::NotAMember {
+                node,
+                key_fingerprint,
+            }
+            | DeviceRefusal::WrongName {
+                node,
+                key_fingerprint,
+                ..
+            } => TeeError::NotAMember {
+                node,
+                key_fingerprint,
+            },
+        })
+    }
+
+    /// Loads the sealed log at open and verifies it again from the genesis.
+    pub(crate) fn load_governance(&mut self) -> Result<(), OpenError> {
+        let bad = |record: &str, reason: String| OpenError::Essential {
+            record: record.into(),
+            reason,
+        };
+        let unseal = |core: &mut Self, name: &str| {
+            core.platform
+                .unseal(&rec(name))
+                .map_err(|e| bad(name, e.to_string()))
+        };
+        if let Some(pin) = unseal(self, REC_GOV_PIN)? {
+            self.gov_pin = Some(
+                pin[..]
+                    .try_into()
+                    .map_err(|_| bad(REC_GOV_PIN, "not 32 bytes".into()))?,
+            );
+        }
+        let Some(head) = unseal(self, REC_GOV_HEAD)? else {
+            return Ok(());
+        };
+        if head.len() != 72 {
+            return Err(bad(REC_GOV_HEAD, format!("{} bytes, not 72", head.len())));
+        }
+        let version = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
+        let (Some(root), Some((own, _))) = (self.root.clone(), self.identity.clone()) else {
+            return Err(bad(
+                REC_GOV_HEAD,
+                "a governance log without a pinned root and a device certificate".into(),
+            ));
+        };
+        let mut entries = Vec::new();
+        for v in 0..=version {
+            let name = format!("{GOV_ENTRY_PREFIX}{v:016x}");
+            let body =
+                unseal(self, &name)?.ok_or_else(|| bad(&name, "missing from the log".into()))?;
+            entries.push(
+                postcard::from_bytes::<GovEntry>(&body).map_err(|e| bad(&name, e.to_string()))?,
+            );
+        }
+        let state = verify_log(&root, &own.cluster, self.gov_pin, &entries)
+            .map_err(|e| bad(REC_GOV_HEAD, format!("the sealed log does not verify: {e}")))?;
+        if state.head[..] != head[8..40] || state.genesis_id[..] != head[40..] {
+            return Err(bad(
+                REC_GOV_HEAD,
+                "the head does not match the sealed entries".into(),
+            ));
+        }
+        let hashes = entries
+            .iter()
+            .map(|e| entry_hash(&own.cluster, e))
+            .collect();
+        self.gov = Some(Governed { state, hashes });
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! A cluster's governance log built the way the governors build it: each entry names its
+//! predecessor's hash and carries real approvals by the test admins (alice, bob, carol) of
+//! [`crate::Pki`], so every TEE, bridge and node verifies it with the production code.
+
+use custos_wire::approval::Approval;
+use custos_wire::governance::{
+    device_key_fingerprint, entry_hash, Evidence, GovChange, GovEntry, MemberRecord,
+};
+use custos_wire::protocol::{CertChain, RequestMeta};
+
+use crate::pki::Pki;
+use crate::platform::now;
+
+/// How long the test governors' approvals stay valid.
+const APPROVAL_SECS: u64 = 3600;
+
+/// A member record for the device whose certified chain is `chain` (its name and key read
+/// from the verified certificate), admitted now, with no attestation evidence.
+pub fn member(pki: &Pki, chain: &CertChain) -> MemberRecord {
+    let id = pki
+        .root
+        .verify_device(&chain.clone().into(), None, now())
+        .expect("a device chain of this PKI");
+    MemberRecord {
+        node: id.node,
+        key_fingerprint: device_key_fingerprint(&id.public_key).expect("a P-256 device key"),
+        chain: chain.clone(),
+        evidence: Evidence::default(),
+        admitted_at: now(),
+    }
+}
+
+/// The key fingerprints of test admins, sorted as a log requires.
+pub fn admin_keys(pki: &Pki, names: &[&str]) -> Vec<[u8; 32]> {
+    let mut keys: Vec<[u8; 32]> = names
+        .iter()
+        .map(|n| pki.admin(n).key_fingerprint())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// One cluster's log under construction.
+pub struct GovLog<'a> {
+    pki: &'a Pki,
+    cluster: String,
+    entries: Vec<GovEntry>,
+}
+
+impl<'a> GovLog<'a> {
+    /// A genesis naming `governors` (quorum `quorum`) and `members`, approved by `signers`.
+    pub fn genesis(
+        pki: &'a Pki,
+        cluster: &str,
+        governors: &[&str],
+        quorum: u8,
+        members: Vec<MemberRecord>,
+        signers: &[&str],
+    ) -> Self {
+        let mut log = GovLog {
+            pki,
+            cluster: cluster.into(),
+            entries: Vec::new(),
+        };
+        log.push(
+            GovChange::Genesis {
+                governors: admin_keys(pki, governors),
+                quorum,
+                members,
+                rules: Vec::new(),
+            },
+            signers,
+        );
+        log
+    }
+
+    /// Appends the next entry with `change`, approved by `signers`; returns it.
+    pub fn push(&mut self, change: GovChange, signers: &[&str]) -> &GovEntry {
+        let entry = self.next_entry(change, signers);
+        self.entries.push(entry);
+        self.entries.last().expect("just pushed")
+    }
+
+    /// The entry that would come next, without appending it (for refused attempts).
+    pub fn next_entry(&self, change: GovChange, signers: &[&str]) -> GovEntry {
+        let (version, prev) = match self.entries.last() {
+            Some(last) => (last.version + 1, entry_hash(&self.cluster, last)),
+            None => (0, [0; 32]),
+        };
+        let mut request_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut request_id);
+        let mut entry = GovEntry {
+            version,
+            prev,
+            meta: RequestMeta {
+                request_id,
+                expires_at: now() + APPROVAL_SECS,
+            },
+            change,
+            approvals: Vec::new(),
+        };
+        let message = entry.message(&self.cluster);
+        entry.approvals = signers
+            .iter()
+            .map(|n| {
+                let s = self.pki.admin(n);
+                Approval {
+                    admin_cert: s.cert_der.clone(),
+                    admin_ca: s.admin_ca_der.clone(),
+                    signature: s.sign(&message).expect("a test admin's file key signs"),
+                }
+            })
+            .collect();
+        entry
+    }
+
+    /// Admits `member`, approved by `signers`.
+    pub fn admit(&mut self, member: MemberRecord, signers: &[&str]) -> &GovEntry {
+        self.push(GovChange::Admit { member }, signers)
+    }
+
+    /// Removes the member with this key fingerprint, approved by `signers`.
+    pub fn remove(&mut self, key_fingerprint: [u8; 32], signers: &[&str]) -> &GovEntry {
+        self.push(
+            GovChange::Remove {
+                key_fingerprint,
+                reason: "decommissioned in a test".into(),
+            },
+            signers,
+        )
+    }
+
+    /// Revokes the keys of admins `admins` and of the devices `devices`.
+    pub fn revoke(
+        &mut self,
+        admins: &[&str],
+        devices: Vec<[u8; 32]>,
+        signers: &[&str],
+    ) -> &GovEntry {
+        self.push(
+            GovChange::Revoke {
+                admins: admin_keys(self.pki, admins),
+                devices,
+                reason: "compromised in a test".into(),
+            },
+            signers,
+        )
+    }
+
+    /// The cluster this log governs.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Every entry, from the genesis.
+    pub fn entries(&self) -> &[GovEntry] {
+        &self.entries
+    }
+}
