@@ -264,7 +264,10 @@ impl BridgeService {
         for node in members {
             match self.apply_on(&node, &call.request, &next).await {
                 Ok(response) => {
-                    answer.get_or_insert((node, response));
+                    // The node the caller named answers when it applied them.
+                    if answer.is_none() || node == call.node {
+                        answer = Some((node, response));
+                    }
                 }
                 Err(why) => {
                     tracing::warn!(%node, %why, "member did not apply the governance entries");

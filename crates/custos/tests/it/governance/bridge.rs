@@ -6,70 +6,14 @@
 use std::time::Duration;
 
 use custos::cluster::{Cluster, ClusterOptions};
-use custos::ops::new_meta;
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::{RegisterRequest, StatusRequest, TeeCall};
-use custos_wire::approval::Approval;
-use custos_wire::governance::{
-    device_key_fingerprint, entry_hash, Evidence, GovChange, GovEntry, MemberRecord,
-};
+use custos_test_kit::governance::{member, GovLog};
+use custos_wire::governance::entry_hash;
 use custos_wire::protocol::{encode_request, CertChain, Outcome, Request, Response};
 use tonic::transport::Channel;
 
 use crate::common::*;
-
-/// Governors alice and bob, both needed.
-fn governors(pki: &Pki) -> Vec<[u8; 32]> {
-    let mut g: Vec<[u8; 32]> = ["alice", "bob"]
-        .iter()
-        .map(|a| pki.admin(a).key_fingerprint())
-        .collect();
-    g.sort();
-    g
-}
-
-/// `change` as entry `version` after `prev`, approved by alice and bob (a small helper of
-/// this test: the test kit has none yet).
-fn entry(pki: &Pki, version: u64, prev: [u8; 32], change: GovChange) -> GovEntry {
-    let mut e = GovEntry {
-        version,
-        prev,
-        meta: new_meta(600),
-        change,
-        approvals: Vec::new(),
-    };
-    let message = e.message(CLUSTER);
-    e.approvals = ["alice", "bob"]
-        .iter()
-        .map(|a| {
-            let s = pki.admin(a);
-            Approval {
-                admin_cert: s.cert_der.clone(),
-                admin_ca: s.admin_ca_der.clone(),
-                signature: s.sign(&message).unwrap(),
-            }
-        })
-        .collect();
-    e
-}
-
-fn member(pki: &Pki, node: &str, chain: CertChain) -> MemberRecord {
-    let root = custos_pki::TrustRoot::from_der(
-        &custos_pki::pem_to_der(&pki.pki.root_pem().unwrap(), "root").unwrap(),
-    )
-    .unwrap();
-    let now = custos_pki::clock::now_unix();
-    let id = root
-        .verify_device(&chain.clone().into(), Some(CLUSTER), now)
-        .unwrap();
-    MemberRecord {
-        node: node.into(),
-        key_fingerprint: device_key_fingerprint(&id.public_key).unwrap(),
-        chain,
-        evidence: Evidence::default(),
-        admitted_at: now,
-    }
-}
 
 async fn submit(
     link: &mut BridgeClient<Channel>,
@@ -156,23 +100,18 @@ fn rogue_register_and_name_takeover_refused() {
         }
 
         // Genesis through the bridge, naming node1 and node2: node3 leaves the registry.
-        let genesis = entry(
+        let mut log = GovLog::genesis(
             &pki,
-            0,
-            [0; 32],
-            GovChange::Genesis {
-                governors: governors(&pki),
-                quorum: 2,
-                members: vec![
-                    member(&pki, n1, chains[0].clone()),
-                    member(&pki, n2, chains[1].clone()),
-                ],
-                rules: Vec::new(),
-            },
+            CLUSTER,
+            &["alice", "bob", "carol"],
+            2,
+            vec![member(&pki, &chains[0]), member(&pki, &chains[1])],
+            &["alice", "bob"],
         );
+        let genesis = log.entries()[0].clone();
         let apply = Request::ApplyGovernance {
             cluster: CLUSTER.into(),
-            entries: vec![genesis.clone()],
+            entries: log.entries().to_vec(),
         };
         match submit(&mut link, &apply, "").await.unwrap() {
             (Ok(Response::Governance(v)), _, _) => {
@@ -195,6 +134,7 @@ fn rogue_register_and_name_takeover_refused() {
                 node: n1.into(),
                 endpoint: "127.0.0.1:9".into(),
                 held: vec![],
+                gov_version: None,
             })
             .await
             .unwrap_err();
@@ -233,17 +173,12 @@ fn rogue_register_and_name_takeover_refused() {
         );
 
         // Node3 admitted: its server registers again (and its TEE gets the log pushed).
-        let admit = entry(
-            &pki,
-            1,
-            entry_hash(CLUSTER, &genesis),
-            GovChange::Admit {
-                member: member(&pki, n3, chains[2].clone()),
-            },
-        );
+        let admit = log
+            .admit(member(&pki, &chains[2]), &["bob", "carol"])
+            .clone();
         let apply = Request::ApplyGovernance {
             cluster: CLUSTER.into(),
-            entries: vec![admit.clone()],
+            entries: vec![admit],
         };
         match submit(&mut link, &apply, "").await.unwrap() {
             (Ok(Response::Governance(v)), _, _) => assert_eq!(v.version, 1),
