@@ -183,10 +183,16 @@ fn describe_change(change: &GovChange, before: Option<&GovState>) -> (&'static s
 }
 
 impl BridgeService {
-    /// Refuses a node whose device is not a current member under the name it registers
-    /// with, once the cluster is governed (an ungoverned cluster registers any device of
-    /// the cluster, as before). `leaf` is its device certificate, sampled in the refusal row.
-    pub(super) fn check_member(&self, id: &DeviceIdentity, leaf: &[u8]) -> Result<(), Status> {
+    /// Refuses a node whose device is not a current member under the name its certificate
+    /// carries, once the cluster is governed (an ungoverned cluster serves any device of the
+    /// cluster, as before). `leaf` is its device certificate, sampled in the refusal row;
+    /// `what` names the call in it.
+    pub(super) fn check_member(
+        &self,
+        id: &DeviceIdentity,
+        leaf: Option<&[u8]>,
+        what: &str,
+    ) -> Result<(), Status> {
         let st = &self.state;
         let gov = st.gov.read().unwrap_or_else(|p| p.into_inner());
         let Some(gov) = gov.as_ref() else {
@@ -204,10 +210,12 @@ impl BridgeService {
             DeviceRefusal::Revoked { .. } => "device_revoked",
             DeviceRefusal::NotAMember { .. } | DeviceRefusal::WrongName { .. } => "not_a_member",
         };
-        let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
-        let leaf_fp = <[u8; 32]>::try_from(digest.as_ref()).ok();
+        let leaf_fp = leaf.and_then(|c| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, c);
+            <[u8; 32]>::try_from(digest.as_ref()).ok()
+        });
         st.refusals.record(Layer::App, code, leaf_fp, now_ms(), || {
-            format!("register as {:?}: {refusal}", id.node)
+            format!("{what} as {:?}: {refusal}", id.node)
         });
         Err(Status::permission_denied(format!("{code}: {refusal}")))
     }

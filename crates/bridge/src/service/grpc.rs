@@ -63,7 +63,7 @@ impl Bridge for BridgeService {
         // Checked and entered under one lock, so a change that removes this node cannot
         // slip between the check and the entry.
         let gov_guard = self.state.gov_apply.lock().await;
-        self.check_member(&id, &chain.device)?;
+        self.check_member(&id, Some(&chain.device), "register")?;
         let governed = self
             .state
             .gov
@@ -131,6 +131,8 @@ impl Bridge for BridgeService {
         req: GrpcRequest<KeyListRequest>,
     ) -> Result<GrpcResponse<KeyListReply>, Status> {
         let id = self.node_caller(&req, "key-list").await?;
+        // A removed or never admitted node learns nothing of the cluster's keys or nodes.
+        self.check_member(&id, leaf(&req).as_deref(), "key-list")?;
         let missing_only = req.get_ref().missing_only;
         let st = &self.state;
         // Lock order everywhere: keys, then nodes.
@@ -178,6 +180,7 @@ impl Bridge for BridgeService {
 
     async fn report_sync(&self, req: GrpcRequest<SyncReport>) -> Result<GrpcResponse<Ack>, Status> {
         let id = self.node_caller(&req, "report-sync").await?;
+        self.check_member(&id, leaf(&req).as_deref(), "report-sync")?;
         let r = req.into_inner();
         let count = r.imported.len();
         {
@@ -225,4 +228,9 @@ impl Bridge for BridgeService {
         self.caller(&req, "status").await?;
         Ok(GrpcResponse::new(self.cluster_status()))
     }
+}
+
+/// The caller's device certificate, for the refusal summary's samples.
+fn leaf<T>(req: &GrpcRequest<T>) -> Option<Vec<u8>> {
+    peer_info(req).and_then(|p| p.certs.first().cloned())
 }

@@ -192,5 +192,23 @@ fn rogue_register_and_name_takeover_refused() {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(names, [n1, n2, n3]);
+        // Its TEE missed both entries while it was out: the bridge pushed them when it
+        // registered (bounded wait: 50 polls of 200 ms).
+        let asked = Request::Governance {
+            cluster: CLUSTER.into(),
+            since: 0,
+        };
+        let mut seen = None;
+        for _ in 0..50 {
+            seen = match submit(&mut link, &asked, n3).await.unwrap() {
+                (Ok(Response::Governance(v)), _, _) => Some(v.version),
+                _ => None,
+            };
+            if seen == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(seen, Some(1), "node3's TEE did not get the log");
     });
 }
