@@ -223,7 +223,8 @@ impl BridgeService {
     /// Routes [`Request::ApplyGovernance`]: verifies the entries against a copy of the
     /// bridge's state, drops the registry entries of nodes that stop being members, has
     /// every registered member's TEE apply them (each signed answer must show the new head),
-    /// stores them and writes one `governance` history row. The answer is one member's.
+    /// stores them and writes one `governance` history row. The answer is the signed view of
+    /// the node the caller named, if it applied them, else of the first member that did.
     pub(super) async fn route_governance(
         &self,
         actor: String,

@@ -1,7 +1,8 @@
 //! Membership at the bridge (plan steps F1 and F2), on a real cluster: once a genesis is
 //! applied through the bridge, only members register, under their own names. A rogue with a
-//! genuine dc1 certificate for an existing node's name cannot take the name over, and an
-//! admitted node registers.
+//! genuine dc1 certificate for an existing node's name cannot take the name over (nor after a
+//! bridge restart, which verifies the stored log again), and an admitted node registers and
+//! gets the log it missed pushed to its TEE.
 
 use std::time::Duration;
 
@@ -210,5 +211,23 @@ fn rogue_register_and_name_takeover_refused() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(seen, Some(1), "node3's TEE did not get the log");
+
+        // A restarted bridge verifies the stored log again and still refuses the rogue.
+        cluster.kill_bridge();
+        cluster.restart_bridge().unwrap();
+        let cfg = custos_net::client_config(&rogue_identity(&pki, n2), &root).unwrap();
+        let ch = custos_net::connect(cluster.bridge_addr, "bridge.dc1.custos", cfg)
+            .await
+            .unwrap();
+        let e = BridgeClient::new(ch)
+            .register(RegisterRequest {
+                node: n2.into(),
+                endpoint: "127.0.0.1:9".into(),
+                held: vec![],
+                gov_version: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("not_a_member:"), "{e:?}");
     });
 }
