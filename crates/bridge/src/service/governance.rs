@@ -110,12 +110,12 @@ fn decode_row(cluster: &str, row: &GovernanceRow) -> Result<GovEntry, Governance
 }
 
 /// The row an entry is stored as: postcard, the encoding the TEE seals.
-fn row_of(cluster: &str, e: &GovEntry) -> GovernanceRow {
-    GovernanceRow {
+fn row_of(cluster: &str, e: &GovEntry) -> Result<GovernanceRow, postcard::Error> {
+    Ok(GovernanceRow {
         version: e.version,
         hash: entry_hash(cluster, e),
-        entry: postcard::to_allocvec(e).unwrap_or_default(),
-    }
+        entry: postcard::to_allocvec(e)?,
+    })
 }
 
 /// The state the stored log leads to (`None` while the cluster has no genesis), verified
@@ -299,8 +299,19 @@ impl BridgeService {
             self.log(row(r.code, None, r.detail.clone())).await?;
             return Err(r.status());
         };
-        let rows: Vec<GovernanceRow> = entries.iter().map(|e| row_of(&cluster, e)).collect();
-        if let Err(e) = st.db.append_governance(&rows).await {
+        let rows: Result<Vec<GovernanceRow>, String> = entries
+            .iter()
+            .map(|e| row_of(&cluster, e).map_err(|err| format!("entry {}: {err}", e.version)))
+            .collect();
+        let stored = match rows {
+            Ok(rows) => st
+                .db
+                .append_governance(&rows)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
             let r = Refused {
                 code: "unavailable",
                 detail: format!("the log cannot be stored: {e}; {detail}"),

@@ -47,7 +47,7 @@ fn remove(version: u64) -> GovEntry {
 #[test]
 fn a_row_is_decoded_at_its_version_with_its_hash() {
     let e = remove(3);
-    let row = row_of(CLUSTER, &e);
+    let row = row_of(CLUSTER, &e).unwrap();
     assert_eq!(decode_row(CLUSTER, &row).unwrap(), e);
 
     let garbage = GovernanceRow {
@@ -114,7 +114,7 @@ async fn a_stored_log_that_does_not_verify_stops_the_bridge() {
         .unwrap()
         .is_none());
 
-    db.append_governance(&[row_of(CLUSTER, &unapproved_genesis())])
+    db.append_governance(&[row_of(CLUSTER, &unapproved_genesis()).unwrap()])
         .await
         .unwrap();
     let err = load_governance(&db, &root, CLUSTER, None)
