@@ -160,3 +160,57 @@ fn a_pin_is_64_hex_digits() {
     cfg.genesis_id = None;
     assert_eq!(cfg.genesis_pin().unwrap(), None);
 }
+
+/// A fresh P-256 public key as a device identity holds it (SEC1).
+fn device_key() -> Vec<u8> {
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn a_registry_entry_stays_only_as_the_member_of_its_name() {
+    let member_key = device_key();
+    let fp = device_key_fingerprint(&member_key).unwrap();
+    let mut gov = GovState {
+        cluster: CLUSTER.into(),
+        genesis_id: [0; 32],
+        version: 0,
+        head: [0; 32],
+        governors: vec![[1; 32]],
+        quorum: 1,
+        members: Default::default(),
+        removed: Default::default(),
+        revoked_admins: Default::default(),
+        revoked_devices: Default::default(),
+    };
+    gov.members.insert(
+        fp,
+        custos_wire::governance::Member {
+            record: MemberRecord {
+                key_fingerprint: fp,
+                ..unapproved_genesis_member()
+            },
+            admitted_version: 0,
+        },
+    );
+    assert!(is_member(&gov, "node1", &member_key));
+    // The member's name with another key, or the member's key under another name: gone.
+    assert!(!is_member(&gov, "node1", &device_key()));
+    assert!(!is_member(&gov, "node2", &member_key));
+    assert!(!is_member(&gov, "node1", b"not a point"));
+    gov.revoked_devices.insert(fp, 1);
+    assert!(!is_member(&gov, "node1", &member_key));
+}
+
+fn unapproved_genesis_member() -> MemberRecord {
+    match unapproved_genesis().change {
+        GovChange::Genesis { mut members, .. } => members.remove(0),
+        _ => unreachable!("a genesis"),
+    }
+}
