@@ -46,6 +46,32 @@ impl Principal {
     }
 }
 
+/// Refuses approvals carried inline by a request-creating call of a token without the
+/// `approve` scope: creating a request and approving it are separate powers, so a
+/// `request` token cannot execute what no approver token approved. The call is refused as a
+/// whole (403 `scope_missing`, naming `approve`) rather than its approvals dropped, so the
+/// caller is never left guessing what was recorded: nothing is.
+pub fn check_inline_approvals(caller: &Principal, approvals: usize) -> Result<(), ApiError> {
+    if approvals == 0 || caller.may(Scope::Approve) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::ScopeMissing,
+        format!(
+            "token {:?} lacks the `approve` scope that approvals given inline need \
+             ({approvals} given); create the request without them and have them added with \
+             `POST /v1/requests/{{id}}/approvals`",
+            caller.name
+        ),
+    ))
+}
+
+/// The text added to every request-creating operation (those whose body carries
+/// `approvals`).
+pub const INLINE_APPROVALS_TEXT: &str = "Approvals given inline in `approvals` need the \
+    `approve` scope as well: a token without it is refused as a whole (403 `scope_missing` \
+    naming `approve`) and nothing is recorded.";
+
 /// A token bucket: `burst` calls at once, refilled at `rate` calls per second.
 #[derive(Debug)]
 struct Bucket {
@@ -245,19 +271,27 @@ fn declared_scope(op: &Operation) -> Option<Scope> {
 /// `x-custos-scope`, and the 403 (`scope_missing`) and 429 (`rate_limited`, with
 /// `Retry-After`) answers every such route can give.
 pub fn document(doc: &mut OpenApiDoc) {
+    let components = doc.components.as_ref();
     for item in doc.paths.paths.values_mut() {
         for op in operations_mut(item) {
             let Some(scope) = declared_scope(op) else {
                 continue;
             };
+            let inline = carries_approvals(components, op);
             let mut text = op.description.take().unwrap_or_default();
             text.push_str(&format!(
                 "\n\nNeeds a token with the `{scope}` scope (403 `scope_missing` otherwise)."
             ));
+            let mut ext = ExtensionsBuilder::new().add("x-custos-scope", scope.as_str());
+            let mut forbidden = format!("scope_missing: the token lacks the `{scope}` scope");
+            if inline {
+                text.push(' ');
+                text.push_str(INLINE_APPROVALS_TEXT);
+                ext = ext.add("x-custos-inline-approvals-scope", Scope::Approve.as_str());
+                forbidden.push_str(", or gives approvals inline without the `approve` scope");
+            }
             op.description = Some(text);
-            let ext = ExtensionsBuilder::new()
-                .add("x-custos-scope", scope.as_str())
-                .build();
+            let ext = ext.build();
             match &mut op.extensions {
                 Some(e) => e.merge(ext),
                 None => op.extensions = Some(ext),
@@ -270,9 +304,7 @@ pub fn document(doc: &mut OpenApiDoc) {
             op.responses.responses.insert(
                 "403".into(),
                 ResponseBuilder::new()
-                    .description(format!(
-                        "scope_missing: the token lacks the `{scope}` scope"
-                    ))
+                    .description(forbidden)
                     .content("application/json", error())
                     .build()
                     .into(),
@@ -299,6 +331,29 @@ pub fn document(doc: &mut OpenApiDoc) {
             );
         }
     }
+}
+
+/// Whether the operation's JSON body (a schema of `components`) has an `approvals`
+/// property: such a call can carry approvals inline (read through the JSON form, as
+/// [`bearer_scopes`] does).
+fn carries_approvals(components: Option<&utoipa::openapi::Components>, op: &Operation) -> bool {
+    let Some(body) = op
+        .request_body
+        .as_ref()
+        .and_then(|b| serde_json::to_value(b).ok())
+    else {
+        return false;
+    };
+    let Some(name) = body["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+    else {
+        return false;
+    };
+    components
+        .and_then(|c| c.schemas.get(name))
+        .and_then(|s| serde_json::to_value(s).ok())
+        .is_some_and(|s| s["properties"].get("approvals").is_some())
 }
 
 /// The scope each route needs, read from this server's own OpenAPI document once.
@@ -447,5 +502,52 @@ mod tests {
             }
         }
         assert!(protected >= 23, "{protected} protected routes");
+    }
+
+    #[test]
+    fn routes_taking_inline_approvals_say_they_need_approve() {
+        let doc = crate::http::openapi();
+        let mut inline = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in operations(item) {
+                if !carries_approvals(doc.components.as_ref(), op) {
+                    continue;
+                }
+                inline.push(format!("{method} {path}"));
+                let text = op.description.as_deref().unwrap_or_default();
+                assert!(text.contains(INLINE_APPROVALS_TEXT), "{method} {path}");
+                let json = serde_json::to_value(op).unwrap();
+                assert_eq!(json["x-custos-inline-approvals-scope"], "approve");
+                let forbidden = json["responses"]["403"]["description"].as_str().unwrap();
+                assert!(forbidden.contains("`approve`"), "{method} {path}");
+            }
+        }
+        inline.sort();
+        assert_eq!(
+            inline,
+            [
+                "post /v1/sign-requests",
+                "post /v1/threshold/keys",
+                "post /v1/threshold/keys/import",
+                "post /v1/threshold/sign",
+                "post /v1/wallets",
+                "post /v1/wallets/import",
+            ]
+        );
+    }
+
+    #[test]
+    fn inline_approvals_are_refused_without_approve_naming_it() {
+        let mut p = Principal {
+            name: "ops".into(),
+            tenant: "default".into(),
+            scopes: vec![Scope::Request],
+        };
+        assert!(check_inline_approvals(&p, 0).is_ok());
+        let e = check_inline_approvals(&p, 2).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ScopeMissing);
+        assert!(e.message.contains("`approve`"), "{}", e.message);
+        p.scopes.push(Scope::Approve);
+        assert!(check_inline_approvals(&p, 2).is_ok());
     }
 }

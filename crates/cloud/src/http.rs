@@ -38,6 +38,7 @@ pub const MAX_IMPORT_BODY: usize = 2 * crate::service::MAX_BUNDLE + MAX_BODY;
 pub const MAX_THRESHOLD_SIGN_BODY: usize =
     2 * custos_wire::protocol::MAX_PRESIGN_MESSAGE + MAX_BODY;
 
+use crate::access::check_inline_approvals;
 pub use crate::access::Principal;
 
 /// A JSON body whose rejections are API errors (`malformed_json`, `body_too_large`,
@@ -135,6 +136,7 @@ async fn create_wallet(
     Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<CreateWalletBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    check_inline_approvals(&caller, body.approvals.len())?;
     Ok(created(cloud.create_wallet(&caller, body).await?))
 }
 
@@ -177,6 +179,7 @@ async fn import_wallet(
     Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<ImportWalletBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    check_inline_approvals(&caller, body.approvals.len())?;
     Ok(created(cloud.import_wallet(&caller, body).await?))
 }
 
@@ -245,6 +248,7 @@ async fn create_sign_request(
     Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<SignRequestBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    check_inline_approvals(&caller, body.approvals.len())?;
     Ok(created(cloud.sign(&caller, body).await?))
 }
 
@@ -274,6 +278,7 @@ async fn import_threshold_key(
     Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<ImportThresholdKeyBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    check_inline_approvals(&caller, body.approvals.len())?;
     Ok(created(cloud.import_threshold_key(&caller, body).await?))
 }
 
@@ -310,6 +315,7 @@ async fn create_threshold_key(
     Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<CreateThresholdKeyBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    check_inline_approvals(&caller, body.approvals.len())?;
     Ok(created(cloud.create_threshold_key(&caller, body).await?))
 }
 
@@ -478,6 +484,7 @@ async fn create_threshold_sign(
     Extension(caller): Extension<Principal>,
     ApiJson(body): ApiJson<ThresholdSignBody>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    check_inline_approvals(&caller, body.approvals.len())?;
     Ok(created(cloud.threshold_sign(&caller, body).await?))
 }
 
@@ -601,7 +608,9 @@ async fn get_cluster(
     Ok(Json(cloud.cluster_status(&name).await?))
 }
 
-/// Run a key audit of the cluster now (patent \[0086\]) and return its report.
+/// Run a key audit of the cluster now (patent \[0086\]) and return its report. The
+/// cluster audits every tenant's keys; the report names only the key ids of the token's
+/// tenant and counts the other findings per node (`hidden`).
 #[utoipa::path(
     post, path = "/v1/clusters/{name}/audits", tag = "clusters", security(("bearer" = ["operate"])),
     params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
@@ -615,12 +624,14 @@ async fn get_cluster(
 )]
 async fn run_audit(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<AuditReportView>, ApiError> {
-    Ok(Json(cloud.audit(&name, false).await?))
+    Ok(Json(cloud.audit(&caller.tenant, &name, false).await?))
 }
 
-/// The cluster's most recent audit report.
+/// The cluster's most recent audit report, naming only the key ids of the token's tenant
+/// (the other findings counted per node in `hidden`).
 #[utoipa::path(
     get, path = "/v1/clusters/{name}/audits/latest", tag = "clusters", security(("bearer" = ["read"])),
     params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
@@ -634,9 +645,10 @@ async fn run_audit(
 )]
 async fn latest_audit(
     State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<AuditReportView>, ApiError> {
-    Ok(Json(cloud.audit(&name, true).await?))
+    Ok(Json(cloud.audit(&caller.tenant, &name, true).await?))
 }
 
 /// This OpenAPI document (no authentication).

@@ -15,7 +15,7 @@ use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use bitcoin::Network;
 use custos_pki::{AdminCache, TrustRoot};
-use custos_proto::cluster::{AuditReport, ClusterStatus};
+use custos_proto::cluster::ClusterStatus;
 use custos_wire::approval::{Approval, MAX_APPROVAL_LIFETIME_SECS};
 use custos_wire::import::{import_key_id, seal_import};
 use custos_wire::protocol::{
@@ -45,6 +45,7 @@ use custos_cloud_api::path::{
 };
 use custos_cloud_api::*;
 
+mod audits;
 mod child_keys;
 mod lifecycle;
 mod threshold;
@@ -322,24 +323,6 @@ impl Cloud {
             .map_err(call_api_error)?;
         Ok(status_view(s))
     }
-
-    /// `POST /v1/clusters/{name}/audits` (`latest` false) and
-    /// `GET /v1/clusters/{name}/audits/latest` (`latest` true).
-    pub async fn audit(&self, name: &str, latest: bool) -> Result<AuditReportView, ApiError> {
-        self.cluster_config(name)?;
-        let report = self
-            .clusters
-            .audit(name, latest)
-            .await
-            .map_err(call_api_error)?;
-        tracing::info!(
-            cluster = name,
-            latest,
-            nodes = report.nodes.len(),
-            "audit report relayed"
-        );
-        Ok(audit_view(report))
-    }
 }
 
 /// What a completed request records besides itself.
@@ -515,26 +498,6 @@ fn status_view(s: ClusterStatus) -> ClusterStatusView {
                 keys_held: n.keys_held,
                 served: n.served,
                 failures: n.failures,
-            })
-            .collect(),
-    }
-}
-
-fn audit_view(a: AuditReport) -> AuditReportView {
-    AuditReportView {
-        started_at_ms: a.started_at_ms,
-        finished_at_ms: a.finished_at_ms,
-        keys: a.keys,
-        nodes: a
-            .nodes
-            .into_iter()
-            .map(|n| NodeAuditView {
-                node: n.node,
-                checked: n.checked,
-                ok: n.ok,
-                missing: n.missing.iter().map(hex::encode).collect(),
-                wrong: n.wrong.iter().map(hex::encode).collect(),
-                error: (!n.error.is_empty()).then_some(n.error),
             })
             .collect(),
     }

@@ -11,7 +11,7 @@ use custos_cloud::CloudConfig;
 use custos_cloud_api::client::CloudClient;
 use custos_cloud_api::RequestView;
 use custos_cloud_api::Scope;
-use custos_pki::{AdminFolder, AdminSigner, PkiDir};
+use custos_pki::{AdminFolder, AdminSigner, DealerFolder, PkiDir};
 
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, LinkTransport};
 use crate::tee_process::spawn_ready;
@@ -237,8 +237,16 @@ impl Deployment {
         }
     }
 
+    /// The folder of dealer `name` (key file, CSR, certificate chain): `dealers/<name>/`,
+    /// beside (never inside) the PKI folder.
+    pub fn dealer_folder(&self, name: &str) -> Result<DealerFolder, ClusterError> {
+        custos_pki::check_name(name)?;
+        Ok(DealerFolder::new(self.dir.join("dealers").join(name)))
+    }
+
     /// Runs the dealer program for a `threshold`-of-n key over `clusters` (share i to the
-    /// first node of cluster i), as dealer `dealer` (issued here if new), and returns the
+    /// first node of cluster i), as dealer `dealer` (its key made in its own folder and its
+    /// CSR signed by the PKI if new), and returns the
     /// sealed bundles. `primes` as for `custos dealer deal --primes`.
     pub fn deal_threshold(
         &self,
@@ -249,10 +257,12 @@ impl Deployment {
         hd: bool,
         primes: crate::dealer::PrimeSource,
     ) -> Result<crate::dealer::Dealt, ClusterError> {
-        if !self.pki.dealer_files(dealer).0.exists() {
-            self.pki.create_dealer(dealer)?;
-        }
-        let signer = custos_pki::DealerSigner::load(&self.pki, dealer)?;
+        let folder = self.dealer_folder(dealer)?;
+        let signer = if folder.chain().exists() {
+            folder.signer()?
+        } else {
+            folder.enroll(dealer, &self.pki)?
+        };
         let root = custos_pki::TrustRoot::from_der(&custos_pki::pem_to_der(
             &self.pki.root_pem()?,
             "Root CA certificate",

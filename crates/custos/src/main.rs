@@ -299,14 +299,25 @@ enum DealerCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make the dealer's key — a 0600 file `<dir>/dealer.key` — and its CSR
+    /// `<dir>/dealer.csr` for the PKI (`custos pki sign-dealer-csr`).
+    Keygen {
+        /// Dealer name (the certificate's common name).
+        #[arg(long)]
+        name: String,
+        /// The dealer's own folder (not the PKI's).
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Deal a t-of-n key: one bundle per cluster, sealed to the named node and signed.
     Deal {
-        /// CA directory (Root and Admin CA certificates, the dealer's key and certificate).
-        #[arg(long, env = "CUSTOS_PKI_DIR", default_value = "custos-pki")]
-        pki: PathBuf,
-        /// Dealer name (`custos pki dealer <name>`).
+        /// The dealer's own folder: `dealer.key` (0600) from `custos dealer keygen` and
+        /// `dealer.crt`, the chain `custos pki sign-dealer-csr` issued.
         #[arg(long)]
-        dealer: String,
+        dir: PathBuf,
+        /// The Root CA certificate (PEM) the recipients' chains must reach.
+        #[arg(long)]
+        root: PathBuf,
         /// Signers needed (t).
         #[arg(long)]
         threshold: u16,
@@ -348,10 +359,16 @@ enum PkiCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Issue the threshold-key dealer's key and certificate (from the Admin CA, dealer role).
-    Dealer {
-        /// Dealer name.
-        name: String,
+    /// Issue the threshold-key dealer's certificate (Admin CA, dealer role) from the dealer's
+    /// CSR; writes the chain (dealer certificate, then Admin CA). The dealer's private key is
+    /// never read or written here.
+    SignDealerCsr {
+        /// The dealer's CSR (PEM), from `custos dealer keygen`.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Output chain file (PEM); stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Turn a node's CSR (PEM) into a device certificate from the cluster's Cluster CA.
     SignCsr {
@@ -453,8 +470,8 @@ type AnyError = Box<dyn std::error::Error>;
 /// `custos dealer deal`.
 #[allow(clippy::too_many_arguments)]
 fn run_dealer(
-    pki: &PkiDir,
-    dealer: &str,
+    dealer: &std::path::Path,
+    root: &std::path::Path,
     threshold: u16,
     quorum: u8,
     recipients: &[String],
@@ -463,9 +480,11 @@ fn run_dealer(
     out: &std::path::Path,
 ) -> Result<(), AnyError> {
     use custos::dealer::{deal_bundles, write_bundles, DealOptions, PrimeSource};
-    let signer = custos_pki::DealerSigner::load(pki, dealer)?;
+    let signer = custos_pki::DealerFolder::new(dealer).signer()?;
+    let root_pem = std::fs::read_to_string(root)
+        .map_err(|e| format!("cannot read Root CA certificate {}: {e}", root.display()))?;
     let root = custos_pki::TrustRoot::from_der(&custos_pki::pem_to_der(
-        &pki.root_pem()?,
+        &root_pem,
         "Root CA certificate",
     )?)?;
     let recipients = recipients
@@ -600,9 +619,19 @@ fn run_dealer_command(command: DealerCommand) -> Result<(), AnyError> {
             println!("primes for {parties} parties written to {}", out.display());
             Ok(())
         }
+        DealerCommand::Keygen { name, dir } => {
+            let folder = custos_pki::DealerFolder::new(&dir);
+            folder.keygen(&name)?;
+            println!(
+                "made dealer key {} (0600); CSR {}",
+                folder.key().display(),
+                folder.csr().display()
+            );
+            Ok(())
+        }
         DealerCommand::Deal {
-            pki,
-            dealer,
+            dir,
+            root,
             threshold,
             quorum,
             recipients,
@@ -610,8 +639,8 @@ fn run_dealer_command(command: DealerCommand) -> Result<(), AnyError> {
             no_hd,
             out,
         } => run_dealer(
-            &PkiDir::new(pki),
-            &dealer,
+            &dir,
+            &root,
             threshold,
             quorum,
             &recipients,
@@ -730,6 +759,20 @@ fn cluster_up(
     Ok(())
 }
 
+/// A CSR file's text, read no further than one byte past the longest CSR the PKI signs (so
+/// the PKI refuses an oversized one by its size without it being read whole).
+fn read_csr(path: &std::path::Path) -> Result<String, AnyError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(custos_pki::MAX_CSR_PEM as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(|e| format!("cannot read CSR {}: {e}", path.display()))?;
+    Ok(text)
+}
+
 fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
     match command {
         PkiCommand::Init => {
@@ -743,19 +786,18 @@ fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
             pki.create_cluster_ca(&cluster)?;
             println!("created Cluster CA for {cluster}");
         }
-        PkiCommand::Dealer { name } => {
-            pki.create_dealer(&name)?;
-            let (crt, key) = pki.dealer_files(&name);
-            println!(
-                "issued dealer {name}: {} (key {})",
-                crt.display(),
-                key.display()
-            );
+        PkiCommand::SignDealerCsr { csr, out } => {
+            let issued = pki.sign_dealer_csr(&read_csr(&csr)?)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, issued.chain_pem())?;
+                    eprintln!("issued dealer {}: {}", issued.name, path.display());
+                }
+                None => print!("{}", issued.chain_pem()),
+            }
         }
         PkiCommand::SignAdminCsr { csr, out } => {
-            let pem = std::fs::read_to_string(&csr)
-                .map_err(|e| format!("cannot read CSR {}: {e}", csr.display()))?;
-            let issued = pki.sign_admin_csr(&pem)?;
+            let issued = pki.sign_admin_csr(&read_csr(&csr)?)?;
             match out {
                 Some(path) => {
                     std::fs::write(&path, issued.chain_pem())?;
@@ -772,9 +814,7 @@ fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
         } => {
             // The lifetime is checked before the CSR is even read.
             let validity = custos_pki::Validity::device_days(days)?;
-            let pem = std::fs::read_to_string(&csr)
-                .map_err(|e| format!("cannot read CSR {}: {e}", csr.display()))?;
-            let cert = pki.sign_device_csr_with_validity(&cluster, &pem, validity)?;
+            let cert = pki.sign_device_csr_with_validity(&cluster, &read_csr(&csr)?, validity)?;
             match out {
                 Some(path) => std::fs::write(&path, cert)?,
                 None => print!("{cert}"),

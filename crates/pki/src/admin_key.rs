@@ -159,6 +159,12 @@ impl rcgen::RemoteKeyPair for Remote {
 /// The CSR (PEM) of admin `name` for `key`, signed with that key: what the admin hands to
 /// the PKI (`custos pki sign-admin-csr`).
 pub fn admin_csr(name: &str, key: Arc<dyn AdminKey>) -> Result<String, PkiError> {
+    role_csr(name, role::ADMIN, key)
+}
+
+/// The CSR (PEM) of `name` in role `ou` for `key`, signed with that key (the key may be on a
+/// token: only its signature is asked for).
+pub(crate) fn role_csr(name: &str, ou: &str, key: Arc<dyn AdminKey>) -> Result<String, PkiError> {
     check_name(name)?;
     let public = key.public_key().to_vec();
     let error = Arc::new(Mutex::new(None::<String>));
@@ -171,7 +177,7 @@ pub fn admin_csr(name: &str, key: Arc<dyn AdminKey>) -> Result<String, PkiError>
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Custos");
-    dn.push(DnType::OrganizationalUnitName, role::ADMIN);
+    dn.push(DnType::OrganizationalUnitName, ou);
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
     let csr = params.serialize_request(&pair).map_err(|e| {
@@ -180,7 +186,7 @@ pub fn admin_csr(name: &str, key: Arc<dyn AdminKey>) -> Result<String, PkiError>
             .ok()
             .and_then(|slot| slot.clone())
             .unwrap_or_else(|| e.to_string());
-        PkiError::Sign(format!("the admin key did not sign the CSR: {detail}"))
+        PkiError::Sign(format!("the key did not sign the CSR: {detail}"))
     })?;
     csr.pem().map_err(|e| PkiError::Generate(e.to_string()))
 }
@@ -295,6 +301,22 @@ impl std::fmt::Debug for AdminSigner {
     }
 }
 
+/// Creates `dir` owner-only if it is new: a key holder's folder is its alone; an existing
+/// one keeps the mode its owner chose.
+pub(crate) fn own_folder(dir: &Path) -> Result<(), PkiError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| PkiError::Write {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Where an admin keeps its files in a local deployment: `<dir>/admin.key` (0600),
 /// `<dir>/admin.csr` and `<dir>/admin.crt` (chain) — the admin's own folder, never the PKI's.
 #[derive(Clone, Debug)]
@@ -332,14 +354,7 @@ impl AdminFolder {
             path: self.dir.display().to_string(),
             reason: e.to_string(),
         };
-        if !self.dir.exists() {
-            // A new folder is the admin's alone; an existing one keeps the mode its owner chose.
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.dir)
-                .map_err(err)?;
-        }
+        own_folder(&self.dir)?;
         let key = Arc::new(FileKey::generate(&self.key())?);
         let csr = admin_csr(name, key.clone())?;
         fs::write(self.csr(), &csr).map_err(err)?;

@@ -1,4 +1,5 @@
-//! Checks of a certificate signing request before any CA signs from it: it parses, its
+//! Checks of a certificate signing request before any CA signs from it — admin CSRs and
+//! device CSRs alike, through the one function here: it is not oversized, it parses, its
 //! self-signature verifies (x509-parser with ring), its key is P-256 and it is signed with
 //! ECDSA SHA-256, and its common name is a valid name.
 
@@ -12,11 +13,23 @@ use x509_parser::prelude::FromDer;
 
 use crate::{check_name, PkiError};
 
+/// Longest CSR text (PEM) the PKI reads. A P-256 request with a valid name is under 600
+/// bytes; the margin leaves room for the attributes a CSR tool may add, and the limit keeps
+/// an oversized input from being parsed at all.
+pub const MAX_CSR_PEM: usize = 4096;
+
 /// Parses and checks a P-256 CSR (PEM); returns its common name and rcgen's view of it.
 pub(crate) fn checked_p256_csr(
     csr_pem: &str,
     what: &'static str,
 ) -> Result<(String, CertificateSigningRequestParams), PkiError> {
+    if csr_pem.len() > MAX_CSR_PEM {
+        return Err(PkiError::CsrTooLarge {
+            what,
+            len: csr_pem.len(),
+            max: MAX_CSR_PEM,
+        });
+    }
     let block = ::pem::parse(csr_pem).map_err(|e| PkiError::Malformed {
         what,
         reason: e.to_string(),
@@ -80,4 +93,28 @@ pub(crate) fn checked_p256_csr(
     };
     check_name(&name)?;
     Ok((name, params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_csr_is_refused_by_its_size_naming_which() {
+        let junk = "-".repeat(MAX_CSR_PEM + 1);
+        for what in ["admin CSR", "device CSR"] {
+            match checked_p256_csr(&junk, what) {
+                Err(PkiError::CsrTooLarge { what: w, len, max }) => {
+                    assert_eq!((w, len, max), (what, MAX_CSR_PEM + 1, MAX_CSR_PEM));
+                }
+                other => panic!("{what}: {:?}", other.map(|(n, _)| n)),
+            }
+        }
+        // At the limit the size is not what is refused (the text is).
+        let at_limit = "-".repeat(MAX_CSR_PEM);
+        assert!(matches!(
+            checked_p256_csr(&at_limit, "device CSR"),
+            Err(PkiError::Malformed { .. })
+        ));
+    }
 }

@@ -6,18 +6,16 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
-    PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 use crate::{
-    check_name, pem_to_der, role, PkiError, TrustRoot, EKU_ADMIN_APPROVAL, EKU_BRIDGE, EKU_DEALER,
-    EKU_RELAY, EKU_VAULT_DEVICE,
+    check_name, role, PkiError, EKU_ADMIN_APPROVAL, EKU_BRIDGE, EKU_DEALER, EKU_RELAY,
+    EKU_VAULT_DEVICE,
 };
 
 /// A certificate validity window.
@@ -77,20 +75,21 @@ pub struct IssuedKey {
 /// The CA directory of the operating company (`custos pki ...`).
 ///
 /// Layout: `root-ca.{crt,key}`, `admin-ca.*`, `device-ca.*`, `clusters/<c>/cluster-ca.*`,
-/// `admins/<name>.crt` (certificates only: admins keep their keys), `dealers/<name>.*`,
+/// `admins/<name>.crt` and `dealers/<name>.crt` (certificates only: admins and the dealer
+/// keep their keys),
 /// `devices/<c>/<node>.crt`. Private keys are written 0600.
 pub struct PkiDir {
     dir: PathBuf,
 }
 
-fn read(path: &Path) -> Result<String, PkiError> {
+pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|e| PkiError::Read {
         path: path.display().to_string(),
         reason: e.to_string(),
     })
 }
 
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     let err = |e: std::io::Error| PkiError::Write {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -114,7 +113,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     fs::rename(&tmp, path).map_err(err)
 }
 
-fn gen_err(e: rcgen::Error) -> PkiError {
+pub(crate) fn gen_err(e: rcgen::Error) -> PkiError {
     PkiError::Generate(e.to_string())
 }
 
@@ -143,7 +142,7 @@ fn admin_ekus() -> Vec<ExtendedKeyUsagePurpose> {
     vec![ExtendedKeyUsagePurpose::Other(EKU_ADMIN_APPROVAL.to_vec())]
 }
 
-fn dealer_ekus() -> Vec<ExtendedKeyUsagePurpose> {
+pub(crate) fn dealer_ekus() -> Vec<ExtendedKeyUsagePurpose> {
     vec![ExtendedKeyUsagePurpose::Other(EKU_DEALER.to_vec())]
 }
 
@@ -237,7 +236,7 @@ fn ca_params(
     p
 }
 
-fn leaf_params(cn: &str, ou: &str, validity: Validity) -> CertificateParams {
+pub(crate) fn leaf_params(cn: &str, ou: &str, validity: Validity) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn, ou);
     p.is_ca = IsCa::ExplicitNoCa;
@@ -250,9 +249,9 @@ fn leaf_params(cn: &str, ou: &str, validity: Validity) -> CertificateParams {
 }
 
 /// A CA loaded from disk, ready to sign.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
+pub(crate) struct Ca {
+    pub(crate) cert: rcgen::Certificate,
+    pub(crate) key: KeyPair,
 }
 
 /// Issues an admin certificate from the admin's CSR, signed by the Admin CA in `pki`, with a
@@ -298,51 +297,6 @@ impl AdminCert {
     }
 }
 
-/// Issues a threshold-key dealer certificate signed by the Admin CA in `pki` with a chosen
-/// validity window: OU [`role::DEALER`], dealer EKU only (so it never passes as an admin).
-///
-/// The result is checked against the Root before it is returned: an Admin CA made before the
-/// dealer role existed does not list the dealer EKU, and webpki applies EKUs to every
-/// certificate of a path, so its dealer certificates could never verify. Such a PKI is refused
-/// with [`PkiError::ChainRejected`] instead of handing out a useless certificate.
-pub fn issue_dealer_with_validity(
-    pki: &PkiDir,
-    name: &str,
-    validity: Validity,
-) -> Result<IssuedKey, PkiError> {
-    check_name(name)?;
-    let ca = pki.load_ca(&pki.admin_ca_base())?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
-    let mut params = leaf_params(name, role::DEALER, validity);
-    params.extended_key_usages = dealer_ekus();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).map_err(gen_err)?;
-    let root = TrustRoot::from_der(&pem_to_der(&pki.root_pem()?, "Root CA certificate")?)?;
-    let admin_ca = pem_to_der(&pki.admin_ca_pem()?, "Admin CA certificate")?;
-    let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-    match root.verify_dealer(cert.der(), &admin_ca, now) {
-        // A window chosen outside "now" (tests make expired certificates) is not the issue.
-        Ok(_) | Err(PkiError::NotValidNow { .. }) => {}
-        Err(e) => {
-            return Err(PkiError::ChainRejected {
-                what: "dealer",
-                reason: format!(
-                    "the Admin CA of this PKI cannot issue dealer certificates (it predates \
-                     the dealer role; re-create the PKI): {e}"
-                ),
-            })
-        }
-    }
-    Ok(IssuedKey {
-        cert_pem: cert.pem(),
-        key_pem: Zeroizing::new(key.serialize_pem()),
-    })
-}
-
-/// Issues a threshold-key dealer certificate valid for one year.
-pub fn issue_dealer(pki: &PkiDir, name: &str) -> Result<IssuedKey, PkiError> {
-    issue_dealer_with_validity(pki, name, Validity::days(365))
-}
-
 impl PkiDir {
     /// Opens (does not create) a CA directory.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -354,7 +308,7 @@ impl PkiDir {
         &self.dir
     }
 
-    fn admin_ca_base(&self) -> PathBuf {
+    pub(crate) fn admin_ca_base(&self) -> PathBuf {
         self.dir.join("admin-ca")
     }
     fn device_ca_base(&self) -> PathBuf {
@@ -367,7 +321,7 @@ impl PkiDir {
         self.dir.join("clusters").join(cluster).join("cluster-ca")
     }
 
-    fn load_ca(&self, base: &Path) -> Result<Ca, PkiError> {
+    pub(crate) fn load_ca(&self, base: &Path) -> Result<Ca, PkiError> {
         let cert_pem = read(&base.with_extension("crt"))?;
         let key_pem = Zeroizing::new(read(&base.with_extension("key"))?);
         let key = KeyPair::from_pem(&key_pem).map_err(gen_err)?;
@@ -471,31 +425,16 @@ impl PkiDir {
         Ok(issued)
     }
 
-    /// `custos pki dealer <name>`: issues and stores the key and certificate of a threshold-key
-    /// dealer (the operating company's dealer program) under `dealers/<name>.{crt,key}`.
-    pub fn create_dealer(&self, name: &str) -> Result<IssuedKey, PkiError> {
-        check_name(name)?;
-        let base = self.dealer_base(name);
-        self.refuse_existing(&base)?;
-        let issued = issue_dealer(self, name)?;
-        self.save(&base, &issued.cert_pem, &issued.key_pem)?;
-        Ok(issued)
-    }
-
-    fn dealer_base(&self, name: &str) -> PathBuf {
+    pub(crate) fn dealer_base(&self, name: &str) -> PathBuf {
         self.dir.join("dealers").join(name)
     }
 
-    /// Paths of a stored dealer's certificate and key.
-    pub fn dealer_files(&self, name: &str) -> (PathBuf, PathBuf) {
-        let base = self.dealer_base(name);
-        (base.with_extension("crt"), base.with_extension("key"))
-    }
-
     /// `custos pki sign-csr --cluster <c>`: turns a node's CSR into a device certificate
-    /// from that cluster's Cluster CA, valid for [`DEVICE_CERT_DAYS`] days. Only the CSR's
-    /// public key and common name (the node name) are taken from the request; every other
-    /// field is set by the CA.
+    /// from that cluster's Cluster CA, valid for [`DEVICE_CERT_DAYS`] days. The CSR is checked
+    /// as an admin CSR is (size, P-256 key signed with ECDSA SHA-256, self-signature, name:
+    /// [`PkiError::CsrTooLarge`], [`PkiError::CsrKeyType`], [`PkiError::CsrSignature`],
+    /// [`PkiError::InvalidName`]); only its public key and common name (the node name) are
+    /// taken, every other field is set by the CA.
     pub fn sign_device_csr(&self, cluster: &str, csr_pem: &str) -> Result<String, PkiError> {
         let validity = Validity::device_days(DEVICE_CERT_DAYS)?;
         self.sign_device_csr_with_validity(cluster, csr_pem, validity)
@@ -519,24 +458,8 @@ impl PkiDir {
             });
         }
         check_name(cluster)?;
+        let (node, mut csr) = crate::csr::checked_p256_csr(csr_pem, "device CSR")?;
         let ca = self.load_ca(&self.cluster_ca_base(cluster))?;
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            PkiError::Malformed {
-                what: "CSR",
-                reason: e.to_string(),
-            }
-        })?;
-        let node = match csr.params.distinguished_name.get(&DnType::CommonName) {
-            Some(rcgen::DnValue::Utf8String(s)) => s.clone(),
-            Some(rcgen::DnValue::PrintableString(p)) => p.as_str().to_string(),
-            _ => {
-                return Err(PkiError::Malformed {
-                    what: "CSR",
-                    reason: "subject has no common name (the node name)".into(),
-                })
-            }
-        };
-        check_name(&node)?;
         if [Service::Bridge, Service::Relay]
             .iter()
             .any(|s| s.name() == node)
@@ -636,72 +559,5 @@ impl PkiDir {
     /// Where the PKI records the certificate it issued to admin `name` (never a key).
     pub fn admin_cert_file(&self, name: &str) -> PathBuf {
         self.dir.join("admins").join(format!("{name}.crt"))
-    }
-}
-
-/// Parses a PKCS#8 P-256 private key (PEM).
-fn p256_key(key_pem: &str, what: &'static str) -> Result<(EcdsaKeyPair, SystemRandom), PkiError> {
-    let key_der = Zeroizing::new(pem_to_der(key_pem, what)?);
-    let rng = SystemRandom::new();
-    let key =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &key_der, &rng).map_err(|e| {
-            PkiError::Malformed {
-                what,
-                reason: e.to_string(),
-            }
-        })?;
-    Ok((key, rng))
-}
-
-/// The threshold-key dealer's signing key with its certificate chain, as the dealer program
-/// uses it to sign share bundles. Its certificate passes [`TrustRoot::verify_dealer`] only.
-pub struct DealerSigner {
-    key: EcdsaKeyPair,
-    rng: SystemRandom,
-    /// Dealer certificate (DER).
-    pub cert_der: Vec<u8>,
-    /// Admin CA certificate (DER) that issued it.
-    pub admin_ca_der: Vec<u8>,
-}
-
-impl DealerSigner {
-    /// Builds a signer from PEM strings.
-    pub fn from_pem(cert_pem: &str, key_pem: &str, admin_ca_pem: &str) -> Result<Self, PkiError> {
-        let (key, rng) = p256_key(key_pem, "dealer private key")?;
-        Ok(DealerSigner {
-            key,
-            rng,
-            cert_der: pem_to_der(cert_pem, "dealer certificate")?,
-            admin_ca_der: pem_to_der(admin_ca_pem, "Admin CA certificate")?,
-        })
-    }
-
-    /// Loads a stored dealer (`custos pki dealer <name>`) from a CA directory.
-    pub fn load(pki: &PkiDir, name: &str) -> Result<Self, PkiError> {
-        check_name(name)?;
-        let (crt, key) = pki.dealer_files(name);
-        let key_pem = Zeroizing::new(read(&key)?);
-        Self::from_pem(&read(&crt)?, &key_pem, &pki.admin_ca_pem()?)
-    }
-
-    /// Loads a dealer from explicit certificate, key and Admin CA files.
-    pub fn from_files(cert: &Path, key: &Path, admin_ca: &Path) -> Result<Self, PkiError> {
-        let key_pem = Zeroizing::new(read(key)?);
-        Self::from_pem(&read(cert)?, &key_pem, &read(admin_ca)?)
-    }
-
-    /// ECDSA P-256 / SHA-256 signature (ASN.1 DER) over `message`.
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.key
-            .sign(&self.rng, message)
-            .expect("P-256 signing with a valid key cannot fail")
-            .as_ref()
-            .to_vec()
-    }
-}
-
-impl std::fmt::Debug for DealerSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DealerSigner").finish_non_exhaustive()
     }
 }

@@ -19,15 +19,20 @@ mod admin_cache;
 mod admin_key;
 pub mod clock;
 mod csr;
+mod dealer;
 mod issue;
 pub mod tls;
 mod verify;
 
 pub use admin_cache::AdminCache;
 pub use admin_key::{admin_csr, key_fingerprint, AdminFolder, AdminKey, AdminSigner, FileKey};
+pub use csr::MAX_CSR_PEM;
+pub use dealer::{
+    dealer_csr, issue_dealer_from_csr_with_validity, DealerCert, DealerFolder, DealerSigner,
+};
 pub use issue::{
-    issue_admin_from_csr_with_validity, issue_dealer, issue_dealer_with_validity, AdminCert,
-    DealerSigner, IssuedKey, PkiDir, Service, Validity, DEVICE_CERT_DAYS, MAX_DEVICE_CERT_DAYS,
+    issue_admin_from_csr_with_validity, AdminCert, IssuedKey, PkiDir, Service, Validity,
+    DEVICE_CERT_DAYS, MAX_DEVICE_CERT_DAYS,
 };
 pub use verify::{
     cert_fingerprint, validity_window, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot,
@@ -170,6 +175,16 @@ pub enum PkiError {
     /// A CSR's key or signature algorithm is not P-256 with ECDSA SHA-256.
     #[error("CSR key type refused: {0}")]
     CsrKeyType(String),
+    /// A CSR's text is longer than any request the PKI signs ([`MAX_CSR_PEM`]).
+    #[error("{what} of {len} bytes refused: at most {max} bytes")]
+    CsrTooLarge {
+        /// Which CSR (admin or device).
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A signing key (file or token) failed to sign.
     #[error("signing failed: {0}")]
     Sign(String),

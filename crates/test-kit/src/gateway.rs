@@ -136,6 +136,10 @@ pub struct FakeGateway {
     /// Calls of these (cluster, op) fail before reaching the cluster (e.g. `("dc2",
     /// "submit:ThresholdFeed")`).
     pub fail_ops: Mutex<Vec<(String, String)>>,
+    /// Key ids every node's audit reports as missing (default: one id no wallet has).
+    pub audit_missing: Mutex<Vec<Vec<u8>>>,
+    /// Key ids every node's audit reports as failing verification (default: none).
+    pub audit_wrong: Mutex<Vec<Vec<u8>>>,
 }
 
 fn request_kind(r: &Request) -> String {
@@ -185,6 +189,8 @@ impl FakeGateway {
             rogue_chain: Mutex::new(None),
             script: None,
             fail_ops: Mutex::new(Vec::new()),
+            audit_missing: Mutex::new(vec![vec![2; 33]]),
+            audit_wrong: Mutex::new(Vec::new()),
         })
     }
 
@@ -227,6 +233,8 @@ impl FakeGateway {
             rogue_chain: Mutex::new(None),
             script: Some(script),
             fail_ops: Mutex::new(Vec::new()),
+            audit_missing: Mutex::new(vec![vec![2; 33]]),
+            audit_wrong: Mutex::new(Vec::new()),
         })
     }
 
@@ -405,8 +413,8 @@ impl FakeGateway {
                             node: n.name.clone(),
                             checked: 1,
                             ok: 1,
-                            missing: vec![vec![2; 33]],
-                            wrong: vec![],
+                            missing: self.audit_missing.lock().unwrap().clone(),
+                            wrong: self.audit_wrong.lock().unwrap().clone(),
                             error: String::new(),
                         })
                         .collect(),

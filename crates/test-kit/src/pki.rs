@@ -5,7 +5,7 @@
 use custos_cloud_api::approval::sign_approval;
 use custos_cloud_api::ApprovalBody;
 use custos_pki::{
-    der_to_pem, pem_to_der, AdminFolder, AdminSigner, DealerSigner, PkiDir, TrustRoot,
+    der_to_pem, pem_to_der, AdminFolder, AdminSigner, DealerFolder, DealerSigner, PkiDir, TrustRoot,
 };
 use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
@@ -59,8 +59,10 @@ impl Pki {
                     .unwrap()
             })
             .collect();
-        pki.create_dealer("dealer").unwrap();
-        let dealer = DealerSigner::load(&pki, "dealer").unwrap();
+        // The dealer too makes its key in a folder of its own.
+        let dealer = DealerFolder::new(dir.path().join("dealer"))
+            .enroll("dealer", &pki)
+            .unwrap();
         let root =
             TrustRoot::from_der(&pem_to_der(&pki.root_pem().unwrap(), "root").unwrap()).unwrap();
         Pki {

@@ -16,13 +16,15 @@ use crate::pki::Pki;
 
 /// Tokens every test server has besides the test token: `reader` (tenant `default`, scope
 /// read only), `other` (tenant `other`, every scope), `limited` (tenant `default`, every
-/// scope, 1 request per second with a burst of 2).
-pub const GUESTS: [&str; 3] = ["reader", "other", "limited"];
+/// scope, 1 request per second with a burst of 2), `requester` (tenant `default`, scopes
+/// read and request: creates requests, cannot approve them).
+pub const GUESTS: [&str; 4] = ["reader", "other", "limited", "requester"];
 
 fn guest_token(name: &str, sha256: String) -> ApiTokenConfig {
     let mut t = ApiTokenConfig::new(name, sha256, &Scope::ALL);
     match name {
         "reader" => t.scopes = vec![Scope::Read],
+        "requester" => t.scopes = vec![Scope::Read, Scope::Request],
         "other" => t.tenant = "other".into(),
         "limited" => (t.rate_per_sec, t.burst) = (1, 2),
         _ => {}

@@ -148,14 +148,19 @@ pub struct ClusterStatusView {
 pub struct NodeAuditView {
     /// Node name.
     pub node: String,
-    /// Keys audited.
+    /// Keys audited (of every tenant: a count names no key).
     pub checked: u64,
-    /// Keys whose audit signature verified.
+    /// Keys whose audit signature verified (of every tenant).
     pub ok: u64,
-    /// Keys the node lacks (hex key ids).
+    /// Keys of the caller's tenant the node lacks (hex key ids).
     pub missing: Vec<String>,
-    /// Keys whose audit signature did not verify (hex key ids).
+    /// Keys of the caller's tenant whose audit signature did not verify (hex key ids).
     pub wrong: Vec<String>,
+    /// Missing or failing keys that are not the caller's tenant's (another tenant's, or
+    /// recorded by no request of this server): counted so the node's trouble shows, never
+    /// named.
+    #[serde(default)]
+    pub hidden: u64,
     /// Why the node could not be audited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -168,7 +173,7 @@ pub struct AuditReportView {
     pub started_at_ms: u64,
     /// Unix milliseconds.
     pub finished_at_ms: u64,
-    /// Keys in the key list.
+    /// Keys in the cluster's key list (of every tenant).
     pub keys: u64,
     /// Per node.
     pub nodes: Vec<NodeAuditView>,

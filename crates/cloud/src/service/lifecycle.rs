@@ -26,6 +26,8 @@ impl Cloud {
         caller: &Principal,
         d: Draft,
     ) -> Result<RequestOutcome, ApiError> {
+        // The routes check this before anything else; here it holds for every way in.
+        crate::access::check_inline_approvals(caller, d.approvals.len())?;
         if d.approvals.len() > MAX_APPROVALS {
             return Err(ApiError::new(
                 ErrorCode::TooManyApprovals,

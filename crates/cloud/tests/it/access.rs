@@ -171,3 +171,165 @@ async fn a_burst_beyond_the_rate_limit_gets_429_with_retry_after() {
     s.client.wallets().await.unwrap();
     s.stop().await;
 }
+
+/// A wallet of the tenant of `client`, made in `cluster` with its quorum given up front.
+async fn wallet_of(s: &TestServer, client: &CloudClient, cluster: &str) -> WalletView {
+    let id: [u8; 16] = rand::random();
+    let meta = RequestMeta {
+        request_id: id,
+        expires_at: now() + 600,
+    };
+    let message = Action::CreateWallet { quorum: 1 }.message(cluster, &meta);
+    let view = client
+        .create_wallet(&CreateWalletBody {
+            cluster: cluster.into(),
+            quorum: 1,
+            request_id: Some(hex::encode(id)),
+            expires_at: Some(meta.expires_at),
+            approvals: vec![s.pki.approve(0, &message)],
+        })
+        .await
+        .unwrap();
+    let Some(RequestResult::Wallet(w)) = &view.result else {
+        panic!("no wallet result: {view:?}")
+    };
+    client.wallet(&w.root_id).await.unwrap()
+}
+
+/// Every key id a cluster audit report names.
+fn audit_ids(report: &AuditReportView) -> Vec<String> {
+    report
+        .nodes
+        .iter()
+        .flat_map(|n| n.missing.iter().chain(&n.wrong).cloned())
+        .collect()
+}
+
+/// The attack: an `operate` token of another tenant runs (or reads) the cluster's key
+/// audit and learns the first tenant's key ids from what the nodes lack or fail on. Each
+/// tenant sees only its own keys named; the others' findings are counted, never named.
+#[tokio::test]
+async fn another_tenant_sees_none_of_a_tenants_key_ids_in_audits() {
+    let s = TestServer::start().await;
+    let other = s.client_as("other");
+    let mine = wallet_of(&s, &s.client, "dc1").await;
+    let theirs = wallet_of(&s, &other, "dc1").await;
+    let id = |w: &WalletView| hex::decode(&w.root_id).unwrap();
+    // Every node lacks the first tenant's wallet and fails the other's; one id is nobody's.
+    *s.gateway.audit_missing.lock().unwrap() = vec![id(&mine), vec![2; 33]];
+    *s.gateway.audit_wrong.lock().unwrap() = vec![id(&theirs)];
+
+    for report in [
+        other.run_audit("dc1").await.unwrap(),
+        other.latest_audit("dc1").await.unwrap(),
+    ] {
+        let named = audit_ids(&report);
+        assert!(!named.contains(&mine.root_id), "{report:?}");
+        assert!(!named.contains(&"02".repeat(33)), "{report:?}");
+        assert_eq!(named, vec![theirs.root_id.clone(); 2], "{report:?}");
+        assert!(report.nodes.iter().all(|n| n.hidden == 2), "{report:?}");
+    }
+    let report = s.client.run_audit("dc1").await.unwrap();
+    assert_eq!(audit_ids(&report), vec![mine.root_id.clone(); 2]);
+    assert!(report.nodes.iter().all(|n| n.hidden == 2), "{report:?}");
+    // A read-only token of the first tenant reads the latest report the same way.
+    let reader = s.client_as("reader").latest_audit("dc1").await.unwrap();
+    assert_eq!(audit_ids(&reader), vec![mine.root_id.clone(); 2]);
+    s.stop().await;
+}
+
+/// The attack: a token that may only create requests (`request`, no `approve`) carries the
+/// approvals inline in the create call and gets its request executed without any approver
+/// token taking part. Every request-creating route refuses such a call as a whole, 403
+/// `scope_missing` naming `approve`, and records nothing; without approvals the same token
+/// still creates the request, which then waits for an approver.
+#[tokio::test]
+async fn inline_approvals_need_the_approve_scope() {
+    let s = TestServer::start().await;
+    let requester = s.guest_token("requester").to_string();
+    let w = crate::api::wallet(&s, "dc1", 1).await;
+    let approval = {
+        let id: [u8; 16] = rand::random();
+        let meta = RequestMeta {
+            request_id: id,
+            expires_at: now() + 600,
+        };
+        let message = Action::CreateWallet { quorum: 1 }.message("dc1", &meta);
+        (id, meta.expires_at, s.pki.approve(0, &message))
+    };
+    let (id, expires_at, approval) = approval;
+    let approvals = serde_json::to_value(vec![approval]).unwrap();
+    let key_id = "02".repeat(33);
+    let calls = [
+        (
+            "/v1/wallets",
+            serde_json::json!({"cluster": "dc1", "quorum": 1, "request_id": hex::encode(id),
+                "expires_at": expires_at, "approvals": approvals}),
+        ),
+        (
+            "/v1/wallets/import",
+            serde_json::json!({"cluster": "dc1", "quorum": 1, "seed_hex": "00".repeat(32),
+                "approvals": approvals}),
+        ),
+        (
+            "/v1/sign-requests",
+            serde_json::to_value(approved_sign(&s, &w, [5; 32])).unwrap(),
+        ),
+        (
+            "/v1/threshold/keys/import",
+            serde_json::json!({"bundle_hex": "00", "approvals": approvals}),
+        ),
+        (
+            "/v1/threshold/keys",
+            serde_json::json!({"clusters": ["dc1", "dc2"], "threshold": 2, "quorum": 1,
+                "hd": false, "approvals": approvals}),
+        ),
+        (
+            "/v1/threshold/sign",
+            serde_json::json!({"key_id": key_id, "path": "m", "digest": "00".repeat(32),
+                "approvals": approvals}),
+        ),
+    ];
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (path, body) in &calls {
+        let r = http
+            .post(s.url(path))
+            .bearer_auth(&requester)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "scope_missing", "{path}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("`approve`"), "{path}: {message}");
+    }
+    // Nothing recorded: the tenant has only the wallet it made with the test token.
+    let requests = s
+        .client
+        .requests(&RequestQuery::default())
+        .await
+        .unwrap()
+        .requests;
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(s.client.wallets().await.unwrap().wallets.len(), 1);
+
+    // Without approvals the requester creates the request; an approver adds the approval.
+    let mut body = calls[0].1.clone();
+    body["approvals"] = serde_json::json!([]);
+    let r = http
+        .post(s.url("/v1/wallets"))
+        .bearer_auth(&requester)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let pending: RequestView = r.json().await.unwrap();
+    let approval = s.pki.approve(0, &message_of(&pending));
+    let done = s.client.approve(&pending.id, &approval).await.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    s.stop().await;
+}

@@ -11,6 +11,7 @@
 mod bridge;
 
 use crate::common::*;
+use crate::tee_sync::export;
 use custos_pki::{DeviceChain, TrustRoot};
 use custos_tee_core::sync;
 use custos_tee_core::wallet::Wallet;
@@ -184,16 +185,6 @@ fn rogue_import_keys_stores_nothing() {
     let e = refusal(answer);
     assert!(matches!(e, TeeError::NotAMember { .. }), "{e:?}");
     assert_eq!(fx.tee.keys(), before, "nothing may be stored");
-}
-
-fn export(from: &mut Tee, to: CertChain, key_ids: Vec<Vec<u8>>) -> Result<KeyTransfer, TeeError> {
-    match from.call(&Request::ExportKeys {
-        requester: to,
-        key_ids,
-    }) {
-        Ok(Response::KeyTransfer(t)) => Ok(t),
-        other => Err(refusal(other)),
-    }
 }
 
 /// A real TEE node joins only when a quorum of governors admits it; it then syncs, and after

@@ -11,7 +11,11 @@ fn chain_of(tee: &mut Tee) -> CertChain {
     }
 }
 
-fn export(from: &mut Tee, to: CertChain, key_ids: Vec<Vec<u8>>) -> Result<KeyTransfer, TeeError> {
+pub(crate) fn export(
+    from: &mut Tee,
+    to: CertChain,
+    key_ids: Vec<Vec<u8>>,
+) -> Result<KeyTransfer, TeeError> {
     match from.call(&Request::ExportKeys {
         requester: to,
         key_ids,

@@ -1,11 +1,15 @@
-//! The threshold-key dealer role: issued by the Admin CA, verified by its own EKU and role,
-//! and never interchangeable with an admin.
+//! The threshold-key dealer role: its key made on the dealer's side, its certificate issued
+//! by the Admin CA from its CSR alone, verified by its own EKU and role, and never
+//! interchangeable with an admin.
 
 use std::os::unix::fs::PermissionsExt;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use custos_pki::{
-    issue_dealer_with_validity, pem_to_der, role, DealerSigner, PkiDir, PkiError, TrustRoot,
-    Validity, EKU_ADMIN_APPROVAL, EKU_DEALER,
+    dealer_csr, issue_dealer_from_csr_with_validity, pem_to_der, role, DealerFolder, DealerSigner,
+    FileKey, PkiDir, PkiError, TrustRoot, Validity, EKU_ADMIN_APPROVAL, EKU_DEALER,
 };
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -56,23 +60,74 @@ fn leaf(cn: &str, ou: &str, ekus: Vec<ExtendedKeyUsagePurpose>) -> CertificatePa
     p
 }
 
+/// The dealer `name`, made the way a dealer does: its key in a 0600 file in a folder of its
+/// own (a temporary directory, outside the PKI), its CSR issued by the PKI.
+fn own_dealer(pki: &PkiDir, name: &str) -> (tempfile::TempDir, DealerSigner) {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = DealerFolder::new(dir.path().join("dealer"))
+        .enroll(name, pki)
+        .unwrap();
+    (dir, signer)
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[test]
 fn dealer_is_issued_stored_and_verified() {
     let (dir, pki) = new_pki();
-    pki.create_dealer("dealer").unwrap();
-    let (crt, key) = pki.dealer_files("dealer");
-    assert!(crt.starts_with(dir.path().join("dealers")));
+    let dealer_dir = tempfile::tempdir().unwrap();
+    let folder = DealerFolder::new(dealer_dir.path().join("dealer"));
+    let signer = folder.enroll("dealer", &pki).unwrap();
+    // The key is the dealer's, owner-only, in the dealer's folder ...
     assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(folder.key())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
+    // ... and the PKI holds the dealer's certificate only: no private key under it but the
+    // CAs' own.
+    assert!(pki.dealer_cert_file("dealer").exists());
+    let ca_keys = ["root-ca.key", "admin-ca.key", "device-ca.key"];
+    for f in files(dir.path()) {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(
+            !text.contains("PRIVATE KEY") || ca_keys.contains(&name),
+            "{} holds a private key",
+            f.display()
+        );
+    }
+    // A second dealer under a recorded name is refused.
+    let other = tempfile::tempdir().unwrap();
+    let key = Arc::new(FileKey::generate(&other.path().join("k")).unwrap());
     assert!(matches!(
-        pki.create_dealer("dealer"),
+        pki.sign_dealer_csr(&dealer_csr("dealer", key).unwrap()),
         Err(PkiError::AlreadyExists(_))
     ));
-    let signer = DealerSigner::load(&pki, "dealer").unwrap();
-    let same = DealerSigner::from_files(&crt, &key, &pki.path().join("admin-ca.crt")).unwrap();
+    let same = folder.signer().unwrap();
     assert_eq!(signer.cert_der, same.cert_der);
+    // A chain of another key is never joined with this key.
+    let key = Arc::new(FileKey::generate(&other.path().join("k2")).unwrap());
+    let chain = std::fs::read_to_string(folder.chain()).unwrap();
+    assert!(matches!(
+        DealerSigner::from_chain_pem(key, &chain),
+        Err(PkiError::KeyMismatch)
+    ));
 
     let tr = root(&pki);
     let dealer = tr
@@ -91,8 +146,7 @@ fn dealer_is_issued_stored_and_verified() {
 #[test]
 fn admin_and_dealer_cannot_act_as_each_other() {
     let (_d, pki) = new_pki();
-    pki.create_dealer("dealer").unwrap();
-    let dealer = DealerSigner::load(&pki, "dealer").unwrap();
+    let (_dealer_dir, dealer) = own_dealer(&pki, "dealer");
     let admin = crate::own_admin(&pki, "alice");
     let tr = root(&pki);
 
@@ -146,8 +200,7 @@ fn admin_and_dealer_cannot_act_as_each_other() {
 fn dealer_from_a_foreign_pki_or_expired_is_rejected() {
     let (_d1, pki) = new_pki();
     let (_d2, other) = new_pki();
-    other.create_dealer("dealer").unwrap();
-    let foreign = DealerSigner::load(&other, "dealer").unwrap();
+    let (_dealer_dir, foreign) = own_dealer(&other, "dealer");
     let err = root(&pki)
         .verify_dealer(&foreign.cert_der, &foreign.admin_ca_der, now())
         .unwrap_err();
@@ -157,13 +210,12 @@ fn dealer_from_a_foreign_pki_or_expired_is_rejected() {
         not_before: time::OffsetDateTime::now_utc() - time::Duration::days(10),
         not_after: time::OffsetDateTime::now_utc() - time::Duration::days(1),
     };
-    let issued = issue_dealer_with_validity(&pki, "old", past).unwrap();
-    let old = DealerSigner::from_pem(
-        &issued.cert_pem,
-        &issued.key_pem,
-        &pki.admin_ca_pem().unwrap(),
-    )
-    .unwrap();
+    let old_dir = tempfile::tempdir().unwrap();
+    let (key, csr) = DealerFolder::new(old_dir.path().join("old"))
+        .keygen("old")
+        .unwrap();
+    let issued = issue_dealer_from_csr_with_validity(&pki, &csr, past).unwrap();
+    let old = DealerSigner::new(key, &issued.cert_pem, &issued.admin_ca_pem).unwrap();
     let err = root(&pki)
         .verify_dealer(&old.cert_der, &old.admin_ca_der, now())
         .unwrap_err();
@@ -189,12 +241,30 @@ fn an_admin_ca_without_the_dealer_eku_cannot_issue_dealers() {
         .verify_admin(&admin.cert_der, &admin.admin_ca_der, now())
         .unwrap();
     // ... but a dealer is refused at issuance, and nothing is written.
-    let Err(err) = pki.create_dealer("dealer") else {
+    let dealer_dir = tempfile::tempdir().unwrap();
+    let Err(err) = DealerFolder::new(dealer_dir.path()).enroll("dealer", &pki) else {
         panic!("a dealer was issued by an Admin CA without the dealer EKU");
     };
     assert!(
         matches!(err, PkiError::ChainRejected { ref reason, .. } if reason.contains("predates")),
         "{err}"
     );
-    assert!(!pki.dealer_files("dealer").0.exists());
+    assert!(!pki.dealer_cert_file("dealer").exists());
+}
+
+#[test]
+fn a_dealer_csr_goes_through_the_csr_checks() {
+    let (_d, pki) = new_pki();
+    for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "dealer");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let err = pki.sign_dealer_csr(&csr).unwrap_err();
+        assert!(matches!(err, PkiError::CsrKeyType(_)), "{err}");
+    }
+    let err = pki.sign_dealer_csr(&"A".repeat(1 << 20)).unwrap_err();
+    assert!(matches!(err, PkiError::CsrTooLarge { .. }), "{err}");
+    assert!(!pki.dealer_cert_file("dealer").exists());
 }

@@ -3,6 +3,7 @@
 mod admin_keys;
 mod chains;
 mod dealer;
+mod device_csr;
 mod device_lifetime;
 
 use std::sync::Arc;

@@ -198,6 +198,8 @@ pub(super) fn final_refusal(e: &TeeError) -> bool {
             | TeeError::QuorumNotMet { .. }
             | TeeError::RequestExpired { .. }
             | TeeError::InvalidPath(_)
+            | TeeError::AdminRevoked { .. }
+            | TeeError::ApproverNotInGroup { .. }
     )
 }
 
