@@ -46,6 +46,11 @@ pub struct BridgeConfig {
     /// The link to the external relay (absent: no link endpoint, gRPC only).
     #[serde(default)]
     pub link: Option<crate::link::LinkConfig>,
+    /// The cluster's genesis id (64 hex digits), pinned: a governance log with another
+    /// genesis is refused. Absent: the first genesis the bridge sees is trusted (logged as a
+    /// warning), and its stored rows keep it from then on.
+    #[serde(default)]
+    pub genesis_id: Option<String>,
 }
 
 fn default_audit_interval() -> u64 {
@@ -90,7 +95,8 @@ impl custos_config::Component for BridgeConfig {
     }
 
     fn check(&mut self, _dir: &Path) -> Result<(), String> {
-        custos_pki::check_name(&self.cluster).map_err(|e| e.to_string())
+        custos_pki::check_name(&self.cluster).map_err(|e| e.to_string())?;
+        self.genesis_pin().map(drop)
     }
 }
 
@@ -99,6 +105,18 @@ impl BridgeConfig {
     /// relative to the file's folder).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         custos_config::load(path)
+    }
+
+    /// The pinned genesis id, if one is configured; an error names what is wrong with it.
+    pub fn genesis_pin(&self) -> Result<Option<[u8; 32]>, String> {
+        let Some(text) = &self.genesis_id else {
+            return Ok(None);
+        };
+        hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(Some)
+            .ok_or_else(|| format!("genesis_id {text:?} is not 32 bytes of hex (64 digits)"))
     }
 
     /// Writes the configuration as TOML.

@@ -19,7 +19,7 @@ mod service;
 
 pub use config::BridgeConfig;
 pub use link::LinkConfig;
-pub use service::run;
+pub use service::{run, GovernanceLoadError};
 
 /// Largest gRPC message accepted or sent (key lists of a large cluster).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -39,6 +39,9 @@ pub enum BridgeError {
     /// The metadata DB is unusable.
     #[error(transparent)]
     Metadata(#[from] custos_metadata::MetadataError),
+    /// The governance log stored in the metadata DB cannot be trusted.
+    #[error(transparent)]
+    Governance(#[from] GovernanceLoadError),
     /// Serving failed.
     #[error("gRPC server: {0}")]
     Serve(String),

@@ -66,7 +66,7 @@ fn cached_admin_name(cert: &[u8]) -> String {
 }
 
 /// The admin names of a request's approvals.
-fn names(approvals: &[Approval]) -> Vec<String> {
+pub(crate) fn names(approvals: &[Approval]) -> Vec<String> {
     approvals
         .iter()
         .map(|a| cached_admin_name(&a.admin_cert))

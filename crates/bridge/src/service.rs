@@ -35,10 +35,13 @@ use custos_config::ConfigError;
 
 use custos_pki::clock::now_unix;
 
+mod governance;
 mod grpc;
 mod route;
 mod sent_to;
 mod upkeep;
+
+pub use governance::GovernanceLoadError;
 
 fn now_ms() -> i64 {
     i64::try_from(custos_pki::clock::now_unix_ms()).unwrap_or(i64::MAX)
@@ -86,6 +89,14 @@ struct State {
     sent_to: sent_to::SentTo,
     /// One audit at a time.
     audit_running: tokio::sync::Mutex<()>,
+    /// The cluster's membership: the state of the admin-approved governance log, verified
+    /// against the Root (`None` while the cluster has no genesis: any device registers).
+    gov: RwLock<Option<custos_wire::governance::GovState>>,
+    /// The configured genesis id, if one is pinned.
+    gov_pin: Option<[u8; 32]>,
+    /// Held while a governance change is applied, and while a registration is checked
+    /// against the membership and entered, so neither sees a state being replaced.
+    gov_apply: tokio::sync::Mutex<()>,
 }
 
 /// Who called the bridge, after the application-level certificate check.
@@ -330,6 +341,13 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
     let server_cfg = server_config_anchored(&identity, &root_der, observer)?;
     let client_cfg = client_config(&identity, &root_der)?;
     let db = MetadataDb::connect(&config.db_url).await?;
+    let gov_pin = config.genesis_pin().map_err(|reason| {
+        BridgeError::Config(ConfigError::Invalid {
+            path: "genesis_id".into(),
+            reason,
+        })
+    })?;
+    let gov = governance::load_governance(&db, &root, &config.cluster, gov_pin).await?;
     let sent_to = sent_to::SentTo::restore(&db).await?;
     let records = db.keys().await?;
     let threshold = records
@@ -358,6 +376,9 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         audit_running: tokio::sync::Mutex::new(()),
         sent_to,
         call_timeout: Duration::from_millis(config.call_timeout_ms.max(100)),
+        gov: RwLock::new(gov),
+        gov_pin,
+        gov_apply: tokio::sync::Mutex::new(()),
     });
     let service = BridgeService { state };
     let listener = tokio::net::TcpListener::bind(config.listen)

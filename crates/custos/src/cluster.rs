@@ -169,6 +169,7 @@ impl Cluster {
             call_timeout_ms: 15_000,
             audit_interval_secs: opts.audit_interval_secs,
             refusal_summary_secs: 60,
+            genesis_id: None,
             link,
         };
         let bridge_config = dir.join("bridge.toml");

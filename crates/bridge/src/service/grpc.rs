@@ -60,6 +60,16 @@ impl Bridge for BridgeService {
         let client = VaultNodeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
+        // Checked and entered under one lock, so a change that removes this node cannot
+        // slip between the check and the entry.
+        let gov_guard = self.state.gov_apply.lock().await;
+        self.check_member(&id, Some(&chain.device), "register")?;
+        let governed = self
+            .state
+            .gov
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
         let held: HashSet<Vec<u8>> = r.held.into_iter().collect();
         let held_count = held.len();
         let missing: HashSet<Vec<u8>> = self
@@ -90,6 +100,7 @@ impl Bridge for BridgeService {
                     failures: 0,
                 },
             );
+        drop(gov_guard);
         self.log(NewEntry {
             kind: "register".into(),
             actor: id.node.clone(),
@@ -103,7 +114,12 @@ impl Bridge for BridgeService {
         // join the list, with their public facts read from the node's TEE.
         let this = self.clone();
         let node = id.node.clone();
-        tokio::spawn(async move { this.learn_keys(&node).await });
+        tokio::spawn(async move {
+            if governed {
+                this.push_governance(&node).await;
+            }
+            this.learn_keys(&node).await
+        });
         self.state.sync_trigger.notify_one();
         Ok(GrpcResponse::new(RegisterReply {
             cluster: self.state.cluster.clone(),
@@ -115,6 +131,8 @@ impl Bridge for BridgeService {
         req: GrpcRequest<KeyListRequest>,
     ) -> Result<GrpcResponse<KeyListReply>, Status> {
         let id = self.node_caller(&req, "key-list").await?;
+        // A removed or never admitted node learns nothing of the cluster's keys or nodes.
+        self.check_member(&id, leaf(&req).as_deref(), "key-list")?;
         let missing_only = req.get_ref().missing_only;
         let st = &self.state;
         // Lock order everywhere: keys, then nodes.
@@ -162,6 +180,7 @@ impl Bridge for BridgeService {
 
     async fn report_sync(&self, req: GrpcRequest<SyncReport>) -> Result<GrpcResponse<Ack>, Status> {
         let id = self.node_caller(&req, "report-sync").await?;
+        self.check_member(&id, leaf(&req).as_deref(), "report-sync")?;
         let r = req.into_inner();
         let count = r.imported.len();
         {
@@ -209,4 +228,9 @@ impl Bridge for BridgeService {
         self.caller(&req, "status").await?;
         Ok(GrpcResponse::new(self.cluster_status()))
     }
+}
+
+/// The caller's device certificate, for the refusal summary's samples.
+fn leaf<T>(req: &GrpcRequest<T>) -> Option<Vec<u8>> {
+    peer_info(req).and_then(|p| p.certs.first().cloned())
 }

@@ -148,6 +148,10 @@ impl BridgeService {
     pub(crate) async fn route(&self, actor: String, call: TeeCall) -> Result<TeeReply, Status> {
         let request =
             decode_request(&call.request).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Every member must apply a governance change, not one node of the usual routing.
+        if let Request::ApplyGovernance { cluster, entries } = request {
+            return self.route_governance(actor, call, cluster, entries).await;
+        }
         let d = describe(&request).ok_or_else(|| {
             Status::invalid_argument("this TEE operation is not routed by the bridge")
         })?;

@@ -8,6 +8,8 @@
 //! Once the cluster's admin-approved member log is applied in the TEE, each is refused with
 //! `NotAMember`.
 
+mod bridge;
+
 use crate::common::*;
 use crate::tee_sync::export;
 use custos_pki::{DeviceChain, TrustRoot};

@@ -1,0 +1,233 @@
+//! Membership at the bridge (plan steps F1 and F2), on a real cluster: once a genesis is
+//! applied through the bridge, only members register, under their own names. A rogue with a
+//! genuine dc1 certificate for an existing node's name cannot take the name over (nor after a
+//! bridge restart, which verifies the stored log again), and an admitted node registers and
+//! gets the log it missed pushed to its TEE.
+
+use std::time::Duration;
+
+use custos::cluster::{Cluster, ClusterOptions};
+use custos_proto::cluster::bridge_client::BridgeClient;
+use custos_proto::cluster::{RegisterRequest, StatusRequest, TeeCall};
+use custos_test_kit::governance::{member, GovLog};
+use custos_wire::governance::entry_hash;
+use custos_wire::protocol::{encode_request, CertChain, Outcome, Request, Response};
+use tonic::transport::Channel;
+
+use crate::common::*;
+
+async fn submit(
+    link: &mut BridgeClient<Channel>,
+    req: &Request,
+    node: &str,
+) -> Result<(Outcome, String, Option<CertChain>), tonic::Status> {
+    let reply = link
+        .submit(TeeCall {
+            request: encode_request(req),
+            node: node.into(),
+        })
+        .await?
+        .into_inner();
+    Ok((
+        custos_wire::client::decode_outcome(&reply.response).unwrap(),
+        reply.node,
+        reply.chain.map(|c| CertChain {
+            device: c.device,
+            cluster_ca: c.cluster_ca,
+            device_ca: c.device_ca,
+        }),
+    ))
+}
+
+/// The chain `node` registered with, as the bridge hands it out with an answer.
+async fn chain_of(link: &mut BridgeClient<Channel>, node: &str) -> CertChain {
+    let (_, by, chain) = submit(link, &Request::ListKeys, node).await.unwrap();
+    assert_eq!(by, node);
+    chain.unwrap()
+}
+
+/// A P-256 key made outside any TEE with a genuine dc1 certificate naming `node`.
+fn rogue_identity(pki: &Pki, node: &str) -> custos_net::TlsIdentity {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![format!("{node}.dc1.custos")]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, node);
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let der = |pem: &str| custos_pki::pem_to_der(pem, "cert").unwrap();
+    let chain = vec![
+        der(&pki.pki.sign_device_csr(CLUSTER, &csr).unwrap()),
+        der(&pki.pki.cluster_ca_pem(CLUSTER).unwrap()),
+        der(&pki.pki.device_ca_pem().unwrap()),
+    ];
+    custos_net::TlsIdentity::from_local_key(chain, &key.serialize_der()).unwrap()
+}
+
+async fn endpoints(link: &mut BridgeClient<Channel>) -> Vec<(String, String)> {
+    link.status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .into_iter()
+        .map(|n| (n.node, n.endpoint))
+        .collect()
+}
+
+#[test]
+fn rogue_register_and_name_takeover_refused() {
+    let pki = Pki::new();
+    let mut cluster = Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join("gov"),
+        &ClusterOptions {
+            name: CLUSTER.into(),
+            nodes: 3,
+            db_url: None,
+            sync_interval_secs: 2,
+            audit_interval_secs: 0,
+            link: None,
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut link = cluster.link_client().await.unwrap();
+        let [n1, n2, n3] = ["dc1-node1", "dc1-node2", "dc1-node3"];
+        let mut chains = Vec::new();
+        for n in [n1, n2, n3] {
+            chains.push(chain_of(&mut link, n).await);
+        }
+
+        // Genesis through the bridge, naming node1 and node2: node3 leaves the registry.
+        let mut log = GovLog::genesis(
+            &pki,
+            CLUSTER,
+            &["alice", "bob", "carol"],
+            2,
+            vec![member(&pki, &chains[0]), member(&pki, &chains[1])],
+            &["alice", "bob"],
+        );
+        let genesis = log.entries()[0].clone();
+        let apply = Request::ApplyGovernance {
+            cluster: CLUSTER.into(),
+            entries: log.entries().to_vec(),
+        };
+        match submit(&mut link, &apply, "").await.unwrap() {
+            (Ok(Response::Governance(v)), _, _) => {
+                assert_eq!((v.version, v.head), (0, entry_hash(CLUSTER, &genesis)));
+            }
+            other => panic!("genesis not applied: {other:?}"),
+        }
+        let before = endpoints(&mut link).await;
+        let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [n1, n2], "a non-member stays registered");
+
+        // The rogue: a genuine dc1 certificate for node1's name, with its own key.
+        let root = custos_pki::pem_to_der(&pki.pki.root_pem().unwrap(), "root").unwrap();
+        let cfg = custos_net::client_config(&rogue_identity(&pki, n1), &root).unwrap();
+        let ch = custos_net::connect(cluster.bridge_addr, "bridge.dc1.custos", cfg)
+            .await
+            .unwrap();
+        let e = BridgeClient::new(ch)
+            .register(RegisterRequest {
+                node: n1.into(),
+                endpoint: "127.0.0.1:9".into(),
+                held: vec![],
+                gov_version: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().starts_with("not_a_member:"), "{e:?}");
+        assert_eq!(
+            endpoints(&mut link).await,
+            before,
+            "the name was taken over"
+        );
+
+        // The refusal reaches the history as a summary row (the first within a second).
+        let db = custos_metadata::MetadataDb::connect(&cluster.db_url)
+            .await
+            .unwrap();
+        let mut found = None;
+        for _ in 0..100 {
+            let history = db.history(0, 10_000).await.unwrap();
+            found = history
+                .iter()
+                .filter_map(|e| custos_metadata::RefusalSummary::from_entry(e).unwrap())
+                .find(|s| s.source == "bridge:app" && s.reason == "not_a_member");
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let found = found.expect("no not_a_member refusal summary");
+        assert!(found.example.contains(n1), "{found:?}");
+        let history = db.history(0, 10_000).await.unwrap();
+        assert!(
+            history.iter().any(|e| e.kind == "governance"
+                && e.outcome == "ok"
+                && e.detail.contains("genesis")),
+            "no governance history row: {history:?}"
+        );
+
+        // Node3 admitted: its server registers again (and its TEE gets the log pushed).
+        let admit = log
+            .admit(member(&pki, &chains[2]), &["bob", "carol"])
+            .clone();
+        let apply = Request::ApplyGovernance {
+            cluster: CLUSTER.into(),
+            entries: vec![admit],
+        };
+        match submit(&mut link, &apply, "").await.unwrap() {
+            (Ok(Response::Governance(v)), _, _) => assert_eq!(v.version, 1),
+            other => panic!("admission not applied: {other:?}"),
+        }
+        cluster.kill_node_server(2);
+        cluster.start_node_server(2).unwrap();
+        let names: Vec<String> = endpoints(&mut link)
+            .await
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, [n1, n2, n3]);
+        // Its TEE missed both entries while it was out: the bridge pushed them when it
+        // registered (bounded wait: 50 polls of 200 ms).
+        let asked = Request::Governance {
+            cluster: CLUSTER.into(),
+            since: 0,
+        };
+        let mut seen = None;
+        for _ in 0..50 {
+            seen = match submit(&mut link, &asked, n3).await.unwrap() {
+                (Ok(Response::Governance(v)), _, _) => Some(v.version),
+                _ => None,
+            };
+            if seen == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(seen, Some(1), "node3's TEE did not get the log");
+
+        // A restarted bridge verifies the stored log again and still refuses the rogue.
+        cluster.kill_bridge();
+        cluster.restart_bridge().unwrap();
+        let cfg = custos_net::client_config(&rogue_identity(&pki, n2), &root).unwrap();
+        let ch = custos_net::connect(cluster.bridge_addr, "bridge.dc1.custos", cfg)
+            .await
+            .unwrap();
+        let e = BridgeClient::new(ch)
+            .register(RegisterRequest {
+                node: n2.into(),
+                endpoint: "127.0.0.1:9".into(),
+                held: vec![],
+                gov_version: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("not_a_member:"), "{e:?}");
+    });
+}
