@@ -438,6 +438,10 @@ enum TeeCommand {
         /// Node name.
         #[arg(long)]
         node: String,
+        /// The id of the cluster's governance genesis (64 hex digits), when it is known:
+        /// the TEE will then adopt that genesis only, never the first one it is offered.
+        #[arg(long)]
+        genesis: Option<String>,
     },
     /// Show a TEE's state.
     Status {
@@ -919,7 +923,17 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             pki,
             cluster,
             node,
+            genesis,
         } => {
+            // Checked before anything is provisioned, so a typo leaves the TEE untouched.
+            let genesis = genesis
+                .map(|g| {
+                    hex::decode(&g)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| format!("--genesis {g:?} is not 64 hex digits"))
+                })
+                .transpose()?;
             let mut client = custos_wire::client::TeeClient::connect(&socket)?;
             let info = custos::ops::provision(&mut client, &PkiDir::new(pki), &cluster, &node)?;
             println!(
@@ -928,6 +942,17 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
                 info.node,
                 hex::encode(&info.public_key)
             );
+            if let Some(genesis_id) = genesis {
+                client.expect_device_key(info.public_key.clone());
+                match client.call(&custos_wire::protocol::Request::PinGenesis { genesis_id })? {
+                    custos_wire::protocol::Response::GenesisPinned { genesis_id } => {
+                        println!("governance genesis pinned: {}", hex::encode(genesis_id));
+                    }
+                    other => {
+                        return Err(format!("unexpected answer to PinGenesis: {other:?}").into())
+                    }
+                }
+            }
         }
         TeeCommand::Status { socket } => {
             let mut client = custos_wire::client::TeeClient::connect(&socket)?;

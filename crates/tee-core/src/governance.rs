@@ -33,6 +33,10 @@ const GOV_ENTRY_PREFIX: &str = "gov/e/";
 const REC_GOV_HEAD: &str = "gov/head";
 const REC_GOV_PIN: &str = "gov/pin";
 
+/// Encoded entries one `Governance` page carries at most (besides the entry count limit):
+/// half of a request's size limit, so a page is always one `ApplyGovernance` for a peer.
+const MAX_GOV_PAGE_BYTES: usize = MAX_REQUEST_LEN / 2;
+
 /// The verified log this TEE holds: the state it leads to and each entry's hash, by version.
 #[derive(Clone)]
 pub(crate) struct Governed {
@@ -164,6 +168,7 @@ impl<P: Platform> TeeCore<P> {
         let g = self.gov.as_ref().ok_or(TeeError::NotGoverned)?;
         let last = g.state.version;
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
         let mut v = since;
         while v <= last && entries.len() < MAX_GOV_ENTRIES_PER_APPLY {
             let body = self
@@ -171,6 +176,12 @@ impl<P: Platform> TeeCore<P> {
                 .unseal(&entry_record(v)?)
                 .map_err(storage)?
                 .ok_or_else(|| TeeError::Storage(format!("governance entry {v} is missing")))?;
+            // A page must fit one ApplyGovernance when a peer feeds it on: stop before the
+            // byte budget, but always give at least one entry so paging makes progress.
+            bytes += body.len();
+            if bytes > MAX_GOV_PAGE_BYTES && !entries.is_empty() {
+                break;
+            }
             entries
                 .push(postcard::from_bytes(&body).map_err(|e| TeeError::Storage(e.to_string()))?);
             let Some(next) = v.checked_add(1) else { break };

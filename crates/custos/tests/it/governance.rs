@@ -454,3 +454,59 @@ fn a_removed_node_is_refused_by_the_node_server() {
         );
     });
 }
+
+/// `custos tee provision --genesis` pins the cluster's genesis when a node joins: the new
+/// node adopts that log (once it admits the node) and refuses any other, however validly
+/// approved; a malformed id provisions nothing.
+#[test]
+fn provision_with_genesis_pins_it() {
+    let mut fx = Fixture::new();
+    let mut log = governed(&fx.pki, &mut fx.tee);
+    let mut node2 = Tee::start(fx.pki.path(), "node2");
+    let provision = |genesis: &str| {
+        std::process::Command::new(exe())
+            .args(["tee", "provision", "--socket"])
+            .arg(fx.pki.path().join("node2.sock"))
+            .arg("--pki")
+            .arg(fx.pki.pki.path())
+            .args([
+                "--cluster",
+                CLUSTER,
+                "--node",
+                "node2",
+                "--genesis",
+                genesis,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = provision("zz");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("64 hex digits"),
+        "{out:?}"
+    );
+    assert!(matches!(
+        refusal(node2.call(&Request::DeviceChain)),
+        TeeError::NotProvisioned(_)
+    ));
+    let id = custos_wire::governance::genesis_id(CLUSTER, &log.entries()[0].change);
+    let out = provision(&hex::encode(id));
+    assert!(out.status.success(), "{out:?}");
+    let chain2 = node_chain(&mut node2);
+
+    // Another genesis that names node2, approved by real admins: refused by the pin.
+    let other = GovLog::genesis(
+        &fx.pki,
+        CLUSTER,
+        &["carol"],
+        1,
+        vec![member(&fx.pki, &chain2)],
+        &["carol"],
+    );
+    let e = apply(&mut node2, other.entries()).unwrap_err();
+    assert!(matches!(e, TeeError::GovernanceRejected(_)), "{e:?}");
+    // The cluster's own log, once it admits node2, is adopted.
+    log.admit(member(&fx.pki, &chain2), &["alice", "bob"]);
+    assert_eq!(apply(&mut node2, log.entries()).unwrap().version, 1);
+}
