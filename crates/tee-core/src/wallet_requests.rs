@@ -4,7 +4,7 @@
 use custos_wire::approval::{Action, Approval};
 use custos_wire::governance::device_key_fingerprint;
 use custos_wire::import;
-use custos_wire::policy::KeyPolicy;
+use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS};
 use custos_wire::protocol::*;
 use zeroize::Zeroizing;
 
@@ -86,6 +86,20 @@ impl<P: Platform> TeeCore<P> {
             return Err(TeeError::PolicyRejected(format!(
                 "quorum {} over {MAX_QUORUM}",
                 policy.quorum
+            )));
+        }
+        // A new key's policy starts at version 1 (each later change is +1, so a key created
+        // at u32::MAX could never be changed), and a wallet spans no clusters to anchor.
+        if policy.version != 1 {
+            return Err(TeeError::PolicyRejected(format!(
+                "a new key's policy has version 1, not {}",
+                policy.version
+            )));
+        }
+        if let Some(rule) = policy.rules.iter().find(|r| r.tag == RULE_CLUSTER_ANCHORS) {
+            return Err(TeeError::PolicyRejected(format!(
+                "rule {} (cluster anchors) is for threshold keys, not wallets",
+                rule.tag
             )));
         }
         let (own, _) = self.identity()?;

@@ -263,6 +263,12 @@ fn a_group_wallet_counts_only_its_group() {
         }
         r => panic!("another node's request executed here: {r:?}"),
     }
+    let mut late = policy.clone();
+    late.version = u32::MAX;
+    match create_group_wallet(&pki, &mut core, &late, me, &["alice", "bob"]) {
+        Err(TeeError::PolicyRejected(m)) => assert!(m.contains("version 1"), "{m}"),
+        r => panic!("a policy at version u32::MAX was accepted: {r:?}"),
+    }
     let Ok(Response::Keys(none)) = call(&mut core, &Request::ListKeys) else {
         panic!()
     };
