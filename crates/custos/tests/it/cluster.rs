@@ -50,6 +50,18 @@ async fn submit(
     req: &Request,
     node: &str,
 ) -> Result<(Outcome, String), tonic::Status> {
+    submit_with_chain(link, req, node)
+        .await
+        .map(|(outcome, by, _)| (outcome, by))
+}
+
+/// Submits `req` through the link endpoint (to `node`, or any) and returns the outcome, the
+/// node that served it and the device chain the bridge hands out with the answer.
+pub(crate) async fn submit_with_chain(
+    link: &mut BridgeClient<Channel>,
+    req: &Request,
+    node: &str,
+) -> Result<(Outcome, String, Option<custos_wire::protocol::CertChain>), tonic::Status> {
     let reply = link
         .submit(TeeCall {
             request: encode_request(req),
@@ -60,6 +72,11 @@ async fn submit(
     Ok((
         custos_wire::client::decode_outcome(&reply.response).unwrap(),
         reply.node,
+        reply.chain.map(|c| custos_wire::protocol::CertChain {
+            device: c.device,
+            cluster_ca: c.cluster_ca,
+            device_ca: c.device_ca,
+        }),
     ))
 }
 

@@ -8,36 +8,15 @@ use std::time::Duration;
 
 use custos::cluster::{Cluster, ClusterOptions};
 use custos_proto::cluster::bridge_client::BridgeClient;
-use custos_proto::cluster::{RegisterRequest, StatusRequest, TeeCall};
+use custos_proto::cluster::{RegisterRequest, StatusRequest};
 use custos_test_kit::governance::{member, GovLog};
 use custos_wire::governance::entry_hash;
-use custos_wire::protocol::{encode_request, CertChain, Outcome, Request, Response};
+use custos_wire::protocol::{CertChain, Request, Response};
 use tonic::transport::Channel;
 
 use crate::common::*;
 
-async fn submit(
-    link: &mut BridgeClient<Channel>,
-    req: &Request,
-    node: &str,
-) -> Result<(Outcome, String, Option<CertChain>), tonic::Status> {
-    let reply = link
-        .submit(TeeCall {
-            request: encode_request(req),
-            node: node.into(),
-        })
-        .await?
-        .into_inner();
-    Ok((
-        custos_wire::client::decode_outcome(&reply.response).unwrap(),
-        reply.node,
-        reply.chain.map(|c| CertChain {
-            device: c.device,
-            cluster_ca: c.cluster_ca,
-            device_ca: c.device_ca,
-        }),
-    ))
-}
+use crate::cluster::submit_with_chain as submit;
 
 /// The chain `node` registered with, as the bridge hands it out with an answer.
 async fn chain_of(link: &mut BridgeClient<Channel>, node: &str) -> CertChain {
