@@ -9,4 +9,5 @@ pub mod deployment;
 pub mod ops;
 pub mod pkcs11;
 pub mod renewal;
+pub mod rogue;
 pub mod tee_process;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use custos::cluster::{Cluster, ClusterOptions};
 use custos_proto::cluster::bridge_client::BridgeClient;
-use custos_proto::cluster::{RegisterRequest, StatusRequest};
+use custos_proto::cluster::StatusRequest;
 use custos_test_kit::governance::{member, GovLog};
 use custos_wire::governance::entry_hash;
 use custos_wire::protocol::{CertChain, Request, Response};
@@ -27,19 +27,7 @@ async fn chain_of(link: &mut BridgeClient<Channel>, node: &str) -> CertChain {
 
 /// A P-256 key made outside any TEE with a genuine dc1 certificate naming `node`.
 fn rogue_identity(pki: &Pki, node: &str) -> custos_net::TlsIdentity {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![format!("{node}.dc1.custos")]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, node);
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    let der = |pem: &str| custos_pki::pem_to_der(pem, "cert").unwrap();
-    let chain = vec![
-        der(&pki.pki.sign_device_csr(CLUSTER, &csr).unwrap()),
-        der(&pki.pki.cluster_ca_pem(CLUSTER).unwrap()),
-        der(&pki.pki.device_ca_pem().unwrap()),
-    ];
-    custos_net::TlsIdentity::from_local_key(chain, &key.serialize_der()).unwrap()
+    custos::rogue::identity(&pki.pki, CLUSTER, node).unwrap()
 }
 
 async fn endpoints(link: &mut BridgeClient<Channel>) -> Vec<(String, String)> {
@@ -105,17 +93,8 @@ fn rogue_register_and_name_takeover_refused() {
 
         // The rogue: a genuine dc1 certificate for node1's name, with its own key.
         let root = custos_pki::pem_to_der(&pki.pki.root_pem().unwrap(), "root").unwrap();
-        let cfg = custos_net::client_config(&rogue_identity(&pki, n1), &root).unwrap();
-        let ch = custos_net::connect(cluster.bridge_addr, "bridge.dc1.custos", cfg)
-            .await
-            .unwrap();
-        let e = BridgeClient::new(ch)
-            .register(RegisterRequest {
-                node: n1.into(),
-                endpoint: "127.0.0.1:9".into(),
-                held: vec![],
-                gov_version: None,
-            })
+        let rogue = rogue_identity(&pki, n1);
+        let e = custos::rogue::try_register(cluster.bridge_addr, CLUSTER, n1, &rogue, &root)
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -194,17 +173,8 @@ fn rogue_register_and_name_takeover_refused() {
         // A restarted bridge verifies the stored log again and still refuses the rogue.
         cluster.kill_bridge();
         cluster.restart_bridge().unwrap();
-        let cfg = custos_net::client_config(&rogue_identity(&pki, n2), &root).unwrap();
-        let ch = custos_net::connect(cluster.bridge_addr, "bridge.dc1.custos", cfg)
-            .await
-            .unwrap();
-        let e = BridgeClient::new(ch)
-            .register(RegisterRequest {
-                node: n2.into(),
-                endpoint: "127.0.0.1:9".into(),
-                held: vec![],
-                gov_version: None,
-            })
+        let rogue = rogue_identity(&pki, n2);
+        let e = custos::rogue::try_register(cluster.bridge_addr, CLUSTER, n2, &rogue, &root)
             .await
             .unwrap_err();
         assert!(e.message().starts_with("not_a_member:"), "{e:?}");
