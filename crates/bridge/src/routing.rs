@@ -192,6 +192,20 @@ pub fn describe(r: &Request) -> Option<Described> {
         // Every member applies the log; the fan-out to all of them is issue 12 step F2.
         Request::ApplyGovernance { .. } => d("governance-apply", None, true),
         Request::Governance { .. } => d("governance", None, true),
+        // Sent to every node, not routed to one (`route_key_policy`): each TEE applies the
+        // change once and answers a repeat with the same policy, so a resend is harmless and
+        // needs no pinning to the first node.
+        Request::SetKeyPolicy {
+            meta,
+            key_id,
+            approvals,
+            ..
+        } => Described {
+            request_id: Some(hex::encode(meta.request_id)),
+            approvers: names(approvals),
+            ..d("set-key-policy", Some(key_id), false)
+        },
+        Request::GetKeyPolicy { key_id } => d("get-key-policy", Some(key_id), false),
         Request::ThresholdKeygenStart {
             meta,
             attempt,
@@ -264,5 +278,36 @@ mod tests {
         assert_eq!(d.kind, "threshold-keygen-start");
         assert_eq!(d.request_id.unwrap(), format!("{}/2", "ab".repeat(16)));
         assert!(d.any_node && d.key_id.is_none());
+    }
+
+    /// A policy change names its key and request and goes to the key's nodes, never to "any
+    /// node" (which would let a node without the key answer for it).
+    #[test]
+    fn policy_changes_are_described() {
+        use custos_wire::policy::KeyPolicy;
+        use custos_wire::protocol::RequestMeta;
+        let r = Request::SetKeyPolicy {
+            meta: RequestMeta {
+                request_id: [0xcd; 16],
+                expires_at: 1,
+            },
+            key_id: vec![3; 33],
+            prev: [0; 32],
+            policy: KeyPolicy::legacy(1),
+            approvals: Vec::new(),
+        };
+        let d = describe(&r).unwrap();
+        assert_eq!(d.kind, "set-key-policy");
+        assert_eq!(d.request_id.unwrap(), "cd".repeat(16));
+        assert_eq!(d.key_id, Some(vec![3; 33]));
+        assert!(!d.any_node && !d.one_effect);
+        let read = describe(&Request::GetKeyPolicy {
+            key_id: vec![3; 33],
+        })
+        .unwrap();
+        assert_eq!(
+            (read.kind, read.key_id),
+            ("get-key-policy", Some(vec![3; 33]))
+        );
     }
 }

@@ -37,6 +37,7 @@ use custos_pki::clock::now_unix;
 
 mod governance;
 mod grpc;
+mod key_policy;
 mod route;
 mod sent_to;
 mod upkeep;

@@ -143,6 +143,14 @@ impl<P: Platform> TeeCore<P> {
                 executor,
                 approvals,
             } => self.create_group_wallet(&meta, &policy, &executor, &approvals),
+            Request::SetKeyPolicy {
+                meta,
+                key_id,
+                prev,
+                policy,
+                approvals,
+            } => self.set_key_policy(&meta, &key_id, &prev, &policy, &approvals),
+            Request::GetKeyPolicy { key_id } => self.get_key_policy(&key_id),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

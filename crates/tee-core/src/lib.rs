@@ -23,13 +23,15 @@ pub mod wallet;
 
 // The core's request handling, by what it does; each file adds methods to `TeeCore`: `open`
 // (loading the sealed store), `batch` (group commit and its undo journal), `dispatch` (a
-// request to its handler), `provision` (root, device key and certificate), `wallet_requests`
-// and `transfer` (key sync between nodes). The approval checks and request-id consumption
+// request to its handler), `provision` (root, device key and certificate), `wallet_requests`,
+// `policy_requests` (a wallet's approver group changed) and `transfer` (key sync between
+// nodes). The approval checks and request-id consumption
 // that every handler shares stay here.
 mod batch;
 mod dispatch;
 mod governance;
 mod open;
+mod policy_requests;
 mod provision;
 mod transfer;
 mod wallet_requests;

@@ -27,6 +27,25 @@ fn reject_duplicates(key_ids: &[Vec<u8>]) -> Result<(), TeeError> {
     }
 }
 
+/// The policy of a transferred wallet record when it is later than the held one's: how a
+/// node that missed a [`Request::SetKeyPolicy`] catches up (the sender is a checked member
+/// TEE, which only ever seals a policy it applied). An equal or earlier version is ignored,
+/// never a downgrade and never a refusal: one key behind on the sender must not stop the
+/// rest of the transfer. The record must be the same key (chain code included).
+fn newer_policy(
+    held: &Wallet,
+    incoming: Wallet,
+) -> Result<Option<custos_wire::policy::KeyPolicy>, TeeError> {
+    if incoming.info.xpub != held.info.xpub {
+        return Err(TeeError::TransferRejected(format!(
+            "record {}: another extended key than the wallet held",
+            key_hex(&held.info.key_id)
+        )));
+    }
+    let held_version = held.current_policy().version;
+    Ok(incoming.policy.clone().filter(|p| p.version > held_version))
+}
+
 impl<P: Platform> TeeCore<P> {
     pub(crate) fn export_keys(&mut self, requester: CertChain, key_ids: &[Vec<u8>]) -> Outcome {
         let (own, own_chain) = self.identity()?.clone();
@@ -124,6 +143,8 @@ impl<P: Platform> TeeCore<P> {
         let mut fresh = Vec::new();
         let mut fresh_shares = Vec::new();
         let mut already_held = 0u32;
+        // Held wallets whose sender holds a later policy (a change this node missed).
+        let mut upgrades = Vec::new();
         for (record, key_id) in records.into_iter().zip(&t.key_ids) {
             if HeldKey::is_record(record) {
                 if self.threshold.keys.contains_key(key_id) {
@@ -144,12 +165,15 @@ impl<P: Platform> TeeCore<P> {
                 fresh_shares.push(k);
                 continue;
             }
-            if self.wallets.contains_key(key_id) {
-                already_held += 1;
-                continue;
-            }
             let w = Wallet::from_record(&self.secp, record, key_id)
                 .map_err(|e| reject(format!("record {}: {e}", key_hex(key_id))))?;
+            if let Some(held) = self.wallets.get(key_id) {
+                already_held += 1;
+                if let Some(policy) = newer_policy(held, w)? {
+                    upgrades.push((key_id.clone(), policy));
+                }
+                continue;
+            }
             fresh.push(w);
         }
         let mut imported = Vec::with_capacity(fresh.len() + fresh_shares.len());
@@ -160,6 +184,9 @@ impl<P: Platform> TeeCore<P> {
         for k in fresh_shares {
             imported.push(k.info.key_id.clone());
             self.store_threshold_key(k)?;
+        }
+        if !upgrades.is_empty() {
+            self.replace_policies(upgrades)?;
         }
         Ok(Response::KeysImported {
             imported,

@@ -92,14 +92,39 @@ impl Wallet {
 
     /// The same wallet governed by `policy` (its quorum becomes the policy's).
     pub fn with_policy(mut self, policy: KeyPolicy) -> Self {
+        self.set_policy(policy);
+        self
+    }
+
+    /// Puts `policy` in force (its quorum becomes the wallet's): only once its record is
+    /// durable.
+    pub fn set_policy(&mut self, policy: KeyPolicy) {
         self.info.quorum = policy.quorum;
         self.policy = Some(policy);
-        self
     }
 
     /// Sealed record body (the version-2 format when the wallet has a policy).
     pub fn to_record(&self) -> Zeroizing<Vec<u8>> {
-        let policy = self.policy.as_ref().map(KeyPolicy::encode);
+        self.record_under(self.policy.as_ref())
+    }
+
+    /// The record of this wallet under `policy` instead of its own (a policy change is sealed
+    /// before the wallet in memory takes it, so memory never holds what storage may lose).
+    pub fn record_with(&self, policy: &KeyPolicy) -> Zeroizing<Vec<u8>> {
+        self.record_under(Some(policy))
+    }
+
+    /// The policy in force: the wallet's own, or [`KeyPolicy::legacy`] of its quorum for a
+    /// wallet sealed before policies existed (what a first change names as `prev`).
+    pub fn current_policy(&self) -> KeyPolicy {
+        self.policy
+            .clone()
+            .unwrap_or_else(|| KeyPolicy::legacy(self.info.quorum))
+    }
+
+    fn record_under(&self, policy: Option<&KeyPolicy>) -> Zeroizing<Vec<u8>> {
+        let quorum = policy.map_or(self.info.quorum, |p| p.quorum);
+        let policy = policy.map(KeyPolicy::encode);
         let extra = policy.as_ref().map_or(0, |p| 4 + p.len());
         let mut out = Zeroizing::new(Vec::with_capacity(12 + extra + self.seed.len()));
         let origin = match self.info.origin {
@@ -107,7 +132,7 @@ impl Wallet {
             Origin::Imported => 1,
         };
         match &policy {
-            None => out.extend_from_slice(&[RECORD_V1, self.info.quorum, origin]),
+            None => out.extend_from_slice(&[RECORD_V1, quorum, origin]),
             Some(_) => out.extend_from_slice(&[RECORD_V2, origin]),
         }
         out.extend_from_slice(&self.created_at.to_be_bytes());

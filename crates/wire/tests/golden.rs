@@ -285,6 +285,16 @@ fn requests() -> Vec<Request> {
             executor: [0xe7; 32],
             approvals: vec![approval()],
         },
+        Request::SetKeyPolicy {
+            meta: meta(),
+            key_id: vec![0x03; 33],
+            prev: [0x98; 32],
+            policy: policy(),
+            approvals: vec![approval()],
+        },
+        Request::GetKeyPolicy {
+            key_id: vec![0x03; 33],
+        },
     ]
 }
 
@@ -379,6 +389,11 @@ fn responses() -> Vec<Response> {
         Response::GenesisPinned {
             genesis_id: [0xf5; 32],
         },
+        Response::KeyPolicy {
+            key_id: vec![0x03; 33],
+            policy: policy(),
+            hash: policy().hash(),
+        },
     ]
 }
 
@@ -465,6 +480,11 @@ fn errors() -> Vec<TeeError> {
             this_node: [0xe8; 32],
         },
         TeeError::PolicyRejected(s()),
+        TeeError::PolicyConflict {
+            key: "03".repeat(33),
+            expected: [0x97; 32],
+            found: [0x98; 32],
+        },
     ]
 }
 

@@ -155,6 +155,10 @@ impl BridgeService {
         let d = describe(&request).ok_or_else(|| {
             Status::invalid_argument("this TEE operation is not routed by the bridge")
         })?;
+        // Every node must hold a key under its new group, not one node of the usual routing.
+        if let Request::SetKeyPolicy { .. } = request {
+            return self.route_key_policy(actor, call, d).await;
+        }
         let entry = |node: Option<String>, outcome: String, detail: String, us: i64| NewEntry {
             kind: d.kind.into(),
             request_id: d.request_id.clone(),

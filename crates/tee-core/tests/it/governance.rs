@@ -11,14 +11,17 @@ use custos_wire::protocol::{CertChain, Request, Response, TeeError};
 
 const CLUSTER: &str = "dc1";
 
-fn chain(core: &mut TeeCore<MemPlatform>) -> CertChain {
+pub(crate) fn chain(core: &mut TeeCore<MemPlatform>) -> CertChain {
     match call(core, &Request::DeviceChain) {
         Ok(Response::DeviceChain(c)) => c,
         other => panic!("expected the device chain, got {other:?}"),
     }
 }
 
-fn apply(core: &mut TeeCore<MemPlatform>, entries: &[GovEntry]) -> Result<u64, TeeError> {
+pub(crate) fn apply(
+    core: &mut TeeCore<MemPlatform>,
+    entries: &[GovEntry],
+) -> Result<u64, TeeError> {
     match call(
         core,
         &Request::ApplyGovernance {
@@ -46,7 +49,7 @@ fn version(core: &mut TeeCore<MemPlatform>) -> Result<u64, TeeError> {
     }
 }
 
-fn reopen(core: &TeeCore<MemPlatform>) -> Result<TeeCore<MemPlatform>, OpenError> {
+pub(crate) fn reopen(core: &TeeCore<MemPlatform>) -> Result<TeeCore<MemPlatform>, OpenError> {
     TeeCore::open(core.platform().after_restart(), "memory")
 }
 
@@ -144,7 +147,11 @@ fn a_tampered_sealed_log_stops_the_core_from_opening() {
     ));
 }
 
-fn approvals_by(pki: &Pki, names: &[&str], message: &[u8]) -> Vec<custos_wire::approval::Approval> {
+pub(crate) fn approvals_by(
+    pki: &Pki,
+    names: &[&str],
+    message: &[u8],
+) -> Vec<custos_wire::approval::Approval> {
     names
         .iter()
         .map(|n| {
@@ -158,7 +165,7 @@ fn approvals_by(pki: &Pki, names: &[&str], message: &[u8]) -> Vec<custos_wire::a
         .collect()
 }
 
-fn meta() -> custos_wire::protocol::RequestMeta {
+pub(crate) fn meta() -> custos_wire::protocol::RequestMeta {
     let mut request_id = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut request_id);
     custos_wire::protocol::RequestMeta {
@@ -167,7 +174,11 @@ fn meta() -> custos_wire::protocol::RequestMeta {
     }
 }
 
-fn group_policy(pki: &Pki, names: &[&str], quorum: u8) -> custos_wire::policy::KeyPolicy {
+pub(crate) fn group_policy(
+    pki: &Pki,
+    names: &[&str],
+    quorum: u8,
+) -> custos_wire::policy::KeyPolicy {
     custos_wire::policy::KeyPolicy {
         version: 1,
         group: custos_test_kit::governance::admin_keys(pki, names),
@@ -176,7 +187,7 @@ fn group_policy(pki: &Pki, names: &[&str], quorum: u8) -> custos_wire::policy::K
     }
 }
 
-fn create_group_wallet(
+pub(crate) fn create_group_wallet(
     pki: &Pki,
     core: &mut TeeCore<MemPlatform>,
     policy: &custos_wire::policy::KeyPolicy,
@@ -204,7 +215,7 @@ fn create_group_wallet(
     }
 }
 
-fn sign(
+pub(crate) fn sign(
     pki: &Pki,
     core: &mut TeeCore<MemPlatform>,
     key_id: &[u8],
@@ -230,7 +241,7 @@ fn sign(
     )
 }
 
-fn refused_outsider(r: Result<impl std::fmt::Debug, TeeError>, name: &str) {
+pub(crate) fn refused_outsider(r: Result<impl std::fmt::Debug, TeeError>, name: &str) {
     match r {
         Err(TeeError::ApproverNotInGroup { admin, .. }) if admin == name => {}
         other => panic!("expected {name} named as outside the group, got {other:?}"),

@@ -7,6 +7,7 @@ mod crash;
 mod create_wallet;
 mod dkg;
 mod governance;
+mod key_policy;
 mod renewal;
 mod sealed_import;
 mod threshold;

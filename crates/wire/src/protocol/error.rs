@@ -220,6 +220,17 @@ pub enum TeeError {
     /// A key policy that is not acceptable (its group, quorum or rules).
     #[error("key policy rejected: {0}")]
     PolicyRejected(String),
+    /// A policy change names as `prev` another policy than the key's current one: it was
+    /// approved against a policy that has changed since (or never was the key's).
+    #[error("key {key}: the change replaces policy {}, the current policy is {}", hex::encode(.found), hex::encode(.expected))]
+    PolicyConflict {
+        /// Key id (hex).
+        key: String,
+        /// Hash of the key's current policy.
+        expected: [u8; 32],
+        /// Hash the request names as `prev`.
+        found: [u8; 32],
+    },
 }
 
 impl TeeError {
@@ -266,6 +277,7 @@ impl TeeError {
             TeeError::NotGoverned => "not_governed",
             TeeError::NotExecutor { .. } => "not_executor",
             TeeError::PolicyRejected(_) => "policy_rejected",
+            TeeError::PolicyConflict { .. } => "policy_conflict",
         }
     }
 }

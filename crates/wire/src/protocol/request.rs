@@ -280,6 +280,30 @@ pub enum Request {
         /// Admin approvals.
         approvals: Vec<Approval>,
     },
+    /// Replaces the approver group (policy) of a wallet, approved by a quorum of its
+    /// **current** group ([`crate::approval::Action::SetKeyPolicy`]): version +1 over the
+    /// current one, whose hash `prev` names (a legacy wallet's current policy is
+    /// [`crate::policy::KeyPolicy::legacy`] of its quorum, approved by the cluster's
+    /// governors once governed). Answered with [`Response::KeyPolicy`]; the bridge sends it
+    /// to every node, so no holder keeps signing under the old group.
+    SetKeyPolicy {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// The wallet (root public key).
+        key_id: KeyId,
+        /// [`crate::policy::KeyPolicy::hash`] of the policy replaced.
+        prev: [u8; 32],
+        /// The new policy.
+        policy: crate::policy::KeyPolicy,
+        /// Approvals by the current group.
+        approvals: Vec<Approval>,
+    },
+    /// A wallet's current policy and its hash (what a [`Request::SetKeyPolicy`] names as
+    /// `prev`). Public facts, no approval needed.
+    GetKeyPolicy {
+        /// The wallet (root public key).
+        key_id: KeyId,
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -320,6 +344,8 @@ impl Request {
             | Request::ListPresignatures { .. }
             | Request::ApplyGovernance { .. }
             | Request::CreateGroupWallet { .. }
+            | Request::SetKeyPolicy { .. }
+            | Request::GetKeyPolicy { .. }
             | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }

@@ -174,4 +174,14 @@ pub enum Response {
         /// The pinned id.
         genesis_id: [u8; 32],
     },
+    /// A wallet's policy (now in force, after a [`Request::SetKeyPolicy`]), and its hash.
+    KeyPolicy {
+        /// The wallet.
+        key_id: KeyId,
+        /// Its policy ([`crate::policy::KeyPolicy::legacy`] for a wallet sealed before
+        /// policies existed).
+        policy: crate::policy::KeyPolicy,
+        /// [`crate::policy::KeyPolicy::hash`] of `policy`.
+        hash: [u8; 32],
+    },
 }
