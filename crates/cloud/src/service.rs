@@ -47,6 +47,7 @@ use custos_cloud_api::*;
 
 mod audits;
 mod child_keys;
+mod governance;
 mod lifecycle;
 mod threshold;
 mod wallets;
