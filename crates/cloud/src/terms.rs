@@ -543,4 +543,74 @@ mod tests {
         );
         assert_eq!(pinned.pinned_node(), Some("node2"));
     }
+
+    /// A governance request's entry is stored in the TEE's own encoding and read back
+    /// exactly; one that breaks the log's rules or sits at a position its kind cannot is
+    /// refused when read back.
+    #[test]
+    fn governance_terms_round_trip_and_are_checked() {
+        use custos_wire::governance::GovChange;
+        let revoke = Terms::Governance(GovTerms {
+            version: 4,
+            prev: [0xab; 32],
+            change: GovChange::Revoke {
+                admins: vec![[1; 32]],
+                devices: vec![[2; 32]],
+                reason: "compromised".into(),
+            },
+        });
+        let text = revoke.to_json();
+        assert!(text.starts_with("{\"kind\":\"governance\",\"version\":4,"), "{text}");
+        assert_eq!(Terms::from_json(&text, "dc1", 2).unwrap(), revoke);
+        assert_eq!(revoke.kind(), RequestKind::Governance);
+        assert_eq!(revoke.key_id(), None);
+        let meta = RequestMeta {
+            request_id: [1; 16],
+            expires_at: 9,
+        };
+        assert!(revoke.tee_request(meta, 2, vec![]).is_none());
+        // Not across clusters; not a genesis at version 4; not at version 0 either.
+        assert!(Terms::from_json(&text, THRESHOLD_SCOPE, 2).is_err());
+        let bad = |t: GovTerms| Terms::from_json(&Terms::Governance(t).to_json(), "dc1", 2);
+        let genesis = GovChange::Genesis {
+            governors: vec![[1; 32]],
+            quorum: 1,
+            members: vec![],
+            rules: vec![],
+        };
+        assert!(bad(GovTerms {
+            version: 4,
+            prev: [0; 32],
+            change: genesis
+        })
+        .is_err());
+        assert!(bad(GovTerms {
+            version: 0,
+            prev: [0; 32],
+            change: GovChange::SetGovernors {
+                governors: vec![[1; 32]],
+                quorum: 1
+            }
+        })
+        .is_err());
+        // Unsorted governors and a quorum above their number break the log's limits.
+        assert!(bad(GovTerms {
+            version: 3,
+            prev: [1; 32],
+            change: GovChange::SetGovernors {
+                governors: vec![[2; 32], [1; 32]],
+                quorum: 1
+            }
+        })
+        .is_err());
+        assert!(bad(GovTerms {
+            version: 3,
+            prev: [1; 32],
+            change: GovChange::SetGovernors {
+                governors: vec![[1; 32]],
+                quorum: 2
+            }
+        })
+        .is_err());
+    }
 }
