@@ -77,6 +77,7 @@ pub enum ClusterGovCommand {
     /// (nodes registered with the cluster's bridge). The governors approve it with
     /// `custos approve`.
     Genesis {
+        /// How to reach the cloud server.
         #[command(flatten)]
         api: ApiArgs,
         /// Cluster name.
@@ -94,11 +95,13 @@ pub enum ClusterGovCommand {
     },
     /// The members of a cluster, and proposals to admit or remove one.
     Members {
+        /// What to do with them.
         #[command(subcommand)]
         command: MembersCommand,
     },
     /// Propose new governors and their quorum (approved by the current governors).
     Governors {
+        /// How to reach the cloud server.
         #[command(flatten)]
         api: ApiArgs,
         /// Cluster name.
@@ -118,6 +121,7 @@ pub enum ClusterGovCommand {
 pub enum MembersCommand {
     /// List the governors, members and revoked keys, from the log a member's TEE signed.
     List {
+        /// How to reach the cloud server.
         #[command(flatten)]
         api: ApiArgs,
         /// Cluster name.
@@ -126,6 +130,7 @@ pub enum MembersCommand {
     },
     /// Propose admitting a node.
     Admit {
+        /// How to reach the cloud server.
         #[command(flatten)]
         api: ApiArgs,
         /// Cluster name.
@@ -142,6 +147,7 @@ pub enum MembersCommand {
     },
     /// Propose removing a member.
     Remove {
+        /// How to reach the cloud server.
         #[command(flatten)]
         api: ApiArgs,
         /// Cluster name.
@@ -162,6 +168,7 @@ pub enum AdminGovCommand {
     /// Propose revoking admin keys and/or device keys in a cluster (approved by its
     /// governors). A revoked admin's approvals are refused from then on.
     Revoke {
+        /// How to reach the cloud server.
         #[command(flatten)]
         api: ApiArgs,
         /// Cluster name.

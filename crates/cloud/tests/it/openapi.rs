@@ -76,7 +76,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         ("post", "/v1/clusters/{name}/genesis") => &["invalid_governance", "invalid_chain"],
         ("post", "/v1/clusters/{name}/members") => &["invalid_governance", "invalid_chain"],
         ("post", "/v1/clusters/{name}/revocations")
-        | ("post", "/v1/clusters/{name}/governors") => &["invalid_governance"],
+        | ("post", "/v1/clusters/{name}/governors")
+        | ("post", "/v1/clusters/{name}/members/{node}/remove") => &["invalid_governance"],
         _ => &[],
     }
 }

@@ -79,6 +79,8 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
             admins: vec![fp(&carol)],
             devices: vec![],
             reason: "laptop stolen".into(),
+            request_id: None,
+            expires_at: None,
         };
         let governors = GovernorsBody {
             governors: vec![fp(&alice), fp(&bob)],
