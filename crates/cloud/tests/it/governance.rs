@@ -79,14 +79,13 @@ async fn genesis_revocation_and_a_moved_head_through_the_api() {
         expires_at: None,
     };
     let widen = s.client.set_governors("dc1", &governors).await.unwrap();
-    let revoke = s
+    let narrow = s
         .client
-        .revoke(
+        .set_governors(
             "dc1",
-            &RevokeBody {
-                admins: vec![fp(&s, "bob")],
-                devices: vec![],
-                reason: "moved on".into(),
+            &GovernorsBody {
+                governors: vec![fp(&s, "alice"), fp(&s, "bob")],
+                quorum: 1,
                 request_id: None,
                 expires_at: None,
             },
@@ -94,12 +93,12 @@ async fn genesis_revocation_and_a_moved_head_through_the_api() {
         .await
         .unwrap();
     assert_eq!(widen.governance.as_ref().unwrap().version, 1);
-    assert_eq!(revoke.governance.as_ref().unwrap().version, 1);
+    assert_eq!(narrow.governance.as_ref().unwrap().version, 1);
     approve(&s, &widen, alice).await.unwrap();
     let done = approve(&s, &widen, bob).await.unwrap();
     assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
-    approve(&s, &revoke, alice).await.unwrap();
-    let late = approve(&s, &revoke, bob).await.unwrap();
+    approve(&s, &narrow, alice).await.unwrap();
+    let late = approve(&s, &narrow, bob).await.unwrap();
     assert_eq!(late.status, RequestStatus::Refused, "{late:?}");
     assert_eq!(late.error.unwrap().code, "governance_head_moved");
 
