@@ -61,6 +61,7 @@ pub struct AdmitBody {
     pub chain_pem: Option<String>,
     /// Format of attestation evidence (0 or absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 65535)]
     pub evidence_format: Option<u16>,
     /// Attestation evidence, hex (at most 16 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
