@@ -425,7 +425,11 @@ impl CloudClient {
     }
 
     /// `POST /v1/clusters/{name}/revocations`.
-    pub async fn revoke(&self, cluster: &str, body: &RevokeBody) -> Result<RequestView, ClientError> {
+    pub async fn revoke(
+        &self,
+        cluster: &str,
+        body: &RevokeBody,
+    ) -> Result<RequestView, ClientError> {
         self.post(
             &format!("/v1/clusters/{}/revocations", segment(cluster)?),
             body,
@@ -458,9 +462,15 @@ impl CloudClient {
         cluster: &str,
         since: Option<u64>,
     ) -> Result<GovernanceLogView, ClientError> {
-        let q: Vec<(&str, String)> = since.map(|s| ("since", s.to_string())).into_iter().collect();
-        self.get(&format!("/v1/clusters/{}/governance", segment(cluster)?), &q)
-            .await
+        let q: Vec<(&str, String)> = since
+            .map(|s| ("since", s.to_string()))
+            .into_iter()
+            .collect();
+        self.get(
+            &format!("/v1/clusters/{}/governance", segment(cluster)?),
+            &q,
+        )
+        .await
     }
 
     /// `GET /openapi.json`.

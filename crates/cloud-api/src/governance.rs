@@ -113,10 +113,7 @@ pub fn parse_change(view: &GovChangeView) -> Result<GovChange, String> {
         } => GovChange::Genesis {
             governors: fps(governors)?,
             quorum: *quorum,
-            members: members
-                .iter()
-                .map(parse_member)
-                .collect::<Result<_, _>>()?,
+            members: members.iter().map(parse_member).collect::<Result<_, _>>()?,
             rules: Vec::new(),
         },
         GovChangeView::Admit { member } => GovChange::Admit {
@@ -147,7 +144,11 @@ pub fn parse_change(view: &GovChangeView) -> Result<GovChange, String> {
 
 /// The version, prev hash and change the terms show.
 pub fn parse_terms(t: &GovernanceTerms) -> Result<(u64, [u8; 32], GovChange), String> {
-    Ok((t.version, parse_fingerprint(&t.prev)?, parse_change(&t.change)?))
+    Ok((
+        t.version,
+        parse_fingerprint(&t.prev)?,
+        parse_change(&t.change)?,
+    ))
 }
 
 /// A short fingerprint for people: its first 8 hex characters and an ellipsis.

@@ -560,7 +560,10 @@ mod tests {
             },
         });
         let text = revoke.to_json();
-        assert!(text.starts_with("{\"kind\":\"governance\",\"version\":4,"), "{text}");
+        assert!(
+            text.starts_with("{\"kind\":\"governance\",\"version\":4,"),
+            "{text}"
+        );
         assert_eq!(Terms::from_json(&text, "dc1", 2).unwrap(), revoke);
         assert_eq!(revoke.kind(), RequestKind::Governance);
         assert_eq!(revoke.key_id(), None);

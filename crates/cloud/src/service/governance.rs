@@ -583,7 +583,11 @@ impl Cloud {
             cluster: row.cluster.clone(),
             entries: vec![entry],
         });
-        match self.clusters.tee_call(&row.cluster, id, &request, None).await {
+        match self
+            .clusters
+            .tee_call(&row.cluster, id, &request, None)
+            .await
+        {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(Response::Governance(v)),
@@ -659,9 +663,7 @@ impl Cloud {
                         admitted_at: m.record.admitted_at,
                         evidence_format: m.record.evidence.format,
                         serving: status.as_ref().map(|_| node.is_some_and(|n| n.healthy)),
-                        cert_not_after: node
-                            .map(|n| n.cert_not_after)
-                            .filter(|t| *t != 0),
+                        cert_not_after: node.map(|n| n.cert_not_after).filter(|t| *t != 0),
                     }
                 })
                 .collect(),
@@ -738,7 +740,10 @@ fn precheck(state: &GovState, change: &GovChange) -> Result<(), ApiError> {
                 return invalid(format!("device key {} is revoked", hex::encode(fp)));
             }
             if state.members.contains_key(&fp) {
-                return invalid(format!("device key {} is a member already", hex::encode(fp)));
+                return invalid(format!(
+                    "device key {} is a member already",
+                    hex::encode(fp)
+                ));
             }
             if state.members.values().any(|m| m.record.node == member.node) {
                 return invalid(format!("a member is named {:?} already", member.node));

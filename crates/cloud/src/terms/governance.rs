@@ -5,8 +5,8 @@
 //! postcard encoding of the wire GovChange>"}`: the TEE's own encoding of the change, so what
 //! is read back is byte for byte what the admins approved.
 
-use custos_wire::governance::{GovChange, GovEntry};
 use custos_wire::approval::Approval;
+use custos_wire::governance::{GovChange, GovEntry};
 use custos_wire::protocol::RequestMeta;
 use serde::{Deserialize, Serialize};
 

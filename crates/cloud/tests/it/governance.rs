@@ -41,7 +41,11 @@ async fn genesis_revocation_and_a_moved_head_through_the_api() {
     genesis.members = vec!["node1".into()];
     genesis.quorum = 3;
     let e = s.client.propose_genesis("dc1", &genesis).await.unwrap_err();
-    assert_eq!(code(e), "invalid_governance", "a quorum above the governors");
+    assert_eq!(
+        code(e),
+        "invalid_governance",
+        "a quorum above the governors"
+    );
     genesis.quorum = 2;
 
     let view = s.client.propose_genesis("dc1", &genesis).await.unwrap();
@@ -133,7 +137,10 @@ async fn genesis_revocation_and_a_moved_head_through_the_api() {
         )
         .await
         .unwrap();
-    assert_eq!(approve(&s, &next, carol).await.unwrap_err(), "admin_revoked");
+    assert_eq!(
+        approve(&s, &next, carol).await.unwrap_err(),
+        "admin_revoked"
+    );
     let log = s.client.governance_log("dc1", None).await.unwrap();
     assert_eq!(log.version, 2);
     assert_eq!(log.entries.len(), 3);

@@ -56,8 +56,7 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
             .push(ApiTokenConfig::new("reader", reader_hash, &[Scope::Read]))
     })
     .unwrap();
-    let [alice, bob, carol, dave] =
-        ["alice", "bob", "carol", "dave"].map(|n| d.admin(n).unwrap());
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|n| d.admin(n).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = d.client().unwrap();
@@ -272,6 +271,9 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
         .await
         .unwrap();
         let out = String::from_utf8(out).unwrap();
-        assert!(out.contains("log version 1") && out.contains(&fp(&carol)), "{out}");
+        assert!(
+            out.contains("log version 1") && out.contains(&fp(&carol)),
+            "{out}"
+        );
     });
 }
