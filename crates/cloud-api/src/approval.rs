@@ -19,6 +19,12 @@ pub fn parse_digest(s: &str) -> Result<[u8; 32], String> {
     parse_hex_array(s, "digest")
 }
 
+/// Parses a key fingerprint: 32 bytes of hex (SHA-256 of a certified key's
+/// SubjectPublicKeyInfo, or a log hash).
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    parse_hex_array(s, "fingerprint")
+}
+
 /// Parses a root id: 33 bytes of hex, a compressed public key prefix (02/03).
 pub fn parse_root_id(s: &str) -> Result<KeyId, String> {
     parse_compressed(s, "root id")
@@ -117,6 +123,19 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
                 clusters: view.clusters.as_deref().ok_or("request has no clusters")?,
             }
             .message(THRESHOLD_SCOPE, &meta)
+        }
+        RequestKind::Governance => {
+            let terms = view
+                .governance
+                .as_ref()
+                .ok_or("request has no governance terms")?;
+            let (version, prev, change) = crate::governance::parse_terms(terms)?;
+            Action::Governance {
+                version,
+                prev: &prev,
+                change: &change,
+            }
+            .message(&view.cluster, &meta)
         }
     })
 }

@@ -386,6 +386,93 @@ impl CloudClient {
         .await
     }
 
+    /// `POST /v1/clusters/{name}/genesis`.
+    pub async fn propose_genesis(
+        &self,
+        cluster: &str,
+        body: &GenesisBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post(&format!("/v1/clusters/{}/genesis", segment(cluster)?), body)
+            .await
+    }
+
+    /// `POST /v1/clusters/{name}/members`.
+    pub async fn admit_member(
+        &self,
+        cluster: &str,
+        body: &AdmitBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post(&format!("/v1/clusters/{}/members", segment(cluster)?), body)
+            .await
+    }
+
+    /// `POST /v1/clusters/{name}/members/{node}/remove`.
+    pub async fn remove_member(
+        &self,
+        cluster: &str,
+        node: &str,
+        body: &RemoveMemberBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!(
+                "/v1/clusters/{}/members/{}/remove",
+                segment(cluster)?,
+                segment(node)?
+            ),
+            body,
+        )
+        .await
+    }
+
+    /// `POST /v1/clusters/{name}/revocations`.
+    pub async fn revoke(
+        &self,
+        cluster: &str,
+        body: &RevokeBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!("/v1/clusters/{}/revocations", segment(cluster)?),
+            body,
+        )
+        .await
+    }
+
+    /// `POST /v1/clusters/{name}/governors`.
+    pub async fn set_governors(
+        &self,
+        cluster: &str,
+        body: &GovernorsBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!("/v1/clusters/{}/governors", segment(cluster)?),
+            body,
+        )
+        .await
+    }
+
+    /// `GET /v1/clusters/{name}/members`.
+    pub async fn members(&self, cluster: &str) -> Result<MembersView, ClientError> {
+        self.get(&format!("/v1/clusters/{}/members", segment(cluster)?), &[])
+            .await
+    }
+
+    /// `GET /v1/clusters/{name}/governance`.
+    pub async fn governance_log(
+        &self,
+        cluster: &str,
+        since: Option<u64>,
+    ) -> Result<GovernanceLogView, ClientError> {
+        let q: Vec<(&str, String)> = since
+            .map(|s| ("since", s.to_string()))
+            .into_iter()
+            .collect();
+        self.get(
+            &format!("/v1/clusters/{}/governance", segment(cluster)?),
+            &q,
+        )
+        .await
+    }
+
     /// `GET /openapi.json`.
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/openapi.json", &[]).await

@@ -100,11 +100,27 @@ pub enum ErrorCode {
     ScopeMissing,
     /// The token is over its rate limit (`Retry-After` tells when to try again).
     RateLimited,
+    /// A key fingerprint is not 32 bytes (64 characters) of hex.
+    InvalidFingerprint,
+    /// The proposed governance entry breaks a rule of the log (quorum outside 1..=governors, an empty revocation, a reason over 1024 bytes, a list over its limit, a member or governor that cannot be named, a revoked governor).
+    InvalidGovernance,
+    /// The device chain is not PEM of a device certificate of this cluster for the named node, or the bridge has none for it.
+    InvalidChain,
+    /// No current member of the cluster has this name.
+    UnknownMember,
+    /// The cluster already has a governance log.
+    AlreadyGoverned,
+    /// The cluster has no governance log yet (propose its genesis first).
+    NotGoverned,
+    /// The approving admin is not a current governor of the cluster.
+    ApproverNotAGovernor,
+    /// The approving admin's key is revoked in the cluster's governance log.
+    AdminRevoked,
 }
 
 impl ErrorCode {
     /// Every code, in the order the API description lists them.
-    pub const ALL: [ErrorCode; 45] = [
+    pub const ALL: [ErrorCode; 53] = [
         ErrorCode::Unauthorized,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -150,6 +166,14 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::ScopeMissing,
         ErrorCode::RateLimited,
+        ErrorCode::InvalidFingerprint,
+        ErrorCode::InvalidGovernance,
+        ErrorCode::InvalidChain,
+        ErrorCode::UnknownMember,
+        ErrorCode::AlreadyGoverned,
+        ErrorCode::NotGoverned,
+        ErrorCode::ApproverNotAGovernor,
+        ErrorCode::AdminRevoked,
     ];
 
     /// The snake_case name written in error bodies.
@@ -200,6 +224,14 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::ScopeMissing => "scope_missing",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidFingerprint => "invalid_fingerprint",
+            ErrorCode::InvalidGovernance => "invalid_governance",
+            ErrorCode::InvalidChain => "invalid_chain",
+            ErrorCode::UnknownMember => "unknown_member",
+            ErrorCode::AlreadyGoverned => "already_governed",
+            ErrorCode::NotGoverned => "not_governed",
+            ErrorCode::ApproverNotAGovernor => "approver_not_a_governor",
+            ErrorCode::AdminRevoked => "admin_revoked",
         }
     }
 
@@ -251,6 +283,14 @@ impl ErrorCode {
             ErrorCode::Internal => "server-side failure (logged)",
             ErrorCode::ScopeMissing => "the token lacks the scope the route needs (named in the message)",
             ErrorCode::RateLimited => "the token is over its rate limit; retry after `Retry-After` seconds",
+            ErrorCode::InvalidFingerprint => "a key fingerprint is not 32 bytes (64 characters) of hex",
+            ErrorCode::InvalidGovernance => "the proposed governance entry breaks a rule of the log (quorum outside 1..=governors, an empty revocation, a reason over 1024 bytes, a list over its limit, a member or governor that cannot be named, a revoked governor)",
+            ErrorCode::InvalidChain => "the device chain is not PEM of a device certificate of this cluster for the named node, or the bridge has none for it",
+            ErrorCode::UnknownMember => "no current member of the cluster has this name",
+            ErrorCode::AlreadyGoverned => "the cluster already has a governance log",
+            ErrorCode::NotGoverned => "the cluster has no governance log yet (propose its genesis first)",
+            ErrorCode::ApproverNotAGovernor => "the approving admin is not a current governor of the cluster",
+            ErrorCode::AdminRevoked => "the approving admin's key is revoked in the cluster's governance log",
         }
     }
 
@@ -308,6 +348,16 @@ pub const REQUEST_ERROR_CODES: &[(&str, &str)] = &[
     (
         "unknown_threshold_key",
         "the threshold key is not recorded (any more)",
+    ),
+    (
+        "governance_head_moved",
+        "the cluster's governance log moved on after the request was made (another entry \
+         took its version): the approved entry can never apply; propose it again",
+    ),
+    (
+        "governance_rejected",
+        "the cluster's governance log does not verify, or the approved entry does not extend \
+         it (the message says which rule)",
     ),
 ];
 
@@ -385,10 +435,18 @@ mod tests {
                 ErrorCode::Internal => 42,
                 ErrorCode::ScopeMissing => 43,
                 ErrorCode::RateLimited => 44,
+                ErrorCode::InvalidFingerprint => 45,
+                ErrorCode::InvalidGovernance => 46,
+                ErrorCode::InvalidChain => 47,
+                ErrorCode::UnknownMember => 48,
+                ErrorCode::AlreadyGoverned => 49,
+                ErrorCode::NotGoverned => 50,
+                ErrorCode::ApproverNotAGovernor => 51,
+                ErrorCode::AdminRevoked => 52,
             }
         }
         // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
-        const ARMS: usize = 45;
+        const ARMS: usize = 53;
         assert_eq!(ErrorCode::ALL.len(), ARMS);
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

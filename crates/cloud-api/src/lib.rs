@@ -8,12 +8,14 @@
 //!   TEE's own encoder (an approver never trusts the server's bytes), and the parsers of the
 //!   ids the API writes in hex;
 //! * [`path`]: BIP-32 paths as the API writes them and public derivation from an xpub;
+//! * [`governance`]: governance log entries between their wire form and the API's views;
 //! * [`review`]: what an approver checks and reads before signing;
 //! * [`client`]: a typed client of every route.
 
 pub mod approval;
 pub mod client;
 mod errors;
+pub mod governance;
 pub mod path;
 pub mod review;
 pub mod scope;

@@ -81,8 +81,19 @@ pub fn describe(view: &RequestView) -> String {
             RequestKind::CreateThresholdKey => {
                 "create a threshold key by distributed key generation"
             }
+            RequestKind::Governance => "change the cluster's governance log",
         },
     );
+    if let Some(t) = &view.governance {
+        line(
+            &mut s,
+            "change",
+            &crate::governance::describe_terms(&view.cluster, t),
+        );
+        line(&mut s, "log version", &t.version.to_string());
+        line(&mut s, "after entry", &t.prev);
+        describe_change_fields(&mut s, &t.change);
+    }
     if view.kind == RequestKind::ThresholdSign {
         line(
             &mut s,
@@ -163,6 +174,54 @@ pub fn describe(view: &RequestView) -> String {
     line(&mut s, "expires", &expiry_text(view.expires_at));
     line(&mut s, "requested", &view.created_by);
     s
+}
+
+/// Every field of a governance change, in full (fingerprints unshortened), so that an
+/// approver can compare them with what the operator announced.
+fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
+    use crate::GovChangeView as C;
+    let mut line = |k: &str, v: &str| s.push_str(&format!("  {k:<14}{v}\n"));
+    let member = |line: &mut dyn FnMut(&str, &str), m: &crate::MemberRecordView| {
+        line(
+            "member",
+            &format!(
+                "{} key {} admitted at {} evidence format {}",
+                m.node, m.key_fingerprint, m.admitted_at, m.evidence_format
+            ),
+        );
+    };
+    match change {
+        C::Genesis {
+            governors,
+            quorum,
+            members,
+        } => {
+            governors.iter().for_each(|g| line("governor", g));
+            line("gov. quorum", &quorum.to_string());
+            members.iter().for_each(|m| member(&mut line, m));
+        }
+        C::Admit { member: m } => member(&mut line, m),
+        C::Remove {
+            key_fingerprint,
+            reason,
+        } => {
+            line("removed key", key_fingerprint);
+            line("reason", reason);
+        }
+        C::Revoke {
+            admins,
+            devices,
+            reason,
+        } => {
+            admins.iter().for_each(|a| line("revoked admin", a));
+            devices.iter().for_each(|d| line("revoked dev.", d));
+            line("reason", reason);
+        }
+        C::SetGovernors { governors, quorum } => {
+            governors.iter().for_each(|g| line("governor", g));
+            line("gov. quorum", &quorum.to_string());
+        }
+    }
 }
 
 /// Lists the requests waiting for approval, one line each.

@@ -7,10 +7,12 @@ use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 mod clusters;
+mod governance;
 mod schema;
 mod threshold;
 
 pub use clusters::*;
+pub use governance::*;
 pub use threshold::*;
 
 /// A compressed secp256k1 public key: a wallet's root id or a threshold key's id.
@@ -33,6 +35,9 @@ pub enum RequestKind {
     ThresholdSign,
     /// Create a threshold key by distributed key generation between its clusters' TEEs.
     CreateThresholdKey,
+    /// Append an entry to a cluster's governance log (genesis, admit, remove, revoke, set
+    /// governors), approved by its governors.
+    Governance,
 }
 
 impl RequestKind {
@@ -45,17 +50,19 @@ impl RequestKind {
             RequestKind::ImportThresholdKey => "import_threshold_key",
             RequestKind::ThresholdSign => "threshold_sign",
             RequestKind::CreateThresholdKey => "create_threshold_key",
+            RequestKind::Governance => "governance",
         }
     }
 
     /// Every kind.
-    pub const ALL: [RequestKind; 6] = [
+    pub const ALL: [RequestKind; 7] = [
         Self::CreateWallet,
         Self::ImportWallet,
         Self::Sign,
         Self::ImportThresholdKey,
         Self::ThresholdSign,
         Self::CreateThresholdKey,
+        Self::Governance,
     ];
 
     /// Whether the request concerns a threshold key.
@@ -351,6 +358,8 @@ pub enum RequestResult {
     ThresholdShare(ThresholdShareResult),
     /// Of a `create_threshold_key` request.
     ThresholdKey(ThresholdKeyResult),
+    /// Of a `governance` request.
+    Governance(GovernanceResult),
 }
 
 /// Why a request was refused or failed.
@@ -399,6 +408,9 @@ pub struct RequestView {
     /// Threshold signing of a full message: the message, hex (`digest` is its SHA-256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Governance: the log entry approvers sign, every field of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<GovernanceTerms>,
     /// Distinct admin approvals required.
     pub quorum: u8,
     /// Approvals so far (distinct admins).

@@ -20,6 +20,7 @@ use crate::error::{ApiError, ErrorCode};
 
 mod doc;
 mod errors;
+mod governance;
 use crate::service::{Cloud, RequestOutcome};
 use custos_cloud_api::*;
 use doc::ApiDoc;
@@ -539,9 +540,9 @@ async fn get_request(
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_request", body = ApiErrorBody),
-        (status = 409, description = "duplicate_approval, not_pending, request_expired, conflict", body = ApiErrorBody),
-        (status = 422, description = "approval_invalid", body = ApiErrorBody),
-        (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
+        (status = 409, description = "duplicate_approval, not_pending, request_expired, conflict, not_governed", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid, approver_not_a_governor, admin_revoked (governance requests: the approver must be a current, unrevoked governor)", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
         (status = 503, description = "cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
     )
 )]
@@ -700,6 +701,7 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
         .routes(routes!(get_threshold_key))
         .routes(routes!(run_threshold_audit, latest_threshold_audit))
         .routes(routes!(make_presignatures, list_presignatures))
+        .merge(governance::routes())
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(create_threshold_sign))

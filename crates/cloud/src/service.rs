@@ -47,6 +47,7 @@ use custos_cloud_api::*;
 
 mod audits;
 mod child_keys;
+mod governance;
 mod lifecycle;
 mod threshold;
 mod wallets;
@@ -596,6 +597,22 @@ mod tests {
                 hd: true,
                 clusters: vec!["dc1".into(), "dc2".into()],
             },
+            Terms::Governance(crate::terms::GovTerms {
+                version: 2,
+                prev: [4; 32],
+                change: custos_wire::governance::GovChange::SetGovernors {
+                    governors: vec![[1; 32], [2; 32], [3; 32]],
+                    quorum: 2,
+                },
+            }),
+            Terms::Governance(crate::terms::GovTerms {
+                version: 5,
+                prev: [6; 32],
+                change: custos_wire::governance::GovChange::Remove {
+                    key_fingerprint: [7; 32],
+                    reason: "decommissioned".into(),
+                },
+            }),
         ];
         for terms in all {
             let kind = terms.kind();

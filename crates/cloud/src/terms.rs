@@ -14,6 +14,7 @@
 //! | `import_threshold_key` | `node`, `bundle` (postcard of the dealer bundle) |
 //! | `threshold_sign` | `key_id` (33 bytes), `path`, `digest` (32 bytes), `message` (bytes or null), `clusters` (names or null) |
 //! | `create_threshold_key` | `threshold`, `hd`, `clusters` (names, share i to the i-th) |
+//! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::import::SealedImport;
@@ -24,6 +25,9 @@ use sha2::{Digest, Sha256};
 use custos_cloud_api::path::parse_path;
 pub use custos_cloud_api::KeyId;
 use custos_cloud_api::{RequestKind, RequestView};
+
+pub mod governance;
+pub use governance::GovTerms;
 
 /// The terms of one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +100,8 @@ pub enum Terms {
         /// Cluster of each share, by share index.
         clusters: Vec<String>,
     },
+    /// Append an entry to the request's cluster's governance log.
+    Governance(GovTerms),
 }
 
 impl Terms {
@@ -108,6 +114,7 @@ impl Terms {
             Terms::ImportThresholdKey { .. } => RequestKind::ImportThresholdKey,
             Terms::ThresholdSign { .. } => RequestKind::ThresholdSign,
             Terms::CreateThresholdKey { .. } => RequestKind::CreateThresholdKey,
+            Terms::Governance(_) => RequestKind::Governance,
         }
     }
 
@@ -118,6 +125,7 @@ impl Terms {
             Terms::ThresholdSign { key_id, .. } => Some(key_id),
             Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
             Terms::CreateWallet { .. } | Terms::CreateThresholdKey { .. } => None,
+            Terms::Governance(_) => None,
         }
     }
 
@@ -172,11 +180,17 @@ impl Terms {
                 hd: *hd,
                 clusters,
             },
+            Terms::Governance(g) => Action::Governance {
+                version: g.version,
+                prev: &g.prev,
+                change: &g.change,
+            },
         }
     }
 
     /// The TEE request that executes these terms (`None` for the threshold kinds, which
-    /// run as sessions across clusters).
+    /// run as sessions across clusters, and for governance, whose entry goes to every
+    /// member through the bridge).
     pub fn tee_request(
         &self,
         meta: RequestMeta,
@@ -215,6 +229,7 @@ impl Terms {
                 approvals,
             },
             Terms::ThresholdSign { .. } | Terms::CreateThresholdKey { .. } => return None,
+            Terms::Governance(_) => return None,
         })
     }
 
@@ -282,6 +297,7 @@ impl Terms {
                 clusters,
                 ..
             } => custos_wire::threshold::check_key_facts(*threshold, clusters, quorum),
+            Terms::Governance(g) => g.check(),
         }
     }
 
@@ -332,6 +348,13 @@ impl Terms {
                 if *hd { "with" } else { "without" },
                 clusters.join(", ")
             ),
+            Terms::Governance(g) => format!(
+                "{} (approved by {quorum} governors)",
+                custos_cloud_api::governance::describe_terms(
+                    cluster,
+                    &custos_cloud_api::governance::terms_view(g.version, &g.prev, &g.change)
+                )
+            ),
         }
     }
 
@@ -370,6 +393,11 @@ impl Terms {
                 view.hd = Some(*hd);
                 view.clusters = Some(clusters.clone());
             }
+            Terms::Governance(g) => {
+                view.governance = Some(custos_cloud_api::governance::terms_view(
+                    g.version, &g.prev, &g.change,
+                ));
+            }
         }
     }
 
@@ -387,7 +415,7 @@ impl Terms {
 }
 
 /// Byte strings as lower-case hex.
-mod hex_bytes {
+pub(crate) mod hex_bytes {
     use super::*;
 
     pub fn serialize<S: Serializer, T: AsRef<[u8]>>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -437,7 +465,7 @@ mod path_text {
 
 /// Wire structures as hex of their postcard encoding (the TEE's own format), at most
 /// [`crate::service::MAX_BUNDLE`] bytes and without trailing bytes.
-mod postcard_hex {
+pub(crate) mod postcard_hex {
     use super::*;
     use serde::de::DeserializeOwned;
 
@@ -514,5 +542,78 @@ mod tests {
             pinned
         );
         assert_eq!(pinned.pinned_node(), Some("node2"));
+    }
+
+    /// A governance request's entry is stored in the TEE's own encoding and read back
+    /// exactly; one that breaks the log's rules or sits at a position its kind cannot is
+    /// refused when read back.
+    #[test]
+    fn governance_terms_round_trip_and_are_checked() {
+        use custos_wire::governance::GovChange;
+        let revoke = Terms::Governance(GovTerms {
+            version: 4,
+            prev: [0xab; 32],
+            change: GovChange::Revoke {
+                admins: vec![[1; 32]],
+                devices: vec![[2; 32]],
+                reason: "compromised".into(),
+            },
+        });
+        let text = revoke.to_json();
+        assert!(
+            text.starts_with("{\"kind\":\"governance\",\"version\":4,"),
+            "{text}"
+        );
+        assert_eq!(Terms::from_json(&text, "dc1", 2).unwrap(), revoke);
+        assert_eq!(revoke.kind(), RequestKind::Governance);
+        assert_eq!(revoke.key_id(), None);
+        let meta = RequestMeta {
+            request_id: [1; 16],
+            expires_at: 9,
+        };
+        assert!(revoke.tee_request(meta, 2, vec![]).is_none());
+        // Not across clusters; not a genesis at version 4; not at version 0 either.
+        assert!(Terms::from_json(&text, THRESHOLD_SCOPE, 2).is_err());
+        let bad = |t: GovTerms| Terms::from_json(&Terms::Governance(t).to_json(), "dc1", 2);
+        let genesis = GovChange::Genesis {
+            governors: vec![[1; 32]],
+            quorum: 1,
+            members: vec![],
+            rules: vec![],
+        };
+        assert!(bad(GovTerms {
+            version: 4,
+            prev: [0; 32],
+            change: genesis
+        })
+        .is_err());
+        assert!(bad(GovTerms {
+            version: 0,
+            prev: [0; 32],
+            change: GovChange::SetGovernors {
+                governors: vec![[1; 32]],
+                quorum: 1
+            }
+        })
+        .is_err());
+        // Unsorted governors and a quorum above their number break the log's limits.
+        assert!(bad(GovTerms {
+            version: 3,
+            prev: [1; 32],
+            change: GovChange::SetGovernors {
+                governors: vec![[2; 32], [1; 32]],
+                quorum: 1
+            }
+        })
+        .is_err());
+        assert!(bad(GovTerms {
+            version: 3,
+            prev: [1; 32],
+            change: GovChange::SetGovernors {
+                governors: vec![[1; 32]],
+                quorum: 2
+            }
+        })
+        .is_err());
     }
 }

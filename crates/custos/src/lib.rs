@@ -6,6 +6,7 @@ pub mod approve;
 pub mod cluster;
 pub mod dealer;
 pub mod deployment;
+pub mod governance;
 pub mod ops;
 pub mod pkcs11;
 pub mod renewal;

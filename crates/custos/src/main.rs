@@ -38,7 +38,7 @@ enum Command {
     /// An admin's own key (made on the admin's side; the PKI sees only its CSR).
     Admin {
         #[command(subcommand)]
-        command: custos::admin::AdminCommand,
+        command: AdminCli,
     },
     /// TEE core process (software backend) and its tooling.
     Tee {
@@ -142,6 +142,15 @@ enum Command {
     },
 }
 
+/// `custos admin …`: the admin's own key, and the governance commands that name admins.
+#[derive(Subcommand)]
+enum AdminCli {
+    #[command(flatten)]
+    Key(custos::admin::AdminCommand),
+    #[command(flatten)]
+    Governance(custos::governance::AdminGovCommand),
+}
+
 #[derive(Subcommand)]
 enum NodeCommand {
     /// Run a vault node server.
@@ -234,6 +243,8 @@ enum ClusterCommand {
         #[arg(long)]
         db_url: Option<String>,
     },
+    #[command(flatten)]
+    Governance(custos::governance::ClusterGovCommand),
 }
 
 #[derive(Subcommand)]
@@ -449,6 +460,16 @@ enum TeeCommand {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Write the node's device chain (device certificate, Cluster CA, Device CA; PEM), read
+    /// at its TEE socket: what `custos cluster members admit --chain` takes.
+    Chain {
+        /// Socket of the TEE process.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Output file; stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -531,7 +552,15 @@ fn run_dealer(
 fn run(cli: Cli) -> Result<(), AnyError> {
     match cli.command {
         Command::Pki { dir, command } => run_pki(PkiDir::new(dir), command),
-        Command::Admin { command } => Ok(custos::admin::run(command)?),
+        Command::Admin {
+            command: AdminCli::Key(command),
+        } => Ok(custos::admin::run(command)?),
+        Command::Admin {
+            command: AdminCli::Governance(command),
+        } => Ok(runtime()?.block_on(custos::governance::run_admin(
+            command,
+            &mut std::io::stdout(),
+        ))?),
         Command::Tee { command } => run_tee(command),
         Command::Demo {
             dir,
@@ -598,6 +627,12 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                     db_url,
                 },
         } => cluster_up(nodes, &name, &dir, db_url),
+        Command::Cluster {
+            command: ClusterCommand::Governance(command),
+        } => Ok(runtime()?.block_on(custos::governance::run_cluster(
+            command,
+            &mut std::io::stdout(),
+        ))?),
         Command::Db {
             command: DbCommand::Verify { url },
         } => {
@@ -958,6 +993,21 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             let mut client = custos_wire::client::TeeClient::connect(&socket)?;
             let status = client.call(&custos_wire::protocol::Request::Status)?;
             println!("{status:#?}");
+        }
+        TeeCommand::Chain { socket, out } => {
+            let mut client = custos_wire::client::TeeClient::connect(&socket)?;
+            let chain = match client.call(&custos_wire::protocol::Request::DeviceChain)? {
+                custos_wire::protocol::Response::DeviceChain(c) => c,
+                other => return Err(format!("unexpected answer to DeviceChain: {other:?}").into()),
+            };
+            let pem: String = [&chain.device, &chain.cluster_ca, &chain.device_ca]
+                .iter()
+                .map(|der| custos_pki::der_to_pem(der, "CERTIFICATE"))
+                .collect();
+            match out {
+                Some(path) => std::fs::write(&path, pem)?,
+                None => print!("{pem}"),
+            }
         }
     }
     Ok(())

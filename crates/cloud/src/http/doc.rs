@@ -23,6 +23,7 @@ use custos_cloud_api::{ApiErrorBody, ApiErrorDetail, REQUEST_ERROR_CODES};
         (name = "wallets", description = "Wallets (BIP-32 root keys held by a cluster's TEEs)"),
         (name = "requests", description = "Requests, their admin approvals and lifecycle"),
         (name = "clusters", description = "Clusters, their status and key audits"),
+        (name = "governance", description = "Cluster governance: members, governors and revocations, each change a request the governors approve (issue 12)"),
         (name = "threshold", description = "Threshold keys (t-of-n over clusters): distributed key generation, share imports and signing sessions"),
         (name = "meta", description = "This description"),
     )

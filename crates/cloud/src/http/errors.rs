@@ -56,6 +56,14 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Internal => 500,
         ErrorCode::ScopeMissing => 403,
         ErrorCode::RateLimited => 429,
+        ErrorCode::InvalidFingerprint => 400,
+        ErrorCode::InvalidGovernance => 400,
+        ErrorCode::InvalidChain => 400,
+        ErrorCode::UnknownMember => 404,
+        ErrorCode::AlreadyGoverned => 409,
+        ErrorCode::NotGoverned => 409,
+        ErrorCode::ApproverNotAGovernor => 422,
+        ErrorCode::AdminRevoked => 422,
     };
     StatusCode::from_u16(status).expect("a valid HTTP status")
 }
@@ -80,7 +88,7 @@ mod tests {
     /// The published statuses, pinned: changing one is an API change and must show here.
     #[test]
     fn statuses_are_the_published_ones() {
-        let published: [(ErrorCode, u16); 45] = [
+        let published: [(ErrorCode, u16); 53] = [
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::MalformedJson, 400),
             (ErrorCode::UnsupportedMediaType, 415),
@@ -126,6 +134,14 @@ mod tests {
             (ErrorCode::Internal, 500),
             (ErrorCode::ScopeMissing, 403),
             (ErrorCode::RateLimited, 429),
+            (ErrorCode::InvalidFingerprint, 400),
+            (ErrorCode::InvalidGovernance, 400),
+            (ErrorCode::InvalidChain, 400),
+            (ErrorCode::UnknownMember, 404),
+            (ErrorCode::AlreadyGoverned, 409),
+            (ErrorCode::NotGoverned, 409),
+            (ErrorCode::ApproverNotAGovernor, 422),
+            (ErrorCode::AdminRevoked, 422),
         ];
         assert_eq!(published.len(), ErrorCode::ALL.len());
         for (code, status) in published {

@@ -308,6 +308,8 @@ impl Cloud {
             }
             let message = message_of(&row);
             let approval = self.verify_approval(&body, &message)?;
+            // Governance: only a current, unrevoked governor counts (refused early, by name).
+            self.check_governor(&row, &approval).await?;
             if row.approvals.iter().any(|a| a.same_admin(&approval)) {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateApproval,
@@ -590,6 +592,7 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         path: None,
         digest: None,
         message: None,
+        governance: None,
         quorum: row.quorum,
         approvals: row
             .approvals

@@ -171,6 +171,7 @@ impl Cloud {
         match row.kind() {
             RequestKind::ThresholdSign => return self.execute_threshold(row).await,
             RequestKind::CreateThresholdKey => return self.execute_keygen(row).await,
+            RequestKind::Governance => return self.execute_governance(row).await,
             _ => {}
         }
         let request = match tee_request(&row) {

@@ -124,6 +124,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/threshold/sign"),
     ("post", "/v1/threshold/keys/{key_id}/presignatures"),
     ("get", "/v1/threshold/keys/{key_id}/presignatures"),
+    ("post", "/v1/clusters/{name}/genesis"),
+    ("post", "/v1/clusters/{name}/members"),
+    ("get", "/v1/clusters/{name}/members"),
+    ("post", "/v1/clusters/{name}/members/{node}/remove"),
+    ("post", "/v1/clusters/{name}/revocations"),
+    ("post", "/v1/clusters/{name}/governors"),
+    ("get", "/v1/clusters/{name}/governance"),
     ("get", "/openapi.json"),
     ("get", "/.well-known/openapi.json"),
 ];

@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod dkg;
+mod governance;
 mod openapi;
 mod scripted;
 mod service;

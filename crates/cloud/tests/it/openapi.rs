@@ -41,6 +41,11 @@ const STATE_CODES: &[&str] = &[
     "bundle_recipient_unknown",
     "approval_invalid",
     "invalid_expiry",
+    "already_governed",
+    "not_governed",
+    "unknown_member",
+    "approver_not_a_governor",
+    "admin_revoked",
 ];
 
 /// Rules no JSON Schema can state, written in the route's text instead: contents checked
@@ -66,6 +71,13 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         ("post", "/v1/threshold/keys/{key_id}/presignatures") => &["invalid_clusters"],
         // start needs count; start + count at most 2^31.
         ("get", "/v1/wallets/{root_id}/derive") => &["invalid_range"],
+        // Governance: the log's own rules (quorum at most the governors, a revocation names
+        // a key, ...), and members named by nodes the bridge knows, with verifying chains.
+        ("post", "/v1/clusters/{name}/genesis") => &["invalid_governance", "invalid_chain"],
+        ("post", "/v1/clusters/{name}/members") => &["invalid_governance", "invalid_chain"],
+        ("post", "/v1/clusters/{name}/revocations")
+        | ("post", "/v1/clusters/{name}/governors")
+        | ("post", "/v1/clusters/{name}/members/{node}/remove") => &["invalid_governance"],
         _ => &[],
     }
 }

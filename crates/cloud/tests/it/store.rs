@@ -62,6 +62,15 @@ fn terms(kind: RequestKind) -> Terms {
             hd: false,
             clusters: vec!["dc1".into(), "dc2".into(), "dc3".into()],
         },
+        RequestKind::Governance => Terms::Governance(custos_cloud::terms::GovTerms {
+            version: 3,
+            prev: [9; 32],
+            change: custos_wire::governance::GovChange::Revoke {
+                admins: vec![[1; 32], [2; 32]],
+                devices: vec![],
+                reason: "key lost".into(),
+            },
+        }),
     }
 }
 

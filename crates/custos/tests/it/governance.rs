@@ -9,6 +9,7 @@
 //! `NotAMember`.
 
 mod bridge;
+mod rest;
 
 use crate::common::*;
 use crate::tee_sync::export;
