@@ -99,12 +99,19 @@ pub enum ErrorCode {
     /// The token lacks the scope the route needs (the message names it).
     ScopeMissing,
     /// The token is over its rate limit (`Retry-After` tells when to try again).
-    RateLimited,
+    RateLimited,    /// The approver group is empty, over 32 admins, has a repeated or malformed fingerprint, or is smaller than the quorum.
+    InvalidGroup,
+    /// No serving node of the cluster has the executor's device key fingerprint.
+    UnknownExecutor,
+    /// The approving admin is not in the key's approver group (the message names its key fingerprint).
+    ApproverNotInGroup,
+    /// The request was made under an approval message this server no longer executes (a wallet creation without approver group); create a new request.
+    ApprovalFormatChanged,
 }
 
 impl ErrorCode {
     /// Every code, in the order the API description lists them.
-    pub const ALL: [ErrorCode; 45] = [
+    pub const ALL: [ErrorCode; 49] = [
         ErrorCode::Unauthorized,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -150,6 +157,10 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::ScopeMissing,
         ErrorCode::RateLimited,
+        ErrorCode::InvalidGroup,
+        ErrorCode::UnknownExecutor,
+        ErrorCode::ApproverNotInGroup,
+        ErrorCode::ApprovalFormatChanged,
     ];
 
     /// The snake_case name written in error bodies.
@@ -200,6 +211,10 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::ScopeMissing => "scope_missing",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidGroup => "invalid_group",
+            ErrorCode::UnknownExecutor => "unknown_executor",
+            ErrorCode::ApproverNotInGroup => "approver_not_in_group",
+            ErrorCode::ApprovalFormatChanged => "approval_format_changed",
         }
     }
 
@@ -251,6 +266,10 @@ impl ErrorCode {
             ErrorCode::Internal => "server-side failure (logged)",
             ErrorCode::ScopeMissing => "the token lacks the scope the route needs (named in the message)",
             ErrorCode::RateLimited => "the token is over its rate limit; retry after `Retry-After` seconds",
+            ErrorCode::InvalidGroup => "the approver group is empty, over 32 admins, has a repeated or malformed fingerprint, or is smaller than the quorum",
+            ErrorCode::UnknownExecutor => "no serving node of the cluster has the executor's device key fingerprint",
+            ErrorCode::ApproverNotInGroup => "the approving admin is not in the key's approver group (named in the message)",
+            ErrorCode::ApprovalFormatChanged => "the request was made under an approval message this server no longer executes; create a new request",
         }
     }
 
@@ -385,10 +404,14 @@ mod tests {
                 ErrorCode::Internal => 42,
                 ErrorCode::ScopeMissing => 43,
                 ErrorCode::RateLimited => 44,
+                ErrorCode::InvalidGroup => 45,
+                ErrorCode::UnknownExecutor => 46,
+                ErrorCode::ApproverNotInGroup => 47,
+                ErrorCode::ApprovalFormatChanged => 48,
             }
         }
         // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
-        const ARMS: usize = 45;
+        const ARMS: usize = 49;
         assert_eq!(ErrorCode::ALL.len(), ARMS);
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

@@ -56,6 +56,10 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Internal => 500,
         ErrorCode::ScopeMissing => 403,
         ErrorCode::RateLimited => 429,
+        ErrorCode::InvalidGroup => 400,
+        ErrorCode::UnknownExecutor => 422,
+        ErrorCode::ApproverNotInGroup => 422,
+        ErrorCode::ApprovalFormatChanged => 409,
     };
     StatusCode::from_u16(status).expect("a valid HTTP status")
 }
@@ -80,7 +84,7 @@ mod tests {
     /// The published statuses, pinned: changing one is an API change and must show here.
     #[test]
     fn statuses_are_the_published_ones() {
-        let published: [(ErrorCode, u16); 45] = [
+        let published: [(ErrorCode, u16); 49] = [
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::MalformedJson, 400),
             (ErrorCode::UnsupportedMediaType, 415),
@@ -126,6 +130,10 @@ mod tests {
             (ErrorCode::Internal, 500),
             (ErrorCode::ScopeMissing, 403),
             (ErrorCode::RateLimited, 429),
+            (ErrorCode::InvalidGroup, 400),
+            (ErrorCode::UnknownExecutor, 422),
+            (ErrorCode::ApproverNotInGroup, 422),
+            (ErrorCode::ApprovalFormatChanged, 409),
         ];
         assert_eq!(published.len(), ErrorCode::ALL.len());
         for (code, status) in published {

@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod dkg;
+mod groups;
 mod openapi;
 mod scripted;
 mod service;

@@ -344,13 +344,7 @@ async fn known_values(s: &TestServer) -> Known {
     let w = crate::api::wallet(s, "dc1", 1).await;
     let pending = s
         .client
-        .create_wallet(&custos_cloud_api::CreateWalletBody {
-            cluster: "dc2".into(),
-            quorum: 2,
-            request_id: None,
-            expires_at: None,
-            approvals: Vec::new(),
-        })
+        .create_wallet(&s.wallet_body("dc2", 2, 2))
         .await
         .expect("pending request");
     let mut k = Known::default();
@@ -623,6 +617,10 @@ fn the_documents_limits_are_the_servers() {
             "{body}"
         );
     }
+    assert_eq!(
+        prop("CreateWalletBody", "group")["maxItems"],
+        n(custos_wire::policy::MAX_GROUP)
+    );
     for pem in ["admin_cert_pem", "admin_ca_pem"] {
         assert_eq!(
             prop("ApprovalBody", pem)["maxLength"],

@@ -5,7 +5,7 @@
 use custos::admin::KeySource;
 use custos::approve::{approve, ApproveArgs, ApproveError};
 use custos_cloud_api::review::{checked_message, ReviewError};
-use custos_cloud_api::{CreateWalletBody, RequestStatus};
+use custos_cloud_api::RequestStatus;
 use custos_test_kit::TestServer;
 
 #[tokio::test]
@@ -13,13 +13,7 @@ async fn approve_command_recomputes_confirms_and_signs() {
     let s = TestServer::start().await;
     let view = s
         .client
-        .create_wallet(&CreateWalletBody {
-            cluster: "dc1".into(),
-            quorum: 1,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .create_wallet(&s.wallet_body("dc1", 1, 3))
         .await
         .unwrap();
     let mut args = ApproveArgs {
@@ -44,6 +38,14 @@ async fn approve_command_recomputes_confirms_and_signs() {
     let shown = String::from_utf8_lossy(&out).to_string();
     assert!(
         shown.contains("create a new wallet") && shown.contains("dc1"),
+        "{shown}"
+    );
+    // The approver sees who alone will approve the key, and the one node that makes it.
+    let node = view.target_node.clone().unwrap();
+    assert!(
+        shown.contains(&format!("executed by    {node}"))
+            && shown.contains(&hex::encode(s.executor("dc1", &node)))
+            && s.group_of(3).iter().all(|fp| shown.contains(fp)),
         "{shown}"
     );
     assert_eq!(s.client.request(&view.id).await.unwrap().approvals.len(), 0);
@@ -80,13 +82,7 @@ async fn approve_refuses_a_key_file_others_can_read() {
     let s = TestServer::start().await;
     let view = s
         .client
-        .create_wallet(&CreateWalletBody {
-            cluster: "dc1".into(),
-            quorum: 1,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .create_wallet(&s.wallet_body("dc1", 1, 3))
         .await
         .unwrap();
     let folder = s.pki.admin_folder("carol");
