@@ -10,3 +10,4 @@ pub mod ops;
 pub mod pkcs11;
 pub mod renewal;
 pub mod tee_process;
+pub mod wallet;

@@ -117,3 +117,53 @@ async fn approve_refuses_a_key_file_others_can_read() {
         .is_empty());
     s.stop().await;
 }
+
+/// `custos wallet create` names the group by the admins' chain files; an admin outside it
+/// (alice here) is refused by name, one of it (carol) creates the wallet.
+#[tokio::test]
+async fn wallet_create_names_the_group_from_the_admins_chains() {
+    use custos::wallet::{create, CreateArgs, WalletCliError};
+    let s = TestServer::start().await;
+    let mut args = CreateArgs {
+        api: s.url(""),
+        token: s.token.clone(),
+        api_root_ca: None,
+        cluster: "dc1".into(),
+        quorum: 1,
+        group: vec![],
+        group_certs: vec![],
+        executor: None,
+    };
+    let e = create(&args, &mut Vec::new()).await.unwrap_err();
+    assert!(matches!(e, WalletCliError::GroupSize(0)), "{e}");
+    args.group_certs = vec![
+        s.pki.admin_folder("carol").chain(),
+        s.pki.admin_folder("bob").chain(),
+    ];
+    let mut out = Vec::new();
+    let view = create(&args, &mut out).await.unwrap();
+    let mut want: Vec<String> = ["bob", "carol"]
+        .iter()
+        .map(|a| hex::encode(s.pki.admin(a).key_fingerprint()))
+        .collect();
+    want.sort();
+    assert_eq!(view.group, Some(want));
+    let shown = String::from_utf8_lossy(&out).to_string();
+    assert!(
+        shown.contains(&format!("custos approve --request {}", view.id)),
+        "{shown}"
+    );
+    let message = custos_test_kit::message_of(&view);
+    let e = s
+        .client
+        .approve(&view.id, &s.pki.approve(0, &message))
+        .await
+        .unwrap_err();
+    assert_eq!(custos_test_kit::code(e), "approver_not_in_group");
+    let done = s
+        .client
+        .approve(&view.id, &s.pki.approve(2, &message))
+        .await
+        .unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+}
