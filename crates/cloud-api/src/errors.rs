@@ -99,7 +99,8 @@ pub enum ErrorCode {
     /// The token lacks the scope the route needs (the message names it).
     ScopeMissing,
     /// The token is over its rate limit (`Retry-After` tells when to try again).
-    RateLimited,    /// The approver group is empty, over 32 admins, has a repeated or malformed fingerprint, or is smaller than the quorum.
+    RateLimited,
+    /// The approver group is empty, over 32 admins, has a repeated or malformed fingerprint, or is smaller than the quorum.
     InvalidGroup,
     /// No serving node of the cluster has the executor's device key fingerprint.
     UnknownExecutor,

@@ -115,8 +115,9 @@ fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
 
 /// Create a wallet: records a `create_wallet` request naming the wallet's approver group
 /// and the one serving node that executes it (the body's `executor`, else the next serving
-/// node in turn). 202 while it waits for approvals; 200 if the inline approvals reached
-/// quorum and it was executed in this call.
+/// node in turn). The quorum is at most the group's size and the group's fingerprints are
+/// distinct whatever their case (`invalid_group` otherwise). 202 while it waits for
+/// approvals; 200 if the inline approvals reached quorum and it was executed in this call.
 #[utoipa::path(
     post, path = "/v1/wallets", tag = "wallets", security(("bearer" = ["request"])),
     request_body = CreateWalletBody,

@@ -470,7 +470,10 @@ impl Terms {
 /// 1..=[`MAX_GROUP`], and `quorum` of it.
 fn check_group(group: &[[u8; 32]], quorum: u8) -> Result<(), String> {
     if group.len() > MAX_GROUP {
-        return Err(format!("group of {} admins, at most {MAX_GROUP}", group.len()));
+        return Err(format!(
+            "group of {} admins, at most {MAX_GROUP}",
+            group.len()
+        ));
     }
     new_wallet_policy(group.to_vec(), quorum)
         .validate()

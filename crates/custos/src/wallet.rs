@@ -7,7 +7,7 @@
 //! never stands in for an admin.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use custos_cloud_api::client::{ClientError, CloudClient};
@@ -81,9 +81,9 @@ pub enum WalletCliError {
     GroupSize(usize),
 }
 
-fn read(path: &PathBuf) -> Result<String, WalletCliError> {
+fn read(path: &Path) -> Result<String, WalletCliError> {
     std::fs::read_to_string(path).map_err(|source| WalletCliError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })
 }

@@ -14,8 +14,8 @@ impl Cloud {
     ) -> Result<RequestOutcome, ApiError> {
         self.cluster_config(&body.cluster)?;
         Self::check_quorum(body.quorum)?;
-        let group = parse_group(&body.group)
-            .map_err(|m| ApiError::new(ErrorCode::InvalidGroup, m))?;
+        let group =
+            parse_group(&body.group).map_err(|m| ApiError::new(ErrorCode::InvalidGroup, m))?;
         if usize::from(body.quorum) > group.len() {
             return Err(ApiError::new(
                 ErrorCode::InvalidGroup,
@@ -285,14 +285,10 @@ impl Cloud {
                 | Terms::CreateGroupWallet { .. }
                 | Terms::ImportWallet { .. },
                 Response::Wallet(info),
-            ) => {
-                match self.check_wallet(row, &info) {
-                    Ok((result, wallet)) => {
-                        Verdict::completed(node, result, Recorded::Wallet(wallet))
-                    }
-                    Err(m) => fail("bad_result", m),
-                }
-            }
+            ) => match self.check_wallet(row, &info) {
+                Ok((result, wallet)) => Verdict::completed(node, result, Recorded::Wallet(wallet)),
+                Err(m) => fail("bad_result", m),
+            },
             (
                 Terms::ImportThresholdKey {
                     node: sealed_to,

@@ -228,10 +228,7 @@ async fn inline_approvals_need_the_approve_scope() {
     let approvals = serde_json::to_value(&create.approvals).unwrap();
     let key_id = "02".repeat(33);
     let calls = [
-        (
-            "/v1/wallets",
-            serde_json::to_value(&create).unwrap(),
-        ),
+        ("/v1/wallets", serde_json::to_value(&create).unwrap()),
         (
             "/v1/wallets/import",
             serde_json::json!({"cluster": "dc1", "quorum": 1, "seed_hex": "00".repeat(32),

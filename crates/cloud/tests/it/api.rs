@@ -509,10 +509,7 @@ async fn bad_inputs_get_stable_error_codes() {
 async fn create_wallet_waits_for_distinct_approvals_then_completes() {
     let s = TestServer::start().await;
     let c = &s.client;
-    let view = c
-        .create_wallet(&s.wallet_body("dc1", 2, 2))
-        .await
-        .unwrap();
+    let view = c.create_wallet(&s.wallet_body("dc1", 2, 2)).await.unwrap();
     assert_eq!(view.status, RequestStatus::PendingApproval);
     assert_eq!(view.kind, RequestKind::CreateWallet);
     assert_eq!(view.created_by, "tester");
@@ -595,7 +592,9 @@ async fn create_wallet_waits_for_distinct_approvals_then_completes() {
     );
     assert_eq!(s.gateway.executed("CreateGroupWallet").len(), 1);
     assert_eq!(
-        s.gateway.executed("CreateGroupWallet")[0].request_id.to_vec(),
+        s.gateway.executed("CreateGroupWallet")[0]
+            .request_id
+            .to_vec(),
         hex::decode(&view.id).unwrap()
     );
 
@@ -871,7 +870,10 @@ async fn the_executors_chain_is_fetched_once_for_a_creation() {
     // The creation verified its executor's chain to name its device key; the answer
     // verified with that key: no second round trip for the chain.
     let ops: Vec<String> = s.gateway.calls().into_iter().map(|c| c.op).collect();
-    assert!(ops.iter().any(|o| o == "submit:CreateGroupWallet"), "{ops:?}");
+    assert!(
+        ops.iter().any(|o| o == "submit:CreateGroupWallet"),
+        "{ops:?}"
+    );
     let fetches = ops.iter().filter(|o| *o == "submit:DeviceChain").count();
     assert_eq!(fetches, 1, "{ops:?}");
     s.stop().await;

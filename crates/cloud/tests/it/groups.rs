@@ -157,7 +157,12 @@ async fn the_approvals_name_one_node_and_creations_spread_over_the_nodes() {
         executor: s.executor("dc1", "node2"),
         approvals: vec![tee_approval(&s.pki.admins[0], &message)],
     };
-    let on = |node: &str| call_core(&mut s.gateway.node("dc1", node).core.lock().unwrap(), &request);
+    let on = |node: &str| {
+        call_core(
+            &mut s.gateway.node("dc1", node).core.lock().unwrap(),
+            &request,
+        )
+    };
     assert!(matches!(on("node1"), Err(TeeError::NotExecutor { .. })));
     match on("node2") {
         Ok(Response::Wallet(info)) => assert_eq!(hex::encode(info.key_id), w.root_id),
@@ -166,13 +171,25 @@ async fn the_approvals_name_one_node_and_creations_spread_over_the_nodes() {
 
     // Group and quorum are checked up front.
     let mut bad = s.wallet_body("dc1", 3, 2);
-    assert_eq!(code(c.create_wallet(&bad).await.unwrap_err()), "invalid_group");
+    assert_eq!(
+        code(c.create_wallet(&bad).await.unwrap_err()),
+        "invalid_group"
+    );
     bad = s.wallet_body("dc1", 1, 2);
     bad.group[1] = bad.group[0].clone();
-    assert_eq!(code(c.create_wallet(&bad).await.unwrap_err()), "invalid_group");
+    assert_eq!(
+        code(c.create_wallet(&bad).await.unwrap_err()),
+        "invalid_group"
+    );
     bad.group = vec!["00".repeat(32); 33];
-    assert_eq!(code(c.create_wallet(&bad).await.unwrap_err()), "invalid_group");
+    assert_eq!(
+        code(c.create_wallet(&bad).await.unwrap_err()),
+        "invalid_group"
+    );
     bad.group = vec![];
-    assert_eq!(code(c.create_wallet(&bad).await.unwrap_err()), "invalid_group");
+    assert_eq!(
+        code(c.create_wallet(&bad).await.unwrap_err()),
+        "invalid_group"
+    );
     s.stop().await;
 }

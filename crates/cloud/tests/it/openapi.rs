@@ -40,6 +40,9 @@ const STATE_CODES: &[&str] = &[
     "threshold_key_mismatch",
     "bundle_recipient_unknown",
     "approval_invalid",
+    "approver_not_in_group",
+    "approval_format_changed",
+    "unknown_executor",
     "invalid_expiry",
 ];
 
@@ -50,6 +53,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
     match (method, path) {
         // Exactly one of mnemonic and seed_hex; passphrase with a mnemonic; BIP-39 words.
         ("post", "/v1/wallets/import") => &["invalid_secret"],
+        // quorum at most the group's size; fingerprints distinct whatever their case.
+        ("post", "/v1/wallets") => &["invalid_group"],
         // The bundle's own encoding, signature and facts.
         ("post", "/v1/threshold/keys/import") => &["invalid_bundle"],
         // t <= n, the number of clusters named.

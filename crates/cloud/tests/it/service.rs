@@ -219,6 +219,10 @@ async fn a_creation_made_before_groups_is_refused_at_submission() {
     let r = restarted.request("default", &view.id).await.unwrap();
     assert_eq!(r.status, RequestStatus::Refused, "{r:?}");
     assert_eq!(r.error.unwrap().code, "approval_format_changed");
-    assert!(s.gateway.calls().iter().all(|c| !c.op.contains("CreateWallet")));
+    assert!(s
+        .gateway
+        .calls()
+        .iter()
+        .all(|c| !c.op.contains("CreateWallet")));
     s.db.cleanup().await;
 }

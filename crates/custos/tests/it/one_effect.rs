@@ -74,9 +74,15 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
             })
             .await
             .unwrap();
-        let executor = view.target_node.clone().expect("the executing node is named");
+        let executor = view
+            .target_node
+            .clone()
+            .expect("the executing node is named");
         assert!(view.executor.is_some(), "{view:?}");
-        (approve(&client, &alice, &view.id).await.unwrap().id, executor)
+        (
+            approve(&client, &alice, &view.id).await.unwrap().id,
+            executor,
+        )
     });
     let done = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(40);
