@@ -43,7 +43,7 @@ async fn approve_command_recomputes_confirms_and_signs() {
     // The approver sees who alone will approve the key, and the one node that makes it.
     let node = view.target_node.clone().unwrap();
     assert!(
-        shown.contains(&format!("executed by    {node}"))
+        shown.contains(&format!("executed by   {node}"))
             && shown.contains(&hex::encode(s.executor("dc1", &node)))
             && s.group_of(3).iter().all(|fp| shown.contains(fp)),
         "{shown}"
