@@ -21,10 +21,10 @@ const VECTOR2_M0: &str = "xpub69H7F5d8KSRgmmdJg2KhpAK8SR3DjMwAdkxj3ZuxV27CprR9Lg
 const MNEMONIC: &str =
     "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
 
-/// A wallet on `cluster` with `quorum` of the first `quorum` admins, created on its node1
-/// with inline approvals (one call).
+/// A wallet on `cluster` with `quorum` of the group alice, bob, carol, created on its node1
+/// with inline approvals by the first `quorum` of them (one call).
 pub(crate) async fn wallet(s: &TestServer, cluster: &str, quorum: u8) -> WalletView {
-    let (mut body, message) = s.presigned_wallet(cluster, quorum, quorum.into(), "node1");
+    let (mut body, message) = s.presigned_wallet(cluster, quorum, 3, "node1");
     body.approvals = (0..quorum as usize)
         .map(|i| s.pki.approve(i, &message))
         .collect();
@@ -509,7 +509,7 @@ async fn bad_inputs_get_stable_error_codes() {
 async fn create_wallet_waits_for_distinct_approvals_then_completes() {
     let s = TestServer::start().await;
     let c = &s.client;
-    let view = c.create_wallet(&s.wallet_body("dc1", 2, 2)).await.unwrap();
+    let view = c.create_wallet(&s.wallet_body("dc1", 2, 3)).await.unwrap();
     assert_eq!(view.status, RequestStatus::PendingApproval);
     assert_eq!(view.kind, RequestKind::CreateWallet);
     assert_eq!(view.created_by, "tester");
@@ -828,12 +828,13 @@ async fn transport_failures_fail_the_request_and_retries_reuse_its_id() {
 #[tokio::test]
 async fn tampered_cluster_answers_are_never_accepted() {
     let s = TestServer::start().await;
-    s.gateway.tamper.store(true, Ordering::SeqCst);
     let view = s
         .client
         .create_wallet(&s.wallet_body("dc1", 1, 1))
         .await
         .unwrap();
+    // From here every answer is forged (naming the executor verified its chain first).
+    s.gateway.tamper.store(true, Ordering::SeqCst);
     let e = s
         .client
         .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
