@@ -57,10 +57,8 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
         }
     });
 
-    // The executor's answer is lost; so would the other's be.
-    for p in &proxies {
-        p.arm();
-    }
+    // The request names its executor (its device chain fetched now, before any proxy is
+    // armed); then the executor's answer is lost, and so would the other node's be.
     let (id, executor) = rt.block_on(async {
         let view = client
             .create_wallet(&CreateWalletBody {
@@ -79,6 +77,9 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
             .clone()
             .expect("the executing node is named");
         assert!(view.executor.is_some(), "{view:?}");
+        for p in &proxies {
+            p.arm();
+        }
         (
             approve(&client, &alice, &view.id).await.unwrap().id,
             executor,
