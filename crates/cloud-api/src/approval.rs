@@ -4,6 +4,7 @@
 
 use custos_pki::AdminSigner;
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
+use custos_wire::policy::{KeyPolicy, MAX_GROUP};
 use custos_wire::protocol::RequestMeta;
 
 use crate::path::parse_path;
@@ -19,12 +20,6 @@ pub fn parse_digest(s: &str) -> Result<[u8; 32], String> {
     parse_hex_array(s, "digest")
 }
 
-/// Parses a key fingerprint: 32 bytes of hex (SHA-256 of a certified key's
-/// SubjectPublicKeyInfo, or a log hash).
-pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
-    parse_hex_array(s, "fingerprint")
-}
-
 /// Parses a root id: 33 bytes of hex, a compressed public key prefix (02/03).
 pub fn parse_root_id(s: &str) -> Result<KeyId, String> {
     parse_compressed(s, "root id")
@@ -35,6 +30,51 @@ pub fn parse_root_id(s: &str) -> Result<KeyId, String> {
 /// lookup answers it (every recorded id was checked when the key was recorded).
 pub fn parse_key_id(s: &str) -> Result<KeyId, String> {
     parse_compressed(s, "key id")
+}
+
+/// Parses a key fingerprint: 32 bytes of hex (an admin's or a device's certified key).
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    parse_hex_array(s, "key fingerprint")
+}
+
+/// Parses an approver group (admin key fingerprints, hex) into the sorted, distinct set a
+/// [`KeyPolicy`] holds: at most [`MAX_GROUP`] entries, none twice, none malformed (each
+/// named by its position).
+pub fn parse_group(group: &[String]) -> Result<Vec<[u8; 32]>, String> {
+    if group.is_empty() {
+        return Err("the approver group is empty: name at least one admin".into());
+    }
+    if group.len() > MAX_GROUP {
+        return Err(format!(
+            "the approver group has {} admins, at most {MAX_GROUP}",
+            group.len()
+        ));
+    }
+    let mut out = group
+        .iter()
+        .enumerate()
+        .map(|(i, g)| parse_fingerprint(g).map_err(|e| format!("group entry #{i}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_unstable();
+    if let Some(w) = out.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "admin {} appears twice in the group",
+            hex::encode(w[0])
+        ));
+    }
+    Ok(out)
+}
+
+/// The policy a new wallet is created with: version 1, `group` (sorted, distinct) and
+/// `quorum`, no rules. The cloud server and approvers build it the same way, so the
+/// approval message they compute is the one the TEE checks.
+pub fn new_wallet_policy(group: Vec<[u8; 32]>, quorum: u8) -> KeyPolicy {
+    KeyPolicy {
+        version: 1,
+        group,
+        quorum,
+        rules: Vec::new(),
+    }
 }
 
 fn parse_compressed(s: &str, what: &str) -> Result<KeyId, String> {
@@ -64,10 +104,7 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
         parse_root_id(view.root_id.as_deref().ok_or("request has no root id")?)
     };
     Ok(match view.kind {
-        RequestKind::CreateWallet => Action::CreateWallet {
-            quorum: view.quorum,
-        }
-        .message(&view.cluster, &meta),
+        RequestKind::CreateWallet => create_wallet_message(view, &meta)?,
         RequestKind::ImportWallet => Action::ImportWallet {
             quorum: view.quorum,
             key_id: &key_id()?,
@@ -140,6 +177,27 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
     })
 }
 
+/// A wallet creation names its approver group and the one node that executes it
+/// ([`Action::CreateGroupWallet`]). A view without them is a creation made before approver
+/// groups existed: never signed, since the TEE would count any Admin-CA admin for it.
+fn create_wallet_message(view: &RequestView, meta: &RequestMeta) -> Result<Vec<u8>, String> {
+    let (Some(group), Some(executor)) = (&view.group, &view.executor) else {
+        return Err(format!(
+            "request {} creates a wallet without an approver group and executor (made before \
+             groups existed); the server refuses it (approval_format_changed): create a new \
+             request",
+            view.id
+        ));
+    };
+    let policy = new_wallet_policy(parse_group(group)?, view.quorum);
+    let executor = parse_fingerprint(executor).map_err(|e| format!("executor: {e}"))?;
+    Ok(Action::CreateGroupWallet {
+        policy: &policy,
+        executor: &executor,
+    }
+    .message(&view.cluster, meta))
+}
+
 /// An approval of `message` by `signer`, in the API's form. Fails only when the admin's key
 /// does not sign (a token removed or locked, for instance).
 pub fn sign_approval(
@@ -151,4 +209,78 @@ pub fn sign_approval(
         admin_ca_pem: custos_pki::der_to_pem(&signer.admin_ca_der, "CERTIFICATE"),
         signature_hex: hex::encode(signer.sign(message)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pending wallet creation's view, as the server shows it.
+    fn creation(group: Option<Vec<String>>, executor: Option<&str>) -> RequestView {
+        let mut v = serde_json::json!({
+            "id": "ab".repeat(16),
+            "kind": "create_wallet",
+            "cluster": "dc1",
+            "status": "pending_approval",
+            "quorum": 2,
+            "approvals": [],
+            "expires_at": 1000,
+            "created_at_ms": 1,
+            "updated_at_ms": 1,
+            "created_by": "t",
+            "target_node": "node2",
+            "attempts": 0,
+            "approval_message": "",
+            "summary": "",
+        });
+        if let Some(g) = group {
+            v["group"] = serde_json::json!(g);
+        }
+        if let Some(e) = executor {
+            v["executor"] = serde_json::json!(e);
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_wallet_creation_binds_its_group_and_executor() {
+        let (a, b, c) = ("11".repeat(32), "22".repeat(32), "33".repeat(32));
+        let view = creation(Some(vec![b.clone(), a.clone()]), Some(&"77".repeat(32)));
+        let message = approval_message(&view).unwrap();
+        let meta = RequestMeta {
+            request_id: [0xab; 16],
+            expires_at: 1000,
+        };
+        let policy = new_wallet_policy(vec![[0x11; 32], [0x22; 32]], 2);
+        assert_eq!(
+            message,
+            Action::CreateGroupWallet {
+                policy: &policy,
+                executor: &[0x77; 32]
+            }
+            .message("dc1", &meta),
+            "the group is the sorted set, whatever the order shown"
+        );
+        // Another executor, another group or another quorum: another message.
+        let moved = creation(Some(vec![a.clone(), b.clone()]), Some(&"78".repeat(32)));
+        assert_ne!(approval_message(&moved).unwrap(), message);
+        let wider = creation(Some(vec![a.clone(), b.clone(), c]), Some(&"77".repeat(32)));
+        assert_ne!(approval_message(&wider).unwrap(), message);
+        let mut lower = view.clone();
+        lower.quorum = 1;
+        assert_ne!(approval_message(&lower).unwrap(), message);
+        // A creation without group or executor (made before groups) is never signed.
+        let e = approval_message(&creation(None, None)).unwrap_err();
+        assert!(e.contains("approval_format_changed"), "{e}");
+        let e = approval_message(&creation(Some(vec![a.clone()]), None)).unwrap_err();
+        assert!(e.contains("approval_format_changed"), "{e}");
+        // A malformed or repeated fingerprint is named.
+        let e =
+            approval_message(&creation(Some(vec![a.clone(), a.clone()]), Some(&b))).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        let e = approval_message(&creation(Some(vec!["zz".into()]), Some(&b))).unwrap_err();
+        assert!(e.contains("group entry #0"), "{e}");
+        let too_many: Vec<String> = std::iter::repeat_n(a, MAX_GROUP + 1).collect();
+        assert!(parse_group(&too_many).unwrap_err().contains("at most"));
+    }
 }

@@ -116,11 +116,19 @@ pub enum ErrorCode {
     ApproverNotAGovernor,
     /// The approving admin's key is revoked in the cluster's governance log.
     AdminRevoked,
+    /// The approver group is empty, over 32 admins, has a repeated or malformed fingerprint, or is smaller than the quorum.
+    InvalidGroup,
+    /// No serving node of the cluster has the executor's device key fingerprint.
+    UnknownExecutor,
+    /// The approving admin is not in the key's approver group (the message names its key fingerprint).
+    ApproverNotInGroup,
+    /// The request was made under an approval message this server no longer executes (a wallet creation without approver group); create a new request.
+    ApprovalFormatChanged,
 }
 
 impl ErrorCode {
     /// Every code, in the order the API description lists them.
-    pub const ALL: [ErrorCode; 53] = [
+    pub const ALL: [ErrorCode; 57] = [
         ErrorCode::Unauthorized,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -174,6 +182,10 @@ impl ErrorCode {
         ErrorCode::NotGoverned,
         ErrorCode::ApproverNotAGovernor,
         ErrorCode::AdminRevoked,
+        ErrorCode::InvalidGroup,
+        ErrorCode::UnknownExecutor,
+        ErrorCode::ApproverNotInGroup,
+        ErrorCode::ApprovalFormatChanged,
     ];
 
     /// The snake_case name written in error bodies.
@@ -232,6 +244,10 @@ impl ErrorCode {
             ErrorCode::NotGoverned => "not_governed",
             ErrorCode::ApproverNotAGovernor => "approver_not_a_governor",
             ErrorCode::AdminRevoked => "admin_revoked",
+            ErrorCode::InvalidGroup => "invalid_group",
+            ErrorCode::UnknownExecutor => "unknown_executor",
+            ErrorCode::ApproverNotInGroup => "approver_not_in_group",
+            ErrorCode::ApprovalFormatChanged => "approval_format_changed",
         }
     }
 
@@ -291,6 +307,10 @@ impl ErrorCode {
             ErrorCode::NotGoverned => "the cluster has no governance log yet (propose its genesis first)",
             ErrorCode::ApproverNotAGovernor => "the approving admin is not a current governor of the cluster",
             ErrorCode::AdminRevoked => "the approving admin's key is revoked in the cluster's governance log",
+            ErrorCode::InvalidGroup => "the approver group is empty, over 32 admins, has a repeated or malformed fingerprint, or is smaller than the quorum",
+            ErrorCode::UnknownExecutor => "no serving node of the cluster has the executor's device key fingerprint",
+            ErrorCode::ApproverNotInGroup => "the approving admin is not in the key's approver group (named in the message)",
+            ErrorCode::ApprovalFormatChanged => "the request was made under an approval message this server no longer executes; create a new request",
         }
     }
 
@@ -443,10 +463,14 @@ mod tests {
                 ErrorCode::NotGoverned => 50,
                 ErrorCode::ApproverNotAGovernor => 51,
                 ErrorCode::AdminRevoked => 52,
+                ErrorCode::InvalidGroup => 53,
+                ErrorCode::UnknownExecutor => 54,
+                ErrorCode::ApproverNotInGroup => 55,
+                ErrorCode::ApprovalFormatChanged => 56,
             }
         }
         // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
-        const ARMS: usize = 53;
+        const ARMS: usize = 57;
         assert_eq!(ErrorCode::ALL.len(), ARMS);
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

@@ -153,13 +153,14 @@ pub fn describe(view: &RequestView) -> String {
     if let Some(n) = &view.target_node {
         // Threshold signing keeps the caller's preferred clusters there; they are not
         // part of what is approved.
-        let label = if view.kind == RequestKind::ThresholdSign {
-            "preferred"
-        } else {
-            "sealed to"
+        let label = match view.kind {
+            RequestKind::ThresholdSign => "preferred",
+            RequestKind::CreateWallet => "executed by",
+            _ => "sealed to",
         };
         line(&mut s, label, n);
     }
+    describe_group(&mut s, view);
     line(&mut s, "quorum", &view.quorum.to_string());
     let approvers: Vec<&str> = view.approvals.iter().map(|a| a.admin.as_str()).collect();
     line(
@@ -220,6 +221,34 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
         C::SetGovernors { governors, quorum } => {
             governors.iter().for_each(|g| line("governor", g));
             line("gov. quorum", &quorum.to_string());
+        }
+    }
+}
+
+/// A wallet creation's approver group and executing node, in words: who alone will ever
+/// approve the key, and that no other node may make it.
+fn describe_group(s: &mut String, view: &RequestView) {
+    let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<14}{v}\n"));
+    if let Some(executor) = &view.executor {
+        line(
+            s,
+            "executor key",
+            &format!("{executor} (only this node may create it)"),
+        );
+    }
+    if let Some(group) = &view.group {
+        line(
+            s,
+            "group",
+            &format!(
+                "{} of these {} admins (key fingerprints) approve its creation and every use; \
+                 no other admin counts:",
+                view.quorum,
+                group.len()
+            ),
+        );
+        for fp in group {
+            line(s, "", fp);
         }
     }
 }

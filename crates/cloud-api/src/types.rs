@@ -185,9 +185,23 @@ pub struct CreateWalletBody {
     /// Cluster that generates and holds the wallet (a configured cluster's name).
     #[schema(pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)]
     pub cluster: String,
-    /// Distinct admins required to create and to use the wallet (1..=16).
+    /// Distinct admins of `group` required to create and to use the wallet (1..=16, at
+    /// most the group's size).
     #[schema(minimum = 1, maximum = 16)]
     pub quorum: u8,
+    /// The wallet's approver group, fixed at creation and sealed with the key: the key
+    /// fingerprints (hex SHA-256 of the certified SubjectPublicKeyInfo) of the admins who
+    /// approve its creation and every use. 1 to 32 distinct admins, any order (the server
+    /// sorts them); an admin outside it never counts, whatever certificate it holds.
+    #[schema(schema_with = schema::approver_group)]
+    pub group: Vec<String>,
+    /// The node that executes the creation, by its device key fingerprint (hex SHA-256 of
+    /// the certified SubjectPublicKeyInfo), needed up front only to pre-sign approvals; the
+    /// server chooses a serving node otherwise. The approvals name it, so no other node can
+    /// ever make a wallet from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$", max_length = 64)]
+    pub executor: Option<String>,
     /// Request id (32 hex characters); chosen by the server if absent. Needed up front
     /// only to pre-sign approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,6 +427,14 @@ pub struct RequestView {
     pub governance: Option<GovernanceTerms>,
     /// Distinct admin approvals required.
     pub quorum: u8,
+    /// Wallet creation: the new wallet's approver group, admin key fingerprints (hex),
+    /// sorted. Only these admins' approvals count, for the creation and every later use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Vec<String>>,
+    /// Wallet creation: the device key fingerprint (hex) of the one node that executes it
+    /// (its name is in `target_node`). Any other node refuses the approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
     /// Approvals so far (distinct admins).
     pub approvals: Vec<ApprovalView>,
     /// Unix seconds after which approvals are void.
@@ -423,8 +445,9 @@ pub struct RequestView {
     pub updated_at_ms: u64,
     /// API token name that created it.
     pub created_by: String,
-    /// Import: the node the secret (or threshold bundle) is sealed to. Threshold signing:
-    /// the clusters the caller named, comma-separated.
+    /// Import: the node the secret (or threshold bundle) is sealed to. Wallet creation: the
+    /// node that executes it (see `executor`). Threshold signing: the clusters the caller
+    /// named, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_node: Option<String>,
     /// Submissions so far.

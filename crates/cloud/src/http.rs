@@ -114,22 +114,26 @@ fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
     (status, Json(o.view))
 }
 
-/// Create a wallet: records a `create_wallet` request. 202 while it waits for approvals;
-/// 200 if the inline approvals reached quorum and it was executed in this call.
+/// Create a wallet: records a `create_wallet` request naming the wallet's approver group
+/// and the one serving node that executes it (the body's `executor`, else the next serving
+/// node in turn). The quorum is at most the group's size and the group's fingerprints are
+/// distinct whatever their case (`invalid_group` otherwise). 202 while it waits for
+/// approvals; 200 if the inline approvals reached quorum and it was executed in this call.
 #[utoipa::path(
     post, path = "/v1/wallets", tag = "wallets", security(("bearer" = ["request"])),
     request_body = CreateWalletBody,
     responses(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_quorum, invalid_group, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
-        (status = 422, description = "approval_invalid", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable (the request is recorded as failed; retry it)", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid, approver_not_in_group, unknown_executor", body = ApiErrorBody),
+        (status = 502, description = "bridge_refused, relay_rejected, unverified_response (choosing the executing node)", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable (no serving node to execute it; or recorded as failed: retry it)", body = ApiErrorBody),
     )
 )]
 async fn create_wallet(
@@ -540,8 +544,8 @@ async fn get_request(
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_request", body = ApiErrorBody),
-        (status = 409, description = "duplicate_approval, not_pending, request_expired, conflict, not_governed", body = ApiErrorBody),
-        (status = 422, description = "approval_invalid, approver_not_a_governor, admin_revoked (governance requests: the approver must be a current, unrevoked governor)", body = ApiErrorBody),
+        (status = 409, description = "duplicate_approval, not_pending, request_expired, conflict, not_governed, approval_format_changed", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid, approver_not_in_group, approver_not_a_governor, admin_revoked (governance requests: the approver must be a current, unrevoked governor)", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
         (status = 503, description = "cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
     )

@@ -39,7 +39,9 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::terms::{KeyId, Terms};
 use crate::Clock;
-use custos_cloud_api::approval::{parse_digest, parse_request_id, parse_root_id};
+use custos_cloud_api::approval::{
+    parse_digest, parse_fingerprint, parse_group, parse_request_id, parse_root_id,
+};
 use custos_cloud_api::path::{
     derive_xpub, has_hardened, p2wpkh_address, parse_network, parse_path, PathError,
 };
@@ -47,6 +49,7 @@ use custos_cloud_api::*;
 
 mod audits;
 mod child_keys;
+mod executors;
 mod governance;
 mod lifecycle;
 mod threshold;
@@ -137,6 +140,9 @@ pub struct Cloud {
     /// Parents of recently signed paths, so that checking a signature's key costs one
     /// derivation step.
     child_keys: ChildKeys,
+    /// Wallet creations chosen so far per cluster: the next executor is the serving node
+    /// after the last one chosen (round-robin), so creations spread over the nodes.
+    executor_turns: Mutex<HashMap<String, usize>>,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -203,6 +209,7 @@ impl Cloud {
             presignature_pool: config.presignature_pool,
             wallets: Mutex::new(HashMap::new()),
             child_keys: ChildKeys::default(),
+            executor_turns: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -567,7 +574,11 @@ mod tests {
             signature: vec![],
         };
         let all = [
-            Terms::CreateWallet { node: None },
+            Terms::CreateGroupWallet {
+                group: vec![[1; 32], [2; 32], [3; 32]],
+                executor_node: "node2".into(),
+                executor: [9; 32],
+            },
             Terms::ImportWallet {
                 root_id: g,
                 node: "node1".into(),
@@ -625,6 +636,9 @@ mod tests {
                 "{kind:?}"
             );
         }
+        // A creation made before approver groups is shown, but no approver signs it.
+        let legacy = base_view(&row_of(Terms::CreateWallet { node: None }, None));
+        assert!(custos_cloud_api::approval::approval_message(&legacy).is_err());
         // A completed creation shows the wallet it made, from its result.
         let done = row_of(
             Terms::CreateWallet { node: None },

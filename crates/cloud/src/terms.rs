@@ -8,7 +8,8 @@
 //!
 //! | kind | fields |
 //! |---|---|
-//! | `create_wallet` | `node` (absent, or the node an attempt's outcome became unknown on) |
+//! | `create_wallet` | `node` (absent, or the node an attempt's outcome became unknown on); made before approver groups, never executed now |
+//! | `create_group_wallet` | `group` (admin key fingerprints, 32 bytes each, sorted), `executor_node`, `executor` (32 bytes) |
 //! | `import_wallet` | `root_id` (33 bytes), `node`, `sealed` (postcard of the sealed seed) |
 //! | `sign` | `root_id` (33 bytes), `path`, `digest` (32 bytes) |
 //! | `import_threshold_key` | `node`, `bundle` (postcard of the dealer bundle) |
@@ -18,10 +19,12 @@
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::import::SealedImport;
+use custos_wire::policy::{KeyPolicy, MAX_GROUP};
 use custos_wire::protocol::{format_path, Request, RequestMeta, ThresholdBundle};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+use custos_cloud_api::approval::new_wallet_policy;
 use custos_cloud_api::path::parse_path;
 pub use custos_cloud_api::KeyId;
 use custos_cloud_api::{RequestKind, RequestView};
@@ -33,7 +36,9 @@ pub use governance::GovTerms;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Terms {
-    /// Generate a new wallet inside a TEE of the request's cluster.
+    /// Generate a new wallet inside a TEE of the request's cluster, approved by any admin
+    /// (made before approver groups existed). Only read back: such a request is refused at
+    /// submission (`approval_format_changed`), never executed.
     CreateWallet {
         /// Set once an attempt's outcome became unknown on this node (its answer was lost
         /// after the request reached it): every later attempt goes there only, whose TEE
@@ -41,6 +46,19 @@ pub enum Terms {
         /// what the admins approve.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<String>,
+    },
+    /// Generate a new wallet whose approver group (and the row's quorum) is sealed with it,
+    /// on one node only: the approvals name that node's device key, so no other node can
+    /// ever make a wallet from them (`create-wallet-v2`).
+    CreateGroupWallet {
+        /// Admin key fingerprints, sorted and distinct, 1..=[`MAX_GROUP`].
+        #[serde(with = "hex_list")]
+        group: Vec<[u8; 32]>,
+        /// The node that executes it (every attempt is pinned to it).
+        executor_node: String,
+        /// SHA-256 of that node's certified device key (SubjectPublicKeyInfo), as approved.
+        #[serde(with = "hex_bytes")]
+        executor: [u8; 32],
     },
     /// Import a seed, sealed to one node's certified device key.
     ImportWallet {
@@ -108,7 +126,9 @@ impl Terms {
     /// The request kind these terms define.
     pub fn kind(&self) -> RequestKind {
         match self {
-            Terms::CreateWallet { .. } => RequestKind::CreateWallet,
+            Terms::CreateWallet { .. } | Terms::CreateGroupWallet { .. } => {
+                RequestKind::CreateWallet
+            }
             Terms::ImportWallet { .. } => RequestKind::ImportWallet,
             Terms::Sign { .. } => RequestKind::Sign,
             Terms::ImportThresholdKey { .. } => RequestKind::ImportThresholdKey,
@@ -124,7 +144,9 @@ impl Terms {
             Terms::ImportWallet { root_id, .. } | Terms::Sign { root_id, .. } => Some(root_id),
             Terms::ThresholdSign { key_id, .. } => Some(key_id),
             Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
-            Terms::CreateWallet { .. } | Terms::CreateThresholdKey { .. } => None,
+            Terms::CreateWallet { .. }
+            | Terms::CreateGroupWallet { .. }
+            | Terms::CreateThresholdKey { .. } => None,
             Terms::Governance(_) => None,
         }
     }
@@ -134,14 +156,38 @@ impl Terms {
         match self {
             Terms::ImportWallet { node, .. } | Terms::ImportThresholdKey { node, .. } => Some(node),
             Terms::CreateWallet { node } => node.as_deref(),
+            Terms::CreateGroupWallet { executor_node, .. } => Some(executor_node),
             _ => None,
         }
     }
 
-    /// What the admins approve, in the TEE's own encoding.
-    pub fn action(&self, quorum: u8) -> Action<'_> {
+    /// The approver group the request's approvals must come from, when its terms fix one
+    /// (a wallet creation: the new wallet's group). Checked early by the cloud server; the
+    /// TEE decides.
+    pub fn group(&self) -> Option<&[[u8; 32]]> {
+        match self {
+            Terms::CreateGroupWallet { group, .. } => Some(group),
+            _ => None,
+        }
+    }
+
+    /// Whether these terms were approved under a message this server no longer executes
+    /// (a wallet creation without approver group): refused at submission.
+    pub fn approval_format_changed(&self) -> bool {
+        matches!(self, Terms::CreateWallet { .. })
+    }
+
+    /// What the admins approve, in the TEE's own encoding. A wallet creation's action names
+    /// its policy, built from the terms into `policy` (which the action borrows).
+    pub fn action<'a>(&'a self, quorum: u8, policy: &'a mut Option<KeyPolicy>) -> Action<'a> {
         match self {
             Terms::CreateWallet { .. } => Action::CreateWallet { quorum },
+            Terms::CreateGroupWallet {
+                group, executor, ..
+            } => Action::CreateGroupWallet {
+                policy: policy.insert(new_wallet_policy(group.clone(), quorum)),
+                executor,
+            },
             Terms::ImportWallet { root_id, .. } => Action::ImportWallet {
                 quorum,
                 key_id: root_id,
@@ -189,8 +235,9 @@ impl Terms {
     }
 
     /// The TEE request that executes these terms (`None` for the threshold kinds, which
-    /// run as sessions across clusters, and for governance, whose entry goes to every
-    /// member through the bridge).
+    /// run as sessions across clusters, for governance, whose entry goes to every member
+    /// through the bridge, and for a wallet creation made before approver groups, which is
+    /// not executed).
     pub fn tee_request(
         &self,
         meta: RequestMeta,
@@ -198,9 +245,14 @@ impl Terms {
         approvals: Vec<Approval>,
     ) -> Option<Request> {
         Some(match self {
-            Terms::CreateWallet { .. } => Request::CreateWallet {
+            // Never executed: refused before (`approval_format_changed`).
+            Terms::CreateWallet { .. } => return None,
+            Terms::CreateGroupWallet {
+                group, executor, ..
+            } => Request::CreateGroupWallet {
                 meta,
-                quorum,
+                policy: new_wallet_policy(group.clone(), quorum),
+                executor: *executor,
                 approvals,
             },
             Terms::ImportWallet {
@@ -235,7 +287,7 @@ impl Terms {
 
     /// The exact bytes an admin signs to approve these terms in `cluster`.
     pub fn approval_message(&self, cluster: &str, quorum: u8, meta: &RequestMeta) -> Vec<u8> {
-        self.action(quorum).message(cluster, meta)
+        self.action(quorum, &mut None).message(cluster, meta)
     }
 
     /// Checks what serde cannot, for a request in scope `cluster` with `quorum`: key ids
@@ -262,6 +314,14 @@ impl Terms {
         match self {
             Terms::CreateWallet { node: None } | Terms::Sign { .. } => Ok(()),
             Terms::CreateWallet { node: Some(node) } => name(node),
+            Terms::CreateGroupWallet {
+                group,
+                executor_node,
+                ..
+            } => {
+                name(executor_node)?;
+                check_group(group, quorum)
+            }
             Terms::ImportWallet { node, .. } => name(node),
             Terms::ImportThresholdKey { node, bundle } => {
                 name(node)?;
@@ -305,9 +365,20 @@ impl Terms {
     pub fn summary(&self, cluster: &str, quorum: u8) -> String {
         let id = self.key_id().map(hex::encode).unwrap_or_default();
         match self {
-            Terms::CreateWallet { .. } => {
-                format!("create a new wallet on cluster {cluster} with quorum {quorum}")
-            }
+            Terms::CreateWallet { .. } => format!(
+                "create a new wallet on cluster {cluster} with quorum {quorum} of any admin \
+                 (made before approver groups; not executed)"
+            ),
+            Terms::CreateGroupWallet {
+                group,
+                executor_node,
+                executor,
+            } => format!(
+                "create a new wallet on cluster {cluster}, node {executor_node} only (device \
+                 key {}…), approved by {quorum} of its group of {} admins",
+                &hex::encode(executor)[..16],
+                group.len()
+            ),
             Terms::ImportWallet { node, .. } => format!(
                 "import wallet {id} into cluster {cluster} (sealed to node {node}) with quorum \
                  {quorum}"
@@ -363,6 +434,15 @@ impl Terms {
         view.root_id = self.key_id().map(hex::encode);
         match self {
             Terms::CreateWallet { node } => view.target_node = node.clone(),
+            Terms::CreateGroupWallet {
+                group,
+                executor_node,
+                executor,
+            } => {
+                view.target_node = Some(executor_node.clone());
+                view.group = Some(group.iter().map(hex::encode).collect());
+                view.executor = Some(hex::encode(executor));
+            }
             Terms::ImportWallet { node, .. } => view.target_node = Some(node.clone()),
             Terms::Sign { path, digest, .. } => {
                 view.path = Some(format_path(path));
@@ -411,6 +491,44 @@ impl Terms {
         let terms: Terms = serde_json::from_str(text).map_err(|e| e.to_string())?;
         terms.check(cluster, quorum)?;
         Ok(terms)
+    }
+}
+
+/// The policy of a new wallet must be one the TEE accepts: `group` sorted, distinct,
+/// 1..=[`MAX_GROUP`], and `quorum` of it.
+fn check_group(group: &[[u8; 32]], quorum: u8) -> Result<(), String> {
+    if group.len() > MAX_GROUP {
+        return Err(format!(
+            "group of {} admins, at most {MAX_GROUP}",
+            group.len()
+        ));
+    }
+    new_wallet_policy(group.to_vec(), quorum)
+        .validate()
+        .map_err(|e| e.to_string())
+}
+
+/// Lists of 32-byte strings as lists of lower-case hex, at most [`MAX_GROUP`] long.
+mod hex_list {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(hex::encode))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        if texts.len() > MAX_GROUP {
+            return Err(serde::de::Error::custom("too many fingerprints"));
+        }
+        texts
+            .iter()
+            .map(|t| {
+                let b = hex::decode(t).map_err(serde::de::Error::custom)?;
+                <[u8; 32]>::try_from(b)
+                    .map_err(|_| serde::de::Error::custom("a fingerprint is 32 bytes"))
+            })
+            .collect()
     }
 }
 
@@ -542,6 +660,67 @@ mod tests {
             pinned
         );
         assert_eq!(pinned.pinned_node(), Some("node2"));
+        assert!(pinned.approval_format_changed());
+    }
+
+    #[test]
+    fn a_group_wallet_is_pinned_to_its_executor_and_checked() {
+        let terms = Terms::CreateGroupWallet {
+            group: vec![[1; 32], [2; 32]],
+            executor_node: "node3".into(),
+            executor: [7; 32],
+        };
+        let text = terms.to_json();
+        assert_eq!(
+            text,
+            format!(
+                "{{\"kind\":\"create_group_wallet\",\"group\":[\"{}\",\"{}\"],\
+                 \"executor_node\":\"node3\",\"executor\":\"{}\"}}",
+                "01".repeat(32),
+                "02".repeat(32),
+                "07".repeat(32)
+            )
+        );
+        assert_eq!(Terms::from_json(&text, "dc1", 2).unwrap(), terms);
+        assert_eq!(terms.pinned_node(), Some("node3"));
+        assert_eq!(terms.group(), Some(&[[1; 32], [2; 32]][..]));
+        assert!(!terms.approval_format_changed());
+        let meta = RequestMeta {
+            request_id: [5; 16],
+            expires_at: 9,
+        };
+        let Some(Request::CreateGroupWallet {
+            policy, executor, ..
+        }) = terms.tee_request(meta.clone(), 2, vec![])
+        else {
+            panic!("not a CreateGroupWallet request")
+        };
+        assert_eq!((policy.version, policy.quorum, executor), (1, 2, [7; 32]));
+        assert_eq!(policy.group, vec![[1; 32], [2; 32]]);
+        // The executor is part of what is approved.
+        let moved = Terms::CreateGroupWallet {
+            group: vec![[1; 32], [2; 32]],
+            executor_node: "node3".into(),
+            executor: [8; 32],
+        };
+        assert_ne!(
+            terms.approval_message("dc1", 2, &meta),
+            moved.approval_message("dc1", 2, &meta)
+        );
+        // A quorum over the group, an unsorted or repeated group, a bad node name: refused.
+        assert!(Terms::from_json(&text, "dc1", 3).is_err());
+        for bad in [
+            text.replace(&"01".repeat(32), &"03".repeat(32)),
+            text.replace(&"02".repeat(32), &"01".repeat(32)),
+            text.replace("node3", "No De"),
+            text.replace(&format!(",\"{}\"", "02".repeat(32)), ",\"0202\""),
+        ] {
+            assert!(Terms::from_json(&bad, "dc1", 1).is_err(), "{bad}");
+        }
+        // A legacy creation is never sent.
+        assert!(Terms::CreateWallet { node: None }
+            .tee_request(meta, 1, vec![])
+            .is_none());
     }
 
     /// A governance request's entry is stored in the TEE's own encoding and read back

@@ -14,6 +14,7 @@ use custos_pki::{AdminSigner, PkiDir, PkiError};
 use custos_proto::cluster::TeeCall;
 use custos_wire::approval::Action;
 use custos_wire::client::TeeClient;
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::MAX_TRANSFER_KEYS;
 use custos_wire::protocol::{encode_request, CertChain, Request, Response};
 
@@ -21,24 +22,54 @@ type AnyError = Box<dyn std::error::Error>;
 
 const CLUSTER: &str = "bench";
 
-fn create_requests(admin: &AdminSigner, n: usize) -> Result<Vec<Vec<u8>>, PkiError> {
+/// A node that executes wallet creations: its name and device key fingerprint.
+type Executor = (String, [u8; 32]);
+
+/// `n` approved creations of wallets of the group {`admin`}, spread over `executors` in
+/// turn (each names its node, and only that node makes it): (node, encoded request).
+fn create_requests(
+    admin: &AdminSigner,
+    executors: &[Executor],
+    n: usize,
+) -> Result<Vec<(String, Vec<u8>)>, PkiError> {
+    let policy = KeyPolicy {
+        version: 1,
+        group: vec![admin.key_fingerprint()],
+        quorum: 1,
+        rules: Vec::new(),
+    };
     (0..n)
-        .map(|_| {
+        .map(|i| {
+            let (node, executor) = &executors[i % executors.len()];
             let meta = new_meta(3600);
-            let action = Action::CreateWallet { quorum: 1 };
-            Ok(encode_request(&Request::CreateWallet {
+            let action = Action::CreateGroupWallet {
+                policy: &policy,
+                executor,
+            };
+            let request = encode_request(&Request::CreateGroupWallet {
                 meta: meta.clone(),
-                quorum: 1,
+                policy: policy.clone(),
+                executor: *executor,
                 approvals: approvals(&[admin], CLUSTER, &meta, &action)?,
-            }))
+            });
+            Ok((node.clone(), request))
         })
         .collect()
+}
+
+/// The executor identity of the TEE behind `c`, named `node`.
+fn executor_of(c: &mut TeeClient, node: &str) -> Result<Executor, AnyError> {
+    let chain = chain_of(c)?;
+    Ok((
+        node.to_string(),
+        custos_pki::cert_key_fingerprint(&chain.device)?,
+    ))
 }
 
 /// Creates wallets straight on one TEE process with `threads` connections: the limit.
 fn tee_alone_rate(
     tee: &TeeProcess,
-    requests: Vec<Vec<u8>>,
+    requests: Vec<(String, Vec<u8>)>,
     threads: usize,
 ) -> Result<f64, AnyError> {
     let n = requests.len();
@@ -51,7 +82,7 @@ fn tee_alone_rate(
         let queue = queue.clone();
         let done = done.clone();
         handles.push(std::thread::spawn(move || loop {
-            let Some(req) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+            let Some((_, req)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
                 return;
             };
             if let Ok(Ok(Response::Wallet(_))) = c.call_bytes(&req) {
@@ -124,10 +155,6 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
     // The admin's key lives in its own folder, beside the PKI's; the PKI sees only the CSR.
     let admin =
         custos_pki::AdminFolder::new(dir.join("bench-admin")).enroll("bench-admin", &pki)?;
-    println!("preparing {keys} approved creation requests...");
-    let cluster_requests = create_requests(&admin, keys)?;
-    let limit_n = keys.min(20_000);
-    let limit_requests = create_requests(&admin, limit_n)?;
 
     // The limit: one TEE process alone, same machine, same concurrency.
     let key = dir.join("limit.sealing-key");
@@ -139,6 +166,10 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
         KeyArg::File(key),
     )?;
     provision(&mut limit_tee.client()?, &pki, CLUSTER, "limit")?;
+    let limit_n = keys.min(20_000);
+    println!("preparing {limit_n} approved creation requests for the TEE alone...");
+    let limit_executor = executor_of(&mut limit_tee.client()?, "limit")?;
+    let limit_requests = create_requests(&admin, &[limit_executor], limit_n)?;
     // The TEE accepts at most 64 connections; beyond a few dozen, batching gains nothing.
     let limit_threads = concurrency.min(48);
     let limit_rate = tee_alone_rate(&limit_tee, limit_requests, limit_threads)?;
@@ -157,6 +188,17 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
             link: None,
         },
     )?;
+    // Each creation names the node that makes it: spread over the nodes in turn.
+    let executors = cluster
+        .nodes
+        .iter()
+        .map(|n| executor_of(&mut n.tee.client()?, &n.name))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!(
+        "preparing {keys} approved creation requests, spread over {} nodes...",
+        executors.len()
+    );
+    let cluster_requests = create_requests(&admin, &executors, keys)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -172,15 +214,11 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
             let created = created.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let Some(request) = queue.lock().await.pop() else {
+                    let Some((node, request)) = queue.lock().await.pop() else {
                         return;
                     };
-                    let r = link
-                        .submit(TeeCall {
-                            request,
-                            ..Default::default()
-                        })
-                        .await;
+                    // Pinned to the node the approvals name: any other refuses it.
+                    let r = link.submit(TeeCall { request, node }).await;
                     if r.is_ok() {
                         created.fetch_add(1, Ordering::Relaxed);
                     }

@@ -338,6 +338,8 @@ pub fn run(
             .create_wallet(&CreateWalletBody {
                 cluster: "bench".into(),
                 quorum: 1,
+                group: vec![hex::encode(alice.key_fingerprint())],
+                executor: None,
                 request_id: None,
                 expires_at: None,
                 approvals: Vec::new(),

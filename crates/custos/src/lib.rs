@@ -12,3 +12,4 @@ pub mod pkcs11;
 pub mod renewal;
 pub mod rogue;
 pub mod tee_process;
+pub mod wallet;

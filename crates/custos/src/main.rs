@@ -102,6 +102,11 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Wallets on the cloud server (their creation names their approver group).
+    Wallet {
+        #[command(subcommand)]
+        command: custos::wallet::WalletCommand,
+    },
     /// Development cluster on loopback.
     Cluster {
         #[command(subcommand)]
@@ -579,6 +584,12 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             Ok(())
         }
         Command::Cloud { command } => run_cloud(command),
+        Command::Wallet {
+            command: custos::wallet::WalletCommand::Create(args),
+        } => {
+            runtime()?.block_on(custos::wallet::create(&args, &mut std::io::stdout()))?;
+            Ok(())
+        }
         Command::Approve {
             api,
             token,

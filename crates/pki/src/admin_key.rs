@@ -197,6 +197,32 @@ pub fn key_fingerprint(spki_der: &[u8]) -> [u8; 32] {
     Sha256::digest(spki_der).into()
 }
 
+/// The key fingerprint ([`key_fingerprint`]) of the admin certificate that opens a chain
+/// file (the admin certificate, then its CA, as `custos pki sign-admin-csr` writes it):
+/// how an admin is named in an approver group, read without the admin's key.
+pub fn chain_key_fingerprint(chain_pem: &str) -> Result<[u8; 32], PkiError> {
+    let malformed = |reason: String| PkiError::Malformed {
+        what: "admin certificate chain",
+        reason,
+    };
+    let blocks = ::pem::parse_many(chain_pem).map_err(|e| malformed(e.to_string()))?;
+    let first = blocks
+        .first()
+        .ok_or_else(|| malformed("no PEM block".into()))?;
+    cert_key_fingerprint(first.contents())
+}
+
+/// The key fingerprint ([`key_fingerprint`]) of the key a certificate (DER) certifies: an
+/// admin's identity, or a device's member id (the key a wallet creation's executor is
+/// named by). The certificate is parsed, not verified.
+pub fn cert_key_fingerprint(cert_der: &[u8]) -> Result<[u8; 32], PkiError> {
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| PkiError::Malformed {
+        what: "certificate",
+        reason: e.to_string(),
+    })?;
+    Ok(key_fingerprint(cert.public_key().raw))
+}
+
 /// An admin's key with its certificate chain, as `custos approve` signs with it.
 pub struct AdminSigner {
     key: Arc<dyn AdminKey>,

@@ -25,7 +25,10 @@ pub mod tls;
 mod verify;
 
 pub use admin_cache::AdminCache;
-pub use admin_key::{admin_csr, key_fingerprint, AdminFolder, AdminKey, AdminSigner, FileKey};
+pub use admin_key::{
+    admin_csr, cert_key_fingerprint, chain_key_fingerprint, key_fingerprint, AdminFolder, AdminKey,
+    AdminSigner, FileKey,
+};
 pub use csr::MAX_CSR_PEM;
 pub use dealer::{
     dealer_csr, issue_dealer_from_csr_with_validity, DealerCert, DealerFolder, DealerSigner,

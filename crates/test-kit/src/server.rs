@@ -199,3 +199,73 @@ impl TestServer {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 }
+
+impl TestServer {
+    /// The device key fingerprint of `node` of `cluster`: what a wallet creation names as
+    /// its executor.
+    pub fn executor(&self, cluster: &str, node: &str) -> [u8; 32] {
+        let chain = self.gateway.node(cluster, node).chain();
+        crate::governance::member(&self.pki, &chain).key_fingerprint
+    }
+
+    /// The approver group of the first `n` test admins ([`crate::ADMINS`]), hex, sorted.
+    pub fn group_of(&self, n: usize) -> Vec<String> {
+        crate::governance::admin_keys(&self.pki, &crate::ADMINS[..n])
+            .iter()
+            .map(hex::encode)
+            .collect()
+    }
+
+    /// A wallet creation on `cluster` with `quorum` of the group of the first `group`
+    /// admins, executed by `node`, with its request id and expiry fixed now so that its
+    /// approval message is known before the request exists (to pre-sign approvals): the
+    /// body, without approvals, and that message.
+    pub fn presigned_wallet(
+        &self,
+        cluster: &str,
+        quorum: u8,
+        group: usize,
+        node: &str,
+    ) -> (custos_cloud_api::CreateWalletBody, Vec<u8>) {
+        let meta = custos_wire::protocol::RequestMeta {
+            request_id: rand::random(),
+            expires_at: crate::now() + 600,
+        };
+        let executor = self.executor(cluster, node);
+        let policy = custos_cloud_api::approval::new_wallet_policy(
+            crate::governance::admin_keys(&self.pki, &crate::ADMINS[..group]),
+            quorum,
+        );
+        let message = custos_wire::approval::Action::CreateGroupWallet {
+            policy: &policy,
+            executor: &executor,
+        }
+        .message(cluster, &meta);
+        let body = custos_cloud_api::CreateWalletBody {
+            executor: Some(hex::encode(executor)),
+            request_id: Some(hex::encode(meta.request_id)),
+            expires_at: Some(meta.expires_at),
+            ..self.wallet_body(cluster, quorum, group)
+        };
+        (body, message)
+    }
+
+    /// A wallet creation on `cluster` with `quorum` of the group of the first `group`
+    /// admins, executed where the server chooses, without approvals.
+    pub fn wallet_body(
+        &self,
+        cluster: &str,
+        quorum: u8,
+        group: usize,
+    ) -> custos_cloud_api::CreateWalletBody {
+        custos_cloud_api::CreateWalletBody {
+            cluster: cluster.into(),
+            quorum,
+            group: self.group_of(group),
+            executor: None,
+            request_id: None,
+            expires_at: None,
+            approvals: Vec::new(),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::{Array, Object};
 
+use custos_wire::policy::MAX_GROUP;
 use custos_wire::threshold::MAX_THRESHOLD_PARTIES;
 
 /// A cluster's name as the PKI allows it (`custos_pki::check_name`).
@@ -64,4 +65,26 @@ pub(crate) fn presign_clusters() -> Array {
          clusters, each holding a share (`invalid_clusters` otherwise); the first t reachable \
          ones take part. Default: the healthiest share holders.",
     )
+}
+
+/// `CreateWalletBody::group`: distinct admin key fingerprints, hex.
+pub(crate) fn approver_group() -> Array {
+    ArrayBuilder::new()
+        .schema_type(SchemaType::Type(Type::Array))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9a-fA-F]{64}$"))
+                .max_length(Some(64))
+                .build(),
+        )
+        .min_items(Some(1))
+        .max_items(Some(MAX_GROUP))
+        .unique_items(true)
+        .description(Some(
+            "The wallet's approver group: key fingerprints (hex SHA-256 of the certified \
+             SubjectPublicKeyInfo) of 1 to 32 distinct admins. Only they approve the \
+             creation and every use; `quorum` of them are needed.",
+        ))
+        .build()
 }

@@ -64,6 +64,10 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::NotGoverned => 409,
         ErrorCode::ApproverNotAGovernor => 422,
         ErrorCode::AdminRevoked => 422,
+        ErrorCode::InvalidGroup => 400,
+        ErrorCode::UnknownExecutor => 422,
+        ErrorCode::ApproverNotInGroup => 422,
+        ErrorCode::ApprovalFormatChanged => 409,
     };
     StatusCode::from_u16(status).expect("a valid HTTP status")
 }
@@ -88,7 +92,7 @@ mod tests {
     /// The published statuses, pinned: changing one is an API change and must show here.
     #[test]
     fn statuses_are_the_published_ones() {
-        let published: [(ErrorCode, u16); 53] = [
+        let published: [(ErrorCode, u16); 57] = [
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::MalformedJson, 400),
             (ErrorCode::UnsupportedMediaType, 415),
@@ -142,6 +146,10 @@ mod tests {
             (ErrorCode::NotGoverned, 409),
             (ErrorCode::ApproverNotAGovernor, 422),
             (ErrorCode::AdminRevoked, 422),
+            (ErrorCode::InvalidGroup, 400),
+            (ErrorCode::UnknownExecutor, 422),
+            (ErrorCode::ApproverNotInGroup, 422),
+            (ErrorCode::ApprovalFormatChanged, 409),
         ];
         assert_eq!(published.len(), ErrorCode::ALL.len());
         for (code, status) in published {

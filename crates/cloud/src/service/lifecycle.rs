@@ -57,6 +57,7 @@ impl Cloud {
         let message = message_of(&row);
         for a in &d.approvals {
             let stored = self.verify_approval(a, &message)?;
+            executors::check_in_group(&row, &stored)?;
             if row.approvals.iter().any(|x| x.same_admin(&stored)) {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateApproval,
@@ -306,10 +307,14 @@ impl Cloud {
                     ))
                 }
             }
+            if let Err(f) = executors::check_format(&row) {
+                return Err(ApiError::new(ErrorCode::ApprovalFormatChanged, f.message));
+            }
             let message = message_of(&row);
             let approval = self.verify_approval(&body, &message)?;
             // Governance: only a current, unrevoked governor counts (refused early, by name).
             self.check_governor(&row, &approval).await?;
+            executors::check_in_group(&row, &approval)?;
             if row.approvals.iter().any(|a| a.same_admin(&approval)) {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateApproval,
@@ -594,6 +599,8 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         message: None,
         governance: None,
         quorum: row.quorum,
+        group: None,
+        executor: None,
         approvals: row
             .approvals
             .iter()

@@ -5,7 +5,8 @@
 use super::*;
 
 impl Cloud {
-    /// `POST /v1/wallets`.
+    /// `POST /v1/wallets`: a wallet sealed with its approver group, made by one node only
+    /// (the one named, else the next serving node in turn).
     pub async fn create_wallet(
         &self,
         caller: &Principal,
@@ -13,14 +14,37 @@ impl Cloud {
     ) -> Result<RequestOutcome, ApiError> {
         self.cluster_config(&body.cluster)?;
         Self::check_quorum(body.quorum)?;
+        let group =
+            parse_group(&body.group).map_err(|m| ApiError::new(ErrorCode::InvalidGroup, m))?;
+        if usize::from(body.quorum) > group.len() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidGroup,
+                format!(
+                    "quorum {} is more than the group's {} admins",
+                    body.quorum,
+                    group.len()
+                ),
+            ));
+        }
+        let wanted = body
+            .executor
+            .as_deref()
+            .map(parse_fingerprint)
+            .transpose()
+            .map_err(|m| ApiError::new(ErrorCode::UnknownExecutor, format!("executor: {m}")))?;
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        let executor = self.choose_executor(&body.cluster, wanted).await?;
         self.create(
             caller,
             Draft {
                 cluster: body.cluster,
                 quorum: body.quorum,
-                terms: Terms::CreateWallet { node: None },
+                terms: Terms::CreateGroupWallet {
+                    group,
+                    executor_node: executor.node,
+                    executor: executor.key_fingerprint,
+                },
                 id,
                 expires_at,
                 approvals: body.approvals,
@@ -174,6 +198,9 @@ impl Cloud {
             RequestKind::Governance => return self.execute_governance(row).await,
             _ => {}
         }
+        if let Err(failure) = executors::check_format(&row) {
+            return self.finish(row, Verdict::Refused(failure)).await;
+        }
         let request = match tee_request(&row) {
             Ok(r) => r,
             Err(e) => {
@@ -245,14 +272,24 @@ impl Cloud {
                     Err(m) => fail("bad_signature", m),
                 }
             }
-            (Terms::CreateWallet { .. } | Terms::ImportWallet { .. }, Response::Wallet(info)) => {
-                match self.check_wallet(row, &info) {
-                    Ok((result, wallet)) => {
-                        Verdict::completed(node, result, Recorded::Wallet(wallet))
-                    }
-                    Err(m) => fail("bad_result", m),
-                }
+            (Terms::CreateGroupWallet { executor_node, .. }, Response::Wallet(_))
+                if *executor_node != node =>
+            {
+                // Only the approved node may make it; the call was pinned there.
+                fail(
+                    "bad_result",
+                    format!("wallet made by node {node}, the approvals name {executor_node}"),
+                )
             }
+            (
+                Terms::CreateWallet { .. }
+                | Terms::CreateGroupWallet { .. }
+                | Terms::ImportWallet { .. },
+                Response::Wallet(info),
+            ) => match self.check_wallet(row, &info) {
+                Ok((result, wallet)) => Verdict::completed(node, result, Recorded::Wallet(wallet)),
+                Err(m) => fail("bad_result", m),
+            },
             (
                 Terms::ImportThresholdKey {
                     node: sealed_to,

@@ -54,13 +54,7 @@ async fn another_tenant_sees_none_of_a_tenants_requests_and_wallets() {
         assert_eq!(signed.status, RequestStatus::Completed, "{signed:?}");
         let pending = s
             .client
-            .create_wallet(&CreateWalletBody {
-                cluster: "dc2".into(),
-                quorum: 2,
-                request_id: None,
-                expires_at: None,
-                approvals: Vec::new(),
-            })
+            .create_wallet(&s.wallet_body("dc2", 2, 2))
             .await
             .unwrap();
         let other = s.client_as("other");
@@ -103,13 +97,7 @@ async fn another_tenant_sees_none_of_a_tenants_requests_and_wallets() {
         // The first tenant still sees all of it, and the other tenant's own work is its own.
         assert_eq!(s.client.wallets().await.unwrap().wallets.len(), 1);
         let own = other
-            .create_wallet(&CreateWalletBody {
-                cluster: "dc1".into(),
-                quorum: 1,
-                request_id: None,
-                expires_at: None,
-                approvals: Vec::new(),
-            })
+            .create_wallet(&s.wallet_body("dc1", 1, 1))
             .await
             .unwrap();
         assert_eq!(other.request(&own.id).await.unwrap().id, own.id);
@@ -174,22 +162,9 @@ async fn a_burst_beyond_the_rate_limit_gets_429_with_retry_after() {
 
 /// A wallet of the tenant of `client`, made in `cluster` with its quorum given up front.
 async fn wallet_of(s: &TestServer, client: &CloudClient, cluster: &str) -> WalletView {
-    let id: [u8; 16] = rand::random();
-    let meta = RequestMeta {
-        request_id: id,
-        expires_at: now() + 600,
-    };
-    let message = Action::CreateWallet { quorum: 1 }.message(cluster, &meta);
-    let view = client
-        .create_wallet(&CreateWalletBody {
-            cluster: cluster.into(),
-            quorum: 1,
-            request_id: Some(hex::encode(id)),
-            expires_at: Some(meta.expires_at),
-            approvals: vec![s.pki.approve(0, &message)],
-        })
-        .await
-        .unwrap();
+    let (mut body, message) = s.presigned_wallet(cluster, 1, 1, "node1");
+    body.approvals = vec![s.pki.approve(0, &message)];
+    let view = client.create_wallet(&body).await.unwrap();
     let Some(RequestResult::Wallet(w)) = &view.result else {
         panic!("no wallet result: {view:?}")
     };
@@ -248,24 +223,12 @@ async fn inline_approvals_need_the_approve_scope() {
     let s = TestServer::start().await;
     let requester = s.guest_token("requester").to_string();
     let w = crate::api::wallet(&s, "dc1", 1).await;
-    let approval = {
-        let id: [u8; 16] = rand::random();
-        let meta = RequestMeta {
-            request_id: id,
-            expires_at: now() + 600,
-        };
-        let message = Action::CreateWallet { quorum: 1 }.message("dc1", &meta);
-        (id, meta.expires_at, s.pki.approve(0, &message))
-    };
-    let (id, expires_at, approval) = approval;
-    let approvals = serde_json::to_value(vec![approval]).unwrap();
+    let (mut create, message) = s.presigned_wallet("dc1", 1, 1, "node1");
+    create.approvals = vec![s.pki.approve(0, &message)];
+    let approvals = serde_json::to_value(&create.approvals).unwrap();
     let key_id = "02".repeat(33);
     let calls = [
-        (
-            "/v1/wallets",
-            serde_json::json!({"cluster": "dc1", "quorum": 1, "request_id": hex::encode(id),
-                "expires_at": expires_at, "approvals": approvals}),
-        ),
+        ("/v1/wallets", serde_json::to_value(&create).unwrap()),
         (
             "/v1/wallets/import",
             serde_json::json!({"cluster": "dc1", "quorum": 1, "seed_hex": "00".repeat(32),

@@ -21,28 +21,14 @@ const VECTOR2_M0: &str = "xpub69H7F5d8KSRgmmdJg2KhpAK8SR3DjMwAdkxj3ZuxV27CprR9Lg
 const MNEMONIC: &str =
     "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
 
-/// A wallet on `cluster` with `quorum`, created with inline approvals (one call).
+/// A wallet on `cluster` with `quorum` of the group alice, bob, carol, created on its node1
+/// with inline approvals by the first `quorum` of them (one call).
 pub(crate) async fn wallet(s: &TestServer, cluster: &str, quorum: u8) -> WalletView {
-    let id = [0x11u8; 16].map(|_| rand::random::<u8>());
-    let meta = RequestMeta {
-        request_id: id,
-        expires_at: now() + 600,
-    };
-    let message = Action::CreateWallet { quorum }.message(cluster, &meta);
-    let approvals = (0..quorum as usize)
+    let (mut body, message) = s.presigned_wallet(cluster, quorum, 3, "node1");
+    body.approvals = (0..quorum as usize)
         .map(|i| s.pki.approve(i, &message))
         .collect();
-    let view = s
-        .client
-        .create_wallet(&CreateWalletBody {
-            cluster: cluster.into(),
-            quorum,
-            request_id: Some(hex::encode(id)),
-            expires_at: Some(meta.expires_at),
-            approvals,
-        })
-        .await
-        .unwrap();
+    let view = s.client.create_wallet(&body).await.unwrap();
     assert_eq!(view.status, RequestStatus::Completed, "{view:?}");
     let Some(RequestResult::Wallet(w)) = &view.result else {
         panic!("no wallet result: {view:?}")
@@ -351,13 +337,7 @@ async fn bad_inputs_get_stable_error_codes() {
     body.approvals = vec![s.pki.approve(0, b"x"); 17];
     assert_eq!(code(c.sign(&body).await.unwrap_err()), "too_many_approvals");
 
-    let create = |cluster: &str, quorum: u8| CreateWalletBody {
-        cluster: cluster.into(),
-        quorum,
-        request_id: None,
-        expires_at: None,
-        approvals: vec![],
-    };
+    let create = |cluster: &str, quorum: u8| s.wallet_body(cluster, quorum, 3);
     assert_eq!(
         code(c.create_wallet(&create("nope", 1)).await.unwrap_err()),
         "unknown_cluster"
@@ -536,16 +516,7 @@ async fn bad_inputs_get_stable_error_codes() {
 async fn create_wallet_waits_for_distinct_approvals_then_completes() {
     let s = TestServer::start().await;
     let c = &s.client;
-    let view = c
-        .create_wallet(&CreateWalletBody {
-            cluster: "dc1".into(),
-            quorum: 2,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
-        .await
-        .unwrap();
+    let view = c.create_wallet(&s.wallet_body("dc1", 2, 3)).await.unwrap();
     assert_eq!(view.status, RequestStatus::PendingApproval);
     assert_eq!(view.kind, RequestKind::CreateWallet);
     assert_eq!(view.created_by, "tester");
@@ -583,7 +554,7 @@ async fn create_wallet_waits_for_distinct_approvals_then_completes() {
         .gateway
         .calls()
         .iter()
-        .all(|c| c.op != "submit:CreateWallet"));
+        .all(|c| c.op != "submit:CreateGroupWallet"));
     assert_eq!(
         code(
             c.approve(&view.id, &s.pki.approve(0, &message))
@@ -626,9 +597,11 @@ async fn create_wallet_waits_for_distinct_approvals_then_completes() {
         events,
         ["created", "approved", "approved", "submitting", "completed"]
     );
-    assert_eq!(s.gateway.executed("CreateWallet").len(), 1);
+    assert_eq!(s.gateway.executed("CreateGroupWallet").len(), 1);
     assert_eq!(
-        s.gateway.executed("CreateWallet")[0].request_id.to_vec(),
+        s.gateway.executed("CreateGroupWallet")[0]
+            .request_id
+            .to_vec(),
         hex::decode(&view.id).unwrap()
     );
 
@@ -800,16 +773,7 @@ async fn tee_refusal_ends_refused_with_the_tee_code() {
 async fn transport_failures_fail_the_request_and_retries_reuse_its_id() {
     let s = TestServer::start().await;
     let c = &s.client;
-    let view = c
-        .create_wallet(&CreateWalletBody {
-            cluster: "dc2".into(),
-            quorum: 1,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
-        .await
-        .unwrap();
+    let view = c.create_wallet(&s.wallet_body("dc2", 1, 1)).await.unwrap();
     let id = hex::decode(&view.id).unwrap();
     let message = message_of(&view);
 
@@ -834,7 +798,7 @@ async fn transport_failures_fail_the_request_and_retries_reuse_its_id() {
     let failed = c.request(&view.id).await.unwrap();
     assert_eq!(failed.status, RequestStatus::Failed);
     assert_eq!(failed.error.as_ref().unwrap().code, "cluster_unavailable");
-    assert!(s.gateway.executed("CreateWallet").is_empty());
+    assert!(s.gateway.executed("CreateGroupWallet").is_empty());
 
     // Back up, but the first answer is lost on the way back every time: the cluster executed
     // the request once; every try used the same id.
@@ -852,13 +816,13 @@ async fn transport_failures_fail_the_request_and_retries_reuse_its_id() {
         .gateway
         .calls()
         .into_iter()
-        .filter(|c| c.op == "submit:CreateWallet")
+        .filter(|c| c.op == "submit:CreateGroupWallet")
         .collect();
     assert!(tries.len() >= 3, "{tries:?}");
     assert!(tries.iter().all(|c| c.request_id.to_vec() == id));
     // Executed exactly once by the TEE: a second execution would have been refused as a
     // replayed create request.
-    assert_eq!(s.gateway.executed("CreateWallet").len(), 1);
+    assert_eq!(s.gateway.executed("CreateGroupWallet").len(), 1);
     assert_eq!(c.wallets().await.unwrap().wallets.len(), 1);
 
     // A transient failure inside one call is retried transparently.
@@ -871,18 +835,13 @@ async fn transport_failures_fail_the_request_and_retries_reuse_its_id() {
 #[tokio::test]
 async fn tampered_cluster_answers_are_never_accepted() {
     let s = TestServer::start().await;
-    s.gateway.tamper.store(true, Ordering::SeqCst);
     let view = s
         .client
-        .create_wallet(&CreateWalletBody {
-            cluster: "dc1".into(),
-            quorum: 1,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .create_wallet(&s.wallet_body("dc1", 1, 1))
         .await
         .unwrap();
+    // From here every answer is forged (naming the executor verified its chain first).
+    s.gateway.tamper.store(true, Ordering::SeqCst);
     let e = s
         .client
         .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
@@ -903,13 +862,7 @@ async fn create_approved(
 ) -> Result<RequestView, custos_cloud_api::client::ClientError> {
     let view = s
         .client
-        .create_wallet(&CreateWalletBody {
-            cluster: cluster.into(),
-            quorum: 1,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .create_wallet(&s.wallet_body(cluster, 1, 1))
         .await
         .unwrap();
     s.client
@@ -918,15 +871,19 @@ async fn create_approved(
 }
 
 #[tokio::test]
-async fn the_serving_nodes_chain_comes_with_its_reply() {
+async fn the_executors_chain_is_fetched_once_for_a_creation() {
     let s = TestServer::start().await;
     let w = create_approved(&s, "dc2").await.unwrap();
     assert_eq!(w.status, RequestStatus::Completed);
-    // A fresh server verified the node's key from the chain carried with the reply: no
-    // second round trip for the chain.
+    // The creation verified its executor's chain to name its device key; the answer
+    // verified with that key: no second round trip for the chain.
     let ops: Vec<String> = s.gateway.calls().into_iter().map(|c| c.op).collect();
-    assert!(ops.iter().any(|o| o == "submit:CreateWallet"), "{ops:?}");
-    assert!(!ops.iter().any(|o| o == "submit:DeviceChain"), "{ops:?}");
+    assert!(
+        ops.iter().any(|o| o == "submit:CreateGroupWallet"),
+        "{ops:?}"
+    );
+    let fetches = ops.iter().filter(|o| *o == "submit:DeviceChain").count();
+    assert_eq!(fetches, 1, "{ops:?}");
     s.stop().await;
 }
 

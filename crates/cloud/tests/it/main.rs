@@ -5,6 +5,7 @@ mod access;
 mod api;
 mod dkg;
 mod governance;
+mod groups;
 mod openapi;
 mod scripted;
 mod service;

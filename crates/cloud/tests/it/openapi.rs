@@ -40,6 +40,9 @@ const STATE_CODES: &[&str] = &[
     "threshold_key_mismatch",
     "bundle_recipient_unknown",
     "approval_invalid",
+    "approver_not_in_group",
+    "approval_format_changed",
+    "unknown_executor",
     "invalid_expiry",
     "already_governed",
     "not_governed",
@@ -55,6 +58,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
     match (method, path) {
         // Exactly one of mnemonic and seed_hex; passphrase with a mnemonic; BIP-39 words.
         ("post", "/v1/wallets/import") => &["invalid_secret"],
+        // quorum at most the group's size; fingerprints distinct whatever their case.
+        ("post", "/v1/wallets") => &["invalid_group"],
         // The bundle's own encoding, signature and facts.
         ("post", "/v1/threshold/keys/import") => &["invalid_bundle"],
         // t <= n, the number of clusters named.
@@ -356,13 +361,7 @@ async fn known_values(s: &TestServer) -> Known {
     let w = crate::api::wallet(s, "dc1", 1).await;
     let pending = s
         .client
-        .create_wallet(&custos_cloud_api::CreateWalletBody {
-            cluster: "dc2".into(),
-            quorum: 2,
-            request_id: None,
-            expires_at: None,
-            approvals: Vec::new(),
-        })
+        .create_wallet(&s.wallet_body("dc2", 2, 2))
         .await
         .expect("pending request");
     let mut k = Known::default();
@@ -635,6 +634,10 @@ fn the_documents_limits_are_the_servers() {
             "{body}"
         );
     }
+    assert_eq!(
+        prop("CreateWalletBody", "group")["maxItems"],
+        n(custos_wire::policy::MAX_GROUP)
+    );
     for pem in ["admin_cert_pem", "admin_ca_pem"] {
         assert_eq!(
             prop("ApprovalBody", pem)["maxLength"],

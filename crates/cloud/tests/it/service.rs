@@ -54,10 +54,16 @@ fn tester() -> Principal {
     }
 }
 
-fn create(quorum: u8) -> CreateWalletBody {
+/// A wallet creation on dc1 with `quorum` of the group alice, bob, carol.
+fn create(s: &Setup, quorum: u8) -> CreateWalletBody {
     CreateWalletBody {
         cluster: "dc1".into(),
         quorum,
+        group: governance::admin_keys(&s.pki, &ADMINS)
+            .iter()
+            .map(hex::encode)
+            .collect(),
+        executor: None,
         request_id: None,
         expires_at: None,
         approvals: vec![],
@@ -69,7 +75,7 @@ async fn pending_requests_expire_and_are_never_submitted() {
     let s = setup(TestDb::sqlite()).await;
     let view = s
         .cloud
-        .create_wallet(&tester(), create(2))
+        .create_wallet(&tester(), create(&s, 2))
         .await
         .unwrap()
         .view;
@@ -94,7 +100,7 @@ async fn pending_requests_expire_and_are_never_submitted() {
         .await
         .unwrap_err();
     assert_eq!(e.code, custos_cloud_api::ErrorCode::RequestExpired);
-    assert!(s.gateway.executed("CreateWallet").is_empty());
+    assert!(s.gateway.executed("CreateGroupWallet").is_empty());
     s.db.cleanup().await;
 }
 
@@ -103,7 +109,7 @@ async fn reading_a_request_past_its_window_expires_it() {
     let s = setup(TestDb::sqlite()).await;
     let view = s
         .cloud
-        .create_wallet(&tester(), create(1))
+        .create_wallet(&tester(), create(&s, 1))
         .await
         .unwrap()
         .view;
@@ -122,7 +128,7 @@ async fn crash_recovery_resubmits_with_the_same_id() {
         let s = setup(db).await;
         let view = s
             .cloud
-            .create_wallet(&tester(), create(1))
+            .create_wallet(&tester(), create(&s, 1))
             .await
             .unwrap()
             .view;
@@ -161,11 +167,62 @@ async fn crash_recovery_resubmits_with_the_same_id() {
             .gateway
             .calls()
             .into_iter()
-            .filter(|c| c.op == "submit:CreateWallet")
+            .filter(|c| c.op == "submit:CreateGroupWallet")
             .collect();
         assert!(submits.iter().all(|c| c.request_id.to_vec() == id));
-        assert_eq!(s.gateway.executed("CreateWallet").len(), 1, "{engine}");
+        assert_eq!(s.gateway.executed("CreateGroupWallet").len(), 1, "{engine}");
         assert_eq!(restarted.recover().await.unwrap(), 0);
         s.db.cleanup().await;
     }
+}
+
+/// A wallet creation recorded before approver groups (any Admin-CA admin would count for
+/// it, on any node) is never executed: its approval and its submission are refused.
+#[tokio::test]
+async fn a_creation_made_before_groups_is_refused_at_submission() {
+    let s = setup(TestDb::sqlite()).await;
+    let view = s
+        .cloud
+        .create_wallet(&tester(), create(&s, 2))
+        .await
+        .unwrap()
+        .view;
+    let store = s.cloud.store();
+    let mut row = store.request(&view.id).await.unwrap().unwrap();
+    row.terms = custos_cloud::terms::Terms::CreateWallet { node: None };
+    let row = store
+        .update_request(&row, "approved", "as a legacy row".into(), None)
+        .await
+        .unwrap();
+    let legacy = s.cloud.request("default", &view.id).await.unwrap();
+    assert!(custos_cloud_api::approval::approval_message(&legacy).is_err());
+    // A new approval: refused, naming the reason.
+    let message = hex::decode(&legacy.approval_message).unwrap();
+    let e = s
+        .cloud
+        .approve("default", &view.id, s.pki.approve(0, &message))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, custos_cloud_api::ErrorCode::ApprovalFormatChanged);
+    // Left in `submitting` by an older server: resubmitted, and refused for good.
+    let mut stuck = row.clone();
+    stuck.status = RequestStatus::Submitting;
+    store
+        .update_request(&stuck, "submitting", "state at the upgrade".into(), None)
+        .await
+        .unwrap();
+    let (_, hash) = generate_api_token();
+    let config = TestServer::config_for(&s.pki, &s.db.url, &hash);
+    let gw: Arc<dyn Gateway> = s.gateway.clone();
+    let restarted = Cloud::open(&config, gw).await.unwrap();
+    assert_eq!(restarted.recover().await.unwrap(), 1);
+    let r = restarted.request("default", &view.id).await.unwrap();
+    assert_eq!(r.status, RequestStatus::Refused, "{r:?}");
+    assert_eq!(r.error.unwrap().code, "approval_format_changed");
+    assert!(s
+        .gateway
+        .calls()
+        .iter()
+        .all(|c| !c.op.contains("CreateWallet")));
+    s.db.cleanup().await;
 }

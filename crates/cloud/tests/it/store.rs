@@ -16,7 +16,11 @@ use sha2::{Digest, Sha256};
 /// Terms of every kind, as the service builds them.
 fn terms(kind: RequestKind) -> Terms {
     match kind {
-        RequestKind::CreateWallet => Terms::CreateWallet { node: None },
+        RequestKind::CreateWallet => Terms::CreateGroupWallet {
+            group: vec![[1; 32], [2; 32], [3; 32]],
+            executor_node: "node2".into(),
+            executor: [9; 32],
+        },
         RequestKind::ImportWallet => Terms::ImportWallet {
             root_id: [3; 33],
             node: "node1".into(),
@@ -806,7 +810,8 @@ async fn requests_of_schema_4_are_moved_into_typed_terms_and_one_row_on_every_da
             clusters: None,
         };
         let expected = [
-            (1, terms(RequestKind::CreateWallet)),
+            // Made before approver groups: read back as such (and never executed).
+            (1, Terms::CreateWallet { node: None }),
             (2, terms(RequestKind::ImportWallet)),
             (3, terms(RequestKind::Sign)),
             (4, terms(RequestKind::ImportThresholdKey)),

@@ -31,8 +31,20 @@ impl Demo {
         Ok(())
     }
 
-    /// Wallet creation under quorum: dc1 needs alice and bob, dc2 alice alone.
+    /// The approver group of the demo's wallets: alice, bob and carol, by the fingerprints
+    /// of their certified keys (hex).
+    fn admin_group(&self) -> Result<Vec<String>, AnyError> {
+        ["alice", "bob", "carol"]
+            .iter()
+            .map(|a| Ok(hex::encode(self.dep.admin(a)?.key_fingerprint())))
+            .collect()
+    }
+
+    /// Wallet creation under quorum of the group alice, bob, carol: dc1 needs two of them
+    /// (alice and bob approve), dc2 one (alice). The cloud server names the node that makes
+    /// each wallet in what the admins approve.
     pub(super) async fn create_wallets(&mut self) -> Result<(), AnyError> {
+        let group = self.admin_group()?;
         for (cluster, quorum, signers) in [
             ("dc1", 2u8, vec![&self.alice, &self.bob]),
             ("dc2", 1u8, vec![&self.alice]),
@@ -42,18 +54,22 @@ impl Demo {
                 .create_wallet(&CreateWalletBody {
                     cluster: cluster.into(),
                     quorum,
+                    group: group.clone(),
+                    executor: None,
                     request_id: None,
                     expires_at: None,
                     approvals: Vec::new(),
                 })
                 .await?;
+            let executor = view.target_node.clone().unwrap_or_default();
             let view = approve_all(&self.client, view, &signers).await?;
             status_is(&view, RequestStatus::Completed, "wallet creation")?;
             let (root_id, xpub) = wallet_of(&view)?;
             self.steps.ok(
                 "create-wallet",
                 format!(
-                    "{cluster}: quorum {quorum}, root {}…, {}…",
+                    "{cluster}: {quorum} of the group alice/bob/carol, made by {executor} only, \
+                     root {}…, {}…",
                     &root_id[..16],
                     &xpub[..20]
                 ),

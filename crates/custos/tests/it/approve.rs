@@ -5,7 +5,7 @@
 use custos::admin::KeySource;
 use custos::approve::{approve, ApproveArgs, ApproveError};
 use custos_cloud_api::review::{checked_message, ReviewError};
-use custos_cloud_api::{CreateWalletBody, RequestStatus};
+use custos_cloud_api::RequestStatus;
 use custos_test_kit::TestServer;
 
 #[tokio::test]
@@ -13,13 +13,7 @@ async fn approve_command_recomputes_confirms_and_signs() {
     let s = TestServer::start().await;
     let view = s
         .client
-        .create_wallet(&CreateWalletBody {
-            cluster: "dc1".into(),
-            quorum: 1,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .create_wallet(&s.wallet_body("dc1", 1, 3))
         .await
         .unwrap();
     let mut args = ApproveArgs {
@@ -44,6 +38,14 @@ async fn approve_command_recomputes_confirms_and_signs() {
     let shown = String::from_utf8_lossy(&out).to_string();
     assert!(
         shown.contains("create a new wallet") && shown.contains("dc1"),
+        "{shown}"
+    );
+    // The approver sees who alone will approve the key, and the one node that makes it.
+    let node = view.target_node.clone().unwrap();
+    assert!(
+        shown.contains(&format!("executed by   {node}"))
+            && shown.contains(&hex::encode(s.executor("dc1", &node)))
+            && s.group_of(3).iter().all(|fp| shown.contains(fp)),
         "{shown}"
     );
     assert_eq!(s.client.request(&view.id).await.unwrap().approvals.len(), 0);
@@ -80,13 +82,7 @@ async fn approve_refuses_a_key_file_others_can_read() {
     let s = TestServer::start().await;
     let view = s
         .client
-        .create_wallet(&CreateWalletBody {
-            cluster: "dc1".into(),
-            quorum: 1,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .create_wallet(&s.wallet_body("dc1", 1, 3))
         .await
         .unwrap();
     let folder = s.pki.admin_folder("carol");
@@ -120,4 +116,54 @@ async fn approve_refuses_a_key_file_others_can_read() {
         .approvals
         .is_empty());
     s.stop().await;
+}
+
+/// `custos wallet create` names the group by the admins' chain files; an admin outside it
+/// (alice here) is refused by name, one of it (carol) creates the wallet.
+#[tokio::test]
+async fn wallet_create_names_the_group_from_the_admins_chains() {
+    use custos::wallet::{create, CreateArgs, WalletCliError};
+    let s = TestServer::start().await;
+    let mut args = CreateArgs {
+        api: s.url(""),
+        token: s.token.clone(),
+        api_root_ca: None,
+        cluster: "dc1".into(),
+        quorum: 1,
+        group: vec![],
+        group_certs: vec![],
+        executor: None,
+    };
+    let e = create(&args, &mut Vec::new()).await.unwrap_err();
+    assert!(matches!(e, WalletCliError::GroupSize(0)), "{e}");
+    args.group_certs = vec![
+        s.pki.admin_folder("carol").chain(),
+        s.pki.admin_folder("bob").chain(),
+    ];
+    let mut out = Vec::new();
+    let view = create(&args, &mut out).await.unwrap();
+    let mut want: Vec<String> = ["bob", "carol"]
+        .iter()
+        .map(|a| hex::encode(s.pki.admin(a).key_fingerprint()))
+        .collect();
+    want.sort();
+    assert_eq!(view.group, Some(want));
+    let shown = String::from_utf8_lossy(&out).to_string();
+    assert!(
+        shown.contains(&format!("custos approve --request {}", view.id)),
+        "{shown}"
+    );
+    let message = custos_test_kit::message_of(&view);
+    let e = s
+        .client
+        .approve(&view.id, &s.pki.approve(0, &message))
+        .await
+        .unwrap_err();
+    assert_eq!(custos_test_kit::code(e), "approver_not_in_group");
+    let done = s
+        .client
+        .approve(&view.id, &s.pki.approve(2, &message))
+        .await
+        .unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
 }

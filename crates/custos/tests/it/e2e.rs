@@ -37,11 +37,17 @@ fn deploy(dir: &std::path::Path, transport: LinkTransport, nodes: usize) -> Depl
     .unwrap()
 }
 
+/// A wallet approved, created and used by all of `signers` (its group).
 async fn create_wallet(client: &CloudClient, signers: &[&AdminSigner]) -> (String, String) {
     let mut view = client
         .create_wallet(&CreateWalletBody {
             cluster: CLUSTER.into(),
             quorum: signers.len() as u8,
+            group: signers
+                .iter()
+                .map(|s| hex::encode(s.key_fingerprint()))
+                .collect(),
+            executor: None,
             request_id: None,
             expires_at: None,
             approvals: Vec::new(),

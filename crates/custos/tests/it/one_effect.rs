@@ -2,6 +2,7 @@
 //! answer is lost between a node and the bridge (a proxy in front of each node server drops
 //! it after the TEE answered) never makes a second wallet on another node; the cloud server
 //! sends the same request id to the same node again and records the one wallet that exists.
+//! The approvals name that node (`create-wallet-v2`): no other node's TEE would act on them.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -56,22 +57,33 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
         }
     });
 
-    // Whichever node the bridge picks, its answer is lost; so would the other's be.
-    for p in &proxies {
-        p.arm();
-    }
-    let id = rt.block_on(async {
+    // The request names its executor (its device chain fetched now, before any proxy is
+    // armed); then the executor's answer is lost, and so would the other node's be.
+    let (id, executor) = rt.block_on(async {
         let view = client
             .create_wallet(&CreateWalletBody {
                 cluster: CLUSTER.into(),
                 quorum: 1,
+                group: vec![hex::encode(alice.key_fingerprint())],
+                executor: None,
                 request_id: None,
                 expires_at: None,
                 approvals: Vec::new(),
             })
             .await
             .unwrap();
-        approve(&client, &alice, &view.id).await.unwrap().id
+        let executor = view
+            .target_node
+            .clone()
+            .expect("the executing node is named");
+        assert!(view.executor.is_some(), "{view:?}");
+        for p in &proxies {
+            p.arm();
+        }
+        (
+            approve(&client, &alice, &view.id).await.unwrap().id,
+            executor,
+        )
     });
     let done = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(40);
@@ -92,6 +104,13 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
     assert!(
         done.events.iter().any(|e| e.event == "outcome_unknown"),
         "{:?}",
+        done.events
+    );
+    assert!(
+        done.events
+            .iter()
+            .any(|e| e.event == "completed" && e.detail.contains(&executor)),
+        "made by another node than {executor}: {:?}",
         done.events
     );
 

@@ -171,6 +171,11 @@ async fn token_admin_approves_wallet_creation_and_signing_end_to_end() {
         .create_wallet(&CreateWalletBody {
             cluster: CLUSTER.into(),
             quorum: 1,
+            group: vec![hex::encode(
+                custos_pki::chain_key_fingerprint(&std::fs::read_to_string(&chain).unwrap())
+                    .unwrap(),
+            )],
+            executor: None,
             request_id: None,
             expires_at: None,
             approvals: Vec::new(),

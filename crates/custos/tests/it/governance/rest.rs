@@ -195,6 +195,8 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
             .create_wallet(&CreateWalletBody {
                 cluster: DC.into(),
                 quorum: 1,
+                group: vec![fp(&alice), fp(&bob), fp(&carol)],
+                executor: None,
                 request_id: None,
                 expires_at: None,
                 approvals: vec![],

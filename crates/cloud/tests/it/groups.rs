@@ -1,0 +1,195 @@
+//! Wallet creations name the new key's approver group and the one node that executes them
+//! (issue 12, items 3 and 5). Attacks first: an admin outside the group, however genuine
+//! its certificate, never counts (the server refuses it early, the TEE decides), and the
+//! approvals name one node only.
+
+use custos_cloud_api::approval::{new_wallet_policy, sign_approval};
+use custos_cloud_api::client::ClientError;
+use custos_cloud_api::*;
+use custos_pki::{AdminFolder, AdminSigner};
+use custos_test_kit::governance::admin_keys;
+use custos_test_kit::*;
+use custos_wire::approval::{Action, Approval};
+use custos_wire::protocol::{Request, RequestMeta, Response, TeeError};
+
+/// A genuine admin of the Admin CA for a new subject, with a key of its own, enrolled now.
+fn mallory(s: &TestServer) -> AdminSigner {
+    AdminFolder::new(s.pki.path().join("admins").join("mallory"))
+        .enroll("mallory", &s.pki.pki)
+        .unwrap()
+}
+
+/// The error of a refused call must be `approver_not_in_group`, naming `admin`'s key.
+fn not_in_group(e: ClientError, admin: &AdminSigner) {
+    match e {
+        ClientError::Api { code, message, .. } => {
+            assert_eq!(code, "approver_not_in_group", "{message}");
+            let fp = hex::encode(admin.key_fingerprint());
+            assert!(message.contains(&fp), "{message} does not name {fp}");
+        }
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+/// The TEE form of `signer`'s approval of `message`.
+fn tee_approval(signer: &AdminSigner, message: &[u8]) -> Approval {
+    Approval {
+        admin_cert: signer.cert_der.clone(),
+        admin_ca: signer.admin_ca_der.clone(),
+        signature: signer.sign(message).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn an_admin_outside_the_group_never_counts() {
+    let s = TestServer::start().await;
+    let c = &s.client;
+    let mallory = mallory(&s);
+    let carol = &s.pki.admins[2];
+
+    // Inline: refused before anything is recorded.
+    let (mut body, message) = s.presigned_wallet("dc1", 1, 2, "node1");
+    body.approvals = vec![sign_approval(&mallory, &message).unwrap()];
+    not_in_group(c.create_wallet(&body).await.unwrap_err(), &mallory);
+    let id = body.request_id.clone().unwrap();
+    assert_eq!(code(c.request(&id).await.unwrap_err()), "unknown_request");
+
+    // One by one: carol (an admin, not of this group) and mallory are refused by name and
+    // recorded nowhere; alice and bob, the group, create the wallet.
+    let view = c.create_wallet(&s.wallet_body("dc1", 2, 2)).await.unwrap();
+    assert_eq!(view.group, Some(s.group_of(2)));
+    let node = view.target_node.clone().expect("an executing node");
+    assert_eq!(view.executor, Some(hex::encode(s.executor("dc1", &node))));
+    let described = review::describe(&view);
+    assert!(described.contains(&node), "{described}");
+    assert!(described.contains(&s.group_of(2)[1]), "{described}");
+    let message = message_of(&view);
+    for admin in [carol, &mallory] {
+        let approval = sign_approval(admin, &message).unwrap();
+        not_in_group(c.approve(&view.id, &approval).await.unwrap_err(), admin);
+    }
+    assert!(c.request(&view.id).await.unwrap().approvals.is_empty());
+    c.approve(&view.id, &s.pki.approve(0, &message))
+        .await
+        .unwrap();
+    let done = c
+        .approve(&view.id, &s.pki.approve(1, &message))
+        .await
+        .unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    assert_eq!(s.gateway.executed("CreateGroupWallet").len(), 1);
+
+    // The TEE decides, whatever the cloud server checks: the group's own message approved by
+    // alice with carol, or with mallory, is refused naming the outsider's key.
+    let meta = RequestMeta {
+        request_id: rand::random(),
+        expires_at: now() + 600,
+    };
+    let executor = s.executor("dc1", "node1");
+    let policy = new_wallet_policy(admin_keys(&s.pki, &["alice", "bob"]), 2);
+    let message = Action::CreateGroupWallet {
+        policy: &policy,
+        executor: &executor,
+    }
+    .message("dc1", &meta);
+    let alice = &s.pki.admins[0];
+    for outsider in [carol, &mallory] {
+        let request = Request::CreateGroupWallet {
+            meta: meta.clone(),
+            policy: policy.clone(),
+            executor,
+            approvals: vec![
+                tee_approval(alice, &message),
+                tee_approval(outsider, &message),
+            ],
+        };
+        let outcome = call_core(
+            &mut s.gateway.node("dc1", "node1").core.lock().unwrap(),
+            &request,
+        );
+        match outcome {
+            Err(TeeError::ApproverNotInGroup {
+                key_fingerprint, ..
+            }) => assert_eq!(key_fingerprint, outsider.key_fingerprint()),
+            other => panic!("expected approver_not_in_group, got {other:?}"),
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_approvals_name_one_node_and_creations_spread_over_the_nodes() {
+    let s = TestServer::start().await;
+    let c = &s.client;
+    // Round-robin over dc1's two serving nodes.
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        let view = c.create_wallet(&s.wallet_body("dc1", 1, 1)).await.unwrap();
+        nodes.push(view.target_node.unwrap());
+    }
+    nodes.sort();
+    assert_eq!(nodes, ["node1", "node1", "node2", "node2"]);
+
+    // A caller pre-signing names the executor by its device key; an unknown one is refused.
+    let (mut body, message) = s.presigned_wallet("dc1", 1, 1, "node2");
+    body.approvals = vec![s.pki.approve(0, &message)];
+    let mut stranger = body.clone();
+    stranger.executor = Some("ab".repeat(32));
+    assert_eq!(
+        code(c.create_wallet(&stranger).await.unwrap_err()),
+        "unknown_executor"
+    );
+    let done = c.create_wallet(&body).await.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    assert_eq!(done.target_node.as_deref(), Some("node2"));
+
+    // The same approvals sent to the other node's TEE make nothing there (not_executor).
+    let Some(RequestResult::Wallet(w)) = &done.result else {
+        panic!("{done:?}")
+    };
+    let meta = RequestMeta {
+        request_id: hex::decode(&done.id).unwrap().try_into().unwrap(),
+        expires_at: done.expires_at,
+    };
+    let request = Request::CreateGroupWallet {
+        meta,
+        policy: new_wallet_policy(admin_keys(&s.pki, &["alice"]), 1),
+        executor: s.executor("dc1", "node2"),
+        approvals: vec![tee_approval(&s.pki.admins[0], &message)],
+    };
+    let on = |node: &str| {
+        call_core(
+            &mut s.gateway.node("dc1", node).core.lock().unwrap(),
+            &request,
+        )
+    };
+    assert!(matches!(on("node1"), Err(TeeError::NotExecutor { .. })));
+    match on("node2") {
+        Ok(Response::Wallet(info)) => assert_eq!(hex::encode(info.key_id), w.root_id),
+        other => panic!("the executor answers the wallet it made, got {other:?}"),
+    }
+
+    // Group and quorum are checked up front.
+    let mut bad = s.wallet_body("dc1", 3, 2);
+    assert_eq!(
+        code(c.create_wallet(&bad).await.unwrap_err()),
+        "invalid_group"
+    );
+    bad = s.wallet_body("dc1", 1, 2);
+    bad.group[1] = bad.group[0].clone();
+    assert_eq!(
+        code(c.create_wallet(&bad).await.unwrap_err()),
+        "invalid_group"
+    );
+    bad.group = vec!["00".repeat(32); 33];
+    assert_eq!(
+        code(c.create_wallet(&bad).await.unwrap_err()),
+        "invalid_group"
+    );
+    bad.group = vec![];
+    assert_eq!(
+        code(c.create_wallet(&bad).await.unwrap_err()),
+        "invalid_group"
+    );
+    s.stop().await;
+}

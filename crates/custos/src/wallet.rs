@@ -1,0 +1,143 @@
+//! `custos wallet create`: records a wallet creation on the cloud server, naming the wallet's
+//! approver group (issue 12, item 3). Admins then approve it with `custos approve`.
+//!
+//! The group is given by key fingerprint (`--group`, hex) or by the admins' certificate chain
+//! files (`--group-cert`, what `custos pki sign-admin-csr` wrote for each admin): the
+//! fingerprint is read from the certificate, so a second certificate for another subject
+//! never stands in for an admin.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use custos_cloud_api::client::{ClientError, CloudClient};
+use custos_cloud_api::{CreateWalletBody, RequestView};
+use custos_wire::policy::MAX_GROUP;
+
+/// `custos wallet …`.
+#[derive(Clone, Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Record a wallet creation on the cloud server, naming the admins who alone approve it
+    /// (its group) and how many of them must; the server names the node that makes it.
+    /// Admins approve it with `custos approve`.
+    Create(CreateArgs),
+}
+
+/// Options of `custos wallet create`.
+#[derive(Clone, Debug, Args)]
+pub struct CreateArgs {
+    /// Cloud server base URL.
+    #[arg(long, env = "CUSTOS_API_URL")]
+    pub api: String,
+    /// API token.
+    #[arg(long, env = "CUSTOS_API_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Root certificate (PEM) to trust for an HTTPS API.
+    #[arg(long)]
+    pub api_root_ca: Option<PathBuf>,
+    /// Cluster that makes and holds the wallet.
+    #[arg(long)]
+    pub cluster: String,
+    /// Admins of the group needed to create and to use the wallet.
+    #[arg(long)]
+    pub quorum: u8,
+    /// An admin of the group by key fingerprint (64 hex characters); repeat for each.
+    #[arg(long = "group", value_name = "FP")]
+    pub group: Vec<String>,
+    /// An admin of the group by its certificate chain file (admin certificate first);
+    /// repeat for each. Combined with --group.
+    #[arg(long = "group-cert", value_name = "FILE")]
+    pub group_certs: Vec<PathBuf>,
+    /// The node to make the wallet on, by device key fingerprint (default: the server
+    /// chooses the next serving node).
+    #[arg(long)]
+    pub executor: Option<String>,
+}
+
+/// Failures of `custos wallet create`.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletCliError {
+    /// The server refused or could not be reached.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An admin certificate chain could not be read.
+    #[error("{path}: {source}")]
+    Cert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: custos_pki::PkiError,
+    },
+    /// No admin named, or more than a group holds.
+    #[error("name 1 to {MAX_GROUP} admins with --group or --group-cert ({0} given)")]
+    GroupSize(usize),
+}
+
+fn read(path: &Path) -> Result<String, WalletCliError> {
+    std::fs::read_to_string(path).map_err(|source| WalletCliError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The group named by `args`: the fingerprints given, then those of the chain files. The
+/// server checks their form and refuses duplicates (`invalid_group`).
+pub fn group_of(args: &CreateArgs) -> Result<Vec<String>, WalletCliError> {
+    let mut group = args.group.clone();
+    for path in &args.group_certs {
+        let fp = custos_pki::chain_key_fingerprint(&read(path)?).map_err(|source| {
+            WalletCliError::Cert {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        group.push(hex::encode(fp));
+    }
+    if group.is_empty() || group.len() > MAX_GROUP {
+        return Err(WalletCliError::GroupSize(group.len()));
+    }
+    Ok(group)
+}
+
+/// Runs `custos wallet create`: records the request and prints what the admins will be asked
+/// to approve.
+pub async fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<RequestView, WalletCliError> {
+    let group = group_of(args)?;
+    let client = match &args.api_root_ca {
+        Some(p) => CloudClient::with_root_pem(&args.api, &args.token, &read(p)?)?,
+        None => CloudClient::new(&args.api, &args.token)?,
+    };
+    let view = client
+        .create_wallet(&CreateWalletBody {
+            cluster: args.cluster.clone(),
+            quorum: args.quorum,
+            group,
+            executor: args.executor.clone(),
+            request_id: None,
+            expires_at: None,
+            approvals: Vec::new(),
+        })
+        .await?;
+    let shown = writeln!(
+        out,
+        "request {} recorded, waiting for {} approvals:\n{}\napprove with: custos approve \
+         --request {}",
+        view.id,
+        view.quorum,
+        custos_cloud_api::review::describe(&view),
+        view.id
+    );
+    shown.map_err(|source| WalletCliError::Io {
+        path: "stdout".into(),
+        source,
+    })?;
+    Ok(view)
+}
