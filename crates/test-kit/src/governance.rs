@@ -84,6 +84,17 @@ impl<'a> GovLog<'a> {
 
     /// The entry that would come next, without appending it (for refused attempts).
     pub fn next_entry(&self, change: GovChange, signers: &[&str]) -> GovEntry {
+        self.next_entry_expiring(change, signers, now() + APPROVAL_SECS)
+    }
+
+    /// [`GovLog::next_entry`] whose approvals expire at `expires_at` (Unix seconds): an
+    /// entry approved long ago, or shelved and relayed late.
+    pub fn next_entry_expiring(
+        &self,
+        change: GovChange,
+        signers: &[&str],
+        expires_at: u64,
+    ) -> GovEntry {
         let (version, prev) = match self.entries.last() {
             Some(last) => (last.version + 1, entry_hash(&self.cluster, last)),
             None => (0, [0; 32]),
@@ -95,7 +106,7 @@ impl<'a> GovLog<'a> {
             prev,
             meta: RequestMeta {
                 request_id,
-                expires_at: now() + APPROVAL_SECS,
+                expires_at,
             },
             change,
             approvals: Vec::new(),

@@ -65,6 +65,25 @@ impl Refused {
     }
 }
 
+/// Entries new to the cluster must be relayed while their approvals are current. A TEE
+/// cannot tell an entry new to the cluster from one it missed (a returning node replays old
+/// entries, long expired), so the cluster's gate for fresh changes is here, before any TEE
+/// hears of them: approvals collected for a change that was then shelved cannot be applied
+/// months later. Entries the bridge already stores are never re-checked.
+fn unexpired(entries: &[GovEntry]) -> Result<(), Refused> {
+    let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+    match entries.iter().find(|e| e.meta.expires_at < now) {
+        Some(e) => Err(Refused {
+            code: "governance_expired",
+            detail: format!(
+                "the approvals of entry {} expired at {} (now {now}): approve the change anew",
+                e.version, e.meta.expires_at
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The log's entries stored from version `from` on, each decoded and its stored hash checked.
 pub(super) async fn stored_entries(
     db: &MetadataDb,
@@ -361,6 +380,7 @@ impl BridgeService {
             });
         }
         let Some(before) = before else {
+            unexpired(entries)?;
             let next = verify_log(&st.root, cluster, st.gov_pin, entries).map_err(rejected)?;
             if st.gov_pin.is_none() {
                 tracing::warn!(
@@ -399,6 +419,7 @@ impl BridgeService {
                 }
             }
         }
+        unexpired(&entries[known..])?;
         let mut next = before.clone();
         let mut cache = AdminCache::default();
         for e in &entries[known..] {

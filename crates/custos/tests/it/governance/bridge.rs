@@ -10,7 +10,7 @@ use custos::cluster::{Cluster, ClusterOptions};
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::StatusRequest;
 use custos_test_kit::governance::{member, GovLog};
-use custos_wire::governance::entry_hash;
+use custos_wire::governance::{entry_hash, GovChange};
 use custos_wire::protocol::{CertChain, Request, Response};
 use tonic::transport::Channel;
 
@@ -130,6 +130,32 @@ fn rogue_register_and_name_takeover_refused() {
                 && e.detail.contains("genesis")),
             "no governance history row: {history:?}"
         );
+
+        // Approvals of a change that was shelved and relayed after they expired: refused
+        // before any TEE hears of it, and the log stays where it was.
+        let late = log.next_entry_expiring(
+            GovChange::Remove {
+                key_fingerprint: member(&pki, &chains[1]).key_fingerprint,
+                reason: "shelved".into(),
+            },
+            &["alice", "bob"],
+            custos_test_kit::platform::now() - 60,
+        );
+        let apply = Request::ApplyGovernance {
+            cluster: CLUSTER.into(),
+            entries: vec![late],
+        };
+        let e = submit(&mut link, &apply, "").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().starts_with("governance_expired:"), "{e:?}");
+        let asked = Request::Governance {
+            cluster: CLUSTER.into(),
+            since: 0,
+        };
+        match submit(&mut link, &asked, n2).await.unwrap() {
+            (Ok(Response::Governance(v)), _, _) => assert_eq!(v.version, 0),
+            other => panic!("no view: {other:?}"),
+        }
 
         // Node3 admitted: its server registers again (and its TEE gets the log pushed).
         let admit = log
