@@ -4,8 +4,10 @@
 //! node server plus a separate TEE core process), their bridges, one external relay per
 //! cluster linked to its bridge by a real link transport (TCP frames for `dc1`, spool
 //! files for `dc2`), and the cloud server; then it runs every flow through the REST API:
-//! provisioning, wallet creation and import, sync, admin approvals under quorum, signing
-//! through the full path, an audit, a 2-of-3 threshold key dealt over the three clusters and
+//! provisioning, each cluster's governance log (genesis through the REST routes; an
+//! impostor node with a genuine certificate refused; a revoked admin's approval refused),
+//! wallet creation under an approver group and import, sync, admin approvals under quorum,
+//! signing through the full path, an audit, a 2-of-3 threshold key dealt over the three clusters and
 //! used by pairs of them, and a node killed while requests are still served.
 //! Every signature is checked with nothing but public data. It exits 0 only if every step
 //! verified, and writes a machine-readable JSON report.
@@ -34,6 +36,7 @@ use custos_pki::AdminSigner;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+mod governance;
 mod threshold;
 mod wallets;
 
@@ -193,10 +196,17 @@ struct Demo {
     client: CloudClient,
     alice: AdminSigner,
     bob: AdminSigner,
+    carol: AdminSigner,
     steps: Steps,
     wallets: Vec<Wallet>,
     signed: Vec<Signed>,
     audits: Vec<serde_json::Value>,
+    /// Each cluster's governance log as the demo started it.
+    governance: Vec<serde_json::Value>,
+    /// The impostor node's calls and how each was refused.
+    rogue_refused: Vec<serde_json::Value>,
+    /// The revoked admin and how its approval was refused.
+    revoked_refused: serde_json::Value,
 }
 
 impl Demo {
@@ -234,6 +244,7 @@ impl Demo {
         Ok(Demo {
             alice: dep.admin("alice")?,
             bob: dep.admin("bob")?,
+            carol: dep.admin("carol")?,
             client: dep.client()?,
             dep,
             dir: dir.to_path_buf(),
@@ -242,6 +253,9 @@ impl Demo {
             wallets: Vec::new(),
             signed: Vec::new(),
             audits: Vec::new(),
+            governance: Vec::new(),
+            rogue_refused: Vec::new(),
+            revoked_refused: serde_json::Value::Null,
         })
     }
 
@@ -267,6 +281,11 @@ impl Demo {
                 "note": s.note, "verified": true,
             })).collect::<Vec<_>>(),
             "audits": self.audits,
+            "governance": {
+                "clusters": self.governance,
+                "rogue_refused": self.rogue_refused,
+                "revoked_refused": self.revoked_refused,
+            },
             "steps": self.steps.log,
             "all_verified": true,
         })
@@ -303,12 +322,15 @@ pub fn run(
     // demo with a non-zero exit.
     rt.block_on(async {
         demo.provisioning().await?;
+        demo.governance().await?;
+        demo.rogue_node().await?;
         demo.create_wallets().await?;
         demo.import_wallet().await?;
         demo.sync().await?;
         demo.derive().await?;
         demo.sign().await?;
         demo.quorum().await?;
+        demo.revoked_admin().await?;
         demo.audit().await
     })?;
     let mut threshold = demo.threshold_dealt(&rt)?;

@@ -1,0 +1,226 @@
+//! Demo steps of issue 12: each cluster's governance log started through the REST API
+//! (governors alice, bob and carol, any two of them), an impostor node refused by a governed
+//! bridge and node server although its certificate is genuine, and a revoked admin's
+//! approval refused by name.
+
+use custos_cloud_api::{GenesisBody, RevokeBody, SignRequestBody};
+use serde_json::json;
+
+use super::{approve_all, fail, status_is, AnyError, Demo, RequestStatus};
+
+/// The clusters the demo governs.
+const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+
+impl Demo {
+    /// Key fingerprints (hex) of the three demo admins: the governors.
+    fn governors(&self) -> Vec<String> {
+        [&self.alice, &self.bob, &self.carol]
+            .iter()
+            .map(|a| hex::encode(a.key_fingerprint()))
+            .collect()
+    }
+
+    /// Every cluster gets a genesis proposed through `POST /v1/clusters/{c}/genesis`, with
+    /// all its nodes as members, approved by alice and bob; the members list read back
+    /// through `GET /v1/clusters/{c}/members` names every node.
+    pub(super) async fn governance(&mut self) -> Result<(), AnyError> {
+        for c in CLUSTERS {
+            let nodes: Vec<String> = self
+                .dep
+                .cluster(c)
+                .ok_or_else(|| fail(&format!("no cluster {c}")))?
+                .nodes
+                .iter()
+                .map(|n| n.name.clone())
+                .collect();
+            let proposed = self
+                .client
+                .propose_genesis(
+                    c,
+                    &GenesisBody {
+                        governors: self.governors(),
+                        quorum: 2,
+                        members: nodes.clone(),
+                        request_id: None,
+                        expires_at: None,
+                    },
+                )
+                .await?;
+            let done = approve_all(&self.client, proposed, &[&self.alice, &self.bob]).await?;
+            status_is(&done, RequestStatus::Completed, "genesis")?;
+            let members = self.client.members(c).await?;
+            let mut listed: Vec<String> = members.members.iter().map(|m| m.node.clone()).collect();
+            listed.sort();
+            if listed != nodes {
+                return Err(fail(&format!(
+                    "{c}: members {listed:?}, expected {nodes:?}"
+                )));
+            }
+            self.steps.ok(
+                "governance",
+                format!(
+                    "{c}: genesis {}… applied in every TEE (governors alice, bob, carol; \
+                     2 of 3), members {}",
+                    &members.genesis_id[..16],
+                    listed.join(", ")
+                ),
+            );
+            self.governance.push(json!({
+                "cluster": c, "genesis_id": members.genesis_id, "version": members.version,
+                "members": listed,
+            }));
+        }
+        Ok(())
+    }
+
+    /// An impostor: a P-256 key made outside any TEE, with a certificate genuinely issued
+    /// by dc1's Cluster CA for dc1-node1's name. The bridge refuses its registration (the
+    /// name is not taken over) and node2's server refuses its key export, both with
+    /// `not_a_member`.
+    pub(super) async fn rogue_node(&mut self) -> Result<(), AnyError> {
+        let c = self.dep.cluster("dc1").ok_or_else(|| fail("no dc1"))?;
+        let victim = c.nodes[0].name.clone();
+        let server = (c.nodes[1].name.clone(), c.nodes[1].addr);
+        let bridge = c.bridge_addr;
+        let root = custos_pki::pem_to_der(&self.dep.pki.root_pem()?, "root")?;
+        let rogue = custos::rogue::identity(&self.dep.pki, "dc1", &victim)?;
+        let mut refusals = Vec::new();
+        let register = custos::rogue::try_register(bridge, "dc1", &victim, &rogue, &root).await;
+        refusals.push(("register", refused_as_non_member(register, "register")?));
+        let (name, addr) = server;
+        let addr = addr.ok_or_else(|| fail("dc1 node2 has no server address"))?;
+        let export = custos::rogue::try_export(addr, "dc1", &name, &rogue, &root).await;
+        refusals.push(("export_keys", refused_as_non_member(export, "export")?));
+        let still = self.client.cluster("dc1").await?;
+        if !still.nodes.iter().any(|n| n.node == victim && n.healthy) {
+            return Err(fail(&format!(
+                "{victim} lost its registration to the rogue"
+            )));
+        }
+        self.steps.ok(
+            "rogue_node",
+            format!(
+                "a genuine dc1 certificate on a key made outside any TEE: register as {victim} \
+                 refused ({}), key export from {name} refused ({}); {victim} still serves",
+                refusals[0].1, refusals[1].1
+            ),
+        );
+        self.rogue_refused = refusals
+            .into_iter()
+            .map(|(call, why)| json!({"call": call, "refused": why}))
+            .collect();
+        Ok(())
+    }
+
+    /// Carol's key is revoked in dc1 through `POST /v1/clusters/dc1/revocations`, approved
+    /// by alice and bob; her approval of a dc1 sign request is then refused by name, and
+    /// alice and bob still sign.
+    pub(super) async fn revoked_admin(&mut self) -> Result<(), AnyError> {
+        let carol = hex::encode(self.carol.key_fingerprint());
+        let proposed = self
+            .client
+            .revoke(
+                "dc1",
+                &RevokeBody {
+                    admins: vec![carol.clone()],
+                    devices: Vec::new(),
+                    reason: "demo: carol left the company".into(),
+                    request_id: None,
+                    expires_at: None,
+                },
+            )
+            .await?;
+        let done = approve_all(&self.client, proposed, &[&self.alice, &self.bob]).await?;
+        status_is(&done, RequestStatus::Completed, "revocation")?;
+        let w = self
+            .wallets
+            .iter()
+            .find(|w| w.cluster == "dc1")
+            .ok_or_else(|| fail("no dc1 wallet"))?;
+        let pending = self
+            .client
+            .sign(&SignRequestBody {
+                root_id: w.root_id.clone(),
+                path: "m/0/9".into(),
+                digest: hex::encode([0x14; 32]),
+                request_id: None,
+                expires_at: None,
+                approvals: Vec::new(),
+            })
+            .await?;
+        // Carol's approval is taken as a signature over the request (the cloud server
+        // checks signatures; only the TEE decides who counts), so with alice's it reaches
+        // the quorum of two and goes to dc1, whose TEEs refuse it by name.
+        let refused = approve_all(&self.client, pending, &[&self.carol, &self.alice]).await?;
+        status_is(
+            &refused,
+            RequestStatus::Refused,
+            "a request approved by a revoked admin",
+        )?;
+        let code = refused
+            .error
+            .as_ref()
+            .map(|e| e.code.clone())
+            .unwrap_or_default();
+        if code != "tee_admin_revoked" {
+            return Err(fail(&format!(
+                "revoked admin refused for another reason: {:?}",
+                refused.error
+            )));
+        }
+        let pending = self
+            .client
+            .sign(&SignRequestBody {
+                root_id: w.root_id.clone(),
+                path: "m/0/9".into(),
+                digest: hex::encode([0x14; 32]),
+                request_id: None,
+                expires_at: None,
+                approvals: Vec::new(),
+            })
+            .await?;
+        let signed = approve_all(&self.client, pending, &[&self.alice, &self.bob]).await?;
+        status_is(
+            &signed,
+            RequestStatus::Completed,
+            "sign after the revocation",
+        )?;
+        self.steps.ok(
+            "revoked_admin",
+            format!(
+                "carol revoked in dc1 (log version {}): a request approved by carol and alice refused \
+                 by dc1's TEE ({code}); alice and bob still sign",
+                done_version(&done)
+            ),
+        );
+        self.revoked_refused = json!({"admin": "carol", "key_fingerprint": carol,
+            "cluster": "dc1", "refused": code});
+        Ok(())
+    }
+}
+
+fn done_version(view: &custos_cloud_api::RequestView) -> String {
+    match &view.result {
+        Some(custos_cloud_api::RequestResult::Governance(g)) => g.log_version.to_string(),
+        _ => "?".into(),
+    }
+}
+
+/// The error code of a refusal that must be `not_a_member` (gRPC PermissionDenied).
+fn refused_as_non_member(
+    r: Result<(), tonic::Status>,
+    what: &str,
+) -> Result<&'static str, AnyError> {
+    match r {
+        Ok(()) => Err(fail(&format!("the rogue's {what} was accepted"))),
+        Err(e)
+            if e.code() == tonic::Code::PermissionDenied
+                && e.message().starts_with("not_a_member:") =>
+        {
+            Ok("not_a_member")
+        }
+        Err(e) => Err(fail(&format!(
+            "the rogue's {what} failed for another reason: {e:?}"
+        ))),
+    }
+}
