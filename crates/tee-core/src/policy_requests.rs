@@ -65,6 +65,12 @@ impl<P: Platform> TeeCore<P> {
         if self.consumed.contains_key(&meta.request_id) {
             return self.repeated_change(meta, key_id, policy, current);
         }
+        // A legacy wallet has no group: until the cluster is governed, any Admin-CA
+        // certificate counts for it, so whoever can mint admin certificates could give it a
+        // group of their own that would outlive the genesis. Only governors may narrow it.
+        if wallet.policy.is_none() && self.gov.is_none() {
+            return Err(TeeError::NotGoverned);
+        }
         policy
             .validate()
             .map_err(|e| TeeError::PolicyRejected(e.to_string()))?;

@@ -169,7 +169,9 @@ impl<P: Platform> TeeCore<P> {
                 .map_err(|e| reject(format!("record {}: {e}", key_hex(key_id))))?;
             if let Some(held) = self.wallets.get(key_id) {
                 already_held += 1;
-                if let Some(policy) = newer_policy(held, w)? {
+                // Ungoverned, any certified device is a sender (no member check), so a
+                // policy it brings has no quorum behind it: only members pass on changes.
+                if let Some(policy) = newer_policy(held, w)?.filter(|_| self.gov.is_some()) {
                     upgrades.push((key_id.clone(), policy));
                 }
                 continue;

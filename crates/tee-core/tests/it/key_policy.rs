@@ -264,6 +264,12 @@ fn revoked_admins_and_non_governors_do_not_count() {
     let key = legacy.key_id;
     let v0 = current(&mut core, &key);
     assert_eq!(v0, KeyPolicy::legacy(1));
+    // Ungoverned, any Admin-CA certificate counts for a legacy wallet: a group set now
+    // would be whoever can mint admin certificates. Refused until governors exist.
+    let mine = policy_v(&pki, &["carol"], 1, 1);
+    let r = change(&pki, &meta(), &key, v0.hash(), &mine, &["carol"]);
+    assert_eq!(set(&mut core, &r), Err(TeeError::NotGoverned));
+    assert_eq!(current(&mut core, &key), v0);
 
     // Governed by alice and bob, then carol's key revoked.
     let me = member(&pki, &chain(&mut core));
@@ -303,6 +309,20 @@ fn a_synced_record_upgrades_the_policy_and_never_downgrades_it() {
     let pki = Pki::with_clusters(&[CLUSTER]);
     let (mut core, key) = wallet_of_alice_and_bob(&pki);
     let mut peer = pki.node(CLUSTER, "node2");
+    // Both are members of a governed cluster: only members pass policy changes on.
+    let log = GovLog::genesis(
+        &pki,
+        CLUSTER,
+        &["alice", "bob", "carol"],
+        2,
+        vec![
+            member(&pki, &chain(&mut core)),
+            member(&pki, &chain(&mut peer)),
+        ],
+        &["alice", "bob"],
+    );
+    apply(&mut core, log.entries()).unwrap();
+    apply(&mut peer, log.entries()).unwrap();
     let export = |from: &mut TeeCore<MemPlatform>, to: &mut TeeCore<MemPlatform>| {
         let Ok(Response::KeyTransfer(transfer)) = call(
             from,
@@ -342,4 +362,32 @@ fn a_synced_record_upgrades_the_policy_and_never_downgrades_it() {
     assert_eq!(current(&mut peer, &key), v2);
     refused_outsider(sign(&pki, &mut peer, &key, &["alice", "bob"]), "alice");
     assert!(signs(sign(&pki, &mut peer, &key, &["carol", "bob"])));
+}
+
+#[test]
+fn an_ungoverned_node_takes_no_policy_from_a_synced_record() {
+    let pki = Pki::with_clusters(&[CLUSTER]);
+    let (mut core, key) = wallet_of_alice_and_bob(&pki);
+    let mut peer = pki.node(CLUSTER, "node2");
+    let export = |from: &mut TeeCore<MemPlatform>, to: &mut TeeCore<MemPlatform>| {
+        let Ok(Response::KeyTransfer(transfer)) = call(
+            from,
+            &Request::ExportKeys {
+                requester: chain(to),
+                key_ids: vec![key.clone()],
+            },
+        ) else {
+            panic!("export refused")
+        };
+        call(to, &Request::ImportKeys { transfer })
+    };
+    export(&mut core, &mut peer).unwrap();
+    let v1 = current(&mut peer, &key);
+    // Without a log any certified device may send records (no member check), so a record's
+    // newer policy has no quorum behind it there: the peer keeps the group it has.
+    let v2 = policy_v(&pki, &["bob", "carol"], 2, 2);
+    let r = change(&pki, &meta(), &key, v1.hash(), &v2, &["alice", "bob"]);
+    assert_eq!(set(&mut core, &r), Ok(v2));
+    export(&mut core, &mut peer).unwrap();
+    assert_eq!(current(&mut peer, &key), v1);
 }
