@@ -95,8 +95,9 @@ struct State {
     gov: RwLock<Option<custos_wire::governance::GovState>>,
     /// The configured genesis id, if one is pinned.
     gov_pin: Option<[u8; 32]>,
-    /// Held while a governance change is applied, and while a registration is checked
-    /// against the membership and entered, so neither sees a state being replaced.
+    /// Held while a governance change or a key policy change is fanned out, and while a
+    /// registration is checked against the membership and entered, so none of them sees a
+    /// state being replaced.
     gov_apply: tokio::sync::Mutex<()>,
 }
 

@@ -153,11 +153,12 @@ pub fn parse_terms(t: &GovernanceTerms) -> Result<(u64, [u8; 32], GovChange), St
 
 /// A short fingerprint for people: its first 8 hex characters and an ellipsis.
 pub fn short(fp_hex: &str) -> String {
-    format!("{}…", &fp_hex[..fp_hex.len().min(8)])
+    let head: String = fp_hex.chars().take(8).collect();
+    format!("{head}…")
 }
 
-/// One line saying what the terms do in `cluster`, e.g. "admit node dc1-n4 (key 3fa2…) into
-/// cluster dc1 as log version 4".
+/// One line saying what the terms do in `cluster`, e.g. `admit node "dc1-n4" (key 3fa2…) into
+/// cluster dc1 as log version 4`; texts from the server are escaped.
 pub fn describe_terms(cluster: &str, t: &GovernanceTerms) -> String {
     let v = t.version;
     let list = |v: &[String]| {
@@ -179,12 +180,12 @@ pub fn describe_terms(cluster: &str, t: &GovernanceTerms) -> String {
             governors.len(),
             members
                 .iter()
-                .map(|m| format!("{} (key {})", m.node, short(&m.key_fingerprint)))
+                .map(|m| format!("{:?} (key {})", m.node, short(&m.key_fingerprint)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
         GovChangeView::Admit { member } => format!(
-            "admit node {} (key {}) into cluster {cluster} as log version {v}",
+            "admit node {:?} (key {}) into cluster {cluster} as log version {v}",
             member.node,
             short(&member.key_fingerprint)
         ),
@@ -274,7 +275,7 @@ mod tests {
         );
         assert_eq!(
             describe_terms("dc1", &t),
-            "admit node dc1-n4 (key 3f3f3f3f…) into cluster dc1 as log version 4"
+            "admit node \"dc1-n4\" (key 3f3f3f3f…) into cluster dc1 as log version 4"
         );
         if let GovChangeView::Admit { member: m } = &mut t.change {
             m.node = "dc1-n5".into();

@@ -178,7 +178,9 @@ pub fn describe(view: &RequestView) -> String {
 }
 
 /// Every field of a governance change, in full (fingerprints unshortened), so that an
-/// approver can compare them with what the operator announced.
+/// approver can compare them with what the operator announced. Texts the server supplies are
+/// printed escaped (`{:?}`): a line break or terminal escape in them cannot redraw the lines
+/// around them.
 fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
     use crate::GovChangeView as C;
     let mut line = |k: &str, v: &str| s.push_str(&format!("  {k:<14}{v}\n"));
@@ -186,7 +188,7 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
         line(
             "member",
             &format!(
-                "{} key {} admitted at {} evidence format {}",
+                "{:?} key {} admitted at {} evidence format {}",
                 m.node, m.key_fingerprint, m.admitted_at, m.evidence_format
             ),
         );
@@ -207,7 +209,7 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
             reason,
         } => {
             line("removed key", key_fingerprint);
-            line("reason", reason);
+            line("reason", &format!("{reason:?}"));
         }
         C::Revoke {
             admins,
@@ -216,7 +218,7 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
         } => {
             admins.iter().for_each(|a| line("revoked admin", a));
             devices.iter().for_each(|d| line("revoked dev.", d));
-            line("reason", reason);
+            line("reason", &format!("{reason:?}"));
         }
         C::SetGovernors { governors, quorum } => {
             governors.iter().for_each(|g| line("governor", g));

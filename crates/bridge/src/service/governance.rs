@@ -69,7 +69,10 @@ impl Refused {
 /// cannot tell an entry new to the cluster from one it missed (a returning node replays old
 /// entries, long expired), so the cluster's gate for fresh changes is here, before any TEE
 /// hears of them: approvals collected for a change that was then shelved cannot be applied
-/// months later. Entries the bridge already stores are never re-checked.
+/// months later. Entries the bridge already stores are never re-checked, nor a whole log
+/// relayed to a bridge that has none. Known gap: an entry the TEEs applied but the bridge
+/// failed to store can no longer be relayed once expired (the bridge lags until a log
+/// catch-up from member TEEs exists).
 fn unexpired(entries: &[GovEntry]) -> Result<(), Refused> {
     let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
     match entries.iter().find(|e| e.meta.expires_at < now) {
@@ -380,7 +383,8 @@ impl BridgeService {
             });
         }
         let Some(before) = before else {
-            unexpired(entries)?;
+            // A bridge without a log (new, or its database restored empty) relearns a log the
+            // TEEs already hold, approved long ago: no expiry gate here.
             let next = verify_log(&st.root, cluster, st.gov_pin, entries).map_err(rejected)?;
             if st.gov_pin.is_none() {
                 tracing::warn!(

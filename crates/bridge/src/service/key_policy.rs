@@ -29,8 +29,12 @@ impl BridgeService {
         actor: String,
         call: TeeCall,
         d: Described,
+        wanted: custos_wire::policy::KeyPolicy,
     ) -> Result<TeeReply, Status> {
         let t0 = Instant::now();
+        // One change at a time, as for the governance log: two competing changes of one
+        // key never interleave over the nodes (each node would keep whichever came first).
+        let _one = self.state.gov_apply.lock().await;
         let key = d.key_id.clone().unwrap_or_default();
         let nodes: Vec<String> = self
             .state
@@ -49,9 +53,19 @@ impl BridgeService {
                 continue;
             };
             let applied = match &outcome {
-                Ok(Response::KeyPolicy { .. }) => {
+                // Only the policy asked for counts as applied: a node answering another one
+                // (a competing change of the same version won there) keeps its place in
+                // the problems, not among the nodes that now enforce this change.
+                Ok(Response::KeyPolicy { policy, .. }) if *policy == wanted => {
                     seen.applied.push(node.clone());
                     true
+                }
+                Ok(Response::KeyPolicy { policy, .. }) => {
+                    seen.problems.push(format!(
+                        "{node}: enforces policy version {} with another content",
+                        policy.version
+                    ));
+                    false
                 }
                 Err(e) if node_lacks_key(e) => {
                     seen.lacking.push(node.clone());

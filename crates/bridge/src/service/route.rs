@@ -156,8 +156,8 @@ impl BridgeService {
             Status::invalid_argument("this TEE operation is not routed by the bridge")
         })?;
         // Every node must hold a key under its new group, not one node of the usual routing.
-        if let Request::SetKeyPolicy { .. } = request {
-            return self.route_key_policy(actor, call, d).await;
+        if let Request::SetKeyPolicy { policy, .. } = request {
+            return self.route_key_policy(actor, call, d, policy).await;
         }
         let entry = |node: Option<String>, outcome: String, detail: String, us: i64| NewEntry {
             kind: d.kind.into(),

@@ -272,6 +272,17 @@ impl Cloud {
         self.cluster_config(cluster)?;
         Self::check_quorum(body.quorum)?;
         let governors = fingerprints(&body.governors)?;
+        // Before anything else: each member named costs a call to the bridge.
+        if body.members.len() > custos_wire::governance::MAX_MEMBERS {
+            return Err(gov_error(
+                ErrorCode::InvalidGovernance,
+                format!(
+                    "{} members named, a genesis names at most {}",
+                    body.members.len(),
+                    custos_wire::governance::MAX_MEMBERS
+                ),
+            ));
+        }
         let mut names = body.members.clone();
         names.sort();
         names.dedup();

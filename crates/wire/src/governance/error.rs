@@ -60,6 +60,10 @@ pub enum GovError {
     /// A revocation names nothing.
     #[error("a revocation names no admin and no device")]
     EmptyRevocation,
+    /// A reason holds a control character (line breaks and terminal escape sequences could
+    /// rewrite what an approver's terminal shows around it).
+    #[error("the reason holds control character {0:?}")]
+    ControlCharacter(char),
     /// The first entry is not a genesis.
     #[error("entry {version} is not a genesis, so it cannot start a log")]
     NotGenesis {

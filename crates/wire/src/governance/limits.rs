@@ -53,7 +53,10 @@ fn reason(r: &str) -> Result<(), GovError> {
             max: MAX_REASON,
         });
     }
-    Ok(())
+    match r.chars().find(|c| c.is_control()) {
+        Some(c) => Err(GovError::ControlCharacter(c)),
+        None => Ok(()),
+    }
 }
 
 fn member(m: &MemberRecord) -> Result<(), GovError> {

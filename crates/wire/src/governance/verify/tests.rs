@@ -581,6 +581,16 @@ fn removal_revocation_and_renewal() {
     assert_eq!(unchanged, s);
     let e = fx.next(&log, revoke(vec![], vec![]), &ab);
     assert_eq!(fx.apply(&s, &e), Err(GovError::EmptyRevocation));
+    // A reason that would move an approver's terminal cursor over the lines around it.
+    let e = fx.next(
+        &log,
+        GovChange::Remove {
+            key_fingerprint: fx.nodes[0].fp(),
+            reason: "retired\x1b[2A\x1b[2Krevoked admin 00".into(),
+        },
+        &ab,
+    );
+    assert_eq!(fx.apply(&s, &e), Err(GovError::ControlCharacter('\u{1b}')));
     let e = fx.next(
         &log,
         revoke(
