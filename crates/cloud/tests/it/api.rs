@@ -92,6 +92,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/wallets/import"),
     ("get", "/v1/wallets/{root_id}"),
     ("get", "/v1/wallets/{root_id}/derive"),
+    ("get", "/v1/wallets/{root_id}/policy"),
+    ("put", "/v1/wallets/{root_id}/policy"),
     ("post", "/v1/sign-requests"),
     ("get", "/v1/requests"),
     ("get", "/v1/requests/{id}"),
