@@ -34,8 +34,13 @@ async fn wallet(s: &TestServer) -> (String, String) {
 
 /// The new group `names` with `quorum`, as a body.
 fn body(s: &TestServer, names: &[&str], quorum: u8) -> KeyPolicyBody {
+    keys_body(&admin_keys(&s.pki, names), quorum)
+}
+
+/// The new group of admin key fingerprints `keys` with `quorum`, as a body.
+fn keys_body(keys: &[[u8; 32]], quorum: u8) -> KeyPolicyBody {
     KeyPolicyBody {
-        group: admin_keys(&s.pki, names).iter().map(hex::encode).collect(),
+        group: keys.iter().map(hex::encode).collect(),
         quorum,
         request_id: None,
         expires_at: None,
@@ -86,7 +91,10 @@ async fn only_a_quorum_of_the_group_in_force_changes_it() {
     // Carol and mallory propose themselves: the view shows both groups; the server refuses
     // each of them by name, records nothing.
     let coup = c
-        .set_wallet_policy(&root_id, &body(&s, &["carol", "mallory"], 2))
+        .set_wallet_policy(
+            &root_id,
+            &keys_body(&[carol.key_fingerprint(), mallory.key_fingerprint()], 2),
+        )
         .await
         .unwrap();
     assert_eq!(coup.kind, RequestKind::SetKeyPolicy);
@@ -116,9 +124,11 @@ async fn only_a_quorum_of_the_group_in_force_changes_it() {
         expires_at: now() + 600,
     };
     let key_id = hex::decode(&root_id).unwrap();
+    let mut outsiders = vec![carol.key_fingerprint(), mallory.key_fingerprint()];
+    outsiders.sort();
     let stolen = KeyPolicy {
         version: 2,
-        group: admin_keys(&s.pki, &["carol", "mallory"]),
+        group: outsiders,
         quorum: 2,
         rules: vec![],
     };
