@@ -171,6 +171,7 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         let req = match method.as_str() {
             "get" => s.raw().get(url),
             "post" => s.raw().post(url).json(&json!({})),
+            "put" => s.raw().put(url).json(&json!({})),
             m => panic!("unexpected method {m}"),
         };
         let r = req.send().await.unwrap();
