@@ -174,6 +174,19 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
             }
             .message(&view.cluster, &meta)
         }
+        RequestKind::SetKeyPolicy => {
+            let change = view
+                .key_policy
+                .as_ref()
+                .ok_or("request has no approver group change")?;
+            let (current, new) = crate::key_policy::policies(change, view.quorum)?;
+            Action::SetKeyPolicy {
+                key_id: &key_id()?,
+                prev: &current.hash(),
+                policy: &new,
+            }
+            .message(&view.cluster, &meta)
+        }
     })
 }
 

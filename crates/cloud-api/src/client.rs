@@ -211,6 +211,22 @@ impl CloudClient {
             .await
     }
 
+    /// `GET /v1/wallets/{root_id}/policy`: the approver group in force.
+    pub async fn wallet_policy(&self, root_id: &str) -> Result<KeyPolicyView, ClientError> {
+        self.get(&format!("/v1/wallets/{}/policy", segment(root_id)?), &[])
+            .await
+    }
+
+    /// `PUT /v1/wallets/{root_id}/policy`: proposes a new approver group.
+    pub async fn set_wallet_policy(
+        &self,
+        root_id: &str,
+        body: &KeyPolicyBody,
+    ) -> Result<RequestView, ClientError> {
+        let path = format!("/v1/wallets/{}/policy", segment(root_id)?);
+        self.call(Method::PUT, &path, &[], Some(body)).await
+    }
+
     /// `GET /v1/wallets/{root_id}/derive`.
     pub async fn derive(
         &self,

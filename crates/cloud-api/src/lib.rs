@@ -9,6 +9,7 @@
 //!   ids the API writes in hex;
 //! * [`path`]: BIP-32 paths as the API writes them and public derivation from an xpub;
 //! * [`governance`]: governance log entries between their wire form and the API's views;
+//! * [`key_policy`]: a wallet's approver group change between its wire form and the views;
 //! * [`review`]: what an approver checks and reads before signing;
 //! * [`client`]: a typed client of every route.
 
@@ -16,6 +17,7 @@ pub mod approval;
 pub mod client;
 mod errors;
 pub mod governance;
+pub mod key_policy;
 pub mod path;
 pub mod review;
 pub mod scope;

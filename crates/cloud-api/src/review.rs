@@ -82,8 +82,12 @@ pub fn describe(view: &RequestView) -> String {
                 "create a threshold key by distributed key generation"
             }
             RequestKind::Governance => "change the cluster's governance log",
+            RequestKind::SetKeyPolicy => "change a wallet's approver group",
         },
     );
+    if let (Some(c), Some(w)) = (&view.key_policy, &view.root_id) {
+        describe_policy_change(&mut s, w, c);
+    }
     if let Some(t) = &view.governance {
         line(
             &mut s,
@@ -225,6 +229,36 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
             line("gov. quorum", &quorum.to_string());
         }
     }
+}
+
+/// An approver group change in words, then both groups in full: the approvals come from the
+/// group in force, and the new group alone counts afterwards.
+fn describe_policy_change(s: &mut String, root_id: &str, c: &crate::KeyPolicyChange) {
+    let mut line = |k: &str, v: &str| s.push_str(&format!("  {k:<14}{v}\n"));
+    line("change", &crate::key_policy::describe_change(root_id, c));
+    line(
+        "in force",
+        &format!(
+            "version {}: {} of these {} admins approve this change:",
+            c.current_version,
+            c.current_quorum,
+            c.current_group.len()
+        ),
+    );
+    if c.current_group.is_empty() {
+        line("", "(none named: sealed before approver groups)");
+    }
+    c.current_group.iter().for_each(|g| line("", g));
+    line(
+        "new group",
+        &format!(
+            "version {}: {} of these {} admins, and no other, approve every later use:",
+            c.version,
+            c.quorum,
+            c.group.len()
+        ),
+    );
+    c.group.iter().for_each(|g| line("", g));
 }
 
 /// A wallet creation's approver group and executing node, in words: who alone will ever

@@ -12,8 +12,8 @@ pub enum Scope {
     /// Read wallets, requests, clusters, threshold keys, audits and presignatures
     /// (every GET).
     Read,
-    /// Create requests: wallets, wallet imports, signatures, threshold keys and their
-    /// imports, threshold signatures; resubmit a failed request.
+    /// Create requests: wallets, wallet imports, approver group changes, signatures,
+    /// threshold keys and their imports, threshold signatures; resubmit a failed request.
     Request,
     /// Add admin approvals to requests.
     Approve,

@@ -8,11 +8,13 @@ use zeroize::Zeroizing;
 
 mod clusters;
 mod governance;
+mod key_policy;
 mod schema;
 mod threshold;
 
 pub use clusters::*;
 pub use governance::*;
+pub use key_policy::*;
 pub use threshold::*;
 
 /// A compressed secp256k1 public key: a wallet's root id or a threshold key's id.
@@ -38,6 +40,9 @@ pub enum RequestKind {
     /// Append an entry to a cluster's governance log (genesis, admit, remove, revoke, set
     /// governors), approved by its governors.
     Governance,
+    /// Replace a wallet's approver group and quorum, approved by a quorum of the group in
+    /// force.
+    SetKeyPolicy,
 }
 
 impl RequestKind {
@@ -51,11 +56,12 @@ impl RequestKind {
             RequestKind::ThresholdSign => "threshold_sign",
             RequestKind::CreateThresholdKey => "create_threshold_key",
             RequestKind::Governance => "governance",
+            RequestKind::SetKeyPolicy => "set_key_policy",
         }
     }
 
     /// Every kind.
-    pub const ALL: [RequestKind; 7] = [
+    pub const ALL: [RequestKind; 8] = [
         Self::CreateWallet,
         Self::ImportWallet,
         Self::Sign,
@@ -63,6 +69,7 @@ impl RequestKind {
         Self::ThresholdSign,
         Self::CreateThresholdKey,
         Self::Governance,
+        Self::SetKeyPolicy,
     ];
 
     /// Whether the request concerns a threshold key.
@@ -374,6 +381,8 @@ pub enum RequestResult {
     ThresholdKey(ThresholdKeyResult),
     /// Of a `governance` request.
     Governance(GovernanceResult),
+    /// Of a `set_key_policy` request: the policy now in force.
+    KeyPolicy(KeyPolicyView),
 }
 
 /// Why a request was refused or failed.
@@ -425,6 +434,9 @@ pub struct RequestView {
     /// Governance: the log entry approvers sign, every field of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub governance: Option<GovernanceTerms>,
+    /// Approver group change: the group in force and the one that replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_policy: Option<KeyPolicyChange>,
     /// Distinct admin approvals required.
     pub quorum: u8,
     /// Wallet creation: the new wallet's approver group, admin key fingerprints (hex),

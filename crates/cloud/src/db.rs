@@ -173,6 +173,9 @@ pub enum Record<'a> {
     ThresholdShare(&'a ThresholdKeyRow, &'a ThresholdShareRow),
     /// A threshold key made by distributed key generation, with every share.
     ThresholdKey(&'a ThresholdKeyRow, &'a [ThresholdShareRow]),
+    /// A wallet's new quorum (root id, quorum) after its approver group changed: later sign
+    /// requests wait for that many approvals.
+    WalletQuorum(&'a str, u8),
 }
 
 /// One entry of a request's lifecycle log (stored with the request, JSON in
@@ -597,6 +600,13 @@ impl Store {
         match record {
             Record::Nothing => {}
             Record::Wallet(w) => insert_wallet(&mut tx, w).await?,
+            Record::WalletQuorum(root_id, quorum) => {
+                sqlx::query("UPDATE wallets SET quorum = $1 WHERE root_id = $2")
+                    .bind(i64::from(quorum))
+                    .bind(root_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             Record::ThresholdShare(key, share) => {
                 insert_threshold_share(&mut tx, key, share).await?
             }

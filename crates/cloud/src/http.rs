@@ -21,6 +21,7 @@ use crate::error::{ApiError, ErrorCode};
 mod doc;
 mod errors;
 mod governance;
+mod key_policy;
 use crate::service::{Cloud, RequestOutcome};
 use custos_cloud_api::*;
 use doc::ApiDoc;
@@ -706,6 +707,7 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
         .routes(routes!(run_threshold_audit, latest_threshold_audit))
         .routes(routes!(make_presignatures, list_presignatures))
         .merge(governance::routes())
+        .merge(key_policy::routes())
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(create_threshold_sign))

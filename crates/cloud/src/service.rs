@@ -51,6 +51,7 @@ mod audits;
 mod child_keys;
 mod executors;
 mod governance;
+mod key_policy;
 mod lifecycle;
 mod threshold;
 mod wallets;
@@ -339,6 +340,8 @@ pub(crate) enum Recorded {
     Wallet(WalletRow),
     ThresholdShare(ThresholdKeyRow, ThresholdShareRow),
     ThresholdKey(ThresholdKeyRow, Vec<ThresholdShareRow>),
+    /// A wallet's quorum after its approver group changed (root id hex, quorum).
+    WalletQuorum(String, u8),
 }
 
 /// How one submission of a request ended, as [`Cloud::finish`] records it.

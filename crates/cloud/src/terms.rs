@@ -16,6 +16,7 @@
 //! | `threshold_sign` | `key_id` (33 bytes), `path`, `digest` (32 bytes), `message` (bytes or null), `clusters` (names or null) |
 //! | `create_threshold_key` | `threshold`, `hd`, `clusters` (names, share i to the i-th) |
 //! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
+//! | `set_key_policy` | `root_id`, the group in force and the new one; see [`key_policy`] |
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::import::SealedImport;
@@ -30,7 +31,9 @@ pub use custos_cloud_api::KeyId;
 use custos_cloud_api::{RequestKind, RequestView};
 
 pub mod governance;
+pub mod key_policy;
 pub use governance::GovTerms;
+pub use key_policy::PolicyTerms;
 
 /// The terms of one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +123,9 @@ pub enum Terms {
     },
     /// Append an entry to the request's cluster's governance log.
     Governance(GovTerms),
+    /// Replace a wallet's approver group, approved by the group in force (the row's quorum
+    /// is that group's).
+    SetKeyPolicy(PolicyTerms),
 }
 
 impl Terms {
@@ -135,6 +141,7 @@ impl Terms {
             Terms::ThresholdSign { .. } => RequestKind::ThresholdSign,
             Terms::CreateThresholdKey { .. } => RequestKind::CreateThresholdKey,
             Terms::Governance(_) => RequestKind::Governance,
+            Terms::SetKeyPolicy(_) => RequestKind::SetKeyPolicy,
         }
     }
 
@@ -142,6 +149,7 @@ impl Terms {
     pub fn key_id(&self) -> Option<&[u8]> {
         match self {
             Terms::ImportWallet { root_id, .. } | Terms::Sign { root_id, .. } => Some(root_id),
+            Terms::SetKeyPolicy(p) => Some(&p.root_id),
             Terms::ThresholdSign { key_id, .. } => Some(key_id),
             Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
             Terms::CreateWallet { .. }
@@ -167,6 +175,9 @@ impl Terms {
     pub fn group(&self) -> Option<&[[u8; 32]]> {
         match self {
             Terms::CreateGroupWallet { group, .. } => Some(group),
+            // A group change is approved by the group in force; a legacy wallet's (none
+            // named) is left to the TEE, which knows who counts for it.
+            Terms::SetKeyPolicy(p) if !p.current_group.is_empty() => Some(&p.current_group),
             _ => None,
         }
     }
@@ -231,6 +242,11 @@ impl Terms {
                 prev: &g.prev,
                 change: &g.change,
             },
+            Terms::SetKeyPolicy(p) => Action::SetKeyPolicy {
+                key_id: &p.root_id,
+                prev: &p.prev,
+                policy: policy.insert(p.policy()),
+            },
         }
     }
 
@@ -282,6 +298,13 @@ impl Terms {
             },
             Terms::ThresholdSign { .. } | Terms::CreateThresholdKey { .. } => return None,
             Terms::Governance(_) => return None,
+            Terms::SetKeyPolicy(p) => Request::SetKeyPolicy {
+                meta,
+                key_id: p.root_id.to_vec(),
+                prev: p.prev,
+                policy: p.policy(),
+                approvals,
+            },
         })
     }
 
@@ -358,6 +381,7 @@ impl Terms {
                 ..
             } => custos_wire::threshold::check_key_facts(*threshold, clusters, quorum),
             Terms::Governance(g) => g.check(),
+            Terms::SetKeyPolicy(p) => p.check(quorum),
         }
     }
 
@@ -426,6 +450,10 @@ impl Terms {
                     &custos_cloud_api::governance::terms_view(g.version, &g.prev, &g.change)
                 )
             ),
+            Terms::SetKeyPolicy(p) => format!(
+                "{} on cluster {cluster} (approved by {quorum} of the group in force)",
+                custos_cloud_api::key_policy::describe_change(&id, &p.view(quorum))
+            ),
         }
     }
 
@@ -478,6 +506,7 @@ impl Terms {
                     g.version, &g.prev, &g.change,
                 ));
             }
+            Terms::SetKeyPolicy(p) => view.key_policy = Some(p.view(view.quorum)),
         }
     }
 

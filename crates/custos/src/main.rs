@@ -590,6 +590,12 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             runtime()?.block_on(custos::wallet::create(&args, &mut std::io::stdout()))?;
             Ok(())
         }
+        Command::Wallet {
+            command: custos::wallet::WalletCommand::Policy(args),
+        } => {
+            runtime()?.block_on(custos::wallet::policy::run(&args, &mut std::io::stdout()))?;
+            Ok(())
+        }
         Command::Approve {
             api,
             token,

@@ -1,5 +1,6 @@
 //! `custos wallet create`: records a wallet creation on the cloud server, naming the wallet's
 //! approver group (issue 12, item 3). Admins then approve it with `custos approve`.
+//! `custos wallet policy` shows or changes that group ([`policy`]).
 //!
 //! The group is given by key fingerprint (`--group`, hex) or by the admins' certificate chain
 //! files (`--group-cert`, what `custos pki sign-admin-csr` wrote for each admin): the
@@ -14,6 +15,9 @@ use custos_cloud_api::client::{ClientError, CloudClient};
 use custos_cloud_api::{CreateWalletBody, RequestView};
 use custos_wire::policy::MAX_GROUP;
 
+pub mod policy;
+pub use policy::PolicyArgs;
+
 /// `custos wallet …`.
 #[derive(Clone, Debug, Subcommand)]
 pub enum WalletCommand {
@@ -21,6 +25,9 @@ pub enum WalletCommand {
     /// (its group) and how many of them must; the server names the node that makes it.
     /// Admins approve it with `custos approve`.
     Create(CreateArgs),
+    /// Show a wallet's approver group (`--show`), or propose a new group and quorum, which a
+    /// quorum of the group in force approves with `custos approve`.
+    Policy(PolicyArgs),
 }
 
 /// Options of `custos wallet create`.
@@ -54,7 +61,7 @@ pub struct CreateArgs {
     pub executor: Option<String>,
 }
 
-/// Failures of `custos wallet create`.
+/// Failures of `custos wallet create` and `custos wallet policy`.
 #[derive(Debug, thiserror::Error)]
 pub enum WalletCliError {
     /// The server refused or could not be reached.
@@ -79,6 +86,9 @@ pub enum WalletCliError {
     /// No admin named, or more than a group holds.
     #[error("name 1 to {MAX_GROUP} admins with --group or --group-cert ({0} given)")]
     GroupSize(usize),
+    /// `custos wallet policy` without `--show` needs the new quorum.
+    #[error("give the new group's --quorum (or --show to see the group in force)")]
+    NoQuorum,
 }
 
 fn read(path: &Path) -> Result<String, WalletCliError> {
@@ -91,8 +101,14 @@ fn read(path: &Path) -> Result<String, WalletCliError> {
 /// The group named by `args`: the fingerprints given, then those of the chain files. The
 /// server checks their form and refuses duplicates (`invalid_group`).
 pub fn group_of(args: &CreateArgs) -> Result<Vec<String>, WalletCliError> {
-    let mut group = args.group.clone();
-    for path in &args.group_certs {
+    named_group(&args.group, &args.group_certs)
+}
+
+/// The fingerprints `group`, then those read from the chain files `certs`: 1 to
+/// [`MAX_GROUP`] of them.
+fn named_group(group: &[String], certs: &[PathBuf]) -> Result<Vec<String>, WalletCliError> {
+    let mut group = group.to_vec();
+    for path in certs {
         let fp = custos_pki::chain_key_fingerprint(&read(path)?).map_err(|source| {
             WalletCliError::Cert {
                 path: path.clone(),
@@ -111,10 +127,7 @@ pub fn group_of(args: &CreateArgs) -> Result<Vec<String>, WalletCliError> {
 /// to approve.
 pub async fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<RequestView, WalletCliError> {
     let group = group_of(args)?;
-    let client = match &args.api_root_ca {
-        Some(p) => CloudClient::with_root_pem(&args.api, &args.token, &read(p)?)?,
-        None => CloudClient::new(&args.api, &args.token)?,
-    };
+    let client = client(&args.api, &args.token, args.api_root_ca.as_deref())?;
     let view = client
         .create_wallet(&CreateWalletBody {
             cluster: args.cluster.clone(),
@@ -126,18 +139,31 @@ pub async fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<RequestVie
             approvals: Vec::new(),
         })
         .await?;
+    show_request(&view, out)?;
+    Ok(view)
+}
+
+/// A client of the server at `api`, trusting `root_ca` (PEM file) if given.
+fn client(api: &str, token: &str, root_ca: Option<&Path>) -> Result<CloudClient, WalletCliError> {
+    Ok(match root_ca {
+        Some(p) => CloudClient::with_root_pem(api, token, &read(p)?)?,
+        None => CloudClient::new(api, token)?,
+    })
+}
+
+/// Prints a recorded request as its approvers will see it.
+fn show_request(view: &RequestView, out: &mut dyn Write) -> Result<(), WalletCliError> {
     let shown = writeln!(
         out,
         "request {} recorded, waiting for {} approvals:\n{}\napprove with: custos approve \
          --request {}",
         view.id,
         view.quorum,
-        custos_cloud_api::review::describe(&view),
+        custos_cloud_api::review::describe(view),
         view.id
     );
     shown.map_err(|source| WalletCliError::Io {
         path: "stdout".into(),
         source,
-    })?;
-    Ok(view)
+    })
 }

@@ -310,9 +310,12 @@ impl FakeGateway {
             Some(Op::Submit(call)) => {
                 let node = if call.node.is_empty() {
                     // Route like the bridge: a healthy node holding the key, else the first
-                    // healthy node.
+                    // healthy node (a policy change goes to the holder: the fake clusters'
+                    // wallets live on one node, so that is every holder).
                     let key = match decode_request(&call.request) {
-                        Ok(Request::Sign { key_id, .. }) => Some(key_id),
+                        Ok(Request::Sign { key_id, .. })
+                        | Ok(Request::SetKeyPolicy { key_id, .. })
+                        | Ok(Request::GetKeyPolicy { key_id }) => Some(key_id),
                         _ => None,
                     };
                     let holds = |n: &FakeNode| match &key {

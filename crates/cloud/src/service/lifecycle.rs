@@ -510,6 +510,7 @@ impl Cloud {
             Recorded::Wallet(w) => Record::Wallet(w),
             Recorded::ThresholdShare(k, s) => Record::ThresholdShare(k, s),
             Recorded::ThresholdKey(k, s) => Record::ThresholdKey(k, s),
+            Recorded::WalletQuorum(w, q) => Record::WalletQuorum(w, *q),
         };
         let stored = match self
             .store
@@ -545,6 +546,15 @@ impl Cloud {
             }
             other => other?,
         };
+        if let (RequestStatus::Completed, Recorded::WalletQuorum(root_id, _)) =
+            (stored.status, &recorded)
+        {
+            // The cached row holds the quorum replaced.
+            self.wallets
+                .lock()
+                .expect("wallet cache lock")
+                .remove(root_id);
+        }
         match stored.status {
             RequestStatus::Completed => {
                 tracing::info!(request_id = %stored.id, kind = stored.kind().as_str(), "request completed")
@@ -598,6 +608,7 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         digest: None,
         message: None,
         governance: None,
+        key_policy: None,
         quorum: row.quorum,
         group: None,
         executor: None,

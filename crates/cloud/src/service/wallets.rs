@@ -164,13 +164,19 @@ impl Cloud {
             .wallet_row(&caller.tenant, &body.root_id.to_ascii_lowercase())
             .await?;
         self.cluster_config(&wallet.cluster)?;
+        // The quorum changes with the approver group (possibly through another server, whose
+        // change this server's cache has not seen): read it from the store.
+        let quorum = match self.store.wallet(&wallet.root_id).await? {
+            Some(w) => w.quorum,
+            None => wallet.quorum,
+        };
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
         self.create(
             caller,
             Draft {
                 cluster: wallet.cluster,
-                quorum: wallet.quorum,
+                quorum,
                 terms: Terms::Sign {
                     root_id,
                     path,
@@ -196,6 +202,7 @@ impl Cloud {
             RequestKind::ThresholdSign => return self.execute_threshold(row).await,
             RequestKind::CreateThresholdKey => return self.execute_keygen(row).await,
             RequestKind::Governance => return self.execute_governance(row).await,
+            RequestKind::SetKeyPolicy => return self.execute_key_policy(row).await,
             _ => {}
         }
         if let Err(failure) = executors::check_format(&row) {

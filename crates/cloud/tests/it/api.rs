@@ -92,6 +92,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/wallets/import"),
     ("get", "/v1/wallets/{root_id}"),
     ("get", "/v1/wallets/{root_id}/derive"),
+    ("get", "/v1/wallets/{root_id}/policy"),
+    ("put", "/v1/wallets/{root_id}/policy"),
     ("post", "/v1/sign-requests"),
     ("get", "/v1/requests"),
     ("get", "/v1/requests/{id}"),
@@ -169,6 +171,7 @@ async fn openapi_document_is_valid_and_lists_every_route() {
         let req = match method.as_str() {
             "get" => s.raw().get(url),
             "post" => s.raw().post(url).json(&json!({})),
+            "put" => s.raw().put(url).json(&json!({})),
             m => panic!("unexpected method {m}"),
         };
         let r = req.send().await.unwrap();

@@ -13,14 +13,14 @@ use custos_wire::approval::{Action, Approval};
 use custos_wire::protocol::{Request, RequestMeta, Response, TeeError};
 
 /// A genuine admin of the Admin CA for a new subject, with a key of its own, enrolled now.
-fn mallory(s: &TestServer) -> AdminSigner {
+pub(crate) fn mallory(s: &TestServer) -> AdminSigner {
     AdminFolder::new(s.pki.path().join("admins").join("mallory"))
         .enroll("mallory", &s.pki.pki)
         .unwrap()
 }
 
 /// The error of a refused call must be `approver_not_in_group`, naming `admin`'s key.
-fn not_in_group(e: ClientError, admin: &AdminSigner) {
+pub(crate) fn not_in_group(e: ClientError, admin: &AdminSigner) {
     match e {
         ClientError::Api { code, message, .. } => {
             assert_eq!(code, "approver_not_in_group", "{message}");
@@ -32,7 +32,7 @@ fn not_in_group(e: ClientError, admin: &AdminSigner) {
 }
 
 /// The TEE form of `signer`'s approval of `message`.
-fn tee_approval(signer: &AdminSigner, message: &[u8]) -> Approval {
+pub(crate) fn tee_approval(signer: &AdminSigner, message: &[u8]) -> Approval {
     Approval {
         admin_cert: signer.cert_der.clone(),
         admin_ca: signer.admin_ca_der.clone(),

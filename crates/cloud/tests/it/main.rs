@@ -6,6 +6,7 @@ mod api;
 mod dkg;
 mod governance;
 mod groups;
+mod key_policy;
 mod openapi;
 mod scripted;
 mod service;

@@ -62,6 +62,9 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         ("post", "/v1/wallets/import") => &["invalid_secret"],
         // quorum at most the group's size; fingerprints distinct whatever their case.
         ("post", "/v1/wallets") => &["invalid_group"],
+        // The new quorum at most the new group's size; fingerprints distinct whatever their
+        // case.
+        ("put", "/v1/wallets/{root_id}/policy") => &["invalid_group"],
         // The bundle's own encoding, signature and facts.
         ("post", "/v1/threshold/keys/import") => &["invalid_bundle"],
         // t <= n, the number of clusters named.

@@ -75,6 +75,19 @@ fn terms(kind: RequestKind) -> Terms {
                 reason: "key lost".into(),
             },
         }),
+        RequestKind::SetKeyPolicy => {
+            let policy = |version, group: Vec<[u8; 32]>| custos_wire::policy::KeyPolicy {
+                version,
+                group,
+                quorum: 2,
+                rules: vec![],
+            };
+            Terms::SetKeyPolicy(custos_cloud::terms::PolicyTerms::new(
+                generator(),
+                &policy(1, vec![[1; 32], [2; 32], [3; 32]]),
+                &policy(2, vec![[1; 32], [2; 32], [4; 32]]),
+            ))
+        }
     }
 }
 

@@ -28,3 +28,4 @@ mod restart;
 mod tee_core_deps;
 mod tee_sync;
 mod threshold;
+mod wallet_policy;
