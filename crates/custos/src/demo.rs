@@ -207,6 +207,8 @@ struct Demo {
     rogue_refused: Vec<serde_json::Value>,
     /// The revoked admin and how its approval was refused.
     revoked_refused: serde_json::Value,
+    /// The wallet whose approver group was changed, and how an outsider was refused.
+    group_changed: serde_json::Value,
 }
 
 impl Demo {
@@ -256,6 +258,7 @@ impl Demo {
             governance: Vec::new(),
             rogue_refused: Vec::new(),
             revoked_refused: serde_json::Value::Null,
+            group_changed: serde_json::Value::Null,
         })
     }
 
@@ -285,6 +288,7 @@ impl Demo {
                 "clusters": self.governance,
                 "rogue_refused": self.rogue_refused,
                 "revoked_refused": self.revoked_refused,
+                "group_changed": self.group_changed,
             },
             "steps": self.steps.log,
             "all_verified": true,
@@ -330,6 +334,7 @@ pub fn run(
         demo.derive().await?;
         demo.sign().await?;
         demo.quorum().await?;
+        demo.approver_group().await?;
         demo.revoked_admin().await?;
         demo.audit().await
     })?;

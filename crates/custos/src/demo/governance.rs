@@ -1,9 +1,9 @@
 //! Demo steps of issue 12: each cluster's governance log started through the REST API
 //! (governors alice, bob and carol, any two of them), an impostor node refused by a governed
 //! bridge and node server although its certificate is genuine, and a revoked admin's
-//! approval refused by name.
+//! approval refused by name; a wallet's approver group changed by its group in force.
 
-use custos_cloud_api::{GenesisBody, RevokeBody, SignRequestBody};
+use custos_cloud_api::{GenesisBody, KeyPolicyBody, RevokeBody, SignRequestBody};
 use serde_json::json;
 
 use super::{approve_all, fail, status_is, AnyError, Demo, RequestStatus};
@@ -109,6 +109,92 @@ impl Demo {
             .into_iter()
             .map(|(call, why)| json!({"call": call, "refused": why}))
             .collect();
+        Ok(())
+    }
+
+    /// dc2's wallet (1 of alice, bob, carol) gets a new approver group through
+    /// `PUT /v1/wallets/{root_id}/policy`, approved by its group in force: 2 of alice and bob.
+    /// Every dc2 TEE then enforces it: a request approved by carol and alice is refused by
+    /// name, alice and bob sign.
+    pub(super) async fn approver_group(&mut self) -> Result<(), AnyError> {
+        let w = self
+            .wallets
+            .iter()
+            .find(|w| w.cluster == "dc2")
+            .ok_or_else(|| fail("no dc2 wallet"))?;
+        let root_id = w.root_id.clone();
+        let group = vec![
+            hex::encode(self.alice.key_fingerprint()),
+            hex::encode(self.bob.key_fingerprint()),
+        ];
+        let proposed = self
+            .client
+            .set_wallet_policy(
+                &root_id,
+                &KeyPolicyBody {
+                    group: group.clone(),
+                    quorum: 2,
+                    request_id: None,
+                    expires_at: None,
+                },
+            )
+            .await?;
+        let done = approve_all(&self.client, proposed, &[&self.alice]).await?;
+        status_is(&done, RequestStatus::Completed, "approver group change")?;
+        let policy = self.client.wallet_policy(&root_id).await?;
+        let mut want = group.clone();
+        want.sort();
+        if policy.group != want || policy.quorum != 2 {
+            return Err(fail(&format!(
+                "dc2 wallet policy after the change: {policy:?}"
+            )));
+        }
+        let sign = |digest: u8| SignRequestBody {
+            root_id: root_id.clone(),
+            path: "m/0/3".into(),
+            digest: hex::encode([digest; 32]),
+            request_id: None,
+            expires_at: None,
+            approvals: Vec::new(),
+        };
+        let pending = self.client.sign(&sign(0x15)).await?;
+        let refused = approve_all(&self.client, pending, &[&self.carol, &self.alice]).await?;
+        status_is(
+            &refused,
+            RequestStatus::Refused,
+            "a request approved by carol",
+        )?;
+        let code = refused
+            .error
+            .as_ref()
+            .map(|e| e.code.clone())
+            .unwrap_or_default();
+        if code != "tee_approver_not_in_group" {
+            return Err(fail(&format!(
+                "carol refused for another reason: {:?}",
+                refused.error
+            )));
+        }
+        let pending = self.client.sign(&sign(0x16)).await?;
+        let signed = approve_all(&self.client, pending, &[&self.alice, &self.bob]).await?;
+        status_is(
+            &signed,
+            RequestStatus::Completed,
+            "sign under the new group",
+        )?;
+        self.steps.ok(
+            "approver-group",
+            format!(
+                "dc2 wallet {}…: group changed through REST from 1 of alice/bob/carol to 2 of \
+                 alice/bob (policy version {}, approved by the group in force); carol's \
+                 approval refused by the TEE ({code}); alice and bob sign",
+                &root_id[..16],
+                policy.version
+            ),
+        );
+        self.group_changed = json!({"cluster": "dc2", "root_id": root_id,
+            "version": policy.version, "group": ["alice", "bob"], "quorum": 2,
+            "outsider_refused": code});
         Ok(())
     }
 
