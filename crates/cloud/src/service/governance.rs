@@ -425,6 +425,25 @@ impl Cloud {
             devices: fingerprints(&body.devices)?,
             reason: body.reason,
         };
+        self.propose_next(
+            caller,
+            cluster,
+            change,
+            body.request_id.as_deref(),
+            body.expires_at,
+        )
+        .await
+    }
+
+    /// Proposes `change` as the next entry of `cluster`'s log, after the log's own limits.
+    async fn propose_next(
+        &self,
+        caller: &Principal,
+        cluster: &str,
+        change: GovChange,
+        request_id: Option<&str>,
+        expires_at: Option<u64>,
+    ) -> Result<RequestOutcome, ApiError> {
         change
             .check_limits()
             .map_err(|e| gov_error(ErrorCode::InvalidGovernance, e.to_string()))?;
@@ -434,8 +453,8 @@ impl Cloud {
             cluster,
             Some(&log.state),
             change,
-            body.request_id.as_deref(),
-            body.expires_at,
+            request_id,
+            expires_at,
         )
         .await
     }
@@ -452,14 +471,9 @@ impl Cloud {
             governors: fingerprints(&body.governors)?,
             quorum: body.quorum,
         };
-        change
-            .check_limits()
-            .map_err(|e| gov_error(ErrorCode::InvalidGovernance, e.to_string()))?;
-        let log = self.governed(cluster).await?;
-        self.propose(
+        self.propose_next(
             caller,
             cluster,
-            Some(&log.state),
             change,
             body.request_id.as_deref(),
             body.expires_at,

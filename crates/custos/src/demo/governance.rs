@@ -149,14 +149,7 @@ impl Demo {
                 "dc2 wallet policy after the change: {policy:?}"
             )));
         }
-        let sign = |digest: u8| SignRequestBody {
-            root_id: root_id.clone(),
-            path: "m/0/3".into(),
-            digest: hex::encode([digest; 32]),
-            request_id: None,
-            expires_at: None,
-            approvals: Vec::new(),
-        };
+        let sign = |digest: u8| sign_body(&root_id, "m/0/3", digest);
         let pending = self.client.sign(&sign(0x15)).await?;
         let refused = approve_all(&self.client, pending, &[&self.carol, &self.alice]).await?;
         status_is(
@@ -225,14 +218,7 @@ impl Demo {
             .ok_or_else(|| fail("no dc1 wallet"))?;
         let pending = self
             .client
-            .sign(&SignRequestBody {
-                root_id: w.root_id.clone(),
-                path: "m/0/9".into(),
-                digest: hex::encode([0x14; 32]),
-                request_id: None,
-                expires_at: None,
-                approvals: Vec::new(),
-            })
+            .sign(&sign_body(&w.root_id, "m/0/9", 0x14))
             .await?;
         // Carol's approval is taken as a signature over the request (the cloud server
         // checks signatures; only the TEE decides who counts), so with alice's it reaches
@@ -256,14 +242,7 @@ impl Demo {
         }
         let pending = self
             .client
-            .sign(&SignRequestBody {
-                root_id: w.root_id.clone(),
-                path: "m/0/9".into(),
-                digest: hex::encode([0x14; 32]),
-                request_id: None,
-                expires_at: None,
-                approvals: Vec::new(),
-            })
+            .sign(&sign_body(&w.root_id, "m/0/9", 0x14))
             .await?;
         let signed = approve_all(&self.client, pending, &[&self.alice, &self.bob]).await?;
         status_is(
@@ -282,6 +261,19 @@ impl Demo {
         self.revoked_refused = json!({"admin": "carol", "key_fingerprint": carol,
             "cluster": "dc1", "refused": code});
         Ok(())
+    }
+}
+
+/// A sign request for `root_id` at `path` over a digest of 32 bytes `digest`, approvals
+/// to follow.
+fn sign_body(root_id: &str, path: &str, digest: u8) -> SignRequestBody {
+    SignRequestBody {
+        root_id: root_id.into(),
+        path: path.into(),
+        digest: hex::encode([digest; 32]),
+        request_id: None,
+        expires_at: None,
+        approvals: Vec::new(),
     }
 }
 
