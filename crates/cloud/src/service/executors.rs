@@ -42,10 +42,6 @@ impl Cloud {
                 format!("cluster {cluster} has no serving node to create the wallet on"),
             ));
         }
-        // Governed, only a current member executes: a bridge that registered an impostor
-        // (a genuine Cluster-CA certificate on a key made outside any TEE) could otherwise
-        // have it "create" a wallet whose seed it chose. Read from a member TEE, verified.
-        let log = self.read_log(cluster).await?;
         let start = if wanted.is_some() {
             0
         } else {
@@ -55,10 +51,6 @@ impl Cloud {
         for i in 0..serving.len() {
             let node = serving[(start + i) % serving.len()];
             match self.device_fingerprint(cluster, node).await {
-                Ok(fp) if !is_member(log.as_ref(), node, &fp) => unusable.push(format!(
-                    "{node}: device key {} is not a member of the governance log",
-                    hex::encode(fp)
-                )),
                 Ok(fp) if wanted.is_none_or(|w| w == fp) => {
                     return Ok(Executor {
                         node: node.to_string(),
@@ -104,17 +96,6 @@ impl Cloud {
         device_key_fingerprint(&device.public_key)
             .ok_or_else(|| CallError::Unverified(format!("device key of {node} is not P-256")))
     }
-}
-
-/// Whether `node` with device key `fp` may execute: always while the cluster has no log,
-/// else only as a current member under its own name.
-fn is_member(log: Option<&super::governance::VerifiedLog>, node: &str, fp: &[u8; 32]) -> bool {
-    log.is_none_or(|l| {
-        l.state
-            .members
-            .get(fp)
-            .is_some_and(|m| m.record.node == node)
-    })
 }
 
 /// Refuses, before the TEE does, an approval by an admin outside the approver group the

@@ -165,37 +165,3 @@ async fn genesis_revocation_and_a_moved_head_through_the_api() {
     assert_eq!(code(e), "unknown_member");
     s.stop().await;
 }
-
-/// Once governed, a wallet is created only by a current member: node2 of dc1, serving and
-/// certified by the Cluster CA but left out of the genesis, is never chosen and cannot be
-/// named as the executor (an impostor registered by a bridge would be such a node).
-#[tokio::test]
-async fn only_members_execute_wallet_creations() {
-    let pki = Pki::new();
-    let gateway = FakeGateway::new(&pki, &[("dc1", 2)]);
-    let s = TestServer::start_with(pki, gateway, TestDb::sqlite()).await;
-    let genesis = GenesisBody {
-        governors: vec![fp(&s, "alice"), fp(&s, "bob")],
-        quorum: 2,
-        members: vec!["node1".into()],
-        request_id: None,
-        expires_at: None,
-    };
-    let view = s.client.propose_genesis("dc1", &genesis).await.unwrap();
-    approve(&s, &view, 0).await.unwrap();
-    let done = approve(&s, &view, 1).await.unwrap();
-    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
-    for _ in 0..3 {
-        let view = s
-            .client
-            .create_wallet(&s.wallet_body("dc1", 1, 1))
-            .await
-            .unwrap();
-        assert_eq!(view.target_node.as_deref(), Some("node1"));
-    }
-    let mut body = s.wallet_body("dc1", 1, 1);
-    body.executor = Some(hex::encode(s.executor("dc1", "node2")));
-    let e = s.client.create_wallet(&body).await.unwrap_err();
-    assert!(e.to_string().contains("not a member"), "{e}");
-    assert_eq!(code(e), "unknown_executor");
-}
