@@ -152,22 +152,7 @@ impl Demo {
         let sign = |digest: u8| sign_body(&root_id, "m/0/3", digest);
         let pending = self.client.sign(&sign(0x15)).await?;
         let refused = approve_all(&self.client, pending, &[&self.carol, &self.alice]).await?;
-        status_is(
-            &refused,
-            RequestStatus::Refused,
-            "a request approved by carol",
-        )?;
-        let code = refused
-            .error
-            .as_ref()
-            .map(|e| e.code.clone())
-            .unwrap_or_default();
-        if code != "tee_approver_not_in_group" {
-            return Err(fail(&format!(
-                "carol refused for another reason: {:?}",
-                refused.error
-            )));
-        }
+        let code = refused_with(&refused, "tee_approver_not_in_group", "carol's request")?;
         let pending = self.client.sign(&sign(0x16)).await?;
         let signed = approve_all(&self.client, pending, &[&self.alice, &self.bob]).await?;
         status_is(
@@ -224,22 +209,7 @@ impl Demo {
         // checks signatures; only the TEE decides who counts), so with alice's it reaches
         // the quorum of two and goes to dc1, whose TEEs refuse it by name.
         let refused = approve_all(&self.client, pending, &[&self.carol, &self.alice]).await?;
-        status_is(
-            &refused,
-            RequestStatus::Refused,
-            "a request approved by a revoked admin",
-        )?;
-        let code = refused
-            .error
-            .as_ref()
-            .map(|e| e.code.clone())
-            .unwrap_or_default();
-        if code != "tee_admin_revoked" {
-            return Err(fail(&format!(
-                "revoked admin refused for another reason: {:?}",
-                refused.error
-            )));
-        }
+        let code = refused_with(&refused, "tee_admin_revoked", "a revoked admin's request")?;
         let pending = self
             .client
             .sign(&sign_body(&w.root_id, "m/0/9", 0x14))
@@ -274,6 +244,22 @@ fn sign_body(root_id: &str, path: &str, digest: u8) -> SignRequestBody {
         request_id: None,
         expires_at: None,
         approvals: Vec::new(),
+    }
+}
+
+/// The code of `view`'s refusal, which must be `want` (a refusal for another reason, or no
+/// refusal, fails the step).
+fn refused_with(
+    view: &custos_cloud_api::RequestView,
+    want: &str,
+    what: &str,
+) -> Result<String, AnyError> {
+    status_is(view, RequestStatus::Refused, what)?;
+    match &view.error {
+        Some(e) if e.code == want => Ok(e.code.clone()),
+        other => Err(fail(&format!(
+            "{what}: refused as {other:?}, expected {want}"
+        ))),
     }
 }
 

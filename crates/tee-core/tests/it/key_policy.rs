@@ -82,6 +82,24 @@ fn wallet_of_alice_and_bob(pki: &Pki) -> (TeeCore<MemPlatform>, KeyId) {
     (core, w.key_id)
 }
 
+/// `key` exported by `from` to `to` and imported there, as a sync round does.
+fn transfer(
+    from: &mut TeeCore<MemPlatform>,
+    to: &mut TeeCore<MemPlatform>,
+    key: &[u8],
+) -> Result<Response, TeeError> {
+    let Ok(Response::KeyTransfer(transfer)) = call(
+        from,
+        &Request::ExportKeys {
+            requester: chain(to),
+            key_ids: vec![key.to_vec()],
+        },
+    ) else {
+        panic!("export refused")
+    };
+    call(to, &Request::ImportKeys { transfer })
+}
+
 fn signs(r: Result<Response, TeeError>) -> bool {
     matches!(r, Ok(Response::Signature(_)))
 }
@@ -323,18 +341,8 @@ fn a_synced_record_upgrades_the_policy_and_never_downgrades_it() {
     );
     apply(&mut core, log.entries()).unwrap();
     apply(&mut peer, log.entries()).unwrap();
-    let export = |from: &mut TeeCore<MemPlatform>, to: &mut TeeCore<MemPlatform>| {
-        let Ok(Response::KeyTransfer(transfer)) = call(
-            from,
-            &Request::ExportKeys {
-                requester: chain(to),
-                key_ids: vec![key.clone()],
-            },
-        ) else {
-            panic!("export refused")
-        };
-        call(to, &Request::ImportKeys { transfer })
-    };
+    let export =
+        |from: &mut TeeCore<MemPlatform>, to: &mut TeeCore<MemPlatform>| transfer(from, to, &key);
     export(&mut core, &mut peer).unwrap();
     let v1 = current(&mut peer, &key);
 
@@ -369,18 +377,8 @@ fn an_ungoverned_node_takes_no_policy_from_a_synced_record() {
     let pki = Pki::with_clusters(&[CLUSTER]);
     let (mut core, key) = wallet_of_alice_and_bob(&pki);
     let mut peer = pki.node(CLUSTER, "node2");
-    let export = |from: &mut TeeCore<MemPlatform>, to: &mut TeeCore<MemPlatform>| {
-        let Ok(Response::KeyTransfer(transfer)) = call(
-            from,
-            &Request::ExportKeys {
-                requester: chain(to),
-                key_ids: vec![key.clone()],
-            },
-        ) else {
-            panic!("export refused")
-        };
-        call(to, &Request::ImportKeys { transfer })
-    };
+    let export =
+        |from: &mut TeeCore<MemPlatform>, to: &mut TeeCore<MemPlatform>| transfer(from, to, &key);
     export(&mut core, &mut peer).unwrap();
     let v1 = current(&mut peer, &key);
     // Without a log any certified device may send records (no member check), so a record's
