@@ -21,7 +21,7 @@ use custos_proto::cluster::{
 };
 use custos_wire::client::verify_signed_response;
 use custos_wire::protocol::{
-    decode_request, encode_request, Origin, Request, Response, ThresholdOrigin,
+    decode_request, encode_request, Origin, Request, Response, TeeError, ThresholdOrigin,
 };
 use tokio::sync::Notify;
 use tonic::transport::Channel;
@@ -38,6 +38,7 @@ use custos_pki::clock::now_unix;
 mod governance;
 mod grpc;
 mod key_policy;
+mod policy_check;
 mod route;
 mod sent_to;
 mod upkeep;
@@ -61,6 +62,9 @@ struct NodeEntry {
     /// Keys of the list this node is not known to hold: what its next sync must fetch.
     /// Kept beside `held` so a sync round costs O(missing), not O(all keys).
     missing: HashSet<Vec<u8>>,
+    /// Keys this node reports as held whose policy changed since they were made: routed
+    /// nothing until its TEE shows the latest version (`policy_check`).
+    checking: HashSet<Vec<u8>>,
     served: u64,
     failures: u64,
 }
@@ -99,6 +103,11 @@ struct State {
     /// registration is checked against the membership and entered, so none of them sees a
     /// state being replaced.
     gov_apply: tokio::sync::Mutex<()>,
+    /// The latest policy each changed key is under, as recorded in the metadata DB: a holder
+    /// whose TEE enforces less is not routed the key (`policy_check`).
+    policies: RwLock<std::collections::HashMap<Vec<u8>, policy_check::PolicyMark>>,
+    /// One policy check at a time.
+    policy_checks: tokio::sync::Mutex<()>,
 }
 
 /// Who called the bridge, after the application-level certificate check.
@@ -351,6 +360,7 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
     })?;
     let gov = governance::load_governance(&db, &root, &config.cluster, gov_pin).await?;
     let sent_to = sent_to::SentTo::restore(&db).await?;
+    let policies = policy_check::load(&db).await?;
     let records = db.keys().await?;
     let threshold = records
         .iter()
@@ -381,6 +391,8 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         gov: RwLock::new(gov),
         gov_pin,
         gov_apply: tokio::sync::Mutex::new(()),
+        policies: RwLock::new(policies),
+        policy_checks: tokio::sync::Mutex::new(()),
     });
     let service = BridgeService { state };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -397,6 +409,14 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
             loop {
                 tokio::time::sleep(every).await;
                 s.health_round().await;
+            }
+        });
+        let s = service.clone();
+        // Apart from the health rounds: a check waits on TEE answers.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                s.policy_round().await;
             }
         });
         let s = service.clone();

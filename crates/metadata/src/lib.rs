@@ -43,6 +43,7 @@
 
 mod chain;
 mod governance;
+mod key_policy;
 mod limits;
 mod sent;
 mod summary;
@@ -60,6 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use crate::chain::GENESIS_HASH;
 pub use crate::governance::{GovernanceRow, MAX_GOVERNANCE_ENTRY_BYTES, MAX_GOVERNANCE_PAGE};
+pub use crate::key_policy::KeyPolicyRecord;
 pub use crate::limits::{MAX_APPROVERS, MAX_DETAIL_BYTES, MAX_FIELD_BYTES};
 pub use crate::sent::{SentRecord, MAX_SENT_ROWS};
 pub use crate::summary::{

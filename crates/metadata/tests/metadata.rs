@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use common::{entry, key};
 use custos_metadata::{
-    MetadataDb, MetadataError, NewEntry, RefusalSummary, SentRecord, VerifyReport, GENESIS_HASH,
-    MAX_DETAIL_BYTES, MAX_FIELD_BYTES, REFUSAL_SUMMARY_KIND,
+    KeyPolicyRecord, MetadataDb, MetadataError, NewEntry, RefusalSummary, SentRecord, VerifyReport,
+    GENESIS_HASH, MAX_DETAIL_BYTES, MAX_FIELD_BYTES, REFUSAL_SUMMARY_KIND,
 };
 use custos_test_kit::{on_both_engines, Ctx, TestDb};
 use sqlx::Row;
@@ -31,6 +31,7 @@ on_both_engines!(
     refusal_summaries_are_chained_and_checked,
     governance_log_appends_in_order_and_refuses_forks,
     sent_to_survives_reopen_and_is_bounded,
+    key_policy_keeps_the_highest_version,
 );
 
 async fn open(ctx: &Ctx) -> MetadataDb {
@@ -762,4 +763,36 @@ async fn sent_to_survives_reopen_and_is_bounded(ctx: Ctx) {
     );
     // Fewer rows than the bound: nothing more goes.
     assert_eq!(db.forget_sent(0, 5).await.unwrap(), 0);
+}
+
+/// A key's recorded policy only moves up (a late, older report never lowers it) and survives
+/// a reopen.
+async fn key_policy_keeps_the_highest_version(ctx: Ctx) {
+    let rec = |key: &str, version, h| KeyPolicyRecord {
+        key_id: key.into(),
+        version,
+        hash: [h; 32],
+    };
+    {
+        let db = open(&ctx).await;
+        assert!(db.key_policies().await.unwrap().is_empty());
+        db.record_key_policy(&rec("aa", 2, 2)).await.unwrap();
+        db.record_key_policy(&rec("aa", 1, 1)).await.unwrap();
+        db.record_key_policy(&rec("AA", 2, 9)).await.unwrap();
+        db.record_key_policy(&rec("bb", 1, 1)).await.unwrap();
+        db.record_key_policy(&rec("bb", 3, 3)).await.unwrap();
+        let e = db.record_key_policy(&rec("", 1, 1)).await.unwrap_err();
+        assert!(matches!(
+            e,
+            MetadataError::InvalidField {
+                field: "key_id",
+                ..
+            }
+        ));
+        db.close().await;
+    }
+    let db = open(&ctx).await;
+    let mut all = db.key_policies().await.unwrap();
+    all.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    assert_eq!(all, vec![rec("aa", 2, 2), rec("bb", 3, 3)]);
 }

@@ -70,15 +70,15 @@ impl Bridge for BridgeService {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .is_some();
-        let held: HashSet<Vec<u8>> = r.held.into_iter().collect();
-        let held_count = held.len();
+        let held_count = r.held.len();
+        let (held, checking) = self.split_by_policy(r.held);
         let missing: HashSet<Vec<u8>> = self
             .state
             .keys
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
-            .filter(|k| !held.contains(*k))
+            .filter(|k| !held.contains(*k) && !checking.contains(*k))
             .cloned()
             .collect();
         self.state
@@ -96,6 +96,7 @@ impl Bridge for BridgeService {
                     healthy: true,
                     held,
                     missing,
+                    checking,
                     served: 0,
                     failures: 0,
                 },
@@ -118,6 +119,7 @@ impl Bridge for BridgeService {
             if governed {
                 this.push_governance(&node).await;
             }
+            this.confirm_policies(&node).await;
             this.learn_keys(&node).await
         });
         self.state.sync_trigger.notify_one();
@@ -183,16 +185,31 @@ impl Bridge for BridgeService {
         self.check_member(&id, leaf(&req).as_deref(), "report-sync")?;
         let r = req.into_inner();
         let count = r.imported.len();
+        let mut to_check = false;
         {
             let keys = self.state.keys.read().unwrap_or_else(|p| p.into_inner());
             let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = nodes.get_mut(&id.node) {
-                // Only keys of the list count; a node cannot claim arbitrary ids.
-                for k in r.imported.into_iter().filter(|k| keys.contains_key(k)) {
+                // Only keys of the list count; a node cannot claim arbitrary ids. A key whose
+                // policy changed is routed once its TEE shows the change (the sync source
+                // may have been behind too).
+                let imported = r.imported.into_iter().filter(|k| keys.contains_key(k));
+                let (held, checking) = self.split_by_policy(imported);
+                for k in held {
                     n.missing.remove(&k);
                     n.held.insert(k);
                 }
+                for k in checking {
+                    n.missing.remove(&k);
+                    n.checking.insert(k);
+                }
+                to_check = !n.checking.is_empty();
             }
+        }
+        if to_check {
+            let this = self.clone();
+            let node = id.node.clone();
+            tokio::spawn(async move { this.confirm_policies(&node).await });
         }
         self.log(NewEntry {
             kind: "sync".into(),

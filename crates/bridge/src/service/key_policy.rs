@@ -5,7 +5,8 @@
 //! lacks the key gets it later by sync, with the new policy in its record; a holder that did
 //! not apply the change (down, timed out, refused) is routed no request for the key until its
 //! next sync fetches the record from a node that did, which upgrades its policy
-//! (`ImportKeys` never downgrades one).
+//! (`ImportKeys` never downgrades one). The change's version is recorded in the metadata DB
+//! first, so that this holds after restarts too (`policy_check`).
 
 use custos_wire::protocol::TeeError;
 
@@ -91,7 +92,13 @@ impl BridgeService {
             }
         }
         let moved = match answer {
-            Some((_, _, true, _)) => self.route_away_until_synced(&key, &seen.applied),
+            Some((_, _, true, _)) => {
+                // Durable before anyone hears of the change: a holder that missed it must
+                // stay unrouted after a restart of the bridge or of that node.
+                self.record_policy(&key, (wanted.version, wanted.hash()))
+                    .await?;
+                self.route_away_until_synced(&key, &seen.applied)
+            }
             _ => Vec::new(),
         };
         let detail = format!(

@@ -31,10 +31,17 @@ impl BridgeService {
             }
         }
         if healthy.is_empty() && rest.is_empty() {
-            // The bridge may not know every holder yet: let any node answer authoritatively.
+            // The bridge may not know every holder yet: let any node answer authoritatively,
+            // except a node known to lack the key or to be behind its policy (which would
+            // answer under a group the admins replaced).
+            let unknown = |n: &NodeEntry| {
+                d.key_id
+                    .as_ref()
+                    .is_none_or(|k| !n.missing.contains(k) && !n.checking.contains(k))
+            };
             healthy = nodes
                 .iter()
-                .filter(|(_, n)| n.healthy)
+                .filter(|(_, n)| n.healthy && unknown(n))
                 .map(|(k, _)| k.clone())
                 .collect();
         }

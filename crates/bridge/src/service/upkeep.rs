@@ -53,6 +53,16 @@ impl BridgeService {
     /// One verified answer of `node`'s TEE to a list request, or `None` (unreachable, slow,
     /// refused or not signed by that node's D key).
     pub(super) async fn node_answer(&self, node: &str, request: &Request) -> Option<Response> {
+        self.node_outcome(node, request).await?.ok()
+    }
+
+    /// `node`'s TEE's verified outcome of `request` (an answer or a refusal), or `None`
+    /// (unreachable, slow or not signed by that node's D key).
+    pub(super) async fn node_outcome(
+        &self,
+        node: &str,
+        request: &Request,
+    ) -> Option<Result<Response, TeeError>> {
         let (mut client, device_key) = self.node_client(node)?;
         let request = encode_request(request);
         let reply = tokio::time::timeout(
@@ -66,9 +76,7 @@ impl BridgeService {
         .ok()?
         .ok()?
         .into_inner();
-        verify_signed_response(&device_key, &request, &reply.response)
-            .ok()?
-            .ok()
+        verify_signed_response(&device_key, &request, &reply.response).ok()
     }
 
     pub(super) fn known_keys(&self) -> HashSet<Vec<u8>> {

@@ -71,12 +71,11 @@ async fn sign(client: &CloudClient, root_id: &str, admin: &AdminSigner) -> Reque
     approve(client, &view, admin).await.unwrap()
 }
 
-#[test]
-fn a_wallet_group_changed_through_rest_on_every_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Deployment::start(
+/// Starts one cluster of two nodes with admins alice, bob and carol (syncing every second).
+fn deploy(dir: &std::path::Path) -> Deployment {
+    Deployment::start(
         &exe(),
-        dir.path(),
+        dir,
         &DeploymentOptions {
             clusters: vec![(DC.into(), LinkTransport::Tcp)],
             nodes: 2,
@@ -86,54 +85,74 @@ fn a_wallet_group_changed_through_rest_on_every_node() {
             cloud_db_url: None,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Creates a wallet of group {alice, bob}, quorum 1, and waits until both nodes hold it;
+/// returns its root id.
+async fn group_wallet(
+    client: &CloudClient,
+    link: &mut BridgeClient<Channel>,
+    alice: &AdminSigner,
+    bob: &AdminSigner,
+) -> String {
+    let wallet = client
+        .create_wallet(&CreateWalletBody {
+            cluster: DC.into(),
+            quorum: 1,
+            group: vec![fp(alice), fp(bob)],
+            executor: None,
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        })
+        .await
+        .unwrap();
+    let wallet = approve(client, &wallet, alice).await.unwrap();
+    assert_eq!(wallet.status, RequestStatus::Completed, "{wallet:?}");
+    let root_id = wallet.root_id.clone().unwrap();
+    let key = hex::decode(&root_id).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for node in NODES {
+        while policy_on(link, &key, node).await.is_none() {
+            assert!(Instant::now() < deadline, "{node} never got the wallet");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    root_id
+}
+
+/// `custos wallet policy` arguments for `root_id`: show it, or propose `group`, quorum 1.
+fn policy_args(d: &Deployment, root_id: &str, group: Option<Vec<String>>) -> PolicyArgs {
+    PolicyArgs {
+        api: d.api_url.clone(),
+        token: d.api_token.clone(),
+        api_root_ca: None,
+        root: root_id.into(),
+        show: group.is_none(),
+        quorum: group.is_some().then_some(1),
+        group: group.unwrap_or_default(),
+        group_certs: vec![],
+    }
+}
+
+#[test]
+fn a_wallet_group_changed_through_rest_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = deploy(dir.path());
     let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| d.admin(n).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = d.client().unwrap();
         let mut link = d.cluster(DC).unwrap().link_client().await.unwrap();
-        let wallet = client
-            .create_wallet(&CreateWalletBody {
-                cluster: DC.into(),
-                quorum: 1,
-                group: vec![fp(&alice), fp(&bob)],
-                executor: None,
-                request_id: None,
-                expires_at: None,
-                approvals: vec![],
-            })
-            .await
-            .unwrap();
-        let wallet = approve(&client, &wallet, &alice).await.unwrap();
-        assert_eq!(wallet.status, RequestStatus::Completed, "{wallet:?}");
-        let root_id = wallet.root_id.clone().unwrap();
-        let key = hex::decode(&root_id).unwrap();
         // Both nodes hold the wallet (by sync) before its group changes.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for node in NODES {
-            while policy_on(&mut link, &key, node).await.is_none() {
-                assert!(Instant::now() < deadline, "{node} never got the wallet");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
+        let root_id = group_wallet(&client, &mut link, &alice, &bob).await;
+        let key = hex::decode(&root_id).unwrap();
 
         // Alice is replaced by carol, proposed with `custos wallet policy`.
-        let args = |show: bool| PolicyArgs {
-            api: d.api_url.clone(),
-            token: d.api_token.clone(),
-            api_root_ca: None,
-            root: root_id.clone(),
-            show,
-            group: if show {
-                vec![]
-            } else {
-                vec![fp(&carol), fp(&bob)]
-            },
-            group_certs: vec![],
-            quorum: (!show).then_some(1),
-        };
         let mut out = Vec::new();
-        let PolicyOutcome::Proposed(view) = run(&args(false), &mut out).await.unwrap() else {
+        let change = policy_args(&d, &root_id, Some(vec![fp(&carol), fp(&bob)]));
+        let PolicyOutcome::Proposed(view) = run(&change, &mut out).await.unwrap() else {
             panic!("not proposed")
         };
         let out = String::from_utf8(out).unwrap();
@@ -155,7 +174,10 @@ fn a_wallet_group_changed_through_rest_on_every_node() {
             assert_eq!((p.version, &p.group, p.quorum), (2, &group, 1), "{node}");
         }
         let mut out = Vec::new();
-        let PolicyOutcome::Shown(shown) = run(&args(true), &mut out).await.unwrap() else {
+        let PolicyOutcome::Shown(shown) = run(&policy_args(&d, &root_id, None), &mut out)
+            .await
+            .unwrap()
+        else {
             panic!("not shown")
         };
         assert_eq!(shown.version, 2);
@@ -171,5 +193,89 @@ fn a_wallet_group_changed_through_rest_on_every_node() {
         );
         let signed = sign(&client, &root_id, &carol).await;
         assert_eq!(signed.status, RequestStatus::Completed, "{signed:?}");
+    });
+}
+
+/// Attacker first: node2 is down while alice is removed from the wallet's group, then comes
+/// back holding the wallet under the old group while node1 is down. Routed the key, node2's
+/// TEE would sign for alice. The bridge recorded the change's version and asks node2's TEE
+/// its policy before routing it the key: behind, node2 serves nothing for the wallet until
+/// its sync has brought the new group from node1.
+#[test]
+fn a_holder_that_missed_a_group_change_is_not_routed_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = deploy(dir.path());
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| d.admin(n).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = d.client().unwrap();
+        // Governed (a synced policy is taken only from members): alice and bob govern.
+        let genesis = client
+            .propose_genesis(
+                DC,
+                &GenesisBody {
+                    governors: vec![fp(&alice), fp(&bob)],
+                    quorum: 1,
+                    members: NODES.map(String::from).to_vec(),
+                    request_id: None,
+                    expires_at: None,
+                },
+            )
+            .await
+            .unwrap();
+        let genesis = approve(&client, &genesis, &alice).await.unwrap();
+        assert_eq!(genesis.status, RequestStatus::Completed, "{genesis:?}");
+        let mut link = d.cluster(DC).unwrap().link_client().await.unwrap();
+        let root_id = group_wallet(&client, &mut link, &alice, &bob).await;
+        let key = hex::decode(&root_id).unwrap();
+
+        // node2 goes down; alice is replaced by carol, applied by node1 alone.
+        let cluster = d.cluster_mut(DC).unwrap();
+        cluster.kill_node_server(1);
+        cluster.kill_tee(1);
+        let change = policy_args(&d, &root_id, Some(vec![fp(&carol), fp(&bob)]));
+        let PolicyOutcome::Proposed(view) = run(&change, &mut Vec::new()).await.unwrap() else {
+            panic!("not proposed")
+        };
+        let done = approve(&client, &view, &bob).await.unwrap();
+        assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+
+        // node1 goes down, node2 comes back with the old group and registers.
+        let cluster = d.cluster_mut(DC).unwrap();
+        cluster.kill_node_server(0);
+        cluster.restart_node(1).unwrap();
+        let old = policy_on(&mut link, &key, NODES[1]).await.expect("held");
+        assert_eq!(old.version, 1, "node2 was down during the change");
+
+        // Alice asks to sign: the only node up is node2, which must not be routed the key.
+        let attempt = sign(&client, &root_id, &alice).await;
+        assert_ne!(attempt.status, RequestStatus::Completed, "{attempt:?}");
+        assert!(attempt.result.is_none(), "{attempt:?}");
+
+        // node1 back: node2 syncs the record from it and enforces the new group.
+        d.cluster_mut(DC).unwrap().restart_node(0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = policy_on(&mut link, &key, NODES[1]).await;
+            if p.as_ref().is_some_and(|p| p.version == 2) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node2 never took the change: {p:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let refused = sign(&client, &root_id, &alice).await;
+        assert_eq!(
+            refused.error.as_ref().map(|e| e.code.as_str()),
+            Some("tee_approver_not_in_group"),
+            "{refused:?}"
+        );
+        let signed = sign(&client, &root_id, &carol).await;
+        assert_eq!(signed.status, RequestStatus::Completed, "{signed:?}");
+        // The first attempt never completed afterwards either.
+        let attempt = client.request(&attempt.id).await.unwrap();
+        assert_ne!(attempt.status, RequestStatus::Completed, "{attempt:?}");
     });
 }

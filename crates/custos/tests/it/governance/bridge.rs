@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use custos::cluster::{Cluster, ClusterOptions};
+use custos::ops::{approvals, new_meta};
 use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::StatusRequest;
 use custos_test_kit::governance::{member, GovLog};
+use custos_wire::approval::Action;
 use custos_wire::governance::{entry_hash, GovChange};
 use custos_wire::protocol::{CertChain, Request, Response};
 use tonic::transport::Channel;
@@ -39,6 +41,50 @@ async fn endpoints(link: &mut BridgeClient<Channel>) -> Vec<(String, String)> {
         .into_iter()
         .map(|n| (n.node, n.endpoint))
         .collect()
+}
+
+/// The key ids node `i`'s TEE holds, asked of the TEE process itself (not through the
+/// bridge, which no longer routes to a removed node).
+fn tee_keys(cluster: &Cluster, i: usize) -> Vec<Vec<u8>> {
+    let mut tee = cluster.nodes[i].tee.client().unwrap();
+    match tee.call(&Request::ListKeys).unwrap() {
+        Response::Keys(keys) => keys.into_iter().map(|k| k.key_id).collect(),
+        other => panic!("not a key list: {other:?}"),
+    }
+}
+
+/// Polls `done` every 200 ms, at most `polls` times; whether it became true.
+async fn wait_for(mut done: impl FnMut() -> bool, polls: usize) -> bool {
+    for _ in 0..polls {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    done()
+}
+
+/// A wallet made by `node` (legacy creation, approved by two governors); its key id.
+async fn create_on(pki: &Pki, link: &mut BridgeClient<Channel>, node: &str) -> Vec<u8> {
+    let meta = new_meta(600);
+    let req = Request::CreateWallet {
+        meta: meta.clone(),
+        quorum: 1,
+        approvals: approvals(
+            &[pki.admin("alice"), pki.admin("bob")],
+            CLUSTER,
+            &meta,
+            &Action::CreateWallet { quorum: 1 },
+        )
+        .unwrap(),
+    };
+    match submit(link, &req, node).await.unwrap() {
+        (Ok(Response::Wallet(k)), by, _) => {
+            assert_eq!(by, node);
+            k.key_id
+        }
+        other => panic!("no wallet: {other:?}"),
+    }
 }
 
 #[test]
@@ -195,6 +241,49 @@ fn rogue_register_and_name_takeover_refused() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(seen, Some(1), "node3's TEE did not get the log");
+
+        // Admitted, node3 syncs by itself: a wallet made on node1 reaches its TEE through
+        // the bridge's key list and node1's export (bounded wait: 150 polls of 200 ms).
+        let first = create_on(&pki, &mut link, n1).await;
+        assert!(
+            wait_for(|| tee_keys(&cluster, 2).contains(&first), 150).await,
+            "node3 never synced the wallet made after its admission"
+        );
+
+        // Removed, node3 gets nothing new: the bridge drops it, refuses its sync calls, and
+        // no member's TEE exports to it, while node2 goes on syncing.
+        let removed = log
+            .remove(
+                member(&pki, &chains[2]).key_fingerprint,
+                &["alice", "carol"],
+            )
+            .clone();
+        let apply = Request::ApplyGovernance {
+            cluster: CLUSTER.into(),
+            entries: vec![removed],
+        };
+        match submit(&mut link, &apply, "").await.unwrap() {
+            (Ok(Response::Governance(v)), _, _) => assert_eq!(v.version, 2),
+            other => panic!("removal not applied: {other:?}"),
+        }
+        let names: Vec<String> = endpoints(&mut link)
+            .await
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, [n1, n2], "a removed node stays registered");
+        let second = create_on(&pki, &mut link, n1).await;
+        assert!(
+            wait_for(|| tee_keys(&cluster, 1).contains(&second), 150).await,
+            "node2 never synced the second wallet"
+        );
+        // node3's server keeps its sync loop (every 2 s) running: three more rounds later
+        // its TEE still lacks the wallet (the bridge refuses its key-list calls).
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            !tee_keys(&cluster, 2).contains(&second),
+            "a removed node got a wallet made after its removal"
+        );
 
         // A restarted bridge verifies the stored log again and still refuses the rogue.
         cluster.kill_bridge();
