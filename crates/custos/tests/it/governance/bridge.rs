@@ -1,8 +1,10 @@
 //! Membership at the bridge (plan steps F1 and F2), on a real cluster: once a genesis is
 //! applied through the bridge, only members register, under their own names. A rogue with a
-//! genuine dc1 certificate for an existing node's name cannot take the name over (nor after a
-//! bridge restart, which verifies the stored log again), and an admitted node registers and
-//! gets the log it missed pushed to its TEE.
+//! genuine dc1 certificate (for an existing node's name or a new one) cannot register nor take
+//! a name over (nor after a bridge restart, which verifies the stored log again), nor get
+//! keys from a member's node server; an admitted node registers, gets the log it missed
+//! pushed to its TEE and syncs wallets through the real sync loop; once removed, it gets
+//! no wallet made afterwards.
 
 use std::time::Duration;
 
@@ -150,6 +152,25 @@ fn rogue_register_and_name_takeover_refused() {
             before,
             "the name was taken over"
         );
+        // Nor under a name of its own, nor at a member's node server asking for its keys.
+        let stranger = rogue_identity(&pki, "dc1-rogue");
+        let e = custos::rogue::try_register(
+            cluster.bridge_addr,
+            CLUSTER,
+            "dc1-rogue",
+            &stranger,
+            &root,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.message().starts_with("not_a_member:"), "{e:?}");
+        let server = cluster.nodes[1].addr.unwrap();
+        let e = custos::rogue::try_export(server, CLUSTER, n2, &rogue, &root)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().starts_with("not_a_member"), "{e:?}");
+        assert_eq!(endpoints(&mut link).await, before);
 
         // The refusal reaches the history as a summary row (the first within a second).
         let db = custos_metadata::MetadataDb::connect(&cluster.db_url)
