@@ -206,6 +206,13 @@ impl Cluster {
         let (child, line) = spawn_ready(cmd, "custos-bridge ready")?;
         self.bridge_addr = parse_ready_addr(&line)?;
         self.bridge = Some(child);
+        // The first start picks a free port; a restart must come back on it, where the
+        // node servers and the relay look for the bridge.
+        let mut config = BridgeConfig::load(&self.bridge_config).map_err(io)?;
+        if config.listen.port() == 0 {
+            config.listen = self.bridge_addr;
+            config.save(&self.bridge_config).map_err(io)?;
+        }
         Ok(())
     }
 

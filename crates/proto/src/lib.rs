@@ -7,6 +7,11 @@ pub mod cluster {
     tonic::include_proto!("custos.cluster.v1");
 }
 
+/// The prefix of the `FAILED_PRECONDITION` message with which the bridge answers a member's
+/// sync call when that node is not in its registry (the bridge restarted since the node
+/// registered): the node registers again.
+pub const NOT_REGISTERED: &str = "not_registered";
+
 /// The stable codes of a [`cluster::LinkRefusal`]: one list for the bridge that writes them
 /// and the cloud server that reads them, with whether a refusal may be retried.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use crate::members::Members;
-use crate::sync::Syncer;
+use crate::sync::{SyncError, Syncer};
 use crate::{NodeConfig, NodeError, TeePool, MAX_MESSAGE};
 
 /// Who is calling, after the application-level certificate check.
@@ -315,11 +315,12 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
 
     // Join (or rejoin) the cluster: register, then catch up on every key created meanwhile.
     let endpoint = config.advertise.unwrap_or(local).to_string();
-    let registrar = {
+    let registrar = || {
         let syncer = syncer.clone();
         let mut bridge = bridge.clone();
         let node = config.node.clone();
         let members = members.clone();
+        let endpoint = endpoint.clone();
         async move {
             let mut delay = Duration::from_millis(100);
             loop {
@@ -342,7 +343,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             }
         }
     };
-    registrar.await;
+    registrar().await;
     println!("custos-node ready {} {}", config.node, local);
     let interval = Duration::from_secs(config.sync_interval_secs.max(1));
     let periodic = {
@@ -350,8 +351,13 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         let trigger = trigger.clone();
         async move {
             loop {
-                if let Err(e) = syncer.sync_once().await {
-                    tracing::warn!(error = %e, "sync round failed");
+                match syncer.sync_once().await {
+                    Ok(_) => {}
+                    Err(SyncError::NotRegistered(why)) => {
+                        tracing::warn!(reason = %why, "the bridge forgot this node; registering again");
+                        registrar().await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sync round failed"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}

@@ -22,6 +22,10 @@ pub enum SyncError {
     /// The bridge could not be asked.
     #[error("bridge: {0}")]
     Bridge(String),
+    /// The bridge does not know this node (it restarted since the node registered): the
+    /// node must register again before it is routed anything.
+    #[error("bridge: this node is not registered: {0}")]
+    NotRegistered(String),
     /// The local TEE failed.
     #[error("TEE: {0}")]
     Tee(String),
@@ -113,7 +117,15 @@ impl Syncer {
             .clone()
             .key_list(KeyListRequest { missing_only: true })
             .await
-            .map_err(|e| SyncError::Bridge(e.message().to_string()))?
+            .map_err(|e| {
+                if e.code() == tonic::Code::FailedPrecondition
+                    && e.message().starts_with(custos_proto::NOT_REGISTERED)
+                {
+                    SyncError::NotRegistered(e.message().to_string())
+                } else {
+                    SyncError::Bridge(e.message().to_string())
+                }
+            })?
             .into_inner();
         let endpoints: BTreeMap<String, String> = list
             .nodes

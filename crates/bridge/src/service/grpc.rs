@@ -147,6 +147,15 @@ impl Bridge for BridgeService {
                 .map(|(name, _)| name.clone())
                 .collect()
         };
+        // A member the bridge does not know (the bridge restarted since it registered) is
+        // told so, and registers again: until then it is routed nothing.
+        if !nodes.contains_key(&id.node) {
+            return Err(Status::failed_precondition(format!(
+                "{}: node {} has not registered with this bridge since it started",
+                custos_proto::NOT_REGISTERED,
+                id.node
+            )));
+        }
         let entries: Vec<KeyEntry> = match (missing_only, nodes.get(&id.node)) {
             (true, Some(me)) => me
                 .missing

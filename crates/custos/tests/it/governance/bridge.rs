@@ -314,5 +314,23 @@ fn rogue_register_and_name_takeover_refused() {
             .await
             .unwrap_err();
         assert!(e.message().starts_with("not_a_member:"), "{e:?}");
+
+        // The members' servers, told by the restarted bridge that it does not know them at
+        // their next sync round (every 2 s), register again and serve; node3 stays out.
+        let mut link = cluster.link_client().await.unwrap();
+        let mut names = Vec::new();
+        for _ in 0..150 {
+            names = endpoints(&mut link)
+                .await
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>();
+            if names.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(names, [n1, n2], "members did not register again");
+        create_on(&pki, &mut link, n2).await;
     });
 }
