@@ -241,14 +241,22 @@ impl Cloud {
         answer: Result<TeeAnswer, CallError>,
     ) -> Verdict {
         let fail = |code: &str, m: String| Verdict::Failed(Failure::new(code, m));
+        // Before the outcome is read: an impostor's refusal would end the request for good,
+        // and its "wallet" would be recorded.
+        if let Err(f) = executor_key(row, &answer) {
+            tracing::warn!(request_id = %row.id, "{}", f.message);
+            return Verdict::Failed(f);
+        }
         let (node, response) = match answer {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(response),
+                ..
             }) => (node, response),
             Ok(TeeAnswer {
                 node,
                 outcome: Err(e),
+                ..
             }) => return Verdict::Refused(Failure::new(tee_code(&e), format!("node {node}: {e}"))),
             Err(CallError::OutcomeUnknown { node, message }) => {
                 let failure = Failure::new(
@@ -593,4 +601,37 @@ pub(super) fn wallet_view(w: &WalletRow) -> WalletView {
         created_at_ms: w.created_at,
         created_by_request: w.created_by_request.clone(),
     }
+}
+
+/// Refuses an answer to a wallet creation signed by a device key other than the executor's
+/// its approvals name. The chain that verified it may be genuine and name the executor's
+/// node: the Cluster CA certifies names, not TEEs, so a key made outside any TEE under that
+/// name (relayed by a compromised bridge) would otherwise have "made" a wallet whose seed
+/// it chose. Failed, not refused: the executor itself may still answer a retry.
+fn executor_key(row: &RequestRow, answer: &Result<TeeAnswer, CallError>) -> Result<(), Failure> {
+    let (
+        Terms::CreateGroupWallet {
+            executor_node,
+            executor,
+            ..
+        },
+        Ok(a),
+    ) = (&row.terms, answer)
+    else {
+        return Ok(());
+    };
+    if a.key_fingerprint == *executor {
+        return Ok(());
+    }
+    Err(Failure::new(
+        ErrorCode::ExecutorKeyMismatch.as_str(),
+        format!(
+            "request {}: answered by node {} with device key fingerprint {}, but the approvals \
+             name executor {executor_node} with device key fingerprint {}; nothing recorded",
+            row.id,
+            a.node,
+            hex::encode(a.key_fingerprint),
+            hex::encode(executor)
+        ),
+    ))
 }
