@@ -532,6 +532,9 @@ impl Cloud {
         row: RequestRow,
     ) -> Result<RequestRow, StoreError> {
         let verdict = self.governance_verdict(&row).await;
+        if matches!(verdict, Verdict::Completed(_)) {
+            self.governance_changed(&row.cluster);
+        }
         self.finish(row, verdict).await
     }
 
