@@ -116,12 +116,18 @@ impl Cloud {
         this
     }
 
-    /// Whether `node` with device key `fp` may execute a creation (else why not, for the
-    /// caller's list of unusable nodes): always while the cluster has no log, else only as a
-    /// current member under its own name. A node the known log does not name has the log
-    /// read again first: it may have been admitted since. A read that fails makes only this
-    /// node unusable, so a bridge routing the read to an impostor cannot stop the others.
-    async fn may_execute(&self, cluster: &str, node: &str, fp: &[u8; 32]) -> Result<(), String> {
+    /// Whether `node` with device key `fp` may execute a creation or receive a sealed seed
+    /// (else why not, for the caller's list of unusable nodes): always while the cluster has
+    /// no log, else only as a current member under its own name. A node the known log does
+    /// not name has the log read again first: it may have been admitted since. A read that
+    /// fails makes only this node unusable, so a bridge routing the read to an impostor
+    /// cannot stop the others.
+    pub(super) async fn may_execute(
+        &self,
+        cluster: &str,
+        node: &str,
+        fp: &[u8; 32],
+    ) -> Result<(), String> {
         let not_member = |why: String| {
             format!(
                 "{node}: device key {} is not a member of the governance log{why}",

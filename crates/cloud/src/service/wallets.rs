@@ -2,6 +2,8 @@
 //! wallet's child key, the execution of these requests in a cluster's TEE and the
 //! verification of its answers, and the public derivation of a wallet's children.
 
+use custos_wire::governance::device_key_fingerprint;
+
 use super::*;
 
 impl Cloud {
@@ -90,7 +92,7 @@ impl Cloud {
             .map(|n| n.node.as_str())
             .collect();
         healthy.shuffle(&mut rand::thread_rng());
-        let Some(node) = healthy.first().map(|s| s.to_string()) else {
+        if healthy.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::ClusterUnavailable,
                 format!(
@@ -98,12 +100,39 @@ impl Cloud {
                     body.cluster
                 ),
             ));
+        }
+        // The seed is sealed to the chosen device key: once governed, only a current
+        // member's, or a key made outside any TEE under a genuine certificate would read it.
+        let mut unusable = Vec::new();
+        let mut chosen = None;
+        for node in healthy {
+            let device_key = self
+                .clusters
+                .device_key(&body.cluster, node, false)
+                .await
+                .map_err(call_api_error)?;
+            let Some(fp) = device_key_fingerprint(&device_key) else {
+                unusable.push(format!("{node}: device key is not P-256"));
+                continue;
+            };
+            match self.may_execute(&body.cluster, node, &fp).await {
+                Ok(()) => {
+                    chosen = Some((node.to_string(), device_key));
+                    break;
+                }
+                Err(why) => unusable.push(why),
+            }
+        }
+        let Some((node, device_key)) = chosen else {
+            return Err(ApiError::new(
+                ErrorCode::ClusterUnavailable,
+                format!(
+                    "cluster {} has no healthy node to import into; unusable: {}",
+                    body.cluster,
+                    unusable.join("; ")
+                ),
+            ));
         };
-        let device_key = self
-            .clusters
-            .device_key(&body.cluster, &node, false)
-            .await
-            .map_err(call_api_error)?;
         let meta = RequestMeta {
             request_id: id,
             expires_at,

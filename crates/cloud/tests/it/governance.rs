@@ -269,3 +269,54 @@ async fn an_impostor_under_a_members_name_never_executes() {
     assert!(s.client.wallets().await.unwrap().wallets.is_empty());
     s.stop().await;
 }
+
+/// A seed to import is sealed only to a current member's device key: with node2 down and
+/// the server holding an impostor's key as node1's (after its answer was refused), the
+/// import is refused rather than sealed to a key the impostor holds.
+#[tokio::test]
+async fn an_import_is_never_sealed_to_an_impostor() {
+    let s = TestServer::start().await;
+    govern(&s, "dc1", &["node1", "node2"]).await;
+    s.client
+        .create_wallet(&s.wallet_body("dc1", 1, 1))
+        .await
+        .unwrap();
+    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
+        cluster: "dc1".into(),
+        node: "node1".into(),
+        tee: s.pki.scripted_tee("dc1", "node1"),
+        script: std::sync::Arc::new(|_, _, _, request| {
+            Err(custos_wire::protocol::TeeError::InvalidRequest(format!(
+                "impostor: {request:?}"
+            )))
+        }),
+    });
+    let (mut body, message) = s.presigned_wallet("dc1", 1, 1, "node1");
+    body.approvals = vec![s.pki.approve(0, &message)];
+    let e = s.client.create_wallet(&body).await.unwrap_err();
+    assert_eq!(code(e), "executor_key_mismatch");
+
+    s.gateway.clusters["dc1"].nodes[1]
+        .healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let import = ImportWalletBody {
+        cluster: "dc1".into(),
+        quorum: 1,
+        mnemonic: None,
+        passphrase: None,
+        seed_hex: Some(SecretText::new("000102030405060708090a0b0c0d0e0f")),
+        request_id: None,
+        expires_at: None,
+        approvals: vec![],
+    };
+    let e = s.client.import_wallet(&import).await.unwrap_err();
+    assert!(e.to_string().contains("not a member"), "{e}");
+    assert_eq!(code(e), "cluster_unavailable");
+    let imports = RequestQuery {
+        kind: Some(RequestKind::ImportWallet),
+        ..Default::default()
+    };
+    let listed = s.client.requests(&imports).await.unwrap().requests;
+    assert!(listed.is_empty(), "{listed:?}");
+    s.stop().await;
+}
