@@ -124,11 +124,13 @@ pub enum ErrorCode {
     ApproverNotInGroup,
     /// The request was made under an approval message this server no longer executes (a wallet creation without approver group); create a new request.
     ApprovalFormatChanged,
+    /// A wallet creation was answered by a device key other than the executor's key its approvals name (the message names both key fingerprints); nothing was recorded.
+    ExecutorKeyMismatch,
 }
 
 impl ErrorCode {
     /// Every code, in the order the API description lists them.
-    pub const ALL: [ErrorCode; 57] = [
+    pub const ALL: [ErrorCode; 58] = [
         ErrorCode::Unauthorized,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -186,6 +188,7 @@ impl ErrorCode {
         ErrorCode::UnknownExecutor,
         ErrorCode::ApproverNotInGroup,
         ErrorCode::ApprovalFormatChanged,
+        ErrorCode::ExecutorKeyMismatch,
     ];
 
     /// The snake_case name written in error bodies.
@@ -248,6 +251,7 @@ impl ErrorCode {
             ErrorCode::UnknownExecutor => "unknown_executor",
             ErrorCode::ApproverNotInGroup => "approver_not_in_group",
             ErrorCode::ApprovalFormatChanged => "approval_format_changed",
+            ErrorCode::ExecutorKeyMismatch => "executor_key_mismatch",
         }
     }
 
@@ -311,6 +315,7 @@ impl ErrorCode {
             ErrorCode::UnknownExecutor => "no serving node of the cluster has the executor's device key fingerprint",
             ErrorCode::ApproverNotInGroup => "the approving admin is not in the key's approver group (named in the message)",
             ErrorCode::ApprovalFormatChanged => "the request was made under an approval message this server no longer executes; create a new request",
+            ErrorCode::ExecutorKeyMismatch => "a wallet creation was answered by a device key other than the executor's key its approvals name (both key fingerprints in the message); nothing was recorded",
         }
     }
 
@@ -327,7 +332,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// Codes a request's `error.code` can carry besides `cluster_unavailable`,
-/// `relay_rejected` and `unverified_response`.
+/// `relay_rejected`, `unverified_response` and `executor_key_mismatch`.
 pub const REQUEST_ERROR_CODES: &[(&str, &str)] = &[
     (
         "tee_*",
@@ -467,10 +472,11 @@ mod tests {
                 ErrorCode::UnknownExecutor => 54,
                 ErrorCode::ApproverNotInGroup => 55,
                 ErrorCode::ApprovalFormatChanged => 56,
+                ErrorCode::ExecutorKeyMismatch => 57,
             }
         }
         // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
-        const ARMS: usize = 57;
+        const ARMS: usize = 58;
         assert_eq!(ErrorCode::ALL.len(), ARMS);
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

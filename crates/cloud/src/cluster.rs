@@ -13,6 +13,7 @@ use custos_proto::cluster::{
 };
 use custos_proto::RefusalCode;
 use custos_wire::client::{decode_outcome, verify_signed_response};
+use custos_wire::governance::device_key_fingerprint;
 use custos_wire::protocol::{encode_request, CertChain, Outcome, Request, Response};
 use rand::RngCore;
 
@@ -130,6 +131,11 @@ pub(crate) fn snake(s: &str) -> String {
 pub struct TeeAnswer {
     /// The node that served it (its device certificate verified).
     pub node: String,
+    /// SHA-256 of the SubjectPublicKeyInfo DER of the device key whose signature verified
+    /// (`custos_wire::governance::device_key_fingerprint`). A genuine certificate names a
+    /// node but does not make its key the one approvals bound: a caller whose terms fix the
+    /// executing key compares it with this.
+    pub key_fingerprint: [u8; 32],
     /// What the TEE answered.
     pub outcome: Outcome,
 }
@@ -447,29 +453,34 @@ impl Clusters {
     ) -> Result<TeeAnswer, CallError> {
         let (served, response, carried) =
             self.submit_raw(cluster, request_id, request, node).await?;
-        let answer = |outcome| TeeAnswer {
-            node: served.clone(),
-            outcome,
+        let verified = |key: &[u8]| -> Result<TeeAnswer, CallError> {
+            let outcome = verify_signed_response(key, request, &response)
+                .map_err(|e| CallError::Unverified(format!("response of node {served}: {e}")))?;
+            let key_fingerprint = device_key_fingerprint(key).ok_or_else(|| {
+                CallError::Unverified(format!("device key of {served} is not P-256"))
+            })?;
+            Ok(TeeAnswer {
+                node: served.clone(),
+                key_fingerprint,
+                outcome,
+            })
         };
         if let Some(d) = self.cached(cluster, &served) {
             // A failure may mean the node was re-certified since it was cached: try anew.
-            if let Ok(outcome) = verify_signed_response(&d.public_key, request, &response) {
-                return Ok(answer(outcome));
+            if let Ok(answer) = verified(&d.public_key) {
+                return Ok(answer);
             }
         } else if let Some(chain) = carried {
             // An invalid attached chain is no verdict on the response: fetch the chain.
             if let Ok(device) = self.verify_chain(cluster, &served, chain) {
-                if let Ok(outcome) = verify_signed_response(&device.public_key, request, &response)
-                {
+                if let Ok(answer) = verified(&device.public_key) {
                     self.remember(cluster, &served, &device);
-                    return Ok(answer(outcome));
+                    return Ok(answer);
                 }
             }
         }
         let key = self.device_key(cluster, &served, true).await?;
-        verify_signed_response(&key, request, &response)
-            .map(answer)
-            .map_err(|e| CallError::Unverified(format!("response of node {served}: {e}")))
+        verified(&key)
     }
 }
 

@@ -133,7 +133,7 @@ fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "approval_invalid, approver_not_in_group, unknown_executor", body = ApiErrorBody),
-        (status = 502, description = "bridge_refused, relay_rejected, unverified_response (choosing the executing node)", body = ApiErrorBody),
+        (status = 502, description = "bridge_refused, relay_rejected, unverified_response (choosing the executing node), executor_key_mismatch", body = ApiErrorBody),
         (status = 503, description = "cluster_unavailable (no serving node to execute it; or recorded as failed: retry it)", body = ApiErrorBody),
     )
 )]
@@ -547,7 +547,7 @@ async fn get_request(
         (status = 404, description = "unknown_request", body = ApiErrorBody),
         (status = 409, description = "duplicate_approval, not_pending, request_expired, conflict, not_governed, approval_format_changed", body = ApiErrorBody),
         (status = 422, description = "approval_invalid, approver_not_in_group, approver_not_a_governor, admin_revoked (governance requests: the approver must be a current, unrevoked governor)", body = ApiErrorBody),
-        (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, executor_key_mismatch, relay_rejected, bridge_refused", body = ApiErrorBody),
         (status = 503, description = "cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
     )
 )]
@@ -571,7 +571,7 @@ async fn add_approval(
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_request", body = ApiErrorBody),
         (status = 409, description = "not_pending", body = ApiErrorBody),
-        (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, executor_key_mismatch, relay_rejected", body = ApiErrorBody),
         (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
     )
 )]

@@ -144,6 +144,9 @@ pub struct Cloud {
     /// Wallet creations chosen so far per cluster: the next executor is the serving node
     /// after the last one chosen (round-robin), so creations spread over the nodes.
     executor_turns: Mutex<HashMap<String, usize>>,
+    /// Per cluster, what was last verified of its governance log: whom an executor choice
+    /// may name, without a log read per creation.
+    known_logs: Mutex<HashMap<String, executors::KnownLog>>,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -211,6 +214,7 @@ impl Cloud {
             wallets: Mutex::new(HashMap::new()),
             child_keys: ChildKeys::default(),
             executor_turns: Mutex::new(HashMap::new()),
+            known_logs: Mutex::new(HashMap::new()),
         }))
     }
 

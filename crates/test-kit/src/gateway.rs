@@ -95,6 +95,18 @@ impl FakeNode {
     }
 }
 
+/// A stand-in that answers instead of one node (see [`FakeGateway::impostor`]).
+pub struct Impostor {
+    /// The cluster of the node it answers for.
+    pub cluster: String,
+    /// The node name it answers under.
+    pub node: String,
+    /// Its key and chain.
+    pub tee: ScriptedTee,
+    /// What it answers (`DeviceChain` aside, which it answers with its own chain).
+    pub script: Script,
+}
+
 pub struct FakeCluster {
     pub name: String,
     pub nodes: Vec<FakeNode>,
@@ -131,6 +143,11 @@ pub struct FakeGateway {
     /// Replies carry this device chain instead of the serving node's (a malicious relay or
     /// bridge).
     pub rogue_chain: Mutex<Option<CertChain>>,
+    /// Every call routed to this node is answered by this scripted TEE instead, and the
+    /// reply carries its chain (unless [`FakeGateway::rogue_chain`] is set): a bridge that
+    /// registered, under a node's name, a key made outside any TEE with a genuine Cluster-CA
+    /// certificate, or a compromised bridge relaying such a key's answers.
+    pub impostor: Mutex<Option<Impostor>>,
     /// The script of scripted nodes.
     script: Option<Script>,
     /// Calls of these (cluster, op) fail before reaching the cluster (e.g. `("dc2",
@@ -187,6 +204,7 @@ impl FakeGateway {
             down: AtomicBool::new(false),
             tamper: AtomicBool::new(false),
             rogue_chain: Mutex::new(None),
+            impostor: Mutex::new(None),
             script: None,
             fail_ops: Mutex::new(Vec::new()),
             audit_missing: Mutex::new(vec![vec![2; 33]]),
@@ -231,6 +249,7 @@ impl FakeGateway {
             down: AtomicBool::new(false),
             tamper: AtomicBool::new(false),
             rogue_chain: Mutex::new(None),
+            impostor: Mutex::new(None),
             script: Some(script),
             fail_ops: Mutex::new(Vec::new()),
             audit_missing: Mutex::new(vec![vec![2; 33]]),
@@ -339,11 +358,19 @@ impl FakeGateway {
                 let Some(node) = node else {
                     return Self::refused("no_healthy_node", "no node can serve this request");
                 };
-                let mut response = match &node.scripted {
-                    Some(tee) => {
+                let impostor = self.impostor.lock().unwrap();
+                let impostor = impostor
+                    .as_ref()
+                    .filter(|i| i.cluster == c.name && i.node == node.name);
+                let mut response = match (impostor, &node.scripted) {
+                    (Some(i), _) => {
+                        i.tee
+                            .handle(&c.name, &node.name, &call.request, Some(&i.script))
+                    }
+                    (None, Some(tee)) => {
                         tee.handle(&c.name, &node.name, &call.request, self.script.as_ref())
                     }
-                    None => node.core.lock().unwrap().handle_bytes(&call.request),
+                    (None, None) => node.core.lock().unwrap().handle_bytes(&call.request),
                 };
                 node.served.fetch_add(1, Ordering::SeqCst);
                 if self.tamper.load(Ordering::SeqCst) {
@@ -360,6 +387,7 @@ impl FakeGateway {
                     .lock()
                     .unwrap()
                     .clone()
+                    .or_else(|| impostor.map(|i| i.tee.chain.clone()))
                     .unwrap_or_else(|| node.chain());
                 let chain = Some(DeviceChain {
                     device: chain.device,

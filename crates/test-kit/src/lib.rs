@@ -20,7 +20,9 @@ pub mod platform;
 pub mod server;
 
 pub use db::{databases, Ctx, TestDb, DEFAULT_PG_URL};
-pub use gateway::{call_core, Call, FakeCluster, FakeGateway, FakeNode, Script, ScriptedTee};
+pub use gateway::{
+    call_core, Call, FakeCluster, FakeGateway, FakeNode, Impostor, Script, ScriptedTee,
+};
 pub use pki::{Pki, ADMINS};
 pub use platform::{now, MemPlatform};
 pub use server::{code, message_of, TestServer};

@@ -68,6 +68,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::UnknownExecutor => 422,
         ErrorCode::ApproverNotInGroup => 422,
         ErrorCode::ApprovalFormatChanged => 409,
+        ErrorCode::ExecutorKeyMismatch => 502,
     };
     StatusCode::from_u16(status).expect("a valid HTTP status")
 }
@@ -92,7 +93,7 @@ mod tests {
     /// The published statuses, pinned: changing one is an API change and must show here.
     #[test]
     fn statuses_are_the_published_ones() {
-        let published: [(ErrorCode, u16); 57] = [
+        let published: [(ErrorCode, u16); 58] = [
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::MalformedJson, 400),
             (ErrorCode::UnsupportedMediaType, 415),
@@ -150,6 +151,7 @@ mod tests {
             (ErrorCode::UnknownExecutor, 422),
             (ErrorCode::ApproverNotInGroup, 422),
             (ErrorCode::ApprovalFormatChanged, 409),
+            (ErrorCode::ExecutorKeyMismatch, 502),
         ];
         assert_eq!(published.len(), ErrorCode::ALL.len());
         for (code, status) in published {

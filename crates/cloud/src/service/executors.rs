@@ -1,10 +1,27 @@
 //! A wallet creation names the one node that executes it (issue 12, item 5: failover never
 //! makes a second key) and the admins who alone approve the new key (item 3): choosing that
-//! node, and checking an approver against the group before the TEE does.
+//! node (once the cluster is governed, only a current member of its verified log), and
+//! checking an approver against the group before the TEE does.
 
-use custos_wire::governance::device_key_fingerprint;
+use custos_wire::governance::{device_key_fingerprint, GovState};
 
 use super::*;
+
+/// How long a verified log (or the answer that a cluster has none) is used by executor
+/// choices before it is read again: a change applied without this server (another instance,
+/// the CLI at a bridge) is noticed within this time.
+const KNOWN_LOG_TTL_MS: u64 = 60 * 1000;
+
+/// What this server last verified of a cluster's governance log.
+pub(super) struct KnownLog {
+    /// The state the log led to; `None` while the cluster answered it has none.
+    state: Option<GovState>,
+    /// When it was read (server clock); 0 once a governance request completed since.
+    read_at_ms: u64,
+    /// A log was verified or applied through this server: a cluster never leaves governed
+    /// mode, so a later "no log" can only come from a node that is no member.
+    governed: bool,
+}
 
 /// The node chosen to execute a wallet creation.
 pub(super) struct Executor {
@@ -18,7 +35,8 @@ impl Cloud {
     /// The node of `cluster` that executes a new wallet: the serving node whose certified
     /// device key has fingerprint `wanted` (a caller pre-signing approvals names it), or
     /// else the next serving node in turn whose device chain verifies (round-robin over the
-    /// healthy nodes by name, so creations spread over the cluster).
+    /// healthy nodes by name, so creations spread over the cluster); once governed, only a
+    /// current member under its own name.
     pub(super) async fn choose_executor(
         &self,
         cluster: &str,
@@ -52,10 +70,18 @@ impl Cloud {
             let node = serving[(start + i) % serving.len()];
             match self.device_fingerprint(cluster, node).await {
                 Ok(fp) if wanted.is_none_or(|w| w == fp) => {
-                    return Ok(Executor {
-                        node: node.to_string(),
-                        key_fingerprint: fp,
-                    })
+                    // Governed, only a current member executes: a bridge that registered an
+                    // impostor (a genuine Cluster-CA certificate on a key made outside any
+                    // TEE) could otherwise have it named, and the approvals would bind it.
+                    match self.may_execute(cluster, node, &fp).await {
+                        Ok(()) => {
+                            return Ok(Executor {
+                                node: node.to_string(),
+                                key_fingerprint: fp,
+                            })
+                        }
+                        Err(why) => unusable.push(why),
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => unusable.push(format!("{node}: {e}")),
@@ -90,12 +116,126 @@ impl Cloud {
         this
     }
 
+    /// Whether `node` with device key `fp` may execute a creation or receive a sealed seed
+    /// (else why not, for the caller's list of unusable nodes): always while the cluster has
+    /// no log, else only as a current member under its own name. A node the known log does
+    /// not name has the log read again first: it may have been admitted since. A read that
+    /// fails makes only this node unusable, so a bridge routing the read to an impostor
+    /// cannot stop the others.
+    pub(super) async fn may_execute(
+        &self,
+        cluster: &str,
+        node: &str,
+        fp: &[u8; 32],
+    ) -> Result<(), String> {
+        let not_member = |why: String| {
+            format!(
+                "{node}: device key {} is not a member of the governance log{why}",
+                hex::encode(fp)
+            )
+        };
+        let (state, fresh) = self
+            .known_log(cluster, false)
+            .await
+            .map_err(|e| format!("{node}: governance log unreadable: {}", e.message))?;
+        if is_member(state.as_ref(), node, fp) {
+            return Ok(());
+        }
+        if fresh {
+            return Err(not_member(String::new()));
+        }
+        match self.known_log(cluster, true).await {
+            Ok((state, _)) if is_member(state.as_ref(), node, fp) => Ok(()),
+            Ok(_) => Err(not_member(String::new())),
+            Err(e) => Err(not_member(format!(
+                " last verified (reading it again failed: {})",
+                e.message
+            ))),
+        }
+    }
+
+    /// The state of `cluster`'s log as last verified (`None`: not governed), and whether it
+    /// was read just now: read anew when `refresh`, when never read, after a governance
+    /// request completed, or after [`KNOWN_LOG_TTL_MS`]. Read through the bridge's routing
+    /// (not from the node being judged, which could be the impostor itself).
+    async fn known_log(
+        &self,
+        cluster: &str,
+        refresh: bool,
+    ) -> Result<(Option<GovState>, bool), ApiError> {
+        let now = self.now_ms();
+        let governed = {
+            let logs = self.known_logs.lock().expect("known log lock");
+            match logs.get(cluster) {
+                Some(k)
+                    if !refresh
+                        && k.read_at_ms != 0
+                        && now.saturating_sub(k.read_at_ms) < KNOWN_LOG_TTL_MS =>
+                {
+                    return Ok((k.state.clone(), false))
+                }
+                Some(k) => k.governed,
+                None => false,
+            }
+        };
+        let read = self.read_log(cluster).await?.map(|l| l.state);
+        let mut logs = self.known_logs.lock().expect("known log lock");
+        let known = logs.get(cluster).and_then(|k| k.state.as_ref());
+        let unverified = |m: String| Err(ApiError::new(ErrorCode::UnverifiedResponse, m));
+        let state = match (read, known) {
+            (None, _) if governed => {
+                return unverified(format!(
+                    "cluster {cluster} is governed, yet the node that answered has no log \
+                     (no member would say so)"
+                ))
+            }
+            (Some(new), Some(old)) if new.genesis_id != old.genesis_id => {
+                return unverified(format!(
+                    "the governance log of {cluster} starts from genesis {}, not {}",
+                    hex::encode(new.genesis_id),
+                    hex::encode(old.genesis_id)
+                ))
+            }
+            // A lagging member's head: the newer log this server verified stays.
+            (Some(new), Some(old)) if new.version < old.version => Some(old.clone()),
+            (read, _) => read,
+        };
+        logs.insert(
+            cluster.to_string(),
+            KnownLog {
+                governed: governed || state.is_some(),
+                state: state.clone(),
+                read_at_ms: now,
+            },
+        );
+        Ok((state, true))
+    }
+
+    /// Called once a governance request of `cluster` completed: the next executor choice
+    /// reads the log again, and "no log" is no longer believed.
+    pub(super) fn governance_changed(&self, cluster: &str) {
+        let mut logs = self.known_logs.lock().expect("known log lock");
+        let known = logs.entry(cluster.to_string()).or_insert(KnownLog {
+            state: None,
+            read_at_ms: 0,
+            governed: true,
+        });
+        known.read_at_ms = 0;
+        known.governed = true;
+    }
+
     /// The fingerprint of `node`'s certified device key (its chain verified, cached).
     async fn device_fingerprint(&self, cluster: &str, node: &str) -> Result<[u8; 32], CallError> {
         let device = self.clusters.device(cluster, node, false).await?;
         device_key_fingerprint(&device.public_key)
             .ok_or_else(|| CallError::Unverified(format!("device key of {node} is not P-256")))
     }
+}
+
+/// Whether `node` with device key `fp` may execute: always while the cluster has no log,
+/// else only as a current member under its own name.
+fn is_member(state: Option<&GovState>, node: &str, fp: &[u8; 32]) -> bool {
+    state.is_none_or(|s| s.members.get(fp).is_some_and(|m| m.record.node == node))
 }
 
 /// Refuses, before the TEE does, an approval by an admin outside the approver group the

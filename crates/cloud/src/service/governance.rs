@@ -532,6 +532,9 @@ impl Cloud {
         row: RequestRow,
     ) -> Result<RequestRow, StoreError> {
         let verdict = self.governance_verdict(&row).await;
+        if matches!(verdict, Verdict::Completed(_)) {
+            self.governance_changed(&row.cluster);
+        }
         self.finish(row, verdict).await
     }
 
@@ -618,10 +621,12 @@ impl Cloud {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(Response::Governance(v)),
+                ..
             }) if v.version == g.version && v.head == hash => completed(v.genesis_id, node),
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(Response::Governance(v)),
+                ..
             }) => Verdict::Failed(Failure::new(
                 "bad_result",
                 format!(
@@ -635,6 +640,7 @@ impl Cloud {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(other),
+                ..
             }) => Verdict::Failed(Failure::new(
                 "relay_protocol",
                 format!(
@@ -645,6 +651,7 @@ impl Cloud {
             Ok(TeeAnswer {
                 node,
                 outcome: Err(e),
+                ..
             }) => refused(&tee_code(&e), format!("node {node}: {e}")),
             // Applying an entry twice is harmless (every TEE skips what it has), so an
             // answer lost on the way is resubmitted like a failure.

@@ -167,6 +167,7 @@ impl Cloud {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(Response::KeyPolicy { key_id, policy, .. }),
+                ..
             }) if key_id.as_slice() == p.root_id.as_slice() && policy == wanted => {
                 let view = policy_view(&p.root_id, &policy, &node);
                 Verdict::completed(
@@ -178,6 +179,7 @@ impl Cloud {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(Response::KeyPolicy { key_id, policy, .. }),
+                ..
             }) => Verdict::Failed(Failure::new(
                 "bad_result",
                 format!(
@@ -191,6 +193,7 @@ impl Cloud {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(other),
+                ..
             }) => Verdict::Failed(Failure::new(
                 "relay_protocol",
                 format!(
@@ -203,6 +206,7 @@ impl Cloud {
             Ok(TeeAnswer {
                 node,
                 outcome: Err(e),
+                ..
             }) => refused(&tee_code(&e), format!("node {node}: {e}")),
             // A TEE answers a replay of the change it applied with the policy itself, so an
             // answer lost on the way is resubmitted like a failure.

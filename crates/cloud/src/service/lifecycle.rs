@@ -130,6 +130,7 @@ impl Cloud {
                         ErrorCode::ClusterUnavailable
                             | ErrorCode::RelayRejected
                             | ErrorCode::UnverifiedResponse
+                            | ErrorCode::ExecutorKeyMismatch
                     )
                 });
                 if let Some(code) = code {

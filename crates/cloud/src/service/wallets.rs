@@ -2,6 +2,8 @@
 //! wallet's child key, the execution of these requests in a cluster's TEE and the
 //! verification of its answers, and the public derivation of a wallet's children.
 
+use custos_wire::governance::device_key_fingerprint;
+
 use super::*;
 
 impl Cloud {
@@ -90,7 +92,7 @@ impl Cloud {
             .map(|n| n.node.as_str())
             .collect();
         healthy.shuffle(&mut rand::thread_rng());
-        let Some(node) = healthy.first().map(|s| s.to_string()) else {
+        if healthy.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::ClusterUnavailable,
                 format!(
@@ -98,12 +100,39 @@ impl Cloud {
                     body.cluster
                 ),
             ));
+        }
+        // The seed is sealed to the chosen device key: once governed, only a current
+        // member's, or a key made outside any TEE under a genuine certificate would read it.
+        let mut unusable = Vec::new();
+        let mut chosen = None;
+        for node in healthy {
+            let device_key = self
+                .clusters
+                .device_key(&body.cluster, node, false)
+                .await
+                .map_err(call_api_error)?;
+            let Some(fp) = device_key_fingerprint(&device_key) else {
+                unusable.push(format!("{node}: device key is not P-256"));
+                continue;
+            };
+            match self.may_execute(&body.cluster, node, &fp).await {
+                Ok(()) => {
+                    chosen = Some((node.to_string(), device_key));
+                    break;
+                }
+                Err(why) => unusable.push(why),
+            }
+        }
+        let Some((node, device_key)) = chosen else {
+            return Err(ApiError::new(
+                ErrorCode::ClusterUnavailable,
+                format!(
+                    "cluster {} has no healthy node to import into; unusable: {}",
+                    body.cluster,
+                    unusable.join("; ")
+                ),
+            ));
         };
-        let device_key = self
-            .clusters
-            .device_key(&body.cluster, &node, false)
-            .await
-            .map_err(call_api_error)?;
         let meta = RequestMeta {
             request_id: id,
             expires_at,
@@ -241,14 +270,22 @@ impl Cloud {
         answer: Result<TeeAnswer, CallError>,
     ) -> Verdict {
         let fail = |code: &str, m: String| Verdict::Failed(Failure::new(code, m));
+        // Before the outcome is read: an impostor's refusal would end the request for good,
+        // and its "wallet" would be recorded.
+        if let Err(f) = executor_key(row, &answer) {
+            tracing::warn!(request_id = %row.id, "{}", f.message);
+            return Verdict::Failed(f);
+        }
         let (node, response) = match answer {
             Ok(TeeAnswer {
                 node,
                 outcome: Ok(response),
+                ..
             }) => (node, response),
             Ok(TeeAnswer {
                 node,
                 outcome: Err(e),
+                ..
             }) => return Verdict::Refused(Failure::new(tee_code(&e), format!("node {node}: {e}"))),
             Err(CallError::OutcomeUnknown { node, message }) => {
                 let failure = Failure::new(
@@ -593,4 +630,37 @@ pub(super) fn wallet_view(w: &WalletRow) -> WalletView {
         created_at_ms: w.created_at,
         created_by_request: w.created_by_request.clone(),
     }
+}
+
+/// Refuses an answer to a wallet creation signed by a device key other than the executor's
+/// its approvals name. The chain that verified it may be genuine and name the executor's
+/// node: the Cluster CA certifies names, not TEEs, so a key made outside any TEE under that
+/// name (relayed by a compromised bridge) would otherwise have "made" a wallet whose seed
+/// it chose. Failed, not refused: the executor itself may still answer a retry.
+fn executor_key(row: &RequestRow, answer: &Result<TeeAnswer, CallError>) -> Result<(), Failure> {
+    let (
+        Terms::CreateGroupWallet {
+            executor_node,
+            executor,
+            ..
+        },
+        Ok(a),
+    ) = (&row.terms, answer)
+    else {
+        return Ok(());
+    };
+    if a.key_fingerprint == *executor {
+        return Ok(());
+    }
+    Err(Failure::new(
+        ErrorCode::ExecutorKeyMismatch.as_str(),
+        format!(
+            "request {}: answered by node {} with device key fingerprint {}, but the approvals \
+             name executor {executor_node} with device key fingerprint {}; nothing recorded",
+            row.id,
+            a.node,
+            hex::encode(a.key_fingerprint),
+            hex::encode(executor)
+        ),
+    ))
 }

@@ -165,3 +165,158 @@ async fn genesis_revocation_and_a_moved_head_through_the_api() {
     assert_eq!(code(e), "unknown_member");
     s.stop().await;
 }
+
+/// Starts `cluster`'s log with governors alice and bob (both needed) and `members`.
+async fn govern(s: &TestServer, cluster: &str, members: &[&str]) {
+    let genesis = GenesisBody {
+        governors: vec![fp(s, "alice"), fp(s, "bob")],
+        quorum: 2,
+        members: members.iter().map(|m| m.to_string()).collect(),
+        request_id: None,
+        expires_at: None,
+    };
+    let view = s.client.propose_genesis(cluster, &genesis).await.unwrap();
+    approve(s, &view, 0).await.unwrap();
+    let done = approve(s, &view, 1).await.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+}
+
+/// Once governed, a wallet is created only by a current member: node2 of dc1, serving and
+/// certified by the Cluster CA but left out of the genesis, is never chosen and cannot be
+/// named as the executor (an impostor registered by a bridge would be such a node).
+#[tokio::test]
+async fn only_members_execute_wallet_creations() {
+    let pki = Pki::new();
+    let gateway = FakeGateway::new(&pki, &[("dc1", 2)]);
+    let s = TestServer::start_with(pki, gateway, TestDb::sqlite()).await;
+    // Before the genesis both nodes take turns (the log is read once, then cached).
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let view = s
+            .client
+            .create_wallet(&s.wallet_body("dc1", 1, 1))
+            .await
+            .unwrap();
+        nodes.push(view.target_node.unwrap());
+    }
+    nodes.sort();
+    assert_eq!(nodes, ["node1", "node2"]);
+    // The completed genesis is seen at once, though "not governed" was cached.
+    govern(&s, "dc1", &["node1"]).await;
+    for _ in 0..3 {
+        let view = s
+            .client
+            .create_wallet(&s.wallet_body("dc1", 1, 1))
+            .await
+            .unwrap();
+        assert_eq!(view.target_node.as_deref(), Some("node1"));
+    }
+    let mut body = s.wallet_body("dc1", 1, 1);
+    body.executor = Some(hex::encode(s.executor("dc1", "node2")));
+    let e = s.client.create_wallet(&body).await.unwrap_err();
+    assert!(e.to_string().contains("not a member"), "{e}");
+    assert_eq!(code(e), "unknown_executor");
+    s.stop().await;
+}
+
+/// A governed cluster whose bridge relays an impostor under node1's name (a key made outside
+/// any TEE, a genuine Cluster-CA certificate for "node1"): the creation pinned to node1 is
+/// refused (`executor_key_mismatch`), and the impostor's key, which the server then holds as
+/// node1's device key, is never named as an executor: creations go to node2, and a caller
+/// naming the impostor's key is refused because that key is no member.
+#[tokio::test]
+async fn an_impostor_under_a_members_name_never_executes() {
+    let s = TestServer::start().await;
+    govern(&s, "dc1", &["node1", "node2"]).await;
+    // A creation reads the log while the bridge still routes to the genuine node1 (later
+    // reads may reach the impostor, which shows no log: they make node1 unusable only).
+    s.client
+        .create_wallet(&s.wallet_body("dc1", 1, 1))
+        .await
+        .unwrap();
+    let impostor = s.pki.scripted_tee("dc1", "node1");
+    let impostor_key = custos_test_kit::governance::member(&s.pki, &impostor.chain).key_fingerprint;
+    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
+        cluster: "dc1".into(),
+        node: "node1".into(),
+        tee: impostor,
+        script: std::sync::Arc::new(|_, _, _, request| {
+            Err(custos_wire::protocol::TeeError::InvalidRequest(format!(
+                "impostor: {request:?}"
+            )))
+        }),
+    });
+
+    let (mut body, message) = s.presigned_wallet("dc1", 1, 1, "node1");
+    body.approvals = vec![s.pki.approve(0, &message)];
+    let e = s.client.create_wallet(&body).await.unwrap_err();
+    assert_eq!(code(e), "executor_key_mismatch");
+
+    for _ in 0..4 {
+        let view = s
+            .client
+            .create_wallet(&s.wallet_body("dc1", 1, 1))
+            .await
+            .unwrap();
+        assert_eq!(view.target_node.as_deref(), Some("node2"), "{view:?}");
+        assert_eq!(view.executor, Some(hex::encode(s.executor("dc1", "node2"))));
+    }
+    let mut named = s.wallet_body("dc1", 1, 1);
+    named.executor = Some(hex::encode(impostor_key));
+    let e = s.client.create_wallet(&named).await.unwrap_err();
+    assert!(e.to_string().contains("not a member"), "{e}");
+    assert_eq!(code(e), "unknown_executor");
+    assert!(s.client.wallets().await.unwrap().wallets.is_empty());
+    s.stop().await;
+}
+
+/// A seed to import is sealed only to a current member's device key: with node2 down and
+/// the server holding an impostor's key as node1's (after its answer was refused), the
+/// import is refused rather than sealed to a key the impostor holds.
+#[tokio::test]
+async fn an_import_is_never_sealed_to_an_impostor() {
+    let s = TestServer::start().await;
+    govern(&s, "dc1", &["node1", "node2"]).await;
+    s.client
+        .create_wallet(&s.wallet_body("dc1", 1, 1))
+        .await
+        .unwrap();
+    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
+        cluster: "dc1".into(),
+        node: "node1".into(),
+        tee: s.pki.scripted_tee("dc1", "node1"),
+        script: std::sync::Arc::new(|_, _, _, request| {
+            Err(custos_wire::protocol::TeeError::InvalidRequest(format!(
+                "impostor: {request:?}"
+            )))
+        }),
+    });
+    let (mut body, message) = s.presigned_wallet("dc1", 1, 1, "node1");
+    body.approvals = vec![s.pki.approve(0, &message)];
+    let e = s.client.create_wallet(&body).await.unwrap_err();
+    assert_eq!(code(e), "executor_key_mismatch");
+
+    s.gateway.clusters["dc1"].nodes[1]
+        .healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let import = ImportWalletBody {
+        cluster: "dc1".into(),
+        quorum: 1,
+        mnemonic: None,
+        passphrase: None,
+        seed_hex: Some(SecretText::new("000102030405060708090a0b0c0d0e0f")),
+        request_id: None,
+        expires_at: None,
+        approvals: vec![],
+    };
+    let e = s.client.import_wallet(&import).await.unwrap_err();
+    assert!(e.to_string().contains("not a member"), "{e}");
+    assert_eq!(code(e), "cluster_unavailable");
+    let imports = RequestQuery {
+        kind: Some(RequestKind::ImportWallet),
+        ..Default::default()
+    };
+    let listed = s.client.requests(&imports).await.unwrap().requests;
+    assert!(listed.is_empty(), "{listed:?}");
+    s.stop().await;
+}

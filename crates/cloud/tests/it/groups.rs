@@ -3,14 +3,19 @@
 //! its certificate, never counts (the server refuses it early, the TEE decides), and the
 //! approvals name one node only.
 
+use std::sync::Arc;
+
+use bitcoin::bip32::{Xpriv, Xpub};
+use bitcoin::secp256k1::Secp256k1;
+use bitcoin::NetworkKind;
 use custos_cloud_api::approval::{new_wallet_policy, sign_approval};
 use custos_cloud_api::client::ClientError;
 use custos_cloud_api::*;
 use custos_pki::{AdminFolder, AdminSigner};
-use custos_test_kit::governance::admin_keys;
+use custos_test_kit::governance::{admin_keys, member};
 use custos_test_kit::*;
 use custos_wire::approval::{Action, Approval};
-use custos_wire::protocol::{Request, RequestMeta, Response, TeeError};
+use custos_wire::protocol::{KeyInfo, Origin, Request, RequestMeta, Response, TeeError};
 
 /// A genuine admin of the Admin CA for a new subject, with a key of its own, enrolled now.
 pub(crate) fn mallory(s: &TestServer) -> AdminSigner {
@@ -190,6 +195,79 @@ async fn the_approvals_name_one_node_and_creations_spread_over_the_nodes() {
     assert_eq!(
         code(c.create_wallet(&bad).await.unwrap_err()),
         "invalid_group"
+    );
+    s.stop().await;
+}
+
+/// Issue 12's acceptance: a creation answered under the executor's node name by another
+/// device key — a genuine Cluster-CA certificate on a key made outside any TEE, whose
+/// answers a compromised bridge relays, chain and all — is refused naming both keys, the
+/// request does not complete and the wallet whose seed the attacker chose is stored nowhere.
+#[tokio::test]
+async fn an_answer_signed_by_another_key_under_the_executors_name_is_refused() {
+    let s = TestServer::start().await;
+    let c = &s.client;
+    let before = c.wallets().await.unwrap().wallets;
+    let view = c.create_wallet(&s.wallet_body("dc1", 1, 1)).await.unwrap();
+    let node = view.target_node.clone().expect("an executing node");
+    let executor = s.executor("dc1", &node);
+    assert_eq!(view.executor, Some(hex::encode(executor)));
+
+    // The attacker's seed, and a key of its own certified by dc1's CA for the node's name.
+    let secp = Secp256k1::new();
+    let master = Xpriv::new_master(NetworkKind::Main, &[7u8; 32]).unwrap();
+    let xpub = Xpub::from_priv(&secp, &master);
+    let chosen = KeyInfo {
+        key_id: xpub.public_key.serialize().to_vec(),
+        xpub: xpub.to_string(),
+        quorum: 1,
+        origin: Origin::Generated,
+    };
+    let impostor = s.pki.scripted_tee("dc1", &node);
+    let impostor_key = member(&s.pki, &impostor.chain).key_fingerprint;
+    assert_ne!(impostor_key, executor);
+    let answer = chosen.clone();
+    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
+        cluster: "dc1".into(),
+        node: node.clone(),
+        tee: impostor,
+        script: Arc::new(move |_, _, _, request| match request {
+            Request::CreateGroupWallet { .. } => Ok(Response::Wallet(answer.clone())),
+            other => Err(TeeError::InvalidRequest(format!("impostor: {other:?}"))),
+        }),
+    });
+
+    let approved = c
+        .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
+        .await;
+    assert_eq!(s.gateway.executed("CreateGroupWallet").len(), 1);
+    let stored = c.wallets().await.unwrap().wallets;
+    assert_eq!(
+        stored.len(),
+        before.len(),
+        "the impostor's wallet was stored: {stored:?} (approval answered {approved:?})"
+    );
+    let root_id = hex::encode(&chosen.key_id);
+    assert_eq!(
+        code(c.wallet(&root_id).await.unwrap_err()),
+        "unknown_wallet"
+    );
+    match approved {
+        Err(ClientError::Api { code, message, .. }) => {
+            assert_eq!(code, "executor_key_mismatch", "{message}");
+            for fp in [executor, impostor_key] {
+                let fp = hex::encode(fp);
+                assert!(message.contains(&fp), "{message} does not name {fp}");
+            }
+        }
+        other => panic!("expected executor_key_mismatch, got {other:?}"),
+    }
+    let after = c.request(&view.id).await.unwrap();
+    assert_eq!(after.status, RequestStatus::Failed, "{after:?}");
+    assert!(after.result.is_none(), "{after:?}");
+    assert_eq!(
+        after.error.as_ref().map(|e| e.code.as_str()),
+        Some("executor_key_mismatch")
     );
     s.stop().await;
 }
