@@ -109,14 +109,10 @@ impl BridgeConfig {
 
     /// The pinned genesis id, if one is configured; an error names what is wrong with it.
     pub fn genesis_pin(&self) -> Result<Option<[u8; 32]>, String> {
-        let Some(text) = &self.genesis_id else {
-            return Ok(None);
-        };
-        hex::decode(text.trim())
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .map(Some)
-            .ok_or_else(|| format!("genesis_id {text:?} is not 32 bytes of hex (64 digits)"))
+        self.genesis_id
+            .as_deref()
+            .map(custos_wire::governance::parse_genesis_id)
+            .transpose()
     }
 
     /// Writes the configuration as TOML.

@@ -176,6 +176,22 @@ pub struct ClusterConfig {
     pub relay: SocketAddr,
     /// Bearer token the relay expects.
     pub relay_token: RelayToken,
+    /// The cluster's genesis id (64 hex digits, as `GET /v1/clusters/{c}/members` shows it),
+    /// pinned once the cluster is governed: a log with another genesis, or a node answering
+    /// that the cluster has no log, is refused as unverified. Absent: the server believes
+    /// the first log it verifies (and a node saying "no log" until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genesis_id: Option<String>,
+}
+
+impl ClusterConfig {
+    /// The pinned genesis id, if one is configured; an error names what is wrong with it.
+    pub fn genesis_pin(&self) -> Result<Option<[u8; 32]>, String> {
+        self.genesis_id
+            .as_deref()
+            .map(custos_wire::governance::parse_genesis_id)
+            .transpose()
+    }
 }
 
 /// The whole configuration.
@@ -335,6 +351,8 @@ impl CloudConfig {
         let mut clusters = HashSet::new();
         for c in &self.clusters {
             custos_pki::check_name(&c.name).map_err(|e| e.to_string())?;
+            c.genesis_pin()
+                .map_err(|e| format!("cluster {:?}: {e}", c.name))?;
             if !clusters.insert(c.name.as_str()) {
                 return bad(format!("cluster {:?} listed twice", c.name));
             }

@@ -119,6 +119,7 @@ impl Deployment {
                 name: c.name.clone(),
                 relay: relay.addr,
                 relay_token: RelayToken::new(relay.token.clone()),
+                genesis_id: None,
             });
         }
         let cloud_config = dir.join("cloud.toml");

@@ -75,14 +75,26 @@ impl TestServer {
                 name: c.to_string(),
                 relay: "127.0.0.1:9".parse().unwrap(),
                 relay_token: RelayToken::new("relay-token"),
+                genesis_id: None,
             })
             .collect();
         config
     }
 
     pub async fn start_with(pki: Pki, gateway: Arc<FakeGateway>, db: TestDb) -> TestServer {
+        Self::start_configured(pki, gateway, db, |_| {}).await
+    }
+
+    /// [`TestServer::start_with`], with the configuration changed by `configure` first.
+    pub async fn start_configured(
+        pki: Pki,
+        gateway: Arc<FakeGateway>,
+        db: TestDb,
+        configure: impl FnOnce(&mut CloudConfig),
+    ) -> TestServer {
         let (token, hash) = generate_api_token();
         let mut config = Self::config_for(&pki, &db.url, &hash);
+        configure(&mut config);
         let mut guests = Vec::new();
         for guest in GUESTS {
             let (token, hash) = generate_api_token();
@@ -144,6 +156,25 @@ impl TestServer {
     /// A raw HTTP client for malformed requests.
     pub fn raw(&self) -> reqwest::Client {
         reqwest::Client::new()
+    }
+
+    /// Stops the server and starts another on the same PKI, gateway and database, with the
+    /// configuration changed by `configure` (an operator's edit, then a restart).
+    pub async fn restart_configured(self, configure: impl FnOnce(&mut CloudConfig)) -> TestServer {
+        let mut s = self;
+        if let Some(stop) = s.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = s.task.take() {
+            t.await.unwrap();
+        }
+        let db = s.db.take().expect("database");
+        let mut config = s.config;
+        configure(&mut config);
+        Self::start_configured(s.pki, s.gateway, db, move |c| {
+            c.clusters = config.clusters;
+        })
+        .await
     }
 
     pub async fn stop(self) {

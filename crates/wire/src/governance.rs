@@ -219,6 +219,15 @@ pub fn genesis_id(cluster: &str, genesis: &GovChange) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Reads a genesis id as configured (64 hex digits, surrounding blanks ignored); the error
+/// names what is wrong with it.
+pub fn parse_genesis_id(text: &str) -> Result<[u8; 32], String> {
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| format!("genesis_id {text:?} is not 32 bytes of hex (64 digits)"))
+}
+
 /// The hash that chains entries: SHA-256 of [`ENTRY_DOMAIN`] and the approval message, which
 /// covers cluster, version, prev, request id, expiry and change. The approvals are evidence
 /// for the content, not part of it: the same approved content can travel with its approvals

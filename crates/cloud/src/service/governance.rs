@@ -76,6 +76,35 @@ impl Cloud {
     /// The log of `cluster`, read page by page from one member's TEE and verified from its
     /// genesis; `None` while the cluster is not governed.
     pub(super) async fn read_log(&self, cluster: &str) -> Result<Option<VerifiedLog>, ApiError> {
+        let log = self.read_any_log(cluster).await?;
+        match (log, self.genesis_pin(cluster)?) {
+            // A pinned cluster has a log: a node saying otherwise is no member (an impostor
+            // a bridge relays), not news that the cluster lost its governance.
+            (None, Some(pin)) => Err(gov_error(
+                ErrorCode::UnverifiedResponse,
+                format!(
+                    "a node answered that {cluster} has no governance log, but the \
+                     configuration pins its genesis {}",
+                    hex::encode(pin)
+                ),
+            )),
+            (log, _) => Ok(log),
+        }
+    }
+
+    /// The genesis id the configuration pins for `cluster`, if any.
+    fn genesis_pin(&self, cluster: &str) -> Result<Option<[u8; 32]>, ApiError> {
+        // Checked when the configuration was loaded.
+        self.cluster_config(cluster)?
+            .genesis_pin()
+            .map_err(|e| gov_error(ErrorCode::Internal, e))
+    }
+
+    /// [`Cloud::read_log`], also believing "no log" when a genesis is pinned: for the
+    /// genesis itself, which may be pinned before it is proposed (its id is known from its
+    /// content) and is then checked against the pin.
+    async fn read_any_log(&self, cluster: &str) -> Result<Option<VerifiedLog>, ApiError> {
+        let pin = self.genesis_pin(cluster)?;
         let mut entries: Vec<GovEntry> = Vec::new();
         let mut node: Option<String> = None;
         let view = loop {
@@ -140,7 +169,7 @@ impl Cloud {
                 break view;
             }
         };
-        let state = verify_log(&self.trust_root, cluster, None, &entries).map_err(|e| {
+        let state = verify_log(&self.trust_root, cluster, pin, &entries).map_err(|e| {
             gov_error(
                 ErrorCode::UnverifiedResponse,
                 format!("the governance log of {cluster} does not verify: {e}"),
@@ -305,7 +334,7 @@ impl Cloud {
             Err(e) => return Err(gov_error(ErrorCode::InvalidGovernance, e.to_string())),
             Ok(()) => {}
         }
-        if self.read_log(cluster).await?.is_some() {
+        if self.read_any_log(cluster).await?.is_some() {
             return Err(gov_error(
                 ErrorCode::AlreadyGoverned,
                 format!("cluster {cluster} already has a governance log"),
@@ -324,6 +353,19 @@ impl Cloud {
             members,
             rules: Vec::new(),
         };
+        if let Some(pin) = self.genesis_pin(cluster)? {
+            let id = custos_wire::governance::genesis_id(cluster, &change);
+            if id != pin {
+                return Err(gov_error(
+                    ErrorCode::InvalidGovernance,
+                    format!(
+                        "this genesis has id {}, but the configuration pins {} for {cluster}",
+                        hex::encode(id),
+                        hex::encode(pin)
+                    ),
+                ));
+            }
+        }
         self.propose(
             caller,
             cluster,
@@ -564,7 +606,12 @@ impl Cloud {
             };
             Verdict::completed(node, RequestResult::Governance(result), Recorded::Nothing)
         };
-        let log = match self.read_log(&row.cluster).await {
+        let read = if g.version == 0 {
+            self.read_any_log(&row.cluster).await
+        } else {
+            self.read_log(&row.cluster).await
+        };
+        let log = match read {
             Ok(l) => l,
             // Nothing was sent: the same request may be submitted again.
             Err(e) => return Verdict::Failed(Failure::new(e.code.as_str(), e.message)),

@@ -320,3 +320,72 @@ async fn an_import_is_never_sealed_to_an_impostor() {
     assert!(listed.is_empty(), "{listed:?}");
     s.stop().await;
 }
+
+/// A genesis id pinned in the configuration. Attacker first: a bridge relays an impostor for
+/// the only node of a governed cluster, which answers that there is no log; a server without
+/// the pin believes it, a pinned server does not (the members view and a wallet creation are
+/// refused as unverified). A server pinned to another genesis refuses the real log, and only
+/// the pinned genesis may be proposed for a cluster still without one.
+#[tokio::test]
+async fn a_pinned_genesis_is_the_only_log_believed() {
+    let pki = Pki::new();
+    let gateway = FakeGateway::new(&pki, &[("dc1", 1), ("dc2", 1)]);
+    let s = TestServer::start_with(pki, gateway, TestDb::sqlite()).await;
+    govern(&s, "dc1", &["node1"]).await;
+    let id = s.client.members("dc1").await.unwrap().genesis_id;
+    let pin = |cluster: &'static str, id: String| {
+        move |c: &mut custos_cloud::CloudConfig| {
+            for k in c.clusters.iter_mut().filter(|k| k.name == cluster) {
+                k.genesis_id = Some(id.clone());
+            }
+        }
+    };
+    let impostor = s.pki.scripted_tee("dc1", "node1");
+    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
+        cluster: "dc1".into(),
+        node: "node1".into(),
+        tee: impostor,
+        script: std::sync::Arc::new(|_, _, _, _| Err(custos_wire::protocol::TeeError::NotGoverned)),
+    });
+    // Unpinned, a fresh server takes the impostor's word.
+    let s = s.restart_configured(|_| {}).await;
+    assert_eq!(
+        code(s.client.members("dc1").await.unwrap_err()),
+        "not_governed"
+    );
+
+    let s = s.restart_configured(pin("dc1", id.clone())).await;
+    let e = s.client.members("dc1").await.unwrap_err();
+    assert!(e.to_string().contains(&id), "{e}");
+    assert_eq!(code(e), "unverified_response");
+    let e = s
+        .client
+        .create_wallet(&s.wallet_body("dc1", 1, 1))
+        .await
+        .unwrap_err();
+    // No node can be shown to be a member: none executes (the reason names the pin).
+    assert!(e.to_string().contains(&id), "{e}");
+    assert_eq!(code(e), "cluster_unavailable");
+
+    // The genuine node back: the pinned log is served; pinned to another genesis, refused.
+    *s.gateway.impostor.lock().unwrap() = None;
+    assert_eq!(s.client.members("dc1").await.unwrap().genesis_id, id);
+    let s = s.restart_configured(pin("dc1", "07".repeat(32))).await;
+    let e = s.client.members("dc1").await.unwrap_err();
+    assert!(e.to_string().contains("pinned"), "{e}");
+    assert_eq!(code(e), "unverified_response");
+
+    // dc2 has no log yet: a genesis other than the pinned one is refused before approval.
+    let s = s.restart_configured(pin("dc2", "07".repeat(32))).await;
+    let body = GenesisBody {
+        governors: vec![fp(&s, "alice"), fp(&s, "bob")],
+        quorum: 2,
+        members: vec!["node1".into()],
+        request_id: None,
+        expires_at: None,
+    };
+    let e = s.client.propose_genesis("dc2", &body).await.unwrap_err();
+    assert!(e.to_string().contains("pins"), "{e}");
+    assert_eq!(code(e), "invalid_governance");
+    s.stop().await;
+}
