@@ -490,9 +490,6 @@ impl<P: Platform> TeeCore<P> {
                     own.cluster
                 ))
             })?;
-        if let Some(anchors) = policy.cluster_anchors() {
-            self.check_own_anchor(&anchors, n, my_index)?;
-        }
         let this_node = device_fingerprint(own);
         if group.executors[my_index] != this_node {
             return Err(TeeError::NotExecutor {
@@ -500,7 +497,10 @@ impl<P: Platform> TeeCore<P> {
                 this_node,
             });
         }
-        Ok(())
+        match policy.cluster_anchors() {
+            Some(anchors) => self.check_own_anchor(&anchors, n, my_index),
+            None => Ok(()),
+        }
     }
 
     /// A policy's cluster anchors name one genesis per share, and this cluster's is the log

@@ -907,3 +907,63 @@ fn a_group_threshold_key_counts_only_its_group() {
         Ok(Response::ThresholdKeys(vec![keys[0].clone()]))
     );
 }
+
+/// A group key's policy may anchor each share's cluster to its governance log: a node checks
+/// its own cluster's anchor against the genesis of the log it holds (after the executor
+/// check), and refuses anchors it cannot check.
+#[test]
+fn a_group_keygen_anchor_names_this_clusters_log() {
+    use custos_test_kit::governance::{member, GovLog};
+    use custos_wire::governance::genesis_id;
+    use custos_wire::policy::{Rule, RULE_CLUSTER_ANCHORS};
+
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 1);
+    let b = pki.node("dc2", "dc2-node1", 1, 1);
+    let anchored = |anchors: &[[u8; 32]]| KeyPolicy {
+        rules: vec![Rule {
+            tag: RULE_CLUSTER_ANCHORS,
+            body: anchors.concat(),
+        }],
+        ..group_policy(&pki, &["alice", "bob"], 2)
+    };
+    let start = |policy: &KeyPolicy, a: &Node| {
+        GroupKeygen::new(&pki, &[a, &b], true, policy, &["alice", "bob"]).start(0)
+    };
+    // Ungoverned, this node holds no log to check its anchor against.
+    assert_eq!(
+        a.call(&start(&anchored(&[[1; 32], [2; 32]]), &a)),
+        Err(TeeError::NotGoverned)
+    );
+
+    let log = GovLog::genesis(
+        &pki,
+        "dc1",
+        &["alice", "bob"],
+        2,
+        vec![member(&pki, &a.chain)],
+        &["alice", "bob"],
+    );
+    let applied = a.call(&Request::ApplyGovernance {
+        cluster: "dc1".into(),
+        entries: log.entries().to_vec(),
+    });
+    assert!(
+        matches!(applied, Ok(Response::Governance(_))),
+        "{applied:?}"
+    );
+    let genesis = genesis_id("dc1", &log.entries()[0].change);
+
+    for (anchors, why) in [
+        (vec![[1; 32], [2; 32]], "genesis"),
+        (vec![genesis], "anchors for 2 clusters"),
+    ] {
+        match a.call(&start(&anchored(&anchors), &a)) {
+            Err(TeeError::PolicyRejected(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("expected PolicyRejected ({why}), got {other:?}"),
+        }
+    }
+    assert_eq!(a.primes_left(), 1);
+    let (phase, _, _, _) = round(a.call(&start(&anchored(&[genesis, [2; 32]]), &a)));
+    assert_eq!(phase, "keygen");
+}
