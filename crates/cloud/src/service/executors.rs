@@ -1,5 +1,5 @@
-//! A wallet creation names the one node that executes it (issue 12, item 5: failover never
-//! makes a second key) and the admins who alone approve the new key (item 3): choosing that
+//! A wallet creation (and each share of a group key generation) names the one node that
+//! executes it (issue 12, item 5: failover never makes a second key) and the admins who alone approve the new key (item 3): choosing that
 //! node, and checking an approver against the group before the TEE does.
 
 use custos_wire::governance::device_key_fingerprint;
@@ -39,7 +39,7 @@ impl Cloud {
         if serving.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::ClusterUnavailable,
-                format!("cluster {cluster} has no serving node to create the wallet on"),
+                format!("cluster {cluster} has no serving node to execute the creation"),
             ));
         }
         let start = if wanted.is_some() {
