@@ -211,6 +211,12 @@ pub fn describe(r: &Request) -> Option<Described> {
             attempt,
             approvals,
             ..
+        }
+        | Request::ThresholdGroupKeygenStart {
+            meta,
+            attempt,
+            approvals,
+            ..
         } => Described {
             request_id: Some(format!("{}/{attempt}", hex::encode(meta.request_id))),
             approvers: names(approvals),

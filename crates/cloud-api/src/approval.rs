@@ -65,7 +65,7 @@ pub fn parse_group(group: &[String]) -> Result<Vec<[u8; 32]>, String> {
     Ok(out)
 }
 
-/// The policy a new wallet is created with: version 1, `group` (sorted, distinct) and
+/// The policy a new wallet (or threshold key) is created with: version 1, `group` (sorted, distinct) and
 /// `quorum`, no rules. The cloud server and approvers build it the same way, so the
 /// approval message they compute is the one the TEE checks.
 pub fn new_wallet_policy(group: Vec<[u8; 32]>, quorum: u8) -> KeyPolicy {
@@ -151,15 +151,45 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
                     view.cluster
                 ));
             }
-            Action::CreateThresholdKey {
-                quorum: view.quorum,
-                threshold: view.threshold.ok_or("request has no threshold")?,
-                hd: view
-                    .hd
-                    .ok_or("request does not say whether the key is HD")?,
-                clusters: view.clusters.as_deref().ok_or("request has no clusters")?,
+            let threshold = view.threshold.ok_or("request has no threshold")?;
+            let hd = view
+                .hd
+                .ok_or("request does not say whether the key is HD")?;
+            let clusters = view.clusters.as_deref().ok_or("request has no clusters")?;
+            match (&view.group, &view.executors) {
+                (None, None) => Action::CreateThresholdKey {
+                    quorum: view.quorum,
+                    threshold,
+                    hd,
+                    clusters,
+                }
+                .message(THRESHOLD_SCOPE, &meta),
+                (Some(group), Some(executors)) => {
+                    let policy = new_wallet_policy(parse_group(group)?, view.quorum);
+                    let executors = executors
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| {
+                            parse_fingerprint(e).map_err(|m| format!("executor of share {i}: {m}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Action::CreateGroupThresholdKey {
+                        policy: &policy,
+                        threshold,
+                        hd,
+                        clusters,
+                        executors: &executors,
+                    }
+                    .message(THRESHOLD_SCOPE, &meta)
+                }
+                // Half of the terms would be a message the TEE never checks.
+                _ => {
+                    return Err(format!(
+                        "request {} names an approver group without executors, or executors                          without a group",
+                        view.id
+                    ))
+                }
             }
-            .message(THRESHOLD_SCOPE, &meta)
         }
         RequestKind::Governance => {
             let terms = view

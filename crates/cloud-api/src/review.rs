@@ -159,7 +159,7 @@ pub fn describe(view: &RequestView) -> String {
         // part of what is approved.
         let label = match view.kind {
             RequestKind::ThresholdSign => "preferred",
-            RequestKind::CreateWallet => "executed by",
+            RequestKind::CreateWallet | RequestKind::CreateThresholdKey => "executed by",
             _ => "sealed to",
         };
         line(&mut s, label, n);
@@ -271,6 +271,22 @@ fn describe_group(s: &mut String, view: &RequestView) {
             "executor key",
             &format!("{executor} (only this node may create it)"),
         );
+    }
+    if let Some(executors) = &view.executors {
+        let nodes: Vec<&str> = view
+            .target_node
+            .as_deref()
+            .map(|n| n.split(',').collect())
+            .unwrap_or_default();
+        line(
+            s,
+            "executors",
+            "only these nodes (device key fingerprints, by share) may make the key:",
+        );
+        for (i, fp) in executors.iter().enumerate() {
+            let node = nodes.get(i).copied().unwrap_or("?");
+            line(s, "", &format!("{i}: {node} {fp}"));
+        }
     }
     if let Some(group) = &view.group {
         line(

@@ -439,10 +439,16 @@ pub struct RequestView {
     pub key_policy: Option<KeyPolicyChange>,
     /// Distinct admin approvals required.
     pub quorum: u8,
-    /// Wallet creation: the new wallet's approver group, admin key fingerprints (hex),
-    /// sorted. Only these admins' approvals count, for the creation and every later use.
+    /// Wallet or threshold key creation: the new key's approver group, admin key
+    /// fingerprints (hex), sorted. Only these admins' approvals count, for the creation and
+    /// every later use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<Vec<String>>,
+    /// Threshold key creation with a group: the device key fingerprint (hex) of the one node
+    /// executing each share, by share index (their names are in `target_node`,
+    /// comma-separated). Any other node refuses the approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executors: Option<Vec<String>>,
     /// Wallet creation: the device key fingerprint (hex) of the one node that executes it
     /// (its name is in `target_node`). Any other node refuses the approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -458,8 +464,9 @@ pub struct RequestView {
     /// API token name that created it.
     pub created_by: String,
     /// Import: the node the secret (or threshold bundle) is sealed to. Wallet creation: the
-    /// node that executes it (see `executor`). Threshold signing: the clusters the caller
-    /// named, comma-separated.
+    /// node that executes it (see `executor`). Threshold key creation with a group: the node
+    /// executing each share, by share index, comma-separated (see `executors`). Threshold
+    /// signing: the clusters the caller named, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_node: Option<String>,
     /// Submissions so far.

@@ -299,19 +299,24 @@ async fn import_threshold_key(
 /// TEE ever holds the key. Aux-info generation takes tens of seconds (the call returns when
 /// it is done); a failed attempt (`threshold_aborted`, `cluster_unavailable`, or a `tee_*`
 /// code such as `tee_primes_not_ready`) is retried with `POST /v1/requests/{id}/retry`.
+/// With `group` (the key's approver group, fixed at creation: only its admins approve the
+/// creation and every use; `invalid_group` otherwise), the server names one executing node
+/// per cluster now (`executors`, `target_node`), the approvals bind their device keys, and
+/// every attempt runs on those nodes only, so no retry can make a second key; an approval
+/// by an admin outside the group is refused (`approver_not_in_group`).
 #[utoipa::path(
     post, path = "/v1/threshold/keys", tag = "threshold", security(("bearer" = ["request"])),
     request_body = CreateThresholdKeyBody,
     responses(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_clusters (fewer than 2, more than 64, or one named twice), invalid_threshold, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_clusters (fewer than 2, more than 64, or one named twice), invalid_threshold, invalid_quorum, invalid_group, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
-        (status = 422, description = "approval_invalid", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid, approver_not_in_group", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
         (status = 503, description = "cluster_unavailable: a cluster cannot take part (recorded as failed; retry it)", body = ApiErrorBody),
     )

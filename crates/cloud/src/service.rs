@@ -615,6 +615,14 @@ mod tests {
                 hd: true,
                 clusters: vec!["dc1".into(), "dc2".into()],
             },
+            Terms::CreateGroupThresholdKey {
+                threshold: 2,
+                hd: false,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                group: vec![[1; 32], [2; 32], [3; 32]],
+                executor_nodes: vec!["node2".into(), "node1".into()],
+                executors: vec![[8; 32], [9; 32]],
+            },
             Terms::Governance(crate::terms::GovTerms {
                 version: 2,
                 prev: [4; 32],

@@ -15,6 +15,7 @@
 //! | `import_threshold_key` | `node`, `bundle` (postcard of the dealer bundle) |
 //! | `threshold_sign` | `key_id` (33 bytes), `path`, `digest` (32 bytes), `message` (bytes or null), `clusters` (names or null) |
 //! | `create_threshold_key` | `threshold`, `hd`, `clusters` (names, share i to the i-th) |
+//! | `create_group_threshold_key` | `threshold`, `hd`, `clusters`, `group` (as `create_group_wallet`), `executor_nodes` and `executors` (32 bytes each), by share index |
 //! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
 //! | `set_key_policy` | `root_id`, the group in force and the new one; see [`key_policy`] |
 
@@ -121,6 +122,27 @@ pub enum Terms {
         /// Cluster of each share, by share index.
         clusters: Vec<String>,
     },
+    /// Create a threshold key by distributed key generation, sealed with its approver group
+    /// (the row's quorum is the group's), each share made by one named node only: the
+    /// approvals name each node's device key, so no attempt can ever run on another node
+    /// and make a second key from them (`create-threshold-key-v2`).
+    CreateGroupThresholdKey {
+        /// Signers the key needs (t).
+        threshold: u16,
+        /// Whether the key gets a chain code.
+        hd: bool,
+        /// Cluster of each share, by share index.
+        clusters: Vec<String>,
+        /// Admin key fingerprints, sorted and distinct, 1..=[`MAX_GROUP`].
+        #[serde(with = "hex_list")]
+        group: Vec<[u8; 32]>,
+        /// The node executing each share, by share index (every attempt runs on these).
+        executor_nodes: Vec<String>,
+        /// SHA-256 of each executing node's certified device key, by share index, as
+        /// approved.
+        #[serde(with = "fingerprint_list")]
+        executors: Vec<[u8; 32]>,
+    },
     /// Append an entry to the request's cluster's governance log.
     Governance(GovTerms),
     /// Replace a wallet's approver group, approved by the group in force (the row's quorum
@@ -139,7 +161,9 @@ impl Terms {
             Terms::Sign { .. } => RequestKind::Sign,
             Terms::ImportThresholdKey { .. } => RequestKind::ImportThresholdKey,
             Terms::ThresholdSign { .. } => RequestKind::ThresholdSign,
-            Terms::CreateThresholdKey { .. } => RequestKind::CreateThresholdKey,
+            Terms::CreateThresholdKey { .. } | Terms::CreateGroupThresholdKey { .. } => {
+                RequestKind::CreateThresholdKey
+            }
             Terms::Governance(_) => RequestKind::Governance,
             Terms::SetKeyPolicy(_) => RequestKind::SetKeyPolicy,
         }
@@ -154,7 +178,8 @@ impl Terms {
             Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
             Terms::CreateWallet { .. }
             | Terms::CreateGroupWallet { .. }
-            | Terms::CreateThresholdKey { .. } => None,
+            | Terms::CreateThresholdKey { .. }
+            | Terms::CreateGroupThresholdKey { .. } => None,
             Terms::Governance(_) => None,
         }
     }
@@ -174,7 +199,8 @@ impl Terms {
     /// TEE decides.
     pub fn group(&self) -> Option<&[[u8; 32]]> {
         match self {
-            Terms::CreateGroupWallet { group, .. } => Some(group),
+            Terms::CreateGroupWallet { group, .. }
+            | Terms::CreateGroupThresholdKey { group, .. } => Some(group),
             // A group change is approved by the group in force; a legacy wallet's (none
             // named) is left to the TEE, which knows who counts for it.
             Terms::SetKeyPolicy(p) if !p.current_group.is_empty() => Some(&p.current_group),
@@ -237,6 +263,20 @@ impl Terms {
                 hd: *hd,
                 clusters,
             },
+            Terms::CreateGroupThresholdKey {
+                threshold,
+                hd,
+                clusters,
+                group,
+                executors,
+                ..
+            } => Action::CreateGroupThresholdKey {
+                policy: policy.insert(new_wallet_policy(group.clone(), quorum)),
+                threshold: *threshold,
+                hd: *hd,
+                clusters,
+                executors,
+            },
             Terms::Governance(g) => Action::Governance {
                 version: g.version,
                 prev: &g.prev,
@@ -296,7 +336,9 @@ impl Terms {
                 bundle: bundle.clone(),
                 approvals,
             },
-            Terms::ThresholdSign { .. } | Terms::CreateThresholdKey { .. } => return None,
+            Terms::ThresholdSign { .. }
+            | Terms::CreateThresholdKey { .. }
+            | Terms::CreateGroupThresholdKey { .. } => return None,
             Terms::Governance(_) => return None,
             Terms::SetKeyPolicy(p) => Request::SetKeyPolicy {
                 meta,
@@ -325,7 +367,9 @@ impl Terms {
         }
         let spans = matches!(
             self,
-            Terms::ThresholdSign { .. } | Terms::CreateThresholdKey { .. }
+            Terms::ThresholdSign { .. }
+                | Terms::CreateThresholdKey { .. }
+                | Terms::CreateGroupThresholdKey { .. }
         );
         if spans != (cluster == THRESHOLD_SCOPE) {
             return Err(format!(
@@ -380,6 +424,26 @@ impl Terms {
                 clusters,
                 ..
             } => custos_wire::threshold::check_key_facts(*threshold, clusters, quorum),
+            Terms::CreateGroupThresholdKey {
+                threshold,
+                clusters,
+                group,
+                executor_nodes,
+                executors,
+                ..
+            } => {
+                custos_wire::threshold::check_key_facts(*threshold, clusters, quorum)?;
+                check_group(group, quorum)?;
+                if executor_nodes.len() != clusters.len() || executors.len() != clusters.len() {
+                    return Err(format!(
+                        "{} executing nodes and {} executors for {} clusters",
+                        executor_nodes.len(),
+                        executors.len(),
+                        clusters.len()
+                    ));
+                }
+                executor_nodes.iter().try_for_each(|n| name(n))
+            }
             Terms::Governance(g) => g.check(),
             Terms::SetKeyPolicy(p) => p.check(quorum),
         }
@@ -443,6 +507,23 @@ impl Terms {
                 if *hd { "with" } else { "without" },
                 clusters.join(", ")
             ),
+            Terms::CreateGroupThresholdKey {
+                threshold,
+                hd,
+                clusters,
+                group,
+                executor_nodes,
+                ..
+            } => format!(
+                "create a {threshold}-of-{} threshold key {} HD derivation by distributed key \
+                 generation between clusters {} (share i to the i-th), on nodes {} only, \
+                 approved by {quorum} of its group of {} admins",
+                clusters.len(),
+                if *hd { "with" } else { "without" },
+                clusters.join(", "),
+                executor_nodes.join(", "),
+                group.len()
+            ),
             Terms::Governance(g) => format!(
                 "{} (approved by {quorum} governors)",
                 custos_cloud_api::governance::describe_terms(
@@ -501,6 +582,21 @@ impl Terms {
                 view.hd = Some(*hd);
                 view.clusters = Some(clusters.clone());
             }
+            Terms::CreateGroupThresholdKey {
+                threshold,
+                hd,
+                clusters,
+                group,
+                executor_nodes,
+                executors,
+            } => {
+                view.threshold = Some(*threshold);
+                view.hd = Some(*hd);
+                view.clusters = Some(clusters.clone());
+                view.group = Some(group.iter().map(hex::encode).collect());
+                view.executors = Some(executors.iter().map(hex::encode).collect());
+                view.target_node = Some(executor_nodes.join(","));
+            }
             Terms::Governance(g) => {
                 view.governance = Some(custos_cloud_api::governance::terms_view(
                     g.version, &g.prev, &g.change,
@@ -549,6 +645,32 @@ mod hex_list {
         let texts = Vec::<String>::deserialize(d)?;
         if texts.len() > MAX_GROUP {
             return Err(serde::de::Error::custom("too many fingerprints"));
+        }
+        texts
+            .iter()
+            .map(|t| {
+                let b = hex::decode(t).map_err(serde::de::Error::custom)?;
+                <[u8; 32]>::try_from(b)
+                    .map_err(|_| serde::de::Error::custom("a fingerprint is 32 bytes"))
+            })
+            .collect()
+    }
+}
+
+/// Device key fingerprints of a key generation's executors (one per cluster) as a list of
+/// lower-case hex, at most [`custos_wire::threshold::MAX_THRESHOLD_PARTIES`] long.
+mod fingerprint_list {
+    use super::*;
+    use custos_wire::threshold::MAX_THRESHOLD_PARTIES;
+
+    pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(hex::encode))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        if texts.len() > MAX_THRESHOLD_PARTIES {
+            return Err(serde::de::Error::custom("too many executors"));
         }
         texts
             .iter()

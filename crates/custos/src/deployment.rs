@@ -359,6 +359,7 @@ pub async fn create_threshold_key(
 ) -> Result<RequestView, ClusterError> {
     let mut view = client
         .create_threshold_key(&custos_cloud_api::CreateThresholdKeyBody {
+            group: None,
             clusters: clusters.iter().map(|c| c.to_string()).collect(),
             threshold,
             quorum,

@@ -4,6 +4,7 @@ use custos_pki::DeviceChain;
 use custos_wire::protocol::*;
 
 use crate::platform::Platform;
+use crate::threshold::dkg::GroupTerms;
 use crate::{storage, TeeCore};
 
 impl<P: Platform> TeeCore<P> {
@@ -104,7 +105,21 @@ impl<P: Platform> TeeCore<P> {
                 attempt,
                 params,
                 approvals,
-            } => self.threshold_keygen_start(&meta, attempt, &params, &approvals),
+            } => self.threshold_keygen_start(&meta, attempt, &params, None, &approvals),
+            Request::ThresholdGroupKeygenStart {
+                meta,
+                attempt,
+                params,
+                policy,
+                executors,
+                approvals,
+            } => {
+                let group = GroupTerms {
+                    policy: &policy,
+                    executors: &executors,
+                };
+                self.threshold_keygen_start(&meta, attempt, &params, Some(group), &approvals)
+            }
             Request::ThresholdAuditStart {
                 session,
                 key_id,

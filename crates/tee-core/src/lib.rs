@@ -139,20 +139,8 @@ impl<P: Platform> TeeCore<P> {
         self.approve_in_by(&cluster, meta, action, approvals, who)
     }
 
-    /// As [`Self::approve`], for approval messages made with `cluster` as scope (e.g.
+    /// As [`Self::approve_by`], for approval messages made with `cluster` as scope (e.g.
     /// [`approval::THRESHOLD_SCOPE`] for actions that span clusters).
-    fn approve_in(
-        &mut self,
-        cluster: &str,
-        meta: &RequestMeta,
-        action: Action<'_>,
-        approvals: &[Approval],
-        required: u8,
-    ) -> Result<(), TeeError> {
-        let who = Who::AnyAdmin { quorum: required };
-        self.approve_in_by(cluster, meta, action, approvals, who)
-    }
-
     fn approve_in_by(
         &mut self,
         cluster: &str,
@@ -200,14 +188,22 @@ impl<P: Platform> TeeCore<P> {
     /// narrows to the cluster's governors once the cluster is governed (a group fixed by a
     /// quorum-approved log, never "any certificate the Admin CA issued").
     fn approvers_for(wallet: &Wallet) -> Who {
-        match &wallet.policy {
+        Self::approvers(wallet.policy.as_ref(), wallet.info.quorum)
+    }
+
+    /// Whose approvals count for a threshold key: as [`Self::approvers_for`] a wallet, by its
+    /// own group when it was created with one.
+    fn approvers_for_share(key: &threshold::HeldKey) -> Who {
+        Self::approvers(key.policy.as_ref(), key.info.quorum)
+    }
+
+    fn approvers(policy: Option<&custos_wire::policy::KeyPolicy>, quorum: u8) -> Who {
+        match policy {
             Some(p) => Who::Group {
                 group: p.group.clone(),
                 quorum: p.quorum,
             },
-            None => Who::AnyAdmin {
-                quorum: wallet.info.quorum,
-            },
+            None => Who::AnyAdmin { quorum },
         }
     }
 

@@ -7,8 +7,10 @@
 //! committed before the answer and before any later request of the batch runs: nothing is
 //! ever approved under a group that storage may still lose.
 //!
-//! Threshold keys carry no policy yet (their share record gains one with plan step W2b):
-//! they are refused by name here, and stay approved by the cluster's governors.
+//! Threshold keys are refused by name here: one made by a group key generation (plan step
+//! W2b) carries its group, fixed at creation; changing it is not built yet (it needs the
+//! change applied at every cluster of the key). A threshold key without a group stays
+//! approved by the cluster's governors.
 
 use custos_wire::approval::{Action, Approval};
 use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS};
@@ -17,6 +19,28 @@ use custos_wire::protocol::*;
 use crate::platform::{Platform, RecordId};
 use crate::wallet::{key_hex, Wallet};
 use crate::{replayed, storage, TeeCore, WALLET_PREFIX};
+
+/// Checks the policy a new key (wallet or threshold key) is created under: valid, and at
+/// version 1, since each later change is +1 (a key created at `u32::MAX` could never be
+/// changed, and one created at a later version would pass for a key whose group changed).
+pub(crate) fn check_new_policy(policy: &KeyPolicy) -> Result<(), TeeError> {
+    policy
+        .validate()
+        .map_err(|e| TeeError::PolicyRejected(e.to_string()))?;
+    if usize::from(policy.quorum) > usize::from(MAX_QUORUM) {
+        return Err(TeeError::PolicyRejected(format!(
+            "quorum {} over {MAX_QUORUM}",
+            policy.quorum
+        )));
+    }
+    if policy.version != 1 {
+        return Err(TeeError::PolicyRejected(format!(
+            "a new key's policy has version 1, not {}",
+            policy.version
+        )));
+    }
+    Ok(())
+}
 
 /// The answer naming `key_id`'s policy and its hash.
 fn key_policy(key_id: &[u8], policy: KeyPolicy) -> Response {
@@ -33,8 +57,8 @@ impl<P: Platform> TeeCore<P> {
     fn policy_wallet(&self, key_id: &[u8]) -> Result<&Wallet, TeeError> {
         if self.threshold.keys.contains_key(key_id) {
             return Err(TeeError::PolicyRejected(format!(
-                "key {} is a threshold key: threshold keys carry no policy of their own yet \
-                 (the cluster's governors approve them)",
+                "key {} is a threshold key: its approver group is fixed at creation (changing \
+                 or reading it here is not supported yet)",
                 key_hex(key_id)
             )));
         }

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::approval::Who;
 use crate::platform::{Platform, RecordId};
+use crate::policy_requests::check_new_policy;
 use crate::wallet::{key_hex, Wallet};
 use crate::{replayed, storage, TeeCore, Undo, WALLET_PREFIX};
 
@@ -79,23 +80,8 @@ impl<P: Platform> TeeCore<P> {
         executor: &[u8; 32],
         approvals: &[Approval],
     ) -> Outcome {
-        policy
-            .validate()
-            .map_err(|e| TeeError::PolicyRejected(e.to_string()))?;
-        if usize::from(policy.quorum) > usize::from(MAX_QUORUM) {
-            return Err(TeeError::PolicyRejected(format!(
-                "quorum {} over {MAX_QUORUM}",
-                policy.quorum
-            )));
-        }
-        // A new key's policy starts at version 1 (each later change is +1, so a key created
-        // at u32::MAX could never be changed), and a wallet spans no clusters to anchor.
-        if policy.version != 1 {
-            return Err(TeeError::PolicyRejected(format!(
-                "a new key's policy has version 1, not {}",
-                policy.version
-            )));
-        }
+        check_new_policy(policy)?;
+        // A wallet spans no clusters to anchor.
         if let Some(rule) = policy.rules.iter().find(|r| r.tag == RULE_CLUSTER_ANCHORS) {
             return Err(TeeError::PolicyRejected(format!(
                 "rule {} (cluster anchors) is for threshold keys, not wallets",

@@ -124,9 +124,37 @@ pub enum Action<'a> {
         /// The new policy.
         policy: &'a KeyPolicy,
     },
+    /// Create a `threshold`-of-n key by distributed key generation between `clusters`
+    /// (cluster i holds share i), approved by and for the approver group of `policy`, run by
+    /// the node whose device key fingerprint is `executors[i]` for share i and by no other:
+    /// a retry on another node of a cluster can never make a second key from the same
+    /// approvals. Spans clusters like [`Action::ThresholdSign`]: its message is made with
+    /// [`THRESHOLD_SCOPE`] as cluster.
+    CreateGroupThresholdKey {
+        /// Approver group, quorum and rules of the new key.
+        policy: &'a KeyPolicy,
+        /// Signers the key needs (t).
+        threshold: u16,
+        /// Whether the key has a chain code (HD derivation).
+        hd: bool,
+        /// Cluster of each share, by share index.
+        clusters: &'a [String],
+        /// SHA-256 of the certified device key of the node executing each share, by share
+        /// index.
+        executors: &'a [[u8; 32]],
+    },
 }
 
 use crate::field::put;
+use crate::policy::put_fingerprints;
+
+/// Appends a cluster list: its length (u32 BE), then each name.
+fn put_clusters(out: &mut Vec<u8>, clusters: &[String]) {
+    put(out, &(clusters.len() as u32).to_be_bytes());
+    for c in clusters {
+        put(out, c.as_bytes());
+    }
+}
 
 impl Action<'_> {
     /// Canonical bytes an admin signs: domain, action tag, then length-prefixed fields in a
@@ -144,6 +172,7 @@ impl Action<'_> {
             Action::Governance { change, .. } => change.tag(),
             Action::SetKeyPolicy { .. } => b"set-key-policy",
             Action::CreateGroupWallet { .. } => b"create-wallet-v2",
+            Action::CreateGroupThresholdKey { .. } => b"create-threshold-key-v2",
         };
         put(&mut out, tag);
         put(&mut out, cluster.as_bytes());
@@ -173,10 +202,22 @@ impl Action<'_> {
                 put(&mut out, &[*quorum]);
                 put(&mut out, &threshold.to_be_bytes());
                 put(&mut out, &[u8::from(*hd)]);
-                put(&mut out, &(clusters.len() as u32).to_be_bytes());
-                for c in *clusters {
-                    put(&mut out, c.as_bytes());
-                }
+                put_clusters(&mut out, clusters);
+            }
+            Action::CreateGroupThresholdKey {
+                policy,
+                threshold,
+                hd,
+                clusters,
+                executors,
+            } => {
+                put(&mut out, &policy.encode());
+                put(&mut out, &threshold.to_be_bytes());
+                put(&mut out, &[u8::from(*hd)]);
+                put_clusters(&mut out, clusters);
+                // Counted on its own (not zipped with the clusters), so lists of different
+                // lengths still encode unambiguously; the TEE refuses them anyway.
+                put_fingerprints(&mut out, executors);
             }
             Action::Sign {
                 key_id,
@@ -341,6 +382,93 @@ mod tests {
             .message("dc1", &meta),
         ] {
             assert_ne!(other, base);
+        }
+    }
+
+    #[test]
+    fn group_key_generation_messages_bind_every_term() {
+        let meta = RequestMeta {
+            request_id: [7; 16],
+            expires_at: 1000,
+        };
+        let three: Vec<String> = ["dc1", "dc2", "dc3"].map(String::from).to_vec();
+        let executors = [[0xe1; 32], [0xe2; 32], [0xe3; 32]];
+        let policy = KeyPolicy {
+            version: 1,
+            group: vec![[1; 32], [2; 32]],
+            quorum: 2,
+            rules: vec![],
+        };
+        let message = |policy: &KeyPolicy, threshold, hd, clusters: &[String], executors| {
+            Action::CreateGroupThresholdKey {
+                policy,
+                threshold,
+                hd,
+                clusters,
+                executors,
+            }
+            .message(THRESHOLD_SCOPE, &meta)
+        };
+        let with = |f: &dyn Fn(&mut KeyPolicy)| {
+            let mut p = policy.clone();
+            f(&mut p);
+            p
+        };
+        let base = message(&policy, 2, true, &three, &executors);
+        let swapped: Vec<String> = ["dc2", "dc1", "dc3"].map(String::from).to_vec();
+        let mut executors_swapped = executors;
+        executors_swapped.swap(0, 1);
+        let mut substituted = executors;
+        substituted[2] = [0xe4; 32];
+        let mut seen = vec![base];
+        for other in [
+            message(&with(&|p| p.quorum = 1), 2, true, &three, &executors),
+            message(
+                &with(&|p| p.group[1] = [3; 32]),
+                2,
+                true,
+                &three,
+                &executors,
+            ),
+            message(&with(&|p| p.version = 2), 2, true, &three, &executors),
+            message(
+                &with(&|p| {
+                    p.rules.push(Rule {
+                        tag: RULE_CLUSTER_ANCHORS,
+                        body: vec![5; 96],
+                    })
+                }),
+                2,
+                true,
+                &three,
+                &executors,
+            ),
+            message(&policy, 3, true, &three, &executors),
+            message(&policy, 2, false, &three, &executors),
+            message(&policy, 2, true, &swapped, &executors),
+            message(&policy, 2, true, &three, &executors_swapped),
+            message(&policy, 2, true, &three, &substituted),
+            message(&policy, 2, true, &three, &executors[..2]),
+            message(&policy, 2, true, &three[..2], &executors[..2]),
+            // The legacy action over the same terms: its tag tells them apart.
+            Action::CreateThresholdKey {
+                quorum: 2,
+                threshold: 2,
+                hd: true,
+                clusters: &three,
+            }
+            .message(THRESHOLD_SCOPE, &meta),
+            Action::CreateGroupThresholdKey {
+                policy: &policy,
+                threshold: 2,
+                hd: true,
+                clusters: &three,
+                executors: &executors,
+            }
+            .message("dc1", &meta),
+        ] {
+            assert!(!seen.contains(&other));
+            seen.push(other);
         }
     }
 }

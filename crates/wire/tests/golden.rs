@@ -295,6 +295,20 @@ fn requests() -> Vec<Request> {
         Request::GetKeyPolicy {
             key_id: vec![0x03; 33],
         },
+        Request::ThresholdGroupKeygenStart {
+            meta: meta(),
+            attempt: 1,
+            params: ThresholdKeygenParams {
+                threshold: 2,
+                hd: true,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                quorum: 2,
+                participants: vec![signer(0), signer(1)],
+            },
+            policy: policy(),
+            executors: vec![[0xe7; 32], [0xe8; 32]],
+            approvals: vec![approval()],
+        },
     ]
 }
 
@@ -485,6 +499,11 @@ fn errors() -> Vec<TeeError> {
             expected: [0x97; 32],
             found: [0x98; 32],
         },
+        TeeError::ParticipantNotExecutor {
+            share_index: 1,
+            executor: [0xe7; 32],
+            found: [0xe9; 32],
+        },
     ]
 }
 
@@ -633,6 +652,17 @@ fn approval_messages() -> Vec<(&'static str, Vec<u8>)> {
                 executor: &[0xe7; 32],
             }
             .message("dc1", &m),
+        ),
+        (
+            "create-threshold-key-v2",
+            Action::CreateGroupThresholdKey {
+                policy: &policy(),
+                threshold: 2,
+                hd: true,
+                clusters: &clusters,
+                executors: &[[0xe7; 32], [0xe8; 32], [0xe9; 32]],
+            }
+            .message(THRESHOLD_SCOPE, &m),
         ),
         ("audit-digest", audit_digest(b"12345678").to_vec()),
         (

@@ -67,7 +67,8 @@ pub(crate) fn presign_clusters() -> Array {
     )
 }
 
-/// `CreateWalletBody::group`: distinct admin key fingerprints, hex.
+/// `CreateWalletBody::group` and `CreateThresholdKeyBody::group`: distinct admin key
+/// fingerprints, hex.
 pub(crate) fn approver_group() -> Array {
     ArrayBuilder::new()
         .schema_type(SchemaType::Type(Type::Array))
@@ -82,9 +83,10 @@ pub(crate) fn approver_group() -> Array {
         .max_items(Some(MAX_GROUP))
         .unique_items(true)
         .description(Some(
-            "The wallet's approver group: key fingerprints (hex SHA-256 of the certified \
-             SubjectPublicKeyInfo) of 1 to 32 distinct admins. Only they approve the \
-             creation and every use; `quorum` of them are needed.",
+            "The new key's approver group (a wallet's or a threshold key's): key \
+             fingerprints (hex SHA-256 of the certified SubjectPublicKeyInfo) of 1 to 32 \
+             distinct admins. Only they approve the creation and every use; `quorum` of \
+             them are needed.",
         ))
         .build()
 }

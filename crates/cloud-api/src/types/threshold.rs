@@ -102,6 +102,15 @@ pub struct CreateThresholdKeyBody {
     /// BIP-32 derivation of non-hardened children (a chain code); default true.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub hd: bool,
+    /// The key's approver group, fixed at creation and sealed with every share (see
+    /// [`CreateWalletBody::group`]; `quorum` is of this group). With a group, the server
+    /// names one executing node per cluster when it records the request, the approval
+    /// message binds their device keys, and every attempt runs on those nodes only: a
+    /// retry can never make a second key. Absent: a key generation without group or
+    /// executors (any `quorum` admins approve it), kept for deployments without groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = super::schema::approver_group)]
+    pub group: Option<Vec<String>>,
     /// See [`CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]

@@ -1,7 +1,8 @@
-//! A wallet creation names the one node that executes it (issue 12, item 5: failover never
-//! makes a second key) and the admins who alone approve the new key (item 3): choosing that
-//! node (once the cluster is governed, only a current member of its verified log), and
-//! checking an approver against the group before the TEE does.
+//! A wallet creation (and each share of a group key generation) names the one node that
+//! executes it (issue 12, item 5: failover never makes a second key) and the admins who
+//! alone approve the new key (item 3): choosing that node (once the cluster is governed,
+//! only a current member of its verified log), and checking an approver against the group
+//! before the TEE does.
 
 use custos_wire::governance::{device_key_fingerprint, GovState};
 
@@ -57,7 +58,7 @@ impl Cloud {
         if serving.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::ClusterUnavailable,
-                format!("cluster {cluster} has no serving node to create the wallet on"),
+                format!("cluster {cluster} has no serving node to execute the creation"),
             ));
         }
         let start = if wanted.is_some() {

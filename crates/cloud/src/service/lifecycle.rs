@@ -613,6 +613,7 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         quorum: row.quorum,
         group: None,
         executor: None,
+        executors: None,
         approvals: row
             .approvals
             .iter()

@@ -70,6 +70,17 @@ struct SimSession {
 #[derive(Default)]
 struct Sim {
     tees: Tees<Misbehave, SimSession>,
+    /// Every group key generation start.
+    group_starts: std::sync::Mutex<Vec<GroupStart>>,
+}
+
+/// Where a group key generation's attempt started, and the executors it named.
+#[derive(Clone, Debug)]
+struct GroupStart {
+    cluster: String,
+    node: String,
+    attempt: u8,
+    executors: Vec<[u8; 32]>,
 }
 
 impl Deref for Sim {
@@ -96,7 +107,7 @@ impl Sim {
 
     fn script(self: &Arc<Self>) -> Script {
         let sim = self.clone();
-        Arc::new(move |cluster, _node, chain, request| sim.handle(cluster, chain, request))
+        Arc::new(move |cluster, node, chain, request| sim.handle(cluster, node, chain, request))
     }
 
     fn round(
@@ -115,9 +126,33 @@ impl Sim {
         })
     }
 
-    fn handle(&self, cluster: &str, chain: &CertChain, request: Request) -> Outcome {
+    fn handle(&self, cluster: &str, node: &str, chain: &CertChain, request: Request) -> Outcome {
         let behaviour = self.behaviour(cluster);
         match request {
+            // The stand-in runs a group key generation like a legacy one, once it noted
+            // where it started and which executors it names.
+            Request::ThresholdGroupKeygenStart {
+                meta,
+                attempt,
+                params,
+                executors,
+                approvals,
+                ..
+            } => {
+                self.group_starts.lock().unwrap().push(GroupStart {
+                    cluster: cluster.to_string(),
+                    node: node.to_string(),
+                    attempt,
+                    executors,
+                });
+                let legacy = Request::ThresholdKeygenStart {
+                    meta,
+                    attempt,
+                    params,
+                    approvals,
+                };
+                self.handle(cluster, node, chain, legacy)
+            }
             Request::ThresholdKeygenStart {
                 meta,
                 attempt,
@@ -248,6 +283,7 @@ async fn setup(db: TestDb) -> Setup {
 
 fn body(clusters: &[&str], threshold: u16, quorum: u8) -> CreateThresholdKeyBody {
     CreateThresholdKeyBody {
+        group: None,
         clusters: clusters.iter().map(|c| c.to_string()).collect(),
         threshold,
         quorum,
@@ -613,5 +649,98 @@ async fn approve_command_shows_the_terms_of_a_key_creation() {
     assert_eq!(after.status, RequestStatus::PendingApproval);
     let done = approve(1).await;
     assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    s.stop().await;
+}
+
+/// A key generation with an approver group names one executing node per cluster when it is
+/// recorded (in the view and in the approval message), and every attempt runs on exactly
+/// those nodes: a failed attempt's retry never moves a share to another node of its
+/// cluster, so it can never make a second key under the same approvals.
+#[tokio::test]
+async fn a_group_key_generation_runs_on_its_pinned_nodes_on_every_attempt() {
+    let Setup { s, sim } = setup(TestDb::sqlite()).await;
+    let c = &s.client;
+    let group = custos_test_kit::governance::admin_keys(&s.pki, &["alice", "bob"]);
+    let mut grouped = body(&CLUSTERS, 2, 2);
+    grouped.group = Some(group.iter().map(hex::encode).collect());
+    // An earlier creation took dc1's first turn: this one's dc1 executor is the next node.
+    c.create_threshold_key(&grouped).await.unwrap();
+    let view = c.create_threshold_key(&grouped).await.unwrap();
+    let executors: Vec<[u8; 32]> = view
+        .executors
+        .clone()
+        .expect("executors named")
+        .iter()
+        .map(|e| hex::decode(e).unwrap().try_into().unwrap())
+        .collect();
+    assert_eq!(executors.len(), CLUSTERS.len());
+    let nodes: Vec<String> = view
+        .target_node
+        .clone()
+        .expect("executing nodes named")
+        .split(',')
+        .map(String::from)
+        .collect();
+    assert_eq!(nodes[0], "node2", "round-robin over dc1's nodes");
+    assert_eq!(
+        view.group,
+        Some(group.iter().map(hex::encode).collect::<Vec<_>>())
+    );
+    // The approval message binds the group and every executor.
+    let meta = RequestMeta {
+        request_id: hex::decode(&view.id).unwrap().try_into().unwrap(),
+        expires_at: view.expires_at,
+    };
+    let clusters = view.clusters.clone().unwrap();
+    let policy = custos_cloud_api::approval::new_wallet_policy(group.clone(), 2);
+    let expected = Action::CreateGroupThresholdKey {
+        policy: &policy,
+        threshold: 2,
+        hd: true,
+        clusters: &clusters,
+        executors: &executors,
+    }
+    .message(THRESHOLD_SCOPE, &meta);
+    assert_eq!(view.approval_message, hex::encode(&expected));
+    assert_eq!(message_of(&view), expected);
+    assert!(
+        custos_cloud_api::review::describe(&view).contains(&hex::encode(executors[0])),
+        "the approver is shown the executors"
+    );
+
+    // dc2 has no primes ready: the first attempt fails; the retry runs on the same nodes.
+    sim.misbehave(
+        "dc2",
+        Misbehave::RefuseStart(TeeError::PrimesNotReady("generating".into())),
+    );
+    let failed = approve(&s, &view, &[0, 1]).await;
+    assert_eq!(failed.status, RequestStatus::Failed, "{failed:?}");
+    sim.behave();
+    let done = c.retry(&view.id).await.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    let Some(RequestResult::ThresholdKey(key)) = &done.result else {
+        panic!("no key: {done:?}");
+    };
+    let made_on: Vec<&str> = key.shares.iter().map(|s| s.node.as_str()).collect();
+    assert_eq!(made_on, nodes);
+
+    let starts: Vec<_> = sim
+        .group_starts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.executors == executors)
+        .cloned()
+        .collect();
+    let attempts: std::collections::BTreeSet<u8> = starts.iter().map(|s| s.attempt).collect();
+    assert_eq!(attempts.into_iter().collect::<Vec<_>>(), [0, 1]);
+    for s in &starts {
+        let i = CLUSTERS.iter().position(|c| *c == s.cluster).unwrap();
+        assert_eq!(
+            s.node, nodes[i],
+            "attempt {} of {} moved",
+            s.attempt, s.cluster
+        );
+    }
     s.stop().await;
 }

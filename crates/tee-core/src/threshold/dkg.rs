@@ -46,9 +46,13 @@ use super::engine::{
 use super::primes::PRIMES_PREFIX;
 use super::wire::{dkg_execution_id, DkgStage};
 use super::{check_key_facts, key_info, HeldKey, MAX_THRESHOLD_PARTIES};
+use crate::approval::Who;
 use crate::platform::{Platform, RecordId};
+use crate::policy_requests::check_new_policy;
 use crate::{storage, TeeCore};
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::governance::device_key_fingerprint;
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::*;
 
 /// Most key generations open at once in one TEE.
@@ -116,6 +120,8 @@ pub(super) struct Dkg {
     hd: bool,
     quorum: u8,
     clusters: Vec<String>,
+    /// The approver group the key is sealed with (`None`: a legacy key generation).
+    policy: Option<KeyPolicy>,
     /// Host session ids (the execution ids) of the two stages.
     keygen_id: [u8; 32],
     aux_id: [u8; 32],
@@ -217,6 +223,22 @@ fn keygen_position(
     Ok(my_index)
 }
 
+/// What a key generation with an approver group ([`Request::ThresholdGroupKeygenStart`])
+/// adds to the legacy terms.
+#[derive(Clone, Copy)]
+pub(crate) struct GroupTerms<'a> {
+    /// The new key's approver group, quorum and rules.
+    pub(crate) policy: &'a KeyPolicy,
+    /// Device key fingerprint of the node executing each share, by share index.
+    pub(crate) executors: &'a [[u8; 32]],
+}
+
+/// The device key fingerprint (member id) of a verified device; all zero if its key is not a
+/// P-256 point, which no executor fingerprint can equal.
+fn device_fingerprint(identity: &DeviceIdentity) -> [u8; 32] {
+    device_key_fingerprint(&identity.public_key).unwrap_or([0; 32])
+}
+
 mod repeat;
 
 impl<P: Platform> TeeCore<P> {
@@ -274,18 +296,23 @@ impl<P: Platform> TeeCore<P> {
         )))
     }
 
-    /// [`Request::ThresholdKeygenStart`]: checks the key's terms, that this node is the
-    /// participant of its own cluster, the admins' approval of exactly these terms (with the
-    /// new key's quorum), every participant's certificate as a device of its cluster, that
-    /// the session and the request were not used, and that a primes set is ready. Then the
-    /// session is marked started (and the primes set consumed) durably, keygen starts, and
-    /// its first messages are answered. A repeat whose request made a key here answers that
-    /// key; one whose session runs here answers its first messages again (see `repeat`).
+    /// [`Request::ThresholdKeygenStart`] (`group` is `None`) and
+    /// [`Request::ThresholdGroupKeygenStart`]: checks the key's terms (with `group`: its
+    /// policy, and that this node is the approved executor of its cluster's share), that this
+    /// node is the participant of its own cluster, the admins' approval of exactly these
+    /// terms (by the new key's group, or any admins of the new key's quorum), every
+    /// participant's certificate as a device of its cluster (with `group`: of the device key
+    /// approved for its share), that the session and the request were not used, and that a
+    /// primes set is ready. Then the session is marked started (and the primes set consumed)
+    /// durably, keygen starts, and its first messages are answered. A repeat whose request
+    /// made a key here answers that key; one whose session runs here answers its first
+    /// messages again (see `repeat`).
     pub(crate) fn threshold_keygen_start(
         &mut self,
         meta: &RequestMeta,
         attempt: u8,
         params: &ThresholdKeygenParams,
+        group: Option<GroupTerms<'_>>,
         approvals: &[Approval],
     ) -> Outcome {
         let (own, own_chain) = self.identity()?.clone();
@@ -294,30 +321,52 @@ impl<P: Platform> TeeCore<P> {
                 "attempt {attempt}, at most {MAX_THRESHOLD_ATTEMPTS} attempts"
             )));
         }
+        if let Some(g) = group {
+            self.check_group_terms(params, g, &own)?;
+        }
         let my_index = keygen_position(params, &own, &own_chain)?;
         let n = params.clusters.len();
-        self.approve_in(
-            THRESHOLD_SCOPE,
-            meta,
-            Action::CreateThresholdKey {
-                quorum: params.quorum,
-                threshold: params.threshold,
-                hd: params.hd,
-                clusters: &params.clusters,
-            },
-            approvals,
-            params.quorum,
-        )?;
+        let (action, who) = match group {
+            None => (
+                Action::CreateThresholdKey {
+                    quorum: params.quorum,
+                    threshold: params.threshold,
+                    hd: params.hd,
+                    clusters: &params.clusters,
+                },
+                Who::AnyAdmin {
+                    quorum: params.quorum,
+                },
+            ),
+            // Whoever creates a key under a group must be a quorum of that very group, as
+            // for a group wallet: no one outside it ever decides about the key.
+            Some(g) => (
+                Action::CreateGroupThresholdKey {
+                    policy: g.policy,
+                    threshold: params.threshold,
+                    hd: params.hd,
+                    clusters: &params.clusters,
+                    executors: g.executors,
+                },
+                Who::Group {
+                    group: g.policy.group.clone(),
+                    quorum: g.policy.quorum,
+                },
+            ),
+        };
+        self.approve_in_by(THRESHOLD_SCOPE, meta, action, approvals, who)?;
         let session = SessionRef {
             request_id: meta.request_id,
             attempt,
         };
+        let policy = group.map(|g| g.policy);
         if let Some(made) = self.first_made(meta)? {
-            return self.first_keygen(meta, &session, &made, params, my_index);
+            return self.first_keygen(meta, &session, &made, params, policy, my_index);
         }
         let now = self.platform.now_unix();
-        let signers = self.keygen_signers(params, now)?;
+        let signers = self.keygen_signers(params, group.map(|g| g.executors), now)?;
         let fingerprints: Vec<[u8; 32]> = signers.iter().map(|s| s.identity.fingerprint).collect();
+        let policy_hash = policy.map(KeyPolicy::hash);
         let id = |stage| {
             dkg_execution_id(
                 stage,
@@ -327,6 +376,7 @@ impl<P: Platform> TeeCore<P> {
                 params.quorum,
                 &params.clusters,
                 &fingerprints,
+                policy_hash.as_ref(),
             )
         };
         let (eid, keygen_id, aux_id) = (
@@ -363,6 +413,7 @@ impl<P: Platform> TeeCore<P> {
                 hd: params.hd,
                 quorum: params.quorum,
                 clusters: params.clusters.clone(),
+                policy: policy.cloned(),
                 keygen_id,
                 aux_id,
                 stage: Stage::Keygen,
@@ -402,11 +453,89 @@ impl<P: Platform> TeeCore<P> {
         })
     }
 
+    /// The terms a key generation with an approver group adds, checked before anything else
+    /// of it: the policy a new key may have, its quorum the key's, one executor per share,
+    /// and this node the executor of its own cluster's share. Any other node of the cluster
+    /// refuses with [`TeeError::NotExecutor`], so the same approvals retried there can never
+    /// make a second key.
+    fn check_group_terms(
+        &self,
+        params: &ThresholdKeygenParams,
+        group: GroupTerms<'_>,
+        own: &DeviceIdentity,
+    ) -> Result<(), TeeError> {
+        check_key_facts(params.threshold, &params.clusters, params.quorum).map_err(reject)?;
+        let policy = group.policy;
+        check_new_policy(policy)?;
+        if policy.quorum != params.quorum {
+            return Err(TeeError::PolicyRejected(format!(
+                "the policy's quorum {} differs from the key's quorum {}",
+                policy.quorum, params.quorum
+            )));
+        }
+        let n = params.clusters.len();
+        if group.executors.len() != n {
+            return Err(reject(format!(
+                "{} executors for {n} clusters",
+                group.executors.len()
+            )));
+        }
+        let my_index = params
+            .clusters
+            .iter()
+            .position(|c| *c == own.cluster)
+            .ok_or_else(|| {
+                reject(format!(
+                    "this node's cluster {:?} holds no share of the key",
+                    own.cluster
+                ))
+            })?;
+        let this_node = device_fingerprint(own);
+        if group.executors[my_index] != this_node {
+            return Err(TeeError::NotExecutor {
+                executor: group.executors[my_index],
+                this_node,
+            });
+        }
+        match policy.cluster_anchors() {
+            Some(anchors) => self.check_own_anchor(&anchors, n, my_index),
+            None => Ok(()),
+        }
+    }
+
+    /// A policy's cluster anchors name one genesis per share, and this cluster's is the log
+    /// this node holds. Other clusters' anchors are theirs to check (each participant checks
+    /// its own); checking them here needs their logs (plan step D5).
+    fn check_own_anchor(
+        &self,
+        anchors: &[[u8; 32]],
+        n: usize,
+        my_index: usize,
+    ) -> Result<(), TeeError> {
+        if anchors.len() != n {
+            return Err(TeeError::PolicyRejected(format!(
+                "{} cluster anchors for {n} clusters",
+                anchors.len()
+            )));
+        }
+        let gov = self.gov.as_ref().ok_or(TeeError::NotGoverned)?;
+        if anchors[my_index] != gov.state.genesis_id {
+            return Err(TeeError::PolicyRejected(format!(
+                "the anchor of share {my_index} is genesis {}, this cluster's log starts at {}",
+                hex::encode(anchors[my_index]),
+                hex::encode(gov.state.genesis_id)
+            )));
+        }
+        Ok(())
+    }
+
     /// Verifies every participant's certificate chain as a device of the cluster whose share
-    /// it is to hold.
+    /// it is to hold and, when the approvals name `executors`, of the device key approved
+    /// for that share: a session never runs with a substituted node.
     fn keygen_signers(
         &mut self,
         params: &ThresholdKeygenParams,
+        executors: Option<&[[u8; 32]]>,
         now: u64,
     ) -> Result<Vec<Signer>, TeeError> {
         let mut signers = Vec::with_capacity(params.clusters.len());
@@ -415,6 +544,16 @@ impl<P: Platform> TeeCore<P> {
             let identity = self
                 .verify_signer(&p.chain, cluster, now)
                 .map_err(|e| reject(format!("participant {i} (cluster {cluster}): {e}")))?;
+            if let Some(executor) = executors.map(|e| e[i]) {
+                let found = device_fingerprint(&identity);
+                if found != executor {
+                    return Err(TeeError::ParticipantNotExecutor {
+                        share_index: i as u16,
+                        executor,
+                        found,
+                    });
+                }
+            }
             signers.push(Signer {
                 share_index: i as u16,
                 identity,
@@ -722,7 +861,11 @@ impl<P: Platform> TeeCore<P> {
                     return Err("the share's HD setting differs from the approved one".into());
                 }
                 let info = key_info(&share, &dkg.clusters, dkg.quorum, ThresholdOrigin::Dkg)?;
-                Ok(HeldKey { info, share })
+                Ok(HeldKey {
+                    info,
+                    share,
+                    policy: dkg.policy.clone(),
+                })
             });
         let (meta, from_pool) = (dkg.meta.clone(), dkg.from_pool);
         let held = match made {

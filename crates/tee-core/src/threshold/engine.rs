@@ -289,6 +289,7 @@ impl<P: Platform> TeeCore<P> {
         let info = self.store_threshold_key(HeldKey {
             info: key.clone(),
             share,
+            policy: None,
         })?;
         Ok(Response::ThresholdKey(info))
     }

@@ -41,6 +41,7 @@ use custos_threshold::ThresholdShare;
 use zeroize::Zeroizing;
 
 use crate::wallet::key_hex;
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::{ThresholdKeyInfo, ThresholdOrigin};
 use custos_wire::threshold::{check_key_facts, check_key_info, MAX_THRESHOLD_PARTIES};
 
@@ -50,10 +51,14 @@ pub const SHARE_PREFIX: &str = "tshare/";
 pub const SESSION_PREFIX: &str = "tsession/";
 /// Record name prefix of stored presignatures (never transferred to another node).
 pub const PRESIGN_PREFIX: &str = "tpresig/";
-/// First byte of a threshold share record (a wallet record starts with its version, 1).
+/// First byte of a threshold share record (a wallet record starts with its version, 1 or 2).
 pub const THRESHOLD_RECORD_TAG: u8 = b'T';
-/// Version of the threshold share record.
-const RECORD_VERSION: u8 = 1;
+/// A share sealed before threshold keys carried their approver group: `[T, 1, info, share]`.
+const RECORD_V1: u8 = 1;
+/// A share with its approver group: `[T, 2, info, share, KeyPolicy::encode]`, each a
+/// length-prefixed field. Key transfers carry the same record, so the group travels with the
+/// share.
+const RECORD_V2: u8 = 2;
 
 use custos_wire::field::{put, take};
 
@@ -123,6 +128,10 @@ pub struct HeldKey {
     pub info: ThresholdKeyInfo,
     /// The share T_i with its aux info P.
     pub share: ThresholdShare,
+    /// Who approves its use, fixed at creation (`None`: a key sealed before groups existed,
+    /// or a dealt key, approved by any `info.quorum` admins, or by the cluster's governors
+    /// once governed). Its quorum is `info.quorum`.
+    pub policy: Option<KeyPolicy>,
 }
 
 impl fmt::Debug for HeldKey {
@@ -135,15 +144,26 @@ impl fmt::Debug for HeldKey {
 
 impl HeldKey {
     /// Sealed record body (and key-transfer record): tag, version, the key info (postcard)
-    /// and the share (JSON), length-prefixed. Erased on drop.
+    /// and the share (JSON), length-prefixed, then the policy when the key has one (version
+    /// 2; a key without one keeps the version-1 format, readable by older code). Erased on
+    /// drop.
     pub fn to_record(&self) -> Zeroizing<Vec<u8>> {
         let info = postcard::to_allocvec(&self.info).expect("key info always serializes");
         let share = self.share.to_sealed_bytes();
-        let mut out = Zeroizing::new(Vec::with_capacity(10 + info.len() + share.len()));
+        let policy = self.policy.as_ref().map(KeyPolicy::encode);
+        let extra = policy.as_ref().map_or(0, |p| 4 + p.len());
+        let mut out = Zeroizing::new(Vec::with_capacity(10 + info.len() + share.len() + extra));
         out.push(THRESHOLD_RECORD_TAG);
-        out.push(RECORD_VERSION);
+        out.push(if policy.is_some() {
+            RECORD_V2
+        } else {
+            RECORD_V1
+        });
         put(&mut out, &info);
         put(&mut out, &share);
+        if let Some(p) = &policy {
+            put(&mut out, p);
+        }
         out
     }
 
@@ -154,12 +174,20 @@ impl HeldKey {
 
     /// Parses and validates a record and checks it holds the key it is filed under.
     pub fn from_record(record: &[u8], expected_key: &[u8]) -> Result<Self, String> {
-        if record.len() < 2 || record[0] != THRESHOLD_RECORD_TAG || record[1] != RECORD_VERSION {
-            return Err("not a threshold share record of a known version".into());
-        }
+        let version = match record {
+            [THRESHOLD_RECORD_TAG, v @ (RECORD_V1 | RECORD_V2), ..] => *v,
+            _ => return Err("not a threshold share record of a known version".into()),
+        };
         let mut input = &record[2..];
         let (Some(info), Some(share)) = (take(&mut input), take(&mut input)) else {
             return Err("truncated threshold share record".into());
+        };
+        let policy = match version {
+            RECORD_V2 => {
+                let bytes = take(&mut input).ok_or("truncated threshold share record")?;
+                Some(read_policy(bytes)?)
+            }
+            _ => None,
         };
         if !input.is_empty() {
             return Err("trailing bytes after threshold share record".into());
@@ -174,6 +202,27 @@ impl HeldKey {
         if info.key_id != expected_key {
             return Err("record holds a different key than its name".into());
         }
-        Ok(HeldKey { info, share })
+        if let Some(p) = &policy {
+            // Two quorums for one key would leave it to the reader which one counts.
+            if p.quorum != info.quorum {
+                return Err(format!(
+                    "the policy's quorum {} differs from the key's {}",
+                    p.quorum, info.quorum
+                ));
+            }
+        }
+        Ok(HeldKey {
+            info,
+            share,
+            policy,
+        })
     }
+}
+
+/// A sealed policy, held to the rules it was created under: a record whose group or quorum
+/// no longer validates is refused rather than read as a looser policy.
+fn read_policy(bytes: &[u8]) -> Result<KeyPolicy, String> {
+    let policy = KeyPolicy::decode(bytes).map_err(|e| format!("policy: {e}"))?;
+    policy.validate().map_err(|e| format!("policy: {e}"))?;
+    Ok(policy)
 }

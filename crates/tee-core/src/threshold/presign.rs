@@ -211,11 +211,12 @@ impl<P: Platform> TeeCore<P> {
                 "attempt {attempt}, at most {MAX_THRESHOLD_ATTEMPTS} attempts"
             )));
         }
-        let info = self.presign_key(&params.key_id)?;
+        self.presign_key(&params.key_id)?;
+        let who = Self::approvers_for_share(self.threshold_key(&params.key_id)?);
         // The full message is hashed here: a digest from outside is never signed with a
         // presignature.
         let digest: [u8; 32] = Sha256::digest(&params.message).into();
-        self.approve_in(
+        self.approve_in_by(
             THRESHOLD_SCOPE,
             meta,
             Action::ThresholdSign {
@@ -224,7 +225,7 @@ impl<P: Platform> TeeCore<P> {
                 digest: &digest,
             },
             approvals,
-            info.quorum,
+            who,
         )?;
         let session = SessionRef {
             request_id: meta.request_id,

@@ -93,7 +93,8 @@ impl<P: Platform> TeeCore<P> {
                 MAX_THRESHOLD_ATTEMPTS
             )));
         }
-        let info = self.threshold_key(key_id)?.info.clone();
+        let held = self.threshold_key(key_id)?;
+        let (info, who) = (held.info.clone(), Self::approvers_for_share(held));
         if path.len() > MAX_PATH_DEPTH {
             return Err(TeeError::InvalidPath(format!(
                 "{} levels, at most {MAX_PATH_DEPTH}",
@@ -113,7 +114,7 @@ impl<P: Platform> TeeCore<P> {
         let now = self.platform.now_unix();
         let expires_at = match policy {
             SignPolicy::Approved { meta, approvals } => {
-                self.approve_in(
+                self.approve_in_by(
                     THRESHOLD_SCOPE,
                     meta,
                     Action::ThresholdSign {
@@ -122,7 +123,7 @@ impl<P: Platform> TeeCore<P> {
                         digest,
                     },
                     approvals,
-                    info.quorum,
+                    who,
                 )?;
                 meta.expires_at
             }

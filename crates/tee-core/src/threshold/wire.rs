@@ -131,10 +131,14 @@ impl DkgStage {
 }
 
 /// `SHA-256("custos/tdkg/v1" ‖ stage ‖ request id ‖ attempt ‖ t ‖ hd ‖ quorum ‖ clusters ‖
-/// each participant's device certificate fingerprint in share-index order)`, every field
-/// length-prefixed: each participating TEE derives the ids of a key generation itself from
-/// the approved request, one per [`DkgStage`], so a participant given other terms or other
-/// participants fails every proof and signature check.
+/// each participant's device certificate fingerprint in share-index order [‖ policy hash])`,
+/// every field length-prefixed: each participating TEE derives the ids of a key generation
+/// itself from the approved request, one per [`DkgStage`], so a participant given other
+/// terms or other participants fails every proof and signature check. A key generation with
+/// an approver group adds its policy's hash (a legacy one adds nothing, so its ids are
+/// unchanged): no session runs with participants that would seal the key under different
+/// groups.
+#[allow(clippy::too_many_arguments)]
 pub fn dkg_execution_id(
     stage: DkgStage,
     session: &SessionRef,
@@ -143,6 +147,7 @@ pub fn dkg_execution_id(
     quorum: u8,
     clusters: &[String],
     fingerprints: &[[u8; 32]],
+    policy: Option<&[u8; 32]>,
 ) -> [u8; 32] {
     let mut out = Vec::with_capacity(128 + clusters.len() * 16 + fingerprints.len() * 32);
     put(&mut out, DKG_EID_DOMAIN);
@@ -157,6 +162,9 @@ pub fn dkg_execution_id(
     }
     let f: Vec<u8> = fingerprints.iter().flatten().copied().collect();
     put(&mut out, &f);
+    if let Some(hash) = policy {
+        put(&mut out, hash);
+    }
     Sha256::digest(&out).into()
 }
 
@@ -255,7 +263,7 @@ mod tests {
         let clusters: Vec<String> = ["dc1", "dc2", "dc3"].map(String::from).to_vec();
         let fps = [[1u8; 32], [2; 32], [3; 32]];
         let id = |stage, s: &SessionRef, t, hd, q, c: &[String], f: &[[u8; 32]]| {
-            dkg_execution_id(stage, s, t, hd, q, c, f)
+            dkg_execution_id(stage, s, t, hd, q, c, f, None)
         };
         let base = id(DkgStage::Keygen, &s, 2, true, 1, &clusters, &fps);
         let mut other_attempt = s;
@@ -291,6 +299,12 @@ mod tests {
         ] {
             assert_ne!(v, base);
         }
+        // A group key generation's ids name its policy, and differ from the legacy ones.
+        let grouped =
+            |policy| dkg_execution_id(DkgStage::Keygen, &s, 2, true, 1, &clusters, &fps, policy);
+        assert_ne!(grouped(Some(&[7; 32])), base);
+        assert_ne!(grouped(Some(&[7; 32])), grouped(Some(&[8; 32])));
+        assert_eq!(grouped(None), base);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! participant certified for another cluster, replays, no primes; a tampered message aborts
 //! naming its sender's cluster; an aborted session gives its unused primes back. Repeats
 //! (lost answers, a restarted TEE) answer the running session or the key made, never a
-//! second session or key.
+//! second session or key. A key generation with an approver group (issue 12, items 3 and 5)
+//! runs only on the nodes its approvals name, with the participants they name, and the key
+//! it makes counts only its group's approvals.
 //!
 //! The cores run in-process over an in-memory platform, provisioned by a real PKI. Their
 //! Paillier primes are the TEST-ONLY fixture of `custos-threshold` (feature `test-fixtures`,
@@ -21,12 +23,15 @@ use custos_tee_core::threshold::primes::{seal_primes_file, PRIMES_PREFIX};
 use custos_tee_core::TeeCore;
 use custos_threshold::fixtures;
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::{
-    encode_request, CertChain, Outcome, Request, RequestMeta, Response, SessionRef, SignedResponse,
-    TeeError, ThresholdKeyInfo, ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin,
-    ThresholdSignParams, ThresholdSigner,
+    encode_request, CertChain, Outcome, PresignSignParams, Request, RequestMeta, Response,
+    SessionRef, SignedResponse, TeeError, ThresholdKeyInfo, ThresholdKeygenParams,
+    ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
 };
 use rand::RngCore;
+
+use crate::governance::{approvals_by, group_policy, refused_outsider};
 
 const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 
@@ -604,4 +609,361 @@ fn dkg_crash_after_commit_then_replay() {
     let held = a.call(&Request::ListThresholdKeys);
     assert_eq!(held, Ok(Response::ThresholdKeys(vec![keys[0].clone()])));
     assert_eq!(a.primes_left(), 0);
+}
+
+/// A node's device key fingerprint (its member id): what approvals name as an executor.
+fn executor_id(pki: &Pki, node: &Node) -> [u8; 32] {
+    custos_test_kit::governance::member(pki, &node.chain).key_fingerprint
+}
+
+/// Records of `prefix` a node committed (consumed request ids, started sessions, shares).
+fn committed(node: &Node, prefix: &str) -> usize {
+    node.core
+        .platform()
+        .committed
+        .keys()
+        .filter(|k| k.starts_with(prefix))
+        .count()
+}
+
+/// An approved key generation with an approver group: t = 2 over the first clusters, run by
+/// `nodes` (one per cluster, in share order), each named as its share's executor.
+struct GroupKeygen {
+    meta: RequestMeta,
+    params: ThresholdKeygenParams,
+    policy: KeyPolicy,
+    executors: Vec<[u8; 32]>,
+    approvals: Vec<Approval>,
+}
+
+impl GroupKeygen {
+    fn new(pki: &Pki, nodes: &[&Node], hd: bool, policy: &KeyPolicy, signers: &[&str]) -> Self {
+        let KeygenRequest {
+            meta, mut params, ..
+        } = KeygenRequest::new(pki, nodes);
+        params.hd = hd;
+        params.quorum = policy.quorum;
+        let mut keygen = GroupKeygen {
+            meta,
+            params,
+            policy: policy.clone(),
+            executors: nodes.iter().map(|n| executor_id(pki, n)).collect(),
+            approvals: Vec::new(),
+        };
+        keygen.approvals = approvals_by(pki, signers, &keygen.message());
+        keygen
+    }
+
+    fn message(&self) -> Vec<u8> {
+        Action::CreateGroupThresholdKey {
+            policy: &self.policy,
+            threshold: self.params.threshold,
+            hd: self.params.hd,
+            clusters: &self.params.clusters,
+            executors: &self.executors,
+        }
+        .message(THRESHOLD_SCOPE, &self.meta)
+    }
+
+    fn start(&self, attempt: u8) -> Request {
+        Request::ThresholdGroupKeygenStart {
+            meta: self.meta.clone(),
+            attempt,
+            params: self.params.clone(),
+            policy: self.policy.clone(),
+            executors: self.executors.clone(),
+            approvals: self.approvals.clone(),
+        }
+    }
+
+    /// The same approved request with `node` as the participant of share `i`: what a cloud
+    /// server sends when it fails over to another node of that cluster (the approvals do
+    /// not cover the participant list).
+    fn failed_over(&self, attempt: u8, i: usize, node: &Node) -> Request {
+        let mut request = self.start(attempt);
+        if let Request::ThresholdGroupKeygenStart { params, .. } = &mut request {
+            params.participants[i].chain = node.chain.clone();
+        }
+        request
+    }
+
+    fn session(&self, attempt: u8) -> SessionRef {
+        SessionRef {
+            request_id: self.meta.request_id,
+            attempt,
+        }
+    }
+}
+
+/// Attacker first (issue 12 item 5, for key generation): one approval, one key. A lost
+/// answer made the cloud server retry a key generation on another node of a cluster; with
+/// the legacy approval that node starts a second session (a second key under one approval),
+/// with the group one it refuses by name, and so does every other participant given the
+/// substituted list. Nothing is consumed or stored by a refusal.
+#[test]
+fn a_group_keygen_runs_only_on_its_approved_executors() {
+    let pki = Pki::new();
+    let mut a1 = pki.node("dc1", "dc1-node1", 0, 1);
+    let mut a2 = pki.node("dc1", "dc1-node2", 2, 2);
+    let mut b = pki.node("dc2", "dc2-node1", 1, 1);
+    let (a1_id, a2_id) = (executor_id(&pki, &a1), executor_id(&pki, &a2));
+
+    // The hole the legacy request keeps: its approvals name no node, so dc1's second node
+    // runs the same approved key generation as a second session.
+    let legacy = KeygenRequest::new(&pki, &[&a1, &b]);
+    let mut failover = legacy.start(1);
+    if let Request::ThresholdKeygenStart { params, .. } = &mut failover {
+        params.participants[0].chain = a2.chain.clone();
+    }
+    let (phase, _, _, _) = round(a2.call(&failover));
+    assert_eq!(phase, "keygen", "the legacy request binds no executor");
+    assert_eq!(a2.primes_left(), 1);
+
+    let policy = group_policy(&pki, &["alice", "bob"], 2);
+    let req = GroupKeygen::new(&pki, &[&a1, &b], true, &policy, &["alice", "bob"]);
+    let untouched = |node: &mut Node| {
+        assert_eq!(committed(node, "consumed/"), 0, "a request id was consumed");
+        assert_eq!(committed(node, "tshare/"), 0, "a share was stored");
+        assert_eq!(
+            node.call(&Request::ListThresholdKeys),
+            Ok(Response::ThresholdKeys(Vec::new()))
+        );
+    };
+
+    // The same group request failed over to dc1's second node (named as participant), and
+    // as sent (where it is not one): refused, naming the executor and this node.
+    for request in [req.failed_over(1, 0, &a2), req.start(1)] {
+        match a2.call(&request) {
+            Err(TeeError::NotExecutor {
+                executor,
+                this_node,
+            }) => assert_eq!((executor, this_node), (a1_id, a2_id)),
+            other => panic!("a node the approvals do not name ran the key generation: {other:?}"),
+        }
+    }
+    assert_eq!(a2.primes_left(), 1, "a refused start took a primes set");
+    untouched(&mut a2);
+    // dc2's node, given the substituted participant list, refuses to run with it.
+    match b.call(&req.failed_over(1, 0, &a2)) {
+        Err(TeeError::ParticipantNotExecutor {
+            share_index,
+            executor,
+            found,
+        }) => assert_eq!((share_index, executor, found), (0, a1_id, a2_id)),
+        other => panic!("a session ran with a substituted participant: {other:?}"),
+    }
+    assert_eq!(b.primes_left(), 1);
+    assert_eq!(committed(&b, "tsession/"), 0, "a session was recorded");
+    untouched(&mut b);
+
+    // The creating quorum is the new group's own: an admin outside it is named.
+    let outsider = GroupKeygen::new(&pki, &[&a1, &b], true, &policy, &["alice", "carol"]);
+    refused_outsider(a1.call(&outsider.start(0)), "carol");
+    // The policy's quorum is the key's.
+    let mut other_quorum = req.start(0);
+    if let Request::ThresholdGroupKeygenStart { params, .. } = &mut other_quorum {
+        params.quorum = 1;
+    }
+    assert!(matches!(
+        a1.call(&other_quorum),
+        Err(TeeError::PolicyRejected(m)) if m.contains("quorum")
+    ));
+    assert_eq!(a1.primes_left(), 1);
+    untouched(&mut a1);
+
+    // The approved executors, with the approved participants, start it.
+    for node in [&mut a1, &mut b] {
+        let (phase, _, computing, key) = round(node.call(&req.start(1)));
+        assert_eq!((phase.as_str(), computing, key), ("keygen", false, None));
+        assert_eq!(node.primes_left(), 0);
+    }
+}
+
+/// A threshold key made with an approver group counts only that group: an admin outside it
+/// is refused by name for signing and for online signing with a presignature, on the nodes
+/// that made it, after a restart and on a peer that synced the share; a repeat of the
+/// request answers the key, and a legacy request under its id is another request.
+#[test]
+fn a_group_threshold_key_counts_only_its_group() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 1);
+    let mut b = pki.node("dc2", "dc2-node1", 1, 1);
+    let mut peer = pki.node("dc1", "dc1-node2", 2, 0);
+    let policy = group_policy(&pki, &["alice", "bob"], 2);
+    // No chain code, so that online signing with presignatures applies to it.
+    let req = GroupKeygen::new(&pki, &[&a, &b], false, &policy, &["alice", "bob"]);
+    let (_, out_a, _, _) = round(a.call(&req.start(0)));
+    let (_, out_b, _, _) = round(b.call(&req.start(0)));
+    let (keys, _) = relay(
+        &mut [&mut a, &mut b],
+        req.session(0),
+        vec![out_a, out_b],
+        false,
+    );
+    let key = keys[0].clone();
+    assert_eq!((key.quorum, key.origin), (2, ThresholdOrigin::Dkg));
+
+    let digest = [0x5a; 32];
+    let sign = |signers: &[&str], nodes: [&Node; 2]| {
+        let meta = meta();
+        let action = Action::ThresholdSign {
+            key_id: &key.key_id,
+            path: &[],
+            digest: &digest,
+        };
+        Request::ThresholdStart {
+            approvals: approvals_by(&pki, signers, &action.message(THRESHOLD_SCOPE, &meta)),
+            meta,
+            attempt: 0,
+            params: ThresholdSignParams {
+                key_id: key.key_id.clone(),
+                path: vec![],
+                digest,
+                signers: nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| ThresholdSigner {
+                        share_index: i as u16,
+                        chain: n.chain.clone(),
+                    })
+                    .collect(),
+            },
+        }
+    };
+    let presign_sign = |signers: &[&str]| {
+        let meta = meta();
+        let message = b"pay 1 BTC".to_vec();
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&message).into();
+        let action = Action::ThresholdSign {
+            key_id: &key.key_id,
+            path: &[],
+            digest: &digest,
+        };
+        Request::ThresholdPresignSign {
+            approvals: approvals_by(&pki, signers, &action.message(THRESHOLD_SCOPE, &meta)),
+            meta,
+            attempt: 0,
+            params: PresignSignParams {
+                key_id: key.key_id.clone(),
+                presignature: [0x77; 32],
+                message,
+            },
+        }
+    };
+
+    // carol holds a genuine Admin-CA certificate, but is not in the key's group.
+    for signers in [&["alice", "carol"][..], &["carol", "bob"]] {
+        refused_outsider(a.call(&sign(signers, [&a, &b])), "carol");
+        refused_outsider(b.call(&sign(signers, [&a, &b])), "carol");
+        refused_outsider(a.call(&presign_sign(signers)), "carol");
+    }
+    // The group itself is enough: the signing starts, and online signing gets as far as
+    // the presignature (none exists).
+    assert!(matches!(
+        a.call(&sign(&["bob", "alice"], [&a, &b])),
+        Ok(Response::ThresholdRound { .. })
+    ));
+    assert!(matches!(
+        a.call(&presign_sign(&["alice", "bob"])),
+        Err(TeeError::UnknownPresignature(_))
+    ));
+
+    // The group is sealed with the share: a restarted TEE still counts only it.
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    refused_outsider(a.call(&sign(&["alice", "carol"], [&a, &b])), "carol");
+    // And it travels with the share to a peer of the cluster.
+    let Ok(Response::KeyTransfer(transfer)) = a.call(&Request::ExportKeys {
+        requester: peer.chain.clone(),
+        key_ids: vec![key.key_id.clone()],
+    }) else {
+        panic!("export refused")
+    };
+    assert!(matches!(
+        peer.call(&Request::ImportKeys { transfer }),
+        Ok(Response::KeysImported { .. })
+    ));
+    refused_outsider(peer.call(&sign(&["alice", "carol"], [&peer, &b])), "carol");
+    assert!(matches!(
+        peer.call(&sign(&["alice", "bob"], [&peer, &b])),
+        Ok(Response::ThresholdRound { .. })
+    ));
+
+    // One approval, one key: a repeat answers it; the legacy request under the same id
+    // (legacy approvals, same terms) is another request, refused naming the policy.
+    let (_, _, _, again) = round(a.call(&req.start(2)));
+    assert_eq!(again, Some(keys[0].clone()));
+    let legacy = Request::ThresholdKeygenStart {
+        meta: req.meta.clone(),
+        attempt: 3,
+        approvals: pki.approvals(2, &action(&req.params), &req.meta),
+        params: req.params.clone(),
+    };
+    match a.call(&legacy) {
+        Err(TeeError::RequestReplayed(m)) => assert!(m.contains("no policy"), "{m}"),
+        other => panic!("expected RequestReplayed, got {other:?}"),
+    }
+    assert_eq!(
+        a.call(&Request::ListThresholdKeys),
+        Ok(Response::ThresholdKeys(vec![keys[0].clone()]))
+    );
+}
+
+/// A group key's policy may anchor each share's cluster to its governance log: a node checks
+/// its own cluster's anchor against the genesis of the log it holds (after the executor
+/// check), and refuses anchors it cannot check.
+#[test]
+fn a_group_keygen_anchor_names_this_clusters_log() {
+    use custos_test_kit::governance::{member, GovLog};
+    use custos_wire::governance::genesis_id;
+    use custos_wire::policy::{Rule, RULE_CLUSTER_ANCHORS};
+
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 1);
+    let b = pki.node("dc2", "dc2-node1", 1, 1);
+    let anchored = |anchors: &[[u8; 32]]| KeyPolicy {
+        rules: vec![Rule {
+            tag: RULE_CLUSTER_ANCHORS,
+            body: anchors.concat(),
+        }],
+        ..group_policy(&pki, &["alice", "bob"], 2)
+    };
+    let start = |policy: &KeyPolicy, a: &Node| {
+        GroupKeygen::new(&pki, &[a, &b], true, policy, &["alice", "bob"]).start(0)
+    };
+    // Ungoverned, this node holds no log to check its anchor against.
+    assert_eq!(
+        a.call(&start(&anchored(&[[1; 32], [2; 32]]), &a)),
+        Err(TeeError::NotGoverned)
+    );
+
+    let log = GovLog::genesis(
+        &pki,
+        "dc1",
+        &["alice", "bob"],
+        2,
+        vec![member(&pki, &a.chain)],
+        &["alice", "bob"],
+    );
+    let applied = a.call(&Request::ApplyGovernance {
+        cluster: "dc1".into(),
+        entries: log.entries().to_vec(),
+    });
+    assert!(
+        matches!(applied, Ok(Response::Governance(_))),
+        "{applied:?}"
+    );
+    let genesis = genesis_id("dc1", &log.entries()[0].change);
+
+    for (anchors, why) in [
+        (vec![[1; 32], [2; 32]], "genesis"),
+        (vec![genesis], "anchors for 2 clusters"),
+    ] {
+        match a.call(&start(&anchored(&anchors), &a)) {
+            Err(TeeError::PolicyRejected(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("expected PolicyRejected ({why}), got {other:?}"),
+        }
+    }
+    assert_eq!(a.primes_left(), 1);
+    let (phase, _, _, _) = round(a.call(&start(&anchored(&[genesis, [2; 32]]), &a)));
+    assert_eq!(phase, "keygen");
 }

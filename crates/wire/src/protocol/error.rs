@@ -231,6 +231,18 @@ pub enum TeeError {
         /// Hash the request names as `prev`.
         found: [u8; 32],
     },
+    /// A key generation's participant for `share_index` is certified for another device key
+    /// than the node the approvals name as that share's executor: the session would run
+    /// with a substituted node.
+    #[error("participant {share_index} has device key {}, the approvals name {} as its executor", hex::encode(.found), hex::encode(.executor))]
+    ParticipantNotExecutor {
+        /// Share index of the participant.
+        share_index: u16,
+        /// Device key fingerprint the approvals name for that share.
+        executor: [u8; 32],
+        /// Device key fingerprint of the participant's certificate.
+        found: [u8; 32],
+    },
 }
 
 impl TeeError {
@@ -278,6 +290,7 @@ impl TeeError {
             TeeError::NotExecutor { .. } => "not_executor",
             TeeError::PolicyRejected(_) => "policy_rejected",
             TeeError::PolicyConflict { .. } => "policy_conflict",
+            TeeError::ParticipantNotExecutor { .. } => "participant_not_executor",
         }
     }
 }

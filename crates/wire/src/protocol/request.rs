@@ -304,6 +304,28 @@ pub enum Request {
         /// The wallet (root public key).
         key_id: KeyId,
     },
+    /// [`Request::ThresholdKeygenStart`] for a key whose approver group is fixed at creation
+    /// ([`crate::approval::Action::CreateGroupThresholdKey`]): only the node named in
+    /// `executors[i]` runs share i (any other node of that cluster refuses, so a retry there
+    /// cannot make a second key), every participant's certificate must certify the device
+    /// key named for its share, and the approvals are by `policy.quorum` admins of
+    /// `policy.group`. `params.quorum` must equal `policy.quorum`. Answered like the legacy
+    /// start, and continued with [`Request::ThresholdFeed`] and [`Request::ThresholdAbort`].
+    ThresholdGroupKeygenStart {
+        /// Request id (with `attempt`, the session id) and expiry.
+        meta: RequestMeta,
+        /// Attempt number under the same approvals (see [`Request::ThresholdStart`]).
+        attempt: u8,
+        /// The key to make and who makes it.
+        params: ThresholdKeygenParams,
+        /// Approver group, quorum and rules of the new key.
+        policy: crate::policy::KeyPolicy,
+        /// SHA-256 of the certified device key of the node executing each share, by share
+        /// index (one per cluster).
+        executors: Vec<[u8; 32]>,
+        /// Approvals by the new key's group.
+        approvals: Vec<Approval>,
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -346,6 +368,7 @@ impl Request {
             | Request::CreateGroupWallet { .. }
             | Request::SetKeyPolicy { .. }
             | Request::GetKeyPolicy { .. }
+            | Request::ThresholdGroupKeygenStart { .. }
             | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }

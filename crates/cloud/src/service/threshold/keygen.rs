@@ -2,10 +2,13 @@
 //! request, its execution, and the check that every TEE reported the same key.
 
 use super::*;
+use custos_cloud_api::approval::new_wallet_policy;
 
 impl Cloud {
     /// `POST /v1/threshold/keys`: records a `create_threshold_key` request (cluster
     /// `*threshold*`) for a `threshold`-of-n key over `clusters` (share i to cluster i).
+    /// With an approver group, one executing node per cluster is chosen now (the next
+    /// serving node in turn) and named in the terms: every attempt runs on those nodes.
     pub async fn create_threshold_key(
         &self,
         caller: &Principal,
@@ -40,18 +43,56 @@ impl Cloud {
             ));
         }
         Self::check_quorum(body.quorum)?;
+        let group = body
+            .group
+            .as_deref()
+            .map(parse_group)
+            .transpose()
+            .map_err(|m| ApiError::new(ErrorCode::InvalidGroup, m))?;
+        if let Some(g) = &group {
+            if usize::from(body.quorum) > g.len() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidGroup,
+                    format!(
+                        "quorum {} is more than the group's {} admins",
+                        body.quorum,
+                        g.len()
+                    ),
+                ));
+            }
+        }
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        let terms = match group {
+            None => Terms::CreateThresholdKey {
+                threshold: body.threshold,
+                hd: body.hd,
+                clusters: body.clusters,
+            },
+            Some(group) => {
+                let mut executor_nodes = Vec::with_capacity(n);
+                let mut executors = Vec::with_capacity(n);
+                for c in &body.clusters {
+                    let e = self.choose_executor(c, None).await?;
+                    executor_nodes.push(e.node);
+                    executors.push(e.key_fingerprint);
+                }
+                Terms::CreateGroupThresholdKey {
+                    threshold: body.threshold,
+                    hd: body.hd,
+                    clusters: body.clusters,
+                    group,
+                    executor_nodes,
+                    executors,
+                }
+            }
+        };
         self.create(
             caller,
             Draft {
                 cluster: THRESHOLD_SCOPE.to_string(),
                 quorum: body.quorum,
-                terms: Terms::CreateThresholdKey {
-                    threshold: body.threshold,
-                    hd: body.hd,
-                    clusters: body.clusters,
-                },
+                terms,
                 id,
                 expires_at,
                 approvals: body.approvals,
@@ -75,19 +116,41 @@ impl Cloud {
             Ok(a) => a,
             Err(v) => return self.finish(row, v).await,
         };
-        let Terms::CreateThresholdKey {
-            threshold,
-            hd,
-            clusters,
-        } = row.terms.clone()
-        else {
-            let v = Verdict::Refused(Failure::new(
-                "bad_request_row",
-                "stored request unusable: not a threshold key creation",
-            ));
-            return self.finish(row, v).await;
+        let (threshold, hd, clusters, pinned) = match row.terms.clone() {
+            Terms::CreateThresholdKey {
+                threshold,
+                hd,
+                clusters,
+            } => (threshold, hd, clusters, None),
+            Terms::CreateGroupThresholdKey {
+                threshold,
+                hd,
+                clusters,
+                group,
+                executor_nodes,
+                executors,
+            } => (
+                threshold,
+                hd,
+                clusters,
+                Some((group, executor_nodes, executors)),
+            ),
+            _ => {
+                let v = Verdict::Refused(Failure::new(
+                    "bad_request_row",
+                    "stored request unusable: not a threshold key creation",
+                ));
+                return self.finish(row, v).await;
+            }
         };
-        let participants = match self.keygen_participants(&clusters).await {
+        let chosen = match &pinned {
+            None => self.keygen_participants(&clusters).await,
+            Some((_, nodes, executors)) => {
+                self.pinned_keygen_participants(&clusters, nodes, executors)
+                    .await
+            }
+        };
+        let participants = match chosen {
             Ok(p) => p,
             Err(a) => return self.threshold_failed(row, attempt, a).await,
         };
@@ -103,20 +166,32 @@ impl Cloud {
             participants = %described,
             "key generation starting"
         );
-        let start = encode_request(&Request::ThresholdKeygenStart {
-            meta: RequestMeta {
-                request_id,
-                expires_at: row.expires_at,
+        let meta = RequestMeta {
+            request_id,
+            expires_at: row.expires_at,
+        };
+        let params = ThresholdKeygenParams {
+            threshold,
+            hd,
+            clusters: clusters.clone(),
+            quorum: row.quorum,
+            participants: signers_of(&participants),
+        };
+        let start = encode_request(&match pinned {
+            None => Request::ThresholdKeygenStart {
+                meta,
+                attempt,
+                params,
+                approvals,
             },
-            attempt,
-            params: ThresholdKeygenParams {
-                threshold,
-                hd,
-                clusters: clusters.clone(),
-                quorum: row.quorum,
-                participants: signers_of(&participants),
+            Some((group, _, executors)) => Request::ThresholdGroupKeygenStart {
+                meta,
+                attempt,
+                params,
+                policy: new_wallet_policy(group, row.quorum),
+                executors,
+                approvals,
             },
-            approvals,
         });
         let began = Instant::now();
         let mut st = Session::new(Run::Keygen, session, &participants);

@@ -180,6 +180,66 @@ impl Cloud {
         Ok(Ok(participants))
     }
 
+    /// The participants a key generation's approvals name: `nodes[i]` for share i, whose
+    /// verified device key must still be `executors[i]` (a node re-provisioned with another
+    /// key can never run it: its TEE would refuse, so the request ends here, final). A node
+    /// that cannot be reached fails the attempt without another node taking its place: a
+    /// retry goes to the same nodes, so no second key is ever made.
+    pub(super) async fn pinned_keygen_participants(
+        &self,
+        clusters: &[String],
+        nodes: &[String],
+        executors: &[[u8; 32]],
+    ) -> Result<Vec<Participant>, Abort> {
+        let mut participants = Vec::with_capacity(clusters.len());
+        for (i, ((cluster, node), executor)) in
+            clusters.iter().zip(nodes).zip(executors).enumerate()
+        {
+            let unavailable = |e: CallError| {
+                Abort::new(
+                    &e.code(),
+                    format!("executor {cluster}/{node} of share {i}: {e}"),
+                    vec![cluster.clone()],
+                )
+            };
+            let device = self
+                .clusters
+                .device(cluster, node, false)
+                .await
+                .map_err(unavailable)?;
+            let found = custos_wire::governance::device_key_fingerprint(&device.public_key);
+            if found != Some(*executor) {
+                return Err(Abort {
+                    final_: true,
+                    ..Abort::new(
+                        "executor_changed",
+                        format!(
+                            "node {cluster}/{node}, approved to make share {i} with device key \
+                             {}, now has device key {}",
+                            hex::encode(executor),
+                            found
+                                .map(hex::encode)
+                                .unwrap_or_else(|| "(not P-256)".into())
+                        ),
+                        vec![cluster.clone()],
+                    )
+                });
+            }
+            let chain = self
+                .clusters
+                .device_chain(cluster, node)
+                .await
+                .map_err(unavailable)?;
+            participants.push(Participant {
+                cluster: cluster.clone(),
+                node: node.clone(),
+                share_index: i as u16,
+                chain,
+            });
+        }
+        Ok(participants)
+    }
+
     /// One participant per cluster, in share order: a healthy node of each (its device
     /// chain fetched and verified). Every cluster must take part.
     pub(super) async fn keygen_participants(

@@ -15,6 +15,7 @@
 //!   for up to the session timeout), and a start of an earlier attempt than the running one
 //!   is refused, naming it (a late, stale start).
 
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::*;
 
 use super::{Phase, Work, MAX_DKG_SESSIONS};
@@ -29,13 +30,14 @@ const MAX_FINISHED_KEPT: usize = MAX_DKG_SESSIONS;
 impl<P: Platform> TeeCore<P> {
     /// A start of a key generation whose approved request already made a key here (`made`,
     /// from the consumed request id): that key, if the repeat asks for what was made (same
-    /// terms, this node the same share); otherwise refused naming both.
+    /// terms and approver group, this node the same share); otherwise refused naming both.
     pub(super) fn first_keygen(
         &self,
         meta: &RequestMeta,
         session: &SessionRef,
         made: &[u8],
         params: &ThresholdKeygenParams,
+        policy: Option<&KeyPolicy>,
         my_index: usize,
     ) -> Outcome {
         if self.wallets.contains_key(made) {
@@ -44,7 +46,23 @@ impl<P: Platform> TeeCore<P> {
                 format!("it made wallet {}", crate::wallet::key_hex(made)),
             ));
         }
-        let held = &self.threshold_key(made)?.info;
+        let key = self.threshold_key(made)?;
+        if key.policy.as_ref() != policy {
+            let describe = |p: Option<&KeyPolicy>| match p {
+                Some(p) => format!("policy {}", hex::encode(p.hash())),
+                None => "no policy".to_string(),
+            };
+            return Err(replayed(
+                meta,
+                format!(
+                    "it made {} under {}, this repeat asks for {}",
+                    key_facts(&key.info),
+                    describe(key.policy.as_ref()),
+                    describe(policy)
+                ),
+            ));
+        }
+        let held = &key.info;
         let same = held.origin == ThresholdOrigin::Dkg
             && held.threshold == params.threshold
             && held.chain_code.is_some() == params.hd
