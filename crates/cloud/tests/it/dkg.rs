@@ -262,6 +262,8 @@ impl Sim {
                     .remove(&(cluster.to_string(), session));
                 Ok(Response::ThresholdAborted(session))
             }
+            // Ungoverned clusters, as a real TEE without a log answers.
+            Request::Governance { .. } => Err(TeeError::NotGoverned),
             other => Err(TeeError::InvalidRequest(format!("unexpected {other:?}"))),
         }
     }
