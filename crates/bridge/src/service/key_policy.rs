@@ -93,11 +93,14 @@ impl BridgeService {
         }
         let moved = match answer {
             Some((_, _, true, _)) => {
-                // Durable before anyone hears of the change: a holder that missed it must
-                // stay unrouted after a restart of the bridge or of that node.
+                // Holders that missed it leave routing first, whatever happens next; then
+                // the version is made durable before anyone hears of the change, so that
+                // they stay out after a restart of the bridge or of the node. A failed
+                // write fails the call: its resend gets the same answers and writes again.
+                let moved = self.route_away_until_synced(&key, &seen.applied);
                 self.record_policy(&key, (wanted.version, wanted.hash()))
                     .await?;
-                self.route_away_until_synced(&key, &seen.applied)
+                moved
             }
             _ => Vec::new(),
         };

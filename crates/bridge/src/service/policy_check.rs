@@ -23,13 +23,15 @@ const MAX_CHECKS_PER_PASS: usize = 256;
 /// A key's latest known policy: version and hash.
 pub(super) type PolicyMark = (u32, [u8; 32]);
 
-/// What one node's TEE said of the keys checked.
+/// Longest one pass spends on one node: a slow member cannot hold the check lock for long.
+const MAX_PASS: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What one node's TEE said of the keys checked: the policy it enforces for each (`None`:
+/// it lacks the key). Judged against the recorded policy only when applied (`settle`), so
+/// that a change recorded while the TEE was being asked is not missed.
 #[derive(Default)]
 struct Verdicts {
-    confirmed: Vec<Vec<u8>>,
-    behind: Vec<Vec<u8>>,
-    /// Keys whose TEE holds a later policy than recorded (a change the bridge did not see).
-    ahead: Vec<(Vec<u8>, PolicyMark)>,
+    answers: Vec<(Vec<u8>, Option<PolicyMark>)>,
     unanswered: usize,
 }
 
@@ -58,9 +60,21 @@ impl BridgeService {
         keys.into_iter().partition(|k| !policies.contains_key(k))
     }
 
-    /// Records that `key` is now under `mark` (durably, before the caller answers anyone),
-    /// unless a later version is known already.
+    /// Records that `key` is now under `mark`, unless a later version is known already: in
+    /// memory first, so that routing holds every holder to it at once even if the database
+    /// write then fails (the caller reports that failure), then durably.
     pub(super) async fn record_policy(&self, key: &[u8], mark: PolicyMark) -> Result<(), Status> {
+        {
+            let mut policies = self
+                .state
+                .policies
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let entry = policies.entry(key.to_vec()).or_insert(mark);
+            if entry.0 < mark.0 {
+                *entry = mark;
+            }
+        }
         self.state
             .db
             .record_key_policy(&KeyPolicyRecord {
@@ -69,17 +83,7 @@ impl BridgeService {
                 hash: mark.1,
             })
             .await
-            .map_err(|e| Status::unavailable(format!("key policy not recorded: {e}")))?;
-        let mut policies = self
-            .state
-            .policies
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let entry = policies.entry(key.to_vec()).or_insert(mark);
-        if entry.0 < mark.0 {
-            *entry = mark;
-        }
-        Ok(())
+            .map_err(|e| Status::unavailable(format!("key policy not recorded: {e}")))
     }
 
     /// Asks `node`'s TEE the policy of each key waiting in its `checking` set and moves each
@@ -102,33 +106,24 @@ impl BridgeService {
             return;
         }
         let mut v = Verdicts::default();
+        let started = Instant::now();
         for key in keys {
-            let want = self
-                .state
-                .policies
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .copied();
+            if started.elapsed() > MAX_PASS {
+                break;
+            }
             let asked = Request::GetKeyPolicy {
                 key_id: key.clone(),
             };
-            match (self.node_outcome(node, &asked).await, want) {
-                (_, None) => v.confirmed.push(key),
-                (Some(Ok(Response::KeyPolicy { policy, hash, .. })), Some((version, h))) => {
-                    if policy.version > version {
-                        v.ahead.push((key.clone(), (policy.version, hash)));
-                        v.confirmed.push(key);
-                    } else if policy.version == version && hash == h {
-                        v.confirmed.push(key);
-                    } else {
-                        v.behind.push(key);
-                    }
+            match self.node_outcome(node, &asked).await {
+                Some(Ok(Response::KeyPolicy { policy, hash, .. })) => {
+                    v.answers.push((key, Some((policy.version, hash))))
                 }
-                (Some(Err(e)), _) if node_lacks_key(&e) => v.behind.push(key),
-                // Unreachable, slow or refusing: the rest waits for the next pass rather
-                // than each key waiting out its own timeout.
-                _ => {
+                Some(Err(e)) if node_lacks_key(&e) => v.answers.push((key, None)),
+                // A refusal of this key: it stays waiting, the others are asked.
+                Some(_) => v.unanswered += 1,
+                // Unreachable or slow: the rest waits for the next pass rather than each
+                // key waiting out its own timeout.
+                None => {
                     v.unanswered += 1;
                     break;
                 }
@@ -137,20 +132,45 @@ impl BridgeService {
         self.settle(node, v).await;
     }
 
-    /// Applies one node's verdicts to the routing table and writes one history row when any
-    /// key was found behind or ahead.
+    /// Applies one node's verdicts to the routing table, against the policies recorded now,
+    /// and writes one history row when any key was found behind or ahead.
     async fn settle(&self, node: &str, v: Verdicts) {
-        let mut recorded = Vec::new();
-        for (key, mark) in &v.ahead {
-            // The other holders were confirmed against the older version: they are checked
-            // again against this one.
+        // Keys whose TEE holds a later policy than recorded (a change the bridge did not
+        // see): recorded first, so the judgement below uses them.
+        let recorded: Vec<(Vec<u8>, PolicyMark)> = {
+            let policies = self
+                .state
+                .policies
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            v.answers
+                .iter()
+                .filter_map(|(k, seen)| {
+                    let seen = (*seen)?;
+                    let known = policies.get(k).copied();
+                    known
+                        .is_some_and(|r| seen.0 > r.0)
+                        .then(|| (k.clone(), seen))
+                })
+                .collect()
+        };
+        let mut ahead = Vec::new();
+        for (key, mark) in &recorded {
             if self.record_policy(key, *mark).await.is_ok() {
-                recorded.push(key.clone());
+                ahead.push(key.clone());
             }
         }
+        let mut behind = Vec::new();
+        let mut confirmed = 0usize;
         {
             let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
-            for key in &recorded {
+            let policies = self
+                .state
+                .policies
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            // The other holders were confirmed against an older version: checked again.
+            for key in &ahead {
                 for (name, n) in nodes.iter_mut() {
                     if name != node && n.held.remove(key) {
                         n.checking.insert(key.clone());
@@ -160,22 +180,29 @@ impl BridgeService {
             let Some(n) = nodes.get_mut(node) else {
                 return;
             };
-            for key in &v.confirmed {
-                if n.checking.remove(key) {
-                    n.missing.remove(key);
-                    n.held.insert(key.clone());
+            for (key, seen) in v.answers {
+                if !n.checking.remove(&key) {
+                    continue;
                 }
-            }
-            for key in &v.behind {
-                if n.checking.remove(key) {
+                let up_to_date = match (seen, policies.get(&key)) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(s), Some(r)) => s.0 > r.0 || *r == s,
+                };
+                if up_to_date {
+                    confirmed += 1;
+                    n.missing.remove(&key);
+                    n.held.insert(key);
+                } else {
                     n.missing.insert(key.clone());
+                    behind.push(key);
                 }
             }
         }
-        if !v.behind.is_empty() {
+        if !behind.is_empty() {
             self.state.sync_trigger.notify_one();
         }
-        if v.behind.is_empty() && v.ahead.is_empty() {
+        if behind.is_empty() && ahead.is_empty() {
             return;
         }
         // A few names and the count: the row stays small whatever the number of keys.
@@ -183,19 +210,17 @@ impl BridgeService {
             let named: Vec<String> = keys.iter().take(8).map(hex::encode).collect();
             format!("{} {named:?}", keys.len())
         };
-        let ahead: Vec<Vec<u8>> = v.ahead.iter().map(|(k, _)| k.clone()).collect();
         let _ = self
             .log(NewEntry {
                 kind: "policy-check".into(),
                 actor: "bridge".into(),
                 node: Some(node.to_string()),
-                outcome: if v.behind.is_empty() { "ok" } else { "behind" }.into(),
+                outcome: if behind.is_empty() { "ok" } else { "behind" }.into(),
                 detail: format!(
-                    "{} key(s) confirmed; behind the recorded policy (not routed, fetched \
-                     again by sync): {}; ahead of it (recorded, other holders checked \
+                    "{confirmed} key(s) confirmed; behind the recorded policy (not routed, \
+                     fetched again by sync): {}; ahead of it (recorded, other holders checked \
                      again): {}; {} unanswered",
-                    v.confirmed.len(),
-                    hexes(&v.behind),
+                    hexes(&behind),
                     hexes(&ahead),
                     v.unanswered
                 ),

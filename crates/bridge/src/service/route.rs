@@ -9,10 +9,9 @@ impl BridgeService {
     pub(super) fn candidates(&self, d: &Described, pinned: &str) -> Vec<String> {
         let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
         if !pinned.is_empty() {
-            return if nodes.contains_key(pinned) {
-                vec![pinned.to_string()]
-            } else {
-                Vec::new()
+            return match nodes.get(pinned) {
+                Some(n) if !self.behind_policy(n, d) => vec![pinned.to_string()],
+                _ => Vec::new(),
             };
         }
         let eligible = |n: &NodeEntry| match (&d.key_id, d.any_node) {
@@ -51,6 +50,22 @@ impl BridgeService {
         }
         healthy.extend(rest);
         healthy
+    }
+
+    /// Whether `n` must not be sent `d` even when the caller names it: `d` carries approvals
+    /// for a key whose policy changed, and `n`'s TEE is not known to enforce the change
+    /// (waiting for its check, or found behind). Requests without approvals (reads) pass.
+    fn behind_policy(&self, n: &NodeEntry, d: &Described) -> bool {
+        let Some(k) = d.key_id.as_ref().filter(|_| !d.approvers.is_empty()) else {
+            return false;
+        };
+        let changed = self
+            .state
+            .policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(k);
+        changed && (n.checking.contains(k) || n.missing.contains(k))
     }
 
     pub(super) fn node_client(&self, name: &str) -> Option<(VaultNodeClient<Channel>, Vec<u8>)> {

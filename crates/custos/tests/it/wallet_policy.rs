@@ -247,6 +247,27 @@ fn a_holder_that_missed_a_group_change_is_not_routed_the_key() {
         let old = policy_on(&mut link, &key, NODES[1]).await.expect("held");
         assert_eq!(old.version, 1, "node2 was down during the change");
 
+        // Alice's approval sent straight to node2 through the link (a relay-token holder
+        // naming the node) is not delivered either.
+        let meta = custos::ops::new_meta(600);
+        let digest = [0x33; 32];
+        let action = custos_wire::approval::Action::Sign {
+            key_id: &key,
+            path: &[0],
+            digest: &digest,
+        };
+        let pinned = Request::Sign {
+            meta: meta.clone(),
+            key_id: key.clone(),
+            path: vec![0],
+            digest,
+            approvals: custos::ops::approvals(&[&alice], DC, &meta, &action).unwrap(),
+        };
+        let e = submit_with_chain(&mut link, &pinned, NODES[1])
+            .await
+            .expect_err("a node behind the key's policy was sent an approval");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+
         // Alice asks to sign: the only node up is node2, which must not be routed the key.
         let attempt = sign(&client, &root_id, &alice).await;
         assert_ne!(attempt.status, RequestStatus::Completed, "{attempt:?}");
