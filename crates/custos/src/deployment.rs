@@ -359,7 +359,14 @@ pub async fn create_threshold_key(
 ) -> Result<RequestView, ClusterError> {
     let mut view = client
         .create_threshold_key(&custos_cloud_api::CreateThresholdKeyBody {
-            group: None,
+            // The approvers are the key's group: its approvals then name the node that
+            // makes each share (required once a cluster is governed).
+            group: Some(
+                admins
+                    .iter()
+                    .map(|a| hex::encode(a.key_fingerprint()))
+                    .collect(),
+            ),
             clusters: clusters.iter().map(|c| c.to_string()).collect(),
             threshold,
             quorum,

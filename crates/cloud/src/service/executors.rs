@@ -159,7 +159,7 @@ impl Cloud {
     /// was read just now: read anew when `refresh`, when never read, after a governance
     /// request completed, or after [`KNOWN_LOG_TTL_MS`]. Read through the bridge's routing
     /// (not from the node being judged, which could be the impostor itself).
-    async fn known_log(
+    pub(super) async fn known_log(
         &self,
         cluster: &str,
         refresh: bool,

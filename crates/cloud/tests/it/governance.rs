@@ -389,3 +389,39 @@ async fn a_pinned_genesis_is_the_only_log_believed() {
     assert_eq!(code(e), "invalid_governance");
     s.stop().await;
 }
+
+/// Once one of its clusters is governed, a threshold key is created only with an approver
+/// group: without one its approvals would name no executing node, and a retried attempt
+/// could make the key's share on another node (a second key under the same approvals).
+#[tokio::test]
+async fn a_governed_cluster_makes_threshold_keys_only_with_a_group() {
+    let s = TestServer::start().await;
+    let body = |group: Option<Vec<String>>| CreateThresholdKeyBody {
+        group,
+        clusters: vec!["dc1".into(), "dc2".into()],
+        threshold: 2,
+        quorum: 2,
+        hd: true,
+        request_id: None,
+        expires_at: None,
+        approvals: vec![],
+    };
+    // Ungoverned: the legacy creation is still proposed.
+    s.client.create_threshold_key(&body(None)).await.unwrap();
+    govern(&s, "dc1", &["node1", "node2"]).await;
+    let e = s
+        .client
+        .create_threshold_key(&body(None))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("dc1 is governed"), "{e}");
+    assert_eq!(code(e), "invalid_group");
+    let view = s
+        .client
+        .create_threshold_key(&body(Some(vec![fp(&s, "alice"), fp(&s, "bob")])))
+        .await
+        .unwrap();
+    assert_eq!(view.status, RequestStatus::PendingApproval, "{view:?}");
+    assert_eq!(view.executors.as_ref().map(Vec::len), Some(2), "{view:?}");
+    s.stop().await;
+}

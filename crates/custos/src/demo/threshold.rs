@@ -234,9 +234,15 @@ impl Demo {
                 sets
             }
         };
+        // Every node of a cluster gets its cluster's set: the cloud server names which node
+        // makes each share (round-robin), and a cluster's nodes never take part in one
+        // session together, so they need not differ.
         for (i, c) in ["dc1", "dc2", "dc3"].iter().enumerate() {
             let one = Zeroizing::new(serde_json::to_vec(&[&sets[i]])?);
-            self.dep.provide_tee_primes(c, 0, &one)?;
+            let nodes = self.dep.cluster(c).map_or(0, |k| k.nodes.len());
+            for n in 0..nodes {
+                self.dep.provide_tee_primes(c, n, &one)?;
+            }
         }
         drop(sets);
         rt.block_on(async {
@@ -244,7 +250,7 @@ impl Demo {
             self.steps.ok(
                 "threshold-dkg-primes",
                 format!(
-                    "one Paillier primes set sealed into dc1-node1, dc2-node1 and dc3-node1's TEEs \
+                    "one Paillier primes set per cluster sealed into each of its nodes' TEEs \
                      ({primes_note}) in {:.1} s",
                     t_primes.elapsed().as_secs_f64()
                 ),

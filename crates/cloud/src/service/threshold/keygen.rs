@@ -61,6 +61,23 @@ impl Cloud {
                 ));
             }
         }
+        if group.is_none() {
+            // A key without a group names no executing nodes: once a cluster is governed,
+            // an attempt retried on another of its nodes could make a second key under the
+            // same approvals (issue 12 item 5), and any governor would count for its use.
+            for c in &body.clusters {
+                if self.known_log(c, false).await?.0.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidGroup,
+                        format!(
+                            "cluster {c} is governed: a threshold key made there names its \
+                             approver group (`group`), so that its approvals bind the node \
+                             that makes each share"
+                        ),
+                    ));
+                }
+            }
+        }
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
         let terms = match group {
