@@ -330,6 +330,32 @@ fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
         }
     }
 
+    // Each bridge's own history: every keygen start it passed on (one per attempt) went to
+    // its executor.
+    for (c, executor) in CLUSTERS.iter().zip(&executors) {
+        let db_url = dep.cluster(c).unwrap().db_url.clone();
+        let history = rt.block_on(async {
+            let db = custos_metadata::MetadataDb::connect(&db_url).await.unwrap();
+            db.history(0, 10_000).await.unwrap()
+        });
+        // (Its "received" entries name no node yet: each sent one is recorded again.)
+        let starts: Vec<_> = history
+            .iter()
+            .filter(|e| e.kind == "threshold-keygen-start" && e.node.is_some())
+            .collect();
+        eprintln!(
+            "{c}: keygen starts {:?}",
+            starts
+                .iter()
+                .map(|e| (e.node.as_deref(), e.outcome.as_str()))
+                .collect::<Vec<_>>()
+        );
+        assert!(starts.len() >= 2, "{c}: {starts:?}");
+        for e in &starts {
+            assert_eq!(e.node.as_deref(), Some(executor.as_str()), "{c}: {e:?}");
+        }
+    }
+
     // Every TEE, asked directly: at most one share each, of one key, each its own
     // cluster's share. (A cluster's other node may hold a copy of its executor's share:
     // the bridge has its nodes sync once the cut node is healthy again. A copy is no second
