@@ -188,8 +188,9 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
 /// reply leaving after the TEE holds the share). The attempt fails; the retry runs on the
 /// nodes pinned at proposal, never on dc1's other node (which a naive retry, picking any
 /// healthy node, would use and so make a second key). The request ends completed with the
-/// one key or failed cleanly; no TEE holds more than one share, only the executors hold any,
-/// and the cloud server records at most that key.
+/// one key or failed cleanly; no TEE holds more than one share, all of one key, each its
+/// own cluster's (a node may hold a synced copy of its executor's), no session ran on any
+/// other node, and the cloud server records at most that key.
 #[test]
 fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
     use crate::common::proxy::ReplyDropper;
