@@ -181,3 +181,234 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
         began.elapsed().as_secs_f64()
     );
 }
+
+/// One approval, one effect, for distributed key generation (issue 12 item 5): a group key
+/// generation whose executor in dc1 stores its share and then has the answer lost between
+/// its node server and the bridge (a proxy in front of the node server drops the first
+/// reply leaving after the TEE holds the share). The attempt fails; the retry runs on the
+/// nodes pinned at proposal, never on dc1's other node (which a naive retry, picking any
+/// healthy node, would use and so make a second key). The request ends completed with the
+/// one key or failed cleanly; no TEE holds more than one share, all of one key, each its
+/// own cluster's (a node may hold a synced copy of its executor's), no session ran on any
+/// other node, and the cloud server records at most that key.
+#[test]
+fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
+    use crate::common::proxy::ReplyDropper;
+    use custos_cloud_api::CreateThresholdKeyBody;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::{Arc, Mutex};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dep = three_clusters(tmp.path(), 2, 3600);
+    // Set i for every node of cluster i: only one node per cluster executes, so no session
+    // ever meets the same Paillier primes twice in aux-info. The spare set 3 lets dc2 and
+    // dc3 start the retry (their first set goes with the aborted attempt); that retry
+    // cannot reach aux-info without dc1, so sharing it is harmless.
+    let sets = fixture_sets();
+    for (i, c) in CLUSTERS.iter().enumerate() {
+        let one = serde_json::to_vec(&[&sets[i], &sets[3]]).unwrap();
+        for n in 0..2 {
+            dep.provide_tee_primes(c, n, &one).unwrap();
+        }
+    }
+    let alice = dep.admin("alice").unwrap();
+    let client = dep.client().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Both of dc1's nodes behind proxies: whichever executes, its answer can be lost.
+    let proxies = rt.block_on(async { [ReplyDropper::start().await, ReplyDropper::start().await] });
+    let dc1 = dep.cluster_mut(CLUSTERS[0]).unwrap();
+    for (i, proxy) in proxies.iter().enumerate() {
+        dc1.advertise_node(i, proxy.addr).unwrap();
+        proxy.set_upstream(dc1.nodes[i].addr.unwrap());
+    }
+    let advertised: BTreeSet<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = client.cluster(CLUSTERS[0]).await.unwrap();
+            let endpoints: BTreeSet<String> = s.nodes.iter().map(|n| n.endpoint.clone()).collect();
+            if endpoints == advertised && s.nodes.iter().all(|n| n.healthy) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes not behind their proxies: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    rt.block_on(wait_healthy(&client, &CLUSTERS, Duration::from_secs(30)))
+        .unwrap();
+
+    let view = rt
+        .block_on(client.create_threshold_key(&CreateThresholdKeyBody {
+            group: Some(vec![hex::encode(alice.key_fingerprint())]),
+            clusters: CLUSTERS.iter().map(|c| c.to_string()).collect(),
+            threshold: 2,
+            quorum: 1,
+            hd: true,
+            request_id: None,
+            expires_at: None,
+            approvals: Vec::new(),
+        }))
+        .unwrap();
+    let executors: Vec<String> = view
+        .target_node
+        .as_deref()
+        .expect("executing nodes named")
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(executors.len(), CLUSTERS.len(), "{view:?}");
+    let position = |c: &str, node: &str| {
+        dep.cluster(c)
+            .unwrap()
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .unwrap_or_else(|| panic!("{node} is no node of {c}"))
+    };
+    let dc1_executor = position(CLUSTERS[0], &executors[0]);
+
+    // Lose the answer dc1's executor sends once its TEE has stored the share: the moment a
+    // retry elsewhere would make a second key.
+    let tee = Mutex::new(
+        dep.cluster(CLUSTERS[0]).unwrap().nodes[dc1_executor]
+            .tee
+            .client()
+            .unwrap(),
+    );
+    proxies[dc1_executor].arm_when(Arc::new(move || {
+        matches!(
+            tee.lock().unwrap().call(&Request::ListThresholdKeys),
+            Ok(Response::ThresholdKeys(held)) if !held.is_empty()
+        )
+    }));
+    let settled = |id: &str, limit: Duration| {
+        rt.block_on(async {
+            let deadline = Instant::now() + limit;
+            loop {
+                let v = client.request(id).await.unwrap();
+                if v.status != RequestStatus::Submitting {
+                    break v;
+                }
+                assert!(Instant::now() < deadline, "still submitting: {v:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    rt.block_on(approve(&client, &alice, &view.id)).unwrap();
+    let first = settled(&view.id, Duration::from_secs(120));
+    assert_eq!(proxies[dc1_executor].dropped(), 1, "{first:?}");
+    eprintln!(
+        "after the lost answer: {:?} {:?}",
+        first.status, first.error
+    );
+    // A lost answer is no refusal: the attempt failed and may be retried.
+    assert_eq!(first.status, RequestStatus::Failed, "{first:?}");
+    proxies[dc1_executor].disarm();
+    rt.block_on(client.retry(&view.id)).unwrap();
+    let done = settled(&view.id, Duration::from_secs(120));
+    eprintln!(
+        "after the retry: {:?} {:?} result {:?}",
+        done.status, done.error, done.result
+    );
+    for e in &done.events {
+        eprintln!("  {} {}", e.event, e.detail);
+    }
+
+    // Every attempt ran on the pinned executors.
+    let sessions: Vec<&str> = done
+        .events
+        .iter()
+        .filter(|e| e.event == "session")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(sessions.len() >= 2, "{:?}", done.events);
+    for s in &sessions {
+        for (c, node) in CLUSTERS.iter().zip(&executors) {
+            assert!(s.contains(&format!("{c}/{node} ")), "moved: {s}");
+        }
+    }
+
+    // Each bridge's own history: every keygen start it passed on (one per attempt) went to
+    // its executor.
+    for (c, executor) in CLUSTERS.iter().zip(&executors) {
+        let db_url = dep.cluster(c).unwrap().db_url.clone();
+        let history = rt.block_on(async {
+            let db = custos_metadata::MetadataDb::connect(&db_url).await.unwrap();
+            db.history(0, 10_000).await.unwrap()
+        });
+        // (Its "received" entries name no node yet: each sent one is recorded again.)
+        let starts: Vec<_> = history
+            .iter()
+            .filter(|e| e.kind == "threshold-keygen-start" && e.node.is_some())
+            .collect();
+        eprintln!(
+            "{c}: keygen starts {:?}",
+            starts
+                .iter()
+                .map(|e| (e.node.as_deref(), e.outcome.as_str()))
+                .collect::<Vec<_>>()
+        );
+        assert!(starts.len() >= 2, "{c}: {starts:?}");
+        for e in &starts {
+            assert_eq!(e.node.as_deref(), Some(executor.as_str()), "{c}: {e:?}");
+        }
+    }
+
+    // Every TEE, asked directly: at most one share each, of one key, each its own
+    // cluster's share. (A cluster's other node may hold a copy of its executor's share:
+    // the bridge has its nodes sync once the cut node is healthy again. A copy is no second
+    // key; a node that ran a session of its own would have shown in the events above.)
+    let mut held: BTreeMap<String, Vec<ThresholdKeyInfo>> = BTreeMap::new();
+    for (i, c) in CLUSTERS.iter().enumerate() {
+        for node in &dep.cluster(c).unwrap().nodes {
+            let mut tee = node.tee.client().unwrap();
+            let Response::ThresholdKeys(keys) = tee.call(&Request::ListThresholdKeys).unwrap()
+            else {
+                panic!("expected the threshold key list");
+            };
+            assert!(keys.len() <= 1, "{}: {keys:?}", node.name);
+            for k in &keys {
+                assert_eq!(usize::from(k.share_index), i, "{}: {k:?}", node.name);
+            }
+            held.insert(node.name.clone(), keys);
+        }
+    }
+    assert_eq!(held[&executors[0]].len(), 1, "the lost answer's share");
+    let key_ids: BTreeSet<String> = held
+        .values()
+        .flatten()
+        .map(|k| hex::encode(&k.key_id))
+        .collect();
+    assert_eq!(key_ids.len(), 1, "{held:?}");
+    let recorded = rt.block_on(client.threshold_keys()).unwrap().keys;
+    match done.status {
+        RequestStatus::Completed => {
+            let Some(RequestResult::ThresholdKey(made)) = &done.result else {
+                panic!("no key: {done:?}");
+            };
+            assert_eq!(key_ids, BTreeSet::from([made.key_id.clone()]));
+            let made_on: Vec<&str> = made.shares.iter().map(|s| s.node.as_str()).collect();
+            assert_eq!(made_on, executors);
+            for e in &executors {
+                assert_eq!(held[e].len(), 1, "{e}: {held:?}");
+            }
+            assert_eq!(recorded.len(), 1, "{recorded:?}");
+            assert_eq!(recorded[0].key_id, made.key_id);
+        }
+        RequestStatus::Failed | RequestStatus::Refused => {
+            let error = done.error.as_ref().expect("a failure says why");
+            // dc1 answered the retry with the key it holds, starting no second session: the
+            // retry stalls waiting for dc2 and dc3 only.
+            let (_, waiting) = error
+                .message
+                .split_once("not finished: ")
+                .unwrap_or_else(|| panic!("the retry did not stall: {error:?}"));
+            assert!(!waiting.contains(CLUSTERS[0]), "{error:?}");
+            assert!(recorded.is_empty(), "{recorded:?}");
+        }
+        other => panic!("ended {other:?}: {done:?}"),
+    }
+}

@@ -15,14 +15,19 @@ const BIG_REQUEST: usize = 512;
 /// flow-control and settings frames are a few bytes.
 const BIG_REPLY: usize = 100;
 
+/// Decides, while an answer is held back, whether it is the one to lose.
+pub type Trigger = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Forwards every connection to `upstream`. Once armed, the first reply that follows a big
-/// request on a connection is discarded and that connection cut (both ways), after which
-/// the proxy forwards faithfully again.
+/// request on a connection (or, armed with a [`Trigger`], the first big reply for which it
+/// holds) is discarded and that connection cut (both ways), after which the proxy forwards
+/// faithfully again.
 pub struct ReplyDropper {
     /// Where clients connect.
     pub addr: SocketAddr,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
     armed: Arc<AtomicBool>,
+    trigger: Arc<Mutex<Option<Trigger>>>,
     dropped: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -34,8 +39,14 @@ impl ReplyDropper {
         let addr = listener.local_addr().unwrap();
         let upstream = Arc::new(Mutex::new(None));
         let armed = Arc::new(AtomicBool::new(false));
+        let trigger = Arc::new(Mutex::new(None));
         let dropped = Arc::new(AtomicUsize::new(0));
-        let (up, arm, drops) = (upstream.clone(), armed.clone(), dropped.clone());
+        let (up, arm, when, drops) = (
+            upstream.clone(),
+            armed.clone(),
+            trigger.clone(),
+            dropped.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Some(target) = *up.lock().unwrap() else {
@@ -44,13 +55,20 @@ impl ReplyDropper {
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
-                tokio::spawn(relay(client, server, arm.clone(), drops.clone()));
+                tokio::spawn(relay(
+                    client,
+                    server,
+                    arm.clone(),
+                    when.clone(),
+                    drops.clone(),
+                ));
             }
         });
         ReplyDropper {
             addr,
             upstream,
             armed,
+            trigger,
             dropped,
             task,
         }
@@ -66,9 +84,18 @@ impl ReplyDropper {
         self.armed.store(true, Ordering::SeqCst);
     }
 
+    /// Loses the first big reply for which `trigger` holds, whatever the request was: an
+    /// answer is chosen by what its sending has already done (the proxy sees only TLS),
+    /// e.g. "the TEE behind this node has stored the key", checked while the reply waits.
+    pub fn arm_when(&self, trigger: Trigger) {
+        *self.trigger.lock().unwrap() = Some(trigger);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
     /// Loses nothing more.
     pub fn disarm(&self) {
         self.armed.store(false, Ordering::SeqCst);
+        *self.trigger.lock().unwrap() = None;
     }
 
     /// Replies lost so far.
@@ -87,6 +114,7 @@ async fn relay(
     client: TcpStream,
     server: TcpStream,
     armed: Arc<AtomicBool>,
+    trigger: Arc<Mutex<Option<Trigger>>>,
     dropped: Arc<AtomicUsize>,
 ) {
     let (mut client_rx, mut client_tx) = client.into_split();
@@ -116,12 +144,21 @@ async fn relay(
                 Ok(n) => n,
             };
             // Flow-control frames (a few bytes) may precede the answer: only an answer counts.
-            if n >= BIG_REPLY
-                && big_request.swap(false, Ordering::SeqCst)
-                && armed.swap(false, Ordering::SeqCst)
-            {
-                dropped.fetch_add(1, Ordering::SeqCst);
-                return;
+            if n >= BIG_REPLY {
+                let answers_big = big_request.swap(false, Ordering::SeqCst);
+                let when = trigger.lock().unwrap().clone();
+                let hit = match when {
+                    _ if !armed.load(Ordering::SeqCst) => false,
+                    None => answers_big,
+                    // The trigger may block (a TEE call): the reply waits for its verdict.
+                    Some(t) => tokio::task::spawn_blocking(move || t())
+                        .await
+                        .unwrap_or(false),
+                };
+                if hit && armed.swap(false, Ordering::SeqCst) {
+                    dropped.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
             }
             if client_tx.write_all(&buf[..n]).await.is_err() {
                 return;
