@@ -185,7 +185,8 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
                 // Half of the terms would be a message the TEE never checks.
                 _ => {
                     return Err(format!(
-                        "request {} names an approver group without executors, or executors                          without a group",
+                        "request {} names an approver group without executors, or executors \
+                         without a group",
                         view.id
                     ))
                 }

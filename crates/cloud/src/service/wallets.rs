@@ -106,11 +106,14 @@ impl Cloud {
         let mut unusable = Vec::new();
         let mut chosen = None;
         for node in healthy {
-            let device_key = self
-                .clusters
-                .device_key(&body.cluster, node, false)
-                .await
-                .map_err(call_api_error)?;
+            // A node whose chain cannot be read is passed over, not the whole import.
+            let device_key = match self.clusters.device_key(&body.cluster, node, false).await {
+                Ok(k) => k,
+                Err(e) => {
+                    unusable.push(format!("{node}: {e}"));
+                    continue;
+                }
+            };
             let Some(fp) = device_key_fingerprint(&device_key) else {
                 unusable.push(format!("{node}: device key is not P-256"));
                 continue;
