@@ -633,27 +633,42 @@ fn check_group(group: &[[u8; 32]], quorum: u8) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Reads a list of lower-case hex 32-byte strings, at most `max` long (`what` names the
+/// items in the refusal).
+fn read_fingerprints<'de, D: Deserializer<'de>>(
+    d: D,
+    max: usize,
+    what: &str,
+) -> Result<Vec<[u8; 32]>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    if texts.len() > max {
+        return Err(serde::de::Error::custom(format!("too many {what}")));
+    }
+    texts
+        .iter()
+        .map(|t| {
+            let b = hex::decode(t).map_err(serde::de::Error::custom)?;
+            <[u8; 32]>::try_from(b)
+                .map_err(|_| serde::de::Error::custom("a fingerprint is 32 bytes"))
+        })
+        .collect()
+}
+
+/// Writes 32-byte strings as a list of lower-case hex.
+fn write_fingerprints<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(hex::encode))
+}
+
 /// Lists of 32-byte strings as lists of lower-case hex, at most [`MAX_GROUP`] long.
 mod hex_list {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(hex::encode))
+        write_fingerprints(v, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
-        let texts = Vec::<String>::deserialize(d)?;
-        if texts.len() > MAX_GROUP {
-            return Err(serde::de::Error::custom("too many fingerprints"));
-        }
-        texts
-            .iter()
-            .map(|t| {
-                let b = hex::decode(t).map_err(serde::de::Error::custom)?;
-                <[u8; 32]>::try_from(b)
-                    .map_err(|_| serde::de::Error::custom("a fingerprint is 32 bytes"))
-            })
-            .collect()
+        read_fingerprints(d, MAX_GROUP, "fingerprints")
     }
 }
 
@@ -664,22 +679,11 @@ mod fingerprint_list {
     use custos_wire::threshold::MAX_THRESHOLD_PARTIES;
 
     pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(hex::encode))
+        write_fingerprints(v, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
-        let texts = Vec::<String>::deserialize(d)?;
-        if texts.len() > MAX_THRESHOLD_PARTIES {
-            return Err(serde::de::Error::custom("too many executors"));
-        }
-        texts
-            .iter()
-            .map(|t| {
-                let b = hex::decode(t).map_err(serde::de::Error::custom)?;
-                <[u8; 32]>::try_from(b)
-                    .map_err(|_| serde::de::Error::custom("a fingerprint is 32 bytes"))
-            })
-            .collect()
+        read_fingerprints(d, MAX_THRESHOLD_PARTIES, "executors")
     }
 }
 

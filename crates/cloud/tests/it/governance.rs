@@ -5,6 +5,7 @@
 
 use custos_cloud_api::*;
 use custos_test_kit::*;
+use custos_wire::protocol::TeeError;
 
 /// Approves `view` as test admin `i` with the message recomputed from the view.
 async fn approve(s: &TestServer, view: &RequestView, i: usize) -> Result<RequestView, String> {
@@ -181,6 +182,24 @@ async fn govern(s: &TestServer, cluster: &str, members: &[&str]) {
     assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
 }
 
+/// Has the bridge relay an impostor for dc1's node1 (a key of its own under a genuine
+/// Cluster-CA certificate for the name), refusing every request with `refusal`; returns the
+/// impostor's key fingerprint.
+fn relay_impostor(
+    s: &TestServer,
+    refusal: impl Fn(&custos_wire::protocol::Request) -> TeeError + Send + Sync + 'static,
+) -> [u8; 32] {
+    let tee = s.pki.scripted_tee("dc1", "node1");
+    let key = custos_test_kit::governance::member(&s.pki, &tee.chain).key_fingerprint;
+    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
+        cluster: "dc1".into(),
+        node: "node1".into(),
+        tee,
+        script: std::sync::Arc::new(move |_, _, _, request| Err(refusal(&request))),
+    });
+    key
+}
+
 /// Once governed, a wallet is created only by a current member: node2 of dc1, serving and
 /// certified by the Cluster CA but left out of the genesis, is never chosen and cannot be
 /// named as the executor (an impostor registered by a bridge would be such a node).
@@ -234,17 +253,8 @@ async fn an_impostor_under_a_members_name_never_executes() {
         .create_wallet(&s.wallet_body("dc1", 1, 1))
         .await
         .unwrap();
-    let impostor = s.pki.scripted_tee("dc1", "node1");
-    let impostor_key = custos_test_kit::governance::member(&s.pki, &impostor.chain).key_fingerprint;
-    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
-        cluster: "dc1".into(),
-        node: "node1".into(),
-        tee: impostor,
-        script: std::sync::Arc::new(|_, _, _, request| {
-            Err(custos_wire::protocol::TeeError::InvalidRequest(format!(
-                "impostor: {request:?}"
-            )))
-        }),
+    let impostor_key = relay_impostor(&s, |request| {
+        TeeError::InvalidRequest(format!("impostor: {request:?}"))
     });
 
     let (mut body, message) = s.presigned_wallet("dc1", 1, 1, "node1");
@@ -281,15 +291,8 @@ async fn an_import_is_never_sealed_to_an_impostor() {
         .create_wallet(&s.wallet_body("dc1", 1, 1))
         .await
         .unwrap();
-    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
-        cluster: "dc1".into(),
-        node: "node1".into(),
-        tee: s.pki.scripted_tee("dc1", "node1"),
-        script: std::sync::Arc::new(|_, _, _, request| {
-            Err(custos_wire::protocol::TeeError::InvalidRequest(format!(
-                "impostor: {request:?}"
-            )))
-        }),
+    relay_impostor(&s, |request| {
+        TeeError::InvalidRequest(format!("impostor: {request:?}"))
     });
     let (mut body, message) = s.presigned_wallet("dc1", 1, 1, "node1");
     body.approvals = vec![s.pki.approve(0, &message)];
@@ -340,13 +343,7 @@ async fn a_pinned_genesis_is_the_only_log_believed() {
             }
         }
     };
-    let impostor = s.pki.scripted_tee("dc1", "node1");
-    *s.gateway.impostor.lock().unwrap() = Some(Impostor {
-        cluster: "dc1".into(),
-        node: "node1".into(),
-        tee: impostor,
-        script: std::sync::Arc::new(|_, _, _, _| Err(custos_wire::protocol::TeeError::NotGoverned)),
-    });
+    relay_impostor(&s, |_| TeeError::NotGoverned);
     // Unpinned, a fresh server takes the impostor's word.
     let s = s.restart_configured(|_| {}).await;
     assert_eq!(
