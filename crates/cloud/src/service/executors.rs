@@ -22,6 +22,9 @@ pub(super) struct KnownLog {
     /// A log was verified or applied through this server: a cluster never leaves governed
     /// mode, so a later "no log" can only come from a node that is no member.
     governed: bool,
+    /// Governance requests completed so far: a read that began before the latest one may
+    /// show the log without it, and is used once but not kept as fresh.
+    changes: u64,
 }
 
 /// The node chosen to execute a wallet creation.
@@ -165,7 +168,7 @@ impl Cloud {
         refresh: bool,
     ) -> Result<(Option<GovState>, bool), ApiError> {
         let now = self.now_ms();
-        let governed = {
+        let (governed, changes) = {
             let logs = self.known_logs.lock().expect("known log lock");
             match logs.get(cluster) {
                 Some(k)
@@ -175,8 +178,8 @@ impl Cloud {
                 {
                     return Ok((k.state.clone(), false))
                 }
-                Some(k) => k.governed,
-                None => false,
+                Some(k) => (k.governed, k.changes),
+                None => (false, 0),
             }
         };
         let read = self.read_log(cluster).await?.map(|l| l.state);
@@ -201,12 +204,18 @@ impl Cloud {
             (Some(new), Some(old)) if new.version < old.version => Some(old.clone()),
             (read, _) => read,
         };
+        // A governance request completed while this read was under way: its entry may be
+        // missing from what was read, so the next use reads again.
+        let (changed_since, changes_now) = logs
+            .get(cluster)
+            .map_or((false, changes), |k| (k.changes != changes, k.changes));
         logs.insert(
             cluster.to_string(),
             KnownLog {
-                governed: governed || state.is_some(),
+                governed: governed || changed_since || state.is_some(),
                 state: state.clone(),
-                read_at_ms: now,
+                read_at_ms: if changed_since { 0 } else { now },
+                changes: changes_now,
             },
         );
         Ok((state, true))
@@ -220,9 +229,11 @@ impl Cloud {
             state: None,
             read_at_ms: 0,
             governed: true,
+            changes: 0,
         });
         known.read_at_ms = 0;
         known.governed = true;
+        known.changes += 1;
     }
 
     /// The fingerprint of `node`'s certified device key (its chain verified, cached).

@@ -422,3 +422,51 @@ async fn a_governed_cluster_makes_threshold_keys_only_with_a_group() {
     assert_eq!(view.executors.as_ref().map(Vec::len), Some(2), "{view:?}");
     s.stop().await;
 }
+
+/// A group key generation approved for a node that was removed from its cluster meanwhile
+/// never runs there: the approvals can name no other node, and the other clusters' TEEs
+/// check a foreign participant by certificate only, so the server ends the request.
+#[tokio::test]
+async fn a_key_generation_never_runs_on_a_removed_executor() {
+    let s = TestServer::start().await;
+    govern(&s, "dc1", &["node1", "node2"]).await;
+    let view = s
+        .client
+        .create_threshold_key(&CreateThresholdKeyBody {
+            group: Some(vec![fp(&s, "alice"), fp(&s, "bob")]),
+            clusters: vec!["dc1".into(), "dc2".into()],
+            threshold: 2,
+            quorum: 2,
+            hd: true,
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        })
+        .await
+        .unwrap();
+    let targets = view.target_node.clone().unwrap();
+    let executor = targets.split(',').next().unwrap().trim().to_string();
+    let removal = s
+        .client
+        .remove_member(
+            "dc1",
+            &executor,
+            &RemoveMemberBody {
+                reason: "decommissioned".into(),
+                request_id: None,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    approve(&s, &removal, 0).await.unwrap();
+    let removed = approve(&s, &removal, 1).await.unwrap();
+    assert_eq!(removed.status, RequestStatus::Completed, "{removed:?}");
+
+    approve(&s, &view, 0).await.unwrap();
+    let done = approve(&s, &view, 1).await.unwrap();
+    let error = done.error.as_ref().map(|e| e.code.as_str());
+    assert_eq!(error, Some("executor_not_member"), "{done:?}");
+    assert!(done.result.is_none(), "{done:?}");
+    s.stop().await;
+}

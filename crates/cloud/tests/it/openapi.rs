@@ -67,8 +67,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         ("put", "/v1/wallets/{root_id}/policy") => &["invalid_group"],
         // The bundle's own encoding, signature and facts.
         ("post", "/v1/threshold/keys/import") => &["invalid_bundle"],
-        // t <= n, the number of clusters named.
-        ("post", "/v1/threshold/keys") => &["invalid_threshold"],
+        // t <= n, the number of clusters named; a group's quorum at most its size.
+        ("post", "/v1/threshold/keys") => &["invalid_threshold", "invalid_group"],
         // digest required without message and SHA-256 of it with one; the named clusters
         // hold shares of the key, at least t; a key without chain code signs only at m.
         ("post", "/v1/threshold/sign") => &[

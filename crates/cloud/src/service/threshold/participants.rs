@@ -182,7 +182,8 @@ impl Cloud {
 
     /// The participants a key generation's approvals name: `nodes[i]` for share i, whose
     /// verified device key must still be `executors[i]` (a node re-provisioned with another
-    /// key can never run it: its TEE would refuse, so the request ends here, final). A node
+    /// key can never run it: its TEE would refuse, so the request ends here, final), and a
+    /// current member of its cluster's log once governed (else final too). A node
     /// that cannot be reached fails the attempt without another node taking its place: a
     /// retry goes to the same nodes, so no second key is ever made.
     pub(super) async fn pinned_keygen_participants(
@@ -221,6 +222,19 @@ impl Cloud {
                                 .map(hex::encode)
                                 .unwrap_or_else(|| "(not P-256)".into())
                         ),
+                        vec![cluster.clone()],
+                    )
+                });
+            }
+            // Removed from its cluster since the approval (or an impostor under its name):
+            // the other clusters' TEEs check a foreign participant by certificate only, so
+            // the server stops it here; the approvals can never name another node.
+            if let Err(why) = self.may_execute(cluster, node, executor).await {
+                return Err(Abort {
+                    final_: true,
+                    ..Abort::new(
+                        "executor_not_member",
+                        format!("share {i} cannot be made: {why}"),
                         vec![cluster.clone()],
                     )
                 });
