@@ -58,6 +58,14 @@ impl<P: Platform> TeeCore<P> {
         if let Some(made) = self.first_made(meta)? {
             return self.first_wallet(meta, &made, Origin::Generated, quorum, None);
         }
+        // A repeat above still answers the wallet made before the cluster was governed.
+        if self.gov.is_some() {
+            return Err(TeeError::LegacyRequest(
+                "CreateWallet names no approver group and no executing node; a governed \
+                 cluster creates wallets with CreateGroupWallet"
+                    .into(),
+            ));
+        }
         let mut seed = Zeroizing::new(vec![0u8; 32]);
         self.platform.random(&mut seed).map_err(storage)?;
         let wallet = Wallet::from_seed(

@@ -504,6 +504,7 @@ fn errors() -> Vec<TeeError> {
             executor: [0xe7; 32],
             found: [0xe9; 32],
         },
+        TeeError::LegacyRequest(s()),
     ]
 }
 

@@ -111,7 +111,7 @@ fn governed<'a>(pki: &'a Pki, tee: &mut Tee) -> GovLog<'a> {
 fn rogue_export_keys_gets_no_ciphertext() {
     let mut fx = Fixture::new();
     governed(&fx.pki, &mut fx.tee);
-    let wallet = fx.create_wallet(1, &["alice"]);
+    let wallet = fx.create_group_wallet(1, &["alice"]);
     let rogue = Rogue::new(&fx.pki);
     let answer = fx.tee.call(&Request::ExportKeys {
         requester: rogue.chain.clone(),
@@ -245,7 +245,7 @@ fn admitted_node_syncs_removed_node_gets_nothing_new() {
     let fp2 = device_key_fingerprint(&identity(&fx.pki.root.clone(), &chain2).public_key).unwrap();
     log.remove(fp2, &["alice", "carol"]);
     assert_eq!(apply(&mut fx.tee, log.entries()).unwrap().version, 2);
-    let fresh = fx.create_wallet(1, &["alice"]);
+    let fresh = fx.create_group_wallet(1, &["alice"]);
     let e = export(&mut fx.tee, chain2, vec![fresh.key_id]).unwrap_err();
     assert!(
         matches!(&e, TeeError::NotAMember { node, .. } if node == "node2"),

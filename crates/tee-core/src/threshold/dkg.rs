@@ -363,6 +363,14 @@ impl<P: Platform> TeeCore<P> {
         if let Some(made) = self.first_made(meta)? {
             return self.first_keygen(meta, &session, &made, params, policy, my_index);
         }
+        // A repeat above still answers the key made before the cluster was governed.
+        if group.is_none() && self.gov.is_some() {
+            return Err(TeeError::LegacyRequest(
+                "ThresholdKeygenStart names no approver group and no executing nodes; a \
+                 governed cluster makes threshold keys with ThresholdGroupKeygenStart"
+                    .into(),
+            ));
+        }
         let now = self.platform.now_unix();
         let signers = self.keygen_signers(params, group.map(|g| g.executors), now)?;
         let fingerprints: Vec<[u8; 32]> = signers.iter().map(|s| s.identity.fingerprint).collect();

@@ -912,7 +912,7 @@ fn a_group_threshold_key_counts_only_its_group() {
 /// its own cluster's anchor against the genesis of the log it holds (after the executor
 /// check), and refuses anchors it cannot check.
 #[test]
-fn a_group_keygen_anchor_names_this_clusters_log() {
+fn a_group_keygen_anchor_names_this_clusters_log_and_legacy_starts_are_refused() {
     use custos_test_kit::governance::{member, GovLog};
     use custos_wire::governance::genesis_id;
     use custos_wire::policy::{Rule, RULE_CLUSTER_ANCHORS};
@@ -953,6 +953,12 @@ fn a_group_keygen_anchor_names_this_clusters_log() {
         "{applied:?}"
     );
     let genesis = genesis_id("dc1", &log.entries()[0].change);
+    // A legacy start (no group, no executors) is refused by name once governed, even with
+    // the governors' own approvals, and takes no primes.
+    let legacy = KeygenRequest::new(&pki, &[&a, &b]);
+    let e = a.call(&legacy.start(0)).unwrap_err();
+    assert!(matches!(e, TeeError::LegacyRequest(_)), "{e:?}");
+    assert_eq!(a.primes_left(), 1);
 
     for (anchors, why) in [
         (vec![[1; 32], [2; 32]], "genesis"),

@@ -362,6 +362,48 @@ fn a_legacy_wallet_on_a_governed_node_needs_the_governors() {
     ));
 }
 
+/// Once governed, a legacy creation (no approver group, no executing node) is refused by
+/// name even with the governors' approvals, and nothing is made: the same approvals sent to
+/// two nodes would make two wallets. A repeat of a creation made before the genesis still
+/// answers the wallet it made.
+#[test]
+fn a_governed_node_refuses_legacy_creation() {
+    let pki = Pki::with_clusters(&[CLUSTER]);
+    let mut core = pki.node(CLUSTER, "node1");
+    let create = |meta: custos_wire::protocol::RequestMeta, signers: &[&str]| {
+        let action = custos_wire::approval::Action::CreateWallet { quorum: 1 };
+        Request::CreateWallet {
+            approvals: approvals_by(&pki, signers, &action.message(CLUSTER, &meta)),
+            meta,
+            quorum: 1,
+        }
+    };
+    let early = create(meta(), &["alice"]);
+    let Ok(Response::Wallet(made)) = call(&mut core, &early) else {
+        panic!("legacy create refused before the genesis")
+    };
+    let me = member(&pki, &chain(&mut core));
+    let log = GovLog::genesis(&pki, CLUSTER, &["alice", "bob"], 1, vec![me], &["alice"]);
+    apply(&mut core, log.entries()).unwrap();
+    let keys = |core: &mut _| match call(core, &Request::ListKeys) {
+        Ok(Response::Keys(k)) => k.len(),
+        other => panic!("{other:?}"),
+    };
+    let before = keys(&mut core);
+
+    let e = call(&mut core, &create(meta(), &["alice"])).unwrap_err();
+    assert!(
+        matches!(&e, TeeError::LegacyRequest(m) if m.contains("CreateGroupWallet")),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), "legacy_request");
+    assert_eq!(keys(&mut core), before, "a legacy creation made a wallet");
+    match call(&mut core, &early) {
+        Ok(Response::Wallet(again)) => assert_eq!(again.key_id, made.key_id),
+        other => panic!("the first outcome is not answered: {other:?}"),
+    }
+}
+
 /// The same approved entry re-packaged by whoever relays it (approvals reordered, one more
 /// than the quorum) is the same entry: a node given one packaging and a node given another
 /// both accept the next entry, so nobody on the path can fork the log that way.

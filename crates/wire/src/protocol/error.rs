@@ -243,6 +243,11 @@ pub enum TeeError {
         /// Device key fingerprint of the participant's certificate.
         found: [u8; 32],
     },
+    /// A request form a governed cluster no longer executes: it names no approver group and
+    /// no executing node, so one approval could make a key on two nodes and any governor
+    /// would count for the key. The text names the request and its replacement.
+    #[error("{0}")]
+    LegacyRequest(String),
 }
 
 impl TeeError {
@@ -291,6 +296,7 @@ impl TeeError {
             TeeError::PolicyRejected(_) => "policy_rejected",
             TeeError::PolicyConflict { .. } => "policy_conflict",
             TeeError::ParticipantNotExecutor { .. } => "participant_not_executor",
+            TeeError::LegacyRequest(_) => "legacy_request",
         }
     }
 }

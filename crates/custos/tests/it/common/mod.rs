@@ -155,6 +155,42 @@ impl Fixture {
         }
     }
 
+    /// A wallet of approver group `signers` (quorum `quorum`, approved by them), executed
+    /// by this fixture's node: how a governed cluster creates wallets.
+    pub fn create_group_wallet(&mut self, quorum: u8, signers: &[&str]) -> KeyInfo {
+        let chain = match self.tee.call(&Request::DeviceChain).unwrap() {
+            Response::DeviceChain(c) => c,
+            r => panic!("unexpected {r:?}"),
+        };
+        let executor = custos_test_kit::governance::member(&self.pki, &chain).key_fingerprint;
+        let policy = custos_wire::policy::KeyPolicy {
+            version: 1,
+            group: custos_test_kit::governance::admin_keys(&self.pki, signers),
+            quorum,
+            rules: Vec::new(),
+        };
+        let meta = new_meta(600);
+        let action = Action::CreateGroupWallet {
+            policy: &policy,
+            executor: &executor,
+        };
+        let approvals =
+            approvals(&self.pki.admins_named(signers), CLUSTER, &meta, &action).unwrap();
+        match self
+            .tee
+            .call(&Request::CreateGroupWallet {
+                meta,
+                policy,
+                executor,
+                approvals,
+            })
+            .unwrap()
+        {
+            Response::Wallet(k) => k,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+
     pub fn import_seed(&mut self, seed: &[u8], quorum: u8) -> Result<KeyInfo, ClientError> {
         let master = bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Main, seed).unwrap();
         let secp = bitcoin::secp256k1::Secp256k1::new();

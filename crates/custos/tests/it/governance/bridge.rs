@@ -66,19 +66,37 @@ async fn wait_for(mut done: impl FnMut() -> bool, polls: usize) -> bool {
     done()
 }
 
-/// A wallet made by `node` (legacy creation, approved by two governors); its key id.
-async fn create_on(pki: &Pki, link: &mut BridgeClient<Channel>, node: &str) -> Vec<u8> {
+/// A wallet of group {alice, bob} made by `node` (device chain `chain`), approved by both;
+/// its key id.
+async fn create_on(
+    pki: &Pki,
+    link: &mut BridgeClient<Channel>,
+    node: &str,
+    chain: &CertChain,
+) -> Vec<u8> {
     let meta = new_meta(600);
-    let req = Request::CreateWallet {
-        meta: meta.clone(),
+    let executor = member(pki, chain).key_fingerprint;
+    let policy = custos_wire::policy::KeyPolicy {
+        version: 1,
+        group: custos_test_kit::governance::admin_keys(pki, &["alice", "bob"]),
         quorum: 1,
+        rules: Vec::new(),
+    };
+    let action = Action::CreateGroupWallet {
+        policy: &policy,
+        executor: &executor,
+    };
+    let req = Request::CreateGroupWallet {
         approvals: approvals(
             &[pki.admin("alice"), pki.admin("bob")],
             CLUSTER,
             &meta,
-            &Action::CreateWallet { quorum: 1 },
+            &action,
         )
         .unwrap(),
+        meta,
+        policy,
+        executor,
     };
     match submit(link, &req, node).await.unwrap() {
         (Ok(Response::Wallet(k)), by, _) => {
@@ -265,7 +283,7 @@ fn rogue_register_and_name_takeover_refused() {
 
         // Admitted, node3 syncs by itself: a wallet made on node1 reaches its TEE through
         // the bridge's key list and node1's export (bounded wait: 150 polls of 200 ms).
-        let first = create_on(&pki, &mut link, n1).await;
+        let first = create_on(&pki, &mut link, n1, &chains[0]).await;
         assert!(
             wait_for(|| tee_keys(&cluster, 2).contains(&first), 150).await,
             "node3 never synced the wallet made after its admission"
@@ -293,7 +311,7 @@ fn rogue_register_and_name_takeover_refused() {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(names, [n1, n2], "a removed node stays registered");
-        let second = create_on(&pki, &mut link, n1).await;
+        let second = create_on(&pki, &mut link, n1, &chains[0]).await;
         assert!(
             wait_for(|| tee_keys(&cluster, 1).contains(&second), 150).await,
             "node2 never synced the second wallet"
@@ -331,6 +349,6 @@ fn rogue_register_and_name_takeover_refused() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(names, [n1, n2], "members did not register again");
-        create_on(&pki, &mut link, n2).await;
+        create_on(&pki, &mut link, n2, &chains[1]).await;
     });
 }
