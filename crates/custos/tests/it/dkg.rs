@@ -193,7 +193,7 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
 /// other node, and the cloud server records at most that key.
 #[test]
 fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
-    use crate::common::proxy::ReplyDropper;
+    use crate::common::proxy::front_two_nodes;
     use custos_cloud_api::CreateThresholdKeyBody;
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::{Arc, Mutex};
@@ -215,28 +215,7 @@ fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
     let client = dep.client().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Both of dc1's nodes behind proxies: whichever executes, its answer can be lost.
-    let proxies = rt.block_on(async { [ReplyDropper::start().await, ReplyDropper::start().await] });
-    let dc1 = dep.cluster_mut(CLUSTERS[0]).unwrap();
-    for (i, proxy) in proxies.iter().enumerate() {
-        dc1.advertise_node(i, proxy.addr).unwrap();
-        proxy.set_upstream(dc1.nodes[i].addr.unwrap());
-    }
-    let advertised: BTreeSet<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
-    rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = client.cluster(CLUSTERS[0]).await.unwrap();
-            let endpoints: BTreeSet<String> = s.nodes.iter().map(|n| n.endpoint.clone()).collect();
-            if endpoints == advertised && s.nodes.iter().all(|n| n.healthy) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nodes not behind their proxies: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let proxies = front_two_nodes(&rt, &mut dep, &client, CLUSTERS[0]);
     rt.block_on(wait_healthy(&client, &CLUSTERS, Duration::from_secs(30)))
         .unwrap();
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::common::proxy::ReplyDropper;
+use crate::common::proxy::{front_two_nodes, ReplyDropper};
 use crate::common::*;
 use custos::cluster::LinkTransport;
 use custos::deployment::{approve, Deployment, DeploymentOptions};
@@ -34,28 +34,7 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
     let alice = dep.admin("alice").unwrap();
     let client = dep.client().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let proxies = rt.block_on(async { [ReplyDropper::start().await, ReplyDropper::start().await] });
-    let cluster = dep.cluster_mut(CLUSTER).unwrap();
-    for (i, proxy) in proxies.iter().enumerate() {
-        cluster.advertise_node(i, proxy.addr).unwrap();
-        proxy.set_upstream(cluster.nodes[i].addr.unwrap());
-    }
-    let advertised: BTreeSet<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
-    rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = client.cluster(CLUSTER).await.unwrap();
-            let endpoints: BTreeSet<String> = s.nodes.iter().map(|n| n.endpoint.clone()).collect();
-            if endpoints == advertised && s.nodes.iter().all(|n| n.healthy) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nodes not behind their proxies: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let proxies = front_two_nodes(&rt, &mut dep, &client, CLUSTER);
 
     // The request names its executor (its device chain fetched now, before any proxy is
     // armed); then the executor's answer is lost, and so would the other node's be.

@@ -171,3 +171,40 @@ async fn relay(
         _ = down => {}
     }
 }
+
+/// Puts the first two nodes of `cluster` behind a [`ReplyDropper`] each (their servers
+/// restarted advertising the proxy) and waits, bounded, until the cloud server sees every
+/// node of the cluster at its proxy and healthy; returns the proxies.
+pub fn front_two_nodes(
+    rt: &tokio::runtime::Runtime,
+    dep: &mut custos::deployment::Deployment,
+    client: &custos_cloud_api::client::CloudClient,
+    cluster: &str,
+) -> [ReplyDropper; 2] {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    let proxies = rt.block_on(async { [ReplyDropper::start().await, ReplyDropper::start().await] });
+    let c = dep.cluster_mut(cluster).unwrap();
+    for (i, proxy) in proxies.iter().enumerate() {
+        c.advertise_node(i, proxy.addr).unwrap();
+        proxy.set_upstream(c.nodes[i].addr.unwrap());
+    }
+    let advertised: BTreeSet<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = client.cluster(cluster).await.unwrap();
+            let endpoints: BTreeSet<String> = s.nodes.iter().map(|n| n.endpoint.clone()).collect();
+            if endpoints == advertised && s.nodes.iter().all(|n| n.healthy) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes not behind their proxies: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    proxies
+}
