@@ -133,6 +133,12 @@ pub fn describe(r: &Request) -> Option<Described> {
             key_id,
             approvals,
             ..
+        }
+        | Request::ImportGroupWalletSealed {
+            meta,
+            key_id,
+            approvals,
+            ..
         } => Described {
             request_id: Some(hex::encode(meta.request_id)),
             approvers: names(approvals),

@@ -44,6 +44,13 @@ impl<P: Platform> TeeCore<P> {
                 sealed,
                 approvals,
             } => self.import_wallet_sealed(&meta, quorum, &key_id, &sealed, &approvals),
+            Request::ImportGroupWalletSealed {
+                meta,
+                policy,
+                key_id,
+                sealed,
+                approvals,
+            } => self.import_group_wallet_sealed(&meta, &policy, &key_id, &sealed, &approvals),
             Request::ListKeys => Ok(Response::Keys(
                 self.wallets.values().map(|w| w.info.clone()).collect(),
             )),

@@ -253,15 +253,22 @@ impl<P: Platform> TeeCore<P> {
         Ok(())
     }
 
-    /// Seals this node's share under its new policy and commits at once; on a failure the
-    /// share in memory keeps its policy, so memory never holds what storage lost.
-    fn replace_share_policy(&mut self, key_id: &[u8], policy: &KeyPolicy) -> Result<(), TeeError> {
+    /// Seals this node's share under its new policy and commits at once, with its stored
+    /// presignatures removed (made with the co-signers the old policy let in); on a failure
+    /// the share in memory keeps its policy and its presignatures, so memory never holds
+    /// what storage lost.
+    pub(crate) fn replace_share_policy(
+        &mut self,
+        key_id: &[u8],
+        policy: &KeyPolicy,
+    ) -> Result<(), TeeError> {
         let id = RecordId::new(format!(
             "{}{}",
             crate::threshold::SHARE_PREFIX,
             key_hex(key_id)
         ))
         .map_err(storage)?;
+        let stale = self.remove_presignatures_of(key_id).map_err(storage)?;
         let unknown = || TeeError::UnknownKey(key_hex(key_id));
         let held = self.threshold.keys.get_mut(key_id).ok_or_else(unknown)?;
         let before = held.policy.replace(policy.clone());
@@ -276,6 +283,7 @@ impl<P: Platform> TeeCore<P> {
             }
             return Err(storage(e));
         }
+        self.forget_presignatures(&stale);
         Ok(())
     }
 }

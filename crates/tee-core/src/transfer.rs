@@ -46,6 +46,22 @@ fn newer_policy(
     Ok(incoming.policy.clone().filter(|p| p.version > held_version))
 }
 
+/// [`newer_policy`] for a threshold share: the record must be the very share held (the
+/// same public facts, share index included).
+fn newer_share_policy(
+    held: &HeldKey,
+    incoming: HeldKey,
+) -> Result<Option<custos_wire::policy::KeyPolicy>, TeeError> {
+    if incoming.info != held.info {
+        return Err(TeeError::TransferRejected(format!(
+            "record {}: other key facts than the share held",
+            key_hex(&held.info.key_id)
+        )));
+    }
+    let held_version = held.policy.as_ref().map_or(0, |p| p.version);
+    Ok(incoming.policy.filter(|p| p.version > held_version))
+}
+
 impl<P: Platform> TeeCore<P> {
     pub(crate) fn export_keys(&mut self, requester: CertChain, key_ids: &[Vec<u8>]) -> Outcome {
         let (own, own_chain) = self.identity()?.clone();
@@ -143,16 +159,24 @@ impl<P: Platform> TeeCore<P> {
         let mut fresh = Vec::new();
         let mut fresh_shares = Vec::new();
         let mut already_held = 0u32;
-        // Held wallets whose sender holds a later policy (a change this node missed).
+        // Held wallets and shares whose sender holds a later policy (a change this node
+        // missed).
         let mut upgrades = Vec::new();
+        let mut share_upgrades = Vec::new();
         for (record, key_id) in records.into_iter().zip(&t.key_ids) {
             if HeldKey::is_record(record) {
-                if self.threshold.keys.contains_key(key_id) {
-                    already_held += 1;
-                    continue;
-                }
                 let k = HeldKey::from_record(record, key_id)
                     .map_err(|e| reject(format!("record {}: {e}", key_hex(key_id))))?;
+                if let Some(held) = self.threshold.keys.get(key_id) {
+                    already_held += 1;
+                    // As for wallets: a member passes on a policy change this node missed.
+                    if let Some(policy) =
+                        newer_share_policy(held, k)?.filter(|_| self.gov.is_some())
+                    {
+                        share_upgrades.push((key_id.clone(), policy));
+                    }
+                    continue;
+                }
                 // A cluster syncs its own share only.
                 let holder = &k.info.clusters[usize::from(k.info.share_index)];
                 if *holder != own.cluster {
@@ -189,6 +213,9 @@ impl<P: Platform> TeeCore<P> {
         }
         if !upgrades.is_empty() {
             self.replace_policies(upgrades)?;
+        }
+        for (key_id, policy) in share_upgrades {
+            self.replace_share_policy(&key_id, &policy)?;
         }
         Ok(Response::KeysImported {
             imported,

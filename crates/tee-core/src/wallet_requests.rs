@@ -14,6 +14,19 @@ use crate::policy_requests::check_new_policy;
 use crate::wallet::{key_hex, Wallet};
 use crate::{replayed, storage, TeeCore, Undo, WALLET_PREFIX};
 
+/// A new wallet's policy: valid at version 1, and without cluster anchors (a wallet spans
+/// no clusters to anchor).
+fn check_wallet_policy(policy: &KeyPolicy) -> Result<(), TeeError> {
+    check_new_policy(policy)?;
+    if let Some(rule) = policy.rules.iter().find(|r| r.tag == RULE_CLUSTER_ANCHORS) {
+        return Err(TeeError::PolicyRejected(format!(
+            "rule {} (cluster anchors) is for threshold keys, not wallets",
+            rule.tag
+        )));
+    }
+    Ok(())
+}
+
 impl<P: Platform> TeeCore<P> {
     pub(crate) fn wallet(&self, key_id: &[u8]) -> Result<&Wallet, TeeError> {
         if let Some(w) = self.wallets.get(key_id) {
@@ -88,14 +101,7 @@ impl<P: Platform> TeeCore<P> {
         executor: &[u8; 32],
         approvals: &[Approval],
     ) -> Outcome {
-        check_new_policy(policy)?;
-        // A wallet spans no clusters to anchor.
-        if let Some(rule) = policy.rules.iter().find(|r| r.tag == RULE_CLUSTER_ANCHORS) {
-            return Err(TeeError::PolicyRejected(format!(
-                "rule {} (cluster anchors) is for threshold keys, not wallets",
-                rule.tag
-            )));
-        }
+        check_wallet_policy(policy)?;
         let (own, _) = self.identity()?;
         let this_node = device_key_fingerprint(&own.public_key).unwrap_or([0; 32]);
         if *executor != this_node {
@@ -183,7 +189,8 @@ impl<P: Platform> TeeCore<P> {
         if let Some(made) = self.first_made(meta)? {
             return self.first_wallet(meta, &made, Origin::Imported, quorum, Some(key_id));
         }
-        self.store_import(meta, quorum, key_id, secret)
+        self.refuse_legacy_import("ImportWallet")?;
+        self.store_import(meta, quorum, key_id, secret, None)
     }
 
     /// As [`Self::import_wallet`], with the secret sealed to this node. Approvals are checked
@@ -203,11 +210,73 @@ impl<P: Platform> TeeCore<P> {
         if let Some(made) = self.first_made(meta)? {
             return self.first_wallet(meta, &made, Origin::Imported, quorum, Some(key_id));
         }
+        self.refuse_legacy_import("ImportWalletSealed")?;
+        let secret = self.open_sealed_import(meta, quorum, key_id, sealed)?;
+        self.store_import(meta, quorum, key_id, &secret, None)
+    }
+
+    /// Imports a wallet whose approver group is fixed now, approved by a quorum of that very
+    /// group (as a group wallet's creation is); the seed is sealed to this node.
+    pub(crate) fn import_group_wallet_sealed(
+        &mut self,
+        meta: &RequestMeta,
+        policy: &KeyPolicy,
+        key_id: &[u8],
+        sealed: &import::SealedImport,
+        approvals: &[Approval],
+    ) -> Outcome {
+        check_wallet_policy(policy)?;
+        let who = Who::Group {
+            group: policy.group.clone(),
+            quorum: policy.quorum,
+        };
+        self.approve_by(
+            meta,
+            Action::ImportGroupWallet { policy, key_id },
+            approvals,
+            who,
+        )?;
+        let quorum = policy.quorum;
+        if let Some(made) = self.first_made(meta)? {
+            let first = self.first_wallet(meta, &made, Origin::Imported, quorum, Some(key_id))?;
+            if self.wallet(&made)?.policy.as_ref() != Some(policy) {
+                return Err(replayed(
+                    meta,
+                    format!("it imported wallet {} under another policy", key_hex(&made)),
+                ));
+            }
+            return Ok(first);
+        }
+        let secret = self.open_sealed_import(meta, quorum, key_id, sealed)?;
+        self.store_import(meta, quorum, key_id, &secret, Some(policy))
+    }
+
+    /// A governed cluster imports only under an approver group: a legacy import would make
+    /// a wallet any governor approves, with no group of its own.
+    fn refuse_legacy_import(&self, kind: &str) -> Result<(), TeeError> {
+        if self.gov.is_some() {
+            return Err(TeeError::LegacyRequest(format!(
+                "{kind} gives the wallet no approver group; a governed cluster imports wallets \
+                 with ImportGroupWalletSealed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens a seed sealed to this node for exactly these terms: the context carries this
+    /// node's certified cluster and node names, so a ciphertext made for another node, or
+    /// for other terms, does not open.
+    fn open_sealed_import(
+        &self,
+        meta: &RequestMeta,
+        quorum: u8,
+        key_id: &[u8],
+        sealed: &import::SealedImport,
+    ) -> Result<ImportSecret, TeeError> {
         let (own, _) = self.identity()?;
         let context = import::import_context(&own.cluster, &own.node, meta, quorum, key_id);
         let d = self.device.as_ref().expect("identity implies a device key");
-        let secret = import::open_import(&d.private_scalar()?[..], &context, sealed)?;
-        self.store_import(meta, quorum, key_id, &secret)
+        import::open_import(&d.private_scalar()?[..], &context, sealed)
     }
 
     /// The admin check of both import kinds: `quorum` distinct admins approved importing
@@ -236,14 +305,18 @@ impl<P: Platform> TeeCore<P> {
         quorum: u8,
         key_id: &[u8],
         secret: &ImportSecret,
+        policy: Option<&KeyPolicy>,
     ) -> Outcome {
-        let wallet = Wallet::from_seed(
+        let mut wallet = Wallet::from_seed(
             &self.secp,
             import::import_seed(secret)?,
             quorum,
             Origin::Imported,
             self.platform.now_unix(),
         )?;
+        if let Some(p) = policy {
+            wallet = wallet.with_policy(p.clone());
+        }
         if wallet.info.key_id != key_id {
             return Err(TeeError::ImportRejected(format!(
                 "secret yields key {}, approvals are for {}",

@@ -143,6 +143,15 @@ pub enum Action<'a> {
         /// index.
         executors: &'a [[u8; 32]],
     },
+    /// Import the existing wallet `key_id` under the approver group and quorum of `policy`,
+    /// approved by that group (the successor of [`Action::ImportWallet`], whose wallet had no
+    /// group). The seed is sealed to one node's device key, so one node makes it.
+    ImportGroupWallet {
+        /// Approver group, quorum and rules of the imported key.
+        policy: &'a KeyPolicy,
+        /// Root public key of the wallet.
+        key_id: &'a [u8],
+    },
 }
 
 use crate::field::put;
@@ -173,6 +182,7 @@ impl Action<'_> {
             Action::SetKeyPolicy { .. } => b"set-key-policy",
             Action::CreateGroupWallet { .. } => b"create-wallet-v2",
             Action::CreateGroupThresholdKey { .. } => b"create-threshold-key-v2",
+            Action::ImportGroupWallet { .. } => b"import-wallet-v2",
         };
         put(&mut out, tag);
         put(&mut out, cluster.as_bytes());
@@ -237,6 +247,10 @@ impl Action<'_> {
             Action::CreateGroupWallet { policy, executor } => {
                 put(&mut out, &policy.encode());
                 put(&mut out, &executor[..]);
+            }
+            Action::ImportGroupWallet { policy, key_id } => {
+                put(&mut out, &policy.encode());
+                put(&mut out, key_id);
             }
             Action::Governance {
                 version,

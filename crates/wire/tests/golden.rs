@@ -309,6 +309,16 @@ fn requests() -> Vec<Request> {
             executors: vec![[0xe7; 32], [0xe8; 32]],
             approvals: vec![approval()],
         },
+        Request::ImportGroupWalletSealed {
+            meta: meta(),
+            policy: policy(),
+            key_id: vec![0x03; 33],
+            sealed: SealedImport {
+                enc: vec![0x04; 3],
+                ciphertext: vec![0x05; 4],
+            },
+            approvals: vec![approval()],
+        },
     ]
 }
 
@@ -668,6 +678,14 @@ fn approval_messages() -> Vec<(&'static str, Vec<u8>)> {
                 executors: &[[0xe7; 32], [0xe8; 32], [0xe9; 32]],
             }
             .message(THRESHOLD_SCOPE, &m),
+        ),
+        (
+            "import-wallet-v2",
+            Action::ImportGroupWallet {
+                policy: &policy(),
+                key_id: &[0x03; 33],
+            }
+            .message("dc1", &m),
         ),
         ("audit-digest", audit_digest(b"12345678").to_vec()),
         (

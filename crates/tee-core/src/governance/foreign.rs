@@ -10,7 +10,7 @@
 //! genesis made for the same cluster name is another log, believed only where a key anchors
 //! it.
 //!
-//! Sealed records, per foreign log (`<g>`: the first 32 hex digits of its genesis id):
+//! Sealed records, per foreign log (`<g>`: its genesis id in hex):
 //!
 //! | record | body |
 //! |---|---|
@@ -40,7 +40,7 @@ pub(crate) struct ForeignLogs(BTreeMap<[u8; 32], Governed>);
 
 /// Record prefix of the foreign log of genesis `id`.
 fn prefix(id: &[u8; 32]) -> String {
-    format!("{FOREIGN_ROOT}{}/", &hex::encode(id)[..32])
+    format!("{FOREIGN_ROOT}{}/", hex::encode(id))
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -77,6 +77,13 @@ impl<P: Platform> TeeCore<P> {
             }
             match (found, head) {
                 (Some(id), _) => id,
+                // Inside a held log but not on it: another history, never a gap to fill.
+                (None, Some(head)) if first.version <= head => {
+                    return Err(rejected(format!(
+                        "entry {} of cluster {cluster:?} continues no log held here (a fork)",
+                        first.version
+                    )))
+                }
                 (None, Some(head)) => {
                     return Err(TeeError::GovernanceGap {
                         head,

@@ -477,6 +477,17 @@ impl<P: Platform> TeeCore<P> {
             )));
         }
         let anchors = self.key_anchors(&info.key_id);
+        // Fail closed on a record whose anchors do not name every share's cluster: a missing
+        // anchor would quietly mean "certificate only" for that cluster.
+        if let Some(a) = &anchors {
+            if a.len() != n {
+                return Err(TeeError::PolicyRejected(format!(
+                    "key {}: {} cluster anchors for {n} clusters",
+                    key_hex(&info.key_id),
+                    a.len()
+                )));
+            }
+        }
         let mut signers = Vec::with_capacity(signer_list.len());
         for (pos, s) in signer_list.iter().enumerate() {
             let index = usize::from(s.share_index);

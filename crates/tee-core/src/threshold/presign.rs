@@ -47,6 +47,34 @@ fn info_of(id: &[u8; 32], p: &StoredPresignature) -> PresignatureInfo {
 }
 
 impl<P: Platform> TeeCore<P> {
+    /// Removes (pending until the next commit) the stored presignatures of `key_id` and
+    /// returns their ids, for [`Self::forget_presignatures`] once the removal is committed.
+    /// A presignature was made with the co-signers the key's policy let in then: a change of
+    /// its group or anchors must not leave it usable.
+    pub(crate) fn remove_presignatures_of(
+        &mut self,
+        key_id: &[u8],
+    ) -> Result<Vec<[u8; 32]>, PlatformError> {
+        let ids: Vec<[u8; 32]> = self
+            .threshold
+            .presigs
+            .iter()
+            .filter(|(_, p)| p.public().public_key()[..] == *key_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.platform.remove(&presign_record(id)?)?;
+        }
+        Ok(ids)
+    }
+
+    /// Drops presignatures whose removal is committed.
+    pub(crate) fn forget_presignatures(&mut self, ids: &[[u8; 32]]) {
+        for id in ids {
+            self.threshold.presigs.remove(id);
+        }
+    }
+
     /// The threshold key a presignature request names, which must have no chain code.
     fn presign_key(&self, key_id: &[u8]) -> Result<ThresholdKeyInfo, TeeError> {
         let info = self.threshold_key(key_id)?.info.clone();

@@ -243,9 +243,20 @@ fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
 
     let pki = dealt::Pki::new();
     let mut a = pki.node("dc1", "dc1-node1");
+    let mut peer = pki.node("dc1", "dc1-node2");
     let b = pki.node("dc2", "dc2-node1");
     let rogue = pki.node("dc2", "dc2-rogue");
     dealt::import_share(&pki, 0, &mut a);
+    let sync = |from: &mut dealt::Node, to: &mut dealt::Node, key: &[u8]| {
+        let Ok(Response::KeyTransfer(transfer)) = from.call(&Request::ExportKeys {
+            requester: to.chain.clone(),
+            key_ids: vec![key.to_vec()],
+        }) else {
+            panic!("export refused")
+        };
+        to.call(&Request::ImportKeys { transfer })
+    };
+    assert!(sync(&mut a, &mut peer, &dealt::key_id()).is_ok());
     let key = dealt::key_id();
     let get = |n: &mut dealt::Node| match n.call(&Request::GetKeyPolicy {
         key_id: key.clone(),
@@ -266,20 +277,18 @@ fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
     ));
 
     let governors = ["alice", "bob"];
-    let logs: Vec<GovLog> = [("dc1", &a.chain), ("dc2", &b.chain)]
-        .into_iter()
-        .chain([("dc3", &pki.node("dc3", "dc3-node1").chain)])
-        .map(|(c, chain)| {
-            GovLog::genesis(
-                &pki,
-                c,
-                &governors,
-                2,
-                vec![member(&pki, chain)],
-                &governors,
-            )
-        })
-        .collect();
+    let c = pki.node("dc3", "dc3-node1");
+    let logs: Vec<GovLog> = [
+        ("dc1", vec![&a, &peer]),
+        ("dc2", vec![&b]),
+        ("dc3", vec![&c]),
+    ]
+    .into_iter()
+    .map(|(cluster, nodes)| {
+        let members = nodes.iter().map(|n| member(&pki, &n.chain)).collect();
+        GovLog::genesis(&pki, cluster, &governors, 2, members, &governors)
+    })
+    .collect();
     let anchors: Vec<[u8; 32]> = logs
         .iter()
         .map(|l| genesis_id(l.cluster(), &l.entries()[0].change))
@@ -298,6 +307,7 @@ fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
         Err(TeeError::NotGoverned)
     );
     assert!(apply(&mut a.core, "dc1", logs[0].entries()).is_ok());
+    assert!(apply(&mut peer.core, "dc1", logs[0].entries()).is_ok());
     // The key's quorum is part of the key; the anchor of this share is this cluster's log;
     // carol, no governor, counts for nothing.
     let other_quorum = anchored(&anchors, 1);
@@ -338,6 +348,17 @@ fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
         a.call(&request),
         Ok(Response::ThresholdRound { .. })
     ));
+    // dc1's second node missed the change: the next sync from a member brings it (before,
+    // a held share was skipped and the node kept the old policy for good).
+    assert_eq!(get(&mut peer), legacy);
+    assert!(matches!(
+        sync(&mut a, &mut peer, &key),
+        Ok(Response::KeysImported {
+            already_held: 1,
+            ..
+        })
+    ));
+    assert_eq!(get(&mut peer), v1);
     // The policy is sealed with the share.
     a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
     assert_eq!(get(&mut a), v1);

@@ -407,3 +407,89 @@ fn wallet_import_crash_after_commit_then_replay() {
     assert_eq!(keys(&mut node1).len(), 2);
     assert!(keys(&mut node1).contains(&second));
 }
+
+/// A governed cluster imports a wallet only under an approver group (issue 12, items 3 and
+/// G6): the legacy imports, sealed or plain, are refused by name even with the governors'
+/// approvals (before, they made a wallet without a group of its own); the group import is
+/// approved by a quorum of the new group only (a valid admin outside it is named), gives the
+/// wallet that group, and a repeat answers the same wallet.
+#[test]
+fn a_governed_node_imports_wallets_only_under_a_group() {
+    use crate::governance::{approvals_by, chain, group_policy, refused_outsider, sign};
+    use custos_test_kit::governance::{member, GovLog};
+
+    let pki = Pki::new();
+    let (mut node1, d1) = pki.node("node1");
+    let me = member(&pki, &chain(&mut node1));
+    let log = GovLog::genesis(
+        &pki,
+        CLUSTER,
+        &["alice", "bob"],
+        2,
+        vec![me],
+        &["alice", "bob"],
+    );
+    assert!(matches!(
+        call(
+            &mut node1,
+            &Request::ApplyGovernance {
+                cluster: CLUSTER.into(),
+                entries: log.entries().to_vec(),
+            }
+        ),
+        Ok(Response::Governance(_))
+    ));
+    let secret = mnemonic();
+    // The governors' own approvals of a legacy import: refused, nothing stored.
+    let legacy = Sealed::new(&d1, "node1", 2, &secret);
+    for request in [
+        legacy.request(&pki, 2),
+        plain(&pki, &legacy.meta, 2, mnemonic()),
+    ] {
+        match call(&mut node1, &request) {
+            Err(TeeError::LegacyRequest(m)) => {
+                assert!(m.contains("ImportGroupWalletSealed"), "{m}")
+            }
+            other => panic!("a legacy import ran on a governed node: {other:?}"),
+        }
+    }
+    assert!(keys(&mut node1).is_empty());
+
+    let policy = group_policy(&pki, &["bob", "carol"], 2);
+    let s = Sealed::new(&d1, "node1", policy.quorum, &secret);
+    let request = |signers: &[&str]| {
+        let message = Action::ImportGroupWallet {
+            policy: &policy,
+            key_id: &s.key_id,
+        }
+        .message(CLUSTER, &s.meta);
+        Request::ImportGroupWalletSealed {
+            meta: s.meta.clone(),
+            policy: policy.clone(),
+            key_id: s.key_id.clone(),
+            sealed: s.sealed.clone(),
+            approvals: approvals_by(&pki, signers, &message),
+        }
+    };
+    // alice governs the cluster but is not in the new key's group.
+    refused_outsider(call(&mut node1, &request(&["alice", "bob"])), "alice");
+    assert!(keys(&mut node1).is_empty());
+    let Ok(Response::Wallet(info)) = call(&mut node1, &request(&["carol", "bob"])) else {
+        panic!("the group import was refused")
+    };
+    assert_eq!(
+        (info.key_id.clone(), info.origin),
+        (s.key_id.clone(), Origin::Imported)
+    );
+    // Only the group counts for the imported key; a repeat answers the same wallet.
+    refused_outsider(
+        sign(&pki, &mut node1, &info.key_id, &["alice", "bob"]),
+        "alice",
+    );
+    assert!(sign(&pki, &mut node1, &info.key_id, &["bob", "carol"]).is_ok());
+    assert_eq!(
+        call(&mut node1, &request(&["bob", "carol"])),
+        Ok(Response::Wallet(info))
+    );
+    assert_eq!(keys(&mut node1).len(), 1);
+}

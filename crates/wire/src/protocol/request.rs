@@ -326,6 +326,21 @@ pub enum Request {
         /// Approvals by the new key's group.
         approvals: Vec<Approval>,
     },
+    /// [`Request::ImportWalletSealed`] for a wallet whose approver group is fixed at import
+    /// ([`crate::approval::Action::ImportGroupWallet`], approved by `policy.quorum` admins of
+    /// `policy.group`); the seed's context binds `policy.quorum` as the quorum.
+    ImportGroupWalletSealed {
+        /// Request id and expiry (bound into the ciphertext's context).
+        meta: RequestMeta,
+        /// Approver group, quorum and rules of the imported key.
+        policy: crate::policy::KeyPolicy,
+        /// Root public key the admins approved importing (bound into the context).
+        key_id: KeyId,
+        /// The secret, HPKE-sealed to this node.
+        sealed: SealedImport,
+        /// Approvals by the key's group.
+        approvals: Vec<Approval>,
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -369,6 +384,7 @@ impl Request {
             | Request::SetKeyPolicy { .. }
             | Request::GetKeyPolicy { .. }
             | Request::ThresholdGroupKeygenStart { .. }
+            | Request::ImportGroupWalletSealed { .. }
             | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }
