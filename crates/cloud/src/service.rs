@@ -622,6 +622,16 @@ mod tests {
                 group: vec![[1; 32], [2; 32], [3; 32]],
                 executor_nodes: vec!["node2".into(), "node1".into()],
                 executors: vec![[8; 32], [9; 32]],
+                anchors: Vec::new(),
+            },
+            Terms::CreateGroupThresholdKey {
+                threshold: 2,
+                hd: true,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                group: vec![[1; 32], [2; 32]],
+                executor_nodes: vec!["node2".into(), "node1".into()],
+                executors: vec![[8; 32], [9; 32]],
+                anchors: vec![[5; 32], [6; 32]],
             },
             Terms::Governance(crate::terms::GovTerms {
                 version: 2,

@@ -688,6 +688,8 @@ async fn a_group_key_generation_runs_on_its_pinned_nodes_on_every_attempt() {
         view.group,
         Some(group.iter().map(hex::encode).collect::<Vec<_>>())
     );
+    // No cluster is governed: the key anchors none (co-signers checked by certificate).
+    assert_eq!(view.anchors, None);
     // The approval message binds the group and every executor.
     let meta = RequestMeta {
         request_id: hex::decode(&view.id).unwrap().try_into().unwrap(),

@@ -239,6 +239,8 @@ fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
         .map(str::to_string)
         .collect();
     assert_eq!(executors.len(), CLUSTERS.len(), "{view:?}");
+    // No cluster is governed here: the key anchors no governance log.
+    assert_eq!(view.anchors, None, "{view:?}");
     let position = |c: &str, node: &str| {
         dep.cluster(c)
             .unwrap()
