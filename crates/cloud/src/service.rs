@@ -147,6 +147,12 @@ pub struct Cloud {
     /// Per cluster, what was last verified of its governance log: whom an executor choice
     /// may name, without a log read per creation.
     known_logs: Mutex<HashMap<String, executors::KnownLog>>,
+    /// The version of each cluster's governance log this server last pushed to a node of
+    /// another cluster, by (node's cluster, node, log's cluster): a co-signer's TEE checks
+    /// another cluster's participants against that log (plan step D5), and a log is sent
+    /// again only once it has moved on. In memory only: after a restart every log is pushed
+    /// once more (harmless, the TEE keeps what it holds).
+    foreign_pushed: Mutex<HashMap<(String, String, String), u64>>,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -215,6 +221,7 @@ impl Cloud {
             child_keys: ChildKeys::default(),
             executor_turns: Mutex::new(HashMap::new()),
             known_logs: Mutex::new(HashMap::new()),
+            foreign_pushed: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -223,6 +223,7 @@ impl Cloud {
             quorum: row.quorum,
             participants: signers_of(&participants),
         };
+        let anchored = pinned.as_ref().is_some_and(|(_, _, _, a)| !a.is_empty());
         let start = encode_request(&match pinned {
             None => Request::ThresholdKeygenStart {
                 meta,
@@ -258,6 +259,15 @@ impl Cloud {
         match self.check_keygen(&row, threshold, hd, &clusters, &st) {
             Ok((result, key, shares)) => {
                 self.forget_blame(&row.id);
+                if anchored {
+                    // Their TEEs now hold a key anchored at the other clusters: logs they
+                    // refused before are pushed again before their next session.
+                    let nodes: Vec<(&str, &str)> = participants
+                        .iter()
+                        .map(|p| (p.cluster.as_str(), p.node.as_str()))
+                        .collect();
+                    self.forget_pushes(&nodes);
+                }
                 let by = format!(
                     "{} (attempt {attempt}, {} exchanges, {} polls)",
                     described, st.exchanges, st.polls
