@@ -95,6 +95,8 @@ pub struct TeeCore<P: Platform> {
     gov: Option<governance::Governed>,
     /// The genesis this node was provisioned to accept.
     gov_pin: Option<[u8; 32]>,
+    /// Other clusters' logs, for the threshold keys that anchor them.
+    foreign: governance::ForeignLogs,
 }
 
 impl<P: Platform> TeeCore<P> {

@@ -112,6 +112,7 @@ impl<P: Platform> TeeCore<P> {
                 .map_err(|e| OpenError::SessionThread(e.to_string()))?,
             gov: None,
             gov_pin: None,
+            foreign: Default::default(),
         };
         core.load_device_cert();
         core.load_governance()?;

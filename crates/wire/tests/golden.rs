@@ -505,6 +505,10 @@ fn errors() -> Vec<TeeError> {
             found: [0xe9; 32],
         },
         TeeError::LegacyRequest(s()),
+        TeeError::ForeignLogMissing {
+            cluster: "dc2".into(),
+            genesis_id: [0x9e; 32],
+        },
     ]
 }
 

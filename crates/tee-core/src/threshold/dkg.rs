@@ -40,7 +40,7 @@ use custos_threshold::{
 use zeroize::Zeroizing;
 
 use super::engine::{
-    reject, session_name, session_record, Fault, Live, Signer, Work, MAX_LIVE_SESSIONS,
+    in_context, reject, session_name, session_record, Fault, Live, Signer, Work, MAX_LIVE_SESSIONS,
     SESSION_TIMEOUT,
 };
 use super::primes::PRIMES_PREFIX;
@@ -372,7 +372,9 @@ impl<P: Platform> TeeCore<P> {
             ));
         }
         let now = self.platform.now_unix();
-        let signers = self.keygen_signers(params, group.map(|g| g.executors), now)?;
+        let anchors = policy.and_then(KeyPolicy::cluster_anchors);
+        let signers =
+            self.keygen_signers(params, group.map(|g| g.executors), anchors.as_deref(), now)?;
         let fingerprints: Vec<[u8; 32]> = signers.iter().map(|s| s.identity.fingerprint).collect();
         let policy_hash = policy.map(KeyPolicy::hash);
         let id = |stage| {
@@ -544,14 +546,21 @@ impl<P: Platform> TeeCore<P> {
         &mut self,
         params: &ThresholdKeygenParams,
         executors: Option<&[[u8; 32]]>,
+        anchors: Option<&[[u8; 32]]>,
         now: u64,
     ) -> Result<Vec<Signer>, TeeError> {
         let mut signers = Vec::with_capacity(params.clusters.len());
         for (i, p) in params.participants.iter().enumerate() {
             let cluster = &params.clusters[i];
+            // The approvals name each share's device key, so no other device takes part; a
+            // foreign anchored log is consulted when held (to see a removal since the
+            // approval), as no key anchors it here before this one exists.
+            let anchor = anchors
+                .and_then(|a| a.get(i))
+                .filter(|a| self.holds_foreign_log(a));
             let identity = self
-                .verify_signer(&p.chain, cluster, now)
-                .map_err(|e| reject(format!("participant {i} (cluster {cluster}): {e}")))?;
+                .verify_signer(&p.chain, cluster, anchor, now)
+                .map_err(|e| in_context(e, format!("participant {i} (cluster {cluster})")))?;
             if let Some(executor) = executors.map(|e| e[i]) {
                 let found = device_fingerprint(&identity);
                 if found != executor {

@@ -178,6 +178,15 @@ pub(super) fn reject(m: impl Into<String>) -> TeeError {
     TeeError::ThresholdRejected(m.into())
 }
 
+/// A participant's refusal with the participant named: a certificate refusal gains the
+/// context, a typed refusal (not a member, revoked, log missing) keeps its kind.
+pub(super) fn in_context(e: TeeError, who: String) -> TeeError {
+    match e {
+        TeeError::ThresholdRejected(m) => reject(format!("{who}: {m}")),
+        typed => typed,
+    }
+}
+
 impl<P: Platform> TeeCore<P> {
     /// A held share, or why there is none.
     pub(crate) fn threshold_key(&self, key_id: &[u8]) -> Result<&HeldKey, TeeError> {
@@ -317,13 +326,17 @@ impl<P: Platform> TeeCore<P> {
     }
 
     /// Verifies a signer's chain as a vault device of `cluster` (cached by chain digest,
-    /// validity re-checked on every use).
+    /// validity re-checked on every use) and, once governed, as a current member: of this
+    /// cluster's log, or of the log `anchor` names for another cluster. A chain that does not
+    /// verify is `ThresholdRejected` (the caller says which signer); a device that is no
+    /// member keeps its own typed refusal.
     pub(super) fn verify_signer(
         &mut self,
         chain: &CertChain,
         cluster: &str,
+        anchor: Option<&[u8; 32]>,
         now: u64,
-    ) -> Result<DeviceIdentity, String> {
+    ) -> Result<DeviceIdentity, TeeError> {
         let mut h = Sha256::new();
         for part in [&chain.device, &chain.cluster_ca, &chain.device_ca] {
             h.update((part.len() as u32).to_be_bytes());
@@ -333,16 +346,19 @@ impl<P: Platform> TeeCore<P> {
         if let Some(c) = self.threshold.signer_cache.get(&digest) {
             if c.identity.cluster == cluster && c.not_before <= now && now <= c.not_after {
                 let identity = c.identity.clone();
-                return self.member_signer(identity);
+                return self.member_signer(identity, anchor);
             }
         }
-        let root = self.root.as_ref().ok_or("no Root CA pinned")?;
+        let root = self
+            .root
+            .as_ref()
+            .ok_or_else(|| reject("no Root CA pinned"))?;
         let identity = root
             .verify_device(&DeviceChain::from(chain.clone()), Some(cluster), now)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| reject(e.to_string()))?;
         let (not_before, not_after) =
             validity_window(&[&chain.device, &chain.cluster_ca, &chain.device_ca])
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| reject(e.to_string()))?;
         if self.threshold.signer_cache.len() >= SIGNER_CACHE_CAPACITY {
             self.threshold.signer_cache.clear();
         }
@@ -354,17 +370,35 @@ impl<P: Platform> TeeCore<P> {
                 not_after,
             },
         );
-        self.member_signer(identity)
+        self.member_signer(identity, anchor)
     }
 
-    /// A participant of this node's own cluster must also be a current member of its
-    /// governed log (checked on every use, cached certificate or not, so a removal or a
-    /// revocation takes effect at once). Other clusters' logs are not held here yet.
-    fn member_signer(&self, identity: DeviceIdentity) -> Result<DeviceIdentity, String> {
+    /// A participant of this node's own cluster must be a current member of its governed
+    /// log; one of another cluster, of the log the key anchors that cluster at (plan step
+    /// D5). Checked on every use, cached certificate or not, so a removal or a revocation
+    /// takes effect at once. A key without anchors keeps the certificate rule for other
+    /// clusters (legacy and dealt keys).
+    fn member_signer(
+        &self,
+        identity: DeviceIdentity,
+        anchor: Option<&[u8; 32]>,
+    ) -> Result<DeviceIdentity, TeeError> {
         if self.cluster().ok().as_deref() == Some(identity.cluster.as_str()) {
-            self.check_member(&identity).map_err(|e| e.to_string())?;
+            self.check_member(&identity)?;
+        } else if let Some(anchor) = anchor {
+            self.check_foreign_member(&identity, anchor)?;
         }
         Ok(identity)
+    }
+
+    /// The genesis each share's cluster is anchored at by `key_id`'s policy, if it has one.
+    pub(super) fn key_anchors(&self, key_id: &[u8]) -> Option<Vec<[u8; 32]>> {
+        self.threshold
+            .keys
+            .get(key_id)?
+            .policy
+            .as_ref()?
+            .cluster_anchors()
     }
 
     /// Drops sessions past their deadline (the hosts drop their side themselves).
@@ -442,15 +476,20 @@ impl<P: Platform> TeeCore<P> {
                 "signer {my_position} (this node's share) names another node's certificate"
             )));
         }
+        let anchors = self.key_anchors(&info.key_id);
         let mut signers = Vec::with_capacity(signer_list.len());
         for (pos, s) in signer_list.iter().enumerate() {
-            let cluster = info.clusters[usize::from(s.share_index)].clone();
-            let identity = self.verify_signer(&s.chain, &cluster, now).map_err(|e| {
-                reject(format!(
-                    "signer {pos} (share {}, cluster {cluster}): {e}",
-                    s.share_index
-                ))
-            })?;
+            let index = usize::from(s.share_index);
+            let cluster = info.clusters[index].clone();
+            let anchor = anchors.as_ref().and_then(|a| a.get(index));
+            let identity = self
+                .verify_signer(&s.chain, &cluster, anchor, now)
+                .map_err(|e| {
+                    in_context(
+                        e,
+                        format!("signer {pos} (share {}, cluster {cluster})", s.share_index),
+                    )
+                })?;
             signers.push(Signer {
                 share_index: s.share_index,
                 identity,

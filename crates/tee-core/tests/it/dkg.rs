@@ -35,13 +35,13 @@ use crate::governance::{approvals_by, group_policy, refused_outsider};
 
 const CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 
-struct Node {
-    core: TeeCore<MemPlatform>,
-    chain: CertChain,
+pub(crate) struct Node {
+    pub(crate) core: TeeCore<MemPlatform>,
+    pub(crate) chain: CertChain,
 }
 
 impl Node {
-    fn call(&mut self, req: &Request) -> Outcome {
+    pub(crate) fn call(&mut self, req: &Request) -> Outcome {
         let signed: SignedResponse =
             postcard::from_bytes(&self.core.handle_bytes(&encode_request(req))).unwrap();
         postcard::from_bytes(&signed.body).unwrap()
@@ -58,7 +58,7 @@ impl Node {
 }
 
 /// The test kit's PKI with clusters dc1..dc4.
-struct Pki(custos_test_kit::Pki);
+pub(crate) struct Pki(custos_test_kit::Pki);
 
 impl std::ops::Deref for Pki {
     type Target = custos_test_kit::Pki;
@@ -68,14 +68,14 @@ impl std::ops::Deref for Pki {
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let clusters: Vec<&str> = CLUSTERS.iter().copied().chain(["dc4"]).collect();
         Pki(custos_test_kit::Pki::with_clusters(&clusters))
     }
 
     /// A provisioned core of `cluster` holding `primes` pregenerated primes sets (fixture
     /// sets starting at `first`, sealed as a host seals a primes file).
-    fn node(&self, cluster: &str, name: &str, first: usize, primes: usize) -> Node {
+    pub(crate) fn node(&self, cluster: &str, name: &str, first: usize, primes: usize) -> Node {
         let mut platform = MemPlatform::default();
         let sets = &fixtures::test_primes()[first..first + primes];
         // A primes file is a JSON array of sets.
@@ -98,7 +98,7 @@ impl Pki {
     }
 }
 
-fn meta() -> RequestMeta {
+pub(crate) fn meta() -> RequestMeta {
     let mut request_id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut request_id);
     RequestMeta {
@@ -170,7 +170,7 @@ fn action(p: &ThresholdKeygenParams) -> Action<'_> {
 }
 
 /// The answer to a key generation start or feed: (phase, outgoing, computing, key).
-fn round(
+pub(crate) fn round(
     o: Outcome,
 ) -> (
     String,
@@ -209,7 +209,7 @@ fn route(inbox: &mut [Vec<ThresholdMessage>], msgs: Vec<ThresholdMessage>) {
 /// waiting, or still computing, gets a feed (an empty one to collect), until each reported
 /// the key. With `duplicate`, every feed carries its messages twice (relays may repeat).
 /// Returns the keys and the phases seen in order.
-fn relay(
+pub(crate) fn relay(
     nodes: &mut [&mut Node],
     session: SessionRef,
     first: Vec<Vec<ThresholdMessage>>,
@@ -628,7 +628,7 @@ fn committed(node: &Node, prefix: &str) -> usize {
 
 /// An approved key generation with an approver group: t = 2 over the first clusters, run by
 /// `nodes` (one per cluster, in share order), each named as its share's executor.
-struct GroupKeygen {
+pub(crate) struct GroupKeygen {
     meta: RequestMeta,
     params: ThresholdKeygenParams,
     policy: KeyPolicy,
@@ -637,7 +637,13 @@ struct GroupKeygen {
 }
 
 impl GroupKeygen {
-    fn new(pki: &Pki, nodes: &[&Node], hd: bool, policy: &KeyPolicy, signers: &[&str]) -> Self {
+    pub(crate) fn new(
+        pki: &Pki,
+        nodes: &[&Node],
+        hd: bool,
+        policy: &KeyPolicy,
+        signers: &[&str],
+    ) -> Self {
         let KeygenRequest {
             meta, mut params, ..
         } = KeygenRequest::new(pki, nodes);
@@ -665,7 +671,7 @@ impl GroupKeygen {
         .message(THRESHOLD_SCOPE, &self.meta)
     }
 
-    fn start(&self, attempt: u8) -> Request {
+    pub(crate) fn start(&self, attempt: u8) -> Request {
         Request::ThresholdGroupKeygenStart {
             meta: self.meta.clone(),
             attempt,
@@ -687,7 +693,7 @@ impl GroupKeygen {
         request
     }
 
-    fn session(&self, attempt: u8) -> SessionRef {
+    pub(crate) fn session(&self, attempt: u8) -> SessionRef {
         SessionRef {
             request_id: self.meta.request_id,
             attempt,

@@ -248,6 +248,17 @@ pub enum TeeError {
     /// would count for the key. The text names the request and its replacement.
     #[error("{0}")]
     LegacyRequest(String),
+    /// A threshold key anchors a share's cluster at a governance genesis whose log this TEE
+    /// does not hold, so it cannot tell a member of that cluster from any device its Cluster
+    /// CA certified: the coordinator pushes that log (`ApplyGovernance` for that cluster)
+    /// and starts again.
+    #[error("cluster {cluster:?}: this node holds no log of genesis {}", hex::encode(.genesis_id))]
+    ForeignLogMissing {
+        /// The share's cluster.
+        cluster: String,
+        /// The genesis the key's policy anchors that cluster at.
+        genesis_id: [u8; 32],
+    },
 }
 
 impl TeeError {
@@ -297,6 +308,7 @@ impl TeeError {
             TeeError::PolicyConflict { .. } => "policy_conflict",
             TeeError::ParticipantNotExecutor { .. } => "participant_not_executor",
             TeeError::LegacyRequest(_) => "legacy_request",
+            TeeError::ForeignLogMissing { .. } => "foreign_log_missing",
         }
     }
 }

@@ -1,0 +1,206 @@
+//! Co-signers of other clusters (issue 12, item 1, plan step D5): a threshold key whose
+//! policy anchors each share's cluster at its governance genesis is used only with members
+//! of those logs. The attacker holds a genuine device certificate of cluster dc2 that no dc2
+//! quorum ever admitted; before this step, dc1's TEE accepted it as the co-signer of dc2's
+//! share on its certificate alone (the chain reaches dc2's Cluster CA), and a signing session
+//! started with it.
+
+use custos_test_kit::governance::{member, GovLog};
+use custos_wire::approval::{Action, THRESHOLD_SCOPE};
+use custos_wire::governance::genesis_id;
+use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
+use custos_wire::protocol::{
+    Outcome, Request, Response, TeeError, ThresholdKeyInfo, ThresholdSignParams, ThresholdSigner,
+};
+
+use crate::dkg::{meta, relay, round, GroupKeygen, Node, Pki};
+use crate::governance::{approvals_by, group_policy};
+
+/// Applies `entries` of `cluster`'s log to `node`.
+fn apply(node: &mut Node, cluster: &str, entries: &[custos_wire::governance::GovEntry]) -> Outcome {
+    node.call(&Request::ApplyGovernance {
+        cluster: cluster.into(),
+        entries: entries.to_vec(),
+    })
+}
+
+/// A signing start of `key` on shares 0 and 1, with `signers`' chains, approved by the group.
+fn sign(pki: &Pki, key: &ThresholdKeyInfo, signers: [&Node; 2]) -> Request {
+    let meta = meta();
+    let digest = [0x5a; 32];
+    let action = Action::ThresholdSign {
+        key_id: &key.key_id,
+        path: &[],
+        digest: &digest,
+    };
+    Request::ThresholdStart {
+        approvals: approvals_by(
+            pki,
+            &["alice", "bob"],
+            &action.message(THRESHOLD_SCOPE, &meta),
+        ),
+        meta,
+        attempt: 0,
+        params: ThresholdSignParams {
+            key_id: key.key_id.clone(),
+            path: vec![],
+            digest,
+            signers: signers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ThresholdSigner {
+                    share_index: i as u16,
+                    chain: n.chain.clone(),
+                })
+                .collect(),
+        },
+    }
+}
+
+fn not_a_member(o: Outcome, name: &str) {
+    match o {
+        Err(TeeError::NotAMember { node, .. }) if node == name => {}
+        other => panic!("expected {name} refused as no member, got {other:?}"),
+    }
+}
+
+fn records(node: &Node, prefix: &str) -> usize {
+    let store = &node.core.platform().committed;
+    store.keys().filter(|k| k.starts_with(prefix)).count()
+}
+
+#[test]
+fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 1);
+    let mut b = pki.node("dc2", "dc2-node1", 1, 1);
+    let b2 = pki.node("dc2", "dc2-node2", 2, 0);
+    // Genuinely certified by dc2's Cluster CA, never admitted by a dc2 quorum.
+    let rogue = pki.node("dc2", "dc2-rogue", 3, 0);
+    let governors = ["alice", "bob"];
+    let dc1 = GovLog::genesis(
+        &pki,
+        "dc1",
+        &governors,
+        2,
+        vec![member(&pki, &a.chain)],
+        &governors,
+    );
+    let mut dc2 = GovLog::genesis(
+        &pki,
+        "dc2",
+        &governors,
+        2,
+        vec![member(&pki, &b.chain)],
+        &governors,
+    );
+    assert!(apply(&mut a, "dc1", dc1.entries()).is_ok());
+    assert!(apply(&mut b, "dc2", dc2.entries()).is_ok());
+    let g2 = genesis_id("dc2", &dc2.entries()[0].change);
+    let anchors = [genesis_id("dc1", &dc1.entries()[0].change), g2];
+    let policy = KeyPolicy {
+        rules: vec![Rule {
+            tag: RULE_CLUSTER_ANCHORS,
+            body: anchors.concat(),
+        }],
+        ..group_policy(&pki, &governors, 2)
+    };
+
+    // Before the key exists, nothing anchors dc2 here: its log is not taken.
+    match apply(&mut a, "dc2", dc2.entries()) {
+        Err(TeeError::GovernanceRejected(m)) => assert!(m.contains("no held key anchors"), "{m}"),
+        other => panic!("a log no key anchors was taken: {other:?}"),
+    }
+    let req = GroupKeygen::new(&pki, &[&a, &b], false, &policy, &governors);
+    let (_, out_a, _, _) = round(a.call(&req.start(0)));
+    let (_, out_b, _, _) = round(b.call(&req.start(0)));
+    let (keys, _) = relay(
+        &mut [&mut a, &mut b],
+        req.session(0),
+        vec![out_a, out_b],
+        false,
+    );
+    let key = keys[0].clone();
+
+    // The key anchors dc2, whose log dc1 does not hold yet: no dc2 device is believed.
+    for other in [&rogue, &b] {
+        let request = sign(&pki, &key, [&a, other]);
+        assert_eq!(
+            a.call(&request),
+            Err(TeeError::ForeignLogMissing {
+                cluster: "dc2".into(),
+                genesis_id: g2
+            })
+        );
+    }
+    // Another genesis made for dc2 (the rogue its one member, approved by admins the Admin
+    // CA certified) is anchored by no key: refused, nothing stored.
+    let fake = GovLog::genesis(
+        &pki,
+        "dc2",
+        &["carol"],
+        1,
+        vec![member(&pki, &rogue.chain)],
+        &["carol"],
+    );
+    match apply(&mut a, "dc2", fake.entries()) {
+        Err(TeeError::GovernanceRejected(m)) => assert!(m.contains("no held key anchors"), "{m}"),
+        other => panic!("an unanchored genesis was taken: {other:?}"),
+    }
+    assert_eq!(records(&a, "govf/"), 0);
+
+    // dc2's own log, once pushed, decides: the rogue is no member, dc2's node is.
+    match apply(&mut a, "dc2", dc2.entries()) {
+        Ok(Response::Governance(v)) => assert_eq!((v.cluster.as_str(), v.version), ("dc2", 0)),
+        other => panic!("dc2's anchored log was refused: {other:?}"),
+    }
+    let sessions = records(&a, "tsession/");
+    not_a_member(a.call(&sign(&pki, &key, [&a, &rogue])), "dc2-rogue");
+    assert_eq!(
+        records(&a, "tsession/"),
+        sessions,
+        "a refused start recorded a session"
+    );
+    assert!(matches!(
+        a.call(&sign(&pki, &key, [&a, &b])),
+        Ok(Response::ThresholdRound { .. })
+    ));
+
+    // dc2 admits a second node and removes the first; the page after the genesis finds the
+    // log it continues, and the removal holds at once.
+    dc2.admit(member(&pki, &b2.chain), &governors);
+    let b_key = member(&pki, &b.chain).key_fingerprint;
+    dc2.remove(b_key, &governors);
+    match apply(&mut a, "dc2", &dc2.entries()[1..]) {
+        Ok(Response::Governance(v)) => assert_eq!(v.version, 2),
+        other => panic!("dc2's later entries were refused: {other:?}"),
+    }
+    not_a_member(a.call(&sign(&pki, &key, [&a, &b])), "dc2-node1");
+    assert!(matches!(
+        a.call(&sign(&pki, &key, [&a, &b2])),
+        Ok(Response::ThresholdRound { .. })
+    ));
+
+    // The foreign log is sealed: a restarted TEE still holds it at version 2.
+    a.core = custos_tee_core::TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    not_a_member(a.call(&sign(&pki, &key, [&a, &rogue])), "dc2-rogue");
+    not_a_member(a.call(&sign(&pki, &key, [&a, &b])), "dc2-node1");
+    // A foreign log with an entry missing from storage stops the TEE from opening, as its
+    // own log would: it never falls back to certificates alone.
+    let mut store = a.core.platform().after_restart();
+    let entry = store
+        .committed
+        .keys()
+        .find(|k| k.starts_with("govf/") && k.ends_with("0000000000000001"))
+        .cloned()
+        .expect("a sealed foreign entry");
+    store.committed.remove(&entry);
+    store.staged.remove(&entry);
+    match custos_tee_core::TeeCore::open(store, "memory") {
+        Err(custos_tee_core::OpenError::Essential { record, .. }) => {
+            assert!(record.starts_with("govf/"), "{record}")
+        }
+        Err(e) => panic!("expected the foreign log named, got {e}"),
+        Ok(_) => panic!("opened without a sealed foreign entry"),
+    }
+}
