@@ -780,5 +780,14 @@ mod tests {
             tee_code(&TeeError::UnknownKey("x".into())),
             "tee_unknown_key"
         );
+        // A co-signer lacking another cluster's log (plan step D5): the server pushes it and
+        // starts again once; a second refusal fails the attempt under this code.
+        assert_eq!(
+            tee_code(&TeeError::ForeignLogMissing {
+                cluster: "dc2".into(),
+                genesis_id: [1; 32],
+            }),
+            "tee_foreign_log_missing"
+        );
     }
 }
