@@ -7,16 +7,18 @@
 //! committed before the answer and before any later request of the batch runs: nothing is
 //! ever approved under a group that storage may still lose.
 //!
-//! Threshold keys are refused by name here: one made by a group key generation (plan step
-//! W2b) carries its group, fixed at creation; changing it is not built yet (it needs the
-//! change applied at every cluster of the key). A threshold key without a group stays
-//! approved by the cluster's governors.
+//! A threshold key's policy is held with each share, so a change is applied by the TEE of
+//! every cluster of the key, each checking it alone: its quorum stays the key's (part of the
+//! key's facts), and cluster anchors, when the change sets them, must name one genesis per
+//! share and this cluster's own log at this share. That is how a dealt key, or one made
+//! before governance, gets a group and anchors (plan step D5).
 
-use custos_wire::approval::{Action, Approval};
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS};
 use custos_wire::protocol::*;
 
 use crate::platform::{Platform, RecordId};
+use crate::threshold::HeldKey;
 use crate::wallet::{key_hex, Wallet};
 use crate::{replayed, storage, TeeCore, WALLET_PREFIX};
 
@@ -51,24 +53,72 @@ fn key_policy(key_id: &[u8], policy: KeyPolicy) -> Response {
     }
 }
 
-impl<P: Platform> TeeCore<P> {
-    /// The wallet whose policy is read or changed; a threshold key is refused by name rather
-    /// than reported unknown.
-    fn policy_wallet(&self, key_id: &[u8]) -> Result<&Wallet, TeeError> {
-        if self.threshold.keys.contains_key(key_id) {
-            return Err(TeeError::PolicyRejected(format!(
-                "key {} is a threshold key: its approver group is fixed at creation (changing \
-                 or reading it here is not supported yet)",
-                key_hex(key_id)
-            )));
+/// A key whose policy is read or changed: a wallet, or this node's share of a threshold key.
+enum PolicyKey<'a> {
+    Wallet(&'a Wallet),
+    Share(&'a HeldKey),
+}
+
+impl PolicyKey<'_> {
+    /// The policy in force ([`KeyPolicy::legacy`] for a key created without a group).
+    fn current(&self) -> KeyPolicy {
+        match self {
+            PolicyKey::Wallet(w) => w.current_policy(),
+            PolicyKey::Share(k) => k
+                .policy
+                .clone()
+                .unwrap_or_else(|| KeyPolicy::legacy(k.info.quorum)),
         }
-        self.wallet(key_id)
+    }
+
+    fn has_group(&self) -> bool {
+        match self {
+            PolicyKey::Wallet(w) => w.policy.is_some(),
+            PolicyKey::Share(k) => k.policy.is_some(),
+        }
+    }
+}
+
+impl<P: Platform> TeeCore<P> {
+    fn policy_key(&self, key_id: &[u8]) -> Result<PolicyKey<'_>, TeeError> {
+        match self.threshold.keys.get(key_id) {
+            Some(k) => Ok(PolicyKey::Share(k)),
+            None => self.wallet(key_id).map(PolicyKey::Wallet),
+        }
     }
 
     /// [`Request::GetKeyPolicy`]: public facts, no approval.
     pub(crate) fn get_key_policy(&self, key_id: &[u8]) -> Outcome {
-        let policy = self.policy_wallet(key_id)?.current_policy();
+        let policy = self.policy_key(key_id)?.current();
         Ok(key_policy(key_id, policy))
+    }
+
+    /// What a new policy must keep to for this kind of key: anchors only for a threshold
+    /// key, naming this cluster's log at this share; a threshold key's quorum unchanged.
+    fn check_kind_rules(&self, key: &PolicyKey<'_>, policy: &KeyPolicy) -> Result<(), TeeError> {
+        let anchors = policy.cluster_anchors();
+        match key {
+            PolicyKey::Wallet(_) if anchors.is_some() => Err(TeeError::PolicyRejected(format!(
+                "rule {RULE_CLUSTER_ANCHORS} (cluster anchors) is for threshold keys, not wallets"
+            ))),
+            PolicyKey::Wallet(_) => Ok(()),
+            PolicyKey::Share(k) => {
+                if policy.quorum != k.info.quorum {
+                    return Err(TeeError::PolicyRejected(format!(
+                        "quorum {}: a threshold key's quorum is part of the key ({})",
+                        policy.quorum, k.info.quorum
+                    )));
+                }
+                match anchors {
+                    Some(a) => self.check_own_anchor(
+                        &a,
+                        k.info.clusters.len(),
+                        usize::from(k.info.share_index),
+                    ),
+                    None => Ok(()),
+                }
+            }
+        }
     }
 
     /// [`Request::SetKeyPolicy`]: checks the new policy, that it replaces the policy in force
@@ -83,26 +133,26 @@ impl<P: Platform> TeeCore<P> {
         policy: &KeyPolicy,
         approvals: &[Approval],
     ) -> Outcome {
-        let wallet = self.policy_wallet(key_id)?;
-        let current = wallet.current_policy();
-        let who = Self::approvers_for(wallet);
+        let key = self.policy_key(key_id)?;
+        let current = key.current();
+        let who = match &key {
+            PolicyKey::Wallet(w) => Self::approvers_for(w),
+            PolicyKey::Share(k) => Self::approvers_for_share(k),
+        };
+        let (legacy, share) = (!key.has_group(), matches!(key, PolicyKey::Share(_)));
         if self.consumed.contains_key(&meta.request_id) {
             return self.repeated_change(meta, key_id, policy, current);
         }
-        // A legacy wallet has no group: until the cluster is governed, any Admin-CA
+        // A legacy key has no group: until the cluster is governed, any Admin-CA
         // certificate counts for it, so whoever can mint admin certificates could give it a
         // group of their own that would outlive the genesis. Only governors may narrow it.
-        if wallet.policy.is_none() && self.gov.is_none() {
+        if legacy && self.gov.is_none() {
             return Err(TeeError::NotGoverned);
         }
         policy
             .validate()
             .map_err(|e| TeeError::PolicyRejected(e.to_string()))?;
-        if policy.rules.iter().any(|r| r.tag == RULE_CLUSTER_ANCHORS) {
-            return Err(TeeError::PolicyRejected(format!(
-                "rule {RULE_CLUSTER_ANCHORS} (cluster anchors) is for threshold keys, not wallets"
-            )));
-        }
+        self.check_kind_rules(&key, policy)?;
         let expected = current.hash();
         if *prev != expected {
             return Err(TeeError::PolicyConflict {
@@ -122,11 +172,22 @@ impl<P: Platform> TeeCore<P> {
             prev,
             policy,
         };
-        self.approve_by(meta, action, approvals, who)?;
+        // A threshold key's change is one message for every cluster of the key, like its
+        // signing approvals; a wallet's is scoped to its cluster.
+        let scope = if share {
+            THRESHOLD_SCOPE.to_string()
+        } else {
+            self.cluster()?
+        };
+        self.approve_in_by(&scope, meta, action, approvals, who)?;
         // Consumed first: a storage failure between the two writes can use up the id
         // without the change (the admins approve again), never make the change reusable.
         self.consume_request(meta, Some(key_id))?;
-        self.replace_policies(vec![(key_id.to_vec(), policy.clone())])?;
+        if share {
+            self.replace_share_policy(key_id, policy)?;
+        } else {
+            self.replace_policies(vec![(key_id.to_vec(), policy.clone())])?;
+        }
         Ok(key_policy(key_id, policy.clone()))
     }
 
@@ -188,6 +249,32 @@ impl<P: Platform> TeeCore<P> {
             if let Some(w) = self.wallets.get_mut(&key_id) {
                 w.set_policy(policy);
             }
+        }
+        Ok(())
+    }
+
+    /// Seals this node's share under its new policy and commits at once; on a failure the
+    /// share in memory keeps its policy, so memory never holds what storage lost.
+    fn replace_share_policy(&mut self, key_id: &[u8], policy: &KeyPolicy) -> Result<(), TeeError> {
+        let id = RecordId::new(format!(
+            "{}{}",
+            crate::threshold::SHARE_PREFIX,
+            key_hex(key_id)
+        ))
+        .map_err(storage)?;
+        let unknown = || TeeError::UnknownKey(key_hex(key_id));
+        let held = self.threshold.keys.get_mut(key_id).ok_or_else(unknown)?;
+        let before = held.policy.replace(policy.clone());
+        let record = held.to_record();
+        let written = self
+            .platform
+            .seal(&id, &record)
+            .and_then(|()| self.commit_pending());
+        if let Err(e) = written {
+            if let Some(held) = self.threshold.keys.get_mut(key_id) {
+                held.policy = before;
+            }
+            return Err(storage(e));
         }
         Ok(())
     }

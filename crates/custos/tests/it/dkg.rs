@@ -12,7 +12,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::common::{three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
+use crate::common::{govern, three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use bitcoin::bip32::{DerivationPath, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
 use custos::deployment::{approve, create_threshold_key, wait_healthy};
@@ -53,6 +53,11 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
         .unwrap();
     rt.block_on(wait_healthy(&client, &CLUSTERS, Duration::from_secs(20)))
         .unwrap();
+    // Each cluster governed (alice its governor, node1 its member): the key's policy then
+    // anchors every share's cluster at its log, and co-signers are members only.
+    for c in CLUSTERS {
+        rt.block_on(govern(&client, c, &[format!("{c}-node1")], &[&alice], 1));
+    }
     let ready = began.elapsed();
 
     // The key: requested, approved, made by the three TEEs.
@@ -172,6 +177,8 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
     let recovered: PublicKey = secp.recover_ecdsa(&msg, &rec).unwrap();
     assert_eq!(recovered, child, "v does not recover the child key");
 
+    rogue_co_signer_refused(&dep, &alice, &made.key_id, digest, path);
+
     eprintln!(
         "deployment + primes [{:.1} s], DKG 2-of-3 through the cloud server [{:.1} s], \
          2-of-3 signing [{:.1} s], total [{:.1} s]",
@@ -180,6 +187,88 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
         sign_took.as_secs_f64(),
         began.elapsed().as_secs_f64()
     );
+}
+
+/// Attacker's test (issue 12, item 1, threshold participation): a P-256 key made outside
+/// any TEE, with a device certificate dc3's Cluster CA genuinely issued, named as dc3's
+/// co-signer in an approved signing start sent straight to dc1's TEE (what a compromised
+/// coordinator could do). Before plan step D5, dc1's TEE checked the chain only and started
+/// the session; now the key anchors dc3 at its log, which the cloud pushed to dc1 before the
+/// signing above, and the rogue is no member of it: refused by name, no session recorded.
+/// The same start naming dc3's real node is accepted.
+fn rogue_co_signer_refused(
+    dep: &custos::deployment::Deployment,
+    alice: &custos_pki::AdminSigner,
+    key_id: &str,
+    digest: [u8; 32],
+    path: &str,
+) {
+    use crate::governance::Rogue;
+    use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+    use custos_wire::protocol::{
+        encode_request, RequestMeta, TeeError, ThresholdSignParams, ThresholdSigner,
+    };
+
+    let rogue = Rogue::of(&dep.pki, "dc3", "dc3-rogue");
+    let key_id = hex::decode(key_id).unwrap();
+    let path: Vec<u32> = DerivationPath::from_str(path)
+        .unwrap()
+        .into_iter()
+        .map(|c| u32::from(*c))
+        .collect();
+    let node1 = |c: &str| &dep.cluster(c).unwrap().nodes[0];
+    let dc3_chain = dep.node_chain("dc3", 0).unwrap();
+    let mut tee = node1("dc1").tee.client().unwrap();
+    let start = |co_signer: &custos_wire::protocol::CertChain| {
+        let meta = RequestMeta {
+            request_id: rand::random(),
+            expires_at: custos_test_kit::now() + 600,
+        };
+        let action = Action::ThresholdSign {
+            key_id: &key_id,
+            path: &path,
+            digest: &digest,
+        };
+        let message = action.message(THRESHOLD_SCOPE, &meta);
+        let approval = Approval {
+            admin_cert: alice.cert_der.clone(),
+            admin_ca: alice.admin_ca_der.clone(),
+            signature: alice.sign(&message).unwrap(),
+        };
+        let dc1_chain = dep.node_chain("dc1", 0).unwrap();
+        Request::ThresholdStart {
+            meta,
+            attempt: 0,
+            approvals: vec![approval],
+            params: ThresholdSignParams {
+                key_id: key_id.clone(),
+                path: path.clone(),
+                digest,
+                signers: vec![
+                    ThresholdSigner {
+                        share_index: 0,
+                        chain: dc1_chain,
+                    },
+                    ThresholdSigner {
+                        share_index: 2,
+                        chain: co_signer.clone(),
+                    },
+                ],
+            },
+        }
+    };
+    match tee
+        .call_bytes(&encode_request(&start(&rogue.chain)))
+        .unwrap()
+    {
+        Err(TeeError::NotAMember { node, .. }) => assert_eq!(node, "dc3-rogue"),
+        Err(e) => panic!("expected not_a_member for the rogue, got {e}"),
+        Ok(_) => panic!("dc1's TEE started a session with the rogue as dc3's co-signer"),
+    }
+    assert!(matches!(
+        tee.call_bytes(&encode_request(&start(&dc3_chain))).unwrap(),
+        Ok(Response::ThresholdRound { .. })
+    ));
 }
 
 /// One approval, one effect, for distributed key generation (issue 12 item 5): a group key

@@ -21,26 +21,32 @@ use custos_wire::governance::{device_key_fingerprint, GovEntry};
 use custos_wire::protocol::{CertChain, GovView, KeyTransfer, Origin, Request, Response, TeeError};
 use zeroize::Zeroizing;
 
-/// The rogue: its PKCS#8 key and its genuine dc1 chain.
-struct Rogue {
+/// The rogue: its PKCS#8 key and its genuine chain.
+pub(crate) struct Rogue {
     pkcs8: Vec<u8>,
-    chain: CertChain,
+    pub(crate) chain: CertChain,
 }
 
 impl Rogue {
     fn new(pki: &Pki) -> Self {
+        Rogue::of(&pki.pki, CLUSTER, "dc1-rogue")
+    }
+
+    /// A P-256 key made here, outside any TEE, with a device certificate for `node` that
+    /// `cluster`'s Cluster CA genuinely issued (one CSR signed is all it takes).
+    pub(crate) fn of(pki: &custos_pki::PkiDir, cluster: &str, node: &str) -> Self {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params =
-            rcgen::CertificateParams::new(vec!["dc1-rogue.dc1.custos".into()]).unwrap();
+            rcgen::CertificateParams::new(vec![format!("{node}.{cluster}.custos")]).unwrap();
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "dc1-rogue");
+            .push(rcgen::DnType::CommonName, node);
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
         let der = |pem: &str| custos_pki::pem_to_der(pem, "cert").unwrap();
         let chain = CertChain {
-            device: der(&pki.pki.sign_device_csr(CLUSTER, &csr).unwrap()),
-            cluster_ca: der(&pki.pki.cluster_ca_pem(CLUSTER).unwrap()),
-            device_ca: der(&pki.pki.device_ca_pem().unwrap()),
+            device: der(&pki.sign_device_csr(cluster, &csr).unwrap()),
+            cluster_ca: der(&pki.cluster_ca_pem(cluster).unwrap()),
+            device_ca: der(&pki.device_ca_pem().unwrap()),
         };
         Rogue {
             pkcs8: key.serialize_der(),

@@ -516,7 +516,7 @@ impl<P: Platform> TeeCore<P> {
     /// A policy's cluster anchors name one genesis per share, and this cluster's is the log
     /// this node holds. Other clusters' anchors are theirs to check (each participant checks
     /// its own); checking them here needs their logs (plan step D5).
-    fn check_own_anchor(
+    pub(crate) fn check_own_anchor(
         &self,
         anchors: &[[u8; 32]],
         n: usize,

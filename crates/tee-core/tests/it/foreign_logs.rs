@@ -5,9 +5,11 @@
 //! share on its certificate alone (the chain reaches dc2's Cluster CA), and a signing session
 //! started with it.
 
+use custos_tee_core::TeeCore;
 use custos_test_kit::governance::{member, GovLog};
+use custos_test_kit::{call_core, MemPlatform};
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
-use custos_wire::governance::genesis_id;
+use custos_wire::governance::{genesis_id, GovEntry};
 use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
 use custos_wire::protocol::{
     Outcome, Request, Response, TeeError, ThresholdKeyInfo, ThresholdSignParams, ThresholdSigner,
@@ -17,11 +19,14 @@ use crate::dkg::{meta, relay, round, GroupKeygen, Node, Pki};
 use crate::governance::{approvals_by, group_policy};
 
 /// Applies `entries` of `cluster`'s log to `node`.
-fn apply(node: &mut Node, cluster: &str, entries: &[custos_wire::governance::GovEntry]) -> Outcome {
-    node.call(&Request::ApplyGovernance {
-        cluster: cluster.into(),
-        entries: entries.to_vec(),
-    })
+fn apply(core: &mut TeeCore<MemPlatform>, cluster: &str, entries: &[GovEntry]) -> Outcome {
+    call_core(
+        core,
+        &Request::ApplyGovernance {
+            cluster: cluster.into(),
+            entries: entries.to_vec(),
+        },
+    )
 }
 
 /// A signing start of `key` on shares 0 and 1, with `signers`' chains, approved by the group.
@@ -94,8 +99,8 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
         vec![member(&pki, &b.chain)],
         &governors,
     );
-    assert!(apply(&mut a, "dc1", dc1.entries()).is_ok());
-    assert!(apply(&mut b, "dc2", dc2.entries()).is_ok());
+    assert!(apply(&mut a.core, "dc1", dc1.entries()).is_ok());
+    assert!(apply(&mut b.core, "dc2", dc2.entries()).is_ok());
     let g2 = genesis_id("dc2", &dc2.entries()[0].change);
     let anchors = [genesis_id("dc1", &dc1.entries()[0].change), g2];
     let policy = KeyPolicy {
@@ -107,7 +112,7 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
     };
 
     // Before the key exists, nothing anchors dc2 here: its log is not taken.
-    match apply(&mut a, "dc2", dc2.entries()) {
+    match apply(&mut a.core, "dc2", dc2.entries()) {
         Err(TeeError::GovernanceRejected(m)) => assert!(m.contains("no held key anchors"), "{m}"),
         other => panic!("a log no key anchors was taken: {other:?}"),
     }
@@ -143,14 +148,14 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
         vec![member(&pki, &rogue.chain)],
         &["carol"],
     );
-    match apply(&mut a, "dc2", fake.entries()) {
+    match apply(&mut a.core, "dc2", fake.entries()) {
         Err(TeeError::GovernanceRejected(m)) => assert!(m.contains("no held key anchors"), "{m}"),
         other => panic!("an unanchored genesis was taken: {other:?}"),
     }
     assert_eq!(records(&a, "govf/"), 0);
 
     // dc2's own log, once pushed, decides: the rogue is no member, dc2's node is.
-    match apply(&mut a, "dc2", dc2.entries()) {
+    match apply(&mut a.core, "dc2", dc2.entries()) {
         Ok(Response::Governance(v)) => assert_eq!((v.cluster.as_str(), v.version), ("dc2", 0)),
         other => panic!("dc2's anchored log was refused: {other:?}"),
     }
@@ -171,7 +176,7 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
     dc2.admit(member(&pki, &b2.chain), &governors);
     let b_key = member(&pki, &b.chain).key_fingerprint;
     dc2.remove(b_key, &governors);
-    match apply(&mut a, "dc2", &dc2.entries()[1..]) {
+    match apply(&mut a.core, "dc2", &dc2.entries()[1..]) {
         Ok(Response::Governance(v)) => assert_eq!(v.version, 2),
         other => panic!("dc2's later entries were refused: {other:?}"),
     }
@@ -182,7 +187,7 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
     ));
 
     // The foreign log is sealed: a restarted TEE still holds it at version 2.
-    a.core = custos_tee_core::TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
     not_a_member(a.call(&sign(&pki, &key, [&a, &rogue])), "dc2-rogue");
     not_a_member(a.call(&sign(&pki, &key, [&a, &b])), "dc2-node1");
     // A foreign log with an entry missing from storage stops the TEE from opening, as its
@@ -196,11 +201,146 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
         .expect("a sealed foreign entry");
     store.committed.remove(&entry);
     store.staged.remove(&entry);
-    match custos_tee_core::TeeCore::open(store, "memory") {
+    match TeeCore::open(store, "memory") {
         Err(custos_tee_core::OpenError::Essential { record, .. }) => {
             assert!(record.starts_with("govf/"), "{record}")
         }
         Err(e) => panic!("expected the foreign log named, got {e}"),
         Ok(_) => panic!("opened without a sealed foreign entry"),
     }
+}
+
+/// A policy change of threshold key `key_id` (one message for every cluster of the key).
+fn change(
+    pki: &custos_test_kit::Pki,
+    key_id: &[u8],
+    prev: [u8; 32],
+    policy: &KeyPolicy,
+    signers: &[&str],
+) -> Request {
+    let meta = meta();
+    let action = Action::SetKeyPolicy {
+        key_id,
+        prev: &prev,
+        policy,
+    };
+    Request::SetKeyPolicy {
+        approvals: approvals_by(pki, signers, &action.message(THRESHOLD_SCOPE, &meta)),
+        meta,
+        key_id: key_id.to_vec(),
+        prev,
+        policy: policy.clone(),
+    }
+}
+
+/// A dealt key carries no group: once its cluster is governed, its governors approve it. They
+/// give it a group and cluster anchors (a policy change each cluster's TEE checks alone), and
+/// from then on only the group counts and only members of the anchored logs co-sign: the
+/// rogue dc2 device the key's certificate rule accepted before is refused by name.
+#[test]
+fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
+    use crate::threshold as dealt;
+
+    let pki = dealt::Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1");
+    let b = pki.node("dc2", "dc2-node1");
+    let rogue = pki.node("dc2", "dc2-rogue");
+    dealt::import_share(&pki, 0, &mut a);
+    let key = dealt::key_id();
+    let get = |n: &mut dealt::Node| match n.call(&Request::GetKeyPolicy {
+        key_id: key.clone(),
+    }) {
+        Ok(Response::KeyPolicy { policy, .. }) => policy,
+        other => panic!("no policy read: {other:?}"),
+    };
+    let legacy = get(&mut a);
+    assert_eq!(legacy, KeyPolicy::legacy(2));
+    // Before: the rogue's certificate alone made it dc2's co-signer.
+    let digest = [0x11; 32];
+    let with_rogue =
+        |a: &dealt::Node| dealt::SignRequest::new(&pki, &[(0, a), (1, &rogue)], digest, 2).start(0);
+    let request = with_rogue(&a);
+    assert!(matches!(
+        a.call(&request),
+        Ok(Response::ThresholdRound { .. })
+    ));
+
+    let governors = ["alice", "bob"];
+    let logs: Vec<GovLog> = [("dc1", &a.chain), ("dc2", &b.chain)]
+        .into_iter()
+        .chain([("dc3", &pki.node("dc3", "dc3-node1").chain)])
+        .map(|(c, chain)| {
+            GovLog::genesis(
+                &pki,
+                c,
+                &governors,
+                2,
+                vec![member(&pki, chain)],
+                &governors,
+            )
+        })
+        .collect();
+    let anchors: Vec<[u8; 32]> = logs
+        .iter()
+        .map(|l| genesis_id(l.cluster(), &l.entries()[0].change))
+        .collect();
+    let anchored = |anchors: &[[u8; 32]], quorum| KeyPolicy {
+        rules: vec![Rule {
+            tag: RULE_CLUSTER_ANCHORS,
+            body: anchors.concat(),
+        }],
+        ..group_policy(&pki, &governors, quorum)
+    };
+    let v1 = anchored(&anchors, 2);
+    // Ungoverned, no one may narrow a key any Admin-CA certificate approves.
+    assert_eq!(
+        a.call(&change(&pki, &key, legacy.hash(), &v1, &governors)),
+        Err(TeeError::NotGoverned)
+    );
+    assert!(apply(&mut a.core, "dc1", logs[0].entries()).is_ok());
+    // The key's quorum is part of the key; the anchor of this share is this cluster's log;
+    // carol, no governor, counts for nothing.
+    let other_quorum = anchored(&anchors, 1);
+    let swapped = anchored(&[anchors[1], anchors[0], anchors[2]], 2);
+    for (policy, why) in [(&other_quorum, "quorum"), (&swapped, "anchor of share 0")] {
+        match a.call(&change(&pki, &key, legacy.hash(), policy, &governors)) {
+            Err(TeeError::PolicyRejected(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("expected PolicyRejected ({why}), got {other:?}"),
+        }
+    }
+    crate::governance::refused_outsider(
+        a.call(&change(&pki, &key, legacy.hash(), &v1, &["alice", "carol"])),
+        "carol",
+    );
+    assert_eq!(get(&mut a), legacy);
+    match a.call(&change(&pki, &key, legacy.hash(), &v1, &governors)) {
+        Ok(Response::KeyPolicy { policy, .. }) => assert_eq!(policy, v1),
+        other => panic!("the governors' change was refused: {other:?}"),
+    }
+
+    // Now the key anchors dc2: its log is taken, and decides.
+    let request = with_rogue(&a);
+    assert_eq!(
+        a.call(&request),
+        Err(TeeError::ForeignLogMissing {
+            cluster: "dc2".into(),
+            genesis_id: anchors[1]
+        })
+    );
+    assert!(matches!(
+        apply(&mut a.core, "dc2", logs[1].entries()),
+        Ok(Response::Governance(_))
+    ));
+    let request = with_rogue(&a);
+    not_a_member(a.call(&request), "dc2-rogue");
+    let request = dealt::SignRequest::new(&pki, &[(0, &a), (1, &b)], digest, 2).start(0);
+    assert!(matches!(
+        a.call(&request),
+        Ok(Response::ThresholdRound { .. })
+    ));
+    // The policy is sealed with the share.
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    assert_eq!(get(&mut a), v1);
+    let request = with_rogue(&a);
+    not_a_member(a.call(&request), "dc2-rogue");
 }

@@ -37,7 +37,7 @@ const QUORUM: u8 = 2;
 const PATH: [u32; 3] = [0, 1, 7];
 
 /// The dealt 2-of-3 HD key, dealt once per test binary (fixture primes: ~0.1 s).
-fn shares() -> &'static [ThresholdShare] {
+pub(crate) fn shares() -> &'static [ThresholdShare] {
     static SHARES: OnceLock<Vec<ThresholdShare>> = OnceLock::new();
     SHARES.get_or_init(|| {
         let primes = fixtures::test_primes();
@@ -46,20 +46,20 @@ fn shares() -> &'static [ThresholdShare] {
 }
 
 /// One provisioned TEE core with its certificate chain.
-struct Node {
-    core: TeeCore<MemPlatform>,
-    chain: CertChain,
+pub(crate) struct Node {
+    pub(crate) core: TeeCore<MemPlatform>,
+    pub(crate) chain: CertChain,
     identity: DeviceIdentity,
 }
 
 impl Node {
-    fn call(&mut self, req: &Request) -> Outcome {
+    pub(crate) fn call(&mut self, req: &Request) -> Outcome {
         call(&mut self.core, req)
     }
 }
 
 /// The test kit's PKI with clusters dc1..dc4 (its admins and dealer).
-struct Pki(custos_test_kit::Pki);
+pub(crate) struct Pki(custos_test_kit::Pki);
 
 impl std::ops::Deref for Pki {
     type Target = custos_test_kit::Pki;
@@ -69,13 +69,13 @@ impl std::ops::Deref for Pki {
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let clusters: Vec<&str> = CLUSTERS.iter().copied().chain(["dc4"]).collect();
         Pki(custos_test_kit::Pki::with_clusters(&clusters))
     }
 
     /// A core of `cluster` with Root pinned, D generated and its certificate installed.
-    fn node(&self, cluster: &str, name: &str) -> Node {
+    pub(crate) fn node(&self, cluster: &str, name: &str) -> Node {
         let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
         let (chain, _) = self.0.provision(&mut core, cluster, name);
         // What the dealer program does before sealing: verify the node's chain itself.
@@ -139,7 +139,7 @@ fn meta() -> RequestMeta {
     }
 }
 
-fn key_id() -> Vec<u8> {
+pub(crate) fn key_id() -> Vec<u8> {
     shares()[0].public_key().to_vec()
 }
 
@@ -151,7 +151,7 @@ fn rejected(o: Outcome) -> String {
 }
 
 /// Imports share i of the key into `node` with a quorum of approvals.
-fn import_share(pki: &Pki, i: usize, node: &mut Node) -> ThresholdKeyInfo {
+pub(crate) fn import_share(pki: &Pki, i: usize, node: &mut Node) -> ThresholdKeyInfo {
     let req = pki.import(&pki.bundle(i, node), 2);
     match node.call(&req).unwrap() {
         Response::ThresholdKey(info) => info,
@@ -161,14 +161,19 @@ fn import_share(pki: &Pki, i: usize, node: &mut Node) -> ThresholdKeyInfo {
 
 /// An approved signing request: `meta`, params with `signers` (share index, node chain) in
 /// order, and a quorum of approvals in the threshold scope.
-struct SignRequest {
+pub(crate) struct SignRequest {
     meta: RequestMeta,
     params: ThresholdSignParams,
     approvals: Vec<Approval>,
 }
 
 impl SignRequest {
-    fn new(pki: &Pki, signers: &[(u16, &Node)], digest: [u8; 32], approvers: usize) -> Self {
+    pub(crate) fn new(
+        pki: &Pki,
+        signers: &[(u16, &Node)],
+        digest: [u8; 32],
+        approvers: usize,
+    ) -> Self {
         let meta = meta();
         let params = ThresholdSignParams {
             key_id: key_id(),
@@ -195,7 +200,7 @@ impl SignRequest {
         }
     }
 
-    fn start(&self, attempt: u8) -> Request {
+    pub(crate) fn start(&self, attempt: u8) -> Request {
         Request::ThresholdStart {
             meta: self.meta.clone(),
             attempt,

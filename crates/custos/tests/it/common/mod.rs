@@ -54,6 +54,43 @@ pub fn three_clusters(dir: &Path, nodes: usize, sync_interval_secs: u64) -> Depl
     .unwrap()
 }
 
+/// Governs `cluster` through the REST API: a genesis naming `members` and the governors
+/// `admins` (any `quorum` of them), approved by the first `quorum` admins.
+pub async fn govern(
+    client: &custos_cloud_api::client::CloudClient,
+    cluster: &str,
+    members: &[String],
+    admins: &[&custos_pki::AdminSigner],
+    quorum: u8,
+) {
+    let mut view = client
+        .propose_genesis(
+            cluster,
+            &custos_cloud_api::GenesisBody {
+                governors: admins
+                    .iter()
+                    .map(|a| hex::encode(a.key_fingerprint()))
+                    .collect(),
+                quorum,
+                members: members.to_vec(),
+                request_id: None,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    for a in &admins[..usize::from(quorum)] {
+        view = custos::deployment::approve(client, a, &view.id)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        view.status,
+        custos_cloud_api::RequestStatus::Completed,
+        "{cluster}: {view:?}"
+    );
+}
+
 /// One TEE process (unprovisioned until `provision`).
 pub struct Tee {
     pub process: TeeProcess,
