@@ -35,6 +35,7 @@ use custos_config::ConfigError;
 
 use custos_pki::clock::now_unix;
 
+mod foreign_governance;
 mod governance;
 mod grpc;
 mod key_policy;

@@ -4,7 +4,7 @@
 
 use custos_pki::AdminSigner;
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
-use custos_wire::policy::{KeyPolicy, MAX_GROUP};
+use custos_wire::policy::{KeyPolicy, Rule, MAX_GROUP, RULE_CLUSTER_ANCHORS};
 use custos_wire::protocol::RequestMeta;
 
 use crate::path::parse_path;
@@ -75,6 +75,34 @@ pub fn new_wallet_policy(group: Vec<[u8; 32]>, quorum: u8) -> KeyPolicy {
         quorum,
         rules: Vec::new(),
     }
+}
+
+/// The policy a new group threshold key is created with: [`new_wallet_policy`], plus a
+/// [`RULE_CLUSTER_ANCHORS`] rule naming the genesis id of each share's cluster (by share
+/// index) when `anchors` is not empty. The TEE of each cluster then counts a co-signer of
+/// another cluster only as a current member of that cluster's log. The cloud server and
+/// approvers build it the same way, so the message is the one the TEE checks.
+pub fn new_threshold_policy(group: Vec<[u8; 32]>, quorum: u8, anchors: &[[u8; 32]]) -> KeyPolicy {
+    let mut policy = new_wallet_policy(group, quorum);
+    if !anchors.is_empty() {
+        policy.rules.push(Rule {
+            tag: RULE_CLUSTER_ANCHORS,
+            body: anchors.concat(),
+        });
+    }
+    policy
+}
+
+/// Parses a key creation's cluster anchors: one genesis id (64 hex digits) per share, by
+/// share index, each named by its position when malformed.
+pub fn parse_anchors(anchors: &[String]) -> Result<Vec<[u8; 32]>, String> {
+    anchors
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            parse_hex_array(a, "genesis id").map_err(|m| format!("anchor of share {i}: {m}"))
+        })
+        .collect()
 }
 
 fn parse_compressed(s: &str, what: &str) -> Result<KeyId, String> {
@@ -165,7 +193,16 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
                 }
                 .message(THRESHOLD_SCOPE, &meta),
                 (Some(group), Some(executors)) => {
-                    let policy = new_wallet_policy(parse_group(group)?, view.quorum);
+                    let anchors = parse_anchors(view.anchors.as_deref().unwrap_or_default())?;
+                    if !anchors.is_empty() && anchors.len() != clusters.len() {
+                        return Err(format!(
+                            "request {} names {} cluster anchors for {} clusters",
+                            view.id,
+                            anchors.len(),
+                            clusters.len()
+                        ));
+                    }
+                    let policy = new_threshold_policy(parse_group(group)?, view.quorum, &anchors);
                     let executors = executors
                         .iter()
                         .enumerate()
@@ -326,5 +363,73 @@ mod tests {
         assert!(e.contains("group entry #0"), "{e}");
         let too_many: Vec<String> = std::iter::repeat_n(a, MAX_GROUP + 1).collect();
         assert!(parse_group(&too_many).unwrap_err().contains("at most"));
+    }
+
+    /// A group key creation's view, as the server shows it, with `anchors` if any.
+    fn key_creation(anchors: Option<Vec<String>>) -> RequestView {
+        let mut v = serde_json::json!({
+            "id": "cd".repeat(16),
+            "kind": "create_threshold_key",
+            "cluster": THRESHOLD_SCOPE,
+            "status": "pending_approval",
+            "threshold": 2,
+            "hd": true,
+            "clusters": ["dc1", "dc2"],
+            "quorum": 1,
+            "group": ["11".repeat(32)],
+            "executors": ["77".repeat(32), "78".repeat(32)],
+            "approvals": [],
+            "expires_at": 1000,
+            "created_at_ms": 1,
+            "updated_at_ms": 1,
+            "created_by": "t",
+            "target_node": "node1,node2",
+            "attempts": 0,
+            "approval_message": "",
+            "summary": "",
+        });
+        if let Some(a) = anchors {
+            v["anchors"] = serde_json::json!(a);
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_group_key_creation_binds_its_cluster_anchors() {
+        let meta = RequestMeta {
+            request_id: [0xcd; 16],
+            expires_at: 1000,
+        };
+        let message = |anchors: &[[u8; 32]]| {
+            let policy = new_threshold_policy(vec![[0x11; 32]], 1, anchors);
+            policy.validate().unwrap();
+            Action::CreateGroupThresholdKey {
+                policy: &policy,
+                threshold: 2,
+                hd: true,
+                clusters: &["dc1".to_string(), "dc2".to_string()],
+                executors: &[[0x77; 32], [0x78; 32]],
+            }
+            .message(THRESHOLD_SCOPE, &meta)
+        };
+        let unanchored = approval_message(&key_creation(None)).unwrap();
+        assert_eq!(unanchored, message(&[]));
+        let anchors = vec!["a1".repeat(32), "a2".repeat(32)];
+        let anchored = approval_message(&key_creation(Some(anchors.clone()))).unwrap();
+        assert_eq!(anchored, message(&[[0xa1; 32], [0xa2; 32]]));
+        assert_ne!(anchored, unanchored);
+        let policy = new_threshold_policy(vec![[0x11; 32]], 1, &[[0xa1; 32], [0xa2; 32]]);
+        assert_eq!(policy.cluster_anchors(), Some(vec![[0xa1; 32], [0xa2; 32]]));
+        // Swapped anchors are another message; one per cluster, each 32 bytes of hex.
+        let swapped = vec![anchors[1].clone(), anchors[0].clone()];
+        assert_ne!(
+            approval_message(&key_creation(Some(swapped))).unwrap(),
+            anchored
+        );
+        let e = approval_message(&key_creation(Some(vec![anchors[0].clone()]))).unwrap_err();
+        assert!(e.contains("1 cluster anchors for 2 clusters"), "{e}");
+        let e = approval_message(&key_creation(Some(vec![anchors[0].clone(), "zz".into()])))
+            .unwrap_err();
+        assert!(e.contains("anchor of share 1"), "{e}");
     }
 }

@@ -380,6 +380,11 @@ pub const REQUEST_ERROR_CODES: &[(&str, &str)] = &[
          took its version): the approved entry can never apply; propose it again",
     ),
     (
+        "tee_foreign_log_missing",
+        "a co-signer's TEE lacks the governance log of another cluster the threshold key \
+         anchors, also after the server pushed it: the attempt failed and may be retried",
+    ),
+    (
         "governance_rejected",
         "the cluster's governance log does not verify, or the approved entry does not extend \
          it (the message says which rule)",

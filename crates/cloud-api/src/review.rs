@@ -288,6 +288,25 @@ fn describe_group(s: &mut String, view: &RequestView) {
             line(s, "", &format!("{i}: {node} {fp}"));
         }
     }
+    if let Some(anchors) = view.anchors.as_ref().filter(|a| !a.is_empty()) {
+        let clusters = view.clusters.as_deref().unwrap_or_default();
+        line(
+            s,
+            "anchors",
+            "co-signers of each cluster count only as members of this governance log \
+             (genesis id, by share):",
+        );
+        for (i, genesis) in anchors.iter().enumerate() {
+            let cluster = clusters.get(i).map_or("?", String::as_str);
+            line(s, "", &format!("{i}: {cluster} {genesis}"));
+        }
+    } else if view.executors.is_some() {
+        line(
+            s,
+            "anchors",
+            "none: co-signers of other clusters are checked by certificate only",
+        );
+    }
     if let Some(group) = &view.group {
         line(
             s,

@@ -449,6 +449,13 @@ pub struct RequestView {
     /// comma-separated). Any other node refuses the approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executors: Option<Vec<String>>,
+    /// Threshold key creation with a group, every cluster governed: the genesis id (hex) of
+    /// each share's cluster's governance log, by share index, sealed into the key's policy
+    /// (`RULE_CLUSTER_ANCHORS`). A co-signer of another cluster then counts only as a
+    /// current member of that log. Absent: other clusters' co-signers are checked by
+    /// certificate only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchors: Option<Vec<String>>,
     /// Wallet creation: the device key fingerprint (hex) of the one node that executes it
     /// (its name is in `target_node`). Any other node refuses the approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]

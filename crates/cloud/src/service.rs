@@ -147,6 +147,12 @@ pub struct Cloud {
     /// Per cluster, what was last verified of its governance log: whom an executor choice
     /// may name, without a log read per creation.
     known_logs: Mutex<HashMap<String, executors::KnownLog>>,
+    /// The version of each cluster's governance log this server last pushed to a node of
+    /// another cluster, by (node's cluster, node, log's cluster): a co-signer's TEE checks
+    /// another cluster's participants against that log (plan step D5), and a log is sent
+    /// again only once it has moved on. In memory only: after a restart every log is pushed
+    /// once more (harmless, the TEE keeps what it holds).
+    foreign_pushed: Mutex<HashMap<(String, String, String), u64>>,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -215,6 +221,7 @@ impl Cloud {
             child_keys: ChildKeys::default(),
             executor_turns: Mutex::new(HashMap::new()),
             known_logs: Mutex::new(HashMap::new()),
+            foreign_pushed: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -622,6 +629,16 @@ mod tests {
                 group: vec![[1; 32], [2; 32], [3; 32]],
                 executor_nodes: vec!["node2".into(), "node1".into()],
                 executors: vec![[8; 32], [9; 32]],
+                anchors: Vec::new(),
+            },
+            Terms::CreateGroupThresholdKey {
+                threshold: 2,
+                hd: true,
+                clusters: vec!["dc1".into(), "dc2".into()],
+                group: vec![[1; 32], [2; 32]],
+                executor_nodes: vec!["node2".into(), "node1".into()],
+                executors: vec![[8; 32], [9; 32]],
+                anchors: vec![[5; 32], [6; 32]],
             },
             Terms::Governance(crate::terms::GovTerms {
                 version: 2,
@@ -762,6 +779,15 @@ mod tests {
         assert_eq!(
             tee_code(&TeeError::UnknownKey("x".into())),
             "tee_unknown_key"
+        );
+        // A co-signer lacking another cluster's log (plan step D5): the server pushes it and
+        // starts again once; a second refusal fails the attempt under this code.
+        assert_eq!(
+            tee_code(&TeeError::ForeignLogMissing {
+                cluster: "dc2".into(),
+                genesis_id: [1; 32],
+            }),
+            "tee_foreign_log_missing"
         );
     }
 }

@@ -15,7 +15,7 @@
 //! | `import_threshold_key` | `node`, `bundle` (postcard of the dealer bundle) |
 //! | `threshold_sign` | `key_id` (33 bytes), `path`, `digest` (32 bytes), `message` (bytes or null), `clusters` (names or null) |
 //! | `create_threshold_key` | `threshold`, `hd`, `clusters` (names, share i to the i-th) |
-//! | `create_group_threshold_key` | `threshold`, `hd`, `clusters`, `group` (as `create_group_wallet`), `executor_nodes` and `executors` (32 bytes each), by share index |
+//! | `create_group_threshold_key` | `threshold`, `hd`, `clusters`, `group` (as `create_group_wallet`), `executor_nodes` and `executors` (32 bytes each), by share index; `anchors` (32 bytes each, by share index; absent when not every cluster was governed at proposal) |
 //! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
 //! | `set_key_policy` | `root_id`, the group in force and the new one; see [`key_policy`] |
 
@@ -26,7 +26,7 @@ use custos_wire::protocol::{format_path, Request, RequestMeta, ThresholdBundle};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use custos_cloud_api::approval::new_wallet_policy;
+use custos_cloud_api::approval::{new_threshold_policy, new_wallet_policy};
 use custos_cloud_api::path::parse_path;
 pub use custos_cloud_api::KeyId;
 use custos_cloud_api::{RequestKind, RequestView};
@@ -142,6 +142,17 @@ pub enum Terms {
         /// approved.
         #[serde(with = "fingerprint_list")]
         executors: Vec<[u8; 32]>,
+        /// The genesis id of each share's cluster's governance log, by share index, sealed
+        /// into the key's policy (`RULE_CLUSTER_ANCHORS`): each TEE then counts a co-signer
+        /// of another cluster only as a current member of that log. Empty when some cluster
+        /// had no log at proposal (and in rows stored before anchors): co-signers of other
+        /// clusters are then checked by certificate only.
+        #[serde(
+            default,
+            skip_serializing_if = "Vec::is_empty",
+            with = "fingerprint_list"
+        )]
+        anchors: Vec<[u8; 32]>,
     },
     /// Append an entry to the request's cluster's governance log.
     Governance(GovTerms),
@@ -269,9 +280,10 @@ impl Terms {
                 clusters,
                 group,
                 executors,
+                anchors,
                 ..
             } => Action::CreateGroupThresholdKey {
-                policy: policy.insert(new_wallet_policy(group.clone(), quorum)),
+                policy: policy.insert(new_threshold_policy(group.clone(), quorum, anchors)),
                 threshold: *threshold,
                 hd: *hd,
                 clusters,
@@ -430,6 +442,7 @@ impl Terms {
                 group,
                 executor_nodes,
                 executors,
+                anchors,
                 ..
             } => {
                 custos_wire::threshold::check_key_facts(*threshold, clusters, quorum)?;
@@ -439,6 +452,13 @@ impl Terms {
                         "{} executing nodes and {} executors for {} clusters",
                         executor_nodes.len(),
                         executors.len(),
+                        clusters.len()
+                    ));
+                }
+                if !anchors.is_empty() && anchors.len() != clusters.len() {
+                    return Err(format!(
+                        "{} cluster anchors for {} clusters",
+                        anchors.len(),
                         clusters.len()
                     ));
                 }
@@ -513,16 +533,22 @@ impl Terms {
                 clusters,
                 group,
                 executor_nodes,
+                anchors,
                 ..
             } => format!(
                 "create a {threshold}-of-{} threshold key {} HD derivation by distributed key \
                  generation between clusters {} (share i to the i-th), on nodes {} only, \
-                 approved by {quorum} of its group of {} admins",
+                 approved by {quorum} of its group of {} admins, {}",
                 clusters.len(),
                 if *hd { "with" } else { "without" },
                 clusters.join(", "),
                 executor_nodes.join(", "),
-                group.len()
+                group.len(),
+                if anchors.is_empty() {
+                    "co-signers checked by certificate"
+                } else {
+                    "co-signers checked against each cluster's governance log"
+                }
             ),
             Terms::Governance(g) => format!(
                 "{} (approved by {quorum} governors)",
@@ -589,12 +615,16 @@ impl Terms {
                 group,
                 executor_nodes,
                 executors,
+                anchors,
             } => {
                 view.threshold = Some(*threshold);
                 view.hd = Some(*hd);
                 view.clusters = Some(clusters.clone());
                 view.group = Some(group.iter().map(hex::encode).collect());
                 view.executors = Some(executors.iter().map(hex::encode).collect());
+                if !anchors.is_empty() {
+                    view.anchors = Some(anchors.iter().map(hex::encode).collect());
+                }
                 view.target_node = Some(executor_nodes.join(","));
             }
             Terms::Governance(g) => {

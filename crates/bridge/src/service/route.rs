@@ -172,6 +172,11 @@ impl BridgeService {
             decode_request(&call.request).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Every member must apply a governance change, not one node of the usual routing.
         if let Request::ApplyGovernance { cluster, entries } = request {
+            // Another cluster's log is for this cluster's TEEs to check co-signers against
+            // (plan step D5): forwarded only, never this cluster's membership.
+            if cluster != self.state.cluster {
+                return self.route_foreign_governance(call, cluster, entries).await;
+            }
             return self.route_governance(actor, call, cluster, entries).await;
         }
         let d = describe(&request).ok_or_else(|| {

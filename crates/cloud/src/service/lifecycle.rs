@@ -614,6 +614,7 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         group: None,
         executor: None,
         executors: None,
+        anchors: None,
         approvals: row
             .approvals
             .iter()

@@ -38,6 +38,7 @@ use super::*;
 
 mod audit;
 mod driver;
+mod foreign_logs;
 mod keygen;
 mod keys;
 mod participants;

@@ -48,14 +48,14 @@ const COMPUTE_POLLS: u32 = 2;
 // ----- the TEE side, scripted ------------------------------------------------------------
 
 #[derive(Clone, Debug)]
-enum Misbehave {
+pub(crate) enum Misbehave {
     /// Refuses `ThresholdKeygenStart` with this error.
     RefuseStart(TeeError),
     /// Reports a different key at the end.
     OtherKey,
 }
 
-struct SimSession {
+pub(crate) struct SimSession {
     pos: u16,
     n: u16,
     round: u16,
@@ -68,19 +68,19 @@ struct SimSession {
 /// The TEE side of every cluster: what every scripted TEE shares (the running sessions, a
 /// log of what each cluster was asked: "start" | "feed" | "poll" (an empty feed) | "abort").
 #[derive(Default)]
-struct Sim {
+pub(crate) struct Sim {
     tees: Tees<Misbehave, SimSession>,
     /// Every group key generation start.
-    group_starts: std::sync::Mutex<Vec<GroupStart>>,
+    pub(crate) group_starts: std::sync::Mutex<Vec<GroupStart>>,
 }
 
 /// Where a group key generation's attempt started, and the executors it named.
 #[derive(Clone, Debug)]
-struct GroupStart {
-    cluster: String,
-    node: String,
-    attempt: u8,
-    executors: Vec<[u8; 32]>,
+pub(crate) struct GroupStart {
+    pub(crate) cluster: String,
+    pub(crate) node: String,
+    pub(crate) attempt: u8,
+    pub(crate) executors: Vec<[u8; 32]>,
 }
 
 impl Deref for Sim {
@@ -101,11 +101,11 @@ fn joint_key(session: &SessionRef, salt: u8) -> (Vec<u8>, [u8; 32]) {
 }
 
 impl Sim {
-    fn new() -> Arc<Sim> {
+    pub(crate) fn new() -> Arc<Sim> {
         Arc::new(Sim::default())
     }
 
-    fn script(self: &Arc<Self>) -> Script {
+    pub(crate) fn script(self: &Arc<Self>) -> Script {
         let sim = self.clone();
         Arc::new(move |cluster, node, chain, request| sim.handle(cluster, node, chain, request))
     }
@@ -283,7 +283,7 @@ async fn setup(db: TestDb) -> Setup {
     Setup { s, sim }
 }
 
-fn body(clusters: &[&str], threshold: u16, quorum: u8) -> CreateThresholdKeyBody {
+pub(crate) fn body(clusters: &[&str], threshold: u16, quorum: u8) -> CreateThresholdKeyBody {
     CreateThresholdKeyBody {
         group: None,
         clusters: clusters.iter().map(|c| c.to_string()).collect(),
@@ -297,7 +297,7 @@ fn body(clusters: &[&str], threshold: u16, quorum: u8) -> CreateThresholdKeyBody
 }
 
 /// Approves `view` by admins `admins` (each recomputing the message from the fields).
-async fn approve(s: &TestServer, view: &RequestView, admins: &[usize]) -> RequestView {
+pub(crate) async fn approve(s: &TestServer, view: &RequestView, admins: &[usize]) -> RequestView {
     let message = message_of(view);
     let mut last = view.clone();
     for &i in admins {
@@ -688,6 +688,8 @@ async fn a_group_key_generation_runs_on_its_pinned_nodes_on_every_attempt() {
         view.group,
         Some(group.iter().map(hex::encode).collect::<Vec<_>>())
     );
+    // No cluster is governed: the key anchors none (co-signers checked by certificate).
+    assert_eq!(view.anchors, None);
     // The approval message binds the group and every executor.
     let meta = RequestMeta {
         request_id: hex::decode(&view.id).unwrap().try_into().unwrap(),

@@ -405,6 +405,7 @@ async fn a_governed_cluster_makes_threshold_keys_only_with_a_group() {
     };
     // Ungoverned: the legacy creation is still proposed.
     s.client.create_threshold_key(&body(None)).await.unwrap();
+    let group = Some(vec![fp(&s, "alice"), fp(&s, "bob")]);
     govern(&s, "dc1", &["node1", "node2"]).await;
     let e = s
         .client
@@ -415,11 +416,62 @@ async fn a_governed_cluster_makes_threshold_keys_only_with_a_group() {
     assert_eq!(code(e), "invalid_group");
     let view = s
         .client
-        .create_threshold_key(&body(Some(vec![fp(&s, "alice"), fp(&s, "bob")])))
+        .create_threshold_key(&body(group.clone()))
         .await
         .unwrap();
     assert_eq!(view.status, RequestStatus::PendingApproval, "{view:?}");
     assert_eq!(view.executors.as_ref().map(Vec::len), Some(2), "{view:?}");
+    // dc2 has no log: no anchors (dc2's TEEs could not check theirs), as before D5.
+    assert_eq!(view.anchors, None, "{view:?}");
+    let shown = custos_cloud_api::review::describe(&view);
+    assert!(shown.contains("checked by certificate only"), "{shown}");
+
+    // Both governed: the key's policy anchors each share's cluster at its log's genesis.
+    govern(&s, "dc2", &["node1"]).await;
+    let view = s.client.create_threshold_key(&body(group)).await.unwrap();
+    let mut anchors = Vec::new();
+    for c in ["dc1", "dc2"] {
+        anchors.push(s.client.members(c).await.unwrap().genesis_id);
+    }
+    assert_ne!(anchors[0], anchors[1]);
+    assert_eq!(view.anchors.as_ref(), Some(&anchors), "{view:?}");
+    let shown = custos_cloud_api::review::describe(&view);
+    assert!(
+        shown.contains(&format!("0: dc1 {}", anchors[0]))
+            && shown.contains(&format!("1: dc2 {}", anchors[1])),
+        "the approver is shown the anchors: {shown}"
+    );
+    // What the admins sign is the policy with the anchors, as the TEE rebuilds it.
+    let parse = |v: &[String]| -> Vec<[u8; 32]> {
+        v.iter()
+            .map(|h| hex::decode(h).unwrap().try_into().unwrap())
+            .collect()
+    };
+    let policy = custos_wire::policy::KeyPolicy {
+        version: 1,
+        group: custos_test_kit::governance::admin_keys(&s.pki, &["alice", "bob"]),
+        quorum: 2,
+        rules: vec![custos_wire::policy::Rule {
+            tag: custos_wire::policy::RULE_CLUSTER_ANCHORS,
+            body: parse(&anchors).concat(),
+        }],
+    };
+    policy.validate().unwrap();
+    assert_eq!(policy.cluster_anchors(), Some(parse(&anchors)));
+    let meta = custos_wire::protocol::RequestMeta {
+        request_id: hex::decode(&view.id).unwrap().try_into().unwrap(),
+        expires_at: view.expires_at,
+    };
+    let expected = custos_wire::approval::Action::CreateGroupThresholdKey {
+        policy: &policy,
+        threshold: 2,
+        hd: true,
+        clusters: view.clusters.as_deref().unwrap(),
+        executors: &parse(view.executors.as_deref().unwrap()),
+    }
+    .message(custos_wire::approval::THRESHOLD_SCOPE, &meta);
+    assert_eq!(message_of(&view), expected);
+    assert_eq!(view.approval_message, hex::encode(&expected));
     s.stop().await;
 }
 

@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod dkg;
+mod foreign_logs;
 mod governance;
 mod groups;
 mod key_policy;

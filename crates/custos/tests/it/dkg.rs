@@ -328,6 +328,8 @@ fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
         .map(str::to_string)
         .collect();
     assert_eq!(executors.len(), CLUSTERS.len(), "{view:?}");
+    // No cluster is governed here: the key anchors no governance log.
+    assert_eq!(view.anchors, None, "{view:?}");
     let position = |c: &str, node: &str| {
         dep.cluster(c)
             .unwrap()
@@ -479,4 +481,87 @@ fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
         }
         other => panic!("ended {other:?}: {done:?}"),
     }
+}
+
+/// Plan step D5 through real processes: once every cluster is governed, a group key
+/// generation anchors each share's cluster at its log's genesis (shown to and approved by
+/// the admins), and the key then signs across clusters: each co-signer's TEE checks the
+/// other cluster's participant against that cluster's log, which the cloud server pushes
+/// through that cluster's bridge before the session (without it the TEE refuses
+/// `foreign_log_missing`). Another pair of clusters signs too.
+#[test]
+fn an_anchored_key_signs_with_members_of_each_clusters_log() {
+    use custos_cloud_api::GenesisBody;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dep = three_clusters(tmp.path(), 1, 3600);
+    let sets = fixture_sets();
+    for (i, c) in CLUSTERS.iter().enumerate() {
+        let one = serde_json::to_vec(&[&sets[i]]).unwrap();
+        dep.provide_tee_primes(c, 0, &one).unwrap();
+    }
+    let alice = dep.admin("alice").unwrap();
+    let client = dep.client().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        wait_healthy(&client, &CLUSTERS, Duration::from_secs(20))
+            .await
+            .unwrap();
+        let mut geneses = Vec::new();
+        for c in CLUSTERS {
+            let genesis = client
+                .propose_genesis(
+                    c,
+                    &GenesisBody {
+                        governors: vec![hex::encode(alice.key_fingerprint())],
+                        quorum: 1,
+                        members: vec![format!("{c}-node1")],
+                        request_id: None,
+                        expires_at: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let done = approve(&client, &alice, &genesis.id).await.unwrap();
+            assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+            geneses.push(client.members(c).await.unwrap().genesis_id);
+        }
+
+        let view = create_threshold_key(&client, &CLUSTERS, 2, 1, true, &[&alice])
+            .await
+            .unwrap();
+        assert_eq!(view.status, RequestStatus::Completed, "{view:?}");
+        assert_eq!(view.anchors.as_ref(), Some(&geneses), "{view:?}");
+        let Some(RequestResult::ThresholdKey(made)) = &view.result else {
+            panic!("no key: {view:?}");
+        };
+        let xpub = Xpub::from_str(made.xpub.as_deref().unwrap()).unwrap();
+
+        for (path, clusters) in [("m/0/1", ["dc3", "dc1"]), ("m/0/2", ["dc2", "dc3"])] {
+            let digest: [u8; 32] = rand::random();
+            let request = client
+                .threshold_sign(&ThresholdSignBody {
+                    key_id: made.key_id.clone(),
+                    path: path.into(),
+                    digest: hex::encode(digest),
+                    message: None,
+                    clusters: Some(clusters.iter().map(|c| c.to_string()).collect()),
+                    request_id: None,
+                    expires_at: None,
+                    approvals: Vec::new(),
+                })
+                .await
+                .unwrap();
+            let signed = approve(&client, &alice, &request.id).await.unwrap();
+            assert_eq!(signed.status, RequestStatus::Completed, "{signed:?}");
+            let Some(RequestResult::Signature(sig)) = &signed.result else {
+                panic!("no signature: {signed:?}");
+            };
+            let child = xpub
+                .derive_pub(&Secp256k1::new(), &DerivationPath::from_str(path).unwrap())
+                .unwrap()
+                .public_key;
+            assert_eq!(hex::encode(child.serialize()), sig.public_key);
+        }
+    });
 }

@@ -70,11 +70,17 @@ impl Cloud {
         let participants = st.participants;
         let session = st.session;
         let run = st.run;
+        // Each TEE checks the other clusters' participants against their logs when the key
+        // anchors them (plan step D5): it must hold them before the start.
+        let nodes: Vec<(&str, &str)> = participants
+            .iter()
+            .map(|p| (p.cluster.as_str(), p.node.as_str()))
+            .collect();
+        self.push_foreign_logs(&nodes).await;
         st.in_flight = (0..participants.len()).collect();
         let starts = participants.iter().map(|p| {
             let link_id = start_link_id(&session.request_id, session.attempt, &p.cluster);
-            self.clusters
-                .tee_call(&p.cluster, link_id, start, Some(&p.node))
+            self.start_on(&p.cluster, &p.node, link_id, start)
         });
         let answers = futures::future::join_all(starts).await;
         st.in_flight.clear();

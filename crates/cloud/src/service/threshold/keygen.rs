@@ -2,7 +2,7 @@
 //! request, its execution, and the check that every TEE reported the same key.
 
 use super::*;
-use custos_cloud_api::approval::new_wallet_policy;
+use custos_cloud_api::approval::new_threshold_policy;
 
 impl Cloud {
     /// `POST /v1/threshold/keys`: records a `create_threshold_key` request (cluster
@@ -94,6 +94,7 @@ impl Cloud {
                     executor_nodes.push(e.node);
                     executors.push(e.key_fingerprint);
                 }
+                let anchors = self.cluster_anchors(&body.clusters).await?;
                 Terms::CreateGroupThresholdKey {
                     threshold: body.threshold,
                     hd: body.hd,
@@ -101,6 +102,7 @@ impl Cloud {
                     group,
                     executor_nodes,
                     executors,
+                    anchors,
                 }
             }
         };
@@ -117,6 +119,32 @@ impl Cloud {
             },
         )
         .await
+    }
+
+    /// The genesis id of each cluster's governance log, by share index, when every cluster
+    /// is governed (a pinned genesis, else the log this server verified): sealed into the
+    /// new key's policy, so that each TEE counts a co-signer of another cluster only as a
+    /// current member of that cluster's log. Empty when some cluster has no log yet: an
+    /// anchor is checked by the TEEs of its own cluster against the log they hold (a cluster
+    /// without one would refuse the key), so such a key stays as before, with other
+    /// clusters' co-signers checked by certificate only.
+    async fn cluster_anchors(&self, clusters: &[String]) -> Result<Vec<[u8; 32]>, ApiError> {
+        let mut anchors = Vec::with_capacity(clusters.len());
+        for c in clusters {
+            let pinned = self
+                .cluster_config(c)?
+                .genesis_pin()
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+            let genesis = match pinned {
+                Some(pin) => Some(pin),
+                None => self.known_log(c, false).await?.0.map(|s| s.genesis_id),
+            };
+            match genesis {
+                Some(g) => anchors.push(g),
+                None => return Ok(Vec::new()),
+            }
+        }
+        Ok(anchors)
     }
 
     /// Runs a `submitting` key creation as one distributed key generation attempt across
@@ -146,11 +174,12 @@ impl Cloud {
                 group,
                 executor_nodes,
                 executors,
+                anchors,
             } => (
                 threshold,
                 hd,
                 clusters,
-                Some((group, executor_nodes, executors)),
+                Some((group, executor_nodes, executors, anchors)),
             ),
             _ => {
                 let v = Verdict::Refused(Failure::new(
@@ -162,7 +191,7 @@ impl Cloud {
         };
         let chosen = match &pinned {
             None => self.keygen_participants(&clusters).await,
-            Some((_, nodes, executors)) => {
+            Some((_, nodes, executors, _)) => {
                 self.pinned_keygen_participants(&clusters, nodes, executors)
                     .await
             }
@@ -194,6 +223,7 @@ impl Cloud {
             quorum: row.quorum,
             participants: signers_of(&participants),
         };
+        let anchored = pinned.as_ref().is_some_and(|(_, _, _, a)| !a.is_empty());
         let start = encode_request(&match pinned {
             None => Request::ThresholdKeygenStart {
                 meta,
@@ -201,11 +231,11 @@ impl Cloud {
                 params,
                 approvals,
             },
-            Some((group, _, executors)) => Request::ThresholdGroupKeygenStart {
+            Some((group, _, executors, anchors)) => Request::ThresholdGroupKeygenStart {
                 meta,
                 attempt,
                 params,
-                policy: new_wallet_policy(group, row.quorum),
+                policy: new_threshold_policy(group, row.quorum, &anchors),
                 executors,
                 approvals,
             },
@@ -229,6 +259,15 @@ impl Cloud {
         match self.check_keygen(&row, threshold, hd, &clusters, &st) {
             Ok((result, key, shares)) => {
                 self.forget_blame(&row.id);
+                if anchored {
+                    // Their TEEs now hold a key anchored at the other clusters: logs they
+                    // refused before are pushed again before their next session.
+                    let nodes: Vec<(&str, &str)> = participants
+                        .iter()
+                        .map(|p| (p.cluster.as_str(), p.node.as_str()))
+                        .collect();
+                    self.forget_pushes(&nodes);
+                }
                 let by = format!(
                     "{} (attempt {attempt}, {} exchanges, {} polls)",
                     described, st.exchanges, st.polls

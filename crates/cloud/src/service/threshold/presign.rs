@@ -366,10 +366,15 @@ impl Cloud {
             },
             approvals,
         });
+        let nodes: Vec<(&str, &str)> = presig
+            .signers
+            .iter()
+            .map(|s| (s.cluster.as_str(), s.node.as_str()))
+            .collect();
+        self.push_foreign_logs(&nodes).await;
         let calls = presig.signers.iter().map(|s| {
             let link_id = start_link_id(&request_id, attempt, &s.cluster);
-            self.clusters
-                .tee_call(&s.cluster, link_id, &request, Some(&s.node))
+            self.start_on(&s.cluster, &s.node, link_id, &request)
         });
         let answers = futures::future::join_all(calls).await;
         let mut aborts = Vec::new();

@@ -15,7 +15,7 @@ use custos_proto::cluster::StatusRequest;
 use custos_test_kit::governance::{member, GovLog};
 use custos_wire::approval::Action;
 use custos_wire::governance::{entry_hash, GovChange};
-use custos_wire::protocol::{CertChain, Request, Response};
+use custos_wire::protocol::{CertChain, Request, Response, TeeError};
 use tonic::transport::Channel;
 
 use crate::common::*;
@@ -350,5 +350,131 @@ fn rogue_register_and_name_takeover_refused() {
         }
         assert_eq!(names, [n1, n2], "members did not register again");
         create_on(&pki, &mut link, n2, &chains[1]).await;
+    });
+}
+
+/// Another cluster's log relayed to this cluster's bridge (plan step D5: co-signers check a
+/// foreign participant against its cluster's log) is forwarded to the TEEs, pinned or to
+/// every serving node, and answered with a TEE's signed answer; the bridge neither verifies
+/// it as its own log, nor stores it, nor writes a governance history row, and its own log
+/// and registry stay as they were. Here no TEE holds a key anchored at dc2, so each refuses
+/// it by name.
+#[test]
+fn a_foreign_log_is_forwarded_never_adopted() {
+    let pki = Pki::new();
+    let options = |name: &str, nodes| ClusterOptions {
+        name: name.into(),
+        nodes,
+        db_url: None,
+        sync_interval_secs: 2,
+        audit_interval_secs: 0,
+        link: None,
+    };
+    let dc1 = Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join("gov1"),
+        &options(CLUSTER, 2),
+    )
+    .unwrap();
+    let dc2 = Cluster::start(
+        &exe(),
+        &pki.pki,
+        &pki.path().join("gov2"),
+        &options("dc2", 1),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut link = dc1.link_client().await.unwrap();
+        let [n1, n2] = ["dc1-node1", "dc1-node2"];
+        let mut chains = Vec::new();
+        for n in [n1, n2] {
+            chains.push(chain_of(&mut link, n).await);
+        }
+        let own = GovLog::genesis(
+            &pki,
+            CLUSTER,
+            &["alice", "bob"],
+            2,
+            vec![member(&pki, &chains[0]), member(&pki, &chains[1])],
+            &["alice", "bob"],
+        );
+        let apply = Request::ApplyGovernance {
+            cluster: CLUSTER.into(),
+            entries: own.entries().to_vec(),
+        };
+        assert!(matches!(
+            submit(&mut link, &apply, "").await.unwrap().0,
+            Ok(Response::Governance(_))
+        ));
+        let db = custos_metadata::MetadataDb::connect(&dc1.db_url)
+            .await
+            .unwrap();
+        let governance_rows =
+            |h: &[custos_metadata::Entry]| h.iter().filter(|e| e.kind == "governance").count();
+        let rows_before = governance_rows(&db.history(0, 10_000).await.unwrap());
+        let before = endpoints(&mut link).await;
+
+        // dc2's log, made from its own node's chain.
+        let mut link2 = dc2.link_client().await.unwrap();
+        let chain2 = chain_of(&mut link2, "dc2-node1").await;
+        let foreign = GovLog::genesis(
+            &pki,
+            "dc2",
+            &["alice", "bob"],
+            2,
+            vec![member(&pki, &chain2)],
+            &["alice", "bob"],
+        );
+        let apply = Request::ApplyGovernance {
+            cluster: "dc2".into(),
+            entries: foreign.entries().to_vec(),
+        };
+        // Pinned: that node's TEE answers (signed, checked by the bridge), by name.
+        for node in [n1, n2] {
+            match submit(&mut link, &apply, node).await.unwrap() {
+                (Err(TeeError::GovernanceRejected(m)), by, _) => {
+                    assert_eq!(by, node);
+                    assert!(m.contains("dc2"), "{m}");
+                }
+                other => panic!("not the TEE's refusal: {other:?}"),
+            }
+        }
+        // Unpinned: sent to every serving node, one signed answer relayed.
+        match submit(&mut link, &apply, "").await.unwrap() {
+            (Err(TeeError::GovernanceRejected(m)), by, _) => {
+                assert!([n1, n2].contains(&by.as_str()), "{by}");
+                assert!(m.contains("dc2"), "{m}");
+            }
+            other => panic!("not a TEE's refusal: {other:?}"),
+        }
+        // The limits of an apply hold for foreign logs too.
+        let empty = Request::ApplyGovernance {
+            cluster: "dc2".into(),
+            entries: Vec::new(),
+        };
+        let e = submit(&mut link, &empty, "").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().starts_with("governance_rejected:"), "{e:?}");
+        // Nothing of dc2's log reached dc1's own: same history (read first: a log read
+        // writes rows of its own), registry and log.
+        let history = db.history(0, 10_000).await.unwrap();
+        assert_eq!(governance_rows(&history), rows_before, "{history:?}");
+        assert!(
+            !history.iter().any(|e| e.detail.contains("dc2")),
+            "{history:?}"
+        );
+        assert_eq!(endpoints(&mut link).await, before);
+        let asked = Request::Governance {
+            cluster: CLUSTER.into(),
+            since: 0,
+        };
+        match submit(&mut link, &asked, n1).await.unwrap() {
+            (Ok(Response::Governance(v)), _, _) => {
+                assert_eq!((v.cluster.as_str(), v.version), (CLUSTER, 0));
+            }
+            other => panic!("no view: {other:?}"),
+        }
     });
 }
