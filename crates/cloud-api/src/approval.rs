@@ -133,11 +133,19 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
     };
     Ok(match view.kind {
         RequestKind::CreateWallet => create_wallet_message(view, &meta)?,
-        RequestKind::ImportWallet => Action::ImportWallet {
-            quorum: view.quorum,
-            key_id: &key_id()?,
-        }
-        .message(&view.cluster, &meta),
+        RequestKind::ImportWallet => match &view.group {
+            // An import under an approver group (`import-wallet-v2`).
+            Some(group) => Action::ImportGroupWallet {
+                policy: &new_wallet_policy(parse_group(group)?, view.quorum),
+                key_id: &key_id()?,
+            }
+            .message(&view.cluster, &meta),
+            None => Action::ImportWallet {
+                quorum: view.quorum,
+                key_id: &key_id()?,
+            }
+            .message(&view.cluster, &meta),
+        },
         RequestKind::Sign => {
             let path = parse_path(view.path.as_deref().ok_or("request has no path")?)
                 .map_err(|e| e.to_string())?;

@@ -262,6 +262,12 @@ pub struct ImportWalletBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
+    /// The wallet's approver group, as [`CreateWalletBody::group`]: its admins approve the
+    /// import (`import-wallet-v2`) and every use. Required once the cluster is governed
+    /// (`invalid_group`); without it, the legacy import, approved by any `quorum` admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::approver_group)]
+    pub group: Option<Vec<String>>,
 }
 
 impl fmt::Debug for ImportWalletBody {
@@ -280,6 +286,7 @@ impl fmt::Debug for ImportWalletBody {
             .field("request_id", &self.request_id)
             .field("expires_at", &self.expires_at)
             .field("approvals", &self.approvals.len())
+            .field("group", &self.group)
             .finish()
     }
 }

@@ -600,6 +600,16 @@ mod tests {
                     enc: vec![1],
                     ciphertext: vec![2],
                 },
+                group: vec![],
+            },
+            Terms::ImportWallet {
+                root_id: g,
+                node: "node1".into(),
+                sealed: custos_wire::import::SealedImport {
+                    enc: vec![1],
+                    ciphertext: vec![2],
+                },
+                group: vec![[1; 32], [2; 32]],
             },
             Terms::Sign {
                 root_id: g,

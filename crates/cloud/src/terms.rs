@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `create_wallet` | `node` (absent, or the node an attempt's outcome became unknown on); made before approver groups, never executed now |
 //! | `create_group_wallet` | `group` (admin key fingerprints, 32 bytes each, sorted), `executor_node`, `executor` (32 bytes) |
-//! | `import_wallet` | `root_id` (33 bytes), `node`, `sealed` (postcard of the sealed seed) |
+//! | `import_wallet` | `root_id` (33 bytes), `node`, `sealed` (postcard of the sealed seed), `group` (as `create_group_wallet`; absent for a legacy import) |
 //! | `sign` | `root_id` (33 bytes), `path`, `digest` (32 bytes) |
 //! | `import_threshold_key` | `node`, `bundle` (postcard of the dealer bundle) |
 //! | `threshold_sign` | `key_id` (33 bytes), `path`, `digest` (32 bytes), `message` (bytes or null), `clusters` (names or null) |
@@ -74,6 +74,10 @@ pub enum Terms {
         /// The sealed seed.
         #[serde(with = "postcard_hex")]
         sealed: SealedImport,
+        /// The wallet's approver group (as `create_group_wallet`); empty for a legacy
+        /// import (no group, any admins approve; refused by a governed TEE).
+        #[serde(default, with = "hex_list", skip_serializing_if = "Vec::is_empty")]
+        group: Vec<[u8; 32]>,
     },
     /// Sign a digest with a wallet's child key.
     Sign {
@@ -212,6 +216,7 @@ impl Terms {
         match self {
             Terms::CreateGroupWallet { group, .. }
             | Terms::CreateGroupThresholdKey { group, .. } => Some(group),
+            Terms::ImportWallet { group, .. } if !group.is_empty() => Some(group),
             // A group change is approved by the group in force; a legacy wallet's (none
             // named) is left to the TEE, which knows who counts for it.
             Terms::SetKeyPolicy(p) if !p.current_group.is_empty() => Some(&p.current_group),
@@ -236,6 +241,12 @@ impl Terms {
                 policy: policy.insert(new_wallet_policy(group.clone(), quorum)),
                 executor,
             },
+            Terms::ImportWallet { root_id, group, .. } if !group.is_empty() => {
+                Action::ImportGroupWallet {
+                    policy: policy.insert(new_wallet_policy(group.clone(), quorum)),
+                    key_id: root_id,
+                }
+            }
             Terms::ImportWallet { root_id, .. } => Action::ImportWallet {
                 quorum,
                 key_id: root_id,
@@ -321,6 +332,18 @@ impl Terms {
                 meta,
                 policy: new_wallet_policy(group.clone(), quorum),
                 executor: *executor,
+                approvals,
+            },
+            Terms::ImportWallet {
+                root_id,
+                sealed,
+                group,
+                ..
+            } if !group.is_empty() => Request::ImportGroupWalletSealed {
+                meta,
+                policy: new_wallet_policy(group.clone(), quorum),
+                key_id: root_id.to_vec(),
+                sealed: sealed.clone(),
                 approvals,
             },
             Terms::ImportWallet {
@@ -578,7 +601,12 @@ impl Terms {
                 view.group = Some(group.iter().map(hex::encode).collect());
                 view.executor = Some(hex::encode(executor));
             }
-            Terms::ImportWallet { node, .. } => view.target_node = Some(node.clone()),
+            Terms::ImportWallet { node, group, .. } => {
+                view.target_node = Some(node.clone());
+                if !group.is_empty() {
+                    view.group = Some(group.iter().map(hex::encode).collect());
+                }
+            }
             Terms::Sign { path, digest, .. } => {
                 view.path = Some(format_path(path));
                 view.digest = Some(hex::encode(digest));

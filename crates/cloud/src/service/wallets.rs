@@ -65,6 +65,7 @@ impl Cloud {
     ) -> Result<RequestOutcome, ApiError> {
         self.cluster_config(&body.cluster)?;
         Self::check_quorum(body.quorum)?;
+        let group = self.import_group(&body).await?;
         let secret = import_secret(&body)?;
         let key_id = import_key_id(&secret).map_err(|e| match e {
             // The TEE core's messages about a rejected secret never contain the secret.
@@ -170,6 +171,7 @@ impl Cloud {
                     root_id,
                     node,
                     sealed,
+                    group,
                 },
                 id,
                 expires_at,
@@ -178,6 +180,32 @@ impl Cloud {
             },
         )
         .await
+    }
+
+    /// The approver group of an import: required once the cluster is governed (a legacy
+    /// import would give the wallet no group, and the TEE refuses it), at least `quorum`
+    /// admins. Empty: the legacy import of an ungoverned cluster.
+    async fn import_group(&self, body: &ImportWalletBody) -> Result<Vec<[u8; 32]>, ApiError> {
+        let invalid = |m: String| ApiError::new(ErrorCode::InvalidGroup, m);
+        let Some(group) = &body.group else {
+            if self.known_log(&body.cluster, false).await?.0.is_some() {
+                return Err(invalid(format!(
+                    "cluster {} is governed: an import names the wallet's approver group \
+                     (`group`)",
+                    body.cluster
+                )));
+            }
+            return Ok(Vec::new());
+        };
+        let group = parse_group(group).map_err(invalid)?;
+        if usize::from(body.quorum) > group.len() {
+            return Err(invalid(format!(
+                "quorum {} is more than the group's {} admins",
+                body.quorum,
+                group.len()
+            )));
+        }
+        Ok(group)
     }
 
     /// `POST /v1/sign-requests`.

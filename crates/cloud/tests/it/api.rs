@@ -481,6 +481,7 @@ async fn bad_inputs_get_stable_error_codes() {
         request_id: None,
         expires_at: None,
         approvals: vec![],
+        group: None,
     };
     assert_eq!(
         code(c.import_wallet(&import(None, None)).await.unwrap_err()),
@@ -945,6 +946,7 @@ async fn import_seals_the_secret_and_matches_bip32_vector_2() {
         request_id: None,
         expires_at: None,
         approvals: vec![],
+        group: None,
     };
     assert!(
         !format!("{body:?}").contains("fffcf9"),
@@ -1029,6 +1031,7 @@ async fn import_seals_the_secret_and_matches_bip32_vector_2() {
         request_id: None,
         expires_at: None,
         approvals: vec![],
+        group: None,
     };
     let pending = c.import_wallet(&mnemonic_body).await.unwrap();
     let done = c

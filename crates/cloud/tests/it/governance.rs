@@ -311,6 +311,14 @@ async fn an_import_is_never_sealed_to_an_impostor() {
         request_id: None,
         expires_at: None,
         approvals: vec![],
+        group: None,
+    };
+    // Governed: an import names its approver group.
+    let e = s.client.import_wallet(&import).await.unwrap_err();
+    assert_eq!(code(e), "invalid_group");
+    let import = ImportWalletBody {
+        group: Some(s.group_of(1)),
+        ..import
     };
     let e = s.client.import_wallet(&import).await.unwrap_err();
     assert!(e.to_string().contains("not a member"), "{e}");
@@ -520,5 +528,58 @@ async fn a_key_generation_never_runs_on_a_removed_executor() {
     let error = done.error.as_ref().map(|e| e.code.as_str());
     assert_eq!(error, Some("executor_not_member"), "{done:?}");
     assert!(done.result.is_none(), "{done:?}");
+    s.stop().await;
+}
+
+/// Plan step G6 for imports: once a cluster is governed, an import names the wallet's
+/// approver group (`invalid_group` without it; the legacy import would give the wallet no
+/// group of its own, and the TEE refuses it by name). With a group, the approvals are of
+/// `import-wallet-v2` by that group: an admin outside it is refused by the server and
+/// counts for nothing, and the wallet made counts only its group.
+#[tokio::test]
+async fn a_governed_cluster_imports_wallets_only_under_a_group() {
+    let s = TestServer::start().await;
+    govern(&s, "dc1", &["node1", "node2"]).await;
+    let body = |group: Option<Vec<String>>| ImportWalletBody {
+        cluster: "dc1".into(),
+        quorum: 1,
+        mnemonic: None,
+        passphrase: None,
+        seed_hex: Some(SecretText::new("000102030405060708090a0b0c0d0e0f")),
+        request_id: None,
+        expires_at: None,
+        approvals: vec![],
+        group,
+    };
+    let e = s.client.import_wallet(&body(None)).await.unwrap_err();
+    assert!(e.to_string().contains("dc1 is governed"), "{e}");
+    assert_eq!(code(e), "invalid_group");
+
+    // bob and carol are the wallet's group; alice governs dc1 but is not in it.
+    let view = s
+        .client
+        .import_wallet(&body(Some(vec![fp(&s, "carol"), fp(&s, "bob")])))
+        .await
+        .unwrap();
+    assert_eq!(view.status, RequestStatus::PendingApproval, "{view:?}");
+    let mut group = vec![fp(&s, "bob"), fp(&s, "carol")];
+    group.sort();
+    assert_eq!(view.group.as_ref(), Some(&group), "{view:?}");
+    let message = custos_cloud_api::approval::approval_message(&view).unwrap();
+    assert!(
+        message.windows(16).any(|w| w == b"import-wallet-v2"),
+        "the admins approve the group import"
+    );
+    let e = approve(&s, &view, 0).await.unwrap_err();
+    assert_eq!(e, "approver_not_in_group");
+    let done = approve(&s, &view, 2).await.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    assert!(
+        matches!(done.result, Some(RequestResult::Wallet(_))),
+        "{done:?}"
+    );
+    let imports = s.gateway.executed("ImportGroupWalletSealed");
+    assert_eq!(imports.len(), 1, "{imports:?}");
+    assert!(s.gateway.executed("ImportWalletSealed").is_empty());
     s.stop().await;
 }

@@ -58,8 +58,9 @@ const STATE_CODES: &[&str] = &[
 /// what a recorded key allows.
 fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
     match (method, path) {
-        // Exactly one of mnemonic and seed_hex; passphrase with a mnemonic; BIP-39 words.
-        ("post", "/v1/wallets/import") => &["invalid_secret"],
+        // Exactly one of mnemonic and seed_hex; passphrase with a mnemonic; BIP-39 words;
+        // a group's quorum at most its size (and a group once the cluster is governed).
+        ("post", "/v1/wallets/import") => &["invalid_secret", "invalid_group"],
         // quorum at most the group's size; fingerprints distinct whatever their case.
         ("post", "/v1/wallets") => &["invalid_group"],
         // The new quorum at most the new group's size; fingerprints distinct whatever their

@@ -28,6 +28,7 @@ fn terms(kind: RequestKind) -> Terms {
                 enc: vec![1; 65],
                 ciphertext: vec![2; 100],
             },
+            group: vec![],
         },
         RequestKind::Sign => Terms::Sign {
             root_id: [2; 33],

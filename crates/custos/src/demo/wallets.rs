@@ -99,6 +99,8 @@ impl Demo {
                 request_id: None,
                 expires_at: None,
                 approvals: Vec::new(),
+                // dc1 is governed: the imported wallet gets its approver group too.
+                group: Some(self.admin_group()?),
             })
             .await?;
         let target = view.target_node.clone().unwrap_or_default();
@@ -114,7 +116,7 @@ impl Demo {
         }
         self.steps.ok(
         "import-wallet",
-        format!("dc1: BIP-39 mnemonic sealed (HPKE) to {target}'s device key; root xpub matches the mnemonic"),
+        format!("dc1: BIP-39 mnemonic sealed (HPKE) to {target}'s device key, imported under the group alice/bob/carol (1 of them); root xpub matches the mnemonic"),
     );
         self.wallets.push(Wallet {
             cluster: "dc1".into(),

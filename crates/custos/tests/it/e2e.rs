@@ -168,6 +168,7 @@ fn rest_flows(transport: LinkTransport) {
                 request_id: None,
                 expires_at: None,
                 approvals: Vec::new(),
+                group: None,
             })
             .await
             .unwrap();
