@@ -167,6 +167,21 @@ async fn genesis_revocation_and_a_moved_head_through_the_api() {
     s.stop().await;
 }
 
+/// An import into dc1, quorum 1, of BIP-32 test vector 1's seed, under `group`.
+fn seed_import(group: Option<Vec<String>>) -> ImportWalletBody {
+    ImportWalletBody {
+        cluster: "dc1".into(),
+        quorum: 1,
+        mnemonic: None,
+        passphrase: None,
+        seed_hex: Some(SecretText::new("000102030405060708090a0b0c0d0e0f")),
+        request_id: None,
+        expires_at: None,
+        approvals: vec![],
+        group,
+    }
+}
+
 /// Starts `cluster`'s log with governors alice and bob (both needed) and `members`.
 async fn govern(s: &TestServer, cluster: &str, members: &[&str]) {
     let genesis = GenesisBody {
@@ -302,25 +317,11 @@ async fn an_import_is_never_sealed_to_an_impostor() {
     s.gateway.clusters["dc1"].nodes[1]
         .healthy
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let import = ImportWalletBody {
-        cluster: "dc1".into(),
-        quorum: 1,
-        mnemonic: None,
-        passphrase: None,
-        seed_hex: Some(SecretText::new("000102030405060708090a0b0c0d0e0f")),
-        request_id: None,
-        expires_at: None,
-        approvals: vec![],
-        group: None,
-    };
-    // Governed: an import names its approver group.
-    let e = s.client.import_wallet(&import).await.unwrap_err();
-    assert_eq!(code(e), "invalid_group");
-    let import = ImportWalletBody {
-        group: Some(s.group_of(1)),
-        ..import
-    };
-    let e = s.client.import_wallet(&import).await.unwrap_err();
+    let e = s
+        .client
+        .import_wallet(&seed_import(Some(s.group_of(1))))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not a member"), "{e}");
     assert_eq!(code(e), "cluster_unavailable");
     let imports = RequestQuery {
@@ -540,17 +541,7 @@ async fn a_key_generation_never_runs_on_a_removed_executor() {
 async fn a_governed_cluster_imports_wallets_only_under_a_group() {
     let s = TestServer::start().await;
     govern(&s, "dc1", &["node1", "node2"]).await;
-    let body = |group: Option<Vec<String>>| ImportWalletBody {
-        cluster: "dc1".into(),
-        quorum: 1,
-        mnemonic: None,
-        passphrase: None,
-        seed_hex: Some(SecretText::new("000102030405060708090a0b0c0d0e0f")),
-        request_id: None,
-        expires_at: None,
-        approvals: vec![],
-        group,
-    };
+    let body = seed_import;
     let e = s.client.import_wallet(&body(None)).await.unwrap_err();
     assert!(e.to_string().contains("dc1 is governed"), "{e}");
     assert_eq!(code(e), "invalid_group");

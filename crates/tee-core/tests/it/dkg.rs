@@ -170,7 +170,7 @@ fn action(p: &ThresholdKeygenParams) -> Action<'_> {
 }
 
 /// The answer to a key generation start or feed: (phase, outgoing, computing, key).
-pub(crate) fn round(
+fn round(
     o: Outcome,
 ) -> (
     String,
@@ -209,7 +209,7 @@ fn route(inbox: &mut [Vec<ThresholdMessage>], msgs: Vec<ThresholdMessage>) {
 /// waiting, or still computing, gets a feed (an empty one to collect), until each reported
 /// the key. With `duplicate`, every feed carries its messages twice (relays may repeat).
 /// Returns the keys and the phases seen in order.
-pub(crate) fn relay(
+fn relay(
     nodes: &mut [&mut Node],
     session: SessionRef,
     first: Vec<Vec<ThresholdMessage>>,
@@ -626,6 +626,15 @@ fn committed(node: &Node, prefix: &str) -> usize {
         .count()
 }
 
+/// Runs the approved group key generation `req` between `a` and `b` (attempt 0) and returns
+/// the key made.
+pub(crate) fn make_group_key(req: &GroupKeygen, a: &mut Node, b: &mut Node) -> ThresholdKeyInfo {
+    let (_, out_a, _, _) = round(a.call(&req.start(0)));
+    let (_, out_b, _, _) = round(b.call(&req.start(0)));
+    let (keys, _) = relay(&mut [a, b], req.session(0), vec![out_a, out_b], false);
+    keys[0].clone()
+}
+
 /// An approved key generation with an approver group: t = 2 over the first clusters, run by
 /// `nodes` (one per cluster, in share order), each named as its share's executor.
 pub(crate) struct GroupKeygen {
@@ -798,15 +807,7 @@ fn a_group_threshold_key_counts_only_its_group() {
     let policy = group_policy(&pki, &["alice", "bob"], 2);
     // No chain code, so that online signing with presignatures applies to it.
     let req = GroupKeygen::new(&pki, &[&a, &b], false, &policy, &["alice", "bob"]);
-    let (_, out_a, _, _) = round(a.call(&req.start(0)));
-    let (_, out_b, _, _) = round(b.call(&req.start(0)));
-    let (keys, _) = relay(
-        &mut [&mut a, &mut b],
-        req.session(0),
-        vec![out_a, out_b],
-        false,
-    );
-    let key = keys[0].clone();
+    let key = make_group_key(&req, &mut a, &mut b);
     assert_eq!((key.quorum, key.origin), (2, ThresholdOrigin::Dkg));
 
     let digest = [0x5a; 32];
@@ -897,7 +898,7 @@ fn a_group_threshold_key_counts_only_its_group() {
     // One approval, one key: a repeat answers it; the legacy request under the same id
     // (legacy approvals, same terms) is another request, refused naming the policy.
     let (_, _, _, again) = round(a.call(&req.start(2)));
-    assert_eq!(again, Some(keys[0].clone()));
+    assert_eq!(again, Some(key.clone()));
     let legacy = Request::ThresholdKeygenStart {
         meta: req.meta.clone(),
         attempt: 3,
@@ -910,7 +911,7 @@ fn a_group_threshold_key_counts_only_its_group() {
     }
     assert_eq!(
         a.call(&Request::ListThresholdKeys),
-        Ok(Response::ThresholdKeys(vec![keys[0].clone()]))
+        Ok(Response::ThresholdKeys(vec![key.clone()]))
     );
 }
 

@@ -15,7 +15,7 @@ use custos_wire::protocol::{
     Outcome, Request, Response, TeeError, ThresholdKeyInfo, ThresholdSignParams, ThresholdSigner,
 };
 
-use crate::dkg::{meta, relay, round, GroupKeygen, Node, Pki};
+use crate::dkg::{make_group_key, meta, GroupKeygen, Node, Pki};
 use crate::governance::{approvals_by, group_policy};
 
 /// Applies `entries` of `cluster`'s log to `node`.
@@ -117,15 +117,7 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
         other => panic!("a log no key anchors was taken: {other:?}"),
     }
     let req = GroupKeygen::new(&pki, &[&a, &b], false, &policy, &governors);
-    let (_, out_a, _, _) = round(a.call(&req.start(0)));
-    let (_, out_b, _, _) = round(b.call(&req.start(0)));
-    let (keys, _) = relay(
-        &mut [&mut a, &mut b],
-        req.session(0),
-        vec![out_a, out_b],
-        false,
-    );
-    let key = keys[0].clone();
+    let key = make_group_key(&req, &mut a, &mut b);
 
     // The key anchors dc2, whose log dc1 does not hold yet: no dc2 device is believed.
     for other in [&rogue, &b] {

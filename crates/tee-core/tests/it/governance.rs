@@ -18,6 +18,15 @@ pub(crate) fn chain(core: &mut TeeCore<MemPlatform>) -> CertChain {
     }
 }
 
+/// Governs `core` alone: governors alice and bob (both needed), `core` its one member.
+pub(crate) fn govern_alone<'a>(pki: &'a Pki, core: &mut TeeCore<MemPlatform>) -> GovLog<'a> {
+    let me = member(pki, &chain(core));
+    let governors = ["alice", "bob"];
+    let log = GovLog::genesis(pki, CLUSTER, &governors, 2, vec![me], &governors);
+    apply(core, log.entries()).unwrap();
+    log
+}
+
 pub(crate) fn apply(
     core: &mut TeeCore<MemPlatform>,
     entries: &[GovEntry],
@@ -345,16 +354,7 @@ fn a_legacy_wallet_on_a_governed_node_needs_the_governors() {
     };
     assert!(sign(&pki, &mut core, &wallet.key_id, &["carol"]).is_ok());
 
-    let me = member(&pki, &chain(&mut core));
-    let log = GovLog::genesis(
-        &pki,
-        CLUSTER,
-        &["alice", "bob"],
-        2,
-        vec![me],
-        &["alice", "bob"],
-    );
-    apply(&mut core, log.entries()).unwrap();
+    govern_alone(&pki, &mut core);
     refused_outsider(sign(&pki, &mut core, &wallet.key_id, &["carol"]), "carol");
     assert!(matches!(
         sign(&pki, &mut core, &wallet.key_id, &["bob"]),

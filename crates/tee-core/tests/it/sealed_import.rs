@@ -415,30 +415,11 @@ fn wallet_import_crash_after_commit_then_replay() {
 /// wallet that group, and a repeat answers the same wallet.
 #[test]
 fn a_governed_node_imports_wallets_only_under_a_group() {
-    use crate::governance::{approvals_by, chain, group_policy, refused_outsider, sign};
-    use custos_test_kit::governance::{member, GovLog};
+    use crate::governance::{approvals_by, govern_alone, group_policy, refused_outsider, sign};
 
     let pki = Pki::new();
     let (mut node1, d1) = pki.node("node1");
-    let me = member(&pki, &chain(&mut node1));
-    let log = GovLog::genesis(
-        &pki,
-        CLUSTER,
-        &["alice", "bob"],
-        2,
-        vec![me],
-        &["alice", "bob"],
-    );
-    assert!(matches!(
-        call(
-            &mut node1,
-            &Request::ApplyGovernance {
-                cluster: CLUSTER.into(),
-                entries: log.entries().to_vec(),
-            }
-        ),
-        Ok(Response::Governance(_))
-    ));
+    govern_alone(&pki, &mut node1);
     let secret = mnemonic();
     // The governors' own approvals of a legacy import: refused, nothing stored.
     let legacy = Sealed::new(&d1, "node1", 2, &secret);

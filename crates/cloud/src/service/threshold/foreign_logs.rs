@@ -77,16 +77,21 @@ impl Cloud {
         if clusters.len() < 2 {
             return;
         }
+        // A log that cannot be read is not pushed; the session then meets the TEE's own
+        // refusal (`foreign_log_missing`) instead of running without the check.
+        let unreadable = |log_of: &str, e: &ApiError| {
+            tracing::warn!(
+                cluster = log_of,
+                error = %e.message,
+                "governance log unreadable: not pushed to other clusters' co-signers"
+            );
+        };
         for log_of in clusters {
             let version = match self.known_log(log_of, false).await {
                 Ok((Some(state), _)) => state.version,
                 Ok((None, _)) => continue,
                 Err(e) => {
-                    tracing::warn!(
-                        cluster = log_of,
-                        error = %e.message,
-                        "governance log unreadable: not pushed to other clusters' co-signers"
-                    );
+                    unreadable(log_of, &e);
                     continue;
                 }
             };
@@ -102,11 +107,7 @@ impl Cloud {
                 Ok(Some(log)) => log,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(
-                        cluster = log_of,
-                        error = %e.message,
-                        "governance log unreadable: not pushed to other clusters' co-signers"
-                    );
+                    unreadable(log_of, &e);
                     continue;
                 }
             };
