@@ -126,14 +126,7 @@ impl KeygenRequest {
                 .map(|c| c.to_string())
                 .collect(),
             quorum: 2,
-            participants: nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| ThresholdSigner {
-                    share_index: i as u16,
-                    chain: n.chain.clone(),
-                })
-                .collect(),
+            participants: in_share_order(nodes),
         };
         let approvals = pki.approvals(2, &action(&params), &meta);
         KeygenRequest {
@@ -626,6 +619,18 @@ fn committed(node: &Node, prefix: &str) -> usize {
         .count()
 }
 
+/// `nodes` as the participants (or signers) of shares 0, 1, … in order.
+pub(crate) fn in_share_order(nodes: &[&Node]) -> Vec<ThresholdSigner> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ThresholdSigner {
+            share_index: i as u16,
+            chain: n.chain.clone(),
+        })
+        .collect()
+}
+
 /// Runs the approved group key generation `req` between `a` and `b` (attempt 0) and returns
 /// the key made.
 pub(crate) fn make_group_key(req: &GroupKeygen, a: &mut Node, b: &mut Node) -> ThresholdKeyInfo {
@@ -826,14 +831,7 @@ fn a_group_threshold_key_counts_only_its_group() {
                 key_id: key.key_id.clone(),
                 path: vec![],
                 digest,
-                signers: nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| ThresholdSigner {
-                        share_index: i as u16,
-                        chain: n.chain.clone(),
-                    })
-                    .collect(),
+                signers: in_share_order(&nodes),
             },
         }
     };

@@ -12,10 +12,10 @@ use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::governance::{genesis_id, GovEntry};
 use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
 use custos_wire::protocol::{
-    Outcome, Request, Response, TeeError, ThresholdKeyInfo, ThresholdSignParams, ThresholdSigner,
+    Outcome, Request, Response, TeeError, ThresholdKeyInfo, ThresholdSignParams,
 };
 
-use crate::dkg::{make_group_key, meta, GroupKeygen, Node, Pki};
+use crate::dkg::{in_share_order, make_group_key, meta, GroupKeygen, Node, Pki};
 use crate::governance::{approvals_by, group_policy};
 
 /// Applies `entries` of `cluster`'s log to `node`.
@@ -50,14 +50,7 @@ fn sign(pki: &Pki, key: &ThresholdKeyInfo, signers: [&Node; 2]) -> Request {
             key_id: key.key_id.clone(),
             path: vec![],
             digest,
-            signers: signers
-                .iter()
-                .enumerate()
-                .map(|(i, n)| ThresholdSigner {
-                    share_index: i as u16,
-                    chain: n.chain.clone(),
-                })
-                .collect(),
+            signers: in_share_order(&signers),
         },
     }
 }
