@@ -12,11 +12,18 @@ use custos_proto::cluster::bridge_client::BridgeClient;
 use custos_proto::cluster::vault_node_client::VaultNodeClient;
 use custos_proto::cluster::{ExportRequest, RegisterRequest};
 
+use custos_wire::protocol::CertChain;
+use zeroize::Zeroizing;
+
 use crate::cluster::ClusterError;
 
-/// A fresh P-256 key with a genuine `cluster` device certificate naming `node` (the CSR is
-/// signed by the PKI's Cluster CA like a real node's), presented as a TLS client identity.
-pub fn identity(pki: &PkiDir, cluster: &str, node: &str) -> Result<TlsIdentity, ClusterError> {
+/// A fresh P-256 key (PKCS#8) with a genuine `cluster` device certificate naming `node`:
+/// the CSR is signed by the PKI's Cluster CA like a real node's.
+pub fn certified_key(
+    pki: &PkiDir,
+    cluster: &str,
+    node: &str,
+) -> Result<(Zeroizing<Vec<u8>>, CertChain), ClusterError> {
     let keygen = |e: rcgen::Error| ClusterError::Io(format!("rogue key or CSR: {e}"));
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(keygen)?;
     let mut params =
@@ -28,12 +35,21 @@ pub fn identity(pki: &PkiDir, cluster: &str, node: &str) -> Result<TlsIdentity, 
         .serialize_request(&key)
         .and_then(|r| r.pem())
         .map_err(keygen)?;
-    let chain = vec![
-        custos_pki::pem_to_der(&pki.sign_device_csr(cluster, &csr)?, "device certificate")?,
-        custos_pki::pem_to_der(&pki.cluster_ca_pem(cluster)?, "cluster CA")?,
-        custos_pki::pem_to_der(&pki.device_ca_pem()?, "device CA")?,
-    ];
-    Ok(TlsIdentity::from_local_key(chain, &key.serialize_der())?)
+    let chain = CertChain {
+        device: custos_pki::pem_to_der(&pki.sign_device_csr(cluster, &csr)?, "device certificate")?,
+        cluster_ca: custos_pki::pem_to_der(&pki.cluster_ca_pem(cluster)?, "cluster CA")?,
+        device_ca: custos_pki::pem_to_der(&pki.device_ca_pem()?, "device CA")?,
+    };
+    Ok((Zeroizing::new(key.serialize_der()), chain))
+}
+
+/// [`certified_key`] presented as a TLS client identity.
+pub fn identity(pki: &PkiDir, cluster: &str, node: &str) -> Result<TlsIdentity, ClusterError> {
+    let (key, c) = certified_key(pki, cluster, node)?;
+    Ok(TlsIdentity::from_local_key(
+        vec![c.device, c.cluster_ca, c.device_ca],
+        &key,
+    )?)
 }
 
 async fn channel(

@@ -288,3 +288,103 @@ fn refused_as_non_member(
         ))),
     }
 }
+
+impl Demo {
+    /// A rogue co-signer (issue 12, plan step D5): a key made outside any TEE with a device
+    /// certificate dc3's Cluster CA genuinely issued, named as dc3's co-signer of the DKG key
+    /// in a signing start approved by the key's group and sent straight to each dc1 node's
+    /// TEE, as a compromised coordinator could. The key anchors dc3 at its log, so the dc1
+    /// node that just co-signed with dc3 (holding dc3's pushed log) refuses it as no member;
+    /// any other dc1 node refuses too (without dc3's log or without the share).
+    pub(super) fn rogue_co_signer(
+        &mut self,
+        key_id: &str,
+        path: &[u32],
+    ) -> Result<serde_json::Value, AnyError> {
+        use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+        use custos_wire::protocol::{
+            encode_request, Request, RequestMeta, ThresholdSignParams, ThresholdSigner,
+        };
+
+        let (_, rogue) = custos::rogue::certified_key(&self.dep.pki, "dc3", "dc3-rogue")?;
+        let key_id = hex::decode(key_id)?;
+        let digest: [u8; 32] = rand::random();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let meta = RequestMeta {
+            request_id: rand::random(),
+            expires_at: now + 600,
+        };
+        let message = Action::ThresholdSign {
+            key_id: &key_id,
+            path,
+            digest: &digest,
+        }
+        .message(THRESHOLD_SCOPE, &meta);
+        let mut approvals = Vec::new();
+        for a in [&self.alice, &self.bob] {
+            approvals.push(Approval {
+                admin_cert: a.cert_der.clone(),
+                admin_ca: a.admin_ca_der.clone(),
+                signature: a.sign(&message)?,
+            });
+        }
+        let nodes = self.dep.cluster("dc1").map_or(0, |c| c.nodes.len());
+        let mut outcomes = Vec::new();
+        for i in 0..nodes {
+            let own = self.dep.node_chain("dc1", i)?;
+            let start = Request::ThresholdStart {
+                meta: meta.clone(),
+                attempt: 0,
+                approvals: approvals.clone(),
+                params: ThresholdSignParams {
+                    key_id: key_id.clone(),
+                    path: path.to_vec(),
+                    digest,
+                    signers: vec![
+                        ThresholdSigner {
+                            share_index: 0,
+                            chain: own,
+                        },
+                        ThresholdSigner {
+                            share_index: 2,
+                            chain: rogue.clone(),
+                        },
+                    ],
+                },
+            };
+            let node = &self.dep.cluster("dc1").ok_or_else(|| fail("no dc1"))?.nodes[i];
+            let answer = node.tee.client()?.call_bytes(&encode_request(&start))?;
+            let code = match answer {
+                Ok(_) => {
+                    return Err(fail(&format!(
+                        "{} started a session with the rogue as dc3's co-signer",
+                        node.name
+                    )))
+                }
+                Err(e) => e.code(),
+            };
+            outcomes.push((node.name.clone(), code));
+        }
+        if !outcomes.iter().any(|(_, c)| *c == "not_a_member") {
+            return Err(fail(&format!(
+                "no dc1 node refused the rogue as no member of dc3's log: {outcomes:?}"
+            )));
+        }
+        let shown: Vec<String> = outcomes.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+        self.steps.ok(
+            "rogue-co-signer",
+            format!(
+                "a genuine dc3 certificate on a key made outside any TEE, named as dc3's \
+                 co-signer of the DKG key straight at dc1's TEEs: refused ({}); the key \
+                 anchors dc3 at its governance log",
+                shown.join(", ")
+            ),
+        );
+        Ok(outcomes
+            .into_iter()
+            .map(|(node, code)| json!({"node": node, "refused": code}))
+            .collect())
+    }
+}

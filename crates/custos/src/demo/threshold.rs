@@ -267,6 +267,7 @@ impl Demo {
             let Some(RequestResult::ThresholdKey(made)) = &view.result else {
                 return Err(fail("distributed key generation returned no key"));
             };
+            let view_anchors = view.anchors.clone();
             let xpub = made
                 .xpub
                 .clone()
@@ -275,9 +276,11 @@ impl Demo {
                 "threshold-dkg",
                 format!(
                     "2-of-3 HD key {}… made by dc1, dc2 and dc3 in {:.1} s (keygen, auxInfo relayed \
-                     by the cloud server; alice+bob approved); no dealer, no process held the key",
+                     by the cloud server; alice+bob approved); no dealer, no process held the key; \
+                     each share's cluster anchored at its governance log ({} anchors)",
                     &made.key_id[..16],
-                    t.elapsed().as_secs_f64()
+                    t.elapsed().as_secs_f64(),
+                    view_anchors.as_ref().map_or(0, Vec::len)
                 ),
             );
             let digest: [u8; 32] = rand::random();
@@ -311,9 +314,15 @@ impl Demo {
                     t.elapsed().as_secs_f64()
                 ),
             );
+            let steps: Vec<u32> = DerivationPath::from_str(path)?
+                .into_iter()
+                .map(|c| u32::from(*c))
+                .collect();
+            let rogue = self.rogue_co_signer(&made.key_id, &steps)?;
             Ok::<_, AnyError>(json!({
                 "key_id": made.key_id, "xpub": xpub, "threshold": 2,
                 "clusters": ["dc1", "dc2", "dc3"], "origin": "dkg", "request_id": view.id,
+                "anchors": view_anchors, "rogue_co_signer": rogue,
                 "signature": {
                     "clusters": sig.clusters, "path": path, "digest": hex::encode(digest),
                     "child_public_key": sig.public_key, "r": sig.r, "s": sig.s, "v": sig.v,

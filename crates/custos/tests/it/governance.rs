@@ -35,21 +35,9 @@ impl Rogue {
     /// A P-256 key made here, outside any TEE, with a device certificate for `node` that
     /// `cluster`'s Cluster CA genuinely issued (one CSR signed is all it takes).
     pub(crate) fn of(pki: &custos_pki::PkiDir, cluster: &str, node: &str) -> Self {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec![format!("{node}.{cluster}.custos")]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, node);
-        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let der = |pem: &str| custos_pki::pem_to_der(pem, "cert").unwrap();
-        let chain = CertChain {
-            device: der(&pki.sign_device_csr(cluster, &csr).unwrap()),
-            cluster_ca: der(&pki.cluster_ca_pem(cluster).unwrap()),
-            device_ca: der(&pki.device_ca_pem().unwrap()),
-        };
+        let (key, chain) = custos::rogue::certified_key(pki, cluster, node).unwrap();
         Rogue {
-            pkcs8: key.serialize_der(),
+            pkcs8: key.to_vec(),
             chain,
         }
     }
