@@ -90,9 +90,13 @@ pub struct StoredApproval {
 
 impl StoredApproval {
     /// Whether `other` is by the same admin as this one, the way the TEE counts: the same
-    /// certified key (under any name), or the same subject.
-    pub fn same_admin(&self, other: &StoredApproval) -> bool {
-        (!self.key.is_empty() && self.key == other.key) || self.subject == other.subject
+    /// certified key (under any name); for a request approved by any admin (no group named,
+    /// `by_key` false) also the same subject, since a new key under a counted subject adds
+    /// nothing there. Within a group an admin is its key alone: two keys of the group under
+    /// one subject are two approvers for the TEE, so they must be for this server too.
+    pub fn same_admin(&self, other: &StoredApproval, by_key: bool) -> bool {
+        let same_key = !self.key.is_empty() && self.key == other.key;
+        same_key || (!by_key && self.subject == other.subject)
     }
 }
 
@@ -727,5 +731,38 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(wallet_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoredApproval;
+
+    fn approval(key: &str, subject: &str) -> StoredApproval {
+        StoredApproval {
+            admin: "alice".into(),
+            fingerprint: String::new(),
+            subject: subject.into(),
+            key: key.into(),
+            cert: String::new(),
+            ca: String::new(),
+            signature: String::new(),
+            at_ms: 0,
+        }
+    }
+
+    /// As the TEE counts: one key is one admin under any name; a subject counts once only
+    /// where any admin approves; within a group two keys are two admins, whatever subject
+    /// their certificates name.
+    #[test]
+    fn an_admin_is_its_key_and_a_subject_counts_only_without_a_group() {
+        let a = approval("k1", "s1");
+        assert!(a.same_admin(&approval("k1", "s2"), true));
+        assert!(a.same_admin(&approval("k1", "s2"), false));
+        assert!(a.same_admin(&approval("k2", "s1"), false));
+        assert!(!a.same_admin(&approval("k2", "s1"), true));
+        assert!(!a.same_admin(&approval("k2", "s2"), false));
+        // A row stored before keys were recorded is told apart by subject alone.
+        assert!(approval("", "s1").same_admin(&approval("", "s1"), false));
     }
 }

@@ -224,6 +224,13 @@ impl Terms {
         }
     }
 
+    /// Whether the TEE counts the approvals by admin key alone: a group the terms name, or
+    /// a governance entry (approved by the governors, a group too). Otherwise "any admin"
+    /// counts, and a second key under a counted subject adds nothing.
+    pub fn counts_keys_only(&self) -> bool {
+        self.group().is_some() || matches!(self, Terms::Governance(_))
+    }
+
     /// Whether these terms were approved under a message this server no longer executes
     /// (a wallet creation without approver group): refused at submission.
     pub fn approval_format_changed(&self) -> bool {

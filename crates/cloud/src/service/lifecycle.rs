@@ -58,7 +58,8 @@ impl Cloud {
         for a in &d.approvals {
             let stored = self.verify_approval(a, &message)?;
             executors::check_in_group(&row, &stored)?;
-            if row.approvals.iter().any(|x| x.same_admin(&stored)) {
+            let by_key = row.terms.counts_keys_only();
+            if row.approvals.iter().any(|x| x.same_admin(&stored, by_key)) {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateApproval,
                     format!("admin {:?} approved twice", stored.admin),
@@ -316,7 +317,8 @@ impl Cloud {
             // Governance: only a current, unrevoked governor counts (refused early, by name).
             self.check_governor(&row, &approval).await?;
             executors::check_in_group(&row, &approval)?;
-            if row.approvals.iter().any(|a| a.same_admin(&approval)) {
+            let by_key = row.terms.counts_keys_only();
+            if row.approvals.iter().any(|a| a.same_admin(&approval, by_key)) {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateApproval,
                     format!(
