@@ -253,10 +253,9 @@ impl<P: Platform> TeeCore<P> {
         Ok(())
     }
 
-    /// Seals this node's share under its new policy and commits at once, with its stored
-    /// presignatures removed (made with the co-signers the old policy let in); on a failure
-    /// the share in memory keeps its policy and its presignatures, so memory never holds
-    /// what storage lost.
+    /// Seals this node's share under its new policy and commits at once, its presignatures
+    /// ended first (made with the co-signers the old policy let in); on a failure the share
+    /// in memory keeps its policy, so memory never holds what storage lost.
     pub(crate) fn replace_share_policy(
         &mut self,
         key_id: &[u8],
@@ -268,7 +267,7 @@ impl<P: Platform> TeeCore<P> {
             key_hex(key_id)
         ))
         .map_err(storage)?;
-        let stale = self.remove_presignatures_of(key_id).map_err(storage)?;
+        self.end_presignatures_of(key_id).map_err(storage)?;
         let unknown = || TeeError::UnknownKey(key_hex(key_id));
         let held = self.threshold.keys.get_mut(key_id).ok_or_else(unknown)?;
         let before = held.policy.replace(policy.clone());
@@ -283,7 +282,6 @@ impl<P: Platform> TeeCore<P> {
             }
             return Err(storage(e));
         }
-        self.forget_presignatures(&stale);
         Ok(())
     }
 }

@@ -211,7 +211,9 @@ impl<P: Platform> TeeCore<P> {
             return self.first_wallet(meta, &made, Origin::Imported, quorum, Some(key_id));
         }
         self.refuse_legacy_import("ImportWalletSealed")?;
-        let secret = self.open_sealed_import(meta, quorum, key_id, sealed)?;
+        let (own, _) = self.identity()?;
+        let context = import::import_context(&own.cluster, &own.node, meta, quorum, key_id);
+        let secret = self.open_sealed_import(&context, sealed)?;
         self.store_import(meta, quorum, key_id, &secret, None)
     }
 
@@ -247,7 +249,9 @@ impl<P: Platform> TeeCore<P> {
             }
             return Ok(first);
         }
-        let secret = self.open_sealed_import(meta, quorum, key_id, sealed)?;
+        let (own, _) = self.identity()?;
+        let context = import::group_import_context(&own.cluster, &own.node, meta, policy, key_id);
+        let secret = self.open_sealed_import(&context, sealed)?;
         self.store_import(meta, quorum, key_id, &secret, Some(policy))
     }
 
@@ -263,20 +267,16 @@ impl<P: Platform> TeeCore<P> {
         Ok(())
     }
 
-    /// Opens a seed sealed to this node for exactly these terms: the context carries this
-    /// node's certified cluster and node names, so a ciphertext made for another node, or
-    /// for other terms, does not open.
+    /// Opens a seed sealed to this node under `context`, which carries this node's certified
+    /// cluster and node names and the approved terms (the group too, for a group import), so
+    /// a ciphertext made for another node, or for other terms, does not open.
     fn open_sealed_import(
         &self,
-        meta: &RequestMeta,
-        quorum: u8,
-        key_id: &[u8],
+        context: &[u8],
         sealed: &import::SealedImport,
     ) -> Result<ImportSecret, TeeError> {
-        let (own, _) = self.identity()?;
-        let context = import::import_context(&own.cluster, &own.node, meta, quorum, key_id);
         let d = self.device.as_ref().expect("identity implies a device key");
-        import::open_import(&d.private_scalar()?[..], &context, sealed)
+        import::open_import(&d.private_scalar()?[..], context, sealed)
     }
 
     /// The admin check of both import kinds: `quorum` distinct admins approved importing

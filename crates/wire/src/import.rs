@@ -19,6 +19,7 @@ use bitcoin::NetworkKind;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::policy::KeyPolicy;
 use crate::protocol::{ImportSecret, KeyId, RequestMeta, TeeError};
 use crate::seal::{open_with, seal_with};
 
@@ -64,6 +65,22 @@ pub fn import_context(
     put(&mut out, &meta.expires_at.to_be_bytes());
     put(&mut out, &[quorum]);
     put(&mut out, key_id);
+    out
+}
+
+/// [`import_context`] of an import under an approver group
+/// ([`Action::ImportGroupWallet`](crate::approval::Action::ImportGroupWallet)): the whole
+/// policy follows the key id, so a ciphertext sealed for one group never opens under
+/// another (nor as a legacy import, whose context has no such field).
+pub fn group_import_context(
+    cluster: &str,
+    node: &str,
+    meta: &RequestMeta,
+    policy: &KeyPolicy,
+    key_id: &[u8],
+) -> Vec<u8> {
+    let mut out = import_context(cluster, node, meta, policy.quorum, key_id);
+    put(&mut out, &policy.encode());
     out
 }
 
@@ -130,6 +147,35 @@ pub fn seal_import(
     key_id: &[u8],
     secret: &ImportSecret,
 ) -> Result<SealedImport, TeeError> {
+    check_key_id(secret, key_id)?;
+    seal_in(
+        device_public_key,
+        &import_context(cluster, node, meta, quorum, key_id),
+        secret,
+    )
+}
+
+/// [`seal_import`] for an import under the approver group `policy`
+/// ([`group_import_context`]).
+pub fn seal_group_import(
+    device_public_key: &[u8],
+    cluster: &str,
+    node: &str,
+    meta: &RequestMeta,
+    policy: &KeyPolicy,
+    key_id: &[u8],
+    secret: &ImportSecret,
+) -> Result<SealedImport, TeeError> {
+    check_key_id(secret, key_id)?;
+    seal_in(
+        device_public_key,
+        &group_import_context(cluster, node, meta, policy, key_id),
+        secret,
+    )
+}
+
+/// The secret must be the approved key's.
+fn check_key_id(secret: &ImportSecret, key_id: &[u8]) -> Result<(), TeeError> {
     let actual = import_key_id(secret)?;
     if actual != key_id {
         return Err(TeeError::ImportRejected(format!(
@@ -138,12 +184,19 @@ pub fn seal_import(
             hex::encode(key_id)
         )));
     }
+    Ok(())
+}
+
+fn seal_in(
+    device_public_key: &[u8],
+    context: &[u8],
+    secret: &ImportSecret,
+) -> Result<SealedImport, TeeError> {
     let plaintext = encode_secret(secret)?;
-    let context = import_context(cluster, node, meta, quorum, key_id);
     let (enc, ciphertext) = seal_with(
         &mut rand_core::OsRng,
         device_public_key,
-        &context,
+        context,
         &plaintext,
         TeeError::SealedImportRejected,
     )?;

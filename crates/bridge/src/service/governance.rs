@@ -70,9 +70,9 @@ impl Refused {
 /// entries, long expired), so the cluster's gate for fresh changes is here, before any TEE
 /// hears of them: approvals collected for a change that was then shelved cannot be applied
 /// months later. Entries the bridge already stores are never re-checked, nor a whole log
-/// relayed to a bridge that has none. Known gap: an entry the TEEs applied but the bridge
-/// failed to store can no longer be relayed once expired (the bridge lags until a log
-/// catch-up from member TEEs exists).
+/// relayed to a bridge that has none. An entry the TEEs applied but the bridge failed to
+/// store can no longer be relayed once expired: the bridge learns it from a member's TEE
+/// instead (`catch_up_from`, at that member's next registration).
 fn unexpired(entries: &[GovEntry]) -> Result<(), Refused> {
     let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
     match entries.iter().find(|e| e.meta.expires_at < now) {
@@ -509,10 +509,16 @@ impl BridgeService {
         };
         let from = match self.node_answer(node, &asked).await {
             Some(Response::Governance(v)) if v.genesis_id == genesis_id => {
-                // At the bridge's version (or past it) there is nothing to push; another head
-                // there would be a fork, which the TEE refuses anyway.
+                // Past the bridge's version, the TEE holds entries the bridge lacks (it failed
+                // to store them, or its database came back older): learn them there. At the
+                // bridge's version there is nothing to push; another head there would be a
+                // fork, which the TEE refuses anyway.
                 let _ = head;
-                if v.version >= version {
+                if v.version > version {
+                    self.catch_up_from(node).await;
+                    return;
+                }
+                if v.version == version {
                     return;
                 }
                 v.version.saturating_add(1)
@@ -542,7 +548,101 @@ impl BridgeService {
             }
         }
     }
+
+    /// Learns the entries past its log from `node`'s TEE (its signed `Governance` view,
+    /// checked as every TEE answer is): each must extend the bridge's own state, approved by
+    /// the governors in force then, as if relayed; the TEE's word alone is never enough.
+    /// They are stored, non-members leave the registry, and one history row says so. Entries
+    /// that do not verify are refused and logged; the bridge keeps its log.
+    async fn catch_up_from(&self, node: &str) {
+        let st = &self.state;
+        let t0 = Instant::now();
+        let _one = st.gov_apply.lock().await;
+        let Some(before) = st.gov.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
+        let mut next = before.clone();
+        let mut learned: Vec<GovEntry> = Vec::new();
+        let mut cache = AdminCache::default();
+        // Page by page; bounded, since each page moves the version on or ends the loop.
+        while learned.len() < MAX_CATCH_UP_ENTRIES {
+            let asked = Request::Governance {
+                cluster: st.cluster.clone(),
+                since: next.version.saturating_add(1),
+            };
+            let Some(Response::Governance(v)) = self.node_answer(node, &asked).await else {
+                tracing::warn!(%node, "member's TEE did not show the entries the bridge lacks");
+                break;
+            };
+            if v.entries.is_empty() {
+                break;
+            }
+            for e in v.entries {
+                if let Err(why) = next.apply(&st.root, &mut cache, &e) {
+                    tracing::error!(%node, version = e.version, error = %why,
+                        "an entry a member's TEE holds does not extend the bridge's log");
+                    return;
+                }
+                learned.push(e);
+            }
+        }
+        if learned.is_empty() {
+            return;
+        }
+        let rows: Result<Vec<GovernanceRow>, postcard::Error> =
+            learned.iter().map(|e| row_of(&st.cluster, e)).collect();
+        let stored = match rows {
+            Ok(rows) => {
+                let mut done = Ok(());
+                for page in rows.chunks(MAX_GOVERNANCE_PAGE) {
+                    done = st
+                        .db
+                        .append_governance(page)
+                        .await
+                        .map_err(|e| e.to_string());
+                    if done.is_err() {
+                        break;
+                    }
+                }
+                done
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
+            tracing::error!(%node, error = %e, "cannot store the entries learned from a member");
+            return;
+        }
+        let first = before.version.saturating_add(1);
+        *st.gov.write().unwrap_or_else(|p| p.into_inner()) = Some(next.clone());
+        let dropped = self.drop_non_members(&next);
+        let detail = format!(
+            "caught up from {node}'s TEE: versions {first}..={} (the bridge's log ended at \
+             {}); dropped from the registry {dropped:?}",
+            next.version, before.version
+        );
+        tracing::warn!(%node, %detail, "governance log caught up from a member");
+        let row = NewEntry {
+            kind: "governance".into(),
+            actor: "bridge".into(),
+            approvers: learned
+                .last()
+                .map(|e| names(&e.approvals))
+                .unwrap_or_default(),
+            node: Some(node.to_string()),
+            outcome: "ok".into(),
+            detail,
+            duration_us: t0.elapsed().as_micros() as i64,
+            ..Default::default()
+        };
+        if let Err(e) = self.log(row).await {
+            tracing::error!(error = %e, "history row of a governance catch-up not written");
+        }
+    }
 }
+
+/// Most entries one catch-up learns from a member (a log of ordinary length, many times
+/// over); the rest follow at the next registration.
+const MAX_CATCH_UP_ENTRIES: usize = 4 * MAX_GOV_ENTRIES_PER_APPLY;
 
 #[cfg(test)]
 mod tests;

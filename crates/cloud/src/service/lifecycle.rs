@@ -318,7 +318,11 @@ impl Cloud {
             self.check_governor(&row, &approval).await?;
             executors::check_in_group(&row, &approval)?;
             let by_key = row.terms.counts_keys_only();
-            if row.approvals.iter().any(|a| a.same_admin(&approval, by_key)) {
+            if row
+                .approvals
+                .iter()
+                .any(|a| a.same_admin(&approval, by_key))
+            {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateApproval,
                     format!(

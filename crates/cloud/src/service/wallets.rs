@@ -141,15 +141,29 @@ impl Cloud {
             request_id: id,
             expires_at,
         };
-        let sealed = seal_import(
-            &device_key,
-            &body.cluster,
-            &node,
-            &meta,
-            body.quorum,
-            &key_id,
-            &secret,
-        )
+        // A group import's ciphertext is bound to its group as well: it never opens under
+        // another group's approvals, nor as a legacy import.
+        let sealed = if group.is_empty() {
+            seal_import(
+                &device_key,
+                &body.cluster,
+                &node,
+                &meta,
+                body.quorum,
+                &key_id,
+                &secret,
+            )
+        } else {
+            custos_wire::import::seal_group_import(
+                &device_key,
+                &body.cluster,
+                &node,
+                &meta,
+                &custos_cloud_api::approval::new_wallet_policy(group.clone(), body.quorum),
+                &key_id,
+                &secret,
+            )
+        }
         .map_err(|e| match e {
             TeeError::ImportRejected(m) => ApiError::new(ErrorCode::InvalidSecret, m),
             // The certified device key is not a usable P-256 key: nothing the caller can fix.

@@ -47,14 +47,24 @@ fn info_of(id: &[u8; 32], p: &StoredPresignature) -> PresignatureInfo {
 }
 
 impl<P: Platform> TeeCore<P> {
-    /// Removes (pending until the next commit) the stored presignatures of `key_id` and
-    /// returns their ids, for [`Self::forget_presignatures`] once the removal is committed.
-    /// A presignature was made with the co-signers the key's policy let in then: a change of
-    /// its group or anchors must not leave it usable.
-    pub(crate) fn remove_presignatures_of(
-        &mut self,
-        key_id: &[u8],
-    ) -> Result<Vec<[u8; 32]>, PlatformError> {
+    /// Ends every presignature of `key_id` made or being made under its current policy (its
+    /// co-signers were the ones that policy let in): live presign sessions are released, and
+    /// stored ones leave memory at once, their records removed with the next commit. Memory
+    /// goes first, so a failure anywhere never leaves one usable here that storage dropped;
+    /// one whose removal a failed commit discarded only comes back after a restart.
+    pub(crate) fn end_presignatures_of(&mut self, key_id: &[u8]) -> Result<(), PlatformError> {
+        let live: Vec<SessionRef> = self
+            .threshold
+            .live
+            .iter()
+            .filter(|(_, l)| matches!(&l.work, Work::Presign { key_id: k, .. } if k[..] == *key_id))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in live {
+            if let Some(l) = self.threshold.live.remove(&s) {
+                self.release(l);
+            }
+        }
         let ids: Vec<[u8; 32]> = self
             .threshold
             .presigs
@@ -63,16 +73,12 @@ impl<P: Platform> TeeCore<P> {
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
-            self.platform.remove(&presign_record(id)?)?;
-        }
-        Ok(ids)
-    }
-
-    /// Drops presignatures whose removal is committed.
-    pub(crate) fn forget_presignatures(&mut self, ids: &[[u8; 32]]) {
-        for id in ids {
             self.threshold.presigs.remove(id);
         }
+        for id in &ids {
+            self.platform.remove(&presign_record(id)?)?;
+        }
+        Ok(())
     }
 
     /// The threshold key a presignature request names, which must have no chain code.

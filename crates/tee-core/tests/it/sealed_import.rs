@@ -11,7 +11,10 @@ use crate::crash;
 use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
 use custos_wire::approval::{Action, Approval};
-use custos_wire::import::{import_context, import_key_id, seal_import, SealedImport};
+use custos_wire::import::{
+    import_context, import_key_id, seal_group_import, seal_import, SealedImport,
+};
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::{
     ImportSecret, KeyInfo, Origin, Outcome, Request, RequestMeta, Response, SecretBytes,
     SecretString, TeeError,
@@ -437,21 +440,40 @@ fn a_governed_node_imports_wallets_only_under_a_group() {
     assert!(keys(&mut node1).is_empty());
 
     let policy = group_policy(&pki, &["bob", "carol"], 2);
-    let s = Sealed::new(&d1, "node1", policy.quorum, &secret);
-    let request = |signers: &[&str]| {
+    let meta = meta();
+    let key_id = import_key_id(&secret).unwrap();
+    let sealed =
+        seal_group_import(&d1, CLUSTER, "node1", &meta, &policy, &key_id, &secret).unwrap();
+    // An import of `sealed` under `policy`, approved by `signers`.
+    let import = |policy: &KeyPolicy, sealed: &SealedImport, signers: &[&str]| {
         let message = Action::ImportGroupWallet {
-            policy: &policy,
-            key_id: &s.key_id,
+            policy,
+            key_id: &key_id,
         }
-        .message(CLUSTER, &s.meta);
+        .message(CLUSTER, &meta);
         Request::ImportGroupWalletSealed {
-            meta: s.meta.clone(),
+            meta: meta.clone(),
             policy: policy.clone(),
-            key_id: s.key_id.clone(),
-            sealed: s.sealed.clone(),
+            key_id: key_id.clone(),
+            sealed: sealed.clone(),
             approvals: approvals_by(&pki, signers, &message),
         }
     };
+    let request = |signers: &[&str]| import(&policy, &sealed, signers);
+    // Whoever relays the ciphertext cannot import it under a group of its own (alice alone
+    // here, approving herself), nor open a legacy ciphertext as a group import: the group is
+    // part of what the seed is sealed to.
+    let mine = group_policy(&pki, &["alice"], 2 - 1);
+    for (policy, sealed, signers) in [
+        (&mine, &sealed, &["alice"][..]),
+        (&policy, &legacy.sealed, &["bob", "carol"][..]),
+    ] {
+        match call(&mut node1, &import(policy, sealed, signers)) {
+            Err(TeeError::SealedImportRejected(_)) => {}
+            other => panic!("a seed opened under other terms than it was sealed for: {other:?}"),
+        }
+    }
+    assert!(keys(&mut node1).is_empty());
     // alice governs the cluster but is not in the new key's group.
     refused_outsider(call(&mut node1, &request(&["alice", "bob"])), "alice");
     assert!(keys(&mut node1).is_empty());
@@ -460,7 +482,7 @@ fn a_governed_node_imports_wallets_only_under_a_group() {
     };
     assert_eq!(
         (info.key_id.clone(), info.origin),
-        (s.key_id.clone(), Origin::Imported)
+        (key_id.clone(), Origin::Imported)
     );
     // Only the group counts for the imported key; a repeat answers the same wallet.
     refused_outsider(
