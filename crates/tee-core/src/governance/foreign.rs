@@ -67,28 +67,33 @@ impl<P: Platform> TeeCore<P> {
                 .0
                 .iter()
                 .filter(|(_, g)| g.state.cluster == cluster);
-            let mut head = None;
+            // A page past the genesis belongs to the held log it continues. Else, behind a
+            // held log's head it is a gap to fill (the coordinator then sends from the
+            // genesis); only within every held log's range is it another history.
             let mut found = None;
+            let mut gap_after = None;
+            let mut any = false;
             for (id, g) in held {
-                head = head.max(Some(g.state.version));
+                any = true;
                 if g.continues(first) {
                     found = Some(*id);
+                } else if first.version > g.state.version.saturating_add(1) {
+                    gap_after = gap_after.max(Some(g.state.version));
                 }
             }
-            match (found, head) {
+            match (found, gap_after) {
                 (Some(id), _) => id,
-                // Inside a held log but not on it: another history, never a gap to fill.
-                (None, Some(head)) if first.version <= head => {
-                    return Err(rejected(format!(
-                        "entry {} of cluster {cluster:?} continues no log held here (a fork)",
-                        first.version
-                    )))
-                }
                 (None, Some(head)) => {
                     return Err(TeeError::GovernanceGap {
                         head,
                         first: first.version,
                     })
+                }
+                (None, None) if any => {
+                    return Err(rejected(format!(
+                        "entry {} of cluster {cluster:?} continues no log held here (a fork)",
+                        first.version
+                    )))
                 }
                 (None, None) => {
                     return Err(rejected(format!(

@@ -171,6 +171,30 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
         Ok(Response::ThresholdRound { .. })
     ));
 
+    // Entries past a gap are refused as a gap (the coordinator sends from the genesis); an
+    // entry at a held version that is not the held one, as a fork.
+    dc2.admit(member(&pki, &b.chain), &governors);
+    dc2.remove(b_key, &governors);
+    assert_eq!(
+        apply(&mut a.core, "dc2", &dc2.entries()[4..]),
+        Err(TeeError::GovernanceGap { head: 2, first: 4 })
+    );
+    let other = dc2.next_entry(
+        custos_wire::governance::GovChange::Remove {
+            key_fingerprint: b_key,
+            reason: "another history".into(),
+        },
+        &governors,
+    );
+    let fork = custos_wire::governance::GovEntry {
+        version: 2,
+        prev: custos_wire::governance::entry_hash("dc2", &dc2.entries()[1]),
+        ..other
+    };
+    match apply(&mut a.core, "dc2", &[fork]) {
+        Err(TeeError::GovernanceRejected(m)) => assert!(m.contains("differs"), "{m}"),
+        other => panic!("a fork of dc2's log was taken: {other:?}"),
+    }
     // The foreign log is sealed: a restarted TEE still holds it at version 2.
     a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
     not_a_member(a.call(&sign(&pki, &key, [&a, &rogue])), "dc2-rogue");
