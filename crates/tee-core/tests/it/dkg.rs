@@ -631,6 +631,34 @@ pub(crate) fn in_share_order(nodes: &[&Node]) -> Vec<ThresholdSigner> {
         .collect()
 }
 
+/// A signing start of `key` (digest 0x5a…, path m) on shares 0 and 1 by `nodes`, approved
+/// by the admins named `approvers`.
+pub(crate) fn sign_start(
+    pki: &Pki,
+    key: &ThresholdKeyInfo,
+    approvers: &[&str],
+    nodes: [&Node; 2],
+) -> Request {
+    let meta = meta();
+    let digest = [0x5a; 32];
+    let action = Action::ThresholdSign {
+        key_id: &key.key_id,
+        path: &[],
+        digest: &digest,
+    };
+    Request::ThresholdStart {
+        approvals: approvals_by(pki, approvers, &action.message(THRESHOLD_SCOPE, &meta)),
+        meta,
+        attempt: 0,
+        params: ThresholdSignParams {
+            key_id: key.key_id.clone(),
+            path: vec![],
+            digest,
+            signers: in_share_order(&nodes),
+        },
+    }
+}
+
 /// Runs the approved group key generation `req` between `a` and `b` (attempt 0) and returns
 /// the key made.
 pub(crate) fn make_group_key(req: &GroupKeygen, a: &mut Node, b: &mut Node) -> ThresholdKeyInfo {
@@ -815,26 +843,7 @@ fn a_group_threshold_key_counts_only_its_group() {
     let key = make_group_key(&req, &mut a, &mut b);
     assert_eq!((key.quorum, key.origin), (2, ThresholdOrigin::Dkg));
 
-    let digest = [0x5a; 32];
-    let sign = |signers: &[&str], nodes: [&Node; 2]| {
-        let meta = meta();
-        let action = Action::ThresholdSign {
-            key_id: &key.key_id,
-            path: &[],
-            digest: &digest,
-        };
-        Request::ThresholdStart {
-            approvals: approvals_by(&pki, signers, &action.message(THRESHOLD_SCOPE, &meta)),
-            meta,
-            attempt: 0,
-            params: ThresholdSignParams {
-                key_id: key.key_id.clone(),
-                path: vec![],
-                digest,
-                signers: in_share_order(&nodes),
-            },
-        }
-    };
+    let sign = |signers: &[&str], nodes: [&Node; 2]| sign_start(&pki, &key, signers, nodes);
     let presign_sign = |signers: &[&str]| {
         let meta = meta();
         let message = b"pay 1 BTC".to_vec();

@@ -11,11 +11,9 @@ use custos_test_kit::{call_core, MemPlatform};
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::governance::{genesis_id, GovEntry};
 use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
-use custos_wire::protocol::{
-    Outcome, Request, Response, TeeError, ThresholdKeyInfo, ThresholdSignParams,
-};
+use custos_wire::protocol::{Outcome, Request, Response, TeeError, ThresholdKeyInfo};
 
-use crate::dkg::{in_share_order, make_group_key, meta, GroupKeygen, Node, Pki};
+use crate::dkg::{make_group_key, meta, sign_start, GroupKeygen, Node, Pki};
 use crate::governance::{approvals_by, group_policy};
 
 /// Applies `entries` of `cluster`'s log to `node`.
@@ -29,30 +27,9 @@ fn apply(core: &mut TeeCore<MemPlatform>, cluster: &str, entries: &[GovEntry]) -
     )
 }
 
-/// A signing start of `key` on shares 0 and 1, with `signers`' chains, approved by the group.
+/// A signing start of `key` on shares 0 and 1 by `signers`, approved by the group.
 fn sign(pki: &Pki, key: &ThresholdKeyInfo, signers: [&Node; 2]) -> Request {
-    let meta = meta();
-    let digest = [0x5a; 32];
-    let action = Action::ThresholdSign {
-        key_id: &key.key_id,
-        path: &[],
-        digest: &digest,
-    };
-    Request::ThresholdStart {
-        approvals: approvals_by(
-            pki,
-            &["alice", "bob"],
-            &action.message(THRESHOLD_SCOPE, &meta),
-        ),
-        meta,
-        attempt: 0,
-        params: ThresholdSignParams {
-            key_id: key.key_id.clone(),
-            path: vec![],
-            digest,
-            signers: in_share_order(&signers),
-        },
-    }
+    sign_start(pki, key, &["alice", "bob"], signers)
 }
 
 fn not_a_member(o: Outcome, name: &str) {
