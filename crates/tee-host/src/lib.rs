@@ -3,6 +3,8 @@
 //! ([`custos_wire::frame`], [`custos_wire::client`]).
 //!
 //! * [`sealed`]: the software platform — sealed records on disk, OS randomness and clock;
+//! * `tpm` (feature `tpm`): the TPM 2.0 platform — the same store, its key sealed by a TPM
+//!   and its epoch bound to the TPM's monotonic counter (rollback refused);
 //! * [`primes`]: pregenerated Paillier primes sealed at start-up for distributed key
 //!   generation;
 //! * [`hardening`]: no core dumps, not ptrace-able, memory locked;
@@ -12,5 +14,7 @@ pub mod hardening;
 pub mod primes;
 pub mod sealed;
 pub mod server;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 pub use sealed::{SealingKeySource, SoftwarePlatform, StoreError};

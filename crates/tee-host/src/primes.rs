@@ -2,7 +2,7 @@
 //! its process starts.
 //!
 //! If the environment variable [`PRIMES_FILE_ENV`] names a file when the sealed store is
-//! opened ([`SoftwarePlatform::open`]), the file's sets (a JSON array, as `custos dealer
+//! opened ([`crate::SoftwarePlatform::open`]), the file's sets (a JSON array, as `custos dealer
 //! primes` writes it; owner-only, mode 0600) are sealed into the store under the TEE core's
 //! `primes/` records and committed, and the file is then rewritten as an empty list `[]`, so
 //! every set reaches the TEE once and the secrets do not stay on disk in clear. The TEE core
@@ -21,7 +21,9 @@ use std::path::Path;
 use custos_tee_core::threshold::primes::seal_primes_file;
 use zeroize::Zeroizing;
 
-use crate::sealed::{write_atomic, SoftwarePlatform, StoreError};
+use custos_tee_core::platform::Platform;
+
+use crate::sealed::{write_atomic, StoreError};
 
 /// Environment variable naming a file of pregenerated primes sets to seal at start-up.
 pub const PRIMES_FILE_ENV: &str = "CUSTOS_TEE_PRIMES_FILE";
@@ -32,7 +34,7 @@ pub const MAX_PRIMES_FILE: u64 = 1024 * 1024;
 /// how many sets it held. A file that group or others may read, or that does not parse, is
 /// refused and left as it is, and nothing is sealed.
 pub fn import_primes_file(
-    platform: &mut SoftwarePlatform,
+    platform: &mut impl Platform,
     path: &Path,
 ) -> Result<usize, StoreError> {
     let bad = |reason: String| StoreError::Primes {
@@ -58,7 +60,7 @@ pub fn import_primes_file(
 
 /// [`import_primes_file`] of the file [`PRIMES_FILE_ENV`] names, if it is set; returns how
 /// many sets were sealed.
-pub fn import_primes_from_env(platform: &mut SoftwarePlatform) -> Result<usize, StoreError> {
+pub fn import_primes_from_env(platform: &mut impl Platform) -> Result<usize, StoreError> {
     match std::env::var_os(PRIMES_FILE_ENV) {
         Some(path) if !path.is_empty() => {
             let n = import_primes_file(platform, Path::new(&path))?;
@@ -76,7 +78,7 @@ pub fn import_primes_from_env(platform: &mut SoftwarePlatform) -> Result<usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sealed::SealingKeySource;
+    use crate::sealed::{SealingKeySource, SoftwarePlatform};
     use custos_tee_core::platform::Platform;
     use custos_tee_core::threshold::primes::PRIMES_PREFIX;
 

@@ -4,23 +4,26 @@
 //! rest with an operator-provided sealing key, not against root on the running host.
 //!
 //! Layout of a store directory:
-//! * `store.meta` — plaintext: format, random store id, how the sealing key is derived;
-//! * `sealed.redb` — an embedded ACID store (redb) mapping record names to sealed records.
+//! * `store.meta` — plaintext: format, random store id, how the sealing key is derived, and
+//!   for a TPM store (`root=tpm`) the TPM's counter index and PCR selection;
+//! * `sealed.redb` — an embedded ACID store (redb) mapping record names to sealed records
+//!   ([`db`]), with an epoch record naming the whole record set ([`digest`]).
 //!
 //! A sealed record is `"CSR1" | version u64 | nonce (24) | XChaCha20-Poly1305 ciphertext`, with
 //! associated data binding the store id, the record name and the version, so a record copied
 //! from another store, moved under another name, or edited fails to open. Writes are pending
 //! until `commit`, which writes them all in one durable redb transaction (copy-on-write
 //! pages, fsync before the commit is acknowledged): crash-safe, and one flush per batch.
+//!
+//! The software platform keeps its sealing key with the operator and its counter in the
+//! store itself, so a copy of the whole folder put back later opens as it was: it cannot
+//! refuse a rollback. The TPM platform ([`crate::tpm`], feature `tpm`) can.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use custos_tee_core::platform::{Platform, PlatformError, RecordId};
 use custos_wire::protocol::Attestation;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -28,17 +31,17 @@ use secrecy::{ExposeSecret, SecretBox};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+pub(crate) mod db;
+pub(crate) mod digest;
+
+pub use db::MAX_RECORD_LEN;
+use db::SealedDb;
+
 const META_FILE: &str = "store.meta";
 const META_MAGIC: &str = "CUSTOS-SEALED-STORE-V1";
-const RECORD_MAGIC: &[u8; 4] = b"CSR1";
-const AAD_DOMAIN: &[u8] = b"CUSTOS-SEALED-RECORD-V1\0";
-const CANARY: &str = "canary";
-const CANARY_BODY: &[u8] = b"custos sealed store canary";
+use db::{CANARY, CANARY_BODY, CANARY_BODY_V1};
 const COUNTER: &str = "counter";
 const DB_FILE: &str = "sealed.redb";
-const RECORDS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("records");
-/// Largest sealed record accepted from disk.
-pub const MAX_RECORD_LEN: u64 = 64 * 1024 * 1024;
 
 /// Argon2id parameters for passphrase-derived sealing keys (OWASP's first recommendation).
 const ARGON2_M_KIB: u32 = 64 * 1024;
@@ -104,6 +107,81 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The store's records are not the set its epoch record names.
+    #[error("sealed store at {path} was tampered with: {reason}; it is not opened")]
+    Tampered {
+        /// Store path.
+        path: String,
+        /// What differs.
+        reason: String,
+    },
+    /// The store is older than the TPM's counter: a copy of an earlier state was put back.
+    #[error(
+        "sealed store at {path} was rolled back: it is at epoch {store_epoch} but the TPM \
+         counter is at {counter}; it is not opened (restore the latest store, never an older copy)"
+    )]
+    RolledBack {
+        /// Store path.
+        path: String,
+        /// Epoch the store holds.
+        store_epoch: u64,
+        /// Value of the TPM's monotonic counter.
+        counter: u64,
+    },
+    /// The TPM's counter is behind the store by more than one interrupted commit: the TPM's
+    /// own state was rolled back, or this is another TPM.
+    #[error(
+        "sealed store at {path} is at epoch {store_epoch} but the TPM counter is only at \
+         {counter}: the TPM state was rolled back or replaced; it is not opened"
+    )]
+    CounterBehind {
+        /// Store path.
+        path: String,
+        /// Epoch the store holds.
+        store_epoch: u64,
+        /// Value of the TPM's monotonic counter.
+        counter: u64,
+    },
+    /// The TPM refused or failed an operation the store needs.
+    #[error("TPM ({what}) for the store at {path}: {reason}")]
+    Tpm {
+        /// Store path.
+        path: String,
+        /// The operation.
+        what: &'static str,
+        /// What the TPM answered.
+        reason: String,
+    },
+    /// The store was made for another platform.
+    #[error("store at {path} belongs to the {store} platform, not the {given} platform")]
+    PlatformMismatch {
+        /// Store path.
+        path: String,
+        /// Platform the store was made for.
+        store: String,
+        /// Platform asked to open it.
+        given: String,
+    },
+}
+
+impl StoreError {
+    /// A short, stable name of the refusal (for logs and tests).
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::KeyFile { .. } => "sealing_key_file",
+            StoreError::WrongSealingKey(_) => "wrong_sealing_key",
+            StoreError::KeySourceMismatch { .. } => "key_source_mismatch",
+            StoreError::Meta { .. } => "store_meta",
+            StoreError::Io { .. } => "store_io",
+            StoreError::Missing(_) => "store_missing",
+            StoreError::Primes { .. } => "primes_file",
+            StoreError::Tampered { .. } => "store_tampered",
+            StoreError::RolledBack { .. } => "store_rolled_back",
+            StoreError::CounterBehind { .. } => "tpm_counter_behind",
+            StoreError::Tpm { .. } => "tpm_error",
+            StoreError::PlatformMismatch { .. } => "platform_mismatch",
+        }
+    }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
@@ -185,20 +263,192 @@ pub fn generate_key_file(path: &Path) -> Result<(), StoreError> {
     write_atomic(path, text.as_bytes(), 0o600).map_err(|e| io_err(path, e))
 }
 
+/// What `store.meta` says of a store.
+pub(crate) struct StoreMeta {
+    /// Random store id, bound into every record's associated data.
+    pub(crate) store_id: [u8; 16],
+    /// How the operator's key is derived (`keyfile`, or Argon2id with its salt).
+    pub(crate) kdf: String,
+    /// The platform's own line (`root=...`), absent for the software platform.
+    pub(crate) root: Option<String>,
+}
+
+/// Reads `store.meta` of `dir`, or writes a new one (with `root` as its platform line) when
+/// `create` is set and none exists; returns it and whether the store is new. A store made for
+/// another platform than `platform` is refused by name.
+pub(crate) fn open_meta(
+    dir: &Path,
+    source: &SealingKeySource,
+    create: bool,
+    platform: &str,
+    root: Option<&str>,
+) -> Result<(StoreMeta, bool), StoreError> {
+    let meta_path = dir.join(META_FILE);
+    let fresh = !meta_path.exists();
+    if fresh && !create {
+        return Err(StoreError::Missing(dir.display().to_string()));
+    }
+    let meta = if fresh {
+        let rng = SystemRandom::new();
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io_err(dir, e))?;
+        let mut store_id = [0u8; 16];
+        let mut salt = [0u8; 16];
+        rng.fill(&mut store_id)
+            .and_then(|_| rng.fill(&mut salt))
+            .map_err(|_| io_err(dir, std::io::Error::other("random source failed")))?;
+        let kdf = match source {
+            SealingKeySource::KeyFile(_) => "keyfile".to_string(),
+            SealingKeySource::Passphrase(_) => format!(
+                "argon2id m={ARGON2_M_KIB} t={ARGON2_T} p={ARGON2_P} salt={}",
+                hex::encode(salt)
+            ),
+        };
+        let mut text = format!(
+            "{META_MAGIC}\nstore-id={}\nkdf={kdf}\n",
+            hex::encode(store_id)
+        );
+        if let Some(root) = root {
+            text.push_str(&format!("root={root}\n"));
+        }
+        write_atomic(&meta_path, text.as_bytes(), 0o600).map_err(|e| io_err(&meta_path, e))?;
+        StoreMeta {
+            store_id,
+            kdf,
+            root: root.map(str::to_string),
+        }
+    } else {
+        read_meta(&meta_path)?
+    };
+    let store_platform = meta
+        .root
+        .as_deref()
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("software");
+    if store_platform != platform {
+        return Err(StoreError::PlatformMismatch {
+            path: dir.display().to_string(),
+            store: store_platform.to_string(),
+            given: platform.to_string(),
+        });
+    }
+    Ok((meta, fresh))
+}
+
+fn read_meta(path: &Path) -> Result<StoreMeta, StoreError> {
+    let bad = |reason: &str| StoreError::Meta {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    };
+    let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(META_MAGIC) {
+        return Err(bad("not a Custos sealed store"));
+    }
+    let id_hex = lines
+        .next()
+        .and_then(|l| l.strip_prefix("store-id="))
+        .ok_or_else(|| bad("missing store-id"))?;
+    let mut store_id = [0u8; 16];
+    hex::decode_to_slice(id_hex, &mut store_id).map_err(|_| bad("bad store-id"))?;
+    let kdf = lines
+        .next()
+        .and_then(|l| l.strip_prefix("kdf="))
+        .ok_or_else(|| bad("missing kdf"))?;
+    let root = match lines.next() {
+        None | Some("") => None,
+        Some(l) => Some(
+            l.strip_prefix("root=")
+                .ok_or_else(|| bad("unexpected line after kdf"))?
+                .to_string(),
+        ),
+    };
+    Ok(StoreMeta {
+        store_id,
+        kdf: kdf.to_string(),
+        root,
+    })
+}
+
+/// The operator's 256-bit key for a store: the key file's bytes, or the passphrase
+/// stretched with Argon2id and the store's salt.
+pub(crate) fn operator_key(
+    dir: &Path,
+    source: &SealingKeySource,
+    kdf: &str,
+) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    let mismatch = |expected: &str, given: &str| StoreError::KeySourceMismatch {
+        path: dir.display().to_string(),
+        expected: expected.into(),
+        given: given.into(),
+    };
+    match source {
+        SealingKeySource::KeyFile(path) => {
+            if kdf != "keyfile" {
+                return Err(mismatch("passphrase", "key file"));
+            }
+            read_key_file(path)
+        }
+        SealingKeySource::Passphrase(pass) => {
+            let salt_hex = kdf
+                .strip_prefix("argon2id ")
+                .and_then(|rest| rest.split(' ').find_map(|kv| kv.strip_prefix("salt=")))
+                .ok_or_else(|| mismatch("key file", "passphrase"))?;
+            let salt = hex::decode(salt_hex).map_err(|_| StoreError::Meta {
+                path: dir.display().to_string(),
+                reason: "bad salt".into(),
+            })?;
+            let params = argon2::Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(32))
+                .expect("static Argon2 parameters are valid");
+            let argon =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let mut key = Zeroizing::new([0u8; 32]);
+            argon
+                .hash_password_into(pass.expose_secret().as_bytes(), &salt, &mut key[..])
+                .map_err(|e| StoreError::Meta {
+                    path: dir.display().to_string(),
+                    reason: format!("Argon2id: {e}"),
+                })?;
+            Ok(key)
+        }
+    }
+}
+
+/// Seals the canary of a new store, or checks it: a store key that does not open it is the
+/// wrong one. A store made before epoch records gets the canary that says it has them (and,
+/// with that commit, its first epoch record), so its epoch record cannot be taken out later.
+pub(crate) fn check_canary(
+    platform: &mut impl Platform,
+    dir: &Path,
+    fresh: bool,
+) -> Result<(), StoreError> {
+    let canary = RecordId::new(CANARY).expect("valid");
+    let seal_canary = |platform: &mut dyn Platform| {
+        platform
+            .seal(&canary, CANARY_BODY)
+            .and_then(|_| platform.commit())
+            .map_err(|e| io_err(dir, std::io::Error::other(e.to_string())))
+    };
+    if fresh {
+        seal_canary(platform)?;
+    }
+    match platform.unseal(&canary) {
+        Ok(Some(body)) if body.as_slice() == CANARY_BODY => Ok(()),
+        Ok(Some(body)) if body.as_slice() == CANARY_BODY_V1 => seal_canary(platform),
+        Ok(None) => Err(StoreError::Meta {
+            path: dir.display().to_string(),
+            reason: "canary record missing".into(),
+        }),
+        _ => Err(StoreError::WrongSealingKey(dir.display().to_string())),
+    }
+}
+
 /// The software platform over a sealed store directory.
 pub struct SoftwarePlatform {
     dir: PathBuf,
-    db: redb::Database,
-    store_id: [u8; 16],
-    cipher: XChaCha20Poly1305,
+    db: SealedDb,
     rng: SystemRandom,
     counter: u64,
-    /// Sealed writes not yet committed (`None` = delete).
-    pending: BTreeMap<String, Option<Vec<u8>>>,
-}
-
-fn db_err(e: impl std::fmt::Display) -> PlatformError {
-    PlatformError::Io(format!("sealed store: {e}"))
 }
 
 impl SoftwarePlatform {
@@ -212,69 +462,17 @@ impl SoftwarePlatform {
     }
 
     fn open_store(dir: &Path, source: &SealingKeySource, create: bool) -> Result<Self, StoreError> {
-        let meta_path = dir.join(META_FILE);
-        let rng = SystemRandom::new();
-        let fresh = !meta_path.exists();
-        if fresh && !create {
-            return Err(StoreError::Missing(dir.display().to_string()));
-        }
-        let (store_id, kdf) = if fresh {
-            fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .map_err(|e| io_err(dir, e))?;
-            let mut store_id = [0u8; 16];
-            let mut salt = [0u8; 16];
-            rng.fill(&mut store_id)
-                .and_then(|_| rng.fill(&mut salt))
-                .map_err(|_| io_err(dir, std::io::Error::other("random source failed")))?;
-            let kdf = match source {
-                SealingKeySource::KeyFile(_) => "keyfile".to_string(),
-                SealingKeySource::Passphrase(_) => format!(
-                    "argon2id m={ARGON2_M_KIB} t={ARGON2_T} p={ARGON2_P} salt={}",
-                    hex::encode(salt)
-                ),
-            };
-            let text = format!(
-                "{META_MAGIC}\nstore-id={}\nkdf={kdf}\n",
-                hex::encode(store_id)
-            );
-            write_atomic(&meta_path, text.as_bytes(), 0o600).map_err(|e| io_err(&meta_path, e))?;
-            (store_id, kdf)
-        } else {
-            Self::read_meta(&meta_path)?
-        };
-        let key = Self::derive_key(dir, source, &kdf)?;
-        let db_path = dir.join(DB_FILE);
-        let db = redb::Database::create(&db_path).map_err(|e| StoreError::Io {
-            path: db_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let (meta, fresh) = open_meta(dir, source, create, "software", None)?;
+        let key = operator_key(dir, source, &meta.kdf)?;
+        // Stores made before epoch records open; their next commit writes one.
+        let db = SealedDb::open(&dir.join(DB_FILE), meta.store_id, &key, true)?;
         let mut platform = SoftwarePlatform {
             dir: dir.to_path_buf(),
             db,
-            store_id,
-            cipher: XChaCha20Poly1305::new((&*key).into()),
-            rng,
+            rng: SystemRandom::new(),
             counter: 0,
-            pending: BTreeMap::new(),
         };
-        let canary = RecordId::new(CANARY).expect("valid");
-        if fresh {
-            platform
-                .seal(&canary, CANARY_BODY)
-                .and_then(|_| platform.commit())
-                .map_err(|e| io_err(dir, std::io::Error::other(e.to_string())))?;
-        }
-        match platform.unseal(&canary) {
-            Ok(Some(body)) if body.as_slice() == CANARY_BODY => {}
-            Ok(None) => {
-                return Err(StoreError::Meta {
-                    path: dir.display().to_string(),
-                    reason: "canary record missing".into(),
-                })
-            }
-            _ => return Err(StoreError::WrongSealingKey(dir.display().to_string())),
-        }
+        check_canary(&mut platform, dir, fresh)?;
         let counter = RecordId::new(COUNTER).expect("valid");
         platform.counter = match platform.unseal(&counter) {
             Ok(Some(b)) if b.len() == 8 => u64::from_be_bytes(b[..].try_into().expect("8")),
@@ -289,131 +487,9 @@ impl SoftwarePlatform {
         Ok(platform)
     }
 
-    fn read_meta(path: &Path) -> Result<([u8; 16], String), StoreError> {
-        let bad = |reason: &str| StoreError::Meta {
-            path: path.display().to_string(),
-            reason: reason.into(),
-        };
-        let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-        let mut lines = text.lines();
-        if lines.next() != Some(META_MAGIC) {
-            return Err(bad("not a Custos sealed store"));
-        }
-        let id_hex = lines
-            .next()
-            .and_then(|l| l.strip_prefix("store-id="))
-            .ok_or_else(|| bad("missing store-id"))?;
-        let mut store_id = [0u8; 16];
-        hex::decode_to_slice(id_hex, &mut store_id).map_err(|_| bad("bad store-id"))?;
-        let kdf = lines
-            .next()
-            .and_then(|l| l.strip_prefix("kdf="))
-            .ok_or_else(|| bad("missing kdf"))?;
-        Ok((store_id, kdf.to_string()))
-    }
-
-    fn derive_key(
-        dir: &Path,
-        source: &SealingKeySource,
-        kdf: &str,
-    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
-        let mismatch = |expected: &str, given: &str| StoreError::KeySourceMismatch {
-            path: dir.display().to_string(),
-            expected: expected.into(),
-            given: given.into(),
-        };
-        match source {
-            SealingKeySource::KeyFile(path) => {
-                if kdf != "keyfile" {
-                    return Err(mismatch("passphrase", "key file"));
-                }
-                read_key_file(path)
-            }
-            SealingKeySource::Passphrase(pass) => {
-                let salt_hex = kdf
-                    .strip_prefix("argon2id ")
-                    .and_then(|rest| rest.split(' ').find_map(|kv| kv.strip_prefix("salt=")))
-                    .ok_or_else(|| mismatch("key file", "passphrase"))?;
-                let salt = hex::decode(salt_hex).map_err(|_| StoreError::Meta {
-                    path: dir.display().to_string(),
-                    reason: "bad salt".into(),
-                })?;
-                let params = argon2::Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(32))
-                    .expect("static Argon2 parameters are valid");
-                let argon = argon2::Argon2::new(
-                    argon2::Algorithm::Argon2id,
-                    argon2::Version::V0x13,
-                    params,
-                );
-                let mut key = Zeroizing::new([0u8; 32]);
-                argon
-                    .hash_password_into(pass.expose_secret().as_bytes(), &salt, &mut key[..])
-                    .map_err(|e| StoreError::Meta {
-                        path: dir.display().to_string(),
-                        reason: format!("Argon2id: {e}"),
-                    })?;
-                Ok(key)
-            }
-        }
-    }
-
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    fn read_committed(&self, name: &str) -> Result<Option<Vec<u8>>, PlatformError> {
-        let rtx = self.db.begin_read().map_err(db_err)?;
-        let table = match rtx.open_table(RECORDS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(db_err(e)),
-        };
-        Ok(table.get(name).map_err(db_err)?.map(|v| v.value().to_vec()))
-    }
-
-    fn aad(&self, id: &RecordId, version: u64) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(AAD_DOMAIN.len() + 16 + 4 + id.as_str().len() + 8);
-        aad.extend_from_slice(AAD_DOMAIN);
-        aad.extend_from_slice(&self.store_id);
-        aad.extend_from_slice(&(id.as_str().len() as u32).to_be_bytes());
-        aad.extend_from_slice(id.as_str().as_bytes());
-        aad.extend_from_slice(&version.to_be_bytes());
-        aad
-    }
-
-    fn next_version(&mut self) -> Result<u64, PlatformError> {
-        self.counter_increment()
-    }
-
-    fn seal_with_version(
-        &mut self,
-        id: &RecordId,
-        plaintext: &[u8],
-        version: u64,
-    ) -> Result<(), PlatformError> {
-        let mut nonce = [0u8; 24];
-        self.rng
-            .fill(&mut nonce)
-            .map_err(|_| PlatformError::Random("OS random source failed".into()))?;
-        let aad = self.aad(id, version);
-        let ct = self
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| PlatformError::Io("AEAD encryption failed".into()))?;
-        let mut sealed = Vec::with_capacity(4 + 8 + 24 + ct.len());
-        sealed.extend_from_slice(RECORD_MAGIC);
-        sealed.extend_from_slice(&version.to_be_bytes());
-        sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(&ct);
-        self.pending.insert(id.as_str().to_string(), Some(sealed));
-        Ok(())
     }
 }
 
@@ -432,105 +508,25 @@ impl Platform for SoftwarePlatform {
         let version = if id.as_str() == COUNTER || id.as_str() == CANARY {
             0
         } else {
-            self.next_version()?
+            self.counter_increment()?
         };
-        self.seal_with_version(id, plaintext, version)
+        self.db.seal(id, plaintext, version)
     }
 
     fn commit(&mut self) -> Result<(), PlatformError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.pending);
-        let write = || -> Result<(), PlatformError> {
-            let wtx = self.db.begin_write().map_err(db_err)?;
-            {
-                let mut table = wtx.open_table(RECORDS).map_err(db_err)?;
-                for (name, value) in &pending {
-                    match value {
-                        Some(v) => {
-                            table.insert(name.as_str(), v.as_slice()).map_err(db_err)?;
-                        }
-                        None => {
-                            table.remove(name.as_str()).map_err(db_err)?;
-                        }
-                    }
-                }
-            }
-            wtx.commit().map_err(db_err)
-        };
-        // On failure the pending writes are gone (taken above): nothing half-written stays.
-        write()
+        self.db.commit().map(|_| ())
     }
 
     fn unseal(&mut self, id: &RecordId) -> Result<Option<Zeroizing<Vec<u8>>>, PlatformError> {
-        let corrupt = |reason: &str| PlatformError::RecordCorrupt {
-            id: id.as_str().to_string(),
-            reason: reason.to_string(),
-        };
-        let sealed = match self.pending.get(id.as_str()) {
-            Some(Some(v)) => v.clone(),
-            Some(None) => return Ok(None),
-            None => match self.read_committed(id.as_str())? {
-                Some(v) => v,
-                None => return Ok(None),
-            },
-        };
-        if sealed.len() as u64 > MAX_RECORD_LEN {
-            return Err(corrupt("record larger than the limit"));
-        }
-        if sealed.len() < 4 + 8 + 24 + 16 || &sealed[..4] != RECORD_MAGIC {
-            return Err(corrupt("not a sealed record (bad magic or truncated)"));
-        }
-        let version = u64::from_be_bytes(sealed[4..12].try_into().expect("8 bytes"));
-        let nonce = XNonce::from_slice(&sealed[12..36]);
-        let aad = self.aad(id, version);
-        let pt = self
-            .cipher
-            .decrypt(
-                nonce,
-                Payload {
-                    msg: &sealed[36..],
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| {
-                corrupt("authentication failed (tampered, moved, or from another store)")
-            })?;
-        Ok(Some(Zeroizing::new(pt)))
+        self.db.unseal(id)
     }
 
     fn list(&mut self, prefix: &str) -> Result<Vec<RecordId>, PlatformError> {
-        let mut names = std::collections::BTreeSet::new();
-        let rtx = self.db.begin_read().map_err(db_err)?;
-        match rtx.open_table(RECORDS) {
-            Ok(table) => {
-                for item in table.range(prefix..).map_err(db_err)? {
-                    let (k, _) = item.map_err(db_err)?;
-                    let name = k.value();
-                    if !name.starts_with(prefix) {
-                        break;
-                    }
-                    names.insert(name.to_string());
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(db_err(e)),
-        }
-        for (name, value) in self.pending.range(prefix.to_string()..) {
-            if !name.starts_with(prefix) {
-                break;
-            }
-            match value {
-                Some(_) => names.insert(name.clone()),
-                None => names.remove(name),
-            };
-        }
-        names.into_iter().map(RecordId::new).collect()
+        self.db.list(prefix)
     }
 
     fn remove(&mut self, id: &RecordId) -> Result<(), PlatformError> {
-        self.pending.insert(id.as_str().to_string(), None);
+        self.db.remove(id);
         Ok(())
     }
 
@@ -550,7 +546,7 @@ impl Platform for SoftwarePlatform {
     fn counter_increment(&mut self) -> Result<u64, PlatformError> {
         let next = self.counter + 1;
         let id = RecordId::new(COUNTER).expect("valid");
-        self.seal_with_version(&id, &next.to_be_bytes(), 0)?;
+        self.db.seal(&id, &next.to_be_bytes(), 0)?;
         self.counter = next;
         Ok(next)
     }

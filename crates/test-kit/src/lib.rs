@@ -6,7 +6,8 @@
 //! * [`db`]: SQLite and PostgreSQL databases of their own per test;
 //! * [`gateway`]: relay + link + bridge of several clusters faked in process, in front of
 //!   real or scripted TEEs;
-//! * [`server`]: the cloud server on 127.0.0.1 with a typed client.
+//! * [`server`]: the cloud server on 127.0.0.1 with a typed client;
+//! * [`swtpm`]: a software TPM 2.0 of the test's own on loopback ports.
 //!
 //! Only ever a dev-dependency.
 
@@ -18,6 +19,7 @@ pub mod governance;
 pub mod pki;
 pub mod platform;
 pub mod server;
+pub mod swtpm;
 
 pub use db::{databases, Ctx, TestDb, DEFAULT_PG_URL};
 pub use gateway::{

@@ -1,0 +1,475 @@
+//! The TPM 2.0 commands the TPM platform uses, through `tss-esapi` (the TCG's ESAPI, never
+//! our own marshalling): the storage key, the sealed store key, the NV counter, randomness
+//! and quotes. Every object loaded here is flushed after use: a software TPM has no resource
+//! manager, and a process killed with objects loaded leaves them there (see
+//! [`TpmDevice::connect`]).
+
+use std::convert::TryFrom;
+use std::str::FromStr;
+
+use tss_esapi::attributes::{NvIndexAttributesBuilder, ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::constants::{nv_index_type::NvIndexType, tss, CapabilityType, SessionType};
+use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Auth, CapabilityData, Digest, EccPoint, KeyedHashScheme, NvPublicBuilder, PcrSelectionList,
+    PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
+use zeroize::Zeroizing;
+
+/// What kind of refusal a TPM failure is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// The auth value was wrong (the operator's key is not the store's).
+    WrongAuth,
+    /// A policy failed: the PCRs are not the values the key was sealed to.
+    Policy,
+    /// Anything else.
+    Other,
+}
+
+/// A TPM failure: which operation, and what the TPM or the TSS said.
+#[derive(Debug)]
+pub(crate) struct TpmFailure {
+    pub(crate) what: &'static str,
+    pub(crate) reason: String,
+    pub(crate) kind: FailureKind,
+}
+
+fn kind(e: &tss_esapi::Error) -> Option<Tss2ResponseCodeKind> {
+    match e {
+        tss_esapi::Error::Tss2Error(rc) => rc.kind(),
+        tss_esapi::Error::WrapperError(_) => None,
+    }
+}
+
+fn fail(what: &'static str) -> impl Fn(tss_esapi::Error) -> TpmFailure {
+    move |e| TpmFailure {
+        what,
+        reason: e.to_string(),
+        kind: match kind(&e) {
+            Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
+                FailureKind::WrongAuth
+            }
+            Some(Tss2ResponseCodeKind::PolicyFail) => FailureKind::Policy,
+            _ => FailureKind::Other,
+        },
+    }
+}
+
+fn build<T, E: std::fmt::Display>(what: &'static str, r: Result<T, E>) -> Result<T, TpmFailure> {
+    r.map_err(|e| TpmFailure {
+        what,
+        reason: e.to_string(),
+        kind: FailureKind::Other,
+    })
+}
+
+/// The PCRs a store is sealed to: SHA-256 bank, the given indexes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PcrSelection(pub Vec<u8>);
+
+impl PcrSelection {
+    /// Parses `sha256:7` or `sha256:7,23` (the SHA-256 bank only).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let list = text
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("PCR selection {text:?}: expected sha256:<index>[,<index>...]"))?;
+        let mut pcrs = Vec::new();
+        for part in list.split(',') {
+            let n: u8 = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("PCR selection {text:?}: {part:?} is not a PCR index"))?;
+            if n > 23 {
+                return Err(format!("PCR selection {text:?}: PCR {n} does not exist (0-23)"));
+            }
+            if !pcrs.contains(&n) {
+                pcrs.push(n);
+            }
+        }
+        pcrs.sort_unstable();
+        Ok(PcrSelection(pcrs))
+    }
+
+    fn list(&self) -> Result<PcrSelectionList, TpmFailure> {
+        let slots: Vec<PcrSlot> = self
+            .0
+            .iter()
+            .map(|n| PcrSlot::try_from(1u32 << n))
+            .collect::<Result<_, _>>()
+            .map_err(fail("PCR selection"))?;
+        build(
+            "PCR selection",
+            PcrSelectionListBuilder::new()
+                .with_selection(HashingAlgorithm::Sha256, &slots)
+                .build(),
+        )
+    }
+}
+
+impl std::fmt::Display for PcrSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.0.iter().map(u8::to_string).collect();
+        write!(f, "sha256:{}", list.join(","))
+    }
+}
+
+/// The sealed store key as the TPM made it: only these blobs are written to disk.
+pub(crate) struct SealedKeyBlobs {
+    pub(crate) public: Vec<u8>,
+    pub(crate) private: Vec<u8>,
+}
+
+/// One connection to a TPM.
+pub(crate) struct TpmDevice {
+    ctx: Context,
+}
+
+fn srk_template() -> Result<Public, TpmFailure> {
+    let attrs = build(
+        "storage key template",
+        ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_no_da(true)
+            .with_restricted(true)
+            .with_decrypt(true)
+            .build(),
+    )?;
+    let params = build(
+        "storage key template",
+        PublicEccParametersBuilder::new_restricted_decryption_key(
+            SymmetricDefinitionObject::AES_128_CFB,
+            EccCurve::NistP256,
+        )
+        .build(),
+    )?;
+    build(
+        "storage key template",
+        PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attrs)
+            .with_ecc_parameters(params)
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build(),
+    )
+}
+
+fn sealed_template(policy: Digest) -> Result<Public, TpmFailure> {
+    // Only the policy (PCRs + auth value) authorises unsealing; dictionary-attack protection
+    // stays on for the auth value.
+    let attrs = build(
+        "sealed key template",
+        ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_admin_with_policy(true)
+            .with_user_with_auth(false)
+            .build(),
+    )?;
+    build(
+        "sealed key template",
+        PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::KeyedHash)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attrs)
+            .with_auth_policy(policy)
+            .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+            .with_keyed_hash_unique_identifier(Default::default())
+            .build(),
+    )
+}
+
+impl TpmDevice {
+    /// Connects through `tcti` (`swtpm:host=127.0.0.1,port=2321`, `device:/dev/tpmrm0`) and
+    /// flushes transient objects and sessions a killed earlier process left loaded (a
+    /// software TPM holds only three; under the kernel's resource manager there are none).
+    pub(crate) fn connect(tcti: &str) -> Result<Self, TpmFailure> {
+        let conf = TctiNameConf::from_str(tcti).map_err(fail("TCTI"))?;
+        let ctx = Context::new(conf).map_err(fail("connect"))?;
+        let mut device = TpmDevice { ctx };
+        device.flush_leftovers()?;
+        Ok(device)
+    }
+
+    fn flush_leftovers(&mut self) -> Result<(), TpmFailure> {
+        for first in [
+            tss::TPM2_TRANSIENT_FIRST,
+            tss::TPM2_LOADED_SESSION_FIRST,
+            tss::TPM2_POLICY_SESSION_FIRST,
+        ] {
+            let (caps, _) = self
+                .ctx
+                .get_capability(CapabilityType::Handles, first, 64)
+                .map_err(fail("list loaded handles"))?;
+            if let CapabilityData::Handles(list) = caps {
+                for h in list.into_inner() {
+                    let obj = self
+                        .ctx
+                        .execute_without_session(|c| c.tr_from_tpm_public(h))
+                        .map_err(fail("leftover handle"))?;
+                    self.ctx.flush_context(obj).map_err(fail("flush leftover"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Random bytes from the TPM.
+    pub(crate) fn random(&mut self, n: usize) -> Result<Zeroizing<Vec<u8>>, TpmFailure> {
+        let d = self.ctx.get_random(n).map_err(fail("get random"))?;
+        Ok(Zeroizing::new(d.value().to_vec()))
+    }
+
+    /// The storage key: a primary key derived from the owner hierarchy's seed, so the same
+    /// TPM makes it again at every start and it is never stored.
+    fn srk(&mut self) -> Result<KeyHandle, TpmFailure> {
+        let template = srk_template()?;
+        let r = self
+            .ctx
+            .execute_with_nullauth_session(|c| {
+                c.create_primary(Hierarchy::Owner, template, None, None, None, None)
+            })
+            .map_err(fail("create storage key"))?;
+        Ok(r.key_handle)
+    }
+
+    fn flush(&mut self, h: impl Into<ObjectHandle>) {
+        // Best effort: a handle the TPM already dropped is no error worth stopping for.
+        let _ = self.ctx.flush_context(h.into());
+    }
+
+    /// Runs PolicyPCR (the PCRs' current values) and PolicyAuthValue in a session of `kind`
+    /// (trial: to compute the policy digest); returns the session and the digest.
+    fn pcr_auth_policy(
+        &mut self,
+        kind: SessionType,
+        salt: Option<KeyHandle>,
+        pcrs: &PcrSelection,
+    ) -> Result<(AuthSession, Digest), TpmFailure> {
+        let session = self
+            .ctx
+            .start_auth_session(
+                salt,
+                None,
+                None,
+                kind,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(fail("start policy session"))?
+            .ok_or_else(|| TpmFailure {
+                what: "start policy session",
+                reason: "no session returned".into(),
+                kind: FailureKind::Other,
+            })?;
+        let run = |ctx: &mut Context| -> Result<Digest, TpmFailure> {
+            let (attrs, mask) = SessionAttributesBuilder::new()
+                .with_decrypt(true)
+                .with_encrypt(true)
+                .build();
+            ctx.tr_sess_set_attributes(session, attrs, mask)
+                .map_err(fail("session attributes"))?;
+            let ps = PolicySession::try_from(session).map_err(fail("policy session"))?;
+            // An empty digest: the TPM takes the PCRs' current values.
+            ctx.policy_pcr(ps, Digest::default(), pcrs.list()?)
+                .map_err(fail("policy PCR"))?;
+            ctx.policy_auth_value(ps).map_err(fail("policy auth value"))?;
+            ctx.policy_get_digest(ps).map_err(fail("policy digest"))
+        };
+        match run(&mut self.ctx) {
+            Ok(d) => Ok((session, d)),
+            Err(e) => {
+                self.flush(SessionHandle::from(session));
+                Err(e)
+            }
+        }
+    }
+
+    /// Seals `key` under the storage key, unsealable only with `auth` while `pcrs` hold
+    /// their current values.
+    pub(crate) fn seal_key(
+        &mut self,
+        key: &[u8; 32],
+        auth: &[u8; 32],
+        pcrs: &PcrSelection,
+    ) -> Result<SealedKeyBlobs, TpmFailure> {
+        let (trial, policy) = self.pcr_auth_policy(SessionType::Trial, None, pcrs)?;
+        self.flush(SessionHandle::from(trial));
+        let template = sealed_template(policy)?;
+        let srk = self.srk()?;
+        let secret = SensitiveData::try_from(key.to_vec()).map_err(fail("store key"))?;
+        let auth = Auth::try_from(auth.to_vec()).map_err(fail("auth value"))?;
+        let created = self.ctx.execute_with_nullauth_session(|c| {
+            c.create(srk, template, Some(auth), Some(secret), None, None)
+        });
+        self.flush(srk);
+        let created = created.map_err(fail("seal store key"))?;
+        Ok(SealedKeyBlobs {
+            public: created.out_public.marshall().map_err(fail("sealed key public"))?,
+            private: created.out_private.value().to_vec(),
+        })
+    }
+
+    /// Unseals the store key: refused by the TPM (`auth` set) for a wrong auth value or PCRs
+    /// that changed; another TPM cannot load the blobs at all.
+    pub(crate) fn unseal_key(
+        &mut self,
+        blobs: &SealedKeyBlobs,
+        auth: &[u8; 32],
+        pcrs: &PcrSelection,
+    ) -> Result<Zeroizing<[u8; 32]>, TpmFailure> {
+        let public = Public::unmarshall(&blobs.public).map_err(fail("sealed key public"))?;
+        let private = Private::try_from(blobs.private.clone()).map_err(fail("sealed key private"))?;
+        let srk = self.srk()?;
+        let loaded = self
+            .ctx
+            .execute_with_nullauth_session(|c| c.load(srk, private, public))
+            .map_err(fail("load sealed key"));
+        let obj = match loaded {
+            Ok(o) => o,
+            Err(e) => {
+                self.flush(srk);
+                return Err(e);
+            }
+        };
+        let out = (|| {
+            let auth = Auth::try_from(auth.to_vec()).map_err(fail("auth value"))?;
+            self.ctx
+                .tr_set_auth(obj.into(), auth)
+                .map_err(fail("auth value"))?;
+            // Salted with the storage key and with parameter encryption, so the store key
+            // never crosses the bus in clear.
+            let (session, _) = self.pcr_auth_policy(SessionType::Policy, Some(srk), pcrs)?;
+            let r = self
+                .ctx
+                .execute_with_session(Some(session), |c| c.unseal(obj.into()))
+                .map_err(fail("unseal store key"));
+            self.flush(SessionHandle::from(session));
+            r
+        })();
+        self.flush(obj);
+        self.flush(srk);
+        let data = out?;
+        let bytes = Zeroizing::new(data.value().to_vec());
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| TpmFailure {
+            what: "unseal store key",
+            reason: format!("{} bytes, not 32", bytes.len()),
+            kind: FailureKind::Other,
+        })?;
+        Ok(Zeroizing::new(key))
+    }
+
+    fn nv_handle(&mut self, index: u32) -> Result<Option<NvIndexHandle>, TpmFailure> {
+        let tpm = NvIndexTpmHandle::new(index).map_err(fail("NV index"))?;
+        match self
+            .ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(tpm)))
+        {
+            Ok(h) => Ok(Some(h.into())),
+            // Nothing defined there.
+            Err(e) if kind(&e) == Some(Tss2ResponseCodeKind::Handle) => Ok(None),
+            Err(e) => Err(fail("NV index")(e)),
+        }
+    }
+
+    /// Defines the counter at `index`, writable and readable only with `auth`, and
+    /// increments it once (a counter has no value before), returning its value. An index
+    /// already defined there is refused: it may be another store's counter.
+    pub(crate) fn define_counter(&mut self, index: u32, auth: &[u8; 32]) -> Result<u64, TpmFailure> {
+        if self.nv_handle(index)?.is_some() {
+            return Err(TpmFailure {
+                what: "define counter",
+                reason: format!(
+                    "NV index {index:#010x} is already defined (another store's counter?); \
+                     choose another index or undefine it"
+                ),
+                kind: FailureKind::Other,
+            });
+        }
+        let tpm = NvIndexTpmHandle::new(index).map_err(fail("NV index"))?;
+        // Not TPMA_NV_ORDERLY: an orderly counter jumps ahead after an unclean shutdown,
+        // which would look like a rollback of the store.
+        let attrs = build(
+            "counter attributes",
+            NvIndexAttributesBuilder::new()
+                .with_nv_index_type(NvIndexType::Counter)
+                .with_auth_write(true)
+                .with_auth_read(true)
+                .with_no_da(true)
+                .build(),
+        )?;
+        let public = build(
+            "counter public",
+            NvPublicBuilder::new()
+                .with_nv_index(tpm)
+                .with_index_name_algorithm(HashingAlgorithm::Sha256)
+                .with_index_attributes(attrs)
+                .with_data_area_size(8)
+                .build(),
+        )?;
+        let auth_value = Auth::try_from(auth.to_vec()).map_err(fail("auth value"))?;
+        let h = self
+            .ctx
+            .execute_with_nullauth_session(|c| {
+                c.nv_define_space(Provision::Owner, Some(auth_value), public)
+            })
+            .map_err(fail("define counter"))?;
+        self.ctx.tr_close(&mut ObjectHandle::from(h)).ok();
+        self.increment(index, auth)?;
+        self.counter(index, auth)
+    }
+
+    fn counter_handle(&mut self, index: u32, auth: &[u8; 32]) -> Result<NvIndexHandle, TpmFailure> {
+        let h = self.nv_handle(index)?.ok_or_else(|| TpmFailure {
+            what: "counter",
+            reason: format!("NV index {index:#010x} is not defined (another TPM, or it was removed)"),
+            kind: FailureKind::Other,
+        })?;
+        let auth = Auth::try_from(auth.to_vec()).map_err(fail("auth value"))?;
+        self.ctx
+            .tr_set_auth(h.into(), auth)
+            .map_err(fail("counter auth"))?;
+        Ok(h)
+    }
+
+    /// Advances the counter at `index` by one.
+    pub(crate) fn increment(&mut self, index: u32, auth: &[u8; 32]) -> Result<(), TpmFailure> {
+        let h = self.counter_handle(index, auth)?;
+        let r = self
+            .ctx
+            .execute_with_nullauth_session(|c| c.nv_increment(NvAuth::NvIndex(h), h))
+            .map_err(fail("increment counter"));
+        self.ctx.tr_close(&mut ObjectHandle::from(h)).ok();
+        r
+    }
+
+    /// The counter's value.
+    pub(crate) fn counter(&mut self, index: u32, auth: &[u8; 32]) -> Result<u64, TpmFailure> {
+        let h = self.counter_handle(index, auth)?;
+        let r = self
+            .ctx
+            .execute_with_nullauth_session(|c| c.nv_read(NvAuth::NvIndex(h), h, 8, 0))
+            .map_err(fail("read counter"));
+        self.ctx.tr_close(&mut ObjectHandle::from(h)).ok();
+        let bytes = r?;
+        let raw: [u8; 8] = bytes.value().try_into().map_err(|_| TpmFailure {
+            what: "read counter",
+            reason: format!("{} bytes, not 8", bytes.value().len()),
+            kind: FailureKind::Other,
+        })?;
+        Ok(u64::from_be_bytes(raw))
+    }
+}
