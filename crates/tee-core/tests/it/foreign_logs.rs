@@ -495,6 +495,19 @@ fn a_presignature_is_used_only_while_its_signers_are_members() {
     let b2_key = member(&pki, &b2.chain).key_fingerprint;
     logs[1].revoke(&[], vec![b2_key], &governors);
     assert!(apply(&mut a.core, "dc2", &logs[1].entries()[2..]).is_ok());
+    // The deletion fails to commit: the refusal says so, the presignature is out of memory
+    // and still stored, and a restarted TEE refuses it again.
+    a.core
+        .platform()
+        .fail_next_commit
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        a.call(&use_presignature(&pki, &key, revoked, &governors)),
+        Err(TeeError::Storage(_))
+    ));
+    assert!(stored(&a, revoked));
+    assert!(!dealt::held(&mut a, &key).contains(&revoked));
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
     match a.call(&use_presignature(&pki, &key, revoked, &governors)) {
         Err(TeeError::DeviceRevoked { node, .. }) => assert_eq!(node, "dc2-node2"),
         other => panic!("a revoked co-signer's presignature was used: {other:?}"),
