@@ -342,7 +342,9 @@ impl<P: Platform> TeeCore<P> {
         id: &[u8; 32],
         held: &HeldPresignature,
     ) -> Result<(), TeeError> {
-        let info = &self.threshold_key(&held.presig.public().public_key()[..])?.info;
+        let info = &self
+            .threshold_key(&held.presig.public().public_key()[..])?
+            .info;
         let anchors = self.signer_anchors(info)?;
         let anchor = |index: u16| anchors.as_ref().and_then(|a| a.get(usize::from(index)));
         let named = |index: u16, cluster: &str| {

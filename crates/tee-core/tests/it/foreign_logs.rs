@@ -482,7 +482,10 @@ fn a_presignature_is_used_only_while_its_signers_are_members() {
     assert!(stored(&a, removed));
     let request = use_presignature(&pki, &key, removed, &governors);
     not_a_member(a.call(&request), "dc2-node1");
-    assert!(!stored(&a, removed), "the refused presignature is still stored");
+    assert!(
+        !stored(&a, removed),
+        "the refused presignature is still stored"
+    );
     assert!(!dealt::held(&mut a, &key).contains(&removed));
     // Refused again after a restart, now as unknown: it is gone.
     a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
