@@ -495,3 +495,29 @@ impl<P: Platform> TeeCore<P> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(record: &[u8]) -> String {
+        match HeldPresignature::from_record(record) {
+            Err(e) => e,
+            Ok(_) => panic!("{record:?} was read as a presignature"),
+        }
+    }
+
+    /// A record of an unknown version, a cut one, and one that is neither version are
+    /// refused (the TEE sets it aside at open and never uses it).
+    #[test]
+    fn malformed_presignature_records_are_refused() {
+        assert!(refused(&[RECORD_TAG, 3, 0, 0, 0, 0]).contains("version 3"));
+        assert!(refused(&[RECORD_TAG, RECORD_V2, 0, 0]).contains("truncated"));
+        let mut cut = vec![RECORD_TAG, RECORD_V2];
+        put(&mut cut, b"{}");
+        cut.truncate(cut.len() - 1);
+        assert!(refused(&cut).contains("truncated"));
+        refused(b"not json");
+        refused(&[]);
+    }
+}
