@@ -15,13 +15,18 @@ use std::time::Duration;
 
 use custos_metadata::{MetadataDb, MetadataError, RefusalSummary, MAX_SUMMARY_SAMPLES};
 
-/// Where a caller was refused.
+/// Where a caller was refused, or which other repeatable event is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Layer {
     /// In the TLS handshake: the chain does not reach the pinned Root.
     Tls,
     /// By the application: the chain reaches the Root but is not a member of this cluster.
     App,
+    /// Not a refusal of a caller: what became of forwarding another cluster's governance log
+    /// to this cluster's TEEs (`service::foreign_governance`). The cloud server pushes such a
+    /// log again and again, so its forwards are counted like refusals: one row per outcome
+    /// and interval, never one per push.
+    ForeignLog,
 }
 
 impl Layer {
@@ -29,6 +34,7 @@ impl Layer {
         match self {
             Layer::Tls => "bridge:tls",
             Layer::App => "bridge:app",
+            Layer::ForeignLog => "bridge:foreign-log",
         }
     }
 }

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use bitcoin::secp256k1::Secp256k1;
 use custos_pki::{AdminCache, DeviceChain, TrustRoot};
-use custos_threshold::StoredPresignature;
 use custos_wire::field::take;
 use zeroize::Zeroizing;
 
 use crate::device::DeviceKey;
 use crate::platform::{Platform, PlatformError};
 use crate::threshold::engine::{parse_session_record, ThresholdState};
+use crate::threshold::presign::HeldPresignature;
 use crate::threshold::{self, HeldKey};
 use crate::wallet::Wallet;
 use crate::{
@@ -175,7 +175,7 @@ impl<P: Platform> TeeCore<P> {
             |core, name, body| {
                 let pid = threshold::presign::parse_presign_record(name)
                     .ok_or("unparsable record name")?;
-                let p = StoredPresignature::from_bytes(body).map_err(|e| e.to_string())?;
+                let p = HeldPresignature::from_record(body)?;
                 core.threshold.presigs.insert(pid, p);
                 Ok(())
             },

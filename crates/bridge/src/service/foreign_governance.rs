@@ -5,15 +5,48 @@
 //! `ApplyGovernance { cluster: other, .. }`; the bridge forwards it and keeps nothing of it.
 //!
 //! The bridge neither verifies it against nor adds it to its own log, and writes no
-//! governance history row: the TEE verifies the foreign log itself from its genesis against
-//! the pinned Root and stores it only under a held key's anchor, so the bridge's opinion of
-//! it would decide nothing, and this cluster's membership must never follow another
-//! cluster's log.
+//! governance row (`governance` table): the TEE verifies the foreign log itself from its
+//! genesis against the pinned Root and stores it only under a held key's anchor, so the
+//! bridge's opinion of it would decide nothing, and this cluster's membership must never
+//! follow another cluster's log.
+//!
+//! Each forward's outcome goes to the history as an aggregated row (`refusal-summary`,
+//! actor `bridge:foreign-log`, outcome one of [`RELAYED`], [`REFUSED_BY_TEE`],
+//! [`NOT_RELAYED`]; the example names the cluster, the versions sent and why): the cloud
+//! server pushes a log again after every change and before sessions, so one row per push
+//! would grow the history at the pace of the pushes. Counted like refused callers, each
+//! outcome is written within a second the first time, then at most once per interval.
 
 use custos_wire::governance::{GovEntry, MAX_GOV_ENTRIES_PER_APPLY};
 use custos_wire::protocol::GovView;
 
 use super::*;
+
+/// History outcome: a node's TEE applied the entries, and its answer was relayed.
+pub(crate) const RELAYED: &str = "relayed";
+/// History outcome: every TEE that answered refused the entries; the first signed refusal
+/// was relayed.
+pub(crate) const REFUSED_BY_TEE: &str = "refused_by_tee";
+/// History outcome: nothing was relayed (no node answered in a way the bridge can relay, or
+/// the request was malformed).
+pub(crate) const NOT_RELAYED: &str = "not_relayed";
+
+/// Counts one forward of `cluster`'s entries in `tally` under `outcome`; the text explains
+/// it (written for the first forward of a row only).
+fn record_forward(
+    tally: &RefusalTally,
+    outcome: &'static str,
+    cluster: &str,
+    entries: &[GovEntry],
+    now_ms: i64,
+    why: impl FnOnce() -> String,
+) {
+    tally.record(Layer::ForeignLog, outcome, None, now_ms, || {
+        let first = entries.first().map_or(0, |e| e.version);
+        let last = entries.last().map_or(0, |e| e.version);
+        format!("cluster {cluster:?} entries {first}..={last}: {}", why())
+    });
+}
 
 /// Why the answer of `node` to a foreign `ApplyGovernance` cannot be relayed: the TEE signed
 /// a view of another cluster's log, or one that does not hold the entries sent.
@@ -69,12 +102,17 @@ impl BridgeService {
         cluster: String,
         entries: Vec<GovEntry>,
     ) -> Result<TeeReply, Status> {
+        let tally = &self.state.refusals;
         if entries.is_empty() || entries.len() > MAX_GOV_ENTRIES_PER_APPLY {
-            return Err(Status::failed_precondition(format!(
+            let why = format!(
                 "governance_rejected: {} entries, one request carries \
                  1..={MAX_GOV_ENTRIES_PER_APPLY}",
                 entries.len()
-            )));
+            );
+            record_forward(tally, NOT_RELAYED, &cluster, &entries, now_ms(), || {
+                why.clone()
+            });
+            return Err(Status::failed_precondition(why));
         }
         let targets: Vec<String> = {
             let nodes = self.state.nodes.read().unwrap_or_else(|p| p.into_inner());
@@ -114,11 +152,26 @@ impl BridgeService {
         let applied = answers.iter().filter(|a| a.applied).count();
         let asked = answers.len() + problems.len();
         let Some(Answered { node, response, .. }) = pick(answers) else {
-            return Err(Status::unavailable(format!(
+            let why = format!(
                 "no node answered the log of {cluster:?} (asked {asked}): {}",
                 problems.join("; ")
-            )));
+            );
+            record_forward(tally, NOT_RELAYED, &cluster, &entries, now_ms(), || {
+                why.clone()
+            });
+            return Err(Status::unavailable(why));
         };
+        let outcome = if applied > 0 { RELAYED } else { REFUSED_BY_TEE };
+        record_forward(tally, outcome, &cluster, &entries, now_ms(), || {
+            format!(
+                "answered by {node}, applied by {applied} of {asked} nodes{}",
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", problems.join("; "))
+                }
+            )
+        });
         tracing::info!(
             %cluster,
             entries = entries.len(),
@@ -247,5 +300,79 @@ mod tests {
         let picked = pick(vec![a("n1", false), a("n2", false)]).unwrap();
         assert_eq!(picked.node, "n1", "the first signed refusal");
         assert!(pick(Vec::new()).is_none());
+    }
+
+    /// The cloud server pushes a log again and again: each outcome is one history row per
+    /// interval, counting the forwards, with the first one explained; the rows read back as
+    /// well-formed summaries of a verifying chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_forward_outcome_is_one_aggregated_history_row() {
+        use custos_metadata::RefusalSummary;
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = custos_metadata::sqlite_url(&dir.path().join("m.db")).unwrap();
+        let db = MetadataDb::connect(&url).await.unwrap();
+        let tally = RefusalTally::new(Duration::from_secs(60));
+        let entries = [entry(3), entry(4)];
+        for i in 0..1000 {
+            record_forward(&tally, RELAYED, "dc2", &entries, 10 + i, || {
+                format!("answered by n1 ({i})")
+            });
+        }
+        record_forward(&tally, NOT_RELAYED, "dc3", &entries[..1], 20, || {
+            "no node answered".into()
+        });
+        record_forward(&tally, REFUSED_BY_TEE, "dc4", &entries, 30, || {
+            "answered by n2, applied by 0 of 2 nodes".into()
+        });
+        assert_eq!(tally.flush(&db, 2_000, false).await.unwrap(), 3);
+        // More forwards within the interval write nothing yet; at stop, everything counted.
+        for i in 0..100 {
+            record_forward(&tally, RELAYED, "dc2", &entries, 2_000 + i, String::new);
+        }
+        assert_eq!(tally.flush(&db, 3_000, false).await.unwrap(), 0);
+        assert_eq!(tally.flush(&db, 3_001, true).await.unwrap(), 1);
+
+        let rows = db.history(0, 100).await.unwrap();
+        assert_eq!(rows.len(), 4, "one row per outcome and interval");
+        let found: Vec<(String, String, u64, String)> = rows
+            .iter()
+            .map(|e| {
+                let s = RefusalSummary::from_entry(e)
+                    .unwrap()
+                    .expect("a summary row");
+                (s.source, s.reason, s.count, s.example)
+            })
+            .collect();
+        let source = "bridge:foreign-log".to_string();
+        let relayed = found.iter().find(|f| f.1 == RELAYED).unwrap();
+        assert_eq!(
+            relayed,
+            &(
+                source.clone(),
+                RELAYED.into(),
+                1000,
+                "cluster \"dc2\" entries 3..=4: answered by n1 (0)".into()
+            )
+        );
+        let not_relayed = found.iter().find(|f| f.1 == NOT_RELAYED).unwrap();
+        assert_eq!(
+            not_relayed,
+            &(
+                source.clone(),
+                NOT_RELAYED.into(),
+                1,
+                "cluster \"dc3\" entries 3..=3: no node answered".into()
+            )
+        );
+        assert!(found
+            .iter()
+            .any(|f| f.1 == REFUSED_BY_TEE && f.2 == 1 && f.3.contains("dc4")));
+        assert_eq!(found[3].1, RELAYED);
+        assert_eq!(found[3].2, 100);
+        assert!(
+            db.verify().await.unwrap().is_ok(),
+            "the history chain verifies"
+        );
     }
 }

@@ -18,11 +18,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use custos_pki::{validity_window, DeviceChain, DeviceIdentity};
-use custos_threshold::{Phase, SessionError, SessionHost, StoredPresignature};
+use custos_threshold::{Phase, SessionError, SessionHost};
 use sha2::{Digest, Sha256};
 
 use super::bundle::open_bundle;
 use super::dkg::Dkg;
+use super::presign::HeldPresignature;
 use super::primes::PrimePool;
 use super::{check_key_info, check_share, HeldKey, SESSION_PREFIX, SHARE_PREFIX};
 use crate::platform::{Platform, PlatformError, RecordId};
@@ -103,7 +104,7 @@ pub(crate) struct ThresholdState {
     /// Safe primes generated inside the TEE.
     pub(super) primes: PrimePool,
     /// Presignatures held, by id (each used once, see `super::presign`).
-    pub(crate) presigs: BTreeMap<[u8; 32], StoredPresignature>,
+    pub(crate) presigs: BTreeMap<[u8; 32], HeldPresignature>,
     /// Whether this TEE may generate primes itself when no pregenerated set is left.
     pub(crate) generate_primes: bool,
 }
@@ -376,9 +377,10 @@ impl<P: Platform> TeeCore<P> {
     /// A participant of this node's own cluster must be a current member of its governed
     /// log; one of another cluster, of the log the key anchors that cluster at (plan step
     /// D5). Checked on every use, cached certificate or not, so a removal or a revocation
-    /// takes effect at once. A key without anchors keeps the certificate rule for other
-    /// clusters (legacy and dealt keys).
-    fn member_signer(
+    /// takes effect at once (also when a presignature made with the device is used, see
+    /// `super::presign`). A key without anchors keeps the certificate rule for other clusters
+    /// (legacy and dealt keys).
+    pub(super) fn member_signer(
         &self,
         identity: DeviceIdentity,
         anchor: Option<&[u8; 32]>,
@@ -399,6 +401,27 @@ impl<P: Platform> TeeCore<P> {
             .policy
             .as_ref()?
             .cluster_anchors()
+    }
+
+    /// The anchors [`Self::member_signer`] checks the participants of `info`'s key against,
+    /// one per share. Fails closed on a record whose anchors do not name every share's
+    /// cluster: a missing anchor would quietly mean "certificate only" for that cluster.
+    pub(super) fn signer_anchors(
+        &self,
+        info: &ThresholdKeyInfo,
+    ) -> Result<Option<Vec<[u8; 32]>>, TeeError> {
+        let anchors = self.key_anchors(&info.key_id);
+        let n = info.clusters.len();
+        if let Some(a) = &anchors {
+            if a.len() != n {
+                return Err(TeeError::PolicyRejected(format!(
+                    "key {}: {} cluster anchors for {n} clusters",
+                    key_hex(&info.key_id),
+                    a.len()
+                )));
+            }
+        }
+        Ok(anchors)
     }
 
     /// Drops sessions past their deadline (the hosts drop their side themselves).
@@ -476,18 +499,7 @@ impl<P: Platform> TeeCore<P> {
                 "signer {my_position} (this node's share) names another node's certificate"
             )));
         }
-        let anchors = self.key_anchors(&info.key_id);
-        // Fail closed on a record whose anchors do not name every share's cluster: a missing
-        // anchor would quietly mean "certificate only" for that cluster.
-        if let Some(a) = &anchors {
-            if a.len() != n {
-                return Err(TeeError::PolicyRejected(format!(
-                    "key {}: {} cluster anchors for {n} clusters",
-                    key_hex(&info.key_id),
-                    a.len()
-                )));
-            }
-        }
+        let anchors = self.signer_anchors(info)?;
         let mut signers = Vec::with_capacity(signer_list.len());
         for (pos, s) in signer_list.iter().enumerate() {
             let index = usize::from(s.share_index);

@@ -8,16 +8,44 @@
 //! nothing issued. Presignature records (`tpresig/<id hex>`) are never part of a
 //! key transfer between the nodes of a cluster, so no second node ever holds a copy.
 //!
+//! A presignature is bound to the signers it was made with. Each record keeps their device
+//! identities as the start verified them, and a use checks each again, with the same check
+//! a session start makes (`member_signer`), against the governance logs held now: a device
+//! removed from its cluster's log or revoked since gets nothing more (issue 12). A
+//! presignature one of whose signers is refused can never be used with anyone else, so the
+//! refusal also deletes it, durably, before it answers (`not_a_member`, `device_revoked`,
+//! `foreign_log_missing`, as at a start). A sign request names no co-signers (the
+//! presignature's id binds them, see `presign_execution_id`), so there is nothing of the
+//! request to compare them with.
+//!
+//! Record body (`tpresig/<id hex>`):
+//!
+//! | version | body |
+//! |---|---|
+//! | 1 (before co-signers were recorded) | the JSON of the [`StoredPresignature`] (starts with `{`) |
+//! | 2 | `P` ‖ `2` ‖ field(JSON of the presignature) ‖ per signer, in the presignature's party order: field(share index, u16 BE) ‖ field(cluster) ‖ field(node name) ‖ field(device public key, SEC1) ‖ field(device certificate SHA-256) |
+//!
+//! (field: [`custos_wire::field::put`], u32 BE length ‖ bytes.) A version 1 record names no
+//! signer: its use re-checks what can be known, this node's own membership of its cluster's
+//! log; a co-signer whose cluster the key anchors (and whose identity is therefore needed)
+//! cannot be checked, so such a record is refused and deleted like one whose co-signer is
+//! no member (`threshold_rejected`); for a key without anchors the certificate rule of its
+//! start is all there is, and the record stays usable.
+//!
 //! Security rules of the library (RUSTSEC-2025-0127): no presignature for a key with HD
 //! derivation, and the TEE always hashes the full message itself.
 
 use std::time::{Duration, Instant};
 
+use custos_pki::DeviceIdentity;
 use custos_threshold::{issue_partial, Phase, SessionKind, StoredPresignature};
+use custos_wire::field::{put, take};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::engine::{
-    reject, session_name, session_record, Live, Work, MAX_LIVE_SESSIONS, SESSION_TIMEOUT,
+    in_context, reject, session_name, session_record, Live, Work, MAX_LIVE_SESSIONS,
+    SESSION_TIMEOUT,
 };
 use super::wire::presign_execution_id;
 use super::PRESIGN_PREFIX;
@@ -36,6 +64,90 @@ pub(crate) fn presign_record(id: &[u8; 32]) -> Result<RecordId, PlatformError> {
 pub(crate) fn parse_presign_record(name: &str) -> Option<[u8; 32]> {
     let id = name.strip_prefix(PRESIGN_PREFIX)?;
     <[u8; 32]>::try_from(hex::decode(id).ok()?).ok()
+}
+
+/// First byte of a version 2 presignature record (a version 1 record is JSON, `{`).
+const RECORD_TAG: u8 = b'P';
+/// The record version that names the signers.
+const RECORD_V2: u8 = 2;
+
+/// A presignature held, with the signers it was made with.
+pub(crate) struct HeldPresignature {
+    pub(crate) presig: StoredPresignature,
+    /// Each signer's share index and device identity, in the presignature's party order
+    /// (this node's own at its position); `None` for a record sealed before they were kept.
+    pub(crate) signers: Option<Vec<(u16, DeviceIdentity)>>,
+}
+
+impl HeldPresignature {
+    /// The sealed record (format in the module documentation).
+    pub(crate) fn to_record(&self) -> Zeroizing<Vec<u8>> {
+        let presig = self.presig.to_sealed_bytes();
+        let Some(signers) = &self.signers else {
+            return presig;
+        };
+        let mut out = Zeroizing::new(Vec::with_capacity(presig.len() + 256 * signers.len()));
+        out.push(RECORD_TAG);
+        out.push(RECORD_V2);
+        put(&mut out, &presig);
+        for (index, id) in signers {
+            put(&mut out, &index.to_be_bytes());
+            put(&mut out, id.cluster.as_bytes());
+            put(&mut out, id.node.as_bytes());
+            put(&mut out, &id.public_key);
+            put(&mut out, &id.fingerprint);
+        }
+        out
+    }
+
+    /// Parses a record of either version; a version 2 record must name exactly the
+    /// presignature's parties, in its order.
+    pub(crate) fn from_record(record: &[u8]) -> Result<Self, String> {
+        let [RECORD_TAG, version, rest @ ..] = record else {
+            let presig = StoredPresignature::from_bytes(record).map_err(|e| e.to_string())?;
+            return Ok(HeldPresignature {
+                presig,
+                signers: None,
+            });
+        };
+        if *version != RECORD_V2 {
+            return Err(format!("presignature record version {version}"));
+        }
+        let mut input = rest;
+        let truncated = || "truncated presignature record".to_string();
+        let presig = StoredPresignature::from_bytes(take(&mut input).ok_or_else(truncated)?)
+            .map_err(|e| e.to_string())?;
+        let text = |f: &[u8]| String::from_utf8(f.to_vec()).map_err(|e| e.to_string());
+        let mut signers = Vec::new();
+        while !input.is_empty() {
+            let mut next = || take(&mut input).ok_or_else(truncated);
+            let index = u16::from_be_bytes(next()?.try_into().map_err(|_| "bad share index")?);
+            let cluster = text(next()?)?;
+            let node = text(next()?)?;
+            let public_key = next()?.to_vec();
+            let fingerprint = next()?.try_into().map_err(|_| "bad fingerprint")?;
+            signers.push((
+                index,
+                DeviceIdentity {
+                    cluster,
+                    node,
+                    public_key,
+                    fingerprint,
+                },
+            ));
+        }
+        if !signers
+            .iter()
+            .map(|(i, _)| *i)
+            .eq(presig.public().parties().iter().copied())
+        {
+            return Err("the recorded signers are not the presignature's parties".into());
+        }
+        Ok(HeldPresignature {
+            presig,
+            signers: Some(signers),
+        })
+    }
 }
 
 fn info_of(id: &[u8; 32], p: &StoredPresignature) -> PresignatureInfo {
@@ -69,7 +181,7 @@ impl<P: Platform> TeeCore<P> {
             .threshold
             .presigs
             .iter()
-            .filter(|(_, p)| p.public().public_key()[..] == *key_id)
+            .filter(|(_, p)| p.presig.public().public_key()[..] == *key_id)
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
@@ -100,7 +212,7 @@ impl<P: Platform> TeeCore<P> {
             .threshold
             .presigs
             .values()
-            .filter(|p| p.public().public_key()[..] == *key_id)
+            .filter(|p| p.presig.public().public_key()[..] == *key_id)
             .count();
         let making = self
             .threshold
@@ -200,15 +312,71 @@ impl<P: Platform> TeeCore<P> {
             return Err("the presignature's signers are not the session's".into());
         }
         let id = live.eid;
+        let held = HeldPresignature {
+            presig,
+            signers: Some(
+                live.signers
+                    .iter()
+                    .map(|s| (s.share_index, s.identity.clone()))
+                    .collect(),
+            ),
+        };
         let record = presign_record(&id).map_err(|e| e.to_string())?;
         self.platform
-            .seal(&record, &presig.to_sealed_bytes())
+            .seal(&record, &held.to_record())
             .map_err(|e| e.to_string())?;
         self.commit_pending()
             .map_err(|e| format!("storing the presignature: {e}"))?;
-        let info = info_of(&id, &presig);
-        self.threshold.presigs.insert(id, presig);
+        let info = info_of(&id, &held.presig);
+        self.threshold.presigs.insert(id, held);
         Ok(info)
+    }
+
+    /// Checks every signer of presignature `id` again as a session start checks it
+    /// (`member_signer`: this cluster's log for a device of this cluster, the anchored log
+    /// for another cluster's), against the logs held now. A record without its signers
+    /// (version 1) checks this node itself, and is refused when the key anchors another
+    /// cluster, whose co-signer it cannot name.
+    fn check_presignature_signers(
+        &self,
+        id: &[u8; 32],
+        held: &HeldPresignature,
+    ) -> Result<(), TeeError> {
+        let info = &self
+            .threshold_key(&held.presig.public().public_key()[..])?
+            .info;
+        let anchors = self.signer_anchors(info)?;
+        let anchor = |index: u16| anchors.as_ref().and_then(|a| a.get(usize::from(index)));
+        let named = |index: u16, cluster: &str| {
+            format!(
+                "presignature {} signer of share {index} (cluster {cluster})",
+                hex::encode(id)
+            )
+        };
+        match &held.signers {
+            Some(signers) => {
+                for (index, identity) in signers {
+                    let cluster = identity.cluster.clone();
+                    self.member_signer(identity.clone(), anchor(*index))
+                        .map_err(|e| in_context(e, named(*index, &cluster)))?;
+                }
+            }
+            None => {
+                let (own, _) = self.identity()?.clone();
+                self.member_signer(own.clone(), anchor(info.share_index))
+                    .map_err(|e| in_context(e, named(info.share_index, &own.cluster)))?;
+                if anchors.is_some() {
+                    return Err(reject(format!(
+                        "presignature {} was made before its co-signers were recorded and \
+                         key {} anchors their clusters: they cannot be checked, so it is \
+                         deleted (make another)",
+                        hex::encode(id),
+                        key_hex(&info.key_id)
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// [`Request::ListPresignatures`].
@@ -219,8 +387,8 @@ impl<P: Platform> TeeCore<P> {
             self.threshold
                 .presigs
                 .iter()
-                .filter(|(_, p)| p.public().public_key()[..] == *key_id)
-                .map(|(id, p)| info_of(id, p))
+                .filter(|(_, p)| p.presig.public().public_key()[..] == *key_id)
+                .map(|(id, p)| info_of(id, &p.presig))
                 .collect(),
         ))
     }
@@ -269,8 +437,8 @@ impl<P: Platform> TeeCore<P> {
             return Err(TeeError::RequestReplayed(session_name(&session)));
         }
         let id = params.presignature;
-        let presig = match self.threshold.presigs.remove(&id) {
-            Some(p) if p.public().public_key()[..] == params.key_id[..] => p,
+        let held = match self.threshold.presigs.remove(&id) {
+            Some(p) if p.presig.public().public_key()[..] == params.key_id[..] => p,
             other => {
                 if let Some(p) = other {
                     self.threshold.presigs.insert(id, p);
@@ -278,6 +446,20 @@ impl<P: Platform> TeeCore<P> {
                 return Err(TeeError::UnknownPresignature(hex::encode(id)));
             }
         };
+        // Out of memory from here on: one whose signer is refused is deleted, not put back.
+        if let Err(refused) = self.check_presignature_signers(&id, &held) {
+            let deleted = presign_record(&id)
+                .and_then(|r| self.platform.remove(&r))
+                .and_then(|_| self.commit_pending());
+            return Err(match deleted {
+                Ok(()) => refused,
+                Err(e) => storage(e),
+            });
+        }
+        let HeldPresignature {
+            presig,
+            signers: held_signers,
+        } = held;
 
         // Consumed durably before the partial signature exists.
         let consumed = session_record(&session)
@@ -294,7 +476,13 @@ impl<P: Platform> TeeCore<P> {
             // The platform discarded the writes: the presignature is still stored and was
             // never used.
             self.threshold.used_sessions.remove(&session);
-            self.threshold.presigs.insert(id, presig);
+            self.threshold.presigs.insert(
+                id,
+                HeldPresignature {
+                    presig,
+                    signers: held_signers,
+                },
+            );
             return Err(storage(e));
         }
         let public = presig.public().to_bytes();
@@ -305,5 +493,31 @@ impl<P: Platform> TeeCore<P> {
             sigma: partial.sigma,
             public,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(record: &[u8]) -> String {
+        match HeldPresignature::from_record(record) {
+            Err(e) => e,
+            Ok(_) => panic!("{record:?} was read as a presignature"),
+        }
+    }
+
+    /// A record of an unknown version, a cut one, and one that is neither version are
+    /// refused (the TEE sets it aside at open and never uses it).
+    #[test]
+    fn malformed_presignature_records_are_refused() {
+        assert!(refused(&[RECORD_TAG, 3, 0, 0, 0, 0]).contains("version 3"));
+        assert!(refused(&[RECORD_TAG, RECORD_V2, 0, 0]).contains("truncated"));
+        let mut cut = vec![RECORD_TAG, RECORD_V2];
+        put(&mut cut, b"{}");
+        cut.truncate(cut.len() - 1);
+        assert!(refused(&cut).contains("truncated"));
+        refused(b"not json");
+        refused(&[]);
     }
 }

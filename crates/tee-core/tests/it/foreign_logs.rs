@@ -351,3 +351,192 @@ fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
     let request = with_rogue(&a);
     not_a_member(a.call(&request), "dc2-rogue");
 }
+
+/// An approved online signing with presignature `id` of `key`, by the admins `signers`.
+fn use_presignature(
+    pki: &custos_test_kit::Pki,
+    key: &[u8],
+    id: [u8; 32],
+    signers: &[&str],
+) -> Request {
+    let meta = meta();
+    let message = b"pay 1 BTC to the attacker".to_vec();
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&message).into();
+    let action = Action::ThresholdSign {
+        key_id: key,
+        path: &[],
+        digest: &digest,
+    };
+    Request::ThresholdPresignSign {
+        approvals: approvals_by(pki, signers, &action.message(THRESHOLD_SCOPE, &meta)),
+        meta,
+        attempt: 0,
+        params: custos_wire::protocol::PresignSignParams {
+            key_id: key.to_vec(),
+            presignature: id,
+            message,
+        },
+    }
+}
+
+/// Whether `node` committed the record of presignature `id`.
+fn stored(node: &crate::threshold::Node, id: [u8; 32]) -> bool {
+    let name = format!("tpresig/{}", hex::encode(id));
+    node.core.platform().committed.contains_key(&name)
+}
+
+/// Rewrites presignature `id`'s sealed record at `node` as a version 1 record (the
+/// presignature alone, as sealed before its co-signers were recorded) and restarts the TEE.
+fn as_version_1(node: &mut crate::threshold::Node, id: [u8; 32]) {
+    let name = format!("tpresig/{}", hex::encode(id));
+    let mut store = node.core.platform().after_restart();
+    let record = store.committed[&name].clone();
+    assert_eq!(&record[..2], b"P\x02", "not a version 2 record");
+    let mut input = &record[2..];
+    let json = custos_wire::field::take(&mut input).unwrap().to_vec();
+    assert_eq!(json.first(), Some(&b'{'));
+    store.committed.insert(name.clone(), json.clone());
+    store.staged.insert(name, json);
+    node.core = TeeCore::open(store, "memory").unwrap();
+}
+
+/// Attacker first (issue 12: a removed node gets nothing more from the moment of removal).
+/// dc2's node made presignatures with dc1's node while it was a member; dc2's governors then
+/// removed it (or revoked its device) and dc1's TEE holds that log. Before this step, dc1's
+/// TEE still issued its partial signature with such a presignature (getSig): only a policy
+/// change of the key ended them. Now each use checks every signer of the presignature again
+/// as a session start does, refuses by name, and deletes the presignature for good (it is
+/// bound to that signer set). dc1's own removal ends its own presignatures likewise. A
+/// record sealed before the signers were recorded is refused and deleted when the key
+/// anchors the co-signer's cluster, and used as before when it does not.
+#[test]
+fn a_presignature_is_used_only_while_its_signers_are_members() {
+    use crate::threshold as dealt;
+
+    let pki = dealt::Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1");
+    let a2 = pki.node("dc1", "dc1-node2");
+    let mut b = pki.node("dc2", "dc2-node1");
+    let mut b2 = pki.node("dc2", "dc2-node2");
+    let mut c = pki.node("dc3", "dc3-node1");
+    let key = dealt::import_plain_share(&pki, 0, &mut a).key_id;
+    dealt::import_plain_share(&pki, 1, &mut b);
+    dealt::import_plain_share(&pki, 1, &mut b2);
+    dealt::import_plain_share(&pki, 2, &mut c);
+    let governors = ["alice", "bob"];
+
+    // Without anchors a record sealed before the signers were kept is used as before: the
+    // start checked certificates only, and there is nothing more to check.
+    let p0 = dealt::presign(&mut [(0, &mut a), (1, &mut b)], &key);
+    as_version_1(&mut a, p0);
+    assert_eq!(dealt::held(&mut a, &key), vec![p0]);
+    dealt::partial(a.call(&use_presignature(&pki, &key, p0, &governors)));
+
+    let mut logs: Vec<GovLog> = [
+        ("dc1", vec![&a, &a2]),
+        ("dc2", vec![&b, &b2]),
+        ("dc3", vec![&c]),
+    ]
+    .into_iter()
+    .map(|(cluster, nodes)| {
+        let members = nodes.iter().map(|n| member(&pki, &n.chain)).collect();
+        GovLog::genesis(&pki, cluster, &governors, 2, members, &governors)
+    })
+    .collect();
+    let anchors: Vec<[u8; 32]> = logs
+        .iter()
+        .map(|l| genesis_id(l.cluster(), &l.entries()[0].change))
+        .collect();
+    let policy = KeyPolicy {
+        rules: vec![Rule {
+            tag: RULE_CLUSTER_ANCHORS,
+            body: anchors.concat(),
+        }],
+        ..group_policy(&pki, &governors, 2)
+    };
+    let legacy = KeyPolicy::legacy(2).hash();
+    for (node, own) in [(&mut a, 0), (&mut b, 1), (&mut b2, 1), (&mut c, 2)] {
+        assert!(apply(&mut node.core, logs[own].cluster(), logs[own].entries()).is_ok());
+        assert!(matches!(
+            node.call(&change(&pki, &key, legacy, &policy, &governors)),
+            Ok(Response::KeyPolicy { .. })
+        ));
+        for other in (0..3).filter(|o| *o != own) {
+            let log = &logs[other];
+            assert!(apply(&mut node.core, log.cluster(), log.entries()).is_ok());
+        }
+    }
+
+    // While everyone is a member, presignatures are made and used.
+    let p1 = dealt::presign(&mut [(0, &mut a), (1, &mut b)], &key);
+    let removed = dealt::presign(&mut [(0, &mut a), (1, &mut b)], &key);
+    let old = dealt::presign(&mut [(0, &mut a), (1, &mut b)], &key);
+    let revoked = dealt::presign(&mut [(0, &mut a), (1, &mut b2)], &key);
+    let own = dealt::presign(&mut [(0, &mut a), (2, &mut c)], &key);
+    dealt::partial(a.call(&use_presignature(&pki, &key, p1, &governors)));
+
+    // dc2 removes its first node; dc1's TEE receives the removal.
+    let b_key = member(&pki, &b.chain).key_fingerprint;
+    logs[1].remove(b_key, &governors);
+    assert!(apply(&mut a.core, "dc2", &logs[1].entries()[1..]).is_ok());
+    assert!(stored(&a, removed));
+    let request = use_presignature(&pki, &key, removed, &governors);
+    not_a_member(a.call(&request), "dc2-node1");
+    assert!(
+        !stored(&a, removed),
+        "the refused presignature is still stored"
+    );
+    assert!(!dealt::held(&mut a, &key).contains(&removed));
+    // Refused again after a restart, now as unknown: it is gone.
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    assert!(matches!(
+        a.call(&use_presignature(&pki, &key, removed, &governors)),
+        Err(TeeError::UnknownPresignature(_))
+    ));
+
+    // dc2 revokes its second node's device.
+    let b2_key = member(&pki, &b2.chain).key_fingerprint;
+    logs[1].revoke(&[], vec![b2_key], &governors);
+    assert!(apply(&mut a.core, "dc2", &logs[1].entries()[2..]).is_ok());
+    // The deletion fails to commit: the refusal says so, the presignature is out of memory
+    // and still stored, and a restarted TEE refuses it again.
+    a.core
+        .platform()
+        .fail_next_commit
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        a.call(&use_presignature(&pki, &key, revoked, &governors)),
+        Err(TeeError::Storage(_))
+    ));
+    assert!(stored(&a, revoked));
+    assert!(!dealt::held(&mut a, &key).contains(&revoked));
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    match a.call(&use_presignature(&pki, &key, revoked, &governors)) {
+        Err(TeeError::DeviceRevoked { node, .. }) => assert_eq!(node, "dc2-node2"),
+        other => panic!("a revoked co-signer's presignature was used: {other:?}"),
+    }
+    assert!(!stored(&a, revoked));
+
+    // A version 1 record of an anchored key names no co-signer to check: refused and
+    // deleted, whoever it was made with.
+    as_version_1(&mut a, old);
+    match a.call(&use_presignature(&pki, &key, old, &governors)) {
+        Err(TeeError::ThresholdRejected(m)) => {
+            assert!(m.contains("before its co-signers were recorded"), "{m}")
+        }
+        other => panic!("a presignature whose co-signer is unknown was used: {other:?}"),
+    }
+    assert!(!stored(&a, old), "the refused presignature is still stored");
+
+    // dc1 removes this node itself: its own presignatures end with its membership.
+    let a_key = member(&pki, &a.chain).key_fingerprint;
+    logs[0].remove(a_key, &governors);
+    assert!(apply(&mut a.core, "dc1", &logs[0].entries()[1..]).is_ok());
+    assert!(stored(&a, own));
+    not_a_member(
+        a.call(&use_presignature(&pki, &key, own, &governors)),
+        "dc1-node1",
+    );
+    assert!(!stored(&a, own));
+    assert!(dealt::held(&mut a, &key).is_empty());
+}

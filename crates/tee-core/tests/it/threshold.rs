@@ -159,6 +159,15 @@ pub(crate) fn import_share(pki: &Pki, i: usize, node: &mut Node) -> ThresholdKey
     }
 }
 
+/// Imports share i of the dealt key without chain code into `node` (quorum of approvals).
+pub(crate) fn import_plain_share(pki: &Pki, i: usize, node: &mut Node) -> ThresholdKeyInfo {
+    let req = pki.import(&pki.bundle_of(&plain_shares()[i], node), 2);
+    match node.call(&req).unwrap() {
+        Response::ThresholdKey(info) => info,
+        r => panic!("unexpected {r:?}"),
+    }
+}
+
 /// An approved signing request: `meta`, params with `signers` (share index, node chain) in
 /// order, and a quorum of approvals in the threshold scope.
 pub(crate) struct SignRequest {
@@ -855,7 +864,7 @@ fn plain_shares() -> &'static [ThresholdShare] {
 
 /// Runs one presignature session between `nodes` (share index, node) and returns the id
 /// every participant stored.
-fn presign(nodes: &mut [(u16, &mut Node)], key: &[u8]) -> [u8; 32] {
+pub(crate) fn presign(nodes: &mut [(u16, &mut Node)], key: &[u8]) -> [u8; 32] {
     let session = SessionRef {
         request_id: meta().request_id,
         attempt: 0,
@@ -954,7 +963,7 @@ fn with_attempt(req: &Request, n: u8) -> Request {
     }
 }
 
-fn partial(o: Outcome) -> (PartialSig, PresignaturePublic) {
+pub(crate) fn partial(o: Outcome) -> (PartialSig, PresignaturePublic) {
     match o {
         Ok(Response::ThresholdPartial {
             position,
@@ -969,7 +978,7 @@ fn partial(o: Outcome) -> (PartialSig, PresignaturePublic) {
     }
 }
 
-fn held(node: &mut Node, key: &[u8]) -> Vec<[u8; 32]> {
+pub(crate) fn held(node: &mut Node, key: &[u8]) -> Vec<[u8; 32]> {
     match node.call(&Request::ListPresignatures {
         key_id: key.to_vec(),
     }) {

@@ -385,7 +385,8 @@ fn rogue_register_and_name_takeover_refused() {
 /// every serving node, and answered with a TEE's signed answer; the bridge neither verifies
 /// it as its own log, nor stores it, nor writes a governance history row, and its own log
 /// and registry stay as they were. Here no TEE holds a key anchored at dc2, so each refuses
-/// it by name.
+/// it by name. What became of the forwards reaches the history as aggregated rows
+/// (`bridge:foreign-log`), one per outcome.
 #[test]
 fn a_foreign_log_is_forwarded_never_adopted() {
     let pki = Pki::new();
@@ -484,12 +485,45 @@ fn a_foreign_log_is_forwarded_never_adopted() {
         let e = submit(&mut link, &empty, "").await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
         assert!(e.message().starts_with("governance_rejected:"), "{e:?}");
+        // The forwards' outcomes reach the history as aggregated rows (the first of an
+        // outcome within about a second): refused by the TEEs, and not relayed (empty).
+        let forwards = |h: &[custos_metadata::Entry]| {
+            h.iter()
+                .filter_map(|e| custos_metadata::RefusalSummary::from_entry(e).unwrap())
+                .filter(|s| s.source == "bridge:foreign-log")
+                .map(|s| (s.reason, s.example))
+                .collect::<Vec<_>>()
+        };
+        let mut history = Vec::new();
+        for _ in 0..100 {
+            history = db.history(0, 10_000).await.unwrap();
+            if forwards(&history).len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut seen = forwards(&history);
+        seen.sort();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].0, "not_relayed");
+        assert!(
+            seen[0].1.contains("governance_rejected: 0 entries"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[1].0, "refused_by_tee");
+        assert!(
+            seen[1]
+                .1
+                .starts_with("cluster \"dc2\" entries 0..=0: answered by dc1-node"),
+            "{seen:?}"
+        );
         // Nothing of dc2's log reached dc1's own: same history (read first: a log read
         // writes rows of its own), registry and log.
-        let history = db.history(0, 10_000).await.unwrap();
         assert_eq!(governance_rows(&history), rows_before, "{history:?}");
         assert!(
-            !history.iter().any(|e| e.detail.contains("dc2")),
+            !history
+                .iter()
+                .any(|e| e.detail.contains("dc2") && e.actor != "bridge:foreign-log"),
             "{history:?}"
         );
         assert_eq!(endpoints(&mut link).await, before);
