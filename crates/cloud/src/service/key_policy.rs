@@ -103,7 +103,7 @@ impl Cloud {
             .clusters
             .first()
             .cloned()
-            .ok_or_else(|| ApiError::internal("a recorded threshold key", "no clusters"))?;
+            .ok_or_else(|| ApiError::internal("a recorded threshold key", &"no clusters"))?;
         Ok((
             PolicyTarget {
                 id,

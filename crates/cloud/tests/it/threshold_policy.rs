@@ -351,7 +351,18 @@ async fn an_unreachable_cluster_leaves_the_change_failed_and_a_retry_completes_i
         .lock()
         .unwrap()
         .push(("dc3".into(), "submit:SetKeyPolicy".into()));
-    let failed = approve(&s, &change, &[0, 1]).await;
+    let message = message_of(&change);
+    c.approve(&change.id, &s.pki.approve(0, &message))
+        .await
+        .unwrap();
+    // The caller waiting for the submission hears why it did not complete.
+    let e = c
+        .approve(&change.id, &s.pki.approve(1, &message))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cluster dc3"), "{e}");
+    assert_eq!(code(e), "cluster_unavailable");
+    let failed = c.request(&change.id).await.unwrap();
     assert_eq!(failed.status, RequestStatus::Failed, "{failed:?}");
     let error = failed.error.unwrap();
     assert_eq!(error.code, "cluster_unavailable");
