@@ -254,6 +254,30 @@ async fn group_changed_on_every_cluster(
         (after.version, &after.group, after.anchors.as_deref()),
         (2, &vec![hex::encode(bob.key_fingerprint())], Some(geneses))
     );
+    // `custos wallet policy --threshold-key <id> --show` shows it with its anchors.
+    let mut out = Vec::new();
+    let show = custos::wallet::policy::PolicyArgs {
+        api: dep.api_url.clone(),
+        token: dep.api_token.clone(),
+        api_root_ca: None,
+        root: None,
+        threshold_key: Some(key_id.into()),
+        show: true,
+        group: vec![],
+        group_certs: vec![],
+        quorum: None,
+    };
+    let shown = custos::wallet::policy::run(&show, &mut out).await.unwrap();
+    assert_eq!(
+        shown,
+        custos::wallet::policy::PolicyOutcome::Shown(after.clone())
+    );
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains(&format!("threshold key {key_id}: policy version 2"))
+            && out.contains(&format!("2: {}", geneses[2])),
+        "{out}"
+    );
     let key = hex::decode(key_id).unwrap();
     for c in CLUSTERS {
         let node = &dep.cluster(c).unwrap().nodes[0];
