@@ -255,7 +255,27 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
                 .key_policy
                 .as_ref()
                 .ok_or("request has no approver group change")?;
-            let (current, new) = crate::key_policy::policies(change, view.quorum)?;
+            // A threshold key's change is one message for every cluster of the key (the
+            // scope), naming them; a wallet's is scoped to its cluster and names none.
+            let threshold = view.cluster == THRESHOLD_SCOPE;
+            let clusters = view.clusters.as_deref();
+            if threshold != clusters.is_some() {
+                return Err(format!(
+                    "request {} changes a threshold key's group only in scope \
+                     {THRESHOLD_SCOPE} with the key's clusters named (scope {:?})",
+                    view.id, view.cluster
+                ));
+            }
+            let anchors = parse_anchors(view.anchors.as_deref().unwrap_or_default())?;
+            if !anchors.is_empty() && Some(anchors.len()) != clusters.map(<[String]>::len) {
+                return Err(format!(
+                    "request {} names {} cluster anchors for {} clusters",
+                    view.id,
+                    anchors.len(),
+                    clusters.map_or(0, <[String]>::len)
+                ));
+            }
+            let (current, new) = crate::key_policy::policies(change, view.quorum, &anchors)?;
             Action::SetKeyPolicy {
                 key_id: &key_id()?,
                 prev: &current.hash(),

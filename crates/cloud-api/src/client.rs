@@ -227,6 +227,26 @@ impl CloudClient {
         self.call(Method::PUT, &path, &[], Some(body)).await
     }
 
+    /// `GET /v1/threshold/keys/{key_id}/policy`: the threshold key's approver group in force.
+    pub async fn threshold_key_policy(&self, key_id: &str) -> Result<KeyPolicyView, ClientError> {
+        self.get(
+            &format!("/v1/threshold/keys/{}/policy", segment(key_id)?),
+            &[],
+        )
+        .await
+    }
+
+    /// `PUT /v1/threshold/keys/{key_id}/policy`: proposes a new approver group for every
+    /// cluster of the threshold key.
+    pub async fn set_threshold_key_policy(
+        &self,
+        key_id: &str,
+        body: &KeyPolicyBody,
+    ) -> Result<RequestView, ClientError> {
+        let path = format!("/v1/threshold/keys/{}/policy", segment(key_id)?);
+        self.call(Method::PUT, &path, &[], Some(body)).await
+    }
+
     /// `GET /v1/wallets/{root_id}/derive`.
     pub async fn derive(
         &self,

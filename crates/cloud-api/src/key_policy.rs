@@ -1,14 +1,16 @@
-//! A wallet's approver group change between the TEE's [`KeyPolicy`] and the API's views:
-//! the server builds [`KeyPolicyChange`] from the policy in force and the new one, and an
+//! A key's approver group change between the TEE's [`KeyPolicy`] and the API's views: the
+//! server builds [`KeyPolicyChange`] from the policy in force and the new one, and an
 //! approver rebuilds both policies from it (never trusting the server's hash), so the
-//! approval message names exactly the groups shown.
+//! approval message names exactly the groups shown. A wallet's policies carry no rules; a
+//! threshold key's may carry cluster anchors, the same in both (a change carries them over).
 
 use custos_wire::policy::KeyPolicy;
 
-use crate::approval::parse_group;
+use crate::approval::{new_threshold_policy, parse_group};
 use crate::{KeyPolicyChange, KeyPolicyView};
 
-/// The view of `policy` of wallet `root_id`, as `node`'s TEE reported it.
+/// The view of `policy` of key `root_id` (a wallet or threshold key), as `node`'s TEE
+/// reported it.
 pub fn policy_view(root_id: &[u8], policy: &KeyPolicy, node: &str) -> KeyPolicyView {
     KeyPolicyView {
         root_id: hex::encode(root_id),
@@ -16,6 +18,9 @@ pub fn policy_view(root_id: &[u8], policy: &KeyPolicy, node: &str) -> KeyPolicyV
         group: policy.group.iter().map(hex::encode).collect(),
         quorum: policy.quorum,
         hash: hex::encode(policy.hash()),
+        anchors: policy
+            .cluster_anchors()
+            .map(|a| a.iter().map(hex::encode).collect()),
         node: node.to_string(),
     }
 }
@@ -34,10 +39,15 @@ pub fn change_view(current: &KeyPolicy, new: &KeyPolicy) -> KeyPolicyChange {
 }
 
 /// The policy in force and the new one, rebuilt from `change` of a request needing `quorum`
-/// approvals: the current one must be the legacy stand-in (version 0, no group) or a valid
-/// group, its quorum the request's, its hash the `prev` shown; the new one valid, one version
-/// later. Policies carry no rules here (a wallet's never does).
-pub fn policies(change: &KeyPolicyChange, quorum: u8) -> Result<(KeyPolicy, KeyPolicy), String> {
+/// approvals, both with the cluster anchors `anchors` (a threshold key's; empty for a
+/// wallet): the current one must be the legacy stand-in (version 0, no group, no anchors) or
+/// a valid group, its quorum the request's, its hash the `prev` shown; the new one valid, one
+/// version later.
+pub fn policies(
+    change: &KeyPolicyChange,
+    quorum: u8,
+    anchors: &[[u8; 32]],
+) -> Result<(KeyPolicy, KeyPolicy), String> {
     if change.current_quorum != quorum {
         return Err(format!(
             "the change needs {quorum} approvals but the group in force has quorum {}",
@@ -45,16 +55,18 @@ pub fn policies(change: &KeyPolicyChange, quorum: u8) -> Result<(KeyPolicy, KeyP
         ));
     }
     let current = if change.current_version == 0 {
-        if !change.current_group.is_empty() {
-            return Err("a version-0 (legacy) policy has no group".into());
+        if !change.current_group.is_empty() || !anchors.is_empty() {
+            return Err("a version-0 (legacy) policy has no group and no anchors".into());
         }
         KeyPolicy::legacy(change.current_quorum)
     } else {
         let current = KeyPolicy {
             version: change.current_version,
-            group: parse_group(&change.current_group).map_err(|e| format!("current {e}"))?,
-            quorum: change.current_quorum,
-            rules: Vec::new(),
+            ..new_threshold_policy(
+                parse_group(&change.current_group).map_err(|e| format!("current {e}"))?,
+                change.current_quorum,
+                anchors,
+            )
         };
         current
             .validate()
@@ -78,9 +90,11 @@ pub fn policies(change: &KeyPolicyChange, quorum: u8) -> Result<(KeyPolicy, KeyP
     }
     let new = KeyPolicy {
         version: change.version,
-        group: parse_group(&change.group).map_err(|e| format!("new {e}"))?,
-        quorum: change.quorum,
-        rules: Vec::new(),
+        ..new_threshold_policy(
+            parse_group(&change.group).map_err(|e| format!("new {e}"))?,
+            change.quorum,
+            anchors,
+        )
     };
     new.validate().map_err(|e| format!("the new policy: {e}"))?;
     Ok((current, new))
@@ -95,9 +109,9 @@ fn short(group: &[String]) -> String {
         .join(",")
 }
 
-/// The change in words: "change the approvers of wallet 02ab… from 2 of 1a2b…,3c4d… to 2 of
-/// 1a2b…,5e6f…; version 2".
-pub fn describe_change(root_id: &str, change: &KeyPolicyChange) -> String {
+/// The change of key `root_id` (`what`: "wallet" or "threshold key") in words: "change the
+/// approvers of wallet 02ab… from 2 of 1a2b…,3c4d… to 2 of 1a2b…,5e6f…; version 2".
+pub fn describe_change(what: &str, root_id: &str, change: &KeyPolicyChange) -> String {
     let from = if change.current_version == 0 {
         format!(
             "{} of any admin (sealed before approver groups)",
@@ -111,7 +125,7 @@ pub fn describe_change(root_id: &str, change: &KeyPolicyChange) -> String {
         )
     };
     format!(
-        "change the approvers of wallet {}… from {from} to {} of {}; version {}",
+        "change the approvers of {what} {}… from {from} to {} of {}; version {}",
         root_id.get(..4).unwrap_or(root_id),
         change.quorum,
         short(&change.group),
@@ -136,8 +150,8 @@ mod tests {
     fn a_change_rebuilds_both_policies_and_refuses_what_does_not_fit() {
         let (cur, new) = (policy(1, &[1, 2, 3], 2), policy(2, &[1, 2, 4], 2));
         let view = change_view(&cur, &new);
-        assert_eq!(policies(&view, 2).unwrap(), (cur.clone(), new.clone()));
-        let words = describe_change(&"02ab".repeat(16), &view);
+        assert_eq!(policies(&view, 2, &[]).unwrap(), (cur.clone(), new.clone()));
+        let words = describe_change("wallet", &"02ab".repeat(16), &view);
         assert_eq!(
             words,
             "change the approvers of wallet 02ab… from 2 of 01010101…,02020202…,03030303… \
@@ -145,19 +159,54 @@ mod tests {
         );
         // Another quorum than the request's, a group in force other than the hash names, a
         // version that skips, a new quorum over the group: refused.
-        assert!(policies(&view, 1).is_err());
+        assert!(policies(&view, 1, &[]).is_err());
         let mut forged = view.clone();
         forged.current_group[2] = hex::encode([9u8; 32]);
-        assert!(policies(&forged, 2).unwrap_err().contains("hash"));
+        assert!(policies(&forged, 2, &[]).unwrap_err().contains("hash"));
         let mut skip = view.clone();
         skip.version = 3;
-        assert!(policies(&skip, 2).unwrap_err().contains("follow"));
+        assert!(policies(&skip, 2, &[]).unwrap_err().contains("follow"));
         let mut over = view.clone();
         over.quorum = 4;
-        assert!(policies(&over, 2).is_err());
+        assert!(policies(&over, 2, &[]).is_err());
         // A legacy wallet's policy in force is the stand-in of its quorum.
         let legacy = change_view(&KeyPolicy::legacy(2), &policy(1, &[1, 2], 2));
-        assert_eq!(policies(&legacy, 2).unwrap().0, KeyPolicy::legacy(2));
-        assert!(describe_change("02ab", &legacy).contains("any admin"));
+        assert_eq!(policies(&legacy, 2, &[]).unwrap().0, KeyPolicy::legacy(2));
+        assert!(describe_change("wallet", "02ab", &legacy).contains("any admin"));
+    }
+
+    /// A threshold key's anchors are part of both policies: the hash shown must be of the
+    /// policy with them, and a legacy policy never has any.
+    #[test]
+    fn anchors_are_carried_over_into_both_policies() {
+        let anchors = [[7u8; 32], [8u8; 32]];
+        let with = |p: KeyPolicy| KeyPolicy {
+            version: p.version,
+            ..new_threshold_policy(p.group, p.quorum, &anchors)
+        };
+        let (cur, new) = (with(policy(1, &[1, 2], 2)), with(policy(2, &[1, 3], 2)));
+        let view = change_view(&cur, &new);
+        assert_eq!(
+            policies(&view, 2, &anchors).unwrap(),
+            (cur.clone(), new.clone())
+        );
+        assert_eq!(new.cluster_anchors(), Some(anchors.to_vec()));
+        // Without the anchors (or others), the hash shown is not the group in force's.
+        assert!(policies(&view, 2, &[]).unwrap_err().contains("hash"));
+        assert!(policies(&view, 2, &[anchors[1], anchors[0]])
+            .unwrap_err()
+            .contains("hash"));
+        let legacy = change_view(&KeyPolicy::legacy(2), &policy(1, &[1, 2], 2));
+        assert!(policies(&legacy, 2, &anchors)
+            .unwrap_err()
+            .contains("legacy"));
+        assert_eq!(
+            policy_view(&[2; 33], &cur, "node1").anchors,
+            Some(vec!["07".repeat(32), "08".repeat(32)])
+        );
+        assert_eq!(
+            policy_view(&[2; 33], &policy(1, &[1], 1), "n").anchors,
+            None
+        );
     }
 }

@@ -67,6 +67,9 @@ pub fn checked_message(view: &RequestView, requested_id: &str) -> Result<Vec<u8>
 /// What the admin is about to approve, field by field.
 pub fn describe(view: &RequestView) -> String {
     let mut s = String::new();
+    // A threshold key's approver group change: one approval for every cluster of the key.
+    let threshold = view.kind == RequestKind::SetKeyPolicy
+        && view.cluster == custos_wire::approval::THRESHOLD_SCOPE;
     let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<14}{v}\n"));
     line(&mut s, "request", &view.id);
     line(
@@ -82,11 +85,14 @@ pub fn describe(view: &RequestView) -> String {
                 "create a threshold key by distributed key generation"
             }
             RequestKind::Governance => "change the cluster's governance log",
+            RequestKind::SetKeyPolicy if threshold => {
+                "change a threshold key's approver group (on every cluster of the key)"
+            }
             RequestKind::SetKeyPolicy => "change a wallet's approver group",
         },
     );
     if let (Some(c), Some(w)) = (&view.key_policy, &view.root_id) {
-        describe_policy_change(&mut s, w, c);
+        describe_policy_change(&mut s, threshold, w, c);
     }
     if let Some(t) = &view.governance {
         line(
@@ -104,7 +110,7 @@ pub fn describe(view: &RequestView) -> String {
             "cluster",
             &format!("{} (any t of the key's clusters)", view.cluster),
         );
-    } else if view.kind == RequestKind::CreateThresholdKey {
+    } else if view.kind == RequestKind::CreateThresholdKey || threshold {
         line(
             &mut s,
             "cluster",
@@ -114,7 +120,7 @@ pub fn describe(view: &RequestView) -> String {
         line(&mut s, "cluster", &view.cluster);
     }
     if let Some(w) = &view.root_id {
-        let label = if view.kind.is_threshold() {
+        let label = if view.kind.is_threshold() || threshold {
             "threshold key"
         } else {
             "wallet"
@@ -136,6 +142,15 @@ pub fn describe(view: &RequestView) -> String {
             .map(|(i, c)| format!("{i}: {c}"))
             .collect();
         line(&mut s, "shares", &shares.join(", "));
+    } else if let (true, Some(clusters)) = (threshold, &view.clusters) {
+        line(
+            &mut s,
+            "applies on",
+            &format!(
+                "{} (every cluster holding a share, by share index)",
+                clusters.join(", ")
+            ),
+        );
     }
     if let Some(hd) = view.hd {
         line(
@@ -233,9 +248,18 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
 
 /// An approver group change in words, then both groups in full: the approvals come from the
 /// group in force, and the new group alone counts afterwards.
-fn describe_policy_change(s: &mut String, root_id: &str, c: &crate::KeyPolicyChange) {
+fn describe_policy_change(
+    s: &mut String,
+    threshold: bool,
+    root_id: &str,
+    c: &crate::KeyPolicyChange,
+) {
     let mut line = |k: &str, v: &str| s.push_str(&format!("  {k:<14}{v}\n"));
-    line("change", &crate::key_policy::describe_change(root_id, c));
+    let what = if threshold { "threshold key" } else { "wallet" };
+    line(
+        "change",
+        &crate::key_policy::describe_change(what, root_id, c),
+    );
     line(
         "in force",
         &format!(

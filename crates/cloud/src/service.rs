@@ -536,9 +536,10 @@ mod tests {
 
     /// A row of `terms` in its scope, completed with `result` when given.
     fn row_of(terms: Terms, result: Option<&str>) -> RequestRow {
-        let cluster = match terms.kind() {
-            RequestKind::ThresholdSign | RequestKind::CreateThresholdKey => THRESHOLD_SCOPE,
-            _ => "dc1",
+        let cluster = if terms.spans() {
+            THRESHOLD_SCOPE
+        } else {
+            "dc1"
         };
         RequestRow {
             id: "ab".repeat(16),
@@ -667,7 +668,36 @@ mod tests {
                 },
             }),
         ];
-        for terms in all {
+        // A wallet's group change and a threshold key's (with and without anchors).
+        let policy =
+            |version, group: Vec<[u8; 32]>, anchors: &[[u8; 32]]| custos_wire::policy::KeyPolicy {
+                version,
+                ..custos_cloud_api::approval::new_threshold_policy(group, 2, anchors)
+            };
+        let anchors = [[5; 32], [6; 32]];
+        let clusters = || vec!["dc1".to_string(), "dc2".to_string()];
+        let changes = [
+            crate::terms::PolicyTerms::new(
+                g,
+                &policy(1, vec![[1; 32], [2; 32]], &[]),
+                &policy(2, vec![[1; 32], [3; 32]], &[]),
+            ),
+            crate::terms::PolicyTerms::threshold(
+                g,
+                clusters(),
+                vec![],
+                &custos_wire::policy::KeyPolicy::legacy(2),
+                &policy(1, vec![[1; 32], [3; 32]], &[]),
+            ),
+            crate::terms::PolicyTerms::threshold(
+                g,
+                clusters(),
+                anchors.to_vec(),
+                &policy(3, vec![[1; 32], [2; 32]], &anchors),
+                &policy(4, vec![[2; 32], [3; 32]], &anchors),
+            ),
+        ];
+        for terms in all.into_iter().chain(changes.map(Terms::SetKeyPolicy)) {
             let kind = terms.kind();
             let row = row_of(terms, None);
             row.terms.check(&row.cluster, row.quorum).unwrap();

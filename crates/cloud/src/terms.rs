@@ -17,7 +17,7 @@
 //! | `create_threshold_key` | `threshold`, `hd`, `clusters` (names, share i to the i-th) |
 //! | `create_group_threshold_key` | `threshold`, `hd`, `clusters`, `group` (as `create_group_wallet`), `executor_nodes` and `executors` (32 bytes each), by share index; `anchors` (32 bytes each, by share index; absent when not every cluster was governed at proposal) |
 //! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
-//! | `set_key_policy` | `root_id`, the group in force and the new one; see [`key_policy`] |
+//! | `set_key_policy` | `root_id`, the group in force and the new one; a threshold key's also `clusters` and `anchors`; see [`key_policy`] |
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::import::SealedImport;
@@ -160,8 +160,8 @@ pub enum Terms {
     },
     /// Append an entry to the request's cluster's governance log.
     Governance(GovTerms),
-    /// Replace a wallet's approver group, approved by the group in force (the row's quorum
-    /// is that group's).
+    /// Replace a wallet's or threshold key's approver group, approved by the group in force
+    /// (the row's quorum is that group's).
     SetKeyPolicy(PolicyTerms),
 }
 
@@ -392,6 +392,18 @@ impl Terms {
         })
     }
 
+    /// Whether the request spans clusters: its scope (the row's cluster) is
+    /// [`THRESHOLD_SCOPE`], which its approval message names, valid for every cluster's TEE.
+    pub fn spans(&self) -> bool {
+        match self {
+            Terms::ThresholdSign { .. }
+            | Terms::CreateThresholdKey { .. }
+            | Terms::CreateGroupThresholdKey { .. } => true,
+            Terms::SetKeyPolicy(p) => p.is_threshold(),
+            _ => false,
+        }
+    }
+
     /// The exact bytes an admin signs to approve these terms in `cluster`.
     pub fn approval_message(&self, cluster: &str, quorum: u8, meta: &RequestMeta) -> Vec<u8> {
         self.action(quorum, &mut None).message(cluster, meta)
@@ -407,13 +419,7 @@ impl Terms {
                 return Err("key id is not a compressed public key".into());
             }
         }
-        let spans = matches!(
-            self,
-            Terms::ThresholdSign { .. }
-                | Terms::CreateThresholdKey { .. }
-                | Terms::CreateGroupThresholdKey { .. }
-        );
-        if spans != (cluster == THRESHOLD_SCOPE) {
+        if self.spans() != (cluster == THRESHOLD_SCOPE) {
             return Err(format!(
                 "a {} request in scope {cluster:?}",
                 self.kind().as_str()
@@ -588,8 +594,17 @@ impl Terms {
                 )
             ),
             Terms::SetKeyPolicy(p) => format!(
-                "{} on cluster {cluster} (approved by {quorum} of the group in force)",
-                custos_cloud_api::key_policy::describe_change(&id, &p.view(quorum))
+                "{} on {} (approved by {quorum} of the group in force)",
+                custos_cloud_api::key_policy::describe_change(
+                    if p.is_threshold() {
+                        "threshold key"
+                    } else {
+                        "wallet"
+                    },
+                    &id,
+                    &p.view(quorum)
+                ),
+                p.place(cluster)
             ),
         }
     }
@@ -667,7 +682,15 @@ impl Terms {
                     g.version, &g.prev, &g.change,
                 ));
             }
-            Terms::SetKeyPolicy(p) => view.key_policy = Some(p.view(view.quorum)),
+            Terms::SetKeyPolicy(p) => {
+                view.key_policy = Some(p.view(view.quorum));
+                if p.is_threshold() {
+                    view.clusters = Some(p.clusters.clone());
+                }
+                if !p.anchors.is_empty() {
+                    view.anchors = Some(p.anchors.iter().map(hex::encode).collect());
+                }
+            }
         }
     }
 
@@ -941,6 +964,95 @@ mod tests {
         assert!(Terms::CreateWallet { node: None }
             .tee_request(meta, 1, vec![])
             .is_none());
+    }
+
+    /// A threshold key's group change is approved once for every cluster of the key
+    /// ([`THRESHOLD_SCOPE`]) with its anchors in both policies; rows stored before it (a
+    /// wallet's change, without `clusters`) still read, in their cluster's scope only.
+    #[test]
+    fn a_threshold_keys_group_change_spans_its_clusters_and_old_rows_still_read() {
+        use custos_cloud_api::approval::new_threshold_policy;
+        let g = bitcoin::secp256k1::PublicKey::from_secret_key(
+            &bitcoin::secp256k1::Secp256k1::new(),
+            &bitcoin::secp256k1::SecretKey::from_slice(&[1; 32]).unwrap(),
+        )
+        .serialize();
+        let anchors = vec![[5; 32], [6; 32]];
+        let at = |version, group: Vec<[u8; 32]>| KeyPolicy {
+            version,
+            ..new_threshold_policy(group, 2, &anchors)
+        };
+        let (current, new) = (at(1, vec![[1; 32], [2; 32]]), at(2, vec![[1; 32], [3; 32]]));
+        let terms = Terms::SetKeyPolicy(PolicyTerms::threshold(
+            g,
+            vec!["dc1".into(), "dc2".into()],
+            anchors.clone(),
+            &current,
+            &new,
+        ));
+        assert!(terms.spans());
+        let text = terms.to_json();
+        assert!(text.contains("\"clusters\":[\"dc1\",\"dc2\"]"), "{text}");
+        assert_eq!(Terms::from_json(&text, THRESHOLD_SCOPE, 2).unwrap(), terms);
+        // Not in one cluster's scope; not with anchors for another number of clusters.
+        assert!(Terms::from_json(&text, "dc1", 2).is_err());
+        let one_anchor = text.replace(&format!(",\"{}\"", "06".repeat(32)), "");
+        assert!(Terms::from_json(&one_anchor, THRESHOLD_SCOPE, 2).is_err());
+        // What is approved and sent: the new policy with the anchors, under one message for
+        // every cluster, naming the policy in force (with its anchors) by hash.
+        let meta = RequestMeta {
+            request_id: [3; 16],
+            expires_at: 9,
+        };
+        let expected = Action::SetKeyPolicy {
+            key_id: &g,
+            prev: &current.hash(),
+            policy: &new,
+        }
+        .message(THRESHOLD_SCOPE, &meta);
+        assert_eq!(terms.approval_message(THRESHOLD_SCOPE, 2, &meta), expected);
+        let Some(Request::SetKeyPolicy { policy, prev, .. }) =
+            terms.tee_request(meta.clone(), 2, vec![])
+        else {
+            panic!("not a SetKeyPolicy request")
+        };
+        assert_eq!((policy, prev), (new.clone(), current.hash()));
+        assert!(terms.summary(THRESHOLD_SCOPE, 2).contains("threshold key"));
+
+        // A wallet's change stored before threshold keys' changes reads as one, in its
+        // cluster's scope; a wallet's change with anchors is refused.
+        let plain = |v, group| KeyPolicy {
+            version: v,
+            group,
+            quorum: 2,
+            rules: vec![],
+        };
+        let wallet = PolicyTerms::new(
+            g,
+            &plain(1, vec![[1; 32], [2; 32]]),
+            &plain(2, vec![[1; 32], [3; 32]]),
+        );
+        let stored = format!(
+            "{{\"kind\":\"set_key_policy\",\"root_id\":\"{}\",\"current_version\":1,\
+             \"current_group\":[\"{}\",\"{}\"],\"prev\":\"{}\",\"version\":2,\
+             \"group\":[\"{}\",\"{}\"],\"quorum\":2}}",
+            hex::encode(g),
+            "01".repeat(32),
+            "02".repeat(32),
+            hex::encode(wallet.prev),
+            "01".repeat(32),
+            "03".repeat(32)
+        );
+        let read = Terms::from_json(&stored, "dc1", 2).unwrap();
+        assert_eq!(read, Terms::SetKeyPolicy(wallet.clone()));
+        assert_eq!(read.to_json(), stored);
+        assert!(!read.spans());
+        assert!(Terms::from_json(&stored, THRESHOLD_SCOPE, 2).is_err());
+        let with_anchors = Terms::SetKeyPolicy(PolicyTerms {
+            anchors: anchors.clone(),
+            ..wallet
+        });
+        assert!(Terms::from_json(&with_anchors.to_json(), "dc1", 2).is_err());
     }
 
     /// A governance request's entry is stored in the TEE's own encoding and read back

@@ -25,8 +25,8 @@ pub enum WalletCommand {
     /// (its group) and how many of them must; the server names the node that makes it.
     /// Admins approve it with `custos approve`.
     Create(CreateArgs),
-    /// Show a wallet's approver group (`--show`), or propose a new group and quorum, which a
-    /// quorum of the group in force approves with `custos approve`.
+    /// Show a wallet's or threshold key's approver group (`--show`), or propose a new group
+    /// and quorum, which a quorum of the group in force approves with `custos approve`.
     Policy(PolicyArgs),
 }
 
@@ -89,6 +89,9 @@ pub enum WalletCliError {
     /// `custos wallet policy` without `--show` needs the new quorum.
     #[error("give the new group's --quorum (or --show to see the group in force)")]
     NoQuorum,
+    /// `custos wallet policy` names exactly one key.
+    #[error("name exactly one key: --root (a wallet) or --threshold-key")]
+    PolicyKey,
 }
 
 fn read(path: &Path) -> Result<String, WalletCliError> {

@@ -1,6 +1,6 @@
-//! A wallet's approver group over the API (issue 12, item 3): the policy in force as a
-//! node's TEE reports it, the body that proposes a new one, and the change as an approver
-//! reads it (the group in force and the new one side by side).
+//! A wallet's or threshold key's approver group over the API (issue 12, item 3): the policy
+//! in force as a node's TEE reports it, the body that proposes a new one, and the change as
+//! an approver reads it (the group in force and the new one side by side).
 //!
 //! Admins are named by key fingerprint (hex SHA-256 of the certified SubjectPublicKeyInfo,
 //! `custos admin fingerprint`), never by name.
@@ -8,9 +8,10 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// `PUT /v1/wallets/{root_id}/policy`: replace the wallet's approver group and quorum. A
-/// quorum of the group **in force** approves the change; the new group takes over from
-/// then on.
+/// `PUT /v1/wallets/{root_id}/policy` and `PUT /v1/threshold/keys/{key_id}/policy`: replace
+/// the key's approver group and quorum. A quorum of the group **in force** approves the
+/// change; the new group takes over from then on. A threshold key's quorum is part of the key
+/// and cannot change: `quorum` must be the key's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPolicyBody {
@@ -30,11 +31,12 @@ pub struct KeyPolicyBody {
     pub expires_at: Option<u64>,
 }
 
-/// A wallet's policy as a node's TEE signed it (`GET /v1/wallets/{root_id}/policy`), or as
-/// a completed `set_key_policy` request left it.
+/// A wallet's or threshold key's policy as a node's TEE signed it (`GET
+/// /v1/wallets/{root_id}/policy`, `GET /v1/threshold/keys/{key_id}/policy`), or as a
+/// completed `set_key_policy` request left it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyPolicyView {
-    /// The wallet (hex of the 33-byte root public key).
+    /// The wallet or threshold key (hex of the 33-byte root or joint public key).
     pub root_id: String,
     /// 1 at creation, +1 on every change; 0 for a wallet sealed before approver groups
     /// (then `group` is empty and any admin the TEE accepts counts).
@@ -45,6 +47,11 @@ pub struct KeyPolicyView {
     pub quorum: u8,
     /// Hash of the policy (what a change names as the policy it replaces), hex.
     pub hash: String,
+    /// A threshold key's cluster anchors (rule `RULE_CLUSTER_ANCHORS`): the genesis id of
+    /// each share's cluster's governance log, by share index, hex; part of the hash. Absent
+    /// when the policy has none (always for a wallet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchors: Option<Vec<String>>,
     /// The node whose TEE answered.
     pub node: String,
 }
@@ -52,7 +59,8 @@ pub struct KeyPolicyView {
 /// The terms of a `set_key_policy` request: the policy in force when it was proposed and the
 /// one that replaces it. The approval message names the replaced policy by its hash,
 /// recomputed from `current_*` (so an approver signs exactly the group shown), and the new
-/// one in full.
+/// one in full. A threshold key's cluster anchors are the request's `anchors`, part of both
+/// policies alike (a change carries them over unchanged).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyPolicyChange {
     /// Version of the policy in force.

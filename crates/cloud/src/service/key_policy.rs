@@ -1,27 +1,44 @@
-//! A wallet's approver group (issue 12, item 3, plan step E2): the policy in force as a
-//! node's TEE reports it, requests that replace it (approved by a quorum of the group in
-//! force), and their execution on every node through the bridge.
+//! A wallet's or threshold key's approver group (issue 12, item 3, plan step E2): the policy
+//! in force as a node's TEE reports it, requests that replace it (approved by a quorum of the
+//! group in force), and their execution on every node through the bridge — for a threshold
+//! key, on every cluster holding a share, under one approval of scope [`THRESHOLD_SCOPE`].
 //!
 //! The server never takes the policy in force from its own records: it asks a TEE
 //! (`GetKeyPolicy`, an answer signed by the node's device key and checked like every TEE
 //! answer), so the `prev` hash a request names is the one the TEEs compare with.
 
+use custos_cloud_api::approval::{new_threshold_policy, parse_key_id};
 use custos_cloud_api::key_policy::policy_view;
+use custos_wire::approval::THRESHOLD_SCOPE;
 use custos_wire::policy::KeyPolicy;
 
+use super::threshold::start_link_id;
 use super::*;
 use crate::terms::PolicyTerms;
 
+/// The key a policy request is about, as recorded.
+struct PolicyTarget {
+    /// Its id.
+    id: KeyId,
+    /// "wallet 02ab…" or "threshold key 02ab…", for messages.
+    name: String,
+    /// The cluster its policy is read from: the wallet's, or the key's first share's.
+    cluster: String,
+    /// A threshold key's clusters by share index (where a change goes); empty for a wallet.
+    clusters: Vec<String>,
+}
+
 impl Cloud {
-    /// The policy of wallet `root_id` of `cluster` as a node's TEE holds it, with that
-    /// node's name.
+    /// The policy of key `key_id` (a wallet or threshold key) held in `cluster`, as a node's
+    /// TEE there holds it, with that node's name. `name` names the key in refusals.
     async fn read_policy(
         &self,
         cluster: &str,
-        root_id: &KeyId,
+        key: &KeyId,
+        name: &str,
     ) -> Result<(KeyPolicy, String), ApiError> {
         let request = encode_request(&Request::GetKeyPolicy {
-            key_id: root_id.to_vec(),
+            key_id: key.to_vec(),
         });
         let answer = self
             .clusters
@@ -36,11 +53,10 @@ impl Cloud {
                 policy,
                 hash,
             }) => {
-                if key_id.as_slice() != root_id.as_slice() {
+                if key_id.as_slice() != key.as_slice() {
                     return Err(unverified(format!(
-                        "node {node} answered the policy of key {}, not of wallet {}",
+                        "node {node} answered the policy of key {}, not of {name}",
                         hex::encode(key_id),
-                        hex::encode(root_id)
                     )));
                 }
                 if hash != policy.hash() {
@@ -56,12 +72,47 @@ impl Cloud {
             ))),
             Err(e) => Err(ApiError::new(
                 ErrorCode::BridgeRefused,
-                format!(
-                    "node {node} refused to show the policy of wallet {}: {e}",
-                    hex::encode(root_id)
-                ),
+                format!("node {node} refused to show the policy of {name}: {e}"),
             )),
         }
+    }
+
+    /// The wallet `root_id` of `tenant` as a policy target.
+    async fn wallet_target(&self, tenant: &str, root_id: &str) -> Result<PolicyTarget, ApiError> {
+        let wallet = self.wallet_row(tenant, root_id).await?;
+        let id = parse_root_id(&wallet.root_id)
+            .map_err(|m| ApiError::internal("a recorded wallet's root id", &m))?;
+        Ok(PolicyTarget {
+            id,
+            name: format!("wallet {}", wallet.root_id),
+            cluster: wallet.cluster,
+            clusters: Vec::new(),
+        })
+    }
+
+    /// The threshold key `key_id` of `tenant` as a policy target, with its recorded quorum.
+    async fn threshold_target(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<(PolicyTarget, u8), ApiError> {
+        let key = self.threshold_key_row(tenant, key_id).await?;
+        let id = parse_key_id(&key.key_id)
+            .map_err(|m| ApiError::internal("a recorded threshold key's id", &m))?;
+        let cluster = key
+            .clusters
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("a recorded threshold key", &"no clusters"))?;
+        Ok((
+            PolicyTarget {
+                id,
+                name: format!("threshold key {}", key.key_id),
+                cluster,
+                clusters: key.clusters,
+            },
+            key.quorum,
+        ))
     }
 
     /// `GET /v1/wallets/{root_id}/policy`.
@@ -70,11 +121,25 @@ impl Cloud {
         tenant: &str,
         root_id: &str,
     ) -> Result<KeyPolicyView, ApiError> {
-        let wallet = self.wallet_row(tenant, root_id).await?;
-        let id = parse_root_id(&wallet.root_id)
-            .map_err(|m| ApiError::internal("a recorded wallet's root id", &m))?;
-        let (policy, node) = self.read_policy(&wallet.cluster, &id).await?;
-        Ok(policy_view(&id, &policy, &node))
+        let target = self.wallet_target(tenant, root_id).await?;
+        let (policy, node) = self
+            .read_policy(&target.cluster, &target.id, &target.name)
+            .await?;
+        Ok(policy_view(&target.id, &policy, &node))
+    }
+
+    /// `GET /v1/threshold/keys/{key_id}/policy`: the policy held with the share of the key's
+    /// first cluster (a change applies to every cluster under one approval).
+    pub async fn threshold_key_policy(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<KeyPolicyView, ApiError> {
+        let (target, _) = self.threshold_target(tenant, key_id).await?;
+        let (policy, node) = self
+            .read_policy(&target.cluster, &target.id, &target.name)
+            .await?;
+        Ok(policy_view(&target.id, &policy, &node))
     }
 
     /// `PUT /v1/wallets/{root_id}/policy`: records a `set_key_policy` request naming the
@@ -85,48 +150,93 @@ impl Cloud {
         root_id: &str,
         body: KeyPolicyBody,
     ) -> Result<RequestOutcome, ApiError> {
-        let invalid = |m: String| ApiError::new(ErrorCode::InvalidGroup, m);
         Self::check_quorum(body.quorum)?;
-        let group = parse_group(&body.group).map_err(invalid)?;
-        let wallet = self.wallet_row(&caller.tenant, root_id).await?;
-        self.cluster_config(&wallet.cluster)?;
-        let id = parse_root_id(&wallet.root_id)
-            .map_err(|m| ApiError::internal("a recorded wallet's root id", &m))?;
-        let (current, _) = self.read_policy(&wallet.cluster, &id).await?;
-        if !current.rules.is_empty() {
-            return Err(invalid(format!(
-                "the policy in force of wallet {} carries rules this server cannot carry over",
-                wallet.root_id
+        let group = parse_group(&body.group).map_err(invalid_group)?;
+        let target = self.wallet_target(&caller.tenant, root_id).await?;
+        self.propose_policy(caller, target, group, body).await
+    }
+
+    /// `PUT /v1/threshold/keys/{key_id}/policy`: as [`Cloud::propose_key_policy`], for every
+    /// cluster of the key under one approval ([`THRESHOLD_SCOPE`]). The quorum must stay the
+    /// key's (its TEEs refuse another), and the policy's cluster anchors are carried over.
+    pub async fn propose_threshold_key_policy(
+        &self,
+        caller: &Principal,
+        key_id: &str,
+        body: KeyPolicyBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        Self::check_quorum(body.quorum)?;
+        let group = parse_group(&body.group).map_err(invalid_group)?;
+        let (target, quorum) = self.threshold_target(&caller.tenant, key_id).await?;
+        if body.quorum != quorum {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuorum,
+                format!(
+                    "quorum {}: a threshold key's quorum is part of the key ({quorum} for {}); \
+                     only its group changes",
+                    body.quorum, target.name
+                ),
+            ));
+        }
+        self.propose_policy(caller, target, group, body).await
+    }
+
+    /// Records the change of `target`'s policy in force (read from a TEE now) to `group`
+    /// with `body.quorum`, one version later, keeping the policy's cluster anchors.
+    async fn propose_policy(
+        &self,
+        caller: &Principal,
+        target: PolicyTarget,
+        group: Vec<[u8; 32]>,
+        body: KeyPolicyBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        let name = &target.name;
+        let threshold = !target.clusters.is_empty();
+        for c in std::iter::once(&target.cluster).chain(&target.clusters) {
+            self.cluster_config(c)?;
+        }
+        let (current, _) = self.read_policy(&target.cluster, &target.id, name).await?;
+        // Cluster anchors are a threshold key's only rule, carried over as they are; a
+        // wallet's policy carries none. Anything else could not be carried over faithfully.
+        let anchors = match current.cluster_anchors() {
+            Some(a) if threshold => a,
+            _ => Vec::new(),
+        };
+        let kept = new_threshold_policy(current.group.clone(), current.quorum, &anchors);
+        if kept.rules != current.rules {
+            return Err(invalid_group(format!(
+                "the policy in force of {name} carries rules this server cannot carry over"
             )));
         }
-        let version = current.version.checked_add(1).ok_or_else(|| {
-            invalid(format!(
-                "wallet {} is at the last policy version",
-                wallet.root_id
-            ))
-        })?;
+        let version = current
+            .version
+            .checked_add(1)
+            .ok_or_else(|| invalid_group(format!("{name} is at the last policy version")))?;
         let new = KeyPolicy {
             version,
-            group,
-            quorum: body.quorum,
-            rules: Vec::new(),
+            ..new_threshold_policy(group, body.quorum, &anchors)
         };
-        new.validate().map_err(|e| invalid(e.to_string()))?;
+        new.validate().map_err(|e| invalid_group(e.to_string()))?;
         if (current.version > 0) && (&current.group, current.quorum) == (&new.group, new.quorum) {
-            return Err(invalid(format!(
-                "wallet {} already has this group and quorum",
-                wallet.root_id
+            return Err(invalid_group(format!(
+                "{name} already has this group and quorum"
             )));
         }
         let (rid, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        let (cluster, terms) = if threshold {
+            let terms = PolicyTerms::threshold(target.id, target.clusters, anchors, &current, &new);
+            (THRESHOLD_SCOPE.to_string(), terms)
+        } else {
+            (target.cluster, PolicyTerms::new(target.id, &current, &new))
+        };
         self.create(
             caller,
             Draft {
-                cluster: wallet.cluster,
+                cluster,
                 // The group in force approves.
                 quorum: current.quorum,
-                terms: Terms::SetKeyPolicy(PolicyTerms::new(id, &current, &new)),
+                terms: Terms::SetKeyPolicy(terms),
                 id: rid,
                 expires_at,
                 approvals: Vec::new(),
@@ -136,14 +246,131 @@ impl Cloud {
         .await
     }
 
-    /// Submits an approved group change: the bridge sends it to every node; the answer
-    /// must be the new policy of this wallet.
+    /// Submits an approved group change: the bridge sends it to every node (of every cluster
+    /// of a threshold key); each answer must be the new policy of this key.
     pub(super) async fn execute_key_policy(
         &self,
         row: RequestRow,
     ) -> Result<RequestRow, StoreError> {
-        let verdict = self.key_policy_verdict(&row).await;
+        let verdict = match &row.terms {
+            Terms::SetKeyPolicy(p) if p.is_threshold() => {
+                self.threshold_policy_verdict(&row, p).await
+            }
+            _ => self.key_policy_verdict(&row).await,
+        };
         self.finish(row, verdict).await
+    }
+
+    /// Sends a threshold key's change to every cluster of the key at once; it completed
+    /// when every cluster answers the new policy. Otherwise the clusters that did not are
+    /// named: refused when none applied it and a TEE refused (the approvals are the same
+    /// everywhere, so a retry cannot help), else failed, and a retry sends it to every
+    /// cluster again (a TEE answers a replay of the change it applied with the policy).
+    async fn threshold_policy_verdict(&self, row: &RequestRow, p: &PolicyTerms) -> Verdict {
+        let (id, request) = match (parse_request_id(&row.id), tee_request(row)) {
+            (Ok(id), Ok(r)) => (id, r),
+            (Err(e), _) | (_, Err(e)) => {
+                return Verdict::Refused(Failure::new(
+                    "bad_request_row",
+                    format!("stored request unusable: {e}"),
+                ))
+            }
+        };
+        // One link id per attempt and cluster: a retry reaches the TEE again rather than a
+        // refusal the link keeps for the id.
+        let attempt = u8::try_from(row.attempts).unwrap_or(u8::MAX);
+        let wanted = p.policy();
+        let key = hex::encode(p.root_id);
+        let calls = p.clusters.iter().map(|cluster| {
+            let request = &request;
+            async move {
+                let link_id = start_link_id(&id, attempt, cluster);
+                let answer = self
+                    .clusters
+                    .tee_call(cluster, link_id, request, None)
+                    .await;
+                (cluster, answer)
+            }
+        });
+        let mut applied = Vec::new();
+        let (mut refusals, mut failures) = (Vec::new(), Vec::new());
+        for (cluster, answer) in futures::future::join_all(calls).await {
+            match answer {
+                Ok(TeeAnswer {
+                    node,
+                    outcome: Ok(Response::KeyPolicy { key_id, policy, .. }),
+                    ..
+                }) if key_id.as_slice() == p.root_id.as_slice() && policy == wanted => {
+                    applied.push((cluster, node))
+                }
+                Ok(TeeAnswer {
+                    node,
+                    outcome: Ok(Response::KeyPolicy { key_id, policy, .. }),
+                    ..
+                }) => failures.push(Failure::new(
+                    "bad_result",
+                    format!(
+                        "cluster {cluster}: node {node} reports version {} of key {}, not \
+                         version {} of threshold key {key}",
+                        policy.version,
+                        hex::encode(key_id),
+                        wanted.version
+                    ),
+                )),
+                Ok(TeeAnswer {
+                    node,
+                    outcome: Ok(other),
+                    ..
+                }) => failures.push(Failure::new(
+                    "relay_protocol",
+                    format!(
+                        "cluster {cluster}: node {node} answered {} to SetKeyPolicy",
+                        response_name(&other)
+                    ),
+                )),
+                Ok(TeeAnswer {
+                    node,
+                    outcome: Err(e),
+                    ..
+                }) => refusals.push(Failure::new(
+                    tee_code(&e),
+                    format!("cluster {cluster}: node {node}: {e}"),
+                )),
+                Err(e) => failures.push(Failure::new(e.code(), format!("cluster {cluster}: {e}"))),
+            }
+        }
+        if refusals.is_empty() && failures.is_empty() {
+            let by: Vec<String> = applied.iter().map(|(c, n)| format!("{c}/{n}")).collect();
+            // The view names the node of the first cluster, as the policy route reads it.
+            let first = applied.first().map_or("", |(_, n)| n.as_str());
+            let view = policy_view(&p.root_id, &wanted, first);
+            return Verdict::completed(
+                by.join(", "),
+                RequestResult::KeyPolicy(view),
+                // The key's quorum is part of the key: nothing recorded changes.
+                Recorded::Nothing,
+            );
+        }
+        let none_applied = applied.is_empty();
+        let mut message: Vec<String> = refusals
+            .iter()
+            .chain(&failures)
+            .map(|f| format!("{}: {}", f.code, f.message))
+            .collect();
+        if !none_applied {
+            let on: Vec<&str> = applied.iter().map(|(c, _)| c.as_str()).collect();
+            message.push(format!("applied on {} already", on.join(", ")));
+        }
+        let first = refusals
+            .first()
+            .or(failures.first())
+            .map(|f| f.code.clone());
+        let failure = Failure::new(first.unwrap_or_default(), message.join("; "));
+        if none_applied && !refusals.is_empty() {
+            Verdict::Refused(failure)
+        } else {
+            Verdict::Failed(failure)
+        }
     }
 
     async fn key_policy_verdict(&self, row: &RequestRow) -> Verdict {
@@ -216,4 +443,9 @@ impl Cloud {
             Err(e) => Verdict::ended(Failure::new(e.code(), e.to_string()), e.may_retry()),
         }
     }
+}
+
+/// An `invalid_group` refusal.
+fn invalid_group(m: String) -> ApiError {
+    ApiError::new(ErrorCode::InvalidGroup, m)
 }

@@ -50,6 +50,8 @@ use custos_cloud_api::approval::parse_key_id;
 use keys::*;
 pub use keys::{check_threshold_key_info, decode_bundle, threshold_xpub};
 pub use presign::MAX_PRESIGNATURES_PER_CALL;
+/// The link id of one attempt's call to one cluster (also a threshold key's policy change).
+pub(super) use session::start_link_id;
 use session::*;
 use signing::*;
 

@@ -1,29 +1,35 @@
-//! The terms of a `set_key_policy` request: replace a wallet's approver group (issue 12,
-//! item 3). The request's quorum is the quorum of the group **in force**, whose admins
-//! approve; the new group counts only afterwards.
+//! The terms of a `set_key_policy` request: replace a wallet's or a threshold key's approver
+//! group (issue 12, item 3). The request's quorum is the quorum of the group **in force**,
+//! whose admins approve; the new group counts only afterwards.
 //!
 //! Stored as `{"kind":"set_key_policy","root_id":"<33 bytes hex>","current_version":N,
 //! "current_group":["<32 bytes hex>",…],"prev":"<32 bytes hex>","version":N+1,
 //! "group":["<32 bytes hex>",…],"quorum":M}`: the policy in force when the request was made
-//! (named by its hash `prev` in the approval message) and the new one.
+//! (named by its hash `prev` in the approval message) and the new one. A threshold key's
+//! change adds `"clusters":["dc1",…]` (its shares' clusters, by share index: where the change
+//! is sent, and its scope is [`THRESHOLD_SCOPE`]) and, when its policy has them,
+//! `"anchors":["<32 bytes hex>",…]` (cluster anchors, part of both policies alike: carried
+//! over unchanged). Rows stored before threshold keys' changes have neither: wallets.
 
+use custos_cloud_api::approval::new_threshold_policy;
 use custos_cloud_api::key_policy::{change_view, policies};
 use custos_cloud_api::KeyPolicyChange;
+use custos_wire::approval::THRESHOLD_SCOPE;
 use custos_wire::policy::KeyPolicy;
 use serde::{Deserialize, Serialize};
 
 use super::KeyId;
 
-/// A wallet's approver group change.
+/// A wallet's or threshold key's approver group change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyTerms {
-    /// The wallet.
+    /// The wallet, or the threshold key (its joint public key).
     #[serde(with = "super::hex_bytes")]
     pub root_id: KeyId,
-    /// Version of the policy in force when the request was made (0: a legacy wallet).
+    /// Version of the policy in force when the request was made (0: a legacy key).
     pub current_version: u32,
-    /// Its group (empty for a legacy wallet), sorted.
+    /// Its group (empty for a legacy key), sorted.
     #[serde(with = "super::hex_list")]
     pub current_group: Vec<[u8; 32]>,
     /// Its hash: what the TEE compares with the policy it holds.
@@ -36,6 +42,18 @@ pub struct PolicyTerms {
     pub group: Vec<[u8; 32]>,
     /// The new quorum.
     pub quorum: u8,
+    /// A threshold key's clusters, by share index: the change is sent to each, approved
+    /// once for all of them ([`THRESHOLD_SCOPE`]). Empty for a wallet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    /// A threshold key's cluster anchors (genesis ids by share index), in the policy in
+    /// force and carried over into the new one. Empty when it has none (and for a wallet).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::fingerprint_list"
+    )]
+    pub anchors: Vec<[u8; 32]>,
 }
 
 impl PolicyTerms {
@@ -49,16 +67,38 @@ impl PolicyTerms {
             version: new.version,
             group: new.group.clone(),
             quorum: new.quorum,
+            clusters: Vec::new(),
+            anchors: Vec::new(),
         }
+    }
+
+    /// The terms replacing `current` of threshold key `key_id`, whose shares are held by
+    /// `clusters`, by `new` with the cluster anchors `anchors` both carry.
+    pub fn threshold(
+        key_id: KeyId,
+        clusters: Vec<String>,
+        anchors: Vec<[u8; 32]>,
+        current: &KeyPolicy,
+        new: &KeyPolicy,
+    ) -> Self {
+        PolicyTerms {
+            clusters,
+            anchors,
+            ..Self::new(key_id, current, new)
+        }
+    }
+
+    /// Whether this changes a threshold key's policy (on every cluster of the key, under
+    /// one approval message of scope [`THRESHOLD_SCOPE`]).
+    pub fn is_threshold(&self) -> bool {
+        !self.clusters.is_empty()
     }
 
     /// The new policy, as approved and sent.
     pub fn policy(&self) -> KeyPolicy {
         KeyPolicy {
             version: self.version,
-            group: self.group.clone(),
-            quorum: self.quorum,
-            rules: Vec::new(),
+            ..new_threshold_policy(self.group.clone(), self.quorum, &self.anchors)
         }
     }
 
@@ -69,9 +109,7 @@ impl PolicyTerms {
         } else {
             KeyPolicy {
                 version: self.current_version,
-                group: self.current_group.clone(),
-                quorum: current_quorum,
-                rules: Vec::new(),
+                ..new_threshold_policy(self.current_group.clone(), current_quorum, &self.anchors)
             }
         };
         let mut view = change_view(&current, &self.policy());
@@ -82,8 +120,42 @@ impl PolicyTerms {
     }
 
     /// Checks with the approvers' own rebuild: the group in force hashes to `prev`, the new
-    /// policy is valid and one version later.
+    /// policy is valid and one version later; a threshold key's clusters are names, distinct,
+    /// and its anchors (if any) one per cluster; a wallet's change has no anchors. The scope
+    /// ([`THRESHOLD_SCOPE`] for a threshold key) is checked by [`super::Terms::check`].
     pub fn check(&self, current_quorum: u8) -> Result<(), String> {
-        policies(&self.view(current_quorum), current_quorum).map(|_| ())
+        if self.is_threshold() {
+            for (i, c) in self.clusters.iter().enumerate() {
+                custos_pki::check_name(c).map_err(|e| e.to_string())?;
+                if self.clusters[..i].contains(c) {
+                    return Err(format!("cluster {c} named twice"));
+                }
+            }
+            if !self.anchors.is_empty() && self.anchors.len() != self.clusters.len() {
+                return Err(format!(
+                    "{} cluster anchors for {} clusters",
+                    self.anchors.len(),
+                    self.clusters.len()
+                ));
+            }
+            bitcoin::secp256k1::PublicKey::from_slice(&self.root_id)
+                .map_err(|_| "key id is not a point of secp256k1".to_string())?;
+        } else if !self.anchors.is_empty() {
+            return Err("a wallet's policy has no cluster anchors".into());
+        }
+        policies(&self.view(current_quorum), current_quorum, &self.anchors).map(|_| ())
+    }
+
+    /// Where the change applies, in words: "cluster dc1" for a wallet's (`cluster`: the
+    /// request's), "clusters dc1, dc2 (one approval for all)" for a threshold key's.
+    pub fn place(&self, cluster: &str) -> String {
+        if self.is_threshold() {
+            format!(
+                "clusters {} (one approval for all, scope {THRESHOLD_SCOPE})",
+                self.clusters.join(", ")
+            )
+        } else {
+            format!("cluster {cluster}")
+        }
     }
 }

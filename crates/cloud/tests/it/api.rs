@@ -112,6 +112,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/threshold/sign"),
     ("post", "/v1/threshold/keys/{key_id}/presignatures"),
     ("get", "/v1/threshold/keys/{key_id}/presignatures"),
+    ("get", "/v1/threshold/keys/{key_id}/policy"),
+    ("put", "/v1/threshold/keys/{key_id}/policy"),
     ("post", "/v1/clusters/{name}/genesis"),
     ("post", "/v1/clusters/{name}/members"),
     ("get", "/v1/clusters/{name}/members"),

@@ -13,3 +13,4 @@ mod scripted;
 mod service;
 mod store;
 mod threshold;
+mod threshold_policy;

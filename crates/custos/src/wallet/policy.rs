@@ -1,7 +1,8 @@
-//! `custos wallet policy`: shows a wallet's approver group as a node's TEE holds it
-//! (`--show`), or records a request that replaces it by a new group and quorum. A quorum of
-//! the group **in force** approves that request with `custos approve`; an admin outside it
-//! is refused by name.
+//! `custos wallet policy`: shows a wallet's (`--root`) or threshold key's (`--threshold-key`)
+//! approver group as a node's TEE holds it (`--show`), or records a request that replaces it
+//! by a new group and quorum. A quorum of the group **in force** approves that request with
+//! `custos approve` (a threshold key's once for all its clusters); an admin outside it is
+//! refused by name. A threshold key's quorum is part of the key: `--quorum` must repeat it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,8 +25,17 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub api_root_ca: Option<PathBuf>,
     /// The wallet (hex of its 33-byte root public key).
-    #[arg(long = "root", value_name = "ROOT_ID")]
-    pub root: String,
+    #[arg(
+        long = "root",
+        value_name = "ROOT_ID",
+        required_unless_present = "threshold_key",
+        conflicts_with = "threshold_key"
+    )]
+    pub root: Option<String>,
+    /// Instead of a wallet, the threshold key (hex of its 33-byte joint public key): its
+    /// group changes on every cluster holding a share.
+    #[arg(long = "threshold-key", value_name = "KEY_ID")]
+    pub threshold_key: Option<String>,
     /// Show the group in force instead of changing it.
     #[arg(long, conflicts_with_all = ["group", "group_certs", "quorum"])]
     pub show: bool,
@@ -53,32 +63,47 @@ pub enum PolicyOutcome {
 /// Runs `custos wallet policy`.
 pub async fn run(args: &PolicyArgs, out: &mut dyn Write) -> Result<PolicyOutcome, WalletCliError> {
     let client = client(&args.api, &args.token, args.api_root_ca.as_deref())?;
+    // clap requires exactly one of them; a caller building the arguments may name neither.
+    let (key, threshold) = match (&args.root, &args.threshold_key) {
+        (Some(root), None) => (root, false),
+        (None, Some(key)) => (key, true),
+        _ => return Err(WalletCliError::PolicyKey),
+    };
     if args.show {
-        let policy = client.wallet_policy(&args.root).await?;
-        show_policy(&policy, out)?;
+        let policy = if threshold {
+            client.threshold_key_policy(key).await?
+        } else {
+            client.wallet_policy(key).await?
+        };
+        show_policy(&policy, threshold, out)?;
         return Ok(PolicyOutcome::Shown(policy));
     }
     // Checked before any call, so a mistyped command costs nothing.
     let quorum = args.quorum.ok_or(WalletCliError::NoQuorum)?;
     let group = named_group(&args.group, &args.group_certs)?;
-    let view = client
-        .set_wallet_policy(
-            &args.root,
-            &KeyPolicyBody {
-                group,
-                quorum,
-                request_id: None,
-                expires_at: None,
-            },
-        )
-        .await?;
+    let body = KeyPolicyBody {
+        group,
+        quorum,
+        request_id: None,
+        expires_at: None,
+    };
+    let view = if threshold {
+        client.set_threshold_key_policy(key, &body).await?
+    } else {
+        client.set_wallet_policy(key, &body).await?
+    };
     show_request(&view, out)?;
     Ok(PolicyOutcome::Proposed(Box::new(view)))
 }
 
-fn show_policy(p: &KeyPolicyView, out: &mut dyn Write) -> Result<(), WalletCliError> {
+fn show_policy(
+    p: &KeyPolicyView,
+    threshold: bool,
+    out: &mut dyn Write,
+) -> Result<(), WalletCliError> {
+    let what = if threshold { "threshold key" } else { "wallet" };
     let mut text = format!(
-        "wallet {}: policy version {} (hash {}, reported by node {})\n",
+        "{what} {}: policy version {} (hash {}, reported by node {})\n",
         p.root_id, p.version, p.hash, p.node
     );
     if p.group.is_empty() {
@@ -94,6 +119,15 @@ fn show_policy(p: &KeyPolicyView, out: &mut dyn Write) -> Result<(), WalletCliEr
         ));
         for fp in &p.group {
             text.push_str(&format!("  {fp}\n"));
+        }
+    }
+    if let Some(anchors) = &p.anchors {
+        text.push_str(
+            "co-signers of each share's cluster count only as members of its governance log \
+             (genesis id, by share):\n",
+        );
+        for (i, a) in anchors.iter().enumerate() {
+            text.push_str(&format!("  {i}: {a}\n"));
         }
     }
     out.write_all(text.as_bytes())

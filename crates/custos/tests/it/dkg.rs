@@ -189,6 +189,12 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
     assert_eq!(recovered, child, "v does not recover the child key");
 
     rogue_co_signer_refused(&dep, &alice, &made.key_id, digest, path);
+    rt.block_on(group_changed_on_every_cluster(
+        &dep,
+        &client,
+        &made.key_id,
+        &geneses,
+    ));
 
     eprintln!(
         "deployment + primes [{:.1} s], DKG 2-of-3 through the cloud server [{:.1} s], \
@@ -198,6 +204,122 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
         sign_took.as_secs_f64(),
         began.elapsed().as_secs_f64()
     );
+}
+
+/// The key's group changes from alice to bob through `PUT /v1/threshold/keys/{id}/policy`:
+/// one approval by alice (the group in force) for every cluster (`*threshold*` scope,
+/// recomputed from the view as `custos approve` does), the anchors carried over. Each
+/// cluster's TEE then holds the new policy; a signing approved by alice is refused, by bob
+/// accepted.
+async fn group_changed_on_every_cluster(
+    dep: &custos::deployment::Deployment,
+    client: &custos_cloud_api::client::CloudClient,
+    key_id: &str,
+    geneses: &[String],
+) {
+    use custos_cloud_api::KeyPolicyBody;
+    let alice = dep.admin("alice").unwrap();
+    // A second admin of the Admin CA, enrolled now.
+    let bob = dep
+        .admin_folder("bob")
+        .unwrap()
+        .enroll("bob", &dep.pki)
+        .unwrap();
+    let before = client.threshold_key_policy(key_id).await.unwrap();
+    assert_eq!(
+        (before.version, before.quorum, &before.group),
+        (1, 1, &vec![hex::encode(alice.key_fingerprint())])
+    );
+    assert_eq!(before.anchors.as_deref(), Some(geneses));
+    let change = client
+        .set_threshold_key_policy(
+            key_id,
+            &KeyPolicyBody {
+                group: vec![hex::encode(bob.key_fingerprint())],
+                quorum: 1,
+                request_id: None,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(change.anchors.as_deref(), Some(geneses));
+    // Bob, of the new group only, does not count; alice's approval changes every cluster.
+    let e = approve(client, &bob, &change.id).await.unwrap_err();
+    assert!(e.to_string().contains("approver_not_in_group"), "{e}");
+    let done = approve(client, &alice, &change.id).await.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    let after = client.threshold_key_policy(key_id).await.unwrap();
+    assert_eq!(
+        (after.version, &after.group, after.anchors.as_deref()),
+        (2, &vec![hex::encode(bob.key_fingerprint())], Some(geneses))
+    );
+    // `custos wallet policy --threshold-key <id> --show` shows it with its anchors.
+    let mut out = Vec::new();
+    let show = custos::wallet::policy::PolicyArgs {
+        api: dep.api_url.clone(),
+        token: dep.api_token.clone(),
+        api_root_ca: None,
+        root: None,
+        threshold_key: Some(key_id.into()),
+        show: true,
+        group: vec![],
+        group_certs: vec![],
+        quorum: None,
+    };
+    let shown = custos::wallet::policy::run(&show, &mut out).await.unwrap();
+    assert_eq!(
+        shown,
+        custos::wallet::policy::PolicyOutcome::Shown(after.clone())
+    );
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains(&format!("threshold key {key_id}: policy version 2"))
+            && out.contains(&format!("2: {}", geneses[2])),
+        "{out}"
+    );
+    let key = hex::decode(key_id).unwrap();
+    for c in CLUSTERS {
+        let node = &dep.cluster(c).unwrap().nodes[0];
+        let mut tee = node.tee.client().unwrap();
+        let Response::KeyPolicy { policy, .. } = tee
+            .call(&Request::GetKeyPolicy {
+                key_id: key.clone(),
+            })
+            .unwrap()
+        else {
+            panic!("{c}: no policy");
+        };
+        assert_eq!(hex::encode(policy.hash()), after.hash, "{c}");
+    }
+    let sign = |by| {
+        let by: custos_pki::AdminSigner = by;
+        async move {
+            let request = client
+                .threshold_sign(&ThresholdSignBody {
+                    key_id: key_id.into(),
+                    path: "m/1".into(),
+                    digest: hex::encode(rand::random::<[u8; 32]>()),
+                    message: None,
+                    clusters: Some(vec!["dc1".into(), "dc2".into()]),
+                    request_id: None,
+                    expires_at: None,
+                    approvals: Vec::new(),
+                })
+                .await
+                .unwrap();
+            approve(client, &by, &request.id).await.unwrap()
+        }
+    };
+    let refused = sign(alice).await;
+    assert_ne!(refused.status, RequestStatus::Completed, "{refused:?}");
+    let error = refused.error.expect("why it was refused");
+    assert!(
+        format!("{}: {}", error.code, error.message).contains("approver_not_in_group"),
+        "{error:?}"
+    );
+    let signed = sign(bob).await;
+    assert_eq!(signed.status, RequestStatus::Completed, "{signed:?}");
 }
 
 /// Attacker's test (issue 12, item 1, threshold participation): a P-256 key made outside

@@ -251,7 +251,7 @@ impl Cloud {
 
     /// The threshold key `key_id` of `tenant`: another tenant's key is unknown, exactly as
     /// one that does not exist.
-    pub(super) async fn threshold_key_row(
+    pub(in crate::service) async fn threshold_key_row(
         &self,
         tenant: &str,
         key_id: &str,

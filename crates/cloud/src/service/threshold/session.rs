@@ -174,9 +174,10 @@ pub(super) fn still_open(a: &Result<TeeAnswer, CallError>) -> bool {
     )
 }
 
-/// Link request id of a participant's `ThresholdStart`: the same for every send of one
-/// attempt to one cluster, so that the link's exactly-once store answers a resend with the
-/// first answer instead of opening the session twice.
+/// Link request id of a participant's `ThresholdStart` (and of a threshold key's policy
+/// change sent to one cluster): the same for every send of one attempt to one cluster, so
+/// that the link's exactly-once store answers a resend with the first answer instead of
+/// opening the session twice.
 pub(crate) fn start_link_id(request_id: &[u8; 16], attempt: u8, cluster: &str) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(b"custos-threshold-start");
