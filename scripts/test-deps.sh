@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, what the test suite needs beyond Rust and a C compiler,
+# when it is missing (as root, or through sudo):
+#   * libtss2-dev + pkg-config: the TPM 2.0 platform (feature `tpm` of custos-tee-host) links libtss2;
+#   * swtpm, swtpm-tools: the software TPM the TPM tests start on loopback ports;
+#   * softhsm2: the PKCS#11 token the admin-key test signs approvals with.
+set -euo pipefail
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null || need+=(libtss2-dev)
+command -v swtpm >/dev/null 2>&1 || need+=(swtpm swtpm-tools)
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
