@@ -34,13 +34,13 @@ use zeroize::Zeroizing;
 pub(crate) mod db;
 pub(crate) mod digest;
 
-pub use db::MAX_RECORD_LEN;
 use db::SealedDb;
+pub use db::MAX_RECORD_LEN;
 
 const META_FILE: &str = "store.meta";
 const META_MAGIC: &str = "CUSTOS-SEALED-STORE-V1";
 use db::{CANARY, CANARY_BODY, CANARY_BODY_V1};
-const COUNTER: &str = "counter";
+pub(crate) const COUNTER: &str = "counter";
 const DB_FILE: &str = "sealed.redb";
 
 /// Argon2id parameters for passphrase-derived sealing keys (OWASP's first recommendation).
@@ -443,6 +443,20 @@ pub(crate) fn check_canary(
     }
 }
 
+/// The value of the store's `counter` record ([`Platform::counter_increment`]; 0 before the
+/// first increment).
+pub(crate) fn read_counter(platform: &mut impl Platform, dir: &Path) -> Result<u64, StoreError> {
+    let counter = RecordId::new(COUNTER).expect("valid");
+    match platform.unseal(&counter) {
+        Ok(Some(b)) if b.len() == 8 => Ok(u64::from_be_bytes(b[..].try_into().expect("8"))),
+        Ok(None) => Ok(0),
+        _ => Err(StoreError::Meta {
+            path: dir.display().to_string(),
+            reason: "monotonic counter record is corrupt".into(),
+        }),
+    }
+}
+
 /// The software platform over a sealed store directory.
 pub struct SoftwarePlatform {
     dir: PathBuf,
@@ -473,17 +487,7 @@ impl SoftwarePlatform {
             counter: 0,
         };
         check_canary(&mut platform, dir, fresh)?;
-        let counter = RecordId::new(COUNTER).expect("valid");
-        platform.counter = match platform.unseal(&counter) {
-            Ok(Some(b)) if b.len() == 8 => u64::from_be_bytes(b[..].try_into().expect("8")),
-            Ok(None) => 0,
-            _ => {
-                return Err(StoreError::Meta {
-                    path: dir.display().to_string(),
-                    reason: "monotonic counter record is corrupt".into(),
-                })
-            }
-        };
+        platform.counter = read_counter(&mut platform, dir)?;
         Ok(platform)
     }
 

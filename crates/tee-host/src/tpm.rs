@@ -36,14 +36,15 @@ pub use device::PcrSelection;
 use device::{SealedKeyBlobs, TpmDevice, TpmFailure};
 
 use crate::sealed::db::SealedDb;
-use crate::sealed::{check_canary, open_meta, operator_key, write_atomic, SealingKeySource};
+use crate::sealed::{
+    check_canary, open_meta, operator_key, read_counter, write_atomic, SealingKeySource, COUNTER,
+};
 use crate::StoreError;
 
 /// The default NV index of the store's counter (owner range of the TCG handle registry).
 pub const DEFAULT_NV_INDEX: u32 = 0x0100_C057;
 const BLOBS_FILE: &str = "tpm.bin";
 const DB_FILE: &str = "sealed.redb";
-const COUNTER: &str = "counter";
 const SEAL_AUTH_DOMAIN: &[u8] = b"CUSTOS-TPM-SEAL-AUTH-V1\0";
 const NV_AUTH_DOMAIN: &[u8] = b"CUSTOS-TPM-NV-AUTH-V1\0";
 
@@ -207,17 +208,15 @@ impl TpmPlatform {
                             f.reason
                         ),
                     },
-                    device::FailureKind::Other if f.what == "load sealed key" => {
-                        StoreError::Tpm {
-                            path: dir.display().to_string(),
-                            what: "load sealed key",
-                            reason: format!(
-                                "this TPM cannot load the store's key: it was sealed by \
+                    device::FailureKind::Other if f.what == "load sealed key" => StoreError::Tpm {
+                        path: dir.display().to_string(),
+                        what: "load sealed key",
+                        reason: format!(
+                            "this TPM cannot load the store's key: it was sealed by \
                                  another TPM ({})",
-                                f.reason
-                            ),
-                        }
-                    }
+                            f.reason
+                        ),
+                    },
                     device::FailureKind::Other => tpm_err(dir, f),
                 })?
         };
@@ -231,7 +230,9 @@ impl TpmPlatform {
                 Ok(c) => c,
                 Err(f) if !fresh => {
                     // Defined by the interrupted creation: it is this store's.
-                    device.counter(nv_index, &nv_auth).map_err(|_| tpm_err(dir, f))?
+                    device
+                        .counter(nv_index, &nv_auth)
+                        .map_err(|_| tpm_err(dir, f))?
                 }
                 Err(f) => return Err(tpm_err(dir, f)),
             };
@@ -245,7 +246,11 @@ impl TpmPlatform {
         let epoch = db.epoch();
         if epoch == counter + 1 {
             // The last commit reached the store, not the counter: finish it.
-            tracing::warn!(epoch, counter, "finishing a commit interrupted before the TPM counter");
+            tracing::warn!(
+                epoch,
+                counter,
+                "finishing a commit interrupted before the TPM counter"
+            );
             device
                 .increment(nv_index, &nv_auth)
                 .map_err(|f| tpm_err(dir, f))?;
@@ -281,17 +286,7 @@ impl TpmPlatform {
             poisoned: None,
         };
         check_canary(&mut platform, dir, fresh || never_committed)?;
-        let counter_id = RecordId::new(COUNTER).expect("valid");
-        platform.counter = match platform.db.unseal(&counter_id) {
-            Ok(Some(b)) if b.len() == 8 => u64::from_be_bytes(b[..].try_into().expect("8")),
-            Ok(None) => 0,
-            _ => {
-                return Err(StoreError::Meta {
-                    path: dir.display().to_string(),
-                    reason: "counter record is corrupt".into(),
-                })
-            }
-        };
+        platform.counter = read_counter(&mut platform, dir)?;
         Ok(platform)
     }
 
