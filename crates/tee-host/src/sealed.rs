@@ -288,6 +288,20 @@ pub(crate) fn open_meta(
     if fresh && !create {
         return Err(StoreError::Missing(dir.display().to_string()));
     }
+    if fresh {
+        // Never a new store over an old one's records: they would be lost under a new key.
+        for file in [DB_FILE, "tpm.bin"] {
+            if dir.join(file).exists() {
+                return Err(StoreError::Meta {
+                    path: meta_path.display().to_string(),
+                    reason: format!(
+                        "missing while the store's {file} exists; restore it (a new store is \
+                         made only in an empty folder)"
+                    ),
+                });
+            }
+        }
+    }
     let meta = if fresh {
         let rng = SystemRandom::new();
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;

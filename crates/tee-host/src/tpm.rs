@@ -150,7 +150,15 @@ impl TpmPlatform {
         let mut device = TpmDevice::connect(&options.tcti).map_err(|f| tpm_err(dir, f))?;
         let blobs_path = dir.join(BLOBS_FILE);
         let os = SystemRandom::new();
-        let key = if fresh || !blobs_path.exists() {
+        if !fresh && !blobs_path.exists() {
+            return Err(StoreError::Meta {
+                path: blobs_path.display().to_string(),
+                reason: "missing: without the TPM's blobs of its key the store cannot be opened \
+                         (restore the file; a new key is made only for a new store)"
+                    .into(),
+            });
+        }
+        let key = if fresh {
             let mut key = Zeroizing::new([0u8; 32]);
             os.fill(&mut key[..]).map_err(|_| StoreError::Io {
                 path: dir.display().to_string(),
@@ -213,7 +221,7 @@ impl TpmPlatform {
                         what: "load sealed key",
                         reason: format!(
                             "this TPM cannot load the store's key: it was sealed by \
-                                 another TPM ({})",
+                                 another TPM, or its blobs were changed ({})",
                             f.reason
                         ),
                     },
@@ -222,23 +230,26 @@ impl TpmPlatform {
         };
         let nv_auth = domain_hash(NV_AUTH_DOMAIN, &key[..]);
         let mut db = SealedDb::open(&dir.join(DB_FILE), meta.store_id, &key, false)?;
-        let never_committed = db.epoch() == 0;
-        let counter = if fresh || (never_committed && create) {
-            // A new store (or one whose creation stopped before its first commit) starts at
-            // the counter's value.
-            let c = match device.define_counter(nv_index, &nv_auth) {
-                Ok(c) => c,
-                Err(f) if !fresh => {
-                    // Defined by the interrupted creation: it is this store's.
-                    device
-                        .counter(nv_index, &nv_auth)
-                        .map_err(|_| tpm_err(dir, f))?
-                }
-                Err(f) => return Err(tpm_err(dir, f)),
-            };
+        let counter = if fresh {
+            // A new store starts at its counter's value.
+            let c = device
+                .define_counter(nv_index, &nv_auth)
+                .map_err(|f| tpm_err(dir, f))?;
             db.start_epoch_at(c);
             c
         } else {
+            if db.epoch() == 0 {
+                // Its creation stopped before the first commit, or its records were wiped:
+                // either way nothing says which state is the latest, so it is not adopted.
+                return Err(StoreError::Tampered {
+                    path: dir.display().to_string(),
+                    reason: format!(
+                        "it has no epoch record (emptied, or its creation was cut short); \
+                         start again with a new store folder and NV index (the counter at \
+                         {nv_index:#010x} belongs to this store)"
+                    ),
+                });
+            }
             device
                 .counter(nv_index, &nv_auth)
                 .map_err(|f| tpm_err(dir, f))?
@@ -285,7 +296,7 @@ impl TpmPlatform {
             counter: 0,
             poisoned: None,
         };
-        check_canary(&mut platform, dir, fresh || never_committed)?;
+        check_canary(&mut platform, dir, fresh)?;
         platform.counter = read_counter(&mut platform, dir)?;
         Ok(platform)
     }
@@ -326,6 +337,7 @@ impl Platform for TpmPlatform {
 
     fn commit(&mut self) -> Result<(), PlatformError> {
         if let Some(why) = &self.poisoned {
+            self.db.discard_pending();
             return Err(PlatformError::Io(why.clone()));
         }
         if self.db.commit()?.is_none() {
@@ -339,13 +351,17 @@ impl Platform for TpmPlatform {
                 f.what,
                 f.reason
             );
+            // The host exits on this error (nothing more can be committed), so that a
+            // restart finishes the commit and the core's memory matches the store again.
             tracing::error!(%why, "TPM counter not advanced");
             self.poisoned = Some(why.clone());
             return Err(PlatformError::Io(why));
         }
         if let Ok(t) = self.device.random(32) {
-            self.pool.copy_from_slice(&t);
-            self.draws = 0;
+            if t.len() == 32 {
+                self.pool.copy_from_slice(&t);
+                self.draws = 0;
+            }
         }
         Ok(())
     }

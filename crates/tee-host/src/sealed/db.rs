@@ -49,6 +49,8 @@ pub(crate) struct SealedDb {
     set: SetDigest,
     /// The committed epoch (0: no epoch record yet, a store made before epochs).
     epoch: u64,
+    /// Why no commit is possible any more (the set digest could not be restored).
+    broken: Option<String>,
 }
 
 impl SealedDb {
@@ -74,6 +76,7 @@ impl SealedDb {
             pending: BTreeMap::new(),
             set: SetDigest::new(),
             epoch: 0,
+            broken: None,
         };
         let io = |e: PlatformError| StoreError::Io {
             path: path.display().to_string(),
@@ -218,6 +221,11 @@ impl SealedDb {
         Ok(())
     }
 
+    /// Drops every pending write.
+    pub(crate) fn discard_pending(&mut self) {
+        self.pending.clear();
+    }
+
     /// Deletes record `id`, pending until commit.
     pub(crate) fn remove(&mut self, id: &RecordId) {
         self.pending.insert(id.as_str().to_string(), None);
@@ -314,6 +322,10 @@ impl SealedDb {
     /// one durable transaction, and returns the new epoch; nothing when nothing is pending.
     /// On failure every pending write is discarded and the store is as before.
     pub(crate) fn commit(&mut self) -> Result<Option<u64>, PlatformError> {
+        if let Some(why) = &self.broken {
+            self.pending.clear();
+            return Err(PlatformError::Io(why.clone()));
+        }
         if self.pending.is_empty() {
             return Ok(None);
         }
@@ -352,11 +364,18 @@ impl SealedDb {
                 wtx.commit().map_err(db_err)
             });
         if let Err(e) = written {
-            // Back to the committed set: the digest follows what is on disk.
+            // Back to the committed set: the digest follows what is on disk. A record that
+            // cannot be read back leaves the digest unknown, and the next commit would seal
+            // a wrong one: refuse commits then rather than make a false alarm.
             let mut touched = Vec::with_capacity(pending.len());
             for name in pending.keys() {
-                let before = self.read_committed(name).ok().flatten();
-                touched.push(self.set.set(name, before.as_deref()));
+                match self.read_committed(name) {
+                    Ok(before) => touched.push(self.set.set(name, before.as_deref())),
+                    Err(read) => {
+                        self.broken =
+                            Some(format!("record set unknown after a failed commit: {read}"));
+                    }
+                }
             }
             self.set.refresh(touched);
             return Err(e);

@@ -237,8 +237,24 @@ impl TpmDevice {
 
     /// Random bytes from the TPM.
     pub(crate) fn random(&mut self, n: usize) -> Result<Zeroizing<Vec<u8>>, TpmFailure> {
-        let d = self.ctx.get_random(n).map_err(fail("get random"))?;
-        Ok(Zeroizing::new(d.value().to_vec()))
+        // A TPM may return fewer bytes than asked: ask again, a bounded number of times.
+        let mut out = Zeroizing::new(Vec::with_capacity(n));
+        for _ in 0..8 {
+            let d = self
+                .ctx
+                .get_random(n - out.len())
+                .map_err(fail("get random"))?;
+            out.extend_from_slice(d.value());
+            if out.len() >= n {
+                out.truncate(n);
+                return Ok(out);
+            }
+        }
+        Err(TpmFailure {
+            what: "get random",
+            reason: format!("the TPM gave {} of {n} bytes", out.len()),
+            kind: FailureKind::Other,
+        })
     }
 
     /// The storage key: a primary key derived from the owner hierarchy's seed, so the same
@@ -307,6 +323,36 @@ impl TpmDevice {
         }
     }
 
+    /// An HMAC session salted with `key` (the storage key), encrypting command and response
+    /// parameters.
+    fn salted_session(&mut self, key: KeyHandle) -> Result<AuthSession, TpmFailure> {
+        let session = self
+            .ctx
+            .start_auth_session(
+                Some(key),
+                None,
+                None,
+                SessionType::Hmac,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(fail("start salted session"))?
+            .ok_or_else(|| TpmFailure {
+                what: "start salted session",
+                reason: "no session returned".into(),
+                kind: FailureKind::Other,
+            })?;
+        let (attrs, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(true)
+            .with_encrypt(true)
+            .build();
+        if let Err(e) = self.ctx.tr_sess_set_attributes(session, attrs, mask) {
+            self.flush(SessionHandle::from(session));
+            return Err(fail("session attributes")(e));
+        }
+        Ok(session)
+    }
+
     /// Seals `key` under the storage key, unsealable only with `auth` while `pcrs` hold
     /// their current values.
     pub(crate) fn seal_key(
@@ -318,14 +364,23 @@ impl TpmDevice {
         let (trial, policy) = self.pcr_auth_policy(SessionType::Trial, None, pcrs)?;
         self.flush(SessionHandle::from(trial));
         let template = sealed_template(policy)?;
-        let srk = self.srk()?;
         let secret = SensitiveData::try_from(key.to_vec()).map_err(fail("store key"))?;
         let auth = Auth::try_from(auth.to_vec()).map_err(fail("auth value"))?;
-        let created = self.ctx.execute_with_nullauth_session(|c| {
-            c.create(srk, template, Some(auth), Some(secret), None, None)
+        let srk = self.srk()?;
+        // A session salted with the storage key and parameter encryption: the key and the
+        // auth value never cross the bus in clear.
+        let created = self.salted_session(srk).and_then(|session| {
+            let r = self
+                .ctx
+                .execute_with_session(Some(session), |c| {
+                    c.create(srk, template, Some(auth), Some(secret), None, None)
+                })
+                .map_err(fail("seal store key"));
+            self.flush(SessionHandle::from(session));
+            r
         });
         self.flush(srk);
-        let created = created.map_err(fail("seal store key"))?;
+        let created = created?;
         Ok(SealedKeyBlobs {
             public: created
                 .out_public
@@ -475,9 +530,40 @@ impl TpmDevice {
         r
     }
 
-    /// The counter's value.
+    /// The counter's value. The index must still be what [`TpmDevice::define_counter`] made:
+    /// a counter (which never goes back, even undefined and defined again) that only its auth
+    /// value writes; an ordinary index defined in its place could be set to any value.
     pub(crate) fn counter(&mut self, index: u32, auth: &[u8; 32]) -> Result<u64, TpmFailure> {
         let h = self.counter_handle(index, auth)?;
+        let public = self
+            .ctx
+            .execute_without_session(|c| c.nv_read_public(h))
+            .map(|(public, _name)| public)
+            .map_err(fail("read counter public"));
+        let attrs = match public {
+            Ok(p) => p.attributes(),
+            Err(e) => {
+                self.ctx.tr_close(&mut ObjectHandle::from(h)).ok();
+                return Err(e);
+            }
+        };
+        let is_counter = matches!(attrs.index_type(), Ok(NvIndexType::Counter));
+        if !is_counter
+            || !attrs.auth_write()
+            || attrs.owner_write()
+            || attrs.pp_write()
+            || attrs.policy_write()
+        {
+            self.ctx.tr_close(&mut ObjectHandle::from(h)).ok();
+            return Err(TpmFailure {
+                what: "read counter",
+                reason: format!(
+                    "NV index {index:#010x} is no longer the store's counter (another kind of \
+                     index, or writable by others): it was replaced"
+                ),
+                kind: FailureKind::Other,
+            });
+        }
         let r = self
             .ctx
             .execute_with_nullauth_session(|c| c.nv_read(NvAuth::NvIndex(h), h, 8, 0))

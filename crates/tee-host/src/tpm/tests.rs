@@ -4,9 +4,12 @@
 use std::str::FromStr;
 
 use custos_test_kit::swtpm::Swtpm;
-use tss_esapi::handles::PcrHandle;
+use tss_esapi::attributes::NvIndexAttributesBuilder;
+use tss_esapi::constants::nv_index_type::NvIndexType;
+use tss_esapi::handles::{NvIndexTpmHandle, PcrHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::structures::{Digest as TpmDigest, DigestValues};
+use tss_esapi::interface_types::resource_handles::Provision;
+use tss_esapi::structures::{Digest as TpmDigest, DigestValues, NvPublicBuilder};
 use tss_esapi::tcti_ldr::TctiNameConf;
 
 use super::*;
@@ -149,6 +152,10 @@ fn a_commit_cut_before_the_counter_is_finished_at_the_next_open() {
     assert!(e.to_string().contains("did not advance"), "{e}");
     p.seal(&id("wallet/02"), b"another").unwrap();
     assert!(p.commit().is_err(), "a poisoned store committed again");
+    assert!(
+        p.unseal(&id("wallet/02")).unwrap().is_none(),
+        "a refused commit left its writes visible"
+    );
     let written = p.epoch();
     drop(p);
     f.tpm.run();
@@ -230,4 +237,79 @@ fn another_operator_key_changed_pcrs_or_another_tpm_cannot_open_the_store() {
     let e = f.open(false).err().expect("opened with other PCR values");
     assert_eq!(e.code(), "tpm_error", "{e}");
     assert!(e.to_string().contains("PCRs sha256:23 differ"), "{e}");
+}
+
+/// Someone with the folder (not the TPM's secrets) empties or removes parts of it: never a
+/// silent new start, never a new key over the old one.
+#[test]
+fn a_store_emptied_or_missing_its_files_is_refused_by_name() {
+    let Some(f) = Fixture::new() else { return };
+    let mut p = f.open(true).unwrap();
+    p.seal(&id("wallet/01"), b"wallet").unwrap();
+    p.commit().unwrap();
+    drop(p);
+    let keep = f.root.path().join("keep");
+    copy_dir(&f.store(), &keep);
+
+    // The records replaced by an empty database, even with --init.
+    std::fs::remove_file(f.store().join(DB_FILE)).unwrap();
+    drop(redb::Database::create(f.store().join(DB_FILE)).unwrap());
+    let e = f.open(true).err().expect("an emptied store was opened");
+    assert_eq!(e.code(), "store_tampered", "{e}");
+    replace_dir(&f.store(), &keep);
+
+    // The TPM's blobs gone: named, and no new key is made in their place.
+    std::fs::remove_file(f.store().join(BLOBS_FILE)).unwrap();
+    let e = f.open(true).err().expect("opened without tpm.bin");
+    assert_eq!(e.code(), "store_meta", "{e}");
+    assert!(!f.store().join(BLOBS_FILE).exists());
+    replace_dir(&f.store(), &keep);
+
+    // store.meta gone: --init does not make a new store over the old records.
+    std::fs::remove_file(f.store().join("store.meta")).unwrap();
+    let e = f
+        .open(true)
+        .err()
+        .expect("a new store was made over old records");
+    assert_eq!(e.code(), "store_meta", "{e}");
+    replace_dir(&f.store(), &keep);
+    let mut p = f.open(false).expect("the store put back as it was opens");
+    assert!(p.unseal(&id("wallet/01")).unwrap().is_some());
+}
+
+/// The counter undefined by the owner and an ordinary index defined in its place (which,
+/// unlike a counter, could be written back to an old value): refused by name.
+#[test]
+fn a_counter_replaced_by_an_ordinary_index_is_refused() {
+    let Some(f) = Fixture::new() else { return };
+    drop(f.open(true).unwrap());
+    {
+        let mut ctx =
+            tss_esapi::Context::new(TctiNameConf::from_str(&f.tpm.tcti()).unwrap()).unwrap();
+        let index = NvIndexTpmHandle::new(DEFAULT_NV_INDEX).unwrap();
+        let h = ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(index)))
+            .unwrap();
+        ctx.execute_with_nullauth_session(|c| c.nv_undefine_space(Provision::Owner, h.into()))
+            .unwrap();
+        let attrs = NvIndexAttributesBuilder::new()
+            .with_nv_index_type(NvIndexType::Ordinary)
+            .with_owner_write(true)
+            .with_owner_read(true)
+            .with_auth_read(true)
+            .build()
+            .unwrap();
+        let public = NvPublicBuilder::new()
+            .with_nv_index(index)
+            .with_index_name_algorithm(HashingAlgorithm::Sha256)
+            .with_index_attributes(attrs)
+            .with_data_area_size(8)
+            .build()
+            .unwrap();
+        ctx.execute_with_nullauth_session(|c| c.nv_define_space(Provision::Owner, None, public))
+            .unwrap();
+    }
+    let e = f.open(false).err().expect("opened on a replaced counter");
+    assert_eq!(e.code(), "tpm_error", "{e}");
+    assert!(e.to_string().contains("was replaced"), "{e}");
 }
