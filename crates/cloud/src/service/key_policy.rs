@@ -366,7 +366,9 @@ impl Cloud {
             .or(failures.first())
             .map(|f| f.code.clone());
         let failure = Failure::new(first.unwrap_or_default(), message.join("; "));
-        if none_applied && !refusals.is_empty() {
+        // Final only when every cluster refused it for certain: a cluster whose outcome is
+        // unknown may hold the new group, so the request stays open to a resubmission.
+        if none_applied && failures.is_empty() {
             Verdict::Refused(failure)
         } else {
             Verdict::Failed(failure)
