@@ -492,8 +492,9 @@ impl SoftwarePlatform {
     fn open_store(dir: &Path, source: &SealingKeySource, create: bool) -> Result<Self, StoreError> {
         let (meta, fresh) = open_meta(dir, source, create, "software", None)?;
         let key = operator_key(dir, source, &meta.kdf)?;
-        // Stores made before epoch records open; their next commit writes one.
-        let db = SealedDb::open(&dir.join(DB_FILE), meta.store_id, &key, true)?;
+        // Lenient: a damaged or removed record is refused on use and repaired by sync; a
+        // store made before epoch records opens and its next commit writes one.
+        let db = SealedDb::open(&dir.join(DB_FILE), meta.store_id, &key, false)?;
         let mut platform = SoftwarePlatform {
             dir: dir.to_path_buf(),
             db,
@@ -508,6 +509,13 @@ impl SoftwarePlatform {
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What opening found wrong with the record set (a record put back from an older copy,
+    /// taken out or damaged), if anything: the software platform opens anyway and says so
+    /// (logged at open); the TPM platform refuses such a store.
+    pub fn record_set_mismatch(&self) -> Option<&str> {
+        self.db.mismatch()
     }
 }
 

@@ -229,7 +229,7 @@ impl TpmPlatform {
                 })?
         };
         let nv_auth = domain_hash(NV_AUTH_DOMAIN, &key[..]);
-        let mut db = SealedDb::open(&dir.join(DB_FILE), meta.store_id, &key, false)?;
+        let mut db = SealedDb::open(&dir.join(DB_FILE), meta.store_id, &key, true)?;
         let counter = if fresh {
             // A new store starts at its counter's value.
             let c = device

@@ -51,18 +51,26 @@ pub(crate) struct SealedDb {
     epoch: u64,
     /// Why no commit is possible any more (the set digest could not be restored).
     broken: Option<String>,
+    /// What a lenient open found wrong with the record set (see [`SealedDb::open`]).
+    mismatch: Option<String>,
 }
 
 impl SealedDb {
     /// Opens (or creates) the database at `path` under `key`, reads every record to rebuild
-    /// the set digest and checks it against the epoch record. A store without an epoch
-    /// record is accepted only when `legacy_ok` (software stores made before epochs); its
-    /// first commit writes one.
+    /// the set digest and checks it against the epoch record.
+    ///
+    /// `strict` (the TPM platform, whose epoch is bound to a counter): a record set that is
+    /// not the one the epoch record names, or a missing epoch record, is refused
+    /// (`store_tampered`). Lenient (the software platform, which cannot refuse a rollback
+    /// anyway): the difference is reported ([`SealedDb::mismatch`], logged) and the store
+    /// opens, so that one damaged or removed record is refused on use and repaired by sync
+    /// rather than stopping the node; a store made before epochs opens and its first commit
+    /// writes one.
     pub(crate) fn open(
         path: &Path,
         store_id: [u8; 16],
         key: &Zeroizing<[u8; 32]>,
-        legacy_ok: bool,
+        strict: bool,
     ) -> Result<Self, StoreError> {
         let db = redb::Database::create(path).map_err(|e| StoreError::Io {
             path: path.display().to_string(),
@@ -77,6 +85,7 @@ impl SealedDb {
             set: SetDigest::new(),
             epoch: 0,
             broken: None,
+            mismatch: None,
         };
         let io = |e: PlatformError| StoreError::Io {
             path: path.display().to_string(),
@@ -119,39 +128,58 @@ impl SealedDb {
                 }
             }
         }
-        let Some(blob) = epoch_blob else {
-            if (legacy_ok && !has_epochs) || records == 0 {
-                return Ok(store);
-            }
-            return Err(StoreError::Tampered {
-                path: path.display().to_string(),
-                reason: "its epoch record is missing".into(),
-            });
+        let tampered = |reason: String| StoreError::Tampered {
+            path: path.display().to_string(),
+            reason,
         };
+        // The epoch a lenient open continues from (software epochs guard nothing).
+        let header_epoch = epoch_blob
+            .as_ref()
+            .filter(|b| b.len() >= 12)
+            .map(|b| u64::from_be_bytes(b[4..12].try_into().expect("8 bytes")));
+        let checked = match &epoch_blob {
+            None if records == 0 || (!strict && !has_epochs) => return Ok(store),
+            None => Err("its epoch record is missing".to_string()),
+            Some(blob) => store.check_epoch(blob),
+        };
+        match checked {
+            Ok(epoch) => store.epoch = epoch,
+            Err(reason) if strict => return Err(tampered(reason)),
+            Err(reason) => {
+                tracing::error!(
+                    store = %path.display(),
+                    %reason,
+                    "sealed store: the record set is not the one its epoch record names; \
+                     opened anyway (software platform), damaged records are refused on use"
+                );
+                store.epoch = header_epoch.unwrap_or(0);
+                store.mismatch = Some(reason);
+            }
+        }
+        Ok(store)
+    }
+
+    /// The epoch the epoch record names, if its record set digest matches the records.
+    fn check_epoch(&self, blob: &[u8]) -> Result<u64, String> {
         let id = RecordId::new(EPOCH).expect("valid");
-        let body = store
-            .open_blob(&id, &blob)
-            .map_err(|e| StoreError::Tampered {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let body = self.open_blob(&id, blob).map_err(|e| e.to_string())?;
         let sealed_at = u64::from_be_bytes(blob[4..12].try_into().expect("checked by open_blob"));
         let (epoch, digest) = parse_epoch(&body)
             .filter(|(e, _)| *e == sealed_at)
-            .ok_or_else(|| StoreError::Tampered {
-                path: path.display().to_string(),
-                reason: "its epoch record is malformed".into(),
-            })?;
-        if digest != store.set.digest() {
-            return Err(StoreError::Tampered {
-                path: path.display().to_string(),
-                reason: "its records are not the set its epoch record names (a record was \
-                         put back from an older copy, or taken out)"
+            .ok_or_else(|| "its epoch record is malformed".to_string())?;
+        if digest != self.set.digest() {
+            return Err(
+                "its records are not the set its epoch record names (a record was put \
+                        back from an older copy, or taken out, or damaged)"
                     .into(),
-            });
+            );
         }
-        store.epoch = epoch;
-        Ok(store)
+        Ok(epoch)
+    }
+
+    /// What a lenient open found wrong with the record set, if anything.
+    pub(crate) fn mismatch(&self) -> Option<&str> {
+        self.mismatch.as_deref()
     }
 
     /// The committed epoch.

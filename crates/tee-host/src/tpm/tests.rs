@@ -313,3 +313,42 @@ fn a_counter_replaced_by_an_ordinary_index_is_refused() {
     assert_eq!(e.code(), "tpm_error", "{e}");
     assert!(e.to_string().contains("was replaced"), "{e}");
 }
+
+/// The splice: today's store with a used presignature's old record put back (with redb
+/// itself, from an older copy). The TPM platform refuses the store (the software platform
+/// names it and opens, `tests/it/store.rs`).
+#[test]
+fn a_record_put_back_from_an_older_copy_is_refused() {
+    const RECORDS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("records");
+    let Some(f) = Fixture::new() else { return };
+    let mut p = f.open(true).unwrap();
+    p.seal(&id("presign/aa"), b"presignature").unwrap();
+    p.commit().unwrap();
+    drop(p);
+    let db = f.store().join(DB_FILE);
+    let old = {
+        let db = redb::Database::open(&db).unwrap();
+        let rtx = db.begin_read().unwrap();
+        let table = rtx.open_table(RECORDS).unwrap();
+        let blob = table.get("presign/aa").unwrap().unwrap().value().to_vec();
+        blob
+    };
+    let mut p = f.open(false).unwrap();
+    p.remove(&id("presign/aa")).unwrap();
+    p.commit().unwrap();
+    drop(p);
+    {
+        let db = redb::Database::open(&db).unwrap();
+        let wtx = db.begin_write().unwrap();
+        wtx.open_table(RECORDS)
+            .unwrap()
+            .insert("presign/aa", old.as_slice())
+            .unwrap();
+        wtx.commit().unwrap();
+    }
+    let e = f
+        .open(false)
+        .err()
+        .expect("a used record put back was accepted");
+    assert_eq!(e.code(), "store_tampered", "{e}");
+}
