@@ -10,11 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use custos_pki::PkiDir;
-use custos_tee_core::TeeCore;
 use custos_tee_core::platform::Platform;
-use custos_tee_host::{
-    hardening, sealed, server, SealingKeySource, SoftwarePlatform, StoreError,
-};
+use custos_tee_core::TeeCore;
+use custos_tee_host::{hardening, sealed, server, SealingKeySource, SoftwarePlatform, StoreError};
 use secrecy::SecretBox;
 
 #[derive(Parser)]
@@ -497,7 +495,7 @@ enum TeeCommand {
         /// resource manager, `swtpm:host=127.0.0.1,port=2321` for a software TPM.
         #[arg(long, value_name = "TCTI", required_if_eq("platform", "tpm"))]
         tpm: Option<String>,
-        /// PCRs a new store's key is sealed to (`--platform tpm`), bank:index[,index...];
+        /// PCRs a new store's key is sealed to (`--platform tpm`): `sha256:<index>[,<index>...]`;
         /// an existing store keeps those it was sealed to.
         #[arg(long, value_name = "PCRS", default_value = "sha256:7")]
         tpm_pcrs: String,
@@ -549,7 +547,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // tss-esapi logs an ERROR for every failed TPM command, the expected ones
+                // included (an NV index looked up before it is defined); the TPM platform
+                // reports real failures in its own errors. CUSTOS_LOG can turn them on.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tss_esapi=off")),
         )
         .init();
     match run(Cli::parse()) {
@@ -1006,7 +1007,11 @@ struct Serving<'a> {
 impl Serving<'_> {
     /// Seals the primes file in, opens the TEE core (`name` is what Status reports as its
     /// platform), binds the socket, says ready and serves until the process ends.
-    fn run<P: Platform + Send + 'static>(self, mut platform: P, name: &str) -> Result<(), AnyError> {
+    fn run<P: Platform + Send + 'static>(
+        self,
+        mut platform: P,
+        name: &str,
+    ) -> Result<(), AnyError> {
         if let Some(file) = self.primes_file {
             let sets = custos_tee_host::primes::import_primes_file(&mut platform, file)
                 .map_err(named_refusal)?;
@@ -1051,17 +1056,21 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
                 std::process::exit(70);
             }));
             if platform == PlatformChoice::Software && tpm.is_some() {
-                return Err("--tpm names the TPM of --platform tpm; it is not used by the \
+                return Err(
+                    "--tpm names the TPM of --platform tpm; it is not used by the \
                             software platform"
-                    .into());
+                        .into(),
+                );
             }
             #[cfg(not(feature = "tpm"))]
             if platform == PlatformChoice::Tpm {
                 let _ = (&tpm_pcrs, tpm_nv_index);
-                return Err("--platform tpm: this custos was built without the TPM platform; \
+                return Err(
+                    "--platform tpm: this custos was built without the TPM platform; \
                             build it with the cargo feature `tpm` (cargo build --release \
                             --features custos/tpm, needs libtss2-dev)"
-                    .into());
+                        .into(),
+                );
             }
             let report = hardening::harden_process()?;
             if let Some(why) = &report.memory_not_locked {
@@ -1108,8 +1117,8 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
                             .map_err(|e| format!("--tpm-pcrs {tpm_pcrs:?}: {e}"))?,
                         nv_index: tpm_nv_index.0,
                     };
-                    let platform =
-                        TpmPlatform::open(&store, &source, &options, init).map_err(named_refusal)?;
+                    let platform = TpmPlatform::open(&store, &source, &options, init)
+                        .map_err(named_refusal)?;
                     serving.run(platform, "tpm")?;
                 }
             }

@@ -33,10 +33,7 @@ pub const MAX_PRIMES_FILE: u64 = 1024 * 1024;
 /// Seals the primes sets of the file at `path` into the store and empties the file; returns
 /// how many sets it held. A file that group or others may read, or that does not parse, is
 /// refused and left as it is, and nothing is sealed.
-pub fn import_primes_file(
-    platform: &mut impl Platform,
-    path: &Path,
-) -> Result<usize, StoreError> {
+pub fn import_primes_file(platform: &mut impl Platform, path: &Path) -> Result<usize, StoreError> {
     let bad = |reason: String| StoreError::Primes {
         path: path.display().to_string(),
         reason,

@@ -34,8 +34,8 @@ use zeroize::Zeroizing;
 pub(crate) mod db;
 pub(crate) mod digest;
 
-pub use db::MAX_RECORD_LEN;
 use db::SealedDb;
+pub use db::MAX_RECORD_LEN;
 
 const META_FILE: &str = "store.meta";
 const META_MAGIC: &str = "CUSTOS-SEALED-STORE-V1";

@@ -207,17 +207,15 @@ impl TpmPlatform {
                             f.reason
                         ),
                     },
-                    device::FailureKind::Other if f.what == "load sealed key" => {
-                        StoreError::Tpm {
-                            path: dir.display().to_string(),
-                            what: "load sealed key",
-                            reason: format!(
-                                "this TPM cannot load the store's key: it was sealed by \
+                    device::FailureKind::Other if f.what == "load sealed key" => StoreError::Tpm {
+                        path: dir.display().to_string(),
+                        what: "load sealed key",
+                        reason: format!(
+                            "this TPM cannot load the store's key: it was sealed by \
                                  another TPM ({})",
-                                f.reason
-                            ),
-                        }
-                    }
+                            f.reason
+                        ),
+                    },
                     device::FailureKind::Other => tpm_err(dir, f),
                 })?
         };
@@ -231,7 +229,9 @@ impl TpmPlatform {
                 Ok(c) => c,
                 Err(f) if !fresh => {
                     // Defined by the interrupted creation: it is this store's.
-                    device.counter(nv_index, &nv_auth).map_err(|_| tpm_err(dir, f))?
+                    device
+                        .counter(nv_index, &nv_auth)
+                        .map_err(|_| tpm_err(dir, f))?
                 }
                 Err(f) => return Err(tpm_err(dir, f)),
             };
@@ -245,7 +245,11 @@ impl TpmPlatform {
         let epoch = db.epoch();
         if epoch == counter + 1 {
             // The last commit reached the store, not the counter: finish it.
-            tracing::warn!(epoch, counter, "finishing a commit interrupted before the TPM counter");
+            tracing::warn!(
+                epoch,
+                counter,
+                "finishing a commit interrupted before the TPM counter"
+            );
             device
                 .increment(nv_index, &nv_auth)
                 .map_err(|f| tpm_err(dir, f))?;

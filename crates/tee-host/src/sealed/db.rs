@@ -136,9 +136,9 @@ impl SealedDb {
         let (epoch, digest) = parse_epoch(&body)
             .filter(|(e, _)| *e == sealed_at)
             .ok_or_else(|| StoreError::Tampered {
-            path: path.display().to_string(),
-            reason: "its epoch record is malformed".into(),
-        })?;
+                path: path.display().to_string(),
+                reason: "its epoch record is malformed".into(),
+            })?;
         if digest != store.set.digest() {
             return Err(StoreError::Tampered {
                 path: path.display().to_string(),
@@ -233,11 +233,7 @@ impl SealedDb {
         Ok(table.get(name).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
-    fn open_blob(
-        &self,
-        id: &RecordId,
-        sealed: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
+    fn open_blob(&self, id: &RecordId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
         let corrupt = |reason: &str| PlatformError::RecordCorrupt {
             id: id.as_str().to_string(),
             reason: reason.to_string(),
@@ -335,24 +331,26 @@ impl SealedDb {
         body.extend_from_slice(&next.to_be_bytes());
         body.extend_from_slice(&self.set.digest());
         let epoch_id = RecordId::new(EPOCH).expect("valid");
-        let written = self.sealed_blob(&epoch_id, &body, next).and_then(|epoch_blob| {
-            let wtx = self.db.begin_write().map_err(db_err)?;
-            {
-                let mut table = wtx.open_table(RECORDS).map_err(db_err)?;
-                for (name, value) in &pending {
-                    match value {
-                        Some(v) => {
-                            table.insert(name.as_str(), v.as_slice()).map_err(db_err)?;
-                        }
-                        None => {
-                            table.remove(name.as_str()).map_err(db_err)?;
+        let written = self
+            .sealed_blob(&epoch_id, &body, next)
+            .and_then(|epoch_blob| {
+                let wtx = self.db.begin_write().map_err(db_err)?;
+                {
+                    let mut table = wtx.open_table(RECORDS).map_err(db_err)?;
+                    for (name, value) in &pending {
+                        match value {
+                            Some(v) => {
+                                table.insert(name.as_str(), v.as_slice()).map_err(db_err)?;
+                            }
+                            None => {
+                                table.remove(name.as_str()).map_err(db_err)?;
+                            }
                         }
                     }
+                    table.insert(EPOCH, epoch_blob.as_slice()).map_err(db_err)?;
                 }
-                table.insert(EPOCH, epoch_blob.as_slice()).map_err(db_err)?;
-            }
-            wtx.commit().map_err(db_err)
-        });
+                wtx.commit().map_err(db_err)
+            });
         if let Err(e) = written {
             // Back to the committed set: the digest follows what is on disk.
             let mut touched = Vec::with_capacity(pending.len());

@@ -114,10 +114,18 @@ mod tests {
         assert_eq!(a, b);
         // A record added, removed, or with another blob changes it.
         assert_ne!(a, of(&[("canary", b"x"), ("wallet/01", b"w1")]));
-        assert_ne!(a, of(&[("canary", b"x"), ("wallet/01", b"w1"), ("presign/aa", b"q")]));
         assert_ne!(
             a,
-            of(&[("canary", b"x"), ("wallet/01", b"w1"), ("presign/aa", b"p"), ("k", b"")])
+            of(&[("canary", b"x"), ("wallet/01", b"w1"), ("presign/aa", b"q")])
+        );
+        assert_ne!(
+            a,
+            of(&[
+                ("canary", b"x"),
+                ("wallet/01", b"w1"),
+                ("presign/aa", b"p"),
+                ("k", b"")
+            ])
         );
     }
 

@@ -7,10 +7,14 @@
 use std::convert::TryFrom;
 use std::str::FromStr;
 
-use tss_esapi::attributes::{NvIndexAttributesBuilder, ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::attributes::{
+    NvIndexAttributesBuilder, ObjectAttributesBuilder, SessionAttributesBuilder,
+};
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::{nv_index_type::NvIndexType, tss, CapabilityType, SessionType};
-use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle, TpmHandle};
+use tss_esapi::handles::{
+    KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle, TpmHandle,
+};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
@@ -80,9 +84,9 @@ pub struct PcrSelection(pub Vec<u8>);
 impl PcrSelection {
     /// Parses `sha256:7` or `sha256:7,23` (the SHA-256 bank only).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let list = text
-            .strip_prefix("sha256:")
-            .ok_or_else(|| format!("PCR selection {text:?}: expected sha256:<index>[,<index>...]"))?;
+        let list = text.strip_prefix("sha256:").ok_or_else(|| {
+            format!("PCR selection {text:?}: expected sha256:<index>[,<index>...]")
+        })?;
         let mut pcrs = Vec::new();
         for part in list.split(',') {
             let n: u8 = part
@@ -90,7 +94,9 @@ impl PcrSelection {
                 .parse()
                 .map_err(|_| format!("PCR selection {text:?}: {part:?} is not a PCR index"))?;
             if n > 23 {
-                return Err(format!("PCR selection {text:?}: PCR {n} does not exist (0-23)"));
+                return Err(format!(
+                    "PCR selection {text:?}: PCR {n} does not exist (0-23)"
+                ));
             }
             if !pcrs.contains(&n) {
                 pcrs.push(n);
@@ -220,7 +226,9 @@ impl TpmDevice {
                         .ctx
                         .execute_without_session(|c| c.tr_from_tpm_public(h))
                         .map_err(fail("leftover handle"))?;
-                    self.ctx.flush_context(obj).map_err(fail("flush leftover"))?;
+                    self.ctx
+                        .flush_context(obj)
+                        .map_err(fail("flush leftover"))?;
                 }
             }
         }
@@ -286,7 +294,8 @@ impl TpmDevice {
             // An empty digest: the TPM takes the PCRs' current values.
             ctx.policy_pcr(ps, Digest::default(), pcrs.list()?)
                 .map_err(fail("policy PCR"))?;
-            ctx.policy_auth_value(ps).map_err(fail("policy auth value"))?;
+            ctx.policy_auth_value(ps)
+                .map_err(fail("policy auth value"))?;
             ctx.policy_get_digest(ps).map_err(fail("policy digest"))
         };
         match run(&mut self.ctx) {
@@ -318,7 +327,10 @@ impl TpmDevice {
         self.flush(srk);
         let created = created.map_err(fail("seal store key"))?;
         Ok(SealedKeyBlobs {
-            public: created.out_public.marshall().map_err(fail("sealed key public"))?,
+            public: created
+                .out_public
+                .marshall()
+                .map_err(fail("sealed key public"))?,
             private: created.out_private.value().to_vec(),
         })
     }
@@ -332,7 +344,8 @@ impl TpmDevice {
         pcrs: &PcrSelection,
     ) -> Result<Zeroizing<[u8; 32]>, TpmFailure> {
         let public = Public::unmarshall(&blobs.public).map_err(fail("sealed key public"))?;
-        let private = Private::try_from(blobs.private.clone()).map_err(fail("sealed key private"))?;
+        let private =
+            Private::try_from(blobs.private.clone()).map_err(fail("sealed key private"))?;
         let srk = self.srk()?;
         let loaded = self
             .ctx
@@ -388,7 +401,11 @@ impl TpmDevice {
     /// Defines the counter at `index`, writable and readable only with `auth`, and
     /// increments it once (a counter has no value before), returning its value. An index
     /// already defined there is refused: it may be another store's counter.
-    pub(crate) fn define_counter(&mut self, index: u32, auth: &[u8; 32]) -> Result<u64, TpmFailure> {
+    pub(crate) fn define_counter(
+        &mut self,
+        index: u32,
+        auth: &[u8; 32],
+    ) -> Result<u64, TpmFailure> {
         if self.nv_handle(index)?.is_some() {
             return Err(TpmFailure {
                 what: "define counter",
@@ -435,7 +452,9 @@ impl TpmDevice {
     fn counter_handle(&mut self, index: u32, auth: &[u8; 32]) -> Result<NvIndexHandle, TpmFailure> {
         let h = self.nv_handle(index)?.ok_or_else(|| TpmFailure {
             what: "counter",
-            reason: format!("NV index {index:#010x} is not defined (another TPM, or it was removed)"),
+            reason: format!(
+                "NV index {index:#010x} is not defined (another TPM, or it was removed)"
+            ),
             kind: FailureKind::Other,
         })?;
         let auth = Auth::try_from(auth.to_vec()).map_err(fail("auth value"))?;

@@ -197,13 +197,9 @@ fn another_operator_key_changed_pcrs_or_another_tpm_cannot_open_the_store() {
     assert_eq!(e.code(), "wrong_sealing_key", "{e}");
 
     // The software platform is refused by name, whatever the key.
-    let e = crate::SoftwarePlatform::open(
-        &f.store(),
-        &key_file(f.root.path(), "seal.key"),
-        false,
-    )
-    .err()
-    .expect("the software platform opened a TPM store");
+    let e = crate::SoftwarePlatform::open(&f.store(), &key_file(f.root.path(), "seal.key"), false)
+        .err()
+        .expect("the software platform opened a TPM store");
     assert_eq!(e.code(), "platform_mismatch", "{e}");
 
     let other = Swtpm::start().unwrap();
