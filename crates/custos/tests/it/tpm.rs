@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use custos::tee_process::{SpawnError, TeePlatform};
+use custos::tee_process::{KeyArg, SpawnError, TeePlatform, TeeProcess};
 use custos_tee_host::tpm::{PcrSelection, TpmOptions, TpmPlatform, DEFAULT_NV_INDEX};
 use custos_tee_host::{SealingKeySource, StoreError};
 use custos_test_kit::swtpm::Swtpm;
@@ -298,4 +298,49 @@ fn tpm_tee_process_killed_during_a_burst_restarts_with_every_acknowledged_wallet
     replace_dir(&store, &latest);
     fx.tee.crash_and_restart();
     assert!(fx.tee.keys().len() >= acknowledged.len());
+}
+
+/// A store made by the software platform is not taken over by `--platform tpm` (nor the
+/// reverse): the start is refused by name, and the store still opens where it belongs.
+#[test]
+fn a_store_of_one_platform_is_refused_by_the_other() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut fx = Fixture::new();
+    let w = fx.create_wallet(1, &["alice"]);
+    fx.tee.process.kill();
+    let start_on = |platform: TeePlatform, name: &str| {
+        TeeProcess::start_on(
+            &exe(),
+            &fx.pki.path().join(format!("{name}.sock")),
+            &fx.tee.process.store,
+            KeyArg::File(fx.tee.key_file.clone()),
+            platform,
+        )
+    };
+    let err = start_on(TeePlatform::tpm(tpm.tcti()), "as-tpm")
+        .err()
+        .expect("a software store opened on the TPM platform");
+    assert!(
+        err.to_string().contains("error: platform_mismatch: "),
+        "{err}"
+    );
+    fx.tee.crash_and_restart();
+    assert_eq!(fx.tee.keys(), vec![w]);
+
+    let mut on_tpm = Tee::start_on(fx.pki.path(), "t", TeePlatform::tpm(tpm.tcti()));
+    on_tpm.process.kill();
+    let err = TeeProcess::start(
+        &exe(),
+        &fx.pki.path().join("as-software.sock"),
+        &on_tpm.process.store,
+        KeyArg::File(on_tpm.key_file.clone()),
+    )
+    .err()
+    .expect("a TPM store opened on the software platform");
+    assert!(
+        err.to_string().contains("error: platform_mismatch: "),
+        "{err}"
+    );
+    on_tpm.crash_and_restart();
+    assert_eq!(on_tpm.status().platform, "tpm");
 }
