@@ -1182,3 +1182,28 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::NvIndex;
+
+    #[test]
+    fn nv_index_is_read_in_hex_or_decimal_and_only_in_the_owner_range() {
+        assert_eq!("0x0100c057".parse::<NvIndex>(), Ok(NvIndex(0x0100_C057)));
+        assert_eq!("0X0100C057".parse::<NvIndex>(), Ok(NvIndex(0x0100_C057)));
+        assert_eq!("16777216".parse::<NvIndex>(), Ok(NvIndex(0x0100_0000)));
+        assert_eq!(NvIndex(0x0100_C057).to_string(), "0x0100c057");
+        // The platform's, the manufacturer's and persistent-object handles are refused.
+        for bad in [
+            "0x01c00002",
+            "0x81000001",
+            "0x00ffffff",
+            "0x",
+            "c057",
+            "-1",
+            "",
+        ] {
+            assert!(bad.parse::<NvIndex>().is_err(), "{bad}");
+        }
+    }
+}

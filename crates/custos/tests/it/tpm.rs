@@ -96,7 +96,7 @@ fn tpm_tee_process_refuses_a_store_copy_put_back() {
         restart,
         latest,
     } = create_copy_create_put_back(TeePlatform::tpm(tpm.tcti()));
-    let err = restart.err().expect("a store copy put back must not open");
+    let err = restart.expect_err("a store copy put back must not open");
     let SpawnError::Exited { stderr, .. } = &err else {
         panic!("{err}")
     };
