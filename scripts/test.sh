@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-deps.sh
-exec cargo test --workspace --locked --features custos-tee-host/tpm "$@"
+exec cargo test --workspace --locked --features custos/tpm "$@"

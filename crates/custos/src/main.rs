@@ -10,8 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use custos_pki::PkiDir;
+use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
-use custos_tee_host::{hardening, sealed, server, SealingKeySource, SoftwarePlatform};
+use custos_tee_host::{hardening, sealed, server, SealingKeySource, SoftwarePlatform, StoreError};
 use secrecy::SecretBox;
 
 #[derive(Parser)]
@@ -403,6 +404,50 @@ enum PkiCommand {
     },
 }
 
+/// `custos tee serve --platform`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PlatformChoice {
+    /// The development stand-in (`SoftwarePlatform`).
+    Software,
+    /// A TPM 2.0 (`TpmPlatform`, cargo feature `tpm`).
+    Tpm,
+}
+
+/// The default of `--tpm-nv-index`, the TPM platform's own default (checked below when the
+/// platform is built in; stated here so that the help reads the same without it).
+const DEFAULT_TPM_NV_INDEX: u32 = 0x0100_C057;
+#[cfg(feature = "tpm")]
+const _: () = assert!(DEFAULT_TPM_NV_INDEX == custos_tee_host::tpm::DEFAULT_NV_INDEX);
+
+/// An NV index as written on the command line: hexadecimal (`0x0100c057`) or decimal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NvIndex(u32);
+
+impl std::str::FromStr for NvIndex {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => s.parse(),
+        };
+        let index = parsed.map_err(|_| format!("{s:?} is not an NV index (e.g. 0x0100c057)"))?;
+        // The owner range of the TCG handle registry: other ranges belong to the platform
+        // vendor or the TPM manufacturer, or are not NV indices at all.
+        if !(0x0100_0000..=0x01BF_FFFF).contains(&index) {
+            return Err(format!(
+                "NV index {index:#010x} is outside the owner range 0x01000000-0x01bfffff"
+            ));
+        }
+        Ok(NvIndex(index))
+    }
+}
+
+impl std::fmt::Display for NvIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#010x}", self.0)
+    }
+}
+
 #[derive(Subcommand)]
 enum TeeCommand {
     /// Create a random 256-bit sealing key file (mode 0600).
@@ -439,6 +484,25 @@ enum TeeCommand {
         /// in the background when a key generation needs them.
         #[arg(long)]
         primes_file: Option<PathBuf>,
+        /// What the TEE core runs on. software: the development stand-in (the store sealed
+        /// under the operator's key, no protection against a copy put back); tpm: a TPM 2.0
+        /// (`--tpm`) seals the store key to PCRs and the operator's key and binds the store's
+        /// epoch to an NV counter, so a copy put back is refused (`store_rolled_back`);
+        /// needs custos built with the cargo feature `tpm`.
+        #[arg(long, value_enum, default_value_t = PlatformChoice::Software)]
+        platform: PlatformChoice,
+        /// TCTI of the TPM (`--platform tpm`): `device:/dev/tpmrm0` for the kernel's
+        /// resource manager, `swtpm:host=127.0.0.1,port=2321` for a software TPM.
+        #[arg(long, value_name = "TCTI", required_if_eq("platform", "tpm"))]
+        tpm: Option<String>,
+        /// PCRs a new store's key is sealed to (`--platform tpm`): `sha256:<index>[,<index>...]`;
+        /// an existing store keeps those it was sealed to.
+        #[arg(long, value_name = "PCRS", default_value = "sha256:7")]
+        tpm_pcrs: String,
+        /// NV index of a new store's counter (`--platform tpm`, owner range
+        /// 0x01000000-0x01bfffff); an existing store keeps its own.
+        #[arg(long, value_name = "INDEX", default_value_t = NvIndex(DEFAULT_TPM_NV_INDEX))]
+        tpm_nv_index: NvIndex,
     },
     /// Provision a node's TEE: pin Root, generate D, CSR, certificate, install.
     Provision {
@@ -483,7 +547,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // tss-esapi logs an ERROR for every failed TPM command, the expected ones
+                // included (an NV index looked up before it is defined); the TPM platform
+                // reports real failures in its own errors. CUSTOS_LOG can turn them on.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tss_esapi=off")),
         )
         .init();
     match run(Cli::parse()) {
@@ -924,6 +991,46 @@ fn run_node(command: NodeCommand) -> Result<(), AnyError> {
     Ok(())
 }
 
+/// A store's refusal to open as the operator reads it (the last line of the TEE process's
+/// stderr, which supervisors such as `TeeProcess` report): its stable code, then why.
+fn named_refusal(e: StoreError) -> AnyError {
+    format!("{}: {e}", e.code()).into()
+}
+
+/// What `custos tee serve` does once its platform is open, whichever platform it is.
+struct Serving<'a> {
+    socket: &'a std::path::Path,
+    store: &'a std::path::Path,
+    primes_file: Option<&'a std::path::Path>,
+}
+
+impl Serving<'_> {
+    /// Seals the primes file in, opens the TEE core (`name` is what Status reports as its
+    /// platform), binds the socket, says ready and serves until the process ends.
+    fn run<P: Platform + Send + 'static>(
+        self,
+        mut platform: P,
+        name: &str,
+    ) -> Result<(), AnyError> {
+        if let Some(file) = self.primes_file {
+            let sets = custos_tee_host::primes::import_primes_file(&mut platform, file)
+                .map_err(named_refusal)?;
+            tracing::info!(sets, file = %file.display(), "Paillier primes sealed");
+        }
+        let core = TeeCore::open(platform, name)?;
+        let listener = server::bind(self.socket)?;
+        tracing::info!(
+            socket = %self.socket.display(),
+            store = %self.store.display(),
+            platform = name,
+            "TEE core serving"
+        );
+        println!("{}", custos::tee_process::READY_LINE);
+        server::serve(listener, core)?;
+        Ok(())
+    }
+}
+
 fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
     match command {
         TeeCommand::Keygen { out } => {
@@ -937,6 +1044,10 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             sealing_key_file,
             passphrase_env,
             primes_file,
+            platform,
+            tpm,
+            tpm_pcrs,
+            tpm_nv_index,
         } => {
             // A panic anywhere leaves no half-alive TEE holding its socket: the process ends
             // and its supervisor (node server, operator) sees it and restarts it.
@@ -944,6 +1055,23 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
                 eprintln!("error: TEE core panicked: {info}");
                 std::process::exit(70);
             }));
+            if platform == PlatformChoice::Software && tpm.is_some() {
+                return Err(
+                    "--tpm names the TPM of --platform tpm; it is not used by the \
+                            software platform"
+                        .into(),
+                );
+            }
+            #[cfg(not(feature = "tpm"))]
+            if platform == PlatformChoice::Tpm {
+                let _ = (&tpm_pcrs, tpm_nv_index);
+                return Err(
+                    "--platform tpm: this custos was built without the TPM platform; \
+                            build it with the cargo feature `tpm` (cargo build --release \
+                            --features custos/tpm, needs libtss2-dev)"
+                        .into(),
+                );
+            }
             let report = hardening::harden_process()?;
             if let Some(why) = &report.memory_not_locked {
                 tracing::warn!(%why, "TEE memory is not locked");
@@ -959,16 +1087,41 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
                 }
                 (None, None) => unreachable!("clap requires one sealing key source"),
             };
-            let mut platform = SoftwarePlatform::open(&store, &source, init)?;
-            if let Some(file) = &primes_file {
-                let sets = custos_tee_host::primes::import_primes_file(&mut platform, file)?;
-                tracing::info!(sets, file = %file.display(), "Paillier primes sealed");
+            let serving = Serving {
+                socket: &socket,
+                store: &store,
+                primes_file: primes_file.as_deref(),
+            };
+            match platform {
+                PlatformChoice::Software => {
+                    let platform =
+                        SoftwarePlatform::open(&store, &source, init).map_err(named_refusal)?;
+                    serving.run(platform, "software")?;
+                }
+                #[cfg(not(feature = "tpm"))]
+                PlatformChoice::Tpm => unreachable!("refused above"),
+                #[cfg(feature = "tpm")]
+                PlatformChoice::Tpm => {
+                    use custos_tee_host::tpm::{PcrSelection, TpmOptions, TpmPlatform};
+                    // libtss2 logs an ERROR line for every failed TPM command, expected ones
+                    // included (an absent NV index at creation); the TPM's answer reaches
+                    // the operator inside the store's own error instead. An operator who
+                    // sets TSS2_LOG keeps it. Set while this process has one thread, before
+                    // libtss2 first reads it.
+                    if std::env::var_os("TSS2_LOG").is_none() {
+                        std::env::set_var("TSS2_LOG", "all+none");
+                    }
+                    let options = TpmOptions {
+                        tcti: tpm.expect("clap requires --tpm with --platform tpm"),
+                        pcrs: PcrSelection::parse(&tpm_pcrs)
+                            .map_err(|e| format!("--tpm-pcrs {tpm_pcrs:?}: {e}"))?,
+                        nv_index: tpm_nv_index.0,
+                    };
+                    let platform = TpmPlatform::open(&store, &source, &options, init)
+                        .map_err(named_refusal)?;
+                    serving.run(platform, "tpm")?;
+                }
             }
-            let core = TeeCore::open(platform, "software")?;
-            let listener = server::bind(&socket)?;
-            tracing::info!(socket = %socket.display(), store = %store.display(), "TEE core serving");
-            println!("{}", custos::tee_process::READY_LINE);
-            server::serve(listener, core)?;
         }
         TeeCommand::Provision {
             socket,
@@ -1028,4 +1181,29 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NvIndex;
+
+    #[test]
+    fn nv_index_is_read_in_hex_or_decimal_and_only_in_the_owner_range() {
+        assert_eq!("0x0100c057".parse::<NvIndex>(), Ok(NvIndex(0x0100_C057)));
+        assert_eq!("0X0100C057".parse::<NvIndex>(), Ok(NvIndex(0x0100_C057)));
+        assert_eq!("16777216".parse::<NvIndex>(), Ok(NvIndex(0x0100_0000)));
+        assert_eq!(NvIndex(0x0100_C057).to_string(), "0x0100c057");
+        // The platform's, the manufacturer's and persistent-object handles are refused.
+        for bad in [
+            "0x01c00002",
+            "0x81000001",
+            "0x00ffffff",
+            "0x",
+            "c057",
+            "-1",
+            "",
+        ] {
+            assert!(bad.parse::<NvIndex>().is_err(), "{bad}");
+        }
+    }
 }

@@ -19,6 +19,56 @@ pub enum KeyArg {
     Passphrase(String),
 }
 
+/// What a TEE process runs on (`custos tee serve --platform`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TeePlatform {
+    /// `--platform software`: the development stand-in.
+    #[default]
+    Software,
+    /// `--platform tpm`: a TPM 2.0 (the `custos` binary built with the feature `tpm`).
+    Tpm(TpmArgs),
+}
+
+/// The TPM of a [`TeePlatform::Tpm`] process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TpmArgs {
+    /// `--tpm`: the TPM's TCTI (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`).
+    pub tcti: String,
+    /// `--tpm-pcrs` (`sha256:7` when `None`).
+    pub pcrs: Option<String>,
+    /// `--tpm-nv-index` (the platform's default when `None`).
+    pub nv_index: Option<u32>,
+}
+
+impl TeePlatform {
+    /// A TPM reached through `tcti`, with the default PCRs and NV index.
+    pub fn tpm(tcti: impl Into<String>) -> Self {
+        TeePlatform::Tpm(TpmArgs {
+            tcti: tcti.into(),
+            pcrs: None,
+            nv_index: None,
+        })
+    }
+
+    /// The `custos tee serve` arguments choosing this platform.
+    fn add_args(&self, cmd: &mut Command) {
+        match self {
+            TeePlatform::Software => {
+                cmd.args(["--platform", "software"]);
+            }
+            TeePlatform::Tpm(t) => {
+                cmd.args(["--platform", "tpm", "--tpm", &t.tcti]);
+                if let Some(p) = &t.pcrs {
+                    cmd.args(["--tpm-pcrs", p]);
+                }
+                if let Some(i) = t.nv_index {
+                    cmd.arg("--tpm-nv-index").arg(format!("{i:#010x}"));
+                }
+            }
+        }
+    }
+}
+
 /// A running TEE core process; killed when dropped.
 pub struct TeeProcess {
     child: Option<Child>,
@@ -30,6 +80,8 @@ pub struct TeeProcess {
     key: KeyArg,
     /// Pregenerated primes file given to the process (see [`TeeProcess::restart_with_primes`]).
     primes_file: Option<PathBuf>,
+    /// The platform it runs on, the same at every restart.
+    platform: TeePlatform,
 }
 
 /// Why a TEE process did not come up.
@@ -107,6 +159,17 @@ pub fn spawn_ready(mut cmd: Command, ready_prefix: &str) -> Result<(Child, Strin
 impl TeeProcess {
     /// Starts `exe tee serve` on `socket` over `store` and waits until it is ready.
     pub fn start(exe: &Path, socket: &Path, store: &Path, key: KeyArg) -> Result<Self, SpawnError> {
+        Self::start_on(exe, socket, store, key, TeePlatform::Software)
+    }
+
+    /// [`TeeProcess::start`] on `platform`, which every restart keeps.
+    pub fn start_on(
+        exe: &Path,
+        socket: &Path,
+        store: &Path,
+        key: KeyArg,
+        platform: TeePlatform,
+    ) -> Result<Self, SpawnError> {
         let mut p = TeeProcess {
             child: None,
             socket: socket.to_path_buf(),
@@ -114,6 +177,7 @@ impl TeeProcess {
             exe: exe.to_path_buf(),
             key,
             primes_file: None,
+            platform,
         };
         p.restart()?;
         Ok(p)
@@ -127,6 +191,7 @@ impl TeeProcess {
             .arg(&self.socket)
             .arg("--store")
             .arg(&self.store);
+        self.platform.add_args(&mut cmd);
         // Only an explicitly given primes file, never one inherited from this process.
         match &self.primes_file {
             Some(f) => cmd.env(custos_tee_host::primes::PRIMES_FILE_ENV, f),
@@ -166,6 +231,11 @@ impl TeeProcess {
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+    }
+
+    /// The platform it runs on.
+    pub fn platform(&self) -> &TeePlatform {
+        &self.platform
     }
 
     /// Process id, while running.

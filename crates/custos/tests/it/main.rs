@@ -28,4 +28,6 @@ mod restart;
 mod tee_core_deps;
 mod tee_sync;
 mod threshold;
+#[cfg(feature = "tpm")]
+mod tpm;
 mod wallet_policy;

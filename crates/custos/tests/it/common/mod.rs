@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use custos::cluster::LinkTransport;
 use custos::deployment::{Deployment, DeploymentOptions};
 use custos::ops::{approvals, new_meta, provision};
-use custos::tee_process::{KeyArg, TeeProcess};
+use custos::tee_process::{KeyArg, TeePlatform, TeeProcess};
 use custos_pki::PkiDir;
 pub use custos_test_kit::Pki;
 use custos_wire::approval::{Action, Approval};
@@ -101,15 +101,21 @@ pub struct Tee {
 
 impl Tee {
     pub fn start(dir: &Path, name: &str) -> Self {
+        Self::start_on(dir, name, TeePlatform::Software)
+    }
+
+    /// [`Tee::start`] on `platform` (kept at every restart).
+    pub fn start_on(dir: &Path, name: &str, platform: TeePlatform) -> Self {
         let key_file = dir.join(format!("{name}.key"));
         if !key_file.exists() {
             custos_tee_host::sealed::generate_key_file(&key_file).unwrap();
         }
-        let process = TeeProcess::start(
+        let process = TeeProcess::start_on(
             &exe(),
             &dir.join(format!("{name}.sock")),
             &dir.join(format!("{name}-store")),
             KeyArg::File(key_file.clone()),
+            platform,
         )
         .unwrap();
         let client = process.client().unwrap();
@@ -163,13 +169,30 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::on(TeePlatform::Software)
+    }
+
+    /// [`Fixture::new`] with its TEE on `platform`.
+    pub fn on(platform: TeePlatform) -> Self {
         let pki = Pki::new();
-        let mut tee = Tee::start(pki.path(), "node1");
+        let mut tee = Tee::start_on(pki.path(), "node1", platform);
         tee.provision(&pki.pki, CLUSTER, "node1");
         Fixture { pki, tee }
     }
 
     pub fn create_wallet(&mut self, quorum: u8, signers: &[&str]) -> KeyInfo {
+        match self
+            .tee
+            .call(&self.create_wallet_request(quorum, signers))
+            .unwrap()
+        {
+            Response::Wallet(k) => k,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+
+    /// A CreateWallet request of quorum `quorum`, approved by `signers`, under a new id.
+    pub fn create_wallet_request(&self, quorum: u8, signers: &[&str]) -> Request {
         let meta = new_meta(600);
         let approvals = approvals(
             &self.pki.admins_named(signers),
@@ -178,17 +201,10 @@ impl Fixture {
             &Action::CreateWallet { quorum },
         )
         .unwrap();
-        match self
-            .tee
-            .call(&Request::CreateWallet {
-                meta,
-                quorum,
-                approvals,
-            })
-            .unwrap()
-        {
-            Response::Wallet(k) => k,
-            r => panic!("unexpected {r:?}"),
+        Request::CreateWallet {
+            meta,
+            quorum,
+            approvals,
         }
     }
 
@@ -284,15 +300,27 @@ impl Fixture {
         digest: [u8; 32],
         signers: &[&str],
     ) -> Result<Response, ClientError> {
+        let request = self.sign_request(key, path, digest, signers);
+        self.tee.call(&request)
+    }
+
+    /// A Sign request of `digest` at `path` with `key`, approved by `signers`, under a new id.
+    pub fn sign_request(
+        &self,
+        key: &[u8],
+        path: &[u32],
+        digest: [u8; 32],
+        signers: &[&str],
+    ) -> Request {
         let meta = new_meta(600);
         let approvals = self.sign_approvals(&meta, key, path, &digest, signers);
-        self.tee.call(&Request::Sign {
+        Request::Sign {
             meta,
             key_id: key.to_vec(),
             path: path.to_vec(),
             digest,
             approvals,
-        })
+        }
     }
 }
 
