@@ -183,12 +183,14 @@ impl SealedDb {
     }
 
     /// The committed epoch.
+    #[cfg_attr(not(feature = "tpm"), allow(dead_code))] // the TPM platform binds it
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch
     }
 
     /// Sets the epoch of a new store before its first commit (the TPM platform starts it at
     /// its counter's value).
+    #[cfg_attr(not(feature = "tpm"), allow(dead_code))]
     pub(crate) fn start_epoch_at(&mut self, epoch: u64) {
         self.epoch = epoch;
     }
@@ -250,6 +252,7 @@ impl SealedDb {
     }
 
     /// Drops every pending write.
+    #[cfg_attr(not(feature = "tpm"), allow(dead_code))]
     pub(crate) fn discard_pending(&mut self) {
         self.pending.clear();
     }

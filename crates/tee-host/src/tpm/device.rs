@@ -204,7 +204,11 @@ impl TpmDevice {
     /// software TPM holds only three; under the kernel's resource manager there are none).
     pub(crate) fn connect(tcti: &str) -> Result<Self, TpmFailure> {
         let conf = TctiNameConf::from_str(tcti).map_err(fail("TCTI"))?;
-        let ctx = Context::new(conf).map_err(fail("connect"))?;
+        let ctx = Context::new(conf).map_err(|e| TpmFailure {
+            what: "connect",
+            reason: format!("cannot reach a TPM at {tcti:?} ({e})"),
+            kind: FailureKind::Other,
+        })?;
         let mut device = TpmDevice { ctx };
         device.flush_leftovers()?;
         Ok(device)
