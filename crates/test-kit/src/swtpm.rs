@@ -126,3 +126,23 @@ impl Drop for Swtpm {
         self.stop();
     }
 }
+
+/// Copies the folder `from` (recursively) to `to`: how a test takes a copy of a store or a
+/// TPM's state, as someone with the disk could.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy's folder");
+    for e in std::fs::read_dir(from).expect("read the folder") {
+        let e = e.expect("folder entry");
+        if e.file_type().expect("entry type").is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy a file");
+        }
+    }
+}
+
+/// Puts the copy `with` back in place of the folder `dir`.
+pub fn replace_dir(dir: &Path, with: &Path) {
+    std::fs::remove_dir_all(dir).expect("remove the folder");
+    copy_dir(with, dir);
+}

@@ -4,7 +4,6 @@
 //! accepts a used request again (its documented limit); kill -9 during a burst of commits
 //! never raises a false alarm and loses no acknowledged wallet.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,26 +11,9 @@ use crate::common::*;
 use custos::tee_process::{KeyArg, SpawnError, TeePlatform, TeeProcess};
 use custos_tee_host::tpm::{PcrSelection, TpmOptions, TpmPlatform, DEFAULT_NV_INDEX};
 use custos_tee_host::{SealingKeySource, StoreError};
-use custos_test_kit::swtpm::Swtpm;
+use custos_test_kit::swtpm::{copy_dir, replace_dir, Swtpm};
 use custos_wire::client::TeeClient;
 use custos_wire::protocol::{KeyInfo, Request, Response};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn replace_dir(dir: &Path, with: &Path) {
-    std::fs::remove_dir_all(dir).unwrap();
-    copy_dir(with, dir);
-}
 
 /// What a store copy put back leaves: the fixture (its TEE stopped, the older copy in place
 /// of its store), the request executed after the copy was taken and the wallet it made, the

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use custos_test_kit::swtpm::Swtpm;
+use custos_test_kit::swtpm::{copy_dir, replace_dir, Swtpm};
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::nv_index_type::NvIndexType;
 use tss_esapi::handles::{NvIndexTpmHandle, PcrHandle, TpmHandle};
@@ -32,23 +32,6 @@ fn key_file(dir: &Path, name: &str) -> SealingKeySource {
 
 fn id(name: &str) -> RecordId {
     RecordId::new(name).unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn replace_dir(dir: &Path, with: &Path) {
-    std::fs::remove_dir_all(dir).unwrap();
-    copy_dir(with, dir);
 }
 
 struct Fixture {

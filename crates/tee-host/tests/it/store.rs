@@ -7,6 +7,7 @@ use std::path::Path;
 
 use custos_tee_core::platform::{Platform, RecordId};
 use custos_tee_host::{SealingKeySource, SoftwarePlatform};
+use custos_test_kit::swtpm::copy_dir;
 
 const RECORDS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("records");
 
@@ -145,12 +146,4 @@ fn the_software_platform_cannot_refuse_a_whole_folder_put_back() {
     let mut p = SoftwarePlatform::open(&dir, &key_file(root.path()), false).unwrap();
     assert!(p.unseal(&id("presign/aa")).unwrap().is_some());
     assert_eq!(p.record_set_mismatch(), None);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
