@@ -79,8 +79,8 @@ mod tests {
                 ark_sha256: AMD_ARK_TURIN_SHA256,
             },
         ] {
-            let err = verify_snp(&[0u8; SNP_REPORT_LEN], b"not a certificate", 0, &policy)
-                .unwrap_err();
+            let err =
+                verify_snp(&[0u8; SNP_REPORT_LEN], b"not a certificate", 0, &policy).unwrap_err();
             // The root is found (no root_not_pinned): the refusal is the VCEK's.
             assert_eq!(err.code(), "malformed", "{err}");
         }

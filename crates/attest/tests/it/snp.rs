@@ -63,12 +63,22 @@ fn another_products_root_is_wrong_root() {
 fn outside_the_vcek_validity_is_refused_by_name() {
     // 2030-04-09: the VCEK expired on 2030-04-03 (sev itself checks no dates).
     assert_eq!(
-        code(verify_snp(&report(), &vcek(), 1_902_000_000, &SnpPolicy::milan())),
+        code(verify_snp(
+            &report(),
+            &vcek(),
+            1_902_000_000,
+            &SnpPolicy::milan()
+        )),
         "certificate_expired"
     );
     // 2021-01-01: before the VCEK was issued.
     assert_eq!(
-        code(verify_snp(&report(), &vcek(), 1_609_459_200, &SnpPolicy::milan())),
+        code(verify_snp(
+            &report(),
+            &vcek(),
+            1_609_459_200,
+            &SnpPolicy::milan()
+        )),
         "certificate_not_yet_valid"
     );
 }
@@ -77,7 +87,12 @@ fn outside_the_vcek_validity_is_refused_by_name() {
 fn wrong_sizes_are_refused_before_parsing() {
     let r = report();
     assert_eq!(
-        code(verify_snp(&r[..SNP_REPORT_LEN - 1], &vcek(), AT, &SnpPolicy::milan())),
+        code(verify_snp(
+            &r[..SNP_REPORT_LEN - 1],
+            &vcek(),
+            AT,
+            &SnpPolicy::milan()
+        )),
         "malformed"
     );
     let mut long = r.clone();

@@ -1,8 +1,6 @@
 //! Intel TDX: the dcap-qvl 0.7.1 sample quote (v4) with its collateral.
 
-use custos_attest::{
-    expect_binding, verify_tdx, AttestError, TdxPolicy, MAX_TDX_COLLATERAL,
-};
+use custos_attest::{expect_binding, verify_tdx, AttestError, TdxPolicy, MAX_TDX_COLLATERAL};
 
 use crate::{code, fixture};
 
@@ -56,13 +54,21 @@ fn another_root_is_wrong_root() {
     let policy = TdxPolicy {
         root_der: fixture("snp/vcek_milan.der"),
     };
-    assert_eq!(code(verify_tdx(&quote(), &collateral(), AT, &policy)), "wrong_root");
+    assert_eq!(
+        code(verify_tdx(&quote(), &collateral(), AT, &policy)),
+        "wrong_root"
+    );
 }
 
 #[test]
 fn after_the_collateral_expired_is_tcb_expired() {
     assert_eq!(
-        code(verify_tdx(&quote(), &collateral(), 1_753_000_000, &TdxPolicy::intel())),
+        code(verify_tdx(
+            &quote(),
+            &collateral(),
+            1_753_000_000,
+            &TdxPolicy::intel()
+        )),
         "tcb_expired"
     );
 }
