@@ -22,6 +22,8 @@ pub const AMD_ARK_TURIN_SHA256: [u8; 32] =
 
 /// The size of an SEV-SNP attestation report (SNP ABI, MSG_REPORT_RSP body).
 pub const SNP_REPORT_LEN: usize = 1184;
+/// The signed part of the report (bytes 0..0x2A0, SNP ABI).
+const SIGNED_LEN: usize = 0x2a0;
 /// Largest VCEK certificate accepted (AMD's are ~1.4 KiB).
 pub const MAX_VCEK_CERT: usize = 16 * 1024;
 
@@ -146,6 +148,18 @@ pub fn verify(
     (&vcek, &parsed)
         .verify()
         .map_err(|e| AttestError::SignatureInvalid(format!("SEV-SNP report: {e}")))?;
+    // sev checks the signature over its re-encoding of the parsed report, not over the bytes
+    // received, so a byte its parser dropped would go unauthenticated. sev 8 refuses non-zero
+    // reserved bytes itself; this keeps "the bytes received are the bytes signed" true
+    // whatever a later parser keeps.
+    let reencoded = parsed
+        .to_bytes()
+        .map_err(|e| AttestError::Malformed(format!("SEV-SNP report re-encoding: {e}")))?;
+    if reencoded[..SIGNED_LEN] != report[..SIGNED_LEN] {
+        return Err(AttestError::Malformed(
+            "SEV-SNP report has bytes its parser does not keep (reserved fields set)".into(),
+        ));
+    }
 
     Ok(SnpEvidence {
         version: parsed.version,
