@@ -223,6 +223,27 @@ fn change(
 /// give it a group and cluster anchors (a policy change each cluster's TEE checks alone), and
 /// from then on only the group counts and only members of the anchored logs co-sign: the
 /// rogue dc2 device the key's certificate rule accepted before is refused by name.
+/// Each cluster's governance log from a genesis by `governors` (quorum 2) with `nodes` as its
+/// members, and the anchors naming those geneses, in the order given.
+fn genesis_logs<'a>(
+    pki: &'a crate::threshold::Pki,
+    governors: &[&str],
+    clusters: [(&str, Vec<&crate::threshold::Node>); 3],
+) -> (Vec<GovLog<'a>>, Vec<[u8; 32]>) {
+    let logs: Vec<GovLog> = clusters
+        .into_iter()
+        .map(|(cluster, nodes)| {
+            let members = nodes.iter().map(|n| member(pki, &n.chain)).collect();
+            GovLog::genesis(pki, cluster, governors, 2, members, governors)
+        })
+        .collect();
+    let anchors = logs
+        .iter()
+        .map(|l| genesis_id(l.cluster(), &l.entries()[0].change))
+        .collect();
+    (logs, anchors)
+}
+
 #[test]
 fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
     use crate::threshold as dealt;
@@ -264,21 +285,15 @@ fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
 
     let governors = ["alice", "bob"];
     let c = pki.node("dc3", "dc3-node1");
-    let logs: Vec<GovLog> = [
-        ("dc1", vec![&a, &peer]),
-        ("dc2", vec![&b]),
-        ("dc3", vec![&c]),
-    ]
-    .into_iter()
-    .map(|(cluster, nodes)| {
-        let members = nodes.iter().map(|n| member(&pki, &n.chain)).collect();
-        GovLog::genesis(&pki, cluster, &governors, 2, members, &governors)
-    })
-    .collect();
-    let anchors: Vec<[u8; 32]> = logs
-        .iter()
-        .map(|l| genesis_id(l.cluster(), &l.entries()[0].change))
-        .collect();
+    let (logs, anchors) = genesis_logs(
+        &pki,
+        &governors,
+        [
+            ("dc1", vec![&a, &peer]),
+            ("dc2", vec![&b]),
+            ("dc3", vec![&c]),
+        ],
+    );
     let anchored = |anchors: &[[u8; 32]], quorum| KeyPolicy {
         rules: vec![Rule {
             tag: RULE_CLUSTER_ANCHORS,
@@ -432,21 +447,15 @@ fn a_presignature_is_used_only_while_its_signers_are_members() {
     assert_eq!(dealt::held(&mut a, &key), vec![p0]);
     dealt::partial(a.call(&use_presignature(&pki, &key, p0, &governors)));
 
-    let mut logs: Vec<GovLog> = [
-        ("dc1", vec![&a, &a2]),
-        ("dc2", vec![&b, &b2]),
-        ("dc3", vec![&c]),
-    ]
-    .into_iter()
-    .map(|(cluster, nodes)| {
-        let members = nodes.iter().map(|n| member(&pki, &n.chain)).collect();
-        GovLog::genesis(&pki, cluster, &governors, 2, members, &governors)
-    })
-    .collect();
-    let anchors: Vec<[u8; 32]> = logs
-        .iter()
-        .map(|l| genesis_id(l.cluster(), &l.entries()[0].change))
-        .collect();
+    let (mut logs, anchors) = genesis_logs(
+        &pki,
+        &governors,
+        [
+            ("dc1", vec![&a, &a2]),
+            ("dc2", vec![&b, &b2]),
+            ("dc3", vec![&c]),
+        ],
+    );
     let policy = KeyPolicy {
         rules: vec![Rule {
             tag: RULE_CLUSTER_ANCHORS,
