@@ -22,6 +22,7 @@ mod error;
 mod nitro;
 mod snp;
 mod tdx;
+mod tpm;
 
 pub use binding::{expect_binding, Bound};
 pub use error::AttestError;
@@ -36,6 +37,7 @@ pub use tdx::{
     verify as verify_tdx, TdxEvidence, TdxPolicy, INTEL_SGX_ROOT_CA_SHA256, MAX_TDX_COLLATERAL,
     MAX_TDX_QUOTE,
 };
+pub use tpm::{TpmCredential, TpmIdentity};
 
 /// 64 hex digits → 32 bytes, at compile time (the pinned fingerprints are written as AWS, AMD
 /// and Intel publish them). A bad digit fails the build.

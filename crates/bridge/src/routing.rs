@@ -198,6 +198,8 @@ pub fn describe(r: &Request) -> Option<Described> {
         // Every member applies the log; the fan-out to all of them is issue 12 step F2.
         Request::ApplyGovernance { .. } => d("governance-apply", None, true),
         Request::Governance { .. } => d("governance", None, true),
+        // Any member signs a ticket; it stores nothing, so a resend is harmless.
+        Request::IssueAdmissionTicket { .. } => d("admission-ticket", None, true),
         // Sent to every node, not routed to one (`route_key_policy`): each TEE applies the
         // change once and answers a repeat with the same policy, so a resend is harmless and
         // needs no pinning to the first node.
@@ -244,7 +246,9 @@ pub fn describe(r: &Request) -> Option<Described> {
         | Request::ImportWallet { .. }
         | Request::SignTls { .. }
         | Request::ExportKeys { .. }
-        | Request::ImportKeys { .. } => return None,
+        | Request::ImportKeys { .. }
+        | Request::AttestationIdentity
+        | Request::AdmissionEvidence { .. } => return None,
     })
 }
 

@@ -2,10 +2,11 @@
 //! shows every field of a proposed entry, and an approver rebuilds the exact change from
 //! those fields (never trusting the server's bytes) to recompute what it signs.
 
-use custos_wire::governance::{Evidence, GovChange, MemberRecord, MAX_EVIDENCE};
+use custos_wire::governance::{Evidence, GovChange, MeasurementPolicy, MemberRecord, MAX_EVIDENCE};
 use custos_wire::protocol::CertChain;
 
 use crate::approval::parse_fingerprint;
+use crate::measurement::{describe_policy, parse_policy, policy_view};
 use crate::{GovChangeView, GovernanceTerms, MemberRecordView};
 
 /// The API view of a member record.
@@ -30,11 +31,18 @@ pub fn change_view(change: &GovChange) -> GovChangeView {
             governors,
             quorum,
             members,
-            ..
+            rules,
         } => GovChangeView::Genesis {
             governors: fps(governors),
             quorum: *quorum,
             members: members.iter().map(member_view).collect(),
+            // A genesis' rules were checked when it was built or verified; one that does not
+            // read shows no policy, and its rebuilt change then differs (nobody signs it).
+            measurement_policy: MeasurementPolicy::from_rules(rules)
+                .ok()
+                .flatten()
+                .as_ref()
+                .map(policy_view),
         },
         GovChange::Admit { member } => GovChangeView::Admit {
             member: member_view(member),
@@ -58,6 +66,9 @@ pub fn change_view(change: &GovChange) -> GovChangeView {
         GovChange::SetGovernors { governors, quorum } => GovChangeView::SetGovernors {
             governors: fps(governors),
             quorum: *quorum,
+        },
+        GovChange::SetMeasurementPolicy { policy } => GovChangeView::SetMeasurementPolicy {
+            policy: policy_view(policy),
         },
     }
 }
@@ -97,8 +108,8 @@ pub fn parse_member(m: &MemberRecordView) -> Result<MemberRecord, String> {
     })
 }
 
-/// The change a view shows, rebuilt field by field (a genesis carries no cluster rules: none
-/// are defined).
+/// The change a view shows, rebuilt field by field (a genesis' only rule is its measurement
+/// policy).
 pub fn parse_change(view: &GovChangeView) -> Result<GovChange, String> {
     let fps = |v: &[String]| {
         v.iter()
@@ -110,11 +121,15 @@ pub fn parse_change(view: &GovChangeView) -> Result<GovChange, String> {
             governors,
             quorum,
             members,
+            measurement_policy,
         } => GovChange::Genesis {
             governors: fps(governors)?,
             quorum: *quorum,
             members: members.iter().map(parse_member).collect::<Result<_, _>>()?,
-            rules: Vec::new(),
+            rules: match measurement_policy {
+                Some(p) => vec![parse_policy(p)?.rule()],
+                None => Vec::new(),
+            },
         },
         GovChangeView::Admit { member } => GovChange::Admit {
             member: parse_member(member)?,
@@ -138,6 +153,9 @@ pub fn parse_change(view: &GovChangeView) -> Result<GovChange, String> {
         GovChangeView::SetGovernors { governors, quorum } => GovChange::SetGovernors {
             governors: fps(governors)?,
             quorum: *quorum,
+        },
+        GovChangeView::SetMeasurementPolicy { policy } => GovChange::SetMeasurementPolicy {
+            policy: parse_policy(policy)?,
         },
     })
 }
@@ -173,16 +191,21 @@ pub fn describe_terms(cluster: &str, t: &GovernanceTerms) -> String {
             governors,
             quorum,
             members,
+            measurement_policy,
         } => format!(
             "start the governance log of cluster {cluster} (version 0): governors {} with \
-             quorum {quorum} of {}; members {}",
+             quorum {quorum} of {}; members {}; admitting nodes on {}",
             list(governors),
             governors.len(),
             members
                 .iter()
                 .map(|m| format!("{:?} (key {})", m.node, short(&m.key_fingerprint)))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            measurement_policy
+                .as_ref()
+                .map(describe_policy)
+                .unwrap_or_else(|| "no platform yet".into())
         ),
         GovChangeView::Admit { member } => format!(
             "admit node {:?} (key {}) into cluster {cluster} as log version {v}",
@@ -212,6 +235,10 @@ pub fn describe_terms(cluster: &str, t: &GovernanceTerms) -> String {
              version {v}",
             list(governors),
             governors.len()
+        ),
+        GovChangeView::SetMeasurementPolicy { policy } => format!(
+            "admit nodes of cluster {cluster} on {} from log version {v} on",
+            describe_policy(policy)
         ),
     }
 }
@@ -260,6 +287,15 @@ mod tests {
             GovChange::SetGovernors {
                 governors: vec![[1; 32]],
                 quorum: 1,
+            },
+            GovChange::Genesis {
+                governors: vec![[1; 32]],
+                quorum: 1,
+                members: vec![member.clone()],
+                rules: vec![MeasurementPolicy::development().rule()],
+            },
+            GovChange::SetMeasurementPolicy {
+                policy: MeasurementPolicy::development(),
             },
         ];
         for c in changes {

@@ -18,6 +18,7 @@ pub mod client;
 mod errors;
 pub mod governance;
 pub mod key_policy;
+pub mod measurement;
 pub mod path;
 pub mod review;
 pub mod scope;

@@ -217,10 +217,15 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
             governors,
             quorum,
             members,
+            measurement_policy,
         } => {
             governors.iter().for_each(|g| line("governor", g));
             line("gov. quorum", &quorum.to_string());
             members.iter().for_each(|m| member(&mut line, m));
+            match measurement_policy {
+                Some(p) => policy_lines(&mut line, p),
+                None => line("admits", "no platform yet"),
+            }
         }
         C::Admit { member: m } => member(&mut line, m),
         C::Remove {
@@ -243,6 +248,34 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
             governors.iter().for_each(|g| line("governor", g));
             line("gov. quorum", &quorum.to_string());
         }
+        C::SetMeasurementPolicy { policy } => policy_lines(&mut line, policy),
+    }
+}
+
+/// Every field of a measurement policy, one line each.
+fn policy_lines(line: &mut dyn FnMut(&str, &str), p: &crate::MeasurementPolicyView) {
+    line("admits", &crate::measurement::describe_policy(p));
+    if let Some(t) = &p.tpm {
+        t.ek_roots_sha256
+            .iter()
+            .for_each(|r| line("tpm EK root", r));
+        t.pcrs
+            .iter()
+            .for_each(|r| line(&format!("tpm PCR{}", r.index), &r.value));
+    }
+    if let Some(n) = &p.nitro {
+        n.pcrs
+            .iter()
+            .for_each(|r| line(&format!("nitro PCR{}", r.index), &r.value));
+    }
+    if let Some(s) = &p.snp {
+        line("snp ARK", &s.ark_sha256);
+        line("snp measure", &s.measurement);
+        line("snp debug ok", &s.allow_debug.to_string());
+    }
+    if let Some(t) = &p.tdx {
+        line("tdx MRTD", &t.mr_td);
+        line("tdx TCB", &format!("{:?}", t.tcb_statuses));
     }
 }
 

@@ -9,12 +9,14 @@ use zeroize::Zeroizing;
 mod clusters;
 mod governance;
 mod key_policy;
+mod measurement;
 mod schema;
 mod threshold;
 
 pub use clusters::*;
 pub use governance::*;
 pub use key_policy::*;
+pub use measurement::*;
 pub use threshold::*;
 
 /// A compressed secp256k1 public key: a wallet's root id or a threshold key's id.

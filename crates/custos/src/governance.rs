@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use custos_cloud_api::client::{ClientError, CloudClient};
 use custos_cloud_api::{
-    AdmitBody, GenesisBody, GovernorsBody, MembersView, RemoveMemberBody, RequestView, RevokeBody,
+    AdmitBody, GenesisBody, GovernorsBody, MeasurementPolicyView, MembersView, RemoveMemberBody,
+    RequestView, RevokeBody,
 };
 
 /// How the commands reach the cloud server (as `custos approve` does).
@@ -92,6 +93,16 @@ pub enum ClusterGovCommand {
         /// A first member's node name; repeat for each.
         #[arg(long = "member", required = true)]
         members: Vec<String>,
+        /// The platforms later members are admitted on: a JSON file holding the measurement
+        /// policy (`allow_software`, `tpm`, `nitro`, `snp`, `tdx`; see the API's
+        /// MeasurementPolicyView). Without it (and without --allow-software-platform) no node
+        /// is admitted after the genesis until the governors set a policy.
+        #[arg(long, conflicts_with = "allow_software_platform")]
+        measurement_policy: Option<PathBuf>,
+        /// Admit later members on the software development stand-in (no evidence): for
+        /// demonstration and test clusters only.
+        #[arg(long)]
+        allow_software_platform: bool,
     },
     /// The members of a cluster, and proposals to admit or remove one.
     Members {
@@ -258,11 +269,28 @@ pub async fn run_cluster(cmd: ClusterGovCommand, out: &mut dyn Write) -> Result<
             governors,
             quorum,
             members,
+            measurement_policy,
+            allow_software_platform,
         } => {
+            let measurement_policy = match measurement_policy {
+                Some(path) => {
+                    Some(
+                        serde_json::from_str(&read(&path)?).map_err(|e| GovCliError::Io {
+                            path: path.display().to_string(),
+                            reason: format!("not a measurement policy: {e}"),
+                        })?,
+                    )
+                }
+                None => allow_software_platform.then(|| MeasurementPolicyView {
+                    allow_software: true,
+                    ..Default::default()
+                }),
+            };
             let body = GenesisBody {
                 governors,
                 quorum,
                 members,
+                measurement_policy,
                 request_id: None,
                 expires_at: None,
             };

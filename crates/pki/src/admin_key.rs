@@ -223,6 +223,17 @@ pub fn cert_key_fingerprint(cert_der: &[u8]) -> Result<[u8; 32], PkiError> {
     Ok(key_fingerprint(cert.public_key().raw))
 }
 
+/// The public key a certificate (DER) certifies, as its SubjectPublicKeyInfo holds it (for an
+/// EC key the SEC1 point): what checks a signature of a device named by its key
+/// fingerprint. The certificate is parsed, not verified.
+pub fn cert_public_key(cert_der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| PkiError::Malformed {
+        what: "certificate",
+        reason: e.to_string(),
+    })?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
 /// An admin's key with its certificate chain, as `custos approve` signs with it.
 pub struct AdminSigner {
     key: Arc<dyn AdminKey>,

@@ -26,8 +26,8 @@ mod verify;
 
 pub use admin_cache::AdminCache;
 pub use admin_key::{
-    admin_csr, cert_key_fingerprint, chain_key_fingerprint, key_fingerprint, AdminFolder, AdminKey,
-    AdminSigner, FileKey,
+    admin_csr, cert_key_fingerprint, cert_public_key, chain_key_fingerprint, key_fingerprint,
+    AdminFolder, AdminKey, AdminSigner, FileKey,
 };
 pub use csr::MAX_CSR_PEM;
 pub use dealer::{

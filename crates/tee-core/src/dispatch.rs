@@ -173,6 +173,11 @@ impl<P: Platform> TeeCore<P> {
                 approvals,
             } => self.set_key_policy(&meta, &key_id, &prev, &policy, &approvals),
             Request::GetKeyPolicy { key_id } => self.get_key_policy(&key_id),
+            Request::AttestationIdentity => self.attestation_identity(),
+            Request::IssueAdmissionTicket { node_key, tpm } => {
+                self.issue_admission_ticket(node_key, tpm)
+            }
+            Request::AdmissionEvidence { challenge } => self.admission_evidence(challenge),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

@@ -21,8 +21,8 @@
 
 use custos_pki::{AdminCache, DeviceIdentity, TrustRoot};
 use custos_wire::governance::{
-    device_key_fingerprint, entry_hash, verify_log, DeviceRefusal, GovEntry, GovError, GovState,
-    MAX_GOV_ENTRIES_PER_APPLY,
+    device_key_fingerprint, entry_hash, verify_log, DeviceRefusal, GovChange, GovEntry, GovError,
+    GovState, MAX_GOV_ENTRIES_PER_APPLY,
 };
 use custos_wire::protocol::*;
 
@@ -114,6 +114,12 @@ impl Governed {
                     head: expected - 1,
                     first: e.version,
                 });
+            }
+            // The platform evidence is this TEE's own check, against the policy in force
+            // before the entry (the log's rules, checked by `apply`, are everyone's).
+            if let GovChange::Admit { member } = &e.change {
+                crate::admission::check_evidence(&next.state, member)
+                    .map_err(|r| refused(e.version, r))?;
             }
             next.state
                 .apply(root, admins, e)

@@ -27,6 +27,7 @@ pub mod wallet;
 // `policy_requests` (a wallet's approver group changed) and `transfer` (key sync between
 // nodes). The approval checks and request-id consumption
 // that every handler shares stay here.
+mod admission;
 mod batch;
 mod dispatch;
 mod governance;

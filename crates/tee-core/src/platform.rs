@@ -97,4 +97,21 @@ pub trait Platform {
 
     /// Increments and returns a counter that never goes backwards, even across restarts.
     fn counter_increment(&mut self) -> Result<u64, PlatformError>;
+
+    /// The platform's attestation identity (TPM: endorsement certificate + attestation key
+    /// public), `None` where evidence needs no verifier-made credential.
+    fn attestation_identity(
+        &mut self,
+    ) -> Result<Option<custos_attest::TpmIdentity>, PlatformError> {
+        Ok(None)
+    }
+
+    /// Recovers the secret of a credential made for this platform's attestation key
+    /// (TPM2_ActivateCredential).
+    fn activate_credential(
+        &mut self,
+        _credential: &custos_attest::TpmCredential,
+    ) -> Result<Zeroizing<[u8; 32]>, PlatformError> {
+        Err(PlatformError::Unsupported("credential activation"))
+    }
 }

@@ -49,7 +49,8 @@ pub struct GovLog<'a> {
 }
 
 impl<'a> GovLog<'a> {
-    /// A genesis naming `governors` (quorum `quorum`) and `members`, approved by `signers`.
+    /// A genesis naming `governors` (quorum `quorum`) and `members`, approved by `signers`,
+    /// with the development measurement policy (software-platform nodes are admitted).
     pub fn genesis(
         pki: &'a Pki,
         cluster: &str,
@@ -68,7 +69,8 @@ impl<'a> GovLog<'a> {
                 governors: admin_keys(pki, governors),
                 quorum,
                 members,
-                rules: Vec::new(),
+                // Test clusters admit software-platform nodes, as the demo's do.
+                rules: vec![custos_wire::governance::MeasurementPolicy::development().rule()],
             },
             signers,
         );

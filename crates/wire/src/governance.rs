@@ -15,10 +15,12 @@ use crate::field::put;
 use crate::policy::{put_fingerprints, put_rules, Rule};
 use crate::protocol::{CertChain, RequestMeta};
 
+mod admission;
 mod error;
 mod limits;
 mod verify;
 
+pub use admission::*;
 pub use error::{DeviceRefusal, GovError};
 pub use verify::{verify_log, GovState, Member};
 
@@ -28,8 +30,9 @@ pub const MAX_MEMBERS: usize = 64;
 pub const MAX_GOVERNORS: usize = crate::policy::MAX_GROUP;
 /// Most revoked key fingerprints (admins and devices together) of one cluster.
 pub const MAX_REVOKED: usize = 4096;
-/// Largest attestation evidence document, bytes.
-pub const MAX_EVIDENCE: usize = 16 * 1024;
+/// Largest attestation evidence document, bytes (a TDX quote with its collateral is about
+/// 21 KiB).
+pub const MAX_EVIDENCE: usize = 64 * 1024;
 /// Longest reason text of a removal or revocation, bytes.
 pub const MAX_REASON: usize = 1024;
 /// Most entries one apply request may carry.
@@ -39,8 +42,8 @@ pub const GENESIS_DOMAIN: &[u8] = b"CUSTOS-GENESIS-V1\0";
 /// Domain separation tag of [`entry_hash`].
 pub const ENTRY_DOMAIN: &[u8] = b"CUSTOS-GOV-ENTRY-V1\0";
 
-/// Attestation evidence that binds a node's device key. Format 0 is "none"; the attestation
-/// issue defines formats 1.. without a change of this type.
+/// Attestation evidence that binds a node's device key: [`EVIDENCE_NONE`] or
+/// [`EVIDENCE_ADMISSION_V1`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Evidence {
     /// Format of `document` (0: no evidence).
@@ -77,7 +80,7 @@ pub enum GovChange {
         quorum: u8,
         /// First members, 1..=[`MAX_MEMBERS`].
         members: Vec<MemberRecord>,
-        /// Cluster rules; none are defined yet, so any rule is refused.
+        /// Cluster rules: at most the [`MeasurementPolicy::rule`] (any other rule is refused).
         rules: Vec<Rule>,
     },
     /// Admits a node.
@@ -108,6 +111,12 @@ pub enum GovChange {
         /// Distinct governors needed.
         quorum: u8,
     },
+    /// Replaces the measurement policy nodes are admitted under (members already admitted
+    /// stay).
+    SetMeasurementPolicy {
+        /// The new policy.
+        policy: MeasurementPolicy,
+    },
 }
 
 /// One entry of a cluster's governance log.
@@ -134,12 +143,14 @@ impl GovChange {
             GovChange::Remove { .. } => b"gov-remove",
             GovChange::Revoke { .. } => b"gov-revoke",
             GovChange::SetGovernors { .. } => b"gov-set-governors",
+            GovChange::SetMeasurementPolicy { .. } => b"gov-set-measurement-policy",
         }
     }
 
     /// Canonical bytes, each a [`put`] field (lists as their length, u32 BE, then each
     /// item): governors, [quorum], members, rules; or the member; or the removed key and
-    /// reason; or admin keys, device keys, reason; or governors, [quorum].
+    /// reason; or admin keys, device keys, reason; or governors, [quorum]; or the policy's
+    /// canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         match self {
@@ -178,6 +189,7 @@ impl GovChange {
                 put_fingerprints(&mut out, governors);
                 put(&mut out, &[*quorum]);
             }
+            GovChange::SetMeasurementPolicy { policy } => put(&mut out, &policy.encode()),
         }
         out
     }

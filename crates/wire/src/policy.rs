@@ -20,6 +20,9 @@ pub const MAX_RULES: usize = 16;
 pub const MAX_RULE_BODY: usize = 4096;
 /// Rule of threshold keys: the genesis id (32 bytes) of each share's cluster, by share index.
 pub const RULE_CLUSTER_ANCHORS: u16 = 1;
+/// Rule of a governance genesis: the cluster's measurement policy
+/// ([`crate::governance::MeasurementPolicy`], its canonical encoding).
+pub const RULE_MEASUREMENT_POLICY: u16 = 2;
 /// Most clusters a [`RULE_CLUSTER_ANCHORS`] rule names.
 pub const MAX_ANCHORS: usize = 64;
 /// Domain separation tag of [`KeyPolicy::hash`].

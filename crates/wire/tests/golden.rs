@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::governance::{
-    entry_hash, genesis_id, Evidence, GovChange, GovEntry, MemberRecord,
+    admission_binding, entry_hash, genesis_id, nonce_hash, AdmissionChallenge, AdmissionEvidence,
+    AdmissionTicket, Evidence, GovChange, GovEntry, MeasurementPolicy, MemberRecord,
+    NitroMeasurement, SignedTicket, SnpMeasurement, TdxMeasurement, TicketCredential, TpmIdentity,
+    TpmMeasurement, EVIDENCE_ADMISSION_V1,
 };
 use custos_wire::import::SealedImport;
 use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
@@ -319,7 +322,73 @@ fn requests() -> Vec<Request> {
             },
             approvals: vec![approval()],
         },
+        Request::AttestationIdentity,
+        Request::IssueAdmissionTicket {
+            node_key: [0xe4; 32],
+            tpm: Some(tpm_identity()),
+        },
+        Request::AdmissionEvidence {
+            challenge: challenge(),
+        },
     ]
+}
+
+fn tpm_identity() -> TpmIdentity {
+    TpmIdentity {
+        ek_cert: vec![0x30, 0x01],
+        ek_chain: vec![vec![0x30, 0x02]],
+        ak_public: vec![0x00, 0x23],
+    }
+}
+
+fn ticket() -> AdmissionTicket {
+    AdmissionTicket {
+        cluster: "dc1".into(),
+        genesis_id: [0xf5; 32],
+        node_key: [0xe4; 32],
+        issuer: [0xe1; 32],
+        nonce_hash: nonce_hash(&[0x6e; 32]),
+        issued_at: 1_799_999_000,
+        expires_at: 1_800_002_600,
+        tpm: Some(TicketCredential {
+            ak_name: vec![0x00, 0x0b, 0x01],
+            ek_cert_sha256: [0xec; 32],
+            id_object: vec![0x1d; 3],
+            encrypted_secret: vec![0x5e; 4],
+        }),
+    }
+}
+
+fn challenge() -> AdmissionChallenge {
+    AdmissionChallenge {
+        ticket: SignedTicket {
+            ticket: ticket(),
+            signature: vec![0x30, 0x45],
+        },
+        nonce: None,
+    }
+}
+
+fn measurement_policy() -> MeasurementPolicy {
+    MeasurementPolicy {
+        allow_software: false,
+        tpm: Some(TpmMeasurement {
+            ek_roots_sha256: vec![[0xa1; 32]],
+            pcrs: vec![(7, [0xa7; 32])],
+        }),
+        nitro: Some(NitroMeasurement {
+            pcrs: vec![(0, vec![0xa0; 48])],
+        }),
+        snp: Some(SnpMeasurement {
+            ark_sha256: [0xa2; 32],
+            measurement: vec![0xa3; 48],
+            allow_debug: false,
+        }),
+        tdx: Some(TdxMeasurement {
+            mr_td: vec![0xa4; 48],
+            tcb_statuses: vec!["UpToDate".into()],
+        }),
+    }
 }
 
 fn responses() -> Vec<Response> {
@@ -418,6 +487,18 @@ fn responses() -> Vec<Response> {
             policy: policy(),
             hash: policy().hash(),
         },
+        Response::AttestationIdentity(Some(tpm_identity())),
+        Response::AdmissionChallenge(challenge()),
+        Response::AdmissionEvidence(Evidence {
+            format: EVIDENCE_ADMISSION_V1,
+            document: AdmissionEvidence {
+                ticket: challenge().ticket,
+                nonce: [0x6e; 32],
+                platform: "tpm".into(),
+                document: vec![0xd0; 3],
+            }
+            .encode(),
+        }),
     ]
 }
 
@@ -519,6 +600,7 @@ fn errors() -> Vec<TeeError> {
             cluster: "dc2".into(),
             genesis_id: [0x9e; 32],
         },
+        TeeError::AdmissionRefused(s()),
     ]
 }
 
@@ -568,6 +650,12 @@ fn gov_changes() -> Vec<(&'static str, GovChange)> {
             GovChange::SetGovernors {
                 governors: vec![[0xb1; 32], [0xb2; 32]],
                 quorum: 1,
+            },
+        ),
+        (
+            "gov-set-measurement-policy",
+            GovChange::SetMeasurementPolicy {
+                policy: measurement_policy(),
             },
         ),
     ]
@@ -803,6 +891,19 @@ fn current() -> BTreeMap<String, String> {
         hex::encode(genesis_id("dc1", &genesis)),
     );
     out.insert("policy encoding".into(), hex::encode(policy().encode()));
+    // Signed by a member TEE and checked by every verifier of the log.
+    out.insert(
+        "admission ticket-message".into(),
+        hex::encode(ticket().message()),
+    );
+    out.insert(
+        "admission binding".into(),
+        hex::encode(admission_binding(&[0xf5; 32], &[0x6e; 32], &[0x04; 65])),
+    );
+    out.insert(
+        "measurement-policy encoding".into(),
+        hex::encode(measurement_policy().encode()),
+    );
     out.insert("policy hash".into(), hex::encode(policy().hash()));
     out
 }

@@ -201,6 +201,7 @@ fn describe_change(change: &GovChange, before: Option<&GovState>) -> (&'static s
         } => ("member-remove", vec![name_of(key_fingerprint)]),
         GovChange::Revoke { devices, .. } => ("revoke", devices.iter().map(name_of).collect()),
         GovChange::SetGovernors { .. } => ("set-governors", Vec::new()),
+        GovChange::SetMeasurementPolicy { .. } => ("set-measurement-policy", Vec::new()),
     }
 }
 

@@ -36,6 +36,10 @@ pub struct GenesisBody {
     /// whose device chains the bridge hands out.
     #[schema(schema_with = member_list)]
     pub members: Vec<String>,
+    /// The platforms nodes are admitted on after the genesis (absent: none, until the
+    /// governors set a policy). The demo's clusters allow the software platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement_policy: Option<crate::MeasurementPolicyView>,
     /// See [`crate::CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
@@ -217,7 +221,7 @@ pub struct MemberRecordView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum GovChangeView {
-    /// The first entry (no cluster rules: none are defined).
+    /// The first entry.
     Genesis {
         /// Governor key fingerprints, hex, sorted.
         governors: Vec<String>,
@@ -225,6 +229,10 @@ pub enum GovChangeView {
         quorum: u8,
         /// The first members.
         members: Vec<MemberRecordView>,
+        /// The platforms later members are admitted on (absent: none, until a
+        /// `set_measurement_policy` entry).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        measurement_policy: Option<crate::MeasurementPolicyView>,
     },
     /// Admits a node.
     Admit {
@@ -253,6 +261,11 @@ pub enum GovChangeView {
         governors: Vec<String>,
         /// Distinct governors needed.
         quorum: u8,
+    },
+    /// Replaces the measurement policy nodes are admitted under.
+    SetMeasurementPolicy {
+        /// The new policy.
+        policy: crate::MeasurementPolicyView,
     },
 }
 

@@ -301,6 +301,12 @@ impl Cloud {
         self.cluster_config(cluster)?;
         Self::check_quorum(body.quorum)?;
         let governors = fingerprints(&body.governors)?;
+        let rules = match &body.measurement_policy {
+            Some(p) => vec![custos_cloud_api::measurement::parse_policy(p)
+                .map_err(|e| gov_error(ErrorCode::InvalidGovernance, e))?
+                .rule()],
+            None => Vec::new(),
+        };
         // Before anything else: each member named costs a call to the bridge.
         if body.members.len() > custos_wire::governance::MAX_MEMBERS {
             return Err(gov_error(
@@ -326,7 +332,7 @@ impl Cloud {
             governors: governors.clone(),
             quorum: body.quorum,
             members: Vec::new(),
-            rules: Vec::new(),
+            rules: rules.clone(),
         };
         match shape.check_limits() {
             Err(custos_wire::governance::GovError::TooMany { what, .. })
@@ -351,7 +357,7 @@ impl Cloud {
             governors,
             quorum: body.quorum,
             members,
-            rules: Vec::new(),
+            rules,
         };
         if let Some(pin) = self.genesis_pin(cluster)? {
             let id = custos_wire::governance::genesis_id(cluster, &change);
@@ -730,7 +736,12 @@ fn precheck(state: &GovState, change: &GovChange) -> Result<(), ApiError> {
             if state.members.values().any(|m| m.record.node == member.node) {
                 return invalid(format!("a member is named {:?} already", member.node));
             }
-            Ok(())
+            // The ticket, nonce and platform rules every verifier applies; the platform's
+            // evidence itself is the TEEs' to verify.
+            state
+                .check_admission(member)
+                .map(drop)
+                .or_else(|e| invalid(e.to_string()))
         }
         GovChange::Remove {
             key_fingerprint, ..
@@ -779,5 +790,6 @@ fn precheck(state: &GovState, change: &GovChange) -> Result<(), ApiError> {
             }
             Ok(())
         }
+        GovChange::SetMeasurementPolicy { .. } => Ok(()),
     }
 }

@@ -178,6 +178,10 @@ async fn govern(s: &TestServer, cluster: &str, members: &[&str]) {
         governors: vec![fp(s, "alice"), fp(s, "bob")],
         quorum: 2,
         members: members.iter().map(|m| m.to_string()).collect(),
+        measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
+            allow_software: true,
+            ..Default::default()
+        }),
         request_id: None,
         expires_at: None,
     };

@@ -34,6 +34,10 @@ async fn genesis_revocation_and_a_moved_head_through_the_api() {
         governors: vec![fp(&s, "bob"), fp(&s, "alice"), fp(&s, "bob")],
         quorum: 2,
         members: vec!["node9".into()],
+        measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
+            allow_software: true,
+            ..Default::default()
+        }),
         request_id: None,
         expires_at: None,
     };
@@ -188,6 +192,10 @@ async fn govern(s: &TestServer, cluster: &str, members: &[&str]) {
         governors: vec![fp(s, "alice"), fp(s, "bob")],
         quorum: 2,
         members: members.iter().map(|m| m.to_string()).collect(),
+        measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
+            allow_software: true,
+            ..Default::default()
+        }),
         request_id: None,
         expires_at: None,
     };
@@ -387,6 +395,10 @@ async fn a_pinned_genesis_is_the_only_log_believed() {
         governors: vec![fp(&s, "alice"), fp(&s, "bob")],
         quorum: 2,
         members: vec!["node1".into()],
+        measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
+            allow_software: true,
+            ..Default::default()
+        }),
         request_id: None,
         expires_at: None,
     };

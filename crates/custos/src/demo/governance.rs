@@ -41,6 +41,10 @@ impl Demo {
                         governors: self.governors(),
                         quorum: 2,
                         members: nodes.clone(),
+                        measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
+                            allow_software: true,
+                            ..Default::default()
+                        }),
                         request_id: None,
                         expires_at: None,
                     },

@@ -218,6 +218,10 @@ fn a_holder_that_missed_a_group_change_is_not_routed_the_key() {
                     governors: vec![fp(&alice), fp(&bob)],
                     quorum: 1,
                     members: NODES.map(String::from).to_vec(),
+                    measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
+                        allow_software: true,
+                        ..Default::default()
+                    }),
                     request_id: None,
                     expires_at: None,
                 },

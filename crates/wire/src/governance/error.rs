@@ -182,6 +182,75 @@ pub enum GovError {
         /// The governors' quorum.
         quorum: u8,
     },
+    /// A measurement policy is malformed.
+    #[error("measurement_policy_invalid: {0}")]
+    MeasurementPolicy(String),
+    /// A node is to be admitted, but the cluster has no measurement policy yet.
+    #[error("no_measurement_policy: the cluster has no measurement policy, so node {node:?} cannot be admitted; the governors set one first")]
+    NoMeasurementPolicy {
+        /// Node name.
+        node: String,
+    },
+    /// The policy does not admit the node's platform (the software platform without
+    /// evidence included).
+    #[error("platform_not_admitted: node {node:?} runs on platform {platform:?}, which the cluster's measurement policy does not admit")]
+    PlatformNotAdmitted {
+        /// Node name.
+        node: String,
+        /// Its platform.
+        platform: String,
+    },
+    /// The admission ticket is malformed, foreign, or not for this node.
+    #[error("admission_ticket_invalid: node {node:?}: {reason}")]
+    Ticket {
+        /// Node name.
+        node: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The ticket is not signed by the current member it names.
+    #[error("admission_ticket_signature: node {node:?}: the ticket is not signed by member {}", hex32(.issuer))]
+    TicketSignature {
+        /// Node name.
+        node: String,
+        /// The issuer the ticket names.
+        issuer: [u8; 32],
+    },
+    /// The admission time is outside the ticket's validity.
+    #[error("admission_ticket_expired: node {node:?} admitted at {admitted_at}, the ticket covers {issued_at}..={expires_at}")]
+    TicketExpired {
+        /// Node name.
+        node: String,
+        /// Admission time.
+        admitted_at: u64,
+        /// Ticket issue time.
+        issued_at: u64,
+        /// Ticket expiry.
+        expires_at: u64,
+    },
+    /// The revealed nonce is not the one the ticket committed to.
+    #[error("admission_nonce_mismatch: node {node:?}: the evidence reveals another nonce than the ticket's")]
+    NonceMismatch {
+        /// Node name.
+        node: String,
+    },
+    /// The nonce was used by an earlier admission of this log.
+    #[error("admission_nonce_reused: node {node:?}: the ticket's nonce was already used by an earlier admission")]
+    NonceReused {
+        /// Node name.
+        node: String,
+    },
+    /// The platform's evidence does not verify, or does not show what the policy requires
+    /// (checked by the TEE core).
+    #[error("evidence_refused: node {node:?}: {code}: {reason}")]
+    Evidence {
+        /// Node name.
+        node: String,
+        /// The verifier's name for the refusal (`tpm_pcr_mismatch`, `binding_mismatch`, ...).
+        code: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// Why a device is not accepted as a member of the cluster.

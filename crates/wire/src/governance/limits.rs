@@ -2,10 +2,10 @@
 //! signature is looked at.
 
 use super::{
-    GovChange, GovError, MemberRecord, MAX_EVIDENCE, MAX_GOVERNORS, MAX_MEMBERS, MAX_REASON,
-    MAX_REVOKED,
+    GovChange, GovError, MeasurementPolicy, MemberRecord, MAX_EVIDENCE, MAX_GOVERNORS, MAX_MEMBERS,
+    MAX_REASON, MAX_REVOKED,
 };
-use crate::policy::{check_fingerprint_set, check_rules, PolicyError};
+use crate::policy::{check_fingerprint_set, check_rules, PolicyError, RULE_MEASUREMENT_POLICY};
 use crate::protocol::MAX_QUORUM;
 
 fn set(what: &'static str, fps: &[[u8; 32]], max: usize) -> Result<(), GovError> {
@@ -74,8 +74,9 @@ fn member(m: &MemberRecord) -> Result<(), GovError> {
 impl GovChange {
     /// Checks every limit and canonical form that needs no certificate: list sizes
     /// ([`MAX_MEMBERS`], [`MAX_GOVERNORS`], [`MAX_REVOKED`]), text sizes ([`MAX_REASON`],
-    /// [`MAX_EVIDENCE`]), sorted distinct fingerprint lists, quorum range, node names, and no
-    /// cluster rules (none are defined, and an unknown rule is refused, never ignored).
+    /// [`MAX_EVIDENCE`]), sorted distinct fingerprint lists, quorum range, node names, and
+    /// cluster rules (only a well-formed measurement policy; an unknown rule is refused,
+    /// never ignored).
     pub fn check_limits(&self) -> Result<(), GovError> {
         match self {
             GovChange::Genesis {
@@ -93,7 +94,8 @@ impl GovChange {
                     });
                 }
                 members.iter().try_for_each(member)?;
-                check_rules(rules, &[]).map_err(GovError::Rule)
+                check_rules(rules, &[RULE_MEASUREMENT_POLICY]).map_err(GovError::Rule)?;
+                MeasurementPolicy::from_rules(rules).map(drop)
             }
             GovChange::Admit { member: m } => member(m),
             GovChange::Remove { reason: r, .. } => reason(r),
@@ -113,6 +115,7 @@ impl GovChange {
                 governors: g,
                 quorum,
             } => governors(g, *quorum),
+            GovChange::SetMeasurementPolicy { policy } => policy.check(),
         }
     }
 }

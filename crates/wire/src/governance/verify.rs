@@ -1,14 +1,14 @@
 //! One verifier of governance logs for everyone: the state a log leads to, and the rules every
 //! entry must keep to move it on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use custos_pki::{AdminCache, DeviceIdentity, TrustRoot};
 use serde::{Deserialize, Serialize};
 
 use super::{
     device_key_fingerprint, entry_hash, genesis_id, DeviceRefusal, GovChange, GovEntry, GovError,
-    MemberRecord, MAX_MEMBERS, MAX_REVOKED,
+    MeasurementPolicy, MemberRecord, MAX_MEMBERS, MAX_REVOKED,
 };
 use crate::approval::{verify_approvals, ApprovalTime, Approvers, MAX_APPROVAL_LIFETIME_SECS};
 
@@ -45,6 +45,12 @@ pub struct GovState {
     pub revoked_admins: BTreeMap<[u8; 32], u64>,
     /// Revoked device keys, with the version that revoked them.
     pub revoked_devices: BTreeMap<[u8; 32], u64>,
+    /// The platforms nodes are admitted on (none: no node is admitted after the genesis).
+    #[serde(default)]
+    pub measurement: Option<MeasurementPolicy>,
+    /// [`super::nonce_hash`] of every admission ticket used so far: a nonce admits once.
+    #[serde(default)]
+    pub used_nonces: BTreeSet<[u8; 32]>,
 }
 
 impl GovState {
@@ -63,7 +69,7 @@ impl GovState {
             governors,
             quorum,
             members,
-            ..
+            rules,
         } = &e.change
         else {
             return Err(GovError::NotGenesis { version: e.version });
@@ -96,8 +102,11 @@ impl GovState {
             removed: BTreeMap::new(),
             revoked_admins: BTreeMap::new(),
             revoked_devices: BTreeMap::new(),
+            measurement: MeasurementPolicy::from_rules(rules)?,
+            used_nonces: BTreeSet::new(),
         };
         for m in members {
+            // The governors chose the first members themselves: no ticket to check.
             state.admit(root, e, m)?;
         }
         state.head = entry_hash(cluster, e);
@@ -188,7 +197,18 @@ impl GovState {
     fn change(&mut self, root: &TrustRoot, e: &GovEntry) -> Result<(), GovError> {
         match &e.change {
             GovChange::Genesis { .. } => Err(GovError::UnexpectedGenesis { version: e.version }),
-            GovChange::Admit { member } => self.admit(root, e, member),
+            GovChange::Admit { member } => {
+                let nonce = self.check_admission(member)?;
+                self.admit(root, e, member)?;
+                if let Some(n) = nonce {
+                    self.used_nonces.insert(n);
+                }
+                Ok(())
+            }
+            GovChange::SetMeasurementPolicy { policy } => {
+                self.measurement = Some(policy.clone());
+                Ok(())
+            }
             GovChange::Remove {
                 key_fingerprint, ..
             } => {
@@ -375,5 +395,6 @@ pub fn verify_log(
     Ok(state)
 }
 
+mod admission;
 #[cfg(test)]
 mod tests;

@@ -259,6 +259,11 @@ pub enum TeeError {
         /// The genesis the key's policy anchors that cluster at.
         genesis_id: [u8; 32],
     },
+    /// An admission ticket cannot be issued or answered (the message names why: no
+    /// measurement policy, a platform it does not admit, a TPM that refused the credential,
+    /// a ticket for another key).
+    #[error("admission refused: {0}")]
+    AdmissionRefused(String),
 }
 
 impl TeeError {
@@ -303,6 +308,7 @@ impl TeeError {
             TeeError::GovernanceRejected(_) => "governance_rejected",
             TeeError::GovernanceGap { .. } => "governance_gap",
             TeeError::NotGoverned => "not_governed",
+            TeeError::AdmissionRefused(_) => "admission_refused",
             TeeError::NotExecutor { .. } => "not_executor",
             TeeError::PolicyRejected(_) => "policy_rejected",
             TeeError::PolicyConflict { .. } => "policy_conflict",

@@ -341,6 +341,23 @@ pub enum Request {
         /// Approvals by the key's group.
         approvals: Vec<Approval>,
     },
+    /// The platform's attestation identity (a TPM's endorsement certificate and attestation
+    /// key), which a member needs to make this node's admission ticket.
+    AttestationIdentity,
+    /// As a member of a governed cluster, issue an admission ticket for a candidate node
+    /// ([`crate::governance::AdmissionTicket`]).
+    IssueAdmissionTicket {
+        /// The candidate's device key fingerprint.
+        node_key: [u8; 32],
+        /// The candidate's TPM identity (its TEE's [`Request::AttestationIdentity`]), to seal
+        /// the nonce to; `None` for platforms without a TPM.
+        tpm: Option<crate::governance::TpmIdentity>,
+    },
+    /// As the candidate, answer an admission ticket with the platform's evidence.
+    AdmissionEvidence {
+        /// The ticket (and its nonce, unless sealed to this TPM).
+        challenge: crate::governance::AdmissionChallenge,
+    },
 }
 
 /// Who may send a request to a TEE core.
@@ -385,6 +402,7 @@ impl Request {
             | Request::GetKeyPolicy { .. }
             | Request::ThresholdGroupKeygenStart { .. }
             | Request::ImportGroupWalletSealed { .. }
+            | Request::IssueAdmissionTicket { .. }
             | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }
@@ -394,7 +412,9 @@ impl Request {
             | Request::ImportWallet { .. }
             | Request::SignTls { .. }
             | Request::ExportKeys { .. }
-            | Request::ImportKeys { .. } => RelayClass::NodeOnly,
+            | Request::ImportKeys { .. }
+            | Request::AttestationIdentity
+            | Request::AdmissionEvidence { .. } => RelayClass::NodeOnly,
         }
     }
 }

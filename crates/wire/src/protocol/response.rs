@@ -184,4 +184,10 @@ pub enum Response {
         /// [`crate::policy::KeyPolicy::hash`] of `policy`.
         hash: [u8; 32],
     },
+    /// The platform's TPM identity ([`Request::AttestationIdentity`]; `None`: no TPM).
+    AttestationIdentity(Option<crate::governance::TpmIdentity>),
+    /// A signed admission ticket ([`Request::IssueAdmissionTicket`]).
+    AdmissionChallenge(crate::governance::AdmissionChallenge),
+    /// The candidate's evidence for its `Admit` entry ([`Request::AdmissionEvidence`]).
+    AdmissionEvidence(crate::governance::Evidence),
 }

@@ -188,6 +188,8 @@ fn a_registry_entry_stays_only_as_the_member_of_its_name() {
         removed: Default::default(),
         revoked_admins: Default::default(),
         revoked_devices: Default::default(),
+        measurement: None,
+        used_nonces: Default::default(),
     };
     gov.members.insert(
         fp,

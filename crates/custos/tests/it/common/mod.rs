@@ -73,6 +73,10 @@ pub async fn govern(
                     .collect(),
                 quorum,
                 members: members.to_vec(),
+                measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
+                    allow_software: true,
+                    ..Default::default()
+                }),
                 request_id: None,
                 expires_at: None,
             },

@@ -71,6 +71,10 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
             governors: vec![fp(&carol), fp(&alice), fp(&bob)],
             quorum: 2,
             members: vec![format!("{DC}-node1"), format!("{DC}-node2")],
+            measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
+                allow_software: true,
+                ..Default::default()
+            }),
             request_id: None,
             expires_at: None,
         };

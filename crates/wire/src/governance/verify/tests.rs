@@ -7,6 +7,8 @@ use crate::governance::Evidence;
 use crate::protocol::{CertChain, RequestMeta, TeeError};
 use crate::test_pki::{now, Admin, Device, TestPki};
 
+mod admission;
+
 const CLUSTER: &str = "dc1";
 
 /// A PKI, governors alice, bob and carol (quorum 2), outsider dave, and nodes 1..=4 of dc1.
@@ -63,7 +65,7 @@ impl Fx {
             governors: self.governors(&[&self.alice, &self.bob, &self.carol]),
             quorum: 2,
             members: vec![self.record(1), self.record(2)],
-            rules: Vec::new(),
+            rules: vec![MeasurementPolicy::development().rule()],
         }
     }
 
