@@ -442,6 +442,19 @@ impl CloudClient {
             .await
     }
 
+    /// `POST /v1/clusters/{name}/members/tickets`.
+    pub async fn admission_ticket(
+        &self,
+        cluster: &str,
+        body: &TicketBody,
+    ) -> Result<AdmissionTicketView, ClientError> {
+        self.post(
+            &format!("/v1/clusters/{}/members/tickets", segment(cluster)?),
+            body,
+        )
+        .await
+    }
+
     /// `POST /v1/clusters/{name}/members/{node}/remove`.
     pub async fn remove_member(
         &self,

@@ -13,6 +13,7 @@
 //! * [`review`]: what an approver checks and reads before signing;
 //! * [`client`]: a typed client of every route.
 
+pub mod admission;
 pub mod approval;
 pub mod client;
 mod errors;

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use custos_cloud_api::client::{ClientError, CloudClient};
 use custos_cloud_api::{
     AdmitBody, GenesisBody, GovernorsBody, MeasurementPolicyView, MembersView, RemoveMemberBody,
-    RequestView, RevokeBody,
+    RequestView, RevokeBody, TicketBody,
 };
+use custos_wire::governance::EVIDENCE_ADMISSION_V1;
 
 /// How the commands reach the cloud server (as `custos approve` does).
 #[derive(clap::Args, Clone, Debug)]
@@ -155,6 +156,34 @@ pub enum MembersCommand {
         /// (a governed cluster's bridge registers members only).
         #[arg(long)]
         chain: Option<PathBuf>,
+        /// The node's answer to its admission ticket (hex, as `custos tee admission-evidence`
+        /// writes it). Without it the node is admitted only where the cluster's policy allows
+        /// the software platform.
+        #[arg(long)]
+        evidence: Option<PathBuf>,
+    },
+    /// Have a member's TEE sign an admission ticket for a node that asks to join; its own TEE
+    /// answers it (`custos tee admission-evidence`), within the hour.
+    Ticket {
+        /// How to reach the cloud server.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Cluster name.
+        #[arg(long)]
+        cluster: String,
+        /// The node's name.
+        #[arg(long)]
+        node: String,
+        /// The node's device chain (PEM), as `custos tee chain` writes it.
+        #[arg(long)]
+        chain: PathBuf,
+        /// The node's TPM identity (JSON), as `custos tee attestation-identity` writes it: for
+        /// a node on a TPM, whose ticket's nonce is sealed to that TPM.
+        #[arg(long)]
+        tpm_identity: Option<PathBuf>,
+        /// Output file (JSON); stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Propose removing a member.
     Remove {
@@ -321,17 +350,55 @@ pub async fn run_cluster(cmd: ClusterGovCommand, out: &mut dyn Write) -> Result<
                 cluster,
                 node,
                 chain,
+                evidence,
             } => {
+                let evidence_hex = evidence.as_deref().map(read).transpose()?;
                 let body = AdmitBody {
                     node,
                     chain_pem: chain.as_deref().map(read).transpose()?,
-                    evidence_format: None,
-                    evidence_hex: None,
+                    evidence_format: evidence_hex.as_ref().map(|_| EVIDENCE_ADMISSION_V1),
+                    evidence_hex: evidence_hex.map(|h| h.trim().to_string()),
                     request_id: None,
                     expires_at: None,
                 };
                 let view = api.client()?.admit_member(&cluster, &body).await?;
                 proposed(&view, out)
+            }
+            MembersCommand::Ticket {
+                api,
+                cluster,
+                node,
+                chain,
+                tpm_identity,
+                out: file,
+            } => {
+                let tpm_identity =
+                    match tpm_identity {
+                        Some(path) => Some(serde_json::from_str(&read(&path)?).map_err(|e| {
+                            GovCliError::Io {
+                                path: path.display().to_string(),
+                                reason: format!("not a TPM identity: {e}"),
+                            }
+                        })?),
+                        None => None,
+                    };
+                let body = TicketBody {
+                    node,
+                    chain_pem: read(&chain)?,
+                    tpm_identity,
+                };
+                let view = api.client()?.admission_ticket(&cluster, &body).await?;
+                let json = serde_json::to_string_pretty(&view).expect("a view serializes");
+                match file {
+                    Some(path) => {
+                        std::fs::write(&path, json + "\n").map_err(|e| GovCliError::Io {
+                            path: path.display().to_string(),
+                            reason: e.to_string(),
+                        })?
+                    }
+                    None => writeln!(out, "{json}")?,
+                }
+                Ok(())
             }
             MembersCommand::Remove {
                 api,

@@ -2,6 +2,7 @@
 //! integration tests: operator actions that span the PKI and the TEE process.
 
 pub mod admin;
+pub mod admission;
 pub mod approve;
 pub mod cluster;
 pub mod dealer;

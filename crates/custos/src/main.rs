@@ -539,6 +539,33 @@ enum TeeCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write the TPM identity of a node on the TPM platform (endorsement certificate and
+    /// attestation key; JSON): what `custos cluster members ticket --tpm-identity` takes.
+    AttestationIdentity {
+        /// Socket of the TEE process.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The endorsement certificate's issuers up to the manufacturer's root (PEM, root
+        /// last), when the TPM does not hold them.
+        #[arg(long)]
+        ek_chain: Option<PathBuf>,
+        /// Output file; stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Have the node's TEE answer its admission ticket (`custos cluster members ticket`) with
+    /// its platform's evidence (hex): what `custos cluster members admit --evidence` takes.
+    AdmissionEvidence {
+        /// Socket of the TEE process.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The ticket (JSON).
+        #[arg(long)]
+        ticket: PathBuf,
+        /// Output file; stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -1177,6 +1204,29 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             match out {
                 Some(path) => std::fs::write(&path, pem)?,
                 None => print!("{pem}"),
+            }
+        }
+        TeeCommand::AttestationIdentity {
+            socket,
+            ek_chain,
+            out,
+        } => {
+            let view = custos::admission::attestation_identity(&socket, ek_chain.as_deref())?;
+            let json = serde_json::to_string_pretty(&view)? + "\n";
+            match out {
+                Some(path) => std::fs::write(&path, json)?,
+                None => print!("{json}"),
+            }
+        }
+        TeeCommand::AdmissionEvidence {
+            socket,
+            ticket,
+            out,
+        } => {
+            let hex = custos::admission::admission_evidence(&socket, &ticket)? + "\n";
+            match out {
+                Some(path) => std::fs::write(&path, hex)?,
+                None => print!("{hex}"),
             }
         }
     }

@@ -67,9 +67,10 @@ pub struct AdmitBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 65535)]
     pub evidence_format: Option<u16>,
-    /// Attestation evidence, hex (at most 16 KiB).
+    /// Attestation evidence, hex (at most 48 KiB; format 1: the node's answer to a ticket,
+    /// `custos tee admission-evidence`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^([0-9a-fA-F]{2})*$", max_length = 32768)]
+    #[schema(pattern = "^([0-9a-fA-F]{2})*$", max_length = 98304)]
     pub evidence_hex: Option<String>,
     /// See [`crate::CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +79,54 @@ pub struct AdmitBody {
     /// See [`crate::CreateWalletBody::expires_at`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+}
+
+/// `POST /v1/clusters/{name}/members/tickets`: a member TEE's admission ticket for a node
+/// that asks to join (what its own TEE answers with evidence, `custos tee admission-evidence`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TicketBody {
+    /// The node's name (its device certificate's).
+    #[schema(pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)]
+    pub node: String,
+    /// The node's device chain (PEM, `custos tee chain`): the ticket names its device key.
+    #[schema(pattern = "^[-A-Za-z0-9+/= \\r\\n]+$", max_length = 8192)]
+    pub chain_pem: String,
+    /// The node's TPM identity (`custos tee attestation-identity`), for a node on a TPM: the
+    /// nonce is then sealed to that TPM. Absent for other platforms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_identity: Option<TpmIdentityView>,
+}
+
+/// A TPM's attestation identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TpmIdentityView {
+    /// The endorsement key's certificate (PEM), from the TPM.
+    #[schema(pattern = "^[-A-Za-z0-9+/= \\r\\n]+$", max_length = 8192)]
+    pub ek_cert_pem: String,
+    /// The certificates from it up to the manufacturer's root, root last (PEM; the root's
+    /// SHA-256 must be pinned by the cluster's measurement policy).
+    #[schema(pattern = "^[-A-Za-z0-9+/= \\r\\n]*$", max_length = 16384)]
+    pub ek_chain_pem: String,
+    /// The attestation key's public area (marshalled TPMT_PUBLIC), hex.
+    #[schema(pattern = "^([0-9a-fA-F]{2})*$", max_length = 2048)]
+    pub ak_public_hex: String,
+}
+
+/// A signed admission ticket, to be answered by the node's own TEE.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdmissionTicketView {
+    /// The node it is for.
+    pub node: String,
+    /// The member whose TEE signed it.
+    pub issuer: String,
+    /// Last admission time it covers (Unix seconds): propose the admission before.
+    pub expires_at: u64,
+    /// Whether the nonce is sealed to the node's TPM (else it travels in the ticket).
+    pub sealed_to_tpm: bool,
+    /// The challenge for the node's TEE (encoded `AdmissionChallenge`), hex.
+    pub challenge_hex: String,
 }
 
 /// `POST /v1/clusters/{name}/members/{node}/remove`.
@@ -140,7 +189,13 @@ pub struct GovernorsBody {
 }
 
 /// A list of strings each matching `pattern` (at most `max_length` characters).
-fn string_list(pattern: &str, max_length: usize, min: usize, max: usize, text: &str) -> Array {
+pub(super) fn string_list(
+    pattern: &str,
+    max_length: usize,
+    min: usize,
+    max: usize,
+    text: &str,
+) -> Array {
     ArrayBuilder::new()
         .items(
             ObjectBuilder::new()

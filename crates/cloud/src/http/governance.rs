@@ -62,6 +62,35 @@ pub(super) async fn admit_member(
     Ok(created(cloud.admit_member(&caller, &name, body).await?))
 }
 
+/// Have a member's TEE sign an admission ticket for a node that asks to join: the node's
+/// chain (PEM) must verify as a device of this cluster named `node`; with the node's TPM
+/// identity the ticket's nonce is sealed to that TPM. The node's own TEE answers the ticket
+/// (`custos tee admission-evidence`) and the answer is the evidence of the admission
+/// (`POST /v1/clusters/{name}/members`, `evidence_format` 1). Nothing is recorded.
+#[utoipa::path(
+    post, path = "/v1/clusters/{name}/members/tickets", tag = "governance", security(("bearer" = ["administer"])),
+    params(("name" = String, Path, description = "Cluster name", pattern = "^[a-z0-9_-][a-z0-9._-]{0,47}$", max_length = 48)),
+    request_body = TicketBody,
+    responses(
+        (status = 200, description = "The signed ticket", body = AdmissionTicketView),
+        (status = 400, description = "malformed_json, invalid_chain, invalid_governance (also a member TEE's refusal, e.g. tee_admission_refused: no measurement policy, a platform it does not admit, an endorsement certificate that does not chain to a pinned root)", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_cluster", body = ApiErrorBody),
+        (status = 409, description = "not_governed", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
+        (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+pub(super) async fn admission_ticket(
+    State(cloud): Shared,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<TicketBody>,
+) -> Result<Json<AdmissionTicketView>, ApiError> {
+    Ok(Json(cloud.admission_ticket(&name, body).await?))
+}
+
 /// Propose removing a member. Records a `governance` request for the next log version that
 /// the current governors approve.
 #[utoipa::path(
@@ -202,6 +231,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Cloud>> {
     OpenApiRouter::new()
         .routes(routes!(propose_genesis))
         .routes(routes!(admit_member, list_members))
+        .routes(routes!(admission_ticket))
         .routes(routes!(remove_member))
         .routes(routes!(revoke))
         .routes(routes!(set_governors))

@@ -425,6 +425,79 @@ impl Cloud {
         .await
     }
 
+    /// `POST /v1/clusters/{name}/members/tickets`: a member TEE signs an admission ticket
+    /// for the node whose chain is given (verified as a device of this cluster named
+    /// `node`). The ticket's fields are checked against the verified log before it is
+    /// handed out; the TEEs check them all again when the `Admit` entry applies.
+    pub async fn admission_ticket(
+        &self,
+        cluster: &str,
+        body: TicketBody,
+    ) -> Result<AdmissionTicketView, ApiError> {
+        custos_pki::check_name(&body.node)
+            .map_err(|e| gov_error(ErrorCode::InvalidGovernance, e.to_string()))?;
+        let chain = chain_from_pem(&body.chain_pem)?;
+        let tpm = body
+            .tpm_identity
+            .as_ref()
+            .map(custos_cloud_api::admission::parse_identity)
+            .transpose()
+            .map_err(|e| gov_error(ErrorCode::InvalidGovernance, e))?;
+        let log = self.governed(cluster).await?;
+        let candidate = self.member_record(cluster, &body.node, chain, Evidence::default())?;
+        let sealed_to_tpm = tpm.is_some();
+        let request = encode_request(&Request::IssueAdmissionTicket {
+            node_key: candidate.key_fingerprint,
+            tpm,
+        });
+        let answer = self
+            .clusters
+            .tee_call(cluster, random_id(), &request, None)
+            .await
+            .map_err(call_api_error)?;
+        let challenge = match answer.outcome {
+            Ok(Response::AdmissionChallenge(c)) => c,
+            Err(e) => {
+                return Err(gov_error(
+                    ErrorCode::InvalidGovernance,
+                    format!("{}: node {}: {e}", tee_code(&e), answer.node),
+                ))
+            }
+            Ok(other) => {
+                return Err(gov_error(
+                    ErrorCode::UnverifiedResponse,
+                    format!(
+                        "IssueAdmissionTicket answered with {}",
+                        response_name(&other)
+                    ),
+                ))
+            }
+        };
+        let t = &challenge.ticket.ticket;
+        let issuer = log.state.member(&t.issuer).map(|m| m.record.node.clone());
+        let fits = t.cluster == cluster
+            && t.genesis_id == log.state.genesis_id
+            && t.node_key == candidate.key_fingerprint
+            && t.tpm.is_some() == sealed_to_tpm
+            && challenge.nonce.is_some() != sealed_to_tpm;
+        let Some(issuer) = issuer.filter(|_| fits) else {
+            return Err(gov_error(
+                ErrorCode::UnverifiedResponse,
+                format!(
+                    "node {} answered a ticket that is not for {} of this log",
+                    answer.node, body.node
+                ),
+            ));
+        };
+        Ok(AdmissionTicketView {
+            node: body.node,
+            issuer,
+            expires_at: t.expires_at,
+            sealed_to_tpm,
+            challenge_hex: custos_cloud_api::admission::challenge_hex(&challenge),
+        })
+    }
+
     /// `POST /v1/clusters/{name}/members/{node}/remove`.
     pub async fn remove_member(
         &self,

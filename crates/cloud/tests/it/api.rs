@@ -116,6 +116,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/threshold/keys/{key_id}/policy"),
     ("post", "/v1/clusters/{name}/genesis"),
     ("post", "/v1/clusters/{name}/members"),
+    ("post", "/v1/clusters/{name}/members/tickets"),
     ("get", "/v1/clusters/{name}/members"),
     ("post", "/v1/clusters/{name}/members/{node}/remove"),
     ("post", "/v1/clusters/{name}/revocations"),

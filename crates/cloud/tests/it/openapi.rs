@@ -88,6 +88,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         // a key, ...), and members named by nodes the bridge knows, with verifying chains.
         ("post", "/v1/clusters/{name}/genesis") => &["invalid_governance", "invalid_chain"],
         ("post", "/v1/clusters/{name}/members") => &["invalid_governance", "invalid_chain"],
+        // A ticket: the node's chain must verify, its TPM identity must parse.
+        ("post", "/v1/clusters/{name}/members/tickets") => &["invalid_governance", "invalid_chain"],
         ("post", "/v1/clusters/{name}/revocations")
         | ("post", "/v1/clusters/{name}/governors")
         | ("post", "/v1/clusters/{name}/members/{node}/remove") => &["invalid_governance"],

@@ -136,6 +136,10 @@ impl Gen<'_> {
         if nullable && self.rng.gen_bool(0.15) {
             return Value::Null;
         }
+        // An optional value's other alternative (`Option<T>` of a component).
+        if ts == ["null"] {
+            return Value::Null;
+        }
         let t = ts
             .iter()
             .find(|t| **t != "null")

@@ -283,3 +283,146 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
         );
     });
 }
+
+/// Runs `custos` with `args`, which must succeed; returns its stdout.
+fn run(args: &[&str]) -> String {
+    let out = std::process::Command::new(exe())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "custos {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Issue 13, attestation-verified admission through REST and the CLI: a member's TEE signs a
+/// ticket for node3, node3's own TEE answers it (`custos tee admission-evidence`), the
+/// governors approve the admission carrying that answer. Attacks: the ticket answered by
+/// another node's TEE, and the answer replayed after node3 was removed.
+#[test]
+fn a_node_is_admitted_with_its_answer_to_a_ticket_and_the_answer_admits_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Deployment::start(
+        &exe(),
+        dir.path(),
+        &DeploymentOptions {
+            clusters: vec![(DC.into(), LinkTransport::Tcp)],
+            nodes: 3,
+            admins: ["alice", "bob"].map(String::from).to_vec(),
+            sync_interval_secs: 3600,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )
+    .unwrap();
+    let [alice, bob] = ["alice", "bob"].map(|n| d.admin(n).unwrap());
+    let socket = |i: usize| d.cluster(DC).unwrap().nodes[i].tee.socket.clone();
+    let files = dir.path().join("admission");
+    std::fs::create_dir(&files).unwrap();
+    let file = |name: &str| files.join(name).display().to_string();
+    let node3 = format!("{DC}-node3");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = d.client().unwrap();
+        let both = |view: RequestView| {
+            let (client, alice, bob) = (&client, &alice, &bob);
+            async move {
+                approve(client, &view, alice).await.unwrap();
+                approve(client, &view, bob).await.unwrap()
+            }
+        };
+        let genesis = GenesisBody {
+            governors: vec![fp(&alice), fp(&bob)],
+            quorum: 2,
+            members: vec![format!("{DC}-node1"), format!("{DC}-node2")],
+            measurement_policy: Some(MeasurementPolicyView {
+                allow_software: true,
+                ..Default::default()
+            }),
+            request_id: None,
+            expires_at: None,
+        };
+        let done = both(client.propose_genesis(DC, &genesis).await.unwrap()).await;
+        assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+
+        // At node3: its chain; at the admins' side: the ticket a member's TEE signs.
+        let api = ["--api", d.api_url.as_str(), "--token", d.api_token.as_str()];
+        let s3 = socket(2).display().to_string();
+        run(&["tee", "chain", "--socket", &s3, "--out", &file("n3.pem")]);
+        let (n3_pem, ticket_json) = (file("n3.pem"), file("ticket.json"));
+        let ticket_args = [
+            &["cluster", "members", "ticket", "--cluster", DC, "--node"][..],
+            &[node3.as_str(), "--chain", &n3_pem, "--out", &ticket_json],
+            &api,
+        ]
+        .concat();
+        run(&ticket_args);
+        let ticket: AdmissionTicketView =
+            serde_json::from_str(&std::fs::read_to_string(file("ticket.json")).unwrap()).unwrap();
+        assert!(!ticket.sealed_to_tpm);
+        assert!(ticket.issuer == format!("{DC}-node1") || ticket.issuer == format!("{DC}-node2"));
+
+        // Node2's TEE does not answer node3's ticket.
+        let s2 = socket(1).display().to_string();
+        let out = std::process::Command::new(exe())
+            .args(["tee", "admission-evidence", "--socket", &s2, "--ticket"])
+            .arg(file("ticket.json"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("admission_refused") || err.contains("admission refused"),
+            "{err}"
+        );
+
+        // Node3's does; its answer is the admission's evidence.
+        run(&[
+            "tee",
+            "admission-evidence",
+            "--socket",
+            &s3,
+            "--ticket",
+            &file("ticket.json"),
+            "--out",
+            &file("evidence.hex"),
+        ]);
+        let evidence = std::fs::read_to_string(file("evidence.hex")).unwrap();
+        let admit = AdmitBody {
+            node: node3.clone(),
+            chain_pem: Some(std::fs::read_to_string(file("n3.pem")).unwrap()),
+            evidence_format: Some(1),
+            evidence_hex: Some(evidence.trim().to_string()),
+            request_id: None,
+            expires_at: None,
+        };
+        let view = client.admit_member(DC, &admit).await.unwrap();
+        let shown = &view.governance.as_ref().unwrap().change;
+        assert!(
+            matches!(shown, GovChangeView::Admit { member } if member.evidence_format == 1),
+            "{shown:?}"
+        );
+        let done = both(view).await;
+        assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+        let members = client.members(DC).await.unwrap();
+        assert!(
+            members.members.iter().any(|m| m.node == node3),
+            "{members:?}"
+        );
+
+        // Removed, node3 cannot come back with the same answer: its nonce was used.
+        let removal = RemoveMemberBody {
+            reason: "rebuilt".into(),
+            request_id: None,
+            expires_at: None,
+        };
+        let done = both(client.remove_member(DC, &node3, &removal).await.unwrap()).await;
+        assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+        let e = client.admit_member(DC, &admit).await.unwrap_err();
+        assert_eq!(e.code(), Some("invalid_governance"), "{e}");
+        assert!(e.to_string().contains("admission_nonce_reused"), "{e}");
+    });
+}
