@@ -108,14 +108,14 @@ mod with_tss {
         SigningKey::from_bytes(&[7u8; 32].into()).unwrap()
     }
 
-    /// An AK public area as `create_ak_2` makes it, for `key`, with `decrypt` as given.
-    fn ak_public(key: &SigningKey, decrypt: bool) -> Vec<u8> {
+    /// An AK public area as `create_ak_2` makes it, for `key`.
+    fn ak_public(key: &SigningKey) -> Vec<u8> {
         let point = key.verifying_key().to_encoded_point(false);
         let attrs = ObjectAttributesBuilder::new()
             .with_restricted(true)
             .with_user_with_auth(true)
             .with_sign_encrypt(true)
-            .with_decrypt(decrypt)
+            .with_decrypt(false)
             .with_fixed_tpm(true)
             .with_fixed_parent(true)
             .with_sensitive_data_origin(true)
@@ -132,7 +132,7 @@ mod with_tss {
                     .with_curve(EccCurve::NistP256)
                     .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
                     .with_is_signing_key(true)
-                    .with_is_decryption_key(decrypt)
+                    .with_is_decryption_key(false)
                     .with_restricted(true)
                     .build()
                     .unwrap(),
@@ -173,7 +173,7 @@ mod with_tss {
             identity: TpmIdentity {
                 ek_cert: b"not a certificate".to_vec(),
                 ek_chain: vec![],
-                ak_public: ak_public(&key(), false),
+                ak_public: ak_public(&key()),
             },
             attest: attest.to_vec(),
             signature: sign(&key(), attest),
@@ -224,7 +224,9 @@ mod with_tss {
         assert_eq!(code(&q, &policy()), "tpm_malformed");
         // A key that can decrypt is no attestation key.
         let mut q = quote(b"attest");
-        q.identity.ak_public = ak_public(&key(), true);
+        // TPMT_PUBLIC: type (2 bytes), nameAlg (2), objectAttributes (4, big-endian), ...:
+        // decrypt is bit 17, in the attributes' second byte.
+        q.identity.ak_public[5] |= 0x02;
         assert_eq!(code(&q, &policy()), "tpm_ak_attributes");
     }
 
