@@ -243,15 +243,18 @@ pub fn verify_tpm_quote(
     })?;
 
     let attest: Attest = canonical("quote (TPMS_ATTEST)", &quote.attest)?;
-    let AttestInfo::Quote { info } = attest.attested() else {
+    // A genuine AK signs certifications, audits and time too: only a quote is evidence here.
+    if attest.attestation_type() != AttestationType::Quote {
         return Err(AttestError::TpmMalformed(format!(
             "a {:?} attestation, not a quote",
             attest.attestation_type()
         )));
-    };
-    if attest.attestation_type() != AttestationType::Quote {
-        return Err(AttestError::TpmMalformed("not a quote".into()));
     }
+    let AttestInfo::Quote { info } = attest.attested() else {
+        return Err(AttestError::TpmMalformed(
+            "a quote without quote info".into(),
+        ));
+    };
     if attest.extra_data().value() != tpm_qualifying(user_data).as_slice() {
         return Err(AttestError::TpmQualifyingMismatch);
     }

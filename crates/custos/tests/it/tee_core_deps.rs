@@ -81,4 +81,10 @@ fn tee_core_has_no_network_or_async_dependency() {
             assert!(hit.is_none(), "{package} depends on {banned}: {hit:?}");
         }
     }
+    // The TEE core carries the TPM evidence types only: custos-attest without its `tpm`
+    // feature, so no libtss2 is linked into it.
+    let tree = tree("custos-tee-core");
+    assert!(tree.lines().any(|l| l.starts_with("custos-attest ")));
+    let hit = tree.lines().find(|l| l.starts_with("tss-esapi"));
+    assert!(hit.is_none(), "custos-tee-core links libtss2: {hit:?}");
 }

@@ -96,14 +96,14 @@ impl TpmDevice {
                 continue;
             }
             let index = NvIndexTpmHandle::new(raw).map_err(fail("EK chain index"))?;
-            let object = self
+            let mut object = self
                 .ctx
                 .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(index)))
                 .map_err(fail("EK chain index"))?;
             let read = self.ctx.execute_with_nullauth_session(|c| {
                 nv::read_full(c, NvAuth::NvIndex(object.into()), index)
             });
-            self.ctx.tr_close(&mut ObjectHandle::from(object)).ok();
+            self.ctx.tr_close(&mut object).ok();
             chain.push(read.map_err(fail("read EK chain"))?);
         }
         Ok(chain)
@@ -219,6 +219,8 @@ impl TpmDevice {
     }
 
     /// Quotes `pcrs` (SHA-256 bank) with the AK over `qualifying`, and reads their values.
+    /// The values are read after the quote: a PCR extended in between makes the verifier
+    /// refuse the quote (the values no longer digest to what the TPM signed), never accept it.
     pub(crate) fn quote(
         &mut self,
         blobs: &AkBlobs,
