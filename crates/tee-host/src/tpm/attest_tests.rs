@@ -157,10 +157,16 @@ fn a_software_credential_activates_on_the_tpm_and_its_quote_verifies() {
             .code(),
         "ek_chain_invalid"
     );
-    // Without its intermediate the chain is broken too.
+    // Without its intermediate the chain is broken too, unless the verifier trusts the
+    // issuing CA itself (for TPMs that carry no chain).
     let mut no_chain = quote.clone();
     no_chain.identity.ek_chain.clear();
     assert_eq!(refused(&no_chain, &policy, &user_data), "ek_chain_invalid");
+    let issuer_trusted = TpmPolicy {
+        ek_roots: vec![tpm.ek_ca_issuer_der()],
+        ..policy.clone()
+    };
+    assert!(verify_tpm_quote(&no_chain, &issuer_trusted, &user_data, now).is_ok());
     // A verification time past the CA's validity (swtpm's local CA: until 9999).
     let e = verify_tpm_quote(&quote, &policy, &user_data, 253_402_300_800 + 86_400).unwrap_err();
     assert_eq!(e.code(), "ek_chain_invalid", "{e}");
