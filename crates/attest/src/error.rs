@@ -49,6 +49,33 @@ pub enum AttestError {
     /// The evidence is genuine but binds another value than the one expected.
     #[error("evidence binds another value than the expected one")]
     BindingMismatch,
+    /// TPM evidence that does not unmarshal as the TPM structure it claims to be (TPMS_ATTEST,
+    /// TPMT_PUBLIC, TPMT_SIGNATURE), has bytes after it, or is another kind of attestation.
+    #[error("malformed TPM evidence: {0}")]
+    TpmMalformed(String),
+    /// The quote's qualifying data is not SHA-256(domain ‖ user_data) of the expected user
+    /// data: another nonce or key, or a quote replayed from another exchange.
+    #[error("TPM quote qualifying data does not bind the expected user data")]
+    TpmQualifyingMismatch,
+    /// The quoted PCRs are not the policy's selection, or their values (or the digest the TPM
+    /// signed over them) differ from what the policy expects.
+    #[error("TPM PCRs differ from the policy: {0}")]
+    TpmPcrMismatch(String),
+    /// The quote's signature does not verify with the AK, or is not ECDSA P-256 with SHA-256.
+    #[error("TPM quote signature invalid: {0}")]
+    TpmSignatureInvalid(String),
+    /// The AK is not a TPM-resident restricted signing key (fixedTPM, fixedParent,
+    /// sensitiveDataOrigin, restricted, sign, not decrypt, name algorithm SHA-256, ECC P-256
+    /// ECDSA-SHA256): the TPM would not vouch that it signs only its own attestations.
+    #[error("TPM attestation key attributes refused: {0}")]
+    TpmAkAttributes(String),
+    /// The EK certificate does not chain to a root of the policy (or is expired, not yet
+    /// valid, not an EK certificate, or not the RSA-2048 key credentials are made for).
+    #[error("EK certificate chain invalid: {0}")]
+    EkChainInvalid(String),
+    /// The verifier's own TPM policy is unusable (no root, PCRs unsorted or out of range).
+    #[error("TPM policy invalid: {0}")]
+    TpmPolicyInvalid(String),
 }
 
 impl AttestError {
@@ -67,6 +94,13 @@ impl AttestError {
             AttestError::TcbRevoked(_) => "tcb_revoked",
             AttestError::Rejected(_) => "evidence_rejected",
             AttestError::BindingMismatch => "binding_mismatch",
+            AttestError::TpmMalformed(_) => "tpm_malformed",
+            AttestError::TpmQualifyingMismatch => "tpm_qualifying_mismatch",
+            AttestError::TpmPcrMismatch(_) => "tpm_pcr_mismatch",
+            AttestError::TpmSignatureInvalid(_) => "tpm_signature_invalid",
+            AttestError::TpmAkAttributes(_) => "tpm_ak_attributes",
+            AttestError::EkChainInvalid(_) => "ek_chain_invalid",
+            AttestError::TpmPolicyInvalid(_) => "tpm_policy_invalid",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Vendor attestation evidence, verified against pinned vendor roots (issue 13, item 3).
+//! Attestation evidence, verified against pinned roots (issue 13): vendor evidence (item 3) and
+//! TPM 2.0 quotes (item 1).
 //!
 //! Each platform's evidence is checked by the vendor's (or a maintained) crate, never by a
 //! hand-written parser of the vendor format; this crate pins the roots, limits input sizes
@@ -13,6 +14,9 @@
 //! * Intel TDX: [`verify_tdx`] (quote + collateral JSON → [`TdxEvidence`]), root
 //!   [`INTEL_SGX_ROOT_CA_SHA256`].
 //! * [`expect_binding`]: the evidence must bind the 32-byte value the verifier expects.
+//! * TPM 2.0 ([`tpm`]): the evidence types ([`TpmQuote`], [`TpmIdentity`], ...) always; with
+//!   the `tpm` feature, `verify_tpm_quote` and `make_credential` (credential activation ties
+//!   the quoting key to the TPM's certified endorsement key).
 //!
 //! `now_unix` is always the caller's clock in Unix seconds: evidence is checked at that time,
 //! so a test (or an auditor) can re-check old evidence at the time it was admitted.
@@ -22,7 +26,7 @@ mod error;
 mod nitro;
 mod snp;
 mod tdx;
-mod tpm;
+pub mod tpm;
 
 pub use binding::{expect_binding, Bound};
 pub use error::AttestError;
@@ -37,7 +41,12 @@ pub use tdx::{
     verify as verify_tdx, TdxEvidence, TdxPolicy, INTEL_SGX_ROOT_CA_SHA256, MAX_TDX_COLLATERAL,
     MAX_TDX_QUOTE,
 };
-pub use tpm::{TpmCredential, TpmIdentity};
+pub use tpm::{
+    ak_name, tpm_qualifying, TpmCredential, TpmIdentity, TpmPolicy, TpmQuote, TpmVerified,
+    TPM_QUOTE_DOMAIN,
+};
+#[cfg(feature = "tpm")]
+pub use tpm::{make_credential, verify_tpm_quote};
 
 /// 64 hex digits → 32 bytes, at compile time (the pinned fingerprints are written as AWS, AMD
 /// and Intel publish them). A bad digit fails the build.

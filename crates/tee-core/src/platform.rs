@@ -5,6 +5,7 @@
 //! Nitro Enclaves (NSM random/attestation, KMS-bound sealing), SGX via Gramine (encrypted
 //! files sealed to MRENCLAVE), OP-TEE (GlobalPlatform trusted storage) or a confidential VM.
 
+use custos_attest::{TpmCredential, TpmIdentity};
 use custos_wire::protocol::Attestation;
 use zeroize::Zeroizing;
 
@@ -63,6 +64,10 @@ pub enum PlatformError {
     /// The platform cannot do this.
     #[error("platform does not support {0}")]
     Unsupported(&'static str),
+    /// The platform's attestation hardware refused or failed (a TPM that will not activate a
+    /// credential made for another key, a quote that failed): what and why.
+    #[error("attestation failed: {0}")]
+    Attestation(String),
 }
 
 /// The services a TEE backend provides to the core.
@@ -98,19 +103,18 @@ pub trait Platform {
     /// Increments and returns a counter that never goes backwards, even across restarts.
     fn counter_increment(&mut self) -> Result<u64, PlatformError>;
 
-    /// The platform's attestation identity (TPM: endorsement certificate + attestation key
-    /// public), `None` where evidence needs no verifier-made credential.
-    fn attestation_identity(
-        &mut self,
-    ) -> Result<Option<custos_attest::TpmIdentity>, PlatformError> {
+    /// The platform's TPM identity (EK certificate and chain, attestation key), for a
+    /// verifier to make a credential for; `None` on a platform without a TPM.
+    fn attestation_identity(&mut self) -> Result<Option<TpmIdentity>, PlatformError> {
         Ok(None)
     }
 
-    /// Recovers the secret of a credential made for this platform's attestation key
-    /// (TPM2_ActivateCredential).
+    /// Activates a credential made for [`Platform::attestation_identity`]: the TPM returns its
+    /// secret only if the credential was made for its own EK and attestation key, which is
+    /// what proves to the verifier that the key quoting is in that TPM.
     fn activate_credential(
         &mut self,
-        _credential: &custos_attest::TpmCredential,
+        _credential: &TpmCredential,
     ) -> Result<Zeroizing<[u8; 32]>, PlatformError> {
         Err(PlatformError::Unsupported("credential activation"))
     }

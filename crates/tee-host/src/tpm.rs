@@ -15,11 +15,16 @@
 //!   leaves one of the first two, so there is no false alarm.
 //! * **Randomness**: the OS's bytes XOR a ChaCha20 stream keyed by TPM randomness, refreshed
 //!   at every commit: never weaker than either source.
+//! * **Attestation** (`attestation.rs`): an attestation key made under the endorsement key at
+//!   creation (kept in `tpm.bin`), credential activation, and quotes of the sealing PCRs
+//!   over the caller's user data (`custos_attest::TpmQuote`).
 //!
 //! What it does not protect against: a software TPM's state folder copied with the store
 //! rolls back both together (a physical TPM or a confidential VM's vTPM keeps its counter in
 //! its own NV); root on the host while the TEE runs.
 
+mod attestation;
+mod blobs;
 mod device;
 
 use std::path::{Path, PathBuf};
@@ -28,16 +33,15 @@ use chacha20::cipher::{KeyIvInit, StreamCipher};
 use custos_tee_core::platform::{Platform, PlatformError, RecordId};
 use custos_wire::protocol::Attestation;
 use ring::rand::{SecureRandom, SystemRandom};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 pub use device::PcrSelection;
-use device::{SealedKeyBlobs, TpmDevice, TpmFailure};
+use device::{AkBlobs, TpmDevice, TpmFailure};
 
 use crate::sealed::db::SealedDb;
 use crate::sealed::{
-    check_canary, open_meta, operator_key, read_counter, write_atomic, SealingKeySource, COUNTER,
+    check_canary, open_meta, operator_key, read_counter, SealingKeySource, COUNTER,
 };
 use crate::StoreError;
 
@@ -59,14 +63,6 @@ pub struct TpmOptions {
     pub nv_index: u32,
 }
 
-/// `tpm.bin`: the TPM's blobs of the sealed store key.
-#[derive(Serialize, Deserialize)]
-struct BlobsFile {
-    version: u8,
-    public: Vec<u8>,
-    private: Vec<u8>,
-}
-
 /// The TPM platform over a sealed store directory.
 pub struct TpmPlatform {
     dir: PathBuf,
@@ -74,6 +70,13 @@ pub struct TpmPlatform {
     device: TpmDevice,
     nv_index: u32,
     nv_auth: Zeroizing<[u8; 32]>,
+    /// The PCRs the store key is sealed to, which quotes cover.
+    pcrs: PcrSelection,
+    /// The attestation key; `None` only for a store made before attestation keys whose key
+    /// could not be made at open (the reason was logged; the next open tries again).
+    ak: Option<AkBlobs>,
+    /// The TPM's identity, read once.
+    identity: Option<custos_attest::TpmIdentity>,
     os: SystemRandom,
     pool: Zeroizing<[u8; 32]>,
     draws: u64,
@@ -158,7 +161,7 @@ impl TpmPlatform {
                     .into(),
             });
         }
-        let key = if fresh {
+        let (key, key_blobs, mut ak) = if fresh {
             let mut key = Zeroizing::new([0u8; 32]);
             os.fill(&mut key[..]).map_err(|_| StoreError::Io {
                 path: dir.display().to_string(),
@@ -168,41 +171,16 @@ impl TpmPlatform {
             for (k, t) in key.iter_mut().zip(tpm.iter()) {
                 *k ^= t;
             }
-            let blobs = device
+            let sealed = device
                 .seal_key(&key, &auth, &pcrs)
                 .map_err(|f| tpm_err(dir, f))?;
-            let file = BlobsFile {
-                version: 1,
-                public: blobs.public,
-                private: blobs.private,
-            };
-            let bytes = postcard::to_allocvec(&file).map_err(|e| StoreError::Io {
-                path: blobs_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            write_atomic(&blobs_path, &bytes, 0o600).map_err(|e| StoreError::Io {
-                path: blobs_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            key
+            let ak = device.create_ak().map_err(|f| tpm_err(dir, f))?;
+            blobs::write(&blobs_path, &sealed, &ak)?;
+            (key, sealed, Some(ak))
         } else {
-            let bytes = std::fs::read(&blobs_path).map_err(|e| StoreError::Io {
-                path: blobs_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            let file: BlobsFile = postcard::from_bytes(&bytes)
-                .ok()
-                .filter(|f: &BlobsFile| f.version == 1)
-                .ok_or_else(|| StoreError::Meta {
-                    path: blobs_path.display().to_string(),
-                    reason: "not a Custos TPM blob file".into(),
-                })?;
-            let blobs = SealedKeyBlobs {
-                public: file.public,
-                private: file.private,
-            };
-            device
-                .unseal_key(&blobs, &auth, &pcrs)
+            let file = blobs::read(&blobs_path)?;
+            let key = device
+                .unseal_key(&file.key, &auth, &pcrs)
                 .map_err(|f| match f.kind {
                     device::FailureKind::WrongAuth => {
                         StoreError::WrongSealingKey(dir.display().to_string())
@@ -226,7 +204,8 @@ impl TpmPlatform {
                         ),
                     },
                     device::FailureKind::Other => tpm_err(dir, f),
-                })?
+                })?;
+            (key, file.key, file.ak)
         };
         let nv_auth = domain_hash(NV_AUTH_DOMAIN, &key[..]);
         let mut db = SealedDb::open(&dir.join(DB_FILE), meta.store_id, &key, true)?;
@@ -278,6 +257,23 @@ impl TpmPlatform {
                 counter,
             });
         }
+        if ak.is_none() {
+            // A store made before attestation keys: make its key now, once the store is
+            // known to be this TPM's and current. A failure leaves the store usable without
+            // attestation (it is tried again at the next open).
+            match device.create_ak() {
+                Ok(made) => {
+                    blobs::write(&blobs_path, &key_blobs, &made)?;
+                    ak = Some(made);
+                }
+                Err(f) => tracing::warn!(
+                    what = f.what,
+                    reason = %f.reason,
+                    "no attestation key for this store: quotes are unavailable until a \
+                     restart makes one"
+                ),
+            }
+        }
         let pool = {
             let t = device.random(32).map_err(|f| tpm_err(dir, f))?;
             let mut p = Zeroizing::new([0u8; 32]);
@@ -290,6 +286,9 @@ impl TpmPlatform {
             device,
             nv_index,
             nv_auth,
+            pcrs,
+            ak,
+            identity: None,
             os,
             pool,
             draws: 0,
@@ -379,12 +378,8 @@ impl Platform for TpmPlatform {
         Ok(())
     }
 
-    fn attest(&mut self, _user_data: &[u8]) -> Result<Attestation, PlatformError> {
-        // Quotes need an attestation key certified through the endorsement key; until that
-        // lands the TPM platform answers no document rather than an unverifiable one.
-        Err(PlatformError::Unsupported(
-            "attestation on the TPM platform (quotes come with the attestation key)",
-        ))
+    fn attest(&mut self, user_data: &[u8]) -> Result<Attestation, PlatformError> {
+        self.quote(user_data)
     }
 
     fn counter_increment(&mut self) -> Result<u64, PlatformError> {
@@ -396,7 +391,22 @@ impl Platform for TpmPlatform {
         self.counter = next;
         Ok(next)
     }
+
+    fn attestation_identity(
+        &mut self,
+    ) -> Result<Option<custos_attest::TpmIdentity>, PlatformError> {
+        self.identity().map(Some)
+    }
+
+    fn activate_credential(
+        &mut self,
+        credential: &custos_attest::TpmCredential,
+    ) -> Result<Zeroizing<[u8; 32]>, PlatformError> {
+        self.activate(credential)
+    }
 }
 
+#[cfg(test)]
+mod attest_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,11 @@
 //! A software TPM 2.0 (Debian's `swtpm`) of the test's own, on loopback ports, stopped when
 //! dropped. Its state folder is the TPM: copying it copies the TPM, counter included.
 //!
+//! [`Swtpm::start_manufactured`] gives a TPM as it leaves a factory: `swtpm_setup` with a
+//! local CA of the test's own (in the temp dir) makes its RSA-2048 EK (persistent at
+//! 0x81010001, the certificate in NV 0x01C00002) signed by that CA's intermediate
+//! ([`Swtpm::ek_ca_issuer_der`]) under its root ([`Swtpm::ek_ca_root_der`]).
+//!
 //! Without `swtpm` installed, [`Swtpm::start`] returns `None` and the test skips, unless
 //! `CUSTOS_TEST_REQUIRE_SWTPM` is set (as `.ci/run` does): then it fails.
 
@@ -16,6 +21,8 @@ pub const REQUIRE_ENV: &str = "CUSTOS_TEST_REQUIRE_SWTPM";
 pub struct Swtpm {
     _dir: tempfile::TempDir,
     state: PathBuf,
+    /// The local CA's folder, for a manufactured TPM.
+    ca: Option<PathBuf>,
     port: u16,
     child: Option<Child>,
 }
@@ -42,28 +49,130 @@ fn port_pair() -> u16 {
     panic!("no two consecutive free loopback ports");
 }
 
+/// Whether the test can run; panics where swtpm is required but missing.
+fn available() -> bool {
+    if installed() {
+        return true;
+    }
+    assert!(
+        std::env::var_os(REQUIRE_ENV).is_none(),
+        "{REQUIRE_ENV} is set but swtpm is not installed (apt-get install swtpm swtpm-tools)"
+    );
+    eprintln!("swtpm is not installed: skipping this TPM test");
+    false
+}
+
+/// Runs `swtpm_setup` on `state` with a local CA in `ca` (configuration files in `dir`).
+fn manufacture(dir: &Path, state: &Path, ca: &Path) {
+    std::fs::create_dir_all(ca).expect("CA dir");
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).expect("write swtpm_setup configuration")
+    };
+    write(
+        "swtpm-localca.conf",
+        format!(
+            "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n\
+             certserial = {ca}/certserial\n",
+            ca = ca.display()
+        ),
+    );
+    write(
+        "swtpm-localca.options",
+        "--platform-manufacturer Custos\n--platform-version 2.1\n--platform-model swtpm-test\n"
+            .into(),
+    );
+    write(
+        "swtpm_setup.conf",
+        format!(
+            "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {d}/swtpm-localca.conf\n\
+             create_certs_tool_options = {d}/swtpm-localca.options\nactive_pcr_banks = sha256\n",
+            d = dir.display()
+        ),
+    );
+    let out = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+        .arg(state)
+        .arg("--config")
+        .arg(dir.join("swtpm_setup.conf"))
+        .env("TMPDIR", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run swtpm_setup (apt-get install swtpm-tools)");
+    assert!(
+        out.status.success(),
+        "swtpm_setup failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The DER of the (first) certificate in the PEM file `path`.
+fn pem_der(path: &Path) -> Vec<u8> {
+    let text = std::fs::read_to_string(path).expect("read a PEM certificate");
+    pem::parse(text).expect("PEM certificate").into_contents()
+}
+
 impl Swtpm {
     /// A fresh TPM, or `None` (the test skips) where `swtpm` is not installed.
     pub fn start() -> Option<Swtpm> {
-        if !installed() {
-            assert!(
-                std::env::var_os(REQUIRE_ENV).is_none(),
-                "{REQUIRE_ENV} is set but swtpm is not installed (apt-get install swtpm)"
-            );
-            eprintln!("swtpm is not installed: skipping this TPM test");
+        Self::start_with(false)
+    }
+
+    /// A fresh TPM manufactured with an EK, its certificate and a local CA of its own (about
+    /// 2 s), or `None` (the test skips) where `swtpm` is not installed.
+    pub fn start_manufactured() -> Option<Swtpm> {
+        Self::start_with(true)
+    }
+
+    fn start_with(manufactured: bool) -> Option<Swtpm> {
+        if !available() {
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state dir");
+        let ca = manufactured.then(|| {
+            let ca = dir.path().join("ca");
+            manufacture(dir.path(), &state, &ca);
+            ca
+        });
         let mut tpm = Swtpm {
             _dir: dir,
             state,
+            ca,
             port: 0,
             child: None,
         };
         tpm.run();
         Some(tpm)
+    }
+
+    fn ca_file(&self, name: &str) -> PathBuf {
+        self.ca
+            .as_ref()
+            .expect("a TPM from Swtpm::start_manufactured")
+            .join(name)
+    }
+
+    /// The local CA's root certificate (PEM file) of a manufactured TPM.
+    pub fn ek_ca_root(&self) -> PathBuf {
+        self.ca_file("swtpm-localca-rootca-cert.pem")
+    }
+
+    /// The local CA's intermediate (the EK certificate's issuer, PEM file) of a manufactured
+    /// TPM. The TPM does not carry it: a verifier gets it from elsewhere.
+    pub fn ek_ca_issuer(&self) -> PathBuf {
+        self.ca_file("issuercert.pem")
+    }
+
+    /// [`Swtpm::ek_ca_root`] as DER.
+    pub fn ek_ca_root_der(&self) -> Vec<u8> {
+        pem_der(&self.ek_ca_root())
+    }
+
+    /// [`Swtpm::ek_ca_issuer`] as DER.
+    pub fn ek_ca_issuer_der(&self) -> Vec<u8> {
+        pem_der(&self.ek_ca_issuer())
     }
 
     /// Starts the TPM process on its state (a fresh TPM the first time; after

@@ -3,6 +3,11 @@
 
 /// `cargo tree` of one package's normal (non-dev) dependencies, one crate per line.
 fn tree(package: &str) -> String {
+    tree_with(package, &[])
+}
+
+/// [`tree`] with extra arguments (features).
+fn tree_with(package: &str, extra: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO"))
         .args([
             "tree",
@@ -14,6 +19,7 @@ fn tree(package: &str) -> String {
             "none",
             "--offline",
         ])
+        .args(extra)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
@@ -64,9 +70,17 @@ fn components_outside_the_tee_link_neither_the_tee_core_nor_the_protocol_engine(
 
 #[test]
 fn tee_core_has_no_network_or_async_dependency() {
-    // custos-attest (vendor evidence verifiers) is meant to run inside the TEE core too.
-    for package in ["custos-tee-core", "custos-attest"] {
-        let tree = tree(package);
+    // custos-attest (vendor evidence verifiers) is meant to run inside the TEE core too, and
+    // the TPM quote verifier with it (feature `tpm`: tss-esapi for TPM structures).
+    let trees = [
+        ("custos-tee-core", tree("custos-tee-core")),
+        ("custos-attest", tree("custos-attest")),
+        (
+            "custos-tee-core --features tpm",
+            tree_with("custos-tee-core", &["--features", "tpm"]),
+        ),
+    ];
+    for (package, tree) in &trees {
         for banned in [
             "tokio",
             "hyper",
@@ -81,4 +95,12 @@ fn tee_core_has_no_network_or_async_dependency() {
             assert!(hit.is_none(), "{package} depends on {banned}: {hit:?}");
         }
     }
+    // Without its feature `tpm` the TEE core links no libtss2 (it then refuses TPM tickets
+    // and quotes by name); with it, TPM structures are read by tss-esapi, never by hand.
+    let (_, plain) = &trees[0];
+    assert!(plain.lines().any(|l| l.starts_with("custos-attest ")));
+    let hit = plain.lines().find(|l| l.starts_with("tss-esapi"));
+    assert!(hit.is_none(), "custos-tee-core links libtss2: {hit:?}");
+    let (_, with_tpm) = &trees[2];
+    assert!(with_tpm.lines().any(|l| l.starts_with("tss-esapi ")));
 }

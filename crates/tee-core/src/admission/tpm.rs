@@ -52,7 +52,7 @@ pub(super) fn make_credential(
         custos_attest::make_credential(&id, &policy(m, &identity.ek_chain), nonce, entropy, now)
             .map_err(why)?;
     Ok(TicketCredential {
-        ak_name: custos_attest::ak_name(&identity.ak_public).map_err(why)?,
+        ak_name: custos_attest::ak_name(&identity.ak_public),
         ek_cert_sha256: Sha256::digest(&identity.ek_cert).into(),
         id_object: c.id_object,
         encrypted_secret: c.encrypted_secret,
@@ -71,8 +71,7 @@ pub(super) fn verify(
     let Some(m) = &policy_all.tpm else {
         return Err(Check::Mismatch("the policy admits no TPM".into()));
     };
-    let quote: TpmQuote = postcard::from_bytes(&ev.document)
-        .map_err(|e| Check::Attest(AttestError::Malformed(format!("TPM quote document: {e}"))))?;
+    let quote = TpmQuote::from_document(&ev.document).map_err(Check::Attest)?;
     let verified = verify_tpm_quote(&quote, &policy(m, &quote.identity.ek_chain), binding, at)
         .map_err(Check::Attest)?;
     let Some(c) = &ev.ticket.ticket.tpm else {
