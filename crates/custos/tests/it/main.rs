@@ -30,4 +30,6 @@ mod tee_sync;
 mod threshold;
 #[cfg(feature = "tpm")]
 mod tpm;
+#[cfg(feature = "tpm")]
+mod tpm_presign;
 mod wallet_policy;
