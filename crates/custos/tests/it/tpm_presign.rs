@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 /// (copied before the older one was put back).
 struct PutBack {
     dep: Deployment,
+    /// The deployment's folder: bind it (`_tmp`, not `..`) to keep it while the test runs.
     _tmp: tempfile::TempDir,
     key: Vec<u8>,
     used: [u8; 32],
@@ -157,7 +158,7 @@ fn tpm_tee_refuses_a_store_copy_from_before_a_presignature_was_used() {
         used,
         restart,
         latest,
-        ..
+        _tmp,
     } = use_a_presignature_and_put_back_the_store(TeeChoice::Swtpm);
     assert!(matches!(
         dep.cluster("dc1").unwrap().nodes[0].tee.platform(),
@@ -190,6 +191,7 @@ fn software_tee_opens_a_store_copy_and_uses_a_presignature_twice() {
         key,
         used,
         restart,
+        _tmp,
         ..
     } = use_a_presignature_and_put_back_the_store(TeeChoice::Software);
     restart.expect("the software platform cannot tell a copy put back");
