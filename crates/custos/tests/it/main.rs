@@ -16,6 +16,8 @@ mod bip32;
 mod bridge_flood;
 mod cloud_listen;
 mod cluster;
+#[cfg(feature = "tpm")]
+mod demo_tpm;
 mod dkg;
 mod e2e;
 mod governance;
