@@ -11,6 +11,12 @@
 //! used by pairs of them, and a node killed while requests are still served.
 //! Every signature is checked with nothing but public data. It exits 0 only if every step
 //! verified, and writes a machine-readable JSON report.
+//!
+//! `--platform tpm` runs each TEE on a software TPM of its own (started and stopped by the
+//! demo) and adds a step only the TPM platform passes: a TEE's store copied after start-up,
+//! put back at the end and refused at start (`store_rolled_back`). The report names each
+//! TEE's platform as its `Status` reports it (`tees`), with an `attestation` slot per TEE
+//! that stays `null` until quotes and attestation-verified membership exist.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
