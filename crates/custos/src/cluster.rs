@@ -15,6 +15,7 @@ use custos_vault_node::NodeConfig;
 use tonic::transport::Channel;
 
 use crate::ops::provision;
+use crate::tee_plan::{launch, tee_section, TeePlan};
 use crate::tee_process::{spawn_ready, KeyArg, SpawnError, TeeProcess};
 
 /// How to build a cluster.
@@ -82,6 +83,9 @@ pub struct Node {
     pub name: String,
     /// The TEE core process.
     pub tee: TeeProcess,
+    /// The software TPM of its own the TEE runs on ([`crate::tee_plan::TeeChoice::Swtpm`]);
+    /// declared after `tee` so that it stops after the TEE.
+    pub swtpm: Option<custos_tee_host::swtpm::Swtpm>,
     server: Option<Child>,
     config_path: PathBuf,
     /// Address the node server listens on (changes on restart).
@@ -108,6 +112,8 @@ pub struct Cluster {
     relay_config: PathBuf,
     exe: PathBuf,
     pki: PathBuf,
+    /// Where each node's TEE runs.
+    plan: TeePlan,
 }
 
 fn parse_ready_addr(line: &str) -> Result<SocketAddr, ClusterError> {
@@ -127,11 +133,24 @@ impl Node {
 impl Cluster {
     /// Brings up a cluster under `dir` with the CA directory `pki` (initialized): Cluster CA
     /// and bridge certificate, the bridge, then each node's TEE (provisioned) and server.
+    /// Every TEE on the software platform.
     pub fn start(
         exe: &Path,
         pki: &PkiDir,
         dir: &Path,
         opts: &ClusterOptions,
+    ) -> Result<Self, ClusterError> {
+        Self::start_on(exe, pki, dir, opts, &TeePlan::default())
+    }
+
+    /// [`Cluster::start`] with each node's TEE where `plan` says (also for the nodes added
+    /// later by [`Cluster::add_node`]).
+    pub fn start_on(
+        exe: &Path,
+        pki: &PkiDir,
+        dir: &Path,
+        opts: &ClusterOptions,
+        plan: &TeePlan,
     ) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         // Every configuration written below names absolute paths (a relative one would be
@@ -187,6 +206,7 @@ impl Cluster {
             relay_config,
             exe: exe.to_path_buf(),
             pki: pki.path().to_path_buf(),
+            plan: plan.clone(),
         };
         cluster.start_bridge()?;
         if cluster.relay.is_some() {
@@ -246,7 +266,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds and starts a node of this cluster (TEE provisioned by `pki`).
+    /// Adds and starts a node of this cluster (TEE provisioned by `pki`, on the platform the
+    /// cluster's plan gives the node).
     pub fn add_node(
         &mut self,
         pki: &PkiDir,
@@ -257,11 +278,13 @@ impl Cluster {
         if !key.exists() {
             custos_tee_host::sealed::generate_key_file(&key).map_err(io)?;
         }
-        let tee = TeeProcess::start(
+        let (platform, swtpm) = launch(self.plan.for_node(name), &self.dir, name).map_err(io)?;
+        let tee = TeeProcess::start_on(
             &self.exe,
             &self.dir.join(format!("{name}.sock")),
             &self.dir.join(format!("{name}-store")),
             KeyArg::File(key),
+            platform,
         )?;
         let mut client = tee.client().map_err(io)?;
         provision(&mut client, pki, &self.name, name)?;
@@ -276,12 +299,14 @@ impl Cluster {
             root_ca: self.pki.join("root-ca.crt"),
             sync_interval_secs,
             tee_connections: 8,
+            tee: Some(tee_section(tee.platform())),
         }
         .save(&config_path)
         .map_err(io)?;
         self.nodes.push(Node {
             name: name.to_string(),
             tee,
+            swtpm,
             server: None,
             config_path,
             addr: None,

@@ -11,6 +11,12 @@
 //! used by pairs of them, and a node killed while requests are still served.
 //! Every signature is checked with nothing but public data. It exits 0 only if every step
 //! verified, and writes a machine-readable JSON report.
+//!
+//! `--platform tpm` runs each TEE on a software TPM of its own (started and stopped by the
+//! demo) and adds a step only the TPM platform passes: a TEE's store copied after start-up,
+//! put back at the end and refused at start (`store_rolled_back`). The report names each
+//! TEE's platform as its `Status` reports it (`tees`), with an `attestation` slot per TEE
+//! that stays `null` until quotes and attestation-verified membership exist.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -37,6 +43,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 mod governance;
+mod platform;
 mod threshold;
 mod wallets;
 
@@ -193,6 +200,10 @@ struct Demo {
     dep: Deployment,
     dir: PathBuf,
     real_primes: bool,
+    /// Where the TEEs run (`--platform`).
+    platform: custos::tee_plan::PlatformName,
+    /// Each TEE's platform as its Status reports it (the report's `tees`).
+    tees: Vec<serde_json::Value>,
     client: CloudClient,
     alice: AdminSigner,
     bob: AdminSigner,
@@ -214,10 +225,16 @@ struct Demo {
 impl Demo {
     /// Starts the deployment: PKI, three clusters of three nodes, bridges, relays, links and
     /// the cloud server, as real processes.
-    fn start(exe: &Path, dir: &Path, real_primes: bool) -> Result<Demo, AnyError> {
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        real_primes: bool,
+        platform: custos::tee_plan::PlatformName,
+    ) -> Result<Demo, AnyError> {
         let mut steps = Steps { log: Vec::new() };
         let t0 = Instant::now();
-        let dep = Deployment::start(
+        let plan = platform::plan(platform)?;
+        let dep = Deployment::start_on(
             exe,
             dir,
             &DeploymentOptions {
@@ -232,13 +249,19 @@ impl Demo {
                 audit_interval_secs: 3600,
                 cloud_db_url: None,
             },
+            &plan,
         )?;
         steps.ok(
             "deployment",
             format!(
                 "PKI (Root, Admin CA, Device CA, Cluster CAs dc1/dc2/dc3, admins alice/bob/carol), \
-                 3 clusters x 3 nodes (node server + TEE process each), bridges, external relays \
-                 (dc1, dc3: TCP link, dc2: spool-directory link), cloud server at {} in {:.1} s",
+                 3 clusters x 3 nodes (node server + TEE process each{}), bridges, external \
+                 relays (dc1, dc3: TCP link, dc2: spool-directory link), cloud server at {} in \
+                 {:.1} s",
+                match platform {
+                    custos::tee_plan::PlatformName::Tpm => ", each TEE on a swtpm of its own",
+                    custos::tee_plan::PlatformName::Software => "",
+                },
                 dep.api_url,
                 t0.elapsed().as_secs_f64()
             ),
@@ -251,6 +274,8 @@ impl Demo {
             dep,
             dir: dir.to_path_buf(),
             real_primes,
+            platform,
+            tees: Vec::new(),
             steps,
             wallets: Vec::new(),
             signed: Vec::new(),
@@ -263,10 +288,27 @@ impl Demo {
     }
 
     /// The machine-readable report of every step.
-    fn report(&self, threshold: serde_json::Value) -> serde_json::Value {
+    fn report(
+        &self,
+        threshold: serde_json::Value,
+        rollback: serde_json::Value,
+    ) -> serde_json::Value {
         json!({
-            "custos_demo": 2,
+            "custos_demo": 3,
             "api": self.dep.api_url,
+            "platform": {
+                "requested": platform::name(self.platform),
+                "note": match self.platform {
+                    custos::tee_plan::PlatformName::Tpm =>
+                        "each TEE's store key sealed by a TPM 2.0 and its epoch bound to the \
+                         TPM's counter; the TPMs are software TPMs (swtpm), for development",
+                    custos::tee_plan::PlatformName::Software =>
+                        "the development stand-in: keys sealed at rest under the operator's \
+                         key, no protection against root on the host or a store copy put back",
+                },
+                "rollback": rollback,
+            },
+            "tees": self.tees,
             "clusters": [
                 {"name": "dc1", "nodes": 3, "link": "tcp"},
                 {"name": "dc2", "nodes": 3, "link": "spool"},
@@ -302,6 +344,7 @@ pub fn run(
     report: &Path,
     keep_running: bool,
     real_primes: bool,
+    platform: custos::tee_plan::PlatformName,
 ) -> Result<(), AnyError> {
     let tmp;
     let dir = match dir {
@@ -317,7 +360,9 @@ pub fn run(
     let exe = std::env::current_exe()?;
     println!("Custos demo in {}", dir.display());
     let t0 = Instant::now();
-    let mut demo = Demo::start(&exe, &dir, real_primes)?;
+    let mut demo = Demo::start(&exe, &dir, real_primes, platform)?;
+    demo.tee_platforms()?;
+    demo.copy_early_store()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -342,8 +387,9 @@ pub fn run(
     threshold["presignatures"] = demo.presignatures(&rt)?;
     threshold["dkg"] = demo.dkg(&rt)?;
     demo.node_killed(&rt)?;
+    let rollback = demo.rollback_refused()?;
 
-    let doc = demo.report(threshold);
+    let doc = demo.report(threshold, rollback);
     std::fs::write(report, serde_json::to_vec_pretty(&doc)?)?;
     println!(
         "all {} steps verified in {:.1} s; report written to {}",

@@ -14,6 +14,7 @@ use custos_cloud_api::Scope;
 use custos_pki::{AdminFolder, AdminSigner, DealerFolder, PkiDir};
 
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, LinkTransport};
+use crate::tee_plan::TeePlan;
 use crate::tee_process::spawn_ready;
 
 /// What to deploy.
@@ -63,8 +64,20 @@ fn io(e: impl std::fmt::Display) -> ClusterError {
 }
 
 impl Deployment {
-    /// Creates the PKI under `dir/pki`, the clusters with their relays, and the cloud server.
+    /// Creates the PKI under `dir/pki`, the clusters with their relays, and the cloud server;
+    /// every TEE on the software platform.
     pub fn start(exe: &Path, dir: &Path, opts: &DeploymentOptions) -> Result<Self, ClusterError> {
+        Self::start_on(exe, dir, opts, &TeePlan::default())
+    }
+
+    /// [`Deployment::start`] with each node's TEE where `plan` says (nodes by name, e.g.
+    /// `dc1-node1`: a TPM, or a software TPM of its own).
+    pub fn start_on(
+        exe: &Path,
+        dir: &Path,
+        opts: &DeploymentOptions,
+        plan: &TeePlan,
+    ) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         // Every configuration written below names absolute paths, whatever the caller's
         // working directory.
@@ -81,7 +94,7 @@ impl Deployment {
         }
         let mut clusters = Vec::new();
         for (name, transport) in &opts.clusters {
-            clusters.push(Cluster::start(
+            clusters.push(Cluster::start_on(
                 exe,
                 &pki,
                 &dir.join(name),
@@ -93,6 +106,7 @@ impl Deployment {
                     audit_interval_secs: opts.audit_interval_secs,
                     link: Some(*transport),
                 },
+                plan,
             )?);
         }
         let (token, token_sha256) = custos_cloud::generate_api_token();

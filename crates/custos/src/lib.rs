@@ -12,5 +12,6 @@ pub mod ops;
 pub mod pkcs11;
 pub mod renewal;
 pub mod rogue;
+pub mod tee_plan;
 pub mod tee_process;
 pub mod wallet;

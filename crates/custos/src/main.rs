@@ -145,6 +145,11 @@ enum Command {
         /// committed TEST-ONLY ones.
         #[arg(long)]
         real_primes: bool,
+        /// Platform of the TEEs: software (the development stand-in) or tpm (each TEE on a
+        /// software TPM of its own, swtpm, started and stopped by the demo; custos built with
+        /// the cargo feature `tpm`), which adds a store copy put back and refused.
+        #[arg(long, value_enum, default_value_t = custos::tee_plan::PlatformName::Software)]
+        platform: custos::tee_plan::PlatformName,
     },
 }
 
@@ -248,6 +253,8 @@ enum ClusterCommand {
         /// Metadata DB URL (default: SQLite file in the directory).
         #[arg(long)]
         db_url: Option<String>,
+        #[command(flatten)]
+        tee: custos::tee_plan::PlatformArgs,
     },
     #[command(flatten)]
     Governance(custos::governance::ClusterGovCommand),
@@ -666,7 +673,8 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             report,
             keep_running,
             real_primes,
-        } => demo::run(dir, &report, keep_running, real_primes),
+            platform,
+        } => demo::run(dir, &report, keep_running, real_primes, platform),
         Command::Dealer { command } => run_dealer_command(command),
         Command::Bench { command } => run_bench(command),
         Command::Node { command } => run_node(command),
@@ -736,8 +744,9 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                     name,
                     dir,
                     db_url,
+                    tee,
                 },
-        } => cluster_up(nodes, &name, &dir, db_url),
+        } => cluster_up(nodes, &name, &dir, db_url, &tee.plan(&name, nodes)?),
         Command::Cluster {
             command: ClusterCommand::Governance(command),
         } => Ok(runtime()?.block_on(custos::governance::run_cluster(
@@ -874,6 +883,7 @@ fn cluster_up(
     name: &str,
     dir: &std::path::Path,
     db_url: Option<String>,
+    plan: &custos::tee_plan::TeePlan,
 ) -> Result<(), AnyError> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
@@ -889,7 +899,8 @@ fn cluster_up(
         audit_interval_secs: 3600,
         link: None,
     };
-    let cluster = custos::cluster::Cluster::start(&std::env::current_exe()?, &pki, &dir, &opts)?;
+    let cluster =
+        custos::cluster::Cluster::start_on(&std::env::current_exe()?, &pki, &dir, &opts, plan)?;
     println!(
         "cluster {name} up: bridge {}, metadata {}",
         cluster.bridge_addr,
@@ -897,10 +908,14 @@ fn cluster_up(
     );
     for n in &cluster.nodes {
         println!(
-            "  {}: node server {}, TEE socket {}",
+            "  {}: node server {}, TEE socket {} ({})",
             n.name,
             n.addr.map(|a| a.to_string()).unwrap_or_default(),
-            n.tee.socket.display()
+            n.tee.socket.display(),
+            match n.tee.platform() {
+                custos::tee_process::TeePlatform::Software => "software platform".to_string(),
+                custos::tee_process::TeePlatform::Tpm(t) => format!("TPM {}", t.tcti),
+            }
         );
     }
     println!("press Ctrl-C to stop");

@@ -8,12 +8,15 @@
 //! * [`primes`]: pregenerated Paillier primes sealed at start-up for distributed key
 //!   generation;
 //! * [`hardening`]: no core dumps, not ptrace-able, memory locked;
-//! * [`server`]: the socket server (peer credentials checked) around the core.
+//! * [`server`]: the socket server (peer credentials checked) around the core;
+//! * [`swtpm`]: a software TPM on loopback for development (the demo, tests), and folder
+//!   copies put back (a store rolled back).
 
 pub mod hardening;
 pub mod primes;
 pub mod sealed;
 pub mod server;
+pub mod swtpm;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 

@@ -1,5 +1,7 @@
-//! A software TPM 2.0 (Debian's `swtpm`) of the test's own, on loopback ports, stopped when
-//! dropped. Its state folder is the TPM: copying it copies the TPM, counter included.
+//! A software TPM 2.0 (Debian's `swtpm`) of the test's own, on loopback ports, in a temporary
+//! folder, stopped when dropped. Its state folder is the TPM: copying it copies the TPM,
+//! counter included. The launcher itself is `custos_tee_host::swtpm` (the demo uses it too);
+//! this adds the temporary folder, the skip and panics instead of errors.
 //!
 //! [`Swtpm::start_manufactured`] gives a TPM as it leaves a factory: `swtpm_setup` with a
 //! local CA of the test's own (in the temp dir) makes its RSA-2048 EK (persistent at
@@ -9,54 +11,32 @@
 //! Without `swtpm` installed, [`Swtpm::start`] returns `None` and the test skips, unless
 //! `CUSTOS_TEST_REQUIRE_SWTPM` is set (as `.ci/run` does): then it fails.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+use custos_tee_host::swtpm as launcher;
 
 /// Set to make a missing `swtpm` a failure instead of a skip.
 pub const REQUIRE_ENV: &str = "CUSTOS_TEST_REQUIRE_SWTPM";
 
 /// A running software TPM.
 pub struct Swtpm {
+    // Dropped first: the process stops before its folder goes.
+    tpm: launcher::Swtpm,
     _dir: tempfile::TempDir,
-    state: PathBuf,
     /// The local CA's folder, for a manufactured TPM.
     ca: Option<PathBuf>,
-    port: u16,
-    child: Option<Child>,
 }
 
-fn installed() -> bool {
-    Command::new("swtpm")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Two free consecutive loopback ports (the swtpm TCTI finds the control port at +1).
-fn port_pair() -> u16 {
-    for _ in 0..64 {
-        let a = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = a.local_addr().expect("addr").port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two consecutive free loopback ports");
-}
-
-/// Whether the test can run; panics where swtpm is required but missing.
-fn available() -> bool {
-    if installed() {
+/// Whether a test needing `swtpm` can run: `false` (the test skips, with a note) where it
+/// is not installed, a panic instead when [`REQUIRE_ENV`] is set.
+pub fn available() -> bool {
+    if launcher::installed() {
         return true;
     }
     assert!(
         std::env::var_os(REQUIRE_ENV).is_none(),
-        "{REQUIRE_ENV} is set but swtpm is not installed (apt-get install swtpm swtpm-tools)"
+        "{REQUIRE_ENV} is set but swtpm is not installed (apt-get install swtpm)"
     );
     eprintln!("swtpm is not installed: skipping this TPM test");
     false
@@ -136,15 +116,8 @@ impl Swtpm {
             manufacture(dir.path(), &state, &ca);
             ca
         });
-        let mut tpm = Swtpm {
-            _dir: dir,
-            state,
-            ca,
-            port: 0,
-            child: None,
-        };
-        tpm.run();
-        Some(tpm)
+        let tpm = launcher::Swtpm::start(&state).expect("start swtpm");
+        Some(Swtpm { tpm, _dir: dir, ca })
     }
 
     fn ca_file(&self, name: &str) -> PathBuf {
@@ -175,83 +148,35 @@ impl Swtpm {
         pem_der(&self.ek_ca_issuer())
     }
 
-    /// Starts the TPM process on its state (a fresh TPM the first time; after
-    /// [`Swtpm::stop`], the same TPM as if rebooted: PCRs reset, NV kept).
+    /// Starts the TPM process on its state (after [`Swtpm::stop`], the same TPM as if
+    /// rebooted: PCRs reset, NV kept).
     pub fn run(&mut self) {
-        assert!(self.child.is_none(), "swtpm already running");
-        for _ in 0..5 {
-            let port = port_pair();
-            let child = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--tpmstate"])
-                .arg(format!("dir={}", self.state.display()))
-                .arg("--server")
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn swtpm");
-            self.child = Some(child);
-            self.port = port;
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if TcpStream::connect(("127.0.0.1", port + 1)).is_ok() {
-                    return;
-                }
-                if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    break; // exited: the port was taken meanwhile; try others
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            self.stop();
-        }
-        panic!("swtpm did not start");
+        self.tpm.run().expect("restart swtpm");
     }
 
     /// Stops the TPM process (its state stays).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.tpm.stop();
     }
 
     /// The TCTI naming this TPM.
     pub fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
+        self.tpm.tcti()
     }
 
     /// The TPM's state folder.
     pub fn state_dir(&self) -> &Path {
-        &self.state
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        self.stop();
+        self.tpm.state_dir()
     }
 }
 
 /// Copies the folder `from` (recursively) to `to`: how a test takes a copy of a store or a
 /// TPM's state, as someone with the disk could.
 pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create the copy's folder");
-    for e in std::fs::read_dir(from).expect("read the folder") {
-        let e = e.expect("folder entry");
-        if e.file_type().expect("entry type").is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy a file");
-        }
-    }
+    launcher::copy_dir(from, to).expect("copy the folder");
 }
 
 /// Puts the copy `with` back in place of the folder `dir`.
 pub fn replace_dir(dir: &Path, with: &Path) {
-    std::fs::remove_dir_all(dir).expect("remove the folder");
-    copy_dir(with, dir);
+    launcher::replace_dir(dir, with).expect("put the copy back");
 }

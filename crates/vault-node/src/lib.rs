@@ -23,7 +23,7 @@ mod tee_pool;
 #[cfg(test)]
 mod test_pki;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, TeeSection};
 pub use service::run;
 pub use tee_pool::TeePool;
 

@@ -16,6 +16,8 @@ mod bip32;
 mod bridge_flood;
 mod cloud_listen;
 mod cluster;
+#[cfg(feature = "tpm")]
+mod demo_tpm;
 mod dkg;
 mod e2e;
 mod governance;
@@ -30,4 +32,6 @@ mod tee_sync;
 mod threshold;
 #[cfg(feature = "tpm")]
 mod tpm;
+#[cfg(feature = "tpm")]
+mod tpm_presign;
 mod wallet_policy;

@@ -17,7 +17,7 @@ use custos_cloud_api::client::CloudClient;
 use custos_cloud_api::{RequestResult, RequestStatus, RequestView, ThresholdSignBody};
 use custos_pki::AdminSigner;
 
-fn test_primes() -> PrimeSource {
+pub(crate) fn test_primes() -> PrimeSource {
     PrimeSource::File(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json"),
@@ -217,7 +217,12 @@ fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
 }
 
 /// The presignatures `node` of `cluster` holds for `key_id` (asked at its TEE socket).
-fn tee_presignatures(dep: &Deployment, cluster: &str, node: usize, key_id: &[u8]) -> Vec<String> {
+pub(crate) fn tee_presignatures(
+    dep: &Deployment,
+    cluster: &str,
+    node: usize,
+    key_id: &[u8],
+) -> Vec<String> {
     let mut tee = dep.cluster(cluster).unwrap().nodes[node]
         .tee
         .client()
@@ -236,7 +241,7 @@ fn tee_presignatures(dep: &Deployment, cluster: &str, node: usize, key_id: &[u8]
 }
 
 /// A `threshold_sign` request of a full message (path m), approved by alice.
-async fn sign_message(
+pub(crate) async fn sign_message(
     client: &CloudClient,
     alice: &AdminSigner,
     key_id: &str,

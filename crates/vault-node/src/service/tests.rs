@@ -119,6 +119,7 @@ fn only_current_members_reach_the_tee_with_export_keys() {
         root_ca: pki.root_file(),
         sync_interval_secs: 3600,
         tee_connections: 2,
+        tee: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use custos::cluster::LinkTransport;
 use custos::deployment::{Deployment, DeploymentOptions};
 use custos::ops::{approvals, new_meta, provision};
+use custos::tee_plan::TeePlan;
 use custos::tee_process::{KeyArg, TeePlatform, TeeProcess};
 use custos_pki::PkiDir;
 pub use custos_test_kit::Pki;
@@ -36,7 +37,17 @@ pub const THRESHOLD_CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 /// A deployment of [`THRESHOLD_CLUSTERS`] (TCP links) with `nodes` nodes each and admin
 /// alice, in `dir`.
 pub fn three_clusters(dir: &Path, nodes: usize, sync_interval_secs: u64) -> Deployment {
-    Deployment::start(
+    three_clusters_on(dir, nodes, sync_interval_secs, &TeePlan::default())
+}
+
+/// [`three_clusters`] with each node's TEE where `plan` says (e.g. one on a TPM).
+pub fn three_clusters_on(
+    dir: &Path,
+    nodes: usize,
+    sync_interval_secs: u64,
+    plan: &TeePlan,
+) -> Deployment {
+    Deployment::start_on(
         &exe(),
         dir,
         &DeploymentOptions {
@@ -50,6 +61,7 @@ pub fn three_clusters(dir: &Path, nodes: usize, sync_interval_secs: u64) -> Depl
             audit_interval_secs: 0,
             cloud_db_url: None,
         },
+        plan,
     )
     .unwrap()
 }
