@@ -353,6 +353,7 @@ fn ticket() -> AdmissionTicket {
         tpm: Some(TicketCredential {
             ak_name: vec![0x00, 0x0b, 0x01],
             ek_cert_sha256: [0xec; 32],
+            ek_chain: vec![vec![0x30, 0x03]],
             id_object: vec![0x1d; 3],
             encrypted_secret: vec![0x5e; 4],
         }),

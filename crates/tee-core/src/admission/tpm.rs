@@ -54,6 +54,7 @@ pub(super) fn make_credential(
     Ok(TicketCredential {
         ak_name: custos_attest::ak_name(&identity.ak_public),
         ek_cert_sha256: Sha256::digest(&identity.ek_cert).into(),
+        ek_chain: identity.ek_chain.clone(),
         id_object: c.id_object,
         encrypted_secret: c.encrypted_secret,
     })
@@ -71,14 +72,17 @@ pub(super) fn verify(
     let Some(m) = &policy_all.tpm else {
         return Err(Check::Mismatch("the policy admits no TPM".into()));
     };
-    let quote = TpmQuote::from_document(&ev.document).map_err(Check::Attest)?;
-    let verified = verify_tpm_quote(&quote, &policy(m, &quote.identity.ek_chain), binding, at)
-        .map_err(Check::Attest)?;
     let Some(c) = &ev.ticket.ticket.tpm else {
         return Err(Check::Mismatch(
             "a TPM quote answering a ticket without credential".into(),
         ));
     };
+    let mut quote = TpmQuote::from_document(&ev.document).map_err(Check::Attest)?;
+    // The chain the issuer verified and signed into the ticket, not one the candidate's host
+    // brings now: the roots are picked from it by the policy's pins.
+    quote.identity.ek_chain = c.ek_chain.clone();
+    let verified =
+        verify_tpm_quote(&quote, &policy(m, &c.ek_chain), binding, at).map_err(Check::Attest)?;
     if verified.ak_name != c.ak_name {
         return Err(Check::Mismatch(
             "the quote's attestation key is not the one the ticket's credential was made for"

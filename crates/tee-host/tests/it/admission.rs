@@ -13,8 +13,8 @@ use custos_wire::governance::{
 };
 use custos_wire::protocol::{CertChain, Request, Response, TeeError};
 
-const CLUSTER: &str = "dc1";
-const GOVERNORS: [&str; 2] = ["alice", "bob"];
+pub(crate) const CLUSTER: &str = "dc1";
+pub(crate) const GOVERNORS: [&str; 2] = ["alice", "bob"];
 
 pub(crate) fn chain<P: Platform>(core: &mut TeeCore<P>) -> CertChain {
     match call(core, &Request::DeviceChain) {
@@ -73,7 +73,15 @@ pub(crate) fn governed<'a>(
     pki: &'a Pki,
     policy: MeasurementPolicy,
 ) -> (TeeCore<MemPlatform>, GovLog<'a>) {
-    let mut node1 = pki.node(CLUSTER, "node1");
+    governed_core(pki, pki.node(CLUSTER, "node1"), policy)
+}
+
+/// `node1` made the one member of dc1's log (development genesis, then `policy`).
+pub(crate) fn governed_core(
+    pki: &Pki,
+    mut node1: TeeCore<MemPlatform>,
+    policy: MeasurementPolicy,
+) -> (TeeCore<MemPlatform>, GovLog<'_>) {
     let me = member(pki, &chain(&mut node1));
     let mut log = GovLog::genesis(pki, CLUSTER, &GOVERNORS, 2, vec![me], &GOVERNORS);
     log.push(GovChange::SetMeasurementPolicy { policy }, &GOVERNORS);
@@ -81,7 +89,11 @@ pub(crate) fn governed<'a>(
     (node1, log)
 }
 
-fn software_core(pki: &Pki, dir: &std::path::Path, node: &str) -> TeeCore<SoftwarePlatform> {
+pub(crate) fn software_core(
+    pki: &Pki,
+    dir: &std::path::Path,
+    node: &str,
+) -> TeeCore<SoftwarePlatform> {
     let key = dir.join("seal.key");
     custos_tee_host::sealed::generate_key_file(&key).unwrap();
     let platform =

@@ -2,4 +2,6 @@
 //! unit tests of `tpm`, next to the TPM commands they drive).
 
 mod admission;
+#[cfg(feature = "tpm")]
+mod admission_tpm;
 mod store;

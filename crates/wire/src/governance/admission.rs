@@ -254,6 +254,10 @@ pub struct TicketCredential {
     pub ak_name: Vec<u8>,
     /// SHA-256 of the endorsement key certificate it was made to.
     pub ek_cert_sha256: [u8; 32],
+    /// The certificates the issuer chained that endorsement certificate through, up to a root
+    /// the policy pins (DER, root last): every verifier checks the quote's endorsement key
+    /// against the same chain.
+    pub ek_chain: Vec<Vec<u8>>,
     /// TPM2B_ID_OBJECT body (the encrypted nonce and its HMAC).
     pub id_object: Vec<u8>,
     /// TPM2B_ENCRYPTED_SECRET body (the seed, RSA-OAEP to the endorsement key).
@@ -298,6 +302,10 @@ impl AdmissionTicket {
                 put(&mut out, &[1]);
                 put(&mut out, &c.ak_name);
                 put(&mut out, &c.ek_cert_sha256);
+                put(&mut out, &(c.ek_chain.len() as u32).to_be_bytes());
+                for cert in &c.ek_chain {
+                    put(&mut out, cert);
+                }
                 put(&mut out, &c.id_object);
                 put(&mut out, &c.encrypted_secret);
             }

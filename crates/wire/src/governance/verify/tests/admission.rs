@@ -217,6 +217,7 @@ fn a_ticket_admits_once_for_its_key_from_a_member_in_its_window() {
     with_credential.tpm = Some(TicketCredential {
         ak_name: vec![0, 0x0b],
         ek_cert_sha256: [2; 32],
+        ek_chain: vec![],
         id_object: vec![3],
         encrypted_secret: vec![4],
     });
