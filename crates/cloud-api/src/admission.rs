@@ -5,8 +5,9 @@ use custos_wire::governance::{AdmissionChallenge, TpmIdentity, MAX_EVIDENCE};
 
 use crate::{AdmissionTicketView, TpmIdentityView};
 
-/// Largest encoded challenge the API carries (a TPM credential and the ticket's fields).
-pub const MAX_CHALLENGE: usize = 8 * 1024;
+/// Largest encoded challenge the API carries (the ticket's fields, a TPM credential and the
+/// endorsement key's chain of up to 8 KiB).
+pub const MAX_CHALLENGE: usize = 16 * 1024;
 
 /// The API view of a TPM identity.
 pub fn identity_view(i: &TpmIdentity) -> TpmIdentityView {

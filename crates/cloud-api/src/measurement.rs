@@ -39,6 +39,7 @@ pub fn policy_view(p: &MeasurementPolicy) -> MeasurementPolicyView {
         }),
         tdx: p.tdx.as_ref().map(|t| TdxMeasurementView {
             mr_td: hex::encode(&t.mr_td),
+            rtmrs: registers(&t.rtmrs),
             tcb_statuses: t.tcb_statuses.clone(),
         }),
     }
@@ -102,6 +103,11 @@ pub fn parse_policy(v: &MeasurementPolicyView) -> Result<MeasurementPolicy, Stri
             .map(|t| {
                 Ok::<_, String>(TdxMeasurement {
                     mr_td: bytes("the TDX MRTD", &t.mr_td)?,
+                    rtmrs: t
+                        .rtmrs
+                        .iter()
+                        .map(|r| Ok((r.index, bytes("a TDX RTMR", &r.value)?)))
+                        .collect::<Result<_, String>>()?,
                     tcb_statuses: t.tcb_statuses.clone(),
                 })
             })
@@ -163,6 +169,7 @@ mod tests {
             }),
             tdx: Some(TdxMeasurement {
                 mr_td: vec![7; 48],
+                rtmrs: vec![(1, vec![8; 48]), (2, vec![9; 48])],
                 tcb_statuses: vec!["UpToDate".into()],
             }),
         };

@@ -86,9 +86,10 @@ impl<P: Platform> TeeCore<P> {
                         "the cluster's measurement policy admits no TPM platform",
                     ));
                 };
-                let mut entropy = [0u8; 32];
-                self.platform.random(&mut entropy).map_err(storage)?;
-                Some(make_credential(&identity, m, &nonce, entropy, now)?)
+                // The credential's seed derives from it: whoever learns it learns the nonce.
+                let mut entropy = Zeroizing::new([0u8; 32]);
+                self.platform.random(entropy.as_mut()).map_err(storage)?;
+                Some(make_credential(&identity, m, &nonce, *entropy, now)?)
             }
         };
         let sealed = credential.is_some();

@@ -184,7 +184,10 @@ impl<P: Platform> TeeCore<P> {
                         "attestation challenge over 64 bytes".into(),
                     ));
                 }
-                let mut user_data = challenge;
+                // Domain-separated from an admission's evidence (a SHA-256 binding), so a
+                // host's challenge can never make this TEE attest admission-shaped data.
+                let mut user_data = ATTEST_DOMAIN.to_vec();
+                user_data.extend_from_slice(&challenge);
                 if let Some(d) = &self.device {
                     user_data.extend_from_slice(&d.public_key());
                 }
@@ -196,3 +199,6 @@ impl<P: Platform> TeeCore<P> {
         }
     }
 }
+
+/// Prefix of what [`Request::Attest`] has the platform attest: domain ‖ challenge ‖ D.
+const ATTEST_DOMAIN: &[u8] = b"CUSTOS-ATTEST-V1\0";

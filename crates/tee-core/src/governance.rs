@@ -115,15 +115,17 @@ impl Governed {
                     first: e.version,
                 });
             }
-            // The platform evidence is this TEE's own check, against the policy in force
-            // before the entry (the log's rules, checked by `apply`, are everyone's).
-            if let GovChange::Admit { member } = &e.change {
-                crate::admission::check_evidence(&next.state, member)
-                    .map_err(|r| refused(e.version, r))?;
-            }
+            // An admission's platform evidence is this TEE's own check, against the policy in
+            // force before the entry, and only once the entry's approvals and the log's rules
+            // (everyone's, in `apply`) hold: nobody makes the TEE verify unapproved evidence.
+            let before = matches!(e.change, GovChange::Admit { .. }).then(|| next.state.clone());
             next.state
                 .apply(root, admins, e)
                 .map_err(|r| refused(e.version, r))?;
+            if let (Some(before), GovChange::Admit { member }) = (before, &e.change) {
+                crate::admission::check_evidence(&before, member)
+                    .map_err(|r| refused(e.version, r))?;
+            }
             next.hashes.push(entry_hash(cluster, e));
             fresh.push(e);
         }

@@ -387,6 +387,7 @@ fn measurement_policy() -> MeasurementPolicy {
         }),
         tdx: Some(TdxMeasurement {
             mr_td: vec![0xa4; 48],
+            rtmrs: vec![(1, vec![0xa5; 48]), (2, vec![0xa6; 48])],
             tcb_statuses: vec!["UpToDate".into()],
         }),
     }

@@ -105,6 +105,9 @@ pub struct TdxMeasurementView {
     /// Expected MRTD, hex (48 bytes).
     #[schema(pattern = "^[0-9a-fA-F]{96}$", max_length = 96)]
     pub mr_td: String,
+    /// Expected RTMR values (SHA-384), by increasing index 0..=3, RTMR1 and RTMR2 at least.
+    #[schema(min_items = 2, max_items = 4)]
+    pub rtmrs: Vec<RegisterView>,
     /// Accepted TCB statuses, sorted (`UpToDate`, ...).
     #[schema(schema_with = status_list)]
     pub tcb_statuses: Vec<String>,

@@ -812,7 +812,7 @@ fn precheck(state: &GovState, change: &GovChange) -> Result<(), ApiError> {
             // The ticket, nonce and platform rules every verifier applies; the platform's
             // evidence itself is the TEEs' to verify.
             state
-                .check_admission(member)
+                .check_admission(member, None)
                 .map(drop)
                 .or_else(|e| invalid(e.to_string()))
         }

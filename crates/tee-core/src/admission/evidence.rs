@@ -99,6 +99,15 @@ pub(crate) fn check_evidence(state: &GovState, m: &MemberRecord) -> Result<(), G
             if s.debug_allowed() && !want.allow_debug {
                 return Err(mismatch("SEV-SNP guest policy allows debugging".into()));
             }
+            // Only VMPL 0 is the guest itself; a migration agent could read its memory.
+            if s.vmpl != 0 {
+                return Err(mismatch(format!("SEV-SNP report from VMPL {}", s.vmpl)));
+            }
+            if s.policy & (1 << 18) != 0 {
+                return Err(mismatch(
+                    "SEV-SNP guest policy allows a migration agent (MIGRATE_MA)".into(),
+                ));
+            }
             Ok(())
         }
         PLATFORM_TDX => {
@@ -116,6 +125,11 @@ pub(crate) fn check_evidence(state: &GovState, m: &MemberRecord) -> Result<(), G
             expect_binding(&t, &binding).map_err(refuse)?;
             if t.mr_td.as_slice() != want.mr_td.as_slice() {
                 return Err(mismatch("TDX MRTD is not the policy's".into()));
+            }
+            for (i, v) in &want.rtmrs {
+                if t.rtmrs.get(usize::from(*i)).map(|r| r.as_slice()) != Some(v.as_slice()) {
+                    return Err(mismatch(format!("TDX RTMR{i} is not the policy's")));
+                }
             }
             if !want.tcb_statuses.contains(&t.tcb_status) {
                 return Err(mismatch(format!(

@@ -130,6 +130,10 @@ fn a_software_node_answers_a_ticket_and_is_admitted_once() {
     assert_eq!(e.code(), "admission_refused", "{e}");
 
     record.evidence = answer(&mut node2, challenge).unwrap();
+
+    // Proposed now, as the cloud server does: within the ticket's window.
+
+    record.admitted_at = custos_test_kit::now();
     log.admit(record.clone(), &GOVERNORS);
     assert_eq!(apply(&mut node1, log.entries()), Ok(2));
 
@@ -165,6 +169,8 @@ fn a_policy_without_software_refuses_a_software_node() {
 
     let challenge = ticket(&mut node1, &record, None).unwrap();
     record.evidence = answer(&mut node2, challenge).unwrap();
+    // Proposed now, as the cloud server does: within the ticket's window.
+    record.admitted_at = custos_test_kit::now();
     let admit = log.next_entry(
         GovChange::Admit {
             member: record.clone(),

@@ -118,6 +118,8 @@ fn a_tpm_node_is_admitted_only_with_its_own_fresh_quote_over_the_policys_pcrs() 
     let challenge = ticket(&mut other, &record2, Some(id2.clone())).unwrap();
     assert!(challenge.nonce.is_none(), "the nonce is sealed to the TPM");
     record2.evidence = answer(&mut node2, challenge).unwrap();
+    // Proposed now, as the cloud server does: within the ticket's window.
+    record2.admitted_at = custos_test_kit::now();
     let admit = other_log.next_entry(
         GovChange::Admit {
             member: record2.clone(),
@@ -162,6 +164,7 @@ fn a_tpm_node_is_admitted_only_with_its_own_fresh_quote_over_the_policys_pcrs() 
         }
         .encode(),
     };
+    record3.admitted_at = custos_test_kit::now();
     let admit3 = log.next_entry(GovChange::Admit { member: record3 }, &GOVERNORS);
     refused_with(apply(&mut node1, &[admit3]), "tpm_qualifying_mismatch");
 
@@ -173,6 +176,8 @@ fn a_tpm_node_is_admitted_only_with_its_own_fresh_quote_over_the_policys_pcrs() 
     ));
     let challenge = ticket(&mut node1, &record2, Some(id2)).unwrap();
     record2.evidence = answer(&mut node2, challenge).unwrap();
+    // Proposed now, as the cloud server does: within the ticket's window.
+    record2.admitted_at = custos_test_kit::now();
     log.admit(record2.clone(), &GOVERNORS);
     apply(&mut node1, log.entries()).unwrap();
     let Ok(Response::KeyTransfer(transfer)) = export(&mut node1, &mut node2, &key_id) else {

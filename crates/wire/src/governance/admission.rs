@@ -32,6 +32,10 @@ pub const EVIDENCE_ADMISSION_V1: u16 = 1;
 /// Longest validity of a ticket, seconds: the admin proposes the entry right after the
 /// candidate answered, so an hour is plenty, and an old answer is not replayable.
 pub const MAX_TICKET_LIFETIME_SECS: u64 = 3600;
+/// Longest time an admission's approvals may run past its ticket's expiry, seconds: the
+/// evidence was fresh when the entry was proposed, and governors approve within a day, so an
+/// answer withheld for days cannot be approved and applied later.
+pub const MAX_APPROVAL_AFTER_TICKET_SECS: u64 = 24 * 3600;
 /// Most PCRs, roots or statuses one platform's part of a policy lists.
 pub const MAX_POLICY_ITEMS: usize = 24;
 /// Domain separation tag of [`AdmissionTicket::message`].
@@ -103,8 +107,12 @@ pub struct SnpMeasurement {
 /// What a TDX quote must show.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TdxMeasurement {
-    /// Expected MRTD, the trust domain's initial contents (48 bytes).
+    /// Expected MRTD, the trust domain's initial contents (48 bytes): the firmware only.
     pub mr_td: Vec<u8>,
+    /// Expected run-time measurement registers (48 bytes each), by strictly increasing index
+    /// (0..=3), RTMR1 and RTMR2 at least: the kernel, its command line and initrd, which MRTD
+    /// does not cover (stock firmware would admit any code otherwise).
+    pub rtmrs: Vec<(u8, Vec<u8>)>,
     /// Accepted TCB statuses (`UpToDate`, `SWHardeningNeeded`, ...): sorted, distinct,
     /// 1..=[`MAX_POLICY_ITEMS`].
     pub tcb_statuses: Vec<String>,
@@ -165,12 +173,25 @@ impl MeasurementPolicy {
             for (i, v) in &n.pcrs {
                 measurement(&format!("nitro PCR{i}"), v)?;
             }
+            // PCR0 is the enclave image: without it any enclave would do.
+            if n.pcrs[0].0 != 0 {
+                return Err(bad("nitro PCRs: PCR0 (the enclave image) is required"));
+            }
         }
         if let Some(s) = &self.snp {
             measurement("sev-snp measurement", &s.measurement)?;
         }
         if let Some(t) = &self.tdx {
             measurement("tdx MRTD", &t.mr_td)?;
+            increasing("tdx RTMRs", &t.rtmrs, 3)?;
+            for (i, v) in &t.rtmrs {
+                measurement(&format!("tdx RTMR{i}"), v)?;
+            }
+            if ![1, 2].iter().all(|i| t.rtmrs.iter().any(|(j, _)| j == i)) {
+                return Err(bad(
+                    "tdx RTMRs: RTMR1 and RTMR2 (kernel, initrd) are required",
+                ));
+            }
             sorted_set("tdx TCB statuses", &t.tcb_statuses)?;
             if let Some(s) = t.tcb_statuses.iter().find(|s| s.is_empty() || s.len() > 64) {
                 return Err(bad(format!("tdx TCB status {s:?}: 1..=64 bytes")));

@@ -198,7 +198,7 @@ impl GovState {
         match &e.change {
             GovChange::Genesis { .. } => Err(GovError::UnexpectedGenesis { version: e.version }),
             GovChange::Admit { member } => {
-                let nonce = self.check_admission(member)?;
+                let nonce = self.check_admission(member, Some(e.meta.expires_at))?;
                 self.admit(root, e, member)?;
                 if let Some(n) = nonce {
                     self.used_nonces.insert(n);

@@ -5,8 +5,8 @@
 use super::GovState;
 use crate::governance::{
     device_key_fingerprint, nonce_hash, AdmissionEvidence, GovError, MemberRecord,
-    EVIDENCE_ADMISSION_V1, EVIDENCE_NONE, MAX_TICKET_LIFETIME_SECS, PLATFORM_SOFTWARE,
-    PLATFORM_TPM,
+    EVIDENCE_ADMISSION_V1, EVIDENCE_NONE, MAX_APPROVAL_AFTER_TICKET_SECS, MAX_TICKET_LIFETIME_SECS,
+    PLATFORM_SOFTWARE, PLATFORM_TPM,
 };
 
 impl GovState {
@@ -15,7 +15,14 @@ impl GovState {
     /// at `m.admitted_at`, with a nonce never used before. Returns the nonce hash (marked used
     /// once the admission is applied). The platform's evidence itself is verified by the TEE
     /// core.
-    pub fn check_admission(&self, m: &MemberRecord) -> Result<Option<[u8; 32]>, GovError> {
+    ///
+    /// `approvals_until` is the entry's approval expiry, when known: it may run at most
+    /// [`MAX_APPROVAL_AFTER_TICKET_SECS`] past the ticket's expiry.
+    pub fn check_admission(
+        &self,
+        m: &MemberRecord,
+        approvals_until: Option<u64>,
+    ) -> Result<Option<[u8; 32]>, GovError> {
         let node = || m.node.clone();
         let policy = self
             .measurement
@@ -72,6 +79,15 @@ impl GovState {
                 issued_at: t.issued_at,
                 expires_at: t.expires_at,
             });
+        }
+        if let Some(until) = approvals_until {
+            if until > t.expires_at.saturating_add(MAX_APPROVAL_AFTER_TICKET_SECS) {
+                return Err(ticket_err(format!(
+                    "the entry's approvals run until {until}, more than \
+                     {MAX_APPROVAL_AFTER_TICKET_SECS} s after its ticket expired at {}",
+                    t.expires_at
+                )));
+            }
         }
         if nonce_hash(&ev.nonce) != t.nonce_hash {
             return Err(GovError::NonceMismatch { node: node() });

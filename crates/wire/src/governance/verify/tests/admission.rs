@@ -8,7 +8,7 @@ use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use super::*;
 use crate::governance::{
     nonce_hash, AdmissionEvidence, AdmissionTicket, SignedTicket, TicketCredential,
-    EVIDENCE_ADMISSION_V1, MAX_TICKET_LIFETIME_SECS,
+    EVIDENCE_ADMISSION_V1, MAX_APPROVAL_AFTER_TICKET_SECS, MAX_TICKET_LIFETIME_SECS,
 };
 
 const NONCE: [u8; 32] = [0x6e; 32];
@@ -183,6 +183,16 @@ fn a_ticket_admits_once_for_its_key_from_a_member_in_its_window() {
     let e = fx.admit(&log, fx.answered(3, for4, NONCE, "nitro"));
     refused!(fx.apply(&state, &e), GovError::Ticket { reason, .. } if reason.contains("issued for key"));
 
+    // Approvals running more than a day past the ticket: an answer withheld for later.
+    let mut late_approvals = fx.admit(&log, admitted.clone());
+    late_approvals.meta.expires_at = good.ticket.expires_at + MAX_APPROVAL_AFTER_TICKET_SECS + 1;
+    let message = late_approvals.message(CLUSTER);
+    late_approvals.approvals = [&fx.alice, &fx.bob]
+        .iter()
+        .map(|a| a.approve(&message))
+        .collect();
+    refused!(fx.apply(&state, &late_approvals), GovError::Ticket { reason, .. } if reason.contains("approvals run until"));
+
     // A nonce that is not the ticket's.
     let e = fx.admit(&log, fx.answered(3, good.clone(), [0x6f; 32], "nitro"));
     refused!(fx.apply(&state, &e), GovError::NonceMismatch { .. });
@@ -249,4 +259,30 @@ fn a_ticket_admits_once_for_its_key_from_a_member_in_its_window() {
     refused!(fx.apply(&after, &replay), GovError::NonceReused { node } if node == "node3");
     // A whole log replayed from the start agrees (the used nonces are derived from it).
     assert_eq!(fx.state(&log), after);
+}
+
+#[test]
+fn a_policy_must_pin_what_identifies_the_code() {
+    let nitro = |pcrs: Vec<(u8, Vec<u8>)>| MeasurementPolicy {
+        nitro: Some(crate::governance::NitroMeasurement { pcrs }),
+        ..Default::default()
+    };
+    assert!(nitro(vec![(0, vec![0; 48])]).check().is_ok());
+    // PCR3 alone (the parent instance's role) would admit any enclave image.
+    let e = nitro(vec![(3, vec![0; 48])]).check().unwrap_err();
+    assert!(e.to_string().contains("PCR0"), "{e}");
+    let tdx = |rtmrs: Vec<(u8, Vec<u8>)>| MeasurementPolicy {
+        tdx: Some(crate::governance::TdxMeasurement {
+            mr_td: vec![0; 48],
+            rtmrs,
+            tcb_statuses: vec!["UpToDate".into()],
+        }),
+        ..Default::default()
+    };
+    assert!(tdx(vec![(1, vec![1; 48]), (2, vec![2; 48])])
+        .check()
+        .is_ok());
+    // MRTD is the stock firmware: without the kernel's registers any code would do.
+    let e = tdx(vec![(1, vec![1; 48])]).check().unwrap_err();
+    assert!(e.to_string().contains("RTMR1 and RTMR2"), "{e}");
 }
