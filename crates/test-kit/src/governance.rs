@@ -2,11 +2,13 @@
 //! predecessor's hash and carries real approvals by the test admins (alice, bob, carol) of
 //! [`crate::Pki`], so every TEE, bridge and node verifies it with the production code.
 
+use custos_tee_core::platform::Platform;
+use custos_tee_core::TeeCore;
 use custos_wire::approval::Approval;
 use custos_wire::governance::{
     device_key_fingerprint, entry_hash, Evidence, GovChange, GovEntry, MemberRecord,
 };
-use custos_wire::protocol::{CertChain, RequestMeta};
+use custos_wire::protocol::{CertChain, Request, RequestMeta, Response, TeeError};
 
 use crate::pki::Pki;
 use crate::platform::now;
@@ -169,5 +171,30 @@ impl<'a> GovLog<'a> {
     /// Every entry, from the genesis.
     pub fn entries(&self) -> &[GovEntry] {
         &self.entries
+    }
+}
+
+/// The device chain `core` holds.
+pub fn chain<P: Platform>(core: &mut TeeCore<P>) -> CertChain {
+    match crate::call_core(core, &Request::DeviceChain) {
+        Ok(Response::DeviceChain(c)) => c,
+        other => panic!("expected the device chain, got {other:?}"),
+    }
+}
+
+/// Has `core` apply `entries` of `cluster`'s log; the version it then holds, or its refusal.
+pub fn apply<P: Platform>(
+    core: &mut TeeCore<P>,
+    cluster: &str,
+    entries: &[GovEntry],
+) -> Result<u64, TeeError> {
+    let request = Request::ApplyGovernance {
+        cluster: cluster.into(),
+        entries: entries.to_vec(),
+    };
+    match crate::call_core(core, &request) {
+        Ok(Response::Governance(v)) => Ok(v.version),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(e) => Err(e),
     }
 }

@@ -12,10 +12,7 @@ use custos_wire::protocol::{CertChain, Request, Response, TeeError};
 const CLUSTER: &str = "dc1";
 
 pub(crate) fn chain(core: &mut TeeCore<MemPlatform>) -> CertChain {
-    match call(core, &Request::DeviceChain) {
-        Ok(Response::DeviceChain(c)) => c,
-        other => panic!("expected the device chain, got {other:?}"),
-    }
+    custos_test_kit::governance::chain(core)
 }
 
 /// Governs `core` alone: governors alice and bob (both needed), `core` its one member.
@@ -31,17 +28,7 @@ pub(crate) fn apply(
     core: &mut TeeCore<MemPlatform>,
     entries: &[GovEntry],
 ) -> Result<u64, TeeError> {
-    match call(
-        core,
-        &Request::ApplyGovernance {
-            cluster: CLUSTER.into(),
-            entries: entries.to_vec(),
-        },
-    ) {
-        Ok(Response::Governance(v)) => Ok(v.version),
-        Ok(other) => panic!("unexpected {other:?}"),
-        Err(e) => Err(e),
-    }
+    custos_test_kit::governance::apply(core, CLUSTER, entries)
 }
 
 fn version(core: &mut TeeCore<MemPlatform>) -> Result<u64, TeeError> {

@@ -11,32 +11,18 @@ use custos_wire::governance::{
     AdmissionChallenge, Evidence, GovChange, GovEntry, MeasurementPolicy, MemberRecord,
     NitroMeasurement, TpmIdentity,
 };
-use custos_wire::protocol::{CertChain, Request, Response, TeeError};
+use custos_wire::protocol::{Request, Response, TeeError};
 
 pub(crate) const CLUSTER: &str = "dc1";
 pub(crate) const GOVERNORS: [&str; 2] = ["alice", "bob"];
 
-pub(crate) fn chain<P: Platform>(core: &mut TeeCore<P>) -> CertChain {
-    match call(core, &Request::DeviceChain) {
-        Ok(Response::DeviceChain(c)) => c,
-        other => panic!("expected the device chain, got {other:?}"),
-    }
-}
+pub(crate) use custos_test_kit::governance::chain;
 
 pub(crate) fn apply(
     core: &mut TeeCore<MemPlatform>,
     entries: &[GovEntry],
 ) -> Result<u64, TeeError> {
-    match call(
-        core,
-        &Request::ApplyGovernance {
-            cluster: CLUSTER.into(),
-            entries: entries.to_vec(),
-        },
-    ) {
-        Ok(Response::Governance(v)) => Ok(v.version),
-        other => other.map(|r| panic!("unexpected {r:?}")),
-    }
+    custos_test_kit::governance::apply(core, CLUSTER, entries)
 }
 
 /// The ticket `issuer` makes for `candidate`'s key.
