@@ -211,6 +211,7 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
                 m.node, m.key_fingerprint, m.admitted_at, m.evidence_format
             ),
         );
+        evidence_lines(line, m);
     };
     match change {
         C::Genesis {
@@ -249,6 +250,34 @@ fn describe_change_fields(s: &mut String, change: &crate::GovChangeView) {
             line("gov. quorum", &quorum.to_string());
         }
         C::SetMeasurementPolicy { policy } => policy_lines(&mut line, policy),
+    }
+}
+
+/// What an admission's evidence answers: the ticket's issuer, window and nonce, the
+/// platform, and for a TPM the keys its credential was made for. An approver checks that the
+/// issuer is a member and the window is recent; the TEEs verify the evidence itself.
+fn evidence_lines(line: &mut dyn FnMut(&str, &str), m: &crate::MemberRecordView) {
+    use custos_wire::governance::{AdmissionEvidence, EVIDENCE_ADMISSION_V1};
+    if m.evidence_format != EVIDENCE_ADMISSION_V1 {
+        return;
+    }
+    let decoded = hex::decode(&m.evidence_hex)
+        .ok()
+        .and_then(|b| AdmissionEvidence::decode(&m.node, &b).ok());
+    let Some(ev) = decoded else {
+        line("evidence", "UNREADABLE (the TEEs will refuse it)");
+        return;
+    };
+    let t = &ev.ticket.ticket;
+    line("ticket by", &hex::encode(t.issuer));
+    line(
+        "ticket valid",
+        &format!("from {} to {}", t.issued_at, expiry_text(t.expires_at)),
+    );
+    line("platform", &format!("{:?}", ev.platform));
+    if let Some(c) = &t.tpm {
+        line("tpm AK name", &hex::encode(&c.ak_name));
+        line("tpm EK cert", &hex::encode(c.ek_cert_sha256));
     }
 }
 

@@ -405,7 +405,29 @@ fn a_node_is_admitted_with_its_answer_to_a_ticket_and_the_answer_admits_once() {
             matches!(shown, GovChangeView::Admit { member } if member.evidence_format == 1),
             "{shown:?}"
         );
-        let done = both(view).await;
+        // Bob approves with `custos approve`, which shows what the answer answers.
+        approve(&client, &view, &alice).await.unwrap();
+        let bob_dir = d.admin_folder("bob").unwrap();
+        let mut shown = Vec::new();
+        let done = custos::approve::approve(
+            &custos::approve::ApproveArgs {
+                api: d.api_url.clone(),
+                token: d.api_token.clone(),
+                api_root_ca: None,
+                cert: bob_dir.chain(),
+                key: custos::admin::KeySource::File(bob_dir.key()),
+                request: Some(view.id.clone()),
+                yes: true,
+            },
+            &mut std::io::empty(),
+            &mut shown,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(shown.contains("ticket by"), "{shown}");
+        assert!(shown.contains("\"software\""), "{shown}");
         assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
         let members = client.members(DC).await.unwrap();
         assert!(
