@@ -46,7 +46,7 @@ pub use tpm::{
     TPM_QUOTE_DOMAIN,
 };
 #[cfg(feature = "tpm")]
-pub use tpm::{make_credential, verify_tpm_quote};
+pub use tpm::{make_credential, split_ek_chain, verify_tpm_quote};
 
 /// 64 hex digits → 32 bytes, at compile time (the pinned fingerprints are written as AWS, AMD
 /// and Intel publish them). A bad digit fails the build.

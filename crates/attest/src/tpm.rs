@@ -35,6 +35,14 @@ pub use ek::ek_certificate_modulus;
 #[cfg(feature = "tpm")]
 pub use quote::verify_tpm_quote;
 
+/// The certificates of EK chain entries, one per item: an entry may hold several DER
+/// certificates back to back (the TCG EK chain NV indices do), so a root pinned by its
+/// SHA-256 is found only among split certificates.
+#[cfg(feature = "tpm")]
+pub fn split_ek_chain(chain: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, AttestError> {
+    ek::intermediates(chain).map(|certs| certs.into_iter().map(<[u8]>::to_vec).collect())
+}
+
 /// Domain of the qualifying data of a Custos quote: SHA-256(domain ‖ user_data).
 pub const TPM_QUOTE_DOMAIN: &[u8] = b"CUSTOS-TPM-QUOTE-V1\0";
 

@@ -29,9 +29,9 @@ fn invalid(reason: impl Into<String>) -> AttestError {
     AttestError::EkChainInvalid(reason.into())
 }
 
-/// Splits the chain entries (each one or more DER certificates back to back) into
-/// certificates.
-fn intermediates(chain: &[Vec<u8>]) -> Result<Vec<&[u8]>, AttestError> {
+/// Splits the chain entries (each one or more DER certificates back to back, as the TCG EK
+/// chain NV indices hold them) into certificates.
+pub(crate) fn intermediates(chain: &[Vec<u8>]) -> Result<Vec<&[u8]>, AttestError> {
     let mut out = Vec::new();
     for entry in chain {
         let mut rest = entry.as_slice();

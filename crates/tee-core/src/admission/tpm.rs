@@ -47,14 +47,17 @@ pub(super) fn make_credential(
     now: u64,
 ) -> Result<TicketCredential, TeeError> {
     let why = |e: AttestError| refused(format!("{}: {e}", e.code()));
-    let id = attest_identity(identity);
-    let c =
-        custos_attest::make_credential(&id, &policy(m, &identity.ek_chain), nonce, entropy, now)
-            .map_err(why)?;
+    // One certificate per item, so the pins find a root an entry holds with others; the
+    // ticket carries the chain in this form.
+    let chain = custos_attest::split_ek_chain(&identity.ek_chain).map_err(why)?;
+    let mut id = attest_identity(identity);
+    id.ek_chain = chain.clone();
+    let c = custos_attest::make_credential(&id, &policy(m, &chain), nonce, entropy, now)
+        .map_err(why)?;
     Ok(TicketCredential {
         ak_name: custos_attest::ak_name(&identity.ak_public),
         ek_cert_sha256: Sha256::digest(&identity.ek_cert).into(),
-        ek_chain: identity.ek_chain.clone(),
+        ek_chain: chain,
         id_object: c.id_object,
         encrypted_secret: c.encrypted_secret,
     })
@@ -80,9 +83,10 @@ pub(super) fn verify(
     let mut quote = TpmQuote::from_document(&ev.document).map_err(Check::Attest)?;
     // The chain the issuer verified and signed into the ticket, not one the candidate's host
     // brings now: the roots are picked from it by the policy's pins.
+    let chain = custos_attest::split_ek_chain(&c.ek_chain).map_err(Check::Attest)?;
     quote.identity.ek_chain = c.ek_chain.clone();
     let verified =
-        verify_tpm_quote(&quote, &policy(m, &c.ek_chain), binding, at).map_err(Check::Attest)?;
+        verify_tpm_quote(&quote, &policy(m, &chain), binding, at).map_err(Check::Attest)?;
     if verified.ak_name != c.ak_name {
         return Err(Check::Mismatch(
             "the quote's attestation key is not the one the ticket's credential was made for"

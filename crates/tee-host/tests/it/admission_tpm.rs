@@ -45,9 +45,10 @@ fn identity(core: &mut TeeCore<TpmPlatform>, tpm: &Swtpm) -> TpmIdentity {
         Ok(Response::AttestationIdentity(Some(i))) => i,
         other => panic!("no TPM identity: {other:?}"),
     };
-    // swtpm carries no chain: the operator adds the issuer and root (`--ek-chain`).
+    // swtpm carries no chain: the operator adds the issuer and root (`--ek-chain`), here as
+    // one entry of two certificates back to back, as a TCG chain NV index may hold them.
     i.ek_chain
-        .extend([tpm.ek_ca_issuer_der(), tpm.ek_ca_root_der()]);
+        .push([tpm.ek_ca_issuer_der(), tpm.ek_ca_root_der()].concat());
     i
 }
 
