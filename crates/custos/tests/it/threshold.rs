@@ -264,6 +264,26 @@ pub(crate) async fn sign_message(
     approve(client, alice, &view.id).await.unwrap()
 }
 
+/// Deals a 2-of-3 key without chain code ("plain", as presignatures need) to the three
+/// clusters and imports it through the cloud server, approved by `alice`; its key id.
+pub(crate) fn import_plain_key(
+    dep: &mut Deployment,
+    rt: &tokio::runtime::Runtime,
+    client: &CloudClient,
+    alice: &AdminSigner,
+) -> Vec<u8> {
+    let dealt = dep
+        .deal_threshold("plain", 2, &CLUSTERS, 1, false, test_primes())
+        .unwrap();
+    for v in rt
+        .block_on(import_threshold(client, &dealt, &[alice]))
+        .unwrap()
+    {
+        assert_eq!(v.status, RequestStatus::Completed, "{v:?}");
+    }
+    dealt.key.key_id
+}
+
 #[test]
 fn presignatures_sign_full_messages_once_through_the_cloud_server() {
     use bitcoin::hashes::{sha256, Hash};
@@ -276,17 +296,8 @@ fn presignatures_sign_full_messages_once_through_the_cloud_server() {
         .build()
         .unwrap();
     // A key without chain code (presignatures never serve HD derivation).
-    let dealt = dep
-        .deal_threshold("plain", 2, &CLUSTERS, 1, false, test_primes())
-        .unwrap();
-    let key_bytes = dealt.key.key_id.clone();
+    let key_bytes = import_plain_key(&mut dep, &rt, &client, &alice);
     let key_id = hex::encode(&key_bytes);
-    for v in rt
-        .block_on(import_threshold(&client, &dealt, &[&alice]))
-        .unwrap()
-    {
-        assert_eq!(v.status, RequestStatus::Completed, "{v:?}");
-    }
 
     // Made ahead of time: two by dc1+dc2, one by dc3+dc2.
     let body = |n: u32, c: [&str; 2]| custos_cloud_api::MakePresignaturesBody {

@@ -12,9 +12,9 @@
 //! platform (a second partial of one presignature reveals the share to whoever combines
 //! them).
 
-use crate::common::{three_clusters_on, THRESHOLD_CLUSTERS as CLUSTERS};
-use crate::threshold::{sign_message, tee_presignatures, test_primes};
-use custos::deployment::{import_threshold, Deployment};
+use crate::common::three_clusters_on;
+use crate::threshold::{import_plain_key, sign_message, tee_presignatures};
+use custos::deployment::Deployment;
 use custos::ops::{approvals, new_meta};
 use custos::tee_plan::{TeeChoice, TeePlan};
 use custos::tee_process::{SpawnError, TeePlatform};
@@ -49,17 +49,8 @@ fn use_a_presignature_and_put_back_the_store(dc1: TeeChoice) -> PutBack {
         .enable_all()
         .build()
         .unwrap();
-    let dealt = dep
-        .deal_threshold("plain", 2, &CLUSTERS, 1, false, test_primes())
-        .unwrap();
-    let key = dealt.key.key_id.clone();
+    let key = import_plain_key(&mut dep, &rt, &client, &alice);
     let key_id = hex::encode(&key);
-    for v in rt
-        .block_on(import_threshold(&client, &dealt, &[&alice]))
-        .unwrap()
-    {
-        assert_eq!(v.status, RequestStatus::Completed, "{v:?}");
-    }
     let pool = rt
         .block_on(client.make_presignatures(
             &key_id,

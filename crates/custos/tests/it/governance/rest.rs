@@ -30,6 +30,30 @@ async fn approve(
         .await
 }
 
+/// `admin` approves request `id` with `custos approve`, which recomputes and describes it:
+/// the request after, and what it showed.
+async fn approve_with_cli(d: &Deployment, admin: &str, id: &str) -> (RequestView, String) {
+    let folder = d.admin_folder(admin).unwrap();
+    let mut shown = Vec::new();
+    let done = custos::approve::approve(
+        &custos::approve::ApproveArgs {
+            api: d.api_url.clone(),
+            token: d.api_token.clone(),
+            api_root_ca: None,
+            cert: folder.chain(),
+            key: custos::admin::KeySource::File(folder.key()),
+            request: Some(id.to_string()),
+            yes: true,
+        },
+        &mut std::io::empty(),
+        &mut shown,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (done, String::from_utf8(shown).unwrap())
+}
+
 fn fp(admin: &AdminSigner) -> String {
     hex::encode(admin.key_fingerprint())
 }
@@ -149,25 +173,7 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
         let view = approve(&client, &view, &alice).await.unwrap();
         assert_eq!(view.status, RequestStatus::PendingApproval);
         // Bob approves with `custos approve`, which recomputes and describes the entry.
-        let bob_dir = d.admin_folder("bob").unwrap();
-        let mut shown = Vec::new();
-        let done = custos::approve::approve(
-            &custos::approve::ApproveArgs {
-                api: d.api_url.clone(),
-                token: d.api_token.clone(),
-                api_root_ca: None,
-                cert: bob_dir.chain(),
-                key: custos::admin::KeySource::File(bob_dir.key()),
-                request: Some(view.id.clone()),
-                yes: true,
-            },
-            &mut std::io::empty(),
-            &mut shown,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let shown = String::from_utf8(shown).unwrap();
+        let (done, shown) = approve_with_cli(&d, "bob", &view.id).await;
         assert!(
             shown.contains("start the governance log of cluster dc1"),
             "{shown}"
@@ -407,25 +413,7 @@ fn a_node_is_admitted_with_its_answer_to_a_ticket_and_the_answer_admits_once() {
         );
         // Bob approves with `custos approve`, which shows what the answer answers.
         approve(&client, &view, &alice).await.unwrap();
-        let bob_dir = d.admin_folder("bob").unwrap();
-        let mut shown = Vec::new();
-        let done = custos::approve::approve(
-            &custos::approve::ApproveArgs {
-                api: d.api_url.clone(),
-                token: d.api_token.clone(),
-                api_root_ca: None,
-                cert: bob_dir.chain(),
-                key: custos::admin::KeySource::File(bob_dir.key()),
-                request: Some(view.id.clone()),
-                yes: true,
-            },
-            &mut std::io::empty(),
-            &mut shown,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let shown = String::from_utf8(shown).unwrap();
+        let (done, shown) = approve_with_cli(&d, "bob", &view.id).await;
         assert!(shown.contains("ticket by"), "{shown}");
         assert!(shown.contains("\"software\""), "{shown}");
         assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
