@@ -13,10 +13,12 @@
 //! verified, and writes a machine-readable JSON report.
 //!
 //! `--platform tpm` runs each TEE on a software TPM of its own (started and stopped by the
-//! demo) and adds a step only the TPM platform passes: a TEE's store copied after start-up,
-//! put back at the end and refused at start (`store_rolled_back`). The report names each
-//! TEE's platform as its `Status` reports it (`tees`), with an `attestation` slot per TEE
-//! that stays `null` until quotes and attestation-verified membership exist.
+//! demo, each manufactured with an endorsement certificate from its cluster's local CA) and
+//! adds what only the TPM platform passes: each cluster's genesis names one founder under a
+//! measurement policy admitting TPMs only, its other nodes are admitted by TPM quote (checked
+//! by every TEE of the cluster), and a TEE's store copied after start-up, put back at the end,
+//! is refused at start (`store_rolled_back`). The report names each TEE's platform as its
+//! `Status` reports it and its attestation verdict (`tees`).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -42,6 +44,7 @@ use custos_pki::AdminSigner;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+mod admission;
 mod governance;
 mod platform;
 mod threshold;

@@ -1207,15 +1207,7 @@ fn run_tee(command: TeeCommand) -> Result<(), AnyError> {
             println!("{status:#?}");
         }
         TeeCommand::Chain { socket, out } => {
-            let mut client = custos_wire::client::TeeClient::connect(&socket)?;
-            let chain = match client.call(&custos_wire::protocol::Request::DeviceChain)? {
-                custos_wire::protocol::Response::DeviceChain(c) => c,
-                other => return Err(format!("unexpected answer to DeviceChain: {other:?}").into()),
-            };
-            let pem: String = [&chain.device, &chain.cluster_ca, &chain.device_ca]
-                .iter()
-                .map(|der| custos_pki::der_to_pem(der, "CERTIFICATE"))
-                .collect();
+            let pem = custos::admission::device_chain_pem(&socket)?;
             match out {
                 Some(path) => std::fs::write(&path, pem)?,
                 None => print!("{pem}"),

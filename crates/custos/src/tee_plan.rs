@@ -7,7 +7,7 @@
 //! [`custos_vault_node::TeeSection`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use custos_tee_host::swtpm::Swtpm;
 use custos_vault_node::TeeSection;
@@ -23,7 +23,9 @@ pub enum TeeChoice {
     /// A TPM 2.0 reached through a TCTI (`device:/dev/tpmrm0`, a running swtpm).
     Tpm(TpmArgs),
     /// A software TPM of the TEE's own, started in the cluster's folder
-    /// (`<node>-swtpm/`, its state kept there) before the TEE and stopped after it. Needs
+    /// (`<node>-swtpm/`, its state kept there; manufactured on first start with an
+    /// endorsement certificate from the cluster's [`swtpm_ca`]) before the TEE and stopped
+    /// after it. Needs
     /// `swtpm` installed and `custos` built with the feature `tpm`.
     Swtpm,
 }
@@ -74,11 +76,19 @@ pub fn launch(
         TeeChoice::Software => Ok((TeePlatform::Software, None)),
         TeeChoice::Tpm(args) => Ok((TeePlatform::Tpm(args.clone()), None)),
         TeeChoice::Swtpm => {
-            let tpm = Swtpm::start(&dir.join(format!("{node}-swtpm")))
+            let tpm = Swtpm::start_manufactured(&dir.join(format!("{node}-swtpm")), &swtpm_ca(dir))
                 .map_err(|e| format!("the TPM of {node}'s TEE: {e}"))?;
             Ok((TeePlatform::tpm(tpm.tcti()), Some(tpm)))
         }
     }
+}
+
+/// The local CA standing in for the TPM maker of the cluster in `dir`: every software TPM
+/// [`launch`] starts there is manufactured with an endorsement certificate it signs
+/// (`custos_tee_host::swtpm::manufacture`), so that its root can be pinned by the cluster's
+/// measurement policy and its nodes admitted by TPM quote.
+pub fn swtpm_ca(dir: &Path) -> PathBuf {
+    dir.join("swtpm-ca")
 }
 
 /// The `[tee]` section of a node's configuration for `platform`.

@@ -5,6 +5,9 @@
 //! Its state folder *is* the TPM: a copy of it put back rolls the TPM back, counter
 //! included, which is why `swtpm` is for development and tests, never for keys of value.
 //!
+//! [`Swtpm::start_manufactured`] gives a TPM as it leaves a factory, with an endorsement
+//! certificate from a local CA standing in for the TPM maker's ([`manufacture`]).
+//!
 //! Also here: [`copy_dir`] and [`replace_dir`], how a store (or a TPM's state) is copied and
 //! put back, as someone with the disk could (tests and the demo's rollback step).
 
@@ -22,17 +25,88 @@ pub enum SwtpmError {
     /// It was found but did not start.
     #[error("swtpm did not start: {0}")]
     Start(String),
+    /// `swtpm_setup` could not manufacture the TPM.
+    #[error("the TPM could not be manufactured: {0}")]
+    Manufacture(String),
 }
 
-/// Whether `swtpm` is installed (on the `PATH` and answering `--version`).
+/// Whether `swtpm` and `swtpm_setup` (Debian `swtpm-tools`, which manufactures a TPM with
+/// its endorsement certificate) are installed: on the `PATH` and answering `--version`
+/// (`swtpm_setup` 0.7 exits 1 after printing it, so only its start counts).
 pub fn installed() -> bool {
-    Command::new("swtpm")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let answers = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    answers("swtpm").is_ok_and(|s| s.success()) && answers("swtpm_setup").is_ok()
+}
+
+/// The local CA's root certificate (PEM) in a CA folder of [`manufacture`].
+pub const EK_CA_ROOT: &str = "swtpm-localca-rootca-cert.pem";
+/// The local CA's intermediate (PEM), the issuer of the endorsement certificates it makes.
+pub const EK_CA_ISSUER: &str = "issuercert.pem";
+
+/// Manufactures a TPM on the state folder `state`, as a factory would: `swtpm_setup` makes
+/// its RSA-2048 endorsement key (persistent at 0x81010001) and puts the EK certificate in NV
+/// 0x01C00002, signed by the local CA in the folder `ca` (created, root and intermediate
+/// made, on first use; [`EK_CA_ROOT`], [`EK_CA_ISSUER`]). TPMs manufactured with one `ca`
+/// share its root, as a maker's TPMs share theirs. Its configuration files go in
+/// `ca/setup/`.
+pub fn manufacture(state: &Path, ca: &Path) -> Result<(), SwtpmError> {
+    let fail = |e: std::io::Error| SwtpmError::Manufacture(e.to_string());
+    let setup = ca.join("setup");
+    std::fs::create_dir_all(&setup).map_err(fail)?;
+    std::fs::create_dir_all(state).map_err(fail)?;
+    let write = |name: &str, text: String| std::fs::write(setup.join(name), text).map_err(fail);
+    write(
+        "swtpm-localca.conf",
+        format!(
+            "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/{EK_CA_ISSUER}\n\
+             certserial = {ca}/certserial\n",
+            ca = ca.display()
+        ),
+    )?;
+    write(
+        "swtpm-localca.options",
+        "--platform-manufacturer Custos\n--platform-version 2.1\n--platform-model swtpm\n".into(),
+    )?;
+    write(
+        "swtpm_setup.conf",
+        format!(
+            "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {d}/swtpm-localca.conf\n\
+             create_certs_tool_options = {d}/swtpm-localca.options\nactive_pcr_banks = sha256\n",
+            d = setup.display()
+        ),
+    )?;
+    let out = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+        .arg(state)
+        .arg("--config")
+        .arg(setup.join("swtpm_setup.conf"))
+        .env("TMPDIR", &setup)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            SwtpmError::Manufacture(format!(
+                "swtpm_setup (Debian: apt-get install swtpm-tools): {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(SwtpmError::Manufacture(format!(
+            "swtpm_setup failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the state folder `state` holds a TPM already (swtpm's permanent state file).
+fn holds_tpm(state: &Path) -> bool {
+    state.join("tpm2-00.permall").exists()
 }
 
 /// Two free consecutive loopback ports (the swtpm TCTI finds the control port at +1).
@@ -74,6 +148,19 @@ impl Swtpm {
         };
         tpm.run()?;
         Ok(tpm)
+    }
+
+    /// Starts the TPM on the state folder `state`, manufactured first ([`manufacture`], with
+    /// the local CA in `ca`) when the folder holds no TPM yet: a TPM with an endorsement
+    /// certificate, as admission by TPM quote needs.
+    pub fn start_manufactured(state: &Path, ca: &Path) -> Result<Swtpm, SwtpmError> {
+        if !installed() {
+            return Err(SwtpmError::NotInstalled);
+        }
+        if !holds_tpm(state) {
+            manufacture(state, ca)?;
+        }
+        Self::start(state)
     }
 
     /// Starts the TPM process on its state again after [`Swtpm::stop`] (new ports: ask

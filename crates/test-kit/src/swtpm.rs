@@ -3,16 +3,16 @@
 //! counter included. The launcher itself is `custos_tee_host::swtpm` (the demo uses it too);
 //! this adds the temporary folder, the skip and panics instead of errors.
 //!
-//! [`Swtpm::start_manufactured`] gives a TPM as it leaves a factory: `swtpm_setup` with a
-//! local CA of the test's own (in the temp dir) makes its RSA-2048 EK (persistent at
-//! 0x81010001, the certificate in NV 0x01C00002) signed by that CA's intermediate
-//! ([`Swtpm::ek_ca_issuer_der`]) under its root ([`Swtpm::ek_ca_root_der`]).
+//! [`Swtpm::start_manufactured`] gives a TPM as it leaves a factory
+//! (`custos_tee_host::swtpm::manufacture`, with a local CA of the test's own in the temp
+//! dir): its RSA-2048 EK (persistent at 0x81010001, the certificate in NV 0x01C00002) signed
+//! by that CA's intermediate ([`Swtpm::ek_ca_issuer_der`]) under its root
+//! ([`Swtpm::ek_ca_root_der`]).
 //!
 //! Without `swtpm` installed, [`Swtpm::start`] returns `None` and the test skips, unless
 //! `CUSTOS_TEST_REQUIRE_SWTPM` is set (as `.ci/run` does): then it fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use custos_tee_host::swtpm as launcher;
 
@@ -42,50 +42,6 @@ pub fn available() -> bool {
     false
 }
 
-/// Runs `swtpm_setup` on `state` with a local CA in `ca` (configuration files in `dir`).
-fn manufacture(dir: &Path, state: &Path, ca: &Path) {
-    std::fs::create_dir_all(ca).expect("CA dir");
-    let write = |name: &str, text: String| {
-        std::fs::write(dir.join(name), text).expect("write swtpm_setup configuration")
-    };
-    write(
-        "swtpm-localca.conf",
-        format!(
-            "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n\
-             certserial = {ca}/certserial\n",
-            ca = ca.display()
-        ),
-    );
-    write(
-        "swtpm-localca.options",
-        "--platform-manufacturer Custos\n--platform-version 2.1\n--platform-model swtpm-test\n"
-            .into(),
-    );
-    write(
-        "swtpm_setup.conf",
-        format!(
-            "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {d}/swtpm-localca.conf\n\
-             create_certs_tool_options = {d}/swtpm-localca.options\nactive_pcr_banks = sha256\n",
-            d = dir.display()
-        ),
-    );
-    let out = Command::new("swtpm_setup")
-        .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
-        .arg(state)
-        .arg("--config")
-        .arg(dir.join("swtpm_setup.conf"))
-        .env("TMPDIR", dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run swtpm_setup (apt-get install swtpm-tools)");
-    assert!(
-        out.status.success(),
-        "swtpm_setup failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The DER of the (first) certificate in the PEM file `path`.
 fn pem_der(path: &Path) -> Vec<u8> {
     let text = std::fs::read_to_string(path).expect("read a PEM certificate");
@@ -111,12 +67,12 @@ impl Swtpm {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state dir");
-        let ca = manufactured.then(|| {
-            let ca = dir.path().join("ca");
-            manufacture(dir.path(), &state, &ca);
-            ca
-        });
-        let tpm = launcher::Swtpm::start(&state).expect("start swtpm");
+        let ca = manufactured.then(|| dir.path().join("ca"));
+        let tpm = match &ca {
+            Some(ca) => launcher::Swtpm::start_manufactured(&state, ca),
+            None => launcher::Swtpm::start(&state),
+        }
+        .expect("start swtpm");
         Some(Swtpm { tpm, _dir: dir, ca })
     }
 
@@ -129,13 +85,13 @@ impl Swtpm {
 
     /// The local CA's root certificate (PEM file) of a manufactured TPM.
     pub fn ek_ca_root(&self) -> PathBuf {
-        self.ca_file("swtpm-localca-rootca-cert.pem")
+        self.ca_file(launcher::EK_CA_ROOT)
     }
 
     /// The local CA's intermediate (the EK certificate's issuer, PEM file) of a manufactured
     /// TPM. The TPM does not carry it: a verifier gets it from elsewhere.
     pub fn ek_ca_issuer(&self) -> PathBuf {
-        self.ca_file("issuercert.pem")
+        self.ca_file(launcher::EK_CA_ISSUER)
     }
 
     /// [`Swtpm::ek_ca_root`] as DER.

@@ -20,9 +20,10 @@ impl Demo {
             .collect()
     }
 
-    /// Every cluster gets a genesis proposed through `POST /v1/clusters/{c}/genesis`, with
-    /// all its nodes as members, approved by alice and bob; the members list read back
-    /// through `GET /v1/clusters/{c}/members` names every node.
+    /// Every cluster gets a genesis proposed through `POST /v1/clusters/{c}/genesis`,
+    /// approved by alice and bob, with all its nodes as members (on `--platform tpm`: its
+    /// first node, the others then admitted by TPM quote, see the `admission` module); the
+    /// members list read back through `GET /v1/clusters/{c}/members` names every node.
     pub(super) async fn governance(&mut self) -> Result<(), AnyError> {
         for c in CLUSTERS {
             let nodes: Vec<String> = self
@@ -33,6 +34,7 @@ impl Demo {
                 .iter()
                 .map(|n| n.name.clone())
                 .collect();
+            let (founders, policy) = self.genesis_plan(c, &nodes)?;
             let proposed = self
                 .client
                 .propose_genesis(
@@ -40,11 +42,8 @@ impl Demo {
                     &GenesisBody {
                         governors: self.governors(),
                         quorum: 2,
-                        members: nodes.clone(),
-                        measurement_policy: Some(custos_cloud_api::MeasurementPolicyView {
-                            allow_software: true,
-                            ..Default::default()
-                        }),
+                        members: founders.clone(),
+                        measurement_policy: Some(policy),
                         request_id: None,
                         expires_at: None,
                     },
@@ -52,6 +51,17 @@ impl Demo {
                 .await?;
             let done = approve_all(&self.client, proposed, &[&self.alice, &self.bob]).await?;
             status_is(&done, RequestStatus::Completed, "genesis")?;
+            let genesis = self.client.members(c).await?;
+            self.steps.ok(
+                "governance",
+                format!(
+                    "{c}: genesis {}… applied in every TEE (governors alice, bob, carol; \
+                     2 of 3; founders {})",
+                    &genesis.genesis_id[..16],
+                    founders.join(", "),
+                ),
+            );
+            self.admit_by_quote(c, &founders, &nodes).await?;
             let members = self.client.members(c).await?;
             let mut listed: Vec<String> = members.members.iter().map(|m| m.node.clone()).collect();
             listed.sort();
@@ -60,18 +70,9 @@ impl Demo {
                     "{c}: members {listed:?}, expected {nodes:?}"
                 )));
             }
-            self.steps.ok(
-                "governance",
-                format!(
-                    "{c}: genesis {}… applied in every TEE (governors alice, bob, carol; \
-                     2 of 3), members {}",
-                    &members.genesis_id[..16],
-                    listed.join(", ")
-                ),
-            );
             self.governance.push(json!({
                 "cluster": c, "genesis_id": members.genesis_id, "version": members.version,
-                "members": listed,
+                "founders": founders, "members": listed,
             }));
         }
         Ok(())

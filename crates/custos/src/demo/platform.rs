@@ -52,8 +52,7 @@ pub(super) fn name(platform: PlatformName) -> &'static str {
 
 impl Demo {
     /// Each TEE's platform as its `Status` reports it, with the TPM it was started on; the
-    /// report's `tees`. `attestation` is where each TEE's verified attestation (a TPM quote
-    /// checked against the cluster's measurement policy) goes once it is built: `null` now.
+    /// report's `tees`. Their `attestation` verdicts are filled in by the governance step.
     pub(super) fn tee_platforms(&mut self) -> Result<(), AnyError> {
         let mut tees = Vec::new();
         for c in &self.dep.clusters {

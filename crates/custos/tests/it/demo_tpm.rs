@@ -1,7 +1,8 @@
 //! `custos demo --platform tpm` end to end (each TEE on a swtpm of its own, skipped where
 //! swtpm is not installed unless `CUSTOS_TEST_REQUIRE_SWTPM` is set): it exits 0, and its
-//! report names every TEE's platform as the TEE reports it and the store copy put back and
-//! refused (`store_rolled_back`).
+//! report names every TEE's platform as the TEE reports it, each cluster's founder and its
+//! two nodes admitted by TPM quote, and the store copy put back and refused
+//! (`store_rolled_back`).
 
 use crate::common::exe;
 use custos_test_kit::swtpm::available;
@@ -31,10 +32,30 @@ fn demo_on_the_tpm_platform_reports_each_tee_on_a_tpm_and_a_rollback_refused() {
     assert_eq!(doc["platform"]["requested"], "tpm");
     let tees = doc["tees"].as_array().unwrap();
     assert_eq!(tees.len(), 9, "{tees:?}");
+    let mut quoted = 0;
     for t in tees {
         assert_eq!(t["platform"], "tpm", "{t}");
         assert!(t["tpm"].as_str().unwrap().starts_with("swtpm:"), "{t}");
-        assert!(t["attestation"].is_null(), "{t}");
+        let a = &t["attestation"];
+        if a["founder"] == true {
+            assert_eq!(a["verified"], false, "{t}");
+            continue;
+        }
+        // Admitted after the genesis: by its TPM's quote, the nonce sealed to that TPM.
+        assert_eq!(a["verified"], true, "{t}");
+        assert_eq!(a["evidence"], "tpm2-quote", "{t}");
+        assert_eq!(a["nonce_sealed_to_tpm"], true, "{t}");
+        assert_eq!(a["ek_root_sha256"].as_str().unwrap().len(), 64, "{t}");
+        assert_ne!(a["ticket_issuer"], t["node"], "{t}");
+        quoted += 1;
+    }
+    assert_eq!(
+        quoted, 6,
+        "two nodes of each cluster admitted by quote: {tees:?}"
+    );
+    for g in doc["governance"]["clusters"].as_array().unwrap() {
+        assert_eq!(g["founders"].as_array().unwrap().len(), 1, "{g}");
+        assert_eq!(g["members"].as_array().unwrap().len(), 3, "{g}");
     }
     let rollback = &doc["platform"]["rollback"];
     assert_eq!(rollback["run"], true, "{rollback}");
@@ -50,5 +71,10 @@ fn demo_on_the_tpm_platform_reports_each_tee_on_a_tpm_and_a_rollback_refused() {
         .map(|s| s["step"].as_str().unwrap())
         .collect();
     assert!(steps.contains(&"tee-platforms"), "{steps:?}");
+    assert_eq!(
+        steps.iter().filter(|s| **s == "admission").count(),
+        3,
+        "{steps:?}"
+    );
     assert_eq!(steps.last(), Some(&"rollback-refused"), "{steps:?}");
 }
