@@ -92,6 +92,26 @@ impl Cloud {
         }
     }
 
+    /// A registered node of `cluster` other than `asked` whose TEE holds a governance log,
+    /// if there is one.
+    async fn governed_node(&self, cluster: &str, asked: &str) -> Option<String> {
+        let status = self.clusters.status(cluster, false).await.ok()?;
+        let probe = encode_request(&Request::Governance {
+            cluster: cluster.to_string(),
+            since: 0,
+        });
+        for n in status.nodes.iter().filter(|n| n.node != asked) {
+            let answer = self
+                .clusters
+                .tee_call(cluster, random_id(), &probe, Some(&n.node))
+                .await;
+            if matches!(answer, Ok(a) if a.outcome.is_ok()) {
+                return Some(n.node.clone());
+            }
+        }
+        None
+    }
+
     /// The genesis id the configuration pins for `cluster`, if any.
     fn genesis_pin(&self, cluster: &str) -> Result<Option<[u8; 32]>, ApiError> {
         // Checked when the configuration was loaded.
@@ -122,7 +142,17 @@ impl Cloud {
                 .map_err(call_api_error)?;
             let view = match answer.outcome {
                 Ok(Response::Governance(v)) => v,
-                Err(TeeError::NotGoverned) if since == 0 => return Ok(None),
+                Err(TeeError::NotGoverned) if since == 0 => {
+                    // One node without a log may be one waiting for its admission: the
+                    // cluster has none only if no registered node has one.
+                    match self.governed_node(cluster, &answer.node).await {
+                        Some(other) => {
+                            node = Some(other);
+                            continue;
+                        }
+                        None => return Ok(None),
+                    }
+                }
                 Err(e) => {
                     return Err(gov_error(
                         ErrorCode::BridgeRefused,
@@ -450,11 +480,27 @@ impl Cloud {
             node_key: candidate.key_fingerprint,
             tpm,
         });
-        let answer = self
-            .clusters
-            .tee_call(cluster, random_id(), &request, None)
-            .await
-            .map_err(call_api_error)?;
+        // Asked of a current member by name: another node (one waiting for its admission,
+        // or not yet holding the log) would only refuse.
+        let mut members: Vec<String> = log
+            .state
+            .members
+            .values()
+            .map(|m| m.record.node.clone())
+            .collect();
+        let start = usize::from(random_id()[0]) % members.len().max(1);
+        members.rotate_left(start);
+        let mut answer = Err(CallError::Unavailable("the log names no member".into()));
+        for node in &members {
+            answer = self
+                .clusters
+                .tee_call(cluster, random_id(), &request, Some(node))
+                .await;
+            if answer.is_ok() {
+                break;
+            }
+        }
+        let answer = answer.map_err(call_api_error)?;
         let challenge = match answer.outcome {
             Ok(Response::AdmissionChallenge(c)) => c,
             Err(e) => {
