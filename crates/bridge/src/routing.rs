@@ -127,6 +127,19 @@ pub fn describe(r: &Request) -> Option<Described> {
             approvers: names(approvals),
             ..d("sign", Some(key_id), false)
         },
+        // Like a digest: a PSBT signs again on a repeat, so it may fail over to another
+        // holder of the key.
+        Request::SignPsbt {
+            meta,
+            key_id,
+            approvals,
+            ..
+        } => Described {
+            request_id: Some(hex::encode(meta.request_id)),
+            approvers: names(approvals),
+            ..d("sign-psbt", Some(key_id), false)
+        },
+        Request::PreviewPsbt { key_id, .. } => d("preview-psbt", Some(key_id), false),
         // Sealed to one node's device key: the caller pins that node (no failover).
         Request::ImportWalletSealed {
             meta,

@@ -14,13 +14,12 @@ use custos_pki::{AdminSigner, PkiDir, PkiError};
 use custos_proto::cluster::TeeCall;
 use custos_wire::approval::Action;
 use custos_wire::client::TeeClient;
-use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::MAX_TRANSFER_KEYS;
 use custos_wire::protocol::{encode_request, CertChain, Request, Response};
 
 type AnyError = Box<dyn std::error::Error>;
 
-const CLUSTER: &str = "bench";
+pub(crate) const CLUSTER: &str = "bench";
 
 /// A node that executes wallet creations: its name and device key fingerprint.
 type Executor = (String, [u8; 32]);
@@ -32,12 +31,7 @@ fn create_requests(
     executors: &[Executor],
     n: usize,
 ) -> Result<Vec<(String, Vec<u8>)>, PkiError> {
-    let policy = KeyPolicy {
-        version: 1,
-        group: vec![admin.key_fingerprint()],
-        quorum: 1,
-        rules: Vec::new(),
-    };
+    let policy = custos_cloud_api::approval::new_wallet_policy(vec![admin.key_fingerprint()], 1);
     (0..n)
         .map(|i| {
             let (node, executor) = &executors[i % executors.len()];
@@ -142,34 +136,62 @@ fn tee_alone_sync(from: &TeeProcess, to: &TeeProcess) -> Result<(Duration, usize
 }
 
 /// Runs the cluster benchmark and prints the figures.
+/// A benchmark's working folder (`dir`, or a temporary one kept alive by the guard), with
+/// a PKI of cluster [`CLUSTER`] and its admin.
+pub(crate) struct BenchSetup {
+    pub dir: std::path::PathBuf,
+    pub pki: PkiDir,
+    pub admin: AdminSigner,
+    _tmp: tempfile::TempDir,
+}
+
+impl BenchSetup {
+    pub(crate) fn new(dir: Option<&Path>) -> Result<Self, AnyError> {
+        let tmp = tempfile::Builder::new().prefix("custos-bench-").tempdir()?;
+        let dir = dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| tmp.path().to_path_buf());
+        std::fs::create_dir_all(&dir)?;
+        let pki = PkiDir::new(dir.join("pki"));
+        pki.init()?;
+        pki.create_cluster_ca(CLUSTER)?;
+        // The admin's key lives in its own folder, beside the PKI's; the PKI sees only the
+        // CSR.
+        let admin =
+            custos_pki::AdminFolder::new(dir.join("bench-admin")).enroll("bench-admin", &pki)?;
+        Ok(BenchSetup {
+            dir,
+            pki,
+            admin,
+            _tmp: tmp,
+        })
+    }
+
+    /// A TEE process `name` in the folder (software platform), not provisioned.
+    pub(crate) fn tee(&self, name: &str) -> Result<TeeProcess, AnyError> {
+        let key = self.dir.join(format!("{name}.sealing-key"));
+        custos_tee_host::sealed::generate_key_file(&key)?;
+        Ok(TeeProcess::start(
+            &std::env::current_exe()?,
+            &self.dir.join(format!("{name}.sock")),
+            &self.dir.join(format!("{name}-store")),
+            KeyArg::File(key),
+        )?)
+    }
+}
+
 pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), AnyError> {
-    let tmp = tempfile::Builder::new().prefix("custos-bench-").tempdir()?;
-    let dir = dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&dir)?;
+    let setup = BenchSetup::new(dir)?;
+    let (dir, pki, admin) = (&setup.dir, &setup.pki, &setup.admin);
     let exe = std::env::current_exe()?;
-    let pki = PkiDir::new(dir.join("pki"));
-    pki.init()?;
-    pki.create_cluster_ca(CLUSTER)?;
-    // The admin's key lives in its own folder, beside the PKI's; the PKI sees only the CSR.
-    let admin =
-        custos_pki::AdminFolder::new(dir.join("bench-admin")).enroll("bench-admin", &pki)?;
 
     // The limit: one TEE process alone, same machine, same concurrency.
-    let key = dir.join("limit.sealing-key");
-    custos_tee_host::sealed::generate_key_file(&key)?;
-    let limit_tee = TeeProcess::start(
-        &exe,
-        &dir.join("limit.sock"),
-        &dir.join("limit-store"),
-        KeyArg::File(key),
-    )?;
-    provision(&mut limit_tee.client()?, &pki, CLUSTER, "limit")?;
+    let limit_tee = setup.tee("limit")?;
+    provision(&mut limit_tee.client()?, pki, CLUSTER, "limit")?;
     let limit_n = keys.min(20_000);
     println!("preparing {limit_n} approved creation requests for the TEE alone...");
     let limit_executor = executor_of(&mut limit_tee.client()?, "limit")?;
-    let limit_requests = create_requests(&admin, &[limit_executor], limit_n)?;
+    let limit_requests = create_requests(admin, &[limit_executor], limit_n)?;
     // The TEE accepts at most 64 connections; beyond a few dozen, batching gains nothing.
     let limit_threads = concurrency.min(48);
     let limit_rate = tee_alone_rate(&limit_tee, limit_requests, limit_threads)?;
@@ -177,7 +199,7 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
     // The cluster: two nodes serving, bridge routing and logging every request.
     let mut cluster = Cluster::start(
         &exe,
-        &pki,
+        pki,
         &dir.join("cluster"),
         &ClusterOptions {
             name: CLUSTER.into(),
@@ -198,7 +220,7 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
         "preparing {keys} approved creation requests, spread over {} nodes...",
         executors.len()
     );
-    let cluster_requests = create_requests(&admin, &executors, keys)?;
+    let cluster_requests = create_requests(admin, &executors, keys)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -237,7 +259,7 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
 
     // Sync to a fresh node: join a third node and time until it holds every key.
     let t1 = Instant::now();
-    cluster.add_node(&pki, "bench-node3", 3600)?;
+    cluster.add_node(pki, "bench-node3", 3600)?;
     cluster.wait_synced(n_created, Duration::from_secs(600))?;
     let sync_secs = t1.elapsed().as_secs_f64();
 
@@ -250,7 +272,7 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
         &dir.join("fresh-store"),
         KeyArg::File(key),
     )?;
-    provision(&mut fresh.client()?, &pki, CLUSTER, "fresh")?;
+    provision(&mut fresh.client()?, pki, CLUSTER, "fresh")?;
     let (direct, moved) = tee_alone_sync(&cluster.nodes[0].tee, &fresh)?;
 
     println!();

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_e2e;
+mod bench_psbt;
 mod bench_threshold;
 mod demo;
 
@@ -286,6 +287,19 @@ enum BenchCommand {
         /// Vault nodes in the cluster.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
+        /// Working directory (default: temporary).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// A many-input PSBT parsed, checked against its key's policy and signed in one TEE
+    /// process, beside raw libsecp256k1 signing of the same hashes (ratio).
+    Psbt {
+        /// Inputs of the PSBT (P2WPKH and P2TR in turn).
+        #[arg(long, default_value_t = 50)]
+        inputs: usize,
+        /// Signings to time each way.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
         /// Working directory (default: temporary).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -820,6 +834,11 @@ fn run_bench(command: BenchCommand) -> Result<(), AnyError> {
             dir,
         } => bench_e2e::run(requests, concurrency, nodes, dir.as_deref()),
         BenchCommand::Threshold { signings, dir } => bench_threshold::run(signings, dir.as_deref()),
+        BenchCommand::Psbt {
+            inputs,
+            rounds,
+            dir,
+        } => bench_psbt::run(inputs, rounds, dir.as_deref()),
         BenchCommand::Cluster {
             keys,
             concurrency,

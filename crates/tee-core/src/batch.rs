@@ -17,6 +17,8 @@ pub(crate) enum Undo {
     Share(Vec<u8>),
     /// A request id was consumed.
     Consumed([u8; 16]),
+    /// A key's spend-window record was replaced (the one before it, if any).
+    Velocity(Vec<u8>, Option<Vec<custos_tx::policy::Spent>>),
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -75,6 +77,14 @@ impl<P: Platform> TeeCore<P> {
                         Undo::Consumed(rid) => {
                             self.consumed.remove(&rid);
                         }
+                        Undo::Velocity(key, before) => match before {
+                            Some(record) => {
+                                self.velocity.insert(key, record);
+                            }
+                            None => {
+                                self.velocity.remove(&key);
+                            }
+                        },
                     }
                     self.failed.push((i, e.clone()));
                 }
@@ -87,7 +97,7 @@ impl<P: Platform> TeeCore<P> {
                     self.corrupt
                         .remove(&format!("{}{}", threshold::SHARE_PREFIX, key_hex(&key)));
                 }
-                (Ok(()), Undo::Consumed(_)) => {}
+                (Ok(()), Undo::Consumed(_) | Undo::Velocity(..)) => {}
             }
         }
         result

@@ -178,6 +178,27 @@ impl<P: Platform> TeeCore<P> {
                 self.issue_admission_ticket(node_key, tpm)
             }
             Request::AdmissionEvidence { challenge } => self.admission_evidence(challenge),
+            Request::SignPsbt {
+                meta,
+                key_id,
+                network,
+                psbt,
+                intent_hash,
+                approvals,
+            } => {
+                let tx = crate::transaction::PsbtRequest {
+                    key_id: &key_id,
+                    network,
+                    psbt: &psbt,
+                    intent_hash,
+                };
+                self.sign_psbt(&meta, tx, &approvals)
+            }
+            Request::PreviewPsbt {
+                key_id,
+                network,
+                psbt,
+            } => self.preview_psbt(&key_id, network, &psbt),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

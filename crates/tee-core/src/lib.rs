@@ -34,6 +34,7 @@ mod governance;
 mod open;
 mod policy_requests;
 mod provision;
+mod transaction;
 mod transfer;
 mod wallet_requests;
 
@@ -59,6 +60,8 @@ const REC_DEVICE_KEY: &str = "device-key";
 const REC_DEVICE_CERT: &str = "device-cert";
 const WALLET_PREFIX: &str = "wallet/";
 const CONSUMED_PREFIX: &str = "consumed/";
+/// A key's spend-window record (`custos_tx::policy::encode_record`), by key hex.
+const VELOCITY_PREFIX: &str = "velocity/";
 
 fn rec(name: &str) -> RecordId {
     RecordId::new(name).expect("static record names are valid")
@@ -98,6 +101,9 @@ pub struct TeeCore<P: Platform> {
     gov_pin: Option<[u8; 32]>,
     /// Other clusters' logs, for the threshold keys that anchor them.
     foreign: governance::ForeignLogs,
+    /// Each key's transactions within its longest spend window (sealed under
+    /// [`VELOCITY_PREFIX`]; committed before any signature it counts leaves).
+    velocity: BTreeMap<Vec<u8>, Vec<custos_tx::policy::Spent>>,
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -207,6 +213,20 @@ impl<P: Platform> TeeCore<P> {
                 quorum: p.quorum,
             },
             None => Who::AnyAdmin { quorum },
+        }
+    }
+
+    /// Refuses a raw digest (or an opaque message) for a key whose policy signs transactions
+    /// only ([`custos_wire::policy::RULE_TRANSACTIONS_ONLY`]).
+    fn raw_signing(
+        policy: Option<&custos_wire::policy::KeyPolicy>,
+        key_id: &[u8],
+    ) -> Result<(), TeeError> {
+        match policy {
+            Some(p) if !p.raw_digest_allowed() => Err(TeeError::RawSigningOff {
+                key: hex::encode(key_id),
+            }),
+            _ => Ok(()),
         }
     }
 

@@ -15,7 +15,8 @@ use crate::threshold::presign::HeldPresignature;
 use crate::threshold::{self, HeldKey};
 use crate::wallet::Wallet;
 use crate::{
-    rec, TeeCore, CONSUMED_PREFIX, REC_DEVICE_CERT, REC_DEVICE_KEY, REC_ROOT, WALLET_PREFIX,
+    rec, TeeCore, CONSUMED_PREFIX, REC_DEVICE_CERT, REC_DEVICE_KEY, REC_ROOT, VELOCITY_PREFIX,
+    WALLET_PREFIX,
 };
 
 /// Failure to bring the core up from its sealed state. The host reports it and refuses to
@@ -108,6 +109,7 @@ impl<P: Platform> TeeCore<P> {
             journal: Vec::new(),
             failed: Vec::new(),
             consumed: BTreeMap::new(),
+            velocity: BTreeMap::new(),
             threshold: ThresholdState::new()
                 .map_err(|e| OpenError::SessionThread(e.to_string()))?,
             gov: None,
@@ -159,6 +161,19 @@ impl<P: Platform> TeeCore<P> {
             core.wallets.insert(key, w);
             Ok(())
         })?;
+        // A window record that does not open is set aside: the key then signs no
+        // transaction (its window cannot be counted) until it is restored.
+        core.load_records(
+            VELOCITY_PREFIX,
+            OnBadRecord::SetAside,
+            |core, name, body| {
+                let key = hex::decode(&name[VELOCITY_PREFIX.len()..]).unwrap_or_default();
+                let record =
+                    custos_tx::policy::decode_record(body).ok_or("malformed window record")?;
+                core.velocity.insert(key, record);
+                Ok(())
+            },
+        )?;
         core.load_records(
             threshold::SHARE_PREFIX,
             OnBadRecord::SetAside,

@@ -79,6 +79,32 @@ impl PolicyKey<'_> {
     }
 }
 
+/// An allowlist may not be loosened faster than the time lock of the policy in force: a
+/// change may not remove it, and every entry it adds (or moves earlier) takes effect no
+/// sooner than `now` plus that lock, whatever lock the new policy sets for later changes.
+fn check_allowlist_change(current: &KeyPolicy, new: &KeyPolicy, now: u64) -> Result<(), TeeError> {
+    let Some(old) = current.allowlist() else {
+        return Ok(());
+    };
+    let Some(list) = new.allowlist() else {
+        return Err(TeeError::PolicyRejected(
+            "the change removes the key's allowlist; entries are added under its time lock".into(),
+        ));
+    };
+    if let Some(e) = old.too_early(&list, now).first() {
+        return Err(TeeError::PolicyRejected(format!(
+            "allowlist entry {} ({}) takes effect at {}, before the time lock of {} s in force \
+             ends (at {})",
+            e.destination,
+            e.asset,
+            e.not_before,
+            old.time_lock_secs,
+            now.saturating_add(old.time_lock_secs)
+        )));
+    }
+    Ok(())
+}
+
 impl<P: Platform> TeeCore<P> {
     fn policy_key(&self, key_id: &[u8]) -> Result<PolicyKey<'_>, TeeError> {
         match self.threshold.keys.get(key_id) {
@@ -153,6 +179,7 @@ impl<P: Platform> TeeCore<P> {
             .validate()
             .map_err(|e| TeeError::PolicyRejected(e.to_string()))?;
         self.check_kind_rules(&key, policy)?;
+        check_allowlist_change(&current, policy, self.platform.now_unix())?;
         let expected = current.hash();
         if *prev != expected {
             return Err(TeeError::PolicyConflict {

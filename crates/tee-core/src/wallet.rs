@@ -219,9 +219,24 @@ impl Wallet {
         path: &[u32],
         digest: &[u8; 32],
     ) -> Result<EcdsaSignature, TeeError> {
+        self.with_child(secp, path, |key| sign_with(secp, key, digest))
+    }
+
+    /// The master key's BIP-32 fingerprint (what PSBT key origins name).
+    pub fn fingerprint(&self, secp: &Secp256k1<All>) -> [u8; 4] {
+        self.master.fingerprint(secp).to_bytes()
+    }
+
+    /// Runs `f` with the private key at `path`, erased afterwards.
+    pub fn with_child<R>(
+        &self,
+        secp: &Secp256k1<All>,
+        path: &[u32],
+        f: impl FnOnce(&bitcoin::secp256k1::SecretKey) -> R,
+    ) -> Result<R, TeeError> {
         let steps = path_of(path)?;
         let Some((last, parent_steps)) = steps.split_last() else {
-            return Ok(sign_with(secp, &self.master.private_key, digest));
+            return Ok(f(&self.master.private_key));
         };
         let parent_path = &path[..parent_steps.len()];
         // The child is derived from the parent where it is kept, so that the only copies
@@ -248,9 +263,9 @@ impl Wallet {
         let child = parent.derive_priv(secp, &[*last]);
         drop(kept);
         let mut child = child.map_err(|e| TeeError::InvalidPath(e.to_string()))?;
-        let sig = sign_with(secp, &child.private_key, digest);
+        let out = f(&child.private_key);
         child.private_key.non_secure_erase();
-        Ok(sig)
+        Ok(out)
     }
 
     /// Signs `digest` with the root key m itself (audits).

@@ -341,7 +341,9 @@ impl<P: Platform> TeeCore<P> {
         digest: &[u8; 32],
         approvals: &[Approval],
     ) -> Outcome {
-        let who = Self::approvers_for(self.wallet(key_id)?);
+        let wallet = self.wallet(key_id)?;
+        Self::raw_signing(wallet.policy.as_ref(), key_id)?;
+        let who = Self::approvers_for(wallet);
         if path.len() > MAX_PATH_DEPTH {
             return Err(TeeError::InvalidPath(format!(
                 "{} levels, at most {MAX_PATH_DEPTH}",

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use custos_tee_core::platform::{Platform, PlatformError, RecordId};
 use custos_wire::protocol::Attestation;
@@ -25,6 +25,8 @@ pub struct MemPlatform {
     /// When set, the next commit fails and discards every staged write, as a full disk or a
     /// lost sealing device would.
     pub fail_next_commit: AtomicBool,
+    /// Seconds the platform's clock runs ahead of the system's (a test moves time on).
+    pub clock_ahead: AtomicU64,
 }
 
 impl MemPlatform {
@@ -37,6 +39,7 @@ impl MemPlatform {
             persist_to: None,
             crash_after_commit: AtomicBool::new(false),
             fail_next_commit: AtomicBool::new(false),
+            clock_ahead: AtomicU64::new(self.clock_ahead.load(Ordering::SeqCst)),
         }
     }
 
@@ -65,7 +68,7 @@ impl Platform for MemPlatform {
         Ok(())
     }
     fn now_unix(&self) -> u64 {
-        now()
+        now() + self.clock_ahead.load(Ordering::SeqCst)
     }
     fn seal(&mut self, id: &RecordId, plaintext: &[u8]) -> Result<(), PlatformError> {
         self.staged.insert(id.as_str().into(), plaintext.to_vec());

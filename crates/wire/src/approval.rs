@@ -152,6 +152,14 @@ pub enum Action<'a> {
         /// Root public key of the wallet.
         key_id: &'a [u8],
     },
+    /// Sign the transaction whose intent (`custos-tx`: what it pays, to whom, the fee) hashes
+    /// to `intent_hash`, with the keys of `key_id` its inputs name.
+    SignTransaction {
+        /// Root public key of the wallet.
+        key_id: &'a [u8],
+        /// `custos_tx::Intent::hash` of the transaction.
+        intent_hash: &'a [u8; 32],
+    },
 }
 
 use crate::field::put;
@@ -183,6 +191,7 @@ impl Action<'_> {
             Action::CreateGroupWallet { .. } => b"create-wallet-v2",
             Action::CreateGroupThresholdKey { .. } => b"create-threshold-key-v2",
             Action::ImportGroupWallet { .. } => b"import-wallet-v2",
+            Action::SignTransaction { .. } => b"sign-transaction",
         };
         put(&mut out, tag);
         put(&mut out, cluster.as_bytes());
@@ -251,6 +260,13 @@ impl Action<'_> {
             Action::ImportGroupWallet { policy, key_id } => {
                 put(&mut out, &policy.encode());
                 put(&mut out, key_id);
+            }
+            Action::SignTransaction {
+                key_id,
+                intent_hash,
+            } => {
+                put(&mut out, key_id);
+                put(&mut out, &intent_hash[..]);
             }
             Action::Governance {
                 version,

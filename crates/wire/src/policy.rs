@@ -12,6 +12,13 @@ use sha2::{Digest, Sha256};
 use crate::field::{put, take};
 use crate::protocol::MAX_QUORUM;
 
+mod rules;
+
+pub use rules::{
+    AllowEntry, Allowlist, SpendLimit, SpendLimits, MAX_ALLOWLIST, MAX_ASSET, MAX_DESTINATION,
+    MAX_LIMITS, MAX_WINDOW_COUNT, RULE_ALLOWLIST, RULE_SPEND_LIMITS,
+};
+
 /// Most admins in one approver group.
 pub const MAX_GROUP: usize = 32;
 /// Most rules one policy carries.
@@ -23,6 +30,11 @@ pub const RULE_CLUSTER_ANCHORS: u16 = 1;
 /// Rule of a governance genesis: the cluster's measurement policy
 /// ([`crate::governance::MeasurementPolicy`], its canonical encoding).
 pub const RULE_MEASUREMENT_POLICY: u16 = 2;
+/// Rule of a key: it signs only transactions the TEE parses (`custos-tx`), never a raw
+/// digest or opaque message (an empty body). Only a policy change approved by the key's
+/// group takes it away. A key whose policy lacks it (every key made before it existed)
+/// signs digests as before.
+pub const RULE_TRANSACTIONS_ONLY: u16 = 3;
 /// Most clusters a [`RULE_CLUSTER_ANCHORS`] rule names.
 pub const MAX_ANCHORS: usize = 64;
 /// Domain separation tag of [`KeyPolicy::hash`].
@@ -206,7 +218,35 @@ impl KeyPolicy {
                 max,
             });
         }
-        check_rules(&self.rules, &[RULE_CLUSTER_ANCHORS])
+        check_rules(
+            &self.rules,
+            &[
+                RULE_CLUSTER_ANCHORS,
+                RULE_TRANSACTIONS_ONLY,
+                RULE_SPEND_LIMITS,
+                RULE_ALLOWLIST,
+            ],
+        )
+    }
+
+    fn rule(&self, tag: u16) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.tag == tag)
+    }
+
+    /// The key's spend limits ([`RULE_SPEND_LIMITS`]); `None` without the rule (then it
+    /// signs no transaction) or, in a policy never validated, with a malformed one.
+    pub fn spend_limits(&self) -> Option<SpendLimits> {
+        SpendLimits::decode(&self.rule(RULE_SPEND_LIMITS)?.body).ok()
+    }
+
+    /// The key's allowlist ([`RULE_ALLOWLIST`]); `None` without the rule.
+    pub fn allowlist(&self) -> Option<Allowlist> {
+        Allowlist::decode(&self.rule(RULE_ALLOWLIST)?.body).ok()
+    }
+
+    /// Whether the key signs raw digests (its policy has no [`RULE_TRANSACTIONS_ONLY`]).
+    pub fn raw_digest_allowed(&self) -> bool {
+        !self.rules.iter().any(|r| r.tag == RULE_TRANSACTIONS_ONLY)
     }
 
     /// The genesis id of each share's cluster, by share index, when the policy has a
@@ -264,6 +304,15 @@ pub(crate) fn check_rules(rules: &[Rule], known: &[u16]) -> Result<(), PolicyErr
                 "{} bytes, at most {MAX_RULE_BODY}",
                 r.body.len()
             )));
+        }
+        if r.tag == RULE_SPEND_LIMITS {
+            SpendLimits::decode(&r.body)?;
+        }
+        if r.tag == RULE_ALLOWLIST {
+            Allowlist::decode(&r.body)?;
+        }
+        if r.tag == RULE_TRANSACTIONS_ONLY && !r.body.is_empty() {
+            return Err(bad(format!("{} bytes, the rule has none", r.body.len())));
         }
         if r.tag == RULE_CLUSTER_ANCHORS {
             let n = r.body.len() / 32;

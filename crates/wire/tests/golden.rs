@@ -330,6 +330,19 @@ fn requests() -> Vec<Request> {
         Request::AdmissionEvidence {
             challenge: challenge(),
         },
+        Request::SignPsbt {
+            meta: meta(),
+            key_id: vec![0x03; 33],
+            network: BitcoinNetwork::Regtest,
+            psbt: b"psbt\xff".to_vec(),
+            intent_hash: [0x1a; 32],
+            approvals: vec![approval()],
+        },
+        Request::PreviewPsbt {
+            key_id: vec![0x03; 33],
+            network: BitcoinNetwork::Bitcoin,
+            psbt: b"psbt\xff".to_vec(),
+        },
     ]
 }
 
@@ -501,6 +514,14 @@ fn responses() -> Vec<Response> {
             }
             .encode(),
         }),
+        Response::SignedPsbt {
+            psbt: b"psbt\xff".to_vec(),
+            intent_hash: [0x1a; 32],
+        },
+        Response::TransactionIntent {
+            intent_hash: [0x1a; 32],
+            intent_json: b"{}".to_vec(),
+        },
     ]
 }
 
@@ -603,6 +624,21 @@ fn errors() -> Vec<TeeError> {
             genesis_id: [0x9e; 32],
         },
         TeeError::AdmissionRefused(s()),
+        TeeError::TransactionRejected {
+            code: "input_not_ours".into(),
+            reason: s(),
+        },
+        TeeError::IntentMismatch {
+            claimed: [0x1a; 32],
+            computed: [0x1b; 32],
+        },
+        TeeError::TransactionPolicyRefused {
+            rule: "window_count".into(),
+            reason: s(),
+        },
+        TeeError::RawSigningOff {
+            key: "03".repeat(33),
+        },
     ]
 }
 
@@ -774,6 +810,14 @@ fn approval_messages() -> Vec<(&'static str, Vec<u8>)> {
             Action::ImportGroupWallet {
                 policy: &policy(),
                 key_id: &[0x03; 33],
+            }
+            .message("dc1", &m),
+        ),
+        (
+            "sign-transaction",
+            Action::SignTransaction {
+                key_id: &[0x03; 33],
+                intent_hash: &[0x1a; 32],
             }
             .message("dc1", &m),
         ),

@@ -76,12 +76,8 @@ async fn only_a_quorum_of_the_group_in_force_changes_it() {
     let carol = &s.pki.admins[2];
     let (root_id, holder) = wallet(&s).await;
     let first = c.wallet_policy(&root_id).await.unwrap();
-    let in_force = KeyPolicy {
-        version: 1,
-        group: admin_keys(&s.pki, &["alice", "bob"]),
-        quorum: 2,
-        rules: vec![],
-    };
+    let in_force =
+        custos_cloud_api::approval::new_wallet_policy(admin_keys(&s.pki, &["alice", "bob"]), 2);
     assert_eq!(
         (first.version, &first.group, first.quorum),
         (1, &s.group_of(2), 2)

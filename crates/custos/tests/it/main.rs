@@ -12,6 +12,7 @@ mod common;
 
 mod admin_keys;
 mod approve;
+mod bench_psbt;
 mod bip32;
 mod bridge_flood;
 mod cloud_listen;

@@ -414,7 +414,9 @@ impl<P: Platform> TeeCore<P> {
             )));
         }
         self.presign_key(&params.key_id)?;
-        let who = Self::approvers_for_share(self.threshold_key(&params.key_id)?);
+        let held = self.threshold_key(&params.key_id)?;
+        Self::raw_signing(held.policy.as_ref(), &params.key_id)?;
+        let who = Self::approvers_for_share(held);
         // The full message is hashed here: a digest from outside is never signed with a
         // presignature.
         let digest: [u8; 32] = Sha256::digest(&params.message).into();

@@ -94,6 +94,9 @@ impl<P: Platform> TeeCore<P> {
             )));
         }
         let held = self.threshold_key(key_id)?;
+        if matches!(policy, SignPolicy::Approved { .. }) {
+            Self::raw_signing(held.policy.as_ref(), key_id)?;
+        }
         let (info, who) = (held.info.clone(), Self::approvers_for_share(held));
         if path.len() > MAX_PATH_DEPTH {
             return Err(TeeError::InvalidPath(format!(

@@ -929,17 +929,12 @@ fn a_group_threshold_key_counts_only_its_group() {
 fn a_group_keygen_anchor_names_this_clusters_log_and_legacy_starts_are_refused() {
     use custos_test_kit::governance::{member, GovLog};
     use custos_wire::governance::genesis_id;
-    use custos_wire::policy::{Rule, RULE_CLUSTER_ANCHORS};
 
     let pki = Pki::new();
     let mut a = pki.node("dc1", "dc1-node1", 0, 1);
     let b = pki.node("dc2", "dc2-node1", 1, 1);
-    let anchored = |anchors: &[[u8; 32]]| KeyPolicy {
-        rules: vec![Rule {
-            tag: RULE_CLUSTER_ANCHORS,
-            body: anchors.concat(),
-        }],
-        ..group_policy(&pki, &["alice", "bob"], 2)
+    let anchored = |anchors: &[[u8; 32]]| {
+        crate::governance::anchored(group_policy(&pki, &["alice", "bob"], 2), anchors)
     };
     let start = |policy: &KeyPolicy, a: &Node| {
         GroupKeygen::new(&pki, &[a, &b], true, policy, &["alice", "bob"]).start(0)

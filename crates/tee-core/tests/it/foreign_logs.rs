@@ -10,7 +10,7 @@ use custos_test_kit::governance::{member, GovLog};
 use custos_test_kit::{call_core, MemPlatform};
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::governance::{genesis_id, GovEntry};
-use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::{Outcome, Request, Response, TeeError, ThresholdKeyInfo};
 
 use crate::dkg::{make_group_key, meta, sign_start, GroupKeygen, Node, Pki};
@@ -73,13 +73,7 @@ fn a_co_signer_of_another_cluster_must_be_a_member_of_its_anchored_log() {
     assert!(apply(&mut b.core, "dc2", dc2.entries()).is_ok());
     let g2 = genesis_id("dc2", &dc2.entries()[0].change);
     let anchors = [genesis_id("dc1", &dc1.entries()[0].change), g2];
-    let policy = KeyPolicy {
-        rules: vec![Rule {
-            tag: RULE_CLUSTER_ANCHORS,
-            body: anchors.concat(),
-        }],
-        ..group_policy(&pki, &governors, 2)
-    };
+    let policy = crate::governance::anchored(group_policy(&pki, &governors, 2), &anchors);
 
     // Before the key exists, nothing anchors dc2 here: its log is not taken.
     match apply(&mut a.core, "dc2", dc2.entries()) {
@@ -294,12 +288,8 @@ fn a_dealt_key_given_anchors_by_its_governors_refuses_a_rogue_co_signer() {
             ("dc3", vec![&c]),
         ],
     );
-    let anchored = |anchors: &[[u8; 32]], quorum| KeyPolicy {
-        rules: vec![Rule {
-            tag: RULE_CLUSTER_ANCHORS,
-            body: anchors.concat(),
-        }],
-        ..group_policy(&pki, &governors, quorum)
+    let anchored = |anchors: &[[u8; 32]], quorum| {
+        crate::governance::anchored(group_policy(&pki, &governors, quorum), anchors)
     };
     let v1 = anchored(&anchors, 2);
     // Ungoverned, no one may narrow a key any Admin-CA certificate approves.
@@ -456,13 +446,7 @@ fn a_presignature_is_used_only_while_its_signers_are_members() {
             ("dc3", vec![&c]),
         ],
     );
-    let policy = KeyPolicy {
-        rules: vec![Rule {
-            tag: RULE_CLUSTER_ANCHORS,
-            body: anchors.concat(),
-        }],
-        ..group_policy(&pki, &governors, 2)
-    };
+    let policy = crate::governance::anchored(group_policy(&pki, &governors, 2), &anchors);
     let legacy = KeyPolicy::legacy(2).hash();
     for (node, own) in [(&mut a, 0), (&mut b, 1), (&mut b2, 1), (&mut c, 2)] {
         assert!(apply(&mut node.core, logs[own].cluster(), logs[own].entries()).is_ok());

@@ -183,6 +183,22 @@ pub(crate) fn group_policy(
     }
 }
 
+/// `policy` with a cluster-anchors rule naming `anchors` (before its other rules: rules are
+/// sorted by tag).
+pub(crate) fn anchored(
+    mut policy: custos_wire::policy::KeyPolicy,
+    anchors: &[[u8; 32]],
+) -> custos_wire::policy::KeyPolicy {
+    policy.rules.insert(
+        0,
+        custos_wire::policy::Rule {
+            tag: custos_wire::policy::RULE_CLUSTER_ANCHORS,
+            body: anchors.concat(),
+        },
+    );
+    policy
+}
+
 pub(crate) fn create_group_wallet(
     pki: &Pki,
     core: &mut TeeCore<MemPlatform>,

@@ -12,3 +12,4 @@ mod key_policy;
 mod renewal;
 mod sealed_import;
 mod threshold;
+mod transaction;

@@ -206,3 +206,58 @@ fn the_legacy_stand_in_never_validates_and_has_a_stable_hash() {
     assert_eq!(KeyPolicy::legacy(2).hash(), KeyPolicy::legacy(2).hash());
     assert_ne!(KeyPolicy::legacy(2).hash(), KeyPolicy::legacy(3).hash());
 }
+
+/// The transaction rules read back what they wrote, and refuse bodies whose meaning would
+/// be ambiguous or unbounded, each naming the rule.
+#[test]
+fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
+    let limit = |asset: &str, window| SpendLimit {
+        asset: asset.into(),
+        per_transaction: 10,
+        window_secs: window,
+        per_window: 20,
+        count_per_window: 3,
+    };
+    let limits = SpendLimits {
+        limits: vec![limit("bitcoin:bitcoin", 3600), limit("bitcoin:regtest", 0)],
+        velocity_holder: Some([7; 32]),
+    };
+    assert_eq!(SpendLimits::decode(&limits.encode()), Ok(limits.clone()));
+    let list = Allowlist {
+        time_lock_secs: 86_400,
+        entries: vec![AllowEntry {
+            asset: "bitcoin:regtest".into(),
+            destination: "bcrt1qxyz".into(),
+            not_before: 5,
+        }],
+    };
+    assert_eq!(Allowlist::decode(&list.encode()), Ok(list.clone()));
+    let bad = |body: Vec<u8>, tag| match (tag, tag == RULE_SPEND_LIMITS) {
+        (t, true) => assert!(
+            matches!(SpendLimits::decode(&body), Err(PolicyError::BadRuleBody { tag, .. }) if tag == t)
+        ),
+        (t, false) => assert!(
+            matches!(Allowlist::decode(&body), Err(PolicyError::BadRuleBody { tag, .. }) if tag == t)
+        ),
+    };
+    // Unsorted assets; a window without a holder; a holder without a window; a window
+    // counting more than a record may hold; a destination with spaces.
+    let mut unsorted = limits.clone();
+    unsorted.limits.reverse();
+    bad(unsorted.encode(), RULE_SPEND_LIMITS);
+    let mut no_holder = limits.clone();
+    no_holder.velocity_holder = None;
+    bad(no_holder.encode(), RULE_SPEND_LIMITS);
+    let mut idle = limits.clone();
+    idle.limits = vec![limit("bitcoin:regtest", 0)];
+    bad(idle.encode(), RULE_SPEND_LIMITS);
+    let mut huge = limits.clone();
+    huge.limits[0].count_per_window = MAX_WINDOW_COUNT + 1;
+    bad(huge.encode(), RULE_SPEND_LIMITS);
+    let mut spaced = list.clone();
+    spaced.entries[0].destination = "bcrt1q x".into();
+    bad(spaced.encode(), RULE_ALLOWLIST);
+    let mut cut = list.encode();
+    cut.pop();
+    bad(cut, RULE_ALLOWLIST);
+}

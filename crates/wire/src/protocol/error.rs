@@ -264,6 +264,41 @@ pub enum TeeError {
     /// a ticket for another key).
     #[error("admission refused: {0}")]
     AdmissionRefused(String),
+    /// The transaction is not one this TEE signs (`code` names the rule of `custos-tx`:
+    /// `input_not_ours`, `sighash_type_refused`, `input_value_unproven`, ...).
+    #[error("transaction refused ({code}): {reason}")]
+    TransactionRejected {
+        /// The refusal's name.
+        code: String,
+        /// What was wrong, naming the input or output.
+        reason: String,
+    },
+    /// The approvals were made for another intent than the transaction's.
+    #[error("the approvals are for intent {}, this transaction's intent is {}", hex::encode(.claimed), hex::encode(.computed))]
+    IntentMismatch {
+        /// The intent hash the request says was approved (its approvals verified for it).
+        claimed: [u8; 32],
+        /// The intent hash of the transaction, as this TEE computes it.
+        computed: [u8; 32],
+    },
+    /// The key's policy refuses the transaction (`rule`: `no_spend_limit`,
+    /// `transaction_limit`, `window_amount`, `window_count`, `not_allowlisted`,
+    /// `allowlist_time_lock`, `not_velocity_holder`). Approvals never override it; only a
+    /// policy change approved by the key's group does.
+    #[error("refused by the key's policy ({rule}): {reason}")]
+    TransactionPolicyRefused {
+        /// The rule.
+        rule: String,
+        /// What it found.
+        reason: String,
+    },
+    /// The key signs transactions only: signing a raw digest is off for it (its policy's
+    /// transactions-only rule, taken away only by its approver group's policy change).
+    #[error("key {key} does not sign raw digests (its policy signs transactions only)")]
+    RawSigningOff {
+        /// The key, hex.
+        key: String,
+    },
 }
 
 impl TeeError {
@@ -315,6 +350,10 @@ impl TeeError {
             TeeError::ParticipantNotExecutor { .. } => "participant_not_executor",
             TeeError::LegacyRequest(_) => "legacy_request",
             TeeError::ForeignLogMissing { .. } => "foreign_log_missing",
+            TeeError::TransactionRejected { .. } => "transaction_rejected",
+            TeeError::IntentMismatch { .. } => "intent_mismatch",
+            TeeError::RawSigningOff { .. } => "raw_signing_off",
+            TeeError::TransactionPolicyRefused { .. } => "policy_refused",
         }
     }
 }

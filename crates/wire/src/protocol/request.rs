@@ -358,6 +358,60 @@ pub enum Request {
         /// The ticket (and its nonce, unless sealed to this TPM).
         challenge: crate::governance::AdmissionChallenge,
     },
+    /// Sign every input of a Bitcoin PSBT (BIP-174, binary) spending the wallet `key_id`: the
+    /// TEE parses it, builds its intent and computes each signature hash itself (`custos-tx`),
+    /// and signs only if the approvals are for that intent.
+    SignPsbt {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// Root public key of the wallet.
+        key_id: KeyId,
+        /// The network its addresses are written for.
+        network: BitcoinNetwork,
+        /// The PSBT, binary (at most 1 MiB).
+        psbt: Vec<u8>,
+        /// The intent hash the approvals were made for: a transaction whose intent is
+        /// another is refused by name (`intent_mismatch`) before approvals are counted.
+        intent_hash: [u8; 32],
+        /// Approvals of [`crate::approval::Action::SignTransaction`] for that intent.
+        approvals: Vec<Approval>,
+    },
+    /// The intent of a Bitcoin PSBT spending the wallet `key_id`, as this TEE computes it
+    /// (what [`Request::SignPsbt`] would sign, before any approval): for approvers who
+    /// cannot derive the wallet's keys below hardened steps themselves. Changes nothing.
+    PreviewPsbt {
+        /// Root public key of the wallet.
+        key_id: KeyId,
+        /// The network its addresses are written for.
+        network: BitcoinNetwork,
+        /// The PSBT, binary (at most 1 MiB).
+        psbt: Vec<u8>,
+    },
+}
+
+/// A Bitcoin network, as a [`Request::SignPsbt`] names it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BitcoinNetwork {
+    /// Mainnet.
+    Bitcoin,
+    /// Testnet (3).
+    Testnet,
+    /// Signet.
+    Signet,
+    /// Regtest.
+    Regtest,
+}
+
+impl BitcoinNetwork {
+    /// The `bitcoin` crate's network.
+    pub fn network(self) -> bitcoin::Network {
+        match self {
+            BitcoinNetwork::Bitcoin => bitcoin::Network::Bitcoin,
+            BitcoinNetwork::Testnet => bitcoin::Network::Testnet,
+            BitcoinNetwork::Signet => bitcoin::Network::Signet,
+            BitcoinNetwork::Regtest => bitcoin::Network::Regtest,
+        }
+    }
 }
 
 /// Who may send a request to a TEE core.
@@ -403,6 +457,8 @@ impl Request {
             | Request::ThresholdGroupKeygenStart { .. }
             | Request::ImportGroupWalletSealed { .. }
             | Request::IssueAdmissionTicket { .. }
+            | Request::SignPsbt { .. }
+            | Request::PreviewPsbt { .. }
             | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }

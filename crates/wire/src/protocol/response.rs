@@ -190,4 +190,19 @@ pub enum Response {
     AdmissionChallenge(crate::governance::AdmissionChallenge),
     /// The candidate's evidence for its `Admit` entry ([`Request::AdmissionEvidence`]).
     AdmissionEvidence(crate::governance::Evidence),
+    /// A PSBT with every input signed ([`Request::SignPsbt`]).
+    SignedPsbt {
+        /// The PSBT, binary, with `partial_sigs` (segwit v0) and `tap_key_sig` (taproot) set.
+        psbt: Vec<u8>,
+        /// The hash of the intent signed.
+        intent_hash: [u8; 32],
+    },
+    /// A transaction's intent ([`Request::PreviewPsbt`]).
+    TransactionIntent {
+        /// Its hash (what approvals sign).
+        intent_hash: [u8; 32],
+        /// The intent, JSON (`custos_tx::Intent`): whoever shows it checks that it hashes to
+        /// `intent_hash`.
+        intent_json: Vec<u8>,
+    },
 }

@@ -232,12 +232,10 @@ impl Fixture {
             r => panic!("unexpected {r:?}"),
         };
         let executor = custos_test_kit::governance::member(&self.pki, &chain).key_fingerprint;
-        let policy = custos_wire::policy::KeyPolicy {
-            version: 1,
-            group: custos_test_kit::governance::admin_keys(&self.pki, signers),
+        let policy = custos_cloud_api::approval::new_wallet_policy(
+            custos_test_kit::governance::admin_keys(&self.pki, signers),
             quorum,
-            rules: Vec::new(),
-        };
+        );
         let meta = new_meta(600);
         let action = Action::CreateGroupWallet {
             policy: &policy,

@@ -76,12 +76,10 @@ async fn create_on(
 ) -> Vec<u8> {
     let meta = new_meta(600);
     let executor = member(pki, chain).key_fingerprint;
-    let policy = custos_wire::policy::KeyPolicy {
-        version: 1,
-        group: custos_test_kit::governance::admin_keys(pki, &["alice", "bob"]),
-        quorum: 1,
-        rules: Vec::new(),
-    };
+    let policy = custos_cloud_api::approval::new_wallet_policy(
+        custos_test_kit::governance::admin_keys(pki, &["alice", "bob"]),
+        1,
+    );
     let action = Action::CreateGroupWallet {
         policy: &policy,
         executor: &executor,

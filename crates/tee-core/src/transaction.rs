@@ -1,0 +1,180 @@
+//! Transactions the TEE understands (issue 14): a PSBT is parsed, checked and hashed here
+//! (`custos-tx`), its intent computed here, and it is signed only under approvals of that
+//! intent. The approvals are checked against the intent the caller claims was approved,
+//! then the transaction's own intent is compared with that claim, so a transaction swapped
+//! after approval is refused by name (`intent_mismatch`), not as a bad signature.
+
+use bitcoin::secp256k1::{All, PublicKey, Secp256k1};
+use custos_tx::btc::{plan_psbt, WalletKeys};
+use custos_tx::TxError;
+use custos_wire::approval::{Action, Approval};
+use custos_wire::protocol::*;
+use zeroize::Zeroizing;
+
+use custos_tx::policy::{encode_record, evaluate, spend_of, PolicyRefusal};
+use custos_wire::governance::device_key_fingerprint;
+
+use crate::platform::{Platform, RecordId};
+use crate::wallet::{key_hex, Wallet};
+use crate::{replayed, storage, TeeCore, Undo, VELOCITY_PREFIX};
+
+/// What a [`Request::SignPsbt`] asks.
+pub(crate) struct PsbtRequest<'a> {
+    pub key_id: &'a [u8],
+    pub network: BitcoinNetwork,
+    pub psbt: &'a [u8],
+    pub intent_hash: [u8; 32],
+}
+
+/// A wallet's keys as `custos-tx` asks for them.
+struct Keys<'a> {
+    wallet: &'a Wallet,
+    secp: &'a Secp256k1<All>,
+}
+
+impl WalletKeys for Keys<'_> {
+    fn fingerprint(&self) -> [u8; 4] {
+        self.wallet.fingerprint(self.secp)
+    }
+
+    fn public_key(&self, path: &[u32]) -> Result<PublicKey, TxError> {
+        self.wallet
+            .with_child(self.secp, path, |k| k.public_key(self.secp))
+            .map_err(|e| TxError::Signing(e.to_string()))
+    }
+}
+
+/// A `custos-tx` refusal as the TEE's.
+pub(crate) fn rejected(e: TxError) -> TeeError {
+    TeeError::TransactionRejected {
+        code: e.code().into(),
+        reason: e.to_string(),
+    }
+}
+
+fn policy_refused(e: PolicyRefusal) -> TeeError {
+    TeeError::TransactionPolicyRefused {
+        rule: e.rule().into(),
+        reason: e.to_string(),
+    }
+}
+
+impl<P: Platform> TeeCore<P> {
+    /// The key's policy on `intent` (default deny): limits, allowlist, window. The request
+    /// id is consumed and the window record sealed with the transaction counted, both
+    /// committed before the signatures leave. A repeat of a request signed here (its answer
+    /// lost) is counted once: it signs the same transaction again.
+    fn check_spend(
+        &mut self,
+        meta: &RequestMeta,
+        key_id: &[u8],
+        intent: &custos_tx::Intent,
+    ) -> Result<(), TeeError> {
+        if let Some(made) = self.first_made(meta)? {
+            if made != key_id {
+                return Err(replayed(
+                    meta,
+                    format!("it was used for key {}", key_hex(&made)),
+                ));
+            }
+            return Ok(());
+        }
+        let name = format!("{VELOCITY_PREFIX}{}", key_hex(key_id));
+        if let Some(reason) = self.corrupt.get(&name) {
+            return Err(TeeError::KeyRecordCorrupt {
+                key: key_hex(key_id),
+                reason: reason.clone(),
+            });
+        }
+        let (own, _) = self.identity()?;
+        let this_node = device_key_fingerprint(&own.public_key).unwrap_or([0; 32]);
+        let policy = self.wallet(key_id)?.current_policy();
+        let history = self.velocity.get(key_id).map_or(&[][..], Vec::as_slice);
+        let now = self.platform.now_unix();
+        let verdict = evaluate(&policy, &spend_of(intent), now, &this_node, history)
+            .map_err(policy_refused)?;
+        self.consume_request(meta, Some(key_id))?;
+        if let Some(record) = verdict.record {
+            let id = RecordId::new(name).map_err(storage)?;
+            self.platform
+                .seal(&id, &encode_record(&record))
+                .map_err(storage)?;
+            let before = self.velocity.insert(key_id.to_vec(), record);
+            self.journal
+                .push((self.current, Undo::Velocity(key_id.to_vec(), before)));
+        }
+        Ok(())
+    }
+
+    /// `Request::PreviewPsbt`: the intent [`Self::sign_psbt`] would sign, computed with the
+    /// wallet's own keys (hardened paths included), and its hash. Nothing is stored.
+    pub(crate) fn preview_psbt(
+        &self,
+        key_id: &[u8],
+        network: BitcoinNetwork,
+        psbt: &[u8],
+    ) -> Outcome {
+        let keys = Keys {
+            wallet: self.wallet(key_id)?,
+            secp: &self.secp,
+        };
+        let plan = plan_psbt(psbt, network.network(), &keys).map_err(rejected)?;
+        let intent = plan.intent();
+        Ok(Response::TransactionIntent {
+            intent_hash: intent.hash(),
+            intent_json: serde_json::to_vec(intent)
+                .map_err(|e| TeeError::InvalidRequest(format!("intent: {e}")))?,
+        })
+    }
+
+    /// `Request::SignPsbt`: checks the approvals of the intent claimed by the wallet's
+    /// approvers, plans the PSBT against the wallet and compares its intent with that claim,
+    /// applies the key's policy ([`Self::check_spend`]), then signs every input with the key
+    /// the wallet derives at its path.
+    pub(crate) fn sign_psbt(
+        &mut self,
+        meta: &RequestMeta,
+        tx: PsbtRequest<'_>,
+        approvals: &[Approval],
+    ) -> Outcome {
+        let who = Self::approvers_for(self.wallet(tx.key_id)?);
+        // The approvals of the intent claimed are checked first (a few signature checks),
+        // so that nobody without them makes this TEE parse and derive for a large PSBT.
+        let action = Action::SignTransaction {
+            key_id: tx.key_id,
+            intent_hash: &tx.intent_hash,
+        };
+        self.approve_by(meta, action, approvals, who)?;
+        let keys = Keys {
+            wallet: self.wallet(tx.key_id)?,
+            secp: &self.secp,
+        };
+        let plan = plan_psbt(tx.psbt, tx.network.network(), &keys).map_err(rejected)?;
+        let computed = plan.intent().hash();
+        if computed != tx.intent_hash {
+            return Err(TeeError::IntentMismatch {
+                claimed: tx.intent_hash,
+                computed,
+            });
+        }
+        self.check_spend(meta, tx.key_id, plan.intent())?;
+        // BIP-340's auxiliary randomness, one per input (ECDSA inputs ignore theirs).
+        let mut aux = Zeroizing::new(vec![[0u8; 32]; plan.jobs().len()]);
+        for a in aux.iter_mut() {
+            self.platform.random(a).map_err(storage)?;
+        }
+        let wallet = self.wallet(tx.key_id)?;
+        let mut signatures = Vec::with_capacity(plan.jobs().len());
+        for (job, aux) in plan.jobs().iter().zip(aux.iter()) {
+            let signature = wallet
+                .with_child(&self.secp, &job.path, |key| job.sign(&self.secp, key, aux))?
+                .map_err(rejected)?;
+            signatures.push(signature);
+        }
+        let psbt = plan.finish(signatures).map_err(rejected)?;
+        Ok(Response::SignedPsbt {
+            psbt,
+            intent_hash: computed,
+        })
+    }
+}

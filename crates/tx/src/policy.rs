@@ -1,0 +1,260 @@
+//! The policy engine: a transaction's intent checked against the transaction rules of its
+//! key's policy (`custos_wire::policy`: spend limits with rolling windows, the allowlist),
+//! default deny. Pure: the TEE hands in the time, this node's member id and the key's
+//! window record, and commits the record [`Verdict::record`] returns before any signature
+//! leaves.
+
+use custos_wire::policy::KeyPolicy;
+
+use crate::intent::Intent;
+
+/// What a transaction spends, in the terms of the rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spend {
+    /// The asset (`bitcoin:<network>`).
+    pub asset: String,
+    /// What leaves the wallet: payments and fee (sat).
+    pub amount: u128,
+    /// Each destination paid, as the intent writes it (an address, or `script:<hex>`).
+    pub destinations: Vec<String>,
+}
+
+/// One signed transaction, as a window counts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spent {
+    /// When it was signed (Unix seconds).
+    pub at: u64,
+    /// Its asset.
+    pub asset: String,
+    /// Its amount.
+    pub amount: u128,
+}
+
+/// A transaction the policy allows, and the key's window record with it counted.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The record to commit before the signatures leave (entries older than the longest
+    /// window dropped); `None` when the key has no window.
+    pub record: Option<Vec<Spent>>,
+}
+
+/// Why the policy refuses a transaction; [`PolicyRefusal::rule`] names the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyRefusal {
+    /// The key's policy sets no limit for the asset (default deny).
+    #[error("the key's policy sets no spend limit for {asset}: it sends none")]
+    NoLimit {
+        /// The asset.
+        asset: String,
+    },
+    /// Above the per-transaction limit.
+    #[error("{amount} of {asset} in one transaction, the limit is {limit}")]
+    OverTransactionLimit {
+        /// The asset.
+        asset: String,
+        /// What the transaction sends.
+        amount: u128,
+        /// The limit.
+        limit: u128,
+    },
+    /// The window's amount would be exceeded.
+    #[error("{spent} of {asset} sent in the last {window_secs} s; {amount} more passes the limit of {limit}")]
+    OverWindowAmount {
+        /// The asset.
+        asset: String,
+        /// The window.
+        window_secs: u64,
+        /// Sent within it already.
+        spent: u128,
+        /// What the transaction sends.
+        amount: u128,
+        /// The limit.
+        limit: u128,
+    },
+    /// The window's count would be exceeded.
+    #[error("{count} transactions of {asset} in the last {window_secs} s, at most {limit}")]
+    OverWindowCount {
+        /// The asset.
+        asset: String,
+        /// The window.
+        window_secs: u64,
+        /// Signed within it already.
+        count: u32,
+        /// The limit.
+        limit: u32,
+    },
+    /// A destination not on the allowlist.
+    #[error("{destination} is not on the key's allowlist for {asset}")]
+    NotAllowlisted {
+        /// The asset.
+        asset: String,
+        /// The destination.
+        destination: String,
+    },
+    /// A destination on the allowlist whose time lock has not ended.
+    #[error("{destination} is on the allowlist from {not_before} (Unix seconds) only")]
+    TimeLocked {
+        /// The destination.
+        destination: String,
+        /// When it takes effect.
+        not_before: u64,
+    },
+    /// A key with a window signs its transactions on its velocity holder only.
+    #[error("the key's transactions are signed by member {} only (its velocity holder)", hex::encode(.holder))]
+    NotVelocityHolder {
+        /// The holder.
+        holder: [u8; 32],
+    },
+}
+
+impl PolicyRefusal {
+    /// The rule refusing, as clients match on it.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            PolicyRefusal::NoLimit { .. } => "no_spend_limit",
+            PolicyRefusal::OverTransactionLimit { .. } => "transaction_limit",
+            PolicyRefusal::OverWindowAmount { .. } => "window_amount",
+            PolicyRefusal::OverWindowCount { .. } => "window_count",
+            PolicyRefusal::NotAllowlisted { .. } => "not_allowlisted",
+            PolicyRefusal::TimeLocked { .. } => "allowlist_time_lock",
+            PolicyRefusal::NotVelocityHolder { .. } => "not_velocity_holder",
+        }
+    }
+}
+
+/// The sealed form of a window record: per entry its time (u64 BE), asset and amount
+/// (u128 BE), each a field.
+pub fn encode_record(record: &[Spent]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.len() * 48);
+    for s in record {
+        custos_wire::field::put(&mut out, &s.at.to_be_bytes());
+        custos_wire::field::put(&mut out, s.asset.as_bytes());
+        custos_wire::field::put(&mut out, &s.amount.to_be_bytes());
+    }
+    out
+}
+
+/// Reads [`encode_record`]'s bytes; `None` when they are not such a record.
+pub fn decode_record(mut bytes: &[u8]) -> Option<Vec<Spent>> {
+    use custos_wire::field::take;
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let at = u64::from_be_bytes(take(&mut bytes)?.try_into().ok()?);
+        let asset = String::from_utf8(take(&mut bytes)?.to_vec()).ok()?;
+        let amount = u128::from_be_bytes(take(&mut bytes)?.try_into().ok()?);
+        out.push(Spent { at, asset, amount });
+    }
+    Some(out)
+}
+
+/// The spend of `intent`.
+pub fn spend_of(intent: &Intent) -> Spend {
+    match intent {
+        Intent::Bitcoin(b) => Spend {
+            asset: format!("bitcoin:{}", b.network),
+            amount: u128::from(b.sent_sat()) + u128::from(b.fee_sat),
+            destinations: b
+                .outputs
+                .iter()
+                .filter(|o| o.change_path.is_none())
+                .map(|o| {
+                    crate::btc::address_of(&o.script, &b.network)
+                        .unwrap_or_else(|| format!("script:{}", hex::encode(&o.script)))
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Checks `spend` against `policy` at `now` on the member `this_node`, with `history` the
+/// key's window record; the record to commit when it passes.
+pub fn evaluate(
+    policy: &KeyPolicy,
+    spend: &Spend,
+    now: u64,
+    this_node: &[u8; 32],
+    history: &[Spent],
+) -> Result<Verdict, PolicyRefusal> {
+    let asset = &spend.asset;
+    let no_limit = || PolicyRefusal::NoLimit {
+        asset: asset.clone(),
+    };
+    let limits = policy.spend_limits().ok_or_else(no_limit)?;
+    let limit = limits.of(asset).ok_or_else(no_limit)?;
+    if spend.amount > limit.per_transaction {
+        return Err(PolicyRefusal::OverTransactionLimit {
+            asset: asset.clone(),
+            amount: spend.amount,
+            limit: limit.per_transaction,
+        });
+    }
+    if let Some(list) = policy.allowlist() {
+        for d in &spend.destinations {
+            match list.entry(asset, d) {
+                None => {
+                    return Err(PolicyRefusal::NotAllowlisted {
+                        asset: asset.clone(),
+                        destination: d.clone(),
+                    })
+                }
+                Some(e) if e.not_before > now => {
+                    return Err(PolicyRefusal::TimeLocked {
+                        destination: d.clone(),
+                        not_before: e.not_before,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let Some(holder) = limits.velocity_holder else {
+        return Ok(Verdict { record: None });
+    };
+    if holder != *this_node {
+        return Err(PolicyRefusal::NotVelocityHolder { holder });
+    }
+    let keep_from = now.saturating_sub(limits.longest_window());
+    let mut record: Vec<Spent> = history
+        .iter()
+        .filter(|s| s.at > keep_from)
+        .cloned()
+        .collect();
+    if limit.window_secs > 0 {
+        let from = now.saturating_sub(limit.window_secs);
+        let within: Vec<&Spent> = record
+            .iter()
+            .filter(|s| s.asset == *asset && s.at > from)
+            .collect();
+        let count = within.len() as u32;
+        if count >= limit.count_per_window {
+            return Err(PolicyRefusal::OverWindowCount {
+                asset: asset.clone(),
+                window_secs: limit.window_secs,
+                count,
+                limit: limit.count_per_window,
+            });
+        }
+        let spent: u128 = within.iter().map(|s| s.amount).sum();
+        if spent.saturating_add(spend.amount) > limit.per_window {
+            return Err(PolicyRefusal::OverWindowAmount {
+                asset: asset.clone(),
+                window_secs: limit.window_secs,
+                spent,
+                amount: spend.amount,
+                limit: limit.per_window,
+            });
+        }
+    }
+    record.push(Spent {
+        at: now,
+        asset: asset.clone(),
+        amount: spend.amount,
+    });
+    Ok(Verdict {
+        record: Some(record),
+    })
+}
+
+#[cfg(test)]
+mod tests;
