@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use custos_tx::policy::{encode_record, evaluate, spend_of, PolicyRefusal};
 use custos_wire::governance::device_key_fingerprint;
 
+use crate::approval::Who;
 use crate::platform::{Platform, RecordId};
 use crate::wallet::{key_hex, Wallet};
 use crate::{replayed, storage, TeeCore, Undo, VELOCITY_PREFIX};
@@ -60,6 +61,48 @@ fn policy_refused(e: PolicyRefusal) -> TeeError {
 }
 
 impl<P: Platform> TeeCore<P> {
+    /// The key's approval tiers on `intent`: above a tier's amount, the approvals must be
+    /// that tier's quorum of the key's group (refused `approval_tier` otherwise).
+    fn check_tier(
+        &mut self,
+        meta: &RequestMeta,
+        key_id: &[u8],
+        intent_hash: &[u8; 32],
+        intent: &custos_tx::Intent,
+        approvals: &[Approval],
+    ) -> Result<(), TeeError> {
+        let policy = self.wallet(key_id)?.current_policy();
+        let spend = spend_of(intent);
+        let Some(quorum) = policy
+            .approval_tiers()
+            .and_then(|t| t.quorum_for(&spend.asset, spend.amount))
+        else {
+            return Ok(());
+        };
+        let action = Action::SignTransaction {
+            key_id,
+            intent_hash,
+        };
+        let who = Who::Group {
+            group: policy.group.clone(),
+            quorum,
+        };
+        self.approve_by(meta, action, approvals, who)
+            .map_err(|e| match e {
+                TeeError::QuorumNotMet { required, approved } => {
+                    TeeError::TransactionPolicyRefused {
+                        rule: "approval_tier".into(),
+                        reason: format!(
+                            "{} of {} needs {required} approvals of the key's group, {approved} \
+                             given",
+                            spend.amount, spend.asset
+                        ),
+                    }
+                }
+                e => e,
+            })
+    }
+
     /// The key's policy on `intent` (default deny): limits, allowlist, window. The request
     /// id is consumed and the window record sealed with the transaction counted, both
     /// committed before the signatures leave. A repeat of a request signed here (its answer
@@ -157,6 +200,7 @@ impl<P: Platform> TeeCore<P> {
                 computed,
             });
         }
+        self.check_tier(meta, tx.key_id, &computed, plan.intent(), approvals)?;
         self.check_spend(meta, tx.key_id, plan.intent())?;
         // BIP-340's auxiliary randomness, one per input (ECDSA inputs ignore theirs).
         let mut aux = Zeroizing::new(vec![[0u8; 32]; plan.jobs().len()]);

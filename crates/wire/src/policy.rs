@@ -15,8 +15,9 @@ use crate::protocol::MAX_QUORUM;
 mod rules;
 
 pub use rules::{
-    AllowEntry, Allowlist, SpendLimit, SpendLimits, MAX_ALLOWLIST, MAX_ASSET, MAX_DESTINATION,
-    MAX_LIMITS, MAX_WINDOW_COUNT, RULE_ALLOWLIST, RULE_SPEND_LIMITS,
+    AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, SpendLimit, SpendLimits, MAX_ALLOWLIST,
+    MAX_ASSET, MAX_DESTINATION, MAX_LIMITS, MAX_TIERS, MAX_WINDOW_COUNT, RULE_ALLOWLIST,
+    RULE_APPROVAL_TIERS, RULE_SPEND_LIMITS,
 };
 
 /// Most admins in one approver group.
@@ -225,8 +226,29 @@ impl KeyPolicy {
                 RULE_TRANSACTIONS_ONLY,
                 RULE_SPEND_LIMITS,
                 RULE_ALLOWLIST,
+                RULE_APPROVAL_TIERS,
             ],
-        )
+        )?;
+        if let Some(t) = self.approval_tiers().and_then(|t| {
+            t.tiers
+                .into_iter()
+                .find(|t| usize::from(t.quorum) > max || t.quorum <= self.quorum)
+        }) {
+            return Err(PolicyError::BadRuleBody {
+                tag: RULE_APPROVAL_TIERS,
+                reason: format!(
+                    "tier above {} of {} asks {} approvals: more than the policy's {} and at \
+                     most {max}",
+                    t.above, t.asset, t.quorum, self.quorum
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The key's approval tiers ([`RULE_APPROVAL_TIERS`]); `None` without the rule.
+    pub fn approval_tiers(&self) -> Option<ApprovalTiers> {
+        ApprovalTiers::decode(&self.rule(RULE_APPROVAL_TIERS)?.body).ok()
     }
 
     fn rule(&self, tag: u16) -> Option<&Rule> {
@@ -310,6 +332,9 @@ pub(crate) fn check_rules(rules: &[Rule], known: &[u16]) -> Result<(), PolicyErr
         }
         if r.tag == RULE_ALLOWLIST {
             Allowlist::decode(&r.body)?;
+        }
+        if r.tag == RULE_APPROVAL_TIERS {
+            ApprovalTiers::decode(&r.body)?;
         }
         if r.tag == RULE_TRANSACTIONS_ONLY && !r.body.is_empty() {
             return Err(bad(format!("{} bytes, the rule has none", r.body.len())));

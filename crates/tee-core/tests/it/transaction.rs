@@ -19,8 +19,8 @@ use custos_tx::synthetic::{script_of, Spend};
 use custos_tx::InputKind;
 use custos_wire::approval::Action;
 use custos_wire::policy::{
-    AllowEntry, Allowlist, KeyPolicy, Rule, SpendLimit, SpendLimits, RULE_ALLOWLIST,
-    RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
+    AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, KeyPolicy, Rule, SpendLimit, SpendLimits,
+    RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
 };
 use custos_wire::protocol::{BitcoinNetwork, KeyInfo, Request, Response, TeeError};
 
@@ -462,6 +462,47 @@ fn the_tees_preview_is_the_intent_it_signs() {
     assert!(lines.contains("bcrt1q"), "{lines}");
     assert!(matches!(
         call(&mut core, &approved(&pki, &w, &psbt)),
+        Ok(Response::SignedPsbt { .. })
+    ));
+}
+
+/// Above its tier's amount, a transaction needs more of the key's group than its quorum: two
+/// of alice, bob and carol approve small amounts, all three the 71 000 sat sent here.
+#[test]
+fn an_amount_above_a_tier_needs_the_tiers_quorum() {
+    let pki = Pki::with_clusters(&[CLUSTER]);
+    let mut core = pki.node(CLUSTER, "node1");
+    let me = me(&pki, &mut core);
+    let mut policy = group_policy(&pki, &["alice", "bob", "carol"], 2);
+    policy.rules = vec![
+        limits(100_000_000, 0, [0; 32]),
+        Rule {
+            tag: RULE_APPROVAL_TIERS,
+            body: ApprovalTiers {
+                tiers: vec![ApprovalTier {
+                    asset: ASSET.into(),
+                    above: 50_000,
+                    quorum: 3,
+                }],
+            }
+            .encode(),
+        },
+    ];
+    let w = create_group_wallet(&pki, &mut core, &policy, me, &["alice", "bob"]).unwrap();
+    let psbt = spend(&w).psbt();
+    let h = intent_hash_of(&w, &psbt);
+    assert_eq!(
+        policy_refusal(call(
+            &mut core,
+            &request(&pki, &w, &psbt, h, h, &["alice", "bob"])
+        )),
+        "approval_tier"
+    );
+    assert!(matches!(
+        call(
+            &mut core,
+            &request(&pki, &w, &psbt, h, h, &["alice", "bob", "carol"])
+        ),
         Ok(Response::SignedPsbt { .. })
     ));
 }

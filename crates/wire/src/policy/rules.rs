@@ -11,6 +11,8 @@
 //!   empty field when no limit has a window).
 //! * [`RULE_ALLOWLIST`]: the time lock in seconds (u64 BE), the entry count (u32 BE), per
 //!   entry its asset, destination and `not_before` (u64 BE, Unix seconds).
+//! * [`RULE_APPROVAL_TIERS`]: the tier count (u32 BE), per tier its asset, the amount above
+//!   which it applies (u128 BE) and the quorum of the key's group it needs (one byte).
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,10 @@ pub const RULE_SPEND_LIMITS: u16 = 4;
 /// Rule of a key: the destinations it may pay ([`Allowlist`]). Without it any destination
 /// within the limits.
 pub const RULE_ALLOWLIST: u16 = 5;
+/// Rule of a key: more approvals of its group above amounts ([`ApprovalTiers`]).
+pub const RULE_APPROVAL_TIERS: u16 = 6;
+/// Most tiers.
+pub const MAX_TIERS: usize = 8;
 /// Most limits of one rule.
 pub const MAX_LIMITS: usize = 16;
 /// Most allowlist entries.
@@ -142,6 +148,76 @@ impl<'a> Reader<'a> {
             ));
         }
         Ok(())
+    }
+}
+
+/// Above `above` of `asset`, a transaction needs `quorum` approvals of the key's group
+/// (more than the policy's own quorum, for larger amounts).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApprovalTier {
+    /// The asset.
+    pub asset: String,
+    /// The amount above which the tier applies.
+    pub above: u128,
+    /// Distinct approvers of the key's group needed.
+    pub quorum: u8,
+}
+
+/// A key's approval tiers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApprovalTiers {
+    /// Sorted by (asset, above), distinct.
+    pub tiers: Vec<ApprovalTier>,
+}
+
+impl ApprovalTiers {
+    /// The rule body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put(&mut out, &(self.tiers.len() as u32).to_be_bytes());
+        for t in &self.tiers {
+            put(&mut out, t.asset.as_bytes());
+            put(&mut out, &t.above.to_be_bytes());
+            put(&mut out, &[t.quorum]);
+        }
+        out
+    }
+
+    /// Reads and checks a rule body: tiers sorted by (asset, above) and distinct, quorums
+    /// above zero (the policy checks them against its group).
+    pub fn decode(body: &[u8]) -> Result<Self, PolicyError> {
+        let tag = RULE_APPROVAL_TIERS;
+        let mut r = Reader { input: body, tag };
+        let n = r.count("tiers", MAX_TIERS)?;
+        let mut tiers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let asset = r.text("asset", MAX_ASSET)?;
+            let above = u128::from_be_bytes(r.fixed("amount")?);
+            let [quorum] = r.fixed("quorum")?;
+            tiers.push(ApprovalTier {
+                asset,
+                above,
+                quorum,
+            });
+        }
+        r.end()?;
+        if tiers.is_empty() || tiers.iter().any(|t| t.quorum == 0) {
+            return Err(bad(tag, "no tiers, or a tier of quorum 0"));
+        }
+        let key = |t: &ApprovalTier| (t.asset.clone(), t.above);
+        if tiers.windows(2).any(|w| key(&w[0]) >= key(&w[1])) {
+            return Err(bad(tag, "tiers are not sorted and distinct"));
+        }
+        Ok(ApprovalTiers { tiers })
+    }
+
+    /// The quorum `amount` of `asset` needs: that of the highest tier it is above.
+    pub fn quorum_for(&self, asset: &str, amount: u128) -> Option<u8> {
+        self.tiers
+            .iter()
+            .filter(|t| t.asset == asset && amount > t.above)
+            .max_by_key(|t| t.above)
+            .map(|t| t.quorum)
     }
 }
 

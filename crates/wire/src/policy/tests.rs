@@ -261,3 +261,48 @@ fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
     cut.pop();
     bad(cut, RULE_ALLOWLIST);
 }
+
+/// Tiers: the highest tier an amount is above decides; a tier must ask more than the
+/// policy's quorum and no more than its group holds.
+#[test]
+fn approval_tiers_pick_the_highest_tier_passed_and_fit_the_group() {
+    let tier = |above, quorum| ApprovalTier {
+        asset: "bitcoin:bitcoin".into(),
+        above,
+        quorum,
+    };
+    let tiers = ApprovalTiers {
+        tiers: vec![tier(1_000, 2), tier(100_000, 3)],
+    };
+    assert_eq!(ApprovalTiers::decode(&tiers.encode()), Ok(tiers.clone()));
+    assert_eq!(tiers.quorum_for("bitcoin:bitcoin", 1_000), None);
+    assert_eq!(tiers.quorum_for("bitcoin:bitcoin", 1_001), Some(2));
+    assert_eq!(tiers.quorum_for("bitcoin:bitcoin", 100_001), Some(3));
+    assert_eq!(tiers.quorum_for("bitcoin:regtest", 100_001), None);
+    let with = |t: &ApprovalTiers, quorum| KeyPolicy {
+        version: 1,
+        group: (0..3).map(fp).collect(),
+        quorum,
+        rules: vec![Rule {
+            tag: RULE_APPROVAL_TIERS,
+            body: t.encode(),
+        }],
+    };
+    assert_eq!(with(&tiers, 1).validate(), Ok(()));
+    // Not above the policy's own quorum; more than the group holds.
+    assert!(matches!(
+        with(&tiers, 2).validate(),
+        Err(PolicyError::BadRuleBody {
+            tag: RULE_APPROVAL_TIERS,
+            ..
+        })
+    ));
+    let too_many = ApprovalTiers {
+        tiers: vec![tier(1_000, 4)],
+    };
+    assert!(with(&too_many, 1).validate().is_err());
+    let unsorted = ApprovalTiers {
+        tiers: vec![tier(100_000, 3), tier(1_000, 2)],
+    };
+    assert!(ApprovalTiers::decode(&unsorted.encode()).is_err());
+}
