@@ -64,7 +64,8 @@ impl<P: Platform> TeeCore<P> {
     /// nothing is acknowledged that is not durable.
     pub(crate) fn commit_pending(&mut self) -> Result<(), PlatformError> {
         let result = self.platform.commit();
-        for (i, change) in std::mem::take(&mut self.journal) {
+        // Undone last first: two changes of one record in a batch restore the oldest value.
+        for (i, change) in std::mem::take(&mut self.journal).into_iter().rev() {
             match (&result, change) {
                 (Err(e), change) => {
                     match change {

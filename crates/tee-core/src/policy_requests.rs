@@ -91,6 +91,13 @@ fn check_allowlist_change(current: &KeyPolicy, new: &KeyPolicy, now: u64) -> Res
             "the change removes the key's allowlist; entries are added under its time lock".into(),
         ));
     };
+    // Lowered, the lock would let the next change add an entry sooner than this one may.
+    if list.time_lock_secs < old.time_lock_secs {
+        return Err(TeeError::PolicyRejected(format!(
+            "the allowlist's time lock of {} s cannot be lowered (to {} s)",
+            old.time_lock_secs, list.time_lock_secs
+        )));
+    }
     if let Some(e) = old.too_early(&list, now).first() {
         return Err(TeeError::PolicyRejected(format!(
             "allowlist entry {} ({}) takes effect at {}, before the time lock of {} s in force \

@@ -53,6 +53,18 @@ pub(crate) fn rejected(e: TxError) -> TeeError {
     }
 }
 
+/// What a signed transaction's request id is kept with: SHA-256 of a domain, the key and the
+/// intent (32 bytes, never a key id's 33).
+fn signed_marker(key_id: &[u8], intent_hash: &[u8; 32]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"CUSTOS-SIGNED-TX-V1\0");
+    h.update((key_id.len() as u32).to_be_bytes());
+    h.update(key_id);
+    h.update(intent_hash);
+    h.finalize().to_vec()
+}
+
 fn policy_refused(e: PolicyRefusal) -> TeeError {
     TeeError::TransactionPolicyRefused {
         rule: e.rule().into(),
@@ -111,13 +123,18 @@ impl<P: Platform> TeeCore<P> {
         &mut self,
         meta: &RequestMeta,
         key_id: &[u8],
+        intent_hash: &[u8; 32],
         intent: &custos_tx::Intent,
     ) -> Result<(), TeeError> {
+        // The id is kept with what it signed: only that very transaction signs again under
+        // it, never another intent approved under a used id, nor anything under the id of
+        // another kind of request.
+        let signed = signed_marker(key_id, intent_hash);
         if let Some(made) = self.first_made(meta)? {
-            if made != key_id {
+            if made != signed {
                 return Err(replayed(
                     meta,
-                    format!("it was used for key {}", key_hex(&made)),
+                    "it was used for another request than this transaction",
                 ));
             }
             return Ok(());
@@ -136,7 +153,7 @@ impl<P: Platform> TeeCore<P> {
         let now = self.platform.now_unix();
         let verdict = evaluate(&policy, &spend_of(intent), now, &this_node, history)
             .map_err(policy_refused)?;
-        self.consume_request(meta, Some(key_id))?;
+        self.consume_request(meta, Some(&signed))?;
         if let Some(record) = verdict.record {
             let id = RecordId::new(name).map_err(storage)?;
             self.platform
@@ -201,7 +218,7 @@ impl<P: Platform> TeeCore<P> {
             });
         }
         self.check_tier(meta, tx.key_id, &computed, plan.intent(), approvals)?;
-        self.check_spend(meta, tx.key_id, plan.intent())?;
+        self.check_spend(meta, tx.key_id, &computed, plan.intent())?;
         // BIP-340's auxiliary randomness, one per input (ECDSA inputs ignore theirs).
         let mut aux = Zeroizing::new(vec![[0u8; 32]; plan.jobs().len()]);
         for a in aux.iter_mut() {

@@ -229,6 +229,21 @@ impl KeyPolicy {
                 RULE_APPROVAL_TIERS,
             ],
         )?;
+        let transaction_rules = [RULE_SPEND_LIMITS, RULE_ALLOWLIST, RULE_APPROVAL_TIERS];
+        if let Some(r) = self
+            .rules
+            .iter()
+            .find(|r| transaction_rules.contains(&r.tag))
+            .filter(|_| self.raw_digest_allowed())
+        {
+            return Err(PolicyError::BadRuleBody {
+                tag: r.tag,
+                reason: format!(
+                    "a transaction rule needs rule {RULE_TRANSACTIONS_ONLY} (transactions \
+                     only): a raw digest would sign around it"
+                ),
+            });
+        }
         if let Some(t) = self.approval_tiers().and_then(|t| {
             t.tiers
                 .into_iter()

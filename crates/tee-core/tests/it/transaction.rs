@@ -62,24 +62,30 @@ fn wallet_under(
     let mut core = pki.node(CLUSTER, "node1");
     let me = me(pki, &mut core);
     let mut policy = group_policy(pki, &["alice", "bob"], 2);
-    policy.rules = rules(me);
+    policy.rules = transactions_only(rules(me));
     let w = create_group_wallet(pki, &mut core, &policy, me, &["alice", "bob"]).unwrap();
     (core, w)
 }
 
-/// node1 holding a wallet of {alice, bob}, 2 of 2, sending up to 1 BTC per transaction
-/// (signing transactions only unless `raw`).
-fn wallet(pki: &Pki, raw: bool) -> (TeeCore<MemPlatform>, KeyInfo) {
-    wallet_under(pki, |_| {
+/// `rules` (sorted by tag, transaction rules) after the transactions-only rule they need,
+/// when there are any.
+fn transactions_only(mut rules: Vec<Rule>) -> Vec<Rule> {
+    if !rules.is_empty() {
         let only = Rule {
             tag: RULE_TRANSACTIONS_ONLY,
             body: vec![],
         };
-        let mut rules = vec![limits(100_000_000, 0, [0; 32])];
-        if !raw {
-            rules.insert(0, only);
-        }
-        rules
+        rules.insert(0, only);
+    }
+    rules
+}
+
+/// node1 holding a wallet of {alice, bob}, 2 of 2: sending up to 1 BTC per transaction and
+/// signing transactions only, or (`raw`) with no transaction rule, signing digests.
+fn wallet(pki: &Pki, raw: bool) -> (TeeCore<MemPlatform>, KeyInfo) {
+    wallet_under(pki, |_| match raw {
+        true => vec![],
+        false => vec![limits(100_000_000, 0, [0; 32])],
     })
 }
 
@@ -342,14 +348,15 @@ fn only_allowlisted_destinations_are_paid_and_an_added_one_waits_for_its_time_lo
     let now = custos_test_kit::now();
     let with = |not_before| KeyPolicy {
         version: 2,
-        rules: vec![
-            current.rules[0].clone(),
-            list(vec![AllowEntry {
+        rules: [
+            &current.rules[..2],
+            &[list(vec![AllowEntry {
                 asset: ASSET.into(),
                 destination: address.clone(),
                 not_before,
-            }]),
-        ],
+            }])],
+        ]
+        .concat(),
         ..current.clone()
     };
     match call(&mut core, &set_policy(&pki, &w, &current, &with(now + 60))) {
@@ -372,10 +379,31 @@ fn only_allowlisted_destinations_are_paid_and_an_added_one_waits_for_its_time_lo
         call(&mut core, &approved_at(&pki, &w, &psbt, 3800)),
         Ok(Response::SignedPsbt { .. })
     ));
+    // Nor lower the time lock (the next change could then add an entry at once).
+    let lowered = KeyPolicy {
+        version: 3,
+        rules: [
+            &current.rules[..2],
+            &[Rule {
+                tag: RULE_ALLOWLIST,
+                body: Allowlist {
+                    time_lock_secs: 0,
+                    entries: later.allowlist().unwrap().entries,
+                }
+                .encode(),
+            }],
+        ]
+        .concat(),
+        ..current.clone()
+    };
+    match call(&mut core, &set_policy(&pki, &w, &later, &lowered)) {
+        Err(TeeError::PolicyRejected(m)) => assert!(m.contains("cannot be lowered"), "{m}"),
+        other => panic!("the time lock was lowered: {other:?}"),
+    }
     // Nor can a change take the allowlist away.
     let open = KeyPolicy {
         version: 3,
-        rules: vec![current.rules[0].clone()],
+        rules: current.rules[..2].to_vec(),
         ..current.clone()
     };
     assert!(matches!(
@@ -399,6 +427,29 @@ fn a_second_transfer_inside_the_window_waits_for_the_window_to_pass() {
         call(&mut core, &first),
         Ok(Response::SignedPsbt { .. })
     ));
+    // Another transaction approved under the used id signs nothing, policy or not.
+    let Request::SignPsbt { meta, .. } = &first else {
+        unreachable!()
+    };
+    let mut other = spend(&w).psbt();
+    other.unsigned_tx.output[0].value = bitcoin::Amount::from_sat(60_000);
+    let h = intent_hash_of(&w, &other);
+    let action = Action::SignTransaction {
+        key_id: &w.key_id,
+        intent_hash: &h,
+    };
+    let reused = Request::SignPsbt {
+        approvals: approvals_by(&pki, &["alice", "bob"], &action.message(CLUSTER, meta)),
+        meta: meta.clone(),
+        key_id: w.key_id.clone(),
+        network: BitcoinNetwork::Regtest,
+        psbt: other.serialize(),
+        intent_hash: h,
+    };
+    match call(&mut core, &reused) {
+        Err(e @ TeeError::RequestReplayed(_)) => assert_eq!(e.code(), "request_replayed"),
+        other => panic!("another transaction signed under a used id: {other:?}"),
+    }
     assert_eq!(
         policy_refusal(call(&mut core, &approved(&pki, &w, &psbt))),
         "window_count"
@@ -474,7 +525,7 @@ fn an_amount_above_a_tier_needs_the_tiers_quorum() {
     let mut core = pki.node(CLUSTER, "node1");
     let me = me(&pki, &mut core);
     let mut policy = group_policy(&pki, &["alice", "bob", "carol"], 2);
-    policy.rules = vec![
+    policy.rules = transactions_only(vec![
         limits(100_000_000, 0, [0; 32]),
         Rule {
             tag: RULE_APPROVAL_TIERS,
@@ -487,7 +538,7 @@ fn an_amount_above_a_tier_needs_the_tiers_quorum() {
             }
             .encode(),
         },
-    ];
+    ]);
     let w = create_group_wallet(&pki, &mut core, &policy, me, &["alice", "bob"]).unwrap();
     let psbt = spend(&w).psbt();
     let h = intent_hash_of(&w, &psbt);

@@ -3,7 +3,7 @@
 
 use custos_wire::policy::{
     AllowEntry, Allowlist, KeyPolicy, Rule, SpendLimit, SpendLimits, RULE_ALLOWLIST,
-    RULE_SPEND_LIMITS,
+    RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
 };
 
 use super::*;
@@ -23,10 +23,16 @@ fn policy(window: u64, allow: Option<Allowlist>) -> KeyPolicy {
         }],
         velocity_holder: (window > 0).then_some(ME),
     };
-    let mut rules = vec![Rule {
-        tag: RULE_SPEND_LIMITS,
-        body: limits.encode(),
-    }];
+    let mut rules = vec![
+        Rule {
+            tag: RULE_TRANSACTIONS_ONLY,
+            body: vec![],
+        },
+        Rule {
+            tag: RULE_SPEND_LIMITS,
+            body: limits.encode(),
+        },
+    ];
     if let Some(a) = allow {
         rules.push(Rule {
             tag: RULE_ALLOWLIST,

@@ -208,6 +208,12 @@ impl ApprovalTiers {
         if tiers.windows(2).any(|w| key(&w[0]) >= key(&w[1])) {
             return Err(bad(tag, "tiers are not sorted and distinct"));
         }
+        if tiers
+            .windows(2)
+            .any(|w| w[0].asset == w[1].asset && w[1].quorum < w[0].quorum)
+        {
+            return Err(bad(tag, "a larger amount's tier asks fewer approvals"));
+        }
         Ok(ApprovalTiers { tiers })
     }
 
@@ -268,6 +274,16 @@ impl SpendLimits {
         }
         if limits.windows(2).any(|w| w[0].asset >= w[1].asset) {
             return Err(bad(tag, "assets are not sorted and distinct"));
+        }
+        // Bitcoin signatures commit to no network: a key limited on two would have a mainnet
+        // spend checked against the other's limits and allowlist when presented as such.
+        if limits
+            .iter()
+            .filter(|l| l.asset.starts_with("bitcoin:"))
+            .count()
+            > 1
+        {
+            return Err(bad(tag, "limits for more than one Bitcoin network"));
         }
         if let Some(l) = limits
             .iter()

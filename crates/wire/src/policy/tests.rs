@@ -219,10 +219,16 @@ fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
         count_per_window: 3,
     };
     let limits = SpendLimits {
-        limits: vec![limit("bitcoin:bitcoin", 3600), limit("bitcoin:regtest", 0)],
+        limits: vec![limit("bitcoin:bitcoin", 3600), limit("ethereum:1", 0)],
         velocity_holder: Some([7; 32]),
     };
     assert_eq!(SpendLimits::decode(&limits.encode()), Ok(limits.clone()));
+    // Bitcoin signatures name no network: one key, one Bitcoin network.
+    let two_networks = SpendLimits {
+        limits: vec![limit("bitcoin:bitcoin", 0), limit("bitcoin:regtest", 0)],
+        velocity_holder: None,
+    };
+    assert!(SpendLimits::decode(&two_networks.encode()).is_err());
     let list = Allowlist {
         time_lock_secs: 86_400,
         entries: vec![AllowEntry {
@@ -283,12 +289,33 @@ fn approval_tiers_pick_the_highest_tier_passed_and_fit_the_group() {
         version: 1,
         group: (0..3).map(fp).collect(),
         quorum,
-        rules: vec![Rule {
-            tag: RULE_APPROVAL_TIERS,
-            body: t.encode(),
-        }],
+        rules: vec![
+            Rule {
+                tag: RULE_TRANSACTIONS_ONLY,
+                body: vec![],
+            },
+            Rule {
+                tag: RULE_APPROVAL_TIERS,
+                body: t.encode(),
+            },
+        ],
     };
     assert_eq!(with(&tiers, 1).validate(), Ok(()));
+    // Without the transactions-only rule a raw digest would sign around the tiers.
+    let mut raw = with(&tiers, 1);
+    raw.rules.remove(0);
+    assert!(matches!(
+        raw.validate(),
+        Err(PolicyError::BadRuleBody {
+            tag: RULE_APPROVAL_TIERS,
+            ..
+        })
+    ));
+    // A larger amount may not ask fewer approvals.
+    let falling = ApprovalTiers {
+        tiers: vec![tier(1_000, 3), tier(100_000, 2)],
+    };
+    assert!(ApprovalTiers::decode(&falling.encode()).is_err());
     // Not above the policy's own quorum; more than the group holds.
     assert!(matches!(
         with(&tiers, 2).validate(),
