@@ -283,6 +283,18 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
             }
             .message(&view.cluster, &meta)
         }
+        RequestKind::SignPsbt => {
+            let tx = view
+                .transaction
+                .as_ref()
+                .ok_or("request has no transaction")?;
+            let (_, intent_hash) = crate::transaction::checked_intent(tx)?;
+            Action::SignTransaction {
+                key_id: &key_id()?,
+                intent_hash: &intent_hash,
+            }
+            .message(&view.cluster, &meta)
+        }
     })
 }
 
@@ -298,7 +310,10 @@ fn create_wallet_message(view: &RequestView, meta: &RequestMeta) -> Result<Vec<u
             view.id
         ));
     };
-    let policy = new_wallet_policy(parse_group(group)?, view.quorum);
+    let policy = crate::rules::with_rules(
+        new_wallet_policy(parse_group(group)?, view.quorum),
+        view.rules.as_ref(),
+    )?;
     let executor = parse_fingerprint(executor).map_err(|e| format!("executor: {e}"))?;
     Ok(Action::CreateGroupWallet {
         policy: &policy,

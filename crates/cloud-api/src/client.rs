@@ -272,6 +272,20 @@ impl CloudClient {
         self.post("/v1/sign-requests", body).await
     }
 
+    /// `GET /v1/wallets/{root_id}/xpub?path=...`.
+    pub async fn wallet_xpub(&self, root_id: &str, path: &str) -> Result<XpubView, ClientError> {
+        self.get(
+            &format!("/v1/wallets/{root_id}/xpub"),
+            &[("path", path.to_string())],
+        )
+        .await
+    }
+
+    /// `POST /v1/psbt-requests`.
+    pub async fn sign_psbt(&self, body: &SignPsbtBody) -> Result<RequestView, ClientError> {
+        self.post("/v1/psbt-requests", body).await
+    }
+
     /// `POST /v1/threshold/keys/import`.
     pub async fn import_threshold_key(
         &self,

@@ -16,7 +16,7 @@ pub enum ErrorCode {
     /// Body is not application/json.
     UnsupportedMediaType,
     /// Body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key
-    /// imports).
+    /// imports, about 1.5 MiB for PSBT signing).
     BodyTooLarge,
     /// Query string not understood or out of range.
     InvalidQuery,
@@ -126,11 +126,19 @@ pub enum ErrorCode {
     ApprovalFormatChanged,
     /// A wallet creation was answered by a device key other than the executor's key its approvals name (the message names both key fingerprints); nothing was recorded.
     ExecutorKeyMismatch,
+    /// The network is not one of `bitcoin`, `testnet`, `signet`, `regtest`.
+    InvalidNetwork,
+    /// The PSBT is not base64 of at most 1 MiB.
+    InvalidPsbt,
+    /// A TEE of the wallet's cluster refused the transaction before any approval: it is not one the TEE signs (the message names the check, e.g. an input that is not the wallet's, a value not proven, a sighash type other than ALL).
+    TransactionRejected,
+    /// The transaction rules do not make a valid policy (the message names the rule: an amount that is not decimal, a rule without `transactions_only`, tiers asking fewer approvals for more, a window without velocity holder, ...).
+    InvalidRules,
 }
 
 impl ErrorCode {
     /// Every code, in the order the API description lists them.
-    pub const ALL: [ErrorCode; 58] = [
+    pub const ALL: [ErrorCode; 62] = [
         ErrorCode::Unauthorized,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -189,6 +197,10 @@ impl ErrorCode {
         ErrorCode::ApproverNotInGroup,
         ErrorCode::ApprovalFormatChanged,
         ErrorCode::ExecutorKeyMismatch,
+        ErrorCode::InvalidNetwork,
+        ErrorCode::InvalidPsbt,
+        ErrorCode::TransactionRejected,
+        ErrorCode::InvalidRules,
     ];
 
     /// The snake_case name written in error bodies.
@@ -252,6 +264,10 @@ impl ErrorCode {
             ErrorCode::ApproverNotInGroup => "approver_not_in_group",
             ErrorCode::ApprovalFormatChanged => "approval_format_changed",
             ErrorCode::ExecutorKeyMismatch => "executor_key_mismatch",
+            ErrorCode::InvalidNetwork => "invalid_network",
+            ErrorCode::InvalidPsbt => "invalid_psbt",
+            ErrorCode::TransactionRejected => "transaction_rejected",
+            ErrorCode::InvalidRules => "invalid_rules",
         }
     }
 
@@ -261,7 +277,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "missing or unknown bearer token",
             ErrorCode::MalformedJson => "body is not valid JSON of the expected shape",
             ErrorCode::UnsupportedMediaType => "body is not application/json",
-            ErrorCode::BodyTooLarge => "body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key imports)",
+            ErrorCode::BodyTooLarge => "body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key imports, about 1.5 MiB for PSBT signing)",
             ErrorCode::InvalidQuery => "query string not understood or out of range",
             ErrorCode::InvalidDigest => "digest is not 32 bytes of hex",
             ErrorCode::InvalidPath => "BIP-32 path syntax, index range or depth",
@@ -316,6 +332,10 @@ impl ErrorCode {
             ErrorCode::ApproverNotInGroup => "the approving admin is not in the key's approver group (named in the message)",
             ErrorCode::ApprovalFormatChanged => "the request was made under an approval message this server no longer executes; create a new request",
             ErrorCode::ExecutorKeyMismatch => "a wallet creation was answered by a device key other than the executor's key its approvals name (both key fingerprints in the message); nothing was recorded",
+            ErrorCode::InvalidNetwork => "the network is not one of bitcoin, testnet, signet, regtest",
+            ErrorCode::InvalidPsbt => "the PSBT is not base64 of at most 1 MiB",
+            ErrorCode::TransactionRejected => "a TEE of the wallet's cluster refused the transaction before any approval (the message names the check: an input not the wallet's, a value not proven, a sighash type other than ALL, ...)",
+            ErrorCode::InvalidRules => "the transaction rules do not make a valid policy (the message names the rule and why)",
         }
     }
 
@@ -478,10 +498,14 @@ mod tests {
                 ErrorCode::ApproverNotInGroup => 55,
                 ErrorCode::ApprovalFormatChanged => 56,
                 ErrorCode::ExecutorKeyMismatch => 57,
+                ErrorCode::InvalidNetwork => 58,
+                ErrorCode::InvalidPsbt => 59,
+                ErrorCode::TransactionRejected => 60,
+                ErrorCode::InvalidRules => 61,
             }
         }
         // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
-        const ARMS: usize = 58;
+        const ARMS: usize = 62;
         assert_eq!(ErrorCode::ALL.len(), ARMS);
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

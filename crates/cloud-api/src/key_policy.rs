@@ -21,6 +21,7 @@ pub fn policy_view(root_id: &[u8], policy: &KeyPolicy, node: &str) -> KeyPolicyV
         anchors: policy
             .cluster_anchors()
             .map(|a| a.iter().map(hex::encode).collect()),
+        rules: crate::PolicyRules::of(policy),
         node: node.to_string(),
     }
 }

@@ -10,7 +10,10 @@
 //! * [`path`]: BIP-32 paths as the API writes them and public derivation from an xpub;
 //! * [`governance`]: governance log entries between their wire form and the API's views;
 //! * [`key_policy`]: a wallet's approver group change between its wire form and the views;
+//! * [`transaction`]: a transaction's intent as a request shows it, checked against the
+//!   hash approvals sign;
 //! * [`review`]: what an approver checks and reads before signing;
+//! * [`rules`]: a key's transaction rules between the API and the policy;
 //! * [`client`]: a typed client of every route.
 
 pub mod admission;
@@ -22,7 +25,9 @@ pub mod key_policy;
 pub mod measurement;
 pub mod path;
 pub mod review;
+pub mod rules;
 pub mod scope;
+pub mod transaction;
 mod types;
 
 pub use client::{ClientError, CloudClient};

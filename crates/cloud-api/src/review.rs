@@ -89,6 +89,7 @@ pub fn describe(view: &RequestView) -> String {
                 "change a threshold key's approver group (on every cluster of the key)"
             }
             RequestKind::SetKeyPolicy => "change a wallet's approver group",
+            RequestKind::SignPsbt => "sign a Bitcoin transaction (PSBT)",
         },
     );
     if let (Some(c), Some(w)) = (&view.key_policy, &view.root_id) {
@@ -169,17 +170,34 @@ pub fn describe(view: &RequestView) -> String {
     if let Some(d) = &view.digest {
         line(&mut s, "digest", d);
     }
+    if let Some(tx) = &view.transaction {
+        // Shown only once it hashes to what is signed; never the server's prose.
+        match crate::transaction::checked_intent(tx) {
+            Ok((intent, hash)) => {
+                line(&mut s, "intent hash", &hex::encode(hash));
+                for l in intent.describe() {
+                    line(&mut s, "transaction", &l);
+                }
+            }
+            Err(e) => line(&mut s, "transaction", &format!("UNUSABLE: {e}")),
+        }
+    }
     if let Some(n) = &view.target_node {
         // Threshold signing keeps the caller's preferred clusters there; they are not
         // part of what is approved.
         let label = match view.kind {
             RequestKind::ThresholdSign => "preferred",
             RequestKind::CreateWallet | RequestKind::CreateThresholdKey => "executed by",
+            // The velocity holder: its TEE alone counts the wallet's rolling window.
+            RequestKind::SignPsbt => "signed by",
             _ => "sealed to",
         };
         line(&mut s, label, n);
     }
     describe_group(&mut s, view);
+    for l in view.rules.iter().flat_map(|r| r.describe()) {
+        line(&mut s, "rule", &l);
+    }
     line(&mut s, "quorum", &view.quorum.to_string());
     let approvers: Vec<&str> = view.approvals.iter().map(|a| a.admin.as_str()).collect();
     line(

@@ -10,6 +10,7 @@ mod clusters;
 mod governance;
 mod key_policy;
 mod measurement;
+mod rules;
 mod schema;
 mod threshold;
 
@@ -17,6 +18,7 @@ pub use clusters::*;
 pub use governance::*;
 pub use key_policy::*;
 pub use measurement::*;
+pub use rules::*;
 pub use threshold::*;
 
 /// A compressed secp256k1 public key: a wallet's root id or a threshold key's id.
@@ -45,6 +47,9 @@ pub enum RequestKind {
     /// Replace a wallet's approver group and quorum, approved by a quorum of the group in
     /// force.
     SetKeyPolicy,
+    /// Sign a Bitcoin PSBT spending a wallet's coins: approvers see and sign its intent
+    /// (inputs, recipients, amounts, change, fee) as the TEE computed it.
+    SignPsbt,
 }
 
 impl RequestKind {
@@ -59,11 +64,12 @@ impl RequestKind {
             RequestKind::CreateThresholdKey => "create_threshold_key",
             RequestKind::Governance => "governance",
             RequestKind::SetKeyPolicy => "set_key_policy",
+            RequestKind::SignPsbt => "sign_psbt",
         }
     }
 
     /// Every kind.
-    pub const ALL: [RequestKind; 8] = [
+    pub const ALL: [RequestKind; 9] = [
         Self::CreateWallet,
         Self::ImportWallet,
         Self::Sign,
@@ -72,6 +78,7 @@ impl RequestKind {
         Self::CreateThresholdKey,
         Self::Governance,
         Self::SetKeyPolicy,
+        Self::SignPsbt,
     ];
 
     /// Whether the request concerns a threshold key.
@@ -225,6 +232,12 @@ pub struct CreateWalletBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
+    /// The wallet's transaction rules, sealed with it and part of what is approved:
+    /// transactions only, spend limits, allowlist, approval tiers (`invalid_rules` when
+    /// they do not make a valid policy). Absent: none (the wallet signs raw digests and no
+    /// transaction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<PolicyRules>,
 }
 
 /// `POST /v1/wallets/import`: exactly one of `mnemonic` and `seed_hex`, and `passphrase`
@@ -324,6 +337,68 @@ pub struct SignRequestBody {
     pub approvals: Vec<ApprovalBody>,
 }
 
+/// Largest PSBT accepted, bytes (the TEE's own limit).
+pub const MAX_PSBT_BYTES: usize = 1024 * 1024;
+
+/// `POST /v1/psbt-requests`: sign a Bitcoin PSBT spending the wallet's own coins. The
+/// server asks a TEE of the wallet's cluster for the transaction's intent (what it does:
+/// inputs, recipients, amounts, change, fee) before recording the request; approvers sign
+/// that intent's hash, and the TEE signs only a PSBT whose intent is the approved one and
+/// which the wallet's policy allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignPsbtBody {
+    /// Wallet (hex of the 33-byte root public key).
+    #[schema(pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)]
+    pub root_id: String,
+    /// The network the addresses are written for: `bitcoin`, `testnet`, `signet` or
+    /// `regtest` (part of what is approved).
+    #[schema(pattern = "^(bitcoin|testnet|signet|regtest)$", max_length = 7)]
+    pub network: String,
+    /// The PSBT (BIP-174, version 0), base64, at most 1 MiB decoded. Every input must be
+    /// the wallet's own (P2WPKH, P2SH-P2WPKH or P2TR key path) with its BIP-32 origin under
+    /// the wallet's fingerprint, segwit v0 inputs with their previous transaction.
+    #[schema(pattern = "^[A-Za-z0-9+/]+={0,2}$", max_length = 1398104)]
+    pub psbt: String,
+    /// See [`CreateWalletBody::request_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
+    pub request_id: Option<String>,
+    /// See [`CreateWalletBody::expires_at`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// See [`CreateWalletBody::approvals`]: approvals of the intent's hash, which the
+    /// caller learns only from the TEE (so in practice none here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
+    pub approvals: Vec<ApprovalBody>,
+}
+
+/// A transaction to sign, as a TEE of the wallet's cluster computed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransactionView {
+    /// The network its addresses are written for.
+    pub network: String,
+    /// SHA-256 of the intent's canonical encoding, hex: what approvals sign. Approvers
+    /// recompute it from `intent` and refuse to sign when it differs.
+    pub intent_hash: String,
+    /// What the transaction does (`custos_tx::Intent` as JSON): for Bitcoin every input
+    /// (outpoint, value, kind, wallet path), every output (address, script, amount, the
+    /// wallet path when it is change) and the fee.
+    #[schema(value_type = Object)]
+    pub intent: serde_json::Value,
+}
+
+/// A signed PSBT.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PsbtResult {
+    /// The PSBT, base64, with every input's signature (`partial_sigs` for segwit v0,
+    /// `tap_key_sig` for taproot), ready to finalize.
+    pub psbt: String,
+    /// The hash of the intent it carries out, hex.
+    pub intent_hash: String,
+}
+
 /// An approval recorded on a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApprovalView {
@@ -392,6 +467,8 @@ pub enum RequestResult {
     Governance(GovernanceResult),
     /// Of a `set_key_policy` request: the policy now in force.
     KeyPolicy(KeyPolicyView),
+    /// Of a `sign_psbt` request.
+    Psbt(PsbtResult),
 }
 
 /// Why a request was refused or failed.
@@ -446,6 +523,10 @@ pub struct RequestView {
     /// Approver group change: the group in force and the one that replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_policy: Option<KeyPolicyChange>,
+    /// Transaction signing: what the transaction does, as a TEE computed it, and the hash
+    /// approvals sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TransactionView>,
     /// Distinct admin approvals required.
     pub quorum: u8,
     /// Wallet or threshold key creation: the new key's approver group, admin key
@@ -465,6 +546,10 @@ pub struct RequestView {
     /// certificate only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchors: Option<Vec<String>>,
+    /// Wallet creation: the new wallet's transaction rules, part of its policy and of what
+    /// is approved (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<PolicyRules>,
     /// Wallet creation: the device key fingerprint (hex) of the one node that executes it
     /// (its name is in `target_node`). Any other node refuses the approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -40,6 +40,10 @@ pub const MAX_IMPORT_BODY: usize = 2 * crate::service::MAX_BUNDLE + MAX_BODY;
 pub const MAX_THRESHOLD_SIGN_BODY: usize =
     2 * custos_wire::protocol::MAX_PRESIGN_MESSAGE + MAX_BODY;
 
+/// Largest body of a PSBT signing request (a PSBT of up to [`MAX_PSBT_BYTES`] bytes as
+/// base64, with approvals).
+pub const MAX_PSBT_BODY: usize = MAX_PSBT_BYTES.div_ceil(3) * 4 + MAX_BODY;
+
 use crate::access::check_inline_approvals;
 pub use crate::access::Principal;
 
@@ -73,7 +77,8 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             ErrorCode::BodyTooLarge,
             format!(
                 "bodies are limited to {MAX_BODY} bytes ({MAX_THRESHOLD_SIGN_BODY} for threshold \
-                 signing, {MAX_IMPORT_BODY} for threshold key imports)"
+                 signing, {MAX_IMPORT_BODY} for threshold key imports, {MAX_PSBT_BODY} for PSBT \
+                 signing)"
             ),
         ),
         // serde's message names the field and position, never echoes values at length.
@@ -126,7 +131,7 @@ fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
     responses(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_quorum, invalid_group, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_quorum, invalid_group, invalid_rules, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
@@ -230,6 +235,30 @@ async fn derive(
     Ok(Json(cloud.derive(&caller.tenant, &root_id, &q).await?))
 }
 
+/// The extended public key at a path with hardened steps (e.g. a BIP-84 account,
+/// `m/84'/0'/0'`), derived by a TEE of the wallet's cluster, whose answer is signed by its
+/// certified device key: what a watch-only wallet's descriptors need.
+#[utoipa::path(
+    get, path = "/v1/wallets/{root_id}/xpub", tag = "wallets", security(("bearer" = ["read"])),
+    params(("root_id" = String, Path, description = "Hex of the 33-byte root public key", pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66), XpubQuery),
+    responses(
+        (status = 200, body = XpubView),
+        (status = 400, description = "invalid_root_id, invalid_path, invalid_query", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_wallet, unknown_cluster", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn wallet_xpub(
+    State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
+    Path(root_id): Path<String>,
+    ApiQuery(q): ApiQuery<XpubQuery>,
+) -> Result<Json<XpubView>, ApiError> {
+    Ok(Json(cloud.xpub(&caller.tenant, &root_id, &q).await?))
+}
+
 /// Ask for a signature: records a `sign` request. With quorum in the inline approvals it
 /// is signed in this same call (200, the request completed or refused).
 #[utoipa::path(
@@ -256,6 +285,40 @@ async fn create_sign_request(
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
     check_inline_approvals(&caller, body.approvals.len())?;
     Ok(created(cloud.sign(&caller, body).await?))
+}
+
+/// Ask for a Bitcoin transaction to be signed: a TEE of the wallet's cluster first checks
+/// the PSBT (every input the wallet's own, its value proven, `SIGHASH_ALL`) and computes its
+/// intent — inputs, recipients with their addresses and amounts, change recognised by the
+/// wallet's derivation, fee — which the request shows (`transaction`) and approvers sign by
+/// its hash. Once approved, the TEE signs only this transaction, and only if the wallet's
+/// policy (limits, allowlist, approval tiers) allows it: a refusal names the rule
+/// (`tee_policy_refused`, `tee_intent_mismatch`, ...). The signed PSBT is the request's
+/// `result`.
+#[utoipa::path(
+    post, path = "/v1/psbt-requests", tag = "requests", security(("bearer" = ["request"])),
+    request_body = SignPsbtBody,
+    responses(
+        (status = 200, description = "Submitted in this call", body = RequestView),
+        (status = 202, description = "Recorded, waiting for approvals of the intent", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_root_id, invalid_network, invalid_psbt, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_wallet, unknown_cluster", body = ApiErrorBody),
+        (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
+        (status = 422, description = "transaction_rejected (the TEE's check named), approval_invalid", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn create_psbt_request(
+    State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
+    ApiJson(body): ApiJson<SignPsbtBody>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    check_inline_approvals(&caller, body.approvals.len())?;
+    Ok(created(cloud.sign_psbt(&caller, body).await?))
 }
 
 /// Import one cluster's share of a dealt threshold key: records an `import_threshold_key`
@@ -698,6 +761,7 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
         .routes(routes!(import_wallet))
         .routes(routes!(get_wallet))
         .routes(routes!(derive))
+        .routes(routes!(wallet_xpub))
         .routes(routes!(create_sign_request))
         .routes(routes!(list_requests))
         .routes(routes!(get_request))
@@ -717,6 +781,11 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
             OpenApiRouter::new()
                 .routes(routes!(create_threshold_sign))
                 .layer(DefaultBodyLimit::max(MAX_THRESHOLD_SIGN_BODY)),
+        )
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(create_psbt_request))
+                .layer(DefaultBodyLimit::max(MAX_PSBT_BODY)),
         )
         .merge(
             // Dealer bundles are larger than other bodies; the route's own limit is applied

@@ -54,6 +54,7 @@ mod governance;
 mod key_policy;
 mod lifecycle;
 mod threshold;
+mod transactions;
 mod wallets;
 
 pub use child_keys::ChildKeys;
@@ -593,6 +594,7 @@ mod tests {
                 group: vec![[1; 32], [2; 32], [3; 32]],
                 executor_node: "node2".into(),
                 executor: [9; 32],
+                rules: vec![],
             },
             Terms::ImportWallet {
                 root_id: g,

@@ -9,7 +9,7 @@
 //! | kind | fields |
 //! |---|---|
 //! | `create_wallet` | `node` (absent, or the node an attempt's outcome became unknown on); made before approver groups, never executed now |
-//! | `create_group_wallet` | `group` (admin key fingerprints, 32 bytes each, sorted), `executor_node`, `executor` (32 bytes) |
+//! | `create_group_wallet` | `group` (admin key fingerprints, 32 bytes each, sorted), `executor_node`, `executor` (32 bytes), `rules` (postcard of the policy's transaction rules; absent when none) |
 //! | `import_wallet` | `root_id` (33 bytes), `node`, `sealed` (postcard of the sealed seed), `group` (as `create_group_wallet`; absent for a legacy import) |
 //! | `sign` | `root_id` (33 bytes), `path`, `digest` (32 bytes) |
 //! | `import_threshold_key` | `node`, `bundle` (postcard of the dealer bundle) |
@@ -18,18 +18,20 @@
 //! | `create_group_threshold_key` | `threshold`, `hd`, `clusters`, `group` (as `create_group_wallet`), `executor_nodes` and `executors` (32 bytes each), by share index; `anchors` (32 bytes each, by share index; absent when not every cluster was governed at proposal) |
 //! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
 //! | `set_key_policy` | `root_id`, the group in force and the new one; a threshold key's also `clusters` and `anchors`; see [`key_policy`] |
+//! | `sign_psbt` | `root_id` (33 bytes), `network` (`bitcoin`, `testnet`, `signet`, `regtest`), `psbt` (bytes), `intent_hash` (32 bytes), `intent` (the intent's JSON, as a TEE computed it; checked to hash to `intent_hash`), `node` (the velocity holder's node; absent without rolling window) |
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::import::SealedImport;
-use custos_wire::policy::{KeyPolicy, MAX_GROUP};
+use custos_wire::policy::{KeyPolicy, Rule, MAX_GROUP};
 use custos_wire::protocol::{format_path, Request, RequestMeta, ThresholdBundle};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use custos_cloud_api::approval::{new_threshold_policy, new_wallet_policy};
 use custos_cloud_api::path::parse_path;
+use custos_cloud_api::transaction::{checked_intent, wire_network};
 pub use custos_cloud_api::KeyId;
-use custos_cloud_api::{RequestKind, RequestView};
+use custos_cloud_api::{PolicyRules, RequestKind, RequestView, TransactionView, MAX_PSBT_BYTES};
 
 pub mod governance;
 pub mod key_policy;
@@ -63,6 +65,9 @@ pub enum Terms {
         /// SHA-256 of that node's certified device key (SubjectPublicKeyInfo), as approved.
         #[serde(with = "hex_bytes")]
         executor: [u8; 32],
+        /// The wallet's transaction rules (issue 14), sealed with it; empty: none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "postcard_hex")]
+        rules: Vec<Rule>,
     },
     /// Import a seed, sealed to one node's certified device key.
     ImportWallet {
@@ -163,6 +168,26 @@ pub enum Terms {
     /// Replace a wallet's or threshold key's approver group, approved by the group in force
     /// (the row's quorum is that group's).
     SetKeyPolicy(PolicyTerms),
+    /// Sign a Bitcoin PSBT with a wallet: approvals sign the intent a TEE computed from it.
+    SignPsbt {
+        /// The wallet.
+        #[serde(with = "hex_bytes")]
+        root_id: KeyId,
+        /// The network its addresses are written for (an API network name).
+        network: String,
+        /// The PSBT, binary.
+        #[serde(with = "hex::serde")]
+        psbt: Vec<u8>,
+        /// What approvals sign.
+        #[serde(with = "hex_bytes")]
+        intent_hash: [u8; 32],
+        /// The intent (`custos_tx::Intent` as JSON) a TEE of the wallet's cluster computed.
+        intent: serde_json::Value,
+        /// The velocity holder's node, when the wallet's limits have a rolling window: every
+        /// attempt goes there (another node's TEE would refuse). Not part of what is approved.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
 }
 
 impl Terms {
@@ -181,13 +206,16 @@ impl Terms {
             }
             Terms::Governance(_) => RequestKind::Governance,
             Terms::SetKeyPolicy(_) => RequestKind::SetKeyPolicy,
+            Terms::SignPsbt { .. } => RequestKind::SignPsbt,
         }
     }
 
     /// The wallet or threshold key the request names (none for the creations).
     pub fn key_id(&self) -> Option<&[u8]> {
         match self {
-            Terms::ImportWallet { root_id, .. } | Terms::Sign { root_id, .. } => Some(root_id),
+            Terms::ImportWallet { root_id, .. }
+            | Terms::Sign { root_id, .. }
+            | Terms::SignPsbt { root_id, .. } => Some(root_id),
             Terms::SetKeyPolicy(p) => Some(&p.root_id),
             Terms::ThresholdSign { key_id, .. } => Some(key_id),
             Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
@@ -205,6 +233,7 @@ impl Terms {
             Terms::ImportWallet { node, .. } | Terms::ImportThresholdKey { node, .. } => Some(node),
             Terms::CreateWallet { node } => node.as_deref(),
             Terms::CreateGroupWallet { executor_node, .. } => Some(executor_node),
+            Terms::SignPsbt { node, .. } => node.as_deref(),
             _ => None,
         }
     }
@@ -243,9 +272,12 @@ impl Terms {
         match self {
             Terms::CreateWallet { .. } => Action::CreateWallet { quorum },
             Terms::CreateGroupWallet {
-                group, executor, ..
+                group,
+                executor,
+                rules,
+                ..
             } => Action::CreateGroupWallet {
-                policy: policy.insert(new_wallet_policy(group.clone(), quorum)),
+                policy: policy.insert(group_policy(group, quorum, rules)),
                 executor,
             },
             Terms::ImportWallet { root_id, group, .. } if !group.is_empty() => {
@@ -317,6 +349,14 @@ impl Terms {
                 prev: &p.prev,
                 policy: policy.insert(p.policy()),
             },
+            Terms::SignPsbt {
+                root_id,
+                intent_hash,
+                ..
+            } => Action::SignTransaction {
+                key_id: root_id,
+                intent_hash,
+            },
         }
     }
 
@@ -334,10 +374,13 @@ impl Terms {
             // Never executed: refused before (`approval_format_changed`).
             Terms::CreateWallet { .. } => return None,
             Terms::CreateGroupWallet {
-                group, executor, ..
+                group,
+                executor,
+                rules,
+                ..
             } => Request::CreateGroupWallet {
                 meta,
-                policy: new_wallet_policy(group.clone(), quorum),
+                policy: group_policy(group, quorum, rules),
                 executor: *executor,
                 approvals,
             },
@@ -389,6 +432,21 @@ impl Terms {
                 policy: p.policy(),
                 approvals,
             },
+            Terms::SignPsbt {
+                root_id,
+                network,
+                psbt,
+                intent_hash,
+                ..
+            } => Request::SignPsbt {
+                meta,
+                key_id: root_id.to_vec(),
+                // Checked whenever the terms are read (`check`).
+                network: wire_network(network).ok()?,
+                psbt: psbt.clone(),
+                intent_hash: *intent_hash,
+                approvals,
+            },
         })
     }
 
@@ -432,10 +490,14 @@ impl Terms {
             Terms::CreateGroupWallet {
                 group,
                 executor_node,
+                rules,
                 ..
             } => {
                 name(executor_node)?;
-                check_group(group, quorum)
+                check_group(group, quorum)?;
+                group_policy(group, quorum, rules)
+                    .validate()
+                    .map_err(|e| e.to_string())
             }
             Terms::ImportWallet { node, .. } => name(node),
             Terms::ImportThresholdKey { node, bundle } => {
@@ -502,6 +564,14 @@ impl Terms {
             }
             Terms::Governance(g) => g.check(),
             Terms::SetKeyPolicy(p) => p.check(quorum),
+            Terms::SignPsbt { psbt, .. } if psbt.len() > MAX_PSBT_BYTES => {
+                Err(format!("a PSBT of {} bytes", psbt.len()))
+            }
+            Terms::SignPsbt { network, node, .. } => {
+                wire_network(network)?;
+                node.iter().try_for_each(|n| name(n))?;
+                checked_intent(&self.transaction_view().expect("a transaction")).map(|_| ())
+            }
         }
     }
 
@@ -517,11 +587,17 @@ impl Terms {
                 group,
                 executor_node,
                 executor,
+                rules,
             } => format!(
                 "create a new wallet on cluster {cluster}, node {executor_node} only (device \
-                 key {}…), approved by {quorum} of its group of {} admins",
+                 key {}…), approved by {quorum} of its group of {} admins{}",
                 &hex::encode(executor)[..16],
-                group.len()
+                group.len(),
+                if rules.is_empty() {
+                    ""
+                } else {
+                    ", with transaction rules"
+                }
             ),
             Terms::ImportWallet { node, .. } => format!(
                 "import wallet {id} into cluster {cluster} (sealed to node {node}) with quorum \
@@ -606,6 +682,30 @@ impl Terms {
                 ),
                 p.place(cluster)
             ),
+            Terms::SignPsbt { intent, .. } => {
+                let what = serde_json::from_value::<custos_tx::Intent>(intent.clone())
+                    .ok()
+                    .and_then(|i| i.describe().into_iter().next())
+                    .unwrap_or_else(|| "a transaction".into());
+                format!("sign with wallet {id} on cluster {cluster} (quorum {quorum}): {what}")
+            }
+        }
+    }
+
+    /// A transaction signing's view: its intent and the hash approvals sign.
+    pub fn transaction_view(&self) -> Option<TransactionView> {
+        match self {
+            Terms::SignPsbt {
+                network,
+                intent_hash,
+                intent,
+                ..
+            } => Some(TransactionView {
+                network: network.clone(),
+                intent_hash: hex::encode(intent_hash),
+                intent: intent.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -618,10 +718,12 @@ impl Terms {
                 group,
                 executor_node,
                 executor,
+                rules,
             } => {
                 view.target_node = Some(executor_node.clone());
                 view.group = Some(group.iter().map(hex::encode).collect());
                 view.executor = Some(hex::encode(executor));
+                view.rules = PolicyRules::of(&group_policy(group, view.quorum, rules));
             }
             Terms::ImportWallet { node, group, .. } => {
                 view.target_node = Some(node.clone());
@@ -691,6 +793,10 @@ impl Terms {
                     view.anchors = Some(p.anchors.iter().map(hex::encode).collect());
                 }
             }
+            Terms::SignPsbt { node, .. } => {
+                view.transaction = self.transaction_view();
+                view.target_node = node.clone();
+            }
         }
     }
 
@@ -705,6 +811,13 @@ impl Terms {
         terms.check(cluster, quorum)?;
         Ok(terms)
     }
+}
+
+/// The policy of a new wallet of `group` and `quorum` with its transaction `rules`.
+fn group_policy(group: &[[u8; 32]], quorum: u8, rules: &[Rule]) -> KeyPolicy {
+    let mut policy = new_wallet_policy(group.to_vec(), quorum);
+    policy.rules.extend_from_slice(rules);
+    policy
 }
 
 /// The policy of a new wallet must be one the TEE accepts: `group` sorted, distinct,
@@ -912,6 +1025,7 @@ mod tests {
             group: vec![[1; 32], [2; 32]],
             executor_node: "node3".into(),
             executor: [7; 32],
+            rules: vec![],
         };
         let text = terms.to_json();
         assert_eq!(
@@ -945,6 +1059,7 @@ mod tests {
             group: vec![[1; 32], [2; 32]],
             executor_node: "node3".into(),
             executor: [8; 32],
+            rules: vec![],
         };
         assert_ne!(
             terms.approval_message("dc1", 2, &meta),

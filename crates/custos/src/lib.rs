@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admission;
 pub mod approve;
+pub mod bitcoin_signer;
 pub mod cluster;
 pub mod dealer;
 pub mod deployment;

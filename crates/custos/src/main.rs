@@ -109,6 +109,15 @@ enum Command {
         #[command(subcommand)]
         command: custos::wallet::WalletCommand,
     },
+    /// A Bitcoin Core external signer backed by a Custos wallet (`bitcoind
+    /// -signer="custos bitcoin-signer"`; the API, token and wallet from CUSTOS_API_URL,
+    /// CUSTOS_API_TOKEN, CUSTOS_SIGNER_ROOT or the options). Answers one line of JSON.
+    #[command(disable_help_flag = true)]
+    BitcoinSigner {
+        /// The external signer's arguments, as Bitcoin Core passes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Development cluster on loopback.
     Cluster {
         #[command(subcommand)]
@@ -710,6 +719,29 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             command: custos::wallet::WalletCommand::Policy(args),
         } => {
             runtime()?.block_on(custos::wallet::policy::run(&args, &mut std::io::stdout()))?;
+            Ok(())
+        }
+        Command::Wallet {
+            command: custos::wallet::WalletCommand::SignPsbt(args),
+        } => {
+            runtime()?.block_on(custos::wallet::psbt::run(&args, &mut std::io::stdout()))?;
+            Ok(())
+        }
+        Command::BitcoinSigner { args } => {
+            let args = custos::bitcoin_signer::with_stdin(args, &mut std::io::stdin())?;
+            let answer = match custos::bitcoin_signer::SignerArgs::try_parse_from(&args) {
+                Ok(parsed) => runtime()?.block_on(custos::bitcoin_signer::run(&parsed)),
+                Err(e) => {
+                    // As HWI: the refusal in JSON on standard output, usage on stderr, 2.
+                    println!(
+                        "{}",
+                        serde_json::json!({ "error": e.to_string().lines().next().unwrap_or_default(), "code": -2 })
+                    );
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            println!("{answer}");
             Ok(())
         }
         Command::Approve {

@@ -16,6 +16,7 @@ use custos_cloud_api::{CreateWalletBody, RequestView};
 use custos_wire::policy::MAX_GROUP;
 
 pub mod policy;
+pub mod psbt;
 pub use policy::PolicyArgs;
 
 /// `custos wallet …`.
@@ -28,6 +29,10 @@ pub enum WalletCommand {
     /// Show a wallet's or threshold key's approver group (`--show`), or propose a new group
     /// and quorum, which a quorum of the group in force approves with `custos approve`.
     Policy(PolicyArgs),
+    /// Submit a Bitcoin PSBT for signing with a wallet: a TEE computes what it does (its
+    /// intent), which the approvers read and sign with `custos approve`; with `--wait`,
+    /// write the signed PSBT once they have.
+    SignPsbt(psbt::SignPsbtArgs),
 }
 
 /// Options of `custos wallet create`.
@@ -59,6 +64,10 @@ pub struct CreateArgs {
     /// chooses the next serving node).
     #[arg(long)]
     pub executor: Option<String>,
+    /// The wallet's transaction rules, a JSON file (`PolicyRules` of the API: transactions
+    /// only, spend limits, allowlist, approval tiers); sealed with it and approved with it.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
 }
 
 /// Failures of `custos wallet create` and `custos wallet policy`.
@@ -92,6 +101,31 @@ pub enum WalletCliError {
     /// `custos wallet policy` names exactly one key.
     #[error("name exactly one key: --root (a wallet) or --threshold-key")]
     PolicyKey,
+    /// The rules file is not `PolicyRules` JSON.
+    #[error("{path}: not transaction rules: {reason}")]
+    Rules {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A request ended (or the wait did) without a signature.
+    #[error("request {id} is {status}, not signed {error}")]
+    NotSigned {
+        /// The request.
+        id: String,
+        /// Its state.
+        status: String,
+        /// Its error, if any.
+        error: String,
+    },
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, WalletCliError> {
+    std::fs::read(path).map_err(|source| WalletCliError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read(path: &Path) -> Result<String, WalletCliError> {
@@ -130,9 +164,19 @@ fn named_group(group: &[String], certs: &[PathBuf]) -> Result<Vec<String>, Walle
 /// to approve.
 pub async fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<RequestView, WalletCliError> {
     let group = group_of(args)?;
+    let rules = match &args.rules {
+        Some(p) => Some(
+            serde_json::from_str(&read(p)?).map_err(|e| WalletCliError::Rules {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
     let client = client(&args.api, &args.token, args.api_root_ca.as_deref())?;
     let view = client
         .create_wallet(&CreateWalletBody {
+            rules,
             cluster: args.cluster.clone(),
             quorum: args.quorum,
             group,

@@ -49,6 +49,35 @@ pub struct DeriveQuery {
     pub count: Option<u32>,
 }
 
+/// `GET /v1/wallets/{root_id}/xpub` query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct XpubQuery {
+    /// BIP-32 path below the root, hardened steps allowed, e.g. `m/84'/0'/0'`.
+    #[param(
+        pattern = "^m(/([0-9]{1,9}|[01][0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]|214748364[0-7])['hH]?){0,32}$",
+        max_length = 512
+    )]
+    pub path: String,
+}
+
+/// An extended public key below hardened steps, as a TEE of the wallet's cluster derived it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct XpubView {
+    /// Wallet.
+    pub root_id: String,
+    /// Normalized path.
+    pub path: String,
+    /// Extended public key at `path` (mainnet encoding, `xpub...`).
+    pub xpub: String,
+    /// The wallet's master key fingerprint (BIP-32), 8 hex characters: the key origin a
+    /// descriptor or PSBT names.
+    pub fingerprint: String,
+    /// The node whose TEE derived it.
+    pub node: String,
+}
+
 /// A derived child address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DerivedAddress {

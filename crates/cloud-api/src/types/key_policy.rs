@@ -52,6 +52,9 @@ pub struct KeyPolicyView {
     /// when the policy has none (always for a wallet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchors: Option<Vec<String>>,
+    /// The key's transaction rules (absent when it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::PolicyRules>,
     /// The node whose TEE answered.
     pub node: String,
 }

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as OpenApiDoc, SecurityRequirement};
 use utoipa::{Modify, OpenApi};
 
-use super::{status_of, MAX_BODY, MAX_IMPORT_BODY, MAX_THRESHOLD_SIGN_BODY};
+use super::{status_of, MAX_BODY, MAX_IMPORT_BODY, MAX_PSBT_BODY, MAX_THRESHOLD_SIGN_BODY};
 use crate::error::ErrorCode;
 use custos_cloud_api::{ApiErrorBody, ApiErrorDetail, REQUEST_ERROR_CODES};
 
@@ -63,7 +63,8 @@ impl Modify for ErrorCodes {
         let mut text = doc.info.description.clone().unwrap_or_default();
         text.push_str(&format!(
             "\n\nRequest bodies are JSON of at most {MAX_BODY} bytes ({MAX_THRESHOLD_SIGN_BODY} \
-             for threshold signing, {MAX_IMPORT_BODY} for threshold key imports; larger ones \
+             for threshold signing, {MAX_IMPORT_BODY} for threshold key imports, \
+             {MAX_PSBT_BODY} for PSBT signing; larger ones \
              get `body_too_large`): every body the schemas below allow fits.\n\n\
              Access: every API token holds scopes (`read`: every GET; `request`: create \
              requests and resubmit failed ones; `approve`: add approvals; `operate`: audits \

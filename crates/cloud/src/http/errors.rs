@@ -69,6 +69,10 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::ApproverNotInGroup => 422,
         ErrorCode::ApprovalFormatChanged => 409,
         ErrorCode::ExecutorKeyMismatch => 502,
+        ErrorCode::InvalidNetwork => 400,
+        ErrorCode::InvalidPsbt => 400,
+        ErrorCode::TransactionRejected => 422,
+        ErrorCode::InvalidRules => 400,
     };
     StatusCode::from_u16(status).expect("a valid HTTP status")
 }
@@ -93,7 +97,7 @@ mod tests {
     /// The published statuses, pinned: changing one is an API change and must show here.
     #[test]
     fn statuses_are_the_published_ones() {
-        let published: [(ErrorCode, u16); 58] = [
+        let published: [(ErrorCode, u16); 62] = [
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::MalformedJson, 400),
             (ErrorCode::UnsupportedMediaType, 415),
@@ -152,6 +156,10 @@ mod tests {
             (ErrorCode::ApproverNotInGroup, 422),
             (ErrorCode::ApprovalFormatChanged, 409),
             (ErrorCode::ExecutorKeyMismatch, 502),
+            (ErrorCode::InvalidNetwork, 400),
+            (ErrorCode::InvalidPsbt, 400),
+            (ErrorCode::TransactionRejected, 422),
+            (ErrorCode::InvalidRules, 400),
         ];
         assert_eq!(published.len(), ErrorCode::ALL.len());
         for (code, status) in published {

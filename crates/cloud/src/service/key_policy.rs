@@ -31,7 +31,7 @@ struct PolicyTarget {
 impl Cloud {
     /// The policy of key `key_id` (a wallet or threshold key) held in `cluster`, as a node's
     /// TEE there holds it, with that node's name. `name` names the key in refusals.
-    async fn read_policy(
+    pub(super) async fn read_policy(
         &self,
         cluster: &str,
         key: &KeyId,

@@ -602,6 +602,8 @@ impl Cloud {
 /// The view of a row without events and approval message.
 pub(super) fn base_view(row: &RequestRow) -> RequestView {
     let mut view = RequestView {
+        rules: None,
+        transaction: None,
         id: row.id.clone(),
         kind: row.kind(),
         cluster: row.cluster.clone(),

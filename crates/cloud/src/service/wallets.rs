@@ -28,6 +28,16 @@ impl Cloud {
                 ),
             ));
         }
+        let invalid_rules = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
+        let rules = match &body.rules {
+            Some(r) => r.to_rules().map_err(invalid_rules)?,
+            None => Vec::new(),
+        };
+        let mut policy = custos_cloud_api::approval::new_wallet_policy(group.clone(), body.quorum);
+        policy.rules.extend_from_slice(&rules);
+        policy
+            .validate()
+            .map_err(|e| invalid_rules(e.to_string()))?;
         let wanted = body
             .executor
             .as_deref()
@@ -46,6 +56,7 @@ impl Cloud {
                     group,
                     executor_node: executor.node,
                     executor: executor.key_fingerprint,
+                    rules,
                 },
                 id,
                 expires_at,
@@ -391,6 +402,9 @@ impl Cloud {
                 }
                 Err(m) => fail("bad_result", m),
             },
+            (Terms::SignPsbt { .. }, response) => {
+                super::transactions::psbt_verdict(&row.terms, node, response)
+            }
             (_, other) => fail(
                 "relay_protocol",
                 format!("unexpected TEE response {}", response_name(&other)),

@@ -62,7 +62,9 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         // a group's quorum at most its size (and a group once the cluster is governed).
         ("post", "/v1/wallets/import") => &["invalid_secret", "invalid_group"],
         // quorum at most the group's size; fingerprints distinct whatever their case.
-        ("post", "/v1/wallets") => &["invalid_group"],
+        // Rules: a valid policy (transactions_only with any other rule, tiers above the
+        // quorum, ...), amounts in range.
+        ("post", "/v1/wallets") => &["invalid_group", "invalid_rules"],
         // The new quorum at most the new group's size; fingerprints distinct whatever their
         // case.
         ("put", "/v1/wallets/{root_id}/policy") => &["invalid_group"],
@@ -82,6 +84,9 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         ],
         // The named clusters hold shares of the key.
         ("post", "/v1/threshold/keys/{key_id}/presignatures") => &["invalid_clusters"],
+        // Base64 of at most 1 MiB; a transaction the wallet's TEE signs (its own inputs,
+        // values proven, SIGHASH_ALL), which only the TEE can tell.
+        ("post", "/v1/psbt-requests") => &["invalid_psbt", "transaction_rejected"],
         // start needs count; start + count at most 2^31.
         ("get", "/v1/wallets/{root_id}/derive") => &["invalid_range"],
         // Governance: the log's own rules (quorum at most the governors, a revocation names
@@ -568,6 +573,7 @@ fn the_largest_documented_bodies_fit_the_body_limits() {
         let limit = match op.path.as_str() {
             "/v1/threshold/keys/import" => custos_cloud::http::MAX_IMPORT_BODY,
             "/v1/threshold/sign" => custos_cloud::http::MAX_THRESHOLD_SIGN_BODY,
+            "/v1/psbt-requests" => custos_cloud::http::MAX_PSBT_BODY,
             _ => custos_cloud::http::MAX_BODY,
         };
         assert!(

@@ -20,6 +20,10 @@ fn terms(kind: RequestKind) -> Terms {
             group: vec![[1; 32], [2; 32], [3; 32]],
             executor_node: "node2".into(),
             executor: [9; 32],
+            rules: vec![custos_wire::policy::Rule {
+                tag: custos_wire::policy::RULE_TRANSACTIONS_ONLY,
+                body: vec![],
+            }],
         },
         RequestKind::ImportWallet => Terms::ImportWallet {
             root_id: [3; 33],
@@ -88,6 +92,24 @@ fn terms(kind: RequestKind) -> Terms {
                 &policy(1, vec![[1; 32], [2; 32], [3; 32]]),
                 &policy(2, vec![[1; 32], [2; 32], [4; 32]]),
             ))
+        }
+        RequestKind::SignPsbt => {
+            let intent = custos_tx::Intent::Bitcoin(custos_tx::BitcoinIntent {
+                network: "regtest".into(),
+                version: 2,
+                lock_time: 0,
+                inputs: vec![],
+                outputs: vec![],
+                fee_sat: 0,
+            });
+            Terms::SignPsbt {
+                root_id: [2; 33],
+                network: "regtest".into(),
+                psbt: b"psbt\xff".to_vec(),
+                intent_hash: intent.hash(),
+                intent: serde_json::to_value(&intent).unwrap(),
+                node: Some("node1".into()),
+            }
         }
     }
 }

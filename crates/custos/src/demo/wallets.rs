@@ -52,6 +52,7 @@ impl Demo {
             let view = self
                 .client
                 .create_wallet(&CreateWalletBody {
+                    rules: None,
                     cluster: cluster.into(),
                     quorum,
                     group: group.clone(),

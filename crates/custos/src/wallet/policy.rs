@@ -55,7 +55,7 @@ pub struct PolicyArgs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyOutcome {
     /// `--show`: the group in force.
-    Shown(KeyPolicyView),
+    Shown(Box<KeyPolicyView>),
     /// The change request recorded.
     Proposed(Box<RequestView>),
 }
@@ -76,7 +76,7 @@ pub async fn run(args: &PolicyArgs, out: &mut dyn Write) -> Result<PolicyOutcome
             client.wallet_policy(key).await?
         };
         show_policy(&policy, threshold, out)?;
-        return Ok(PolicyOutcome::Shown(policy));
+        return Ok(PolicyOutcome::Shown(Box::new(policy)));
     }
     // Checked before any call, so a mistyped command costs nothing.
     let quorum = args.quorum.ok_or(WalletCliError::NoQuorum)?;

@@ -133,6 +133,7 @@ async fn wallet_create_names_the_group_from_the_admins_chains() {
         group: vec![],
         group_certs: vec![],
         executor: None,
+        rules: None,
     };
     let e = create(&args, &mut Vec::new()).await.unwrap_err();
     assert!(matches!(e, WalletCliError::GroupSize(0)), "{e}");

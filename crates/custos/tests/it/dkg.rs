@@ -270,7 +270,7 @@ async fn group_changed_on_every_cluster(
     let shown = custos::wallet::policy::run(&show, &mut out).await.unwrap();
     assert_eq!(
         shown,
-        custos::wallet::policy::PolicyOutcome::Shown(after.clone())
+        custos::wallet::policy::PolicyOutcome::Shown(Box::new(after.clone()))
     );
     let out = String::from_utf8(out).unwrap();
     assert!(

@@ -25,6 +25,7 @@ mod governance;
 mod link;
 mod one_effect;
 mod pkcs11;
+mod psbt_rest;
 mod refusals;
 mod renewal;
 mod restart;

@@ -98,6 +98,7 @@ async fn group_wallet(
 ) -> String {
     let wallet = client
         .create_wallet(&CreateWalletBody {
+            rules: None,
             cluster: DC.into(),
             quorum: 1,
             group: vec![fp(alice), fp(bob)],

@@ -1,0 +1,215 @@
+//! A key's transaction rules between the API's [`PolicyRules`] and the policy's [`Rule`]s:
+//! the server builds a new key's policy with them, approvers rebuild the same policy from
+//! the request they read (so the approval message names exactly the rules shown), and a
+//! policy a TEE reports is shown with them.
+
+use custos_wire::policy::{
+    AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, KeyPolicy, Rule, SpendLimit, SpendLimits,
+    RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
+};
+
+use crate::approval::parse_fingerprint;
+use crate::{AllowEntryView, AllowlistView, ApprovalTierView, PolicyRules, SpendLimitView};
+
+fn amount(what: &str, s: &str) -> Result<u128, String> {
+    if s.is_empty() || s.len() > 39 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{what} {s:?} is not a decimal amount"));
+    }
+    s.parse()
+        .map_err(|_| format!("{what} {s:?} is out of range"))
+}
+
+impl PolicyRules {
+    /// Whether it sets no rule at all.
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyRules::default()
+    }
+
+    /// The policy's rules, by tag, in the order the TEE requires (the lists sorted), or why
+    /// they cannot be: an amount that is not decimal, a holder that is not a fingerprint, a
+    /// holder without limits. Whether they make a valid policy is [`KeyPolicy::validate`]'s
+    /// call.
+    pub fn to_rules(&self) -> Result<Vec<Rule>, String> {
+        let mut rules = Vec::new();
+        if self.transactions_only {
+            rules.push(Rule {
+                tag: RULE_TRANSACTIONS_ONLY,
+                body: Vec::new(),
+            });
+        }
+        if !self.spend_limits.is_empty() {
+            let mut limits = self
+                .spend_limits
+                .iter()
+                .map(|l| {
+                    Ok(SpendLimit {
+                        asset: l.asset.clone(),
+                        per_transaction: amount("per_transaction", &l.per_transaction)?,
+                        window_secs: l.window_secs,
+                        per_window: amount("per_window", &l.per_window)?,
+                        count_per_window: l.count_per_window,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            limits.sort_by(|a, b| a.asset.cmp(&b.asset));
+            let velocity_holder = self
+                .velocity_holder
+                .as_deref()
+                .map(parse_fingerprint)
+                .transpose()
+                .map_err(|e| format!("velocity_holder: {e}"))?;
+            rules.push(Rule {
+                tag: RULE_SPEND_LIMITS,
+                body: SpendLimits {
+                    limits,
+                    velocity_holder,
+                }
+                .encode(),
+            });
+        } else if self.velocity_holder.is_some() {
+            return Err("a velocity_holder without spend_limits".into());
+        }
+        if let Some(a) = &self.allowlist {
+            let mut entries: Vec<AllowEntry> = a
+                .entries
+                .iter()
+                .map(|e| AllowEntry {
+                    asset: e.asset.clone(),
+                    destination: e.destination.clone(),
+                    not_before: e.not_before,
+                })
+                .collect();
+            entries.sort_by(|x, y| (&x.asset, &x.destination).cmp(&(&y.asset, &y.destination)));
+            rules.push(Rule {
+                tag: RULE_ALLOWLIST,
+                body: Allowlist {
+                    time_lock_secs: a.time_lock_secs,
+                    entries,
+                }
+                .encode(),
+            });
+        }
+        if !self.approval_tiers.is_empty() {
+            let mut tiers = self
+                .approval_tiers
+                .iter()
+                .map(|t| {
+                    Ok(ApprovalTier {
+                        asset: t.asset.clone(),
+                        above: amount("above", &t.above)?,
+                        quorum: t.quorum,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            tiers.sort_by(|a, b| (&a.asset, a.above).cmp(&(&b.asset, b.above)));
+            rules.push(Rule {
+                tag: RULE_APPROVAL_TIERS,
+                body: ApprovalTiers { tiers }.encode(),
+            });
+        }
+        Ok(rules)
+    }
+
+    /// The transaction rules of `policy` (`None` when it has none).
+    pub fn of(policy: &KeyPolicy) -> Option<PolicyRules> {
+        let mut out = PolicyRules {
+            transactions_only: !policy.raw_digest_allowed(),
+            ..PolicyRules::default()
+        };
+        if let Some(s) = policy.spend_limits() {
+            out.spend_limits = s
+                .limits
+                .iter()
+                .map(|l| SpendLimitView {
+                    asset: l.asset.clone(),
+                    per_transaction: l.per_transaction.to_string(),
+                    window_secs: l.window_secs,
+                    per_window: l.per_window.to_string(),
+                    count_per_window: l.count_per_window,
+                })
+                .collect();
+            out.velocity_holder = s.velocity_holder.map(hex::encode);
+        }
+        out.allowlist = policy.allowlist().map(|a| AllowlistView {
+            time_lock_secs: a.time_lock_secs,
+            entries: a
+                .entries
+                .iter()
+                .map(|e| AllowEntryView {
+                    asset: e.asset.clone(),
+                    destination: e.destination.clone(),
+                    not_before: e.not_before,
+                })
+                .collect(),
+        });
+        if let Some(t) = policy.approval_tiers() {
+            out.approval_tiers = t
+                .tiers
+                .iter()
+                .map(|t| ApprovalTierView {
+                    asset: t.asset.clone(),
+                    above: t.above.to_string(),
+                    quorum: t.quorum,
+                })
+                .collect();
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The rules as lines an approver reads.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.transactions_only {
+            lines.push("transactions only: no raw digest is ever signed".to_string());
+        }
+        for l in &self.spend_limits {
+            let window = if l.window_secs == 0 {
+                String::new()
+            } else {
+                format!(
+                    ", at most {} in {} transaction(s) per {} s",
+                    l.per_window, l.count_per_window, l.window_secs
+                )
+            };
+            lines.push(format!(
+                "limit {}: at most {} per transaction{window}",
+                l.asset, l.per_transaction
+            ));
+        }
+        if let Some(h) = &self.velocity_holder {
+            lines.push(format!("signed only by node with device key {h}"));
+        }
+        if self.spend_limits.is_empty() {
+            lines.push("no spend limit: the key signs no transaction".to_string());
+        }
+        if let Some(a) = &self.allowlist {
+            lines.push(format!(
+                "allowlist ({} entries), new entries wait {} s",
+                a.entries.len(),
+                a.time_lock_secs
+            ));
+            for e in &a.entries {
+                lines.push(format!(
+                    "  {} {} from {}",
+                    e.asset, e.destination, e.not_before
+                ));
+            }
+        }
+        for t in &self.approval_tiers {
+            lines.push(format!(
+                "above {} of {}: {} approvals",
+                t.above, t.asset, t.quorum
+            ));
+        }
+        lines
+    }
+}
+
+/// `policy` with `rules` added after the rules it has (a new wallet's policy has none; a
+/// threshold key's cluster anchors come first, their tag being lower).
+pub fn with_rules(mut policy: KeyPolicy, rules: Option<&PolicyRules>) -> Result<KeyPolicy, String> {
+    if let Some(r) = rules {
+        policy.rules.extend(r.to_rules()?);
+    }
+    Ok(policy)
+}
