@@ -3,7 +3,10 @@
 # when it is missing (as root, or through sudo):
 #   * libtss2-dev + pkg-config: the TPM 2.0 platform (feature `tpm` of custos-tee-host) links libtss2;
 #   * swtpm, swtpm-tools: the software TPM the TPM tests start on loopback ports;
-#   * softhsm2: the PKCS#11 token the admin-key test signs approvals with.
+#   * softhsm2: the PKCS#11 token the admin-key test signs approvals with;
+#   * python3 with venv: embit (from the Python package index, pinned), the independent
+#     wallet the Bitcoin external signer's test builds PSBTs and checks descriptors with,
+#     in a virtual environment of its own ($HOME/.cache/custos/py).
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -11,10 +14,18 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null || need+=(libtss2-dev)
 command -v swtpm >/dev/null 2>&1 || need+=(swtpm swtpm-tools)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+venv="$HOME/.cache/custos/py"
+if ! "$venv/bin/python" -c 'import embit' >/dev/null 2>&1; then
+  echo "installing embit into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q embit==0.8.0
 fi

@@ -256,10 +256,40 @@ fn spent_output(psbt: &Psbt, i: usize) -> Result<(TxOut, InputKind), TxError> {
     if input.final_script_sig.is_some() || input.final_script_witness.is_some() {
         return Err(TxError::InputFinalized { input: i });
     }
-    let utxo = input
-        .witness_utxo
-        .clone()
-        .ok_or(TxError::MissingUtxo { input: i })?;
+    let prev = psbt.unsigned_tx.input[i].previous_output;
+    // The previous transaction, when given, proves the output spent: it must hash to the
+    // outpoint's txid, and the witness_utxo (when also given) must be its output.
+    let proven = match &input.non_witness_utxo {
+        Some(tx) => {
+            if tx.compute_txid() != prev.txid {
+                return Err(TxError::UtxoMismatch {
+                    input: i,
+                    reason: "its previous transaction hashes to another txid".into(),
+                });
+            }
+            let out = tx
+                .output
+                .get(prev.vout as usize)
+                .ok_or(TxError::UtxoMismatch {
+                    input: i,
+                    reason: format!("its previous transaction has no output {}", prev.vout),
+                })?;
+            Some(out.clone())
+        }
+        None => None,
+    };
+    let utxo = match (&input.witness_utxo, proven.as_ref()) {
+        (Some(w), Some(p)) if w != p => {
+            return Err(TxError::UtxoMismatch {
+                input: i,
+                reason: "its witness_utxo is not the previous transaction's output".into(),
+            })
+        }
+        (Some(w), _) => w.clone(),
+        // A segwit input given by its previous transaction only (BIP-174 allows it).
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err(TxError::MissingUtxo { input: i }),
+    };
     let script = &utxo.script_pubkey;
     let kind = if script.is_p2wpkh() {
         InputKind::P2wpkh
@@ -281,26 +311,8 @@ fn spent_output(psbt: &Psbt, i: usize) -> Result<(TxOut, InputKind), TxError> {
             script: script.to_hex_string(),
         });
     };
-    let prev = psbt.unsigned_tx.input[i].previous_output;
-    match &input.non_witness_utxo {
-        Some(tx) => {
-            if tx.compute_txid() != prev.txid {
-                return Err(TxError::UtxoMismatch {
-                    input: i,
-                    reason: "its previous transaction hashes to another txid".into(),
-                });
-            }
-            if tx.output.get(prev.vout as usize) != Some(&utxo) {
-                return Err(TxError::UtxoMismatch {
-                    input: i,
-                    reason: "its witness_utxo is not the previous transaction's output".into(),
-                });
-            }
-        }
-        None if kind != InputKind::P2trKeyPath => {
-            return Err(TxError::InputValueUnproven { input: i })
-        }
-        None => {}
+    if proven.is_none() && kind != InputKind::P2trKeyPath {
+        return Err(TxError::InputValueUnproven { input: i });
     }
     Ok((utxo, kind))
 }

@@ -46,8 +46,9 @@ pub enum TxError {
         /// The type asked for.
         sighash_type: u32,
     },
-    /// The output an input spends is not given.
-    #[error("input #{input} does not give the output it spends (witness_utxo)")]
+    /// The output an input spends is not given (neither its witness_utxo nor its previous
+    /// transaction).
+    #[error("input #{input} gives neither the output it spends (witness_utxo) nor its previous transaction (non_witness_utxo)")]
     MissingUtxo {
         /// Input index.
         input: usize,

@@ -14,6 +14,7 @@ mod admin_keys;
 mod approve;
 mod bench_psbt;
 mod bip32;
+mod bitcoin_signer;
 mod bridge_flood;
 mod cloud_listen;
 mod cluster;

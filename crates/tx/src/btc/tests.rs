@@ -358,6 +358,18 @@ fn inputs_the_wallet_cannot_vouch_for_are_refused_by_name() {
     ));
 
     let mut p = spend(&w);
+    p.inputs[0].non_witness_utxo = None;
+    p.inputs[0].witness_utxo = None;
+    assert_eq!(refusal(&p, &w).code(), "input_utxo_missing");
+
+    let mut p = spend(&w);
+    p.unsigned_tx.input[1].previous_output.vout = 5;
+    assert!(matches!(
+        refusal(&p, &w),
+        TxError::UtxoMismatch { input: 1, .. }
+    ));
+
+    let mut p = spend(&w);
     p.inputs[0].bip32_derivation.clear();
     assert!(matches!(
         refusal(&p, &w),
@@ -424,6 +436,24 @@ fn inputs_the_wallet_cannot_vouch_for_are_refused_by_name() {
     assert_eq!(
         plan_psbt(&big, Network::Bitcoin, &w).err().unwrap().code(),
         "tx_too_large"
+    );
+}
+
+/// A segwit input given by its previous transaction alone (no witness_utxo, as BIP-174
+/// allows and some wallets write) is read from it, its value proven.
+#[test]
+fn an_input_given_by_its_previous_transaction_alone_is_read_from_it() {
+    let w = TestWallet::new();
+    let mut p = spend(&w);
+    for i in &mut p.inputs {
+        i.witness_utxo = None;
+    }
+    let plan = plan_psbt(&p.serialize(), Network::Bitcoin, &w).unwrap();
+    let Intent::Bitcoin(intent) = plan.intent();
+    let values: Vec<u64> = intent.inputs.iter().map(|i| i.value_sat).collect();
+    assert_eq!(
+        (values, intent.fee_sat),
+        (vec![50_000, 30_000, 20_000], 1_000)
     );
 }
 
