@@ -140,6 +140,20 @@ pub fn describe(r: &Request) -> Option<Described> {
             ..d("sign-psbt", Some(key_id), false)
         },
         Request::PreviewPsbt { key_id, .. } => d("preview-psbt", Some(key_id), false),
+        // As a PSBT: a repeat signs the same payload again.
+        Request::SignEthereum {
+            meta,
+            key_id,
+            path,
+            approvals,
+            ..
+        } => Described {
+            request_id: Some(hex::encode(meta.request_id)),
+            path: Some(format_path(path)),
+            approvers: names(approvals),
+            ..d("sign-ethereum", Some(key_id), false)
+        },
+        Request::PreviewEthereum { key_id, .. } => d("preview-ethereum", Some(key_id), false),
         // Sealed to one node's device key: the caller pins that node (no failover).
         Request::ImportWalletSealed {
             meta,

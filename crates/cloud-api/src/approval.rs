@@ -283,7 +283,7 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
             }
             .message(&view.cluster, &meta)
         }
-        RequestKind::SignPsbt => {
+        RequestKind::SignPsbt | RequestKind::SignEthereum => {
             let tx = view
                 .transaction
                 .as_ref()

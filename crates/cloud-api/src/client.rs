@@ -281,6 +281,11 @@ impl CloudClient {
         .await
     }
 
+    /// `POST /v1/eth-requests`.
+    pub async fn sign_ethereum(&self, body: &SignEthereumBody) -> Result<RequestView, ClientError> {
+        self.post("/v1/eth-requests", body).await
+    }
+
     /// `POST /v1/psbt-requests`.
     pub async fn sign_psbt(&self, body: &SignPsbtBody) -> Result<RequestView, ClientError> {
         self.post("/v1/psbt-requests", body).await

@@ -16,7 +16,7 @@ pub enum ErrorCode {
     /// Body is not application/json.
     UnsupportedMediaType,
     /// Body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key
-    /// imports, about 1.5 MiB for PSBT signing).
+    /// imports, about 1.5 MiB for PSBT signing, 896 KiB for Ethereum signing).
     BodyTooLarge,
     /// Query string not understood or out of range.
     InvalidQuery,
@@ -134,11 +134,13 @@ pub enum ErrorCode {
     TransactionRejected,
     /// The transaction rules do not make a valid policy (the message names the rule: an amount that is not decimal, a rule without `transactions_only`, tiers asking fewer approvals for more, a window without velocity holder, ...).
     InvalidRules,
+    /// An Ethereum request names none or more than one of `transaction`, `message` and `typed_data`, or one that is not hex or over its limit.
+    InvalidEthereum,
 }
 
 impl ErrorCode {
     /// Every code, in the order the API description lists them.
-    pub const ALL: [ErrorCode; 62] = [
+    pub const ALL: [ErrorCode; 63] = [
         ErrorCode::Unauthorized,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -201,6 +203,7 @@ impl ErrorCode {
         ErrorCode::InvalidPsbt,
         ErrorCode::TransactionRejected,
         ErrorCode::InvalidRules,
+        ErrorCode::InvalidEthereum,
     ];
 
     /// The snake_case name written in error bodies.
@@ -268,6 +271,7 @@ impl ErrorCode {
             ErrorCode::InvalidPsbt => "invalid_psbt",
             ErrorCode::TransactionRejected => "transaction_rejected",
             ErrorCode::InvalidRules => "invalid_rules",
+            ErrorCode::InvalidEthereum => "invalid_ethereum",
         }
     }
 
@@ -277,7 +281,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "missing or unknown bearer token",
             ErrorCode::MalformedJson => "body is not valid JSON of the expected shape",
             ErrorCode::UnsupportedMediaType => "body is not application/json",
-            ErrorCode::BodyTooLarge => "body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key imports, about 1.5 MiB for PSBT signing)",
+            ErrorCode::BodyTooLarge => "body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key imports, about 1.5 MiB for PSBT signing, 896 KiB for Ethereum signing)",
             ErrorCode::InvalidQuery => "query string not understood or out of range",
             ErrorCode::InvalidDigest => "digest is not 32 bytes of hex",
             ErrorCode::InvalidPath => "BIP-32 path syntax, index range or depth",
@@ -336,6 +340,7 @@ impl ErrorCode {
             ErrorCode::InvalidPsbt => "the PSBT is not base64 of at most 1 MiB",
             ErrorCode::TransactionRejected => "a TEE of the wallet's cluster refused the transaction before any approval (the message names the check: an input not the wallet's, a value not proven, a sighash type other than ALL, ...)",
             ErrorCode::InvalidRules => "the transaction rules do not make a valid policy (the message names the rule and why)",
+            ErrorCode::InvalidEthereum => "an Ethereum request names none or more than one of transaction, message and typed_data, or one that is not hex or over its limit",
         }
     }
 
@@ -502,10 +507,11 @@ mod tests {
                 ErrorCode::InvalidPsbt => 59,
                 ErrorCode::TransactionRejected => 60,
                 ErrorCode::InvalidRules => 61,
+                ErrorCode::InvalidEthereum => 62,
             }
         }
         // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
-        const ARMS: usize = 62;
+        const ARMS: usize = 63;
         assert_eq!(ErrorCode::ALL.len(), ARMS);
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

@@ -1,8 +1,10 @@
 //! A key's approver group change between the TEE's [`KeyPolicy`] and the API's views: the
 //! server builds [`KeyPolicyChange`] from the policy in force and the new one, and an
 //! approver rebuilds both policies from it (never trusting the server's hash), so the
-//! approval message names exactly the groups shown. A wallet's policies carry no rules; a
-//! threshold key's may carry cluster anchors, the same in both (a change carries them over).
+//! approval message names exactly the groups shown. A threshold key's policy may carry
+//! cluster anchors, the same in both (a change carries them over). A key whose policy
+//! carries transaction rules (issue 14) cannot change its group through this server yet: it
+//! refuses rather than drop them.
 
 use custos_wire::policy::KeyPolicy;
 

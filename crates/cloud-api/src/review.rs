@@ -52,6 +52,7 @@ pub fn checked_message(view: &RequestView, requested_id: &str) -> Result<Vec<u8>
             view.id
         )));
     }
+    misplaced_fields(view).map_err(ReviewError::Refused)?;
     let message = approval_message(view)
         .map_err(|e| ReviewError::Refused(format!("request fields are unusable: {e}")))?;
     if hex::encode(&message) != view.approval_message.to_ascii_lowercase() {
@@ -64,9 +65,32 @@ pub fn checked_message(view: &RequestView, requested_id: &str) -> Result<Vec<u8>
     Ok(message)
 }
 
+/// A transaction or rules shown on a request whose approval does not cover them: a server
+/// could dress a raw digest up as a harmless payment, or an import up as a limited wallet.
+fn misplaced_fields(view: &RequestView) -> Result<(), String> {
+    if view.transaction.is_some()
+        && !matches!(view.kind, RequestKind::SignPsbt | RequestKind::SignEthereum)
+    {
+        return Err(format!(
+            "a {} request shows a transaction its approval does not cover; refusing",
+            view.kind.as_str()
+        ));
+    }
+    if view.rules.is_some() && view.kind != RequestKind::CreateWallet {
+        return Err(format!(
+            "a {} request shows rules its approval does not cover; refusing",
+            view.kind.as_str()
+        ));
+    }
+    Ok(())
+}
+
 /// What the admin is about to approve, field by field.
 pub fn describe(view: &RequestView) -> String {
     let mut s = String::new();
+    if let Err(e) = misplaced_fields(view) {
+        return format!("  UNUSABLE REQUEST: {e}\n");
+    }
     // A threshold key's approver group change: one approval for every cluster of the key.
     let threshold = view.kind == RequestKind::SetKeyPolicy
         && view.cluster == custos_wire::approval::THRESHOLD_SCOPE;
@@ -90,6 +114,7 @@ pub fn describe(view: &RequestView) -> String {
             }
             RequestKind::SetKeyPolicy => "change a wallet's approver group",
             RequestKind::SignPsbt => "sign a Bitcoin transaction (PSBT)",
+            RequestKind::SignEthereum => "sign an Ethereum transaction or message",
         },
     );
     if let (Some(c), Some(w)) = (&view.key_policy, &view.root_id) {
@@ -189,7 +214,7 @@ pub fn describe(view: &RequestView) -> String {
             RequestKind::ThresholdSign => "preferred",
             RequestKind::CreateWallet | RequestKind::CreateThresholdKey => "executed by",
             // The velocity holder: its TEE alone counts the wallet's rolling window.
-            RequestKind::SignPsbt => "signed by",
+            RequestKind::SignPsbt | RequestKind::SignEthereum => "signed by",
             _ => "sealed to",
         };
         line(&mut s, label, n);

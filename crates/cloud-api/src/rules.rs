@@ -43,7 +43,7 @@ impl PolicyRules {
                 .iter()
                 .map(|l| {
                     Ok(SpendLimit {
-                        asset: l.asset.clone(),
+                        asset: ethereum_lower(&l.asset),
                         per_transaction: amount("per_transaction", &l.per_transaction)?,
                         window_secs: l.window_secs,
                         per_window: amount("per_window", &l.per_window)?,
@@ -74,8 +74,8 @@ impl PolicyRules {
                 .entries
                 .iter()
                 .map(|e| AllowEntry {
-                    asset: e.asset.clone(),
-                    destination: e.destination.clone(),
+                    asset: ethereum_lower(&e.asset),
+                    destination: ethereum_lower_for(&e.asset, &e.destination),
                     not_before: e.not_before,
                 })
                 .collect();
@@ -95,7 +95,7 @@ impl PolicyRules {
                 .iter()
                 .map(|t| {
                     Ok(ApprovalTier {
-                        asset: t.asset.clone(),
+                        asset: ethereum_lower(&t.asset),
                         above: amount("above", &t.above)?,
                         quorum: t.quorum,
                     })
@@ -202,6 +202,24 @@ impl PolicyRules {
             ));
         }
         lines
+    }
+}
+
+/// Ethereum addresses are compared in lower case (`custos_tx::policy::spend_of`): an
+/// `erc20:` asset's token and an Ethereum destination are written so.
+fn ethereum_lower(asset: &str) -> String {
+    if asset.starts_with("erc20:") {
+        asset.to_ascii_lowercase()
+    } else {
+        asset.to_string()
+    }
+}
+
+fn ethereum_lower_for(asset: &str, destination: &str) -> String {
+    if asset.starts_with("ethereum:") || asset.starts_with("erc20:") {
+        destination.to_ascii_lowercase()
+    } else {
+        destination.to_string()
     }
 }
 

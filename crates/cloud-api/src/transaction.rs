@@ -8,6 +8,17 @@ use custos_wire::protocol::BitcoinNetwork;
 
 use crate::TransactionView;
 
+/// The `network` of an Ethereum request's [`TransactionView`] (its chain id is the intent's).
+pub const ETHEREUM: &str = "ethereum";
+
+/// The `network` a [`TransactionView`] of `intent` names.
+pub fn network_of(intent: &Intent) -> &str {
+    match intent {
+        Intent::Bitcoin(b) => &b.network,
+        Intent::Ethereum(_) => ETHEREUM,
+    }
+}
+
 /// The network names of the API, each with the wire's network.
 pub const NETWORKS: [(&str, BitcoinNetwork); 4] = [
     ("bitcoin", BitcoinNetwork::Bitcoin),
@@ -36,11 +47,25 @@ pub fn network_name(network: BitcoinNetwork) -> &'static str {
         .expect("every network is named")
 }
 
-/// The intent `view` shows and its hash, once the hash it claims is the intent's own and
-/// the intent is for the network it names.
+/// The intent `view` shows and its hash, once the hash it claims is the intent's own, the
+/// intent is for the network it names, and the JSON shown is exactly the TEE's form of it
+/// (every field hashed, each Bitcoin address the one its script has): a client showing the
+/// JSON as it is shows nothing the hash does not cover.
 pub fn checked_intent(view: &TransactionView) -> Result<(Intent, [u8; 32]), String> {
-    let intent: Intent = serde_json::from_value(view.intent.clone())
+    let mut intent: Intent = serde_json::from_value(view.intent.clone())
         .map_err(|e| format!("the transaction's intent is unreadable: {e}"))?;
+    if let Intent::Bitcoin(b) = &mut intent {
+        for o in &mut b.outputs {
+            o.address = custos_tx::btc::address_of(&o.script, &b.network);
+        }
+    }
+    if serde_json::to_value(&intent).ok().as_ref() != Some(&view.intent) {
+        return Err(
+            "the intent shown is not the TEE's form of it (an address that is not its \
+             script's, or fields the hash does not cover): refusing to sign"
+                .into(),
+        );
+    }
     let hash = intent.hash();
     if hex::encode(hash) != view.intent_hash.to_ascii_lowercase() {
         return Err(format!(
@@ -49,11 +74,11 @@ pub fn checked_intent(view: &TransactionView) -> Result<(Intent, [u8; 32]), Stri
             view.intent_hash
         ));
     }
-    let Intent::Bitcoin(b) = &intent;
-    if b.network != view.network {
+    let network = network_of(&intent);
+    if network != view.network {
         return Err(format!(
-            "the intent is for network {}, the request names {}",
-            b.network, view.network
+            "the intent is for network {network}, the request names {}",
+            view.network
         ));
     }
     Ok((intent, hash))

@@ -50,6 +50,9 @@ pub enum RequestKind {
     /// Sign a Bitcoin PSBT spending a wallet's coins: approvers see and sign its intent
     /// (inputs, recipients, amounts, change, fee) as the TEE computed it.
     SignPsbt,
+    /// Sign an Ethereum transaction, personal message or typed data with a wallet's key:
+    /// approvers see and sign its intent as the TEE computed it.
+    SignEthereum,
 }
 
 impl RequestKind {
@@ -65,11 +68,12 @@ impl RequestKind {
             RequestKind::Governance => "governance",
             RequestKind::SetKeyPolicy => "set_key_policy",
             RequestKind::SignPsbt => "sign_psbt",
+            RequestKind::SignEthereum => "sign_ethereum",
         }
     }
 
     /// Every kind.
-    pub const ALL: [RequestKind; 9] = [
+    pub const ALL: [RequestKind; 10] = [
         Self::CreateWallet,
         Self::ImportWallet,
         Self::Sign,
@@ -79,6 +83,7 @@ impl RequestKind {
         Self::Governance,
         Self::SetKeyPolicy,
         Self::SignPsbt,
+        Self::SignEthereum,
     ];
 
     /// Whether the request concerns a threshold key.
@@ -374,6 +379,70 @@ pub struct SignPsbtBody {
     pub approvals: Vec<ApprovalBody>,
 }
 
+/// Largest Ethereum transaction, message or typed data accepted, bytes (the TEE's limits:
+/// 128 KiB for a transaction, 64 KiB for the others).
+pub const MAX_ETHEREUM_BYTES: usize = 128 * 1024;
+
+/// `POST /v1/eth-requests`: sign, with the wallet's key at `path`, exactly one of an
+/// unsigned Ethereum transaction, a personal message or typed data. The server asks a TEE
+/// of the wallet's cluster for its intent (chain, sender, recipient, value, nonce, gas and
+/// fees, an ERC-20 transfer or approval decoded; the message; the typed data) before
+/// recording the request; approvers sign that intent's hash, and the TEE signs only that
+/// and only if the wallet's policy allows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignEthereumBody {
+    /// Wallet (hex of the 33-byte root public key).
+    #[schema(pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)]
+    pub root_id: String,
+    /// BIP-32 path of the signing key, e.g. `m/44'/60'/0'/0/0`.
+    #[schema(
+        pattern = "^m(/([0-9]{1,9}|[01][0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]|214748364[0-7])['hH]?){0,32}$",
+        max_length = 512
+    )]
+    pub path: String,
+    /// An unsigned transaction as it is signed, hex (`0x` allowed): a legacy transaction's
+    /// EIP-155 signing payload, or an EIP-1559 one's (`0x02 || rlp(...)`); at most 128 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(0x)?([0-9a-fA-F]{2})+$", max_length = 262146)]
+    pub transaction: Option<String>,
+    /// A personal message (EIP-191), hex (`0x` allowed); at most 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(0x)?([0-9a-fA-F]{2})*$", max_length = 131074)]
+    pub message: Option<String>,
+    /// EIP-712 typed data as `eth_signTypedData_v4` takes it (JSON text of at most 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 65536)]
+    pub typed_data: Option<String>,
+    /// See [`CreateWalletBody::request_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
+    pub request_id: Option<String>,
+    /// See [`CreateWalletBody::expires_at`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// See [`SignPsbtBody::approvals`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
+    pub approvals: Vec<ApprovalBody>,
+}
+
+/// An Ethereum signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EthereumResult {
+    /// The signer's address (EIP-55), recovered from the signature by the server.
+    pub address: String,
+    /// `r || s || v` (`v` 27 or 28), hex with `0x`: what `personal_sign` and
+    /// `eth_signTypedData_v4` answer.
+    pub signature: String,
+    /// The signed transaction (EIP-2718), hex with `0x`, ready for
+    /// `eth_sendRawTransaction`; absent for a message or typed data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_transaction: Option<String>,
+    /// The hash of the intent it carries out, hex.
+    pub intent_hash: String,
+}
+
 /// A transaction to sign, as a TEE of the wallet's cluster computed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TransactionView {
@@ -469,6 +538,8 @@ pub enum RequestResult {
     KeyPolicy(KeyPolicyView),
     /// Of a `sign_psbt` request.
     Psbt(PsbtResult),
+    /// Of a `sign_ethereum` request.
+    Ethereum(EthereumResult),
 }
 
 /// Why a request was refused or failed.

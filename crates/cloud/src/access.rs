@@ -526,6 +526,8 @@ mod tests {
         assert_eq!(
             inline,
             [
+                "post /v1/eth-requests",
+                "post /v1/psbt-requests",
                 "post /v1/sign-requests",
                 "post /v1/threshold/keys",
                 "post /v1/threshold/keys/import",

@@ -40,6 +40,12 @@ pub const MAX_IMPORT_BODY: usize = 2 * crate::service::MAX_BUNDLE + MAX_BODY;
 pub const MAX_THRESHOLD_SIGN_BODY: usize =
     2 * custos_wire::protocol::MAX_PRESIGN_MESSAGE + MAX_BODY;
 
+/// Largest body of an Ethereum signing request: what its schema allows at the most (a
+/// transaction of 128 KiB and a message of 64 KiB as hex, typed data of 64 KiB with every
+/// character escaped, approvals), though only one payload is accepted.
+pub const MAX_ETHEREUM_BODY: usize =
+    2 * MAX_ETHEREUM_BYTES + 8 * (MAX_ETHEREUM_BYTES / 2) + MAX_BODY;
+
 /// Largest body of a PSBT signing request (a PSBT of up to [`MAX_PSBT_BYTES`] bytes as
 /// base64, with approvals).
 pub const MAX_PSBT_BODY: usize = MAX_PSBT_BYTES.div_ceil(3) * 4 + MAX_BODY;
@@ -78,7 +84,7 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             format!(
                 "bodies are limited to {MAX_BODY} bytes ({MAX_THRESHOLD_SIGN_BODY} for threshold \
                  signing, {MAX_IMPORT_BODY} for threshold key imports, {MAX_PSBT_BODY} for PSBT \
-                 signing)"
+                 signing, {MAX_ETHEREUM_BODY} for Ethereum signing)"
             ),
         ),
         // serde's message names the field and position, never echoes values at length.
@@ -319,6 +325,41 @@ async fn create_psbt_request(
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
     check_inline_approvals(&caller, body.approvals.len())?;
     Ok(created(cloud.sign_psbt(&caller, body).await?))
+}
+
+/// Ask for an Ethereum signature with the wallet's key at `path`: of an unsigned
+/// transaction (legacy with EIP-155, or EIP-1559), a personal message (EIP-191) or typed data
+/// (EIP-712), exactly one. A TEE of the wallet's cluster first parses it and computes its
+/// intent — chain, sender, recipient, value, nonce, gas and fees, an ERC-20 `transfer` or
+/// `approve` decoded; the message; the typed data with its domain — which the request shows
+/// (`transaction`) and approvers sign by its hash. Once approved, the TEE signs only this,
+/// and only if the wallet's policy allows it (ether and tokens against their limits and
+/// allowlist; messages and typed data only with a limit on `ethereum:message`); a refusal
+/// names the rule. The signature (and the signed transaction) is the request's `result`.
+#[utoipa::path(
+    post, path = "/v1/eth-requests", tag = "requests", security(("bearer" = ["request"])),
+    request_body = SignEthereumBody,
+    responses(
+        (status = 200, description = "Submitted in this call", body = RequestView),
+        (status = 202, description = "Recorded, waiting for approvals of the intent", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_root_id, invalid_path, invalid_ethereum, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_wallet, unknown_cluster", body = ApiErrorBody),
+        (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
+        (status = 422, description = "transaction_rejected (the TEE's check named), approval_invalid", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
+        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+    )
+)]
+async fn create_eth_request(
+    State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
+    ApiJson(body): ApiJson<SignEthereumBody>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    check_inline_approvals(&caller, body.approvals.len())?;
+    Ok(created(cloud.sign_ethereum(&caller, body).await?))
 }
 
 /// Import one cluster's share of a dealt threshold key: records an `import_threshold_key`
@@ -786,6 +827,11 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
             OpenApiRouter::new()
                 .routes(routes!(create_psbt_request))
                 .layer(DefaultBodyLimit::max(MAX_PSBT_BODY)),
+        )
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(create_eth_request))
+                .layer(DefaultBodyLimit::max(MAX_ETHEREUM_BODY)),
         )
         .merge(
             // Dealer bundles are larger than other bodies; the route's own limit is applied

@@ -18,12 +18,13 @@
 //! | `create_group_threshold_key` | `threshold`, `hd`, `clusters`, `group` (as `create_group_wallet`), `executor_nodes` and `executors` (32 bytes each), by share index; `anchors` (32 bytes each, by share index; absent when not every cluster was governed at proposal) |
 //! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
 //! | `set_key_policy` | `root_id`, the group in force and the new one; a threshold key's also `clusters` and `anchors`; see [`key_policy`] |
-//! | `sign_psbt` | `root_id` (33 bytes), `network` (`bitcoin`, `testnet`, `signet`, `regtest`), `psbt` (bytes), `intent_hash` (32 bytes), `intent` (the intent's JSON, as a TEE computed it; checked to hash to `intent_hash`), `node` (the velocity holder's node; absent without rolling window) |
+//! | `sign_psbt` | `root_id` (33 bytes), `network` (`bitcoin`, `testnet`, `signet`, `regtest`), `psbt` (bytes), `intent_hash` (32 bytes), `intent` (the intent's JSON, as a TEE computed it; checked to hash to `intent_hash`), `node` (the velocity holder's node; absent without rolling window), `group` (the wallet's approver group when the request was made, as `create_group_wallet`; absent for a legacy wallet) |
+//! | `sign_ethereum` | `root_id`, `path`, `payload` (postcard of the Ethereum payload), `intent_hash`, `intent`, `node`, `group` (as `sign_psbt`) |
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::import::SealedImport;
 use custos_wire::policy::{KeyPolicy, Rule, MAX_GROUP};
-use custos_wire::protocol::{format_path, Request, RequestMeta, ThresholdBundle};
+use custos_wire::protocol::{format_path, EthPayload, Request, RequestMeta, ThresholdBundle};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
@@ -187,6 +188,34 @@ pub enum Terms {
         /// attempt goes there (another node's TEE would refuse). Not part of what is approved.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<String>,
+        /// The wallet's approver group when the request was made (the server counts only its
+        /// admins; the TEE decides). Empty for a legacy wallet.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
+        group: Vec<[u8; 32]>,
+    },
+    /// Sign an Ethereum transaction, personal message or typed data with a wallet's key:
+    /// approvals sign the intent a TEE computed from it.
+    SignEthereum {
+        /// The wallet.
+        #[serde(with = "hex_bytes")]
+        root_id: KeyId,
+        /// BIP-32 path of the signing key.
+        #[serde(with = "path_text")]
+        path: Vec<u32>,
+        /// What is signed.
+        #[serde(with = "postcard_hex")]
+        payload: EthPayload,
+        /// What approvals sign.
+        #[serde(with = "hex_bytes")]
+        intent_hash: [u8; 32],
+        /// The intent (`custos_tx::Intent` as JSON) a TEE of the wallet's cluster computed.
+        intent: serde_json::Value,
+        /// As [`Terms::SignPsbt`]'s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// As [`Terms::SignPsbt`]'s.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
+        group: Vec<[u8; 32]>,
     },
 }
 
@@ -207,6 +236,7 @@ impl Terms {
             Terms::Governance(_) => RequestKind::Governance,
             Terms::SetKeyPolicy(_) => RequestKind::SetKeyPolicy,
             Terms::SignPsbt { .. } => RequestKind::SignPsbt,
+            Terms::SignEthereum { .. } => RequestKind::SignEthereum,
         }
     }
 
@@ -215,7 +245,8 @@ impl Terms {
         match self {
             Terms::ImportWallet { root_id, .. }
             | Terms::Sign { root_id, .. }
-            | Terms::SignPsbt { root_id, .. } => Some(root_id),
+            | Terms::SignPsbt { root_id, .. }
+            | Terms::SignEthereum { root_id, .. } => Some(root_id),
             Terms::SetKeyPolicy(p) => Some(&p.root_id),
             Terms::ThresholdSign { key_id, .. } => Some(key_id),
             Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
@@ -233,7 +264,7 @@ impl Terms {
             Terms::ImportWallet { node, .. } | Terms::ImportThresholdKey { node, .. } => Some(node),
             Terms::CreateWallet { node } => node.as_deref(),
             Terms::CreateGroupWallet { executor_node, .. } => Some(executor_node),
-            Terms::SignPsbt { node, .. } => node.as_deref(),
+            Terms::SignPsbt { node, .. } | Terms::SignEthereum { node, .. } => node.as_deref(),
             _ => None,
         }
     }
@@ -249,6 +280,11 @@ impl Terms {
             // A group change is approved by the group in force; a legacy wallet's (none
             // named) is left to the TEE, which knows who counts for it.
             Terms::SetKeyPolicy(p) if !p.current_group.is_empty() => Some(&p.current_group),
+            Terms::SignPsbt { group, .. } | Terms::SignEthereum { group, .. }
+                if !group.is_empty() =>
+            {
+                Some(group)
+            }
             _ => None,
         }
     }
@@ -353,6 +389,11 @@ impl Terms {
                 root_id,
                 intent_hash,
                 ..
+            }
+            | Terms::SignEthereum {
+                root_id,
+                intent_hash,
+                ..
             } => Action::SignTransaction {
                 key_id: root_id,
                 intent_hash,
@@ -444,6 +485,20 @@ impl Terms {
                 // Checked whenever the terms are read (`check`).
                 network: wire_network(network).ok()?,
                 psbt: psbt.clone(),
+                intent_hash: *intent_hash,
+                approvals,
+            },
+            Terms::SignEthereum {
+                root_id,
+                path,
+                payload,
+                intent_hash,
+                ..
+            } => Request::SignEthereum {
+                meta,
+                key_id: root_id.to_vec(),
+                path: path.clone(),
+                payload: payload.clone(),
                 intent_hash: *intent_hash,
                 approvals,
             },
@@ -572,6 +627,10 @@ impl Terms {
                 node.iter().try_for_each(|n| name(n))?;
                 checked_intent(&self.transaction_view().expect("a transaction")).map(|_| ())
             }
+            Terms::SignEthereum { node, .. } => {
+                node.iter().try_for_each(|n| name(n))?;
+                checked_intent(&self.transaction_view().expect("a transaction")).map(|_| ())
+            }
         }
     }
 
@@ -682,7 +741,7 @@ impl Terms {
                 ),
                 p.place(cluster)
             ),
-            Terms::SignPsbt { intent, .. } => {
+            Terms::SignPsbt { intent, .. } | Terms::SignEthereum { intent, .. } => {
                 let what = serde_json::from_value::<custos_tx::Intent>(intent.clone())
                     .ok()
                     .and_then(|i| i.describe().into_iter().next())
@@ -702,6 +761,15 @@ impl Terms {
                 ..
             } => Some(TransactionView {
                 network: network.clone(),
+                intent_hash: hex::encode(intent_hash),
+                intent: intent.clone(),
+            }),
+            Terms::SignEthereum {
+                intent_hash,
+                intent,
+                ..
+            } => Some(TransactionView {
+                network: custos_cloud_api::transaction::ETHEREUM.into(),
                 intent_hash: hex::encode(intent_hash),
                 intent: intent.clone(),
             }),
@@ -796,6 +864,11 @@ impl Terms {
             Terms::SignPsbt { node, .. } => {
                 view.transaction = self.transaction_view();
                 view.target_node = node.clone();
+            }
+            Terms::SignEthereum { node, path, .. } => {
+                view.transaction = self.transaction_view();
+                view.target_node = node.clone();
+                view.path = Some(format_path(path));
             }
         }
     }

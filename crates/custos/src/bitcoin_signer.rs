@@ -181,6 +181,14 @@ impl Signer {
         .map_err(conn)?;
         let wallet = client.wallet(&args.root).await.map_err(conn)?;
         let xpub = Xpub::from_str(&wallet.xpub).map_err(conn)?;
+        // The root key is the wallet named here, whatever the server says: its fingerprint
+        // and every descriptor derive from it.
+        if !hex::encode(xpub.public_key.serialize()).eq_ignore_ascii_case(&args.root) {
+            return Err(conn(format!(
+                "the server's xpub for wallet {} is another key's",
+                args.root
+            )));
+        }
         let fingerprint = xpub.fingerprint();
         if let Some(asked) = &args.fingerprint {
             if !asked.eq_ignore_ascii_case(&fingerprint.to_string()) {
@@ -316,24 +324,38 @@ impl Signer {
 
     async fn signtx(&self, chain: &str, psbt: &str, wait: u64) -> Result<Value, SignerError> {
         let (network, _, _) = chain_of(chain)?;
-        let view = self
+        let psbt = psbt.trim();
+        // One request per wallet and PSBT: Bitcoin Core calling again (after a timeout, say)
+        // waits for the same request instead of asking the approvers twice.
+        let id = {
+            use sha2::{Digest, Sha256};
+            let h = Sha256::new()
+                .chain_update(b"custos-bitcoin-signer\0")
+                .chain_update(self.root.as_bytes())
+                .chain_update(psbt.as_bytes())
+                .finalize();
+            hex::encode(&h[..16])
+        };
+        let made = self
             .client
             .sign_psbt(&SignPsbtBody {
                 root_id: self.root.clone(),
                 network: network.into(),
-                psbt: psbt.trim().to_string(),
-                request_id: None,
+                psbt: psbt.to_string(),
+                request_id: Some(id.clone()),
                 expires_at: None,
                 approvals: Vec::new(),
             })
-            .await
-            .map_err(|e| match e.code() {
-                Some("transaction_rejected" | "invalid_psbt") => {
-                    SignerError::new(code::INVALID_TX, e.to_string())
-                }
-                _ => conn(e),
-            })?;
-        let done = wait_for(&self.client, &view.id, Duration::from_secs(wait))
+            .await;
+        match made {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("request_exists") => {}
+            Err(e) if matches!(e.code(), Some("transaction_rejected" | "invalid_psbt")) => {
+                return Err(SignerError::new(code::INVALID_TX, e.to_string()))
+            }
+            Err(e) => return Err(conn(e)),
+        }
+        let done = wait_for(&self.client, &id, Duration::from_secs(wait))
             .await
             .map_err(conn)?;
         match (&done.status, &done.result) {
@@ -386,7 +408,7 @@ pub async fn run(args: &SignerArgs) -> Value {
                 Ok(s) => json!([{
                     "fingerprint": s.fingerprint.to_string(),
                     "model": "custos",
-                    "name": format!("Custos wallet {}…", &s.root[..16]),
+                    "name": format!("Custos wallet {}…", s.root.get(..16).unwrap_or(&s.root)),
                 }]),
                 // Per device, as HWI: Bitcoin Core names the error.
                 Err(e) => json!([{ "error": e.message, "code": e.code }]),

@@ -199,6 +199,27 @@ impl<P: Platform> TeeCore<P> {
                 network,
                 psbt,
             } => self.preview_psbt(&key_id, network, &psbt),
+            Request::SignEthereum {
+                meta,
+                key_id,
+                path,
+                payload,
+                intent_hash,
+                approvals,
+            } => {
+                let request = crate::transaction::EthRequest {
+                    key_id: &key_id,
+                    path: &path,
+                    payload: &payload,
+                    intent_hash,
+                };
+                self.sign_ethereum(&meta, request, &approvals)
+            }
+            Request::PreviewEthereum {
+                key_id,
+                path,
+                payload,
+            } => self.preview_ethereum(&key_id, &path, &payload),
             Request::Attest { challenge } => {
                 if challenge.len() > 64 {
                     return Err(TeeError::InvalidRequest(

@@ -4,8 +4,9 @@
 //! then the transaction's own intent is compared with that claim, so a transaction swapped
 //! after approval is refused by name (`intent_mismatch`), not as a bad signature.
 
-use bitcoin::secp256k1::{All, PublicKey, Secp256k1};
+use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use custos_tx::btc::{plan_psbt, WalletKeys};
+use custos_tx::eth::{plan_eth, EthPlan};
 use custos_tx::TxError;
 use custos_wire::approval::{Action, Approval};
 use custos_wire::protocol::*;
@@ -24,6 +25,14 @@ pub(crate) struct PsbtRequest<'a> {
     pub key_id: &'a [u8],
     pub network: BitcoinNetwork,
     pub psbt: &'a [u8],
+    pub intent_hash: [u8; 32],
+}
+
+/// What a [`Request::SignEthereum`] asks.
+pub(crate) struct EthRequest<'a> {
+    pub key_id: &'a [u8],
+    pub path: &'a [u32],
+    pub payload: &'a EthPayload,
     pub intent_hash: [u8; 32],
 }
 
@@ -179,12 +188,7 @@ impl<P: Platform> TeeCore<P> {
             secp: &self.secp,
         };
         let plan = plan_psbt(psbt, network.network(), &keys).map_err(rejected)?;
-        let intent = plan.intent();
-        Ok(Response::TransactionIntent {
-            intent_hash: intent.hash(),
-            intent_json: serde_json::to_vec(intent)
-                .map_err(|e| TeeError::InvalidRequest(format!("intent: {e}")))?,
-        })
+        intent_response(plan.intent())
     }
 
     /// `Request::SignPsbt`: checks the approvals of the intent claimed by the wallet's
@@ -238,4 +242,75 @@ impl<P: Platform> TeeCore<P> {
             intent_hash: computed,
         })
     }
+
+    /// The plan of an Ethereum payload signed by the wallet's key at `path`.
+    fn plan_ethereum(
+        &self,
+        key_id: &[u8],
+        path: &[u32],
+        payload: &EthPayload,
+    ) -> Result<EthPlan, TeeError> {
+        let wallet = self.wallet(key_id)?;
+        let key = wallet.with_child(&self.secp, path, |k| k.public_key(&self.secp))?;
+        plan_eth(payload, path, &key).map_err(rejected)
+    }
+
+    /// `Request::PreviewEthereum`: the intent [`Self::sign_ethereum`] would sign, and its
+    /// hash. Nothing is stored.
+    pub(crate) fn preview_ethereum(
+        &self,
+        key_id: &[u8],
+        path: &[u32],
+        payload: &EthPayload,
+    ) -> Outcome {
+        let plan = self.plan_ethereum(key_id, path, payload)?;
+        intent_response(plan.intent())
+    }
+
+    /// `Request::SignEthereum`: as [`Self::sign_psbt`], for an Ethereum transaction,
+    /// personal message or typed data signed by the wallet's key at its path.
+    pub(crate) fn sign_ethereum(
+        &mut self,
+        meta: &RequestMeta,
+        eth: EthRequest<'_>,
+        approvals: &[Approval],
+    ) -> Outcome {
+        let who = Self::approvers_for(self.wallet(eth.key_id)?);
+        let action = Action::SignTransaction {
+            key_id: eth.key_id,
+            intent_hash: &eth.intent_hash,
+        };
+        self.approve_by(meta, action, approvals, who)?;
+        let plan = self.plan_ethereum(eth.key_id, eth.path, eth.payload)?;
+        let computed = plan.intent().hash();
+        if computed != eth.intent_hash {
+            return Err(TeeError::IntentMismatch {
+                claimed: eth.intent_hash,
+                computed,
+            });
+        }
+        self.check_tier(meta, eth.key_id, &computed, plan.intent(), approvals)?;
+        self.check_spend(meta, eth.key_id, &computed, plan.intent())?;
+        let sighash = Message::from_digest(plan.sighash());
+        let signature = self
+            .wallet(eth.key_id)?
+            .with_child(&self.secp, eth.path, |k| {
+                self.secp.sign_ecdsa_recoverable(&sighash, k)
+            })?;
+        let signed = plan.finish(&self.secp, &signature).map_err(rejected)?;
+        Ok(Response::SignedEthereum {
+            signature: signed.signature,
+            raw_transaction: signed.raw_transaction,
+            intent_hash: computed,
+        })
+    }
+}
+
+/// The answer to a preview: the intent's hash and its JSON.
+fn intent_response(intent: &custos_tx::Intent) -> Outcome {
+    Ok(Response::TransactionIntent {
+        intent_hash: intent.hash(),
+        intent_json: serde_json::to_vec(intent)
+            .map_err(|e| TeeError::InvalidRequest(format!("intent: {e}")))?,
+    })
 }

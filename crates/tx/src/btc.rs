@@ -28,6 +28,9 @@ pub const MAX_PSBT_BYTES: usize = 1024 * 1024;
 pub const MAX_INPUTS: usize = 500;
 /// Most outputs of one PSBT.
 pub const MAX_OUTPUTS: usize = 500;
+/// Most key origins under the wallet's fingerprint tried per output and kind to recognise
+/// change (a wallet names one).
+const MAX_ORIGINS_TRIED: usize = 4;
 
 /// The wallet whose keys sign: its BIP-32 master fingerprint and its public key at a path
 /// (the TEE derives it from the seed it holds; hardened steps included).
@@ -440,17 +443,30 @@ fn change_path(
         InputKind::P2trKeyPath,
     ];
     // The key named must own the script before anything is derived (a hash or a tweak per
-    // entry): only then is the wallet's key at its path derived, once, to confirm it.
-    let v0 = out.bip32_derivation.iter().filter_map(|(key, origin)| {
-        kinds[..2]
-            .iter()
-            .any(|k| script_of(secp, *k, key) == *script)
-            .then_some(origin)
-    });
-    let tr = out.tap_key_origins.iter().filter_map(|(x, (_, origin))| {
-        (ScriptBuf::new_p2tr(secp, *x, None) == *script).then_some(origin)
-    });
-    let (_, path) = v0.chain(tr).find(|(fp, _)| *fp == fingerprint)?;
+    // entry): only then is the wallet's key at its path derived, once, to confirm it. Only
+    // the first few entries under the wallet's fingerprint are tried, so that a PSBT full of
+    // them (whose preview needs no approval) cannot keep the TEE hashing.
+    let ours = |origin: &&(Fingerprint, DerivationPath)| origin.0 == fingerprint;
+    let v0 = out
+        .bip32_derivation
+        .iter()
+        .filter(|(_, origin)| ours(origin))
+        .take(MAX_ORIGINS_TRIED)
+        .filter_map(|(key, origin)| {
+            kinds[..2]
+                .iter()
+                .any(|k| script_of(secp, *k, key) == *script)
+                .then_some(origin)
+        });
+    let tr = out
+        .tap_key_origins
+        .iter()
+        .filter(|(_, (_, origin))| ours(&origin))
+        .take(MAX_ORIGINS_TRIED)
+        .filter_map(|(x, (_, origin))| {
+            (ScriptBuf::new_p2tr(secp, *x, None) == *script).then_some(origin)
+        });
+    let (_, path) = v0.chain(tr).next()?;
     let path = steps(path);
     let key = keys.public_key(&path).ok()?;
     kinds

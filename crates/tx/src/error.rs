@@ -15,6 +15,10 @@ pub enum TxError {
         /// The limit.
         max: usize,
     },
+    /// An Ethereum request of a kind this signer does not sign (a transaction type other
+    /// than legacy with EIP-155 and EIP-1559, an access list).
+    #[error("not signed: {0}")]
+    EthUnsupported(String),
     /// The bytes are not a well-formed transaction of the kind announced.
     #[error("malformed transaction: {0}")]
     Malformed(String),
@@ -53,9 +57,10 @@ pub enum TxError {
         /// Input index.
         input: usize,
     },
-    /// A segwit v0 input without its whole previous transaction: its value would be
-    /// unproven, and a signer shown false values can be made to pay a fee it never saw.
-    #[error("input #{input} (segwit v0) does not give its previous transaction (non_witness_utxo), so its value is unproven")]
+    /// A segwit v0 input, or a taproot input next to one, without its whole previous
+    /// transaction: its value would be unproven, and a signer shown false values can be made
+    /// to pay a fee it never saw (a v0 signature commits to its own input's value only).
+    #[error("input #{input} does not give its previous transaction (non_witness_utxo), so its value is unproven (segwit v0, or taproot next to segwit v0)")]
     InputValueUnproven {
         /// Input index.
         input: usize,
@@ -140,6 +145,7 @@ impl TxError {
             TxError::ValueOutOfRange { .. } => "value_out_of_range",
             TxError::OutputsExceedInputs { .. } => "outputs_exceed_inputs",
             TxError::Signing(_) => "signing_failed",
+            TxError::EthUnsupported(_) => "eth_unsupported",
         }
     }
 }

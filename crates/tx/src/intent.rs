@@ -9,12 +9,16 @@
 //! [`InputKind::tag`]) and derivation path (each step u32 BE, hardened steps with the high
 //! bit); the output count (u32 BE) and per output its script, amount in sat (u64 BE) and
 //! change path (empty field for an external output, else a one byte `1` field followed by
-//! the path field); and the fee in sat (u64 BE). [`Intent::hash`] is SHA-256 of it.
+//! the path field); and the fee in sat (u64 BE). For Ethereum, the chain `ethereum` and one
+//! field, the intent's JSON ([`ethereum`]). [`Intent::hash`] is SHA-256 of it.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use custos_wire::field::put;
+
+pub mod ethereum;
+pub use ethereum::{Erc20Call, EthMessage, EthTransaction, EthTypedData, EthereumIntent};
 
 /// Domain separation tag of intent encodings.
 pub const INTENT_DOMAIN: &[u8] = b"CUSTOS-INTENT-V1\0";
@@ -25,6 +29,8 @@ pub const INTENT_DOMAIN: &[u8] = b"CUSTOS-INTENT-V1\0";
 pub enum Intent {
     /// A Bitcoin transaction (from a PSBT).
     Bitcoin(BitcoinIntent),
+    /// An Ethereum transaction, personal message or typed data.
+    Ethereum(EthereumIntent),
 }
 
 /// A Bitcoin transaction as its approvers see it.
@@ -135,6 +141,13 @@ impl Intent {
                 put(&mut out, b"bitcoin");
                 b.encode_into(&mut out);
             }
+            Intent::Ethereum(e) => {
+                put(&mut out, b"ethereum");
+                put(
+                    &mut out,
+                    &serde_json::to_vec(e).expect("an intent always serializes"),
+                );
+            }
         }
         out
     }
@@ -148,6 +161,7 @@ impl Intent {
     pub fn describe(&self) -> Vec<String> {
         match self {
             Intent::Bitcoin(b) => b.describe(),
+            Intent::Ethereum(e) => e.describe(),
         }
     }
 }

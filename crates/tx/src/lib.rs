@@ -14,6 +14,7 @@
 
 pub mod btc;
 mod error;
+pub mod eth;
 pub mod intent;
 pub mod policy;
 pub mod synthetic;

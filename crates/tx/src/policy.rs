@@ -148,9 +148,52 @@ pub fn decode_record(mut bytes: &[u8]) -> Option<Vec<Spent>> {
     Some(out)
 }
 
-/// The spend of `intent`.
+/// What a signature off the chain (an Ethereum personal message or typed data) counts
+/// against: a key signs them only with a limit on this asset (default deny), and typed data
+/// naming a verifying contract only for an allowlisted one (when the key has an allowlist).
+pub const ETHEREUM_MESSAGE_ASSET: &str = "ethereum:message";
+
+/// `wei` as an amount of the policy (saturating: beyond u128 exceeds every limit).
+fn amount_of(decimal: &str) -> u128 {
+    decimal.parse().unwrap_or(u128::MAX)
+}
+
+/// The spend of `intent`. An Ethereum transaction spends ether (`ethereum:<chain id>`: value
+/// and the most its fee can be, to its recipient), or, when it is an ERC-20 `transfer` or
+/// `approve`, the token (`erc20:<chain id>:<token>`: the amount, to the recipient or
+/// spender). Ethereum addresses are compared in lower case (allowlists write them so).
 pub fn spend_of(intent: &Intent) -> Spend {
+    use crate::intent::EthereumIntent;
     match intent {
+        Intent::Ethereum(EthereumIntent::Transaction(t)) => match &t.call {
+            Some(c) => Spend {
+                asset: format!("erc20:{}:{}", t.chain_id, c.token.to_ascii_lowercase()),
+                amount: amount_of(&c.amount),
+                destinations: vec![c.counterparty.to_ascii_lowercase()],
+            },
+            None => Spend {
+                asset: format!("ethereum:{}", t.chain_id),
+                amount: amount_of(&t.value_wei).saturating_add(amount_of(&t.max_fee_wei)),
+                destinations: vec![t
+                    .to
+                    .as_deref()
+                    .map_or("contract-creation".into(), str::to_ascii_lowercase)],
+            },
+        },
+        Intent::Ethereum(EthereumIntent::PersonalMessage(_)) => Spend {
+            asset: ETHEREUM_MESSAGE_ASSET.into(),
+            amount: 0,
+            destinations: vec![],
+        },
+        Intent::Ethereum(EthereumIntent::TypedData(d)) => Spend {
+            asset: ETHEREUM_MESSAGE_ASSET.into(),
+            amount: 0,
+            destinations: d
+                .verifying_contract
+                .iter()
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+        },
         Intent::Bitcoin(b) => Spend {
             asset: format!("bitcoin:{}", b.network),
             amount: u128::from(b.sent_sat()) + u128::from(b.fee_sat),

@@ -47,7 +47,7 @@ mod wallets;
 
 pub use error::{ApprovalFault, TeeError};
 pub use governance::{GovView, MemberInfo};
-pub use request::{BitcoinNetwork, RelayClass, Request};
+pub use request::{BitcoinNetwork, EthPayload, RelayClass, Request};
 pub use response::{Attestation, DeviceInfo, EcdsaSignature, Response, Status};
 pub use sync::{CertChain, KeyTransfer};
 pub use threshold::{

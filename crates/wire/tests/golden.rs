@@ -343,6 +343,19 @@ fn requests() -> Vec<Request> {
             network: BitcoinNetwork::Bitcoin,
             psbt: b"psbt\xff".to_vec(),
         },
+        Request::SignEthereum {
+            meta: meta(),
+            key_id: vec![0x03; 33],
+            path: vec![0x8000_002c, 0x8000_003c, 0x8000_0000, 0, 1],
+            payload: EthPayload::Transaction(vec![0x02, 0xc0]),
+            intent_hash: [0x1b; 32],
+            approvals: vec![approval()],
+        },
+        Request::PreviewEthereum {
+            key_id: vec![0x03; 33],
+            path: vec![0, 1],
+            payload: EthPayload::TypedData("{}".into()),
+        },
     ]
 }
 
@@ -521,6 +534,11 @@ fn responses() -> Vec<Response> {
         Response::TransactionIntent {
             intent_hash: [0x1a; 32],
             intent_json: b"{}".to_vec(),
+        },
+        Response::SignedEthereum {
+            signature: vec![0x5e; 65],
+            raw_transaction: Some(vec![0x02, 0xf8]),
+            intent_hash: [0x1b; 32],
         },
     ]
 }

@@ -6,7 +6,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as OpenApiDoc, SecurityRequirement};
 use utoipa::{Modify, OpenApi};
 
-use super::{status_of, MAX_BODY, MAX_IMPORT_BODY, MAX_PSBT_BODY, MAX_THRESHOLD_SIGN_BODY};
+use super::{
+    status_of, MAX_BODY, MAX_ETHEREUM_BODY, MAX_IMPORT_BODY, MAX_PSBT_BODY, MAX_THRESHOLD_SIGN_BODY,
+};
 use crate::error::ErrorCode;
 use custos_cloud_api::{ApiErrorBody, ApiErrorDetail, REQUEST_ERROR_CODES};
 
@@ -64,7 +66,7 @@ impl Modify for ErrorCodes {
         text.push_str(&format!(
             "\n\nRequest bodies are JSON of at most {MAX_BODY} bytes ({MAX_THRESHOLD_SIGN_BODY} \
              for threshold signing, {MAX_IMPORT_BODY} for threshold key imports, \
-             {MAX_PSBT_BODY} for PSBT signing; larger ones \
+             {MAX_PSBT_BODY} for PSBT signing, {MAX_ETHEREUM_BODY} for Ethereum signing; larger ones \
              get `body_too_large`): every body the schemas below allow fits.\n\n\
              Access: every API token holds scopes (`read`: every GET; `request`: create \
              requests and resubmit failed ones; `approve`: add approvals; `operate`: audits \

@@ -73,6 +73,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidPsbt => 400,
         ErrorCode::TransactionRejected => 422,
         ErrorCode::InvalidRules => 400,
+        ErrorCode::InvalidEthereum => 400,
     };
     StatusCode::from_u16(status).expect("a valid HTTP status")
 }
@@ -97,7 +98,7 @@ mod tests {
     /// The published statuses, pinned: changing one is an API change and must show here.
     #[test]
     fn statuses_are_the_published_ones() {
-        let published: [(ErrorCode, u16); 62] = [
+        let published: [(ErrorCode, u16); 63] = [
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::MalformedJson, 400),
             (ErrorCode::UnsupportedMediaType, 415),
@@ -160,6 +161,7 @@ mod tests {
             (ErrorCode::InvalidPsbt, 400),
             (ErrorCode::TransactionRejected, 422),
             (ErrorCode::InvalidRules, 400),
+            (ErrorCode::InvalidEthereum, 400),
         ];
         assert_eq!(published.len(), ErrorCode::ALL.len());
         for (code, status) in published {

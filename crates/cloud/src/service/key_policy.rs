@@ -196,8 +196,8 @@ impl Cloud {
             self.cluster_config(c)?;
         }
         let (current, _) = self.read_policy(&target.cluster, &target.id, name).await?;
-        // Cluster anchors are a threshold key's only rule, carried over as they are; a
-        // wallet's policy carries none. Anything else could not be carried over faithfully.
+        // Cluster anchors are carried over as they are. Transaction rules (issue 14) are not
+        // carried over yet: such a change is refused rather than drop them.
         let anchors = match current.cluster_anchors() {
             Some(a) if threshold => a,
             _ => Vec::new(),

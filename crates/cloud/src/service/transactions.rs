@@ -5,9 +5,22 @@
 use bitcoin::base64::engine::general_purpose::STANDARD as BASE64;
 use bitcoin::base64::Engine;
 use bitcoin::psbt::Psbt;
-use custos_cloud_api::transaction::{checked_intent, wire_network};
+use custos_cloud_api::transaction::{checked_intent, network_of, wire_network};
+
+use custos_wire::protocol::EthPayload;
 
 use super::*;
+
+/// What a transaction request is recorded with, besides its payload.
+struct Prepared {
+    cluster: String,
+    quorum: u8,
+    group: Vec<[u8; 32]>,
+    node: Option<String>,
+    intent_hash: [u8; 32],
+    intent: serde_json::Value,
+    xpub: String,
+}
 
 impl Cloud {
     /// `POST /v1/psbt-requests`.
@@ -29,20 +42,101 @@ impl Cloud {
                 format!("{} bytes, at most {MAX_PSBT_BYTES}", psbt.len()),
             ));
         }
-        let wallet = self
-            .wallet_row(&caller.tenant, &body.root_id.to_ascii_lowercase())
-            .await?;
-        self.cluster_config(&wallet.cluster)?;
-        let quorum = match self.store.wallet(&wallet.root_id).await? {
-            Some(w) => w.quorum,
-            None => wallet.quorum,
+        let preview = Request::PreviewPsbt {
+            key_id: root_id.to_vec(),
+            network,
+            psbt: psbt.clone(),
         };
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
-        // A rolling window is counted in one TEE only (the velocity holder's): the request
-        // is pinned to its node, any other would refuse it.
+        let p = self
+            .prepare_transaction(&caller.tenant, &body.root_id, &root_id, preview)
+            .await?;
+        self.create(
+            caller,
+            Draft {
+                cluster: p.cluster,
+                quorum: p.quorum,
+                terms: Terms::SignPsbt {
+                    root_id,
+                    network: body.network,
+                    psbt,
+                    intent_hash: p.intent_hash,
+                    intent: p.intent,
+                    node: p.node,
+                    group: p.group,
+                },
+                id,
+                expires_at,
+                approvals: body.approvals,
+                wallet_xpub: Some(p.xpub),
+            },
+        )
+        .await
+    }
+
+    /// `POST /v1/eth-requests`.
+    pub async fn sign_ethereum(
+        &self,
+        caller: &Principal,
+        body: SignEthereumBody,
+    ) -> Result<RequestOutcome, ApiError> {
+        let root_id =
+            parse_root_id(&body.root_id).map_err(|m| ApiError::new(ErrorCode::InvalidRootId, m))?;
+        let path = parse_path(&body.path)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPath, e.to_string()))?;
+        let payload = ethereum_payload(&body)?;
+        let preview = Request::PreviewEthereum {
+            key_id: root_id.to_vec(),
+            path: path.clone(),
+            payload: payload.clone(),
+        };
+        let (id, expires_at) =
+            self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
+        let p = self
+            .prepare_transaction(&caller.tenant, &body.root_id, &root_id, preview)
+            .await?;
+        self.create(
+            caller,
+            Draft {
+                cluster: p.cluster,
+                quorum: p.quorum,
+                terms: Terms::SignEthereum {
+                    root_id,
+                    path,
+                    payload,
+                    intent_hash: p.intent_hash,
+                    intent: p.intent,
+                    node: p.node,
+                    group: p.group,
+                },
+                id,
+                expires_at,
+                approvals: body.approvals,
+                wallet_xpub: Some(p.xpub),
+            },
+        )
+        .await
+    }
+
+    /// Everything a transaction request of `tenant`'s wallet needs before it is recorded:
+    /// the wallet's policy as its TEE holds it (its group; the velocity holder's node, to
+    /// which every attempt is pinned since a rolling window is counted in one TEE only), the
+    /// intent a TEE computes for `preview`, and the approvals needed: the policy's quorum,
+    /// or the approval tier's for the intent's amount (fewer would be refused).
+    async fn prepare_transaction(
+        &self,
+        tenant: &str,
+        root_text: &str,
+        root_id: &KeyId,
+        preview: Request,
+    ) -> Result<Prepared, ApiError> {
+        let wallet = self
+            .wallet_row(tenant, &root_text.to_ascii_lowercase())
+            .await?;
+        self.cluster_config(&wallet.cluster)?;
         let (policy, _) = self
-            .read_policy(&wallet.cluster, &root_id, &wallet.root_id)
+            .read_policy(&wallet.cluster, root_id, &wallet.root_id)
             .await?;
         let node = match policy.spend_limits().and_then(|s| s.velocity_holder) {
             Some(holder) => Some(
@@ -53,28 +147,24 @@ impl Cloud {
             None => None,
         };
         let (intent_hash, intent) = self
-            .preview_psbt(&wallet.cluster, node.as_deref(), &root_id, network, &psbt)
+            .preview(&wallet.cluster, node.as_deref(), &preview)
             .await?;
-        self.create(
-            caller,
-            Draft {
-                cluster: wallet.cluster,
-                quorum,
-                terms: Terms::SignPsbt {
-                    root_id,
-                    network: body.network,
-                    psbt,
-                    intent_hash,
-                    intent,
-                    node,
-                },
-                id,
-                expires_at,
-                approvals: body.approvals,
-                wallet_xpub: Some(wallet.xpub),
-            },
-        )
-        .await
+        let spend = serde_json::from_value::<custos_tx::Intent>(intent.clone())
+            .map(|i| custos_tx::policy::spend_of(&i))
+            .map_err(|e| ApiError::internal("checked intent", &e))?;
+        let tier = policy
+            .approval_tiers()
+            .and_then(|t| t.quorum_for(&spend.asset, spend.amount));
+        let quorum = tier.map_or(policy.quorum, |t| t.max(policy.quorum));
+        Ok(Prepared {
+            cluster: wallet.cluster,
+            quorum,
+            group: policy.group,
+            node,
+            intent_hash,
+            intent,
+            xpub: wallet.xpub,
+        })
     }
 
     /// `GET /v1/wallets/{root_id}/xpub`: the extended public key at a path with hardened
@@ -134,22 +224,16 @@ impl Cloud {
         })
     }
 
-    /// The intent of `psbt` as a TEE of `cluster` (of `node`, when named) computes it (an
-    /// answer signed by its certified device key), checked to hash to the hash it comes
-    /// with.
-    async fn preview_psbt(
+    /// The intent of `preview` (a `PreviewPsbt` or `PreviewEthereum`) as a TEE of
+    /// `cluster` (of `node`, when named) computes it (an answer signed by its certified
+    /// device key), checked to hash to the hash it comes with.
+    async fn preview(
         &self,
         cluster: &str,
         node: Option<&str>,
-        root_id: &KeyId,
-        network: custos_wire::protocol::BitcoinNetwork,
-        psbt: &[u8],
+        preview: &Request,
     ) -> Result<([u8; 32], serde_json::Value), ApiError> {
-        let request = encode_request(&Request::PreviewPsbt {
-            key_id: root_id.to_vec(),
-            network,
-            psbt: psbt.to_vec(),
-        });
+        let request = encode_request(preview);
         let answer = self
             .clusters
             .tee_call(cluster, random_id(), &request, node)
@@ -168,7 +252,7 @@ impl Cloud {
             }) => (*intent_hash, intent_json),
             Ok(other) => {
                 return Err(bad(format!(
-                    "answered {} to PreviewPsbt",
+                    "answered {} to a preview",
                     response_name(other)
                 )))
             }
@@ -181,8 +265,10 @@ impl Cloud {
         };
         let intent: serde_json::Value =
             serde_json::from_slice(intent_json).map_err(|e| bad(format!("intent: {e}")))?;
+        let parsed: custos_tx::Intent =
+            serde_json::from_value(intent.clone()).map_err(|e| bad(format!("intent: {e}")))?;
         let view = TransactionView {
-            network: custos_cloud_api::transaction::network_name(network).to_string(),
+            network: network_of(&parsed).to_string(),
             intent_hash: hex::encode(intent_hash),
             intent,
         };
@@ -238,6 +324,115 @@ pub(super) fn psbt_verdict(terms: &Terms, node: String, response: Response) -> V
         node,
         RequestResult::Psbt(PsbtResult {
             psbt: BASE64.encode(&psbt),
+            intent_hash: hex::encode(signed),
+        }),
+        Recorded::Nothing,
+    )
+}
+
+/// The one payload `body` names, decoded and within its limit.
+fn ethereum_payload(body: &SignEthereumBody) -> Result<EthPayload, ApiError> {
+    let invalid = |m: String| ApiError::new(ErrorCode::InvalidEthereum, m);
+    let bytes = |what: &str, text: &str, max: usize| {
+        let raw = hex::decode(text.strip_prefix("0x").unwrap_or(text))
+            .map_err(|e| invalid(format!("{what} is not hex: {e}")))?;
+        if raw.len() > max {
+            return Err(invalid(format!(
+                "{what} of {} bytes, at most {max}",
+                raw.len()
+            )));
+        }
+        Ok(raw)
+    };
+    match (&body.transaction, &body.message, &body.typed_data) {
+        (Some(t), None, None) => Ok(EthPayload::Transaction(bytes(
+            "transaction",
+            t,
+            custos_tx::eth::MAX_TRANSACTION_BYTES,
+        )?)),
+        (None, Some(m), None) => Ok(EthPayload::PersonalMessage(bytes(
+            "message",
+            m,
+            custos_tx::eth::MAX_MESSAGE_BYTES,
+        )?)),
+        (None, None, Some(d)) if d.len() <= custos_tx::eth::MAX_TYPED_DATA_BYTES => {
+            Ok(EthPayload::TypedData(d.clone()))
+        }
+        (None, None, Some(d)) => Err(invalid(format!(
+            "typed data of {} bytes, at most {}",
+            d.len(),
+            custos_tx::eth::MAX_TYPED_DATA_BYTES
+        ))),
+        _ => Err(invalid(
+            "name exactly one of transaction, message and typed_data".into(),
+        )),
+    }
+}
+
+/// The verdict on a TEE's answer to an Ethereum signing: the intent signed is the approved
+/// one, the signature recovers (over the payload's own signing hash) to the sender the
+/// intent names, and a transaction comes back signed.
+pub(super) fn ethereum_verdict(
+    secp: &Secp256k1<All>,
+    terms: &Terms,
+    node: String,
+    response: Response,
+) -> Verdict {
+    let Terms::SignEthereum {
+        payload,
+        intent_hash,
+        intent,
+        ..
+    } = terms
+    else {
+        return Verdict::Failed(Failure::new("bad_result", "not an Ethereum request"));
+    };
+    let fail = |m: String| Verdict::Failed(Failure::new("bad_result", m));
+    let Response::SignedEthereum {
+        signature,
+        raw_transaction,
+        intent_hash: signed,
+    } = response
+    else {
+        return Verdict::Failed(Failure::new(
+            "relay_protocol",
+            format!("unexpected TEE response {}", response_name(&response)),
+        ));
+    };
+    if signed != *intent_hash {
+        return fail(format!(
+            "the TEE signed intent {}, the approvals name {}",
+            hex::encode(signed),
+            hex::encode(intent_hash)
+        ));
+    }
+    let Some(from) = intent.get("from").and_then(|f| f.as_str()) else {
+        return fail("the intent names no sender".into());
+    };
+    let recovered = custos_tx::eth::signing_hash(payload).ok().and_then(|hash| {
+        let (rs, v) = signature.split_at_checked(64)?;
+        let recid = RecoveryId::from_i32(i32::from(v.first()?.checked_sub(27)?)).ok()?;
+        let sig = RecoverableSignature::from_compact(rs, recid).ok()?;
+        secp.recover_ecdsa(&Message::from_digest(hash), &sig).ok()
+    });
+    let Some(key) = recovered else {
+        return fail("the signature does not recover over the payload's signing hash".into());
+    };
+    let address = custos_tx::eth::address_of(&key).to_string();
+    if address != from {
+        return fail(format!(
+            "signed by {address}, the intent's sender is {from}"
+        ));
+    }
+    if matches!(payload, EthPayload::Transaction(_)) != raw_transaction.is_some() {
+        return fail("a transaction must come back signed, and only a transaction".into());
+    }
+    Verdict::completed(
+        node,
+        RequestResult::Ethereum(EthereumResult {
+            address,
+            signature: format!("0x{}", hex::encode(&signature)),
+            raw_transaction: raw_transaction.map(|r| format!("0x{}", hex::encode(r))),
             intent_hash: hex::encode(signed),
         }),
         Recorded::Nothing,

@@ -47,6 +47,19 @@ impl Cloud {
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
         let executor = self.choose_executor(&body.cluster, wanted).await?;
+        // A window's holder must be a node that can sign now, or the wallet never would.
+        if let Some(holder) = policy.spend_limits().and_then(|s| s.velocity_holder) {
+            self.choose_executor(&body.cluster, Some(holder))
+                .await
+                .map_err(|e| {
+                    invalid_rules(format!(
+                        "velocity_holder {} is not a serving node of {}: {}",
+                        hex::encode(holder),
+                        body.cluster,
+                        e.message
+                    ))
+                })?;
+        }
         self.create(
             caller,
             Draft {
@@ -404,6 +417,9 @@ impl Cloud {
             },
             (Terms::SignPsbt { .. }, response) => {
                 super::transactions::psbt_verdict(&row.terms, node, response)
+            }
+            (Terms::SignEthereum { .. }, response) => {
+                super::transactions::ethereum_verdict(&self.secp, &row.terms, node, response)
             }
             (_, other) => fail(
                 "relay_protocol",

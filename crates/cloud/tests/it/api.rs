@@ -97,6 +97,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/wallets/{root_id}/policy"),
     ("post", "/v1/sign-requests"),
     ("post", "/v1/psbt-requests"),
+    ("post", "/v1/eth-requests"),
     ("get", "/v1/requests"),
     ("get", "/v1/requests/{id}"),
     ("post", "/v1/requests/{id}/approvals"),

@@ -87,6 +87,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         // Base64 of at most 1 MiB; a transaction the wallet's TEE signs (its own inputs,
         // values proven, SIGHASH_ALL), which only the TEE can tell.
         ("post", "/v1/psbt-requests") => &["invalid_psbt", "transaction_rejected"],
+        // Exactly one of the three payloads; a payload the wallet's TEE parses and signs.
+        ("post", "/v1/eth-requests") => &["invalid_ethereum", "transaction_rejected"],
         // start needs count; start + count at most 2^31.
         ("get", "/v1/wallets/{root_id}/derive") => &["invalid_range"],
         // Governance: the log's own rules (quorum at most the governors, a revocation names
@@ -574,6 +576,7 @@ fn the_largest_documented_bodies_fit_the_body_limits() {
             "/v1/threshold/keys/import" => custos_cloud::http::MAX_IMPORT_BODY,
             "/v1/threshold/sign" => custos_cloud::http::MAX_THRESHOLD_SIGN_BODY,
             "/v1/psbt-requests" => custos_cloud::http::MAX_PSBT_BODY,
+            "/v1/eth-requests" => custos_cloud::http::MAX_ETHEREUM_BODY,
             _ => custos_cloud::http::MAX_BODY,
         };
         assert!(

@@ -109,6 +109,21 @@ fn terms(kind: RequestKind) -> Terms {
                 intent_hash: intent.hash(),
                 intent: serde_json::to_value(&intent).unwrap(),
                 node: Some("node1".into()),
+                group: vec![[1; 32], [2; 32]],
+            }
+        }
+        RequestKind::SignEthereum => {
+            let key = bitcoin::secp256k1::PublicKey::from_slice(&generator()).unwrap();
+            let payload = custos_wire::protocol::EthPayload::PersonalMessage(b"hello".to_vec());
+            let plan = custos_tx::eth::plan_eth(&payload, &[0, 1], &key).unwrap();
+            Terms::SignEthereum {
+                root_id: generator(),
+                path: vec![0, 1],
+                payload,
+                intent_hash: plan.intent().hash(),
+                intent: serde_json::to_value(plan.intent()).unwrap(),
+                node: None,
+                group: vec![],
             }
         }
     }

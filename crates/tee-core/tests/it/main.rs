@@ -6,6 +6,7 @@
 mod crash;
 mod create_wallet;
 mod dkg;
+mod ethereum;
 mod foreign_logs;
 mod governance;
 mod key_policy;

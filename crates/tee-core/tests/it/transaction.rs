@@ -26,7 +26,7 @@ use custos_wire::protocol::{BitcoinNetwork, KeyInfo, Request, Response, TeeError
 
 use crate::governance::{approvals_by, chain, create_group_wallet, group_policy, meta, sign};
 
-const CLUSTER: &str = "dc1";
+pub(crate) const CLUSTER: &str = "dc1";
 
 const ASSET: &str = "bitcoin:regtest";
 
@@ -55,7 +55,7 @@ fn me(pki: &Pki, core: &mut TeeCore<MemPlatform>) -> [u8; 32] {
 }
 
 /// node1 holding a wallet of {alice, bob}, 2 of 2, under `rules` (sorted by tag).
-fn wallet_under(
+pub(crate) fn wallet_under(
     pki: &Pki,
     rules: impl FnOnce([u8; 32]) -> Vec<Rule>,
 ) -> (TeeCore<MemPlatform>, KeyInfo) {
@@ -258,7 +258,7 @@ fn a_raw_digest_is_refused_for_a_key_that_signs_transactions_only() {
     ));
 }
 
-fn policy_refusal(r: Result<Response, TeeError>) -> String {
+pub(crate) fn policy_refusal(r: Result<Response, TeeError>) -> String {
     match r {
         Err(TeeError::TransactionPolicyRefused { rule, .. }) => rule,
         other => panic!("expected a policy refusal, got {other:?}"),

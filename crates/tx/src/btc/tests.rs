@@ -262,7 +262,9 @@ fn refusal(psbt: &Psbt, w: &TestWallet) -> TxError {
 fn a_wallet_spend_is_planned_signed_and_its_signatures_verify() {
     let w = TestWallet::new();
     let plan = plan_psbt(&spend(&w).serialize(), Network::Bitcoin, &w).unwrap();
-    let Intent::Bitcoin(intent) = plan.intent();
+    let Intent::Bitcoin(intent) = plan.intent() else {
+        panic!("not Bitcoin")
+    };
     assert_eq!(intent.fee_sat, 1_000);
     assert_eq!(intent.sent_sat(), 70_000);
     let kinds: Vec<InputKind> = intent.inputs.iter().map(|i| i.kind).collect();
@@ -335,7 +337,9 @@ fn a_change_output_swapped_for_a_script_the_wallet_does_not_derive_is_a_payment(
     p.unsigned_tx.output[1].script_pubkey =
         ScriptBuf::new_p2wpkh(&CompressedPublicKey(thief).wpubkey_hash());
     let plan = plan_psbt(&p.serialize(), Network::Bitcoin, &w).unwrap();
-    let Intent::Bitcoin(intent) = plan.intent();
+    let Intent::Bitcoin(intent) = plan.intent() else {
+        panic!("not Bitcoin")
+    };
     assert_eq!(intent.outputs[1].change_path, None);
     assert_eq!(intent.sent_sat(), 99_000);
 }
@@ -449,7 +453,9 @@ fn an_input_given_by_its_previous_transaction_alone_is_read_from_it() {
         i.witness_utxo = None;
     }
     let plan = plan_psbt(&p.serialize(), Network::Bitcoin, &w).unwrap();
-    let Intent::Bitcoin(intent) = plan.intent();
+    let Intent::Bitcoin(intent) = plan.intent() else {
+        panic!("not Bitcoin")
+    };
     let values: Vec<u64> = intent.inputs.iter().map(|i| i.value_sat).collect();
     assert_eq!(
         (values, intent.fee_sat),
@@ -470,7 +476,9 @@ fn taproot_inputs_alone_are_proven_by_their_signatures() {
     p.unsigned_tx.output.truncate(1);
     p.outputs.truncate(1);
     let plan = plan_psbt(&p.serialize(), Network::Bitcoin, &w).unwrap();
-    let Intent::Bitcoin(intent) = plan.intent();
+    let Intent::Bitcoin(intent) = plan.intent() else {
+        panic!("not Bitcoin")
+    };
     assert_eq!((intent.fee_sat, intent.inputs.len()), (1_000, 1));
 }
 

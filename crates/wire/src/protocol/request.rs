@@ -387,6 +387,46 @@ pub enum Request {
         /// The PSBT, binary (at most 1 MiB).
         psbt: Vec<u8>,
     },
+    /// Sign an Ethereum transaction, personal message or typed data with the wallet's key at
+    /// `path`: the TEE parses it, builds its intent and computes the hash it signs itself
+    /// (`custos-tx`), and signs only if the approvals are for that intent.
+    SignEthereum {
+        /// Request id and expiry.
+        meta: RequestMeta,
+        /// Root public key of the wallet.
+        key_id: KeyId,
+        /// BIP-32 path of the signing key (e.g. `m/44'/60'/0'/0/0`; hardened steps allowed).
+        path: Vec<u32>,
+        /// What is signed.
+        payload: EthPayload,
+        /// The intent hash the approvals were made for (`intent_mismatch` otherwise).
+        intent_hash: [u8; 32],
+        /// Approvals of [`crate::approval::Action::SignTransaction`] for that intent.
+        approvals: Vec<Approval>,
+    },
+    /// The intent of an Ethereum payload signed by the wallet's key at `path`, as this TEE
+    /// computes it (what [`Request::SignEthereum`] would sign). Changes nothing.
+    PreviewEthereum {
+        /// Root public key of the wallet.
+        key_id: KeyId,
+        /// BIP-32 path of the signing key.
+        path: Vec<u32>,
+        /// What would be signed.
+        payload: EthPayload,
+    },
+}
+
+/// What an Ethereum signature is asked for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum EthPayload {
+    /// An unsigned transaction as it is signed: a legacy transaction's EIP-155 signing
+    /// payload `rlp([nonce, gasPrice, gas, to, value, data, chainId, 0, 0])`, or an EIP-1559
+    /// one's `0x02 || rlp([chainId, nonce, ...])` (at most 128 KiB).
+    Transaction(Vec<u8>),
+    /// An EIP-191 personal message (`personal_sign`, at most 64 KiB).
+    PersonalMessage(Vec<u8>),
+    /// EIP-712 typed data, JSON as `eth_signTypedData_v4` takes it (at most 64 KiB).
+    TypedData(String),
 }
 
 /// A Bitcoin network, as a [`Request::SignPsbt`] names it.
@@ -459,6 +499,8 @@ impl Request {
             | Request::IssueAdmissionTicket { .. }
             | Request::SignPsbt { .. }
             | Request::PreviewPsbt { .. }
+            | Request::SignEthereum { .. }
+            | Request::PreviewEthereum { .. }
             | Request::Governance { .. } => RelayClass::Relayed,
             Request::PinRoot { .. }
             | Request::GenerateDeviceKey { .. }

@@ -205,4 +205,15 @@ pub enum Response {
         /// `intent_hash`.
         intent_json: Vec<u8>,
     },
+    /// An Ethereum signature ([`Request::SignEthereum`]).
+    SignedEthereum {
+        /// `r || s || v`, `v` 27 or 28 (as `personal_sign` and `eth_signTypedData` answer;
+        /// the raw transaction carries its own `v`).
+        signature: Vec<u8>,
+        /// The signed transaction, EIP-2718 encoded (ready for `eth_sendRawTransaction`);
+        /// `None` for a message or typed data.
+        raw_transaction: Option<Vec<u8>>,
+        /// The hash of the intent signed.
+        intent_hash: [u8; 32],
+    },
 }
