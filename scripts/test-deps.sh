@@ -6,7 +6,10 @@
 #   * softhsm2: the PKCS#11 token the admin-key test signs approvals with;
 #   * python3 with venv: embit (from the Python package index, pinned), the independent
 #     wallet the Bitcoin external signer's test builds PSBTs and checks descriptors with,
-#     in a virtual environment of its own ($HOME/.cache/custos/py).
+#     in a virtual environment of its own ($HOME/.cache/custos/py);
+#   * Node.js with npm: anvil and cast (npm @foundry-rs/anvil and @foundry-rs/cast) and ethers,
+#     pinned, the Ethereum node and stock clients of the Ethereum signer's test
+#     ($HOME/.cache/custos/node).
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -15,6 +18,7 @@ pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null || need+=(libtss2-dev)
 command -v swtpm >/dev/null 2>&1 || need+=(swtpm swtpm-tools)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -28,4 +32,13 @@ if ! "$venv/bin/python" -c 'import embit' >/dev/null 2>&1; then
   echo "installing embit into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q embit==0.8.0
+fi
+
+node="$HOME/.cache/custos/node"
+if ! [ -x "$node/node_modules/.bin/anvil" ] || ! [ -x "$node/node_modules/.bin/cast" ] ||
+  ! [ -d "$node/node_modules/ethers" ]; then
+  echo "installing anvil, cast and ethers into $node" >&2
+  mkdir -p "$node"
+  npm install --prefix "$node" --no-audit --no-fund --silent \
+    @foundry-rs/anvil@1.7.1 @foundry-rs/cast@1.7.1 ethers@6.16.0
 fi

@@ -8,6 +8,7 @@ pub mod bitcoin_signer;
 pub mod cluster;
 pub mod dealer;
 pub mod deployment;
+pub mod eth_signer;
 pub mod governance;
 pub mod ops;
 pub mod pkcs11;

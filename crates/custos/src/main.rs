@@ -118,6 +118,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// An Ethereum JSON-RPC signer (Web3Signer's eth1 calls) backed by a Custos wallet:
+    /// signing calls become requests the wallet's approvers approve; the rest goes to the
+    /// downstream node. Prints `listening on http://<address>` once it serves.
+    EthSigner(custos::eth_signer::EthSignerArgs),
     /// Development cluster on loopback.
     Cluster {
         #[command(subcommand)]
@@ -725,6 +729,10 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             command: custos::wallet::WalletCommand::SignPsbt(args),
         } => {
             runtime()?.block_on(custos::wallet::psbt::run(&args, &mut std::io::stdout()))?;
+            Ok(())
+        }
+        Command::EthSigner(args) => {
+            runtime()?.block_on(custos::eth_signer::run(&args))?;
             Ok(())
         }
         Command::BitcoinSigner { args } => {

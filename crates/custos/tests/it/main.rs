@@ -22,6 +22,7 @@ mod cluster;
 mod demo_tpm;
 mod dkg;
 mod e2e;
+mod eth_signer;
 mod governance;
 mod link;
 mod one_effect;
