@@ -9,7 +9,8 @@
 use custos_wire::policy::KeyPolicy;
 
 use crate::approval::{new_threshold_policy, parse_group};
-use crate::{KeyPolicyChange, KeyPolicyView};
+use crate::rules::with_rules;
+use crate::{KeyPolicyChange, KeyPolicyView, PolicyRules};
 
 /// The view of `policy` of key `root_id` (a wallet or threshold key), as `node`'s TEE
 /// reported it.
@@ -38,6 +39,8 @@ pub fn change_view(current: &KeyPolicy, new: &KeyPolicy) -> KeyPolicyChange {
         version: new.version,
         group: new.group.iter().map(hex::encode).collect(),
         quorum: new.quorum,
+        current_rules: PolicyRules::of(current),
+        rules: PolicyRules::of(new),
     }
 }
 
@@ -63,14 +66,18 @@ pub fn policies(
         }
         KeyPolicy::legacy(change.current_quorum)
     } else {
-        let current = KeyPolicy {
-            version: change.current_version,
-            ..new_threshold_policy(
-                parse_group(&change.current_group).map_err(|e| format!("current {e}"))?,
-                change.current_quorum,
-                anchors,
-            )
-        };
+        let current = with_rules(
+            KeyPolicy {
+                version: change.current_version,
+                ..new_threshold_policy(
+                    parse_group(&change.current_group).map_err(|e| format!("current {e}"))?,
+                    change.current_quorum,
+                    anchors,
+                )
+            },
+            change.current_rules.as_ref(),
+        )
+        .map_err(|e| format!("the rules in force: {e}"))?;
         current
             .validate()
             .map_err(|e| format!("the policy in force: {e}"))?;
@@ -91,14 +98,18 @@ pub fn policies(
             change.version, change.current_version
         ));
     }
-    let new = KeyPolicy {
-        version: change.version,
-        ..new_threshold_policy(
-            parse_group(&change.group).map_err(|e| format!("new {e}"))?,
-            change.quorum,
-            anchors,
-        )
-    };
+    let new = with_rules(
+        KeyPolicy {
+            version: change.version,
+            ..new_threshold_policy(
+                parse_group(&change.group).map_err(|e| format!("new {e}"))?,
+                change.quorum,
+                anchors,
+            )
+        },
+        change.rules.as_ref(),
+    )
+    .map_err(|e| format!("the new rules: {e}"))?;
     new.validate().map_err(|e| format!("the new policy: {e}"))?;
     Ok((current, new))
 }
@@ -127,8 +138,13 @@ pub fn describe_change(what: &str, root_id: &str, change: &KeyPolicyChange) -> S
             short(&change.current_group)
         )
     };
+    let rules = if change.rules == change.current_rules {
+        ""
+    } else {
+        "; its transaction rules change"
+    };
     format!(
-        "change the approvers of {what} {}… from {from} to {} of {}; version {}",
+        "change the approvers of {what} {}… from {from} to {} of {}; version {}{rules}",
         root_id.get(..4).unwrap_or(root_id),
         change.quorum,
         short(&change.group),

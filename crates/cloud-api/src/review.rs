@@ -388,6 +388,19 @@ fn describe_policy_change(
         ),
     );
     c.group.iter().for_each(|g| line("", g));
+    if c.rules != c.current_rules {
+        let lines = |r: &Option<crate::PolicyRules>| match r {
+            Some(r) => r.describe(),
+            None => vec!["none: raw digests are signed, no transaction".to_string()],
+        };
+        line("rules now", "");
+        lines(&c.current_rules).iter().for_each(|l| line("", l));
+        line("rules after", "");
+        lines(&c.rules).iter().for_each(|l| line("", l));
+    } else if let Some(r) = &c.current_rules {
+        line("rules", "unchanged:");
+        r.describe().iter().for_each(|l| line("", l));
+    }
 }
 
 /// A wallet creation's approver group and executing node, in words: who alone will ever

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use custos_cloud_api::client::{ClientError, CloudClient};
-use custos_cloud_api::{CreateWalletBody, RequestView};
+use custos_cloud_api::{CreateWalletBody, PolicyRules, RequestView};
 use custos_wire::policy::MAX_GROUP;
 
 pub mod policy;
@@ -121,6 +121,19 @@ pub enum WalletCliError {
     },
 }
 
+/// The transaction rules in the JSON file `path`, if one is named.
+fn read_rules(path: Option<&Path>) -> Result<Option<PolicyRules>, WalletCliError> {
+    let Some(p) = path else {
+        return Ok(None);
+    };
+    serde_json::from_str(&read(p)?)
+        .map(Some)
+        .map_err(|e| WalletCliError::Rules {
+            path: p.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
 fn read_bytes(path: &Path) -> Result<Vec<u8>, WalletCliError> {
     std::fs::read(path).map_err(|source| WalletCliError::Io {
         path: path.to_path_buf(),
@@ -164,15 +177,7 @@ fn named_group(group: &[String], certs: &[PathBuf]) -> Result<Vec<String>, Walle
 /// to approve.
 pub async fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<RequestView, WalletCliError> {
     let group = group_of(args)?;
-    let rules = match &args.rules {
-        Some(p) => Some(
-            serde_json::from_str(&read(p)?).map_err(|e| WalletCliError::Rules {
-                path: p.clone(),
-                reason: e.to_string(),
-            })?,
-        ),
-        None => None,
-    };
+    let rules = read_rules(args.rules.as_deref())?;
     let client = client(&args.api, &args.token, args.api_root_ca.as_deref())?;
     let view = client
         .create_wallet(&CreateWalletBody {

@@ -22,6 +22,11 @@ pub struct KeyPolicyBody {
     /// Distinct admins of the new group needed from then on (1..=16, at most its size).
     #[schema(minimum = 1, maximum = 16)]
     pub quorum: u8,
+    /// The key's new transaction rules (a wallet's only), in full; absent: the rules in force
+    /// are kept. The TEE refuses a change its rules forbid (an allowlist entry removed, its
+    /// time lock lowered, an added entry payable before the time lock in force ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::PolicyRules>,
     /// See [`crate::CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]
@@ -80,4 +85,10 @@ pub struct KeyPolicyChange {
     pub group: Vec<String>,
     /// The new quorum.
     pub quorum: u8,
+    /// The transaction rules in force (part of the hash `prev` names); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_rules: Option<crate::PolicyRules>,
+    /// The new policy's transaction rules; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::PolicyRules>,
 }

@@ -38,7 +38,7 @@ pub(super) async fn get_wallet_policy(
     request_body = KeyPolicyBody,
     responses(
         (status = 202, description = "Recorded, waiting for the approvals of the group in force", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_root_id, invalid_quorum, invalid_group, invalid_expiry, invalid_request_id", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_root_id, invalid_quorum, invalid_group, invalid_rules, invalid_expiry, invalid_request_id", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_wallet, unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists", body = ApiErrorBody),
@@ -102,7 +102,7 @@ pub(super) async fn get_threshold_key_policy(
     request_body = KeyPolicyBody,
     responses(
         (status = 202, description = "Recorded, waiting for the approvals of the group in force", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_key_id, invalid_quorum, invalid_group, invalid_expiry, invalid_request_id", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_key_id, invalid_quorum, invalid_group, invalid_rules, invalid_expiry, invalid_request_id", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_threshold_key, unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "request_exists", body = ApiErrorBody),

@@ -10,7 +10,7 @@
 use custos_cloud_api::approval::{new_threshold_policy, parse_key_id};
 use custos_cloud_api::key_policy::policy_view;
 use custos_wire::approval::THRESHOLD_SCOPE;
-use custos_wire::policy::KeyPolicy;
+use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
 
 use super::threshold::start_link_id;
 use super::*;
@@ -196,30 +196,53 @@ impl Cloud {
             self.cluster_config(c)?;
         }
         let (current, _) = self.read_policy(&target.cluster, &target.id, name).await?;
-        // Cluster anchors are carried over as they are. Transaction rules (issue 14) are not
-        // carried over yet: such a change is refused rather than drop them.
+        // Cluster anchors are carried over as they are; the transaction rules (issue 14) too,
+        // unless the body names new ones (a wallet's only, for now).
         let anchors = match current.cluster_anchors() {
             Some(a) if threshold => a,
             _ => Vec::new(),
         };
-        let kept = new_threshold_policy(current.group.clone(), current.quorum, &anchors);
-        if kept.rules != current.rules {
+        let kept_rules: Vec<Rule> = current
+            .rules
+            .iter()
+            .filter(|r| r.tag != RULE_CLUSTER_ANCHORS)
+            .cloned()
+            .collect();
+        let mut rebuilt = new_threshold_policy(current.group.clone(), current.quorum, &anchors);
+        rebuilt.rules.extend(kept_rules.iter().cloned());
+        if rebuilt.rules != current.rules {
             return Err(invalid_group(format!(
-                "the policy in force of {name} carries rules this server cannot carry over"
+                "the policy in force of {name} carries rules this server cannot rebuild"
             )));
         }
+        let invalid_rules = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
+        let rules = match &body.rules {
+            Some(_) if threshold => {
+                return Err(invalid_rules(
+                    "a threshold key's transaction rules cannot be set here yet".into(),
+                ))
+            }
+            Some(r) => r.to_rules().map_err(invalid_rules)?,
+            None => kept_rules.clone(),
+        };
         let version = current
             .version
             .checked_add(1)
             .ok_or_else(|| invalid_group(format!("{name} is at the last policy version")))?;
-        let new = KeyPolicy {
+        let mut new = KeyPolicy {
             version,
             ..new_threshold_policy(group, body.quorum, &anchors)
         };
-        new.validate().map_err(|e| invalid_group(e.to_string()))?;
-        if (current.version > 0) && (&current.group, current.quorum) == (&new.group, new.quorum) {
+        new.rules.extend(rules.iter().cloned());
+        new.validate().map_err(|e| match body.rules {
+            Some(_) => invalid_rules(e.to_string()),
+            None => invalid_group(e.to_string()),
+        })?;
+        if (current.version > 0)
+            && (&current.group, current.quorum, &kept_rules) == (&new.group, new.quorum, &rules)
+        {
             return Err(invalid_group(format!(
-                "{name} already has this group and quorum"
+                "{name} already has this group, quorum and rules"
             )));
         }
         let (rid, expires_at) =

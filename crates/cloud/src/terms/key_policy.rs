@@ -9,13 +9,15 @@
 //! change adds `"clusters":["dc1",…]` (its shares' clusters, by share index: where the change
 //! is sent, and its scope is [`THRESHOLD_SCOPE`]) and, when its policy has them,
 //! `"anchors":["<32 bytes hex>",…]` (cluster anchors, part of both policies alike: carried
-//! over unchanged). Rows stored before threshold keys' changes have neither: wallets.
+//! over unchanged). Rows stored before threshold keys' changes have neither: wallets. A
+//! wallet's transaction rules (issue 14) are `"current_rules"` and `"rules"` (postcard hex of
+//! the policy's rules other than anchors; absent when none), in both policies as shown.
 
 use custos_cloud_api::approval::new_threshold_policy;
 use custos_cloud_api::key_policy::{change_view, policies};
 use custos_cloud_api::KeyPolicyChange;
 use custos_wire::approval::THRESHOLD_SCOPE;
-use custos_wire::policy::KeyPolicy;
+use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
 use serde::{Deserialize, Serialize};
 
 use super::KeyId;
@@ -54,6 +56,36 @@ pub struct PolicyTerms {
         with = "super::fingerprint_list"
     )]
     pub anchors: Vec<[u8; 32]>,
+    /// The transaction rules in force (the policy's rules but anchors).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::postcard_hex"
+    )]
+    pub current_rules: Vec<Rule>,
+    /// The new policy's transaction rules.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::postcard_hex"
+    )]
+    pub rules: Vec<Rule>,
+}
+
+/// The rules of `policy` but its cluster anchors (carried separately).
+fn transaction_rules(policy: &KeyPolicy) -> Vec<Rule> {
+    policy
+        .rules
+        .iter()
+        .filter(|r| r.tag != RULE_CLUSTER_ANCHORS)
+        .cloned()
+        .collect()
+}
+
+/// `policy` with `rules` after its own.
+fn with(mut policy: KeyPolicy, rules: &[Rule]) -> KeyPolicy {
+    policy.rules.extend_from_slice(rules);
+    policy
 }
 
 impl PolicyTerms {
@@ -69,6 +101,8 @@ impl PolicyTerms {
             quorum: new.quorum,
             clusters: Vec::new(),
             anchors: Vec::new(),
+            current_rules: transaction_rules(current),
+            rules: transaction_rules(new),
         }
     }
 
@@ -96,10 +130,13 @@ impl PolicyTerms {
 
     /// The new policy, as approved and sent.
     pub fn policy(&self) -> KeyPolicy {
-        KeyPolicy {
-            version: self.version,
-            ..new_threshold_policy(self.group.clone(), self.quorum, &self.anchors)
-        }
+        with(
+            KeyPolicy {
+                version: self.version,
+                ..new_threshold_policy(self.group.clone(), self.quorum, &self.anchors)
+            },
+            &self.rules,
+        )
     }
 
     /// The change as the API shows it, for a request needing `current_quorum` approvals.
@@ -107,10 +144,17 @@ impl PolicyTerms {
         let current = if self.current_version == 0 {
             KeyPolicy::legacy(current_quorum)
         } else {
-            KeyPolicy {
-                version: self.current_version,
-                ..new_threshold_policy(self.current_group.clone(), current_quorum, &self.anchors)
-            }
+            with(
+                KeyPolicy {
+                    version: self.current_version,
+                    ..new_threshold_policy(
+                        self.current_group.clone(),
+                        current_quorum,
+                        &self.anchors,
+                    )
+                },
+                &self.current_rules,
+            )
         };
         let mut view = change_view(&current, &self.policy());
         // The stored hash, not the recomputed one: a row whose hash disagrees with its group

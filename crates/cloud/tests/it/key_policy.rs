@@ -40,6 +40,7 @@ fn body(s: &TestServer, names: &[&str], quorum: u8) -> KeyPolicyBody {
 /// The new group of admin key fingerprints `keys` with `quorum`, as a body.
 fn keys_body(keys: &[[u8; 32]], quorum: u8) -> KeyPolicyBody {
     KeyPolicyBody {
+        rules: None,
         group: keys.iter().map(hex::encode).collect(),
         quorum,
         request_id: None,
@@ -219,10 +220,12 @@ async fn a_new_group_is_checked_before_anything_is_recorded() {
     let bad = [
         body(&s, &["alice"], 2),
         KeyPolicyBody {
+            rules: None,
             group: vec!["00".repeat(32); 33],
             ..body(&s, &["alice"], 1)
         },
         KeyPolicyBody {
+            rules: None,
             group: vec![],
             ..body(&s, &["alice"], 1)
         },

@@ -67,9 +67,12 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         ("post", "/v1/wallets") => &["invalid_group", "invalid_rules"],
         // The new quorum at most the new group's size; fingerprints distinct whatever their
         // case.
-        ("put", "/v1/wallets/{root_id}/policy") => &["invalid_group"],
-        // As a wallet's, and the quorum must be the threshold key's own.
-        ("put", "/v1/threshold/keys/{key_id}/policy") => &["invalid_group", "invalid_quorum"],
+        // Rules: a valid policy, and a change the TEE's rules allow.
+        ("put", "/v1/wallets/{root_id}/policy") => &["invalid_group", "invalid_rules"],
+        // As a wallet's, and the quorum must be the threshold key's own; no rules yet.
+        ("put", "/v1/threshold/keys/{key_id}/policy") => {
+            &["invalid_group", "invalid_quorum", "invalid_rules"]
+        }
         // The bundle's own encoding, signature and facts.
         ("post", "/v1/threshold/keys/import") => &["invalid_bundle"],
         // t <= n, the number of clusters named; a group's quorum at most its size.

@@ -201,6 +201,7 @@ async fn setup() -> (TestServer, Arc<Policies>, String) {
 
 fn keys_body(s: &TestServer, names: &[&str], quorum: u8) -> KeyPolicyBody {
     KeyPolicyBody {
+        rules: None,
         group: admin_keys(&s.pki, names).iter().map(hex::encode).collect(),
         quorum,
         request_id: None,

@@ -137,6 +137,7 @@ impl Demo {
             .set_wallet_policy(
                 &root_id,
                 &KeyPolicyBody {
+                    rules: None,
                     group: group.clone(),
                     quorum: 2,
                     request_id: None,

@@ -49,6 +49,10 @@ pub struct PolicyArgs {
     /// Admins of the new group needed from then on.
     #[arg(long)]
     pub quorum: Option<u8>,
+    /// The wallet's new transaction rules, a JSON file (`PolicyRules`; `{}`: none, raw
+    /// digests signed); without it the rules in force are kept.
+    #[arg(long, conflicts_with = "show")]
+    pub rules: Option<PathBuf>,
 }
 
 /// What `custos wallet policy` did.
@@ -82,6 +86,7 @@ pub async fn run(args: &PolicyArgs, out: &mut dyn Write) -> Result<PolicyOutcome
     let quorum = args.quorum.ok_or(WalletCliError::NoQuorum)?;
     let group = named_group(&args.group, &args.group_certs)?;
     let body = KeyPolicyBody {
+        rules: super::read_rules(args.rules.as_deref())?,
         group,
         quorum,
         request_id: None,

@@ -235,6 +235,7 @@ async fn group_changed_on_every_cluster(
         .set_threshold_key_policy(
             key_id,
             &KeyPolicyBody {
+                rules: None,
                 group: vec![hex::encode(bob.key_fingerprint())],
                 quorum: 1,
                 request_id: None,
@@ -257,6 +258,7 @@ async fn group_changed_on_every_cluster(
     // `custos wallet policy --threshold-key <id> --show` shows it with its anchors.
     let mut out = Vec::new();
     let show = custos::wallet::policy::PolicyArgs {
+        rules: None,
         api: dep.api_url.clone(),
         token: dep.api_token.clone(),
         api_root_ca: None,

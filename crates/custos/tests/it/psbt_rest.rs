@@ -197,3 +197,143 @@ fn a_psbt_signed_through_rest_under_the_wallets_rules() {
         );
     });
 }
+
+/// A regtest P2WSH script of `byte`, and its address.
+fn outside(byte: u8) -> (ScriptBuf, String) {
+    let script = ScriptBuf::new_p2wsh(&bitcoin::WScriptHash::from_raw_hash(
+        bitcoin::hashes::Hash::from_byte_array([byte; 32]),
+    ));
+    let address = custos_tx::btc::address_of(script.as_bytes(), "regtest").unwrap();
+    (script, address)
+}
+
+/// A PSBT paying 50 000 sat to `to` from an 80 000 sat P2WPKH input, 29 000 sat back.
+fn pay(xpub: &str, to: ScriptBuf) -> Vec<u8> {
+    Spend::from(xpub)
+        .input(InputKind::P2wpkh, &[0, 1], 80_000)
+        .pay(to, 50_000)
+        .change(&[1, 0], 29_000)
+        .psbt()
+        .serialize()
+}
+
+/// An allowlist changed through REST (`PUT /v1/wallets/{root}/policy` with rules): an entry
+/// payable before the time lock in force ends is refused by every TEE, one payable after it
+/// is accepted, and paying it before then is refused with the full quorum present.
+#[test]
+fn an_allowlist_change_waits_for_the_time_lock_in_force_through_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Deployment::start(
+        &exe(),
+        dir.path(),
+        &DeploymentOptions {
+            clusters: vec![(DC.into(), LinkTransport::Tcp)],
+            nodes: 1,
+            admins: ["alice", "bob"].map(String::from).to_vec(),
+            sync_interval_secs: 1,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )
+    .unwrap();
+    let [alice, bob] = ["alice", "bob"].map(|n| d.admin(n).unwrap());
+    let group: Vec<String> = [&alice, &bob]
+        .map(|a| hex::encode(a.key_fingerprint()))
+        .to_vec();
+    let (to_a, a) = outside(7);
+    let (to_b, b) = outside(8);
+    let entry = |destination: &str, not_before: u64| AllowEntryView {
+        asset: "bitcoin:regtest".into(),
+        destination: destination.into(),
+        not_before,
+    };
+    let rules = |entries: Vec<AllowEntryView>| PolicyRules {
+        transactions_only: true,
+        spend_limits: vec![SpendLimitView {
+            asset: "bitcoin:regtest".into(),
+            per_transaction: "1000000".into(),
+            window_secs: 0,
+            per_window: "1000000".into(),
+            count_per_window: 1,
+        }],
+        allowlist: Some(AllowlistView {
+            time_lock_secs: 3600,
+            entries,
+        }),
+        ..PolicyRules::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = d.client().unwrap();
+        let view = client
+            .create_wallet(&CreateWalletBody {
+                rules: Some(rules(vec![entry(&a, 0)])),
+                cluster: DC.into(),
+                quorum: 1,
+                group: group.clone(),
+                executor: None,
+                request_id: None,
+                expires_at: None,
+                approvals: vec![],
+            })
+            .await
+            .unwrap();
+        let done = approve(&client, &view, &alice).await;
+        let Some(RequestResult::Wallet(w)) = &done.result else {
+            panic!("no wallet: {done:?}")
+        };
+        let sign = |psbt: Vec<u8>| {
+            let client = &client;
+            let alice = &alice;
+            let d = &d;
+            let dir = dir.path();
+            let root = w.root_id.clone();
+            async move {
+                let (view, _) = submit(d, dir, &root, &psbt).await;
+                approve(client, &view, alice).await
+            }
+        };
+        assert_eq!(sign(pay(&w.xpub, to_a.clone())).await.status, RequestStatus::Completed);
+        let refused = sign(pay(&w.xpub, to_b.clone())).await;
+        assert!(
+            refused.error.unwrap().message.contains("not_allowlisted"),
+            "b is not on the list"
+        );
+
+        // b added to be payable at once: every TEE refuses the change (the lock in force).
+        let now = custos_pki::clock::now_unix();
+        let change = |entries| KeyPolicyBody {
+            rules: Some(rules(entries)),
+            group: group.clone(),
+            quorum: 1,
+            request_id: None,
+            expires_at: None,
+        };
+        let early = client
+            .set_wallet_policy(&w.root_id, &change(vec![entry(&a, 0), entry(&b, now)]))
+            .await
+            .unwrap();
+        let shown = custos_cloud_api::review::describe(&early);
+        assert!(shown.contains("rules after"), "{shown}");
+        let early = approve(&client, &early, &alice).await;
+        assert_eq!(early.status, RequestStatus::Refused, "{early:?}");
+        assert_eq!(early.error.unwrap().code, "tee_policy_rejected");
+
+        // b payable after the lock: accepted, but paying b now is refused by name.
+        let later = client
+            .set_wallet_policy(
+                &w.root_id,
+                &change(vec![entry(&a, 0), entry(&b, now + 3600 + 600)]),
+            )
+            .await
+            .unwrap();
+        let later = approve(&client, &later, &alice).await;
+        assert_eq!(later.status, RequestStatus::Completed, "{later:?}");
+        let policy = client.wallet_policy(&w.root_id).await.unwrap();
+        assert_eq!(policy.rules.unwrap().allowlist.unwrap().entries.len(), 2);
+        let locked = sign(pay(&w.xpub, to_b)).await;
+        let e = locked.error.unwrap();
+        assert_eq!(e.code, "tee_policy_refused");
+        assert!(e.message.contains("allowlist_time_lock"), "{}", e.message);
+    });
+}

@@ -126,6 +126,7 @@ async fn group_wallet(
 /// `custos wallet policy` arguments for `root_id`: show it, or propose `group`, quorum 1.
 fn policy_args(d: &Deployment, root_id: &str, group: Option<Vec<String>>) -> PolicyArgs {
     PolicyArgs {
+        rules: None,
         api: d.api_url.clone(),
         token: d.api_token.clone(),
         api_root_ca: None,
