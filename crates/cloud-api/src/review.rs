@@ -223,6 +223,13 @@ pub fn describe(view: &RequestView) -> String {
     for l in view.rules.iter().flat_map(|r| r.describe()) {
         line(&mut s, "rule", &l);
     }
+    if view.kind == RequestKind::CreateWallet && view.group.is_some() && view.rules.is_none() {
+        line(
+            &mut s,
+            "rule",
+            "none: this wallet signs raw digests its approvers cannot read",
+        );
+    }
     line(&mut s, "quorum", &view.quorum.to_string());
     let approvers: Vec<&str> = view.approvals.iter().map(|a| a.admin.as_str()).collect();
     line(

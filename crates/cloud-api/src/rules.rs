@@ -20,6 +20,21 @@ fn amount(what: &str, s: &str) -> Result<u128, String> {
 }
 
 impl PolicyRules {
+    /// No rule at all: the key signs raw digests its approvers cannot read (what a wallet
+    /// creation must ask for explicitly; without rules a new wallet signs transactions only).
+    pub fn raw_digests() -> Self {
+        PolicyRules::default()
+    }
+
+    /// The rules a new wallet gets when its creation names none: transactions only (and,
+    /// without a spend limit, no transaction either until its group adds one).
+    pub fn new_wallet_default() -> Self {
+        PolicyRules {
+            transactions_only: true,
+            ..PolicyRules::default()
+        }
+    }
+
     /// Whether it sets no rule at all.
     pub fn is_empty(&self) -> bool {
         *self == PolicyRules::default()

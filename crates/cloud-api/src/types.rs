@@ -239,8 +239,9 @@ pub struct CreateWalletBody {
     pub approvals: Vec<ApprovalBody>,
     /// The wallet's transaction rules, sealed with it and part of what is approved:
     /// transactions only, spend limits, allowlist, approval tiers (`invalid_rules` when
-    /// they do not make a valid policy). Absent: none (the wallet signs raw digests and no
-    /// transaction).
+    /// they do not make a valid policy). Absent: transactions only (raw digests are off for
+    /// new wallets; with no spend limit the wallet signs nothing until its group adds one).
+    /// `{}`: no rule, the wallet signs raw digests (its approvers see that they approve it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<PolicyRules>,
 }

@@ -336,7 +336,7 @@ pub fn run(
     let root_id = rt.block_on(async {
         let view = client
             .create_wallet(&CreateWalletBody {
-                rules: None,
+                rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
                 cluster: "bench".into(),
                 quorum: 1,
                 group: vec![hex::encode(alice.key_fingerprint())],

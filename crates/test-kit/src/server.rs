@@ -273,7 +273,7 @@ impl TestServer {
         }
         .message(cluster, &meta);
         let body = custos_cloud_api::CreateWalletBody {
-            rules: None,
+            rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
             executor: Some(hex::encode(executor)),
             request_id: Some(hex::encode(meta.request_id)),
             expires_at: Some(meta.expires_at),
@@ -291,7 +291,7 @@ impl TestServer {
         group: usize,
     ) -> custos_cloud_api::CreateWalletBody {
         custos_cloud_api::CreateWalletBody {
-            rules: None,
+            rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
             cluster: cluster.into(),
             quorum,
             group: self.group_of(group),

@@ -29,10 +29,13 @@ impl Cloud {
             ));
         }
         let invalid_rules = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
-        let rules = match &body.rules {
-            Some(r) => r.to_rules().map_err(invalid_rules)?,
-            None => Vec::new(),
-        };
+        // Raw digests are off for new keys: only a creation asking for them signs them.
+        let rules = body
+            .rules
+            .clone()
+            .unwrap_or_else(PolicyRules::new_wallet_default)
+            .to_rules()
+            .map_err(invalid_rules)?;
         let mut policy = custos_cloud_api::approval::new_wallet_policy(group.clone(), body.quorum);
         policy.rules.extend_from_slice(&rules);
         policy

@@ -57,7 +57,7 @@ fn tester() -> Principal {
 /// A wallet creation on dc1 with `quorum` of the group alice, bob, carol.
 fn create(s: &Setup, quorum: u8) -> CreateWalletBody {
     CreateWalletBody {
-        rules: None,
+        rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
         cluster: "dc1".into(),
         quorum,
         group: governance::admin_keys(&s.pki, &ADMINS)

@@ -52,7 +52,7 @@ impl Demo {
             let view = self
                 .client
                 .create_wallet(&CreateWalletBody {
-                    rules: None,
+                    rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
                     cluster: cluster.into(),
                     quorum,
                     group: group.clone(),

@@ -41,7 +41,7 @@ fn deploy(dir: &std::path::Path, transport: LinkTransport, nodes: usize) -> Depl
 async fn create_wallet(client: &CloudClient, signers: &[&AdminSigner]) -> (String, String) {
     let mut view = client
         .create_wallet(&CreateWalletBody {
-            rules: None,
+            rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
             cluster: CLUSTER.into(),
             quorum: signers.len() as u8,
             group: signers

@@ -41,7 +41,7 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
     let (id, executor) = rt.block_on(async {
         let view = client
             .create_wallet(&CreateWalletBody {
-                rules: None,
+                rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
                 cluster: CLUSTER.into(),
                 quorum: 1,
                 group: vec![hex::encode(alice.key_fingerprint())],

@@ -169,7 +169,7 @@ async fn token_admin_approves_wallet_creation_and_signing_end_to_end() {
 
     let view = client
         .create_wallet(&CreateWalletBody {
-            rules: None,
+            rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
             cluster: CLUSTER.into(),
             quorum: 1,
             group: vec![hex::encode(

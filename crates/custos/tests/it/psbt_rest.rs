@@ -265,6 +265,40 @@ fn an_allowlist_change_waits_for_the_time_lock_in_force_through_rest() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = d.client().unwrap();
+        // A wallet created without rules signs transactions only: no raw digest.
+        let plain = client
+            .create_wallet(&CreateWalletBody {
+                rules: None,
+                cluster: DC.into(),
+                quorum: 1,
+                group: group.clone(),
+                executor: None,
+                request_id: None,
+                expires_at: None,
+                approvals: vec![],
+            })
+            .await
+            .unwrap();
+        let shown = custos_cloud_api::review::describe(&plain);
+        assert!(shown.contains("transactions only"), "{shown}");
+        let plain = approve(&client, &plain, &alice).await;
+        let digest = client
+            .sign(&SignRequestBody {
+                root_id: plain.root_id.clone().unwrap(),
+                path: "m/0".into(),
+                digest: "33".repeat(32),
+                request_id: None,
+                expires_at: None,
+                approvals: vec![],
+            })
+            .await
+            .unwrap();
+        let refused = approve(&client, &digest, &alice).await;
+        assert_eq!(
+            refused.error.map(|e| e.code),
+            Some("tee_raw_signing_off".to_string())
+        );
+
         let view = client
             .create_wallet(&CreateWalletBody {
                 rules: Some(rules(vec![entry(&a, 0)])),
@@ -293,7 +327,10 @@ fn an_allowlist_change_waits_for_the_time_lock_in_force_through_rest() {
                 approve(client, &view, alice).await
             }
         };
-        assert_eq!(sign(pay(&w.xpub, to_a.clone())).await.status, RequestStatus::Completed);
+        assert_eq!(
+            sign(pay(&w.xpub, to_a.clone())).await.status,
+            RequestStatus::Completed
+        );
         let refused = sign(pay(&w.xpub, to_b.clone())).await;
         assert!(
             refused.error.unwrap().message.contains("not_allowlisted"),

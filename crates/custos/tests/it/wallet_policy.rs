@@ -98,7 +98,7 @@ async fn group_wallet(
 ) -> String {
     let wallet = client
         .create_wallet(&CreateWalletBody {
-            rules: None,
+            rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
             cluster: DC.into(),
             quorum: 1,
             group: vec![fp(alice), fp(bob)],

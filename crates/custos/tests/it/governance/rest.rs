@@ -203,7 +203,7 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
         // A wallet made while carol still counts (alice approves it).
         let wallet = client
             .create_wallet(&CreateWalletBody {
-                rules: None,
+                rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
                 cluster: DC.into(),
                 quorum: 1,
                 group: vec![fp(&alice), fp(&bob), fp(&carol)],
