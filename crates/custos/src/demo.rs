@@ -48,6 +48,7 @@ mod admission;
 mod governance;
 mod platform;
 mod threshold;
+mod transactions;
 mod wallets;
 
 type AnyError = Box<dyn std::error::Error>;
@@ -223,6 +224,8 @@ struct Demo {
     revoked_refused: serde_json::Value,
     /// The wallet whose approver group was changed, and how an outsider was refused.
     group_changed: serde_json::Value,
+    /// Transactions the TEE understood: the PSBT signed, the policy refusals, Ethereum.
+    transactions: serde_json::Value,
 }
 
 impl Demo {
@@ -287,6 +290,7 @@ impl Demo {
             rogue_refused: Vec::new(),
             revoked_refused: serde_json::Value::Null,
             group_changed: serde_json::Value::Null,
+            transactions: serde_json::Value::Null,
         })
     }
 
@@ -329,6 +333,7 @@ impl Demo {
                 "note": s.note, "verified": true,
             })).collect::<Vec<_>>(),
             "audits": self.audits,
+            "transactions": self.transactions,
             "governance": {
                 "clusters": self.governance,
                 "rogue_refused": self.rogue_refused,
@@ -384,6 +389,7 @@ pub fn run(
         demo.quorum().await?;
         demo.approver_group().await?;
         demo.revoked_admin().await?;
+        demo.transactions = demo.transactions().await?;
         demo.audit().await
     })?;
     let mut threshold = demo.threshold_dealt(&rt)?;
