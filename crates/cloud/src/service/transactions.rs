@@ -277,6 +277,29 @@ impl Cloud {
     }
 }
 
+/// A TEE answer of another kind than the request's.
+fn unexpected(response: &Response) -> Verdict {
+    Verdict::Failed(Failure::new(
+        "relay_protocol",
+        format!("unexpected TEE response {}", response_name(response)),
+    ))
+}
+
+/// Whether the TEE signed the intent the approvals name.
+fn same_intent(signed: &[u8; 32], approved: &[u8; 32]) -> Result<(), Verdict> {
+    if signed == approved {
+        return Ok(());
+    }
+    Err(Verdict::Failed(Failure::new(
+        "bad_result",
+        format!(
+            "the TEE signed intent {}, the approvals name {}",
+            hex::encode(signed),
+            hex::encode(approved)
+        ),
+    )))
+}
+
 /// The verdict on a TEE's answer to a PSBT signing: the intent it signed is the approved
 /// one and the PSBT is the submitted transaction with a signature on every input (each
 /// signature verified by the TEE, whose answer is signed by its device key).
@@ -295,17 +318,10 @@ pub(super) fn psbt_verdict(terms: &Terms, node: String, response: Response) -> V
         intent_hash: signed,
     } = response
     else {
-        return Verdict::Failed(Failure::new(
-            "relay_protocol",
-            format!("unexpected TEE response {}", response_name(&response)),
-        ));
+        return unexpected(&response);
     };
-    if signed != *intent_hash {
-        return fail(format!(
-            "the TEE signed intent {}, the approvals name {}",
-            hex::encode(signed),
-            hex::encode(intent_hash)
-        ));
+    if let Err(v) = same_intent(&signed, intent_hash) {
+        return v;
     }
     let (Ok(before), Ok(after)) = (Psbt::deserialize(submitted), Psbt::deserialize(&psbt)) else {
         return fail("the signed PSBT does not parse".into());
@@ -394,17 +410,10 @@ pub(super) fn ethereum_verdict(
         intent_hash: signed,
     } = response
     else {
-        return Verdict::Failed(Failure::new(
-            "relay_protocol",
-            format!("unexpected TEE response {}", response_name(&response)),
-        ));
+        return unexpected(&response);
     };
-    if signed != *intent_hash {
-        return fail(format!(
-            "the TEE signed intent {}, the approvals name {}",
-            hex::encode(signed),
-            hex::encode(intent_hash)
-        ));
+    if let Err(v) = same_intent(&signed, intent_hash) {
+        return v;
     }
     let Some(from) = intent.get("from").and_then(|f| f.as_str()) else {
         return fail("the intent names no sender".into());

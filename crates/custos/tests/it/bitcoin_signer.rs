@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::Secp256k1;
-use custos::cluster::LinkTransport;
-use custos::deployment::{Deployment, DeploymentOptions};
+use custos::deployment::Deployment;
 use custos_cloud_api::approval::{approval_message, sign_approval};
 use custos_cloud_api::client::CloudClient;
 use custos_cloud_api::*;
@@ -23,9 +22,7 @@ use custos_pki::AdminSigner;
 use miniscript::psbt::PsbtExt;
 use serde_json::Value;
 
-use crate::common::exe;
-
-const DC: &str = "dc1";
+use crate::common::{dc1_alice_and_bob, exe, ruled_wallet};
 
 /// The Python with embit (`scripts/test-deps.sh` installs it), or `None` to skip, unless
 /// `CUSTOS_TEST_REQUIRE_EMBIT` is set.
@@ -200,19 +197,7 @@ fn bitcoin_core_calls_the_signer_and_an_independent_wallet_agrees() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let d = Deployment::start(
-        &exe(),
-        dir.path(),
-        &DeploymentOptions {
-            clusters: vec![(DC.into(), LinkTransport::Tcp)],
-            nodes: 1,
-            admins: ["alice", "bob"].map(String::from).to_vec(),
-            sync_interval_secs: 1,
-            audit_interval_secs: 0,
-            cloud_db_url: None,
-        },
-    )
-    .unwrap();
+    let d = dc1_alice_and_bob(dir.path(), 1);
     let [alice, bob] = ["alice", "bob"].map(|n| d.admin(n).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = d.client().unwrap();
@@ -228,30 +213,10 @@ fn bitcoin_core_calls_the_signer_and_an_independent_wallet_agrees() {
         }],
         ..PolicyRules::default()
     };
-    let root = rt.block_on(async {
-        let view = client
-            .create_wallet(&CreateWalletBody {
-                rules: Some(rules),
-                cluster: DC.into(),
-                quorum: 1,
-                group: [&alice, &bob]
-                    .map(|a| hex::encode(a.key_fingerprint()))
-                    .to_vec(),
-                executor: None,
-                request_id: None,
-                expires_at: None,
-                approvals: vec![],
-            })
-            .await
-            .unwrap();
-        let message = approval_message(&view).unwrap();
-        let done = client
-            .approve(&view.id, &sign_approval(&alice, &message).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
-        done.root_id.unwrap()
-    });
+    let root = rt
+        .block_on(ruled_wallet(&client, [&alice, &bob], Some(rules), None))
+        .root_id
+        .unwrap();
 
     // enumerate: this wallet, by an 8-hex-digit fingerprint.
     let (code, answer) = signer(&d, &root, &["enumerate"], None);

@@ -7,23 +7,21 @@
 //! full quorum approving, ends in a JSON-RPC error naming the rule, and nothing is mined.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custos::cluster::LinkTransport;
-use custos::deployment::{Deployment, DeploymentOptions};
+use custos::deployment::Deployment;
 use custos_cloud_api::approval::{approval_message, sign_approval};
 use custos_cloud_api::client::CloudClient;
 use custos_cloud_api::*;
 use custos_pki::AdminSigner;
 use serde_json::{json, Value};
 
-use crate::common::exe;
+use crate::common::{dc1_alice_and_bob, exe, ruled_wallet};
 
-const DC: &str = "dc1";
 const BOB: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 
 /// anvil, cast and ethers, as `scripts/test-deps.sh` installs them.
@@ -240,29 +238,13 @@ async fn send_one_ether(
     raw["result"].as_str().unwrap().to_string()
 }
 
-fn deploy(dir: &Path) -> Deployment {
-    Deployment::start(
-        &exe(),
-        dir,
-        &DeploymentOptions {
-            clusters: vec![(DC.into(), LinkTransport::Tcp)],
-            nodes: 1,
-            admins: ["alice", "bob"].map(String::from).to_vec(),
-            sync_interval_secs: 1,
-            audit_interval_secs: 0,
-            cloud_db_url: None,
-        },
-    )
-    .unwrap()
-}
-
 #[test]
 fn stock_clients_send_and_sign_through_the_signer_under_the_wallets_rules() {
     let Some(tools) = tools() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let d = deploy(dir.path());
+    let d = dc1_alice_and_bob(dir.path(), 1);
     let [alice, bob] = ["alice", "bob"].map(|n| d.admin(n).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = d.client().unwrap();
@@ -283,30 +265,10 @@ fn stock_clients_send_and_sign_through_the_signer_under_the_wallets_rules() {
         ],
         ..PolicyRules::default()
     };
-    let root = rt.block_on(async {
-        let view = client
-            .create_wallet(&CreateWalletBody {
-                rules: Some(rules),
-                cluster: DC.into(),
-                quorum: 1,
-                group: [&alice, &bob]
-                    .map(|a| hex::encode(a.key_fingerprint()))
-                    .to_vec(),
-                executor: None,
-                request_id: None,
-                expires_at: None,
-                approvals: vec![],
-            })
-            .await
-            .unwrap();
-        let message = approval_message(&view).unwrap();
-        let done = client
-            .approve(&view.id, &sign_approval(&alice, &message).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
-        done.root_id.unwrap()
-    });
+    let root = rt
+        .block_on(ruled_wallet(&client, [&alice, &bob], Some(rules), None))
+        .root_id
+        .unwrap();
     let (_anvil, anvil) = rt.block_on(start_anvil(&tools));
     let (_signer, signer) = start_signer(&d, &root, &anvil);
     let stop = Arc::new(AtomicBool::new(false));

@@ -6,8 +6,7 @@
 
 use bitcoin::psbt::Psbt;
 use bitcoin::ScriptBuf;
-use custos::cluster::LinkTransport;
-use custos::deployment::{Deployment, DeploymentOptions};
+use custos::deployment::Deployment;
 use custos::wallet::psbt::{run, SignPsbtArgs};
 use custos_cloud_api::approval::{approval_message, sign_approval};
 use custos_cloud_api::client::CloudClient;
@@ -16,7 +15,7 @@ use custos_pki::AdminSigner;
 use custos_tx::synthetic::Spend;
 use custos_tx::InputKind;
 
-use crate::common::exe;
+use crate::common::{dc1_alice_and_bob, ruled_wallet};
 
 const DC: &str = "dc1";
 
@@ -92,19 +91,7 @@ async fn submit(
 #[test]
 fn a_psbt_signed_through_rest_under_the_wallets_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Deployment::start(
-        &exe(),
-        dir.path(),
-        &DeploymentOptions {
-            clusters: vec![(DC.into(), LinkTransport::Tcp)],
-            nodes: 2,
-            admins: ["alice", "bob"].map(String::from).to_vec(),
-            sync_interval_secs: 1,
-            audit_interval_secs: 0,
-            cloud_db_url: None,
-        },
-    )
-    .unwrap();
+    let d = dc1_alice_and_bob(dir.path(), 2);
     let [alice, bob] = ["alice", "bob"].map(|n| d.admin(n).unwrap());
     let holder_node = &d.cluster(DC).unwrap().nodes[0].name;
     let holder = hex::encode(
@@ -223,19 +210,7 @@ fn pay(xpub: &str, to: ScriptBuf) -> Vec<u8> {
 #[test]
 fn an_allowlist_change_waits_for_the_time_lock_in_force_through_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Deployment::start(
-        &exe(),
-        dir.path(),
-        &DeploymentOptions {
-            clusters: vec![(DC.into(), LinkTransport::Tcp)],
-            nodes: 1,
-            admins: ["alice", "bob"].map(String::from).to_vec(),
-            sync_interval_secs: 1,
-            audit_interval_secs: 0,
-            cloud_db_url: None,
-        },
-    )
-    .unwrap();
+    let d = dc1_alice_and_bob(dir.path(), 1);
     let [alice, bob] = ["alice", "bob"].map(|n| d.admin(n).unwrap());
     let group: Vec<String> = [&alice, &bob]
         .map(|a| hex::encode(a.key_fingerprint()))
@@ -299,20 +274,13 @@ fn an_allowlist_change_waits_for_the_time_lock_in_force_through_rest() {
             Some("tee_raw_signing_off".to_string())
         );
 
-        let view = client
-            .create_wallet(&CreateWalletBody {
-                rules: Some(rules(vec![entry(&a, 0)])),
-                cluster: DC.into(),
-                quorum: 1,
-                group: group.clone(),
-                executor: None,
-                request_id: None,
-                expires_at: None,
-                approvals: vec![],
-            })
-            .await
-            .unwrap();
-        let done = approve(&client, &view, &alice).await;
+        let done = ruled_wallet(
+            &client,
+            [&alice, &bob],
+            Some(rules(vec![entry(&a, 0)])),
+            None,
+        )
+        .await;
         let Some(RequestResult::Wallet(w)) = &done.result else {
             panic!("no wallet: {done:?}")
         };

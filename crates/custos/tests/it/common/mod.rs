@@ -425,3 +425,56 @@ pub fn verify_independently(
     assert_eq!(recovered, vk, "public key recovered from (r, s, v) differs");
     assert_eq!(sig.public_key, public_key, "TEE reports another signer key");
 }
+
+/// One cluster, dc1, of `nodes` nodes over a TCP link, with admins alice and bob (syncing
+/// every second), in `dir`: the deployment of the transaction tests.
+pub fn dc1_alice_and_bob(dir: &Path, nodes: usize) -> Deployment {
+    Deployment::start(
+        &exe(),
+        dir,
+        &DeploymentOptions {
+            clusters: vec![(CLUSTER.into(), LinkTransport::Tcp)],
+            nodes,
+            admins: ["alice", "bob"].map(String::from).to_vec(),
+            sync_interval_secs: 1,
+            audit_interval_secs: 0,
+            cloud_db_url: None,
+        },
+    )
+    .unwrap()
+}
+
+/// A wallet of dc1 under `rules`, its group alice and bob (`admins`), quorum 1, made by
+/// `executor` (else the server's choice) and approved by alice: the completed request.
+pub async fn ruled_wallet(
+    client: &custos_cloud_api::CloudClient,
+    admins: [&custos_pki::AdminSigner; 2],
+    rules: Option<custos_cloud_api::PolicyRules>,
+    executor: Option<String>,
+) -> custos_cloud_api::RequestView {
+    use custos_cloud_api::approval::{approval_message, sign_approval};
+    let view = client
+        .create_wallet(&custos_cloud_api::CreateWalletBody {
+            rules,
+            cluster: CLUSTER.into(),
+            quorum: 1,
+            group: admins.map(|a| hex::encode(a.key_fingerprint())).to_vec(),
+            executor,
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        })
+        .await
+        .unwrap();
+    let message = approval_message(&view).expect("the view carries its terms");
+    let done = client
+        .approve(&view.id, &sign_approval(admins[0], &message).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        done.status,
+        custos_cloud_api::RequestStatus::Completed,
+        "{done:?}"
+    );
+    done
+}
