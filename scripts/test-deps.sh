@@ -39,6 +39,7 @@ if ! [ -x "$node/node_modules/.bin/anvil" ] || ! [ -x "$node/node_modules/.bin/c
   ! [ -d "$node/node_modules/ethers" ]; then
   echo "installing anvil, cast and ethers into $node" >&2
   mkdir -p "$node"
+  # anvil's and cast's versions are also custos::foundry::PACKAGES.
   npm install --prefix "$node" --no-audit --no-fund --silent \
     @foundry-rs/anvil@1.7.1 @foundry-rs/cast@1.7.1 ethers@6.16.0
 fi

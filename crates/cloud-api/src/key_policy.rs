@@ -54,7 +54,9 @@ pub fn policies(
     quorum: u8,
     anchors: &[[u8; 32]],
 ) -> Result<(KeyPolicy, KeyPolicy), String> {
-    if change.current_quorum != quorum {
+    // The request needs the quorum in force, or more: the highest approval tier's when the
+    // change touches the rules of a policy with tiers (the TEE asks for it).
+    if quorum < change.current_quorum {
         return Err(format!(
             "the change needs {quorum} approvals but the group in force has quorum {}",
             change.current_quorum

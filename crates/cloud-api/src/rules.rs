@@ -45,6 +45,19 @@ impl PolicyRules {
     /// holder without limits. Whether they make a valid policy is [`KeyPolicy::validate`]'s
     /// call.
     pub fn to_rules(&self) -> Result<Vec<Rule>, String> {
+        let assets = self
+            .spend_limits
+            .iter()
+            .map(|l| &l.asset)
+            .chain(self.approval_tiers.iter().map(|t| &t.asset))
+            .chain(
+                self.allowlist
+                    .iter()
+                    .flat_map(|a| a.entries.iter().map(|e| &e.asset)),
+            );
+        for asset in assets {
+            check_asset(&ethereum_lower(asset))?;
+        }
         let mut rules = Vec::new();
         if self.transactions_only {
             rules.push(Rule {
@@ -220,7 +233,35 @@ impl PolicyRules {
     }
 }
 
-/// Ethereum addresses are compared in lower case (`custos_tx::policy::spend_of`): an
+/// An asset as the TEE names what a transaction spends (`custos_tx::policy::spends_of`):
+/// `bitcoin:<network>`, `ethereum:<chain id>`, `ethereum:<chain id>:call`, `ethereum:message`
+/// or `erc20:<chain id>:0x<40 hex>`. Any other name would never match, so a tier on it would
+/// silently not apply.
+fn check_asset(asset: &str) -> Result<(), String> {
+    let chain = |c: &str| c.parse::<u64>().is_ok_and(|n| n.to_string() == c);
+    let token = |t: &str| {
+        t.len() == 42 && t.starts_with("0x") && t[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    let parts: Vec<&str> = asset.split(':').collect();
+    let ok = match parts.as_slice() {
+        ["bitcoin", n] => ["bitcoin", "testnet", "signet", "regtest"].contains(n),
+        ["ethereum", "message"] => true,
+        ["ethereum", c] => chain(c),
+        ["ethereum", c, "call"] => chain(c),
+        ["erc20", c, t] => chain(c) && token(t),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "asset {asset:?} is none the TEE counts (bitcoin:<network>, ethereum:<chain id>, \
+             ethereum:<chain id>:call, ethereum:message, erc20:<chain id>:0x<token>)"
+        ))
+    }
+}
+
+/// Ethereum addresses are compared in lower case (`custos_tx::policy::spends_of`): an
 /// `erc20:` asset's token and an Ethereum destination are written so.
 fn ethereum_lower(asset: &str) -> String {
     if asset.starts_with("erc20:") {

@@ -14,16 +14,20 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_consensus::{SignableTransaction, TypedTransaction};
+use alloy_consensus::{SignableTransaction, TxEnvelope, TypedTransaction};
+use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, U256};
 use alloy_rpc_types_eth::TransactionRequest;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use bitcoin::bip32::Xpub;
+use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+use bitcoin::secp256k1::{Message, Secp256k1};
 use clap::Args;
 use custos_cloud_api::client::CloudClient;
 use custos_cloud_api::{RequestResult, RequestStatus, SignEthereumBody};
+use custos_wire::protocol::EthPayload;
 use serde_json::{json, Value};
 
 use crate::wallet::psbt::wait_for;
@@ -80,6 +84,7 @@ struct Signer {
     downstream: String,
     http: reqwest::Client,
     wait: Duration,
+    sending: tokio::sync::Mutex<()>,
 }
 
 /// A JSON-RPC error.
@@ -144,6 +149,7 @@ pub async fn run(args: &EthSignerArgs) -> Result<(), Box<dyn std::error::Error>>
             .timeout(Duration::from_secs(60))
             .build()?,
         wait: Duration::from_secs(args.wait),
+        sending: tokio::sync::Mutex::new(()),
     });
     let app = Router::new()
         .route("/", post(rpc))
@@ -202,13 +208,35 @@ impl Signer {
                 .sign_transaction(param(&params, 0))
                 .await
                 .map(|raw| json!(raw)),
-            "eth_sendTransaction" => match self.sign_transaction(param(&params, 0)).await {
-                Ok(raw) => {
-                    self.downstream("eth_sendRawTransaction", json!([raw]))
-                        .await
+            "eth_sendTransaction" => {
+                // One send at a time: two waiting for approvals would take the same nonce.
+                let _one = self.sending.lock().await;
+                match self.sign_transaction(param(&params, 0)).await {
+                    Ok(raw) => {
+                        self.downstream("eth_sendRawTransaction", json!([raw]))
+                            .await
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
+            // Whatever else signs or administers is not passed to the node (which may hold
+            // keys of its own); the rest is.
+            m if [
+                "eth_sign",
+                "personal_",
+                "admin_",
+                "debug_",
+                "wallet_",
+                "miner_",
+            ]
+            .iter()
+            .any(|p| m.starts_with(p)) =>
+            {
+                Err(RpcError {
+                    code: -32601,
+                    message: format!("{m} is not offered by this signer"),
+                })
+            }
             _ => return self.forward(&request).await,
         };
         match answer {
@@ -238,9 +266,8 @@ impl Signer {
             Some(Ok(b)) => b,
             _ => text.as_bytes().to_vec(),
         };
-        let result = self
-            .request(&account, |b| b.message = Some(hex::encode(&bytes)))
-            .await?;
+        let payload = EthPayload::PersonalMessage(bytes);
+        let result = self.request(&account, &payload).await?;
         Ok(json!(result.signature))
     }
 
@@ -251,9 +278,7 @@ impl Signer {
             Value::Object(_) => typed.to_string(),
             _ => return Err(invalid("typed data (JSON text or object)")),
         };
-        let result = self
-            .request(&account, |b| b.typed_data = Some(text))
-            .await?;
+        let result = self.request(&account, &EthPayload::TypedData(text)).await?;
         Ok(json!(result.signature))
     }
 
@@ -285,12 +310,21 @@ impl Signer {
                 )))
             }
         }
-        let result = self
-            .request(&account, |b| b.transaction = Some(hex::encode(&payload)))
-            .await?;
-        result
+        let payload = EthPayload::Transaction(payload);
+        let result = self.request(&account, &payload).await?;
+        let raw = result
             .raw_transaction
-            .ok_or_else(|| server("the signature came without its transaction"))
+            .ok_or_else(|| server("the signature came without its transaction"))?;
+        // The transaction broadcast is the one asked for, whatever the server answered.
+        let bytes = hex::decode(raw.trim_start_matches("0x"))
+            .map_err(|e| server(format!("raw transaction: {e}")))?;
+        let envelope = TxEnvelope::decode_2718(&mut bytes.as_slice())
+            .map_err(|e| server(format!("raw transaction: {e}")))?;
+        let expected = custos_tx::eth::signing_hash(&payload).map_err(|e| server(e.to_string()))?;
+        if envelope.signature_hash().0 != expected {
+            return Err(server("the server answered another transaction"));
+        }
+        Ok(raw)
     }
 
     /// Fills what the caller left out from the downstream node.
@@ -300,9 +334,16 @@ impl Signer {
             u128::from_str_radix(text.trim_start_matches("0x"), 16)
                 .map_err(|e| server(format!("{what} from the node: {e}")))
         };
-        if tx.chain_id.is_none() {
-            let id = quantity(self.downstream("eth_chainId", json!([])).await?, "chain id")?;
-            tx.chain_id = Some(u64::try_from(id).map_err(|_| server("chain id over 64 bits"))?);
+        let node_chain = quantity(self.downstream("eth_chainId", json!([])).await?, "chain id")?;
+        let node_chain = u64::try_from(node_chain).map_err(|_| server("chain id over 64 bits"))?;
+        match tx.chain_id {
+            None => tx.chain_id = Some(node_chain),
+            Some(c) if c != node_chain => {
+                return Err(invalid(format!(
+                    "chain id {c}, the node serves chain {node_chain}"
+                )))
+            }
+            Some(_) => {}
         }
         if tx.nonce.is_none() {
             let n = self
@@ -341,12 +382,13 @@ impl Signer {
         Ok(())
     }
 
-    /// Records an Ethereum signing request of `account` (its payload set by `payload`) and
-    /// waits for its end.
+    /// Records an Ethereum signing request of `account` for `payload`, waits for its end,
+    /// and checks that the signature is the account's over the payload's own signing hash
+    /// (the cloud server is not trusted with that).
     async fn request(
         &self,
         account: &Account,
-        payload: impl FnOnce(&mut SignEthereumBody),
+        payload: &EthPayload,
     ) -> Result<custos_cloud_api::EthereumResult, RpcError> {
         let mut body = SignEthereumBody {
             root_id: self.root.clone(),
@@ -358,7 +400,11 @@ impl Signer {
             expires_at: None,
             approvals: Vec::new(),
         };
-        payload(&mut body);
+        match payload {
+            EthPayload::Transaction(t) => body.transaction = Some(hex::encode(t)),
+            EthPayload::PersonalMessage(m) => body.message = Some(hex::encode(m)),
+            EthPayload::TypedData(d) => body.typed_data = Some(d.clone()),
+        }
         let view = self
             .client
             .sign_ethereum(&body)
@@ -368,7 +414,17 @@ impl Signer {
             .await
             .map_err(|e| server(e.to_string()))?;
         match (done.status, done.result) {
-            (RequestStatus::Completed, Some(RequestResult::Ethereum(r))) => Ok(r),
+            (RequestStatus::Completed, Some(RequestResult::Ethereum(r))) => {
+                let signer = recover(payload, &r.signature)
+                    .ok_or_else(|| server("the signature does not recover"))?;
+                if signer != account.address {
+                    return Err(server(format!(
+                        "signed by {signer}, not the account {}",
+                        account.address
+                    )));
+                }
+                Ok(r)
+            }
             (status, _) => Err(server(format!(
                 "request {} is {}{}",
                 done.id,
@@ -416,12 +472,26 @@ impl Signer {
             .json(body)
             .send()
             .await
-            .map_err(|e| server(format!("downstream node: {e}")))?;
+            // Never the node's URL (it may hold an API key) in what callers read.
+            .map_err(|e| server(format!("downstream node: {}", e.without_url())))?;
         answer
             .json()
             .await
-            .map_err(|e| server(format!("downstream node: {e}")))
+            .map_err(|e| server(format!("downstream node: {}", e.without_url())))
     }
+}
+
+/// The address `signature` (`0x` r‖s‖v) recovers to over `payload`'s signing hash.
+fn recover(payload: &EthPayload, signature: &str) -> Option<Address> {
+    let bytes = hex::decode(signature.trim_start_matches("0x")).ok()?;
+    let hash = custos_tx::eth::signing_hash(payload).ok()?;
+    let (rs, v) = bytes.split_at_checked(64)?;
+    let recid = RecoveryId::from_i32(i32::from(v.first()?.checked_sub(27)?)).ok()?;
+    let sig = RecoverableSignature::from_compact(rs, recid).ok()?;
+    let key = Secp256k1::verification_only()
+        .recover_ecdsa(&Message::from_digest(hash), &sig)
+        .ok()?;
+    Some(custos_tx::eth::address_of(&key))
 }
 
 fn param(params: &[Value], i: usize) -> &Value {

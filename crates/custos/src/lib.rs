@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod dealer;
 pub mod deployment;
 pub mod eth_signer;
+pub mod foundry;
 pub mod governance;
 pub mod ops;
 pub mod pkcs11;

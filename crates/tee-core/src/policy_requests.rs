@@ -201,6 +201,19 @@ impl<P: Platform> TeeCore<P> {
                 policy.version, current.version
             )));
         }
+        let who = match (current.approval_tiers(), current.rules != policy.rules) {
+            // A change of the rules needs the highest tier's quorum: the policy's own could
+            // otherwise lift a tier (or raise a limit) and then sign what the tier held back.
+            (Some(t), true) => crate::approval::Who::Group {
+                group: current.group.clone(),
+                quorum: t
+                    .tiers
+                    .iter()
+                    .map(|t| t.quorum)
+                    .fold(current.quorum, u8::max),
+            },
+            _ => who,
+        };
         let action = Action::SetKeyPolicy {
             key_id,
             prev,

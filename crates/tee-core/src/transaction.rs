@@ -12,7 +12,7 @@ use custos_wire::approval::{Action, Approval};
 use custos_wire::protocol::*;
 use zeroize::Zeroizing;
 
-use custos_tx::policy::{encode_record, evaluate, spend_of, PolicyRefusal};
+use custos_tx::policy::{encode_record, evaluate_all, spends_of, tier_quorum, PolicyRefusal};
 use custos_wire::governance::device_key_fingerprint;
 
 use crate::approval::Who;
@@ -93,11 +93,8 @@ impl<P: Platform> TeeCore<P> {
         approvals: &[Approval],
     ) -> Result<(), TeeError> {
         let policy = self.wallet(key_id)?.current_policy();
-        let spend = spend_of(intent);
-        let Some(quorum) = policy
-            .approval_tiers()
-            .and_then(|t| t.quorum_for(&spend.asset, spend.amount))
-        else {
+        let spends = spends_of(intent);
+        let Some((quorum, spend)) = tier_quorum(&policy, &spends) else {
             return Ok(());
         };
         let action = Action::SignTransaction {
@@ -160,7 +157,7 @@ impl<P: Platform> TeeCore<P> {
         let policy = self.wallet(key_id)?.current_policy();
         let history = self.velocity.get(key_id).map_or(&[][..], Vec::as_slice);
         let now = self.platform.now_unix();
-        let verdict = evaluate(&policy, &spend_of(intent), now, &this_node, history)
+        let verdict = evaluate_all(&policy, &spends_of(intent), now, &this_node, history)
             .map_err(policy_refused)?;
         self.consume_request(meta, Some(&signed))?;
         if let Some(record) = verdict.record {

@@ -118,6 +118,7 @@ pub fn plan_eth(payload: &EthPayload, path: &[u32], from: &PublicKey) -> Result<
             too_large("typed data bytes", json.len(), MAX_TYPED_DATA_BYTES)?;
             let typed: TypedData =
                 serde_json::from_str(json).map_err(|e| malformed("typed data", e))?;
+            only_what_is_hashed(json, &typed)?;
             let hash = typed
                 .eip712_signing_hash()
                 .map_err(|e| malformed("typed data", e))?;
@@ -152,6 +153,51 @@ pub fn plan_eth(payload: &EthPayload, path: &[u32], from: &PublicKey) -> Result<
         from: *from,
         transaction,
     })
+}
+
+/// Typed data whose every part shown is hashed: a primary type other than the domain's (whose
+/// message would not be hashed at all), and in the message no key its type does not declare
+/// (EIP-712 hashes declared fields only; an extra `"amount": "1"` next to a permit's real
+/// value would be shown and never signed).
+fn only_what_is_hashed(json: &str, typed: &TypedData) -> Result<(), TxError> {
+    let bad = |m: String| malformed("typed data", m);
+    if typed.primary_type == "EIP712Domain" {
+        return Err(bad("the primary type is EIP712Domain".into()));
+    }
+    let doc: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let types = doc["types"]
+        .as_object()
+        .ok_or_else(|| bad("no types".into()))?;
+    // Each value against its type, depth-first (bounded by the 64 KiB document).
+    let mut stack = vec![(typed.primary_type.clone(), &doc["message"])];
+    while let Some((ty, value)) = stack.pop() {
+        let base = ty.split('[').next().unwrap_or(&ty).to_string();
+        let Some(fields) = types.get(&base).and_then(|f| f.as_array()) else {
+            continue; // an atomic type (address, uint256, bytes, string, ...)
+        };
+        if ty != base {
+            let items = value
+                .as_array()
+                .ok_or_else(|| bad(format!("{ty} is not an array")))?;
+            let item = ty[..ty.rfind('[').unwrap_or(ty.len())].to_string();
+            stack.extend(items.iter().map(|v| (item.clone(), v)));
+            continue;
+        }
+        let object = value
+            .as_object()
+            .ok_or_else(|| bad(format!("a {ty} that is not an object")))?;
+        for key in object.keys() {
+            let declared = fields.iter().find(|f| f["name"].as_str() == Some(key));
+            let Some(field) = declared else {
+                return Err(bad(format!(
+                    "{ty} has a field {key:?} its type does not declare"
+                )));
+            };
+            let field_type = field["type"].as_str().unwrap_or_default().to_string();
+            stack.push((field_type, &object[key]));
+        }
+    }
+    Ok(())
 }
 
 /// The transaction `bytes` signs, decoded by alloy and re-encoded: only the one canonical
@@ -231,7 +277,10 @@ impl Unsigned {
             TxKind::Call(a) => Some(a),
             TxKind::Create => None,
         };
-        let call = to.and_then(|token| erc20_call(token, input));
+        let call = match to {
+            Some(token) => erc20_call(token, input, value)?,
+            None => None,
+        };
         let hash = match self {
             Unsigned::Legacy(t) => t.signature_hash(),
             Unsigned::Eip1559(t) => t.signature_hash(),
@@ -258,34 +307,43 @@ impl Unsigned {
     }
 }
 
-/// `data` decoded as an ERC-20 `transfer` or `approve` to `token`, when it is exactly one
-/// (selector and ABI-encoded address and amount, nothing else).
-fn erc20_call(token: Address, data: &[u8]) -> Option<Erc20Call> {
-    let (selector, args) = data.split_first_chunk::<4>()?;
+/// `data` decoded as an ERC-20 `transfer` or `approve` to `token` (`None`: another call).
+/// A call with either selector must be exactly one — the selector, an address word whose
+/// top 12 bytes are zero, an amount word, nothing more — and send no ether: anything else
+/// would be shown as what the contract does not read, so it is refused.
+fn erc20_call(token: Address, data: &[u8], value: U256) -> Result<Option<Erc20Call>, TxError> {
+    let Some((selector, args)) = data.split_first_chunk::<4>() else {
+        return Ok(None);
+    };
     let function = match *selector {
         TRANSFER => "transfer",
         APPROVE => "approve",
-        _ => return None,
+        _ => return Ok(None),
     };
+    let refused = |why: &str| TxError::EthUnsupported(format!("an ERC-20 {function} {why}"));
+    if args.len() != 64 || args[..12].iter().any(|b| *b != 0) {
+        return Err(refused("call not exactly an address and an amount"));
+    }
+    if !value.is_zero() {
+        return Err(refused("sending ether too"));
+    }
     let types = DynSolType::Tuple(vec![DynSolType::Address, DynSolType::Uint(256)]);
-    let decoded = types.abi_decode_params(args).ok()?;
+    let decoded = types
+        .abi_decode_params(args)
+        .map_err(|_| refused("call that does not decode"))?;
     let DynSolValue::Tuple(values) = decoded else {
-        return None;
+        return Err(refused("call that does not decode"));
     };
     let [DynSolValue::Address(counterparty), DynSolValue::Uint(amount, 256)] = values.as_slice()
     else {
-        return None;
+        return Err(refused("call that does not decode"));
     };
-    // Exactly the two words: anything more would be data the decoding does not show.
-    if args.len() != 64 {
-        return None;
-    }
-    Some(Erc20Call {
+    Ok(Some(Erc20Call {
         function: function.into(),
         token: token.to_string(),
         counterparty: counterparty.to_string(),
         amount: amount.to_string(),
-    })
+    }))
 }
 
 impl EthPlan {

@@ -158,43 +158,64 @@ fn amount_of(decimal: &str) -> u128 {
     decimal.parse().unwrap_or(u128::MAX)
 }
 
-/// The spend of `intent`. An Ethereum transaction spends ether (`ethereum:<chain id>`: value
-/// and the most its fee can be, to its recipient), or, when it is an ERC-20 `transfer` or
-/// `approve`, the token (`erc20:<chain id>:<token>`: the amount, to the recipient or
-/// spender). Ethereum addresses are compared in lower case (allowlists write them so).
-pub fn spend_of(intent: &Intent) -> Spend {
+/// What `intent` spends, each against its own asset's limit (default deny). An Ethereum
+/// transaction spends ether (`ethereum:<chain id>`: its value and the most its fee can be, to
+/// its recipient); an ERC-20 `transfer` or `approve` also spends the token
+/// (`erc20:<chain id>:<token>`: the amount, to the recipient or spender); any other call
+/// (call data the signer does not decode, or a contract creation) spends
+/// `ethereum:<chain id>:call` instead of plain ether, so that a key calls contracts only when
+/// its policy says so. Ethereum addresses are compared in lower case (allowlists write them
+/// so).
+pub fn spends_of(intent: &Intent) -> Vec<Spend> {
     use crate::intent::EthereumIntent;
     match intent {
-        Intent::Ethereum(EthereumIntent::Transaction(t)) => match &t.call {
-            Some(c) => Spend {
-                asset: format!("erc20:{}:{}", t.chain_id, c.token.to_ascii_lowercase()),
-                amount: amount_of(&c.amount),
-                destinations: vec![c.counterparty.to_ascii_lowercase()],
-            },
-            None => Spend {
-                asset: format!("ethereum:{}", t.chain_id),
-                amount: amount_of(&t.value_wei).saturating_add(amount_of(&t.max_fee_wei)),
-                destinations: vec![t
-                    .to
-                    .as_deref()
-                    .map_or("contract-creation".into(), str::to_ascii_lowercase)],
-            },
-        },
-        Intent::Ethereum(EthereumIntent::PersonalMessage(_)) => Spend {
+        Intent::Ethereum(EthereumIntent::Transaction(t)) => {
+            let to =
+                t.to.as_deref()
+                    .map_or("contract-creation".into(), str::to_ascii_lowercase);
+            let ether = amount_of(&t.value_wei).saturating_add(amount_of(&t.max_fee_wei));
+            match &t.call {
+                Some(c) => vec![
+                    Spend {
+                        asset: format!("erc20:{}:{}", t.chain_id, c.token.to_ascii_lowercase()),
+                        amount: amount_of(&c.amount),
+                        destinations: vec![c.counterparty.to_ascii_lowercase()],
+                    },
+                    // The fee of the call, in ether, to nobody an allowlist names.
+                    Spend {
+                        asset: format!("ethereum:{}", t.chain_id),
+                        amount: ether,
+                        destinations: vec![],
+                    },
+                ],
+                None if t.data.is_empty() && t.to.is_some() => vec![Spend {
+                    asset: format!("ethereum:{}", t.chain_id),
+                    amount: ether,
+                    destinations: vec![to],
+                }],
+                None => vec![Spend {
+                    asset: format!("ethereum:{}:call", t.chain_id),
+                    amount: ether,
+                    destinations: vec![to],
+                }],
+            }
+        }
+        Intent::Ethereum(EthereumIntent::PersonalMessage(_)) => vec![Spend {
             asset: ETHEREUM_MESSAGE_ASSET.into(),
             amount: 0,
             destinations: vec![],
-        },
-        Intent::Ethereum(EthereumIntent::TypedData(d)) => Spend {
+        }],
+        // Typed data is for its verifying contract; without one it is for `none`, so that a
+        // key with an allowlist signs it only when that is listed too.
+        Intent::Ethereum(EthereumIntent::TypedData(d)) => vec![Spend {
             asset: ETHEREUM_MESSAGE_ASSET.into(),
             amount: 0,
-            destinations: d
+            destinations: vec![d
                 .verifying_contract
-                .iter()
-                .map(|c| c.to_ascii_lowercase())
-                .collect(),
-        },
-        Intent::Bitcoin(b) => Spend {
+                .as_deref()
+                .map_or("none".into(), str::to_ascii_lowercase)],
+        }],
+        Intent::Bitcoin(b) => vec![Spend {
             asset: format!("bitcoin:{}", b.network),
             amount: u128::from(b.sent_sat()) + u128::from(b.fee_sat),
             destinations: b
@@ -206,8 +227,43 @@ pub fn spend_of(intent: &Intent) -> Spend {
                         .unwrap_or_else(|| format!("script:{}", hex::encode(&o.script)))
                 })
                 .collect(),
-        },
+        }],
     }
+}
+
+/// Checks every spend of a transaction in turn ([`spends_of`]), each against the window
+/// record as the ones before it left it: the record to commit when all pass.
+pub fn evaluate_all(
+    policy: &KeyPolicy,
+    spends: &[Spend],
+    now: u64,
+    this_node: &[u8; 32],
+    history: &[Spent],
+) -> Result<Verdict, PolicyRefusal> {
+    let mut record: Option<Vec<Spent>> = None;
+    for spend in spends {
+        let verdict = evaluate(
+            policy,
+            spend,
+            now,
+            this_node,
+            record.as_deref().unwrap_or(history),
+        )?;
+        if verdict.record.is_some() {
+            record = verdict.record;
+        }
+    }
+    Ok(Verdict { record })
+}
+
+/// The approvals `spends` need by the key's approval tiers (the highest tier any of them
+/// reaches), if any tier applies, with the spend that reaches it.
+pub fn tier_quorum<'a>(policy: &KeyPolicy, spends: &'a [Spend]) -> Option<(u8, &'a Spend)> {
+    let tiers = policy.approval_tiers()?;
+    spends
+        .iter()
+        .filter_map(|s| tiers.quorum_for(&s.asset, s.amount).map(|q| (q, s)))
+        .max_by_key(|(q, _)| *q)
 }
 
 /// Checks `spend` against `policy` at `now` on the member `this_node`, with `history` the

@@ -247,18 +247,31 @@ impl Cloud {
         }
         let (rid, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
-        let (cluster, terms) = if threshold {
+        let (cluster, mut terms) = if threshold {
             let terms = PolicyTerms::threshold(target.id, target.clusters, anchors, &current, &new);
             (THRESHOLD_SCOPE.to_string(), terms)
         } else {
             (target.cluster, PolicyTerms::new(target.id, &current, &new))
         };
+        // A change of the rules of a policy with tiers needs the highest tier's quorum (the
+        // TEE asks for it; fewer approvals would end refused).
+        let quorum = match current.approval_tiers() {
+            Some(t) if rules != kept_rules => t
+                .tiers
+                .iter()
+                .map(|t| t.quorum)
+                .fold(current.quorum, u8::max),
+            _ => current.quorum,
+        };
+        if quorum != current.quorum {
+            terms.current_quorum = Some(current.quorum);
+        }
         self.create(
             caller,
             Draft {
                 cluster,
                 // The group in force approves.
-                quorum: current.quorum,
+                quorum,
                 terms: Terms::SetKeyPolicy(terms),
                 id: rid,
                 expires_at,

@@ -149,12 +149,10 @@ impl Cloud {
         let (intent_hash, intent) = self
             .preview(&wallet.cluster, node.as_deref(), &preview)
             .await?;
-        let spend = serde_json::from_value::<custos_tx::Intent>(intent.clone())
-            .map(|i| custos_tx::policy::spend_of(&i))
+        let spends = serde_json::from_value::<custos_tx::Intent>(intent.clone())
+            .map(|i| custos_tx::policy::spends_of(&i))
             .map_err(|e| ApiError::internal("checked intent", &e))?;
-        let tier = policy
-            .approval_tiers()
-            .and_then(|t| t.quorum_for(&spend.asset, spend.amount));
+        let tier = custos_tx::policy::tier_quorum(&policy, &spends).map(|(q, _)| q);
         let quorum = tier.map_or(policy.quorum, |t| t.max(policy.quorum));
         Ok(Prepared {
             cluster: wallet.cluster,

@@ -63,6 +63,11 @@ pub struct PolicyTerms {
         with = "super::postcard_hex"
     )]
     pub current_rules: Vec<Rule>,
+    /// The quorum of the policy in force, when the request needs more (the highest approval
+    /// tier's, for a change of a policy with tiers that touches its rules); absent: the
+    /// request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_quorum: Option<u8>,
     /// The new policy's transaction rules.
     #[serde(
         default,
@@ -103,6 +108,7 @@ impl PolicyTerms {
             anchors: Vec::new(),
             current_rules: transaction_rules(current),
             rules: transaction_rules(new),
+            current_quorum: None,
         }
     }
 
@@ -140,7 +146,8 @@ impl PolicyTerms {
     }
 
     /// The change as the API shows it, for a request needing `current_quorum` approvals.
-    pub fn view(&self, current_quorum: u8) -> KeyPolicyChange {
+    pub fn view(&self, request_quorum: u8) -> KeyPolicyChange {
+        let current_quorum = self.current_quorum.unwrap_or(request_quorum);
         let current = if self.current_version == 0 {
             KeyPolicy::legacy(current_quorum)
         } else {

@@ -19,30 +19,6 @@ use miniscript::psbt::PsbtExt;
 
 use super::*;
 
-/// Where `scripts/test-deps.sh` (or this demo) installs anvil and cast (npm, pinned).
-fn foundry_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/custos/node"))
-}
-
-/// anvil's and cast's directory, installed from the npm registry when npm is at hand.
-fn foundry() -> Option<PathBuf> {
-    let dir = foundry_dir()?;
-    let bin = dir.join("node_modules/.bin");
-    let present = || bin.join("anvil").exists() && bin.join("cast").exists();
-    if !present() {
-        let installed = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-            .arg(&dir)
-            .args(["@foundry-rs/anvil@1.7.1", "@foundry-rs/cast@1.7.1"])
-            .stdout(Stdio::null())
-            .status();
-        if !installed.is_ok_and(|s| s.success()) {
-            return None;
-        }
-    }
-    present().then_some(bin)
-}
-
 /// A child process killed when dropped.
 struct Running(Child);
 
@@ -281,7 +257,7 @@ impl Demo {
     /// An EIP-1559 transfer by `cast send --unlocked` through `custos eth-signer` to a local
     /// anvil, approved by alice and bob; skipped (and said so) without anvil and cast.
     async fn ethereum(&mut self, root: &str) -> Result<serde_json::Value, AnyError> {
-        let Some(bin) = foundry() else {
+        let Some((anvil_bin, cast_bin)) = custos::foundry::anvil_and_cast() else {
             let why = "skipped: anvil and cast (npm) are not installed and npm could not \
                        install them (bash scripts/test-deps.sh installs them)";
             self.steps.ok("ethereum", why);
@@ -290,18 +266,7 @@ impl Demo {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let _anvil = Running(
-            Command::new(bin.join("anvil"))
-                .args([
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--silent",
-                ])
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
+        let _anvil = Running(custos::foundry::start_anvil(&anvil_bin, port)?);
         let anvil = format!("http://127.0.0.1:{port}");
         let rpc = |url: String, method: &'static str, params: serde_json::Value| async move {
             let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
@@ -333,6 +298,7 @@ impl Demo {
             .env("CUSTOS_API_URL", &self.dep.api_url)
             .env("CUSTOS_API_TOKEN", &self.dep.api_token)
             .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()?;
         let mut line = String::new();
         BufReader::new(signer.stdout.take().ok_or_else(|| fail("signer output"))?)
@@ -355,9 +321,9 @@ impl Demo {
         )
         .await?;
         let cast = {
-            let (bin, url, from) = (bin.clone(), url.clone(), from.clone());
+            let (url, from) = (url.clone(), from.clone());
             tokio::task::spawn_blocking(move || {
-                Command::new(bin.join("cast"))
+                Command::new(cast_bin)
                     .args([
                         "send",
                         "--json",

@@ -24,24 +24,23 @@ use crate::common::{dc1_alice_and_bob, exe, ruled_wallet};
 
 const BOB: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 
-/// anvil, cast and ethers, as `scripts/test-deps.sh` installs them.
+/// anvil's and cast's binaries and ethers, as `scripts/test-deps.sh` installs them.
 struct Tools {
-    bin: PathBuf,
+    anvil: PathBuf,
+    cast: PathBuf,
     node_path: PathBuf,
 }
 
 fn tools() -> Option<Tools> {
     let dir = std::env::var_os("CUSTOS_TEST_NODE_DIR")
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/custos/node"))
-        })?;
-    let modules = dir.join("node_modules");
-    let found = ["anvil", "cast"]
-        .iter()
-        .all(|t| modules.join(".bin").join(t).exists())
-        && modules.join("ethers").exists();
-    if !found {
+        .or_else(custos::foundry::dir)?;
+    let found = (
+        custos::foundry::tool(&dir, "anvil"),
+        custos::foundry::tool(&dir, "cast"),
+        dir.join("node_modules/ethers").exists(),
+    );
+    let (Some(anvil), Some(cast), true) = found else {
         assert!(
             std::env::var_os("CUSTOS_TEST_REQUIRE_ANVIL").is_none(),
             "CUSTOS_TEST_REQUIRE_ANVIL is set but anvil, cast or ethers is missing under {} \
@@ -50,10 +49,11 @@ fn tools() -> Option<Tools> {
         );
         eprintln!("skipped: no anvil, cast and ethers (run scripts/test-deps.sh)");
         return None;
-    }
+    };
     Some(Tools {
-        bin: modules.join(".bin"),
-        node_path: modules,
+        anvil,
+        cast,
+        node_path: dir.join("node_modules"),
     })
 }
 
@@ -92,18 +92,7 @@ async fn rpc(url: &str, method: &str, params: Value) -> Value {
 /// anvil on a loopback port, answering.
 async fn start_anvil(tools: &Tools) -> (Running, String) {
     let port = free_port();
-    let child = Command::new(tools.bin.join("anvil"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--silent",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = custos::foundry::start_anvil(&tools.anvil, port).unwrap();
     let running = Running(child);
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -138,6 +127,7 @@ fn start_signer(d: &Deployment, root: &str, downstream: &str) -> (Running, Strin
         .env("CUSTOS_API_TOKEN", &d.api_token)
         .env("CUSTOS_SIGNER_ROOT", root)
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -177,10 +167,7 @@ async fn approve_all(client: CloudClient, admin: AdminSigner, stop: Arc<AtomicBo
 
 /// `cast` with `args`: its exit status success, stdout and stderr.
 fn cast(tools: &Tools, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(tools.bin.join("cast"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(&tools.cast).args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -213,6 +213,15 @@ fn a_full_quorum_cannot_pass_a_token_limit_the_allowlist_or_sign_messages_unaske
         approved(&mut core, fine),
         Ok(Response::SignedEthereum { .. })
     ));
+    // Any other contract call spends `ethereum:31337:call`, on which the key has no limit:
+    // a token's `transferFrom` does not pass as a plain ether payment.
+    let mut transfer_from = vec![0x23, 0xb8, 0x72, 0xdd];
+    transfer_from.extend_from_slice(&[0; 96]);
+    let contract_call = eip1559(TOKEN, 0, transfer_from);
+    assert_eq!(
+        policy_refusal(approved(&mut core, contract_call)),
+        "no_spend_limit"
+    );
     // A personal message: the key has no limit on ethereum:message, so it signs none.
     let message = EthPayload::PersonalMessage(b"I agree".to_vec());
     assert_eq!(

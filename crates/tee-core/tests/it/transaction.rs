@@ -557,3 +557,59 @@ fn an_amount_above_a_tier_needs_the_tiers_quorum() {
         Ok(Response::SignedPsbt { .. })
     ));
 }
+
+/// The policy's own quorum cannot lift a tier (nor touch any rule) of a policy with tiers:
+/// the change needs the highest tier's quorum, else two admins could remove the tier and
+/// then sign what it held back.
+#[test]
+fn a_rule_change_of_a_policy_with_tiers_needs_the_highest_tiers_quorum() {
+    let pki = Pki::with_clusters(&[CLUSTER]);
+    let mut core = pki.node(CLUSTER, "node1");
+    let me = me(&pki, &mut core);
+    let mut policy = group_policy(&pki, &["alice", "bob", "carol"], 2);
+    let tiers = Rule {
+        tag: RULE_APPROVAL_TIERS,
+        body: ApprovalTiers {
+            tiers: vec![ApprovalTier {
+                asset: ASSET.into(),
+                above: 50_000,
+                quorum: 3,
+            }],
+        }
+        .encode(),
+    };
+    policy.rules = transactions_only(vec![limits(100_000_000, 0, [0; 32]), tiers]);
+    let w = create_group_wallet(&pki, &mut core, &policy, me, &["alice", "bob"]).unwrap();
+    let mut lifted = policy.clone();
+    lifted.version += 1;
+    lifted.rules.pop();
+    let r = call(&mut core, &set_policy(&pki, &w, &policy, &lifted));
+    assert!(
+        matches!(r, Err(TeeError::QuorumNotMet { required: 3, .. })),
+        "{r:?}"
+    );
+    // With the tier's three approvals it applies.
+    let mut three = set_policy(&pki, &w, &policy, &lifted);
+    if let Request::SetKeyPolicy {
+        approvals,
+        meta,
+        prev,
+        ..
+    } = &mut three
+    {
+        let action = Action::SetKeyPolicy {
+            key_id: &w.key_id,
+            prev,
+            policy: &lifted,
+        };
+        *approvals = approvals_by(
+            &pki,
+            &["alice", "bob", "carol"],
+            &action.message(CLUSTER, meta),
+        );
+    }
+    assert!(matches!(
+        call(&mut core, &three),
+        Ok(Response::KeyPolicy { .. })
+    ));
+}

@@ -52,9 +52,8 @@ fn eip155_example_transaction() {
     );
 }
 
-#[test]
-fn eip712_example_mail() {
-    let json = r#"{
+/// EIP-712's example (`Mail`).
+const MAIL: &str = r#"{
       "types": {
         "EIP712Domain": [
           {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
@@ -77,6 +76,10 @@ fn eip712_example_mail() {
         "contents": "Hello, Bob!"
       }
     }"#;
+
+#[test]
+fn eip712_example_mail() {
+    let json = MAIL;
     // The example's signer: the key keccak256("cow").
     let key = SecretKey::from_slice(&alloy_primitives::keccak256(b"cow").0).unwrap();
     let public = key.public_key(&secp());
@@ -179,19 +182,23 @@ fn an_eip1559_erc20_transfer_is_decoded_signed_and_recovers_to_the_wallet() {
         .unwrap();
     assert_eq!(recovered, public);
 
-    // A transfer with anything after its two words is not shown as one.
-    let mut longer = data;
+    // A transfer with anything after its two words, dirty bits in its address word, or
+    // ether sent along is refused: the contract would read what is not shown.
+    let mut longer = data.clone();
     longer.push(0);
-    let plan = plan_eth(
-        &EthPayload::Transaction(signing_payload(&eip1559(longer))),
-        &[7],
-        &public,
-    )
-    .unwrap();
-    let Intent::Ethereum(EthereumIntent::Transaction(t)) = plan.intent().clone() else {
-        panic!("not a transaction")
-    };
-    assert_eq!(t.call, None);
+    let mut dirty = data.clone();
+    dirty[4] = 1;
+    let mut paying = eip1559(data);
+    paying.value = U256::from(1u64);
+    for tx in [eip1559(longer), eip1559(dirty), paying] {
+        let e = plan_eth(
+            &EthPayload::Transaction(signing_payload(&tx)),
+            &[7],
+            &public,
+        )
+        .expect_err("refused");
+        assert_eq!(e.code(), "eth_unsupported", "{e}");
+    }
 }
 
 #[test]
@@ -234,6 +241,20 @@ fn transactions_the_signer_cannot_show_faithfully_are_refused_by_name() {
     assert_eq!(refusal(signing_payload(&listed)), "eth_unsupported");
     // Typed data that is not EIP-712.
     let e = plan_eth(&EthPayload::TypedData("{}".into()), &[], &public).unwrap_err();
+    assert_eq!(e.code(), "tx_malformed");
+    // A field its type does not declare (shown, never hashed), and the domain as the
+    // primary type (its message not hashed at all).
+    let extra = MAIL.replace(
+        r#""contents": "Hello, Bob!""#,
+        r#""contents": "Hello, Bob!", "amount": "1""#,
+    );
+    let e = plan_eth(&EthPayload::TypedData(extra), &[], &public).unwrap_err();
+    assert!(e.to_string().contains("\"amount\""), "{e}");
+    let domain = MAIL.replace(
+        r#""primaryType": "Mail""#,
+        r#""primaryType": "EIP712Domain""#,
+    );
+    let e = plan_eth(&EthPayload::TypedData(domain), &[], &public).unwrap_err();
     assert_eq!(e.code(), "tx_malformed");
 }
 

@@ -161,8 +161,10 @@ impl EthereumIntent {
                     .unwrap_or_else(|| format!("0x{}", hex::encode(&m.message)))
             )],
             EthereumIntent::TypedData(d) => vec![
+                // Texts of the typed data quoted and escaped: a name with line breaks or
+                // terminal escapes cannot forge lines of its own.
                 format!(
-                    "Ethereum typed data ({}) signed by {} ({}) for {} on chain {}, contract {}",
+                    "Ethereum typed data ({:?}) signed by {} ({}) for {:?} on chain {}, contract {}",
                     d.primary_type,
                     d.from,
                     crate::intent::path_string(&d.path),
@@ -170,7 +172,7 @@ impl EthereumIntent {
                     d.chain_id.map_or("(none)".into(), |c| c.to_string()),
                     d.verifying_contract.as_deref().unwrap_or("(none)")
                 ),
-                format!("  {}", d.typed_data),
+                format!("  {:?}", d.typed_data),
             ],
         }
     }
