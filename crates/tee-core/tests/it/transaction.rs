@@ -517,29 +517,34 @@ fn the_tees_preview_is_the_intent_it_signs() {
     ));
 }
 
+/// node1 holding a wallet of {alice, bob, carol}, 2 of 3, sending up to 1 BTC per
+/// transaction, all three approvals above 50 000 sat; and its policy.
+fn tiered_wallet(pki: &Pki) -> (TeeCore<MemPlatform>, KeyInfo, KeyPolicy) {
+    let mut core = pki.node(CLUSTER, "node1");
+    let me = me(pki, &mut core);
+    let mut policy = group_policy(pki, &["alice", "bob", "carol"], 2);
+    let tiers = Rule {
+        tag: RULE_APPROVAL_TIERS,
+        body: ApprovalTiers {
+            tiers: vec![ApprovalTier {
+                asset: ASSET.into(),
+                above: 50_000,
+                quorum: 3,
+            }],
+        }
+        .encode(),
+    };
+    policy.rules = transactions_only(vec![limits(100_000_000, 0, [0; 32]), tiers]);
+    let w = create_group_wallet(pki, &mut core, &policy, me, &["alice", "bob"]).unwrap();
+    (core, w, policy)
+}
+
 /// Above its tier's amount, a transaction needs more of the key's group than its quorum: two
 /// of alice, bob and carol approve small amounts, all three the 71 000 sat sent here.
 #[test]
 fn an_amount_above_a_tier_needs_the_tiers_quorum() {
     let pki = Pki::with_clusters(&[CLUSTER]);
-    let mut core = pki.node(CLUSTER, "node1");
-    let me = me(&pki, &mut core);
-    let mut policy = group_policy(&pki, &["alice", "bob", "carol"], 2);
-    policy.rules = transactions_only(vec![
-        limits(100_000_000, 0, [0; 32]),
-        Rule {
-            tag: RULE_APPROVAL_TIERS,
-            body: ApprovalTiers {
-                tiers: vec![ApprovalTier {
-                    asset: ASSET.into(),
-                    above: 50_000,
-                    quorum: 3,
-                }],
-            }
-            .encode(),
-        },
-    ]);
-    let w = create_group_wallet(&pki, &mut core, &policy, me, &["alice", "bob"]).unwrap();
+    let (mut core, w, _) = tiered_wallet(&pki);
     let psbt = spend(&w).psbt();
     let h = intent_hash_of(&w, &psbt);
     assert_eq!(
@@ -564,22 +569,7 @@ fn an_amount_above_a_tier_needs_the_tiers_quorum() {
 #[test]
 fn a_rule_change_of_a_policy_with_tiers_needs_the_highest_tiers_quorum() {
     let pki = Pki::with_clusters(&[CLUSTER]);
-    let mut core = pki.node(CLUSTER, "node1");
-    let me = me(&pki, &mut core);
-    let mut policy = group_policy(&pki, &["alice", "bob", "carol"], 2);
-    let tiers = Rule {
-        tag: RULE_APPROVAL_TIERS,
-        body: ApprovalTiers {
-            tiers: vec![ApprovalTier {
-                asset: ASSET.into(),
-                above: 50_000,
-                quorum: 3,
-            }],
-        }
-        .encode(),
-    };
-    policy.rules = transactions_only(vec![limits(100_000_000, 0, [0; 32]), tiers]);
-    let w = create_group_wallet(&pki, &mut core, &policy, me, &["alice", "bob"]).unwrap();
+    let (mut core, w, policy) = tiered_wallet(&pki);
     let mut lifted = policy.clone();
     lifted.version += 1;
     lifted.rules.pop();
