@@ -194,6 +194,20 @@ pub fn describe(r: &Request) -> Option<Described> {
             approvers: names(approvals),
             ..d("threshold-start", Some(&params.key_id), true)
         },
+        Request::ThresholdPsbtStart {
+            meta,
+            attempt,
+            input,
+            params,
+            approvals,
+        } => Described {
+            request_id: Some(format!(
+                "{}/input {input}/{attempt}",
+                hex::encode(meta.request_id)
+            )),
+            approvers: names(approvals),
+            ..d("threshold-psbt", Some(&params.key_id), true)
+        },
         // Pinned to the node the cloud server chose (like every session request).
         Request::ThresholdAuditStart {
             session, key_id, ..

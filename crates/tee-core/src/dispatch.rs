@@ -107,6 +107,13 @@ impl<P: Platform> TeeCore<P> {
                 params,
                 approvals,
             } => self.threshold_start(&meta, attempt, &params, &approvals),
+            Request::ThresholdPsbtStart {
+                meta,
+                attempt,
+                input,
+                params,
+                approvals,
+            } => self.threshold_psbt_start(&meta, attempt, input, &params, &approvals),
             Request::ThresholdKeygenStart {
                 meta,
                 attempt,

@@ -14,7 +14,7 @@
 //! before governance, gets a group and anchors (plan step D5).
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
-use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS};
+use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS, RULE_SHARE_VELOCITY_HOLDERS};
 use custos_wire::protocol::*;
 
 use crate::platform::{Platform, RecordId};
@@ -44,6 +44,36 @@ pub(crate) fn check_new_policy(policy: &KeyPolicy) -> Result<(), TeeError> {
     Ok(())
 }
 
+/// The rules a policy may carry for its kind of key: cluster anchors and velocity holders by
+/// share are a threshold key's (`shares`: its number of shares, one holder each), a single
+/// velocity holder is a wallet's (a threshold key's window is counted by every share's
+/// holder, never by one node whose share may not sign).
+pub(crate) fn check_key_kind(policy: &KeyPolicy, shares: Option<usize>) -> Result<(), TeeError> {
+    let single = policy
+        .spend_limits()
+        .is_some_and(|l| l.velocity_holder.is_some());
+    let by_share = policy.share_velocity_holders();
+    let refused = |m: String| Err(TeeError::PolicyRejected(m));
+    match shares {
+        None if policy.cluster_anchors().is_some() => refused(format!(
+            "rule {RULE_CLUSTER_ANCHORS} (cluster anchors) is for threshold keys, not wallets"
+        )),
+        None if by_share.is_some() => refused(format!(
+            "rule {RULE_SHARE_VELOCITY_HOLDERS} (velocity holders by share) is for threshold \
+             keys; a wallet names one holder in its spend limits"
+        )),
+        Some(_) if single => refused(format!(
+            "a threshold key's window is counted by a velocity holder per share (rule \
+             {RULE_SHARE_VELOCITY_HOLDERS}), not by one node"
+        )),
+        Some(n) if by_share.as_ref().is_some_and(|h| h.len() != n) => refused(format!(
+            "{} velocity holders for {n} shares",
+            by_share.map_or(0, |h| h.len())
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The answer naming `key_id`'s policy and its hash.
 fn key_policy(key_id: &[u8], policy: KeyPolicy) -> Response {
     Response::KeyPolicy {
@@ -54,20 +84,28 @@ fn key_policy(key_id: &[u8], policy: KeyPolicy) -> Response {
 }
 
 /// A key whose policy is read or changed: a wallet, or this node's share of a threshold key.
-enum PolicyKey<'a> {
+pub(crate) enum PolicyKey<'a> {
     Wallet(&'a Wallet),
     Share(&'a HeldKey),
 }
 
 impl PolicyKey<'_> {
     /// The policy in force ([`KeyPolicy::legacy`] for a key created without a group).
-    fn current(&self) -> KeyPolicy {
+    pub(crate) fn current(&self) -> KeyPolicy {
         match self {
             PolicyKey::Wallet(w) => w.current_policy(),
             PolicyKey::Share(k) => k
                 .policy
                 .clone()
                 .unwrap_or_else(|| KeyPolicy::legacy(k.info.quorum)),
+        }
+    }
+
+    /// The share this TEE signs with, for a threshold key.
+    pub(crate) fn share(&self) -> Option<u16> {
+        match self {
+            PolicyKey::Wallet(_) => None,
+            PolicyKey::Share(k) => Some(k.info.share_index),
         }
     }
 
@@ -113,7 +151,7 @@ fn check_allowlist_change(current: &KeyPolicy, new: &KeyPolicy, now: u64) -> Res
 }
 
 impl<P: Platform> TeeCore<P> {
-    fn policy_key(&self, key_id: &[u8]) -> Result<PolicyKey<'_>, TeeError> {
+    pub(crate) fn policy_key(&self, key_id: &[u8]) -> Result<PolicyKey<'_>, TeeError> {
         match self.threshold.keys.get(key_id) {
             Some(k) => Ok(PolicyKey::Share(k)),
             None => self.wallet(key_id).map(PolicyKey::Wallet),
@@ -131,11 +169,9 @@ impl<P: Platform> TeeCore<P> {
     fn check_kind_rules(&self, key: &PolicyKey<'_>, policy: &KeyPolicy) -> Result<(), TeeError> {
         let anchors = policy.cluster_anchors();
         match key {
-            PolicyKey::Wallet(_) if anchors.is_some() => Err(TeeError::PolicyRejected(format!(
-                "rule {RULE_CLUSTER_ANCHORS} (cluster anchors) is for threshold keys, not wallets"
-            ))),
-            PolicyKey::Wallet(_) => Ok(()),
+            PolicyKey::Wallet(_) => check_key_kind(policy, None),
             PolicyKey::Share(k) => {
+                check_key_kind(policy, Some(k.info.clusters.len()))?;
                 if policy.quorum != k.info.quorum {
                     return Err(TeeError::PolicyRejected(format!(
                         "quorum {}: a threshold key's quorum is part of the key ({})",

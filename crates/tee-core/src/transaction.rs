@@ -8,11 +8,13 @@ use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use custos_tx::btc::{plan_psbt, WalletKeys};
 use custos_tx::eth::{plan_eth, EthPlan};
 use custos_tx::TxError;
-use custos_wire::approval::{Action, Approval};
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::protocol::*;
 use zeroize::Zeroizing;
 
-use custos_tx::policy::{encode_record, evaluate_all, spends_of, tier_quorum, PolicyRefusal};
+use custos_tx::policy::{
+    encode_record, evaluate_all, spends_of, tier_quorum, Member, PolicyRefusal,
+};
 use custos_wire::governance::device_key_fingerprint;
 
 use crate::approval::Who;
@@ -83,8 +85,9 @@ fn policy_refused(e: PolicyRefusal) -> TeeError {
 
 impl<P: Platform> TeeCore<P> {
     /// The key's approval tiers on `intent`: above a tier's amount, the approvals must be
-    /// that tier's quorum of the key's group (refused `approval_tier` otherwise).
-    fn check_tier(
+    /// that tier's quorum of the key's group (refused `approval_tier` otherwise). A
+    /// threshold key's approvals are made in the threshold scope, like its signings.
+    pub(crate) fn check_tier(
         &mut self,
         meta: &RequestMeta,
         key_id: &[u8],
@@ -92,7 +95,12 @@ impl<P: Platform> TeeCore<P> {
         intent: &custos_tx::Intent,
         approvals: &[Approval],
     ) -> Result<(), TeeError> {
-        let policy = self.wallet(key_id)?.current_policy();
+        let key = self.policy_key(key_id)?;
+        let (policy, share) = (key.current(), key.share());
+        let scope = match share {
+            Some(_) => THRESHOLD_SCOPE.to_string(),
+            None => self.cluster()?,
+        };
         let spends = spends_of(intent);
         let Some((quorum, spend)) = tier_quorum(&policy, &spends) else {
             return Ok(());
@@ -105,7 +113,7 @@ impl<P: Platform> TeeCore<P> {
             group: policy.group.clone(),
             quorum,
         };
-        self.approve_by(meta, action, approvals, who)
+        self.approve_in_by(&scope, meta, action, approvals, who)
             .map_err(|e| match e {
                 TeeError::QuorumNotMet { required, approved } => {
                     TeeError::TransactionPolicyRefused {
@@ -125,7 +133,7 @@ impl<P: Platform> TeeCore<P> {
     /// id is consumed and the window record sealed with the transaction counted, both
     /// committed before the signatures leave. A repeat of a request signed here (its answer
     /// lost) is counted once: it signs the same transaction again.
-    fn check_spend(
+    pub(crate) fn check_spend(
         &mut self,
         meta: &RequestMeta,
         key_id: &[u8],
@@ -153,11 +161,13 @@ impl<P: Platform> TeeCore<P> {
             });
         }
         let (own, _) = self.identity()?;
-        let this_node = device_key_fingerprint(&own.public_key).unwrap_or([0; 32]);
-        let policy = self.wallet(key_id)?.current_policy();
+        let node = device_key_fingerprint(&own.public_key).unwrap_or([0; 32]);
+        let key = self.policy_key(key_id)?;
+        let (policy, share) = (key.current(), key.share());
         let history = self.velocity.get(key_id).map_or(&[][..], Vec::as_slice);
         let now = self.platform.now_unix();
-        let verdict = evaluate_all(&policy, &spends_of(intent), now, &this_node, history)
+        let member = Member { node, share };
+        let verdict = evaluate_all(&policy, &spends_of(intent), now, &member, history)
             .map_err(policy_refused)?;
         self.consume_request(meta, Some(&signed))?;
         if let Some(record) = verdict.record {
@@ -174,18 +184,23 @@ impl<P: Platform> TeeCore<P> {
 
     /// `Request::PreviewPsbt`: the intent [`Self::sign_psbt`] would sign, computed with the
     /// wallet's own keys (hardened paths included), and its hash. Nothing is stored.
+    /// For a threshold key, the intent [`Self::threshold_psbt_start`] would sign.
     pub(crate) fn preview_psbt(
         &self,
         key_id: &[u8],
         network: BitcoinNetwork,
         psbt: &[u8],
     ) -> Outcome {
-        let keys = Keys {
-            wallet: self.wallet(key_id)?,
-            secp: &self.secp,
+        let plan = if self.threshold.keys.contains_key(key_id) {
+            plan_psbt(psbt, network.network(), &self.share_keys(key_id)?)
+        } else {
+            let keys = Keys {
+                wallet: self.wallet(key_id)?,
+                secp: &self.secp,
+            };
+            plan_psbt(psbt, network.network(), &keys)
         };
-        let plan = plan_psbt(psbt, network.network(), &keys).map_err(rejected)?;
-        intent_response(plan.intent())
+        intent_response(plan.map_err(rejected)?.intent())
     }
 
     /// `Request::SignPsbt`: checks the approvals of the intent claimed by the wallet's

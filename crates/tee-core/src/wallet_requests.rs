@@ -4,27 +4,21 @@
 use custos_wire::approval::{Action, Approval};
 use custos_wire::governance::device_key_fingerprint;
 use custos_wire::import;
-use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS};
+use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::*;
 use zeroize::Zeroizing;
 
 use crate::approval::Who;
 use crate::platform::{Platform, RecordId};
-use crate::policy_requests::check_new_policy;
+use crate::policy_requests::{check_key_kind, check_new_policy};
 use crate::wallet::{key_hex, Wallet};
 use crate::{replayed, storage, TeeCore, Undo, WALLET_PREFIX};
 
-/// A new wallet's policy: valid at version 1, and without cluster anchors (a wallet spans
-/// no clusters to anchor).
+/// A new wallet's policy: valid at version 1, and without a threshold key's rules (a
+/// wallet spans no clusters to anchor, no shares to count by).
 fn check_wallet_policy(policy: &KeyPolicy) -> Result<(), TeeError> {
     check_new_policy(policy)?;
-    if let Some(rule) = policy.rules.iter().find(|r| r.tag == RULE_CLUSTER_ANCHORS) {
-        return Err(TeeError::PolicyRejected(format!(
-            "rule {} (cluster anchors) is for threshold keys, not wallets",
-            rule.tag
-        )));
-    }
-    Ok(())
+    check_key_kind(policy, None)
 }
 
 impl<P: Platform> TeeCore<P> {

@@ -19,6 +19,16 @@ pub struct Spend {
     pub destinations: Vec<String>,
 }
 
+/// Who evaluates: the member (device key fingerprint) of this TEE, and for a threshold key
+/// the share it signs with (a window is counted by that share's velocity holder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// This node's device key fingerprint.
+    pub node: [u8; 32],
+    /// The share index, for a threshold key.
+    pub share: Option<u16>,
+}
+
 /// One signed transaction, as a window counts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spent {
@@ -106,6 +116,13 @@ pub enum PolicyRefusal {
         /// The holder.
         holder: [u8; 32],
     },
+    /// A key with a window whose policy names no velocity holder for this kind of key (a
+    /// wallet's holders given by share, or a share without one): nobody could count.
+    #[error("the key's policy names no velocity holder {}", .share.map_or("for a wallet".to_string(), |i| format!("for share {i}")))]
+    NoVelocityHolder {
+        /// The share, for a threshold key.
+        share: Option<u16>,
+    },
 }
 
 impl PolicyRefusal {
@@ -119,6 +136,7 @@ impl PolicyRefusal {
             PolicyRefusal::NotAllowlisted { .. } => "not_allowlisted",
             PolicyRefusal::TimeLocked { .. } => "allowlist_time_lock",
             PolicyRefusal::NotVelocityHolder { .. } => "not_velocity_holder",
+            PolicyRefusal::NoVelocityHolder { .. } => "no_velocity_holder",
         }
     }
 }
@@ -237,7 +255,7 @@ pub fn evaluate_all(
     policy: &KeyPolicy,
     spends: &[Spend],
     now: u64,
-    this_node: &[u8; 32],
+    member: &Member,
     history: &[Spent],
 ) -> Result<Verdict, PolicyRefusal> {
     let mut record: Option<Vec<Spent>> = None;
@@ -246,7 +264,7 @@ pub fn evaluate_all(
             policy,
             spend,
             now,
-            this_node,
+            member,
             record.as_deref().unwrap_or(history),
         )?;
         if verdict.record.is_some() {
@@ -266,13 +284,13 @@ pub fn tier_quorum<'a>(policy: &KeyPolicy, spends: &'a [Spend]) -> Option<(u8, &
         .max_by_key(|(q, _)| *q)
 }
 
-/// Checks `spend` against `policy` at `now` on the member `this_node`, with `history` the
-/// key's window record; the record to commit when it passes.
+/// Checks `spend` against `policy` at `now` on `member`, with `history` the key's window
+/// record (this member's); the record to commit when it passes.
 pub fn evaluate(
     policy: &KeyPolicy,
     spend: &Spend,
     now: u64,
-    this_node: &[u8; 32],
+    member: &Member,
     history: &[Spent],
 ) -> Result<Verdict, PolicyRefusal> {
     let asset = &spend.asset;
@@ -307,10 +325,21 @@ pub fn evaluate(
             }
         }
     }
-    let Some(holder) = limits.velocity_holder else {
+    if !limits.limits.iter().any(|l| l.window_secs > 0) {
         return Ok(Verdict { record: None });
+    }
+    let holder = match member.share {
+        None => limits.velocity_holder,
+        Some(i) => policy
+            .share_velocity_holders()
+            .and_then(|h| h.get(usize::from(i)).copied()),
     };
-    if holder != *this_node {
+    let Some(holder) = holder else {
+        return Err(PolicyRefusal::NoVelocityHolder {
+            share: member.share,
+        });
+    };
+    if holder != member.node {
         return Err(PolicyRefusal::NotVelocityHolder { holder });
     }
     let keep_from = now.saturating_sub(limits.longest_window());

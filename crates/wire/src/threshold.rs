@@ -13,9 +13,30 @@ use sha2::{Digest, Sha256};
 
 use crate::field::put;
 use crate::protocol::{
-    TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin, MAX_APPROVALS,
+    SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin, MAX_APPROVALS,
 };
 use crate::seal::seal_with;
+
+/// Domain of [`input_session`].
+const INPUT_SESSION_DOMAIN: &[u8] = b"CUSTOS-PSBT-INPUT-SESSION-V1\0";
+
+/// The session that signs input `input` of a threshold PSBT request (attempt `attempt`):
+/// its id is the first 16 bytes of SHA-256 of a domain, the request id and the input (u16
+/// BE), so each input runs its own session once per attempt while the approval names one
+/// request.
+pub fn input_session(request_id: &[u8; 16], input: u16, attempt: u8) -> SessionRef {
+    let mut h = Sha256::new();
+    h.update(INPUT_SESSION_DOMAIN);
+    h.update(request_id);
+    h.update(input.to_be_bytes());
+    let digest: [u8; 32] = h.finalize().into();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    SessionRef {
+        request_id: id,
+        attempt,
+    }
+}
 
 /// Most parties (clusters) of a threshold key.
 pub const MAX_THRESHOLD_PARTIES: usize = 64;

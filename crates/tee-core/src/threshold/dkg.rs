@@ -48,7 +48,7 @@ use super::wire::{dkg_execution_id, DkgStage};
 use super::{check_key_facts, key_info, HeldKey, MAX_THRESHOLD_PARTIES};
 use crate::approval::Who;
 use crate::platform::{Platform, RecordId};
-use crate::policy_requests::check_new_policy;
+use crate::policy_requests::{check_key_kind, check_new_policy};
 use crate::{storage, TeeCore};
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::governance::device_key_fingerprint;
@@ -477,6 +477,7 @@ impl<P: Platform> TeeCore<P> {
         check_key_facts(params.threshold, &params.clusters, params.quorum).map_err(reject)?;
         let policy = group.policy;
         check_new_policy(policy)?;
+        check_key_kind(policy, Some(params.clusters.len()))?;
         if policy.quorum != params.quorum {
             return Err(TeeError::PolicyRejected(format!(
                 "the policy's quorum {} differs from the key's quorum {}",

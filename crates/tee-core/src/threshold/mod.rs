@@ -30,6 +30,7 @@ pub mod bundle;
 pub(crate) mod dkg;
 pub(crate) mod engine;
 mod messages;
+mod psbt;
 pub(crate) mod presign;
 pub mod primes;
 mod sign;

@@ -17,7 +17,7 @@ use custos_wire::protocol::*;
 
 /// Who allows a signing session.
 #[derive(Clone, Copy)]
-enum SignPolicy<'a> {
+pub(super) enum SignPolicy<'a> {
     /// Admin approvals of the request (any digest, any non-hardened path).
     Approved {
         meta: &'a RequestMeta,
@@ -25,6 +25,14 @@ enum SignPolicy<'a> {
     },
     /// An audit (patent [0086]): the root key over an audit digest, no approvals.
     Audit,
+    /// An input of a transaction whose approvals, intent and tiers the caller checked:
+    /// the key's policy is applied (and the request id consumed) once the session is known
+    /// to start, so a refused start counts nothing.
+    Transaction {
+        meta: &'a RequestMeta,
+        intent_hash: &'a [u8; 32],
+        intent: &'a custos_tx::Intent,
+    },
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -74,9 +82,9 @@ impl<P: Platform> TeeCore<P> {
         )
     }
 
-    /// Opens a signing session (approved signing or audit, per `policy`) and returns its
-    /// first messages.
-    fn start_sign_session(
+    /// Opens a signing session (approved signing, transaction input or audit, per `policy`)
+    /// and returns its first messages.
+    pub(super) fn start_sign_session(
         &mut self,
         session: SessionRef,
         key_id: &[u8],
@@ -116,6 +124,7 @@ impl<P: Platform> TeeCore<P> {
         }
         let now = self.platform.now_unix();
         let expires_at = match policy {
+            SignPolicy::Transaction { meta, .. } => meta.expires_at,
             SignPolicy::Approved { meta, approvals } => {
                 self.approve_in_by(
                     THRESHOLD_SCOPE,
@@ -154,7 +163,7 @@ impl<P: Platform> TeeCore<P> {
             .map(|s| (s.share_index, s.identity.fingerprint))
             .collect();
         let eid = match policy {
-            SignPolicy::Approved { .. } => {
+            SignPolicy::Approved { .. } | SignPolicy::Transaction { .. } => {
                 execution_id(&session, key_id, &fingerprints, digest, path)
             }
             SignPolicy::Audit => audit_execution_id(&session, key_id, &fingerprints, digest),
@@ -166,6 +175,14 @@ impl<P: Platform> TeeCore<P> {
             .map_err(|e| TeeError::InvalidPath(e.to_string()))?;
         let share = held.share.clone();
 
+        if let SignPolicy::Transaction {
+            meta,
+            intent_hash,
+            intent,
+        } = policy
+        {
+            self.check_spend(meta, key_id, intent_hash, intent)?;
+        }
         self.record_session_start(&session, expires_at)?;
 
         let kind = SessionKind::Sign {

@@ -13,4 +13,5 @@ mod key_policy;
 mod renewal;
 mod sealed_import;
 mod threshold;
+mod threshold_psbt;
 mod transaction;

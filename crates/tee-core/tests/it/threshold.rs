@@ -58,6 +58,24 @@ impl Node {
     }
 }
 
+/// A TEE core a session's messages are relayed to (the nodes of these tests and of `dkg`).
+pub(crate) trait Participant {
+    /// Handles one request.
+    fn handle(&mut self, req: &Request) -> Outcome;
+}
+
+impl Participant for Node {
+    fn handle(&mut self, req: &Request) -> Outcome {
+        self.call(req)
+    }
+}
+
+impl Participant for crate::dkg::Node {
+    fn handle(&mut self, req: &Request) -> Outcome {
+        self.call(req)
+    }
+}
+
 /// The test kit's PKI with clusters dc1..dc4 (its admins and dealer).
 pub(crate) struct Pki(custos_test_kit::Pki);
 
@@ -289,8 +307,8 @@ fn round_of(r: Response) -> (Vec<ThresholdMessage>, Option<Response>) {
 }
 
 /// [`relay`] for any session kind: returns each participant's final answer.
-fn relay_outputs(
-    nodes: &mut [&mut Node],
+pub(crate) fn relay_outputs<N: Participant>(
+    nodes: &mut [&mut N],
     session: SessionRef,
     first: Vec<Vec<ThresholdMessage>>,
     duplicate: bool,
@@ -329,7 +347,11 @@ fn relay_outputs(
             if duplicate {
                 batch.extend(batch.clone());
             }
-            let answer = feed(nodes[p], session, batch)
+            let answer = nodes[p]
+                .handle(&Request::ThresholdFeed {
+                    session,
+                    messages: batch,
+                })
                 .unwrap_or_else(|e| panic!("position {p}: unexpected {e:?}"));
             let (outgoing, done) = round_of(answer);
             route(&mut inbox, outgoing);

@@ -3,13 +3,16 @@
 
 use custos_wire::policy::{
     AllowEntry, Allowlist, KeyPolicy, Rule, SpendLimit, SpendLimits, RULE_ALLOWLIST,
-    RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
+    RULE_SHARE_VELOCITY_HOLDERS, RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
 };
 
 use super::*;
 
 const ASSET: &str = "bitcoin:regtest";
-const ME: [u8; 32] = [7; 32];
+const ME: Member = Member {
+    node: [7; 32],
+    share: None,
+};
 const T0: u64 = 1_800_000_000;
 
 fn policy(window: u64, allow: Option<Allowlist>) -> KeyPolicy {
@@ -21,7 +24,7 @@ fn policy(window: u64, allow: Option<Allowlist>) -> KeyPolicy {
             per_window: 150_000,
             count_per_window: 2,
         }],
-        velocity_holder: (window > 0).then_some(ME),
+        velocity_holder: (window > 0).then_some(ME.node),
     };
     let mut rules = vec![
         Rule {
@@ -160,9 +163,47 @@ fn a_window_counts_what_was_signed_and_forgets_it_when_it_has_passed() {
 fn a_key_with_a_window_signs_on_its_velocity_holder_only() {
     let p = policy(3600, None);
     assert_eq!(
-        refused(evaluate(&p, &spend(1, "a"), T0, &[8; 32], &[])),
+        refused(evaluate(
+            &p,
+            &spend(1, "a"),
+            T0,
+            &Member {
+                node: [8; 32],
+                share: None,
+            },
+            &[]
+        )),
         "not_velocity_holder"
     );
+    // A share of a threshold key is counted by its own holder (by share index); a policy
+    // naming one holder for a wallet names none for a share, and the other way round.
+    let mut by_share = p.clone();
+    let limits = by_share.spend_limits().unwrap();
+    let limits = SpendLimits {
+        velocity_holder: None,
+        ..limits
+    };
+    by_share.rules[1].body = limits.encode();
+    by_share.rules.push(Rule {
+        tag: RULE_SHARE_VELOCITY_HOLDERS,
+        body: [[5u8; 32], ME.node].concat(),
+    });
+    by_share.validate().unwrap();
+    let share = |i| Member {
+        node: ME.node,
+        share: Some(i),
+    };
+    assert!(evaluate(&by_share, &spend(1, "a"), T0, &share(1), &[]).is_ok());
+    assert_eq!(
+        refused(evaluate(&by_share, &spend(1, "a"), T0, &share(0), &[])),
+        "not_velocity_holder"
+    );
+    for (policy, member) in [(&by_share, ME), (&p, share(1)), (&by_share, share(2))] {
+        assert_eq!(
+            refused(evaluate(policy, &spend(1, "a"), T0, &member, &[])),
+            "no_velocity_holder"
+        );
+    }
 }
 
 #[test]

@@ -251,9 +251,6 @@ fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
     let mut unsorted = limits.clone();
     unsorted.limits.reverse();
     bad(unsorted.encode(), RULE_SPEND_LIMITS);
-    let mut no_holder = limits.clone();
-    no_holder.velocity_holder = None;
-    bad(no_holder.encode(), RULE_SPEND_LIMITS);
     let mut idle = limits.clone();
     idle.limits = vec![limit("bitcoin:regtest", 0)];
     bad(idle.encode(), RULE_SPEND_LIMITS);
@@ -266,6 +263,79 @@ fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
     let mut cut = list.encode();
     cut.pop();
     bad(cut, RULE_ALLOWLIST);
+
+    // Who counts a window is the policy's to say: one holder, or one per share (threshold
+    // keys), exactly when a limit has a window.
+    let policy = |limits: &SpendLimits, shares: Option<Vec<u8>>| {
+        let mut rules = vec![
+            Rule {
+                tag: RULE_TRANSACTIONS_ONLY,
+                body: vec![],
+            },
+            Rule {
+                tag: RULE_SPEND_LIMITS,
+                body: limits.encode(),
+            },
+        ];
+        if let Some(body) = shares {
+            rules.push(Rule {
+                tag: RULE_SHARE_VELOCITY_HOLDERS,
+                body,
+            });
+        }
+        KeyPolicy {
+            version: 1,
+            group: vec![fp(1)],
+            quorum: 1,
+            rules,
+        }
+        .validate()
+    };
+    let refused = |r: Result<(), PolicyError>, t: u16| {
+        assert!(
+            matches!(r, Err(PolicyError::BadRuleBody { tag, .. }) if tag == t),
+            "{r:?}"
+        )
+    };
+    let holders = [[1u8; 32], [2; 32], [3; 32]].concat();
+    assert_eq!(policy(&limits, None), Ok(()));
+    let mut by_share = limits.clone();
+    by_share.velocity_holder = None;
+    assert_eq!(policy(&by_share, Some(holders.clone())), Ok(()));
+    refused(policy(&by_share, None), RULE_SPEND_LIMITS);
+    refused(
+        policy(&limits, Some(holders.clone())),
+        RULE_SHARE_VELOCITY_HOLDERS,
+    );
+    let mut unwindowed = by_share.clone();
+    unwindowed.limits = vec![limit("bitcoin:regtest", 0)];
+    refused(
+        policy(&unwindowed, Some(holders.clone())),
+        RULE_SHARE_VELOCITY_HOLDERS,
+    );
+    refused(
+        policy(&by_share, Some(holders[..40].to_vec())),
+        RULE_SHARE_VELOCITY_HOLDERS,
+    );
+    let v = KeyPolicy {
+        version: 1,
+        group: vec![fp(1)],
+        quorum: 1,
+        rules: vec![Rule {
+            tag: RULE_TRANSACTIONS_ONLY,
+            body: vec![],
+        }],
+    };
+    let mut with_holders = v.clone();
+    with_holders.rules.push(Rule {
+        tag: RULE_SHARE_VELOCITY_HOLDERS,
+        body: holders.clone(),
+    });
+    let decoded = KeyPolicy::decode(&with_holders.encode()).unwrap();
+    assert_eq!(
+        decoded.share_velocity_holders(),
+        Some(vec![[1; 32], [2; 32], [3; 32]])
+    );
 }
 
 /// Tiers: the highest tier an amount is above decides; a tier must ask more than the

@@ -136,6 +136,22 @@ pub struct ThresholdSignParams {
     pub signers: Vec<ThresholdSigner>,
 }
 
+/// A PSBT one threshold signing session per input signs (see
+/// [`super::Request::ThresholdPsbtStart`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThresholdPsbtParams {
+    /// Joint public key (with a chain code: the inputs' keys are its children).
+    pub key_id: KeyId,
+    /// The network its addresses are written for.
+    pub network: super::BitcoinNetwork,
+    /// The PSBT, binary (at most 1 MiB).
+    pub psbt: Vec<u8>,
+    /// The intent hash the approvals were made for (`intent_mismatch` otherwise).
+    pub intent_hash: [u8; 32],
+    /// Participants, in signing order (exactly t, distinct share indexes).
+    pub signers: Vec<ThresholdSigner>,
+}
+
 /// A protocol message between the TEEs of a session, relayed by the cloud server.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ThresholdMessage {
