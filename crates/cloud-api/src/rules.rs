@@ -5,7 +5,8 @@
 
 use custos_wire::policy::{
     AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, KeyPolicy, Rule, SpendLimit, SpendLimits,
-    RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
+    RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_SHARE_VELOCITY_HOLDERS, RULE_SPEND_LIMITS,
+    RULE_TRANSACTIONS_ONLY,
 };
 
 use crate::approval::parse_fingerprint;
@@ -94,8 +95,8 @@ impl PolicyRules {
                 }
                 .encode(),
             });
-        } else if self.velocity_holder.is_some() {
-            return Err("a velocity_holder without spend_limits".into());
+        } else if self.velocity_holder.is_some() || !self.velocity_holders.is_empty() {
+            return Err("a velocity holder without spend_limits".into());
         }
         if let Some(a) = &self.allowlist {
             let mut entries: Vec<AllowEntry> = a
@@ -135,6 +136,20 @@ impl PolicyRules {
                 body: ApprovalTiers { tiers }.encode(),
             });
         }
+        if !self.velocity_holders.is_empty() {
+            let holders = self
+                .velocity_holders
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    parse_fingerprint(h).map_err(|e| format!("velocity_holders[{i}]: {e}"))
+                })
+                .collect::<Result<Vec<[u8; 32]>, String>>()?;
+            rules.push(Rule {
+                tag: RULE_SHARE_VELOCITY_HOLDERS,
+                body: holders.concat(),
+            });
+        }
         Ok(rules)
     }
 
@@ -158,6 +173,12 @@ impl PolicyRules {
                 .collect();
             out.velocity_holder = s.velocity_holder.map(hex::encode);
         }
+        out.velocity_holders = policy
+            .share_velocity_holders()
+            .unwrap_or_default()
+            .iter()
+            .map(hex::encode)
+            .collect();
         out.allowlist = policy.allowlist().map(|a| AllowlistView {
             time_lock_secs: a.time_lock_secs,
             entries: a
@@ -206,6 +227,11 @@ impl PolicyRules {
         }
         if let Some(h) = &self.velocity_holder {
             lines.push(format!("signed only by node with device key {h}"));
+        }
+        for (i, h) in self.velocity_holders.iter().enumerate() {
+            lines.push(format!(
+                "share {i} signs only on node with device key {h} (its window counter)"
+            ));
         }
         if self.spend_limits.is_empty() {
             lines.push("no spend limit: the key signs no transaction".to_string());

@@ -354,7 +354,10 @@ pub const MAX_PSBT_BYTES: usize = 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignPsbtBody {
-    /// Wallet (hex of the 33-byte root public key).
+    /// Wallet (hex of the 33-byte root public key), or threshold key with HD derivation
+    /// (hex of the joint public key): its PSBT is signed by t of its clusters, one session
+    /// per input, segwit v0 inputs (P2WPKH, P2SH-P2WPKH) under its children only, each
+    /// participating TEE checking it and its share's policy.
     #[schema(pattern = "^0[23][0-9a-fA-F]{64}$", max_length = 66)]
     pub root_id: String,
     /// The network the addresses are written for: `bitcoin`, `testnet`, `signet` or
@@ -366,6 +369,11 @@ pub struct SignPsbtBody {
     /// the wallet's fingerprint, segwit v0 inputs with their previous transaction.
     #[schema(pattern = "^[A-Za-z0-9+/]+={0,2}$", max_length = 1398104)]
     pub psbt: String,
+    /// A threshold key's clusters to sign with, in order (as [`ThresholdSignBody::clusters`]);
+    /// absent: the server chooses. Refused for a wallet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::sign_clusters)]
+    pub clusters: Option<Vec<String>>,
     /// See [`CreateWalletBody::request_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9a-fA-F]{32}$", max_length = 32)]

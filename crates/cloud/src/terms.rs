@@ -19,6 +19,7 @@
 //! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
 //! | `set_key_policy` | `root_id`, the group in force and the new one; a threshold key's also `clusters` and `anchors`; see [`key_policy`] |
 //! | `sign_psbt` | `root_id` (33 bytes), `network` (`bitcoin`, `testnet`, `signet`, `regtest`), `psbt` (bytes), `intent_hash` (32 bytes), `intent` (the intent's JSON, as a TEE computed it; checked to hash to `intent_hash`), `node` (the velocity holder's node; absent without rolling window), `group` (the wallet's approver group when the request was made, as `create_group_wallet`; absent for a legacy wallet) |
+//! | `threshold_sign_psbt` | `key_id` (33 bytes), `network`, `psbt`, `intent_hash`, `intent` (as `sign_psbt`, the intent computed by a TEE holding a share), `clusters` (names or null, as `threshold_sign`), `group` (the key's approver group when the request was made; absent for a legacy key) |
 //! | `sign_ethereum` | `root_id`, `path`, `payload` (postcard of the Ethereum payload), `intent_hash`, `intent`, `node`, `group` (as `sign_psbt`) |
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
@@ -193,6 +194,29 @@ pub enum Terms {
         #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
         group: Vec<[u8; 32]>,
     },
+    /// Sign a Bitcoin PSBT with a threshold key's children, by t of its clusters (segwit v0
+    /// inputs, one session per input): approvals sign the intent a TEE holding a share
+    /// computed, and every participant checks the PSBT and its share's policy again.
+    ThresholdSignPsbt {
+        /// The threshold key (with a chain code).
+        #[serde(with = "hex_bytes")]
+        key_id: KeyId,
+        /// As [`Terms::SignPsbt`]'s.
+        network: String,
+        /// As [`Terms::SignPsbt`]'s.
+        #[serde(with = "hex::serde")]
+        psbt: Vec<u8>,
+        /// As [`Terms::SignPsbt`]'s.
+        #[serde(with = "hex_bytes")]
+        intent_hash: [u8; 32],
+        /// As [`Terms::SignPsbt`]'s.
+        intent: serde_json::Value,
+        /// The clusters the caller named, in order (else the server chooses).
+        clusters: Option<Vec<String>>,
+        /// As [`Terms::SignPsbt`]'s.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
+        group: Vec<[u8; 32]>,
+    },
     /// Sign an Ethereum transaction, personal message or typed data with a wallet's key:
     /// approvals sign the intent a TEE computed from it.
     SignEthereum {
@@ -235,7 +259,7 @@ impl Terms {
             }
             Terms::Governance(_) => RequestKind::Governance,
             Terms::SetKeyPolicy(_) => RequestKind::SetKeyPolicy,
-            Terms::SignPsbt { .. } => RequestKind::SignPsbt,
+            Terms::SignPsbt { .. } | Terms::ThresholdSignPsbt { .. } => RequestKind::SignPsbt,
             Terms::SignEthereum { .. } => RequestKind::SignEthereum,
         }
     }
@@ -248,7 +272,9 @@ impl Terms {
             | Terms::SignPsbt { root_id, .. }
             | Terms::SignEthereum { root_id, .. } => Some(root_id),
             Terms::SetKeyPolicy(p) => Some(&p.root_id),
-            Terms::ThresholdSign { key_id, .. } => Some(key_id),
+            Terms::ThresholdSign { key_id, .. } | Terms::ThresholdSignPsbt { key_id, .. } => {
+                Some(key_id)
+            }
             Terms::ImportThresholdKey { bundle, .. } => Some(&bundle.key.key_id),
             Terms::CreateWallet { .. }
             | Terms::CreateGroupWallet { .. }
@@ -280,7 +306,9 @@ impl Terms {
             // A group change is approved by the group in force; a legacy wallet's (none
             // named) is left to the TEE, which knows who counts for it.
             Terms::SetKeyPolicy(p) if !p.current_group.is_empty() => Some(&p.current_group),
-            Terms::SignPsbt { group, .. } | Terms::SignEthereum { group, .. }
+            Terms::SignPsbt { group, .. }
+            | Terms::SignEthereum { group, .. }
+            | Terms::ThresholdSignPsbt { group, .. }
                 if !group.is_empty() =>
             {
                 Some(group)
@@ -394,6 +422,11 @@ impl Terms {
                 root_id,
                 intent_hash,
                 ..
+            }
+            | Terms::ThresholdSignPsbt {
+                key_id: root_id,
+                intent_hash,
+                ..
             } => Action::SignTransaction {
                 key_id: root_id,
                 intent_hash,
@@ -463,6 +496,7 @@ impl Terms {
                 approvals,
             },
             Terms::ThresholdSign { .. }
+            | Terms::ThresholdSignPsbt { .. }
             | Terms::CreateThresholdKey { .. }
             | Terms::CreateGroupThresholdKey { .. } => return None,
             Terms::Governance(_) => return None,
@@ -510,6 +544,7 @@ impl Terms {
     pub fn spans(&self) -> bool {
         match self {
             Terms::ThresholdSign { .. }
+            | Terms::ThresholdSignPsbt { .. }
             | Terms::CreateThresholdKey { .. }
             | Terms::CreateGroupThresholdKey { .. } => true,
             Terms::SetKeyPolicy(p) => p.is_threshold(),
@@ -619,8 +654,22 @@ impl Terms {
             }
             Terms::Governance(g) => g.check(),
             Terms::SetKeyPolicy(p) => p.check(quorum),
-            Terms::SignPsbt { psbt, .. } if psbt.len() > MAX_PSBT_BYTES => {
+            Terms::SignPsbt { psbt, .. } | Terms::ThresholdSignPsbt { psbt, .. }
+                if psbt.len() > MAX_PSBT_BYTES =>
+            {
                 Err(format!("a PSBT of {} bytes", psbt.len()))
+            }
+            Terms::ThresholdSignPsbt {
+                key_id,
+                network,
+                clusters,
+                ..
+            } => {
+                bitcoin::secp256k1::PublicKey::from_slice(key_id)
+                    .map_err(|_| "key id is not a point of secp256k1".to_string())?;
+                wire_network(network)?;
+                clusters.iter().flatten().try_for_each(|c| name(c))?;
+                checked_intent(&self.transaction_view().expect("a transaction")).map(|_| ())
             }
             Terms::SignPsbt { network, node, .. } => {
                 wire_network(network)?;
@@ -741,13 +790,20 @@ impl Terms {
                 ),
                 p.place(cluster)
             ),
-            Terms::SignPsbt { intent, .. } | Terms::SignEthereum { intent, .. } => {
-                let what = serde_json::from_value::<custos_tx::Intent>(intent.clone())
-                    .ok()
-                    .and_then(|i| i.describe().into_iter().next())
-                    .unwrap_or_else(|| "a transaction".into());
-                format!("sign with wallet {id} on cluster {cluster} (quorum {quorum}): {what}")
-            }
+            Terms::SignPsbt { intent, .. } | Terms::SignEthereum { intent, .. } => format!(
+                "sign with wallet {id} on cluster {cluster} (quorum {quorum}): {}",
+                first_line(intent)
+            ),
+            Terms::ThresholdSignPsbt {
+                intent, clusters, ..
+            } => format!(
+                "sign with threshold key {id} by {} (quorum {quorum}): {}",
+                match clusters {
+                    Some(c) => format!("clusters {}", c.join(",")),
+                    None => "any t of its clusters".to_string(),
+                },
+                first_line(intent)
+            ),
         }
     }
 
@@ -755,6 +811,12 @@ impl Terms {
     pub fn transaction_view(&self) -> Option<TransactionView> {
         match self {
             Terms::SignPsbt {
+                network,
+                intent_hash,
+                intent,
+                ..
+            }
+            | Terms::ThresholdSignPsbt {
                 network,
                 intent_hash,
                 intent,
@@ -865,6 +927,10 @@ impl Terms {
                 view.transaction = self.transaction_view();
                 view.target_node = node.clone();
             }
+            Terms::ThresholdSignPsbt { clusters, .. } => {
+                view.transaction = self.transaction_view();
+                view.target_node = clusters.as_ref().map(|c| c.join(","));
+            }
             Terms::SignEthereum { node, path, .. } => {
                 view.transaction = self.transaction_view();
                 view.target_node = node.clone();
@@ -884,6 +950,14 @@ impl Terms {
         terms.check(cluster, quorum)?;
         Ok(terms)
     }
+}
+
+/// The first line of an intent's description, for a summary.
+fn first_line(intent: &serde_json::Value) -> String {
+    serde_json::from_value::<custos_tx::Intent>(intent.clone())
+        .ok()
+        .and_then(|i| i.describe().into_iter().next())
+        .unwrap_or_else(|| "a transaction".into())
 }
 
 /// The policy of a new wallet of `group` and `quorum` with its transaction `rules`.

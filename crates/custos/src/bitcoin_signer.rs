@@ -342,6 +342,7 @@ impl Signer {
                 root_id: self.root.clone(),
                 network: network.into(),
                 psbt: psbt.to_string(),
+                clusters: None,
                 request_id: Some(id.clone()),
                 expires_at: None,
                 approvals: Vec::new(),

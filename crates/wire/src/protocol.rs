@@ -52,9 +52,9 @@ pub use response::{Attestation, DeviceInfo, EcdsaSignature, Response, Status};
 pub use sync::{CertChain, KeyTransfer};
 pub use threshold::{
     PresignSignParams, PresignatureInfo, SessionRef, ThresholdBundle, ThresholdKeyInfo,
-    ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin, ThresholdPsbtParams, ThresholdSignParams, ThresholdSigner,
-    MAX_PRESIGNATURES_PER_KEY, MAX_PRESIGN_MESSAGE, MAX_THRESHOLD_ATTEMPTS, MAX_THRESHOLD_MESSAGES,
-    MAX_THRESHOLD_PAYLOAD,
+    ThresholdKeygenParams, ThresholdMessage, ThresholdOrigin, ThresholdPsbtParams,
+    ThresholdSignParams, ThresholdSigner, MAX_PRESIGNATURES_PER_KEY, MAX_PRESIGN_MESSAGE,
+    MAX_THRESHOLD_ATTEMPTS, MAX_THRESHOLD_MESSAGES, MAX_THRESHOLD_PAYLOAD,
 };
 pub use wallets::{ImportSecret, KeyInfo, Origin, SecretBytes, SecretString};
 

@@ -356,6 +356,19 @@ fn requests() -> Vec<Request> {
             path: vec![0, 1],
             payload: EthPayload::TypedData("{}".into()),
         },
+        Request::ThresholdPsbtStart {
+            meta: meta(),
+            attempt: 1,
+            input: 3,
+            params: ThresholdPsbtParams {
+                key_id: vec![0x02; 33],
+                network: BitcoinNetwork::Testnet,
+                psbt: b"psbt\xff".to_vec(),
+                intent_hash: [0x1c; 32],
+                signers: vec![signer(1), signer(0)],
+            },
+            approvals: vec![approval()],
+        },
     ]
 }
 

@@ -24,6 +24,13 @@ pub struct PolicyRules {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9a-fA-F]{64}$", max_length = 64)]
     pub velocity_holder: Option<String>,
+    /// A threshold key's window counters: the node (device key fingerprint, hex) of each
+    /// share, by share index, whose TEE alone signs with that share and counts what it
+    /// signed (every signer set meeting another when 2t > n, no set passes a window).
+    /// Threshold keys only, instead of `velocity_holder`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 64)]
+    pub velocity_holders: Vec<String>,
     /// The only destinations the key may pay; absent: any within the limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowlist: Option<AllowlistView>,

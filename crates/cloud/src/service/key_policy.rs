@@ -181,6 +181,61 @@ impl Cloud {
         self.propose_policy(caller, target, group, body).await
     }
 
+    /// The window counters `rules` name fit the key: one node for a wallet, serving its
+    /// cluster; one per share for a threshold key, each serving its share's cluster (a
+    /// holder that cannot sign would stop the key).
+    async fn check_holders(
+        &self,
+        rules: &PolicyRules,
+        target: &PolicyTarget,
+    ) -> Result<(), ApiError> {
+        let invalid = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
+        let wanted: Vec<(&String, &String)> = if target.clusters.is_empty() {
+            if !rules.velocity_holders.is_empty() {
+                return Err(invalid(
+                    "velocity_holders (by share) are a threshold key's; a wallet names one \
+                     velocity_holder"
+                        .into(),
+                ));
+            }
+            rules
+                .velocity_holder
+                .iter()
+                .map(|h| (&target.cluster, h))
+                .collect()
+        } else {
+            if rules.velocity_holder.is_some() {
+                return Err(invalid(
+                    "a threshold key's window is counted by velocity_holders, one per share".into(),
+                ));
+            }
+            if !rules.velocity_holders.is_empty()
+                && rules.velocity_holders.len() != target.clusters.len()
+            {
+                return Err(invalid(format!(
+                    "{} velocity_holders for {} shares",
+                    rules.velocity_holders.len(),
+                    target.clusters.len()
+                )));
+            }
+            target
+                .clusters
+                .iter()
+                .zip(&rules.velocity_holders)
+                .collect()
+        };
+        for (cluster, holder) in wanted {
+            let fp = parse_fingerprint(holder).map_err(|m| invalid(format!("holder: {m}")))?;
+            self.choose_executor(cluster, Some(fp)).await.map_err(|e| {
+                invalid(format!(
+                    "velocity holder {holder} is not a serving node of {cluster}: {}",
+                    e.message
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Records the change of `target`'s policy in force (read from a TEE now) to `group`
     /// with `body.quorum`, one version later, keeping the policy's cluster anchors.
     async fn propose_policy(
@@ -197,7 +252,7 @@ impl Cloud {
         }
         let (current, _) = self.read_policy(&target.cluster, &target.id, name).await?;
         // Cluster anchors are carried over as they are; the transaction rules (issue 14) too,
-        // unless the body names new ones (a wallet's only, for now).
+        // unless the body names new ones.
         let anchors = match current.cluster_anchors() {
             Some(a) if threshold => a,
             _ => Vec::new(),
@@ -217,12 +272,10 @@ impl Cloud {
         }
         let invalid_rules = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
         let rules = match &body.rules {
-            Some(_) if threshold => {
-                return Err(invalid_rules(
-                    "a threshold key's transaction rules cannot be set here yet".into(),
-                ))
+            Some(r) => {
+                self.check_holders(r, &target).await?;
+                r.to_rules().map_err(invalid_rules)?
             }
-            Some(r) => r.to_rules().map_err(invalid_rules)?,
             None => kept_rules.clone(),
         };
         let version = current

@@ -43,6 +43,7 @@ mod keygen;
 mod keys;
 mod participants;
 mod presign;
+mod psbt;
 mod session;
 mod signing;
 

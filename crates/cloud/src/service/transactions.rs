@@ -42,6 +42,22 @@ impl Cloud {
                 format!("{} bytes, at most {MAX_PSBT_BYTES}", psbt.len()),
             ));
         }
+        let threshold_key = self
+            .store
+            .threshold_key(&body.root_id.to_ascii_lowercase())
+            .await?
+            .filter(|k| k.tenant == caller.tenant);
+        if let Some(key) = threshold_key {
+            return self
+                .threshold_psbt_request(caller, body, key, network, psbt)
+                .await;
+        }
+        if body.clusters.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidClusters,
+                "clusters are named for a threshold key only; a wallet signs in its cluster",
+            ));
+        }
         let preview = Request::PreviewPsbt {
             key_id: root_id.to_vec(),
             network,
@@ -149,11 +165,7 @@ impl Cloud {
         let (intent_hash, intent) = self
             .preview(&wallet.cluster, node.as_deref(), &preview)
             .await?;
-        let spends = serde_json::from_value::<custos_tx::Intent>(intent.clone())
-            .map(|i| custos_tx::policy::spends_of(&i))
-            .map_err(|e| ApiError::internal("checked intent", &e))?;
-        let tier = custos_tx::policy::tier_quorum(&policy, &spends).map(|(q, _)| q);
-        let quorum = tier.map_or(policy.quorum, |t| t.max(policy.quorum));
+        let quorum = transaction_quorum(&policy, &intent)?;
         Ok(Prepared {
             cluster: wallet.cluster,
             quorum,
@@ -225,7 +237,7 @@ impl Cloud {
     /// The intent of `preview` (a `PreviewPsbt` or `PreviewEthereum`) as a TEE of
     /// `cluster` (of `node`, when named) computes it (an answer signed by its certified
     /// device key), checked to hash to the hash it comes with.
-    async fn preview(
+    pub(in crate::service) async fn preview(
         &self,
         cluster: &str,
         node: Option<&str>,
@@ -273,6 +285,19 @@ impl Cloud {
         checked_intent(&view).map_err(bad)?;
         Ok((intent_hash, view.intent))
     }
+}
+
+/// The approvals a transaction needs under `policy`: the policy's quorum, or the approval
+/// tier's for the intent's amount (fewer would be refused by the TEE).
+pub(in crate::service) fn transaction_quorum(
+    policy: &custos_wire::policy::KeyPolicy,
+    intent: &serde_json::Value,
+) -> Result<u8, ApiError> {
+    let spends = serde_json::from_value::<custos_tx::Intent>(intent.clone())
+        .map(|i| custos_tx::policy::spends_of(&i))
+        .map_err(|e| ApiError::internal("checked intent", &e))?;
+    let tier = custos_tx::policy::tier_quorum(policy, &spends).map(|(q, _)| q);
+    Ok(tier.map_or(policy.quorum, |t| t.max(policy.quorum)))
 }
 
 /// A TEE answer of another kind than the request's.

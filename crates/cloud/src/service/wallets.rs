@@ -50,6 +50,17 @@ impl Cloud {
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
         let executor = self.choose_executor(&body.cluster, wanted).await?;
+        if !body
+            .rules
+            .as_ref()
+            .is_none_or(|r| r.velocity_holders.is_empty())
+        {
+            return Err(invalid_rules(
+                "velocity_holders (by share) are a threshold key's; a wallet names one \
+                 velocity_holder"
+                    .into(),
+            ));
+        }
         // A window's holder must be a node that can sign now, or the wallet never would.
         if let Some(holder) = policy.spend_limits().and_then(|s| s.velocity_holder) {
             self.choose_executor(&body.cluster, Some(holder))
@@ -299,6 +310,9 @@ impl Cloud {
         row: RequestRow,
         wallet_xpub: Option<String>,
     ) -> Result<RequestRow, StoreError> {
+        if matches!(row.terms, Terms::ThresholdSignPsbt { .. }) {
+            return self.execute_threshold_psbt(row).await;
+        }
         match row.kind() {
             RequestKind::ThresholdSign => return self.execute_threshold(row).await,
             RequestKind::CreateThresholdKey => return self.execute_keygen(row).await,

@@ -63,6 +63,7 @@ impl Demo {
                 root_id: root.into(),
                 network: "regtest".into(),
                 psbt,
+                clusters: None,
                 request_id: None,
                 expires_at: None,
                 approvals: vec![],
@@ -121,6 +122,7 @@ impl Demo {
                 ),
             ],
             velocity_holder: Some(holder.clone()),
+            velocity_holders: vec![],
             allowlist: Some(AllowlistView {
                 time_lock_secs: 86_400,
                 entries: vec![

@@ -26,9 +26,14 @@ pub struct SignPsbtArgs {
     /// Root certificate (PEM) to trust for an HTTPS API.
     #[arg(long)]
     pub api_root_ca: Option<PathBuf>,
-    /// The wallet (hex of its root public key).
+    /// The wallet (hex of its root public key), or a threshold key with HD derivation (hex
+    /// of its joint public key).
     #[arg(long)]
     pub root: String,
+    /// A threshold key's clusters to sign with, comma-separated, in order of preference
+    /// (default: the server chooses).
+    #[arg(long, value_delimiter = ',')]
+    pub clusters: Option<Vec<String>>,
     /// `bitcoin`, `testnet`, `signet` or `regtest`.
     #[arg(long, default_value = "bitcoin")]
     pub network: String,
@@ -75,6 +80,7 @@ pub async fn run(args: &SignPsbtArgs, out: &mut dyn Write) -> Result<RequestView
             root_id: args.root.clone(),
             network: args.network.clone(),
             psbt: psbt_base64(&bytes),
+            clusters: args.clusters.clone(),
             request_id: None,
             expires_at: None,
             approvals: Vec::new(),

@@ -157,7 +157,7 @@ fn signtx(
 
 /// Every input of `tx` run by libbitcoinconsensus against the outputs it spends (all of
 /// them passed, as taproot needs): the first error met.
-fn verify_scripts(psbt: &Psbt, tx: &bitcoin::Transaction) -> Result<(), String> {
+pub(crate) fn verify_scripts(psbt: &Psbt, tx: &bitcoin::Transaction) -> Result<(), String> {
     let spent: Vec<bitcoin::TxOut> = psbt
         .inputs
         .iter()

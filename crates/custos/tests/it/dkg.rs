@@ -189,19 +189,29 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
     assert_eq!(recovered, child, "v does not recover the child key");
 
     rogue_co_signer_refused(&dep, &alice, &made.key_id, digest, path);
-    rt.block_on(group_changed_on_every_cluster(
+    let bob = rt.block_on(group_changed_on_every_cluster(
         &dep,
         &client,
         &made.key_id,
         &geneses,
     ));
+    let psbt_began = Instant::now();
+    rt.block_on(crate::threshold_psbt::threshold_psbt_through_rest(
+        &dep,
+        &client,
+        &bob,
+        &made.key_id,
+        &xpub.to_string(),
+    ));
+    let psbt_took = psbt_began.elapsed();
 
     eprintln!(
         "deployment + primes [{:.1} s], DKG 2-of-3 through the cloud server [{:.1} s], \
-         2-of-3 signing [{:.1} s], total [{:.1} s]",
+         2-of-3 signing [{:.1} s], rules and PSBTs [{:.1} s], total [{:.1} s]",
         ready.as_secs_f64(),
         dkg_took.as_secs_f64(),
         sign_took.as_secs_f64(),
+        psbt_took.as_secs_f64(),
         began.elapsed().as_secs_f64()
     );
 }
@@ -216,7 +226,7 @@ async fn group_changed_on_every_cluster(
     client: &custos_cloud_api::client::CloudClient,
     key_id: &str,
     geneses: &[String],
-) {
+) -> custos_pki::AdminSigner {
     use custos_cloud_api::KeyPolicyBody;
     let alice = dep.admin("alice").unwrap();
     // A second admin of the Admin CA, enrolled now.
@@ -322,6 +332,7 @@ async fn group_changed_on_every_cluster(
     );
     let signed = sign(bob).await;
     assert_eq!(signed.status, RequestStatus::Completed, "{signed:?}");
+    dep.admin("bob").unwrap()
 }
 
 /// Attacker's test (issue 12, item 1, threshold participation): a P-256 key made outside

@@ -34,6 +34,7 @@ mod restart;
 mod tee_core_deps;
 mod tee_sync;
 mod threshold;
+mod threshold_psbt;
 #[cfg(feature = "tpm")]
 mod tpm;
 #[cfg(feature = "tpm")]

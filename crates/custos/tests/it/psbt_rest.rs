@@ -43,6 +43,7 @@ fn rules(holder: &str) -> PolicyRules {
             count_per_window: 5,
         }],
         velocity_holder: Some(holder.into()),
+        velocity_holders: vec![],
         allowlist: None,
         approval_tiers: vec![],
     }
@@ -78,6 +79,7 @@ async fn submit(
         token: d.api_token.clone(),
         api_root_ca: None,
         root: root.into(),
+        clusters: None,
         network: "regtest".into(),
         psbt: file,
         wait: None,

@@ -30,9 +30,9 @@ pub mod bundle;
 pub(crate) mod dkg;
 pub(crate) mod engine;
 mod messages;
-mod psbt;
 pub(crate) mod presign;
 pub mod primes;
+mod psbt;
 mod sign;
 pub mod wire;
 

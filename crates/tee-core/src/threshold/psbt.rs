@@ -98,14 +98,8 @@ impl<P: Platform> TeeCore<P> {
                 "input #{input}: the share derives another key at its path than the PSBT's"
             )));
         }
-        let out = self.start_sign_session(
-            session,
-            key_id,
-            &path,
-            &digest,
-            &params.signers,
-            policy,
-        )?;
+        let out =
+            self.start_sign_session(session, key_id, &path, &digest, &params.signers, policy)?;
         Ok(out)
     }
 }

@@ -274,7 +274,10 @@ fn each_threshold_participant_checks_the_psbt_and_applies_its_shares_policy() {
     let oh = intent_hash_of(&xpub, &over);
     let req = PsbtRequest::new(&pki, &key, &over, (oh, oh), [&a, &b], 0);
     for node in [&mut a, &mut b] {
-        assert_eq!(policy_refusal(node.call(&req.start(0))), "transaction_limit");
+        assert_eq!(
+            policy_refusal(node.call(&req.start(0))),
+            "transaction_limit"
+        );
     }
     // A taproot input: threshold ECDSA makes no Schnorr signature.
     let taproot = Spend::from(xpub.as_str())

@@ -376,27 +376,6 @@ pub enum Request {
         /// Approvals of [`crate::approval::Action::SignTransaction`] for that intent.
         approvals: Vec<Approval>,
     },
-    /// Opens the threshold signing session of one input of a Bitcoin PSBT spending the
-    /// threshold key `params.key_id` (segwit v0 inputs: ECDSA) and returns its first
-    /// messages. Every participating TEE receives the same request and, before it takes
-    /// part, parses the PSBT, builds its intent with the key's public derivation, checks the
-    /// approvals of that intent and applies the policy sealed with its share (counting the
-    /// transaction once per request id, whichever input comes first); the session signs the
-    /// signature hash of input `input` it computed itself. The session is
-    /// [`crate::threshold::input_session`] of the request id, input and attempt; its rounds
-    /// are [`Request::ThresholdFeed`]s answered with [`Response::ThresholdRound`].
-    ThresholdPsbtStart {
-        /// Request id (the approval's; each input's session id derives from it) and expiry.
-        meta: RequestMeta,
-        /// Attempt number, as for [`Request::ThresholdStart`].
-        attempt: u8,
-        /// The input whose signature this session makes.
-        input: u16,
-        /// The PSBT, what its approvals were for, and the participants.
-        params: ThresholdPsbtParams,
-        /// Approvals of [`crate::approval::Action::SignTransaction`] for the intent.
-        approvals: Vec<Approval>,
-    },
     /// The intent of a Bitcoin PSBT spending the wallet `key_id`, as this TEE computes it
     /// (what [`Request::SignPsbt`] would sign, before any approval): for approvers who
     /// cannot derive the wallet's keys below hardened steps themselves. Changes nothing.
@@ -436,6 +415,27 @@ pub enum Request {
         path: Vec<u32>,
         /// What would be signed.
         payload: EthPayload,
+    },
+    /// Opens the threshold signing session of one input of a Bitcoin PSBT spending the
+    /// threshold key `params.key_id` (segwit v0 inputs: ECDSA) and returns its first
+    /// messages. Every participating TEE receives the same request and, before it takes
+    /// part, parses the PSBT, builds its intent with the key's public derivation, checks the
+    /// approvals of that intent and applies the policy sealed with its share (counting the
+    /// transaction once per request id, whichever input comes first); the session signs the
+    /// signature hash of input `input` it computed itself. The session is
+    /// [`crate::threshold::input_session`] of the request id, input and attempt; its rounds
+    /// are [`Request::ThresholdFeed`]s answered with [`Response::ThresholdRound`].
+    ThresholdPsbtStart {
+        /// Request id (the approval's; each input's session id derives from it) and expiry.
+        meta: RequestMeta,
+        /// Attempt number, as for [`Request::ThresholdStart`].
+        attempt: u8,
+        /// The input whose signature this session makes.
+        input: u16,
+        /// The PSBT, what its approvals were for, and the participants.
+        params: ThresholdPsbtParams,
+        /// Approvals of [`crate::approval::Action::SignTransaction`] for the intent.
+        approvals: Vec<Approval>,
     },
 }
 

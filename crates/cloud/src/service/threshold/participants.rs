@@ -24,7 +24,9 @@ impl Cloud {
         row: &RequestRow,
     ) -> (Option<Vec<String>>, Vec<String>) {
         let named = match &row.terms {
-            Terms::ThresholdSign { clusters, .. } => clusters.clone(),
+            Terms::ThresholdSign { clusters, .. } | Terms::ThresholdSignPsbt { clusters, .. } => {
+                clusters.clone()
+            }
             _ => None,
         };
         let blamed = self

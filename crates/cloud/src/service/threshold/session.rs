@@ -190,7 +190,9 @@ pub(crate) fn start_link_id(request_id: &[u8; 16], attempt: u8, cluster: &str) -
     id
 }
 
-/// Refusals no retry can fix: the approvals themselves are wrong or void.
+/// Refusals no retry can fix: the approvals themselves are wrong or void, or the key's
+/// policy or the TEE's reading of the transaction refuses what they approved (no other
+/// cluster is to blame for it: every participant holds the same policy).
 pub(super) fn final_refusal(e: &TeeError) -> bool {
     matches!(
         e,
@@ -201,6 +203,10 @@ pub(super) fn final_refusal(e: &TeeError) -> bool {
             | TeeError::InvalidPath(_)
             | TeeError::AdminRevoked { .. }
             | TeeError::ApproverNotInGroup { .. }
+            | TeeError::RawSigningOff { .. }
+            | TeeError::TransactionPolicyRefused { .. }
+            | TeeError::TransactionRejected { .. }
+            | TeeError::IntentMismatch { .. }
     )
 }
 

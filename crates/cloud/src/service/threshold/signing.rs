@@ -62,6 +62,30 @@ pub(super) fn check_named_clusters(key: &ThresholdKeyRow, list: &[String]) -> Re
 }
 
 impl Cloud {
+    /// The clusters a caller named for a session of `key` (`None`: the server chooses),
+    /// checked: 1 to [`MAX_THRESHOLD_CLUSTERS`] configured clusters, each holding a share,
+    /// each once, at least t.
+    pub(super) fn named_clusters(
+        &self,
+        key: &ThresholdKeyRow,
+        list: Option<&[String]>,
+    ) -> Result<Option<Vec<String>>, ApiError> {
+        let Some(list) = list else {
+            return Ok(None);
+        };
+        if list.is_empty() || list.len() > MAX_THRESHOLD_CLUSTERS {
+            return Err(ApiError::new(
+                ErrorCode::InvalidClusters,
+                format!("name 1 to {MAX_THRESHOLD_CLUSTERS} clusters"),
+            ));
+        }
+        for c in list {
+            self.cluster_config(c)?;
+        }
+        check_named_clusters(key, list)?;
+        Ok(Some(list.to_vec()))
+    }
+
     /// `POST /v1/threshold/sign`: records a `threshold_sign` request (cluster
     /// `*threshold*`); the clusters the caller named are part of its terms.
     pub async fn threshold_sign(
@@ -114,17 +138,6 @@ impl Cloud {
             None => parse_digest(&body.digest)
                 .map_err(|m| ApiError::new(ErrorCode::InvalidDigest, m))?,
         };
-        if let Some(list) = &body.clusters {
-            if list.is_empty() || list.len() > MAX_THRESHOLD_CLUSTERS {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidClusters,
-                    format!("name 1 to {MAX_THRESHOLD_CLUSTERS} clusters"),
-                ));
-            }
-            for c in list {
-                self.cluster_config(c)?;
-            }
-        }
         let key = self.threshold_key_row(&caller.tenant, &body.key_id).await?;
         if key.chain_code.is_none() && !path.is_empty() {
             return Err(ApiError::new(
@@ -135,13 +148,7 @@ impl Cloud {
                 ),
             ));
         }
-        let clusters = match &body.clusters {
-            None => None,
-            Some(list) => {
-                check_named_clusters(&key, list)?;
-                Some(list.clone())
-            }
-        };
+        let clusters = self.named_clusters(&key, body.clusters.as_deref())?;
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
         self.create(
