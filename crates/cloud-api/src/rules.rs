@@ -5,8 +5,8 @@
 
 use custos_wire::policy::{
     AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, KeyPolicy, Rule, SpendLimit, SpendLimits,
-    RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_SHARE_VELOCITY_HOLDERS, RULE_SPEND_LIMITS,
-    RULE_TRANSACTIONS_ONLY,
+    RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
+    RULE_VELOCITY_SHARE,
 };
 
 use crate::approval::parse_fingerprint;
@@ -95,7 +95,7 @@ impl PolicyRules {
                 }
                 .encode(),
             });
-        } else if self.velocity_holder.is_some() || !self.velocity_holders.is_empty() {
+        } else if self.velocity_holder.is_some() || self.velocity_share.is_some() {
             return Err("a velocity holder without spend_limits".into());
         }
         if let Some(a) = &self.allowlist {
@@ -136,18 +136,10 @@ impl PolicyRules {
                 body: ApprovalTiers { tiers }.encode(),
             });
         }
-        if !self.velocity_holders.is_empty() {
-            let holders = self
-                .velocity_holders
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    parse_fingerprint(h).map_err(|e| format!("velocity_holders[{i}]: {e}"))
-                })
-                .collect::<Result<Vec<[u8; 32]>, String>>()?;
+        if let Some(share) = self.velocity_share {
             rules.push(Rule {
-                tag: RULE_SHARE_VELOCITY_HOLDERS,
-                body: holders.concat(),
+                tag: RULE_VELOCITY_SHARE,
+                body: share.to_be_bytes().to_vec(),
             });
         }
         Ok(rules)
@@ -173,12 +165,7 @@ impl PolicyRules {
                 .collect();
             out.velocity_holder = s.velocity_holder.map(hex::encode);
         }
-        out.velocity_holders = policy
-            .share_velocity_holders()
-            .unwrap_or_default()
-            .iter()
-            .map(hex::encode)
-            .collect();
+        out.velocity_share = policy.velocity_share();
         out.allowlist = policy.allowlist().map(|a| AllowlistView {
             time_lock_secs: a.time_lock_secs,
             entries: a
@@ -228,9 +215,9 @@ impl PolicyRules {
         if let Some(h) = &self.velocity_holder {
             lines.push(format!("signed only by node with device key {h}"));
         }
-        for (i, h) in self.velocity_holders.iter().enumerate() {
+        if let Some(i) = self.velocity_share {
             lines.push(format!(
-                "share {i} signs only on node with device key {h} (its window counter)"
+                "share {i} takes part in every signing (it counts the window)"
             ));
         }
         if self.spend_limits.is_empty() {

@@ -300,18 +300,20 @@ async fn create_sign_request(
 /// its hash. Once approved, the TEE signs only this transaction, and only if the wallet's
 /// policy (limits, allowlist, approval tiers) allows it: a refusal names the rule
 /// (`tee_policy_refused`, `tee_intent_mismatch`, ...). The signed PSBT is the request's
-/// `result`.
+/// `result`. A threshold key with HD derivation signs its PSBTs (P2WPKH and P2SH-P2WPKH
+/// inputs) by t of its clusters, one session per input, each TEE checking the PSBT and the
+/// policy sealed with its share; the request is then in scope `*threshold*`.
 #[utoipa::path(
     post, path = "/v1/psbt-requests", tag = "requests", security(("bearer" = ["request"])),
     request_body = SignPsbtBody,
     responses(
         (status = 200, description = "Submitted in this call", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals of the intent", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_root_id, invalid_network, invalid_psbt, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_root_id, invalid_network, invalid_psbt, invalid_clusters, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
-        (status = 404, description = "unknown_wallet, unknown_cluster", body = ApiErrorBody),
+        (status = 404, description = "unknown_wallet, unknown_cluster, unknown_executor", body = ApiErrorBody),
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "transaction_rejected (the TEE's check named), approval_invalid", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),

@@ -19,7 +19,7 @@
 //! | `governance` | `version`, `prev` (32 bytes), `change` (postcard of the log change); see [`governance`] |
 //! | `set_key_policy` | `root_id`, the group in force and the new one; a threshold key's also `clusters` and `anchors`; see [`key_policy`] |
 //! | `sign_psbt` | `root_id` (33 bytes), `network` (`bitcoin`, `testnet`, `signet`, `regtest`), `psbt` (bytes), `intent_hash` (32 bytes), `intent` (the intent's JSON, as a TEE computed it; checked to hash to `intent_hash`), `node` (the velocity holder's node; absent without rolling window), `group` (the wallet's approver group when the request was made, as `create_group_wallet`; absent for a legacy wallet) |
-//! | `threshold_sign_psbt` | `key_id` (33 bytes), `network`, `psbt`, `intent_hash`, `intent` (as `sign_psbt`, the intent computed by a TEE holding a share), `clusters` (names or null, as `threshold_sign`), `group` (the key's approver group when the request was made; absent for a legacy key) |
+//! | `threshold_sign_psbt` | `key_id` (33 bytes), `network`, `psbt`, `intent_hash`, `intent` (as `sign_psbt`, the intent computed by a TEE holding a share), `clusters` (names or null, as `threshold_sign`), `group` (the key's approver group when the request was made; absent for a legacy key), `velocity_share` and `node` (the share counting the key's window and its holder's node, which take part in every attempt; absent without window) |
 //! | `sign_ethereum` | `root_id`, `path`, `payload` (postcard of the Ethereum payload), `intent_hash`, `intent`, `node`, `group` (as `sign_psbt`) |
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
@@ -216,6 +216,13 @@ pub enum Terms {
         /// As [`Terms::SignPsbt`]'s.
         #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
         group: Vec<[u8; 32]>,
+        /// With a rolling window: the key's velocity share, which takes part in every
+        /// attempt, on `node` (its velocity holder's node). Not part of what is approved.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        velocity_share: Option<u16>,
+        /// The velocity holder's node (with `velocity_share`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     /// Sign an Ethereum transaction, personal message or typed data with a wallet's key:
     /// approvals sign the intent a TEE computed from it.
@@ -663,12 +670,18 @@ impl Terms {
                 key_id,
                 network,
                 clusters,
+                velocity_share,
+                node,
                 ..
             } => {
                 bitcoin::secp256k1::PublicKey::from_slice(key_id)
                     .map_err(|_| "key id is not a point of secp256k1".to_string())?;
                 wire_network(network)?;
                 clusters.iter().flatten().try_for_each(|c| name(c))?;
+                if velocity_share.is_some() != node.is_some() {
+                    return Err("a velocity share without its node, or the other way".into());
+                }
+                node.iter().try_for_each(|n| name(n))?;
                 checked_intent(&self.transaction_view().expect("a transaction")).map(|_| ())
             }
             Terms::SignPsbt { network, node, .. } => {

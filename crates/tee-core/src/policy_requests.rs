@@ -14,7 +14,7 @@
 //! before governance, gets a group and anchors (plan step D5).
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
-use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS, RULE_SHARE_VELOCITY_HOLDERS};
+use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS, RULE_VELOCITY_SHARE};
 use custos_wire::protocol::*;
 
 use crate::platform::{Platform, RecordId};
@@ -44,31 +44,30 @@ pub(crate) fn check_new_policy(policy: &KeyPolicy) -> Result<(), TeeError> {
     Ok(())
 }
 
-/// The rules a policy may carry for its kind of key: cluster anchors and velocity holders by
-/// share are a threshold key's (`shares`: its number of shares, one holder each), a single
-/// velocity holder is a wallet's (a threshold key's window is counted by every share's
-/// holder, never by one node whose share may not sign).
+/// The rules a policy may carry for its kind of key: cluster anchors and the velocity
+/// share are a threshold key's (`shares`: its number of shares); a threshold key with a
+/// window names the share counting it (its node being the limits' velocity holder), one of
+/// its own.
 pub(crate) fn check_key_kind(policy: &KeyPolicy, shares: Option<usize>) -> Result<(), TeeError> {
-    let single = policy
+    let windowed = policy
         .spend_limits()
         .is_some_and(|l| l.velocity_holder.is_some());
-    let by_share = policy.share_velocity_holders();
+    let share = policy.velocity_share();
     let refused = |m: String| Err(TeeError::PolicyRejected(m));
     match shares {
         None if policy.cluster_anchors().is_some() => refused(format!(
             "rule {RULE_CLUSTER_ANCHORS} (cluster anchors) is for threshold keys, not wallets"
         )),
-        None if by_share.is_some() => refused(format!(
-            "rule {RULE_SHARE_VELOCITY_HOLDERS} (velocity holders by share) is for threshold \
-             keys; a wallet names one holder in its spend limits"
+        None if share.is_some() => refused(format!(
+            "rule {RULE_VELOCITY_SHARE} (velocity share) is for threshold keys, not wallets"
         )),
-        Some(_) if single => refused(format!(
-            "a threshold key's window is counted by a velocity holder per share (rule \
-             {RULE_SHARE_VELOCITY_HOLDERS}), not by one node"
+        Some(_) if windowed && share.is_none() => refused(format!(
+            "a threshold key's window is counted on the share that takes part in every \
+             signing: name it (rule {RULE_VELOCITY_SHARE})"
         )),
-        Some(n) if by_share.as_ref().is_some_and(|h| h.len() != n) => refused(format!(
-            "{} velocity holders for {n} shares",
-            by_share.map_or(0, |h| h.len())
+        Some(n) if share.is_some_and(|s| usize::from(s) >= n) => refused(format!(
+            "velocity share {} of a key of {n} shares",
+            share.unwrap_or_default()
         )),
         _ => Ok(()),
     }

@@ -13,7 +13,7 @@ use custos_wire::protocol::*;
 use zeroize::Zeroizing;
 
 use custos_tx::policy::{
-    encode_record, evaluate_all, spends_of, tier_quorum, Member, PolicyRefusal,
+    encode_record, evaluate_all, spends_of, tier_quorum, Member, PolicyRefusal, ShareSigning,
 };
 use custos_wire::governance::device_key_fingerprint;
 
@@ -64,15 +64,19 @@ pub(crate) fn rejected(e: TxError) -> TeeError {
     }
 }
 
-/// What a signed transaction's request id is kept with: SHA-256 of a domain, the key and the
-/// intent (32 bytes, never a key id's 33).
-fn signed_marker(key_id: &[u8], intent_hash: &[u8; 32]) -> Vec<u8> {
+/// What a signed transaction's request id is kept with: SHA-256 of a domain, the key, the
+/// intent and the policy it passed (32 bytes, never a key id's 33). A repeat is signed
+/// without the policy checked again, so only under the very policy that allowed it: a
+/// threshold attempt that never made its signature cannot be finished after the key's
+/// group tightened the rules.
+fn signed_marker(key_id: &[u8], intent_hash: &[u8; 32], policy_hash: &[u8; 32]) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(b"CUSTOS-SIGNED-TX-V1\0");
+    h.update(b"CUSTOS-SIGNED-TX-V2\0");
     h.update((key_id.len() as u32).to_be_bytes());
     h.update(key_id);
     h.update(intent_hash);
+    h.update(policy_hash);
     h.finalize().to_vec()
 }
 
@@ -137,13 +141,33 @@ impl<P: Platform> TeeCore<P> {
         &mut self,
         meta: &RequestMeta,
         key_id: &[u8],
-        intent_hash: &[u8; 32],
-        intent: &custos_tx::Intent,
+        (intent_hash, intent): (&[u8; 32], &custos_tx::Intent),
+        signers: Option<&[u16]>,
     ) -> Result<(), TeeError> {
+        let key = self.policy_key(key_id)?;
+        let (policy, share) = (key.current(), key.share());
+        let threshold = match (share, signers) {
+            (None, None) => None,
+            (Some(share), Some(signers)) => Some(ShareSigning {
+                share,
+                signers: signers.to_vec(),
+            }),
+            _ => {
+                return Err(TeeError::InvalidRequest(format!(
+                    "key {} signs transactions {}",
+                    key_hex(key_id),
+                    if share.is_some() {
+                        "in threshold sessions only"
+                    } else {
+                        "alone, in no threshold session"
+                    }
+                )))
+            }
+        };
         // The id is kept with what it signed: only that very transaction signs again under
         // it, never another intent approved under a used id, nor anything under the id of
         // another kind of request.
-        let signed = signed_marker(key_id, intent_hash);
+        let signed = signed_marker(key_id, intent_hash, &policy.hash());
         if let Some(made) = self.first_made(meta)? {
             if made != signed {
                 return Err(replayed(
@@ -162,11 +186,9 @@ impl<P: Platform> TeeCore<P> {
         }
         let (own, _) = self.identity()?;
         let node = device_key_fingerprint(&own.public_key).unwrap_or([0; 32]);
-        let key = self.policy_key(key_id)?;
-        let (policy, share) = (key.current(), key.share());
         let history = self.velocity.get(key_id).map_or(&[][..], Vec::as_slice);
         let now = self.platform.now_unix();
-        let member = Member { node, share };
+        let member = Member { node, threshold };
         let verdict = evaluate_all(&policy, &spends_of(intent), now, &member, history)
             .map_err(policy_refused)?;
         self.consume_request(meta, Some(&signed))?;
@@ -234,7 +256,7 @@ impl<P: Platform> TeeCore<P> {
             });
         }
         self.check_tier(meta, tx.key_id, &computed, plan.intent(), approvals)?;
-        self.check_spend(meta, tx.key_id, &computed, plan.intent())?;
+        self.check_spend(meta, tx.key_id, (&computed, plan.intent()), None)?;
         // BIP-340's auxiliary randomness, one per input (ECDSA inputs ignore theirs).
         let mut aux = Zeroizing::new(vec![[0u8; 32]; plan.jobs().len()]);
         for a in aux.iter_mut() {
@@ -302,7 +324,7 @@ impl<P: Platform> TeeCore<P> {
             });
         }
         self.check_tier(meta, eth.key_id, &computed, plan.intent(), approvals)?;
-        self.check_spend(meta, eth.key_id, &computed, plan.intent())?;
+        self.check_spend(meta, eth.key_id, (&computed, plan.intent()), None)?;
         let sighash = Message::from_digest(plan.sighash());
         let signature = self
             .wallet(eth.key_id)?

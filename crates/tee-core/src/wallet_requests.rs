@@ -38,7 +38,11 @@ impl<P: Platform> TeeCore<P> {
 
     pub(crate) fn store_wallet(&mut self, wallet: Wallet) -> Outcome {
         let hex = key_hex(&wallet.info.key_id);
-        if self.wallets.contains_key(&wallet.info.key_id) {
+        // One key id, one key: a wallet under a threshold key's id would be read with the
+        // share's policy, or the share with the wallet's.
+        if self.wallets.contains_key(&wallet.info.key_id)
+            || self.threshold.keys.contains_key(&wallet.info.key_id)
+        {
             return Err(TeeError::KeyExists(hex));
         }
         let id = RecordId::new(format!("{WALLET_PREFIX}{hex}")).map_err(storage)?;

@@ -19,14 +19,23 @@ pub struct Spend {
     pub destinations: Vec<String>,
 }
 
-/// Who evaluates: the member (device key fingerprint) of this TEE, and for a threshold key
-/// the share it signs with (a window is counted by that share's velocity holder).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who evaluates: the member (device key fingerprint) of this TEE and, for a threshold key,
+/// the signing it takes part in.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// This node's device key fingerprint.
     pub node: [u8; 32],
-    /// The share index, for a threshold key.
-    pub share: Option<u16>,
+    /// For a threshold key: the share this TEE signs with and the session's signers.
+    pub threshold: Option<ShareSigning>,
+}
+
+/// A threshold key's share in a signing session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareSigning {
+    /// This TEE's share index.
+    pub share: u16,
+    /// The share indexes of every signer of the session.
+    pub signers: Vec<u16>,
 }
 
 /// One signed transaction, as a window counts it.
@@ -116,12 +125,15 @@ pub enum PolicyRefusal {
         /// The holder.
         holder: [u8; 32],
     },
-    /// A key with a window whose policy names no velocity holder for this kind of key (a
-    /// wallet's holders given by share, or a share without one): nobody could count.
-    #[error("the key's policy names no velocity holder {}", .share.map_or("for a wallet".to_string(), |i| format!("for share {i}")))]
-    NoVelocityHolder {
-        /// The share, for a threshold key.
-        share: Option<u16>,
+    /// A threshold key with a window whose policy names no velocity share: no one record
+    /// would see every transaction.
+    #[error("the threshold key's policy names no velocity share to count its window")]
+    NoVelocityShare,
+    /// A threshold key with a window signs only with its velocity share taking part.
+    #[error("share {share} counts the key's window and takes part in every signing; the signers are another set")]
+    VelocityShareAbsent {
+        /// The velocity share.
+        share: u16,
     },
 }
 
@@ -136,7 +148,8 @@ impl PolicyRefusal {
             PolicyRefusal::NotAllowlisted { .. } => "not_allowlisted",
             PolicyRefusal::TimeLocked { .. } => "allowlist_time_lock",
             PolicyRefusal::NotVelocityHolder { .. } => "not_velocity_holder",
-            PolicyRefusal::NoVelocityHolder { .. } => "no_velocity_holder",
+            PolicyRefusal::NoVelocityShare => "no_velocity_share",
+            PolicyRefusal::VelocityShareAbsent { .. } => "velocity_share_absent",
         }
     }
 }
@@ -325,20 +338,22 @@ pub fn evaluate(
             }
         }
     }
-    if !limits.limits.iter().any(|l| l.window_secs > 0) {
+    // A validated policy names a holder exactly when a limit has a window.
+    let Some(holder) = limits.velocity_holder else {
         return Ok(Verdict { record: None });
+    };
+    if let Some(t) = &member.threshold {
+        let share = policy
+            .velocity_share()
+            .ok_or(PolicyRefusal::NoVelocityShare)?;
+        if !t.signers.contains(&share) {
+            return Err(PolicyRefusal::VelocityShareAbsent { share });
+        }
+        // The velocity share's holder counts for the key; this share's TEE does not.
+        if t.share != share {
+            return Ok(Verdict { record: None });
+        }
     }
-    let holder = match member.share {
-        None => limits.velocity_holder,
-        Some(i) => policy
-            .share_velocity_holders()
-            .and_then(|h| h.get(usize::from(i)).copied()),
-    };
-    let Some(holder) = holder else {
-        return Err(PolicyRefusal::NoVelocityHolder {
-            share: member.share,
-        });
-    };
     if holder != member.node {
         return Err(PolicyRefusal::NotVelocityHolder { holder });
     }

@@ -36,12 +36,13 @@ pub const RULE_MEASUREMENT_POLICY: u16 = 2;
 /// group takes it away. A key whose policy lacks it (every key made before it existed)
 /// signs digests as before.
 pub const RULE_TRANSACTIONS_ONLY: u16 = 3;
-/// Rule of threshold keys with a windowed spend limit: the velocity holder of each share
-/// (a device key fingerprint, 32 bytes, by share index). Each share's holder counts every
-/// transaction its share signs, so a transaction over a window is refused by every holder
-/// that signed the earlier ones; when any two signer sets meet (2t > n), no set of signers
-/// passes a window. It stands where a wallet's [`SpendLimits::velocity_holder`] would.
-pub const RULE_SHARE_VELOCITY_HOLDERS: u16 = 7;
+/// Rule of threshold keys with a windowed spend limit: the share (its index, u16 BE) that
+/// takes part in every transaction the key signs, whose node (the limits' velocity holder)
+/// counts the window. Every participant refuses a signer set without it, so the one record
+/// sees every transaction; holders per share would each see only the transactions their
+/// share signed, and signer sets chosen to spread the spends would pass the window n/t
+/// times over.
+pub const RULE_VELOCITY_SHARE: u16 = 7;
 /// Most clusters a [`RULE_CLUSTER_ANCHORS`] rule names.
 pub const MAX_ANCHORS: usize = 64;
 /// Domain separation tag of [`KeyPolicy::hash`].
@@ -233,10 +234,19 @@ impl KeyPolicy {
                 RULE_SPEND_LIMITS,
                 RULE_ALLOWLIST,
                 RULE_APPROVAL_TIERS,
-                RULE_SHARE_VELOCITY_HOLDERS,
+                RULE_VELOCITY_SHARE,
             ],
         )?;
-        self.check_velocity_holders()?;
+        if self.velocity_share().is_some()
+            && self
+                .spend_limits()
+                .is_none_or(|l| l.velocity_holder.is_none())
+        {
+            return Err(PolicyError::BadRuleBody {
+                tag: RULE_VELOCITY_SHARE,
+                reason: "a velocity share without a window to count".into(),
+            });
+        }
         let transaction_rules = [RULE_SPEND_LIMITS, RULE_ALLOWLIST, RULE_APPROVAL_TIERS];
         if let Some(r) = self
             .rules
@@ -269,51 +279,11 @@ impl KeyPolicy {
         Ok(())
     }
 
-    /// A windowed limit names who counts it: one velocity holder (a wallet's, in its
-    /// spend limits) or one per share ([`RULE_SHARE_VELOCITY_HOLDERS`], threshold keys),
-    /// never both; neither is named without a window.
-    fn check_velocity_holders(&self) -> Result<(), PolicyError> {
-        let limits = self.spend_limits();
-        let windowed = limits
-            .as_ref()
-            .is_some_and(|l| l.limits.iter().any(|l| l.window_secs > 0));
-        let single = limits.as_ref().is_some_and(|l| l.velocity_holder.is_some());
-        let shares = self.share_velocity_holders().is_some();
-        let (tag, reason) = match (windowed, single, shares) {
-            (true, true, false) | (true, false, true) | (false, false, false) => return Ok(()),
-            (true, true, true) => (
-                RULE_SHARE_VELOCITY_HOLDERS,
-                "velocity holders by share and a single one: name one of them",
-            ),
-            (true, false, false) => (
-                RULE_SPEND_LIMITS,
-                "a limit has a window: name its velocity holder (or one per share)",
-            ),
-            (false, _, _) => (
-                if shares {
-                    RULE_SHARE_VELOCITY_HOLDERS
-                } else {
-                    RULE_SPEND_LIMITS
-                },
-                "a velocity holder is named only when a limit has a window",
-            ),
-        };
-        Err(PolicyError::BadRuleBody {
-            tag,
-            reason: reason.into(),
-        })
-    }
-
-    /// The velocity holder of each share, by share index ([`RULE_SHARE_VELOCITY_HOLDERS`]).
-    pub fn share_velocity_holders(&self) -> Option<Vec<[u8; 32]>> {
-        let rule = self
-            .rules
-            .iter()
-            .find(|r| r.tag == RULE_SHARE_VELOCITY_HOLDERS)?;
-        rule.body
-            .chunks(32)
-            .map(|c| c.try_into().ok())
-            .collect::<Option<Vec<[u8; 32]>>>()
+    /// The share that takes part in every transaction of a threshold key with a window
+    /// ([`RULE_VELOCITY_SHARE`]).
+    pub fn velocity_share(&self) -> Option<u16> {
+        let rule = self.rules.iter().find(|r| r.tag == RULE_VELOCITY_SHARE)?;
+        Some(u16::from_be_bytes(rule.body.as_slice().try_into().ok()?))
     }
 
     /// The key's approval tiers ([`RULE_APPROVAL_TIERS`]); `None` without the rule.
@@ -409,14 +379,20 @@ pub(crate) fn check_rules(rules: &[Rule], known: &[u16]) -> Result<(), PolicyErr
         if r.tag == RULE_TRANSACTIONS_ONLY && !r.body.is_empty() {
             return Err(bad(format!("{} bytes, the rule has none", r.body.len())));
         }
-        if r.tag == RULE_CLUSTER_ANCHORS || r.tag == RULE_SHARE_VELOCITY_HOLDERS {
+        if r.tag == RULE_CLUSTER_ANCHORS {
             let n = r.body.len() / 32;
             if r.body.is_empty() || r.body.len() % 32 != 0 || n > MAX_ANCHORS {
                 return Err(bad(format!(
-                    "{} bytes is not 1..={MAX_ANCHORS} ids of 32 bytes",
+                    "{} bytes is not 1..={MAX_ANCHORS} genesis ids of 32 bytes",
                     r.body.len()
                 )));
             }
+        }
+        if r.tag == RULE_VELOCITY_SHARE && r.body.len() != 2 {
+            return Err(bad(format!(
+                "{} bytes, a share index is 2 (u16 BE)",
+                r.body.len()
+            )));
         }
     }
     Ok(())

@@ -20,17 +20,17 @@ pub struct PolicyRules {
     #[schema(max_items = 16)]
     pub spend_limits: Vec<SpendLimitView>,
     /// With a rolling window: the node (device key fingerprint, hex) whose TEE alone signs
-    /// the key's transactions, since the window's record lives in one TEE.
+    /// the key's transactions, since the window's record lives in one TEE (for a threshold
+    /// key: the node of its `velocity_share`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9a-fA-F]{64}$", max_length = 64)]
     pub velocity_holder: Option<String>,
-    /// A threshold key's window counters: the node (device key fingerprint, hex) of each
-    /// share, by share index, whose TEE alone signs with that share and counts what it
-    /// signed (every signer set meeting another when 2t > n, no set passes a window).
-    /// Threshold keys only, instead of `velocity_holder`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(max_items = 64)]
-    pub velocity_holders: Vec<String>,
+    /// A threshold key with a window: the share (its index) that takes part in every
+    /// signing, whose node (`velocity_holder`) counts the window for the key; every
+    /// participant refuses a signer set without it. Threshold keys only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 63)]
+    pub velocity_share: Option<u16>,
     /// The only destinations the key may pay; absent: any within the limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowlist: Option<AllowlistView>,

@@ -181,50 +181,40 @@ impl Cloud {
         self.propose_policy(caller, target, group, body).await
     }
 
-    /// The window counters `rules` name fit the key: one node for a wallet, serving its
-    /// cluster; one per share for a threshold key, each serving its share's cluster (a
-    /// holder that cannot sign would stop the key).
+    /// The window counter `rules` name fits the key: a node serving the wallet's cluster;
+    /// for a threshold key, a share of the key (the one taking part in every signing) and a
+    /// node serving that share's cluster (a holder that cannot sign would stop the key).
     async fn check_holders(
         &self,
         rules: &PolicyRules,
         target: &PolicyTarget,
     ) -> Result<(), ApiError> {
         let invalid = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
-        let wanted: Vec<(&String, &String)> = if target.clusters.is_empty() {
-            if !rules.velocity_holders.is_empty() {
+        let cluster = match (target.clusters.is_empty(), rules.velocity_share) {
+            (true, Some(_)) => {
                 return Err(invalid(
-                    "velocity_holders (by share) are a threshold key's; a wallet names one \
-                     velocity_holder"
+                    "velocity_share is a threshold key's; a wallet names its velocity_holder \
+                     only"
                         .into(),
-                ));
+                ))
             }
-            rules
-                .velocity_holder
-                .iter()
-                .map(|h| (&target.cluster, h))
-                .collect()
-        } else {
-            if rules.velocity_holder.is_some() {
-                return Err(invalid(
-                    "a threshold key's window is counted by velocity_holders, one per share".into(),
-                ));
-            }
-            if !rules.velocity_holders.is_empty()
-                && rules.velocity_holders.len() != target.clusters.len()
-            {
-                return Err(invalid(format!(
-                    "{} velocity_holders for {} shares",
-                    rules.velocity_holders.len(),
+            (true, None) => &target.cluster,
+            (false, Some(i)) => target.clusters.get(usize::from(i)).ok_or_else(|| {
+                invalid(format!(
+                    "velocity_share {i} of a key of {} shares",
                     target.clusters.len()
-                )));
+                ))
+            })?,
+            (false, None) if rules.velocity_holder.is_some() => {
+                return Err(invalid(
+                    "a threshold key's window is counted on the share taking part in every \
+                     signing: name its velocity_share"
+                        .into(),
+                ))
             }
-            target
-                .clusters
-                .iter()
-                .zip(&rules.velocity_holders)
-                .collect()
+            (false, None) => return Ok(()),
         };
-        for (cluster, holder) in wanted {
+        if let Some(holder) = &rules.velocity_holder {
             let fp = parse_fingerprint(holder).map_err(|m| invalid(format!("holder: {m}")))?;
             self.choose_executor(cluster, Some(fp)).await.map_err(|e| {
                 invalid(format!(

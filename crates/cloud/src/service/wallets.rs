@@ -50,14 +50,13 @@ impl Cloud {
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
         let executor = self.choose_executor(&body.cluster, wanted).await?;
-        if !body
+        if body
             .rules
             .as_ref()
-            .is_none_or(|r| r.velocity_holders.is_empty())
+            .is_some_and(|r| r.velocity_share.is_some())
         {
             return Err(invalid_rules(
-                "velocity_holders (by share) are a threshold key's; a wallet names one \
-                 velocity_holder"
+                "velocity_share is a threshold key's; a wallet names its velocity_holder only"
                     .into(),
             ));
         }

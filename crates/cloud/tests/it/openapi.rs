@@ -69,7 +69,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         // case.
         // Rules: a valid policy, and a change the TEE's rules allow.
         ("put", "/v1/wallets/{root_id}/policy") => &["invalid_group", "invalid_rules"],
-        // As a wallet's, and the quorum must be the threshold key's own; no rules yet.
+        // As a wallet's, and the quorum must be the threshold key's own; a window counted on
+        // one of its shares.
         ("put", "/v1/threshold/keys/{key_id}/policy") => {
             &["invalid_group", "invalid_quorum", "invalid_rules"]
         }
@@ -88,8 +89,11 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         // The named clusters hold shares of the key.
         ("post", "/v1/threshold/keys/{key_id}/presignatures") => &["invalid_clusters"],
         // Base64 of at most 1 MiB; a transaction the wallet's TEE signs (its own inputs,
-        // values proven, SIGHASH_ALL), which only the TEE can tell.
-        ("post", "/v1/psbt-requests") => &["invalid_psbt", "transaction_rejected"],
+        // values proven, SIGHASH_ALL), which only the TEE can tell; clusters named for a
+        // threshold key only, holding its shares.
+        ("post", "/v1/psbt-requests") => {
+            &["invalid_psbt", "transaction_rejected", "invalid_clusters"]
+        }
         // Exactly one of the three payloads; a payload the wallet's TEE parses and signs.
         ("post", "/v1/eth-requests") => &["invalid_ethereum", "transaction_rejected"],
         // start needs count; start + count at most 2^31.

@@ -122,7 +122,7 @@ impl Demo {
                 ),
             ],
             velocity_holder: Some(holder.clone()),
-            velocity_holders: vec![],
+            velocity_share: None,
             allowlist: Some(AllowlistView {
                 time_lock_secs: 86_400,
                 entries: vec![

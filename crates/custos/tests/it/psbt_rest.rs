@@ -43,7 +43,7 @@ fn rules(holder: &str) -> PolicyRules {
             count_per_window: 5,
         }],
         velocity_holder: Some(holder.into()),
-        velocity_holders: vec![],
+        velocity_share: None,
         allowlist: None,
         approval_tiers: vec![],
     }

@@ -1,6 +1,6 @@
 //! A PSBT signed with a threshold key through the whole deployment (issue 14): the key's
 //! group sets its transaction rules for every cluster (transactions only, a limit, a window
-//! counted by a velocity holder per share), a PSBT naming the key is submitted to
+//! counted on the share taking part in every signing), a PSBT naming the key is submitted to
 //! `POST /v1/psbt-requests`, its intent computed by a TEE holding a share and approved by
 //! its hash, and signed by two clusters, one session per input, each TEE checking it and
 //! its share's policy. The signed PSBT is finalized by miniscript and every input run by
@@ -22,8 +22,8 @@ use crate::bitcoin_signer::verify_scripts;
 use crate::common::THRESHOLD_CLUSTERS as CLUSTERS;
 
 /// Transactions only; at most 100 000 sat per transaction and one transaction an hour,
-/// counted by each share's node.
-fn rules(holders: Vec<String>) -> PolicyRules {
+/// counted on share 0 (dc1) by `holder`, its node.
+fn rules(holder: &str) -> PolicyRules {
     PolicyRules {
         transactions_only: true,
         spend_limits: vec![SpendLimitView {
@@ -33,7 +33,8 @@ fn rules(holders: Vec<String>) -> PolicyRules {
             per_window: "200000".into(),
             count_per_window: 1,
         }],
-        velocity_holders: holders,
+        velocity_holder: Some(holder.into()),
+        velocity_share: Some(0),
         ..PolicyRules::default()
     }
 }
@@ -53,17 +54,21 @@ fn psbt(xpub: &str, sat: u64, pay: u64) -> String {
         .to_string()
 }
 
+fn body(key_id: &str, psbt: String, clusters: [&str; 2]) -> SignPsbtBody {
+    SignPsbtBody {
+        root_id: key_id.into(),
+        network: "regtest".into(),
+        psbt,
+        clusters: Some(clusters.map(String::from).to_vec()),
+        request_id: None,
+        expires_at: None,
+        approvals: vec![],
+    }
+}
+
 async fn submit(client: &CloudClient, key_id: &str, psbt: String) -> RequestView {
     let view = client
-        .sign_psbt(&SignPsbtBody {
-            root_id: key_id.into(),
-            network: "regtest".into(),
-            psbt,
-            clusters: Some(vec!["dc2".into(), "dc1".into()]),
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .sign_psbt(&body(key_id, psbt, ["dc2", "dc1"]))
         .await
         .unwrap();
     assert_eq!(view.kind, RequestKind::SignPsbt);
@@ -87,19 +92,14 @@ pub(crate) async fn threshold_psbt_through_rest(
     key_id: &str,
     xpub: &str,
 ) {
-    let holders: Vec<String> = CLUSTERS
-        .iter()
-        .map(|c| {
-            hex::encode(
-                custos_pki::cert_key_fingerprint(&dep.node_chain(c, 0).unwrap().device).unwrap(),
-            )
-        })
-        .collect();
+    let holder = hex::encode(
+        custos_pki::cert_key_fingerprint(&dep.node_chain(CLUSTERS[0], 0).unwrap().device).unwrap(),
+    );
     let change = client
         .set_threshold_key_policy(
             key_id,
             &KeyPolicyBody {
-                rules: Some(rules(holders.clone())),
+                rules: Some(rules(&holder)),
                 group: vec![hex::encode(bob.key_fingerprint())],
                 quorum: 1,
                 request_id: None,
@@ -111,7 +111,7 @@ pub(crate) async fn threshold_psbt_through_rest(
     let done = approve(client, bob, &change.id).await.unwrap();
     assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
     let policy = client.threshold_key_policy(key_id).await.unwrap();
-    assert_eq!(policy.rules, Some(rules(holders)));
+    assert_eq!(policy.rules, Some(rules(&holder)));
 
     // Signed by dc2 and dc1: every input has its signature, and Bitcoin Core's interpreter
     // runs every script of the finalized transaction.
@@ -147,6 +147,14 @@ pub(crate) async fn threshold_psbt_through_rest(
         &approve(client, bob, &view.id).await.unwrap(),
         "window_count",
     );
+
+    // Signers without the velocity share (dc1): the server refuses to ask for them (every
+    // TEE would refuse such a set, `velocity_share_absent`).
+    let e = client
+        .sign_psbt(&body(key_id, psbt(xpub, 50_000, 1_000), ["dc2", "dc3"]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid_clusters"), "{e}");
 
     // A raw digest: the key signs transactions only.
     let digest = client

@@ -70,12 +70,19 @@ impl<P: Platform> TeeCore<P> {
                 plan.jobs().len()
             ))
         })?;
-        if job.kind == InputKind::P2trKeyPath {
+        // Any taproot input refuses the whole transaction, before anything is counted: it
+        // could never be completed.
+        if let Some(t) = plan
+            .jobs()
+            .iter()
+            .find(|j| j.kind == InputKind::P2trKeyPath)
+        {
             return Err(TeeError::TransactionRejected {
                 code: "threshold_taproot".into(),
                 reason: format!(
-                    "input #{input} is a taproot key-path spend: a threshold key makes ECDSA \
-                     signatures (P2WPKH, P2SH-P2WPKH) only"
+                    "input #{} is a taproot key-path spend: a threshold key makes ECDSA \
+                     signatures (P2WPKH, P2SH-P2WPKH) only",
+                    t.input
                 ),
             });
         }

@@ -9,7 +9,7 @@ use bitcoin::secp256k1::{Message, PublicKey};
 use custos_threshold::{Phase, SessionKind};
 
 use super::engine::{reject, session_name, Live, Work, MAX_LIVE_SESSIONS, SESSION_TIMEOUT};
-use super::wire::{audit_execution_id, execution_id};
+use super::wire::{audit_execution_id, execution_id, transaction_execution_id};
 use crate::platform::Platform;
 use crate::TeeCore;
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
@@ -163,8 +163,15 @@ impl<P: Platform> TeeCore<P> {
             .map(|s| (s.share_index, s.identity.fingerprint))
             .collect();
         let eid = match policy {
-            SignPolicy::Approved { .. } | SignPolicy::Transaction { .. } => {
+            SignPolicy::Approved { .. } => {
                 execution_id(&session, key_id, &fingerprints, digest, path)
+            }
+            // Under the policy each participant holds: participants whose policies differ
+            // (a change that reached some clusters only) cannot finish a session together.
+            SignPolicy::Transaction { .. } => {
+                let policy = self.policy_key(key_id)?.current();
+                let eid = execution_id(&session, key_id, &fingerprints, digest, path);
+                transaction_execution_id(&eid, &policy.hash())
             }
             SignPolicy::Audit => audit_execution_id(&session, key_id, &fingerprints, digest),
         };
@@ -181,7 +188,8 @@ impl<P: Platform> TeeCore<P> {
             intent,
         } = policy
         {
-            self.check_spend(meta, key_id, intent_hash, intent)?;
+            let indexes: Vec<u16> = signers.iter().map(|s| s.share_index).collect();
+            self.check_spend(meta, key_id, (intent_hash, intent), Some(&indexes))?;
         }
         self.record_session_start(&session, expires_at)?;
 

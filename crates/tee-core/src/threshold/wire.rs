@@ -83,6 +83,21 @@ pub fn presign_execution_id(
     )
 }
 
+/// Domain tag of [`transaction_execution_id`].
+pub const TX_EID_DOMAIN: &[u8] = b"custos/tecdsa-tx/v1";
+
+/// The execution id of a session signing an input of a transaction:
+/// `SHA-256(TX_EID_DOMAIN ‖ execution id ‖ policy hash)`, each length-prefixed, with the
+/// hash of the key's policy the participant holds. Apart from any raw signing's id, and
+/// the same at two participants only when they hold the same policy.
+pub fn transaction_execution_id(eid: &[u8; 32], policy_hash: &[u8; 32]) -> [u8; 32] {
+    let mut out = Vec::with_capacity(96);
+    put(&mut out, TX_EID_DOMAIN);
+    put(&mut out, eid);
+    put(&mut out, policy_hash);
+    Sha256::digest(&out).into()
+}
+
 fn execution_id_in(
     domain: &[u8],
     session: &SessionRef,

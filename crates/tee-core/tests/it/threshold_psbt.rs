@@ -2,11 +2,12 @@
 //! parses the PSBT, computes its intent from the key's public derivation and applies the
 //! policy sealed with its own share, so each refuses alone, with a full quorum present:
 //! approvals of intent A presented with transaction B, a taproot input (no threshold
-//! Schnorr), an amount over the limit, a second transfer inside the window (counted by each
-//! share's velocity holder; accepted once the window passed, the TEEs' clocks moved on), and
-//! a node of the cluster that is not its share's velocity holder. The approved PSBT (P2WPKH
-//! and P2SH-P2WPKH inputs, one session per input) is signed, each signature verifying
-//! against the hash the `bitcoin` crate computes on its own for the key it derives itself.
+//! Schnorr), an amount over the limit, and a second transfer inside the window, refused by
+//! the velocity share's TEE (the share taking part in every signing, whose node counts the
+//! window) whatever node signs with the other share, and accepted once the window passed
+//! (the TEE's clock moved on). The approved PSBT (P2WPKH and P2SH-P2WPKH inputs, one session
+//! per input, counted once) is signed, each signature verifying against the hash the
+//! `bitcoin` crate computes on its own for the key it derives itself.
 //!
 //! The key is made by distributed key generation between dc1 and dc2 (TEST-ONLY fixture
 //! primes, about 12 s of one core per party) under a policy of {alice, bob}.
@@ -23,8 +24,8 @@ use custos_tx::synthetic::{script_of, Spend};
 use custos_tx::InputKind;
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::policy::{
-    KeyPolicy, Rule, SpendLimit, SpendLimits, RULE_SHARE_VELOCITY_HOLDERS, RULE_SPEND_LIMITS,
-    RULE_TRANSACTIONS_ONLY,
+    KeyPolicy, Rule, SpendLimit, SpendLimits, RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
+    RULE_VELOCITY_SHARE,
 };
 use custos_wire::protocol::{
     BitcoinNetwork, Outcome, Request, RequestMeta, Response, TeeError, ThresholdKeyInfo,
@@ -41,8 +42,8 @@ use crate::transaction::policy_refusal;
 const WINDOW: u64 = 3600;
 
 /// {alice, bob}, 2 of 2; transactions only; up to 100 000 sat per transaction and one
-/// transaction per hour, counted by `holders` (one per share).
-fn policy(pki: &Pki, holders: [[u8; 32]; 2]) -> KeyPolicy {
+/// transaction per hour, counted on share 1 by `holder`'s TEE.
+fn policy(pki: &Pki, holder: [u8; 32]) -> KeyPolicy {
     let limits = SpendLimits {
         limits: vec![SpendLimit {
             asset: "bitcoin:regtest".into(),
@@ -51,7 +52,7 @@ fn policy(pki: &Pki, holders: [[u8; 32]; 2]) -> KeyPolicy {
             per_window: 200_000,
             count_per_window: 1,
         }],
-        velocity_holder: None,
+        velocity_holder: Some(holder),
     };
     let mut p = group_policy(pki, &["alice", "bob"], 2);
     p.rules = vec![
@@ -64,8 +65,8 @@ fn policy(pki: &Pki, holders: [[u8; 32]; 2]) -> KeyPolicy {
             body: limits.encode(),
         },
         Rule {
-            tag: RULE_SHARE_VELOCITY_HOLDERS,
-            body: holders.concat(),
+            tag: RULE_VELOCITY_SHARE,
+            body: 1u16.to_be_bytes().to_vec(),
         },
     ];
     p
@@ -224,11 +225,10 @@ fn each_threshold_participant_checks_the_psbt_and_applies_its_shares_policy() {
     let mut a = pki.node("dc1", "dc1-node1", 0, 1);
     let mut b = pki.node("dc2", "dc2-node1", 1, 1);
     let mut a2 = pki.node("dc1", "dc1-node2", 2, 0);
-    let policy = policy(&pki, [member_id(&pki, &a), member_id(&pki, &b)]);
+    let policy = policy(&pki, member_id(&pki, &b));
     let keygen = GroupKeygen::new(&pki, &[&a, &b], true, &policy, &["alice", "bob"]);
     let key = make_group_key(&keygen, &mut a, &mut b);
-    // dc1's second node holds share 0 too (a key transfer within the cluster), but is not
-    // its velocity holder.
+    // dc1's second node holds share 0 too (a key transfer within the cluster).
     let Ok(Response::KeyTransfer(transfer)) = a.call(&Request::ExportKeys {
         requester: a2.chain.clone(),
         key_ids: vec![key.key_id.clone()],
@@ -320,20 +320,28 @@ fn each_threshold_participant_checks_the_psbt_and_applies_its_shares_policy() {
         secp.verify_ecdsa(&msg, &sig.signature, &pk.inner).unwrap();
     }
 
-    // A second transfer inside the window: each share's holder counted the first and
-    // refuses alone; dc1's other node, given share 0, is not its holder and refuses too.
+    // Only the velocity share's holder counted the first transfer.
+    assert_eq!(
+        [&a, &b].map(|n| committed(n, "velocity/")),
+        [0, 1],
+        "share 0 counts nothing, share 1 (the velocity share) the transfer"
+    );
+    // A second transfer inside the window: share 1's holder refuses alone, whatever node
+    // holds share 0 (which, not counting, would sign).
     let second = spend(&xpub, 10_000);
     let h2 = intent_hash_of(&xpub, &second);
-    let req = PsbtRequest::new(&pki, &key, &second, (h2, h2), [&a, &b], 0);
-    for node in [&mut a, &mut b] {
-        assert_eq!(policy_refusal(node.call(&req.start(0))), "window_count");
+    for (node0, label) in [(&mut a, "dc1-node1"), (&mut a2, "dc1-node2")] {
+        let req = PsbtRequest::new(&pki, &key, &second, (h2, h2), [&*node0, &b], 0);
+        assert!(
+            matches!(
+                node0.call(&req.start(0)),
+                Ok(Response::ThresholdRound { .. })
+            ),
+            "{label} refused a transfer its share does not count"
+        );
+        assert_eq!(policy_refusal(b.call(&req.start(0))), "window_count");
     }
-    let via_peer = PsbtRequest::new(&pki, &key, &second, (h2, h2), [&a2, &b], 0);
-    assert_eq!(
-        policy_refusal(a2.call(&via_peer.start(0))),
-        "not_velocity_holder"
-    );
-    // Once the window passed on both holders' clocks, the second transfer signs.
+    // Once the window passed on the counting TEE's clock, the second transfer signs.
     move_clocks([&a, &b], WINDOW + 1);
     let req = PsbtRequest::new(&pki, &key, &second, (h2, h2), [&a, &b], WINDOW + 1);
     let sigs = sign_inputs(&req, 2, &mut a, &mut b);

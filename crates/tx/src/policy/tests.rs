@@ -3,15 +3,16 @@
 
 use custos_wire::policy::{
     AllowEntry, Allowlist, KeyPolicy, Rule, SpendLimit, SpendLimits, RULE_ALLOWLIST,
-    RULE_SHARE_VELOCITY_HOLDERS, RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
+    RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY, RULE_VELOCITY_SHARE,
 };
 
 use super::*;
 
 const ASSET: &str = "bitcoin:regtest";
-const ME: Member = Member {
-    node: [7; 32],
-    share: None,
+const NODE: [u8; 32] = [7; 32];
+const ME: &Member = &Member {
+    node: NODE,
+    threshold: None,
 };
 const T0: u64 = 1_800_000_000;
 
@@ -24,7 +25,7 @@ fn policy(window: u64, allow: Option<Allowlist>) -> KeyPolicy {
             per_window: 150_000,
             count_per_window: 2,
         }],
-        velocity_holder: (window > 0).then_some(ME.node),
+        velocity_holder: (window > 0).then_some(NODE),
     };
     let mut rules = vec![
         Rule {
@@ -72,7 +73,7 @@ fn without_a_limit_for_the_asset_nothing_is_sent() {
     let mut p = policy(0, None);
     p.rules.clear();
     assert_eq!(
-        refused(evaluate(&p, &spend(1, "a"), T0, &ME, &[])),
+        refused(evaluate(&p, &spend(1, "a"), T0, ME, &[])),
         "no_spend_limit"
     );
     let other = Spend {
@@ -80,7 +81,7 @@ fn without_a_limit_for_the_asset_nothing_is_sent() {
         ..spend(1, "a")
     };
     assert_eq!(
-        refused(evaluate(&policy(0, None), &other, T0, &ME, &[])),
+        refused(evaluate(&policy(0, None), &other, T0, ME, &[])),
         "no_spend_limit"
     );
 }
@@ -88,8 +89,8 @@ fn without_a_limit_for_the_asset_nothing_is_sent() {
 #[test]
 fn one_transaction_above_the_limit_is_refused() {
     let p = policy(0, None);
-    assert!(evaluate(&p, &spend(100_000, "a"), T0, &ME, &[]).is_ok());
-    match evaluate(&p, &spend(100_001, "a"), T0, &ME, &[]) {
+    assert!(evaluate(&p, &spend(100_000, "a"), T0, ME, &[]).is_ok());
+    match evaluate(&p, &spend(100_001, "a"), T0, ME, &[]) {
         Err(e @ PolicyRefusal::OverTransactionLimit { .. }) => {
             assert_eq!(e.rule(), "transaction_limit")
         }
@@ -115,35 +116,35 @@ fn a_destination_pays_only_once_listed_and_past_its_time_lock() {
         ],
     };
     let p = policy(0, Some(list));
-    assert!(evaluate(&p, &spend(10, "bcrt1qnow"), T0, &ME, &[]).is_ok());
+    assert!(evaluate(&p, &spend(10, "bcrt1qnow"), T0, ME, &[]).is_ok());
     assert_eq!(
-        refused(evaluate(&p, &spend(10, "bcrt1qother"), T0, &ME, &[])),
+        refused(evaluate(&p, &spend(10, "bcrt1qother"), T0, ME, &[])),
         "not_allowlisted"
     );
     assert_eq!(
-        refused(evaluate(&p, &spend(10, "bcrt1qlater"), T0, &ME, &[])),
+        refused(evaluate(&p, &spend(10, "bcrt1qlater"), T0, ME, &[])),
         "allowlist_time_lock"
     );
-    assert!(evaluate(&p, &spend(10, "bcrt1qlater"), T0 + 3600, &ME, &[]).is_ok());
+    assert!(evaluate(&p, &spend(10, "bcrt1qlater"), T0 + 3600, ME, &[]).is_ok());
 }
 
 #[test]
 fn a_window_counts_what_was_signed_and_forgets_it_when_it_has_passed() {
     let p = policy(3600, None);
-    let first = evaluate(&p, &spend(60_000, "a"), T0, &ME, &[]).unwrap();
+    let first = evaluate(&p, &spend(60_000, "a"), T0, ME, &[]).unwrap();
     let record = first.record.unwrap();
     assert_eq!(record.len(), 1);
     // The same amount again within the hour passes the window's 150 000.
-    let second = evaluate(&p, &spend(60_000, "a"), T0 + 10, &ME, &record)
+    let second = evaluate(&p, &spend(60_000, "a"), T0 + 10, ME, &record)
         .unwrap()
         .record
         .unwrap();
-    match evaluate(&p, &spend(60_000, "a"), T0 + 20, &ME, &second) {
+    match evaluate(&p, &spend(60_000, "a"), T0 + 20, ME, &second) {
         Err(PolicyRefusal::OverWindowCount { count: 2, .. }) => {}
         other => panic!("{other:?}"),
     }
     // One transaction in the window, but too much together.
-    match evaluate(&p, &spend(100_000, "a"), T0 + 20, &ME, &record) {
+    match evaluate(&p, &spend(100_000, "a"), T0 + 20, ME, &record) {
         Err(e @ PolicyRefusal::OverWindowAmount { spent: 60_000, .. }) => {
             assert_eq!(e.rule(), "window_amount")
         }
@@ -151,7 +152,7 @@ fn a_window_counts_what_was_signed_and_forgets_it_when_it_has_passed() {
     }
     // An hour after the first, it has left the window (and the record): 60 000 (the
     // second) and 90 000 make the window's 150 000 exactly.
-    let later = evaluate(&p, &spend(90_000, "a"), T0 + 3601, &ME, &second)
+    let later = evaluate(&p, &spend(90_000, "a"), T0 + 3601, ME, &second)
         .unwrap()
         .record
         .unwrap();
@@ -169,39 +170,39 @@ fn a_key_with_a_window_signs_on_its_velocity_holder_only() {
             T0,
             &Member {
                 node: [8; 32],
-                share: None,
+                threshold: None,
             },
             &[]
         )),
         "not_velocity_holder"
     );
-    // A share of a threshold key is counted by its own holder (by share index); a policy
-    // naming one holder for a wallet names none for a share, and the other way round.
-    let mut by_share = p.clone();
-    let limits = by_share.spend_limits().unwrap();
-    let limits = SpendLimits {
-        velocity_holder: None,
-        ..limits
-    };
-    by_share.rules[1].body = limits.encode();
-    by_share.rules.push(Rule {
-        tag: RULE_SHARE_VELOCITY_HOLDERS,
-        body: [[5u8; 32], ME.node].concat(),
+    // A threshold key's window is counted by its velocity share's holder, which takes part
+    // in every signing: another share signs without counting, no set without it signs.
+    let mut shared = p.clone();
+    shared.rules.push(Rule {
+        tag: RULE_VELOCITY_SHARE,
+        body: 1u16.to_be_bytes().to_vec(),
     });
-    by_share.validate().unwrap();
-    let share = |i| Member {
-        node: ME.node,
-        share: Some(i),
+    shared.validate().unwrap();
+    let signing = |share, signers: &[u16]| Member {
+        node: NODE,
+        threshold: Some(ShareSigning {
+            share,
+            signers: signers.to_vec(),
+        }),
     };
-    assert!(evaluate(&by_share, &spend(1, "a"), T0, &share(1), &[]).is_ok());
-    assert_eq!(
-        refused(evaluate(&by_share, &spend(1, "a"), T0, &share(0), &[])),
-        "not_velocity_holder"
-    );
-    for (policy, member) in [(&by_share, ME), (&p, share(1)), (&by_share, share(2))] {
+    let counted = evaluate(&shared, &spend(1, "a"), T0, &signing(1, &[0, 1]), &[]).unwrap();
+    assert_eq!(counted.record.map(|r| r.len()), Some(1));
+    let other = evaluate(&shared, &spend(1, "a"), T0, &signing(0, &[0, 1]), &[]).unwrap();
+    assert_eq!(other.record, None);
+    for (policy, member, rule) in [
+        (&shared, signing(0, &[0, 2]), "velocity_share_absent"),
+        (&shared, signing(2, &[2, 0]), "velocity_share_absent"),
+        (&p, signing(1, &[0, 1]), "no_velocity_share"),
+    ] {
         assert_eq!(
             refused(evaluate(policy, &spend(1, "a"), T0, &member, &[])),
-            "no_velocity_holder"
+            rule
         );
     }
 }

@@ -62,8 +62,7 @@ pub struct SpendLimits {
     pub limits: Vec<SpendLimit>,
     /// The one member (device key fingerprint) whose TEE signs the key's transactions when
     /// a window is set: the window's record lives in one TEE, so another node could not
-    /// count what it signed. A threshold key names one per share instead
-    /// ([`super::RULE_SHARE_VELOCITY_HOLDERS`]).
+    /// count what it signed.
     pub velocity_holder: Option<[u8; 32]>,
 }
 
@@ -298,12 +297,11 @@ impl SpendLimits {
                 ),
             ));
         }
-        // Whether a window is counted by this holder or by one per share is the policy's
-        // to check (`KeyPolicy::validate`): it sees every rule.
-        if velocity_holder.is_some() && !limits.iter().any(|l| l.window_secs > 0) {
+        let windowed = limits.iter().any(|l| l.window_secs > 0);
+        if windowed != velocity_holder.is_some() {
             return Err(bad(
                 tag,
-                "a velocity holder is named only when a limit has a window",
+                "a velocity holder is named exactly when a limit has a window",
             ));
         }
         Ok(SpendLimits {

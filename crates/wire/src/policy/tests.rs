@@ -251,6 +251,9 @@ fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
     let mut unsorted = limits.clone();
     unsorted.limits.reverse();
     bad(unsorted.encode(), RULE_SPEND_LIMITS);
+    let mut no_holder = limits.clone();
+    no_holder.velocity_holder = None;
+    bad(no_holder.encode(), RULE_SPEND_LIMITS);
     let mut idle = limits.clone();
     idle.limits = vec![limit("bitcoin:regtest", 0)];
     bad(idle.encode(), RULE_SPEND_LIMITS);
@@ -264,9 +267,9 @@ fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
     cut.pop();
     bad(cut, RULE_ALLOWLIST);
 
-    // Who counts a window is the policy's to say: one holder, or one per share (threshold
-    // keys), exactly when a limit has a window.
-    let policy = |limits: &SpendLimits, shares: Option<Vec<u8>>| {
+    // A threshold key's window is counted on the share that takes part in every signing
+    // (rule 7, with the limits' holder): only with a window, and a share index of 2 bytes.
+    let policy = |limits: &SpendLimits, share: Option<Vec<u8>>| {
         let mut rules = vec![
             Rule {
                 tag: RULE_TRANSACTIONS_ONLY,
@@ -277,9 +280,9 @@ fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
                 body: limits.encode(),
             },
         ];
-        if let Some(body) = shares {
+        if let Some(body) = share {
             rules.push(Rule {
-                tag: RULE_SHARE_VELOCITY_HOLDERS,
+                tag: RULE_VELOCITY_SHARE,
                 body,
             });
         }
@@ -289,53 +292,35 @@ fn transaction_rules_round_trip_and_refuse_what_they_cannot_mean() {
             quorum: 1,
             rules,
         }
-        .validate()
     };
-    let refused = |r: Result<(), PolicyError>, t: u16| {
+    let refused = |p: KeyPolicy| {
+        let r = p.validate();
         assert!(
-            matches!(r, Err(PolicyError::BadRuleBody { tag, .. }) if tag == t),
+            matches!(
+                r,
+                Err(PolicyError::BadRuleBody {
+                    tag: RULE_VELOCITY_SHARE,
+                    ..
+                })
+            ),
             "{r:?}"
         )
     };
-    let holders = [[1u8; 32], [2; 32], [3; 32]].concat();
-    assert_eq!(policy(&limits, None), Ok(()));
-    let mut by_share = limits.clone();
-    by_share.velocity_holder = None;
-    assert_eq!(policy(&by_share, Some(holders.clone())), Ok(()));
-    refused(policy(&by_share, None), RULE_SPEND_LIMITS);
-    refused(
-        policy(&limits, Some(holders.clone())),
-        RULE_SHARE_VELOCITY_HOLDERS,
-    );
-    let mut unwindowed = by_share.clone();
-    unwindowed.limits = vec![limit("bitcoin:regtest", 0)];
-    refused(
-        policy(&unwindowed, Some(holders.clone())),
-        RULE_SHARE_VELOCITY_HOLDERS,
-    );
-    refused(
-        policy(&by_share, Some(holders[..40].to_vec())),
-        RULE_SHARE_VELOCITY_HOLDERS,
-    );
-    let v = KeyPolicy {
-        version: 1,
-        group: vec![fp(1)],
-        quorum: 1,
-        rules: vec![Rule {
-            tag: RULE_TRANSACTIONS_ONLY,
-            body: vec![],
-        }],
-    };
-    let mut with_holders = v.clone();
-    with_holders.rules.push(Rule {
-        tag: RULE_SHARE_VELOCITY_HOLDERS,
-        body: holders.clone(),
-    });
-    let decoded = KeyPolicy::decode(&with_holders.encode()).unwrap();
+    let shared = policy(&limits, Some(vec![0, 2]));
+    assert_eq!(shared.validate(), Ok(()));
+    assert_eq!(shared.velocity_share(), Some(2));
     assert_eq!(
-        decoded.share_velocity_holders(),
-        Some(vec![[1; 32], [2; 32], [3; 32]])
+        KeyPolicy::decode(&shared.encode())
+            .unwrap()
+            .velocity_share(),
+        Some(2)
     );
+    assert_eq!(policy(&limits, None).velocity_share(), None);
+    let mut unwindowed = limits.clone();
+    unwindowed.limits = vec![limit("bitcoin:regtest", 0)];
+    unwindowed.velocity_holder = None;
+    refused(policy(&unwindowed, Some(vec![0, 1])));
+    refused(policy(&limits, Some(vec![0, 1, 2])));
 }
 
 /// Tiers: the highest tier an amount is above decides; a tier must ask more than the

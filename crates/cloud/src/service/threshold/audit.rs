@@ -147,7 +147,10 @@ impl Cloud {
             view.blamed = a.blamed;
             view
         };
-        let participants = match self.choose_participants(key, Some(clusters), &[]).await? {
+        let participants = match self
+            .choose_participants(key, Some(clusters), &[], None)
+            .await?
+        {
             Ok(p) => p,
             Err(a) => return Ok(failed(view, a)),
         };

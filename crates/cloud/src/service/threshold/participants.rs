@@ -15,7 +15,16 @@ impl Cloud {
         key: &ThresholdKeyRow,
     ) -> Result<Result<Vec<Participant>, Abort>, StoreError> {
         let (named, blamed_before) = self.cluster_preferences(row);
-        self.choose_participants(key, named, &blamed_before).await
+        let pinned = match &row.terms {
+            Terms::ThresholdSignPsbt {
+                velocity_share: Some(share),
+                node: Some(node),
+                ..
+            } => Some((*share, node.as_str())),
+            _ => None,
+        };
+        self.choose_participants(key, named, &blamed_before, pinned)
+            .await
     }
 
     /// The clusters a threshold request named, and those its previous attempt blamed.
@@ -40,12 +49,15 @@ impl Cloud {
     }
 
     /// [`Cloud::threshold_participants`] for the `named` clusters (in this order) or else
-    /// the healthiest holders, avoiding `blamed_before`.
+    /// the healthiest holders, avoiding `blamed_before`. A `pinned` share (a threshold key's
+    /// velocity share, which takes part in every transaction) always takes part, on its
+    /// node: the window's record lives in that TEE only.
     pub(super) async fn choose_participants(
         &self,
         key: &ThresholdKeyRow,
         named: Option<Vec<String>>,
         blamed_before: &[String],
+        pinned: Option<(u16, &str)>,
     ) -> Result<Result<Vec<Participant>, Abort>, StoreError> {
         let t = usize::from(key.threshold);
         let shares = self.store.threshold_shares(Some(&key.key_id)).await?;
@@ -119,8 +131,11 @@ impl Cloud {
                 .iter()
                 .find(|s| s.share_index == index)
                 .map(|s| s.node.as_str());
-            let node = match recorded {
-                Some(n) if healthy.contains(&n) => Some((n.to_string(), true)),
+            let node = match (pinned, recorded) {
+                (Some((share, node)), _) if share == index => healthy
+                    .contains(&node)
+                    .then(|| (node.to_string(), recorded == Some(node))),
+                (_, Some(n)) if healthy.contains(&n) => Some((n.to_string(), true)),
                 _ => healthy.first().map(|n| (n.to_string(), false)),
             };
             match node {
@@ -150,6 +165,22 @@ impl Cloud {
                 ),
                 unusable_clusters,
             )));
+        }
+        if let Some((share, node)) = pinned {
+            let Some(at) = usable.iter().position(|u| u.1 == share) else {
+                return Ok(Err(Abort::new(
+                    "cluster_unavailable",
+                    format!(
+                        "share {share} of threshold key {} counts its window and takes part in \
+                         every signing; its node {node} cannot now (unavailable: {})",
+                        key.key_id,
+                        unusable.join("; ")
+                    ),
+                    unusable_clusters,
+                )));
+            };
+            let first = usable.remove(at);
+            usable.insert(0, first);
         }
         usable.truncate(t);
         if named.is_none() {

@@ -173,7 +173,7 @@ impl Cloud {
                 Vec::new(),
             )));
         }
-        let participants = match self.choose_participants(key, clusters, &[]).await? {
+        let participants = match self.choose_participants(key, clusters, &[], None).await? {
             Ok(p) => p,
             Err(a) => return Ok(Err(a)),
         };

@@ -10,6 +10,7 @@ use bitcoin::base64::engine::general_purpose::STANDARD as BASE64;
 use bitcoin::base64::Engine;
 use custos_cloud_api::transaction::wire_network;
 use custos_tx::btc::{plan_psbt, InputSignature, XpubKeys};
+use custos_tx::InputKind;
 use custos_wire::protocol::{BitcoinNetwork, ThresholdPsbtParams};
 use custos_wire::threshold::input_session;
 
@@ -67,6 +68,28 @@ impl Cloud {
             .preview(&share.cluster, Some(&share.node), &preview)
             .await?;
         let quorum = transaction_quorum(&policy, &intent)?;
+        refuse_taproot(&intent)?;
+        // A window is counted on the velocity share's node, which takes part every time.
+        let holder = policy.spend_limits().and_then(|l| l.velocity_holder);
+        let (velocity_share, node) = match (policy.velocity_share(), holder) {
+            (Some(k), Some(holder)) => {
+                let cluster = key.clusters.get(usize::from(k)).ok_or_else(|| {
+                    ApiError::internal("a threshold key's velocity share", &"out of range")
+                })?;
+                if clusters.as_ref().is_some_and(|c| !c.contains(cluster)) {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidClusters,
+                        format!(
+                            "share {k} of {name} (cluster {cluster}) counts its window and takes \
+                             part in every signing: name {cluster}"
+                        ),
+                    ));
+                }
+                let node = self.choose_executor(cluster, Some(holder)).await?.node;
+                (Some(k), Some(node))
+            }
+            _ => (None, None),
+        };
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
         self.create(
@@ -82,6 +105,8 @@ impl Cloud {
                     intent,
                     clusters,
                     group: policy.group,
+                    velocity_share,
+                    node,
                 },
                 id,
                 expires_at,
@@ -218,6 +243,30 @@ fn threshold_plan(
         return Err("the PSBT's intent is not the approved one".into());
     }
     Ok(plan)
+}
+
+/// A taproot input cannot be signed by a threshold key (its protocol makes ECDSA
+/// signatures): refused before any approval is asked for (every TEE refuses it too).
+fn refuse_taproot(intent: &serde_json::Value) -> Result<(), ApiError> {
+    let parsed = serde_json::from_value::<custos_tx::Intent>(intent.clone())
+        .map_err(|e| ApiError::internal("checked intent", &e))?;
+    let custos_tx::Intent::Bitcoin(b) = parsed else {
+        return Ok(());
+    };
+    match b
+        .inputs
+        .iter()
+        .position(|i| i.kind == InputKind::P2trKeyPath)
+    {
+        Some(i) => Err(ApiError::new(
+            ErrorCode::InvalidPsbt,
+            format!(
+                "input {i} is a taproot key-path spend: a threshold key signs P2WPKH and \
+                 P2SH-P2WPKH inputs only"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A verified threshold signature as a PSBT input's.

@@ -191,8 +191,9 @@ pub(crate) fn start_link_id(request_id: &[u8; 16], attempt: u8, cluster: &str) -
 }
 
 /// Refusals no retry can fix: the approvals themselves are wrong or void, or the key's
-/// policy or the TEE's reading of the transaction refuses what they approved (no other
-/// cluster is to blame for it: every participant holds the same policy).
+/// policy or the TEE's reading of the transaction refuses what they approved (another set
+/// of clusters would hold the same policy once its change reached them all; the velocity
+/// share, the one whose refusals vary with the signers, takes part in every attempt).
 pub(super) fn final_refusal(e: &TeeError) -> bool {
     matches!(
         e,

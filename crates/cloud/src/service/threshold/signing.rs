@@ -70,8 +70,22 @@ impl Cloud {
         key: &ThresholdKeyRow,
         list: Option<&[String]>,
     ) -> Result<Option<Vec<String>>, ApiError> {
+        self.check_cluster_names(list)?;
         let Some(list) = list else {
             return Ok(None);
+        };
+        check_named_clusters(key, list)?;
+        Ok(Some(list.to_vec()))
+    }
+
+    /// A list of clusters a caller named: 1 to [`MAX_THRESHOLD_CLUSTERS`], each configured
+    /// here (`unknown_cluster` before any key is looked up).
+    pub(in crate::service) fn check_cluster_names(
+        &self,
+        list: Option<&[String]>,
+    ) -> Result<(), ApiError> {
+        let Some(list) = list else {
+            return Ok(());
         };
         if list.is_empty() || list.len() > MAX_THRESHOLD_CLUSTERS {
             return Err(ApiError::new(
@@ -79,11 +93,8 @@ impl Cloud {
                 format!("name 1 to {MAX_THRESHOLD_CLUSTERS} clusters"),
             ));
         }
-        for c in list {
-            self.cluster_config(c)?;
-        }
-        check_named_clusters(key, list)?;
-        Ok(Some(list.to_vec()))
+        list.iter()
+            .try_for_each(|c| self.cluster_config(c).map(|_| ()))
     }
 
     /// `POST /v1/threshold/sign`: records a `threshold_sign` request (cluster
@@ -138,6 +149,7 @@ impl Cloud {
             None => parse_digest(&body.digest)
                 .map_err(|m| ApiError::new(ErrorCode::InvalidDigest, m))?,
         };
+        self.check_cluster_names(body.clusters.as_deref())?;
         let key = self.threshold_key_row(&caller.tenant, &body.key_id).await?;
         if key.chain_code.is_none() && !path.is_empty() {
             return Err(ApiError::new(
