@@ -91,9 +91,9 @@ pub fn describe(view: &RequestView) -> String {
     if let Err(e) = misplaced_fields(view) {
         return format!("  UNUSABLE REQUEST: {e}\n");
     }
-    // A threshold key's approver group change: one approval for every cluster of the key.
-    let threshold = view.kind == RequestKind::SetKeyPolicy
-        && view.cluster == custos_wire::approval::THRESHOLD_SCOPE;
+    // A threshold key's request (a group change, a PSBT): one approval for every cluster of
+    // the key.
+    let threshold = view.cluster == custos_wire::approval::THRESHOLD_SCOPE;
     let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<14}{v}\n"));
     line(&mut s, "request", &view.id);
     line(
@@ -113,6 +113,9 @@ pub fn describe(view: &RequestView) -> String {
                 "change a threshold key's approver group (on every cluster of the key)"
             }
             RequestKind::SetKeyPolicy => "change a wallet's approver group",
+            RequestKind::SignPsbt if threshold => {
+                "sign a Bitcoin transaction (PSBT) with a threshold key"
+            }
             RequestKind::SignPsbt => "sign a Bitcoin transaction (PSBT)",
             RequestKind::SignEthereum => "sign an Ethereum transaction or message",
         },
@@ -130,7 +133,8 @@ pub fn describe(view: &RequestView) -> String {
         line(&mut s, "after entry", &t.prev);
         describe_change_fields(&mut s, &t.change);
     }
-    if view.kind == RequestKind::ThresholdSign {
+    if view.kind == RequestKind::ThresholdSign || (threshold && view.kind == RequestKind::SignPsbt)
+    {
         line(
             &mut s,
             "cluster",
@@ -212,6 +216,7 @@ pub fn describe(view: &RequestView) -> String {
         // part of what is approved.
         let label = match view.kind {
             RequestKind::ThresholdSign => "preferred",
+            RequestKind::SignPsbt if threshold => "preferred",
             RequestKind::CreateWallet | RequestKind::CreateThresholdKey => "executed by",
             // The velocity holder: its TEE alone counts the wallet's rolling window.
             RequestKind::SignPsbt | RequestKind::SignEthereum => "signed by",

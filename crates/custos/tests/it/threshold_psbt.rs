@@ -108,6 +108,11 @@ pub(crate) async fn threshold_psbt_through_rest(
         )
         .await
         .unwrap();
+    let shown = review::describe(&change);
+    assert!(
+        shown.contains("share 0 takes part in every signing (it counts the window)"),
+        "{shown}"
+    );
     let done = approve(client, bob, &change.id).await.unwrap();
     assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
     let policy = client.threshold_key_policy(key_id).await.unwrap();
@@ -119,7 +124,8 @@ pub(crate) async fn threshold_psbt_through_rest(
     assert_eq!(view.cluster, "*threshold*");
     let shown = review::describe(&view);
     assert!(
-        shown.contains("send 0.00060000 BTC to 1 recipient(s), fee 0.00001000 BTC"),
+        shown.contains("send 0.00060000 BTC to 1 recipient(s), fee 0.00001000 BTC")
+            && shown.contains("sign a Bitcoin transaction (PSBT) with a threshold key"),
         "{shown}"
     );
     let done = approve(client, bob, &view.id).await.unwrap();
