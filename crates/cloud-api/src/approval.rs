@@ -136,7 +136,10 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
         RequestKind::ImportWallet => match &view.group {
             // An import under an approver group (`import-wallet-v2`).
             Some(group) => Action::ImportGroupWallet {
-                policy: &new_wallet_policy(parse_group(group)?, view.quorum),
+                policy: &crate::rules::with_rules(
+                    new_wallet_policy(parse_group(group)?, view.quorum),
+                    view.rules.as_ref(),
+                )?,
                 key_id: &key_id()?,
             }
             .message(&view.cluster, &meta),

@@ -76,7 +76,13 @@ fn misplaced_fields(view: &RequestView) -> Result<(), String> {
             view.kind.as_str()
         ));
     }
-    if view.rules.is_some() && view.kind != RequestKind::CreateWallet {
+    // An import's rules are sealed with its group: a legacy import's message has none.
+    let covers_rules = match view.kind {
+        RequestKind::CreateWallet => true,
+        RequestKind::ImportWallet => view.group.is_some(),
+        _ => false,
+    };
+    if view.rules.is_some() && !covers_rules {
         return Err(format!(
             "a {} request shows rules its approval does not cover; refusing",
             view.kind.as_str()
@@ -228,7 +234,12 @@ pub fn describe(view: &RequestView) -> String {
     for l in view.rules.iter().flat_map(|r| r.describe()) {
         line(&mut s, "rule", &l);
     }
-    if view.kind == RequestKind::CreateWallet && view.group.is_some() && view.rules.is_none() {
+    if matches!(
+        view.kind,
+        RequestKind::CreateWallet | RequestKind::ImportWallet
+    ) && view.group.is_some()
+        && view.rules.is_none()
+    {
         line(
             &mut s,
             "rule",

@@ -289,6 +289,11 @@ pub struct ImportWalletBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = schema::approver_group)]
     pub group: Option<Vec<String>>,
+    /// The wallet's transaction rules, as [`CreateWalletBody::rules`] (with a `group` only):
+    /// absent, the imported wallet signs transactions only (raw digests are off for new
+    /// keys); `{}`, raw digests, which its approvers see they approve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<PolicyRules>,
 }
 
 impl fmt::Debug for ImportWalletBody {
@@ -308,6 +313,7 @@ impl fmt::Debug for ImportWalletBody {
             .field("expires_at", &self.expires_at)
             .field("approvals", &self.approvals.len())
             .field("group", &self.group)
+            .field("rules", &self.rules)
             .finish()
     }
 }

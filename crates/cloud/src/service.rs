@@ -604,6 +604,7 @@ mod tests {
                     ciphertext: vec![2],
                 },
                 group: vec![],
+                rules: vec![],
             },
             Terms::ImportWallet {
                 root_id: g,
@@ -613,6 +614,20 @@ mod tests {
                     ciphertext: vec![2],
                 },
                 group: vec![[1; 32], [2; 32]],
+                rules: vec![],
+            },
+            // A group import with its transaction rules, rebuilt by the approver.
+            Terms::ImportWallet {
+                root_id: g,
+                node: "node1".into(),
+                sealed: custos_wire::import::SealedImport {
+                    enc: vec![1],
+                    ciphertext: vec![2],
+                },
+                group: vec![[1; 32], [2; 32]],
+                rules: custos_cloud_api::PolicyRules::new_wallet_default()
+                    .to_rules()
+                    .unwrap(),
             },
             Terms::Sign {
                 root_id: g,

@@ -85,6 +85,11 @@ pub enum Terms {
         /// import (no group, any admins approve; refused by a governed TEE).
         #[serde(default, with = "hex_list", skip_serializing_if = "Vec::is_empty")]
         group: Vec<[u8; 32]>,
+        /// The wallet's transaction rules, sealed with it (as `create_group_wallet`'s; the
+        /// sealed seed is bound to the policy they make). Empty: none (imports made before
+        /// rules, or asking for raw digests).
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "postcard_hex")]
+        rules: Vec<Rule>,
     },
     /// Sign a digest with a wallet's child key.
     Sign {
@@ -351,12 +356,15 @@ impl Terms {
                 policy: policy.insert(group_policy(group, quorum, rules)),
                 executor,
             },
-            Terms::ImportWallet { root_id, group, .. } if !group.is_empty() => {
-                Action::ImportGroupWallet {
-                    policy: policy.insert(new_wallet_policy(group.clone(), quorum)),
-                    key_id: root_id,
-                }
-            }
+            Terms::ImportWallet {
+                root_id,
+                group,
+                rules,
+                ..
+            } if !group.is_empty() => Action::ImportGroupWallet {
+                policy: policy.insert(group_policy(group, quorum, rules)),
+                key_id: root_id,
+            },
             Terms::ImportWallet { root_id, .. } => Action::ImportWallet {
                 quorum,
                 key_id: root_id,
@@ -469,10 +477,11 @@ impl Terms {
                 root_id,
                 sealed,
                 group,
+                rules,
                 ..
             } if !group.is_empty() => Request::ImportGroupWalletSealed {
                 meta,
-                policy: new_wallet_policy(group.clone(), quorum),
+                policy: group_policy(group, quorum, rules),
                 key_id: root_id.to_vec(),
                 sealed: sealed.clone(),
                 approvals,
@@ -596,7 +605,21 @@ impl Terms {
                     .validate()
                     .map_err(|e| e.to_string())
             }
-            Terms::ImportWallet { node, .. } => name(node),
+            Terms::ImportWallet {
+                node, group, rules, ..
+            } => {
+                name(node)?;
+                match group.is_empty() {
+                    true if !rules.is_empty() => Err("rules without an approver group".into()),
+                    true => Ok(()),
+                    false => {
+                        check_group(group, quorum)?;
+                        group_policy(group, quorum, rules)
+                            .validate()
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            }
             Terms::ImportThresholdKey { node, bundle } => {
                 name(node)?;
                 custos_wire::threshold::check_key_info(&bundle.key)?;
@@ -868,10 +891,13 @@ impl Terms {
                 view.executor = Some(hex::encode(executor));
                 view.rules = PolicyRules::of(&group_policy(group, view.quorum, rules));
             }
-            Terms::ImportWallet { node, group, .. } => {
+            Terms::ImportWallet {
+                node, group, rules, ..
+            } => {
                 view.target_node = Some(node.clone());
                 if !group.is_empty() {
                     view.group = Some(group.iter().map(hex::encode).collect());
+                    view.rules = PolicyRules::of(&group_policy(group, view.quorum, rules));
                 }
             }
             Terms::Sign { path, digest, .. } => {
@@ -974,7 +1000,7 @@ fn first_line(intent: &serde_json::Value) -> String {
 }
 
 /// The policy of a new wallet of `group` and `quorum` with its transaction `rules`.
-fn group_policy(group: &[[u8; 32]], quorum: u8, rules: &[Rule]) -> KeyPolicy {
+pub(crate) fn group_policy(group: &[[u8; 32]], quorum: u8, rules: &[Rule]) -> KeyPolicy {
     let mut policy = new_wallet_policy(group.to_vec(), quorum);
     policy.rules.extend_from_slice(rules);
     policy

@@ -28,19 +28,9 @@ impl Cloud {
                 ),
             ));
         }
-        let invalid_rules = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
-        // Raw digests are off for new keys: only a creation asking for them signs them.
-        let rules = body
-            .rules
-            .clone()
-            .unwrap_or_else(PolicyRules::new_wallet_default)
-            .to_rules()
-            .map_err(invalid_rules)?;
-        let mut policy = custos_cloud_api::approval::new_wallet_policy(group.clone(), body.quorum);
-        policy.rules.extend_from_slice(&rules);
-        policy
-            .validate()
-            .map_err(|e| invalid_rules(e.to_string()))?;
+        let rules = self
+            .wallet_rules(&body.cluster, &group, body.quorum, body.rules.as_ref())
+            .await?;
         let wanted = body
             .executor
             .as_deref()
@@ -50,29 +40,6 @@ impl Cloud {
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
         let executor = self.choose_executor(&body.cluster, wanted).await?;
-        if body
-            .rules
-            .as_ref()
-            .is_some_and(|r| r.velocity_share.is_some())
-        {
-            return Err(invalid_rules(
-                "velocity_share is a threshold key's; a wallet names its velocity_holder only"
-                    .into(),
-            ));
-        }
-        // A window's holder must be a node that can sign now, or the wallet never would.
-        if let Some(holder) = policy.spend_limits().and_then(|s| s.velocity_holder) {
-            self.choose_executor(&body.cluster, Some(holder))
-                .await
-                .map_err(|e| {
-                    invalid_rules(format!(
-                        "velocity_holder {} is not a serving node of {}: {}",
-                        hex::encode(holder),
-                        body.cluster,
-                        e.message
-                    ))
-                })?;
-        }
         self.create(
             caller,
             Draft {
@@ -93,6 +60,48 @@ impl Cloud {
         .await
     }
 
+    /// A new wallet's transaction rules (issue 14) as its policy carries them: `rules`, or
+    /// transactions only when absent (raw digests are off for new keys: only a request
+    /// asking for them, `{}`, signs them); a valid policy with `group` and `quorum`; a
+    /// window's holder a node serving `cluster` now (else the wallet never would sign).
+    async fn wallet_rules(
+        &self,
+        cluster: &str,
+        group: &[[u8; 32]],
+        quorum: u8,
+        rules: Option<&PolicyRules>,
+    ) -> Result<Vec<custos_wire::policy::Rule>, ApiError> {
+        let invalid_rules = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
+        if rules.is_some_and(|r| r.velocity_share.is_some()) {
+            return Err(invalid_rules(
+                "velocity_share is a threshold key's; a wallet names its velocity_holder only"
+                    .into(),
+            ));
+        }
+        let rules = rules
+            .cloned()
+            .unwrap_or_else(PolicyRules::new_wallet_default)
+            .to_rules()
+            .map_err(invalid_rules)?;
+        let mut policy = custos_cloud_api::approval::new_wallet_policy(group.to_vec(), quorum);
+        policy.rules.extend_from_slice(&rules);
+        policy
+            .validate()
+            .map_err(|e| invalid_rules(e.to_string()))?;
+        if let Some(holder) = policy.spend_limits().and_then(|s| s.velocity_holder) {
+            self.choose_executor(cluster, Some(holder))
+                .await
+                .map_err(|e| {
+                    invalid_rules(format!(
+                        "velocity_holder {} is not a serving node of {cluster}: {}",
+                        hex::encode(holder),
+                        e.message
+                    ))
+                })?;
+        }
+        Ok(rules)
+    }
+
     /// `POST /v1/wallets/import`: the secret is sealed to one healthy node's certified
     /// device key right here and then dropped (zeroized); only ciphertext is stored.
     pub async fn import_wallet(
@@ -103,6 +112,21 @@ impl Cloud {
         self.cluster_config(&body.cluster)?;
         Self::check_quorum(body.quorum)?;
         let group = self.import_group(&body).await?;
+        // A group import is a new key: raw digests off unless asked for. A legacy import
+        // (no group, an ungoverned cluster) carries no policy to hold rules.
+        let rules = match (group.is_empty(), &body.rules) {
+            (true, None) => Vec::new(),
+            (true, Some(_)) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRules,
+                    "rules are sealed with an approver group: name the wallet's `group`",
+                ))
+            }
+            (false, r) => {
+                self.wallet_rules(&body.cluster, &group, body.quorum, r.as_ref())
+                    .await?
+            }
+        };
         let secret = import_secret(&body)?;
         let key_id = import_key_id(&secret).map_err(|e| match e {
             // The TEE core's messages about a rejected secret never contain the secret.
@@ -196,7 +220,7 @@ impl Cloud {
                 &body.cluster,
                 &node,
                 &meta,
-                &custos_cloud_api::approval::new_wallet_policy(group.clone(), body.quorum),
+                &crate::terms::group_policy(&group, body.quorum, &rules),
                 &key_id,
                 &secret,
             )
@@ -223,6 +247,7 @@ impl Cloud {
                     node,
                     sealed,
                     group,
+                    rules,
                 },
                 id,
                 expires_at,

@@ -488,6 +488,7 @@ async fn bad_inputs_get_stable_error_codes() {
         expires_at: None,
         approvals: vec![],
         group: None,
+        rules: None,
     };
     assert_eq!(
         code(c.import_wallet(&import(None, None)).await.unwrap_err()),
@@ -953,6 +954,7 @@ async fn import_seals_the_secret_and_matches_bip32_vector_2() {
         expires_at: None,
         approvals: vec![],
         group: None,
+        rules: None,
     };
     assert!(
         !format!("{body:?}").contains("fffcf9"),
@@ -1038,6 +1040,7 @@ async fn import_seals_the_secret_and_matches_bip32_vector_2() {
         expires_at: None,
         approvals: vec![],
         group: None,
+        rules: None,
     };
     let pending = c.import_wallet(&mnemonic_body).await.unwrap();
     let done = c

@@ -183,6 +183,7 @@ fn seed_import(group: Option<Vec<String>>) -> ImportWalletBody {
         expires_at: None,
         approvals: vec![],
         group,
+        rules: None,
     }
 }
 
@@ -584,5 +585,46 @@ async fn a_governed_cluster_imports_wallets_only_under_a_group() {
     let imports = s.gateway.executed("ImportGroupWalletSealed");
     assert_eq!(imports.len(), 1, "{imports:?}");
     assert!(s.gateway.executed("ImportWalletSealed").is_empty());
+
+    // Attacker first (issue 14): raw digests are off for new keys, imports included. The
+    // import above named no rules: shown and sealed as transactions only, its TEE refuses a
+    // digest its approvers could not read, with the wallet's full quorum.
+    assert_eq!(
+        view.rules,
+        Some(custos_cloud_api::PolicyRules::new_wallet_default())
+    );
+    let Some(RequestResult::Wallet(w)) = &done.result else {
+        unreachable!()
+    };
+    let digest = |root_id: &str| custos_cloud_api::SignRequestBody {
+        root_id: root_id.into(),
+        path: "m/0/1".into(),
+        digest: "44".repeat(32),
+        request_id: None,
+        expires_at: None,
+        approvals: vec![],
+    };
+    let sign = s.client.sign(&digest(&w.root_id)).await.unwrap();
+    let refused = approve(&s, &sign, 2).await.unwrap();
+    assert_eq!(
+        refused.error.as_ref().map(|e| e.code.as_str()),
+        Some("tee_raw_signing_off"),
+        "{refused:?}"
+    );
+    // An import asking for raw digests (`{}`) shows it, and signs them.
+    let mut raw = body(Some(vec![fp(&s, "carol"), fp(&s, "bob")]));
+    raw.seed_hex = Some(SecretText::new("fffcf9f6f3f0edeae7e4e1dedbd8d5d2"));
+    raw.rules = Some(custos_cloud_api::PolicyRules::raw_digests());
+    let view = s.client.import_wallet(&raw).await.unwrap();
+    assert_eq!(view.rules, None, "no rule at all: {view:?}");
+    let shown = custos_cloud_api::review::describe(&view);
+    assert!(shown.contains("signs raw digests"), "{shown}");
+    let done = approve(&s, &view, 2).await.unwrap();
+    let Some(RequestResult::Wallet(w)) = &done.result else {
+        panic!("{done:?}")
+    };
+    let sign = s.client.sign(&digest(&w.root_id)).await.unwrap();
+    let signed = approve(&s, &sign, 2).await.unwrap();
+    assert_eq!(signed.status, RequestStatus::Completed, "{signed:?}");
     s.stop().await;
 }

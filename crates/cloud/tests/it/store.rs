@@ -33,6 +33,7 @@ fn terms(kind: RequestKind) -> Terms {
                 ciphertext: vec![2; 100],
             },
             group: vec![],
+            rules: vec![],
         },
         RequestKind::Sign => Terms::Sign {
             root_id: [2; 33],

@@ -100,8 +100,10 @@ impl Demo {
                 request_id: None,
                 expires_at: None,
                 approvals: Vec::new(),
-                // dc1 is governed: the imported wallet gets its approver group too.
+                // dc1 is governed: the imported wallet gets its approver group too, and
+                // signs raw digests below (asked for, as its approvers read).
                 group: Some(self.admin_group()?),
+                rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
             })
             .await?;
         let target = view.target_node.clone().unwrap_or_default();

@@ -170,6 +170,7 @@ fn rest_flows(transport: LinkTransport) {
                 expires_at: None,
                 approvals: Vec::new(),
                 group: None,
+                rules: None,
             })
             .await
             .unwrap();
