@@ -213,7 +213,10 @@ pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
                             clusters.len()
                         ));
                     }
-                    let policy = new_threshold_policy(parse_group(group)?, view.quorum, &anchors);
+                    let policy = crate::rules::with_rules(
+                        new_threshold_policy(parse_group(group)?, view.quorum, &anchors),
+                        view.rules.as_ref(),
+                    )?;
                     let executors = executors
                         .iter()
                         .enumerate()

@@ -79,7 +79,7 @@ fn misplaced_fields(view: &RequestView) -> Result<(), String> {
     // An import's rules are sealed with its group: a legacy import's message has none.
     let covers_rules = match view.kind {
         RequestKind::CreateWallet => true,
-        RequestKind::ImportWallet => view.group.is_some(),
+        RequestKind::ImportWallet | RequestKind::CreateThresholdKey => view.group.is_some(),
         _ => false,
     };
     if view.rules.is_some() && !covers_rules {
@@ -236,7 +236,7 @@ pub fn describe(view: &RequestView) -> String {
     }
     if matches!(
         view.kind,
-        RequestKind::CreateWallet | RequestKind::ImportWallet
+        RequestKind::CreateWallet | RequestKind::ImportWallet | RequestKind::CreateThresholdKey
     ) && view.group.is_some()
         && view.rules.is_none()
     {

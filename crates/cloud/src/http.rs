@@ -180,7 +180,7 @@ async fn list_wallets(
     responses(
         (status = 200, description = "Submitted in this call", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_secret, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals, invalid_group", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_secret, invalid_quorum, invalid_expiry, invalid_request_id, too_many_approvals, invalid_group, invalid_rules", body = ApiErrorBody),
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),
@@ -416,7 +416,7 @@ async fn import_threshold_key(
     responses(
         (status = 200, description = "Submitted in this call (completed, refused or failed)", body = RequestView),
         (status = 202, description = "Recorded, waiting for approvals", body = RequestView),
-        (status = 400, description = "malformed_json, invalid_clusters (fewer than 2, more than 64, or one named twice), invalid_threshold, invalid_quorum, invalid_group, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
+        (status = 400, description = "malformed_json, invalid_clusters (fewer than 2, more than 64, or one named twice), invalid_threshold, invalid_quorum, invalid_group, invalid_rules, invalid_expiry, invalid_request_id, too_many_approvals", body = ApiErrorBody),
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 401, description = "unauthorized", body = ApiErrorBody),

@@ -658,6 +658,7 @@ mod tests {
                 executor_nodes: vec!["node2".into(), "node1".into()],
                 executors: vec![[8; 32], [9; 32]],
                 anchors: Vec::new(),
+                rules: Vec::new(),
             },
             Terms::CreateGroupThresholdKey {
                 threshold: 2,
@@ -667,6 +668,9 @@ mod tests {
                 executor_nodes: vec!["node2".into(), "node1".into()],
                 executors: vec![[8; 32], [9; 32]],
                 anchors: vec![[5; 32], [6; 32]],
+                rules: custos_cloud_api::PolicyRules::new_wallet_default()
+                    .to_rules()
+                    .unwrap(),
             },
             Terms::Governance(crate::terms::GovTerms {
                 version: 2,

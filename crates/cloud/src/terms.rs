@@ -169,6 +169,10 @@ pub enum Terms {
             with = "fingerprint_list"
         )]
         anchors: Vec<[u8; 32]>,
+        /// The key's transaction rules, sealed with every share (as `create_group_wallet`'s).
+        /// Empty: none (keys made before rules, or asking for raw digests).
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "postcard_hex")]
+        rules: Vec<Rule>,
     },
     /// Append an entry to the request's cluster's governance log.
     Governance(GovTerms),
@@ -410,9 +414,10 @@ impl Terms {
                 group,
                 executors,
                 anchors,
+                rules,
                 ..
             } => Action::CreateGroupThresholdKey {
-                policy: policy.insert(new_threshold_policy(group.clone(), quorum, anchors)),
+                policy: policy.insert(threshold_group_policy(group, quorum, anchors, rules)),
                 threshold: *threshold,
                 hd: *hd,
                 clusters,
@@ -661,10 +666,14 @@ impl Terms {
                 executor_nodes,
                 executors,
                 anchors,
+                rules,
                 ..
             } => {
                 custos_wire::threshold::check_key_facts(*threshold, clusters, quorum)?;
                 check_group(group, quorum)?;
+                threshold_group_policy(group, quorum, anchors, rules)
+                    .validate()
+                    .map_err(|e| e.to_string())?;
                 if executor_nodes.len() != clusters.len() || executors.len() != clusters.len() {
                     return Err(format!(
                         "{} executing nodes and {} executors for {} clusters",
@@ -937,7 +946,10 @@ impl Terms {
                 executor_nodes,
                 executors,
                 anchors,
+                rules,
             } => {
+                view.rules =
+                    PolicyRules::of(&threshold_group_policy(group, view.quorum, anchors, rules));
                 view.threshold = Some(*threshold);
                 view.hd = Some(*hd);
                 view.clusters = Some(clusters.clone());
@@ -989,6 +1001,19 @@ impl Terms {
         terms.check(cluster, quorum)?;
         Ok(terms)
     }
+}
+
+/// The policy of a new threshold key of `group` and `quorum`, its cluster `anchors` and its
+/// transaction `rules` (after the anchors, their tags being higher).
+pub(crate) fn threshold_group_policy(
+    group: &[[u8; 32]],
+    quorum: u8,
+    anchors: &[[u8; 32]],
+    rules: &[Rule],
+) -> KeyPolicy {
+    let mut policy = new_threshold_policy(group.to_vec(), quorum, anchors);
+    policy.rules.extend_from_slice(rules);
+    policy
 }
 
 /// The first line of an intent's description, for a summary.

@@ -124,6 +124,12 @@ pub struct CreateThresholdKeyBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 16)]
     pub approvals: Vec<ApprovalBody>,
+    /// The key's transaction rules, with a `group` only (as [`CreateWalletBody::rules`],
+    /// sealed with every share and part of what is approved; a window names its
+    /// `velocity_share` and that share's node as `velocity_holder`). Absent: transactions
+    /// only (raw digests are off for new keys); `{}`: raw digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::PolicyRules>,
 }
 
 /// Where one share of a threshold key was imported (or made, by distributed key

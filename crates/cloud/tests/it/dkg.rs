@@ -293,6 +293,7 @@ pub(crate) fn body(clusters: &[&str], threshold: u16, quorum: u8) -> CreateThres
         request_id: None,
         expires_at: None,
         approvals: vec![],
+        rules: None,
     }
 }
 
@@ -696,7 +697,12 @@ async fn a_group_key_generation_runs_on_its_pinned_nodes_on_every_attempt() {
         expires_at: view.expires_at,
     };
     let clusters = view.clusters.clone().unwrap();
-    let policy = custos_cloud_api::approval::new_wallet_policy(group.clone(), 2);
+    // No rules asked: transactions only, raw digests off for the new key.
+    let mut policy = custos_cloud_api::approval::new_wallet_policy(group.clone(), 2);
+    policy.rules.push(custos_wire::policy::Rule {
+        tag: custos_wire::policy::RULE_TRANSACTIONS_ONLY,
+        body: vec![],
+    });
     let expected = Action::CreateGroupThresholdKey {
         policy: &policy,
         threshold: 2,

@@ -424,6 +424,7 @@ async fn a_governed_cluster_makes_threshold_keys_only_with_a_group() {
         request_id: None,
         expires_at: None,
         approvals: vec![],
+        rules: None,
     };
     // Ungoverned: the legacy creation is still proposed.
     s.client.create_threshold_key(&body(None)).await.unwrap();
@@ -473,10 +474,17 @@ async fn a_governed_cluster_makes_threshold_keys_only_with_a_group() {
         version: 1,
         group: custos_test_kit::governance::admin_keys(&s.pki, &["alice", "bob"]),
         quorum: 2,
-        rules: vec![custos_wire::policy::Rule {
-            tag: custos_wire::policy::RULE_CLUSTER_ANCHORS,
-            body: parse(&anchors).concat(),
-        }],
+        // The anchors, then transactions only: no rules asked, raw digests off.
+        rules: vec![
+            custos_wire::policy::Rule {
+                tag: custos_wire::policy::RULE_CLUSTER_ANCHORS,
+                body: parse(&anchors).concat(),
+            },
+            custos_wire::policy::Rule {
+                tag: custos_wire::policy::RULE_TRANSACTIONS_ONLY,
+                body: vec![],
+            },
+        ],
     };
     policy.validate().unwrap();
     assert_eq!(policy.cluster_anchors(), Some(parse(&anchors)));
@@ -515,6 +523,7 @@ async fn a_key_generation_never_runs_on_a_removed_executor() {
             request_id: None,
             expires_at: None,
             approvals: vec![],
+            rules: None,
         })
         .await
         .unwrap();

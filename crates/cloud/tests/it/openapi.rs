@@ -60,7 +60,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
     match (method, path) {
         // Exactly one of mnemonic and seed_hex; passphrase with a mnemonic; BIP-39 words;
         // a group's quorum at most its size (and a group once the cluster is governed).
-        ("post", "/v1/wallets/import") => &["invalid_secret", "invalid_group"],
+        // Rules with a group only, making a valid policy.
+        ("post", "/v1/wallets/import") => &["invalid_secret", "invalid_group", "invalid_rules"],
         // quorum at most the group's size; fingerprints distinct whatever their case.
         // Rules: a valid policy (transactions_only with any other rule, tiers above the
         // quorum, ...), amounts in range.
@@ -77,7 +78,8 @@ fn text_rules(method: &str, path: &str) -> &'static [&'static str] {
         // The bundle's own encoding, signature and facts.
         ("post", "/v1/threshold/keys/import") => &["invalid_bundle"],
         // t <= n, the number of clusters named; a group's quorum at most its size.
-        ("post", "/v1/threshold/keys") => &["invalid_threshold", "invalid_group"],
+        // Rules with a group only, making a valid policy, a window on one of its shares.
+        ("post", "/v1/threshold/keys") => &["invalid_threshold", "invalid_group", "invalid_rules"],
         // digest required without message and SHA-256 of it with one; the named clusters
         // hold shares of the key, at least t; a key without chain code signs only at m.
         ("post", "/v1/threshold/sign") => &[

@@ -19,7 +19,7 @@ use crate::common::{govern, three_clusters, THRESHOLD_CLUSTERS as CLUSTERS};
 use bitcoin::bip32::{DerivationPath, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
 use custos::deployment::{approve, create_threshold_key, wait_healthy};
-use custos_cloud_api::{RequestKind, RequestResult, RequestStatus, ThresholdSignBody};
+use custos_cloud_api::{PolicyRules, RequestKind, RequestResult, RequestStatus, ThresholdSignBody};
 use custos_wire::protocol::{Request, Response, ThresholdKeyInfo, ThresholdOrigin};
 
 /// The TEST-ONLY fixture, one set per element.
@@ -464,8 +464,15 @@ fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
             request_id: None,
             expires_at: None,
             approvals: Vec::new(),
+            rules: None,
         }))
         .unwrap();
+    // No rules asked: the new key signs transactions only (raw digests off), shown so.
+    assert_eq!(
+        view.rules,
+        Some(PolicyRules::new_wallet_default()),
+        "{view:?}"
+    );
     let executors: Vec<String> = view
         .target_node
         .as_deref()

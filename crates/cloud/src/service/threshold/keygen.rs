@@ -2,7 +2,6 @@
 //! request, its execution, and the check that every TEE reported the same key.
 
 use super::*;
-use custos_cloud_api::approval::new_threshold_policy;
 
 impl Cloud {
     /// `POST /v1/threshold/keys`: records a `create_threshold_key` request (cluster
@@ -61,6 +60,12 @@ impl Cloud {
                 ));
             }
         }
+        if group.is_none() && body.rules.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRules,
+                "rules are sealed with an approver group: name the key's `group`",
+            ));
+        }
         if group.is_none() {
             // A key without a group names no executing nodes: once a cluster is governed,
             // an attempt retried on another of its nodes could make a second key under the
@@ -95,6 +100,7 @@ impl Cloud {
                     executors.push(e.key_fingerprint);
                 }
                 let anchors = self.cluster_anchors(&body.clusters).await?;
+                let rules = self.new_key_rules(&body, &group, &anchors).await?;
                 Terms::CreateGroupThresholdKey {
                     threshold: body.threshold,
                     hd: body.hd,
@@ -103,6 +109,7 @@ impl Cloud {
                     executor_nodes,
                     executors,
                     anchors,
+                    rules,
                 }
             }
         };
@@ -119,6 +126,55 @@ impl Cloud {
             },
         )
         .await
+    }
+
+    /// A new threshold key's transaction rules: the body's, or transactions only when absent
+    /// (raw digests are off for new keys); a valid policy with the group, quorum and
+    /// anchors; a window counted on one of its shares, by a node serving that share's
+    /// cluster.
+    async fn new_key_rules(
+        &self,
+        body: &CreateThresholdKeyBody,
+        group: &[[u8; 32]],
+        anchors: &[[u8; 32]],
+    ) -> Result<Vec<custos_wire::policy::Rule>, ApiError> {
+        let invalid = |m: String| ApiError::new(ErrorCode::InvalidRules, m);
+        let asked = body
+            .rules
+            .clone()
+            .unwrap_or_else(PolicyRules::new_wallet_default);
+        let rules = asked.to_rules().map_err(invalid)?;
+        let policy = crate::terms::threshold_group_policy(group, body.quorum, anchors, &rules);
+        policy.validate().map_err(|e| invalid(e.to_string()))?;
+        let holder = policy.spend_limits().and_then(|l| l.velocity_holder);
+        match (policy.velocity_share(), holder) {
+            (None, None) => {}
+            (Some(k), Some(holder)) => {
+                let cluster = body.clusters.get(usize::from(k)).ok_or_else(|| {
+                    invalid(format!(
+                        "velocity_share {k} of a key of {} shares",
+                        body.clusters.len()
+                    ))
+                })?;
+                self.choose_executor(cluster, Some(holder))
+                    .await
+                    .map_err(|e| {
+                        invalid(format!(
+                            "velocity holder {} is not a serving node of {cluster}: {}",
+                            hex::encode(holder),
+                            e.message
+                        ))
+                    })?;
+            }
+            _ => {
+                return Err(invalid(
+                    "a threshold key's window is counted on the share taking part in every \
+                     signing: name its velocity_share and that share's node as velocity_holder"
+                        .into(),
+                ))
+            }
+        }
+        Ok(rules)
     }
 
     /// The genesis id of each cluster's governance log, by share index, when every cluster
@@ -175,11 +231,12 @@ impl Cloud {
                 executor_nodes,
                 executors,
                 anchors,
+                rules,
             } => (
                 threshold,
                 hd,
                 clusters,
-                Some((group, executor_nodes, executors, anchors)),
+                Some((group, executor_nodes, executors, anchors, rules)),
             ),
             _ => {
                 let v = Verdict::Refused(Failure::new(
@@ -191,7 +248,7 @@ impl Cloud {
         };
         let chosen = match &pinned {
             None => self.keygen_participants(&clusters).await,
-            Some((_, nodes, executors, _)) => {
+            Some((_, nodes, executors, _, _)) => {
                 self.pinned_keygen_participants(&clusters, nodes, executors)
                     .await
             }
@@ -223,7 +280,7 @@ impl Cloud {
             quorum: row.quorum,
             participants: signers_of(&participants),
         };
-        let anchored = pinned.as_ref().is_some_and(|(_, _, _, a)| !a.is_empty());
+        let anchored = pinned.as_ref().is_some_and(|(_, _, _, a, _)| !a.is_empty());
         let start = encode_request(&match pinned {
             None => Request::ThresholdKeygenStart {
                 meta,
@@ -231,11 +288,11 @@ impl Cloud {
                 params,
                 approvals,
             },
-            Some((group, _, executors, anchors)) => Request::ThresholdGroupKeygenStart {
+            Some((group, _, executors, anchors, rules)) => Request::ThresholdGroupKeygenStart {
                 meta,
                 attempt,
                 params,
-                policy: new_threshold_policy(group, row.quorum, &anchors),
+                policy: crate::terms::threshold_group_policy(&group, row.quorum, &anchors, &rules),
                 executors,
                 approvals,
             },
