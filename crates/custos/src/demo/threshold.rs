@@ -319,10 +319,12 @@ impl Demo {
                 .map(|c| u32::from(*c))
                 .collect();
             let rogue = self.rogue_co_signer(&made.key_id, &steps)?;
+            // After the raw signings above: the rules switch the key's raw digests off.
+            let psbt = self.threshold_psbt(&made.key_id, &xpub).await?;
             Ok::<_, AnyError>(json!({
                 "key_id": made.key_id, "xpub": xpub, "threshold": 2,
                 "clusters": ["dc1", "dc2", "dc3"], "origin": "dkg", "request_id": view.id,
-                "anchors": view_anchors, "rogue_co_signer": rogue,
+                "anchors": view_anchors, "rogue_co_signer": rogue, "psbt": psbt,
                 "signature": {
                     "clusters": sig.clusters, "path": path, "digest": hex::encode(digest),
                     "child_public_key": sig.public_key, "r": sig.r, "s": sig.s, "v": sig.v,

@@ -90,6 +90,99 @@ impl Demo {
         Ok(json!({ "request_id": view.id, "code": e.code, "rule": rule, "message": e.message }))
     }
 
+    /// A PSBT signed with the DKG key `key_id` by two of its clusters: its group (alice and
+    /// bob) gives it rules for every cluster (transactions only, 500 000 sat per
+    /// transaction); a PSBT with P2WPKH and P2SH-P2WPKH inputs is approved as its intent and
+    /// signed one session per input, each TEE checking the PSBT and its share's policy, then
+    /// finalized; one over the limit is refused by the TEEs. Returns its part of the report.
+    pub(super) async fn threshold_psbt(
+        &mut self,
+        key_id: &str,
+        xpub: &str,
+    ) -> Result<serde_json::Value, AnyError> {
+        let rules = PolicyRules {
+            transactions_only: true,
+            spend_limits: vec![SpendLimitView {
+                asset: "bitcoin:regtest".into(),
+                per_transaction: "500000".into(),
+                window_secs: 0,
+                per_window: "500000".into(),
+                count_per_window: 1,
+            }],
+            ..PolicyRules::default()
+        };
+        let group = [&self.alice, &self.bob]
+            .map(|a| hex::encode(a.key_fingerprint()))
+            .to_vec();
+        let change = self
+            .client
+            .set_threshold_key_policy(
+                key_id,
+                &KeyPolicyBody {
+                    rules: Some(rules),
+                    group,
+                    quorum: 2,
+                    request_id: None,
+                    expires_at: None,
+                },
+            )
+            .await?;
+        let change = approve_all(&self.client, change, &[&self.alice, &self.bob]).await?;
+        status_is(
+            &change,
+            RequestStatus::Completed,
+            "the threshold key's rules",
+        )?;
+        let (to, _) = outside(9)?;
+        let psbt = |sat: u64| {
+            let psbt = Spend::from(xpub)
+                .input(InputKind::P2wpkh, &[0, 1], 300_000)
+                .input(InputKind::P2shP2wpkh, &[0, 2], 300_000)
+                .pay(to.clone(), sat)
+                .change(&[1, 0], 600_000 - sat - 1_000)
+                .psbt();
+            use bitcoin::base64::Engine;
+            bitcoin::base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
+        };
+        let t = Instant::now();
+        let signed = self.psbt_approved(key_id, psbt(250_000)).await?;
+        status_is(&signed, RequestStatus::Completed, "the threshold PSBT")?;
+        let took = t.elapsed();
+        let Some(RequestResult::Psbt(result)) = &signed.result else {
+            return Err(fail("the threshold PSBT request produced no PSBT"));
+        };
+        let mut finalized: Psbt = result.psbt.parse()?;
+        finalized
+            .finalize_mut(&Secp256k1::verification_only())
+            .map_err(|e| fail(&format!("the signed PSBT does not finalize: {e:?}")))?;
+        let tx = finalized.extract_tx()?;
+        let over = self.psbt_approved(key_id, psbt(550_000)).await?;
+        let refusal = Self::refused_by(&over, "transaction_limit")?;
+        self.steps.ok(
+            "threshold-psbt",
+            format!(
+                "DKG key {}… given rules by alice and bob on every cluster (transactions only, \
+                 500 000 sat per transaction): a PSBT with P2WPKH and P2SH-P2WPKH inputs paying \
+                 250 000 sat approved as its intent and signed by two clusters in {:.1} s (one \
+                 session per input, each TEE checking the PSBT and its share's policy), \
+                 finalized and checked by miniscript's interpreter (txid {}); 550 000 sat \
+                 refused by the TEEs (transaction_limit)",
+                &key_id[..16],
+                took.as_secs_f64(),
+                tx.compute_txid()
+            ),
+        );
+        Ok(json!({
+            "key_id": key_id,
+            "rules_request": change.id,
+            "request_id": signed.id,
+            "intent": signed.transaction.as_ref().map(|t| t.intent.clone()),
+            "intent_hash": result.intent_hash,
+            "txid": tx.compute_txid().to_string(),
+            "refusal": refusal,
+        }))
+    }
+
     /// The step; returns its part of the report.
     pub(super) async fn transactions(&mut self) -> Result<serde_json::Value, AnyError> {
         let chain = self.dep.node_chain("dc1", 0)?;
