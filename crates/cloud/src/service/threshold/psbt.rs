@@ -144,13 +144,9 @@ impl Cloud {
             let v = refuse("bad_request_row", "not a threshold PSBT signing".into());
             return self.finish(row, v).await;
         };
-        let key = self.store.threshold_key(&hex::encode(key_id)).await?;
-        let Some(key) = key.filter(|k| k.tenant == row.tenant) else {
-            let v = refuse(
-                "unknown_threshold_key",
-                format!("threshold key {} is not recorded", hex::encode(key_id)),
-            );
-            return self.finish(row, v).await;
+        let key = match self.recorded_key(&row, &key_id).await? {
+            Ok(k) => k,
+            Err(v) => return self.finish(row, v).await,
         };
         let network = match wire_network(&network) {
             Ok(n) => n,

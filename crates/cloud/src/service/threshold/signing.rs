@@ -184,6 +184,23 @@ impl Cloud {
         .await
     }
 
+    /// The recorded threshold key a stored request of `row`'s tenant names, or the refusal
+    /// (`unknown_threshold_key`): checked when the request was made, again as it is used.
+    pub(super) async fn recorded_key(
+        &self,
+        row: &RequestRow,
+        key_id: &[u8],
+    ) -> Result<Result<ThresholdKeyRow, Verdict>, StoreError> {
+        let key_id = hex::encode(key_id);
+        let key = self.store.threshold_key(&key_id).await?;
+        Ok(key.filter(|k| k.tenant == row.tenant).ok_or_else(|| {
+            Verdict::Refused(Failure::new(
+                "unknown_threshold_key",
+                format!("threshold key {key_id} is not recorded"),
+            ))
+        }))
+    }
+
     /// Runs a `submitting` threshold sign request as one session attempt and records the
     /// outcome.
     pub(in crate::service) async fn execute_threshold(
@@ -209,15 +226,9 @@ impl Cloud {
             let v = Verdict::Refused(Failure::new("bad_request_row", "not a threshold signing"));
             return self.finish(row, v).await;
         };
-        let key_id = hex::encode(key_id);
-        // Checked when the request was made; checked again as the key is used.
-        let key = self.store.threshold_key(&key_id).await?;
-        let Some(key) = key.filter(|k| k.tenant == row.tenant) else {
-            let v = Verdict::Refused(Failure::new(
-                "unknown_threshold_key",
-                format!("threshold key {key_id} is not recorded"),
-            ));
-            return self.finish(row, v).await;
+        let key = match self.recorded_key(&row, &key_id).await? {
+            Ok(k) => k,
+            Err(v) => return self.finish(row, v).await,
         };
         // A full message for a key without chain code: from a presignature when one is ready.
         if let (Some(message), None, true) = (&message, &key.chain_code, path.is_empty()) {
