@@ -10,6 +10,7 @@ use custos_pki::{AdminCache, TrustRoot};
 use custos_wire::approval::{
     verify_approvals, Action, Approval, ApprovalTime, Approvers, MAX_APPROVAL_LIFETIME_SECS,
 };
+use custos_wire::policy::{ApprovalNeed, KeyPolicy};
 use custos_wire::protocol::{RequestMeta, TeeError};
 
 /// Checks expiry, every approval, and that at least `required` distinct admins approved
@@ -70,6 +71,9 @@ pub enum Who {
         /// Distinct admins needed.
         quorum: u8,
     },
+    /// Each (group, quorum) met by its own admins, and nobody outside them
+    /// ([`Approvers::Groups`]).
+    Groups(Vec<(Vec<[u8; 32]>, u8)>),
 }
 
 impl Who {
@@ -81,6 +85,37 @@ impl Who {
                 quorum: *quorum,
             },
             Who::AnyAdmin { quorum } => Approvers::AnyAdmin { quorum: *quorum },
+            Who::Groups(groups) => Approvers::Groups(groups),
         }
+    }
+
+    /// Whose approvals count for a key sealed with `policy`: its group at its quorum; a key
+    /// without one (sealed before groups existed) is approved by `quorum` admins, which
+    /// `approve_in_by` narrows to the cluster's governors once the cluster is governed.
+    pub fn of(policy: Option<&KeyPolicy>, quorum: u8) -> Who {
+        match policy {
+            Some(p) => Who::Group {
+                group: p.group.clone(),
+                quorum: p.quorum,
+            },
+            None => Who::AnyAdmin { quorum },
+        }
+    }
+
+    /// `need` of a key whose group is `group`: the group alone when no tier of another
+    /// group applies.
+    pub fn of_need(group: &[[u8; 32]], need: &ApprovalNeed) -> Who {
+        if need.groups.is_empty() {
+            return Who::Group {
+                group: group.to_vec(),
+                quorum: need.quorum,
+            };
+        }
+        let tiers = need.groups.iter().map(|t| (t.group.clone(), t.quorum));
+        Who::Groups(
+            std::iter::once((group.to_vec(), need.quorum))
+                .chain(tiers)
+                .collect(),
+        )
     }
 }

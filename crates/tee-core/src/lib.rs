@@ -197,23 +197,13 @@ impl<P: Platform> TeeCore<P> {
     /// narrows to the cluster's governors once the cluster is governed (a group fixed by a
     /// quorum-approved log, never "any certificate the Admin CA issued").
     fn approvers_for(wallet: &Wallet) -> Who {
-        Self::approvers(wallet.policy.as_ref(), wallet.info.quorum)
+        Who::of(wallet.policy.as_ref(), wallet.info.quorum)
     }
 
     /// Whose approvals count for a threshold key: as [`Self::approvers_for`] a wallet, by its
     /// own group when it was created with one.
     fn approvers_for_share(key: &threshold::HeldKey) -> Who {
-        Self::approvers(key.policy.as_ref(), key.info.quorum)
-    }
-
-    fn approvers(policy: Option<&custos_wire::policy::KeyPolicy>, quorum: u8) -> Who {
-        match policy {
-            Some(p) => Who::Group {
-                group: p.group.clone(),
-                quorum: p.quorum,
-            },
-            None => Who::AnyAdmin { quorum },
-        }
+        Who::of(key.policy.as_ref(), key.info.quorum)
     }
 
     /// Refuses a raw digest (or an opaque message) for a key whose policy signs transactions

@@ -17,6 +17,7 @@ use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::policy::{KeyPolicy, RULE_CLUSTER_ANCHORS, RULE_VELOCITY_SHARE};
 use custos_wire::protocol::*;
 
+use crate::approval::Who;
 use crate::platform::{Platform, RecordId};
 use crate::threshold::HeldKey;
 use crate::wallet::{key_hex, Wallet};
@@ -97,6 +98,15 @@ impl PolicyKey<'_> {
                 .policy
                 .clone()
                 .unwrap_or_else(|| KeyPolicy::legacy(k.info.quorum)),
+        }
+    }
+
+    /// Whose approvals count for the key's requests ([`TeeCore::approvers_for`], or
+    /// `approvers_for_share`).
+    pub(crate) fn approvers(&self) -> Who {
+        match self {
+            PolicyKey::Wallet(w) => Who::of(w.policy.as_ref(), w.info.quorum),
+            PolicyKey::Share(k) => Who::of(k.policy.as_ref(), k.info.quorum),
         }
     }
 
@@ -203,10 +213,7 @@ impl<P: Platform> TeeCore<P> {
     ) -> Outcome {
         let key = self.policy_key(key_id)?;
         let current = key.current();
-        let who = match &key {
-            PolicyKey::Wallet(w) => Self::approvers_for(w),
-            PolicyKey::Share(k) => Self::approvers_for_share(k),
-        };
+        let who = key.approvers();
         let (legacy, share) = (!key.has_group(), matches!(key, PolicyKey::Share(_)));
         if self.consumed.contains_key(&meta.request_id) {
             return self.repeated_change(meta, key_id, policy, current);
@@ -236,18 +243,14 @@ impl<P: Platform> TeeCore<P> {
                 policy.version, current.version
             )));
         }
-        let who = match (current.approval_tiers(), current.rules != policy.rules) {
-            // A change of the rules needs the highest tier's quorum: the policy's own could
-            // otherwise lift a tier (or raise a limit) and then sign what the tier held back.
-            (Some(t), true) => crate::approval::Who::Group {
-                group: current.group.clone(),
-                quorum: t
-                    .tiers
-                    .iter()
-                    .map(|t| t.quorum)
-                    .fold(current.quorum, u8::max),
-            },
-            _ => who,
+        // A change of the rules needs what the strictest tier needs, every tier group's
+        // approvals included ([`KeyPolicy::rules_change_need`]).
+        let need = current.rules_change_need();
+        let tiered = need.quorum != current.quorum || !need.groups.is_empty();
+        let who = if tiered && current.rules != policy.rules {
+            Who::of_need(&current.group, &need)
+        } else {
+            who
         };
         let action = Action::SetKeyPolicy {
             key_id,

@@ -13,7 +13,8 @@ use custos_wire::protocol::*;
 use zeroize::Zeroizing;
 
 use custos_tx::policy::{
-    encode_record, evaluate_all, spends_of, tier_quorum, Member, PolicyRefusal, ShareSigning,
+    approval_need, encode_record, evaluate_all, spends_of, tier_quorum, Member, PolicyRefusal,
+    ShareSigning,
 };
 use custos_wire::governance::device_key_fingerprint;
 
@@ -80,6 +81,13 @@ fn signed_marker(key_id: &[u8], intent_hash: &[u8; 32], policy_hash: &[u8; 32]) 
     h.finalize().to_vec()
 }
 
+fn tier_refused(reason: String) -> TeeError {
+    TeeError::TransactionPolicyRefused {
+        rule: "approval_tier".into(),
+        reason,
+    }
+}
+
 fn policy_refused(e: PolicyRefusal) -> TeeError {
     TeeError::TransactionPolicyRefused {
         rule: e.rule().into(),
@@ -88,9 +96,45 @@ fn policy_refused(e: PolicyRefusal) -> TeeError {
 }
 
 impl<P: Platform> TeeCore<P> {
+    /// The approvals of the intent a transaction request claims, by the key's group (a
+    /// threshold key's in the threshold scope, like its signings). Checked before anything
+    /// is parsed, a few signature checks, so that nobody without them makes this TEE parse
+    /// and derive for a large transaction. Admins of a tier's other group may be among
+    /// them; whether they are needed is [`Self::check_tier`]'s call once the intent is
+    /// known.
+    pub(crate) fn approve_intent(
+        &mut self,
+        meta: &RequestMeta,
+        key_id: &[u8],
+        intent_hash: &[u8; 32],
+        approvals: &[Approval],
+    ) -> Result<(), TeeError> {
+        let key = self.policy_key(key_id)?;
+        let scope = self.transaction_scope(key.share())?;
+        let who = match (key.approvers(), key.current().group_tiers()) {
+            (Who::Group { group, quorum }, Some(t)) => {
+                let tiers = t.tiers.into_iter().map(|t| (t.group, 0));
+                Who::Groups(std::iter::once((group, quorum)).chain(tiers).collect())
+            }
+            (who, _) => who,
+        };
+        let action = Action::SignTransaction {
+            key_id,
+            intent_hash,
+        };
+        self.approve_in_by(&scope, meta, action, approvals, who)
+    }
+
+    fn transaction_scope(&self, share: Option<u16>) -> Result<String, TeeError> {
+        match share {
+            Some(_) => Ok(THRESHOLD_SCOPE.to_string()),
+            None => self.cluster(),
+        }
+    }
+
     /// The key's approval tiers on `intent`: above a tier's amount, the approvals must be
-    /// that tier's quorum of the key's group (refused `approval_tier` otherwise). A
-    /// threshold key's approvals are made in the threshold scope, like its signings.
+    /// that tier's quorum of the key's group, and that of each tier of another group the
+    /// amount reaches (refused `approval_tier`, naming the group, otherwise).
     pub(crate) fn check_tier(
         &mut self,
         meta: &RequestMeta,
@@ -100,37 +144,62 @@ impl<P: Platform> TeeCore<P> {
         approvals: &[Approval],
     ) -> Result<(), TeeError> {
         let key = self.policy_key(key_id)?;
-        let (policy, share) = (key.current(), key.share());
-        let scope = match share {
-            Some(_) => THRESHOLD_SCOPE.to_string(),
-            None => self.cluster()?,
-        };
+        let (policy, scope) = (key.current(), self.transaction_scope(key.share())?);
         let spends = spends_of(intent);
-        let Some((quorum, spend)) = tier_quorum(&policy, &spends) else {
+        let need = approval_need(&policy, &spends);
+        if need.quorum == policy.quorum && need.groups.is_empty() {
             return Ok(());
-        };
+        }
         let action = Action::SignTransaction {
             key_id,
             intent_hash,
         };
-        let who = Who::Group {
-            group: policy.group.clone(),
-            quorum,
-        };
-        self.approve_in_by(&scope, meta, action, approvals, who)
-            .map_err(|e| match e {
-                TeeError::QuorumNotMet { required, approved } => {
-                    TeeError::TransactionPolicyRefused {
-                        rule: "approval_tier".into(),
-                        reason: format!(
-                            "{} of {} needs {required} approvals of the key's group, {approved} \
-                             given",
-                            spend.amount, spend.asset
-                        ),
-                    }
+        // The key's group first, then each tier group reached, each met by its own admins;
+        // then the other tier groups, admitted as the gate admitted them, asked for nothing.
+        let mut groups = vec![(policy.group.clone(), need.quorum)];
+        groups.extend(need.groups.iter().map(|t| (t.group.clone(), t.quorum)));
+        let others = policy.group_tiers().map(|g| g.tiers).unwrap_or_default();
+        groups.extend(others.into_iter().map(|t| (t.group, 0)));
+        let all = Who::Groups(groups.clone());
+        match self.approve_in_by(&scope, meta, action.clone(), approvals, all) {
+            Err(TeeError::QuorumNotMet { .. }) => {}
+            done => return done,
+        }
+        // Which requirement is short, for the refusal to name it: each alone, the other
+        // groups' admins admitted (on a refusal's path only).
+        for (i, (group, quorum)) in groups.iter().enumerate() {
+            let alone = groups
+                .iter()
+                .enumerate()
+                .map(|(j, (g, q))| (g.clone(), if i == j { *q } else { 0 }))
+                .collect();
+            let Err(TeeError::QuorumNotMet { approved, .. }) =
+                self.approve_in_by(&scope, meta, action.clone(), approvals, Who::Groups(alone))
+            else {
+                continue;
+            };
+            let whose = match i.checked_sub(1).and_then(|t| need.groups.get(t)) {
+                None => {
+                    let spend = tier_quorum(&policy, &spends).map(|(_, s)| s);
+                    let by =
+                        spend.map_or(String::new(), |s| format!(" ({} of {})", s.amount, s.asset));
+                    format!("the key's group{by}")
                 }
-                e => e,
-            })
+                Some(t) => format!(
+                    "the group of the tier above {} of {} ({} admins, first {})",
+                    t.above,
+                    t.asset,
+                    group.len(),
+                    hex::encode(&group[0][..8])
+                ),
+            };
+            return Err(tier_refused(format!(
+                "the transaction needs {quorum} approvals of {whose}, {approved} given"
+            )));
+        }
+        Err(tier_refused(
+            "the approvals meet no requirement alone".into(),
+        ))
     }
 
     /// The key's policy on `intent` (default deny): limits, allowlist, window. The request
@@ -235,14 +304,8 @@ impl<P: Platform> TeeCore<P> {
         tx: PsbtRequest<'_>,
         approvals: &[Approval],
     ) -> Outcome {
-        let who = Self::approvers_for(self.wallet(tx.key_id)?);
-        // The approvals of the intent claimed are checked first (a few signature checks),
-        // so that nobody without them makes this TEE parse and derive for a large PSBT.
-        let action = Action::SignTransaction {
-            key_id: tx.key_id,
-            intent_hash: &tx.intent_hash,
-        };
-        self.approve_by(meta, action, approvals, who)?;
+        self.wallet(tx.key_id)?;
+        self.approve_intent(meta, tx.key_id, &tx.intent_hash, approvals)?;
         let keys = Keys {
             wallet: self.wallet(tx.key_id)?,
             secp: &self.secp,
@@ -309,12 +372,8 @@ impl<P: Platform> TeeCore<P> {
         eth: EthRequest<'_>,
         approvals: &[Approval],
     ) -> Outcome {
-        let who = Self::approvers_for(self.wallet(eth.key_id)?);
-        let action = Action::SignTransaction {
-            key_id: eth.key_id,
-            intent_hash: &eth.intent_hash,
-        };
-        self.approve_by(meta, action, approvals, who)?;
+        self.wallet(eth.key_id)?;
+        self.approve_intent(meta, eth.key_id, &eth.intent_hash, approvals)?;
         let plan = self.plan_ethereum(eth.key_id, eth.path, eth.payload)?;
         let computed = plan.intent().hash();
         if computed != eth.intent_hash {

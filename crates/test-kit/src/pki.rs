@@ -22,6 +22,8 @@ pub struct Pki {
     pub dir: tempfile::TempDir,
     pub pki: PkiDir,
     pub admins: Vec<AdminSigner>,
+    /// Admins enrolled by a test beyond [`ADMINS`] ([`Pki::enroll_admin`]), by name.
+    pub extra_admins: Vec<(String, AdminSigner)>,
     pub dealer: DealerSigner,
     /// The root as a verifier holds it.
     pub root: TrustRoot,
@@ -69,8 +71,31 @@ impl Pki {
             dir,
             pki,
             admins,
+            extra_admins: Vec::new(),
             dealer,
             root,
+        }
+    }
+
+    /// Enrolls admin `name` beyond [`ADMINS`] (a tier's own group, an outsider), with its
+    /// key made in a folder of its own like theirs.
+    pub fn enroll_admin(&mut self, name: &str) -> &AdminSigner {
+        assert!(self.find_admin(name).is_none(), "admin {name} exists");
+        let signer = AdminFolder::new(self.dir.path().join("admins").join(name))
+            .enroll(name, &self.pki)
+            .unwrap();
+        self.extra_admins.push((name.to_string(), signer));
+        &self.extra_admins.last().expect("just pushed").1
+    }
+
+    fn find_admin(&self, name: &str) -> Option<&AdminSigner> {
+        match ADMINS.iter().position(|a| *a == name) {
+            Some(i) => Some(&self.admins[i]),
+            None => self
+                .extra_admins
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s),
         }
     }
 
@@ -91,13 +116,10 @@ impl Pki {
         AdminFolder::new(self.dir.path().join("admins").join(name))
     }
 
-    /// Admin `name` (one of [`ADMINS`]).
+    /// Admin `name` (one of [`ADMINS`], or enrolled by [`Pki::enroll_admin`]).
     pub fn admin(&self, name: &str) -> &AdminSigner {
-        let i = ADMINS
-            .iter()
-            .position(|a| *a == name)
-            .unwrap_or_else(|| panic!("no admin {name}"));
-        &self.admins[i]
+        self.find_admin(name)
+            .unwrap_or_else(|| panic!("no admin {name}"))
     }
 
     /// Admins by name, in the order given (a name may repeat).

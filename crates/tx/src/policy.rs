@@ -4,7 +4,7 @@
 //! window record, and commits the record [`Verdict::record`] returns before any signature
 //! leaves.
 
-use custos_wire::policy::KeyPolicy;
+use custos_wire::policy::{ApprovalNeed, KeyPolicy};
 
 use crate::intent::Intent;
 
@@ -295,6 +295,23 @@ pub fn tier_quorum<'a>(policy: &KeyPolicy, spends: &'a [Spend]) -> Option<(u8, &
         .iter()
         .filter_map(|s| tiers.quorum_for(&s.asset, s.amount).map(|q| (q, s)))
         .max_by_key(|(q, _)| *q)
+}
+
+/// The approvals `spends` need: the key's group at its policy's quorum, raised by the
+/// highest approval tier reached, and the group of every tier of other groups reached
+/// (each tier once, in the rule's order).
+pub fn approval_need(policy: &KeyPolicy, spends: &[Spend]) -> ApprovalNeed {
+    let quorum = tier_quorum(policy, spends).map_or(policy.quorum, |(q, _)| q.max(policy.quorum));
+    let groups = policy
+        .group_tiers()
+        .map(|g| {
+            g.tiers
+                .into_iter()
+                .filter(|t| spends.iter().any(|s| t.applies(&s.asset, s.amount)))
+                .collect()
+        })
+        .unwrap_or_default();
+    ApprovalNeed { quorum, groups }
 }
 
 /// Checks `spend` against `policy` at `now` on `member`, with `history` the key's window

@@ -15,9 +15,9 @@ use crate::protocol::MAX_QUORUM;
 mod rules;
 
 pub use rules::{
-    AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, SpendLimit, SpendLimits, MAX_ALLOWLIST,
-    MAX_ASSET, MAX_DESTINATION, MAX_LIMITS, MAX_TIERS, MAX_WINDOW_COUNT, RULE_ALLOWLIST,
-    RULE_APPROVAL_TIERS, RULE_SPEND_LIMITS,
+    AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, GroupTier, GroupTiers, SpendLimit,
+    SpendLimits, MAX_ALLOWLIST, MAX_ASSET, MAX_DESTINATION, MAX_LIMITS, MAX_TIERS,
+    MAX_WINDOW_COUNT, RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_GROUP_TIERS, RULE_SPEND_LIMITS,
 };
 
 /// Most admins in one approver group.
@@ -47,6 +47,16 @@ pub const RULE_VELOCITY_SHARE: u16 = 7;
 pub const MAX_ANCHORS: usize = 64;
 /// Domain separation tag of [`KeyPolicy::hash`].
 pub const POLICY_DOMAIN: &[u8] = b"CUSTOS-KEY-POLICY-V1\0";
+
+/// The approvals one request on a key needs: `quorum` of the key's group and, for each
+/// tier of another group that applies, `quorum` of that group besides.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApprovalNeed {
+    /// Distinct admins of the key's group.
+    pub quorum: u8,
+    /// The tiers of other groups that apply, each once.
+    pub groups: Vec<GroupTier>,
+}
 
 /// Who approves the use of one key.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -235,6 +245,7 @@ impl KeyPolicy {
                 RULE_ALLOWLIST,
                 RULE_APPROVAL_TIERS,
                 RULE_VELOCITY_SHARE,
+                RULE_GROUP_TIERS,
             ],
         )?;
         if self.velocity_share().is_some()
@@ -247,7 +258,12 @@ impl KeyPolicy {
                 reason: "a velocity share without a window to count".into(),
             });
         }
-        let transaction_rules = [RULE_SPEND_LIMITS, RULE_ALLOWLIST, RULE_APPROVAL_TIERS];
+        let transaction_rules = [
+            RULE_SPEND_LIMITS,
+            RULE_ALLOWLIST,
+            RULE_APPROVAL_TIERS,
+            RULE_GROUP_TIERS,
+        ];
         if let Some(r) = self
             .rules
             .iter()
@@ -276,7 +292,43 @@ impl KeyPolicy {
                 ),
             });
         }
+        // A tier's group apart from the key's: its approvals are other people's, never the
+        // key's own approvers counted a second time.
+        if let Some((t, shared)) = self.group_tiers().and_then(|g| {
+            g.tiers.into_iter().find_map(|t| {
+                let shared = *t.group.iter().find(|k| self.group.contains(k))?;
+                Some((t, shared))
+            })
+        }) {
+            return Err(PolicyError::BadRuleBody {
+                tag: RULE_GROUP_TIERS,
+                reason: format!(
+                    "the group of the tier above {} of {} shares admin {} with the key's group",
+                    t.above,
+                    t.asset,
+                    hex::encode(shared)
+                ),
+            });
+        }
         Ok(())
+    }
+
+    /// What a change of the rules needs: the highest tier's quorum of the key's group and
+    /// every tier's group at its quorum. The policy's own quorum could otherwise lift a
+    /// tier (or raise a limit) and then sign what the tier held back.
+    pub fn rules_change_need(&self) -> ApprovalNeed {
+        let quorum = self.approval_tiers().map_or(self.quorum, |t| {
+            t.tiers.iter().map(|t| t.quorum).fold(self.quorum, u8::max)
+        });
+        ApprovalNeed {
+            quorum,
+            groups: self.group_tiers().map(|g| g.tiers).unwrap_or_default(),
+        }
+    }
+
+    /// The key's tiers naming other groups ([`RULE_GROUP_TIERS`]); `None` without the rule.
+    pub fn group_tiers(&self) -> Option<GroupTiers> {
+        GroupTiers::decode(&self.rule(RULE_GROUP_TIERS)?.body).ok()
     }
 
     /// The share that takes part in every transaction of a threshold key with a window
@@ -375,6 +427,9 @@ pub(crate) fn check_rules(rules: &[Rule], known: &[u16]) -> Result<(), PolicyErr
         }
         if r.tag == RULE_APPROVAL_TIERS {
             ApprovalTiers::decode(&r.body)?;
+        }
+        if r.tag == RULE_GROUP_TIERS {
+            GroupTiers::decode(&r.body)?;
         }
         if r.tag == RULE_TRANSACTIONS_ONLY && !r.body.is_empty() {
             return Err(bad(format!("{} bytes, the rule has none", r.body.len())));

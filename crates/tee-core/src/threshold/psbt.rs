@@ -7,7 +7,7 @@
 
 use custos_tx::btc::{plan_psbt, XpubKeys};
 use custos_tx::intent::InputKind;
-use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::approval::Approval;
 use custos_wire::protocol::*;
 use custos_wire::threshold::input_session;
 
@@ -47,13 +47,8 @@ impl<P: Platform> TeeCore<P> {
     ) -> Outcome {
         self.identity()?;
         let key_id = &params.key_id[..];
-        let who = Self::approvers_for_share(self.threshold_key(key_id)?);
-        let action = Action::SignTransaction {
-            key_id,
-            intent_hash: &params.intent_hash,
-        };
-        // Approvals first: nobody without them makes this TEE parse a large PSBT.
-        self.approve_in_by(THRESHOLD_SCOPE, meta, action, approvals, who)?;
+        self.threshold_key(key_id)?;
+        self.approve_intent(meta, key_id, &params.intent_hash, approvals)?;
         let keys = self.share_keys(key_id)?;
         let plan = plan_psbt(&params.psbt, params.network.network(), &keys).map_err(rejected)?;
         let computed = plan.intent().hash();

@@ -14,4 +14,5 @@ mod renewal;
 mod sealed_import;
 mod threshold;
 mod threshold_psbt;
+mod tier_groups;
 mod transaction;

@@ -32,7 +32,7 @@ const ASSET: &str = "bitcoin:regtest";
 
 /// Spend limits for [`ASSET`]: `per_tx` per transaction; with `window` a rolling window of
 /// one transaction and `per_tx` held by `holder`.
-fn limits(per_tx: u128, window: u64, holder: [u8; 32]) -> Rule {
+pub(crate) fn limits(per_tx: u128, window: u64, holder: [u8; 32]) -> Rule {
     let limits = SpendLimits {
         limits: vec![SpendLimit {
             asset: ASSET.into(),
@@ -50,7 +50,7 @@ fn limits(per_tx: u128, window: u64, holder: [u8; 32]) -> Rule {
 }
 
 /// This node's member id (its device key fingerprint).
-fn me(pki: &Pki, core: &mut TeeCore<MemPlatform>) -> [u8; 32] {
+pub(crate) fn me(pki: &Pki, core: &mut TeeCore<MemPlatform>) -> [u8; 32] {
     member(pki, &chain(core)).key_fingerprint
 }
 
@@ -69,7 +69,7 @@ pub(crate) fn wallet_under(
 
 /// `rules` (sorted by tag, transaction rules) after the transactions-only rule they need,
 /// when there are any.
-fn transactions_only(mut rules: Vec<Rule>) -> Vec<Rule> {
+pub(crate) fn transactions_only(mut rules: Vec<Rule>) -> Vec<Rule> {
     if !rules.is_empty() {
         let only = Rule {
             tag: RULE_TRANSACTIONS_ONLY,
@@ -90,7 +90,7 @@ fn wallet(pki: &Pki, raw: bool) -> (TeeCore<MemPlatform>, KeyInfo) {
 }
 
 /// A spend of three wallet outputs: 70 000 sat to an outside key, 29 000 back as change.
-fn spend(w: &KeyInfo) -> Spend<'static> {
+pub(crate) fn spend(w: &KeyInfo) -> Spend<'static> {
     let outside = Spend::from(&w.xpub).key(&[99]);
     Spend::from(&w.xpub)
         .input(InputKind::P2wpkh, &[0, 0], 50_000)
@@ -101,7 +101,7 @@ fn spend(w: &KeyInfo) -> Spend<'static> {
 }
 
 /// The intent hash of `psbt`, as a watch-only approver computes it from the xpub.
-fn intent_hash_of(w: &KeyInfo, psbt: &Psbt) -> [u8; 32] {
+pub(crate) fn intent_hash_of(w: &KeyInfo, psbt: &Psbt) -> [u8; 32] {
     let keys = XpubKeys(w.xpub.parse().unwrap());
     plan_psbt(&psbt.serialize(), Network::Regtest, &keys)
         .unwrap()
@@ -110,7 +110,7 @@ fn intent_hash_of(w: &KeyInfo, psbt: &Psbt) -> [u8; 32] {
 }
 
 /// A SignPsbt for `psbt`, claiming intent `claimed`, approved by `signers` for `approved`.
-fn request(
+pub(crate) fn request(
     pki: &Pki,
     w: &KeyInfo,
     psbt: &Psbt,

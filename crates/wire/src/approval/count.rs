@@ -23,6 +23,37 @@ pub enum Approvers<'a> {
         /// Distinct admins needed.
         quorum: u8,
     },
+    /// Admins of several groups, each (group, quorum) met by its own members: a transaction
+    /// above an approval tier that names another group than the key's (the key's group at
+    /// its quorum, and that group at the tier's). An admin outside every group refuses the
+    /// request; one in two groups counts in both (policies keep a tier's group apart from
+    /// the key's). A quorum of 0 lets a group's admins approve without asking any.
+    Groups(&'a [(Vec<[u8; 32]>, u8)]),
+}
+
+impl Approvers<'_> {
+    fn admits(&self, key: &[u8; 32]) -> bool {
+        match self {
+            Approvers::Group { group, .. } => group.contains(key),
+            Approvers::AnyAdmin { .. } => true,
+            Approvers::Groups(groups) => groups.iter().any(|(g, _)| g.contains(key)),
+        }
+    }
+
+    /// The first (required, approved) not met among the distinct admins `counted`.
+    fn unmet(&self, counted: &[[u8; 32]]) -> Option<(u8, u8)> {
+        let n = |len: usize| len.min(u8::MAX as usize) as u8;
+        match self {
+            Approvers::Group { quorum, .. } | Approvers::AnyAdmin { quorum } => {
+                let approved = n(counted.len());
+                (approved < (*quorum).max(1)).then_some((*quorum, approved))
+            }
+            Approvers::Groups(groups) => groups.iter().find_map(|(g, quorum)| {
+                let approved = n(counted.iter().filter(|k| g.contains(k)).count());
+                (approved < *quorum).then_some((*quorum, approved))
+            }),
+        }
+    }
 }
 
 /// The time at which approval certificates must be valid.
@@ -131,14 +162,12 @@ pub fn verify_approvals(
                 key_fingerprint: id.key,
             });
         }
-        if let Approvers::Group { group, .. } = who {
-            if !group.contains(&id.key) {
-                return Err(TeeError::ApproverNotInGroup {
-                    index,
-                    admin: id.name,
-                    key_fingerprint: id.key,
-                });
-            }
+        if !who.admits(&id.key) {
+            return Err(TeeError::ApproverNotInGroup {
+                index,
+                admin: id.name,
+                key_fingerprint: id.key,
+            });
         }
         let any = matches!(who, Approvers::AnyAdmin { .. });
         let seen = counted
@@ -148,11 +177,8 @@ pub fn verify_approvals(
             counted.push((id.key, id.subject, id.name));
         }
     }
-    let required = match who {
-        Approvers::Group { quorum, .. } | Approvers::AnyAdmin { quorum } => *quorum,
-    };
-    let approved = counted.len().min(u8::MAX as usize) as u8;
-    if approved < required.max(1) {
+    let keys: Vec<[u8; 32]> = counted.iter().map(|(key, _, _)| *key).collect();
+    if let Some((required, approved)) = who.unmet(&keys) {
         return Err(TeeError::QuorumNotMet { required, approved });
     }
     Ok(counted

@@ -13,11 +13,15 @@
 //!   entry its asset, destination and `not_before` (u64 BE, Unix seconds).
 //! * [`RULE_APPROVAL_TIERS`]: the tier count (u32 BE), per tier its asset, the amount above
 //!   which it applies (u128 BE) and the quorum of the key's group it needs (one byte).
+//! * [`RULE_GROUP_TIERS`]: the tier count (u32 BE), per tier its asset, the amount above
+//!   which it applies (u128 BE), the quorum of its group (one byte) and its group (the
+//!   admins' key fingerprints, sorted, concatenated in one field).
 
 use serde::{Deserialize, Serialize};
 
-use super::PolicyError;
+use super::{check_fingerprint_set, PolicyError};
 use crate::field::{put, take};
+use crate::protocol::MAX_QUORUM;
 
 /// Rule of a key: its spend limits per asset ([`SpendLimits`]). Without it the key signs no
 /// transaction (default deny).
@@ -27,7 +31,9 @@ pub const RULE_SPEND_LIMITS: u16 = 4;
 pub const RULE_ALLOWLIST: u16 = 5;
 /// Rule of a key: more approvals of its group above amounts ([`ApprovalTiers`]).
 pub const RULE_APPROVAL_TIERS: u16 = 6;
-/// Most tiers.
+/// Rule of a key: approvals of other groups above amounts ([`GroupTiers`]).
+pub const RULE_GROUP_TIERS: u16 = 8;
+/// Most tiers (of each tier rule).
 pub const MAX_TIERS: usize = 8;
 /// Most limits of one rule.
 pub const MAX_LIMITS: usize = 16;
@@ -224,6 +230,96 @@ impl ApprovalTiers {
             .filter(|t| t.asset == asset && amount > t.above)
             .max_by_key(|t| t.above)
             .map(|t| t.quorum)
+    }
+}
+
+/// Above `above` of `asset`, a transaction needs `quorum` approvals of `group` besides
+/// those of the key's group: a risk officer, the executives. Every tier a transaction
+/// reaches applies, each with its own group.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupTier {
+    /// The asset.
+    pub asset: String,
+    /// The amount above which the tier applies.
+    pub above: u128,
+    /// Distinct approvers of `group` needed: 1..=its size, at most [`MAX_QUORUM`].
+    pub quorum: u8,
+    /// Admin key fingerprints, sorted and distinct; none of them in the key's group (the
+    /// policy checks), so the tier always asks for other people.
+    pub group: Vec<[u8; 32]>,
+}
+
+/// A key's tiers naming other groups than its own.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupTiers {
+    /// Sorted by (asset, above, group), distinct.
+    pub tiers: Vec<GroupTier>,
+}
+
+impl GroupTiers {
+    /// The rule body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put(&mut out, &(self.tiers.len() as u32).to_be_bytes());
+        for t in &self.tiers {
+            put(&mut out, t.asset.as_bytes());
+            put(&mut out, &t.above.to_be_bytes());
+            put(&mut out, &[t.quorum]);
+            put(&mut out, &t.group.concat());
+        }
+        out
+    }
+
+    /// Reads and checks a rule body: tiers sorted by (asset, above, group) and distinct,
+    /// each group a valid set its quorum fits.
+    pub fn decode(body: &[u8]) -> Result<Self, PolicyError> {
+        let tag = RULE_GROUP_TIERS;
+        let mut r = Reader { input: body, tag };
+        let n = r.count("tiers", MAX_TIERS)?;
+        let mut tiers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let asset = r.text("asset", MAX_ASSET)?;
+            let above = u128::from_be_bytes(r.fixed("amount")?);
+            let [quorum] = r.fixed("quorum")?;
+            let members = r.field("group")?;
+            if members.len() % 32 != 0 {
+                return Err(bad(tag, "a group that is not 32-byte fingerprints"));
+            }
+            let group: Vec<[u8; 32]> = members
+                .chunks(32)
+                .map(|c| c.try_into().expect("32-byte chunks"))
+                .collect();
+            check_fingerprint_set(&group).map_err(|e| bad(tag, format!("tier group: {e}")))?;
+            let max = group.len().min(usize::from(MAX_QUORUM));
+            if quorum == 0 || usize::from(quorum) > max {
+                return Err(bad(
+                    tag,
+                    format!("tier quorum {quorum} outside 1..={max} for its group"),
+                ));
+            }
+            tiers.push(GroupTier {
+                asset,
+                above,
+                quorum,
+                group,
+            });
+        }
+        r.end()?;
+        if tiers.is_empty() {
+            return Err(bad(tag, "no tiers"));
+        }
+        let key = |t: &GroupTier| (t.asset.clone(), t.above, t.group.clone());
+        if tiers.windows(2).any(|w| key(&w[0]) >= key(&w[1])) {
+            return Err(bad(tag, "tiers are not sorted and distinct"));
+        }
+        Ok(GroupTiers { tiers })
+    }
+}
+
+impl GroupTier {
+    /// Whether `amount` of `asset` reaches the tier.
+    pub fn applies(&self, asset: &str, amount: u128) -> bool {
+        self.asset == asset && amount > self.above
     }
 }
 

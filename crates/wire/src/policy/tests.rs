@@ -388,3 +388,93 @@ fn approval_tiers_pick_the_highest_tier_passed_and_fit_the_group() {
     };
     assert!(ApprovalTiers::decode(&unsorted.encode()).is_err());
 }
+
+#[test]
+fn group_tiers_name_other_people_and_apply_cumulatively() {
+    let tier = |above, quorum, group: Vec<[u8; 32]>| GroupTier {
+        asset: "bitcoin:bitcoin".into(),
+        above,
+        quorum,
+        group,
+    };
+    let risk = vec![fp(7), fp(8)];
+    let execs = vec![fp(9)];
+    let tiers = GroupTiers {
+        tiers: vec![
+            tier(1_000, 1, risk.clone()),
+            tier(100_000, 1, execs.clone()),
+        ],
+    };
+    assert_eq!(GroupTiers::decode(&tiers.encode()), Ok(tiers.clone()));
+    let reached = |amount| {
+        tiers
+            .tiers
+            .iter()
+            .filter(|t| t.applies("bitcoin:bitcoin", amount))
+            .map(|t| t.group.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(reached(1_000).is_empty());
+    assert_eq!(reached(1_001), vec![risk.clone()]);
+    // Every tier reached applies: above 100 000 the risk group and the executives.
+    assert_eq!(reached(100_001), vec![risk.clone(), execs.clone()]);
+    assert!(!tiers.tiers[0].applies("bitcoin:regtest", 100_001));
+    let with = |t: &GroupTiers, group: Vec<[u8; 32]>| KeyPolicy {
+        version: 1,
+        group,
+        quorum: 2,
+        rules: vec![
+            Rule {
+                tag: RULE_TRANSACTIONS_ONLY,
+                body: vec![],
+            },
+            Rule {
+                tag: RULE_GROUP_TIERS,
+                body: t.encode(),
+            },
+        ],
+    };
+    assert_eq!(with(&tiers, (1..4).map(fp).collect()).validate(), Ok(()));
+    // A tier group sharing an admin with the key's group would count them twice.
+    let shared = with(&tiers, vec![fp(1), fp(2), fp(8)]).validate();
+    assert!(
+        matches!(&shared, Err(PolicyError::BadRuleBody { tag: RULE_GROUP_TIERS, reason }) if reason.contains(&hex::encode(fp(8)))),
+        "{shared:?}"
+    );
+    let bad = |t: GroupTiers| GroupTiers::decode(&t.encode()).unwrap_err();
+    // A quorum its group cannot reach, a quorum of 0, an unsorted or empty group.
+    for t in [
+        tier(1_000, 3, risk.clone()),
+        tier(1_000, 0, risk.clone()),
+        tier(1_000, 1, vec![fp(8), fp(7)]),
+        tier(1_000, 1, vec![]),
+    ] {
+        assert!(matches!(
+            bad(GroupTiers { tiers: vec![t] }),
+            PolicyError::BadRuleBody {
+                tag: RULE_GROUP_TIERS,
+                ..
+            }
+        ));
+    }
+    // Unsorted tiers, no tiers; a group cut mid-fingerprint.
+    bad(GroupTiers {
+        tiers: vec![
+            tier(100_000, 1, execs.clone()),
+            tier(1_000, 1, risk.clone()),
+        ],
+    });
+    bad(GroupTiers { tiers: vec![] });
+    let mut cut = GroupTiers {
+        tiers: vec![tier(1_000, 1, risk.clone())],
+    }
+    .encode();
+    let n = cut.len();
+    cut.truncate(n - 4 - 64);
+    crate::field::put(&mut cut, &[0u8; 33]);
+    assert!(GroupTiers::decode(&cut).is_err());
+    // Without the transactions-only rule a raw digest would sign around them.
+    let mut raw = with(&tiers, (1..4).map(fp).collect());
+    raw.rules.remove(0);
+    assert!(raw.validate().is_err());
+}

@@ -215,3 +215,60 @@ fn historic_approvals_count_within_their_window_only() {
         })
     ));
 }
+
+#[test]
+fn groups_each_need_their_own_members() {
+    // A tier naming a risk group: the key's two of treasury, and one of risk besides.
+    let pki = TestPki::new();
+    let [alice, bob, carol, risk, mallory] =
+        ["alice", "bob", "carol", "risk", "mallory"].map(|n| pki.admin(n));
+    let mut treasury = vec![alice.fp(), bob.fp(), carol.fp()];
+    treasury.sort();
+    let groups = [(treasury, 2), (vec![risk.fp()], 1)];
+    let who = Approvers::Groups(&groups);
+    let m = b"message";
+    let at = ApprovalTime::Now(now());
+    let run = |approvals: &[Approval]| count(&pki, m, approvals, at, &who, &|_| false);
+    // The whole treasury quorum (all three) is not the risk officer's approval.
+    let treasury_only = [alice.approve(m), bob.approve(m), carol.approve(m)];
+    assert_eq!(
+        run(&treasury_only),
+        Err(TeeError::QuorumNotMet {
+            required: 1,
+            approved: 0
+        })
+    );
+    // Nor does the risk officer stand in for a treasury approver.
+    assert_eq!(
+        run(&[alice.approve(m), risk.approve(m)]),
+        Err(TeeError::QuorumNotMet {
+            required: 2,
+            approved: 1
+        })
+    );
+    let counted = run(&[alice.approve(m), risk.approve(m), bob.approve(m)]).unwrap();
+    assert_eq!(counted.len(), 3);
+    // An admin of neither group refuses the request, by index.
+    let r = run(&[
+        alice.approve(m),
+        risk.approve(m),
+        mallory.approve(m),
+        bob.approve(m),
+    ]);
+    assert!(matches!(
+        r,
+        Err(TeeError::ApproverNotInGroup { index: 2, .. })
+    ));
+    // A group at quorum 0 may approve but is never asked for.
+    let allowed = [(groups[0].0.clone(), 2), (vec![risk.fp()], 0)];
+    let who = Approvers::Groups(&allowed);
+    let r = count(
+        &pki,
+        m,
+        &[alice.approve(m), bob.approve(m)],
+        at,
+        &who,
+        &|_| false,
+    );
+    assert_eq!(r.map(|v| v.len()), Ok(2));
+}
