@@ -247,6 +247,25 @@ pub fn describe(view: &RequestView) -> String {
         );
     }
     line(&mut s, "quorum", &view.quorum.to_string());
+    // A rules change needs every tier group whatever the amount; a transaction, the tiers
+    // its amount reaches.
+    let (label, why) = match view.kind {
+        RequestKind::SetKeyPolicy => ("rules change", "a tier of the rules in force: "),
+        _ => ("also needs", ""),
+    };
+    for t in view.tiers.iter().flatten() {
+        line(
+            &mut s,
+            label,
+            &format!(
+                "{} of group {} ({why}{}; {} so far)",
+                t.tier.quorum,
+                t.tier.group.join(", "),
+                t.tier.describe(),
+                t.approved
+            ),
+        );
+    }
     let approvers: Vec<&str> = view.approvals.iter().map(|a| a.admin.as_str()).collect();
     line(
         &mut s,
@@ -504,12 +523,11 @@ pub async fn list_pending(client: &CloudClient, out: &mut dyn Write) -> Result<(
     for r in &list.requests {
         writeln!(
             out,
-            "{}  {:<20} {:<11} {}/{} approvals  expires {}",
+            "{}  {:<20} {:<11} {}  expires {}",
             r.id,
             r.kind.as_str(),
             r.cluster,
-            r.approvals.len(),
-            r.quorum,
+            progress(r),
             r.expires_at
         )?;
     }
@@ -568,11 +586,10 @@ pub async fn review_and_approve(
     let updated = client.approve(&view.id, &approval).await?;
     writeln!(
         out,
-        "request {}: {} ({}/{} approvals)",
+        "request {}: {} ({})",
         updated.id,
         updated.status.as_str(),
-        updated.approvals.len(),
-        updated.quorum
+        progress(&updated)
     )?;
     if let Some(e) = &updated.error {
         writeln!(out, "  {}: {}", e.code, e.message)?;
@@ -585,4 +602,29 @@ pub async fn review_and_approve(
         )?;
     }
     Ok(updated)
+}
+
+/// Approvals so far against what the request needs: "1/2 approvals"; with tiers of other
+/// groups, the key's group's count and each tier group's ("1/2 of the key's group, 0/1 of a
+/// tier group"). The server admits only admins of those groups, and a tier's group shares
+/// none with the key's, so an approval of no tier group is one of the key's group.
+fn progress(view: &RequestView) -> String {
+    let (n, quorum) = (view.approvals.len(), view.quorum);
+    let Some(tiers) = view.tiers.as_ref().filter(|t| !t.is_empty()) else {
+        return format!("{n}/{quorum} approvals");
+    };
+    let own = view
+        .approvals
+        .iter()
+        .filter(|a| {
+            !tiers
+                .iter()
+                .any(|t| t.tier.group.contains(&a.key_fingerprint))
+        })
+        .count();
+    let tiers: Vec<String> = tiers
+        .iter()
+        .map(|t| format!("{}/{} of a tier group", t.approved, t.tier.quorum))
+        .collect();
+    format!("{own}/{quorum} of the key's group, {}", tiers.join(", "))
 }

@@ -4,9 +4,9 @@
 //! policy a TEE reports is shown with them.
 
 use custos_wire::policy::{
-    AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, KeyPolicy, Rule, SpendLimit, SpendLimits,
-    RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY,
-    RULE_VELOCITY_SHARE,
+    AllowEntry, Allowlist, ApprovalTier, ApprovalTiers, GroupTier, GroupTiers, KeyPolicy, Rule,
+    SpendLimit, SpendLimits, RULE_ALLOWLIST, RULE_APPROVAL_TIERS, RULE_GROUP_TIERS,
+    RULE_SPEND_LIMITS, RULE_TRANSACTIONS_ONLY, RULE_VELOCITY_SHARE,
 };
 
 use crate::approval::parse_fingerprint;
@@ -118,9 +118,10 @@ impl PolicyRules {
                 .encode(),
             });
         }
-        if !self.approval_tiers.is_empty() {
-            let mut tiers = self
-                .approval_tiers
+        let (own, other): (Vec<_>, Vec<_>) =
+            self.approval_tiers.iter().partition(|t| t.group.is_empty());
+        if !own.is_empty() {
+            let mut tiers = own
                 .iter()
                 .map(|t| {
                     Ok(ApprovalTier {
@@ -140,6 +141,31 @@ impl PolicyRules {
             rules.push(Rule {
                 tag: RULE_VELOCITY_SHARE,
                 body: share.to_be_bytes().to_vec(),
+            });
+        }
+        if !other.is_empty() {
+            let mut tiers = other
+                .iter()
+                .map(|t| {
+                    let mut group = t
+                        .group
+                        .iter()
+                        .map(|g| parse_fingerprint(g))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("tier group: {e}"))?;
+                    group.sort();
+                    Ok(GroupTier {
+                        asset: ethereum_lower(&t.asset),
+                        above: amount("above", &t.above)?,
+                        quorum: t.quorum,
+                        group,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            tiers.sort_by(|a, b| (&a.asset, a.above, &a.group).cmp(&(&b.asset, b.above, &b.group)));
+            rules.push(Rule {
+                tag: RULE_GROUP_TIERS,
+                body: GroupTiers { tiers }.encode(),
             });
         }
         Ok(rules)
@@ -186,8 +212,13 @@ impl PolicyRules {
                     asset: t.asset.clone(),
                     above: t.above.to_string(),
                     quorum: t.quorum,
+                    group: Vec::new(),
                 })
                 .collect();
+        }
+        if let Some(t) = policy.group_tiers() {
+            out.approval_tiers
+                .extend(t.tiers.iter().map(ApprovalTierView::of_group_tier));
         }
         (!out.is_empty()).then_some(out)
     }
@@ -237,12 +268,38 @@ impl PolicyRules {
             }
         }
         for t in &self.approval_tiers {
-            lines.push(format!(
-                "above {} of {}: {} approvals",
-                t.above, t.asset, t.quorum
-            ));
+            lines.push(t.describe());
         }
         lines
+    }
+}
+
+impl ApprovalTierView {
+    /// A tier of another group, as the API writes it.
+    pub fn of_group_tier(t: &GroupTier) -> Self {
+        ApprovalTierView {
+            asset: t.asset.clone(),
+            above: t.above.to_string(),
+            quorum: t.quorum,
+            group: t.group.iter().map(hex::encode).collect(),
+        }
+    }
+
+    /// The tier as a line an approver reads.
+    pub fn describe(&self) -> String {
+        match self.group.as_slice() {
+            [] => format!(
+                "above {} of {}: {} approvals",
+                self.above, self.asset, self.quorum
+            ),
+            group => format!(
+                "above {} of {}: {} approval(s) of another group besides the key's quorum: {}",
+                self.above,
+                self.asset,
+                self.quorum,
+                group.join(", ")
+            ),
+        }
     }
 }
 

@@ -490,6 +490,10 @@ pub struct ApprovalView {
     pub admin: String,
     /// SHA-256 of the admin certificate, hex.
     pub fingerprint: String,
+    /// SHA-256 of the admin's certified public key, hex: who the admin is, as approver
+    /// groups name admins. Empty for approvals recorded before admins were told apart by key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_fingerprint: String,
     /// When the cloud server accepted it (Unix milliseconds).
     pub approved_at_ms: u64,
 }
@@ -613,8 +617,13 @@ pub struct RequestView {
     /// approvals sign.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<TransactionView>,
-    /// Distinct admin approvals required.
+    /// Distinct admin approvals required (of the key's group, when it has one).
     pub quorum: u8,
+    /// Transaction signing above a tier of another group, or a change of the rules of a
+    /// policy with such tiers: each tier's group approves too, besides `quorum` of the
+    /// key's group (whose admins are counted apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<TierNeedView>>,
     /// Wallet or threshold key creation: the new key's approver group, admin key
     /// fingerprints (hex), sorted. Only these admins' approvals count, for the creation and
     /// every later use.

@@ -452,10 +452,11 @@ fn message_of(row: &RequestRow) -> Vec<u8> {
     row.terms.approval_message(&row.cluster, row.quorum, &meta)
 }
 
-/// The approvals of a request as the TEE takes them.
+/// The approvals of a request as the TEE takes them: those that meet its requirements
+/// ([`executors::needed_approvals`]), never more than the TEE accepts.
 fn tee_approvals(row: &RequestRow) -> Result<Vec<Approval>, String> {
-    row.approvals
-        .iter()
+    executors::needed_approvals(row)
+        .into_iter()
         .map(|a| {
             Ok(Approval {
                 admin_cert: hex::decode(&a.cert).map_err(|e| e.to_string())?,

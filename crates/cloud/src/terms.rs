@@ -24,7 +24,7 @@
 
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::import::SealedImport;
-use custos_wire::policy::{KeyPolicy, Rule, MAX_GROUP};
+use custos_wire::policy::{GroupTier, GroupTiers, KeyPolicy, Rule, MAX_GROUP};
 use custos_wire::protocol::{format_path, EthPayload, Request, RequestMeta, ThresholdBundle};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
@@ -202,6 +202,10 @@ pub enum Terms {
         /// admins; the TEE decides). Empty for a legacy wallet.
         #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
         group: Vec<[u8; 32]>,
+        /// The tiers of other groups the intent reaches: each group's approvals are needed
+        /// besides the quorum of `group`. Not part of what is approved.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "postcard_hex")]
+        tiers: Vec<GroupTier>,
     },
     /// Sign a Bitcoin PSBT with a threshold key's children, by t of its clusters (segwit v0
     /// inputs, one session per input): approvals sign the intent a TEE holding a share
@@ -225,6 +229,9 @@ pub enum Terms {
         /// As [`Terms::SignPsbt`]'s.
         #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
         group: Vec<[u8; 32]>,
+        /// As [`Terms::SignPsbt`]'s.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "postcard_hex")]
+        tiers: Vec<GroupTier>,
         /// With a rolling window: the key's velocity share, which takes part in every
         /// attempt, on `node` (its velocity holder's node). Not part of what is approved.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,6 +263,9 @@ pub enum Terms {
         /// As [`Terms::SignPsbt`]'s.
         #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
         group: Vec<[u8; 32]>,
+        /// As [`Terms::SignPsbt`]'s.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "postcard_hex")]
+        tiers: Vec<GroupTier>,
     },
 }
 
@@ -330,6 +340,18 @@ impl Terms {
                 Some(group)
             }
             _ => None,
+        }
+    }
+
+    /// The tiers of other groups whose approvals the request needs besides those of
+    /// [`Terms::group`] (each counted among its own admins).
+    pub fn tier_groups(&self) -> &[GroupTier] {
+        match self {
+            Terms::SignPsbt { tiers, .. }
+            | Terms::SignEthereum { tiers, .. }
+            | Terms::ThresholdSignPsbt { tiers, .. } => tiers,
+            Terms::SetKeyPolicy(p) => &p.tiers,
+            _ => &[],
         }
     }
 
@@ -594,6 +616,7 @@ impl Terms {
                 self.kind().as_str()
             ));
         }
+        self.check_tiers()?;
         let name = |n: &str| custos_pki::check_name(n).map_err(|e| e.to_string());
         match self {
             Terms::CreateWallet { node: None } | Terms::Sign { .. } => Ok(()),
@@ -726,6 +749,29 @@ impl Terms {
                 checked_intent(&self.transaction_view().expect("a transaction")).map(|_| ())
             }
         }
+    }
+
+    /// Tiers of other groups are well formed and apart from the key's group.
+    fn check_tiers(&self) -> Result<(), String> {
+        let tiers = self.tier_groups();
+        if tiers.is_empty() {
+            return Ok(());
+        }
+        let group = self
+            .group()
+            .ok_or("tiers of other groups without the key's group")?;
+        let tiers = GroupTiers {
+            tiers: tiers.to_vec(),
+        };
+        GroupTiers::decode(&tiers.encode()).map_err(|e| e.to_string())?;
+        if tiers
+            .tiers
+            .iter()
+            .any(|t| t.group.iter().any(|k| group.contains(k)))
+        {
+            return Err("a tier group shares an admin with the key's group".into());
+        }
+        Ok(())
     }
 
     /// One line for humans.

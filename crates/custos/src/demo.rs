@@ -48,6 +48,7 @@ mod admission;
 mod governance;
 mod platform;
 mod threshold;
+mod tier_groups;
 mod transactions;
 mod wallets;
 
@@ -212,6 +213,8 @@ struct Demo {
     alice: AdminSigner,
     bob: AdminSigner,
     carol: AdminSigner,
+    /// The risk officer: an approval tier's own group, apart from every key's group.
+    risk: AdminSigner,
     steps: Steps,
     wallets: Vec<Wallet>,
     signed: Vec<Signed>,
@@ -250,7 +253,8 @@ impl Demo {
                     ("dc3".into(), LinkTransport::Tcp),
                 ],
                 nodes: 3,
-                admins: vec!["alice".into(), "bob".into(), "carol".into()],
+                // risk approves above an approval tier of its own, never a governor.
+                admins: ["alice", "bob", "carol", "risk"].map(String::from).to_vec(),
                 sync_interval_secs: 2,
                 audit_interval_secs: 3600,
                 cloud_db_url: None,
@@ -260,7 +264,8 @@ impl Demo {
         steps.ok(
             "deployment",
             format!(
-                "PKI (Root, Admin CA, Device CA, Cluster CAs dc1/dc2/dc3, admins alice/bob/carol), \
+                "PKI (Root, Admin CA, Device CA, Cluster CAs dc1/dc2/dc3, admins alice/bob/carol \
+                 and the risk officer risk), \
                  3 clusters x 3 nodes (node server + TEE process each{}), bridges, external \
                  relays (dc1, dc3: TCP link, dc2: spool-directory link), cloud server at {} in \
                  {:.1} s",
@@ -276,6 +281,7 @@ impl Demo {
             alice: dep.admin("alice")?,
             bob: dep.admin("bob")?,
             carol: dep.admin("carol")?,
+            risk: dep.admin("risk")?,
             client: dep.client()?,
             dep,
             dir: dir.to_path_buf(),

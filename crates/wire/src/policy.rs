@@ -310,6 +310,27 @@ impl KeyPolicy {
                 ),
             });
         }
+        // Every requirement met at once must fit in one request's approvals, or the rules
+        // (whose change needs them all) could never change again.
+        let need = self.rules_change_need();
+        let mut groups: Vec<(&[[u8; 32]], u8)> = Vec::new();
+        for t in &need.groups {
+            match groups.iter_mut().find(|(g, _)| *g == &t.group[..]) {
+                Some(e) => e.1 = e.1.max(t.quorum),
+                None => groups.push((&t.group, t.quorum)),
+            }
+        }
+        let total: usize =
+            usize::from(need.quorum) + groups.iter().map(|(_, q)| usize::from(*q)).sum::<usize>();
+        if total > usize::from(MAX_QUORUM) {
+            return Err(PolicyError::BadRuleBody {
+                tag: RULE_GROUP_TIERS,
+                reason: format!(
+                    "the tiers together ask {total} approvals, more than the {MAX_QUORUM} one \
+                     request carries"
+                ),
+            });
+        }
         Ok(())
     }
 

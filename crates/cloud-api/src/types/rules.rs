@@ -34,9 +34,12 @@ pub struct PolicyRules {
     /// The only destinations the key may pay; absent: any within the limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowlist: Option<AllowlistView>,
-    /// More approvals of the key's group above amounts (at most 8 tiers).
+    /// More approvals above amounts: of the key's group (at most 8 such tiers), or of
+    /// another group besides the key's quorum (`group`; at most 8 such tiers, each reached
+    /// applying, their groups together about 120 admins at most: the rule is at most 4096
+    /// bytes), all requirements together at most 16 approvals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(max_items = 8)]
+    #[schema(max_items = 16)]
     pub approval_tiers: Vec<ApprovalTierView>,
 }
 
@@ -85,7 +88,19 @@ pub struct AllowEntryView {
     pub not_before: u64,
 }
 
-/// Above `above` of `asset`, a transaction needs `quorum` approvals of the key's group.
+/// A tier of another group a request must satisfy (a transaction that reaches it, or a
+/// change of the rules of a policy that has it): `quorum` of its group besides the
+/// request's quorum of the key's group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TierNeedView {
+    /// The tier (with its `group`).
+    pub tier: ApprovalTierView,
+    /// Distinct admins of its group among the approvals so far.
+    pub approved: u8,
+}
+
+/// Above `above` of `asset`, a transaction needs `quorum` approvals of the key's group or,
+/// with `group`, of that group besides the key's quorum.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalTierView {
@@ -95,7 +110,14 @@ pub struct ApprovalTierView {
     /// The amount above which the tier applies (decimal).
     #[schema(pattern = "^[0-9]{1,39}$", max_length = 39)]
     pub above: String,
-    /// Distinct approvers of the key's group needed (more than the policy's quorum).
+    /// Distinct approvers needed: of the key's group (more than the policy's quorum), or
+    /// of `group`.
     #[schema(minimum = 1, maximum = 16)]
     pub quorum: u8,
+    /// Another group than the key's (admin key fingerprints, hex), none of its admins in
+    /// the key's group: above the amount, `quorum` of them approve besides the key's own
+    /// quorum (a risk officer, the executives). Absent: the key's group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 32)]
+    pub group: Vec<String>,
 }

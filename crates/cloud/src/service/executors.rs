@@ -257,7 +257,9 @@ pub(super) fn check_in_group(row: &RequestRow, a: &StoredApproval) -> Result<(),
     let Some(group) = row.terms.group() else {
         return Ok(());
     };
-    if group.iter().any(|g| hex::encode(g) == a.key) {
+    let member = |g: &[[u8; 32]]| g.iter().any(|k| hex::encode(k) == a.key);
+    // A tier's group approves besides the key's (its admins are counted apart).
+    if member(group) || row.terms.tier_groups().iter().any(|t| member(&t.group)) {
         return Ok(());
     }
     Err(ApiError::new(
@@ -272,6 +274,54 @@ pub(super) fn check_in_group(row: &RequestRow, a: &StoredApproval) -> Result<(),
             group.iter().map(hex::encode).collect::<Vec<_>>().join(", ")
         ),
     ))
+}
+
+/// Whether `row` has every approval it needs: `quorum` of the terms' group (or of anyone,
+/// without one) and each tier group's quorum, each counted among its own admins.
+pub(super) fn approvals_complete(row: &RequestRow) -> bool {
+    let count = |g: &[[u8; 32]]| {
+        row.approvals
+            .iter()
+            .filter(|a| g.iter().any(|k| hex::encode(k) == a.key))
+            .count()
+    };
+    let tiers = row.terms.tier_groups();
+    // Without tiers every approval is of the group (checked as it was added).
+    let own = match row.terms.group() {
+        Some(group) if !tiers.is_empty() => count(group),
+        _ => row.approvals.len(),
+    };
+    own >= usize::from(row.quorum)
+        && tiers
+            .iter()
+            .all(|t| count(&t.group) >= usize::from(t.quorum))
+}
+
+/// The approvals sent to the TEE. With tiers of other groups, one group may keep approving
+/// while another is awaited, so only those that fill a requirement not yet met go, in the
+/// order given (the TEE takes at most 16, and the policy's requirements fit in them).
+/// Otherwise all of them, as recorded.
+pub(super) fn needed_approvals(row: &RequestRow) -> Vec<&StoredApproval> {
+    let tiers = row.terms.tier_groups();
+    let Some(group) = row.terms.group().filter(|_| !tiers.is_empty()) else {
+        return row.approvals.iter().collect();
+    };
+    let mut needs: Vec<(&[[u8; 32]], usize)> = vec![(group, usize::from(row.quorum))];
+    needs.extend(tiers.iter().map(|t| (&t.group[..], usize::from(t.quorum))));
+    let mut picked = Vec::new();
+    for a in &row.approvals {
+        let member = |g: &[[u8; 32]]| g.iter().any(|k| hex::encode(k) == a.key);
+        if !needs.iter().any(|(g, left)| *left > 0 && member(g)) {
+            continue;
+        }
+        for (g, left) in needs.iter_mut() {
+            if member(g) {
+                *left = left.saturating_sub(1);
+            }
+        }
+        picked.push(a);
+    }
+    picked
 }
 
 /// Refuses a request approved under a message this server no longer executes (a wallet

@@ -296,14 +296,14 @@ impl Cloud {
         } else {
             (target.cluster, PolicyTerms::new(target.id, &current, &new))
         };
-        // A change of the rules of a policy with tiers needs the highest tier's quorum (the
-        // TEE asks for it; fewer approvals would end refused).
-        let quorum = match current.approval_tiers() {
-            Some(t) if rules != kept_rules => t
-                .tiers
-                .iter()
-                .map(|t| t.quorum)
-                .fold(current.quorum, u8::max),
+        // A change of the rules of a policy with tiers needs what its strictest tier needs,
+        // every tier group's approvals included (the TEE asks for them; fewer approvals
+        // would end refused).
+        let quorum = match current.rules_change_need() {
+            need if rules != kept_rules => {
+                terms.tiers = need.groups;
+                need.quorum
+            }
             _ => current.quorum,
         };
         if quorum != current.quorum {

@@ -77,7 +77,7 @@ impl Cloud {
             row.quorum,
             admins.join(", ")
         );
-        let ready = row.approvals.len() >= usize::from(row.quorum);
+        let ready = executors::approvals_complete(&row);
         let mut events = vec![("created", detail)];
         if ready {
             // Quorum on arrival: stored as submitting in the same statement.
@@ -347,7 +347,7 @@ impl Cloud {
                         quorum = stored.quorum,
                         "approval recorded"
                     );
-                    if stored.approvals.len() >= usize::from(stored.quorum) {
+                    if executors::approvals_complete(&stored) {
                         let done = self.submit(stored).await?;
                         return self.outcome(done, true).await;
                     }
@@ -619,6 +619,7 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         governance: None,
         key_policy: None,
         quorum: row.quorum,
+        tiers: None,
         group: None,
         executor: None,
         executors: None,
@@ -629,6 +630,7 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
             .map(|a| ApprovalView {
                 admin: a.admin.clone(),
                 fingerprint: a.fingerprint.clone(),
+                key_fingerprint: a.key.clone(),
                 approved_at_ms: a.at_ms,
             })
             .collect(),
@@ -651,6 +653,7 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         events: Vec::new(),
     };
     row.terms.fill_view(&mut view);
+    view.tiers = tier_needs(row);
     // A creation has no wallet or key until it completed (its approval message does not
     // depend on one); then it is the result's.
     if view.root_id.is_none() {
@@ -661,6 +664,25 @@ pub(super) fn base_view(row: &RequestRow) -> RequestView {
         };
     }
     view
+}
+
+/// The tiers of other groups `row` needs, with the approvals of each so far.
+fn tier_needs(row: &RequestRow) -> Option<Vec<TierNeedView>> {
+    let tiers = row.terms.tier_groups();
+    (!tiers.is_empty()).then(|| {
+        tiers
+            .iter()
+            .map(|t| TierNeedView {
+                tier: ApprovalTierView::of_group_tier(t),
+                approved: row
+                    .approvals
+                    .iter()
+                    .filter(|a| t.group.iter().any(|k| hex::encode(k) == a.key))
+                    .count()
+                    .min(usize::from(u8::MAX)) as u8,
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]

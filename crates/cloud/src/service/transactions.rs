@@ -7,6 +7,7 @@ use bitcoin::base64::Engine;
 use bitcoin::psbt::Psbt;
 use custos_cloud_api::transaction::{checked_intent, network_of, wire_network};
 
+use custos_wire::policy::{ApprovalNeed, GroupTier};
 use custos_wire::protocol::EthPayload;
 
 use super::*;
@@ -16,6 +17,7 @@ struct Prepared {
     cluster: String,
     quorum: u8,
     group: Vec<[u8; 32]>,
+    tiers: Vec<GroupTier>,
     node: Option<String>,
     intent_hash: [u8; 32],
     intent: serde_json::Value,
@@ -81,6 +83,7 @@ impl Cloud {
                     intent: p.intent,
                     node: p.node,
                     group: p.group,
+                    tiers: p.tiers,
                 },
                 id,
                 expires_at,
@@ -125,6 +128,7 @@ impl Cloud {
                     intent: p.intent,
                     node: p.node,
                     group: p.group,
+                    tiers: p.tiers,
                 },
                 id,
                 expires_at,
@@ -165,10 +169,11 @@ impl Cloud {
         let (intent_hash, intent) = self
             .preview(&wallet.cluster, node.as_deref(), &preview)
             .await?;
-        let quorum = transaction_quorum(&policy, &intent)?;
+        let need = transaction_need(&policy, &intent)?;
         Ok(Prepared {
             cluster: wallet.cluster,
-            quorum,
+            quorum: need.quorum,
+            tiers: need.groups,
             group: policy.group,
             node,
             intent_hash,
@@ -287,17 +292,17 @@ impl Cloud {
     }
 }
 
-/// The approvals a transaction needs under `policy`: the policy's quorum, or the approval
-/// tier's for the intent's amount (fewer would be refused by the TEE).
-pub(in crate::service) fn transaction_quorum(
+/// The approvals a transaction needs under `policy`: the policy's quorum or the approval
+/// tier's for the intent's amount, and the tiers of other groups it reaches (fewer would
+/// be refused by the TEE).
+pub(in crate::service) fn transaction_need(
     policy: &custos_wire::policy::KeyPolicy,
     intent: &serde_json::Value,
-) -> Result<u8, ApiError> {
+) -> Result<ApprovalNeed, ApiError> {
     let spends = serde_json::from_value::<custos_tx::Intent>(intent.clone())
         .map(|i| custos_tx::policy::spends_of(&i))
         .map_err(|e| ApiError::internal("checked intent", &e))?;
-    let tier = custos_tx::policy::tier_quorum(policy, &spends).map(|(q, _)| q);
-    Ok(tier.map_or(policy.quorum, |t| t.max(policy.quorum)))
+    Ok(custos_tx::policy::approval_need(policy, &spends))
 }
 
 /// A TEE answer of another kind than the request's.

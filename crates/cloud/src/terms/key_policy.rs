@@ -17,7 +17,7 @@ use custos_cloud_api::approval::new_threshold_policy;
 use custos_cloud_api::key_policy::{change_view, policies};
 use custos_cloud_api::KeyPolicyChange;
 use custos_wire::approval::THRESHOLD_SCOPE;
-use custos_wire::policy::{KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
+use custos_wire::policy::{GroupTier, KeyPolicy, Rule, RULE_CLUSTER_ANCHORS};
 use serde::{Deserialize, Serialize};
 
 use super::KeyId;
@@ -68,6 +68,14 @@ pub struct PolicyTerms {
     /// request's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_quorum: Option<u8>,
+    /// For a change of the rules of a policy with tiers of other groups: those tiers,
+    /// whose groups approve too (besides the request's quorum of `current_group`).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::postcard_hex"
+    )]
+    pub tiers: Vec<GroupTier>,
     /// The new policy's transaction rules.
     #[serde(
         default,
@@ -109,6 +117,7 @@ impl PolicyTerms {
             current_rules: transaction_rules(current),
             rules: transaction_rules(new),
             current_quorum: None,
+            tiers: Vec::new(),
         }
     }
 

@@ -111,6 +111,13 @@ fn terms(kind: RequestKind) -> Terms {
                 intent: serde_json::to_value(&intent).unwrap(),
                 node: Some("node1".into()),
                 group: vec![[1; 32], [2; 32]],
+                // A tier of another group, stored exactly (its amount beyond a u64 too).
+                tiers: vec![custos_wire::policy::GroupTier {
+                    asset: "bitcoin:regtest".into(),
+                    above: u128::from(u64::MAX) + 1,
+                    quorum: 1,
+                    group: vec![[3; 32], [4; 32]],
+                }],
             }
         }
         RequestKind::SignEthereum => {
@@ -125,6 +132,7 @@ fn terms(kind: RequestKind) -> Terms {
                 intent: serde_json::to_value(plan.intent()).unwrap(),
                 node: None,
                 group: vec![],
+                tiers: vec![],
             }
         }
     }

@@ -30,7 +30,7 @@ impl Drop for Running {
 }
 
 /// A regtest P2WSH script of `byte` (nobody's) and its address.
-fn outside(byte: u8) -> Result<(ScriptBuf, String), AnyError> {
+pub(super) fn outside(byte: u8) -> Result<(ScriptBuf, String), AnyError> {
     let script = ScriptBuf::new_p2wsh(&bitcoin::WScriptHash::from_raw_hash(
         bitcoin::hashes::Hash::from_byte_array([byte; 32]),
     ));
@@ -44,7 +44,7 @@ const BOB_ETH: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
 impl Demo {
     /// The PSBT of `xpub`'s wallet paying `sat` to `to` from a 300 000 sat P2WPKH and a
     /// 300 000 sat P2TR input, the rest but 1 000 sat of fee back as change.
-    fn psbt(xpub: &str, to: ScriptBuf, sat: u64) -> String {
+    pub(super) fn psbt(xpub: &str, to: ScriptBuf, sat: u64) -> String {
         let psbt = Spend::from(xpub)
             .input(InputKind::P2wpkh, &[0, 1], 300_000)
             .input(InputKind::P2trKeyPath, &[0, 2], 300_000)
@@ -332,8 +332,10 @@ impl Demo {
              digest, an allowlist entry payable before the 24 h lock ends — each refused by \
              the TEE, naming its rule",
         );
+        let tier_group = self.tier_group().await?;
         let ethereum = self.ethereum(&root).await?;
         Ok(json!({
+            "tier_group": tier_group,
             "wallet": root,
             "rules": rules,
             "psbt": {

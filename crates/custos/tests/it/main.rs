@@ -35,6 +35,7 @@ mod tee_core_deps;
 mod tee_sync;
 mod threshold;
 mod threshold_psbt;
+mod tier_groups;
 #[cfg(feature = "tpm")]
 mod tpm;
 #[cfg(feature = "tpm")]

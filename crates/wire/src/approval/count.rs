@@ -48,6 +48,8 @@ impl Approvers<'_> {
                 let approved = n(counted.len());
                 (approved < (*quorum).max(1)).then_some((*quorum, approved))
             }
+            // Some group must be asked for something: admitting alone authorises nothing.
+            Approvers::Groups(groups) if groups.iter().all(|(_, q)| *q == 0) => Some((1, 0)),
             Approvers::Groups(groups) => groups.iter().find_map(|(g, quorum)| {
                 let approved = n(counted.iter().filter(|k| g.contains(k)).count());
                 (approved < *quorum).then_some((*quorum, approved))

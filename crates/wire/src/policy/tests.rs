@@ -478,3 +478,47 @@ fn group_tiers_name_other_people_and_apply_cumulatively() {
     raw.rules.remove(0);
     assert!(raw.validate().is_err());
 }
+
+#[test]
+fn tiers_that_could_never_be_approved_together_are_refused() {
+    // The key's 10 and two groups of 4 each: 18 approvals, beyond one request's 16, so the
+    // rules could never change again.
+    let group = |from: u8| (from..from + 4).map(fp).collect::<Vec<_>>();
+    let tiers = GroupTiers {
+        tiers: vec![
+            GroupTier {
+                asset: "bitcoin:bitcoin".into(),
+                above: 1,
+                quorum: 4,
+                group: group(100),
+            },
+            GroupTier {
+                asset: "bitcoin:bitcoin".into(),
+                above: 2,
+                quorum: 4,
+                group: group(110),
+            },
+        ],
+    };
+    let policy = |quorum| KeyPolicy {
+        version: 1,
+        group: (1..=12).map(fp).collect(),
+        quorum,
+        rules: vec![
+            Rule {
+                tag: RULE_TRANSACTIONS_ONLY,
+                body: vec![],
+            },
+            Rule {
+                tag: RULE_GROUP_TIERS,
+                body: tiers.encode(),
+            },
+        ],
+    };
+    assert_eq!(policy(8).validate(), Ok(()));
+    let r = policy(10).validate();
+    assert!(
+        matches!(&r, Err(PolicyError::BadRuleBody { tag: RULE_GROUP_TIERS, reason }) if reason.contains("18 approvals")),
+        "{r:?}"
+    );
+}

@@ -5,7 +5,7 @@
 //! each verified with libsecp256k1 against the child key the xpub derives at the input's
 //! path and the signature hash computed here independently of the TEEs.
 
-use crate::service::transactions::transaction_quorum;
+use crate::service::transactions::transaction_need;
 use bitcoin::base64::engine::general_purpose::STANDARD as BASE64;
 use bitcoin::base64::Engine;
 use custos_cloud_api::transaction::wire_network;
@@ -67,7 +67,7 @@ impl Cloud {
         let (intent_hash, intent) = self
             .preview(&share.cluster, Some(&share.node), &preview)
             .await?;
-        let quorum = transaction_quorum(&policy, &intent)?;
+        let need = transaction_need(&policy, &intent)?;
         refuse_taproot(&intent)?;
         // A window is counted on the velocity share's node, which takes part every time.
         let holder = policy.spend_limits().and_then(|l| l.velocity_holder);
@@ -96,7 +96,7 @@ impl Cloud {
             caller,
             Draft {
                 cluster: THRESHOLD_SCOPE.to_string(),
-                quorum,
+                quorum: need.quorum,
                 terms: Terms::ThresholdSignPsbt {
                     key_id,
                     network: body.network,
@@ -105,6 +105,7 @@ impl Cloud {
                     intent,
                     clusters,
                     group: policy.group,
+                    tiers: need.groups,
                     velocity_share,
                     node,
                 },

@@ -271,4 +271,21 @@ fn groups_each_need_their_own_members() {
         &|_| false,
     );
     assert_eq!(r.map(|v| v.len()), Ok(2));
+    // Groups that ask for nothing authorise nothing.
+    let nothing = [(groups[0].0.clone(), 0)];
+    let r = count(
+        &pki,
+        m,
+        &[alice.approve(m)],
+        at,
+        &Approvers::Groups(&nothing),
+        &|_| false,
+    );
+    assert_eq!(
+        r,
+        Err(TeeError::QuorumNotMet {
+            required: 1,
+            approved: 0
+        })
+    );
 }
