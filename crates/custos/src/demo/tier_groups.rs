@@ -5,7 +5,7 @@
 //! signs, and the PSBT is finalized and run through miniscript's interpreter.
 
 use bitcoin::psbt::Psbt;
-use custos_cloud_api::{ApprovalTierView, PolicyRules, SignPsbtBody, SpendLimitView};
+use custos_cloud_api::{ApprovalTierView, PolicyRules, SpendLimitView};
 use miniscript::psbt::PsbtExt;
 
 use super::transactions::outside;
@@ -50,19 +50,8 @@ impl Demo {
         let view = approve_all(&self.client, view, &[&self.alice, &self.bob]).await?;
         status_is(&view, RequestStatus::Completed, "wallet with a tier group")?;
         let (root, xpub) = wallet_of(&view)?;
-        let view = self
-            .client
-            .sign_psbt(&SignPsbtBody {
-                root_id: root.clone(),
-                network: "regtest".into(),
-                psbt: Self::psbt(&xpub, outside(10)?.0, 250_000),
-                clusters: None,
-                request_id: None,
-                expires_at: None,
-                approvals: vec![],
-            })
-            .await?;
-        let mut view = view;
+        let psbt = Self::psbt(&xpub, outside(10)?.0, 250_000);
+        let mut view = self.psbt_request(&root, psbt).await?;
         for signer in [&self.alice, &self.bob] {
             view = approve(&self.client, signer, &view.id).await?;
         }

@@ -57,7 +57,17 @@ impl Demo {
 
     /// A PSBT request of `root` for `psbt`, approved by alice and bob.
     async fn psbt_approved(&self, root: &str, psbt: String) -> Result<RequestView, AnyError> {
-        let view = self
+        let view = self.psbt_request(root, psbt).await?;
+        approve_all(&self.client, view, &[&self.alice, &self.bob]).await
+    }
+
+    /// A PSBT request of `root` for `psbt` (regtest), not yet approved.
+    pub(super) async fn psbt_request(
+        &self,
+        root: &str,
+        psbt: String,
+    ) -> Result<RequestView, AnyError> {
+        Ok(self
             .client
             .sign_psbt(&SignPsbtBody {
                 root_id: root.into(),
@@ -68,8 +78,7 @@ impl Demo {
                 expires_at: None,
                 approvals: vec![],
             })
-            .await?;
-        approve_all(&self.client, view, &[&self.alice, &self.bob]).await
+            .await?)
     }
 
     /// The refusal of `view`: its code and message, which must name `rule`.

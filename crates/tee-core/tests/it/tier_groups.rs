@@ -7,12 +7,13 @@
 use custos_tee_core::TeeCore;
 use custos_test_kit::governance::admin_keys;
 use custos_test_kit::{call_core as call, MemPlatform, Pki};
-use custos_wire::approval::Action;
 use custos_wire::policy::{GroupTier, GroupTiers, KeyPolicy, Rule, RULE_GROUP_TIERS};
-use custos_wire::protocol::{KeyInfo, Request, Response, TeeError};
+use custos_wire::protocol::{KeyInfo, Response, TeeError};
 
-use crate::governance::{approvals_by, create_group_wallet, group_policy, meta};
-use crate::transaction::{intent_hash_of, limits, me, request, spend, transactions_only, CLUSTER};
+use crate::governance::{create_group_wallet, group_policy};
+use crate::transaction::{
+    intent_hash_of, limits, me, request, set_policy_by, spend, transactions_only, CLUSTER,
+};
 
 /// A PKI with the tiers' admins and an outsider beside alice, bob and carol.
 fn pki() -> Pki {
@@ -112,29 +113,6 @@ fn an_executive_may_approve_below_their_tier_without_being_asked() {
     assert!(matches!(r, Ok(Response::SignedPsbt { .. })), "{r:?}");
 }
 
-/// A SetKeyPolicy from `current` to `new` approved by `signers`.
-fn set_policy(
-    pki: &Pki,
-    w: &KeyInfo,
-    (current, new): (&KeyPolicy, &KeyPolicy),
-    signers: &[&str],
-) -> Request {
-    let meta = meta();
-    let prev = current.hash();
-    let action = Action::SetKeyPolicy {
-        key_id: &w.key_id,
-        prev: &prev,
-        policy: new,
-    };
-    Request::SetKeyPolicy {
-        approvals: approvals_by(pki, signers, &action.message(CLUSTER, &meta)),
-        meta,
-        key_id: w.key_id.clone(),
-        prev,
-        policy: new.clone(),
-    }
-}
-
 #[test]
 fn the_keys_group_cannot_lift_a_tier_of_other_groups_alone() {
     let pki = pki();
@@ -145,7 +123,7 @@ fn the_keys_group_cannot_lift_a_tier_of_other_groups_alone() {
     // alice and bob alone: the risk group's approval is missing.
     let r = call(
         &mut core,
-        &set_policy(&pki, &w, (&policy, &lifted), &["alice", "bob"]),
+        &set_policy_by(&pki, &w, (&policy, &lifted), &["alice", "bob"]),
     );
     assert_eq!(
         r,
@@ -161,7 +139,7 @@ fn the_keys_group_cannot_lift_a_tier_of_other_groups_alone() {
     joined.group = admin_keys(&pki, &["alice", "bob", "risk1"]);
     let r = call(
         &mut core,
-        &set_policy(&pki, &w, (&policy, &joined), &["alice", "bob"]),
+        &set_policy_by(&pki, &w, (&policy, &joined), &["alice", "bob"]),
     );
     assert!(
         matches!(&r, Err(TeeError::PolicyRejected(reason)) if reason.contains("shares admin")),
@@ -170,7 +148,7 @@ fn the_keys_group_cannot_lift_a_tier_of_other_groups_alone() {
     // With every tier group's approval the change applies.
     let r = call(
         &mut core,
-        &set_policy(
+        &set_policy_by(
             &pki,
             &w,
             (&policy, &lifted),

@@ -297,6 +297,16 @@ fn a_full_quorum_cannot_pass_the_keys_limit_nor_sign_an_asset_without_one() {
 
 /// A change of `w`'s policy from `current` to `new`, approved by alice and bob.
 fn set_policy(pki: &Pki, w: &KeyInfo, current: &KeyPolicy, new: &KeyPolicy) -> Request {
+    set_policy_by(pki, w, (current, new), &["alice", "bob"])
+}
+
+/// A SetKeyPolicy from `current` to `new` approved by `signers`.
+pub(crate) fn set_policy_by(
+    pki: &Pki,
+    w: &KeyInfo,
+    (current, new): (&KeyPolicy, &KeyPolicy),
+    signers: &[&str],
+) -> Request {
     let meta = meta();
     let prev = current.hash();
     let action = Action::SetKeyPolicy {
@@ -305,7 +315,7 @@ fn set_policy(pki: &Pki, w: &KeyInfo, current: &KeyPolicy, new: &KeyPolicy) -> R
         policy: new,
     };
     Request::SetKeyPolicy {
-        approvals: approvals_by(pki, &["alice", "bob"], &action.message(CLUSTER, &meta)),
+        approvals: approvals_by(pki, signers, &action.message(CLUSTER, &meta)),
         meta,
         key_id: w.key_id.clone(),
         prev,
