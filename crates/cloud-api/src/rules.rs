@@ -12,6 +12,12 @@ use custos_wire::policy::{
 use crate::approval::parse_fingerprint;
 use crate::{AllowEntryView, AllowlistView, ApprovalTierView, PolicyRules, SpendLimitView};
 
+/// Most admins in a tier's own group through the API (a risk officer or two, the
+/// executives), which keeps the largest request body within the server's limit.
+pub const MAX_TIER_GROUP: usize = 4;
+/// Most approval tiers of both kinds through the API.
+pub const MAX_API_TIERS: usize = 8;
+
 fn amount(what: &str, s: &str) -> Result<u128, String> {
     if s.is_empty() || s.len() > 39 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{what} {s:?} is not a decimal amount"));
@@ -118,6 +124,12 @@ impl PolicyRules {
                 .encode(),
             });
         }
+        if self.approval_tiers.len() > MAX_API_TIERS {
+            return Err(format!(
+                "{} approval tiers, at most {MAX_API_TIERS}",
+                self.approval_tiers.len()
+            ));
+        }
         let (own, other): (Vec<_>, Vec<_>) =
             self.approval_tiers.iter().partition(|t| t.group.is_empty());
         if !own.is_empty() {
@@ -147,6 +159,12 @@ impl PolicyRules {
             let mut tiers = other
                 .iter()
                 .map(|t| {
+                    if t.group.len() > MAX_TIER_GROUP {
+                        return Err(format!(
+                            "a tier group of {} admins, at most {MAX_TIER_GROUP}",
+                            t.group.len()
+                        ));
+                    }
                     let mut group = t
                         .group
                         .iter()

@@ -103,7 +103,7 @@ fn push_field(out: &mut Vec<u8>, field: &[u8]) {
 }
 
 impl Envelope {
-    /// Builds and signs an envelope with this relay's key.
+    /// Builds and signs an envelope with this relay's key, dated now.
     pub fn seal(
         keys: &LinkKeys,
         cluster: &str,
@@ -112,13 +112,25 @@ impl Envelope {
         sequence: u64,
         payload: Vec<u8>,
     ) -> Result<Self, LinkError> {
+        let head = (cluster, request_id, kind, sequence);
+        Self::seal_at(keys, head, now_ms(), payload)
+    }
+
+    /// As [`Envelope::seal`], dated `created_at_ms` (Unix ms) by a sender with a clock of
+    /// its own.
+    pub fn seal_at(
+        keys: &LinkKeys,
+        (cluster, request_id, kind, sequence): (&str, RequestId, EnvelopeKind, u64),
+        created_at_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<Self, LinkError> {
         let mut env = Envelope {
             version: ENVELOPE_VERSION,
             cluster: cluster.to_owned(),
             request_id,
             kind,
             sequence,
-            created_at_ms: now_ms(),
+            created_at_ms,
             payload,
             signature: Vec::new(),
         };

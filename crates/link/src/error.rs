@@ -33,6 +33,29 @@ pub enum LinkError {
     /// An envelope version this build does not speak.
     #[error("unsupported envelope version {0}")]
     UnsupportedVersion(u16),
+    /// An authentic request sealed longer ago than any approval lives
+    /// ([`crate::MAX_ENVELOPE_AGE`]): a captured envelope replayed after its stored reply
+    /// was pruned would otherwise run again.
+    #[error("envelope sealed at {created_at_ms} ms is older than the {max_age_secs} s an envelope lives (now {now_ms} ms)")]
+    Expired {
+        /// When the sender sealed it (Unix ms).
+        created_at_ms: u64,
+        /// This side's clock (Unix ms).
+        now_ms: u64,
+        /// The longest an envelope lives, seconds.
+        max_age_secs: u64,
+    },
+    /// An authentic request dated further ahead of this side's clock than
+    /// [`crate::MAX_CLOCK_AHEAD`]: it would outlive the age check by as much.
+    #[error("envelope sealed at {created_at_ms} ms is ahead of this side's clock ({now_ms} ms) by more than {max_ahead_secs} s")]
+    FromTheFuture {
+        /// When the sender sealed it (Unix ms).
+        created_at_ms: u64,
+        /// This side's clock (Unix ms).
+        now_ms: u64,
+        /// The most a sender's clock may be ahead, seconds.
+        max_ahead_secs: u64,
+    },
     /// A response that does not answer the request it was waited for.
     #[error("unexpected response: {0}")]
     UnexpectedResponse(String),
@@ -76,6 +99,18 @@ impl LinkError {
         matches!(self, LinkError::Io(_) | LinkError::Timeout)
     }
 
+    /// Whether this refusal was made of an envelope whose signature verified (addressed to
+    /// another cluster, out of its time window): only then may its sender be answered
+    /// where an answer to that request id would go.
+    pub fn of_authentic_envelope(&self) -> bool {
+        matches!(
+            self,
+            LinkError::WrongCluster { .. }
+                | LinkError::Expired { .. }
+                | LinkError::FromTheFuture { .. }
+        )
+    }
+
     /// The code under which this error is reported to the peer in a failure envelope.
     pub fn failure_code(&self) -> FailureCode {
         match self {
@@ -84,6 +119,8 @@ impl LinkError {
             LinkError::Oversize { .. } => FailureCode::Oversize,
             LinkError::Malformed(_) | LinkError::UnexpectedResponse(_) => FailureCode::Malformed,
             LinkError::UnsupportedVersion(_) => FailureCode::UnsupportedVersion,
+            LinkError::Expired { .. } => FailureCode::Expired,
+            LinkError::FromTheFuture { .. } => FailureCode::FromTheFuture,
             LinkError::RequestIdReused => FailureCode::RequestIdReused,
             LinkError::Handler(_) => FailureCode::HandlerFailed,
             _ => FailureCode::Internal,
@@ -110,4 +147,8 @@ pub enum FailureCode {
     UnsupportedVersion,
     /// The internal side failed for reasons of its own.
     Internal,
+    /// The request was sealed longer ago than an envelope lives.
+    Expired,
+    /// The request was dated too far ahead of the internal side's clock.
+    FromTheFuture,
 }

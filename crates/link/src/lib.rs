@@ -9,7 +9,9 @@
 //! * Transports: [`tcp`] (length-prefixed frames, standing in for a serial line) and
 //!   [`spool`] (atomic files in two directories, for a removable medium).
 //! * [`LinkServer`] (internal side) runs each request id exactly once, with a durable redb
-//!   dedup store; [`LinkClient`] (external side) retries with the same request id.
+//!   dedup store, and refuses a request sealed longer ago than an approval lives
+//!   ([`MAX_ENVELOPE_AGE`]), so a captured envelope never runs again once its stored reply
+//!   is pruned; [`LinkClient`] (external side) retries with the same request id.
 //!
 //! ```
 //! use custos_link::{serve_tcp, ClientConfig, LinkClient, LinkKeys, LinkServer, TcpTransport};
@@ -51,6 +53,6 @@ pub use envelope::{
 };
 pub use error::{FailureCode, LinkError};
 pub use keys::{LinkKeys, PUBLIC_KEY_LEN};
-pub use server::{LinkServer, Reply, REPLY_RETENTION};
+pub use server::{LinkServer, Reply, MAX_CLOCK_AHEAD, MAX_ENVELOPE_AGE, REPLY_RETENTION};
 pub use spool::{SpoolDirs, SpoolServer, SpoolTransport};
-pub use tcp::{serve_tcp, TcpTransport, MAX_FRAME};
+pub use tcp::{serve_tcp, serve_tcp_limited, TcpTransport, MAX_CONNECTIONS, MAX_FRAME};

@@ -26,6 +26,16 @@ const REPLY_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("link_reply
 /// may stay approved (7 days), so within its approvals' validity a request id never runs
 /// twice; a later retry runs the handler again, whose TEE refuses the expired approvals.
 pub const REPLY_RETENTION: Duration = Duration::from_secs(8 * 24 * 3600);
+/// The longest a request envelope lives: the longest approval lifetime (7 days,
+/// `custos_wire::approval::MAX_APPROVAL_LIFETIME_SECS`). An older one is refused
+/// ([`LinkError::Expired`]) even when its reply was pruned, so a captured envelope never runs
+/// twice; a request still approved is sealed afresh by its sender.
+pub const MAX_ENVELOPE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most a sender's clock may be ahead of the internal side's.
+pub const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(3600);
+// Every envelope accepted is answered from the store for as long as it may be presented.
+const _: () =
+    assert!(REPLY_RETENTION.as_secs() > MAX_ENVELOPE_AGE.as_secs() + MAX_CLOCK_AHEAD.as_secs());
 /// How often the commit thread prunes replies past [`REPLY_RETENTION`].
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Most replies removed in one pruning transaction.
@@ -371,6 +381,7 @@ impl LinkServer {
                 env.kind
             )));
         }
+        check_age(env.created_at_ms, now_ms())?;
         let inner = Arc::clone(&self.inner);
         // A task of its own: if the transport drops this future (client gone, timeout),
         // the handler still runs to completion and its result is committed for the retry.
@@ -387,6 +398,27 @@ impl LinkServer {
             .seal_failure(env.request_id, error.failure_code(), error.to_string())
             .ok()
     }
+}
+
+/// Refuses a request sealed more than [`MAX_ENVELOPE_AGE`] before `now` or more than
+/// [`MAX_CLOCK_AHEAD`] after it.
+fn check_age(created_at_ms: u64, now: u64) -> Result<(), LinkError> {
+    let max_age = MAX_ENVELOPE_AGE.as_millis() as u64;
+    if now.saturating_sub(created_at_ms) > max_age {
+        return Err(LinkError::Expired {
+            created_at_ms,
+            now_ms: now,
+            max_age_secs: MAX_ENVELOPE_AGE.as_secs(),
+        });
+    }
+    if created_at_ms.saturating_sub(now) > MAX_CLOCK_AHEAD.as_millis() as u64 {
+        return Err(LinkError::FromTheFuture {
+            created_at_ms,
+            now_ms: now,
+            max_ahead_secs: MAX_CLOCK_AHEAD.as_secs(),
+        });
+    }
+    Ok(())
 }
 
 impl Inner {

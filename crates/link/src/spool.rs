@@ -6,10 +6,14 @@
 //! fsync, rename, fsync directory), so a reader never sees half a file. Temp files start
 //! with a dot and are ignored by readers.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use crate::client::ClientTransport;
 use crate::envelope::{Envelope, EnvelopeKind, RequestId, MAX_ENVELOPE};
@@ -54,17 +58,46 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// Writes `bytes` to `dir/name` atomically and durably.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
+/// Writes `bytes` to the temporary file of `dir/name`, owner-only (0600: envelopes are
+/// signed requests and answers, readable by nobody else on the host), never through a file
+/// or link already there.
+fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, LinkError> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    // A temporary file left by a crash (or planted) is removed, not followed.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
     }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(tmp)
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably (replacing a file of that name).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
+    let tmp = write_temp(dir, name, bytes)?;
     fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)?;
     Ok(())
+}
+
+/// As [`write_atomic`], but never over a file already there: `Ok(false)` leaves it.
+fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<bool, LinkError> {
+    let tmp = write_temp(dir, name, bytes)?;
+    // A hard link appears atomically and fails if the name is taken.
+    let placed = match fs::hard_link(&tmp, dir.join(name)) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e.into()),
+    };
+    fs::remove_file(&tmp)?;
+    sync_dir(dir)?;
+    Ok(placed)
 }
 
 /// Reads a spool file, refusing one larger than an envelope may be before reading it.
@@ -145,16 +178,47 @@ impl ClientTransport for SpoolTransport {
 pub struct SpoolPass {
     /// Requests answered (including replays of stored answers).
     pub answered: usize,
-    /// Files moved to `rejected/`.
+    /// Files moved to `rejected/` (or, with it full, removed).
     pub rejected: usize,
 }
 
+/// Most files `rejected/` keeps (refused files and their reasons); beyond, a refused file is
+/// removed with its reason logged, so a peer flooding the medium cannot fill the disk.
+pub const MAX_REJECTED_FILES: usize = 1000;
+/// Requests processed at once by [`SpoolServer::run`]: a slow one never holds the others.
+pub const MAX_IN_FLIGHT: usize = 32;
+
 /// Server side of the spool transport.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SpoolServer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     dirs: SpoolDirs,
     server: LinkServer,
     poll_interval: Duration,
+    /// Files being processed, so a later pass does not take them up again.
+    in_progress: Mutex<HashSet<String>>,
+    slots: Arc<Semaphore>,
+}
+
+/// One file taken up: released from the in-progress set when dropped.
+struct Taken {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let mut set = self
+            .shared
+            .in_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.name);
+    }
 }
 
 impl SpoolServer {
@@ -167,32 +231,66 @@ impl SpoolServer {
         dirs.create()?;
         fs::create_dir_all(dirs.inbound.join(REJECTED_DIR))?;
         Ok(Self {
-            dirs,
-            server,
-            poll_interval,
+            shared: Arc::new(Shared {
+                dirs,
+                server,
+                poll_interval,
+                in_progress: Mutex::new(HashSet::new()),
+                slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            }),
         })
     }
 
     /// The directory refused files are moved to.
     pub fn rejected_dir(&self) -> PathBuf {
-        self.dirs.inbound.join(REJECTED_DIR)
+        self.shared.dirs.inbound.join(REJECTED_DIR)
     }
 
-    /// Polls forever, one [`Self::poll_once`] per interval. A failing pass is logged, not
-    /// fatal: one bad file or a transient file-system error must not stop the link.
+    /// Polls forever: each new file is processed in a task of its own (at most
+    /// [`MAX_IN_FLIGHT`] at once), so one slow request never stalls the others. A failing
+    /// pass is logged, not fatal: one bad file or a transient file-system error must not
+    /// stop the link.
     pub async fn run(&self) -> Result<(), LinkError> {
         loop {
-            if let Err(e) = self.poll_once().await {
-                tracing::warn!(error = %e, "link: spool pass failed");
+            match self.take_new().await {
+                Ok(taken) => {
+                    for t in taken {
+                        let slot = Arc::clone(&self.shared.slots)
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| LinkError::Internal("spool slots closed".into()))?;
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            let _ = t.shared.clone().settle(&t.name).await;
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "link: spool pass failed"),
             }
-            tokio::time::sleep(self.poll_interval).await;
+            tokio::time::sleep(self.shared.poll_interval).await;
         }
     }
 
-    /// Processes every complete file currently in the inbound directory, oldest name
-    /// first: answers requests, rejects everything else.
+    /// Processes every complete file now in the inbound directory (oldest name first, at
+    /// once) and waits for all of them: answers requests, rejects everything else.
     pub async fn poll_once(&self) -> Result<SpoolPass, LinkError> {
-        let inbound = self.dirs.inbound.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in self.take_new().await? {
+            tasks.spawn(async move { t.shared.clone().settle(&t.name).await });
+        }
+        let mut pass = SpoolPass::default();
+        while let Some(done) = tasks.join_next().await {
+            match done.map_err(|e| LinkError::Internal(format!("spool task failed: {e}")))?? {
+                true => pass.answered += 1,
+                false => pass.rejected += 1,
+            }
+        }
+        Ok(pass)
+    }
+
+    /// The inbound files not yet taken up, each now marked in progress.
+    async fn take_new(&self) -> Result<Vec<Taken>, LinkError> {
+        let inbound = self.shared.dirs.inbound.clone();
         let mut names = blocking(move || {
             let mut names = Vec::new();
             for entry in fs::read_dir(&inbound)? {
@@ -210,18 +308,33 @@ impl SpoolServer {
         })
         .await?;
         names.sort();
-        let mut pass = SpoolPass::default();
-        for name in names {
-            match self.process_file(&name).await {
-                Ok(()) => pass.answered += 1,
-                Err(e) => {
-                    tracing::warn!(file = %name, error = %e, "link: spool file rejected");
-                    self.reject(&name, &e).await?;
-                    pass.rejected += 1;
-                }
+        let mut set = self
+            .shared
+            .in_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(names
+            .into_iter()
+            .filter(|n| set.insert(n.clone()))
+            .map(|name| Taken {
+                shared: Arc::clone(&self.shared),
+                name,
+            })
+            .collect())
+    }
+}
+
+impl Shared {
+    /// Answers file `name` (`Ok(true)`) or rejects it (`Ok(false)`).
+    async fn settle(self: Arc<Self>, name: &str) -> Result<bool, LinkError> {
+        match self.process_file(name).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::warn!(file = %name, error = %e, "link: spool file rejected");
+                self.reject(name, &e).await?;
+                Ok(false)
             }
         }
-        Ok(pass)
     }
 
     async fn process_file(&self, name: &str) -> Result<(), LinkError> {
@@ -245,11 +358,14 @@ impl SpoolServer {
         let answer = match self.server.handle_request(&bytes).await {
             Ok(answer) => answer,
             Err(e) => {
-                // Tell the waiting sender why (so it fails fast with a typed error), then
-                // let the caller move the file to rejected/.
-                if let Some(refusal) = self.server.refusal_reply(&bytes, &e) {
-                    let outbound = self.dirs.outbound.clone();
-                    blocking(move || write_atomic(&outbound, &answer_name, &refusal)).await?;
+                // Only the sender of an authentic envelope is told why (fast, typed), and
+                // never over an answer already waiting: a forged file naming someone's
+                // request id must not speak for it.
+                if e.of_authentic_envelope() {
+                    if let Some(refusal) = self.server.refusal_reply(&bytes, &e) {
+                        let outbound = self.dirs.outbound.clone();
+                        blocking(move || write_new(&outbound, &answer_name, &refusal)).await?;
+                    }
                 }
                 return Err(e);
             }
@@ -270,10 +386,17 @@ impl SpoolServer {
 
     async fn reject(&self, name: &str, error: &LinkError) -> Result<(), LinkError> {
         let inbound = self.dirs.inbound.clone();
-        let rejected = self.rejected_dir();
+        let rejected = inbound.join(REJECTED_DIR);
         let name = name.to_owned();
         let reason = format!("{error}\n");
         blocking(move || {
+            if fs::read_dir(&rejected)?.count() >= MAX_REJECTED_FILES {
+                tracing::warn!(file = %name, reason = %reason.trim_end(), max = MAX_REJECTED_FILES,
+                    "link: rejected/ is full; refused file removed");
+                fs::remove_file(inbound.join(&name))?;
+                sync_dir(&inbound)?;
+                return Ok(());
+            }
             // Never overwrite an earlier rejected file of the same name: both are evidence.
             let mut target = name.clone();
             let mut n = 0u32;

@@ -53,10 +53,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             limit: limit as u64,
         });
     }
-    let mut body = vec![0u8; len];
-    tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut body))
+    // Grown as the bytes arrive, never allocated at the announced size: a peer announcing
+    // the largest frame on every connection and sending nothing costs nothing.
+    let mut body = Vec::with_capacity(len.min(READ_BUFFER));
+    let mut rest = reader.take(len as u64);
+    tokio::time::timeout(FRAME_BODY_TIMEOUT, rest.read_to_end(&mut body))
         .await
         .map_err(|_| LinkError::Timeout)??;
+    if body.len() != len {
+        return Err(LinkError::Malformed(format!(
+            "stream ended after {} of a frame's {len} bytes",
+            body.len()
+        )));
+    }
     Ok(Some(body))
 }
 
@@ -150,14 +159,37 @@ async fn one_exchange(stream: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>,
     })
 }
 
-/// Serves the link on `listener` until the task is dropped or accepting fails.
+/// Connections served at once by [`serve_tcp`]: the external relay keeps at most 64 idle
+/// and opens one per concurrent exchange.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Serves the link on `listener` until the task is dropped or accepting fails, at most
+/// [`MAX_CONNECTIONS`] connections at once.
 pub async fn serve_tcp(listener: TcpListener, server: LinkServer) -> Result<(), LinkError> {
+    serve_tcp_limited(listener, server, MAX_CONNECTIONS).await
+}
+
+/// As [`serve_tcp`], with at most `max_connections` served at once: one beyond them is
+/// closed as soon as it is accepted (the client retries on a fresh connection), so no peer
+/// can hold more tasks and buffers than that.
+pub async fn serve_tcp_limited(
+    listener: TcpListener,
+    server: LinkServer,
+    max_connections: usize,
+) -> Result<(), LinkError> {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, peer) = listener.accept().await?;
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections, "link: connection refused, all slots in use");
+            drop(stream);
+            continue;
+        };
         // Request/answer frames are small and latency-bound.
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = serve_connection(stream, &server).await {
                 tracing::warn!(%peer, error = %e, "link: connection closed on error");
             }

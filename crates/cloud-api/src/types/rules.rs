@@ -34,12 +34,11 @@ pub struct PolicyRules {
     /// The only destinations the key may pay; absent: any within the limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowlist: Option<AllowlistView>,
-    /// More approvals above amounts: of the key's group (at most 8 such tiers), or of
-    /// another group besides the key's quorum (`group`; at most 8 such tiers, each reached
-    /// applying, their groups together about 120 admins at most: the rule is at most 4096
-    /// bytes), all requirements together at most 16 approvals.
+    /// More approvals above amounts: of the key's group, or of another group besides the
+    /// key's quorum (`group`, at most 4 admins; each such tier reached applies). At most 8
+    /// tiers, all requirements together at most 16 approvals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(max_items = 16)]
+    #[schema(max_items = 8)]
     pub approval_tiers: Vec<ApprovalTierView>,
 }
 
@@ -118,6 +117,6 @@ pub struct ApprovalTierView {
     /// the key's group: above the amount, `quorum` of them approve besides the key's own
     /// quorum (a risk officer, the executives). Absent: the key's group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(max_items = 32)]
+    #[schema(schema_with = super::schema::tier_group)]
     pub group: Vec<String>,
 }

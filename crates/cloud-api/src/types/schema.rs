@@ -90,3 +90,24 @@ pub(crate) fn approver_group() -> Array {
         ))
         .build()
 }
+
+/// A tier's own group: as [`approver_group`], absent or empty for the key's group.
+pub(crate) fn tier_group() -> Array {
+    ArrayBuilder::new()
+        .schema_type(SchemaType::Type(Type::Array))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9a-fA-F]{64}$"))
+                .max_length(Some(64))
+                .build(),
+        )
+        .max_items(Some(crate::rules::MAX_TIER_GROUP))
+        .unique_items(true)
+        .description(Some(
+            "Another group than the key's (at most 4 admins, key fingerprints in hex), none of its admins in \
+             the key's group: above the amount, `quorum` of them approve besides the key's own \
+             quorum. Absent: the key's group.",
+        ))
+        .build()
+}

@@ -1,0 +1,4 @@
+//! The link's integration tests: one binary.
+
+mod hardening;
+mod link;
