@@ -89,10 +89,18 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LinkErro
 /// As [`write_atomic`], but never over a file already there: `Ok(false)` leaves it.
 fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<bool, LinkError> {
     let tmp = write_temp(dir, name, bytes)?;
-    // A hard link appears atomically and fails if the name is taken.
-    let placed = match fs::hard_link(&tmp, dir.join(name)) {
+    // A hard link appears atomically and fails if the name is taken. A medium without hard
+    // links (FAT) gets a check then a rename: only this process writes answers there.
+    let target = dir.join(name);
+    let placed = match fs::hard_link(&tmp, &target) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported && !target.exists() => {
+            fs::rename(&tmp, &target)?;
+            sync_dir(dir)?;
+            return Ok(true);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => false,
         Err(e) => return Err(e.into()),
     };
     fs::remove_file(&tmp)?;
