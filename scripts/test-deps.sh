@@ -8,8 +8,10 @@
 #     wallet the Bitcoin external signer's test builds PSBTs and checks descriptors with,
 #     in a virtual environment of its own ($HOME/.cache/custos/py);
 #   * Node.js with npm: anvil and cast (npm @foundry-rs/anvil and @foundry-rs/cast) and ethers,
-#     pinned, the Ethereum node and stock clients of the Ethereum signer's test
-#     ($HOME/.cache/custos/node).
+#     pinned, the Ethereum node and stock clients of the Ethereum signer's test, and
+#     @ngraveio/bc-ur, the independent Uniform Resources implementation the QR channel's test
+#     checks its parts against ($HOME/.cache/custos/node);
+#   * zbar-tools: zbarimg, the independent QR decoder that reads the frames Custos draws.
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -19,6 +21,7 @@ command -v swtpm >/dev/null 2>&1 || need+=(swtpm swtpm-tools)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+command -v zbarimg >/dev/null 2>&1 || need+=(zbar-tools)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -36,10 +39,10 @@ fi
 
 node="$HOME/.cache/custos/node"
 if ! [ -x "$node/node_modules/.bin/anvil" ] || ! [ -x "$node/node_modules/.bin/cast" ] ||
-  ! [ -d "$node/node_modules/ethers" ]; then
-  echo "installing anvil, cast and ethers into $node" >&2
+  ! [ -d "$node/node_modules/ethers" ] || ! [ -d "$node/node_modules/@ngraveio/bc-ur" ]; then
+  echo "installing anvil, cast, ethers and bc-ur into $node" >&2
   mkdir -p "$node"
   # anvil's and cast's versions are also custos::foundry::PACKAGES.
   npm install --prefix "$node" --no-audit --no-fund --silent \
-    @foundry-rs/anvil@1.7.1 @foundry-rs/cast@1.7.1 ethers@6.16.0
+    @foundry-rs/anvil@1.7.1 @foundry-rs/cast@1.7.1 ethers@6.16.0 @ngraveio/bc-ur@1.1.13
 fi

@@ -30,6 +30,14 @@ pub enum LinkError {
     /// Bytes that do not decode as a well-formed envelope, or a field out of range.
     #[error("malformed envelope: {0}")]
     Malformed(String),
+    /// A frame of the QR channel that does not carry a part of the envelope expected.
+    #[error("QR frame refused ({what:?}): {detail}")]
+    Frame {
+        /// What was wrong with it.
+        what: FrameFault,
+        /// Details for the operator.
+        detail: String,
+    },
     /// An envelope version this build does not speak.
     #[error("unsupported envelope version {0}")]
     UnsupportedVersion(u16),
@@ -126,6 +134,25 @@ impl LinkError {
             _ => FailureCode::Internal,
         }
     }
+}
+
+/// Why a QR frame was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFault {
+    /// No QR code in the image.
+    NoCode,
+    /// A QR code too damaged for its error correction.
+    Unreadable,
+    /// Text that is not a multipart UR.
+    NotAPart,
+    /// A UR of another type than a Custos envelope.
+    WrongType,
+    /// A part claiming more fragments than an envelope may have.
+    TooManyParts,
+    /// A part of another message than the parts before it.
+    Inconsistent,
+    /// The parts rebuilt a message whose CRC-32 or padding is wrong.
+    Checksum,
 }
 
 /// Classification carried in a failure envelope from the internal side.

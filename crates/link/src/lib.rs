@@ -42,6 +42,7 @@ mod client;
 mod envelope;
 mod error;
 mod keys;
+pub mod qr;
 mod server;
 pub mod spool;
 pub mod tcp;
@@ -51,7 +52,7 @@ pub use envelope::{
     Envelope, EnvelopeKind, Failure, RequestId, ENVELOPE_VERSION, MAX_CLUSTER_NAME, MAX_ENVELOPE,
     MAX_PAYLOAD, MAX_SIGNATURE, SIGNING_DOMAIN,
 };
-pub use error::{FailureCode, LinkError};
+pub use error::{FailureCode, FrameFault, LinkError};
 pub use keys::{LinkKeys, PUBLIC_KEY_LEN};
 pub use server::{LinkServer, Reply, MAX_CLOCK_AHEAD, MAX_ENVELOPE_AGE, REPLY_RETENTION};
 pub use spool::{SpoolDirs, SpoolServer, SpoolTransport};

@@ -2,3 +2,4 @@
 
 mod hardening;
 mod link;
+mod qr;
