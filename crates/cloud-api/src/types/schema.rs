@@ -67,9 +67,8 @@ pub(crate) fn presign_clusters() -> Array {
     )
 }
 
-/// `CreateWalletBody::group` and `CreateThresholdKeyBody::group`: distinct admin key
-/// fingerprints, hex.
-pub(crate) fn approver_group() -> Array {
+/// A set of admin key fingerprints (hex), at most `max`, as `description` says.
+fn fingerprint_set(max: usize, description: &str) -> ArrayBuilder {
     ArrayBuilder::new()
         .schema_type(SchemaType::Type(Type::Array))
         .items(
@@ -79,35 +78,31 @@ pub(crate) fn approver_group() -> Array {
                 .max_length(Some(64))
                 .build(),
         )
-        .min_items(Some(1))
-        .max_items(Some(MAX_GROUP))
+        .max_items(Some(max))
         .unique_items(true)
-        .description(Some(
-            "The new key's approver group (a wallet's or a threshold key's): key \
-             fingerprints (hex SHA-256 of the certified SubjectPublicKeyInfo) of 1 to 32 \
-             distinct admins. Only they approve the creation and every use; `quorum` of \
-             them are needed.",
-        ))
-        .build()
+        .description(Some(description))
+}
+
+/// `CreateWalletBody::group` and `CreateThresholdKeyBody::group`: distinct admin key
+/// fingerprints, hex.
+pub(crate) fn approver_group() -> Array {
+    fingerprint_set(
+        MAX_GROUP,
+        "The new key's approver group (a wallet's or a threshold key's): key fingerprints \
+         (hex SHA-256 of the certified SubjectPublicKeyInfo) of 1 to 32 distinct admins. Only \
+         they approve the creation and every use; `quorum` of them are needed.",
+    )
+    .min_items(Some(1))
+    .build()
 }
 
 /// A tier's own group: as [`approver_group`], absent or empty for the key's group.
 pub(crate) fn tier_group() -> Array {
-    ArrayBuilder::new()
-        .schema_type(SchemaType::Type(Type::Array))
-        .items(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some("^[0-9a-fA-F]{64}$"))
-                .max_length(Some(64))
-                .build(),
-        )
-        .max_items(Some(crate::rules::MAX_TIER_GROUP))
-        .unique_items(true)
-        .description(Some(
-            "Another group than the key's (at most 4 admins, key fingerprints in hex), none of its admins in \
-             the key's group: above the amount, `quorum` of them approve besides the key's own \
-             quorum. Absent: the key's group.",
-        ))
-        .build()
+    fingerprint_set(
+        crate::rules::MAX_TIER_GROUP,
+        "Another group than the key's (at most 4 admins, key fingerprints in hex), none of \
+         its admins in the key's group: above the amount, `quorum` of them approve besides \
+         the key's own quorum. Absent: the key's group.",
+    )
+    .build()
 }
