@@ -7,12 +7,12 @@ use custos_metadata::{KeyRecord, NewEntry};
 pub fn entry(i: usize) -> NewEntry {
     NewEntry {
         kind: ["sign", "create-wallet", "audit", "refusal"][i % 4].into(),
-        request_id: (i % 3 != 0).then(|| format!("req-{i}")),
+        request_id: (!i.is_multiple_of(3)).then(|| format!("req-{i}")),
         actor: format!("client-{}", i % 7),
-        key_id: (i % 2 == 0).then(|| format!("02{:064x}", i)),
-        path: (i % 4 == 0).then(|| format!("m/44'/0'/0'/0/{i}")),
+        key_id: i.is_multiple_of(2).then(|| format!("02{:064x}", i)),
+        path: i.is_multiple_of(4).then(|| format!("m/44'/0'/0'/0/{i}")),
         approvers: (0..i % 3).map(|a| format!("admin{a}")).collect(),
-        node: (i % 5 != 0).then(|| format!("node{}", i % 3)),
+        node: (!i.is_multiple_of(5)).then(|| format!("node{}", i % 3)),
         outcome: if i % 4 == 3 {
             "E_QUORUM".into()
         } else {
@@ -28,7 +28,12 @@ pub fn key(i: usize) -> KeyRecord {
         key_id: format!("03{:064x}", i),
         xpub: format!("xpub661MyMwAqRbcF{i:0>94}"),
         quorum: (i % 3 + 1) as i64,
-        origin: if i % 2 == 0 { "generated" } else { "imported" }.into(),
+        origin: if i.is_multiple_of(2) {
+            "generated"
+        } else {
+            "imported"
+        }
+        .into(),
         created_at_ms: 1_700_000_000_000 + i as i64,
         created_on: format!("node{}", i % 4),
     }
