@@ -53,15 +53,19 @@ impl DamagedChannel {
         }
     }
 
-    /// The frames a camera catches of `shown`: each missed with the drop rate, the rest in
-    /// shuffled order, each rotated, blurred and noisy.
-    pub fn carry(&mut self, shown: Vec<GrayImage>) -> Vec<GrayImage> {
-        let mut caught: Vec<GrayImage> = shown
+    /// The frames a camera catches of `shown`, with their place in it: each missed with the
+    /// drop rate, the rest in shuffled order, each rotated, blurred and noisy.
+    pub fn carry(&mut self, shown: Vec<GrayImage>) -> Vec<(usize, GrayImage)> {
+        let mut caught: Vec<(usize, GrayImage)> = shown
             .into_iter()
+            .enumerate()
             .filter(|_| !self.rng.gen_bool(self.damage.drop.clamp(0.0, 1.0)))
             .collect();
         caught.shuffle(&mut self.rng);
-        caught.into_iter().map(|f| self.view(&f)).collect()
+        caught
+            .into_iter()
+            .map(|(i, f)| (i, self.view(&f)))
+            .collect()
     }
 
     fn view(&mut self, frame: &GrayImage) -> GrayImage {
@@ -134,9 +138,13 @@ pub struct Carried {
     pub minimum: usize,
 }
 
-/// Shows `envelope`'s parts as frames through `channel`, a batch of as many frames as it
-/// has fragments at a time (a screen cycling while the camera looks), until the receiver
-/// rebuilt it or `max_frames` were shown ([`LinkError::Timeout`]). A frame the camera
+/// Frames shown between two looks of the camera: the ones caught among them arrive in any
+/// order.
+pub const SHUFFLE_WINDOW: usize = 8;
+
+/// Shows `envelope`'s parts as frames through `channel`, [`SHUFFLE_WINDOW`] at a time,
+/// until the receiver rebuilt it or `max_frames` were shown ([`LinkError::Timeout`]);
+/// `shown` counts the frames up to the last one the receiver needed. A frame the camera
 /// cannot read is skipped, as a scanner would; a part refused for what it says ends the
 /// transfer with that refusal.
 pub fn carry_envelope(
@@ -149,20 +157,21 @@ pub fn carry_envelope(
     let minimum = sender.fragment_count();
     let (mut shown, mut read_count) = (0, 0);
     while shown < max_frames {
-        let batch = minimum.min(max_frames - shown);
+        let batch = SHUFFLE_WINDOW.min(max_frames - shown);
         let frames = (0..batch)
             .map(|_| sender.next_part().and_then(|p| draw(&p)))
             .collect::<Result<Vec<_>, _>>()?;
-        shown += batch;
-        for frame in channel.carry(frames) {
+        let mut last_needed = 0;
+        for (at, frame) in channel.carry(frames) {
             let Ok(texts) = read(&frame) else {
                 continue;
             };
             read_count += 1;
+            last_needed = last_needed.max(at + 1);
             for text in texts {
                 if let Some(envelope) = receiver.receive(&text)? {
                     let carried = Carried {
-                        shown,
+                        shown: shown + last_needed,
                         read: read_count,
                         minimum,
                     };
@@ -170,6 +179,7 @@ pub fn carry_envelope(
                 }
             }
         }
+        shown += batch;
     }
     Err(LinkError::Timeout)
 }
