@@ -32,24 +32,8 @@ impl Demo {
             }],
             ..PolicyRules::default()
         };
-        let view = self
-            .client
-            .create_wallet(&CreateWalletBody {
-                rules: Some(rules.clone()),
-                cluster: "dc1".into(),
-                quorum: 2,
-                group: [&self.alice, &self.bob]
-                    .map(|a| hex::encode(a.key_fingerprint()))
-                    .to_vec(),
-                executor: None,
-                request_id: None,
-                expires_at: None,
-                approvals: vec![],
-            })
-            .await?;
-        let view = approve_all(&self.client, view, &[&self.alice, &self.bob]).await?;
-        status_is(&view, RequestStatus::Completed, "wallet with a tier group")?;
-        let (root, xpub) = wallet_of(&view)?;
+        let group = [&self.alice, &self.bob].map(|a| hex::encode(a.key_fingerprint()));
+        let (root, xpub) = self.ruled_wallet(&rules, group.to_vec(), None).await?;
         let psbt = Self::psbt(&xpub, outside(10)?.0, 250_000);
         let mut view = self.psbt_request(&root, psbt).await?;
         for signer in [&self.alice, &self.bob] {

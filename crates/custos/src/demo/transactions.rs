@@ -61,6 +61,32 @@ impl Demo {
         approve_all(&self.client, view, &[&self.alice, &self.bob]).await
     }
 
+    /// A dc1 wallet of `group`, quorum 2, under `rules`, executed by `executor` (else the
+    /// server's choice), approved by alice and bob: its root id and xpub.
+    pub(super) async fn ruled_wallet(
+        &self,
+        rules: &PolicyRules,
+        group: Vec<String>,
+        executor: Option<String>,
+    ) -> Result<(String, String), AnyError> {
+        let view = self
+            .client
+            .create_wallet(&CreateWalletBody {
+                rules: Some(rules.clone()),
+                cluster: "dc1".into(),
+                quorum: 2,
+                group,
+                executor,
+                request_id: None,
+                expires_at: None,
+                approvals: vec![],
+            })
+            .await?;
+        let view = approve_all(&self.client, view, &[&self.alice, &self.bob]).await?;
+        status_is(&view, RequestStatus::Completed, "wallet with rules")?;
+        wallet_of(&view)
+    }
+
     /// A PSBT request of `root` for `psbt` (regtest), not yet approved.
     pub(super) async fn psbt_request(
         &self,
@@ -237,22 +263,9 @@ impl Demo {
         let group = [&self.alice, &self.bob, &self.carol]
             .map(|a| hex::encode(a.key_fingerprint()))
             .to_vec();
-        let view = self
-            .client
-            .create_wallet(&CreateWalletBody {
-                rules: Some(rules.clone()),
-                cluster: "dc1".into(),
-                quorum: 2,
-                group: group.clone(),
-                executor: Some(holder.clone()),
-                request_id: None,
-                expires_at: None,
-                approvals: vec![],
-            })
+        let (root, xpub) = self
+            .ruled_wallet(&rules, group.clone(), Some(holder.clone()))
             .await?;
-        let view = approve_all(&self.client, view, &[&self.alice, &self.bob]).await?;
-        status_is(&view, RequestStatus::Completed, "wallet with rules")?;
-        let (root, xpub) = wallet_of(&view)?;
 
         // Signed under quorum: the intent approved is the TEE's; every input verifies.
         let signed = self
