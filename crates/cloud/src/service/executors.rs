@@ -257,7 +257,7 @@ pub(super) fn check_in_group(row: &RequestRow, a: &StoredApproval) -> Result<(),
     let Some(group) = row.terms.group() else {
         return Ok(());
     };
-    let member = |g: &[[u8; 32]]| g.iter().any(|k| hex::encode(k) == a.key);
+    let member = |g: &[[u8; 32]]| in_group(g, a);
     // A tier's group approves besides the key's (its admins are counted apart).
     if member(group) || row.terms.tier_groups().iter().any(|t| member(&t.group)) {
         return Ok(());
@@ -276,15 +276,15 @@ pub(super) fn check_in_group(row: &RequestRow, a: &StoredApproval) -> Result<(),
     ))
 }
 
+/// Whether approval `a` is by an admin of `group` (by key fingerprint).
+pub(super) fn in_group(group: &[[u8; 32]], a: &StoredApproval) -> bool {
+    group.iter().any(|k| hex::encode(k) == a.key)
+}
+
 /// Whether `row` has every approval it needs: `quorum` of the terms' group (or of anyone,
 /// without one) and each tier group's quorum, each counted among its own admins.
 pub(super) fn approvals_complete(row: &RequestRow) -> bool {
-    let count = |g: &[[u8; 32]]| {
-        row.approvals
-            .iter()
-            .filter(|a| g.iter().any(|k| hex::encode(k) == a.key))
-            .count()
-    };
+    let count = |g: &[[u8; 32]]| row.approvals.iter().filter(|a| in_group(g, a)).count();
     let tiers = row.terms.tier_groups();
     // Without tiers every approval is of the group (checked as it was added).
     let own = match row.terms.group() {
@@ -310,7 +310,7 @@ pub(super) fn needed_approvals(row: &RequestRow) -> Vec<&StoredApproval> {
     needs.extend(tiers.iter().map(|t| (&t.group[..], usize::from(t.quorum))));
     let mut picked = Vec::new();
     for a in &row.approvals {
-        let member = |g: &[[u8; 32]]| g.iter().any(|k| hex::encode(k) == a.key);
+        let member = |g: &[[u8; 32]]| in_group(g, a);
         if !needs.iter().any(|(g, left)| *left > 0 && member(g)) {
             continue;
         }

@@ -677,7 +677,7 @@ fn tier_needs(row: &RequestRow) -> Option<Vec<TierNeedView>> {
                 approved: row
                     .approvals
                     .iter()
-                    .filter(|a| t.group.iter().any(|k| hex::encode(k) == a.key))
+                    .filter(|a| executors::in_group(&t.group, a))
                     .count()
                     .min(usize::from(u8::MAX)) as u8,
             })
