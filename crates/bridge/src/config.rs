@@ -90,6 +90,9 @@ impl custos_config::Component for BridgeConfig {
             paths.extend([&mut link.relay_cert, &mut link.dedup_db]);
             paths.extend(link.spool_inbound.as_mut());
             paths.extend(link.spool_outbound.as_mut());
+            paths.extend(link.qr_screen.as_mut());
+            paths.extend(link.qr_captured.as_mut());
+            paths.extend(link.serial_device.as_mut());
         }
         paths
     }

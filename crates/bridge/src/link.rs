@@ -9,7 +9,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use custos_link::{serve_tcp, LinkKeys, LinkServer, Reply, SpoolDirs, SpoolServer};
+use custos_link::qr::{QrDirs, QrServer};
+use custos_link::{
+    serve_serial, serve_tcp, LinkKeys, LinkServer, Reply, SerialLine, SpoolDirs, SpoolServer,
+};
 use custos_pki::{pem_to_der, DeviceChain, TrustRoot};
 use custos_proto::cluster::link_reply::Result as Answer;
 use custos_proto::cluster::link_request::Op;
@@ -41,9 +44,26 @@ pub struct LinkConfig {
     /// Spool transport: directory the bridge writes answers to.
     #[serde(default)]
     pub spool_outbound: Option<PathBuf>,
-    /// Milliseconds between scans of the spool inbound directory.
+    /// Milliseconds between scans of the spool inbound directory (and of the QR
+    /// captured-images directory).
     #[serde(default = "default_spool_poll")]
     pub spool_poll_ms: u64,
+    /// QR transport: directory the bridge draws reply frames into, for its screen.
+    #[serde(default)]
+    pub qr_screen: Option<PathBuf>,
+    /// QR transport: directory a camera writes its images of the relay's frames to.
+    #[serde(default)]
+    pub qr_captured: Option<PathBuf>,
+    /// Serial transport: the serial device wired to the relay's (e.g. `/dev/ttyUSB0`).
+    #[serde(default)]
+    pub serial_device: Option<PathBuf>,
+    /// Serial transport: line rate, baud (8N1).
+    #[serde(default = "default_baud")]
+    pub serial_baud: u32,
+}
+
+fn default_baud() -> u32 {
+    115_200
 }
 
 fn default_spool_poll() -> u64 {
@@ -160,7 +180,7 @@ pub(crate) async fn start(
                     inbound: inbound.clone(),
                     outbound: outbound.clone(),
                 },
-                server,
+                server.clone(),
                 Duration::from_millis(config.spool_poll_ms.max(1)),
             )
             .map_err(link_err)?;
@@ -177,9 +197,47 @@ pub(crate) async fn start(
             ))
         }
     }
-    if config.tcp.is_none() && config.spool_inbound.is_none() {
+    match (&config.qr_screen, &config.qr_captured) {
+        (Some(screen), Some(captured)) => {
+            let dirs = QrDirs {
+                screen: screen.clone(),
+                captured: captured.clone(),
+            };
+            let poll = Duration::from_millis(config.spool_poll_ms.max(1));
+            let qr = QrServer::new(dirs, server.clone(), poll).map_err(link_err)?;
+            tokio::spawn(async move {
+                if let Err(e) = qr.run().await {
+                    tracing::error!(error = %e, "link QR transport stopped");
+                }
+            });
+        }
+        (None, None) => {}
+        _ => {
+            return Err(BridgeError::Serve(
+                "link QR transport needs both qr_screen and qr_captured".into(),
+            ))
+        }
+    }
+    if let Some(device) = &config.serial_device {
+        let line = SerialLine::open(device, config.serial_baud).map_err(link_err)?;
+        let server = server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_serial(line, server).await {
+                tracing::error!(error = %e, "link serial transport stopped");
+            }
+        });
+    }
+    let transports = [
+        config.tcp.is_some(),
+        config.spool_inbound.is_some(),
+        config.qr_screen.is_some(),
+        config.serial_device.is_some(),
+    ];
+    if !transports.contains(&true) {
         return Err(BridgeError::Serve(
-            "link configured without a transport (set tcp or the spool directories)".into(),
+            "link configured without a transport (set tcp, the spool or QR directories, or a \
+             serial device)"
+                .into(),
         ));
     }
     tracing::info!(cluster, relay = %relay_id.fingerprint.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>(), "link endpoint up");

@@ -7,6 +7,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use custos_bridge::{BridgeConfig, LinkConfig};
+use custos_link::qr::damage::Damage;
 use custos_net::{client_config, connect, TlsIdentity};
 use custos_pki::{pem_to_der, PkiDir, Service};
 use custos_proto::cluster::bridge_client::BridgeClient;
@@ -14,6 +15,7 @@ use custos_relay::{RelayConfig, TransportConfig};
 use custos_vault_node::NodeConfig;
 use tonic::transport::Channel;
 
+use crate::link_channel::{qr_dirs, QrCameras, SerialCable};
 use crate::ops::provision;
 use crate::tee_plan::{launch, tee_section, TeePlan};
 use crate::tee_process::{spawn_ready, KeyArg, SpawnError, TeeProcess};
@@ -36,12 +38,25 @@ pub struct ClusterOptions {
 }
 
 /// Which link transport a cluster's external relay and bridge use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LinkTransport {
-    /// Length-prefixed frames over TCP (a serial line stands behind it on a real site).
+    /// Length-prefixed frames over TCP.
     Tcp,
     /// Envelope files in two spool directories (a removable medium).
     Spool,
+    /// Animated QR codes: each side draws frames into a screen folder, and a camera films
+    /// them into the other side's captured folder through this damage ([`QrCameras`]).
+    Qr(Damage),
+    /// A serial line at 115 200 baud between two pseudo-terminals ([`SerialCable`]).
+    Serial,
+}
+
+/// The channel a cluster's link runs over, when it is not a network or a folder.
+pub enum LinkChannel {
+    /// Cameras filming the screens.
+    Qr(QrCameras),
+    /// A serial cable.
+    Serial(SerialCable),
 }
 
 /// A cluster's external relay as the cloud server reaches it.
@@ -114,6 +129,8 @@ pub struct Cluster {
     pki: PathBuf,
     /// Where each node's TEE runs.
     plan: TeePlan,
+    /// The link's physical channel, if it has one of its own; stops after the processes.
+    pub channel: Option<LinkChannel>,
 }
 
 fn parse_ready_addr(line: &str) -> Result<SocketAddr, ClusterError> {
@@ -163,12 +180,13 @@ impl Cluster {
         pki.issue_bridge(&opts.name)?;
         let cdir = pki.path().join("clusters").join(&opts.name);
         let relay_config = dir.join("relay.toml");
-        let (link, relay) = match opts.link {
+        let (link, relay, channel) = match opts.link {
             Some(transport) => {
-                let (link, relay) = link_configs(pki, &opts.name, dir, transport, &relay_config)?;
-                (Some(link), Some(relay))
+                let (link, relay, channel) =
+                    link_configs(pki, &opts.name, dir, transport, &relay_config)?;
+                (Some(link), Some(relay), channel)
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let db_url = opts
             .db_url
@@ -207,6 +225,7 @@ impl Cluster {
             exe: exe.to_path_buf(),
             pki: pki.path().to_path_buf(),
             plan: plan.clone(),
+            channel,
         };
         cluster.start_bridge()?;
         if cluster.relay.is_some() {
@@ -465,50 +484,84 @@ fn free_port() -> Result<SocketAddr, ClusterError> {
 }
 
 /// Issues the relay certificate and writes the relay's configuration; returns the bridge's
-/// side of the link and the relay endpoint (address filled in when it starts).
+/// side of the link, the relay endpoint (address filled in when it starts) and the
+/// channel between them when the transport needs one.
 fn link_configs(
     pki: &PkiDir,
     cluster: &str,
     dir: &Path,
     transport: LinkTransport,
     relay_config: &Path,
-) -> Result<(LinkConfig, RelayEndpoint), ClusterError> {
+) -> Result<(LinkConfig, RelayEndpoint, Option<LinkChannel>), ClusterError> {
     pki.issue_service(cluster, Service::Relay)?;
     let (relay_cert, relay_key) = pki.service_files(cluster, Service::Relay);
     let (bridge_cert, _) = pki.service_files(cluster, Service::Bridge);
     let cdir = pki.path().join("clusters").join(cluster);
     let to_bridge = dir.join("link-spool").join("to-bridge");
     let to_relay = dir.join("link-spool").join("to-relay");
-    let (link, relay_transport) = match transport {
+    let none = LinkConfig {
+        relay_cert: relay_cert.clone(),
+        dedup_db: dir.join("link-dedup.redb"),
+        tcp: None,
+        spool_inbound: None,
+        spool_outbound: None,
+        spool_poll_ms: 5,
+        qr_screen: None,
+        qr_captured: None,
+        serial_device: None,
+        serial_baud: SERIAL_BAUD,
+    };
+    let (link, relay_transport, channel) = match transport {
         LinkTransport::Tcp => {
             let addr = free_port()?;
-            (
-                LinkConfig {
-                    relay_cert: relay_cert.clone(),
-                    dedup_db: dir.join("link-dedup.redb"),
-                    tcp: Some(addr),
-                    spool_inbound: None,
-                    spool_outbound: None,
-                    spool_poll_ms: 20,
-                },
-                TransportConfig::Tcp { address: addr },
-            )
+            let link = LinkConfig {
+                tcp: Some(addr),
+                spool_poll_ms: 20,
+                ..none
+            };
+            (link, TransportConfig::Tcp { address: addr }, None)
         }
         LinkTransport::Spool => (
             LinkConfig {
-                relay_cert: relay_cert.clone(),
-                dedup_db: dir.join("link-dedup.redb"),
-                tcp: None,
                 spool_inbound: Some(to_bridge.clone()),
                 spool_outbound: Some(to_relay.clone()),
-                spool_poll_ms: 5,
+                ..none
             },
             TransportConfig::Spool {
                 outbound: to_bridge,
                 inbound: to_relay,
                 poll_ms: 5,
             },
+            None,
         ),
+        LinkTransport::Qr(damage) => {
+            let (relay, bridge) = qr_dirs(dir);
+            let cameras = QrCameras::start(dir, damage).map_err(io)?;
+            let link = LinkConfig {
+                qr_screen: Some(bridge.screen),
+                qr_captured: Some(bridge.captured),
+                spool_poll_ms: 10,
+                ..none
+            };
+            let relay = TransportConfig::Qr {
+                screen: relay.screen,
+                captured: relay.captured,
+                poll_ms: 10,
+            };
+            (link, relay, Some(LinkChannel::Qr(cameras)))
+        }
+        LinkTransport::Serial => {
+            let cable = SerialCable::start().map_err(io)?;
+            let link = LinkConfig {
+                serial_device: Some(cable.bridge_device.clone()),
+                ..none
+            };
+            let relay = TransportConfig::Serial {
+                device: cable.relay_device.clone(),
+                baud: SERIAL_BAUD,
+            };
+            (link, relay, Some(LinkChannel::Serial(cable)))
+        }
     };
     let token = random_token()?;
     RelayConfig {
@@ -536,8 +589,12 @@ fn link_configs(
             addr: "127.0.0.1:0".parse().expect("valid"),
             token,
         },
+        channel,
     ))
 }
+
+/// Line rate of a local deployment's serial link: what a USB serial adapter runs.
+pub const SERIAL_BAUD: u32 = 115_200;
 
 /// A fresh random bearer token (hex of 32 random bytes).
 pub fn random_token() -> Result<String, ClusterError> {

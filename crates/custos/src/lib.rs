@@ -11,6 +11,7 @@ pub mod deployment;
 pub mod eth_signer;
 pub mod foundry;
 pub mod governance;
+pub mod link_channel;
 pub mod ops;
 pub mod pkcs11;
 pub mod renewal;

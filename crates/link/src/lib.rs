@@ -6,8 +6,9 @@
 //! * [`Envelope`]: versioned, cluster-bound, signed with ECDSA P-256 by the sending relay
 //!   and checked against the peer's pinned key ([`LinkKeys`]); size limits are enforced
 //!   before anything is allocated or decoded.
-//! * Transports: [`tcp`] (length-prefixed frames, standing in for a serial line) and
-//!   [`spool`] (atomic files in two directories, for a removable medium).
+//! * Transports: [`tcp`] (length-prefixed frames), [`serial`] (CRC frames with
+//!   retransmission over RS-232 / USB serial), [`qr`] (animated QR codes through a screen
+//!   and a camera) and [`spool`] (atomic files in two directories, for a removable medium).
 //! * [`LinkServer`] (internal side) runs each request id exactly once, with a durable redb
 //!   dedup store, and refuses a request sealed longer ago than an approval lives
 //!   ([`MAX_ENVELOPE_AGE`]), so a captured envelope never runs again once its stored reply
@@ -43,6 +44,7 @@ mod envelope;
 mod error;
 mod keys;
 pub mod qr;
+pub mod serial;
 mod server;
 pub mod spool;
 pub mod tcp;
@@ -54,6 +56,7 @@ pub use envelope::{
 };
 pub use error::{FailureCode, FrameFault, LinkError};
 pub use keys::{LinkKeys, PUBLIC_KEY_LEN};
+pub use serial::{serve_serial, SerialLine, SerialTransport};
 pub use server::{LinkServer, Reply, MAX_CLOCK_AHEAD, MAX_ENVELOPE_AGE, REPLY_RETENTION};
 pub use spool::{SpoolDirs, SpoolServer, SpoolTransport};
 pub use tcp::{serve_tcp, serve_tcp_limited, TcpTransport, MAX_CONNECTIONS, MAX_FRAME};

@@ -121,7 +121,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, LinkError> {
     Ok(fs::read(path)?)
 }
 
-async fn blocking<R: Send + 'static>(
+pub(crate) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, LinkError> + Send + 'static,
 ) -> Result<R, LinkError> {
     tokio::task::spawn_blocking(f)

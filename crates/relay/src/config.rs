@@ -26,6 +26,30 @@ pub enum TransportConfig {
         #[serde(default = "default_poll")]
         poll_ms: u64,
     },
+    /// QR transport: requests drawn as frames for a screen, replies read from images a
+    /// camera captured of the bridge's screen.
+    Qr {
+        /// Directory this relay draws request frames into (one folder per request).
+        screen: PathBuf,
+        /// Directory the camera writes its images of the bridge's frames to.
+        captured: PathBuf,
+        /// Milliseconds between scans for captured images.
+        #[serde(default = "default_poll")]
+        poll_ms: u64,
+    },
+    /// Serial transport: an RS-232 / USB serial device wired to the bridge's.
+    Serial {
+        /// The serial device (e.g. `/dev/ttyUSB0`).
+        device: PathBuf,
+        /// Line rate, baud (8N1).
+        #[serde(default = "default_baud")]
+        baud: u32,
+    },
+}
+
+/// The line rate of a serial link unless configured: 115 200 baud.
+pub fn default_baud() -> u32 {
+    115_200
 }
 
 fn default_poll() -> u64 {
@@ -85,11 +109,15 @@ impl custos_config::Component for RelayConfig {
             &mut self.root_ca,
             &mut self.bridge_cert,
         ];
-        if let TransportConfig::Spool {
-            outbound, inbound, ..
-        } = &mut self.transport
-        {
-            paths.extend([outbound, inbound]);
+        match &mut self.transport {
+            TransportConfig::Spool {
+                outbound, inbound, ..
+            } => paths.extend([outbound, inbound]),
+            TransportConfig::Qr {
+                screen, captured, ..
+            } => paths.extend([screen, captured]),
+            TransportConfig::Serial { device, .. } => paths.push(device),
+            TransportConfig::Tcp { .. } => {}
         }
         paths
     }

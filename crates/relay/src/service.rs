@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_link::qr::{QrDirs, QrTransport};
 use custos_link::{
-    ClientConfig, ClientTransport, LinkClient, LinkError, LinkKeys, SpoolDirs, SpoolTransport,
-    TcpTransport, MAX_PAYLOAD,
+    ClientConfig, ClientTransport, LinkClient, LinkError, LinkKeys, SerialLine, SerialTransport,
+    SpoolDirs, SpoolTransport, TcpTransport, MAX_PAYLOAD,
 };
 use custos_net::{
     client_config_without_identity, connect_lazy, serve_tls, server_config_without_client_auth,
@@ -202,6 +203,28 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
             )?;
             let client = LinkClient::new(transport, keys, link_config);
             ready("spool");
+            serve(client, token_sha256, incoming).await
+        }
+        TransportConfig::Qr {
+            screen,
+            captured,
+            poll_ms,
+        } => {
+            let transport = QrTransport::new(
+                QrDirs {
+                    screen: screen.clone(),
+                    captured: captured.clone(),
+                },
+                Duration::from_millis((*poll_ms).max(1)),
+            )?;
+            let client = LinkClient::new(transport, keys, link_config);
+            ready("qr");
+            serve(client, token_sha256, incoming).await
+        }
+        TransportConfig::Serial { device, baud } => {
+            let transport = SerialTransport::new(SerialLine::open(device, *baud)?);
+            let client = LinkClient::new(transport, keys, link_config);
+            ready("serial");
             serve(client, token_sha256, incoming).await
         }
     }

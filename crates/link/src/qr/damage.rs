@@ -183,3 +183,67 @@ pub fn carry_envelope(
     }
     Err(LinkError::Timeout)
 }
+
+/// What a [`DamagedCamera`] filmed of one envelope's frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filmed {
+    /// The screen folder the frames came from.
+    pub folder: String,
+    /// Frames on the screen.
+    pub shown: usize,
+    /// Frames the camera caught (the rest it missed) and wrote as images.
+    pub caught: usize,
+}
+
+/// A camera pointed at a screen folder ([`super::show_frames`]): each envelope's frames,
+/// once, through a [`DamagedChannel`], written as PNG images into a captured-images
+/// folder. The demo's physical channel between a relay and its bridge.
+pub struct DamagedCamera {
+    channel: DamagedChannel,
+    seen: std::collections::HashSet<String>,
+}
+
+impl DamagedCamera {
+    /// A camera damaging frames as `damage` says.
+    pub fn new(damage: Damage) -> Self {
+        Self {
+            channel: DamagedChannel::new(damage),
+            seen: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Films every envelope newly on `screen` into `captured` and says what it caught.
+    pub fn film(
+        &mut self,
+        screen: &std::path::Path,
+        captured: &std::path::Path,
+    ) -> Result<Vec<Filmed>, LinkError> {
+        let mut filmed = Vec::new();
+        for folder in super::folder::entries(screen)? {
+            let name = folder
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            if !folder.is_dir() || !self.seen.insert(name.clone()) {
+                continue;
+            }
+            let frames = super::folder::entries(&folder)?
+                .iter()
+                .map(|f| super::folder::load_image(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let shown = frames.len();
+            let caught = self.channel.carry(frames);
+            for (k, (_, image)) in caught.iter().enumerate() {
+                let png = super::folder::png(image)?;
+                crate::spool::write_atomic(captured, &format!("{name}-{k:04}.png"), &png)?;
+            }
+            filmed.push(Filmed {
+                folder: name,
+                shown,
+                caught: caught.len(),
+            });
+        }
+        Ok(filmed)
+    }
+}

@@ -134,3 +134,88 @@ fn check_header(part: &str) -> Result<(), LinkError> {
     }
     Ok(())
 }
+
+/// Messages a [`Reassembler`] collects at once; a part of one more drops the oldest.
+pub const MAX_MESSAGES: usize = 32;
+/// Messages a [`Reassembler`] remembers as complete, so their frames still in view are
+/// ignored instead of rebuilding them again.
+const REMEMBERED: usize = 64;
+
+/// What tells one message's parts from another's: fragment count, length and CRC-32.
+type MessageKey = (u32, u32, u32);
+
+/// Collects the parts of several envelopes at once, as a camera watching a screen that
+/// shows more than one sees them, and gives each envelope back once.
+#[derive(Default)]
+pub struct Reassembler {
+    open: Vec<(MessageKey, FrameReceiver)>,
+    done: std::collections::VecDeque<MessageKey>,
+}
+
+impl Reassembler {
+    /// A reassembler holding nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one part as read from a code: `Ok(Some(envelope))` when it completed one, `Ok(None)`
+    /// while its message is incomplete or was complete already.
+    pub fn receive(&mut self, part: &str) -> Result<Option<Vec<u8>>, LinkError> {
+        if part.len() > MAX_PART_TEXT {
+            return Err(fault(FrameFault::NotAPart, "longer than a QR code holds"));
+        }
+        check_header(&part.to_ascii_lowercase())?;
+        let key = message_key(part)?;
+        if self.done.contains(&key) {
+            return Ok(None);
+        }
+        let at = match self.open.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                if self.open.len() == MAX_MESSAGES {
+                    self.open.remove(0);
+                }
+                self.open.push((key, FrameReceiver::new()));
+                self.open.len() - 1
+            }
+        };
+        let result = self.open[at].1.receive(part);
+        let over = matches!(
+            result,
+            Ok(Some(_))
+                | Err(LinkError::Frame {
+                    what: FrameFault::Checksum,
+                    ..
+                })
+        );
+        if over {
+            // Complete, or its parts rebuilt a wrong message: either way it is over.
+            self.open.remove(at);
+            if self.done.len() == REMEMBERED {
+                self.done.pop_front();
+            }
+            self.done.push_back(key);
+        }
+        result
+    }
+}
+
+/// The message a part belongs to, read from the part's CBOR (with `minicbor`): the array
+/// `[sequence, count, length, checksum, data]` of BCR-2020-005.
+fn message_key(part: &str) -> Result<MessageKey, LinkError> {
+    let (_, cbor) = ur::decode(part).map_err(|e| fault(FrameFault::NotAPart, e))?;
+    let mut d = minicbor::Decoder::new(&cbor);
+    let not_a_part = |e: minicbor::decode::Error| fault(FrameFault::NotAPart, e);
+    if d.array().map_err(not_a_part)? != Some(5) {
+        return Err(fault(
+            FrameFault::NotAPart,
+            "a fountain part is an array of 5",
+        ));
+    }
+    d.u32().map_err(not_a_part)?;
+    Ok((
+        d.u32().map_err(not_a_part)?,
+        d.u32().map_err(not_a_part)?,
+        d.u32().map_err(not_a_part)?,
+    ))
+}

@@ -3,3 +3,4 @@
 mod hardening;
 mod link;
 mod qr;
+mod serial;

@@ -1,0 +1,162 @@
+//! Frames as files, for operators: the frames a screen shows, as PNG pages in a folder (to
+//! loop in a viewer or print), and a folder of captured images (a camera's or a scanner's)
+//! read back into envelopes.
+//!
+//! A screen folder holds one sub-folder per envelope shown, `frame-0001.png` onwards,
+//! renamed into place once complete; names starting with `.` are being written.
+
+use std::fs;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::GrayImage;
+
+use super::{draw, read, FrameSender, Reassembler};
+use crate::error::LinkError;
+use crate::spool::write_atomic;
+
+/// Largest image file read: a phone photo is a few MiB.
+pub const MAX_IMAGE_FILE: u64 = 16 * 1024 * 1024;
+/// Largest side of an image read, pixels (decoding sizes its buffer by it).
+const MAX_IMAGE_SIDE: u32 = 8192;
+/// Captured images read per pass; the rest wait for the next.
+const MAX_IMAGES_PER_PASS: usize = 256;
+
+/// Frames shown for an envelope of `fragments` fragments: twice as many, and two more, so
+/// a camera missing a third of them still has enough (the fountain needs about `n + 2`).
+pub fn frames_to_show(fragments: usize) -> usize {
+    2 * fragments + 2
+}
+
+/// Draws `envelope`'s frames into `screen/name/` and returns how many; the folder appears
+/// whole (written as `.name`, then renamed).
+pub fn show_frames(screen: &Path, name: &str, envelope: &[u8]) -> Result<usize, LinkError> {
+    let mut sender = FrameSender::new(envelope)?;
+    let count = frames_to_show(sender.fragment_count());
+    let partial = screen.join(format!(".{name}"));
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial)?;
+    for i in 1..=count {
+        let frame = draw(&sender.next_part()?)?;
+        write_atomic(&partial, &format!("frame-{i:04}.png"), &png(&frame)?)?;
+    }
+    fs::rename(&partial, screen.join(name))?;
+    Ok(count)
+}
+
+/// `frame` as PNG bytes.
+pub fn png(frame: &GrayImage) -> Result<Vec<u8>, LinkError> {
+    let mut out = Cursor::new(Vec::new());
+    frame
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| LinkError::Internal(format!("PNG of a frame: {e}")))?;
+    Ok(out.into_inner())
+}
+
+/// The image in the file at `path`, in grey, refusing a file or an image too large before
+/// decoding it.
+pub fn load_image(path: &Path) -> Result<GrayImage, LinkError> {
+    let len = fs::metadata(path)?.len();
+    if len > MAX_IMAGE_FILE {
+        return Err(LinkError::Oversize {
+            what: "captured image",
+            size: len,
+            limit: MAX_IMAGE_FILE,
+        });
+    }
+    let mut reader = image::ImageReader::new(Cursor::new(fs::read(path)?))
+        .with_guessed_format()
+        .map_err(LinkError::Io)?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    let image = reader
+        .decode()
+        .map_err(|e| LinkError::Malformed(format!("{}: not an image: {e}", path.display())))?;
+    Ok(image.to_luma8())
+}
+
+/// The files of `dir` not being written (no leading `.`), sorted by name.
+pub(crate) fn entries(dir: &Path) -> Result<Vec<PathBuf>, LinkError> {
+    let mut names: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// What a [`Capture`] read so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Image files taken from the folder.
+    pub images: u64,
+    /// Images in which a code was read.
+    pub decoded: u64,
+    /// Images without a readable code, or not images at all.
+    pub unreadable: u64,
+    /// Codes read but refused (not a part of a Custos envelope).
+    pub refused: u64,
+    /// Envelopes rebuilt.
+    pub envelopes: u64,
+}
+
+/// A folder of captured images, read and emptied pass by pass.
+pub struct Capture {
+    dir: PathBuf,
+    parts: Reassembler,
+    stats: CaptureStats,
+}
+
+impl Capture {
+    /// Reads images from `dir` (created if missing).
+    pub fn new(dir: PathBuf) -> Result<Self, LinkError> {
+        fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            parts: Reassembler::new(),
+            stats: CaptureStats::default(),
+        })
+    }
+
+    /// Reads the images there now (removing each once read) and returns the envelopes they
+    /// completed. An image without a code or with a refused code is counted and dropped:
+    /// a camera sees many such frames.
+    pub fn pass(&mut self) -> Result<Vec<Vec<u8>>, LinkError> {
+        let mut envelopes = Vec::new();
+        for path in entries(&self.dir)?.into_iter().take(MAX_IMAGES_PER_PASS) {
+            if !path.is_file() {
+                continue;
+            }
+            self.stats.images += 1;
+            let texts = load_image(&path).and_then(|image| read(&image));
+            fs::remove_file(&path)?;
+            let Ok(texts) = texts else {
+                self.stats.unreadable += 1;
+                continue;
+            };
+            self.stats.decoded += 1;
+            for text in texts {
+                match self.parts.receive(&text) {
+                    Ok(Some(envelope)) => {
+                        self.stats.envelopes += 1;
+                        envelopes.push(envelope);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.stats.refused += 1;
+                        tracing::warn!(image = %path.display(), error = %e, "QR link: code refused");
+                    }
+                }
+            }
+        }
+        Ok(envelopes)
+    }
+
+    /// What was read so far.
+    pub fn stats(&self) -> CaptureStats {
+        self.stats
+    }
+}
