@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use custos_link::qr::damage::{Damage, DamagedCamera, Filmed};
 use custos_link::qr::QrDirs;
-use serialport::TTYPort;
+use serialport::{SerialPort, TTYPort};
 
 /// The folders of a QR link under `dir`: (relay's, bridge's).
 pub fn qr_dirs(dir: &Path) -> (QrDirs, QrDirs) {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_e2e;
+mod bench_link;
 mod bench_psbt;
 mod bench_threshold;
 mod demo;
@@ -313,6 +314,23 @@ enum BenchCommand {
         /// Signings to time each way.
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+        /// Working directory (default: temporary).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The separate channel: a BIP-32 sign request and reply as QR frames through a camera
+    /// across a desk (frames against the information-theoretic minimum), and a serial line
+    /// over a pseudo-terminal pair (throughput against the line rate).
+    Link {
+        /// QR transfers timed each way.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Serial line rate, baud.
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// KiB sent over the serial line for its throughput.
+        #[arg(long, default_value_t = 32)]
+        serial_kib: usize,
         /// Working directory (default: temporary).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -874,6 +892,12 @@ fn run_bench(command: BenchCommand) -> Result<(), AnyError> {
             dir,
         } => bench_e2e::run(requests, concurrency, nodes, dir.as_deref()),
         BenchCommand::Threshold { signings, dir } => bench_threshold::run(signings, dir.as_deref()),
+        BenchCommand::Link {
+            trials,
+            baud,
+            serial_kib,
+            dir,
+        } => bench_link::run(trials, baud, serial_kib, dir.as_deref()),
         BenchCommand::Psbt {
             inputs,
             rounds,

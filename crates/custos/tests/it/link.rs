@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use crate::common::*;
-use custos::cluster::{Cluster, ClusterOptions, LinkTransport};
+use custos::cluster::{Cluster, ClusterOptions, LinkChannel, LinkTransport};
+use custos::link_channel::Direction;
 use custos::ops::{approvals, new_meta};
+use custos_link::qr::damage::Damage;
 use custos_pki::{pem_to_der, TrustRoot};
 use custos_proto::cluster::external_relay_client::ExternalRelayClient;
 use custos_proto::cluster::link_reply::Result as Answer;
@@ -100,7 +102,8 @@ fn start(pki: &Pki, transport: LinkTransport) -> Cluster {
     .unwrap()
 }
 
-fn flows_over(transport: LinkTransport) {
+/// Runs the flows over `transport` and returns the cluster (its channel's record).
+fn flows_over(transport: LinkTransport) -> Cluster {
     let pki = Pki::new();
     let cluster = start(&pki, transport);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -202,6 +205,7 @@ fn flows_over(transport: LinkTransport) {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
     });
+    cluster
 }
 
 #[test]
@@ -212,4 +216,31 @@ fn tcp_link_carries_the_flows() {
 #[test]
 fn spool_link_carries_the_flows() {
     flows_over(LinkTransport::Spool);
+}
+
+#[test]
+fn serial_link_carries_the_flows() {
+    flows_over(LinkTransport::Serial);
+}
+
+#[test]
+fn qr_link_carries_the_flows_through_a_damaged_camera() {
+    let cluster = flows_over(LinkTransport::Qr(Damage::across_a_desk(15)));
+    let Some(LinkChannel::Qr(cameras)) = &cluster.channel else {
+        panic!("a QR link films its frames");
+    };
+    let filmed = cameras.filmed();
+    eprintln!("filmed: {filmed:#?}");
+    let requests = filmed
+        .iter()
+        .filter(|(d, _)| *d == Direction::ToBridge)
+        .count();
+    // Status, the wallet, its retry, the signature and the tampered signature.
+    assert!(requests >= 5, "{filmed:?}");
+    let shown: usize = filmed.iter().map(|(_, f)| f.shown).sum();
+    let caught: usize = filmed.iter().map(|(_, f)| f.caught).sum();
+    assert!(
+        caught < shown * 4 / 5,
+        "the camera missed frames ({caught} of {shown} caught)"
+    );
 }

@@ -22,10 +22,12 @@ const MAX_IMAGE_SIDE: u32 = 8192;
 /// Captured images read per pass; the rest wait for the next.
 const MAX_IMAGES_PER_PASS: usize = 256;
 
-/// Frames shown for an envelope of `fragments` fragments: twice as many, and two more, so
-/// a camera missing a third of them still has enough (the fountain needs about `n + 2`).
+/// Frames shown for an envelope of `fragments` fragments: three times as many and four
+/// more, so that a camera missing a third of them and failing to read some still has
+/// enough (the fountain needs a few parts beyond `n`; at twice as many, a 5-fragment
+/// envelope filmed across a desk fell short).
 pub fn frames_to_show(fragments: usize) -> usize {
-    2 * fragments + 2
+    3 * fragments + 4
 }
 
 /// Draws `envelope`'s frames into `screen/name/` and returns how many; the folder appears
@@ -125,6 +127,9 @@ impl Capture {
     /// completed. An image without a code or with a refused code is counted and dropped:
     /// a camera sees many such frames.
     pub fn pass(&mut self) -> Result<Vec<Vec<u8>>, LinkError> {
+        // One pass takes what a camera wrote of a showing; an envelope complete in an
+        // earlier pass and seen again is a new showing (a retry) and is read again.
+        self.parts.forget_complete();
         let mut envelopes = Vec::new();
         for path in entries(&self.dir)?.into_iter().take(MAX_IMAGES_PER_PASS) {
             if !path.is_file() {

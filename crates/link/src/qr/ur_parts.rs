@@ -5,11 +5,13 @@ use crate::error::{FrameFault, LinkError};
 /// The UR type of a Custos link envelope: its CBOR is a byte string holding the envelope's
 /// encoding (BCR-2020-006 style registry name, private to Custos).
 pub const UR_TYPE: &str = "custos-envelope";
-/// Bytes of a fountain fragment: a part of about 280 bytewords characters, one QR code of
-/// about version 10 (level L), so a 1 KiB sign request is 10 fragments.
-pub const FRAGMENT_LEN: usize = 120;
+/// Bytes of a fountain fragment: a part of about 560 bytewords characters, one QR code of
+/// version 12 (level L), so a sign request (1.3 KiB) is 6 fragments and its reply (2 KiB)
+/// 9. Measured with `custos bench link`: at 120 bytes the fountain's overhead (it needs a
+/// few parts beyond the fragment count) made the reply take 46 frames; at 250, 16.
+pub const FRAGMENT_LEN: usize = 250;
 /// Largest envelope sent over QR codes (a sign request and its reply are about 1 KiB; an
-/// import's sealed seed a few): at [`FRAGMENT_LEN`] it is at most 560 fragments.
+/// import's sealed seed a few): at [`FRAGMENT_LEN`] it is at most 263 fragments.
 pub const MAX_QR_ENVELOPE: usize = 64 * 1024;
 /// Most fragments a receiver accepts a message to have; a part claiming more is refused
 /// before the fountain decoder sizes anything by it.
@@ -137,8 +139,8 @@ fn check_header(part: &str) -> Result<(), LinkError> {
 
 /// Messages a [`Reassembler`] collects at once; a part of one more drops the oldest.
 pub const MAX_MESSAGES: usize = 32;
-/// Messages a [`Reassembler`] remembers as complete, so their frames still in view are
-/// ignored instead of rebuilding them again.
+/// Messages a [`Reassembler`] remembers as complete until [`Reassembler::forget_complete`],
+/// so their frames still in view are ignored instead of rebuilding them again.
 const REMEMBERED: usize = 64;
 
 /// What tells one message's parts from another's: fragment count, length and CRC-32.
@@ -156,6 +158,13 @@ impl Reassembler {
     /// A reassembler holding nothing.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Forgets which messages were complete: the same envelope shown again (a retry, or
+    /// the same stored answer to a retried request) must be read again. A reader calls it
+    /// between batches of images, so the rest of one showing is ignored but not a later one.
+    pub fn forget_complete(&mut self) {
+        self.done.clear();
     }
 
     /// Takes one part as read from a code: `Ok(Some(envelope))` when it completed one, `Ok(None)`

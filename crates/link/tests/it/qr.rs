@@ -16,13 +16,7 @@ use crate::link::{counting_server, open_answer, Pair, CLUSTER};
 /// A camera across a desk: 30 % of frames missed, the rest shuffled, noise of ±40 grey
 /// levels, a blur and a 3° tilt.
 fn desk(seed: u64) -> DamagedChannel {
-    DamagedChannel::new(Damage {
-        drop: 0.3,
-        noise: 40,
-        rotate_degrees: 3.0,
-        blur: true,
-        seed,
-    })
+    DamagedChannel::new(Damage::across_a_desk(seed))
 }
 
 fn sign_request(pair: &Pair) -> Vec<u8> {
@@ -255,4 +249,118 @@ fn bc_ur_and_custos_read_each_others_parts() {
         .filter(|(i, _)| i % 4 != 0)
         .find_map(|(_, p)| receiver.receive(p).unwrap());
     assert_eq!(rebuilt.as_deref(), Some(&request[..]));
+}
+
+/// The link over screen folders: the relay's [`QrTransport`] draws a request, a damaged
+/// camera films it into the bridge's captured folder, the bridge's [`QrServer`] runs it
+/// once and draws the reply, which a second camera films back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_crosses_screen_folders_and_a_damaged_camera() {
+    use custos_link::qr::damage::DamagedCamera;
+    use custos_link::qr::{QrDirs, QrServer, QrTransport};
+    use custos_link::LinkClient;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let side = |name: &str| QrDirs {
+        screen: dir.path().join(name).join("screen"),
+        captured: dir.path().join(name).join("captured"),
+    };
+    let (relay, bridge) = (side("relay"), side("bridge"));
+    let pair = Pair::new();
+    let (server, calls) = counting_server(&dir.path().join("dedup.redb"), pair.internal());
+    let poll = std::time::Duration::from_millis(10);
+    let qr_server = Arc::new(QrServer::new(bridge.clone(), server, poll).unwrap());
+    let serving = tokio::spawn({
+        let qr_server = Arc::clone(&qr_server);
+        async move { qr_server.run().await }
+    });
+    let transport = QrTransport::new(relay.clone(), poll).unwrap();
+    let client = LinkClient::new(transport, pair.external(), crate::link::config(CLUSTER));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let filming = std::thread::spawn({
+        let stop = Arc::clone(&stop);
+        move || {
+            let (mut there, mut back) = (
+                DamagedCamera::new(Damage::across_a_desk(3)),
+                DamagedCamera::new(Damage::across_a_desk(4)),
+            );
+            let mut filmed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                filmed.extend(
+                    there
+                        .film(&relay.screen, &bridge.captured)
+                        .unwrap_or_default(),
+                );
+                filmed.extend(
+                    back.film(&bridge.screen, &relay.captured)
+                        .unwrap_or_default(),
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            filmed
+        }
+    });
+    let payload: Vec<u8> = (0..1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let answer = tokio::time::timeout(crate::link::TEST_BOUND, client.request(payload.clone()))
+        .await
+        .expect("bounded")
+        .expect("the request crosses");
+    assert_eq!(&answer[3..], &payload[..]);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    stop.store(true, Ordering::Relaxed);
+    let filmed = filming.join().unwrap();
+    eprintln!("filmed: {filmed:?}");
+    assert!(filmed.len() >= 2, "a request and its reply were filmed");
+    let stats = qr_server.capture_stats();
+    assert_eq!(
+        stats.envelopes, 1,
+        "the bridge rebuilt the request once: {stats:?}"
+    );
+    let shown: usize = filmed.iter().map(|f| f.shown).sum();
+    let caught: usize = filmed.iter().map(|f| f.caught).sum();
+    assert!(caught < shown, "the camera missed frames: {filmed:?}");
+    serving.abort();
+}
+
+/// Two envelopes' parts interleaved, with a foreign code among them: each envelope comes
+/// back once, whole.
+#[test]
+fn a_reassembler_sorts_interleaved_envelopes() {
+    use custos_link::qr::Reassembler;
+    let pair = Pair::new();
+    let one = sign_request(&pair);
+    let two = Envelope::seal(
+        &pair.external(),
+        CLUSTER,
+        [0x52; 16],
+        EnvelopeKind::Request,
+        2,
+        vec![9; 700],
+    )
+    .unwrap()
+    .encode()
+    .unwrap();
+    let (a, b) = (parts_of(&one, 30), parts_of(&two, 30));
+    let mut reassembler = Reassembler::new();
+    let mut out = Vec::new();
+    for (x, y) in a.iter().zip(&b) {
+        for part in [x, y] {
+            if let Some(envelope) = reassembler.receive(part).unwrap() {
+                out.push(envelope);
+            }
+        }
+    }
+    assert_eq!(out.len(), 2, "each envelope once, leftovers ignored");
+    assert!(out.contains(&one) && out.contains(&two));
+    let foreign = "ur:crypto-psbt/1-3/lpadaxcfaxhlcywdhkwzta";
+    assert!(matches!(
+        reassembler.receive(foreign),
+        Err(LinkError::Frame {
+            what: FrameFault::WrongType,
+            ..
+        })
+    ));
 }
