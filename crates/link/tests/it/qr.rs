@@ -238,7 +238,7 @@ fn bc_ur_and_custos_read_each_others_parts() {
            const ur = new UR(bytes.cbor, 'custos-envelope');
            const e = new UREncoder(ur, 100, 0);
            const out = [];
-           for (let i = 0; i < e.fragmentsLength * 3; i++) out.push(e.nextPart());
+           for (let i = 0; i < e.fragmentsLength * 5; i++) out.push(e.nextPart());
            console.log(out.join(' '));"#,
         &hex::encode(&request),
     );
