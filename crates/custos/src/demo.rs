@@ -8,7 +8,9 @@
 //! impostor node with a genuine certificate refused; a revoked admin's approval refused),
 //! wallet creation under an approver group and import, sync, admin approvals under quorum,
 //! signing through the full path, an audit, a 2-of-3 threshold key dealt over the three clusters and
-//! used by pairs of them, and a node killed while requests are still served.
+//! used by pairs of them, and a node killed while requests are still served. Last, a fourth
+//! cluster `dc4` reached only by animated QR codes through a damaged camera (issue 15): a
+//! wallet, a signature and an audit cross it, each envelope's frames in the report.
 //! Every signature is checked with nothing but public data. It exits 0 only if every step
 //! verified, and writes a machine-readable JSON report.
 //!
@@ -45,6 +47,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 mod admission;
+mod air_gap;
 mod governance;
 mod platform;
 mod threshold;
@@ -305,6 +308,7 @@ impl Demo {
         &self,
         threshold: serde_json::Value,
         rollback: serde_json::Value,
+        air_gap: serde_json::Value,
     ) -> serde_json::Value {
         json!({
             "custos_demo": 3,
@@ -326,7 +330,9 @@ impl Demo {
                 {"name": "dc1", "nodes": 3, "link": "tcp"},
                 {"name": "dc2", "nodes": 3, "link": "spool"},
                 {"name": "dc3", "nodes": 3, "link": "tcp"},
+                {"name": "dc4", "nodes": 1, "link": "qr"},
             ],
+            "air_gap": air_gap,
             "threshold": threshold,
             "wallets": self.wallets.iter().map(|w| json!({
                 "cluster": w.cluster, "root_id": w.root_id, "root_xpub": w.xpub,
@@ -403,8 +409,9 @@ pub fn run(
     threshold["dkg"] = demo.dkg(&rt)?;
     demo.node_killed(&rt)?;
     let rollback = demo.rollback_refused()?;
+    let air_gap = demo.qr_cluster(&rt)?;
 
-    let doc = demo.report(threshold, rollback);
+    let doc = demo.report(threshold, rollback, air_gap);
     std::fs::write(report, serde_json::to_vec_pretty(&doc)?)?;
     println!(
         "all {} steps verified in {:.1} s; report written to {}",

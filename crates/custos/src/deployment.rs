@@ -125,16 +125,7 @@ impl Deployment {
         (operator.rate_per_sec, operator.burst) = (MAX_RATE, MAX_RATE);
         config.api_tokens.push(operator);
         for c in &clusters {
-            let relay = c
-                .relay
-                .as_ref()
-                .ok_or_else(|| io(format!("cluster {} has no relay", c.name)))?;
-            config.clusters.push(ClusterConfig {
-                name: c.name.clone(),
-                relay: relay.addr,
-                relay_token: RelayToken::new(relay.token.clone()),
-                genesis_id: None,
-            });
+            config.clusters.push(cloud_entry(c)?);
         }
         let cloud_config = dir.join("cloud.toml");
         {
@@ -163,6 +154,34 @@ impl Deployment {
         };
         deployment.start_cloud()?;
         Ok(deployment)
+    }
+
+    /// Brings up one more cluster of `nodes` nodes linked by `transport`, and restarts the
+    /// cloud server with it (the API URL changes: make a new client).
+    pub fn add_cluster(
+        &mut self,
+        name: &str,
+        transport: LinkTransport,
+        nodes: usize,
+        plan: &TeePlan,
+    ) -> Result<(), ClusterError> {
+        let cluster = Cluster::start_on(
+            &self.exe,
+            &self.pki,
+            &self.dir.join(name),
+            &ClusterOptions {
+                name: name.to_string(),
+                nodes,
+                db_url: None,
+                sync_interval_secs: 2,
+                audit_interval_secs: 0,
+                link: Some(transport),
+            },
+            plan,
+        )?;
+        let entry = cloud_entry(&cluster)?;
+        self.clusters.push(cluster);
+        self.reconfigure_cloud(|config| config.clusters.push(entry))
     }
 
     /// Starts the cloud server process (after [`Deployment::kill_cloud`]).
@@ -449,4 +468,18 @@ pub async fn approve(
         )
         .await
         .map_err(io)
+}
+
+/// The cloud server's entry for `c`: its relay and the relay's token.
+fn cloud_entry(c: &Cluster) -> Result<ClusterConfig, ClusterError> {
+    let relay = c
+        .relay
+        .as_ref()
+        .ok_or_else(|| io(format!("cluster {} has no relay", c.name)))?;
+    Ok(ClusterConfig {
+        name: c.name.clone(),
+        relay: relay.addr,
+        relay_token: RelayToken::new(relay.token.clone()),
+        genesis_id: None,
+    })
 }

@@ -205,6 +205,8 @@ pub struct Filmed {
     pub shown: usize,
     /// Frames the camera caught (the rest it missed) and wrote as images.
     pub caught: usize,
+    /// Of those, the frames whose code reads from the damaged pixels ([`read`]).
+    pub decoded: usize,
 }
 
 /// A camera pointed at a screen folder ([`super::show_frames`]): each envelope's frames,
@@ -246,6 +248,7 @@ impl DamagedCamera {
                 .collect::<Result<Vec<_>, _>>()?;
             let shown = frames.len();
             let caught = self.channel.carry(frames);
+            let decoded = caught.iter().filter(|(_, f)| read(f).is_ok()).count();
             for (k, (_, image)) in caught.iter().enumerate() {
                 let png = super::folder::png(image)?;
                 crate::spool::write_atomic(captured, &format!("{name}-{k:04}.png"), &png)?;
@@ -254,6 +257,7 @@ impl DamagedCamera {
                 folder: name,
                 shown,
                 caught: caught.len(),
+                decoded,
             });
         }
         Ok(filmed)
