@@ -151,6 +151,36 @@ fn signature_of(view: &RequestView) -> Result<SignResult, AnyError> {
     }
 }
 
+/// Asks for `digest` signed by `root_id`'s child at `path`, approved by `signers`, and
+/// returns the completed request and its signature (not yet verified).
+async fn sign_approved(
+    client: &CloudClient,
+    root_id: &str,
+    path: &str,
+    digest: [u8; 32],
+    signers: &[&AdminSigner],
+) -> Result<(RequestView, SignResult), AnyError> {
+    let view = client
+        .sign(&SignRequestBody {
+            root_id: root_id.to_string(),
+            path: path.into(),
+            digest: hex::encode(digest),
+            request_id: None,
+            expires_at: None,
+            approvals: Vec::new(),
+        })
+        .await?;
+    let view = approve_all(client, view, signers).await?;
+    status_is(&view, RequestStatus::Completed, "signing")?;
+    let sig = signature_of(&view)?;
+    Ok((view, sig))
+}
+
+/// Whether an audit found a node's keys exactly as listed, none hidden, without error.
+fn audit_clean(n: &custos_cloud_api::NodeAuditView) -> bool {
+    n.missing.is_empty() && n.wrong.is_empty() && n.hidden == 0 && n.error.is_none()
+}
+
 /// Approves `view` by each signer in turn (as `custos approve` does) and returns the last
 /// state; checks it stays pending until the last approval.
 async fn approve_all(

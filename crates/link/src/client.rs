@@ -148,3 +148,35 @@ impl<T: ClientTransport> LinkClient<T> {
         }
     }
 }
+
+/// What an answer taken from a channel others can write to (a screen, a shared line) must
+/// be: signed by the pinned peer for this cluster, for the request waited on. Anything
+/// else is skipped, not returned: a forged answer must not end a request the real answer
+/// would complete.
+#[derive(Debug, Clone)]
+pub struct AnswerCheck {
+    peer_public: Vec<u8>,
+    cluster: String,
+}
+
+impl AnswerCheck {
+    /// Answers signed by `peer_public` (the internal relay's key) for `cluster`.
+    pub fn new(peer_public: &[u8], cluster: &str) -> Self {
+        Self {
+            peer_public: peer_public.to_vec(),
+            cluster: cluster.to_string(),
+        }
+    }
+
+    /// The request id `answer` authentically answers, if any.
+    pub fn answered(&self, answer: &[u8]) -> Option<RequestId> {
+        match Envelope::open(answer, &self.peer_public, &self.cluster) {
+            Ok(env) if env.kind != EnvelopeKind::Request => Some(env.request_id),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "link: an answer that does not verify, skipped");
+                None
+            }
+        }
+    }
+}

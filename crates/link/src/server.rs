@@ -390,6 +390,22 @@ impl LinkServer {
             .map_err(|e| LinkError::Internal(format!("request task failed: {e}")))?
     }
 
+    /// The answer to `request` for a transport whose answers anyone watching the channel
+    /// may take (a screen, a shared line): the response, or a refusal only if the request
+    /// was authentic. A forged request naming someone's request id gets nothing, so it
+    /// cannot make this side sign a failure that would stand for the real request.
+    pub async fn answer(&self, request: &[u8]) -> Option<Vec<u8>> {
+        match self.handle_request(request).await {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                tracing::warn!(error = %e, "link: request refused");
+                e.of_authentic_envelope()
+                    .then(|| self.refusal_reply(request, &e))
+                    .flatten()
+            }
+        }
+    }
+
     /// A signed Failure envelope telling the sender why `request` was refused, if the
     /// request is structurally an envelope (its id is needed to address the answer).
     pub fn refusal_reply(&self, request: &[u8], error: &LinkError) -> Option<Vec<u8>> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use custos_link::qr::{QrDirs, QrTransport};
 use custos_link::{
-    ClientConfig, ClientTransport, LinkClient, LinkError, LinkKeys, SerialLine, SerialTransport,
-    SpoolDirs, SpoolTransport, TcpTransport, MAX_PAYLOAD,
+    AnswerCheck, ClientConfig, ClientTransport, LinkClient, LinkError, LinkKeys, SerialLine,
+    SerialTransport, SpoolDirs, SpoolTransport, TcpTransport, MAX_PAYLOAD,
 };
 use custos_net::{
     client_config_without_identity, connect_lazy, serve_tls, server_config_without_client_auth,
@@ -216,13 +216,17 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
                     captured: captured.clone(),
                 },
                 Duration::from_millis((*poll_ms).max(1)),
+                AnswerCheck::new(keys.peer_public(), &config.cluster),
             )?;
             let client = LinkClient::new(transport, keys, link_config);
             ready("qr");
             serve(client, token_sha256, incoming).await
         }
         TransportConfig::Serial { device, baud } => {
-            let transport = SerialTransport::new(SerialLine::open(device, *baud)?);
+            let transport = SerialTransport::new(
+                SerialLine::open(device, *baud)?,
+                AnswerCheck::new(keys.peer_public(), &config.cluster),
+            );
             let client = LinkClient::new(transport, keys, link_config);
             ready("serial");
             serve(client, token_sha256, incoming).await

@@ -10,14 +10,14 @@ use std::str::FromStr;
 use bitcoin::bip32::DerivationPath;
 use custos::cluster::{LinkChannel, LinkTransport};
 use custos::link_channel::Direction;
-use custos_cloud_api::{CreateWalletBody, SignRequestBody};
+use custos_cloud_api::CreateWalletBody;
 use custos_link::qr::damage::Damage;
 use serde_json::json;
 use tokio::runtime::Runtime;
 
 use super::{
-    approve_all, fail, public_child, signature_of, status_is, verify_signature, wallet_of,
-    AnyError, Demo, RequestStatus,
+    approve_all, audit_clean, fail, public_child, sign_approved, status_is, verify_signature,
+    wallet_of, AnyError, Demo, RequestStatus,
 };
 
 /// The cluster behind the QR channel.
@@ -99,31 +99,15 @@ impl Demo {
         status_is(&view, RequestStatus::Completed, "dc4 wallet creation")?;
         let (root_id, xpub) = wallet_of(&view)?;
         let (path, digest) = ("m/0/15", [0x15u8; 32]);
-        let view = self
-            .client
-            .sign(&SignRequestBody {
-                root_id: root_id.clone(),
-                path: path.into(),
-                digest: hex::encode(digest),
-                request_id: None,
-                expires_at: None,
-                approvals: Vec::new(),
-            })
-            .await?;
-        let view = approve_all(&self.client, view, &[&self.alice]).await?;
-        status_is(&view, RequestStatus::Completed, "dc4 signing")?;
-        let sig = signature_of(&view)?;
+        let (view, sig) =
+            sign_approved(&self.client, &root_id, path, digest, &[&self.alice]).await?;
         verify_signature(
             &sig,
             &digest,
             &public_child(&xpub, &DerivationPath::from_str(path)?)?,
         )?;
         let audit = self.client.run_audit(CLUSTER).await?;
-        let clean = audit.nodes.len() == 1
-            && audit.nodes.iter().all(|n| {
-                n.missing.is_empty() && n.wrong.is_empty() && n.hidden == 0 && n.error.is_none()
-            });
-        if !clean {
+        if audit.nodes.len() != 1 || !audit.nodes.iter().all(audit_clean) {
             return Err(fail(&format!("audit of dc4 flagged its node: {audit:?}")));
         }
         Ok((root_id, path.to_string(), view.id))

@@ -214,21 +214,9 @@ impl Demo {
         ];
         for (wi, path, digest, note) in jobs {
             let w = &self.wallets[wi];
-            let view = self
-                .client
-                .sign(&SignRequestBody {
-                    root_id: w.root_id.clone(),
-                    path: path.into(),
-                    digest: hex::encode(digest),
-                    request_id: None,
-                    expires_at: None,
-                    approvals: Vec::new(),
-                })
-                .await?;
             let signers: Vec<&AdminSigner> = [&self.alice, &self.bob][..w.quorum as usize].to_vec();
-            let view = approve_all(&self.client, view, &signers).await?;
-            status_is(&view, RequestStatus::Completed, "signing")?;
-            let sig = signature_of(&view)?;
+            let (view, sig) =
+                sign_approved(&self.client, &w.root_id, path, digest, &signers).await?;
             let dpath = DerivationPath::from_str(path)?;
             let expected = if w.origin == "imported" {
                 // The demo knows this seed: check even hardened paths independently.
@@ -297,16 +285,7 @@ impl Demo {
     pub(super) async fn audit(&mut self) -> Result<(), AnyError> {
         for c in ["dc1", "dc2"] {
             let a = self.client.run_audit(c).await?;
-            let bad: Vec<_> = a
-                .nodes
-                .iter()
-                .filter(|n| {
-                    !n.missing.is_empty()
-                        || !n.wrong.is_empty()
-                        || n.hidden > 0
-                        || n.error.is_some()
-                })
-                .collect();
+            let bad: Vec<_> = a.nodes.iter().filter(|n| !audit_clean(n)).collect();
             if !bad.is_empty() || a.nodes.len() != 3 {
                 return Err(fail(&format!("audit of {c} flagged nodes: {a:?}")));
             }

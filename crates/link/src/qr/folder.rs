@@ -17,8 +17,11 @@ use crate::spool::write_atomic;
 
 /// Largest image file read: a phone photo is a few MiB.
 pub const MAX_IMAGE_FILE: u64 = 16 * 1024 * 1024;
-/// Largest side of an image read, pixels (decoding sizes its buffer by it).
-const MAX_IMAGE_SIDE: u32 = 8192;
+/// Largest side of an image read, pixels (decoding sizes its buffer by it): a 12-megapixel
+/// phone photo is 4 032 wide.
+const MAX_IMAGE_SIDE: u32 = 4096;
+/// Most memory decoding one image may take: such a photo in RGBA is 48 MiB.
+const MAX_IMAGE_ALLOC: u64 = 64 * 1024 * 1024;
 /// Captured images read per pass; the rest wait for the next.
 const MAX_IMAGES_PER_PASS: usize = 256;
 
@@ -55,23 +58,48 @@ pub fn png(frame: &GrayImage) -> Result<Vec<u8>, LinkError> {
     Ok(out.into_inner())
 }
 
-/// The image in the file at `path`, in grey, refusing a file or an image too large before
-/// decoding it.
-pub fn load_image(path: &Path) -> Result<GrayImage, LinkError> {
-    let len = fs::metadata(path)?.len();
-    if len > MAX_IMAGE_FILE {
+/// The bytes of the regular file at `path`, at most [`MAX_IMAGE_FILE`]: opened without
+/// following a link or waiting on a FIFO, and read no further than the limit whatever the
+/// file grows to.
+fn read_image_file(path: &Path) -> Result<Vec<u8>, LinkError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(LinkError::Malformed(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_IMAGE_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE {
         return Err(LinkError::Oversize {
             what: "captured image",
-            size: len,
+            size: bytes.len() as u64,
             limit: MAX_IMAGE_FILE,
         });
     }
-    let mut reader = image::ImageReader::new(Cursor::new(fs::read(path)?))
+    Ok(bytes)
+}
+
+/// The image in the file at `path`, in grey, refusing a file or an image too large before
+/// decoding it.
+pub fn load_image(path: &Path) -> Result<GrayImage, LinkError> {
+    decode_image(path, read_image_file(path)?)
+}
+
+fn decode_image(path: &Path, bytes: Vec<u8>) -> Result<GrayImage, LinkError> {
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(LinkError::Io)?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
     reader.limits(limits);
     let image = reader
         .decode()
@@ -131,13 +159,18 @@ impl Capture {
         // earlier pass and seen again is a new showing (a retry) and is read again.
         self.parts.forget_complete();
         let mut envelopes = Vec::new();
-        for path in entries(&self.dir)?.into_iter().take(MAX_IMAGES_PER_PASS) {
-            if !path.is_file() {
-                continue;
-            }
+        let files = entries(&self.dir)?
+            .into_iter()
+            .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()));
+        for path in files.take(MAX_IMAGES_PER_PASS) {
             self.stats.images += 1;
-            let texts = load_image(&path).and_then(|image| read(&image));
+            // Taken out of the folder before it is decoded: whatever decoding does with
+            // it, it is never read twice.
+            let bytes = read_image_file(&path);
             fs::remove_file(&path)?;
+            let texts = bytes
+                .and_then(|b| decode_image(&path, b))
+                .and_then(|image| read(&image));
             let Ok(texts) = texts else {
                 self.stats.unreadable += 1;
                 continue;

@@ -26,7 +26,7 @@ pub use folder::{
     frames_to_show, load_image, png, show_frames, Capture, CaptureStats, MAX_IMAGE_FILE,
 };
 pub use pixels::{draw, read, MODULE_PIXELS};
-pub use transport::{QrDirs, QrServer, QrTransport, REPLY_SHOWN_FOR};
+pub use transport::{QrDirs, QrServer, QrTransport, REPLY_AGAIN_AFTER, REPLY_SHOWN_FOR};
 pub use ur_parts::{
     FrameReceiver, FrameSender, Reassembler, FRAGMENT_LEN, MAX_MESSAGES, MAX_PARTS,
     MAX_QR_ENVELOPE, UR_TYPE,

@@ -57,6 +57,19 @@ pub fn read(image: &GrayImage) -> Result<Vec<String>, LinkError> {
 const LOOKS: [f32; 4] = [0.0, 1.5, 0.7, 2.5];
 
 fn read_once(image: &GrayImage) -> Result<Vec<String>, LinkError> {
+    // rqrr asserts on some perspectives (its issue 54): a frame that trips it is one that
+    // does not read, never the end of the reader.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_codes(image))).unwrap_or_else(
+        |_| {
+            Err(LinkError::Frame {
+                what: FrameFault::Unreadable,
+                detail: "the QR decoder gave up on this frame".into(),
+            })
+        },
+    )
+}
+
+fn decode_codes(image: &GrayImage) -> Result<Vec<String>, LinkError> {
     let mut prepared = rqrr::PreparedImage::prepare(image.clone());
     let grids = prepared.detect_grids();
     if grids.is_empty() {

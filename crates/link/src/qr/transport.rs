@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::folder::{entries, show_frames, Capture, CaptureStats};
-use crate::client::ClientTransport;
+use crate::client::{AnswerCheck, ClientTransport};
 use crate::envelope::{Envelope, EnvelopeKind, RequestId};
 use crate::error::LinkError;
 use crate::server::LinkServer;
@@ -26,8 +26,10 @@ pub struct QrDirs {
     pub captured: PathBuf,
 }
 
-/// Answers read but not yet asked for, kept for exchanges still waiting.
-const MAX_UNCLAIMED: usize = 64;
+/// How long after showing a reply the same request's reply is not shown again: its other
+/// frames, read in a later pass, complete the request again, but a retry (after the
+/// relay's attempt timed out, seconds later) must see the reply anew.
+pub const REPLY_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// How long a reply's frames stay on the bridge's screen.
 pub const REPLY_SHOWN_FOR: Duration = Duration::from_secs(3600);
 
@@ -47,27 +49,30 @@ fn folder_name(kind: EnvelopeKind, request_id: &RequestId) -> String {
 /// A captured-images folder and what it completed, shared by the exchanges waiting on it.
 struct Reading {
     capture: Capture,
-    unclaimed: HashMap<RequestId, Vec<u8>>,
+    /// Request ids of the exchanges waiting, and the answer once read.
+    waiting: HashMap<RequestId, Option<Vec<u8>>>,
 }
 
 /// The external side of the link over QR codes.
 pub struct QrTransport {
     screen: PathBuf,
     reading: Arc<Mutex<Reading>>,
+    check: AnswerCheck,
     poll: Duration,
 }
 
 impl QrTransport {
     /// A transport drawing requests into `dirs.screen` and reading replies from
-    /// `dirs.captured` every `poll`.
-    pub fn new(dirs: QrDirs, poll: Duration) -> Result<Self, LinkError> {
+    /// `dirs.captured` every `poll`; a reply counts only if `check` accepts it.
+    pub fn new(dirs: QrDirs, poll: Duration, check: AnswerCheck) -> Result<Self, LinkError> {
         std::fs::create_dir_all(&dirs.screen)?;
         Ok(Self {
             screen: dirs.screen,
             reading: Arc::new(Mutex::new(Reading {
                 capture: Capture::new(dirs.captured)?,
-                unclaimed: HashMap::new(),
+                waiting: HashMap::new(),
             })),
+            check,
             poll,
         })
     }
@@ -82,12 +87,19 @@ impl QrTransport {
     }
 }
 
-/// Removes a request's frames from the screen when its exchange ends, however it ends.
-struct Shown(PathBuf);
+/// An exchange under way: when it ends, however it ends, its frames leave the screen and
+/// its request id stops being waited for.
+struct Waiting {
+    shown: PathBuf,
+    reading: Arc<Mutex<Reading>>,
+    request_id: RequestId,
+}
 
-impl Drop for Shown {
+impl Drop for Waiting {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.shown);
+        let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        r.waiting.remove(&self.request_id);
     }
 }
 
@@ -99,23 +111,32 @@ impl ClientTransport for QrTransport {
     ) -> Result<Vec<u8>, LinkError> {
         let name = folder_name(EnvelopeKind::Request, &request_id);
         let screen = self.screen.clone();
-        let _shown = Shown(screen.join(&name));
+        self.reading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting
+            .insert(request_id, None);
+        let _waiting = Waiting {
+            shown: screen.join(&name),
+            reading: Arc::clone(&self.reading),
+            request_id,
+        };
         blocking(move || show_frames(&screen, &name, &request)).await?;
         // Unbounded here on purpose: LinkClient bounds each attempt with its timeout.
         loop {
-            let reading = Arc::clone(&self.reading);
+            let (reading, check) = (Arc::clone(&self.reading), self.check.clone());
             let answer = blocking(move || {
                 let mut r = reading.lock().unwrap_or_else(|p| p.into_inner());
                 for envelope in r.capture.pass()? {
-                    let Ok(id) = Envelope::decode(&envelope).map(|e| e.request_id) else {
-                        continue;
-                    };
-                    if r.unclaimed.len() == MAX_UNCLAIMED {
-                        r.unclaimed.clear();
+                    // Only what answers an exchange under way, authentically, is kept.
+                    if let Some(slot) = check
+                        .answered(&envelope)
+                        .and_then(|id| r.waiting.get_mut(&id))
+                    {
+                        *slot = Some(envelope);
                     }
-                    r.unclaimed.insert(id, envelope);
                 }
-                Ok(r.unclaimed.remove(&request_id))
+                Ok(r.waiting.get_mut(&request_id).and_then(Option::take))
             })
             .await?;
             if let Some(answer) = answer {
@@ -132,6 +153,8 @@ pub struct QrServer {
     capture: Arc<Mutex<Capture>>,
     server: LinkServer,
     poll: Duration,
+    /// When each request's reply was last shown.
+    shown: Arc<Mutex<HashMap<RequestId, Instant>>>,
 }
 
 impl QrServer {
@@ -144,6 +167,7 @@ impl QrServer {
             capture: Arc::new(Mutex::new(Capture::new(dirs.captured)?)),
             server,
             poll,
+            shown: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -164,30 +188,43 @@ impl QrServer {
         let capture = Arc::clone(&self.capture);
         let screen = self.screen.clone();
         let requests = blocking(move || {
-            remove_old_replies(&screen)?;
+            remove_old_replies(&screen);
             capture.lock().unwrap_or_else(|p| p.into_inner()).pass()
         })
         .await?;
-        let mut tasks = tokio::task::JoinSet::new();
+        self.shown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, at| at.elapsed() < REPLY_AGAIN_AFTER);
+        let mut tasks: tokio::task::JoinSet<Result<bool, LinkError>> = tokio::task::JoinSet::new();
         for request in requests {
             let (server, screen) = (self.server.clone(), self.screen.clone());
+            let shown = Arc::clone(&self.shown);
             tasks.spawn(async move {
-                let answer = match server.handle_request(&request).await {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "QR link: request refused");
-                        server.refusal_reply(&request, &e).ok_or(e)?
-                    }
-                };
+                let answer = server.answer(&request).await.ok_or_else(|| {
+                    LinkError::Malformed("a request refused without an answer".into())
+                })?;
                 let id = Envelope::decode(&answer)?.request_id;
+                {
+                    let mut shown = shown.lock().unwrap_or_else(|p| p.into_inner());
+                    if shown
+                        .get(&id)
+                        .is_some_and(|at| at.elapsed() < REPLY_AGAIN_AFTER)
+                    {
+                        return Ok(false);
+                    }
+                    shown.insert(id, Instant::now());
+                }
                 let name = folder_name(EnvelopeKind::Response, &id);
-                blocking(move || show_frames(&screen, &name, &answer)).await
+                blocking(move || show_frames(&screen, &name, &answer)).await?;
+                Ok(true)
             });
         }
         let mut shown = 0;
         while let Some(done) = tasks.join_next().await {
             match done.map_err(|e| LinkError::Internal(format!("QR request task: {e}")))? {
-                Ok(_) => shown += 1,
+                Ok(true) => shown += 1,
+                Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "QR link: no reply shown"),
             }
         }
@@ -203,16 +240,22 @@ impl QrServer {
     }
 }
 
-/// Takes replies shown longer than [`REPLY_SHOWN_FOR`] off the screen.
-fn remove_old_replies(screen: &std::path::Path) -> Result<(), LinkError> {
-    for folder in entries(screen)? {
-        let age = std::fs::metadata(&folder)?
-            .modified()?
-            .elapsed()
-            .unwrap_or_default();
-        if age > REPLY_SHOWN_FOR {
-            std::fs::remove_dir_all(&folder)?;
+/// Takes replies shown longer than [`REPLY_SHOWN_FOR`] off the screen. Only folders are
+/// taken, and a failure is logged: cleaning the screen never stops the link.
+fn remove_old_replies(screen: &std::path::Path) {
+    let Ok(folders) = entries(screen) else {
+        return;
+    };
+    for folder in folders {
+        let old = std::fs::symlink_metadata(&folder).is_ok_and(|m| {
+            m.is_dir()
+                && m.modified()
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > REPLY_SHOWN_FOR)
+        });
+        if old {
+            if let Err(e) = std::fs::remove_dir_all(&folder) {
+                tracing::warn!(folder = %folder.display(), error = %e, "QR link: old reply not removed");
+            }
         }
     }
-    Ok(())
 }

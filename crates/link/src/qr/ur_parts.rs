@@ -82,7 +82,18 @@ impl FrameReceiver {
             return Err(fault(FrameFault::NotAPart, "longer than a QR code holds"));
         }
         let part = part.to_ascii_lowercase();
-        check_header(&part)?;
+        let count = check_header(&part)?;
+        // The fountain decoder keeps every mixed part it cannot use yet: a stream of parts
+        // that never completes must not grow it without end.
+        if self.parts >= max_parts_taken(count) {
+            return Err(fault(
+                FrameFault::TooManyParts,
+                format!(
+                    "{} parts taken for a message of {count} fragments",
+                    self.parts
+                ),
+            ));
+        }
         self.decoder.receive(&part).map_err(|e| match e {
             ur::ur::Error::UnexpectedType => fault(FrameFault::WrongType, e),
             ur::ur::Error::Fountain(ur::fountain::Error::InconsistentPart) => {
@@ -110,9 +121,15 @@ impl FrameReceiver {
     }
 }
 
+/// Most parts a receiver takes for a message of `count` fragments before giving up on it:
+/// a camera missing a third of the frames needs about `1.5 count` and a few.
+fn max_parts_taken(count: usize) -> usize {
+    3 * count + 16
+}
+
 /// The part's type and fragment count, checked before the fountain decoder sees it: a
 /// count beyond [`MAX_PARTS`] would size its tables.
-fn check_header(part: &str) -> Result<(), LinkError> {
+fn check_header(part: &str) -> Result<usize, LinkError> {
     let mut fields = part.splitn(4, '/');
     let scheme_type = fields.next().unwrap_or_default();
     if scheme_type != format!("ur:{UR_TYPE}") {
@@ -134,7 +151,7 @@ fn check_header(part: &str) -> Result<(), LinkError> {
             format!("{count} fragments, at most {MAX_PARTS}"),
         ));
     }
-    Ok(())
+    Ok(count)
 }
 
 /// Messages a [`Reassembler`] collects at once; a part of one more drops the oldest.
@@ -189,6 +206,15 @@ impl Reassembler {
             }
         };
         let result = self.open[at].1.receive(part);
+        if let Err(LinkError::Frame {
+            what: FrameFault::TooManyParts,
+            ..
+        }) = result
+        {
+            // Given up on; a later showing starts afresh.
+            self.open.remove(at);
+            return result;
+        }
         let over = matches!(
             result,
             Ok(Some(_))

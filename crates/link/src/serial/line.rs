@@ -21,8 +21,8 @@ use crate::error::LinkError;
 pub const MAX_SERIAL_MESSAGE: usize = 256 * 1024;
 /// Transmissions of a chunk before the send gives up with [`LinkError::Timeout`].
 pub const MAX_TRANSMISSIONS: u32 = 16;
-/// Whole messages read but not yet taken by [`SerialLine::recv`]; beyond them the reader
-/// waits, and the peer's sender retransmits until it times out.
+/// Whole messages read but not yet taken by [`SerialLine::recv`]; beyond them a message is
+/// left incomplete, and the peer's sender retransmits until it times out.
 const INBOUND_QUEUE: usize = 8;
 /// Bits on the line per byte: a start bit, 8 data bits, a stop bit (8N1).
 const BITS_PER_BYTE: u32 = 10;
@@ -286,7 +286,20 @@ fn read_loop(mut input: Box<dyn Read + Send>, shared: &Shared, deliver: &mpsc::S
                     chunks,
                     bytes,
                 }) => {
-                    let whole = take_chunk(&mut assembly, delivered, message, chunk, chunks, bytes);
+                    // The reader never waits for the consumer (it also takes the
+                    // acknowledgements of this side's sends): a message that would not fit
+                    // in the queue is not completed, and its last chunk, unacknowledged,
+                    // comes again.
+                    let room = deliver.capacity() > 0;
+                    let whole = take_chunk(
+                        &mut assembly,
+                        delivered,
+                        message,
+                        chunk,
+                        chunks,
+                        bytes,
+                        room,
+                    );
                     let Some(whole) = whole else {
                         if acknowledge(shared, message, chunk, delivered, &assembly).is_err() {
                             return;
@@ -297,7 +310,7 @@ fn read_loop(mut input: Box<dyn Read + Send>, shared: &Shared, deliver: &mpsc::S
                     bump(&shared.counters.messages_received, 1);
                     // Handed over before acknowledged: the peer's send returns only once
                     // the message is here.
-                    if deliver.blocking_send(whole).is_err()
+                    if deliver.try_send(whole).is_err()
                         || shared.write(&Frame::Ack { message, chunk }).is_err()
                     {
                         return;
@@ -337,7 +350,8 @@ fn acknowledge(
 
 /// Stores a chunk; the whole message once its last chunk arrived. A chunk of a new message
 /// drops the one assembling (its sender gave up on it); a chunk of the message delivered
-/// last changes nothing.
+/// last changes nothing; without `room` for a whole message, the chunk that would complete
+/// one is not taken.
 fn take_chunk(
     assembly: &mut Option<Assembly>,
     delivered: Option<u32>,
@@ -345,6 +359,7 @@ fn take_chunk(
     chunk: u16,
     chunks: u16,
     bytes: Vec<u8>,
+    room: bool,
 ) -> Option<Vec<u8>> {
     if delivered == Some(message) || usize::from(chunks) > MAX_SERIAL_MESSAGE.div_ceil(MAX_CHUNK) {
         return None;
@@ -358,6 +373,9 @@ fn take_chunk(
         }),
     };
     let slot = &mut current.chunks[usize::from(chunk)];
+    if slot.is_none() && current.missing == 1 && !room {
+        return None;
+    }
     if slot.is_none() {
         *slot = Some(bytes);
         current.missing -= 1;

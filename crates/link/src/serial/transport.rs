@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::line::{SerialLine, READ_TIMEOUT};
-use crate::client::ClientTransport;
-use crate::envelope::{Envelope, RequestId};
+use crate::client::{AnswerCheck, ClientTransport};
+use crate::envelope::RequestId;
 use crate::error::LinkError;
 use crate::server::LinkServer;
 
@@ -40,15 +40,17 @@ async fn send(line: &Arc<SerialLine>, message: Vec<u8>) -> Result<(), LinkError>
 /// The external side of the link over a serial line.
 pub struct SerialTransport {
     line: Arc<SerialLine>,
+    check: AnswerCheck,
     /// One exchange on the line at a time: an answer is matched to the request before it.
     turn: tokio::sync::Mutex<()>,
 }
 
 impl SerialTransport {
-    /// A transport over `line`.
-    pub fn new(line: SerialLine) -> Self {
+    /// A transport over `line`; an answer counts only if `check` accepts it.
+    pub fn new(line: SerialLine, check: AnswerCheck) -> Self {
         Self {
             line: Arc::new(line),
+            check,
             turn: tokio::sync::Mutex::new(()),
         }
     }
@@ -69,11 +71,12 @@ impl ClientTransport for SerialTransport {
         send(&self.line, request).await?;
         loop {
             let answer = self.line.recv().await?;
-            // An answer to an earlier attempt that timed out arrives late: not this one's.
-            match Envelope::decode(&answer) {
-                Ok(env) if env.request_id == request_id => return Ok(answer),
-                _ => tracing::debug!("serial link: a stale answer skipped"),
+            // An answer to an earlier attempt that timed out arrives late: not this one's;
+            // nor is anything not signed by the bridge.
+            if self.check.answered(&answer) == Some(request_id) {
+                return Ok(answer);
             }
+            tracing::debug!("serial link: an answer to another request skipped");
         }
     }
 }
@@ -84,16 +87,13 @@ pub async fn serve_serial(line: SerialLine, server: LinkServer) -> Result<(), Li
     let line = Arc::new(line);
     loop {
         let request = line.recv().await?;
-        let answer = match server.handle_request(&request).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                tracing::warn!(error = %e, "serial link: request refused");
-                match server.refusal_reply(&request, &e) {
-                    Some(answer) => answer,
-                    None => continue,
-                }
-            }
+        let Some(answer) = server.answer(&request).await else {
+            continue;
         };
-        send(&line, answer).await?;
+        // An answer the relay did not take (it gave up, the cable was out) is stored: its
+        // retry gets it. The line keeps serving.
+        if let Err(e) = send(&line, answer).await {
+            tracing::warn!(error = %e, "serial link: answer not delivered");
+        }
     }
 }

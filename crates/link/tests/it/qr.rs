@@ -276,7 +276,8 @@ async fn the_link_crosses_screen_folders_and_a_damaged_camera() {
         let qr_server = Arc::clone(&qr_server);
         async move { qr_server.run().await }
     });
-    let transport = QrTransport::new(relay.clone(), poll).unwrap();
+    let check = custos_link::AnswerCheck::new(pair.external().peer_public(), CLUSTER);
+    let transport = QrTransport::new(relay.clone(), poll, check).unwrap();
     let client = LinkClient::new(transport, pair.external(), crate::link::config(CLUSTER));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 
-use custos_link::{serve_serial, LinkClient, SerialLine, SerialTransport};
+use custos_link::{serve_serial, AnswerCheck, LinkClient, SerialLine, SerialTransport};
 use serialport::TTYPort;
 
-use crate::link::{config, counting_server, Pair, TEST_BOUND};
+use crate::link::{config, counting_server, Pair, CLUSTER, TEST_BOUND};
 
 const BAUD: u32 = 115_200;
 
@@ -61,10 +61,11 @@ async fn a_sign_request_crosses_a_corrupting_line_once() {
     let relay_line = noisy_line(relay_end, [100, 1_200]);
     let bridge_line = noisy_line(bridge_end, [3, 40, 500]);
     let serving = tokio::spawn(serve_serial(bridge_line, server));
+    let check = AnswerCheck::new(pair.external().peer_public(), CLUSTER);
     let client = LinkClient::new(
-        SerialTransport::new(relay_line),
+        SerialTransport::new(relay_line, check),
         pair.external(),
-        config("dc1"),
+        config(CLUSTER),
     );
 
     let payload: Vec<u8> = (0..1024u32).map(|i| (i * 13 % 256) as u8).collect();
