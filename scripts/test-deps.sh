@@ -6,7 +6,8 @@
 #   * softhsm2: the PKCS#11 token the admin-key test signs approvals with;
 #   * python3 with venv: embit (from the Python package index, pinned), the independent
 #     wallet the Bitcoin external signer's test builds PSBTs and checks descriptors with,
-#     in a virtual environment of its own ($HOME/.cache/custos/py);
+#     in a virtual environment of its own ($HOME/.cache/custos/py), with prometheus_client
+#     (pinned), the independent OpenMetrics parser the metrics test reads /metrics with;
 #   * Node.js with npm: anvil and cast (npm @foundry-rs/anvil and @foundry-rs/cast) and ethers,
 #     pinned, the Ethereum node and stock clients of the Ethereum signer's test, and
 #     @ngraveio/bc-ur, the independent Uniform Resources implementation the QR channel's test
@@ -31,10 +32,10 @@ if ((${#need[@]})); then
 fi
 
 venv="$HOME/.cache/custos/py"
-if ! "$venv/bin/python" -c 'import embit' >/dev/null 2>&1; then
-  echo "installing embit into $venv" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q embit==0.8.0
+if ! "$venv/bin/python" -c 'import embit, prometheus_client' >/dev/null 2>&1; then
+  echo "installing embit and prometheus_client into $venv" >&2
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q embit==0.8.0 prometheus_client==0.21.1
 fi
 
 node="$HOME/.cache/custos/node"

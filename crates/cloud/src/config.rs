@@ -236,6 +236,10 @@ pub struct CloudConfig {
     /// `POST /v1/threshold/keys/{key_id}/presignatures`). At most 256.
     #[serde(default)]
     pub presignature_pool: u32,
+    /// Where `GET /metrics` (Prometheus, OpenMetrics text) is served: an operator's
+    /// network, not the API's (unset: no metrics listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_tenant() -> String {
@@ -276,6 +280,7 @@ impl CloudConfig {
             api_tokens: Vec::new(),
             clusters: Vec::new(),
             presignature_pool: 0,
+            metrics_listen: None,
         }
     }
 

@@ -33,6 +33,7 @@ pub mod db;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod terms;

@@ -154,6 +154,8 @@ pub struct Cloud {
     /// again only once it has moved on. In memory only: after a restart every log is pushed
     /// once more (harmless, the TEE keeps what it holds).
     foreign_pushed: Mutex<HashMap<(String, String, String), u64>>,
+    /// What `/metrics` reports.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -223,7 +225,13 @@ impl Cloud {
             executor_turns: Mutex::new(HashMap::new()),
             known_logs: Mutex::new(HashMap::new()),
             foreign_pushed: Mutex::new(HashMap::new()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }))
+    }
+
+    /// This server's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The database handle.

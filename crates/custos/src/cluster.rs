@@ -478,7 +478,7 @@ impl Drop for Cluster {
 
 /// A loopback port free right now (the bridge's link listener keeps it across restarts,
 /// so the relay's configuration stays valid).
-fn free_port() -> Result<SocketAddr, ClusterError> {
+pub(crate) fn free_port() -> Result<SocketAddr, ClusterError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
     l.local_addr().map_err(io)
 }

@@ -47,6 +47,9 @@ pub struct Deployment {
     pub api_url: String,
     /// API token of the deployment's client (generated; never written in clear to disk).
     pub api_token: String,
+    /// The cloud server's metrics (`GET /metrics`, Prometheus), on a loopback port of
+    /// their own.
+    pub metrics_url: String,
     cloud: Option<Child>,
     cloud_config: PathBuf,
     exe: PathBuf,
@@ -127,6 +130,8 @@ impl Deployment {
         for c in &clusters {
             config.clusters.push(cloud_entry(c)?);
         }
+        let metrics = crate::cluster::free_port()?;
+        config.metrics_listen = Some(metrics);
         let cloud_config = dir.join("cloud.toml");
         {
             use std::io::Write;
@@ -148,6 +153,7 @@ impl Deployment {
             clusters,
             api_url: String::new(),
             api_token: token.to_string(),
+            metrics_url: format!("http://{metrics}/metrics"),
             cloud: None,
             cloud_config,
             exe: exe.to_path_buf(),

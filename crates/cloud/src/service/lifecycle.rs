@@ -96,6 +96,7 @@ impl Cloud {
                 ),
                 other => other.into(),
             })?;
+        self.metrics.created(row.kind().as_str());
         // One line per created request; with its quorum on arrival it is also submitted
         // (attempt 1), which the same line says.
         tracing::info!(
@@ -562,6 +563,11 @@ impl Cloud {
                 .expect("wallet cache lock")
                 .remove(root_id);
         }
+        self.metrics.ended(
+            stored.kind().as_str(),
+            stored.status.as_str(),
+            stored.updated_at.saturating_sub(stored.created_at) as f64 / 1000.0,
+        );
         match stored.status {
             RequestStatus::Completed => {
                 tracing::info!(request_id = %stored.id, kind = stored.kind().as_str(), "request completed")

@@ -356,10 +356,18 @@ impl Cloud {
             }
         };
         let id = parse_request_id(&row.id).map_err(StoreError::Corrupt)?;
+        let started = std::time::Instant::now();
         let answer = self
             .clusters
             .tee_call(&row.cluster, id, &request, row.terms.pinned_node())
             .await;
+        let outcome = match &answer {
+            Ok(TeeAnswer { outcome: Ok(_), .. }) => "answered",
+            Ok(_) => "refused",
+            Err(_) => "failed",
+        };
+        self.metrics
+            .tee_call(&row.cluster, outcome, started.elapsed().as_secs_f64());
         // Sign results are checked against the wallet's recorded xpub.
         let xpub = match (&row.terms, wallet_xpub) {
             (Terms::Sign { .. }, Some(xpub)) => Some(xpub),

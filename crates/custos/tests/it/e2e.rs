@@ -132,6 +132,7 @@ fn rest_flows(transport: LinkTransport) {
     let bob = dep.admin("bob").unwrap();
     let client = dep.client().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let before = crate::metrics::cloud_metrics(&dep);
     rt.block_on(async {
         let (root_id, xpub) = create_wallet(&client, &[&alice, &bob]).await;
 
@@ -184,6 +185,31 @@ fn rest_flows(transport: LinkTransport) {
             other => panic!("{other:?}"),
         }
     });
+    // The cloud server's metrics moved as the flows ran (issue 16).
+    if let (Some(before), Some(after)) = (before, crate::metrics::cloud_metrics(&dep)) {
+        use crate::metrics::sample;
+        let moved = |s: &str| sample(&after, s) - sample(&before, s);
+        assert_eq!(
+            moved(r#"custos_cloud_requests_created_total{"kind": "sign"}"#),
+            2.0,
+            "{after:?}"
+        );
+        let signed = r#"custos_cloud_requests_ended_total{"kind": "sign", "status": "completed"}"#;
+        assert_eq!(moved(signed), 1.0, "{after:?}");
+        let calls = format!(
+            r#"custos_cloud_tee_calls_total{{"cluster": "{CLUSTER}", "outcome": "answered"}}"#
+        );
+        assert_eq!(
+            moved(&calls),
+            3.0,
+            "a creation, a signature, an import: {after:?}"
+        );
+        assert_eq!(
+            moved(r#"custos_cloud_request_seconds_count{"kind": "sign"}"#),
+            1.0,
+            "{after:?}"
+        );
+    }
 }
 
 #[test]

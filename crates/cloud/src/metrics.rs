@@ -1,0 +1,176 @@
+//! The cloud server's Prometheus metrics (issue 16), through `prometheus-client`, served as
+//! OpenMetrics text on a listener of their own (`metrics_listen`: an operator's network,
+//! never the Internet-facing API).
+//!
+//! * `custos_cloud_requests_created_total{kind}`: requests accepted by the REST API;
+//! * `custos_cloud_requests_ended_total{kind, status}`: requests that reached a state
+//!   (completed, failed, refused, expired; submitting again after an unknown outcome);
+//! * `custos_cloud_request_seconds{kind}`: from creation to that state;
+//! * `custos_cloud_tee_calls_total{cluster, outcome}` and `custos_cloud_tee_call_seconds{cluster}`:
+//!   calls through a cluster's relay to a TEE (answered, refused by the TEE, or failed).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels naming a request kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+/// Labels naming a request kind and the state it reached.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Ended {
+    kind: String,
+    status: String,
+}
+
+/// Labels naming a cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cluster {
+    cluster: String,
+}
+
+/// Labels naming a cluster and how a call there ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Call {
+    cluster: String,
+    outcome: String,
+}
+
+type Seconds = Family<Kind, Histogram, fn() -> Histogram>;
+type CallSeconds = Family<Cluster, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 1 ms to about 33 s: a BIP-32 signature takes milliseconds, a
+/// threshold signing a second or more, a key generation tens of seconds.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The metrics of one cloud server process.
+pub struct Metrics {
+    registry: Registry,
+    created: Family<Kind, Counter>,
+    ended: Family<Ended, Counter>,
+    request_seconds: Seconds,
+    tee_calls: Family<Call, Counter>,
+    tee_call_seconds: CallSeconds,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("custos_cloud");
+        let created = Family::<Kind, Counter>::default();
+        let ended = Family::<Ended, Counter>::default();
+        let request_seconds = Seconds::new_with_constructor(latency);
+        let tee_calls = Family::<Call, Counter>::default();
+        let tee_call_seconds = CallSeconds::new_with_constructor(latency);
+        registry.register(
+            "requests_created",
+            "Requests accepted by the REST API",
+            created.clone(),
+        );
+        registry.register(
+            "requests_ended",
+            "Requests that reached a state, by kind and state",
+            ended.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Seconds from a request's creation to the state it reached",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "tee_calls",
+            "Calls to a cluster's TEEs, by outcome",
+            tee_calls.clone(),
+        );
+        registry.register(
+            "tee_call_seconds",
+            "Seconds of a call to a cluster's TEEs, through its relay and link",
+            tee_call_seconds.clone(),
+        );
+        Self {
+            registry,
+            created,
+            ended,
+            request_seconds,
+            tee_calls,
+            tee_call_seconds,
+        }
+    }
+
+    /// A request of `kind` was created.
+    pub fn created(&self, kind: &str) {
+        self.created
+            .get_or_create(&Kind { kind: kind.into() })
+            .inc();
+    }
+
+    /// A request of `kind` reached `status`, `seconds` after its creation.
+    pub fn ended(&self, kind: &str, status: &str, seconds: f64) {
+        let labels = Ended {
+            kind: kind.into(),
+            status: status.into(),
+        };
+        self.ended.get_or_create(&labels).inc();
+        self.request_seconds
+            .get_or_create(&Kind { kind: kind.into() })
+            .observe(seconds);
+    }
+
+    /// A call to `cluster`'s TEEs ended with `outcome` after `seconds`.
+    pub fn tee_call(&self, cluster: &str, outcome: &str, seconds: f64) {
+        let labels = Call {
+            cluster: cluster.into(),
+            outcome: outcome.into(),
+        };
+        self.tee_calls.get_or_create(&labels).inc();
+        self.tee_call_seconds
+            .get_or_create(&Cluster {
+                cluster: cluster.into(),
+            })
+            .observe(seconds);
+    }
+
+    /// Every metric in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = std::sync::Arc::clone(&metrics);
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,109 @@
+//! The cloud server's `/metrics` (issue 16), read as Prometheus reads it: fetched over HTTP
+//! and parsed by an independent OpenMetrics parser (the Python `prometheus_client`
+//! package, which `scripts/test-deps.sh` installs).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use custos::deployment::Deployment;
+
+/// The Python with `prometheus_client`, or `None` to skip, unless
+/// `CUSTOS_TEST_REQUIRE_PROMETHEUS` is set.
+fn python() -> Option<PathBuf> {
+    let found = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/custos/py/bin/python"))
+        .filter(|p| {
+            Command::new(p)
+                .args(["-c", "import prometheus_client"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CUSTOS_TEST_REQUIRE_PROMETHEUS").is_none(),
+            "CUSTOS_TEST_REQUIRE_PROMETHEUS is set but no Python with prometheus_client was \
+             found (run scripts/test-deps.sh)"
+        );
+        eprintln!("prometheus_client not installed: metrics not parsed");
+    }
+    found
+}
+
+/// `GET url` over plain HTTP/1.1 on loopback: (content type, body).
+fn get(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut stream = std::net::TcpStream::connect(host).expect("metrics listener");
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (content_type, body.to_string())
+}
+
+/// Every sample of the cloud server's metrics, `name{labels as JSON}` → value, as the
+/// independent parser reads them; `None` without the parser.
+pub fn cloud_metrics(dep: &Deployment) -> Option<BTreeMap<String, f64>> {
+    let python = python()?;
+    let (content_type, body) = get(&dep.metrics_url);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        print(s.name + json.dumps(s.labels, sort_keys=True) + " " + repr(float(s.value)))
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused /metrics: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect(),
+    )
+}
+
+/// The value of `sample` in `metrics`, 0 when absent.
+pub fn sample(metrics: &BTreeMap<String, f64>, sample: &str) -> f64 {
+    metrics.get(sample).copied().unwrap_or(0.0)
+}
