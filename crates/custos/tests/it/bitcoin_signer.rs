@@ -24,28 +24,9 @@ use serde_json::Value;
 
 use crate::common::{dc1_alice_and_bob, exe, ruled_wallet};
 
-/// The Python with embit (`scripts/test-deps.sh` installs it), or `None` to skip, unless
-/// `CUSTOS_TEST_REQUIRE_EMBIT` is set.
+/// The Python with embit, or `None` to skip, unless `CUSTOS_TEST_REQUIRE_EMBIT` is set.
 fn python() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("CUSTOS_TEST_PYTHON").map(PathBuf::from),
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/custos/py/bin/python")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| {
-        Command::new(p)
-            .args(["-c", "import embit"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CUSTOS_TEST_REQUIRE_EMBIT").is_none(),
-            "CUSTOS_TEST_REQUIRE_EMBIT is set but no Python with embit was found (run \
-             scripts/test-deps.sh)"
-        );
-        eprintln!("skipped: no Python with embit (run scripts/test-deps.sh)");
-    }
-    found
+    crate::common::python_with("embit", "CUSTOS_TEST_REQUIRE_EMBIT")
 }
 
 /// Runs the independent wallet's `command` on the signer's `answer`.

@@ -12,23 +12,7 @@ use custos::deployment::Deployment;
 /// The Python with `prometheus_client`, or `None` to skip, unless
 /// `CUSTOS_TEST_REQUIRE_PROMETHEUS` is set.
 fn python() -> Option<PathBuf> {
-    let found = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/custos/py/bin/python"))
-        .filter(|p| {
-            Command::new(p)
-                .args(["-c", "import prometheus_client"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CUSTOS_TEST_REQUIRE_PROMETHEUS").is_none(),
-            "CUSTOS_TEST_REQUIRE_PROMETHEUS is set but no Python with prometheus_client was \
-             found (run scripts/test-deps.sh)"
-        );
-        eprintln!("prometheus_client not installed: metrics not parsed");
-    }
-    found
+    crate::common::python_with("prometheus_client", "CUSTOS_TEST_REQUIRE_PROMETHEUS")
 }
 
 /// `GET url` over plain HTTP/1.1 on loopback: (content type, body).

@@ -478,3 +478,26 @@ pub async fn ruled_wallet(
     );
     done
 }
+
+/// The Python (`CUSTOS_TEST_PYTHON`, else the virtual environment `scripts/test-deps.sh`
+/// makes) that imports `module`, or `None` to skip, unless the variable `require` is set.
+pub fn python_with(module: &str, require: &str) -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("CUSTOS_TEST_PYTHON").map(PathBuf::from),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/custos/py/bin/python")),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os(require).is_none(),
+            "{require} is set but no Python with {module} was found (run scripts/test-deps.sh)"
+        );
+        eprintln!("skipped: no Python with {module} (run scripts/test-deps.sh)");
+    }
+    found
+}
