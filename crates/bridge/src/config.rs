@@ -46,6 +46,10 @@ pub struct BridgeConfig {
     /// The link to the external relay (absent: no link endpoint, gRPC only).
     #[serde(default)]
     pub link: Option<crate::link::LinkConfig>,
+    /// Where `GET /metrics` (Prometheus, OpenMetrics text) is served: an operator's
+    /// network (unset: no metrics listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The cluster's genesis id (64 hex digits), pinned: a governance log with another
     /// genesis is refused. Absent: the first genesis the bridge sees is trusted (logged as a
     /// warning), and its stored rows keep it from then on.

@@ -13,6 +13,7 @@
 mod audit;
 mod config;
 mod link;
+pub mod metrics;
 mod refusals;
 mod routing;
 mod service;

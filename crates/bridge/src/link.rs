@@ -95,6 +95,7 @@ impl BridgeService {
     /// same request id is served once a node is back (the same node for the latter); every
     /// other answer is final for its request id.
     pub(crate) async fn link_dispatch(&self, payload: Vec<u8>) -> Reply {
+        let mut op_name = "malformed";
         let answer = match LinkRequest::decode(payload.as_slice()) {
             Err(e) => Answer::Refused(LinkRefusal::new(
                 RefusalCode::MalformedRequest,
@@ -105,6 +106,12 @@ impl BridgeService {
                 "link request names no operation",
             )),
             Ok(LinkRequest { op: Some(op) }) => {
+                op_name = match &op {
+                    Op::Submit(_) => "submit",
+                    Op::Status(_) => "status",
+                    Op::Audit(_) => "audit",
+                    Op::LastAudit(_) => "last_audit",
+                };
                 let result = match op {
                     Op::Submit(call) => self
                         .route("link:relay".into(), call)
@@ -117,6 +124,11 @@ impl BridgeService {
                 result.unwrap_or_else(|s| Answer::Refused(refusal(s)))
             }
         };
+        let outcome = match &answer {
+            Answer::Refused(_) => "refused",
+            _ => "answered",
+        };
+        self.metrics().link(op_name, outcome);
         let transient = matches!(&answer, Answer::Refused(r) if r.refusal_code().may_retry());
         let bytes = LinkReply {
             result: Some(answer),

@@ -107,6 +107,8 @@ struct State {
     /// The latest policy each changed key is under, as recorded in the metadata DB: a holder
     /// whose TEE enforces less is not routed the key (`policy_check`).
     policies: RwLock<std::collections::HashMap<Vec<u8>, policy_check::PolicyMark>>,
+    /// What `/metrics` reports.
+    metrics: Arc<crate::metrics::Metrics>,
     /// One policy check at a time.
     policy_checks: tokio::sync::Mutex<()>,
 }
@@ -182,6 +184,11 @@ impl BridgeService {
     }
 
     async fn log(&self, entry: NewEntry) -> Result<(), Status> {
+        if entry.outcome != "received" {
+            self.state
+                .metrics
+                .routed(&entry.kind, &entry.outcome, entry.duration_us);
+        }
         self.state.db.append(entry).await.map(|_| ()).map_err(|e| {
             Status::unavailable(format!("history cannot be written, request refused: {e}"))
         })
@@ -189,6 +196,11 @@ impl BridgeService {
 }
 
 impl BridgeService {
+    /// This bridge's metrics.
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.state.metrics
+    }
+
     /// The last audit report, if an audit has run since start-up.
     pub(crate) async fn last_audit_report(&self) -> Result<AuditReport, Status> {
         self.state
@@ -394,7 +406,14 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         gov_apply: tokio::sync::Mutex::new(()),
         policies: RwLock::new(policies),
         policy_checks: tokio::sync::Mutex::new(()),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     });
+    if let Some(at) = config.metrics_listen {
+        let metrics = Arc::clone(&state.metrics);
+        custos_net::metrics::spawn_metrics(at, "bridge", Arc::new(move || metrics.encode()))
+            .await
+            .map_err(|e| BridgeError::Serve(format!("bind metrics {at}: {e}")))?;
+    }
     let service = BridgeService { state };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -151,26 +151,3 @@ impl Metrics {
         out
     }
 }
-
-/// The content type of [`Metrics::encode`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = std::sync::Arc::clone(&metrics);
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-                    metrics.encode(),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app).await
-}

@@ -90,24 +90,12 @@ pub async fn run_with(
         addr: config.listen,
         source,
     })?;
-    let metrics = match config.metrics_listen {
-        Some(at) => {
-            let listener = TcpListener::bind(at)
-                .await
-                .map_err(|source| RunError::Io { addr: at, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| RunError::Io { addr: at, source })?;
-            tracing::info!(addr = %local, "metrics served at /metrics");
-            let metrics = Arc::clone(cloud.metrics());
-            Some(tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(listener, metrics).await {
-                    tracing::error!(error = %e, "metrics listener stopped");
-                }
-            }))
-        }
-        None => None,
-    };
+    if let Some(at) = config.metrics_listen {
+        let metrics = Arc::clone(cloud.metrics());
+        custos_net::metrics::spawn_metrics(at, "cloud", Arc::new(move || metrics.encode()))
+            .await
+            .map_err(|source| RunError::Io { addr: at, source })?;
+    }
     let background = tokio::spawn(background(cloud.clone()));
     let refiller = tokio::spawn(refill(cloud.clone()));
     tracing::info!(%addr, tls = tls.is_some(), clusters = config.clusters.len(), "cloud server listening");
@@ -115,9 +103,6 @@ pub async fn run_with(
     let result = serve(listener, router(cloud.clone()), tls, shutdown).await;
     background.abort();
     refiller.abort();
-    if let Some(m) = metrics {
-        m.abort();
-    }
     cloud.store().close().await;
     result.map_err(|source| RunError::Io { addr, source })
 }

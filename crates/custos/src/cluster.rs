@@ -117,6 +117,8 @@ pub struct Cluster {
     pub db_url: String,
     /// Bridge address.
     pub bridge_addr: SocketAddr,
+    /// The bridge's metrics (`GET /metrics`, Prometheus), on a loopback port of their own.
+    pub bridge_metrics_url: String,
     bridge: Option<Child>,
     bridge_config: PathBuf,
     /// The nodes.
@@ -192,6 +194,7 @@ impl Cluster {
             .db_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("metadata.db").display()));
+        let metrics = free_port()?;
         let bridge_cfg = BridgeConfig {
             cluster: opts.name.clone(),
             listen: "127.0.0.1:0".parse().expect("valid"),
@@ -208,6 +211,7 @@ impl Cluster {
             refusal_summary_secs: 60,
             genesis_id: None,
             link,
+            metrics_listen: Some(metrics),
         };
         let bridge_config = dir.join("bridge.toml");
         bridge_cfg.save(&bridge_config).map_err(io)?;
@@ -216,6 +220,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             db_url,
             bridge_addr: "127.0.0.1:0".parse().expect("valid"),
+            bridge_metrics_url: format!("http://{metrics}/metrics"),
             bridge: None,
             bridge_config,
             nodes: Vec::new(),

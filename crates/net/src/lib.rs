@@ -55,6 +55,7 @@ mod anchored;
 mod client;
 mod config;
 mod identity;
+pub mod metrics;
 mod server;
 
 pub use anchored::{server_config_anchored, RefusalObserver, TlsRefusal, TlsRefusalReason};

@@ -132,7 +132,9 @@ fn rest_flows(transport: LinkTransport) {
     let bob = dep.admin("bob").unwrap();
     let client = dep.client().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let before = crate::metrics::cloud_metrics(&dep);
+    let bridge_metrics = &dep.clusters[0].bridge_metrics_url;
+    let before = crate::metrics::metrics_at(&dep.metrics_url);
+    let bridge_before = crate::metrics::metrics_at(bridge_metrics);
     rt.block_on(async {
         let (root_id, xpub) = create_wallet(&client, &[&alice, &bob]).await;
 
@@ -186,7 +188,16 @@ fn rest_flows(transport: LinkTransport) {
         }
     });
     // The cloud server's metrics moved as the flows ran (issue 16).
-    if let (Some(before), Some(after)) = (before, crate::metrics::cloud_metrics(&dep)) {
+    if let (Some(before), Some(after)) = (bridge_before, crate::metrics::metrics_at(bridge_metrics))
+    {
+        use crate::metrics::sample;
+        let moved = |s: &str| sample(&after, s) - sample(&before, s);
+        let routed = r#"custos_bridge_requests_total{"kind": "sign", "outcome": "ok"}"#;
+        assert_eq!(moved(routed), 1.0, "{after:?}");
+        let submits = r#"custos_bridge_link_requests_total{"op": "submit", "outcome": "answered"}"#;
+        assert!(moved(submits) >= 3.0, "{after:?}");
+    }
+    if let (Some(before), Some(after)) = (before, crate::metrics::metrics_at(&dep.metrics_url)) {
         use crate::metrics::sample;
         let moved = |s: &str| sample(&after, s) - sample(&before, s);
         assert_eq!(

@@ -7,8 +7,6 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use custos::deployment::Deployment;
-
 /// The Python with `prometheus_client`, or `None` to skip, unless
 /// `CUSTOS_TEST_REQUIRE_PROMETHEUS` is set.
 fn python() -> Option<PathBuf> {
@@ -40,11 +38,11 @@ fn get(url: &str) -> (String, String) {
     (content_type, body.to_string())
 }
 
-/// Every sample of the cloud server's metrics, `name{labels as JSON}` → value, as the
+/// Every sample of the metrics at `url`, `name{labels as JSON}` → value, as the
 /// independent parser reads them; `None` without the parser.
-pub fn cloud_metrics(dep: &Deployment) -> Option<BTreeMap<String, f64>> {
+pub fn metrics_at(url: &str) -> Option<BTreeMap<String, f64>> {
     let python = python()?;
-    let (content_type, body) = get(&dep.metrics_url);
+    let (content_type, body) = get(url);
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"

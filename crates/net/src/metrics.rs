@@ -1,0 +1,42 @@
+//! Serving Prometheus metrics (issue 16): `GET /metrics` as OpenMetrics text on a listener
+//! of its own, so that scraping never shares the service's authenticated port. Each
+//! service keeps its own `prometheus-client` registry and renders it here.
+
+use std::sync::Arc;
+
+/// The content type of OpenMetrics text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` on `listener`, each answer `render()`ed afresh, until the task is
+/// dropped.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let render = Arc::clone(&render);
+            async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render()) }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+/// Binds `at` and serves metrics there in a task of its own (logged as `service`);
+/// returns the bound address.
+pub async fn spawn_metrics(
+    at: std::net::SocketAddr,
+    service: &'static str,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(at).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(service, addr = %local, "metrics served at /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = serve_metrics(listener, render).await {
+            tracing::error!(service, error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(local)
+}
