@@ -11,7 +11,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,7 +36,7 @@ type Seconds = Family<Kind, Histogram, fn() -> Histogram>;
 /// Buckets from 100 µs to about 3 s: a node answers a signature in a millisecond or two,
 /// a threshold round in a second.
 fn latency() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+    custos_net::metrics::latency_buckets(0.0001)
 }
 
 /// The metrics of one bridge process.
@@ -106,9 +106,6 @@ impl Metrics {
 
     /// Every metric in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        custos_net::metrics::render(&self.registry)
     }
 }

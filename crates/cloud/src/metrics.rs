@@ -12,7 +12,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels naming a request kind.
@@ -47,7 +47,7 @@ type CallSeconds = Family<Cluster, Histogram, fn() -> Histogram>;
 /// Latency buckets from 1 ms to about 33 s: a BIP-32 signature takes milliseconds, a
 /// threshold signing a second or more, a key generation tens of seconds.
 fn latency() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    custos_net::metrics::latency_buckets(0.001)
 }
 
 /// The metrics of one cloud server process.
@@ -145,9 +145,6 @@ impl Metrics {
 
     /// Every metric in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        custos_net::metrics::render(&self.registry)
     }
 }

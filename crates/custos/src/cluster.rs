@@ -66,6 +66,8 @@ pub struct RelayEndpoint {
     pub addr: SocketAddr,
     /// Bearer token the relay accepts (generated for this deployment).
     pub token: String,
+    /// The relay's metrics (`GET /metrics`, Prometheus), on a loopback port of their own.
+    pub metrics_url: String,
 }
 
 /// Failures bringing a cluster up.
@@ -569,6 +571,7 @@ fn link_configs(
         }
     };
     let token = random_token()?;
+    let metrics = free_port()?;
     RelayConfig {
         cluster: cluster.to_string(),
         listen: "127.0.0.1:0".parse().expect("valid"),
@@ -585,6 +588,7 @@ fn link_configs(
         transport: relay_transport,
         attempt_timeout_ms: 20_000,
         max_attempts: 3,
+        metrics_listen: Some(metrics),
     }
     .save(relay_config)
     .map_err(io)?;
@@ -593,6 +597,7 @@ fn link_configs(
         RelayEndpoint {
             addr: "127.0.0.1:0".parse().expect("valid"),
             token,
+            metrics_url: format!("http://{metrics}/metrics"),
         },
         channel,
     ))

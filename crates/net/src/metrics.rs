@@ -4,6 +4,21 @@
 
 use std::sync::Arc;
 
+/// Every metric of `registry` in the OpenMetrics text format.
+pub fn render(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// Latency buckets doubling from `first` seconds, sixteen of them.
+pub fn latency_buckets(first: f64) -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(first, 2.0, 16),
+    )
+}
+
 /// The content type of OpenMetrics text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

@@ -86,6 +86,10 @@ pub struct RelayConfig {
     /// Attempts per request (each with the same request id).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Where `GET /metrics` (Prometheus, OpenMetrics text) is served: an operator's
+    /// network (unset: no metrics listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_attempt_timeout() -> u64 {

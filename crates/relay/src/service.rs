@@ -48,6 +48,7 @@ pub enum RelayError {
 struct RelayService<T> {
     client: Arc<LinkClient<T>>,
     token_sha256: [u8; 32],
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<T> RelayService<T> {
@@ -65,6 +66,20 @@ impl<T> RelayService<T> {
             return Err(Status::unauthenticated("bearer token not accepted"));
         }
         Ok(())
+    }
+}
+
+/// A link failure's name in the metrics.
+fn outcome_of(e: &LinkError) -> &'static str {
+    match e {
+        LinkError::Timeout => "timeout",
+        LinkError::Io(_) => "io",
+        LinkError::Refused { .. } => "refused",
+        LinkError::Handler(_) => "handler_failed",
+        LinkError::RequestIdReused => "request_id_reused",
+        LinkError::Oversize { .. } => "oversize",
+        LinkError::BadSignature | LinkError::UnexpectedResponse(_) => "not_authentic",
+        _ => "other",
     }
 }
 
@@ -90,7 +105,11 @@ fn status_of(e: LinkError) -> Status {
 #[tonic::async_trait]
 impl<T: ClientTransport + 'static> ExternalRelay for RelayService<T> {
     async fn forward(&self, req: Request<RelayCall>) -> Result<Response<RelayAnswer>, Status> {
-        self.authorize(&req)?;
+        if let Err(refused) = self.authorize(&req) {
+            self.metrics.forwarded("unauthenticated", 0.0);
+            return Err(refused);
+        }
+        let started = std::time::Instant::now();
         let call = req.into_inner();
         let request_id: [u8; 16] = call.request_id.as_slice().try_into().map_err(|_| {
             Status::invalid_argument(format!(
@@ -104,14 +123,17 @@ impl<T: ClientTransport + 'static> ExternalRelay for RelayService<T> {
                 call.payload.len()
             )));
         }
-        let payload = self
-            .client
-            .request_with_id(request_id, call.payload)
-            .await
-            .map_err(|e| {
-                tracing::warn!(request_id = %hex::encode(request_id), error = %e, "link request failed");
-                status_of(e)
-            })?;
+        let answer = self.client.request_with_id(request_id, call.payload).await;
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(e) => outcome_of(e),
+        };
+        self.metrics
+            .forwarded(outcome, started.elapsed().as_secs_f64());
+        let payload = answer.map_err(|e| {
+            tracing::warn!(request_id = %hex::encode(request_id), error = %e, "link request failed");
+            status_of(e)
+        })?;
         Ok(Response::new(RelayAnswer { payload }))
     }
 }
@@ -172,6 +194,13 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
         max_attempts: config.max_attempts.max(1),
         ..ClientConfig::new(config.cluster.clone())
     };
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    if let Some(at) = config.metrics_listen {
+        let m = Arc::clone(&metrics);
+        custos_net::metrics::spawn_metrics(at, "relay", Arc::new(move || m.encode()))
+            .await
+            .map_err(|e| RelayError::Serve(format!("bind metrics {at}: {e}")))?;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| RelayError::Serve(format!("bind {}: {e}", config.listen)))?;
@@ -187,7 +216,7 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
         TransportConfig::Tcp { address } => {
             let client = LinkClient::new(TcpTransport::new(*address), keys, link_config);
             ready("tcp");
-            serve(client, token_sha256, incoming).await
+            serve(client, token_sha256, incoming, &metrics).await
         }
         TransportConfig::Spool {
             outbound,
@@ -203,7 +232,7 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
             )?;
             let client = LinkClient::new(transport, keys, link_config);
             ready("spool");
-            serve(client, token_sha256, incoming).await
+            serve(client, token_sha256, incoming, &metrics).await
         }
         TransportConfig::Qr {
             screen,
@@ -220,7 +249,7 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
             )?;
             let client = LinkClient::new(transport, keys, link_config);
             ready("qr");
-            serve(client, token_sha256, incoming).await
+            serve(client, token_sha256, incoming, &metrics).await
         }
         TransportConfig::Serial { device, baud } => {
             let transport = SerialTransport::new(
@@ -229,7 +258,7 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
             );
             let client = LinkClient::new(transport, keys, link_config);
             ready("serial");
-            serve(client, token_sha256, incoming).await
+            serve(client, token_sha256, incoming, &metrics).await
         }
     }
 }
@@ -238,10 +267,12 @@ async fn serve<T: ClientTransport + 'static>(
     client: LinkClient<T>,
     token_sha256: [u8; 32],
     incoming: custos_net::TlsIncoming,
+    metrics: &Arc<crate::metrics::Metrics>,
 ) -> Result<(), RelayError> {
     let service = RelayService {
         client: Arc::new(client),
         token_sha256,
+        metrics: Arc::clone(metrics),
     };
     tonic::transport::Server::builder()
         .add_service(

@@ -135,6 +135,8 @@ fn rest_flows(transport: LinkTransport) {
     let bridge_metrics = &dep.clusters[0].bridge_metrics_url;
     let before = crate::metrics::metrics_at(&dep.metrics_url);
     let bridge_before = crate::metrics::metrics_at(bridge_metrics);
+    let relay_metrics = &dep.clusters[0].relay.as_ref().unwrap().metrics_url;
+    let relay_before = crate::metrics::metrics_at(relay_metrics);
     rt.block_on(async {
         let (root_id, xpub) = create_wallet(&client, &[&alice, &bob]).await;
 
@@ -196,6 +198,18 @@ fn rest_flows(transport: LinkTransport) {
         assert_eq!(moved(routed), 1.0, "{after:?}");
         let submits = r#"custos_bridge_link_requests_total{"op": "submit", "outcome": "answered"}"#;
         assert!(moved(submits) >= 3.0, "{after:?}");
+    }
+    if let (Some(before), Some(after)) = (relay_before, crate::metrics::metrics_at(relay_metrics)) {
+        let moved =
+            |s: &str| crate::metrics::sample(&after, s) - crate::metrics::sample(&before, s);
+        assert!(
+            moved(r#"custos_relay_forwards_total{"outcome": "ok"}"#) >= 3.0,
+            "{after:?}"
+        );
+        assert!(
+            moved("custos_relay_forward_seconds_count{}") >= 3.0,
+            "{after:?}"
+        );
     }
     if let (Some(before), Some(after)) = (before, crate::metrics::metrics_at(&dep.metrics_url)) {
         use crate::metrics::sample;
