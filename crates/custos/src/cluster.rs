@@ -107,6 +107,8 @@ pub struct Node {
     config_path: PathBuf,
     /// Address the node server listens on (changes on restart).
     pub addr: Option<SocketAddr>,
+    /// The node server's metrics (`GET /metrics`, Prometheus), on a loopback port of its own.
+    pub metrics_url: String,
 }
 
 /// A running cluster; every process is killed when it is dropped.
@@ -315,6 +317,7 @@ impl Cluster {
         let mut client = tee.client().map_err(io)?;
         provision(&mut client, pki, &self.name, name)?;
         let config_path = self.dir.join(format!("{name}.toml"));
+        let metrics = free_port()?;
         NodeConfig {
             node: name.to_string(),
             cluster: self.name.clone(),
@@ -326,6 +329,7 @@ impl Cluster {
             sync_interval_secs,
             tee_connections: 8,
             tee: Some(tee_section(tee.platform())),
+            metrics_listen: Some(metrics),
         }
         .save(&config_path)
         .map_err(io)?;
@@ -336,6 +340,7 @@ impl Cluster {
             server: None,
             config_path,
             addr: None,
+            metrics_url: format!("http://{metrics}/metrics"),
         });
         let i = self.nodes.len() - 1;
         self.start_node_server(i)

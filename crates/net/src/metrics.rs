@@ -55,3 +55,54 @@ pub async fn spawn_metrics(
     });
     Ok(local)
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+/// A service's one kind of call, counted by outcome and timed: `<prefix>_<name>_total{outcome}`
+/// and `<prefix>_<name>_seconds`.
+pub struct CallMetrics {
+    registry: prometheus_client::registry::Registry,
+    calls: prometheus_client::metrics::family::Family<
+        Outcome,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl CallMetrics {
+    /// Registered under `prefix`, described by `help`, timed from `first_bucket` seconds.
+    pub fn new(prefix: &str, name: &str, help: &str, first_bucket: f64) -> Self {
+        let mut registry = prometheus_client::registry::Registry::with_prefix(prefix);
+        let calls = prometheus_client::metrics::family::Family::default();
+        let seconds = latency_buckets(first_bucket);
+        registry.register(name, format!("{help}, by outcome"), calls.clone());
+        registry.register(
+            format!("{name}_seconds"),
+            format!("Seconds of {}", help.to_lowercase()),
+            seconds.clone(),
+        );
+        Self {
+            registry,
+            calls,
+            seconds,
+        }
+    }
+
+    /// A call ended with `outcome` after `seconds`.
+    pub fn record(&self, outcome: &str, seconds: f64) {
+        self.calls
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.seconds.observe(seconds);
+    }
+
+    /// Every metric in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        render(&self.registry)
+    }
+}

@@ -14,7 +14,6 @@
 #![allow(clippy::result_large_err)]
 
 mod config;
-pub mod metrics;
 mod service;
 
 pub use config::{RelayConfig, TransportConfig};

@@ -48,7 +48,7 @@ pub enum RelayError {
 struct RelayService<T> {
     client: Arc<LinkClient<T>>,
     token_sha256: [u8; 32],
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<custos_net::metrics::CallMetrics>,
 }
 
 impl<T> RelayService<T> {
@@ -106,7 +106,7 @@ fn status_of(e: LinkError) -> Status {
 impl<T: ClientTransport + 'static> ExternalRelay for RelayService<T> {
     async fn forward(&self, req: Request<RelayCall>) -> Result<Response<RelayAnswer>, Status> {
         if let Err(refused) = self.authorize(&req) {
-            self.metrics.forwarded("unauthenticated", 0.0);
+            self.metrics.record("unauthenticated", 0.0);
             return Err(refused);
         }
         let started = std::time::Instant::now();
@@ -129,7 +129,7 @@ impl<T: ClientTransport + 'static> ExternalRelay for RelayService<T> {
             Err(e) => outcome_of(e),
         };
         self.metrics
-            .forwarded(outcome, started.elapsed().as_secs_f64());
+            .record(outcome, started.elapsed().as_secs_f64());
         let payload = answer.map_err(|e| {
             tracing::warn!(request_id = %hex::encode(request_id), error = %e, "link request failed");
             status_of(e)
@@ -194,7 +194,12 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
         max_attempts: config.max_attempts.max(1),
         ..ClientConfig::new(config.cluster.clone())
     };
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(custos_net::metrics::CallMetrics::new(
+        "custos_relay",
+        "forwards",
+        "Calls of the cloud server carried over the link, retries included",
+        0.0001,
+    ));
     if let Some(at) = config.metrics_listen {
         let m = Arc::clone(&metrics);
         custos_net::metrics::spawn_metrics(at, "relay", Arc::new(move || m.encode()))
@@ -267,7 +272,7 @@ async fn serve<T: ClientTransport + 'static>(
     client: LinkClient<T>,
     token_sha256: [u8; 32],
     incoming: custos_net::TlsIncoming,
-    metrics: &Arc<crate::metrics::Metrics>,
+    metrics: &Arc<custos_net::metrics::CallMetrics>,
 ) -> Result<(), RelayError> {
     let service = RelayService {
         client: Arc::new(client),

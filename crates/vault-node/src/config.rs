@@ -39,6 +39,10 @@ pub struct NodeConfig {
     /// the same way. The node server itself reaches the TEE through `tee_socket` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tee: Option<TeeSection>,
+    /// Where `GET /metrics` (Prometheus, OpenMetrics text) is served: an operator's
+    /// network (unset: no metrics listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The `[tee]` section of a node's configuration: the TEE process's platform

@@ -45,6 +45,8 @@ struct NodeService {
     syncer: Arc<Syncer>,
     callers: PeerCache<Caller>,
     members: Arc<Members>,
+    /// What `/metrics` reports: the bridge's requests the TEE executed.
+    metrics: Arc<custos_net::metrics::CallMetrics>,
 }
 
 impl NodeService {
@@ -121,7 +123,15 @@ impl VaultNode for NodeService {
                 "this TEE operation is not relayed from the bridge",
             ));
         }
+        let started = std::time::Instant::now();
         let response = self.tee.forward(call.request).await;
+        let outcome = if response.is_ok() {
+            "answered"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .record(outcome, started.elapsed().as_secs_f64());
         if matches!(decoded, Request::ApplyGovernance { .. }) {
             // Refused or not, ask the TEE what it holds now: the forwarded answer is not
             // checked here, the view the TEE signs for the node is.
@@ -294,7 +304,19 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         syncer: syncer.clone(),
         callers: PeerCache::new(Duration::from_secs(60)),
         members: members.clone(),
+        metrics: Arc::new(custos_net::metrics::CallMetrics::new(
+            "custos_node",
+            "tee_calls",
+            "Requests from the bridge executed by this node's TEE",
+            0.0001,
+        )),
     };
+    if let Some(at) = config.metrics_listen {
+        let metrics = Arc::clone(&service.metrics);
+        custos_net::metrics::spawn_metrics(at, "node", Arc::new(move || metrics.encode()))
+            .await
+            .map_err(|e| NodeError::Serve(format!("bind metrics {at}: {e}")))?;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| NodeError::Serve(format!("bind {}: {e}", config.listen)))?;

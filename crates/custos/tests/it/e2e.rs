@@ -137,6 +137,18 @@ fn rest_flows(transport: LinkTransport) {
     let bridge_before = crate::metrics::metrics_at(bridge_metrics);
     let relay_metrics = &dep.clusters[0].relay.as_ref().unwrap().metrics_url;
     let relay_before = crate::metrics::metrics_at(relay_metrics);
+    let node_calls = |dep: &Deployment| -> Option<f64> {
+        let answered = r#"custos_node_tee_calls_total{"outcome": "answered"}"#;
+        dep.clusters[0]
+            .nodes
+            .iter()
+            .map(|n| {
+                crate::metrics::metrics_at(&n.metrics_url)
+                    .map(|m| crate::metrics::sample(&m, answered))
+            })
+            .sum()
+    };
+    let nodes_before = node_calls(&dep);
     rt.block_on(async {
         let (root_id, xpub) = create_wallet(&client, &[&alice, &bob]).await;
 
@@ -207,9 +219,13 @@ fn rest_flows(transport: LinkTransport) {
             "{after:?}"
         );
         assert!(
-            moved("custos_relay_forward_seconds_count{}") >= 3.0,
+            moved("custos_relay_forwards_seconds_count{}") >= 3.0,
             "{after:?}"
         );
+    }
+    if let (Some(before), Some(after)) = (nodes_before, node_calls(&dep)) {
+        // The creation, the signature and the import, besides the bridge's health checks.
+        assert!(after - before >= 3.0, "{before} -> {after}");
     }
     if let (Some(before), Some(after)) = (before, crate::metrics::metrics_at(&dep.metrics_url)) {
         use crate::metrics::sample;

@@ -120,6 +120,7 @@ fn only_current_members_reach_the_tee_with_export_keys() {
         sync_interval_secs: 3600,
         tee_connections: 2,
         tee: None,
+        metrics_listen: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
