@@ -32,20 +32,10 @@ fn python() -> Option<PathBuf> {
 /// Runs the independent wallet's `command` on the signer's `answer`.
 fn embit(py: &PathBuf, command: &[&str], answer: &Value) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/embit_wallet.py");
-    let mut child = Command::new(py)
-        .arg(script)
-        .args(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(answer.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::common::output_with_stdin(
+        Command::new(py).arg(script).args(command),
+        answer.to_string().as_bytes(),
+    );
     assert!(out.status.success(), "embit_wallet.py {command:?} failed");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

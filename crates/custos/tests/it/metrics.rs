@@ -54,20 +54,12 @@ for family in text_string_to_metric_families(sys.stdin.read()):
     for s in family.samples:
         print(s.name + json.dumps(s.labels, sort_keys=True) + " " + repr(float(s.value)))
 "#;
-    let mut child = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::common::output_with_stdin(
+        Command::new(python)
+            .args(["-c", script])
+            .stderr(Stdio::piped()),
+        body.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "the OpenMetrics parser refused /metrics: {}\n{body}",

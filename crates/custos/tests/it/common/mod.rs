@@ -501,3 +501,19 @@ pub fn python_with(module: &str, require: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// Runs `command` with `input` on its standard input and its standard output captured.
+pub fn output_with_stdin(
+    command: &mut std::process::Command,
+    input: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
