@@ -424,8 +424,11 @@ impl Store {
         // SQLite has one writer: with several connections, concurrent write transactions
         // meet SQLITE_BUSY and wait in SQLite's busy handler, which sleeps in steps of up
         // to 100 ms. One connection queues them in the pool instead, without sleeping.
+        // The lone SQLite connection is a file handle, not a socket that can drop: testing
+        // it before each acquire would cost a round trip to its worker thread per statement.
         let mut options = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { POOL_SIZE })
+            .test_before_acquire(!sqlite)
             .acquire_timeout(Duration::from_secs(30));
         if sqlite {
             options = options.after_connect(|conn, _| {
