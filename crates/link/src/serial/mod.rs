@@ -16,3 +16,16 @@ mod transport;
 pub use frame::MAX_CHUNK;
 pub use line::{LineStats, SerialLine, MAX_SERIAL_MESSAGE, MAX_TRANSMISSIONS};
 pub use transport::{serve_serial, SerialTransport};
+
+/// Fuzzing entry (built only by `cargo fuzz`, which sets `--cfg fuzzing`; `fuzz/`): decodes
+/// the bytes between two zeros as a frame, and checks that an accepted frame is encoded
+/// back to the same frame.
+#[cfg(fuzzing)]
+pub fn fuzz_frame(encoded: &[u8]) {
+    if let Some(f) = frame::Frame::decode(encoded) {
+        let wire = f.encode();
+        let (end, body) = wire.split_last().expect("a frame ends with a zero");
+        assert_eq!(*end, 0);
+        assert_eq!(frame::Frame::decode(body), Some(f));
+    }
+}
