@@ -92,6 +92,11 @@ impl<L: SecurityLevel> Validate for DirtyAuxInfo<L> {
     type Error = InvalidKeyShare;
 
     fn is_valid(&self) -> Result<(), InvalidKeyShare> {
+        // CUSTOS PATCH (CUSTOS-PATCH.md, change 2): one Paillier key per party, or a share
+        // indexing `N` by its party index panics.
+        if self.N.len() != self.pedersen_params.len() {
+            return Err(InvalidKeyShareReason::AuxLen.into());
+        }
         if self
             .pedersen_params
             .iter()
@@ -274,7 +279,10 @@ impl<E: Curve, L: SecurityLevel> DirtyKeyShare<E, L> {
         core: &DirtyIncompleteKeyShare<E>,
         aux: &DirtyAuxInfo<L>,
     ) -> Result<(), InvalidKeyShare> {
-        if core.public_shares.len() != aux.pedersen_params.len() {
+        if core.public_shares.len() != aux.pedersen_params.len()
+            // CUSTOS PATCH (CUSTOS-PATCH.md, change 2): `aux.N[i]` below.
+            || aux.N.len() != aux.pedersen_params.len()
+        {
             return Err(InvalidKeyShareReason::AuxLen.into());
         }
 

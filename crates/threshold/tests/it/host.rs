@@ -235,30 +235,42 @@ fn primes_files_are_lists_of_checked_sets() {
     );
 }
 
-/// Found by the `dealer_bundle` fuzz target: fast-paillier passes an integer's radix to
-/// num-bigint, which panics outside 2..=36, so one edited primes file stopped the TEE
-/// process. Now a named decoding refusal, for primes files, single sets and shares alike.
+/// Found by the `dealer_bundle` fuzz target: fast-paillier passed an integer's radix to
+/// num-bigint, which panics outside 2..=36, so one edited primes file (or share, bundle or
+/// peer message: every serialized Paillier integer names its radix) stopped the TEE process.
+/// Now a named decoding refusal (vendor/fast-paillier/CUSTOS-PATCH.md), in both of serde's
+/// forms of the integer (`{"radix": r, "value": v}` and `[r, v]`).
 #[test]
 fn an_integer_in_another_radix_is_refused_not_a_panic() {
     let sets = custos_threshold::fixtures::test_primes();
     let json = String::from_utf8(serde_json::to_vec(&sets).unwrap()).unwrap();
-    assert!(json.contains("\"radix\":16"));
-    for radix in ["99", "0", "1", "37", "-16", "\"16\"", "16.0"] {
-        let bad = json.replacen("\"radix\":16", &format!("\"radix\":{radix}"), 1);
-        let err = custos_threshold::Primes::list_from_bytes(bad.as_bytes()).unwrap_err();
-        match err {
-            custos_threshold::ThresholdError::Decode { what, reason } => {
-                assert_eq!(what, "primes file");
-                assert!(reason.contains("only radix 16"), "{reason}");
-            }
-            other => panic!("radix {radix}: {other:?}"),
+    assert!(json.contains("{\"radix\":16,\"value\":\""));
+    let refused = |bytes: &[u8]| match custos_threshold::Primes::list_from_bytes(bytes) {
+        Err(custos_threshold::ThresholdError::Decode { what, reason }) => {
+            assert_eq!(what, "primes file");
+            reason
         }
+        other => panic!("{other:?}"),
+    };
+    for radix in ["99", "0", "1", "37", "65535"] {
+        let bad = json.replacen("\"radix\":16", &format!("\"radix\":{radix}"), 1);
+        assert!(refused(bad.as_bytes()).contains("Invalid hex number"));
+        // The same integer as a sequence.
+        let bad = json.replacen("{\"radix\":16,\"value\":", &format!("[{radix},"), 1);
+        let bad = bad.replacen("\"}", "\"]", 1);
+        assert!(
+            refused(bad.as_bytes()).contains("Invalid hex number"),
+            "{radix}"
+        );
     }
-    let one = serde_json::to_string(&sets[0])
-        .unwrap()
-        .replacen("\"radix\":16", "\"radix\":99", 1);
-    assert!(matches!(
-        custos_threshold::Primes::from_bytes(one.as_bytes()),
-        Err(custos_threshold::ThresholdError::Decode { .. })
-    ));
+    // The sequence form with radix 16 is read: the refusals above are the radix's.
+    let seq = json
+        .replacen("{\"radix\":16,\"value\":", "[16,", 1)
+        .replacen("\"}", "\"]", 1);
+    assert_eq!(
+        custos_threshold::Primes::list_from_bytes(seq.as_bytes())
+            .unwrap()
+            .len(),
+        sets.len()
+    );
 }

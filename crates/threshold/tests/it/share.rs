@@ -226,3 +226,20 @@ fn phase_names() {
         assert_eq!(Phase::parse(n).unwrap().as_str(), n);
     }
 }
+
+/// Found by review of the fuzz targets: the library read `aux.N[i]` (one Paillier key per
+/// party) after checking only the Pedersen parameters' count, so a share decoded with a
+/// shortened `N` panicked the TEE process. Now refused as invalid (vendor/cggmp24, change 2).
+#[test]
+fn a_share_with_too_few_paillier_keys_is_refused_not_a_panic() {
+    let shares = deal_2_of_3(true);
+    for i in [0usize, 2] {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&shares[i].to_sealed_bytes()).unwrap();
+        let keys = v["aux"]["N"].as_array_mut().expect("aux.N");
+        assert_eq!(keys.len(), 3);
+        keys.truncate(i);
+        let err = ThresholdShare::from_bytes(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(err, ThresholdError::Decode { .. }), "{err:?}");
+    }
+}
