@@ -17,6 +17,7 @@ commit=$(awk '$1 == "commit" { print $2 }' "$snapshot/SNAPSHOT")
 date=$(awk '$1 == "date" { print $2 }' "$snapshot/SNAPSHOT")
 age_days=$(( ($(date +%s) - $(date -d "$date" +%s)) / 86400 ))
 echo "advisory database: RustSec at ${commit:0:12}, $date ($age_days days old)"
+# deny.toml's maximum-db-staleness (180 days) fails the check past it; warn half-way.
 if (( age_days > 90 )); then
   echo "warning: the advisory database snapshot is over 90 days old; refresh it (supply-chain/README.md)" >&2
 fi
@@ -31,6 +32,9 @@ git -C "$db" init -q
 git -C "$db" add -A
 GIT_AUTHOR_DATE="$date" GIT_COMMITTER_DATE="$date" \
   git -C "$db" -c user.name=custos -c user.email=custos@localhost commit -q -m "RustSec advisory-db $commit"
+# cargo deny dates an unfetched database by its HEAD commit or the time .git/HEAD was
+# written, whichever is later: the fresh repository must not look new.
+touch -d "$date" "$db/.git/HEAD" "$db/.git/FETCH_HEAD"
 
 # cargo metadata (run by cargo deny) needs every target's packages, downloaded here first so
 # that the check itself runs offline.
