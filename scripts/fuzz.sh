@@ -2,8 +2,8 @@
 # Coverage-guided fuzzing of every decoder of untrusted input (fuzz/, issue 16) with
 # cargo-fuzz and libFuzzer on the stable toolchain (`--sanitizer none`). Each target starts
 # from its committed corpus (fuzz/corpus/<target>) and the inputs that once crashed it
-# (fuzz/regressions/<target>), then runs for FUZZ_SECONDS (default 15) of CPU per target,
-# two targets at a time. New inputs go to a temporary folder, so the checkout is unchanged;
+# (fuzz/regressions/<target>), then runs each for FUZZ_SECONDS (default 15, wall time on
+# one core), two targets at a time. New inputs go to a temporary folder, so the checkout is unchanged;
 # a crash fails the run and its input is kept in fuzz/artifacts/<target>/.
 #   bash scripts/fuzz.sh [target ...]        FUZZ_SECONDS=600 bash scripts/fuzz.sh tee_request
 set -euo pipefail
@@ -20,16 +20,20 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo fuzz list)
 fi
+if [ ${#targets[@]} -eq 0 ]; then
+  echo "no fuzz targets found" >&2
+  exit 1
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 # The fuzz workspace's lock file is committed: a build that would change it fails.
-cp Cargo.lock "${TMPDIR:-/tmp}/custos-fuzz-Cargo.lock.before"
+cp Cargo.lock "$work/Cargo.lock.before"
 cargo fuzz build --sanitizer none
-if ! cmp -s Cargo.lock "${TMPDIR:-/tmp}/custos-fuzz-Cargo.lock.before"; then
+if ! cmp -s Cargo.lock "$work/Cargo.lock.before"; then
   echo "fuzz/Cargo.lock changed during the build: commit the new lock file" >&2
   exit 1
 fi
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 run() {
   local t=$1
   mkdir -p "$work/$t" "artifacts/$t"
