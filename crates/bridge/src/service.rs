@@ -188,6 +188,14 @@ impl BridgeService {
             self.state
                 .metrics
                 .routed(&entry.kind, &entry.outcome, entry.duration_us);
+            tracing::info!(
+                request_id = entry.request_id.as_deref().unwrap_or_default(),
+                kind = %entry.kind,
+                node = entry.node.as_deref().unwrap_or_default(),
+                outcome = %entry.outcome,
+                duration_us = entry.duration_us,
+                "request routed"
+            );
         }
         self.state.db.append(entry).await.map(|_| ()).map_err(|e| {
             Status::unavailable(format!("history cannot be written, request refused: {e}"))

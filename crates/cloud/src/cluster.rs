@@ -296,6 +296,7 @@ impl Clusters {
         let op = Op::Submit(TeeCall {
             request: request.to_vec(),
             node: node.unwrap_or_default().to_string(),
+            request_id: hex::encode(request_id),
         });
         let reply = self
             .link(

@@ -240,7 +240,13 @@ pub fn run(keys: usize, concurrency: usize, dir: Option<&Path>) -> Result<(), An
                         return;
                     };
                     // Pinned to the node the approvals name: any other refuses it.
-                    let r = link.submit(TeeCall { request, node }).await;
+                    let r = link
+                        .submit(TeeCall {
+                            request,
+                            node,
+                            ..Default::default()
+                        })
+                        .await;
                     if r.is_ok() {
                         created.fetch_add(1, Ordering::Relaxed);
                     }

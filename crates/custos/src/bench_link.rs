@@ -77,7 +77,7 @@ fn sign_envelopes(dir: Option<&std::path::Path>) -> Result<(Vec<u8>, Vec<u8>), A
     let request = LinkRequest {
         op: Some(Op::Submit(TeeCall {
             request: sign,
-            node: String::new(),
+            ..Default::default()
         })),
     };
     let reply = LinkReply {

@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use crate::link_channel::{qr_dirs, QrCameras, SerialCable};
 use crate::ops::provision;
 use crate::tee_plan::{launch, tee_section, TeePlan};
-use crate::tee_process::{spawn_ready, KeyArg, SpawnError, TeeProcess};
+use crate::tee_process::{spawn_service, KeyArg, SpawnError, TeeProcess};
 
 /// How to build a cluster.
 #[derive(Clone, Debug)]
@@ -251,7 +251,8 @@ impl Cluster {
         let mut cmd = Command::new(&self.exe);
         cmd.args(["bridge", "run", "--config"])
             .arg(&self.bridge_config);
-        let (child, line) = spawn_ready(cmd, "custos-bridge ready")?;
+        let log = self.dir.join("logs").join("bridge.log");
+        let (child, line) = spawn_service(cmd, "custos-bridge ready", &log)?;
         self.bridge_addr = parse_ready_addr(&line)?;
         self.bridge = Some(child);
         // The first start picks a free port; a restart must come back on it, where the
@@ -269,7 +270,8 @@ impl Cluster {
         let mut cmd = Command::new(&self.exe);
         cmd.args(["relay", "run", "--config"])
             .arg(&self.relay_config);
-        let (child, line) = spawn_ready(cmd, "custos-relay ready")?;
+        let log = self.dir.join("logs").join("relay.log");
+        let (child, line) = spawn_service(cmd, "custos-relay ready", &log)?;
         let addr = parse_ready_addr(&line)?;
         if let Some(r) = self.relay.as_mut() {
             r.addr = addr;
@@ -351,7 +353,8 @@ impl Cluster {
         let node = &mut self.nodes[i];
         let mut cmd = Command::new(&self.exe);
         cmd.args(["node", "run", "--config"]).arg(&node.config_path);
-        let (child, line) = spawn_ready(cmd, "custos-node ready")?;
+        let log = self.dir.join("logs").join(format!("{}.log", node.name));
+        let (child, line) = spawn_service(cmd, "custos-node ready", &log)?;
         node.addr = Some(parse_ready_addr(&line)?);
         node.server = Some(child);
         Ok(())

@@ -15,7 +15,7 @@ use custos_pki::{AdminFolder, AdminSigner, DealerFolder, PkiDir};
 
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, LinkTransport};
 use crate::tee_plan::TeePlan;
-use crate::tee_process::spawn_ready;
+use crate::tee_process::spawn_service;
 
 /// What to deploy.
 #[derive(Clone, Debug)]
@@ -195,7 +195,8 @@ impl Deployment {
         let mut cmd = Command::new(&self.exe);
         cmd.args(["cloud", "run", "--config"])
             .arg(&self.cloud_config);
-        let (child, line) = spawn_ready(cmd, "custos cloud listening on")?;
+        let log = self.dir.join("logs").join("cloud.log");
+        let (child, line) = spawn_service(cmd, "custos cloud listening on", &log)?;
         self.api_url = line
             .rsplit(' ')
             .next()

@@ -24,8 +24,20 @@ use secrecy::SecretBox;
     about = "Custos key custody (US 2020/0259646 A1)"
 )]
 struct Cli {
+    /// Log lines on standard error as text for people or as JSON objects for a log
+    /// collector (one per line: timestamp, level, target, message and every field, such as
+    /// the `request_id` each service logs for a request it handles).
+    #[arg(long, global = true, env = "CUSTOS_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -621,18 +633,22 @@ enum TeeCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    // tss-esapi logs an ERROR for every failed TPM command, the expected ones included (an
+    // NV index looked up before it is defined); the TPM platform reports real failures in
+    // its own errors. CUSTOS_LOG can turn them on.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tss_esapi=off"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
-                // tss-esapi logs an ERROR for every failed TPM command, the expected ones
-                // included (an NV index looked up before it is defined); the TPM platform
-                // reports real failures in its own errors. CUSTOS_LOG can turn them on.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tss_esapi=off")),
-        )
-        .init();
-    match run(Cli::parse()) {
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -108,7 +108,49 @@ pub enum SpawnError {
 /// Spawns `cmd` with piped output and waits for its first stdout line, which must start
 /// with `ready_prefix`; returns the child and that line. Output is drained afterwards so
 /// the child never blocks on a full pipe (set `CUSTOS_CHILD_LOG` to see its stderr).
-pub fn spawn_ready(mut cmd: Command, ready_prefix: &str) -> Result<(Child, String), SpawnError> {
+pub fn spawn_ready(cmd: Command, ready_prefix: &str) -> Result<(Child, String), SpawnError> {
+    spawn_ready_logging(cmd, ready_prefix, None)
+}
+
+/// [`spawn_ready`] for a service of a local deployment: it logs JSON lines
+/// (`CUSTOS_LOG_FORMAT=json`) that are appended to `log` (a restart appends to the same file).
+pub fn spawn_service(
+    mut cmd: Command,
+    ready_prefix: &str,
+    log: &Path,
+) -> Result<(Child, String), SpawnError> {
+    cmd.env(LOG_FORMAT_ENV, "json");
+    spawn_ready_logging(cmd, ready_prefix, Some(log))
+}
+
+/// The variable (and `--log-format`) choosing the log format: `text` (default) or `json`.
+pub const LOG_FORMAT_ENV: &str = "CUSTOS_LOG_FORMAT";
+
+fn spawn_ready_logging(
+    mut cmd: Command,
+    ready_prefix: &str,
+    log: Option<&Path>,
+) -> Result<(Child, String), SpawnError> {
+    let mut log_file = match log {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| SpawnError::Start {
+                    exe: format!("{:?}", cmd.get_program()),
+                    reason: format!("log folder {}: {e}", dir.display()),
+                })?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| SpawnError::Start {
+                    exe: format!("{:?}", cmd.get_program()),
+                    reason: format!("log file {}: {e}", path.display()),
+                })?;
+            Some(file)
+        }
+        None => None,
+    };
     let exe = format!("{:?}", cmd.get_program());
     let mut child = cmd
         .stdin(Stdio::null())
@@ -147,6 +189,11 @@ pub fn spawn_ready(mut cmd: Command, ready_prefix: &str) -> Result<(Child, Strin
         let tag = exe;
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(f) = log_file.as_mut() {
+                    use std::io::Write;
+                    // A full disk loses log lines, never the service: the pipe is drained.
+                    let _ = writeln!(f, "{line}");
+                }
                 if std::env::var_os("CUSTOS_CHILD_LOG").is_some() {
                     eprintln!("[{tag}] {line}");
                 }

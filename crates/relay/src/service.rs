@@ -134,6 +134,11 @@ impl<T: ClientTransport + 'static> ExternalRelay for RelayService<T> {
             tracing::warn!(request_id = %hex::encode(request_id), error = %e, "link request failed");
             status_of(e)
         })?;
+        tracing::info!(
+            request_id = %hex::encode(request_id),
+            duration_us = started.elapsed().as_micros() as u64,
+            "forwarded over the link"
+        );
         Ok(Response::new(RelayAnswer { payload }))
     }
 }

@@ -130,8 +130,16 @@ impl VaultNode for NodeService {
         } else {
             "failed"
         };
-        self.metrics
-            .record(outcome, started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.record(outcome, took.as_secs_f64());
+        // The id is the bridge's reading of the request, for logs only: nothing is decided
+        // on it.
+        tracing::info!(
+            request_id = %call.request_id.get(..64).unwrap_or(&call.request_id),
+            outcome,
+            duration_us = took.as_micros() as u64,
+            "TEE call"
+        );
         if matches!(decoded, Request::ApplyGovernance { .. }) {
             // Refused or not, ask the TEE what it holds now: the forwarded answer is not
             // checked here, the view the TEE signs for the node is.

@@ -461,7 +461,7 @@ impl BridgeService {
         let (mut client, device_key) = self.node_client(node).ok_or("not registered")?;
         let call = TeeCall {
             request: request.to_vec(),
-            node: String::new(),
+            ..Default::default()
         };
         let reply = match tokio::time::timeout(self.state.call_timeout, client.execute(call)).await
         {

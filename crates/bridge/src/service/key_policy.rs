@@ -154,7 +154,7 @@ impl BridgeService {
         let (mut client, device_key) = self.node_client(node)?;
         let fwd = TeeCall {
             request: request.to_vec(),
-            node: String::new(),
+            ..Default::default()
         };
         let why = match tokio::time::timeout(self.state.call_timeout, client.execute(fwd)).await {
             Ok(Ok(r)) => {

@@ -229,6 +229,7 @@ impl BridgeService {
             let fwd = TeeCall {
                 request: call.request.clone(),
                 node: String::new(),
+                request_id: d.request_id.clone().unwrap_or_default(),
             };
             let reply = tokio::time::timeout(self.state.call_timeout, client.execute(fwd)).await;
             // Why the node gave no answer, and whether the request may have reached it.

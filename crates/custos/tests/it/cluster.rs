@@ -66,6 +66,7 @@ pub(crate) async fn submit_with_chain(
         .submit(TeeCall {
             request: encode_request(req),
             node: node.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -149,6 +149,7 @@ fn rest_flows(transport: LinkTransport) {
             .sum()
     };
     let nodes_before = node_calls(&dep);
+    let mut signed_id = String::new();
     rt.block_on(async {
         let (root_id, xpub) = create_wallet(&client, &[&alice, &bob]).await;
 
@@ -163,6 +164,7 @@ fn rest_flows(transport: LinkTransport) {
         verify_against_xpub(&signature(&view), &digest, &xpub, "m/0/3");
         let fetched = client.request(&view.id).await.unwrap();
         assert_eq!(fetched.result, view.result);
+        signed_id = view.id.clone();
 
         // Without quorum: stays pending, never reaches the cluster (nothing in the
         // bridge's history under its id), and is not signed.
@@ -201,6 +203,35 @@ fn rest_flows(transport: LinkTransport) {
             other => panic!("{other:?}"),
         }
     });
+    // One id follows the signature through every service's JSON log (issue 16).
+    let cluster_logs = dep.clusters[0].dir.join("logs");
+    let logged = |log: &std::path::Path, message: &str| {
+        crate::logs::lines_naming(log, &signed_id)
+            .iter()
+            .any(|l| l["message"] == message)
+    };
+    assert!(logged(&dep.dir.join("logs/cloud.log"), "request created"));
+    assert!(logged(&dep.dir.join("logs/cloud.log"), "request completed"));
+    assert!(logged(
+        &cluster_logs.join("relay.log"),
+        "forwarded over the link"
+    ));
+    let routed = crate::logs::lines_naming(&cluster_logs.join("bridge.log"), &signed_id);
+    assert!(
+        routed.iter().any(|l| l["message"] == "request routed"
+            && l["kind"] == "sign"
+            && l["outcome"] == "ok"),
+        "{routed:?}"
+    );
+    let served_by = routed
+        .iter()
+        .find_map(|l| l["node"].as_str().filter(|n| !n.is_empty()))
+        .expect("the bridge names the node");
+    assert!(logged(
+        &cluster_logs.join(format!("{served_by}.log")),
+        "TEE call"
+    ));
+
     // The cloud server's metrics moved as the flows ran (issue 16).
     if let (Some(before), Some(after)) = (bridge_before, crate::metrics::metrics_at(bridge_metrics))
     {

@@ -350,6 +350,7 @@ async fn apply_via_bridge(
             entries: entries.to_vec(),
         }),
         node: node.into(),
+        ..Default::default()
     };
     let reply = link.submit(call).await.unwrap().into_inner();
     match custos_wire::client::decode_outcome(&reply.response).unwrap() {

@@ -25,6 +25,7 @@ mod e2e;
 mod eth_signer;
 mod governance;
 mod link;
+mod logs;
 mod metrics;
 mod one_effect;
 mod pkcs11;

@@ -181,6 +181,7 @@ fn a_create_wallet_resent_without_its_pin_goes_to_the_same_node() {
     let call = || TeeCall {
         request: request.clone(),
         node: String::new(),
+        ..Default::default()
     };
     let lost = rt.block_on(link.submit(call())).unwrap_err();
     assert_eq!(lost.code(), tonic::Code::DeadlineExceeded, "{lost:?}");

@@ -93,6 +93,7 @@ async fn create_on(pki: &Pki, link: &mut BridgeClient<Channel>, node: &str) -> V
                 approvals,
             }),
             node: node.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
