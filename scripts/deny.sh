@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 DENY_VERSION=0.20.2
 if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
   echo "installing cargo-deny $DENY_VERSION"
-  cargo install cargo-deny --locked --version "$DENY_VERSION"
+  # Unoptimized: its own speed does not matter here (seconds), an optimized build takes minutes.
+  cargo install cargo-deny --locked --debug --version "$DENY_VERSION"
 fi
 
 snapshot=supply-chain/advisory-db
