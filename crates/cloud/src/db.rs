@@ -679,6 +679,22 @@ impl Store {
             .collect())
     }
 
+    /// How many requests are in each of `states` (states without any are left out).
+    pub async fn count_in_states(&self, states: &[&str]) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut out = Vec::new();
+        // One indexed count per state: portable across SQLite and PostgreSQL through Any.
+        for state in states {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE status = $1")
+                .bind(*state)
+                .fetch_one(&self.pool)
+                .await?;
+            if n > 0 {
+                out.push((state.to_string(), n));
+            }
+        }
+        Ok(out)
+    }
+
     /// Ids of requests in `status` whose `expires_at` is before `before_secs` (or all of
     /// them when `before_secs` is `None`).
     pub async fn request_ids_with_status(

@@ -7,11 +7,14 @@
 //!   (completed, failed, refused, expired; submitting again after an unknown outcome);
 //! * `custos_cloud_request_seconds{kind}`: from creation to that state;
 //! * `custos_cloud_tee_calls_total{cluster, outcome}` and `custos_cloud_tee_call_seconds{cluster}`:
-//!   calls through a cluster's relay to a TEE (answered, refused by the TEE, or failed).
+//!   calls through a cluster's relay to a TEE (answered, refused by the TEE, or failed);
+//! * `custos_cloud_requests_open{status}`: requests waiting for approvals (`pending_approval`)
+//!   or being executed (`submitting`), as the database holds them (read every few seconds).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -27,6 +30,15 @@ struct Ended {
     kind: String,
     status: String,
 }
+
+/// Labels naming a request state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Status {
+    status: String,
+}
+
+/// The states [`Metrics::open`] counts.
+pub const OPEN_STATES: [&str; 2] = ["pending_approval", "submitting"];
 
 /// Labels naming a cluster.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +70,7 @@ pub struct Metrics {
     request_seconds: Seconds,
     tee_calls: Family<Call, Counter>,
     tee_call_seconds: CallSeconds,
+    open: Family<Status, Gauge>,
 }
 
 impl Default for Metrics {
@@ -75,6 +88,12 @@ impl Metrics {
         let request_seconds = Seconds::new_with_constructor(latency);
         let tee_calls = Family::<Call, Counter>::default();
         let tee_call_seconds = CallSeconds::new_with_constructor(latency);
+        let open = Family::<Status, Gauge>::default();
+        registry.register(
+            "requests_open",
+            "Requests waiting for approvals or being executed, by state",
+            open.clone(),
+        );
         registry.register(
             "requests_created",
             "Requests accepted by the REST API",
@@ -107,6 +126,22 @@ impl Metrics {
             request_seconds,
             tee_calls,
             tee_call_seconds,
+            open,
+        }
+    }
+
+    /// The requests now in each of [`OPEN_STATES`] (a state missing from `counts` has none).
+    pub fn open(&self, counts: &[(String, i64)]) {
+        for state in OPEN_STATES {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n);
+            self.open
+                .get_or_create(&Status {
+                    status: state.into(),
+                })
+                .set(n);
         }
     }
 

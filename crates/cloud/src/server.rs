@@ -26,6 +26,8 @@ use crate::service::{Cloud, OpenError};
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often requests whose outcome is unknown are looked at (and sent again).
 const RETRY_UNKNOWN_EVERY: Duration = Duration::from_secs(2);
+/// How often the open-request gauges are read from the database.
+const OPEN_COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Pause between presignature pool refills.
 const REFILL_EVERY: Duration = Duration::from_secs(2);
 /// Time allowed for a TLS handshake.
@@ -129,8 +131,13 @@ async fn background(cloud: Arc<Cloud>) {
     }
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut unknown = tokio::time::interval(RETRY_UNKNOWN_EVERY);
+    let mut open = tokio::time::interval(OPEN_COUNT_EVERY);
     loop {
         tokio::select! {
+            _ = open.tick() => match cloud.store().count_in_states(&crate::metrics::OPEN_STATES).await {
+                Ok(counts) => cloud.metrics().open(&counts),
+                Err(e) => tracing::warn!(error = %e, "open requests could not be counted"),
+            },
             _ = sweep.tick() => match cloud.sweep_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(requests = n, "requests expired"),

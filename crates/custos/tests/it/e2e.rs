@@ -232,6 +232,21 @@ fn rest_flows(transport: LinkTransport) {
         "TEE call"
     ));
 
+    // The request without its second approval waits: the open-requests gauge shows it once
+    // the server has counted (every 5 s).
+    if crate::metrics::metrics_at(&dep.metrics_url).is_some() {
+        let pending = r#"custos_cloud_requests_open{"status": "pending_approval"}"#;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = crate::metrics::metrics_at(&dep.metrics_url).unwrap();
+            if crate::metrics::sample(&now, pending) >= 1.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{now:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     // The cloud server's metrics moved as the flows ran (issue 16).
     if let (Some(before), Some(after)) = (bridge_before, crate::metrics::metrics_at(bridge_metrics))
     {
