@@ -130,18 +130,14 @@ impl Metrics {
         }
     }
 
-    /// The requests now in each of [`OPEN_STATES`] (a state missing from `counts` has none).
-    pub fn open(&self, counts: &[(String, i64)]) {
-        for state in OPEN_STATES {
-            let n = counts
-                .iter()
-                .find(|(s, _)| s == state)
-                .map_or(0, |(_, n)| *n);
+    /// The requests now in each of [`OPEN_STATES`], in their order.
+    pub fn open(&self, counts: &[i64]) {
+        for (state, n) in OPEN_STATES.iter().zip(counts) {
             self.open
                 .get_or_create(&Status {
-                    status: state.into(),
+                    status: (*state).into(),
                 })
-                .set(n);
+                .set(*n);
         }
     }
 

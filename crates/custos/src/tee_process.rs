@@ -131,27 +131,25 @@ fn spawn_ready_logging(
     ready_prefix: &str,
     log: Option<&Path>,
 ) -> Result<(Child, String), SpawnError> {
+    let exe = format!("{:?}", cmd.get_program());
     let mut log_file = match log {
         Some(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| SpawnError::Start {
-                    exe: format!("{:?}", cmd.get_program()),
-                    reason: format!("log folder {}: {e}", dir.display()),
-                })?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| SpawnError::Start {
-                    exe: format!("{:?}", cmd.get_program()),
-                    reason: format!("log file {}: {e}", path.display()),
-                })?;
-            Some(file)
+            let opened = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                });
+            Some(opened.map_err(|e| SpawnError::Start {
+                exe: exe.clone(),
+                reason: format!("log file {}: {e}", path.display()),
+            })?)
         }
         None => None,
     };
-    let exe = format!("{:?}", cmd.get_program());
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
