@@ -6,11 +6,17 @@
 //!   a TEE refusal code, `outcome_unknown`, ...);
 //! * `custos_bridge_link_requests_total{op, outcome}`: what came over the link from the
 //!   external relay (op `submit`, `status`, `audit`, `last_audit`; outcome `answered` or
-//!   `refused`).
+//!   `refused`);
+//! * `custos_bridge_audits_total{node, outcome}`: key audits of each node (`ok`, `flagged`,
+//!   `unreachable`);
+//! * `custos_bridge_node_healthy{node}` and `custos_bridge_node_keys_missing{node}`: whether
+//!   the last health check reached the node, and how many keys of the cluster's list it
+//!   does not hold yet (its sync lag), read at each scrape.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -31,6 +37,17 @@ struct Link {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Audited {
+    node: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Node {
+    node: String,
+}
+
 type Seconds = Family<Kind, Histogram, fn() -> Histogram>;
 
 /// Buckets from 100 µs to about 3 s: a node answers a signature in a millisecond or two,
@@ -45,6 +62,9 @@ pub struct Metrics {
     requests: Family<Routed, Counter>,
     request_seconds: Seconds,
     link: Family<Link, Counter>,
+    audits: Family<Audited, Counter>,
+    healthy: Family<Node, Gauge>,
+    keys_missing: Family<Node, Gauge>,
 }
 
 impl Default for Metrics {
@@ -60,6 +80,9 @@ impl Metrics {
         let requests = Family::<Routed, Counter>::default();
         let request_seconds = Seconds::new_with_constructor(latency);
         let link = Family::<Link, Counter>::default();
+        let audits = Family::<Audited, Counter>::default();
+        let healthy = Family::<Node, Gauge>::default();
+        let keys_missing = Family::<Node, Gauge>::default();
         registry.register(
             "requests",
             "Requests routed to the cluster's nodes, by kind and outcome",
@@ -75,11 +98,29 @@ impl Metrics {
             "Link requests from the external relay, by operation and outcome",
             link.clone(),
         );
+        registry.register(
+            "audits",
+            "Key audits of a node, by outcome (ok, flagged, unreachable)",
+            audits.clone(),
+        );
+        registry.register(
+            "node_healthy",
+            "1 if the node answered its last health check",
+            healthy.clone(),
+        );
+        registry.register(
+            "node_keys_missing",
+            "Keys of the cluster's list the node does not hold yet (its sync lag)",
+            keys_missing.clone(),
+        );
         Self {
             registry,
             requests,
             request_seconds,
             link,
+            audits,
+            healthy,
+            keys_missing,
         }
     }
 
@@ -102,6 +143,24 @@ impl Metrics {
             outcome: outcome.into(),
         };
         self.link.get_or_create(&labels).inc();
+    }
+
+    /// A key audit of `node` ended with `outcome`.
+    pub fn audited(&self, node: &str, outcome: &str) {
+        let labels = Audited {
+            node: node.into(),
+            outcome: outcome.into(),
+        };
+        self.audits.get_or_create(&labels).inc();
+    }
+
+    /// `node`'s state as the bridge knows it now.
+    pub fn node(&self, node: &str, healthy: bool, keys_missing: usize) {
+        let labels = Node { node: node.into() };
+        self.healthy.get_or_create(&labels).set(i64::from(healthy));
+        self.keys_missing
+            .get_or_create(&labels)
+            .set(i64::try_from(keys_missing).unwrap_or(i64::MAX));
     }
 
     /// Every metric in the OpenMetrics text format.

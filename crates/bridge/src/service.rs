@@ -297,6 +297,7 @@ impl BridgeService {
             } else {
                 "flagged"
             };
+            self.state.metrics.audited(&node, outcome);
             if !n.missing.is_empty() {
                 let mut nodes = self.state.nodes.write().unwrap_or_else(|p| p.into_inner());
                 if let Some(e) = nodes.get_mut(&node) {
@@ -417,8 +418,15 @@ pub async fn run(config: BridgeConfig) -> Result<(), BridgeError> {
         metrics: Arc::new(crate::metrics::Metrics::new()),
     });
     if let Some(at) = config.metrics_listen {
-        let metrics = Arc::clone(&state.metrics);
-        custos_net::metrics::spawn_metrics(at, "bridge", Arc::new(move || metrics.encode()))
+        // The render holds the state, not the other way round: no cycle.
+        let st = Arc::clone(&state);
+        let render = move || {
+            for (name, n) in st.nodes.read().unwrap_or_else(|p| p.into_inner()).iter() {
+                st.metrics.node(name, n.healthy, n.missing.len());
+            }
+            st.metrics.encode()
+        };
+        custos_net::metrics::spawn_metrics(at, "bridge", Arc::new(render))
             .await
             .map_err(|e| BridgeError::Serve(format!("bind metrics {at}: {e}")))?;
     }

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
@@ -18,9 +19,11 @@ use crate::terms::Terms;
 use custos_cloud_api::{RequestKind, RequestStatus};
 
 mod threshold;
+mod writer;
 
 use threshold::{insert_threshold_key, insert_threshold_share};
 pub use threshold::{PresignatureRow, PresignatureSigner, ThresholdKeyRow, ThresholdShareRow};
+use writer::{bind_insert, bind_update, RowJson, Writer, UPDATE_SET};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -62,6 +65,13 @@ pub enum StoreError {
     /// A threshold share disagrees with the threshold key already recorded.
     #[error("{0}")]
     Inconsistent(String),
+    /// A group of writes failed as a whole (the database refused the transaction, or its
+    /// outcome could not be read back); each write of the group hears this.
+    #[error("database write failed: {0}")]
+    Write(String),
+    /// The store was closed (or its writer stopped): writes are refused, none is lost.
+    #[error("the database writer has stopped")]
+    Closed,
 }
 
 /// An approval as stored (JSON in `requests.approvals`): enough to rebuild the TEE's
@@ -167,19 +177,39 @@ pub struct WalletRow {
 }
 
 /// What a completing request records besides its own row, in the same transaction.
-#[derive(Clone, Copy, Debug)]
-pub enum Record<'a> {
+#[derive(Clone, Debug)]
+pub enum Record {
     /// Nothing.
     Nothing,
     /// A new wallet.
-    Wallet(&'a WalletRow),
+    Wallet(WalletRow),
     /// An imported threshold share (and its key, if first).
-    ThresholdShare(&'a ThresholdKeyRow, &'a ThresholdShareRow),
+    ThresholdShare(ThresholdKeyRow, ThresholdShareRow),
     /// A threshold key made by distributed key generation, with every share.
-    ThresholdKey(&'a ThresholdKeyRow, &'a [ThresholdShareRow]),
+    ThresholdKey(ThresholdKeyRow, Vec<ThresholdShareRow>),
     /// A wallet's new quorum (root id, quorum) after its approver group changed: later sign
     /// requests wait for that many approvals.
-    WalletQuorum(&'a str, u8),
+    WalletQuorum(String, u8),
+}
+
+impl Record {
+    /// Writes it inside the transaction of its request's change.
+    async fn insert(&self, tx: &mut AnyConnection) -> Result<(), StoreError> {
+        match self {
+            Record::Nothing => {}
+            Record::Wallet(w) => insert_wallet(tx, w).await?,
+            Record::WalletQuorum(root_id, quorum) => {
+                sqlx::query("UPDATE wallets SET quorum = $1 WHERE root_id = $2")
+                    .bind(i64::from(*quorum))
+                    .bind(root_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Record::ThresholdShare(key, share) => insert_threshold_share(tx, key, share).await?,
+            Record::ThresholdKey(key, shares) => insert_threshold_key(tx, key, shares).await?,
+        }
+        Ok(())
+    }
 }
 
 /// One entry of a request's lifecycle log (stored with the request, JSON in
@@ -199,7 +229,10 @@ pub struct EventRow {
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads; and every write on PostgreSQL.
     pool: AnyPool,
+    /// SQLite: every write, through one connection (see [`writer`]).
+    writer: Option<Writer>,
 }
 
 /// The columns of a request row in lists: all but the lifecycle log.
@@ -303,6 +336,15 @@ fn truncate(mut s: String) -> String {
     s
 }
 
+/// Settings of every SQLite connection: commits durable at WAL checkpoints, and a wait
+/// for the write lock instead of an immediate `SQLITE_BUSY`.
+async fn sqlite_settings(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute(&*format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
+        .await?;
+    Ok(())
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -403,6 +445,11 @@ impl Store {
             .map(|(s, _)| s.to_ascii_lowercase())
             .unwrap_or_default();
         let sqlite = match scheme.as_str() {
+            // An in-memory database is one per connection: the writer's would not be the
+            // readers'.
+            "sqlite" if url.contains(":memory:") || url.contains("mode=memory") => {
+                return Err(StoreError::UnsupportedUrl(shown))
+            }
             "sqlite" => true,
             "postgres" | "postgresql" => false,
             _ => return Err(StoreError::UnsupportedUrl(shown)),
@@ -421,24 +468,16 @@ impl Store {
                 .map_err(connect_err)?;
             conn.close().await.map_err(connect_err)?;
         }
-        // SQLite has one writer: with several connections, concurrent write transactions
-        // meet SQLITE_BUSY and wait in SQLite's busy handler, which sleeps in steps of up
-        // to 100 ms. One connection queues them in the pool instead, without sleeping.
-        // The lone SQLite connection is a file handle, not a socket that can drop: testing
-        // it before each acquire would cost a round trip to its worker thread per statement.
+        // On SQLite the pool reads (WAL: readers never wait for the writer) and migrates at
+        // start; after that every write goes through the writer's own connection. The lone
+        // pooled connection is a file handle, not a socket that can drop: testing it before
+        // each acquire would cost a round trip to its worker thread per statement.
         let mut options = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { POOL_SIZE })
             .test_before_acquire(!sqlite)
             .acquire_timeout(Duration::from_secs(30));
         if sqlite {
-            options = options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    conn.execute(&*format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
-                        .await?;
-                    Ok(())
-                })
-            });
+            options = options.after_connect(|conn, _| Box::pin(sqlite_settings(conn)));
         }
         let pool = options.connect(url).await.map_err(connect_err)?;
         MIGRATOR.run(&pool).await?;
@@ -457,12 +496,41 @@ impl Store {
             );
         }
         tracing::info!(url = %shown, "cloud DB open");
-        Ok(Store { pool })
+        let writer = sqlite.then(|| Writer::start(url));
+        Ok(Store { pool, writer })
     }
 
-    /// Closes the pool.
+    /// Closes the pool and the writer (after the writes queued before).
     pub async fn close(&self) {
+        if let Some(w) = &self.writer {
+            w.close().await;
+        }
         self.pool.close().await;
+    }
+
+    /// Runs `f` as a write: on the writer's connection in queue order (SQLite), or on a
+    /// pooled connection (PostgreSQL).
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let Some(w) = &self.writer else {
+            let mut conn = self.pool.acquire().await?;
+            return f(&mut conn).await;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        w.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let v = f(conn).await?;
+                let _ = tx.send(v);
+                Ok(())
+            })
+        }))
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)
     }
 
     /// Inserts a new request with its `created` event (version 1); `r.events` becomes
@@ -502,34 +570,24 @@ impl Store {
                 detail: truncate(detail),
             })
             .collect();
+        let mut stored = r.clone();
+        stored.events = log;
+        if let Some(w) = &self.writer {
+            w.insert(stored.clone()).await?;
+            *r = stored;
+            return Ok(());
+        }
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         );
-        let res = sqlx::query(&sql)
-            .bind(r.id.as_str())
-            .bind(r.kind().as_str())
-            .bind(r.cluster.as_str())
-            .bind(i64::from(r.quorum))
-            .bind(r.status.as_str())
-            .bind(i(r.created_at))
-            .bind(i(r.updated_at))
-            .bind(i(r.expires_at))
-            .bind(approvals_json(&r.approvals))
-            .bind(r.result.clone())
-            .bind(r.error_code.clone())
-            .bind(r.error_message.clone())
-            .bind(i64::from(r.attempts))
-            .bind(r.created_by.as_str())
-            .bind(r.version)
-            .bind(r.terms.to_json())
-            .bind(r.tenant.as_str())
-            .bind(events_json(&log))
+        let json = RowJson::of(&stored);
+        let res = bind_insert(sqlx::query(&sql), &stored, &json)
             .execute(&self.pool)
             .await;
         match res {
             Ok(_) => {
-                r.events = log;
+                *r = stored;
                 Ok(())
             }
             Err(e) if is_unique_violation(&e) => {
@@ -550,7 +608,7 @@ impl Store {
         wallet: Option<&WalletRow>,
     ) -> Result<RequestRow, StoreError> {
         let record = match wallet {
-            Some(w) => Record::Wallet(w),
+            Some(w) => Record::Wallet(w.clone()),
             None => Record::Nothing,
         };
         self.update_request_recording(r, event, detail, record)
@@ -565,7 +623,7 @@ impl Store {
         r: &RequestRow,
         event: &str,
         detail: String,
-        record: Record<'_>,
+        record: Record,
     ) -> Result<RequestRow, StoreError> {
         let mut next = r.clone();
         next.version = r.version + 1;
@@ -575,51 +633,35 @@ impl Store {
             event: event.to_string(),
             detail: truncate(detail),
         });
-        let update = sqlx::query(
-            "UPDATE requests SET status = $1, updated_at = $2, approvals = $3, result = $4, \
-             error_code = $5, error_message = $6, attempts = $7, version = $8, events = $9, \
-             terms = $10 WHERE id = $11 AND version = $12",
-        )
-        .bind(next.status.as_str())
-        .bind(i(next.updated_at))
-        .bind(approvals_json(&next.approvals))
-        .bind(next.result.clone())
-        .bind(next.error_code.clone())
-        .bind(next.error_message.clone())
-        .bind(i64::from(next.attempts))
-        .bind(next.version)
-        .bind(events_json(&next.events))
-        .bind(next.terms.to_json())
-        .bind(next.id.as_str())
-        .bind(r.version);
         // A change alone is one statement (atomic by itself); one that records a wallet or
         // threshold key besides is one transaction with it.
         if matches!(record, Record::Nothing) {
+            if let Some(w) = &self.writer {
+                w.update(next.clone(), r.version).await?;
+                return Ok(next);
+            }
+            let json = RowJson::of(&next);
+            let update = bind_update(sqlx::query(UPDATE_SET), &next, &json, r.version);
             if update.execute(&self.pool).await?.rows_affected() != 1 {
                 return Err(StoreError::Conflict(r.id.clone()));
             }
             return Ok(next);
         }
-        let mut tx = self.pool.begin().await?;
-        if update.execute(&mut *tx).await?.rows_affected() != 1 {
-            return Err(StoreError::Conflict(r.id.clone()));
-        }
-        match record {
-            Record::Nothing => {}
-            Record::Wallet(w) => insert_wallet(&mut tx, w).await?,
-            Record::WalletQuorum(root_id, quorum) => {
-                sqlx::query("UPDATE wallets SET quorum = $1 WHERE root_id = $2")
-                    .bind(i64::from(quorum))
-                    .bind(root_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Record::ThresholdShare(key, share) => {
-                insert_threshold_share(&mut tx, key, share).await?
-            }
-            Record::ThresholdKey(key, shares) => insert_threshold_key(&mut tx, key, shares).await?,
-        }
-        tx.commit().await?;
+        let (row, expected) = (next.clone(), r.version);
+        self.write(move |conn| {
+            Box::pin(async move {
+                let json = RowJson::of(&row);
+                let mut tx = conn.begin().await?;
+                let update = bind_update(sqlx::query(UPDATE_SET), &row, &json, expected);
+                if update.execute(&mut *tx).await?.rows_affected() != 1 {
+                    return Err(StoreError::Conflict(row.id.clone()));
+                }
+                record.insert(&mut tx).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await?;
         Ok(next)
     }
 

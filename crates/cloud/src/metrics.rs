@@ -9,7 +9,11 @@
 //! * `custos_cloud_tee_calls_total{cluster, outcome}` and `custos_cloud_tee_call_seconds{cluster}`:
 //!   calls through a cluster's relay to a TEE (answered, refused by the TEE, or failed);
 //! * `custos_cloud_requests_open{status}`: requests waiting for approvals (`pending_approval`)
-//!   or being executed (`submitting`), as the database holds them (read every few seconds).
+//!   or being executed (`submitting`), as the database holds them (read every few seconds);
+//! * `custos_cloud_presignatures_ready{key_id}`: each threshold key's pool of presignatures
+//!   ready to sign with (read every few seconds);
+//! * `custos_cloud_threshold_audit_sessions_total{outcome}`: audit signing sessions of
+//!   threshold keys, `verified` or `failed`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -53,6 +57,18 @@ struct Call {
     outcome: String,
 }
 
+/// Labels naming a threshold key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Key {
+    key_id: String,
+}
+
+/// Labels naming how something ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
 type Seconds = Family<Kind, Histogram, fn() -> Histogram>;
 type CallSeconds = Family<Cluster, Histogram, fn() -> Histogram>;
 
@@ -71,6 +87,8 @@ pub struct Metrics {
     tee_calls: Family<Call, Counter>,
     tee_call_seconds: CallSeconds,
     open: Family<Status, Gauge>,
+    presignatures: Family<Key, Gauge>,
+    audit_sessions: Family<Outcome, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,6 +107,18 @@ impl Metrics {
         let tee_calls = Family::<Call, Counter>::default();
         let tee_call_seconds = CallSeconds::new_with_constructor(latency);
         let open = Family::<Status, Gauge>::default();
+        let presignatures = Family::<Key, Gauge>::default();
+        let audit_sessions = Family::<Outcome, Counter>::default();
+        registry.register(
+            "presignatures_ready",
+            "Presignatures ready to sign with, by threshold key",
+            presignatures.clone(),
+        );
+        registry.register(
+            "threshold_audit_sessions",
+            "Audit signing sessions of threshold keys, verified or failed",
+            audit_sessions.clone(),
+        );
         registry.register(
             "requests_open",
             "Requests waiting for approvals or being executed, by state",
@@ -127,6 +157,28 @@ impl Metrics {
             tee_calls,
             tee_call_seconds,
             open,
+            presignatures,
+            audit_sessions,
+        }
+    }
+
+    /// Each threshold key's ready presignatures now.
+    pub fn presignatures(&self, pools: &[(String, i64)]) {
+        for (key_id, n) in pools {
+            let labels = Key {
+                key_id: key_id.clone(),
+            };
+            self.presignatures.get_or_create(&labels).set(*n);
+        }
+    }
+
+    /// A threshold audit ran `verified` sessions that verified and `failed` that did not.
+    pub fn threshold_audited(&self, verified: usize, failed: usize) {
+        for (outcome, n) in [("verified", verified), ("failed", failed)] {
+            let labels = Outcome {
+                outcome: outcome.into(),
+            };
+            self.audit_sessions.get_or_create(&labels).inc_by(n as u64);
         }
     }
 

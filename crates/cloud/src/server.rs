@@ -134,10 +134,16 @@ async fn background(cloud: Arc<Cloud>) {
     let mut open = tokio::time::interval(OPEN_COUNT_EVERY);
     loop {
         tokio::select! {
-            _ = open.tick() => match cloud.store().count_in_states(&crate::metrics::OPEN_STATES).await {
-                Ok(counts) => cloud.metrics().open(&counts),
-                Err(e) => tracing::warn!(error = %e, "open requests could not be counted"),
-            },
+            _ = open.tick() => {
+                match cloud.store().count_in_states(&crate::metrics::OPEN_STATES).await {
+                    Ok(counts) => cloud.metrics().open(&counts),
+                    Err(e) => tracing::warn!(error = %e, "open requests could not be counted"),
+                }
+                match cloud.store().ready_presignature_counts().await {
+                    Ok(pools) => cloud.metrics().presignatures(&pools),
+                    Err(e) => tracing::warn!(error = %e, "presignature pools could not be counted"),
+                }
+            }
             _ = sweep.tick() => match cloud.sweep_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(requests = n, "requests expired"),

@@ -354,16 +354,6 @@ impl Cloud {
     }
 }
 
-/// What a completed request records besides itself.
-pub(crate) enum Recorded {
-    Nothing,
-    Wallet(WalletRow),
-    ThresholdShare(ThresholdKeyRow, ThresholdShareRow),
-    ThresholdKey(ThresholdKeyRow, Vec<ThresholdShareRow>),
-    /// A wallet's quorum after its approver group changed (root id hex, quorum).
-    WalletQuorum(String, u8),
-}
-
 /// How one submission of a request ended, as [`Cloud::finish`] records it.
 pub(crate) enum Verdict {
     /// Done, its answer verified: `completed`.
@@ -387,11 +377,11 @@ pub(crate) struct Completion {
     /// The node (or, for threshold requests, the clusters) that served it.
     node: String,
     result: RequestResult,
-    recorded: Recorded,
+    recorded: Record,
 }
 
 impl Verdict {
-    fn completed(node: String, result: RequestResult, recorded: Recorded) -> Self {
+    fn completed(node: String, result: RequestResult, recorded: Record) -> Self {
         Verdict::Completed(Box::new(Completion {
             node,
             result,
@@ -424,16 +414,12 @@ impl Failure {
     }
 
     /// Writes the failure into `row` with `status`; the event's name and detail.
-    fn record(
-        self,
-        row: &mut RequestRow,
-        status: RequestStatus,
-    ) -> (&'static str, String, Recorded) {
+    fn record(self, row: &mut RequestRow, status: RequestStatus) -> (&'static str, String, Record) {
         row.status = status;
         let detail = format!("{}: {}", self.code, self.message);
         row.error_code = Some(self.code);
         row.error_message = Some(self.message);
-        (status.as_str(), detail, Recorded::Nothing)
+        (status.as_str(), detail, Record::Nothing)
     }
 }
 

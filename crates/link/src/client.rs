@@ -47,6 +47,15 @@ impl ClientConfig {
     }
 }
 
+/// What a [`LinkClient`] has been doing, for an operator's dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Requests sent and not yet answered (nor given up): the link's queue depth.
+    pub in_flight: u64,
+    /// Attempts repeated after a failed one, since the client was made.
+    pub retries: u64,
+}
+
 /// The external relay's end of the link.
 #[derive(Debug)]
 pub struct LinkClient<T> {
@@ -54,6 +63,25 @@ pub struct LinkClient<T> {
     keys: LinkKeys,
     config: ClientConfig,
     sequence: AtomicU64,
+    in_flight: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// Counts a request in flight until dropped, however the request ends (answer, error, or
+/// its caller giving up).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicU64) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<T: ClientTransport> LinkClient<T> {
@@ -65,6 +93,16 @@ impl<T: ClientTransport> LinkClient<T> {
             keys,
             config,
             sequence: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests in flight and retries so far.
+    pub fn stats(&self) -> LinkStats {
+        LinkStats {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
         }
     }
 
@@ -92,6 +130,7 @@ impl<T: ClientTransport> LinkClient<T> {
         request_id: RequestId,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, LinkError> {
+        let _counted = InFlight::enter(&self.in_flight);
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
         let request = Envelope::seal(
             &self.keys,
@@ -121,6 +160,7 @@ impl<T: ClientTransport> LinkClient<T> {
             }
             if attempt < attempts {
                 tokio::time::sleep(self.config.retry_delay).await;
+                self.retries.fetch_add(1, Ordering::Relaxed);
             }
         }
         Err(last)

@@ -49,7 +49,7 @@ mod server;
 pub mod spool;
 pub mod tcp;
 
-pub use client::{AnswerCheck, ClientConfig, ClientTransport, LinkClient};
+pub use client::{AnswerCheck, ClientConfig, ClientTransport, LinkClient, LinkStats};
 pub use envelope::{
     Envelope, EnvelopeKind, Failure, RequestId, ENVELOPE_VERSION, MAX_CLUSTER_NAME, MAX_ENVELOPE,
     MAX_PAYLOAD, MAX_SIGNATURE, SIGNING_DOMAIN,

@@ -101,6 +101,11 @@ impl CallMetrics {
         self.seconds.observe(seconds);
     }
 
+    /// The registry, for a service's further metrics under the same prefix.
+    pub fn registry_mut(&mut self) -> &mut prometheus_client::registry::Registry {
+        &mut self.registry
+    }
+
     /// Every metric in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         render(&self.registry)

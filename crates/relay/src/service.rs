@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use custos_link::qr::{QrDirs, QrTransport};
 use custos_link::{
-    AnswerCheck, ClientConfig, ClientTransport, LinkClient, LinkError, LinkKeys, SerialLine,
-    SerialTransport, SpoolDirs, SpoolTransport, TcpTransport, MAX_PAYLOAD,
+    AnswerCheck, ClientConfig, ClientTransport, LinkClient, LinkError, LinkKeys, LinkStats,
+    SerialLine, SerialTransport, SpoolDirs, SpoolTransport, TcpTransport, MAX_PAYLOAD,
 };
 use custos_net::{
     client_config_without_identity, connect_lazy, serve_tls, server_config_without_client_auth,
@@ -16,6 +16,10 @@ use custos_net::{
 use custos_pki::{pem_to_der, DeviceChain, Service, TrustRoot};
 use custos_proto::cluster::external_relay_server::{ExternalRelay, ExternalRelayServer};
 use custos_proto::cluster::{RelayAnswer, RelayCall};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -199,18 +203,6 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
         max_attempts: config.max_attempts.max(1),
         ..ClientConfig::new(config.cluster.clone())
     };
-    let metrics = Arc::new(custos_net::metrics::CallMetrics::new(
-        "custos_relay",
-        "forwards",
-        "Calls of the cloud server carried over the link, retries included",
-        0.0001,
-    ));
-    if let Some(at) = config.metrics_listen {
-        let m = Arc::clone(&metrics);
-        custos_net::metrics::spawn_metrics(at, "relay", Arc::new(move || m.encode()))
-            .await
-            .map_err(|e| RelayError::Serve(format!("bind metrics {at}: {e}")))?;
-    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| RelayError::Serve(format!("bind {}: {e}", config.listen)))?;
@@ -225,8 +217,14 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
     match &config.transport {
         TransportConfig::Tcp { address } => {
             let client = LinkClient::new(TcpTransport::new(*address), keys, link_config);
-            ready("tcp");
-            serve(client, token_sha256, incoming, &metrics).await
+            serve(
+                client,
+                token_sha256,
+                incoming,
+                config.metrics_listen,
+                || ready("tcp"),
+            )
+            .await
         }
         TransportConfig::Spool {
             outbound,
@@ -241,8 +239,14 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
                 Duration::from_millis((*poll_ms).max(1)),
             )?;
             let client = LinkClient::new(transport, keys, link_config);
-            ready("spool");
-            serve(client, token_sha256, incoming, &metrics).await
+            serve(
+                client,
+                token_sha256,
+                incoming,
+                config.metrics_listen,
+                || ready("spool"),
+            )
+            .await
         }
         TransportConfig::Qr {
             screen,
@@ -258,8 +262,14 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
                 AnswerCheck::new(keys.peer_public(), &config.cluster),
             )?;
             let client = LinkClient::new(transport, keys, link_config);
-            ready("qr");
-            serve(client, token_sha256, incoming, &metrics).await
+            serve(
+                client,
+                token_sha256,
+                incoming,
+                config.metrics_listen,
+                || ready("qr"),
+            )
+            .await
         }
         TransportConfig::Serial { device, baud } => {
             let transport = SerialTransport::new(
@@ -267,9 +277,46 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
                 AnswerCheck::new(keys.peer_public(), &config.cluster),
             );
             let client = LinkClient::new(transport, keys, link_config);
-            ready("serial");
-            serve(client, token_sha256, incoming, &metrics).await
+            serve(
+                client,
+                token_sha256,
+                incoming,
+                config.metrics_listen,
+                || ready("serial"),
+            )
+            .await
         }
+    }
+}
+
+/// The link client's queue depth and retries, read at each scrape.
+struct LinkCollector(Arc<dyn Fn() -> LinkStats + Send + Sync>);
+
+impl std::fmt::Debug for LinkCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkCollector")
+    }
+}
+
+impl Collector for LinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = (self.0)();
+        let depth = ConstGauge::new(i64::try_from(stats.in_flight).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "link_in_flight",
+            "Requests sent over the link and not answered yet (the link's queue)",
+            None,
+            depth.metric_type(),
+        )?;
+        depth.encode(metric)?;
+        let retries = ConstCounter::new(stats.retries);
+        let metric = encoder.encode_descriptor(
+            "link_retries",
+            "Link attempts repeated after a failed or timed-out one",
+            None,
+            retries.metric_type(),
+        )?;
+        retries.encode(metric)
     }
 }
 
@@ -277,13 +324,34 @@ async fn serve<T: ClientTransport + 'static>(
     client: LinkClient<T>,
     token_sha256: [u8; 32],
     incoming: custos_net::TlsIncoming,
-    metrics: &Arc<custos_net::metrics::CallMetrics>,
+    metrics_listen: Option<std::net::SocketAddr>,
+    ready: impl FnOnce(),
 ) -> Result<(), RelayError> {
+    let client = Arc::new(client);
+    let mut metrics = custos_net::metrics::CallMetrics::new(
+        "custos_relay",
+        "forwards",
+        "Calls of the cloud server carried over the link, retries included",
+        0.0001,
+    );
+    let link = Arc::clone(&client);
+    metrics
+        .registry_mut()
+        .register_collector(Box::new(LinkCollector(Arc::new(move || link.stats()))));
+    let metrics = Arc::new(metrics);
+    if let Some(at) = metrics_listen {
+        let m = Arc::clone(&metrics);
+        custos_net::metrics::spawn_metrics(at, "relay", Arc::new(move || m.encode()))
+            .await
+            .map_err(|e| RelayError::Serve(format!("bind metrics {at}: {e}")))?;
+    }
     let service = RelayService {
-        client: Arc::new(client),
+        client,
         token_sha256,
-        metrics: Arc::clone(metrics),
+        metrics,
     };
+    // Ready only once every listener, the metrics' too, is bound.
+    ready();
     tonic::transport::Server::builder()
         .add_service(
             ExternalRelayServer::new(service)

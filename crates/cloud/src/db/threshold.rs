@@ -280,23 +280,45 @@ impl Store {
 
     /// Records a presignature as ready.
     pub async fn insert_presignature(&self, p: &PresignatureRow) -> Result<(), StoreError> {
-        let res = sqlx::query(
-            "INSERT INTO threshold_presignatures (id, key_id, signers, status, created_at) \
-             VALUES ($1, $2, $3, 'ready', $4)",
+        let p = p.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let res = sqlx::query(
+                    "INSERT INTO threshold_presignatures (id, key_id, signers, status, \
+                     created_at) VALUES ($1, $2, $3, 'ready', $4)",
+                )
+                .bind(p.id.as_str())
+                .bind(p.key_id.as_str())
+                .bind(serde_json::to_string(&p.signers).expect("signers always serialize"))
+                .bind(i(p.created_at))
+                .execute(&mut *conn)
+                .await;
+                match res {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_unique_violation(&e) => {
+                        Err(StoreError::Duplicate(format!("presignature {}", p.id)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })
+        .await
+    }
+
+    /// How many presignatures each recorded threshold key has ready (0 for a key without a
+    /// pool or whose pool ran dry), by key: one indexed count per key, whatever the number
+    /// of presignatures taken long ago.
+    pub async fn ready_presignature_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT k.key_id AS key_id, (SELECT COUNT(*) FROM threshold_presignatures p \
+             WHERE p.key_id = k.key_id AND p.status = 'ready') AS ready \
+             FROM threshold_keys k ORDER BY k.key_id",
         )
-        .bind(p.id.as_str())
-        .bind(p.key_id.as_str())
-        .bind(serde_json::to_string(&p.signers).expect("signers always serialize"))
-        .bind(i(p.created_at))
-        .execute(&self.pool)
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Duplicate(format!("presignature {}", p.id)))
-            }
-            Err(e) => Err(e.into()),
-        }
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("key_id")?, r.try_get("ready")?)))
+            .collect()
     }
 
     /// The ready presignatures of a key, oldest first.
@@ -322,15 +344,21 @@ impl Store {
         request: &str,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE threshold_presignatures SET status = 'taken', taken_at = $1, taken_by = $2 \
-             WHERE id = $3 AND status = 'ready'",
-        )
-        .bind(i(now_ms))
-        .bind(request)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let (id, request) = (id.to_string(), request.to_string());
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE threshold_presignatures SET status = 'taken', taken_at = $1, \
+                     taken_by = $2 WHERE id = $3 AND status = 'ready'",
+                )
+                .bind(i(now_ms))
+                .bind(request.as_str())
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            })
+        })
+        .await
     }
 }

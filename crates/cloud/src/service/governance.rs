@@ -729,7 +729,7 @@ impl Cloud {
                 head: hex::encode(hash),
                 applied_by: node.clone(),
             };
-            Verdict::completed(node, RequestResult::Governance(result), Recorded::Nothing)
+            Verdict::completed(node, RequestResult::Governance(result), Record::Nothing)
         };
         let read = if g.version == 0 {
             self.read_any_log(&row.cluster).await

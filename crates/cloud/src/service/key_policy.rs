@@ -427,7 +427,7 @@ impl Cloud {
                 by.join(", "),
                 RequestResult::KeyPolicy(view),
                 // The key's quorum is part of the key: nothing recorded changes.
-                Recorded::Nothing,
+                Record::Nothing,
             );
         }
         let none_applied = applied.is_empty();
@@ -481,7 +481,7 @@ impl Cloud {
                 Verdict::completed(
                     node,
                     RequestResult::KeyPolicy(view),
-                    Recorded::WalletQuorum(root_id, wanted.quorum),
+                    Record::WalletQuorum(root_id, wanted.quorum),
                 )
             }
             Ok(TeeAnswer {

@@ -513,16 +513,14 @@ impl Cloud {
                 ("outcome_unknown", detail, recorded)
             }
         };
-        let record = match &recorded {
-            Recorded::Nothing => Record::Nothing,
-            Recorded::Wallet(w) => Record::Wallet(w),
-            Recorded::ThresholdShare(k, s) => Record::ThresholdShare(k, s),
-            Recorded::ThresholdKey(k, s) => Record::ThresholdKey(k, s),
-            Recorded::WalletQuorum(w, q) => Record::WalletQuorum(w, *q),
+        // The wallet whose cached row must go once its new quorum is stored.
+        let quorum = match &recorded {
+            Record::WalletQuorum(root_id, _) => Some(root_id.clone()),
+            _ => None,
         };
         let stored = match self
             .store
-            .update_request_recording(&next, event, detail.clone(), record)
+            .update_request_recording(&next, event, detail.clone(), recorded)
             .await
         {
             // The same wallet recorded by an earlier request (e.g. one seed imported into
@@ -554,9 +552,7 @@ impl Cloud {
             }
             other => other?,
         };
-        if let (RequestStatus::Completed, Recorded::WalletQuorum(root_id, _)) =
-            (stored.status, &recorded)
-        {
+        if let (RequestStatus::Completed, Some(root_id)) = (stored.status, &quorum) {
             // The cached row holds the quorum replaced.
             self.wallets
                 .lock()

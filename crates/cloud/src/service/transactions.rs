@@ -370,7 +370,7 @@ pub(super) fn psbt_verdict(terms: &Terms, node: String, response: Response) -> V
             psbt: BASE64.encode(&psbt),
             intent_hash: hex::encode(signed),
         }),
-        Recorded::Nothing,
+        Record::Nothing,
     )
 }
 
@@ -472,6 +472,6 @@ pub(super) fn ethereum_verdict(
             raw_transaction: raw_transaction.map(|r| format!("0x{}", hex::encode(r))),
             intent_hash: hex::encode(signed),
         }),
-        Recorded::Nothing,
+        Record::Nothing,
     )
 }

@@ -426,11 +426,9 @@ impl Cloud {
                     wallet_xpub,
                     &sig,
                 ) {
-                    Ok(result) => Verdict::completed(
-                        node,
-                        RequestResult::Signature(result),
-                        Recorded::Nothing,
-                    ),
+                    Ok(result) => {
+                        Verdict::completed(node, RequestResult::Signature(result), Record::Nothing)
+                    }
                     Err(m) => fail("bad_signature", m),
                 }
             }
@@ -449,7 +447,7 @@ impl Cloud {
                 | Terms::ImportWallet { .. },
                 Response::Wallet(info),
             ) => match self.check_wallet(row, &info) {
-                Ok((result, wallet)) => Verdict::completed(node, result, Recorded::Wallet(wallet)),
+                Ok((result, wallet)) => Verdict::completed(node, result, Record::Wallet(wallet)),
                 Err(m) => fail("bad_result", m),
             },
             (
@@ -460,7 +458,7 @@ impl Cloud {
                 Response::ThresholdKey(info),
             ) => match self.check_threshold_share(row, sealed_to, bundle, &node, &info) {
                 Ok((result, key, share)) => {
-                    Verdict::completed(node, result, Recorded::ThresholdShare(key, share))
+                    Verdict::completed(node, result, Record::ThresholdShare(key, share))
                 }
                 Err(m) => fail("bad_result", m),
             },

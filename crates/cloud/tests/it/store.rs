@@ -339,6 +339,80 @@ async fn store_round_trips_and_guards_every_change() {
     }
 }
 
+/// Writes queued together (on SQLite: committed as one transaction) each hear their own
+/// outcome: of two inserts of one id one is stored and one is a duplicate, of two changes
+/// from one version one wins and one conflicts, whichever else shares their commit.
+#[tokio::test]
+async fn concurrent_writes_each_hear_their_own_outcome_on_every_database() {
+    use futures::future::join_all;
+    for db in databases("concurrent_writes_each_hear_their_own_outcome").await {
+        let engine = db.engine;
+        let store = Store::connect(&db.url).await.unwrap();
+        // 24 ids, each inserted twice at once with different creators.
+        let inserts = (0..48u8).map(|n| {
+            let store = store.clone();
+            async move {
+                let mut r = row(n / 2 + 1, RequestKind::Sign, 10);
+                r.created_by = format!("caller{n}");
+                let out = store.insert_request(&mut r, format!("by {n}")).await;
+                (n, r, out)
+            }
+        });
+        let mut stored = Vec::new();
+        for pair in join_all(inserts).await.chunks(2) {
+            let wins: Vec<_> = pair.iter().filter(|(_, _, out)| out.is_ok()).collect();
+            assert_eq!(wins.len(), 1, "{engine}: one insert of an id is stored");
+            let lost = pair.iter().find(|(_, _, out)| out.is_err()).unwrap();
+            assert!(
+                matches!(lost.2, Err(StoreError::Duplicate(_))),
+                "{engine}: {:?}",
+                lost.2
+            );
+            let (_, won, _) = wins[0];
+            assert_eq!(
+                &store.request(&won.id).await.unwrap().unwrap(),
+                won,
+                "{engine}"
+            );
+            stored.push(won.clone());
+        }
+        // Each row changed twice at once from the version just stored.
+        let updates = stored.iter().flat_map(|r| {
+            ["first", "second"].map(|who| {
+                let (store, mut next) = (store.clone(), r.clone());
+                next.updated_at = 20;
+                next.error_message = Some(who.to_string());
+                async move {
+                    store
+                        .update_request(&next, "approved", who.into(), None)
+                        .await
+                }
+            })
+        });
+        let outcomes = join_all(updates).await;
+        for (r, pair) in stored.iter().zip(outcomes.chunks(2)) {
+            let won: Vec<_> = pair.iter().filter_map(|o| o.as_ref().ok()).collect();
+            assert_eq!(won.len(), 1, "{engine}: one change from version 1 wins");
+            assert!(
+                pair.iter()
+                    .any(|o| matches!(o, Err(StoreError::Conflict(id)) if id == &r.id)),
+                "{engine}: the other conflicts"
+            );
+            let now = store.request(&r.id).await.unwrap().unwrap();
+            assert_eq!(&now, won[0], "{engine}: the winner is what is stored");
+            assert_eq!(now.version, 2);
+        }
+        store.close().await;
+        // A closed store refuses writes (fail closed) instead of losing them.
+        let mut late = row(99, RequestKind::Sign, 30);
+        assert!(store
+            .insert_request(&mut late, "late".into())
+            .await
+            .is_err());
+        db.cleanup().await;
+    }
+}
+
 /// Lists of one tenant hold only its rows; a threshold share recorded for another tenant's
 /// key disagrees with it (and names no tenant).
 #[tokio::test]
@@ -425,6 +499,16 @@ async fn unsupported_urls_are_refused() {
         Store::connect("mysql://x@localhost/db").await,
         Err(StoreError::UnsupportedUrl(_))
     ));
+    // One database per connection: the writer's would not be the one read.
+    for url in ["sqlite::memory:", "sqlite://x.db?mode=memory"] {
+        assert!(
+            matches!(
+                Store::connect(url).await,
+                Err(StoreError::UnsupportedUrl(_))
+            ),
+            "{url}"
+        );
+    }
 }
 
 fn threshold_key(key: u8, threshold: u16, request: &str) -> ThresholdKeyRow {
@@ -494,7 +578,7 @@ async fn threshold_keys_and_shares_on_every_database() {
                 &done,
                 "completed",
                 "".into(),
-                Record::ThresholdShare(&key, &s2),
+                Record::ThresholdShare(key.clone(), s2.clone()),
             )
             .await
             .unwrap();
@@ -523,7 +607,7 @@ async fn threshold_keys_and_shares_on_every_database() {
                 &o,
                 "completed",
                 "".into(),
-                Record::ThresholdShare(&wrong, &s0),
+                Record::ThresholdShare(wrong.clone(), s0.clone()),
             )
             .await
             .unwrap_err();
@@ -550,7 +634,7 @@ async fn threshold_keys_and_shares_on_every_database() {
                 &o,
                 "completed",
                 "".into(),
-                Record::ThresholdShare(&agreeing, &s0),
+                Record::ThresholdShare(agreeing.clone(), s0.clone()),
             )
             .await
             .unwrap();
@@ -568,7 +652,7 @@ async fn threshold_keys_and_shares_on_every_database() {
                 &again,
                 "note",
                 "".into(),
-                Record::ThresholdShare(&key, &moved),
+                Record::ThresholdShare(key.clone(), moved.clone()),
             )
             .await
             .unwrap();
@@ -590,7 +674,7 @@ async fn threshold_keys_and_shares_on_every_database() {
                 &s,
                 "note",
                 "".into(),
-                Record::ThresholdShare(&second, &share(&second, 1, "node1", &sign.id)),
+                Record::ThresholdShare(second.clone(), share(&second, 1, "node1", &sign.id)),
             )
             .await
             .unwrap();
@@ -642,7 +726,7 @@ async fn key_creations_record_the_key_with_every_share_on_every_database() {
                 &done,
                 "completed",
                 "".into(),
-                Record::ThresholdKey(&key, &shares),
+                Record::ThresholdKey(key.clone(), shares.clone()),
             )
             .await
             .unwrap();
@@ -670,7 +754,7 @@ async fn key_creations_record_the_key_with_every_share_on_every_database() {
                 &a,
                 "completed",
                 "".into(),
-                Record::ThresholdKey(&key, &shares),
+                Record::ThresholdKey(key.clone(), shares.clone()),
             )
             .await
             .unwrap_err();
@@ -689,7 +773,30 @@ async fn presignatures_are_handed_out_once_on_every_database() {
     for db in databases("presignatures_are_handed_out_once").await {
         let engine = db.engine;
         let store = Store::connect(&db.url).await.unwrap();
-        let key = format!("02{}", "cd".repeat(32));
+        // Two recorded keys: the first gets a pool, the second none.
+        let mut create = row(4, RequestKind::CreateThresholdKey, 10);
+        store
+            .insert_request(&mut create, "created".into())
+            .await
+            .unwrap();
+        let (pooled, bare) = (
+            threshold_key(0xcd, 2, &create.id),
+            threshold_key(0xce, 2, &create.id),
+        );
+        for (i, k) in [&pooled, &bare].into_iter().enumerate() {
+            let mut next = store.request(&create.id).await.unwrap().unwrap();
+            next.updated_at = 11 + i as u64;
+            store
+                .update_request_recording(
+                    &next,
+                    "recorded",
+                    "".into(),
+                    Record::ThresholdKey(k.clone(), vec![share(k, 0, "node1", &create.id)]),
+                )
+                .await
+                .unwrap();
+        }
+        let key = pooled.key_id.clone();
         let presig = |n: u8, at: u64| PresignatureRow {
             id: hex::encode([n; 32]),
             key_id: key.clone(),
@@ -734,6 +841,21 @@ async fn presignatures_are_handed_out_once_on_every_database() {
             "{engine}"
         );
         assert!(!store.take_presignature("00", "req-c", 42).await.unwrap());
+        // The pool level the metrics show; a drained pool stays listed, at 0.
+        assert_eq!(
+            store.ready_presignature_counts().await.unwrap(),
+            vec![(key.clone(), 1), (bare.key_id.clone(), 0)],
+            "{engine}"
+        );
+        assert!(store
+            .take_presignature(&presig(2, 20).id, "req-d", 43)
+            .await
+            .unwrap());
+        assert_eq!(
+            store.ready_presignature_counts().await.unwrap(),
+            vec![(key.clone(), 0), (bare.key_id.clone(), 0)],
+            "{engine}"
+        );
     }
 }
 

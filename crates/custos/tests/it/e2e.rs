@@ -268,6 +268,16 @@ fn rest_flows(transport: LinkTransport) {
             moved("custos_relay_forwards_seconds_count{}") >= 3.0,
             "{after:?}"
         );
+        // Every forward has its answer: nothing waits on the link; retries are exported.
+        assert_eq!(
+            after.get("custos_relay_link_in_flight{}"),
+            Some(&0.0),
+            "{after:?}"
+        );
+        assert!(
+            after.contains_key("custos_relay_link_retries_total{}"),
+            "{after:?}"
+        );
     }
     if let (Some(before), Some(after)) = (nodes_before, node_calls(&dep)) {
         // The creation, the signature and the import, besides the bridge's health checks.
@@ -414,6 +424,36 @@ fn audit_through_the_cloud_finds_a_removed_key_and_sync_repairs_it() {
             "audit never clean again: {after:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // The bridge's metrics tell the on-call engineer the same (issue 16): node 2 flagged,
+    // and once it reported its sync no node lacks a key (the report may trail the audit).
+    let url = &dep.clusters[0].bridge_metrics_url;
+    if crate::metrics::metrics_at(url).is_some() {
+        use crate::metrics::sample;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = crate::metrics::metrics_at(url).unwrap();
+            let audits = |node: &str, outcome: &str| {
+                sample(
+                    &m,
+                    &format!(
+                        r#"custos_bridge_audits_total{{"node": "{node}", "outcome": "{outcome}"}}"#
+                    ),
+                )
+            };
+            assert!(audits("dc1-node2", "flagged") >= 1.0, "{m:?}");
+            assert!(audits("dc1-node1", "ok") >= 3.0, "{m:?}");
+            let settled = ["dc1-node1", "dc1-node2"].iter().all(|node| {
+                let healthy = format!(r#"custos_bridge_node_healthy{{"node": "{node}"}}"#);
+                let missing = format!(r#"custos_bridge_node_keys_missing{{"node": "{node}"}}"#);
+                m.get(&healthy) == Some(&1.0) && m.get(&missing) == Some(&0.0)
+            });
+            if settled {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{m:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

@@ -164,6 +164,10 @@ fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
     }
     let latest = rt.block_on(client.latest_threshold_audit(&key_id)).unwrap();
     assert_eq!(latest, report);
+    if let Some(m) = crate::metrics::metrics_at(&dep.metrics_url) {
+        let verified = r#"custos_cloud_threshold_audit_sessions_total{"outcome": "verified"}"#;
+        assert_eq!(crate::metrics::sample(&m, verified), 2.0, "{m:?}");
+    }
 
     // The cluster syncs its share ([0073]-[0074]): dc1's second node gets it from the first,
     // and signs for dc1 once the first node (server and TEE) is gone.

@@ -713,3 +713,75 @@ async fn stored_replies_are_pruned_after_their_retention() {
     .await
     .unwrap();
 }
+
+/// A transport whose first exchange waits for `gate` and then fails (as a dropped
+/// connection does); later ones answer as the internal side would.
+struct FlakyTransport {
+    internal: LinkKeys,
+    calls: AtomicUsize,
+    gate: tokio::sync::Notify,
+}
+
+impl custos_link::ClientTransport for FlakyTransport {
+    async fn exchange(
+        &self,
+        request_id: [u8; 16],
+        _request: Vec<u8>,
+    ) -> Result<Vec<u8>, LinkError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.gate.notified().await;
+            return Err(LinkError::Io(std::io::Error::other("connection reset")));
+        }
+        Envelope::seal(
+            &self.internal,
+            CLUSTER,
+            request_id,
+            EnvelopeKind::Response,
+            0,
+            b"done".to_vec(),
+        )?
+        .encode()
+    }
+}
+
+/// The link's queue depth and retries, as the relay exports them: a request waiting for
+/// its answer is in flight, a failed attempt repeated is a retry, and nothing stays in
+/// flight once the request has its answer.
+#[tokio::test]
+async fn the_client_counts_requests_in_flight_and_retries() {
+    let pair = Pair::new();
+    let client = Arc::new(LinkClient::new(
+        FlakyTransport {
+            internal: pair.internal(),
+            calls: AtomicUsize::new(0),
+            gate: tokio::sync::Notify::new(),
+        },
+        pair.external(),
+        config(CLUSTER),
+    ));
+    assert_eq!(client.stats(), custos_link::LinkStats::default());
+    let caller = Arc::clone(&client);
+    let request = tokio::spawn(async move { caller.request(b"x".to_vec()).await });
+    tokio::time::timeout(TEST_BOUND, async {
+        while client.stats().in_flight != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the request is in flight");
+    assert_eq!(client.stats().retries, 0);
+    client.transport().gate.notify_one();
+    let answer = tokio::time::timeout(TEST_BOUND, request)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, b"done");
+    assert_eq!(
+        client.stats(),
+        custos_link::LinkStats {
+            in_flight: 0,
+            retries: 1
+        }
+    );
+}

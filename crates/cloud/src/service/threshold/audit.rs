@@ -86,6 +86,9 @@ impl Cloud {
             ),
             "threshold audit done"
         );
+        let verified = report.sessions.iter().filter(|s| s.verified).count();
+        self.metrics
+            .threshold_audited(verified, report.sessions.len() - verified);
         self.threshold_audits
             .lock()
             .expect("audit lock")

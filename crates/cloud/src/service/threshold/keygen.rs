@@ -332,7 +332,7 @@ impl Cloud {
                 let v = Verdict::completed(
                     by,
                     RequestResult::ThresholdKey(result),
-                    Recorded::ThresholdKey(key, shares),
+                    Record::ThresholdKey(key, shares),
                 );
                 self.finish(row, v).await
             }

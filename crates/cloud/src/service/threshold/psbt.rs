@@ -219,7 +219,7 @@ impl Cloud {
             psbt: BASE64.encode(&signed),
             intent_hash: hex::encode(intent_hash),
         });
-        let v = Verdict::completed(by, result, Recorded::Nothing);
+        let v = Verdict::completed(by, result, Record::Nothing);
         self.finish(row, v).await
     }
 }

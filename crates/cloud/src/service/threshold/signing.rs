@@ -240,7 +240,7 @@ impl Cloud {
                 presign::Online::Signed(result, by) => {
                     self.forget_blame(&row.id);
                     let v =
-                        Verdict::completed(by, RequestResult::Signature(result), Recorded::Nothing);
+                        Verdict::completed(by, RequestResult::Signature(result), Record::Nothing);
                     return self.finish(row, v).await;
                 }
                 presign::Online::Failed(a) => return self.threshold_failed(row, attempt, a).await,
@@ -301,7 +301,7 @@ impl Cloud {
                     "{} (attempt {attempt}, {} exchanges)",
                     described, st.exchanges
                 );
-                let v = Verdict::completed(by, RequestResult::Signature(result), Recorded::Nothing);
+                let v = Verdict::completed(by, RequestResult::Signature(result), Record::Nothing);
                 self.finish(row, v).await
             }
             Err(m) => {
