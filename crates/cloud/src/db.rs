@@ -18,10 +18,11 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 use crate::terms::Terms;
 use custos_cloud_api::{RequestKind, RequestStatus};
 
+mod record;
 mod threshold;
 mod writer;
 
-use threshold::{insert_threshold_key, insert_threshold_share};
+pub use record::Record;
 pub use threshold::{PresignatureRow, PresignatureSigner, ThresholdKeyRow, ThresholdShareRow};
 use writer::{bind_insert, bind_update, RowJson, Writer, UPDATE_SET};
 
@@ -176,42 +177,6 @@ pub struct WalletRow {
     pub tenant: String,
 }
 
-/// What a completing request records besides its own row, in the same transaction.
-#[derive(Clone, Debug)]
-pub enum Record {
-    /// Nothing.
-    Nothing,
-    /// A new wallet.
-    Wallet(WalletRow),
-    /// An imported threshold share (and its key, if first).
-    ThresholdShare(ThresholdKeyRow, ThresholdShareRow),
-    /// A threshold key made by distributed key generation, with every share.
-    ThresholdKey(ThresholdKeyRow, Vec<ThresholdShareRow>),
-    /// A wallet's new quorum (root id, quorum) after its approver group changed: later sign
-    /// requests wait for that many approvals.
-    WalletQuorum(String, u8),
-}
-
-impl Record {
-    /// Writes it inside the transaction of its request's change.
-    async fn insert(&self, tx: &mut AnyConnection) -> Result<(), StoreError> {
-        match self {
-            Record::Nothing => {}
-            Record::Wallet(w) => insert_wallet(tx, w).await?,
-            Record::WalletQuorum(root_id, quorum) => {
-                sqlx::query("UPDATE wallets SET quorum = $1 WHERE root_id = $2")
-                    .bind(i64::from(*quorum))
-                    .bind(root_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Record::ThresholdShare(key, share) => insert_threshold_share(tx, key, share).await?,
-            Record::ThresholdKey(key, shares) => insert_threshold_key(tx, key, shares).await?,
-        }
-        Ok(())
-    }
-}
-
 /// One entry of a request's lifecycle log (stored with the request, JSON in
 /// `requests.events`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,30 +320,6 @@ fn events_json(e: &[EventRow]) -> String {
 
 fn approvals_json(a: &[StoredApproval]) -> String {
     serde_json::to_string(a).expect("approvals always serialize")
-}
-
-async fn insert_wallet(tx: &mut AnyConnection, w: &WalletRow) -> Result<(), StoreError> {
-    let r = sqlx::query(
-        "INSERT INTO wallets \
-         (root_id, cluster, xpub, quorum, created_at, created_by_request, tenant) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(w.root_id.as_str())
-    .bind(w.cluster.as_str())
-    .bind(w.xpub.as_str())
-    .bind(i64::from(w.quorum))
-    .bind(i(w.created_at))
-    .bind(w.created_by_request.as_str())
-    .bind(w.tenant.as_str())
-    .execute(&mut *tx)
-    .await;
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) if is_unique_violation(&e) => {
-            Err(StoreError::Duplicate(format!("wallet {}", w.root_id)))
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Moves the lifecycle logs of requests written before schema version 6 from
