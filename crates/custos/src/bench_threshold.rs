@@ -238,6 +238,13 @@ async fn presigned_online(
 /// Runs `signings` end-to-end signings (pairs of clusters in turn) and as many in-process.
 pub fn run(signings: usize, dir: Option<&Path>) -> Result<(), AnyError> {
     let signings = signings.clamp(1, 100);
+    if !cfg!(feature = "insecure-test-primes") {
+        return Err(
+            "the benchmark's keys use the TEST-ONLY Paillier primes, which this build's \
+                    TEEs refuse: build with --features insecure-test-primes"
+                .into(),
+        );
+    }
     let primes: Vec<Primes> = read_primes(&fixture())?;
     println!("threshold signing benchmark: 2-of-3 HD key, {signings} signings each way");
 

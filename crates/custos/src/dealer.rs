@@ -7,9 +7,10 @@
 //! The dealer holds the whole key while it runs; distributed key generation is the other way
 //! to create a threshold key, where no one ever does.
 //!
-//! Safe-prime generation takes minutes per party: `custos dealer primes` can make the
-//! primes ahead of time (one thread per party, with progress bars), and `deal --primes`
-//! uses them.
+//! Safe-prime generation takes minutes per party (one thread per party, with progress bars).
+//! `deal --primes` takes sets made ahead of time (a JSON array, the dealer's own secret).
+//! `custos dealer primes` makes sets for distributed key generation instead: one per node,
+//! sealed to that node's device key (a TEE that gets none generates its own).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,7 +65,7 @@ pub enum DealerError {
 pub enum PrimeSource {
     /// Generate real safe primes now (minutes per party, in parallel).
     Generate,
-    /// Primes generated ahead of time (`custos dealer primes`): a JSON array of n sets.
+    /// Primes generated ahead of time for the dealer: a JSON array of n sets.
     File(PathBuf),
 }
 
@@ -97,14 +98,14 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> DealerError {
     }
 }
 
-/// Reads a primes file (`custos dealer primes` output, or a test fixture).
+/// Reads a dealer's primes file (a JSON array of sets, e.g. the TEST-ONLY fixture).
 pub fn read_primes(path: &Path) -> Result<Vec<Primes>, DealerError> {
     let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
     if meta.len() > MAX_PRIMES_FILE {
         return Err(io_err(path, "primes file too large"));
     }
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| io_err(path, e))?);
-    serde_json::from_slice(&bytes).map_err(|e| io_err(path, format!("not a primes file: {e}")))
+    Primes::list_from_bytes(&bytes).map_err(|e| io_err(path, format!("not a primes file: {e}")))
 }
 
 /// Reads a node's certificate chain: a PEM file with the device certificate, its Cluster CA
@@ -206,14 +207,14 @@ impl Bars {
     }
 }
 
-/// `custos dealer primes`: generates `parties` sets of safe primes (one thread each) and
-/// writes them to `out` (mode 0600; never overwrites).
-pub fn generate_primes_file(parties: u16, out: &Path, progress: bool) -> Result<(), DealerError> {
+/// Generates `parties` sets of safe primes, one thread each (minutes per set), with
+/// progress bars when `progress`.
+pub fn generate_primes(parties: u16, progress: bool) -> Result<Vec<Primes>, DealerError> {
     if parties == 0 || parties > 64 {
         return Err(DealerError::Invalid("parties must be 1..=64".into()));
     }
     let bars = Bars::new(parties, progress);
-    let sets: Vec<Primes> = std::thread::scope(|s| {
+    Ok(std::thread::scope(|s| {
         let handles: Vec<_> = (0..parties)
             .map(|i| {
                 let bar = bars.bars[usize::from(i)].clone();
@@ -232,9 +233,73 @@ pub fn generate_primes_file(parties: u16, out: &Path, progress: bool) -> Result<
             .into_iter()
             .map(|h| h.join().expect("prime generation thread"))
             .collect()
-    });
-    let json = Zeroizing::new(serde_json::to_vec(&sets).expect("primes serialize"));
-    write_secret(out, &json)
+    }))
+}
+
+/// `set` sealed to the node whose chain is `chain` (verified under `root` as a device of
+/// `cluster`) and signed by `dealer`: the JSON of a [`custos_wire::primes::SealedPrimes`], the
+/// file that node's TEE imports (`CUSTOS_TEE_PRIMES_FILE`). Returns the node's name and the
+/// file's bytes.
+pub fn seal_primes_for(
+    root: &TrustRoot,
+    dealer: &DealerSigner,
+    cluster: &str,
+    chain: &CertChain,
+    set: &Primes,
+) -> Result<(String, Vec<u8>), DealerError> {
+    let bad = |reason: String| DealerError::Recipient {
+        cluster: cluster.to_string(),
+        reason,
+    };
+    let id = root
+        .verify_device(
+            &chain.clone().into(),
+            Some(cluster),
+            custos_pki::clock::now_unix(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+    let sealed = custos_wire::primes::seal_primes(&id, &set.to_sealed_bytes(), dealer)
+        .map_err(|e| bad(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&sealed).expect("a sealed set serializes");
+    Ok((id.node, json))
+}
+
+/// `custos dealer primes`: one set of safe primes per node of `nodes` (cluster, chain),
+/// generated in parallel, each sealed to its node and signed by `dealer`
+/// ([`seal_primes_for`]) and written to `<out>/<cluster>-<node>.primes.json` (never
+/// overwriting). Every chain is verified before any generation starts; nothing is written
+/// unless every set was sealed. Returns the files.
+pub fn write_sealed_primes(
+    root: &TrustRoot,
+    dealer: &DealerSigner,
+    nodes: &[(String, CertChain)],
+    out: &Path,
+    progress: bool,
+) -> Result<Vec<PathBuf>, DealerError> {
+    let now = custos_pki::clock::now_unix();
+    for (cluster, chain) in nodes {
+        root.verify_device(&chain.clone().into(), Some(cluster), now)
+            .map_err(|e| DealerError::Recipient {
+                cluster: cluster.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let parties =
+        u16::try_from(nodes.len()).map_err(|_| DealerError::Invalid("too many nodes".into()))?;
+    let sets = generate_primes(parties, progress)?;
+    let files = nodes
+        .iter()
+        .zip(&sets)
+        .map(|((cluster, chain), set)| {
+            let (node, json) = seal_primes_for(root, dealer, cluster, chain, set)?;
+            Ok((out.join(format!("{cluster}-{node}.primes.json")), json))
+        })
+        .collect::<Result<Vec<_>, DealerError>>()?;
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    for (path, json) in &files {
+        write_secret(path, json)?;
+    }
+    Ok(files.into_iter().map(|(p, _)| p).collect())
 }
 
 /// Deals a key for `opts.recipients` and seals every share. Each recipient chain must verify

@@ -33,7 +33,7 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use bitcoin::secp256k1::{Message, PublicKey, Secp256k1};
 use custos::cluster::LinkTransport;
-use custos::dealer::{generate_primes_file, read_primes, PrimeSource};
+use custos::dealer::{generate_primes, read_primes, PrimeSource};
 use custos::deployment::{
     approve, create_threshold_key, import_threshold, wait_healthy, Deployment, DeploymentOptions,
 };
@@ -44,7 +44,6 @@ use custos_cloud_api::{
 };
 use custos_pki::AdminSigner;
 use serde_json::json;
-use zeroize::Zeroizing;
 
 mod admission;
 mod air_gap;
@@ -214,21 +213,25 @@ struct Signed {
     note: &'static str,
 }
 
-/// Runs the walk-through; with `keep_running` the deployment stays up afterwards.
-/// The committed TEST-ONLY Paillier primes of the threshold crate (Blum primes, not safe
-/// primes), used by the demo so that it does not spend minutes generating safe primes.
+/// The Paillier primes of the demo's threshold keys: the committed TEST-ONLY fixture of the
+/// threshold crate (Blum primes, not safe primes, published), so that the demo does not spend
+/// minutes generating safe primes — only in a build with the feature `insecure-test-primes`,
+/// whose TEEs accept it (any other build's TEEs refuse it, `primes_refused`); otherwise, or
+/// with `--real-primes`, real safe primes generated now by the demo process.
 fn demo_primes(real_primes: bool) -> (PrimeSource, &'static str) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json");
-    if !real_primes && fixture.exists() {
+    if !real_primes && cfg!(feature = "insecure-test-primes") && fixture.exists() {
         (
             PrimeSource::File(fixture),
-            "TEST-ONLY committed Blum primes (demo only; production: `custos dealer primes`)",
+            "the TEST-ONLY committed Blum primes, whose secrets are published, so anyone can \
+             decrypt this key's Paillier ciphertexts: a demo key only",
         )
     } else {
         (
             PrimeSource::Generate,
-            "real safe primes generated now (minutes)",
+            "real safe primes generated now by the demo process, which therefore knew every \
+             party's Paillier secret (production: each TEE generates its own)",
         )
     }
 }

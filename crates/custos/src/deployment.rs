@@ -278,6 +278,25 @@ impl Deployment {
         }
     }
 
+    /// Dealer `name`'s signer: its key made in its own folder and its CSR signed by the PKI
+    /// at first use.
+    pub fn dealer(&self, name: &str) -> Result<custos_pki::DealerSigner, ClusterError> {
+        let folder = self.dealer_folder(name)?;
+        Ok(if folder.chain().exists() {
+            folder.signer()?
+        } else {
+            folder.enroll(name, &self.pki)?
+        })
+    }
+
+    /// The deployment's Root CA, as a verifier.
+    pub fn trust_root(&self) -> Result<custos_pki::TrustRoot, ClusterError> {
+        Ok(custos_pki::TrustRoot::from_der(&custos_pki::pem_to_der(
+            &self.pki.root_pem()?,
+            "Root CA certificate",
+        )?)?)
+    }
+
     /// The folder of dealer `name` (key file, CSR, certificate chain): `dealers/<name>/`,
     /// beside (never inside) the PKI folder.
     pub fn dealer_folder(&self, name: &str) -> Result<DealerFolder, ClusterError> {
@@ -298,16 +317,8 @@ impl Deployment {
         hd: bool,
         primes: crate::dealer::PrimeSource,
     ) -> Result<crate::dealer::Dealt, ClusterError> {
-        let folder = self.dealer_folder(dealer)?;
-        let signer = if folder.chain().exists() {
-            folder.signer()?
-        } else {
-            folder.enroll(dealer, &self.pki)?
-        };
-        let root = custos_pki::TrustRoot::from_der(&custos_pki::pem_to_der(
-            &self.pki.root_pem()?,
-            "Root CA certificate",
-        )?)?;
+        let signer = self.dealer(dealer)?;
+        let root = self.trust_root()?;
         let recipients = clusters
             .iter()
             .map(|c| Ok((c.to_string(), self.node_chain(c, 0)?)))
@@ -332,18 +343,27 @@ impl Deployment {
         self.clusters.iter_mut().find(|c| c.name == name)
     }
 
-    /// Gives node `i` of `cluster` pregenerated Paillier primes for distributed key
-    /// generation: writes `sets_json` (a JSON array of primes sets, as `custos dealer primes`
-    /// writes it) to `<cluster dir>/<node>.primes.json` (0600) and restarts the node's TEE
-    /// process naming it in `CUSTOS_TEE_PRIMES_FILE`; the TEE seals the sets and empties the
-    /// file before it serves. Returns the file once the TEE answers again. (Without primes a
-    /// TEE generates real safe primes itself, which takes minutes.)
+    /// Gives node `i` of `cluster` one pregenerated Paillier primes set for distributed key
+    /// generation: seals `set` to the node's certified device key and signs it as dealer
+    /// `dealer`, as `custos dealer primes --for` does, writes it to `<cluster dir>/<node>.primes.json` and restarts the node's
+    /// TEE process naming it in `CUSTOS_TEE_PRIMES_FILE`; the TEE imports the set and empties
+    /// the file before it serves. Returns the file once the TEE answers again. (Without
+    /// primes a TEE generates real safe primes itself, which takes minutes.)
     pub fn provide_tee_primes(
         &mut self,
+        dealer: &str,
         cluster: &str,
         i: usize,
-        sets_json: &[u8],
+        set: &custos_threshold::Primes,
     ) -> Result<PathBuf, ClusterError> {
+        let (_, sealed) = crate::dealer::seal_primes_for(
+            &self.trust_root()?,
+            &self.dealer(dealer)?,
+            cluster,
+            &self.node_chain(cluster, i)?,
+            set,
+        )
+        .map_err(io)?;
         let c = self
             .cluster_mut(cluster)
             .ok_or_else(|| io(format!("no cluster {cluster}")))?;
@@ -353,7 +373,7 @@ impl Deployment {
             .get_mut(i)
             .ok_or_else(|| io(format!("cluster {cluster} has no node {i}")))?;
         let file = dir.join(format!("{}.primes.json", node.name));
-        custos_tee_host::sealed::write_atomic(&file, sets_json, 0o600).map_err(io)?;
+        custos_tee_host::sealed::write_atomic(&file, &sealed, 0o600).map_err(io)?;
         node.tee.restart_with_primes(&file)?;
         let mut client = node.tee.client().map_err(io)?;
         client

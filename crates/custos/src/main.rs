@@ -371,12 +371,23 @@ enum DbCommand {
 
 #[derive(Subcommand)]
 enum DealerCommand {
-    /// Generate Paillier safe primes ahead of time (minutes per party; one thread each).
+    /// Generate Paillier safe primes ahead of time (minutes per party; one thread each): one
+    /// set per node, each sealed to that node's device key, one file per node. Whoever runs
+    /// this knows those secrets while it runs; a TEE left without a file generates its own.
     Primes {
-        /// Number of parties (clusters) to generate for.
+        /// The dealer's own folder (`dealer.key`, `dealer.crt`), as for `deal`: every set is
+        /// signed by the dealer, and a TEE takes no set that is not.
         #[arg(long)]
-        parties: u16,
-        /// Output file (JSON, mode 0600, never overwritten). Secret: keep it with the dealer.
+        dir: PathBuf,
+        /// The Root CA certificate (PEM) the nodes' chains must reach.
+        #[arg(long)]
+        root: PathBuf,
+        /// `<cluster>=<chain.pem>`, once per node: the certificate chain (device, Cluster CA,
+        /// Device CA; PEM) of a node to make a set for.
+        #[arg(long = "for", required = true)]
+        nodes: Vec<String>,
+        /// Output directory: `<cluster>-<node>.primes.json` per node (never overwritten),
+        /// for that node's `CUSTOS_TEE_PRIMES_FILE`.
         #[arg(long)]
         out: PathBuf,
     },
@@ -541,11 +552,11 @@ enum TeeCommand {
         /// Name of an environment variable holding a passphrase (Argon2id-stretched).
         #[arg(long)]
         passphrase_env: Option<String>,
-        /// Pregenerated Paillier primes for distributed key generation (`custos dealer
-        /// primes --parties N --out FILE`, mode 0600): sealed into the store at start-up,
-        /// then the file is emptied. Same as the environment variable
-        /// `CUSTOS_TEE_PRIMES_FILE`. Without either, the TEE generates safe primes itself
-        /// in the background when a key generation needs them.
+        /// One pregenerated Paillier primes set sealed to this node (`custos dealer primes
+        /// --for <chain> --out DIR`): imported into the store at start-up, then the file is
+        /// emptied. Same as the environment variable `CUSTOS_TEE_PRIMES_FILE`. Without
+        /// either, the TEE generates safe primes itself in the background when a key
+        /// generation needs them (the default: nobody else ever knows them).
         #[arg(long)]
         primes_file: Option<PathBuf>,
         /// What the TEE core runs on. software: the development stand-in (the store sealed
@@ -659,6 +670,34 @@ fn main() -> ExitCode {
 
 type AnyError = Box<dyn std::error::Error>;
 
+/// The Root CA certificate (PEM) at `path`, as a verifier.
+fn read_root(path: &std::path::Path) -> Result<custos_pki::TrustRoot, AnyError> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read Root CA certificate {}: {e}", path.display()))?;
+    Ok(custos_pki::TrustRoot::from_der(&custos_pki::pem_to_der(
+        &pem,
+        "Root CA certificate",
+    )?)?)
+}
+
+/// `<cluster>=<chain.pem>` arguments of `flag`: each cluster with the node chain read.
+fn cluster_chains(
+    flag: &str,
+    args: &[String],
+) -> Result<Vec<(String, custos_wire::protocol::CertChain)>, AnyError> {
+    args.iter()
+        .map(|r| {
+            let (cluster, file) = r
+                .split_once('=')
+                .ok_or_else(|| format!("{flag} {r:?}: expected <cluster>=<chain.pem>"))?;
+            Ok((
+                cluster.to_string(),
+                custos::dealer::read_chain(std::path::Path::new(file))?,
+            ))
+        })
+        .collect()
+}
+
 /// `custos dealer deal`.
 #[allow(clippy::too_many_arguments)]
 fn run_dealer(
@@ -673,24 +712,8 @@ fn run_dealer(
 ) -> Result<(), AnyError> {
     use custos::dealer::{deal_bundles, write_bundles, DealOptions, PrimeSource};
     let signer = custos_pki::DealerFolder::new(dealer).signer()?;
-    let root_pem = std::fs::read_to_string(root)
-        .map_err(|e| format!("cannot read Root CA certificate {}: {e}", root.display()))?;
-    let root = custos_pki::TrustRoot::from_der(&custos_pki::pem_to_der(
-        &root_pem,
-        "Root CA certificate",
-    )?)?;
-    let recipients = recipients
-        .iter()
-        .map(|r| {
-            let (cluster, file) = r
-                .split_once('=')
-                .ok_or_else(|| format!("--recipient {r:?}: expected <cluster>=<chain.pem>"))?;
-            Ok((
-                cluster.to_string(),
-                custos::dealer::read_chain(std::path::Path::new(file))?,
-            ))
-        })
-        .collect::<Result<Vec<_>, AnyError>>()?;
+    let root = read_root(root)?;
+    let recipients = cluster_chains("--recipient", recipients)?;
     let dealt = deal_bundles(
         &signer,
         &root,
@@ -861,9 +884,20 @@ fn run(cli: Cli) -> Result<(), AnyError> {
 /// `custos dealer ...`.
 fn run_dealer_command(command: DealerCommand) -> Result<(), AnyError> {
     match command {
-        DealerCommand::Primes { parties, out } => {
-            custos::dealer::generate_primes_file(parties, &out, true)?;
-            println!("primes for {parties} parties written to {}", out.display());
+        DealerCommand::Primes {
+            dir,
+            root,
+            nodes,
+            out,
+        } => {
+            let signer = custos_pki::DealerFolder::new(&dir).signer()?;
+            let root = read_root(&root)?;
+            let nodes = cluster_chains("--for", &nodes)?;
+            let files = custos::dealer::write_sealed_primes(&root, &signer, &nodes, &out, true)?;
+            println!("one primes set sealed to each node:");
+            for f in files {
+                println!("  {}", f.display());
+            }
             Ok(())
         }
         DealerCommand::Keygen { name, dir } => {
@@ -1148,17 +1182,27 @@ struct Serving<'a> {
 impl Serving<'_> {
     /// Seals the primes file in, opens the TEE core (`name` is what Status reports as its
     /// platform), binds the socket, says ready and serves until the process ends.
-    fn run<P: Platform + Send + 'static>(
-        self,
-        mut platform: P,
-        name: &str,
-    ) -> Result<(), AnyError> {
-        if let Some(file) = self.primes_file {
-            let sets = custos_tee_host::primes::import_primes_file(&mut platform, file)
-                .map_err(named_refusal)?;
-            tracing::info!(sets, file = %file.display(), "Paillier primes sealed");
+    fn run<P: Platform + Send + 'static>(self, platform: P, name: &str) -> Result<(), AnyError> {
+        let mut core = TeeCore::open(platform, name)?;
+        let test_primes = custos_tee_host::primes::test_primes_requested();
+        core.set_test_primes(test_primes);
+        if test_primes && cfg!(feature = "insecure-test-primes") {
+            tracing::warn!(
+                "this TEE accepts the committed TEST-ONLY Paillier primes, whose secrets are \
+                 published: tests and the local demo only"
+            );
         }
-        let core = TeeCore::open(platform, name)?;
+        let primes_file = self
+            .primes_file
+            .map(std::path::Path::to_path_buf)
+            .or_else(custos_tee_host::primes::primes_file_from_env);
+        if let Some(file) = primes_file {
+            if custos_tee_host::primes::import_primes_file(&mut core, &file)
+                .map_err(named_refusal)?
+            {
+                tracing::info!(file = %file.display(), "Paillier primes set imported");
+            }
+        }
         let listener = server::bind(self.socket)?;
         tracing::info!(
             socket = %self.socket.display(),

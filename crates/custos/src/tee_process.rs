@@ -82,6 +82,9 @@ pub struct TeeProcess {
     primes_file: Option<PathBuf>,
     /// The platform it runs on, the same at every restart.
     platform: TeePlatform,
+    /// Whether the process is asked to accept the committed TEST-ONLY primes (only a build
+    /// with the feature `insecure-test-primes` asks, and only such a build's TEE accepts).
+    test_primes: bool,
 }
 
 /// Why a TEE process did not come up.
@@ -223,6 +226,7 @@ impl TeeProcess {
             key,
             primes_file: None,
             platform,
+            test_primes: cfg!(feature = "insecure-test-primes"),
         };
         p.restart()?;
         Ok(p)
@@ -242,6 +246,11 @@ impl TeeProcess {
             Some(f) => cmd.env(custos_tee_host::primes::PRIMES_FILE_ENV, f),
             None => cmd.env_remove(custos_tee_host::primes::PRIMES_FILE_ENV),
         };
+        if self.test_primes {
+            cmd.env(custos_tee_host::primes::TEST_PRIMES_ENV, "1");
+        } else {
+            cmd.env_remove(custos_tee_host::primes::TEST_PRIMES_ENV);
+        }
         match &self.key {
             KeyArg::File(f) => {
                 cmd.arg("--sealing-key-file").arg(f);
@@ -256,13 +265,21 @@ impl TeeProcess {
         Ok(())
     }
 
-    /// Restarts the process with `CUSTOS_TEE_PRIMES_FILE` naming `file`: a JSON array of
-    /// pregenerated Paillier primes sets (as `custos dealer primes` writes it, mode 0600),
-    /// which the TEE seals into its store for distributed key generation before it serves,
-    /// emptying the file ([`custos_tee_host::primes`]). Later restarts keep the variable;
-    /// the emptied file adds nothing.
+    /// Restarts the process with `CUSTOS_TEE_PRIMES_FILE` naming `file`: one pregenerated
+    /// Paillier primes set sealed to this node (as `custos dealer primes --for` writes it),
+    /// which the TEE imports for distributed key generation before it serves, emptying the
+    /// file ([`custos_tee_host::primes`]). Later restarts keep the variable; the emptied file
+    /// adds nothing.
     pub fn restart_with_primes(&mut self, file: &Path) -> Result<(), SpawnError> {
         self.primes_file = Some(file.to_path_buf());
+        self.restart()
+    }
+
+    /// TEST ONLY: restarts the process without asking it to accept the TEST-ONLY primes, as
+    /// a production TEE runs (tests of the refusal).
+    #[cfg(feature = "insecure-test-primes")]
+    pub fn restart_refusing_test_primes(&mut self) -> Result<(), SpawnError> {
+        self.test_primes = false;
         self.restart()
     }
 

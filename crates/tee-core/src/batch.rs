@@ -19,6 +19,9 @@ pub(crate) enum Undo {
     Consumed([u8; 16]),
     /// A key's spend-window record was replaced (the one before it, if any).
     Velocity(Vec<u8>, Option<Vec<custos_tx::policy::Spent>>),
+    /// A primes set the background generation finished was sealed (no request's doing: a
+    /// failed commit gives it back to the pool and fails no request).
+    GeneratedPrimes(custos_threshold::Primes),
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -36,6 +39,7 @@ impl<P: Platform> TeeCore<P> {
     /// with a storage error.
     pub fn handle_batch(&mut self, requests: &[&[u8]]) -> Vec<Vec<u8>> {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+        self.seal_generated_primes();
         for (i, request) in requests.iter().enumerate() {
             self.current = i;
             outcomes.push(decode_request(request).and_then(|r| self.handle(r)));
@@ -67,6 +71,8 @@ impl<P: Platform> TeeCore<P> {
         // Undone last first: two changes of one record in a batch restore the oldest value.
         for (i, change) in std::mem::take(&mut self.journal).into_iter().rev() {
             match (&result, change) {
+                (Err(_), Undo::GeneratedPrimes(primes)) => self.threshold.primes.give_back(primes),
+                (Ok(()), Undo::GeneratedPrimes(_)) => {}
                 (Err(e), change) => {
                     match change {
                         Undo::Wallet(key) => {
@@ -86,6 +92,7 @@ impl<P: Platform> TeeCore<P> {
                                 self.velocity.remove(&key);
                             }
                         },
+                        Undo::GeneratedPrimes(_) => unreachable!("matched above"),
                     }
                     self.failed.push((i, e.clone()));
                 }
@@ -102,6 +109,23 @@ impl<P: Platform> TeeCore<P> {
             }
         }
         result
+    }
+
+    /// Seals a primes set the background generation finished, to commit with this batch: a
+    /// restart then keeps it (generation takes minutes). On a failed commit it goes back to
+    /// the pool (see [`Self::commit_pending`]).
+    fn seal_generated_primes(&mut self) {
+        let Some(primes) = self.threshold.primes.take() else {
+            return;
+        };
+        let bytes = primes.to_sealed_bytes();
+        match self
+            .platform
+            .seal(&threshold::primes::generated_record(&bytes), &bytes)
+        {
+            Ok(()) => self.journal.push((0, Undo::GeneratedPrimes(primes))),
+            Err(_) => self.threshold.primes.give_back(primes),
+        }
     }
 
     /// Seals and commits a provisioning record at once (rare); anything pending from the

@@ -120,6 +120,21 @@ impl<P: Platform> TeeCore<P> {
         self.threshold.generate_primes = allowed;
     }
 
+    /// Whether this TEE accepts the committed TEST-ONLY primes (sets, dealt shares, other
+    /// parties' moduli). Only a build with the cargo feature `insecure-test-primes` can;
+    /// there they are accepted unless this says otherwise (the TEE process asks its host's
+    /// `CUSTOS_TEE_INSECURE_TEST_PRIMES`).
+    pub fn set_test_primes(&mut self, allow: bool) {
+        self.threshold.test_primes = threshold::primes::test_primes_policy(allow);
+    }
+
+    /// TEST ONLY (feature `insecure-test-primes`): this TEE's background prime generation
+    /// hands out `sets`, in order, instead of generating (minutes each).
+    #[cfg(feature = "insecure-test-primes")]
+    pub fn script_prime_generation(&mut self, sets: Vec<custos_threshold::Primes>) {
+        self.threshold.primes.script(sets);
+    }
+
     /// D's public key, once generated.
     pub fn device_public_key(&self) -> Option<Vec<u8>> {
         self.device.as_ref().map(|d| d.public_key())

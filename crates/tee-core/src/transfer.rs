@@ -186,6 +186,11 @@ impl<P: Platform> TeeCore<P> {
                         k.info.share_index
                     )));
                 }
+                // A peer (of another build, or compromised) never brings in a share whose
+                // Paillier primes this TEE would refuse from a dealer or a key generation.
+                k.share
+                    .check_paillier(self.threshold.test_primes)
+                    .map_err(crate::threshold::primes::primes_refused)?;
                 fresh_shares.push(k);
                 continue;
             }

@@ -1,128 +1,140 @@
 //! Pregenerated Paillier primes for distributed key generation, handed to the TEE core when
 //! its process starts.
 //!
-//! If the environment variable [`PRIMES_FILE_ENV`] names a file when the sealed store is
-//! opened ([`crate::SoftwarePlatform::open`]), the file's sets (a JSON array, as `custos dealer
-//! primes` writes it; owner-only, mode 0600) are sealed into the store under the TEE core's
-//! `primes/` records and committed, and the file is then rewritten as an empty list `[]`, so
-//! every set reaches the TEE once and the secrets do not stay on disk in clear. The TEE core
+//! If the environment variable [`PRIMES_FILE_ENV`] (or `custos tee serve --primes-file`)
+//! names a file, the TEE process hands it to the TEE core once the core is open
+//! ([`import_primes_file`]): one primes set sealed to this node's device key, as `custos
+//! dealer primes --for` writes it (`custos_wire::primes`). The core opens it, checks the set
+//! (safe primes, not the published TEST-ONLY fixture: `custos_threshold::provenance`), seals
+//! and commits it, and the file is then emptied, so the set reaches the TEE once. The TEE core
 //! consumes one set per key generation and deletes it with the session's start
-//! (`custos_tee_core::threshold::primes`). Without the variable, the TEE generates its own
-//! safe primes in the background when a key generation needs them.
+//! (`custos_tee_core::threshold::primes`). Without a file, the TEE generates its own safe
+//! primes in the background when a key generation needs them — the default, since whoever
+//! generated a set knows that Paillier secret.
 //!
-//! Whoever made the file knows those Paillier secrets: make it on the machine itself, as its
-//! operator. Tests point the variable at per-node copies of the TEST-ONLY fixture of
-//! `custos-threshold`; that fixture is not compiled into any production binary.
+//! Tests and the local demo use sets of the TEST-ONLY fixture of `custos-threshold`, which only
+//! a build with the cargo feature `insecure-test-primes` accepts, and only when
+//! [`TEST_PRIMES_ENV`] asks for it.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-
-use custos_tee_core::threshold::primes::seal_primes_file;
-use zeroize::Zeroizing;
+use std::path::{Path, PathBuf};
 
 use custos_tee_core::platform::Platform;
+use custos_tee_core::TeeCore;
+use custos_wire::primes::MAX_SEALED_PRIMES_FILE;
 
 use crate::sealed::{write_atomic, StoreError};
 
-/// Environment variable naming a file of pregenerated primes sets to seal at start-up.
+/// Environment variable naming a sealed primes file to import at start-up.
 pub const PRIMES_FILE_ENV: &str = "CUSTOS_TEE_PRIMES_FILE";
-/// Largest primes file read (a set is about 1.7 KB of JSON).
-pub const MAX_PRIMES_FILE: u64 = 1024 * 1024;
+/// Environment variable that, set to `1`, lets the TEE accept the committed TEST-ONLY primes:
+/// honoured only by a build with the cargo feature `insecure-test-primes` (tests, the local
+/// demo); a production build refuses those primes whatever it says.
+pub const TEST_PRIMES_ENV: &str = "CUSTOS_TEE_INSECURE_TEST_PRIMES";
 
-/// Seals the primes sets of the file at `path` into the store and empties the file; returns
-/// how many sets it held. A file that group or others may read, or that does not parse, is
-/// refused and left as it is, and nothing is sealed.
-pub fn import_primes_file(platform: &mut impl Platform, path: &Path) -> Result<usize, StoreError> {
+/// Whether this process was asked to accept the TEST-ONLY primes ([`TEST_PRIMES_ENV`] is
+/// `1`); the TEE core grants it only in a build that can
+/// (`custos_tee_core::threshold::primes::test_primes_policy`).
+pub fn test_primes_requested() -> bool {
+    std::env::var_os(TEST_PRIMES_ENV).is_some_and(|v| v == "1")
+}
+
+/// The file [`PRIMES_FILE_ENV`] names, if any.
+pub fn primes_file_from_env() -> Option<PathBuf> {
+    std::env::var_os(PRIMES_FILE_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Imports the sealed primes set of the file at `path` into `core` and empties the file;
+/// returns whether it held a set (an emptied file holds none). A file sealed to another node,
+/// altered, oversized, a plaintext list of sets, or a set the TEE refuses (not safe primes;
+/// the TEST-ONLY fixture where it is not accepted) is refused by name and left as it is, and
+/// nothing is sealed.
+pub fn import_primes_file<P: Platform>(
+    core: &mut TeeCore<P>,
+    path: &Path,
+) -> Result<bool, StoreError> {
     let bad = |reason: String| StoreError::Primes {
         path: path.display().to_string(),
         reason,
     };
     let meta = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(bad(format!(
-            "mode {:o} lets group/others read these secrets; chmod 600",
-            meta.permissions().mode() & 0o777
-        )));
+    if meta.len() > MAX_SEALED_PRIMES_FILE as u64 {
+        return Err(bad(format!("larger than {MAX_SEALED_PRIMES_FILE} bytes")));
     }
-    if meta.len() > MAX_PRIMES_FILE {
-        return Err(bad(format!("larger than {MAX_PRIMES_FILE} bytes")));
+    let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(false);
     }
-    let bytes = Zeroizing::new(fs::read(path).map_err(|e| bad(e.to_string()))?);
-    let sets = seal_primes_file(platform, &bytes).map_err(bad)?;
-    // Sealed and committed: the clear copy goes.
-    write_atomic(path, b"[]\n", 0o600).map_err(|e| bad(format!("emptying it: {e}")))?;
-    Ok(sets)
-}
-
-/// [`import_primes_file`] of the file [`PRIMES_FILE_ENV`] names, if it is set; returns how
-/// many sets were sealed.
-pub fn import_primes_from_env(platform: &mut impl Platform) -> Result<usize, StoreError> {
-    match std::env::var_os(PRIMES_FILE_ENV) {
-        Some(path) if !path.is_empty() => {
-            let n = import_primes_file(platform, Path::new(&path))?;
-            tracing::info!(
-                file = %Path::new(&path).display(),
-                sets = n,
-                "pregenerated primes sealed for distributed key generation"
-            );
-            Ok(n)
-        }
-        _ => Ok(0),
-    }
+    core.import_sealed_primes(&bytes)
+        .map_err(|e| bad(format!("{}: {e}", e.code())))?;
+    // Sealed and committed: the file has served.
+    write_atomic(path, b"", 0o600).map_err(|e| bad(format!("emptying it: {e}")))?;
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sealed::{SealingKeySource, SoftwarePlatform};
-    use custos_tee_core::platform::Platform;
     use custos_tee_core::threshold::primes::PRIMES_PREFIX;
+    use custos_test_kit::{MemPlatform, Pki};
 
     /// TEST ONLY data: the threshold crate's public Blum-prime fixture (four sets).
     const FIXTURE: &str = include_str!("../../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json");
 
-    fn store(dir: &Path) -> SoftwarePlatform {
-        let key = dir.join("key");
-        crate::sealed::generate_key_file(&key).unwrap();
-        SoftwarePlatform::open(&dir.join("store"), &SealingKeySource::KeyFile(key), true).unwrap()
-    }
-
-    fn write(path: &Path, text: &str, mode: u32) {
-        fs::write(path, text).unwrap();
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    /// The fixture's first set, alone, as its sealed JSON.
+    fn first_set() -> Vec<u8> {
+        let sets: Vec<serde_json::Value> = serde_json::from_str(FIXTURE).unwrap();
+        serde_json::to_vec(&sets[0]).unwrap()
     }
 
     #[test]
-    fn a_primes_file_is_sealed_once_and_emptied() {
+    fn a_sealed_set_is_imported_once_and_the_file_emptied() {
         let dir = tempfile::tempdir().unwrap();
-        let mut platform = store(dir.path());
+        let pki = Pki::new();
+        let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
+        let (chain, _) = pki.provision(&mut core, "dc1", "node1");
+        let mut other = TeeCore::open(MemPlatform::default(), "memory").unwrap();
+        let (other_chain, _) = pki.provision(&mut other, "dc1", "node2");
         let file = dir.path().join("primes.json");
+        let stored = |core: &TeeCore<MemPlatform>| {
+            core.platform()
+                .committed
+                .keys()
+                .filter(|k| k.starts_with(PRIMES_PREFIX))
+                .count()
+        };
 
-        write(&file, FIXTURE, 0o644);
-        let err = import_primes_file(&mut platform, &file).unwrap_err();
-        assert!(err.to_string().contains("chmod 600"), "{err}");
-        write(&file, "[{\"not\": \"primes\"}]", 0o600);
-        assert!(import_primes_file(&mut platform, &file).is_err());
-        assert!(
-            fs::read_to_string(&file).unwrap().contains("not"),
-            "left as it was"
-        );
-        assert!(platform.list(PRIMES_PREFIX).unwrap().is_empty());
+        // The plaintext list earlier versions wrote, and a set sealed to another node: refused
+        // by name, the file left as it is, nothing sealed.
+        fs::write(&file, FIXTURE).unwrap();
+        let err = import_primes_file(&mut core, &file).unwrap_err();
+        assert!(err.to_string().contains("plaintext list"), "{err}");
+        fs::write(&file, pki.sealed_primes(&other_chain, "dc1", &first_set())).unwrap();
+        let err = import_primes_file(&mut core, &file).unwrap_err();
+        assert!(err.to_string().contains("sealed_import_rejected"), "{err}");
+        assert_eq!(stored(&core), 0);
 
-        write(&file, FIXTURE, 0o600);
-        assert_eq!(import_primes_file(&mut platform, &file).unwrap(), 4);
-        assert_eq!(platform.list(PRIMES_PREFIX).unwrap().len(), 4);
-        assert_eq!(fs::read_to_string(&file).unwrap().trim(), "[]");
-        assert_eq!(
-            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        // Emptied: a restart seals nothing more; the same sets again are stored once.
-        assert_eq!(import_primes_file(&mut platform, &file).unwrap(), 0);
-        write(&file, FIXTURE, 0o600);
-        assert_eq!(import_primes_file(&mut platform, &file).unwrap(), 4);
-        assert_eq!(platform.list(PRIMES_PREFIX).unwrap().len(), 4);
-        assert!(import_primes_file(&mut platform, &dir.path().join("missing")).is_err());
+        // Sealed to this node, but the published fixture where test primes are not accepted
+        // (as in every production build).
+        let sealed = pki.sealed_primes(&chain, "dc1", &first_set());
+        fs::write(&file, &sealed).unwrap();
+        core.set_test_primes(false);
+        let err = import_primes_file(&mut core, &file).unwrap_err();
+        assert!(err.to_string().contains("primes_refused"), "{err}");
+        assert_eq!(fs::read(&file).unwrap(), sealed, "left as it was");
+        assert_eq!(stored(&core), 0);
+
+        core.set_test_primes(true);
+        assert!(import_primes_file(&mut core, &file).unwrap());
+        assert_eq!(stored(&core), 1);
+        assert!(fs::read(&file).unwrap().is_empty());
+        // Emptied: a restart imports nothing more; the same set again is stored once.
+        assert!(!import_primes_file(&mut core, &file).unwrap());
+        fs::write(&file, &sealed).unwrap();
+        assert!(import_primes_file(&mut core, &file).unwrap());
+        assert_eq!(stored(&core), 1);
+        assert!(import_primes_file(&mut core, &dir.path().join("missing")).is_err());
     }
 }

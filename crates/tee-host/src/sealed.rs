@@ -480,13 +480,9 @@ pub struct SoftwarePlatform {
 }
 
 impl SoftwarePlatform {
-    /// Opens the store at `dir`, creating it when `create` is set and none exists. If the
-    /// environment variable [`crate::primes::PRIMES_FILE_ENV`] names a primes file, its sets
-    /// are sealed into the store and the file emptied ([`crate::primes`]).
+    /// Opens the store at `dir`, creating it when `create` is set and none exists.
     pub fn open(dir: &Path, source: &SealingKeySource, create: bool) -> Result<Self, StoreError> {
-        let mut platform = Self::open_store(dir, source, create)?;
-        crate::primes::import_primes_from_env(&mut platform)?;
-        Ok(platform)
+        Self::open_store(dir, source, create)
     }
 
     fn open_store(dir: &Path, source: &SealingKeySource, create: bool) -> Result<Self, StoreError> {

@@ -134,9 +134,7 @@ impl TpmPlatform {
         options: &TpmOptions,
         create: bool,
     ) -> Result<Self, StoreError> {
-        let mut platform = Self::open_store(dir, source, options, create)?;
-        crate::primes::import_primes_from_env(&mut platform)?;
-        Ok(platform)
+        Self::open_store(dir, source, options, create)
     }
 
     fn open_store(

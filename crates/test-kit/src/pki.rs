@@ -211,6 +211,17 @@ impl Pki {
         }
     }
 
+    /// `set_json` (one primes set) sealed to the node whose certificate chain is `chain`, in
+    /// `cluster`, and signed by the dealer, as `custos dealer primes --for` writes the file.
+    pub fn sealed_primes(&self, chain: &CertChain, cluster: &str, set_json: &[u8]) -> Vec<u8> {
+        let id = self
+            .root
+            .verify_device(&chain.clone().into(), Some(cluster), crate::platform::now())
+            .unwrap();
+        let sealed = custos_wire::primes::seal_primes(&id, set_json, &self.dealer).unwrap();
+        serde_json::to_vec(&sealed).unwrap()
+    }
+
     /// Approval of `message` by admin `i`.
     pub fn approve(&self, i: usize, message: &[u8]) -> ApprovalBody {
         sign_approval(&self.admins[i], message).expect("a test admin's file key signs")

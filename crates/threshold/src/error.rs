@@ -54,6 +54,32 @@ pub enum ThresholdError {
     /// The trusted dealer failed.
     #[error("dealer: {0}")]
     Dealer(String),
+    /// Primes or a modulus of the committed TEST-ONLY fixture, whose factors everybody can
+    /// read: refused unless test primes are allowed ([`TestPrimes`](crate::TestPrimes)).
+    #[error(
+        "{what} is from the public TEST-ONLY primes fixture: its secret factors are published"
+    )]
+    TestFixturePrimes {
+        /// Which set or modulus (e.g. "the Paillier modulus of party 2").
+        what: String,
+    },
+    /// A prime of this party's own set is not a safe prime ((p - 1) / 2 not prime) of the
+    /// security level's exact size.
+    #[error("{what} is not a safe prime")]
+    NotSafePrime {
+        /// Which prime (e.g. "prime 3 of the set").
+        what: String,
+    },
+    /// Two moduli that must be coprime share a prime factor (or are equal): two parties (or
+    /// one party's two moduli) share primes, so each can read the other's Paillier
+    /// ciphertexts.
+    #[error("{first} and {second} share a prime factor")]
+    DuplicateModulus {
+        /// The first modulus (e.g. "the Paillier modulus of party 0").
+        first: String,
+        /// The second.
+        second: String,
+    },
 }
 
 impl From<custos_threshold_public::PublicError> for ThresholdError {

@@ -29,6 +29,7 @@ pub mod phase;
 pub mod pool;
 pub mod presign;
 pub mod primes;
+pub mod provenance;
 pub mod session;
 pub mod share;
 mod signature;
@@ -43,6 +44,7 @@ pub use phase::{inspect, MsgInfo, MsgType, Phase, ProtocolKind};
 pub use pool::{Pending, SessionHost, SessionId, DEFAULT_MAX_SESSIONS};
 pub use presign::{issue_partial, StoredPresignature};
 pub use primes::Primes;
+pub use provenance::TestPrimes;
 pub use session::{Outgoing, Output, Session, SessionKind, Step};
 pub use share::{AuxInfo, IncompleteShare, ThresholdShare};
 

@@ -10,7 +10,8 @@
 //!   the audit digest, [`protocol::TeeError`] with its stable codes, and which requests may be
 //!   relayed from outside the node ([`protocol::Request::relay_class`]);
 //! * [`approval`]: what an admin approval is and the exact bytes it signs;
-//! * [`import`] and [`threshold`]: client-side sealing of wallet imports and dealer bundles;
+//! * [`import`], [`threshold`] and [`primes`]: client-side sealing of wallet imports, dealer
+//!   bundles and pregenerated Paillier primes sets;
 //! * [`seal`]: the one HPKE suite every sealed transfer uses;
 //! * [`frame`] and [`client`]: the frame protocol on the TEE core's local socket and the thin
 //!   client the vault node server uses, which checks every response's device-key signature;
@@ -26,6 +27,7 @@ pub mod frame;
 pub mod governance;
 pub mod import;
 pub mod policy;
+pub mod primes;
 pub mod protocol;
 pub mod seal;
 pub mod threshold;

@@ -45,7 +45,7 @@ mod sync;
 mod threshold;
 mod wallets;
 
-pub use error::{ApprovalFault, TeeError};
+pub use error::{ApprovalFault, PrimesFault, TeeError};
 pub use governance::{GovView, MemberInfo};
 pub use request::{BitcoinNetwork, EthPayload, RelayClass, Request};
 pub use response::{Attestation, DeviceInfo, EcdsaSignature, Response, Status};

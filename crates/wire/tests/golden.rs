@@ -670,6 +670,10 @@ fn errors() -> Vec<TeeError> {
         TeeError::RawSigningOff {
             key: "03".repeat(33),
         },
+        TeeError::PrimesRefused {
+            fault: PrimesFault::DuplicateModulus,
+            detail: s(),
+        },
     ]
 }
 

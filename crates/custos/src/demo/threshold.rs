@@ -219,29 +219,23 @@ impl Demo {
 
     /// Distributed key generation: the three clusters' TEEs make a 2-of-3 HD key together
     /// through the cloud server (key generation, then each TEE's Paillier aux info); no dealer
-    /// and no single process ever holds the key. Each TEE gets one primes set first (the
-    /// TEST-ONLY fixture, or real safe primes generated now with --real-primes).
+    /// and no single process ever computes the key. Each TEE gets one primes set first (the
+    /// TEST-ONLY fixture, or real safe primes generated now with --real-primes): whoever knows
+    /// those primes could learn shares from the signing messages, which the report says.
     pub(super) fn dkg(&mut self, rt: &Runtime) -> Result<serde_json::Value, AnyError> {
         let (_, primes_note) = demo_primes(self.real_primes);
         let t_primes = Instant::now();
         let sets = match demo_primes(self.real_primes).0 {
             PrimeSource::File(f) => read_primes(&f)?,
-            PrimeSource::Generate => {
-                let f = self.dir.join("dkg-primes.json");
-                generate_primes_file(3, &f, true)?;
-                let sets = read_primes(&f)?;
-                std::fs::remove_file(&f)?;
-                sets
-            }
+            PrimeSource::Generate => generate_primes(3, true)?,
         };
-        // Every node of a cluster gets its cluster's set: the cloud server names which node
-        // makes each share (round-robin), and a cluster's nodes never take part in one
-        // session together, so they need not differ.
+        // Every node of a cluster gets its cluster's set, sealed to it: the cloud server names
+        // which node makes each share (round-robin), and a cluster's nodes never take part in
+        // one session together, so they need not differ.
         for (i, c) in ["dc1", "dc2", "dc3"].iter().enumerate() {
-            let one = Zeroizing::new(serde_json::to_vec(&[&sets[i]])?);
             let nodes = self.dep.cluster(c).map_or(0, |k| k.nodes.len());
             for n in 0..nodes {
-                self.dep.provide_tee_primes(c, n, &one)?;
+                self.dep.provide_tee_primes("acme", c, n, &sets[i])?;
             }
         }
         drop(sets);
@@ -276,8 +270,9 @@ impl Demo {
                 "threshold-dkg",
                 format!(
                     "2-of-3 HD key {}… made by dc1, dc2 and dc3 in {:.1} s (keygen, auxInfo relayed \
-                     by the cloud server; alice+bob approved); no dealer, no process held the key; \
-                     each share's cluster anchored at its governance log ({} anchors)",
+                     by the cloud server; alice+bob approved); no dealer, no process computed \
+                     the key, but its Paillier primes are {primes_note}; each share's cluster \
+                     anchored at its governance log ({} anchors)",
                     &made.key_id[..16],
                     t.elapsed().as_secs_f64(),
                     view_anchors.as_ref().map_or(0, Vec::len)

@@ -7,8 +7,10 @@
 //! named as a co-signer straight at a TEE.
 //!
 //! Paillier primes: each TEE process is given one set of the committed TEST-ONLY fixture of
-//! the threshold crate (Blum primes, not safe primes) through `CUSTOS_TEE_PRIMES_FILE`;
-//! production TEEs generate real safe primes themselves or get sets made on their machine.
+//! the threshold crate (Blum primes, not safe primes, published), sealed to it, through
+//! `CUSTOS_TEE_PRIMES_FILE` (this test binary's TEEs accept the fixture: feature
+//! `insecure-test-primes`); production TEEs generate real safe primes themselves or get a set
+//! sealed to them (`custos dealer primes --for`).
 //! Aux-info generation is the cost of this test: about 12 s of one core per TEE, in three
 //! processes at once.
 
@@ -22,15 +24,29 @@ use custos::deployment::{approve, create_threshold_key, wait_healthy};
 use custos_cloud_api::{PolicyRules, RequestKind, RequestResult, RequestStatus, ThresholdSignBody};
 use custos_wire::protocol::{Request, Response, ThresholdKeyInfo, ThresholdOrigin};
 
-/// The TEST-ONLY fixture, one set per element.
-fn fixture_sets() -> Vec<serde_json::Value> {
+/// The TEST-ONLY fixture's sets.
+fn fixture_sets() -> Vec<custos_threshold::Primes> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json");
-    let text = std::fs::read_to_string(path).unwrap();
-    match serde_json::from_str(&text).unwrap() {
-        serde_json::Value::Array(sets) => sets,
-        other => panic!("not a primes file: {other}"),
-    }
+    custos::dealer::read_primes(&path).unwrap()
+}
+
+/// A TEE process that is not asked to accept the TEST-ONLY primes — as every TEE of a build
+/// without the feature `insecure-test-primes` — refuses a set of the published fixture,
+/// sealed to it, before it serves, naming `primes_refused` (`test_fixture`).
+#[test]
+fn a_tee_process_refuses_the_published_fixture_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dep = three_clusters(tmp.path(), 1, 3600);
+    let sets = fixture_sets();
+    let node = &mut dep.cluster_mut("dc1").unwrap().nodes[0];
+    node.tee.restart_refusing_test_primes().unwrap();
+    let err = dep
+        .provide_tee_primes("acme", "dc1", 0, &sets[0])
+        .unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("primes_refused"), "{err}");
+    assert!(err.contains("TEST-ONLY"), "{err}");
 }
 
 #[test]
@@ -41,12 +57,11 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
     let sets = fixture_sets();
     let mut primes_files = Vec::new();
     for (i, c) in CLUSTERS.iter().enumerate() {
-        let one = serde_json::to_vec(&[&sets[i]]).unwrap();
-        primes_files.push(dep.provide_tee_primes(c, 0, &one).unwrap());
+        primes_files.push(dep.provide_tee_primes("acme", c, 0, &sets[i]).unwrap());
     }
-    // Sealed by each TEE and emptied at its start.
+    // Imported by each TEE (sealed to it) and emptied at its start.
     for f in &primes_files {
-        assert_eq!(std::fs::read_to_string(f).unwrap().trim(), "[]");
+        assert!(std::fs::read(f).unwrap().is_empty());
     }
     let alice = dep.admin("alice").unwrap();
     let client = dep.client().unwrap();
@@ -105,10 +120,10 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
     assert!(key.missing_shares.is_empty(), "{key:?}");
     assert_eq!(key.created_by_request, view.id);
 
-    // No process ever held the whole key, as far as can be checked from outside: the dealer
-    // program never ran (no dealer certificate was ever issued, no bundle exists), and each
-    // TEE holds its own share, the key's public facts differing in the share index only.
-    assert!(!dep.pki.path().join("dealers").exists());
+    // No process ever computed the whole key, as far as can be checked from outside: no
+    // dealer dealt it (the dealer only signed each TEE's primes set, so it knows those
+    // Paillier secrets — published ones here), and each TEE holds its own share, the key's
+    // public facts differing in the share index only.
     let mut infos: Vec<ThresholdKeyInfo> = Vec::new();
     for (i, c) in CLUSTERS.iter().enumerate() {
         let node = &dep.cluster(c).unwrap().nodes[0];
@@ -441,9 +456,9 @@ fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
     // cannot reach aux-info without dc1, so sharing it is harmless.
     let sets = fixture_sets();
     for (i, c) in CLUSTERS.iter().enumerate() {
-        let one = serde_json::to_vec(&[&sets[i], &sets[3]]).unwrap();
         for n in 0..2 {
-            dep.provide_tee_primes(c, n, &one).unwrap();
+            dep.provide_tee_primes("acme", c, n, &sets[i]).unwrap();
+            dep.provide_tee_primes("acme", c, n, &sets[3]).unwrap();
         }
     }
     let alice = dep.admin("alice").unwrap();

@@ -43,7 +43,7 @@ use super::engine::{
     in_context, reject, session_name, session_record, Fault, Live, Signer, Work, MAX_LIVE_SESSIONS,
     SESSION_TIMEOUT,
 };
-use super::primes::PRIMES_PREFIX;
+use super::primes::{primes_refused, used_record, GENERATED_PREFIX, PRIMES_PREFIX};
 use super::wire::{dkg_execution_id, DkgStage};
 use super::{check_key_facts, key_info, HeldKey, MAX_THRESHOLD_PARTIES};
 use crate::approval::Who;
@@ -111,6 +111,16 @@ enum PrimesFrom {
     Sealed(RecordId),
     /// The TEE's own background generation.
     Pool,
+}
+
+impl PrimesFrom {
+    /// Whether this TEE generated the set (in memory still, or sealed since).
+    fn generated(&self) -> bool {
+        match self {
+            PrimesFrom::Pool => true,
+            PrimesFrom::Sealed(id) => id.as_str().starts_with(GENERATED_PREFIX),
+        }
+    }
 }
 
 /// What the core keeps about a running key generation.
@@ -427,7 +437,7 @@ impl<P: Platform> TeeCore<P> {
                 keygen_id,
                 aux_id,
                 stage: Stage::Keygen,
-                from_pool: matches!(from, PrimesFrom::Pool),
+                from_pool: from.generated(),
                 primes: Some((primes, from)),
                 core: None,
                 queue: VecDeque::new(),
@@ -833,9 +843,16 @@ impl<P: Platform> TeeCore<P> {
                 dkg.hd
             ));
         }
-        let Some((primes, _)) = dkg.primes.take() else {
+        let Some((primes, from)) = dkg.primes.take() else {
             return Err("the session's primes are gone".into());
         };
+        if let PrimesFrom::Sealed(id) = &from {
+            // Committed with this batch, before any aux-info message leaves: the same set
+            // handed over again is refused (`already_used`), never a second key's.
+            self.platform
+                .seal(&used_record(id), b"used")
+                .map_err(|e| format!("marking the primes set used: {e}"))?;
+        }
         let host = self
             .threshold
             .dkg_host
@@ -892,6 +909,12 @@ impl<P: Platform> TeeCore<P> {
                 return Err(self.abort_live(&session, live, &[], Phase::AuxInfo, detail));
             }
         };
+        // The proofs of aux-info show each modulus well formed, not that it is new: every
+        // TEE checks that no two parties share primes and that none is the published fixture.
+        if let Err(e) = held.share.check_paillier(self.threshold.test_primes) {
+            self.release(live);
+            return Err(primes_refused(e));
+        }
         // The host already dropped both sessions; nothing of the session stays.
         self.release(live);
         self.consume_request(&meta, Some(&held.info.key_id))?;

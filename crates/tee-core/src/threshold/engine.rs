@@ -18,13 +18,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use custos_pki::{validity_window, DeviceChain, DeviceIdentity};
-use custos_threshold::{Phase, SessionError, SessionHost};
+use custos_threshold::{Phase, SessionError, SessionHost, TestPrimes};
 use sha2::{Digest, Sha256};
 
 use super::bundle::open_bundle;
 use super::dkg::Dkg;
 use super::presign::HeldPresignature;
-use super::primes::PrimePool;
+use super::primes::{primes_refused, PrimePool};
 use super::{check_key_info, check_share, HeldKey, SESSION_PREFIX, SHARE_PREFIX};
 use crate::platform::{Platform, PlatformError, RecordId};
 use crate::wallet::key_hex;
@@ -102,11 +102,14 @@ pub(crate) struct ThresholdState {
     pub(super) live: HashMap<SessionRef, Live>,
     signer_cache: HashMap<[u8; 32], CachedDevice>,
     /// Safe primes generated inside the TEE.
-    pub(super) primes: PrimePool,
+    pub(crate) primes: PrimePool,
     /// Presignatures held, by id (each used once, see `super::presign`).
     pub(crate) presigs: BTreeMap<[u8; 32], HeldPresignature>,
     /// Whether this TEE may generate primes itself when no pregenerated set is left.
     pub(crate) generate_primes: bool,
+    /// Whether the committed TEST-ONLY primes are accepted (see
+    /// [`super::primes::test_primes_policy`]).
+    pub(crate) test_primes: TestPrimes,
 }
 
 impl ThresholdState {
@@ -123,6 +126,8 @@ impl ThresholdState {
             primes: PrimePool::default(),
             presigs: BTreeMap::new(),
             generate_primes: true,
+            // A test build accepts them unless told otherwise; a production build never.
+            test_primes: super::primes::test_primes_policy(true),
         })
     }
 }
@@ -295,6 +300,11 @@ impl<P: Platform> TeeCore<P> {
         let d = self.device.as_ref().expect("identity implies a device key");
         let share = open_bundle(&d.private_scalar()?[..], &context, bundle)?;
         check_share(key, &share).map_err(|e| reject(format!("bundle share: {e}")))?;
+        // The dealer knew these primes anyway; what is refused is a key whose Paillier
+        // secrets others know too (the published fixture) or share (a repeated modulus).
+        share
+            .check_paillier(self.threshold.test_primes)
+            .map_err(primes_refused)?;
         self.consume_request(meta, Some(&key.key_id))?;
         let info = self.store_threshold_key(HeldKey {
             info: key.clone(),

@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 
 use bitcoin::bip32::{ChainCode, ChildNumber, DerivationPath, Fingerprint, Xpub};
 use bitcoin::secp256k1::{ecdsa, Message, PublicKey, Secp256k1};
-use custos_tee_core::threshold::primes::{seal_primes_file, PRIMES_PREFIX};
+use custos_tee_core::threshold::primes::{GENERATED_PREFIX, PRIMES_PREFIX};
 use custos_tee_core::TeeCore;
 use custos_threshold::fixtures;
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::policy::KeyPolicy;
 use custos_wire::protocol::{
-    encode_request, CertChain, Outcome, PresignSignParams, Request, RequestMeta, Response,
-    SessionRef, SignedResponse, TeeError, ThresholdKeyInfo, ThresholdKeygenParams,
+    encode_request, CertChain, Outcome, PresignSignParams, PrimesFault, Request, RequestMeta,
+    Response, SessionRef, SignedResponse, TeeError, ThresholdKeyInfo, ThresholdKeygenParams,
     ThresholdMessage, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
 };
 use rand::RngCore;
@@ -74,22 +74,14 @@ impl Pki {
     }
 
     /// A provisioned core of `cluster` holding `primes` pregenerated primes sets (fixture
-    /// sets starting at `first`, sealed as a host seals a primes file).
+    /// sets starting at `first`, each sealed to it as `custos dealer primes --for` seals it).
     pub(crate) fn node(&self, cluster: &str, name: &str, first: usize, primes: usize) -> Node {
-        let mut platform = MemPlatform::default();
-        let sets = &fixtures::test_primes()[first..first + primes];
-        // A primes file is a JSON array of sets.
-        let parts: Vec<String> = sets
-            .iter()
-            .map(|p| String::from_utf8(p.to_sealed_bytes().to_vec()).unwrap())
-            .collect();
-        let file = format!("[{}]", parts.join(","));
-        assert_eq!(
-            seal_primes_file(&mut platform, file.as_bytes()).unwrap(),
-            primes
-        );
-        let mut core = TeeCore::open(platform, "memory").unwrap();
+        let mut core = TeeCore::open(MemPlatform::default(), "memory").unwrap();
         let (chain, _) = self.0.provision(&mut core, cluster, name);
+        for set in &fixtures::test_primes()[first..first + primes] {
+            let file = self.sealed_primes(&chain, cluster, &set.to_sealed_bytes());
+            core.import_sealed_primes(&file).unwrap();
+        }
         Node { core, chain }
     }
 
@@ -208,23 +200,46 @@ fn relay(
     first: Vec<Vec<ThresholdMessage>>,
     duplicate: bool,
 ) -> (Vec<ThresholdKeyInfo>, Vec<String>) {
+    let (ends, phases) = relay_to_the_end(nodes, session, first, duplicate);
+    let keys = ends
+        .into_iter()
+        .map(|end| match end {
+            Some(Ok(key)) => key,
+            other => panic!("a participant ended without its key: {other:?}"),
+        })
+        .collect();
+    (keys, phases)
+}
+
+/// How a participant's key generation ended: its key, its refusal, or `None` if it was left
+/// waiting for messages a refusing participant never sent.
+type End = Option<Result<ThresholdKeyInfo, TeeError>>;
+
+/// [`relay`] where participants may refuse: a refusing participant gets nothing more, and
+/// relaying stops when nobody has messages waiting or is computing.
+fn relay_to_the_end(
+    nodes: &mut [&mut Node],
+    session: SessionRef,
+    first: Vec<Vec<ThresholdMessage>>,
+    duplicate: bool,
+) -> (Vec<End>, Vec<String>) {
     let n = nodes.len();
     let mut inbox: Vec<Vec<ThresholdMessage>> = vec![Vec::new(); n];
     for out in first {
         route(&mut inbox, out);
     }
     let mut computing = vec![false; n];
-    let mut keys: Vec<Option<ThresholdKeyInfo>> = vec![None; n];
+    let mut ends: Vec<End> = vec![None; n];
     let mut phases: Vec<String> = Vec::new();
     let began = Instant::now();
-    while keys.iter().any(Option::is_none) {
+    while ends.iter().any(Option::is_none) {
         assert!(
             began.elapsed() < Duration::from_secs(300),
             "key generation stalled"
         );
         let mut any = false;
         for p in 0..n {
-            if keys[p].is_some() || (inbox[p].is_empty() && !computing[p]) {
+            if ends[p].is_some() || (inbox[p].is_empty() && !computing[p]) {
                 continue;
             }
             any = true;
@@ -232,18 +247,24 @@ fn relay(
             if duplicate {
                 messages.extend(messages.clone());
             }
-            let (phase, out, busy, key) =
-                round(nodes[p].call(&Request::ThresholdFeed { session, messages }));
+            let answer = nodes[p].call(&Request::ThresholdFeed { session, messages });
+            if let Err(e) = answer {
+                ends[p] = Some(Err(e));
+                continue;
+            }
+            let (phase, out, busy, key) = round(answer);
             if phases.last() != Some(&phase) {
                 phases.push(phase);
             }
             computing[p] = busy;
-            keys[p] = key;
+            ends[p] = key.map(Ok);
             route(&mut inbox, out);
         }
-        assert!(any, "nothing to relay and nobody computing");
+        if !any {
+            break;
+        }
     }
-    (keys.into_iter().map(Option::unwrap).collect(), phases)
+    (ends, phases)
 }
 
 fn rejected(o: Outcome) -> String {
@@ -334,6 +355,20 @@ fn three_tees_make_a_key_none_of_them_holds_whole_and_two_sign_with_it() {
     let key = keys[0].clone();
     assert_eq!(key.threshold, 2);
     assert_eq!(key.quorum, 2);
+    // The set that made dc1's share, handed over again, serves no second key.
+    let again = pki.sealed_primes(
+        &nodes[0].chain,
+        "dc1",
+        &fixtures::test_primes()[0].to_sealed_bytes(),
+    );
+    assert!(matches!(
+        nodes[0].core.import_sealed_primes(&again),
+        Err(TeeError::PrimesRefused {
+            fault: PrimesFault::AlreadyUsed,
+            ..
+        })
+    ));
+    assert_eq!(nodes[0].primes_left(), 0);
     // One approval makes one key: a further attempt under it answers that key.
     let (_, out, computing, again) = round(nodes[1].call(&req.start(1)));
     assert_eq!(
@@ -522,6 +557,164 @@ fn refusals_tampering_and_primes_handling() {
             other => panic!("expected PrimesNotReady, got {other:?}"),
         }
     }
+}
+
+/// Two clusters' TEEs given the same primes set (one set fed to both): the proofs of
+/// aux-info hold, since each knows the factors, but each could decrypt the other's Paillier
+/// ciphertexts. A TEE that finishes refuses the key with `primes_refused`
+/// (`duplicate_modulus`); the other is left waiting for its last messages (the cloud server
+/// then aborts the session); neither stores anything.
+#[test]
+fn a_key_whose_parties_share_primes_is_refused() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 1);
+    let mut b = pki.node("dc2", "dc2-node1", 0, 1);
+    let req = KeygenRequest::new(&pki, &[&a, &b]);
+    let mut first = Vec::new();
+    for node in [&mut a, &mut b] {
+        let (phase, out, _, _) = round(node.call(&req.start(0)));
+        assert_eq!(phase, "keygen");
+        first.push(out);
+    }
+    let (ends, _) = relay_to_the_end(&mut [&mut a, &mut b], req.session(0), first, false);
+    let mut refused = 0;
+    for end in ends {
+        match end {
+            Some(Err(TeeError::PrimesRefused {
+                fault: PrimesFault::DuplicateModulus,
+                detail,
+            })) => {
+                assert!(detail.contains("modulus of party"), "{detail}");
+                refused += 1;
+            }
+            // Left waiting for the refusing TEE's last messages: the cloud server aborts it.
+            None => {}
+            other => panic!("expected duplicate_modulus, got {other:?}"),
+        }
+    }
+    assert!(refused >= 1, "no TEE refused the shared primes");
+    for node in [&mut a, &mut b] {
+        assert_eq!(
+            node.call(&Request::ListThresholdKeys).unwrap(),
+            Response::ThresholdKeys(Vec::new()),
+            "nothing stored"
+        );
+    }
+}
+
+/// A primes set whose primes are not safe primes (fresh 1536-bit primes, not the fixture)
+/// is refused as the host hands it over, so is the fixture where test primes are not
+/// accepted (as in every production build), and so is a set sealed to another node; nothing
+/// is sealed.
+#[test]
+fn unsafe_published_or_misaddressed_primes_sets_are_refused() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 0);
+    let other = pki.node("dc1", "dc1-node2", 0, 0);
+    let unsafe_set = {
+        let primes: Vec<String> = (0..4)
+            .map(|_| {
+                let h = glass_pumpkin::prime::new(1536).unwrap().to_str_radix(16);
+                format!("{{\"radix\":16,\"value\":\"{h}\"}}")
+            })
+            .collect();
+        format!("{{\"primes\":[{}],\"_phantom\":null}}", primes.join(","))
+    };
+    match a
+        .core
+        .import_sealed_primes(&pki.sealed_primes(&a.chain, "dc1", unsafe_set.as_bytes()))
+    {
+        Err(TeeError::PrimesRefused {
+            fault: PrimesFault::NotSafePrime,
+            detail,
+        }) => assert!(detail.contains("prime 0 of the set"), "{detail}"),
+        other => panic!("expected not_safe_prime, got {other:?}"),
+    }
+    let fixture = fixtures::test_primes()[0].to_sealed_bytes();
+    a.core.set_test_primes(false);
+    match a
+        .core
+        .import_sealed_primes(&pki.sealed_primes(&a.chain, "dc1", &fixture))
+    {
+        Err(TeeError::PrimesRefused {
+            fault: PrimesFault::TestFixture,
+            ..
+        }) => {}
+        other => panic!("expected test_fixture, got {other:?}"),
+    }
+    a.core.set_test_primes(true);
+    match a
+        .core
+        .import_sealed_primes(&pki.sealed_primes(&other.chain, "dc1", &fixture))
+    {
+        Err(TeeError::SealedImportRejected(m)) => assert!(m.contains("dc1-node2"), "{m}"),
+        other => panic!("expected sealed_import_rejected, got {other:?}"),
+    }
+    // Sealed to this node, but not signed by a certified dealer: whoever controls the host
+    // cannot hand the TEE primes they know.
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&pki.sealed_primes(&a.chain, "dc1", &fixture)).unwrap();
+    let signed_by_admin = pki.admins[0]
+        .sign(b"anything")
+        .expect("a test admin's file key signs");
+    forged["signature"] = hex::encode(signed_by_admin).into();
+    match a
+        .core
+        .import_sealed_primes(&serde_json::to_vec(&forged).unwrap())
+    {
+        Err(TeeError::SealedImportRejected(m)) => assert!(m.contains("dealer signature"), "{m}"),
+        other => panic!("expected sealed_import_rejected, got {other:?}"),
+    }
+    forged["dealer_cert"] = hex::encode(&pki.admins[0].cert_der).into();
+    match a
+        .core
+        .import_sealed_primes(&serde_json::to_vec(&forged).unwrap())
+    {
+        Err(TeeError::SealedImportRejected(m)) => assert!(m.contains("dealer certificate"), "{m}"),
+        other => panic!("expected sealed_import_rejected, got {other:?}"),
+    }
+    assert_eq!(a.primes_left(), 0);
+    a.core
+        .import_sealed_primes(&pki.sealed_primes(&a.chain, "dc1", &fixture))
+        .unwrap();
+    assert_eq!(a.primes_left(), 1);
+}
+
+/// A set the TEE's own background generation finished is sealed with the next batch's
+/// commit, so a restart keeps it (generation takes minutes), and the next key generation
+/// uses it. (The generation is scripted here; in production it makes safe primes.)
+#[test]
+fn primes_the_tee_generated_are_sealed_and_survive_a_restart() {
+    let pki = Pki::new();
+    let mut a = pki.node("dc1", "dc1-node1", 0, 0);
+    let b = pki.node("dc2", "dc2-node1", 1, 1);
+    a.core
+        .script_prime_generation(fixtures::test_primes()[2..3].to_vec());
+    let req = KeygenRequest::new(&pki, &[&a, &b]);
+    match a.call(&req.start(0)) {
+        Err(TeeError::PrimesNotReady(m)) => assert!(m.contains("started generating"), "{m}"),
+        other => panic!("expected PrimesNotReady, got {other:?}"),
+    }
+    let began = Instant::now();
+    while a.primes_left() == 0 {
+        assert!(began.elapsed() < Duration::from_secs(30), "never sealed");
+        std::thread::sleep(Duration::from_millis(10));
+        a.call(&Request::Status).unwrap();
+    }
+    let generated = |node: &Node| {
+        node.core
+            .platform()
+            .committed
+            .keys()
+            .filter(|k| k.starts_with(GENERATED_PREFIX))
+            .count()
+    };
+    assert_eq!(generated(&a), 1);
+    a.core = TeeCore::open(a.core.platform().after_restart(), "memory").unwrap();
+    assert_eq!((a.primes_left(), generated(&a)), (1, 1));
+    let (phase, _, _, _) = round(a.call(&req.start(0)));
+    assert_eq!(phase, "keygen");
+    assert_eq!(a.primes_left(), 0, "used by the session's durable start");
 }
 
 #[test]

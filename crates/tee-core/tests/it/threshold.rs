@@ -24,9 +24,9 @@ use custos_tee_core::TeeCore;
 use custos_threshold::{combine, deal, fixtures, PartialSig, PresignaturePublic, ThresholdShare};
 use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::protocol::{
-    CertChain, EcdsaSignature, Outcome, PresignSignParams, Request, RequestMeta, Response,
-    SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage, ThresholdOrigin,
-    ThresholdSignParams, ThresholdSigner,
+    CertChain, EcdsaSignature, Outcome, PresignSignParams, PrimesFault, Request, RequestMeta,
+    Response, SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdMessage,
+    ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
 };
 use custos_wire::threshold::{bundle_context, bundle_transcript};
 use rand::RngCore;
@@ -808,6 +808,49 @@ fn sessions_refuse_unapproved_replayed_foreign_and_tampered_traffic() {
     let e = feed(&mut a, req.session(0), vec![]).unwrap_err();
     assert!(matches!(e, TeeError::UnknownSession(_)), "{e:?}");
     eprintln!("session refusals: {:.2} s", t0.elapsed().as_secs_f64());
+}
+
+/// A dealt share whose Paillier primes are the published fixture is refused by a TEE that
+/// does not accept test primes (as every production build), and one whose parties share a
+/// modulus by every TEE: `primes_refused`, nothing stored, the approved request not used up.
+#[test]
+fn dealt_shares_with_published_or_shared_primes_are_refused() {
+    let pki = Pki::new();
+    let mut node = pki.node("dc1", "dc1-node1");
+    node.core.set_test_primes(false);
+    let req = pki.import(&pki.bundle(0, &node), 2);
+    match node.call(&req) {
+        Err(TeeError::PrimesRefused {
+            fault: PrimesFault::TestFixture,
+            detail,
+        }) => assert!(detail.contains("TEST-ONLY"), "{detail}"),
+        other => panic!("expected test_fixture, got {other:?}"),
+    }
+    let none = node.call(&Request::ListThresholdKeys).unwrap();
+    assert_eq!(none, Response::ThresholdKeys(Vec::new()));
+    // The refusal consumed nothing: where test primes are accepted the same request imports.
+    node.core.set_test_primes(true);
+    assert!(matches!(node.call(&req), Ok(Response::ThresholdKey(_))));
+
+    // One primes set dealt to two parties (a dealer's mistake): parties 0 and 1 share both
+    // moduli, so each could decrypt the other's Paillier ciphertexts.
+    let primes = fixtures::test_primes();
+    let shared = vec![primes[0].clone(), primes[0].clone(), primes[2].clone()];
+    let shares = deal(2, 3, true, Some(shared), &mut |_| {}).expect("deal");
+    let mut other = pki.node("dc3", "dc3-node1");
+    let req = pki.import(&pki.bundle_of(&shares[2], &other), 2);
+    match other.call(&req) {
+        Err(TeeError::PrimesRefused {
+            fault: PrimesFault::DuplicateModulus,
+            detail,
+        }) => assert!(
+            detail.contains("party 0") && detail.contains("party 1"),
+            "{detail}"
+        ),
+        other => panic!("expected duplicate_modulus, got {other:?}"),
+    }
+    let none = other.call(&Request::ListThresholdKeys).unwrap();
+    assert_eq!(none, Response::ThresholdKeys(Vec::new()));
 }
 
 /// The host moves the core into its serving thread: the session worker must not make it

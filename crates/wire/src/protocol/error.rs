@@ -15,6 +15,32 @@ pub enum ApprovalFault {
     Malformed,
 }
 
+/// Why Paillier primes (a set given to a TEE, or a key's moduli) were refused
+/// (`custos_threshold::provenance`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PrimesFault {
+    /// A prime or modulus of the committed TEST-ONLY fixture, whose factors are published.
+    TestFixture,
+    /// One of this TEE's own primes is not a safe prime.
+    NotSafePrime,
+    /// Two moduli of the key share a prime factor (equal or overlapping).
+    DuplicateModulus,
+    /// A pregenerated set offered again after a key generation used it here.
+    AlreadyUsed,
+}
+
+impl PrimesFault {
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrimesFault::TestFixture => "test_fixture",
+            PrimesFault::NotSafePrime => "not_safe_prime",
+            PrimesFault::DuplicateModulus => "duplicate_modulus",
+            PrimesFault::AlreadyUsed => "already_used",
+        }
+    }
+}
+
 /// A refusal: typed, and specific about what was wrong.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
 pub enum TeeError {
@@ -299,6 +325,17 @@ pub enum TeeError {
         /// The key, hex.
         key: String,
     },
+    /// Paillier primes refused: a primes set given to this TEE (nothing is sealed), a
+    /// dealer's share (nothing is stored, the request id stays unused) or a distributed key
+    /// generation's aux info (the key is not stored; the session and its primes set are
+    /// spent).
+    #[error("Paillier primes refused ({}): {detail}", .fault.as_str())]
+    PrimesRefused {
+        /// What was wrong.
+        fault: PrimesFault,
+        /// Which set, prime or modulus.
+        detail: String,
+    },
 }
 
 impl TeeError {
@@ -354,6 +391,7 @@ impl TeeError {
             TeeError::IntentMismatch { .. } => "intent_mismatch",
             TeeError::RawSigningOff { .. } => "raw_signing_off",
             TeeError::TransactionPolicyRefused { .. } => "policy_refused",
+            TeeError::PrimesRefused { .. } => "primes_refused",
         }
     }
 }

@@ -208,6 +208,9 @@ pub(super) fn final_refusal(e: &TeeError) -> bool {
             | TeeError::TransactionPolicyRefused { .. }
             | TeeError::TransactionRejected { .. }
             | TeeError::IntentMismatch { .. }
+            // Another attempt meets the same published or shared primes (and spends a primes
+            // set on every TEE): the request ends, naming the fault.
+            | TeeError::PrimesRefused { .. }
     )
 }
 

@@ -1,0 +1,281 @@
+//! Where Paillier primes may come from: the checks a TEE makes before a primes set or a key's
+//! aux info is used, so that no party's Paillier secret is known outside its TEE.
+//!
+//! * **Own primes** ([`Primes::check`], and a share's own `p`, `q` in
+//!   [`ThresholdShare::check_paillier`]): each a safe prime (`(p - 1) / 2` prime too, tested
+//!   with `glass_pumpkin`, the crate fast-paillier generates them with), all four distinct.
+//!   cggmp24 checks only their sizes; the zero-knowledge proofs the others verify do not
+//!   require safe primes, so nobody else would notice weak ones.
+//! * **Everybody's moduli** ([`ThresholdShare::check_paillier`], [`AuxInfo::check_moduli`]):
+//!   every Paillier modulus `N_j` and ring-Pedersen modulus `N̂_j` of the key coprime to every
+//!   other. Two parties with the same primes (one primes file fed to two TEEs, a dealer's
+//!   mistake) could each decrypt what the other's Paillier key protects.
+//! * **The committed TEST-ONLY fixture** (`fixtures/`): its primes are published, so whoever
+//!   reads the repository holds the Paillier secrets of a key made with them. Each of its
+//!   primes, and every product of two of them (any modulus made of them, whichever sets they
+//!   come from), is refused unless [`TestPrimes::Allowed`]. Only fingerprints
+//!   (`fixtures/TEST-ONLY-fingerprints.txt`, SHA-256 under [`FINGERPRINT_DOMAIN`]) are compiled
+//!   in, not the primes.
+
+use num_bigint::BigUint;
+use num_integer::Integer as _;
+use num_traits::One;
+use sha2::{Digest, Sha256};
+
+use cggmp24::backend::Integer;
+
+use crate::{AuxInfo, Primes, ThresholdError, ThresholdShare};
+
+/// Domain tag of a number's fingerprint: SHA-256(tag ‖ big-endian bytes, no leading zeros).
+pub const FINGERPRINT_DOMAIN: &[u8] = b"CUSTOS-PAILLIER-NUMBER-V1\0";
+
+/// Fingerprints of every prime and modulus of the TEST-ONLY fixture (one hex line each;
+/// `#` lines are comments). A test recomputes them from the fixture.
+const FIXTURE_FINGERPRINTS: &str = include_str!("../fixtures/TEST-ONLY-fingerprints.txt");
+
+/// Size of every secret prime at the security level in use (1536 bits).
+const PRIME_BITS: u64 =
+    <crate::L as cggmp24::security_level::SecurityLevel>::RSA_PRIME_BITLEN as u64;
+
+/// Whether the committed TEST-ONLY primes are accepted. A production TEE refuses them; tests
+/// and the local demo allow them, explicitly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TestPrimes {
+    /// Fixture primes and moduli are refused with [`ThresholdError::TestFixturePrimes`].
+    #[default]
+    Refused,
+    /// Accepted (and, being Blum primes, exempt from the safe-prime check).
+    Allowed,
+}
+
+fn to_biguint(n: &Integer) -> BigUint {
+    BigUint::from_bytes_be(&n.to_bytes_msf())
+}
+
+/// A number's fingerprint (see [`FINGERPRINT_DOMAIN`]).
+pub fn fingerprint(n: &BigUint) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(FINGERPRINT_DOMAIN);
+    h.update(n.to_bytes_be());
+    h.finalize().into()
+}
+
+/// Whether `n` is a prime or a modulus of the committed TEST-ONLY fixture.
+pub fn is_test_fixture(n: &BigUint) -> bool {
+    let fp = hex::encode(fingerprint(n));
+    FIXTURE_FINGERPRINTS
+        .lines()
+        .map(str::trim)
+        .any(|line| line == fp)
+}
+
+fn refuse_fixture(test: TestPrimes, n: &BigUint, what: &str) -> Result<bool, ThresholdError> {
+    match (is_test_fixture(n), test) {
+        (false, _) => Ok(false),
+        (true, TestPrimes::Allowed) => Ok(true),
+        (true, TestPrimes::Refused) => Err(ThresholdError::TestFixturePrimes {
+            what: what.to_string(),
+        }),
+    }
+}
+
+fn check_safe(p: &BigUint, what: &str) -> Result<(), ThresholdError> {
+    if glass_pumpkin::safe_prime::check_with(p, &mut rand_core::OsRng) {
+        Ok(())
+    } else {
+        Err(ThresholdError::NotSafePrime {
+            what: what.to_string(),
+        })
+    }
+}
+
+/// Checks that no two of `moduli` (named) share a factor.
+fn check_coprime(moduli: &[(String, BigUint)]) -> Result<(), ThresholdError> {
+    for (i, (first, a)) in moduli.iter().enumerate() {
+        for (second, b) in &moduli[i + 1..] {
+            if !a.gcd(b).is_one() {
+                return Err(ThresholdError::DuplicateModulus {
+                    first: first.clone(),
+                    second: second.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checks on one party's own primes, given as `(name, prime)`: none from the fixture
+/// (unless allowed), pairwise distinct, and each not from the fixture a safe prime of
+/// exactly the security level's size.
+fn check_own_primes(primes: &[(String, BigUint)], test: TestPrimes) -> Result<(), ThresholdError> {
+    check_coprime(primes)?;
+    for (what, p) in primes {
+        if refuse_fixture(test, p, what)? {
+            // Allowed fixture primes are Blum primes, not safe primes, by construction.
+            continue;
+        }
+        if p.bits() != PRIME_BITS {
+            return Err(ThresholdError::NotSafePrime {
+                what: format!("{what} ({} bits, not {PRIME_BITS})", p.bits()),
+            });
+        }
+        check_safe(p, what)?;
+    }
+    Ok(())
+}
+
+impl Primes {
+    /// Checks a set before this party uses it: not from the TEST-ONLY fixture (unless
+    /// `test` allows it), four distinct safe primes. Four safe-prime tests of 1536 bits:
+    /// tens of milliseconds.
+    pub fn check(&self, test: TestPrimes) -> Result<(), ThresholdError> {
+        let primes: Vec<(String, BigUint)> = self
+            .0
+            .primes_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("prime {i} of the set"), to_biguint(p)))
+            .collect();
+        check_own_primes(&primes, test)
+    }
+}
+
+/// Every party's Paillier and ring-Pedersen modulus, named.
+fn moduli(aux: &cggmp24::key_share::DirtyAuxInfo<crate::L>) -> Vec<(String, BigUint)> {
+    let paillier = aux
+        .N
+        .iter()
+        .enumerate()
+        .map(|(j, n)| (format!("the Paillier modulus of party {j}"), to_biguint(n)));
+    let pedersen = aux.pedersen_params.iter().enumerate().map(|(j, p)| {
+        (
+            format!("the ring-Pedersen modulus of party {j}"),
+            to_biguint(&p.hat_N),
+        )
+    });
+    paillier.chain(pedersen).collect()
+}
+
+fn check_aux(
+    aux: &cggmp24::key_share::DirtyAuxInfo<crate::L>,
+    test: TestPrimes,
+) -> Result<(), ThresholdError> {
+    let all = moduli(aux);
+    for (what, n) in &all {
+        refuse_fixture(test, n, what)?;
+    }
+    check_coprime(&all)?;
+    let own = [
+        (
+            "this party's Paillier prime p".to_string(),
+            to_biguint(&aux.p),
+        ),
+        (
+            "this party's Paillier prime q".to_string(),
+            to_biguint(&aux.q),
+        ),
+    ];
+    check_own_primes(&own, test)
+}
+
+impl AuxInfo {
+    /// Checks aux info before it joins a share: every party's moduli pairwise coprime and
+    /// none from the TEST-ONLY fixture (unless `test` allows it), this party's own Paillier
+    /// primes safe.
+    pub fn check_moduli(&self, test: TestPrimes) -> Result<(), ThresholdError> {
+        check_aux(&self.0, test)
+    }
+}
+
+impl ThresholdShare {
+    /// [`AuxInfo::check_moduli`] of the share's aux info: what a TEE checks of a share it is
+    /// given (a dealer's bundle) or made (a distributed key generation) before sealing it.
+    pub fn check_paillier(&self, test: TestPrimes) -> Result<(), ThresholdError> {
+        check_aux(&self.0.aux, test)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::test_primes;
+
+    fn product(a: &Integer, b: &Integer) -> BigUint {
+        to_biguint(a) * to_biguint(b)
+    }
+
+    /// The committed fingerprints are exactly those of the fixture's primes and of every
+    /// product of two of them, so a fixture change without them fails here.
+    #[test]
+    fn fixture_fingerprints_match_the_fixture() {
+        let primes: Vec<BigUint> = test_primes()
+            .iter()
+            .flat_map(|set| set.0.primes_ref().clone())
+            .map(|p| to_biguint(&p))
+            .collect();
+        let mut expected: Vec<String> =
+            primes.iter().map(|p| hex::encode(fingerprint(p))).collect();
+        for (i, p) in primes.iter().enumerate() {
+            for q in &primes[i + 1..] {
+                expected.push(hex::encode(fingerprint(&(p * q))));
+            }
+        }
+        let committed: Vec<String> = FIXTURE_FINGERPRINTS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        assert_eq!(committed, expected);
+        // A modulus of primes from two different sets is caught too.
+        let sets = test_primes();
+        let [p, _, _, _] = sets[0].0.primes_ref();
+        let [_, q, _, _] = sets[3].0.primes_ref();
+        assert!(is_test_fixture(&product(p, q)));
+    }
+
+    #[test]
+    fn fixture_sets_are_refused_unless_allowed() {
+        for set in test_primes() {
+            assert!(matches!(
+                set.check(TestPrimes::Refused),
+                Err(ThresholdError::TestFixturePrimes { .. })
+            ));
+            set.check(TestPrimes::Allowed).unwrap();
+        }
+    }
+
+    #[test]
+    fn moduli_sharing_a_prime_are_refused() {
+        let sets = test_primes();
+        let [p, q, _, _] = sets[0].0.primes_ref();
+        let [r, _, _, _] = sets[1].0.primes_ref();
+        let moduli = [
+            ("a".to_string(), product(p, q)),
+            ("b".to_string(), product(r, q)),
+        ];
+        match check_coprime(&moduli) {
+            Err(ThresholdError::DuplicateModulus { first, second }) => {
+                assert_eq!((first.as_str(), second.as_str()), ("a", "b"))
+            }
+            other => panic!("expected DuplicateModulus, got {other:?}"),
+        }
+        check_coprime(&moduli[..1]).unwrap();
+    }
+
+    #[test]
+    fn safe_and_unsafe_primes_are_told_apart() {
+        // 23 = 2·11 + 1 is a safe prime; 29 = 2·14 + 1 is prime but not safe.
+        check_safe(&BigUint::from(23u8), "23").unwrap();
+        assert!(matches!(
+            check_safe(&BigUint::from(29u8), "29"),
+            Err(ThresholdError::NotSafePrime { .. })
+        ));
+        // The fixture's 1536-bit Blum primes are primes, not safe primes.
+        let [p, _, _, _] = test_primes()[0].0.primes_ref().clone();
+        assert!(matches!(
+            check_safe(&to_biguint(&p), "p"),
+            Err(ThresholdError::NotSafePrime { .. })
+        ));
+    }
+}
