@@ -80,7 +80,7 @@ mod tests {
     use custos_tee_core::threshold::primes::PRIMES_PREFIX;
     use custos_test_kit::{MemPlatform, Pki};
 
-    /// TEST ONLY data: the threshold crate's public Blum-prime fixture (four sets).
+    /// TEST ONLY data: the threshold crate's public Blum-prime fixture (six sets).
     const FIXTURE: &str = include_str!("../../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json");
 
     /// The fixture's first set, alone, as its sealed JSON.

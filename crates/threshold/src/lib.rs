@@ -98,7 +98,7 @@ pub mod fixtures {
     /// The committed fixture file (`fixtures/TEST-ONLY-blum-primes-sl128.json`).
     const TEST_PRIMES_JSON: &str = include_str!("../fixtures/TEST-ONLY-blum-primes-sl128.json");
 
-    /// TEST ONLY, INSECURE: four party sets of full-size (1536-bit) Blum primes (p ≡ 3 mod 4,
+    /// TEST ONLY, INSECURE: six party sets of full-size (1536-bit) Blum primes (p ≡ 3 mod 4,
     /// **not** safe primes), generated once by `examples/gen-test-primes.rs` and committed.
     /// They make dealing and aux-info generation fast in tests; everybody can read them.
     pub fn test_primes() -> Vec<Primes> {

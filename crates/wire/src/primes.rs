@@ -16,12 +16,11 @@
 
 use custos_pki::{DealerSigner, DeviceIdentity, TrustRoot};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::field::put;
 use crate::protocol::TeeError;
-use crate::seal::{open_with, seal_with};
+use crate::seal::{open_with, seal_with, sealed_transcript};
 
 /// Domain tag of sealed primes contexts (distinct from imports, transfers and bundles).
 pub const PRIMES_DOMAIN: &[u8] = b"CUSTOS-SEALED-PRIMES-V1\0";
@@ -66,12 +65,7 @@ pub fn primes_context(cluster: &str, node: &str, fingerprint: &[u8; 32]) -> Vec<
 
 /// What the dealer signs: the context (recipient) and the digests of the sealed set.
 pub fn primes_transcript(context: &[u8], enc: &[u8], ciphertext: &[u8]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(PRIMES_SIGNATURE_DOMAIN.len() + context.len() + 72);
-    t.extend_from_slice(PRIMES_SIGNATURE_DOMAIN);
-    put(&mut t, context);
-    put(&mut t, &Sha256::digest(enc));
-    put(&mut t, &Sha256::digest(ciphertext));
-    t
+    sealed_transcript(PRIMES_SIGNATURE_DOMAIN, context, enc, ciphertext)
 }
 
 /// Seals one set (`set_json`, as `Primes::to_sealed_bytes` writes it) to `recipient` and

@@ -9,9 +9,23 @@ use hpke::kem::DhP256HkdfSha256;
 use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use zeroize::Zeroizing;
 
+use sha2::{Digest, Sha256};
+
+use crate::field::put;
 use crate::protocol::TeeError;
 
 type Kem = DhP256HkdfSha256;
+
+/// What a sender signs over a sealed payload: `domain`, the HPKE `context` (the recipient and
+/// the public facts) and the digests of the HPKE output (dealer bundles, sealed primes).
+pub fn sealed_transcript(domain: &[u8], context: &[u8], enc: &[u8], ciphertext: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(domain.len() + context.len() + 72);
+    t.extend_from_slice(domain);
+    put(&mut t, context);
+    put(&mut t, &Sha256::digest(enc));
+    put(&mut t, &Sha256::digest(ciphertext));
+    t
+}
 
 /// Seals `plaintext` to `recipient_public_key` (SEC1 P-256) under `info`; returns the
 /// encapsulated key and the ciphertext. The random source is the caller's: the TEE's platform

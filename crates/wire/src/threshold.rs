@@ -15,7 +15,7 @@ use crate::field::put;
 use crate::protocol::{
     SessionRef, TeeError, ThresholdBundle, ThresholdKeyInfo, ThresholdOrigin, MAX_APPROVALS,
 };
-use crate::seal::seal_with;
+use crate::seal::{seal_with, sealed_transcript};
 
 /// Domain of [`input_session`].
 const INPUT_SESSION_DOMAIN: &[u8] = b"CUSTOS-PSBT-INPUT-SESSION-V1\0";
@@ -123,12 +123,7 @@ pub fn bundle_context(
 
 /// What the dealer signs: domain, the context (all public fields) and the HPKE output.
 pub fn bundle_transcript(context: &[u8], enc: &[u8], ciphertext: &[u8]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(BUNDLE_SIGNATURE_DOMAIN.len() + context.len() + 72);
-    t.extend_from_slice(BUNDLE_SIGNATURE_DOMAIN);
-    put(&mut t, context);
-    put(&mut t, &Sha256::digest(enc));
-    put(&mut t, &Sha256::digest(ciphertext));
-    t
+    sealed_transcript(BUNDLE_SIGNATURE_DOMAIN, context, enc, ciphertext)
 }
 
 /// Seals a share's sealed bytes (`plaintext`, the share's own encoding) for the node

@@ -49,7 +49,7 @@ pub(crate) fn shares() -> &'static [ThresholdShare] {
 pub(crate) struct Node {
     pub(crate) core: TeeCore<MemPlatform>,
     pub(crate) chain: CertChain,
-    identity: DeviceIdentity,
+    pub(crate) identity: DeviceIdentity,
 }
 
 impl Node {
@@ -89,7 +89,12 @@ impl std::ops::Deref for Pki {
 impl Pki {
     pub(crate) fn new() -> Self {
         let clusters: Vec<&str> = CLUSTERS.iter().copied().chain(["dc4"]).collect();
-        Pki(custos_test_kit::Pki::with_clusters(&clusters))
+        Self::with_clusters(&clusters)
+    }
+
+    /// The test kit's PKI with `clusters`.
+    pub(crate) fn with_clusters(clusters: &[&str]) -> Self {
+        Pki(custos_test_kit::Pki::with_clusters(clusters))
     }
 
     /// A core of `cluster` with Root pinned, D generated and its certificate installed.
@@ -109,7 +114,7 @@ impl Pki {
     }
 
     /// Approvals by the first `n` admins of `action` in `scope`.
-    fn approvals(
+    pub(crate) fn approvals(
         &self,
         n: usize,
         action: &Action<'_>,
@@ -132,7 +137,7 @@ impl Pki {
     }
 
     /// The import request of `bundle` with `approvers` approvals of exactly its terms.
-    fn import(&self, bundle: &ThresholdBundle, approvers: usize) -> Request {
+    pub(crate) fn import(&self, bundle: &ThresholdBundle, approvers: usize) -> Request {
         let meta = meta();
         let cluster = &bundle.key.clusters[usize::from(bundle.key.share_index)];
         let action = Action::ImportThresholdKey {
@@ -148,7 +153,7 @@ impl Pki {
     }
 }
 
-fn meta() -> RequestMeta {
+pub(crate) fn meta() -> RequestMeta {
     let mut request_id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut request_id);
     RequestMeta {
@@ -245,7 +250,7 @@ impl SignRequest {
 }
 
 /// Starts a session at a node; returns its first messages.
-fn start(node: &mut Node, req: &Request) -> Vec<ThresholdMessage> {
+pub(crate) fn start(node: &mut Node, req: &Request) -> Vec<ThresholdMessage> {
     match node.call(req) {
         Ok(Response::ThresholdRound {
             phase,
