@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use custos_tee_core::platform::Platform;
 use custos_tee_core::TeeCore;
 use custos_wire::primes::MAX_SEALED_PRIMES_FILE;
+use custos_wire::protocol::{PrimesFault, TeeError};
 
 use crate::sealed::{write_atomic, StoreError};
 
@@ -47,7 +48,8 @@ pub fn primes_file_from_env() -> Option<PathBuf> {
 }
 
 /// Imports the sealed primes set of the file at `path` into `core` and empties the file;
-/// returns whether it held a set (an emptied file holds none). A file sealed to another node,
+/// returns whether it held a new set (an emptied file holds none; a set that already served
+/// a key generation here is logged, not imported, and the file emptied). A file sealed to another node,
 /// altered, oversized, a plaintext list of sets, or a set the TEE refuses (not safe primes;
 /// the TEST-ONLY fixture where it is not accepted) is refused by name and left as it is, and
 /// nothing is sealed.
@@ -67,11 +69,24 @@ pub fn import_primes_file<P: Platform>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(false);
     }
-    core.import_sealed_primes(&bytes)
-        .map_err(|e| bad(format!("{}: {e}", e.code())))?;
-    // Sealed and committed: the file has served.
+    let imported = match core.import_sealed_primes(&bytes) {
+        Ok(()) => true,
+        // A file that already served (restored from a backup, or kept by a crash before it
+        // was emptied) adds nothing, and must not keep the TEE from starting.
+        Err(
+            e @ TeeError::PrimesRefused {
+                fault: PrimesFault::AlreadyUsed,
+                ..
+            },
+        ) => {
+            tracing::warn!(file = %path.display(), error = %e, "primes file not imported");
+            false
+        }
+        Err(e) => return Err(bad(format!("{}: {e}", e.code()))),
+    };
+    // Sealed and committed, or spent: the file has served.
     write_atomic(path, b"", 0o600).map_err(|e| bad(format!("emptying it: {e}")))?;
-    Ok(true)
+    Ok(imported)
 }
 
 #[cfg(test)]

@@ -42,8 +42,8 @@ impl Primes {
         from_json_bounded(bytes, MAX_SHARE_BYTES, "primes")
     }
 
-    /// Decodes a primes file: a JSON array of sets, as `custos dealer primes` writes it (at
-    /// most [`MAX_PRIMES_FILE_BYTES`]; every set's prime sizes are checked).
+    /// Decodes a dealer's primes file: a JSON array of sets, such as the TEST-ONLY fixture
+    /// (at most [`MAX_PRIMES_FILE_BYTES`]; every set's prime sizes are checked).
     pub fn list_from_bytes(bytes: &[u8]) -> Result<Vec<Self>, ThresholdError> {
         from_json_bounded(bytes, MAX_PRIMES_FILE_BYTES, "primes file")
     }

@@ -6,7 +6,7 @@
 //!   with `glass_pumpkin`, the crate fast-paillier generates them with), all four distinct.
 //!   cggmp24 checks only their sizes; the zero-knowledge proofs the others verify do not
 //!   require safe primes, so nobody else would notice weak ones.
-//! * **Everybody's moduli** ([`ThresholdShare::check_paillier`], [`AuxInfo::check_moduli`]):
+//! * **Everybody's moduli** ([`ThresholdShare::check_paillier`]):
 //!   every Paillier modulus `N_j` and ring-Pedersen modulus `N̂_j` of the key coprime to every
 //!   other. Two parties with the same primes (one primes file fed to two TEEs, a dealer's
 //!   mistake) could each decrypt what the other's Paillier key protects.
@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use cggmp24::backend::Integer;
 
-use crate::{AuxInfo, Primes, ThresholdError, ThresholdShare};
+use crate::{Primes, ThresholdError, ThresholdShare};
 
 /// Domain tag of a number's fingerprint: SHA-256(tag ‖ big-endian bytes, no leading zeros).
 pub const FINGERPRINT_DOMAIN: &[u8] = b"CUSTOS-PAILLIER-NUMBER-V1\0";
@@ -178,18 +178,11 @@ fn check_aux(
     check_own_primes(&own, test)
 }
 
-impl AuxInfo {
-    /// Checks aux info before it joins a share: every party's moduli pairwise coprime and
-    /// none from the TEST-ONLY fixture (unless `test` allows it), this party's own Paillier
-    /// primes safe.
-    pub fn check_moduli(&self, test: TestPrimes) -> Result<(), ThresholdError> {
-        check_aux(&self.0, test)
-    }
-}
-
 impl ThresholdShare {
-    /// [`AuxInfo::check_moduli`] of the share's aux info: what a TEE checks of a share it is
-    /// given (a dealer's bundle) or made (a distributed key generation) before sealing it.
+    /// What a TEE checks of a share it is given (a dealer's bundle, cluster sync) or made (a
+    /// distributed key generation) before storing it: every party's moduli pairwise coprime
+    /// and none from the TEST-ONLY fixture (unless `test` allows it), this party's own
+    /// Paillier primes safe primes of the required size.
     pub fn check_paillier(&self, test: TestPrimes) -> Result<(), ThresholdError> {
         check_aux(&self.0.aux, test)
     }

@@ -270,6 +270,16 @@ impl<P: Platform> TeeCore<P> {
             if self.corrupt.contains_key(id.as_str()) {
                 continue;
             }
+            // A set that served a key generation here never serves another, however it
+            // came back into the store.
+            if self
+                .platform
+                .unseal(&used_record(&id))
+                .map_err(storage)?
+                .is_some()
+            {
+                continue;
+            }
             let loaded = self
                 .platform
                 .unseal(&id)
@@ -647,7 +657,12 @@ impl<P: Platform> TeeCore<P> {
             .platform
             .seal(&record, &expires_at.to_be_bytes())
             .and_then(|_| match &from {
-                PrimesFrom::Sealed(id) => self.platform.remove(id),
+                // The set leaves the store, marked used in the same commit: handed over
+                // again it is refused (`already_used`), never a second key's.
+                PrimesFrom::Sealed(id) => self
+                    .platform
+                    .remove(id)
+                    .and_then(|_| self.platform.seal(&used_record(id), b"used")),
                 PrimesFrom::Pool => Ok(()),
             });
         if let Err(e) = marked {
@@ -671,6 +686,7 @@ impl<P: Platform> TeeCore<P> {
     fn give_back_primes(&mut self, primes: Primes, from: PrimesFrom) {
         match from {
             PrimesFrom::Sealed(id) => {
+                let _ = self.platform.remove(&used_record(&id));
                 let _ = self.platform.seal(&id, &primes.to_sealed_bytes());
             }
             PrimesFrom::Pool => self.threshold.primes.give_back(primes),
@@ -843,16 +859,9 @@ impl<P: Platform> TeeCore<P> {
                 dkg.hd
             ));
         }
-        let Some((primes, from)) = dkg.primes.take() else {
+        let Some((primes, _)) = dkg.primes.take() else {
             return Err("the session's primes are gone".into());
         };
-        if let PrimesFrom::Sealed(id) = &from {
-            // Committed with this batch, before any aux-info message leaves: the same set
-            // handed over again is refused (`already_used`), never a second key's.
-            self.platform
-                .seal(&used_record(id), b"used")
-                .map_err(|e| format!("marking the primes set used: {e}"))?;
-        }
         let host = self
             .threshold
             .dkg_host

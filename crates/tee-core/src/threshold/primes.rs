@@ -23,10 +23,11 @@
 //!   [`GENERATED_PREFIX`]`<id>`) with the next batch's commit, so it survives a restart; a
 //!   restart loses at most the generation under way.
 //!
-//! A set serves one session: a sealed set's record is removed in the same durable commit that
-//! marks the session started, so a crash never lets a set serve twice, and once aux-info
-//! starts with it, a mark ([`USED_PREFIX`]) refuses the same set if it is handed over again. A set whose session
-//! ends before aux-info generation used it goes back where it came from.
+//! A set serves one session: a sealed set's record is removed, and a mark of it
+//! ([`USED_PREFIX`]) written, in the same durable commit that marks the session started, so a
+//! crash never lets a set serve twice, and the same set handed over again is refused (and
+//! skipped if it reappears in the store). A set whose session ends before aux-info used it
+//! goes back where it came from, unmarked.
 
 use std::sync::{Arc, Mutex};
 

@@ -10,7 +10,8 @@ use custos_tee_core::threshold::key_info;
 use custos_threshold::{deal, fixtures, ThresholdShare};
 use custos_wire::approval::{Action, THRESHOLD_SCOPE};
 use custos_wire::protocol::{
-    Request, Response, ThresholdKeyInfo, ThresholdOrigin, ThresholdSignParams, ThresholdSigner,
+    EcdsaSignature, Request, Response, SessionRef, TeeError, ThresholdKeyInfo, ThresholdOrigin,
+    ThresholdSignParams, ThresholdSigner,
 };
 use sha2::{Digest, Sha256};
 
@@ -19,21 +20,21 @@ use crate::threshold::{meta, relay_outputs, start, Node, Pki};
 const CLUSTERS: [&str; 6] = ["dc1", "dc2", "dc3", "dc4", "dc5", "dc6"];
 const PATH: [u32; 2] = [44, 6];
 
-/// Signs `digest` at PATH with the shares at `triple` (positions in CLUSTERS); returns the
-/// signature every signer output, after checking they agree.
-fn sign(
+/// The approved start of a signing session at PATH by the shares at `signers` (positions in
+/// CLUSTERS), and its session.
+fn sign_request(
     pki: &Pki,
-    nodes: &mut [Node],
+    nodes: &[Node],
     key: &ThresholdKeyInfo,
-    triple: [usize; 3],
+    signers: &[usize],
     digest: [u8; 32],
-) -> custos_wire::protocol::EcdsaSignature {
+) -> (Request, SessionRef) {
     let meta = meta();
     let params = ThresholdSignParams {
         key_id: key.key_id.clone(),
         path: PATH.to_vec(),
         digest,
-        signers: triple
+        signers: signers
             .iter()
             .map(|&i| ThresholdSigner {
                 share_index: i as u16,
@@ -46,16 +47,29 @@ fn sign(
         path: &params.path,
         digest: &params.digest,
     };
-    let req = Request::ThresholdStart {
-        approvals: pki.approvals(2, &action, THRESHOLD_SCOPE, &meta),
-        meta: meta.clone(),
-        attempt: 0,
-        params,
-    };
-    let session = custos_wire::protocol::SessionRef {
+    let session = SessionRef {
         request_id: meta.request_id,
         attempt: 0,
     };
+    let req = Request::ThresholdStart {
+        approvals: pki.approvals(2, &action, THRESHOLD_SCOPE, &meta),
+        meta,
+        attempt: 0,
+        params,
+    };
+    (req, session)
+}
+
+/// Signs `digest` at PATH with the shares at `triple`; returns the signature every signer
+/// output, after checking they agree.
+fn sign(
+    pki: &Pki,
+    nodes: &mut [Node],
+    key: &ThresholdKeyInfo,
+    triple: [usize; 3],
+    digest: [u8; 32],
+) -> EcdsaSignature {
+    let (req, session) = sign_request(pki, nodes, key, &triple, digest);
     let mut signers: Vec<&mut Node> = nodes
         .iter_mut()
         .enumerate()
@@ -102,6 +116,14 @@ fn a_3_of_6_key_over_six_clusters_signs_with_different_triples() {
         }
     }
     let key = key.expect("imported");
+    // Every cluster holds a share of the same key.
+    for node in nodes.iter_mut() {
+        let Response::ThresholdKeys(held) = node.call(&Request::ListThresholdKeys).unwrap() else {
+            panic!("expected the key list");
+        };
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].key_id, key.key_id);
+    }
     // The child at PATH, from the key's public facts alone.
     let xpub = Xpub {
         network: bitcoin::NetworkKind::Main,
@@ -114,6 +136,13 @@ fn a_3_of_6_key_over_six_clusters_signs_with_different_triples() {
     let secp = Secp256k1::new();
     let path: Vec<ChildNumber> = PATH.iter().map(|&i| ChildNumber::from(i)).collect();
     let child = xpub.derive_pub(&secp, &path).unwrap().public_key;
+
+    // Two signers are not three: refused before anything runs.
+    let two = sign_request(&pki, &nodes, &key, &[0, 1], [7; 32]);
+    match nodes[0].call(&two.0) {
+        Err(TeeError::ThresholdRejected(m)) => assert!(m.contains("needs exactly 3"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 
     // Three different triples, two of them disjoint: any three of the six clusters sign,
     // whichever three are down.
