@@ -15,7 +15,7 @@ use custos_wire::protocol::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::threshold::{meta, relay_outputs, start, Node, Pki};
+use crate::threshold::{meta, relay, start, Node, Pki};
 
 const CLUSTERS: [&str; 6] = ["dc1", "dc2", "dc3", "dc4", "dc5", "dc6"];
 const PATH: [u32; 2] = [44, 6];
@@ -78,16 +78,7 @@ fn sign(
         .collect();
     // In share-index order, as the request lists them.
     let first: Vec<_> = signers.iter_mut().map(|n| start(n, &req)).collect();
-    let (outputs, _) = relay_outputs(&mut signers, session, first, false);
-    let sigs: Vec<_> = outputs
-        .into_iter()
-        .map(|o| match o {
-            Response::ThresholdRound {
-                signature: Some(s), ..
-            } => s,
-            other => panic!("expected a signature, got {other:?}"),
-        })
-        .collect();
+    let (sigs, _) = relay(&mut signers, session, first, false);
     assert!(sigs.iter().all(|s| *s == sigs[0]), "signers disagree");
     sigs[0].clone()
 }

@@ -273,7 +273,7 @@ fn feed(node: &mut Node, session: SessionRef, messages: Vec<ThresholdMessage>) -
 /// `first[p]` its start messages) until every one outputs a signature, as the cloud server
 /// does: broadcasts to every other participant, p2p to its recipient, each node's pending
 /// messages in one feed. With `duplicate`, every batch is delivered twice over.
-fn relay(
+pub(crate) fn relay(
     nodes: &mut [&mut Node],
     session: SessionRef,
     first: Vec<Vec<ThresholdMessage>>,
