@@ -2,6 +2,8 @@
 //! benchmarks). It shares the wire types of this crate with the server.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -52,10 +54,14 @@ impl ClientError {
     }
 }
 
-/// A client bound to one server and API token.
+/// A client of one API token, bound to one server or to the replicas of one service (an
+/// address list: calls go round the list, and one that could not connect goes to the next
+/// address; a call whose connection broke after it was sent is not sent again, since the
+/// server may have acted on it: read its request back by id).
 #[derive(Clone)]
 pub struct CloudClient {
-    base: String,
+    bases: Vec<String>,
+    turn: Arc<AtomicUsize>,
     token: Zeroizing<String>,
     http: reqwest::Client,
 }
@@ -63,7 +69,7 @@ pub struct CloudClient {
 impl fmt::Debug for CloudClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CloudClient")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .field("token", &"[redacted]")
             .finish()
     }
@@ -89,20 +95,37 @@ impl CloudClient {
     /// A client of `base_url` (`http://host:port` or `https://...`) using the system's
     /// nothing: HTTPS needs [`CloudClient::with_root_pem`].
     pub fn new(base_url: &str, token: &str) -> Result<Self, ClientError> {
-        Self::build(base_url, token, None)
+        Self::build(&[base_url], token, None)
     }
 
     /// A client that trusts exactly the given root certificate (PEM) for HTTPS.
     pub fn with_root_pem(base_url: &str, token: &str, root_pem: &str) -> Result<Self, ClientError> {
-        Self::build(base_url, token, Some(root_pem))
+        Self::build(&[base_url], token, Some(root_pem))
     }
 
-    fn build(base_url: &str, token: &str, root_pem: Option<&str>) -> Result<Self, ClientError> {
-        let base = base_url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::Setup(format!(
-                "{base_url:?} is not an http(s) URL"
-            )));
+    /// A client of the replicas of one service at `base_urls` (trusting `root_pem` for
+    /// HTTPS, when given).
+    pub fn with_addresses(
+        base_urls: &[&str],
+        token: &str,
+        root_pem: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        if base_urls.is_empty() {
+            return Err(ClientError::Setup("no server address".into()));
+        }
+        Self::build(base_urls, token, root_pem)
+    }
+
+    fn build(base_urls: &[&str], token: &str, root_pem: Option<&str>) -> Result<Self, ClientError> {
+        let mut bases = Vec::with_capacity(base_urls.len());
+        for base_url in base_urls {
+            let base = base_url.trim_end_matches('/').to_string();
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return Err(ClientError::Setup(format!(
+                    "{base_url:?} is not an http(s) URL"
+                )));
+            }
+            bases.push(base);
         }
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
@@ -118,15 +141,16 @@ impl CloudClient {
             .build()
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(CloudClient {
-            base,
+            bases,
+            turn: Arc::new(AtomicUsize::new(0)),
             token: Zeroizing::new(token.to_string()),
             http,
         })
     }
 
-    /// The server's base URL.
+    /// The (first) server's base URL.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[0]
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -136,20 +160,29 @@ impl CloudClient {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.token.as_str());
-        if !query.is_empty() {
-            req = req.query(query);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let n = self.bases.len();
+        let first = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let mut tried = 0;
+        let resp = loop {
+            let base = &self.bases[(first + tried) % n];
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .bearer_auth(self.token.as_str());
+            if !query.is_empty() {
+                req = req.query(query);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            tried += 1;
+            match req.send().await {
+                Ok(resp) => break resp,
+                // Never reached that server: any other may take the call.
+                Err(e) if e.is_connect() && tried < n => continue,
+                Err(e) => return Err(ClientError::Transport(e.to_string())),
+            }
+        };
         let status = resp.status();
         let bytes = resp
             .bytes()

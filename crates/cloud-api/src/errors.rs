@@ -56,7 +56,7 @@ pub enum ErrorCode {
     HdThresholdKey,
     /// No such threshold key.
     UnknownThresholdKey,
-    /// No audit of the threshold key was run since the server started.
+    /// The threshold key was never audited (reports are stored, whichever replica ran one).
     NoThresholdAudit,
     /// No node of the share's cluster has the device certificate the bundle is sealed to.
     BundleRecipientUnknown,
@@ -136,11 +136,15 @@ pub enum ErrorCode {
     InvalidRules,
     /// An Ethereum request names none or more than one of `transaction`, `message` and `typed_data`, or one that is not hex or over its limit.
     InvalidEthereum,
+    /// This cloud server could not renew its heartbeat in the database lately, so another
+    /// replica may be taking its work over: it starts no submission (nothing was done; send
+    /// the call to another address).
+    ReplicaUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in the order the API description lists them.
-    pub const ALL: [ErrorCode; 63] = [
+    pub const ALL: [ErrorCode; 64] = [
         ErrorCode::Unauthorized,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -204,6 +208,7 @@ impl ErrorCode {
         ErrorCode::TransactionRejected,
         ErrorCode::InvalidRules,
         ErrorCode::InvalidEthereum,
+        ErrorCode::ReplicaUnavailable,
     ];
 
     /// The snake_case name written in error bodies.
@@ -272,6 +277,7 @@ impl ErrorCode {
             ErrorCode::TransactionRejected => "transaction_rejected",
             ErrorCode::InvalidRules => "invalid_rules",
             ErrorCode::InvalidEthereum => "invalid_ethereum",
+            ErrorCode::ReplicaUnavailable => "replica_unavailable",
         }
     }
 
@@ -301,7 +307,7 @@ impl ErrorCode {
             ErrorCode::InvalidCount => "presignature count outside 1..=64",
             ErrorCode::HdThresholdKey => "presignatures are only made for threshold keys without chain code",
             ErrorCode::UnknownThresholdKey => "no such threshold key",
-            ErrorCode::NoThresholdAudit => "no audit of the threshold key was run since the server started",
+            ErrorCode::NoThresholdAudit => "the threshold key was never audited",
             ErrorCode::BundleRecipientUnknown => "no node of the share's cluster has the device certificate the bundle is sealed to",
             ErrorCode::ThresholdKeyMismatch => "the bundle's key facts differ from the recorded threshold key",
             ErrorCode::UnknownWallet => "no such wallet",
@@ -341,6 +347,7 @@ impl ErrorCode {
             ErrorCode::TransactionRejected => "a TEE of the wallet's cluster refused the transaction before any approval (the message names the check: an input not the wallet's, a value not proven, a sighash type other than ALL, ...)",
             ErrorCode::InvalidRules => "the transaction rules do not make a valid policy (the message names the rule and why)",
             ErrorCode::InvalidEthereum => "an Ethereum request names none or more than one of transaction, message and typed_data, or one that is not hex or over its limit",
+            ErrorCode::ReplicaUnavailable => "this cloud server lost its heartbeat in the database and starts no submission; nothing was done, send the call to another address",
         }
     }
 
@@ -508,10 +515,11 @@ mod tests {
                 ErrorCode::TransactionRejected => 60,
                 ErrorCode::InvalidRules => 61,
                 ErrorCode::InvalidEthereum => 62,
+                ErrorCode::ReplicaUnavailable => 63,
             }
         }
         // The number of arms above: a new variant needs an arm, numbered ARMS, and this bumped.
-        const ARMS: usize = 63;
+        const ARMS: usize = 64;
         assert_eq!(ErrorCode::ALL.len(), ARMS);
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

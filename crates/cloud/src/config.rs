@@ -61,6 +61,8 @@ pub const DEFAULT_REQUEST_TTL_SECS: u64 = 3600;
 pub const DEFAULT_FORWARD_TIMEOUT_SECS: u64 = 60;
 /// Default number of tries of one relay call on transport failures.
 pub const DEFAULT_SUBMIT_ATTEMPTS: u32 = 3;
+/// Default [`CloudConfig::replica_ttl_secs`].
+pub const DEFAULT_REPLICA_TTL_SECS: u64 = 15;
 /// Default calls per second of an API token.
 pub const DEFAULT_RATE_PER_SEC: u32 = 20;
 /// Default burst (calls at once) of an API token.
@@ -240,6 +242,16 @@ pub struct CloudConfig {
     /// network, not the API's (unset: no metrics listener).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Seconds without a heartbeat after which another cloud server on the same database
+    /// counts this one as dead: it then resubmits the requests this one was executing and
+    /// takes over its background jobs (see `crate::replica`). Longer than the replicas'
+    /// clock skew; a few seconds of heartbeats fit in it. 3..=600.
+    #[serde(default = "default_replica_ttl")]
+    pub replica_ttl_secs: u64,
+}
+
+fn default_replica_ttl() -> u64 {
+    DEFAULT_REPLICA_TTL_SECS
 }
 
 fn default_tenant() -> String {
@@ -281,6 +293,7 @@ impl CloudConfig {
             clusters: Vec::new(),
             presignature_pool: 0,
             metrics_listen: None,
+            replica_ttl_secs: DEFAULT_REPLICA_TTL_SECS,
         }
     }
 
@@ -324,6 +337,9 @@ impl CloudConfig {
         }
         if self.submit_attempts == 0 || self.submit_attempts > 20 {
             return bad("submit_attempts must be 1..=20".into());
+        }
+        if !(3..=600).contains(&self.replica_ttl_secs) {
+            return bad("replica_ttl_secs must be 3..=600".into());
         }
         let most = custos_wire::protocol::MAX_PRESIGNATURES_PER_KEY;
         if self.presignature_pool as usize > most {
@@ -389,6 +405,7 @@ impl custos_config::Component for CloudConfig {
         "forward_timeout_secs",
         "submit_attempts",
         "presignature_pool",
+        "replica_ttl_secs",
     ];
 
     fn paths(&mut self) -> Vec<&mut PathBuf> {

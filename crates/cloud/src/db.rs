@@ -19,10 +19,12 @@ use crate::terms::Terms;
 use custos_cloud_api::{RequestKind, RequestStatus};
 
 mod record;
+mod replicas;
 mod threshold;
 mod writer;
 
 pub use record::Record;
+pub use replicas::{LeaseRow, ReplicaRow};
 pub use threshold::{PresignatureRow, PresignatureSigner, ThresholdKeyRow, ThresholdShareRow};
 use writer::{bind_insert, bind_update, RowJson, Writer, UPDATE_SET};
 
@@ -147,6 +149,9 @@ pub struct RequestRow {
     pub tenant: String,
     /// Compare-and-swap version (= seq of the latest event).
     pub version: i64,
+    /// The replica that last moved it to `submitting` ([`crate::replica`]): while that
+    /// replica lives, no other resubmits it.
+    pub owner: Option<String>,
     /// Lifecycle log, oldest first (`seq` 1 = created); written with every change.
     pub events: Vec<EventRow>,
 }
@@ -202,11 +207,12 @@ pub struct Store {
 
 /// The columns of a request row in lists: all but the lifecycle log.
 const LIST_COLUMNS: &str = "id, kind, cluster, quorum, status, created_at, updated_at, \
-     expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms, tenant";
+     expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms, tenant, \
+     owner";
 
 const REQUEST_COLUMNS: &str = "id, kind, cluster, quorum, status, created_at, updated_at, \
      expires_at, approvals, result, error_code, error_message, attempts, created_by, version, terms, \
-     tenant, events";
+     tenant, events, owner";
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -272,6 +278,7 @@ fn request_from_row(row: &AnyRow) -> Result<RequestRow, StoreError> {
         created_by: row.try_get("created_by")?,
         tenant: row.try_get("tenant")?,
         version: row.try_get("version")?,
+        owner: row.try_get("owner")?,
         events,
     })
 }
@@ -520,7 +527,7 @@ impl Store {
         }
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         );
         let json = RowJson::of(&stored);
         let res = bind_insert(sqlx::query(&sql), &stored, &json)

@@ -145,7 +145,7 @@ fn created(o: RequestOutcome) -> (StatusCode, Json<RequestView>) {
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "approval_invalid, approver_not_in_group, unknown_executor", body = ApiErrorBody),
         (status = 502, description = "bridge_refused, relay_rejected, unverified_response (choosing the executing node), executor_key_mismatch", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable (no serving node to execute it; or recorded as failed: retry it)", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable (no serving node to execute it; or recorded as failed: retry it)", body = ApiErrorBody),
     )
 )]
 async fn create_wallet(
@@ -188,7 +188,7 @@ async fn list_wallets(
         (status = 409, description = "wallet_exists, request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "approval_invalid", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn import_wallet(
@@ -253,7 +253,7 @@ async fn derive(
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_wallet, unknown_cluster", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn wallet_xpub(
@@ -281,7 +281,7 @@ async fn wallet_xpub(
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "approval_invalid", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
     )
 )]
 async fn create_sign_request(
@@ -317,7 +317,7 @@ async fn create_sign_request(
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "transaction_rejected (the TEE's check named), approval_invalid", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn create_psbt_request(
@@ -352,7 +352,7 @@ async fn create_psbt_request(
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "transaction_rejected (the TEE's check named), approval_invalid", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn create_eth_request(
@@ -382,7 +382,7 @@ async fn create_eth_request(
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 422, description = "approval_invalid, bundle_recipient_unknown", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn import_threshold_key(
@@ -424,7 +424,7 @@ async fn import_threshold_key(
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "approval_invalid, approver_not_in_group", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable: a cluster cannot take part (recorded as failed; retry it)", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable: a cluster cannot take part (recorded as failed; retry it)", body = ApiErrorBody),
     )
 )]
 async fn create_threshold_key(
@@ -593,7 +593,7 @@ async fn list_presignatures(
         (status = 409, description = "request_exists, duplicate_approval", body = ApiErrorBody),
         (status = 422, description = "approval_invalid", body = ApiErrorBody),
         (status = 502, description = "unverified_response, relay_rejected", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable: fewer than t clusters can take part (recorded as failed; retry it)", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable: fewer than t clusters can take part (recorded as failed; retry it)", body = ApiErrorBody),
     )
 )]
 async fn create_threshold_sign(
@@ -659,7 +659,7 @@ async fn get_request(
         (status = 409, description = "duplicate_approval, not_pending, request_expired, conflict, not_governed, approval_format_changed", body = ApiErrorBody),
         (status = 422, description = "approval_invalid, approver_not_in_group, approver_not_a_governor, admin_revoked (governance requests: the approver must be a current, unrevoked governor)", body = ApiErrorBody),
         (status = 502, description = "unverified_response, executor_key_mismatch, relay_rejected, bridge_refused", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable (recorded as failed; retry it)", body = ApiErrorBody),
     )
 )]
 async fn add_approval(
@@ -683,7 +683,7 @@ async fn add_approval(
         (status = 404, description = "unknown_request", body = ApiErrorBody),
         (status = 409, description = "not_pending", body = ApiErrorBody),
         (status = 502, description = "unverified_response, executor_key_mismatch, relay_rejected", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn retry_request(
@@ -715,7 +715,7 @@ async fn list_clusters(State(cloud): Shared) -> Json<ClusterList> {
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn get_cluster(
@@ -736,7 +736,7 @@ async fn get_cluster(
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn run_audit(
@@ -757,7 +757,7 @@ async fn run_audit(
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 async fn latest_audit(
@@ -877,14 +877,30 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The whole HTTP application: authenticated `/v1` routes, the public OpenAPI document,
-/// JSON 404/405 answers and the body limit.
+/// Runs an API call to its end even when its client goes away. hyper drops a handler's
+/// future when the connection closes; a request whose submission had started would then
+/// stay `submitting`, owned by a live replica, so that no recovery takes it up. Detached on
+/// a task of its own, the call records its outcome whoever still listens.
+async fn run_to_completion(request: Request, next: middleware::Next) -> Response {
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "an API call panicked");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The whole HTTP application: authenticated `/v1` routes (each run to its end, see
+/// `run_to_completion`), the public OpenAPI document, JSON 404/405 answers and the body limit.
 pub fn router(cloud: Arc<Cloud>) -> Router {
     let (protected, public) = documented();
-    let protected = protected.route_layer(middleware::from_fn_with_state(
-        cloud.clone(),
-        crate::access::authenticate,
-    ));
+    let protected = protected
+        .route_layer(middleware::from_fn_with_state(
+            cloud.clone(),
+            crate::access::authenticate,
+        ))
+        .route_layer(middleware::from_fn(run_to_completion));
     let (router, _doc) = protected.merge(public).split_for_parts();
     router
         .fallback(not_found)

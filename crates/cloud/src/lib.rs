@@ -34,6 +34,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod terms;

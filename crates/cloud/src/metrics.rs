@@ -13,7 +13,12 @@
 //! * `custos_cloud_presignatures_ready{key_id}`: each threshold key's pool of presignatures
 //!   ready to sign with (read every few seconds);
 //! * `custos_cloud_threshold_audit_sessions_total{outcome}`: audit signing sessions of
-//!   threshold keys, `verified` or `failed`.
+//!   threshold keys, `verified` or `failed`;
+//! * `custos_cloud_lease_held{job}`: 1 while this server holds the lease on a background job
+//!   (recovery, expiry, refill), else 0; `custos_cloud_job_runs_total{job}`: runs of a job by
+//!   this server (only its lease holder runs one);
+//! * `custos_cloud_replicas_live`: cloud servers on this database whose heartbeat is fresh,
+//!   this one included.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -63,6 +68,12 @@ struct Key {
     key_id: String,
 }
 
+/// Labels naming a background job.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job: String,
+}
+
 /// Labels naming how something ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
@@ -89,6 +100,9 @@ pub struct Metrics {
     open: Family<Status, Gauge>,
     presignatures: Family<Key, Gauge>,
     audit_sessions: Family<Outcome, Counter>,
+    lease_held: Family<JobLabel, Gauge>,
+    job_runs: Family<JobLabel, Counter>,
+    replicas_live: Gauge,
 }
 
 impl Default for Metrics {
@@ -109,6 +123,24 @@ impl Metrics {
         let open = Family::<Status, Gauge>::default();
         let presignatures = Family::<Key, Gauge>::default();
         let audit_sessions = Family::<Outcome, Counter>::default();
+        let lease_held = Family::<JobLabel, Gauge>::default();
+        let job_runs = Family::<JobLabel, Counter>::default();
+        let replicas_live = Gauge::default();
+        registry.register(
+            "lease_held",
+            "1 while this server holds the lease on a background job",
+            lease_held.clone(),
+        );
+        registry.register(
+            "job_runs",
+            "Runs of a background job by this server",
+            job_runs.clone(),
+        );
+        registry.register(
+            "replicas_live",
+            "Cloud servers on this database with a fresh heartbeat",
+            replicas_live.clone(),
+        );
         registry.register(
             "presignatures_ready",
             "Presignatures ready to sign with, by threshold key",
@@ -159,7 +191,28 @@ impl Metrics {
             open,
             presignatures,
             audit_sessions,
+            lease_held,
+            job_runs,
+            replicas_live,
         }
+    }
+
+    /// Whether this server holds the lease on `job` now.
+    pub fn lease_held(&self, job: &str, held: bool) {
+        let labels = JobLabel { job: job.into() };
+        self.lease_held.get_or_create(&labels).set(i64::from(held));
+    }
+
+    /// This server ran `job` once more.
+    pub fn job_ran(&self, job: &str) {
+        self.job_runs
+            .get_or_create(&JobLabel { job: job.into() })
+            .inc();
+    }
+
+    /// Cloud servers with a fresh heartbeat now.
+    pub fn replicas_live(&self, n: usize) {
+        self.replicas_live.set(n as i64);
     }
 
     /// Each threshold key's ready presignatures now.

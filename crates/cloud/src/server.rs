@@ -1,5 +1,6 @@
 //! Running the server: database, gateways, background tasks, HTTP or HTTPS until
-//! ctrl-c/SIGTERM.
+//! ctrl-c/SIGTERM. Several servers may run on one database ([`crate::replica`]): each
+//! heartbeats, and runs a background job only while it holds the job's lease.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,12 +21,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::CloudConfig;
 use crate::gateway::{Gateway, GatewayError, RelayGateway};
 use crate::http::router;
+use crate::replica::Job;
 use crate::service::{Cloud, OpenError};
 
 /// How often pending requests past their window are marked expired.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
-/// How often requests whose outcome is unknown are looked at (and sent again).
-const RETRY_UNKNOWN_EVERY: Duration = Duration::from_secs(2);
+/// How often requests whose replica died, or whose outcome is unknown, are looked at (and
+/// sent again).
+const RECOVER_EVERY: Duration = Duration::from_secs(2);
 /// How often the open-request gauges are read from the database.
 const OPEN_COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Pause between presignature pool refills.
@@ -98,62 +101,172 @@ pub async fn run_with(
             .await
             .map_err(|source| RunError::Io { addr: at, source })?;
     }
-    let background = tokio::spawn(background(cloud.clone()));
-    let refiller = tokio::spawn(refill(cloud.clone()));
-    tracing::info!(%addr, tls = tls.is_some(), clusters = config.clusters.len(), "cloud server listening");
+    // Registered before the first request names this replica as its owner: no other
+    // replica may take a request of a replica it has never seen for a dead one's.
+    let listen = addr.to_string();
+    cloud
+        .heartbeat(&listen)
+        .await
+        .map_err(|e| RunError::Open(OpenError::Store(e)))?;
+    let tasks = [
+        tokio::spawn(heartbeats(cloud.clone(), listen)),
+        tokio::spawn(recovery(cloud.clone())),
+        tokio::spawn(own_recovery(cloud.clone())),
+        tokio::spawn(expiry(cloud.clone())),
+        tokio::spawn(refill(cloud.clone())),
+        tokio::spawn(open_counts(cloud.clone())),
+    ];
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        clusters = config.clusters.len(),
+        replica = %cloud.replica().id,
+        "cloud server listening"
+    );
     ready(addr);
     let result = serve(listener, router(cloud.clone()), tls, shutdown).await;
-    background.abort();
-    refiller.abort();
+    for t in tasks {
+        t.abort();
+        // Awaited, so that no heartbeat lands after the retirement below.
+        let _ = t.await;
+    }
+    retire(&cloud).await;
     cloud.store().close().await;
     result.map_err(|source| RunError::Io { addr, source })
 }
 
-/// Keeps the presignature pools topped up (when configured), one refill at a time.
-async fn refill(cloud: Arc<Cloud>) {
-    let mut tick = tokio::time::interval(REFILL_EVERY);
+/// Hands this replica's leases and requests over at once (after a crash, another replica
+/// waits for the heartbeat to run out instead) once nothing it started is still executing
+/// (calls go on after their client left); if something still is after the drain time, the
+/// heartbeat is left to run out, so that no other replica takes over a running request.
+async fn retire(cloud: &Cloud) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while cloud.replica().executing_count() > 0 {
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!(
+                requests = cloud.replica().executing_count(),
+                "requests still executing at shutdown: this replica's work is taken over \
+                 once its heartbeat runs out"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Err(e) = cloud.retire().await {
+        tracing::warn!(error = %e, "could not retire this replica");
+    }
+}
+
+/// An interval that, after a late tick, waits a whole period again instead of catching up.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Writes this replica's heartbeat and renews its leases, on a task of its own so that no
+/// long job makes a live replica look dead; a heartbeat that takes over a third of the TTL
+/// counts as failed.
+async fn heartbeats(cloud: Arc<Cloud>, listen: String) {
+    let period = cloud.replica().beat_every();
+    let limit = Duration::from_millis(cloud.replica().ttl_ms / 3);
+    let mut tick = every(period);
     loop {
         tick.tick().await;
+        match tokio::time::timeout(limit, cloud.heartbeat(&listen)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(_) => tracing::warn!(ms = limit.as_millis() as u64, "heartbeat timed out"),
+        }
+    }
+}
+
+/// Resubmits this replica's own requests whose calls ended without an outcome.
+async fn own_recovery(cloud: Arc<Cloud>) {
+    let mut tick = every(RECOVER_EVERY);
+    loop {
+        tick.tick().await;
+        match cloud.recover_own().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(requests = n, "own requests resubmitted"),
+            Err(e) => tracing::warn!(error = %e, "own recovery failed"),
+        }
+    }
+}
+
+/// Runs `job` every `every` while this replica holds its lease.
+async fn leased<F, Fut>(cloud: Arc<Cloud>, job: Job, period: Duration, run: F)
+where
+    F: Fn(Arc<Cloud>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = every(period);
+    loop {
+        tick.tick().await;
+        if cloud.replica().holds(job) {
+            cloud.metrics().job_ran(job.as_str());
+            run(cloud.clone()).await;
+        }
+    }
+}
+
+/// Crash recovery (requests of dead replicas) and resubmission of unknown outcomes.
+async fn recovery(cloud: Arc<Cloud>) {
+    leased(cloud, Job::Recovery, RECOVER_EVERY, |cloud| async move {
+        match cloud.recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(requests = n, "resubmitted requests of replicas gone"),
+            Err(e) => tracing::error!(error = %e, "crash recovery failed"),
+        }
+        match cloud.retry_unknown_outcomes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(requests = n, "requests with unknown outcomes retried"),
+            Err(e) => tracing::warn!(error = %e, "retry of unknown outcomes failed"),
+        }
+    })
+    .await
+}
+
+/// The expiry sweep.
+async fn expiry(cloud: Arc<Cloud>) {
+    leased(cloud, Job::Expiry, SWEEP_EVERY, |cloud| async move {
+        match cloud.sweep_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(requests = n, "requests expired"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+    })
+    .await
+}
+
+/// Keeps the presignature pools topped up (when configured), one refill at a time.
+async fn refill(cloud: Arc<Cloud>) {
+    leased(cloud, Job::Refill, REFILL_EVERY, |cloud| async move {
         match cloud.refill_presignatures().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(presignatures = n, "presignature pools refilled"),
             Err(e) => tracing::warn!(error = %e, "presignature refill failed"),
         }
-    }
+    })
+    .await
 }
 
-/// Crash recovery once, then the expiry sweep forever.
-async fn background(cloud: Arc<Cloud>) {
-    match cloud.recover().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(requests = n, "resubmitted requests left in submitting"),
-        Err(e) => tracing::error!(error = %e, "crash recovery failed"),
-    }
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    let mut unknown = tokio::time::interval(RETRY_UNKNOWN_EVERY);
-    let mut open = tokio::time::interval(OPEN_COUNT_EVERY);
+/// The open-request and presignature gauges, read from the database (every replica).
+async fn open_counts(cloud: Arc<Cloud>) {
+    let mut open = every(OPEN_COUNT_EVERY);
     loop {
-        tokio::select! {
-            _ = open.tick() => {
-                match cloud.store().count_in_states(&crate::metrics::OPEN_STATES).await {
-                    Ok(counts) => cloud.metrics().open(&counts),
-                    Err(e) => tracing::warn!(error = %e, "open requests could not be counted"),
-                }
-                match cloud.store().ready_presignature_counts().await {
-                    Ok(pools) => cloud.metrics().presignatures(&pools),
-                    Err(e) => tracing::warn!(error = %e, "presignature pools could not be counted"),
-                }
-            }
-            _ = sweep.tick() => match cloud.sweep_expired().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(requests = n, "requests expired"),
-                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
-            },
-            _ = unknown.tick() => match cloud.retry_unknown_outcomes().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(requests = n, "requests with unknown outcomes retried"),
-                Err(e) => tracing::warn!(error = %e, "retry of unknown outcomes failed"),
-            },
+        open.tick().await;
+        match cloud
+            .store()
+            .count_in_states(&crate::metrics::OPEN_STATES)
+            .await
+        {
+            Ok(counts) => cloud.metrics().open(&counts),
+            Err(e) => tracing::warn!(error = %e, "open requests could not be counted"),
+        }
+        match cloud.store().ready_presignature_counts().await {
+            Ok(pools) => cloud.metrics().presignatures(&pools),
+            Err(e) => tracing::warn!(error = %e, "presignature pools could not be counted"),
         }
     }
 }

@@ -129,11 +129,8 @@ pub struct Cloud {
     /// Clusters blamed by the last failed attempt of a threshold request (request id →
     /// clusters), avoided by its next attempt when the caller named none.
     threshold_blamed: Mutex<HashMap<String, Vec<String>>>,
-    /// Latest threshold audit report per key id (in memory only: lost on restart).
-    threshold_audits: Mutex<HashMap<String, ThresholdAuditReport>>,
-    /// When this server opened its store: crash recovery resumes only requests last
-    /// changed before, never one this server is executing right now.
-    started_at_ms: u64,
+    /// This process among the cloud servers sharing the database.
+    replica: crate::replica::Replica,
     /// Presignatures to keep ready per key without chain code (0: on request only).
     presignature_pool: u32,
     /// Wallets read from the store (rows are written once and never change, so a cached
@@ -177,14 +174,24 @@ impl Cloud {
         config: &CloudConfig,
         gateway: Arc<dyn Gateway>,
     ) -> Result<Arc<Self>, OpenError> {
-        Self::open_with_clock(config, gateway, system_clock()).await
+        Self::open_on(config, gateway, system_clock(), true).await
     }
 
-    /// [`Cloud::open`] with a chosen clock (tests move time forward to expire requests).
+    /// [`Cloud::open`] with a chosen clock (tests move time forward to expire requests),
+    /// which also judges replicas' liveness (instead of the database's clock).
     pub async fn open_with_clock(
         config: &CloudConfig,
         gateway: Arc<dyn Gateway>,
         clock: Clock,
+    ) -> Result<Arc<Self>, OpenError> {
+        Self::open_on(config, gateway, clock, false).await
+    }
+
+    async fn open_on(
+        config: &CloudConfig,
+        gateway: Arc<dyn Gateway>,
+        clock: Clock,
+        db_clock: bool,
     ) -> Result<Arc<Self>, OpenError> {
         config.validate().map_err(OpenError::Config)?;
         let trust_root = load_trust_root(&config.trust_root)?;
@@ -199,7 +206,7 @@ impl Cloud {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed[..]);
         // Blinds libsecp256k1's context against side channels.
         secp.seeded_randomize(&seed);
-        let started_at_ms = clock();
+        let replica = crate::replica::Replica::new(clock(), config.replica_ttl_secs, db_clock);
         Ok(Arc::new(Cloud {
             store,
             clusters: Clusters::new(
@@ -217,8 +224,7 @@ impl Cloud {
             secp,
             admins: Mutex::new(AdminCache::default()),
             threshold_blamed: Mutex::new(HashMap::new()),
-            threshold_audits: Mutex::new(HashMap::new()),
-            started_at_ms,
+            replica,
             presignature_pool: config.presignature_pool,
             wallets: Mutex::new(HashMap::new()),
             child_keys: ChildKeys::default(),
@@ -239,7 +245,12 @@ impl Cloud {
         &self.store
     }
 
-    fn now_ms(&self) -> u64 {
+    /// This process as one of the cloud servers sharing the database.
+    pub fn replica(&self) -> &crate::replica::Replica {
+        &self.replica
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
         (self.clock)()
     }
 
@@ -554,6 +565,7 @@ mod tests {
             created_by: "tester".into(),
             tenant: "default".into(),
             version: 1,
+            owner: None,
             events: vec![],
         }
     }

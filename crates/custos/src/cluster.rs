@@ -403,26 +403,31 @@ impl Cluster {
         }
     }
 
+    /// Freezes the bridge (SIGSTOP) or lets it go on (SIGCONT): calls through it wait, as
+    /// behind a stalled machine, and nothing in flight is lost.
+    pub fn freeze_bridge(&self, frozen: bool) -> Result<(), ClusterError> {
+        use nix::sys::signal::{kill, Signal};
+        let child = self
+            .bridge
+            .as_ref()
+            .ok_or_else(|| io(format!("the bridge of {} is not running", self.name)))?;
+        let pid = i32::try_from(child.id()).map_err(io)?;
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(nix::unistd::Pid::from_raw(pid), signal).map_err(io)
+    }
+
     /// Stops the bridge the way a service manager does (SIGTERM), so that it writes what it
     /// still holds in memory (refusal counts), and waits for it to exit: at most 30 s, then
     /// it is killed and the timeout reported.
     pub fn stop_bridge(&mut self) -> Result<(), ClusterError> {
-        use nix::sys::signal::{kill, Signal};
-        let Some(mut child) = self.bridge.take() else {
-            return Ok(());
-        };
-        let pid = i32::try_from(child.id()).map_err(io)?;
-        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).map_err(io)?;
-        // Bounded wait: 600 polls of 50 ms.
-        for _ in 0..600 {
-            if child.try_wait().map_err(io)?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match self.bridge.take() {
+            Some(child) => terminate(child, "the bridge"),
+            None => Ok(()),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        Err(io("the bridge did not stop within 30 s of SIGTERM; killed"))
     }
 
     /// A gRPC client of the bridge on the link side (bridge-role certificate).
@@ -489,6 +494,26 @@ impl Drop for Cluster {
         self.kill_relay();
         self.kill_bridge();
     }
+}
+
+/// Stops `child` the way a service manager does: SIGTERM, then waits for the exit, at most
+/// 30 s; then it is killed and the timeout reported (naming `what`).
+pub(crate) fn terminate(mut child: Child, what: &str) -> Result<(), ClusterError> {
+    use nix::sys::signal::{kill, Signal};
+    let pid = i32::try_from(child.id()).map_err(io)?;
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).map_err(io)?;
+    // Bounded wait: 600 polls of 50 ms.
+    for _ in 0..600 {
+        if child.try_wait().map_err(io)?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(io(format!(
+        "{what} did not stop within 30 s of SIGTERM; killed"
+    )))
 }
 
 /// A loopback port free right now (the bridge's link listener keeps it across restarts,

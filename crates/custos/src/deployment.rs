@@ -50,9 +50,20 @@ pub struct Deployment {
     /// The cloud server's metrics (`GET /metrics`, Prometheus), on a loopback port of
     /// their own.
     pub metrics_url: String,
-    cloud: Option<Child>,
-    cloud_config: PathBuf,
+    /// The cloud server processes on the one database: the first is the one `api_url`
+    /// names; [`Deployment::add_cloud_replica`] adds more.
+    clouds: Vec<CloudProcess>,
     exe: PathBuf,
+}
+
+/// One cloud server process of a deployment. Its API and metrics ports are fixed when it
+/// is configured, so that it serves at the same address after a restart.
+struct CloudProcess {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    api_url: String,
+    metrics_url: String,
 }
 
 /// Admin `name`'s own folder in deployment `dir`: `admins/<name>/`, beside (never inside) the
@@ -113,10 +124,8 @@ impl Deployment {
             )?);
         }
         let (token, token_sha256) = custos_cloud::generate_api_token();
-        let mut config = CloudConfig::new(
-            "127.0.0.1:0".parse().expect("valid"),
-            pki.path().join("root-ca.crt"),
-        );
+        let mut config =
+            CloudConfig::new(crate::cluster::free_port()?, pki.path().join("root-ca.crt"));
         config.db_url =
             Some(opts.cloud_db_url.clone().unwrap_or_else(|| {
                 format!("sqlite://{}?mode=rwc", dir.join("cloud.db").display())
@@ -130,36 +139,71 @@ impl Deployment {
         for c in &clusters {
             config.clusters.push(cloud_entry(c)?);
         }
-        let metrics = crate::cluster::free_port()?;
-        config.metrics_listen = Some(metrics);
-        let cloud_config = dir.join("cloud.toml");
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            // The relay tokens are in this file: owner-only from creation, like a key file.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&cloud_config)
-                .map_err(io)?;
-            f.write_all(toml::to_string_pretty(&config).map_err(io)?.as_bytes())
-                .map_err(io)?;
-        }
+        config.metrics_listen = Some(crate::cluster::free_port()?);
+        let primary = CloudProcess::configure(dir, "cloud", &config)?;
         let mut deployment = Deployment {
             dir: dir.to_path_buf(),
             pki,
             clusters,
-            api_url: String::new(),
+            api_url: primary.api_url.clone(),
             api_token: token.to_string(),
-            metrics_url: format!("http://{metrics}/metrics"),
-            cloud: None,
-            cloud_config,
+            metrics_url: primary.metrics_url.clone(),
+            clouds: vec![primary],
             exe: exe.to_path_buf(),
         };
         deployment.start_cloud()?;
         Ok(deployment)
+    }
+
+    /// Configures one more cloud server on the deployment's database (the first one's
+    /// configuration on ports of its own) and starts it; returns its index for
+    /// [`Deployment::kill_cloud_replica`] and the like (the first server is index 0).
+    pub fn add_cloud_replica(&mut self) -> Result<usize, ClusterError> {
+        let i = self.clouds.len();
+        let mut config = self.clouds[0].read_config()?;
+        config.listen = crate::cluster::free_port()?;
+        config.metrics_listen = Some(crate::cluster::free_port()?);
+        let replica = CloudProcess::configure(&self.dir, &format!("cloud-{i}"), &config)?;
+        self.clouds.push(replica);
+        self.start_cloud_replica(i)?;
+        Ok(i)
+    }
+
+    /// Starts cloud server `i` again (after [`Deployment::kill_cloud_replica`]), at the
+    /// same address.
+    pub fn start_cloud_replica(&mut self, i: usize) -> Result<(), ClusterError> {
+        let exe = self.exe.clone();
+        self.cloud_process(i)?.start(&exe)
+    }
+
+    /// SIGKILLs cloud server `i`.
+    pub fn kill_cloud_replica(&mut self, i: usize) {
+        if let Some(c) = self.clouds.get_mut(i) {
+            c.kill();
+        }
+    }
+
+    /// The REST API base URL of every cloud server, first one first.
+    pub fn cloud_urls(&self) -> Vec<String> {
+        self.clouds.iter().map(|c| c.api_url.clone()).collect()
+    }
+
+    /// The metrics URL of cloud server `i`.
+    pub fn cloud_metrics_url(&self, i: usize) -> Option<&str> {
+        self.clouds.get(i).map(|c| c.metrics_url.as_str())
+    }
+
+    /// A REST client of every cloud server (round robin, the next one when one is down).
+    pub fn replicas_client(&self) -> Result<CloudClient, ClusterError> {
+        let urls = self.cloud_urls();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        CloudClient::with_addresses(&urls, &self.api_token, None).map_err(io)
+    }
+
+    fn cloud_process(&mut self, i: usize) -> Result<&mut CloudProcess, ClusterError> {
+        self.clouds
+            .get_mut(i)
+            .ok_or_else(|| io(format!("no cloud server {i}")))
     }
 
     /// Brings up one more cluster of `nodes` nodes linked by `transport`, and restarts the
@@ -187,51 +231,35 @@ impl Deployment {
         )?;
         let entry = cloud_entry(&cluster)?;
         self.clusters.push(cluster);
-        self.reconfigure_cloud(|config| config.clusters.push(entry))
+        self.reconfigure_cloud(|config| config.clusters.push(entry.clone()))
     }
 
-    /// Starts the cloud server process (after [`Deployment::kill_cloud`]).
+    /// Starts the (first) cloud server process (after [`Deployment::kill_cloud`]).
     pub fn start_cloud(&mut self) -> Result<(), ClusterError> {
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(["cloud", "run", "--config"])
-            .arg(&self.cloud_config);
-        let log = self.dir.join("logs").join("cloud.log");
-        let (child, line) = spawn_service(cmd, "custos cloud listening on", &log)?;
-        self.api_url = line
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http"))
-            .ok_or_else(|| io(format!("unexpected ready line {line:?}")))?
-            .to_string();
-        self.cloud = Some(child);
+        self.start_cloud_replica(0)
+    }
+
+    /// Changes every cloud server's configuration with `change` (each keeps its own ports)
+    /// and restarts them the way a service manager does (SIGTERM: each hands its background
+    /// jobs over at once).
+    pub fn reconfigure_cloud(
+        &mut self,
+        change: impl Fn(&mut CloudConfig),
+    ) -> Result<(), ClusterError> {
+        for i in 0..self.clouds.len() {
+            let c = &mut self.clouds[i];
+            let mut config = c.read_config()?;
+            change(&mut config);
+            c.write_config(&config)?;
+            c.stop()?;
+            self.start_cloud_replica(i)?;
+        }
         Ok(())
     }
 
-    /// Changes the cloud server's configuration with `change` and restarts it (the API URL
-    /// changes: make a new client).
-    pub fn reconfigure_cloud(
-        &mut self,
-        change: impl FnOnce(&mut CloudConfig),
-    ) -> Result<(), ClusterError> {
-        let text = std::fs::read_to_string(&self.cloud_config).map_err(io)?;
-        let mut config: CloudConfig = toml::from_str(&text).map_err(io)?;
-        change(&mut config);
-        custos_tee_host::sealed::write_atomic(
-            &self.cloud_config,
-            toml::to_string_pretty(&config).map_err(io)?.as_bytes(),
-            0o600,
-        )
-        .map_err(io)?;
-        self.kill_cloud();
-        self.start_cloud()
-    }
-
-    /// SIGKILLs the cloud server.
+    /// SIGKILLs the (first) cloud server.
     pub fn kill_cloud(&mut self) {
-        if let Some(mut c) = self.cloud.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill_cloud_replica(0);
     }
 
     /// A REST client with the deployment's API token.
@@ -448,7 +476,75 @@ pub async fn create_threshold_key(
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        self.kill_cloud();
+        for c in &mut self.clouds {
+            c.kill();
+        }
+    }
+}
+
+impl CloudProcess {
+    /// Writes `config` as `<dir>/<name>.toml` (owner-only: it holds the relay tokens).
+    fn configure(dir: &Path, name: &str, config: &CloudConfig) -> Result<Self, ClusterError> {
+        let metrics = config
+            .metrics_listen
+            .ok_or_else(|| io("a deployment's cloud server serves metrics"))?;
+        let c = CloudProcess {
+            config: dir.join(format!("{name}.toml")),
+            log: dir.join("logs").join(format!("{name}.log")),
+            child: None,
+            api_url: format!("http://{}", config.listen),
+            metrics_url: format!("http://{metrics}/metrics"),
+        };
+        c.write_config(config)?;
+        Ok(c)
+    }
+
+    fn read_config(&self) -> Result<CloudConfig, ClusterError> {
+        let text = std::fs::read_to_string(&self.config).map_err(io)?;
+        toml::from_str(&text).map_err(io)
+    }
+
+    fn write_config(&self, config: &CloudConfig) -> Result<(), ClusterError> {
+        custos_tee_host::sealed::write_atomic(
+            &self.config,
+            toml::to_string_pretty(config).map_err(io)?.as_bytes(),
+            0o600,
+        )
+        .map_err(io)
+    }
+
+    fn start(&mut self, exe: &Path) -> Result<(), ClusterError> {
+        let mut cmd = Command::new(exe);
+        cmd.args(["cloud", "run", "--config"]).arg(&self.config);
+        let (child, line) = spawn_service(cmd, "custos cloud listening on", &self.log)?;
+        let url = line
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http"))
+            .ok_or_else(|| io(format!("unexpected ready line {line:?}")))?;
+        if url != self.api_url {
+            return Err(io(format!(
+                "cloud server listens on {url}, configured for {}",
+                self.api_url
+            )));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit awaited ([`crate::cluster::terminate`]).
+    fn stop(&mut self) -> Result<(), ClusterError> {
+        match self.child.take() {
+            Some(child) => crate::cluster::terminate(child, "the cloud server"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -17,10 +17,21 @@ use custos_tee_core::TeeCore;
 use custos_tee_host::{hardening, sealed, server, SealingKeySource, SoftwarePlatform, StoreError};
 use secrecy::SecretBox;
 
+/// `custos --version`: a build that can accept the published TEST-ONLY primes says so.
+const VERSION: &str = if cfg!(feature = "insecure-test-primes") {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (insecure-test-primes: its TEEs accept the published TEST-ONLY Paillier primes when \
+         asked; tests and the local demo only)"
+    )
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Parser)]
 #[command(
     name = "custos",
-    version,
+    version = VERSION,
     about = "Custos key custody (US 2020/0259646 A1)"
 )]
 struct Cli {

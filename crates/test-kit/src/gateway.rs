@@ -6,7 +6,7 @@
 //! play the TEE side of threshold sessions).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use custos_cloud::gateway::{BoxFuture, Gateway, GatewayError};
@@ -157,6 +157,8 @@ pub struct FakeGateway {
     pub audit_missing: Mutex<Vec<Vec<u8>>>,
     /// Key ids every node's audit reports as failing verification (default: none).
     pub audit_wrong: Mutex<Vec<Vec<u8>>>,
+    /// Milliseconds every call waits before it reaches the cluster (a slow link).
+    pub delay_ms: AtomicU64,
 }
 
 fn request_kind(r: &Request) -> String {
@@ -209,6 +211,7 @@ impl FakeGateway {
             fail_ops: Mutex::new(Vec::new()),
             audit_missing: Mutex::new(vec![vec![2; 33]]),
             audit_wrong: Mutex::new(Vec::new()),
+            delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -254,6 +257,7 @@ impl FakeGateway {
             fail_ops: Mutex::new(Vec::new()),
             audit_missing: Mutex::new(vec![vec![2; 33]]),
             audit_wrong: Mutex::new(Vec::new()),
+            delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -464,6 +468,10 @@ impl Gateway for FakeGateway {
         request: LinkRequest,
     ) -> BoxFuture<'a, Result<LinkReply, GatewayError>> {
         Box::pin(async move {
+            let delay = self.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
             let op = Self::op_name(&request);
             let failing = self
                 .fail_ops

@@ -8,8 +8,8 @@
 //! suite does the same. Production code calls `custos_threshold::primes::Primes::generate`.
 //!
 //! The output is a JSON array of `PregeneratedPrimes<SecurityLevel128>` (4 primes per party),
-//! loaded by `custos_threshold::fixtures::test_primes()` (cargo feature `test-fixtures`), and
-//! beside it `TEST-ONLY-fingerprints.txt`, which every build compiles in to refuse them.
+//! loaded by `custos_threshold::fixtures::test_primes()` (cargo feature `test-fixtures`); every
+//! build also compiles it in to refuse its primes (`custos_threshold::provenance`).
 //! (The committed file holds six sets: four made first, two appended for six-party tests.)
 //!
 //! ```sh
@@ -60,33 +60,4 @@ fn main() {
     let json = serde_json::to_string_pretty(&sets).expect("serialize");
     std::fs::write(&out, json + "\n").expect("write fixture");
     eprintln!("wrote {out}");
-    let fingerprints = std::path::Path::new(&out).with_file_name("TEST-ONLY-fingerprints.txt");
-    std::fs::write(&fingerprints, fingerprint_file(&sets)).expect("write fingerprints");
-    eprintln!("wrote {}", fingerprints.display());
-}
-
-/// The fixture's fingerprints as `custos_threshold::provenance` reads them: every prime, then
-/// every product of two of them, in order.
-fn fingerprint_file(sets: &[PregeneratedPrimes<SecurityLevel128>]) -> String {
-    use custos_threshold::provenance::fingerprint;
-    use num_bigint::BigUint;
-    let primes: Vec<BigUint> = sets
-        .iter()
-        .flat_map(|s| s.primes_ref().iter())
-        .map(|p| BigUint::from_bytes_be(&p.to_bytes_msf()))
-        .collect();
-    let mut lines = vec![
-        "# TEST ONLY: fingerprints of the primes of TEST-ONLY-blum-primes-sl128.json (in file order, four".to_string(),
-        "# per set) and then of every product of two of them (pairs in that order): any modulus made of".to_string(),
-        "# fixture primes. SHA-256(\"CUSTOS-PAILLIER-NUMBER-V1\\0\" || big-endian bytes). Compiled into every".to_string(),
-        "# build so that a TEE refuses these published primes (custos_threshold::provenance);".to_string(),
-        "# `fixture_fingerprints_match_the_fixture` recomputes them.".to_string(),
-    ];
-    lines.extend(primes.iter().map(|p| hex::encode(fingerprint(p))));
-    for (i, p) in primes.iter().enumerate() {
-        for q in &primes[i + 1..] {
-            lines.push(hex::encode(fingerprint(&(p * q))));
-        }
-    }
-    lines.join("\n") + "\n"
 }

@@ -11,27 +11,23 @@
 //!   other. Two parties with the same primes (one primes file fed to two TEEs, a dealer's
 //!   mistake) could each decrypt what the other's Paillier key protects.
 //! * **The committed TEST-ONLY fixture** (`fixtures/`): its primes are published, so whoever
-//!   reads the repository holds the Paillier secrets of a key made with them. Each of its
-//!   primes, and every product of two of them (any modulus made of them, whichever sets they
-//!   come from), is refused unless [`TestPrimes::Allowed`]. Only fingerprints
-//!   (`fixtures/TEST-ONLY-fingerprints.txt`, SHA-256 under [`FINGERPRINT_DOMAIN`]) are compiled
-//!   in, not the primes.
+//!   reads the repository holds the Paillier secrets of a key made with them. Any number
+//!   sharing a factor with them is refused unless [`TestPrimes::Allowed`]: a fixture prime,
+//!   a modulus of two fixture primes from any sets, and a modulus of one fixture prime and one
+//!   fresh prime (whose owner's secret is then known too: the modulus divided by the
+//!   published prime). Every build compiles the fixture in (it is public) and tests each
+//!   number's gcd with the product of all its primes.
 
 use num_bigint::BigUint;
 use num_integer::Integer as _;
 use num_traits::One;
-use sha2::{Digest, Sha256};
 
 use cggmp24::backend::Integer;
 
 use crate::{Primes, ThresholdError, ThresholdShare};
 
-/// Domain tag of a number's fingerprint: SHA-256(tag ‖ big-endian bytes, no leading zeros).
-pub const FINGERPRINT_DOMAIN: &[u8] = b"CUSTOS-PAILLIER-NUMBER-V1\0";
-
-/// Fingerprints of every prime and modulus of the TEST-ONLY fixture (one hex line each;
-/// `#` lines are comments). A test recomputes them from the fixture.
-const FIXTURE_FINGERPRINTS: &str = include_str!("../fixtures/TEST-ONLY-fingerprints.txt");
+/// The committed TEST-ONLY fixture, compiled into every build so that it is refused.
+const FIXTURE_JSON: &str = include_str!("../fixtures/TEST-ONLY-blum-primes-sl128.json");
 
 /// Size of every secret prime at the security level in use (1536 bits).
 const PRIME_BITS: u64 =
@@ -52,21 +48,23 @@ fn to_biguint(n: &Integer) -> BigUint {
     BigUint::from_bytes_be(&n.to_bytes_msf())
 }
 
-/// A number's fingerprint (see [`FINGERPRINT_DOMAIN`]).
-pub fn fingerprint(n: &BigUint) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(FINGERPRINT_DOMAIN);
-    h.update(n.to_bytes_be());
-    h.finalize().into()
+/// The product of every prime of the TEST-ONLY fixture (computed once).
+fn fixture_product() -> &'static BigUint {
+    static PRODUCT: std::sync::OnceLock<BigUint> = std::sync::OnceLock::new();
+    PRODUCT.get_or_init(|| {
+        let sets: Vec<Primes> =
+            serde_json::from_str(FIXTURE_JSON).expect("committed test primes fixture parses");
+        sets.iter()
+            .flat_map(|set| set.0.primes_ref().iter())
+            .map(to_biguint)
+            .product()
+    })
 }
 
-/// Whether `n` is a prime or a modulus of the committed TEST-ONLY fixture.
+/// Whether `n` shares a factor with the committed TEST-ONLY fixture: one of its primes, or a
+/// modulus with at least one of them.
 pub fn is_test_fixture(n: &BigUint) -> bool {
-    let fp = hex::encode(fingerprint(n));
-    FIXTURE_FINGERPRINTS
-        .lines()
-        .map(str::trim)
-        .any(|line| line == fp)
+    *n > BigUint::one() && !n.gcd(fixture_product()).is_one()
 }
 
 fn refuse_fixture(test: TestPrimes, n: &BigUint, what: &str) -> Result<bool, ThresholdError> {
@@ -197,34 +195,28 @@ mod tests {
         to_biguint(a) * to_biguint(b)
     }
 
-    /// The committed fingerprints are exactly those of the fixture's primes and of every
-    /// product of two of them, so a fixture change without them fails here.
+    /// Every fixture prime, every modulus of two of them from any sets, and a modulus of one
+    /// of them and a prime of nobody's fixture are caught (the last one passed the earlier
+    /// check, which compared fingerprints of the fixture's primes and products only);
+    /// numbers of fresh primes are not.
     #[test]
-    fn fixture_fingerprints_match_the_fixture() {
-        let primes: Vec<BigUint> = test_primes()
-            .iter()
-            .flat_map(|set| set.0.primes_ref().clone())
-            .map(|p| to_biguint(&p))
-            .collect();
-        let mut expected: Vec<String> =
-            primes.iter().map(|p| hex::encode(fingerprint(p))).collect();
-        for (i, p) in primes.iter().enumerate() {
-            for q in &primes[i + 1..] {
-                expected.push(hex::encode(fingerprint(&(p * q))));
+    fn numbers_sharing_a_factor_with_the_fixture_are_caught() {
+        let sets = test_primes();
+        for set in &sets {
+            for p in set.0.primes_ref() {
+                assert!(is_test_fixture(&to_biguint(p)));
             }
         }
-        let committed: Vec<String> = FIXTURE_FINGERPRINTS
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
-        assert_eq!(committed, expected);
-        // A modulus of primes from two different sets is caught too.
-        let sets = test_primes();
         let [p, _, _, _] = sets[0].0.primes_ref();
-        let [_, q, _, _] = sets[3].0.primes_ref();
+        let [_, q, _, _] = sets[5].0.primes_ref();
         assert!(is_test_fixture(&product(p, q)));
+        // 2^127 - 1 and 2^89 - 1 are Mersenne primes, in no fixture.
+        let fresh = (BigUint::one() << 127u32) - BigUint::one();
+        let other = (BigUint::one() << 89u32) - BigUint::one();
+        assert!(is_test_fixture(&(to_biguint(p) * &fresh)));
+        assert!(!is_test_fixture(&(&fresh * &other)));
+        assert!(!is_test_fixture(&fresh));
+        assert!(!is_test_fixture(&BigUint::one()));
     }
 
     #[test]

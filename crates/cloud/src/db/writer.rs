@@ -71,12 +71,13 @@ pub(super) fn bind_insert<'q>(q: Query<'q>, r: &'q RequestRow, j: &'q RowJson) -
         .bind(j.terms.as_str())
         .bind(r.tenant.as_str())
         .bind(j.events.as_str())
+        .bind(r.owner.as_deref())
 }
 
 /// The assignments of an update, then its compare-and-swap on `(id, version)`.
 pub(super) const UPDATE_SET: &str = "UPDATE requests SET status = $1, updated_at = $2, \
      approvals = $3, result = $4, error_code = $5, error_message = $6, attempts = $7, \
-     version = $8, events = $9, terms = $10 WHERE id = $11 AND version = $12";
+     version = $8, events = $9, terms = $10, owner = $11 WHERE id = $12 AND version = $13";
 
 /// Binds [`UPDATE_SET`]'s values: `next`'s mutable fields, its id and the version it
 /// replaces.
@@ -96,6 +97,7 @@ pub(super) fn bind_update<'q>(
         .bind(next.version)
         .bind(j.events.as_str())
         .bind(j.terms.as_str())
+        .bind(next.owner.as_deref())
         .bind(next.id.as_str())
         .bind(expected)
 }
@@ -238,13 +240,13 @@ const MAX_CACHED_BATCH: usize = 4;
 /// `BEGIN IMMEDIATE; <inserts>; <updates>; COMMIT;` with anonymous parameters; each
 /// statement returns its op's place in the batch (a bound value) when it changed its row.
 fn batch_sql(inserts: usize, updates: usize) -> String {
-    let values = vec!["?"; 18].join(", ");
+    let values = vec!["?"; 19].join(", ");
     let insert = format!(
         "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES ({values}) \
          ON CONFLICT (id) DO NOTHING RETURNING ?; "
     );
     let mut update = UPDATE_SET.to_string();
-    for n in (1..=12).rev() {
+    for n in (1..=13).rev() {
         update = update.replace(&format!("${n}"), "?");
     }
     let update = format!("{update} RETURNING ?; ");
@@ -485,7 +487,7 @@ mod tests {
                 .count(),
             3
         );
-        assert_eq!(sql.matches('?').count(), 2 * 19 + 3 * 13);
+        assert_eq!(sql.matches('?').count(), 2 * 20 + 3 * 14);
         assert!(!sql.contains('$'));
     }
 }

@@ -74,6 +74,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::TransactionRejected => 422,
         ErrorCode::InvalidRules => 400,
         ErrorCode::InvalidEthereum => 400,
+        ErrorCode::ReplicaUnavailable => 503,
     };
     StatusCode::from_u16(status).expect("a valid HTTP status")
 }
@@ -98,7 +99,7 @@ mod tests {
     /// The published statuses, pinned: changing one is an API change and must show here.
     #[test]
     fn statuses_are_the_published_ones() {
-        let published: [(ErrorCode, u16); 63] = [
+        let published: [(ErrorCode, u16); 64] = [
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::MalformedJson, 400),
             (ErrorCode::UnsupportedMediaType, 415),
@@ -162,6 +163,7 @@ mod tests {
             (ErrorCode::TransactionRejected, 422),
             (ErrorCode::InvalidRules, 400),
             (ErrorCode::InvalidEthereum, 400),
+            (ErrorCode::ReplicaUnavailable, 503),
         ];
         assert_eq!(published.len(), ErrorCode::ALL.len());
         for (code, status) in published {

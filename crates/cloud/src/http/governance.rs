@@ -22,7 +22,7 @@ use super::*;
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn propose_genesis(
@@ -50,7 +50,7 @@ pub(super) async fn propose_genesis(
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn admit_member(
@@ -80,7 +80,7 @@ pub(super) async fn admit_member(
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn admission_ticket(
@@ -109,7 +109,7 @@ pub(super) async fn admission_ticket(
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn remove_member(
@@ -139,7 +139,7 @@ pub(super) async fn remove_member(
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn revoke(
@@ -166,7 +166,7 @@ pub(super) async fn revoke(
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn set_governors(
@@ -190,7 +190,7 @@ pub(super) async fn set_governors(
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "not_governed", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn list_members(
@@ -215,7 +215,7 @@ pub(super) async fn list_members(
         (status = 404, description = "unknown_cluster", body = ApiErrorBody),
         (status = 409, description = "not_governed", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn governance_log(

@@ -16,7 +16,7 @@ use super::*;
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_wallet", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn get_wallet_policy(
@@ -45,7 +45,7 @@ pub(super) async fn get_wallet_policy(
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn set_wallet_policy(
@@ -73,7 +73,7 @@ pub(super) async fn set_wallet_policy(
         (status = 401, description = "unauthorized", body = ApiErrorBody),
         (status = 404, description = "unknown_threshold_key, unknown_cluster", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn get_threshold_key_policy(
@@ -109,7 +109,7 @@ pub(super) async fn get_threshold_key_policy(
         (status = 413, description = "body_too_large", body = ApiErrorBody),
         (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
         (status = 502, description = "relay_rejected, bridge_refused, unverified_response", body = ApiErrorBody),
-        (status = 503, description = "cluster_unavailable", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable (nothing done: call another address), cluster_unavailable", body = ApiErrorBody),
     )
 )]
 pub(super) async fn set_threshold_key_policy(

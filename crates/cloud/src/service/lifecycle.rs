@@ -3,6 +3,8 @@
 //! the API view.
 
 use super::*;
+use crate::replica::Job;
+use std::time::Duration;
 
 /// How long a request whose outcome is unknown rests before it is sent again after its
 /// first attempt (the node that lost its answer may be restarting); doubled after each
@@ -52,6 +54,7 @@ impl Cloud {
             created_by: caller.name.clone(),
             tenant: caller.tenant.clone(),
             version: 1,
+            owner: None,
             events: Vec::new(),
         };
         let message = message_of(&row);
@@ -79,12 +82,19 @@ impl Cloud {
         );
         let ready = executors::approvals_complete(&row);
         let mut events = vec![("created", detail)];
+        // Marked before the row exists, so that this replica's own recovery never takes it.
+        let _executing = ready.then(|| self.replica().executing(&row.id));
         if ready {
+            self.replica().check_fresh()?;
             // Quorum on arrival: stored as submitting in the same statement.
             row.status = RequestStatus::Submitting;
             row.attempts = 1;
             row.version = 2;
-            events.push(("submitting", "attempt 1".to_string()));
+            row.owner = Some(self.replica().id.clone());
+            events.push((
+                "submitting",
+                format!("attempt 1 by replica {}", self.replica().id),
+            ));
         }
         self.store
             .insert_request_with_events(&mut row, events)
@@ -384,18 +394,21 @@ impl Cloud {
     /// Moves a request to `submitting` (compare-and-swap, so only one caller submits) and
     /// executes it.
     pub(super) async fn submit(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
+        self.replica().check_fresh()?;
+        let _executing = self.replica().executing(&row.id);
         let mut next = row.clone();
         next.status = RequestStatus::Submitting;
         next.attempts += 1;
         next.updated_at = self.now_ms();
         next.error_code = None;
         next.error_message = None;
+        next.owner = Some(self.replica().id.clone());
         let event = if row.status == RequestStatus::Submitting {
             "resubmitting"
         } else {
             "submitting"
         };
-        let detail = format!("attempt {}", next.attempts);
+        let detail = format!("attempt {} by replica {}", next.attempts, self.replica().id);
         let stored = match self.store.update_request(&next, event, detail, None).await {
             Ok(s) => s,
             Err(StoreError::Conflict(_)) => {
@@ -410,25 +423,70 @@ impl Cloud {
         Ok(self.execute(stored, None).await?)
     }
 
-    /// Resubmits every request left in `submitting` by an earlier run (crash recovery),
-    /// with its own id: the link returns the first answer if the request was executed
-    /// before the crash. Requests this server changed since it started are its own, being
-    /// executed (recovery runs while the server already serves); they are left alone.
+    /// Resubmits every request in `submitting` that no live replica is executing (crash
+    /// recovery: its owner died, or it was left by a server older than replicas), with its
+    /// own id: the link returns the first answer if the request was executed before the
+    /// crash. A threshold request waits until its last attempt's session must have ended
+    /// ([`takeover_after_ms`]). The requests this replica or another live one executes are
+    /// left alone, and of two replicas recovering at once only one moves a request on
+    /// (compare-and-swap, and only while its owner is still the dead one).
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let ids = self
+        let me = self.replica().id.clone();
+        let now = self.replica_now_ms().await?;
+        let orphans = self
             .store
-            .request_ids_with_status(RequestStatus::Submitting, None)
+            .orphaned_submissions(&me, now.saturating_sub(self.replica().ttl_ms))
             .await?;
         let mut n = 0;
-        for id in ids {
-            if let Some(row) = self.readable(&id).await {
-                if row.status == RequestStatus::Submitting && row.updated_at < self.started_at_ms {
-                    n += 1;
-                    tracing::info!(request_id = %id, "resubmitting after restart");
-                    if let Err(e) = self.submit(row).await {
-                        tracing::warn!(request_id = %id, error = %e.message, "recovery failed");
-                    }
-                }
+        for (id, owner) in orphans {
+            if !self.replica().may_run(Job::Recovery) {
+                break;
+            }
+            let Some(row) = self.readable(&id).await else {
+                continue;
+            };
+            if row.status != RequestStatus::Submitting || row.owner != owner {
+                continue;
+            }
+            if self.now_ms() < row.updated_at.saturating_add(takeover_after_ms(&row)) {
+                continue;
+            }
+            n += 1;
+            tracing::info!(
+                request_id = %id,
+                owner = owner.as_deref().unwrap_or("none"),
+                "resubmitting a request whose replica is gone"
+            );
+            if let Err(e) = self.submit(row).await {
+                tracing::warn!(request_id = %id, error = %e.message, "recovery failed");
+            }
+        }
+        Ok(n)
+    }
+
+    /// Resubmits the requests this replica owns in `submitting` but no longer executes: a
+    /// call that ended (an error, a panic) before it recorded an outcome. Every replica runs
+    /// it for its own requests.
+    pub async fn recover_own(&self) -> Result<usize, StoreError> {
+        let me = self.replica().id.clone();
+        let mut n = 0;
+        for id in self.store.owned_submissions(&me).await? {
+            if self.replica().is_executing(&id) {
+                continue;
+            }
+            let Some(row) = self.readable(&id).await else {
+                continue;
+            };
+            if row.status != RequestStatus::Submitting
+                || row.owner.as_deref() != Some(&me)
+                || self.replica().is_executing(&id)
+            {
+                continue;
+            }
+            n += 1;
+            tracing::warn!(request_id = %id, "resubmitting a request whose call ended without an outcome");
+            if let Err(e) = self.submit(row).await {
+                tracing::warn!(request_id = %id, error = %e.message, "resubmission failed");
             }
         }
         Ok(n)
@@ -550,6 +608,10 @@ impl Cloud {
                     )
                     .await?
             }
+            // Another replica took the request over meanwhile (this one looked dead to it).
+            Err(StoreError::Conflict(_)) => {
+                return self.finish_taken_over(&row, next, event, detail).await;
+            }
             other => other?,
         };
         if let (RequestStatus::Completed, Some(root_id)) = (stored.status, &quorum) {
@@ -576,6 +638,49 @@ impl Cloud {
             ),
         }
         Ok(stored)
+    }
+
+    /// [`Cloud::finish`] after another replica moved the request on: a completion is
+    /// recorded on the request as it is now, while it is still being submitted (the other
+    /// attempt, sent with the same id, gets the same answer, or fails where this one
+    /// succeeded); any other outcome is left to the replica executing it now.
+    async fn finish_taken_over(
+        &self,
+        row: &RequestRow,
+        ours: RequestRow,
+        event: &str,
+        detail: String,
+    ) -> Result<RequestRow, StoreError> {
+        for _ in 0..CAS_RETRIES {
+            let now = self
+                .store
+                .request(&row.id)
+                .await?
+                .ok_or_else(|| StoreError::Conflict(row.id.clone()))?;
+            if ours.status != RequestStatus::Completed || now.status != RequestStatus::Submitting {
+                tracing::warn!(
+                    request_id = %row.id,
+                    owner = now.owner.as_deref().unwrap_or("none"),
+                    status = now.status.as_str(),
+                    "outcome left to the replica that took the request over"
+                );
+                return Ok(now);
+            }
+            let mut next = now.clone();
+            next.status = RequestStatus::Completed;
+            next.result = ours.result.clone();
+            next.updated_at = ours.updated_at;
+            match self
+                .store
+                .update_request(&next, event, detail.clone(), None)
+                .await
+            {
+                Ok(stored) => return Ok(stored),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict(row.id.clone()))
     }
 
     pub(super) async fn view(
@@ -685,6 +790,20 @@ fn tier_needs(row: &RequestRow) -> Option<Vec<TierNeedView>> {
             })
             .collect()
     })
+}
+
+/// How long after its last change a request whose owner died may still be executing there.
+/// A threshold request's attempt is a session of its own, and a resubmission starts another:
+/// it is taken over only once the session must have ended (the driver's limit and its abort).
+/// Any other request is resent with its own id, which the link answers once: at once.
+pub(crate) fn takeover_after_ms(row: &RequestRow) -> u64 {
+    const ABORT_MARGIN: Duration = Duration::from_secs(15);
+    let limit = match row.kind() {
+        _ if !row.terms.spans() => return 0,
+        RequestKind::CreateThresholdKey => THRESHOLD_KEYGEN_TIMEOUT,
+        _ => THRESHOLD_SESSION_TIMEOUT,
+    };
+    (limit + ABORT_MARGIN).as_millis() as u64
 }
 
 #[cfg(test)]

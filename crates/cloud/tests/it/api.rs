@@ -741,6 +741,69 @@ async fn pre_approved_sign_is_one_call_and_verified() {
     s.stop().await;
 }
 
+/// A client that hangs up while its request executes does not leave it `submitting` (hyper
+/// drops a handler's future when the connection closes; the server runs the call to its
+/// end on a task of its own): the request completes, executed once, and no later call is
+/// needed to finish it.
+#[tokio::test]
+async fn a_request_whose_client_hangs_up_still_completes() {
+    let s = TestServer::start().await;
+    let w = wallet(&s, "dc1", 1).await;
+    let id = [0x5au8; 16];
+    let digest = [0x42u8; 32];
+    let meta = RequestMeta {
+        request_id: id,
+        expires_at: now() + 300,
+    };
+    let key_id = hex::decode(&w.root_id).unwrap();
+    let message = Action::Sign {
+        key_id: &key_id,
+        path: &[0, 1],
+        digest: &digest,
+    }
+    .message("dc1", &meta);
+    let body = SignRequestBody {
+        root_id: w.root_id.clone(),
+        path: "m/0/1".into(),
+        digest: hex::encode(digest),
+        request_id: Some(hex::encode(id)),
+        expires_at: Some(meta.expires_at),
+        approvals: vec![s.pki.approve(0, &message)],
+    };
+    // The link takes a second; the caller gives up after a fifth of it.
+    s.gateway.delay_ms.store(1000, Ordering::SeqCst);
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let e = impatient
+        .post(format!("http://{}/v1/sign-requests", s.addr))
+        .bearer_auth(&s.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    s.gateway.delay_ms.store(0, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let view = loop {
+        let v = s.client.request(&hex::encode(id)).await.unwrap();
+        if v.status != RequestStatus::Submitting || std::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(view.status, RequestStatus::Completed, "{view:?}");
+    let executed: Vec<_> = s
+        .gateway
+        .calls()
+        .into_iter()
+        .filter(|c| c.request_id == id && c.executed)
+        .collect();
+    assert_eq!(executed.len(), 1, "{executed:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn tee_refusal_ends_refused_with_the_tee_code() {
     let s = TestServer::start().await;

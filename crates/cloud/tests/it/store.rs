@@ -168,6 +168,7 @@ fn row(id: u8, kind: RequestKind, created_at: u64) -> RequestRow {
         created_by: "tester".into(),
         tenant: "default".into(),
         version: 1,
+        owner: None,
         events: vec![],
     }
 }

@@ -25,7 +25,7 @@ use custos_cloud_api::{PolicyRules, RequestKind, RequestResult, RequestStatus, T
 use custos_wire::protocol::{Request, Response, ThresholdKeyInfo, ThresholdOrigin};
 
 /// The TEST-ONLY fixture's sets.
-fn fixture_sets() -> Vec<custos_threshold::Primes> {
+pub(crate) fn fixture_sets() -> Vec<custos_threshold::Primes> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../threshold/fixtures/TEST-ONLY-blum-primes-sl128.json");
     custos::dealer::read_primes(&path).unwrap()
@@ -649,4 +649,17 @@ fn a_group_keygen_whose_answer_is_lost_makes_at_most_one_key() {
         }
         other => panic!("ended {other:?}: {done:?}"),
     }
+}
+
+/// The tests' `custos` is built with `insecure-test-primes`: its version says so, so that an
+/// operator can tell such a build from a release one.
+#[test]
+fn a_build_accepting_test_primes_says_so_in_its_version() {
+    let out = std::process::Command::new(crate::common::exe())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(version.contains("insecure-test-primes"), "{version}");
 }

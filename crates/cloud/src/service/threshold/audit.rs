@@ -22,7 +22,8 @@ impl Cloud {
     /// 8-byte message; every signature is verified against the key's root public key over
     /// `audit_digest(message)`. No admin approvals: a TEE signs only the domain-separated
     /// audit digest with the root key in such a session, which can never be a transaction
-    /// digest. No request is recorded; the report is kept in memory as the key's latest.
+    /// digest. No request is recorded; the report is stored as the key's latest (every
+    /// replica reads it).
     pub async fn threshold_audit(
         &self,
         tenant: &str,
@@ -89,34 +90,29 @@ impl Cloud {
         let verified = report.sessions.iter().filter(|s| s.verified).count();
         self.metrics
             .threshold_audited(verified, report.sessions.len() - verified);
-        self.threshold_audits
-            .lock()
-            .expect("audit lock")
-            .insert(key.key_id.clone(), report.clone());
+        let json = serde_json::to_string(&report).expect("reports serialize");
+        self.store
+            .save_threshold_audit(&key.key_id, report.finished_at_ms, json)
+            .await?;
         Ok(report)
     }
 
-    /// `GET /v1/threshold/keys/{key_id}/audit`: the latest report since the server started.
+    /// `GET /v1/threshold/keys/{key_id}/audit`: the latest report, whichever replica made it.
     pub async fn latest_threshold_audit(
         &self,
         tenant: &str,
         key_id: &str,
     ) -> Result<ThresholdAuditReport, ApiError> {
         let key = self.threshold_key_row(tenant, key_id).await?;
-        self.threshold_audits
-            .lock()
-            .expect("audit lock")
-            .get(&key.key_id)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NoThresholdAudit,
-                    format!(
-                        "threshold key {} was not audited since the server started",
-                        key.key_id
-                    ),
-                )
-            })
+        let Some(json) = self.store.threshold_audit(&key.key_id).await? else {
+            return Err(ApiError::new(
+                ErrorCode::NoThresholdAudit,
+                format!("threshold key {} was never audited", key.key_id),
+            ));
+        };
+        serde_json::from_str(&json).map_err(|e| {
+            StoreError::Corrupt(format!("threshold audit of {}: {e}", key.key_id)).into()
+        })
     }
 
     /// One audit session between `clusters` (exactly t), over a fresh random message.

@@ -76,8 +76,11 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
     .unwrap();
     let (reader_token, reader_hash) = custos_cloud::generate_api_token();
     d.reconfigure_cloud(|c| {
-        c.api_tokens
-            .push(ApiTokenConfig::new("reader", reader_hash, &[Scope::Read]))
+        c.api_tokens.push(ApiTokenConfig::new(
+            "reader",
+            reader_hash.clone(),
+            &[Scope::Read],
+        ))
     })
     .unwrap();
     let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|n| d.admin(n).unwrap());
