@@ -55,9 +55,10 @@ impl ClientError {
 }
 
 /// A client of one API token, bound to one server or to the replicas of one service (an
-/// address list: calls go round the list, and one that could not connect goes to the next
-/// address; a call whose connection broke after it was sent is not sent again, since the
-/// server may have acted on it: read its request back by id).
+/// address list: calls go round the list, and one that could not connect, or that a replica
+/// refused as `replica_unavailable`, goes to the next address; a call whose connection broke
+/// after it was sent is not sent again, since the server may have acted on it: read its
+/// request back by id).
 #[derive(Clone)]
 pub struct CloudClient {
     bases: Vec<String>,
@@ -163,7 +164,7 @@ impl CloudClient {
         let n = self.bases.len();
         let first = self.turn.fetch_add(1, Ordering::Relaxed) % n;
         let mut tried = 0;
-        let resp = loop {
+        let (status, bytes) = loop {
             let base = &self.bases[(first + tried) % n];
             let mut req = self
                 .http
@@ -176,18 +177,27 @@ impl CloudClient {
                 req = req.json(b);
             }
             tried += 1;
-            match req.send().await {
-                Ok(resp) => break resp,
+            let resp = match req.send().await {
+                Ok(resp) => resp,
                 // Never reached that server: any other may take the call.
                 Err(e) if e.is_connect() && tried < n => continue,
                 Err(e) => return Err(ClientError::Transport(e.to_string())),
+            };
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            // A replica that lost its heartbeat did nothing: another may take the call.
+            if status == StatusCode::SERVICE_UNAVAILABLE && tried < n {
+                let refused = serde_json::from_slice::<ApiErrorBody>(&bytes)
+                    .is_ok_and(|e| e.error.code == ErrorCode::ReplicaUnavailable.as_str());
+                if refused {
+                    continue;
+                }
             }
+            break (status, bytes);
         };
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()));
         }

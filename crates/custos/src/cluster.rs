@@ -516,9 +516,22 @@ pub(crate) fn terminate(mut child: Child, what: &str) -> Result<(), ClusterError
     )))
 }
 
-/// A loopback port free right now (the bridge's link listener keeps it across restarts,
-/// so the relay's configuration stays valid).
+/// Ports [`free_port`] picks from: below Linux's ephemeral range (32768-60999 by default),
+/// from which the OS takes the local port of every outgoing connection and of every
+/// listener bound to port 0. A port picked there could be taken by such a socket between
+/// the pick and the bind of the process it is written into.
+const FIXED_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A loopback port free right now, outside the ephemeral range (the bridge's link listener
+/// keeps it across restarts, so the relay's configuration stays valid; so does a cloud
+/// server replica's API).
 pub(crate) fn free_port() -> Result<SocketAddr, ClusterError> {
+    for _ in 0..200 {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), FIXED_PORTS.clone());
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().map_err(io);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
     l.local_addr().map_err(io)
 }

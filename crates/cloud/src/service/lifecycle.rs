@@ -303,6 +303,9 @@ impl Cloud {
         id: &str,
         body: ApprovalBody,
     ) -> Result<RequestOutcome, ApiError> {
+        // Refused before the approval is recorded: one completing the quorum must be
+        // submitted by the same call.
+        self.replica().check_fresh()?;
         let mut row = self.request_row(tenant, id).await?;
         for _ in 0..CAS_RETRIES {
             match row.status {
@@ -359,7 +362,7 @@ impl Cloud {
                         "approval recorded"
                     );
                     if executors::approvals_complete(&stored) {
-                        let done = self.submit(stored).await?;
+                        let done = self.submit_now(stored).await?;
                         return self.outcome(done, true).await;
                     }
                     return self.outcome(stored, false).await;
@@ -395,6 +398,11 @@ impl Cloud {
     /// executes it.
     pub(super) async fn submit(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
         self.replica().check_fresh()?;
+        self.submit_now(row).await
+    }
+
+    /// [`Cloud::submit`] once the caller checked that this replica is fresh.
+    async fn submit_now(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
         let _executing = self.replica().executing(&row.id);
         let mut next = row.clone();
         next.status = RequestStatus::Submitting;

@@ -36,10 +36,15 @@ impl Two {
 }
 
 async fn two(url: &str) -> Two {
+    two_with_ttl(url, custos_cloud::config::DEFAULT_REPLICA_TTL_SECS).await
+}
+
+async fn two_with_ttl(url: &str, ttl_secs: u64) -> Two {
     let pki = Pki::new();
     let gateway = FakeGateway::new(&pki, &[("dc1", 1)]);
     let (_, hash) = generate_api_token();
-    let config = TestServer::config_for(&pki, url, &hash);
+    let mut config = TestServer::config_for(&pki, url, &hash);
+    config.replica_ttl_secs = ttl_secs;
     let now = Arc::new(AtomicU64::new(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -72,6 +77,89 @@ fn tester() -> Principal {
         tenant: "default".into(),
         scopes: Scope::ALL.to_vec(),
     }
+}
+
+/// A wallet creation on dc1, quorum 1 of the test group, pending.
+async fn pending_wallet(t: &Two, cloud: &Cloud) -> custos_cloud_api::RequestView {
+    cloud
+        .create_wallet(
+            &tester(),
+            CreateWalletBody {
+                rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
+                cluster: "dc1".into(),
+                quorum: 1,
+                group: governance::admin_keys(&t.pki, &ADMINS)
+                    .iter()
+                    .map(hex::encode)
+                    .collect(),
+                executor: None,
+                request_id: None,
+                expires_at: None,
+                approvals: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .view
+}
+
+/// A replica whose heartbeat is older than half its TTL starts no submission (another may
+/// be taking its requests over), refusing by name with nothing done; its next good
+/// heartbeat lets it go on.
+#[tokio::test]
+async fn a_replica_without_a_fresh_heartbeat_starts_no_submission() {
+    let db = TestDb::sqlite();
+    let t = two_with_ttl(&db.url, 3).await;
+    t.first.heartbeat("first").await.unwrap();
+    let view = pending_wallet(&t, &t.first).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    assert!(!t.first.replica().fresh());
+    let e = t
+        .first
+        .approve("default", &view.id, t.pki.approve(0, &message_of(&view)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, custos_cloud_api::ErrorCode::ReplicaUnavailable);
+    let row = t.first.store().request(&view.id).await.unwrap().unwrap();
+    assert_eq!(row.status, RequestStatus::PendingApproval);
+    assert!(t.gateway.executed("CreateGroupWallet").is_empty());
+    t.first.heartbeat("first").await.unwrap();
+    let done = t
+        .first
+        .approve("default", &view.id, t.pki.approve(0, &message_of(&view)))
+        .await
+        .unwrap();
+    assert_eq!(done.view.status, RequestStatus::Completed);
+    db.cleanup().await;
+}
+
+/// A request this replica owns in `submitting` but no longer executes (its call ended
+/// before recording an outcome) is resubmitted by this replica, and by no other.
+#[tokio::test]
+async fn a_replica_resubmits_its_own_request_whose_call_ended() {
+    let db = TestDb::sqlite();
+    let t = two(&db.url).await;
+    let view = pending_wallet(&t, &t.first).await;
+    t.gateway.lose_next.store(100, Ordering::SeqCst);
+    let _ = t
+        .first
+        .approve("default", &view.id, t.pki.approve(0, &message_of(&view)))
+        .await;
+    t.gateway.lose_next.store(0, Ordering::SeqCst);
+    let store = t.first.store();
+    let mut row = store.request(&view.id).await.unwrap().unwrap();
+    row.status = RequestStatus::Submitting;
+    row.owner = Some(t.first.replica().id.clone());
+    store
+        .update_request(&row, "submitting", "its call ended".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(t.second.recover_own().await.unwrap(), 0);
+    assert_eq!(t.first.recover_own().await.unwrap(), 1);
+    let done = store.request(&view.id).await.unwrap().unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+    assert_eq!(t.first.recover_own().await.unwrap(), 0);
+    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
