@@ -10,8 +10,12 @@
 -- replica at a time holds a job's row until `until_ms`, renewing it while it works; `term`
 -- counts the holders a job has had, so a log names which holder did what.
 --
--- Timestamps are Unix milliseconds of the writing replica's clock (keep replicas on NTP:
--- the TTL must exceed their skew).
+-- Heartbeats and leases are written and judged with the database server's clock (Unix
+-- milliseconds), one clock for every replica.
+--
+-- Stop every server older than this version before starting one: an older server writes
+-- requests without an owner, which a replica of this version takes for a dead server's and
+-- resubmits (with their own ids, so nothing executes twice, but a live call is raced).
 --
 -- Portable across SQLite and PostgreSQL like 0001.
 

@@ -103,6 +103,19 @@ async fn pending_wallet(t: &Two, cloud: &Cloud) -> custos_cloud_api::RequestView
         .view
 }
 
+/// A wallet creation approved through the first replica, executed by the cluster but its
+/// answer lost (the request ends `failed`, retryable with its id).
+async fn approved_unanswered(t: &Two) -> custos_cloud_api::RequestView {
+    let view = pending_wallet(t, &t.first).await;
+    t.gateway.lose_next.store(100, Ordering::SeqCst);
+    let _ = t
+        .first
+        .approve("default", &view.id, t.pki.approve(0, &message_of(&view)))
+        .await;
+    t.gateway.lose_next.store(0, Ordering::SeqCst);
+    view
+}
+
 /// A replica whose heartbeat is older than half its TTL starts no submission (another may
 /// be taking its requests over), refusing by name with nothing done; its next good
 /// heartbeat lets it go on.
@@ -139,13 +152,7 @@ async fn a_replica_without_a_fresh_heartbeat_starts_no_submission() {
 async fn a_replica_resubmits_its_own_request_whose_call_ended() {
     let db = TestDb::sqlite();
     let t = two(&db.url).await;
-    let view = pending_wallet(&t, &t.first).await;
-    t.gateway.lose_next.store(100, Ordering::SeqCst);
-    let _ = t
-        .first
-        .approve("default", &view.id, t.pki.approve(0, &message_of(&view)))
-        .await;
-    t.gateway.lose_next.store(0, Ordering::SeqCst);
+    let view = approved_unanswered(&t).await;
     let store = t.first.store();
     let mut row = store.request(&view.id).await.unwrap().unwrap();
     row.status = RequestStatus::Submitting;
@@ -169,35 +176,9 @@ async fn a_request_is_resubmitted_only_once_its_replica_is_dead() {
         let t = two(&db.url).await;
         t.first.heartbeat("first").await.unwrap();
         t.second.heartbeat("second").await.unwrap();
-        let view = t
-            .first
-            .create_wallet(
-                &tester(),
-                CreateWalletBody {
-                    rules: Some(custos_cloud_api::PolicyRules::raw_digests()),
-                    cluster: "dc1".into(),
-                    quorum: 1,
-                    group: governance::admin_keys(&t.pki, &ADMINS)
-                        .iter()
-                        .map(hex::encode)
-                        .collect(),
-                    executor: None,
-                    request_id: None,
-                    expires_at: None,
-                    approvals: vec![],
-                },
-            )
-            .await
-            .unwrap()
-            .view;
         // Approved through the first replica, which executes it but never hears back: left
         // as it would be mid-call (submitting, its owner).
-        t.gateway.lose_next.store(100, Ordering::SeqCst);
-        let _ = t
-            .first
-            .approve("default", &view.id, t.pki.approve(0, &message_of(&view)))
-            .await;
-        t.gateway.lose_next.store(0, Ordering::SeqCst);
+        let view = approved_unanswered(&t).await;
         let store = t.first.store();
         let mut row = store.request(&view.id).await.unwrap().unwrap();
         row.status = RequestStatus::Submitting;

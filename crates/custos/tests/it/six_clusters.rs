@@ -8,8 +8,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use bitcoin::bip32::{DerivationPath, Xpub};
-use bitcoin::secp256k1::{ecdsa, Message, Secp256k1};
+use bitcoin::bip32::Xpub;
 use custos::cluster::LinkTransport;
 use custos::deployment::{
     approve, create_threshold_key, import_threshold, wait_healthy, Deployment, DeploymentOptions,
@@ -66,25 +65,7 @@ async fn sign(
         .await
         .unwrap();
     let view = approve(client, alice, &view.id).await.unwrap();
-    assert_eq!(view.status, RequestStatus::Completed, "{view:?}");
-    let Some(RequestResult::Signature(sig)) = &view.result else {
-        panic!("no signature: {view:?}");
-    };
-    let secp = Secp256k1::verification_only();
-    let child = xpub
-        .derive_pub(&secp, &DerivationPath::from_str(path).unwrap())
-        .unwrap()
-        .public_key;
-    let mut compact = [0u8; 64];
-    compact[..32].copy_from_slice(&hex::decode(&sig.r).unwrap());
-    compact[32..].copy_from_slice(&hex::decode(&sig.s).unwrap());
-    secp.verify_ecdsa(
-        &Message::from_digest(digest),
-        &ecdsa::Signature::from_compact(&compact).unwrap(),
-        &child,
-    )
-    .unwrap();
-    let mut used = sig.clusters.clone().unwrap_or_default();
+    let mut used = crate::threshold::check_signature(&view, xpub, path, digest);
     used.sort();
     used
 }

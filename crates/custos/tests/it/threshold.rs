@@ -51,7 +51,12 @@ async fn threshold_sign(
 
 /// Checks a completed threshold signature with libsecp256k1 against the child of the key's
 /// xpub at `path`: valid, low-s, and `v` recovers that key.
-fn check_signature(view: &RequestView, xpub: &Xpub, path: &str, digest: [u8; 32]) -> Vec<String> {
+pub(crate) fn check_signature(
+    view: &RequestView,
+    xpub: &Xpub,
+    path: &str,
+    digest: [u8; 32],
+) -> Vec<String> {
     assert_eq!(view.status, RequestStatus::Completed, "{view:?}");
     let Some(RequestResult::Signature(sig)) = &view.result else {
         panic!("no signature: {view:?}");
