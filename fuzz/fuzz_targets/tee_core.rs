@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use custos_tee_core::platform::{Attestation, Platform, PlatformError, RecordId};
+use custos_tee_core::platform::{Platform, PlatformError, RecordId};
 use custos_tee_core::TeeCore;
+use custos_wire::protocol::Attestation;
 use libfuzzer_sys::fuzz_target;
 use zeroize::Zeroizing;
 
