@@ -3,7 +3,7 @@
 --
 -- Each running server process is a replica with a random id of its own (a restarted
 -- process is a new replica). It writes `seen_at` every few seconds; a replica not seen for
--- the configured `replica_ttl_secs` is dead. A request in `submitting` names the replica
+-- its own `ttl_ms` (its configured `replica_ttl_secs`) is dead. A request in `submitting` names the replica
 -- executing it (`owner`): only once that replica is dead does another resubmit it (with the
 -- same id, so the link answers the first execution's result, never executing it twice).
 -- Background jobs (recovery, expiry sweep, presignature refill) run under a lease: one
@@ -23,6 +23,8 @@ CREATE TABLE cloud_replicas (
     id         TEXT   NOT NULL PRIMARY KEY,
     started_at BIGINT NOT NULL,
     seen_at    BIGINT NOT NULL,
+    -- Heartbeat age after which it is dead.
+    ttl_ms     BIGINT NOT NULL,
     -- Where it serves the REST API (for operators reading this table).
     listen     TEXT   NOT NULL
 );

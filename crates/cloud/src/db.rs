@@ -24,7 +24,7 @@ mod threshold;
 mod writer;
 
 pub use record::Record;
-pub use replicas::{LeaseRow, ReplicaRow};
+pub use replicas::{LeaseRow, Orphan, ReplicaRow};
 pub use threshold::{PresignatureRow, PresignatureSigner, ThresholdKeyRow, ThresholdShareRow};
 use writer::{bind_insert, bind_update, RowJson, Writer, UPDATE_SET};
 
@@ -573,14 +573,29 @@ impl Store {
         detail: String,
         record: Record,
     ) -> Result<RequestRow, StoreError> {
+        self.update_request_steps(r, vec![(event, detail)], record)
+            .await
+    }
+
+    /// [`Store::update_request_recording`] with several events at once (numbered on from
+    /// `r.version`), e.g. the approval that completes a quorum and the submission it starts:
+    /// one compare-and-swap, so that no state between them is ever stored.
+    pub async fn update_request_steps(
+        &self,
+        r: &RequestRow,
+        events: Vec<(&str, String)>,
+        record: Record,
+    ) -> Result<RequestRow, StoreError> {
         let mut next = r.clone();
-        next.version = r.version + 1;
-        next.events.push(EventRow {
-            seq: next.version,
-            at: next.updated_at,
-            event: event.to_string(),
-            detail: truncate(detail),
-        });
+        for (event, detail) in events {
+            next.version += 1;
+            next.events.push(EventRow {
+                seq: next.version,
+                at: next.updated_at,
+                event: event.to_string(),
+                detail: truncate(detail),
+            });
+        }
         // A change alone is one statement (atomic by itself); one that records a wallet or
         // threshold key besides is one transaction with it.
         if matches!(record, Record::Nothing) {

@@ -26,7 +26,7 @@
 //!
 //! SQLite, the single-process default, runs the same code with one replica.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -82,8 +82,13 @@ pub struct Replica {
     last_beat: AtomicU64,
     /// Per job, until when (ms after `origin`) this replica counts its lease held.
     held_until: [AtomicU64; 3],
-    /// Requests this replica is executing now.
-    executing: Mutex<HashSet<String>>,
+    /// Requests this replica is executing now, with the number of calls at it (a second
+    /// call at a request, e.g. a losing approval, must not clear the first one's mark).
+    executing: Mutex<HashMap<String, usize>>,
+    /// Set at shutdown: background jobs end after their current run.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Wakes background jobs waiting for their next run at shutdown.
+    stopped: tokio::sync::Notify,
 }
 
 /// Marks a request as being executed by this replica while it lives (also when its call is
@@ -95,11 +100,13 @@ pub(crate) struct Executing<'a> {
 
 impl Drop for Executing<'_> {
     fn drop(&mut self) {
-        self.replica
-            .executing
-            .lock()
-            .expect("executing lock")
-            .remove(&self.id);
+        let mut executing = self.replica.executing.lock().expect("executing lock");
+        if let Some(n) = executing.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                executing.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -114,7 +121,9 @@ impl Replica {
             origin: Instant::now(),
             last_beat: AtomicU64::new(0),
             held_until: Default::default(),
-            executing: Mutex::new(HashSet::new()),
+            executing: Mutex::new(HashMap::new()),
+            stopping: Default::default(),
+            stopped: tokio::sync::Notify::new(),
         }
     }
 
@@ -159,10 +168,12 @@ impl Replica {
 
     /// Marks request `id` as executed by this replica until the guard drops.
     pub(crate) fn executing(&self, id: &str) -> Executing<'_> {
-        self.executing
+        *self
+            .executing
             .lock()
             .expect("executing lock")
-            .insert(id.to_string());
+            .entry(id.to_string())
+            .or_insert(0) += 1;
         Executing {
             replica: self,
             id: id.to_string(),
@@ -171,12 +182,38 @@ impl Replica {
 
     /// Whether this replica is executing request `id` now.
     pub(crate) fn is_executing(&self, id: &str) -> bool {
-        self.executing.lock().expect("executing lock").contains(id)
+        self.executing
+            .lock()
+            .expect("executing lock")
+            .contains_key(id)
     }
 
     /// How many requests this replica is executing now.
     pub fn executing_count(&self) -> usize {
         self.executing.lock().expect("executing lock").len()
+    }
+
+    /// Asks background jobs to end after their current run (shutdown).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stopped.notify_waiters();
+    }
+
+    /// Waits for `tick`'s next period; `false` once shutdown began (then the job ends).
+    pub async fn next_run(&self, tick: &mut tokio::time::Interval) -> bool {
+        let stopped = self.stopped.notified();
+        if self.stopping() {
+            return false;
+        }
+        tokio::select! {
+            _ = tick.tick() => !self.stopping(),
+            _ = stopped => false,
+        }
+    }
+
+    /// Whether [`Replica::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     fn mono_ms(&self) -> u64 {
@@ -232,7 +269,7 @@ impl Cloud {
         let r = self.replica();
         let now = self.replica_now_ms().await?;
         self.store()
-            .heartbeat(&r.id, listen, r.started_at_ms, now)
+            .heartbeat(&r.id, listen, r.started_at_ms, now, r.ttl_ms)
             .await?;
         let mut held = Vec::new();
         for job in Job::ALL {
@@ -262,11 +299,11 @@ impl Cloud {
                 held.push(job);
             }
         }
-        let live = self
-            .store()
-            .replicas_seen_since(now.saturating_sub(r.ttl_ms))
-            .await?;
-        self.metrics().replicas_live(live.len());
+        // A gauge only: its failure fails no heartbeat.
+        match self.store().replicas_live_at(now).await {
+            Ok(live) => self.metrics().replicas_live(live.len()),
+            Err(e) => tracing::warn!(error = %e, "live replicas could not be counted"),
+        }
         Ok(held)
     }
 
@@ -279,5 +316,25 @@ impl Cloud {
         self.store()
             .retire(&self.replica().id, now.saturating_sub(24 * 3600 * 1000))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Replica;
+
+    /// A second call at a request that is executing (a losing approval, a resent creation)
+    /// ends without clearing the first call's mark: its own recovery would take the
+    /// request up while it still runs.
+    #[test]
+    fn a_second_call_at_a_request_keeps_the_first_ones_mark() {
+        let r = Replica::new(0, 15, false);
+        let first = r.executing("ab");
+        drop(r.executing("ab"));
+        assert!(r.is_executing("ab"));
+        assert_eq!(r.executing_count(), 1);
+        drop(first);
+        assert!(!r.is_executing("ab"));
+        assert_eq!(r.executing_count(), 0);
     }
 }

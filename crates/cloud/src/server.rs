@@ -125,12 +125,16 @@ pub async fn run_with(
     );
     ready(addr);
     let result = serve(listener, router(cloud.clone()), tls, shutdown).await;
-    for t in tasks {
-        t.abort();
-        // Awaited, so that no heartbeat lands after the retirement below.
-        let _ = t.await;
+    // Jobs end after their current run (a resubmission mid-way is not cut short); the
+    // heartbeat goes on meanwhile, so that no other replica takes over what still runs.
+    cloud.replica().stop();
+    let [heartbeat, jobs @ ..] = tasks;
+    for job in jobs {
+        if tokio::time::timeout(DRAIN_TIMEOUT, job).await.is_err() {
+            tracing::warn!("a background job still ran after the drain timeout");
+        }
     }
-    retire(&cloud).await;
+    retire(&cloud, heartbeat).await;
     cloud.store().close().await;
     result.map_err(|source| RunError::Io { addr, source })
 }
@@ -139,7 +143,7 @@ pub async fn run_with(
 /// waits for the heartbeat to run out instead) once nothing it started is still executing
 /// (calls go on after their client left); if something still is after the drain time, the
 /// heartbeat is left to run out, so that no other replica takes over a running request.
-async fn retire(cloud: &Cloud) {
+async fn retire(cloud: &Cloud, heartbeat: tokio::task::JoinHandle<()>) {
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     while cloud.replica().executing_count() > 0 {
         if tokio::time::Instant::now() > deadline {
@@ -148,10 +152,14 @@ async fn retire(cloud: &Cloud) {
                 "requests still executing at shutdown: this replica's work is taken over \
                  once its heartbeat runs out"
             );
+            heartbeat.abort();
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    heartbeat.abort();
+    // Awaited, so that no heartbeat lands after the retirement.
+    let _ = heartbeat.await;
     if let Err(e) = cloud.retire().await {
         tracing::warn!(error = %e, "could not retire this replica");
     }
@@ -184,8 +192,7 @@ async fn heartbeats(cloud: Arc<Cloud>, listen: String) {
 /// Resubmits this replica's own requests whose calls ended without an outcome.
 async fn own_recovery(cloud: Arc<Cloud>) {
     let mut tick = every(RECOVER_EVERY);
-    loop {
-        tick.tick().await;
+    while cloud.replica().next_run(&mut tick).await {
         match cloud.recover_own().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(requests = n, "own requests resubmitted"),
@@ -201,8 +208,7 @@ where
     Fut: Future<Output = ()>,
 {
     let mut tick = every(period);
-    loop {
-        tick.tick().await;
+    while cloud.replica().next_run(&mut tick).await {
         if cloud.replica().holds(job) {
             cloud.metrics().job_ran(job.as_str());
             run(cloud.clone()).await;
@@ -254,8 +260,7 @@ async fn refill(cloud: Arc<Cloud>) {
 /// The open-request and presignature gauges, read from the database (every replica).
 async fn open_counts(cloud: Arc<Cloud>) {
     let mut open = every(OPEN_COUNT_EVERY);
-    loop {
-        open.tick().await;
+    while cloud.replica().next_run(&mut open).await {
         match cloud
             .store()
             .count_in_states(&crate::metrics::OPEN_STATES)

@@ -12,8 +12,21 @@ pub struct ReplicaRow {
     pub started_at: u64,
     /// Unix ms of its latest heartbeat.
     pub seen_at: u64,
+    /// Heartbeat age after which it is dead (ms).
+    pub ttl_ms: u64,
     /// Where it serves the REST API.
     pub listen: String,
+}
+
+/// A request in `submitting` whose owner is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Orphan {
+    /// Request id.
+    pub id: String,
+    /// Its owner when listed (`None`: written before replicas).
+    pub owner: Option<String>,
+    /// The owner's last heartbeat (database clock) and TTL, if its row is still there.
+    pub owner_seen: Option<(u64, u64)>,
 }
 
 /// Who holds a job's lease.
@@ -42,26 +55,29 @@ impl Store {
         Ok(u(ms))
     }
 
-    /// Records that replica `id` is alive at `now_ms` (inserting its row the first time).
+    /// Records that replica `id` (dead once not seen for `ttl_ms`) is alive at `now_ms`
+    /// (inserting its row the first time).
     pub async fn heartbeat(
         &self,
         id: &str,
         listen: &str,
         started_at: u64,
         now_ms: u64,
+        ttl_ms: u64,
     ) -> Result<(), StoreError> {
         let (id, listen) = (id.to_string(), listen.to_string());
         self.write(move |conn| {
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO cloud_replicas (id, started_at, seen_at, listen) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (id) DO UPDATE SET seen_at = $3, listen = $4",
+                    "INSERT INTO cloud_replicas (id, started_at, seen_at, listen, ttl_ms) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (id) DO UPDATE SET seen_at = $3, listen = $4, ttl_ms = $5",
                 )
                 .bind(id.as_str())
                 .bind(i(started_at))
                 .bind(i(now_ms))
                 .bind(listen.as_str())
+                .bind(i(ttl_ms))
                 .execute(&mut *conn)
                 .await?;
                 Ok(())
@@ -94,21 +110,34 @@ impl Store {
         .await
     }
 
-    /// Replicas seen at or after `since_ms`, oldest start first.
-    pub async fn replicas_seen_since(&self, since_ms: u64) -> Result<Vec<ReplicaRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, started_at, seen_at, listen FROM cloud_replicas WHERE seen_at >= $1 \
-             ORDER BY started_at, id",
-        )
-        .bind(i(since_ms))
-        .fetch_all(&self.pool)
-        .await?;
+    /// Every replica on record (dead ones for a day), oldest start first.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaRow>, StoreError> {
+        self.replicas_where("", 0).await
+    }
+
+    /// The replicas alive at `now_ms` (seen within their own TTL), oldest start first.
+    pub async fn replicas_live_at(&self, now_ms: u64) -> Result<Vec<ReplicaRow>, StoreError> {
+        self.replicas_where("WHERE seen_at + ttl_ms >= $1", now_ms)
+            .await
+    }
+
+    async fn replicas_where(&self, filter: &str, at: u64) -> Result<Vec<ReplicaRow>, StoreError> {
+        let sql = format!(
+            "SELECT id, started_at, seen_at, ttl_ms, listen FROM cloud_replicas {filter} \
+             ORDER BY started_at, id"
+        );
+        let mut q = sqlx::query(&sql);
+        if !filter.is_empty() {
+            q = q.bind(i(at));
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(ReplicaRow {
                     id: r.try_get("id")?,
                     started_at: u(r.try_get("started_at")?),
                     seen_at: u(r.try_get("seen_at")?),
+                    ttl_ms: u(r.try_get("ttl_ms")?),
                     listen: r.try_get("listen")?,
                 })
             })
@@ -116,8 +145,8 @@ impl Store {
     }
 
     /// Takes or renews the lease on `job` for `holder` for `ttl_ms` from `now_ms`, if it is
-    /// free, expired, already `holder`'s, or runs implausibly far ahead (written by a clock
-    /// gone wrong); returns the lease's term, or `None` when another replica holds it.
+    /// free, expired, already `holder`'s, or runs more than two TTLs ahead (written by a
+    /// clock gone wrong); returns the lease's term, or `None` when another replica holds it.
     /// Atomic on both engines: the insert of a new job and the conditional update are single
     /// statements, and on PostgreSQL a second replica's update waits for the first's and
     /// then re-checks the holder it wrote.
@@ -130,6 +159,7 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         let (job, holder) = (job.to_string(), holder.to_string());
         let until_ms = now_ms.saturating_add(ttl_ms);
+        let absurd_ms = now_ms.saturating_add(ttl_ms.saturating_mul(2));
         self.write(move |conn| {
             Box::pin(async move {
                 let inserted = sqlx::query(
@@ -148,13 +178,14 @@ impl Store {
                     "UPDATE cloud_leases SET \
                      term = CASE WHEN holder = $2 THEN term ELSE term + 1 END, \
                      holder = $2, until_ms = $3 \
-                     WHERE job = $1 AND (holder = $2 OR until_ms < $4 OR until_ms > $3) \
+                     WHERE job = $1 AND (holder = $2 OR until_ms < $4 OR until_ms > $5) \
                      RETURNING term",
                 )
                 .bind(job.as_str())
                 .bind(holder.as_str())
                 .bind(i(until_ms))
                 .bind(i(now_ms))
+                .bind(i(absurd_ms))
                 .fetch_optional(&mut *conn)
                 .await?;
                 Ok(term)
@@ -180,29 +211,42 @@ impl Store {
             .collect()
     }
 
-    /// Requests in `submitting` that no live replica is executing, with their owners: owned
-    /// by none (a server older than schema 8), or by a replica other than `me` not seen
-    /// since `live_since_ms`. Requests whose last outcome is unknown are left to their own
-    /// retry.
+    /// Requests in `submitting` that no live replica is executing at `now_ms`: owned by
+    /// none (a server older than schema 8), or by a replica other than `me` not seen within
+    /// its TTL. Requests whose last outcome is unknown are left to their own retry.
     pub async fn orphaned_submissions(
         &self,
         me: &str,
-        live_since_ms: u64,
-    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        now_ms: u64,
+    ) -> Result<Vec<Orphan>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, owner FROM requests WHERE status = 'submitting' \
-             AND (error_code IS NULL OR error_code <> $3) \
-             AND (owner IS NULL OR (owner <> $1 AND owner NOT IN \
-                 (SELECT id FROM cloud_replicas WHERE seen_at >= $2))) \
-             ORDER BY created_at",
+            "SELECT r.id, r.owner, p.seen_at, p.ttl_ms FROM requests r \
+             LEFT JOIN cloud_replicas p ON p.id = r.owner \
+             WHERE r.status = 'submitting' \
+             AND (r.error_code IS NULL OR r.error_code <> $3) \
+             AND (r.owner IS NULL OR (r.owner <> $1 AND r.owner NOT IN \
+                 (SELECT id FROM cloud_replicas WHERE seen_at + ttl_ms >= $2))) \
+             ORDER BY r.created_at",
         )
         .bind(me)
-        .bind(i(live_since_ms))
+        .bind(i(now_ms))
         .bind(crate::cluster::OUTCOME_UNKNOWN)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("owner")?)))
+            .map(|r| {
+                Ok(Orphan {
+                    id: r.try_get("id")?,
+                    owner: r.try_get("owner")?,
+                    owner_seen: match (
+                        r.try_get::<Option<i64>, _>("seen_at")?,
+                        r.try_get::<Option<i64>, _>("ttl_ms")?,
+                    ) {
+                        (Some(seen), Some(ttl)) => Some((u(seen), u(ttl))),
+                        _ => None,
+                    },
+                })
+            })
             .collect()
     }
 

@@ -303,8 +303,8 @@ impl Cloud {
         id: &str,
         body: ApprovalBody,
     ) -> Result<RequestOutcome, ApiError> {
-        // Refused before the approval is recorded: one completing the quorum must be
-        // submitted by the same call.
+        // Refused before anything is recorded: an approval completing the quorum is stored
+        // with the submission it starts.
         self.replica().check_fresh()?;
         let mut row = self.request_row(tenant, id).await?;
         for _ in 0..CAS_RETRIES {
@@ -349,9 +349,25 @@ impl Cloud {
             let detail = format!("{} ({})", approval.admin, approval.fingerprint);
             next.approvals.push(approval);
             next.updated_at = self.now_ms();
+            let complete = executors::approvals_complete(&next);
+            let mut steps = vec![("approved", detail)];
+            // At quorum the approval and the submission it starts are one write, so that no
+            // approved request is ever stored unsubmitted (a crash between two writes would
+            // have left one that nothing submits).
+            let _executing = complete.then(|| self.replica().executing(&next.id));
+            if complete {
+                self.replica().check_fresh()?;
+                next.status = RequestStatus::Submitting;
+                next.attempts += 1;
+                next.owner = Some(self.replica().id.clone());
+                steps.push((
+                    "submitting",
+                    format!("attempt {} by replica {}", next.attempts, self.replica().id),
+                ));
+            }
             match self
                 .store
-                .update_request(&next, "approved", detail, None)
+                .update_request_steps(&next, steps, Record::Nothing)
                 .await
             {
                 Ok(stored) => {
@@ -359,10 +375,11 @@ impl Cloud {
                         request_id = %stored.id,
                         approvals = stored.approvals.len(),
                         quorum = stored.quorum,
+                        submitting = complete,
                         "approval recorded"
                     );
-                    if executors::approvals_complete(&stored) {
-                        let done = self.submit_now(stored).await?;
+                    if complete {
+                        let done = self.execute(stored, None).await?;
                         return self.outcome(done, true).await;
                     }
                     return self.outcome(stored, false).await;
@@ -398,11 +415,6 @@ impl Cloud {
     /// executes it.
     pub(super) async fn submit(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
         self.replica().check_fresh()?;
-        self.submit_now(row).await
-    }
-
-    /// [`Cloud::submit`] once the caller checked that this replica is fresh.
-    async fn submit_now(&self, row: RequestRow) -> Result<RequestRow, ApiError> {
         let _executing = self.replica().executing(&row.id);
         let mut next = row.clone();
         next.status = RequestStatus::Submitting;
@@ -441,28 +453,34 @@ impl Cloud {
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let me = self.replica().id.clone();
         let now = self.replica_now_ms().await?;
-        let orphans = self
-            .store
-            .orphaned_submissions(&me, now.saturating_sub(self.replica().ttl_ms))
-            .await?;
+        let orphans = self.store.orphaned_submissions(&me, now).await?;
         let mut n = 0;
-        for (id, owner) in orphans {
-            if !self.replica().may_run(Job::Recovery) {
+        for orphan in orphans {
+            let id = orphan.id.clone();
+            if !self.replica().may_run(Job::Recovery) || self.replica().stopping() {
                 break;
             }
             let Some(row) = self.readable(&id).await else {
                 continue;
             };
-            if row.status != RequestStatus::Submitting || row.owner != owner {
+            if row.status != RequestStatus::Submitting || row.owner != orphan.owner {
                 continue;
             }
-            if self.now_ms() < row.updated_at.saturating_add(takeover_after_ms(&row)) {
+            let after = takeover_after_ms(&row);
+            let due = match orphan.owner_seen {
+                // The owner fenced itself half its TTL after its last heartbeat began, and
+                // its last session ended within its limit after that (database clock).
+                Some((seen, ttl)) => now >= seen.saturating_add(ttl / 2).saturating_add(after),
+                // Its row is gone (a day dead) or it predates replicas: its last change.
+                None => self.now_ms() >= row.updated_at.saturating_add(after),
+            };
+            if !due {
                 continue;
             }
             n += 1;
             tracing::info!(
                 request_id = %id,
-                owner = owner.as_deref().unwrap_or("none"),
+                owner = orphan.owner.as_deref().unwrap_or("none"),
                 "resubmitting a request whose replica is gone"
             );
             if let Err(e) = self.submit(row).await {
@@ -479,6 +497,9 @@ impl Cloud {
         let me = self.replica().id.clone();
         let mut n = 0;
         for id in self.store.owned_submissions(&me).await? {
+            if self.replica().stopping() {
+                break;
+            }
             if self.replica().is_executing(&id) {
                 continue;
             }
@@ -586,7 +607,7 @@ impl Cloud {
         };
         let stored = match self
             .store
-            .update_request_recording(&next, event, detail.clone(), recorded)
+            .update_request_recording(&next, event, detail.clone(), recorded.clone())
             .await
         {
             // The same wallet recorded by an earlier request (e.g. one seed imported into
@@ -618,7 +639,13 @@ impl Cloud {
             }
             // Another replica took the request over meanwhile (this one looked dead to it).
             Err(StoreError::Conflict(_)) => {
-                return self.finish_taken_over(&row, next, event, detail).await;
+                match self
+                    .finish_taken_over(&row, &next, event, detail, recorded)
+                    .await?
+                {
+                    TakenOver::Recorded(stored) => stored,
+                    TakenOver::Left(now) => return Ok(now),
+                }
             }
             other => other?,
         };
@@ -648,42 +675,59 @@ impl Cloud {
         Ok(stored)
     }
 
-    /// [`Cloud::finish`] after another replica moved the request on: a completion is
-    /// recorded on the request as it is now, while it is still being submitted (the other
-    /// attempt, sent with the same id, gets the same answer, or fails where this one
-    /// succeeded); any other outcome is left to the replica executing it now.
+    /// [`Cloud::finish`] after another replica moved the request on. A completion is
+    /// recorded, with what it records, on the request as it is now while that is still
+    /// being submitted or ended failed (the other attempt, sent with the same id, gets the
+    /// same answer, or failed where this one succeeded); any other outcome, or a request
+    /// that ended otherwise, is left to the replica that took it over.
     async fn finish_taken_over(
         &self,
         row: &RequestRow,
-        ours: RequestRow,
+        ours: &RequestRow,
         event: &str,
         detail: String,
-    ) -> Result<RequestRow, StoreError> {
+        recorded: Record,
+    ) -> Result<TakenOver, StoreError> {
         for _ in 0..CAS_RETRIES {
             let now = self
                 .store
                 .request(&row.id)
                 .await?
                 .ok_or_else(|| StoreError::Conflict(row.id.clone()))?;
-            if ours.status != RequestStatus::Completed || now.status != RequestStatus::Submitting {
+            let open = matches!(
+                now.status,
+                RequestStatus::Submitting | RequestStatus::Failed
+            );
+            if ours.status != RequestStatus::Completed || !open {
                 tracing::warn!(
                     request_id = %row.id,
                     owner = now.owner.as_deref().unwrap_or("none"),
                     status = now.status.as_str(),
                     "outcome left to the replica that took the request over"
                 );
-                return Ok(now);
+                return Ok(TakenOver::Left(now));
             }
             let mut next = now.clone();
             next.status = RequestStatus::Completed;
             next.result = ours.result.clone();
+            next.error_code = None;
+            next.error_message = None;
             next.updated_at = ours.updated_at;
-            match self
+            let written = match self
                 .store
-                .update_request(&next, event, detail.clone(), None)
+                .update_request_recording(&next, event, detail.clone(), recorded.clone())
                 .await
             {
-                Ok(stored) => return Ok(stored),
+                // Recorded already (by the other replica's completion of the same answer).
+                Err(StoreError::Duplicate(_)) => {
+                    self.store
+                        .update_request(&next, event, detail.clone(), None)
+                        .await
+                }
+                other => other,
+            };
+            match written {
+                Ok(stored) => return Ok(TakenOver::Recorded(stored)),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e),
             }
@@ -712,6 +756,14 @@ impl Cloud {
         }
         Ok(view)
     }
+}
+
+/// What [`Cloud::finish`] did after losing its compare-and-swap to another replica.
+enum TakenOver {
+    /// Its completion is recorded (the row as stored).
+    Recorded(RequestRow),
+    /// The request is the other replica's to finish (the row as it is now).
+    Left(RequestRow),
 }
 
 /// The view of a row without events and approval message.
@@ -800,10 +852,11 @@ fn tier_needs(row: &RequestRow) -> Option<Vec<TierNeedView>> {
     })
 }
 
-/// How long after its last change a request whose owner died may still be executing there.
-/// A threshold request's attempt is a session of its own, and a resubmission starts another:
-/// it is taken over only once the session must have ended (the driver's limit and its abort).
-/// Any other request is resent with its own id, which the link answers once: at once.
+/// How long after its owner fenced itself a request may still be executing there. A
+/// threshold request's attempt is a session of its own, and a resubmission starts another:
+/// it is taken over only once the session must have ended (the driver's limit and its abort;
+/// a fenced owner starts no further session, see `drive_session`). Any other request is
+/// resent with its own id, which the link answers once: at once.
 pub(crate) fn takeover_after_ms(row: &RequestRow) -> u64 {
     const ABORT_MARGIN: Duration = Duration::from_secs(15);
     let limit = match row.kind() {

@@ -155,7 +155,7 @@ async fn history(dep: &Deployment, cluster: &str) -> BTreeMap<String, Vec<custos
 async fn replica_at(store: &custos_cloud::db::Store, url: &str) -> String {
     let listen = url.trim_start_matches("http://");
     store
-        .replicas_seen_since(0)
+        .replicas()
         .await
         .unwrap()
         .into_iter()

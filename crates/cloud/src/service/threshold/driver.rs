@@ -50,6 +50,19 @@ impl Cloud {
         st: &mut Session<'_>,
         limit: Duration,
     ) -> Result<(), Abort> {
+        // A replica that lost its heartbeat starts no session: another replica may be taking
+        // the request over, and its takeover waits for one session's limit only.
+        if !self.replica().fresh() {
+            return Err(Abort::new(
+                "replica_unavailable",
+                format!(
+                    "cloud server replica {} has not renewed its heartbeat for half its TTL; \
+                     it starts no session",
+                    self.replica().id
+                ),
+                Vec::new(),
+            ));
+        }
         let outcome =
             match tokio::time::timeout(limit, self.run_session(request_id, start, st)).await {
                 Ok(r) => r,
