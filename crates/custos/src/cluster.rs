@@ -524,11 +524,19 @@ const FIXED_PORTS: std::ops::Range<u16> = 20_000..32_768;
 
 /// A loopback port free right now, outside the ephemeral range (the bridge's link listener
 /// keeps it across restarts, so the relay's configuration stays valid; so does a cloud
-/// server replica's API).
+/// server replica's API). Never the same port twice in one process: deployments started
+/// side by side (parallel tests) pick theirs before their processes bind them.
 pub(crate) fn free_port() -> Result<SocketAddr, ClusterError> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..200 {
         let port = rand::Rng::gen_range(&mut rand::thread_rng(), FIXED_PORTS.clone());
+        let mut given = GIVEN.lock().expect("port set lock");
+        if given.contains(&port) {
+            continue;
+        }
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
             return l.local_addr().map_err(io);
         }
     }
