@@ -279,6 +279,46 @@ pub fn issue_admin_from_csr_with_validity(
     })
 }
 
+/// Issues an admin certificate for a WebAuthn passkey (P-256, `spki_der`) bound to the
+/// console at `origin` (SubjectAltName URI; [`crate::webauthn::PasskeyBinding`]), signed by
+/// the Admin CA in `pki`. A passkey signs no CSR: the caller must have verified the key's
+/// registration ceremony (its attestation over a challenge the caller chose) before asking.
+/// Writes nothing.
+pub fn issue_passkey_admin(
+    pki: &PkiDir,
+    name: &str,
+    spki_der: &[u8],
+    origin: &str,
+    validity: Validity,
+) -> Result<AdminCert, PkiError> {
+    crate::check_name(name)?;
+    let binding = crate::webauthn::PasskeyBinding::from_uri(origin).map_err(|reason| {
+        PkiError::ChainRejected {
+            what: "passkey",
+            reason,
+        }
+    })?;
+    let key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(gen_err)?;
+    if rcgen::PublicKeyData::algorithm(&key) != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(PkiError::ChainRejected {
+            what: "passkey",
+            reason: "the key is not P-256 (ES256)".into(),
+        });
+    }
+    let ca = pki.load_ca(&pki.admin_ca_base())?;
+    let mut params = leaf_params(name, role::ADMIN, validity);
+    params.extended_key_usages = admin_ekus();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        binding.origin.clone().try_into().map_err(gen_err)?,
+    )];
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).map_err(gen_err)?;
+    Ok(AdminCert {
+        name: name.to_string(),
+        cert_pem: cert.pem(),
+        admin_ca_pem: pki.admin_ca_pem()?,
+    })
+}
+
 /// An admin certificate issued from a CSR: no private key in it.
 #[derive(Clone, Debug)]
 pub struct AdminCert {

@@ -23,6 +23,7 @@ mod dealer;
 mod issue;
 pub mod tls;
 mod verify;
+pub mod webauthn;
 
 pub use admin_cache::AdminCache;
 pub use admin_key::{
@@ -34,8 +35,8 @@ pub use dealer::{
     dealer_csr, issue_dealer_from_csr_with_validity, DealerCert, DealerFolder, DealerSigner,
 };
 pub use issue::{
-    issue_admin_from_csr_with_validity, AdminCert, IssuedKey, PkiDir, Service, Validity,
-    DEVICE_CERT_DAYS, MAX_DEVICE_CERT_DAYS,
+    issue_admin_from_csr_with_validity, issue_passkey_admin, AdminCert, IssuedKey, PkiDir, Service,
+    Validity, DEVICE_CERT_DAYS, MAX_DEVICE_CERT_DAYS,
 };
 pub use verify::{
     cert_fingerprint, validity_window, AdminIdentity, DeviceChain, DeviceIdentity, TrustRoot,

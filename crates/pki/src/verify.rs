@@ -44,6 +44,9 @@ pub struct AdminIdentity {
 pub struct VerifiedAdmin {
     /// Who it is.
     pub identity: AdminIdentity,
+    /// The console its key was certified for, when the key is a WebAuthn passkey (the
+    /// certificate's SubjectAltName URI): it approves only with assertions made there.
+    pub passkey: Option<crate::webauthn::PasskeyBinding>,
     public_key: Vec<u8>,
     not_before: u64,
     not_after: u64,
@@ -203,6 +206,36 @@ fn parse(der: &[u8], what: &'static str) -> Result<Subject, PkiError> {
     Ok(out)
 }
 
+/// The passkey binding an admin certificate states in a SubjectAltName URI (at most one).
+fn passkey_binding(der: &[u8]) -> Result<Option<crate::webauthn::PasskeyBinding>, PkiError> {
+    let rejected = |reason: String| PkiError::ChainRejected {
+        what: "admin",
+        reason,
+    };
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::Malformed {
+        what: "admin",
+        reason: e.to_string(),
+    })?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| rejected(format!("subject alternative name: {e}")))?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [] => Ok(None),
+        [uri] => crate::webauthn::PasskeyBinding::from_uri(uri)
+            .map(Some)
+            .map_err(rejected),
+        _ => Err(rejected("more than one passkey origin".into())),
+    }
+}
+
 fn unix_time(now_unix: u64) -> UnixTime {
     UnixTime::since_unix_epoch(Duration::from_secs(now_unix))
 }
@@ -333,6 +366,7 @@ impl TrustRoot {
         )?;
         Ok(VerifiedAdmin {
             identity,
+            passkey: passkey_binding(admin)?,
             public_key,
             not_before,
             not_after,

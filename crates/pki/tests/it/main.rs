@@ -5,6 +5,7 @@ mod chains;
 mod dealer;
 mod device_csr;
 mod device_lifetime;
+mod passkeys;
 
 use std::sync::Arc;
 

@@ -1,0 +1,257 @@
+//! Passkey approvals (issue 17, step P2): an assertion counts as an admin's approval of a
+//! message only when made on the console the Admin CA certified the passkey for, for that
+//! message, with the user present and verified, and signed by the certified key. A software
+//! authenticator (a P-256 key with ring) makes the assertions, as a browser's would be made.
+
+use custos_pki::webauthn::{approval_challenge, Assertion, AssertionFault, PasskeyBinding};
+use custos_pki::{issue_passkey_admin, pem_to_der, PkiDir, TrustRoot, Validity, VerifiedAdmin};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use sha2::{Digest, Sha256};
+
+const ORIGIN: &str = "https://console.example";
+const MESSAGE: &[u8] = b"custos approval message of one request";
+
+/// A passkey held by a software authenticator.
+struct Authenticator {
+    key: EcdsaKeyPair,
+    spki: Vec<u8>,
+}
+
+impl Authenticator {
+    fn new() -> Self {
+        let generated = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &generated.serialize_der(),
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        Authenticator {
+            key,
+            spki: generated.public_key_der(),
+        }
+    }
+}
+
+/// What a browser and authenticator produce for one `navigator.credentials.get`, with each
+/// field the test may spoil.
+struct Made {
+    kind: &'static str,
+    challenge: String,
+    origin: String,
+    cross_origin: bool,
+    rp_id: String,
+    flags: u8,
+    counter: u32,
+}
+
+impl Made {
+    fn honest() -> Self {
+        Made {
+            kind: "webauthn.get",
+            challenge: approval_challenge(MESSAGE),
+            origin: ORIGIN.into(),
+            cross_origin: false,
+            rp_id: "console.example".into(),
+            flags: 0x05,
+            counter: 7,
+        }
+    }
+
+    /// (authenticator data, client data JSON, signature).
+    fn sign(&self, by: &Authenticator) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let client = serde_json::json!({
+            "type": self.kind,
+            "challenge": self.challenge,
+            "origin": self.origin,
+            "crossOrigin": self.cross_origin,
+        })
+        .to_string()
+        .into_bytes();
+        let mut data = Sha256::digest(self.rp_id.as_bytes()).to_vec();
+        data.push(self.flags);
+        data.extend_from_slice(&self.counter.to_be_bytes());
+        let mut signed = data.clone();
+        signed.extend_from_slice(&Sha256::digest(&client));
+        let sig = by
+            .key
+            .sign(&SystemRandom::new(), &signed)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        (data, client, sig)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A PKI and the passkey admin `alice`, certified for [`ORIGIN`].
+fn passkey_admin(pki: &PkiDir, passkey: &Authenticator) -> VerifiedAdmin {
+    let cert =
+        issue_passkey_admin(pki, "alice", &passkey.spki, ORIGIN, Validity::days(30)).unwrap();
+    let root = TrustRoot::from_der(&pem_to_der(&pki.root_pem().unwrap(), "root").unwrap()).unwrap();
+    root.verify_admin(
+        &pem_to_der(&cert.cert_pem, "admin").unwrap(),
+        &pem_to_der(&cert.admin_ca_pem, "admin CA").unwrap(),
+        now(),
+    )
+    .unwrap()
+}
+
+fn check(
+    admin: &VerifiedAdmin,
+    parts: &(Vec<u8>, Vec<u8>, Vec<u8>),
+) -> Result<u32, AssertionFault> {
+    admin
+        .verify_assertion(
+            MESSAGE,
+            &Assertion {
+                authenticator_data: &parts.0,
+                client_data_json: &parts.1,
+                signature: &parts.2,
+            },
+        )
+        .map_err(|e| e.fault)
+}
+
+#[test]
+fn an_assertion_made_on_the_console_for_this_message_approves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PkiDir::new(dir.path());
+    pki.init().unwrap();
+    let passkey = Authenticator::new();
+    let admin = passkey_admin(&pki, &passkey);
+    assert_eq!(
+        admin.passkey,
+        Some(PasskeyBinding {
+            origin: ORIGIN.into(),
+            rp_id: "console.example".into(),
+        })
+    );
+    assert_eq!(check(&admin, &Made::honest().sign(&passkey)), Ok(7));
+}
+
+#[test]
+fn assertions_made_elsewhere_for_something_else_or_without_the_user_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PkiDir::new(dir.path());
+    pki.init().unwrap();
+    let passkey = Authenticator::new();
+    let admin = passkey_admin(&pki, &passkey);
+    let spoiled = |change: &dyn Fn(&mut Made)| {
+        let mut made = Made::honest();
+        change(&mut made);
+        check(&admin, &made.sign(&passkey))
+    };
+    // A phishing site relaying the console's challenge: the browser writes its own origin.
+    assert_eq!(
+        spoiled(&|m| m.origin = "https://console.example.evil".into()),
+        Err(AssertionFault::WrongOrigin)
+    );
+    assert_eq!(
+        spoiled(&|m| m.origin = "http://console.example".into()),
+        Err(AssertionFault::WrongOrigin)
+    );
+    // Another relying party's credential scope.
+    assert_eq!(
+        spoiled(&|m| m.rp_id = "evil.example".into()),
+        Err(AssertionFault::WrongRpId)
+    );
+    // The assertion of another request.
+    assert_eq!(
+        spoiled(&|m| m.challenge = approval_challenge(b"another request")),
+        Err(AssertionFault::WrongChallenge)
+    );
+    // A registration's client data, a framed page, no PIN or biometric, nobody there.
+    assert_eq!(
+        spoiled(&|m| m.kind = "webauthn.create"),
+        Err(AssertionFault::WrongType)
+    );
+    assert_eq!(
+        spoiled(&|m| m.cross_origin = true),
+        Err(AssertionFault::CrossOrigin)
+    );
+    assert_eq!(
+        spoiled(&|m| m.flags = 0x01),
+        Err(AssertionFault::UserNotVerified)
+    );
+    assert_eq!(
+        spoiled(&|m| m.flags = 0x04),
+        Err(AssertionFault::UserNotPresent)
+    );
+    // Signed by another authenticator, or altered after signing.
+    assert_eq!(
+        check(&admin, &Made::honest().sign(&Authenticator::new())),
+        Err(AssertionFault::BadSignature)
+    );
+    let mut altered = Made::honest().sign(&passkey);
+    altered.0[33] ^= 1;
+    assert_eq!(check(&admin, &altered), Err(AssertionFault::BadSignature));
+    // Malformed parts.
+    let mut short = Made::honest().sign(&passkey);
+    short.0.truncate(36);
+    assert_eq!(check(&admin, &short), Err(AssertionFault::Malformed));
+    let mut junk = Made::honest().sign(&passkey);
+    junk.1 = b"not json".to_vec();
+    assert_eq!(check(&admin, &junk), Err(AssertionFault::Malformed));
+    junk.1 = vec![b' '; 5000];
+    assert_eq!(check(&admin, &junk), Err(AssertionFault::Malformed));
+}
+
+#[test]
+fn a_key_file_admin_never_approves_with_an_assertion() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PkiDir::new(dir.path());
+    pki.init().unwrap();
+    let folder = custos_pki::AdminFolder::new(dir.path().join("bob"));
+    folder.enroll("bob", &pki).unwrap();
+    let chain = std::fs::read_to_string(folder.chain()).unwrap();
+    let ders: Vec<Vec<u8>> = pem::parse_many(&chain)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.into_contents())
+        .collect();
+    let root = TrustRoot::from_der(&pem_to_der(&pki.root_pem().unwrap(), "root").unwrap()).unwrap();
+    let bob = root.verify_admin(&ders[0], &ders[1], now()).unwrap();
+    assert_eq!(bob.passkey, None);
+    let passkey = Authenticator::new();
+    assert_eq!(
+        check(&bob, &Made::honest().sign(&passkey)),
+        Err(AssertionFault::NotAPasskey)
+    );
+}
+
+#[test]
+fn a_passkey_is_certified_only_for_an_https_origin_and_a_p256_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PkiDir::new(dir.path());
+    pki.init().unwrap();
+    let passkey = Authenticator::new();
+    for origin in [
+        "http://console.example",
+        "https://console.example/approve",
+        "https://console.example/?next=1",
+        "https://user@console.example",
+        "console.example",
+    ] {
+        assert!(
+            issue_passkey_admin(&pki, "alice", &passkey.spki, origin, Validity::days(30)).is_err(),
+            "{origin}"
+        );
+    }
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    assert!(issue_passkey_admin(
+        &pki,
+        "alice",
+        &ed.public_key_der(),
+        ORIGIN,
+        Validity::days(30)
+    )
+    .is_err());
+}
