@@ -70,26 +70,28 @@ async fn sign(
     used
 }
 
-/// Three named triples sign; then with dc1 down an unnamed request is served by a triple
-/// without it, and with dc1, dc3 and dc5 down by dc2, dc4 and dc6.
-fn sign_with_triples_and_clusters_down(dep: &mut Deployment, key_id: &str, xpub: &Xpub) {
+/// Each key (id, xpub) signs with three named triples; then with dc1 down an unnamed request
+/// is served by a triple without it, and with dc1, dc3 and dc5 down by dc2, dc4 and dc6.
+fn sign_with_triples_and_clusters_down(dep: &mut Deployment, keys: &[(String, Xpub)]) {
     let alice = dep.admin("alice").unwrap();
     let client = dep.client().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    for (i, triple) in [
-        ["dc1", "dc2", "dc3"],
-        ["dc4", "dc5", "dc6"],
-        ["dc2", "dc4", "dc6"],
-    ]
-    .iter()
-    .enumerate()
-    {
-        let path = format!("m/0/{i}");
-        let used = rt.block_on(sign(&client, &alice, xpub, key_id, &path, Some(triple)));
-        assert_eq!(used, triple.to_vec(), "{triple:?}");
+    for (key_id, xpub) in keys {
+        for (i, triple) in [
+            ["dc1", "dc2", "dc3"],
+            ["dc4", "dc5", "dc6"],
+            ["dc2", "dc4", "dc6"],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let path = format!("m/0/{i}");
+            let used = rt.block_on(sign(&client, &alice, xpub, key_id, &path, Some(triple)));
+            assert_eq!(used, triple.to_vec(), "{triple:?}");
+        }
     }
     for (down, path) in [(&["dc1"][..], "m/1/0"), (&["dc3", "dc5"][..], "m/1/1")] {
         for c in down {
@@ -103,17 +105,20 @@ fn sign_with_triples_and_clusters_down(dep: &mut Deployment, key_id: &str, xpub:
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        let used = rt.block_on(sign(&client, &alice, xpub, key_id, path, None));
-        assert_eq!(used.len(), 3, "{used:?}");
-        assert!(!used.contains(&"dc1".to_string()), "{used:?}");
-        if down.len() == 2 {
-            assert_eq!(used, ["dc2", "dc4", "dc6"]);
+        for (key_id, xpub) in keys {
+            let used = rt.block_on(sign(&client, &alice, xpub, key_id, path, None));
+            assert_eq!(used.len(), 3, "{used:?}");
+            assert!(!used.contains(&"dc1".to_string()), "{used:?}");
+            if down.len() == 2 {
+                assert_eq!(used, ["dc2", "dc4", "dc6"]);
+            }
         }
     }
 }
 
+/// One deployment of six clusters, two 3-of-6 keys: one made by DKG, one dealt.
 #[test]
-fn a_3_of_6_key_made_by_dkg_signs_with_several_triples_and_three_clusters_down() {
+fn three_of_six_keys_made_by_dkg_and_dealt_sign_with_several_triples_and_three_clusters_down() {
     let tmp = tempfile::tempdir().unwrap();
     let mut dep = six_clusters(tmp.path());
     let sets = crate::dkg::fixture_sets();
@@ -138,20 +143,8 @@ fn a_3_of_6_key_made_by_dkg_signs_with_several_triples_and_three_clusters_down()
     };
     assert_eq!((made.threshold, made.origin.as_str()), (3, "dkg"));
     assert_eq!(made.clusters, SIX);
-    let xpub = Xpub::from_str(made.xpub.as_deref().expect("an HD key")).unwrap();
-    sign_with_triples_and_clusters_down(&mut dep, &made.key_id, &xpub);
-}
+    let by_dkg = Xpub::from_str(made.xpub.as_deref().expect("an HD key")).unwrap();
 
-#[test]
-fn a_dealt_3_of_6_key_signs_with_several_triples_and_three_clusters_down() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut dep = six_clusters(tmp.path());
-    let alice = dep.admin("alice").unwrap();
-    let client = dep.client().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let dealt = dep
         .deal_threshold("acme", 3, &SIX, 1, true, crate::threshold::test_primes())
         .unwrap();
@@ -161,9 +154,12 @@ fn a_dealt_3_of_6_key_signs_with_several_triples_and_three_clusters_down() {
     {
         assert_eq!(v.status, RequestStatus::Completed, "{v:?}");
     }
-    let key_id = hex::encode(&dealt.key.key_id);
-    let key = rt.block_on(client.threshold_key(&key_id)).unwrap();
+    let dealt_id = hex::encode(&dealt.key.key_id);
+    let key = rt.block_on(client.threshold_key(&dealt_id)).unwrap();
     assert_eq!((key.threshold, key.clusters.len()), (3, 6));
-    let xpub = Xpub::from_str(key.xpub.as_deref().expect("an HD key")).unwrap();
-    sign_with_triples_and_clusters_down(&mut dep, &key_id, &xpub);
+    let by_dealer = Xpub::from_str(key.xpub.as_deref().expect("an HD key")).unwrap();
+    sign_with_triples_and_clusters_down(
+        &mut dep,
+        &[(made.key_id.clone(), by_dkg), (dealt_id, by_dealer)],
+    );
 }
