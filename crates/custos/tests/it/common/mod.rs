@@ -27,8 +27,14 @@ use custos_wire::protocol::{
 
 pub const CLUSTER: &str = "dc1";
 
+/// The `custos` binary the tests start: this package's own (built with the feature
+/// `insecure-test-primes`), or another build named by `CUSTOS_TEST_EXE`, e.g. a release
+/// build without the feature, to show that it refuses what tests let it refuse
+/// (`CUSTOS_TEST_EXE=target/release/custos ... dkg::a_tee_process_refuses`).
 pub fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_custos"))
+    std::env::var_os("CUSTOS_TEST_EXE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_custos")))
 }
 
 /// The threshold tests' clusters.
