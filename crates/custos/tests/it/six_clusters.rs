@@ -11,10 +11,10 @@ use std::time::Duration;
 use bitcoin::bip32::Xpub;
 use custos::cluster::LinkTransport;
 use custos::deployment::{
-    approve, create_threshold_key, import_threshold, wait_healthy, Deployment, DeploymentOptions,
+    create_threshold_key, import_threshold, wait_healthy, Deployment, DeploymentOptions,
 };
 use custos_cloud_api::client::CloudClient;
-use custos_cloud_api::{RequestResult, RequestStatus, ThresholdSignBody};
+use custos_cloud_api::{RequestResult, RequestStatus};
 use custos_pki::AdminSigner;
 
 use crate::common::exe;
@@ -51,20 +51,9 @@ async fn sign(
     clusters: Option<&[&str]>,
 ) -> Vec<String> {
     let digest: [u8; 32] = rand::random();
-    let view = client
-        .threshold_sign(&ThresholdSignBody {
-            key_id: key_id.into(),
-            path: path.into(),
-            digest: hex::encode(digest),
-            message: None,
-            clusters: clusters.map(|c| c.iter().map(|c| c.to_string()).collect()),
-            request_id: None,
-            expires_at: None,
-            approvals: Vec::new(),
-        })
-        .await
-        .unwrap();
-    let view = approve(client, alice, &view.id).await.unwrap();
+    let clusters = clusters.map(|c| c.iter().map(|c| c.to_string()).collect());
+    let view =
+        crate::threshold::threshold_sign(client, alice, key_id, path, digest, clusters).await;
     let mut used = crate::threshold::check_signature(&view, xpub, path, digest);
     used.sort();
     used

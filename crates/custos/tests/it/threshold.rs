@@ -24,7 +24,7 @@ pub(crate) fn test_primes() -> PrimeSource {
     )
 }
 
-async fn threshold_sign(
+pub(crate) async fn threshold_sign(
     client: &CloudClient,
     alice: &AdminSigner,
     key_id: &str,
