@@ -3,12 +3,12 @@
 //! trusting the server's bytes), and the TEE checks the same bytes.
 
 use custos_pki::AdminSigner;
-use custos_wire::approval::{Action, THRESHOLD_SCOPE};
+use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
 use custos_wire::policy::{KeyPolicy, Rule, MAX_GROUP, RULE_CLUSTER_ANCHORS};
 use custos_wire::protocol::RequestMeta;
 
 use crate::path::parse_path;
-use crate::{ApprovalBody, KeyId, RequestKind, RequestView};
+use crate::{ApprovalBody, KeyId, RequestKind, RequestView, WebAuthnBody};
 
 /// Parses 16 bytes of hex (a request id).
 pub fn parse_request_id(s: &str) -> Result<[u8; 16], String> {
@@ -334,11 +334,21 @@ pub fn sign_approval(
     signer: &AdminSigner,
     message: &[u8],
 ) -> Result<ApprovalBody, custos_pki::PkiError> {
-    Ok(ApprovalBody {
-        admin_cert_pem: custos_pki::der_to_pem(&signer.cert_der, "CERTIFICATE"),
-        admin_ca_pem: custos_pki::der_to_pem(&signer.admin_ca_der, "CERTIFICATE"),
-        signature_hex: hex::encode(signer.sign(message)?),
-    })
+    Approval::by_key_file(signer, message).map(|a| ApprovalBody::from(&a))
+}
+
+impl From<&Approval> for ApprovalBody {
+    fn from(a: &Approval) -> Self {
+        ApprovalBody {
+            admin_cert_pem: custos_pki::der_to_pem(&a.admin_cert, "CERTIFICATE"),
+            admin_ca_pem: custos_pki::der_to_pem(&a.admin_ca, "CERTIFICATE"),
+            signature_hex: hex::encode(&a.signature),
+            webauthn: a.webauthn.as_ref().map(|w| WebAuthnBody {
+                authenticator_data_hex: hex::encode(&w.authenticator_data),
+                client_data_json_hex: hex::encode(&w.client_data_json),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

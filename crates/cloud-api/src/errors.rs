@@ -15,8 +15,8 @@ pub enum ErrorCode {
     MalformedJson,
     /// Body is not application/json.
     UnsupportedMediaType,
-    /// Body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key
-    /// imports, about 1.5 MiB for PSBT signing, 896 KiB for Ethereum signing).
+    /// Body over the limit (160 KiB; 288 KiB for threshold signing, 672 KiB for threshold key
+    /// imports, about 1.5 MiB for PSBT signing, 928 KiB for Ethereum signing).
     BodyTooLarge,
     /// Query string not understood or out of range.
     InvalidQuery,
@@ -287,7 +287,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "missing or unknown bearer token",
             ErrorCode::MalformedJson => "body is not valid JSON of the expected shape",
             ErrorCode::UnsupportedMediaType => "body is not application/json",
-            ErrorCode::BodyTooLarge => "body over the limit (128 KiB; 256 KiB for threshold signing, 640 KiB for threshold key imports, about 1.5 MiB for PSBT signing, 896 KiB for Ethereum signing)",
+            ErrorCode::BodyTooLarge => "body over the limit (160 KiB; 288 KiB for threshold signing, 672 KiB for threshold key imports, about 1.5 MiB for PSBT signing, 928 KiB for Ethereum signing)",
             ErrorCode::InvalidQuery => "query string not understood or out of range",
             ErrorCode::InvalidDigest => "digest is not 32 bytes of hex",
             ErrorCode::InvalidPath => "BIP-32 path syntax, index range or depth",

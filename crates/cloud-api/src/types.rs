@@ -194,9 +194,28 @@ pub struct ApprovalBody {
         pattern = "^[-A-Za-z0-9+/= \\r\\n]+$"
     )]
     pub admin_ca_pem: String,
-    /// DER signature, hex (an ECDSA P-256 signature is at most 72 bytes).
+    /// DER signature, hex (an ECDSA P-256 signature is at most 72 bytes): over the request's
+    /// approval message, or for a passkey over `webauthn`'s authenticator data and the
+    /// SHA-256 of its client data.
     #[schema(pattern = "^([0-9a-fA-F]{2}){1,80}$", max_length = 160)]
     pub signature_hex: String,
+    /// A passkey's WebAuthn assertion (the console's approvals), required exactly when the
+    /// admin certificate certifies a passkey; its challenge is the base64url SHA-256 of the
+    /// approval message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn: Option<WebAuthnBody>,
+}
+
+/// The parts of a WebAuthn assertion besides its signature, as the browser returned them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebAuthnBody {
+    /// `authenticatorData`, hex (at most 256 bytes).
+    #[schema(pattern = "^([0-9a-fA-F]{2}){37,256}$", max_length = 512)]
+    pub authenticator_data_hex: String,
+    /// `clientDataJSON`, hex (at most 512 bytes).
+    #[schema(pattern = "^([0-9a-fA-F]{2}){1,512}$", max_length = 1024)]
+    pub client_data_json_hex: String,
 }
 
 /// `POST /v1/wallets`.

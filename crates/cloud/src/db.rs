@@ -97,6 +97,9 @@ pub struct StoredApproval {
     pub ca: String,
     /// Signature DER, hex.
     pub signature: String,
+    /// A passkey's assertion, as the API took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn: Option<custos_cloud_api::WebAuthnBody>,
     /// Unix milliseconds.
     pub at_ms: u64,
 }
@@ -769,6 +772,7 @@ mod tests {
             cert: String::new(),
             ca: String::new(),
             signature: String::new(),
+            webauthn: None,
             at_ms: 0,
         }
     }

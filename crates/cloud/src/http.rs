@@ -28,9 +28,10 @@ use doc::ApiDoc;
 pub(crate) use errors::status_of;
 
 /// Largest request body accepted: the largest any body schema of the OpenAPI document
-/// allows (sixteen approvals with certificates at their longest, 64 clusters named, each
-/// string at its longest in its widest JSON form) fits, checked by a test.
-pub const MAX_BODY: usize = 128 * 1024;
+/// allows (sixteen approvals with certificates and passkey assertions at their longest, 64
+/// clusters named, each string at its longest in its widest JSON form) fits, checked by a
+/// test.
+pub const MAX_BODY: usize = 160 * 1024;
 /// Largest body of a threshold key import (a dealer bundle of up to
 /// [`crate::service::MAX_BUNDLE`] bytes as hex, with approvals).
 pub const MAX_IMPORT_BODY: usize = 2 * crate::service::MAX_BUNDLE + MAX_BODY;
@@ -367,7 +368,7 @@ async fn create_eth_request(
 /// Import one cluster's share of a dealt threshold key: records an `import_threshold_key`
 /// request for the node whose device certificate the dealer sealed the bundle to (found by
 /// the bundle's recipient fingerprint). Admins approve the import of share `share_index`
-/// of the key (approval message made with the share's cluster). Bodies up to 640 KiB.
+/// of the key (approval message made with the share's cluster). Bodies up to 672 KiB.
 #[utoipa::path(
     post, path = "/v1/threshold/keys/import", tag = "threshold", security(("bearer" = ["request"])),
     request_body = ImportThresholdKeyBody,

@@ -16,7 +16,7 @@ use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use bitcoin::Network;
 use custos_pki::{AdminCache, TrustRoot};
 use custos_proto::cluster::ClusterStatus;
-use custos_wire::approval::{Approval, MAX_APPROVAL_LIFETIME_SECS};
+use custos_wire::approval::{check_signature, Approval, MAX_APPROVAL_LIFETIME_SECS};
 use custos_wire::import::{import_key_id, seal_import};
 use custos_wire::protocol::{
     encode_request, EcdsaSignature, ImportSecret, KeyInfo, Request, RequestMeta, Response,
@@ -463,10 +463,18 @@ fn tee_approvals(row: &RequestRow) -> Result<Vec<Approval>, String> {
     executors::needed_approvals(row)
         .into_iter()
         .map(|a| {
+            let hex = |s: &str| hex::decode(s).map_err(|e| e.to_string());
             Ok(Approval {
-                admin_cert: hex::decode(&a.cert).map_err(|e| e.to_string())?,
-                admin_ca: hex::decode(&a.ca).map_err(|e| e.to_string())?,
-                signature: hex::decode(&a.signature).map_err(|e| e.to_string())?,
+                admin_cert: hex(&a.cert)?,
+                admin_ca: hex(&a.ca)?,
+                signature: hex(&a.signature)?,
+                webauthn: match &a.webauthn {
+                    None => None,
+                    Some(w) => Some(custos_wire::approval::PasskeyAssertion {
+                        authenticator_data: hex(&w.authenticator_data_hex)?,
+                        client_data_json: hex(&w.client_data_json_hex)?,
+                    }),
+                },
             })
         })
         .collect()

@@ -44,13 +44,7 @@ pub fn approvals(
     let message = action.message(cluster, meta);
     signers
         .iter()
-        .map(|s| {
-            Ok(Approval {
-                admin_cert: s.cert_der.clone(),
-                admin_ca: s.admin_ca_der.clone(),
-                signature: s.sign(&message)?,
-            })
-        })
+        .map(|s| Approval::by_key_file(s, &message))
         .collect()
 }
 

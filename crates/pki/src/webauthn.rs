@@ -20,10 +20,12 @@ use sha2::{Digest, Sha256};
 
 use crate::VerifiedAdmin;
 
-/// Longest client data JSON accepted (browsers send about 200 bytes).
-pub const MAX_CLIENT_DATA: usize = 4096;
-/// Longest authenticator data accepted (37 bytes, more with extensions).
-pub const MAX_AUTHENTICATOR_DATA: usize = 1024;
+/// Longest client data JSON accepted (browsers send 130 to 250 bytes; sixteen approvals with
+/// their certificates still fit in one API request body).
+pub const MAX_CLIENT_DATA: usize = 512;
+/// Longest authenticator data accepted (37 bytes, more with extensions, which assertions
+/// rarely carry).
+pub const MAX_AUTHENTICATOR_DATA: usize = 256;
 /// Longest ES256 signature (DER).
 const MAX_SIGNATURE: usize = 80;
 /// The flag bits of the authenticator data (WebAuthn §6.1).

@@ -8,15 +8,16 @@
 use custos_pki::{AdminCache, TrustRoot};
 
 use custos_wire::approval::{
-    verify_approvals, Action, Approval, ApprovalTime, Approvers, MAX_APPROVAL_LIFETIME_SECS,
+    verify_approvals, Action, Approval, ApprovalTime, Approvers, PasskeyUse,
+    MAX_APPROVAL_LIFETIME_SECS,
 };
 use custos_wire::policy::{ApprovalNeed, KeyPolicy};
 use custos_wire::protocol::{RequestMeta, TeeError};
 
-/// Checks expiry, every approval, and that at least `required` distinct admins approved
-/// (any Admin-CA admin: the legacy rule until keys carry approver groups). Any invalid
-/// approval refuses the whole request, so a mistake is never silently outvoted. The counting
-/// itself is [`verify_approvals`], shared with every other verifier.
+/// Checks expiry, every approval, and that `who` approved. Any invalid approval refuses the
+/// whole request, so a mistake is never silently outvoted. The counting itself is
+/// [`verify_approvals`], shared with every other verifier. Returns the passkey assertions
+/// among the approvals, whose counters the caller checks against its own records.
 #[allow(clippy::too_many_arguments)]
 pub fn check_quorum(
     cache: &mut AdminCache,
@@ -28,7 +29,7 @@ pub fn check_quorum(
     approvals: &[Approval],
     who: &Approvers<'_>,
     revoked: &dyn Fn(&[u8; 32]) -> bool,
-) -> Result<Vec<String>, TeeError> {
+) -> Result<Vec<PasskeyUse>, TeeError> {
     if now > meta.expires_at {
         return Err(TeeError::RequestExpired {
             expires_at: meta.expires_at,
@@ -51,7 +52,7 @@ pub fn check_quorum(
         who,
         revoked,
     )?;
-    Ok(counted.into_iter().map(|(_, name)| name).collect())
+    Ok(counted.passkeys)
 }
 
 /// Whose approvals count for one request, owned (it is read from a key the core holds

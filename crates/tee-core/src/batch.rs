@@ -19,6 +19,8 @@ pub(crate) enum Undo {
     Consumed([u8; 16]),
     /// A key's spend-window record was replaced (the one before it, if any).
     Velocity(Vec<u8>, Option<Vec<custos_tx::policy::Spent>>),
+    /// A passkey's counter record was replaced (the one before it, if any).
+    Passkey([u8; 32], Option<crate::passkey::CounterRecord>),
     /// A primes set the background generation finished was sealed (no request's doing: a
     /// failed commit gives it back to the pool and fails no request).
     GeneratedPrimes(custos_threshold::Primes),
@@ -92,6 +94,14 @@ impl<P: Platform> TeeCore<P> {
                                 self.velocity.remove(&key);
                             }
                         },
+                        Undo::Passkey(key, before) => match before {
+                            Some(record) => {
+                                self.passkeys.insert(key, record);
+                            }
+                            None => {
+                                self.passkeys.remove(&key);
+                            }
+                        },
                         Undo::GeneratedPrimes(_) => unreachable!("matched above"),
                     }
                     self.failed.push((i, e.clone()));
@@ -105,7 +115,7 @@ impl<P: Platform> TeeCore<P> {
                     self.corrupt
                         .remove(&format!("{}{}", threshold::SHARE_PREFIX, key_hex(&key)));
                 }
-                (Ok(()), Undo::Consumed(_) | Undo::Velocity(..)) => {}
+                (Ok(()), Undo::Consumed(_) | Undo::Velocity(..) | Undo::Passkey(..)) => {}
             }
         }
         result

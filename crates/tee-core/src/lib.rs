@@ -32,6 +32,7 @@ mod batch;
 mod dispatch;
 mod governance;
 mod open;
+mod passkey;
 mod policy_requests;
 mod provision;
 mod transaction;
@@ -104,6 +105,9 @@ pub struct TeeCore<P: Platform> {
     /// Each key's transactions within its longest spend window (sealed under
     /// [`VELOCITY_PREFIX`]; committed before any signature it counts leaves).
     velocity: BTreeMap<Vec<u8>, Vec<custos_tx::policy::Spent>>,
+    /// Each passkey's signature counter, by key fingerprint (sealed under
+    /// [`passkey::PASSKEY_PREFIX`]; committed before any answer it let through).
+    passkeys: BTreeMap<[u8; 32], passkey::CounterRecord>,
 }
 
 impl<P: Platform> TeeCore<P> {
@@ -193,7 +197,7 @@ impl<P: Platform> TeeCore<P> {
                 .as_ref()
                 .is_some_and(|g| g.state.revoked_admins.contains_key(fp))
         };
-        check_quorum(
+        let passkeys = check_quorum(
             &mut self.admins,
             root,
             cluster,
@@ -204,7 +208,7 @@ impl<P: Platform> TeeCore<P> {
             &who.approvers(),
             &revoked,
         )?;
-        Ok(())
+        self.keep_passkey_counters(&passkeys)
     }
 
     /// Whose approvals count for a wallet: its own group when it has one; a wallet sealed

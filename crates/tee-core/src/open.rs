@@ -9,6 +9,7 @@ use custos_wire::field::take;
 use zeroize::Zeroizing;
 
 use crate::device::DeviceKey;
+use crate::passkey::{CounterRecord, PASSKEY_PREFIX};
 use crate::platform::{Platform, PlatformError};
 use crate::threshold::engine::{parse_session_record, ThresholdState};
 use crate::threshold::presign::HeldPresignature;
@@ -110,6 +111,7 @@ impl<P: Platform> TeeCore<P> {
             failed: Vec::new(),
             consumed: BTreeMap::new(),
             velocity: BTreeMap::new(),
+            passkeys: BTreeMap::new(),
             threshold: ThresholdState::new()
                 .map_err(|e| OpenError::SessionThread(e.to_string()))?,
             gov: None,
@@ -174,6 +176,16 @@ impl<P: Platform> TeeCore<P> {
                 Ok(())
             },
         )?;
+        // A counter record that does not open is set aside: its passkey then approves
+        // nothing here (a replay could not be told) until it is restored.
+        core.load_records(PASSKEY_PREFIX, OnBadRecord::SetAside, |core, name, body| {
+            let key = hex::decode(&name[PASSKEY_PREFIX.len()..])
+                .ok()
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .ok_or("unparsable record name")?;
+            core.passkeys.insert(key, CounterRecord::from_record(body)?);
+            Ok(())
+        })?;
         core.load_records(
             threshold::SHARE_PREFIX,
             OnBadRecord::SetAside,

@@ -120,11 +120,7 @@ impl<'a> GovLog<'a> {
             .iter()
             .map(|n| {
                 let s = self.pki.admin(n);
-                Approval {
-                    admin_cert: s.cert_der.clone(),
-                    admin_ca: s.admin_ca_der.clone(),
-                    signature: s.sign(&message).expect("a test admin's file key signs"),
-                }
+                Approval::by_key_file(s, &message).expect("a test admin's file key signs")
             })
             .collect();
         entry

@@ -3,6 +3,7 @@
 //! * [`platform`]: sealed storage in memory that stages writes until commit;
 //! * [`pki`]: a real PKI in a temporary directory and TEE cores provisioned into it;
 //! * [`governance`]: a cluster's governance log with real approvals by the test admins;
+//! * [`passkey`]: a software WebAuthn authenticator and admins whose key is a passkey;
 //! * [`db`]: SQLite and PostgreSQL databases of their own per test;
 //! * [`gateway`]: relay + link + bridge of several clusters faked in process, in front of
 //!   real or scripted TEEs;
@@ -16,6 +17,7 @@
 pub mod db;
 pub mod gateway;
 pub mod governance;
+pub mod passkey;
 pub mod pki;
 pub mod platform;
 pub mod server;

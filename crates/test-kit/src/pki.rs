@@ -180,11 +180,7 @@ impl Pki {
     pub fn approvals(&self, n: usize, message: &[u8]) -> Vec<Approval> {
         self.admins[..n]
             .iter()
-            .map(|s| Approval {
-                admin_cert: s.cert_der.clone(),
-                admin_ca: s.admin_ca_der.clone(),
-                signature: s.sign(message).expect("a test admin's file key signs"),
-            })
+            .map(|s| Approval::by_key_file(s, message).expect("a test admin's file key signs"))
             .collect()
     }
 

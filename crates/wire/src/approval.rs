@@ -5,6 +5,10 @@
 //! action (cluster, request id, expiry, and what is done with which key). The TEE core's
 //! verification unit checks approvals against this encoder, and the admin tooling and the
 //! cloud server produce them with it, so every side agrees byte for byte.
+//!
+//! An admin whose certified key is a WebAuthn passkey signs through the browser instead: the
+//! approval is then an assertion whose challenge is the message's SHA-256
+//! ([`custos_pki::webauthn`]); [`check_signature`] tells the two apart by the certificate.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +18,7 @@ use crate::protocol::RequestMeta;
 
 mod count;
 
-pub use count::{verify_approvals, ApprovalTime, Approvers};
+pub use count::{check_signature, verify_approvals, ApprovalTime, Approvers, Counted, PasskeyUse};
 
 /// Domain separation tag of approval messages.
 pub const APPROVAL_DOMAIN: &[u8] = b"CUSTOS-APPROVAL-V1\0";
@@ -32,8 +36,38 @@ pub struct Approval {
     pub admin_cert: Vec<u8>,
     /// The Admin CA certificate that issued it, DER.
     pub admin_ca: Vec<u8>,
-    /// ECDSA P-256 signature (DER) over [`Action::message`].
+    /// ECDSA P-256 signature (DER): over [`Action::message`] for a key-file admin; over
+    /// `authenticatorData || SHA-256(clientDataJSON)` of [`Approval::webauthn`] for a passkey.
     pub signature: Vec<u8>,
+    /// The signed parts of a passkey's assertion; present exactly when the admin certificate
+    /// certifies a passkey.
+    pub webauthn: Option<PasskeyAssertion>,
+}
+
+impl Approval {
+    /// `signer`'s approval of `message` with its key file (or HSM key): a plain signature.
+    pub fn by_key_file(
+        signer: &custos_pki::AdminSigner,
+        message: &[u8],
+    ) -> Result<Self, custos_pki::PkiError> {
+        Ok(Approval {
+            admin_cert: signer.cert_der.clone(),
+            admin_ca: signer.admin_ca_der.clone(),
+            signature: signer.sign(message)?,
+            webauthn: None,
+        })
+    }
+}
+
+/// What a browser returns for `navigator.credentials.get` besides the signature
+/// (`AuthenticatorAssertionResponse`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PasskeyAssertion {
+    /// `authenticatorData`: RP id hash, flags, signature counter (at most
+    /// [`custos_pki::webauthn::MAX_AUTHENTICATOR_DATA`] bytes).
+    pub authenticator_data: Vec<u8>,
+    /// `clientDataJSON` (at most [`custos_pki::webauthn::MAX_CLIENT_DATA`] bytes).
+    pub client_data_json: Vec<u8>,
 }
 
 /// The action an approval authorizes.

@@ -31,7 +31,7 @@ pub const MAX_GOVERNORS: usize = crate::policy::MAX_GROUP;
 /// Most revoked key fingerprints (admins and devices together) of one cluster.
 pub const MAX_REVOKED: usize = 4096;
 /// Largest attestation evidence document, bytes (a TDX quote with its collateral is about
-/// 21 KiB; as hex it must still fit the cloud server's 128 KiB body limit).
+/// 21 KiB; as hex it must still fit the cloud server's 160 KiB body limit).
 pub const MAX_EVIDENCE: usize = 48 * 1024;
 /// Longest reason text of a removal or revocation, bytes.
 pub const MAX_REASON: usize = 1024;

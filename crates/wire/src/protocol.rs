@@ -17,8 +17,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message schema; bumped on any incompatible change (a reordered, removed or
-/// changed variant or field). Version 2: requests carry it as their first byte.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// changed variant or field). Version 2: requests carry it as their first byte. Version 3:
+/// an approval may be a passkey's WebAuthn assertion ([`crate::approval::Approval::webauthn`]).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Largest encoded request the core accepts.
 pub const MAX_REQUEST_LEN: usize = 4 * 1024 * 1024;
 /// Most approvals one request may carry.

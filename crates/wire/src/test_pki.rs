@@ -38,11 +38,7 @@ impl Admin {
 
     /// Its approval of `message`.
     pub fn approve(&self, message: &[u8]) -> Approval {
-        Approval {
-            admin_cert: self.signer.cert_der.clone(),
-            admin_ca: self.signer.admin_ca_der.clone(),
-            signature: self.signer.sign(message).expect("a file key signs"),
-        }
+        Approval::by_key_file(&self.signer, message).expect("a file key signs")
     }
 }
 

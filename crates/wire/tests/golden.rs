@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use custos_wire::approval::{Action, Approval, THRESHOLD_SCOPE};
+use custos_wire::approval::{Action, Approval, PasskeyAssertion, THRESHOLD_SCOPE};
 use custos_wire::governance::{
     admission_binding, entry_hash, genesis_id, nonce_hash, AdmissionChallenge, AdmissionEvidence,
     AdmissionTicket, Evidence, GovChange, GovEntry, MeasurementPolicy, MemberRecord,
@@ -34,6 +34,7 @@ fn approval() -> Approval {
         admin_cert: vec![0xa1; 3],
         admin_ca: vec![0xa2; 2],
         signature: vec![0xa3; 4],
+        webauthn: None,
     }
 }
 
@@ -943,6 +944,44 @@ fn current() -> BTreeMap<String, String> {
         "signed-response sample".into(),
         hex::encode(postcard::to_allocvec(&signed).unwrap()),
     );
+    // A passkey's approval, as sealed in governance entries and sent to every TEE.
+    let passkey = Approval {
+        webauthn: Some(PasskeyAssertion {
+            authenticator_data: vec![0xa4; 37],
+            client_data_json: b"{}".to_vec(),
+        }),
+        ..approval()
+    };
+    out.insert(
+        "approval passkey".into(),
+        hex::encode(postcard::to_allocvec(&passkey).unwrap()),
+    );
+    let faults = [
+        ApprovalFault::UntrustedCertificate,
+        ApprovalFault::CertificateNotValidNow,
+        ApprovalFault::BadSignature,
+        ApprovalFault::Malformed,
+        ApprovalFault::NotAPasskey,
+        ApprovalFault::AssertionMissing,
+        ApprovalFault::WrongType,
+        ApprovalFault::WrongChallenge,
+        ApprovalFault::WrongOrigin,
+        ApprovalFault::CrossOrigin,
+        ApprovalFault::WrongRpId,
+        ApprovalFault::UserNotPresent,
+        ApprovalFault::UserNotVerified,
+        ApprovalFault::CounterReplayed,
+    ];
+    let encoded: Vec<Vec<u8>> = faults
+        .iter()
+        .map(|f| postcard::to_allocvec(f).unwrap())
+        .collect();
+    assert_complete::<ApprovalFault>("ApprovalFault", &encoded);
+    let mut names = std::collections::BTreeSet::new();
+    for (f, bytes) in faults.iter().zip(&encoded) {
+        assert!(names.insert(f.as_str()), "{} named twice", f.as_str());
+        out.insert(format!("approval-fault {}", f.as_str()), hex::encode(bytes));
+    }
     for (name, bytes) in approval_messages() {
         out.insert(format!("message {name}"), hex::encode(bytes));
     }

@@ -163,23 +163,26 @@ impl Cloud {
         message: &[u8],
     ) -> Result<StoredApproval, ApiError> {
         let invalid = |m: String| ApiError::new(ErrorCode::ApprovalInvalid, m);
-        let crate::approval::DecodedApproval {
-            cert,
-            ca,
-            signature: sig,
-        } = decode_approval(a).map_err(invalid)?;
+        let approval = decode_approval(a).map_err(invalid)?;
         let now = self.now_secs();
         let admin = self
             .admins
             .lock()
             .expect("admin cache lock")
-            .verify(&self.trust_root, &cert, &ca, now)
+            .verify(
+                &self.trust_root,
+                &approval.admin_cert,
+                &approval.admin_ca,
+                now,
+            )
             .cloned()
             .map_err(|e| invalid(e.to_string()))?;
-        admin.verify_signature(message, &sig).map_err(|_| {
+        // The TEE's own check (it also keeps passkey counters, which only it can).
+        check_signature(&admin, message, &approval).map_err(|(fault, detail)| {
             invalid(format!(
-                "signature of admin {:?} does not cover this request's approval message",
-                admin.identity.name
+                "approval of admin {:?} refused ({}): {detail}",
+                admin.identity.name,
+                fault.as_str()
             ))
         })?;
         Ok(StoredApproval {
@@ -187,9 +190,10 @@ impl Cloud {
             fingerprint: hex::encode(admin.identity.fingerprint),
             subject: hex::encode(&admin.identity.subject),
             key: hex::encode(admin.identity.key),
-            cert: hex::encode(&cert),
-            ca: hex::encode(&ca),
-            signature: hex::encode(&sig),
+            cert: hex::encode(&approval.admin_cert),
+            ca: hex::encode(&approval.admin_ca),
+            signature: hex::encode(&approval.signature),
+            webauthn: a.webauthn.clone(),
             at_ms: self.now_ms(),
         })
     }

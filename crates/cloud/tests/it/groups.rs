@@ -38,11 +38,7 @@ pub(crate) fn not_in_group(e: ClientError, admin: &AdminSigner) {
 
 /// The TEE form of `signer`'s approval of `message`.
 pub(crate) fn tee_approval(signer: &AdminSigner, message: &[u8]) -> Approval {
-    Approval {
-        admin_cert: signer.cert_der.clone(),
-        admin_ca: signer.admin_ca_der.clone(),
-        signature: signer.sign(message).unwrap(),
-    }
+    Approval::by_key_file(signer, message).unwrap()
 }
 
 #[tokio::test]

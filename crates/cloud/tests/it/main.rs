@@ -9,6 +9,7 @@ mod governance;
 mod groups;
 mod key_policy;
 mod openapi;
+mod passkeys;
 mod replicas;
 mod scripted;
 mod service;

@@ -692,6 +692,23 @@ fn the_documents_limits_are_the_servers() {
             n(custos_cloud_api::MAX_APPROVAL_PEM)
         );
     }
+    // A passkey assertion's parts, hex: twice the bytes every verifier accepts.
+    for (part, max) in [
+        (
+            "authenticator_data_hex",
+            custos_pki::webauthn::MAX_AUTHENTICATOR_DATA,
+        ),
+        (
+            "client_data_json_hex",
+            custos_pki::webauthn::MAX_CLIENT_DATA,
+        ),
+    ] {
+        assert_eq!(
+            prop("WebAuthnBody", part)["maxLength"],
+            n(2 * max),
+            "{part}"
+        );
+    }
     for secret in ["mnemonic", "passphrase"] {
         assert_eq!(
             prop("ImportWalletBody", secret)["maxLength"],
@@ -752,24 +769,27 @@ fn the_documents_limits_are_the_servers() {
 }
 
 /// A full message of the largest size the document allows gets past the body limit of
-/// threshold signing (its own, above the others'), to the key lookup.
+/// threshold signing (its own, above the others'), to the key lookup, even in a body padded
+/// (with JSON whitespace, which the limit counts) beyond the other routes' limit.
 #[tokio::test]
 async fn a_largest_message_fits_the_threshold_signing_body() {
     let s = TestServer::start().await;
-    let body = serde_json::json!({
-        "key_id": format!("02{}", "11".repeat(32)),
-        "path": "m",
-        "message": "ab".repeat(custos_wire::protocol::MAX_PRESIGN_MESSAGE),
-        "approvals": [],
-    });
-    assert!(body.to_string().len() > custos_cloud::http::MAX_BODY);
+    let message = "ab".repeat(custos_wire::protocol::MAX_PRESIGN_MESSAGE);
+    let body = format!(
+        r#"{{"key_id": "02{}", "path": "m", "message": "{message}",{} "approvals": []}}"#,
+        "11".repeat(32),
+        " ".repeat(custos_cloud::http::MAX_BODY.saturating_sub(message.len()) + 100),
+    );
+    assert!(body.len() > custos_cloud::http::MAX_BODY);
+    assert!(body.len() <= custos_cloud::http::MAX_THRESHOLD_SIGN_BODY);
     let r = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
         .post(s.url("/v1/threshold/sign"))
         .bearer_auth(&s.token)
-        .json(&body)
+        .header("content-type", "application/json")
+        .body(body)
         .send()
         .await
         .unwrap();

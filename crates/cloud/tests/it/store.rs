@@ -218,6 +218,10 @@ async fn store_round_trips_and_guards_every_change() {
             cert: "aa".into(),
             ca: "bb".into(),
             signature: "cc".into(),
+            webauthn: Some(custos_cloud_api::WebAuthnBody {
+                authenticator_data_hex: "dd".into(),
+                client_data_json_hex: "ee".into(),
+            }),
             at_ms: 11,
         });
         b.updated_at = 11;

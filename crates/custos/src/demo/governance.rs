@@ -330,11 +330,7 @@ impl Demo {
         .message(THRESHOLD_SCOPE, &meta);
         let mut approvals = Vec::new();
         for a in [&self.alice, &self.bob] {
-            approvals.push(Approval {
-                admin_cert: a.cert_der.clone(),
-                admin_ca: a.admin_ca_der.clone(),
-                signature: a.sign(&message)?,
-            });
+            approvals.push(Approval::by_key_file(a, &message)?);
         }
         let nodes = self.dep.cluster("dc1").map_or(0, |c| c.nodes.len());
         let mut outcomes = Vec::new();

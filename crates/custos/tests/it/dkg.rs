@@ -391,11 +391,7 @@ fn rogue_co_signer_refused(
             digest: &digest,
         };
         let message = action.message(THRESHOLD_SCOPE, &meta);
-        let approval = Approval {
-            admin_cert: alice.cert_der.clone(),
-            admin_ca: alice.admin_ca_der.clone(),
-            signature: alice.sign(&message).unwrap(),
-        };
+        let approval = Approval::by_key_file(alice, &message).unwrap();
         let dc1_chain = dep.node_chain("dc1", 0).unwrap();
         Request::ThresholdStart {
             meta,

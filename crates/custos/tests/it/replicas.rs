@@ -476,10 +476,16 @@ fn a_stream_of_requests_survives_a_replica_killed_and_restarted() {
         for job in ["recovery", "expiry", "refill"] {
             assert_eq!((held(&a, job), held(&b, job)), (0.0, 1.0), "{job}");
         }
-        assert_eq!(
-            crate::metrics::sample(&b, "custos_cloud_replicas_live{}"),
-            2.0
-        );
+        // The gauge is set by the survivor's heartbeat: the restarted replica is counted
+        // from the survivor's first heartbeat after the restart's first one.
+        let deadline = Instant::now() + Duration::from_secs(3 * TTL_SECS);
+        let mut live = crate::metrics::sample(&b, "custos_cloud_replicas_live{}");
+        while live != 2.0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            let m = crate::metrics::metrics_at(dep.cloud_metrics_url(second).unwrap()).unwrap();
+            live = crate::metrics::sample(&m, "custos_cloud_replicas_live{}");
+        }
+        assert_eq!(live, 2.0);
         let refills = |m: &BTreeMap<String, f64>| {
             crate::metrics::sample(m, r#"custos_cloud_job_runs_total{"job": "refill"}"#)
         };

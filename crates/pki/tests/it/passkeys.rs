@@ -1,87 +1,16 @@
 //! Passkey approvals (issue 17, step P2): an assertion counts as an admin's approval of a
 //! message only when made on the console the Admin CA certified the passkey for, for that
 //! message, with the user present and verified, and signed by the certified key. A software
-//! authenticator (a P-256 key with ring) makes the assertions, as a browser's would be made.
+//! authenticator (`custos_test_kit::passkey`) makes the assertions, as a browser's would be made.
 
 use custos_pki::webauthn::{approval_challenge, Assertion, AssertionFault, PasskeyBinding};
 use custos_pki::{issue_passkey_admin, pem_to_der, PkiDir, TrustRoot, Validity, VerifiedAdmin};
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
-use sha2::{Digest, Sha256};
+use custos_test_kit::passkey::{Made, Passkey as Authenticator, ORIGIN};
 
-const ORIGIN: &str = "https://console.example";
 const MESSAGE: &[u8] = b"custos approval message of one request";
 
-/// A passkey held by a software authenticator.
-struct Authenticator {
-    key: EcdsaKeyPair,
-    spki: Vec<u8>,
-}
-
-impl Authenticator {
-    fn new() -> Self {
-        let generated = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_ASN1_SIGNING,
-            &generated.serialize_der(),
-            &SystemRandom::new(),
-        )
-        .unwrap();
-        Authenticator {
-            key,
-            spki: generated.public_key_der(),
-        }
-    }
-}
-
-/// What a browser and authenticator produce for one `navigator.credentials.get`, with each
-/// field the test may spoil.
-struct Made {
-    kind: &'static str,
-    challenge: String,
-    origin: String,
-    cross_origin: bool,
-    rp_id: String,
-    flags: u8,
-    counter: u32,
-}
-
-impl Made {
-    fn honest() -> Self {
-        Made {
-            kind: "webauthn.get",
-            challenge: approval_challenge(MESSAGE),
-            origin: ORIGIN.into(),
-            cross_origin: false,
-            rp_id: "console.example".into(),
-            flags: 0x05,
-            counter: 7,
-        }
-    }
-
-    /// (authenticator data, client data JSON, signature).
-    fn sign(&self, by: &Authenticator) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let client = serde_json::json!({
-            "type": self.kind,
-            "challenge": self.challenge,
-            "origin": self.origin,
-            "crossOrigin": self.cross_origin,
-        })
-        .to_string()
-        .into_bytes();
-        let mut data = Sha256::digest(self.rp_id.as_bytes()).to_vec();
-        data.push(self.flags);
-        data.extend_from_slice(&self.counter.to_be_bytes());
-        let mut signed = data.clone();
-        signed.extend_from_slice(&Sha256::digest(&client));
-        let sig = by
-            .key
-            .sign(&SystemRandom::new(), &signed)
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        (data, client, sig)
-    }
+fn honest() -> Made {
+    Made::honest(ORIGIN, MESSAGE, 7)
 }
 
 fn now() -> u64 {
@@ -131,10 +60,10 @@ fn an_assertion_made_on_the_console_for_this_message_approves_it() {
         admin.passkey,
         Some(PasskeyBinding {
             origin: ORIGIN.into(),
-            rp_id: "console.example".into(),
+            rp_id: "console.custos.test".into(),
         })
     );
-    assert_eq!(check(&admin, &Made::honest().sign(&passkey)), Ok(7));
+    assert_eq!(check(&admin, &honest().sign(&passkey)), Ok(7));
 }
 
 #[test]
@@ -145,17 +74,17 @@ fn assertions_made_elsewhere_for_something_else_or_without_the_user_are_refused_
     let passkey = Authenticator::new();
     let admin = passkey_admin(&pki, &passkey);
     let spoiled = |change: &dyn Fn(&mut Made)| {
-        let mut made = Made::honest();
+        let mut made = honest();
         change(&mut made);
         check(&admin, &made.sign(&passkey))
     };
     // A phishing site relaying the console's challenge: the browser writes its own origin.
     assert_eq!(
-        spoiled(&|m| m.origin = "https://console.example.evil".into()),
+        spoiled(&|m| m.origin = format!("{ORIGIN}.evil")),
         Err(AssertionFault::WrongOrigin)
     );
     assert_eq!(
-        spoiled(&|m| m.origin = "http://console.example".into()),
+        spoiled(&|m| m.origin = "http://console.custos.test".into()),
         Err(AssertionFault::WrongOrigin)
     );
     // Another relying party's credential scope.
@@ -170,7 +99,7 @@ fn assertions_made_elsewhere_for_something_else_or_without_the_user_are_refused_
     );
     // A registration's client data, a framed page, no PIN or biometric, nobody there.
     assert_eq!(
-        spoiled(&|m| m.kind = "webauthn.create"),
+        spoiled(&|m| m.kind = "webauthn.create".into()),
         Err(AssertionFault::WrongType)
     );
     assert_eq!(
@@ -187,20 +116,20 @@ fn assertions_made_elsewhere_for_something_else_or_without_the_user_are_refused_
     );
     // Signed by another authenticator, or altered after signing.
     assert_eq!(
-        check(&admin, &Made::honest().sign(&Authenticator::new())),
+        check(&admin, &honest().sign(&Authenticator::new())),
         Err(AssertionFault::BadSignature)
     );
-    let mut altered = Made::honest().sign(&passkey);
+    let mut altered = honest().sign(&passkey);
     altered.0[33] ^= 1;
     assert_eq!(check(&admin, &altered), Err(AssertionFault::BadSignature));
     // Malformed parts.
-    let mut short = Made::honest().sign(&passkey);
+    let mut short = honest().sign(&passkey);
     short.0.truncate(36);
     assert_eq!(check(&admin, &short), Err(AssertionFault::Malformed));
-    let mut junk = Made::honest().sign(&passkey);
+    let mut junk = honest().sign(&passkey);
     junk.1 = b"not json".to_vec();
     assert_eq!(check(&admin, &junk), Err(AssertionFault::Malformed));
-    junk.1 = vec![b' '; 5000];
+    junk.1 = vec![b' '; 513];
     assert_eq!(check(&admin, &junk), Err(AssertionFault::Malformed));
 }
 
@@ -222,7 +151,7 @@ fn a_key_file_admin_never_approves_with_an_assertion() {
     assert_eq!(bob.passkey, None);
     let passkey = Authenticator::new();
     assert_eq!(
-        check(&bob, &Made::honest().sign(&passkey)),
+        check(&bob, &honest().sign(&passkey)),
         Err(AssertionFault::NotAPasskey)
     );
 }

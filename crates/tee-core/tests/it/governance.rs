@@ -152,11 +152,7 @@ pub(crate) fn approvals_by(
         .iter()
         .map(|n| {
             let s = pki.admin(n);
-            custos_wire::approval::Approval {
-                admin_cert: s.cert_der.clone(),
-                admin_ca: s.admin_ca_der.clone(),
-                signature: s.sign(message).unwrap(),
-            }
+            custos_wire::approval::Approval::by_key_file(s, message).unwrap()
         })
         .collect()
 }

@@ -11,6 +11,7 @@ mod ethereum;
 mod foreign_logs;
 mod governance;
 mod key_policy;
+mod passkeys;
 mod renewal;
 mod sealed_import;
 mod six_clusters;

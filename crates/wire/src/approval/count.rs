@@ -1,7 +1,9 @@
 //! Counting approvals: one implementation for the TEE, the bridge, the cloud server and the
 //! governance log, so that every side agrees on who approved.
 
+use custos_pki::webauthn::{Assertion, AssertionFault};
 use custos_pki::{validity_window, AdminCache, PkiError, TrustRoot, VerifiedAdmin};
+use sha2::{Digest, Sha256};
 
 use super::{Approval, MAX_APPROVAL_LIFETIME_SECS};
 use crate::protocol::{ApprovalFault, TeeError, MAX_APPROVALS};
@@ -104,21 +106,101 @@ fn check_time(a: &Approval, at: ApprovalTime) -> Result<u64, PkiError> {
     }
 }
 
+fn assertion_fault(f: AssertionFault) -> ApprovalFault {
+    match f {
+        AssertionFault::NotAPasskey => ApprovalFault::NotAPasskey,
+        AssertionFault::WrongType => ApprovalFault::WrongType,
+        AssertionFault::WrongChallenge => ApprovalFault::WrongChallenge,
+        AssertionFault::WrongOrigin => ApprovalFault::WrongOrigin,
+        AssertionFault::CrossOrigin => ApprovalFault::CrossOrigin,
+        AssertionFault::WrongRpId => ApprovalFault::WrongRpId,
+        AssertionFault::UserNotPresent => ApprovalFault::UserNotPresent,
+        AssertionFault::UserNotVerified => ApprovalFault::UserNotVerified,
+        AssertionFault::BadSignature => ApprovalFault::BadSignature,
+        // Malformed, and any fault a later custos-pki names.
+        _ => ApprovalFault::Malformed,
+    }
+}
+
+/// Checks that `a` signs `message` for its admin `v`, whose chain the caller verified: a
+/// passkey certificate approves only through an assertion made on its console for this
+/// message, a key-file certificate only with its signature over the message itself. Returns
+/// the authenticator's signature counter for an assertion, for the caller to keep
+/// ([`PasskeyUse`]).
+pub fn check_signature(
+    v: &VerifiedAdmin,
+    message: &[u8],
+    a: &Approval,
+) -> Result<Option<u32>, (ApprovalFault, String)> {
+    match (&v.passkey, &a.webauthn) {
+        (_, Some(w)) => v
+            .verify_assertion(
+                message,
+                &Assertion {
+                    authenticator_data: &w.authenticator_data,
+                    client_data_json: &w.client_data_json,
+                    signature: &a.signature,
+                },
+            )
+            .map(Some)
+            .map_err(|e| (assertion_fault(e.fault), e.to_string())),
+        (Some(binding), None) => Err((
+            ApprovalFault::AssertionMissing,
+            format!(
+                "admin {:?} holds a passkey for {}: it approves only through an assertion",
+                v.identity.name, binding.origin
+            ),
+        )),
+        (None, None) => v
+            .verify_signature(message, &a.signature)
+            .map(|()| None)
+            .map_err(|e| (fault_of(&e), e.to_string())),
+    }
+}
+
 fn verified<'c>(
     cache: &'c mut AdminCache,
     root: &TrustRoot,
     message: &[u8],
     a: &Approval,
     at: ApprovalTime,
-) -> Result<&'c VerifiedAdmin, PkiError> {
-    let t = check_time(a, at)?;
-    let v = cache.verify(root, &a.admin_cert, &a.admin_ca, t)?;
-    v.verify_signature(message, &a.signature)?;
-    Ok(v)
+) -> Result<(&'c VerifiedAdmin, Option<u32>), (ApprovalFault, String)> {
+    let pki = |e: PkiError| (fault_of(&e), e.to_string());
+    let t = check_time(a, at).map_err(pki)?;
+    let v = cache
+        .verify(root, &a.admin_cert, &a.admin_ca, t)
+        .map_err(pki)?;
+    let counter = check_signature(v, message, a)?;
+    Ok((v, counter))
+}
+
+/// A passkey assertion that counted: the TEE keeps each passkey's counter so that an
+/// assertion whose counter did not grow (a replay, a cloned authenticator) is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasskeyUse {
+    /// Position of the approval in the request's list.
+    pub index: u32,
+    /// The passkey: the admin's certified key fingerprint.
+    pub key: [u8; 32],
+    /// The admin's certificate name.
+    pub admin: String,
+    /// SHA-256 of the approved message (the assertion's challenge).
+    pub challenge: [u8; 32],
+    /// The authenticator's signature counter (0: it keeps none).
+    pub counter: u32,
+}
+
+/// What [`verify_approvals`] counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// The counted admins as (key fingerprint, certificate name), in approval order.
+    pub admins: Vec<([u8; 32], String)>,
+    /// Every passkey assertion among the approvals, counted admin or not.
+    pub passkeys: Vec<PasskeyUse>,
 }
 
 /// Verifies every approval of `message` and counts distinct admins against `who`; returns
-/// the counted admins as (key fingerprint, certificate name), in approval order.
+/// the counted admins and the passkey assertions' counters ([`Counted`]).
 ///
 /// Distinct admins are distinct certified keys: a second certificate of a counted key adds
 /// nothing. For [`Approvers::AnyAdmin`] a new key under a counted subject adds nothing either
@@ -136,7 +218,7 @@ pub fn verify_approvals(
     at: ApprovalTime,
     who: &Approvers<'_>,
     revoked: &dyn Fn(&[u8; 32]) -> bool,
-) -> Result<Vec<([u8; 32], String)>, TeeError> {
+) -> Result<Counted, TeeError> {
     if approvals.is_empty() {
         return Err(TeeError::ApprovalMissing);
     }
@@ -148,14 +230,16 @@ pub fn verify_approvals(
     }
     // (key fingerprint, subject, name) of each admin counted.
     let mut counted: Vec<([u8; 32], Vec<u8>, String)> = Vec::new();
+    let mut passkeys = Vec::new();
+    let challenge: [u8; 32] = Sha256::digest(message).into();
     for (index, a) in approvals.iter().enumerate() {
         let index = index as u32;
-        let id = verified(cache, root, message, a, at)
-            .map(|v| v.identity.clone())
-            .map_err(|e| TeeError::ApprovalRejected {
+        let (id, counter) = verified(cache, root, message, a, at)
+            .map(|(v, counter)| (v.identity.clone(), counter))
+            .map_err(|(fault, detail)| TeeError::ApprovalRejected {
                 index,
-                fault: fault_of(&e),
-                detail: e.to_string(),
+                fault,
+                detail,
             })?;
         if revoked(&id.key) {
             return Err(TeeError::AdminRevoked {
@@ -171,6 +255,15 @@ pub fn verify_approvals(
                 key_fingerprint: id.key,
             });
         }
+        if let Some(counter) = counter {
+            passkeys.push(PasskeyUse {
+                index,
+                key: id.key,
+                admin: id.name.clone(),
+                challenge,
+                counter,
+            });
+        }
         let any = matches!(who, Approvers::AnyAdmin { .. });
         let seen = counted
             .iter()
@@ -183,10 +276,13 @@ pub fn verify_approvals(
     if let Some((required, approved)) = who.unmet(&keys) {
         return Err(TeeError::QuorumNotMet { required, approved });
     }
-    Ok(counted
-        .into_iter()
-        .map(|(key, _, name)| (key, name))
-        .collect())
+    Ok(Counted {
+        admins: counted
+            .into_iter()
+            .map(|(key, _, name)| (key, name))
+            .collect(),
+        passkeys,
+    })
 }
 
 #[cfg(test)]

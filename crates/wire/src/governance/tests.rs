@@ -37,6 +37,7 @@ fn entry() -> GovEntry {
             admin_cert: vec![1],
             admin_ca: vec![2],
             signature: vec![3],
+            webauthn: None,
         }],
     }
 }

@@ -11,8 +11,53 @@ pub enum ApprovalFault {
     CertificateNotValidNow,
     /// The signature does not cover this exact request.
     BadSignature,
-    /// Unparsable certificate or signature.
+    /// Unparsable certificate or signature, or an assertion part over its limit.
     Malformed,
+    /// An assertion under a certificate that certifies no passkey (a key-file admin signs
+    /// the message itself).
+    NotAPasskey,
+    /// A plain signature under a passkey certificate: a passkey approves only through an
+    /// assertion made on its console.
+    AssertionMissing,
+    /// The assertion's client data is not of an authentication (`webauthn.get`).
+    WrongType,
+    /// The assertion's challenge is another message's (an assertion for another request).
+    WrongChallenge,
+    /// The assertion was made on another site than the console the passkey was certified for.
+    WrongOrigin,
+    /// The assertion was made in a frame of another origin.
+    CrossOrigin,
+    /// The assertion's authenticator data names another relying party.
+    WrongRpId,
+    /// The authenticator did not see the user (no touch).
+    UserNotPresent,
+    /// The authenticator did not verify the user (no PIN, no biometric).
+    UserNotVerified,
+    /// The authenticator's signature counter did not grow since the last assertion this TEE
+    /// accepted from the passkey: a replayed assertion or a cloned authenticator.
+    CounterReplayed,
+}
+
+impl ApprovalFault {
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalFault::UntrustedCertificate => "untrusted_certificate",
+            ApprovalFault::CertificateNotValidNow => "certificate_not_valid_now",
+            ApprovalFault::BadSignature => "bad_signature",
+            ApprovalFault::Malformed => "malformed",
+            ApprovalFault::NotAPasskey => "not_a_passkey",
+            ApprovalFault::AssertionMissing => "assertion_missing",
+            ApprovalFault::WrongType => "wrong_type",
+            ApprovalFault::WrongChallenge => "wrong_challenge",
+            ApprovalFault::WrongOrigin => "wrong_origin",
+            ApprovalFault::CrossOrigin => "cross_origin",
+            ApprovalFault::WrongRpId => "wrong_rp_id",
+            ApprovalFault::UserNotPresent => "user_not_present",
+            ApprovalFault::UserNotVerified => "user_not_verified",
+            ApprovalFault::CounterReplayed => "counter_replayed",
+        }
+    }
 }
 
 /// Why Paillier primes (a set given to a TEE, or a key's moduli) were refused
@@ -77,7 +122,7 @@ pub enum TeeError {
     #[error("the request carries no admin approval")]
     ApprovalMissing,
     /// One approval failed.
-    #[error("approval #{index} rejected ({fault:?}): {detail}")]
+    #[error("approval #{index} rejected ({}): {detail}", fault.as_str())]
     ApprovalRejected {
         /// Position in the request's approval list.
         index: u32,

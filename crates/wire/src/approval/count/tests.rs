@@ -25,7 +25,7 @@ fn count(
     revoked: &dyn Fn(&[u8; 32]) -> bool,
 ) -> Result<Vec<([u8; 32], String)>, TeeError> {
     let mut cache = AdminCache::default();
-    verify_approvals(&mut cache, &pki.root, message, approvals, at, who, revoked)
+    verify_approvals(&mut cache, &pki.root, message, approvals, at, who, revoked).map(|c| c.admins)
 }
 
 #[test]
