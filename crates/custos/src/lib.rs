@@ -13,6 +13,7 @@ pub mod foundry;
 pub mod governance;
 pub mod link_channel;
 pub mod ops;
+pub mod passkey;
 pub mod pkcs11;
 pub mod renewal;
 pub mod rogue;

@@ -488,6 +488,12 @@ enum PkiCommand {
         #[arg(long, default_value_t = custos_pki::DEVICE_CERT_DAYS)]
         days: u32,
     },
+    /// Certify an admin's WebAuthn passkey for the approvers' console: a registration
+    /// ceremony (attestation, then proof of possession) run with the admin's browser.
+    Passkey {
+        #[command(subcommand)]
+        step: custos::passkey::Step,
+    },
 }
 
 /// `custos tee serve --platform`.
@@ -1129,6 +1135,7 @@ fn run_pki(pki: PkiDir, command: PkiCommand) -> Result<(), AnyError> {
                 None => print!("{cert}"),
             }
         }
+        PkiCommand::Passkey { step } => custos::passkey::run(&pki, step)?,
     }
     Ok(())
 }

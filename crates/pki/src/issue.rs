@@ -457,12 +457,18 @@ impl PkiDir {
     /// written here.
     pub fn sign_admin_csr(&self, csr_pem: &str) -> Result<AdminCert, PkiError> {
         let issued = issue_admin_from_csr_with_validity(self, csr_pem, Validity::days(365))?;
+        self.record_admin(&issued)?;
+        Ok(issued)
+    }
+
+    /// Records an issued admin certificate under `admins/<name>.crt`; an admin of that name
+    /// already recorded is refused.
+    pub fn record_admin(&self, issued: &AdminCert) -> Result<(), PkiError> {
         let crt = self.admin_cert_file(&issued.name);
         if crt.exists() {
             return Err(PkiError::AlreadyExists(crt.display().to_string()));
         }
-        write_file(&crt, issued.cert_pem.as_bytes(), 0o644)?;
-        Ok(issued)
+        write_file(&crt, issued.cert_pem.as_bytes(), 0o644)
     }
 
     pub(crate) fn dealer_base(&self, name: &str) -> PathBuf {

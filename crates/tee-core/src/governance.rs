@@ -269,8 +269,9 @@ impl<P: Platform> TeeCore<P> {
             if bytes > MAX_GOV_PAGE_BYTES && !entries.is_empty() {
                 break;
             }
-            entries
-                .push(postcard::from_bytes(&body).map_err(|e| TeeError::Storage(e.to_string()))?);
+            entries.push(
+                GovEntry::decode_stored(&body).map_err(|e| TeeError::Storage(e.to_string()))?,
+            );
             let Some(next) = v.checked_add(1) else { break };
             v = next;
         }
@@ -372,7 +373,7 @@ impl<P: Platform> TeeCore<P> {
             let body = self
                 .unseal_essential(&name)?
                 .ok_or_else(|| essential(&name, "missing from the log"))?;
-            entries.push(postcard::from_bytes::<GovEntry>(&body).map_err(|e| essential(&name, e))?);
+            entries.push(GovEntry::decode_stored(&body).map_err(|e| essential(&name, e))?);
         }
         let state = verify_log(&root, cluster, pin, &entries)
             .map_err(|e| essential(&head_name, format!("the sealed log does not verify: {e}")))?;

@@ -18,6 +18,7 @@ use crate::protocol::{CertChain, RequestMeta};
 mod admission;
 mod error;
 mod limits;
+mod stored;
 mod verify;
 
 pub use admission::*;

@@ -1110,3 +1110,62 @@ mod mutated {
         }
     }
 }
+
+/// Logs sealed before passkeys (protocol 2, approvals without a `webauthn` part) still open
+/// after the upgrade: the entry of protocol 2's golden file, and one with two approvals of
+/// certificate-sized fields, read as the same entries; today's encoding reads as itself.
+#[test]
+fn governance_entries_stored_by_protocol_2_still_read() {
+    let old = hex::decode(include_str!("golden/gov-entry-v2.hex").trim()).unwrap();
+    assert!(postcard::from_bytes::<GovEntry>(&old).is_err());
+    assert_eq!(GovEntry::decode_stored(&old).unwrap(), gov_entry());
+
+    #[derive(Serialize)]
+    struct ApprovalV2 {
+        admin_cert: Vec<u8>,
+        admin_ca: Vec<u8>,
+        signature: Vec<u8>,
+    }
+    #[derive(Serialize)]
+    struct EntryV2 {
+        version: u64,
+        prev: [u8; 32],
+        meta: RequestMeta,
+        change: GovChange,
+        approvals: Vec<ApprovalV2>,
+    }
+    let mut entry = gov_entry();
+    entry.approvals = (0..2u8)
+        .map(|i| Approval {
+            admin_cert: vec![0xc0 + i; 480],
+            admin_ca: vec![0xca; 530],
+            signature: vec![0x30; 71],
+            webauthn: None,
+        })
+        .collect();
+    let v2 = EntryV2 {
+        version: entry.version,
+        prev: entry.prev,
+        meta: entry.meta.clone(),
+        change: entry.change.clone(),
+        approvals: entry
+            .approvals
+            .iter()
+            .map(|a| ApprovalV2 {
+                admin_cert: a.admin_cert.clone(),
+                admin_ca: a.admin_ca.clone(),
+                signature: a.signature.clone(),
+            })
+            .collect(),
+    };
+    let bytes = postcard::to_allocvec(&v2).unwrap();
+    assert!(postcard::from_bytes::<GovEntry>(&bytes).is_err());
+    assert_eq!(GovEntry::decode_stored(&bytes).unwrap(), entry);
+
+    entry.approvals[1].webauthn = Some(PasskeyAssertion {
+        authenticator_data: vec![0xa4; 37],
+        client_data_json: b"{}".to_vec(),
+    });
+    let now = postcard::to_allocvec(&entry).unwrap();
+    assert_eq!(GovEntry::decode_stored(&now).unwrap(), entry);
+}

@@ -110,7 +110,7 @@ pub(super) async fn stored_entries(
 
 fn decode_row(cluster: &str, row: &GovernanceRow) -> Result<GovEntry, GovernanceLoadError> {
     let e: GovEntry =
-        postcard::from_bytes(&row.entry).map_err(|err| GovernanceLoadError::Decode {
+        GovEntry::decode_stored(&row.entry).map_err(|err| GovernanceLoadError::Decode {
             version: row.version,
             reason: err.to_string(),
         })?;

@@ -28,6 +28,7 @@ mod link;
 mod logs;
 mod metrics;
 mod one_effect;
+mod passkey_ceremony;
 mod pkcs11;
 mod psbt_rest;
 mod refusals;

@@ -5,7 +5,7 @@
 
 use custos_pki::webauthn::{approval_challenge, Assertion, AssertionFault, PasskeyBinding};
 use custos_pki::{issue_passkey_admin, pem_to_der, PkiDir, TrustRoot, Validity, VerifiedAdmin};
-use custos_test_kit::passkey::{Made, Passkey as Authenticator, ORIGIN};
+use custos_test_kit::passkey::{verified_chain, Made, Passkey as Authenticator, ORIGIN};
 
 const MESSAGE: &[u8] = b"custos approval message of one request";
 
@@ -141,13 +141,7 @@ fn a_key_file_admin_never_approves_with_an_assertion() {
     let folder = custos_pki::AdminFolder::new(dir.path().join("bob"));
     folder.enroll("bob", &pki).unwrap();
     let chain = std::fs::read_to_string(folder.chain()).unwrap();
-    let ders: Vec<Vec<u8>> = pem::parse_many(&chain)
-        .unwrap()
-        .into_iter()
-        .map(|p| p.into_contents())
-        .collect();
-    let root = TrustRoot::from_der(&pem_to_der(&pki.root_pem().unwrap(), "root").unwrap()).unwrap();
-    let bob = root.verify_admin(&ders[0], &ders[1], now()).unwrap();
+    let (bob, _) = verified_chain(&pki, &chain);
     assert_eq!(bob.passkey, None);
     let passkey = Authenticator::new();
     assert_eq!(

@@ -277,13 +277,13 @@ fn a_used_counter_never_counts_for_another_request_even_after_a_restart_or_late(
         sign_with(&mut core, &key, cloned(3)),
         ApprovalFault::CounterReplayed,
     );
-    // Far ahead, then far behind: what lies more than the window below is refused.
-    signed(sign_with(&mut core, &key, cloned(1000)));
+    // Far ahead, then far behind: what lies more than the window (1024) below is refused.
+    signed(sign_with(&mut core, &key, cloned(5000)));
     refused(
-        sign_with(&mut core, &key, cloned(500)),
+        sign_with(&mut core, &key, cloned(3000)),
         ApprovalFault::CounterReplayed,
     );
-    signed(sign_with(&mut core, &key, cloned(999)));
+    signed(sign_with(&mut core, &key, cloned(4000)));
     // An authenticator that reported counters never counts with 0.
     refused(
         sign_with(&mut core, &key, cloned(0)),
