@@ -69,6 +69,18 @@ pub enum CeremonyError {
     /// The credential's key is not P-256 (ES256): the only key an admin certificate holds.
     #[error("the passkey's key is {0}, not P-256 (ES256)")]
     NotEs256(String),
+    /// An admin of this name is already recorded in the PKI.
+    #[error("an admin named {0:?} is already certified")]
+    NameTaken(String),
+    /// The key is already certified to an admin (the browser's answers carried another
+    /// admin's passkey: one person would hold two seats of a group, as one approver).
+    #[error("the passkey's key {fingerprint} is already certified to admin {holder:?}")]
+    KeyTaken {
+        /// Its fingerprint (hex).
+        fingerprint: String,
+        /// The admin it is certified to.
+        holder: String,
+    },
     /// The Admin CA refused to certify.
     #[error("certification: {0}")]
     Pki(#[from] custos_pki::PkiError),
@@ -181,8 +193,30 @@ pub fn prove(
     Ok((next, options))
 }
 
+/// The fingerprint (hex SHA-256 of the SubjectPublicKeyInfo) of the key the ceremony
+/// registered, once registered: what the admin confirms out of band (the console shows it)
+/// before the operator certifies, so that a key swapped on the way is never certified.
+pub fn registered_key(ceremony: &Ceremony) -> Option<String> {
+    match &ceremony.stage {
+        Stage::Proving { passkey, .. } => es256_spki(passkey)
+            .ok()
+            .map(|spki| hex::encode(custos_pki::key_fingerprint(&spki))),
+        Stage::Registering(_) => None,
+    }
+}
+
+/// Refuses a name the PKI already recorded.
+fn name_free(pki: &PkiDir, name: &str) -> Result<(), CeremonyError> {
+    custos_pki::check_name(name)?;
+    if pki.admin_cert_file(name).exists() {
+        return Err(CeremonyError::NameTaken(name.into()));
+    }
+    Ok(())
+}
+
 /// Step 5: checks the browser's assertion (JSON of a `PublicKeyCredential` from `get`) and
-/// has the Admin CA of `pki` certify the passkey's key for the ceremony's console.
+/// has the Admin CA of `pki` certify the passkey's key for the ceremony's console, unless
+/// the name or the key is certified already.
 pub fn certify(
     pki: &PkiDir,
     ceremony: &Ceremony,
@@ -210,6 +244,14 @@ pub fn certify(
         ));
     }
     let spki = es256_spki(passkey)?;
+    name_free(pki, &ceremony.name)?;
+    let key = custos_pki::key_fingerprint(&spki);
+    if let Some(holder) = pki.admin_holding_key(&key)? {
+        return Err(CeremonyError::KeyTaken {
+            fingerprint: hex::encode(key),
+            holder,
+        });
+    }
     Ok(issue_passkey_admin(
         pki,
         &ceremony.name,
@@ -302,7 +344,7 @@ pub fn run(pki: &PkiDir, step: Step) -> Result<(), Box<dyn std::error::Error>> {
             state,
             options,
         } => {
-            custos_pki::check_name(&name)?;
+            name_free(pki, &name)?;
             let (ceremony, create) = begin(&name, &origin)?;
             std::fs::write(&state, serde_json::to_vec_pretty(&ceremony)?)?;
             std::fs::write(&options, serde_json::to_vec_pretty(&create)?)?;
@@ -321,8 +363,10 @@ pub fn run(pki: &PkiDir, step: Step) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(&state, serde_json::to_vec_pretty(&ceremony)?)?;
             std::fs::write(&options, serde_json::to_vec_pretty(&get)?)?;
             eprintln!(
-                "registration of {} verified: hand {} to the browser",
+                "registration of {} verified, key {}: have the admin confirm this fingerprint \
+                 (the console shows it), then hand {} to the browser",
                 ceremony.name,
+                registered_key(&ceremony).unwrap_or_default(),
                 options.display()
             );
         }
@@ -341,8 +385,9 @@ pub fn run(pki: &PkiDir, step: Step) -> Result<(), Box<dyn std::error::Error>> {
             pki.record_admin(&issued)?;
             std::fs::write(&out, issued.chain_pem())?;
             eprintln!(
-                "certified the passkey of {} for {}: {}",
+                "certified the passkey of {} (key {}) for {}: {}",
                 issued.name,
+                registered_key(&ceremony).unwrap_or_default(),
                 ceremony.origin,
                 out.display()
             );

@@ -606,4 +606,31 @@ impl PkiDir {
     pub fn admin_cert_file(&self, name: &str) -> PathBuf {
         self.dir.join("admins").join(format!("{name}.crt"))
     }
+
+    /// The recorded admin whose certificate certifies the key with fingerprint `key`, if
+    /// any: a key certified twice would make two seats one approver.
+    pub fn admin_holding_key(&self, key: &[u8; 32]) -> Result<Option<String>, PkiError> {
+        let dir = self.dir.join("admins");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(PkiError::Read {
+                    path: dir.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("crt") {
+                continue;
+            }
+            if crate::chain_key_fingerprint(&read(&path)?)? == *key {
+                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+                return Ok(Some(name.to_string()));
+            }
+        }
+        Ok(None)
+    }
 }

@@ -208,7 +208,7 @@ impl<P: Platform> TeeCore<P> {
             &who.approvers(),
             &revoked,
         )?;
-        self.keep_passkey_counters(&passkeys, meta.expires_at)
+        self.keep_passkey_counters(&passkeys)
     }
 
     /// Whose approvals count for a wallet: its own group when it has one; a wallet sealed

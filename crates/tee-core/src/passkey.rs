@@ -6,21 +6,19 @@
 //! party checks assertions as they are made. A TEE checks them when the request executes,
 //! and requests do not execute in the order they were approved (one waits for a second
 //! approver, another does not): an admin's counter 5 may arrive after its counter 6. So
-//! each TEE keeps, per passkey, every (challenge, counter) it accepted whose message has not
-//! expired, within [`WINDOW`] below the highest counter, and a floor: the highest counter
-//! of what it let go. It accepts a counter that is
+//! each TEE keeps, per passkey, the highest counter and every (challenge, counter) it
+//! accepted within [`WINDOW`] below it, and accepts a counter that is
 //!
 //! * the very assertion accepted before for this message (a retried request, a threshold
 //!   session's next attempt: the challenge binds it to the message, and the TEE's single
 //!   use of request ids decides whether the message may act again); or
-//! * used for no other message it keeps, and above the floor.
+//! * used for no other message, and less than [`WINDOW`] below the highest.
 //!
-//! Anything else is refused ([`ApprovalFault::CounterReplayed`]). The floor refuses a late
-//! approval only when an approval made after it was let go: its message expired (seven days
-//! at most), or the passkey counted more than [`WINDOW`] assertions since. Counter 0
-//! (authenticators that keep none, such as synced passkeys) is accepted while the passkey
-//! never reported another; the challenge and the request id's single use then stop replays.
-//! Counters are kept per TEE: each refuses what it saw used.
+//! Anything else is refused ([`ApprovalFault::CounterReplayed`]): an honest late approval
+//! only once its passkey made [`WINDOW`] assertions since (a security key counts those of
+//! every site). Counter 0 (authenticators that keep none, such as synced passkeys) is
+//! accepted while the passkey never reported another; the challenge and the request id's
+//! single use then stop replays. Counters are kept per TEE: each refuses what it saw used.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,28 +30,23 @@ use crate::{storage, TeeCore, Undo};
 
 /// Sealed counter records, by passkey key fingerprint (hex).
 pub(crate) const PASSKEY_PREFIX: &str = "passkey/";
-/// How far below a passkey's highest counter an unused counter still counts (and the most
-/// accepted assertions a record keeps): a security key counts every assertion it makes, for
-/// every site, while an approval waits for its request to execute.
+/// How far below a passkey's highest counter an unused counter still counts, and so the
+/// most accepted assertions a record keeps (36 bytes each).
 const WINDOW: u32 = 1024;
-
-/// One accepted assertion, kept until its message expires or falls out of the window.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct Seen {
-    challenge: [u8; 32],
-    counter: u32,
-    expires_at: u64,
-}
 
 /// What this TEE knows of one passkey's counter.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct CounterRecord {
     /// The highest counter accepted.
     highest: u32,
-    /// Counters at or below it count no more (the highest of those let go).
-    floor: u32,
-    /// The accepted assertions kept.
-    seen: Vec<Seen>,
+    /// The accepted (challenge, counter) pairs within [`WINDOW`] below `highest`.
+    seen: Vec<([u8; 32], u32)>,
+}
+
+/// Whether `counter` is less than [`WINDOW`] below `highest` (counted wide: no saturation at
+/// the top of the counter's range).
+fn within_window(counter: u32, highest: u32) -> bool {
+    u64::from(counter) + u64::from(WINDOW) > u64::from(highest)
 }
 
 impl CounterRecord {
@@ -81,47 +74,29 @@ impl CounterRecord {
                 )
             });
         }
-        match self.seen.iter().find(|s| s.counter == counter) {
-            Some(s) if s.challenge == *challenge => None,
+        match self.seen.iter().find(|(_, c)| *c == counter) {
+            Some((c, _)) if c == challenge => None,
             Some(_) => Some(format!("counter {counter} was used for another request")),
-            None if counter <= self.floor => Some(format!(
-                "counter {counter} is not above {}, an approval made after it",
-                self.floor
+            None if !within_window(counter, self.highest) => Some(format!(
+                "counter {counter} is {WINDOW} or more below {}",
+                self.highest
             )),
             None => None,
         }
     }
 
-    /// This record after accepting `counter` for `challenge` (a message expiring at
-    /// `expires_at`), at `now`.
-    fn after(&self, challenge: &[u8; 32], counter: u32, expires_at: u64, now: u64) -> Self {
+    /// This record after accepting `counter` for `challenge`.
+    fn after(&self, challenge: &[u8; 32], counter: u32) -> CounterRecord {
         let mut next = self.clone();
         if counter == 0 {
             return next;
         }
         next.highest = next.highest.max(counter);
-        match next
-            .seen
-            .iter_mut()
-            .find(|s| s.counter == counter && s.challenge == *challenge)
-        {
-            Some(s) => s.expires_at = s.expires_at.max(expires_at),
-            None => next.seen.push(Seen {
-                challenge: *challenge,
-                counter,
-                expires_at,
-            }),
+        if !next.seen.contains(&(*challenge, counter)) {
+            next.seen.push((*challenge, counter));
         }
-        let below = next.highest.saturating_sub(WINDOW);
-        let mut floor = next.floor.max(below);
-        next.seen.retain(|s| {
-            let keep = s.expires_at >= now && s.counter > below;
-            if !keep {
-                floor = floor.max(s.counter);
-            }
-            keep
-        });
-        next.floor = floor;
+        let highest = next.highest;
+        next.seen.retain(|(_, c)| within_window(*c, highest));
         next
     }
 }
@@ -130,12 +105,7 @@ impl<P: Platform> TeeCore<P> {
     /// Refuses the request if any of its passkey assertions `uses` did not grow its
     /// passkey's counter; otherwise seals the new counters with the batch, before any
     /// answer leaves (a failed commit takes them back out of memory).
-    pub(crate) fn keep_passkey_counters(
-        &mut self,
-        uses: &[PasskeyUse],
-        expires_at: u64,
-    ) -> Result<(), TeeError> {
-        let now = self.platform.now_unix();
+    pub(crate) fn keep_passkey_counters(&mut self, uses: &[PasskeyUse]) -> Result<(), TeeError> {
         // All checked before any is kept: a request refused here advances no counter (one
         // refused later, by its policy, keeps them: its assertions count again for it alone).
         let mut next: Vec<([u8; 32], CounterRecord)> = Vec::new();
@@ -161,7 +131,7 @@ impl<P: Platform> TeeCore<P> {
                     ),
                 });
             }
-            let after = held.after(&u.challenge, u.counter, expires_at, now);
+            let after = held.after(&u.challenge, u.counter);
             next.retain(|(k, _)| *k != u.key);
             next.push((u.key, after));
         }
@@ -186,52 +156,41 @@ impl<P: Platform> TeeCore<P> {
 mod tests {
     use super::*;
 
-    const NOW: u64 = 1_000_000;
-    const LATER: u64 = NOW + 600;
-
     fn admits(r: &CounterRecord, challenge: &[u8; 32], counter: u32) -> bool {
         r.refusal(challenge, counter).is_none()
     }
 
     #[test]
-    fn a_counter_counts_for_one_message_and_late_ones_until_a_later_one_is_let_go() {
+    fn a_counter_counts_for_one_message_and_late_ones_within_the_window() {
         let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
         let r = CounterRecord::default();
         assert!(admits(&r, &a, 0), "an authenticator without a counter");
-        assert_eq!(
-            r.after(&a, 0, LATER, NOW),
-            r,
-            "nothing to remember of a zero"
-        );
-        let r = r.after(&a, 5, LATER, NOW);
+        assert_eq!(r.after(&a, 0), r, "nothing to remember of a zero");
+        let r = r.after(&a, 5);
         assert!(admits(&r, &b, 6));
         assert!(!admits(&r, &b, 5), "another message at a used counter");
         assert!(!admits(&r, &b, 0), "zero after a counting authenticator");
         assert!(admits(&r, &a, 5), "the same assertion again");
-        // Approved as 4 before 5 but executed after it: unused, above the floor.
+        // Approved as 4 before 5 but executed after it: unused, within the window.
         assert!(admits(&r, &b, 4));
-        let r = r.after(&b, 4, LATER, NOW);
+        let r = r.after(&b, 4);
         assert!(!admits(&r, &c, 4));
-        // Far ahead: what lies a window below is let go and refused.
-        let r = r.after(&c, 5 + WINDOW, LATER, NOW);
+        // Far ahead: what lies a window below is forgotten and refused.
+        let r = r.after(&c, 5 + WINDOW);
         assert!(!admits(&r, &a, 5));
         assert!(!admits(&r, &[4; 32], 5));
         assert!(admits(&r, &[4; 32], 6));
-        assert_eq!(r.seen.len(), 1);
-        // Once 5 + WINDOW's message expired, counters up to it are let go too.
-        let r = r.after(&[5; 32], 7 + WINDOW, LATER + 10, LATER + 1);
-        assert_eq!(r.floor, 5 + WINDOW);
-        assert!(!admits(&r, &[4; 32], 5 + WINDOW));
-        assert!(admits(&r, &[4; 32], 6 + WINDOW));
-        assert!(admits(&r, &[5; 32], 7 + WINDOW));
+        assert_eq!(r.seen, vec![(c, 5 + WINDOW)]);
         assert_eq!(CounterRecord::from_record(&r.to_record()).as_ref(), Ok(&r));
     }
 
     #[test]
     fn the_highest_counter_still_counts_once() {
-        let r = CounterRecord::default().after(&[1; 32], u32::MAX, LATER, NOW);
+        let r = CounterRecord::default().after(&[1; 32], u32::MAX);
         assert!(admits(&r, &[1; 32], u32::MAX));
         assert!(!admits(&r, &[2; 32], u32::MAX));
         assert!(!admits(&r, &[2; 32], 0));
+        assert!(admits(&r, &[3; 32], u32::MAX - 5));
+        assert!(!admits(&r, &[3; 32], u32::MAX - WINDOW));
     }
 }

@@ -23,9 +23,9 @@ fn json(v: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).unwrap()
 }
 
-/// A ceremony of `alice` taken to its proof step with `passkey`; the options for `get`.
-fn registered(passkey: &Passkey) -> (Ceremony, serde_json::Value) {
-    let (ceremony, create) = begin("alice", ORIGIN).unwrap();
+/// A ceremony of `name` taken to its proof step with `passkey`; the options for `get`.
+fn registered(name: &str, passkey: &Passkey) -> (Ceremony, serde_json::Value) {
+    let (ceremony, create) = begin(name, ORIGIN).unwrap();
     let registration = passkey.register(&json(&create), ORIGIN);
     let (ceremony, get) = prove(ceremony, registration.to_string().as_bytes()).unwrap();
     (ceremony, json(&get))
@@ -60,7 +60,7 @@ fn registrations_made_elsewhere_or_proofs_by_another_key_certify_nothing() {
 
     // Someone else's public key registered: its proof of possession must come from the
     // registered key, and another authenticator's assertion is refused.
-    let (ceremony, get) = registered(&passkey);
+    let (ceremony, get) = registered("alice", &passkey);
     let mut stranger = Passkey::new();
     stranger.id = passkey.id.clone();
     let forged = stranger.assert(&get, ORIGIN);
@@ -188,4 +188,33 @@ fn an_honest_ceremony_through_the_cli_certifies_a_passkey_that_approves() {
         Ok(Some(_))
     ));
     assert!(pki.admin_cert_file("alice").exists());
+
+    // The same passkey for a second seat (the browser's answers carried alice's passkey into
+    // carol's ceremony), or alice's name again: refused, nothing recorded.
+    let (ceremony, get) = registered("carol", &passkey);
+    assert_eq!(
+        custos::passkey::registered_key(&ceremony),
+        Some(hex::encode(passkey.fp()))
+    );
+    match certify(
+        &pki,
+        &ceremony,
+        passkey.assert(&get, ORIGIN).to_string().as_bytes(),
+        Validity::days(30),
+    ) {
+        Err(CeremonyError::KeyTaken { holder, .. }) => assert_eq!(holder, "alice"),
+        other => panic!("a key certified twice: {:?}", other.map(|c| c.name)),
+    }
+    assert!(!pki.admin_cert_file("carol").exists());
+    let other = Passkey::new();
+    let (ceremony, get) = registered("alice", &other);
+    assert!(matches!(
+        certify(
+            &pki,
+            &ceremony,
+            other.assert(&get, ORIGIN).to_string().as_bytes(),
+            Validity::days(30)
+        ),
+        Err(CeremonyError::NameTaken(_))
+    ));
 }
