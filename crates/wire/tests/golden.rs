@@ -1168,4 +1168,14 @@ fn governance_entries_stored_by_protocol_2_still_read() {
     });
     let now = postcard::to_allocvec(&entry).unwrap();
     assert_eq!(GovEntry::decode_stored(&now).unwrap(), entry);
+    // A current entry altered in its last byte (a `None` tag made `Some`) reads neither way,
+    // nor does one with a byte appended.
+    let mut plain = gov_entry();
+    plain.approvals[0].webauthn = None;
+    let mut altered = postcard::to_allocvec(&plain).unwrap();
+    *altered.last_mut().unwrap() ^= 1;
+    assert!(GovEntry::decode_stored(&altered).is_err());
+    let mut longer = postcard::to_allocvec(&plain).unwrap();
+    longer.push(0);
+    assert!(GovEntry::decode_stored(&longer).is_err());
 }

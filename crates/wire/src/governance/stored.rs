@@ -6,7 +6,8 @@
 //! followed by the next approval's certificate length (a varint whose first byte is at
 //! least 0x80 for any certificate over 127 bytes) or by the end of the entry, where the
 //! current encoding needs an `Option` tag (0 or 1). An entry without approvals is encoded
-//! the same way by both.
+//! the same way by both. Either decoding must take every byte: a record with a byte left
+//! over (a current entry whose last tag was altered, read the old way) is refused.
 
 use serde::Deserialize;
 
@@ -32,15 +33,23 @@ struct GovEntryV2 {
     approvals: Vec<ApprovalV2>,
 }
 
+/// Decodes `bytes` as one `T` with nothing left over.
+fn whole<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    match postcard::take_from_bytes(bytes)? {
+        (value, []) => Ok(value),
+        _ => Err(postcard::Error::DeserializeBadEncoding),
+    }
+}
+
 impl GovEntry {
     /// Decodes a stored entry: this version's encoding, else protocol 2's (whose approvals
     /// are key-file signatures). The first decoding's error is returned when neither reads.
     pub fn decode_stored(bytes: &[u8]) -> Result<GovEntry, postcard::Error> {
-        let first = match postcard::from_bytes::<GovEntry>(bytes) {
+        let first = match whole::<GovEntry>(bytes) {
             Ok(e) => return Ok(e),
             Err(e) => e,
         };
-        let old: GovEntryV2 = postcard::from_bytes(bytes).map_err(|_| first)?;
+        let old: GovEntryV2 = whole(bytes).map_err(|_| first)?;
         Ok(GovEntry {
             version: old.version,
             prev: old.prev,
