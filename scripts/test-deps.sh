@@ -12,7 +12,10 @@
 #     pinned, the Ethereum node and stock clients of the Ethereum signer's test, and
 #     @ngraveio/bc-ur, the independent Uniform Resources implementation the QR channel's test
 #     checks its parts against ($HOME/.cache/custos/node);
-#   * zbar-tools: zbarimg, the independent QR decoder that reads the frames Custos draws.
+#   * zbar-tools: zbarimg, the independent QR decoder that reads the frames Custos draws;
+#   * chromium, with playwright-core and axe-core (npm, pinned, no browser download): the
+#     headless browser the approvers' console's test drives with a virtual WebAuthn
+#     authenticator, and the accessibility checker it runs in the console's pages.
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -23,6 +26,7 @@ command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v zbarimg >/dev/null 2>&1 || need+=(zbar-tools)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -46,4 +50,10 @@ if ! [ -x "$node/node_modules/.bin/anvil" ] || ! [ -x "$node/node_modules/.bin/c
   # anvil's and cast's versions are also custos::foundry::PACKAGES.
   npm install --prefix "$node" --no-audit --no-fund --silent \
     @foundry-rs/anvil@1.7.1 @foundry-rs/cast@1.7.1 ethers@6.16.0 @ngraveio/bc-ur@1.1.13
+fi
+if ! [ -d "$node/node_modules/playwright-core" ] || ! [ -d "$node/node_modules/axe-core" ]; then
+  echo "installing playwright-core and axe-core into $node" >&2
+  mkdir -p "$node"
+  npm install --prefix "$node" --no-audit --no-fund --silent \
+    playwright-core@1.65.2 axe-core@4.14.1
 fi

@@ -608,7 +608,7 @@ pub async fn review_and_approve(
 /// groups, the key's group's count and each tier group's ("1/2 of the key's group, 0/1 of a
 /// tier group"). The server admits only admins of those groups, and a tier's group shares
 /// none with the key's, so an approval of no tier group is one of the key's group.
-fn progress(view: &RequestView) -> String {
+pub fn progress(view: &RequestView) -> String {
     let (n, quorum) = (view.approvals.len(), view.quorum);
     let Some(tiers) = view.tiers.as_ref().filter(|t| !t.is_empty()) else {
         return format!("{n}/{quorum} approvals");

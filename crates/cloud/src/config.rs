@@ -248,6 +248,80 @@ pub struct CloudConfig {
     /// clock skew; a few seconds of heartbeats fit in it. 3..=600.
     #[serde(default = "default_replica_ttl")]
     pub replica_ttl_secs: u64,
+    /// The approvers' console (`/console`, over this server's TLS listener); unset: no
+    /// console is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleConfig>,
+}
+
+/// Longest console session allowed (seconds).
+pub const MAX_CONSOLE_SESSION_SECS: u64 = 12 * 3600;
+/// Default console session length (seconds).
+pub const DEFAULT_CONSOLE_SESSION_SECS: u64 = 1800;
+
+/// `[console]`: the approvers' console, where admins sign in and approve with passkeys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The console's origin exactly as browsers write it (`https://host[:port]`): the one
+    /// the admins' passkey certificates are issued for (`custos pki passkey begin
+    /// --origin`). Its host must resolve to this server.
+    pub origin: String,
+    /// The folder of the admins who may sign in: for each, `<name>.pem` (the chain
+    /// `custos pki passkey certify` wrote: admin certificate, then Admin CA) and
+    /// `<name>.credential` (the passkey's credential id, base64url). Read at every sign-in
+    /// and approval: an admin whose files are removed is signed out.
+    pub admins: PathBuf,
+    /// The tenant whose requests the console shows and approves.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// How long a sign-in lasts (seconds, 60..=43200).
+    #[serde(default = "default_console_session")]
+    pub session_secs: u64,
+}
+
+fn default_console_session() -> u64 {
+    DEFAULT_CONSOLE_SESSION_SECS
+}
+
+impl ConsoleConfig {
+    /// A console at `origin` for the admins in `admins`, tenant `default`.
+    pub fn new(origin: impl Into<String>, admins: PathBuf) -> Self {
+        ConsoleConfig {
+            origin: origin.into(),
+            admins,
+            tenant: DEFAULT_TENANT.into(),
+            session_secs: DEFAULT_CONSOLE_SESSION_SECS,
+        }
+    }
+
+    fn validate(&self, tls: bool) -> Result<(), String> {
+        let binding = custos_pki::webauthn::PasskeyBinding::from_uri(&self.origin)
+            .map_err(|e| format!("console.origin: {e}"))?;
+        if binding.origin != self.origin {
+            return Err(format!(
+                "console.origin {:?}: write it as browsers do, {:?}",
+                self.origin, binding.origin
+            ));
+        }
+        if !tls {
+            // Passkeys and the session cookie (`Secure`) need HTTPS.
+            return Err(
+                "console: set tls_cert and tls_key, the console is served over HTTPS \
+                        only"
+                    .into(),
+            );
+        }
+        if !(60..=MAX_CONSOLE_SESSION_SECS).contains(&self.session_secs) {
+            return Err(format!(
+                "console.session_secs must be 60..={MAX_CONSOLE_SESSION_SECS}"
+            ));
+        }
+        if self.tenant.is_empty() || self.tenant.len() > 64 {
+            return Err(format!("console.tenant {:?}", self.tenant));
+        }
+        Ok(())
+    }
 }
 
 fn default_replica_ttl() -> u64 {
@@ -294,6 +368,7 @@ impl CloudConfig {
             presignature_pool: 0,
             metrics_listen: None,
             replica_ttl_secs: DEFAULT_REPLICA_TTL_SECS,
+            console: None,
         }
     }
 
@@ -358,6 +433,9 @@ impl CloudConfig {
                 self.listen
             ));
         }
+        if let Some(console) = &self.console {
+            console.validate(self.tls_cert.is_some())?;
+        }
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
         for t in &self.api_tokens {
@@ -412,6 +490,7 @@ impl custos_config::Component for CloudConfig {
         let mut paths = vec![&mut self.trust_root];
         paths.extend(self.tls_cert.as_mut());
         paths.extend(self.tls_key.as_mut());
+        paths.extend(self.console.as_mut().map(|c| &mut c.admins));
         paths
     }
 
@@ -439,6 +518,44 @@ pub fn generate_api_token() -> (Zeroizing<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_needs_https_an_exact_origin_and_a_bounded_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "listen = \"127.0.0.1:0\"\ntrust_root = \"root.crt\"\n\
+                    tls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n\
+                    [console]\norigin = \"https://console.example:8443\"\nadmins = \"admins\"\n";
+        let path = dir.path().join("cloud.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = CloudConfig::load(&path).unwrap();
+        let console = c.console.clone().unwrap();
+        assert_eq!(console.admins, dir.path().join("admins"));
+        assert_eq!(console.tenant, DEFAULT_TENANT);
+        assert_eq!(console.session_secs, DEFAULT_CONSOLE_SESSION_SECS);
+        type Edit = fn(&mut CloudConfig);
+        let edits: [(Edit, &str); 5] = [
+            (|c| c.tls_cert = None, "tls_cert"),
+            (|c| (c.tls_cert, c.tls_key) = (None, None), "HTTPS"),
+            (
+                |c| c.console.as_mut().unwrap().origin = "http://console.example".into(),
+                "https",
+            ),
+            (
+                |c| c.console.as_mut().unwrap().origin = "https://Console.example".into(),
+                "as browsers do",
+            ),
+            (
+                |c| c.console.as_mut().unwrap().session_secs = MAX_CONSOLE_SESSION_SECS + 1,
+                "session_secs",
+            ),
+        ];
+        for (edit, named) in edits {
+            let mut bad = c.clone();
+            edit(&mut bad);
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(named), "{named}: {e}");
+        }
+    }
 
     #[test]
     fn parse_defaults_and_validate() {

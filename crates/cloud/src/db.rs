@@ -18,6 +18,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 use crate::terms::Terms;
 use custos_cloud_api::{RequestKind, RequestStatus};
 
+mod console;
 mod record;
 mod replicas;
 mod threshold;

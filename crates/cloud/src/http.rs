@@ -882,7 +882,7 @@ async fn method_not_allowed() -> ApiError {
 /// future when the connection closes; a request whose submission had started would then
 /// stay `submitting`, owned by a live replica, so that no recovery takes it up. Detached on
 /// a task of its own, the call records its outcome whoever still listens.
-async fn run_to_completion(request: Request, next: middleware::Next) -> Response {
+pub(crate) async fn run_to_completion(request: Request, next: middleware::Next) -> Response {
     match tokio::spawn(next.run(request)).await {
         Ok(response) => response,
         Err(e) => {
@@ -903,9 +903,14 @@ pub fn router(cloud: Arc<Cloud>) -> Router {
         ))
         .route_layer(middleware::from_fn(run_to_completion));
     let (router, _doc) = protected.merge(public).split_for_parts();
-    router
+    let console = crate::console::routes(cloud.clone());
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(cloud)
+        .with_state(cloud);
+    match console {
+        Some(console) => router.merge(console),
+        None => router,
+    }
 }

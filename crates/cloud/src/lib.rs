@@ -19,6 +19,8 @@
 //!   document) and rate limits;
 //! * [`http`]: REST routes and the generated OpenAPI document;
 //! * [`server`]: [`run`] and TLS serving;
+//! * [`console`]: the approvers' console (passkey sign-in, pending requests as intents,
+//!   approvals made with passkeys), when configured;
 //! * [`approval`]: approvals as received, decoded before they are checked.
 //!
 //! The REST contract (request and response types, the typed client, the approval message
@@ -29,6 +31,7 @@ pub mod access;
 pub mod approval;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod gateway;

@@ -14,7 +14,7 @@ use bitcoin::bip32::Xpub;
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1};
 use bitcoin::Network;
-use custos_pki::{AdminCache, TrustRoot};
+use custos_pki::{AdminCache, TrustRoot, VerifiedAdmin};
 use custos_proto::cluster::ClusterStatus;
 use custos_wire::approval::{check_signature, Approval, MAX_APPROVAL_LIFETIME_SECS};
 use custos_wire::import::{import_key_id, seal_import};
@@ -53,11 +53,13 @@ mod executors;
 mod governance;
 mod key_policy;
 mod lifecycle;
+mod rejection;
 mod threshold;
 mod transactions;
 mod wallets;
 
 pub use child_keys::ChildKeys;
+pub use rejection::{rejection_message, REJECTED, REJECTION_DOMAIN};
 pub use wallets::verify_sign_result;
 
 pub use threshold::{
@@ -153,6 +155,8 @@ pub struct Cloud {
     foreign_pushed: Mutex<HashMap<(String, String, String), u64>>,
     /// What `/metrics` reports.
     metrics: Arc<crate::metrics::Metrics>,
+    /// The approvers' console, when served.
+    console: Option<crate::config::ConsoleConfig>,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -232,7 +236,13 @@ impl Cloud {
             known_logs: Mutex::new(HashMap::new()),
             foreign_pushed: Mutex::new(HashMap::new()),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            console: config.console.clone(),
         }))
+    }
+
+    /// The approvers' console's configuration, when it is served.
+    pub fn console_config(&self) -> Option<&crate::config::ConsoleConfig> {
+        self.console.as_ref()
     }
 
     /// This server's metrics.

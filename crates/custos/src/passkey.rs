@@ -205,6 +205,38 @@ pub fn registered_key(ceremony: &Ceremony) -> Option<String> {
     }
 }
 
+/// The credential id of the passkey the ceremony registered, once registered: what the
+/// console's browser asks the authenticator for.
+pub fn credential_id(ceremony: &Ceremony) -> Option<Vec<u8>> {
+    match &ceremony.stage {
+        Stage::Proving { passkey, .. } => Some(passkey.cred_id().as_ref().to_vec()),
+        Stage::Registering(_) => None,
+    }
+}
+
+/// Writes what the console needs to let admin `issued` sign in into its admins folder
+/// `dir`: `<name>.pem` (admin certificate, then Admin CA) and `<name>.credential` (the
+/// credential id, base64url).
+pub fn enroll_in_console(
+    dir: &std::path::Path,
+    ceremony: &Ceremony,
+    issued: &AdminCert,
+) -> std::io::Result<()> {
+    use base64::Engine as _;
+    let id = credential_id(ceremony).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the ceremony registered no passkey",
+        )
+    })?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(format!("{}.pem", issued.name)), issued.chain_pem())?;
+    std::fs::write(
+        dir.join(format!("{}.credential", issued.name)),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id) + "\n",
+    )
+}
+
 /// Refuses a name the PKI already recorded.
 fn name_free(pki: &PkiDir, name: &str) -> Result<(), CeremonyError> {
     custos_pki::check_name(name)?;
@@ -328,6 +360,10 @@ pub enum Step {
         /// Output chain file (PEM).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// The console's admins folder (its `[console] admins`): also writes there the
+        /// chain and the passkey's credential id, so that the admin can sign in.
+        #[arg(long)]
+        console: Option<std::path::PathBuf>,
     },
 }
 
@@ -374,6 +410,7 @@ pub fn run(pki: &PkiDir, step: Step) -> Result<(), Box<dyn std::error::Error>> {
             state,
             assertion,
             out,
+            console,
         } => {
             let ceremony = read_state(&state)?;
             let issued = certify(
@@ -384,6 +421,9 @@ pub fn run(pki: &PkiDir, step: Step) -> Result<(), Box<dyn std::error::Error>> {
             )?;
             pki.record_admin(&issued)?;
             std::fs::write(&out, issued.chain_pem())?;
+            if let Some(dir) = &console {
+                enroll_in_console(dir, &ceremony, &issued)?;
+            }
             eprintln!(
                 "certified the passkey of {} (key {}) for {}: {}",
                 issued.name,

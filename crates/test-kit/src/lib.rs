@@ -29,4 +29,4 @@ pub use gateway::{
 };
 pub use pki::{Pki, ADMINS};
 pub use platform::{now, MemPlatform};
-pub use server::{code, message_of, TestServer};
+pub use server::{code, message_of, tls_files, TestServer};

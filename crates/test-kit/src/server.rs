@@ -44,6 +44,9 @@ pub struct TestServer {
     pub guests: Vec<(String, String)>,
     pub addr: SocketAddr,
     pub config: CloudConfig,
+    /// The Root CA of the server's TLS certificate, when it serves HTTPS (the last
+    /// certificate of `tls_cert`, see [`tls_files`]).
+    pub tls_root: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     db: Option<TestDb>,
@@ -120,7 +123,12 @@ impl TestServer {
             .expect("server runs");
         });
         let addr = ready_rx.await.expect("server ready");
-        let client = CloudClient::new(&format!("http://{addr}"), &token).unwrap();
+        let tls_root = config.tls_cert.as_ref().map(|chain| {
+            let chain = std::fs::read(chain).expect("TLS chain");
+            let blocks = pem::parse_many(chain).expect("TLS chain PEM");
+            pem::encode(blocks.last().expect("a certificate"))
+        });
+        let client = client_of(addr, &token, tls_root.as_deref());
         TestServer {
             pki,
             gateway,
@@ -129,6 +137,7 @@ impl TestServer {
             guests,
             addr,
             config,
+            tls_root,
             shutdown: Some(stop_tx),
             task: Some(task),
             db: Some(db),
@@ -146,11 +155,16 @@ impl TestServer {
 
     /// A typed client holding guest `name`'s token.
     pub fn client_as(&self, name: &str) -> CloudClient {
-        CloudClient::new(&format!("http://{}", self.addr), self.guest_token(name)).unwrap()
+        client_of(self.addr, self.guest_token(name), self.tls_root.as_deref())
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls_root.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     /// A raw HTTP client for malformed requests.
@@ -191,6 +205,37 @@ impl TestServer {
         }
         self.db.take().expect("database")
     }
+}
+
+fn client_of(addr: SocketAddr, token: &str, tls_root: Option<&str>) -> CloudClient {
+    match tls_root {
+        Some(root) => CloudClient::with_root_pem(&format!("https://{addr}"), token, root),
+        None => CloudClient::new(&format!("http://{addr}"), token),
+    }
+    .unwrap()
+}
+
+/// Writes `tls.crt` (a server certificate for `names`, DNS names or IP addresses, then the
+/// throwaway Root CA that issued it) and `tls.key` into `dir`: what `tls_cert` and
+/// `tls_key` name to serve HTTPS.
+pub fn tls_files(
+    dir: &std::path::Path,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (chain, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&chain, cert.pem() + &ca.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (chain, key_file)
 }
 
 /// Hex of the approval message the server shows, after checking that it equals the

@@ -156,27 +156,29 @@ impl Cloud {
         Ok(RequestOutcome { view, submitted })
     }
 
+    /// The admin certificate `cert` issued by `ca`, verified against the trust root
+    /// (cached) and valid now.
+    pub(crate) fn verified_admin(&self, cert: &[u8], ca: &[u8]) -> Result<VerifiedAdmin, String> {
+        let now = self.now_secs();
+        self.admins
+            .lock()
+            .expect("admin cache lock")
+            .verify(&self.trust_root, cert, ca, now)
+            .cloned()
+            .map_err(|e| e.to_string())
+    }
+
     /// Verifies an approval's chain (cached) and signature over `message`.
-    pub(super) fn verify_approval(
+    pub(crate) fn verify_approval(
         &self,
         a: &ApprovalBody,
         message: &[u8],
     ) -> Result<StoredApproval, ApiError> {
         let invalid = |m: String| ApiError::new(ErrorCode::ApprovalInvalid, m);
         let approval = decode_approval(a).map_err(invalid)?;
-        let now = self.now_secs();
         let admin = self
-            .admins
-            .lock()
-            .expect("admin cache lock")
-            .verify(
-                &self.trust_root,
-                &approval.admin_cert,
-                &approval.admin_ca,
-                now,
-            )
-            .cloned()
-            .map_err(|e| invalid(e.to_string()))?;
+            .verified_admin(&approval.admin_cert, &approval.admin_ca)
+            .map_err(invalid)?;
         // The TEE's own check (it also keeps passkey counters, which only it can).
         check_signature(&admin, message, &approval).map_err(|(fault, detail)| {
             invalid(format!(

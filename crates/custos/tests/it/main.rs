@@ -18,6 +18,7 @@ mod bitcoin_signer;
 mod bridge_flood;
 mod cloud_listen;
 mod cluster;
+mod console;
 #[cfg(feature = "tpm")]
 mod demo_tpm;
 mod dkg;

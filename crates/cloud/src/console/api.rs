@@ -1,0 +1,128 @@
+//! The console script's JSON calls: sign-in (begin, finish), sign-out, approve. Each POST
+//! must come from the console's pages (`Origin`) with a JSON body of at most
+//! [`MAX_CONSOLE_BODY`] bytes.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use custos_cloud_api::RequestView;
+
+use super::session::Answer;
+use super::{Console, ConsoleError};
+
+/// Largest body of a console call (an assertion's parts as hex, and a name).
+pub(super) const MAX_CONSOLE_BODY: usize = 4 * 1024;
+
+type Shared = State<Arc<Console>>;
+
+fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ConsoleError> {
+    json.map(|Json(t)| t)
+        .map_err(|r| ConsoleError::Malformed(r.body_text()))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Begin {
+    name: String,
+}
+
+/// `POST /console/api/sign-in/begin {name}`: a challenge for the admin's passkey.
+pub(super) async fn sign_in_begin(
+    State(console): Shared,
+    headers: HeaderMap,
+    json: Result<Json<Begin>, JsonRejection>,
+) -> Result<Response, ConsoleError> {
+    console.check_origin(&headers)?;
+    let begin = body(json)?;
+    Ok(Json(console.begin(&begin.name).await?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Finish {
+    name: String,
+    nonce: String,
+    authenticator_data_hex: String,
+    client_data_json_hex: String,
+    signature_hex: String,
+}
+
+/// `POST /console/api/sign-in/finish`: the passkey's answer; sets the session cookie.
+pub(super) async fn sign_in_finish(
+    State(console): Shared,
+    headers: HeaderMap,
+    json: Result<Json<Finish>, JsonRejection>,
+) -> Result<Response, ConsoleError> {
+    console.check_origin(&headers)?;
+    let f = body(json)?;
+    let answer = Answer {
+        authenticator_data_hex: f.authenticator_data_hex,
+        client_data_json_hex: f.client_data_json_hex,
+        signature_hex: f.signature_hex,
+    };
+    let cookie = console.finish(&f.name, &f.nonce, answer).await?;
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(serde_json::json!({ "admin": f.name })),
+    )
+        .into_response())
+}
+
+/// `POST /console/api/sign-out`: ends the session.
+pub(super) async fn sign_out(
+    State(console): Shared,
+    headers: HeaderMap,
+) -> Result<Response, ConsoleError> {
+    console.check_origin(&headers)?;
+    let cookie = console.sign_out(&headers).await?;
+    Ok(([(header::SET_COOKIE, cookie)], Json(serde_json::json!({}))).into_response())
+}
+
+/// `POST /console/api/requests/{id}/reject`: the signed-in admin's passkey assertion over
+/// the request's rejection message ([`crate::service::rejection_message`]): the request is
+/// refused (`rejected_by_admin`).
+pub(super) async fn reject(
+    State(console): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<Answer>, JsonRejection>,
+) -> Result<Json<RequestView>, ConsoleError> {
+    console.check_origin(&headers)?;
+    let admin = console.signed_in(&headers).await?;
+    let answer = body(json)?;
+    let view = console
+        .cloud
+        .reject(&console.config.tenant, &id, answer.approval(&admin))
+        .await?;
+    tracing::info!(admin = admin.name, request = id, "console rejection");
+    Ok(Json(view))
+}
+
+/// `POST /console/api/requests/{id}/approve`: the signed-in admin's passkey assertion over
+/// the request's approval message, recorded as their approval (and, at quorum, executed).
+pub(super) async fn approve(
+    State(console): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<Answer>, JsonRejection>,
+) -> Result<Json<RequestView>, ConsoleError> {
+    console.check_origin(&headers)?;
+    let admin = console.signed_in(&headers).await?;
+    let answer = body(json)?;
+    let outcome = console
+        .cloud
+        .approve(&console.config.tenant, &id, answer.approval(&admin))
+        .await?;
+    tracing::info!(
+        admin = admin.name,
+        request = id,
+        status = outcome.view.status.as_str(),
+        "console approval"
+    );
+    Ok(Json(outcome.view))
+}
