@@ -209,7 +209,7 @@ pub fn registered_key(ceremony: &Ceremony) -> Option<String> {
 /// console's browser asks the authenticator for.
 pub fn credential_id(ceremony: &Ceremony) -> Option<Vec<u8>> {
     match &ceremony.stage {
-        Stage::Proving { passkey, .. } => Some(passkey.cred_id().as_ref().to_vec()),
+        Stage::Proving { passkey, .. } => Some(AsRef::<[u8]>::as_ref(passkey.cred_id()).to_vec()),
         Stage::Registering(_) => None,
     }
 }

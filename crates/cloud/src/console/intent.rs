@@ -6,6 +6,7 @@
 use maud::{html, Markup};
 
 use custos_cloud_api::TransactionView;
+use custos_tx::btc::address_of;
 use custos_tx::intent::{path_string, EthTransaction, EthereumIntent};
 use custos_tx::{BitcoinIntent, Intent};
 
@@ -91,7 +92,8 @@ fn bitcoin(b: &BitcoinIntent) -> Markup {
                 tr {
                     th scope="row" { "Output " (i) }
                     td {
-                        span.mono { (o.address.clone().unwrap_or_else(|| format!("script {}", hex::encode(&o.script)))) }
+                        // Written from the script, as the intent's own description does.
+                        span.mono { (address_of(&o.script, &b.network).unwrap_or_else(|| format!("script {}", hex::encode(&o.script)))) }
                         " " (btc(o.amount_sat))
                         @if let Some(path) = &o.change_path { " (change, " (path_string(path)) ")" }
                     }

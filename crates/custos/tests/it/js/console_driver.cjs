@@ -147,7 +147,9 @@ async function main() {
       if (!run) throw new Error(`no command ${command.op}`);
       answer = { ok: true, ...(await run(command)) };
     } catch (e) {
-      answer = { ok: false, error: String(e && e.stack ? e.stack : e) };
+      // What the page showed, for the test's failure message.
+      const shown = await page.content().catch(() => "");
+      answer = { ok: false, error: String(e && e.stack ? e.stack : e), url: page.url(), page: shown.slice(0, 4000) };
     }
     process.stdout.write(JSON.stringify(answer) + "\n");
     if (line.includes('"quit"')) break;
