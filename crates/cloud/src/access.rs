@@ -74,7 +74,7 @@ pub const INLINE_APPROVALS_TEXT: &str = "Approvals given inline in `approvals` n
 
 /// A token bucket: `burst` calls at once, refilled at `rate` calls per second.
 #[derive(Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -82,7 +82,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
         Bucket {
             rate: f64::from(rate_per_sec),
             burst: f64::from(burst),
@@ -93,7 +93,7 @@ impl Bucket {
 
     /// Takes one call's token, or tells how many whole seconds until one is there (at
     /// least 1, as `Retry-After` counts).
-    fn take(&mut self, now: Instant) -> Result<(), u64> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), u64> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;

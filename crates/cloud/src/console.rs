@@ -48,6 +48,8 @@ pub(crate) struct Console {
     config: ConsoleConfig,
     /// The WebAuthn relying party id: the origin's host.
     rp_id: String,
+    /// Sign-in calls per peer address.
+    limits: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, crate::access::Bucket>>,
 }
 
 /// The console's routes, when `[console]` is configured.
@@ -58,6 +60,7 @@ pub(crate) fn routes(cloud: Arc<Cloud>) -> Option<Router> {
         cloud,
         config,
         rp_id: binding.rp_id,
+        limits: Default::default(),
     });
     let router = Router::new()
         .route("/console", get(pages::home))

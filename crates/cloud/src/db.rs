@@ -24,6 +24,7 @@ mod replicas;
 mod threshold;
 mod writer;
 
+pub use console::{ConsoleSession, MAX_CHALLENGES};
 pub use record::Record;
 pub use replicas::{LeaseRow, Orphan, ReplicaRow};
 pub use threshold::{PresignatureRow, PresignatureSigner, ThresholdKeyRow, ThresholdShareRow};

@@ -332,10 +332,13 @@ pub async fn serve(
     let Some(acceptor) = tls else {
         // Small JSON answers: without TCP_NODELAY a response can wait for the client's
         // delayed ACK.
-        return axum::serve(listener, app)
-            .tcp_nodelay(true)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        return axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .tcp_nodelay(true)
+        .with_graceful_shutdown(shutdown)
+        .await;
     };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -354,7 +357,11 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        // The peer's address, for per-address limits (the console's sign-in).
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

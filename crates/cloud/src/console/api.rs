@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -34,12 +36,19 @@ pub(super) struct Begin {
 /// `POST /console/api/sign-in/begin {name}`: a challenge for the admin's passkey.
 pub(super) async fn sign_in_begin(
     State(console): Shared,
+    peer: Option<ConnectInfo<SocketAddr>>,
     headers: HeaderMap,
     json: Result<Json<Begin>, JsonRejection>,
 ) -> Result<Response, ConsoleError> {
     console.check_origin(&headers)?;
+    console.limit(peer.map(|p| p.0.ip()))?;
     let begin = body(json)?;
-    Ok(Json(console.begin(&begin.name).await?).into_response())
+    let (challenge, cookie) = console.begin(&begin.name, &headers).await?;
+    let mut response = Json(challenge).into_response();
+    if let Some(c) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    Ok(response)
 }
 
 #[derive(serde::Deserialize)]
@@ -55,17 +64,19 @@ pub(super) struct Finish {
 /// `POST /console/api/sign-in/finish`: the passkey's answer; sets the session cookie.
 pub(super) async fn sign_in_finish(
     State(console): Shared,
+    peer: Option<ConnectInfo<SocketAddr>>,
     headers: HeaderMap,
     json: Result<Json<Finish>, JsonRejection>,
 ) -> Result<Response, ConsoleError> {
     console.check_origin(&headers)?;
+    console.limit(peer.map(|p| p.0.ip()))?;
     let f = body(json)?;
     let answer = Answer {
         authenticator_data_hex: f.authenticator_data_hex,
         client_data_json_hex: f.client_data_json_hex,
         signature_hex: f.signature_hex,
     };
-    let cookie = console.finish(&f.name, &f.nonce, answer).await?;
+    let cookie = console.finish(&f.name, &f.nonce, answer, &headers).await?;
     Ok((
         [(header::SET_COOKIE, cookie)],
         Json(serde_json::json!({ "admin": f.name })),

@@ -28,6 +28,9 @@ pub enum ConsoleError {
     /// The sign-in challenge is unknown, used, expired or handed to another admin.
     #[error("sign-in challenge unknown, used or expired; begin again")]
     ChallengeInvalid,
+    /// Too many sign-in calls from this address (seconds until the next one).
+    #[error("too many sign-in attempts from this address; try again in {0} s")]
+    TooManySignIns(u64),
     /// The assertion did not verify (names the check that failed).
     #[error("assertion refused: {0}")]
     AssertionRefused(String),
@@ -48,6 +51,7 @@ impl ConsoleError {
             ConsoleError::ForeignOrigin(_) => "foreign_origin",
             ConsoleError::ChallengeInvalid => "challenge_invalid",
             ConsoleError::AssertionRefused(_) => "assertion_refused",
+            ConsoleError::TooManySignIns(_) => "too_many_sign_ins",
             ConsoleError::Malformed(_) => "malformed",
             ConsoleError::Api(e) => e.code.as_str(),
         }
@@ -62,6 +66,7 @@ impl ConsoleError {
                 StatusCode::FORBIDDEN
             }
             ConsoleError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::TooManySignIns(_) => StatusCode::TOO_MANY_REQUESTS,
             ConsoleError::Api(e) => crate::http::status_of(e.code),
         }
     }

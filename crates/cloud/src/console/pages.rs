@@ -96,20 +96,25 @@ fn sign_in_page() -> Response {
     )
 }
 
-/// The approver group whose members count for `view`: the one it names, or the group the
-/// wallet it uses was created with (`None`: not known here, the TEE decides).
-async fn group_of(console: &Console, view: &RequestView) -> Option<Vec<String>> {
-    if let Some(g) = &view.group {
-        return Some(g.clone());
-    }
-    let root = view.root_id.as_deref()?;
-    let wallet = console.cloud.store().wallet(root).await.ok()??;
-    let creation = console
+/// The admin keys whose approvals count for `view` (its group and tier groups, or its
+/// key's group in force); `None`: not known here, the TEE decides.
+async fn approvers_of(console: &Console, view: &RequestView) -> Option<Vec<String>> {
+    match console
         .cloud
-        .request(&console.config.tenant, &wallet.created_by_request)
+        .approvers(&console.config.tenant, &view.id)
         .await
-        .ok()?;
-    creation.group
+    {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::warn!(request = %view.id, error = %e.message, "approvers unknown");
+            None
+        }
+    }
+}
+
+fn holds(keys: &[String], admin: &Admin) -> bool {
+    keys.iter()
+        .any(|k| k.eq_ignore_ascii_case(&admin.key_fingerprint))
 }
 
 fn approved_by(view: &RequestView, admin: &Admin) -> bool {
@@ -171,12 +176,9 @@ pub(super) async fn home(State(console): Shared, headers: HeaderMap) -> Response
     };
     let mut mine = Vec::new();
     for r in listed {
-        let member = match group_of(&console, &r).await {
-            Some(g) => g
-                .iter()
-                .any(|k| k.eq_ignore_ascii_case(&admin.key_fingerprint)),
-            None => true,
-        };
+        let member = approvers_of(&console, &r)
+            .await
+            .is_none_or(|g| holds(&g, &admin));
         if member && !approved_by(&r, &admin) {
             mine.push(r);
         }
@@ -209,11 +211,8 @@ pub(super) async fn request(
         Ok(v) => v,
         Err(e) => return failure(Some(&admin), &e.into()),
     };
-    let group = group_of(&console, &view).await;
-    let in_group = group.as_ref().is_none_or(|g| {
-        g.iter()
-            .any(|k| k.eq_ignore_ascii_case(&admin.key_fingerprint))
-    });
+    let group = approvers_of(&console, &view).await;
+    let in_group = group.as_ref().is_none_or(|g| holds(g, &admin));
     // What the passkey signs is recomputed from the fields shown, never taken as given.
     let message = checked_message(&view, &id);
     let intent = view.transaction.as_ref().map(intent::checked);
@@ -254,9 +253,12 @@ pub(super) async fn request(
                     div.actions {
                         button #approve type="button" data-request=(view.id) data-challenge=(challenge_of(m))
                             data-rp-id=(console.rp_id) data-credential=(admin.credential_b64()) { "Approve with passkey" }
-                        button #reject.reject type="button" data-request=(view.id)
-                            data-challenge=(challenge_of(&rejection_message(m)))
-                            data-rp-id=(console.rp_id) data-credential=(admin.credential_b64()) { "Reject with passkey" }
+                        // Only where this server knows who approves: it alone checks rejections.
+                        @if group.is_some() {
+                            button #reject.reject type="button" data-request=(view.id)
+                                data-challenge=(challenge_of(&rejection_message(m)))
+                                data-rp-id=(console.rp_id) data-credential=(admin.credential_b64()) { "Reject with passkey" }
+                        }
                     }
                 }
             } @else if pending && !in_group {

@@ -7,7 +7,16 @@
 //! message) and the reverse. The answer is checked exactly as an approval is (the API's
 //! check, the TEE's code: chain, passkey origin and RP id, user present and verified,
 //! signature); the session token is 32 random bytes in the cookie, its SHA-256 in the
-//! database.
+//! database, with the key the admin signed in with.
+//!
+//! Sign-in is open to anyone who names an admin, so it is held in check: each address may
+//! begin or finish [`SIGN_IN_BURST`] sign-ins at once, one more a second; a challenge is
+//! bound to the browser that asked for it (a random sign-in cookie), so that challenges
+//! asked for in an admin's name elsewhere displace none of theirs; a refusal names no file
+//! and no reason (those are logged).
+
+use std::net::IpAddr;
+use std::time::Instant;
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,11 +29,19 @@ use custos_cloud_api::{ApprovalBody, WebAuthnBody};
 
 use super::admins::Admin;
 use super::{Console, ConsoleError};
+use crate::access::Bucket;
+use crate::db::ConsoleSession;
 
 /// The session cookie (`__Host-`: only over HTTPS, for this host, path `/`).
 pub(super) const SESSION_COOKIE: &str = "__Host-custos_console";
 /// How long a sign-in challenge stays valid (seconds).
 pub(super) const CHALLENGE_SECS: u64 = 300;
+/// The cookie binding a sign-in challenge to the browser that asked for it.
+pub(super) const SIGN_IN_COOKIE: &str = "__Host-custos_sign_in";
+/// Sign-in calls an address may make at once (then one more a second).
+pub(super) const SIGN_IN_BURST: u32 = 10;
+/// Addresses whose sign-in limits are kept (forgotten all at once when full).
+const MAX_LIMITED_ADDRESSES: usize = 65_536;
 /// Domain of sign-in messages.
 const SIGN_IN_DOMAIN: &[u8] = b"CUSTOS-CONSOLE-SIGN-IN-V1\0";
 
@@ -99,42 +116,96 @@ impl Console {
         }
     }
 
-    /// A new sign-in challenge for admin `name`.
-    pub(super) async fn begin(&self, name: &str) -> Result<Challenge, ConsoleError> {
-        let admin = self.admin(name)?;
+    /// Counts one sign-in call of `peer` (unknown: counted together).
+    pub(super) fn limit(&self, peer: Option<IpAddr>) -> Result<(), ConsoleError> {
+        let now = Instant::now();
+        let mut limits = self.limits.lock().expect("limits lock");
+        if limits.len() >= MAX_LIMITED_ADDRESSES {
+            limits.clear();
+        }
+        let key = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        limits
+            .entry(key)
+            .or_insert_with(|| Bucket::new(1, SIGN_IN_BURST, now))
+            .take(now)
+            .map_err(ConsoleError::TooManySignIns)
+    }
+
+    /// Admin `name`, or the same refusal whatever the reason (logged).
+    fn admin_for_sign_in(&self, name: &str) -> Result<Admin, ConsoleError> {
+        self.admin(name).map_err(|e| {
+            tracing::warn!(error = %e, "console sign-in refused");
+            ConsoleError::UnknownAdmin {
+                name: name.chars().take(48).collect(),
+                reason: "no passkey admin of this name may sign in to this console".into(),
+            }
+        })
+    }
+
+    /// A new sign-in challenge for admin `name`, bound to this browser's sign-in cookie
+    /// (set anew when it has none): the challenge and the cookie to set, if any.
+    pub(super) async fn begin(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+    ) -> Result<(Challenge, Option<HeaderValue>), ConsoleError> {
+        let admin = self.admin_for_sign_in(name)?;
+        let (binding, set) = match cookie_value(headers, SIGN_IN_COOKIE) {
+            Some(b) => (b, None),
+            None => {
+                let b = random_token();
+                let set = cookie(SIGN_IN_COOKIE, &b, CHALLENGE_SECS)?;
+                (b, Some(set))
+            }
+        };
         let mut nonce = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let now = self.now_ms();
         self.cloud
             .store()
-            .put_console_challenge(&hex::encode(nonce), name, now, now + CHALLENGE_SECS * 1000)
+            .put_console_challenge(
+                &hex::encode(nonce),
+                name,
+                &token_hash(&binding),
+                now,
+                now + CHALLENGE_SECS * 1000,
+            )
             .await?;
-        Ok(Challenge {
+        let challenge = Challenge {
             nonce: hex::encode(nonce),
             challenge: challenge_of(&sign_in_message(&self.config.origin, &nonce)),
             rp_id: self.rp_id.clone(),
             credential_id: admin.credential_b64(),
-        })
+        };
+        Ok((challenge, set))
     }
 
-    /// Checks admin `name`'s answer to challenge `nonce`; the session cookie to set.
+    /// Checks admin `name`'s answer to challenge `nonce` handed to this browser; the
+    /// session cookie to set.
     pub(super) async fn finish(
         &self,
         name: &str,
         nonce_hex: &str,
         answer: Answer,
+        headers: &HeaderMap,
     ) -> Result<HeaderValue, ConsoleError> {
-        let admin = self.admin(name)?;
+        let admin = self.admin_for_sign_in(name)?;
+        let binding =
+            cookie_value(headers, SIGN_IN_COOKIE).ok_or(ConsoleError::ChallengeInvalid)?;
         let nonce = hex::decode(nonce_hex)
             .ok()
             .filter(|n| n.len() == 32)
             .ok_or(ConsoleError::ChallengeInvalid)?;
         // Taken whatever the answer: a challenge is tried once.
-        let nonce_hex = hex::encode(&nonce);
         if !self
             .cloud
             .store()
-            .take_console_challenge(&nonce_hex, name, self.now_ms())
+            .take_console_challenge(
+                &hex::encode(&nonce),
+                name,
+                &token_hash(&binding),
+                self.now_ms(),
+            )
             .await?
         {
             return Err(ConsoleError::ChallengeInvalid);
@@ -143,74 +214,103 @@ impl Console {
         self.cloud
             .verify_approval(&answer.approval(&admin), &message)
             .map_err(|e| ConsoleError::AssertionRefused(e.message))?;
-        let mut token = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut token);
-        let token = URL_SAFE_NO_PAD.encode(token);
+        self.not_revoked(&admin).await?;
+        let token = random_token();
         let now = self.now_ms();
+        let session = ConsoleSession {
+            admin: name.to_string(),
+            admin_key: admin.key_fingerprint.clone(),
+        };
         self.cloud
             .store()
             .put_console_session(
                 &token_hash(&token),
-                name,
+                &session,
                 now,
                 now + self.config.session_secs * 1000,
             )
             .await?;
-        tracing::info!(admin = name, "console sign-in");
-        let cookie = Cookie::build((SESSION_COOKIE, token))
-            .path("/")
-            .secure(true)
-            .http_only(true)
-            .same_site(SameSite::Strict)
-            .max_age(cookie::time::Duration::seconds(
-                self.config.session_secs as i64,
-            ))
-            .build();
-        HeaderValue::from_str(&cookie.to_string())
-            .map_err(|e| ConsoleError::Malformed(format!("cookie: {e}")))
+        tracing::info!(admin = name, key = %admin.key_fingerprint, "console sign-in");
+        cookie(SESSION_COOKIE, &token, self.config.session_secs)
     }
 
-    /// The session token of the request's cookie, if any.
-    fn token(headers: &HeaderMap) -> Option<String> {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(Cookie::split_parse)
-            .filter_map(Result::ok)
-            .find(|c| c.name() == SESSION_COOKIE)
-            .map(|c| c.value().to_string())
+    /// Refuses an admin whose key a governed cluster's log revoked.
+    async fn not_revoked(&self, admin: &Admin) -> Result<(), ConsoleError> {
+        for c in self.cloud.cluster_list().await.clusters {
+            let Ok(members) = self.cloud.members(&c.name).await else {
+                continue;
+            };
+            if members
+                .revoked_admins
+                .iter()
+                .any(|r| r.fingerprint.eq_ignore_ascii_case(&admin.key_fingerprint))
+            {
+                return Err(ConsoleError::AssertionRefused(format!(
+                    "admin {:?} is revoked in cluster {}",
+                    admin.name, c.name
+                )));
+            }
+        }
+        Ok(())
     }
 
-    /// The signed-in admin of this request: a valid session whose admin may still sign in.
+    /// The signed-in admin of this request: a valid session whose admin may still sign in
+    /// with the key they signed in with.
     pub(super) async fn signed_in(&self, headers: &HeaderMap) -> Result<Admin, ConsoleError> {
-        let token = Self::token(headers).ok_or(ConsoleError::NotSignedIn)?;
-        let name = self
+        let token = cookie_value(headers, SESSION_COOKIE).ok_or(ConsoleError::NotSignedIn)?;
+        let session = self
             .cloud
             .store()
             .console_session(&token_hash(&token), self.now_ms())
             .await?
             .ok_or(ConsoleError::NotSignedIn)?;
-        // Removed from the folder, or the certificate expired: signed out.
-        self.admin(&name).map_err(|_| ConsoleError::NotSignedIn)
+        // Removed from the folder, expired, or certified anew since: signed out.
+        match self.admin(&session.admin) {
+            Ok(a) if a.key_fingerprint == session.admin_key => Ok(a),
+            _ => Err(ConsoleError::NotSignedIn),
+        }
     }
 
     /// Ends the request's session; the cookie that clears it.
     pub(super) async fn sign_out(&self, headers: &HeaderMap) -> Result<HeaderValue, ConsoleError> {
-        if let Some(token) = Self::token(headers) {
+        if let Some(token) = cookie_value(headers, SESSION_COOKIE) {
             self.cloud
                 .store()
                 .end_console_session(&token_hash(&token))
                 .await?;
         }
-        let cookie = Cookie::build((SESSION_COOKIE, ""))
-            .path("/")
-            .secure(true)
-            .http_only(true)
-            .same_site(SameSite::Strict)
-            .max_age(cookie::time::Duration::ZERO)
-            .build();
-        HeaderValue::from_str(&cookie.to_string())
-            .map_err(|e| ConsoleError::Malformed(format!("cookie: {e}")))
+        cookie(SESSION_COOKIE, "", 0)
     }
+}
+
+fn random_token() -> String {
+    let mut token = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut token);
+    URL_SAFE_NO_PAD.encode(token)
+}
+
+/// A `__Host-` cookie: HTTPS only, this host, path `/`, not readable by scripts, not sent
+/// with another site's requests.
+fn cookie(name: &'static str, value: &str, max_age_secs: u64) -> Result<HeaderValue, ConsoleError> {
+    let c = Cookie::build((name, value))
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(cookie::time::Duration::seconds(max_age_secs as i64))
+        .build();
+    HeaderValue::from_str(&c.to_string())
+        .map_err(|e| ConsoleError::Malformed(format!("cookie: {e}")))
+}
+
+/// The value of cookie `name` of the request, if any.
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_string())
 }

@@ -4,6 +4,12 @@
 //! signs (with a key file or, in the console, a passkey) the rejection message:
 //! [`REJECTION_DOMAIN`] followed by the request's approval message, so a rejection is never
 //! an approval, and names exactly the request it refuses.
+//!
+//! The TEE never sees a rejection, so this server decides alone who may reject, and only
+//! where it knows who may approve ([`Cloud::approvers`]): a member of the key's group or of
+//! a tier group, not revoked in the cluster's governance log; for governance, a current
+//! governor. A request whose approvers only a TEE knows (no group) cannot be rejected: it
+//! expires unapproved.
 
 use super::*;
 
@@ -21,9 +27,55 @@ pub fn rejection_message(approval_message: &[u8]) -> Vec<u8> {
 }
 
 impl Cloud {
+    /// The admin keys (fingerprints) whose approvals count for request `id` of `tenant`, as
+    /// far as this server knows: the group its terms fix and its tier groups; for a
+    /// signature by a key whose terms name none (a raw digest), the group of the key's
+    /// policy in force, read from a TEE now. `None`: not known here (governance, whose
+    /// governors are checked apart; a key without group, for which the TEE decides).
+    pub async fn approvers(&self, tenant: &str, id: &str) -> Result<Option<Vec<String>>, ApiError> {
+        let row = self.request_row(tenant, id).await?;
+        Ok(self
+            .approver_keys(tenant, &row)
+            .await?
+            .map(|keys| keys.iter().map(hex::encode).collect()))
+    }
+
+    async fn approver_keys(
+        &self,
+        tenant: &str,
+        row: &RequestRow,
+    ) -> Result<Option<Vec<[u8; 32]>>, ApiError> {
+        if let Some(group) = row.terms.group() {
+            let mut keys = group.to_vec();
+            for tier in row.terms.tier_groups() {
+                keys.extend_from_slice(&tier.group);
+            }
+            return Ok(Some(keys));
+        }
+        let policy = match &row.terms {
+            Terms::Sign { root_id, .. } => {
+                self.wallet_policy(tenant, &hex::encode(root_id)).await?
+            }
+            Terms::ThresholdSign { key_id, .. } => {
+                self.threshold_key_policy(tenant, &hex::encode(key_id))
+                    .await?
+            }
+            _ => return Ok(None),
+        };
+        if policy.group.is_empty() {
+            return Ok(None);
+        }
+        policy
+            .group
+            .iter()
+            .map(|k| custos_cloud_api::approval::parse_fingerprint(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(|e| ApiError::internal("a key policy's group", &e))
+    }
+
     /// Refuses pending request `id` of `tenant` on the word of the admin whose signature
-    /// over its rejection message `body` carries: a member of the group whose approvals
-    /// would count (for governance, a current governor), as for an approval.
+    /// over its rejection message `body` carries (see the module's rules).
     pub async fn reject(
         &self,
         tenant: &str,
@@ -40,8 +92,7 @@ impl Cloud {
                 ));
             }
             let by = self.verify_approval(&body, &rejection_message(&message_of(&row)))?;
-            self.check_governor(&row, &by).await?;
-            executors::check_in_group(&row, &by)?;
+            self.may_reject(tenant, &row, &by).await?;
             let mut next = row.clone();
             next.status = RequestStatus::Refused;
             next.updated_at = self.now_ms();
@@ -65,5 +116,53 @@ impl Cloud {
             ErrorCode::Conflict,
             format!("request {id} keeps changing; retry"),
         ))
+    }
+
+    async fn may_reject(
+        &self,
+        tenant: &str,
+        row: &RequestRow,
+        by: &StoredApproval,
+    ) -> Result<(), ApiError> {
+        if matches!(row.terms, Terms::Governance(_)) {
+            return self.check_governor(row, by).await;
+        }
+        let Some(keys) = self.approver_keys(tenant, row).await? else {
+            return Err(ApiError::new(
+                ErrorCode::ApproverNotInGroup,
+                format!(
+                    "request {} names no approver group this server knows: only its TEE \
+                     decides who approves it, so no one rejects it (it expires unapproved)",
+                    row.id
+                ),
+            ));
+        };
+        if !keys
+            .iter()
+            .any(|k| hex::encode(k).eq_ignore_ascii_case(&by.key))
+        {
+            return Err(ApiError::new(
+                ErrorCode::ApproverNotInGroup,
+                format!(
+                    "admin {:?} (key fingerprint {}) is not an approver of request {}",
+                    by.admin, by.key, row.id
+                ),
+            ));
+        }
+        // A governed cluster's log may have revoked the admin (for approvals the TEE
+        // checks it; a rejection reaches no TEE).
+        if let Ok(members) = self.members(&row.cluster).await {
+            if members
+                .revoked_admins
+                .iter()
+                .any(|r| r.fingerprint.eq_ignore_ascii_case(&by.key))
+            {
+                return Err(ApiError::new(
+                    ErrorCode::AdminRevoked,
+                    format!("admin {:?} is revoked in cluster {}", by.admin, row.cluster),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ mod groups;
 mod key_policy;
 mod openapi;
 mod passkeys;
+mod rejection;
 mod replicas;
 mod scripted;
 mod service;

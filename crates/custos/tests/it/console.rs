@@ -205,6 +205,19 @@ async fn an_admin_registers_a_passkey_signs_in_and_approves_a_transaction_in_chr
     )
     .unwrap();
     s.pki.pki.record_admin(&issued).unwrap();
+    // The registration page proves possession only for the passkey it has just created:
+    // options naming a certified passkey (a challenge someone chose, maybe an approval
+    // message's hash) are refused.
+    browser.run(json!({"op": "open_register"})).await;
+    let lured = browser.run(json!({"op": "prove", "options": get})).await;
+    assert_eq!(lured["assertion"], Value::Null, "{lured}");
+    assert!(
+        lured["status"]
+            .as_str()
+            .unwrap()
+            .contains("create the passkey on this page first"),
+        "{lured}"
+    );
 
     // Attacker first. Not yet in the console's folder: dave cannot sign in.
     let refused = browser.run(json!({"op": "sign_in", "name": "dave"})).await;
@@ -254,6 +267,21 @@ async fn an_admin_registers_a_passkey_signs_in_and_approves_a_transaction_in_chr
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("unknown_admin"))
+    );
+    // The refusal names no file and no reason.
+    assert!(!body.to_string().contains(".pem"), "{body}");
+    // An answer from a browser that was handed no challenge (no sign-in cookie).
+    let (status, body) = post(
+        &raw,
+        &api("/console/api/sign-in/finish"),
+        Some(&origin),
+        json!({"name": "dave", "nonce": "00".repeat(32), "authenticator_data_hex": "00",
+               "client_data_json_hex": "00", "signature_hex": "00"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("challenge_invalid"))
     );
     // A page that is not signed in shows the sign-in form, nothing else.
     let page = raw.get(api("/console/history")).send().await.unwrap();
@@ -468,5 +496,22 @@ async fn an_admin_registers_a_passkey_signs_in_and_approves_a_transaction_in_chr
             .await,
     );
     browser.quit().await;
+    // Sign-in calls from one address are limited (a burst, then one a second).
+    let mut limited = None;
+    for _ in 0..40 {
+        let (status, body) = post(
+            &raw,
+            &api("/console/api/sign-in/begin"),
+            Some(&origin),
+            json!({"name": "dave"}),
+        )
+        .await;
+        if status == 429 {
+            limited = Some(body);
+            break;
+        }
+    }
+    let limited = limited.expect("sign-in calls are limited");
+    assert_eq!(limited["error"]["code"], "too_many_sign_ins", "{limited}");
     s.stop().await;
 }

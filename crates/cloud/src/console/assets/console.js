@@ -121,6 +121,11 @@ const credentialJson = (c, response) => ({
   response,
 });
 
+// The credential this page created: the only one it asks for a proof of possession. Options
+// naming any other credential would have an already certified passkey sign a challenge
+// someone else chose, which could be an approval message's hash.
+let created = null;
+
 on('register', 'submit', async () => {
   const o = JSON.parse(document.getElementById('create-options').value).publicKey;
   o.challenge = fromB64u(o.challenge);
@@ -128,6 +133,7 @@ on('register', 'submit', async () => {
   (o.excludeCredentials || []).forEach((c) => { c.id = fromB64u(c.id); });
   say('Touch your authenticator to create the passkey…');
   const c = await navigator.credentials.create({ publicKey: o });
+  created = c.rawId;
   document.getElementById('registration').value = JSON.stringify(credentialJson(c, {
     attestationObject: toB64u(c.response.attestationObject),
     clientDataJSON: toB64u(c.response.clientDataJSON),
@@ -139,9 +145,14 @@ on('register', 'submit', async () => {
 });
 
 on('prove', 'submit', async () => {
+  if (created === null) throw new Error('create the passkey on this page first (step 1)');
   const o = JSON.parse(document.getElementById('get-options').value).publicKey;
+  const named = (o.allowCredentials || []).map((c) => c.id);
+  if (named.length !== 1 || named[0] !== toB64u(created)) {
+    throw new Error('these options are not for the passkey this page just created');
+  }
   o.challenge = fromB64u(o.challenge);
-  (o.allowCredentials || []).forEach((c) => { c.id = fromB64u(c.id); });
+  o.allowCredentials = [{ type: 'public-key', id: created }];
   say('Touch your authenticator to prove possession…');
   const c = await navigator.credentials.get({ publicKey: o });
   document.getElementById('assertion').value = JSON.stringify(credentialJson(c, {

@@ -42,6 +42,11 @@ async function main() {
   const main = () => page.locator("main").innerText();
 
   const commands = {
+    // The registration page, loaded anew.
+    async open_register() {
+      await page.goto(`${origin}/console/register`);
+      return {};
+    },
     // The registration page: create the passkey with the operator's options.
     async register({ options }) {
       await page.goto(`${origin}/console/register`);
@@ -57,8 +62,11 @@ async function main() {
     async prove({ options }) {
       await page.fill("#get-options", JSON.stringify(options));
       await page.click('#prove button[type="submit"]');
-      await page.waitForFunction(() => document.getElementById("assertion").value !== "");
-      return { assertion: JSON.parse(await page.inputValue("#assertion")) };
+      await page.waitForFunction(
+        () => document.getElementById("assertion").value !== "" || document.getElementById("status").className === "error",
+      );
+      const made = await page.inputValue("#assertion");
+      return { assertion: made ? JSON.parse(made) : null, status: await status() };
     },
     async sign_in({ name }) {
       await page.goto(`${origin}/console`);

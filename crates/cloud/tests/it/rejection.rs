@@ -1,0 +1,96 @@
+//! Rejecting a pending request (the console's "Reject", issue 17), attacker first: the TEE
+//! never sees a rejection, so this server alone decides who may refuse a request, and
+//! refuses, by name and with nothing recorded, an admin outside the key's group, an
+//! approval presented as a rejection, and a rejection of a request already decided. A
+//! group member's rejection refuses the request (`rejected_by_admin`) and nothing executes.
+
+use std::sync::Arc;
+
+use custos_cloud::gateway::Gateway;
+use custos_cloud::service::rejection_message;
+use custos_cloud::Cloud;
+use custos_cloud_api::*;
+use custos_test_kit::*;
+
+#[tokio::test]
+async fn only_a_member_of_the_keys_group_rejects_and_nothing_executes() {
+    let s = TestServer::start().await;
+    let c = &s.client;
+    // Alice's and bob's wallet, both needed.
+    let view = c.create_wallet(&s.wallet_body("dc1", 2, 2)).await.unwrap();
+    let message = message_of(&view);
+    c.approve(&view.id, &s.pki.approve(0, &message))
+        .await
+        .unwrap();
+    let created = c
+        .approve(&view.id, &s.pki.approve(1, &message))
+        .await
+        .unwrap();
+    assert_eq!(created.status, RequestStatus::Completed, "{created:?}");
+    let request = c
+        .sign(&SignRequestBody {
+            root_id: created.root_id.clone().unwrap(),
+            path: "m/0/1".into(),
+            digest: hex::encode([0x42u8; 32]),
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        })
+        .await
+        .unwrap();
+    let message = message_of(&request);
+    let rejection = rejection_message(&message);
+    // This server as a second replica on the same database: the service call the console
+    // makes.
+    let gw: Arc<dyn Gateway> = s.gateway.clone();
+    let cloud = Cloud::open(&s.config, gw).await.unwrap();
+
+    // Carol is a genuine admin, but not of this wallet's group (a raw digest's request
+    // names no group: the key's policy in force, read from a TEE, says who approves).
+    let e = cloud
+        .reject("default", &request.id, s.pki.approve(2, &rejection))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::ApproverNotInGroup, "{e:?}");
+    // Alice's approval is no rejection (its domain differs): the signature does not verify.
+    let e = cloud
+        .reject("default", &request.id, s.pki.approve(0, &message))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::ApprovalInvalid, "{e:?}");
+    // Another tenant's view of the request: it does not exist.
+    let e = cloud
+        .reject("other", &request.id, s.pki.approve(1, &rejection))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownRequest, "{e:?}");
+    let still = c.request(&request.id).await.unwrap();
+    assert_eq!(still.status, RequestStatus::PendingApproval);
+
+    c.approve(&request.id, &s.pki.approve(0, &message))
+        .await
+        .unwrap();
+    let refused = cloud
+        .reject("default", &request.id, s.pki.approve(1, &rejection))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, RequestStatus::Refused);
+    let error = refused.error.unwrap();
+    assert_eq!(error.code, "rejected_by_admin");
+    assert!(error.message.contains("bob"), "{}", error.message);
+    assert!(refused.events.iter().any(|e| e.event == "rejected"));
+    // Decided: neither an approval nor a second rejection moves it.
+    let e = c
+        .approve(&request.id, &s.pki.approve(1, &message))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "not_pending");
+    let e = cloud
+        .reject("default", &request.id, s.pki.approve(0, &rejection))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotPending, "{e:?}");
+    assert!(s.gateway.executed("Sign").is_empty(), "nothing was signed");
+    cloud.store().close().await;
+    s.stop().await;
+}
