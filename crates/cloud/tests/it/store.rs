@@ -1098,3 +1098,101 @@ impl OldRow {
         }
     }
 }
+
+/// The console's sign-in challenges are taken once, by the browser they were handed to,
+/// while valid; a browser keeps at most `MAX_CHALLENGES`; sessions end at expiry or
+/// sign-out (issue 17).
+#[tokio::test]
+async fn console_challenges_and_sessions_on_every_database() {
+    use custos_cloud::db::{ConsoleSession, MAX_CHALLENGES};
+    for db in databases("console_challenges_and_sessions").await {
+        let engine = db.engine;
+        let store = Store::connect(&db.url).await.unwrap();
+        let nonce = |i: usize| format!("{i:064x}");
+        store
+            .put_console_challenge(&nonce(1), "dave", "browser-a", 1_000, 2_000)
+            .await
+            .unwrap();
+        // Another browser, another admin, too late: not taken (and the challenge is gone
+        // after the first try, whatever it was).
+        assert!(!store
+            .take_console_challenge(&nonce(1), "dave", "browser-b", 1_500)
+            .await
+            .unwrap());
+        store
+            .put_console_challenge(&nonce(2), "dave", "browser-a", 1_000, 2_000)
+            .await
+            .unwrap();
+        assert!(!store
+            .take_console_challenge(&nonce(2), "erin", "browser-a", 1_500)
+            .await
+            .unwrap());
+        store
+            .put_console_challenge(&nonce(3), "dave", "browser-a", 1_000, 2_000)
+            .await
+            .unwrap();
+        assert!(!store
+            .take_console_challenge(&nonce(3), "dave", "browser-a", 2_001)
+            .await
+            .unwrap());
+        store
+            .put_console_challenge(&nonce(4), "dave", "browser-a", 1_000, 2_000)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .take_console_challenge(&nonce(4), "dave", "browser-a", 2_000)
+                .await
+                .unwrap(),
+            "{engine:?}"
+        );
+        assert!(!store
+            .take_console_challenge(&nonce(4), "dave", "browser-a", 2_000)
+            .await
+            .unwrap());
+        // A browser asking for more: its oldest are displaced, another browser's are not.
+        store
+            .put_console_challenge(&nonce(10), "dave", "browser-b", 1_000, 5_000)
+            .await
+            .unwrap();
+        for i in 0..=MAX_CHALLENGES {
+            let at = 3_000 + i as u64;
+            store
+                .put_console_challenge(&nonce(20 + i), "dave", "browser-a", at - 1_000, at)
+                .await
+                .unwrap();
+        }
+        assert!(!store
+            .take_console_challenge(&nonce(20), "dave", "browser-a", 2_500)
+            .await
+            .unwrap());
+        let newest = nonce(20 + MAX_CHALLENGES);
+        assert!(store
+            .take_console_challenge(&newest, "dave", "browser-a", 2_500)
+            .await
+            .unwrap());
+        assert!(store
+            .take_console_challenge(&nonce(10), "dave", "browser-b", 2_500)
+            .await
+            .unwrap());
+
+        let session = ConsoleSession {
+            admin: "dave".into(),
+            admin_key: "ab".repeat(32),
+        };
+        store
+            .put_console_session("hash-1", &session, 1_000, 9_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.console_session("hash-1", 9_000).await.unwrap(),
+            Some(session.clone())
+        );
+        assert_eq!(store.console_session("hash-1", 9_001).await.unwrap(), None);
+        assert_eq!(store.console_session("hash-2", 1_000).await.unwrap(), None);
+        store.end_console_session("hash-1").await.unwrap();
+        assert_eq!(store.console_session("hash-1", 1_000).await.unwrap(), None);
+        store.close().await;
+        db.cleanup().await;
+    }
+}
