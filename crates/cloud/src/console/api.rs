@@ -33,6 +33,17 @@ pub(super) struct Begin {
     name: String,
 }
 
+/// The guard of the sign-in calls (open to anyone): the console's origin, the address's
+/// limit.
+fn sign_in_guard(
+    console: &Console,
+    headers: &HeaderMap,
+    peer: Option<ConnectInfo<SocketAddr>>,
+) -> Result<(), ConsoleError> {
+    console.check_origin(headers)?;
+    console.limit(peer.map(|p| p.0.ip()))
+}
+
 /// `POST /console/api/sign-in/begin {name}`: a challenge for the admin's passkey.
 pub(super) async fn sign_in_begin(
     State(console): Shared,
@@ -40,8 +51,7 @@ pub(super) async fn sign_in_begin(
     headers: HeaderMap,
     json: Result<Json<Begin>, JsonRejection>,
 ) -> Result<Response, ConsoleError> {
-    console.check_origin(&headers)?;
-    console.limit(peer.map(|p| p.0.ip()))?;
+    sign_in_guard(&console, &headers, peer)?;
     let begin = body(json)?;
     let (challenge, cookie) = console.begin(&begin.name, &headers).await?;
     let mut response = Json(challenge).into_response();
@@ -56,27 +66,22 @@ pub(super) async fn sign_in_begin(
 pub(super) struct Finish {
     name: String,
     nonce: String,
-    authenticator_data_hex: String,
-    client_data_json_hex: String,
-    signature_hex: String,
+    answer: Answer,
 }
 
-/// `POST /console/api/sign-in/finish`: the passkey's answer; sets the session cookie.
+/// `POST /console/api/sign-in/finish {name, nonce, answer}`: the passkey's answer; sets
+/// the session cookie.
 pub(super) async fn sign_in_finish(
     State(console): Shared,
     peer: Option<ConnectInfo<SocketAddr>>,
     headers: HeaderMap,
     json: Result<Json<Finish>, JsonRejection>,
 ) -> Result<Response, ConsoleError> {
-    console.check_origin(&headers)?;
-    console.limit(peer.map(|p| p.0.ip()))?;
+    sign_in_guard(&console, &headers, peer)?;
     let f = body(json)?;
-    let answer = Answer {
-        authenticator_data_hex: f.authenticator_data_hex,
-        client_data_json_hex: f.client_data_json_hex,
-        signature_hex: f.signature_hex,
-    };
-    let cookie = console.finish(&f.name, &f.nonce, answer, &headers).await?;
+    let cookie = console
+        .finish(&f.name, &f.nonce, f.answer, &headers)
+        .await?;
     Ok((
         [(header::SET_COOKIE, cookie)],
         Json(serde_json::json!({ "admin": f.name })),
@@ -94,46 +99,58 @@ pub(super) async fn sign_out(
     Ok(([(header::SET_COOKIE, cookie)], Json(serde_json::json!({}))).into_response())
 }
 
-/// `POST /console/api/requests/{id}/reject`: the signed-in admin's passkey assertion over
-/// the request's rejection message ([`crate::service::rejection_message`]): the request is
-/// refused (`rejected_by_admin`).
-pub(super) async fn reject(
-    State(console): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+/// What the signed-in admin decides with a passkey assertion.
+#[derive(Clone, Copy)]
+enum Decision {
+    /// Over the request's approval message: recorded as their approval (and, at quorum,
+    /// executed).
+    Approve,
+    /// Over its rejection message ([`crate::service::rejection_message`]): the request is
+    /// refused (`rejected_by_admin`).
+    Reject,
+}
+
+async fn decide(
+    console: &Console,
+    id: &str,
+    headers: &HeaderMap,
     json: Result<Json<Answer>, JsonRejection>,
+    decision: Decision,
 ) -> Result<Json<RequestView>, ConsoleError> {
-    console.check_origin(&headers)?;
-    let admin = console.signed_in(&headers).await?;
-    let answer = body(json)?;
-    let view = console
-        .cloud
-        .reject(&console.config.tenant, &id, answer.approval(&admin))
-        .await?;
-    tracing::info!(admin = admin.name, request = id, "console rejection");
+    console.check_origin(headers)?;
+    let admin = console.signed_in(headers).await?;
+    let approval = body(json)?.approval(&admin);
+    let tenant = &console.config.tenant;
+    let view = match decision {
+        Decision::Approve => console.cloud.approve(tenant, id, approval).await?.view,
+        Decision::Reject => console.cloud.reject(tenant, id, approval).await?,
+    };
+    tracing::info!(
+        admin = admin.name,
+        request = id,
+        status = view.status.as_str(),
+        rejected = matches!(decision, Decision::Reject),
+        "console decision"
+    );
     Ok(Json(view))
 }
 
-/// `POST /console/api/requests/{id}/approve`: the signed-in admin's passkey assertion over
-/// the request's approval message, recorded as their approval (and, at quorum, executed).
+/// `POST /console/api/requests/{id}/approve`: see [`Decision::Approve`].
 pub(super) async fn approve(
     State(console): Shared,
     Path(id): Path<String>,
     headers: HeaderMap,
     json: Result<Json<Answer>, JsonRejection>,
 ) -> Result<Json<RequestView>, ConsoleError> {
-    console.check_origin(&headers)?;
-    let admin = console.signed_in(&headers).await?;
-    let answer = body(json)?;
-    let outcome = console
-        .cloud
-        .approve(&console.config.tenant, &id, answer.approval(&admin))
-        .await?;
-    tracing::info!(
-        admin = admin.name,
-        request = id,
-        status = outcome.view.status.as_str(),
-        "console approval"
-    );
-    Ok(Json(outcome.view))
+    decide(&console, &id, &headers, json, Decision::Approve).await
+}
+
+/// `POST /console/api/requests/{id}/reject`: see [`Decision::Reject`].
+pub(super) async fn reject(
+    State(console): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<Answer>, JsonRejection>,
+) -> Result<Json<RequestView>, ConsoleError> {
+    decide(&console, &id, &headers, json, Decision::Reject).await
 }

@@ -393,18 +393,20 @@ pub(super) async fn register(State(console): Shared) -> Response {
 
 /// The console's script.
 pub(super) async fn script() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+    asset(
+        "text/javascript; charset=utf-8",
         include_str!("assets/console.js"),
     )
-        .into_response()
 }
 
 /// The console's style sheet.
 pub(super) async fn style() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+    asset(
+        "text/css; charset=utf-8",
         include_str!("assets/console.css"),
     )
-        .into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }

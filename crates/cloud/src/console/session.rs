@@ -62,9 +62,9 @@ pub(super) struct Challenge {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Answer {
-    pub authenticator_data_hex: String,
-    pub client_data_json_hex: String,
-    pub signature_hex: String,
+    authenticator_data_hex: String,
+    client_data_json_hex: String,
+    signature_hex: String,
 }
 
 impl Answer {

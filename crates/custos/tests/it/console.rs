@@ -275,8 +275,8 @@ async fn an_admin_registers_a_passkey_signs_in_and_approves_a_transaction_in_chr
         &raw,
         &api("/console/api/sign-in/finish"),
         Some(&origin),
-        json!({"name": "dave", "nonce": "00".repeat(32), "authenticator_data_hex": "00",
-               "client_data_json_hex": "00", "signature_hex": "00"}),
+        json!({"name": "dave", "nonce": "00".repeat(32), "answer": {"authenticator_data_hex": "00",
+               "client_data_json_hex": "00", "signature_hex": "00"}}),
     )
     .await;
     assert_eq!(

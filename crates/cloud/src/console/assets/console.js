@@ -73,7 +73,7 @@ on('sign-in', 'submit', async () => {
   say('Touch your passkey…');
   const c = await post('/console/api/sign-in/begin', { name });
   const answer = await assertWith(c.challenge, c.rp_id, c.credential_id);
-  await post('/console/api/sign-in/finish', { name, nonce: c.nonce, ...answer });
+  await post('/console/api/sign-in/finish', { name, nonce: c.nonce, answer });
   location.assign('/console');
 });
 

@@ -109,10 +109,10 @@ async function main() {
         const cred = await navigator.credentials.get({ publicKey: {
           challenge: b64u(c.challenge), rpId: c.rp_id, userVerification: "required",
           allowCredentials: [{ type: "public-key", id: b64u(c.credential_id) }] } });
-        const answer = { name, nonce: c.nonce,
+        const answer = { name, nonce: c.nonce, answer: {
           authenticator_data_hex: hex(cred.response.authenticatorData),
           client_data_json_hex: hex(cred.response.clientDataJSON),
-          signature_hex: hex(cred.response.signature) };
+          signature_hex: hex(cred.response.signature) } };
         const first = await post("/console/api/sign-in/finish", answer);
         const second = await post("/console/api/sign-in/finish", answer);
         return { first, second };
