@@ -240,6 +240,11 @@ impl Cloud {
         }))
     }
 
+    /// The configured clusters' names, in configuration order.
+    pub fn configured_clusters(&self) -> Vec<String> {
+        self.cluster_config.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// The approvers' console's configuration, when it is served.
     pub fn console_config(&self) -> Option<&crate::config::ConsoleConfig> {
         self.console.as_ref()

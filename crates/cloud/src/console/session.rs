@@ -42,6 +42,8 @@ pub(super) const SIGN_IN_COOKIE: &str = "__Host-custos_sign_in";
 pub(super) const SIGN_IN_BURST: u32 = 10;
 /// Addresses whose sign-in limits are kept (forgotten all at once when full).
 const MAX_LIMITED_ADDRESSES: usize = 65_536;
+/// Longest wait for a cluster's governance log at sign-in.
+const REVOCATION_READ: std::time::Duration = std::time::Duration::from_secs(5);
 /// Domain of sign-in messages.
 const SIGN_IN_DOMAIN: &[u8] = b"CUSTOS-CONSOLE-SIGN-IN-V1\0";
 
@@ -234,10 +236,18 @@ impl Console {
         cookie(SESSION_COOKIE, &token, self.config.session_secs)
     }
 
-    /// Refuses an admin whose key a governed cluster's log revoked.
+    /// Refuses an admin whose key a governed cluster's log revoked. The logs are read at
+    /// once, each for at most [`REVOCATION_READ`]; a cluster that does not answer in time
+    /// (or is not governed) does not hold a sign-in up (its TEEs refuse the admin's
+    /// approvals in any case).
     async fn not_revoked(&self, admin: &Admin) -> Result<(), ConsoleError> {
-        for c in self.cloud.cluster_list().await.clusters {
-            let Ok(members) = self.cloud.members(&c.name).await else {
+        let clusters = self.cloud.configured_clusters();
+        let reads = clusters.iter().map(|c| async move {
+            let members = tokio::time::timeout(REVOCATION_READ, self.cloud.members(c)).await;
+            (c, members)
+        });
+        for (cluster, members) in futures::future::join_all(reads).await {
+            let Ok(Ok(members)) = members else {
                 continue;
             };
             if members
@@ -246,8 +256,8 @@ impl Console {
                 .any(|r| r.fingerprint.eq_ignore_ascii_case(&admin.key_fingerprint))
             {
                 return Err(ConsoleError::AssertionRefused(format!(
-                    "admin {:?} is revoked in cluster {}",
-                    admin.name, c.name
+                    "admin {:?} is revoked in cluster {cluster}",
+                    admin.name
                 )));
             }
         }

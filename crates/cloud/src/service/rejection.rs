@@ -150,18 +150,22 @@ impl Cloud {
             ));
         }
         // A governed cluster's log may have revoked the admin (for approvals the TEE
-        // checks it; a rejection reaches no TEE).
-        if let Ok(members) = self.members(&row.cluster).await {
-            if members
-                .revoked_admins
-                .iter()
-                .any(|r| r.fingerprint.eq_ignore_ascii_case(&by.key))
-            {
-                return Err(ApiError::new(
-                    ErrorCode::AdminRevoked,
-                    format!("admin {:?} is revoked in cluster {}", by.admin, row.cluster),
-                ));
-            }
+        // checks it; a rejection reaches no TEE). A log that cannot be read refuses the
+        // rejection (retried later); a cluster without governance has no revocations.
+        let members = match self.members(&row.cluster).await {
+            Ok(m) => m,
+            Err(e) if e.code == ErrorCode::NotGoverned => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if members
+            .revoked_admins
+            .iter()
+            .any(|r| r.fingerprint.eq_ignore_ascii_case(&by.key))
+        {
+            return Err(ApiError::new(
+                ErrorCode::AdminRevoked,
+                format!("admin {:?} is revoked in cluster {}", by.admin, row.cluster),
+            ));
         }
         Ok(())
     }
