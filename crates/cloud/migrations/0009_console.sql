@@ -21,6 +21,8 @@ CREATE TABLE console_challenges (
     -- Unix ms after which it is void.
     expires_at BIGINT NOT NULL
 );
+CREATE INDEX console_challenges_binding ON console_challenges (binding);
+CREATE INDEX console_challenges_expiry ON console_challenges (expires_at);
 
 CREATE TABLE console_sessions (
     -- SHA-256 of the cookie's token, hex.
@@ -33,3 +35,4 @@ CREATE TABLE console_sessions (
     -- Unix ms after which it is void.
     expires_at BIGINT NOT NULL
 );
+CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);

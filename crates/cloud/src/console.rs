@@ -48,8 +48,10 @@ pub(crate) struct Console {
     config: ConsoleConfig,
     /// The WebAuthn relying party id: the origin's host.
     rp_id: String,
-    /// Sign-in calls per peer address.
-    limits: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, crate::access::Bucket>>,
+    /// Sign-in calls per peer address, with the last one's time.
+    limits: std::sync::Mutex<
+        std::collections::HashMap<std::net::IpAddr, (crate::access::Bucket, std::time::Instant)>,
+    >,
 }
 
 /// The console's routes, when `[console]` is configured.

@@ -358,10 +358,8 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         // The peer's address, for per-address limits (the console's sign-in).
-        let service = TowerToHyperService::new(
-            app.clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-        );
+        let service =
+            TowerToHyperService::new(tower::ServiceExt::map_request(app.clone(), with_peer(peer)));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -390,4 +388,17 @@ pub async fn serve(
         tracing::warn!("connections still open after the drain timeout");
     }
     Ok(())
+}
+
+/// Adds the peer's address to each request of a connection (as `ConnectInfo`, which the
+/// plain HTTP server adds by itself).
+fn with_peer<B>(
+    peer: SocketAddr,
+) -> impl FnMut(axum::http::Request<B>) -> axum::http::Request<B> + Clone {
+    move |mut request| {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        request
+    }
 }

@@ -118,19 +118,32 @@ impl Console {
         }
     }
 
-    /// Counts one sign-in call of `peer` (unknown: counted together).
+    /// Counts one sign-in call of `peer` (unknown: counted together; IPv6 by /64, what one
+    /// host is usually given). When [`MAX_LIMITED_ADDRESSES`] are counted, those idle long
+    /// enough to be full again are forgotten; if none is, a new address waits.
     pub(super) fn limit(&self, peer: Option<IpAddr>) -> Result<(), ConsoleError> {
         let now = Instant::now();
+        let key = match peer {
+            Some(IpAddr::V6(v6)) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+            Some(v4) => v4,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
         let mut limits = self.limits.lock().expect("limits lock");
-        if limits.len() >= MAX_LIMITED_ADDRESSES {
-            limits.clear();
+        if !limits.contains_key(&key) && limits.len() >= MAX_LIMITED_ADDRESSES {
+            let refilled = std::time::Duration::from_secs(u64::from(SIGN_IN_BURST));
+            limits.retain(|_, (_, last)| now.saturating_duration_since(*last) < refilled);
+            if limits.len() >= MAX_LIMITED_ADDRESSES {
+                return Err(ConsoleError::TooManySignIns(1));
+            }
         }
-        let key = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        limits
+        let (bucket, last) = limits
             .entry(key)
-            .or_insert_with(|| Bucket::new(1, SIGN_IN_BURST, now))
-            .take(now)
-            .map_err(ConsoleError::TooManySignIns)
+            .or_insert_with(|| (Bucket::new(1, SIGN_IN_BURST, now), now));
+        *last = now;
+        bucket.take(now).map_err(ConsoleError::TooManySignIns)
     }
 
     /// Admin `name`, or the same refusal whatever the reason (logged).
@@ -152,14 +165,9 @@ impl Console {
         headers: &HeaderMap,
     ) -> Result<(Challenge, Option<HeaderValue>), ConsoleError> {
         let admin = self.admin_for_sign_in(name)?;
-        let (binding, set) = match cookie_value(headers, SIGN_IN_COOKIE) {
-            Some(b) => (b, None),
-            None => {
-                let b = random_token();
-                let set = cookie(SIGN_IN_COOKIE, &b, CHALLENGE_SECS)?;
-                (b, Some(set))
-            }
-        };
+        // Set again at each challenge, so that it outlives the challenge just handed out.
+        let binding = cookie_value(headers, SIGN_IN_COOKIE).unwrap_or_else(random_token);
+        let set = Some(cookie(SIGN_IN_COOKIE, &binding, CHALLENGE_SECS)?);
         let mut nonce = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let now = self.now_ms();

@@ -28,12 +28,16 @@ pub fn rejection_message(approval_message: &[u8]) -> Vec<u8> {
 
 impl Cloud {
     /// The admin keys (fingerprints) whose approvals count for request `id` of `tenant`, as
-    /// far as this server knows: the group its terms fix and its tier groups; for a
-    /// signature by a key whose terms name none (a raw digest), the group of the key's
-    /// policy in force, read from a TEE now. `None`: not known here (governance, whose
-    /// governors are checked apart; a key without group, for which the TEE decides).
+    /// far as this server knows: the group its terms fix and its tier groups, less those
+    /// the key's policy in force no longer names; for a signature whose terms name none (a
+    /// raw digest), the groups of the key's policy in force, read from a TEE now; for
+    /// governance, the current governors. `None`: not known here (a key without group, for
+    /// which the TEE decides).
     pub async fn approvers(&self, tenant: &str, id: &str) -> Result<Option<Vec<String>>, ApiError> {
         let row = self.request_row(tenant, id).await?;
+        if matches!(row.terms, Terms::Governance(_)) {
+            return Ok(Some(self.members(&row.cluster).await?.governors));
+        }
         Ok(self
             .approver_keys(tenant, &row)
             .await?
@@ -45,29 +49,46 @@ impl Cloud {
         tenant: &str,
         row: &RequestRow,
     ) -> Result<Option<Vec<[u8; 32]>>, ApiError> {
-        if let Some(group) = row.terms.group() {
-            let mut keys = group.to_vec();
-            for tier in row.terms.tier_groups() {
-                keys.extend_from_slice(&tier.group);
-            }
-            return Ok(Some(keys));
+        // The TEE counts the key's policy in force when it executes: an admin it no longer
+        // names approves, and so rejects, nothing.
+        let in_force = self.key_policy_of(tenant, row).await?;
+        let Some(group) = row.terms.group() else {
+            return Ok(in_force.filter(|keys| !keys.is_empty()));
+        };
+        let mut keys = group.to_vec();
+        for tier in row.terms.tier_groups() {
+            keys.extend_from_slice(&tier.group);
         }
+        if let Some(current) = in_force {
+            keys.retain(|k| current.contains(k));
+        }
+        Ok(Some(keys))
+    }
+
+    /// The admins of the policy in force of the key request `row` uses (its group and its
+    /// tiers' groups), read from a TEE now; `None` for a request that uses no key yet.
+    async fn key_policy_of(
+        &self,
+        tenant: &str,
+        row: &RequestRow,
+    ) -> Result<Option<Vec<[u8; 32]>>, ApiError> {
         let policy = match &row.terms {
-            Terms::Sign { root_id, .. } => {
+            Terms::Sign { root_id, .. }
+            | Terms::SignPsbt { root_id, .. }
+            | Terms::SignEthereum { root_id, .. } => {
                 self.wallet_policy(tenant, &hex::encode(root_id)).await?
             }
-            Terms::ThresholdSign { key_id, .. } => {
+            Terms::ThresholdSign { key_id, .. } | Terms::ThresholdSignPsbt { key_id, .. } => {
                 self.threshold_key_policy(tenant, &hex::encode(key_id))
                     .await?
             }
             _ => return Ok(None),
         };
-        if policy.group.is_empty() {
-            return Ok(None);
-        }
+        let tiers = policy.rules.iter().flat_map(|r| &r.approval_tiers);
         policy
             .group
             .iter()
+            .chain(tiers.flat_map(|t| &t.group))
             .map(|k| custos_cloud_api::approval::parse_fingerprint(k))
             .collect::<Result<Vec<_>, _>>()
             .map(Some)

@@ -94,3 +94,90 @@ async fn only_a_member_of_the_keys_group_rejects_and_nothing_executes() {
     cloud.store().close().await;
     s.stop().await;
 }
+
+/// A transaction request records the group in force when it was made; the TEE counts the
+/// one in force when it executes. An admin the group has dropped since rejects nothing.
+#[tokio::test]
+async fn an_admin_dropped_from_the_group_since_the_request_rejects_nothing() {
+    use bitcoin::base64::Engine as _;
+    let s = TestServer::start().await;
+    let c = &s.client;
+    let mut body = s.wallet_body("dc1", 1, 2);
+    body.rules = Some(PolicyRules {
+        transactions_only: true,
+        spend_limits: vec![SpendLimitView {
+            asset: "bitcoin:regtest".into(),
+            per_transaction: "100000".into(),
+            window_secs: 0,
+            per_window: "0".into(),
+            count_per_window: 0,
+        }],
+        ..PolicyRules::default()
+    });
+    let view = c.create_wallet(&body).await.unwrap();
+    let created = c
+        .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
+        .await
+        .unwrap();
+    let root_id = created.root_id.clone().unwrap();
+    let xpub = c.wallet(&root_id).await.unwrap().xpub;
+    let psbt = custos_tx::synthetic::Spend::from(xpub.as_str())
+        .input(custos_tx::InputKind::P2wpkh, &[0, 1], 80_000)
+        .pay(bitcoin::ScriptBuf::new_op_return([1u8; 4]), 79_000)
+        .psbt();
+    let request = c
+        .sign_psbt(&SignPsbtBody {
+            root_id: root_id.clone(),
+            network: "regtest".into(),
+            psbt: bitcoin::base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
+            clusters: None,
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        })
+        .await
+        .unwrap();
+    // Alice alone now.
+    let change = c
+        .set_wallet_policy(
+            &root_id,
+            &KeyPolicyBody {
+                rules: body.rules.clone(),
+                group: s.group_of(1),
+                quorum: 1,
+                request_id: None,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let done = c
+        .approve(&change.id, &s.pki.approve(0, &message_of(&change)))
+        .await
+        .unwrap();
+    assert_eq!(done.status, RequestStatus::Completed, "{done:?}");
+
+    let gw: Arc<dyn Gateway> = s.gateway.clone();
+    let cloud = Cloud::open(&s.config, gw).await.unwrap();
+    let rejection = rejection_message(&message_of(&request));
+    let e = cloud
+        .reject("default", &request.id, s.pki.approve(1, &rejection))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code,
+        ErrorCode::ApproverNotInGroup,
+        "bob was dropped: {e:?}"
+    );
+    assert_eq!(
+        cloud.approvers("default", &request.id).await.unwrap(),
+        Some(s.group_of(1))
+    );
+    let refused = cloud
+        .reject("default", &request.id, s.pki.approve(0, &rejection))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, RequestStatus::Refused);
+    cloud.store().close().await;
+    s.stop().await;
+}
