@@ -42,6 +42,22 @@ impl PolicyRules {
         }
     }
 
+    /// Transactions only, each sending at most `per_transaction` (decimal, the asset's
+    /// smallest unit) of `asset` (e.g. `bitcoin:regtest`), without a window.
+    pub fn per_transaction_limit(asset: &str, per_transaction: &str) -> Self {
+        PolicyRules {
+            transactions_only: true,
+            spend_limits: vec![SpendLimitView {
+                asset: asset.into(),
+                per_transaction: per_transaction.into(),
+                window_secs: 0,
+                per_window: "0".into(),
+                count_per_window: 0,
+            }],
+            ..PolicyRules::default()
+        }
+    }
+
     /// Whether it sets no rule at all.
     pub fn is_empty(&self) -> bool {
         *self == PolicyRules::default()

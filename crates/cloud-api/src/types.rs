@@ -413,6 +413,23 @@ pub struct SignPsbtBody {
     pub approvals: Vec<ApprovalBody>,
 }
 
+impl SignPsbtBody {
+    /// A request to sign `psbt` (serialized) with wallet or threshold key `root_id`, its
+    /// addresses written for `network`, approvals to be added later.
+    pub fn new(root_id: &str, network: &str, psbt: &[u8]) -> Self {
+        use bitcoin::base64::Engine as _;
+        SignPsbtBody {
+            root_id: root_id.into(),
+            network: network.into(),
+            psbt: bitcoin::base64::engine::general_purpose::STANDARD.encode(psbt),
+            clusters: None,
+            request_id: None,
+            expires_at: None,
+            approvals: vec![],
+        }
+    }
+}
+
 /// Largest Ethereum transaction, message or typed data accepted, bytes (the TEE's limits:
 /// 128 KiB for a transaction, 64 KiB for the others).
 pub const MAX_ETHEREUM_BYTES: usize = 128 * 1024;

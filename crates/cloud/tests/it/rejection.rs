@@ -99,21 +99,13 @@ async fn only_a_member_of_the_keys_group_rejects_and_nothing_executes() {
 /// one in force when it executes. An admin the group has dropped since rejects nothing.
 #[tokio::test]
 async fn an_admin_dropped_from_the_group_since_the_request_rejects_nothing() {
-    use bitcoin::base64::Engine as _;
     let s = TestServer::start().await;
     let c = &s.client;
     let mut body = s.wallet_body("dc1", 1, 2);
-    body.rules = Some(PolicyRules {
-        transactions_only: true,
-        spend_limits: vec![SpendLimitView {
-            asset: "bitcoin:regtest".into(),
-            per_transaction: "100000".into(),
-            window_secs: 0,
-            per_window: "0".into(),
-            count_per_window: 0,
-        }],
-        ..PolicyRules::default()
-    });
+    body.rules = Some(PolicyRules::per_transaction_limit(
+        "bitcoin:regtest",
+        "100000",
+    ));
     let view = c.create_wallet(&body).await.unwrap();
     let created = c
         .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
@@ -126,15 +118,7 @@ async fn an_admin_dropped_from_the_group_since_the_request_rejects_nothing() {
         .pay(bitcoin::ScriptBuf::new_op_return([1u8; 4]), 79_000)
         .psbt();
     let request = c
-        .sign_psbt(&SignPsbtBody {
-            root_id: root_id.clone(),
-            network: "regtest".into(),
-            psbt: bitcoin::base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
-            clusters: None,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .sign_psbt(&SignPsbtBody::new(&root_id, "regtest", &psbt.serialize()))
         .await
         .unwrap();
     // Alice alone now.

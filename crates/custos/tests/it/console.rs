@@ -315,17 +315,10 @@ async fn an_admin_registers_a_passkey_signs_in_and_approves_a_transaction_in_chr
     // A wallet of alice (key file) and dave (passkey), one approval needed; alice creates it.
     let c = &s.client;
     let mut body = s.wallet_body("dc1", 1, 1);
-    body.rules = Some(PolicyRules {
-        transactions_only: true,
-        spend_limits: vec![SpendLimitView {
-            asset: "bitcoin:regtest".into(),
-            per_transaction: "100000".into(),
-            window_secs: 0,
-            per_window: "0".into(),
-            count_per_window: 0,
-        }],
-        ..PolicyRules::default()
-    });
+    body.rules = Some(PolicyRules::per_transaction_limit(
+        "bitcoin:regtest",
+        "100000",
+    ));
     body.group.push(registered_key(&ceremony).unwrap());
     body.group.sort();
     let view = c.create_wallet(&body).await.unwrap();
@@ -351,15 +344,7 @@ async fn an_admin_registers_a_passkey_signs_in_and_approves_a_transaction_in_chr
         .psbt();
     use bitcoin::base64::Engine as _;
     let request = c
-        .sign_psbt(&SignPsbtBody {
-            root_id: root_id.clone(),
-            network: "regtest".into(),
-            psbt: bitcoin::base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
-            clusters: None,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .sign_psbt(&SignPsbtBody::new(&root_id, "regtest", &psbt.serialize()))
         .await
         .unwrap();
     assert_eq!(request.status, RequestStatus::PendingApproval);
@@ -429,26 +414,20 @@ async fn an_admin_registers_a_passkey_signs_in_and_approves_a_transaction_in_chr
 
     // A second transaction, which dave rejects: refused by name, nothing signed.
     let second = c
-        .sign_psbt(&SignPsbtBody {
-            root_id: root_id.clone(),
-            network: "regtest".into(),
-            psbt: bitcoin::base64::engine::general_purpose::STANDARD.encode(
-                Spend::from(xpub.as_str())
-                    .input(InputKind::P2wpkh, &[0, 3], 90_000)
-                    .pay(
-                        ScriptBuf::new_p2wsh(&bitcoin::WScriptHash::from_raw_hash(
-                            bitcoin::hashes::Hash::from_byte_array([9; 32]),
-                        )),
-                        89_000,
-                    )
-                    .psbt()
-                    .serialize(),
-            ),
-            clusters: None,
-            request_id: None,
-            expires_at: None,
-            approvals: vec![],
-        })
+        .sign_psbt(&SignPsbtBody::new(
+            &root_id,
+            "regtest",
+            &Spend::from(xpub.as_str())
+                .input(InputKind::P2wpkh, &[0, 3], 90_000)
+                .pay(
+                    ScriptBuf::new_p2wsh(&bitcoin::WScriptHash::from_raw_hash(
+                        bitcoin::hashes::Hash::from_byte_array([9; 32]),
+                    )),
+                    89_000,
+                )
+                .psbt()
+                .serialize(),
+        ))
         .await
         .unwrap();
     let signings = s.gateway.executed("SignPsbt").len();
