@@ -446,6 +446,20 @@ impl CloudClient {
         .await
     }
 
+    /// `POST /v1/requests/{id}/rejections`: `rejection` signs the request's rejection
+    /// message (`CUSTOS-REJECTION-V1\0` + its approval message).
+    pub async fn reject(
+        &self,
+        id: &str,
+        rejection: &ApprovalBody,
+    ) -> Result<RequestView, ClientError> {
+        self.post(
+            &format!("/v1/requests/{}/rejections", segment(id)?),
+            rejection,
+        )
+        .await
+    }
+
     /// `POST /v1/requests/{id}/retry`.
     pub async fn retry(&self, id: &str) -> Result<RequestView, ClientError> {
         self.post(

@@ -672,6 +672,39 @@ async fn add_approval(
     Ok(Json(cloud.approve(&caller.tenant, &id, body).await?.view))
 }
 
+/// Reject a pending request: an admin's signature (or passkey assertion) over the request's
+/// rejection message, `CUSTOS-REJECTION-V1\0` followed by its approval message. Only an
+/// admin this server knows approves the request may reject it (its group or a tier group,
+/// as the key's policy in force names them; for governance, a current governor), and not
+/// a revoked one; the request is then `refused` with `rejected_by_admin` and nothing
+/// reaches a cluster. A request whose approvers only its TEE knows cannot be rejected (it
+/// expires unapproved).
+#[utoipa::path(
+    post, path = "/v1/requests/{id}/rejections", tag = "requests", security(("bearer" = ["approve"])),
+    params(("id" = String, Path, description = "Request id, 32 hex characters", pattern = "^[0-9a-fA-F]{32}$", max_length = 32)),
+    request_body = ApprovalBody,
+    responses(
+        (status = 200, description = "Rejected: the request is refused", body = RequestView),
+        (status = 400, description = "malformed_json, invalid_request_id", body = ApiErrorBody),
+        (status = 413, description = "body_too_large", body = ApiErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ApiErrorBody),
+        (status = 401, description = "unauthorized", body = ApiErrorBody),
+        (status = 404, description = "unknown_request, unknown_wallet, unknown_threshold_key", body = ApiErrorBody),
+        (status = 409, description = "not_pending, conflict, not_governed", body = ApiErrorBody),
+        (status = 422, description = "approval_invalid, approver_not_in_group, approver_not_a_governor, admin_revoked", body = ApiErrorBody),
+        (status = 502, description = "unverified_response, relay_rejected, bridge_refused", body = ApiErrorBody),
+        (status = 503, description = "replica_unavailable, cluster_unavailable (nothing recorded: retry)", body = ApiErrorBody),
+    )
+)]
+async fn reject_request(
+    State(cloud): Shared,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ApprovalBody>,
+) -> Result<Json<RequestView>, ApiError> {
+    Ok(Json(cloud.reject(&caller.tenant, &id, body).await?))
+}
+
 /// Resubmit a failed request with the same id (the link executes an id at most once and
 /// returns the first answer).
 #[utoipa::path(
@@ -810,6 +843,7 @@ fn documented() -> (OpenApiRouter<Arc<Cloud>>, OpenApiRouter<Arc<Cloud>>) {
         .routes(routes!(list_requests))
         .routes(routes!(get_request))
         .routes(routes!(add_approval))
+        .routes(routes!(reject_request))
         .routes(routes!(retry_request))
         .routes(routes!(list_clusters))
         .routes(routes!(get_cluster))

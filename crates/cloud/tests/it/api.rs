@@ -101,6 +101,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/requests"),
     ("get", "/v1/requests/{id}"),
     ("post", "/v1/requests/{id}/approvals"),
+    ("post", "/v1/requests/{id}/rejections"),
     ("post", "/v1/requests/{id}/retry"),
     ("get", "/v1/clusters"),
     ("get", "/v1/clusters/{name}"),

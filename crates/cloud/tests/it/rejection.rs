@@ -1,4 +1,5 @@
-//! Rejecting a pending request (the console's "Reject", issue 17), attacker first: the TEE
+//! Rejecting a pending request (the console's "Reject" and `POST
+//! /v1/requests/{id}/rejections`, issue 17), attacker first: the TEE
 //! never sees a rejection, so this server alone decides who may refuse a request, and
 //! refuses, by name and with nothing recorded, an admin outside the key's group, an
 //! approval presented as a rejection, and a rejection of a request already decided. A
@@ -40,38 +41,43 @@ async fn only_a_member_of_the_keys_group_rejects_and_nothing_executes() {
         .unwrap();
     let message = message_of(&request);
     let rejection = rejection_message(&message);
-    // This server as a second replica on the same database: the service call the console
-    // makes.
-    let gw: Arc<dyn Gateway> = s.gateway.clone();
-    let cloud = Cloud::open(&s.config, gw).await.unwrap();
+    // Through the API (`POST /v1/requests/{id}/rejections`), as the console's service call.
 
     // Carol is a genuine admin, but not of this wallet's group (a raw digest's request
     // names no group: the key's policy in force, read from a TEE, says who approves).
-    let e = cloud
-        .reject("default", &request.id, s.pki.approve(2, &rejection))
+    let e = c
+        .reject(&request.id, &s.pki.approve(2, &rejection))
         .await
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::ApproverNotInGroup, "{e:?}");
+    assert_eq!(code(e), "approver_not_in_group");
     // Alice's approval is no rejection (its domain differs): the signature does not verify.
-    let e = cloud
-        .reject("default", &request.id, s.pki.approve(0, &message))
+    let e = c
+        .reject(&request.id, &s.pki.approve(0, &message))
         .await
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::ApprovalInvalid, "{e:?}");
+    assert_eq!(code(e), "approval_invalid");
     // Another tenant's view of the request: it does not exist.
-    let e = cloud
-        .reject("other", &request.id, s.pki.approve(1, &rejection))
+    let e = s
+        .client_as("other")
+        .reject(&request.id, &s.pki.approve(1, &rejection))
         .await
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::UnknownRequest, "{e:?}");
+    assert_eq!(code(e), "unknown_request");
+    // Creating requests is not approving them, nor rejecting them.
+    let e = s
+        .client_as("requester")
+        .reject(&request.id, &s.pki.approve(1, &rejection))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "scope_missing");
     let still = c.request(&request.id).await.unwrap();
     assert_eq!(still.status, RequestStatus::PendingApproval);
 
     c.approve(&request.id, &s.pki.approve(0, &message))
         .await
         .unwrap();
-    let refused = cloud
-        .reject("default", &request.id, s.pki.approve(1, &rejection))
+    let refused = c
+        .reject(&request.id, &s.pki.approve(1, &rejection))
         .await
         .unwrap();
     assert_eq!(refused.status, RequestStatus::Refused);
@@ -85,13 +91,12 @@ async fn only_a_member_of_the_keys_group_rejects_and_nothing_executes() {
         .await
         .unwrap_err();
     assert_eq!(code(e), "not_pending");
-    let e = cloud
-        .reject("default", &request.id, s.pki.approve(0, &rejection))
+    let e = c
+        .reject(&request.id, &s.pki.approve(0, &rejection))
         .await
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::NotPending, "{e:?}");
+    assert_eq!(code(e), "not_pending");
     assert!(s.gateway.executed("Sign").is_empty(), "nothing was signed");
-    cloud.store().close().await;
     s.stop().await;
 }
 
