@@ -122,6 +122,18 @@ fn parse_hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N], Strin
         .map_err(|_| format!("{what} has the wrong length"))
 }
 
+/// Domain of a rejection message.
+pub const REJECTION_DOMAIN: &[u8] = b"CUSTOS-REJECTION-V1\0";
+
+/// What an admin signs to reject the request whose approval message is `approval_message`
+/// (`POST /v1/requests/{id}/rejections`): the domain, then that message, so a rejection is
+/// never an approval and names exactly the request it refuses.
+pub fn rejection_message(approval_message: &[u8]) -> Vec<u8> {
+    let mut m = REJECTION_DOMAIN.to_vec();
+    m.extend_from_slice(approval_message);
+    m
+}
+
 /// The exact bytes an admin signs to approve `view`, recomputed from its fields.
 pub fn approval_message(view: &RequestView) -> Result<Vec<u8>, String> {
     let meta = RequestMeta {

@@ -1,9 +1,9 @@
 //! Rejection: one admin of a request's approver group refuses it before quorum (the
 //! console's "Reject"). Nothing reaches a cluster: the request becomes `refused` with code
 //! `rejected_by_admin`, naming the admin, and no approval counts for it any more. The admin
-//! signs (with a key file or, in the console, a passkey) the rejection message:
-//! [`REJECTION_DOMAIN`] followed by the request's approval message, so a rejection is never
-//! an approval, and names exactly the request it refuses.
+//! signs (with a key file or, in the console, a passkey) the rejection message
+//! ([`rejection_message`]: [`REJECTION_DOMAIN`] followed by the request's approval
+//! message).
 //!
 //! The TEE never sees a rejection, so this server decides alone who may reject, and only
 //! where it knows who may approve ([`Cloud::approvers`]): a member of the key's group or of
@@ -13,18 +13,10 @@
 
 use super::*;
 
-/// Domain of a rejection message.
-pub const REJECTION_DOMAIN: &[u8] = b"CUSTOS-REJECTION-V1\0";
+pub use custos_cloud_api::approval::{rejection_message, REJECTION_DOMAIN};
 
 /// The stable error code of a rejected request.
 pub const REJECTED: &str = "rejected_by_admin";
-
-/// What an admin signs to reject the request whose approval message is `approval_message`.
-pub fn rejection_message(approval_message: &[u8]) -> Vec<u8> {
-    let mut m = REJECTION_DOMAIN.to_vec();
-    m.extend_from_slice(approval_message);
-    m
-}
 
 impl Cloud {
     /// The admin keys (fingerprints) whose approvals count for request `id` of `tenant`, as

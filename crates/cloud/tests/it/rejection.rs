@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use custos_cloud::gateway::Gateway;
-use custos_cloud::service::rejection_message;
 use custos_cloud::Cloud;
+use custos_cloud_api::approval::rejection_message;
 use custos_cloud_api::*;
 use custos_test_kit::*;
 
