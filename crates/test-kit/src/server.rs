@@ -327,6 +327,31 @@ impl TestServer {
         (body, message)
     }
 
+    /// Creates the wallet `body` describes, approved one by one by the first `approvers`
+    /// test admins (key files): its root id, once completed.
+    pub async fn created_wallet(
+        &self,
+        body: &custos_cloud_api::CreateWalletBody,
+        approvers: usize,
+    ) -> String {
+        let view = self.client.create_wallet(body).await.unwrap();
+        let message = message_of(&view);
+        let mut done = view;
+        for i in 0..approvers {
+            done = self
+                .client
+                .approve(&done.id, &self.pki.approve(i, &message))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            done.status,
+            custos_cloud_api::RequestStatus::Completed,
+            "{done:?}"
+        );
+        done.root_id.expect("a created wallet's root id")
+    }
+
     /// A wallet creation on `cluster` with `quorum` of the group of the first `group`
     /// admins, executed where the server chooses, without approvals.
     pub fn wallet_body(

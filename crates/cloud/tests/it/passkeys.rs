@@ -17,13 +17,7 @@ async fn a_passkey_approval_is_checked_by_the_server_stored_and_signed_by_the_te
     let mut body = s.wallet_body("dc1", 1, 1);
     body.group.push(hex::encode(dave.passkey.fp()));
     body.group.sort();
-    let view = c.create_wallet(&body).await.unwrap();
-    let created = c
-        .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
-        .await
-        .unwrap();
-    assert_eq!(created.status, RequestStatus::Completed, "{created:?}");
-    let root_id = created.root_id.clone().unwrap();
+    let root_id = s.created_wallet(&body, 1).await;
 
     let digest = [0x42u8; 32];
     let request = c

@@ -18,19 +18,10 @@ async fn only_a_member_of_the_keys_group_rejects_and_nothing_executes() {
     let s = TestServer::start().await;
     let c = &s.client;
     // Alice's and bob's wallet, both needed.
-    let view = c.create_wallet(&s.wallet_body("dc1", 2, 2)).await.unwrap();
-    let message = message_of(&view);
-    c.approve(&view.id, &s.pki.approve(0, &message))
-        .await
-        .unwrap();
-    let created = c
-        .approve(&view.id, &s.pki.approve(1, &message))
-        .await
-        .unwrap();
-    assert_eq!(created.status, RequestStatus::Completed, "{created:?}");
+    let root_id = s.created_wallet(&s.wallet_body("dc1", 2, 2), 2).await;
     let request = c
         .sign(&SignRequestBody {
-            root_id: created.root_id.clone().unwrap(),
+            root_id,
             path: "m/0/1".into(),
             digest: hex::encode([0x42u8; 32]),
             request_id: None,
@@ -111,12 +102,7 @@ async fn an_admin_dropped_from_the_group_since_the_request_rejects_nothing() {
         "bitcoin:regtest",
         "100000",
     ));
-    let view = c.create_wallet(&body).await.unwrap();
-    let created = c
-        .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
-        .await
-        .unwrap();
-    let root_id = created.root_id.clone().unwrap();
+    let root_id = s.created_wallet(&body, 1).await;
     let xpub = c.wallet(&root_id).await.unwrap().xpub;
     let psbt = custos_tx::synthetic::Spend::from(xpub.as_str())
         .input(custos_tx::InputKind::P2wpkh, &[0, 1], 80_000)

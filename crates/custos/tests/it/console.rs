@@ -23,7 +23,7 @@ use custos_cloud_api::*;
 use custos_pki::Validity;
 use custos_test_kit::db::TestDb;
 use custos_test_kit::gateway::FakeGateway;
-use custos_test_kit::{message_of, tls_files, Pki, TestServer};
+use custos_test_kit::{tls_files, Pki, TestServer};
 use custos_tx::synthetic::Spend;
 use custos_tx::InputKind;
 use serde_json::{json, Value};
@@ -321,13 +321,7 @@ async fn an_admin_registers_a_passkey_signs_in_and_approves_a_transaction_in_chr
     ));
     body.group.push(registered_key(&ceremony).unwrap());
     body.group.sort();
-    let view = c.create_wallet(&body).await.unwrap();
-    let created = c
-        .approve(&view.id, &s.pki.approve(0, &message_of(&view)))
-        .await
-        .unwrap();
-    assert_eq!(created.status, RequestStatus::Completed, "{created:?}");
-    let root_id = created.root_id.clone().unwrap();
+    let root_id = s.created_wallet(&body, 1).await;
     let xpub = c.wallet(&root_id).await.unwrap().xpub;
 
     // A transaction paying 50 000 sat out of an 80 000 sat input, 29 000 back as change.
