@@ -14,7 +14,8 @@
 //!   hash approvals sign;
 //! * [`review`]: what an approver checks and reads before signing;
 //! * [`rules`]: a key's transaction rules between the API and the policy;
-//! * [`client`]: a typed client of every route.
+//! * [`client`]: a typed client of every route;
+//! * [`webhook`]: the events the server notifies, and how a receiver verifies them.
 
 pub mod admission;
 pub mod approval;
@@ -29,6 +30,7 @@ pub mod rules;
 pub mod scope;
 pub mod transaction;
 mod types;
+pub mod webhook;
 
 pub use client::{ClientError, CloudClient};
 pub use errors::{ErrorCode, REQUEST_ERROR_CODES};

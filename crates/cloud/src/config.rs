@@ -23,6 +23,9 @@
 //! relay_token = "<bearer token of dc1's external relay>"
 //! ```
 //!
+//! `[console]` serves the approvers' console ([`ConsoleConfig`]); `[[webhooks]]` notify
+//! receivers of request events ([`WebhookConfig`]).
+//!
 //! # API tokens
 //!
 //! * `scopes` has no default: a token does only what its entry lists, one or more of
@@ -52,8 +55,15 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use custos_cloud_api::Scope;
+
+mod webhook;
+
 use custos_config::ConfigError;
 use custos_wire::approval::MAX_APPROVAL_LIFETIME_SECS;
+pub use webhook::{
+    WebhookConfig, DEFAULT_GIVE_UP_AFTER_SECS, DEFAULT_RETRY_BASE_MS, DEFAULT_RETRY_MAX_MS,
+    MAX_WEBHOOKS,
+};
 
 /// Default approval window of a new request.
 pub const DEFAULT_REQUEST_TTL_SECS: u64 = 3600;
@@ -252,6 +262,10 @@ pub struct CloudConfig {
     /// console is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleConfig>,
+    /// Receivers notified of request events (`crate::webhooks`); at most
+    /// [`MAX_WEBHOOKS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// Longest console session allowed (seconds).
@@ -369,6 +383,7 @@ impl CloudConfig {
             metrics_listen: None,
             replica_ttl_secs: DEFAULT_REPLICA_TTL_SECS,
             console: None,
+            webhooks: Vec::new(),
         }
     }
 
@@ -436,6 +451,16 @@ impl CloudConfig {
         if let Some(console) = &self.console {
             console.validate(self.tls_cert.is_some())?;
         }
+        if self.webhooks.len() > MAX_WEBHOOKS {
+            return bad(format!("at most {MAX_WEBHOOKS} webhooks"));
+        }
+        let mut hooks = HashSet::new();
+        for w in &self.webhooks {
+            w.validate()?;
+            if !hooks.insert(w.name.as_str()) {
+                return bad(format!("webhook {:?} listed twice", w.name));
+            }
+        }
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
         for t in &self.api_tokens {
@@ -491,6 +516,10 @@ impl custos_config::Component for CloudConfig {
         paths.extend(self.tls_cert.as_mut());
         paths.extend(self.tls_key.as_mut());
         paths.extend(self.console.as_mut().map(|c| &mut c.admins));
+        for w in &mut self.webhooks {
+            paths.push(&mut w.secret_file);
+            paths.extend(w.ca_file.as_mut());
+        }
         paths
     }
 
@@ -555,6 +584,60 @@ mod tests {
             let e = bad.validate().unwrap_err();
             assert!(e.contains(named), "{named}: {e}");
         }
+    }
+
+    /// A webhook is named once, reached over HTTPS with named roots (plain HTTP on
+    /// loopback only, no credentials in the URL), sent known events, retried within bounds.
+    #[test]
+    fn a_webhook_needs_https_roots_known_events_and_bounded_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "listen = \"127.0.0.1:0\"\ntrust_root = \"root.crt\"\n\
+                    [[webhooks]]\nname = \"ops\"\nurl = \"https://hooks.example/custos\"\n\
+                    secret_file = \"ops.secret\"\nca_file = \"hooks-ca.pem\"\n\
+                    events = [\"request.pending\"]\n";
+        let path = dir.path().join("cloud.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = CloudConfig::load(&path).unwrap();
+        let hook = &c.webhooks[0];
+        assert_eq!(hook.secret_file, dir.path().join("ops.secret"));
+        assert_eq!(hook.ca_file, Some(dir.path().join("hooks-ca.pem")));
+        assert_eq!(hook.retry_base_ms, DEFAULT_RETRY_BASE_MS);
+        assert_eq!(hook.give_up_after_secs, DEFAULT_GIVE_UP_AFTER_SECS);
+        assert_eq!(
+            hook.event_types(),
+            [custos_cloud_api::webhook::EventType::Pending]
+        );
+        type Edit = fn(&mut WebhookConfig);
+        let edits: [(Edit, &str); 9] = [
+            (|h| h.ca_file = None, "ca_file"),
+            (|h| h.url = "http://hooks.example/custos".into(), "loopback"),
+            (|h| h.url = "ftp://hooks.example/custos".into(), "scheme"),
+            (
+                |h| h.url = "https://u:p@hooks.example/".into(),
+                "credentials",
+            ),
+            (|h| h.url = "not a url".into(), "url"),
+            (
+                |h| h.events = vec!["request.created".into()],
+                "request.created",
+            ),
+            (|h| h.retry_base_ms = 10, "retry_base_ms"),
+            (|h| h.retry_max_ms = 500, "retry_max_ms"),
+            (|h| h.name = "Ops!".into(), "name"),
+        ];
+        for (edit, named) in edits {
+            let mut bad = c.clone();
+            edit(&mut bad.webhooks[0]);
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(named), "{named}: {e}");
+        }
+        let mut loopback = c.clone();
+        loopback.webhooks[0].url = "http://127.0.0.1:9/hook".into();
+        loopback.webhooks[0].ca_file = None;
+        loopback.validate().unwrap();
+        let mut twice = c.clone();
+        twice.webhooks.push(twice.webhooks[0].clone());
+        assert!(twice.validate().unwrap_err().contains("twice"));
     }
 
     #[test]

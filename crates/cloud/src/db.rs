@@ -22,12 +22,14 @@ mod console;
 mod record;
 mod replicas;
 mod threshold;
+mod webhooks;
 mod writer;
 
 pub use console::{ConsoleSession, MAX_CHALLENGES};
 pub use record::Record;
 pub use replicas::{LeaseRow, Orphan, ReplicaRow};
 pub use threshold::{PresignatureRow, PresignatureSigner, ThresholdKeyRow, ThresholdShareRow};
+pub use webhooks::{DeliveryRow, DeliveryState, NewDelivery};
 use writer::{bind_insert, bind_update, RowJson, Writer, UPDATE_SET};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

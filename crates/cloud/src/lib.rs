@@ -41,6 +41,7 @@ pub mod replica;
 pub mod server;
 pub mod service;
 pub mod terms;
+pub mod webhooks;
 
 use std::sync::Arc;
 

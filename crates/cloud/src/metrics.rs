@@ -15,10 +15,14 @@
 //! * `custos_cloud_threshold_audit_sessions_total{outcome}`: audit signing sessions of
 //!   threshold keys, `verified` or `failed`;
 //! * `custos_cloud_lease_held{job}`: 1 while this server holds the lease on a background job
-//!   (recovery, expiry, refill), else 0; `custos_cloud_job_runs_total{job}`: runs of a job by
+//!   (recovery, expiry, refill, webhooks), else 0; `custos_cloud_job_runs_total{job}`: runs of a job by
 //!   this server (only its lease holder runs one);
 //! * `custos_cloud_replicas_live`: cloud servers on this database whose heartbeat is fresh,
-//!   this one included.
+//!   this one included;
+//! * `custos_cloud_webhook_attempts_total{webhook, outcome}`: attempts at delivering an
+//!   event, `delivered`, `retry` (failed, tried again later) or `abandoned` (failed past
+//!   the webhook's give-up age); `custos_cloud_webhook_pending{webhook}`: events not yet
+//!   delivered (read at each run of the webhooks job, on its lease holder).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -80,6 +84,19 @@ struct Outcome {
     outcome: String,
 }
 
+/// Labels naming a webhook.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Webhook {
+    webhook: String,
+}
+
+/// Labels naming a webhook and how an attempt there ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookAttempt {
+    webhook: String,
+    outcome: String,
+}
+
 type Seconds = Family<Kind, Histogram, fn() -> Histogram>;
 type CallSeconds = Family<Cluster, Histogram, fn() -> Histogram>;
 
@@ -103,6 +120,8 @@ pub struct Metrics {
     lease_held: Family<JobLabel, Gauge>,
     job_runs: Family<JobLabel, Counter>,
     replicas_live: Gauge,
+    webhook_attempts: Family<WebhookAttempt, Counter>,
+    webhook_pending: Family<Webhook, Gauge>,
 }
 
 impl Default for Metrics {
@@ -126,6 +145,18 @@ impl Metrics {
         let lease_held = Family::<JobLabel, Gauge>::default();
         let job_runs = Family::<JobLabel, Counter>::default();
         let replicas_live = Gauge::default();
+        let webhook_attempts = Family::<WebhookAttempt, Counter>::default();
+        let webhook_pending = Family::<Webhook, Gauge>::default();
+        registry.register(
+            "webhook_attempts",
+            "Attempts at delivering a webhook event, by outcome",
+            webhook_attempts.clone(),
+        );
+        registry.register(
+            "webhook_pending",
+            "Webhook events not yet delivered",
+            webhook_pending.clone(),
+        );
         registry.register(
             "lease_held",
             "1 while this server holds the lease on a background job",
@@ -194,6 +225,8 @@ impl Metrics {
             lease_held,
             job_runs,
             replicas_live,
+            webhook_attempts,
+            webhook_pending,
         }
     }
 
@@ -208,6 +241,23 @@ impl Metrics {
         self.job_runs
             .get_or_create(&JobLabel { job: job.into() })
             .inc();
+    }
+
+    /// An attempt at delivering an event to `webhook` ended with `outcome`.
+    pub fn webhook_attempt(&self, webhook: &str, outcome: &str) {
+        let labels = WebhookAttempt {
+            webhook: webhook.into(),
+            outcome: outcome.into(),
+        };
+        self.webhook_attempts.get_or_create(&labels).inc();
+    }
+
+    /// `n` events wait for delivery to `webhook`.
+    pub fn webhook_pending(&self, webhook: &str, n: i64) {
+        let labels = Webhook {
+            webhook: webhook.into(),
+        };
+        self.webhook_pending.get_or_create(&labels).set(n);
     }
 
     /// Cloud servers with a fresh heartbeat now.

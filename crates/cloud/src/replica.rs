@@ -44,11 +44,13 @@ pub enum Job {
     Expiry,
     /// Topping up the presignature pools.
     Refill,
+    /// Fanning request events out to webhooks and delivering them.
+    Webhooks,
 }
 
 impl Job {
     /// Every job.
-    pub const ALL: [Job; 3] = [Job::Recovery, Job::Expiry, Job::Refill];
+    pub const ALL: [Job; 4] = [Job::Recovery, Job::Expiry, Job::Refill, Job::Webhooks];
 
     /// Its name in `cloud_leases`, logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Job {
             Job::Recovery => "recovery",
             Job::Expiry => "expiry",
             Job::Refill => "refill",
+            Job::Webhooks => "webhooks",
         }
     }
 
@@ -81,7 +84,7 @@ pub struct Replica {
     /// When (ms after `origin`) the last good heartbeat started; 0: none yet.
     last_beat: AtomicU64,
     /// Per job, until when (ms after `origin`) this replica counts its lease held.
-    held_until: [AtomicU64; 3],
+    held_until: [AtomicU64; 4],
     /// Requests this replica is executing now, with the number of calls at it (a second
     /// call at a request, e.g. a losing approval, must not clear the first one's mark).
     executing: Mutex<HashMap<String, usize>>,

@@ -33,6 +33,9 @@ const RECOVER_EVERY: Duration = Duration::from_secs(2);
 const OPEN_COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Pause between presignature pool refills.
 const REFILL_EVERY: Duration = Duration::from_secs(2);
+/// How often new request events are fanned out to webhooks and due deliveries sent: an
+/// event reaches its receivers within about this time.
+const NOTIFY_EVERY: Duration = Duration::from_secs(1);
 /// Time allowed for a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time in-flight requests get to finish at shutdown.
@@ -114,6 +117,7 @@ pub async fn run_with(
         tokio::spawn(own_recovery(cloud.clone())),
         tokio::spawn(expiry(cloud.clone())),
         tokio::spawn(refill(cloud.clone())),
+        tokio::spawn(webhooks(cloud.clone())),
         tokio::spawn(open_counts(cloud.clone())),
     ];
     tracing::info!(
@@ -252,6 +256,18 @@ async fn refill(cloud: Arc<Cloud>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(presignatures = n, "presignature pools refilled"),
             Err(e) => tracing::warn!(error = %e, "presignature refill failed"),
+        }
+    })
+    .await
+}
+
+/// Webhook notifications: new request events fanned out, due deliveries sent.
+async fn webhooks(cloud: Arc<Cloud>) {
+    leased(cloud, Job::Webhooks, NOTIFY_EVERY, |cloud| async move {
+        match cloud.notify().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(events = n, "webhook events delivered"),
+            Err(e) => tracing::warn!(error = %e, "webhook run failed"),
         }
     })
     .await

@@ -157,6 +157,8 @@ pub struct Cloud {
     metrics: Arc<crate::metrics::Metrics>,
     /// The approvers' console, when served.
     console: Option<crate::config::ConsoleConfig>,
+    /// Where request events are notified.
+    webhooks: crate::webhooks::Webhooks,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -211,6 +213,8 @@ impl Cloud {
         // Blinds libsecp256k1's context against side channels.
         secp.seeded_randomize(&seed);
         let replica = crate::replica::Replica::new(clock(), config.replica_ttl_secs, db_clock);
+        let webhooks =
+            crate::webhooks::Webhooks::open(&config.webhooks).map_err(OpenError::Config)?;
         Ok(Arc::new(Cloud {
             store,
             clusters: Clusters::new(
@@ -237,6 +241,7 @@ impl Cloud {
             foreign_pushed: Mutex::new(HashMap::new()),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             console: config.console.clone(),
+            webhooks,
         }))
     }
 
@@ -248,6 +253,11 @@ impl Cloud {
     /// The approvers' console's configuration, when it is served.
     pub fn console_config(&self) -> Option<&crate::config::ConsoleConfig> {
         self.console.as_ref()
+    }
+
+    /// The configured webhooks.
+    pub(crate) fn webhooks(&self) -> &crate::webhooks::Webhooks {
+        &self.webhooks
     }
 
     /// This server's metrics.

@@ -187,6 +187,7 @@ impl TestServer {
         configure(&mut config);
         Self::start_configured(s.pki, s.gateway, db, move |c| {
             c.clusters = config.clusters;
+            c.webhooks = config.webhooks;
         })
         .await
     }

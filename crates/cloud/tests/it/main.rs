@@ -17,3 +17,4 @@ mod service;
 mod store;
 mod threshold;
 mod threshold_policy;
+mod webhooks;

@@ -1,0 +1,46 @@
+-- Custos cloud server DB, schema version 10: webhook notifications.
+--
+-- The outbox is the requests' lifecycle log itself: every state change appends its event
+-- to `requests.events` in the same statement as the change, so an event to notify can be
+-- neither lost nor invented. `notified` is how far the webhooks job has read a request's
+-- log (the `seq` of the last event it turned into deliveries); a request with
+-- `notified < version` has events still to fan out. The job writes one delivery per
+-- configured webhook and event, and moves `notified` forward, in one transaction.
+--
+-- Requests stored before this version count as notified: a webhook configured today hears
+-- of what happens from now on, not of the history.
+--
+-- Portable across SQLite and PostgreSQL like 0001.
+
+ALTER TABLE requests ADD COLUMN notified BIGINT NOT NULL DEFAULT 0;
+UPDATE requests SET notified = version;
+CREATE INDEX requests_unnotified ON requests (updated_at) WHERE notified < version;
+
+CREATE TABLE webhook_deliveries (
+    -- The webhook's name in the configuration.
+    webhook         TEXT   NOT NULL,
+    -- `<request id>.<seq>`: the same at every attempt, so receivers drop repeats.
+    event_id        TEXT   NOT NULL,
+    request_id      TEXT   NOT NULL,
+    seq             BIGINT NOT NULL,
+    -- `request.pending`, `request.approved`, ...
+    event           TEXT   NOT NULL,
+    -- The JSON sent, exactly (signed afresh at every attempt, with that attempt's time).
+    body            TEXT   NOT NULL,
+    -- When the event happened (Unix ms): deliveries go out in this order.
+    occurred_at     BIGINT NOT NULL,
+    -- `pending` until a 2xx answer (`delivered`), or until the webhook's give-up age
+    -- passed (`abandoned`, with the last error kept).
+    state           TEXT   NOT NULL,
+    attempts        BIGINT NOT NULL,
+    -- Unix ms before which it is not tried again (backoff).
+    next_attempt_at BIGINT NOT NULL,
+    -- Unix ms of the answer that delivered it, or of giving up.
+    ended_at        BIGINT NULL,
+    last_error      TEXT   NULL,
+    PRIMARY KEY (webhook, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (webhook, occurred_at)
+    WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_ended ON webhook_deliveries (ended_at)
+    WHERE state <> 'pending';
