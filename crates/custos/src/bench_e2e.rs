@@ -325,6 +325,7 @@ pub fn run(
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )?;
     let alice = dep.admin("alice")?;

@@ -278,6 +278,7 @@ pub fn run(signings: usize, dir: Option<&Path>) -> Result<(), AnyError> {
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )?;
     let alice = dep.admin("alice")?;

@@ -10,7 +10,10 @@
 //! signing through the full path, an audit, a 2-of-3 threshold key dealt over the three clusters and
 //! used by pairs of them, and a node killed while requests are still served. Last, a fourth
 //! cluster `dc4` reached only by animated QR codes through a damaged camera (issue 15): a
-//! wallet, a signature and an audit cross it, each envelope's frames in the report.
+//! wallet, a signature and an audit cross it, each envelope's frames in the report. All
+//! along, the cloud server notifies a webhook receiver of the demo's own of every request
+//! event; at the end every request must have had the event of its state, each delivery
+//! HMAC-verified (the report's `webhooks`).
 //! Every signature is checked with nothing but public data. It exits 0 only if every step
 //! verified, and writes a machine-readable JSON report.
 //!
@@ -53,6 +56,7 @@ mod threshold;
 mod tier_groups;
 mod transactions;
 mod wallets;
+mod webhooks;
 
 type AnyError = Box<dyn std::error::Error>;
 
@@ -275,6 +279,7 @@ impl Demo {
         dir: &Path,
         real_primes: bool,
         platform: custos::tee_plan::PlatformName,
+        hook: custos_cloud::config::WebhookConfig,
     ) -> Result<Demo, AnyError> {
         let mut steps = Steps { log: Vec::new() };
         let t0 = Instant::now();
@@ -294,6 +299,7 @@ impl Demo {
                 sync_interval_secs: 2,
                 audit_interval_secs: 3600,
                 cloud_db_url: None,
+                webhooks: vec![hook],
             },
             &plan,
         )?;
@@ -413,13 +419,14 @@ pub fn run(
     let exe = std::env::current_exe()?;
     println!("Custos demo in {}", dir.display());
     let t0 = Instant::now();
-    let mut demo = Demo::start(&exe, &dir, real_primes, platform)?;
-    demo.tee_platforms()?;
-    demo.copy_early_store()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let (receiver, hook) = webhooks::Receiver::start(&rt, &dir)?;
+    let mut demo = Demo::start(&exe, &dir, real_primes, platform, hook)?;
+    demo.tee_platforms()?;
+    demo.copy_early_store()?;
     // The steps, in order; each records what it verified, and the first failure ends the
     // demo with a non-zero exit.
     rt.block_on(async {
@@ -443,8 +450,10 @@ pub fn run(
     demo.node_killed(&rt)?;
     let rollback = demo.rollback_refused()?;
     let air_gap = demo.qr_cluster(&rt)?;
+    let webhooks = demo.webhooks(&rt, &receiver)?;
 
-    let doc = demo.report(threshold, rollback, air_gap);
+    let mut doc = demo.report(threshold, rollback, air_gap);
+    doc["webhooks"] = webhooks;
     std::fs::write(report, serde_json::to_vec_pretty(&doc)?)?;
     println!(
         "all {} steps verified in {:.1} s; report written to {}",

@@ -33,6 +33,8 @@ pub struct DeploymentOptions {
     pub audit_interval_secs: u64,
     /// Cloud server database URL (default: SQLite in the deployment directory).
     pub cloud_db_url: Option<String>,
+    /// Receivers the cloud server notifies of request events.
+    pub webhooks: Vec<custos_cloud::config::WebhookConfig>,
 }
 
 /// A running deployment; every process is killed when it is dropped.
@@ -140,6 +142,7 @@ impl Deployment {
             config.clusters.push(cloud_entry(c)?);
         }
         config.metrics_listen = Some(crate::cluster::free_port()?);
+        config.webhooks = opts.webhooks.clone();
         let primary = CloudProcess::configure(dir, "cloud", &config)?;
         let mut deployment = Deployment {
             dir: dir.to_path_buf(),

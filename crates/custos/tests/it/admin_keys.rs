@@ -83,6 +83,7 @@ fn pki_folder_holds_no_admin_private_key_after_deployment_setup() {
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap();

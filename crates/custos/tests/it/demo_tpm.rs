@@ -29,6 +29,11 @@ fn demo_on_the_tpm_platform_reports_each_tee_on_a_tpm_and_a_rollback_refused() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(doc["all_verified"], true);
+    // The webhook receiver heard of every request's state, each delivery verified.
+    assert_eq!(doc["webhooks"]["verified"], true);
+    assert!(
+        doc["webhooks"]["events"].as_u64().unwrap() > doc["webhooks"]["requests"].as_u64().unwrap()
+    );
     assert_eq!(doc["platform"]["requested"], "tpm");
     let tees = doc["tees"].as_array().unwrap();
     assert_eq!(tees.len(), 9, "{tees:?}");

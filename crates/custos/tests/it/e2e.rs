@@ -32,6 +32,7 @@ fn deploy(dir: &std::path::Path, transport: LinkTransport, nodes: usize) -> Depl
             sync_interval_secs: 1,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap()

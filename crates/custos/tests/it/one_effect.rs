@@ -28,6 +28,7 @@ fn a_create_wallet_whose_answer_is_lost_makes_exactly_one_wallet() {
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap();

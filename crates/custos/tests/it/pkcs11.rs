@@ -101,6 +101,7 @@ async fn token_admin_approves_wallet_creation_and_signing_end_to_end() {
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap();

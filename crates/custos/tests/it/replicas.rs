@@ -200,6 +200,7 @@ fn a_stream_of_requests_survives_a_replica_killed_and_restarted() {
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: Some(db.url.clone()),
+            webhooks: Vec::new(),
         },
     )
     .unwrap();

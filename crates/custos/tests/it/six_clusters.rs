@@ -35,6 +35,7 @@ fn six_clusters(dir: &std::path::Path) -> Deployment {
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap()

@@ -77,6 +77,7 @@ fn a_transaction_above_a_tier_waits_for_the_tier_groups_approval() {
             sync_interval_secs: 1,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap();

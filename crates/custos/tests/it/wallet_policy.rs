@@ -83,6 +83,7 @@ fn deploy(dir: &std::path::Path) -> Deployment {
             sync_interval_secs: 1,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap()

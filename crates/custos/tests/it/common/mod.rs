@@ -66,6 +66,7 @@ pub fn three_clusters_on(
             sync_interval_secs,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
         plan,
     )
@@ -445,6 +446,7 @@ pub fn dc1_alice_and_bob(dir: &Path, nodes: usize) -> Deployment {
             sync_interval_secs: 1,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap()

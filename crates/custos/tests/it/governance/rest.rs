@@ -71,6 +71,7 @@ fn a_cluster_governed_and_an_admin_revoked_through_rest() {
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap();
@@ -325,6 +326,7 @@ fn a_node_is_admitted_with_its_answer_to_a_ticket_and_the_answer_admits_once() {
             sync_interval_secs: 3600,
             audit_interval_secs: 0,
             cloud_db_url: None,
+            webhooks: Vec::new(),
         },
     )
     .unwrap();
