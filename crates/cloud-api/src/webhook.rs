@@ -14,7 +14,10 @@
 //! A receiver checks a delivery with [`verify`]: the signature over the raw body first (in
 //! constant time), then the timestamp within a tolerance (an old delivery sent again by
 //! someone who captured it is refused), then the body, which must name the same id and
-//! type as the headers (a receiver may deduplicate on the header alone).
+//! type as the headers (a receiver may deduplicate on the header alone). A delivery whose
+//! signature held but whose body this version cannot read (`Malformed`: an event type or
+//! request kind added later) is genuine: answer it 2xx and read it once upgraded, or the
+//! server retries it until it gives up.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -28,8 +31,11 @@ pub const EVENT_ID_HEADER: &str = "custos-event-id";
 pub const EVENT_HEADER: &str = "custos-event";
 /// Header: when this attempt was signed (Unix seconds).
 pub const TIMESTAMP_HEADER: &str = "custos-timestamp";
-/// Header: `v1=<hex HMAC-SHA256>`; several comma-separated while a secret is replaced.
+/// Header: `v1=<hex HMAC-SHA256>` (a receiver accepts up to [`MAX_SIGNATURES`]
+/// comma-separated, for signatures of other versions to come).
 pub const SIGNATURE_HEADER: &str = "custos-signature";
+/// Most signatures [`verify`] looks at in one header.
+pub const MAX_SIGNATURES: usize = 4;
 /// Largest event body the server sends and [`verify`] reads.
 pub const MAX_EVENT_BYTES: usize = 16 * 1024;
 /// Shortest secret the server accepts (bytes).
@@ -197,20 +203,20 @@ pub enum WebhookError {
     },
 }
 
-fn mac(secret: &[u8], timestamp: u64, body: &[u8]) -> Hmac<Sha256> {
+/// The MAC over `timestamp` exactly as written in the header, `.`, and `body`.
+fn mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(timestamp.to_string().as_bytes());
+    mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
     mac
 }
 
-/// The `Custos-Signature` value of `body` signed at `timestamp` (Unix seconds).
+/// The `Custos-Signature` value of `body` signed at `timestamp` (Unix seconds, written in
+/// decimal without sign or leading zeros, as in the `Custos-Timestamp` header).
 pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
-    format!(
-        "v1={}",
-        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
-    )
+    let tag = mac(secret, &timestamp.to_string(), body).finalize();
+    format!("v1={}", hex::encode(tag.into_bytes()))
 }
 
 /// Checks a delivery received at `now` (Unix seconds) and returns its event: size, then
@@ -231,14 +237,21 @@ pub fn verify(
     let signatures = headers
         .signature
         .ok_or(WebhookError::MissingHeader(SIGNATURE_HEADER))?;
-    let timestamp: u64 = stamp
-        .parse()
-        .map_err(|_| WebhookError::BadTimestamp(stamp.chars().take(32).collect()))?;
+    let timestamp: u64 =
+        (!stamp.is_empty() && stamp.len() <= 20 && stamp.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| stamp.parse().ok())
+            .flatten()
+            .ok_or_else(|| WebhookError::BadTimestamp(stamp.chars().take(32).collect()))?;
+    // One MAC over the body whatever the number of candidates; each compared in constant
+    // time.
+    let expected = mac(secret, stamp, body);
     let signed = signatures
         .split(',')
+        .take(MAX_SIGNATURES)
         .filter_map(|s| s.trim().strip_prefix("v1="))
+        .filter(|h| h.len() == 64)
         .filter_map(|h| hex::decode(h).ok())
-        .any(|tag| mac(secret, timestamp, body).verify_slice(&tag).is_ok());
+        .any(|tag| expected.clone().verify_slice(&tag).is_ok());
     if !signed {
         return Err(WebhookError::BadSignature);
     }
@@ -354,6 +367,28 @@ mod tests {
             refused(verify(SECRET, headers(&sig, "1000"), &big, 1000, 300)),
             WebhookError::TooLarge(MAX_EVENT_BYTES + 1)
         );
+    }
+
+    /// A fixed vector, computed apart from this code (Python's `hmac`, the same in
+    /// `openssl dgst -sha256 -hmac`): what is signed is `timestamp "." body`, nothing else.
+    #[test]
+    fn the_signature_is_hmac_sha256_over_timestamp_dot_body() {
+        let sig = sign(SECRET, 1700000000, br#"{"id":"00ff.3"}"#);
+        assert_eq!(
+            sig,
+            "v1=38a81785366e8418f61bcb151619c9318e6b2b5d7129654df4297b77ed9e77a8"
+        );
+        // A timestamp written otherwise is refused, not read as the same number.
+        for stamp in ["+1700000000", "01700000000", " 1700000000", "1.7e9", ""] {
+            let e = verify(SECRET, headers(&sig, stamp), b"{}", 1700000000, 300).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    WebhookError::BadTimestamp(_) | WebhookError::BadSignature
+                ),
+                "{stamp:?}: {e:?}"
+            );
+        }
     }
 
     #[test]

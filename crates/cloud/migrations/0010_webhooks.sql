@@ -10,11 +10,17 @@
 -- Requests stored before this version count as notified: a webhook configured today hears
 -- of what happens from now on, not of the history.
 --
+-- Each replica writes a fingerprint of its `[[webhooks]]` list beside its heartbeat
+-- (`cloud_replicas.webhooks`): the job fans out only while every live replica reports the
+-- same list, so that a replica with another list (a configuration being rolled out) never
+-- moves `notified` past events a webhook it lacks should get.
+--
 -- Portable across SQLite and PostgreSQL like 0001.
 
 ALTER TABLE requests ADD COLUMN notified BIGINT NOT NULL DEFAULT 0;
 UPDATE requests SET notified = version;
 CREATE INDEX requests_unnotified ON requests (updated_at) WHERE notified < version;
+ALTER TABLE cloud_replicas ADD COLUMN webhooks TEXT NULL;
 
 CREATE TABLE webhook_deliveries (
     -- The webhook's name in the configuration.
@@ -29,6 +35,8 @@ CREATE TABLE webhook_deliveries (
     body            TEXT   NOT NULL,
     -- When the event happened (Unix ms): deliveries go out in this order.
     occurred_at     BIGINT NOT NULL,
+    -- When this row was written (Unix ms): the give-up age counts from here.
+    created_at      BIGINT NOT NULL,
     -- `pending` until a 2xx answer (`delivered`), or until the webhook's give-up age
     -- passed (`abandoned`, with the last error kept).
     state           TEXT   NOT NULL,
@@ -41,6 +49,9 @@ CREATE TABLE webhook_deliveries (
     PRIMARY KEY (webhook, event_id)
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (webhook, occurred_at)
+    WHERE state = 'pending';
+-- A request's later events wait for its earlier ones (order within a request).
+CREATE INDEX webhook_deliveries_request ON webhook_deliveries (webhook, request_id, seq)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_ended ON webhook_deliveries (ended_at)
     WHERE state <> 'pending';

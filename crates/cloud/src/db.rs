@@ -29,7 +29,7 @@ pub use console::{ConsoleSession, MAX_CHALLENGES};
 pub use record::Record;
 pub use replicas::{LeaseRow, Orphan, ReplicaRow};
 pub use threshold::{PresignatureRow, PresignatureSigner, ThresholdKeyRow, ThresholdShareRow};
-pub use webhooks::{DeliveryRow, DeliveryState, NewDelivery};
+pub use webhooks::{Attempt, DeliveryRow, DeliveryState, NewDelivery, Unnotified};
 use writer::{bind_insert, bind_update, RowJson, Writer, UPDATE_SET};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -272,7 +272,14 @@ impl Cloud {
         let r = self.replica();
         let now = self.replica_now_ms().await?;
         self.store()
-            .heartbeat(&r.id, listen, r.started_at_ms, now, r.ttl_ms)
+            .heartbeat(
+                &r.id,
+                listen,
+                r.started_at_ms,
+                now,
+                r.ttl_ms,
+                self.webhooks().fingerprint(),
+            )
             .await?;
         let mut held = Vec::new();
         for job in Job::ALL {

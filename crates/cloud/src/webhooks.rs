@@ -9,42 +9,59 @@
 //!   stored. The job runs on the replica holding the `webhooks` lease
 //!   ([`crate::replica::Job::Webhooks`]); two runs at once still write each delivery once
 //!   (the move of `notified` is a compare-and-swap and a delivery's key is its event id).
-//! * **Which entries are events** ([`events_after`]): `created` while the request waits
-//!   for approvals (`request.pending`), its first `submitting` (`request.approved`: quorum
-//!   reached), `completed`, `refused` and `rejected` (`request.refused`), `expired`,
-//!   `failed`. Individual approvals, resubmissions and unknown outcomes are not.
-//! * **Delivery**: every run, per webhook, its due deliveries oldest first; each attempt
-//!   is signed afresh (`custos_cloud_api::webhook`, HMAC-SHA256 over `timestamp.body`). A
-//!   2xx answer delivers it; anything else (refused connection, timeout, another status,
-//!   a redirect) retries it after `retry_base_ms`, doubling up to `retry_max_ms`, and ends
-//!   that webhook's turn in this run, so a receiver that is down gets at most one attempt
-//!   per run. After `give_up_after_secs` a delivery is abandoned, with its last error kept
-//!   and logged. Receivers get each event at least once (a crash between a 2xx and its
-//!   record sends it again): they deduplicate on the event id. Events of one request
-//!   arrive in order unless a retry is pending; `occurred_at` and the id's seq order them.
-//! * Webhooks are the server's configuration: replicas sharing a database should list the
-//!   same ones (the lease holder's list is the one delivered). A webhook removed from the
-//!   configuration keeps its pending rows, unsent, until it returns.
+//!   A row this server cannot read is moved on without deliveries (logged), so that it
+//!   holds no other request's events back.
+//! * **One list for every replica.** Each replica writes a fingerprint of its
+//!   `[[webhooks]]` list with its heartbeat; the job fans out only while every live replica
+//!   wrote the same one (`fan_out_paused` logged otherwise, until they agree). A replica
+//!   rolled out with a new list therefore never sees the old list's holder move past the
+//!   events its new webhook should get, and with no webhook anywhere, logs are marked read
+//!   as they come (a webhook configured later hears of what happens from then on).
+//! * **Which entries are events**: see [`events_after`].
+//! * **Delivery**: every run, per webhook, its due deliveries oldest first, a request's
+//!   events in their order (a later one waits while an earlier one is pending); each attempt
+//!   signed afresh (`custos_cloud_api::webhook`, HMAC-SHA256 over `timestamp.body`). A 2xx
+//!   answer delivers it. Otherwise it is retried after `retry_base_ms`, doubling up to
+//!   `retry_max_ms`, and that webhook's turn ends for this run; when the receiver could not
+//!   be reached at all (refused, timed out, TLS), none of that webhook's deliveries is tried
+//!   before then, so a receiver that is down gets one attempt per backoff period. A run
+//!   gives each webhook at most [`TURN`] and stops at shutdown or when the lease is lost.
+//!   A delivery still failing `give_up_after_secs` after it was written is abandoned, its
+//!   last error kept and logged. Receivers get each event at least once (a crash between a
+//!   2xx and its record sends it again): they deduplicate on the event id.
+//! * A webhook removed from the configuration keeps its pending rows, unsent, until it
+//!   returns; deliveries that ended are forgotten after a week.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use custos_cloud_api::webhook::{
-    self, EventError, EventRequest, EventType, WebhookEvent, EVENT_HEADER, EVENT_ID_HEADER,
-    MIN_SECRET_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    self, EventType, EVENT_HEADER, EVENT_ID_HEADER, MIN_SECRET_BYTES, SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
 };
 
 use crate::config::WebhookConfig;
-use crate::db::{NewDelivery, RequestRow, StoreError};
+use crate::db::{Attempt, DeliveryRow, NewDelivery, StoreError, Unnotified};
+use crate::replica::Job;
 use crate::service::Cloud;
+
+mod events;
+
+pub use events::{body_of, events_after};
 
 /// Requests fanned out per database read.
 const FAN_OUT_BATCH: usize = 200;
+/// Reads per run: a run ends even while events keep arriving.
+const MAX_BATCHES: usize = 16;
 /// Deliveries read per webhook and database read.
 const DELIVERY_BATCH: usize = 64;
-/// Reads per webhook and run: a run ends even while events keep arriving.
-const MAX_BATCHES: usize = 16;
+/// Longest a run spends on one webhook (its deliveries go on at the next run).
+pub const TURN: Duration = Duration::from_secs(5);
+/// Time allowed to connect to a receiver.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one attempt (connect, send, answer's head).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long ended deliveries are kept (for operators reading the table).
@@ -53,6 +70,10 @@ const KEEP_ENDED_MS: u64 = 7 * 24 * 3600 * 1000;
 /// The configured webhooks, ready to send.
 pub struct Webhooks {
     hooks: Vec<Hook>,
+    /// Of the list, as replicas compare it (hex SHA-256; secrets enter hashed).
+    fingerprint: String,
+    /// Whether fan-out is paused (replicas disagree), so that it is logged once per pause.
+    paused: AtomicBool,
 }
 
 struct Hook {
@@ -69,15 +90,46 @@ struct Hook {
 
 impl Webhooks {
     /// Reads every webhook's secret (and roots) and builds its client; names the webhook
-    /// and the file at fault.
+    /// and the file at fault. Two webhooks may not share a secret: a delivery captured on
+    /// its way to one would verify at the other.
     pub fn open(configs: &[WebhookConfig]) -> Result<Self, String> {
-        let hooks = configs.iter().map(Hook::open).collect::<Result<_, _>>()?;
-        Ok(Webhooks { hooks })
+        let hooks: Vec<Hook> = configs.iter().map(Hook::open).collect::<Result<_, _>>()?;
+        for (i, a) in hooks.iter().enumerate() {
+            if let Some(b) = hooks[..i].iter().find(|b| b.secret == a.secret) {
+                return Err(format!(
+                    "webhooks {:?} and {:?} share a secret: give each its own",
+                    b.name, a.name
+                ));
+            }
+        }
+        let listed: Vec<_> = hooks
+            .iter()
+            .map(|h| {
+                (
+                    &h.name,
+                    h.url.as_str(),
+                    h.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+                    &h.tenants,
+                    hex::encode(Sha256::digest(&h.secret[..])),
+                )
+            })
+            .collect();
+        let canonical = serde_json::to_vec(&listed).expect("lists serialize");
+        Ok(Webhooks {
+            hooks,
+            fingerprint: hex::encode(Sha256::digest(canonical)),
+            paused: AtomicBool::new(false),
+        })
     }
 
     /// Whether none is configured.
     pub fn is_empty(&self) -> bool {
         self.hooks.is_empty()
+    }
+
+    /// What replicas compare (written with each heartbeat).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 }
 
@@ -89,15 +141,20 @@ impl Hook {
         };
         let raw = Zeroizing::new(read(&c.secret_file)?);
         let secret = Zeroizing::new(raw.trim_ascii().to_vec());
-        if secret.len() < MIN_SECRET_BYTES {
+        // Text, so that the receiver's copy is the same bytes whatever tool reads it.
+        if secret.len() < MIN_SECRET_BYTES || !secret.iter().all(u8::is_ascii_graphic) {
             return Err(at(format!(
-                "the secret in {} is shorter than {MIN_SECRET_BYTES} bytes",
+                "the secret in {} must be {MIN_SECRET_BYTES} printable ASCII characters or \
+                 more, e.g. 64 hex digits",
                 c.secret_file.display()
             )));
         }
         let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
             .timeout(ATTEMPT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would carry loopback-only plain HTTP elsewhere.
+            .no_proxy()
             .user_agent(concat!("custos-cloud/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &c.ca_file {
             let pem = read(ca)?;
@@ -123,7 +180,7 @@ impl Hook {
         })
     }
 
-    fn wants(&self, e: &WebhookEvent) -> bool {
+    fn wants(&self, e: &webhook::WebhookEvent) -> bool {
         self.events.contains(&e.event)
             && (self.tenants.is_empty() || self.tenants.contains(&e.request.tenant))
     }
@@ -136,8 +193,9 @@ impl Hook {
         doubled.min(self.retry_max_ms)
     }
 
-    /// One attempt: `Ok` on a 2xx answer.
-    async fn send(&self, d: &crate::db::DeliveryRow, now_secs: u64) -> Result<(), String> {
+    /// One attempt: `Ok` on a 2xx answer; otherwise what went wrong and whether the
+    /// receiver answered at all.
+    async fn send(&self, d: &DeliveryRow, now_secs: u64) -> Result<(), (String, bool)> {
         let answer = self
             .http
             .post(self.url.clone())
@@ -162,89 +220,39 @@ impl Hook {
                     text.push_str(&format!(": {c}"));
                     cause = c.source();
                 }
-                text
+                (text, false)
             })?;
         let status = answer.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("answered HTTP {}", status.as_u16()))
+            Err((format!("answered HTTP {}", status.as_u16()), true))
         }
     }
-}
-
-/// The webhook events in `row`'s log after position `after`, oldest first, with their
-/// positions; each links to the request's console page when `console_origin` is set.
-pub fn events_after(
-    row: &RequestRow,
-    after: i64,
-    console_origin: Option<&str>,
-) -> Vec<(i64, WebhookEvent)> {
-    let log = &row.events;
-    let mut out = Vec::new();
-    for (i, e) in log.iter().enumerate().filter(|(_, e)| e.seq > after) {
-        let event = match e.event.as_str() {
-            // Stored submitting at once: it arrived with its quorum and never waited.
-            "created" if log.get(i + 1).is_some_and(|n| n.event == "submitting") => continue,
-            "created" => EventType::Pending,
-            "submitting" if log[..i].iter().any(|p| p.event == "submitting") => continue,
-            "submitting" => EventType::Approved,
-            "completed" => EventType::Completed,
-            "refused" | "rejected" => EventType::Refused,
-            "expired" => EventType::Expired,
-            "failed" => EventType::Failed,
-            _ => continue,
-        };
-        let error = match e.event.as_str() {
-            "rejected" => Some((
-                crate::service::REJECTED.to_string(),
-                format!("rejected by admin {}", e.detail),
-            )),
-            // Written `code: message` (`Failure::record`).
-            "refused" | "failed" => Some(match e.detail.split_once(": ") {
-                Some((code, message)) => (code.to_string(), message.to_string()),
-                None => (e.event.clone(), e.detail.clone()),
-            }),
-            "expired" => Some(("expired".to_string(), e.detail.clone())),
-            _ => None,
-        };
-        out.push((
-            e.seq,
-            WebhookEvent {
-                id: format!("{}.{}", row.id, e.seq),
-                event,
-                occurred_at: e.at,
-                request: EventRequest {
-                    id: row.id.clone(),
-                    kind: row.kind(),
-                    cluster: row.cluster.clone(),
-                    tenant: row.tenant.clone(),
-                    status: event.status(),
-                    quorum: row.quorum,
-                },
-                error: error.map(|(code, message)| EventError { code, message }),
-                console_url: console_origin.map(|o| format!("{o}/console/requests/{}", row.id)),
-            },
-        ));
-    }
-    out
 }
 
 impl Cloud {
-    /// One run of the webhooks job: fans new lifecycle events out into deliveries, sends
-    /// those due, forgets those ended a week ago. Returns the deliveries made.
+    /// One run of the webhooks job: fans new lifecycle events out into deliveries (while
+    /// every live replica lists the same webhooks), sends those due, forgets those ended a
+    /// week ago. Returns the deliveries made.
     pub async fn notify(&self) -> Result<usize, StoreError> {
         let hooks = self.webhooks();
+        let fanned = match self.webhook_lists_agree(hooks).await {
+            Ok(true) if hooks.is_empty() => self.store().skip_notifications().await.map(drop),
+            Ok(true) => self.fan_out(hooks).await,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
         if hooks.is_empty() {
-            self.store().skip_notifications().await?;
-            return Ok(0);
+            return fanned.map(|_| 0);
         }
-        self.fan_out(hooks).await?;
-        let runs = hooks.hooks.iter().map(|h| self.deliver(h));
-        let delivered = futures::future::join_all(runs)
+        // Deliveries already stored go out even when fan-out failed.
+        let turns = hooks.hooks.iter().map(|h| self.deliver(h));
+        let delivered: Vec<usize> = futures::future::join_all(turns)
             .await
             .into_iter()
-            .collect::<Result<Vec<usize>, StoreError>>()?;
+            .collect::<Result<_, _>>()?;
+        fanned?;
         self.store()
             .prune_deliveries(self.now_ms().saturating_sub(KEEP_ENDED_MS))
             .await?;
@@ -259,14 +267,48 @@ impl Cloud {
         Ok(delivered.iter().sum())
     }
 
+    /// Whether every live replica wrote this replica's `[[webhooks]]` fingerprint.
+    async fn webhook_lists_agree(&self, hooks: &Webhooks) -> Result<bool, StoreError> {
+        let now = self.replica_now_ms().await?;
+        let live = self.store().live_webhook_lists(now).await?;
+        let others: Vec<&str> = live
+            .iter()
+            .filter(|(_, fp)| fp.as_deref() != Some(hooks.fingerprint()))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let paused = !others.is_empty();
+        if hooks.paused.swap(paused, Ordering::AcqRel) != paused {
+            if paused {
+                tracing::error!(replicas = ?others, "fan_out_paused: live cloud server replicas list other [[webhooks]]; request events wait (none is lost) until every replica lists the same");
+            } else {
+                tracing::info!("every live replica lists the same [[webhooks]]: fan-out resumed");
+            }
+        }
+        Ok(!paused)
+    }
+
     async fn fan_out(&self, hooks: &Webhooks) -> Result<(), StoreError> {
-        let console = self.console_config().map(|c| c.origin.as_str());
         for _ in 0..MAX_BATCHES {
             let batch = self.store().unnotified_requests(FAN_OUT_BATCH).await?;
-            for (row, notified) in &batch {
+            for request in &batch {
+                let (row, notified) = match request {
+                    Unnotified::Readable(row, notified) => (row, *notified),
+                    Unnotified::Unreadable {
+                        id,
+                        version,
+                        notified,
+                        error,
+                    } => {
+                        tracing::error!(request_id = %id, error = %error, "request unreadable: its events are not notified");
+                        self.store()
+                            .fan_out(id, *notified, *version, Vec::new(), self.now_ms())
+                            .await?;
+                        continue;
+                    }
+                };
                 let mut deliveries = Vec::new();
-                for (seq, event) in events_after(row, *notified, console) {
-                    let body = serde_json::to_string(&event).expect("events serialize");
+                for (seq, mut event) in events_after(row, notified, self.console_config()) {
+                    let body = body_of(&mut event);
                     for h in hooks.hooks.iter().filter(|h| h.wants(&event)) {
                         deliveries.push(NewDelivery {
                             webhook: h.name.clone(),
@@ -280,7 +322,7 @@ impl Cloud {
                     }
                 }
                 self.store()
-                    .fan_out(&row.id, *notified, row.version, deliveries)
+                    .fan_out(&row.id, notified, row.version, deliveries, self.now_ms())
                     .await?;
             }
             if batch.len() < FAN_OUT_BATCH {
@@ -290,37 +332,52 @@ impl Cloud {
         Ok(())
     }
 
-    /// Sends `hook`'s due deliveries until one fails (or [`MAX_BATCHES`] reads).
+    /// Sends `hook`'s due deliveries until one fails, its [`TURN`] is over, the server
+    /// stops or the lease is lost.
     async fn deliver(&self, hook: &Hook) -> Result<usize, StoreError> {
+        let began = Instant::now();
         let mut delivered = 0;
         for _ in 0..MAX_BATCHES {
-            let now = self.now_ms();
             let due = self
                 .store()
-                .due_deliveries(&hook.name, now, DELIVERY_BATCH)
+                .due_deliveries(&hook.name, self.now_ms(), DELIVERY_BATCH)
                 .await?;
             for d in &due {
-                let now = self.now_ms();
-                let outcome = hook.send(d, now / 1000).await;
-                let failed = outcome.is_err();
-                let outcome = outcome.map_err(|e| {
-                    let age = now.saturating_sub(d.occurred_at);
-                    let retry = (age < hook.give_up_ms)
-                        .then(|| now.saturating_add(hook.backoff_ms(d.attempts + 1)));
-                    match retry {
-                        Some(_) => tracing::warn!(webhook = %hook.name, event_id = %d.event_id, attempt = d.attempts + 1, error = %e, "webhook delivery failed; retrying later"),
-                        None => tracing::error!(webhook = %hook.name, event_id = %d.event_id, attempts = d.attempts + 1, error = %e, "webhook delivery abandoned"),
-                    }
-                    self.metrics().webhook_attempt(&hook.name, if retry.is_some() { "retry" } else { "abandoned" });
-                    (e, retry)
-                });
-                self.store()
-                    .delivery_attempted(&hook.name, &d.event_id, now, outcome)
-                    .await?;
-                if failed {
+                let replica = self.replica();
+                if began.elapsed() > TURN || replica.stopping() || !replica.may_run(Job::Webhooks) {
                     return Ok(delivered);
                 }
-                self.metrics().webhook_attempt(&hook.name, "delivered");
+                let now = self.now_ms();
+                let attempt = match hook.send(d, now / 1000).await {
+                    Ok(()) => Attempt::Delivered,
+                    Err((error, answered)) => {
+                        let failed = d.attempts + 1;
+                        if now.saturating_sub(d.created_at) < hook.give_up_ms {
+                            tracing::warn!(webhook = %hook.name, event_id = %d.event_id, attempt = failed, error = %error, "webhook delivery failed; retrying later");
+                            Attempt::Retry {
+                                error,
+                                at: now.saturating_add(hook.backoff_ms(failed)),
+                                whole_webhook: !answered,
+                            }
+                        } else {
+                            tracing::error!(webhook = %hook.name, event_id = %d.event_id, attempts = failed, error = %error, "webhook delivery abandoned");
+                            Attempt::Abandoned { error }
+                        }
+                    }
+                };
+                let outcome = match &attempt {
+                    Attempt::Delivered => "delivered",
+                    Attempt::Retry { .. } => "retry",
+                    Attempt::Abandoned { .. } => "abandoned",
+                };
+                self.metrics().webhook_attempt(&hook.name, outcome);
+                let ok = attempt == Attempt::Delivered;
+                self.store()
+                    .delivery_attempted(&hook.name, &d.event_id, now, attempt)
+                    .await?;
+                if !ok {
+                    return Ok(delivered);
+                }
                 delivered += 1;
             }
             if due.len() < DELIVERY_BATCH {

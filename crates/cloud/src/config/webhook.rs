@@ -3,8 +3,8 @@
 //! ```toml
 //! [[webhooks]]
 //! name = "ops"                                  # in logs, metrics and the deliveries table
-//! url = "https://hooks.example/custos"          # plain http only to a loopback address
-//! secret_file = "webhook-ops.secret"            # HMAC key: 32 bytes or more, e.g. 64 hex digits
+//! url = "https://hooks.example/custos"          # plain http only to 127.0.0.1 or [::1]
+//! secret_file = "webhook-ops.secret"            # HMAC key: 32+ printable characters, one per webhook
 //! # ca_file = "hooks-ca.pem"                    # roots the receiver's certificate must lead to
 //! events = ["request.pending", "request.completed"]  # default: every event
 //! # tenants = ["acme"]                          # default: every tenant's requests
@@ -36,8 +36,10 @@ pub struct WebhookConfig {
     pub name: String,
     /// Where events are POSTed.
     pub url: String,
-    /// The file holding the HMAC secret shared with the receiver (surrounding whitespace
-    /// ignored).
+    /// The file holding the HMAC secret shared with the receiver: 32 printable ASCII
+    /// characters or more (surrounding whitespace ignored), e.g. `openssl rand -hex 32`;
+    /// each webhook its own. To replace it, let the receiver accept either secret, then
+    /// change the file and restart.
     pub secret_file: PathBuf,
     /// PEM roots for an `https` receiver (its certificate must lead to one). Required for
     /// `https`: the server trusts no public root by default.
@@ -103,12 +105,12 @@ impl WebhookConfig {
         custos_pki::check_name(&self.name).map_err(|e| at(e.to_string()))?;
         let url = reqwest::Url::parse(&self.url).map_err(|e| at(format!("url: {e}")))?;
         let host = url.host_str().ok_or_else(|| at("url has no host".into()))?;
-        let loopback = host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
+        // An address, not a name: a name resolves wherever the resolver says.
+        let loopback = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
         match url.scheme() {
             "https" if self.ca_file.is_none() => {
                 return Err(at(
@@ -118,7 +120,11 @@ impl WebhookConfig {
             "https" => {}
             // Events name requests, tenants and refusals: not in clear across a network.
             "http" if loopback => {}
-            "http" => return Err(at("plain http only to a loopback address".into())),
+            "http" => {
+                return Err(at(
+                    "plain http only to a loopback address (127.0.0.1, [::1])".into(),
+                ))
+            }
             s => return Err(at(format!("url scheme {s:?}: use https"))),
         }
         if !url.username().is_empty() || url.password().is_some() {

@@ -56,7 +56,8 @@ impl Store {
     }
 
     /// Records that replica `id` (dead once not seen for `ttl_ms`) is alive at `now_ms`
-    /// (inserting its row the first time).
+    /// (inserting its row the first time), with the fingerprint of its `[[webhooks]]` list
+    /// (`crate::webhooks`).
     pub async fn heartbeat(
         &self,
         id: &str,
@@ -64,20 +65,23 @@ impl Store {
         started_at: u64,
         now_ms: u64,
         ttl_ms: u64,
+        webhooks: &str,
     ) -> Result<(), StoreError> {
-        let (id, listen) = (id.to_string(), listen.to_string());
+        let (id, listen, webhooks) = (id.to_string(), listen.to_string(), webhooks.to_string());
         self.write(move |conn| {
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO cloud_replicas (id, started_at, seen_at, listen, ttl_ms) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (id) DO UPDATE SET seen_at = $3, listen = $4, ttl_ms = $5",
+                    "INSERT INTO cloud_replicas (id, started_at, seen_at, listen, ttl_ms, \
+                     webhooks) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET seen_at = $3, listen = $4, ttl_ms = $5, \
+                     webhooks = $6",
                 )
                 .bind(id.as_str())
                 .bind(i(started_at))
                 .bind(i(now_ms))
                 .bind(listen.as_str())
                 .bind(i(ttl_ms))
+                .bind(webhooks.as_str())
                 .execute(&mut *conn)
                 .await?;
                 Ok(())

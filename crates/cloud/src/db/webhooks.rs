@@ -22,6 +22,47 @@ pub struct NewDelivery {
     pub occurred_at: u64,
 }
 
+/// A request whose log has events past `notified`.
+#[derive(Clone, Debug)]
+pub enum Unnotified {
+    /// Its row, and how far its log was read.
+    Readable(Box<RequestRow>, i64),
+    /// A row this server cannot read (corrupt, or written by a newer version): moved on
+    /// without deliveries, so that it holds no other request's events back.
+    Unreadable {
+        /// Request id.
+        id: String,
+        /// Its version.
+        version: i64,
+        /// How far its log was read.
+        notified: i64,
+        /// Why it could not be read.
+        error: String,
+    },
+}
+
+/// How an attempt at a delivery ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// A 2xx answer.
+    Delivered,
+    /// Failed; tried again from `at` (Unix ms). `whole_webhook`: the receiver could not be
+    /// reached, so none of the webhook's deliveries is tried before then either.
+    Retry {
+        /// What went wrong.
+        error: String,
+        /// Next attempt.
+        at: u64,
+        /// Whether the webhook's other deliveries wait too.
+        whole_webhook: bool,
+    },
+    /// Failed past the webhook's give-up age: never tried again.
+    Abandoned {
+        /// What went wrong last.
+        error: String,
+    },
+}
+
 /// A delivery waiting to be sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveryRow {
@@ -33,6 +74,8 @@ pub struct DeliveryRow {
     pub body: String,
     /// When it happened (Unix ms).
     pub occurred_at: u64,
+    /// When its row was written (Unix ms).
+    pub created_at: u64,
     /// Attempts so far.
     pub attempts: u32,
 }
@@ -55,29 +98,38 @@ pub struct DeliveryState {
 impl Store {
     /// Requests whose logs have events past `notified`, oldest change first, with how far
     /// they were read.
-    pub async fn unnotified_requests(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(RequestRow, i64)>, StoreError> {
+    pub async fn unnotified_requests(&self, limit: usize) -> Result<Vec<Unnotified>, StoreError> {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS}, notified FROM requests WHERE notified < version \
              ORDER BY updated_at LIMIT {limit}"
         );
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()
-            .map(|row| Ok((request_from_row(row)?, row.try_get::<i64, _>("notified")?)))
+            .map(|row| {
+                let notified: i64 = row.try_get("notified")?;
+                Ok(match request_from_row(row) {
+                    Ok(r) => Unnotified::Readable(Box::new(r), notified),
+                    Err(e) => Unnotified::Unreadable {
+                        id: row.try_get("id")?,
+                        version: row.try_get("version")?,
+                        notified,
+                        error: e.to_string(),
+                    },
+                })
+            })
             .collect()
     }
 
-    /// Writes `deliveries` of request `id` and marks its log read up to `to`, if it was
-    /// read up to `from` (one transaction); false, writing nothing, when another run moved
-    /// it first.
+    /// Writes `deliveries` of request `id` (at `now_ms`) and marks its log read up to `to`,
+    /// if it was read up to `from` (one transaction); false, writing nothing, when another
+    /// run moved it first.
     pub async fn fan_out(
         &self,
         id: &str,
         from: i64,
         to: i64,
         deliveries: Vec<NewDelivery>,
+        now_ms: u64,
     ) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.write(move |conn| {
@@ -98,8 +150,9 @@ impl Store {
                 for d in &deliveries {
                     sqlx::query(
                         "INSERT INTO webhook_deliveries (webhook, event_id, request_id, seq, \
-                         event, body, occurred_at, state, attempts, next_attempt_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $7) \
+                         event, body, occurred_at, created_at, state, attempts, \
+                         next_attempt_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $7) \
                          ON CONFLICT (webhook, event_id) DO NOTHING",
                     )
                     .bind(d.webhook.as_str())
@@ -109,6 +162,7 @@ impl Store {
                     .bind(d.event.as_str())
                     .bind(d.body.as_str())
                     .bind(i(d.occurred_at))
+                    .bind(i(now_ms))
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -135,7 +189,8 @@ impl Store {
         .await
     }
 
-    /// `webhook`'s pending deliveries due at `now_ms`, in the order their events happened.
+    /// `webhook`'s pending deliveries due at `now_ms`, in the order their events happened;
+    /// none while an earlier event of its request is still pending.
     pub async fn due_deliveries(
         &self,
         webhook: &str,
@@ -143,8 +198,11 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         let sql = format!(
-            "SELECT event_id, event, body, occurred_at, attempts FROM webhook_deliveries \
+            "SELECT event_id, event, body, occurred_at, created_at, attempts \
+             FROM webhook_deliveries d \
              WHERE webhook = $1 AND state = 'pending' AND next_attempt_at <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.webhook = d.webhook \
+                 AND e.request_id = d.request_id AND e.state = 'pending' AND e.seq < d.seq) \
              ORDER BY occurred_at, request_id, seq LIMIT {limit}"
         );
         let rows = sqlx::query(&sql)
@@ -159,29 +217,56 @@ impl Store {
                     event: r.try_get("event")?,
                     body: r.try_get("body")?,
                     occurred_at: u(r.try_get("occurred_at")?),
+                    created_at: u(r.try_get("created_at")?),
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 })
             })
             .collect()
     }
 
-    /// Records an attempt at a pending delivery: `Ok(())` delivered it at `now_ms`; an
-    /// error leaves it pending until `retry_at`, or abandons it when `retry_at` is `None`.
+    /// Records an attempt at a pending delivery made at `now_ms` (one transaction).
     pub async fn delivery_attempted(
         &self,
         webhook: &str,
         event_id: &str,
         now_ms: u64,
-        outcome: Result<(), (String, Option<u64>)>,
+        outcome: Attempt,
     ) -> Result<(), StoreError> {
-        let (state, error, next, ended) = match outcome {
-            Ok(()) => ("delivered", None, now_ms, Some(now_ms)),
-            Err((e, Some(at))) => ("pending", Some(truncate(e)), at, None),
-            Err((e, None)) => ("abandoned", Some(truncate(e)), now_ms, Some(now_ms)),
+        let (state, error, next, ended, hold) = match outcome {
+            Attempt::Delivered => ("delivered", None, now_ms, Some(now_ms), None),
+            Attempt::Retry {
+                error,
+                at,
+                whole_webhook,
+            } => (
+                "pending",
+                Some(truncate(error)),
+                at,
+                None,
+                whole_webhook.then_some(at),
+            ),
+            Attempt::Abandoned { error } => (
+                "abandoned",
+                Some(truncate(error)),
+                now_ms,
+                Some(now_ms),
+                None,
+            ),
         };
         let (webhook, event_id) = (webhook.to_string(), event_id.to_string());
         self.write(move |conn| {
             Box::pin(async move {
+                let mut tx = conn.begin().await?;
+                if let Some(until) = hold {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET next_attempt_at = $1 \
+                         WHERE webhook = $2 AND state = 'pending' AND next_attempt_at < $1",
+                    )
+                    .bind(i(until))
+                    .bind(webhook.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query(
                     "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
                      last_error = COALESCE($2, last_error), next_attempt_at = $3, \
@@ -193,12 +278,29 @@ impl Store {
                 .bind(ended.map(i))
                 .bind(webhook.as_str())
                 .bind(event_id.as_str())
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             })
         })
         .await
+    }
+
+    /// The `[[webhooks]]` fingerprints of the replicas alive at `now_ms` (`None`: not
+    /// written yet), by replica id.
+    pub async fn live_webhook_lists(
+        &self,
+        now_ms: u64,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, webhooks FROM cloud_replicas WHERE seen_at + ttl_ms >= $1")
+                .bind(i(now_ms))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("webhooks")?)))
+            .collect()
     }
 
     /// Forgets deliveries that ended before `before_ms`; returns how many.
