@@ -61,7 +61,8 @@ pub enum EventType {
     /// Its approval window passed before its quorum.
     #[serde(rename = "request.expired")]
     Expired,
-    /// It could not be executed (a cluster unreachable, a protocol failure).
+    /// It could not be executed (a cluster unreachable, a protocol failure). Not final: a
+    /// resubmission sends no event of its own, and `request.completed` may follow.
     #[serde(rename = "request.failed")]
     Failed,
 }

@@ -155,7 +155,10 @@ async fn every_event_once(db: TestDb) {
     let s = TestServer::start_configured(pki, gateway, db, move |c| {
         let mut refusals = hook("refusals", at, &folder);
         refusals.events = vec!["request.refused".into()];
-        c.webhooks = vec![hook("ops", at, &folder), refusals];
+        // Another tenant's: hears of none of these requests.
+        let mut acme = hook("acme", at, &folder);
+        acme.tenants = vec!["acme".into()];
+        c.webhooks = vec![hook("ops", at, &folder), refusals, acme];
     })
     .await;
 
@@ -247,6 +250,8 @@ async fn every_event_once(db: TestDb) {
     let refusals = &by_hook["refusals"];
     assert_eq!(refusals.len(), 1);
     assert_eq!(refusals[0].id, refused.id);
+    assert!(!by_hook.contains_key("acme"));
+    assert!(store.deliveries("acme").await.unwrap().is_empty());
 
     // The database agrees: every delivery delivered, those of the outage after retries.
     for name in ["ops", "refusals"] {
