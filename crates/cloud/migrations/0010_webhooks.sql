@@ -10,10 +10,11 @@
 -- Requests stored before this version count as notified: a webhook configured today hears
 -- of what happens from now on, not of the history.
 --
--- Each replica writes a fingerprint of its `[[webhooks]]` list beside its heartbeat
--- (`cloud_replicas.webhooks`): the job fans out only while every live replica reports the
--- same list, so that a replica with another list (a configuration being rolled out) never
--- moves `notified` past events a webhook it lacks should get.
+-- Each replica writes a fingerprint of its `[[webhooks]]` list (and of what it can read)
+-- beside its heartbeat (`cloud_replicas.webhooks`): `notified` moves only while every live
+-- replica reports the fingerprint of the replica moving it (a condition of the same
+-- statement), so that a replica with another list (a configuration being rolled out) never
+-- moves it past events a webhook it lacks should get.
 --
 -- Portable across SQLite and PostgreSQL like 0001.
 
@@ -55,3 +56,10 @@ CREATE INDEX webhook_deliveries_request ON webhook_deliveries (webhook, request_
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_ended ON webhook_deliveries (ended_at)
     WHERE state <> 'pending';
+
+-- A webhook whose receiver could not be reached: none of its deliveries is tried before
+-- `until_ms` (Unix ms), whatever was written since.
+CREATE TABLE webhook_holds (
+    webhook  TEXT   NOT NULL PRIMARY KEY,
+    until_ms BIGINT NOT NULL
+);

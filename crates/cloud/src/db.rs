@@ -29,10 +29,15 @@ pub use console::{ConsoleSession, MAX_CHALLENGES};
 pub use record::Record;
 pub use replicas::{LeaseRow, Orphan, ReplicaRow};
 pub use threshold::{PresignatureRow, PresignatureSigner, ThresholdKeyRow, ThresholdShareRow};
-pub use webhooks::{Attempt, DeliveryRow, DeliveryState, NewDelivery, Unnotified};
+pub use webhooks::{Agreement, Attempt, DeliveryRow, DeliveryState, NewDelivery, Unnotified};
 use writer::{bind_insert, bind_update, RowJson, Writer, UPDATE_SET};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The database schema version this server writes (its number of migrations).
+pub fn schema_version() -> usize {
+    MIGRATOR.iter().count()
+}
 
 const POOL_SIZE: u32 = 8;
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;

@@ -12,19 +12,24 @@
 //!   A row this server cannot read is moved on without deliveries (logged), so that it
 //!   holds no other request's events back.
 //! * **One list for every replica.** Each replica writes a fingerprint of its
-//!   `[[webhooks]]` list with its heartbeat; the job fans out only while every live replica
-//!   wrote the same one (`fan_out_paused` logged otherwise, until they agree). A replica
-//!   rolled out with a new list therefore never sees the old list's holder move past the
-//!   events its new webhook should get, and with no webhook anywhere, logs are marked read
-//!   as they come (a webhook configured later hears of what happens from then on).
+//!   `[[webhooks]]` list (names, URLs, events, tenants; and its schema and protocol
+//!   versions, so that a server unable to read a newer one's rows does not pass them by)
+//!   with its heartbeat; `notified` moves only while every live replica wrote the mover's
+//!   fingerprint, a condition of the moving statement itself (`fan_out_paused` is logged
+//!   until they agree). A replica rolled out with a new list therefore never sees the old
+//!   list's holder move past the events its new webhook should get; with no webhook
+//!   anywhere, logs are marked read as they come (a webhook configured later hears of what
+//!   happens from then on).
 //! * **Which entries are events**: see [`events_after`].
 //! * **Delivery**: every run, per webhook, its due deliveries oldest first, a request's
 //!   events in their order (a later one waits while an earlier one is pending); each attempt
 //!   signed afresh (`custos_cloud_api::webhook`, HMAC-SHA256 over `timestamp.body`). A 2xx
 //!   answer delivers it. Otherwise it is retried after `retry_base_ms`, doubling up to
-//!   `retry_max_ms`, and that webhook's turn ends for this run; when the receiver could not
-//!   be reached at all (refused, timed out, TLS), none of that webhook's deliveries is tried
-//!   before then, so a receiver that is down gets one attempt per backoff period. A run
+//!   `retry_max_ms`, and that webhook's turn ends for this run; when no connection could be
+//!   made at all (refused, unreachable, TLS handshake), the webhook is held
+//!   (`webhook_holds`): none of its deliveries, old or new, is tried before then, so a
+//!   receiver that is down gets one attempt per backoff period. A receiver that answers
+//!   badly or too slowly holds back only that delivery (and its request's later events). A run
 //!   gives each webhook at most [`TURN`] and stops at shutdown or when the lease is lost.
 //!   A delivery still failing `give_up_after_secs` after it was written is abandoned, its
 //!   last error kept and logged. Receivers get each event at least once (a crash between a
@@ -42,9 +47,10 @@ use custos_cloud_api::webhook::{
     self, EventType, EVENT_HEADER, EVENT_ID_HEADER, MIN_SECRET_BYTES, SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
 };
+use custos_cloud_api::RequestKind;
 
 use crate::config::WebhookConfig;
-use crate::db::{Attempt, DeliveryRow, NewDelivery, StoreError, Unnotified};
+use crate::db::{Agreement, Attempt, DeliveryRow, NewDelivery, StoreError, Unnotified};
 use crate::replica::Job;
 use crate::service::Cloud;
 
@@ -70,7 +76,7 @@ const KEEP_ENDED_MS: u64 = 7 * 24 * 3600 * 1000;
 /// The configured webhooks, ready to send.
 pub struct Webhooks {
     hooks: Vec<Hook>,
-    /// Of the list, as replicas compare it (hex SHA-256; secrets enter hashed).
+    /// Of the list, as replicas compare it (hex SHA-256).
     fingerprint: String,
     /// Whether fan-out is paused (replicas disagree), so that it is logged once per pause.
     paused: AtomicBool,
@@ -102,19 +108,27 @@ impl Webhooks {
                 ));
             }
         }
-        let listed: Vec<_> = hooks
+        // What decides which deliveries are written, in a canonical order; secrets are not
+        // part of it (the sender signs with its own at each attempt).
+        let mut listed: Vec<_> = hooks
             .iter()
             .map(|h| {
-                (
-                    &h.name,
-                    h.url.as_str(),
-                    h.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
-                    &h.tenants,
-                    hex::encode(Sha256::digest(&h.secret[..])),
-                )
+                let mut tenants = h.tenants.clone();
+                tenants.sort();
+                tenants.dedup();
+                let events: Vec<&str> = h.events.iter().map(|e| e.as_str()).collect();
+                (h.name.clone(), h.url.to_string(), events, tenants)
             })
             .collect();
-        let canonical = serde_json::to_vec(&listed).expect("lists serialize");
+        listed.sort();
+        let canonical = serde_json::to_vec(&(
+            crate::db::schema_version(),
+            custos_wire::protocol::PROTOCOL_VERSION,
+            RequestKind::ALL.map(RequestKind::as_str),
+            EventType::ALL.map(EventType::as_str),
+            listed,
+        ))
+        .expect("lists serialize");
         Ok(Webhooks {
             hooks,
             fingerprint: hex::encode(Sha256::digest(canonical)),
@@ -193,8 +207,8 @@ impl Hook {
         doubled.min(self.retry_max_ms)
     }
 
-    /// One attempt: `Ok` on a 2xx answer; otherwise what went wrong and whether the
-    /// receiver answered at all.
+    /// One attempt: `Ok` on a 2xx answer; otherwise what went wrong and whether a
+    /// connection was made.
     async fn send(&self, d: &DeliveryRow, now_secs: u64) -> Result<(), (String, bool)> {
         let answer = self
             .http
@@ -220,7 +234,9 @@ impl Hook {
                     text.push_str(&format!(": {c}"));
                     cause = c.source();
                 }
-                (text, false)
+                // Connected or not: only a receiver never reached holds the whole webhook
+                // (a timeout or a reset may be this delivery's own doing).
+                (text, !e.is_connect())
             })?;
         let status = answer.status();
         if status.is_success() {
@@ -238,9 +254,11 @@ impl Cloud {
     pub async fn notify(&self) -> Result<usize, StoreError> {
         let hooks = self.webhooks();
         let fanned = match self.webhook_lists_agree(hooks).await {
-            Ok(true) if hooks.is_empty() => self.store().skip_notifications().await.map(drop),
-            Ok(true) => self.fan_out(hooks).await,
-            Ok(false) => Ok(()),
+            Ok(Some(agreement)) if hooks.is_empty() => {
+                self.store().skip_notifications(&agreement).await.map(drop)
+            }
+            Ok(Some(agreement)) => self.fan_out(hooks, &agreement).await,
+            Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
         if hooks.is_empty() {
@@ -267,8 +285,9 @@ impl Cloud {
         Ok(delivered.iter().sum())
     }
 
-    /// Whether every live replica wrote this replica's `[[webhooks]]` fingerprint.
-    async fn webhook_lists_agree(&self, hooks: &Webhooks) -> Result<bool, StoreError> {
+    /// Whether every live replica wrote this replica's `[[webhooks]]` fingerprint: the
+    /// condition each move of `notified` repeats, or `None`.
+    async fn webhook_lists_agree(&self, hooks: &Webhooks) -> Result<Option<Agreement>, StoreError> {
         let now = self.replica_now_ms().await?;
         let live = self.store().live_webhook_lists(now).await?;
         let others: Vec<&str> = live
@@ -284,10 +303,13 @@ impl Cloud {
                 tracing::info!("every live replica lists the same [[webhooks]]: fan-out resumed");
             }
         }
-        Ok(!paused)
+        Ok((!paused).then(|| Agreement {
+            live_at: now,
+            fingerprint: hooks.fingerprint.clone(),
+        }))
     }
 
-    async fn fan_out(&self, hooks: &Webhooks) -> Result<(), StoreError> {
+    async fn fan_out(&self, hooks: &Webhooks, agreement: &Agreement) -> Result<(), StoreError> {
         for _ in 0..MAX_BATCHES {
             let batch = self.store().unnotified_requests(FAN_OUT_BATCH).await?;
             for request in &batch {
@@ -301,7 +323,7 @@ impl Cloud {
                     } => {
                         tracing::error!(request_id = %id, error = %error, "request unreadable: its events are not notified");
                         self.store()
-                            .fan_out(id, *notified, *version, Vec::new(), self.now_ms())
+                            .fan_out(id, (*notified, *version), vec![], self.now_ms(), agreement)
                             .await?;
                         continue;
                     }
@@ -321,9 +343,21 @@ impl Cloud {
                         });
                     }
                 }
-                self.store()
-                    .fan_out(&row.id, notified, row.version, deliveries, self.now_ms())
+                let moved = self
+                    .store()
+                    .fan_out(
+                        &row.id,
+                        (notified, row.version),
+                        deliveries,
+                        self.now_ms(),
+                        agreement,
+                    )
                     .await?;
+                if !moved {
+                    // Another run moved it, or a replica with another list came up: the
+                    // next run looks again.
+                    return Ok(());
+                }
             }
             if batch.len() < FAN_OUT_BATCH {
                 break;
@@ -350,14 +384,14 @@ impl Cloud {
                 let now = self.now_ms();
                 let attempt = match hook.send(d, now / 1000).await {
                     Ok(()) => Attempt::Delivered,
-                    Err((error, answered)) => {
+                    Err((error, connected)) => {
                         let failed = d.attempts + 1;
                         if now.saturating_sub(d.created_at) < hook.give_up_ms {
                             tracing::warn!(webhook = %hook.name, event_id = %d.event_id, attempt = failed, error = %error, "webhook delivery failed; retrying later");
                             Attempt::Retry {
                                 error,
                                 at: now.saturating_add(hook.backoff_ms(failed)),
-                                whole_webhook: !answered,
+                                whole_webhook: !connected,
                             }
                         } else {
                             tracing::error!(webhook = %hook.name, event_id = %d.event_id, attempts = failed, error = %error, "webhook delivery abandoned");

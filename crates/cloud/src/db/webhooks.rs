@@ -41,6 +41,25 @@ pub enum Unnotified {
     },
 }
 
+/// What every live replica must have written for `notified` to move: the fingerprint of
+/// its `[[webhooks]]` list, judged alive at `live_at` (Unix ms, the replicas' clock).
+#[derive(Clone, Debug)]
+pub struct Agreement {
+    /// When liveness is judged.
+    pub live_at: u64,
+    /// The fingerprint of the replica moving `notified`.
+    pub fingerprint: String,
+}
+
+/// The SQL condition that every replica alive at `$n` wrote the fingerprint `$n+1`.
+fn agreed(n: usize) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM cloud_replicas WHERE seen_at + ttl_ms >= ${n} \
+         AND (webhooks IS NULL OR webhooks <> ${}))",
+        n + 1
+    )
+}
+
 /// How an attempt at a delivery ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attempt {
@@ -121,29 +140,33 @@ impl Store {
     }
 
     /// Writes `deliveries` of request `id` (at `now_ms`) and marks its log read up to `to`,
-    /// if it was read up to `from` (one transaction); false, writing nothing, when another
-    /// run moved it first.
+    /// if it was read up to `from` and the replicas are in `agreement` (one transaction);
+    /// false, writing nothing, otherwise.
     pub async fn fan_out(
         &self,
         id: &str,
-        from: i64,
-        to: i64,
+        (from, to): (i64, i64),
         deliveries: Vec<NewDelivery>,
         now_ms: u64,
+        agreement: &Agreement,
     ) -> Result<bool, StoreError> {
-        let id = id.to_string();
+        let (id, agreement) = (id.to_string(), agreement.clone());
         self.write(move |conn| {
             Box::pin(async move {
                 let mut tx = conn.begin().await?;
-                let moved = sqlx::query(
-                    "UPDATE requests SET notified = $1 WHERE id = $2 AND notified = $3",
-                )
-                .bind(to)
-                .bind(id.as_str())
-                .bind(from)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let sql = format!(
+                    "UPDATE requests SET notified = $1 WHERE id = $2 AND notified = $3 AND {}",
+                    agreed(4)
+                );
+                let moved = sqlx::query(&sql)
+                    .bind(to)
+                    .bind(id.as_str())
+                    .bind(from)
+                    .bind(i(agreement.live_at))
+                    .bind(agreement.fingerprint.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
                 if moved != 1 {
                     return Ok(false);
                 }
@@ -173,24 +196,30 @@ impl Store {
         .await
     }
 
-    /// Marks every request's log read (no webhook configured: nothing to notify); returns
-    /// how many requests moved.
-    pub async fn skip_notifications(&self) -> Result<u64, StoreError> {
-        self.write(|conn| {
+    /// Marks every request's log read (no webhook configured: nothing to notify) if the
+    /// replicas are in `agreement`; returns how many requests moved.
+    pub async fn skip_notifications(&self, agreement: &Agreement) -> Result<u64, StoreError> {
+        let agreement = agreement.clone();
+        self.write(move |conn| {
             Box::pin(async move {
-                Ok(
-                    sqlx::query("UPDATE requests SET notified = version WHERE notified < version")
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected(),
-                )
+                let sql = format!(
+                    "UPDATE requests SET notified = version WHERE notified < version AND {}",
+                    agreed(1)
+                );
+                Ok(sqlx::query(&sql)
+                    .bind(i(agreement.live_at))
+                    .bind(agreement.fingerprint.as_str())
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected())
             })
         })
         .await
     }
 
     /// `webhook`'s pending deliveries due at `now_ms`, in the order their events happened;
-    /// none while an earlier event of its request is still pending.
+    /// none while an earlier event of its request is still pending, nor while the webhook
+    /// is held (its receiver could not be reached).
     pub async fn due_deliveries(
         &self,
         webhook: &str,
@@ -203,6 +232,8 @@ impl Store {
              WHERE webhook = $1 AND state = 'pending' AND next_attempt_at <= $2 \
              AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.webhook = d.webhook \
                  AND e.request_id = d.request_id AND e.state = 'pending' AND e.seq < d.seq) \
+             AND NOT EXISTS (SELECT 1 FROM webhook_holds h WHERE h.webhook = d.webhook \
+                 AND h.until_ms > $2) \
              ORDER BY occurred_at, request_id, seq LIMIT {limit}"
         );
         let rows = sqlx::query(&sql)
@@ -259,11 +290,11 @@ impl Store {
                 let mut tx = conn.begin().await?;
                 if let Some(until) = hold {
                     sqlx::query(
-                        "UPDATE webhook_deliveries SET next_attempt_at = $1 \
-                         WHERE webhook = $2 AND state = 'pending' AND next_attempt_at < $1",
+                        "INSERT INTO webhook_holds (webhook, until_ms) VALUES ($1, $2) \
+                         ON CONFLICT (webhook) DO UPDATE SET until_ms = $2",
                     )
-                    .bind(i(until))
                     .bind(webhook.as_str())
+                    .bind(i(until))
                     .execute(&mut *tx)
                     .await?;
                 }

@@ -10,6 +10,8 @@ use crate::db::RequestRow;
 
 /// Longest error message sent when the whole body would exceed [`MAX_EVENT_BYTES`].
 const SHORT_MESSAGE: usize = 1024;
+/// Longest error code sent then.
+const SHORT_CODE: usize = 64;
 
 /// The webhook events in `row`'s log after position `after`, oldest first, with their
 /// positions; each links to the request's console page when `console` serves the
@@ -87,11 +89,21 @@ pub fn body_of(event: &mut WebhookEvent) -> String {
     }
     event.console_url = None;
     if let Some(e) = &mut event.error {
-        let cut = (0..=SHORT_MESSAGE.min(e.message.len()))
-            .rev()
-            .find(|&n| e.message.is_char_boundary(n))
-            .unwrap_or(0);
-        e.message.truncate(cut);
+        for (text, most) in [(&mut e.code, SHORT_CODE), (&mut e.message, SHORT_MESSAGE)] {
+            let cut = (0..=most.min(text.len()))
+                .rev()
+                .find(|&n| text.is_char_boundary(n))
+                .unwrap_or(0);
+            text.truncate(cut);
+        }
+    }
+    let body = serde_json::to_string(&event).expect("events serialize");
+    if body.len() <= MAX_EVENT_BYTES {
+        return body;
+    }
+    // Escaping can multiply a message's length: then it goes, the code says enough.
+    if let Some(e) = &mut event.error {
+        e.message = "(too long to send; read the request)".into();
     }
     serde_json::to_string(&event).expect("events serialize")
 }
