@@ -8,7 +8,9 @@
 -- configured webhook and event, and moves `notified` forward, in one transaction.
 --
 -- Requests stored before this version count as notified: a webhook configured today hears
--- of what happens from now on, not of the history.
+-- of what happens from now on, not of the history. While no webhook is configured at all,
+-- the job moves `webhook_skipped.before_ms` instead of touching request rows: events
+-- before it count as read whatever `notified` says.
 --
 -- Each replica writes a fingerprint of its `[[webhooks]]` list (and of what it can read)
 -- beside its heartbeat (`cloud_replicas.webhooks`): `notified` moves only while every live
@@ -56,6 +58,12 @@ CREATE INDEX webhook_deliveries_request ON webhook_deliveries (webhook, request_
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_ended ON webhook_deliveries (ended_at)
     WHERE state <> 'pending';
+
+CREATE TABLE webhook_skipped (
+    id        TEXT   NOT NULL PRIMARY KEY,
+    before_ms BIGINT NOT NULL
+);
+INSERT INTO webhook_skipped (id, before_ms) VALUES ('all', 0);
 
 -- A webhook whose receiver could not be reached: none of its deliveries is tried before
 -- `until_ms` (Unix ms), whatever was written since.

@@ -17,9 +17,10 @@
 //!   with its heartbeat; `notified` moves only while every live replica wrote the mover's
 //!   fingerprint, a condition of the moving statement itself (`fan_out_paused` is logged
 //!   until they agree). A replica rolled out with a new list therefore never sees the old
-//!   list's holder move past the events its new webhook should get; with no webhook
-//!   anywhere, logs are marked read as they come (a webhook configured later hears of what
-//!   happens from then on).
+//!   list's holder move past the events its new webhook should get. With no webhook
+//!   anywhere, the job only moves a time (`webhook_skipped`) before which events count as
+//!   read, leaving request rows alone (nothing costs the requests' own writes): a webhook
+//!   configured later hears of what happens from about then on.
 //! * **Which entries are events**: see [`events_after`].
 //! * **Delivery**: every run, per webhook, its due deliveries oldest first, a request's
 //!   events in their order (a later one waits while an earlier one is pending); each attempt
@@ -255,7 +256,9 @@ impl Cloud {
         let hooks = self.webhooks();
         let fanned = match self.webhook_lists_agree(hooks).await {
             Ok(Some(agreement)) if hooks.is_empty() => {
-                self.store().skip_notifications(&agreement).await.map(drop)
+                self.store()
+                    .skip_notifications(self.now_ms(), &agreement)
+                    .await
             }
             Ok(Some(agreement)) => self.fan_out(hooks, &agreement).await,
             Ok(None) => Ok(()),
@@ -310,8 +313,12 @@ impl Cloud {
     }
 
     async fn fan_out(&self, hooks: &Webhooks, agreement: &Agreement) -> Result<(), StoreError> {
+        let since = self.store().skipped_before().await?;
         for _ in 0..MAX_BATCHES {
-            let batch = self.store().unnotified_requests(FAN_OUT_BATCH).await?;
+            let batch = self
+                .store()
+                .unnotified_requests(since, FAN_OUT_BATCH)
+                .await?;
             for request in &batch {
                 let (row, notified) = match request {
                     Unnotified::Readable(row, notified) => (row, *notified),
@@ -329,7 +336,8 @@ impl Cloud {
                     }
                 };
                 let mut deliveries = Vec::new();
-                for (seq, mut event) in events_after(row, notified, self.console_config()) {
+                let events = events_after(row, notified, self.console_config());
+                for (seq, mut event) in events.into_iter().filter(|(_, e)| e.occurred_at >= since) {
                     let body = body_of(&mut event);
                     for h in hooks.hooks.iter().filter(|h| h.wants(&event)) {
                         deliveries.push(NewDelivery {

@@ -115,14 +115,21 @@ pub struct DeliveryState {
 }
 
 impl Store {
-    /// Requests whose logs have events past `notified`, oldest change first, with how far
-    /// they were read.
-    pub async fn unnotified_requests(&self, limit: usize) -> Result<Vec<Unnotified>, StoreError> {
+    /// Requests changed at or after `since_ms` whose logs have events past `notified`,
+    /// oldest change first, with how far they were read.
+    pub async fn unnotified_requests(
+        &self,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Unnotified>, StoreError> {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS}, notified FROM requests WHERE notified < version \
-             ORDER BY updated_at LIMIT {limit}"
+             AND updated_at >= $1 ORDER BY updated_at LIMIT {limit}"
         );
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(i(since_ms))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 let notified: i64 = row.try_get("notified")?;
@@ -196,25 +203,41 @@ impl Store {
         .await
     }
 
-    /// Marks every request's log read (no webhook configured: nothing to notify) if the
-    /// replicas are in `agreement`; returns how many requests moved.
-    pub async fn skip_notifications(&self, agreement: &Agreement) -> Result<u64, StoreError> {
+    /// Marks every event before `before_ms` as read (no webhook configured: nothing to
+    /// notify) if the replicas are in `agreement`: one small row, however many requests
+    /// changed (their rows are left as they are).
+    pub async fn skip_notifications(
+        &self,
+        before_ms: u64,
+        agreement: &Agreement,
+    ) -> Result<(), StoreError> {
         let agreement = agreement.clone();
         self.write(move |conn| {
             Box::pin(async move {
                 let sql = format!(
-                    "UPDATE requests SET notified = version WHERE notified < version AND {}",
+                    "UPDATE webhook_skipped SET before_ms = $3 WHERE id = 'all' \
+                     AND before_ms < $3 AND {}",
                     agreed(1)
                 );
-                Ok(sqlx::query(&sql)
+                sqlx::query(&sql)
                     .bind(i(agreement.live_at))
                     .bind(agreement.fingerprint.as_str())
+                    .bind(i(before_ms))
                     .execute(&mut *conn)
-                    .await?
-                    .rows_affected())
+                    .await?;
+                Ok(())
             })
         })
         .await
+    }
+
+    /// Before when events count as read whatever `notified` says (Unix ms).
+    pub async fn skipped_before(&self) -> Result<u64, StoreError> {
+        let ms: Option<i64> =
+            sqlx::query_scalar("SELECT before_ms FROM webhook_skipped WHERE id = 'all'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(ms.map_or(0, u))
     }
 
     /// `webhook`'s pending deliveries due at `now_ms`, in the order their events happened;

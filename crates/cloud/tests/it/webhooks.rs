@@ -316,3 +316,38 @@ async fn a_replica_with_another_webhook_list_pauses_the_fan_out_and_nothing_is_l
     rx.stop().await;
     s.stop().await;
 }
+
+/// With no webhook anywhere, request rows are left alone and only a time moves; a webhook
+/// configured later hears of what happens from then on, not of the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_configured_later_hears_only_of_what_happens_from_then_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Log = Arc::default();
+    let mut rx = Receiver::start("127.0.0.1:0".parse().unwrap(), log.clone()).await;
+    let s = TestServer::start().await;
+    let root_id = s.created_wallet(&s.wallet_body("dc1", 1, 1), 1).await;
+    let store = Store::connect(s.config.db_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let (deadline, made) = (
+        Instant::now() + Duration::from_secs(20),
+        custos_pki::clock::now_unix_ms(),
+    );
+    while store.skipped_before().await.unwrap() <= made {
+        assert!(Instant::now() < deadline, "the skipped time does not move");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (at, folder) = (rx.addr, dir.path().to_path_buf());
+    let s = s
+        .restart_configured(move |c| c.webhooks = vec![hook("ops", at, &folder)])
+        .await;
+    let later = pending_sign(&s, &root_id, None).await;
+    rx.until(1).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let events = &verified(&log)["ops"];
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].request.id, later.id);
+    store.close().await;
+    rx.stop().await;
+    s.stop().await;
+}
