@@ -104,6 +104,21 @@ fn hook(name: &str, at: SocketAddr, dir: &std::path::Path) -> WebhookConfig {
     h
 }
 
+/// A receiver on loopback, and a server on `db` notifying the webhooks `hooks` lists (given
+/// the receiver's address and a folder for their secrets).
+async fn with_receiver(
+    db: TestDb,
+    hooks: impl FnOnce(SocketAddr, &std::path::Path) -> Vec<WebhookConfig>,
+) -> (tempfile::TempDir, Receiver, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), Log::default()).await;
+    let listed = hooks(rx.addr, dir.path());
+    let pki = Pki::new();
+    let gateway = FakeGateway::new(&pki, &[("dc1", 2), ("dc2", 1)]);
+    let s = TestServer::start_configured(pki, gateway, db, move |c| c.webhooks = listed).await;
+    (dir, rx, s)
+}
+
 async fn pending_sign(s: &TestServer, root_id: &str, expires_at: Option<u64>) -> RequestView {
     s.client
         .sign(&SignRequestBody {
@@ -146,21 +161,16 @@ async fn every_event_reaches_its_receivers_once_signed_across_an_outage_and_a_re
 }
 
 async fn every_event_once(db: TestDb) {
-    let dir = tempfile::tempdir().unwrap();
-    let log: Log = Arc::default();
-    let mut rx = Receiver::start("127.0.0.1:0".parse().unwrap(), log.clone()).await;
-    let pki = Pki::new();
-    let gateway = FakeGateway::new(&pki, &[("dc1", 2), ("dc2", 1)]);
-    let (at, folder) = (rx.addr, dir.path().to_path_buf());
-    let s = TestServer::start_configured(pki, gateway, db, move |c| {
-        let mut refusals = hook("refusals", at, &folder);
+    let (_dir, mut rx, s) = with_receiver(db, |at, folder| {
+        let mut refusals = hook("refusals", at, folder);
         refusals.events = vec!["request.refused".into()];
         // Another tenant's: hears of none of these requests.
-        let mut acme = hook("acme", at, &folder);
+        let mut acme = hook("acme", at, folder);
         acme.tenants = vec!["acme".into()];
-        c.webhooks = vec![hook("ops", at, &folder), refusals, acme];
+        vec![hook("ops", at, folder), refusals, acme]
     })
     .await;
+    let log = rx.log.clone();
 
     // A wallet created with two approvals, and a signature approved by both: each is
     // pending, approved, completed.
@@ -273,16 +283,9 @@ async fn every_event_once(db: TestDb) {
 /// no event is dropped for the webhooks it lacks; once it is gone, they go out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_another_webhook_list_pauses_the_fan_out_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let log: Log = Arc::default();
-    let mut rx = Receiver::start("127.0.0.1:0".parse().unwrap(), log.clone()).await;
-    let pki = Pki::new();
-    let gateway = FakeGateway::new(&pki, &[("dc1", 2), ("dc2", 1)]);
-    let (at, folder) = (rx.addr, dir.path().to_path_buf());
-    let s = TestServer::start_configured(pki, gateway, TestDb::sqlite(), move |c| {
-        c.webhooks = vec![hook("ops", at, &folder)];
-    })
-    .await;
+    let (_dir, mut rx, s) =
+        with_receiver(TestDb::sqlite(), |at, folder| vec![hook("ops", at, folder)]).await;
+    let log = rx.log.clone();
     let root_id = s.created_wallet(&s.wallet_body("dc1", 1, 1), 1).await;
     rx.until(3).await;
 
