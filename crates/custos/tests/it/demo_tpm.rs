@@ -82,8 +82,9 @@ fn demo_on_the_tpm_platform_reports_each_tee_on_a_tpm_and_a_rollback_refused() {
         "{steps:?}"
     );
     // The rollback is refused once every TEE ran; the cluster behind the QR channel comes
-    // after it (issue 15).
+    // after it (issue 15), and last the webhook receiver's check of every request (issue 17).
     let rollback_at = steps.iter().position(|s| *s == "rollback-refused");
-    assert_eq!(rollback_at, Some(steps.len() - 2), "{steps:?}");
-    assert_eq!(steps.last(), Some(&"qr-link"), "{steps:?}");
+    assert_eq!(rollback_at, Some(steps.len() - 3), "{steps:?}");
+    assert_eq!(steps[steps.len() - 2], "qr-link", "{steps:?}");
+    assert_eq!(steps.last(), Some(&"webhooks"), "{steps:?}");
 }
