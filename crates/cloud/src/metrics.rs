@@ -22,7 +22,9 @@
 //! * `custos_cloud_webhook_attempts_total{webhook, outcome}`: attempts at delivering an
 //!   event, `delivered`, `retry` (failed, tried again later) or `abandoned` (failed past
 //!   the webhook's give-up age); `custos_cloud_webhook_pending{webhook}`: events not yet
-//!   delivered (read at each run of the webhooks job, on its lease holder).
+//!   delivered (read at each run of the webhooks job, on its lease holder);
+//!   `custos_cloud_webhook_fan_out_paused`: 1 while live replicas list other webhooks than
+//!   this one (events wait, none is lost: alert on it), else 0.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -122,6 +124,7 @@ pub struct Metrics {
     replicas_live: Gauge,
     webhook_attempts: Family<WebhookAttempt, Counter>,
     webhook_pending: Family<Webhook, Gauge>,
+    webhook_fan_out_paused: Gauge,
 }
 
 impl Default for Metrics {
@@ -147,6 +150,12 @@ impl Metrics {
         let replicas_live = Gauge::default();
         let webhook_attempts = Family::<WebhookAttempt, Counter>::default();
         let webhook_pending = Family::<Webhook, Gauge>::default();
+        let webhook_fan_out_paused = Gauge::default();
+        registry.register(
+            "webhook_fan_out_paused",
+            "1 while live replicas list other webhooks than this one",
+            webhook_fan_out_paused.clone(),
+        );
         registry.register(
             "webhook_attempts",
             "Attempts at delivering a webhook event, by outcome",
@@ -227,6 +236,7 @@ impl Metrics {
             replicas_live,
             webhook_attempts,
             webhook_pending,
+            webhook_fan_out_paused,
         }
     }
 
@@ -258,6 +268,11 @@ impl Metrics {
             webhook: webhook.into(),
         };
         self.webhook_pending.get_or_create(&labels).set(n);
+    }
+
+    /// Whether live replicas list other webhooks than this one now.
+    pub fn webhook_fan_out_paused(&self, paused: bool) {
+        self.webhook_fan_out_paused.set(i64::from(paused));
     }
 
     /// Cloud servers with a fresh heartbeat now.

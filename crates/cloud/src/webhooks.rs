@@ -299,6 +299,7 @@ impl Cloud {
             .map(|(id, _)| id.as_str())
             .collect();
         let paused = !others.is_empty();
+        self.metrics().webhook_fan_out_paused(paused);
         if hooks.paused.swap(paused, Ordering::AcqRel) != paused {
             if paused {
                 tracing::error!(replicas = ?others, "fan_out_paused: live cloud server replicas list other [[webhooks]]; request events wait (none is lost) until every replica lists the same");

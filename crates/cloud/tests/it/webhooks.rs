@@ -115,8 +115,31 @@ async fn with_receiver(
     let listed = hooks(rx.addr, dir.path());
     let pki = Pki::new();
     let gateway = FakeGateway::new(&pki, &[("dc1", 2), ("dc2", 1)]);
-    let s = TestServer::start_configured(pki, gateway, db, move |c| c.webhooks = listed).await;
+    // Metrics on a loopback port of their own (`/metrics`).
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_at = metrics.local_addr().unwrap();
+    drop(metrics);
+    let s = TestServer::start_configured(pki, gateway, db, move |c| {
+        c.webhooks = listed;
+        c.metrics_listen = Some(metrics_at);
+    })
+    .await;
     (dir, rx, s)
+}
+
+/// The value of the metric line starting with `name ` on `s`'s `/metrics`.
+async fn metric(s: &TestServer, name: &str) -> String {
+    let at = s.config.metrics_listen.unwrap();
+    let text = reqwest::get(format!("http://{at}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_string()
 }
 
 async fn pending_sign(s: &TestServer, root_id: &str, expires_at: Option<u64>) -> RequestView {
@@ -305,13 +328,16 @@ async fn a_replica_with_another_webhook_list_pauses_the_fan_out_and_nothing_is_l
         .await
         .unwrap();
     let waiting = pending_sign(&s, &root_id, None).await;
-    // Three runs of the job: nothing fanned out, nothing sent.
+    // Three runs of the job: nothing fanned out, nothing sent; the pause is a metric to
+    // alert on.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(rx.count(), 3);
     assert_eq!(store.deliveries("ops").await.unwrap().len(), 3);
+    assert_eq!(metric(&s, "custos_cloud_webhook_fan_out_paused").await, "1");
 
     store.retire("0123456789abcdef", 0).await.unwrap();
     rx.until(4).await;
+    assert_eq!(metric(&s, "custos_cloud_webhook_fan_out_paused").await, "0");
     let events = &verified(&log)["ops"];
     assert_eq!(events[3].request.id, waiting.id);
     assert_eq!(events[3].event, EventType::Pending);
