@@ -173,6 +173,32 @@ impl RequestRow {
     pub fn kind(&self) -> RequestKind {
         self.terms.kind()
     }
+
+    /// A pending request of `terms` on `cluster` at version 1, quorum 2, nothing recorded
+    /// (unit tests).
+    #[cfg(test)]
+    pub(crate) fn sample(cluster: &str, terms: Terms) -> RequestRow {
+        RequestRow {
+            id: "ab".repeat(16),
+            cluster: cluster.into(),
+            quorum: 2,
+            terms,
+            status: RequestStatus::PendingApproval,
+            created_at: 1,
+            updated_at: 1,
+            expires_at: 1000,
+            approvals: vec![],
+            result: None,
+            error_code: None,
+            error_message: None,
+            attempts: 0,
+            created_by: "tester".into(),
+            tenant: "default".into(),
+            version: 1,
+            owner: None,
+            events: vec![],
+        }
+    }
 }
 
 /// A wallet row.

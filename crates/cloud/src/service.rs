@@ -582,24 +582,8 @@ mod tests {
             "dc1"
         };
         RequestRow {
-            id: "ab".repeat(16),
-            cluster: cluster.into(),
-            quorum: 2,
-            terms,
-            status: RequestStatus::PendingApproval,
-            created_at: 1,
-            updated_at: 1,
-            expires_at: 1000,
-            approvals: vec![],
             result: result.map(String::from),
-            error_code: None,
-            error_message: None,
-            attempts: 0,
-            created_by: "tester".into(),
-            tenant: "default".into(),
-            version: 1,
-            owner: None,
-            events: vec![],
+            ..RequestRow::sample(cluster, terms)
         }
     }
 

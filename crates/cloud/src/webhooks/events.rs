@@ -118,23 +118,7 @@ mod tests {
 
     fn row(log: &[(&str, &str)]) -> RequestRow {
         RequestRow {
-            id: "ab".repeat(16),
-            cluster: "dc1".into(),
-            quorum: 2,
-            terms: Terms::CreateWallet { node: None },
-            status: RequestStatus::PendingApproval,
-            created_at: 1,
-            updated_at: 1,
-            expires_at: 1000,
-            approvals: vec![],
-            result: None,
-            error_code: None,
-            error_message: None,
-            attempts: 0,
-            created_by: "tester".into(),
-            tenant: "default".into(),
             version: log.len() as i64,
-            owner: None,
             events: (1..)
                 .zip(log)
                 .map(|(seq, (event, detail))| EventRow {
@@ -144,6 +128,7 @@ mod tests {
                     detail: detail.to_string(),
                 })
                 .collect(),
+            ..RequestRow::sample("dc1", Terms::CreateWallet { node: None })
         }
     }
 
