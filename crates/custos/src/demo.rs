@@ -13,7 +13,8 @@
 //! wallet, a signature and an audit cross it, each envelope's frames in the report. All
 //! along, the cloud server notifies a webhook receiver of the demo's own of every request
 //! event; at the end every request must have had the event of its state, each delivery
-//! HMAC-verified (the report's `webhooks`).
+//! HMAC-verified (the report's `webhooks`). Every service's `/metrics` is kept as the demo
+//! starts and as it ends (`<dir>/metrics/`, the report's `metrics`) to show its counters move.
 //! Every signature is checked with nothing but public data. It exits 0 only if every step
 //! verified, and writes a machine-readable JSON report.
 //!
@@ -51,6 +52,7 @@ use serde_json::json;
 mod admission;
 mod air_gap;
 mod governance;
+mod metrics;
 mod platform;
 mod threshold;
 mod tier_groups;
@@ -425,6 +427,7 @@ pub fn run(
         .build()?;
     let (receiver, hook) = webhooks::Receiver::start(&rt, &dir)?;
     let mut demo = Demo::start(&exe, &dir, real_primes, platform, hook)?;
+    let metrics_at_start = demo.scrape_metrics(&rt, "start")?;
     demo.tee_platforms()?;
     demo.copy_early_store()?;
     // The steps, in order; each records what it verified, and the first failure ends the
@@ -451,9 +454,11 @@ pub fn run(
     let rollback = demo.rollback_refused()?;
     let air_gap = demo.qr_cluster(&rt)?;
     let webhooks = demo.webhooks(&rt, &receiver)?;
+    let metrics_at_end = demo.scrape_metrics(&rt, "end")?;
 
     let mut doc = demo.report(threshold, rollback, air_gap);
     doc["webhooks"] = webhooks;
+    doc["metrics"] = json!({"start": metrics_at_start, "end": metrics_at_end});
     std::fs::write(report, serde_json::to_vec_pretty(&doc)?)?;
     println!(
         "all {} steps verified in {:.1} s; report written to {}",

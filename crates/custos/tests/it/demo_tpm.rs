@@ -4,7 +4,10 @@
 //! two nodes admitted by TPM quote, and the store copy put back and refused
 //! (`store_rolled_back`).
 
+use std::collections::BTreeMap;
+
 use crate::common::exe;
+use crate::metrics::{parsed, total};
 use custos_test_kit::swtpm::available;
 
 #[test]
@@ -82,9 +85,59 @@ fn demo_on_the_tpm_platform_reports_each_tee_on_a_tpm_and_a_rollback_refused() {
         "{steps:?}"
     );
     // The rollback is refused once every TEE ran; the cluster behind the QR channel comes
-    // after it (issue 15), and last the webhook receiver's check of every request (issue 17).
+    // after it (issue 15), then the webhook receiver's check of every request (issue 17),
+    // and last the metrics as the demo ends (issue 16).
     let rollback_at = steps.iter().position(|s| *s == "rollback-refused");
-    assert_eq!(rollback_at, Some(steps.len() - 3), "{steps:?}");
-    assert_eq!(steps[steps.len() - 2], "qr-link", "{steps:?}");
-    assert_eq!(steps.last(), Some(&"webhooks"), "{steps:?}");
+    assert_eq!(rollback_at, Some(steps.len() - 4), "{steps:?}");
+    assert_eq!(steps[steps.len() - 3], "qr-link", "{steps:?}");
+    assert_eq!(steps[steps.len() - 2], "webhooks", "{steps:?}");
+    assert_eq!(steps.last(), Some(&"metrics"), "{steps:?}");
+    metrics_moved(&doc["metrics"]);
+}
+
+/// Every service's metrics, kept as the demo started and as it ended, parse with the
+/// independent OpenMetrics parser, and the counters of what the demo did moved: the cloud
+/// server's requests, and in each cluster the bridge's routed requests, the relay's
+/// forwards and its nodes' TEE calls (issue 16).
+fn metrics_moved(metrics: &serde_json::Value) {
+    type Pages = BTreeMap<String, BTreeMap<String, f64>>;
+    let read = |when: &str| -> Option<Pages> {
+        metrics[when]["scraped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let text = std::fs::read_to_string(s["file"].as_str().unwrap()).unwrap();
+                Some((s["service"].as_str().unwrap().to_string(), parsed(&text)?))
+            })
+            .collect()
+    };
+    let (Some(start), Some(end)) = (read("start"), read("end")) else {
+        return; // no parser here, and none required
+    };
+    let moved = |service: &str, counter: &str| {
+        let at = |pages: &Pages| pages.get(service).map_or(0.0, |m| total(m, counter));
+        let (before, after) = (at(&start), at(&end));
+        assert!(after > before, "{service}: {counter} {before} -> {after}");
+    };
+    moved("cloud", "custos_cloud_requests_created");
+    moved("cloud", "custos_cloud_requests_ended");
+    moved("cloud", "custos_cloud_tee_calls");
+    for c in ["dc1", "dc2", "dc3", "dc4"] {
+        moved(&format!("{c}-bridge"), "custos_bridge_requests");
+        moved(&format!("{c}-relay"), "custos_relay_forwards");
+        let calls: f64 = end
+            .iter()
+            .filter(|(service, _)| service.starts_with(&format!("{c}-node")))
+            .map(|(_, m)| total(m, "custos_node_tee_calls"))
+            .sum();
+        assert!(calls > 0.0, "{c}: no TEE call counted");
+    }
+    // Every service answered again at the end (the node a step killed is back by then).
+    for service in start.keys() {
+        assert!(
+            end.contains_key(service),
+            "{service} not scraped at the end: {metrics}"
+        );
+    }
 }

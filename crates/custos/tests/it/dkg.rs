@@ -31,22 +31,101 @@ pub(crate) fn fixture_sets() -> Vec<custos_threshold::Primes> {
     custos::dealer::read_primes(&path).unwrap()
 }
 
-/// A TEE process that is not asked to accept the TEST-ONLY primes — as every TEE of a build
-/// without the feature `insecure-test-primes` — refuses a set of the published fixture,
-/// sealed to it, before it serves, naming `primes_refused` (`test_fixture`).
+/// Primes sets every TEE of the binary under test accepts: the sets of the file named by
+/// `CUSTOS_TEST_SAFE_PRIMES` (real safe primes, e.g. from `cargo run --release -p
+/// custos-threshold --example gen-safe-primes -- 2 FILE`, for a run against a build without
+/// `insecure-test-primes`, see [`crate::common::exe`]), else the fixture's.
+fn accepted_sets() -> Vec<custos_threshold::Primes> {
+    match std::env::var_os("CUSTOS_TEST_SAFE_PRIMES") {
+        Some(file) => custos::dealer::read_primes(std::path::Path::new(&file)).unwrap(),
+        None => fixture_sets(),
+    }
+}
+
+/// A set of four fresh 1536-bit primes that are not safe primes (nor the fixture's).
+fn unsafe_set() -> custos_threshold::Primes {
+    let primes: Vec<String> = (0..4)
+        .map(|_| {
+            let h = glass_pumpkin::prime::new(1536).unwrap().to_str_radix(16);
+            format!("{{\"radix\":16,\"value\":\"{h}\"}}")
+        })
+        .collect();
+    let file = format!("[{{\"primes\":[{}],\"_phantom\":null}}]", primes.join(","));
+    custos_threshold::Primes::list_from_bytes(file.as_bytes())
+        .unwrap()
+        .remove(0)
+}
+
+/// Every TEE process refuses Paillier primes whoever holds them could know, by name
+/// (`primes_refused`) and with nothing kept: two clusters given the same set make no key
+/// (`duplicate_modulus`, found when the key would be finished), and a TEE that is not asked
+/// to accept the TEST-ONLY primes — as every TEE of a build without the feature
+/// `insecure-test-primes` — refuses a set of the published fixture (`test_fixture`) and a
+/// set of primes that are not safe primes (`not_safe_prime`) before it serves. Run with
+/// `CUSTOS_TEST_EXE` and `CUSTOS_TEST_SAFE_PRIMES` it shows the same of a release build.
 #[test]
-fn a_tee_process_refuses_the_published_fixture_by_name() {
+fn a_tee_process_refuses_published_unsafe_and_shared_primes_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let mut dep = three_clusters(tmp.path(), 1, 3600);
-    let sets = fixture_sets();
-    let node = &mut dep.cluster_mut("dc1").unwrap().nodes[0];
-    node.tee.restart_refusing_test_primes().unwrap();
-    let err = dep
-        .provide_tee_primes("acme", "dc1", 0, &sets[0])
-        .unwrap_err();
-    let err = err.to_string();
-    assert!(err.contains("primes_refused"), "{err}");
-    assert!(err.contains("TEST-ONLY"), "{err}");
+    let accepted = accepted_sets();
+    for (c, set) in CLUSTERS
+        .iter()
+        .zip([&accepted[0], &accepted[0], &accepted[1]])
+    {
+        dep.provide_tee_primes("acme", c, 0, set).unwrap();
+    }
+    let alice = dep.admin("alice").unwrap();
+    let client = dep.client().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(wait_healthy(&client, &CLUSTERS, Duration::from_secs(20)))
+        .unwrap();
+    let view = rt
+        .block_on(create_threshold_key(
+            &client,
+            &CLUSTERS,
+            2,
+            1,
+            true,
+            &[&alice],
+        ))
+        .unwrap();
+    assert_eq!(view.status, RequestStatus::Refused, "{view:?}");
+    let error = view.error.as_ref().expect("a refusal says why");
+    let said = format!("{}: {}", error.code, error.message);
+    assert!(said.contains("primes_refused"), "{error:?}");
+    assert!(said.contains("(duplicate_modulus)"), "{error:?}");
+    assert!(rt
+        .block_on(client.threshold_keys())
+        .unwrap()
+        .keys
+        .is_empty());
+    for c in CLUSTERS {
+        let mut tee = dep.cluster(c).unwrap().nodes[0].tee.client().unwrap();
+        assert_eq!(
+            tee.call(&Request::ListThresholdKeys).unwrap(),
+            Response::ThresholdKeys(Vec::new()),
+            "{c} keeps nothing"
+        );
+    }
+
+    // Each refusal stops its TEE (it does not serve with a file it refuses), so one each.
+    for (cluster, set, fault, names) in [
+        ("dc2", &fixture_sets()[0], "test_fixture", "TEST-ONLY"),
+        ("dc3", &unsafe_set(), "not_safe_prime", "prime 0 of the set"),
+    ] {
+        let node = &mut dep.cluster_mut(cluster).unwrap().nodes[0];
+        node.tee.restart_refusing_test_primes().unwrap();
+        let err = dep
+            .provide_tee_primes("acme", cluster, 0, set)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("primes_refused"), "{err}");
+        assert!(err.contains(&format!("({fault})")), "{err}");
+        assert!(err.contains(names), "{err}");
+    }
 }
 
 #[test]

@@ -41,12 +41,19 @@ fn get(url: &str) -> (String, String) {
 /// Every sample of the metrics at `url`, `name{labels as JSON}` → value, as the
 /// independent parser reads them; `None` without the parser.
 pub fn metrics_at(url: &str) -> Option<BTreeMap<String, f64>> {
-    let python = python()?;
+    python()?;
     let (content_type, body) = get(url);
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
     );
+    parsed(&body)
+}
+
+/// Every sample of an OpenMetrics page as the independent parser reads it (see
+/// [`metrics_at`]); `None` without the parser.
+pub fn parsed(body: &str) -> Option<BTreeMap<String, f64>> {
+    let python = python()?;
     let script = r#"
 import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -80,4 +87,14 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 /// The value of `sample` in `metrics`, 0 when absent.
 pub fn sample(metrics: &BTreeMap<String, f64>, sample: &str) -> f64 {
     metrics.get(sample).copied().unwrap_or(0.0)
+}
+
+/// The sum of every sample of the counter family `name` (all label sets), 0 when absent.
+pub fn total(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
+    let prefix = format!("{name}_total{{");
+    metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+        .sum()
 }
