@@ -116,7 +116,9 @@ pub fn spawn_ready(cmd: Command, ready_prefix: &str) -> Result<(Child, String), 
 }
 
 /// [`spawn_ready`] for a service of a local deployment: it logs JSON lines
-/// (`CUSTOS_LOG_FORMAT=json`) that are appended to `log` (a restart appends to the same file).
+/// (`CUSTOS_LOG_FORMAT=json`) straight into `log`, opened for appending as its standard
+/// error (a restart appends to the same file); when it fails to start, its last line there is
+/// the error returned.
 pub fn spawn_service(
     mut cmd: Command,
     ready_prefix: &str,
@@ -135,28 +137,38 @@ fn spawn_ready_logging(
     log: Option<&Path>,
 ) -> Result<(Child, String), SpawnError> {
     let exe = format!("{:?}", cmd.get_program());
-    let mut log_file = match log {
-        Some(path) => {
-            let opened = path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                });
-            Some(opened.map_err(|e| SpawnError::Start {
+    let echo = std::env::var_os("CUSTOS_CHILD_LOG").is_some();
+    // A service writes its log lines straight into its file, as it would under a service
+    // manager: nothing in this process copies them (unless they are to be echoed here too).
+    let mut log_file = None;
+    let mut log_from = 0;
+    if let Some(path) = log {
+        let opened = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            })
+            .map_err(|e| SpawnError::Start {
                 exe: exe.clone(),
                 reason: format!("log file {}: {e}", path.display()),
-            })?)
+            })?;
+        log_from = opened.metadata().map(|m| m.len()).unwrap_or(0);
+        if echo {
+            log_file = Some(opened);
+            cmd.stderr(Stdio::piped());
+        } else {
+            cmd.stderr(Stdio::from(opened));
         }
-        None => None,
-    };
+    } else {
+        cmd.stderr(Stdio::piped());
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| SpawnError::Start {
             exe: exe.clone(),
@@ -172,6 +184,8 @@ fn spawn_ready_logging(
             if let Some(mut e) = child.stderr.take() {
                 use std::io::Read;
                 let _ = e.read_to_string(&mut stderr);
+            } else if let Some(path) = log {
+                stderr = written_since(path, log_from);
             }
             // The last line is the process's own "error: ..." verdict; log lines precede it.
             let verdict = stderr
@@ -195,13 +209,32 @@ fn spawn_ready_logging(
                     // A full disk loses log lines, never the service: the pipe is drained.
                     let _ = writeln!(f, "{line}");
                 }
-                if std::env::var_os("CUSTOS_CHILD_LOG").is_some() {
+                if echo {
                     eprintln!("[{tag}] {line}");
                 }
             }
         });
     }
     Ok((child, first))
+}
+
+/// What was appended to the file at `path` after its first `from` bytes (at most its last
+/// 64 KiB: enough for a process's last words).
+fn written_since(path: &Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut text = Vec::new();
+    if f.seek(SeekFrom::Start(from.max(len.saturating_sub(TAIL))))
+        .and_then(|_| f.take(TAIL).read_to_end(&mut text))
+        .is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 impl TeeProcess {
@@ -317,5 +350,62 @@ impl TeeProcess {
 impl Drop for TeeProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    /// A service writes its log lines into its file itself, after what earlier runs left;
+    /// when it fails to start, its last line there is the error, not an older run's.
+    #[test]
+    fn a_service_logs_into_its_file_and_its_last_words_are_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/svc.log");
+        let (mut child, line) = spawn_service(
+            sh("echo 'svc ready'; echo first-run >&2; exec sleep 5"),
+            "svc ready",
+            &log,
+        )
+        .unwrap();
+        assert_eq!(line, "svc ready");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&log).unwrap().contains("first-run") {
+            assert!(
+                Instant::now() < deadline,
+                "the service's line never reached its log"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = spawn_service(
+            sh("echo noise >&2; echo 'error: no config' >&2; exit 3"),
+            "svc ready",
+            &log,
+        )
+        .unwrap_err();
+        match err {
+            SpawnError::Exited { stderr, .. } => assert_eq!(stderr, "error: no config"),
+            other => panic!("expected Exited, got {other}"),
+        }
+        let err = spawn_service(sh("exit 4"), "svc ready", &log).unwrap_err();
+        match err {
+            // Nothing said this time: not the previous run's words.
+            SpawnError::Exited { stderr, .. } => assert_eq!(stderr, ""),
+            other => panic!("expected Exited, got {other}"),
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.starts_with("first-run\nnoise\nerror: no config\n"),
+            "{text}"
+        );
     }
 }
