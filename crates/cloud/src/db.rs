@@ -486,6 +486,12 @@ impl Store {
         Ok(Store { pool, writer })
     }
 
+    /// Whether this is the single-process engine (SQLite, every write through this
+    /// process's writer) rather than a database replicas share (PostgreSQL).
+    pub fn single_process(&self) -> bool {
+        self.writer.is_some()
+    }
+
     /// Closes the pool and the writer (after the writes queued before).
     pub async fn close(&self) {
         if let Some(w) = &self.writer {

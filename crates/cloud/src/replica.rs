@@ -88,6 +88,8 @@ pub struct Replica {
     /// Requests this replica is executing now, with the number of calls at it (a second
     /// call at a request, e.g. a losing approval, must not clear the first one's mark).
     executing: Mutex<HashMap<String, usize>>,
+    /// Whether the last heartbeat found this replica the only live one.
+    alone: std::sync::atomic::AtomicBool,
     /// Set at shutdown: background jobs end after their current run.
     stopping: std::sync::atomic::AtomicBool,
     /// Wakes background jobs waiting for their next run at shutdown.
@@ -125,6 +127,7 @@ impl Replica {
             last_beat: AtomicU64::new(0),
             held_until: Default::default(),
             executing: Mutex::new(HashMap::new()),
+            alone: Default::default(),
             stopping: Default::default(),
             stopped: tokio::sync::Notify::new(),
         }
@@ -152,6 +155,14 @@ impl Replica {
     pub fn fresh(&self) -> bool {
         let last = self.last_beat.load(Ordering::Acquire);
         last == 0 || self.mono_ms().saturating_sub(last) < self.ttl_ms / 2
+    }
+
+    /// Whether no other replica shares the database: this one never had a heartbeat (a
+    /// server alone, as in tests), or its last one, less than half a TTL ago, found only
+    /// itself live. A replica that starts next to it is seen within one heartbeat.
+    pub fn alone(&self) -> bool {
+        self.last_beat.load(Ordering::Acquire) == 0
+            || (self.fresh() && self.alone.load(Ordering::Acquire))
     }
 
     /// Refuses a submission while this replica is not [`Replica::fresh`].
@@ -311,7 +322,12 @@ impl Cloud {
         }
         // A gauge only: its failure fails no heartbeat.
         match self.store().replicas_live_at(now).await {
-            Ok(live) => self.metrics().replicas_live(live.len()),
+            Ok(live) => {
+                let me = &self.replica().id;
+                let alone = live.iter().all(|l| &l.id == me);
+                self.replica().alone.store(alone, Ordering::Release);
+                self.metrics().replicas_live(live.len())
+            }
             Err(e) => tracing::warn!(error = %e, "live replicas could not be counted"),
         }
         Ok(held)

@@ -135,9 +135,9 @@ pub struct Cloud {
     replica: crate::replica::Replica,
     /// Presignatures to keep ready per key without chain code (0: on request only).
     presignature_pool: u32,
-    /// Wallets read from the store (rows are written once and never change, so a cached
-    /// row stays true; absence is never cached). Saves a read per sign request.
-    wallets: Mutex<HashMap<String, WalletRow>>,
+    /// Wallets read from the store (absence is never cached). Only a wallet's quorum
+    /// changes, by a request this server completes: it then forgets the row.
+    wallets: Mutex<WalletCache>,
     /// Parents of recently signed paths, so that checking a signature's key costs one
     /// derivation step.
     child_keys: ChildKeys,
@@ -159,6 +159,14 @@ pub struct Cloud {
     console: Option<crate::config::ConsoleConfig>,
     /// Where request events are notified.
     webhooks: crate::webhooks::Webhooks,
+}
+
+/// The wallet rows [`Cloud`] read, and how many times it forgot one: a row read from the
+/// store while a wallet was forgotten may be the old one, and is not kept.
+#[derive(Default)]
+struct WalletCache {
+    rows: HashMap<String, WalletRow>,
+    forgotten: u64,
 }
 
 /// Most wallets [`Cloud`] keeps in memory (the cache is emptied when full).
@@ -234,7 +242,7 @@ impl Cloud {
             threshold_blamed: Mutex::new(HashMap::new()),
             replica,
             presignature_pool: config.presignature_pool,
-            wallets: Mutex::new(HashMap::new()),
+            wallets: Mutex::new(WalletCache::default()),
             child_keys: ChildKeys::default(),
             executor_turns: Mutex::new(HashMap::new()),
             known_logs: Mutex::new(HashMap::new()),

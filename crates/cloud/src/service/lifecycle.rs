@@ -656,11 +656,10 @@ impl Cloud {
             other => other?,
         };
         if let (RequestStatus::Completed, Some(root_id)) = (stored.status, &quorum) {
-            // The cached row holds the quorum replaced.
-            self.wallets
-                .lock()
-                .expect("wallet cache lock")
-                .remove(root_id);
+            // The cached row holds the quorum replaced; a read under way may too.
+            let mut cache = self.wallets.lock().expect("wallet cache lock");
+            cache.rows.remove(root_id);
+            cache.forgotten += 1;
         }
         self.metrics.ended(
             stored.kind().as_str(),

@@ -300,11 +300,17 @@ impl Cloud {
             .wallet_row(&caller.tenant, &body.root_id.to_ascii_lowercase())
             .await?;
         self.cluster_config(&wallet.cluster)?;
-        // The quorum changes with the approver group (possibly through another server, whose
-        // change this server's cache has not seen): read it from the store.
-        let quorum = match self.store.wallet(&wallet.root_id).await? {
-            Some(w) => w.quorum,
-            None => wallet.quorum,
+        // The quorum changes with the approver group, possibly through another server whose
+        // change this server's cache has not seen: then it is read from the store. A server
+        // alone on its SQLite file made every change itself, and its cache forgets a wallet
+        // whose quorum it changed; the TEE checks the quorum it is sent in any case.
+        let quorum = if self.store.single_process() && self.replica().alone() {
+            wallet.quorum
+        } else {
+            match self.store.wallet(&wallet.root_id).await? {
+                Some(w) => w.quorum,
+                None => wallet.quorum,
+            }
         };
         let (id, expires_at) =
             self.request_id_and_expiry(body.request_id.as_deref(), body.expires_at)?;
@@ -539,16 +545,22 @@ impl Cloud {
         &self,
         root_id: &str,
     ) -> Result<Option<WalletRow>, StoreError> {
-        if let Some(w) = self.wallets.lock().expect("wallet cache lock").get(root_id) {
-            return Ok(Some(w.clone()));
-        }
+        let forgotten = {
+            let cache = self.wallets.lock().expect("wallet cache lock");
+            if let Some(w) = cache.rows.get(root_id) {
+                return Ok(Some(w.clone()));
+            }
+            cache.forgotten
+        };
         let found = self.store.wallet(root_id).await?;
         if let Some(w) = &found {
             let mut cache = self.wallets.lock().expect("wallet cache lock");
-            if cache.len() >= WALLET_CACHE {
-                cache.clear();
+            if cache.forgotten == forgotten {
+                if cache.rows.len() >= WALLET_CACHE {
+                    cache.rows.clear();
+                }
+                cache.rows.insert(w.root_id.clone(), w.clone());
             }
-            cache.insert(w.root_id.clone(), w.clone());
         }
         Ok(found)
     }
