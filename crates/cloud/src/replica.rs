@@ -326,9 +326,18 @@ impl Cloud {
                 let me = &self.replica().id;
                 let alone = live.iter().all(|l| &l.id == me);
                 self.replica().alone.store(alone, Ordering::Release);
+                if !alone {
+                    // Another replica may change a quorum this one has cached; until it has
+                    // been gone for a TTL, every heartbeat forgets them.
+                    self.forget_wallets();
+                }
                 self.metrics().replicas_live(live.len())
             }
-            Err(e) => tracing::warn!(error = %e, "live replicas could not be counted"),
+            Err(e) => {
+                self.replica().alone.store(false, Ordering::Release);
+                self.forget_wallets();
+                tracing::warn!(error = %e, "live replicas could not be counted")
+            }
         }
         Ok(held)
     }

@@ -136,7 +136,8 @@ pub struct Cloud {
     /// Presignatures to keep ready per key without chain code (0: on request only).
     presignature_pool: u32,
     /// Wallets read from the store (absence is never cached). Only a wallet's quorum
-    /// changes, by a request this server completes: it then forgets the row.
+    /// changes: a request this server completes forgets its row, and a heartbeat that sees
+    /// another replica forgets every row.
     wallets: Mutex<WalletCache>,
     /// Parents of recently signed paths, so that checking a signature's key costs one
     /// derivation step.

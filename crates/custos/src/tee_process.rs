@@ -182,8 +182,12 @@ fn spawn_ready_logging(
             let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
             let mut stderr = String::new();
             if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
+                use std::io::{Read, Write};
                 let _ = e.read_to_string(&mut stderr);
+                if let Some(f) = log_file.as_mut() {
+                    // Echoed: the file still gets every line, as without echo.
+                    let _ = f.write_all(stderr.as_bytes());
+                }
             } else if let Some(path) = log {
                 stderr = written_since(path, log_from);
             }

@@ -10,6 +10,8 @@
 //! cargo run --release -p custos-threshold --example gen-safe-primes -- 2 /tmp/safe-primes.json
 //! ```
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
 use custos_threshold::Primes;
@@ -29,8 +31,16 @@ fn main() {
             .collect();
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
-    let json = serde_json::to_string(&made).expect("serialize");
-    std::fs::write(out, json).expect("write the primes file");
+    let json = zeroize::Zeroizing::new(serde_json::to_string(&made).expect("serialize"));
+    // Owner-only, as a dealer's primes file: these are Paillier secret keys.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .expect("a new primes file");
+    file.write_all(json.as_bytes())
+        .expect("write the primes file");
     eprintln!(
         "{sets} sets of safe primes in {:.0} s: {out}",
         began.elapsed().as_secs_f64()

@@ -303,7 +303,9 @@ impl Cloud {
         // The quorum changes with the approver group, possibly through another server whose
         // change this server's cache has not seen: then it is read from the store. A server
         // alone on its SQLite file made every change itself, and its cache forgets a wallet
-        // whose quorum it changed; the TEE checks the quorum it is sent in any case.
+        // whose quorum it changed (and every wallet while it sees another replica). A stale
+        // quorum only moves when the request is submitted: the TEE counts the approvals
+        // against the quorum of the wallet it holds.
         let quorum = if self.store.single_process() && self.replica().alone() {
             wallet.quorum
         } else {
@@ -538,6 +540,13 @@ impl Cloud {
             .await?
             .filter(|w| w.tenant == tenant)
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownWallet, format!("no wallet {root_id}")))
+    }
+
+    /// Forgets every cached wallet row (another replica may have changed a quorum).
+    pub(crate) fn forget_wallets(&self) {
+        let mut cache = self.wallets.lock().expect("wallet cache lock");
+        cache.rows.clear();
+        cache.forgotten += 1;
     }
 
     /// The recorded wallet `root_id` (lower-case hex), from memory or the store.

@@ -15,16 +15,17 @@ use super::{fail, AnyError, Demo};
 const MAX_PAGE: usize = 1 << 20;
 
 impl Demo {
-    /// Every service's metrics endpoint: (service, URL).
-    fn metrics_endpoints(&self) -> Vec<(String, String)> {
-        let mut all = vec![("cloud".to_string(), self.dep.metrics_url.clone())];
+    /// Every service's metrics endpoint: (service, URL, whether it is a node server).
+    fn metrics_endpoints(&self) -> Vec<(String, String, bool)> {
+        let mut all = vec![("cloud".to_string(), self.dep.metrics_url.clone(), false)];
         for c in &self.dep.clusters {
-            all.push((format!("{}-bridge", c.name), c.bridge_metrics_url.clone()));
+            let bridge = format!("{}-bridge", c.name);
+            all.push((bridge, c.bridge_metrics_url.clone(), false));
             if let Some(r) = &c.relay {
-                all.push((format!("{}-relay", c.name), r.metrics_url.clone()));
+                all.push((format!("{}-relay", c.name), r.metrics_url.clone(), false));
             }
             for n in &c.nodes {
-                all.push((n.name.clone(), n.metrics_url.clone()));
+                all.push((n.name.clone(), n.metrics_url.clone(), true));
             }
         }
         all
@@ -46,7 +47,7 @@ impl Demo {
             .build()?;
         let mut scraped = Vec::new();
         let mut down = Vec::new();
-        for (service, url) in self.metrics_endpoints() {
+        for (service, url, node) in self.metrics_endpoints() {
             match rt.block_on(page(&http, &url)) {
                 Ok(text) => {
                     let file = folder.join(format!("{service}.txt"));
@@ -55,9 +56,7 @@ impl Demo {
                         "service": service, "url": url, "file": file, "bytes": text.len(),
                     }));
                 }
-                Err(e) if is_node(&service) => {
-                    down.push(json!({"service": service, "url": url, "error": e}))
-                }
+                Err(e) if node => down.push(json!({"service": service, "url": url, "error": e})),
                 Err(e) => return Err(fail(&format!("metrics of {service} at {url}: {e}"))),
             }
         }
@@ -78,11 +77,6 @@ impl Demo {
     }
 }
 
-/// Node servers are named `<cluster>-node<i>`; only they may be down (killed by a step).
-fn is_node(service: &str) -> bool {
-    service.contains("-node")
-}
-
 /// `GET url`: the page, if it is whole OpenMetrics text.
 async fn page(http: &reqwest::Client, url: &str) -> Result<String, String> {
     let answer = http.get(url).send().await.map_err(|e| e.to_string())?;
@@ -98,14 +92,15 @@ async fn page(http: &reqwest::Client, url: &str) -> Result<String, String> {
     if !kind.starts_with("application/openmetrics-text") {
         return Err(format!("content type {kind:?}"));
     }
-    if answer.content_length().unwrap_or(0) > MAX_PAGE as u64 {
-        return Err("page too large".into());
+    let mut answer = answer;
+    let mut body = Vec::new();
+    while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_PAGE {
+            return Err("page too large".into());
+        }
+        body.extend_from_slice(&chunk);
     }
-    let body = answer.bytes().await.map_err(|e| e.to_string())?;
-    if body.len() > MAX_PAGE {
-        return Err("page too large".into());
-    }
-    let text = String::from_utf8(body.to_vec()).map_err(|_| "not UTF-8".to_string())?;
+    let text = String::from_utf8(body).map_err(|_| "not UTF-8".to_string())?;
     if !text.trim_end().ends_with("# EOF") {
         return Err("page cut short (no # EOF)".into());
     }

@@ -68,6 +68,10 @@ fn a_tee_process_refuses_published_unsafe_and_shared_primes_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let mut dep = three_clusters(tmp.path(), 1, 3600);
     let accepted = accepted_sets();
+    assert!(
+        accepted.len() >= 2,
+        "two primes sets are needed, one shared"
+    );
     for (c, set) in CLUSTERS
         .iter()
         .zip([&accepted[0], &accepted[0], &accepted[1]])
