@@ -78,12 +78,7 @@ fn a_tee_process_refuses_published_unsafe_and_shared_primes_by_name() {
     {
         dep.provide_tee_primes("acme", c, 0, set).unwrap();
     }
-    let alice = dep.admin("alice").unwrap();
-    let client = dep.client().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (alice, client, rt) = crate::common::alice_client(&dep);
     rt.block_on(wait_healthy(&client, &CLUSTERS, Duration::from_secs(20)))
         .unwrap();
     let view = rt
@@ -146,12 +141,7 @@ fn three_clusters_make_a_2_of_3_key_by_dkg_and_two_sign_with_it() {
     for f in &primes_files {
         assert!(std::fs::read(f).unwrap().is_empty());
     }
-    let alice = dep.admin("alice").unwrap();
-    let client = dep.client().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (alice, client, rt) = crate::common::alice_client(&dep);
     rt.block_on(wait_healthy(&client, &CLUSTERS, Duration::from_secs(20)))
         .unwrap();
     // Each cluster governed (alice its governor, node1 its member): the key's policy then

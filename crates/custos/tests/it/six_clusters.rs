@@ -63,12 +63,7 @@ async fn sign(
 /// Each key (id, xpub) signs with three named triples; then with dc1 down an unnamed request
 /// is served by a triple without it, and with dc1, dc3 and dc5 down by dc2, dc4 and dc6.
 fn sign_with_triples_and_clusters_down(dep: &mut Deployment, keys: &[(String, Xpub)]) {
-    let alice = dep.admin("alice").unwrap();
-    let client = dep.client().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (alice, client, rt) = crate::common::alice_client(dep);
     for (key_id, xpub) in keys {
         for (i, triple) in [
             ["dc1", "dc2", "dc3"],
@@ -116,12 +111,7 @@ fn three_of_six_keys_made_by_dkg_and_dealt_sign_with_several_triples_and_three_c
     for (i, c) in SIX.iter().enumerate() {
         dep.provide_tee_primes("acme", c, 0, &sets[i]).unwrap();
     }
-    let alice = dep.admin("alice").unwrap();
-    let client = dep.client().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (alice, client, rt) = crate::common::alice_client(&dep);
     rt.block_on(wait_healthy(&client, &SIX, Duration::from_secs(30)))
         .unwrap();
     let view = rt

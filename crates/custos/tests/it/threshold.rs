@@ -90,12 +90,7 @@ pub(crate) fn check_signature(
 fn dealt_2_of_3_key_signs_with_every_pair_and_with_one_cluster_down() {
     let tmp = tempfile::tempdir().unwrap();
     let mut dep = three_clusters(tmp.path(), 2, 1);
-    let alice = dep.admin("alice").unwrap();
-    let client = dep.client().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (alice, client, rt) = crate::common::alice_client(&dep);
 
     let dealt = dep
         .deal_threshold("acme", 2, &CLUSTERS, 1, true, test_primes())
@@ -298,12 +293,7 @@ fn presignatures_sign_full_messages_once_through_the_cloud_server() {
     use bitcoin::hashes::{sha256, Hash};
     let tmp = tempfile::tempdir().unwrap();
     let mut dep = three_clusters(tmp.path(), 1, 1);
-    let alice = dep.admin("alice").unwrap();
-    let client = dep.client().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (alice, client, rt) = crate::common::alice_client(&dep);
     // A key without chain code (presignatures never serve HD derivation).
     let key_bytes = import_plain_key(&mut dep, &rt, &client, &alice);
     let key_id = hex::encode(&key_bytes);

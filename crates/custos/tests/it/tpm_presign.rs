@@ -43,12 +43,7 @@ struct PutBack {
 fn use_a_presignature_and_put_back_the_store(dc1: TeeChoice) -> PutBack {
     let tmp = tempfile::tempdir().unwrap();
     let mut dep = three_clusters_on(tmp.path(), 1, 1, &TeePlan::default().with("dc1-node1", dc1));
-    let alice = dep.admin("alice").unwrap();
-    let client = dep.client().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (alice, client, rt) = crate::common::alice_client(&dep);
     let key = import_plain_key(&mut dep, &rt, &client, &alice);
     let key_id = hex::encode(&key);
     let pool = rt

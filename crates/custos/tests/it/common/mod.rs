@@ -37,6 +37,21 @@ pub fn exe() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_custos")))
 }
 
+/// The deployment's admin alice, its API client, and a runtime to drive the client.
+pub fn alice_client(
+    dep: &Deployment,
+) -> (
+    custos_pki::AdminSigner,
+    custos_cloud_api::client::CloudClient,
+    tokio::runtime::Runtime,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (dep.admin("alice").unwrap(), dep.client().unwrap(), rt)
+}
+
 /// The threshold tests' clusters.
 pub const THRESHOLD_CLUSTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 
