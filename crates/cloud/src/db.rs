@@ -346,10 +346,13 @@ fn truncate(mut s: String) -> String {
     s
 }
 
-/// Settings of every SQLite connection: commits durable at WAL checkpoints, and a wait
-/// for the write lock instead of an immediate `SQLITE_BUSY`.
+/// Settings of every SQLite connection: commits durable at WAL checkpoints, a wait for the
+/// write lock instead of an immediate `SQLITE_BUSY`, and statement journals in memory (a
+/// group commit's batch otherwise spills one to a temporary file, created and removed at
+/// every commit).
 async fn sqlite_settings(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute("PRAGMA temp_store = MEMORY").await?;
     conn.execute(&*format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
         .await?;
     Ok(())

@@ -355,9 +355,12 @@ fn broken(seq: i64, reason: impl Into<String>) -> VerifyReport {
 }
 
 /// Per-connection SQLite settings: NORMAL is safe in WAL mode (no corruption, only the
-/// newest commits at risk on power loss) and avoids an fsync per commit.
+/// newest commits at risk on power loss) and avoids an fsync per commit; statement journals
+/// stay in memory (a group commit's batch otherwise spills one to a temporary file, created
+/// and removed at every commit).
 async fn sqlite_settings(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute("PRAGMA temp_store = MEMORY").await?;
     conn.execute(&*format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
         .await?;
     Ok(())

@@ -20,6 +20,8 @@ use custos_wire::frame::{read_frame, refusal_payload, write_frame, FrameError, K
 /// Most simultaneous connections (node server, admin tools, sync workers).
 pub const MAX_CONNECTIONS: usize = 64;
 const CONNECTION_STACK: usize = 512 * 1024;
+/// Bytes a connection reads at once: a usual request whole, header and payload.
+const READ_BUFFER: usize = 16 * 1024;
 /// Most requests handled under one storage commit.
 pub const MAX_BATCH: usize = 256;
 
@@ -78,18 +80,20 @@ fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
     }
 }
 
-fn refuse(stream: &mut UnixStream, code: RefusalCode, message: &str) {
-    let _ = write_frame(stream, Kind::Refusal, &refusal_payload(code, message));
+fn refuse(mut stream: &UnixStream, code: RefusalCode, message: &str) {
+    let _ = write_frame(&mut stream, Kind::Refusal, &refusal_payload(code, message));
 }
 
-fn handle_connection(mut stream: UnixStream, core: &SyncSender<Job>) {
+fn handle_connection(stream: UnixStream, core: &SyncSender<Job>) {
     if let Err(why) = peer_allowed(&stream) {
         tracing::warn!(%why, "refused TEE connection");
-        refuse(&mut stream, RefusalCode::PeerRejected, &why);
+        refuse(&stream, RefusalCode::PeerRejected, &why);
         return;
     }
+    // A request's header and payload arrive together: one read takes both.
+    let mut reader = io::BufReader::with_capacity(READ_BUFFER, &stream);
     loop {
-        match read_frame(&mut stream, custos_wire::frame::MAX_REQUEST) {
+        match read_frame(&mut reader, custos_wire::frame::MAX_REQUEST) {
             Ok((Kind::Request, payload)) => {
                 let (reply, answer) = mpsc::sync_channel(1);
                 if core.send((payload, reply)).is_err() {
@@ -98,13 +102,13 @@ fn handle_connection(mut stream: UnixStream, core: &SyncSender<Job>) {
                 let Ok(response) = answer.recv() else {
                     return;
                 };
-                if write_frame(&mut stream, Kind::Response, &response).is_err() {
+                if write_frame(&mut &stream, Kind::Response, &response).is_err() {
                     return;
                 }
             }
             Ok((kind, _)) => {
                 refuse(
-                    &mut stream,
+                    &stream,
                     RefusalCode::BadKind,
                     &format!("expected a request frame, got {kind:?}"),
                 );
@@ -112,7 +116,7 @@ fn handle_connection(mut stream: UnixStream, core: &SyncSender<Job>) {
             }
             Err(FrameError::Invalid { code, message }) => {
                 tracing::warn!(?code, %message, "refused malformed frame");
-                refuse(&mut stream, code, &message);
+                refuse(&stream, code, &message);
                 return;
             }
             Err(FrameError::Closed) | Err(FrameError::Io(_)) => return,
@@ -131,7 +135,7 @@ pub fn serve<P: Platform + Send + 'static>(
         .spawn(move || run_core(core, queue))?;
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let mut stream = match stream {
+        let stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -140,7 +144,7 @@ pub fn serve<P: Platform + Send + 'static>(
         };
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
-            refuse(&mut stream, RefusalCode::Busy, "too many connections");
+            refuse(&stream, RefusalCode::Busy, "too many connections");
             continue;
         }
         let core = jobs.clone();

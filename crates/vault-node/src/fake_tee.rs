@@ -3,6 +3,7 @@
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use custos_wire::frame::{read_frame, write_frame, Kind, MAX_REQUEST};
@@ -21,12 +22,27 @@ pub struct FakeTee {
     _dir: tempfile::TempDir,
     /// Socket to connect a [`crate::TeePool`] to.
     pub socket: PathBuf,
+    /// Connections the stand-in has closed after their last answer.
+    pub closed: Arc<AtomicUsize>,
 }
 
 impl FakeTee {
     /// Serves: `Status` names `device`'s key as D; every answer is signed with `signer`
     /// (`device` for an honest TEE).
     pub fn start(device: &KeyPair, signer: &KeyPair, script: Script) -> Self {
+        Self::start_closing(device, signer, script, usize::MAX)
+    }
+
+    /// As [`FakeTee::start`], closing each connection after `answers` answers, as a TEE
+    /// process that restarted closed its clients' connections.
+    pub fn start_closing(
+        device: &KeyPair,
+        signer: &KeyPair,
+        script: Script,
+        answers: usize,
+    ) -> Self {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let closed_c = closed.clone();
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("tee.sock");
         let listener = UnixListener::bind(&socket).expect("bind");
@@ -34,12 +50,23 @@ impl FakeTee {
         let pkcs8 = signer.serialize_der();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (public_key, pkcs8, script) =
-                    (public_key.clone(), pkcs8.clone(), script.clone());
-                std::thread::spawn(move || serve(stream, &public_key, &pkcs8, &*script));
+                let (public_key, pkcs8, script, closed) = (
+                    public_key.clone(),
+                    pkcs8.clone(),
+                    script.clone(),
+                    closed_c.clone(),
+                );
+                std::thread::spawn(move || {
+                    serve(stream, &public_key, &pkcs8, &*script, answers);
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
-        FakeTee { _dir: dir, socket }
+        FakeTee {
+            _dir: dir,
+            socket,
+            closed,
+        }
     }
 }
 
@@ -48,10 +75,14 @@ fn serve(
     public_key: &[u8],
     pkcs8: &[u8],
     script: &(dyn Fn(&Request) -> Outcome + Send + Sync),
+    answers: usize,
 ) {
     let rng = ring::rand::SystemRandom::new();
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng).unwrap();
-    while let Ok((_, request)) = read_frame(&mut stream, MAX_REQUEST) {
+    for _ in 0..answers {
+        let Ok((_, request)) = read_frame(&mut stream, MAX_REQUEST) else {
+            return;
+        };
         let outcome = match decode_request(&request) {
             Ok(Request::Status) => Ok(Response::Status(Status {
                 protocol_version: 0,

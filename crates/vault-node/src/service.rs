@@ -124,7 +124,7 @@ impl VaultNode for NodeService {
             ));
         }
         let started = std::time::Instant::now();
-        let response = self.tee.forward(call.request).await;
+        let response = self.tee.forward(&call.request).await;
         let outcome = if response.is_ok() {
             "answered"
         } else {

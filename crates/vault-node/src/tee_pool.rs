@@ -1,14 +1,26 @@
 //! A small pool of connections to the node's TEE core process.
 //!
-//! The TEE client is blocking (plain Unix socket); calls run on Tokio's blocking pool.
+//! Async callers (the relayed requests, sync, membership) speak the frame protocol over
+//! Tokio's Unix socket, so a request costs no hand-off to a blocking thread and back. The
+//! TLS handshake's signer is called synchronously by rustls and keeps a blocking client.
 //! Several connections let concurrent requests reach the TEE together, where they share one
 //! storage commit.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use custos_wire::client::{ClientError, TeeClient};
+use custos_wire::client::{
+    answer_payload, check_request_len, read_error, verify_signed_response, ClientError, TeeClient,
+    ANSWER_TIMEOUT,
+};
+use custos_wire::frame::{encode_frame, parse_header, Kind, HEADER_LEN, MAX_RESPONSE};
 use custos_wire::protocol::{encode_request, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// Bytes an async connection reads at once: a usual answer whole.
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Connections to one TEE core, all pinned to its device key.
 #[derive(Clone)]
@@ -19,7 +31,11 @@ pub struct TeePool {
 struct Inner {
     socket: PathBuf,
     device_key: Vec<u8>,
+    /// Blocking connections, for the synchronous TLS signer.
     idle: Mutex<Vec<TeeClient>>,
+    /// Async connections, for everything else (read through a buffer: an answer's header
+    /// and payload arrive together, and one read takes both).
+    idle_async: Mutex<Vec<BufReader<UnixStream>>>,
     max_idle: usize,
 }
 
@@ -41,6 +57,7 @@ impl TeePool {
                 socket: socket.to_path_buf(),
                 device_key: device_key.clone(),
                 idle: Mutex::new(vec![first]),
+                idle_async: Mutex::new(Vec::new()),
                 max_idle,
             }),
         };
@@ -48,13 +65,7 @@ impl TeePool {
     }
 
     fn checkout(&self) -> Result<TeeClient, ClientError> {
-        if let Some(c) = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-        {
+        if let Some(c) = lock(&self.inner.idle).pop() {
             return Ok(c);
         }
         let mut c = TeeClient::connect(&self.inner.socket)?;
@@ -63,52 +74,28 @@ impl TeePool {
     }
 
     fn checkin(&self, c: TeeClient) {
-        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(&self.inner.idle);
         if idle.len() < self.inner.max_idle {
             idle.push(c);
         }
     }
 
-    /// Sends encoded request bytes; returns the TEE's signed response bytes (checked against
-    /// the device key). A connection that failed is dropped, not reused.
-    pub fn call_raw_blocking(&self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
-        self.exchange_blocking(request, TeeClient::call_raw)
-    }
-
-    /// `send` over a pooled connection, once more over a fresh one if the idle connection
-    /// proved stale before the request left.
-    fn exchange_blocking(
-        &self,
-        request: &[u8],
-        send: fn(&mut TeeClient, &[u8]) -> Result<Vec<u8>, ClientError>,
-    ) -> Result<Vec<u8>, ClientError> {
+    /// Sends a request; returns the response or the TEE's typed refusal (blocking, for
+    /// synchronous callers only).
+    pub fn call_blocking(&self, request: &Request) -> Result<Response, ClientError> {
+        let request = encode_request(request);
         let mut c = self.checkout()?;
-        let out = match send(&mut c, request) {
+        let raw = match c.call_raw(&request) {
             // An idle connection to a TEE process that has since restarted: the request
             // never left, so one fresh connection may carry it without risk of running twice.
             Err(ClientError::NotSent(_)) => {
-                self.drain();
+                lock(&self.inner.idle).clear();
                 c = self.checkout()?;
-                send(&mut c, request)?
+                c.call_raw(&request)?
             }
             other => other?,
         };
         self.checkin(c);
-        Ok(out)
-    }
-
-    /// Drops every idle connection (after one proved stale, the others are too).
-    fn drain(&self) {
-        self.inner
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    }
-
-    /// Sends a request; returns the response or the TEE's typed refusal (blocking).
-    pub fn call_blocking(&self, request: &Request) -> Result<Response, ClientError> {
-        let raw = self.call_raw_blocking(&encode_request(request))?;
         Ok(custos_wire::client::decode_outcome(&raw)??)
     }
 
@@ -116,20 +103,93 @@ impl TeePool {
     /// bridge and the cloud server each verify it against the certified device key, and
     /// the node uses nothing in it, so a check here would only be a third P-256
     /// verification on every request.
-    pub async fn forward(&self, request: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
-            pool.exchange_blocking(&request, TeeClient::forward_raw)
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(format!("TEE call task: {e}")))?
+    pub async fn forward(&self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+        check_request_len(request)?;
+        let mut stream = self.checkout_async().await?;
+        let answer = match exchange(&mut stream, request).await {
+            // As in `call_blocking`: the request never left a stale idle connection.
+            Err(ClientError::NotSent(_)) => {
+                lock(&self.inner.idle_async).clear();
+                stream = self.checkout_async().await?;
+                exchange(&mut stream, request).await?
+            }
+            other => other?,
+        };
+        // Only a connection whose exchange completed goes back: one abandoned half-way
+        // (an error, or this future dropped), or holding bytes past its answer, would hand
+        // the next caller a stray answer.
+        let mut idle = lock(&self.inner.idle_async);
+        if idle.len() < self.inner.max_idle && stream.buffer().is_empty() {
+            idle.push(stream);
+        }
+        Ok(answer)
     }
 
-    /// Async wrapper over [`TeePool::call_blocking`].
+    /// Sends a request; returns the response, checked against the device key, or the TEE's
+    /// typed refusal.
     pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
-        let pool = self.clone();
-        tokio::task::spawn_blocking(move || pool.call_blocking(&request))
-            .await
-            .map_err(|e| ClientError::Protocol(format!("TEE call task: {e}")))?
+        let request = encode_request(&request);
+        let signed = self.forward(&request).await?;
+        Ok(verify_signed_response(
+            &self.inner.device_key,
+            &request,
+            &signed,
+        )??)
+    }
+
+    async fn checkout_async(&self) -> Result<BufReader<UnixStream>, ClientError> {
+        if let Some(s) = lock(&self.inner.idle_async).pop() {
+            return Ok(s);
+        }
+        let stream = UnixStream::connect(&self.inner.socket).await?;
+        Ok(BufReader::with_capacity(READ_BUFFER, stream))
     }
 }
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One request frame out (in one write), one answer frame back: the encoded signed
+/// response, unchecked. A failed write is [`ClientError::NotSent`]: the TEE executes only a
+/// whole frame.
+async fn exchange(
+    stream: &mut BufReader<UnixStream>,
+    request: &[u8],
+) -> Result<Vec<u8>, ClientError> {
+    stream
+        .get_mut()
+        .write_all(&encode_frame(Kind::Request, request))
+        .await
+        .map_err(ClientError::NotSent)?;
+    let answer = async {
+        let mut header = [0u8; HEADER_LEN];
+        stream
+            .read_exact(&mut header)
+            .await
+            .map_err(eof_is_closed)?;
+        let (kind, len) = parse_header(&header, MAX_RESPONSE).map_err(read_error)?;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await?;
+        answer_payload(kind, payload)
+    };
+    tokio::time::timeout(ANSWER_TIMEOUT, answer)
+        .await
+        .map_err(|_| {
+            ClientError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from the TEE in {} s", ANSWER_TIMEOUT.as_secs()),
+            ))
+        })?
+}
+
+fn eof_is_closed(e: io::Error) -> ClientError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        read_error(custos_wire::frame::FrameError::Closed)
+    } else {
+        ClientError::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! The thin client the vault node server (and tooling) uses to reach the TEE core process.
+//! The blocking client tooling uses to reach the TEE core process, and the pieces of it the
+//! vault node server's async client shares (size check, answer frame, response signature).
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -9,7 +10,9 @@ use crate::protocol::{
     encode_request, response_transcript, Outcome, Request, Response, SignedResponse, TeeError,
 };
 
-use crate::frame::{read_frame, write_frame, FrameError, Kind, RefusalCode, MAX_RESPONSE};
+use crate::frame::{
+    read_frame, write_frame, FrameError, Kind, RefusalCode, MAX_REQUEST, MAX_RESPONSE,
+};
 
 /// Failures seen by a client.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,10 @@ pub enum ClientError {
     Tee(#[from] TeeError),
 }
 
+/// How long a client waits for the TEE's answer to one request (key generation and
+/// threshold rounds take seconds; a TEE silent this long is stuck).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A connection to one TEE core.
 pub struct TeeClient {
     stream: UnixStream,
@@ -49,7 +56,7 @@ impl TeeClient {
     /// Connects to the TEE socket.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path)?;
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         Ok(TeeClient {
             stream,
             device_key: None,
@@ -85,49 +92,51 @@ impl TeeClient {
         Ok(payload)
     }
 
-    /// Sends raw request bytes and returns the encoded [`SignedResponse`] unchecked, even
-    /// when a device key is pinned: for a hop that only passes the answer on to callers
-    /// that verify it themselves (the vault node relaying for the bridge).
-    pub fn forward_raw(&mut self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
-        self.exchange(request)
-    }
-
     /// One frame out, one frame back: the encoded [`SignedResponse`], unchecked.
     fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
-        if request.len() > crate::frame::MAX_REQUEST {
-            return Err(ClientError::Refused {
-                code: Some(RefusalCode::TooLarge),
-                message: format!(
-                    "request of {} bytes exceeds the {}-byte limit",
-                    request.len(),
-                    crate::frame::MAX_REQUEST
-                ),
-            });
-        }
+        check_request_len(request)?;
         write_frame(&mut self.stream, Kind::Request, request).map_err(ClientError::NotSent)?;
-        let (kind, payload) = match read_frame(&mut self.stream, MAX_RESPONSE) {
-            Ok(f) => f,
-            Err(FrameError::Io(e)) => return Err(ClientError::Io(e)),
-            Err(FrameError::Closed) => {
-                return Err(ClientError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "TEE closed the connection",
-                )))
-            }
-            Err(e) => return Err(ClientError::Protocol(e.to_string())),
-        };
-        match kind {
-            Kind::Response => {}
-            Kind::Refusal => {
-                return Err(ClientError::Refused {
-                    code: payload.first().and_then(|b| RefusalCode::from_u8(*b)),
-                    message: String::from_utf8_lossy(payload.get(1..).unwrap_or_default())
-                        .into_owned(),
-                })
-            }
-            Kind::Request => return Err(ClientError::Protocol("TEE sent a request frame".into())),
-        }
-        Ok(payload)
+        let (kind, payload) = read_frame(&mut self.stream, MAX_RESPONSE).map_err(read_error)?;
+        answer_payload(kind, payload)
+    }
+}
+
+/// Refuses, before anything is sent, a request over the TEE's frame limit.
+pub fn check_request_len(request: &[u8]) -> Result<(), ClientError> {
+    if request.len() > MAX_REQUEST {
+        return Err(ClientError::Refused {
+            code: Some(RefusalCode::TooLarge),
+            message: format!(
+                "request of {} bytes exceeds the {MAX_REQUEST}-byte limit",
+                request.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A failure to read the TEE's answer frame, as a client reports it.
+pub fn read_error(e: FrameError) -> ClientError {
+    match e {
+        FrameError::Io(e) => ClientError::Io(e),
+        FrameError::Closed => ClientError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "TEE closed the connection",
+        )),
+        e => ClientError::Protocol(e.to_string()),
+    }
+}
+
+/// The encoded [`SignedResponse`] of a response frame; the TEE's refusal of the request
+/// frame itself; a protocol error for any other frame.
+pub fn answer_payload(kind: Kind, payload: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+    match kind {
+        Kind::Response => Ok(payload),
+        Kind::Refusal => Err(ClientError::Refused {
+            code: payload.first().and_then(|b| RefusalCode::from_u8(*b)),
+            message: String::from_utf8_lossy(payload.get(1..).unwrap_or_default()).into_owned(),
+        }),
+        Kind::Request => Err(ClientError::Protocol("TEE sent a request frame".into())),
     }
 }
 

@@ -86,36 +86,36 @@ pub enum FrameError {
     },
 }
 
-/// Writes one frame.
-pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
+/// The header of a frame of `kind` carrying `len` payload bytes (for async transports,
+/// which write it themselves; [`write_frame`] uses it too).
+pub fn encode_header(kind: Kind, len: usize) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     header[..4].copy_from_slice(MAGIC);
     header[4] = PROTOCOL_VERSION;
     header[5] = kind as u8;
-    header[6..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    w.write_all(&header)?;
-    w.write_all(payload)?;
+    header[6..].copy_from_slice(&(len as u32).to_be_bytes());
+    header
+}
+
+/// A whole frame: header and payload in one buffer, so that it goes out in one write and
+/// the peer wakes once for it rather than once for the header and again for the payload.
+pub fn encode_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
+    frame.extend_from_slice(&encode_header(kind, payload.len()));
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Writes one frame (in one write).
+pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    w.write_all(&encode_frame(kind, payload))?;
     w.flush()
 }
 
-/// Reads one frame, refusing bad headers and payloads over `max` before reading them.
-pub fn read_frame(r: &mut impl Read, max: usize) -> Result<(Kind, Vec<u8>), FrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        match r.read(&mut header[got..]) {
-            Ok(0) if got == 0 => return Err(FrameError::Closed),
-            Ok(0) => {
-                return Err(FrameError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed inside a frame header",
-                )))
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+/// Checks a frame header and returns its kind and payload length, refusing a bad magic, a
+/// version other than [`PROTOCOL_VERSION`], an unknown kind or a length over `max` (for async
+/// transports, which read it themselves; [`read_frame`] uses it too).
+pub fn parse_header(header: &[u8; HEADER_LEN], max: usize) -> Result<(Kind, usize), FrameError> {
     let invalid = |code, message: String| FrameError::Invalid { code, message };
     if &header[..4] != MAGIC {
         return Err(invalid(RefusalCode::BadMagic, "bad magic".into()));
@@ -147,6 +147,28 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<(Kind, Vec<u8>), Fram
             format!("payload of {len} bytes exceeds the {max}-byte limit"),
         ));
     }
+    Ok((kind, len))
+}
+
+/// Reads one frame, refusing bad headers and payloads over `max` before reading them.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<(Kind, Vec<u8>), FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => {
+                return Err(FrameError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame header",
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (kind, len) = parse_header(&header, max)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
     Ok((kind, payload))

@@ -14,7 +14,7 @@ use custos_pki::{
 use custos_wire::approval::Action;
 use custos_wire::client::ClientError;
 use custos_wire::frame::{
-    read_frame, Kind, RefusalCode, HEADER_LEN, MAGIC, MAX_REQUEST, MAX_RESPONSE,
+    encode_frame, read_frame, Kind, RefusalCode, HEADER_LEN, MAGIC, MAX_REQUEST, MAX_RESPONSE,
 };
 use custos_wire::protocol::{
     encode_request, ApprovalFault, KeyInfo, Request, RequestMeta, Response, TeeError,
@@ -432,6 +432,29 @@ fn oversize_and_malformed_frames() {
         matches!(outcome, Err(TeeError::InvalidRequest(_))),
         "{outcome:?}"
     );
+    // Two requests in one write (the server reads ahead): each answered, in order, and a
+    // bad frame right behind a good one is refused after the good one's answer.
+    let status = encode_request(&Request::Status);
+    let chain = encode_request(&Request::DeviceChain);
+    let mut both = encode_frame(Kind::Request, &status);
+    both.extend_from_slice(&encode_frame(Kind::Request, &chain));
+    let mut bad = header(1, 0);
+    bad[..4].copy_from_slice(b"HTTP");
+    both.extend_from_slice(&encode_frame(Kind::Request, &status));
+    both.extend_from_slice(&bad);
+    let mut s = UnixStream::connect(&fx.tee.process.socket).unwrap();
+    s.write_all(&both).unwrap();
+    for expected in ["status", "chain", "status"] {
+        let (kind, payload) = read_frame(&mut s, MAX_RESPONSE).unwrap();
+        assert_eq!(kind, Kind::Response);
+        let outcome = custos_wire::client::decode_outcome(&payload).unwrap();
+        match (expected, outcome) {
+            ("status", Ok(Response::Status(_))) | ("chain", Ok(Response::DeviceChain(_))) => {}
+            (e, o) => panic!("expected {e}, got {o:?}"),
+        }
+    }
+    let (kind, p) = read_frame(&mut s, MAX_RESPONSE).unwrap();
+    assert_eq!((kind, p[0]), (Kind::Refusal, RefusalCode::BadMagic as u8));
     // A truncated frame followed by a hang-up does not disturb the server.
     let mut s = UnixStream::connect(&fx.tee.process.socket).unwrap();
     s.write_all(&header(1, 100)).unwrap();

@@ -1,0 +1,112 @@
+//! The async pool against a TEE stand-in: a connection abandoned half-way never hands its
+//! late answer to the next caller, and a connection the TEE closed is replaced without the
+//! request running twice; answers not signed by the pinned key are refused.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_wire::protocol::{Request, Response};
+
+use crate::fake_tee::FakeTee;
+use crate::test_pki::key;
+use crate::TeePool;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn an_answer_abandoned_half_way_never_reaches_the_next_caller() {
+    let d = key();
+    // `ListKeys` answers late (after its caller gave up); `ListThresholdKeys` at once.
+    let fake = FakeTee::start(
+        &d,
+        &d,
+        Arc::new(|r: &Request| match r {
+            Request::ListKeys => {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(Response::Keys(vec![]))
+            }
+            Request::ListThresholdKeys => Ok(Response::ThresholdKeys(vec![])),
+            other => panic!("unexpected request {other:?}"),
+        }),
+    );
+    let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), pool.call(Request::ListKeys)).await;
+        assert!(gave_up.is_err(), "the slow call should have timed out");
+        // Had the abandoned connection gone back to the pool, this call would read the
+        // late `Keys` answer (signed over another request: refused) instead of its own.
+        for _ in 0..3 {
+            let answer = pool.call(Request::ListThresholdKeys).await.unwrap();
+            assert!(matches!(answer, Response::ThresholdKeys(_)), "{answer:?}");
+        }
+    });
+}
+
+#[test]
+fn a_connection_the_tee_closed_is_replaced_and_the_request_runs_once() {
+    let d = key();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let runs_c = runs.clone();
+    // Each connection gets one answer, then the stand-in closes it, as a restarted TEE
+    // process leaves its clients' idle connections.
+    let fake = FakeTee::start_closing(
+        &d,
+        &d,
+        Arc::new(move |r: &Request| match r {
+            Request::ListKeys => {
+                runs_c.fetch_add(1, Ordering::SeqCst);
+                Ok(Response::Keys(vec![]))
+            }
+            other => panic!("unexpected request {other:?}"),
+        }),
+        1,
+    );
+    let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
+    let rt = runtime();
+    for call in 1..=3 {
+        let answer = rt.block_on(pool.call(Request::ListKeys)).unwrap();
+        assert!(matches!(answer, Response::Keys(_)), "{answer:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), call, "the request ran once");
+        // The connection that carried it is closed before the next call takes it.
+        let closed_by = std::time::Instant::now() + Duration::from_secs(10);
+        while fake.closed.load(Ordering::SeqCst) < call + 1 {
+            assert!(
+                std::time::Instant::now() < closed_by,
+                "stand-in did not close"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[test]
+fn a_response_signed_by_another_key_is_refused() {
+    let (d, rogue) = (key(), key());
+    let fake = FakeTee::start(
+        &d,
+        &rogue,
+        Arc::new(|r: &Request| match r {
+            Request::ListKeys => Ok(Response::Keys(vec![])),
+            other => panic!("unexpected request {other:?}"),
+        }),
+    );
+    // The pool pins D from the status (first contact); every later answer must be D's.
+    let (pool, pinned) = TeePool::connect(&fake.socket, 4).unwrap();
+    assert_eq!(pinned, d.public_key_raw());
+    let refused = runtime().block_on(pool.call(Request::ListKeys));
+    assert!(
+        matches!(
+            refused,
+            Err(custos_wire::client::ClientError::ResponseSignature(_))
+        ),
+        "{refused:?}"
+    );
+}
