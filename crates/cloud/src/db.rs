@@ -347,9 +347,10 @@ fn truncate(mut s: String) -> String {
 }
 
 /// Settings of every SQLite connection: commits durable at WAL checkpoints, a wait for the
-/// write lock instead of an immediate `SQLITE_BUSY`, and statement journals in memory (a
-/// group commit's batch otherwise spills one to a temporary file, created and removed at
-/// every commit).
+/// write lock instead of an immediate `SQLITE_BUSY`, and statement journals in memory (past
+/// SQLite's 64 KiB default a group commit's batch spills one to a temporary file, created
+/// and removed at every such commit). Temporary sorts stay in memory too: a sort holds the
+/// rows its query returns, which the server holds anyway.
 async fn sqlite_settings(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA synchronous = NORMAL").await?;
     conn.execute("PRAGMA temp_store = MEMORY").await?;

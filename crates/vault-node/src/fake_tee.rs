@@ -1,12 +1,13 @@
 //! TEST ONLY: a TEE core stand-in on a Unix socket that answers each request with what a
 //! script says, framed and signed the way the TEE signs (so the node's pool checks it).
 
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use custos_wire::frame::{read_frame, write_frame, Kind, MAX_REQUEST};
+use custos_wire::frame::{encode_frame, read_frame, Kind, MAX_REQUEST};
 use custos_wire::protocol::{
     decode_request, response_transcript, DeviceInfo, Outcome, Request, Response, SignedResponse,
     Status,
@@ -30,16 +31,15 @@ impl FakeTee {
     /// Serves: `Status` names `device`'s key as D; every answer is signed with `signer`
     /// (`device` for an honest TEE).
     pub fn start(device: &KeyPair, signer: &KeyPair, script: Script) -> Self {
-        Self::start_closing(device, signer, script, usize::MAX)
+        Self::start_with(device, signer, script, Conduct::default())
     }
 
-    /// As [`FakeTee::start`], closing each connection after `answers` answers, as a TEE
-    /// process that restarted closed its clients' connections.
-    pub fn start_closing(
+    /// As [`FakeTee::start`], treating each connection as `conduct` says.
+    pub fn start_with(
         device: &KeyPair,
         signer: &KeyPair,
         script: Script,
-        answers: usize,
+        conduct: Conduct,
     ) -> Self {
         let closed = Arc::new(AtomicUsize::new(0));
         let closed_c = closed.clone();
@@ -57,7 +57,7 @@ impl FakeTee {
                     closed_c.clone(),
                 );
                 std::thread::spawn(move || {
-                    serve(stream, &public_key, &pkcs8, &*script, answers);
+                    serve(stream, &public_key, &pkcs8, &*script, conduct);
                     closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
@@ -70,20 +70,48 @@ impl FakeTee {
     }
 }
 
+/// How the stand-in treats each connection.
+#[derive(Clone, Copy)]
+pub struct Conduct {
+    /// Requests it runs before it closes the connection (as a TEE process that restarted
+    /// closed its clients' connections).
+    pub requests: usize,
+    /// Copies of each answer but `Status`'s, sent in one write (more than one: a TEE gone
+    /// wrong).
+    pub copies: usize,
+    /// Runs each request but `Status` and closes without answering (a TEE that died
+    /// mid-request).
+    pub silent: bool,
+}
+
+impl Default for Conduct {
+    fn default() -> Self {
+        Conduct {
+            requests: usize::MAX,
+            copies: 1,
+            silent: false,
+        }
+    }
+}
+
 fn serve(
     mut stream: UnixStream,
     public_key: &[u8],
     pkcs8: &[u8],
     script: &(dyn Fn(&Request) -> Outcome + Send + Sync),
-    answers: usize,
+    conduct: Conduct,
 ) {
     let rng = ring::rand::SystemRandom::new();
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng).unwrap();
-    for _ in 0..answers {
+    for _ in 0..conduct.requests {
         let Ok((_, request)) = read_frame(&mut stream, MAX_REQUEST) else {
             return;
         };
-        let outcome = match decode_request(&request) {
+        let decoded = decode_request(&request);
+        // The pool's first contact (its status, which pins D) is answered whatever the
+        // conduct.
+        let status = matches!(decoded, Ok(Request::Status));
+        let outcome = match decoded {
             Ok(Request::Status) => Ok(Response::Status(Status {
                 protocol_version: 0,
                 platform: "fake".into(),
@@ -110,8 +138,12 @@ fn serve(
             body,
             signature: Some(signature),
         };
-        let payload = postcard::to_allocvec(&signed).unwrap();
-        if write_frame(&mut stream, Kind::Response, &payload).is_err() {
+        if conduct.silent && !status {
+            return;
+        }
+        let frame = encode_frame(Kind::Response, &postcard::to_allocvec(&signed).unwrap());
+        let copies = if status { 1 } else { conduct.copies };
+        if stream.write_all(&frame.repeat(copies)).is_err() {
             return;
         }
     }

@@ -14,10 +14,16 @@ use custos_wire::client::{
     answer_payload, check_request_len, read_error, verify_signed_response, ClientError, TeeClient,
     ANSWER_TIMEOUT,
 };
-use custos_wire::frame::{encode_frame, parse_header, Kind, HEADER_LEN, MAX_RESPONSE};
+use custos_wire::frame::{
+    encode_frame, encode_header, parse_header, Kind, HEADER_LEN, MAX_RESPONSE, ONE_WRITE_MAX,
+};
 use custos_wire::protocol::{encode_request, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+/// Blocking connections kept idle: only TLS handshakes use them, and the TEE serves a
+/// bounded number of connections in all.
+const BLOCKING_IDLE: usize = 2;
 
 /// Bytes an async connection reads at once: a usual answer whole.
 const READ_BUFFER: usize = 16 * 1024;
@@ -64,10 +70,15 @@ impl TeePool {
         Ok((pool, device_key))
     }
 
-    fn checkout(&self) -> Result<TeeClient, ClientError> {
+    /// An idle blocking connection (`true`) or a new one.
+    fn checkout(&self) -> Result<(TeeClient, bool), ClientError> {
         if let Some(c) = lock(&self.inner.idle).pop() {
-            return Ok(c);
+            return Ok((c, true));
         }
+        Ok((self.connect_blocking()?, false))
+    }
+
+    fn connect_blocking(&self) -> Result<TeeClient, ClientError> {
         let mut c = TeeClient::connect(&self.inner.socket)?;
         c.expect_device_key(self.inner.device_key.clone());
         Ok(c)
@@ -75,7 +86,7 @@ impl TeePool {
 
     fn checkin(&self, c: TeeClient) {
         let mut idle = lock(&self.inner.idle);
-        if idle.len() < self.inner.max_idle {
+        if idle.len() < self.inner.max_idle.min(BLOCKING_IDLE) {
             idle.push(c);
         }
     }
@@ -84,13 +95,14 @@ impl TeePool {
     /// synchronous callers only).
     pub fn call_blocking(&self, request: &Request) -> Result<Response, ClientError> {
         let request = encode_request(request);
-        let mut c = self.checkout()?;
+        let (mut c, pooled) = self.checkout()?;
         let raw = match c.call_raw(&request) {
             // An idle connection to a TEE process that has since restarted: the request
             // never left, so one fresh connection may carry it without risk of running twice.
-            Err(ClientError::NotSent(_)) => {
+            // (A fresh connection that fails so, e.g. refused as busy, reports its error.)
+            Err(ClientError::NotSent(_)) if pooled => {
                 lock(&self.inner.idle).clear();
-                c = self.checkout()?;
+                c = self.connect_blocking()?;
                 c.call_raw(&request)?
             }
             other => other?,
@@ -105,12 +117,16 @@ impl TeePool {
     /// verification on every request.
     pub async fn forward(&self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
         check_request_len(request)?;
-        let mut stream = self.checkout_async().await?;
+        let idle = lock(&self.inner.idle_async).pop();
+        let (mut stream, pooled) = match idle {
+            Some(s) => (s, true),
+            None => (self.connect_async().await?, false),
+        };
         let answer = match exchange(&mut stream, request).await {
             // As in `call_blocking`: the request never left a stale idle connection.
-            Err(ClientError::NotSent(_)) => {
+            Err(ClientError::NotSent(_)) if pooled => {
                 lock(&self.inner.idle_async).clear();
-                stream = self.checkout_async().await?;
+                stream = self.connect_async().await?;
                 exchange(&mut stream, request).await?
             }
             other => other?,
@@ -137,10 +153,7 @@ impl TeePool {
         )??)
     }
 
-    async fn checkout_async(&self) -> Result<BufReader<UnixStream>, ClientError> {
-        if let Some(s) = lock(&self.inner.idle_async).pop() {
-            return Ok(s);
-        }
+    async fn connect_async(&self) -> Result<BufReader<UnixStream>, ClientError> {
         let stream = UnixStream::connect(&self.inner.socket).await?;
         Ok(BufReader::with_capacity(READ_BUFFER, stream))
     }
@@ -150,19 +163,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One request frame out (in one write), one answer frame back: the encoded signed
-/// response, unchecked. A failed write is [`ClientError::NotSent`]: the TEE executes only a
-/// whole frame.
+/// One request frame out, one answer frame back: the encoded signed response, unchecked.
+/// A write that failed is [`ClientError::NotSent`] (the TEE executes only a whole frame);
+/// both together are bounded by [`ANSWER_TIMEOUT`], and a write cut short by it is not
+/// `NotSent`, since part of the frame may have left.
 async fn exchange(
     stream: &mut BufReader<UnixStream>,
     request: &[u8],
 ) -> Result<Vec<u8>, ClientError> {
-    stream
-        .get_mut()
-        .write_all(&encode_frame(Kind::Request, request))
-        .await
-        .map_err(ClientError::NotSent)?;
-    let answer = async {
+    let sent_and_answered = async {
+        let out = stream.get_mut();
+        let written = if request.len() <= ONE_WRITE_MAX {
+            out.write_all(&encode_frame(Kind::Request, request)).await
+        } else {
+            match out
+                .write_all(&encode_header(Kind::Request, request.len()))
+                .await
+            {
+                Ok(()) => out.write_all(request).await,
+                e => e,
+            }
+        };
+        written.map_err(ClientError::NotSent)?;
         let mut header = [0u8; HEADER_LEN];
         stream
             .read_exact(&mut header)
@@ -173,7 +195,7 @@ async fn exchange(
         stream.read_exact(&mut payload).await?;
         answer_payload(kind, payload)
     };
-    tokio::time::timeout(ANSWER_TIMEOUT, answer)
+    tokio::time::timeout(ANSWER_TIMEOUT, sent_and_answered)
         .await
         .map_err(|_| {
             ClientError::Io(io::Error::new(

@@ -4,10 +4,11 @@
 //! magic "CTEE" (4) | version (1) | kind (1) | payload length u32 BE (4) | payload
 //! ```
 //! The version is the wire protocol's ([`PROTOCOL_VERSION`]): a peer of another version is
-//! refused with [`RefusalCode::UnsupportedVersion`] before anything of its payload is read.
+//! refused with [`RefusalCode::UnsupportedVersion`] before anything of its payload is parsed
+//! or allocated (a reader may have buffered a few KiB past the header).
 //! Kinds: 1 request (node server → TEE), 2 response, 3 refusal (the frame itself was bad;
 //! payload = code byte + UTF-8 message; the connection is then closed). Length limits are
-//! checked from the header, before any payload is read or allocated.
+//! checked from the header, before any payload is allocated.
 
 use std::io::{self, Read, Write};
 
@@ -97,6 +98,10 @@ pub fn encode_header(kind: Kind, len: usize) -> [u8; HEADER_LEN] {
     header
 }
 
+/// Largest payload sent with its header in one write ([`encode_frame`]); a larger one goes
+/// out after its header, not copied (responses may be up to [`MAX_RESPONSE`]).
+pub const ONE_WRITE_MAX: usize = 64 * 1024;
+
 /// A whole frame: header and payload in one buffer, so that it goes out in one write and
 /// the peer wakes once for it rather than once for the header and again for the payload.
 pub fn encode_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
@@ -106,9 +111,14 @@ pub fn encode_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Writes one frame (in one write).
+/// Writes one frame (in one write up to [`ONE_WRITE_MAX`]).
 pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
-    w.write_all(&encode_frame(kind, payload))?;
+    if payload.len() <= ONE_WRITE_MAX {
+        w.write_all(&encode_frame(kind, payload))?;
+    } else {
+        w.write_all(&encode_header(kind, payload.len()))?;
+        w.write_all(payload)?;
+    }
     w.flush()
 }
 

@@ -443,6 +443,9 @@ fn oversize_and_malformed_frames() {
     both.extend_from_slice(&encode_frame(Kind::Request, &status));
     both.extend_from_slice(&bad);
     let mut s = UnixStream::connect(&fx.tee.process.socket).unwrap();
+    // A server that lost the bytes it read ahead would leave this read waiting.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     s.write_all(&both).unwrap();
     for expected in ["status", "chain", "status"] {
         let (kind, payload) = read_frame(&mut s, MAX_RESPONSE).unwrap();

@@ -1,6 +1,7 @@
 //! The async pool against a TEE stand-in: a connection abandoned half-way never hands its
 //! late answer to the next caller, and a connection the TEE closed is replaced without the
-//! request running twice; answers not signed by the pinned key are refused.
+//! request running twice (nor one the TEE took and never answered), a connection holding
+//! more than its answer is dropped, and answers not signed by the pinned key are refused.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use custos_wire::protocol::{Request, Response};
 
-use crate::fake_tee::FakeTee;
+use crate::fake_tee::{Conduct, FakeTee, Script};
 use crate::test_pki::key;
 use crate::TeePool;
 
@@ -17,6 +18,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Answers `ListKeys` (only), counting the runs.
+fn counting_list_keys(runs: Arc<AtomicUsize>) -> Script {
+    Arc::new(move |r: &Request| match r {
+        Request::ListKeys => {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::Keys(vec![]))
+        }
+        other => panic!("unexpected request {other:?}"),
+    })
 }
 
 #[test]
@@ -57,17 +69,14 @@ fn a_connection_the_tee_closed_is_replaced_and_the_request_runs_once() {
     let runs_c = runs.clone();
     // Each connection gets one answer, then the stand-in closes it, as a restarted TEE
     // process leaves its clients' idle connections.
-    let fake = FakeTee::start_closing(
+    let fake = FakeTee::start_with(
         &d,
         &d,
-        Arc::new(move |r: &Request| match r {
-            Request::ListKeys => {
-                runs_c.fetch_add(1, Ordering::SeqCst);
-                Ok(Response::Keys(vec![]))
-            }
-            other => panic!("unexpected request {other:?}"),
-        }),
-        1,
+        counting_list_keys(runs_c),
+        Conduct {
+            requests: 1,
+            ..Conduct::default()
+        },
     );
     let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
     let rt = runtime();
@@ -109,4 +118,52 @@ fn a_response_signed_by_another_key_is_refused() {
         ),
         "{refused:?}"
     );
+}
+
+#[test]
+fn a_request_the_tee_took_and_never_answered_is_not_sent_again() {
+    let d = key();
+    let runs = Arc::new(AtomicUsize::new(0));
+    // The stand-in runs the request and hangs up without an answer: the request reached
+    // the TEE, so sending it again (even on a fresh connection) could run it twice.
+    let fake = FakeTee::start_with(
+        &d,
+        &d,
+        counting_list_keys(runs.clone()),
+        Conduct {
+            silent: true,
+            ..Conduct::default()
+        },
+    );
+    let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
+    let lost = runtime().block_on(pool.call(Request::ListKeys));
+    assert!(
+        matches!(lost, Err(custos_wire::client::ClientError::Io(_))),
+        "{lost:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the request ran once");
+}
+
+#[test]
+fn a_connection_holding_a_second_answer_is_not_reused() {
+    let d = key();
+    let runs = Arc::new(AtomicUsize::new(0));
+    // A TEE gone wrong answers every request twice (in one write): the copy must not be
+    // read as the answer to the next request on that connection.
+    let fake = FakeTee::start_with(
+        &d,
+        &d,
+        counting_list_keys(runs.clone()),
+        Conduct {
+            copies: 2,
+            ..Conduct::default()
+        },
+    );
+    let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
+    let rt = runtime();
+    for call in 1..=3 {
+        let answer = rt.block_on(pool.call(Request::ListKeys)).unwrap();
+        assert!(matches!(answer, Response::Keys(_)), "{answer:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), call);
+    }
 }
