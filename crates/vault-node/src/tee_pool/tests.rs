@@ -20,15 +20,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Answers `ListKeys` (only), counting the runs.
-fn counting_list_keys(runs: Arc<AtomicUsize>) -> Script {
-    Arc::new(move |r: &Request| match r {
+/// A stand-in that answers `ListKeys` (only) as `conduct` says, a pool connected to it,
+/// and the count of `ListKeys` it ran.
+fn counting_tee(conduct: Conduct) -> (FakeTee, TeePool, Arc<AtomicUsize>) {
+    let d = key();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let runs_c = runs.clone();
+    let script: Script = Arc::new(move |r: &Request| match r {
         Request::ListKeys => {
-            runs.fetch_add(1, Ordering::SeqCst);
+            runs_c.fetch_add(1, Ordering::SeqCst);
             Ok(Response::Keys(vec![]))
         }
         other => panic!("unexpected request {other:?}"),
-    })
+    });
+    let fake = FakeTee::start_with(&d, &d, script, conduct);
+    let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
+    (fake, pool, runs)
 }
 
 #[test]
@@ -64,21 +71,12 @@ fn an_answer_abandoned_half_way_never_reaches_the_next_caller() {
 
 #[test]
 fn a_connection_the_tee_closed_is_replaced_and_the_request_runs_once() {
-    let d = key();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let runs_c = runs.clone();
     // Each connection gets one answer, then the stand-in closes it, as a restarted TEE
     // process leaves its clients' idle connections.
-    let fake = FakeTee::start_with(
-        &d,
-        &d,
-        counting_list_keys(runs_c),
-        Conduct {
-            requests: 1,
-            ..Conduct::default()
-        },
-    );
-    let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
+    let (fake, pool, runs) = counting_tee(Conduct {
+        requests: 1,
+        ..Conduct::default()
+    });
     let rt = runtime();
     for call in 1..=3 {
         let answer = rt.block_on(pool.call(Request::ListKeys)).unwrap();
@@ -122,20 +120,12 @@ fn a_response_signed_by_another_key_is_refused() {
 
 #[test]
 fn a_request_the_tee_took_and_never_answered_is_not_sent_again() {
-    let d = key();
-    let runs = Arc::new(AtomicUsize::new(0));
     // The stand-in runs the request and hangs up without an answer: the request reached
     // the TEE, so sending it again (even on a fresh connection) could run it twice.
-    let fake = FakeTee::start_with(
-        &d,
-        &d,
-        counting_list_keys(runs.clone()),
-        Conduct {
-            silent: true,
-            ..Conduct::default()
-        },
-    );
-    let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
+    let (_fake, pool, runs) = counting_tee(Conduct {
+        silent: true,
+        ..Conduct::default()
+    });
     let lost = runtime().block_on(pool.call(Request::ListKeys));
     assert!(
         matches!(lost, Err(custos_wire::client::ClientError::Io(_))),
@@ -146,20 +136,12 @@ fn a_request_the_tee_took_and_never_answered_is_not_sent_again() {
 
 #[test]
 fn a_connection_holding_a_second_answer_is_not_reused() {
-    let d = key();
-    let runs = Arc::new(AtomicUsize::new(0));
     // A TEE gone wrong answers every request twice (in one write): the copy must not be
     // read as the answer to the next request on that connection.
-    let fake = FakeTee::start_with(
-        &d,
-        &d,
-        counting_list_keys(runs.clone()),
-        Conduct {
-            copies: 2,
-            ..Conduct::default()
-        },
-    );
-    let (pool, _) = TeePool::connect(&fake.socket, 4).unwrap();
+    let (_fake, pool, runs) = counting_tee(Conduct {
+        copies: 2,
+        ..Conduct::default()
+    });
     let rt = runtime();
     for call in 1..=3 {
         let answer = rt.block_on(pool.call(Request::ListKeys)).unwrap();
