@@ -357,8 +357,8 @@ fn broken(seq: i64, reason: impl Into<String>) -> VerifyReport {
 /// Per-connection SQLite settings: NORMAL is safe in WAL mode (no corruption, only the
 /// newest commits at risk on power loss) and avoids an fsync per commit; statement journals
 /// stay in memory (past SQLite's 64 KiB default a group commit's batch spills one to a
-/// temporary file, created and removed at every such commit). Temporary sorts stay in memory too: a sort holds the
-/// rows its query returns, which the server holds anyway.
+/// temporary file, created and removed at every such commit). Temporary sorts stay in memory
+/// too: a sort holds the rows its query returns, which the server holds anyway.
 async fn sqlite_settings(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA synchronous = NORMAL").await?;
     conn.execute("PRAGMA temp_store = MEMORY").await?;

@@ -1,7 +1,7 @@
 //! TEST ONLY: a TEE core stand-in on a Unix socket that answers each request with what a
 //! script says, framed and signed the way the TEE signs (so the node's pool checks it).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,9 +79,12 @@ pub struct Conduct {
     /// Copies of each answer but `Status`'s, sent in one write (more than one: a TEE gone
     /// wrong).
     pub copies: usize,
-    /// Runs each request but `Status` and closes without answering (a TEE that died
-    /// mid-request).
-    pub silent: bool,
+    /// Requests but `Status` answered on a connection before the stand-in falls silent: it
+    /// runs each later one and does not answer it (a TEE that died, or hung, mid-request).
+    pub answers: usize,
+    /// Once silent, holds the connection open until the client lets go (a hung TEE)
+    /// rather than closing it (a dead one).
+    pub hang: bool,
 }
 
 impl Default for Conduct {
@@ -89,7 +92,8 @@ impl Default for Conduct {
         Conduct {
             requests: usize::MAX,
             copies: 1,
-            silent: false,
+            answers: usize::MAX,
+            hang: false,
         }
     }
 }
@@ -103,6 +107,7 @@ fn serve(
 ) {
     let rng = ring::rand::SystemRandom::new();
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng).unwrap();
+    let mut answered = 0;
     for _ in 0..conduct.requests {
         let Ok((_, request)) = read_frame(&mut stream, MAX_REQUEST) else {
             return;
@@ -138,9 +143,14 @@ fn serve(
             body,
             signature: Some(signature),
         };
-        if conduct.silent && !status {
+        if !status && answered >= conduct.answers {
+            if conduct.hang {
+                // Returns once the client closes its end.
+                let _ = stream.read(&mut [0u8; 1]);
+            }
             return;
         }
+        answered += usize::from(!status);
         let frame = encode_frame(Kind::Response, &postcard::to_allocvec(&signed).unwrap());
         let copies = if status { 1 } else { conduct.copies };
         if stream.write_all(&frame.repeat(copies)).is_err() {

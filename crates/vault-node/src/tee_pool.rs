@@ -9,6 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use custos_wire::client::{
     answer_payload, check_request_len, read_error, verify_signed_response, ClientError, TeeClient,
@@ -43,12 +44,23 @@ struct Inner {
     /// and payload arrive together, and one read takes both).
     idle_async: Mutex<Vec<BufReader<UnixStream>>>,
     max_idle: usize,
+    /// Bound on one async exchange, write and read ([`ANSWER_TIMEOUT`]; shorter in tests).
+    answer_timeout: Duration,
 }
 
 impl TeePool {
     /// Connects and learns the device key from the TEE's status; every later response must
     /// be signed by that key.
     pub fn connect(socket: &Path, max_idle: usize) -> Result<(Self, Vec<u8>), ClientError> {
+        Self::connect_with(socket, max_idle, ANSWER_TIMEOUT)
+    }
+
+    /// [`TeePool::connect`] waiting at most `answer_timeout` for each async exchange.
+    fn connect_with(
+        socket: &Path,
+        max_idle: usize,
+        answer_timeout: Duration,
+    ) -> Result<(Self, Vec<u8>), ClientError> {
         let mut first = TeeClient::connect(socket)?;
         let Response::Status(status) = first.call(&Request::Status)? else {
             return Err(ClientError::Protocol("unexpected status response".into()));
@@ -65,6 +77,7 @@ impl TeePool {
                 idle: Mutex::new(vec![first]),
                 idle_async: Mutex::new(Vec::new()),
                 max_idle,
+                answer_timeout,
             }),
         };
         Ok((pool, device_key))
@@ -122,12 +135,13 @@ impl TeePool {
             Some(s) => (s, true),
             None => (self.connect_async().await?, false),
         };
-        let answer = match exchange(&mut stream, request).await {
+        let limit = self.inner.answer_timeout;
+        let answer = match exchange(&mut stream, request, limit).await {
             // As in `call_blocking`: the request never left a stale idle connection.
             Err(ClientError::NotSent(_)) if pooled => {
                 lock(&self.inner.idle_async).clear();
                 stream = self.connect_async().await?;
-                exchange(&mut stream, request).await?
+                exchange(&mut stream, request, limit).await?
             }
             other => other?,
         };
@@ -165,11 +179,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One request frame out, one answer frame back: the encoded signed response, unchecked.
 /// A write that failed is [`ClientError::NotSent`] (the TEE executes only a whole frame);
-/// both together are bounded by [`ANSWER_TIMEOUT`], and a write cut short by it is not
-/// `NotSent`, since part of the frame may have left.
+/// both together are bounded by `limit`, and a write cut short by it is not `NotSent`,
+/// since part of the frame may have left.
 async fn exchange(
     stream: &mut BufReader<UnixStream>,
     request: &[u8],
+    limit: Duration,
 ) -> Result<Vec<u8>, ClientError> {
     let sent_and_answered = async {
         let out = stream.get_mut();
@@ -195,12 +210,12 @@ async fn exchange(
         stream.read_exact(&mut payload).await?;
         answer_payload(kind, payload)
     };
-    tokio::time::timeout(ANSWER_TIMEOUT, sent_and_answered)
+    tokio::time::timeout(limit, sent_and_answered)
         .await
         .map_err(|_| {
             ClientError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no answer from the TEE in {} s", ANSWER_TIMEOUT.as_secs()),
+                format!("no answer from the TEE in {limit:?}"),
             ))
         })?
 }
