@@ -15,9 +15,7 @@ use custos_wire::client::{
     answer_payload, check_request_len, read_error, verify_signed_response, ClientError, TeeClient,
     ANSWER_TIMEOUT,
 };
-use custos_wire::frame::{
-    encode_frame, encode_header, parse_header, Kind, HEADER_LEN, MAX_RESPONSE, ONE_WRITE_MAX,
-};
+use custos_wire::frame::{frame_writes, parse_header, Kind, HEADER_LEN, MAX_RESPONSE};
 use custos_wire::protocol::{encode_request, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -188,16 +186,10 @@ async fn exchange(
 ) -> Result<Vec<u8>, ClientError> {
     let sent_and_answered = async {
         let out = stream.get_mut();
-        let written = if request.len() <= ONE_WRITE_MAX {
-            out.write_all(&encode_frame(Kind::Request, request)).await
-        } else {
-            match out
-                .write_all(&encode_header(Kind::Request, request.len()))
-                .await
-            {
-                Ok(()) => out.write_all(request).await,
-                e => e,
-            }
+        let (first, rest) = frame_writes(Kind::Request, request);
+        let written = match out.write_all(&first).await {
+            Ok(()) => out.write_all(rest).await,
+            e => e,
         };
         written.map_err(ClientError::NotSent)?;
         let mut header = [0u8; HEADER_LEN];

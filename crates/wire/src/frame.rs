@@ -111,14 +111,21 @@ pub fn encode_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Writes one frame (in one write up to [`ONE_WRITE_MAX`]).
-pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
+/// What to write for a frame, in order: the whole frame in one buffer up to
+/// [`ONE_WRITE_MAX`] (nothing after it), else the header and then the payload as it is.
+pub fn frame_writes(kind: Kind, payload: &[u8]) -> (Vec<u8>, &[u8]) {
     if payload.len() <= ONE_WRITE_MAX {
-        w.write_all(&encode_frame(kind, payload))?;
+        (encode_frame(kind, payload), &[])
     } else {
-        w.write_all(&encode_header(kind, payload.len()))?;
-        w.write_all(payload)?;
+        (encode_header(kind, payload.len()).to_vec(), payload)
     }
+}
+
+/// Writes one frame ([`frame_writes`]).
+pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    let (first, rest) = frame_writes(kind, payload);
+    w.write_all(&first)?;
+    w.write_all(rest)?;
     w.flush()
 }
 
@@ -231,5 +238,22 @@ mod tests {
             read_frame(&mut &b""[..], 16).unwrap_err(),
             FrameError::Closed
         ));
+    }
+
+    #[test]
+    fn a_frame_is_one_write_up_to_the_limit_and_header_then_payload_beyond() {
+        let small = vec![7u8; ONE_WRITE_MAX];
+        let (first, rest) = frame_writes(Kind::Response, &small);
+        assert_eq!((first.len(), rest.len()), (HEADER_LEN + ONE_WRITE_MAX, 0));
+        let large = vec![9u8; ONE_WRITE_MAX + 1];
+        let (first, rest) = frame_writes(Kind::Response, &large);
+        assert_eq!(first, encode_header(Kind::Response, large.len()));
+        assert_eq!(rest, &large[..]);
+        for payload in [small, large] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, Kind::Response, &payload).unwrap();
+            let (k, p) = read_frame(&mut buf.as_slice(), MAX_RESPONSE).unwrap();
+            assert_eq!((k, p), (Kind::Response, payload));
+        }
     }
 }
